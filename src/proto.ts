@@ -1,0 +1,598 @@
+/**
+ * The control protocol between `dpm driver` (on a LAN host) and `dpm server`
+ * (on the gateway): two fixed binary layouts over UDP, big-endian fields.
+ *
+ * - A request is exactly {@link REQUEST_LEN} bytes for every opcode
+ *   (RESERVE, RENEW, RELEASE). It carries the session identity: protocol,
+ *   the host's internal address and port, and the remote peer's address and
+ *   port (claims 1 and 4: the remote endpoint travels in the request).
+ * - A response is exactly {@link RESPONSE_LEN} bytes for every opcode and
+ *   result. It echoes the nonce and the identity, and carries the public pair
+ *   `R:p`, the gateway port `Pg`, the granted lifetime and the server epoch.
+ *
+ * Like wireguard-go's message types, a message whose length differs from its
+ * layout is rejected, reserved bits must be zero, and decoding untrusted bytes
+ * never throws: it returns `{ ok: false, ... }` with a short specific reason.
+ * Encoding trusted values throws `RangeError` on values that do not fit their
+ * field, because that is a programming error, not hostile input.
+ *
+ * The byte-by-byte layouts, result codes and the exchange rules are in
+ * `docs/protocol.md`.
+ *
+ * @module
+ */
+
+import { Result } from "./result.ts";
+
+/** The first two bytes of every message: ASCII "DP". */
+export const MAGIC = 0x4450;
+/** The only (and highest) protocol version this code speaks. */
+export const VERSION = 1;
+/** Length of every request, whatever its opcode. */
+export const REQUEST_LEN = 32;
+/** Length of every response, whatever its opcode and result. */
+export const RESPONSE_LEN = 48;
+/** Length of the opaque nonce a client puts in a request and the server echoes. */
+export const NONCE_LEN = 8;
+/** The UDP port the server listens on (on its LAN address only) unless configured otherwise. */
+export const DEFAULT_PORT = 4750;
+/**
+ * Bit 7 of the opcode byte marks a response. It means the same in every
+ * version, so a server can recognise (and ignore) a response it did not
+ * expect even when it cannot parse the rest, and two servers can never be
+ * made to answer each other in a loop.
+ */
+export const RESPONSE_BIT = 0x80;
+
+/** Request opcodes. A response carries `opcode | RESPONSE_BIT`. */
+export const Op = {
+  /** Reserve a public address (and a replacement port when allowed) for a session. */
+  RESERVE: 1,
+  /** Extend the lifetime of a session the host holds. */
+  RENEW: 2,
+  /** Give a session back before its lifetime ends. */
+  RELEASE: 3,
+} as const;
+
+/** Bits of the request's flags byte. */
+export const ReqFlag = {
+  /** The internal port is ephemeral: the server may map it to another public port. */
+  REPLACEABLE: 1,
+} as const;
+
+/** Bits of the response's flags byte. */
+export const ResFlag = {
+  /** The public port differs from the internal port (the port was replaced). */
+  REPLACED: 1,
+  /**
+   * The public pair is shared with another session and told apart by the
+   * remote endpoint (claims 8-10).
+   */
+  SHARED: 2,
+} as const;
+
+/** A control request. Addresses are host-order u32, see `addr.ts`. */
+export interface Request {
+  /** One of {@link Op}. */
+  op: number;
+  /** Opaque 8 bytes chosen by the client; the server echoes them. */
+  nonce: Uint8Array;
+  /** IP protocol number: 1 ICMP, 6 TCP, 17 UDP. */
+  proto: number;
+  /** Whether the internal port may be replaced by another public port. */
+  replaceable: boolean;
+  /** The host's private address `a`. Must equal the datagram's source address (claim 2). */
+  internalAddr: number;
+  /** The host's port `pa` (ICMP: the echo identifier). */
+  internalPort: number;
+  /** The outside peer's address `X`. */
+  remoteAddr: number;
+  /** The outside peer's port `px` (0 for ICMP). */
+  remotePort: number;
+  /** Requested lifetime in seconds; 0 asks for the server default. RELEASE: 0. */
+  lifetime: number;
+}
+
+/** A control response. Addresses are host-order u32, see `addr.ts`. */
+export interface Response {
+  /** The request opcode this answers, without {@link RESPONSE_BIT} (the wire byte has it set). */
+  op: number;
+  /** The request's nonce, echoed. */
+  nonce: Uint8Array;
+  /** A code from `result.ts`. Unknown (newer) codes decode as-is. */
+  result: number;
+  /** The request's protocol, echoed. */
+  proto: number;
+  /** {@link ResFlag.REPLACED}: public port differs from the internal port. */
+  replaced: boolean;
+  /** {@link ResFlag.SHARED}: the public pair is shared, told apart by the remote endpoint. */
+  shared: boolean;
+  /** Echoed from the request. */
+  internalAddr: number;
+  /** Echoed from the request. */
+  internalPort: number;
+  /** Echoed from the request. */
+  remoteAddr: number;
+  /** Echoed from the request. */
+  remotePort: number;
+  /** The public address `R` (0 on errors). */
+  publicAddr: number;
+  /** The public port `p` (0 on errors). */
+  publicPort: number;
+  /** The gateway's LAN-side port `Pg` this session must use (0 on errors). */
+  gatewayPort: number;
+  /** Granted lifetime in seconds (0 on errors and on RELEASE). */
+  lifetime: number;
+  /** The server's epoch; a change means the server lost its state. */
+  epoch: number;
+}
+
+/** Outcome of {@link decodeRequest}: the request, or the result code to answer with. */
+export type DecodeRequestResult =
+  | { ok: true; req: Request }
+  | { ok: false; result: number; reason: string };
+
+/** Outcome of {@link decodeResponse}. */
+export type DecodeResponseResult =
+  | { ok: true; res: Response }
+  | { ok: false; reason: string };
+
+/** Byte offsets of the request fields (see docs/protocol.md). */
+const Req = {
+  MAGIC: 0, // u16
+  VERSION: 2, // u8
+  OPCODE: 3, // u8
+  NONCE: 4, // 8 bytes
+  PROTO: 12, // u8
+  FLAGS: 13, // u8
+  RESERVED: 14, // u16, zero
+  INTERNAL_ADDR: 16, // u32
+  REMOTE_ADDR: 20, // u32
+  INTERNAL_PORT: 24, // u16
+  REMOTE_PORT: 26, // u16
+  LIFETIME: 28, // u32
+} as const;
+
+/** Byte offsets of the response fields (see docs/protocol.md). */
+const Res = {
+  MAGIC: 0, // u16
+  VERSION: 2, // u8
+  OPCODE: 3, // u8, request opcode | 0x80
+  NONCE: 4, // 8 bytes
+  RESULT: 12, // u8
+  PROTO: 13, // u8
+  FLAGS: 14, // u8
+  RESERVED1: 15, // u8, zero
+  INTERNAL_ADDR: 16, // u32
+  REMOTE_ADDR: 20, // u32
+  INTERNAL_PORT: 24, // u16
+  REMOTE_PORT: 26, // u16
+  PUBLIC_ADDR: 28, // u32
+  PUBLIC_PORT: 32, // u16
+  GATEWAY_PORT: 34, // u16
+  LIFETIME: 36, // u32
+  EPOCH: 40, // u32
+  RESERVED2: 44, // u32, zero
+} as const;
+
+/**
+ * The request body that is echoed verbatim into a response: addresses and
+ * ports sit at the same offsets (16..28) in both layouts, on purpose.
+ */
+const ECHO_START = Req.INTERNAL_ADDR;
+const ECHO_END = Req.LIFETIME;
+
+const PROTO_ICMP = 1;
+const PROTO_TCP = 6;
+const PROTO_UDP = 17;
+
+const REQ_FLAGS_KNOWN = ReqFlag.REPLACEABLE;
+const RES_FLAGS_KNOWN = ResFlag.REPLACED | ResFlag.SHARED;
+
+function _view(b: Uint8Array): DataView {
+  return new DataView(b.buffer, b.byteOffset, b.byteLength);
+}
+
+function _hex(n: number, digits: number): string {
+  return "0x" + n.toString(16).padStart(digits, "0");
+}
+
+function _isKnownOp(op: number): boolean {
+  return op === Op.RESERVE || op === Op.RENEW || op === Op.RELEASE;
+}
+
+function _ipText(a: number): string {
+  return `${a >>> 24}.${(a >>> 16) & 255}.${(a >>> 8) & 255}.${a & 255}`;
+}
+
+/**
+ * Why an address can never be a session endpoint, or null. These are the
+ * addresses no host can own or reach as a unicast peer; whether an address is
+ * inside the LAN or in the pool is policy, checked by the server.
+ */
+function _addrProblem(a: number): string | null {
+  if (a === 0xffffffff) return "is the limited broadcast address";
+  const first = a >>> 24;
+  if (first === 0) return "is in 0/8 (this network)";
+  if (first === 127) return "is loopback";
+  if (first >= 224 && first <= 239) return "is multicast";
+  return null;
+}
+
+function _checkInt(name: string, v: number, max: number): void {
+  if (!Number.isInteger(v) || v < 0 || v > max) {
+    throw new RangeError(`Field "${name}" is ${v}, not an integer in 0..${max}`);
+  }
+}
+
+function _checkNonce(n: Uint8Array): void {
+  if (n.length !== NONCE_LEN) {
+    throw new RangeError(`Nonce is ${n.length} bytes, want ${NONCE_LEN}`);
+  }
+}
+
+function _out(len: number, out: Uint8Array | undefined): Uint8Array {
+  if (out === undefined) return new Uint8Array(len);
+  if (out.length < len) throw new RangeError(`Output buffer is ${out.length} bytes, want ${len}`);
+  // Zero the whole message first: the reserved fields are written by this
+  // fill, and a reused buffer must not leak old bytes into them.
+  const m = out.subarray(0, len);
+  m.fill(0);
+  return m;
+}
+
+/**
+ * Writes a request. Any representable request is written, even one the
+ * decoder will reject (tests and fuzzers rely on that); only values that do
+ * not fit their field throw.
+ *
+ * @param r the request
+ * @param out optional buffer of at least {@link REQUEST_LEN} bytes to write into
+ * @returns the {@link REQUEST_LEN}-byte message (a view of `out` when given)
+ * @throws {RangeError} when a field is out of range or the nonce is not 8 bytes
+ */
+export function encodeRequest(r: Request, out?: Uint8Array): Uint8Array {
+  _checkInt("op", r.op, 0x7f);
+  _checkNonce(r.nonce);
+  _checkInt("proto", r.proto, 0xff);
+  _checkInt("internalAddr", r.internalAddr, 0xffffffff);
+  _checkInt("remoteAddr", r.remoteAddr, 0xffffffff);
+  _checkInt("internalPort", r.internalPort, 0xffff);
+  _checkInt("remotePort", r.remotePort, 0xffff);
+  _checkInt("lifetime", r.lifetime, 0xffffffff);
+  const m = _out(REQUEST_LEN, out);
+  const v = _view(m);
+  v.setUint16(Req.MAGIC, MAGIC);
+  v.setUint8(Req.VERSION, VERSION);
+  v.setUint8(Req.OPCODE, r.op);
+  m.set(r.nonce, Req.NONCE);
+  v.setUint8(Req.PROTO, r.proto);
+  v.setUint8(Req.FLAGS, r.replaceable ? ReqFlag.REPLACEABLE : 0);
+  v.setUint32(Req.INTERNAL_ADDR, r.internalAddr);
+  v.setUint32(Req.REMOTE_ADDR, r.remoteAddr);
+  v.setUint16(Req.INTERNAL_PORT, r.internalPort);
+  v.setUint16(Req.REMOTE_PORT, r.remotePort);
+  v.setUint32(Req.LIFETIME, r.lifetime);
+  return m;
+}
+
+/**
+ * Writes a response. For a result other than OK the public address, public
+ * port, gateway port, lifetime and flags must be zero (use {@link responseFor},
+ * which guarantees it).
+ *
+ * @param r the response; `r.op` is the request opcode, the wire byte gets {@link RESPONSE_BIT}
+ * @param out optional buffer of at least {@link RESPONSE_LEN} bytes to write into
+ * @returns the {@link RESPONSE_LEN}-byte message (a view of `out` when given)
+ * @throws {RangeError} when a field is out of range, or an error response carries a grant
+ */
+export function encodeResponse(r: Response, out?: Uint8Array): Uint8Array {
+  _checkInt("op", r.op, 0x7f);
+  _checkNonce(r.nonce);
+  _checkInt("result", r.result, 0xff);
+  _checkInt("proto", r.proto, 0xff);
+  _checkInt("internalAddr", r.internalAddr, 0xffffffff);
+  _checkInt("remoteAddr", r.remoteAddr, 0xffffffff);
+  _checkInt("internalPort", r.internalPort, 0xffff);
+  _checkInt("remotePort", r.remotePort, 0xffff);
+  _checkInt("publicAddr", r.publicAddr, 0xffffffff);
+  _checkInt("publicPort", r.publicPort, 0xffff);
+  _checkInt("gatewayPort", r.gatewayPort, 0xffff);
+  _checkInt("lifetime", r.lifetime, 0xffffffff);
+  _checkInt("epoch", r.epoch, 0xffffffff);
+  if (r.result !== Result.OK && _grantProblem(r) !== null) {
+    throw new RangeError(`Error response (result ${r.result}) ${_grantProblem(r)}`);
+  }
+  const m = _out(RESPONSE_LEN, out);
+  const v = _view(m);
+  v.setUint16(Res.MAGIC, MAGIC);
+  v.setUint8(Res.VERSION, VERSION);
+  v.setUint8(Res.OPCODE, r.op | RESPONSE_BIT);
+  m.set(r.nonce, Res.NONCE);
+  v.setUint8(Res.RESULT, r.result);
+  v.setUint8(Res.PROTO, r.proto);
+  v.setUint8(Res.FLAGS, (r.replaced ? ResFlag.REPLACED : 0) | (r.shared ? ResFlag.SHARED : 0));
+  v.setUint32(Res.INTERNAL_ADDR, r.internalAddr);
+  v.setUint32(Res.REMOTE_ADDR, r.remoteAddr);
+  v.setUint16(Res.INTERNAL_PORT, r.internalPort);
+  v.setUint16(Res.REMOTE_PORT, r.remotePort);
+  v.setUint32(Res.PUBLIC_ADDR, r.publicAddr);
+  v.setUint16(Res.PUBLIC_PORT, r.publicPort);
+  v.setUint16(Res.GATEWAY_PORT, r.gatewayPort);
+  v.setUint32(Res.LIFETIME, r.lifetime);
+  v.setUint32(Res.EPOCH, r.epoch);
+  return m;
+}
+
+/** Which grant field an error response wrongly carries, or null. */
+function _grantProblem(r: Response): string | null {
+  if (r.publicAddr !== 0) return "carries a public address";
+  if (r.publicPort !== 0) return "carries a public port";
+  if (r.gatewayPort !== 0) return "carries a gateway port";
+  if (r.lifetime !== 0) return "carries a lifetime";
+  if (r.replaced || r.shared) return "carries flags";
+  return null;
+}
+
+function _fail(result: number, reason: string): DecodeRequestResult {
+  return { ok: false, result, reason };
+}
+
+/**
+ * Checks the version-independent header (length, magic, version, response
+ * bit). Shared by {@link decodeRequest} and {@link errorResponseFor} so that
+ * both agree on what is garbage.
+ */
+function _header(b: Uint8Array): { silent: boolean; result: number; reason: string } | null {
+  if (b.length < 4) {
+    return { silent: true, result: Result.MALFORMED, reason: `too short (${b.length} bytes)` };
+  }
+  const magic = (b[0]! << 8) | b[1]!;
+  if (magic !== MAGIC) {
+    return { silent: true, result: Result.MALFORMED, reason: `bad magic ${_hex(magic, 4)}` };
+  }
+  const opcode = b[3]!;
+  if ((opcode & RESPONSE_BIT) !== 0) {
+    return {
+      silent: true,
+      result: Result.MALFORMED,
+      reason: `opcode ${_hex(opcode, 2)} is a response`,
+    };
+  }
+  const version = b[2]!;
+  if (version !== VERSION) {
+    return {
+      silent: false,
+      result: Result.UNSUPPORTED_VERSION,
+      reason: `unsupported version ${version}`,
+    };
+  }
+  return null;
+}
+
+/**
+ * Parses and validates a request from untrusted bytes. Never throws.
+ *
+ * Checks, in order: length >= 4 and magic; response bit clear; version;
+ * opcode known (before the length, since an unknown opcode has no known
+ * layout); length exactly {@link REQUEST_LEN}; reserved bits zero; protocol;
+ * ports; RELEASE lifetime; unusable addresses. Whether the remote is outside
+ * the LAN, and whether the source address matches, are the server's checks.
+ *
+ * @param b the UDP payload
+ * @returns the request, or the result code to answer with and a short reason
+ */
+export function decodeRequest(b: Uint8Array): DecodeRequestResult {
+  const h = _header(b);
+  if (h !== null) return _fail(h.result, h.reason);
+  const op = b[Req.OPCODE]!;
+  if (!_isKnownOp(op)) return _fail(Result.UNSUPPORTED_OPCODE, `unknown opcode ${op}`);
+  if (b.length !== REQUEST_LEN) {
+    return _fail(Result.MALFORMED, `bad length ${b.length}, want ${REQUEST_LEN}`);
+  }
+  const v = _view(b);
+  const flags = v.getUint8(Req.FLAGS);
+  if ((flags & ~REQ_FLAGS_KNOWN) !== 0) {
+    return _fail(Result.MALFORMED, `reserved flag bits set (${_hex(flags, 2)})`);
+  }
+  const reserved = v.getUint16(Req.RESERVED);
+  if (reserved !== 0) return _fail(Result.MALFORMED, `reserved field is ${_hex(reserved, 4)}`);
+
+  const proto = v.getUint8(Req.PROTO);
+  if (proto !== PROTO_ICMP && proto !== PROTO_TCP && proto !== PROTO_UDP) {
+    return _fail(Result.UNSUPPORTED_PROTOCOL, `unsupported protocol ${proto}`);
+  }
+  const internalPort = v.getUint16(Req.INTERNAL_PORT);
+  const remotePort = v.getUint16(Req.REMOTE_PORT);
+  if (proto === PROTO_ICMP) {
+    // ICMP echo has an identifier (carried as the internal port, 0 is a
+    // valid identifier) and nothing on the remote side.
+    if (remotePort !== 0) return _fail(Result.MALFORMED, `ICMP with remote port ${remotePort}`);
+  } else {
+    // Port 0 is never on the wire for TCP or UDP.
+    if (internalPort === 0) return _fail(Result.MALFORMED, "internal port 0");
+    if (remotePort === 0) return _fail(Result.MALFORMED, "remote port 0");
+  }
+  const lifetime = v.getUint32(Req.LIFETIME);
+  if (op === Op.RELEASE && lifetime !== 0) {
+    return _fail(Result.MALFORMED, `RELEASE with lifetime ${lifetime}`);
+  }
+  const internalAddr = v.getUint32(Req.INTERNAL_ADDR);
+  const remoteAddr = v.getUint32(Req.REMOTE_ADDR);
+  const ia = _addrProblem(internalAddr);
+  if (ia !== null) {
+    return _fail(Result.MALFORMED, `internal address ${_ipText(internalAddr)} ${ia}`);
+  }
+  const ra = _addrProblem(remoteAddr);
+  if (ra !== null) return _fail(Result.MALFORMED, `remote address ${_ipText(remoteAddr)} ${ra}`);
+
+  return {
+    ok: true,
+    req: {
+      op,
+      // Copy: the caller's receive buffer may be reused for the next datagram.
+      nonce: b.slice(Req.NONCE, Req.NONCE + NONCE_LEN),
+      proto,
+      replaceable: (flags & ReqFlag.REPLACEABLE) !== 0,
+      internalAddr,
+      internalPort,
+      remoteAddr,
+      remotePort,
+      lifetime,
+    },
+  };
+}
+
+/**
+ * Parses and validates a response from untrusted bytes. Never throws.
+ *
+ * Rejects: length other than {@link RESPONSE_LEN}, bad magic, a version other
+ * than {@link VERSION}, a clear response bit, non-zero reserved bits, and an
+ * error response that carries a grant. Unknown opcodes and result codes are
+ * accepted (a server answers an unknown opcode with UNSUPPORTED_OPCODE, and
+ * result codes are only ever appended).
+ *
+ * @param b the UDP payload
+ * @returns the response, or a short reason
+ */
+export function decodeResponse(b: Uint8Array): DecodeResponseResult {
+  if (b.length < 4) return { ok: false, reason: `too short (${b.length} bytes)` };
+  const v = _view(b);
+  const magic = v.getUint16(Res.MAGIC);
+  if (magic !== MAGIC) return { ok: false, reason: `bad magic ${_hex(magic, 4)}` };
+  const version = v.getUint8(Res.VERSION);
+  if (version !== VERSION) return { ok: false, reason: `unsupported version ${version}` };
+  const opcode = v.getUint8(Res.OPCODE);
+  if ((opcode & RESPONSE_BIT) === 0) {
+    return { ok: false, reason: `opcode ${_hex(opcode, 2)} is not a response` };
+  }
+  if (b.length !== RESPONSE_LEN) {
+    return { ok: false, reason: `bad length ${b.length}, want ${RESPONSE_LEN}` };
+  }
+  const flags = v.getUint8(Res.FLAGS);
+  if ((flags & ~RES_FLAGS_KNOWN) !== 0) {
+    return { ok: false, reason: `reserved flag bits set (${_hex(flags, 2)})` };
+  }
+  const r1 = v.getUint8(Res.RESERVED1);
+  if (r1 !== 0) return { ok: false, reason: `reserved byte is ${_hex(r1, 2)}` };
+  const r2 = v.getUint32(Res.RESERVED2);
+  if (r2 !== 0) return { ok: false, reason: `reserved field is ${_hex(r2, 8)}` };
+  const res: Response = {
+    op: opcode & ~RESPONSE_BIT,
+    nonce: b.slice(Res.NONCE, Res.NONCE + NONCE_LEN),
+    result: v.getUint8(Res.RESULT),
+    proto: v.getUint8(Res.PROTO),
+    replaced: (flags & ResFlag.REPLACED) !== 0,
+    shared: (flags & ResFlag.SHARED) !== 0,
+    internalAddr: v.getUint32(Res.INTERNAL_ADDR),
+    internalPort: v.getUint16(Res.INTERNAL_PORT),
+    remoteAddr: v.getUint32(Res.REMOTE_ADDR),
+    remotePort: v.getUint16(Res.REMOTE_PORT),
+    publicAddr: v.getUint32(Res.PUBLIC_ADDR),
+    publicPort: v.getUint16(Res.PUBLIC_PORT),
+    gatewayPort: v.getUint16(Res.GATEWAY_PORT),
+    lifetime: v.getUint32(Res.LIFETIME),
+    epoch: v.getUint32(Res.EPOCH),
+  };
+  if (res.result !== Result.OK) {
+    const g = _grantProblem(res);
+    if (g !== null) return { ok: false, reason: `error response ${g}` };
+  }
+  return { ok: true, res };
+}
+
+/**
+ * The reply the server sends for a request it will not serve without
+ * decoding it (decode failure, or a refusal such as RATE_LIMITED taken on the
+ * raw bytes), or null when it must stay silent: shorter than 4 bytes, no
+ * magic, or the response bit set (never answer garbage or a response, so the
+ * server cannot be used to amplify or to loop).
+ *
+ * The reply is always version {@link VERSION} (for UNSUPPORTED_VERSION that
+ * tells the client the highest version spoken). It echoes the opcode and, when
+ * present, the nonce; for a full-length version-1 message it also echoes the
+ * protocol, addresses and ports. Grant fields are zero.
+ *
+ * Never throws on any bytes.
+ *
+ * @param b the datagram that failed
+ * @param failure the result code to send (from {@link decodeRequest} or the server)
+ * @param epoch the server's epoch
+ * @returns a {@link RESPONSE_LEN}-byte reply, or null
+ */
+export function errorResponseFor(
+  b: Uint8Array,
+  failure: { result: number },
+  epoch: number,
+): Uint8Array | null {
+  const h = _header(b);
+  if (h !== null && h.silent) return null;
+  const m = new Uint8Array(RESPONSE_LEN);
+  const v = _view(m);
+  v.setUint16(Res.MAGIC, MAGIC);
+  v.setUint8(Res.VERSION, VERSION);
+  v.setUint8(Res.OPCODE, b[Req.OPCODE]! | RESPONSE_BIT);
+  if (b.length >= Req.NONCE + NONCE_LEN) {
+    m.set(b.subarray(Req.NONCE, Req.NONCE + NONCE_LEN), Res.NONCE);
+  }
+  // An out-of-range code would be a caller bug; mask rather than throw so a
+  // server loop can never die on the error path. OK is not an error: send MALFORMED.
+  const result = failure.result & 0xff;
+  v.setUint8(Res.RESULT, result === Result.OK ? Result.MALFORMED : result);
+  if (h === null && b.length === REQUEST_LEN) {
+    // The body is a version-1 request layout: echo what a stateless client
+    // matches on. The echoed block has the same offsets in both layouts.
+    v.setUint8(Res.PROTO, b[Req.PROTO]!);
+    m.set(b.subarray(ECHO_START, ECHO_END), ECHO_START);
+  }
+  v.setUint32(Res.EPOCH, epoch >>> 0);
+  return m;
+}
+
+/**
+ * Builds the response to a decoded request. Copies the opcode, nonce,
+ * protocol and the echoed identity; for a result other than OK the grant
+ * fields and flags are zero whatever `outcome` says.
+ *
+ * @param req the decoded request
+ * @param outcome the result and, for OK, the grant
+ * @param epoch the server's epoch
+ * @returns the response, ready for {@link encodeResponse}
+ */
+export function responseFor(
+  req: Request,
+  outcome: {
+    result: number;
+    replaced?: boolean;
+    shared?: boolean;
+    publicAddr?: number;
+    publicPort?: number;
+    gatewayPort?: number;
+    lifetime?: number;
+  },
+  epoch: number,
+): Response {
+  const ok = outcome.result === Result.OK;
+  return {
+    op: req.op,
+    nonce: req.nonce.slice(),
+    result: outcome.result,
+    proto: req.proto,
+    replaced: ok && (outcome.replaced ?? false),
+    shared: ok && (outcome.shared ?? false),
+    internalAddr: req.internalAddr,
+    internalPort: req.internalPort,
+    remoteAddr: req.remoteAddr,
+    remotePort: req.remotePort,
+    publicAddr: ok ? outcome.publicAddr ?? 0 : 0,
+    publicPort: ok ? outcome.publicPort ?? 0 : 0,
+    gatewayPort: ok ? outcome.gatewayPort ?? 0 : 0,
+    lifetime: ok ? outcome.lifetime ?? 0 : 0,
+    epoch,
+  };
+}
+
+/** A fresh random nonce (`crypto.getRandomValues`). Use one per transaction, the same for its retransmissions. */
+export function newNonce(): Uint8Array {
+  return crypto.getRandomValues(new Uint8Array(NONCE_LEN));
+}
