@@ -152,6 +152,18 @@ Deno.test("vector: responseFor builds the documented response", () => {
   assert.equal(hex(encodeResponse(r)), hex(RES_BYTES));
 });
 
+Deno.test("vector: the documented UNSUPPORTED_VERSION reply", () => {
+  const reply = errorResponseFor(reqWith(2, 2), { result: Result.UNSUPPORTED_VERSION }, 0x1234abcd);
+  assert.ok(reply !== null);
+  assert.equal(
+    hex(reply),
+    hex(unhex(`
+      4450 01 81  5a17c3089e426bd1  01 00 00 00
+      00000000 00000000 0000 0000
+      00000000 0000 0000 00000000 1234abcd 00000000`)),
+  );
+});
+
 Deno.test("encode into a dirty buffer writes every byte, reserved ones zero", () => {
   const buf = new Uint8Array(64).fill(0xa5);
   const m = encodeRequest(REQ, buf);
