@@ -1,0 +1,296 @@
+/**
+ * In-place address and port translation of parsed packets, with
+ * incremental checksum updates (RFC 1624) and ICMP error translation
+ * (RFC 5508 §4.2, RFC 3022 §4.3).
+ *
+ * Both functions take a packet that {@link parse} accepted together with the
+ * {@link PacketInfo} it filled, write only the fields whose value changes,
+ * adjust every checksum that covers a changed field, and update `info` so
+ * that it describes the rewritten packet. They never change the TTL (the
+ * kernel decrements it when it forwards), never read past `info.len`, and
+ * never allocate.
+ *
+ * Checksums are adjusted, never recomputed: a quoted packet is truncated and
+ * its L4 checksum cannot be recomputed, and adjusting is cheaper for the
+ * others. Each changed 16-bit word contributes a delta `~m + m'`; one delta
+ * total is applied per checksum field (see `checksum.ts`). Because a changed
+ * checksum field is itself covered by an enclosing checksum (the inner
+ * IP/L4 checksums of a quote are inside the ICMP message), its change is
+ * chained into the enclosing delta too.
+ *
+ * @module
+ */
+
+import { csumApply, csumDelta16, csumDelta32, udpWireChecksum } from "./checksum.ts";
+import {
+  ICMP_CHECKSUM,
+  ICMP_ECHO_REPLY,
+  ICMP_ECHO_REQUEST,
+  ICMP_ID,
+  IP_CHECKSUM,
+  IP_DST,
+  IP_SRC,
+  IPPROTO_ICMP,
+  IPPROTO_TCP,
+  IPPROTO_UDP,
+  type PacketInfo,
+  read16,
+  TCP_CHECKSUM,
+  TCP_DPORT,
+  TCP_SPORT,
+  UDP_CHECKSUM,
+  UDP_DPORT,
+  UDP_SPORT,
+  write16,
+  write32,
+} from "./packet.ts";
+
+/**
+ * Rewrites source and destination address and port of a parsed TCP, UDP or
+ * ICMP echo packet in place, fixing the IP header checksum and the L4
+ * checksum incrementally (TCP and UDP include the pseudo-header, so an
+ * address change reaches them; ICMP has none, so only the identifier changes
+ * its checksum). A UDP checksum of 0 ("none") stays 0; an updated UDP
+ * checksum of 0 is written as 0xffff.
+ *
+ * For ICMP echo, "port" is the identifier following the port convention of
+ * `packet.ts`: a request takes `sport`, a reply takes `dport`, and the other
+ * one is ignored (it stays 0 in `info`).
+ *
+ * Precondition: `parse(buf, n, info)` returned `Drop.NONE` and
+ * `info.icmpError` is false (use {@link rewriteIcmpError} for errors).
+ *
+ * @param buf the packet
+ * @param info its parse result; updated to the new addresses and ports
+ * @param src new source address, host order
+ * @param sport new source port (echo request: identifier)
+ * @param dst new destination address, host order
+ * @param dport new destination port (echo reply: identifier)
+ */
+export function rewrite(
+  buf: Uint8Array,
+  info: PacketInfo,
+  src: number,
+  sport: number,
+  dst: number,
+  dport: number,
+): void {
+  src >>>= 0;
+  dst >>>= 0;
+  const l4 = info.l4;
+
+  // Address changes: one delta for the IP header checksum, reused for the
+  // TCP/UDP pseudo-header.
+  let addrDelta = 0;
+  if (src !== info.src) {
+    addrDelta = csumDelta32(addrDelta, info.src, src);
+    write32(buf, IP_SRC, src);
+    info.src = src;
+  }
+  if (dst !== info.dst) {
+    addrDelta = csumDelta32(addrDelta, info.dst, dst);
+    write32(buf, IP_DST, dst);
+    info.dst = dst;
+  }
+  if (addrDelta !== 0) {
+    write16(buf, IP_CHECKSUM, csumApply(read16(buf, IP_CHECKSUM), addrDelta));
+  }
+
+  const proto = info.proto;
+  if (proto === IPPROTO_ICMP) {
+    // Echo: only the identifier moves; no pseudo-header.
+    let id: number;
+    if (info.icmpType === ICMP_ECHO_REQUEST) {
+      id = sport & 0xffff;
+      if (id === info.sport) return;
+      info.sport = id;
+    } else if (info.icmpType === ICMP_ECHO_REPLY) {
+      id = dport & 0xffff;
+      if (id === info.dport) return;
+      info.dport = id;
+    } else {
+      return;
+    }
+    const old = read16(buf, l4 + ICMP_ID);
+    write16(buf, l4 + ICMP_ID, id);
+    const c = l4 + ICMP_CHECKSUM;
+    write16(buf, c, csumApply(read16(buf, c), csumDelta16(0, old, id)));
+    return;
+  }
+
+  // TCP and UDP keep their ports at the same offsets.
+  sport &= 0xffff;
+  dport &= 0xffff;
+  let delta = addrDelta;
+  if (sport !== info.sport) {
+    delta = csumDelta16(delta, info.sport, sport);
+    write16(buf, l4 + TCP_SPORT, sport);
+    info.sport = sport;
+  }
+  if (dport !== info.dport) {
+    delta = csumDelta16(delta, info.dport, dport);
+    write16(buf, l4 + TCP_DPORT, dport);
+    info.dport = dport;
+  }
+  if (delta === 0) return;
+  if (proto === IPPROTO_TCP) {
+    const c = l4 + TCP_CHECKSUM;
+    write16(buf, c, csumApply(read16(buf, c), delta));
+  } else if (proto === IPPROTO_UDP) {
+    const c = l4 + UDP_CHECKSUM;
+    const old = read16(buf, c);
+    // 0 means the sender computed no checksum: there is nothing to keep right.
+    if (old !== 0) write16(buf, c, udpWireChecksum(csumApply(old, delta)));
+  }
+}
+
+/**
+ * Rewrites an ICMP error in place (RFC 5508 §4.2): the outer source and
+ * destination, and the quoted packet's addresses and ports (echo: identifier,
+ * by the port convention). Fixes the outer IP header checksum, the quoted IP
+ * header checksum, the quoted UDP checksum when non-zero, the quoted TCP
+ * checksum only when the quoted bytes hold all of it, the quoted ICMP echo
+ * checksum, and the error's own ICMP checksum, which covers the whole quote
+ * including those checksum fields. Everything else, the next-hop MTU of
+ * "fragmentation needed" included, is left as is.
+ *
+ * Quoted L4 checksums are adjusted by the delta of what changed, never
+ * recomputed or validated: the quote is usually truncated, and adjusting
+ * keeps it exactly as consistent as it was.
+ *
+ * Precondition: `parse(buf, n, info)` returned `Drop.NONE` and
+ * `info.icmpError` is true.
+ *
+ * @param buf the ICMP error packet
+ * @param info its parse result; updated to the new values
+ * @param outerSrc new source of the error
+ * @param outerDst new destination of the error
+ * @param innerSrc new source of the quoted packet
+ * @param innerSport new source port of the quoted packet (echo request: identifier)
+ * @param innerDst new destination of the quoted packet
+ * @param innerDport new destination port of the quoted packet (echo reply: identifier)
+ */
+export function rewriteIcmpError(
+  buf: Uint8Array,
+  info: PacketInfo,
+  outerSrc: number,
+  outerDst: number,
+  innerSrc: number,
+  innerSport: number,
+  innerDst: number,
+  innerDport: number,
+): void {
+  outerSrc >>>= 0;
+  outerDst >>>= 0;
+  innerSrc >>>= 0;
+  innerDst >>>= 0;
+  innerSport &= 0xffff;
+  innerDport &= 0xffff;
+
+  // Outer IP header: its checksum covers only the header, not the ICMP message.
+  let outerDelta = 0;
+  if (outerSrc !== info.src) {
+    outerDelta = csumDelta32(outerDelta, info.src, outerSrc);
+    write32(buf, IP_SRC, outerSrc);
+    info.src = outerSrc;
+  }
+  if (outerDst !== info.dst) {
+    outerDelta = csumDelta32(outerDelta, info.dst, outerDst);
+    write32(buf, IP_DST, outerDst);
+    info.dst = outerDst;
+  }
+  if (outerDelta !== 0) {
+    write16(buf, IP_CHECKSUM, csumApply(read16(buf, IP_CHECKSUM), outerDelta));
+  }
+
+  // Every byte from here on is inside the ICMP message.
+  let icmpDelta = 0;
+
+  // Quoted IP header: always complete (parse checked it).
+  const ip = info.innerOff;
+  let addrDelta = 0;
+  if (innerSrc !== info.innerSrc) {
+    addrDelta = csumDelta32(addrDelta, info.innerSrc, innerSrc);
+    write32(buf, ip + IP_SRC, innerSrc);
+    info.innerSrc = innerSrc;
+  }
+  if (innerDst !== info.innerDst) {
+    addrDelta = csumDelta32(addrDelta, info.innerDst, innerDst);
+    write32(buf, ip + IP_DST, innerDst);
+    info.innerDst = innerDst;
+  }
+  if (addrDelta !== 0) {
+    icmpDelta += addrDelta;
+    icmpDelta = replaceChecksum(buf, ip + IP_CHECKSUM, addrDelta, icmpDelta, false);
+  }
+
+  // Quoted L4 header: parse guaranteed its first 8 bytes.
+  const l4 = ip + info.innerIhl;
+  const proto = info.innerProto;
+  if (proto === IPPROTO_TCP || proto === IPPROTO_UDP) {
+    let l4Delta = addrDelta;
+    let portDelta = 0;
+    if (innerSport !== info.innerSport) {
+      portDelta = csumDelta16(portDelta, info.innerSport, innerSport);
+      write16(buf, l4 + UDP_SPORT, innerSport);
+      info.innerSport = innerSport;
+    }
+    if (innerDport !== info.innerDport) {
+      portDelta = csumDelta16(portDelta, info.innerDport, innerDport);
+      write16(buf, l4 + UDP_DPORT, innerDport);
+      info.innerDport = innerDport;
+    }
+    icmpDelta += portDelta;
+    l4Delta += portDelta;
+    if (l4Delta !== 0) {
+      if (proto === IPPROTO_UDP) {
+        // Within the 8 quoted bytes; 0 means "no checksum" and stays 0.
+        if (read16(buf, l4 + UDP_CHECKSUM) !== 0) {
+          icmpDelta = replaceChecksum(buf, l4 + UDP_CHECKSUM, l4Delta, icmpDelta, true);
+        }
+      } else if (l4 + TCP_CHECKSUM + 2 <= info.len) {
+        // TCP's checksum is at bytes 16-17: often, but not always, quoted.
+        icmpDelta = replaceChecksum(buf, l4 + TCP_CHECKSUM, l4Delta, icmpDelta, false);
+      }
+    }
+  } else if (proto === IPPROTO_ICMP) {
+    // A quoted echo: its identifier is the "port"; its checksum has no pseudo-header.
+    let id = -1;
+    if (buf[l4] === ICMP_ECHO_REQUEST && innerSport !== info.innerSport) {
+      id = innerSport;
+      info.innerSport = id;
+    } else if (buf[l4] === ICMP_ECHO_REPLY && innerDport !== info.innerDport) {
+      id = innerDport;
+      info.innerDport = id;
+    }
+    if (id >= 0) {
+      const d = csumDelta16(0, read16(buf, l4 + ICMP_ID), id);
+      write16(buf, l4 + ICMP_ID, id);
+      icmpDelta += d;
+      icmpDelta = replaceChecksum(buf, l4 + ICMP_CHECKSUM, d, icmpDelta, false);
+    }
+  }
+
+  if (icmpDelta !== 0) {
+    const c = info.l4 + ICMP_CHECKSUM;
+    write16(buf, c, csumApply(read16(buf, c), icmpDelta));
+  }
+}
+
+/**
+ * Applies `delta` to the checksum field at `off` and returns `enclosing`
+ * plus the delta of that field's own change, for the checksum that covers it.
+ */
+function replaceChecksum(
+  buf: Uint8Array,
+  off: number,
+  delta: number,
+  enclosing: number,
+  udp: boolean,
+): number {
+  const old = read16(buf, off);
+  let updated = csumApply(old, delta);
+  if (udp) updated = udpWireChecksum(updated);
+  write16(buf, off, updated);
+  return csumDelta16(enclosing, old, updated);
+}
