@@ -79,8 +79,8 @@ export function parsePool(spec: string, limit = 65536): number[] | string {
   for (const raw of spec.split(",")) {
     const item = raw.trim();
     if (item === "") return `Empty item in pool "${spec}"`;
-    let lo: number | null;
-    let hi: number | null;
+    let lo: number;
+    let hi: number;
     if (item.includes("/")) {
       const c = parseCidr(item);
       if (!c) return `Cannot parse pool prefix "${item}"`;
@@ -88,13 +88,16 @@ export function parsePool(spec: string, limit = 65536): number[] | string {
       hi = (c.addr + 2 ** (32 - c.len) - 1) >>> 0;
     } else if (item.includes("-")) {
       const [a, b] = item.split("-");
-      lo = parseIPv4(a ?? "");
-      hi = parseIPv4(b ?? "");
-      if (lo === null || hi === null) return `Cannot parse pool range "${item}"`;
+      const l = parseIPv4(a ?? "");
+      const h = parseIPv4(b ?? "");
+      if (l === null || h === null) return `Cannot parse pool range "${item}"`;
+      lo = l;
+      hi = h;
       if (hi < lo) return `Pool range "${item}" ends before it starts`;
     } else {
-      lo = hi = parseIPv4(item);
-      if (lo === null) return `Cannot parse pool address "${item}"`;
+      const one = parseIPv4(item);
+      if (one === null) return `Cannot parse pool address "${item}"`;
+      lo = hi = one;
     }
     if (hi - lo + 1 + out.size > limit) return `Pool "${spec}" has more than ${limit} addresses`;
     for (let a = lo; a <= hi; a++) out.add(a >>> 0);

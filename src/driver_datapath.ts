@@ -1,0 +1,116 @@
+/**
+ * The driver's kernel wiring: the netfilter queue, the iptables chains that
+ * feed it, and a raw socket for ICMP refusals. Undone by the returned cleanup.
+ *
+ * raw OUTPUT → DPM-DRV-OUT: everything TCP/UDP/ICMP leaving for outside the
+ *   LAN (not loopback, multicast or broadcast)          → CT --notrack, NFQUEUE q
+ * raw PREROUTING → DPM-DRV-PRE: from G, TCP/UDP from the gateway ports Pg and
+ *   ICMP echo replies; ICMP errors from G or from outside the LAN → same.
+ *
+ * The queue uses --queue-bypass: if the driver is not running, packets pass
+ * untranslated and the gateway's ordinary NAT still serves the host. Overflow
+ * drops (no FAIL_OPEN): an untranslated packet in the middle of a translated
+ * session would reach the peer from the wrong address and could reset it.
+ *
+ * @module
+ */
+
+import { type Cidr, formatCidr, formatIPv4 } from "./addr.ts";
+import type { DriverConfig } from "./config.ts";
+import { type DriverCore, DriverVerdict } from "./driver.ts";
+import { logger } from "./log.ts";
+import { type ChainSpec, installChains, removeChains } from "../ffi/iptables.ts";
+import { Handled, NfQueue } from "../ffi/nfqueue.ts";
+import { RawSocket } from "../ffi/rawsock.ts";
+
+const log = logger("driver");
+
+/** NF_INET_LOCAL_OUT: the hook number of raw OUTPUT. */
+const HOOK_LOCAL_OUT = 3;
+
+/** The iptables chains of the driver role. */
+export function driverChains(cfg: DriverConfig, lan: Cidr): ChainSpec[] {
+  const q = ["-j", "NFQUEUE", "--queue-num", String(cfg.queue), "--queue-bypass"];
+  const nt = ["-j", "CT", "--notrack"];
+  const g = formatIPv4(cfg.server);
+  const pg = `${cfg.gatewayPorts[0]}:${cfg.gatewayPorts[1]}`;
+  const out: string[][] = [
+    ["-d", formatCidr(lan), "-j", "RETURN"],
+    ["-d", "127.0.0.0/8", "-j", "RETURN"],
+    ["-d", "224.0.0.0/4", "-j", "RETURN"],
+    ["-d", "255.255.255.255/32", "-j", "RETURN"],
+  ];
+  for (const p of ["tcp", "udp", "icmp"]) out.push(["-p", p, ...nt], ["-p", p, ...q]);
+  const matches: string[][] = [
+    ["-s", g, "-p", "udp", "--sport", pg],
+    ["-s", g, "-p", "tcp", "--sport", pg],
+    ["-s", g, "-p", "icmp", "--icmp-type", "echo-reply"],
+  ];
+  for (const t of ["destination-unreachable", "time-exceeded", "parameter-problem"]) {
+    matches.push(["-s", g, "-p", "icmp", "--icmp-type", t]);
+    matches.push(["!", "-s", formatCidr(lan), "-p", "icmp", "--icmp-type", t]);
+  }
+  const pre: string[][] = [];
+  for (const m of matches) pre.push([...m, ...nt], [...m, ...q]);
+  return [
+    { table: "raw", hook: "OUTPUT", chain: "DPM-DRV-OUT", rules: out },
+    { table: "raw", hook: "PREROUTING", chain: "DPM-DRV-PRE", rules: pre },
+  ];
+}
+
+/** Sets up the driver's data path and starts translating; returns the cleanup. */
+export async function startDriverDataPath(
+  cfg: DriverConfig,
+  lan: Cidr,
+  core: DriverCore,
+  onFatal: (e: Error) => void,
+): Promise<() => Promise<void>> {
+  const undo: (() => Promise<void> | void)[] = [];
+  const cleanup = async () => {
+    while (undo.length) {
+      try {
+        await undo.pop()!();
+      } catch (e) {
+        log.error(`data path cleanup: ${(e as Error).message}`);
+      }
+    }
+  };
+  try {
+    if (Handled.HOLD !== DriverVerdict.HOLD || Handled.MODIFIED !== DriverVerdict.MODIFIED) {
+      throw new Error("internal: verdict numbering differs between driver.ts and ffi/nfqueue.ts");
+    }
+    const queue = NfQueue.open({ queue: cfg.queue, failOpen: false });
+    undo.push(() => queue.close());
+    core.queue = queue;
+    undo.push(() => {
+      core.queue = null;
+    });
+    const raw = RawSocket.open();
+    undo.push(() => raw.close());
+    core.raw = raw;
+    const specs = driverChains(cfg, lan);
+    await installChains(specs);
+    undo.push(() => removeChains(specs));
+    let running = true;
+    undo.push(() => {
+      running = false;
+    });
+    const handler = (pkt: Uint8Array, id: number, hook: number) =>
+      core.handlePacket(pkt, id, hook === HOOK_LOCAL_OUT);
+    (async () => {
+      while (running) {
+        if (await queue.wait(250)) {
+          if (!running) break;
+          queue.drain(handler);
+        }
+      }
+    })().catch((e) => {
+      if (running) onFatal(e as Error);
+    });
+    log.info(`data path on: queue ${cfg.queue}, LAN ${formatCidr(lan)}`);
+    return cleanup;
+  } catch (e) {
+    await cleanup();
+    throw e;
+  }
+}

@@ -1,0 +1,61 @@
+/**
+ * Per-source token buckets for the control listener (as in wireguard-go's
+ * ratelimiter): each host may send `rate` requests per second with bursts of
+ * `burst`. The clock is passed in, so tests control time. Idle buckets are
+ * garbage-collected by `sweep(now)`, so a flood of spoofed sources cannot grow
+ * the map without bound for long.
+ *
+ * @module
+ */
+
+interface Bucket {
+  tokens: number;
+  last: number;
+}
+
+/** A token bucket per source address. */
+export class RateLimiter {
+  readonly #buckets = new Map<number, Bucket>();
+  readonly #rate: number;
+  readonly #burst: number;
+  readonly #maxSources: number;
+
+  /**
+   * @param rate tokens per second per source
+   * @param burst bucket size (default 2 × rate)
+   * @param maxSources sources tracked at most; beyond it new sources are refused until a sweep
+   */
+  constructor(rate: number, burst = 2 * rate, maxSources = 65536) {
+    this.#rate = rate;
+    this.#burst = burst;
+    this.#maxSources = maxSources;
+  }
+
+  /** Takes one token for `src` at time `now` (ms). Returns false when the source is over its rate. */
+  allow(src: number, now: number): boolean {
+    let b = this.#buckets.get(src);
+    if (!b) {
+      if (this.#buckets.size >= this.#maxSources) return false;
+      b = { tokens: this.#burst, last: now };
+      this.#buckets.set(src, b);
+    } else {
+      const dt = Math.max(0, now - b.last) / 1000;
+      b.tokens = Math.min(this.#burst, b.tokens + dt * this.#rate);
+      b.last = now;
+    }
+    if (b.tokens < 1) return false;
+    b.tokens -= 1;
+    return true;
+  }
+
+  /** Forgets buckets that have been full (idle) for a while. */
+  sweep(now: number): void {
+    const full = (this.#burst / this.#rate) * 1000;
+    for (const [k, b] of this.#buckets) if (now - b.last > full) this.#buckets.delete(k);
+  }
+
+  /** Number of sources tracked. */
+  get size(): number {
+    return this.#buckets.size;
+  }
+}
