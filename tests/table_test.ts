@@ -274,10 +274,12 @@ Deno.test("NO_RESOURCES: a host that uses every gateway port of a protocol", () 
   assert.equal(t.reserve(req({ a: H2, px: 2000 }), 0).result, Result.OK);
 });
 
-Deno.test("requests the table refuses: protocol, remote in the pool, malformed ports", () => {
+Deno.test("requests the table refuses: protocol, malformed ports; a pool remote is hairpinning", () => {
   const t = new SessionTable({ pool: [R1] });
   assert.equal(t.reserve(req({ a: H1, proto: 47 }), 0).result, Result.UNSUPPORTED_PROTOCOL);
-  assert.equal(t.reserve(req({ a: H1, x: R1 }), 0).result, Result.BAD_REMOTE);
+  const hp = t.reserve(req({ a: H2, x: R1, px: 5555 }), 0);
+  assert.equal(hp.result, Result.OK);
+  assert.equal(t.releaseSlot(hp.session), true);
   assert.equal(t.reserve(req({ a: H1, pa: 0 }), 0).result, Result.MALFORMED);
   assert.equal(t.reserve(req({ a: H1, px: 70000 }), 0).result, Result.MALFORMED);
   assert.equal(t.reserve(req({ a: H1, lifetime: -1 }), 0).result, Result.MALFORMED);
