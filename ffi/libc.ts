@@ -1,0 +1,228 @@
+/**
+ * Every C function dpm calls, in one place.
+ *
+ * The library is opened lazily on the first call of {@linkcode libc}, so this
+ * module can be imported (and type-checked, and its constants used) without
+ * `--allow-ffi`. Every parameter is annotated with its C declaration. The
+ * layouts assume an LP64 Linux ABI (x86_64, aarch64): pointers and `size_t`
+ * are 8 bytes.
+ *
+ * Requires `--allow-ffi` once a symbol is used.
+ *
+ * @module
+ */
+
+/** The symbol table handed to `Deno.dlopen`. */
+const SYMBOLS = {
+  /** `int socket(int domain, int type, int protocol);` */
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  /** `int bind(int sockfd, const struct sockaddr *addr, socklen_t addrlen);` */
+  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  /** `int setsockopt(int sockfd, int level, int optname, const void *optval, socklen_t optlen);` */
+  setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
+  /** `int getsockopt(int sockfd, int level, int optname, void *optval, socklen_t *optlen);` */
+  getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
+  /** `ssize_t send(int sockfd, const void *buf, size_t len, int flags);` */
+  send: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
+  /**
+   * `ssize_t sendto(int sockfd, const void *buf, size_t len, int flags,
+   *                 const struct sockaddr *dest_addr, socklen_t addrlen);`
+   */
+  sendto: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"], result: "isize" },
+  /** `ssize_t sendmsg(int sockfd, const struct msghdr *msg, int flags);` */
+  sendmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
+  /** `ssize_t recv(int sockfd, void *buf, size_t len, int flags);` */
+  recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
+  /**
+   * `int recvmmsg(int sockfd, struct mmsghdr *msgvec, unsigned int vlen, int flags,
+   *               struct timespec *timeout);`
+   */
+  recvmmsg: { parameters: ["i32", "buffer", "u32", "i32", "pointer"], result: "i32" },
+  /**
+   * `int poll(struct pollfd *fds, nfds_t nfds, int timeout);` on a worker
+   * thread: the event loop keeps running while it blocks. `errno` of that
+   * thread cannot be read afterwards.
+   */
+  poll_async: {
+    name: "poll",
+    parameters: ["buffer", "u64", "i32"],
+    result: "i32",
+    nonblocking: true,
+  },
+  /** `int poll(struct pollfd *fds, nfds_t nfds, int timeout);` on the calling thread. */
+  poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
+  /** `int eventfd(unsigned int initval, int flags);` */
+  eventfd: { parameters: ["u32", "i32"], result: "i32" },
+  /** `ssize_t write(int fd, const void *buf, size_t count);` */
+  write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  /** `int close(int fd);` */
+  close: { parameters: ["i32"], result: "i32" },
+  /** `int *__errno_location(void);` (glibc: the calling thread's `errno`) */
+  __errno_location: { parameters: [], result: "pointer" },
+  /** `char *strerror(int errnum);` */
+  strerror: { parameters: ["i32"], result: "pointer" },
+  /** `pid_t getpid(void);` */
+  getpid: { parameters: [], result: "i32" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+/** The opened library's callable symbols. */
+export type Libc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+
+let lib: Deno.DynamicLibrary<typeof SYMBOLS> | null = null;
+
+/**
+ * The libc symbols, opening `libc.so.6` on first use.
+ *
+ * Requires `--allow-ffi`.
+ */
+export function libc(): Libc {
+  lib ??= Deno.dlopen("libc.so.6", SYMBOLS);
+  return lib.symbols;
+}
+
+/**
+ * The calling thread's `errno`. Call it right after the failed call, before
+ * any other FFI call that might overwrite it. Only meaningful for symbols
+ * called synchronously (not for `nonblocking` ones, which run on another
+ * thread).
+ */
+export function errno(): number {
+  const p = libc().__errno_location();
+  if (p === null) return 0;
+  return new Deno.UnsafePointerView(p).getInt32();
+}
+
+/** The text of an error number, as `strerror(3)` gives it. */
+export function strerror(err: number): string {
+  const p = libc().strerror(err);
+  return p === null ? `errno ${err}` : Deno.UnsafePointerView.getCString(p);
+}
+
+/** Error thrown by {@linkcode check}, carrying the C error number. */
+export class OsError extends Error {
+  /** The `errno` value of the failed call. */
+  readonly errno: number;
+  /** @param what what was attempted; @param err the `errno` value. */
+  constructor(what: string, err: number) {
+    super(`${what}: ${strerror(err)} (errno ${err})`);
+    this.name = "OsError";
+    this.errno = err;
+  }
+}
+
+/**
+ * Throws an {@linkcode OsError} naming `what` when `ret` is negative (the C
+ * convention for failure), reading `errno` at once; returns `ret` otherwise.
+ *
+ * @example
+ * ```ts ignore
+ * const fd = check(libc().socket(AF_INET, SOCK_RAW, IPPROTO_RAW), "socket(AF_INET, SOCK_RAW)");
+ * ```
+ */
+export function check(ret: number | bigint, what: string): number {
+  const n = Number(ret);
+  if (n < 0) throw new OsError(what, errno());
+  return n;
+}
+
+/** True on little-endian hosts (x86_64, aarch64 as Linux runs it). */
+export const HOST_LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/** The address of a buffer's first byte as a plain number (user-space addresses fit in 53 bits). */
+export function addressOf(buf: Uint8Array): number {
+  const p = Deno.UnsafePointer.of(buf as Uint8Array<ArrayBuffer>);
+  return p === null ? 0 : Number(Deno.UnsafePointer.value(p));
+}
+
+/**
+ * Writes a 64-bit pointer or `size_t` (given as a number below 2^53) into `dv`
+ * at `off`, in host byte order.
+ */
+export function setU64(dv: DataView, off: number, addr: number): void {
+  // Two 32-bit halves: no BigInt allocation on the hot path.
+  const lo = addr % 0x1_0000_0000;
+  const hi = (addr - lo) / 0x1_0000_0000;
+  if (HOST_LITTLE_ENDIAN) {
+    dv.setUint32(off, lo, true);
+    dv.setUint32(off + 4, hi, true);
+  } else {
+    dv.setUint32(off, hi, false);
+    dv.setUint32(off + 4, lo, false);
+  }
+}
+
+// errno values dpm reacts to (asm-generic/errno-base.h, errno.h).
+/** Interrupted system call. */
+export const EINTR = 4;
+/** Resource temporarily unavailable (nothing to read with MSG_DONTWAIT). */
+export const EAGAIN = 11;
+/** Operation not permitted. */
+export const EPERM = 1;
+/** No such file or directory (netlink: no such queue / packet id). */
+export const ENOENT = 2;
+/** Device or resource busy (netlink queue bound by another socket). */
+export const EBUSY = 16;
+/** No buffer space available (netlink receive queue overflowed). */
+export const ENOBUFS = 105;
+
+// Socket constants (linux/socket.h, linux/in.h, asm-generic/socket.h).
+/** `AF_INET` */
+export const AF_INET = 2;
+/** `AF_NETLINK` */
+export const AF_NETLINK = 16;
+/** `SOCK_RAW` */
+export const SOCK_RAW = 3;
+/** `SOCK_CLOEXEC`: not inherited by spawned processes. */
+export const SOCK_CLOEXEC = 0o2000000;
+/** `SOCK_NONBLOCK` */
+export const SOCK_NONBLOCK = 0o4000;
+/** `IPPROTO_RAW`: sending implies `IP_HDRINCL`. */
+export const IPPROTO_RAW = 255;
+/** `SOL_SOCKET` */
+export const SOL_SOCKET = 1;
+/** `SO_SNDBUF` */
+export const SO_SNDBUF = 7;
+/** `SO_RCVBUF` */
+export const SO_RCVBUF = 8;
+/** `SO_SNDBUFFORCE`: like SO_SNDBUF, past `wmem_max` (CAP_NET_ADMIN). */
+export const SO_SNDBUFFORCE = 32;
+/** `SO_RCVBUFFORCE`: like SO_RCVBUF, past `rmem_max` (CAP_NET_ADMIN). */
+export const SO_RCVBUFFORCE = 33;
+/** `MSG_DONTWAIT` */
+export const MSG_DONTWAIT = 0x40;
+/** `MSG_TRUNC` (in msg_flags: the datagram was longer than the buffer). */
+export const MSG_TRUNC = 0x20;
+/** `POLLIN` */
+export const POLLIN = 0x1;
+/** `POLLERR` */
+export const POLLERR = 0x8;
+/** `POLLHUP` */
+export const POLLHUP = 0x10;
+/** `POLLNVAL` */
+export const POLLNVAL = 0x20;
+/** `EFD_NONBLOCK` */
+export const EFD_NONBLOCK = 0o4000;
+/** `EFD_CLOEXEC` */
+export const EFD_CLOEXEC = 0o2000000;
+
+// Struct layouts (LP64).
+/** `sizeof(struct iovec)`: void *iov_base; size_t iov_len. */
+export const IOVEC_SIZE = 16;
+/**
+ * `struct msghdr` offsets: name 0, namelen 8, iov 16, iovlen 24, control 32,
+ * controllen 40, flags 48; size 56.
+ */
+export const MsgHdr = {
+  NAME: 0,
+  NAMELEN: 8,
+  IOV: 16,
+  IOVLEN: 24,
+  CONTROL: 32,
+  CONTROLLEN: 40,
+  FLAGS: 48,
+  SIZE: 56,
+} as const;
+/** `struct mmsghdr`: a msghdr then `unsigned int msg_len`; size 64 with padding. */
+export const MMsgHdr = { HDR: 0, LEN: 56, SIZE: 64 } as const;
+/** `struct pollfd`: int fd; short events; short revents. */
+export const PollFd = { FD: 0, EVENTS: 4, REVENTS: 6, SIZE: 8 } as const;

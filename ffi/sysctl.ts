@@ -1,0 +1,82 @@
+/**
+ * Kernel parameters under `/proc/sys`, set for the lifetime of a dpm process
+ * and put back afterwards.
+ *
+ * Names are in `sysctl(8)`'s dotted form: `net.ipv4.conf.lan0.accept_local`
+ * is `/proc/sys/net/ipv4/conf/lan0/accept_local`. An interface name holding
+ * a dot (`eth0.100`) is written with a slash, as `sysctl(8)` does:
+ * `net.ipv4.conf.eth0/100.rp_filter`.
+ *
+ * The files belong to the network namespace the process runs in.
+ *
+ * Requires `--allow-read` and `--allow-write` on `/proc/sys`, and root to write.
+ *
+ * @module
+ */
+
+/** The `/proc/sys` path of a dotted sysctl name. Throws a TypeError for a malformed name. */
+export function sysctlPath(name: string): string {
+  if (!/^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-/]+)+$/.test(name) || name.includes("..")) {
+    throw new TypeError(`Malformed sysctl name "${name}"`);
+  }
+  // Dots separate levels; a slash stands for a dot inside one level.
+  return "/proc/sys/" + name.split(".").map((p) => p.replaceAll("/", ".")).join("/");
+}
+
+/** The current value of a sysctl, without the trailing newline. */
+export async function readSysctl(name: string): Promise<string> {
+  return (await Deno.readTextFile(sysctlPath(name))).trim();
+}
+
+/**
+ * Writes each value, remembering the previous ones, and returns a function
+ * that writes the previous values back (in reverse order; it never throws,
+ * and calling it twice is harmless). If one write fails, the values already
+ * written are restored before the error is thrown.
+ *
+ * @example
+ * ```ts ignore
+ * const restore = await setSysctls({ "net.ipv4.conf.lan0.accept_local": "1" });
+ * try { await serve(); } finally { await restore(); }
+ * ```
+ */
+export async function setSysctls(
+  values: Record<string, string>,
+): Promise<() => Promise<void>> {
+  const done: [path: string, old: string][] = [];
+  const restore = async (): Promise<void> => {
+    while (done.length > 0) {
+      const [path, old] = done.pop()!;
+      try {
+        await Deno.writeTextFile(path, old + "\n");
+      } catch {
+        // Best effort: the interface may be gone, which took the value with it.
+      }
+    }
+  };
+  try {
+    for (const [name, value] of Object.entries(values)) {
+      const path = sysctlPath(name);
+      let old: string;
+      try {
+        old = (await Deno.readTextFile(path)).trim();
+      } catch (e) {
+        if (e instanceof Deno.errors.NotFound) {
+          throw new Error(`Unknown sysctl "${name}" (no ${path})`);
+        }
+        throw e;
+      }
+      if (old === value) continue;
+      try {
+        await Deno.writeTextFile(path, value + "\n");
+      } catch (e) {
+        throw new Error(`Cannot set sysctl "${name}" to "${value}": ${(e as Error).message}`);
+      }
+      done.push([path, old]);
+    }
+  } catch (e) {
+    await restore();
+    throw e;
+  }
+  return restore;
+}
