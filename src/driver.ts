@@ -30,7 +30,7 @@ import { type Cidr, cidrContains, formatCidr, formatIPv4, parseAddrPort } from "
 import type { DriverConfig } from "./config.ts";
 import { ControlClient, ControlTimeout } from "./control.ts";
 import { logger } from "./log.ts";
-import { newNonce, Op, type Response } from "./proto.ts";
+import { newNonce, Op, type Request, type Response } from "./proto.ts";
 import { Result, resultName } from "./result.ts";
 import {
   Drop,
@@ -94,6 +94,13 @@ export interface HostSession {
   renewing: boolean;
 }
 
+/** How the driver reaches the server: ControlClient over UDP, or an in-memory pipe in tests. */
+export interface ControlTransport {
+  /** Resolves with the server's answer; rejects with ControlTimeout when it never comes. */
+  request(req: Request): Promise<Response>;
+  readonly stats?: Record<string, number>;
+}
+
 /** Packet I/O the driver needs from the queue (a seam for tests). */
 export interface HeldVerdicts {
   verdict(id: number, verdict: number, payload?: Uint8Array): void;
@@ -125,7 +132,7 @@ export class DriverCore {
   readonly #lan: Cidr;
   readonly #eph: [number, number];
   readonly #fixed: Set<number>;
-  readonly #client: ControlClient;
+  readonly #client: ControlTransport;
   readonly now: () => number;
   /** Outbound key → session. Key: proto/pa/x/px in two numbers (see #okey). */
   readonly #out = new Map<number, Map<number, HostSession>>();
@@ -148,7 +155,7 @@ export class DriverCore {
     bypassed: 0,
   };
 
-  constructor(cfg: DriverConfig, client: ControlClient, opts: DriverCoreOptions) {
+  constructor(cfg: DriverConfig, client: ControlTransport, opts: DriverCoreOptions) {
     this.#cfg = cfg;
     this.#client = client;
     this.#lan = opts.lan;
@@ -639,7 +646,7 @@ export class DriverCore {
   stats(): Record<string, unknown> {
     const drops: Record<string, number> = {};
     for (let i = 1; i < DROP_COUNT; i++) if (this.drops[i]) drops[DROP_NAMES[i]!] = this.drops[i]!;
-    return { ...this.counters, held: this.#heldTotal, drops, control: this.#client.stats };
+    return { ...this.counters, held: this.#heldTotal, drops, control: this.#client.stats ?? {} };
   }
 }
 
