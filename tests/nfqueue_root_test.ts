@@ -205,3 +205,69 @@ Deno.test("nfqueue: the ffi modules import without --allow-ffi", async () => {
     assert.equal(r.code, 0, `${m}: ${r.stderr}`);
   }
 });
+
+Deno.test("rawsock root: a packet built in user space is routed and delivered", async () => {
+  const pair = await createNsPair(tag("raw"));
+  let receiver: Proc | null = null;
+  try {
+    receiver = new Proc(inNs(pair.b, ["python3", "-c", RECEIVER, String(PORT), "1", "10"]));
+    const rc = receiver;
+    await waitFor(() => rc.out.includes("ready"), `the receiver (${rc.err})`, 10000);
+    const mod = new URL("../ffi/rawsock.ts", import.meta.url).href;
+    // IPv4 (checksum and length left for the kernel) + UDP without checksum.
+    const code = `import { RawSocket } from "${mod}";
+      const payload = new TextEncoder().encode("raw-1");
+      const p = new Uint8Array(28 + payload.length);
+      const dv = new DataView(p.buffer);
+      p[0] = 0x45; p[8] = 64; p[9] = 17;
+      p.set([10, 9, 0, 1], 12); p.set([10, 9, 0, 2], 16);
+      dv.setUint16(20, 1234); dv.setUint16(22, ${PORT}); dv.setUint16(24, 8 + payload.length);
+      p.set(payload, 28);
+      const s = RawSocket.open();
+      s.send(p, p.length, 0x0a090002);
+      s.send(p, 10, 0x0a090002); // too short: counted, not thrown
+      console.log(JSON.stringify(s.stats));
+      s.close(); s.close();`;
+    const r = await run(inNs(pair.a, [Deno.execPath(), "eval", code]));
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout), { sent: 1, errors: 1 });
+    await receiver.finish(15000);
+    assert.deepEqual(JSON.parse(receiver.out.trim().split("\n").at(-1)!), ["raw-1"]);
+  } finally {
+    receiver?.kill("SIGKILL");
+    await receiver?.finish(5000);
+    await deleteNsPair(pair);
+  }
+});
+
+Deno.test("sysctl root: values are set and restored", async () => {
+  const pair = await createNsPair(tag("sys"));
+  try {
+    const mod = new URL("../ffi/sysctl.ts", import.meta.url).href;
+    // In namespace A, whose /proc/sys/net is its own.
+    const code = `import { readSysctl, setSysctls, sysctlPath } from "${mod}";
+      const names = ["net.ipv4.conf.a0.accept_local", "net.ipv4.conf.a0.rp_filter"];
+      const before = await Promise.all(names.map(readSysctl));
+      const restore = await setSysctls({ [names[0]]: "1", [names[1]]: "0" });
+      const during = await Promise.all(names.map(readSysctl));
+      await restore(); await restore();
+      const after = await Promise.all(names.map(readSysctl));
+      let unknown = "";
+      try { await setSysctls({ [names[0]]: "1", "net.ipv4.conf.nope0.rp_filter": "0" }); }
+      catch (e) { unknown = e.message; }
+      const untouched = await readSysctl(names[0]);
+      console.log(JSON.stringify({ before, during, after, unknown, untouched,
+        dotted: sysctlPath("net.ipv4.conf.eth0/100.rp_filter") }));`;
+    const r = await run(inNs(pair.a, [Deno.execPath(), "eval", code]));
+    assert.equal(r.code, 0, r.stderr);
+    const o = JSON.parse(r.stdout);
+    assert.deepEqual(o.during, ["1", "0"]);
+    assert.deepEqual(o.after, o.before);
+    assert.notDeepEqual(o.before, o.during, "the test must change something");
+    assert.match(o.unknown, /Unknown sysctl "net.ipv4.conf.nope0.rp_filter"/);
+    assert.equal(o.untouched, o.before[0], "a failed set restores what it wrote");
+    assert.equal(o.dotted, "/proc/sys/net/ipv4/conf/eth0.100/rp_filter");
+  } finally {
+    await deleteNsPair(pair);
+  }
+});
