@@ -1,0 +1,127 @@
+/**
+ * Starts dpm's roles inside a topology's namespaces, as a user would: the
+ * real CLI (`deno run mod.ts server|driver ...`) in `ip netns exec`. Used by
+ * the end-to-end tests, the demo and the benchmarks.
+ */
+
+import { fileURLToPath } from "node:url";
+import type { Spawned, Topology } from "../src/topology.ts";
+
+/** Absolute path of mod.ts. */
+export const MOD = fileURLToPath(new URL("../mod.ts", import.meta.url));
+
+/** The command that runs dpm: the compiled binary when DPM_BIN is set, else deno run. */
+export function dpmCommand(): string[] {
+  const bin = Deno.env.get("DPM_BIN");
+  return bin ? [bin] : [Deno.execPath(), "run", "--allow-all", "--quiet", MOD];
+}
+
+/** A running dpm setup: one server, drivers on some hosts. */
+export interface Dpm {
+  server: Spawned;
+  drivers: Map<string, Spawned>;
+  /** Operator socket paths. */
+  serverSocket: string;
+  driverSocket(host: string): string;
+  /** `dpm query ... --json` on a host. */
+  query(host: string, proto: string, local: string, remote: string, reserve?: boolean): Promise<Record<string, unknown>>;
+  /** `dpm status --json` on the gateway. */
+  status(): Promise<Record<string, unknown> & { sessions: number; shown: Record<string, unknown>[] }>;
+  stop(): Promise<void>;
+}
+
+/** Options for {@link startDpm}. */
+export interface StartOptions {
+  /** Extra server flags. */
+  serverArgs?: string[];
+  /** Pool (default the topology's). */
+  pool?: string;
+  /** Host names (h1, h2...) that run a driver; default all but the last host. */
+  driverHosts?: string[];
+  /** Extra driver flags. */
+  driverArgs?: string[];
+}
+
+/** Starts the server on the gateway and drivers on hosts; waits until each says "ready". */
+export async function startDpm(t: Topology, o: StartOptions = {}): Promise<Dpm> {
+  const dir = `/run/dpmt/${t.prefix}sock`;
+  await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+  const serverSocket = `${dir}/server.sock`;
+  const driverSocket = (h: string) => `${dir}/${h}.sock`;
+  const server = t.spawn(t.gateway.ns, [
+    ...dpmCommand(),
+    "server",
+    "--lan-if",
+    t.gateway.lanIf,
+    "--wan-if",
+    t.gateway.wanIf,
+    "--lan-addr",
+    t.gateway.lanText,
+    "--pool",
+    o.pool ?? t.poolText,
+    "--add-pool-addresses",
+    "--socket",
+    serverSocket,
+    ...(o.serverArgs ?? []),
+  ]);
+  const drivers = new Map<string, Spawned>();
+  const dpm: Dpm = {
+    server,
+    drivers,
+    serverSocket,
+    driverSocket,
+    async query(host, proto, local, remote, reserve = false) {
+      const h = t.hosts.find((x) => x.name === host)!;
+      const r = await t.exec(h.ns, [
+        ...dpmCommand(),
+        "query",
+        proto,
+        local,
+        remote,
+        "--json",
+        "--socket",
+        driverSocket(host),
+        ...(reserve ? ["--reserve"] : []),
+      ], { timeoutMs: 20_000 });
+      if (r.code !== 0 && r.code !== 1) throw new Error(`dpm query failed (${r.code}): ${r.stderr}`);
+      return JSON.parse(r.stdout);
+    },
+    async status() {
+      const r = await t.exec(t.gateway.ns, [...dpmCommand(), "status", "--json", "--socket", serverSocket], {
+        timeoutMs: 20_000,
+      });
+      if (r.code !== 0) throw new Error(`dpm status failed (${r.code}): ${r.stderr}`);
+      return JSON.parse(r.stdout);
+    },
+    async stop() {
+      await Promise.all([...drivers.values()].map((d) => d.stop("SIGTERM", 5000)));
+      await server.stop("SIGTERM", 5000);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    },
+  };
+  try {
+    await server.waitForOutput(/ready/, 30_000);
+    const hosts = o.driverHosts ?? t.hosts.slice(0, -1).map((h) => h.name);
+    for (const name of hosts) {
+      const h = t.hosts.find((x) => x.name === name);
+      if (!h) throw new Error(`no host ${name}`);
+      drivers.set(
+        name,
+        t.spawn(h.ns, [
+          ...dpmCommand(),
+          "driver",
+          "--server",
+          t.gateway.lanText,
+          "--socket",
+          driverSocket(name),
+          ...(o.driverArgs ?? []),
+        ]),
+      );
+    }
+    await Promise.all([...drivers.values()].map((d) => d.waitForOutput(/ready/, 30_000)));
+  } catch (e) {
+    await dpm.stop();
+    throw new Error(`${(e as Error).message}\n--- server output:\n${server.output()}`);
+  }
+  return dpm;
+}
