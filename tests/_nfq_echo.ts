@@ -7,6 +7,8 @@
  * - `accept`: every packet accepted as is.
  * - `modify`: in UDP packets whose payload starts with "a", that byte
  *   becomes "A" (UDP checksum updated incrementally, RFC 1624); MODIFIED.
+ * - `touch`: every packet gets a payload verdict with its own bytes (for
+ *   measuring the cost of MODIFIED verdicts).
  * - `hold`: a UDP payload starting with "HOLD" is held, then after 300 ms
  *   accepted with a copy whose "HOLD" reads "HELD"; everything else accepted.
  *
@@ -47,6 +49,7 @@ let released = 0;
 const q = NfQueue.open({ queue, batch });
 
 function handler(pkt: Uint8Array, id: number): number {
+  if (mode === "touch") return Handled.MODIFIED;
   const u = udpOffset(pkt);
   if (u < 0) return Handled.ACCEPT;
   const d = u + 8;
