@@ -136,7 +136,7 @@ export const serverSchema = z.strictObject({
   "control-port": port("--control-port").default(4750),
   "port-range": range("--port-range").default([1024, 65535]),
   "gateway-ports": range("--gateway-ports").default([61000, 65535]),
-  lifetime: int("--lifetime", 60, 7 * 86400).default(86400),
+  lifetime: int("--lifetime", 2, 7 * 86400).default(86400),
   "max-sessions-per-host": int("--max-sessions-per-host", 1, 1 << 20).default(4096),
   "rate-limit": int("--rate-limit", 1, 1_000_000).default(2000),
   state: z.string().min(1).nullable().default(null),

@@ -94,7 +94,14 @@ export class ServerCore {
       gatewayPortMin: cfg.gatewayPorts[0],
       gatewayPortMax: cfg.gatewayPorts[1],
       maxSessionsPerHost: cfg.maxSessionsPerHost,
-      lifetimes: { max: cfg.lifetime },
+      // --lifetime caps every lifetime; the RFC-respecting defaults apply below it.
+      lifetimes: {
+        max: cfg.lifetime,
+        min: Math.min(30, cfg.lifetime),
+        udp: Math.min(300, cfg.lifetime),
+        tcp: Math.min(7440, cfg.lifetime),
+        icmp: Math.min(60, cfg.lifetime),
+      },
     });
     this.#limiter = new RateLimiter(cfg.rateLimit);
   }
@@ -321,7 +328,9 @@ export class ServerCore {
    * stopped, so a million-session table never blocks the event loop for long.
    */
   expire(budget?: number): number {
-    return budget === undefined ? this.table.expire(this.now()) : this.table.expire(this.now(), budget);
+    return budget === undefined
+      ? this.table.expire(this.now())
+      : this.table.expire(this.now(), budget);
   }
 
   /** The status reply for `dpm status`. */
@@ -461,6 +470,14 @@ export async function runServer(cfg: ServerConfig): Promise<number> {
           `--lan-addr ${formatIPv4(cfg.lanAddr)} is not configured on --lan-if ${cfg.lanIf}`,
         );
       }
+    }
+    if (cfg.lifetime < 7440) {
+      log.warn(
+        `--lifetime ${cfg.lifetime} is below RFC 5382's 2 h 4 min for established TCP and ` +
+          `${
+            cfg.lifetime < 120 ? "RFC 4787's 2 min for UDP; " : ""
+          }drivers renew busy sessions, idle ones expire sooner`,
+      );
     }
     const restored = cfg.state ? await readState(cfg.state) : null;
     const core = new ServerCore(cfg, { lan, ...(restored ? { epoch: restored.epoch } : {}) });

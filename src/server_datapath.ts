@@ -127,7 +127,9 @@ export async function startServerDataPath(
     undo.push(restoreSysctls);
     if (cfg.addPoolAddresses) {
       const added = await addAddresses(wanIf, cfg.pool);
-      undo.push(() => removeAddresses(wanIf, added));
+      // dpm owns the pool: on exit it removes every pool address, including
+      // those a crashed run left behind (which addAddresses found present).
+      undo.push(() => removeAddresses(wanIf, cfg.pool));
       log.info(`added ${added.length} pool address(es) to ${wanIf}`);
     }
     const queue = NfQueue.open({ queue: cfg.queue, failOpen: false });

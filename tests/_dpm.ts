@@ -24,9 +24,17 @@ export interface Dpm {
   serverSocket: string;
   driverSocket(host: string): string;
   /** `dpm query ... --json` on a host. */
-  query(host: string, proto: string, local: string, remote: string, reserve?: boolean): Promise<Record<string, unknown>>;
+  query(
+    host: string,
+    proto: string,
+    local: string,
+    remote: string,
+    reserve?: boolean,
+  ): Promise<Record<string, unknown>>;
   /** `dpm status --json` on the gateway. */
-  status(): Promise<Record<string, unknown> & { sessions: number; shown: Record<string, unknown>[] }>;
+  status(): Promise<
+    Record<string, unknown> & { sessions: number; shown: Record<string, unknown>[] }
+  >;
   stop(): Promise<void>;
 }
 
@@ -83,11 +91,19 @@ export async function startDpm(t: Topology, o: StartOptions = {}): Promise<Dpm> 
         driverSocket(host),
         ...(reserve ? ["--reserve"] : []),
       ], { timeoutMs: 20_000 });
-      if (r.code !== 0 && r.code !== 1) throw new Error(`dpm query failed (${r.code}): ${r.stderr}`);
+      if (r.code !== 0 && r.code !== 1) {
+        throw new Error(`dpm query failed (${r.code}): ${r.stderr}`);
+      }
       return JSON.parse(r.stdout);
     },
     async status() {
-      const r = await t.exec(t.gateway.ns, [...dpmCommand(), "status", "--json", "--socket", serverSocket], {
+      const r = await t.exec(t.gateway.ns, [
+        ...dpmCommand(),
+        "status",
+        "--json",
+        "--socket",
+        serverSocket,
+      ], {
         timeoutMs: 20_000,
       });
       if (r.code !== 0) throw new Error(`dpm status failed (${r.code}): ${r.stderr}`);

@@ -5,7 +5,7 @@
  */
 
 import { parseIPv4 } from "../src/addr.ts";
-import { type DriverConfig, type ServerConfig } from "../src/config.ts";
+import type { DriverConfig, ServerConfig } from "../src/config.ts";
 import type { ControlTransport, HeldVerdicts, RawSender } from "../src/driver.ts";
 import {
   decodeRequest,
