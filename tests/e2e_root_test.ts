@@ -13,7 +13,7 @@
 
 import assert from "node:assert/strict";
 import { createTopology, type Topology } from "../src/topology.ts";
-import { type Dpm, dpmCommand, startDpm, type StartOptions } from "./_dpm.ts";
+import { type Dpm, dpmCommand, startDpm, type StartOptions } from "../src/launch.ts";
 import { httpSeen, udpClient, udpEcho, udpProbe } from "./_apps.ts";
 import { waitFor } from "./_wait.ts";
 

@@ -5,7 +5,7 @@
  */
 
 import { fileURLToPath } from "node:url";
-import type { Spawned, Topology } from "../src/topology.ts";
+import type { Spawned, Topology } from "./topology.ts";
 
 /** Absolute path of mod.ts. */
 export const MOD = fileURLToPath(new URL("../mod.ts", import.meta.url));
