@@ -16,6 +16,12 @@ export function dpmCommand(): string[] {
   return bin ? [bin] : [Deno.execPath(), "run", "--allow-all", "--quiet", MOD];
 }
 
+/**
+ * Environment for dpm processes started from source: no Deno update check
+ * (it would look up dl.deno.land from inside the test namespaces).
+ */
+export const DPM_ENV: Record<string, string> = { DENO_NO_UPDATE_CHECK: "1" };
+
 /** A running dpm setup: one server, drivers on some hosts. */
 export interface Dpm {
   server: Spawned;
@@ -71,7 +77,7 @@ export async function startDpm(t: Topology, o: StartOptions = {}): Promise<Dpm> 
     "--socket",
     serverSocket,
     ...(o.serverArgs ?? []),
-  ]);
+  ], { env: DPM_ENV });
   const drivers = new Map<string, Spawned>();
   const dpm: Dpm = {
     server,
@@ -90,7 +96,7 @@ export async function startDpm(t: Topology, o: StartOptions = {}): Promise<Dpm> 
         "--socket",
         driverSocket(host),
         ...(reserve ? ["--reserve"] : []),
-      ], { timeoutMs: 20_000 });
+      ], { timeoutMs: 20_000, env: DPM_ENV });
       if (r.code !== 0 && r.code !== 1) {
         throw new Error(`dpm query failed (${r.code}): ${r.stderr}`);
       }
@@ -105,6 +111,7 @@ export async function startDpm(t: Topology, o: StartOptions = {}): Promise<Dpm> 
         serverSocket,
       ], {
         timeoutMs: 20_000,
+        env: DPM_ENV,
       });
       if (r.code !== 0) throw new Error(`dpm status failed (${r.code}): ${r.stderr}`);
       return JSON.parse(r.stdout);
@@ -131,7 +138,7 @@ export async function startDpm(t: Topology, o: StartOptions = {}): Promise<Dpm> 
           "--socket",
           driverSocket(name),
           ...(o.driverArgs ?? []),
-        ]),
+        ], { env: DPM_ENV }),
       );
     }
     await Promise.all([...drivers.values()].map((d) => d.waitForOutput(/ready/, 30_000)));

@@ -13,7 +13,7 @@
 
 import assert from "node:assert/strict";
 import { createTopology, type Topology } from "../src/topology.ts";
-import { type Dpm, dpmCommand, startDpm, type StartOptions } from "../src/launch.ts";
+import { type Dpm, DPM_ENV, dpmCommand, startDpm, type StartOptions } from "../src/launch.ts";
 import { httpSeen, udpClient, udpEcho, udpProbe } from "./_apps.ts";
 import { waitFor } from "./_wait.ts";
 
@@ -437,7 +437,7 @@ Deno.test({
         [["nonsense"], /Unknown command "nonsense"/],
       ];
       for (const [args, re] of cases) {
-        const r = await t.exec(t.gateway.ns, [...dpmCommand(), ...args]);
+        const r = await t.exec(t.gateway.ns, [...dpmCommand(), ...args], { env: DPM_ENV });
         assert.equal(r.code, 2, `${args.join(" ")} → ${r.code}: ${r.stderr}`);
         assert.match(r.stderr.split("\n")[0]!, re);
         assert.match(r.stderr, /Usage/);
@@ -456,7 +456,7 @@ Deno.test({
         "nope0",
         "--socket",
         `/run/dpmt/${t.prefix}bad.sock`,
-      ], { timeoutMs: 20_000 });
+      ], { timeoutMs: 20_000, env: DPM_ENV });
       assert.equal(r.code, 1, r.stderr);
       assert.match(r.stderr, /nope0/);
       assert.deepEqual(await dpmRules(t, t.gateway.ns), []);
