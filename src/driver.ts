@@ -88,6 +88,8 @@ export interface HostSession {
   /** traffic since the last renew */
   busy: boolean;
   lastUsed: number;
+  /** TCP teardown seen: bit 0 FIN out, bit 1 FIN in, bit 2 RST; 7 or 4 means closed. */
+  closing: number;
   result: number;
   held: { id: number; bytes: Uint8Array }[];
   waiters: ((s: HostSession) => void)[];
@@ -239,6 +241,7 @@ export class DriverCore {
       switch (s.state) {
         case State.ACTIVE:
           s.busy = true;
+          if (info.proto === IPPROTO_TCP) s.closing = tcpClose(pkt, info, s.closing, CLOSE_FIN_OUT);
           rewrite(pkt, info, info.src, icmp ? s.pg : info.sport, g, icmp ? 0 : s.pg);
           this.counters.out++;
           return DriverVerdict.MODIFIED;
@@ -289,6 +292,7 @@ export class DriverCore {
     }
     s.busy = true;
     s.lastUsed = this.now();
+    if (info.proto === IPPROTO_TCP) s.closing = tcpClose(pkt, info, s.closing, CLOSE_FIN_IN);
     rewrite(pkt, info, s.x, icmp ? 0 : s.px, s.a, s.pa);
     this.counters.in++;
     return DriverVerdict.MODIFIED;
@@ -320,6 +324,7 @@ export class DriverCore {
       lifetime: 0,
       busy: true,
       lastUsed: now,
+      closing: 0,
       result: -1,
       held: [],
       waiters: [],
@@ -518,6 +523,12 @@ export class DriverCore {
         this.#delete(s);
         continue;
       }
+      if (isClosed(s.closing) && now - s.lastUsed >= TCP_CLOSE_LINGER_MS) {
+        // The connection ended (FIN both ways, or RST) and stayed quiet: give the pair back.
+        this.#delete(s);
+        this.#sendRelease(s);
+        continue;
+      }
       if (now < s.renewAt || s.renewing) continue;
       if (s.busy) this.#renew(s);
       else if (now - s.lastUsed >= s.lifetime * 1000 * 2 / 3) {
@@ -648,6 +659,25 @@ export class DriverCore {
     for (let i = 1; i < DROP_COUNT; i++) if (this.drops[i]) drops[DROP_NAMES[i]!] = this.drops[i]!;
     return { ...this.counters, held: this.#heldTotal, drops, control: this.#client.stats ?? {} };
   }
+}
+
+const CLOSE_FIN_OUT = 1;
+const CLOSE_FIN_IN = 2;
+const CLOSE_RST = 4;
+/** How long a closed TCP session stays after its last packet (retransmitted FINs, the last ACK). */
+const TCP_CLOSE_LINGER_MS = 10_000;
+
+/** Updates a session's TCP teardown bits from a packet's flags; a SYN starts over. */
+function tcpClose(pkt: Uint8Array, info: PacketInfo, closing: number, finBit: number): number {
+  const flags = pkt[info.l4 + 13]!;
+  if (flags & 0x04) return closing | CLOSE_RST;
+  if (flags & 0x02) return 0;
+  if (flags & 0x01) return closing | finBit;
+  return closing;
+}
+
+function isClosed(closing: number): boolean {
+  return (closing & CLOSE_RST) !== 0 || (closing & 3) === 3;
 }
 
 function protoIdx(p: number): number {

@@ -362,3 +362,40 @@ Deno.test("driver: a server restart (new epoch) makes the driver reserve its ses
   assert.equal(fresh.table.size, 2, "both sessions exist on the restarted server");
   assert.equal((h1.d.stats() as Record<string, number>).epochChanges, 1);
 });
+
+Deno.test("driver: a TCP session closed by FIN both ways (or RST) is released after a short linger", async () => {
+  let now = 2_000_000;
+  const { server, h1 } = rig({ now: () => now });
+  const syn = buildTcp({ src: H1, sport: 45000, dst: P1, dport: 80 });
+  h1.d.handlePacket(syn, 1, true);
+  await settle();
+  assert.equal(server.table.size, 1);
+  const finOut = buildTcp({ src: H1, sport: 45000, dst: P1, dport: 80, flags: 0x11 });
+  assert.equal(h1.d.handlePacket(finOut, 2, true), DriverVerdict.MODIFIED);
+  const pg = parsed(finOut).dport;
+  const finIn = buildTcp({ src: G, sport: pg, dst: H1, dport: 45000, flags: 0x11 });
+  assert.equal(h1.d.handlePacket(finIn, 3, false), DriverVerdict.MODIFIED);
+  now += 5_000;
+  h1.d.tick();
+  await settle();
+  assert.equal(server.table.size, 1, "still lingering");
+  now += 6_000;
+  h1.d.tick();
+  await settle();
+  assert.equal(server.table.size, 0, "released after the linger");
+  // A half-closed connection (FIN one way only) is kept.
+  const syn2 = buildTcp({ src: H1, sport: 45001, dst: P1, dport: 80 });
+  h1.d.handlePacket(syn2, 4, true);
+  await settle();
+  h1.d.handlePacket(buildTcp({ src: H1, sport: 45001, dst: P1, dport: 80, flags: 0x11 }), 5, true);
+  now += 20_000;
+  h1.d.tick();
+  await settle();
+  assert.equal(server.table.size, 1, "half-closed stays");
+  // An RST closes at once (after the linger).
+  h1.d.handlePacket(buildTcp({ src: H1, sport: 45001, dst: P1, dport: 80, flags: 0x04 }), 6, true);
+  now += 11_000;
+  h1.d.tick();
+  await settle();
+  assert.equal(server.table.size, 0);
+});
