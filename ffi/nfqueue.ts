@@ -924,3 +924,30 @@ function hasNetAdmin(): boolean {
     return false;
   }
 }
+
+/**
+ * Runs the queue's receive loop until the returned function is called:
+ * wait (off the event loop), drain, repeat. `onFatal` gets an error that
+ * ends the loop (the fd failed); handler exceptions are the caller's bugs and
+ * also end up there.
+ */
+export function pump(
+  queue: NfQueue,
+  handler: PacketHandler,
+  onFatal: (e: Error) => void,
+): () => void {
+  let running = true;
+  (async () => {
+    while (running) {
+      if (await queue.wait(250)) {
+        if (!running) break;
+        queue.drain(handler);
+      }
+    }
+  })().catch((e) => {
+    if (running) onFatal(e as Error);
+  });
+  return () => {
+    running = false;
+  };
+}

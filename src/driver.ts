@@ -30,6 +30,7 @@ import { type Cidr, cidrContains, formatCidr, formatIPv4, parseAddrPort } from "
 import type { DriverConfig } from "./config.ts";
 import { ControlClient, ControlTimeout } from "./control.ts";
 import { logger } from "./log.ts";
+import { Cleanup, untilStopped } from "./cleanup.ts";
 import { newNonce, Op, type Request, type Response } from "./proto.ts";
 import { Result, resultName } from "./result.ts";
 import {
@@ -344,21 +345,26 @@ export class DriverCore {
     return DriverVerdict.HOLD;
   }
 
+  /** Sends one control request about `s` (a fresh nonce; the server default lifetime). */
+  #send(s: HostSession, op: number): Promise<Response> {
+    return this.#client.request({
+      op,
+      nonce: newNonce(),
+      proto: s.proto,
+      replaceable: s.replaceable,
+      internalAddr: s.a,
+      internalPort: s.pa,
+      remoteAddr: s.x,
+      remotePort: s.px,
+      lifetime: 0,
+    });
+  }
+
   /** Sends a reserve request for `s` and applies the answer. */
   async #reserve(s: HostSession): Promise<void> {
     let res: Response | null = null;
     try {
-      res = await this.#client.request({
-        op: Op.RESERVE,
-        nonce: newNonce(),
-        proto: s.proto,
-        replaceable: s.replaceable,
-        internalAddr: s.a,
-        internalPort: s.pa,
-        remoteAddr: s.x,
-        remotePort: s.px,
-        lifetime: 0,
-      });
+      res = await this.#send(s, Op.RESERVE);
     } catch (e) {
       if (!(e instanceof ControlTimeout)) {
         log.warn(`reserve ${describe(s)}: ${(e as Error).message}`);
@@ -480,17 +486,7 @@ export class DriverCore {
   #reserveAgain(s: HostSession): void {
     if (s.renewing) return;
     s.renewing = true;
-    this.#client.request({
-      op: Op.RESERVE,
-      nonce: newNonce(),
-      proto: s.proto,
-      replaceable: s.replaceable,
-      internalAddr: s.a,
-      internalPort: s.pa,
-      remoteAddr: s.x,
-      remotePort: s.px,
-      lifetime: 0,
-    }).then((res) => {
+    this.#send(s, Op.RESERVE).then((res) => {
       s.renewing = false;
       if (res.result === Result.OK) {
         if (res.publicAddr !== s.r || res.publicPort !== s.p) {
@@ -541,17 +537,7 @@ export class DriverCore {
 
   #renew(s: HostSession): void {
     s.renewing = true;
-    this.#client.request({
-      op: Op.RENEW,
-      nonce: newNonce(),
-      proto: s.proto,
-      replaceable: s.replaceable,
-      internalAddr: s.a,
-      internalPort: s.pa,
-      remoteAddr: s.x,
-      remotePort: s.px,
-      lifetime: 0,
-    }).then((res) => {
+    this.#send(s, Op.RENEW).then((res) => {
       s.renewing = false;
       this.#noteEpoch(res.epoch);
       if (res.result === Result.OK) {
@@ -567,17 +553,7 @@ export class DriverCore {
   }
 
   #sendRelease(s: HostSession): Promise<void> {
-    return this.#client.request({
-      op: Op.RELEASE,
-      nonce: newNonce(),
-      proto: s.proto,
-      replaceable: s.replaceable,
-      internalAddr: s.a,
-      internalPort: s.pa,
-      remoteAddr: s.x,
-      remotePort: s.px,
-      lifetime: 0,
-    }).then((res) => {
+    return this.#send(s, Op.RELEASE).then((res) => {
       if (res.result === Result.OK || res.result === Result.NO_SUCH_SESSION) {
         this.counters.released++;
       }
@@ -698,25 +674,8 @@ function describe(s: HostSession): string {
 
 /** Runs `dpm driver` until SIGINT/SIGTERM or a fatal error; returns the exit code. */
 export async function runDriver(cfg: DriverConfig): Promise<number> {
-  const undo: (() => Promise<void> | void)[] = [];
-  const cleanup = async () => {
-    while (undo.length) {
-      try {
-        await undo.pop()!();
-      } catch (e) {
-        log.error(`cleanup: ${(e as Error).message}`);
-      }
-    }
-  };
-  let stop!: (code: number) => void;
-  const stopped = new Promise<number>((r) => (stop = r));
-  const onSignal = () => stop(0);
-  Deno.addSignalListener("SIGINT", onSignal);
-  Deno.addSignalListener("SIGTERM", onSignal);
-  undo.push(() => {
-    Deno.removeSignalListener("SIGINT", onSignal);
-    Deno.removeSignalListener("SIGTERM", onSignal);
-  });
+  const undo = new Cleanup(log);
+  const { stopped, stop } = untilStopped(undo);
   try {
     const { lanPrefixToward, ephemeralRange } = await import("../ffi/iface.ts");
     let lan = cfg.lan;
@@ -756,11 +715,11 @@ export async function runDriver(cfg: DriverConfig): Promise<number> {
     log.info("ready");
     const code = await stopped;
     log.info(`stopping: ${JSON.stringify(core.stats())}`);
-    await cleanup();
+    await undo.run();
     return code;
   } catch (e) {
     log.error((e as Error).message);
-    await cleanup();
+    await undo.run();
     return 1;
   }
 }

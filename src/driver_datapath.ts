@@ -19,8 +19,9 @@ import { type Cidr, formatCidr, formatIPv4 } from "./addr.ts";
 import type { DriverConfig } from "./config.ts";
 import { type DriverCore, DriverVerdict } from "./driver.ts";
 import { logger } from "./log.ts";
+import { Cleanup } from "./cleanup.ts";
 import { type ChainSpec, installChains, removeChains } from "../ffi/iptables.ts";
-import { Handled, NfQueue } from "../ffi/nfqueue.ts";
+import { Handled, NfQueue, pump } from "../ffi/nfqueue.ts";
 import { RawSocket } from "../ffi/rawsock.ts";
 
 const log = logger("driver");
@@ -65,16 +66,7 @@ export async function startDriverDataPath(
   core: DriverCore,
   onFatal: (e: Error) => void,
 ): Promise<() => Promise<void>> {
-  const undo: (() => Promise<void> | void)[] = [];
-  const cleanup = async () => {
-    while (undo.length) {
-      try {
-        await undo.pop()!();
-      } catch (e) {
-        log.error(`data path cleanup: ${(e as Error).message}`);
-      }
-    }
-  };
+  const undo = new Cleanup(log);
   try {
     if (Handled.HOLD !== DriverVerdict.HOLD || Handled.MODIFIED !== DriverVerdict.MODIFIED) {
       throw new Error("internal: verdict numbering differs between driver.ts and ffi/nfqueue.ts");
@@ -91,26 +83,13 @@ export async function startDriverDataPath(
     const specs = driverChains(cfg, lan);
     await installChains(specs);
     undo.push(() => removeChains(specs));
-    let running = true;
-    undo.push(() => {
-      running = false;
-    });
     const handler = (pkt: Uint8Array, id: number, hook: number) =>
       core.handlePacket(pkt, id, hook === HOOK_LOCAL_OUT);
-    (async () => {
-      while (running) {
-        if (await queue.wait(250)) {
-          if (!running) break;
-          queue.drain(handler);
-        }
-      }
-    })().catch((e) => {
-      if (running) onFatal(e as Error);
-    });
+    undo.push(pump(queue, handler, onFatal));
     log.info(`data path on: queue ${cfg.queue}, LAN ${formatCidr(lan)}`);
-    return cleanup;
+    return () => undo.run();
   } catch (e) {
-    await cleanup();
+    await undo.run();
     throw e;
   }
 }

@@ -30,6 +30,7 @@ import dgram from "node:dgram";
 import { type Cidr, cidrContains, formatCidr, formatIPv4 } from "./addr.ts";
 import type { ServerConfig } from "./config.ts";
 import { logger } from "./log.ts";
+import { Cleanup, untilStopped } from "./cleanup.ts";
 import {
   decodeRequest,
   encodeResponse,
@@ -439,26 +440,8 @@ export async function writeState(path: string, core: ServerCore): Promise<void> 
 
 /** Runs `dpm server` until SIGINT/SIGTERM or a fatal error; returns the exit code. */
 export async function runServer(cfg: ServerConfig): Promise<number> {
-  const cleanups: (() => Promise<void> | void)[] = [];
-  const cleanup = async () => {
-    while (cleanups.length) {
-      const f = cleanups.pop()!;
-      try {
-        await f();
-      } catch (e) {
-        log.error(`cleanup: ${(e as Error).message}`);
-      }
-    }
-  };
-  let stop!: (code: number) => void;
-  const stopped = new Promise<number>((r) => (stop = r));
-  const onSignal = () => stop(0);
-  Deno.addSignalListener("SIGINT", onSignal);
-  Deno.addSignalListener("SIGTERM", onSignal);
-  cleanups.push(() => {
-    Deno.removeSignalListener("SIGINT", onSignal);
-    Deno.removeSignalListener("SIGTERM", onSignal);
-  });
+  const undo = new Cleanup(log);
+  const { stopped, stop } = untilStopped(undo);
   try {
     // The LAN prefix: given, or read off the LAN interface.
     let lan = cfg.lan;
@@ -491,7 +474,7 @@ export async function runServer(cfg: ServerConfig): Promise<number> {
     }
     if (cfg.state) {
       const path = cfg.state;
-      cleanups.push(async () => {
+      undo.push(async () => {
         await writeState(path, core);
         log.info(`saved ${core.table.size} sessions to ${path}`);
       });
@@ -524,7 +507,7 @@ export async function runServer(cfg: ServerConfig): Promise<number> {
       );
       if (reply) sock.send(reply, rinfo.port, rinfo.address);
     });
-    cleanups.push(() => void sock.close());
+    undo.push(() => void sock.close());
     log.info(
       `control listener on ${
         formatIPv4(cfg.lanAddr)
@@ -537,10 +520,10 @@ export async function runServer(cfg: ServerConfig): Promise<number> {
       if (op === "status") return core.status();
       return { error: `Unknown operator request ${JSON.stringify(op)}` };
     });
-    cleanups.push(() => local.close());
+    undo.push(() => local.close());
 
     const timers: ReturnType<typeof setInterval>[] = [];
-    cleanups.push(() => timers.forEach(clearInterval));
+    undo.push(() => timers.forEach(clearInterval));
     // 16384 slots every 250 ms: a full pass over a million sessions every ~15 s,
     // each step well under a few milliseconds (bench/table_bench.ts).
     timers.push(setInterval(() => {
@@ -556,7 +539,7 @@ export async function runServer(cfg: ServerConfig): Promise<number> {
 
     if (cfg.lanIf && cfg.wanIf && lan) {
       const { startServerDataPath } = await import("./server_datapath.ts");
-      cleanups.push(
+      undo.push(
         await startServerDataPath(cfg, lan, core, (e) => {
           log.error(`data path failed: ${e.message}`);
           stop(1);
@@ -568,11 +551,11 @@ export async function runServer(cfg: ServerConfig): Promise<number> {
     log.info("ready");
     const code = await stopped;
     log.info("stopping");
-    await cleanup();
+    await undo.run();
     return code;
   } catch (e) {
     log.error((e as Error).message);
-    await cleanup();
+    await undo.run();
     return 1;
   }
 }

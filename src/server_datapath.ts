@@ -22,9 +22,10 @@
 import { type Cidr, formatCidr, formatIPv4 } from "./addr.ts";
 import type { ServerConfig } from "./config.ts";
 import { logger } from "./log.ts";
+import { Cleanup } from "./cleanup.ts";
 import type { ServerCore } from "./server.ts";
 import { type ChainSpec, installChains, removeChains } from "../ffi/iptables.ts";
-import { Handled, NfQueue } from "../ffi/nfqueue.ts";
+import { Handled, NfQueue, pump } from "../ffi/nfqueue.ts";
 import { setSysctls } from "../ffi/sysctl.ts";
 import { addAddresses, interfaceAddrs, removeAddresses } from "../ffi/iface.ts";
 
@@ -90,16 +91,7 @@ export async function startServerDataPath(
   core: ServerCore,
   onFatal: (e: Error) => void,
 ): Promise<() => Promise<void>> {
-  const undo: (() => Promise<void> | void)[] = [];
-  const cleanup = async () => {
-    while (undo.length) {
-      try {
-        await undo.pop()!();
-      } catch (e) {
-        log.error(`data path cleanup: ${(e as Error).message}`);
-      }
-    }
-  };
+  const undo = new Cleanup(log);
   try {
     const lanIf = cfg.lanIf!;
     const wanIf = cfg.wanIf!;
@@ -139,28 +131,15 @@ export async function startServerDataPath(
     undo.push(() => removeChains(specs));
     log.info(`data path on: queue ${cfg.queue}, LAN ${lanIf} ${formatCidr(lan)}, WAN ${wanIf}`);
 
-    let running = true;
-    undo.push(() => {
-      running = false;
-    });
     const handler = (pkt: Uint8Array): number => core.handlePacket(pkt);
-    (async () => {
-      while (running) {
-        if (await queue.wait(250)) {
-          if (!running) break;
-          queue.drain(handler);
-        }
-      }
-    })().catch((e) => {
-      if (running) onFatal(e as Error);
-    });
+    undo.push(pump(queue, handler, onFatal));
     // Handled.* and Verdict.* share their numbers; keep them from drifting.
     if (Handled.DROP !== 0 || Handled.ACCEPT !== 1 || Handled.MODIFIED !== 2) {
       throw new Error("internal: verdict numbering differs between server.ts and ffi/nfqueue.ts");
     }
-    return cleanup;
+    return () => undo.run();
   } catch (e) {
-    await cleanup();
+    await undo.run();
     throw e;
   }
 }
