@@ -137,7 +137,10 @@ function parse(command: string, args: string[], options: FlagSpec) {
 }
 
 /** Merges a config file (if any) under the flags: flags win. */
-async function merged(values: Record<string, unknown>, negations: Record<string, string>) {
+export async function mergeSettings(
+  values: Record<string, unknown>,
+  negations: Record<string, string>,
+): Promise<Record<string, unknown>> {
   const fromFile = typeof values.config === "string" ? await readConfigFile(values.config) : {};
   const out: Record<string, unknown> = { ...fromFile };
   for (const [k, v] of Object.entries(values)) {
@@ -196,7 +199,7 @@ async function runServerCommand(args: string[]): Promise<number> {
   const { values, positionals } = parse("server", args, SERVER_FLAGS);
   if (values.help) return console.log(USAGE.server), 0;
   if (positionals.length) throw new UsageError(`Unexpected argument "${positionals[0]}"`, "server");
-  const cfg = serverConfig(await merged(values, { "no-masquerade": "masquerade" }));
+  const cfg = serverConfig(await mergeSettings(values, { "no-masquerade": "masquerade" }));
   setLevel(cfg.logLevel);
   const { runServer } = await import("./server.ts");
   return await runServer(cfg);
@@ -206,7 +209,7 @@ async function runDriverCommand(args: string[]): Promise<number> {
   const { values, positionals } = parse("driver", args, DRIVER_FLAGS);
   if (values.help) return console.log(USAGE.driver), 0;
   if (positionals.length) throw new UsageError(`Unexpected argument "${positionals[0]}"`, "driver");
-  const cfg = driverConfig(await merged(values, { "no-intercept": "intercept" }));
+  const cfg = driverConfig(await mergeSettings(values, { "no-intercept": "intercept" }));
   setLevel(cfg.logLevel);
   const { runDriver } = await import("./driver.ts");
   return await runDriver(cfg);

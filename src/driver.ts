@@ -207,6 +207,18 @@ export class DriverCore {
    * DriverVerdict; HOLD means the driver keeps a copy and gives the verdict later.
    */
   handlePacket(pkt: Uint8Array, id: number, outbound: boolean): number {
+    try {
+      return this.#handle(pkt, id, outbound);
+    } catch (e) {
+      // A bug must cost one packet, not the host's connectivity: let it pass as it is.
+      if (this.drops[Drop.INTERNAL_ERROR]!++ < 10) {
+        log.error(`handling a packet: ${(e as Error).stack ?? e}`);
+      }
+      return DriverVerdict.ACCEPT;
+    }
+  }
+
+  #handle(pkt: Uint8Array, id: number, outbound: boolean): number {
     const info = this.#info;
     const bad = parse(pkt, pkt.length, info);
     if (bad !== Drop.NONE) {

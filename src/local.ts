@@ -12,6 +12,7 @@ import { logger } from "./log.ts";
 
 const log = logger("local");
 const MAX_REQUEST = 64 * 1024;
+const REQUEST_TIMEOUT_MS = 30_000;
 
 /** Handles one decoded request object; returns the response object. */
 export type LocalHandler = (req: unknown) => Promise<unknown> | unknown;
@@ -77,6 +78,12 @@ export async function serveLocal(path: string, handler: LocalHandler): Promise<L
 }
 
 async function serveConn(conn: Deno.Conn, handler: LocalHandler): Promise<void> {
+  // A client that connects and says nothing is cut off.
+  const timer = setTimeout(() => {
+    try {
+      conn.close();
+    } catch { /* closed */ }
+  }, REQUEST_TIMEOUT_MS);
   try {
     const line = await readLine(conn, MAX_REQUEST);
     let res: unknown;
@@ -96,6 +103,7 @@ async function serveConn(conn: Deno.Conn, handler: LocalHandler): Promise<void> 
   } catch (e) {
     log.debug(`operator connection: ${e}`);
   } finally {
+    clearTimeout(timer);
     try {
       conn.close();
     } catch { /* already closed */ }

@@ -173,6 +173,8 @@ export const Drop = {
   REFUSED: 16,
   /** Not a packet for this instance to translate. */
   NOT_OURS: 17,
+  /** The translator threw on this packet (a bug): dropped, counted and logged, never fatal. */
+  INTERNAL_ERROR: 18,
 } as const;
 
 /** A drop reason code. */
@@ -198,6 +200,7 @@ export const DROP_NAMES: readonly string[] = [
   "held-overflow",
   "refused",
   "not-ours",
+  "internal-error",
 ];
 
 /** Number of drop reasons, `Drop.NONE` included (the size of a counter array). */

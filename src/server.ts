@@ -198,6 +198,18 @@ export class ServerCore {
    * (each drop counted by reason).
    */
   handlePacket(pkt: Uint8Array): number {
+    try {
+      return this.#translate(pkt);
+    } catch (e) {
+      // A bug must cost one packet, not the gateway.
+      if (this.drops[Drop.INTERNAL_ERROR]!++ < 10) {
+        log.error(`translating a packet: ${(e as Error).stack ?? e}`);
+      }
+      return Verdict.DROP;
+    }
+  }
+
+  #translate(pkt: Uint8Array): number {
     const info = this.#info;
     const bad = parse(pkt, pkt.length, info);
     if (bad !== Drop.NONE) {
@@ -501,10 +513,13 @@ export async function runServer(cfg: ServerConfig): Promise<number> {
     sock.on("message", (msg, rinfo) => {
       const src = parseSrc(rinfo.address);
       if (src === null) return;
-      const reply = core.handleControl(
-        new Uint8Array(msg.buffer, msg.byteOffset, msg.byteLength),
-        src,
-      );
+      let reply: Uint8Array | null = null;
+      try {
+        reply = core.handleControl(new Uint8Array(msg.buffer, msg.byteOffset, msg.byteLength), src);
+      } catch (e) {
+        // A bug must cost one request, not the gateway.
+        log.error(`handling a control request from ${rinfo.address}: ${(e as Error).stack ?? e}`);
+      }
       if (reply) sock.send(reply, rinfo.port, rinfo.address);
     });
     undo.push(() => void sock.close());
