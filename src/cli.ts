@@ -64,9 +64,11 @@ Other:
   --config <file>              JSON file with any of the above; flags win
   --log-level <level>          error|warn|info|debug (default info)
 `,
-  status: `Usage: dpm status [--json] [--socket <path>]
+  status: `Usage: dpm status [--json] [--driver] [--socket <path>]
 
 Shows the server's lookup table and counters (default socket /run/dpm/server.sock).
+With --driver, shows this host's driver instead: its sessions and counters
+(default socket /run/dpm/driver.sock).
 `,
   query:
     `Usage: dpm query <tcp|udp|icmp> <local addr:port> <remote addr:port> [--reserve] [--json] [--socket <path>]
@@ -218,14 +220,18 @@ async function runDriverCommand(args: string[]): Promise<number> {
 async function runStatusCommand(args: string[]): Promise<number> {
   const { values, positionals } = parse("status", args, {
     json: { type: "boolean" },
+    driver: { type: "boolean" },
     socket: { type: "string" },
     help: { type: "boolean" },
   });
   if (values.help) return console.log(USAGE.status), 0;
   if (positionals.length) throw new UsageError(`Unexpected argument "${positionals[0]}"`, "status");
-  const res = await requestLocal(String(values.socket ?? "/run/dpm/server.sock"), { op: "status" });
+  const dflt = values.driver ? "/run/dpm/driver.sock" : "/run/dpm/server.sock";
+  const res = await requestLocal(String(values.socket ?? dflt), { op: "status" });
   if (values.json) console.log(JSON.stringify(res, null, 2));
-  else console.log(formatStatus(res as StatusReply));
+  else if ((res as { role?: string }).role === "driver") {
+    console.log(formatDriverStatus(res as DriverStatusReply));
+  } else console.log(formatStatus(res as StatusReply));
   return 0;
 }
 
@@ -344,6 +350,50 @@ export function formatStatus(s: StatusReply): string {
     Object.entries(o).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(", ") || "none";
   lines.push("", `control results: ${nz(s.results)}`, `drops: ${nz(s.drops)}`);
   return lines.join("\n");
+}
+
+/** The driver's status reply (see driver.ts DriverStatus). */
+export interface DriverStatusReply {
+  role: "driver";
+  server: string;
+  epoch: number | null;
+  stats: Record<string, unknown>;
+  sessions: Record<string, unknown>[];
+}
+
+/** Renders a driver's status for a terminal. */
+export function formatDriverStatus(s: DriverStatusReply): string {
+  const head = ["PROTO", "LOCAL", "REMOTE", "PUBLIC", "PG", "STATE", "EXPIRES"];
+  const rows = s.sessions.map((v) => [
+    String(v.proto),
+    String(v.local),
+    String(v.remote),
+    String(v.public ?? "-"),
+    String(v.gatewayPort ?? "-"),
+    String(v.result),
+    v.expiresIn === undefined ? "-" : `${v.expiresIn}s`,
+  ]);
+  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const fmt = (r: string[]) => r.map((c, i) => c.padEnd(w[i]!)).join("  ").trimEnd();
+  const st = s.stats as Record<string, number | Record<string, number>>;
+  const num = (k: string) => Number(st[k] ?? 0);
+  const drops = Object.entries((st.drops ?? {}) as Record<string, number>).map(([k, n]) =>
+    `${k} ${n}`
+  ).join(", ");
+  return [
+    `dpm driver  server ${s.server}  epoch ${
+      s.epoch === null ? "unknown" : s.epoch.toString(16).padStart(8, "0")
+    }`,
+    `packets out ${num("out")}  in ${num("in")}  reserved ${num("reserved")}  refused ${
+      num("refused")
+    }  ` +
+    `renewed ${num("renewed")}  released ${num("released")}  held ${num("held")}`,
+    "",
+    fmt(head),
+    ...rows.map(fmt),
+    "",
+    `drops: ${drops || "none"}`,
+  ].join("\n");
 }
 
 /** Formats `addr:port` from numbers (used by status and query). */

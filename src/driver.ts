@@ -66,6 +66,15 @@ const MAX_HELD_TOTAL = 8192;
 /** How long a refusal or a bypass is remembered for a session that stays quiet. */
 const NEGATIVE_IDLE_MS = 30_000;
 
+/** The driver's answer to `dpm status --driver`. */
+export interface DriverStatus {
+  role: "driver";
+  server: string;
+  epoch: number | null;
+  stats: Record<string, unknown>;
+  sessions: Record<string, unknown>[];
+}
+
 /** One session as the host knows it. */
 export interface HostSession {
   state: number;
@@ -583,7 +592,7 @@ export class DriverCore {
    * Answers `dpm query` (claims 11, 19, 24): the public pair of the session
    * (proto, local, remote); with `reserve`, reserves it first when absent.
    */
-  async query(req: unknown): Promise<QueryReply | { sessions: unknown[] }> {
+  async query(req: unknown): Promise<QueryReply | { sessions: unknown[] } | DriverStatus> {
     const r = req as {
       op?: unknown;
       proto?: unknown;
@@ -592,6 +601,15 @@ export class DriverCore {
       reserve?: unknown;
     };
     if (r?.op === "sessions") return { sessions: [...this.sessions()].map((s) => this.#view(s)) };
+    if (r?.op === "status") {
+      return {
+        role: "driver",
+        server: `${formatIPv4(this.#cfg.server)}:${this.#cfg.serverPort}`,
+        epoch: this.#epoch,
+        stats: this.stats(),
+        sessions: [...this.sessions()].map((s) => this.#view(s)),
+      };
+    }
     if (r?.op !== "query") {
       return { result: "error", error: `Unknown request ${JSON.stringify(r?.op)}` };
     }

@@ -58,6 +58,19 @@ Deno.test({
         assert.equal(text.code, 0);
         assert.match(text.stdout, /INTERNAL\s+PG\s+PUBLIC\s+REMOTE/);
         assert.ok(text.stdout.includes(String(q.public)));
+        // The host's own view.
+        const drv = await t.exec(t.hosts[0]!.ns, [
+          ...dpmCommand(),
+          "status",
+          "--driver",
+          "--socket",
+          d.driverSocket("h1"),
+        ], {
+          env: DPM_ENV,
+        });
+        assert.equal(drv.code, 0, drv.stderr);
+        assert.match(drv.stdout, /dpm driver\s+server 10\.0\.0\.1:4750/);
+        assert.ok(drv.stdout.includes(String(q.public)));
         // h2 pretends to be h1: not authorized. Speaking for itself: no such session.
         assert.equal(
           (await control(
