@@ -707,9 +707,11 @@ export async function runDriver(cfg: DriverConfig): Promise<number> {
   const undo = new Cleanup(log);
   const { stopped, stop } = untilStopped(undo);
   try {
-    const { lanPrefixToward, ephemeralRange } = await import("../ffi/iface.ts");
+    const { lanPrefixToward, ephemeralRange, routeTo } = await import("../ffi/iface.ts");
+    // The interface toward G carries every translated packet; the LAN is its prefix unless given.
+    const { dev, src } = await routeTo(cfg.server);
     let lan = cfg.lan;
-    let local: number | null = null;
+    let local = src;
     if (!lan) {
       const found = await lanPrefixToward(cfg.server);
       lan = found.lan;
@@ -731,7 +733,7 @@ export async function runDriver(cfg: DriverConfig): Promise<number> {
     if (cfg.intercept) {
       const { startDriverDataPath } = await import("./driver_datapath.ts");
       undo.push(
-        await startDriverDataPath(cfg, lan, core, (e) => {
+        await startDriverDataPath(cfg, lan, dev, core, (e) => {
           log.error(`data path failed: ${e.message}`);
           stop(1);
         }),

@@ -2,10 +2,11 @@
  * The driver's kernel wiring: the netfilter queue, the iptables chains that
  * feed it, and a raw socket for ICMP refusals. Undone by the returned cleanup.
  *
- * raw OUTPUT → DPM-DRV-OUT: everything TCP/UDP/ICMP leaving for outside the
- *   LAN (not loopback, multicast or broadcast)          → CT --notrack, NFQUEUE q
- * raw PREROUTING → DPM-DRV-PRE: from G, TCP/UDP from the gateway ports Pg and
- *   ICMP echo replies; ICMP errors from G or from outside the LAN → same.
+ * raw OUTPUT → DPM-DRV-OUT: TCP/UDP/ICMP leaving by the interface toward G for
+ *   outside the LAN (not loopback, multicast or broadcast) → CT --notrack, NFQUEUE q
+ * raw PREROUTING → DPM-DRV-PRE: arriving on that interface from G, TCP/UDP from
+ *   the gateway ports Pg and ICMP echo replies; ICMP errors from G or from
+ *   outside the LAN → same.
  *
  * The queue uses --queue-bypass: if the driver is not running, packets pass
  * untranslated and the gateway's ordinary NAT still serves the host. Overflow
@@ -30,7 +31,7 @@ const log = logger("driver");
 const HOOK_LOCAL_OUT = 3;
 
 /** The iptables chains of the driver role. */
-export function driverChains(cfg: DriverConfig, lan: Cidr): ChainSpec[] {
+export function driverChains(cfg: DriverConfig, lan: Cidr, dev: string): ChainSpec[] {
   const q = ["-j", "NFQUEUE", "--queue-num", String(cfg.queue), "--queue-bypass"];
   const nt = ["-j", "CT", "--notrack"];
   const g = formatIPv4(cfg.server);
@@ -41,7 +42,10 @@ export function driverChains(cfg: DriverConfig, lan: Cidr): ChainSpec[] {
     ["-d", "224.0.0.0/4", "-j", "RETURN"],
     ["-d", "255.255.255.255/32", "-j", "RETURN"],
   ];
-  for (const p of ["tcp", "udp", "icmp"]) out.push(["-p", p, ...nt], ["-p", p, ...q]);
+  // Only what leaves toward the gateway: another uplink of the host is left alone.
+  for (const p of ["tcp", "udp", "icmp"]) {
+    out.push(["-o", dev, "-p", p, ...nt], ["-o", dev, "-p", p, ...q]);
+  }
   const matches: string[][] = [
     ["-s", g, "-p", "udp", "--sport", pg],
     ["-s", g, "-p", "tcp", "--sport", pg],
@@ -52,7 +56,7 @@ export function driverChains(cfg: DriverConfig, lan: Cidr): ChainSpec[] {
     matches.push(["!", "-s", formatCidr(lan), "-p", "icmp", "--icmp-type", t]);
   }
   const pre: string[][] = [];
-  for (const m of matches) pre.push([...m, ...nt], [...m, ...q]);
+  for (const m of matches) pre.push(["-i", dev, ...m, ...nt], ["-i", dev, ...m, ...q]);
   return [
     { table: "raw", hook: "OUTPUT", chain: "DPM-DRV-OUT", rules: out },
     { table: "raw", hook: "PREROUTING", chain: "DPM-DRV-PRE", rules: pre },
@@ -63,6 +67,7 @@ export function driverChains(cfg: DriverConfig, lan: Cidr): ChainSpec[] {
 export async function startDriverDataPath(
   cfg: DriverConfig,
   lan: Cidr,
+  dev: string,
   core: DriverCore,
   onFatal: (e: Error) => void,
 ): Promise<() => Promise<void>> {
@@ -80,13 +85,13 @@ export async function startDriverDataPath(
     const raw = RawSocket.open();
     undo.push(() => raw.close());
     core.raw = raw;
-    const specs = driverChains(cfg, lan);
+    const specs = driverChains(cfg, lan, dev);
     await installChains(specs);
     undo.push(() => removeChains(specs));
     const handler = (pkt: Uint8Array, id: number, hook: number) =>
       core.handlePacket(pkt, id, hook === HOOK_LOCAL_OUT);
     undo.push(pump(queue, handler, onFatal));
-    log.info(`data path on: queue ${cfg.queue}, LAN ${formatCidr(lan)}`);
+    log.info(`data path on: queue ${cfg.queue}, LAN ${formatCidr(lan)} on ${dev}`);
     return () => undo.run();
   } catch (e) {
     await undo.run();
