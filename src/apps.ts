@@ -1,0 +1,143 @@
+/**
+ * Small real applications for the demo and the end-to-end tests, run with
+ * Debian's python3 inside the namespaces: a UDP echo and an HTTP server that
+ * report the source they saw, an ICMP echo watcher, and UDP clients. Each
+ * prints JSON (servers print "listening" first).
+ *
+ * @module
+ */
+
+/** UDP echo on `port`: answers every datagram with "seen <ip>:<port>|<payload>". */
+export function udpEcho(port: number): string[] {
+  return [
+    "python3",
+    "-u",
+    "-c",
+    `
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", ${port}))
+print("listening", flush=True)
+while True:
+    d, a = s.recvfrom(65535)
+    s.sendto(("seen %s:%d|" % a).encode() + d, a)
+`,
+  ];
+}
+
+/** HTTP server on `port`: answers GET with "seen <ip>:<port>". */
+export function httpSeen(port: number): string[] {
+  return [
+    "python3",
+    "-u",
+    "-c",
+    `
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("seen %s:%d" % self.client_address).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer(("0.0.0.0", ${port}), H)
+print("listening", flush=True)
+s.serve_forever()
+`,
+  ];
+}
+
+/**
+ * A UDP client bound to `bind` (0 = ephemeral) that sends `rounds` datagrams
+ * to each destination in turn and collects the replies. Prints
+ * {"local": port, "replies": [{"from": "ip:port", "data": "..."}], "errors": [...]}.
+ */
+export function udpClient(
+  bind: number,
+  dests: string[],
+  opts: { rounds?: number; intervalMs?: number; timeoutMs?: number } = {},
+): string[] {
+  return [
+    "python3",
+    "-u",
+    "-c",
+    `
+import socket, json, time
+dests = ${JSON.stringify(dests)}
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", ${bind}))
+s.settimeout(${(opts.timeoutMs ?? 3000) / 1000})
+out = {"local": s.getsockname()[1], "replies": [], "errors": []}
+for r in range(${opts.rounds ?? 1}):
+    for d in dests:
+        h, p = d.rsplit(":", 1)
+        msg = ("%s#%d" % (d, r)).encode()
+        s.sendto(msg, (h, int(p)))
+        try:
+            data, a = s.recvfrom(65535)
+            out["replies"].append({"from": "%s:%d" % a, "data": data.decode()})
+        except Exception as e:
+            out["errors"].append("%s: %s" % (d, type(e).__name__))
+    time.sleep(${(opts.intervalMs ?? 0) / 1000})
+print(json.dumps(out))
+`,
+  ];
+}
+
+/**
+ * A connected UDP socket from `bind` to `dest` that sends once and reports
+ * how the kernel answered: {"result": "reply" | "refused" | "unreachable" | "prohibited" | "timeout", ...}.
+ */
+export function udpProbe(bind: number, dest: string): string[] {
+  return [
+    "python3",
+    "-u",
+    "-c",
+    `
+import socket, json, errno
+h, p = "${dest}".rsplit(":", 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", ${bind}))
+s.connect((h, int(p)))
+s.settimeout(3)
+res = {}
+try:
+    s.send(b"probe")
+    d = s.recv(65535)
+    res = {"result": "reply", "data": d.decode()}
+except ConnectionRefusedError:
+    res = {"result": "refused"}
+except socket.timeout:
+    res = {"result": "timeout"}
+except OSError as e:
+    res = {"result": {errno.EHOSTUNREACH: "unreachable", errno.EACCES: "prohibited", errno.ENETUNREACH: "unreachable"}.get(e.errno, "error"), "errno": e.errno}
+print(json.dumps(res))
+`,
+  ];
+}
+
+/**
+ * Watches ICMP echo requests arriving at this namespace (a raw socket; the
+ * kernel still answers them). Prints "listening", then one JSON line per
+ * request: {"src": "ip", "id": identifier, "seq": sequence}.
+ */
+export function icmpSeen(): string[] {
+  return [
+    "python3",
+    "-u",
+    "-c",
+    `
+import socket, json, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+print("listening", flush=True)
+while True:
+    d, a = s.recvfrom(65535)
+    ihl = (d[0] & 15) * 4
+    if len(d) >= ihl + 8 and d[ihl] == 8:
+        ident, seq = struct.unpack("!HH", d[ihl + 4:ihl + 8])
+        print(json.dumps({"src": a[0], "id": ident, "seq": seq}), flush=True)
+`,
+  ];
+}
