@@ -1,0 +1,391 @@
+/**
+ * Measurements for bench/run.ts, each run with real programs inside a
+ * topology's namespaces (src/topology.ts): iperf3 for UDP packet rates and
+ * TCP throughput, small python3 programs for round-trip latency and
+ * new-session round trips, and /proc for CPU time.
+ *
+ * Every function here only starts processes through the topology, so
+ * `Topology.destroy()` stops whatever is left if a measurement fails.
+ *
+ * @module
+ */
+
+import type { Spawned, Topology } from "../src/topology.ts";
+
+/** The UDP echo port on the peer used by the latency and session measurements. */
+export const ECHO_PORT = 7000;
+const IPERF_PORT = 5201;
+
+/** Clock ticks per second of /proc times (USER_HZ; 100 on every Linux ABI Deno runs on). */
+export const CLK_TCK = 100;
+
+/** One iperf3 UDP run, as the receiver saw it. */
+export interface UdpRun {
+  /** Payload bytes per datagram (iperf3 -l). */
+  size: number;
+  seconds: number;
+  /** Datagrams the sender sent. */
+  sent: number;
+  /** Datagrams the receiver got. */
+  received: number;
+  /** Delivered datagrams per second. */
+  pps: number;
+  /** Sent datagrams per second. */
+  sentPps: number;
+  /** Per cent of sent datagrams that never arrived. */
+  lossPct: number;
+  /**
+   * Datagrams the receiver's kernel dropped because iperf3's socket buffer was
+   * full (UDP RcvbufErrors in the receiving namespace): the receiver, not the
+   * path, could not keep up.
+   */
+  receiverDrops: number;
+}
+
+/** One iperf3 TCP run. */
+export interface TcpRun {
+  seconds: number;
+  /** Receiver goodput, megabits per second. */
+  mbps: number;
+  retransmits: number;
+}
+
+/** Percentiles of a sample, microseconds. */
+export interface Percentiles {
+  n: number;
+  p50Us: number;
+  p99Us: number;
+  meanUs: number;
+  minUs: number;
+  maxUs: number;
+}
+
+/** Result of the new-session probe. */
+export interface SessionProbe {
+  /** Round trip of the first datagram of a fresh socket (the session is set up on the way). */
+  first: Percentiles;
+  /** Round trip of the second datagram of the same socket (session already set up). */
+  second: Percentiles;
+  /** Per session: first minus second round trip. */
+  setup: Percentiles;
+  /** Sessions whose first or second datagram got no answer within 2 s. */
+  lost: number;
+}
+
+/** Nearest-rank percentile of an ascending array. */
+export function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i]!;
+}
+
+/** p50/p99/mean/min/max of microsecond values. */
+export function summarize(us: number[]): Percentiles {
+  const s = [...us].sort((a, b) => a - b);
+  const mean = s.reduce((a, b) => a + b, 0) / Math.max(1, s.length);
+  const r = (v: number) => Math.round(v * 10) / 10;
+  return {
+    n: s.length,
+    p50Us: r(percentile(s, 50)),
+    p99Us: r(percentile(s, 99)),
+    meanUs: r(mean),
+    minUs: r(s[0] ?? NaN),
+    maxUs: r(s[s.length - 1] ?? NaN),
+  };
+}
+
+/** Median of numbers (the middle run of an odd count, the lower middle otherwise). */
+export function median(v: number[]): number {
+  const s = [...v].sort((a, b) => a - b);
+  return s[Math.floor((s.length - 1) / 2)] ?? NaN;
+}
+
+/** Starts a one-shot iperf3 server on the peer and waits until it listens. */
+async function iperfServer(t: Topology, ns: string): Promise<Spawned> {
+  const s = t.spawn(ns, ["iperf3", "-s", "-1", "-p", String(IPERF_PORT), "--forceflush"]);
+  await s.waitForOutput(/listening/i, 10_000);
+  return s;
+}
+
+async function iperfClient(
+  t: Topology,
+  from: string,
+  to: string,
+  args: string[],
+  seconds: number,
+): Promise<any> {
+  const srv = await iperfServer(t, to);
+  try {
+    const peer = t.peers.find((p) => p.ns === to)!;
+    const r = await t.exec(from, [
+      "iperf3",
+      "-c",
+      peer.addrText,
+      "-p",
+      String(IPERF_PORT),
+      "-t",
+      String(seconds),
+      "--json",
+      ...args,
+    ], { timeoutMs: (seconds + 20) * 1000 });
+    let j: any;
+    try {
+      j = JSON.parse(r.stdout);
+    } catch {
+      throw new Error(`iperf3 ${args.join(" ")} printed no JSON (${r.code}): ${r.stderr}`);
+    }
+    if (j.error) throw new Error(`iperf3 ${args.join(" ")}: ${j.error}`);
+    return j;
+  } finally {
+    await srv.stop("SIGTERM", 2000);
+  }
+}
+
+/**
+ * Unlimited-rate UDP (`iperf3 -u -b 0 -l size`) from `from` to the peer
+ * namespace `to`. The receiver's count is the figure: what the path delivered.
+ */
+export async function udpFlood(
+  t: Topology,
+  from: string,
+  to: string,
+  size: number,
+  seconds: number,
+): Promise<UdpRun> {
+  const e0 = await udpRcvbufErrors(t, to);
+  const j = await iperfClient(t, from, to, ["-u", "-b", "0", "-l", String(size)], seconds);
+  const e1 = await udpRcvbufErrors(t, to);
+  const sent = j.end.sum_sent.packets as number;
+  const rx = j.end.sum_received;
+  const received = Math.round(rx.bytes / size);
+  const secs = rx.seconds as number;
+  return {
+    size,
+    seconds: +secs.toFixed(3),
+    sent,
+    received,
+    pps: Math.round(received / secs),
+    sentPps: Math.round(sent / (j.end.sum_sent.seconds as number)),
+    lossPct: sent > 0 ? +((100 * (sent - received)) / sent).toFixed(2) : 0,
+    receiverDrops: e1 - e0,
+  };
+}
+
+/** UDP RcvbufErrors of a namespace (/proc/net/snmp). */
+export async function udpRcvbufErrors(t: Topology, ns: string): Promise<number> {
+  const r = await t.exec(ns, ["cat", "/proc/net/snmp"]);
+  const lines = r.stdout.split("\n").filter((l) => l.startsWith("Udp:"));
+  if (lines.length < 2) return 0;
+  const names = lines[0]!.trim().split(/\s+/);
+  const values = lines[1]!.trim().split(/\s+/);
+  const i = names.indexOf("RcvbufErrors");
+  return i > 0 ? Number(values[i]) : 0;
+}
+
+/** One TCP stream (`iperf3 -c`) for `seconds`; the receiver's goodput. */
+export async function tcpStream(
+  t: Topology,
+  from: string,
+  to: string,
+  seconds: number,
+): Promise<TcpRun> {
+  const j = await iperfClient(t, from, to, [], seconds);
+  return {
+    seconds: +(j.end.sum_received.seconds as number).toFixed(3),
+    mbps: Math.round((j.end.sum_received.bits_per_second as number) / 1e5) / 10,
+    retransmits: (j.end.sum_sent.retransmits as number | undefined) ?? 0,
+  };
+}
+
+/** A UDP echo on {@link ECHO_PORT} (python3), answering every datagram with itself. */
+export async function startEcho(t: Topology, ns: string): Promise<Spawned> {
+  const s = t.spawn(ns, [
+    "python3",
+    "-u",
+    "-c",
+    `
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+s.bind(("0.0.0.0", ${ECHO_PORT}))
+print("listening", flush=True)
+while True:
+    d, a = s.recvfrom(2048)
+    s.sendto(d, a)
+`,
+  ]);
+  await s.waitForOutput(/listening/, 10_000);
+  return s;
+}
+
+async function python(t: Topology, ns: string, code: string, timeoutMs: number): Promise<any> {
+  const r = await t.exec(ns, ["python3", "-u", "-c", code], { timeoutMs });
+  if (r.code !== 0) throw new Error(`python3 probe failed (${r.code}): ${r.stderr}`);
+  return JSON.parse(r.stdout.trim().split("\n").pop()!);
+}
+
+/**
+ * Steady-state round trips: one connected UDP socket, `warmup` unmeasured
+ * exchanges (the first sets the session up), then `count` timed ones, one at
+ * a time (ping-pong, 64-byte payload).
+ */
+export async function pingPong(
+  t: Topology,
+  from: string,
+  to: string,
+  count: number,
+  warmup = 50,
+): Promise<Percentiles & { lost: number }> {
+  const j = await python(
+    t,
+    from,
+    `
+import socket, json, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect(("${to}", ${ECHO_PORT}))
+s.settimeout(1)
+msg = b"x" * 64
+rtt = []
+lost = 0
+for i in range(${warmup} + ${count}):
+    t0 = time.perf_counter_ns()
+    s.send(msg)
+    try:
+        s.recv(2048)
+    except socket.timeout:
+        lost += 1
+        continue
+    t1 = time.perf_counter_ns()
+    if i >= ${warmup}:
+        rtt.append((t1 - t0) / 1000)
+print(json.dumps({"rtt": rtt, "lost": lost}))
+`,
+    60_000 + count * 10,
+  );
+  return { ...summarize(j.rtt as number[]), lost: j.lost as number };
+}
+
+/**
+ * New sessions: `count` times, a fresh socket on a fresh ephemeral port sends
+ * one datagram and times the reply (the first packet of a new session), then
+ * a second one on the same socket (the session exists). The difference is the
+ * cost of setting the session up, NAT and all.
+ */
+export async function newSessions(
+  t: Topology,
+  from: string,
+  to: string,
+  count: number,
+): Promise<SessionProbe> {
+  const j = await python(
+    t,
+    from,
+    `
+import socket, json, time
+first, second, lost = [], [], 0
+for i in range(${count}):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", 0))
+    s.connect(("${to}", ${ECHO_PORT}))
+    s.settimeout(2)
+    try:
+        t0 = time.perf_counter_ns()
+        s.send(b"first")
+        s.recv(2048)
+        t1 = time.perf_counter_ns()
+        s.send(b"second")
+        s.recv(2048)
+        t2 = time.perf_counter_ns()
+        first.append((t1 - t0) / 1000)
+        second.append((t2 - t1) / 1000)
+    except socket.timeout:
+        lost += 1
+    s.close()
+print(json.dumps({"first": first, "second": second, "lost": lost}))
+`,
+    60_000 + count * 100,
+  );
+  const first = j.first as number[];
+  const second = j.second as number[];
+  return {
+    first: summarize(first),
+    second: summarize(second),
+    setup: summarize(first.map((f, i) => f - second[i]!)),
+    lost: j.lost as number,
+  };
+}
+
+/** utime + stime of a process (all its threads), in clock ticks; 0 when it is gone. */
+export function processTicks(pid: number): number {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    // Fields 14 and 15 of stat; f[0] is field 3.
+    return Number(f[11]) + Number(f[12]);
+  } catch {
+    return 0;
+  }
+}
+
+/** Busy and total clock ticks of the whole machine, from /proc/stat. */
+export function systemTicks(): { busy: number; total: number } {
+  const line = Deno.readTextFileSync("/proc/stat").split("\n")[0]!;
+  const v = line.trim().split(/\s+/).slice(1).map(Number);
+  // user nice system idle iowait irq softirq steal (guest is inside user).
+  const total = v.slice(0, 8).reduce((a, b) => a + b, 0);
+  const idle = (v[3] ?? 0) + (v[4] ?? 0);
+  return { busy: total - idle, total };
+}
+
+/** Counters of the netfilter queues of a namespace (/proc/net/netfilter/nfnetlink_queue), summed. */
+export interface QueueCounters {
+  /** Packets dropped because the queue was full (queue_dropped). */
+  queueDropped: number;
+  /** Packets dropped because the netlink socket's buffer was full (user_dropped). */
+  userDropped: number;
+  /** Last packet id handed out (id_sequence). */
+  idSequence: number;
+}
+
+/** Reads the queue counters in `ns`; null when no queue is bound there. */
+export async function queueCounters(t: Topology, ns: string): Promise<QueueCounters | null> {
+  const r = await t.exec(ns, ["cat", "/proc/net/netfilter/nfnetlink_queue"]);
+  const lines = r.stdout.trim().split("\n").filter(Boolean);
+  if (r.code !== 0 || lines.length === 0) return null;
+  const c: QueueCounters = { queueDropped: 0, userDropped: 0, idSequence: 0 };
+  for (const l of lines) {
+    // queue_number peer_portid queue_total copy_mode copy_range queue_dropped user_dropped id_sequence 1
+    const f = l.trim().split(/\s+/).map(Number);
+    c.queueDropped += f[5] ?? 0;
+    c.userDropped += f[6] ?? 0;
+    c.idSequence += f[7] ?? 0;
+  }
+  return c;
+}
+
+/** Whether `ethtool` can be run (to switch segmentation offloads off for a reference). */
+export async function haveEthtool(): Promise<boolean> {
+  try {
+    const o = await new Deno.Command("ethtool", {
+      args: ["--version"],
+      stdout: "null",
+      stderr: "null",
+    })
+      .output();
+    return o.success;
+  } catch {
+    return false;
+  }
+}
+
+/** Switches TSO, GSO and GRO of `dev` in `ns` on or off. */
+export async function setOffloads(
+  t: Topology,
+  ns: string,
+  dev: string,
+  on: boolean,
+): Promise<void> {
+  const v = on ? "on" : "off";
+  const r = await t.exec(ns, ["ethtool", "-K", dev, "tso", v, "gso", v, "gro", v]);
+  if (r.code !== 0) throw new Error(`ethtool -K ${dev} ${v} failed: ${r.stderr}`);
+}

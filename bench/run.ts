@@ -1,0 +1,620 @@
+/**
+ * `deno task bench` (as root): dpm against the kernel's own NAT on one
+ * namespace topology (src/topology.ts), in one run.
+ *
+ * ```
+ *  h1 10.0.0.11 ─┐ (dpm driver on h1)                                       ┌ p1 198.51.100.10
+ *  h2 10.0.0.12 ─┼─ gw lan0 10.0.0.1 | wan0 203.0.113.1 ── rt (1 hop) ──────┘ (iperf3 -s, UDP echo)
+ *  h3 10.0.0.13 ─┘  dpm server, or iptables MASQUERADE (the reference)
+ * ```
+ *
+ * Each round measures the kernel (MASQUERADE rule on the gateway, no dpm
+ * process anywhere) and then dpm (server on the gateway, driver on h1),
+ * alternating so that a noisy neighbour affects both alike; the report gives
+ * the median of the rounds:
+ *
+ * - UDP floods h1 -> p1 (`iperf3 -u -b 0 -l 64|512|1400`): packets/s the
+ *   receiver got, loss; CPU time of the dpm processes and of the machine per
+ *   delivered packet (/proc);
+ * - one TCP stream (`iperf3`): receiver goodput;
+ * - UDP ping-pong round trips (python3, one datagram in flight): p50/p99;
+ * - new sessions: a fresh socket's first round trip against its second.
+ *
+ * Then one server (`--rate-limit 1000000 --max-sessions-per-host 1048576`)
+ * takes reservations from bench/reserve_load.ts on three hosts at once, and
+ * bench/table_bench.ts measures the session table alone.
+ *
+ * ```sh
+ * sudo deno task bench                  # full run, about 4 minutes
+ * deno run -A bench/run.ts --smoke      # under a minute, for CI
+ * deno run -A bench/run.ts --json --out /tmp/x --rounds 5
+ * deno run -A bench/run.ts --profile    # CPU profiles of server and driver under a 64 B flood
+ * ```
+ *
+ * Writes latest.json, latest.md, pps_by_size.svg and latency.svg to `--out`
+ * (default bench/results/) and prints the Markdown table (or, with `--json`,
+ * the JSON) on stdout; progress goes to stderr.
+ *
+ * @module
+ */
+
+import { fileURLToPath } from "node:url";
+import { createTopology, destroyOnSignal, type Topology } from "../src/topology.ts";
+import { type Dpm, DPM_ENV, MOD, startDpm, type StartOptions } from "../src/launch.ts";
+import {
+  CLK_TCK,
+  haveEthtool,
+  median,
+  newSessions,
+  type Percentiles,
+  pingPong,
+  processTicks,
+  queueCounters,
+  type SessionProbe,
+  setOffloads,
+  startEcho,
+  systemTicks,
+  type TcpRun,
+  tcpStream,
+  udpFlood,
+  type UdpRun,
+} from "./measure.ts";
+import {
+  type BenchResult,
+  type CpuRun,
+  evaluateTargets,
+  markdown,
+  type ModeResult,
+  type ReserveResult,
+  type TableRow,
+} from "./report.ts";
+import { barChart } from "./chart.ts";
+import { summarizeProfiles } from "./profile.ts";
+
+const HERE = fileURLToPath(new URL(".", import.meta.url));
+
+interface Config {
+  rounds: number;
+  seconds: number;
+  sizes: number[];
+  pings: number;
+  sessions: number;
+  reserveSeconds: number;
+  reserveAddrsPerHost: number;
+  reserveWindow: number;
+  tableQuick: boolean;
+}
+
+function parseArgs(argv: string[]) {
+  const o = {
+    smoke: false,
+    json: false,
+    profile: false,
+    out: `${HERE}results`,
+    rounds: 0,
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === "--smoke") o.smoke = true;
+    else if (a === "--json") o.json = true;
+    else if (a === "--profile") o.profile = true;
+    else if (a === "--out") o.out = argv[++i] ?? o.out;
+    else if (a === "--rounds") o.rounds = Number(argv[++i]);
+    else if (a === "--help" || a === "-h") {
+      console.log(
+        "usage: deno run -A bench/run.ts [--smoke] [--json] [--out DIR] [--rounds N] [--profile]",
+      );
+      Deno.exit(0);
+    } else throw new Error(`Unknown argument "${a}"`);
+  }
+  return o;
+}
+
+const args = parseArgs(Deno.args);
+const cfg: Config = args.smoke
+  ? {
+    rounds: 1,
+    seconds: 1,
+    sizes: [64, 512, 1400],
+    pings: 200,
+    sessions: 30,
+    reserveSeconds: 1,
+    reserveAddrsPerHost: 2,
+    reserveWindow: 6,
+    tableQuick: true,
+  }
+  : {
+    rounds: 5,
+    seconds: 3,
+    sizes: [64, 512, 1400],
+    pings: 2000,
+    sessions: 300,
+    reserveSeconds: 5,
+    reserveAddrsPerHost: 12,
+    reserveWindow: 6,
+    tableQuick: false,
+  };
+if (args.rounds > 0) cfg.rounds = args.rounds;
+const RESERVE_FLAGS = ["--rate-limit", "1000000", "--max-sessions-per-host", "1048576"];
+const MASQ = ["-s", "10.0.0.0/24", "-o", "wan0", "-j", "MASQUERADE"];
+
+const log = (s: string) => console.error(`bench: ${s}`);
+const ethtool = await haveEthtool();
+const started = performance.now();
+
+async function run(
+  cmd: string[],
+  timeoutMs = 600_000,
+): Promise<{ code: number; out: string; err: string }> {
+  const c = new Deno.Command(cmd[0]!, { args: cmd.slice(1), stdout: "piped", stderr: "piped" })
+    .spawn();
+  const timer = setTimeout(() => {
+    try {
+      c.kill("SIGKILL");
+    } catch {
+      // Already gone.
+    }
+  }, timeoutMs);
+  try {
+    const o = await c.output();
+    return {
+      code: o.code,
+      out: new TextDecoder().decode(o.stdout),
+      err: new TextDecoder().decode(o.stderr),
+    };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function environment(): Promise<Record<string, string | number | null>> {
+  const cpuinfo = await Deno.readTextFile("/proc/cpuinfo").catch(() => "");
+  const firstLine = async (cmd: string[]) => {
+    try {
+      const r = await run(cmd, 10_000);
+      return (r.out + r.err).trim().split("\n")[0] ?? null;
+    } catch {
+      return null;
+    }
+  };
+  return {
+    date: new Date().toISOString(),
+    kernel: Deno.osRelease(),
+    cpu: /model name\s*:\s*(.*)/.exec(cpuinfo)?.[1] ?? "unknown",
+    cores: navigator.hardwareConcurrency,
+    deno: Deno.version.deno,
+    v8: Deno.version.v8,
+    iperf3: await firstLine(["iperf3", "--version"]),
+    python3: await firstLine(["python3", "--version"]),
+    loadavgAtStart: (await Deno.readTextFile("/proc/loadavg").catch(() => "")).trim(),
+  };
+}
+
+/** Retries a measurement once: a shared machine occasionally loses an iperf3 control connection. */
+async function retry<T>(what: string, f: () => Promise<T>): Promise<T> {
+  try {
+    return await f();
+  } catch (e) {
+    log(`${what} failed (${(e as Error).message.split("\n")[0]}); retrying once`);
+    return await f();
+  }
+}
+
+interface RoundData {
+  udp: UdpRun[];
+  cpu: CpuRun;
+  tcp: TcpRun;
+  tcpNoOffload: TcpRun | null;
+  rtt: Percentiles & { lost: number };
+  sessions: SessionProbe;
+}
+
+/** One round of every data-plane measurement in the current mode. */
+async function measureMode(t: Topology, label: string, dpm: Dpm | null): Promise<RoundData> {
+  const h1 = t.hosts[0]!;
+  const p1 = t.peers[0]!;
+  log(`${label}: round trips and new sessions`);
+  const rtt = await retry("ping-pong", () => pingPong(t, h1.ns, p1.addrText, cfg.pings));
+  const sessions = await retry(
+    "new sessions",
+    () => newSessions(t, h1.ns, p1.addrText, cfg.sessions),
+  );
+  const udp: UdpRun[] = [];
+  let cpu: CpuRun | null = null;
+  for (const size of cfg.sizes) {
+    log(`${label}: UDP ${size} B flood, ${cfg.seconds} s`);
+    const serverPid = dpm?.server.pid ?? 0;
+    const driverPid = dpm?.drivers.get("h1")?.pid ?? 0;
+    const s0 = processTicks(serverPid);
+    const d0 = processTicks(driverPid);
+    const q0 = dpm && size === 64 ? await queueDrops(t) : null;
+    const m0 = systemTicks();
+    const u = await retry(`UDP ${size}`, () => udpFlood(t, h1.ns, p1.ns, size, cfg.seconds));
+    const s1 = processTicks(serverPid);
+    const d1 = processTicks(driverPid);
+    const m1 = systemTicks();
+    const q1 = dpm && size === 64 ? await queueDrops(t) : null;
+    udp.push(u);
+    if (size === 64) {
+      const us = (ticks: number) => +((ticks * 1e6) / CLK_TCK / Math.max(1, u.received)).toFixed(3);
+      const busyPct = +((100 * (m1.busy - m0.busy)) / Math.max(1, m1.total - m0.total)).toFixed(1);
+      cpu = {
+        packets: u.received,
+        serverUsPerPacket: dpm ? us(s1 - s0) : null,
+        driverUsPerPacket: dpm ? us(d1 - d0) : null,
+        dpmUsPerPacket: dpm ? us(s1 - s0 + d1 - d0) : null,
+        machineUsPerPacket: us(m1.busy - m0.busy),
+        machineBusyPct: busyPct,
+        queueDrops: q0 && q1
+          ? { driver: q1.driver - q0.driver, server: q1.server - q0.server }
+          : null,
+      };
+    }
+    log(`${label}: UDP ${size} B: ${u.pps} pps delivered, ${u.lossPct}% lost`);
+  }
+  log(`${label}: TCP stream, ${cfg.seconds} s`);
+  const tcp = await retry("TCP", () => tcpStream(t, h1.ns, p1.ns, cfg.seconds));
+  log(`${label}: TCP ${tcp.mbps} Mbit/s`);
+  let tcpNoOffload: TcpRun | null = null;
+  if (!dpm && ethtool) {
+    // The reference for per-packet work: the kernel forwarding MTU-sized segments too.
+    await setOffloads(t, h1.ns, "eth0", false);
+    try {
+      tcpNoOffload = await retry("TCP", () => tcpStream(t, h1.ns, p1.ns, cfg.seconds));
+    } finally {
+      await setOffloads(t, h1.ns, "eth0", true);
+    }
+    log(`${label}: TCP with offloads off on h1: ${tcpNoOffload.mbps} Mbit/s`);
+  }
+  return { udp, cpu: cpu!, tcp, tcpNoOffload, rtt, sessions };
+}
+
+/** Queue drops (queue full + socket full) on the driver's host and on the gateway. */
+async function queueDrops(t: Topology): Promise<{ driver: number; server: number }> {
+  const sum = (c: { queueDropped: number; userDropped: number } | null) =>
+    c ? c.queueDropped + c.userDropped : 0;
+  const [h, g] = await Promise.all([
+    queueCounters(t, t.hosts[0]!.ns),
+    queueCounters(t, t.gateway.ns),
+  ]);
+  return { driver: sum(h), server: sum(g) };
+}
+
+function aggregate(rounds: RoundData[]): ModeResult {
+  const med = (f: (r: RoundData) => number) => median(rounds.map(f));
+  const udp = cfg.sizes.map((size) => {
+    const runs = rounds.map((r) => r.udp.find((u) => u.size === size)!);
+    const mid = [...runs].sort((a, b) => a.pps - b.pps)[Math.floor((runs.length - 1) / 2)]!;
+    return {
+      size,
+      pps: mid.pps,
+      sentPps: mid.sentPps,
+      lossPct: mid.lossPct,
+      receiverLossPct: mid.sent > 0 ? +((100 * mid.receiverDrops) / mid.sent).toFixed(2) : 0,
+      runs,
+    };
+  });
+  const cpuRuns = rounds.map((r) => r.cpu);
+  const medOrNull = (f: (c: CpuRun) => number | null) => {
+    const v = cpuRuns.map(f).filter((x): x is number => x !== null);
+    return v.length ? median(v) : null;
+  };
+  return {
+    udp,
+    tcp: { mbps: med((r) => r.tcp.mbps), runs: rounds.map((r) => r.tcp) },
+    tcpNoOffload: rounds.every((r) => r.tcpNoOffload !== null)
+      ? {
+        mbps: med((r) => r.tcpNoOffload!.mbps),
+        runs: rounds.map((r) => r.tcpNoOffload!),
+      }
+      : null,
+    rtt: {
+      p50Us: med((r) => r.rtt.p50Us),
+      p99Us: med((r) => r.rtt.p99Us),
+      runs: rounds.map((r) => r.rtt),
+    },
+    cpu: {
+      packets: median(cpuRuns.map((c) => c.packets)),
+      serverUsPerPacket: medOrNull((c) => c.serverUsPerPacket),
+      driverUsPerPacket: medOrNull((c) => c.driverUsPerPacket),
+      dpmUsPerPacket: medOrNull((c) => c.dpmUsPerPacket),
+      machineUsPerPacket: median(cpuRuns.map((c) => c.machineUsPerPacket)),
+      machineBusyPct: median(cpuRuns.map((c) => c.machineBusyPct)),
+      queueDrops: cpuRuns.every((c) => c.queueDrops !== null)
+        ? {
+          driver: median(cpuRuns.map((c) => c.queueDrops!.driver)),
+          server: median(cpuRuns.map((c) => c.queueDrops!.server)),
+        }
+        : null,
+      runs: cpuRuns,
+    },
+    sessions: {
+      firstP50Us: med((r) => r.sessions.first.p50Us),
+      firstP99Us: med((r) => r.sessions.first.p99Us),
+      secondP50Us: med((r) => r.sessions.second.p50Us),
+      secondP99Us: med((r) => r.sessions.second.p99Us),
+      setupP50Us: med((r) => r.sessions.setup.p50Us),
+      setupP99Us: med((r) => r.sessions.setup.p99Us),
+      lost: rounds.reduce((a, r) => a + r.sessions.lost, 0),
+      runs: rounds.map((r) => r.sessions),
+    },
+  };
+}
+
+async function iptablesMasq(t: Topology, op: "-A" | "-D"): Promise<void> {
+  const r = await t.exec(t.gateway.ns, ["iptables", "-w", "-t", "nat", op, "POSTROUTING", ...MASQ]);
+  if (r.code !== 0) throw new Error(`iptables ${op} MASQUERADE failed: ${r.stderr}`);
+}
+
+async function kernelRound(t: Topology): Promise<RoundData> {
+  await iptablesMasq(t, "-A");
+  try {
+    return await measureMode(t, "kernel", null);
+  } finally {
+    await iptablesMasq(t, "-D");
+  }
+}
+
+async function dpmRound(t: Topology): Promise<RoundData> {
+  const d = await startDpm(t, { driverHosts: ["h1"] });
+  try {
+    return await measureMode(t, "dpm", d);
+  } catch (e) {
+    log(`dpm server output:\n${d.server.output().slice(-3000)}`);
+    throw e;
+  } finally {
+    await d.stop();
+  }
+}
+
+/** Many requesters on every host against one server. */
+async function reservationLoad(t: Topology): Promise<ReserveResult> {
+  const d = await startDpm(t, { driverHosts: [], serverArgs: RESERVE_FLAGS });
+  try {
+    return await reserveWith(t, d);
+  } finally {
+    await d.stop();
+  }
+}
+
+async function reserveWith(t: Topology, d: Dpm): Promise<ReserveResult> {
+  {
+    const per = cfg.reserveAddrsPerHost;
+    const addrsOf = (hi: number) =>
+      Array.from({ length: per }, (_, k) => `10.0.0.${101 + hi * per + k}`);
+    await Promise.all(t.hosts.map(async (h, hi) => {
+      const r = await t.exec(h.ns, ["ip", "-batch", "-"], {
+        stdin: addrsOf(hi).map((a) => `addr add ${a}/24 dev eth0`).join("\n") + "\n",
+      });
+      if (r.code !== 0) throw new Error(`adding addresses on ${h.name}: ${r.stderr}`);
+    }));
+    // Deno starts in about a second on a loaded 2-core machine; start together after that.
+    const start = Date.now() + (args.smoke ? 2500 : 4000);
+    const procs = t.hosts.map((h, hi) =>
+      t.exec(h.ns, [
+        Deno.execPath(),
+        "run",
+        "--allow-all",
+        "--quiet",
+        `${HERE}reserve_load.ts`,
+        "--server",
+        t.gateway.lanText,
+        "--addrs",
+        addrsOf(hi).join(","),
+        "--window",
+        String(cfg.reserveWindow),
+        "--seconds",
+        String(cfg.reserveSeconds),
+        "--start",
+        String(start),
+      ], { timeoutMs: 60_000, env: DPM_ENV })
+    );
+    // Server CPU over the measured window only.
+    await new Promise((r) => setTimeout(r, Math.max(0, start - Date.now())));
+    const c0 = processTicks(d.server.pid);
+    const results = await Promise.all(procs);
+    const c1 = processTicks(d.server.pid);
+    const perHost = results.map((r, i) => {
+      if (r.code !== 0) {
+        throw new Error(`reserve_load on h${i + 1} failed (${r.code}): ${r.stderr}`);
+      }
+      return JSON.parse(r.stdout.trim().split("\n").pop()!) as Record<string, any>;
+    });
+    const ok = perHost.reduce((a, h) => a + h.ok, 0);
+    const st = await d.status().catch(() => null);
+    const lat = perHost.map((h) => h.latencyMs).filter((l) => l.p50 !== null);
+    return {
+      perSec: perHost.reduce((a, h) => a + h.okPerSec, 0),
+      answersPerSec: perHost.reduce((a, h) => a + h.answersPerSec, 0),
+      ok,
+      timeouts: perHost.reduce((a, h) => a + h.timeouts, 0),
+      seconds: cfg.reserveSeconds,
+      hosts: t.hosts.length,
+      sockets: per * t.hosts.length,
+      windowPerSocket: cfg.reserveWindow,
+      serverUsPerReservation: ok > 0 ? +(((c1 - c0) * 1e6) / CLK_TCK / ok).toFixed(2) : null,
+      tableSessions: st?.sessions ?? null,
+      latencyP50Ms: lat.length ? median(lat.map((l) => l.p50)) : null,
+      latencyP99Ms: lat.length ? Math.max(...lat.map((l) => l.p99)) : null,
+      serverFlags: RESERVE_FLAGS,
+      perHost,
+    };
+  }
+}
+
+async function tableBench(): Promise<{ quick: boolean; gc: boolean; rows: TableRow[] }> {
+  log(`table bench${cfg.tableQuick ? " --quick" : ""}`);
+  const r = await run([
+    Deno.execPath(),
+    "run",
+    "-A",
+    "--v8-flags=--expose-gc",
+    `${HERE}table_bench.ts`,
+    "--json",
+    ...(cfg.tableQuick ? ["--quick"] : []),
+  ]);
+  if (r.code !== 0) throw new Error(`table_bench failed (${r.code}): ${r.err}`);
+  const j = JSON.parse(r.out.trim().split("\n").pop()!);
+  return { quick: cfg.tableQuick, gc: j.gc, rows: j.rows };
+}
+
+/** Starts dpm with every role under `deno run --cpu-prof` (profiles written on exit into `dir`). */
+async function startProfiled(t: Topology, dir: string, o: StartOptions): Promise<Dpm> {
+  const wrapper = `${dir}/dpm-prof.sh`;
+  await Deno.writeTextFile(
+    wrapper,
+    `#!/bin/sh\nexec "${Deno.execPath()}" run --allow-all --quiet --cpu-prof --cpu-prof-dir="${dir}" "${MOD}" "$@"\n`,
+  );
+  await Deno.chmod(wrapper, 0o755);
+  // src/launch.ts runs DPM_BIN instead of `deno run mod.ts` when it is set.
+  Deno.env.set("DPM_BIN", wrapper);
+  try {
+    return await startDpm(t, o);
+  } finally {
+    Deno.env.delete("DPM_BIN");
+  }
+}
+
+/**
+ * --profile: CPU profiles of the server and the driver while h1 floods p1
+ * with 64 B UDP, then of the server under the reservation load.
+ */
+async function profile(t: Topology): Promise<void> {
+  const base = await Deno.makeTempDir({ prefix: "dpm-prof-" });
+  const flood = `${base}/flood`;
+  const reserve = `${base}/reserve`;
+  await Deno.mkdir(flood);
+  await Deno.mkdir(reserve);
+  let d = await startProfiled(t, flood, { driverHosts: ["h1"] });
+  try {
+    const u = await udpFlood(t, t.hosts[0]!.ns, t.peers[0]!.ns, 64, cfg.seconds + 1);
+    log(`profile: ${u.pps} pps delivered`);
+  } finally {
+    await d.stop();
+  }
+  d = await startProfiled(t, reserve, { driverHosts: [], serverArgs: RESERVE_FLAGS });
+  try {
+    const r = await reserveWith(t, d);
+    log(`profile: ${r.perSec} reservations/s`);
+  } finally {
+    await d.stop();
+  }
+  console.log(`# 64 B UDP flood h1 -> p1\n${await summarizeProfiles(flood)}\n`);
+  console.log(`# reservation load\n${await summarizeProfiles(reserve)}`);
+  log(`profiles in ${base}`);
+}
+
+async function main(): Promise<number> {
+  if (Deno.uid() !== 0) {
+    console.error("bench: needs root (network namespaces, iptables): sudo deno task bench");
+    return 2;
+  }
+  const env = await environment();
+  const table = args.profile ? null : await tableBench();
+  log("building the topology");
+  const t = await createTopology({ hosts: 3, peers: 1 });
+  const undoSignals = destroyOnSignal(t);
+  // startDpm's socket directory is removed by Dpm.stop(), which a signal exit skips.
+  const sockDir = `/run/dpmt/${t.prefix}sock`;
+  const removeSockDir = () => {
+    try {
+      Deno.removeSync(sockDir, { recursive: true });
+    } catch {
+      // Not there.
+    }
+  };
+  globalThis.addEventListener("unload", removeSockDir);
+  let kernelRounds: RoundData[] = [];
+  let dpmRounds: RoundData[] = [];
+  let reservations: ReserveResult;
+  try {
+    await startEcho(t, t.peers[0]!.ns);
+    if (args.profile) {
+      await profile(t);
+      return 0;
+    }
+    for (let r = 1; r <= cfg.rounds; r++) {
+      log(`round ${r} of ${cfg.rounds}`);
+      kernelRounds.push(await kernelRound(t));
+      dpmRounds.push(await dpmRound(t));
+    }
+    log(`reservation load, ${cfg.reserveSeconds} s`);
+    reservations = await reservationLoad(t);
+    log(`reservations: ${reservations.perSec}/s`);
+  } finally {
+    await t.destroy();
+    undoSignals();
+    removeSockDir();
+    globalThis.removeEventListener("unload", removeSockDir);
+  }
+  const partial: Omit<BenchResult, "targets"> = {
+    bench: "dpm",
+    smoke: args.smoke,
+    env,
+    config: { ...cfg, topology: "3 hosts, gateway, router, 1 peer (src/topology.ts)" },
+    dataPlane: { dpm: aggregate(dpmRounds), kernel: aggregate(kernelRounds) },
+    reservations,
+    table: table!,
+    elapsedSeconds: 0,
+  };
+  kernelRounds = [];
+  dpmRounds = [];
+  const result: BenchResult = {
+    ...partial,
+    targets: evaluateTargets(partial),
+    elapsedSeconds: Math.round((performance.now() - started) / 1000),
+  };
+  await writeOutputs(result);
+  if (args.json) console.log(JSON.stringify(result));
+  else console.log(markdown(result));
+  return 0;
+}
+
+async function writeOutputs(r: BenchResult): Promise<void> {
+  await Deno.mkdir(args.out, { recursive: true });
+  const out = args.out.replace(/\/$/, "");
+  await Deno.writeTextFile(`${out}/latest.json`, JSON.stringify(r, null, 2) + "\n");
+  await Deno.writeTextFile(`${out}/latest.md`, markdown(r));
+  const d = r.dataPlane.dpm;
+  const k = r.dataPlane.kernel;
+  const sub = `${r.env.cpu} × ${r.env.cores}, kernel ${r.env.kernel}, ${r.env.date}`.slice(0, 110);
+  await Deno.writeTextFile(
+    `${out}/pps_by_size.svg`,
+    barChart({
+      title: "UDP packets/s delivered h1 → p1, by payload size",
+      subtitle: sub,
+      categories: cfg.sizes.map((s) => `${s} B`),
+      series: [
+        { name: "kernel", color: "#9e9e9e", values: k.udp.map((u) => u.pps) },
+        { name: "dpm", color: "#1f77b4", values: d.udp.map((u) => u.pps) },
+      ],
+      yLabel: "packets per second (receiver)",
+      xLabel: "UDP payload size",
+    }),
+  );
+  await Deno.writeTextFile(
+    `${out}/latency.svg`,
+    barChart({
+      title: "UDP round trip h1 ↔ p1, microseconds",
+      subtitle: sub,
+      categories: ["steady p50", "steady p99", "new session p50", "new session p99"],
+      series: [
+        {
+          name: "kernel",
+          color: "#9e9e9e",
+          values: [k.rtt.p50Us, k.rtt.p99Us, k.sessions.firstP50Us, k.sessions.firstP99Us],
+        },
+        {
+          name: "dpm",
+          color: "#1f77b4",
+          values: [d.rtt.p50Us, d.rtt.p99Us, d.sessions.firstP50Us, d.sessions.firstP99Us],
+        },
+      ],
+      yLabel: "microseconds",
+      xLabel: "",
+    }),
+  );
+  log(`wrote ${out}/latest.json, latest.md, pps_by_size.svg, latency.svg`);
+}
+
+Deno.exit(await main());
