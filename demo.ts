@@ -240,7 +240,7 @@ async function main(): Promise<number> {
       log?.close();
       if (!t) return true;
       await t.destroy();
-      await Deno.remove(`/run/dpmt/${t.prefix}sock`, { recursive: true }).catch(() => {});
+      // t.destroy() removes t.scratch (the operator sockets).
       try {
         return ![...Deno.readDirSync("/run/netns")].some((e) => e.name.startsWith(t.prefix));
       } catch {

@@ -514,16 +514,6 @@ async function main(): Promise<number> {
   log("building the topology");
   const t = await createTopology({ hosts: 3, peers: 1 });
   const undoSignals = destroyOnSignal(t);
-  // startDpm's socket directory is removed by Dpm.stop(), which a signal exit skips.
-  const sockDir = `/run/dpmt/${t.prefix}sock`;
-  const removeSockDir = () => {
-    try {
-      Deno.removeSync(sockDir, { recursive: true });
-    } catch {
-      // Not there.
-    }
-  };
-  globalThis.addEventListener("unload", removeSockDir);
   let kernelRounds: RoundData[] = [];
   let dpmRounds: RoundData[] = [];
   let reservations: ReserveResult;
@@ -544,8 +534,6 @@ async function main(): Promise<number> {
   } finally {
     await t.destroy();
     undoSignals();
-    removeSockDir();
-    globalThis.removeEventListener("unload", removeSockDir);
   }
   const partial: Omit<BenchResult, "targets"> = {
     bench: "dpm",

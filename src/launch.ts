@@ -58,7 +58,7 @@ export interface StartOptions {
 
 /** Starts the server on the gateway and drivers on hosts; waits until each says "ready". */
 export async function startDpm(t: Topology, o: StartOptions = {}): Promise<Dpm> {
-  const dir = `/run/dpmt/${t.prefix}sock`;
+  const dir = t.scratch;
   await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
   const serverSocket = `${dir}/server.sock`;
   const driverSocket = (h: string) => `${dir}/${h}.sock`;
@@ -119,7 +119,6 @@ export async function startDpm(t: Topology, o: StartOptions = {}): Promise<Dpm> 
     async stop() {
       await Promise.all([...drivers.values()].map((d) => d.stop("SIGTERM", 5000)));
       await server.stop("SIGTERM", 5000);
-      await Deno.remove(dir, { recursive: true }).catch(() => {});
     },
   };
   try {

@@ -140,6 +140,11 @@ export interface Gateway {
 export interface Topology extends AsyncDisposable {
   /** The namespace name prefix, `dpmt-<6 hex>-`. */
   readonly prefix: string;
+  /**
+   * A directory for the run's files (operator sockets, state files), created
+   * on demand by its users and removed with the topology.
+   */
+  readonly scratch: string;
   readonly hosts: Node[];
   readonly peers: Node[];
   readonly gateway: Gateway;
@@ -302,6 +307,10 @@ class NetnsTopology implements Topology {
     globalThis.addEventListener("unload", this.#unloadHandler);
   }
 
+  get scratch(): string {
+    return scratchPath(this.prefix);
+  }
+
   /** Creates namespaces and links in one root batch, then configures each namespace in parallel. */
   async build(outNs: string): Promise<void> {
     const gw = this.gateway.ns;
@@ -461,6 +470,7 @@ class NetnsTopology implements Topology {
           .outputSync();
       }
       Deno.removeSync(markerPath(this.prefix));
+      Deno.removeSync(scratchPath(this.prefix), { recursive: true });
     } catch {
       // Best effort at exit.
     }
@@ -700,6 +710,7 @@ async function deleteNamespaces(prefix: string, namespaces: readonly string[]): 
   }
   const left = existing.filter(nsExists);
   if (left.length > 0) logProblem(`deleting namespaces of "${prefix}"`, `still there: ${left}`);
+  await Deno.remove(scratchPath(prefix), { recursive: true }).catch(() => {});
   try {
     if (left.length === 0) await Deno.remove(markerPath(prefix));
   } catch (e) {
@@ -793,6 +804,11 @@ function markerPrefixFor(ns: string): string | null {
 
 function markerPath(prefix: string): string {
   return `${MARKER_DIR}/${prefix}.pid`;
+}
+
+/** The scratch directory of a topology (see {@linkcode Topology.scratch}). */
+export function scratchPath(prefix: string): string {
+  return `${MARKER_DIR}/${prefix}scratch`;
 }
 
 async function writeMarker(prefix: string): Promise<void> {

@@ -141,7 +141,7 @@ Deno.test({
   ...SAN,
   fn: async () => {
     const t = await createTopology({ hosts: 2, peers: 1 });
-    const state = `/run/dpmt/${t.prefix}state.json`;
+    const state = `${t.scratch}/state.json`;
     try {
       let d = await startDpm(t, { driverHosts: ["h1"], serverArgs: ["--state", state] });
       const q = await d.query("h1", "udp", "10.0.0.11:40000", "198.51.100.10:7000", true);

@@ -455,7 +455,7 @@ Deno.test({
         "--wan-if",
         "nope0",
         "--socket",
-        `/run/dpmt/${t.prefix}bad.sock`,
+        `${t.scratch}/bad.sock`,
       ], { timeoutMs: 20_000, env: DPM_ENV });
       assert.equal(r.code, 1, r.stderr);
       assert.match(r.stderr, /nope0/);
