@@ -86,21 +86,8 @@ export interface ReserveResult {
 }
 
 /** One row of bench/table_bench.ts --json. */
-export interface TableRow {
-  sessions: number;
-  bytesPerSession: number;
-  marginalBytesPerSession: number;
-  typedArrayBytesPerSession: number;
-  reservePerSec: number;
-  lookupPublicPerSec: number;
-  lookupLanPerSec: number;
-  sweepNoneExpiredMs: number;
-  sweepTenthExpiredMs: number;
-  sweepStep65536Ms: number;
-  sweepStep4096AllExpiredMs: number;
-  sweepStep4096Removed: number;
-  releasePerSec: number | null;
-}
+import type { Row as TableRow } from "./table_bench.ts";
+export type { TableRow };
 
 /** A target and whether this run met it. */
 export interface Target {

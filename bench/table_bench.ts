@@ -49,7 +49,8 @@ function rng(seed: number): () => number {
   };
 }
 
-interface Row {
+/** One row of the --json output (also read by bench/report.ts). */
+export interface Row {
   sessions: number;
   bytesPerSession: number;
   marginalBytesPerSession: number;

@@ -58,6 +58,9 @@ Deno.test({
         assert.equal(text.code, 0);
         assert.match(text.stdout, /INTERNAL\s+PG\s+PUBLIC\s+REMOTE/);
         assert.ok(text.stdout.includes(String(q.public)));
+        /** A control request from host `i` about `internal` → p1:7000; returns the result name. */
+        const ask = async (i: number, op: string, internal: string) =>
+          (await control(t, t.hosts[i]!.ns, op, "udp", internal, "198.51.100.10:7000")).result;
         // The host's own view.
         const drv = await t.exec(t.hosts[0]!.ns, [
           ...dpmCommand(),
@@ -72,52 +75,12 @@ Deno.test({
         assert.match(drv.stdout, /dpm driver\s+server 10\.0\.0\.1:4750/);
         assert.ok(drv.stdout.includes(String(q.public)));
         // h2 pretends to be h1: not authorized. Speaking for itself: no such session.
-        assert.equal(
-          (await control(
-            t,
-            t.hosts[1]!.ns,
-            "release",
-            "udp",
-            "10.0.0.11:40000",
-            "198.51.100.10:7000",
-          )).result,
-          "not-authorized",
-        );
-        assert.equal(
-          (await control(
-            t,
-            t.hosts[1]!.ns,
-            "renew",
-            "udp",
-            "10.0.0.11:40000",
-            "198.51.100.10:7000",
-          )).result,
-          "not-authorized",
-        );
-        assert.equal(
-          (await control(
-            t,
-            t.hosts[1]!.ns,
-            "release",
-            "udp",
-            "10.0.0.12:40000",
-            "198.51.100.10:7000",
-          )).result,
-          "no-such-session",
-        );
+        assert.equal(await ask(1, "release", "10.0.0.11:40000"), "not-authorized");
+        assert.equal(await ask(1, "renew", "10.0.0.11:40000"), "not-authorized");
+        assert.equal(await ask(1, "release", "10.0.0.12:40000"), "no-such-session");
         assert.equal((await d.status()).sessions, 1, "h1's session survives");
         // h1 itself may renew it.
-        assert.equal(
-          (await control(
-            t,
-            t.hosts[0]!.ns,
-            "renew",
-            "udp",
-            "10.0.0.11:40000",
-            "198.51.100.10:7000",
-          )).result,
-          "ok",
-        );
+        assert.equal(await ask(0, "renew", "10.0.0.11:40000"), "ok");
         const counted = (await d.status()) as unknown as { results: Record<string, number> };
         assert.equal(counted.results["not-authorized"], 2);
         // Stopping the driver releases its sessions.
