@@ -101,7 +101,8 @@ export interface HostSession {
   /** TCP teardown seen: bit 0 FIN out, bit 1 FIN in, bit 2 RST; 7 or 4 means closed. */
   closing: number;
   result: number;
-  held: { id: number; bytes: Uint8Array }[];
+  /** Held packets: queue id, a copy of the bytes, their `NFQA_SKB_INFO` bits. */
+  held: { id: number; bytes: Uint8Array; skbInfo: number }[];
   waiters: ((s: HostSession) => void)[];
   renewing: boolean;
 }
@@ -151,6 +152,8 @@ export class DriverCore {
   /** (proto, a, Pg) → session, for replies. */
   readonly #byPg = new Map<number, HostSession>();
   readonly #info = new PacketInfo();
+  /** `NFQA_SKB_INFO` bits of the packet being handled (see handlePacket). */
+  #skbInfo = 0;
   #heldTotal = 0;
   #epoch: number | null = null;
   queue: HeldVerdicts | null = null;
@@ -214,8 +217,11 @@ export class DriverCore {
   /**
    * Handles one queued packet; `outbound` is true for raw OUTPUT. Returns a
    * DriverVerdict; HOLD means the driver keeps a copy and gives the verdict later.
+   * `skbInfo`: the queue's `NFQA_SKB_INFO` bits (CHECKSUM_PARTIAL, GSO; see
+   * `rewrite`), kept with a held copy.
    */
-  handlePacket(pkt: Uint8Array, id: number, outbound: boolean): number {
+  handlePacket(pkt: Uint8Array, id: number, outbound: boolean, skbInfo = 0): number {
+    this.#skbInfo = skbInfo;
     try {
       return this.#handle(pkt, id, outbound);
     } catch (e) {
@@ -251,7 +257,17 @@ export class DriverCore {
       );
       if (!s || s.state !== State.ACTIVE) return DriverVerdict.ACCEPT;
       const icmp = s.proto === IPPROTO_ICMP;
-      rewriteIcmpError(pkt, info, info.src, g, g, icmp ? 0 : s.pg, s.a, icmp ? s.pg : s.pa);
+      rewriteIcmpError(
+        pkt,
+        info,
+        info.src,
+        g,
+        g,
+        icmp ? 0 : s.pg,
+        s.a,
+        icmp ? s.pg : s.pa,
+        this.#skbInfo,
+      );
       return DriverVerdict.MODIFIED;
     }
     if (cidrContains(this.#lan, info.dst)) return DriverVerdict.ACCEPT;
@@ -264,7 +280,7 @@ export class DriverCore {
         case State.ACTIVE:
           s.busy = true;
           if (info.proto === IPPROTO_TCP) s.closing = tcpClose(pkt, info, s.closing, CLOSE_FIN_OUT);
-          rewrite(pkt, info, info.src, icmp ? s.pg : info.sport, g, icmp ? 0 : s.pg);
+          rewrite(pkt, info, info.src, icmp ? s.pg : info.sport, g, icmp ? 0 : s.pg, this.#skbInfo);
           this.counters.out++;
           return DriverVerdict.MODIFIED;
         case State.PENDING:
@@ -301,7 +317,7 @@ export class DriverCore {
         this.drops[Drop.NO_SESSION]!++;
         return DriverVerdict.DROP;
       }
-      rewriteIcmpError(pkt, info, info.src, s.a, s.a, s.pa, s.x, s.px);
+      rewriteIcmpError(pkt, info, info.src, s.a, s.a, s.pa, s.x, s.px, this.#skbInfo);
       this.counters.in++;
       return DriverVerdict.MODIFIED;
     }
@@ -315,7 +331,7 @@ export class DriverCore {
     s.busy = true;
     s.lastUsed = this.now();
     if (info.proto === IPPROTO_TCP) s.closing = tcpClose(pkt, info, s.closing, CLOSE_FIN_IN);
-    rewrite(pkt, info, s.x, icmp ? 0 : s.px, s.a, s.pa);
+    rewrite(pkt, info, s.x, icmp ? 0 : s.px, s.a, s.pa, this.#skbInfo);
     this.counters.in++;
     return DriverVerdict.MODIFIED;
   }
@@ -361,7 +377,7 @@ export class DriverCore {
       this.drops[Drop.HELD_OVERFLOW]!++;
       return DriverVerdict.DROP;
     }
-    s.held.push({ id, bytes: pkt.slice() });
+    s.held.push({ id, bytes: pkt.slice(), skbInfo: this.#skbInfo });
     this.#heldTotal++;
     return DriverVerdict.HOLD;
   }
@@ -469,6 +485,7 @@ export class DriverCore {
           icmp ? s.pg : info.sport,
           this.#cfg.server,
           icmp ? 0 : s.pg,
+          h.skbInfo,
         );
         this.counters.out++;
         q.verdict(h.id, 1, h.bytes);

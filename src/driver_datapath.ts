@@ -22,7 +22,8 @@ import { type DriverCore, DriverVerdict } from "./driver.ts";
 import { logger } from "./log.ts";
 import { Cleanup } from "./cleanup.ts";
 import { type ChainSpec, installChains, removeChains } from "../ffi/iptables.ts";
-import { Handled, NfQueue, pump } from "../ffi/nfqueue.ts";
+import { Handled, NfQueue, pump, SKB_INFO_CSUM_NOT_READY, SKB_INFO_GSO } from "../ffi/nfqueue.ts";
+import { SKB_CSUM_NOT_READY, SKB_GSO } from "./packet.ts";
 import { RawSocket } from "../ffi/rawsock.ts";
 
 const log = logger("driver");
@@ -76,6 +77,9 @@ export async function startDriverDataPath(
     if (Handled.HOLD !== DriverVerdict.HOLD || Handled.MODIFIED !== DriverVerdict.MODIFIED) {
       throw new Error("internal: verdict numbering differs between driver.ts and ffi/nfqueue.ts");
     }
+    if (SKB_INFO_CSUM_NOT_READY !== SKB_CSUM_NOT_READY || SKB_INFO_GSO !== SKB_GSO) {
+      throw new Error("internal: NFQA_SKB_INFO bits differ between packet.ts and ffi/nfqueue.ts");
+    }
     const queue = NfQueue.open({ queue: cfg.queue, failOpen: false });
     undo.push(() => queue.close());
     core.queue = queue;
@@ -88,8 +92,8 @@ export async function startDriverDataPath(
     const specs = driverChains(cfg, lan, dev);
     await installChains(specs);
     undo.push(() => removeChains(specs));
-    const handler = (pkt: Uint8Array, id: number, hook: number) =>
-      core.handlePacket(pkt, id, hook === HOOK_LOCAL_OUT);
+    const handler = (pkt: Uint8Array, id: number, hook: number, skbInfo: number) =>
+      core.handlePacket(pkt, id, hook === HOOK_LOCAL_OUT, skbInfo);
     undo.push(pump(queue, handler, onFatal));
     log.info(`data path on: queue ${cfg.queue}, LAN ${formatCidr(lan)} on ${dev}`);
     return () => undo.run();

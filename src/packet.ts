@@ -97,6 +97,15 @@ export const UDP_SPORT = 0;
 export const UDP_DPORT = 2;
 /** Offset of the UDP length (header and data). */
 export const UDP_LENGTH = 4;
+
+/**
+ * `NFQA_SKB_INFO` bit: the packet is CHECKSUM_PARTIAL, its TCP/UDP checksum
+ * field holds only the pseudo-header sum (linux/netfilter/nfnetlink_queue.h
+ * `NFQA_SKB_CSUMNOTREADY`).
+ */
+export const SKB_CSUM_NOT_READY = 1;
+/** `NFQA_SKB_INFO` bit: the packet is a GSO/GRO super-packet, longer than the MTU (`NFQA_SKB_GSO`). */
+export const SKB_GSO = 2;
 /** Offset of the UDP checksum (0 = none). */
 export const UDP_CHECKSUM = 6;
 /** Length of the UDP header. */

@@ -21,7 +21,15 @@
  * @module
  */
 
-import { csumApply, csumDelta16, csumDelta32, udpWireChecksum } from "./checksum.ts";
+import {
+  csumApply,
+  csumDelta16,
+  csumDelta32,
+  finish,
+  pseudoHeaderSum,
+  sum16,
+  udpWireChecksum,
+} from "./checksum.ts";
 import {
   ICMP_CHECKSUM,
   ICMP_ECHO_REPLY,
@@ -35,11 +43,14 @@ import {
   IPPROTO_UDP,
   type PacketInfo,
   read16,
+  SKB_CSUM_NOT_READY,
+  SKB_GSO,
   TCP_CHECKSUM,
   TCP_DPORT,
   TCP_SPORT,
   UDP_CHECKSUM,
   UDP_DPORT,
+  UDP_LENGTH,
   UDP_SPORT,
   write16,
   write32,
@@ -66,6 +77,11 @@ import {
  * @param sport new source port (echo request: identifier)
  * @param dst new destination address, host order
  * @param dport new destination port (echo reply: identifier)
+ * @param skbInfo the queue's `NFQA_SKB_INFO` bits ({@link SKB_CSUM_NOT_READY},
+ *   {@link SKB_GSO}); either one means the L4 checksum field is not a
+ *   complete checksum of these bytes, so it is recomputed from scratch after
+ *   the rewrite instead of adjusted (see {@link recomputeL4Checksum}).
+ *   Requires the whole packet in `buf` then.
  */
 export function rewrite(
   buf: Uint8Array,
@@ -74,7 +90,9 @@ export function rewrite(
   sport: number,
   dst: number,
   dport: number,
+  skbInfo = 0,
 ): void {
+  const recompute = (skbInfo & (SKB_CSUM_NOT_READY | SKB_GSO)) !== 0;
   src >>>= 0;
   dst >>>= 0;
   const l4 = info.l4;
@@ -102,17 +120,18 @@ export function rewrite(
     let id: number;
     if (info.icmpType === ICMP_ECHO_REQUEST) {
       id = sport & 0xffff;
-      if (id === info.sport) return;
+      if (id === info.sport) return recomputeIf(recompute, buf, info, skbInfo);
       info.sport = id;
     } else if (info.icmpType === ICMP_ECHO_REPLY) {
       id = dport & 0xffff;
-      if (id === info.dport) return;
+      if (id === info.dport) return recomputeIf(recompute, buf, info, skbInfo);
       info.dport = id;
     } else {
-      return;
+      return recomputeIf(recompute, buf, info, skbInfo);
     }
     const old = read16(buf, l4 + ICMP_ID);
     write16(buf, l4 + ICMP_ID, id);
+    if (recompute) return recomputeL4Checksum(buf, info, skbInfo);
     const c = l4 + ICMP_CHECKSUM;
     write16(buf, c, csumApply(read16(buf, c), csumDelta16(0, old, id)));
     return;
@@ -132,6 +151,7 @@ export function rewrite(
     write16(buf, l4 + TCP_DPORT, dport);
     info.dport = dport;
   }
+  if (recompute) return recomputeL4Checksum(buf, info, skbInfo);
   if (delta === 0) return;
   if (proto === IPPROTO_TCP) {
     const c = l4 + TCP_CHECKSUM;
@@ -169,6 +189,9 @@ export function rewrite(
  * @param innerSport new source port of the quoted packet (echo request: identifier)
  * @param innerDst new destination of the quoted packet
  * @param innerDport new destination port of the quoted packet (echo reply: identifier)
+ * @param skbInfo the queue's `NFQA_SKB_INFO` bits: with
+ *   {@link SKB_CSUM_NOT_READY} (unusual for ICMP) the error's own checksum is
+ *   recomputed from scratch at the end instead of adjusted
  */
 export function rewriteIcmpError(
   buf: Uint8Array,
@@ -179,6 +202,7 @@ export function rewriteIcmpError(
   innerSport: number,
   innerDst: number,
   innerDport: number,
+  skbInfo = 0,
 ): void {
   outerSrc >>>= 0;
   outerDst >>>= 0;
@@ -271,7 +295,9 @@ export function rewriteIcmpError(
     }
   }
 
-  if (icmpDelta !== 0) {
+  if ((skbInfo & (SKB_CSUM_NOT_READY | SKB_GSO)) !== 0) {
+    recomputeL4Checksum(buf, info, skbInfo);
+  } else if (icmpDelta !== 0) {
     const c = info.l4 + ICMP_CHECKSUM;
     write16(buf, c, csumApply(read16(buf, c), icmpDelta));
   }
@@ -293,4 +319,57 @@ function replaceChecksum(
   if (udp) updated = udpWireChecksum(updated);
   write16(buf, off, updated);
   return csumDelta16(enclosing, old, updated);
+}
+
+/**
+ * Recomputes the L4 checksum of a parsed packet from scratch: TCP and UDP
+ * over the pseudo-header and the segment (UDP: its length field), ICMP over
+ * the message. A UDP checksum field of 0 ("none") stays 0 unless the
+ * packet is CHECKSUM_PARTIAL ({@link SKB_CSUM_NOT_READY} in `skbInfo`: the
+ * field then holds the pseudo-header sum, and the sender wants a checksum);
+ * a computed UDP 0 is written as 0xffff.
+ *
+ * Why a recomputation and not an adjustment: with `NFQA_CFG_F_GSO` the queue
+ * hands over packets whose L4 checksum is not complete. A locally sent
+ * packet (CHECKSUM_PARTIAL, flagged `NFQA_SKB_CSUMNOTREADY`) holds only the
+ * folded pseudo-header sum in its checksum field, to be completed by the
+ * NIC or `skb_checksum_help`; a GRO-merged packet (flagged `NFQA_SKB_GSO`)
+ * keeps the first segment's checksum, valid for no byte range of the merged
+ * packet. A payload verdict, though, marks the packet `CHECKSUM_NONE`
+ * (`nfqnl_mangle` in net/netfilter/nfnetlink_queue.c, still so in 6.x): the
+ * kernel then trusts the field as a complete checksum — a local receiver
+ * verifies it, and GSO segmentation of a TCP packet rewrites it anyway
+ * (`tcp4_gso_segment` re-seeds the pseudo-header when the packet is not
+ * CHECKSUM_PARTIAL). So the only value right in every case is the full
+ * checksum of the rewritten bytes.
+ *
+ * Precondition: `buf` holds the whole packet (`info.len` bytes).
+ *
+ * @param buf the packet, already rewritten
+ * @param info its parse result (addresses as now in `buf`)
+ * @param skbInfo the queue's `NFQA_SKB_INFO` bits
+ */
+export function recomputeL4Checksum(buf: Uint8Array, info: PacketInfo, skbInfo: number): void {
+  const l4 = info.l4;
+  const proto = info.proto;
+  if (proto === IPPROTO_TCP) {
+    const n = info.len - l4;
+    write16(buf, l4 + TCP_CHECKSUM, 0);
+    const sum = sum16(buf, l4, n, pseudoHeaderSum(info.src, info.dst, IPPROTO_TCP, n));
+    write16(buf, l4 + TCP_CHECKSUM, finish(sum));
+  } else if (proto === IPPROTO_UDP) {
+    const c = l4 + UDP_CHECKSUM;
+    if ((skbInfo & SKB_CSUM_NOT_READY) === 0 && read16(buf, c) === 0) return;
+    const n = read16(buf, l4 + UDP_LENGTH);
+    write16(buf, c, 0);
+    const sum = sum16(buf, l4, n, pseudoHeaderSum(info.src, info.dst, IPPROTO_UDP, n));
+    write16(buf, c, udpWireChecksum(finish(sum)));
+  } else if (proto === IPPROTO_ICMP) {
+    write16(buf, l4 + ICMP_CHECKSUM, 0);
+    write16(buf, l4 + ICMP_CHECKSUM, finish(sum16(buf, l4, info.len - l4)));
+  }
+}
+
+function recomputeIf(recompute: boolean, buf: Uint8Array, info: PacketInfo, skbInfo: number): void {
+  if (recompute) recomputeL4Checksum(buf, info, skbInfo);
 }

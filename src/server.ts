@@ -80,6 +80,8 @@ export class ServerCore {
   readonly #lan: Cidr | null;
   readonly #limiter: RateLimiter;
   readonly #info = new PacketInfo();
+  /** `NFQA_SKB_INFO` bits of the packet being translated (see handlePacket). */
+  #skbInfo = 0;
   readonly now: () => number;
 
   constructor(cfg: ServerConfig, opts: ServerCoreOptions) {
@@ -195,9 +197,11 @@ export class ServerCore {
   /**
    * Translates one queued packet in place. Returns Verdict.MODIFIED when the
    * bytes were rewritten, ACCEPT to let it pass unchanged, DROP otherwise
-   * (each drop counted by reason).
+   * (each drop counted by reason). `skbInfo`: the queue's `NFQA_SKB_INFO`
+   * bits for this packet (CHECKSUM_PARTIAL, GSO; see `rewrite`).
    */
-  handlePacket(pkt: Uint8Array): number {
+  handlePacket(pkt: Uint8Array, skbInfo = 0): number {
+    this.#skbInfo = skbInfo;
     try {
       return this.#translate(pkt);
     } catch (e) {
@@ -238,7 +242,17 @@ export class ServerCore {
         return Verdict.DROP;
       }
       // The quoted packet was G:Pg -> a:pa; outside it was X:px -> R:p.
-      rewriteIcmpError(pkt, info, t.r(s), t.x(s), t.x(s), t.px(s), t.r(s), t.p(s));
+      rewriteIcmpError(
+        pkt,
+        info,
+        t.r(s),
+        t.x(s),
+        t.x(s),
+        t.px(s),
+        t.r(s),
+        t.p(s),
+        this.#skbInfo,
+      );
       this.packets.out++;
       return Verdict.MODIFIED;
     }
@@ -263,7 +277,7 @@ export class ServerCore {
     const x = t.x(s);
     const px = t.px(s);
     if (t.isPoolAddress(x)) return this.#hairpin(pkt, info, s);
-    rewrite(pkt, info, t.r(s), t.p(s), x, px);
+    rewrite(pkt, info, t.r(s), t.p(s), x, px, this.#skbInfo);
     t.count(s, true);
     this.packets.out++;
     return Verdict.MODIFIED;
@@ -279,7 +293,15 @@ export class ServerCore {
     }
     const icmp = info.proto === IPPROTO_ICMP;
     // Seen from s2's host, the packet comes from s's public pair R:p to its own G:Pg.
-    rewrite(pkt, info, this.#cfg.lanAddr, icmp ? 0 : t.pg(s2), t.a(s2), icmp ? t.pg(s2) : t.pa(s2));
+    rewrite(
+      pkt,
+      info,
+      this.#cfg.lanAddr,
+      icmp ? 0 : t.pg(s2),
+      t.a(s2),
+      icmp ? t.pg(s2) : t.pa(s2),
+      this.#skbInfo,
+    );
     t.count(s, true);
     t.count(s2, false);
     this.packets.hairpin++;
@@ -314,6 +336,7 @@ export class ServerCore {
         icmp ? t.pg(s) : t.pa(s),
         g,
         icmp ? 0 : t.pg(s),
+        this.#skbInfo,
       );
       t.count(s, false);
       this.packets.in++;
@@ -329,7 +352,7 @@ export class ServerCore {
       return Verdict.DROP;
     }
     const icmp = info.proto === IPPROTO_ICMP;
-    rewrite(pkt, info, g, icmp ? 0 : t.pg(s), t.a(s), icmp ? t.pg(s) : t.pa(s));
+    rewrite(pkt, info, g, icmp ? 0 : t.pg(s), t.a(s), icmp ? t.pg(s) : t.pa(s), this.#skbInfo);
     t.count(s, false);
     this.packets.in++;
     return Verdict.MODIFIED;

@@ -25,7 +25,8 @@ import { logger } from "./log.ts";
 import { Cleanup } from "./cleanup.ts";
 import type { ServerCore } from "./server.ts";
 import { type ChainSpec, installChains, removeChains } from "../ffi/iptables.ts";
-import { Handled, NfQueue, pump } from "../ffi/nfqueue.ts";
+import { Handled, NfQueue, pump, SKB_INFO_CSUM_NOT_READY, SKB_INFO_GSO } from "../ffi/nfqueue.ts";
+import { SKB_CSUM_NOT_READY, SKB_GSO } from "./packet.ts";
 import { setSysctls } from "../ffi/sysctl.ts";
 import { addAddresses, interfaceAddrs, removeAddresses } from "../ffi/iface.ts";
 
@@ -131,11 +132,15 @@ export async function startServerDataPath(
     undo.push(() => removeChains(specs));
     log.info(`data path on: queue ${cfg.queue}, LAN ${lanIf} ${formatCidr(lan)}, WAN ${wanIf}`);
 
-    const handler = (pkt: Uint8Array): number => core.handlePacket(pkt);
+    const handler = (pkt: Uint8Array, _id: number, _hook: number, skbInfo: number): number =>
+      core.handlePacket(pkt, skbInfo);
     undo.push(pump(queue, handler, onFatal));
     // Handled.* and Verdict.* share their numbers; keep them from drifting.
     if (Handled.DROP !== 0 || Handled.ACCEPT !== 1 || Handled.MODIFIED !== 2) {
       throw new Error("internal: verdict numbering differs between server.ts and ffi/nfqueue.ts");
+    }
+    if (SKB_INFO_CSUM_NOT_READY !== SKB_CSUM_NOT_READY || SKB_INFO_GSO !== SKB_GSO) {
+      throw new Error("internal: NFQA_SKB_INFO bits differ between packet.ts and ffi/nfqueue.ts");
     }
     return () => undo.run();
   } catch (e) {

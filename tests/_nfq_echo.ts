@@ -12,6 +12,9 @@
  * - `hold`: a UDP payload starting with "HOLD" is held, then after 300 ms
  *   accepted with a copy whose "HOLD" reads "HELD"; everything else accepted.
  *
+ * The queue is opened without `NFQA_CFG_F_GSO`, so every packet arrives with
+ * complete checksums.
+ *
  * Prints `ready` once the queue is bound, and the counters as one JSON line
  * on SIGTERM, then exits.
  *
@@ -46,7 +49,10 @@ let modified = 0;
 let held = 0;
 let released = 0;
 
-const q = NfQueue.open({ queue, batch });
+// Without NFQA_CFG_F_GSO: the kernel completes partial checksums before
+// queueing, which the RFC 1624 adjustments below rely on (dpm itself runs
+// with GSO on and recomputes checksums of partial packets, see src/rewrite.ts).
+const q = NfQueue.open({ queue, batch, gso: false });
 
 function handler(pkt: Uint8Array, id: number): number {
   if (mode === "touch") return Handled.MODIFIED;

@@ -202,3 +202,22 @@ Deno.test("RFC 1624 §3: eqn. 3 avoids the -0 of eqn. 2", () => {
   assert.equal(csumApply(0x1234, 0), 0x1234);
   assert.equal(csumApply(0xffff, 0), 0xffff);
 });
+
+Deno.test("sum16: the 32-bit path for long aligned ranges matches the byte loop", () => {
+  const ref = (b: Uint8Array, off: number, len: number, init: number): number => {
+    let s = init;
+    let i = off;
+    for (; i + 1 < off + len; i += 2) s += (b[i]! << 8) | b[i + 1]!;
+    if (len & 1) s += b[i]! << 8;
+    while (s > 0xffff) s = (s & 0xffff) + Math.floor(s / 0x10000);
+    return s;
+  };
+  for (let k = 0; k < 500; k++) {
+    const len = 256 + ((k * 7919) % 66000);
+    const off = (k % 5) * 4 + (k % 3 === 0 ? 2 : 0); // aligned and not
+    const b = new Uint8Array(off + len + 3).map((_, i) => (i * 31 + k) & 0xff);
+    if (k % 50 === 0) b.fill(0xff);
+    const init = (k * 40503) % 0x30000;
+    assert.equal(sum16(b, off, len, init), ref(b, off, len, init), `len ${len} off ${off}`);
+  }
+});

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { parseIPv4 } from "../src/addr.ts";
-import { Drop, dropName, PacketInfo, parse } from "../src/packet.ts";
+import { Drop, dropName, PacketInfo, parse, SKB_CSUM_NOT_READY, SKB_GSO } from "../src/packet.ts";
 import { rewrite, rewriteIcmpError } from "../src/rewrite.ts";
 import {
   buildIcmpEcho,
@@ -450,4 +450,122 @@ Deno.test("property: on mutated packets that still parse, valid checksums stay v
   );
   // The property must have exercised rewriting, not only drops.
   assert.ok(rewritten > 500, `only ${rewritten} packets were rewritten`);
+});
+
+// --- Packets the queue reports as CHECKSUM_PARTIAL or GSO (NFQA_CFG_F_GSO) ---
+
+/** The folded pseudo-header sum, as the kernel leaves it in a CHECKSUM_PARTIAL packet. */
+function pseudoSum(src: number, dst: number, proto: number, len: number): number {
+  let s = (src >>> 16) + (src & 0xffff) + (dst >>> 16) + (dst & 0xffff) + proto + len;
+  while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
+  return s;
+}
+
+/** Turns a built packet into what a local CHECKSUM_PARTIAL send looks like in the queue. */
+function asPartial(pkt: Uint8Array): Uint8Array {
+  const b = pkt.slice();
+  const dv = new DataView(b.buffer);
+  const proto = b[9]!;
+  const l4len = dv.getUint16(2) - 20;
+  const field = 20 + (proto === 6 ? 16 : 6);
+  dv.setUint16(field, pseudoSum(dv.getUint32(12), dv.getUint32(16), proto, l4len));
+  return b;
+}
+
+/** Completes a partial checksum as skb_checksum_help does: sum from the L4 header, field included. */
+function kernelComplete(pkt: Uint8Array): void {
+  const dv = new DataView(pkt.buffer, pkt.byteOffset);
+  const field = 20 + (pkt[9] === 6 ? 16 : 6);
+  let s = 0;
+  for (let i = 20; i + 1 < pkt.length; i += 2) s += dv.getUint16(i);
+  if (pkt.length & 1) s += pkt[pkt.length - 1]! << 8;
+  while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
+  dv.setUint16(field, ~s & 0xffff || 0xffff);
+}
+
+const PAYLOAD = new Uint8Array(3001).map((_, i) => (i * 31 + 7) & 0xff); // odd length on purpose
+
+Deno.test("partial (CSUMNOTREADY): the kernel's own completion of the input is valid (fixture check)", () => {
+  for (
+    const p of [
+      buildTcp({ src: A, sport: 40000, dst: G, dport: 20001, flags: 0x18, payload: PAYLOAD }),
+      buildUdp({ src: A, sport: 40000, dst: G, dport: 20001, payload: PAYLOAD }),
+    ]
+  ) {
+    const b = asPartial(p);
+    assert.ok(!verifyL4Checksum(b), "a partial checksum does not verify as it is");
+    kernelComplete(b);
+    assert.ok(verifyL4Checksum(b), "completed by the kernel, it verifies");
+  }
+});
+
+Deno.test("partial (CSUMNOTREADY): TCP and UDP rewritten, addresses and ports, leave a complete checksum", () => {
+  const cases = [
+    buildTcp({ src: A, sport: 40000, dst: G, dport: 20001, flags: 0x18, payload: PAYLOAD }),
+    buildUdp({ src: A, sport: 40000, dst: G, dport: 20001, payload: PAYLOAD }),
+    buildTcp({ src: A, sport: 40000, dst: X, dport: 443, flags: 0x02 }),
+  ];
+  for (const p of cases) {
+    const b = asPartial(p);
+    const info = parsed(b, b.length);
+    rewrite(b, info, R, 61000, X, 8443, SKB_CSUM_NOT_READY);
+    // A payload verdict marks the packet CHECKSUM_NONE: the field must be complete now.
+    assert.ok(verifyIpChecksum(b), "IP header checksum");
+    assert.ok(verifyL4Checksum(b), "L4 checksum verifies from scratch");
+    assert.deepEqual([info.src, info.sport, info.dst, info.dport], [R, 61000, X, 8443]);
+    // Same bytes as translating the complete packet the ordinary way.
+    const full = p.slice();
+    rewrite(full, parsed(full, full.length), R, 61000, X, 8443);
+    assert.deepEqual(b, full);
+  }
+});
+
+Deno.test("partial: the kernel-style address-only update of the pseudo-header sum, then completion, agrees", () => {
+  // What inet_proto_csum_replace4(pseudohdr=true) does on CHECKSUM_PARTIAL:
+  // field' = ~csum_fold(field + ~old + new) = fold(field + ~old + new); ports untouched.
+  const p = buildTcp({ src: A, sport: 40000, dst: G, dport: 20001, flags: 0x18, payload: PAYLOAD });
+  const b = asPartial(p);
+  const dv = new DataView(b.buffer);
+  let s = dv.getUint16(36) + (~(A >>> 16) & 0xffff) + (~A & 0xffff) + (R >>> 16) + (R & 0xffff);
+  s += (~(G >>> 16) & 0xffff) + (~G & 0xffff) + (X >>> 16) + (X & 0xffff);
+  while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
+  dv.setUint32(12, R);
+  dv.setUint32(16, X);
+  dv.setUint16(36, s);
+  dv.setUint16(20, 61000);
+  dv.setUint16(22, 8443);
+  kernelComplete(b);
+  const ours = asPartial(p);
+  rewrite(ours, parsed(ours, ours.length), R, 61000, X, 8443, SKB_CSUM_NOT_READY);
+  assert.equal(dv.getUint16(36), new DataView(ours.buffer).getUint16(36));
+});
+
+Deno.test("GSO (GRO-merged): a checksum valid for no byte range is recomputed; UDP 0 stays 0", () => {
+  const t = buildTcp({ src: X, sport: 443, dst: R, dport: 61000, flags: 0x10, payload: PAYLOAD });
+  new DataView(t.buffer).setUint16(36, 0x1234); // the first segment's checksum
+  const info = parsed(t, t.length);
+  rewrite(t, info, G, 20001, A, 40000, SKB_GSO);
+  assert.ok(verifyL4Checksum(t));
+  const u = buildUdp({
+    src: X,
+    sport: 53,
+    dst: R,
+    dport: 61000,
+    payload: PAYLOAD,
+    checksum: false,
+  });
+  rewrite(u, parsed(u, u.length), G, 20001, A, 40000, SKB_GSO);
+  assert.equal(new DataView(u.buffer).getUint16(26), 0, "no checksum stays none");
+});
+
+Deno.test("partial: ICMP echo and a 64 KB TCP packet", () => {
+  const e = buildIcmpEcho({ src: A, dst: G, id: 7, seq: 1, type: 8 });
+  new DataView(e.buffer).setUint16(22, 0); // not yet computed
+  rewrite(e, parsed(e, e.length), R, 20001, X, 0, SKB_CSUM_NOT_READY);
+  assert.ok(verifyL4Checksum(e));
+  const big = new Uint8Array(65531 - 40).map((_, i) => (i * 13) & 0xff);
+  const t = asPartial(buildTcp({ src: A, sport: 1, dst: G, dport: 2, flags: 0x10, payload: big }));
+  assert.equal(t.length, 65531);
+  rewrite(t, parsed(t, t.length), R, 3, X, 4, SKB_CSUM_NOT_READY | SKB_GSO);
+  assert.ok(verifyL4Checksum(t));
 });
