@@ -260,11 +260,12 @@ export class ServerCore {
     const pg = icmp ? info.sport : info.dport;
     const s = t.lookupLan(info.proto, info.src, pg);
     if (s < 0) {
-      // TCP/UDP: let the kernel answer from G:Pg (RST or port unreachable), which
-      // tells the host's driver its session is gone. ICMP: the kernel would answer
-      // the echo itself, which would look like the peer's reply: drop.
-      this.drops[Drop.NO_SESSION]!++;
-      return icmp ? Verdict.DROP : Verdict.ACCEPT;
+      // Not a session: the gateway's own business. TCP/UDP to a gateway port get the
+      // kernel's RST or port unreachable, which tells a driver whose session the
+      // server lost. An echo request is a plain ping of the gateway: the kernel
+      // answers it (so the gateway stays pingable from the LAN).
+      this.drops[Drop.NOT_OURS]!++;
+      return Verdict.ACCEPT;
     }
     if (!icmp && t.pa(s) !== info.sport) {
       this.drops[Drop.PEER_MISMATCH]!++;

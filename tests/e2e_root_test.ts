@@ -107,6 +107,11 @@ Deno.test({
       const seen = r.stdout.replace("seen ", "");
       const q = await d.query("h1", "tcp", `${h(t, 0).addrText}:45000`, `${p(t, 1).addrText}:8080`);
       assert.equal(q.public, seen);
+      // The gateway stays pingable from hosts with and without a driver.
+      for (const host of [h(t, 0), h(t, 2)]) {
+        const g = await t.exec(host.ns, ["ping", "-n", "-c", "1", "-W", "2", t.gateway.lanText]);
+        assert.equal(g.code, 0, `${host.name} pings the gateway: ${g.stdout}`);
+      }
       const ping = await t.exec(h(t, 1).ns, [
         "ping",
         "-n",
