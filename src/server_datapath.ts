@@ -27,10 +27,30 @@ import type { ServerCore } from "./server.ts";
 import { type ChainSpec, installChains, removeChains } from "../ffi/iptables.ts";
 import { Handled, NfQueue, pump, SKB_INFO_CSUM_NOT_READY, SKB_INFO_GSO } from "../ffi/nfqueue.ts";
 import { SKB_CSUM_NOT_READY, SKB_GSO } from "./packet.ts";
-import { setSysctls } from "../ffi/sysctl.ts";
+import { readSysctl, setSysctls } from "../ffi/sysctl.ts";
 import { addAddresses, interfaceAddrs, removeAddresses } from "../ffi/iface.ts";
 
 const log = logger("server");
+
+/**
+ * The kernel applies max(all, interface) for rp_filter, so turning it off
+ * for dpm's two interfaces means setting `all` to 0. To leave every other
+ * interface (and ones created later, via `default`) filtering exactly as
+ * before, each gets max(old all, its own) explicitly. Restored on exit.
+ */
+async function keepReversePathFilter(except: string[]): Promise<Record<string, string>> {
+  const all = Number(await readSysctl("net.ipv4.conf.all.rp_filter"));
+  const out: Record<string, string> = {};
+  if (!(all > 0)) return out;
+  for await (const e of Deno.readDir("/proc/sys/net/ipv4/conf")) {
+    if (e.name === "all" || e.name === "lo" || except.includes(e.name)) continue;
+    if (!/^[A-Za-z0-9_.-]+$/.test(e.name)) continue; // not expressible as a sysctl name
+    const name = `net.ipv4.conf.${e.name.replaceAll(".", "/")}.rp_filter`;
+    const own = Number(await readSysctl(name));
+    if (own < all) out[name] = String(all);
+  }
+  return out;
+}
 
 /** Contiguous runs of the sorted pool, for `-m iprange`. */
 export function poolRanges(pool: number[]): [number, number][] {
@@ -105,6 +125,7 @@ export async function startServerDataPath(
       );
     }
     const restoreSysctls = await setSysctls({
+      ...await keepReversePathFilter([lanIf, wanIf]),
       "net.ipv4.ip_forward": "1",
       // Rewritten packets carry the gateway's own addresses as source (R on the
       // way out, G on the way in): without accept_local they are martians.

@@ -380,7 +380,23 @@ Deno.test({
     try {
       const before =
         (await t.exec(t.gateway.ns, ["sysctl", "-n", "net.ipv4.conf.wan0.accept_local"])).stdout;
+      // A gateway that filters by reverse path keeps doing so on the interfaces dpm does not own.
+      const sysctl = async (name: string) =>
+        (await t.exec(t.gateway.ns, ["sysctl", "-n", name])).stdout.trim();
+      await t.exec(t.gateway.ns, ["sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=2"]);
+      const portBefore = await sysctl("net.ipv4.conf.lan-h1.rp_filter");
       let d = await startDpm(t, { driverHosts: ["h1"] });
+      assert.equal(await sysctl("net.ipv4.conf.all.rp_filter"), "0");
+      assert.equal(
+        await sysctl("net.ipv4.conf.lan-h1.rp_filter"),
+        "2",
+        "other interfaces keep their filter",
+      );
+      assert.equal(
+        await sysctl("net.ipv4.conf.default.rp_filter"),
+        "2",
+        "and interfaces made later",
+      );
       assert.ok((await dpmRules(t, t.gateway.ns)).length > 0, "server rules installed");
       assert.ok((await dpmRules(t, h(t, 0).ns)).length > 0, "driver rules installed");
       await d.stop();
@@ -389,6 +405,8 @@ Deno.test({
       const after =
         (await t.exec(t.gateway.ns, ["sysctl", "-n", "net.ipv4.conf.wan0.accept_local"])).stdout;
       assert.equal(after, before, "sysctl restored");
+      assert.equal(await sysctl("net.ipv4.conf.all.rp_filter"), "2", "rp_filter restored");
+      assert.equal(await sysctl("net.ipv4.conf.lan-h1.rp_filter"), portBefore);
       const addrs =
         (await t.exec(t.gateway.ns, ["ip", "-4", "addr", "show", "dev", "wan0"])).stdout;
       assert.ok(!addrs.includes("203.0.113.10/32"), "pool addresses removed");
