@@ -42,6 +42,7 @@ export async function readSysctl(name: string): Promise<string> {
  */
 export async function setSysctls(
   values: Record<string, string>,
+  opts: { journal?: string } = {},
 ): Promise<() => Promise<void>> {
   const done: [path: string, old: string][] = [];
   const restore = async (): Promise<void> => {
@@ -53,6 +54,7 @@ export async function setSysctls(
         // Best effort: the interface may be gone, which took the value with it.
       }
     }
+    if (opts.journal) await Deno.remove(opts.journal).catch(() => {});
   };
   try {
     for (const [name, value] of Object.entries(values)) {
@@ -67,6 +69,9 @@ export async function setSysctls(
         throw e;
       }
       if (old === value) continue;
+      // The journal holds the original values before any is changed, so a run
+      // killed with SIGKILL can be undone by the next one (recoverSysctls).
+      if (opts.journal) await writeJournal(opts.journal, [...done, [path, old]]);
       try {
         await Deno.writeTextFile(path, value + "\n");
       } catch (e) {
@@ -79,4 +84,41 @@ export async function setSysctls(
     throw e;
   }
   return restore;
+}
+
+async function writeJournal(path: string, entries: [string, string][]): Promise<void> {
+  const tmp = `${path}.tmp`;
+  await Deno.writeTextFile(tmp, JSON.stringify(entries) + "\n", { mode: 0o600 });
+  await Deno.rename(tmp, path);
+}
+
+/**
+ * Puts back the original values recorded in `journal` by a run that did not
+ * get to restore them (it was killed), then deletes the journal. Returns how
+ * many values were written back; 0 when there is no journal.
+ */
+export async function recoverSysctls(journal: string): Promise<number> {
+  let entries: unknown;
+  try {
+    entries = JSON.parse(await Deno.readTextFile(journal));
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return 0;
+    await Deno.remove(journal).catch(() => {});
+    return 0; // A torn journal: nothing trustworthy to restore.
+  }
+  let n = 0;
+  if (Array.isArray(entries)) {
+    for (const it of entries.reverse()) {
+      if (!Array.isArray(it) || typeof it[0] !== "string" || typeof it[1] !== "string") continue;
+      if (!it[0].startsWith("/proc/sys/net/")) continue; // only what dpm writes
+      try {
+        await Deno.writeTextFile(it[0], it[1] + "\n");
+        n++;
+      } catch {
+        // The interface is gone.
+      }
+    }
+  }
+  await Deno.remove(journal).catch(() => {});
+  return n;
 }

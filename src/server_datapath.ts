@@ -27,7 +27,7 @@ import type { ServerCore } from "./server.ts";
 import { type ChainSpec, installChains, removeChains } from "../ffi/iptables.ts";
 import { Handled, NfQueue, pump, SKB_INFO_CSUM_NOT_READY, SKB_INFO_GSO } from "../ffi/nfqueue.ts";
 import { SKB_CSUM_NOT_READY, SKB_GSO } from "./packet.ts";
-import { readSysctl, setSysctls } from "../ffi/sysctl.ts";
+import { readSysctl, recoverSysctls, setSysctls } from "../ffi/sysctl.ts";
 import { addAddresses, interfaceAddrs, removeAddresses } from "../ffi/iface.ts";
 
 const log = logger("server");
@@ -124,6 +124,11 @@ export async function startServerDataPath(
           `behind a pool address and may collide with dpm's sessions; give ${wanIf} an address outside the pool`,
       );
     }
+    // A run killed with SIGKILL left its sysctls changed: put the originals back first,
+    // so that this run records (and at exit restores) the gateway's real settings.
+    const journal = `${cfg.socket}.sysctls.json`;
+    const recovered = await recoverSysctls(journal);
+    if (recovered) log.info(`restored ${recovered} sysctl(s) left changed by a killed run`);
     const restoreSysctls = await setSysctls({
       ...await keepReversePathFilter([lanIf, wanIf]),
       "net.ipv4.ip_forward": "1",
@@ -137,7 +142,7 @@ export async function startServerDataPath(
       // Hairpinned packets leave by the interface they came in on: no redirects.
       "net.ipv4.conf.all.send_redirects": "0",
       [`net.ipv4.conf.${lanIf}.send_redirects`]: "0",
-    });
+    }, { journal });
     undo.push(restoreSysctls);
     if (cfg.addPoolAddresses) {
       const added = await addAddresses(wanIf, cfg.pool);

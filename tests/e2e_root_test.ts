@@ -421,6 +421,11 @@ Deno.test({
         rulesOnce,
         "SIGKILL leaves the rules (nothing can run)",
       );
+      assert.equal(
+        await sysctl("net.ipv4.conf.all.rp_filter"),
+        "0",
+        "SIGKILL leaves sysctls changed",
+      );
       d = await startDpm(t, { driverHosts: ["h1"] });
       assert.deepEqual(await dpmRules(t, t.gateway.ns), rulesOnce, "no duplicate after restart");
       const jumps = (await dpmRules(t, h(t, 0).ns)).filter((l) => l.startsWith("-A OUTPUT"));
@@ -432,6 +437,12 @@ Deno.test({
       await d.stop();
       assert.deepEqual(await dpmRules(t, t.gateway.ns), []);
       assert.deepEqual(await dpmRules(t, h(t, 0).ns), []);
+      assert.equal(
+        await sysctl("net.ipv4.conf.all.rp_filter"),
+        "2",
+        "the killed run's changes undone too",
+      );
+      assert.equal(await sysctl("net.ipv4.conf.wan0.accept_local"), before.trim());
     } finally {
       await t.destroy();
     }
