@@ -238,3 +238,20 @@ export async function listChain(
   }
   return r.stdout.split("\n").filter((l) => l !== "");
 }
+
+/**
+ * A rule that matches nothing but makes the kernel reassemble fragments in
+ * this namespace before the raw table. dpm translates whole datagrams; the
+ * kernel only defragments in front of raw when conntrack is in use in the
+ * namespace, and `CT --notrack` alone does not count. A conntrack match
+ * does: in raw, before conntrack ran, no packet is UNTRACKED yet, so the
+ * rule never matches.
+ */
+export const DEFRAG_ON: readonly string[] = Object.freeze([
+  "-m",
+  "conntrack",
+  "--ctstate",
+  "UNTRACKED",
+  "-j",
+  "RETURN",
+]);

@@ -21,7 +21,7 @@ import type { DriverConfig } from "./config.ts";
 import { type DriverCore, DriverVerdict } from "./driver.ts";
 import { logger } from "./log.ts";
 import { Cleanup } from "./cleanup.ts";
-import { type ChainSpec, installChains, removeChains } from "../ffi/iptables.ts";
+import { type ChainSpec, DEFRAG_ON, installChains, removeChains } from "../ffi/iptables.ts";
 import { Handled, NfQueue, pump, SKB_INFO_CSUM_NOT_READY, SKB_INFO_GSO } from "../ffi/nfqueue.ts";
 import { SKB_CSUM_NOT_READY, SKB_GSO } from "./packet.ts";
 import { RawSocket } from "../ffi/rawsock.ts";
@@ -56,7 +56,7 @@ export function driverChains(cfg: DriverConfig, lan: Cidr, dev: string): ChainSp
     matches.push(["-s", g, "-p", "icmp", "--icmp-type", t]);
     matches.push(["!", "-s", formatCidr(lan), "-p", "icmp", "--icmp-type", t]);
   }
-  const pre: string[][] = [];
+  const pre: string[][] = [[...DEFRAG_ON]];
   for (const m of matches) pre.push(["-i", dev, ...m, ...nt], ["-i", dev, ...m, ...q]);
   return [
     { table: "raw", hook: "OUTPUT", chain: "DPM-DRV-OUT", rules: out },

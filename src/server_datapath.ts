@@ -24,7 +24,7 @@ import type { ServerConfig } from "./config.ts";
 import { logger } from "./log.ts";
 import { Cleanup } from "./cleanup.ts";
 import type { ServerCore } from "./server.ts";
-import { type ChainSpec, installChains, removeChains } from "../ffi/iptables.ts";
+import { type ChainSpec, DEFRAG_ON, installChains, removeChains } from "../ffi/iptables.ts";
 import { Handled, NfQueue, pump, SKB_INFO_CSUM_NOT_READY, SKB_INFO_GSO } from "../ffi/nfqueue.ts";
 import { SKB_CSUM_NOT_READY, SKB_GSO } from "./packet.ts";
 import { readSysctl, recoverSysctls, setSysctls } from "../ffi/sysctl.ts";
@@ -81,7 +81,7 @@ export function serverChains(cfg: ServerConfig, lan: Cidr): ChainSpec[] {
   ];
   const ranges = poolRanges(cfg.pool).map(([lo, hi]) => `${formatIPv4(lo)}-${formatIPv4(hi)}`);
   for (const r of ranges) matches.push(["-i", wanIf, "-m", "iprange", "--dst-range", r]);
-  const pre: string[][] = [];
+  const pre: string[][] = [[...DEFRAG_ON]];
   for (const m of matches) pre.push([...m, ...nt], [...m, ...q]);
   const fwd: string[][] = [];
   for (const r of ranges) {

@@ -499,3 +499,35 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "e2e root: datagrams larger than the MTU cross fragmented, both ways, translated",
+  ...SAN,
+  fn: () =>
+    withDpm({}, async (t) => {
+      await serve(t, p(t, 0).ns, udpEcho(7000));
+      // 3000 bytes out (fragmented by h1, reassembled at the gateway) and 3000+ back
+      // (fragmented by the router, reassembled at the gateway, fragmented again on the LAN).
+      const r = await t.exec(h(t, 0).ns, [
+        "python3",
+        "-c",
+        `
+import socket, json
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 40700))
+s.settimeout(3)
+s.sendto(b"x" * 3000, ("${p(t, 0).addrText}", 7000))
+d, a = s.recvfrom(65535)
+print(json.dumps({"len": len(d), "from": "%s:%d" % a}))
+`,
+      ]);
+      assert.equal(r.code, 0, r.stderr);
+      const out = JSON.parse(r.stdout);
+      assert.equal(
+        out.from,
+        `${p(t, 0).addrText}:7000`,
+        "the reassembled reply is restored to the peer's address",
+      );
+      assert.ok(out.len > 3000);
+    }),
+});
