@@ -105,6 +105,8 @@ export interface HostSession {
   held: { id: number; bytes: Uint8Array; skbInfo: number }[];
   waiters: ((s: HostSession) => void)[];
   renewing: boolean;
+  /** Removed from the driver's indexes: late answers about it are not applied. */
+  deleted: boolean;
 }
 
 /** How the driver reaches the server: ControlClient over UDP, or an in-memory pipe in tests. */
@@ -198,6 +200,7 @@ export class DriverCore {
   }
 
   #delete(s: HostSession): void {
+    s.deleted = true;
     const k1 = s.x * 65536 + s.px;
     const m = this.#out.get(k1);
     if (m) {
@@ -367,6 +370,7 @@ export class DriverCore {
       held: [],
       waiters: [],
       renewing: false,
+      deleted: false,
     };
     this.#put(s);
     return s;
@@ -412,6 +416,12 @@ export class DriverCore {
 
   #apply(s: HostSession, res: Response | null): void {
     const now = this.now();
+    if (s.deleted) {
+      // Answered after the session was dropped here: hand a grant straight back.
+      if (res?.result === Result.OK) this.#sendRelease(s);
+      for (const w of s.waiters.splice(0)) w(s);
+      return;
+    }
     if (res === null) {
       // No answer: pass the session untranslated (ordinary NAT still serves it).
       log.warn(`no answer from the server for ${describe(s)}: passing it untranslated`);
@@ -445,7 +455,9 @@ export class DriverCore {
         this.#release(s, DriverVerdict.MODIFIED);
       } else {
         s.state = State.REFUSED;
-        s.expiresAt = now + NEGATIVE_IDLE_MS;
+        // Try again later: soon when the cause may pass (quota, resources, rate),
+        // later for a conflict, which lasts as long as the other session.
+        s.expiresAt = now + (res.result === Result.CONFLICT ? NEGATIVE_IDLE_MS : RETRY_SOON_MS);
         this.counters.refused++;
         log.info(`server refused ${describe(s)}: ${resultName(res.result)}`);
         this.#release(s, DriverVerdict.DROP);
@@ -549,7 +561,15 @@ export class DriverCore {
     const now = this.now();
     for (const s of [...this.sessions()]) {
       if (s.state === State.PENDING) continue;
+      if (s.state === State.REFUSED) {
+        // Forget the refusal when it is due, even if the application keeps sending:
+        // its next packet asks the server again.
+        if (now >= s.expiresAt) this.#delete(s);
+        continue;
+      }
       if (s.state !== State.ACTIVE) {
+        // Bypassed: keep the flow untranslated while it lasts (switching it to dpm
+        // midway would break it); forget it once quiet.
         if (now - s.lastUsed > NEGATIVE_IDLE_MS) this.#delete(s);
         continue;
       }
@@ -565,7 +585,11 @@ export class DriverCore {
       }
       if (now < s.renewAt || s.renewing) continue;
       if (s.busy) this.#renew(s);
-      else if (now - s.lastUsed >= s.lifetime * 1000 * 2 / 3) {
+      else if (s.proto === IPPROTO_TCP && !s.closing && now - s.lastUsed < TCP_IDLE_MS) {
+        // An idle established TCP connection keeps its mapping for at least
+        // 2 h 4 min (RFC 5382 REQ-5), as a NAT's conntrack would.
+        this.#renew(s);
+      } else if (now - s.lastUsed >= s.lifetime * 1000 * 2 / 3) {
         // Idle for most of its lifetime: give it back now rather than let it linger.
         this.#delete(s);
         this.#sendRelease(s);
@@ -577,6 +601,7 @@ export class DriverCore {
     s.renewing = true;
     this.#send(s, Op.RENEW).then((res) => {
       s.renewing = false;
+      if (s.deleted) return;
       this.#noteEpoch(res.epoch);
       if (res.result === Result.OK) {
         this.#setLifetime(s, res.lifetime, this.now());
@@ -687,6 +712,10 @@ export class DriverCore {
 const CLOSE_FIN_OUT = 1;
 const CLOSE_FIN_IN = 2;
 const CLOSE_RST = 4;
+/** RFC 5382 REQ-5: an idle established TCP mapping lives at least 2 h 4 min. */
+const TCP_IDLE_MS = 7440_000;
+/** When a refusal that may pass (quota, resources, rate limit) is asked again. */
+const RETRY_SOON_MS = 5_000;
 /** How long a closed TCP session stays after its last packet (retransmitted FINs, the last ACK). */
 const TCP_CLOSE_LINGER_MS = 10_000;
 

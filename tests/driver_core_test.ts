@@ -41,8 +41,11 @@ function parsed(pkt: Uint8Array): PacketInfo {
   return info;
 }
 
-function rig(o: { pool?: number[]; fixed?: number[]; now?: () => number } = {}) {
-  const scfg = serverCfg({ pool: o.pool ?? [R1] });
+function rig(o: { pool?: number[]; fixed?: number[]; now?: () => number; quota?: number } = {}) {
+  const scfg = serverCfg({
+    pool: o.pool ?? [R1],
+    ...(o.quota ? { maxSessionsPerHost: o.quota } : {}),
+  });
   const server = new ServerCore(scfg, { lan: LAN, ...(o.now ? { now: o.now } : {}) });
   const mk = (a: number) => {
     const pipe = new Pipe(server, a);
@@ -398,4 +401,53 @@ Deno.test("driver: a TCP session closed by FIN both ways (or RST) is released af
   h1.d.tick();
   await settle();
   assert.equal(server.table.size, 0);
+});
+
+Deno.test("driver: a refusal that may pass (quota) is asked again while the application keeps sending", async () => {
+  let now = 3_000_000;
+  const { server, h1 } = rig({ now: () => now, quota: 1 });
+  await h1.d.query({
+    op: "query",
+    proto: "udp",
+    local: "10.0.0.11:40000",
+    remote: "198.51.100.10:7000",
+    reserve: true,
+  });
+  const send = () =>
+    h1.d.handlePacket(buildUdp({ src: H1, sport: 40001, dst: P1, dport: 7000 }), 9, true);
+  assert.equal(send(), DriverVerdict.HOLD);
+  await settle();
+  assert.equal(send(), DriverVerdict.DROP, "refused: quota");
+  // The first session goes away; the app never stops sending.
+  server.table.release(17, H1, 40000, P1, 7000);
+  for (let i = 0; i < 7; i++) {
+    now += 1000;
+    send();
+    h1.d.tick();
+  }
+  assert.equal(send(), DriverVerdict.HOLD, "asked again");
+  await settle();
+  assert.equal(send(), DriverVerdict.MODIFIED);
+});
+
+Deno.test("driver: an idle established TCP connection keeps its mapping for RFC 5382's 2 h 4 min", async () => {
+  let now = 4_000_000;
+  const { server, h1 } = rig({ now: () => now });
+  h1.d.handlePacket(buildTcp({ src: H1, sport: 45000, dst: P1, dport: 22 }), 1, true);
+  await settle();
+  const step = 60_000;
+  for (let t = 0; t < 7380_000; t += step) {
+    now += step;
+    h1.d.tick();
+    server.expire();
+    await settle();
+  }
+  assert.equal(server.table.size, 1, "still mapped after 2 h 3 min of silence");
+  for (let t = 0; t < 300_000; t += step) {
+    now += step;
+    h1.d.tick();
+    server.expire();
+    await settle();
+  }
+  assert.equal(server.table.size, 0, "released once past 2 h 4 min");
 });
