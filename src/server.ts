@@ -115,6 +115,12 @@ export class ServerCore {
    */
   handleControl(msg: Uint8Array, src: number): Uint8Array | null {
     const now = this.now();
+    if (this.#lan && !cidrContains(this.#lan, src)) {
+      // Only the LAN side is served. Outsiders get no answer (nothing to
+      // reflect or amplify) and no rate-limit bucket (nothing to fill).
+      this.results[Result.NOT_AUTHORIZED]!++;
+      return null;
+    }
     if (!this.#limiter.allow(src, now)) {
       this.results[Result.RATE_LIMITED]!++;
       const d = decodeRequest(msg);
@@ -131,9 +137,7 @@ export class ServerCore {
     const req = d.req;
     let result: number;
     let grant: Grant | null = null;
-    if (this.#lan && !cidrContains(this.#lan, src)) {
-      result = Result.NOT_AUTHORIZED; // only the LAN side is served
-    } else if (req.internalAddr !== src) {
+    if (req.internalAddr !== src) {
       result = Result.NOT_AUTHORIZED; // claim 2: a host speaks only for itself
     } else if (!this.#remoteIsOutside(req.remoteAddr)) {
       result = Result.BAD_REMOTE;
@@ -359,6 +363,11 @@ export class ServerCore {
     return Verdict.MODIFIED;
   }
 
+  /** Forgets idle rate-limit buckets (call periodically). */
+  sweepRateLimits(): void {
+    this.#limiter.sweep(this.now());
+  }
+
   /**
    * Expires sessions past their lifetime; returns how many left. With a
    * `budget` (slots scanned), the sweep is incremental and resumes where it
@@ -451,6 +460,20 @@ export async function readState(path: string): Promise<StateFile | null> {
   }
 }
 
+const u32 = (v: unknown) =>
+  Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 0xffffffff;
+const u16 = (v: unknown) => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 0xffff;
+
+/** True when `v` has the shape of a SessionRecord a state file may hold. */
+export function isSessionRecord(v: unknown): v is SessionRecord {
+  if (typeof v !== "object" || v === null) return false;
+  const r = v as Record<string, unknown>;
+  return [1, 6, 17].includes(r.proto as number) && u32(r.a) && u32(r.x) && u32(r.r) &&
+    u16(r.pa) && u16(r.px) && u16(r.p) && u16(r.pg) && Number.isFinite(r.expiresAt) &&
+    typeof r.replaceable === "boolean" && typeof r.replaced === "boolean" &&
+    typeof r.shared === "boolean" && Number.isFinite(r.packetsOut) && Number.isFinite(r.packetsIn);
+}
+
 /** Writes the table atomically (temporary file, fsync, rename). */
 export async function writeState(path: string, core: ServerCore): Promise<void> {
   const state: StateFile = {
@@ -503,10 +526,16 @@ export async function runServer(cfg: ServerConfig): Promise<number> {
     if (restored) {
       let kept = 0;
       const now = core.now();
+      let bad = 0;
       for (const rec of restored.sessions) {
+        if (!isSessionRecord(rec)) {
+          bad++;
+          continue;
+        }
         if (rec.expiresAt > now && core.table.restore(rec) === Result.OK) kept++;
       }
       log.info(`restored ${kept} of ${restored.sessions.length} sessions from ${cfg.state}`);
+      if (bad) log.warn(`skipped ${bad} malformed session record(s) in ${cfg.state}`);
     }
     if (cfg.state) {
       const path = cfg.state;
@@ -567,6 +596,7 @@ export async function runServer(cfg: ServerConfig): Promise<number> {
     // each step well under a few milliseconds (bench/table_bench.ts).
     timers.push(setInterval(() => {
       const n = core.expire(16384);
+      core.sweepRateLimits();
       if (n) log.debug(`expired ${n} session(s)`);
     }, 250));
     if (cfg.state) {

@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { ServerCore, Verdict } from "../src/server.ts";
+import { isSessionRecord, ServerCore, Verdict } from "../src/server.ts";
 import {
   decodeResponse,
   encodeRequest,
@@ -106,7 +106,12 @@ Deno.test("server: a second host cannot renew or release the first host's sessio
 Deno.test("server: requests from outside the LAN and toward LAN remotes are refused", () => {
   const core = new ServerCore(serverCfg(), { lan: serverCfg().lan });
   const outsider = ip("192.0.2.7");
-  assert.equal(ask(core, req({ internalAddr: outsider })).result, Result.NOT_AUTHORIZED);
+  assert.equal(
+    core.handleControl(encodeRequest(req({ internalAddr: outsider })), outsider),
+    null,
+    "no answer outside",
+  );
+  assert.equal(core.results[Result.NOT_AUTHORIZED], 1);
   assert.equal(ask(core, req({ remoteAddr: H2 })).result, Result.BAD_REMOTE);
   assert.equal(ask(core, req({ remoteAddr: G })).result, Result.BAD_REMOTE);
   assert.equal(core.table.size, 0);
@@ -395,4 +400,40 @@ Deno.test("server: sessions expire with the injected clock", () => {
   assert.equal(core.table.size, 0);
   const late = buildUdp({ src: P1, sport: 7000, dst: g.publicAddr, dport: g.publicPort });
   assert.equal(core.handlePacket(late), Verdict.DROP);
+});
+
+Deno.test("server: a flood of garbage from many LAN sources cannot lock hosts out for good", () => {
+  let now = 9_000_000;
+  const cfg = serverCfg({ lan: { addr: ip("10.0.0.0"), len: 8 } });
+  const core = new ServerCore(cfg, { lan: cfg.lan, now: () => now });
+  for (let i = 0; i < 70_000; i++) {
+    core.handleControl(new Uint8Array([1, 2, 3, 4]), (ip("10.1.0.0") + i) >>> 0);
+  }
+  now += 10_000;
+  core.sweepRateLimits();
+  assert.equal(
+    ask(core, req({ internalAddr: H2 })).result,
+    Result.OK,
+    "a new host is served after the sweep",
+  );
+});
+
+Deno.test("server: state-file records are checked before they are restored", () => {
+  const cfg = serverCfg();
+  const core = new ServerCore(cfg, { lan: cfg.lan });
+  ask(core, req());
+  const [rec] = [...core.table.entries()];
+  assert.ok(rec && isSessionRecord(rec), "a real record passes");
+  for (
+    const bad of [
+      null,
+      7,
+      { ...rec, a: "10.0.0.11" },
+      { ...rec, proto: 47 },
+      { ...rec, p: 70000 },
+      { ...rec, shared: 1 },
+    ]
+  ) {
+    assert.equal(isSessionRecord(bad), false, JSON.stringify(bad));
+  }
 });
