@@ -57,6 +57,28 @@ import {
 } from "./packet.ts";
 
 /**
+ * Writes the IP source and destination that differ, fixes the IP header
+ * checksum incrementally, updates `info`, and returns the checksum delta of
+ * the address change (0 when nothing changed), which a TCP/UDP pseudo-header
+ * shares.
+ */
+function setAddresses(buf: Uint8Array, info: PacketInfo, src: number, dst: number): number {
+  let delta = 0;
+  if (src !== info.src) {
+    delta = csumDelta32(delta, info.src, src);
+    write32(buf, IP_SRC, src);
+    info.src = src;
+  }
+  if (dst !== info.dst) {
+    delta = csumDelta32(delta, info.dst, dst);
+    write32(buf, IP_DST, dst);
+    info.dst = dst;
+  }
+  if (delta !== 0) write16(buf, IP_CHECKSUM, csumApply(read16(buf, IP_CHECKSUM), delta));
+  return delta;
+}
+
+/**
  * Rewrites source and destination address and port of a parsed TCP, UDP or
  * ICMP echo packet in place, fixing the IP header checksum and the L4
  * checksum incrementally (TCP and UDP include the pseudo-header, so an
@@ -99,20 +121,7 @@ export function rewrite(
 
   // Address changes: one delta for the IP header checksum, reused for the
   // TCP/UDP pseudo-header.
-  let addrDelta = 0;
-  if (src !== info.src) {
-    addrDelta = csumDelta32(addrDelta, info.src, src);
-    write32(buf, IP_SRC, src);
-    info.src = src;
-  }
-  if (dst !== info.dst) {
-    addrDelta = csumDelta32(addrDelta, info.dst, dst);
-    write32(buf, IP_DST, dst);
-    info.dst = dst;
-  }
-  if (addrDelta !== 0) {
-    write16(buf, IP_CHECKSUM, csumApply(read16(buf, IP_CHECKSUM), addrDelta));
-  }
+  const addrDelta = setAddresses(buf, info, src, dst);
 
   const proto = info.proto;
   if (proto === IPPROTO_ICMP) {
@@ -212,20 +221,7 @@ export function rewriteIcmpError(
   innerDport &= 0xffff;
 
   // Outer IP header: its checksum covers only the header, not the ICMP message.
-  let outerDelta = 0;
-  if (outerSrc !== info.src) {
-    outerDelta = csumDelta32(outerDelta, info.src, outerSrc);
-    write32(buf, IP_SRC, outerSrc);
-    info.src = outerSrc;
-  }
-  if (outerDst !== info.dst) {
-    outerDelta = csumDelta32(outerDelta, info.dst, outerDst);
-    write32(buf, IP_DST, outerDst);
-    info.dst = outerDst;
-  }
-  if (outerDelta !== 0) {
-    write16(buf, IP_CHECKSUM, csumApply(read16(buf, IP_CHECKSUM), outerDelta));
-  }
+  setAddresses(buf, info, outerSrc, outerDst);
 
   // Every byte from here on is inside the ICMP message.
   let icmpDelta = 0;

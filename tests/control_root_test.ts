@@ -98,6 +98,16 @@ Deno.test({
   },
 });
 
+/** A second `dpm server` on the gateway of `t`, as startDpm starts it, plus `extra` flags. */
+function spawnServer(t: Topology, socket: string, ...extra: string[]) {
+  return t.spawn(t.gateway.ns, [
+    ...dpmCommand(),
+    "server",
+    ...["--lan-if", "lan0", "--wan-if", "wan0", "--lan-addr", "10.0.0.1", "--pool", t.poolText],
+    ...["--add-pool-addresses", "--socket", socket, ...extra],
+  ], { env: DPM_ENV });
+}
+
 Deno.test({
   name:
     "control root: --state keeps sessions across a server restart; without it drivers re-reserve (epoch)",
@@ -120,23 +130,7 @@ Deno.test({
       d = await startDpm(t, { driverHosts: ["h1"], serverArgs: ["--state", state] });
       const q2 = await d.query("h1", "udp", "10.0.0.11:40000", "198.51.100.10:7000", true);
       await d.server.stop("SIGTERM", 5000);
-      const server2 = t.spawn(t.gateway.ns, [
-        ...dpmCommand(),
-        "server",
-        "--lan-if",
-        "lan0",
-        "--wan-if",
-        "wan0",
-        "--lan-addr",
-        "10.0.0.1",
-        "--pool",
-        t.poolText,
-        "--add-pool-addresses",
-        "--socket",
-        d.serverSocket,
-        "--state",
-        state,
-      ], { env: DPM_ENV });
+      const server2 = spawnServer(t, d.serverSocket, "--state", state);
       await server2.waitForOutput(/ready/, 30_000);
       assert.match(server2.output(), /restored 1 of 1 sessions/);
       const st = await d.status();
@@ -148,21 +142,7 @@ Deno.test({
       await server2.stop("SIGTERM", 5000);
       // Now a restart that lost its state: the driver notices the epoch at its next exchange.
       await Deno.remove(state);
-      const server3 = t.spawn(t.gateway.ns, [
-        ...dpmCommand(),
-        "server",
-        "--lan-if",
-        "lan0",
-        "--wan-if",
-        "wan0",
-        "--lan-addr",
-        "10.0.0.1",
-        "--pool",
-        t.poolText,
-        "--add-pool-addresses",
-        "--socket",
-        d.serverSocket,
-      ], { env: DPM_ENV });
+      const server3 = spawnServer(t, d.serverSocket);
       await server3.waitForOutput(/ready/, 30_000);
       await d.query("h1", "udp", "10.0.0.11:40001", "198.51.100.10:7000", true);
       const mine = async () =>
