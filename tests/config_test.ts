@@ -114,3 +114,13 @@ Deno.test("cli: flags win over the config file; --no-* flags negate", async () =
   assert.equal(c.masquerade, false, "--no-masquerade");
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("config: the example files in contrib/ are valid", async () => {
+  const read = async (name: string) =>
+    JSON.parse(await Deno.readTextFile(new URL(`../contrib/${name}`, import.meta.url)));
+  const s = serverConfig(await read("server.example.json"));
+  assert.equal(s.lanIf, "lan0");
+  assert.equal(s.pool.length, 4);
+  const d = driverConfig(await read("driver.example.json"));
+  assert.deepEqual(d.fixedPorts, [500, 4500, 5060]);
+});
