@@ -63,18 +63,35 @@ import {
  * shares.
  */
 function setAddresses(buf: Uint8Array, info: PacketInfo, src: number, dst: number): number {
-  let delta = 0;
-  if (src !== info.src) {
-    delta = csumDelta32(delta, info.src, src);
-    write32(buf, IP_SRC, src);
-    info.src = src;
-  }
-  if (dst !== info.dst) {
-    delta = csumDelta32(delta, info.dst, dst);
-    write32(buf, IP_DST, dst);
-    info.dst = dst;
-  }
+  const delta = writeAddresses(buf, 0, info.src, src, info.dst, dst);
+  info.src = src;
+  info.dst = dst;
   if (delta !== 0) write16(buf, IP_CHECKSUM, csumApply(read16(buf, IP_CHECKSUM), delta));
+  return delta;
+}
+
+/**
+ * Writes the source and destination of the IP header at `ip` where they
+ * change and returns the checksum delta (0 when nothing changed). Shared by
+ * the packet's own header and the header quoted in an ICMP error.
+ */
+function writeAddresses(
+  buf: Uint8Array,
+  ip: number,
+  oldSrc: number,
+  src: number,
+  oldDst: number,
+  dst: number,
+): number {
+  let delta = 0;
+  if (src !== oldSrc) {
+    delta = csumDelta32(delta, oldSrc, src);
+    write32(buf, ip + IP_SRC, src);
+  }
+  if (dst !== oldDst) {
+    delta = csumDelta32(delta, oldDst, dst);
+    write32(buf, ip + IP_DST, dst);
+  }
   return delta;
 }
 
@@ -228,17 +245,9 @@ export function rewriteIcmpError(
 
   // Quoted IP header: always complete (parse checked it).
   const ip = info.innerOff;
-  let addrDelta = 0;
-  if (innerSrc !== info.innerSrc) {
-    addrDelta = csumDelta32(addrDelta, info.innerSrc, innerSrc);
-    write32(buf, ip + IP_SRC, innerSrc);
-    info.innerSrc = innerSrc;
-  }
-  if (innerDst !== info.innerDst) {
-    addrDelta = csumDelta32(addrDelta, info.innerDst, innerDst);
-    write32(buf, ip + IP_DST, innerDst);
-    info.innerDst = innerDst;
-  }
+  const addrDelta = writeAddresses(buf, ip, info.innerSrc, innerSrc, info.innerDst, innerDst);
+  info.innerSrc = innerSrc;
+  info.innerDst = innerDst;
   if (addrDelta !== 0) {
     icmpDelta += addrDelta;
     icmpDelta = replaceChecksum(buf, ip + IP_CHECKSUM, addrDelta, icmpDelta, false);
