@@ -41,6 +41,18 @@ function parsed(pkt: Uint8Array): PacketInfo {
   return info;
 }
 
+/** `dpm query udp <local> <remote> [--reserve]` against a driver core, as the operator socket passes it. */
+function ask(
+  d: DriverCore,
+  local: string,
+  remote: string,
+  reserve = false,
+): Promise<Record<string, unknown>> {
+  return d.query({ op: "query", proto: "udp", local, remote, reserve }) as Promise<
+    Record<string, unknown>
+  >;
+}
+
 function rig(o: { pool?: number[]; fixed?: number[]; now?: () => number; quota?: number } = {}) {
   const scfg = serverCfg({
     pool: o.pool ?? [R1],
@@ -106,23 +118,12 @@ Deno.test("driver: claim 5 holds the first packet, reserves, then sends it to G:
 Deno.test("driver: claim 11 query answers the public pair the server chose; --reserve reserves first", async () => {
   const { h1 } = rig();
   assert.deepEqual(
-    await h1.d.query({
-      op: "query",
-      proto: "udp",
-      local: "10.0.0.11:5000",
-      remote: "198.51.100.10:7000",
-    }),
+    await ask(h1.d, "10.0.0.11:5000", "198.51.100.10:7000"),
     {
       result: "no-session",
     },
   );
-  const r = await h1.d.query({
-    op: "query",
-    proto: "udp",
-    local: "10.0.0.11:5000",
-    remote: "198.51.100.10:7000",
-    reserve: true,
-  }) as Record<string, unknown>;
+  const r = await ask(h1.d, "10.0.0.11:5000", "198.51.100.10:7000", true);
   assert.equal(r.result, "ok");
   assert.equal(r.public, "203.0.113.10:5000");
   assert.equal(r.replaced, false);
@@ -142,20 +143,8 @@ Deno.test("driver: claim 11 query answers the public pair the server chose; --re
 
 Deno.test("driver: claims 3, 23 a replaceable port taken everywhere is replaced; the query tells the new one", async () => {
   const { h1, h2 } = rig();
-  const a = await h1.d.query({
-    op: "query",
-    proto: "udp",
-    local: "10.0.0.11:40000",
-    remote: "198.51.100.10:7000",
-    reserve: true,
-  }) as Record<string, unknown>;
-  const b = await h2.d.query({
-    op: "query",
-    proto: "udp",
-    local: "10.0.0.12:40000",
-    remote: "198.51.100.10:7000",
-    reserve: true,
-  }) as Record<string, unknown>;
+  const a = await ask(h1.d, "10.0.0.11:40000", "198.51.100.10:7000", true);
+  const b = await ask(h2.d, "10.0.0.12:40000", "198.51.100.10:7000", true);
   assert.equal(a.public, "203.0.113.10:40000");
   assert.equal(b.replaced, true);
   assert.notEqual(b.public, a.public);
@@ -188,12 +177,7 @@ Deno.test("driver: a fixed port refused by the server is dropped and the applica
     5060,
   ]);
   assert.ok(verifyIpChecksum(h2.raw.sent[0]!.pkt) && verifyL4Checksum(h2.raw.sent[0]!.pkt));
-  const q = await h2.d.query({
-    op: "query",
-    proto: "udp",
-    local: "10.0.0.12:5060",
-    remote: "198.51.100.10:5060",
-  }) as Record<string, unknown>;
+  const q = await ask(h2.d, "10.0.0.12:5060", "198.51.100.10:5060");
   assert.equal(q.result, "conflict", "the refusal is visible to the application");
   // The same fixed port toward another peer is shared (claims 8-10).
   const c = buildUdp({ src: H2, sport: 5060, dst: P2, dport: 5060 });
@@ -297,20 +281,8 @@ Deno.test("driver: busy sessions are renewed, idle ones released, and the server
   let now = 1_000_000;
   const clock = () => now;
   const { server, h1 } = rig({ now: clock });
-  await h1.d.query({
-    op: "query",
-    proto: "udp",
-    local: "10.0.0.11:40000",
-    remote: "198.51.100.10:7000",
-    reserve: true,
-  });
-  await h1.d.query({
-    op: "query",
-    proto: "udp",
-    local: "10.0.0.11:40001",
-    remote: "198.51.100.10:7000",
-    reserve: true,
-  });
+  await ask(h1.d, "10.0.0.11:40000", "198.51.100.10:7000", true);
+  await ask(h1.d, "10.0.0.11:40001", "198.51.100.10:7000", true);
   assert.equal(server.table.size, 2);
   const lifetime = 300_000; // UDP default
   for (let t = 0; t < 3 * lifetime; t += 10_000) {
@@ -322,19 +294,9 @@ Deno.test("driver: busy sessions are renewed, idle ones released, and the server
     await settle();
   }
   assert.equal(server.table.size, 1, "the idle session is gone from the server");
-  const busy = await h1.d.query({
-    op: "query",
-    proto: "udp",
-    local: "10.0.0.11:40000",
-    remote: "198.51.100.10:7000",
-  }) as Record<string, unknown>;
+  const busy = await ask(h1.d, "10.0.0.11:40000", "198.51.100.10:7000");
   assert.equal(busy.result, "ok", "the busy one lives on past three lifetimes");
-  const idle = await h1.d.query({
-    op: "query",
-    proto: "udp",
-    local: "10.0.0.11:40001",
-    remote: "198.51.100.10:7000",
-  }) as Record<string, unknown>;
+  const idle = await ask(h1.d, "10.0.0.11:40001", "198.51.100.10:7000");
   assert.equal(idle.result, "no-session");
   const st = h1.d.stats() as Record<string, number>;
   assert.ok(st.renewed! >= 3, `renewed ${st.renewed} times`);
@@ -343,23 +305,11 @@ Deno.test("driver: busy sessions are renewed, idle ones released, and the server
 
 Deno.test("driver: a server restart (new epoch) makes the driver reserve its sessions again", async () => {
   const { h1 } = rig();
-  await h1.d.query({
-    op: "query",
-    proto: "udp",
-    local: "10.0.0.11:40000",
-    remote: "198.51.100.10:7000",
-    reserve: true,
-  });
+  await ask(h1.d, "10.0.0.11:40000", "198.51.100.10:7000", true);
   // A new server without state behind the same pipe.
   const fresh = new ServerCore(serverCfg({ pool: [R1] }), { lan: LAN, epoch: 99 });
   (h1.pipe as { server: ServerCore }).server = fresh;
-  await h1.d.query({
-    op: "query",
-    proto: "udp",
-    local: "10.0.0.11:40001",
-    remote: "198.51.100.10:7000",
-    reserve: true,
-  });
+  await ask(h1.d, "10.0.0.11:40001", "198.51.100.10:7000", true);
   await settle();
   await settle();
   assert.equal(fresh.table.size, 2, "both sessions exist on the restarted server");
@@ -406,13 +356,7 @@ Deno.test("driver: a TCP session closed by FIN both ways (or RST) is released af
 Deno.test("driver: a refusal that may pass (quota) is asked again while the application keeps sending", async () => {
   let now = 3_000_000;
   const { server, h1 } = rig({ now: () => now, quota: 1 });
-  await h1.d.query({
-    op: "query",
-    proto: "udp",
-    local: "10.0.0.11:40000",
-    remote: "198.51.100.10:7000",
-    reserve: true,
-  });
+  await ask(h1.d, "10.0.0.11:40000", "198.51.100.10:7000", true);
   const send = () =>
     h1.d.handlePacket(buildUdp({ src: H1, sport: 40001, dst: P1, dport: 7000 }), 9, true);
   assert.equal(send(), DriverVerdict.HOLD);
