@@ -22,7 +22,7 @@
  * @module
  */
 
-import { type Dpm, DPM_ENV, dpmCommand, MOD, startDpm } from "./src/launch.ts";
+import { type Dpm, DPM_ENV, dpmCommand, MOD, startDpm } from "./testing/launch.ts";
 import {
   cleanupStaleTopologies,
   createTopology,
@@ -30,8 +30,8 @@ import {
   NS_PREFIX,
   type Spawned,
   type Topology,
-} from "./src/topology.ts";
-import { httpSeen, icmpSeen, udpClient, udpEcho, udpProbe } from "./src/apps.ts";
+} from "./testing/topology.ts";
+import { httpSeen, icmpSeen, udpClient, udpEcho, udpProbe } from "./testing/apps.ts";
 
 /** Programs the demo runs, and the Debian package of each. */
 const NEEDED: [program: string, pkg: string][] = [

@@ -18,11 +18,11 @@
  * @module
  */
 
-export { main, VERSION } from "./src/cli.ts";
-export * from "./src/addr.ts";
-export { Result, resultName } from "./src/result.ts";
+export { main, VERSION } from "./src/cli/main.ts";
+export * from "./src/wire/addr.ts";
+export { Result, resultName } from "./src/control/result.ts";
 
 if (import.meta.main) {
-  const { main } = await import("./src/cli.ts");
+  const { main } = await import("./src/cli/main.ts");
   Deno.exit(await main(Deno.args));
 }

@@ -10,7 +10,7 @@
  * @module
  */
 
-import type { Spawned, Topology } from "../src/topology.ts";
+import type { Spawned, Topology } from "../testing/topology.ts";
 
 /** The UDP echo port on the peer used by the latency and session measurements. */
 export const ECHO_PORT = 7000;

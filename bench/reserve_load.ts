@@ -28,9 +28,9 @@
  */
 
 import dgram from "node:dgram";
-import { parseIPv4 } from "../src/addr.ts";
-import { decodeResponse, encodeRequest, Op, REQUEST_LEN } from "../src/proto.ts";
-import { Result, resultName } from "../src/result.ts";
+import { parseIPv4 } from "../src/wire/addr.ts";
+import { decodeResponse, encodeRequest, Op, REQUEST_LEN } from "../src/control/proto.ts";
+import { Result, resultName } from "../src/control/result.ts";
 
 interface Options {
   server: string;

@@ -39,8 +39,8 @@
  */
 
 import { fileURLToPath } from "node:url";
-import { createTopology, destroyOnSignal, type Topology } from "../src/topology.ts";
-import { type Dpm, DPM_ENV, MOD, startDpm, type StartOptions } from "../src/launch.ts";
+import { createTopology, destroyOnSignal, type Topology } from "../testing/topology.ts";
+import { type Dpm, DPM_ENV, MOD, startDpm, type StartOptions } from "../testing/launch.ts";
 import {
   CLK_TCK,
   haveEthtool,

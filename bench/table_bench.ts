@@ -18,7 +18,7 @@
  * @module
  */
 
-import { SessionTable } from "../src/table.ts";
+import { SessionTable } from "../src/table/table.ts";
 
 const args = new Set(Deno.args);
 const json = args.has("--json");

@@ -8,7 +8,7 @@
  */
 
 import { z } from "zod";
-import { type Cidr, parseAddrPort, parseCidr, parseIPv4, parsePool } from "./addr.ts";
+import { type Cidr, parseAddrPort, parseCidr, parseIPv4, parsePool } from "./wire/addr.ts";
 
 /** The gateway role's settings. */
 export interface ServerConfig {

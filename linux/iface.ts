@@ -1,0 +1,123 @@
+/**
+ * Interface and address facts, and the pool addresses dpm may add to the WAN
+ * interface. Uses iproute2's JSON output (`ip -j`), so it runs inside whatever
+ * network namespace dpm was started in.
+ *
+ * @module
+ */
+
+import { type Cidr, formatIPv4, parseIPv4, prefixMask } from "../src/wire/addr.ts";
+
+async function ip(args: string[]): Promise<{ code: number; out: string; err: string }> {
+  let child;
+  try {
+    child = await new Deno.Command("ip", { args, stdout: "piped", stderr: "piped" }).output();
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      throw new Error("ip not found: install the iproute2 package");
+    }
+    throw e;
+  }
+  const dec = new TextDecoder();
+  return { code: child.code, out: dec.decode(child.stdout), err: dec.decode(child.stderr).trim() };
+}
+
+/** An IPv4 address configured on an interface. */
+export interface IfaceAddr {
+  addr: number;
+  prefixLen: number;
+}
+
+/** The IPv4 addresses of `ifname`. Throws when the interface does not exist. */
+export async function interfaceAddrs(ifname: string): Promise<IfaceAddr[]> {
+  const r = await ip(["-j", "-4", "addr", "show", "dev", ifname]);
+  if (r.code !== 0) throw new Error(`Interface "${ifname}" not found: ${r.err}`);
+  const out: IfaceAddr[] = [];
+  for (
+    const link of JSON.parse(r.out || "[]") as {
+      addr_info?: { local?: string; prefixlen?: number }[];
+    }[]
+  ) {
+    for (const a of link.addr_info ?? []) {
+      const n = parseIPv4(a.local ?? "");
+      if (n !== null && typeof a.prefixlen === "number") {
+        out.push({ addr: n, prefixLen: a.prefixlen });
+      }
+    }
+  }
+  return out;
+}
+
+/** The prefix of `addr` as configured on `ifname`, or null when it is not there. */
+export async function prefixOf(ifname: string, addr: number): Promise<Cidr | null> {
+  for (const a of await interfaceAddrs(ifname)) {
+    if (a.addr === addr) return { addr: (addr & prefixMask(a.prefixLen)) >>> 0, len: a.prefixLen };
+  }
+  return null;
+}
+
+/** The interface and source address the kernel would use to reach `dst`. */
+export async function routeTo(dst: number): Promise<{ dev: string; src: number | null }> {
+  const r = await ip(["-j", "-4", "route", "get", formatIPv4(dst)]);
+  if (r.code !== 0) throw new Error(`No route to ${formatIPv4(dst)}: ${r.err}`);
+  const [first] = JSON.parse(r.out) as { dev?: string; prefsrc?: string }[];
+  if (!first?.dev) throw new Error(`No route to ${formatIPv4(dst)}`);
+  return { dev: first.dev, src: parseIPv4(first.prefsrc ?? "") };
+}
+
+/** The LAN prefix of the interface that reaches `gateway` (the driver's default for --lan). */
+export async function lanPrefixToward(
+  gateway: number,
+): Promise<{ lan: Cidr; local: number; dev: string }> {
+  const { dev, src } = await routeTo(gateway);
+  const addrs = await interfaceAddrs(dev);
+  const mine = addrs.find((a) => a.addr === src) ?? addrs[0];
+  if (!mine) {
+    throw new Error(`Interface "${dev}" toward ${formatIPv4(gateway)} has no IPv4 address`);
+  }
+  const lan = { addr: (mine.addr & prefixMask(mine.prefixLen)) >>> 0, len: mine.prefixLen };
+  if (((gateway & prefixMask(lan.len)) >>> 0) !== lan.addr) {
+    throw new Error(
+      `The server ${formatIPv4(gateway)} is not on the LAN of ${dev} (${
+        formatIPv4(lan.addr)
+      }/${lan.len}); give --lan`,
+    );
+  }
+  return { lan, local: mine.addr, dev };
+}
+
+/**
+ * Adds each address as a /32 to `ifname`, skipping those already there.
+ * Returns exactly the addresses it added (to remove on exit).
+ */
+export async function addAddresses(ifname: string, addrs: number[]): Promise<number[]> {
+  const have = new Set((await interfaceAddrs(ifname)).map((a) => a.addr));
+  const added: number[] = [];
+  try {
+    for (const a of addrs) {
+      if (have.has(a)) continue;
+      const r = await ip(["addr", "add", `${formatIPv4(a)}/32`, "dev", ifname]);
+      if (r.code !== 0) throw new Error(`Cannot add ${formatIPv4(a)} to ${ifname}: ${r.err}`);
+      added.push(a);
+    }
+  } catch (e) {
+    await removeAddresses(ifname, added);
+    throw e;
+  }
+  return added;
+}
+
+/** Removes /32 addresses from `ifname`; never throws for ones already gone. */
+export async function removeAddresses(ifname: string, addrs: number[]): Promise<void> {
+  for (const a of addrs) await ip(["addr", "del", `${formatIPv4(a)}/32`, "dev", ifname]);
+}
+
+/** The kernel's ephemeral port range (net.ipv4.ip_local_port_range). */
+export async function ephemeralRange(): Promise<[number, number]> {
+  try {
+    const t = await Deno.readTextFile("/proc/sys/net/ipv4/ip_local_port_range");
+    const [lo, hi] = t.trim().split(/\s+/).map(Number);
+    if (lo && hi && lo <= hi) return [lo, hi];
+  } catch { /* not Linux, or no /proc: fall back to the kernel default */ }
+  return [32768, 60999];
+}

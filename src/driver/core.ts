@@ -1,0 +1,803 @@
+/**
+ * The host role (`dpm driver`).
+ *
+ * Theory of operation. The driver sees every packet the host sends to an
+ * address outside the LAN (raw OUTPUT → netfilter queue). For a session it
+ * does not know yet, it holds the packet, asks the server to reserve a public
+ * pair (telling it the remote endpoint and whether the local port is
+ * replaceable, claims 1, 3), and on the answer rewrites the held and every
+ * later packet `a:pa -> X:px` into `a:pa -> G:Pg` (claim 5). Replies
+ * `G:Pg -> a:pa` (raw PREROUTING) are restored to `X:px -> a:pa` before the
+ * application sees them. ICMP echo uses the identifier as its port: on the
+ * LAN wire the identifier is Pg. ICMP errors are translated with their quoted
+ * headers both ways.
+ *
+ * It answers `dpm query` with the session's public pair (claims 11, 19, 24),
+ * renews sessions that carried traffic before they expire, releases idle
+ * ones, and re-reserves everything when the server's epoch changes (the
+ * server restarted without its state).
+ *
+ * If the server refuses a session (conflict, quota, ...), the held packets
+ * are dropped and the application gets an ICMP "administratively
+ * prohibited" error, so it sees a clear refusal rather than a silent
+ * timeout. If the server does not answer at all, the session passes
+ * untranslated (ordinary NAT on the gateway still serves it) and is marked so.
+ *
+ * @module
+ */
+
+import { type Cidr, cidrContains, formatCidr, formatIPv4, parseAddrPort } from "../wire/addr.ts";
+import type { DriverConfig } from "../config.ts";
+import { ControlClient, ControlTimeout } from "../control/client.ts";
+import { logger } from "../runtime/log.ts";
+import { Cleanup, untilStopped } from "../runtime/cleanup.ts";
+import { newNonce, Op, type Request, type Response } from "../control/proto.ts";
+import { Result, resultName } from "../control/result.ts";
+import {
+  Drop,
+  DROP_COUNT,
+  DROP_NAMES,
+  IPPROTO_ICMP,
+  IPPROTO_TCP,
+  IPPROTO_UDP,
+  PacketInfo,
+  parse,
+} from "../wire/packet.ts";
+import { rewrite, rewriteIcmpError } from "../wire/rewrite.ts";
+import { serveLocal } from "../operator/socket.ts";
+import type { QueryReply } from "../cli/main.ts";
+import { buildIcmpError } from "../wire/icmp.ts";
+
+const log = logger("driver");
+
+/** Verdicts of the driver's packet handler (same numbers as ffi/nfqueue.ts Handled). */
+export const DriverVerdict = { DROP: 0, ACCEPT: 1, MODIFIED: 2, HOLD: 3 } as const;
+
+/** Session states on the host. */
+export const State = { PENDING: 0, ACTIVE: 1, REFUSED: 2, BYPASS: 3 } as const;
+
+const PROTO_BY_NAME: Record<string, number> = {
+  tcp: IPPROTO_TCP,
+  udp: IPPROTO_UDP,
+  icmp: IPPROTO_ICMP,
+};
+const MAX_HELD_PER_SESSION = 64;
+const MAX_HELD_TOTAL = 8192;
+/** How long a refusal or a bypass is remembered for a session that stays quiet. */
+const NEGATIVE_IDLE_MS = 30_000;
+
+/** The driver's answer to `dpm status --driver`. */
+export interface DriverStatus {
+  role: "driver";
+  server: string;
+  epoch: number | null;
+  stats: Record<string, unknown>;
+  sessions: Record<string, unknown>[];
+}
+
+/** One session as the host knows it. */
+export interface HostSession {
+  state: number;
+  proto: number;
+  a: number;
+  pa: number;
+  x: number;
+  px: number;
+  r: number;
+  p: number;
+  pg: number;
+  replaceable: boolean;
+  replaced: boolean;
+  shared: boolean;
+  /** ms */
+  expiresAt: number;
+  /** ms; when to send the next renew */
+  renewAt: number;
+  /** lifetime granted, s */
+  lifetime: number;
+  /** traffic since the last renew */
+  busy: boolean;
+  lastUsed: number;
+  /** TCP teardown seen: bit 0 FIN out, bit 1 FIN in, bit 2 RST; 7 or 4 means closed. */
+  closing: number;
+  result: number;
+  /** Held packets: queue id, a copy of the bytes, their `NFQA_SKB_INFO` bits. */
+  held: { id: number; bytes: Uint8Array; skbInfo: number }[];
+  waiters: ((s: HostSession) => void)[];
+  renewing: boolean;
+  /** Removed from the driver's indexes: late answers about it are not applied. */
+  deleted: boolean;
+}
+
+/** How the driver reaches the server: ControlClient over UDP, or an in-memory pipe in tests. */
+export interface ControlTransport {
+  /** Resolves with the server's answer; rejects with ControlTimeout when it never comes. */
+  request(req: Request): Promise<Response>;
+  readonly stats?: Record<string, number>;
+}
+
+/** Packet I/O the driver needs from the queue (a seam for tests). */
+export interface HeldVerdicts {
+  verdict(id: number, verdict: number, payload?: Uint8Array): void;
+  flush(): void;
+}
+
+/** Sends raw IPv4 packets (for the ICMP refusal); a seam for tests. */
+export interface RawSender {
+  send(pkt: Uint8Array, len: number, dst: number): void;
+}
+
+/** Options of the driver core. */
+export interface DriverCoreOptions {
+  /** The host's LAN prefix: destinations inside it are not translated. */
+  lan: Cidr;
+  /** The kernel's ephemeral range: ports inside it are replaceable unless fixed. */
+  ephemeral: [number, number];
+  /** Clock, ms. */
+  now?: () => number;
+}
+
+/**
+ * The driver's state and logic without the kernel: packet handling, the
+ * reservation client and query answers; tests drive it with bytes and a
+ * real ControlClient.
+ */
+export class DriverCore {
+  readonly #cfg: DriverConfig;
+  readonly #lan: Cidr;
+  readonly #eph: [number, number];
+  readonly #fixed: Set<number>;
+  readonly #client: ControlTransport;
+  readonly now: () => number;
+  /** Outbound key → session. Key: proto/pa/x/px in two numbers (see #okey). */
+  readonly #out = new Map<number, Map<number, HostSession>>();
+  /** (proto, a, Pg) → session, for replies. */
+  readonly #byPg = new Map<number, HostSession>();
+  readonly #info = new PacketInfo();
+  /** `NFQA_SKB_INFO` bits of the packet being handled (see handlePacket). */
+  #skbInfo = 0;
+  #heldTotal = 0;
+  #epoch: number | null = null;
+  queue: HeldVerdicts | null = null;
+  raw: RawSender | null = null;
+  readonly drops = new Float64Array(DROP_COUNT);
+  readonly counters = {
+    out: 0,
+    in: 0,
+    reserved: 0,
+    refused: 0,
+    renewed: 0,
+    released: 0,
+    epochChanges: 0,
+    bypassed: 0,
+  };
+
+  constructor(cfg: DriverConfig, client: ControlTransport, opts: DriverCoreOptions) {
+    this.#cfg = cfg;
+    this.#client = client;
+    this.#lan = opts.lan;
+    this.#eph = opts.ephemeral;
+    this.#fixed = new Set(cfg.fixedPorts);
+    this.now = opts.now ?? Date.now;
+  }
+
+  /** Claim 3: the driver decides whether a port is replaceable. */
+  isReplaceable(proto: number, port: number): boolean {
+    if (proto === IPPROTO_ICMP) return true; // identifiers are restored on the way back
+    return port >= this.#eph[0] && port <= this.#eph[1] && !this.#fixed.has(port);
+  }
+
+  // Outbound index: level 1 by remote (x, px) — 48 bits; level 2 by (proto, a, pa) — 50 bits.
+  #get(proto: number, a: number, pa: number, x: number, px: number): HostSession | undefined {
+    return this.#out.get(x * 65536 + px)?.get(protoIdx(proto) * 2 ** 48 + a * 65536 + pa);
+  }
+
+  #put(s: HostSession): void {
+    const k1 = s.x * 65536 + s.px;
+    let m = this.#out.get(k1);
+    if (!m) this.#out.set(k1, m = new Map());
+    m.set(protoIdx(s.proto) * 2 ** 48 + s.a * 65536 + s.pa, s);
+  }
+
+  #delete(s: HostSession): void {
+    s.deleted = true;
+    const k1 = s.x * 65536 + s.px;
+    const m = this.#out.get(k1);
+    if (m) {
+      m.delete(protoIdx(s.proto) * 2 ** 48 + s.a * 65536 + s.pa);
+      if (m.size === 0) this.#out.delete(k1);
+    }
+    if (s.pg && this.#byPg.get(pgKey(s.proto, s.a, s.pg)) === s) {
+      this.#byPg.delete(pgKey(s.proto, s.a, s.pg));
+    }
+  }
+
+  /** All sessions (for listing). */
+  *sessions(): IterableIterator<HostSession> {
+    for (const m of this.#out.values()) yield* m.values();
+  }
+
+  /**
+   * Handles one queued packet; `outbound` is true for raw OUTPUT. Returns a
+   * DriverVerdict; HOLD means the driver keeps a copy and gives the verdict later.
+   * `skbInfo`: the queue's `NFQA_SKB_INFO` bits (CHECKSUM_PARTIAL, GSO; see
+   * `rewrite`), kept with a held copy.
+   */
+  handlePacket(pkt: Uint8Array, id: number, outbound: boolean, skbInfo = 0): number {
+    this.#skbInfo = skbInfo;
+    try {
+      return this.#handle(pkt, id, outbound);
+    } catch (e) {
+      // A bug must cost one packet, not the host's connectivity: let it pass as it is.
+      if (this.drops[Drop.INTERNAL_ERROR]!++ < 10) {
+        log.error(`handling a packet: ${(e as Error).stack ?? e}`);
+      }
+      return DriverVerdict.ACCEPT;
+    }
+  }
+
+  #handle(pkt: Uint8Array, id: number, outbound: boolean): number {
+    const info = this.#info;
+    const bad = parse(pkt, pkt.length, info);
+    if (bad !== Drop.NONE) {
+      // Not something dpm translates; the host's own stack decides.
+      this.drops[bad]!++;
+      return DriverVerdict.ACCEPT;
+    }
+    return outbound ? this.#outbound(pkt, id, info) : this.#inbound(pkt, info);
+  }
+
+  #outbound(pkt: Uint8Array, id: number, info: PacketInfo): number {
+    const g = this.#cfg.server;
+    if (info.icmpError) {
+      // The host reports an error about a packet X:px -> a:pa it received.
+      const s = this.#get(
+        info.innerProto,
+        info.innerDst,
+        info.innerDport,
+        info.innerSrc,
+        info.innerSport,
+      );
+      if (!s || s.state !== State.ACTIVE) return DriverVerdict.ACCEPT;
+      const icmp = s.proto === IPPROTO_ICMP;
+      rewriteIcmpError(
+        pkt,
+        info,
+        info.src,
+        g,
+        g,
+        icmp ? 0 : s.pg,
+        s.a,
+        icmp ? s.pg : s.pa,
+        this.#skbInfo,
+      );
+      return DriverVerdict.MODIFIED;
+    }
+    if (cidrContains(this.#lan, info.dst)) return DriverVerdict.ACCEPT;
+    const icmp = info.proto === IPPROTO_ICMP;
+    let s = this.#get(info.proto, info.src, info.sport, info.dst, info.dport);
+    const now = this.now();
+    if (s) {
+      s.lastUsed = now;
+      switch (s.state) {
+        case State.ACTIVE:
+          s.busy = true;
+          if (info.proto === IPPROTO_TCP) s.closing = tcpClose(pkt, info, s.closing, CLOSE_FIN_OUT);
+          rewrite(pkt, info, info.src, icmp ? s.pg : info.sport, g, icmp ? 0 : s.pg, this.#skbInfo);
+          this.counters.out++;
+          return DriverVerdict.MODIFIED;
+        case State.PENDING:
+          return this.#hold(s, pkt, id);
+        case State.REFUSED:
+          this.drops[Drop.REFUSED]!++;
+          this.#refuse(pkt, info);
+          return DriverVerdict.DROP;
+        default:
+          this.counters.bypassed++;
+          return DriverVerdict.ACCEPT;
+      }
+    }
+    s = this.#newSession(info.proto, info.src, info.sport, info.dst, info.dport, now);
+    const v = this.#hold(s, pkt, id);
+    this.#reserve(s);
+    return v;
+  }
+
+  #inbound(pkt: Uint8Array, info: PacketInfo): number {
+    const g = this.#cfg.server;
+    if (info.icmpError) {
+      // Quoted: a:pa -> G:Pg as it crossed the LAN (ICMP echo: a, id Pg -> G).
+      if (info.innerDst !== g) return DriverVerdict.ACCEPT;
+      const icmp = info.innerProto === IPPROTO_ICMP;
+      const s = this.#byPg.get(
+        pgKey(info.innerProto, info.innerSrc, icmp ? info.innerSport : info.innerDport),
+      );
+      if (!s || (!icmp && s.pa !== info.innerSport)) return DriverVerdict.ACCEPT;
+      if (info.src === g && info.icmpType === 3) {
+        // The gateway itself says nothing listens on G:Pg: the server lost the session.
+        log.info(`server forgot ${describe(s)}; reserving again`);
+        this.#reserveAgain(s);
+        this.drops[Drop.NO_SESSION]!++;
+        return DriverVerdict.DROP;
+      }
+      rewriteIcmpError(pkt, info, info.src, s.a, s.a, s.pa, s.x, s.px, this.#skbInfo);
+      this.counters.in++;
+      return DriverVerdict.MODIFIED;
+    }
+    if (info.src !== g) return DriverVerdict.ACCEPT;
+    const icmp = info.proto === IPPROTO_ICMP;
+    const s = this.#byPg.get(pgKey(info.proto, info.dst, icmp ? info.dport : info.sport));
+    if (!s || s.state !== State.ACTIVE || (!icmp && s.pa !== info.dport)) {
+      this.drops[Drop.NO_SESSION]!++;
+      return DriverVerdict.ACCEPT;
+    }
+    s.busy = true;
+    s.lastUsed = this.now();
+    if (info.proto === IPPROTO_TCP) s.closing = tcpClose(pkt, info, s.closing, CLOSE_FIN_IN);
+    rewrite(pkt, info, s.x, icmp ? 0 : s.px, s.a, s.pa, this.#skbInfo);
+    this.counters.in++;
+    return DriverVerdict.MODIFIED;
+  }
+
+  #newSession(
+    proto: number,
+    a: number,
+    pa: number,
+    x: number,
+    px: number,
+    now: number,
+  ): HostSession {
+    const s: HostSession = {
+      state: State.PENDING,
+      proto,
+      a,
+      pa,
+      x,
+      px,
+      r: 0,
+      p: 0,
+      pg: 0,
+      replaceable: this.isReplaceable(proto, pa),
+      replaced: false,
+      shared: false,
+      expiresAt: 0,
+      renewAt: 0,
+      lifetime: 0,
+      busy: true,
+      lastUsed: now,
+      closing: 0,
+      result: -1,
+      held: [],
+      waiters: [],
+      renewing: false,
+      deleted: false,
+    };
+    this.#put(s);
+    return s;
+  }
+
+  #hold(s: HostSession, pkt: Uint8Array, id: number): number {
+    if (s.held.length >= MAX_HELD_PER_SESSION || this.#heldTotal >= MAX_HELD_TOTAL) {
+      this.drops[Drop.HELD_OVERFLOW]!++;
+      return DriverVerdict.DROP;
+    }
+    s.held.push({ id, bytes: pkt.slice(), skbInfo: this.#skbInfo });
+    this.#heldTotal++;
+    return DriverVerdict.HOLD;
+  }
+
+  /** Sends one control request about `s` (a fresh nonce; the server default lifetime). */
+  #send(s: HostSession, op: number): Promise<Response> {
+    return this.#client.request({
+      op,
+      nonce: newNonce(),
+      proto: s.proto,
+      replaceable: s.replaceable,
+      internalAddr: s.a,
+      internalPort: s.pa,
+      remoteAddr: s.x,
+      remotePort: s.px,
+      lifetime: 0,
+    });
+  }
+
+  /** Sends a reserve request for `s` and applies the answer. */
+  async #reserve(s: HostSession): Promise<void> {
+    let res: Response | null = null;
+    try {
+      res = await this.#send(s, Op.RESERVE);
+    } catch (e) {
+      if (!(e instanceof ControlTimeout)) {
+        log.warn(`reserve ${describe(s)}: ${(e as Error).message}`);
+      }
+    }
+    this.#apply(s, res);
+  }
+
+  #apply(s: HostSession, res: Response | null): void {
+    const now = this.now();
+    if (s.deleted) {
+      // Answered after the session was dropped here: hand a grant straight back.
+      if (res?.result === Result.OK) this.#sendRelease(s);
+      for (const w of s.waiters.splice(0)) w(s);
+      return;
+    }
+    if (res === null) {
+      // No answer: pass the session untranslated (ordinary NAT still serves it).
+      log.warn(`no answer from the server for ${describe(s)}: passing it untranslated`);
+      s.state = State.BYPASS;
+      s.result = -1;
+      s.expiresAt = now + NEGATIVE_IDLE_MS;
+      this.#release(s, DriverVerdict.ACCEPT);
+    } else {
+      this.#noteEpoch(res.epoch);
+      s.result = res.result;
+      if (res.result === Result.OK) {
+        if (s.pg && s.pg !== res.gatewayPort) this.#byPg.delete(pgKey(s.proto, s.a, s.pg));
+        s.state = State.ACTIVE;
+        s.r = res.publicAddr;
+        s.p = res.publicPort;
+        s.pg = res.gatewayPort;
+        s.replaced = res.replaced;
+        s.shared = res.shared;
+        this.#setLifetime(s, res.lifetime, now);
+        this.#byPg.set(pgKey(s.proto, s.a, s.pg), s);
+        this.counters.reserved++;
+        if (
+          res.gatewayPort < this.#cfg.gatewayPorts[0] || res.gatewayPort > this.#cfg.gatewayPorts[1]
+        ) {
+          log.error(
+            `server gave gateway port ${res.gatewayPort} outside --gateway-ports ` +
+              `${this.#cfg.gatewayPorts.join("-")}: replies will not be restored; align both sides`,
+          );
+        }
+        log.debug(`reserved ${describe(s)}`);
+        this.#release(s, DriverVerdict.MODIFIED);
+      } else {
+        s.state = State.REFUSED;
+        // Try again later: soon when the cause may pass (quota, resources, rate),
+        // later for a conflict, which lasts as long as the other session.
+        s.expiresAt = now + (res.result === Result.CONFLICT ? NEGATIVE_IDLE_MS : RETRY_SOON_MS);
+        this.counters.refused++;
+        log.info(`server refused ${describe(s)}: ${resultName(res.result)}`);
+        this.#release(s, DriverVerdict.DROP);
+      }
+    }
+    for (const w of s.waiters.splice(0)) w(s);
+  }
+
+  #setLifetime(s: HostSession, lifetime: number, now: number): void {
+    s.lifetime = lifetime;
+    s.expiresAt = now + lifetime * 1000;
+    // Renew at two thirds of the lifetime, but at least once a minute so a
+    // server restart is noticed soon, and never later than 1 s before expiry.
+    const third = (lifetime * 1000) / 3;
+    s.renewAt = now + Math.max(500, Math.min(2 * third, 60_000, lifetime * 1000 - 1000));
+    s.busy = false;
+  }
+
+  /** Gives the verdicts for the held packets of `s`. */
+  #release(s: HostSession, how: number): void {
+    const q = this.queue;
+    const held = s.held.splice(0);
+    this.#heldTotal -= held.length;
+    if (!q || held.length === 0) return;
+    const info = this.#info;
+    for (const h of held) {
+      if (how === DriverVerdict.MODIFIED) {
+        if (parse(h.bytes, h.bytes.length, info) !== Drop.NONE) {
+          q.verdict(h.id, 1);
+          continue;
+        }
+        const icmp = info.proto === IPPROTO_ICMP;
+        rewrite(
+          h.bytes,
+          info,
+          info.src,
+          icmp ? s.pg : info.sport,
+          this.#cfg.server,
+          icmp ? 0 : s.pg,
+          h.skbInfo,
+        );
+        this.counters.out++;
+        q.verdict(h.id, 1, h.bytes);
+      } else if (how === DriverVerdict.DROP) {
+        if (parse(h.bytes, h.bytes.length, info) === Drop.NONE) this.#refuse(h.bytes, info);
+        q.verdict(h.id, 0);
+      } else {
+        q.verdict(h.id, 1);
+      }
+    }
+    q.flush();
+  }
+
+  /** Tells the application its session was refused: ICMP type 3 code 13 (communication administratively prohibited). */
+  #refuse(pkt: Uint8Array, info: PacketInfo): void {
+    if (!this.raw) return;
+    const err = buildIcmpError(pkt, info, 3, 13);
+    if (err) this.raw.send(err, err.length, info.src);
+  }
+
+  #noteEpoch(epoch: number): void {
+    if (this.#epoch !== null && this.#epoch !== epoch) {
+      this.counters.epochChanges++;
+      log.warn(
+        `server epoch changed (${this.#epoch.toString(16)} → ${
+          epoch.toString(16)
+        }): re-reserving sessions`,
+      );
+      this.#epoch = epoch;
+      for (const s of this.sessions()) if (s.state === State.ACTIVE) this.#reserveAgain(s);
+      return;
+    }
+    this.#epoch = epoch;
+  }
+
+  #reserveAgain(s: HostSession): void {
+    if (s.renewing) return;
+    s.renewing = true;
+    this.#send(s, Op.RESERVE).then((res) => {
+      s.renewing = false;
+      if (res.result === Result.OK) {
+        if (res.publicAddr !== s.r || res.publicPort !== s.p) {
+          log.warn(
+            `${describe(s)} moved to ${
+              formatIPv4(res.publicAddr)
+            }:${res.publicPort} after a server restart`,
+          );
+        }
+        this.#apply(s, res);
+      } else this.#apply(s, res);
+    }).catch(() => {
+      s.renewing = false;
+    });
+  }
+
+  /**
+   * The periodic work: renew busy sessions, forget idle and expired ones
+   * (releasing them on the server). Call about once a second.
+   */
+  tick(): void {
+    const now = this.now();
+    for (const s of [...this.sessions()]) {
+      if (s.state === State.PENDING) continue;
+      if (s.state === State.REFUSED) {
+        // Forget the refusal when it is due, even if the application keeps sending:
+        // its next packet asks the server again.
+        if (now >= s.expiresAt) this.#delete(s);
+        continue;
+      }
+      if (s.state !== State.ACTIVE) {
+        // Bypassed: keep the flow untranslated while it lasts (switching it to dpm
+        // midway would break it); forget it once quiet.
+        if (now - s.lastUsed > NEGATIVE_IDLE_MS) this.#delete(s);
+        continue;
+      }
+      if (now >= s.expiresAt) {
+        this.#delete(s);
+        continue;
+      }
+      if (isClosed(s.closing) && now - s.lastUsed >= TCP_CLOSE_LINGER_MS) {
+        // The connection ended (FIN both ways, or RST) and stayed quiet: give the pair back.
+        this.#delete(s);
+        this.#sendRelease(s);
+        continue;
+      }
+      if (now < s.renewAt || s.renewing) continue;
+      if (s.busy) this.#renew(s);
+      else if (s.proto === IPPROTO_TCP && !s.closing && now - s.lastUsed < TCP_IDLE_MS) {
+        // An idle established TCP connection keeps its mapping for at least
+        // 2 h 4 min (RFC 5382 REQ-5), as a NAT's conntrack would.
+        this.#renew(s);
+      } else if (now - s.lastUsed >= s.lifetime * 1000 * 2 / 3) {
+        // Idle for most of its lifetime: give it back now rather than let it linger.
+        this.#delete(s);
+        this.#sendRelease(s);
+      } else s.renewAt = Math.min(s.expiresAt - 1000, now + 1000);
+    }
+  }
+
+  #renew(s: HostSession): void {
+    s.renewing = true;
+    this.#send(s, Op.RENEW).then((res) => {
+      s.renewing = false;
+      if (s.deleted) return;
+      this.#noteEpoch(res.epoch);
+      if (res.result === Result.OK) {
+        this.#setLifetime(s, res.lifetime, this.now());
+        this.counters.renewed++;
+      } else if (res.result === Result.NO_SUCH_SESSION) {
+        this.#reserveAgain(s);
+      } else log.warn(`renew ${describe(s)}: ${resultName(res.result)}`);
+    }).catch(() => {
+      s.renewing = false;
+      s.renewAt = this.now() + 1000; // try again; the session lives until expiresAt
+    });
+  }
+
+  #sendRelease(s: HostSession): Promise<void> {
+    return this.#send(s, Op.RELEASE).then((res) => {
+      if (res.result === Result.OK || res.result === Result.NO_SUCH_SESSION) {
+        this.counters.released++;
+      }
+    }).catch(() => {});
+  }
+
+  /** Releases every active session (on exit). */
+  async releaseAll(): Promise<void> {
+    const all = [...this.sessions()].filter((s) => s.state === State.ACTIVE);
+    for (const s of all) this.#delete(s);
+    await Promise.all(all.map((s) => this.#sendRelease(s)));
+  }
+
+  /**
+   * Answers `dpm query` (claims 11, 19, 24): the public pair of the session
+   * (proto, local, remote); with `reserve`, reserves it first when absent.
+   */
+  async query(req: unknown): Promise<QueryReply | { sessions: unknown[] } | DriverStatus> {
+    const r = req as {
+      op?: unknown;
+      proto?: unknown;
+      local?: unknown;
+      remote?: unknown;
+      reserve?: unknown;
+    };
+    if (r?.op === "sessions") return { sessions: [...this.sessions()].map((s) => this.#view(s)) };
+    if (r?.op === "status") {
+      return {
+        role: "driver",
+        server: `${formatIPv4(this.#cfg.server)}:${this.#cfg.serverPort}`,
+        epoch: this.#epoch,
+        stats: this.stats(),
+        sessions: [...this.sessions()].map((s) => this.#view(s)),
+      };
+    }
+    if (r?.op !== "query") {
+      return { result: "error", error: `Unknown request ${JSON.stringify(r?.op)}` };
+    }
+    const proto = PROTO_BY_NAME[String(r.proto)];
+    const local = typeof r.local === "string" ? parseAddrPort(r.local) : null;
+    const remote = typeof r.remote === "string" ? parseAddrPort(r.remote) : null;
+    if (proto === undefined || !local || !remote) {
+      return { result: "error", error: "Malformed query" };
+    }
+    let s = this.#get(proto, local.addr, local.port, remote.addr, remote.port);
+    if (!s && r.reserve === true) {
+      if (cidrContains(this.#lan, remote.addr)) {
+        return {
+          result: "error",
+          error: `${formatIPv4(remote.addr)} is inside the LAN: no translation`,
+        };
+      }
+      s = this.#newSession(proto, local.addr, local.port, remote.addr, remote.port, this.now());
+      this.#reserve(s);
+    }
+    if (!s) return { result: "no-session" };
+    if (s.state === State.PENDING) {
+      s = await new Promise<HostSession>((resolve) => s!.waiters.push(resolve));
+    }
+    return this.#view(s);
+  }
+
+  #view(s: HostSession): QueryReply & Record<string, unknown> {
+    const base = {
+      proto: s.proto === IPPROTO_TCP ? "tcp" : s.proto === IPPROTO_UDP ? "udp" : "icmp",
+      local: `${formatIPv4(s.a)}:${s.pa}`,
+      remote: `${formatIPv4(s.x)}:${s.px}`,
+    };
+    if (s.state === State.ACTIVE) {
+      return {
+        result: "ok",
+        ...base,
+        public: `${formatIPv4(s.r)}:${s.p}`,
+        gatewayPort: s.pg,
+        replaced: s.replaced,
+        shared: s.shared,
+        expiresIn: Math.max(0, Math.round((s.expiresAt - this.now()) / 1000)),
+      };
+    }
+    if (s.state === State.REFUSED) return { result: resultName(s.result), ...base };
+    if (s.state === State.BYPASS) return { result: "server-unreachable", ...base };
+    return { result: "pending", ...base };
+  }
+
+  /** Counters for logs and tests. */
+  stats(): Record<string, unknown> {
+    const drops: Record<string, number> = {};
+    for (let i = 1; i < DROP_COUNT; i++) if (this.drops[i]) drops[DROP_NAMES[i]!] = this.drops[i]!;
+    return { ...this.counters, held: this.#heldTotal, drops, control: this.#client.stats ?? {} };
+  }
+}
+
+const CLOSE_FIN_OUT = 1;
+const CLOSE_FIN_IN = 2;
+const CLOSE_RST = 4;
+/** RFC 5382 REQ-5: an idle established TCP mapping lives at least 2 h 4 min. */
+const TCP_IDLE_MS = 7440_000;
+/** When a refusal that may pass (quota, resources, rate limit) is asked again. */
+const RETRY_SOON_MS = 5_000;
+/** How long a closed TCP session stays after its last packet (retransmitted FINs, the last ACK). */
+const TCP_CLOSE_LINGER_MS = 10_000;
+
+/** Updates a session's TCP teardown bits from a packet's flags; a SYN starts over. */
+function tcpClose(pkt: Uint8Array, info: PacketInfo, closing: number, finBit: number): number {
+  const flags = pkt[info.l4 + 13]!;
+  if (flags & 0x04) return closing | CLOSE_RST;
+  if (flags & 0x02) return 0;
+  if (flags & 0x01) return closing | finBit;
+  return closing;
+}
+
+function isClosed(closing: number): boolean {
+  return (closing & CLOSE_RST) !== 0 || (closing & 3) === 3;
+}
+
+function protoIdx(p: number): number {
+  return p === IPPROTO_TCP ? 1 : p === IPPROTO_UDP ? 2 : 3;
+}
+
+function pgKey(proto: number, a: number, pg: number): number {
+  return protoIdx(proto) * 2 ** 48 + a * 65536 + pg;
+}
+
+function describe(s: HostSession): string {
+  const p = s.proto === IPPROTO_TCP ? "tcp" : s.proto === IPPROTO_UDP ? "udp" : "icmp";
+  return `${p} ${formatIPv4(s.a)}:${s.pa} -> ${formatIPv4(s.x)}:${s.px}`;
+}
+
+// ---------------------------------------------------------------------------
+// The running driver.
+
+/** Runs `dpm driver` until SIGINT/SIGTERM or a fatal error; returns the exit code. */
+export async function runDriver(cfg: DriverConfig): Promise<number> {
+  const undo = new Cleanup(log);
+  const { stopped, stop } = untilStopped(undo);
+  try {
+    const { lanPrefixToward, ephemeralRange, routeTo } = await import("../../linux/iface.ts");
+    // The interface toward G carries every translated packet; the LAN is its prefix unless given.
+    const { dev, src } = await routeTo(cfg.server);
+    let lan = cfg.lan;
+    let local = src;
+    if (!lan) {
+      const found = await lanPrefixToward(cfg.server);
+      lan = found.lan;
+      local = found.local;
+    }
+    const ephemeral = await ephemeralRange();
+    const client = await ControlClient.open(cfg.server, cfg.serverPort, {
+      ...(local !== null ? { localAddr: formatIPv4(local) } : {}),
+    });
+    undo.push(() => client.close());
+    const core = new DriverCore(cfg, client, { lan, ephemeral });
+    undo.push(() => core.releaseAll());
+
+    const sock = await serveLocal(cfg.socket, (req) => core.query(req));
+    undo.push(() => sock.close());
+    const timer = setInterval(() => core.tick(), 500);
+    undo.push(() => clearInterval(timer));
+
+    if (cfg.intercept) {
+      const { startDriverDataPath } = await import("../datapath/queue/driver.ts");
+      undo.push(
+        await startDriverDataPath(cfg, lan, dev, core, (e) => {
+          log.error(`data path failed: ${e.message}`);
+          stop(1);
+        }),
+      );
+    }
+    log.info(
+      `driver for server ${formatIPv4(cfg.server)}:${cfg.serverPort}; LAN ${formatCidr(lan)}; ` +
+        `ephemeral ${ephemeral.join("-")}; fixed ports ${cfg.fixedPorts.join(",") || "none"}; ` +
+        `${cfg.intercept ? "intercepting" : "not intercepting (query only)"}; socket ${cfg.socket}`,
+    );
+    log.info("ready");
+    const code = await stopped;
+    log.info(`stopping: ${JSON.stringify(core.stats())}`);
+    await undo.run();
+    return code;
+  } catch (e) {
+    log.error((e as Error).message);
+    await undo.run();
+    return 1;
+  }
+}

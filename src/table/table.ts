@@ -1,0 +1,1045 @@
+/**
+ * The gateway's session table: sessions indexed from the LAN side and from
+ * the public side, the allocation policy that picks a public pair, and the
+ * expiry sweep (claims 7-10 and 21-23).
+ *
+ * # Theory of operation
+ *
+ * Names follow the packet walk in DESIGN.md. A host `a:pa` (private) talks to
+ * a remote peer `X:px` (outside). The server gives the session a public pair
+ * `R:p` from the pool and a gateway port `Pg`; the driver sends the
+ * session's packets to `G:Pg`, the server forwards them as `R:p -> X:px`, and
+ * replies `X:px -> R:p` go back as `G:Pg -> a:pa`. For ICMP echo, `pa` and `p`
+ * are echo identifiers and `px` is 0.
+ *
+ * A session is one row of a struct-of-arrays: every field is a typed array
+ * indexed by the session's *slot* number. Free slots are chained through
+ * `gnext` (LIFO); arrays double when full. No JavaScript object exists per
+ * session, which is what keeps a million sessions near 100 bytes each.
+ *
+ * Four {@link SlotIndex} hashes point at slots; each is one-to-one:
+ *
+ * | index    | key                       | used for                                   |
+ * |----------|---------------------------|--------------------------------------------|
+ * | lan      | (proto, a, Pg)            | every outbound packet (`lookupLan`)        |
+ * | public   | (proto, R, p, X, px)      | every inbound packet (`lookupPublic`)      |
+ * | identity | (proto, a, pa, X, px)     | idempotent reserve, renew, release         |
+ * | endpoint | (proto, a, pa) -> 1st slot | endpoint-independent mapping, `dpm query` |
+ *
+ * The endpoint index holds the first session of each internal endpoint; the
+ * others hang off it in a doubly linked list (`gnext`/`gprev`), so removing
+ * any session is O(1) and the index always names a live member.
+ *
+ * `Pg` is unique per (proto, a), so the LAN key needs no `pa`; the server
+ * still checks `pa(s)` against the packet for TCP and UDP.
+ *
+ * Port use is a {@link U32Map} per protocol keyed by (pool index, port) with
+ * a reference count: how many sessions send from `R:p`. The allocator only
+ * needs to know "unused" versus "in use"; the public index tells which remote
+ * endpoints an `R:p` is already bound to. Host use is a U32Map keyed by `a`
+ * with the session count in total and per protocol (quota and `Pg`
+ * exhaustion are O(1)).
+ *
+ * ## Allocation policy (`reserve`)
+ *
+ * 1. The same (proto, a, pa, X, px) is already held: the same session is
+ *    returned with its lifetime refreshed, so a retransmitted request gets the
+ *    same answer.
+ * 2. Quota: a host may hold `maxSessionsPerHost` sessions (QUOTA_EXCEEDED);
+ *    a host that already uses every `Pg` for this protocol gets NO_RESOURCES.
+ * 3. Endpoint-independent mapping (RFC 4787 REQ-1): when `a:pa` already has a
+ *    session, its `R:p` is reused toward the new remote if (R, p, X, px) is
+ *    free. A fixed-port request reuses it only when `p == pa`.
+ * 4. Port preservation: the first pool address, in an order that starts at
+ *    `hash(a) mod poolSize` (spreads hosts, and keeps one host on one address
+ *    where it can: RFC 4787 REQ-2 "paired" pooling), where (proto, R, pa) is
+ *    entirely unused gets `R:pa`, exclusively. Replaceable requests try only a
+ *    few addresses here, since any port will do for them.
+ * 5. Replaceable: a random port in [portMin, portMax] (RFC 6056 style, not
+ *    sequential) on a pool address where (proto, R, p) is entirely unused;
+ *    the session is flagged `replaced`. No such pair: NO_RESOURCES. This is
+ *    claim 23: two hosts asking for the same internal port get different
+ *    public ports, and the replaced port tells the sessions apart.
+ * 6. Fixed port used on every pool address: the first address R (same order
+ *    as 4) where no session holds (R, pa, X, px) is shared with the existing
+ *    users of R:pa; packets are told apart by the remote endpoint (claims
+ *    8-10, 22), and the session is flagged `shared`. At least one side of a
+ *    shared pair is the fixed-port requester, so two replaceable requests
+ *    never share (claim 8). Every R already bound to X:px: CONFLICT.
+ *
+ * ## Filtering
+ *
+ * The public index is keyed on the remote endpoint too, so a packet from an
+ * outside peer that has no session with `R:p` finds nothing and is dropped:
+ * address-and-port-dependent filtering (RFC 4787 section 5). A host that
+ * wants to hear from a new peer reserves a session toward it; with
+ * endpoint-independent mapping that session reuses the same `R:p`.
+ *
+ * ## Lifetimes and expiry
+ *
+ * Lifetimes are leases in seconds. Defaults honour the RFC minima for idle
+ * timers: UDP 300 s (RFC 4787 REQ-5: at least 120 s, 300 s recommended), TCP
+ * 7440 s (RFC 5382 REQ-5: established at least 2 h 4 min), ICMP 60 s (RFC
+ * 5508 REQ-1). A requested lifetime of 0 means the default; any other value
+ * is clamped to [min, max] (default 30 s .. 86400 s). A host may ask for a
+ * lease shorter than the RFC idle minimum because it renews its own busy
+ * sessions (as a PCP client picks its lifetime, RFC 6887 section 15); the RFC
+ * minima bind a NAT that decides on its own that a mapping is idle.
+ *
+ * Lookups do not look at the clock: a session lives until `expire(now)`
+ * removes it (`now >= expiresAt`). `expire(now)` sweeps all slots in one pass;
+ * `expire(now, budget)` scans at most `budget` slots from where the previous
+ * call stopped, so a server can spread the sweep of a million sessions over
+ * many event-loop turns (measured on a 2-core machine at 1M sessions: a full
+ * pass that finds nothing takes about 4 ms; removing costs about 2 us per
+ * session, so a sweep that expires 100k sessions at once blocks for about
+ * 190 ms, while a 4096-slot step costs at most about 8 ms; see
+ * bench/table_bench.ts). `touch(s, now)` extends a lease on traffic (RFC 4787
+ * REQ-6 outbound refresh) for servers that want it.
+ *
+ * All addresses are host-order unsigned 32-bit numbers (`>>> 0`), all ports
+ * integers in 0..65535; the hot-path functions do not validate them.
+ *
+ * @module
+ */
+
+import { Result } from "../control/result.ts";
+import { fmix, mix, SlotIndex, U32Map } from "./hashmap.ts";
+
+/** IP protocol numbers the table accepts. */
+export const PROTO_ICMP = 1;
+/** TCP. */
+export const PROTO_TCP = 6;
+/** UDP. */
+export const PROTO_UDP = 17;
+
+/** Session flag bits (internal). */
+const F_LIVE = 1;
+const F_REPLACEABLE = 2;
+const F_REPLACED = 4;
+const F_SHARED = 8;
+
+/** Pool addresses tried for port preservation by a replaceable request. */
+const PRESERVE_TRIES_REPLACEABLE = 4;
+/** Random probes before a replacement-port search falls back to a scan. */
+const RANDOM_PORT_TRIES = 64;
+/** Random probes that stay on the host's home address before roaming. */
+const RANDOM_PORT_HOME_TRIES = 16;
+/** Random probes for a free Pg before scanning the range. */
+const RANDOM_PG_TRIES = 32;
+
+/** Index of a protocol in per-protocol arrays: ICMP 0, TCP 1, UDP 2; -1 otherwise. */
+function protoIndex(proto: number): number {
+  return proto === PROTO_UDP ? 2 : proto === PROTO_TCP ? 1 : proto === PROTO_ICMP ? 0 : -1;
+}
+
+/** Lease lengths in seconds. */
+export interface Lifetimes {
+  /** Default UDP lease. @default 300 */
+  udp?: number;
+  /** Default TCP lease. @default 7440 */
+  tcp?: number;
+  /** Default ICMP echo lease. @default 60 */
+  icmp?: number;
+  /** Shortest lease granted for a non-zero request. @default 30 */
+  min?: number;
+  /** Longest lease granted. @default 86400 */
+  max?: number;
+}
+
+/** Options of {@link SessionTable}. */
+export interface TableOptions {
+  /** Public addresses (host order), at most 65536, no duplicates. Order is kept. */
+  pool: number[];
+  /** Lowest replacement port. @default 1024 */
+  portMin?: number;
+  /** Highest replacement port. @default 65535 */
+  portMax?: number;
+  /** Lowest gateway LAN-side port (Pg). @default 61000 */
+  gatewayPortMin?: number;
+  /** Highest gateway LAN-side port (Pg). @default 65535 */
+  gatewayPortMax?: number;
+  /** Sessions one internal address may hold, all protocols together. @default 4096 */
+  maxSessionsPerHost?: number;
+  /** Lease lengths. */
+  lifetimes?: Lifetimes;
+  /** Uniform random numbers in [0, 1); injectable for tests. @default Math.random */
+  random?: () => number;
+  /** Sessions to hold before the first growth. @default 1024 */
+  initialCapacity?: number;
+}
+
+/** A reservation request, as the server decoded it. */
+export interface ReserveRequest {
+  /** IP protocol: 1 (ICMP echo), 6 (TCP) or 17 (UDP). */
+  proto: number;
+  /** Internal (private) address. */
+  a: number;
+  /** Internal port, or ICMP echo identifier. */
+  pa: number;
+  /** Remote peer address. */
+  x: number;
+  /** Remote peer port; 0 for ICMP. */
+  px: number;
+  /** True when the internal port may be replaced (an ephemeral port). */
+  replaceable: boolean;
+  /** Requested lease in seconds; 0 asks for the protocol's default. */
+  lifetime: number;
+}
+
+/** The answer to reserve and renew. */
+export interface Grant {
+  /** A {@link Result} code. */
+  result: number;
+  /** Session slot, or -1 when `result` is not OK. */
+  session: number;
+  /** Public address (0 on failure). */
+  r: number;
+  /** Public port or identifier (0 on failure). */
+  p: number;
+  /** Gateway LAN-side port (0 on failure). */
+  pg: number;
+  /** Lease granted, in seconds (0 on failure). */
+  lifetime: number;
+  /** True when `p` differs from the internal port. */
+  replaced: boolean;
+  /** True when `R:p` is shared with another host's session, told apart by the remote. */
+  shared: boolean;
+}
+
+/** One session as a plain object, for status output and the state file. */
+export interface SessionRecord {
+  /** IP protocol number. */
+  proto: number;
+  /** Internal address. */
+  a: number;
+  /** Internal port or ICMP identifier. */
+  pa: number;
+  /** Remote address. */
+  x: number;
+  /** Remote port (0 for ICMP). */
+  px: number;
+  /** Public address. */
+  r: number;
+  /** Public port or identifier. */
+  p: number;
+  /** Gateway LAN-side port. */
+  pg: number;
+  /** Expiry time, milliseconds on the caller's clock. */
+  expiresAt: number;
+  /** The lease granted, seconds (restore uses the protocol default when absent). */
+  lifetime?: number;
+  /** The host said the internal port may be replaced. */
+  replaceable: boolean;
+  /** The public port differs from the internal one. */
+  replaced: boolean;
+  /** The public pair was granted shared with another host (claims 8-10). */
+  shared: boolean;
+  /** Packets counted host -> remote. */
+  packetsOut: number;
+  /** Packets counted remote -> host. */
+  packetsIn: number;
+}
+
+function failure(result: number): Grant {
+  return { result, session: -1, r: 0, p: 0, pg: 0, lifetime: 0, replaced: false, shared: false };
+}
+
+function checkInt(name: string, v: number, lo: number, hi: number): number {
+  if (!Number.isInteger(v) || v < lo || v > hi) {
+    throw new RangeError(`Option ${name} must be an integer in ${lo}..${hi}, got "${v}"`);
+  }
+  return v;
+}
+
+/**
+ * The session table. See the module documentation for the theory of
+ * operation. Slots returned by lookups stay valid until the session is
+ * released or expired; the per-slot accessors are meant for the packet path
+ * and never allocate.
+ *
+ * @example
+ * ```ts
+ * const t = new SessionTable({ pool: [0xc6336401] }); // 198.51.100.1
+ * const g = t.reserve({ proto: 17, a: 0x0a000002, pa: 5060, x: 0xcb007107, px: 5060,
+ *   replaceable: false, lifetime: 0 }, 0);
+ * t.lookupPublic(17, g.r, g.p, 0xcb007107, 5060) === g.session; // true
+ * t.lookupLan(17, 0x0a000002, g.pg) === g.session;               // true
+ * ```
+ */
+export class SessionTable {
+  // ---- configuration ----
+  readonly #pool: Uint32Array;
+  readonly #poolIndex: Map<number, number>;
+  readonly #portMin: number;
+  readonly #portMax: number;
+  readonly #pgMin: number;
+  readonly #pgMax: number;
+  readonly #maxPerHost: number;
+  readonly #defaults: [number, number, number];
+  readonly #lifeMin: number;
+  readonly #lifeMax: number;
+  readonly #random: () => number;
+  readonly #seed: number;
+
+  // ---- sessions, struct of arrays, indexed by slot ----
+  #cap = 0;
+  #hw = 0; // slots >= hw were never used
+  #freeHead = -1;
+  #size = 0;
+  #sweepCursor = 0;
+  #proto = new Uint8Array(0);
+  #flags = new Uint8Array(0);
+  #a = new Uint32Array(0);
+  #pa = new Uint16Array(0);
+  #x = new Uint32Array(0);
+  #px = new Uint16Array(0);
+  #r = new Uint32Array(0);
+  #ri = new Uint16Array(0); // pool index of r
+  #p = new Uint16Array(0);
+  #pg = new Uint16Array(0);
+  #exp = new Float64Array(0);
+  #life = new Uint32Array(0);
+  #out = new Float64Array(0);
+  #in = new Float64Array(0);
+  #gnext = new Int32Array(0); // endpoint list, and the free list
+  #gprev = new Int32Array(0);
+
+  // ---- indexes ----
+  readonly #lan: SlotIndex;
+  readonly #pub: SlotIndex;
+  readonly #id: SlotIndex;
+  readonly #ep: SlotIndex;
+  readonly #portUse: [U32Map, U32Map, U32Map];
+  readonly #inRangeUsed: [number, number, number] = [0, 0, 0];
+  readonly #hosts: U32Map; // a -> [total, icmp, tcp, udp]
+
+  /** Builds an empty table. Throws RangeError on bad options. */
+  constructor(opts: TableOptions) {
+    if (opts.pool.length === 0) throw new RangeError("Option pool must not be empty");
+    if (opts.pool.length > 65536) {
+      throw new RangeError(`Option pool has "${opts.pool.length}" addresses, more than 65536`);
+    }
+    this.#pool = new Uint32Array(opts.pool.length);
+    this.#poolIndex = new Map();
+    opts.pool.forEach((addr, i) => {
+      checkInt("pool", addr, 0, 0xffffffff);
+      if (this.#poolIndex.has(addr)) throw new RangeError(`Option pool repeats "${addr}"`);
+      this.#pool[i] = addr;
+      this.#poolIndex.set(addr, i);
+    });
+    this.#portMin = checkInt("portMin", opts.portMin ?? 1024, 1, 65535);
+    this.#portMax = checkInt("portMax", opts.portMax ?? 65535, this.#portMin, 65535);
+    this.#pgMin = checkInt("gatewayPortMin", opts.gatewayPortMin ?? 61000, 1, 65535);
+    this.#pgMax = checkInt("gatewayPortMax", opts.gatewayPortMax ?? 65535, this.#pgMin, 65535);
+    this.#maxPerHost = checkInt("maxSessionsPerHost", opts.maxSessionsPerHost ?? 4096, 1, 2 ** 31);
+    const l = opts.lifetimes ?? {};
+    this.#lifeMax = checkInt("lifetimes.max", l.max ?? 86400, 1, 2 ** 31);
+    this.#lifeMin = checkInt("lifetimes.min", l.min ?? 30, 1, this.#lifeMax);
+    this.#defaults = [
+      checkInt("lifetimes.icmp", l.icmp ?? 60, this.#lifeMin, this.#lifeMax),
+      checkInt("lifetimes.tcp", l.tcp ?? 7440, this.#lifeMin, this.#lifeMax),
+      checkInt("lifetimes.udp", l.udp ?? 300, this.#lifeMin, this.#lifeMax),
+    ];
+    this.#random = opts.random ?? Math.random;
+    // The public key contains the outsider's X:px, so seed the hashes.
+    this.#seed = crypto.getRandomValues(new Uint32Array(1))[0]! | 0;
+    const cap = checkInt("initialCapacity", opts.initialCapacity ?? 1024, 1, 2 ** 30);
+    this.#resize(cap);
+    this.#lan = new SlotIndex(
+      (s) => this.#hashLan(this.#proto[s]!, this.#a[s]!, this.#pg[s]!),
+      cap,
+    );
+    this.#pub = new SlotIndex(
+      (s) => this.#hashPub(this.#proto[s]!, this.#r[s]!, this.#p[s]!, this.#x[s]!, this.#px[s]!),
+      cap,
+    );
+    this.#id = new SlotIndex(
+      (s) => this.#hashId(this.#proto[s]!, this.#a[s]!, this.#pa[s]!, this.#x[s]!, this.#px[s]!),
+      cap,
+    );
+    this.#ep = new SlotIndex((s) => this.#hashEp(this.#proto[s]!, this.#a[s]!, this.#pa[s]!), cap);
+    this.#portUse = [
+      new U32Map(1, this.#seed, 64),
+      new U32Map(1, this.#seed, cap),
+      new U32Map(1, this.#seed, cap),
+    ];
+    this.#hosts = new U32Map(4, this.#seed, 64);
+  }
+
+  // ---------------------------------------------------------------- hashes
+
+  #hashLan(proto: number, a: number, pg: number): number {
+    return fmix(mix(mix(this.#seed ^ proto, a), pg));
+  }
+  #hashPub(proto: number, r: number, p: number, x: number, px: number): number {
+    return fmix(mix(mix(mix(this.#seed ^ (proto << 8), r), x), (p << 16) | px));
+  }
+  #hashId(proto: number, a: number, pa: number, x: number, px: number): number {
+    return fmix(mix(mix(mix(this.#seed ^ (proto << 16), a), x), (pa << 16) | px));
+  }
+  #hashEp(proto: number, a: number, pa: number): number {
+    return fmix(mix(mix(this.#seed ^ (proto << 24), a), pa));
+  }
+  /** The host's first pool address: stable across restarts, spreads hosts. */
+  #home(a: number): number {
+    return fmix(a) % this.#pool.length;
+  }
+
+  // ---------------------------------------------------------------- lookups (hot path)
+
+  /**
+   * The session an outbound packet belongs to: the driver sent it from `a`
+   * to the gateway port `pg`. Returns the slot, or -1.
+   */
+  lookupLan(proto: number, a: number, pg: number): number {
+    const idx = this.#lan;
+    const b = idx.buckets;
+    const m = idx.mask;
+    const ap = this.#a;
+    const gp = this.#pg;
+    const pr = this.#proto;
+    for (let i = this.#hashLan(proto, a, pg) & m;; i = (i + 1) & m) {
+      const v = b[i]!;
+      if (v === 0) return -1;
+      const s = v - 1;
+      if (gp[s] === pg && ap[s] === a && pr[s] === proto) return s;
+    }
+  }
+
+  /**
+   * The session an inbound packet `X:px -> R:p` belongs to. Returns the slot,
+   * or -1: a peer with no session toward `R:p` is dropped (address-and-port-
+   * dependent filtering).
+   */
+  lookupPublic(proto: number, r: number, p: number, x: number, px: number): number {
+    const idx = this.#pub;
+    const b = idx.buckets;
+    const m = idx.mask;
+    const xs = this.#x;
+    const ps = this.#p;
+    const pxs = this.#px;
+    const rs = this.#r;
+    const pr = this.#proto;
+    for (let i = this.#hashPub(proto, r, p, x, px) & m;; i = (i + 1) & m) {
+      const v = b[i]!;
+      if (v === 0) return -1;
+      const s = v - 1;
+      if (xs[s] === x && ps[s] === p && pxs[s] === px && rs[s] === r && pr[s] === proto) return s;
+    }
+  }
+
+  /** The session with request identity (proto, a, pa, X, px), or -1. */
+  lookupIdentity(proto: number, a: number, pa: number, x: number, px: number): number {
+    const idx = this.#id;
+    const b = idx.buckets;
+    const m = idx.mask;
+    for (let i = this.#hashId(proto, a, pa, x, px) & m;; i = (i + 1) & m) {
+      const v = b[i]!;
+      if (v === 0) return -1;
+      const s = v - 1;
+      if (
+        this.#x[s] === x && this.#pa[s] === pa && this.#px[s] === px && this.#a[s] === a &&
+        this.#proto[s] === proto
+      ) return s;
+    }
+  }
+
+  /**
+   * One session of the internal endpoint `a:pa` (the oldest live one), or -1.
+   * With endpoint-independent mapping its `R:p` is the endpoint's public
+   * mapping: what `dpm query` reports.
+   */
+  lookupEndpoint(proto: number, a: number, pa: number): number {
+    const idx = this.#ep;
+    const b = idx.buckets;
+    const m = idx.mask;
+    for (let i = this.#hashEp(proto, a, pa) & m;; i = (i + 1) & m) {
+      const v = b[i]!;
+      if (v === 0) return -1;
+      const s = v - 1;
+      if (this.#pa[s] === pa && this.#a[s] === a && this.#proto[s] === proto) return s;
+    }
+  }
+
+  // ---------------------------------------------------------------- per-slot accessors
+
+  /** IP protocol of slot `s`. */
+  proto(s: number): number {
+    return this.#proto[s]!;
+  }
+  /** Internal address of slot `s`. */
+  a(s: number): number {
+    return this.#a[s]!;
+  }
+  /** Internal port (or ICMP identifier) of slot `s`. */
+  pa(s: number): number {
+    return this.#pa[s]!;
+  }
+  /** Remote address of slot `s`. */
+  x(s: number): number {
+    return this.#x[s]!;
+  }
+  /** Remote port of slot `s`. */
+  px(s: number): number {
+    return this.#px[s]!;
+  }
+  /** Public address of slot `s`. */
+  r(s: number): number {
+    return this.#r[s]!;
+  }
+  /** Public port (or ICMP identifier) of slot `s`. */
+  p(s: number): number {
+    return this.#p[s]!;
+  }
+  /** Gateway LAN-side port of slot `s`. */
+  pg(s: number): number {
+    return this.#pg[s]!;
+  }
+  /** Expiry time of slot `s`, ms. */
+  expiresAt(s: number): number {
+    return this.#exp[s]!;
+  }
+  /** Lease granted to slot `s`, seconds. */
+  lifetime(s: number): number {
+    return this.#life[s]!;
+  }
+  /** True when slot `s` holds a session. */
+  isLive(s: number): boolean {
+    return s >= 0 && s < this.#hw && (this.#flags[s]! & F_LIVE) !== 0;
+  }
+  /** The host declared slot `s`'s internal port replaceable. */
+  replaceable(s: number): boolean {
+    return (this.#flags[s]! & F_REPLACEABLE) !== 0;
+  }
+  /** Slot `s`'s public port differs from its internal port. */
+  replaced(s: number): boolean {
+    return (this.#flags[s]! & F_REPLACED) !== 0;
+  }
+  /** Slot `s` was granted a public pair shared with another host. */
+  shared(s: number): boolean {
+    return (this.#flags[s]! & F_SHARED) !== 0;
+  }
+  /** Packets counted host -> remote on slot `s`. */
+  packetsOut(s: number): number {
+    return this.#out[s]!;
+  }
+  /** Packets counted remote -> host on slot `s`. */
+  packetsIn(s: number): number {
+    return this.#in[s]!;
+  }
+
+  /** Counts one packet on slot `s`. */
+  count(s: number, outbound: boolean): void {
+    if (outbound) this.#out[s]!++;
+    else this.#in[s]!++;
+  }
+
+  /**
+   * Extends slot `s`'s lease to `now` + its granted lifetime, if that is
+   * later (RFC 4787 REQ-6 outbound refresh, for servers that refresh on
+   * traffic rather than only on renew).
+   */
+  touch(s: number, now: number): void {
+    const e = now + this.#life[s]! * 1000;
+    if (e > this.#exp[s]!) this.#exp[s] = e;
+  }
+
+  // ---------------------------------------------------------------- sizes
+
+  /** Number of live sessions. */
+  get size(): number {
+    return this.#size;
+  }
+
+  /** Sessions held by internal address `a`, all protocols. */
+  sessionsOf(a: number): number {
+    return this.#hosts.get(a, 0);
+  }
+
+  /** Number of sessions sending from (proto, R, p); 0 when unused or not a pool address. */
+  portUsers(proto: number, r: number, p: number): number {
+    const pi = protoIndex(proto);
+    const ri = this.#poolIndex.get(r);
+    if (pi < 0 || ri === undefined) return 0;
+    return this.#portUse[pi]!.get(((ri << 16) | p) >>> 0);
+  }
+
+  /** True when `addr` is one of the pool's public addresses. */
+  isPoolAddress(addr: number): boolean {
+    return this.#poolIndex.has(addr);
+  }
+
+  /** The pool, in configuration order. */
+  get pool(): readonly number[] {
+    return Array.from(this.#pool);
+  }
+
+  /** The lease that a request for `lifetime` seconds gets (0 = default). */
+  grantedLifetime(proto: number, lifetime: number): number {
+    const pi = protoIndex(proto);
+    if (pi < 0) return 0;
+    if (lifetime === 0) return this.#defaults[pi]!;
+    return Math.min(this.#lifeMax, Math.max(this.#lifeMin, Math.floor(lifetime)));
+  }
+
+  /** Bytes held by the table's typed arrays (not counting the JS objects around them). */
+  get bytes(): number {
+    let n = this.#cap *
+      (1 + 1 + 4 + 2 + 4 + 2 + 4 + 2 + 2 + 2 + 8 + 4 + 8 + 8 + 4 + 4);
+    n += this.#lan.bytes + this.#pub.bytes + this.#id.bytes + this.#ep.bytes;
+    for (const u of this.#portUse) n += u.bytes;
+    return n + this.#hosts.bytes;
+  }
+
+  // ---------------------------------------------------------------- policy
+
+  /**
+   * Reserves a public pair for a session (see "Allocation policy" in the
+   * module documentation). Returns a grant whose `result` is OK, or
+   * UNSUPPORTED_PROTOCOL, MALFORMED (port out of range), QUOTA_EXCEEDED, NO_RESOURCES or CONFLICT.
+   *
+   * @param now the caller's clock, ms.
+   */
+  reserve(req: ReserveRequest, now: number): Grant {
+    const { proto, a, pa, x, px } = req;
+    const pi = protoIndex(proto);
+    if (pi < 0) return failure(Result.UNSUPPORTED_PROTOCOL);
+    if (
+      !Number.isInteger(pa) || !Number.isInteger(px) || pa < 0 || pa > 65535 || px < 0 ||
+      px > 65535 || (pi !== 0 && (pa === 0 || px === 0)) ||
+      !Number.isInteger(a) || !Number.isInteger(x) || a < 0 || x < 0 || a > 0xffffffff ||
+      x > 0xffffffff || !(req.lifetime >= 0)
+    ) return failure(Result.MALFORMED);
+    // A remote inside the pool is another session's public pair: that is
+    // hairpinning, which the server translates twice (server.ts).
+    const life = this.grantedLifetime(proto, req.lifetime);
+
+    // 1. Idempotence.
+    const held = this.lookupIdentity(proto, a, pa, x, px);
+    if (held >= 0) {
+      this.#exp[held] = now + life * 1000;
+      this.#life[held] = life;
+      return this.#grant(held);
+    }
+
+    // 2. Quota and Pg room.
+    const hb = this.#hosts.find(a);
+    if (hb >= 0) {
+      if (this.#hosts.vals[hb * 4]! >= this.#maxPerHost) return failure(Result.QUOTA_EXCEEDED);
+      if (this.#hosts.vals[hb * 4 + 1 + pi]! >= this.#pgMax - this.#pgMin + 1) {
+        return failure(Result.NO_RESOURCES);
+      }
+    }
+
+    const P = this.#pool.length;
+    const home = this.#home(a);
+    const use = this.#portUse[pi]!;
+    let ri = -1;
+    let p = 0;
+    let flags = F_LIVE | (req.replaceable ? F_REPLACEABLE : 0);
+
+    // 3. Endpoint-independent mapping.
+    const first = this.lookupEndpoint(proto, a, pa);
+    if (first >= 0) {
+      const fp = this.#p[first]!;
+      if (
+        (req.replaceable || fp === pa) && this.lookupPublic(proto, this.#r[first]!, fp, x, px) < 0
+      ) {
+        ri = this.#ri[first]!;
+        p = fp;
+        flags |= this.#flags[first]! & F_SHARED;
+      }
+    }
+
+    // 4. Port preservation, exclusive.
+    if (ri < 0) {
+      const tries = req.replaceable ? Math.min(P, PRESERVE_TRIES_REPLACEABLE) : P;
+      for (let k = 0; k < tries; k++) {
+        const i = (home + k) % P;
+        if (use.find(((i << 16) | pa) >>> 0) < 0) {
+          ri = i;
+          p = pa;
+          break;
+        }
+      }
+    }
+
+    if (ri < 0) {
+      if (req.replaceable) {
+        // 5. Replacement port.
+        const c = this.#randomFreePort(pi, home);
+        if (c < 0) return failure(Result.NO_RESOURCES);
+        ri = Math.floor(c / 65536);
+        p = c % 65536;
+      } else {
+        // 6. Share R:pa, told apart by the remote endpoint.
+        for (let k = 0; k < P; k++) {
+          const i = (home + k) % P;
+          if (this.lookupPublic(proto, this.#pool[i]!, pa, x, px) < 0) {
+            ri = i;
+            p = pa;
+            flags |= F_SHARED;
+            break;
+          }
+        }
+        if (ri < 0) return failure(Result.CONFLICT);
+      }
+    }
+    if (p !== pa) flags |= F_REPLACED;
+
+    const pg = this.#freeGatewayPort(proto, a);
+    if (pg < 0) return failure(Result.NO_RESOURCES);
+
+    const s = this.#insert(proto, a, pa, x, px, ri, p, pg, flags, now + life * 1000, life, 0, 0);
+    return this.#grant(s);
+  }
+
+  /**
+   * Extends a held session's lease to `now + lifetime` (0 = default).
+   * Returns NO_SUCH_SESSION when (proto, a, pa, X, px) is not held.
+   */
+  renew(
+    proto: number,
+    a: number,
+    pa: number,
+    x: number,
+    px: number,
+    lifetime: number,
+    now: number,
+  ): Grant {
+    const s = this.lookupIdentity(proto, a, pa, x, px);
+    if (s < 0) return failure(Result.NO_SUCH_SESSION);
+    const life = this.grantedLifetime(proto, lifetime);
+    this.#exp[s] = now + life * 1000;
+    this.#life[s] = life;
+    return this.#grant(s);
+  }
+
+  /** Removes a held session. Returns OK, or NO_SUCH_SESSION. */
+  release(proto: number, a: number, pa: number, x: number, px: number): number {
+    const s = this.lookupIdentity(proto, a, pa, x, px);
+    if (s < 0) return Result.NO_SUCH_SESSION;
+    this.#remove(s);
+    return Result.OK;
+  }
+
+  /** Removes the session in slot `s` (e.g. on TCP RST). Returns false when `s` is not live. */
+  releaseSlot(s: number): boolean {
+    if (!this.isLive(s)) return false;
+    this.#remove(s);
+    return true;
+  }
+
+  /**
+   * Removes every session with `expiresAt <= now` and frees its public port
+   * and Pg. Returns how many were removed.
+   *
+   * Without `budget` this sweeps every slot in one pass. With `budget` it
+   * scans at most that many slots, continuing from where the previous
+   * budgeted call stopped and wrapping around, so that repeated calls cover
+   * the whole table in `ceil(slots / budget)` steps without blocking the
+   * event loop for long.
+   */
+  expire(now: number, budget?: number): number {
+    const exp = this.#exp;
+    const flags = this.#flags;
+    let removed = 0;
+    if (budget === undefined) {
+      for (let s = 0; s < this.#hw; s++) {
+        if ((flags[s]! & F_LIVE) !== 0 && exp[s]! <= now) {
+          this.#remove(s);
+          removed++;
+        }
+      }
+      return removed;
+    }
+    let s = this.#sweepCursor;
+    for (let n = Math.min(budget, this.#hw); n > 0; n--) {
+      if (s >= this.#hw) s = 0;
+      if ((flags[s]! & F_LIVE) !== 0 && exp[s]! <= now) {
+        this.#remove(s);
+        removed++;
+      }
+      s++;
+    }
+    this.#sweepCursor = s;
+    return removed;
+  }
+
+  /** The record of live slot `s`. */
+  record(s: number): SessionRecord {
+    const f = this.#flags[s]!;
+    return {
+      proto: this.#proto[s]!,
+      a: this.#a[s]!,
+      pa: this.#pa[s]!,
+      x: this.#x[s]!,
+      px: this.#px[s]!,
+      r: this.#r[s]!,
+      p: this.#p[s]!,
+      pg: this.#pg[s]!,
+      expiresAt: this.#exp[s]!,
+      lifetime: this.#life[s]!,
+      replaceable: (f & F_REPLACEABLE) !== 0,
+      replaced: (f & F_REPLACED) !== 0,
+      shared: (f & F_SHARED) !== 0,
+      packetsOut: this.#out[s]!,
+      packetsIn: this.#in[s]!,
+    };
+  }
+
+  /** Every live session, in slot order. Do not modify the table while iterating. */
+  *entries(): IterableIterator<SessionRecord> {
+    for (let s = 0; s < this.#hw; s++) {
+      if ((this.#flags[s]! & F_LIVE) !== 0) yield this.record(s);
+    }
+  }
+
+  /**
+   * Re-inserts a session from the state file. Returns OK, UNSUPPORTED_PROTOCOL,
+   * MALFORMED, or CONFLICT when `r` is not in the pool or the record clashes
+   * with a live session (same identity, LAN key or public key). The quota is
+   * not applied: the session was granted before. Expired records are
+   * accepted; the next `expire(now)` removes them.
+   */
+  restore(rec: SessionRecord): number {
+    const pi = protoIndex(rec.proto);
+    if (pi < 0) return Result.UNSUPPORTED_PROTOCOL;
+    for (const v of [rec.pa, rec.px, rec.p, rec.pg]) {
+      if (!Number.isInteger(v) || v < 0 || v > 65535) return Result.MALFORMED;
+    }
+    if (!Number.isFinite(rec.expiresAt)) return Result.MALFORMED;
+    const ri = this.#poolIndex.get(rec.r);
+    if (ri === undefined) return Result.CONFLICT;
+    if (
+      this.lookupIdentity(rec.proto, rec.a, rec.pa, rec.x, rec.px) >= 0 ||
+      this.lookupLan(rec.proto, rec.a, rec.pg) >= 0 ||
+      this.lookupPublic(rec.proto, rec.r, rec.p, rec.x, rec.px) >= 0
+    ) return Result.CONFLICT;
+    const flags = F_LIVE | (rec.replaceable ? F_REPLACEABLE : 0) |
+      (rec.p !== rec.pa ? F_REPLACED : 0) | (rec.shared ? F_SHARED : 0);
+    const life = rec.lifetime !== undefined && rec.lifetime > 0
+      ? this.grantedLifetime(rec.proto, rec.lifetime)
+      : this.#defaults[pi]!;
+    this.#insert(
+      rec.proto,
+      rec.a,
+      rec.pa,
+      rec.x,
+      rec.px,
+      ri,
+      rec.p,
+      rec.pg,
+      flags,
+      rec.expiresAt,
+      life,
+      rec.packetsOut,
+      rec.packetsIn,
+    );
+    return Result.OK;
+  }
+
+  // ---------------------------------------------------------------- internals
+
+  #grant(s: number): Grant {
+    const f = this.#flags[s]!;
+    return {
+      result: Result.OK,
+      session: s,
+      r: this.#r[s]!,
+      p: this.#p[s]!,
+      pg: this.#pg[s]!,
+      lifetime: this.#life[s]!,
+      replaced: (f & F_REPLACED) !== 0,
+      shared: (f & F_SHARED) !== 0,
+    };
+  }
+
+  /**
+   * A random (pool index, port) with the port in [portMin, portMax] and
+   * (proto, R, p) unused, as `index * 65536 + port`; -1 when there is none.
+   * Random probes first (on the host's home address, then anywhere), then a
+   * scan from a random offset, which must succeed because the in-range use
+   * count says a free pair exists.
+   */
+  #randomFreePort(pi: number, home: number): number {
+    const P = this.#pool.length;
+    const range = this.#portMax - this.#portMin + 1;
+    const total = P * range;
+    if (this.#inRangeUsed[pi]! >= total) return -1;
+    const use = this.#portUse[pi]!;
+    const rnd = this.#random;
+    for (let t = 0; t < RANDOM_PORT_TRIES; t++) {
+      const i = t < RANDOM_PORT_HOME_TRIES ? home : Math.floor(rnd() * P);
+      const p = this.#portMin + Math.floor(rnd() * range);
+      if (use.find(((i << 16) | p) >>> 0) < 0) return i * 65536 + p;
+    }
+    const start = Math.floor(rnd() * total);
+    for (let k = 0; k < total; k++) {
+      const c = (start + k) % total;
+      const i = Math.floor(c / range);
+      const p = this.#portMin + (c % range);
+      if (use.find(((i << 16) | p) >>> 0) < 0) return i * 65536 + p;
+    }
+    return -1; // unreachable while #inRangeUsed is exact
+  }
+
+  /** A random Pg not used by (proto, a), or -1. */
+  #freeGatewayPort(proto: number, a: number): number {
+    const range = this.#pgMax - this.#pgMin + 1;
+    const rnd = this.#random;
+    for (let t = 0; t < RANDOM_PG_TRIES; t++) {
+      const pg = this.#pgMin + Math.floor(rnd() * range);
+      if (this.lookupLan(proto, a, pg) < 0) return pg;
+    }
+    const start = Math.floor(rnd() * range);
+    for (let k = 0; k < range; k++) {
+      const pg = this.#pgMin + ((start + k) % range);
+      if (this.lookupLan(proto, a, pg) < 0) return pg;
+    }
+    return -1;
+  }
+
+  #resize(cap: number): void {
+    const grow = <T extends { length: number; set(a: ArrayLike<number>): void }>(
+      old: T,
+      make: (n: number) => T,
+    ): T => {
+      const n = make(cap);
+      n.set(old as unknown as ArrayLike<number>);
+      return n;
+    };
+    this.#proto = grow(this.#proto, (n) => new Uint8Array(n));
+    this.#flags = grow(this.#flags, (n) => new Uint8Array(n));
+    this.#a = grow(this.#a, (n) => new Uint32Array(n));
+    this.#pa = grow(this.#pa, (n) => new Uint16Array(n));
+    this.#x = grow(this.#x, (n) => new Uint32Array(n));
+    this.#px = grow(this.#px, (n) => new Uint16Array(n));
+    this.#r = grow(this.#r, (n) => new Uint32Array(n));
+    this.#ri = grow(this.#ri, (n) => new Uint16Array(n));
+    this.#p = grow(this.#p, (n) => new Uint16Array(n));
+    this.#pg = grow(this.#pg, (n) => new Uint16Array(n));
+    this.#exp = grow(this.#exp, (n) => new Float64Array(n));
+    this.#life = grow(this.#life, (n) => new Uint32Array(n));
+    this.#out = grow(this.#out, (n) => new Float64Array(n));
+    this.#in = grow(this.#in, (n) => new Float64Array(n));
+    this.#gnext = grow(this.#gnext, (n) => new Int32Array(n));
+    this.#gprev = grow(this.#gprev, (n) => new Int32Array(n));
+    this.#cap = cap;
+  }
+
+  #insert(
+    proto: number,
+    a: number,
+    pa: number,
+    x: number,
+    px: number,
+    ri: number,
+    p: number,
+    pg: number,
+    flags: number,
+    expiresAt: number,
+    life: number,
+    out: number,
+    inb: number,
+  ): number {
+    let s: number;
+    if (this.#freeHead >= 0) {
+      s = this.#freeHead;
+      this.#freeHead = this.#gnext[s]!;
+    } else {
+      if (this.#hw === this.#cap) this.#resize(this.#cap * 2);
+      s = this.#hw++;
+    }
+    const r = this.#pool[ri]!;
+    this.#proto[s] = proto;
+    this.#flags[s] = flags;
+    this.#a[s] = a;
+    this.#pa[s] = pa;
+    this.#x[s] = x;
+    this.#px[s] = px;
+    this.#r[s] = r;
+    this.#ri[s] = ri;
+    this.#p[s] = p;
+    this.#pg[s] = pg;
+    this.#exp[s] = expiresAt;
+    this.#life[s] = life;
+    this.#out[s] = out;
+    this.#in[s] = inb;
+
+    this.#id.insert(s, this.#hashId(proto, a, pa, x, px));
+    this.#lan.insert(s, this.#hashLan(proto, a, pg));
+    this.#pub.insert(s, this.#hashPub(proto, r, p, x, px));
+
+    // Endpoint list: a new endpoint heads its own list; otherwise the session
+    // goes right after the head, so the head (the index entry) stays put.
+    const head = this.lookupEndpoint(proto, a, pa);
+    if (head < 0) {
+      this.#gprev[s] = -1;
+      this.#gnext[s] = -1;
+      this.#ep.insert(s, this.#hashEp(proto, a, pa));
+    } else {
+      const nx = this.#gnext[head]!;
+      this.#gprev[s] = head;
+      this.#gnext[s] = nx;
+      this.#gnext[head] = s;
+      if (nx >= 0) this.#gprev[nx] = s;
+    }
+
+    const pi = protoIndex(proto);
+    const use = this.#portUse[pi]!;
+    const b = use.upsert(((ri << 16) | p) >>> 0);
+    if (use.vals[b]!++ === 0 && p >= this.#portMin && p <= this.#portMax) {
+      this.#inRangeUsed[pi]!++;
+    }
+    const hb = this.#hosts.upsert(a);
+    this.#hosts.vals[hb * 4]!++;
+    this.#hosts.vals[hb * 4 + 1 + pi]!++;
+    this.#size++;
+    return s;
+  }
+
+  #remove(s: number): void {
+    const proto = this.#proto[s]!;
+    const a = this.#a[s]!;
+    const pa = this.#pa[s]!;
+    const x = this.#x[s]!;
+    const px = this.#px[s]!;
+    const p = this.#p[s]!;
+    const ri = this.#ri[s]!;
+    this.#id.remove(s, this.#hashId(proto, a, pa, x, px));
+    this.#lan.remove(s, this.#hashLan(proto, a, this.#pg[s]!));
+    this.#pub.remove(s, this.#hashPub(proto, this.#r[s]!, p, x, px));
+
+    const prev = this.#gprev[s]!;
+    const next = this.#gnext[s]!;
+    if (prev < 0) {
+      const h = this.#hashEp(proto, a, pa);
+      if (next < 0) this.#ep.remove(s, h);
+      else {
+        this.#ep.replace(s, next, h);
+        this.#gprev[next] = -1;
+      }
+    } else {
+      this.#gnext[prev] = next;
+      if (next >= 0) this.#gprev[next] = prev;
+    }
+
+    const pi = protoIndex(proto);
+    const use = this.#portUse[pi]!;
+    const b = use.find(((ri << 16) | p) >>> 0);
+    if (--use.vals[b]! === 0) {
+      use.deleteAt(b);
+      if (p >= this.#portMin && p <= this.#portMax) this.#inRangeUsed[pi]!--;
+    }
+    const hb = this.#hosts.find(a);
+    this.#hosts.vals[hb * 4 + 1 + pi]!--;
+    if (--this.#hosts.vals[hb * 4]! === 0) this.#hosts.deleteAt(hb);
+
+    this.#flags[s] = 0;
+    this.#gnext[s] = this.#freeHead;
+    this.#freeHead = s;
+    this.#size--;
+  }
+}

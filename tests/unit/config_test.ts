@@ -1,0 +1,126 @@
+/**
+ * Configuration: flags and JSON files validated by one schema per role;
+ * flags win over the file; every error names the offending value.
+ */
+
+import assert from "node:assert/strict";
+import { ConfigError, driverConfig, serverConfig } from "../../src/config.ts";
+import { main } from "../../src/cli/main.ts";
+import { parsePool } from "../../src/wire/addr.ts";
+
+const base = { "lan-addr": "10.0.0.1", pool: "203.0.113.10-203.0.113.13" };
+
+Deno.test("config: server defaults respect the documented values", () => {
+  const c = serverConfig(base);
+  assert.equal(c.controlPort, 4750);
+  assert.deepEqual(c.portRange, [1024, 65535]);
+  assert.deepEqual(c.gatewayPorts, [61000, 65535]);
+  assert.equal(c.pool.length, 4);
+  assert.equal(c.masquerade, true);
+  assert.equal(c.lanIf, null);
+});
+
+Deno.test("config: every bad value is named", () => {
+  const bad: [Record<string, unknown>, RegExp][] = [
+    [{ ...base, "lan-addr": "10.0.0.256" }, /--lan-addr "10\.0\.0\.256"/],
+    [{ ...base, pool: "203.0.113.9-203.0.113.1" }, /ends before it starts/],
+    [{ ...base, "control-port": "0" }, /--control-port "0"/],
+    [{ ...base, "port-range": "2000-1000" }, /--port-range "2000-1000"/],
+    [{ ...base, lifetime: 1 }, /--lifetime 1/],
+    [{ ...base, "lan-if": "lan0" }, /--lan-if and --wan-if go together/],
+    [{ ...base, pool: "10.0.0.1" }, /must not contain --lan-addr/],
+    [{ ...base, "control-port": 61000 }, /inside --gateway-ports/],
+    [{ ...base, colour: "red" }, /Unknown setting "colour"/],
+    [{ pool: "203.0.113.10" }, /Missing required --lan-addr/],
+    [{ ...base, "lan-if": "this-name-is-too-long", "wan-if": "wan0" }, /--lan-if/],
+  ];
+  for (const [raw, re] of bad) {
+    assert.throws(
+      () => serverConfig(raw),
+      (e: Error) => e instanceof ConfigError && re.test(e.message),
+      JSON.stringify(raw),
+    );
+  }
+  assert.throws(
+    () => driverConfig({ server: "10.0.0.1:99999" }),
+    /Invalid --server "10\.0\.0\.1:99999"/,
+  );
+  assert.throws(
+    () => driverConfig({ server: "10.0.0.1", "fixed-ports": "500,x" }),
+    /Invalid port "x"/,
+  );
+  assert.deepEqual(
+    driverConfig({ server: "10.0.0.1:5000", "fixed-ports": [500, 4500] }).fixedPorts,
+    [500, 4500],
+  );
+  assert.equal(driverConfig({ server: "10.0.0.1" }).serverPort, 4750);
+});
+
+Deno.test("config: pools expand singles, ranges and prefixes, sorted and unique", () => {
+  assert.deepEqual(parsePool("203.0.113.2,203.0.113.0/31,203.0.113.1-203.0.113.3"), [
+    0xcb007100,
+    0xcb007101,
+    0xcb007102,
+    0xcb007103,
+  ]);
+  assert.match(String(parsePool("1.2.3.4,,5.6.7.8")), /Empty item/);
+  assert.match(String(parsePool("10.0.0.0/8")), /more than 65536/);
+});
+
+Deno.test("cli: a config file sets values, flags win, and errors exit 2", async () => {
+  const dir = await Deno.makeTempDir();
+  const file = `${dir}/dpm.json`;
+  await Deno.writeTextFile(
+    file,
+    JSON.stringify({ server: "10.0.0.1", "fixed-ports": "5060", "log-level": "nonsense" }),
+  );
+  // The file's bad log level is reported by name.
+  const errs: string[] = [];
+  const orig = console.error;
+  console.error = (...a: unknown[]) => void errs.push(a.join(" "));
+  try {
+    assert.equal(await main(["driver", "--config", file]), 2);
+    assert.match(errs[0]!, /log-level/);
+    errs.length = 0;
+    assert.equal(await main(["driver", "--config", `${dir}/missing.json`]), 2);
+    assert.match(errs[0]!, /Cannot read config file/);
+    errs.length = 0;
+    assert.equal(await main(["server", "--pool"]), 2);
+    assert.match(errs[0]!, /--pool/);
+    errs.length = 0;
+    assert.equal(await main(["query", "udp", "1.2.3.4:5"]), 2);
+    assert.match(errs[0]!, /Expected 3 arguments/);
+    assert.equal(await main(["bogus"]), 2);
+  } finally {
+    console.error = orig;
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cli: flags win over the config file; --no-* flags negate", async () => {
+  const dir = await Deno.makeTempDir();
+  const file = `${dir}/dpm.json`;
+  await Deno.writeTextFile(
+    file,
+    JSON.stringify({ ...base, "control-port": 5000, masquerade: true, lifetime: 600 }),
+  );
+  const { mergeSettings } = await import("../../src/cli/main.ts");
+  const m = await mergeSettings({ config: file, "control-port": "6000", "no-masquerade": true }, {
+    "no-masquerade": "masquerade",
+  });
+  const c = serverConfig(m);
+  assert.equal(c.controlPort, 6000, "flag wins");
+  assert.equal(c.lifetime, 600, "file value kept");
+  assert.equal(c.masquerade, false, "--no-masquerade");
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("config: the example files in contrib/ are valid", async () => {
+  const read = async (name: string) =>
+    JSON.parse(await Deno.readTextFile(new URL(`../../contrib/${name}`, import.meta.url)));
+  const s = serverConfig(await read("server.example.json"));
+  assert.equal(s.lanIf, "lan0");
+  assert.equal(s.pool.length, 4);
+  const d = driverConfig(await read("driver.example.json"));
+  assert.deepEqual(d.fixedPorts, [500, 4500, 5060]);
+});

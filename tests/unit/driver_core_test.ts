@@ -1,0 +1,397 @@
+/**
+ * The driver's logic on real packet bytes, talking to a real ServerCore
+ * through encoded control messages (no sockets, no kernel): detection of new
+ * sessions, holding their first packets, claim 5 rewriting, claim 6 at the
+ * server, restoring replies, claims 3 and 11 (replaceable ports, queries),
+ * refusal, renewal, idle release and server restarts.
+ */
+
+import assert from "node:assert/strict";
+import { DriverCore, DriverVerdict } from "../../src/driver/core.ts";
+import { ServerCore, Verdict } from "../../src/server/core.ts";
+import { IPPROTO_UDP, PacketInfo, parse } from "../../src/wire/packet.ts";
+import {
+  buildIcmpEcho,
+  buildIcmpError,
+  buildTcp,
+  buildUdp,
+  verifyIpChecksum,
+  verifyL4Checksum,
+} from "../../testing/packets.ts";
+import {
+  driverCfg,
+  G,
+  H1,
+  H2,
+  ip,
+  LAN,
+  P1,
+  P2,
+  Pipe,
+  R1,
+  RawLog,
+  serverCfg,
+  settle,
+  Verdicts,
+} from "../../testing/fixtures.ts";
+
+function parsed(pkt: Uint8Array): PacketInfo {
+  const info = new PacketInfo();
+  assert.equal(parse(pkt, pkt.length, info), 0);
+  return info;
+}
+
+/** `dpm query udp <local> <remote> [--reserve]` against a driver core, as the operator socket passes it. */
+function ask(
+  d: DriverCore,
+  local: string,
+  remote: string,
+  reserve = false,
+): Promise<Record<string, unknown>> {
+  return d.query({ op: "query", proto: "udp", local, remote, reserve }) as Promise<
+    Record<string, unknown>
+  >;
+}
+
+function rig(o: { pool?: number[]; fixed?: number[]; now?: () => number; quota?: number } = {}) {
+  const scfg = serverCfg({
+    pool: o.pool ?? [R1],
+    ...(o.quota ? { maxSessionsPerHost: o.quota } : {}),
+  });
+  const server = new ServerCore(scfg, { lan: LAN, ...(o.now ? { now: o.now } : {}) });
+  const mk = (a: number) => {
+    const pipe = new Pipe(server, a);
+    const d = new DriverCore(driverCfg({ fixedPorts: o.fixed ?? [] }), pipe, {
+      lan: LAN,
+      ephemeral: [32768, 60999],
+      ...(o.now ? { now: o.now } : {}),
+    });
+    const q = new Verdicts();
+    const raw = new RawLog();
+    d.queue = q;
+    d.raw = raw;
+    return { d, q, raw, pipe };
+  };
+  return { server, h1: mk(H1), h2: mk(H2) };
+}
+
+Deno.test("driver: claim 5 holds the first packet, reserves, then sends it to G:Pg; the server makes it R:p -> X:px", async () => {
+  const { server, h1 } = rig();
+  const pkt = buildUdp({ src: H1, sport: 40000, dst: P1, dport: 7000 });
+  assert.equal(h1.d.handlePacket(pkt, 1, true), DriverVerdict.HOLD);
+  await settle();
+  assert.equal(h1.pipe.sent.length, 1);
+  const req = h1.pipe.sent[0]!;
+  assert.deepEqual([req.internalAddr, req.internalPort, req.remoteAddr, req.remotePort], [
+    H1,
+    40000,
+    P1,
+    7000,
+  ]);
+  assert.equal(req.replaceable, true, "claim 3: 40000 is inside the ephemeral range");
+  assert.equal(h1.q.given.length, 1);
+  const v = h1.q.given[0]!;
+  assert.equal(v.id, 1);
+  assert.ok(v.payload);
+  const lan = parsed(v.payload);
+  assert.equal(lan.dst, G);
+  assert.ok(lan.dport >= 61000);
+  assert.deepEqual([lan.src, lan.sport], [H1, 40000]);
+  assert.ok(verifyIpChecksum(v.payload) && verifyL4Checksum(v.payload));
+  // Later packets are rewritten at once.
+  const next = buildUdp({ src: H1, sport: 40000, dst: P1, dport: 7000 });
+  assert.equal(h1.d.handlePacket(next, 2, true), DriverVerdict.MODIFIED);
+  assert.equal(parsed(next).dport, lan.dport);
+  // At the gateway (claim 6).
+  assert.equal(server.handlePacket(next), Verdict.MODIFIED);
+  const wan = parsed(next);
+  assert.deepEqual([wan.src, wan.sport, wan.dst, wan.dport], [R1, 40000, P1, 7000]);
+  // The reply comes back through both and reaches the app as from X:px.
+  const reply = buildUdp({ src: P1, sport: 7000, dst: R1, dport: 40000 });
+  assert.equal(server.handlePacket(reply), Verdict.MODIFIED);
+  assert.equal(h1.d.handlePacket(reply, 3, false), DriverVerdict.MODIFIED);
+  const app = parsed(reply);
+  assert.deepEqual([app.src, app.sport, app.dst, app.dport], [P1, 7000, H1, 40000]);
+  assert.ok(verifyIpChecksum(reply) && verifyL4Checksum(reply));
+});
+
+Deno.test("driver: claim 11 query answers the public pair the server chose; --reserve reserves first", async () => {
+  const { h1 } = rig();
+  assert.deepEqual(
+    await ask(h1.d, "10.0.0.11:5000", "198.51.100.10:7000"),
+    {
+      result: "no-session",
+    },
+  );
+  const r = await ask(h1.d, "10.0.0.11:5000", "198.51.100.10:7000", true);
+  assert.equal(r.result, "ok");
+  assert.equal(r.public, "203.0.113.10:5000");
+  assert.equal(r.replaced, false);
+  // A packet of that session now goes out without a reservation round trip.
+  const pkt = buildUdp({ src: H1, sport: 5000, dst: P1, dport: 7000 });
+  assert.equal(h1.d.handlePacket(pkt, 1, true), DriverVerdict.MODIFIED);
+  assert.equal(h1.pipe.sent.length, 1);
+  assert.equal((await h1.d.query({ op: "bogus" }) as Record<string, unknown>).result, "error");
+  assert.equal(
+    (await h1.d.query({ op: "query", proto: "sctp", local: "x", remote: "y" }) as Record<
+      string,
+      unknown
+    >).result,
+    "error",
+  );
+});
+
+Deno.test("driver: claims 3, 23 a replaceable port taken everywhere is replaced; the query tells the new one", async () => {
+  const { h1, h2 } = rig();
+  const a = await ask(h1.d, "10.0.0.11:40000", "198.51.100.10:7000", true);
+  const b = await ask(h2.d, "10.0.0.12:40000", "198.51.100.10:7000", true);
+  assert.equal(a.public, "203.0.113.10:40000");
+  assert.equal(b.replaced, true);
+  assert.notEqual(b.public, a.public);
+  // The packet carries the replaced port outside.
+  const { server } = { server: h2.pipe.server };
+  const pkt = buildUdp({ src: H2, sport: 40000, dst: P1, dport: 7000 });
+  assert.equal(h2.d.handlePacket(pkt, 1, true), DriverVerdict.MODIFIED);
+  assert.equal(server.handlePacket(pkt), Verdict.MODIFIED);
+  assert.equal(`203.0.113.10:${parsed(pkt).sport}`, b.public);
+});
+
+Deno.test("driver: a fixed port refused by the server is dropped and the application gets ICMP prohibited", async () => {
+  const { h1, h2 } = rig({ fixed: [] });
+  // 5060 is outside the ephemeral range: not replaceable (claim 3).
+  const a = buildUdp({ src: H1, sport: 5060, dst: P1, dport: 5060 });
+  assert.equal(h1.d.handlePacket(a, 1, true), DriverVerdict.HOLD);
+  await settle();
+  assert.equal(h1.pipe.sent[0]!.replaceable, false);
+  const b = buildUdp({ src: H2, sport: 5060, dst: P1, dport: 5060 });
+  assert.equal(h2.d.handlePacket(b, 1, true), DriverVerdict.HOLD);
+  await settle();
+  assert.deepEqual(h2.q.given, [{ id: 1, verdict: 0 }], "held packet dropped");
+  assert.equal(h2.raw.sent.length, 1);
+  const icmp = parsed(h2.raw.sent[0]!.pkt);
+  assert.deepEqual([icmp.icmpType, icmp.icmpCode, icmp.dst, icmp.src], [3, 13, H2, P1]);
+  assert.deepEqual([icmp.innerSrc, icmp.innerSport, icmp.innerDst, icmp.innerDport], [
+    H2,
+    5060,
+    P1,
+    5060,
+  ]);
+  assert.ok(verifyIpChecksum(h2.raw.sent[0]!.pkt) && verifyL4Checksum(h2.raw.sent[0]!.pkt));
+  const q = await ask(h2.d, "10.0.0.12:5060", "198.51.100.10:5060");
+  assert.equal(q.result, "conflict", "the refusal is visible to the application");
+  // The same fixed port toward another peer is shared (claims 8-10).
+  const c = buildUdp({ src: H2, sport: 5060, dst: P2, dport: 5060 });
+  assert.equal(h2.d.handlePacket(c, 2, true), DriverVerdict.HOLD);
+  await settle();
+  assert.equal(h2.q.given[1]?.verdict, 1);
+});
+
+Deno.test("driver: a fixed port listed with --fixed-ports is never replaceable, even inside the ephemeral range", () => {
+  const { h1 } = rig({ fixed: [40000] });
+  assert.equal(h1.d.isReplaceable(IPPROTO_UDP, 40000), false);
+  assert.equal(h1.d.isReplaceable(IPPROTO_UDP, 40001), true);
+  assert.equal(h1.d.isReplaceable(IPPROTO_UDP, 5060), false);
+  assert.equal(h1.d.isReplaceable(1, 5), true, "ICMP identifiers are always replaceable");
+});
+
+Deno.test("driver: LAN-local traffic and unparsable packets pass untouched", () => {
+  const { h1 } = rig();
+  const local = buildUdp({ src: H1, sport: 40000, dst: H2, dport: 53 });
+  const copy = local.slice();
+  assert.equal(h1.d.handlePacket(local, 1, true), DriverVerdict.ACCEPT);
+  assert.deepEqual(local, copy);
+  assert.equal(h1.d.handlePacket(new Uint8Array([0x60, 0, 0, 0]), 2, true), DriverVerdict.ACCEPT);
+  assert.equal(h1.pipe.sent.length, 0);
+});
+
+Deno.test("driver: no answer from the server passes the session untranslated (ordinary NAT still works)", async () => {
+  const { h1 } = rig();
+  h1.pipe.drop = true;
+  const pkt = buildUdp({ src: H1, sport: 40000, dst: P1, dport: 7000 });
+  const copy = pkt.slice();
+  assert.equal(h1.d.handlePacket(pkt, 1, true), DriverVerdict.HOLD);
+  await settle();
+  assert.deepEqual(h1.q.given, [{ id: 1, verdict: 1 }]);
+  const next = copy.slice();
+  assert.equal(h1.d.handlePacket(next, 2, true), DriverVerdict.ACCEPT);
+  assert.deepEqual(next, copy);
+});
+
+Deno.test("driver: ICMP echo and its ICMP errors cross both translators", async () => {
+  const { server, h1 } = rig();
+  const ping = buildIcmpEcho({ src: H1, dst: P1, id: 0x4242, seq: 1, type: 8 });
+  assert.equal(h1.d.handlePacket(ping, 1, true), DriverVerdict.HOLD);
+  await settle();
+  const lan = h1.q.given[0]!.payload!;
+  const li = parsed(lan);
+  assert.equal(li.dst, G);
+  assert.ok(li.sport >= 61000, "the identifier on the LAN is Pg");
+  assert.equal(server.handlePacket(lan), Verdict.MODIFIED);
+  const wan = parsed(lan);
+  assert.equal(wan.dst, P1);
+  const pong = buildIcmpEcho({ src: P1, dst: wan.src, id: wan.sport, seq: 1, type: 0 });
+  assert.equal(server.handlePacket(pong), Verdict.MODIFIED);
+  assert.equal(h1.d.handlePacket(pong, 2, false), DriverVerdict.MODIFIED);
+  const back = parsed(pong);
+  assert.deepEqual([back.src, back.dst, back.dport], [P1, H1, 0x4242]);
+  assert.ok(verifyL4Checksum(pong));
+  // Time exceeded from a router, about the echo request as it left the gateway.
+  const router = ip("203.0.113.254");
+  const err = buildIcmpError({
+    src: router,
+    dst: wan.src,
+    type: 11,
+    code: 0,
+    quoted: lan.subarray(0, 28),
+  });
+  assert.equal(server.handlePacket(err), Verdict.MODIFIED);
+  assert.equal(h1.d.handlePacket(err, 3, false), DriverVerdict.MODIFIED);
+  const e = parsed(err);
+  assert.deepEqual([e.src, e.dst, e.innerSrc, e.innerSport, e.innerDst], [
+    router,
+    H1,
+    H1,
+    0x4242,
+    P1,
+  ]);
+  assert.ok(verifyIpChecksum(err) && verifyL4Checksum(err));
+});
+
+Deno.test("driver: TCP errors from outside reach the app with the original endpoints quoted", async () => {
+  const { server, h1 } = rig();
+  const syn = buildTcp({ src: H1, sport: 45000, dst: P1, dport: 80 });
+  h1.d.handlePacket(syn, 1, true);
+  await settle();
+  const lan = h1.q.given[0]!.payload!;
+  assert.equal(server.handlePacket(lan), Verdict.MODIFIED);
+  const unreach = buildIcmpError({
+    src: P1,
+    dst: R1,
+    type: 3,
+    code: 3,
+    quoted: lan.subarray(0, 28),
+  });
+  assert.equal(server.handlePacket(unreach), Verdict.MODIFIED);
+  assert.equal(h1.d.handlePacket(unreach, 2, false), DriverVerdict.MODIFIED);
+  const e = parsed(unreach);
+  assert.deepEqual([e.innerSrc, e.innerSport, e.innerDst, e.innerDport], [H1, 45000, P1, 80]);
+});
+
+Deno.test("driver: busy sessions are renewed, idle ones released, and the server's table follows", async () => {
+  let now = 1_000_000;
+  const clock = () => now;
+  const { server, h1 } = rig({ now: clock });
+  await ask(h1.d, "10.0.0.11:40000", "198.51.100.10:7000", true);
+  await ask(h1.d, "10.0.0.11:40001", "198.51.100.10:7000", true);
+  assert.equal(server.table.size, 2);
+  const lifetime = 300_000; // UDP default
+  for (let t = 0; t < 3 * lifetime; t += 10_000) {
+    now += 10_000;
+    // Only 40000 carries traffic.
+    h1.d.handlePacket(buildUdp({ src: H1, sport: 40000, dst: P1, dport: 7000 }), 1, true);
+    h1.d.tick();
+    server.expire();
+    await settle();
+  }
+  assert.equal(server.table.size, 1, "the idle session is gone from the server");
+  const busy = await ask(h1.d, "10.0.0.11:40000", "198.51.100.10:7000");
+  assert.equal(busy.result, "ok", "the busy one lives on past three lifetimes");
+  const idle = await ask(h1.d, "10.0.0.11:40001", "198.51.100.10:7000");
+  assert.equal(idle.result, "no-session");
+  const st = h1.d.stats() as Record<string, number>;
+  assert.ok(st.renewed! >= 3, `renewed ${st.renewed} times`);
+  assert.equal(st.released, 1);
+});
+
+Deno.test("driver: a server restart (new epoch) makes the driver reserve its sessions again", async () => {
+  const { h1 } = rig();
+  await ask(h1.d, "10.0.0.11:40000", "198.51.100.10:7000", true);
+  // A new server without state behind the same pipe.
+  const fresh = new ServerCore(serverCfg({ pool: [R1] }), { lan: LAN, epoch: 99 });
+  (h1.pipe as { server: ServerCore }).server = fresh;
+  await ask(h1.d, "10.0.0.11:40001", "198.51.100.10:7000", true);
+  await settle();
+  await settle();
+  assert.equal(fresh.table.size, 2, "both sessions exist on the restarted server");
+  assert.equal((h1.d.stats() as Record<string, number>).epochChanges, 1);
+});
+
+Deno.test("driver: a TCP session closed by FIN both ways (or RST) is released after a short linger", async () => {
+  let now = 2_000_000;
+  const { server, h1 } = rig({ now: () => now });
+  const syn = buildTcp({ src: H1, sport: 45000, dst: P1, dport: 80 });
+  h1.d.handlePacket(syn, 1, true);
+  await settle();
+  assert.equal(server.table.size, 1);
+  const finOut = buildTcp({ src: H1, sport: 45000, dst: P1, dport: 80, flags: 0x11 });
+  assert.equal(h1.d.handlePacket(finOut, 2, true), DriverVerdict.MODIFIED);
+  const pg = parsed(finOut).dport;
+  const finIn = buildTcp({ src: G, sport: pg, dst: H1, dport: 45000, flags: 0x11 });
+  assert.equal(h1.d.handlePacket(finIn, 3, false), DriverVerdict.MODIFIED);
+  now += 5_000;
+  h1.d.tick();
+  await settle();
+  assert.equal(server.table.size, 1, "still lingering");
+  now += 6_000;
+  h1.d.tick();
+  await settle();
+  assert.equal(server.table.size, 0, "released after the linger");
+  // A half-closed connection (FIN one way only) is kept.
+  const syn2 = buildTcp({ src: H1, sport: 45001, dst: P1, dport: 80 });
+  h1.d.handlePacket(syn2, 4, true);
+  await settle();
+  h1.d.handlePacket(buildTcp({ src: H1, sport: 45001, dst: P1, dport: 80, flags: 0x11 }), 5, true);
+  now += 20_000;
+  h1.d.tick();
+  await settle();
+  assert.equal(server.table.size, 1, "half-closed stays");
+  // An RST closes at once (after the linger).
+  h1.d.handlePacket(buildTcp({ src: H1, sport: 45001, dst: P1, dport: 80, flags: 0x04 }), 6, true);
+  now += 11_000;
+  h1.d.tick();
+  await settle();
+  assert.equal(server.table.size, 0);
+});
+
+Deno.test("driver: a refusal that may pass (quota) is asked again while the application keeps sending", async () => {
+  let now = 3_000_000;
+  const { server, h1 } = rig({ now: () => now, quota: 1 });
+  await ask(h1.d, "10.0.0.11:40000", "198.51.100.10:7000", true);
+  const send = () =>
+    h1.d.handlePacket(buildUdp({ src: H1, sport: 40001, dst: P1, dport: 7000 }), 9, true);
+  assert.equal(send(), DriverVerdict.HOLD);
+  await settle();
+  assert.equal(send(), DriverVerdict.DROP, "refused: quota");
+  // The first session goes away; the app never stops sending.
+  server.table.release(17, H1, 40000, P1, 7000);
+  for (let i = 0; i < 7; i++) {
+    now += 1000;
+    send();
+    h1.d.tick();
+  }
+  assert.equal(send(), DriverVerdict.HOLD, "asked again");
+  await settle();
+  assert.equal(send(), DriverVerdict.MODIFIED);
+});
+
+Deno.test("driver: an idle established TCP connection keeps its mapping for RFC 5382's 2 h 4 min", async () => {
+  let now = 4_000_000;
+  const { server, h1 } = rig({ now: () => now });
+  h1.d.handlePacket(buildTcp({ src: H1, sport: 45000, dst: P1, dport: 22 }), 1, true);
+  await settle();
+  const step = 60_000;
+  for (let t = 0; t < 7380_000; t += step) {
+    now += step;
+    h1.d.tick();
+    server.expire();
+    await settle();
+  }
+  assert.equal(server.table.size, 1, "still mapped after 2 h 3 min of silence");
+  for (let t = 0; t < 300_000; t += step) {
+    now += step;
+    h1.d.tick();
+    server.expire();
+    await settle();
+  }
+  assert.equal(server.table.size, 0, "released once past 2 h 4 min");
+});

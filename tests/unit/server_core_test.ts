@@ -1,0 +1,445 @@
+/**
+ * The server's logic without sockets: control messages as real bytes in and
+ * out (claims 1, 2, 4, 7-10, 22), and packet translation on real packet bytes
+ * (claim 6), including ICMP errors, hairpinning and every drop path.
+ */
+
+import assert from "node:assert/strict";
+import { isSessionRecord, ServerCore, Verdict } from "../../src/server/core.ts";
+import {
+  decodeResponse,
+  encodeRequest,
+  newNonce,
+  Op,
+  type Request,
+  type Response,
+} from "../../src/control/proto.ts";
+import { Result } from "../../src/control/result.ts";
+import {
+  IPPROTO_ICMP,
+  IPPROTO_TCP,
+  IPPROTO_UDP,
+  PacketInfo,
+  parse,
+} from "../../src/wire/packet.ts";
+import {
+  buildIcmpEcho,
+  buildIcmpError,
+  buildTcp,
+  buildUdp,
+  verifyIpChecksum,
+  verifyL4Checksum,
+} from "../../testing/packets.ts";
+import { G, H1, H2, ip, P1, P2, R1, R2, serverCfg } from "../../testing/fixtures.ts";
+
+function req(o: Partial<Request> = {}): Request {
+  return {
+    op: Op.RESERVE,
+    nonce: newNonce(),
+    proto: IPPROTO_UDP,
+    replaceable: true,
+    internalAddr: H1,
+    internalPort: 40000,
+    remoteAddr: P1,
+    remotePort: 7000,
+    lifetime: 0,
+    ...o,
+  };
+}
+
+function ask(core: ServerCore, r: Request, src = r.internalAddr): Response {
+  const reply = core.handleControl(encodeRequest(r), src);
+  assert.ok(reply, "server must answer a well-formed request");
+  const d = decodeResponse(reply);
+  assert.ok(d.ok, "reply must decode");
+  assert.deepEqual(d.res.nonce, r.nonce, "nonce echoed");
+  return d.res;
+}
+
+function parsed(pkt: Uint8Array): PacketInfo {
+  const info = new PacketInfo();
+  assert.equal(parse(pkt, pkt.length, info), 0, "packet parses");
+  return info;
+}
+
+Deno.test("server: claim 1/4 reserve grants a pool address, a gateway port and an RFC 4787 lifetime", () => {
+  const core = new ServerCore(serverCfg(), { lan: serverCfg().lan, epoch: 0x1234 });
+  const r = ask(core, req());
+  assert.equal(r.result, Result.OK);
+  assert.ok([R1, R2].includes(r.publicAddr));
+  assert.equal(r.publicPort, 40000, "port preserved when free");
+  assert.ok(r.gatewayPort >= 61000 && r.gatewayPort <= 65535);
+  assert.ok(r.lifetime >= 120, `UDP lifetime ${r.lifetime} >= 120 s`);
+  assert.equal(r.epoch, 0x1234);
+  assert.equal(core.table.size, 1);
+  // The remote endpoint travelled in the request and is part of the session (claim 4).
+  const s = core.table.lookupPublic(IPPROTO_UDP, r.publicAddr, r.publicPort, P1, 7000);
+  assert.ok(s >= 0);
+  // A retransmission gets the same answer.
+  const again = ask(core, { ...req(), nonce: newNonce() });
+  assert.deepEqual([again.publicAddr, again.publicPort, again.gatewayPort], [
+    r.publicAddr,
+    r.publicPort,
+    r.gatewayPort,
+  ]);
+  assert.equal(core.table.size, 1);
+});
+
+Deno.test("server: claim 2 a request whose internal address is not its source is not authorized", () => {
+  const core = new ServerCore(serverCfg(), { lan: serverCfg().lan });
+  const r = ask(core, req({ internalAddr: H1 }), H2);
+  assert.equal(r.result, Result.NOT_AUTHORIZED);
+  assert.equal(core.table.size, 0);
+  assert.equal(core.results[Result.NOT_AUTHORIZED], 1);
+});
+
+Deno.test("server: a second host cannot renew or release the first host's session", () => {
+  const core = new ServerCore(serverCfg(), { lan: serverCfg().lan });
+  assert.equal(ask(core, req()).result, Result.OK);
+  // Claiming to be H1 from H2 is refused...
+  assert.equal(ask(core, req({ op: Op.RENEW }), H2).result, Result.NOT_AUTHORIZED);
+  assert.equal(ask(core, req({ op: Op.RELEASE }), H2).result, Result.NOT_AUTHORIZED);
+  // ...and speaking for itself, H2 holds no such session.
+  assert.equal(ask(core, req({ op: Op.RENEW, internalAddr: H2 })).result, Result.NO_SUCH_SESSION);
+  assert.equal(ask(core, req({ op: Op.RELEASE, internalAddr: H2 })).result, Result.NO_SUCH_SESSION);
+  assert.equal(core.table.size, 1, "H1's session survives");
+  // H1 itself can renew and release it.
+  assert.equal(ask(core, req({ op: Op.RENEW })).result, Result.OK);
+  assert.equal(ask(core, req({ op: Op.RELEASE })).result, Result.OK);
+  assert.equal(core.table.size, 0);
+});
+
+Deno.test("server: requests from outside the LAN and toward LAN remotes are refused", () => {
+  const core = new ServerCore(serverCfg(), { lan: serverCfg().lan });
+  const outsider = ip("192.0.2.7");
+  assert.equal(
+    core.handleControl(encodeRequest(req({ internalAddr: outsider })), outsider),
+    null,
+    "no answer outside",
+  );
+  assert.equal(core.results[Result.NOT_AUTHORIZED], 1);
+  assert.equal(ask(core, req({ remoteAddr: H2 })).result, Result.BAD_REMOTE);
+  assert.equal(ask(core, req({ remoteAddr: G })).result, Result.BAD_REMOTE);
+  assert.equal(core.table.size, 0);
+});
+
+Deno.test("server: garbage gets no answer, a wrong version a precise one, and both are counted", () => {
+  const core = new ServerCore(serverCfg(), { lan: serverCfg().lan });
+  assert.equal(core.handleControl(new Uint8Array([1, 2, 3]), H1), null);
+  assert.equal(core.handleControl(new TextEncoder().encode("GET / HTTP/1.0\r\n\r\n"), H1), null);
+  const bad = encodeRequest(req());
+  bad[2] = 9; // version
+  const reply = core.handleControl(bad, H1);
+  assert.ok(reply);
+  const d = decodeResponse(reply);
+  assert.ok(d.ok);
+  assert.equal(d.res.result, Result.UNSUPPORTED_VERSION);
+  assert.equal(core.results[Result.MALFORMED], 2);
+  assert.equal(core.results[Result.UNSUPPORTED_VERSION], 1);
+});
+
+Deno.test("server: a host over its request rate is told so, others are not affected", () => {
+  let now = 1_000_000;
+  const core = new ServerCore(serverCfg({ rateLimit: 5 }), {
+    lan: serverCfg().lan,
+    now: () => now,
+  });
+  const results: number[] = [];
+  for (let i = 0; i < 20; i++) results.push(ask(core, req({ internalPort: 40000 + i })).result);
+  assert.ok(results.includes(Result.RATE_LIMITED));
+  assert.equal(results.filter((r) => r === Result.OK).length, 10, "burst of 2 x rate");
+  assert.equal(
+    ask(core, req({ internalAddr: H2 })).result,
+    Result.OK,
+    "another host is not limited",
+  );
+  now += 2000;
+  assert.equal(ask(core, req({ internalPort: 50000 })).result, Result.OK, "tokens refill");
+});
+
+function setup(over = {}) {
+  const cfg = serverCfg(over);
+  const core = new ServerCore(cfg, { lan: cfg.lan });
+  return { core, cfg };
+}
+
+Deno.test("server: claim 6 translates a:pa -> G:Pg into R:p -> X:px and the reply back", () => {
+  const { core } = setup();
+  const g = ask(core, req());
+  const out = buildUdp({ src: H1, sport: 40000, dst: G, dport: g.gatewayPort, ttl: 64 });
+  assert.equal(core.handlePacket(out), Verdict.MODIFIED);
+  let i = parsed(out);
+  assert.deepEqual([i.src, i.sport, i.dst, i.dport], [g.publicAddr, g.publicPort, P1, 7000]);
+  assert.ok(verifyIpChecksum(out) && verifyL4Checksum(out));
+  const back = buildUdp({ src: P1, sport: 7000, dst: g.publicAddr, dport: g.publicPort });
+  assert.equal(core.handlePacket(back), Verdict.MODIFIED);
+  i = parsed(back);
+  assert.deepEqual([i.src, i.sport, i.dst, i.dport], [G, g.gatewayPort, H1, 40000]);
+  assert.ok(verifyIpChecksum(back) && verifyL4Checksum(back));
+  assert.deepEqual(core.packets, { in: 1, out: 1, hairpin: 0 });
+});
+
+Deno.test("server: TCP translation keeps checksums valid both ways", () => {
+  const { core } = setup();
+  const g = ask(core, req({ proto: IPPROTO_TCP, remotePort: 80 }));
+  const syn = buildTcp({ src: H1, sport: 40000, dst: G, dport: g.gatewayPort });
+  assert.equal(core.handlePacket(syn), Verdict.MODIFIED);
+  assert.ok(verifyIpChecksum(syn) && verifyL4Checksum(syn));
+  const synack = buildTcp({
+    src: P1,
+    sport: 80,
+    dst: g.publicAddr,
+    dport: g.publicPort,
+    flags: 0x12,
+  });
+  assert.equal(core.handlePacket(synack), Verdict.MODIFIED);
+  const i = parsed(synack);
+  assert.deepEqual([i.src, i.sport, i.dst, i.dport], [G, g.gatewayPort, H1, 40000]);
+  assert.ok(verifyL4Checksum(synack));
+});
+
+Deno.test("server: claims 8-10, 22 two hosts share a fixed port, replies told apart by the remote", () => {
+  const { core } = setup({ pool: [R1] });
+  const a = ask(
+    core,
+    req({
+      internalAddr: H1,
+      internalPort: 5060,
+      replaceable: false,
+      remoteAddr: P1,
+      remotePort: 5060,
+    }),
+  );
+  const b = ask(
+    core,
+    req({
+      internalAddr: H2,
+      internalPort: 5060,
+      replaceable: false,
+      remoteAddr: P2,
+      remotePort: 5060,
+    }),
+  );
+  assert.equal(a.result, Result.OK);
+  assert.equal(b.result, Result.OK);
+  assert.deepEqual([a.publicAddr, a.publicPort], [R1, 5060]);
+  assert.deepEqual([b.publicAddr, b.publicPort], [R1, 5060]);
+  assert.ok(b.shared, "second session flagged shared");
+  const fromP2 = buildUdp({ src: P2, sport: 5060, dst: R1, dport: 5060 });
+  const fromP1 = buildUdp({ src: P1, sport: 5060, dst: R1, dport: 5060 });
+  assert.equal(core.handlePacket(fromP2), Verdict.MODIFIED);
+  assert.equal(core.handlePacket(fromP1), Verdict.MODIFIED);
+  assert.equal(parsed(fromP2).dst, H2);
+  assert.equal(parsed(fromP1).dst, H1);
+  // The same fixed port toward the same remote cannot be told apart: refused.
+  const c = ask(
+    core,
+    req({
+      internalAddr: ip("10.0.0.13"),
+      internalPort: 5060,
+      replaceable: false,
+      remoteAddr: P1,
+      remotePort: 5060,
+    }),
+  );
+  assert.equal(c.result, Result.CONFLICT);
+  // An outside peer with no session gets nothing.
+  const stranger = buildUdp({ src: ip("198.51.100.99"), sport: 5060, dst: R1, dport: 5060 });
+  assert.equal(core.handlePacket(stranger), Verdict.DROP);
+  assert.equal(core.drops[11], 1, "counted as no-session");
+});
+
+Deno.test("server: ICMP echo uses the identifier as the port, Pg on the LAN side", () => {
+  const { core } = setup();
+  const g = ask(core, req({ proto: IPPROTO_ICMP, internalPort: 777, remotePort: 0 }));
+  assert.equal(g.result, Result.OK);
+  const ping = buildIcmpEcho({ src: H1, dst: G, id: g.gatewayPort, seq: 1, type: 8 });
+  assert.equal(core.handlePacket(ping), Verdict.MODIFIED);
+  let i = parsed(ping);
+  assert.deepEqual([i.src, i.sport, i.dst], [g.publicAddr, g.publicPort, P1]);
+  assert.ok(verifyL4Checksum(ping));
+  const pong = buildIcmpEcho({ src: P1, dst: g.publicAddr, id: g.publicPort, seq: 1, type: 0 });
+  assert.equal(core.handlePacket(pong), Verdict.MODIFIED);
+  i = parsed(pong);
+  assert.deepEqual([i.src, i.dst, i.dport], [G, H1, g.gatewayPort]);
+  assert.ok(verifyL4Checksum(pong));
+});
+
+Deno.test("server: ICMP errors from outside come back translated with their quoted header (RFC 5508)", () => {
+  const { core } = setup();
+  const g = ask(core, req());
+  const router = ip("203.0.113.254");
+  // What left the gateway: R:p -> X:px. A router reports TTL expiry.
+  const sent = buildUdp({ src: g.publicAddr, sport: g.publicPort, dst: P1, dport: 7000, ttl: 1 });
+  const err = buildIcmpError({
+    src: router,
+    dst: g.publicAddr,
+    type: 11,
+    code: 0,
+    quoted: sent.subarray(0, 28),
+  });
+  assert.equal(core.handlePacket(err), Verdict.MODIFIED);
+  const i = parsed(err);
+  assert.equal(i.src, router, "the reporting router keeps its address");
+  assert.equal(i.dst, H1);
+  assert.deepEqual([i.innerSrc, i.innerSport, i.innerDst, i.innerDport], [
+    H1,
+    40000,
+    G,
+    g.gatewayPort,
+  ]);
+  assert.ok(verifyIpChecksum(err) && verifyL4Checksum(err));
+  // Port unreachable from the peer itself.
+  const unreach = buildIcmpError({
+    src: P1,
+    dst: g.publicAddr,
+    type: 3,
+    code: 3,
+    quoted: sent.subarray(0, 28),
+  });
+  assert.equal(core.handlePacket(unreach), Verdict.MODIFIED);
+  assert.equal(parsed(unreach).innerDport, g.gatewayPort);
+  // An error about a session nobody holds is dropped.
+  const other = buildUdp({ src: g.publicAddr, sport: 9, dst: P1, dport: 9 });
+  const orphan = buildIcmpError({
+    src: router,
+    dst: g.publicAddr,
+    type: 11,
+    code: 0,
+    quoted: other.subarray(0, 28),
+  });
+  assert.equal(core.handlePacket(orphan), Verdict.DROP);
+});
+
+Deno.test("server: an ICMP error from a host about a reply goes out translated", () => {
+  const { core } = setup();
+  const g = ask(core, req());
+  // H1's kernel got G:Pg -> a:pa (the translated reply) and reports port unreachable.
+  const got = buildUdp({ src: G, sport: g.gatewayPort, dst: H1, dport: 40000 });
+  const err = buildIcmpError({ src: H1, dst: G, type: 3, code: 3, quoted: got.subarray(0, 28) });
+  assert.equal(core.handlePacket(err), Verdict.MODIFIED);
+  const i = parsed(err);
+  assert.deepEqual([i.src, i.dst], [g.publicAddr, P1]);
+  assert.deepEqual([i.innerSrc, i.innerSport, i.innerDst, i.innerDport], [
+    P1,
+    7000,
+    g.publicAddr,
+    g.publicPort,
+  ]);
+  assert.ok(verifyL4Checksum(err));
+});
+
+Deno.test("server: hairpinning delivers a host's packet to another host's public pair inside the LAN", () => {
+  const { core } = setup();
+  // Both learn their public pairs, then reserve toward each other's.
+  const a0 = ask(core, req({ internalAddr: H1, internalPort: 40000 }));
+  const b0 = ask(core, req({ internalAddr: H2, internalPort: 41000 }));
+  const a = ask(
+    core,
+    req({
+      internalAddr: H1,
+      internalPort: 40000,
+      remoteAddr: b0.publicAddr,
+      remotePort: b0.publicPort,
+    }),
+  );
+  const b = ask(
+    core,
+    req({
+      internalAddr: H2,
+      internalPort: 41000,
+      remoteAddr: a0.publicAddr,
+      remotePort: a0.publicPort,
+    }),
+  );
+  assert.deepEqual(
+    [a.publicAddr, a.publicPort],
+    [a0.publicAddr, a0.publicPort],
+    "endpoint-independent mapping",
+  );
+  const pkt = buildUdp({ src: H1, sport: 40000, dst: G, dport: a.gatewayPort });
+  assert.equal(core.handlePacket(pkt), Verdict.MODIFIED);
+  const i = parsed(pkt);
+  assert.deepEqual([i.src, i.sport, i.dst, i.dport], [G, b.gatewayPort, H2, 41000]);
+  assert.ok(verifyL4Checksum(pkt));
+  assert.equal(core.packets.hairpin, 1);
+});
+
+Deno.test("server: drops are deliberate and counted: malformed, fragments, TTL, unknown sessions", () => {
+  const { core } = setup();
+  const g = ask(core, req());
+  assert.equal(core.handlePacket(new Uint8Array([0x45, 0, 0])), Verdict.DROP);
+  const frag = buildUdp({ src: P1, sport: 7000, dst: g.publicAddr, dport: g.publicPort });
+  frag[6] = 0x20; // MF
+  assert.equal(core.handlePacket(frag), Verdict.DROP);
+  const ttl1 = buildUdp({ src: H1, sport: 40000, dst: G, dport: g.gatewayPort, ttl: 1 });
+  assert.equal(core.handlePacket(ttl1), Verdict.DROP);
+  const wrongPort = buildUdp({ src: H1, sport: 40001, dst: G, dport: g.gatewayPort });
+  assert.equal(core.handlePacket(wrongPort), Verdict.DROP);
+  // TCP/UDP to an unknown Pg pass to the kernel, which answers from G (the driver learns the session is gone).
+  const unknown = buildUdp({ src: H2, sport: 40000, dst: G, dport: 61000 });
+  assert.equal(core.handlePacket(unknown), Verdict.ACCEPT);
+  const st = core.status();
+  assert.equal(st.drops["truncated"], 1);
+  assert.equal(st.drops["fragment"], 1);
+  assert.equal(st.drops["ttl-exceeded"], 1);
+  assert.equal(st.drops["peer-mismatch"], 1);
+  assert.equal(st.drops["not-ours"], 1);
+  // A ping of the gateway itself is the kernel's to answer.
+  const ping = buildIcmpEcho({ src: H2, dst: G, id: 0x1234, seq: 1, type: 8 });
+  assert.equal(core.handlePacket(ping), Verdict.ACCEPT);
+  assert.equal(st.sessions, 1);
+  assert.equal(
+    st.shown[0]?.public,
+    `${[203, 0, 113, g.publicAddr & 255].join(".")}:${g.publicPort}`,
+  );
+});
+
+Deno.test("server: sessions expire with the injected clock", () => {
+  let now = 5_000_000;
+  const cfg = serverCfg();
+  const core = new ServerCore(cfg, { lan: cfg.lan, now: () => now });
+  const g = ask(core, req());
+  assert.equal(core.expire(), 0);
+  now += g.lifetime * 1000 + 1;
+  assert.equal(core.expire(), 1);
+  assert.equal(core.table.size, 0);
+  const late = buildUdp({ src: P1, sport: 7000, dst: g.publicAddr, dport: g.publicPort });
+  assert.equal(core.handlePacket(late), Verdict.DROP);
+});
+
+Deno.test("server: a flood of garbage from many LAN sources cannot lock hosts out for good", () => {
+  let now = 9_000_000;
+  const cfg = serverCfg({ lan: { addr: ip("10.0.0.0"), len: 8 } });
+  const core = new ServerCore(cfg, { lan: cfg.lan, now: () => now });
+  for (let i = 0; i < 70_000; i++) {
+    core.handleControl(new Uint8Array([1, 2, 3, 4]), (ip("10.1.0.0") + i) >>> 0);
+  }
+  now += 10_000;
+  core.sweepRateLimits();
+  assert.equal(
+    ask(core, req({ internalAddr: H2 })).result,
+    Result.OK,
+    "a new host is served after the sweep",
+  );
+});
+
+Deno.test("server: state-file records are checked before they are restored", () => {
+  const cfg = serverCfg();
+  const core = new ServerCore(cfg, { lan: cfg.lan });
+  ask(core, req());
+  const [rec] = [...core.table.entries()];
+  assert.ok(rec && isSessionRecord(rec), "a real record passes");
+  for (
+    const bad of [
+      null,
+      7,
+      { ...rec, a: "10.0.0.11" },
+      { ...rec, proto: 47 },
+      { ...rec, p: 70000 },
+      { ...rec, shared: 1 },
+    ]
+  ) {
+    assert.equal(isSessionRecord(bad), false, JSON.stringify(bad));
+  }
+});
