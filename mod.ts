@@ -18,7 +18,8 @@
  * @module
  */
 
-export { main, VERSION } from "./src/cli/main.ts";
+export { main } from "./src/cli/main.ts";
+export { VERSION } from "./src/version.ts";
 export * from "./src/wire/addr.ts";
 export { Result, resultName } from "./src/control/result.ts";
 

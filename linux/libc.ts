@@ -164,6 +164,16 @@ export const ENOENT = 2;
 export const EBUSY = 16;
 /** No buffer space available (netlink receive queue overflowed). */
 export const ENOBUFS = 105;
+/** File exists (netlink: the object or element is already there). */
+export const EEXIST = 17;
+/** Invalid argument. */
+export const EINVAL = 22;
+/** Message too long (netlink: the datagram exceeds the send buffer). */
+export const EMSGSIZE = 90;
+/** Operation not supported (netlink: message type unknown to this kernel). */
+export const EOPNOTSUPP = 95;
+/** Connection timed out (dpm: the kernel did not answer in time). */
+export const ETIMEDOUT = 110;
 
 // Socket constants (linux/socket.h, linux/in.h, asm-generic/socket.h).
 /** `AF_INET` */
@@ -184,6 +194,10 @@ export const SOL_SOCKET = 1;
 export const SO_SNDBUF = 7;
 /** `SO_RCVBUF` */
 export const SO_RCVBUF = 8;
+/** `SO_RCVTIMEO` (`SO_RCVTIMEO_OLD`: a `struct timeval` of two 64-bit longs on LP64). */
+export const SO_RCVTIMEO = 20;
+/** `SO_SNDTIMEO` (`SO_SNDTIMEO_OLD`, same layout as {@linkcode SO_RCVTIMEO}). */
+export const SO_SNDTIMEO = 21;
 /** `SO_SNDBUFFORCE`: like SO_SNDBUF, past `wmem_max` (CAP_NET_ADMIN). */
 export const SO_SNDBUFFORCE = 32;
 /** `SO_RCVBUFFORCE`: like SO_RCVBUF, past `rmem_max` (CAP_NET_ADMIN). */

@@ -43,6 +43,7 @@
  * @module
  */
 
+import { Meta, Verdict } from "../src/wire/meta.ts";
 import {
   addressOf,
   AF_NETLINK,
@@ -80,22 +81,6 @@ export const VERDICT_DROP = 0;
 /** `NF_ACCEPT`: let the packet continue through the stack. */
 export const VERDICT_ACCEPT = 1;
 
-/** What a packet handler decided. */
-export const Handled = {
-  /** Discard the packet. */
-  DROP: 0,
-  /** Let the packet continue unchanged. */
-  ACCEPT: 1,
-  /** The handler rewrote bytes in place (same length): accept the new bytes. */
-  MODIFIED: 2,
-  /**
-   * No verdict now: the handler copied what it needs and will call
-   * {@linkcode NfQueue.verdict} later. The bytes passed to the handler are
-   * reused by the next read.
-   */
-  HOLD: 3,
-} as const;
-
 /** Options of {@linkcode NfQueue.open}. */
 export interface NfQueueOptions {
   /** The queue number, as in `NFQUEUE --queue-num N` (0-65535). */
@@ -123,7 +108,7 @@ export interface NfQueueOptions {
    * `NFQA_CFG_F_GSO`: queue GSO/GRO super-packets whole (up to 64 KB) instead
    * of having the kernel segment them to MTU size first, and leave partial
    * checksums as they are. The handler then gets `NFQA_SKB_INFO` bits
-   * ({@link SKB_INFO_CSUM_NOT_READY}, {@link SKB_INFO_GSO}) and must keep
+   * ({@link Meta.PARTIAL_CHECKSUM}, {@link Meta.GSO}) and must keep
    * such packets' checksums right itself when it rewrites them.
    * @default {true}
    */
@@ -143,21 +128,11 @@ export interface NfQueueOptions {
 }
 
 /**
- * `NFQA_SKB_INFO` bit: the packet is CHECKSUM_PARTIAL (its TCP/UDP checksum
- * field holds only the pseudo-header sum). Only seen with `gso: true`.
- */
-export const SKB_INFO_CSUM_NOT_READY = 1;
-/** `NFQA_SKB_INFO` bit: the packet is a GSO/GRO super-packet. Only seen with `gso: true`. */
-export const SKB_INFO_GSO = 2;
-/** `NFQA_SKB_INFO` bit: the packet's checksum was not verified by the device (informational). */
-export const SKB_INFO_CSUM_NOT_VERIFIED = 4;
-
-/**
  * Decides one packet. `pkt` is a view into a reused buffer (the IPv4 packet
  * from its first header byte); `id` is the kernel's packet id; `hook` the
  * netfilter hook (0 PREROUTING, 1 INPUT, 2 FORWARD, 3 OUTPUT, 4 POSTROUTING);
  * `skbInfo` the `NFQA_SKB_INFO` bits (`SKB_INFO_*`, 0 when absent).
- * Returns one of {@linkcode Handled}.
+ * Returns one of {@linkcode Verdict}.
  */
 export type PacketHandler = (
   pkt: Uint8Array,
@@ -275,7 +250,7 @@ function idAfter(a: number, b: number): boolean {
  * ```ts ignore
  * using q = NfQueue.open({ queue: 0 });
  * while (running) {
- *   if (await q.wait(1000)) q.drain((pkt) => Handled.ACCEPT);
+ *   if (await q.wait(1000)) q.drain((pkt) => Verdict.ACCEPT);
  * }
  * ```
  */
@@ -717,7 +692,7 @@ export class NfQueue {
     }
     const truncated = capLen > payLen;
     this.stats.packets++;
-    if (skbInfo & SKB_INFO_GSO) this.stats.gso++;
+    if (skbInfo & Meta.GSO) this.stats.gso++;
     let r: number;
     try {
       r = handler(this.#rx.subarray(payOff, payOff + payLen), id, hook, skbInfo);
@@ -725,10 +700,10 @@ export class NfQueue {
       // Keep deciding the other packets; drain() rethrows afterwards.
       this.stats.errors++;
       this.#thrown ??= e;
-      r = Handled.DROP;
+      r = Verdict.DROP;
     }
     switch (r) {
-      case Handled.ACCEPT:
+      case Verdict.ACCEPT:
         if (this.#held.size === 0 || !idAfter(id, this.#oldestHeld)) {
           if (!this.#runOpen || idAfter(id, this.#runMax)) this.#runMax = id;
           this.#runOpen = true;
@@ -738,7 +713,7 @@ export class NfQueue {
           this.#emit(NFQNL_MSG_VERDICT, id, VERDICT_ACCEPT, 0, 0);
         }
         break;
-      case Handled.MODIFIED:
+      case Verdict.MODIFIED:
         if (truncated) {
           // Only part of the packet is here: its payload verdict would cut it.
           // (IPv4 GSO/GRO packets stop at 64 KB; only a 65532-65535 byte one,
@@ -750,7 +725,7 @@ export class NfQueue {
           this.#emit(NFQNL_MSG_VERDICT, id, VERDICT_ACCEPT, this.#rxAddr + payOff, payLen);
         }
         break;
-      case Handled.HOLD:
+      case Verdict.HOLD:
         this.#closeRun();
         if (this.#held.size === 0 || idAfter(this.#oldestHeld, id)) this.#oldestHeld = id;
         this.#held.add(id);

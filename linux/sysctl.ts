@@ -122,3 +122,23 @@ export async function recoverSysctls(journal: string): Promise<number> {
   await Deno.remove(journal).catch(() => {});
   return n;
 }
+
+/**
+ * The kernel applies max(all, interface) for rp_filter, so turning it off
+ * for dpm's two interfaces means setting `all` to 0. To leave every other
+ * interface (and ones created later, via `default`) filtering exactly as
+ * before, each gets max(old all, its own) explicitly. Restored on exit.
+ */
+export async function keepReversePathFilter(except: string[]): Promise<Record<string, string>> {
+  const all = Number(await readSysctl("net.ipv4.conf.all.rp_filter"));
+  const out: Record<string, string> = {};
+  if (!(all > 0)) return out;
+  for await (const e of Deno.readDir("/proc/sys/net/ipv4/conf")) {
+    if (e.name === "all" || e.name === "lo" || except.includes(e.name)) continue;
+    if (!/^[A-Za-z0-9_.-]+$/.test(e.name)) continue; // not expressible as a sysctl name
+    const name = `net.ipv4.conf.${e.name.replaceAll(".", "/")}.rp_filter`;
+    const own = Number(await readSysctl(name));
+    if (own < all) out[name] = String(all);
+  }
+  return out;
+}

@@ -36,6 +36,10 @@ export interface ServerConfig {
   /** Masquerade hosts without a driver behind the WAN address. */
   masquerade: boolean;
   queue: number;
+  /** `kernel` (nftables maps + conntrack translate) or `queue` (dpm translates every packet). */
+  datapath: "kernel" | "queue";
+  /** Remove everything a previous run left in the kernel (kernel path), then exit. */
+  cleanup: boolean;
   logLevel: "error" | "warn" | "info" | "debug";
 }
 
@@ -50,6 +54,10 @@ export interface DriverConfig {
   /** When false the driver touches no kernel state: it only answers `dpm query` (and reserves on request). */
   intercept: boolean;
   queue: number;
+  /** `kernel` (an nftables map + conntrack translate) or `queue` (dpm translates every packet). */
+  datapath: "kernel" | "queue";
+  /** Remove everything a previous run left in the kernel (kernel path), then exit. */
+  cleanup: boolean;
   logLevel: "error" | "warn" | "info" | "debug";
 }
 
@@ -147,6 +155,10 @@ export const serverSchema = z.strictObject({
   "add-pool-addresses": bool.default(false),
   masquerade: bool.default(true),
   queue: int("--queue", 0, 65535).default(0),
+  datapath: z.enum(["kernel", "queue"], {
+    error: (i) => `Invalid --datapath "${String(i.input)}": want kernel or queue`,
+  }).default("kernel"),
+  cleanup: bool.default(false),
   "log-level": level.default("info"),
 });
 
@@ -181,6 +193,10 @@ export const driverSchema = z.strictObject({
   socket: z.string().min(1).default("/run/dpm/driver.sock"),
   intercept: bool.default(true),
   queue: int("--queue", 0, 65535).default(1),
+  datapath: z.enum(["kernel", "queue"], {
+    error: (i) => `Invalid --datapath "${String(i.input)}": want kernel or queue`,
+  }).default("kernel"),
+  cleanup: bool.default(false),
   "log-level": level.default("info"),
 });
 
@@ -255,6 +271,8 @@ export function serverConfig(raw: Record<string, unknown>): ServerConfig {
     addPoolAddresses: v["add-pool-addresses"],
     masquerade: v.masquerade,
     queue: v.queue,
+    datapath: v.datapath,
+    cleanup: v.cleanup,
     logLevel: v["log-level"],
   };
 }
@@ -273,6 +291,8 @@ export function driverConfig(raw: Record<string, unknown>): DriverConfig {
     socket: v.socket,
     intercept: v.intercept,
     queue: v.queue,
+    datapath: v.datapath,
+    cleanup: v.cleanup,
     logLevel: v["log-level"],
   };
 }

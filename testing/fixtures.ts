@@ -6,7 +6,8 @@
 
 import { parseIPv4 } from "../src/wire/addr.ts";
 import type { DriverConfig, ServerConfig } from "../src/config.ts";
-import type { ControlTransport, HeldVerdicts, RawSender } from "../src/driver/core.ts";
+import type { ControlTransport } from "../src/driver/core.ts";
+import { FakePacketIO } from "../src/datapath/fake.ts";
 import {
   decodeRequest,
   decodeResponse,
@@ -52,6 +53,8 @@ export function serverCfg(over: Partial<ServerConfig> = {}): ServerConfig {
     addPoolAddresses: false,
     masquerade: true,
     queue: 0,
+    datapath: "queue",
+    cleanup: false,
     logLevel: "error",
     ...over,
   };
@@ -68,6 +71,8 @@ export function driverCfg(over: Partial<DriverConfig> = {}): DriverConfig {
     socket: "/nonexistent",
     intercept: true,
     queue: 1,
+    datapath: "queue",
+    cleanup: false,
     logLevel: "error",
     ...over,
   };
@@ -95,25 +100,8 @@ export class Pipe implements ControlTransport {
   }
 }
 
-/** Records the verdicts the driver gives for held packets. */
-export class Verdicts implements HeldVerdicts {
-  given: { id: number; verdict: number; payload?: Uint8Array }[] = [];
-  flushes = 0;
-  verdict(id: number, verdict: number, payload?: Uint8Array): void {
-    this.given.push(payload ? { id, verdict, payload: payload.slice() } : { id, verdict });
-  }
-  flush(): void {
-    this.flushes++;
-  }
-}
-
-/** Records raw packets the driver injects. */
-export class RawLog implements RawSender {
-  sent: { pkt: Uint8Array; dst: number }[] = [];
-  send(pkt: Uint8Array, len: number, dst: number): void {
-    this.sent.push({ pkt: pkt.slice(0, len), dst });
-  }
-}
+/** The driver's packet I/O, recorded (verdicts in `given`, raw packets in `sent`). */
+export { FakePacketIO };
 
 /** Lets pending promise callbacks run. */
 export function settle(): Promise<void> {

@@ -21,7 +21,8 @@
  * @module
  */
 
-import { Handled, NfQueue, VERDICT_ACCEPT } from "../linux/nfqueue.ts";
+import { NfQueue, VERDICT_ACCEPT } from "../linux/nfqueue.ts";
+import { Verdict as Handled } from "../src/wire/meta.ts";
 
 const queue = Number(Deno.args[0] ?? "0");
 const mode = Deno.args[1] ?? "accept";

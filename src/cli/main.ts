@@ -12,10 +12,11 @@ import { ConfigError, driverConfig, readConfigFile, serverConfig } from "../conf
 import { formatIPv4, parseAddrPort } from "../wire/addr.ts";
 import { requestLocal } from "../operator/socket.ts";
 import { setLevel } from "../runtime/log.ts";
+import { VERSION } from "../version.ts";
+import type { DriverStatusReply, QueryReply, StatusReply } from "../operator/types.ts";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP } from "../wire/packet.ts";
 
 /** dpm's version, printed by `dpm --version`. */
-export const VERSION = "0.1.0";
 
 const USAGE_MAIN = `dpm ${VERSION} — cooperative NAT (dynamic port management) for Linux
 
@@ -48,6 +49,9 @@ Data plane (both interfaces enable it; needs root):
   --add-pool-addresses         add the pool addresses to --wan-if (removed on exit)
   --no-masquerade              do not masquerade hosts that run no driver
   --queue <n>                  netfilter queue number (default 0)
+  --datapath <kernel|queue>    kernel: nftables maps and conntrack translate (default);
+                               queue: dpm translates every packet in user space
+  --cleanup                    remove what a previous run left translating (kernel path), exit
 Other:
   --config <file>              JSON file with any of the above (long names as keys); flags win
   --log-level <level>          error|warn|info|debug (default info)
@@ -61,6 +65,8 @@ Other:
   --socket <path>              socket for dpm query (default /run/dpm/driver.sock)
   --no-intercept               touch no kernel state: only answer dpm query (--reserve reserves)
   --queue <n>                  netfilter queue number (default 1)
+  --datapath <kernel|queue>    kernel (default) or queue, as on the server
+  --cleanup                    remove what a previous run left translating (kernel path), exit
   --config <file>              JSON file with any of the above; flags win
   --log-level <level>          error|warn|info|debug (default info)
 `,
@@ -107,6 +113,8 @@ const SERVER_FLAGS: FlagSpec = {
   "add-pool-addresses": { type: "boolean" },
   "no-masquerade": { type: "boolean" },
   queue: { type: "string" },
+  datapath: { type: "string" },
+  cleanup: { type: "boolean" },
   config: { type: "string" },
   "log-level": { type: "string" },
   help: { type: "boolean" },
@@ -120,6 +128,8 @@ const DRIVER_FLAGS: FlagSpec = {
   socket: { type: "string" },
   "no-intercept": { type: "boolean" },
   queue: { type: "string" },
+  datapath: { type: "string" },
+  cleanup: { type: "boolean" },
   config: { type: "string" },
   "log-level": { type: "string" },
   help: { type: "boolean" },
@@ -203,7 +213,7 @@ async function runServerCommand(args: string[]): Promise<number> {
   if (positionals.length) throw new UsageError(`Unexpected argument "${positionals[0]}"`, "server");
   const cfg = serverConfig(await mergeSettings(values, { "no-masquerade": "masquerade" }));
   setLevel(cfg.logLevel);
-  const { runServer } = await import("../server/core.ts");
+  const { runServer } = await import("../server/run.ts");
   return await runServer(cfg);
 }
 
@@ -213,7 +223,7 @@ async function runDriverCommand(args: string[]): Promise<number> {
   if (positionals.length) throw new UsageError(`Unexpected argument "${positionals[0]}"`, "driver");
   const cfg = driverConfig(await mergeSettings(values, { "no-intercept": "intercept" }));
   setLevel(cfg.logLevel);
-  const { runDriver } = await import("../driver/core.ts");
+  const { runDriver } = await import("../driver/run.ts");
   return await runDriver(cfg);
 }
 
@@ -280,46 +290,6 @@ async function runQueryCommand(args: string[]): Promise<number> {
   return res.result === "ok" ? 0 : 1;
 }
 
-/** The driver's answer to a query (see driver.ts). */
-export interface QueryReply {
-  result: string;
-  public?: string;
-  gatewayPort?: number;
-  replaced?: boolean;
-  shared?: boolean;
-  expiresIn?: number;
-  error?: string;
-}
-
-/** The server's answer to a status request (see server.ts). */
-export interface StatusReply {
-  error?: string;
-  version: string;
-  epoch: number;
-  uptime: number;
-  lanAddr: string;
-  pool: string[];
-  dataPath: boolean;
-  sessions: number;
-  shown: SessionView[];
-  results: Record<string, number>;
-  drops: Record<string, number>;
-  packets: { in: number; out: number; hairpin: number };
-}
-
-/** One table row as the status shows it. */
-export interface SessionView {
-  proto: string;
-  internal: string;
-  gatewayPort: number;
-  public: string;
-  remote: string;
-  expiresIn: number;
-  flags: string;
-  packetsOut: number;
-  packetsIn: number;
-}
-
 /** Renders the status for a terminal. */
 export function formatStatus(s: StatusReply): string {
   if (s.error) return `error: ${s.error}`;
@@ -350,15 +320,6 @@ export function formatStatus(s: StatusReply): string {
     Object.entries(o).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(", ") || "none";
   lines.push("", `control results: ${nz(s.results)}`, `drops: ${nz(s.drops)}`);
   return lines.join("\n");
-}
-
-/** The driver's status reply (see driver.ts DriverStatus). */
-export interface DriverStatusReply {
-  role: "driver";
-  server: string;
-  epoch: number | null;
-  stats: Record<string, unknown>;
-  sessions: Record<string, unknown>[];
 }
 
 /** Renders a driver's status for a terminal. */

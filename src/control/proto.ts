@@ -27,7 +27,7 @@ import { Result } from "./result.ts";
 /** The first two bytes of every message: ASCII "DP". */
 export const MAGIC = 0x4450;
 /** The only (and highest) protocol version this code speaks. */
-export const VERSION = 1;
+export const PROTOCOL_VERSION = 1;
 /** Length of every request, whatever its opcode. */
 export const REQUEST_LEN = 32;
 /** Length of every response, whatever its opcode and result. */
@@ -263,7 +263,7 @@ export function encodeRequest(r: Request, out?: Uint8Array): Uint8Array {
   const m = _out(REQUEST_LEN, out);
   const v = _view(m);
   v.setUint16(Req.MAGIC, MAGIC);
-  v.setUint8(Req.VERSION, VERSION);
+  v.setUint8(Req.VERSION, PROTOCOL_VERSION);
   v.setUint8(Req.OPCODE, r.op);
   m.set(r.nonce, Req.NONCE);
   v.setUint8(Req.PROTO, r.proto);
@@ -306,7 +306,7 @@ export function encodeResponse(r: Response, out?: Uint8Array): Uint8Array {
   const m = _out(RESPONSE_LEN, out);
   const v = _view(m);
   v.setUint16(Res.MAGIC, MAGIC);
-  v.setUint8(Res.VERSION, VERSION);
+  v.setUint8(Res.VERSION, PROTOCOL_VERSION);
   v.setUint8(Res.OPCODE, r.op | RESPONSE_BIT);
   m.set(r.nonce, Res.NONCE);
   v.setUint8(Res.RESULT, r.result);
@@ -360,7 +360,7 @@ function _header(b: Uint8Array): { silent: boolean; result: number; reason: stri
     };
   }
   const version = b[2]!;
-  if (version !== VERSION) {
+  if (version !== PROTOCOL_VERSION) {
     return {
       silent: false,
       result: Result.UNSUPPORTED_VERSION,
@@ -447,7 +447,7 @@ export function decodeRequest(b: Uint8Array): DecodeRequestResult {
  * Parses and validates a response from untrusted bytes. Never throws.
  *
  * Rejects: length other than {@link RESPONSE_LEN}, bad magic, a version other
- * than {@link VERSION}, a clear response bit, non-zero reserved bits, and an
+ * than {@link PROTOCOL_VERSION}, a clear response bit, non-zero reserved bits, and an
  * error response that carries a grant. Unknown opcodes and result codes are
  * accepted (a server answers an unknown opcode with UNSUPPORTED_OPCODE, and
  * result codes are only ever appended).
@@ -461,7 +461,7 @@ export function decodeResponse(b: Uint8Array): DecodeResponseResult {
   const magic = v.getUint16(Res.MAGIC);
   if (magic !== MAGIC) return { ok: false, reason: `bad magic ${_hex(magic, 4)}` };
   const version = v.getUint8(Res.VERSION);
-  if (version !== VERSION) return { ok: false, reason: `unsupported version ${version}` };
+  if (version !== PROTOCOL_VERSION) return { ok: false, reason: `unsupported version ${version}` };
   const opcode = v.getUint8(Res.OPCODE);
   if ((opcode & RESPONSE_BIT) === 0) {
     return { ok: false, reason: `opcode ${_hex(opcode, 2)} is not a response` };
@@ -508,7 +508,7 @@ export function decodeResponse(b: Uint8Array): DecodeResponseResult {
  * magic, or the response bit set (never answer garbage or a response, so the
  * server cannot be used to amplify or to loop).
  *
- * The reply is always version {@link VERSION} (for UNSUPPORTED_VERSION that
+ * The reply is always version {@link PROTOCOL_VERSION} (for UNSUPPORTED_VERSION that
  * tells the client the highest version spoken). It echoes the opcode and, when
  * present, the nonce; for a full-length version-1 message it also echoes the
  * protocol, addresses and ports. Grant fields are zero.
@@ -530,7 +530,7 @@ export function errorResponseFor(
   const m = new Uint8Array(RESPONSE_LEN);
   const v = _view(m);
   v.setUint16(Res.MAGIC, MAGIC);
-  v.setUint8(Res.VERSION, VERSION);
+  v.setUint8(Res.VERSION, PROTOCOL_VERSION);
   v.setUint8(Res.OPCODE, b[Req.OPCODE]! | RESPONSE_BIT);
   if (b.length >= Req.NONCE + NONCE_LEN) {
     m.set(b.subarray(Req.NONCE, Req.NONCE + NONCE_LEN), Res.NONCE);

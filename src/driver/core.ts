@@ -26,11 +26,10 @@
  * @module
  */
 
-import { type Cidr, cidrContains, formatCidr, formatIPv4, parseAddrPort } from "../wire/addr.ts";
+import { type Cidr, cidrContains, formatIPv4, parseAddrPort } from "../wire/addr.ts";
 import type { DriverConfig } from "../config.ts";
-import { ControlClient, ControlTimeout } from "../control/client.ts";
+import { ControlTimeout } from "../control/client.ts";
 import { logger } from "../runtime/log.ts";
-import { Cleanup, untilStopped } from "../runtime/cleanup.ts";
 import { newNonce, Op, type Request, type Response } from "../control/proto.ts";
 import { Result, resultName } from "../control/result.ts";
 import {
@@ -39,41 +38,29 @@ import {
   DROP_NAMES,
   IPPROTO_ICMP,
   IPPROTO_TCP,
-  IPPROTO_UDP,
   PacketInfo,
   parse,
 } from "../wire/packet.ts";
 import { rewrite, rewriteIcmpError } from "../wire/rewrite.ts";
-import { serveLocal } from "../operator/socket.ts";
-import type { QueryReply } from "../cli/main.ts";
+import {
+  type DriverDataPath,
+  hostKey,
+  type HostSessionKey,
+  type PacketIO,
+} from "../datapath/datapath.ts";
+import { protoName, protoNumber, Verdict } from "../wire/meta.ts";
+import type { DriverStatusReply, QueryReply } from "../operator/types.ts";
 import { buildIcmpError } from "../wire/icmp.ts";
 
 const log = logger("driver");
 
-/** Verdicts of the driver's packet handler (same numbers as ffi/nfqueue.ts Handled). */
-export const DriverVerdict = { DROP: 0, ACCEPT: 1, MODIFIED: 2, HOLD: 3 } as const;
-
 /** Session states on the host. */
 export const State = { PENDING: 0, ACTIVE: 1, REFUSED: 2, BYPASS: 3 } as const;
 
-const PROTO_BY_NAME: Record<string, number> = {
-  tcp: IPPROTO_TCP,
-  udp: IPPROTO_UDP,
-  icmp: IPPROTO_ICMP,
-};
 const MAX_HELD_PER_SESSION = 64;
 const MAX_HELD_TOTAL = 8192;
 /** How long a refusal or a bypass is remembered for a session that stays quiet. */
 const NEGATIVE_IDLE_MS = 30_000;
-
-/** The driver's answer to `dpm status --driver`. */
-export interface DriverStatus {
-  role: "driver";
-  server: string;
-  epoch: number | null;
-  stats: Record<string, unknown>;
-  sessions: Record<string, unknown>[];
-}
 
 /** One session as the host knows it. */
 export interface HostSession {
@@ -107,6 +94,10 @@ export interface HostSession {
   renewing: boolean;
   /** Removed from the driver's indexes: late answers about it are not applied. */
   deleted: boolean;
+  /** The gateway port the data path was told about (sessionUp), 0 when none. */
+  programmed: number;
+  /** Kernel packet count at the last activity poll (kernel path). */
+  kernelPackets: number;
 }
 
 /** How the driver reaches the server: ControlClient over UDP, or an in-memory pipe in tests. */
@@ -114,17 +105,6 @@ export interface ControlTransport {
   /** Resolves with the server's answer; rejects with ControlTimeout when it never comes. */
   request(req: Request): Promise<Response>;
   readonly stats?: Record<string, number>;
-}
-
-/** Packet I/O the driver needs from the queue (a seam for tests). */
-export interface HeldVerdicts {
-  verdict(id: number, verdict: number, payload?: Uint8Array): void;
-  flush(): void;
-}
-
-/** Sends raw IPv4 packets (for the ICMP refusal); a seam for tests. */
-export interface RawSender {
-  send(pkt: Uint8Array, len: number, dst: number): void;
 }
 
 /** Options of the driver core. */
@@ -158,8 +138,8 @@ export class DriverCore {
   #skbInfo = 0;
   #heldTotal = 0;
   #epoch: number | null = null;
-  queue: HeldVerdicts | null = null;
-  raw: RawSender | null = null;
+  #io: PacketIO | null = null;
+  #dp: DriverDataPath | null = null;
   readonly drops = new Float64Array(DROP_COUNT);
   readonly counters = {
     out: 0,
@@ -170,6 +150,7 @@ export class DriverCore {
     released: 0,
     epochChanges: 0,
     bypassed: 0,
+    adopted: 0,
   };
 
   constructor(cfg: DriverConfig, client: ControlTransport, opts: DriverCoreOptions) {
@@ -189,26 +170,27 @@ export class DriverCore {
 
   // Outbound index: level 1 by remote (x, px) — 48 bits; level 2 by (proto, a, pa) — 50 bits.
   #get(proto: number, a: number, pa: number, x: number, px: number): HostSession | undefined {
-    return this.#out.get(x * 65536 + px)?.get(protoIdx(proto) * 2 ** 48 + a * 65536 + pa);
+    return this.#out.get(x * 65536 + px)?.get(hostKey(proto, a, pa));
   }
 
   #put(s: HostSession): void {
     const k1 = s.x * 65536 + s.px;
     let m = this.#out.get(k1);
     if (!m) this.#out.set(k1, m = new Map());
-    m.set(protoIdx(s.proto) * 2 ** 48 + s.a * 65536 + s.pa, s);
+    m.set(hostKey(s.proto, s.a, s.pa), s);
   }
 
   #delete(s: HostSession): void {
     s.deleted = true;
+    this.#unprogram(s);
     const k1 = s.x * 65536 + s.px;
     const m = this.#out.get(k1);
     if (m) {
-      m.delete(protoIdx(s.proto) * 2 ** 48 + s.a * 65536 + s.pa);
+      m.delete(hostKey(s.proto, s.a, s.pa));
       if (m.size === 0) this.#out.delete(k1);
     }
-    if (s.pg && this.#byPg.get(pgKey(s.proto, s.a, s.pg)) === s) {
-      this.#byPg.delete(pgKey(s.proto, s.a, s.pg));
+    if (s.pg && this.#byPg.get(hostKey(s.proto, s.a, s.pg)) === s) {
+      this.#byPg.delete(hostKey(s.proto, s.a, s.pg));
     }
   }
 
@@ -219,7 +201,7 @@ export class DriverCore {
 
   /**
    * Handles one queued packet; `outbound` is true for raw OUTPUT. Returns a
-   * DriverVerdict; HOLD means the driver keeps a copy and gives the verdict later.
+   * Verdict; HOLD means the driver keeps a copy and gives the verdict later.
    * `skbInfo`: the queue's `NFQA_SKB_INFO` bits (CHECKSUM_PARTIAL, GSO; see
    * `rewrite`), kept with a held copy.
    */
@@ -232,7 +214,7 @@ export class DriverCore {
       if (this.drops[Drop.INTERNAL_ERROR]!++ < 10) {
         log.error(`handling a packet: ${(e as Error).stack ?? e}`);
       }
-      return DriverVerdict.ACCEPT;
+      return Verdict.ACCEPT;
     }
   }
 
@@ -242,7 +224,7 @@ export class DriverCore {
     if (bad !== Drop.NONE) {
       // Not something dpm translates; the host's own stack decides.
       this.drops[bad]!++;
-      return DriverVerdict.ACCEPT;
+      return Verdict.ACCEPT;
     }
     return outbound ? this.#outbound(pkt, id, info) : this.#inbound(pkt, info);
   }
@@ -258,7 +240,7 @@ export class DriverCore {
         info.innerSrc,
         info.innerSport,
       );
-      if (!s || s.state !== State.ACTIVE) return DriverVerdict.ACCEPT;
+      if (!s || s.state !== State.ACTIVE) return Verdict.ACCEPT;
       const icmp = s.proto === IPPROTO_ICMP;
       rewriteIcmpError(
         pkt,
@@ -271,9 +253,9 @@ export class DriverCore {
         icmp ? s.pg : s.pa,
         this.#skbInfo,
       );
-      return DriverVerdict.MODIFIED;
+      return Verdict.MODIFIED;
     }
-    if (cidrContains(this.#lan, info.dst)) return DriverVerdict.ACCEPT;
+    if (cidrContains(this.#lan, info.dst)) return Verdict.ACCEPT;
     const icmp = info.proto === IPPROTO_ICMP;
     let s = this.#get(info.proto, info.src, info.sport, info.dst, info.dport);
     const now = this.now();
@@ -282,19 +264,24 @@ export class DriverCore {
       switch (s.state) {
         case State.ACTIVE:
           s.busy = true;
+          if (this.#dp?.kernelTranslates(s.proto)) {
+            // A new conntrack of a session the kernel already translates (the
+            // previous one expired, or a retransmitted SYN): its nat chain does it.
+            return Verdict.ACCEPT;
+          }
           if (info.proto === IPPROTO_TCP) s.closing = tcpClose(pkt, info, s.closing, CLOSE_FIN_OUT);
           rewrite(pkt, info, info.src, icmp ? s.pg : info.sport, g, icmp ? 0 : s.pg, this.#skbInfo);
           this.counters.out++;
-          return DriverVerdict.MODIFIED;
+          return Verdict.MODIFIED;
         case State.PENDING:
           return this.#hold(s, pkt, id);
         case State.REFUSED:
           this.drops[Drop.REFUSED]!++;
           this.#refuse(pkt, info);
-          return DriverVerdict.DROP;
+          return Verdict.DROP;
         default:
           this.counters.bypassed++;
-          return DriverVerdict.ACCEPT;
+          return Verdict.ACCEPT;
       }
     }
     s = this.#newSession(info.proto, info.src, info.sport, info.dst, info.dport, now);
@@ -307,36 +294,36 @@ export class DriverCore {
     const g = this.#cfg.server;
     if (info.icmpError) {
       // Quoted: a:pa -> G:Pg as it crossed the LAN (ICMP echo: a, id Pg -> G).
-      if (info.innerDst !== g) return DriverVerdict.ACCEPT;
+      if (info.innerDst !== g) return Verdict.ACCEPT;
       const icmp = info.innerProto === IPPROTO_ICMP;
       const s = this.#byPg.get(
-        pgKey(info.innerProto, info.innerSrc, icmp ? info.innerSport : info.innerDport),
+        hostKey(info.innerProto, info.innerSrc, icmp ? info.innerSport : info.innerDport),
       );
-      if (!s || (!icmp && s.pa !== info.innerSport)) return DriverVerdict.ACCEPT;
+      if (!s || (!icmp && s.pa !== info.innerSport)) return Verdict.ACCEPT;
       if (info.src === g && info.icmpType === 3) {
         // The gateway itself says nothing listens on G:Pg: the server lost the session.
         log.info(`server forgot ${describe(s)}; reserving again`);
         this.#reserveAgain(s);
         this.drops[Drop.NO_SESSION]!++;
-        return DriverVerdict.DROP;
+        return Verdict.DROP;
       }
       rewriteIcmpError(pkt, info, info.src, s.a, s.a, s.pa, s.x, s.px, this.#skbInfo);
       this.counters.in++;
-      return DriverVerdict.MODIFIED;
+      return Verdict.MODIFIED;
     }
-    if (info.src !== g) return DriverVerdict.ACCEPT;
+    if (info.src !== g) return Verdict.ACCEPT;
     const icmp = info.proto === IPPROTO_ICMP;
-    const s = this.#byPg.get(pgKey(info.proto, info.dst, icmp ? info.dport : info.sport));
+    const s = this.#byPg.get(hostKey(info.proto, info.dst, icmp ? info.dport : info.sport));
     if (!s || s.state !== State.ACTIVE || (!icmp && s.pa !== info.dport)) {
       this.drops[Drop.NO_SESSION]!++;
-      return DriverVerdict.ACCEPT;
+      return Verdict.ACCEPT;
     }
     s.busy = true;
     s.lastUsed = this.now();
     if (info.proto === IPPROTO_TCP) s.closing = tcpClose(pkt, info, s.closing, CLOSE_FIN_IN);
     rewrite(pkt, info, s.x, icmp ? 0 : s.px, s.a, s.pa, this.#skbInfo);
     this.counters.in++;
-    return DriverVerdict.MODIFIED;
+    return Verdict.MODIFIED;
   }
 
   #newSession(
@@ -371,6 +358,8 @@ export class DriverCore {
       waiters: [],
       renewing: false,
       deleted: false,
+      programmed: 0,
+      kernelPackets: 0,
     };
     this.#put(s);
     return s;
@@ -379,11 +368,11 @@ export class DriverCore {
   #hold(s: HostSession, pkt: Uint8Array, id: number): number {
     if (s.held.length >= MAX_HELD_PER_SESSION || this.#heldTotal >= MAX_HELD_TOTAL) {
       this.drops[Drop.HELD_OVERFLOW]!++;
-      return DriverVerdict.DROP;
+      return Verdict.DROP;
     }
     s.held.push({ id, bytes: pkt.slice(), skbInfo: this.#skbInfo });
     this.#heldTotal++;
-    return DriverVerdict.HOLD;
+    return Verdict.HOLD;
   }
 
   /** Sends one control request about `s` (a fresh nonce; the server default lifetime). */
@@ -428,12 +417,12 @@ export class DriverCore {
       s.state = State.BYPASS;
       s.result = -1;
       s.expiresAt = now + NEGATIVE_IDLE_MS;
-      this.#release(s, DriverVerdict.ACCEPT);
+      this.#release(s, Verdict.ACCEPT);
     } else {
       this.#noteEpoch(res.epoch);
       s.result = res.result;
       if (res.result === Result.OK) {
-        if (s.pg && s.pg !== res.gatewayPort) this.#byPg.delete(pgKey(s.proto, s.a, s.pg));
+        if (s.pg && s.pg !== res.gatewayPort) this.#byPg.delete(hostKey(s.proto, s.a, s.pg));
         s.state = State.ACTIVE;
         s.r = res.publicAddr;
         s.p = res.publicPort;
@@ -441,7 +430,8 @@ export class DriverCore {
         s.replaced = res.replaced;
         s.shared = res.shared;
         this.#setLifetime(s, res.lifetime, now);
-        this.#byPg.set(pgKey(s.proto, s.a, s.pg), s);
+        this.#byPg.set(hostKey(s.proto, s.a, s.pg), s);
+        this.#program(s);
         this.counters.reserved++;
         if (
           res.gatewayPort < this.#cfg.gatewayPorts[0] || res.gatewayPort > this.#cfg.gatewayPorts[1]
@@ -452,7 +442,7 @@ export class DriverCore {
           );
         }
         log.debug(`reserved ${describe(s)}`);
-        this.#release(s, DriverVerdict.MODIFIED);
+        this.#release(s, Verdict.MODIFIED);
       } else {
         s.state = State.REFUSED;
         // Try again later: soon when the cause may pass (quota, resources, rate),
@@ -460,7 +450,7 @@ export class DriverCore {
         s.expiresAt = now + (res.result === Result.CONFLICT ? NEGATIVE_IDLE_MS : RETRY_SOON_MS);
         this.counters.refused++;
         log.info(`server refused ${describe(s)}: ${resultName(res.result)}`);
-        this.#release(s, DriverVerdict.DROP);
+        this.#release(s, Verdict.DROP);
       }
     }
     for (const w of s.waiters.splice(0)) w(s);
@@ -478,13 +468,19 @@ export class DriverCore {
 
   /** Gives the verdicts for the held packets of `s`. */
   #release(s: HostSession, how: number): void {
-    const q = this.queue;
+    const q = this.#io;
     const held = s.held.splice(0);
     this.#heldTotal -= held.length;
     if (!q || held.length === 0) return;
     const info = this.#info;
+    const kernel = this.#dp?.kernelTranslates(s.proto) ?? false;
     for (const h of held) {
-      if (how === DriverVerdict.MODIFIED) {
+      if (how === Verdict.MODIFIED && kernel) {
+        // The session is in the kernel's map now: the nat chain after the
+        // queue translates the packet as it goes on.
+        this.counters.out++;
+        q.verdict(h.id, Verdict.ACCEPT);
+      } else if (how === Verdict.MODIFIED) {
         if (parse(h.bytes, h.bytes.length, info) !== Drop.NONE) {
           q.verdict(h.id, 1);
           continue;
@@ -501,7 +497,7 @@ export class DriverCore {
         );
         this.counters.out++;
         q.verdict(h.id, 1, h.bytes);
-      } else if (how === DriverVerdict.DROP) {
+      } else if (how === Verdict.DROP) {
         if (parse(h.bytes, h.bytes.length, info) === Drop.NONE) this.#refuse(h.bytes, info);
         q.verdict(h.id, 0);
       } else {
@@ -513,9 +509,79 @@ export class DriverCore {
 
   /** Tells the application its session was refused: ICMP type 3 code 13 (communication administratively prohibited). */
   #refuse(pkt: Uint8Array, info: PacketInfo): void {
-    if (!this.raw) return;
+    if (!this.#io) return;
     const err = buildIcmpError(pkt, info, 3, 13);
-    if (err) this.raw.send(err, err.length, info.src);
+    if (err) this.#io.send(err, err.length, info.src);
+  }
+
+  /**
+   * Connects the data path and its packet I/O. Sessions the kernel still
+   * translates from a previous run are adopted: active at once, renewed
+   * right away to learn their public pair and lease.
+   */
+  attach(dp: DriverDataPath, io: PacketIO | null): void {
+    this.#dp = dp;
+    this.#io = io;
+    const now = this.now();
+    for (const k of dp.adopted()) {
+      if (k.g !== this.#cfg.server) continue;
+      if (this.#get(k.proto, k.a, k.pa, k.x, k.px)) continue;
+      const s = this.#newSession(k.proto, k.a, k.pa, k.x, k.px, now);
+      s.state = State.ACTIVE;
+      s.pg = k.pg;
+      s.programmed = k.pg;
+      s.result = Result.OK;
+      s.lifetime = 60;
+      s.expiresAt = now + 60_000;
+      s.renewAt = now;
+      this.#byPg.set(hostKey(s.proto, s.a, s.pg), s);
+      this.counters.adopted++;
+    }
+    if (this.counters.adopted) {
+      log.info(`adopted ${this.counters.adopted} session(s) the kernel was still translating`);
+    }
+  }
+
+  /** Disconnects the data path (on stop). */
+  detach(): void {
+    this.#dp = null;
+    this.#io = null;
+  }
+
+  #key(s: HostSession, pg: number): HostSessionKey {
+    return { proto: s.proto, a: s.a, pa: s.pa, x: s.x, px: s.px, g: this.#cfg.server, pg };
+  }
+
+  /** Tells the data path about an active session (again, if its gateway port changed). */
+  #program(s: HostSession): void {
+    if (!this.#dp || s.programmed === s.pg) return;
+    this.#unprogram(s);
+    this.#dp.sessionUp(this.#key(s, s.pg));
+    s.programmed = s.pg;
+  }
+
+  #unprogram(s: HostSession): void {
+    if (!this.#dp || s.programmed === 0) return;
+    this.#dp.sessionDown(this.#key(s, s.programmed));
+    s.programmed = 0;
+  }
+
+  /** Reads the kernel's activity (kernel path) into the sessions' lease state. */
+  #pollActivity(now: number): void {
+    const act = this.#dp?.activity();
+    if (!act) return;
+    for (const s of this.sessions()) {
+      if (s.state !== State.ACTIVE || !this.#dp!.kernelTranslates(s.proto)) continue;
+      const a = act.get(hostKey(s.proto, s.a, s.pg));
+      if (!a) continue;
+      if (a.packets !== s.kernelPackets) {
+        s.kernelPackets = a.packets;
+        s.busy = true;
+        s.lastUsed = now;
+      }
+      if (a.closed && s.proto === IPPROTO_TCP) s.closing |= CLOSE_RST;
+      else if (s.proto === IPPROTO_TCP && (s.closing & CLOSE_RST) && !a.closed) s.closing = 0;
+    }
   }
 
   #noteEpoch(epoch: number): void {
@@ -559,6 +625,7 @@ export class DriverCore {
    */
   tick(): void {
     const now = this.now();
+    this.#pollActivity(now);
     for (const s of [...this.sessions()]) {
       if (s.state === State.PENDING) continue;
       if (s.state === State.REFUSED) {
@@ -605,6 +672,11 @@ export class DriverCore {
       this.#noteEpoch(res.epoch);
       if (res.result === Result.OK) {
         this.#setLifetime(s, res.lifetime, this.now());
+        // An adopted session learns its public pair from its first renewal.
+        s.r = res.publicAddr || s.r;
+        s.p = res.publicPort || s.p;
+        s.replaced = res.replaced;
+        s.shared = res.shared;
         this.counters.renewed++;
       } else if (res.result === Result.NO_SUCH_SESSION) {
         this.#reserveAgain(s);
@@ -634,7 +706,7 @@ export class DriverCore {
    * Answers `dpm query` (claims 11, 19, 24): the public pair of the session
    * (proto, local, remote); with `reserve`, reserves it first when absent.
    */
-  async query(req: unknown): Promise<QueryReply | { sessions: unknown[] } | DriverStatus> {
+  async query(req: unknown): Promise<QueryReply | { sessions: unknown[] } | DriverStatusReply> {
     const r = req as {
       op?: unknown;
       proto?: unknown;
@@ -648,6 +720,7 @@ export class DriverCore {
         role: "driver",
         server: `${formatIPv4(this.#cfg.server)}:${this.#cfg.serverPort}`,
         epoch: this.#epoch,
+        dataPath: this.#dp?.status() ?? { kind: "off", state: "off", reinstalls: 0 },
         stats: this.stats(),
         sessions: [...this.sessions()].map((s) => this.#view(s)),
       };
@@ -655,7 +728,7 @@ export class DriverCore {
     if (r?.op !== "query") {
       return { result: "error", error: `Unknown request ${JSON.stringify(r?.op)}` };
     }
-    const proto = PROTO_BY_NAME[String(r.proto)];
+    const proto = protoNumber(String(r.proto));
     const local = typeof r.local === "string" ? parseAddrPort(r.local) : null;
     const remote = typeof r.remote === "string" ? parseAddrPort(r.remote) : null;
     if (proto === undefined || !local || !remote) {
@@ -681,7 +754,7 @@ export class DriverCore {
 
   #view(s: HostSession): QueryReply & Record<string, unknown> {
     const base = {
-      proto: s.proto === IPPROTO_TCP ? "tcp" : s.proto === IPPROTO_UDP ? "udp" : "icmp",
+      proto: protoName(s.proto),
       local: `${formatIPv4(s.a)}:${s.pa}`,
       remote: `${formatIPv4(s.x)}:${s.px}`,
     };
@@ -732,72 +805,6 @@ function isClosed(closing: number): boolean {
   return (closing & CLOSE_RST) !== 0 || (closing & 3) === 3;
 }
 
-function protoIdx(p: number): number {
-  return p === IPPROTO_TCP ? 1 : p === IPPROTO_UDP ? 2 : 3;
-}
-
-function pgKey(proto: number, a: number, pg: number): number {
-  return protoIdx(proto) * 2 ** 48 + a * 65536 + pg;
-}
-
 function describe(s: HostSession): string {
-  const p = s.proto === IPPROTO_TCP ? "tcp" : s.proto === IPPROTO_UDP ? "udp" : "icmp";
-  return `${p} ${formatIPv4(s.a)}:${s.pa} -> ${formatIPv4(s.x)}:${s.px}`;
-}
-
-// ---------------------------------------------------------------------------
-// The running driver.
-
-/** Runs `dpm driver` until SIGINT/SIGTERM or a fatal error; returns the exit code. */
-export async function runDriver(cfg: DriverConfig): Promise<number> {
-  const undo = new Cleanup(log);
-  const { stopped, stop } = untilStopped(undo);
-  try {
-    const { lanPrefixToward, ephemeralRange, routeTo } = await import("../../linux/iface.ts");
-    // The interface toward G carries every translated packet; the LAN is its prefix unless given.
-    const { dev, src } = await routeTo(cfg.server);
-    let lan = cfg.lan;
-    let local = src;
-    if (!lan) {
-      const found = await lanPrefixToward(cfg.server);
-      lan = found.lan;
-      local = found.local;
-    }
-    const ephemeral = await ephemeralRange();
-    const client = await ControlClient.open(cfg.server, cfg.serverPort, {
-      ...(local !== null ? { localAddr: formatIPv4(local) } : {}),
-    });
-    undo.push(() => client.close());
-    const core = new DriverCore(cfg, client, { lan, ephemeral });
-    undo.push(() => core.releaseAll());
-
-    const sock = await serveLocal(cfg.socket, (req) => core.query(req));
-    undo.push(() => sock.close());
-    const timer = setInterval(() => core.tick(), 500);
-    undo.push(() => clearInterval(timer));
-
-    if (cfg.intercept) {
-      const { startDriverDataPath } = await import("../datapath/queue/driver.ts");
-      undo.push(
-        await startDriverDataPath(cfg, lan, dev, core, (e) => {
-          log.error(`data path failed: ${e.message}`);
-          stop(1);
-        }),
-      );
-    }
-    log.info(
-      `driver for server ${formatIPv4(cfg.server)}:${cfg.serverPort}; LAN ${formatCidr(lan)}; ` +
-        `ephemeral ${ephemeral.join("-")}; fixed ports ${cfg.fixedPorts.join(",") || "none"}; ` +
-        `${cfg.intercept ? "intercepting" : "not intercepting (query only)"}; socket ${cfg.socket}`,
-    );
-    log.info("ready");
-    const code = await stopped;
-    log.info(`stopping: ${JSON.stringify(core.stats())}`);
-    await undo.run();
-    return code;
-  } catch (e) {
-    log.error((e as Error).message);
-    await undo.run();
-    return 1;
-  }
+  return `${protoName(s.proto)} ${formatIPv4(s.a)}:${s.pa} -> ${formatIPv4(s.x)}:${s.px}`;
 }

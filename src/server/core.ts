@@ -26,11 +26,9 @@
  * @module
  */
 
-import dgram from "node:dgram";
-import { type Cidr, cidrContains, formatCidr, formatIPv4 } from "../wire/addr.ts";
+import { type Cidr, cidrContains, formatIPv4 } from "../wire/addr.ts";
 import type { ServerConfig } from "../config.ts";
 import { logger } from "../runtime/log.ts";
-import { Cleanup, untilStopped } from "../runtime/cleanup.ts";
 import {
   decodeRequest,
   encodeResponse,
@@ -44,16 +42,12 @@ import { Result, RESULT_COUNT, resultName } from "../control/result.ts";
 import { type Grant, type SessionRecord, SessionTable } from "../table/table.ts";
 import { Drop, DROP_COUNT, DROP_NAMES, IPPROTO_ICMP, PacketInfo, parse } from "../wire/packet.ts";
 import { rewrite, rewriteIcmpError } from "../wire/rewrite.ts";
-import { VERSION } from "../cli/main.ts";
-import type { SessionView, StatusReply } from "../cli/main.ts";
-import { serveLocal } from "../operator/socket.ts";
+import { protoName, Verdict } from "../wire/meta.ts";
+import { VERSION } from "../version.ts";
+import type { SessionView, StatusReply } from "../operator/types.ts";
+import { gatewayKey, type GatewaySession, type ServerDataPath } from "../datapath/datapath.ts";
 
 const log = logger("server");
-
-/** NfQueue handler results (mirrors ffi/nfqueue.ts Handled, kept here so the translator has no FFI import). */
-export const Verdict = { DROP: 0, ACCEPT: 1, MODIFIED: 2 } as const;
-
-const PROTO_NAMES: Record<number, string> = { 1: "icmp", 6: "tcp", 17: "udp" };
 
 /** Options of the translator core that tests set. */
 export interface ServerCoreOptions {
@@ -363,6 +357,45 @@ export class ServerCore {
     return Verdict.MODIFIED;
   }
 
+  #dp: ServerDataPath | null = null;
+
+  /**
+   * Connects the data path: every session in the table now, and every one
+   * added or removed from now on, is handed to it (so a restored state file
+   * is programmed into the kernel for free).
+   */
+  attach(dp: ServerDataPath): void {
+    this.#dp = dp;
+    const t = this.table;
+    const view = (s: number): GatewaySession => ({
+      proto: t.proto(s),
+      a: t.a(s),
+      pa: t.pa(s),
+      x: t.x(s),
+      px: t.px(s),
+      r: t.r(s),
+      p: t.p(s),
+      pg: t.pg(s),
+    });
+    t.listener = {
+      added: (s) => dp.sessionUp(view(s)),
+      removed: (s) => dp.sessionDown(view(s)),
+    };
+  }
+
+  /** Every session as the data path sees it (to program them all at once). */
+  *sessions(): IterableIterator<GatewaySession> {
+    for (const r of this.table.entries()) {
+      yield { proto: r.proto, a: r.a, pa: r.pa, x: r.x, px: r.px, r: r.r, p: r.p, pg: r.pg };
+    }
+  }
+
+  /** Disconnects the data path (on stop): the table no longer reports to it. */
+  detach(): void {
+    this.#dp = null;
+    this.table.listener = null;
+  }
+
   /** Forgets idle rate-limit buckets (call periodically). */
   sweepRateLimits(): void {
     this.#limiter.sweep(this.now());
@@ -383,9 +416,18 @@ export class ServerCore {
   status(limit = 1000): StatusReply {
     const now = this.now();
     const shown: SessionView[] = [];
+    const counters = this.#dp?.counters() ?? null;
     for (const r of this.table.entries()) {
       if (shown.length >= limit) break;
-      shown.push(sessionView(r, now));
+      const v = sessionView(r, now);
+      const c = counters?.get(gatewayKey(r.proto, r.a, r.pg));
+      if (c) {
+        v.packetsOut += c.packetsOut;
+        v.packetsIn += c.packetsIn;
+        v.bytesOut = c.bytesOut;
+        v.bytesIn = c.bytesIn;
+      }
+      shown.push(v);
     }
     const results: Record<string, number> = {};
     for (let i = 0; i < RESULT_COUNT; i++) results[resultName(i)] = this.results[i]!;
@@ -397,7 +439,7 @@ export class ServerCore {
       uptime: Math.round((now - this.startedAt) / 1000),
       lanAddr: formatIPv4(this.#cfg.lanAddr),
       pool: this.#cfg.pool.map(formatIPv4),
-      dataPath: this.#cfg.lanIf !== null,
+      dataPath: this.#dp?.status() ?? { kind: "off", state: "off", reinstalls: 0 },
       sessions: this.table.size,
       shown,
       results,
@@ -415,7 +457,7 @@ function opName(req: Request): string {
 export function sessionView(r: SessionRecord, now: number): SessionView {
   const icmp = r.proto === IPPROTO_ICMP;
   return {
-    proto: PROTO_NAMES[r.proto] ?? String(r.proto),
+    proto: protoName(r.proto),
     internal: `${formatIPv4(r.a)}:${r.pa}`,
     gatewayPort: r.pg,
     public: `${formatIPv4(r.r)}:${r.p}`,
@@ -425,212 +467,4 @@ export function sessionView(r: SessionRecord, now: number): SessionView {
     packetsOut: r.packetsOut,
     packetsIn: r.packetsIn,
   };
-}
-
-// ---------------------------------------------------------------------------
-// State file: the table survives restarts (DESIGN.md packet walk, step 5).
-
-interface StateFile {
-  format: "dpm-state";
-  version: 1;
-  epoch: number;
-  savedAt: number;
-  sessions: SessionRecord[];
-}
-
-/** Reads a state file; returns null when absent. Throws on a corrupt file (named). */
-export async function readState(path: string): Promise<StateFile | null> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return null;
-    throw new Error(`Cannot read state file "${path}": ${(e as Error).message}`);
-  }
-  try {
-    const v = JSON.parse(text) as StateFile;
-    if (v.format !== "dpm-state" || v.version !== 1 || !Array.isArray(v.sessions)) {
-      throw new Error("not a dpm state file of version 1");
-    }
-    return v;
-  } catch (e) {
-    throw new Error(
-      `State file "${path}" is corrupt (${(e as Error).message}); move it away to start fresh`,
-    );
-  }
-}
-
-const u32 = (v: unknown) =>
-  Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 0xffffffff;
-const u16 = (v: unknown) => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 0xffff;
-
-/** True when `v` has the shape of a SessionRecord a state file may hold. */
-export function isSessionRecord(v: unknown): v is SessionRecord {
-  if (typeof v !== "object" || v === null) return false;
-  const r = v as Record<string, unknown>;
-  return [1, 6, 17].includes(r.proto as number) && u32(r.a) && u32(r.x) && u32(r.r) &&
-    u16(r.pa) && u16(r.px) && u16(r.p) && u16(r.pg) && Number.isFinite(r.expiresAt) &&
-    typeof r.replaceable === "boolean" && typeof r.replaced === "boolean" &&
-    typeof r.shared === "boolean" && Number.isFinite(r.packetsOut) && Number.isFinite(r.packetsIn);
-}
-
-/** Writes the table atomically (temporary file, fsync, rename). */
-export async function writeState(path: string, core: ServerCore): Promise<void> {
-  const state: StateFile = {
-    format: "dpm-state",
-    version: 1,
-    epoch: core.epoch,
-    savedAt: core.now(),
-    sessions: [...core.table.entries()],
-  };
-  const tmp = `${path}.tmp-${Deno.pid}`;
-  const f = await Deno.open(tmp, { write: true, create: true, truncate: true, mode: 0o600 });
-  try {
-    await f.write(new TextEncoder().encode(JSON.stringify(state)));
-    await f.sync();
-  } finally {
-    f.close();
-  }
-  await Deno.rename(tmp, path);
-}
-
-// ---------------------------------------------------------------------------
-// The running server: sockets, queue, rules, signals.
-
-/** Runs `dpm server` until SIGINT/SIGTERM or a fatal error; returns the exit code. */
-export async function runServer(cfg: ServerConfig): Promise<number> {
-  const undo = new Cleanup(log);
-  const { stopped, stop } = untilStopped(undo);
-  try {
-    // The LAN prefix: given, or read off the LAN interface.
-    let lan = cfg.lan;
-    if (!lan && cfg.lanIf) {
-      const { prefixOf } = await import("../../linux/iface.ts");
-      lan = await prefixOf(cfg.lanIf, cfg.lanAddr);
-      if (!lan) {
-        throw new Error(
-          `--lan-addr ${formatIPv4(cfg.lanAddr)} is not configured on --lan-if ${cfg.lanIf}`,
-        );
-      }
-    }
-    if (cfg.lifetime < 7440) {
-      log.warn(
-        `--lifetime ${cfg.lifetime} is below RFC 5382's 2 h 4 min for established TCP and ` +
-          `${
-            cfg.lifetime < 120 ? "RFC 4787's 2 min for UDP; " : ""
-          }drivers renew busy sessions, idle ones expire sooner`,
-      );
-    }
-    const restored = cfg.state ? await readState(cfg.state) : null;
-    const core = new ServerCore(cfg, { lan, ...(restored ? { epoch: restored.epoch } : {}) });
-    if (restored) {
-      let kept = 0;
-      const now = core.now();
-      let bad = 0;
-      for (const rec of restored.sessions) {
-        if (!isSessionRecord(rec)) {
-          bad++;
-          continue;
-        }
-        if (rec.expiresAt > now && core.table.restore(rec) === Result.OK) kept++;
-      }
-      log.info(`restored ${kept} of ${restored.sessions.length} sessions from ${cfg.state}`);
-      if (bad) log.warn(`skipped ${bad} malformed session record(s) in ${cfg.state}`);
-    }
-    if (cfg.state) {
-      const path = cfg.state;
-      undo.push(async () => {
-        await writeState(path, core);
-        log.info(`saved ${core.table.size} sessions to ${path}`);
-      });
-    }
-
-    // Control listener on G only: the LAN side.
-    const sock = dgram.createSocket("udp4");
-    await new Promise<void>((resolve, reject) => {
-      sock.once("error", (e: Error & { code?: string }) =>
-        reject(
-          new Error(
-            e.code === "EADDRNOTAVAIL"
-              ? `--lan-addr ${formatIPv4(cfg.lanAddr)} is not an address of this host`
-              : e.code === "EADDRINUSE"
-              ? `Control port ${
-                formatIPv4(cfg.lanAddr)
-              }:${cfg.controlPort} is in use (another dpm server?)`
-              : `Cannot bind the control port: ${e.message}`,
-          ),
-        ));
-      sock.bind(cfg.controlPort, formatIPv4(cfg.lanAddr), () => resolve());
-    });
-    sock.on("error", (e) => log.warn(`control socket: ${e.message}`));
-    sock.on("message", (msg, rinfo) => {
-      const src = parseSrc(rinfo.address);
-      if (src === null) return;
-      let reply: Uint8Array | null = null;
-      try {
-        reply = core.handleControl(new Uint8Array(msg.buffer, msg.byteOffset, msg.byteLength), src);
-      } catch (e) {
-        // A bug must cost one request, not the gateway.
-        log.error(`handling a control request from ${rinfo.address}: ${(e as Error).stack ?? e}`);
-      }
-      if (reply) sock.send(reply, rinfo.port, rinfo.address);
-    });
-    undo.push(() => void sock.close());
-    log.info(
-      `control listener on ${
-        formatIPv4(cfg.lanAddr)
-      }:${cfg.controlPort}; pool ${cfg.pool.length} address(es)` +
-        `${lan ? `; LAN ${formatCidr(lan)}` : ""}; epoch ${core.epoch.toString(16)}`,
-    );
-
-    const local = await serveLocal(cfg.socket, (req) => {
-      const op = (req as { op?: unknown })?.op;
-      if (op === "status") return core.status();
-      return { error: `Unknown operator request ${JSON.stringify(op)}` };
-    });
-    undo.push(() => local.close());
-
-    const timers: ReturnType<typeof setInterval>[] = [];
-    undo.push(() => timers.forEach(clearInterval));
-    // 16384 slots every 250 ms: a full pass over a million sessions every ~15 s,
-    // each step well under a few milliseconds (bench/table_bench.ts).
-    timers.push(setInterval(() => {
-      const n = core.expire(16384);
-      core.sweepRateLimits();
-      if (n) log.debug(`expired ${n} session(s)`);
-    }, 250));
-    if (cfg.state) {
-      const path = cfg.state;
-      timers.push(setInterval(() => {
-        writeState(path, core).catch((e) => log.warn(`saving state: ${e.message}`));
-      }, 60_000));
-    }
-
-    if (cfg.lanIf && cfg.wanIf && lan) {
-      const { startServerDataPath } = await import("../datapath/queue/server.ts");
-      undo.push(
-        await startServerDataPath(cfg, lan, core, (e) => {
-          log.error(`data path failed: ${e.message}`);
-          stop(1);
-        }),
-      );
-    } else {
-      log.info("data path off (no --lan-if/--wan-if): control plane only");
-    }
-    log.info("ready");
-    const code = await stopped;
-    log.info("stopping");
-    await undo.run();
-    return code;
-  } catch (e) {
-    log.error((e as Error).message);
-    await undo.run();
-    return 1;
-  }
-}
-
-function parseSrc(text: string): number | null {
-  const m = /^(?:::ffff:)?(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(text);
-  if (!m) return null;
-  return ((+m[1]! << 24) | (+m[2]! << 16) | (+m[3]! << 8) | +m[4]!) >>> 0;
 }

@@ -267,7 +267,21 @@ function checkInt(name: string, v: number, lo: number, hi: number): number {
  * t.lookupLan(17, 0x0a000002, g.pg) === g.session;               // true
  * ```
  */
+/**
+ * Told when sessions come and go (a data path programs the kernel from it).
+ * Called synchronously: `added` after the session is in the table (so a
+ * grant is answered only after its listener returned), `removed` before it
+ * leaves (its fields are still readable through the slot accessors).
+ */
+export interface TableListener {
+  added(s: number): void;
+  removed(s: number): void;
+}
+
 export class SessionTable {
+  /** The listener for session changes, if any. */
+  listener: TableListener | null = null;
+
   // ---- configuration ----
   readonly #pool: Uint32Array;
   readonly #poolIndex: Map<number, number>;
@@ -997,10 +1011,12 @@ export class SessionTable {
     this.#hosts.vals[hb * 4]!++;
     this.#hosts.vals[hb * 4 + 1 + pi]!++;
     this.#size++;
+    this.listener?.added(s);
     return s;
   }
 
   #remove(s: number): void {
+    this.listener?.removed(s);
     const proto = this.#proto[s]!;
     const a = this.#a[s]!;
     const pa = this.#pa[s]!;

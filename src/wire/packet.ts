@@ -33,12 +33,8 @@
  * @module
  */
 
-/** IP protocol number of ICMP. */
-export const IPPROTO_ICMP = 1;
-/** IP protocol number of TCP. */
-export const IPPROTO_TCP = 6;
-/** IP protocol number of UDP. */
-export const IPPROTO_UDP = 17;
+import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP } from "./meta.ts";
+export { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP };
 
 // ---- IPv4 header (RFC 791 §3.1) ----
 /** Offset of version (high nibble) and IHL in 32-bit words (low nibble). */
@@ -98,14 +94,6 @@ export const UDP_DPORT = 2;
 /** Offset of the UDP length (header and data). */
 export const UDP_LENGTH = 4;
 
-/**
- * `NFQA_SKB_INFO` bit: the packet is CHECKSUM_PARTIAL, its TCP/UDP checksum
- * field holds only the pseudo-header sum (linux/netfilter/nfnetlink_queue.h
- * `NFQA_SKB_CSUMNOTREADY`).
- */
-export const SKB_CSUM_NOT_READY = 1;
-/** `NFQA_SKB_INFO` bit: the packet is a GSO/GRO super-packet, longer than the MTU (`NFQA_SKB_GSO`). */
-export const SKB_GSO = 2;
 /** Offset of the UDP checksum (0 = none). */
 export const UDP_CHECKSUM = 6;
 /** Length of the UDP header. */

@@ -21,6 +21,7 @@
  * @module
  */
 
+import { Meta } from "./meta.ts";
 import {
   csumApply,
   csumDelta16,
@@ -43,8 +44,6 @@ import {
   IPPROTO_UDP,
   type PacketInfo,
   read16,
-  SKB_CSUM_NOT_READY,
-  SKB_GSO,
   TCP_CHECKSUM,
   TCP_DPORT,
   TCP_SPORT,
@@ -116,8 +115,8 @@ function writeAddresses(
  * @param sport new source port (echo request: identifier)
  * @param dst new destination address, host order
  * @param dport new destination port (echo reply: identifier)
- * @param skbInfo the queue's `NFQA_SKB_INFO` bits ({@link SKB_CSUM_NOT_READY},
- *   {@link SKB_GSO}); either one means the L4 checksum field is not a
+ * @param skbInfo the queue's `NFQA_SKB_INFO` bits ({@link Meta.PARTIAL_CHECKSUM},
+ *   {@link Meta.GSO}); either one means the L4 checksum field is not a
  *   complete checksum of these bytes, so it is recomputed from scratch after
  *   the rewrite instead of adjusted (see {@link recomputeL4Checksum}).
  *   Requires the whole packet in `buf` then.
@@ -131,7 +130,7 @@ export function rewrite(
   dport: number,
   skbInfo = 0,
 ): void {
-  const recompute = (skbInfo & (SKB_CSUM_NOT_READY | SKB_GSO)) !== 0;
+  const recompute = (skbInfo & (Meta.PARTIAL_CHECKSUM | Meta.GSO)) !== 0;
   src >>>= 0;
   dst >>>= 0;
   const l4 = info.l4;
@@ -216,7 +215,7 @@ export function rewrite(
  * @param innerDst new destination of the quoted packet
  * @param innerDport new destination port of the quoted packet (echo reply: identifier)
  * @param skbInfo the queue's `NFQA_SKB_INFO` bits: with
- *   {@link SKB_CSUM_NOT_READY} (unusual for ICMP) the error's own checksum is
+ *   {@link Meta.PARTIAL_CHECKSUM} (unusual for ICMP) the error's own checksum is
  *   recomputed from scratch at the end instead of adjusted
  */
 export function rewriteIcmpError(
@@ -300,7 +299,7 @@ export function rewriteIcmpError(
     }
   }
 
-  if ((skbInfo & (SKB_CSUM_NOT_READY | SKB_GSO)) !== 0) {
+  if ((skbInfo & (Meta.PARTIAL_CHECKSUM | Meta.GSO)) !== 0) {
     recomputeL4Checksum(buf, info, skbInfo);
   } else if (icmpDelta !== 0) {
     const c = info.l4 + ICMP_CHECKSUM;
@@ -330,7 +329,7 @@ function replaceChecksum(
  * Recomputes the L4 checksum of a parsed packet from scratch: TCP and UDP
  * over the pseudo-header and the segment (UDP: its length field), ICMP over
  * the message. A UDP checksum field of 0 ("none") stays 0 unless the
- * packet is CHECKSUM_PARTIAL ({@link SKB_CSUM_NOT_READY} in `skbInfo`: the
+ * packet is CHECKSUM_PARTIAL ({@link Meta.PARTIAL_CHECKSUM} in `skbInfo`: the
  * field then holds the pseudo-header sum, and the sender wants a checksum);
  * a computed UDP 0 is written as 0xffff.
  *
@@ -338,7 +337,7 @@ function replaceChecksum(
  * hands over packets whose L4 checksum is not complete. A locally sent
  * packet (CHECKSUM_PARTIAL, flagged `NFQA_SKB_CSUMNOTREADY`) holds only the
  * folded pseudo-header sum in its checksum field, to be completed by the
- * NIC or `skb_checksum_help`; a GRO-merged packet (flagged `NFQA_SKB_GSO`)
+ * NIC or `skb_checksum_help`; a GRO-merged packet (flagged `NFQA_Meta.GSO`)
  * keeps the first segment's checksum, valid for no byte range of the merged
  * packet. A payload verdict, though, marks the packet `CHECKSUM_NONE`
  * (`nfqnl_mangle` in net/netfilter/nfnetlink_queue.c, still so in 6.x): the
@@ -364,7 +363,7 @@ export function recomputeL4Checksum(buf: Uint8Array, info: PacketInfo, skbInfo: 
     write16(buf, l4 + TCP_CHECKSUM, finish(sum));
   } else if (proto === IPPROTO_UDP) {
     const c = l4 + UDP_CHECKSUM;
-    if ((skbInfo & SKB_CSUM_NOT_READY) === 0 && read16(buf, c) === 0) return;
+    if ((skbInfo & Meta.PARTIAL_CHECKSUM) === 0 && read16(buf, c) === 0) return;
     const n = read16(buf, l4 + UDP_LENGTH);
     write16(buf, c, 0);
     const sum = sum16(buf, l4, n, pseudoHeaderSum(info.src, info.dst, IPPROTO_UDP, n));

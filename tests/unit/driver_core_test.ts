@@ -7,8 +7,10 @@
  */
 
 import assert from "node:assert/strict";
-import { DriverCore, DriverVerdict } from "../../src/driver/core.ts";
-import { ServerCore, Verdict } from "../../src/server/core.ts";
+import { DriverCore } from "../../src/driver/core.ts";
+import { ServerCore } from "../../src/server/core.ts";
+import { Verdict } from "../../src/wire/meta.ts";
+import { FakeDriverDataPath } from "../../src/datapath/fake.ts";
 import { IPPROTO_UDP, PacketInfo, parse } from "../../src/wire/packet.ts";
 import {
   buildIcmpEcho,
@@ -20,6 +22,7 @@ import {
 } from "../../testing/packets.ts";
 import {
   driverCfg,
+  FakePacketIO,
   G,
   H1,
   H2,
@@ -29,10 +32,8 @@ import {
   P2,
   Pipe,
   R1,
-  RawLog,
   serverCfg,
   settle,
-  Verdicts,
 } from "../../testing/fixtures.ts";
 
 function parsed(pkt: Uint8Array): PacketInfo {
@@ -53,7 +54,10 @@ function ask(
   >;
 }
 
-function rig(o: { pool?: number[]; fixed?: number[]; now?: () => number; quota?: number } = {}) {
+function rig(
+  o: { pool?: number[]; fixed?: number[]; now?: () => number; quota?: number; kernel?: boolean } =
+    {},
+) {
   const scfg = serverCfg({
     pool: o.pool ?? [R1],
     ...(o.quota ? { maxSessionsPerHost: o.quota } : {}),
@@ -66,11 +70,10 @@ function rig(o: { pool?: number[]; fixed?: number[]; now?: () => number; quota?:
       ephemeral: [32768, 60999],
       ...(o.now ? { now: o.now } : {}),
     });
-    const q = new Verdicts();
-    const raw = new RawLog();
-    d.queue = q;
-    d.raw = raw;
-    return { d, q, raw, pipe };
+    const io = new FakePacketIO();
+    const dp = new FakeDriverDataPath(o.kernel ?? false);
+    d.attach(dp, io);
+    return { d, q: io, raw: io, pipe, dp };
   };
   return { server, h1: mk(H1), h2: mk(H2) };
 }
@@ -78,7 +81,7 @@ function rig(o: { pool?: number[]; fixed?: number[]; now?: () => number; quota?:
 Deno.test("driver: claim 5 holds the first packet, reserves, then sends it to G:Pg; the server makes it R:p -> X:px", async () => {
   const { server, h1 } = rig();
   const pkt = buildUdp({ src: H1, sport: 40000, dst: P1, dport: 7000 });
-  assert.equal(h1.d.handlePacket(pkt, 1, true), DriverVerdict.HOLD);
+  assert.equal(h1.d.handlePacket(pkt, 1, true), Verdict.HOLD);
   await settle();
   assert.equal(h1.pipe.sent.length, 1);
   const req = h1.pipe.sent[0]!;
@@ -100,7 +103,7 @@ Deno.test("driver: claim 5 holds the first packet, reserves, then sends it to G:
   assert.ok(verifyIpChecksum(v.payload) && verifyL4Checksum(v.payload));
   // Later packets are rewritten at once.
   const next = buildUdp({ src: H1, sport: 40000, dst: P1, dport: 7000 });
-  assert.equal(h1.d.handlePacket(next, 2, true), DriverVerdict.MODIFIED);
+  assert.equal(h1.d.handlePacket(next, 2, true), Verdict.MODIFIED);
   assert.equal(parsed(next).dport, lan.dport);
   // At the gateway (claim 6).
   assert.equal(server.handlePacket(next), Verdict.MODIFIED);
@@ -109,7 +112,7 @@ Deno.test("driver: claim 5 holds the first packet, reserves, then sends it to G:
   // The reply comes back through both and reaches the app as from X:px.
   const reply = buildUdp({ src: P1, sport: 7000, dst: R1, dport: 40000 });
   assert.equal(server.handlePacket(reply), Verdict.MODIFIED);
-  assert.equal(h1.d.handlePacket(reply, 3, false), DriverVerdict.MODIFIED);
+  assert.equal(h1.d.handlePacket(reply, 3, false), Verdict.MODIFIED);
   const app = parsed(reply);
   assert.deepEqual([app.src, app.sport, app.dst, app.dport], [P1, 7000, H1, 40000]);
   assert.ok(verifyIpChecksum(reply) && verifyL4Checksum(reply));
@@ -129,7 +132,7 @@ Deno.test("driver: claim 11 query answers the public pair the server chose; --re
   assert.equal(r.replaced, false);
   // A packet of that session now goes out without a reservation round trip.
   const pkt = buildUdp({ src: H1, sport: 5000, dst: P1, dport: 7000 });
-  assert.equal(h1.d.handlePacket(pkt, 1, true), DriverVerdict.MODIFIED);
+  assert.equal(h1.d.handlePacket(pkt, 1, true), Verdict.MODIFIED);
   assert.equal(h1.pipe.sent.length, 1);
   assert.equal((await h1.d.query({ op: "bogus" }) as Record<string, unknown>).result, "error");
   assert.equal(
@@ -151,7 +154,7 @@ Deno.test("driver: claims 3, 23 a replaceable port taken everywhere is replaced;
   // The packet carries the replaced port outside.
   const { server } = { server: h2.pipe.server };
   const pkt = buildUdp({ src: H2, sport: 40000, dst: P1, dport: 7000 });
-  assert.equal(h2.d.handlePacket(pkt, 1, true), DriverVerdict.MODIFIED);
+  assert.equal(h2.d.handlePacket(pkt, 1, true), Verdict.MODIFIED);
   assert.equal(server.handlePacket(pkt), Verdict.MODIFIED);
   assert.equal(`203.0.113.10:${parsed(pkt).sport}`, b.public);
 });
@@ -160,11 +163,11 @@ Deno.test("driver: a fixed port refused by the server is dropped and the applica
   const { h1, h2 } = rig({ fixed: [] });
   // 5060 is outside the ephemeral range: not replaceable (claim 3).
   const a = buildUdp({ src: H1, sport: 5060, dst: P1, dport: 5060 });
-  assert.equal(h1.d.handlePacket(a, 1, true), DriverVerdict.HOLD);
+  assert.equal(h1.d.handlePacket(a, 1, true), Verdict.HOLD);
   await settle();
   assert.equal(h1.pipe.sent[0]!.replaceable, false);
   const b = buildUdp({ src: H2, sport: 5060, dst: P1, dport: 5060 });
-  assert.equal(h2.d.handlePacket(b, 1, true), DriverVerdict.HOLD);
+  assert.equal(h2.d.handlePacket(b, 1, true), Verdict.HOLD);
   await settle();
   assert.deepEqual(h2.q.given, [{ id: 1, verdict: 0 }], "held packet dropped");
   assert.equal(h2.raw.sent.length, 1);
@@ -181,7 +184,7 @@ Deno.test("driver: a fixed port refused by the server is dropped and the applica
   assert.equal(q.result, "conflict", "the refusal is visible to the application");
   // The same fixed port toward another peer is shared (claims 8-10).
   const c = buildUdp({ src: H2, sport: 5060, dst: P2, dport: 5060 });
-  assert.equal(h2.d.handlePacket(c, 2, true), DriverVerdict.HOLD);
+  assert.equal(h2.d.handlePacket(c, 2, true), Verdict.HOLD);
   await settle();
   assert.equal(h2.q.given[1]?.verdict, 1);
 });
@@ -198,9 +201,9 @@ Deno.test("driver: LAN-local traffic and unparsable packets pass untouched", () 
   const { h1 } = rig();
   const local = buildUdp({ src: H1, sport: 40000, dst: H2, dport: 53 });
   const copy = local.slice();
-  assert.equal(h1.d.handlePacket(local, 1, true), DriverVerdict.ACCEPT);
+  assert.equal(h1.d.handlePacket(local, 1, true), Verdict.ACCEPT);
   assert.deepEqual(local, copy);
-  assert.equal(h1.d.handlePacket(new Uint8Array([0x60, 0, 0, 0]), 2, true), DriverVerdict.ACCEPT);
+  assert.equal(h1.d.handlePacket(new Uint8Array([0x60, 0, 0, 0]), 2, true), Verdict.ACCEPT);
   assert.equal(h1.pipe.sent.length, 0);
 });
 
@@ -209,18 +212,18 @@ Deno.test("driver: no answer from the server passes the session untranslated (or
   h1.pipe.drop = true;
   const pkt = buildUdp({ src: H1, sport: 40000, dst: P1, dport: 7000 });
   const copy = pkt.slice();
-  assert.equal(h1.d.handlePacket(pkt, 1, true), DriverVerdict.HOLD);
+  assert.equal(h1.d.handlePacket(pkt, 1, true), Verdict.HOLD);
   await settle();
   assert.deepEqual(h1.q.given, [{ id: 1, verdict: 1 }]);
   const next = copy.slice();
-  assert.equal(h1.d.handlePacket(next, 2, true), DriverVerdict.ACCEPT);
+  assert.equal(h1.d.handlePacket(next, 2, true), Verdict.ACCEPT);
   assert.deepEqual(next, copy);
 });
 
 Deno.test("driver: ICMP echo and its ICMP errors cross both translators", async () => {
   const { server, h1 } = rig();
   const ping = buildIcmpEcho({ src: H1, dst: P1, id: 0x4242, seq: 1, type: 8 });
-  assert.equal(h1.d.handlePacket(ping, 1, true), DriverVerdict.HOLD);
+  assert.equal(h1.d.handlePacket(ping, 1, true), Verdict.HOLD);
   await settle();
   const lan = h1.q.given[0]!.payload!;
   const li = parsed(lan);
@@ -231,7 +234,7 @@ Deno.test("driver: ICMP echo and its ICMP errors cross both translators", async 
   assert.equal(wan.dst, P1);
   const pong = buildIcmpEcho({ src: P1, dst: wan.src, id: wan.sport, seq: 1, type: 0 });
   assert.equal(server.handlePacket(pong), Verdict.MODIFIED);
-  assert.equal(h1.d.handlePacket(pong, 2, false), DriverVerdict.MODIFIED);
+  assert.equal(h1.d.handlePacket(pong, 2, false), Verdict.MODIFIED);
   const back = parsed(pong);
   assert.deepEqual([back.src, back.dst, back.dport], [P1, H1, 0x4242]);
   assert.ok(verifyL4Checksum(pong));
@@ -245,7 +248,7 @@ Deno.test("driver: ICMP echo and its ICMP errors cross both translators", async 
     quoted: lan.subarray(0, 28),
   });
   assert.equal(server.handlePacket(err), Verdict.MODIFIED);
-  assert.equal(h1.d.handlePacket(err, 3, false), DriverVerdict.MODIFIED);
+  assert.equal(h1.d.handlePacket(err, 3, false), Verdict.MODIFIED);
   const e = parsed(err);
   assert.deepEqual([e.src, e.dst, e.innerSrc, e.innerSport, e.innerDst], [
     router,
@@ -272,7 +275,7 @@ Deno.test("driver: TCP errors from outside reach the app with the original endpo
     quoted: lan.subarray(0, 28),
   });
   assert.equal(server.handlePacket(unreach), Verdict.MODIFIED);
-  assert.equal(h1.d.handlePacket(unreach, 2, false), DriverVerdict.MODIFIED);
+  assert.equal(h1.d.handlePacket(unreach, 2, false), Verdict.MODIFIED);
   const e = parsed(unreach);
   assert.deepEqual([e.innerSrc, e.innerSport, e.innerDst, e.innerDport], [H1, 45000, P1, 80]);
 });
@@ -324,10 +327,10 @@ Deno.test("driver: a TCP session closed by FIN both ways (or RST) is released af
   await settle();
   assert.equal(server.table.size, 1);
   const finOut = buildTcp({ src: H1, sport: 45000, dst: P1, dport: 80, flags: 0x11 });
-  assert.equal(h1.d.handlePacket(finOut, 2, true), DriverVerdict.MODIFIED);
+  assert.equal(h1.d.handlePacket(finOut, 2, true), Verdict.MODIFIED);
   const pg = parsed(finOut).dport;
   const finIn = buildTcp({ src: G, sport: pg, dst: H1, dport: 45000, flags: 0x11 });
-  assert.equal(h1.d.handlePacket(finIn, 3, false), DriverVerdict.MODIFIED);
+  assert.equal(h1.d.handlePacket(finIn, 3, false), Verdict.MODIFIED);
   now += 5_000;
   h1.d.tick();
   await settle();
@@ -359,9 +362,9 @@ Deno.test("driver: a refusal that may pass (quota) is asked again while the appl
   await ask(h1.d, "10.0.0.11:40000", "198.51.100.10:7000", true);
   const send = () =>
     h1.d.handlePacket(buildUdp({ src: H1, sport: 40001, dst: P1, dport: 7000 }), 9, true);
-  assert.equal(send(), DriverVerdict.HOLD);
+  assert.equal(send(), Verdict.HOLD);
   await settle();
-  assert.equal(send(), DriverVerdict.DROP, "refused: quota");
+  assert.equal(send(), Verdict.DROP, "refused: quota");
   // The first session goes away; the app never stops sending.
   server.table.release(17, H1, 40000, P1, 7000);
   for (let i = 0; i < 7; i++) {
@@ -369,9 +372,9 @@ Deno.test("driver: a refusal that may pass (quota) is asked again while the appl
     send();
     h1.d.tick();
   }
-  assert.equal(send(), DriverVerdict.HOLD, "asked again");
+  assert.equal(send(), Verdict.HOLD, "asked again");
   await settle();
-  assert.equal(send(), DriverVerdict.MODIFIED);
+  assert.equal(send(), Verdict.MODIFIED);
 });
 
 Deno.test("driver: an idle established TCP connection keeps its mapping for RFC 5382's 2 h 4 min", async () => {

@@ -14,13 +14,13 @@ import {
   MAGIC,
   newNonce,
   Op,
+  PROTOCOL_VERSION as VERSION,
   type Request,
   REQUEST_LEN,
   ResFlag,
   type Response,
   RESPONSE_LEN,
   responseFor,
-  VERSION,
 } from "../../src/control/proto.ts";
 import { Result } from "../../src/control/result.ts";
 import { parseIPv4 } from "../../src/wire/addr.ts";

@@ -1,14 +1,8 @@
+import { Meta } from "../../src/wire/meta.ts";
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { parseIPv4 } from "../../src/wire/addr.ts";
-import {
-  Drop,
-  dropName,
-  PacketInfo,
-  parse,
-  SKB_CSUM_NOT_READY,
-  SKB_GSO,
-} from "../../src/wire/packet.ts";
+import { Drop, dropName, PacketInfo, parse } from "../../src/wire/packet.ts";
 import { rewrite, rewriteIcmpError } from "../../src/wire/rewrite.ts";
 import {
   buildIcmpEcho,
@@ -515,7 +509,7 @@ Deno.test("partial (CSUMNOTREADY): TCP and UDP rewritten, addresses and ports, l
   for (const p of cases) {
     const b = asPartial(p);
     const info = parsed(b, b.length);
-    rewrite(b, info, R, 61000, X, 8443, SKB_CSUM_NOT_READY);
+    rewrite(b, info, R, 61000, X, 8443, Meta.PARTIAL_CHECKSUM);
     // A payload verdict marks the packet CHECKSUM_NONE: the field must be complete now.
     assert.ok(verifyIpChecksum(b), "IP header checksum");
     assert.ok(verifyL4Checksum(b), "L4 checksum verifies from scratch");
@@ -543,7 +537,7 @@ Deno.test("partial: the kernel-style address-only update of the pseudo-header su
   dv.setUint16(22, 8443);
   kernelComplete(b);
   const ours = asPartial(p);
-  rewrite(ours, parsed(ours, ours.length), R, 61000, X, 8443, SKB_CSUM_NOT_READY);
+  rewrite(ours, parsed(ours, ours.length), R, 61000, X, 8443, Meta.PARTIAL_CHECKSUM);
   assert.equal(dv.getUint16(36), new DataView(ours.buffer).getUint16(36));
 });
 
@@ -551,7 +545,7 @@ Deno.test("GSO (GRO-merged): a checksum valid for no byte range is recomputed; U
   const t = buildTcp({ src: X, sport: 443, dst: R, dport: 61000, flags: 0x10, payload: PAYLOAD });
   new DataView(t.buffer).setUint16(36, 0x1234); // the first segment's checksum
   const info = parsed(t, t.length);
-  rewrite(t, info, G, 20001, A, 40000, SKB_GSO);
+  rewrite(t, info, G, 20001, A, 40000, Meta.GSO);
   assert.ok(verifyL4Checksum(t));
   const u = buildUdp({
     src: X,
@@ -561,18 +555,18 @@ Deno.test("GSO (GRO-merged): a checksum valid for no byte range is recomputed; U
     payload: PAYLOAD,
     checksum: false,
   });
-  rewrite(u, parsed(u, u.length), G, 20001, A, 40000, SKB_GSO);
+  rewrite(u, parsed(u, u.length), G, 20001, A, 40000, Meta.GSO);
   assert.equal(new DataView(u.buffer).getUint16(26), 0, "no checksum stays none");
 });
 
 Deno.test("partial: ICMP echo and a 64 KB TCP packet", () => {
   const e = buildIcmpEcho({ src: A, dst: G, id: 7, seq: 1, type: 8 });
   new DataView(e.buffer).setUint16(22, 0); // not yet computed
-  rewrite(e, parsed(e, e.length), R, 20001, X, 0, SKB_CSUM_NOT_READY);
+  rewrite(e, parsed(e, e.length), R, 20001, X, 0, Meta.PARTIAL_CHECKSUM);
   assert.ok(verifyL4Checksum(e));
   const big = new Uint8Array(65531 - 40).map((_, i) => (i * 13) & 0xff);
   const t = asPartial(buildTcp({ src: A, sport: 1, dst: G, dport: 2, flags: 0x10, payload: big }));
   assert.equal(t.length, 65531);
-  rewrite(t, parsed(t, t.length), R, 3, X, 4, SKB_CSUM_NOT_READY | SKB_GSO);
+  rewrite(t, parsed(t, t.length), R, 3, X, 4, Meta.PARTIAL_CHECKSUM | Meta.GSO);
   assert.ok(verifyL4Checksum(t));
 });

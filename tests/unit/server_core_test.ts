@@ -5,7 +5,9 @@
  */
 
 import assert from "node:assert/strict";
-import { isSessionRecord, ServerCore, Verdict } from "../../src/server/core.ts";
+import { ServerCore } from "../../src/server/core.ts";
+import { isSessionRecord } from "../../src/server/state.ts";
+import { Verdict } from "../../src/wire/meta.ts";
 import {
   decodeResponse,
   encodeRequest,

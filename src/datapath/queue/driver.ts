@@ -1,6 +1,8 @@
 /**
- * The driver's kernel wiring: the netfilter queue, the iptables chains that
- * feed it, and a raw socket for ICMP refusals. Undone by the returned cleanup.
+ * The host's queue data path: every packet of a session crosses user space,
+ * where the driver's core translates it (`driver/core.ts`). This file opens
+ * the netfilter queue and a raw socket for ICMP refusals, and installs the
+ * iptables chains that feed the queue. Undone by `stop`.
  *
  * raw OUTPUT → DPM-DRV-OUT: TCP/UDP/ICMP leaving by the interface toward G for
  *   outside the LAN (not loopback, multicast or broadcast) → CT --notrack, NFQUEUE q
@@ -18,18 +20,12 @@
 
 import { type Cidr, formatCidr, formatIPv4 } from "../../wire/addr.ts";
 import type { DriverConfig } from "../../config.ts";
-import { type DriverCore, DriverVerdict } from "../../driver/core.ts";
+import type { DriverDataPath, HostSessionKey, PacketIO } from "../datapath.ts";
+import type { DataPathStatus } from "../../operator/types.ts";
 import { logger } from "../../runtime/log.ts";
 import { Cleanup } from "../../runtime/cleanup.ts";
 import { type ChainSpec, DEFRAG_ON, installChains, removeChains } from "../../../linux/iptables.ts";
-import {
-  Handled,
-  NfQueue,
-  pump,
-  SKB_INFO_CSUM_NOT_READY,
-  SKB_INFO_GSO,
-} from "../../../linux/nfqueue.ts";
-import { SKB_CSUM_NOT_READY, SKB_GSO } from "../../wire/packet.ts";
+import { NfQueue, pump } from "../../../linux/nfqueue.ts";
 import { RawSocket } from "../../../linux/rawsock.ts";
 
 const log = logger("driver");
@@ -70,41 +66,95 @@ export function driverChains(cfg: DriverConfig, lan: Cidr, dev: string): ChainSp
   ];
 }
 
-/** Sets up the driver's data path and starts translating; returns the cleanup. */
-export async function startDriverDataPath(
-  cfg: DriverConfig,
-  lan: Cidr,
-  dev: string,
-  core: DriverCore,
+/** A queued packet's handler: returns a Verdict (see `wire/meta.ts`). */
+export type DriverPacketHandler = (
+  pkt: Uint8Array,
+  id: number,
+  outbound: boolean,
+  meta: number,
+) => number;
+
+/** Sets up the queue and the raw socket, without rules yet; shared with the kernel path. */
+export function openHostQueue(
+  queueNum: number,
+  undo: Cleanup,
+): { queue: NfQueue; io: PacketIO } {
+  const queue = NfQueue.open({ queue: queueNum, failOpen: false });
+  undo.push(() => queue.close());
+  const raw = RawSocket.open();
+  undo.push(() => raw.close());
+  const io: PacketIO = {
+    verdict: (id, v, payload) => queue.verdict(id, v, payload),
+    flush: () => queue.flush(),
+    send: (pkt, len, dst) => raw.send(pkt, len, dst),
+  };
+  return { queue, io };
+}
+
+/** Pumps `queue` into `handle`; the cleanup stops it. */
+export function pumpHost(
+  queue: NfQueue,
+  handle: DriverPacketHandler,
   onFatal: (e: Error) => void,
-): Promise<() => Promise<void>> {
-  const undo = new Cleanup(log);
-  try {
-    if (Handled.HOLD !== DriverVerdict.HOLD || Handled.MODIFIED !== DriverVerdict.MODIFIED) {
-      throw new Error("internal: verdict numbering differs between driver.ts and ffi/nfqueue.ts");
+): () => void {
+  return pump(
+    queue,
+    (pkt, id, hook, meta) => handle(pkt, id, hook === HOOK_LOCAL_OUT, meta),
+    onFatal,
+  );
+}
+
+/** The netfilter-queue data path of a host. */
+export class QueueDriverDataPath implements DriverDataPath {
+  readonly kind = "queue" as const;
+  readonly io: PacketIO;
+  readonly #undo: Cleanup;
+  readonly #queue: NfQueue;
+  readonly #specs: ChainSpec[];
+
+  private constructor(undo: Cleanup, queue: NfQueue, io: PacketIO, specs: ChainSpec[]) {
+    this.#undo = undo;
+    this.#queue = queue;
+    this.io = io;
+    this.#specs = specs;
+  }
+
+  /** Opens the queue and the raw socket; `begin` installs the rules and starts the pump. */
+  static async open(cfg: DriverConfig, lan: Cidr, dev: string): Promise<QueueDriverDataPath> {
+    const undo = new Cleanup(log);
+    try {
+      const { queue, io } = openHostQueue(cfg.queue, undo);
+      return new QueueDriverDataPath(undo, queue, io, driverChains(cfg, lan, dev));
+    } catch (e) {
+      await undo.run();
+      throw e;
     }
-    if (SKB_INFO_CSUM_NOT_READY !== SKB_CSUM_NOT_READY || SKB_INFO_GSO !== SKB_GSO) {
-      throw new Error("internal: NFQA_SKB_INFO bits differ between packet.ts and ffi/nfqueue.ts");
-    }
-    const queue = NfQueue.open({ queue: cfg.queue, failOpen: false });
-    undo.push(() => queue.close());
-    core.queue = queue;
-    undo.push(() => {
-      core.queue = null;
-    });
-    const raw = RawSocket.open();
-    undo.push(() => raw.close());
-    core.raw = raw;
-    const specs = driverChains(cfg, lan, dev);
-    await installChains(specs);
-    undo.push(() => removeChains(specs));
-    const handler = (pkt: Uint8Array, id: number, hook: number, skbInfo: number) =>
-      core.handlePacket(pkt, id, hook === HOOK_LOCAL_OUT, skbInfo);
-    undo.push(pump(queue, handler, onFatal));
-    log.info(`data path on: queue ${cfg.queue}, LAN ${formatCidr(lan)} on ${dev}`);
-    return () => undo.run();
-  } catch (e) {
-    await undo.run();
-    throw e;
+  }
+
+  /** Installs the rules and starts handing packets to `handle`. */
+  async begin(handle: DriverPacketHandler, onFatal: (e: Error) => void): Promise<void> {
+    await installChains(this.#specs);
+    const specs = this.#specs;
+    this.#undo.push(() => removeChains(specs));
+    this.#undo.push(pumpHost(this.#queue, handle, onFatal));
+    log.info(`data path on (queue): queue ${this.#queue.queue}`);
+  }
+
+  kernelTranslates(): boolean {
+    return false;
+  }
+  sessionUp(_s: HostSessionKey): void {}
+  sessionDown(_s: HostSessionKey): void {}
+  activity(): null {
+    return null;
+  }
+  adopted(): HostSessionKey[] {
+    return [];
+  }
+  status(): DataPathStatus {
+    return { kind: "queue", state: "on", reinstalls: 0 };
+  }
+  async stop(): Promise<void> {
+    await this.#undo.run();
   }
 }

@@ -1,0 +1,92 @@
+/**
+ * What both of the gateway's data paths need from the machine before any
+ * packet is translated: forwarding and the sysctls that let translated
+ * packets through (they carry the gateway's own addresses as source), and
+ * the pool's addresses on the WAN interface. Undone by the returned cleanup
+ * function, except where `keep` says the kernel must go on translating.
+ *
+ * @module
+ */
+
+import { formatIPv4 } from "../wire/addr.ts";
+import type { ServerConfig } from "../config.ts";
+import { logger } from "../runtime/log.ts";
+import { Cleanup } from "../runtime/cleanup.ts";
+import { keepReversePathFilter, recoverSysctls, setSysctls } from "../../linux/sysctl.ts";
+import { addAddresses, interfaceAddrs, removeAddresses } from "../../linux/iface.ts";
+
+const log = logger("server");
+
+/** Contiguous runs of the sorted pool, for `-m iprange` and nft ranges. */
+export function poolRanges(pool: number[]): [number, number][] {
+  const out: [number, number][] = [];
+  for (const a of [...pool].sort((x, y) => x - y)) {
+    const last = out[out.length - 1];
+    if (last && a === last[1] + 1) last[1] = a;
+    else out.push([a, a]);
+  }
+  return out;
+}
+
+/** `a-b` text ranges of the pool, for iptables' iprange and nftables. */
+export function poolRangeText(pool: number[]): string[] {
+  return poolRanges(pool).map(([lo, hi]) => `${formatIPv4(lo)}-${formatIPv4(hi)}`);
+}
+
+/**
+ * Prepares the gateway: sysctls (journaled next to the operator socket, so a
+ * run killed with SIGKILL is undone by the next start) and, with
+ * `--add-pool-addresses`, the pool on the WAN interface. `extra` sysctls are
+ * set with the others (the kernel path turns conntrack accounting on).
+ * Returns the cleanup.
+ */
+export async function prepareGateway(
+  cfg: ServerConfig,
+  extra: Record<string, string> = {},
+): Promise<Cleanup> {
+  const undo = new Cleanup(log);
+  try {
+    const lanIf = cfg.lanIf!;
+    const wanIf = cfg.wanIf!;
+    const wanAddrs = await interfaceAddrs(wanIf);
+    const primary = wanAddrs.find((a) => !cfg.pool.includes(a.addr));
+    if (cfg.masquerade && !primary) {
+      log.warn(
+        `every address of ${wanIf} is in the pool: hosts without a driver are masqueraded ` +
+          `behind a pool address and may collide with dpm's sessions; give ${wanIf} an address outside the pool`,
+      );
+    }
+    // A run killed with SIGKILL left its sysctls changed: put the originals back first,
+    // so that this run records (and at exit restores) the gateway's real settings.
+    const journal = `${cfg.socket}.sysctls.json`;
+    const recovered = await recoverSysctls(journal);
+    if (recovered) log.info(`restored ${recovered} sysctl(s) left changed by a previous run`);
+    const restoreSysctls = await setSysctls({
+      ...await keepReversePathFilter([lanIf, wanIf]),
+      "net.ipv4.ip_forward": "1",
+      // Rewritten packets carry the gateway's own addresses as source (R on the
+      // way out, G on the way in): without accept_local they are martians.
+      "net.ipv4.conf.all.rp_filter": "0",
+      [`net.ipv4.conf.${lanIf}.rp_filter`]: "0",
+      [`net.ipv4.conf.${wanIf}.rp_filter`]: "0",
+      [`net.ipv4.conf.${lanIf}.accept_local`]: "1",
+      [`net.ipv4.conf.${wanIf}.accept_local`]: "1",
+      // Hairpinned packets leave by the interface they came in on: no redirects.
+      "net.ipv4.conf.all.send_redirects": "0",
+      [`net.ipv4.conf.${lanIf}.send_redirects`]: "0",
+      ...extra,
+    }, { journal });
+    undo.push(restoreSysctls);
+    if (cfg.addPoolAddresses) {
+      const added = await addAddresses(wanIf, cfg.pool);
+      // dpm owns the pool: on exit it removes every pool address, including
+      // those a crashed run left behind (which addAddresses found present).
+      undo.push(() => removeAddresses(wanIf, cfg.pool));
+      if (added.length) log.info(`added ${added.length} pool address(es) to ${wanIf}`);
+    }
+    return undo;
+  } catch (e) {
+    await undo.run();
+    throw e;
+  }
+}

@@ -1,0 +1,239 @@
+/**
+ * The kernel data path's rules, as text: dpm's own nftables table for each
+ * role (loaded with one `nft -f -`, at start and when the watchdog finds it
+ * gone) and the few iptables chains that remain (only iptables has the
+ * NFQUEUE target here, and only a rule in iptables' own filter table can
+ * accept forwarded traffic that the gateway's firewall would drop).
+ *
+ * Gateway, `table ip dpm-server` (G: LAN address, a:pa host, Pg gateway
+ * port, X:px remote, R:p public pair):
+ *
+ * ```
+ * map to_remote  proto . a . Pg        -> X . px   dnat in nat prerouting (-101), iif LAN, daddr G
+ * map to_public  proto . a . pa . X . px -> R . p  snat in nat postrouting (99), oif WAN
+ * set queued     proto . a . Pg                    hairpinned sessions: the queue translates them
+ * ```
+ * Host, `table ip dpm-driver`:
+ * ```
+ * map to_gateway proto . X . px . pa   -> G . Pg   dnat in nat output (-101), oif toward G
+ * ```
+ * Only the first packet of each conntrack meets these chains; conntrack
+ * translates the rest both ways, replies included. ICMP (echo and errors)
+ * stays on the queue translator in both roles.
+ *
+ * @module
+ */
+
+import { type Cidr, formatCidr, formatIPv4 } from "../../wire/addr.ts";
+import type { DriverConfig, ServerConfig } from "../../config.ts";
+import type { ChainSpec } from "../../../linux/iptables.ts";
+import { DEFRAG_ON } from "../../../linux/iptables.ts";
+import { poolRangeText } from "../gateway.ts";
+
+/** The gateway's nftables table. */
+export const SERVER_TABLE = "dpm-server";
+/** The host's nftables table. */
+export const DRIVER_TABLE = "dpm-driver";
+/** Packet mark that sends a hairpinned session's packets to the queue (nft sets it, iptables queues). */
+export const QUEUE_MARK = 0x64706d01; // "dpm" 01
+
+/** Rejects interface names nft would read as something else (config validation already limits them). */
+function quoteIf(name: string): string {
+  if (!/^[A-Za-z0-9_.:@-]{1,15}$/.test(name)) throw new TypeError(`Bad interface name "${name}"`);
+  return `"${name}"`;
+}
+
+/**
+ * The gateway's table, replacing any previous one in the same transaction
+ * (`add` then `delete` then the definition: valid whether or not it existed).
+ * `elements`: nft element lines for the maps (see `serverElementsText`),
+ * loaded in the same transaction, so a reinstall is atomic.
+ */
+export function serverTable(
+  cfg: ServerConfig,
+  lan: Cidr,
+  elements: { toRemote: string[]; toPublic: string[]; queued: string[] } = {
+    toRemote: [],
+    toPublic: [],
+    queued: [],
+  },
+): string {
+  const lanIf = quoteIf(cfg.lanIf!);
+  const wanIf = quoteIf(cfg.wanIf!);
+  const g = formatIPv4(cfg.lanAddr);
+  const el = (xs: string[]) => xs.length ? `\n    elements = { ${xs.join(",\n      ")} }` : "";
+  return `add table ip ${SERVER_TABLE}
+delete table ip ${SERVER_TABLE}
+table ip ${SERVER_TABLE} {
+  comment "dpm server: per-session NAT maps, programmed by dpm; do not edit"
+  map to_remote {
+    typeof meta l4proto . ip saddr . th dport : ip daddr . th dport${el(elements.toRemote)}
+  }
+  map to_public {
+    typeof meta l4proto . ip saddr . th sport . ip daddr . th dport : ip saddr . th sport${
+    el(elements.toPublic)
+  }
+  }
+  set queued {
+    typeof meta l4proto . ip saddr . th dport${el(elements.queued)}
+  }
+  chain steer {
+    type filter hook prerouting priority -350; policy accept;
+    iifname ${lanIf} ip daddr ${g} meta l4proto . ip saddr . th dport @queued meta mark set ${QUEUE_MARK}
+  }
+  chain from_lan {
+    type nat hook prerouting priority -101; policy accept;
+    iifname ${lanIf} ip daddr ${g} dnat ip to meta l4proto . ip saddr . th dport map @to_remote
+  }
+  chain to_wan {
+    type nat hook postrouting priority 99; policy accept;
+    oifname ${wanIf} snat ip to meta l4proto . ip saddr . th sport . ip daddr . th dport map @to_public${
+    cfg.masquerade ? `\n    oifname ${wanIf} ip saddr ${formatCidr(lan)} masquerade` : ""
+  }
+  }
+}
+`;
+}
+
+/** The host's table, replacing any previous one in the same transaction. */
+export function driverTable(dev: string, elements: string[] = []): string {
+  const el = elements.length ? `\n    elements = { ${elements.join(",\n      ")} }` : "";
+  return `add table ip ${DRIVER_TABLE}
+delete table ip ${DRIVER_TABLE}
+table ip ${DRIVER_TABLE} {
+  comment "dpm driver: per-session NAT map, programmed by dpm; do not edit"
+  map to_gateway {
+    typeof meta l4proto . ip daddr . th dport . th sport : ip daddr . th dport${el}
+  }
+  chain out {
+    type nat hook output priority -101; policy accept;
+    oifname ${quoteIf(dev)} dnat ip to meta l4proto . ip daddr . th dport . th sport map @to_gateway
+  }
+}
+`;
+}
+
+/** Removes a role's table (no error when absent). */
+export function deleteTable(name: string): string {
+  return `add table ip ${name}\ndelete table ip ${name}\n`;
+}
+
+const NAME = (p: number) => (p === 6 ? "tcp" : "udp");
+
+/** One `to_remote` element as nft text. */
+export function toRemoteText(proto: number, a: number, pg: number, x: number, px: number): string {
+  return `${NAME(proto)} . ${formatIPv4(a)} . ${pg} : ${formatIPv4(x)} . ${px}`;
+}
+
+/** One `to_public` element as nft text. */
+export function toPublicText(
+  proto: number,
+  a: number,
+  pa: number,
+  x: number,
+  px: number,
+  r: number,
+  p: number,
+): string {
+  return `${NAME(proto)} . ${formatIPv4(a)} . ${pa} . ${formatIPv4(x)} . ${px} : ${
+    formatIPv4(r)
+  } . ${p}`;
+}
+
+/** One `queued` element as nft text. */
+export function queuedText(proto: number, a: number, pg: number): string {
+  return `${NAME(proto)} . ${formatIPv4(a)} . ${pg}`;
+}
+
+/** One `to_gateway` element as nft text. */
+export function toGatewayText(
+  proto: number,
+  x: number,
+  px: number,
+  pa: number,
+  g: number,
+  pg: number,
+): string {
+  return `${NAME(proto)} . ${formatIPv4(x)} . ${px} . ${pa} : ${formatIPv4(g)} . ${pg}`;
+}
+
+/**
+ * The gateway's iptables chains on the kernel path: ICMP and hairpinned
+ * sessions to the queue (untracked, as on the queue path), forwarded
+ * traffic of dpm's sessions accepted ahead of the firewall.
+ */
+export function serverKernelChains(cfg: ServerConfig): ChainSpec[] {
+  const lanIf = cfg.lanIf!;
+  const wanIf = cfg.wanIf!;
+  const g = formatIPv4(cfg.lanAddr);
+  const q = ["-j", "NFQUEUE", "--queue-num", String(cfg.queue)];
+  const nt = ["-j", "CT", "--notrack"];
+  const matches: string[][] = [
+    ["-i", lanIf, "-d", g, "-m", "mark", "--mark", String(QUEUE_MARK)],
+    ["-i", lanIf, "-d", g, "-p", "icmp", "--icmp-type", "echo-request"],
+    ["-i", lanIf, "-d", g, "-p", "icmp", "--icmp-type", "destination-unreachable"],
+    ["-i", lanIf, "-d", g, "-p", "icmp", "--icmp-type", "time-exceeded"],
+    ["-i", lanIf, "-d", g, "-p", "icmp", "--icmp-type", "parameter-problem"],
+  ];
+  const ranges = poolRangeText(cfg.pool);
+  for (const r of ranges) {
+    matches.push(["-i", wanIf, "-p", "icmp", "-m", "iprange", "--dst-range", r]);
+  }
+  const pre: string[][] = [[...DEFRAG_ON]];
+  for (const m of matches) pre.push([...m, ...nt], [...m, ...q]);
+  const fwd: string[][] = [];
+  // Conntrack-translated sessions: their original destination is G.
+  const ct = ["-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", g, "-j", "ACCEPT"];
+  fwd.push(["-i", lanIf, "-o", wanIf, ...ct], ["-i", wanIf, "-o", lanIf, ...ct]);
+  // What the queue translates (ICMP, hairpin) is untracked, as on the queue path.
+  for (const r of ranges) {
+    fwd.push(["-i", lanIf, "-o", wanIf, "-m", "iprange", "--src-range", r, "-j", "ACCEPT"]);
+  }
+  fwd.push(["-i", wanIf, "-o", lanIf, "-s", g, "-j", "ACCEPT"]);
+  fwd.push(["-i", lanIf, "-o", lanIf, "-s", g, "-j", "ACCEPT"]);
+  return [
+    { table: "raw", hook: "PREROUTING", chain: "DPM-SRV-PRE", rules: pre },
+    { table: "filter", hook: "FORWARD", chain: "DPM-SRV-FWD", rules: fwd },
+  ];
+}
+
+/**
+ * The host's iptables chains on the kernel path: a new TCP/UDP conntrack
+ * toward the outside goes to the queue (the driver holds it until the grant
+ * and then lets it go unchanged: the nat output chain, which comes after
+ * mangle, translates it); ICMP as on the queue path.
+ */
+export function driverKernelChains(cfg: DriverConfig, lan: Cidr, dev: string): ChainSpec[] {
+  const q = ["-j", "NFQUEUE", "--queue-num", String(cfg.queue), "--queue-bypass"];
+  const nt = ["-j", "CT", "--notrack"];
+  const g = formatIPv4(cfg.server);
+  const skip: string[][] = [
+    ["-d", formatCidr(lan), "-j", "RETURN"],
+    ["-d", "127.0.0.0/8", "-j", "RETURN"],
+    ["-d", "224.0.0.0/4", "-j", "RETURN"],
+    ["-d", "255.255.255.255/32", "-j", "RETURN"],
+  ];
+  const out: string[][] = [...skip, ["-o", dev, "-p", "icmp", ...nt], [
+    "-o",
+    dev,
+    "-p",
+    "icmp",
+    ...q,
+  ]];
+  const fresh: string[][] = [...skip];
+  for (const p of ["tcp", "udp"]) {
+    fresh.push(["-o", dev, "-p", p, "-m", "conntrack", "--ctstate", "NEW", ...q]);
+  }
+  const matches: string[][] = [["-s", g, "-p", "icmp", "--icmp-type", "echo-reply"]];
+  for (const t of ["destination-unreachable", "time-exceeded", "parameter-problem"]) {
+    matches.push(["-s", g, "-p", "icmp", "--icmp-type", t]);
+    matches.push(["!", "-s", formatCidr(lan), "-p", "icmp", "--icmp-type", t]);
+  }
+  const pre: string[][] = [[...DEFRAG_ON]];
+  for (const m of matches) pre.push(["-i", dev, ...m, ...nt], ["-i", dev, ...m, ...q]);
+  return [
+    { table: "raw", hook: "OUTPUT", chain: "DPM-DRV-OUT", rules: out },
+    { table: "mangle", hook: "OUTPUT", chain: "DPM-DRV-NEW", rules: fresh },
+    { table: "raw", hook: "PREROUTING", chain: "DPM-DRV-PRE", rules: pre },
+  ];
+}

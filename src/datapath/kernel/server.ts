@@ -1,0 +1,316 @@
+/**
+ * The gateway's kernel data path: dpm decides, the kernel translates.
+ *
+ * Theory of operation. dpm's nftables table (`rules.ts`) holds two maps
+ * filled from the session table: `to_remote` (proto . a . Pg -> X . px,
+ * dnat of what arrives from the LAN for G) and `to_public`
+ * (proto . a . pa . X . px -> R . p, snat of what leaves by the WAN). The
+ * first packet of a session meets the maps in the nat chains; conntrack then
+ * translates every later packet, both ways, in the kernel. So:
+ *
+ * - `sessionUp` adds both elements over netlink before the grant is sent
+ *   (`linux/nftables.ts`, one transaction each, no process); `sessionDown`
+ *   deletes them and the session's conntrack (`linux/conntrack.ts`), so a
+ *   released pair is free at once and never translated to its old peer.
+ * - ICMP sessions (echo identifiers are no ports for nft's `th` keys) and
+ *   hairpinned sessions (X is a pool address: the packet must be translated
+ *   twice, into another host's session) stay on the queue translator: the
+ *   `queued` set marks their packets, iptables queues them.
+ * - A conntrack may expire while its lease lives: the next packet meets the
+ *   maps again and gets the same translation.
+ * - Counters: conntrack accounting is turned on; `counters()` reads them for
+ *   `dpm status` (one dump on demand).
+ * - Watchdog: once a second the nf_tables generation is compared; when it
+ *   moved, the chains are listed, and if dpm's table or iptables chains are
+ *   gone (`nft flush ruleset`, a firewall reload) everything is reinstalled
+ *   from the session table in one transaction, logged, counted and shown.
+ * - Restart without loss: `stop(false)` leaves the table, maps, conntracks,
+ *   chains and sysctls in place, so established sessions go on being
+ *   translated while no dpm runs; the next start reads the maps back
+ *   (`adopted()`) and replaces the table atomically with the same content.
+ *
+ * @module
+ */
+
+import { type Cidr, formatIPv4 } from "../../wire/addr.ts";
+import type { ServerConfig } from "../../config.ts";
+import { IPPROTO_ICMP } from "../../wire/meta.ts";
+import { logger } from "../../runtime/log.ts";
+import { Cleanup } from "../../runtime/cleanup.ts";
+import type { DataPathStatus } from "../../operator/types.ts";
+import {
+  gatewayKey,
+  type GatewaySession,
+  type ServerDataPath,
+  type SessionCounters,
+} from "../datapath.ts";
+import { prepareGateway } from "../gateway.ts";
+import { serverChains } from "../queue/server.ts";
+import {
+  deleteTable,
+  queuedText,
+  SERVER_TABLE,
+  serverKernelChains,
+  serverTable,
+  toPublicText,
+  toRemoteText,
+} from "./rules.ts";
+import { installChains, removeChains } from "../../../linux/iptables.ts";
+import { NfQueue, pump } from "../../../linux/nfqueue.ts";
+import { concat, type MapElem, NftMaps, splitConcat } from "../../../linux/nftables.ts";
+import { Conntrack } from "../../../linux/conntrack.ts";
+import { loadRuleset, tableExists } from "../../../linux/nft.ts";
+import { Watchdog } from "./watchdog.ts";
+
+const log = logger("server");
+
+const WATCHDOG_MS = 1000;
+
+/** A queued packet's handler (ICMP, hairpin): returns a Verdict. */
+export type ServerPacketHandler = (pkt: Uint8Array, meta: number) => number;
+
+const remoteKey = (s: GatewaySession) => concat([s.proto, 1], [s.a, 4], [s.pg, 2]);
+const remoteData = (s: GatewaySession) => concat([s.x, 4], [s.px, 2]);
+const publicKey = (s: GatewaySession) =>
+  concat([s.proto, 1], [s.a, 4], [s.pa, 2], [s.x, 4], [s.px, 2]);
+const publicData = (s: GatewaySession) => concat([s.r, 4], [s.p, 2]);
+
+/** The gateway's kernel data path. */
+export class KernelServerDataPath implements ServerDataPath {
+  readonly kind = "kernel" as const;
+  readonly #cfg: ServerConfig;
+  readonly #lan: Cidr;
+  readonly #pool: Set<number>;
+  readonly #nft: NftMaps;
+  readonly #ct: Conntrack;
+  readonly #undo = new Cleanup(log);
+  /** Undone only by stop(true): what keeps translating while no dpm runs. */
+  readonly #kept = new Cleanup(log);
+  #sessions: () => Iterable<GatewaySession> = () => [];
+  readonly #watchdog: Watchdog;
+
+  private constructor(cfg: ServerConfig, lan: Cidr, nft: NftMaps, ct: Conntrack) {
+    this.#cfg = cfg;
+    this.#lan = lan;
+    this.#pool = new Set(cfg.pool);
+    this.#nft = nft;
+    this.#ct = ct;
+    this.#watchdog = new Watchdog(
+      log,
+      nft,
+      [
+        `ip ${SERVER_TABLE} steer`,
+        `ip ${SERVER_TABLE} from_lan`,
+        `ip ${SERVER_TABLE} to_wan`,
+        `ip raw DPM-SRV-PRE`,
+        `ip filter DPM-SRV-FWD`,
+      ],
+      async () =>
+        `table ip ${SERVER_TABLE} with ${await this
+          .#install()} session(s) and dpm's iptables chains`,
+    );
+  }
+
+  /** Opens the netlink sockets. Nothing is changed yet (see {@linkcode begin}). */
+  static open(cfg: ServerConfig, lan: Cidr): KernelServerDataPath {
+    const nft = NftMaps.open();
+    let ct: Conntrack;
+    try {
+      ct = Conntrack.open();
+    } catch (e) {
+      nft.close();
+      throw e;
+    }
+    return new KernelServerDataPath(cfg, lan, nft, ct);
+  }
+
+  /**
+   * The sessions a previous run left in the kernel (the two maps joined by
+   * (proto, a)): what a restart without a state file adopts. Empty when
+   * there is no table.
+   */
+  async adopted(): Promise<GatewaySession[]> {
+    if (!(await tableExists(SERVER_TABLE))) return [];
+    let remote: MapElem[];
+    let pub: MapElem[];
+    try {
+      remote = this.#nft.list(SERVER_TABLE, "to_remote");
+      pub = this.#nft.list(SERVER_TABLE, "to_public");
+    } catch (e) {
+      log.warn(`reading the previous run's maps: ${(e as Error).message}`);
+      return [];
+    }
+    // to_public: (proto, a, pa, x, px) -> (r, p); to_remote: (proto, a, pg) -> (x, px).
+    const byId = new Map<string, [number, number]>();
+    for (const e of pub) {
+      const [proto, a, pa, x, px] = splitConcat(e.key, [1, 4, 2, 4, 2]);
+      const [r, p] = splitConcat(e.data, [4, 2]);
+      byId.set(`${proto}/${a}/${pa}/${x}/${px}`, [r!, p!]);
+    }
+    const out: GatewaySession[] = [];
+    // A to_remote element names (a, Pg, X, px); the pa is the one whose
+    // to_public key carries the same (a, X, px).
+    const byRemote = new Map<string, [number, number, number, number][]>();
+    for (const [k, [r, p]] of byId) {
+      const [proto, a, pa, x, px] = k.split("/").map(Number) as [
+        number,
+        number,
+        number,
+        number,
+        number,
+      ];
+      const rk = `${proto}/${a}/${x}/${px}`;
+      let l = byRemote.get(rk);
+      if (!l) byRemote.set(rk, l = []);
+      l.push([pa, r, p, 0]);
+    }
+    for (const e of remote) {
+      const [proto, a, pg] = splitConcat(e.key, [1, 4, 2]);
+      const [x, px] = splitConcat(e.data, [4, 2]);
+      const l = byRemote.get(`${proto}/${a}/${x}/${px}`);
+      const m = l?.find((c) => c[3] === 0);
+      if (!m) continue;
+      m[3] = 1;
+      out.push({ proto: proto!, a: a!, pa: m[0], x: x!, px: px!, r: m[1], p: m[2], pg: pg! });
+    }
+    return out;
+  }
+
+  /**
+   * Installs everything and starts: the gateway's sysctls and addresses,
+   * dpm's table with every session of `sessions()` in one transaction, the
+   * iptables chains, the queue for ICMP and hairpin, the watchdog.
+   */
+  async begin(
+    sessions: () => Iterable<GatewaySession>,
+    handle: ServerPacketHandler,
+    onFatal: (e: Error) => void,
+  ): Promise<void> {
+    this.#sessions = sessions;
+    const gw = await prepareGateway(this.#cfg, {
+      // Per-session packets and bytes for dpm status; read when a conntrack is created.
+      "net.netfilter.nf_conntrack_acct": "1",
+    });
+    this.#kept.push(() => gw.run());
+    // A queue-path run may have left its chains (SIGKILL): they must not steal packets.
+    await removeChains(serverChains(this.#cfg, this.#lan));
+    const queue = NfQueue.open({ queue: this.#cfg.queue, failOpen: false });
+    this.#undo.push(() => queue.close());
+    const n = await this.#install();
+    this.#kept.push(() => loadRuleset(deleteTable(SERVER_TABLE)));
+    const specs = serverKernelChains(this.#cfg);
+    this.#kept.push(() => removeChains(specs));
+    this.#undo.push(pump(queue, (pkt, _id, _hook, meta) => handle(pkt, meta), onFatal));
+    this.#watchdog.start(WATCHDOG_MS);
+    this.#undo.push(() => this.#watchdog.stop());
+    log.info(
+      `data path on (kernel): table ip ${SERVER_TABLE} with ${n} session(s), queue ${this.#cfg.queue} ` +
+        `for ICMP and hairpin; LAN ${this.#cfg.lanIf}, WAN ${this.#cfg.wanIf}`,
+    );
+  }
+
+  /** Loads the table with every session, and the iptables chains. Returns the session count. */
+  async #install(): Promise<number> {
+    const toRemote: string[] = [];
+    const toPublic: string[] = [];
+    const queued: string[] = [];
+    let n = 0;
+    for (const s of this.#sessions()) {
+      if (s.proto === IPPROTO_ICMP) continue;
+      n++;
+      if (this.#pool.has(s.x)) queued.push(queuedText(s.proto, s.a, s.pg));
+      else {
+        toRemote.push(toRemoteText(s.proto, s.a, s.pg, s.x, s.px));
+        toPublic.push(toPublicText(s.proto, s.a, s.pa, s.x, s.px, s.r, s.p));
+      }
+    }
+    await loadRuleset(serverTable(this.#cfg, this.#lan, { toRemote, toPublic, queued }));
+    await installChains(serverKernelChains(this.#cfg));
+    return n;
+  }
+
+  sessionUp(s: GatewaySession): void {
+    if (s.proto === IPPROTO_ICMP) return;
+    try {
+      if (this.#pool.has(s.x)) {
+        this.#nft.add(SERVER_TABLE, "queued", [{ key: remoteKey(s) }]);
+        return;
+      }
+      this.#nft.add(SERVER_TABLE, "to_remote", [{ key: remoteKey(s), data: remoteData(s) }]);
+      this.#nft.add(SERVER_TABLE, "to_public", [{ key: publicKey(s), data: publicData(s) }]);
+    } catch (e) {
+      this.#fail(`programming ${describe(s)}`, e);
+    }
+  }
+
+  sessionDown(s: GatewaySession): void {
+    if (s.proto === IPPROTO_ICMP) return;
+    try {
+      if (this.#pool.has(s.x)) {
+        this.#nft.delete(SERVER_TABLE, "queued", [remoteKey(s)]);
+      } else {
+        this.#nft.delete(SERVER_TABLE, "to_remote", [remoteKey(s)]);
+        this.#nft.delete(SERVER_TABLE, "to_public", [publicKey(s)]);
+      }
+      // The NAT binding lives in the conntrack: without this, a released pair
+      // would go on being translated to its old peer until conntrack forgot it.
+      this.#ct.delete([{
+        proto: s.proto,
+        src: s.a,
+        dst: this.#cfg.lanAddr,
+        sport: s.pa,
+        dport: s.pg,
+      }]);
+    } catch (e) {
+      this.#fail(`removing ${describe(s)}`, e);
+    }
+  }
+
+  #fail(what: string, e: unknown): void {
+    // The watchdog checks and repairs on its next round.
+    this.#watchdog.suspect(`${what}: ${(e as Error).message}`);
+  }
+
+  counters(): Map<number, SessionCounters> {
+    const out = new Map<number, SessionCounters>();
+    const g = this.#cfg.lanAddr;
+    try {
+      this.#ct.dump((e) => {
+        if (e.orig.dst !== g || e.orig.proto === IPPROTO_ICMP) return;
+        out.set(gatewayKey(e.orig.proto, e.orig.src, e.orig.dport), {
+          packetsOut: e.packetsOrig,
+          bytesOut: e.bytesOrig,
+          packetsIn: e.packetsReply,
+          bytesIn: e.bytesReply,
+        });
+      });
+    } catch (e) {
+      log.warn(`reading conntrack counters: ${(e as Error).message}`);
+    }
+    return out;
+  }
+
+  status(): DataPathStatus {
+    return this.#watchdog.status();
+  }
+
+  async stop(remove: boolean): Promise<void> {
+    await this.#undo.run();
+    if (remove) {
+      await this.#kept.run();
+      log.info(`removed table ip ${SERVER_TABLE} and dpm's chains`);
+    } else {
+      log.info(
+        `left table ip ${SERVER_TABLE} translating established sessions (dpm server --cleanup removes it)`,
+      );
+    }
+    this.#nft.close();
+    this.#ct.close();
+  }
+}
+
+function describe(s: GatewaySession): string {
+  return `${s.proto === 6 ? "tcp" : "udp"} ${formatIPv4(s.a)}:${s.pa} -> ${
+    formatIPv4(s.x)
+  }:${s.px} as ${formatIPv4(s.r)}:${s.p} (Pg ${s.pg})`;
+}
