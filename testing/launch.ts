@@ -42,6 +42,11 @@ export interface Dpm {
     Record<string, unknown> & { sessions: number; shown: Record<string, unknown>[] }
   >;
   stop(): Promise<void>;
+  /**
+   * `dpm server --cleanup` and `dpm driver --cleanup` with the same flags:
+   * removes what the kernel path leaves translating after a stop.
+   */
+  cleanup(): Promise<void>;
 }
 
 /** Options for {@link startDpm}. */
@@ -54,6 +59,8 @@ export interface StartOptions {
   driverHosts?: string[];
   /** Extra driver flags. */
   driverArgs?: string[];
+  /** `--datapath` of both roles (default: dpm's default, kernel). */
+  datapath?: "kernel" | "queue";
 }
 
 /** Starts the server on the gateway and drivers on hosts; waits until each says "ready". */
@@ -62,8 +69,7 @@ export async function startDpm(t: Topology, o: StartOptions = {}): Promise<Dpm> 
   await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
   const serverSocket = `${dir}/server.sock`;
   const driverSocket = (h: string) => `${dir}/${h}.sock`;
-  const server = t.spawn(t.gateway.ns, [
-    ...dpmCommand(),
+  const serverArgs = [
     "server",
     "--lan-if",
     t.gateway.lanIf,
@@ -76,8 +82,19 @@ export async function startDpm(t: Topology, o: StartOptions = {}): Promise<Dpm> 
     "--add-pool-addresses",
     "--socket",
     serverSocket,
+    ...(o.datapath ? ["--datapath", o.datapath] : []),
     ...(o.serverArgs ?? []),
-  ], { env: DPM_ENV });
+  ];
+  const server = t.spawn(t.gateway.ns, [...dpmCommand(), ...serverArgs], { env: DPM_ENV });
+  const driverArgs = (name: string) => [
+    "driver",
+    "--server",
+    t.gateway.lanText,
+    "--socket",
+    driverSocket(name),
+    ...(o.datapath ? ["--datapath", o.datapath] : []),
+    ...(o.driverArgs ?? []),
+  ];
   const drivers = new Map<string, Spawned>();
   const dpm: Dpm = {
     server,
@@ -120,6 +137,21 @@ export async function startDpm(t: Topology, o: StartOptions = {}): Promise<Dpm> 
       await Promise.all([...drivers.values()].map((d) => d.stop("SIGTERM", 5000)));
       await server.stop("SIGTERM", 5000);
     },
+    async cleanup() {
+      for (const name of drivers.keys()) {
+        const h = t.hosts.find((x) => x.name === name)!;
+        const r = await t.exec(h.ns, [...dpmCommand(), ...driverArgs(name), "--cleanup"], {
+          timeoutMs: 20_000,
+          env: DPM_ENV,
+        });
+        if (r.code !== 0) throw new Error(`dpm driver --cleanup failed (${r.code}): ${r.stderr}`);
+      }
+      const r = await t.exec(t.gateway.ns, [...dpmCommand(), ...serverArgs, "--cleanup"], {
+        timeoutMs: 20_000,
+        env: DPM_ENV,
+      });
+      if (r.code !== 0) throw new Error(`dpm server --cleanup failed (${r.code}): ${r.stderr}`);
+    },
   };
   try {
     await server.waitForOutput(/ready/, 30_000);
@@ -129,15 +161,7 @@ export async function startDpm(t: Topology, o: StartOptions = {}): Promise<Dpm> 
       if (!h) throw new Error(`no host ${name}`);
       drivers.set(
         name,
-        t.spawn(h.ns, [
-          ...dpmCommand(),
-          "driver",
-          "--server",
-          t.gateway.lanText,
-          "--socket",
-          driverSocket(name),
-          ...(o.driverArgs ?? []),
-        ], { env: DPM_ENV }),
+        t.spawn(h.ns, [...dpmCommand(), ...driverArgs(name)], { env: DPM_ENV }),
       );
     }
     await Promise.all([...drivers.values()].map((d) => d.waitForOutput(/ready/, 30_000)));

@@ -25,13 +25,30 @@ import { waitFor } from "../../testing/wait.ts";
 
 const SAN = { sanitizeOps: false, sanitizeResources: false };
 
+/** Every test runs on both data paths; `datapath` is the one of the running test. */
+const DATAPATHS = ["kernel", "queue"] as const;
+let datapath: (typeof DATAPATHS)[number] = "kernel";
+
+function test(def: { name: string; fn: () => Promise<void> } & typeof SAN): void {
+  for (const dp of DATAPATHS) {
+    Deno.test({
+      ...def,
+      name: def.name.replace(/^e2e root:/, `e2e root [${dp}]:`),
+      fn: () => {
+        datapath = dp;
+        return def.fn();
+      },
+    });
+  }
+}
+
 async function withDpm(
   opts: StartOptions & { hosts?: number },
   fn: (t: Topology, d: Dpm) => Promise<void>,
 ): Promise<void> {
   const t = await createTopology({ hosts: opts.hosts ?? 3, peers: 3 });
   try {
-    const d = await startDpm(t, opts);
+    const d = await startDpm(t, { datapath, ...opts });
     try {
       await fn(t, d);
     } catch (e) {
@@ -61,7 +78,7 @@ async function serve(t: Topology, ns: string, cmd: string[]) {
 const h = (t: Topology, i: number) => t.hosts[i]!;
 const p = (t: Topology, i: number) => t.peers[i]!;
 
-Deno.test({
+test({
   name:
     "e2e root: UDP both ways; the peer sees the public pair dpm query reports (claim 11), port preserved",
   ...SAN,
@@ -94,7 +111,7 @@ Deno.test({
     }),
 });
 
-Deno.test({
+test({
   name: "e2e root: TCP (curl over HTTP) and ICMP echo (ping) through dpm",
   ...SAN,
   fn: () =>
@@ -136,7 +153,7 @@ Deno.test({
     }),
 });
 
-Deno.test({
+test({
   name:
     "e2e root: ICMP errors reach the sender translated: TTL expiry at the router, port unreachable",
   ...SAN,
@@ -161,7 +178,7 @@ Deno.test({
     }),
 });
 
-Deno.test({
+test({
   name:
     "e2e root: claim 23 a replaceable port taken on every public address is replaced, and the query says so",
   ...SAN,
@@ -181,7 +198,7 @@ Deno.test({
     }),
 });
 
-Deno.test({
+test({
   name:
     "e2e root: claims 8-10 two hosts on the same fixed port toward different peers share one public pair",
   ...SAN,
@@ -219,7 +236,7 @@ Deno.test({
     }),
 });
 
-Deno.test({
+test({
   name:
     "e2e root: the same fixed port toward the same peer from two hosts: another address, else a visible refusal",
   ...SAN,
@@ -253,7 +270,7 @@ Deno.test({
   },
 });
 
-Deno.test({
+test({
   name: "e2e root: one UDP socket talking to three peers keeps every exchange apart",
   ...SAN,
   fn: () =>
@@ -280,7 +297,7 @@ Deno.test({
     }),
 });
 
-Deno.test({
+test({
   name: "e2e root: a host without a driver still reaches the outside through ordinary NAT",
   ...SAN,
   fn: () =>
@@ -299,7 +316,7 @@ Deno.test({
     }),
 });
 
-Deno.test({
+test({
   name: "e2e root: hairpinning, a host reaches another host's public pair from inside the LAN",
   ...SAN,
   fn: () =>
@@ -328,7 +345,7 @@ Deno.test({
     }),
 });
 
-Deno.test({
+test({
   name: "e2e root: an idle session leaves the table; a busy one is renewed and keeps working",
   ...SAN,
   fn: () =>
@@ -374,12 +391,32 @@ Deno.test({
 
 async function dpmRules(t: Topology, ns: string): Promise<string[]> {
   const r = await t.exec(ns, ["iptables-save"]);
-  return r.stdout.split("\n").filter((l) => l.includes("DPM-"));
+  const nft = await t.exec(ns, ["nft", "list", "tables"]);
+  return [
+    ...r.stdout.split("\n").filter((l) => l.includes("DPM-")),
+    ...nft.stdout.split("\n").filter((l) => /dpm-(server|driver)/.test(l)),
+  ];
 }
 
-Deno.test({
+/**
+ * Stops dpm the way each data path is stopped for good: SIGTERM, and on the
+ * kernel path (which keeps translating established sessions after SIGTERM)
+ * `--cleanup` with the same flags.
+ */
+async function stopForGood(t: Topology, d: Dpm): Promise<void> {
+  await d.stop();
+  if (datapath === "kernel") {
+    assert.ok(
+      (await dpmRules(t, t.gateway.ns)).some((l) => l.includes("dpm-server")),
+      "the kernel path keeps translating after SIGTERM",
+    );
+    await d.cleanup();
+  }
+}
+
+test({
   name:
-    "e2e root: SIGTERM leaves no rule, sysctl or address behind; SIGKILL then restart leaves no duplicates",
+    "e2e root: stopping leaves no rule, sysctl or address behind; SIGKILL then restart leaves no duplicates",
   ...SAN,
   fn: async () => {
     const t = await createTopology({ hosts: 2, peers: 1 });
@@ -391,7 +428,7 @@ Deno.test({
         (await t.exec(t.gateway.ns, ["sysctl", "-n", name])).stdout.trim();
       await t.exec(t.gateway.ns, ["sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=2"]);
       const portBefore = await sysctl("net.ipv4.conf.lan-h1.rp_filter");
-      let d = await startDpm(t, { driverHosts: ["h1"] });
+      let d = await startDpm(t, { driverHosts: ["h1"], datapath });
       assert.equal(await sysctl("net.ipv4.conf.all.rp_filter"), "0");
       assert.equal(
         await sysctl("net.ipv4.conf.lan-h1.rp_filter"),
@@ -405,7 +442,7 @@ Deno.test({
       );
       assert.ok((await dpmRules(t, t.gateway.ns)).length > 0, "server rules installed");
       assert.ok((await dpmRules(t, h(t, 0).ns)).length > 0, "driver rules installed");
-      await d.stop();
+      await stopForGood(t, d);
       assert.deepEqual(await dpmRules(t, t.gateway.ns), []);
       assert.deepEqual(await dpmRules(t, h(t, 0).ns), []);
       const after =
@@ -418,7 +455,7 @@ Deno.test({
       assert.ok(!addrs.includes("203.0.113.10/32"), "pool addresses removed");
 
       // A crash leaves rules; the next start replaces them exactly once.
-      d = await startDpm(t, { driverHosts: ["h1"] });
+      d = await startDpm(t, { driverHosts: ["h1"], datapath });
       const rulesOnce = await dpmRules(t, t.gateway.ns);
       await d.server.stop("SIGKILL", 0);
       await d.drivers.get("h1")!.stop("SIGKILL", 0);
@@ -432,15 +469,19 @@ Deno.test({
         "0",
         "SIGKILL leaves sysctls changed",
       );
-      d = await startDpm(t, { driverHosts: ["h1"] });
+      d = await startDpm(t, { driverHosts: ["h1"], datapath });
       assert.deepEqual(await dpmRules(t, t.gateway.ns), rulesOnce, "no duplicate after restart");
       const jumps = (await dpmRules(t, h(t, 0).ns)).filter((l) => l.startsWith("-A OUTPUT"));
-      assert.equal(jumps.length, 1, "one jump into the driver's chain");
+      assert.equal(
+        jumps.length,
+        datapath === "kernel" ? 2 : 1,
+        "one jump per table into the driver's chains",
+      );
       // And it still translates.
       await serve(t, p(t, 0).ns, udpEcho(7000));
       const out = await json(t, h(t, 0).ns, udpClient(0, [`${p(t, 0).addrText}:7000`]));
       assert.deepEqual(out.errors, []);
-      await d.stop();
+      await stopForGood(t, d);
       assert.deepEqual(await dpmRules(t, t.gateway.ns), []);
       assert.deepEqual(await dpmRules(t, h(t, 0).ns), []);
       assert.equal(
@@ -455,7 +496,7 @@ Deno.test({
   },
 });
 
-Deno.test({
+test({
   name: "e2e root: bad flags and config exit 2 with a one-line reason; nothing is installed",
   ...SAN,
   fn: async () => {
@@ -506,7 +547,7 @@ Deno.test({
   },
 });
 
-Deno.test({
+test({
   name: "e2e root: datagrams larger than the MTU cross fragmented, both ways, translated",
   ...SAN,
   fn: () =>

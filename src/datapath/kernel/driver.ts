@@ -49,6 +49,7 @@ import {
   DRIVER_TABLE,
   driverKernelChains,
   driverTable,
+  fromGatewayText,
   toGatewayText,
 } from "./rules.ts";
 import { Watchdog } from "./watchdog.ts";
@@ -66,6 +67,8 @@ const ACTIVITY_EVERY_MS = 2000;
 
 const gwKey = (k: HostSessionKey) => concat([k.proto, 1], [k.x, 4], [k.px, 2], [k.pa, 2]);
 const gwData = (k: HostSessionKey) => concat([k.g, 4], [k.pg, 2]);
+const fromKey = (k: HostSessionKey) => concat([k.proto, 1], [k.pg, 2]);
+const fromData = (k: HostSessionKey) => concat([k.x, 4], [k.px, 2]);
 
 /** The host's kernel data path. */
 export class KernelDriverDataPath implements DriverDataPath {
@@ -114,6 +117,7 @@ export class KernelDriverDataPath implements DriverDataPath {
       nft,
       [
         `ip ${DRIVER_TABLE} out`,
+        `ip ${DRIVER_TABLE} in`,
         `ip raw DPM-DRV-OUT`,
         `ip mangle DPM-DRV-NEW`,
         `ip raw DPM-DRV-PRE`,
@@ -184,12 +188,13 @@ export class KernelDriverDataPath implements DriverDataPath {
   }
 
   async #install(): Promise<number> {
-    const els = [...this.#live.values()].map((k) =>
-      toGatewayText(k.proto, k.x, k.px, k.pa, k.g, k.pg)
-    );
-    await loadRuleset(driverTable(this.#dev, els));
+    const live = [...this.#live.values()];
+    await loadRuleset(driverTable(this.#dev, this.#cfg.server, {
+      toGateway: live.map((k) => toGatewayText(k.proto, k.x, k.px, k.pa, k.g, k.pg)),
+      fromGateway: live.map((k) => fromGatewayText(k.proto, k.pg, k.x, k.px)),
+    }));
     await installChains(driverKernelChains(this.#cfg, this.#lan, this.#dev));
-    return els.length;
+    return live.length;
   }
 
   adopted(): HostSessionKey[] {
@@ -205,6 +210,7 @@ export class KernelDriverDataPath implements DriverDataPath {
     this.#live.set(hostKey(k.proto, k.a, k.pg), k);
     try {
       this.#nft.add(DRIVER_TABLE, "to_gateway", [{ key: gwKey(k), data: gwData(k) }]);
+      this.#nft.add(DRIVER_TABLE, "from_gateway", [{ key: fromKey(k), data: fromData(k) }]);
     } catch (e) {
       this.#watchdog.suspect(`programming ${describe(k)}: ${(e as Error).message}`);
     }
@@ -215,6 +221,7 @@ export class KernelDriverDataPath implements DriverDataPath {
     this.#live.delete(hostKey(k.proto, k.a, k.pg));
     try {
       this.#nft.delete(DRIVER_TABLE, "to_gateway", [gwKey(k)]);
+      this.#nft.delete(DRIVER_TABLE, "from_gateway", [fromKey(k)]);
       this.#ct.delete([{ proto: k.proto, src: k.a, dst: k.x, sport: k.pa, dport: k.px }]);
     } catch (e) {
       this.#watchdog.suspect(`removing ${describe(k)}: ${(e as Error).message}`);

@@ -15,7 +15,8 @@
  * ```
  * Host, `table ip dpm-driver`:
  * ```
- * map to_gateway proto . X . px . pa   -> G . Pg   dnat in nat output (-101), oif toward G
+ * map to_gateway   proto . X . px . pa -> G . Pg  dnat in nat output (-101), oif toward G
+ * map from_gateway proto . Pg          -> X . px  snat in nat input (99), from G (inbound first)
  * ```
  * Only the first packet of each conntrack meets these chains; conntrack
  * translates the rest both ways, replies included. ICMP (echo and errors)
@@ -95,9 +96,20 @@ table ip ${SERVER_TABLE} {
 `;
 }
 
-/** The host's table, replacing any previous one in the same transaction. */
-export function driverTable(dev: string, elements: string[] = []): string {
-  const el = elements.length ? `\n    elements = { ${elements.join(",\n      ")} }` : "";
+/**
+ * The host's table, replacing any previous one in the same transaction.
+ * `from_gateway` (proto . Pg -> X . px) serves a session whose first packet
+ * comes in (a hairpinned peer, or a reply to a reservation made before the
+ * application sent anything): nat input rewrites the source `G:Pg` to
+ * `X:px`, and conntrack then translates the application's answers back.
+ */
+export function driverTable(
+  dev: string,
+  g: number,
+  elements: { toGateway: string[]; fromGateway: string[] } = { toGateway: [], fromGateway: [] },
+): string {
+  const list = (xs: string[]) => xs.length ? `\n    elements = { ${xs.join(",\n      ")} }` : "";
+  const el = list(elements.toGateway);
   return `add table ip ${DRIVER_TABLE}
 delete table ip ${DRIVER_TABLE}
 table ip ${DRIVER_TABLE} {
@@ -105,9 +117,18 @@ table ip ${DRIVER_TABLE} {
   map to_gateway {
     typeof meta l4proto . ip daddr . th dport . th sport : ip daddr . th dport${el}
   }
+  map from_gateway {
+    typeof meta l4proto . th sport : ip saddr . th sport${list(elements.fromGateway)}
+  }
   chain out {
     type nat hook output priority -101; policy accept;
     oifname ${quoteIf(dev)} dnat ip to meta l4proto . ip daddr . th dport . th sport map @to_gateway
+  }
+  chain in {
+    type nat hook input priority 99; policy accept;
+    iifname ${quoteIf(dev)} ip saddr ${
+    formatIPv4(g)
+  } snat ip to meta l4proto . th sport map @from_gateway
   }
 }
 `;
@@ -143,6 +164,11 @@ export function toPublicText(
 /** One `queued` element as nft text. */
 export function queuedText(proto: number, a: number, pg: number): string {
   return `${NAME(proto)} . ${formatIPv4(a)} . ${pg}`;
+}
+
+/** One `from_gateway` element as nft text. */
+export function fromGatewayText(proto: number, pg: number, x: number, px: number): string {
+  return `${NAME(proto)} . ${pg} : ${formatIPv4(x)} . ${px}`;
 }
 
 /** One `to_gateway` element as nft text. */
