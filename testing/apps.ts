@@ -141,3 +141,94 @@ while True:
 `,
   ];
 }
+
+/**
+ * TCP echo on `port`: for each connection, answers every line with
+ * "seen <ip>:<port>|<line>" (threads, so several connections at once).
+ */
+export function tcpEcho(port: number): string[] {
+  return [
+    "python3",
+    "-u",
+    "-c",
+    `
+import socket, threading
+def serve(c, a):
+    f = c.makefile("rwb")
+    for line in f:
+        f.write(("seen %s:%d|" % a).encode() + line)
+        f.flush()
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", ${port}))
+s.listen(16)
+print("listening", flush=True)
+while True:
+    c, a = s.accept()
+    threading.Thread(target=serve, args=(c, a), daemon=True).start()
+`,
+  ];
+}
+
+/**
+ * A long-lived pair of sessions to one peer: one TCP connection and one UDP
+ * socket, each exchanging a message every `intervalMs` until "stop" arrives
+ * on stdin or `seconds` pass. Prints "connected" once the TCP connection is
+ * up, then one JSON line at the end: TCP exchanges that succeeded and the
+ * first error (a reset would end the connection), UDP sends and replies, the
+ * longest UDP silence, and every distinct source the peer reported seeing, per protocol.
+ */
+export function steadyFlows(
+  tcpDest: string,
+  udpDest: string,
+  opts: { seconds?: number; intervalMs?: number } = {},
+): string[] {
+  const [th, tp] = tcpDest.split(":");
+  const [uh, up] = udpDest.split(":");
+  return [
+    "python3",
+    "-u",
+    "-c",
+    `
+import json, socket, time
+t = socket.create_connection(("${th}", ${tp}), timeout=5)
+f = t.makefile("rwb")
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.connect(("${uh}", ${up}))
+u.settimeout(${(opts.intervalMs ?? 100) / 1000})
+print("connected", flush=True)
+res = {"tcp_ok": 0, "tcp_error": None, "udp_sent": 0, "udp_replies": 0, "udp_max_gap_ms": 0, "tcp_seen": [], "udp_seen": []}
+end = time.time() + ${opts.seconds ?? 20}
+last = time.time()
+i = 0
+while time.time() < end:
+    i += 1
+    if res["tcp_error"] is None:
+        try:
+            f.write(b"t%d\\n" % i); f.flush()
+            line = f.readline().decode().strip()
+            if not line:
+                raise ConnectionError("closed by the peer")
+            res["tcp_ok"] += 1
+            s = line.split("|")[0]
+            if s not in res["tcp_seen"]: res["tcp_seen"].append(s)
+        except Exception as e:
+            res["tcp_error"] = "%s: %s" % (type(e).__name__, e)
+    u.send(b"u%d" % i)
+    res["udp_sent"] += 1
+    try:
+        d = u.recv(2048).decode()
+        res["udp_replies"] += 1
+        now = time.time()
+        res["udp_max_gap_ms"] = max(res["udp_max_gap_ms"], int((now - last) * 1000))
+        last = now
+        s = d.split("|")[0]
+        if s not in res["udp_seen"]: res["udp_seen"].append(s)
+    except socket.timeout:
+        pass
+    time.sleep(${(opts.intervalMs ?? 100) / 1000})
+res["udp_max_gap_ms"] = max(res["udp_max_gap_ms"], int((time.time() - last) * 1000))
+print(json.dumps(res), flush=True)
+`,
+  ];
+}

@@ -24,6 +24,7 @@ export const DPM_ENV: Record<string, string> = { DENO_NO_UPDATE_CHECK: "1" };
 
 /** A running dpm setup: one server, drivers on some hosts. */
 export interface Dpm {
+  /** The running server (replaced by {@linkcode Dpm.restartServer}). */
   server: Spawned;
   drivers: Map<string, Spawned>;
   /** Operator socket paths. */
@@ -47,6 +48,10 @@ export interface Dpm {
    * removes what the kernel path leaves translating after a stop.
    */
   cleanup(): Promise<void>;
+  /** Stops the server with `signal` (SIGKILL: at once) and starts it again with the same flags. */
+  restartServer(signal: Deno.Signal): Promise<void>;
+  /** The same for one host's driver. */
+  restartDriver(host: string, signal: Deno.Signal): Promise<void>;
 }
 
 /** Options for {@link startDpm}. */
@@ -135,7 +140,19 @@ export async function startDpm(t: Topology, o: StartOptions = {}): Promise<Dpm> 
     },
     async stop() {
       await Promise.all([...drivers.values()].map((d) => d.stop("SIGTERM", 5000)));
-      await server.stop("SIGTERM", 5000);
+      await dpm.server.stop("SIGTERM", 5000);
+    },
+    async restartServer(signal) {
+      await dpm.server.stop(signal, signal === "SIGKILL" ? 0 : 5000);
+      dpm.server = t.spawn(t.gateway.ns, [...dpmCommand(), ...serverArgs], { env: DPM_ENV });
+      await dpm.server.waitForOutput(/ready/, 30_000);
+    },
+    async restartDriver(host, signal) {
+      const h = t.hosts.find((x) => x.name === host)!;
+      await drivers.get(host)!.stop(signal, signal === "SIGKILL" ? 0 : 5000);
+      const d = t.spawn(h.ns, [...dpmCommand(), ...driverArgs(host)], { env: DPM_ENV });
+      drivers.set(host, d);
+      await d.waitForOutput(/ready/, 30_000);
     },
     async cleanup() {
       for (const name of drivers.keys()) {
@@ -170,4 +187,31 @@ export async function startDpm(t: Topology, o: StartOptions = {}): Promise<Dpm> 
     throw new Error(`${(e as Error).message}\n--- server output:\n${server.output()}`);
   }
   return dpm;
+}
+
+/**
+ * Builds a topology (`hosts` hosts, 3 peers), starts dpm on it, runs `fn`,
+ * and always stops dpm and destroys the topology; on failure prints every
+ * dpm process's output.
+ */
+export async function withDpm(
+  opts: StartOptions & { hosts?: number },
+  fn: (t: Topology, d: Dpm) => Promise<void>,
+): Promise<void> {
+  const { createTopology } = await import("./topology.ts");
+  const t = await createTopology({ hosts: opts.hosts ?? 3, peers: 3 });
+  try {
+    const d = await startDpm(t, opts);
+    try {
+      await fn(t, d);
+    } catch (e) {
+      console.error(`--- server output:\n${d.server.output()}`);
+      for (const [h, s] of d.drivers) console.error(`--- ${h} driver output:\n${s.output()}`);
+      throw e;
+    } finally {
+      await d.stop();
+    }
+  } finally {
+    await t.destroy();
+  }
 }

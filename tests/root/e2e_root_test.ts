@@ -19,6 +19,7 @@ import {
   dpmCommand,
   startDpm,
   type StartOptions,
+  withDpm as withDpmOn,
 } from "../../testing/launch.ts";
 import { httpSeen, udpClient, udpEcho, udpProbe } from "../../testing/apps.ts";
 import { waitFor } from "../../testing/wait.ts";
@@ -42,25 +43,11 @@ function test(def: { name: string; fn: () => Promise<void> } & typeof SAN): void
   }
 }
 
-async function withDpm(
+function withDpm(
   opts: StartOptions & { hosts?: number },
   fn: (t: Topology, d: Dpm) => Promise<void>,
 ): Promise<void> {
-  const t = await createTopology({ hosts: opts.hosts ?? 3, peers: 3 });
-  try {
-    const d = await startDpm(t, { datapath, ...opts });
-    try {
-      await fn(t, d);
-    } catch (e) {
-      console.error(`--- server output:\n${d.server.output()}`);
-      for (const [h, s] of d.drivers) console.error(`--- ${h} driver output:\n${s.output()}`);
-      throw e;
-    } finally {
-      await d.stop();
-    }
-  } finally {
-    await t.destroy();
-  }
+  return withDpmOn({ datapath, ...opts }, fn);
 }
 
 async function json(t: Topology, ns: string, cmd: string[], timeoutMs = 15_000): Promise<any> {
