@@ -264,6 +264,46 @@ export class NftMaps {
   }
 
   /**
+   * Adds elements to several maps or sets of `table` in ONE transaction: all
+   * or none (a session's two NAT elements go in together).
+   *
+   * @throws {NftError} as {@linkcode add}; the element index counts across
+   * the parts in order.
+   */
+  addAll(
+    table: string,
+    parts: readonly { set: string; elems: readonly { key: Uint8Array; data?: Uint8Array }[] }[],
+    opts: AddOptions = {},
+  ): void {
+    const flags = NLM_F_CREATE | NLM_F_ACK | (opts.exclusive ? NLM_F_EXCL : 0);
+    const msgs: Uint8Array[] = [];
+    const elems: MsgElems[] = [];
+    const keys: Uint8Array[] = [];
+    for (const part of parts) {
+      if (part.elems.length === 0) continue;
+      const base = keys.length;
+      const built = buildElemMessages(
+        NFT_MSG_NEWSETELEM,
+        flags,
+        this.#family,
+        table,
+        part.set,
+        part.elems.length,
+        (i) => part.elems[i]!,
+      );
+      msgs.push(...built.msgs);
+      for (const m of built.elems) elems.push({ first: m.first + base, offsets: m.offsets });
+      for (const e of part.elems) keys.push(e.key);
+    }
+    if (msgs.length === 0) return;
+    this.#transact(
+      { msgs, elems },
+      `add ${keys.length} element(s) to ${table}/${parts.map((p) => p.set).join("+")}`,
+      (i) => keys[i]!,
+    );
+  }
+
+  /**
    * Deletes the elements of `keys` from map `set` of `table` in one
    * transaction. Absent keys are ignored (see the module notes): afterwards
    * none of the keys is in the map.

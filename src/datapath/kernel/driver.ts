@@ -209,8 +209,10 @@ export class KernelDriverDataPath implements DriverDataPath {
     if (k.proto === IPPROTO_ICMP) return;
     this.#live.set(hostKey(k.proto, k.a, k.pg), k);
     try {
-      this.#nft.add(DRIVER_TABLE, "to_gateway", [{ key: gwKey(k), data: gwData(k) }]);
-      this.#nft.add(DRIVER_TABLE, "from_gateway", [{ key: fromKey(k), data: fromData(k) }]);
+      this.#nft.addAll(DRIVER_TABLE, [
+        { set: "to_gateway", elems: [{ key: gwKey(k), data: gwData(k) }] },
+        { set: "from_gateway", elems: [{ key: fromKey(k), data: fromData(k) }] },
+      ]);
     } catch (e) {
       this.#watchdog.suspect(`programming ${describe(k)}: ${(e as Error).message}`);
     }

@@ -236,8 +236,11 @@ export class KernelServerDataPath implements ServerDataPath {
         this.#nft.add(SERVER_TABLE, "queued", [{ key: remoteKey(s) }]);
         return;
       }
-      this.#nft.add(SERVER_TABLE, "to_remote", [{ key: remoteKey(s), data: remoteData(s) }]);
-      this.#nft.add(SERVER_TABLE, "to_public", [{ key: publicKey(s), data: publicData(s) }]);
+      // Both directions in one transaction: never half a session in the kernel.
+      this.#nft.addAll(SERVER_TABLE, [
+        { set: "to_remote", elems: [{ key: remoteKey(s), data: remoteData(s) }] },
+        { set: "to_public", elems: [{ key: publicKey(s), data: publicData(s) }] },
+      ]);
     } catch (e) {
       this.#fail(`programming ${describe(s)}`, e);
     }
