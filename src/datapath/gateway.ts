@@ -8,7 +8,7 @@
  * @module
  */
 
-import { formatIPv4 } from "../wire/addr.ts";
+import { type Cidr, formatCidr, formatIPv4 } from "../wire/addr.ts";
 import type { ServerConfig } from "../config.ts";
 import { logger } from "../runtime/log.ts";
 import { Cleanup } from "../runtime/cleanup.ts";
@@ -31,6 +31,29 @@ export function poolRanges(pool: number[]): [number, number][] {
 /** `a-b` text ranges of the pool, for iptables' iprange and nftables. */
 export function poolRangeText(pool: number[]): string[] {
   return poolRanges(pool).map(([lo, hi]) => `${formatIPv4(lo)}-${formatIPv4(hi)}`);
+}
+
+/**
+ * The control ports dpm answers on the LAN address (its own protocol, and
+ * later PCP/NAT-PMP): requests are accepted only when they arrive on the LAN
+ * interface from the LAN prefix. dpm turns reverse-path filtering off for its
+ * interfaces, so without this rule a datagram forged from the WAN side with
+ * a LAN host's source would reach the listener (which checks the source
+ * address, claim 2) and act in that host's name.
+ */
+export function controlPorts(cfg: ServerConfig): number[] {
+  return [cfg.controlPort];
+}
+
+/** The guard as iptables rules (queue path): filter INPUT -> DPM-SRV-IN. */
+export function controlGuardRules(cfg: ServerConfig, lan: Cidr): string[][] {
+  const g = formatIPv4(cfg.lanAddr);
+  const ports = controlPorts(cfg).join(",");
+  const m = ["-p", "udp", "-d", g, "-m", "multiport", "--dports", ports];
+  return [
+    [...m, "!", "-i", cfg.lanIf!, "-j", "DROP"],
+    [...m, "!", "-s", formatCidr(lan), "-j", "DROP"],
+  ];
 }
 
 /**

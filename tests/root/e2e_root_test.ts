@@ -23,6 +23,8 @@ import {
 } from "../../testing/launch.ts";
 import { httpSeen, udpClient, udpEcho, udpProbe } from "../../testing/apps.ts";
 import { waitFor } from "../../testing/wait.ts";
+import { buildUdp } from "../../testing/packets.ts";
+import { encodeRequest, newNonce, Op } from "../../src/control/proto.ts";
 
 const SAN = { sanitizeOps: false, sanitizeResources: false };
 
@@ -563,5 +565,72 @@ print(json.dumps({"len": len(d), "from": "%s:%d" % a}))
         "the reassembled reply is restored to the peer's address",
       );
       assert.ok(out.len > 3000);
+    }),
+});
+
+/** python3 in a namespace: sends the IPv4 packets given in hex through a raw socket (own headers). */
+const RAW_SENDER = `
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for h in sys.argv[1:]:
+    b = bytes.fromhex(h)
+    s.sendto(b, (socket.inet_ntoa(b[16:20]), 0))
+print("sent", len(sys.argv) - 1, flush=True)
+`;
+
+test({
+  name:
+    "e2e root: control requests forged from the WAN side in a LAN host's name are dropped: no release, no reservation",
+  ...SAN,
+  fn: () =>
+    withDpm({ hosts: 2 }, async (t, d) => {
+      const h1 = h(t, 0);
+      const p1 = `${p(t, 0).addrText}:7000`;
+      const q = await d.query("h1", "udp", `${h1.addrText}:40000`, p1, true);
+      assert.equal(q.result, "ok");
+      assert.equal((await d.status()).sessions, 1);
+      // The ISP side routes the LAN prefix to the gateway's WAN address and forges h1.
+      const rt = t.router!.ns;
+      const route = await t.exec(rt, [
+        "ip",
+        "route",
+        "add",
+        "10.0.0.0/24",
+        "via",
+        t.gateway.wanText,
+      ]);
+      assert.equal(route.code, 0, route.stderr);
+      const req = (op: number, pa: number) =>
+        encodeRequest({
+          op,
+          nonce: newNonce(),
+          proto: 17,
+          replaceable: true,
+          internalAddr: h1.addr,
+          internalPort: pa,
+          remoteAddr: p(t, 0).addr,
+          remotePort: 7000,
+          lifetime: 86400,
+        });
+      const forged = [
+        req(Op.RELEASE, 40000),
+        ...Array.from({ length: 10 }, (_, i) => req(Op.RESERVE, 41000 + i)),
+      ].map((payload) =>
+        buildUdp({ src: h1.addr, sport: 4750, dst: t.gateway.lanAddr, dport: 4750, payload })
+      ).map((b) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join(""));
+      const sent = await t.exec(rt, ["python3", "-c", RAW_SENDER, ...forged]);
+      assert.equal(sent.code, 0, sent.stderr);
+      assert.match(sent.stdout, /sent 11/);
+      await new Promise((ok) => setTimeout(ok, 500));
+      const st = await d.status();
+      assert.equal(st.sessions, 1, "no session was created in h1's name");
+      assert.equal(
+        String(st.shown[0]!.internal),
+        `${h1.addrText}:40000`,
+        "h1's own session was not released",
+      );
+      // The same requests from the LAN side are still served.
+      const again = await d.query("h1", "udp", `${h1.addrText}:40001`, p1, true);
+      assert.equal(again.result, "ok");
     }),
 });

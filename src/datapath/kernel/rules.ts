@@ -12,6 +12,7 @@
  * map to_remote  proto . a . Pg        -> X . px   dnat in nat prerouting (-101), iif LAN, daddr G
  * map to_public  proto . a . pa . X . px -> R . p  snat in nat postrouting (99), oif WAN
  * set queued     proto . a . Pg                    hairpinned sessions: the queue translates them
+ * chain guard    control requests only from the LAN interface and prefix (datapath/gateway.ts)
  * ```
  * Host, `table ip dpm-driver`:
  * ```
@@ -29,7 +30,7 @@ import { type Cidr, formatCidr, formatIPv4 } from "../../wire/addr.ts";
 import type { DriverConfig, ServerConfig } from "../../config.ts";
 import type { ChainSpec } from "../../../linux/iptables.ts";
 import { DEFRAG_ON } from "../../../linux/iptables.ts";
-import { poolRangeText } from "../gateway.ts";
+import { controlPorts, poolRangeText } from "../gateway.ts";
 
 /** The gateway's nftables table. */
 export const SERVER_TABLE = "dpm-server";
@@ -77,6 +78,11 @@ table ip ${SERVER_TABLE} {
   }
   set queued {
     typeof meta l4proto . ip saddr . th dport${el(elements.queued)}
+  }
+  chain guard {
+    type filter hook input priority -150; policy accept;
+    ip daddr ${g} udp dport { ${controlPorts(cfg).join(", ")} } iifname != ${lanIf} drop
+    ip daddr ${g} udp dport { ${controlPorts(cfg).join(", ")} } ip saddr != ${formatCidr(lan)} drop
   }
   chain steer {
     type filter hook prerouting priority -350; policy accept;

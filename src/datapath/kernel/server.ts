@@ -99,6 +99,7 @@ export class KernelServerDataPath implements ServerDataPath {
       log,
       nft,
       [
+        `ip ${SERVER_TABLE} guard`,
         `ip ${SERVER_TABLE} steer`,
         `ip ${SERVER_TABLE} from_lan`,
         `ip ${SERVER_TABLE} to_wan`,

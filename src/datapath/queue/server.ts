@@ -25,7 +25,7 @@ import { type Cidr, formatCidr, formatIPv4 } from "../../wire/addr.ts";
 import type { ServerConfig } from "../../config.ts";
 import { logger } from "../../runtime/log.ts";
 import { Cleanup } from "../../runtime/cleanup.ts";
-import { poolRangeText, prepareGateway } from "../gateway.ts";
+import { controlGuardRules, poolRangeText, prepareGateway } from "../gateway.ts";
 import type { ServerDataPath } from "../datapath.ts";
 import type { DataPathStatus } from "../../operator/types.ts";
 import { type ChainSpec, DEFRAG_ON, installChains, removeChains } from "../../../linux/iptables.ts";
@@ -62,6 +62,7 @@ export function serverChains(cfg: ServerConfig, lan: Cidr): ChainSpec[] {
   const specs: ChainSpec[] = [
     { table: "raw", hook: "PREROUTING", chain: "DPM-SRV-PRE", rules: pre },
     { table: "filter", hook: "FORWARD", chain: "DPM-SRV-FWD", rules: fwd },
+    { table: "filter", hook: "INPUT", chain: "DPM-SRV-IN", rules: controlGuardRules(cfg, lan) },
   ];
   specs.push({
     table: "nat",
