@@ -211,20 +211,23 @@ async function runServerCommand(args: string[]): Promise<number> {
   const { values, positionals } = parse("server", args, SERVER_FLAGS);
   if (values.help) return console.log(USAGE.server), 0;
   if (positionals.length) throw new UsageError(`Unexpected argument "${positionals[0]}"`, "server");
-  const cfg = serverConfig(await mergeSettings(values, { "no-masquerade": "masquerade" }));
+  const settings = () => mergeSettings(values, { "no-masquerade": "masquerade" });
+  const cfg = serverConfig(await settings());
   setLevel(cfg.logLevel);
   const { runServer } = await import("../server/run.ts");
-  return await runServer(cfg);
+  // SIGHUP re-reads the flags and the config file (what can change live, does).
+  return await runServer(cfg, async () => serverConfig(await settings()));
 }
 
 async function runDriverCommand(args: string[]): Promise<number> {
   const { values, positionals } = parse("driver", args, DRIVER_FLAGS);
   if (values.help) return console.log(USAGE.driver), 0;
   if (positionals.length) throw new UsageError(`Unexpected argument "${positionals[0]}"`, "driver");
-  const cfg = driverConfig(await mergeSettings(values, { "no-intercept": "intercept" }));
+  const settings = () => mergeSettings(values, { "no-intercept": "intercept" });
+  const cfg = driverConfig(await settings());
   setLevel(cfg.logLevel);
   const { runDriver } = await import("../driver/run.ts");
-  return await runDriver(cfg);
+  return await runDriver(cfg, async () => driverConfig(await settings()));
 }
 
 async function runStatusCommand(args: string[]): Promise<number> {

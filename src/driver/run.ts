@@ -14,8 +14,8 @@
 import { formatCidr, formatIPv4 } from "../wire/addr.ts";
 import type { DriverConfig } from "../config.ts";
 import { ControlClient } from "../control/client.ts";
-import { logger } from "../runtime/log.ts";
-import { Cleanup, untilStopped } from "../runtime/cleanup.ts";
+import { logger, setLevel } from "../runtime/log.ts";
+import { Cleanup, reloadReport, untilStopped } from "../runtime/cleanup.ts";
 import { lockRole } from "../runtime/lock.ts";
 import { serveLocal } from "../operator/socket.ts";
 import { DriverCore } from "./core.ts";
@@ -23,9 +23,27 @@ import { DriverCore } from "./core.ts";
 const log = logger("driver");
 
 /** Runs `dpm driver` until SIGINT/SIGTERM or a fatal error; returns the exit code. */
-export async function runDriver(cfg: DriverConfig): Promise<number> {
+export async function runDriver(
+  cfg: DriverConfig,
+  reload?: () => Promise<DriverConfig>,
+): Promise<number> {
   const undo = new Cleanup(log);
-  const { stopped, stop } = untilStopped(undo);
+  let running = cfg;
+  const { stopped, stop } = untilStopped(undo, {
+    reload: () => {
+      if (!reload) return log.warn("SIGHUP: nothing to reload (no configuration source)");
+      reload().then((next) => {
+        for (
+          const line of reloadReport(running, next, ["logLevel"], (k, v) => {
+            if (k === "logLevel") setLevel(v as DriverConfig["logLevel"]);
+          })
+        ) log.info(line);
+        running = { ...running, logLevel: next.logLevel };
+      }).catch((e) =>
+        log.error(`reload failed, keeping the running configuration: ${(e as Error).message}`)
+      );
+    },
+  });
   try {
     if (cfg.intercept) undo.push(await lockRole("driver"));
     const { lanPrefixToward, ephemeralRange, routeTo } = await import("../../linux/iface.ts");

@@ -31,22 +31,63 @@ export class Cleanup {
   }
 }
 
+/** Signals that end a role, with cleanup (their default action would kill it without any). */
+export const STOP_SIGNALS: readonly Deno.Signal[] = [
+  "SIGINT",
+  "SIGTERM",
+  "SIGQUIT",
+  "SIGUSR1",
+  "SIGUSR2",
+];
+
 /**
- * Resolves with an exit code when SIGINT or SIGTERM arrives (0) or when
- * `stop(code)` is called (for fatal errors). The signal listeners are removed
- * by `cleanup`.
+ * Resolves with an exit code when a stop signal arrives (0) or when
+ * `stop(code)` is called (for fatal errors). SIGHUP calls `reload` when
+ * given (and never kills the process); without one it stops like SIGTERM.
+ * The signal listeners are removed by `cleanup`.
  */
 export function untilStopped(
   cleanup: Cleanup,
+  opts: { reload?: () => void } = {},
 ): { stopped: Promise<number>; stop: (code: number) => void } {
   let stop!: (code: number) => void;
   const stopped = new Promise<number>((r) => (stop = r));
   const onSignal = () => stop(0);
-  Deno.addSignalListener("SIGINT", onSignal);
-  Deno.addSignalListener("SIGTERM", onSignal);
+  const onHup = opts.reload ?? onSignal;
+  for (const s of STOP_SIGNALS) Deno.addSignalListener(s, onSignal);
+  Deno.addSignalListener("SIGHUP", onHup);
   cleanup.push(() => {
-    Deno.removeSignalListener("SIGINT", onSignal);
-    Deno.removeSignalListener("SIGTERM", onSignal);
+    for (const s of STOP_SIGNALS) Deno.removeSignalListener(s, onSignal);
+    Deno.removeSignalListener("SIGHUP", onHup);
   });
   return { stopped, stop };
+}
+
+/**
+ * Compares a reloaded configuration with the running one: applies what can
+ * change at run time (`live` keys, through `apply`) and names the rest,
+ * which need a restart. Returns the log lines to print.
+ */
+export function reloadReport<T extends object>(
+  running: T,
+  next: T,
+  live: readonly (keyof T)[],
+  apply: (key: keyof T, value: T[keyof T]) => void,
+): string[] {
+  const out: string[] = [];
+  const restart: string[] = [];
+  for (const k of Object.keys(next) as (keyof T)[]) {
+    if (JSON.stringify(running[k]) === JSON.stringify(next[k])) continue;
+    if (live.includes(k)) {
+      apply(k, next[k]);
+      out.push(`reload: ${String(k)} is now ${JSON.stringify(next[k])}`);
+    } else restart.push(String(k));
+  }
+  if (restart.length) {
+    out.push(
+      `reload: ${restart.join(", ")} changed but need a restart; keeping the running values`,
+    );
+  }
+  if (out.length === 0) out.push("reload: configuration unchanged");
+  return out;
 }

@@ -9,8 +9,8 @@
 import dgram from "node:dgram";
 import { formatCidr, formatIPv4 } from "../wire/addr.ts";
 import type { ServerConfig } from "../config.ts";
-import { logger } from "../runtime/log.ts";
-import { Cleanup, untilStopped } from "../runtime/cleanup.ts";
+import { logger, setLevel } from "../runtime/log.ts";
+import { Cleanup, reloadReport, untilStopped } from "../runtime/cleanup.ts";
 import { Result } from "../control/result.ts";
 import { serveLocal } from "../operator/socket.ts";
 import { ServerCore } from "./core.ts";
@@ -21,9 +21,27 @@ import { lockRole } from "../runtime/lock.ts";
 const log = logger("server");
 
 /** Runs `dpm server` until SIGINT/SIGTERM or a fatal error; returns the exit code. */
-export async function runServer(cfg: ServerConfig): Promise<number> {
+export async function runServer(
+  cfg: ServerConfig,
+  reload?: () => Promise<ServerConfig>,
+): Promise<number> {
   const undo = new Cleanup(log);
-  const { stopped, stop } = untilStopped(undo);
+  let running = cfg;
+  const { stopped, stop } = untilStopped(undo, {
+    reload: () => {
+      if (!reload) return log.warn("SIGHUP: nothing to reload (no configuration source)");
+      reload().then((next) => {
+        for (
+          const line of reloadReport(running, next, ["logLevel"], (k, v) => {
+            if (k === "logLevel") setLevel(v as ServerConfig["logLevel"]);
+          })
+        ) log.info(line);
+        running = { ...running, logLevel: next.logLevel };
+      }).catch((e) =>
+        log.error(`reload failed, keeping the running configuration: ${(e as Error).message}`)
+      );
+    },
+  });
   try {
     undo.push(await lockRole("server"));
     // The LAN prefix: given, or read off the LAN interface.
