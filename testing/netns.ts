@@ -117,21 +117,6 @@ export async function deleteNsPair(pair: NsPair): Promise<void> {
   }
 }
 
-/** Polls `cond` until true; throws `Timed out ... waiting for <what>` at the deadline. */
-export async function waitFor(
-  cond: () => boolean | Promise<boolean>,
-  what: string,
-  timeoutMs = 5000,
-): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  for (;;) {
-    if (await cond()) return;
-    if (performance.now() > deadline) break;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  throw new Error(`Timed out after ${timeoutMs} ms waiting for ${what}`);
-}
-
 /**
  * A long-running child process whose stdout and stderr are collected as they
  * arrive, so a test can wait for a line and read the rest at the end.

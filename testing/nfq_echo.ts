@@ -1,7 +1,7 @@
 /**
- * Queue reader spawned by tests/nfqueue_root_test.ts inside a namespace:
+ * Queue reader spawned by tests/root/nfqueue_root_test.ts inside a namespace:
  *
- *   ip netns exec A deno run -A tests/_nfq_echo.ts <queue> <mode>
+ *   ip netns exec A deno run -A testing/nfq_echo.ts <queue> <mode> [batch]
  *
  * Modes:
  * - `accept`: every packet accepted as is.
@@ -9,8 +9,10 @@
  *   becomes "A" (UDP checksum updated incrementally, RFC 1624); MODIFIED.
  * - `touch`: every packet gets a payload verdict with its own bytes (for
  *   measuring the cost of MODIFIED verdicts).
- * - `hold`: a UDP payload starting with "HOLD" is held, then after 300 ms
- *   accepted with a copy whose "HOLD" reads "HELD"; everything else accepted.
+ * - `hold`: a UDP payload starting with "HOLD" is held (`held` is printed),
+ *   then on SIGUSR1 accepted with a copy whose "HOLD" reads "HELD"; everything
+ *   else accepted. The test decides when to release, on a condition, not a
+ *   timer.
  *
  * The queue is opened without `NFQA_CFG_F_GSO`, so every packet arrives with
  * complete checksums.
@@ -49,10 +51,12 @@ function adjust(sum: number, oldWord: number, newWord: number): number {
 let modified = 0;
 let held = 0;
 let released = 0;
+/** Releases of the packets held in `hold` mode, run on SIGUSR1. */
+const pending: (() => void)[] = [];
 
 // Without NFQA_CFG_F_GSO: the kernel completes partial checksums before
 // queueing, which the RFC 1624 adjustments below rely on (dpm itself runs
-// with GSO on and recomputes checksums of partial packets, see src/rewrite.ts).
+// with GSO on and recomputes checksums of partial packets, see src/wire/rewrite.ts).
 const q = NfQueue.open({ queue, batch, gso: false });
 
 function handler(pkt: Uint8Array, id: number): number {
@@ -77,7 +81,8 @@ function handler(pkt: Uint8Array, id: number): number {
   if (mode === "hold" && new TextDecoder().decode(pkt.subarray(d, d + 4)) === "HOLD") {
     const copy = pkt.slice();
     held++;
-    setTimeout(() => {
+    console.log("held");
+    pending.push(() => {
       // HOLD -> HELD: the word at d is "HO" and becomes "HE".
       const dv = new DataView(copy.buffer);
       const oldWord = dv.getUint16(d);
@@ -90,7 +95,7 @@ function handler(pkt: Uint8Array, id: number): number {
       q.verdict(id, VERDICT_ACCEPT, copy);
       q.flush();
       released++;
-    }, 300);
+    });
     return Handled.HOLD;
   }
   return Handled.ACCEPT;
@@ -98,6 +103,11 @@ function handler(pkt: Uint8Array, id: number): number {
 
 let stop = false;
 Deno.addSignalListener("SIGTERM", () => stop = true);
+if (mode === "hold") {
+  Deno.addSignalListener("SIGUSR1", () => {
+    for (const release of pending.splice(0)) release();
+  });
+}
 console.log("ready");
 while (!stop) {
   if (await q.wait(50)) q.drain(handler);

@@ -242,17 +242,14 @@ export class DriverCore {
       );
       if (!s || s.state !== State.ACTIVE) return Verdict.ACCEPT;
       const icmp = s.proto === IPPROTO_ICMP;
-      rewriteIcmpError(
-        pkt,
-        info,
-        info.src,
-        g,
-        g,
-        icmp ? 0 : s.pg,
-        s.a,
-        icmp ? s.pg : s.pa,
-        this.#skbInfo,
-      );
+      rewriteIcmpError(pkt, info, {
+        outerSrc: info.src,
+        outerDst: g,
+        innerSrc: g,
+        innerSport: icmp ? 0 : s.pg,
+        innerDst: s.a,
+        innerDport: icmp ? s.pg : s.pa,
+      }, this.#skbInfo);
       return Verdict.MODIFIED;
     }
     if (cidrContains(this.#lan, info.dst)) return Verdict.ACCEPT;
@@ -307,7 +304,14 @@ export class DriverCore {
         this.drops[Drop.NO_SESSION]!++;
         return Verdict.DROP;
       }
-      rewriteIcmpError(pkt, info, info.src, s.a, s.a, s.pa, s.x, s.px, this.#skbInfo);
+      rewriteIcmpError(pkt, info, {
+        outerSrc: info.src,
+        outerDst: s.a,
+        innerSrc: s.a,
+        innerSport: s.pa,
+        innerDst: s.x,
+        innerDport: s.px,
+      }, this.#skbInfo);
       this.counters.in++;
       return Verdict.MODIFIED;
     }
@@ -417,7 +421,7 @@ export class DriverCore {
       s.state = State.BYPASS;
       s.result = -1;
       s.expiresAt = now + NEGATIVE_IDLE_MS;
-      this.#release(s, Verdict.ACCEPT);
+      this.#settleHeld(s, Verdict.ACCEPT);
     } else {
       this.#noteEpoch(res.epoch);
       s.result = res.result;
@@ -442,7 +446,7 @@ export class DriverCore {
           );
         }
         log.debug(`reserved ${describe(s)}`);
-        this.#release(s, Verdict.MODIFIED);
+        this.#settleHeld(s, Verdict.MODIFIED);
       } else {
         s.state = State.REFUSED;
         // Try again later: soon when the cause may pass (quota, resources, rate),
@@ -450,7 +454,7 @@ export class DriverCore {
         s.expiresAt = now + (res.result === Result.CONFLICT ? NEGATIVE_IDLE_MS : RETRY_SOON_MS);
         this.counters.refused++;
         log.info(`server refused ${describe(s)}: ${resultName(res.result)}`);
-        this.#release(s, Verdict.DROP);
+        this.#settleHeld(s, Verdict.DROP);
       }
     }
     for (const w of s.waiters.splice(0)) w(s);
@@ -467,7 +471,7 @@ export class DriverCore {
   }
 
   /** Gives the verdicts for the held packets of `s`. */
-  #release(s: HostSession, how: number): void {
+  #settleHeld(s: HostSession, how: number): void {
     const q = this.#io;
     const held = s.held.splice(0);
     this.#heldTotal -= held.length;

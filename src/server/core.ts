@@ -240,17 +240,14 @@ export class ServerCore {
         return Verdict.DROP;
       }
       // The quoted packet was G:Pg -> a:pa; outside it was X:px -> R:p.
-      rewriteIcmpError(
-        pkt,
-        info,
-        t.r(s),
-        t.x(s),
-        t.x(s),
-        t.px(s),
-        t.r(s),
-        t.p(s),
-        this.#skbInfo,
-      );
+      rewriteIcmpError(pkt, info, {
+        outerSrc: t.r(s),
+        outerDst: t.x(s),
+        innerSrc: t.x(s),
+        innerSport: t.px(s),
+        innerDst: t.r(s),
+        innerDport: t.p(s),
+      }, this.#skbInfo);
       this.packets.out++;
       return Verdict.MODIFIED;
     }
@@ -266,7 +263,7 @@ export class ServerCore {
       return Verdict.ACCEPT;
     }
     if (!icmp && t.pa(s) !== info.sport) {
-      this.drops[Drop.PEER_MISMATCH]!++;
+      this.drops[Drop.INTERNAL_PORT_MISMATCH]!++;
       return Verdict.DROP;
     }
     if (info.ttl <= 1) {
@@ -326,17 +323,14 @@ export class ServerCore {
       // Outside, the quoted packet was R:p -> X:px; on the LAN it was a:pa -> G:Pg
       // (ICMP echo: a with identifier Pg -> G). The reporting router keeps its address.
       const icmp = info.innerProto === IPPROTO_ICMP;
-      rewriteIcmpError(
-        pkt,
-        info,
-        info.src,
-        t.a(s),
-        t.a(s),
-        icmp ? t.pg(s) : t.pa(s),
-        g,
-        icmp ? 0 : t.pg(s),
-        this.#skbInfo,
-      );
+      rewriteIcmpError(pkt, info, {
+        outerSrc: info.src,
+        outerDst: t.a(s),
+        innerSrc: t.a(s),
+        innerSport: icmp ? t.pg(s) : t.pa(s),
+        innerDst: g,
+        innerDport: icmp ? 0 : t.pg(s),
+      }, this.#skbInfo);
       t.count(s, false);
       this.packets.in++;
       return Verdict.MODIFIED;

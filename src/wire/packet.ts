@@ -160,8 +160,8 @@ export const Drop = {
   NO_SESSION: 11,
   /** TTL would expire at the gateway. */
   TTL_EXCEEDED: 12,
-  /** The remote peer is not the one the session was made for. */
-  PEER_MISMATCH: 13,
+  /** A packet to a session's gateway port Pg comes from a port other than the session's internal port. */
+  INTERNAL_PORT_MISMATCH: 13,
   /** Source or destination is in the public pool where it must not be. */
   POOL_LOOP: 14,
   /** Too many packets held while a reservation is pending. */
@@ -192,7 +192,7 @@ export const DROP_NAMES: readonly string[] = [
   "bad-l4-length",
   "no-session",
   "ttl-exceeded",
-  "peer-mismatch",
+  "internal-port-mismatch",
   "pool-loop",
   "held-overflow",
   "refused",

@@ -189,6 +189,22 @@ export function rewrite(
   }
 }
 
+/** The new values {@linkcode rewriteIcmpError} writes into an ICMP error. */
+export interface IcmpErrorRewrite {
+  /** New source of the error. */
+  outerSrc: number;
+  /** New destination of the error. */
+  outerDst: number;
+  /** New source of the quoted packet. */
+  innerSrc: number;
+  /** New source port of the quoted packet (echo request: identifier). */
+  innerSport: number;
+  /** New destination of the quoted packet. */
+  innerDst: number;
+  /** New destination port of the quoted packet (echo reply: identifier). */
+  innerDport: number;
+}
+
 /**
  * Rewrites an ICMP error in place (RFC 5508 §4.2): the outer source and
  * destination, and the quoted packet's addresses and ports (echo: identifier,
@@ -208,12 +224,8 @@ export function rewrite(
  *
  * @param buf the ICMP error packet
  * @param info its parse result; updated to the new values
- * @param outerSrc new source of the error
- * @param outerDst new destination of the error
- * @param innerSrc new source of the quoted packet
- * @param innerSport new source port of the quoted packet (echo request: identifier)
- * @param innerDst new destination of the quoted packet
- * @param innerDport new destination port of the quoted packet (echo reply: identifier)
+ * @param to the error's new outer addresses and its quoted packet's new
+ *   addresses and ports (see {@linkcode IcmpErrorRewrite})
  * @param skbInfo the queue's `NFQA_SKB_INFO` bits: with
  *   {@link Meta.PARTIAL_CHECKSUM} (unusual for ICMP) the error's own checksum is
  *   recomputed from scratch at the end instead of adjusted
@@ -221,20 +233,15 @@ export function rewrite(
 export function rewriteIcmpError(
   buf: Uint8Array,
   info: PacketInfo,
-  outerSrc: number,
-  outerDst: number,
-  innerSrc: number,
-  innerSport: number,
-  innerDst: number,
-  innerDport: number,
+  to: IcmpErrorRewrite,
   skbInfo = 0,
 ): void {
-  outerSrc >>>= 0;
-  outerDst >>>= 0;
-  innerSrc >>>= 0;
-  innerDst >>>= 0;
-  innerSport &= 0xffff;
-  innerDport &= 0xffff;
+  const outerSrc = to.outerSrc >>> 0;
+  const outerDst = to.outerDst >>> 0;
+  const innerSrc = to.innerSrc >>> 0;
+  const innerDst = to.innerDst >>> 0;
+  const innerSport = to.innerSport & 0xffff;
+  const innerDport = to.innerDport & 0xffff;
 
   // Outer IP header: its checksum covers only the header, not the ICMP message.
   setAddresses(buf, info, outerSrc, outerDst);

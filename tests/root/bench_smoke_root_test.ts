@@ -1,18 +1,25 @@
 /**
- * The benchmark runs end to end in its smoke size (about 15-60 s): every
- * section is present with positive figures for dpm and for the kernel's NAT,
- * the outputs are written, and no namespace is left behind. No timing
- * threshold is asserted: this machine's numbers are not CI's.
+ * The benchmark runs end to end in its smoke size (about 50 s): every
+ * section is present with sane figures for MASQUERADE and both dpm data
+ * paths (queue, kernel), the reservation load ran against a server of each
+ * data path, the memory section filled both and measured conntrack, the
+ * outputs are written, and no namespace is left behind. No timing threshold
+ * is asserted: this machine's numbers are not CI's.
  */
 
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { NS_PREFIX } from "../../testing/topology.ts";
+import { needsRoot } from "../../testing/root.ts";
 
 const RUN = fileURLToPath(new URL("../../bench/run.ts", import.meta.url));
 
 function positive(v: unknown, what: string): void {
   assert.ok(typeof v === "number" && Number.isFinite(v) && v > 0, `${what} = ${v}, want > 0`);
+}
+
+function finite(v: unknown, what: string): void {
+  assert.ok(typeof v === "number" && Number.isFinite(v), `${what} = ${v}, want a number`);
 }
 
 function ourNamespaces(prefixes: Set<string>): string[] {
@@ -25,9 +32,9 @@ function ourNamespaces(prefixes: Set<string>): string[] {
   return names.filter((n) => n.startsWith(NS_PREFIX) && !prefixes.has(n));
 }
 
-Deno.test({
+Deno.test(needsRoot({
   name:
-    "bench smoke root: run.ts --smoke --json measures dpm beside MASQUERADE in every section and leaves nothing behind",
+    "bench smoke root: run.ts --smoke --json measures both data paths beside MASQUERADE in every section and leaves nothing behind",
   sanitizeOps: false,
   sanitizeResources: false,
   fn: async () => {
@@ -49,7 +56,7 @@ Deno.test({
       assert.equal(r.smoke, true);
       for (const k of ["date", "kernel", "cpu", "deno"]) assert.ok(r.env[k], `env.${k} missing`);
 
-      for (const mode of ["dpm", "kernel"]) {
+      for (const mode of ["masquerade", "queue", "kernel"]) {
         const m = r.dataPlane[mode];
         assert.ok(m, `dataPlane.${mode} missing`);
         assert.deepEqual(m.udp.map((u: { size: number }) => u.size), [64, 512, 1400]);
@@ -64,19 +71,48 @@ Deno.test({
         positive(m.sessions.firstP50Us, `${mode} first-packet RTT p50`);
         positive(m.sessions.firstP99Us, `${mode} first-packet RTT p99`);
         positive(m.sessions.secondP50Us, `${mode} second-packet RTT p50`);
+        finite(m.sessions.setupP50Us, `${mode} setup p50`);
       }
-      positive(r.dataPlane.dpm.cpu.dpmUsPerPacket, "dpm CPU per packet");
-      positive(r.dataPlane.dpm.cpu.serverUsPerPacket, "dpm server CPU per packet");
-      positive(r.dataPlane.dpm.cpu.driverUsPerPacket, "dpm driver CPU per packet");
+      assert.equal(r.dataPlane.masquerade.cpu.dpmUsPerPacket, null);
+      // The queue path's processes handle every packet; the kernel path's
+      // may not be scheduled at all during a flood (0 is sane there).
+      positive(r.dataPlane.queue.cpu.dpmUsPerPacket, "queue path dpm CPU per packet");
+      positive(r.dataPlane.queue.cpu.serverUsPerPacket, "queue path server CPU per packet");
+      positive(r.dataPlane.queue.cpu.driverUsPerPacket, "queue path driver CPU per packet");
+      for (const f of ["dpmUsPerPacket", "serverUsPerPacket", "driverUsPerPacket"]) {
+        const v = r.dataPlane.kernel.cpu[f];
+        assert.ok(Number.isFinite(v) && v >= 0, `kernel path ${f} = ${v}`);
+      }
 
-      positive(r.reservations.perSec, "reservations/s");
-      positive(r.reservations.ok, "reservations OK");
-      assert.deepEqual(r.reservations.serverFlags, [
-        "--rate-limit",
-        "1000000",
-        "--max-sessions-per-host",
-        "1048576",
-      ]);
+      for (const dp of ["queue", "kernel"]) {
+        const rv = r.reservations[dp];
+        assert.equal(rv.datapath, dp);
+        positive(rv.perSec, `${dp} reservations/s`);
+        positive(rv.ok, `${dp} reservations OK`);
+        assert.deepEqual(rv.serverFlags, [
+          "--rate-limit",
+          "1000000",
+          "--max-sessions-per-host",
+          "1048576",
+        ]);
+        const points = r.memory[dp];
+        assert.equal(points.length, r.config.memorySessions.length, `${dp} memory points`);
+        for (const p of points) {
+          assert.equal(p.datapath, dp);
+          assert.ok(p.sessions >= 0.9 * r.config.memorySessions[points.indexOf(p)], `${dp} filled`);
+          finite(p.dpmBytesPerSession, `${dp} dpm bytes/session`);
+          finite(p.kernelBytesPerSession, `${dp} kernel bytes/session`);
+          finite(p.totalBytesPerSession, `${dp} total bytes/session`);
+          positive(p.fillPerSec, `${dp} fill rate`);
+        }
+      }
+      // Two map elements per session: the kernel grows on the kernel path.
+      positive(r.memory.kernel.at(-1).kernel.slabBytes, "kernel path slab growth");
+      assert.ok(r.memory.conntrack.length >= 1, "conntrack memory points");
+      for (const c of r.memory.conntrack) {
+        positive(c.entries, "conntracks made");
+        positive(c.bytesPerEntry, "bytes per conntrack");
+      }
 
       assert.ok(r.table.rows.length >= 2, "table bench rows");
       for (const row of r.table.rows) {
@@ -86,7 +122,7 @@ Deno.test({
         assert.ok(row.sweepNoneExpiredMs >= 0, `table sweep at ${row.sessions}`);
       }
 
-      assert.equal(r.targets.length, 5);
+      assert.equal(r.targets.length, 6);
       for (const t of r.targets) assert.ok(t.met === true || t.met === false || t.met === null);
 
       for (const f of ["latest.json", "latest.md", "pps_by_size.svg", "latency.svg"]) {
@@ -94,11 +130,14 @@ Deno.test({
         assert.ok(text.length > 100, `${f} is empty`);
       }
       assert.match(await Deno.readTextFile(`${out}/pps_by_size.svg`), /^<svg [^>]*xmlns=/);
-      assert.match(await Deno.readTextFile(`${out}/latest.md`), /\| measure \| dpm \| kernel/);
+      assert.match(
+        await Deno.readTextFile(`${out}/latest.md`),
+        /\| measure \| dpm kernel \| dpm queue \| MASQUERADE \|/,
+      );
 
       assert.deepEqual(ourNamespaces(before), [], "the bench left namespaces behind");
     } finally {
       await Deno.remove(out, { recursive: true }).catch(() => {});
     }
   },
-});
+}));

@@ -25,8 +25,9 @@ import {
   Proc,
   run,
   sh,
-  waitFor,
 } from "../../testing/netns.ts";
+import { needsRoot } from "../../testing/root.ts";
+import { waitFor } from "../../testing/wait.ts";
 
 const CHILD = new URL("../../testing/ct_child.ts", import.meta.url).pathname;
 
@@ -87,7 +88,7 @@ const same = (a: CtTuple, b: CtTuple) =>
   a.proto === b.proto && a.src === b.src && a.dst === b.dst && a.sport === b.sport &&
   a.dport === b.dport;
 
-Deno.test("conntrack root: dump, get and delete real entries", async () => {
+Deno.test(needsRoot("conntrack root: dump, get and delete real entries", async () => {
   let pair: NsPair | null = null;
   const procs: Proc[] = [];
   try {
@@ -95,10 +96,16 @@ Deno.test("conntrack root: dump, get and delete real entries", async () => {
     await enableConntrack(pair.a);
     const servers = new Proc(inNs(pair.b, ["python3", "-c", SERVERS]));
     procs.push(servers);
-    await waitFor(() => servers.out.includes("ready"), `the servers (${servers.err})`, 10000);
+    await waitFor(() => servers.out.includes("ready"), {
+      what: `the servers (${servers.err})`,
+      timeoutMs: 10000,
+    });
     const client = new Proc(inNs(pair.a, ["python3", "-c", CLIENT]));
     procs.push(client);
-    await waitFor(() => client.out.includes("done"), `the client (${client.err})`, 10000);
+    await waitFor(() => client.out.includes("done"), {
+      what: `the client (${client.err})`,
+      timeoutMs: 10000,
+    });
     for (const sport of ["1111", "1112"]) {
       await sh(inNs(pair.a, [
         "conntrack",
@@ -180,7 +187,7 @@ Deno.test("conntrack root: dump, get and delete real entries", async () => {
     for (const p of procs) await p.finish(5000);
     if (pair) await deleteNsPair(pair);
   }
-});
+}));
 
 /** python3 in A: one UDP datagram to each port lo..hi of B (one conntrack each). */
 const SPRAY = `
@@ -191,7 +198,7 @@ for p in range(lo, hi + 1):
     s.sendto(b"x", ("10.9.0.2", p))
 `;
 
-Deno.test("conntrack root: dump and delete rate of 50k entries", async () => {
+Deno.test(needsRoot("conntrack root: dump and delete rate of 50k entries", async () => {
   const lo = 10000;
   const hi = 59999;
   let pair: NsPair | null = null;
@@ -208,7 +215,10 @@ Deno.test("conntrack root: dump and delete rate of 50k entries", async () => {
     const r = await run(inNs(pair.a, ["python3", "-c", SPRAY, String(lo), String(hi)]));
     assert.equal(r.code, 0, r.stderr);
     const count = async () => Number((await run(inNs(pair!.a, ["conntrack", "-C"]))).stdout.trim());
-    await waitFor(async () => (await count()) >= hi - lo + 1, "50k conntrack entries", 20000);
+    await waitFor(async () => (await count()) >= hi - lo + 1, {
+      what: "50k conntrack entries",
+      timeoutMs: 20000,
+    });
     const b = await child<{
       before: number;
       dumpMs: number;
@@ -233,4 +243,4 @@ Deno.test("conntrack root: dump and delete rate of 50k entries", async () => {
   } finally {
     if (pair) await deleteNsPair(pair);
   }
-});
+}));

@@ -12,6 +12,7 @@ import { fileURLToPath } from "node:url";
 import { createTopology, type Topology } from "../../testing/topology.ts";
 import { DPM_ENV, dpmCommand, startDpm } from "../../testing/launch.ts";
 import { waitFor } from "../../testing/wait.ts";
+import { needsRoot } from "../../testing/root.ts";
 
 const SAN = { sanitizeOps: false, sanitizeResources: false };
 const CLIENT = fileURLToPath(new URL("../../testing/control_client.ts", import.meta.url));
@@ -34,7 +35,7 @@ async function control(
   return JSON.parse(r.stdout);
 }
 
-Deno.test({
+Deno.test(needsRoot({
   name:
     "control root: reserve via dpm query, status shows it, another host cannot renew or release it, the driver releases on exit",
   ...SAN,
@@ -96,7 +97,7 @@ Deno.test({
       await t.destroy();
     }
   },
-});
+}));
 
 /** A second `dpm server` on the gateway of `t`, as startDpm starts it, plus `extra` flags. */
 function spawnServer(t: Topology, socket: string, ...extra: string[]) {
@@ -108,7 +109,7 @@ function spawnServer(t: Topology, socket: string, ...extra: string[]) {
   ], { env: DPM_ENV });
 }
 
-Deno.test({
+Deno.test(needsRoot({
   name:
     "control root: --state keeps sessions across a server restart; without it drivers re-reserve (epoch)",
   ...SAN,
@@ -162,4 +163,4 @@ Deno.test({
       await t.destroy();
     }
   },
-});
+}));

@@ -6,14 +6,9 @@
  */
 
 import assert from "node:assert/strict";
-import {
-  type ChainSpec,
-  installChains,
-  listChain,
-  removeChains,
-  splitRule,
-} from "../../linux/iptables.ts";
+import { type ChainSpec, installChains, listChain, removeChains } from "../../linux/iptables.ts";
 import { inNs, run, sh } from "../../testing/netns.ts";
+import { needsRoot } from "../../testing/root.ts";
 
 const SPECS: ChainSpec[] = [
   {
@@ -66,15 +61,7 @@ async function assertClean(ns: string): Promise<void> {
   }
 }
 
-Deno.test("iptables: splitRule honours iptables' quotes", () => {
-  assert.deepEqual(
-    splitRule('-A X -p tcp -m comment --comment "dpm: \\"a\\" b" -j ACCEPT'),
-    ["-A", "X", "-p", "tcp", "-m", "comment", "--comment", 'dpm: "a" b', "-j", "ACCEPT"],
-  );
-  assert.deepEqual(splitRule("-A PREROUTING -j DPM-X"), ["-A", "PREROUTING", "-j", "DPM-X"]);
-});
-
-Deno.test("iptables root: install, list, remove", async () => {
+Deno.test(needsRoot("iptables root: install, list, remove", async () => {
   await withNs("ilr", async (ns) => {
     // A rule dpm did not add must survive install and removal.
     await sh(
@@ -104,81 +91,57 @@ Deno.test("iptables root: install, list, remove", async () => {
     assert.deepEqual(await hookRules(ns, "raw", "PREROUTING"), ["-A PREROUTING -p gre -j ACCEPT"]);
     assert.deepEqual(await listChain("raw", "NO-SUCH-CHAIN", { netns: ns }), []);
   });
-});
+}));
 
-Deno.test("iptables root: installing again after a crash leaves one jump and no duplicates", async () => {
-  await withNs("icr", async (ns) => {
-    await installChains(SPECS, { netns: ns });
-    // A crashed run may also have left an extra jump (e.g. killed mid-install).
-    await sh(inNs(ns, ["iptables", "-w", "-t", "raw", "-A", "PREROUTING", "-j", "DPM-T-PRE"]));
-    await sh(inNs(ns, ["iptables", "-w", "-t", "raw", "-A", "DPM-T-PRE", "-j", "DROP"]));
-    await installChains(SPECS, { netns: ns });
+Deno.test(needsRoot(
+  "iptables root: installing again after a crash leaves one jump and no duplicates",
+  async () => {
+    await withNs("icr", async (ns) => {
+      await installChains(SPECS, { netns: ns });
+      // A crashed run may also have left an extra jump (e.g. killed mid-install).
+      await sh(inNs(ns, ["iptables", "-w", "-t", "raw", "-A", "PREROUTING", "-j", "DPM-T-PRE"]));
+      await sh(inNs(ns, ["iptables", "-w", "-t", "raw", "-A", "DPM-T-PRE", "-j", "DROP"]));
+      await installChains(SPECS, { netns: ns });
 
-    const pre = await hookRules(ns, "raw", "PREROUTING");
-    assert.deepEqual(pre, ["-A PREROUTING -j DPM-T-PRE", "-A PREROUTING -j DPM-T-PRE2"]);
-    assert.equal((await listChain("raw", "DPM-T-PRE", { netns: ns })).length, 3);
-    assert.equal((await listChain("filter", "DPM-T-IN", { netns: ns })).length, 2);
-    assert.deepEqual(await hookRules(ns, "filter", "INPUT"), ["-A INPUT -j DPM-T-IN"]);
+      const pre = await hookRules(ns, "raw", "PREROUTING");
+      assert.deepEqual(pre, ["-A PREROUTING -j DPM-T-PRE", "-A PREROUTING -j DPM-T-PRE2"]);
+      assert.equal((await listChain("raw", "DPM-T-PRE", { netns: ns })).length, 3);
+      assert.equal((await listChain("filter", "DPM-T-IN", { netns: ns })).length, 2);
+      assert.deepEqual(await hookRules(ns, "filter", "INPUT"), ["-A INPUT -j DPM-T-IN"]);
 
-    await removeChains(SPECS, { netns: ns });
-    await removeChains(SPECS, { netns: ns }); // removal after removal is fine
-    await assertClean(ns);
-  });
-});
+      await removeChains(SPECS, { netns: ns });
+      await removeChains(SPECS, { netns: ns }); // removal after removal is fine
+      await assertClean(ns);
+    });
+  },
+));
 
-Deno.test("iptables root: removing what was never installed is fine", async () => {
+Deno.test(needsRoot("iptables root: removing what was never installed is fine", async () => {
   await withNs("inv", async (ns) => {
     await removeChains(SPECS, { netns: ns });
     await assertClean(ns);
   });
-});
+}));
 
-Deno.test("iptables root: a bad rule throws iptables' message and leaves nothing", async () => {
-  await withNs("bad", async (ns) => {
-    const bad: ChainSpec[] = [
-      SPECS[0]!,
-      SPECS[1]!,
-      // The raw table goes in first; the failure in filter must roll it back.
-      { ...SPECS[2]!, rules: [["-p", "udp", "--no-such-option", "1", "-j", "ACCEPT"]] },
-    ];
-    await assert.rejects(
-      () => installChains(bad, { netns: ns }),
-      (e: Error) => {
-        assert.match(e.message, /iptables-restore failed for table filter/);
-        assert.match(e.message, /no-such-option/);
-        assert.match(e.message, /rule: -A DPM-T-IN/);
-        return true;
-      },
-    );
-    await assertClean(ns);
-  });
-});
-
-Deno.test("iptables: malformed chain names are refused before running anything", async () => {
-  await assert.rejects(
-    () => installChains([{ table: "raw", hook: "OUTPUT", chain: "X".repeat(29), rules: [] }]),
-    TypeError,
-  );
-  await assert.rejects(
-    () => removeChains([{ table: "raw", hook: "OUTPUT", chain: "-j ACCEPT", rules: [] }]),
-    TypeError,
-  );
-});
-
-Deno.test("iptables: a missing iptables binary gives a clear error", async () => {
-  // In a child with an empty PATH: changing this process's PATH could
-  // disturb tests running beside this one.
-  const mod = new URL("../../linux/iptables.ts", import.meta.url).href;
-  const code = `import { listChain } from "${mod}";
-    try { await listChain("raw", "DPM-T-PRE"); console.log("no error"); }
-    catch (e) { console.log(e.message); }`;
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["eval", code],
-    env: { PATH: "/nonexistent" },
-    clearEnv: false,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
-  assert.match(text, /iptables not found: install the iptables package/);
-});
+Deno.test(
+  needsRoot("iptables root: a bad rule throws iptables' message and leaves nothing", async () => {
+    await withNs("bad", async (ns) => {
+      const bad: ChainSpec[] = [
+        SPECS[0]!,
+        SPECS[1]!,
+        // The raw table goes in first; the failure in filter must roll it back.
+        { ...SPECS[2]!, rules: [["-p", "udp", "--no-such-option", "1", "-j", "ACCEPT"]] },
+      ];
+      await assert.rejects(
+        () => installChains(bad, { netns: ns }),
+        (e: Error) => {
+          assert.match(e.message, /iptables-restore failed for table filter/);
+          assert.match(e.message, /no-such-option/);
+          assert.match(e.message, /rule: -A DPM-T-IN/);
+          return true;
+        },
+      );
+      await assertClean(ns);
+    });
+  }),
+);

@@ -17,6 +17,7 @@ import assert from "node:assert/strict";
 import type { Topology } from "../../testing/topology.ts";
 import { type Dpm, DPM_ENV, dpmCommand, withDpm } from "../../testing/launch.ts";
 import { steadyFlows, tcpEcho, udpClient, udpEcho } from "../../testing/apps.ts";
+import { needsRoot } from "../../testing/root.ts";
 import { waitFor } from "../../testing/wait.ts";
 
 const SAN = { sanitizeOps: false, sanitizeResources: false };
@@ -64,7 +65,7 @@ async function flowsAcross(
   return JSON.parse(line) as Flows;
 }
 
-Deno.test({
+Deno.test(needsRoot({
   name:
     "kernel root: a TCP connection and a UDP flow keep working across SIGTERM and SIGKILL restarts of the server and of a driver",
   ...SAN,
@@ -93,9 +94,9 @@ Deno.test({
       assert.match(d.server.output(), /adopted \d+ session|restored \d+ of/);
       assert.match(d.drivers.get("h1")!.output(), /adopted \d+ session/);
     }),
-});
+}));
 
-Deno.test({
+Deno.test(needsRoot({
   name:
     "kernel root: after `nft flush ruleset` on the gateway traffic works again within seconds, the error is logged and status shows it",
   ...SAN,
@@ -135,14 +136,14 @@ Deno.test({
       assert.ok(st.dataPath.reinstalls >= 1, "status counts the reinstall");
       assert.match(st.dataPath.lastError ?? "", /missing chain/);
     }),
-});
+}));
 
-Deno.test({
+Deno.test(needsRoot({
   name:
     "kernel root: a second server or driver in the same namespace refuses to start with a one-line reason; the first keeps working",
   ...SAN,
   fn: () =>
-    withDpm({ ...K, hosts: 2 }, async (t, d) => {
+    withDpm({ ...K, hosts: 2 }, async (t, _d) => {
       const second = await t.exec(t.gateway.ns, [
         ...dpmCommand(),
         "server",
@@ -178,9 +179,9 @@ Deno.test({
       const out = JSON.parse(r.stdout.trim().split("\n").pop()!);
       assert.match(out.replies[0].data, /^seen 203\.0\.113\.1[0-3]:40200\|/);
     }),
-});
+}));
 
-Deno.test({
+Deno.test(needsRoot({
   name:
     "kernel root: dpm status shows each session's packets and bytes from conntrack; established packets never reach the driver",
   ...SAN,
@@ -217,4 +218,4 @@ Deno.test({
       assert.ok(drv.stats.out <= 2, `the driver handled ${drv.stats.out} outbound packet(s)`);
       assert.equal(drv.stats.in, 0, "and no inbound one");
     }),
-});
+}));

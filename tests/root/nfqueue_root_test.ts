@@ -18,15 +18,9 @@
 import assert from "node:assert/strict";
 import { installChains } from "../../linux/iptables.ts";
 import { NfQueue } from "../../linux/nfqueue.ts";
-import {
-  createNsPair,
-  deleteNsPair,
-  inNs,
-  type NsPair,
-  Proc,
-  run,
-  waitFor,
-} from "../../testing/netns.ts";
+import { createNsPair, deleteNsPair, inNs, type NsPair, Proc, run } from "../../testing/netns.ts";
+import { needsRoot } from "../../testing/root.ts";
+import { waitFor } from "../../testing/wait.ts";
 
 const ECHO = new URL("../../testing/nfq_echo.ts", import.meta.url).pathname;
 const PORT = 40000;
@@ -42,10 +36,14 @@ for i in range(n):
     s.sendto(("%s%d" % (prefix, i)).encode(), (dst, port))
 `;
 
-/** python3: receives until `want` datagrams or `secs` seconds; prints them as JSON. */
+/**
+ * python3: receives until `want` datagrams or `secs` seconds; prints them as
+ * JSON. With a 4th argument `progress`, prints `got <count>` after each one.
+ */
 const RECEIVER = `
 import json, socket, sys, time
 port, want, secs = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+progress = len(sys.argv) > 4 and sys.argv[4] == "progress"
 r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 r.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE: no loss in the receiver
 r.bind(("0.0.0.0", port))
@@ -61,6 +59,8 @@ while len(got) < want:
         got.append(r.recv(2048).decode())
     except socket.timeout:
         break
+    if progress:
+        print("got %d" % len(got), flush=True)
 print(json.dumps(got), flush=True)
 `;
 
@@ -76,17 +76,26 @@ interface EchoStats {
   lastError: string;
 }
 
+/** The processes of a {@linkcode scenario}, for a `send` that waits on them. */
+interface Procs {
+  /** The queue reader (testing/nfq_echo.ts) in namespace A. */
+  reader: Proc;
+  /** The receiver in namespace B (prints `got <count>` with `progress`). */
+  receiver: Proc;
+}
+
 /**
  * Builds the namespaces and the queue rule, starts the reader in `mode`
- * and a receiver expecting `want` datagrams, runs `send`, and returns what
- * the receiver got and the reader's counters. Removes everything in
- * `finally`.
+ * and a receiver expecting `want` datagrams (reporting each one when
+ * `progress`), runs `send`, and returns what the receiver got and the
+ * reader's counters. Removes everything in `finally`.
  */
 async function scenario(
   tag: string,
   mode: string,
   want: number,
-  send: (pair: NsPair) => Promise<void>,
+  send: (pair: NsPair, procs: Procs) => Promise<void>,
+  progress = false,
 ): Promise<{ got: string[]; stats: EchoStats }> {
   let pair: NsPair | null = null;
   let reader: Proc | null = null;
@@ -101,13 +110,27 @@ async function scenario(
     }], { netns: pair.a });
     reader = new Proc(inNs(pair.a, [Deno.execPath(), "run", "-A", ECHO, "0", mode]));
     receiver = new Proc(
-      inNs(pair.b, ["python3", "-c", RECEIVER, String(PORT), String(want), "10"]),
+      inNs(pair.b, [
+        "python3",
+        "-c",
+        RECEIVER,
+        String(PORT),
+        String(want),
+        "10",
+        ...(progress ? ["progress"] : []),
+      ]),
     );
     const r = reader;
     const rc = receiver;
-    await waitFor(() => r.out.includes("ready"), `the queue reader (${r.err})`, 30000);
-    await waitFor(() => rc.out.includes("ready"), `the receiver (${rc.err})`, 10000);
-    await send(pair);
+    await waitFor(() => r.out.includes("ready"), {
+      what: `the queue reader (${r.err})`,
+      timeoutMs: 30000,
+    });
+    await waitFor(() => rc.out.includes("ready"), {
+      what: `the receiver (${rc.err})`,
+      timeoutMs: 10000,
+    });
+    await send(pair, { reader, receiver });
     await receiver.finish(15000);
     const gotLine = receiver.out.trim().split("\n").at(-1) ?? "[]";
     reader.kill("SIGTERM");
@@ -133,16 +156,16 @@ async function sendFrom(pair: NsPair, first: string, n: number, prefix: string):
 
 const tag = (t: string) => `dpmq${Deno.pid % 100000}${t}`;
 
-Deno.test("nfqueue root: every packet comes through and is accepted", async () => {
+Deno.test(needsRoot("nfqueue root: every packet comes through and is accepted", async () => {
   const n = 300;
   const { got, stats } = await scenario(tag("acc"), "accept", n, (p) => sendFrom(p, "", n, "p-"));
   assert.equal(got.length, n);
   assert.deepEqual(new Set(got), new Set(Array.from({ length: n }, (_, i) => `p-${i}`)));
   assert.equal(stats.packets, n);
   assert.equal(stats.errors, 0, stats.lastError);
-});
+}));
 
-Deno.test("nfqueue root: a MODIFIED verdict changes the bytes on the wire", async () => {
+Deno.test(needsRoot("nfqueue root: a MODIFIED verdict changes the bytes on the wire", async () => {
   const n = 100;
   const { got, stats } = await scenario(tag("mod"), "modify", n, (p) => sendFrom(p, "", n, "a-"));
   // The receiver's kernel verified the UDP checksum of each rewritten packet.
@@ -151,29 +174,43 @@ Deno.test("nfqueue root: a MODIFIED verdict changes the bytes on the wire", asyn
   assert.equal(stats.modified, n);
   assert.equal(stats.packets, n);
   assert.equal(stats.errors, 0, stats.lastError);
-});
+}));
 
-Deno.test("nfqueue root: a held packet is delivered by a later verdict, later packets flow", async () => {
-  const n = 50;
-  const { got, stats } = await scenario(
-    tag("hold"),
-    "hold",
-    n + 1,
-    (p) => sendFrom(p, "HOLD-x", n, "p-"),
-  );
-  assert.equal(got.length, n + 1, JSON.stringify(got));
-  // The replacement payload given to verdict() is what arrives.
-  assert.ok(got.includes("HELD-x"), JSON.stringify(got));
-  assert.ok(!got.includes("HOLD-x"));
-  // Held for 300 ms: the packets after it were not blocked behind it.
-  assert.equal(got.indexOf("HELD-x"), n, JSON.stringify(got));
-  assert.deepEqual(got.slice(0, n), Array.from({ length: n }, (_, i) => `p-${i}`));
-  assert.equal(stats.held, 1);
-  assert.equal(stats.released, 1);
-  assert.equal(stats.errors, 0, stats.lastError);
-});
+Deno.test(needsRoot(
+  "nfqueue root: a held packet is delivered by a later verdict, later packets flow",
+  async () => {
+    const n = 50;
+    const { got, stats } = await scenario(
+      tag("hold"),
+      "hold",
+      n + 1,
+      async (p, { reader, receiver }) => {
+        await sendFrom(p, "HOLD-x", n, "p-");
+        // The packet stays held until all n sent after it have arrived: they
+        // were not blocked behind it. Only then is it released.
+        const all = new RegExp(`^got ${n}$`, "m");
+        await waitFor(() => /^held$/m.test(reader.out) && all.test(receiver.out), {
+          what: `the held packet and the ${n} sent after it (reader: ${reader.err})`,
+          timeoutMs: 10000,
+        });
+        reader.kill("SIGUSR1");
+      },
+      true,
+    );
+    assert.equal(got.length, n + 1, JSON.stringify(got));
+    // The replacement payload given to verdict() is what arrives.
+    assert.ok(got.includes("HELD-x"), JSON.stringify(got));
+    assert.ok(!got.includes("HOLD-x"));
+    // Released after the later packets had arrived: it comes last.
+    assert.equal(got.indexOf("HELD-x"), n, JSON.stringify(got));
+    assert.deepEqual(got.slice(0, n), Array.from({ length: n }, (_, i) => `p-${i}`));
+    assert.equal(stats.held, 1);
+    assert.equal(stats.released, 1);
+    assert.equal(stats.errors, 0, stats.lastError);
+  },
+));
 
-Deno.test("nfqueue root: a burst of thousands is read in batches", async () => {
+Deno.test(needsRoot("nfqueue root: a burst of thousands is read in batches", async () => {
   const n = 5000;
   const { got, stats } = await scenario(tag("bur"), "accept", n, (p) => sendFrom(p, "", n, "b-"));
   assert.equal(got.length, n);
@@ -182,48 +219,46 @@ Deno.test("nfqueue root: a burst of thousands is read in batches", async () => {
   assert.equal(stats.errors, 0, stats.lastError);
   assert.ok(stats.batches < stats.packets, `batches ${stats.batches}, packets ${stats.packets}`);
   assert.ok(stats.verdictSends < stats.packets, `sends ${stats.verdictSends}`);
-});
+}));
 
-Deno.test("nfqueue root: a bound queue refuses a second reader; wait and close", async () => {
-  // No rule sends packets to this queue: binding it here sends no traffic.
-  const queue = 30000 + (Deno.pid % 1000);
-  const q = NfQueue.open({ queue, batch: 4 });
-  try {
-    assert.throws(() => NfQueue.open({ queue }), /bound by another socket/);
-    const t0 = performance.now();
-    assert.equal(await q.wait(50), false);
-    assert.ok(performance.now() - t0 >= 40);
-    assert.equal(q.drain(() => 1), 0);
-    // A pending wait resolves false promptly when the queue closes.
-    const pending = q.wait(10000);
-    q.close();
-    const t1 = performance.now();
-    assert.equal(await pending, false);
-    assert.ok(performance.now() - t1 < 2000);
-    q.close(); // idempotent
-  } finally {
-    q.close();
-  }
-});
+Deno.test(
+  needsRoot("nfqueue root: a bound queue refuses a second reader; wait and close", async () => {
+    // No rule sends packets to this queue: binding it here sends no traffic.
+    const queue = 30000 + (Deno.pid % 1000);
+    const q = NfQueue.open({ queue, batch: 4 });
+    try {
+      assert.throws(() => NfQueue.open({ queue }), /bound by another socket/);
+      const t0 = performance.now();
+      assert.equal(await q.wait(50), false);
+      assert.ok(performance.now() - t0 >= 40);
+      assert.equal(q.drain(() => 1), 0);
+      // A pending wait resolves false promptly when the queue closes.
+      const pending = q.wait(10000);
+      q.close();
+      const t1 = performance.now();
+      assert.equal(await pending, false);
+      assert.ok(performance.now() - t1 < 2000);
+      q.close(); // idempotent
+    } finally {
+      q.close();
+    }
+  }),
+);
 
-Deno.test("nfqueue: the ffi modules import without --allow-ffi", async () => {
-  for (const m of ["libc.ts", "nfqueue.ts", "rawsock.ts", "sysctl.ts", "iptables.ts"]) {
-    const path = new URL(`../../linux/${m}`, import.meta.url).pathname;
-    const r = await run([Deno.execPath(), "run", "--no-prompt", path]);
-    assert.equal(r.code, 0, `${m}: ${r.stderr}`);
-  }
-});
-
-Deno.test("rawsock root: a packet built in user space is routed and delivered", async () => {
-  const pair = await createNsPair(tag("raw"));
-  let receiver: Proc | null = null;
-  try {
-    receiver = new Proc(inNs(pair.b, ["python3", "-c", RECEIVER, String(PORT), "1", "10"]));
-    const rc = receiver;
-    await waitFor(() => rc.out.includes("ready"), `the receiver (${rc.err})`, 10000);
-    const mod = new URL("../../linux/rawsock.ts", import.meta.url).href;
-    // IPv4 (checksum and length left for the kernel) + UDP without checksum.
-    const code = `import { RawSocket } from "${mod}";
+Deno.test(
+  needsRoot("rawsock root: a packet built in user space is routed and delivered", async () => {
+    const pair = await createNsPair(tag("raw"));
+    let receiver: Proc | null = null;
+    try {
+      receiver = new Proc(inNs(pair.b, ["python3", "-c", RECEIVER, String(PORT), "1", "10"]));
+      const rc = receiver;
+      await waitFor(() => rc.out.includes("ready"), {
+        what: `the receiver (${rc.err})`,
+        timeoutMs: 10000,
+      });
+      const mod = new URL("../../linux/rawsock.ts", import.meta.url).href;
+      // IPv4 (checksum and length left for the kernel) + UDP without checksum.
+      const code = `import { RawSocket } from "${mod}";
       const payload = new TextEncoder().encode("raw-1");
       const p = new Uint8Array(28 + payload.length);
       const dv = new DataView(p.buffer);
@@ -236,19 +271,20 @@ Deno.test("rawsock root: a packet built in user space is routed and delivered", 
       s.send(p, 10, 0x0a090002); // too short: counted, not thrown
       console.log(JSON.stringify(s.stats));
       s.close(); s.close();`;
-    const r = await run(inNs(pair.a, [Deno.execPath(), "eval", code]));
-    assert.equal(r.code, 0, r.stderr);
-    assert.deepEqual(JSON.parse(r.stdout), { sent: 1, errors: 1 });
-    await receiver.finish(15000);
-    assert.deepEqual(JSON.parse(receiver.out.trim().split("\n").at(-1)!), ["raw-1"]);
-  } finally {
-    receiver?.kill("SIGKILL");
-    await receiver?.finish(5000);
-    await deleteNsPair(pair);
-  }
-});
+      const r = await run(inNs(pair.a, [Deno.execPath(), "eval", code]));
+      assert.equal(r.code, 0, r.stderr);
+      assert.deepEqual(JSON.parse(r.stdout), { sent: 1, errors: 1 });
+      await receiver.finish(15000);
+      assert.deepEqual(JSON.parse(receiver.out.trim().split("\n").at(-1)!), ["raw-1"]);
+    } finally {
+      receiver?.kill("SIGKILL");
+      await receiver?.finish(5000);
+      await deleteNsPair(pair);
+    }
+  }),
+);
 
-Deno.test("sysctl root: values are set and restored", async () => {
+Deno.test(needsRoot("sysctl root: values are set and restored", async () => {
   const pair = await createNsPair(tag("sys"));
   try {
     const mod = new URL("../../linux/sysctl.ts", import.meta.url).href;
@@ -278,4 +314,4 @@ Deno.test("sysctl root: values are set and restored", async () => {
   } finally {
     await deleteNsPair(pair);
   }
-});
+}));

@@ -11,6 +11,7 @@
 import assert from "node:assert/strict";
 import { concat, hex, ip4 } from "../../linux/nftables.ts";
 import { inNs, run, sh } from "../../testing/netns.ts";
+import { needsRoot } from "../../testing/root.ts";
 
 const CHILD = new URL("../../testing/nft_child.ts", import.meta.url).pathname;
 
@@ -62,7 +63,7 @@ async function withNs(fn: (ns: string) => Promise<void>): Promise<void> {
 const UDP = 17;
 const TCP = 6;
 
-Deno.test("nftables root: add, list, delete elements; nft agrees both ways", async () => {
+Deno.test(needsRoot("nftables root: add, list, delete elements; nft agrees both ways", async () => {
   await withNs(async (ns) => {
     const gen0 = (await child(ns, ["gen"])).out.gen;
     assert.equal(typeof gen0, "number");
@@ -146,19 +147,21 @@ Deno.test("nftables root: add, list, delete elements; nft agrees both ways", asy
     assert.equal(none.code, 1);
     assert.equal(none.out.errno, 2, none.out.error);
   });
-});
+}));
 
-Deno.test("nftables root: 20000 elements in one transaction, several messages", async () => {
-  await withNs(async (ns) => {
-    const r = await child(ns, ["bench", "dpmtest", "20000"]);
-    assert.equal(r.code, 0, JSON.stringify(r.out));
-    assert.equal(r.out.listed, 20000);
-    assert.equal(r.out.left, 0);
-    // One commit for the add, one for the delete.
-    assert.equal(r.out.genDelta, 2);
-    console.log(
-      `add ${r.out.addRate}/s (${r.out.addMs.toFixed(0)} ms), delete ${r.out.delRate}/s, ` +
-        `list ${r.out.listMs.toFixed(0)} ms`,
-    );
-  });
-});
+Deno.test(
+  needsRoot("nftables root: 20000 elements in one transaction, several messages", async () => {
+    await withNs(async (ns) => {
+      const r = await child(ns, ["bench", "dpmtest", "20000"]);
+      assert.equal(r.code, 0, JSON.stringify(r.out));
+      assert.equal(r.out.listed, 20000);
+      assert.equal(r.out.left, 0);
+      // One commit for the add, one for the delete.
+      assert.equal(r.out.genDelta, 2);
+      console.log(
+        `add ${r.out.addRate}/s (${r.out.addMs.toFixed(0)} ms), delete ${r.out.delRate}/s, ` +
+          `list ${r.out.listMs.toFixed(0)} ms`,
+      );
+    });
+  }),
+);

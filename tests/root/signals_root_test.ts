@@ -6,10 +6,11 @@
 
 import assert from "node:assert/strict";
 import { withDpm } from "../../testing/launch.ts";
+import { needsRoot } from "../../testing/root.ts";
 
 const SAN = { sanitizeOps: false, sanitizeResources: false };
 
-Deno.test({
+Deno.test(needsRoot({
   name:
     "signals root: SIGHUP reloads the log level from the config file, names what needs a restart, and keeps serving",
   ...SAN,
@@ -35,10 +36,10 @@ Deno.test({
       await Deno.remove(dir, { recursive: true });
     }
   },
-});
+}));
 
 for (const sig of ["SIGQUIT", "SIGUSR1", "SIGUSR2"] as const) {
-  Deno.test({
+  Deno.test(needsRoot({
     name:
       `signals root: ${sig} stops the queue-path server with cleanup (exit 0, no dpm chain left)`,
     ...SAN,
@@ -53,5 +54,5 @@ for (const sig of ["SIGQUIT", "SIGUSR1", "SIGUSR2"] as const) {
         const after = await t.exec(t.gateway.ns, ["iptables-save"]);
         assert.doesNotMatch(after.stdout, /DPM-/);
       }),
-  });
+  }));
 }

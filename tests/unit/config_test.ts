@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { ConfigError, driverConfig, serverConfig } from "../../src/config.ts";
-import { main } from "../../src/cli/main.ts";
+import { main, mergeSettings } from "../../src/cli/main.ts";
 import { parsePool } from "../../src/wire/addr.ts";
 
 const base = { "lan-addr": "10.0.0.1", pool: "203.0.113.10-203.0.113.13" };
@@ -74,7 +74,20 @@ Deno.test("cli: a config file sets values, flags win, and errors exit 2", async 
     file,
     JSON.stringify({ server: "10.0.0.1", "fixed-ports": "5060", "log-level": "nonsense" }),
   );
-  // The file's bad log level is reported by name.
+  // The file sets what no flag gives; a flag replaces the file's value, even a bad one.
+  const merged = driverConfig(
+    await mergeSettings({ config: file, "fixed-ports": "500,4500", "log-level": "debug" }, {
+      "no-intercept": "intercept",
+    }),
+  );
+  assert.equal(merged.server, 0x0a000001, "the file's server");
+  assert.deepEqual(merged.fixedPorts, [500, 4500], "--fixed-ports over the file's 5060");
+  assert.equal(merged.logLevel, "debug", "--log-level over the file's bad value");
+  const fileOnly = driverConfig(
+    await mergeSettings({ config: file, "log-level": "warn" }, { "no-intercept": "intercept" }),
+  );
+  assert.deepEqual(fileOnly.fixedPorts, [5060], "the file's fixed ports without the flag");
+  // Without a flag to replace it, the file's bad log level is reported by name.
   const errs: string[] = [];
   const orig = console.error;
   console.error = (...a: unknown[]) => void errs.push(a.join(" "));
@@ -104,7 +117,6 @@ Deno.test("cli: flags win over the config file; --no-* flags negate", async () =
     file,
     JSON.stringify({ ...base, "control-port": 5000, masquerade: true, lifetime: 600 }),
   );
-  const { mergeSettings } = await import("../../src/cli/main.ts");
   const m = await mergeSettings({ config: file, "control-port": "6000", "no-masquerade": true }, {
     "no-masquerade": "masquerade",
   });

@@ -185,7 +185,14 @@ Deno.test("port unreachable quoting UDP: the real one, translated back to the ho
   });
   const buf = inA5(arriving);
   const info = parsed(buf, arriving.length);
-  rewriteIcmpError(buf, info, ip("192.0.2.53"), A, A, 53124, ip("192.0.2.53"), 53);
+  rewriteIcmpError(buf, info, {
+    outerSrc: ip("192.0.2.53"),
+    outerDst: A,
+    innerSrc: A,
+    innerSport: 53124,
+    innerDst: ip("192.0.2.53"),
+    innerDport: 53,
+  });
   const pkt = buf.subarray(0, arriving.length);
   verifyError(pkt, info);
   assert.ok(verifyL4Checksum(pkt.subarray(info.innerOff)), "quoted UDP checksum (fully quoted)");
@@ -203,7 +210,14 @@ Deno.test("port unreachable quoting UDP without checksum: the quoted 0 stays 0",
   const e = buildIcmpError({ src: X, dst: R, type: 3, code: 3, quoted: q });
   const buf = inA5(e);
   const info = parsed(buf, e.length);
-  rewriteIcmpError(buf, info, X, A, A, 5353, X, 53);
+  rewriteIcmpError(buf, info, {
+    outerSrc: X,
+    outerDst: A,
+    innerSrc: A,
+    innerSport: 5353,
+    innerDst: X,
+    innerDport: 53,
+  });
   assert.deepEqual([buf[info.innerOff + 26], buf[info.innerOff + 27]], [0, 0]);
   verifyError(buf.subarray(0, e.length), info);
 });
@@ -215,7 +229,14 @@ Deno.test("port unreachable quoting UDP: a quoted checksum updated to 0 is sent 
   const e = buildIcmpError({ src: X, dst: R, type: 3, code: 3, quoted: q });
   const buf = inA5(e);
   const info = parsed(buf, e.length);
-  rewriteIcmpError(buf, info, X, A, to.src, to.sport, to.dst, to.dport);
+  rewriteIcmpError(buf, info, {
+    outerSrc: X,
+    outerDst: A,
+    innerSrc: to.src,
+    innerSport: to.sport,
+    innerDst: to.dst,
+    innerDport: to.dport,
+  });
   assert.deepEqual([buf[info.innerOff + 26], buf[info.innerOff + 27]], [0xff, 0xff]);
   const expected = buildIcmpError({
     src: X,
@@ -233,7 +254,14 @@ Deno.test("time exceeded quoting an echo request (28 bytes quoted)", () => {
   const e = buildIcmpError({ src: Y, dst: R, type: 11, code: 0, quoted: q.subarray(0, 28) });
   const buf = inA5(e);
   const info = parsed(buf, e.length);
-  rewriteIcmpError(buf, info, Y, A, A, 0x1c46, X, 0);
+  rewriteIcmpError(buf, info, {
+    outerSrc: Y,
+    outerDst: A,
+    innerSrc: A,
+    innerSport: 0x1c46,
+    innerDst: X,
+    innerDport: 0,
+  });
   const pkt = buf.subarray(0, e.length);
   verifyError(pkt, info);
   const q2 = buildIcmpEcho({ src: A, dst: X, id: 0x1c46, seq: 5, type: 8 });
@@ -272,7 +300,14 @@ Deno.test("fragmentation needed quoting TCP: MTU kept, TCP checksum updated only
     });
     const buf = inA5(e);
     const info = parsed(buf, e.length);
-    rewriteIcmpError(buf, info, Y, A, A, 40000, X, 443);
+    rewriteIcmpError(buf, info, {
+      outerSrc: Y,
+      outerDst: A,
+      innerSrc: A,
+      innerSport: 40000,
+      innerDst: X,
+      innerDport: 443,
+    });
     const pkt = buf.subarray(0, e.length);
     verifyError(pkt, info);
     assert.deepEqual([pkt[26], pkt[27]], [1400 >> 8, 1400 & 0xff], "next-hop MTU");
@@ -388,7 +423,14 @@ Deno.test("property: rewriteIcmpError equals building the translated error from 
         const e = buildIcmpError({ src: os, dst: od, type, code: 1, quoted: q.subarray(0, qlen) });
         const buf = inA5(e);
         const info = parsed(buf, e.length);
-        rewriteIcmpError(buf, info, ns, nd, to.src, to.sport, to.dst, to.dport);
+        rewriteIcmpError(buf, info, {
+          outerSrc: ns,
+          outerDst: nd,
+          innerSrc: to.src,
+          innerSport: to.sport,
+          innerDst: to.dst,
+          innerDport: to.dport,
+        });
         const pkt = buf.subarray(0, e.length);
         verifyError(pkt, info);
         const q2 = build(kind, to, payload, options);
@@ -437,7 +479,14 @@ Deno.test("property: on mutated packets that still parse, valid checksums stay v
         if (parse(buf, p.length, info) !== Drop.NONE) return;
         const pkt = buf.subarray(0, p.length);
         if (info.icmpError) {
-          rewriteIcmpError(buf, info, to.src, to.dst, to.dst, to.dport, to.src, to.sport);
+          rewriteIcmpError(buf, info, {
+            outerSrc: to.src,
+            outerDst: to.dst,
+            innerSrc: to.dst,
+            innerSport: to.dport,
+            innerDst: to.src,
+            innerDport: to.sport,
+          });
           if (validBefore) verifyError(pkt, info);
         } else {
           rewrite(buf, info, to.src, to.sport, to.dst, to.dport);

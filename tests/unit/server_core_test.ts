@@ -385,7 +385,7 @@ Deno.test("server: drops are deliberate and counted: malformed, fragments, TTL, 
   assert.equal(st.drops["truncated"], 1);
   assert.equal(st.drops["fragment"], 1);
   assert.equal(st.drops["ttl-exceeded"], 1);
-  assert.equal(st.drops["peer-mismatch"], 1);
+  assert.equal(st.drops["internal-port-mismatch"], 1);
   assert.equal(st.drops["not-ours"], 1);
   // A ping of the gateway itself is the kernel's to answer.
   const ping = buildIcmpEcho({ src: H2, dst: G, id: 0x1234, seq: 1, type: 8 });
