@@ -37,12 +37,12 @@ async function control(
 
 Deno.test(needsRoot({
   name:
-    "control root: reserve via dpm query, status shows it, another host cannot renew or release it, the driver releases on exit",
+    "control root: reserve via dpm query, status shows it, another host cannot renew or release it; a queue-path driver releases on exit, a kernel-path one keeps it until --cleanup",
   ...SAN,
   fn: async () => {
     const t = await createTopology({ hosts: 2, peers: 1 });
     try {
-      const d = await startDpm(t, { driverHosts: ["h1"] });
+      const d = await startDpm(t, { driverHosts: ["h1"], datapath: "queue" });
       try {
         const q = await d.query("h1", "udp", "10.0.0.11:40000", "198.51.100.10:7000", true);
         assert.equal(q.result, "ok");
@@ -93,6 +93,33 @@ Deno.test(needsRoot({
       } finally {
         await d.stop();
       }
+      // The kernel path keeps a stopped driver's sessions (the kernel still
+      // translates them); `dpm driver --cleanup` gives them back.
+      const k = await startDpm(t, { driverHosts: ["h1"], datapath: "kernel" });
+      try {
+        const q = await k.query("h1", "udp", "10.0.0.11:40010", "198.51.100.10:7000", true);
+        assert.equal(q.result, "ok");
+        await k.drivers.get("h1")!.stop("SIGTERM", 5000);
+        await new Promise((ok) => setTimeout(ok, 500));
+        assert.equal((await k.status()).sessions, 1, "kept across the driver's exit");
+        const c = await t.exec(t.hosts[0]!.ns, [
+          ...dpmCommand(),
+          "driver",
+          "--server",
+          "10.0.0.1",
+          "--socket",
+          k.driverSocket("h1"),
+          "--cleanup",
+        ], { env: DPM_ENV, timeoutMs: 20_000 });
+        assert.equal(c.code, 0, c.stderr);
+        assert.match(c.stderr, /released 1 session/);
+        assert.equal((await k.status()).sessions, 0, "released by --cleanup");
+        const nft = await t.exec(t.hosts[0]!.ns, ["nft", "list", "tables"]);
+        assert.doesNotMatch(nft.stdout, /dpm-driver/, "and its table removed");
+      } finally {
+        await k.stop();
+        await k.cleanup();
+      }
     } finally {
       await t.destroy();
     }
@@ -105,7 +132,7 @@ function spawnServer(t: Topology, socket: string, ...extra: string[]) {
     ...dpmCommand(),
     "server",
     ...["--lan-if", "lan0", "--wan-if", "wan0", "--lan-addr", "10.0.0.1", "--pool", t.poolText],
-    ...["--add-pool-addresses", "--socket", socket, ...extra],
+    ...["--add-pool-addresses", "--socket", socket, "--datapath", "queue", ...extra],
   ], { env: DPM_ENV });
 }
 
@@ -117,7 +144,11 @@ Deno.test(needsRoot({
     const t = await createTopology({ hosts: 2, peers: 1 });
     const state = `${t.scratch}/state.json`;
     try {
-      let d = await startDpm(t, { driverHosts: ["h1"], serverArgs: ["--state", state] });
+      let d = await startDpm(t, {
+        driverHosts: ["h1"],
+        serverArgs: ["--state", state],
+        datapath: "queue",
+      });
       const q = await d.query("h1", "udp", "10.0.0.11:40000", "198.51.100.10:7000", true);
       const epoch1 = (await d.status()).epoch;
       await d.stop();
@@ -128,7 +159,11 @@ Deno.test(needsRoot({
         "the driver released its session on exit, and the file says so",
       );
       // Keep the driver alive across the server restart this time.
-      d = await startDpm(t, { driverHosts: ["h1"], serverArgs: ["--state", state] });
+      d = await startDpm(t, {
+        driverHosts: ["h1"],
+        serverArgs: ["--state", state],
+        datapath: "queue",
+      });
       const q2 = await d.query("h1", "udp", "10.0.0.11:40000", "198.51.100.10:7000", true);
       await d.server.stop("SIGTERM", 5000);
       const server2 = spawnServer(t, d.serverSocket, "--state", state);
