@@ -23,6 +23,7 @@ import {
 } from "../../testing/launch.ts";
 import { httpSeen, udpClient, udpEcho, udpProbe } from "../../testing/apps.ts";
 import { waitFor } from "../../testing/wait.ts";
+import { needsRoot } from "../../testing/root.ts";
 import { buildUdp } from "../../testing/packets.ts";
 import { encodeRequest, newNonce, Op } from "../../src/control/proto.ts";
 
@@ -34,14 +35,14 @@ let datapath: (typeof DATAPATHS)[number] = "kernel";
 
 function test(def: { name: string; fn: () => Promise<void> } & typeof SAN): void {
   for (const dp of DATAPATHS) {
-    Deno.test({
+    Deno.test(needsRoot({
       ...def,
       name: def.name.replace(/^e2e root:/, `e2e root [${dp}]:`),
       fn: () => {
         datapath = dp;
         return def.fn();
       },
-    });
+    }));
   }
 }
 
