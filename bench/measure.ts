@@ -389,3 +389,151 @@ export async function setOffloads(
   const r = await t.exec(ns, ["ethtool", "-K", dev, "tso", v, "gso", v, "gro", v]);
   if (r.code !== 0) throw new Error(`ethtool -K ${dev} ${v} failed: ${r.stderr}`);
 }
+
+/** Fields of /proc/meminfo, in bytes (the file gives kB). */
+export function memInfo(): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const l of Deno.readTextFileSync("/proc/meminfo").split("\n")) {
+    const m = /^(\w+):\s+(\d+)(?:\s+kB)?/.exec(l);
+    if (m) out[m[1]!] = Number(m[2]) * (l.endsWith("kB") ? 1024 : 1);
+  }
+  return out;
+}
+
+/**
+ * Bytes of the objects in use in each slab cache (active_objs × objsize,
+ * /proc/slabinfo); empty when unreadable. Objects in use rather than pages:
+ * freed objects stay in their pages until the slab is shrunk, and would be
+ * counted again by the next fill.
+ */
+export function slabCaches(): Map<string, number> {
+  const out = new Map<string, number>();
+  let text = "";
+  try {
+    text = Deno.readTextFileSync("/proc/slabinfo");
+  } catch {
+    return out;
+  }
+  for (const l of text.split("\n").slice(2)) {
+    const f = l.trim().split(/\s+/);
+    if (f.length < 4) continue;
+    out.set(f[0]!, Number(f[1]) * Number(f[3]));
+  }
+  return out;
+}
+
+/** Kernel memory that per-object allocations can grow: slab, vmalloc and per-CPU areas. */
+export interface KernelMemory {
+  /** Slab objects in use, all caches (/proc/slabinfo). */
+  slabBytes: number;
+  /** Slab pages (/proc/meminfo Slab), for reference. */
+  slabPagesBytes: number;
+  vmallocBytes: number;
+  percpuBytes: number;
+  caches: Map<string, number>;
+}
+
+/** A snapshot of {@linkcode KernelMemory}. */
+export function kernelMemory(): KernelMemory {
+  const m = memInfo();
+  const caches = slabCaches();
+  let used = 0;
+  for (const v of caches.values()) used += v;
+  return {
+    slabBytes: used,
+    slabPagesBytes: m.Slab ?? 0,
+    vmallocBytes: m.VmallocUsed ?? 0,
+    percpuBytes: m.Percpu ?? 0,
+    caches,
+  };
+}
+
+/**
+ * Growth between two snapshots: `slabBytes` sums the caches that grew (the
+ * machine's other caches may shrink meanwhile, e.g. freed namespaces, and
+ * would hide growth in a net figure, kept as `netSlabBytes`); totalBytes =
+ * slab + vmalloc + per-CPU growth; and the caches that grew the most.
+ */
+export function kernelGrowth(
+  a: KernelMemory,
+  b: KernelMemory,
+  top = 6,
+): {
+  slabBytes: number;
+  netSlabBytes: number;
+  slabPagesBytes: number;
+  vmallocBytes: number;
+  percpuBytes: number;
+  totalBytes: number;
+  topCaches: { name: string; bytes: number }[];
+} {
+  const grown: { name: string; bytes: number }[] = [];
+  for (const [name, v] of b.caches) {
+    const d = v - (a.caches.get(name) ?? 0);
+    if (d > 0) grown.push({ name, bytes: d });
+  }
+  grown.sort((x, y) => y.bytes - x.bytes);
+  const slab = grown.reduce((n, c) => n + c.bytes, 0);
+  const vm = b.vmallocBytes - a.vmallocBytes;
+  const pc = b.percpuBytes - a.percpuBytes;
+  return {
+    slabBytes: slab,
+    netSlabBytes: b.slabBytes - a.slabBytes,
+    slabPagesBytes: b.slabPagesBytes - a.slabPagesBytes,
+    vmallocBytes: vm,
+    percpuBytes: pc,
+    totalBytes: slab + vm + pc,
+    topCaches: grown.slice(0, top),
+  };
+}
+
+/** Resident set size of a process, bytes (VmRSS); 0 when it is gone. */
+export function rssBytes(pid: number): number {
+  try {
+    const m = /VmRSS:\s+(\d+)\s+kB/.exec(Deno.readTextFileSync(`/proc/${pid}/status`));
+    return m ? Number(m[1]) * 1024 : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** Entries in the conntrack table of a namespace (`conntrack -C`); 0 when none or unreadable. */
+export async function conntrackCount(t: Topology, ns: string): Promise<number> {
+  const r = await t.exec(ns, ["conntrack", "-C"]);
+  const n = Number(r.stdout.trim());
+  return r.code === 0 && Number.isFinite(n) ? n : 0;
+}
+
+/** Forgets every conntrack entry of a namespace (`conntrack -F`). */
+export async function conntrackFlush(t: Topology, ns: string): Promise<void> {
+  await t.exec(ns, ["conntrack", "-F"]);
+}
+
+/**
+ * Creates about `n` UDP flows from `from` to the peer address `to`: one
+ * datagram each, from `ceil(n / 50000)` sockets to 50,000 destination ports
+ * each, paced in bursts so the veth backlog does not drop them. Nothing needs
+ * to listen: each datagram makes one conntrack entry on a NATing gateway.
+ */
+export async function udpSpray(t: Topology, from: string, to: string, n: number): Promise<void> {
+  await python(
+    t,
+    from,
+    `
+import socket, json, time
+n, per, k = ${n}, 50000, 0
+socks = []
+while k < n:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", 0))
+    socks.append(s)
+    for i in range(min(per, n - k)):
+        s.sendto(b"x", ("${to}", 10000 + i))
+        if i % 500 == 499:
+            time.sleep(0.001)
+    k += per
+print(json.dumps({"sent": k}))
+`,
+    120_000 + n,
+  );
+}

@@ -5,7 +5,7 @@
  *
  * ```sh
  * deno run -A bench/reserve_load.ts --server 10.0.0.1 --addrs 10.0.0.101,10.0.0.102 \
- *   --window 64 --seconds 5 [--start <unix ms>] [--port 4750]
+ *   --window 64 --seconds 5 [--start <unix ms>] [--port 4750] [--count N]
  * ```
  *
  * One socket per source address (each address must be configured on the
@@ -19,6 +19,9 @@
  * remote in 8.0.0.0/8 port 443): the table grows for the whole run. The server
  * hands out at most ~4,500 gateway ports per host and protocol, so a run of N
  * reservations needs about N / 9,000 source addresses.
+ *
+ * `--count N` stops as soon as N reservations were granted (or `--seconds`
+ * ran out): bench/run.ts fills a server's table to a size this way.
  *
  * `--start` lets several processes begin at the same instant. Only answers
  * that arrive within [start, start + seconds) count. Prints one JSON line:
@@ -39,6 +42,8 @@ interface Options {
   window: number;
   seconds: number;
   start: number;
+  /** Stop after this many OK answers (0: run for `seconds`). */
+  count: number;
 }
 
 function parseArgs(argv: string[]): Options {
@@ -49,6 +54,7 @@ function parseArgs(argv: string[]): Options {
     window: 64,
     seconds: 5,
     start: Date.now() + 200,
+    count: 0,
   };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
@@ -60,6 +66,7 @@ function parseArgs(argv: string[]): Options {
     else if (k === "--window") o.window = Number(v);
     else if (k === "--seconds") o.seconds = Number(v);
     else if (k === "--start") o.start = Number(v);
+    else if (k === "--count") o.count = Number(v);
     else throw new Error(`Unknown flag ${k}`);
   }
   if (o.addrs.length === 0) throw new Error("--addrs is required");
@@ -80,6 +87,8 @@ const results = new Float64Array(16);
 const latencies: number[] = [];
 let running = false;
 let measuring = false;
+let finish: () => void = () => {};
+const finished = new Promise<void>((r) => finish = r);
 
 interface Requester {
   sock: dgram.Socket;
@@ -152,7 +161,12 @@ async function open(addr: string): Promise<Requester> {
     if (measuring) {
       answers++;
       results[d.res.result] = (results[d.res.result] ?? 0) + 1;
-      if (d.res.result === Result.OK) ok++;
+      if (d.res.result === Result.OK && ++ok >= opts.count && opts.count > 0) {
+        measuring = false;
+        running = false;
+        finish();
+        return;
+      }
       if ((answers & (LATENCY_SAMPLE - 1)) === 0) {
         latencies.push(performance.now() - r.sentAt[slot]!);
       }
@@ -180,7 +194,12 @@ const sweep = setInterval(() => {
     }
   }
 }, 100);
-await new Promise((r) => setTimeout(r, opts.seconds * 1000));
+let timer = 0;
+await Promise.race([
+  finished,
+  new Promise((r) => timer = setTimeout(r, opts.seconds * 1000)),
+]);
+clearTimeout(timer);
 measuring = false;
 running = false;
 const elapsed = (performance.now() - t0) / 1000;

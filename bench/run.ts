@@ -1,6 +1,6 @@
 /**
- * `deno task bench` (as root): dpm against the kernel's own NAT on one
- * namespace topology (src/topology.ts), in one run.
+ * `deno task bench` (as root): both dpm data paths against the kernel's own
+ * NAT on one namespace topology (testing/topology.ts), in one run.
  *
  * ```
  *  h1 10.0.0.11 ─┐ (dpm driver on h1)                                       ┌ p1 198.51.100.10
@@ -8,10 +8,13 @@
  *  h3 10.0.0.13 ─┘  dpm server, or iptables MASQUERADE (the reference)
  * ```
  *
- * Each round measures the kernel (MASQUERADE rule on the gateway, no dpm
- * process anywhere) and then dpm (server on the gateway, driver on h1),
- * alternating so that a noisy neighbour affects both alike; the report gives
- * the median of the rounds:
+ * Each round measures three modes one after the other, so that a noisy
+ * neighbour affects all alike: MASQUERADE (the rule on the gateway, no dpm
+ * process anywhere), dpm `--datapath queue` and dpm `--datapath kernel`
+ * (server on the gateway, driver on h1; the kernel path is removed with
+ * `--cleanup` after its round, since it keeps translating after SIGTERM, and
+ * conntrack is flushed between modes). The report gives the median of the
+ * rounds:
  *
  * - UDP floods h1 -> p1 (`iperf3 -u -b 0 -l 64|512|1400`): packets/s the
  *   receiver got, loss; CPU time of the dpm processes and of the machine per
@@ -20,12 +23,17 @@
  * - UDP ping-pong round trips (python3, one datagram in flight): p50/p99;
  * - new sessions: a fresh socket's first round trip against its second.
  *
- * Then one server (`--rate-limit 1000000 --max-sessions-per-host 1048576`)
- * takes reservations from bench/reserve_load.ts on three hosts at once, and
- * bench/table_bench.ts measures the session table alone.
+ * Then, on each data path, one server (`--rate-limit 1000000
+ * --max-sessions-per-host 1048576`, real --lan-if/--wan-if: on the kernel
+ * path every grant adds two nft map elements) takes reservations from
+ * bench/reserve_load.ts on three hosts at once; one server per data path is
+ * filled to 100k and 1M sessions (smoke: a few thousand) while its RSS and
+ * the kernel's slab/vmalloc memory are read; conntrack entries made through
+ * MASQUERADE are measured the same way; and bench/table_bench.ts measures the
+ * session table alone.
  *
  * ```sh
- * sudo deno task bench                  # full run, about 4 minutes
+ * sudo deno task bench                  # full run, about 10 minutes
  * deno run -A bench/run.ts --smoke      # under a minute, for CI
  * deno run -A bench/run.ts --json --out /tmp/x --rounds 5
  * deno run -A bench/run.ts --profile    # CPU profiles of server and driver under a 64 B flood
@@ -43,13 +51,18 @@ import { createTopology, destroyOnSignal, type Topology } from "../testing/topol
 import { type Dpm, DPM_ENV, MOD, startDpm, type StartOptions } from "../testing/launch.ts";
 import {
   CLK_TCK,
+  conntrackCount,
+  conntrackFlush,
   haveEthtool,
+  kernelGrowth,
+  kernelMemory,
   median,
   newSessions,
   type Percentiles,
   pingPong,
   processTicks,
   queueCounters,
+  rssBytes,
   type SessionProbe,
   setOffloads,
   startEcho,
@@ -58,12 +71,18 @@ import {
   tcpStream,
   udpFlood,
   type UdpRun,
+  udpSpray,
 } from "./measure.ts";
 import {
   type BenchResult,
+  type ConntrackPoint,
   type CpuRun,
+  type DataPath,
   evaluateTargets,
   markdown,
+  type MemoryPoint,
+  type MemoryResult,
+  type Mode,
   type ModeResult,
   type ReserveResult,
   type TableRow,
@@ -82,6 +101,10 @@ interface Config {
   reserveSeconds: number;
   reserveAddrsPerHost: number;
   reserveWindow: number;
+  /** Table sizes at which a filled server's memory is read (one fill per data path). */
+  memorySessions: number[];
+  /** Conntrack entries made through MASQUERADE, per memory point. */
+  conntrackEntries: number[];
   tableQuick: boolean;
 }
 
@@ -90,6 +113,7 @@ function parseArgs(argv: string[]) {
     smoke: false,
     json: false,
     profile: false,
+    datapath: "queue" as DataPath,
     out: `${HERE}results`,
     rounds: 0,
   };
@@ -98,11 +122,16 @@ function parseArgs(argv: string[]) {
     if (a === "--smoke") o.smoke = true;
     else if (a === "--json") o.json = true;
     else if (a === "--profile") o.profile = true;
-    else if (a === "--out") o.out = argv[++i] ?? o.out;
+    else if (a === "--datapath") {
+      const v = argv[++i];
+      if (v !== "kernel" && v !== "queue") throw new Error(`--datapath kernel|queue, not "${v}"`);
+      o.datapath = v;
+    } else if (a === "--out") o.out = argv[++i] ?? o.out;
     else if (a === "--rounds") o.rounds = Number(argv[++i]);
     else if (a === "--help" || a === "-h") {
       console.log(
-        "usage: deno run -A bench/run.ts [--smoke] [--json] [--out DIR] [--rounds N] [--profile]",
+        "usage: deno run -A bench/run.ts [--smoke] [--json] [--out DIR] [--rounds N] " +
+          "[--profile [--datapath queue|kernel]]",
       );
       Deno.exit(0);
     } else throw new Error(`Unknown argument "${a}"`);
@@ -121,6 +150,8 @@ const cfg: Config = args.smoke
     reserveSeconds: 1,
     reserveAddrsPerHost: 2,
     reserveWindow: 6,
+    memorySessions: [3000, 6000],
+    conntrackEntries: [5000],
     tableQuick: true,
   }
   : {
@@ -132,11 +163,21 @@ const cfg: Config = args.smoke
     reserveSeconds: 5,
     reserveAddrsPerHost: 12,
     reserveWindow: 6,
+    memorySessions: [100_000, 1_000_000],
+    conntrackEntries: [100_000, 200_000],
     tableQuick: false,
   };
 if (args.rounds > 0) cfg.rounds = args.rounds;
 const RESERVE_FLAGS = ["--rate-limit", "1000000", "--max-sessions-per-host", "1048576"];
 const MASQ = ["-s", "10.0.0.0/24", "-o", "wan0", "-j", "MASQUERADE"];
+/**
+ * Pool of the servers filled for the memory figures: 1M sessions need more
+ * than the topology's four addresses × 64,512 ports × 2 protocols. Only
+ * reservations are made with it: no packet is sent from or to it.
+ */
+const MEMORY_POOL = "203.0.113.100-203.0.113.131";
+/** A source address holds about 2 × 4,536 gateway ports (61000-65535, UDP and TCP). */
+const SESSIONS_PER_ADDR = 9000;
 
 const log = (s: string) => console.error(`bench: ${s}`);
 const ethtool = await haveEthtool();
@@ -346,100 +387,247 @@ async function iptablesMasq(t: Topology, op: "-A" | "-D"): Promise<void> {
   if (r.code !== 0) throw new Error(`iptables ${op} MASQUERADE failed: ${r.stderr}`);
 }
 
-async function kernelRound(t: Topology): Promise<RoundData> {
+async function masqueradeRound(t: Topology): Promise<RoundData> {
   await iptablesMasq(t, "-A");
   try {
-    return await measureMode(t, "kernel", null);
+    return await measureMode(t, "MASQUERADE", null);
   } finally {
     await iptablesMasq(t, "-D");
+    await forgetFlows(t);
   }
 }
 
-async function dpmRound(t: Topology): Promise<RoundData> {
-  const d = await startDpm(t, { driverHosts: ["h1"] });
+/** Flushes conntrack in every namespace of the topology, so that no mode inherits another's flows. */
+async function forgetFlows(t: Topology): Promise<void> {
+  await Promise.all(
+    [t.gateway.ns, ...t.hosts.map((h) => h.ns)].map((ns) => conntrackFlush(t, ns)),
+  );
+}
+
+/**
+ * Stops dpm for good: SIGTERM, then on the kernel path (which keeps
+ * translating established sessions after SIGTERM) `--cleanup` of both roles.
+ */
+async function stopForGood(t: Topology, d: Dpm, datapath: DataPath): Promise<void> {
+  await d.stop();
+  if (datapath === "kernel") await d.cleanup();
+  await forgetFlows(t);
+}
+
+async function dpmRound(t: Topology, datapath: DataPath): Promise<RoundData> {
+  const d = await startDpm(t, { driverHosts: ["h1"], datapath });
   try {
-    return await measureMode(t, "dpm", d);
+    return await measureMode(t, `dpm ${datapath}`, d);
   } catch (e) {
     log(`dpm server output:\n${d.server.output().slice(-3000)}`);
     throw e;
   } finally {
-    await d.stop();
+    await stopForGood(t, d, datapath);
   }
 }
 
-/** Many requesters on every host against one server. */
-async function reservationLoad(t: Topology): Promise<ReserveResult> {
-  const d = await startDpm(t, { driverHosts: [], serverArgs: RESERVE_FLAGS });
+/** Many requesters on every host against one server on `datapath`. */
+async function reservationLoad(t: Topology, datapath: DataPath): Promise<ReserveResult> {
+  const d = await startDpm(t, { driverHosts: [], serverArgs: RESERVE_FLAGS, datapath });
   try {
-    return await reserveWith(t, d);
+    return { datapath, ...(await reserveWith(t, d)) };
   } finally {
-    await d.stop();
+    await stopForGood(t, d, datapath);
   }
 }
 
-async function reserveWith(t: Topology, d: Dpm): Promise<ReserveResult> {
-  {
-    const per = cfg.reserveAddrsPerHost;
-    const addrsOf = (hi: number) =>
-      Array.from({ length: per }, (_, k) => `10.0.0.${101 + hi * per + k}`);
-    await Promise.all(t.hosts.map(async (h, hi) => {
-      const r = await t.exec(h.ns, ["ip", "-batch", "-"], {
-        stdin: addrsOf(hi).map((a) => `addr add ${a}/24 dev eth0`).join("\n") + "\n",
-      });
-      if (r.code !== 0) throw new Error(`adding addresses on ${h.name}: ${r.stderr}`);
-    }));
-    // Deno starts in about a second on a loaded 2-core machine; start together after that.
-    const start = Date.now() + (args.smoke ? 2500 : 4000);
-    const procs = t.hosts.map((h, hi) =>
-      t.exec(h.ns, [
-        Deno.execPath(),
-        "run",
-        "--allow-all",
-        "--quiet",
-        `${HERE}reserve_load.ts`,
-        "--server",
-        t.gateway.lanText,
-        "--addrs",
-        addrsOf(hi).join(","),
-        "--window",
-        String(cfg.reserveWindow),
-        "--seconds",
-        String(cfg.reserveSeconds),
-        "--start",
-        String(start),
-      ], { timeoutMs: 60_000, env: DPM_ENV })
-    );
-    // Server CPU over the measured window only.
-    await new Promise((r) => setTimeout(r, Math.max(0, start - Date.now())));
-    const c0 = processTicks(d.server.pid);
-    const results = await Promise.all(procs);
-    const c1 = processTicks(d.server.pid);
-    const perHost = results.map((r, i) => {
-      if (r.code !== 0) {
-        throw new Error(`reserve_load on h${i + 1} failed (${r.code}): ${r.stderr}`);
-      }
-      return JSON.parse(r.stdout.trim().split("\n").pop()!) as Record<string, any>;
+/** Load-generator source addresses per host block: h1 10.0.0.101-151, h2 152-202, h3 203-253. */
+const ADDR_BLOCK = 51;
+
+/**
+ * Source addresses of host `hi` for the load generator. Each host keeps its
+ * own block for the whole run: an address that moved to another host would
+ * be answered to the old one until the gateway's ARP entry went stale.
+ */
+function loadAddrs(hi: number, per: number): string[] {
+  if (per > ADDR_BLOCK) throw new Error(`at most ${ADDR_BLOCK} load addresses per host`);
+  return Array.from({ length: per }, (_, k) => `10.0.0.${101 + hi * ADDR_BLOCK + k}`);
+}
+
+/** Configures the first `per` load-generator addresses of every host's block (idempotent). */
+async function addLoadAddrs(t: Topology, per: number): Promise<void> {
+  if (t.hosts.length > 3) throw new Error("the load-address blocks are laid out for 3 hosts");
+  await Promise.all(t.hosts.map(async (h, hi) => {
+    const r = await t.exec(h.ns, ["ip", "-batch", "-"], {
+      stdin: loadAddrs(hi, per).map((a) => `addr replace ${a}/24 dev eth0`).join("\n") + "\n",
     });
-    const ok = perHost.reduce((a, h) => a + h.ok, 0);
-    const st = await d.status().catch(() => null);
-    const lat = perHost.map((h) => h.latencyMs).filter((l) => l.p50 !== null);
-    return {
-      perSec: perHost.reduce((a, h) => a + h.okPerSec, 0),
-      answersPerSec: perHost.reduce((a, h) => a + h.answersPerSec, 0),
-      ok,
-      timeouts: perHost.reduce((a, h) => a + h.timeouts, 0),
-      seconds: cfg.reserveSeconds,
-      hosts: t.hosts.length,
-      sockets: per * t.hosts.length,
-      windowPerSocket: cfg.reserveWindow,
-      serverUsPerReservation: ok > 0 ? +(((c1 - c0) * 1e6) / CLK_TCK / ok).toFixed(2) : null,
-      tableSessions: st?.sessions ?? null,
-      latencyP50Ms: lat.length ? median(lat.map((l) => l.p50)) : null,
-      latencyP99Ms: lat.length ? Math.max(...lat.map((l) => l.p99)) : null,
-      serverFlags: RESERVE_FLAGS,
-      perHost,
-    };
+    if (r.code !== 0) throw new Error(`adding addresses on ${h.name}: ${r.stderr}`);
+  }));
+}
+
+/** Runs bench/reserve_load.ts on every host at once; returns each host's JSON line. */
+async function loadFromHosts(
+  t: Topology,
+  per: number,
+  extra: string[],
+  seconds: number,
+  start: number,
+): Promise<Record<string, any>[]> {
+  const results = await Promise.all(t.hosts.map((h, hi) =>
+    t.exec(h.ns, [
+      Deno.execPath(),
+      "run",
+      "--allow-all",
+      "--quiet",
+      `${HERE}reserve_load.ts`,
+      "--server",
+      t.gateway.lanText,
+      "--addrs",
+      loadAddrs(hi, per).join(","),
+      "--window",
+      String(cfg.reserveWindow),
+      "--seconds",
+      String(seconds),
+      "--start",
+      String(start),
+      ...extra,
+    ], { timeoutMs: (seconds + 60) * 1000, env: DPM_ENV })
+  ));
+  return results.map((r, i) => {
+    if (r.code !== 0) throw new Error(`reserve_load on h${i + 1} failed (${r.code}): ${r.stderr}`);
+    return JSON.parse(r.stdout.trim().split("\n").pop()!) as Record<string, any>;
+  });
+}
+
+/**
+ * Memory per session on one data path: a server (real interfaces, so the
+ * kernel path programs its maps) is filled with reservations up to each of
+ * `cfg.memorySessions`; at each point the growth of its RSS and of the
+ * kernel's memory since before the first reservation is read.
+ */
+async function memoryFill(t: Topology, datapath: DataPath): Promise<MemoryPoint[]> {
+  const top = Math.max(...cfg.memorySessions);
+  const per = Math.ceil((top * 1.15) / SESSIONS_PER_ADDR / t.hosts.length);
+  await addLoadAddrs(t, per);
+  const d = await startDpm(t, {
+    driverHosts: [],
+    serverArgs: RESERVE_FLAGS,
+    datapath,
+    pool: MEMORY_POOL,
+  });
+  const points: MemoryPoint[] = [];
+  try {
+    await new Promise((r) => setTimeout(r, 1000));
+    const rss0 = rssBytes(d.server.pid);
+    const k0 = kernelMemory();
+    let have = 0;
+    for (const target of cfg.memorySessions) {
+      log(`memory, ${datapath} path: filling to ${target} sessions`);
+      // Deno starts in about a second on a loaded 2-core machine; start together after that.
+      const start = Date.now() + (args.smoke ? 2500 : 4000);
+      const want = Math.ceil((target - have) / t.hosts.length);
+      const hosts = await loadFromHosts(
+        t,
+        per,
+        ["--count", String(want)],
+        args.smoke ? 30 : 300,
+        start,
+      );
+      const fillSeconds = Math.max(...hosts.map((h) => h.seconds as number));
+      await new Promise((r) => setTimeout(r, 1000));
+      const st = await d.status();
+      const sessions = st.sessions;
+      const g = kernelGrowth(k0, kernelMemory());
+      const rss = rssBytes(d.server.pid) - rss0;
+      const n = Math.max(1, sessions);
+      points.push({
+        datapath,
+        sessions,
+        fillSeconds: +fillSeconds.toFixed(1),
+        fillPerSec: Math.round((sessions - have) / Math.max(0.001, fillSeconds)),
+        dpmRssBytes: rss,
+        kernel: g,
+        dpmBytesPerSession: Math.round(rss / n),
+        kernelBytesPerSession: Math.round(g.totalBytes / n),
+        totalBytesPerSession: Math.round((rss + g.totalBytes) / n),
+      });
+      log(
+        `memory, ${datapath} path: ${sessions} sessions: dpm ${Math.round(rss / n)} B + kernel ${
+          Math.round(g.totalBytes / n)
+        } B per session`,
+      );
+      have = sessions;
+    }
+  } finally {
+    await stopForGood(t, d, datapath);
   }
+  return points;
+}
+
+/**
+ * Kernel memory of conntrack entries through MASQUERADE: h1 sends one UDP
+ * datagram per flow to p1 (nothing listens there), each flow one conntrack on
+ * the gateway; growth of slab + vmalloc + per-CPU divided by the entries
+ * created (counted with `conntrack -C` in every namespace that tracks).
+ */
+async function conntrackMemory(t: Topology): Promise<ConntrackPoint[]> {
+  const all = [t.gateway.ns, ...t.hosts.map((h) => h.ns), ...t.peers.map((p) => p.ns)];
+  const count = async () =>
+    (await Promise.all(all.map((ns) => conntrackCount(t, ns)))).reduce((a, b) => a + b, 0);
+  const out: ConntrackPoint[] = [];
+  await iptablesMasq(t, "-A");
+  try {
+    for (const n of cfg.conntrackEntries) {
+      await Promise.all(all.map((ns) => conntrackFlush(t, ns)));
+      await new Promise((r) => setTimeout(r, 1000)); // RCU frees the flushed entries
+      const c0 = await count();
+      const k0 = kernelMemory();
+      log(`memory, MASQUERADE: ${n} UDP flows h1 -> p1`);
+      await udpSpray(t, t.hosts[0]!.ns, t.peers[0]!.addrText, n);
+      const k1 = kernelMemory();
+      const entries = (await count()) - c0;
+      const g = kernelGrowth(k0, k1);
+      out.push({
+        entries,
+        kernel: g,
+        bytesPerEntry: Math.round(g.totalBytes / Math.max(1, entries)),
+      });
+      log(
+        `memory, MASQUERADE: ${entries} conntracks, ${out[out.length - 1]!.bytesPerEntry} B each`,
+      );
+    }
+  } finally {
+    await iptablesMasq(t, "-D");
+    await Promise.all(all.map((ns) => conntrackFlush(t, ns)));
+  }
+  return out;
+}
+
+async function reserveWith(t: Topology, d: Dpm): Promise<Omit<ReserveResult, "datapath">> {
+  const per = cfg.reserveAddrsPerHost;
+  await addLoadAddrs(t, per);
+  // Deno starts in about a second on a loaded 2-core machine; start together after that.
+  const start = Date.now() + (args.smoke ? 2500 : 4000);
+  const procs = loadFromHosts(t, per, [], cfg.reserveSeconds, start);
+  // Server CPU over the measured window only.
+  await new Promise((r) => setTimeout(r, Math.max(0, start - Date.now())));
+  const c0 = processTicks(d.server.pid);
+  const perHost = await procs;
+  const c1 = processTicks(d.server.pid);
+  const ok = perHost.reduce((a, h) => a + h.ok, 0);
+  const st = await d.status().catch(() => null);
+  const lat = perHost.map((h) => h.latencyMs).filter((l) => l.p50 !== null);
+  return {
+    perSec: perHost.reduce((a, h) => a + h.okPerSec, 0),
+    answersPerSec: perHost.reduce((a, h) => a + h.answersPerSec, 0),
+    ok,
+    timeouts: perHost.reduce((a, h) => a + h.timeouts, 0),
+    seconds: cfg.reserveSeconds,
+    hosts: t.hosts.length,
+    sockets: per * t.hosts.length,
+    windowPerSocket: cfg.reserveWindow,
+    serverUsPerReservation: ok > 0 ? +(((c1 - c0) * 1e6) / CLK_TCK / ok).toFixed(2) : null,
+    tableSessions: st?.sessions ?? null,
+    latencyP50Ms: lat.length ? median(lat.map((l) => l.p50)) : null,
+    latencyP99Ms: lat.length ? Math.max(...lat.map((l) => l.p99)) : null,
+    serverFlags: RESERVE_FLAGS,
+    perHost,
+  };
 }
 
 async function tableBench(): Promise<{ quick: boolean; gc: boolean; rows: TableRow[] }> {
@@ -485,19 +673,20 @@ async function profile(t: Topology): Promise<void> {
   const reserve = `${base}/reserve`;
   await Deno.mkdir(flood);
   await Deno.mkdir(reserve);
-  let d = await startProfiled(t, flood, { driverHosts: ["h1"] });
+  const datapath = args.datapath;
+  let d = await startProfiled(t, flood, { driverHosts: ["h1"], datapath });
   try {
     const u = await udpFlood(t, t.hosts[0]!.ns, t.peers[0]!.ns, 64, cfg.seconds + 1);
     log(`profile: ${u.pps} pps delivered`);
   } finally {
-    await d.stop();
+    await stopForGood(t, d, datapath);
   }
-  d = await startProfiled(t, reserve, { driverHosts: [], serverArgs: RESERVE_FLAGS });
+  d = await startProfiled(t, reserve, { driverHosts: [], serverArgs: RESERVE_FLAGS, datapath });
   try {
     const r = await reserveWith(t, d);
     log(`profile: ${r.perSec} reservations/s`);
   } finally {
-    await d.stop();
+    await stopForGood(t, d, datapath);
   }
   console.log(`# 64 B UDP flood h1 -> p1\n${await summarizeProfiles(flood)}\n`);
   console.log(`# reservation load\n${await summarizeProfiles(reserve)}`);
@@ -514,9 +703,9 @@ async function main(): Promise<number> {
   log("building the topology");
   const t = await createTopology({ hosts: 3, peers: 1 });
   const undoSignals = destroyOnSignal(t);
-  let kernelRounds: RoundData[] = [];
-  let dpmRounds: RoundData[] = [];
-  let reservations: ReserveResult;
+  const rounds: Record<Mode, RoundData[]> = { masquerade: [], queue: [], kernel: [] };
+  let reservations: Record<DataPath, ReserveResult>;
+  let memory: MemoryResult;
   try {
     await startEcho(t, t.peers[0]!.ns);
     if (args.profile) {
@@ -525,12 +714,23 @@ async function main(): Promise<number> {
     }
     for (let r = 1; r <= cfg.rounds; r++) {
       log(`round ${r} of ${cfg.rounds}`);
-      kernelRounds.push(await kernelRound(t));
-      dpmRounds.push(await dpmRound(t));
+      rounds.masquerade.push(await masqueradeRound(t));
+      rounds.queue.push(await dpmRound(t, "queue"));
+      rounds.kernel.push(await dpmRound(t, "kernel"));
     }
-    log(`reservation load, ${cfg.reserveSeconds} s`);
-    reservations = await reservationLoad(t);
-    log(`reservations: ${reservations.perSec}/s`);
+    reservations = {} as Record<DataPath, ReserveResult>;
+    for (const dp of ["queue", "kernel"] as const) {
+      log(`reservation load, ${dp} path, ${cfg.reserveSeconds} s`);
+      reservations[dp] = await reservationLoad(t, dp);
+      log(`reservations, ${dp} path: ${reservations[dp].perSec}/s`);
+    }
+    memory = {
+      kernel: await memoryFill(t, "kernel"),
+      queue: await memoryFill(t, "queue"),
+      conntrack: await conntrackMemory(t),
+      pool: MEMORY_POOL,
+      serverFlags: RESERVE_FLAGS,
+    };
   } finally {
     await t.destroy();
     undoSignals();
@@ -539,14 +739,17 @@ async function main(): Promise<number> {
     bench: "dpm",
     smoke: args.smoke,
     env,
-    config: { ...cfg, topology: "3 hosts, gateway, router, 1 peer (src/topology.ts)" },
-    dataPlane: { dpm: aggregate(dpmRounds), kernel: aggregate(kernelRounds) },
+    config: { ...cfg, topology: "3 hosts, gateway, router, 1 peer (testing/topology.ts)" },
+    dataPlane: {
+      masquerade: aggregate(rounds.masquerade),
+      queue: aggregate(rounds.queue),
+      kernel: aggregate(rounds.kernel),
+    },
     reservations,
+    memory,
     table: table!,
     elapsedSeconds: 0,
   };
-  kernelRounds = [];
-  dpmRounds = [];
   const result: BenchResult = {
     ...partial,
     targets: evaluateTargets(partial),
@@ -563,8 +766,12 @@ async function writeOutputs(r: BenchResult): Promise<void> {
   const out = args.out.replace(/\/$/, "");
   await Deno.writeTextFile(`${out}/latest.json`, JSON.stringify(r, null, 2) + "\n");
   await Deno.writeTextFile(`${out}/latest.md`, markdown(r));
-  const d = r.dataPlane.dpm;
-  const k = r.dataPlane.kernel;
+  const dp = r.dataPlane;
+  const modes: { name: string; color: string; m: ModeResult }[] = [
+    { name: "MASQUERADE", color: "#9e9e9e", m: dp.masquerade },
+    { name: "dpm queue", color: "#ff7f0e", m: dp.queue },
+    { name: "dpm kernel", color: "#1f77b4", m: dp.kernel },
+  ];
   const sub = `${r.env.cpu} × ${r.env.cores}, kernel ${r.env.kernel}, ${r.env.date}`.slice(0, 110);
   await Deno.writeTextFile(
     `${out}/pps_by_size.svg`,
@@ -572,10 +779,11 @@ async function writeOutputs(r: BenchResult): Promise<void> {
       title: "UDP packets/s delivered h1 → p1, by payload size",
       subtitle: sub,
       categories: cfg.sizes.map((s) => `${s} B`),
-      series: [
-        { name: "kernel", color: "#9e9e9e", values: k.udp.map((u) => u.pps) },
-        { name: "dpm", color: "#1f77b4", values: d.udp.map((u) => u.pps) },
-      ],
+      series: modes.map((x) => ({
+        name: x.name,
+        color: x.color,
+        values: x.m.udp.map((u) => u.pps),
+      })),
       yLabel: "packets per second (receiver)",
       xLabel: "UDP payload size",
     }),
@@ -586,18 +794,11 @@ async function writeOutputs(r: BenchResult): Promise<void> {
       title: "UDP round trip h1 ↔ p1, microseconds",
       subtitle: sub,
       categories: ["steady p50", "steady p99", "new session p50", "new session p99"],
-      series: [
-        {
-          name: "kernel",
-          color: "#9e9e9e",
-          values: [k.rtt.p50Us, k.rtt.p99Us, k.sessions.firstP50Us, k.sessions.firstP99Us],
-        },
-        {
-          name: "dpm",
-          color: "#1f77b4",
-          values: [d.rtt.p50Us, d.rtt.p99Us, d.sessions.firstP50Us, d.sessions.firstP99Us],
-        },
-      ],
+      series: modes.map((x) => ({
+        name: x.name,
+        color: x.color,
+        values: [x.m.rtt.p50Us, x.m.rtt.p99Us, x.m.sessions.firstP50Us, x.m.sessions.firstP99Us],
+      })),
       yLabel: "microseconds",
       xLabel: "",
     }),
