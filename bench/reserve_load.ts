@@ -194,7 +194,7 @@ const sweep = setInterval(() => {
     }
   }
 }, 100);
-let timer = 0;
+let timer: ReturnType<typeof setTimeout> | undefined;
 await Promise.race([
   finished,
   new Promise((r) => timer = setTimeout(r, opts.seconds * 1000)),

@@ -1,8 +1,18 @@
 /**
- * Configuration of both roles: one zod schema per role validates what comes
- * from flags and from a JSON config file alike. A config file uses the flags'
- * long names as keys (`{"lan-addr": "10.0.0.1", "pool": "203.0.113.10-203.0.113.13"}`);
- * flags win over the file. Every error names the offending key and value.
+ * Configuration of both roles, from ONE table of flags per command
+ * ({@linkcode COMMANDS}). Each row gives a flag's long name (which is also
+ * its key in a JSON config file), its argument, help text, group, default
+ * and a zod schema that validates the value whether it comes from the
+ * command line (a string) or from a file (a string, number, boolean or
+ * array). From the table come: the parser's option spec
+ * ({@linkcode parseSpec}), the zod schema of a whole configuration
+ * ({@linkcode schemaOf}), the typed configuration the roles see
+ * ({@linkcode ServerConfig}, {@linkcode DriverConfig}: the rows' names in
+ * camelCase, their schemas' output types), and, in `src/cli/docs.ts`, the
+ * help text, the man page, a JSON Schema for editors and shell completions.
+ *
+ * Flags win over the file. Every error names the offending key and value,
+ * and the file it came from; all problems are reported, not just the first.
  *
  * @module
  */
@@ -10,56 +20,8 @@
 import { z } from "zod";
 import { type Cidr, parseAddrPort, parseCidr, parseIPv4, parsePool } from "./wire/addr.ts";
 
-/** The gateway role's settings. */
-export interface ServerConfig {
-  /** The gateway's LAN address G (control listener, LAN side of every session). */
-  lanAddr: number;
-  /** The public pool, expanded to single addresses. */
-  pool: number[];
-  controlPort: number;
-  /** Range for replacement public ports. */
-  portRange: [number, number];
-  /** Range for the LAN-side gateway ports Pg (must match the drivers'). */
-  gatewayPorts: [number, number];
-  /** Longest lifetime granted, seconds. */
-  lifetime: number;
-  maxSessionsPerHost: number;
-  /** Control requests per second allowed per host (burst: twice that). */
-  rateLimit: number;
-  state: string | null;
-  socket: string;
-  lanIf: string | null;
-  wanIf: string | null;
-  /** LAN prefix; defaults to the prefix of lanAddr on lanIf. */
-  lan: Cidr | null;
-  addPoolAddresses: boolean;
-  /** Masquerade hosts without a driver behind the WAN address. */
-  masquerade: boolean;
-  queue: number;
-  /** `kernel` (nftables maps + conntrack translate) or `queue` (dpm translates every packet). */
-  datapath: "kernel" | "queue";
-  /** Remove everything a previous run left in the kernel (kernel path), then exit. */
-  cleanup: boolean;
-  logLevel: "error" | "warn" | "info" | "debug";
-}
-
-/** The host role's settings. */
-export interface DriverConfig {
-  server: number;
-  serverPort: number;
-  fixedPorts: number[];
-  gatewayPorts: [number, number];
-  lan: Cidr | null;
-  socket: string;
-  /** When false the driver touches no kernel state: it only answers `dpm query` (and reserves on request). */
-  intercept: boolean;
-  queue: number;
-  /** `kernel` (an nftables map + conntrack translate) or `queue` (dpm translates every packet). */
-  datapath: "kernel" | "queue";
-  /** Remove everything a previous run left in the kernel (kernel path), then exit. */
-  cleanup: boolean;
-  logLevel: "error" | "warn" | "info" | "debug";
-}
+// ---------------------------------------------------------------------------
+// Value schemas (each message names the flag and the value).
 
 const port = (what: string) =>
   z.union([z.number(), z.string()]).transform((v, ctx) => {
@@ -87,8 +49,17 @@ const int = (what: string, min: number, max: number) =>
     return n;
   });
 
+const str = (what: string) =>
+  z.union([z.string(), z.number(), z.boolean()]).transform((v, ctx) => {
+    if (typeof v !== "string" || v === "") {
+      ctx.addIssue({ code: "custom", message: `Invalid ${what} ${JSON.stringify(v)}: want text` });
+      return z.NEVER;
+    }
+    return v;
+  });
+
 const addr = (what: string) =>
-  z.string().transform((v, ctx) => {
+  str(what).transform((v, ctx) => {
     const a = parseIPv4(v);
     if (a === null) {
       ctx.addIssue({ code: "custom", message: `Invalid ${what} "${v}": want an IPv4 address` });
@@ -98,7 +69,7 @@ const addr = (what: string) =>
   });
 
 const range = (what: string) =>
-  z.string().transform((v, ctx): [number, number] => {
+  str(what).transform((v, ctx): [number, number] => {
     const m = /^([0-9]{1,5})-([0-9]{1,5})$/.exec(v);
     const lo = m ? Number(m[1]) : NaN;
     const hi = m ? Number(m[2]) : NaN;
@@ -113,7 +84,7 @@ const range = (what: string) =>
   });
 
 const cidr = (what: string) =>
-  z.string().transform((v, ctx) => {
+  str(what).transform((v, ctx) => {
     const c = parseCidr(v);
     if (!c) {
       ctx.addIssue({ code: "custom", message: `Invalid ${what} "${v}": want a.b.c.d/len` });
@@ -123,59 +94,72 @@ const cidr = (what: string) =>
   });
 
 const ifname = (what: string) =>
-  z.string().regex(/^[A-Za-z0-9_.:-]{1,15}$/, `Invalid ${what}: want an interface name`);
-
-const bool = z.union([z.boolean(), z.enum(["true", "false"])]).transform((v) =>
-  v === true || v === "true"
-);
-const level = z.enum(["error", "warn", "info", "debug"]);
-
-/** Keys accepted by `dpm server` (flags and config file). */
-export const serverSchema = z.strictObject({
-  "lan-addr": addr("--lan-addr"),
-  pool: z.string().transform((v, ctx) => {
-    const p = parsePool(v);
-    if (typeof p === "string") {
-      ctx.addIssue({ code: "custom", message: p });
+  str(what).transform((v, ctx) => {
+    if (!/^[A-Za-z0-9_.:-]{1,15}$/.test(v)) {
+      ctx.addIssue({ code: "custom", message: `Invalid ${what} "${v}": want an interface name` });
       return z.NEVER;
     }
-    return p;
-  }),
-  "control-port": port("--control-port").default(4750),
-  "port-range": range("--port-range").default([1024, 65535]),
-  "gateway-ports": range("--gateway-ports").default([61000, 65535]),
-  lifetime: int("--lifetime", 2, 7 * 86400).default(86400),
-  "max-sessions-per-host": int("--max-sessions-per-host", 1, 1 << 20).default(4096),
-  "rate-limit": int("--rate-limit", 1, 1_000_000).default(2000),
-  state: z.string().min(1).nullable().default(null),
-  socket: z.string().min(1).default("/run/dpm/server.sock"),
-  "lan-if": ifname("--lan-if").nullable().default(null),
-  "wan-if": ifname("--wan-if").nullable().default(null),
-  lan: cidr("--lan").nullable().default(null),
-  "add-pool-addresses": bool.default(false),
-  masquerade: bool.default(true),
-  queue: int("--queue", 0, 65535).default(0),
-  datapath: z.enum(["kernel", "queue"], {
-    error: (i) => `Invalid --datapath "${String(i.input)}": want kernel or queue`,
-  }).default("kernel"),
-  cleanup: bool.default(false),
-  "log-level": level.default("info"),
+    return v;
+  });
+
+const oneOf = <const T extends readonly [string, ...string[]]>(what: string, values: T) =>
+  str(what).transform((v, ctx): T[number] => {
+    if (!(values as readonly string[]).includes(v)) {
+      ctx.addIssue({
+        code: "custom",
+        message: `Invalid ${what} "${v}": want ${values.slice(0, -1).join(", ")} or ${
+          values.at(-1)
+        }`,
+      });
+      return z.NEVER;
+    }
+    return v as T[number];
+  });
+
+const bool = (what: string) =>
+  z.union([z.boolean(), z.string()]).transform((v, ctx) => {
+    if (v === true || v === "true") return true;
+    if (v === false || v === "false") return false;
+    ctx.addIssue({
+      code: "custom",
+      message: `Invalid ${what} ${JSON.stringify(v)}: want true or false`,
+    });
+    return z.NEVER;
+  });
+
+const pool = str("--pool").transform((v, ctx) => {
+  const p = parsePool(v);
+  if (typeof p === "string") {
+    ctx.addIssue({ code: "custom", message: p });
+    return z.NEVER;
+  }
+  return p;
 });
 
-/** Keys accepted by `dpm driver`. */
-export const driverSchema = z.strictObject({
-  server: z.string().transform((v, ctx) => {
-    const ap = v.includes(":") ? parseAddrPort(v) : (() => {
-      const a = parseIPv4(v);
-      return a === null ? null : { addr: a, port: 4750 };
-    })();
-    if (!ap || ap.port === 0) {
-      ctx.addIssue({ code: "custom", message: `Invalid --server "${v}": want G or G:port` });
+const endpoint = (what: string) =>
+  str(what).transform((v, ctx) => {
+    const ap = parseAddrPort(v);
+    if (!ap) {
+      ctx.addIssue({ code: "custom", message: `Invalid ${what} "${v}": want addr:port` });
       return z.NEVER;
     }
     return ap;
-  }),
-  "fixed-ports": z.union([z.string(), z.array(z.number())]).transform((v, ctx) => {
+  });
+
+const serverEndpoint = str("--server").transform((v, ctx) => {
+  const ap = v.includes(":") ? parseAddrPort(v) : (() => {
+    const a = parseIPv4(v);
+    return a === null ? null : { addr: a, port: 4750 };
+  })();
+  if (!ap || ap.port === 0) {
+    ctx.addIssue({ code: "custom", message: `Invalid --server "${v}": want G or G:port` });
+    return z.NEVER;
+  }
+  return ap;
+});
+
+const portList = z.union([z.string(), z.array(z.union([z.number(), z.string()]))]).transform(
+  (v, ctx) => {
     const items = typeof v === "string" ? (v === "" ? [] : v.split(",")) : v.map(String);
     const out: number[] = [];
     for (const it of items) {
@@ -187,34 +171,476 @@ export const driverSchema = z.strictObject({
       out.push(n);
     }
     return out;
-  }).default([]),
-  "gateway-ports": range("--gateway-ports").default([61000, 65535]),
-  lan: cidr("--lan").nullable().default(null),
-  socket: z.string().min(1).default("/run/dpm/driver.sock"),
-  intercept: bool.default(true),
-  queue: int("--queue", 0, 65535).default(1),
-  datapath: z.enum(["kernel", "queue"], {
-    error: (i) => `Invalid --datapath "${String(i.input)}": want kernel or queue`,
-  }).default("kernel"),
-  cleanup: bool.default(false),
-  "log-level": level.default("info"),
-});
+  },
+);
 
-/** A configuration problem, reported as one line and exit code 2. */
+const LEVELS = ["error", "warn", "info", "debug"] as const;
+const FORMATS = ["text", "json"] as const;
+const DATAPATHS = ["kernel", "queue"] as const;
+
+// ---------------------------------------------------------------------------
+// The table.
+
+/** One flag of a command. */
+export interface Flag {
+  /** Argument name for help (`<G>`); absent for a switch. */
+  arg?: string;
+  /** One line of help. */
+  help: string;
+  /** Heading the flag is listed under. */
+  group: string;
+  /** Validates the value (flag text or config file value) and gives its typed form. */
+  schema: z.ZodType;
+  /** The default shown in help; absent for none. */
+  dflt?: string;
+  /** Required (no default). */
+  required?: boolean;
+  /** A switch that is on by default: the command line has `--no-NAME` (the file: NAME or no-NAME). */
+  negated?: boolean;
+  /** Completion hint: a file, an interface, or fixed words. */
+  complete?: "file" | "interface" | readonly string[];
+}
+
+const common = {
+  datapath: {
+    arg: "<kernel|queue>",
+    help: "kernel: nftables maps and conntrack translate; queue: dpm translates every packet",
+    group: "Data plane",
+    schema: oneOf("--datapath", DATAPATHS).default("kernel"),
+    dflt: "kernel",
+    complete: DATAPATHS,
+  },
+  cleanup: {
+    help: "remove what a previous run left translating (kernel path), then exit",
+    group: "Data plane",
+    schema: bool("--cleanup").default(false),
+  },
+  "metrics-addr": {
+    arg: "<addr:port>",
+    help: "serve Prometheus metrics over HTTP on addr:port (/metrics)",
+    group: "Operations",
+    schema: endpoint("--metrics-addr").nullable().default(null),
+  },
+  "log-level": {
+    arg: "<level>",
+    help: "error, warn, info or debug (changes live on SIGHUP)",
+    group: "Operations",
+    schema: oneOf("--log-level", LEVELS).default("info"),
+    dflt: "info",
+    complete: LEVELS,
+  },
+  "log-format": {
+    arg: "<text|json>",
+    help: "text (journald priorities under systemd) or one JSON object per line",
+    group: "Operations",
+    schema: oneOf("--log-format", FORMATS).default("text"),
+    dflt: "text",
+    complete: FORMATS,
+  },
+} as const satisfies Record<string, Flag>;
+
+/** `dpm server`: the gateway role. */
+export const SERVER_FLAGS = {
+  "lan-addr": {
+    arg: "<G>",
+    help: "the gateway's LAN address; the control listener binds here",
+    group: "Control plane",
+    schema: addr("--lan-addr"),
+    required: true,
+  },
+  pool: {
+    arg: "<spec>[,...]",
+    help: "public addresses: single, range a-b, or CIDR",
+    group: "Control plane",
+    schema: pool,
+    required: true,
+  },
+  "control-port": {
+    arg: "<n>",
+    help: "control UDP port",
+    group: "Control plane",
+    schema: port("--control-port").default(4750),
+    dflt: "4750",
+  },
+  "port-range": {
+    arg: "<lo-hi>",
+    help: "replacement public ports",
+    group: "Control plane",
+    schema: range("--port-range").default([1024, 65535]),
+    dflt: "1024-65535",
+  },
+  "gateway-ports": {
+    arg: "<lo-hi>",
+    help: "LAN-side gateway ports Pg (the same on every driver)",
+    group: "Control plane",
+    schema: range("--gateway-ports").default([61000, 65535]),
+    dflt: "61000-65535",
+  },
+  lifetime: {
+    arg: "<s>",
+    help: "longest lifetime granted",
+    group: "Control plane",
+    schema: int("--lifetime", 2, 7 * 86400).default(86400),
+    dflt: "86400",
+  },
+  "max-sessions-per-host": {
+    arg: "<n>",
+    help: "per-host quota",
+    group: "Control plane",
+    schema: int("--max-sessions-per-host", 1, 1 << 20).default(4096),
+    dflt: "4096",
+  },
+  "rate-limit": {
+    arg: "<n>",
+    help: "control requests/s per host, burst 2n",
+    group: "Control plane",
+    schema: int("--rate-limit", 1, 1_000_000).default(2000),
+    dflt: "2000",
+  },
+  state: {
+    arg: "<file>",
+    help: "keep the table across restarts in this file",
+    group: "Control plane",
+    schema: str("--state").nullable().default(null),
+    complete: "file",
+  },
+  socket: {
+    arg: "<path>",
+    help: "operator socket for dpm status",
+    group: "Control plane",
+    schema: str("--socket").default("/run/dpm/server.sock"),
+    dflt: "/run/dpm/server.sock",
+    complete: "file",
+  },
+  "lan-if": {
+    arg: "<if>",
+    help: "the LAN interface (with --wan-if: the data plane is on)",
+    group: "Data plane",
+    schema: ifname("--lan-if").nullable().default(null),
+    complete: "interface",
+  },
+  "wan-if": {
+    arg: "<if>",
+    help: "the WAN interface",
+    group: "Data plane",
+    schema: ifname("--wan-if").nullable().default(null),
+    complete: "interface",
+  },
+  lan: {
+    arg: "<cidr>",
+    help: "LAN prefix (default: the prefix of --lan-addr on --lan-if)",
+    group: "Data plane",
+    schema: cidr("--lan").nullable().default(null),
+  },
+  "add-pool-addresses": {
+    help: "add the pool addresses to --wan-if",
+    group: "Data plane",
+    schema: bool("--add-pool-addresses").default(false),
+  },
+  masquerade: {
+    help: "do not masquerade hosts that run no driver (config key: masquerade false)",
+    group: "Data plane",
+    schema: bool("--masquerade").default(true),
+    negated: true,
+  },
+  queue: {
+    arg: "<n>",
+    help: "netfilter queue number",
+    group: "Data plane",
+    schema: int("--queue", 0, 65535).default(0),
+    dflt: "0",
+  },
+  ...common,
+} as const satisfies Record<string, Flag>;
+
+/** `dpm driver`: the host role. */
+export const DRIVER_FLAGS = {
+  server: {
+    arg: "<G>[:port]",
+    help: "the dpm server (default port 4750)",
+    group: "Control plane",
+    schema: serverEndpoint,
+    required: true,
+  },
+  "fixed-ports": {
+    arg: "<p,...>",
+    help: "ports never replaced, even inside the ephemeral range",
+    group: "Control plane",
+    schema: portList.default([]),
+  },
+  "gateway-ports": {
+    arg: "<lo-hi>",
+    help: "LAN-side gateway ports Pg (the same as the server)",
+    group: "Control plane",
+    schema: range("--gateway-ports").default([61000, 65535]),
+    dflt: "61000-65535",
+  },
+  lan: {
+    arg: "<cidr>",
+    help: "LAN prefix (default: that of the interface that reaches G)",
+    group: "Control plane",
+    schema: cidr("--lan").nullable().default(null),
+  },
+  socket: {
+    arg: "<path>",
+    help: "socket for dpm query",
+    group: "Control plane",
+    schema: str("--socket").default("/run/dpm/driver.sock"),
+    dflt: "/run/dpm/driver.sock",
+    complete: "file",
+  },
+  intercept: {
+    help: "touch no kernel state: only answer dpm query (config key: intercept false)",
+    group: "Data plane",
+    schema: bool("--intercept").default(true),
+    negated: true,
+  },
+  queue: {
+    arg: "<n>",
+    help: "netfilter queue number",
+    group: "Data plane",
+    schema: int("--queue", 0, 65535).default(1),
+    dflt: "1",
+  },
+  ...common,
+} as const satisfies Record<string, Flag>;
+
+/** `dpm status`. */
+export const STATUS_FLAGS = {
+  json: { help: "print JSON", group: "Options", schema: bool("--json").default(false) },
+  driver: {
+    help: "this host's driver instead of the gateway's server",
+    group: "Options",
+    schema: bool("--driver").default(false),
+  },
+  socket: {
+    arg: "<path>",
+    help: "operator socket (default /run/dpm/server.sock, with --driver /run/dpm/driver.sock)",
+    group: "Options",
+    schema: str("--socket").nullable().default(null),
+    complete: "file",
+  },
+} as const satisfies Record<string, Flag>;
+
+/** `dpm query`. */
+export const QUERY_FLAGS = {
+  reserve: {
+    help: "reserve the session first when there is none",
+    group: "Options",
+    schema: bool("--reserve").default(false),
+  },
+  json: { help: "print JSON", group: "Options", schema: bool("--json").default(false) },
+  socket: {
+    arg: "<path>",
+    help: "the driver's socket",
+    group: "Options",
+    schema: str("--socket").default("/run/dpm/driver.sock"),
+    dflt: "/run/dpm/driver.sock",
+    complete: "file",
+  },
+} as const satisfies Record<string, Flag>;
+
+/** One command: its synopsis, what it does, its flags; `config` when it reads --config. */
+export interface Command {
+  synopsis: string;
+  about: string;
+  flags: Record<string, Flag>;
+  config: boolean;
+  /** Positional arguments, for help and completion. */
+  args?: string;
+}
+
+/** Every command, in help order. */
+export const COMMANDS = {
+  server: {
+    synopsis: "dpm server --lan-addr <G> --pool <addr|a-b|cidr>[,...] [options]",
+    about: "Run the gateway role: own the pool, answer reservations, translate.",
+    flags: SERVER_FLAGS,
+    config: true,
+  },
+  driver: {
+    synopsis: "dpm driver --server <G>[:port] [options]",
+    about: "Run the host role: reserve sessions, tell applications their public pair.",
+    flags: DRIVER_FLAGS,
+    config: true,
+  },
+  status: {
+    synopsis: "dpm status [--json] [--driver] [--socket <path>]",
+    about: "Show the server's table and counters, or with --driver this host's sessions.",
+    flags: STATUS_FLAGS,
+    config: false,
+  },
+  query: {
+    synopsis:
+      "dpm query <tcp|udp|icmp> <local addr:port> <remote addr:port> [--reserve] [--json] [--socket <path>]",
+    about:
+      "Ask the local driver which public address and port a session uses (claims 11, 19, 24). For icmp the port is the echo identifier and the remote port 0. Exit 0 when the session exists, 1 when not, 2 on bad usage.",
+    flags: QUERY_FLAGS,
+    config: false,
+    args: "<tcp|udp|icmp> <local addr:port> <remote addr:port>",
+  },
+} as const satisfies Record<string, Command>;
+
+/** A command's name. */
+export type CommandName = keyof typeof COMMANDS;
+
+// ---------------------------------------------------------------------------
+// What the table gives.
+
+/** The `node:util` parseArgs options of a command's flags (plus --config and --help). */
+export function parseSpec(
+  flags: Record<string, Flag>,
+  withConfig: boolean,
+): Record<string, { type: "string" | "boolean"; short?: string }> {
+  const out: Record<string, { type: "string" | "boolean"; short?: string }> = {
+    help: { type: "boolean", short: "h" },
+  };
+  if (withConfig) out.config = { type: "string" };
+  for (const [name, f] of Object.entries(flags)) {
+    out[f.negated ? `no-${name}` : name] = { type: f.arg ? "string" : "boolean" };
+  }
+  return out;
+}
+
+/** The zod schema of a whole configuration of a command (keys: the flags' names; `no-NAME` for negated switches). */
+export function schemaOf<F extends Record<string, Flag>>(flags: F) {
+  const shape: Record<string, z.ZodType> = {};
+  for (const [name, f] of Object.entries(flags)) {
+    shape[name] = f.schema;
+    if (f.negated) shape[`no-${name}`] = bool(`--no-${name}`).optional();
+  }
+  return z.strictObject(shape);
+}
+
+type Camel<S extends string> = S extends `${infer H}-${infer T}` ? `${H}${Capitalize<Camel<T>>}`
+  : S;
+/** A command's settings as the roles see them: the flags' names in camelCase, their schemas' output types. */
+export type Settings<F extends Record<string, Flag>> = {
+  -readonly [K in keyof F as Camel<K & string>]-?: z.output<F[K]["schema"]>;
+};
+
+function camel(s: string): string {
+  return s.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+}
+
+/** The gateway role's settings. */
+export type ServerConfig = Settings<typeof SERVER_FLAGS>;
+
+/** The host role's settings (`--server` split into the address and the port). */
+export type DriverConfig = Omit<Settings<typeof DRIVER_FLAGS>, "server"> & {
+  server: number;
+  serverPort: number;
+};
+
+/** A configuration problem, reported as one line per problem and exit code 2. */
 export class ConfigError extends Error {
   override name = "ConfigError";
 }
 
-function firstIssue(e: z.ZodError): string {
-  const i = e.issues[0];
-  if (!i) return "Invalid configuration";
-  const key = i.path.join(".");
-  if (i.code === "unrecognized_keys") {
-    return `Unknown setting ${i.keys.map((k) => `"${k}"`).join(", ")}`;
+/**
+ * Where each merged setting came from, to name it in errors: a key present
+ * here came from that config file, any other from the command line.
+ */
+export type Origins = Record<string, string>;
+
+function describeIssues(e: z.ZodError, raw: Record<string, unknown>, origins: Origins): string {
+  const lines: string[] = [];
+  for (const i of e.issues) {
+    const key = String(i.path[0] ?? "");
+    const where = origins[key] ? ` (in config file "${origins[key]}")` : "";
+    let msg: string;
+    if (i.code === "unrecognized_keys") {
+      const file = i.keys.map((k) => origins[k]).find((f) => f);
+      msg = `Unknown setting ${i.keys.map((k) => `"${k}"`).join(", ")}` +
+        (file ? ` (in config file "${file}")` : "");
+      lines.push(msg);
+      continue;
+    }
+    if (raw[key] === undefined && i.path.length === 1) msg = `Missing required --${key}`;
+    else if (i.code === "custom") msg = i.message;
+    else msg = `Invalid --${key} ${JSON.stringify(raw[key])}: ${i.message}`;
+    lines.push(msg + where);
   }
-  if (i.code === "invalid_type" && i.input === undefined) return `Missing required --${key}`;
-  if (i.code === "custom") return i.message;
-  return `Invalid --${key}: ${i.message}`;
+  return lines.length ? lines.join("\n") : "Invalid configuration";
+}
+
+/** Validates merged settings against a command's table; every problem is reported. */
+function validate<F extends Record<string, Flag>>(
+  flags: F,
+  raw: Record<string, unknown>,
+  origins: Origins,
+): Settings<F> {
+  const r = schemaOf(flags).safeParse(raw);
+  if (!r.success) throw new ConfigError(describeIssues(r.error, raw, origins));
+  const v = r.data as Record<string, unknown>;
+  const out: Record<string, unknown> = {};
+  for (const [name, f] of Object.entries(flags)) {
+    let value = v[name];
+    const neg = v[`no-${name}`];
+    if (f.negated && neg !== undefined) {
+      if (raw[name] !== undefined && raw[name] !== !neg && String(raw[name]) !== String(!neg)) {
+        throw new ConfigError(`--${name} and --no-${name} disagree`);
+      }
+      value = !neg;
+    }
+    out[camel(name)] = value;
+  }
+  return out as Settings<F>;
+}
+
+const isMulticastOrReserved = (a: number) => a >>> 28 >= 14; // 224/4 multicast, 240/4 reserved
+const inCidr = (c: Cidr, a: number) => {
+  const mask = c.len === 0 ? 0 : (0xffffffff << (32 - c.len)) >>> 0;
+  return ((a & mask) >>> 0) === ((c.addr & mask) >>> 0);
+};
+
+/** Validates merged settings (file, then flags) into a ServerConfig. */
+export function serverConfig(raw: Record<string, unknown>, origins: Origins = {}): ServerConfig {
+  const v = validate(SERVER_FLAGS, raw, origins);
+  const problems: string[] = [];
+  if ((v.lanIf === null) !== (v.wanIf === null)) {
+    problems.push("--lan-if and --wan-if go together (both enable the data path)");
+  }
+  if (v.lanIf !== null && v.lanIf === v.wanIf) {
+    problems.push(`--lan-if and --wan-if are both "${v.lanIf}": the LAN and the WAN must differ`);
+  }
+  if (v.pool.includes(v.lanAddr)) problems.push("--pool must not contain --lan-addr");
+  const bad = v.pool.filter((a) => a === 0 || isMulticastOrReserved(a) || a >>> 24 === 127);
+  if (bad.length) {
+    const ip = (a: number) => `${a >>> 24}.${(a >>> 16) & 255}.${(a >>> 8) & 255}.${a & 255}`;
+    problems.push(
+      `--pool holds ${bad.length} address(es) that cannot be a host's public address ` +
+        `(0.0.0.0, loopback, multicast or reserved), e.g. ${ip(bad[0]!)}`,
+    );
+  }
+  if (v.lan && v.pool.some((a) => inCidr(v.lan!, a))) {
+    problems.push("--pool overlaps the LAN prefix --lan: public addresses must be outside the LAN");
+  }
+  if (v.lan && !inCidr(v.lan, v.lanAddr)) {
+    problems.push("--lan-addr is not inside --lan");
+  }
+  const [glo, ghi] = v.gatewayPorts;
+  if (v.controlPort >= glo && v.controlPort <= ghi) {
+    problems.push(`--control-port ${v.controlPort} lies inside --gateway-ports ${glo}-${ghi}`);
+  }
+  if (problems.length) throw new ConfigError(problems.join("\n"));
+  return v;
+}
+
+/** Validates merged settings into a DriverConfig. */
+export function driverConfig(raw: Record<string, unknown>, origins: Origins = {}): DriverConfig {
+  const v = validate(DRIVER_FLAGS, raw, origins);
+  const { server, ...rest } = v;
+  return { ...rest, server: server.addr, serverPort: server.port };
+}
+
+/** Checks the pool against the LAN prefix once it is known (read off the interface at start). */
+export function checkPoolOutside(pool: number[], lan: Cidr): void {
+  if (pool.some((a) => inCidr(lan, a))) {
+    throw new ConfigError(
+      "--pool overlaps the LAN prefix: public addresses must be outside the LAN",
+    );
+  }
 }
 
 /** Reads a JSON config file; throws ConfigError naming the file on any problem. */
@@ -235,64 +661,4 @@ export async function readConfigFile(path: string): Promise<Record<string, unkno
     throw new ConfigError(`Config file "${path}" must hold a JSON object`);
   }
   return v as Record<string, unknown>;
-}
-
-/** Validates merged settings (file, then flags) into a ServerConfig. */
-export function serverConfig(raw: Record<string, unknown>): ServerConfig {
-  const r = serverSchema.safeParse(raw);
-  if (!r.success) throw new ConfigError(firstIssue(r.error));
-  const v = r.data;
-  if ((v["lan-if"] === null) !== (v["wan-if"] === null)) {
-    throw new ConfigError("--lan-if and --wan-if go together (both enable the data path)");
-  }
-  if (v.pool.includes(v["lan-addr"])) {
-    throw new ConfigError("--pool must not contain --lan-addr");
-  }
-  const [glo, ghi] = v["gateway-ports"];
-  if (v["control-port"] >= glo && v["control-port"] <= ghi) {
-    throw new ConfigError(
-      `--control-port ${v["control-port"]} lies inside --gateway-ports ${glo}-${ghi}`,
-    );
-  }
-  return {
-    lanAddr: v["lan-addr"],
-    pool: v.pool,
-    controlPort: v["control-port"],
-    portRange: v["port-range"],
-    gatewayPorts: v["gateway-ports"],
-    lifetime: v.lifetime,
-    maxSessionsPerHost: v["max-sessions-per-host"],
-    rateLimit: v["rate-limit"],
-    state: v.state,
-    socket: v.socket,
-    lanIf: v["lan-if"],
-    wanIf: v["wan-if"],
-    lan: v.lan,
-    addPoolAddresses: v["add-pool-addresses"],
-    masquerade: v.masquerade,
-    queue: v.queue,
-    datapath: v.datapath,
-    cleanup: v.cleanup,
-    logLevel: v["log-level"],
-  };
-}
-
-/** Validates merged settings into a DriverConfig. */
-export function driverConfig(raw: Record<string, unknown>): DriverConfig {
-  const r = driverSchema.safeParse(raw);
-  if (!r.success) throw new ConfigError(firstIssue(r.error));
-  const v = r.data;
-  return {
-    server: v.server.addr,
-    serverPort: v.server.port,
-    fixedPorts: v["fixed-ports"],
-    gatewayPorts: v["gateway-ports"],
-    lan: v.lan,
-    socket: v.socket,
-    intercept: v.intercept,
-    queue: v.queue,
-    datapath: v.datapath,
-    cleanup: v.cleanup,
-    logLevel: v["log-level"],
-  };
 }

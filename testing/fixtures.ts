@@ -9,12 +9,17 @@ import type { DriverConfig, ServerConfig } from "../src/config.ts";
 import type { ControlTransport } from "../src/driver/core.ts";
 import { FakePacketIO } from "../src/datapath/fake.ts";
 import {
+  COOKIE_LEN,
   decodeRequest,
   decodeResponse,
   encodeRequest,
+  hasCookie,
+  newNonce,
+  Op,
   type Request,
   type Response,
 } from "../src/control/proto.ts";
+import { Result } from "../src/control/result.ts";
 import { ControlTimeout } from "../src/control/client.ts";
 import type { ServerCore } from "../src/server/core.ts";
 
@@ -55,7 +60,9 @@ export function serverCfg(over: Partial<ServerConfig> = {}): ServerConfig {
     queue: 0,
     datapath: "queue",
     cleanup: false,
+    metricsAddr: null,
     logLevel: "error",
+    logFormat: "text",
     ...over,
   };
 }
@@ -73,7 +80,9 @@ export function driverCfg(over: Partial<DriverConfig> = {}): DriverConfig {
     queue: 1,
     datapath: "queue",
     cleanup: false,
+    metricsAddr: null,
     logLevel: "error",
+    logFormat: "text",
     ...over,
   };
 }
@@ -97,6 +106,130 @@ export class Pipe implements ControlTransport {
     const d = decodeResponse(reply);
     if (!d.ok) throw new Error(`server sent a bad response: ${d.reason}`);
     return Promise.resolve(d.res);
+  }
+}
+
+/** Offset of the cookie in a request (docs/protocol.md). */
+const REQ_COOKIE = 32;
+const cookies = new WeakMap<ServerCore, Map<number, Uint8Array>>();
+
+function jarOf(server: ServerCore): Map<number, Uint8Array> {
+  let m = cookies.get(server);
+  if (!m) cookies.set(server, m = new Map());
+  return m;
+}
+
+/**
+ * The cookie a host at `src` holds for `server`: learned once through a real
+ * COOKIE_REQUIRED exchange (a cookie-less RENEW, which changes nothing), then
+ * from every answer {@link handleVerified} gets. Null when the server does
+ * not answer `src` at all.
+ */
+export function cookieOf(server: ServerCore, src: number): Uint8Array | null {
+  const jar = jarOf(server);
+  const known = jar.get(src);
+  if (known) return known;
+  const probe = encodeRequest({
+    op: Op.RENEW,
+    nonce: newNonce(),
+    proto: 17,
+    replaceable: false,
+    internalAddr: src,
+    internalPort: 9,
+    remoteAddr: ip("198.51.100.1"),
+    remotePort: 9,
+    lifetime: 0,
+  });
+  const reply = server.handleControl(probe, src);
+  const d = reply ? decodeResponse(reply) : null;
+  if (!d?.ok || !hasCookie(d.res.cookie)) return null;
+  if (d.res.result !== Result.COOKIE_REQUIRED) throw new Error("a cookie-less request was served");
+  jar.set(src, d.res.cookie);
+  return d.res.cookie;
+}
+
+/**
+ * Hands request `bytes` to `server` as if from `src` with the cookie a host
+ * at `src` holds, as a driver sends them; learns the cookie of the answer and,
+ * when told COOKIE_REQUIRED (the secret rotated), sends once more with it.
+ * Returns the reply bytes, or null when there is none.
+ */
+export function handleVerified(
+  server: ServerCore,
+  bytes: Uint8Array,
+  src: number,
+): Uint8Array | null {
+  const send = (cookie: Uint8Array | null) => {
+    const b = bytes.slice();
+    if (cookie && b.length >= REQ_COOKIE + COOKIE_LEN) b.set(cookie, REQ_COOKIE);
+    const reply = server.handleControl(b, src);
+    const d = reply ? decodeResponse(reply) : null;
+    if (d?.ok && hasCookie(d.res.cookie)) jarOf(server).set(src, d.res.cookie);
+    return { reply, cookieRequired: d?.ok === true && d.res.result === Result.COOKIE_REQUIRED };
+  };
+  const first = send(cookieOf(server, src));
+  return first.cookieRequired ? send(jarOf(server).get(src) ?? null).reply : first.reply;
+}
+
+/**
+ * A Pipe over a lossy network: each datagram, request or answer, is lost
+ * with probability `loss` (a seeded generator, so runs repeat), and each
+ * request is transmitted up to `tries` times as the client would. A request
+ * whose answer alone was lost was still handled: the server may hold a grant
+ * the driver never learned of. With `holdAnswers`, answers are kept back
+ * (the request times out) until {@linkcode LossyPipe.deliverLate} hands them
+ * to `onLate`, as the client does with an answer after its timeout.
+ */
+export class LossyPipe extends Pipe {
+  onLate: ((res: Response) => void) | null = null;
+  holdAnswers = false;
+  readonly heldAnswers: Response[] = [];
+  lostDatagrams = 0;
+  #seed: number;
+  constructor(
+    server: ServerCore,
+    src: number,
+    public loss: number,
+    readonly tries = 10,
+    seed = 1,
+  ) {
+    super(server, src);
+    this.#seed = seed >>> 0;
+  }
+  /** mulberry32 */
+  #rand(): number {
+    let t = (this.#seed = (this.#seed + 0x6d2b79f5) >>> 0);
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  }
+  override request(req: Request): Promise<Response> {
+    this.sent.push(req);
+    const bytes = encodeRequest(req);
+    for (let i = 0; i < this.tries; i++) {
+      if (this.#rand() < this.loss) {
+        this.lostDatagrams++;
+        continue;
+      }
+      const reply = handleVerified(this.server, bytes, this.src);
+      if (!reply) continue;
+      const d = decodeResponse(reply);
+      if (!d.ok) throw new Error(`server sent a bad response: ${d.reason}`);
+      if (this.holdAnswers) {
+        this.heldAnswers.push(d.res);
+        break;
+      }
+      if (this.#rand() < this.loss) {
+        this.lostDatagrams++;
+        continue;
+      }
+      return Promise.resolve(d.res);
+    }
+    return Promise.reject(new ControlTimeout("lost by the test's network"));
+  }
+  /** Hands the held-back answers to `onLate`. */
+  deliverLate(): void {
+    for (const r of this.heldAnswers.splice(0)) this.onLate?.(r);
   }
 }
 

@@ -8,134 +8,46 @@
  */
 
 import { parseArgs } from "node:util";
-import { ConfigError, driverConfig, readConfigFile, serverConfig } from "../config.ts";
+import {
+  type CommandName,
+  COMMANDS,
+  ConfigError,
+  DRIVER_FLAGS,
+  driverConfig,
+  type Origins,
+  parseSpec,
+  QUERY_FLAGS,
+  readConfigFile,
+  SERVER_FLAGS,
+  serverConfig,
+  STATUS_FLAGS,
+} from "../config.ts";
+import {
+  bashCompletion,
+  commandHelp,
+  jsonSchema,
+  mainHelp,
+  manPage,
+  zshCompletion,
+} from "./docs.ts";
 import { formatIPv4, parseAddrPort } from "../wire/addr.ts";
 import { requestLocal } from "../operator/socket.ts";
-import { setLevel } from "../runtime/log.ts";
+import { setFormat, setLevel } from "../runtime/log.ts";
 import { VERSION } from "../version.ts";
 import type { DriverStatusReply, QueryReply, StatusReply } from "../operator/types.ts";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP } from "../wire/packet.ts";
 
-/** dpm's version, printed by `dpm --version`. */
-
-const USAGE_MAIN = `dpm ${VERSION} — cooperative NAT (dynamic port management) for Linux
-
-Usage:
-  dpm server --lan-addr <G> --pool <addr|a-b|cidr>[,...] [options]   run the gateway role
-  dpm driver --server <G>[:port] [options]                            run the host role
-  dpm status [--json]                                                 show the server's table and counters
-  dpm query <tcp|udp|icmp> <local addr:port> <remote addr:port> [--reserve] [--json]
-                                                                      ask the driver for a session's public pair
-  dpm --version | --help | <command> --help
-`;
-
-const USAGE: Record<string, string> = {
-  server: `Usage: dpm server --lan-addr <G> --pool <addr|a-b|cidr>[,...] [options]
-
-Control plane:
-  --lan-addr <G>               the gateway's LAN address; the control listener binds here
-  --pool <spec>[,...]          public addresses: single, range a-b, or CIDR
-  --control-port <n>           control UDP port (default 4750)
-  --port-range <lo-hi>         replacement public ports (default 1024-65535)
-  --gateway-ports <lo-hi>      LAN-side gateway ports Pg (default 61000-65535; same on drivers)
-  --lifetime <s>               longest lifetime granted (default 86400)
-  --max-sessions-per-host <n>  per-host quota (default 4096)
-  --rate-limit <n>             control requests/s per host, burst 2n (default 2000)
-  --state <file>               keep the table across restarts in this file
-  --socket <path>              operator socket for dpm status (default /run/dpm/server.sock)
-Data plane (both interfaces enable it; needs root):
-  --lan-if <if> --wan-if <if>  the LAN and WAN interfaces
-  --lan <cidr>                 LAN prefix (default: the prefix of --lan-addr on --lan-if)
-  --add-pool-addresses         add the pool addresses to --wan-if (removed on exit)
-  --no-masquerade              do not masquerade hosts that run no driver
-  --queue <n>                  netfilter queue number (default 0)
-  --datapath <kernel|queue>    kernel: nftables maps and conntrack translate (default);
-                               queue: dpm translates every packet in user space
-  --cleanup                    remove what a previous run left translating (kernel path), exit
-Other:
-  --config <file>              JSON file with any of the above (long names as keys); flags win
-  --log-level <level>          error|warn|info|debug (default info)
-`,
-  driver: `Usage: dpm driver --server <G>[:port] [options]
-
-  --server <G>[:port]          the dpm server (default port 4750)
-  --fixed-ports <p,...>        ports that must never be replaced even inside the ephemeral range
-  --gateway-ports <lo-hi>      LAN-side gateway ports Pg (default 61000-65535; same as the server)
-  --lan <cidr>                 LAN prefix (default: that of the interface that reaches G)
-  --socket <path>              socket for dpm query (default /run/dpm/driver.sock)
-  --no-intercept               touch no kernel state: only answer dpm query (--reserve reserves)
-  --queue <n>                  netfilter queue number (default 1)
-  --datapath <kernel|queue>    kernel (default) or queue, as on the server
-  --cleanup                    remove what a previous run left translating (kernel path), exit
-  --config <file>              JSON file with any of the above; flags win
-  --log-level <level>          error|warn|info|debug (default info)
-`,
-  status: `Usage: dpm status [--json] [--driver] [--socket <path>]
-
-Shows the server's lookup table and counters (default socket /run/dpm/server.sock).
-With --driver, shows this host's driver instead: its sessions and counters
-(default socket /run/dpm/driver.sock).
-`,
-  query:
-    `Usage: dpm query <tcp|udp|icmp> <local addr:port> <remote addr:port> [--reserve] [--json] [--socket <path>]
-
-Asks the local driver which public address and port the session uses (claims 11, 19, 24).
-With --reserve, reserves the session first when there is none, so an application can
-learn its public pair before its first packet. For icmp the port is the echo identifier
-and the remote port is 0. Exit code 0 when the session exists, 1 when not, 2 on bad usage.
-`,
-};
-
 /** Thrown for bad usage; carries the command whose usage is printed. */
 export class UsageError extends Error {
   override name = "UsageError";
-  constructor(message: string, readonly command: string | null) {
+  constructor(message: string, readonly command: CommandName | null) {
     super(message);
   }
 }
 
-type FlagSpec = Record<string, { type: "string" | "boolean" }>;
+type FlagSpec = ReturnType<typeof parseSpec>;
 
-const SERVER_FLAGS: FlagSpec = {
-  "lan-addr": { type: "string" },
-  pool: { type: "string" },
-  "control-port": { type: "string" },
-  "port-range": { type: "string" },
-  "gateway-ports": { type: "string" },
-  lifetime: { type: "string" },
-  "max-sessions-per-host": { type: "string" },
-  "rate-limit": { type: "string" },
-  state: { type: "string" },
-  socket: { type: "string" },
-  "lan-if": { type: "string" },
-  "wan-if": { type: "string" },
-  lan: { type: "string" },
-  "add-pool-addresses": { type: "boolean" },
-  "no-masquerade": { type: "boolean" },
-  queue: { type: "string" },
-  datapath: { type: "string" },
-  cleanup: { type: "boolean" },
-  config: { type: "string" },
-  "log-level": { type: "string" },
-  help: { type: "boolean" },
-};
-
-const DRIVER_FLAGS: FlagSpec = {
-  server: { type: "string" },
-  "fixed-ports": { type: "string" },
-  "gateway-ports": { type: "string" },
-  lan: { type: "string" },
-  socket: { type: "string" },
-  "no-intercept": { type: "boolean" },
-  queue: { type: "string" },
-  datapath: { type: "string" },
-  cleanup: { type: "boolean" },
-  config: { type: "string" },
-  "log-level": { type: "string" },
-  help: { type: "boolean" },
-};
-
-function parse(command: string, args: string[], options: FlagSpec) {
+function parse(command: CommandName, args: string[], options: FlagSpec) {
   try {
     return parseArgs({ args, options, strict: true, allowPositionals: true });
   } catch (e) {
@@ -148,19 +60,28 @@ function parse(command: string, args: string[], options: FlagSpec) {
   }
 }
 
-/** Merges a config file (if any) under the flags: flags win. */
+/**
+ * Merges a config file (if any) under the flags: flags win. Returns the
+ * settings and, for each key that came from the file, the file's name (for
+ * error messages). `--no-NAME` flags are passed on as `no-NAME` keys.
+ */
 export async function mergeSettings(
   values: Record<string, unknown>,
-  negations: Record<string, string>,
-): Promise<Record<string, unknown>> {
-  const fromFile = typeof values.config === "string" ? await readConfigFile(values.config) : {};
-  const out: Record<string, unknown> = { ...fromFile };
+): Promise<{ raw: Record<string, unknown>; origins: Origins }> {
+  const path = typeof values.config === "string" ? values.config : null;
+  const fromFile = path ? await readConfigFile(path) : {};
+  const raw: Record<string, unknown> = { ...fromFile };
+  const origins: Origins = {};
+  for (const k of Object.keys(fromFile)) origins[k] = path!;
   for (const [k, v] of Object.entries(values)) {
     if (k === "config" || k === "help" || v === undefined) continue;
-    if (k in negations) out[negations[k]!] = !v;
-    else out[k] = v;
+    raw[k] = v;
+    delete origins[k];
+    // A flag overrides the file's setting of the same switch in either spelling.
+    const other = k.startsWith("no-") ? k.slice(3) : `no-${k}`;
+    if (other in raw && origins[other]) delete raw[other];
   }
-  return out;
+  return { raw, origins };
 }
 
 const PROTOS: Record<string, number> = { tcp: IPPROTO_TCP, udp: IPPROTO_UDP, icmp: IPPROTO_ICMP };
@@ -174,11 +95,12 @@ export async function main(args: string[]): Promise<number> {
   try {
     switch (command) {
       case undefined:
+        console.error(mainHelp());
+        return 2;
       case "help":
       case "-h":
       case "--help":
-        console.log(USAGE_MAIN);
-        return command === undefined ? 2 : 0;
+        return runHelpCommand(rest);
       case "version":
       case "--version":
       case "-V":
@@ -196,10 +118,16 @@ export async function main(args: string[]): Promise<number> {
         throw new UsageError(`Unknown command "${command}"`, null);
     }
   } catch (e) {
-    if (e instanceof UsageError || e instanceof ConfigError) {
-      const cmd = e instanceof UsageError ? e.command : command ?? null;
+    if (e instanceof UsageError) {
+      // A bad flag or argument: the reason, then the usage of that command.
       console.error(`dpm: ${e.message}\n`);
-      console.error(cmd && USAGE[cmd] ? USAGE[cmd] : USAGE_MAIN);
+      console.error(e.command ? commandHelp(e.command) : mainHelp());
+      return 2;
+    }
+    if (e instanceof ConfigError) {
+      // A bad value or file: every problem, one per line, and where to read more.
+      for (const line of e.message.split("\n")) console.error(`dpm: ${line}`);
+      if (command && command in COMMANDS) console.error(`(see 'dpm help ${command}')`);
       return 2;
     }
     console.error(`dpm: ${(e as Error)?.message ?? e}`);
@@ -207,37 +135,62 @@ export async function main(args: string[]): Promise<number> {
   }
 }
 
+/**
+ * `dpm help [command]`, and the generated documents: `--man` (dpm.8),
+ * `--json-schema <server|driver>`, `--completion <bash|zsh>`.
+ */
+function runHelpCommand(args: string[]): number {
+  const [what, arg] = args;
+  if (what === undefined) return console.log(mainHelp()), 0;
+  if (what in COMMANDS) return console.log(commandHelp(what as CommandName)), 0;
+  if (what === "--man") return console.log(manPage()), 0;
+  if (what === "--json-schema" && (arg === "server" || arg === "driver")) {
+    return console.log(JSON.stringify(jsonSchema(arg), null, 2)), 0;
+  }
+  if (what === "--completion" && arg === "bash") return console.log(bashCompletion()), 0;
+  if (what === "--completion" && arg === "zsh") return console.log(zshCompletion()), 0;
+  throw new UsageError(
+    `Unknown help topic "${
+      args.join(" ")
+    }": want a command, --man, --json-schema <server|driver> or --completion <bash|zsh>`,
+    null,
+  );
+}
+
 async function runServerCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parse("server", args, SERVER_FLAGS);
-  if (values.help) return console.log(USAGE.server), 0;
+  const { values, positionals } = parse("server", args, parseSpec(SERVER_FLAGS, true));
+  if (values.help) return console.log(commandHelp("server")), 0;
   if (positionals.length) throw new UsageError(`Unexpected argument "${positionals[0]}"`, "server");
-  const settings = () => mergeSettings(values, { "no-masquerade": "masquerade" });
-  const cfg = serverConfig(await settings());
+  const load = async () => {
+    const { raw, origins } = await mergeSettings(values);
+    return serverConfig(raw, origins);
+  };
+  const cfg = await load();
   setLevel(cfg.logLevel);
+  setFormat(cfg.logFormat);
   const { runServer } = await import("../server/run.ts");
   // SIGHUP re-reads the flags and the config file (what can change live, does).
-  return await runServer(cfg, async () => serverConfig(await settings()));
+  return await runServer(cfg, load);
 }
 
 async function runDriverCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parse("driver", args, DRIVER_FLAGS);
-  if (values.help) return console.log(USAGE.driver), 0;
+  const { values, positionals } = parse("driver", args, parseSpec(DRIVER_FLAGS, true));
+  if (values.help) return console.log(commandHelp("driver")), 0;
   if (positionals.length) throw new UsageError(`Unexpected argument "${positionals[0]}"`, "driver");
-  const settings = () => mergeSettings(values, { "no-intercept": "intercept" });
-  const cfg = driverConfig(await settings());
+  const load = async () => {
+    const { raw, origins } = await mergeSettings(values);
+    return driverConfig(raw, origins);
+  };
+  const cfg = await load();
   setLevel(cfg.logLevel);
+  setFormat(cfg.logFormat);
   const { runDriver } = await import("../driver/run.ts");
-  return await runDriver(cfg, async () => driverConfig(await settings()));
+  return await runDriver(cfg, load);
 }
 
 async function runStatusCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parse("status", args, {
-    json: { type: "boolean" },
-    driver: { type: "boolean" },
-    socket: { type: "string" },
-    help: { type: "boolean" },
-  });
-  if (values.help) return console.log(USAGE.status), 0;
+  const { values, positionals } = parse("status", args, parseSpec(STATUS_FLAGS, false));
+  if (values.help) return console.log(commandHelp("status")), 0;
   if (positionals.length) throw new UsageError(`Unexpected argument "${positionals[0]}"`, "status");
   const dflt = values.driver ? "/run/dpm/driver.sock" : "/run/dpm/server.sock";
   const res = await requestLocal(String(values.socket ?? dflt), { op: "status" });
@@ -249,13 +202,8 @@ async function runStatusCommand(args: string[]): Promise<number> {
 }
 
 async function runQueryCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parse("query", args, {
-    reserve: { type: "boolean" },
-    json: { type: "boolean" },
-    socket: { type: "string" },
-    help: { type: "boolean" },
-  });
-  if (values.help) return console.log(USAGE.query), 0;
+  const { values, positionals } = parse("query", args, parseSpec(QUERY_FLAGS, false));
+  if (values.help) return console.log(commandHelp("query")), 0;
   if (positionals.length !== 3) {
     throw new UsageError(
       `Expected 3 arguments (proto, local, remote), got ${positionals.length}`,

@@ -49,13 +49,19 @@ export interface SessionCounters {
 export interface ServerDataPath {
   readonly kind: DataPathKind;
   /**
-   * A session was granted: from now on its packets must be translated.
-   * Called synchronously before the grant is answered, so the driver's first
-   * packet already finds it.
+   * A session was granted: from now on its packets must be translated (once
+   * {@linkcode commit} ran, which the server does before it answers the
+   * grant, so the driver's first packet already finds it).
    */
   sessionUp(s: GatewaySession): void;
   /** A session ended (release, expiry): stop translating it. */
   sessionDown(s: GatewaySession): void;
+  /**
+   * Applies what `sessionUp` queued (the kernel path groups the sessions of
+   * one burst of requests into one transaction). The server calls it before
+   * it answers a grant.
+   */
+  commit(): void;
   /**
    * Per-session kernel counters keyed by {@linkcode gatewayKey}, or null when
    * the path keeps none (the queue path: the table counts packets itself).

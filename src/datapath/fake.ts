@@ -31,6 +31,11 @@ export class FakeServerDataPath implements ServerDataPath {
   sessionDown(s: GatewaySession): void {
     this.down.push(s);
   }
+  /** How many times commit ran. */
+  commits = 0;
+  commit(): void {
+    this.commits++;
+  }
   /** Counters a test sets, by gateway key. */
   counterMap: Map<number, SessionCounters> | null = null;
   counters(): Map<number, SessionCounters> | null {

@@ -17,6 +17,7 @@ import { ControlClient } from "../control/client.ts";
 import { logger, setLevel } from "../runtime/log.ts";
 import { Cleanup, reloadReport, untilStopped } from "../runtime/cleanup.ts";
 import { lockRole } from "../runtime/lock.ts";
+import { serveMetrics } from "../operator/metrics.ts";
 import { serveLocal } from "../operator/socket.ts";
 import { DriverCore } from "./core.ts";
 
@@ -99,6 +100,11 @@ export async function runDriver(
       }
     }
 
+    if (cfg.metricsAddr) {
+      const { driverFamilies } = await import("./metrics.ts");
+      const startedAt = Date.now();
+      undo.push(await serveMetrics(cfg.metricsAddr, () => driverFamilies(core, startedAt)));
+    }
     const sock = await serveLocal(cfg.socket, (req) => core.query(req));
     undo.push(() => sock.close());
     const timer = setInterval(() => core.tick(), 500);

@@ -8,7 +8,7 @@
 
 import dgram from "node:dgram";
 import { formatCidr, formatIPv4 } from "../wire/addr.ts";
-import type { ServerConfig } from "../config.ts";
+import { checkPoolOutside, ConfigError, type ServerConfig } from "../config.ts";
 import { logger, setLevel } from "../runtime/log.ts";
 import { Cleanup, reloadReport, untilStopped } from "../runtime/cleanup.ts";
 import { Result } from "../control/result.ts";
@@ -17,6 +17,8 @@ import { ServerCore } from "./core.ts";
 import { isSessionRecord, readState, writeState } from "./state.ts";
 import type { ServerDataPath } from "../datapath/datapath.ts";
 import { lockRole } from "../runtime/lock.ts";
+import { serveMetrics } from "../operator/metrics.ts";
+import { reserveLatency } from "./metrics.ts";
 
 const log = logger("server");
 
@@ -55,6 +57,8 @@ export async function runServer(
         );
       }
     }
+    // The pool must lie outside the LAN, also when the prefix was read off the interface.
+    if (lan) checkPoolOutside(cfg.pool, lan);
     const dataPlane = cfg.lanIf !== null && cfg.wanIf !== null && lan !== null;
     if (cfg.cleanup) {
       if (!dataPlane) throw new Error("--cleanup needs --lan-if and --wan-if");
@@ -147,7 +151,13 @@ export async function runServer(
     }
 
     // Control listener on G only: the LAN side.
-    const sock = dgram.createSocket("udp4");
+    // Buffers for bursts: thousands of new sessions from a host at once (the
+    // kernel caps them at net.core.rmem_max / wmem_max).
+    const sock = dgram.createSocket({
+      type: "udp4",
+      recvBufferSize: 4 << 20,
+      sendBufferSize: 4 << 20,
+    });
     await new Promise<void>((resolve, reject) => {
       sock.once("error", (e: Error & { code?: string }) =>
         reject(
@@ -164,17 +174,39 @@ export async function runServer(
       sock.bind(cfg.controlPort, formatIPv4(cfg.lanAddr), () => resolve());
     });
     sock.on("error", (e) => log.warn(`control socket: ${e.message}`));
+    // A grant is answered only after the data path has committed its session
+    // (dp.commit). The first request of a burst is committed and answered at
+    // once; the requests that arrive behind it in the same turn of the event
+    // loop are committed together in one transaction, then answered.
+    const outbox: [Uint8Array, number, string][] = [];
+    let burst = false;
+    const endBurst = () => {
+      burst = false;
+      dp?.commit();
+      for (const [r, port, address] of outbox.splice(0)) sock.send(r, port, address);
+    };
     sock.on("message", (msg, rinfo) => {
       const src = parseSrc(rinfo.address);
       if (src === null) return;
       let reply: Uint8Array | null = null;
+      const t0 = performance.now();
       try {
         reply = core.handleControl(new Uint8Array(msg.buffer, msg.byteOffset, msg.byteLength), src);
       } catch (e) {
         // A bug must cost one request, not the gateway.
         log.error(`handling a control request from ${rinfo.address}: ${(e as Error).stack ?? e}`);
       }
-      if (reply) sock.send(reply, rinfo.port, rinfo.address);
+      if (!reply) return;
+      if (!burst) {
+        burst = true;
+        setTimeout(endBurst, 0);
+        dp?.commit();
+        sock.send(reply, rinfo.port, rinfo.address);
+        reserveLatency.observe((performance.now() - t0) / 1000);
+      } else {
+        outbox.push([reply, rinfo.port, rinfo.address]);
+        reserveLatency.observe((performance.now() - t0) / 1000);
+      }
     });
     undo.push(() => void sock.close());
     log.info(
@@ -184,6 +216,11 @@ export async function runServer(
         `${lan ? `; LAN ${formatCidr(lan)}` : ""}; epoch ${core.epoch.toString(16)}; ` +
         `data path ${dp ? dp.kind : "off"}`,
     );
+
+    if (cfg.metricsAddr) {
+      const { serverFamilies } = await import("./metrics.ts");
+      undo.push(await serveMetrics(cfg.metricsAddr, () => serverFamilies(core)));
+    }
 
     const local = await serveLocal(cfg.socket, (req) => {
       const op = (req as { op?: unknown })?.op;
@@ -215,7 +252,7 @@ export async function runServer(
   } catch (e) {
     log.error((e as Error).message);
     await undo.run();
-    return 1;
+    return e instanceof ConfigError ? 2 : 1;
   }
 }
 

@@ -76,16 +76,12 @@ Deno.test("cli: a config file sets values, flags win, and errors exit 2", async 
   );
   // The file sets what no flag gives; a flag replaces the file's value, even a bad one.
   const merged = driverConfig(
-    await mergeSettings({ config: file, "fixed-ports": "500,4500", "log-level": "debug" }, {
-      "no-intercept": "intercept",
-    }),
+    (await mergeSettings({ config: file, "fixed-ports": "500,4500", "log-level": "debug" })).raw,
   );
   assert.equal(merged.server, 0x0a000001, "the file's server");
   assert.deepEqual(merged.fixedPorts, [500, 4500], "--fixed-ports over the file's 5060");
   assert.equal(merged.logLevel, "debug", "--log-level over the file's bad value");
-  const fileOnly = driverConfig(
-    await mergeSettings({ config: file, "log-level": "warn" }, { "no-intercept": "intercept" }),
-  );
+  const fileOnly = driverConfig((await mergeSettings({ config: file, "log-level": "warn" })).raw);
   assert.deepEqual(fileOnly.fixedPorts, [5060], "the file's fixed ports without the flag");
   // Without a flag to replace it, the file's bad log level is reported by name.
   const errs: string[] = [];
@@ -117,10 +113,8 @@ Deno.test("cli: flags win over the config file; --no-* flags negate", async () =
     file,
     JSON.stringify({ ...base, "control-port": 5000, masquerade: true, lifetime: 600 }),
   );
-  const m = await mergeSettings({ config: file, "control-port": "6000", "no-masquerade": true }, {
-    "no-masquerade": "masquerade",
-  });
-  const c = serverConfig(m);
+  const m = await mergeSettings({ config: file, "control-port": "6000", "no-masquerade": true });
+  const c = serverConfig(m.raw, m.origins);
   assert.equal(c.controlPort, 6000, "flag wins");
   assert.equal(c.lifetime, 600, "file value kept");
   assert.equal(c.masquerade, false, "--no-masquerade");
@@ -135,4 +129,62 @@ Deno.test("config: the example files in contrib/ are valid", async () => {
   assert.equal(s.pool.length, 4);
   const d = driverConfig(await read("driver.example.json"));
   assert.deepEqual(d.fixedPorts, [500, 4500, 5060]);
+});
+
+Deno.test("config: a pool that cannot be public, a pool inside the LAN, one interface for both sides are refused", () => {
+  const refuse = (raw: Record<string, unknown>, re: RegExp) =>
+    assert.throws(
+      () => serverConfig(raw),
+      (e: Error) => e instanceof ConfigError && re.test(e.message),
+      JSON.stringify(raw),
+    );
+  refuse({ ...base, pool: "224.0.0.1" }, /multicast/);
+  refuse({ ...base, pool: "0.0.0.0,203.0.113.1" }, /0\.0\.0\.0/);
+  refuse({ ...base, pool: "127.0.0.5" }, /loopback/);
+  refuse({ ...base, pool: "10.0.0.5-10.0.0.9", lan: "10.0.0.0/24" }, /overlaps the LAN/);
+  refuse({ ...base, "lan-if": "eth0", "wan-if": "eth0" }, /both "eth0"/);
+  refuse({ ...base, lan: "192.168.1.0/24" }, /--lan-addr is not inside --lan/);
+});
+
+Deno.test("config: every problem is reported, each with its key and the file it came from", async () => {
+  const dir = await Deno.makeTempDir();
+  const file = `${dir}/server.json`;
+  try {
+    await Deno.writeTextFile(
+      file,
+      JSON.stringify({ "lan-addr": 42, pool: "203.0.113.10", lifetime: "soon", colour: "red" }),
+    );
+    const { raw, origins } = await mergeSettings({ config: file, "control-port": "0" });
+    let msg = "";
+    try {
+      serverConfig(raw, origins);
+    } catch (e) {
+      assert.ok(e instanceof ConfigError);
+      msg = e.message;
+    }
+    const lines = msg.split("\n");
+    assert.ok(lines.length >= 4, `all problems, one per line: ${msg}`);
+    assert.ok(
+      lines.some((l) => /--lan-addr 42/.test(l) && l.includes(`config file "${file}"`)),
+      "a key of the wrong type is named with its value and file, not called missing",
+    );
+    assert.ok(lines.some((l) => /--lifetime "soon"/.test(l) && l.includes(file)));
+    assert.ok(lines.some((l) => /Unknown setting "colour"/.test(l) && l.includes(file)));
+    assert.ok(
+      lines.some((l) => /--control-port "0"/.test(l) && !l.includes("config file")),
+      "a flag's problem is not blamed on the file",
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("config: the help's spelling of a switch works as a config key too (no-masquerade, no-intercept)", () => {
+  assert.equal(serverConfig({ ...base, "no-masquerade": true }).masquerade, false);
+  assert.equal(serverConfig({ ...base, masquerade: false }).masquerade, false);
+  assert.equal(driverConfig({ server: "10.0.0.1", "no-intercept": true }).intercept, false);
+  assert.throws(
+    () => serverConfig({ ...base, "no-masquerade": true, masquerade: true }),
+    /--masquerade and --no-masquerade disagree/,
+  );
 });

@@ -8,8 +8,10 @@
  * first packet of a session meets the maps in the nat chains; conntrack then
  * translates every later packet, both ways, in the kernel. So:
  *
- * - `sessionUp` adds both elements over netlink before the grant is sent
- *   (`linux/nftables.ts`, one transaction each, no process); `sessionDown`
+ * - `sessionUp` queues both elements; `commit`, which the server runs before
+ *   it answers the grant, adds every queued session over netlink in one
+ *   transaction (`linux/nftables.ts`; a burst of requests shares one, no
+ *   process per session); `sessionDown`
  *   deletes them and the session's conntrack (`linux/conntrack.ts`), so a
  *   released pair is free at once and never translated to its old peer.
  * - ICMP sessions (echo identifiers are no ports for nft's `th` keys) and
@@ -212,6 +214,8 @@ export class KernelServerDataPath implements ServerDataPath {
 
   /** Loads the table with every session, and the iptables chains. Returns the session count. */
   async #install(): Promise<number> {
+    // The table's sessions include the queued ones: the script programs them all.
+    this.#pending.toRemote.length = this.#pending.toPublic.length = this.#pending.queued.length = 0;
     const toRemote: string[] = [];
     const toPublic: string[] = [];
     const queued: string[] = [];
@@ -230,25 +234,44 @@ export class KernelServerDataPath implements ServerDataPath {
     return n;
   }
 
+  /** Elements queued by sessionUp, applied by commit in one transaction. */
+  readonly #pending = {
+    toRemote: [] as { key: Uint8Array; data: Uint8Array }[],
+    toPublic: [] as { key: Uint8Array; data: Uint8Array }[],
+    queued: [] as { key: Uint8Array }[],
+  };
+
   sessionUp(s: GatewaySession): void {
     if (s.proto === IPPROTO_ICMP) return;
+    const p = this.#pending;
+    if (this.#pool.has(s.x)) p.queued.push({ key: remoteKey(s) });
+    else {
+      p.toRemote.push({ key: remoteKey(s), data: remoteData(s) });
+      p.toPublic.push({ key: publicKey(s), data: publicData(s) });
+    }
+  }
+
+  commit(): void {
+    const p = this.#pending;
+    const n = p.toRemote.length + p.queued.length;
+    if (n === 0) return;
+    const parts = [
+      { set: "to_remote", elems: p.toRemote.splice(0) },
+      { set: "to_public", elems: p.toPublic.splice(0) },
+      { set: "queued", elems: p.queued.splice(0) },
+    ];
     try {
-      if (this.#pool.has(s.x)) {
-        this.#nft.add(SERVER_TABLE, "queued", [{ key: remoteKey(s) }]);
-        return;
-      }
-      // Both directions in one transaction: never half a session in the kernel.
-      this.#nft.addAll(SERVER_TABLE, [
-        { set: "to_remote", elems: [{ key: remoteKey(s), data: remoteData(s) }] },
-        { set: "to_public", elems: [{ key: publicKey(s), data: publicData(s) }] },
-      ]);
+      // Both directions of every session in one transaction: never half a session.
+      this.#nft.addAll(SERVER_TABLE, parts);
     } catch (e) {
-      this.#fail(`programming ${describe(s)}`, e);
+      this.#fail(`programming ${n} session(s)`, e);
     }
   }
 
   sessionDown(s: GatewaySession): void {
     if (s.proto === IPPROTO_ICMP) return;
+    // A session may go before its grant was committed (refused late, expired at once).
+    this.commit();
     try {
       if (this.#pool.has(s.x)) {
         this.#nft.delete(SERVER_TABLE, "queued", [remoteKey(s)]);

@@ -120,6 +120,7 @@ export class QueueServerDataPath implements ServerDataPath {
   /** Nothing to program: the core looks every packet up in the table. */
   sessionUp(): void {}
   sessionDown(): void {}
+  commit(): void {}
   counters(): null {
     return null;
   }

@@ -1,0 +1,132 @@
+/**
+ * The gateway's Prometheus metrics (`--metrics-addr`): sessions by protocol
+ * and kind, control results by reason, packet drops by reason, translated
+ * packets (queue path) and per-session kernel counters summed (kernel path),
+ * the data path's state, the reservation latency histogram, table memory.
+ *
+ * @module
+ */
+
+import { protoName } from "../wire/meta.ts";
+import {
+  byLabel,
+  type Family,
+  Histogram,
+  LATENCY_BUCKETS,
+  processFamilies,
+} from "../operator/metrics.ts";
+import type { ServerCore } from "./core.ts";
+
+/** How long the server takes from a request to its answer (commit included), seconds. */
+export const reserveLatency = new Histogram(LATENCY_BUCKETS);
+
+/** Beyond this many sessions a scrape does not walk the table for the per-kind breakdown. */
+const WALK_LIMIT = 200_000;
+
+/** The families, read at scrape time. */
+export function serverFamilies(core: ServerCore): Family[] {
+  const st = core.status(0);
+  const t = core.table;
+  const kinds: Family = {
+    name: "dpm_sessions",
+    help: "Sessions in the table, by protocol and kind (plain, replaced port, shared by remote).",
+    type: "gauge",
+    samples: [],
+  };
+  if (t.size <= WALK_LIMIT) {
+    const n = new Map<string, number>();
+    for (const p of ["tcp", "udp", "icmp"]) {
+      for (const k of ["plain", "replaced", "shared"]) n.set(`${p}/${k}`, 0);
+    }
+    for (const r of t.entries()) {
+      const k = `${protoName(r.proto)}/${r.shared ? "shared" : r.replaced ? "replaced" : "plain"}`;
+      n.set(k, (n.get(k) ?? 0) + 1);
+    }
+    for (const [k, v] of n) {
+      const [proto, kind] = k.split("/") as [string, string];
+      kinds.samples.push({ labels: { proto, kind }, value: v });
+    }
+  }
+  const dp = st.dataPath;
+  const counters = t.size <= WALK_LIMIT ? core.kernelTotals() : null;
+  const fams: Family[] = [
+    {
+      name: "dpm_table_sessions",
+      help: "Sessions in the table.",
+      type: "gauge",
+      samples: [{ value: st.sessions }],
+    },
+    kinds,
+    byLabel(
+      "dpm_control_results_total",
+      "Control requests answered or refused, by result.",
+      "counter",
+      "result",
+      st.results,
+    ),
+    byLabel(
+      "dpm_drops_total",
+      "Packets dropped or passed, by reason.",
+      "counter",
+      "reason",
+      st.drops,
+    ),
+    byLabel(
+      "dpm_translated_packets_total",
+      "Packets translated in user space (queue path; ICMP and hairpin on the kernel path).",
+      "counter",
+      "direction",
+      st.packets,
+    ),
+    {
+      name: "dpm_datapath_up",
+      help: "1 when the data path is on and complete, 0 when degraded or off.",
+      type: "gauge",
+      samples: [{ labels: { kind: dp.kind }, value: dp.state === "on" ? 1 : 0 }],
+    },
+    {
+      name: "dpm_datapath_reinstalls_total",
+      help: "Times the watchdog found dpm's kernel rules gone or changed and reinstalled them.",
+      type: "counter",
+      samples: [{ value: dp.reinstalls }],
+    },
+    {
+      name: "dpm_request_duration_seconds",
+      help: "Time from a control request to its answer, kernel programming included.",
+      type: "histogram",
+      samples: reserveLatency.samples(),
+    },
+    {
+      name: "dpm_table_bytes",
+      help: "Memory of the session table's arrays and indexes.",
+      type: "gauge",
+      samples: [{ value: t.bytes }],
+    },
+    {
+      name: "dpm_epoch",
+      help: "The server's epoch (changes when it restarts without its state).",
+      type: "gauge",
+      samples: [{ value: st.epoch }],
+    },
+    ...processFamilies(core.startedAt),
+  ];
+  if (counters) {
+    fams.push(
+      byLabel(
+        "dpm_kernel_packets",
+        "Packets of the sessions' conntracks, summed (kernel path).",
+        "gauge",
+        "direction",
+        { out: counters.packetsOut, in: counters.packetsIn },
+      ),
+      byLabel(
+        "dpm_kernel_bytes",
+        "Bytes of the sessions' conntracks, summed (kernel path).",
+        "gauge",
+        "direction",
+        { out: counters.bytesOut, in: counters.bytesIn },
+      ),
+    );
+  }
+  return fams;
+}
