@@ -10,7 +10,7 @@
  */
 
 import { z } from "zod";
-import { type Command, type CommandName, COMMANDS, type Flag, schemaOf } from "../config.ts";
+import { type Command, type CommandName, COMMANDS, type Flag } from "../config.ts";
 import { VERSION } from "../version.ts";
 
 function flagLabel(name: string, f: Flag): string {
