@@ -31,8 +31,8 @@
  */
 
 import dgram from "node:dgram";
-import { parseIPv4 } from "../src/wire/addr.ts";
-import { decodeResponse, encodeRequest, Op, REQUEST_LEN } from "../src/control/proto.ts";
+import { formatIPv4, parseIPv4 } from "../src/wire/addr.ts";
+import { decodeResponse, encodeRequest, hasCookie, Op, REQUEST_LEN } from "../src/control/proto.ts";
 import { Result, resultName } from "../src/control/result.ts";
 
 interface Options {
@@ -97,6 +97,8 @@ interface Requester {
   sentAt: Float64Array;
   seq: Uint32Array;
   nonce: Uint8Array;
+  /** The server's return-routability cookie for this address (learned by a handshake). */
+  cookie: Uint8Array | undefined;
 }
 
 const rnd = new Uint32Array(1);
@@ -126,10 +128,44 @@ function send(r: Requester, slot: number): void {
     remoteAddr: randomRemote(),
     remotePort: 443,
     lifetime: 0,
+    ...(r.cookie ? { cookie: r.cookie } : {}),
   }, new Uint8Array(REQUEST_LEN));
   r.sentAt[slot] = performance.now();
   sent++;
   r.sock.send(msg, opts.port, opts.server);
+}
+
+const cookies = new Map<string, Uint8Array>();
+
+async function handshake(sock: dgram.Socket, addr: number): Promise<Uint8Array> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const got = new Promise<Uint8Array | null>((resolve) => {
+      const t = setTimeout(() => resolve(null), 250);
+      sock.once("message", (msg: Uint8Array) => {
+        clearTimeout(t);
+        const d = decodeResponse(new Uint8Array(msg.buffer, msg.byteOffset, msg.byteLength));
+        resolve(d.ok && hasCookie(d.res.cookie) ? d.res.cookie : null);
+      });
+    });
+    sock.send(
+      encodeRequest({
+        op: Op.RENEW,
+        nonce: crypto.getRandomValues(new Uint8Array(8)),
+        proto: 17,
+        replaceable: true,
+        internalAddr: addr,
+        internalPort: 1,
+        remoteAddr: 0x08080808,
+        remotePort: 1,
+        lifetime: 0,
+      }),
+      opts.port,
+      opts.server,
+    );
+    const c = await got;
+    if (c) return c;
+  }
+  throw new Error(`no cookie from ${opts.server}:${opts.port} for ${formatIPv4(addr)}`);
 }
 
 async function open(addr: string): Promise<Requester> {
@@ -145,7 +181,15 @@ async function open(addr: string): Promise<Requester> {
     sentAt: new Float64Array(opts.window),
     seq: new Uint32Array(opts.window),
     nonce: new Uint8Array(8),
+    cookie: cookies.get(addr),
   };
+  if (!r.cookie) {
+    // The return-routability handshake (docs/protocol.md, "Cookies"): one
+    // request without a cookie is answered COOKIE_REQUIRED with the cookie
+    // that every later request of this address echoes.
+    r.cookie = await handshake(sock, parseIPv4(addr)!);
+    cookies.set(addr, r.cookie);
+  }
   sock.on("error", () => {
     // A lost send shows up as a timeout of its slot.
   });

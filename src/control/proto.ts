@@ -26,12 +26,21 @@ import { Result } from "./result.ts";
 
 /** The first two bytes of every message: ASCII "DP". */
 export const MAGIC = 0x4450;
-/** The only (and highest) protocol version this code speaks. */
-export const PROTOCOL_VERSION = 1;
-/** Length of every request, whatever its opcode. */
-export const REQUEST_LEN = 32;
+/**
+ * The only (and highest) protocol version this code speaks. Version 2 added
+ * the return-routability cookie (docs/protocol.md, "Cookies"); version 1
+ * requests are shorter than any answer and get none.
+ */
+export const PROTOCOL_VERSION = 2;
+/**
+ * Length of every request, whatever its opcode: padded to the length of a
+ * response, so that no answer is ever longer than the datagram it answers.
+ */
+export const REQUEST_LEN = 64;
 /** Length of every response, whatever its opcode and result. */
-export const RESPONSE_LEN = 48;
+export const RESPONSE_LEN = 64;
+/** Length of the server's cookie, carried in every response and echoed in requests. */
+export const COOKIE_LEN = 12;
 /** Length of the opaque nonce a client puts in a request and the server echoes. */
 export const NONCE_LEN = 8;
 /** The UDP port the server listens on (on its LAN address only) unless configured otherwise. */
@@ -91,6 +100,11 @@ export interface Request {
   remotePort: number;
   /** Requested lifetime in seconds; 0 asks for the server default. RELEASE: 0. */
   lifetime: number;
+  /**
+   * The server's cookie for this host ({@link COOKIE_LEN} bytes, from its
+   * last response); absent or all zero when the host has none yet.
+   */
+  cookie?: Uint8Array;
 }
 
 /** A control response. Addresses are host-order u32, see `addr.ts`. */
@@ -125,6 +139,11 @@ export interface Response {
   lifetime: number;
   /** The server's epoch; a change means the server lost its state. */
   epoch: number;
+  /**
+   * The cookie the host must echo in its next requests ({@link COOKIE_LEN}
+   * bytes; all zero when the server sent none). Absent when encoding: zero.
+   */
+  cookie?: Uint8Array;
 }
 
 /** Outcome of {@link decodeRequest}: the request, or the result code to answer with. */
@@ -151,6 +170,8 @@ const Req = {
   INTERNAL_PORT: 24, // u16
   REMOTE_PORT: 26, // u16
   LIFETIME: 28, // u32
+  COOKIE: 32, // 12 bytes
+  PADDING: 44, // 20 bytes, zero
 } as const;
 
 /** Byte offsets of the response fields (see docs/protocol.md). */
@@ -173,6 +194,8 @@ const Res = {
   LIFETIME: 36, // u32
   EPOCH: 40, // u32
   RESERVED2: 44, // u32, zero
+  COOKIE: 48, // 12 bytes
+  RESERVED3: 60, // u32, zero
 } as const;
 
 /**
@@ -231,6 +254,20 @@ function _checkNonce(n: Uint8Array): void {
   }
 }
 
+function _checkCookie(c: Uint8Array | undefined): void {
+  if (c !== undefined && c.length !== COOKIE_LEN) {
+    throw new RangeError(`Cookie is ${c.length} bytes, want ${COOKIE_LEN}`);
+  }
+}
+
+/** True when `c` is a cookie at all: present and not all zero. */
+export function hasCookie(c: Uint8Array | undefined): c is Uint8Array {
+  if (c === undefined) return false;
+  let any = 0;
+  for (let i = 0; i < c.length; i++) any |= c[i]!;
+  return any !== 0;
+}
+
 function _out(len: number, out: Uint8Array | undefined): Uint8Array {
   if (out === undefined) return new Uint8Array(len);
   if (out.length < len) throw new RangeError(`Output buffer is ${out.length} bytes, want ${len}`);
@@ -260,6 +297,7 @@ export function encodeRequest(r: Request, out?: Uint8Array): Uint8Array {
   _checkInt("internalPort", r.internalPort, 0xffff);
   _checkInt("remotePort", r.remotePort, 0xffff);
   _checkInt("lifetime", r.lifetime, 0xffffffff);
+  _checkCookie(r.cookie);
   const m = _out(REQUEST_LEN, out);
   const v = _view(m);
   v.setUint16(Req.MAGIC, MAGIC);
@@ -273,6 +311,7 @@ export function encodeRequest(r: Request, out?: Uint8Array): Uint8Array {
   v.setUint16(Req.INTERNAL_PORT, r.internalPort);
   v.setUint16(Req.REMOTE_PORT, r.remotePort);
   v.setUint32(Req.LIFETIME, r.lifetime);
+  if (r.cookie) m.set(r.cookie, Req.COOKIE);
   return m;
 }
 
@@ -300,6 +339,7 @@ export function encodeResponse(r: Response, out?: Uint8Array): Uint8Array {
   _checkInt("gatewayPort", r.gatewayPort, 0xffff);
   _checkInt("lifetime", r.lifetime, 0xffffffff);
   _checkInt("epoch", r.epoch, 0xffffffff);
+  _checkCookie(r.cookie);
   if (r.result !== Result.OK && _grantProblem(r) !== null) {
     throw new RangeError(`Error response (result ${r.result}) ${_grantProblem(r)}`);
   }
@@ -321,6 +361,7 @@ export function encodeResponse(r: Response, out?: Uint8Array): Uint8Array {
   v.setUint16(Res.GATEWAY_PORT, r.gatewayPort);
   v.setUint32(Res.LIFETIME, r.lifetime);
   v.setUint32(Res.EPOCH, r.epoch);
+  if (r.cookie) m.set(r.cookie, Res.COOKIE);
   return m;
 }
 
@@ -397,6 +438,9 @@ export function decodeRequest(b: Uint8Array): DecodeRequestResult {
   }
   const reserved = v.getUint16(Req.RESERVED);
   if (reserved !== 0) return _fail(Result.MALFORMED, `reserved field is ${_hex(reserved, 4)}`);
+  for (let i = Req.PADDING; i < REQUEST_LEN; i++) {
+    if (b[i] !== 0) return _fail(Result.MALFORMED, `padding byte ${i} is ${_hex(b[i]!, 2)}`);
+  }
 
   const proto = v.getUint8(Req.PROTO);
   if (proto !== PROTO_ICMP && proto !== PROTO_TCP && proto !== PROTO_UDP) {
@@ -439,6 +483,7 @@ export function decodeRequest(b: Uint8Array): DecodeRequestResult {
       remoteAddr,
       remotePort,
       lifetime,
+      cookie: b.slice(Req.COOKIE, Req.COOKIE + COOKIE_LEN),
     },
   };
 }
@@ -477,6 +522,8 @@ export function decodeResponse(b: Uint8Array): DecodeResponseResult {
   if (r1 !== 0) return { ok: false, reason: `reserved byte is ${_hex(r1, 2)}` };
   const r2 = v.getUint32(Res.RESERVED2);
   if (r2 !== 0) return { ok: false, reason: `reserved field is ${_hex(r2, 8)}` };
+  const r3 = v.getUint32(Res.RESERVED3);
+  if (r3 !== 0) return { ok: false, reason: `reserved field is ${_hex(r3, 8)}` };
   const res: Response = {
     op: opcode & ~RESPONSE_BIT,
     nonce: b.slice(Res.NONCE, Res.NONCE + NONCE_LEN),
@@ -493,6 +540,7 @@ export function decodeResponse(b: Uint8Array): DecodeResponseResult {
     gatewayPort: v.getUint16(Res.GATEWAY_PORT),
     lifetime: v.getUint32(Res.LIFETIME),
     epoch: v.getUint32(Res.EPOCH),
+    cookie: b.slice(Res.COOKIE, Res.COOKIE + COOKIE_LEN),
   };
   if (res.result !== Result.OK) {
     const g = _grantProblem(res);
@@ -505,12 +553,14 @@ export function decodeResponse(b: Uint8Array): DecodeResponseResult {
  * The reply the server sends for a request it will not serve without
  * decoding it (decode failure, or a refusal such as RATE_LIMITED taken on the
  * raw bytes), or null when it must stay silent: shorter than 4 bytes, no
- * magic, or the response bit set (never answer garbage or a response, so the
- * server cannot be used to amplify or to loop).
+ * magic, the response bit set (never answer garbage or a response, so the
+ * server cannot be used to amplify or to loop), or shorter than a response
+ * (never send more bytes than arrived: a version-1 request, 32 bytes, gets
+ * no answer).
  *
  * The reply is always version {@link PROTOCOL_VERSION} (for UNSUPPORTED_VERSION that
  * tells the client the highest version spoken). It echoes the opcode and, when
- * present, the nonce; for a full-length version-1 message it also echoes the
+ * present, the nonce; for a full-length current-version message it also echoes the
  * protocol, addresses and ports. Grant fields are zero.
  *
  * Never throws on any bytes.
@@ -518,15 +568,18 @@ export function decodeResponse(b: Uint8Array): DecodeResponseResult {
  * @param b the datagram that failed
  * @param failure the result code to send (from {@link decodeRequest} or the server)
  * @param epoch the server's epoch
+ * @param cookie the cookie for the datagram's source ({@link COOKIE_LEN} bytes), or none
  * @returns a {@link RESPONSE_LEN}-byte reply, or null
  */
 export function errorResponseFor(
   b: Uint8Array,
   failure: { result: number },
   epoch: number,
+  cookie?: Uint8Array,
 ): Uint8Array | null {
   const h = _header(b);
   if (h !== null && h.silent) return null;
+  if (b.length < RESPONSE_LEN) return null;
   const m = new Uint8Array(RESPONSE_LEN);
   const v = _view(m);
   v.setUint16(Res.MAGIC, MAGIC);
@@ -540,12 +593,13 @@ export function errorResponseFor(
   const result = failure.result & 0xff;
   v.setUint8(Res.RESULT, result === Result.OK ? Result.MALFORMED : result);
   if (h === null && b.length === REQUEST_LEN) {
-    // The body is a version-1 request layout: echo what a stateless client
+    // The body is a current request layout: echo what a stateless client
     // matches on. The echoed block has the same offsets in both layouts.
     v.setUint8(Res.PROTO, b[Req.PROTO]!);
     m.set(b.subarray(ECHO_START, ECHO_END), ECHO_START);
   }
   v.setUint32(Res.EPOCH, epoch >>> 0);
+  if (cookie !== undefined && cookie.length === COOKIE_LEN) m.set(cookie, Res.COOKIE);
   return m;
 }
 
@@ -557,6 +611,7 @@ export function errorResponseFor(
  * @param req the decoded request
  * @param outcome the result and, for OK, the grant
  * @param epoch the server's epoch
+ * @param cookie the cookie for the request's source, sent with every answer
  * @returns the response, ready for {@link encodeResponse}
  */
 export function responseFor(
@@ -571,6 +626,7 @@ export function responseFor(
     lifetime?: number;
   },
   epoch: number,
+  cookie?: Uint8Array,
 ): Response {
   const ok = outcome.result === Result.OK;
   return {
@@ -589,6 +645,7 @@ export function responseFor(
     gatewayPort: ok ? outcome.gatewayPort ?? 0 : 0,
     lifetime: ok ? outcome.lifetime ?? 0 : 0,
     epoch,
+    ...(cookie ? { cookie: cookie.slice() } : {}),
   };
 }
 

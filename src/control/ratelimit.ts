@@ -59,3 +59,45 @@ export class RateLimiter {
     return this.#buckets.size;
   }
 }
+
+/**
+ * A budget of log lines: at most `perSecond` in any one-second window,
+ * overall. What it holds back is counted, so the caller can log a
+ * "suppressed K" summary once the window has passed.
+ */
+export class LineBudget {
+  readonly #perSecond: number;
+  #start = -Infinity;
+  #used = 0;
+  #suppressed = 0;
+
+  /** @param perSecond lines allowed per one-second window */
+  constructor(perSecond: number) {
+    this.#perSecond = perSecond;
+  }
+
+  /** Whether a line may be written at `now` (ms); when not, it is counted as suppressed. */
+  take(now: number): boolean {
+    if (now - this.#start >= 1000) {
+      this.#start = now;
+      this.#used = 0;
+    }
+    if (this.#used < this.#perSecond) {
+      this.#used++;
+      return true;
+    }
+    this.#suppressed++;
+    return false;
+  }
+
+  /**
+   * Lines suppressed in windows that have ended by `now`, and forgets them
+   * (0 while the window that suppressed them is still open).
+   */
+  flush(now: number): number {
+    if (this.#suppressed === 0 || now - this.#start < 1000) return 0;
+    const k = this.#suppressed;
+    this.#suppressed = 0;
+    return k;
+  }
+}

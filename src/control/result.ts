@@ -32,6 +32,11 @@ export const Result = {
   UNSUPPORTED_OPCODE: 10,
   /** The remote endpoint is not an outside address (inside the LAN, or in the pool, or unusable). */
   BAD_REMOTE: 11,
+  /**
+   * The request carried no valid cookie for its source address: nothing was
+   * changed; the reply carries the cookie, which the host echoes in a retry.
+   */
+  COOKIE_REQUIRED: 12,
 } as const;
 
 /** A result code. */
@@ -50,6 +55,7 @@ const NAMES: readonly string[] = [
   "unsupported-protocol",
   "unsupported-opcode",
   "bad-remote",
+  "cookie-required",
 ];
 
 /** The kebab-case name of a result code, for logs, counters and JSON. */

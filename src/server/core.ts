@@ -33,11 +33,15 @@ import {
   decodeRequest,
   encodeResponse,
   errorResponseFor,
+  hasCookie,
+  MAGIC,
   Op,
   type Request,
+  RESPONSE_BIT,
   responseFor,
 } from "../control/proto.ts";
-import { RateLimiter } from "../control/ratelimit.ts";
+import { LineBudget, RateLimiter } from "../control/ratelimit.ts";
+import { CookieMinter } from "../control/cookie.ts";
 import { Result, RESULT_COUNT, resultName } from "../control/result.ts";
 import { type Grant, type SessionRecord, SessionTable } from "../table/table.ts";
 import { Drop, DROP_COUNT, DROP_NAMES, IPPROTO_ICMP, PacketInfo, parse } from "../wire/packet.ts";
@@ -45,7 +49,12 @@ import { rewrite, rewriteIcmpError } from "../wire/rewrite.ts";
 import { protoName, Verdict } from "../wire/meta.ts";
 import { VERSION } from "../version.ts";
 import type { SessionView, StatusReply } from "../operator/types.ts";
-import { gatewayKey, type GatewaySession, type ServerDataPath } from "../datapath/datapath.ts";
+import {
+  gatewayKey,
+  type GatewaySession,
+  type ServerDataPath,
+  type SessionCounters,
+} from "../datapath/datapath.ts";
 
 const log = logger("server");
 
@@ -57,7 +66,20 @@ export interface ServerCoreOptions {
   epoch?: number;
   /** Clock, ms. */
   now?: () => number;
+  /** Where refusal lines go (rate-limited); the server's info log when absent. */
+  refusalLog?: (line: string) => void;
 }
+
+/**
+ * Refusals answered per source address per second (and the burst), for the
+ * answers that are not a verified host's own business: COOKIE_REQUIRED,
+ * NOT_AUTHORIZED, RATE_LIMITED and undecodable requests. Beyond it the
+ * server is silent, so forged requests cannot be reflected at a host.
+ */
+export const REFUSAL_RATE = 4;
+export const REFUSAL_BURST = 8;
+/** Refusal log lines per second, overall; the rest are counted in a "suppressed" line. */
+export const REFUSAL_LOG_LINES = 10;
 
 /**
  * The server's state and logic without sockets: control-message handling and
@@ -73,6 +95,12 @@ export class ServerCore {
   readonly #cfg: ServerConfig;
   readonly #lan: Cidr | null;
   readonly #limiter: RateLimiter;
+  readonly #refusals = new RateLimiter(REFUSAL_RATE, REFUSAL_BURST);
+  readonly #cookies: CookieMinter;
+  readonly #lines = new LineBudget(REFUSAL_LOG_LINES);
+  readonly #refusalLog: (line: string) => void;
+  /** Refusals not answered (over a source's refusal budget, or shorter than an answer). */
+  unanswered = 0;
   readonly #info = new PacketInfo();
   /** `NFQA_SKB_INFO` bits of the packet being translated (see handlePacket). */
   #skbInfo = 0;
@@ -101,6 +129,8 @@ export class ServerCore {
       },
     });
     this.#limiter = new RateLimiter(cfg.rateLimit);
+    this.#cookies = new CookieMinter(this.startedAt);
+    this.#refusalLog = opts.refusalLog ?? ((line) => log.info(line));
   }
 
   /**
@@ -115,24 +145,36 @@ export class ServerCore {
       this.results[Result.NOT_AUTHORIZED]!++;
       return null;
     }
-    if (!this.#limiter.allow(src, now)) {
-      this.results[Result.RATE_LIMITED]!++;
-      const d = decodeRequest(msg);
-      return d.ok
-        ? encodeResponse(responseFor(d.req, { result: Result.RATE_LIMITED }, this.epoch))
-        : null;
-    }
     const d = decodeRequest(msg);
     if (!d.ok) {
       this.results[d.result]!++;
-      log.debug(`bad request from ${formatIPv4(src)}: ${d.reason}`);
-      return errorResponseFor(msg, d, this.epoch);
+      const reply = errorResponseFor(msg, d, this.epoch);
+      const answer = reply !== null && this.#refusals.allow(src, now);
+      if (isOurs(msg)) {
+        this.#logRefusal(
+          now,
+          `refused a request from ${formatIPv4(src)}: ${resultName(d.result)} (${d.reason})` +
+            (answer ? "" : reply ? "; not answered (refusal budget)" : "; not answered"),
+        );
+      } else log.debug(`bad request from ${formatIPv4(src)}: ${d.reason}`);
+      if (!answer) {
+        this.unanswered++;
+        return null;
+      }
+      return errorResponseFor(msg, d, this.epoch, this.#cookies.cookieFor(src, now));
     }
     const req = d.req;
     let result: number;
     let grant: Grant | null = null;
     if (req.internalAddr !== src) {
       result = Result.NOT_AUTHORIZED; // claim 2: a host speaks only for itself
+    } else if (!this.#cookies.valid(src, req.cookie, now)) {
+      // Return routability: only the host at `src` gets the cookie this reply
+      // carries, so a forged source changes nothing (docs/protocol.md, Cookies).
+      result = Result.COOKIE_REQUIRED;
+    } else if (!this.#limiter.allow(src, now)) {
+      // Only verified requests spend a host's tokens: forged ones cannot starve it.
+      result = Result.RATE_LIMITED;
     } else if (!this.#remoteIsOutside(req.remoteAddr)) {
       result = Result.BAD_REMOTE;
     } else if (req.op === Op.RESERVE) {
@@ -168,21 +210,62 @@ export class ServerCore {
     }
     this.results[result]!++;
     if (result !== Result.OK) {
-      log.debug(`${opName(req)} from ${formatIPv4(src)} refused: ${resultName(result)}`);
+      // Refusals that are not a verified host's own business are answered
+      // within a small per-source budget; the table's refusals always are.
+      const budgeted = result === Result.NOT_AUTHORIZED || result === Result.COOKIE_REQUIRED ||
+        result === Result.RATE_LIMITED;
+      const answer = !budgeted || this.#refusals.allow(src, now);
+      // A cookie-less first request answered with the cookie is the normal handshake.
+      const handshake = result === Result.COOKIE_REQUIRED && answer && !hasCookie(req.cookie);
+      const line = `refused ${describeRequest(req)} from ${formatIPv4(src)}: ${resultName(result)}${
+        result === Result.COOKIE_REQUIRED
+          ? hasCookie(req.cookie) ? " (wrong or expired cookie)" : " (no cookie)"
+          : ""
+      } (host holds ${
+        this.table.sessionsOf(req.internalAddr)
+      }/${this.#cfg.maxSessionsPerHost} sessions)${
+        answer ? "" : "; not answered (refusal budget)"
+      }`;
+      if (handshake) log.debug(line);
+      else this.#logRefusal(now, line);
+      if (!answer) {
+        this.unanswered++;
+        return null;
+      }
     }
-    return encodeResponse(responseFor(req, {
-      result,
-      ...(grant && result === Result.OK
-        ? {
-          replaced: grant.replaced,
-          shared: grant.shared,
-          publicAddr: grant.r,
-          publicPort: grant.p,
-          gatewayPort: grant.pg,
-          lifetime: grant.lifetime,
-        }
-        : {}),
-    }, this.epoch));
+    return encodeResponse(responseFor(
+      req,
+      {
+        result,
+        ...(grant && result === Result.OK
+          ? {
+            replaced: grant.replaced,
+            shared: grant.shared,
+            publicAddr: grant.r,
+            publicPort: grant.p,
+            gatewayPort: grant.pg,
+            lifetime: grant.lifetime,
+          }
+          : {}),
+      },
+      this.epoch,
+      this.#cookies.cookieFor(src, now),
+    ));
+  }
+
+  /** Writes a refusal line within the log budget, after a summary of what it held back. */
+  #logRefusal(now: number, line: string): void {
+    this.#flushRefusalLog(now);
+    if (this.#lines.take(now)) this.#refusalLog(line);
+  }
+
+  #flushRefusalLog(now: number): void {
+    const k = this.#lines.flush(now);
+    if (k) {
+      this.#refusalLog(
+        `suppressed ${k} refusal line(s) (more than ${REFUSAL_LOG_LINES} a second)`,
+      );
+    }
   }
 
   #remoteIsOutside(x: number): boolean {
@@ -390,9 +473,15 @@ export class ServerCore {
     this.table.listener = null;
   }
 
-  /** Forgets idle rate-limit buckets (call periodically). */
+  /**
+   * Forgets idle rate-limit buckets, and logs how many refusal lines were
+   * suppressed (call periodically).
+   */
   sweepRateLimits(): void {
-    this.#limiter.sweep(this.now());
+    const now = this.now();
+    this.#limiter.sweep(now);
+    this.#refusals.sweep(now);
+    this.#flushRefusalLog(now);
   }
 
   /**
@@ -404,6 +493,20 @@ export class ServerCore {
     return budget === undefined
       ? this.table.expire(this.now())
       : this.table.expire(this.now(), budget);
+  }
+
+  /** The data path's per-session kernel counters summed, or null when it keeps none. */
+  kernelTotals(): SessionCounters | null {
+    const c = this.#dp?.counters();
+    if (!c) return null;
+    const sum = { packetsOut: 0, bytesOut: 0, packetsIn: 0, bytesIn: 0 };
+    for (const v of c.values()) {
+      sum.packetsOut += v.packetsOut;
+      sum.bytesOut += v.bytesOut;
+      sum.packetsIn += v.packetsIn;
+      sum.bytesIn += v.bytesIn;
+    }
+    return sum;
   }
 
   /** The status reply for `dpm status`. */
@@ -445,6 +548,21 @@ export class ServerCore {
 
 function opName(req: Request): string {
   return req.op === Op.RESERVE ? "reserve" : req.op === Op.RENEW ? "renew" : "release";
+}
+
+/** `reserve udp 10.0.0.11:40000 -> 198.51.100.10:7000` (lifetime when one was asked for). */
+function describeRequest(req: Request): string {
+  const icmp = req.proto === IPPROTO_ICMP;
+  return `${opName(req)} ${protoName(req.proto)} ${
+    formatIPv4(req.internalAddr)
+  }:${req.internalPort}` +
+    ` -> ${formatIPv4(req.remoteAddr)}${icmp ? "" : `:${req.remotePort}`}` +
+    (req.lifetime ? ` lifetime ${req.lifetime}` : "");
+}
+
+/** A datagram that looks like a control request (magic, not a response): refusals of it are logged. */
+function isOurs(b: Uint8Array): boolean {
+  return b.length >= 4 && ((b[0]! << 8) | b[1]!) === MAGIC && (b[3]! & RESPONSE_BIT) === 0;
 }
 
 /** One table row for status output. */

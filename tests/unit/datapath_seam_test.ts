@@ -15,7 +15,18 @@ import { gatewayKey, hostKey } from "../../src/datapath/datapath.ts";
 import { decodeResponse, encodeRequest, newNonce, Op } from "../../src/control/proto.ts";
 import { Result } from "../../src/control/result.ts";
 import { buildTcp, buildUdp } from "../../testing/packets.ts";
-import { driverCfg, G, H1, LAN, P1, Pipe, R1, serverCfg, settle } from "../../testing/fixtures.ts";
+import {
+  driverCfg,
+  G,
+  H1,
+  handleVerified,
+  LAN,
+  P1,
+  Pipe,
+  R1,
+  serverCfg,
+  settle,
+} from "../../testing/fixtures.ts";
 
 function reserveBytes(pa: number, px: number) {
   return encodeRequest({
@@ -42,7 +53,7 @@ Deno.test("seam: the server programs a session before its grant is answered and 
     orig(s);
   };
   core.attach(dp);
-  const reply = core.handleControl(reserveBytes(40000, 7000), H1)!;
+  const reply = handleVerified(core, reserveBytes(40000, 7000), H1)!;
   assert.ok(upBeforeReply, "sessionUp ran inside handleControl, before the reply existed");
   const r = decodeResponse(reply);
   assert.ok(r.ok && r.res.result === Result.OK);
@@ -53,10 +64,11 @@ Deno.test("seam: the server programs a session before its grant is answered and 
     [17, H1, 40000, P1, 7000, R1, 40000, r.ok ? r.res.gatewayPort : -1],
   );
   // Asking again for the same session is idempotent: nothing programmed twice.
-  core.handleControl(reserveBytes(40000, 7000), H1);
+  handleVerified(core, reserveBytes(40000, 7000), H1);
   assert.equal(dp.up.length, 1);
   // Release removes it.
-  core.handleControl(
+  handleVerified(
+    core,
     encodeRequest({
       op: Op.RELEASE,
       nonce: newNonce(),
@@ -73,14 +85,14 @@ Deno.test("seam: the server programs a session before its grant is answered and 
   assert.equal(dp.down.length, 1);
   assert.deepEqual(dp.down[0], s);
   // Expiry removes too.
-  core.handleControl(reserveBytes(40001, 7000), H1);
+  handleVerified(core, reserveBytes(40001, 7000), H1);
   now += 86_400_000;
   core.expire();
   assert.equal(dp.down.length, 2);
   assert.equal(dp.down[1]!.pa, 40001);
   // Detached: the table no longer reports.
   core.detach();
-  core.handleControl(reserveBytes(40002, 7000), H1);
+  handleVerified(core, reserveBytes(40002, 7000), H1);
   assert.equal(dp.up.length, 2);
 });
 
@@ -88,7 +100,7 @@ Deno.test("seam: the server's status merges the data path's per-session kernel c
   const core = new ServerCore(serverCfg({ pool: [R1] }), { lan: LAN });
   const dp = new FakeServerDataPath();
   core.attach(dp);
-  core.handleControl(reserveBytes(40000, 7000), H1);
+  handleVerified(core, reserveBytes(40000, 7000), H1);
   const pg = dp.up[0]!.pg;
   dp.counterMap = new Map([[gatewayKey(17, H1, pg), {
     packetsOut: 7,
@@ -178,7 +190,7 @@ Deno.test("seam: sessions the kernel still translates after a restart are adopte
   const now = 9_000_000;
   const { server, d, io, dp } = hostRig(() => now);
   // The server knows the session (it adopted its own maps).
-  const granted = decodeResponse(server.handleControl(reserveBytes(40000, 7000), H1)!);
+  const granted = decodeResponse(handleVerified(server, reserveBytes(40000, 7000), H1)!);
   assert.ok(granted.ok);
   dp.leftover = [{
     proto: 17,

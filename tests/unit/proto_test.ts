@@ -6,11 +6,13 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import {
+  COOKIE_LEN,
   decodeRequest,
   decodeResponse,
   encodeRequest,
   encodeResponse,
   errorResponseFor,
+  hasCookie,
   MAGIC,
   newNonce,
   Op,
@@ -46,6 +48,8 @@ function ip(s: string): number {
 // replaceable port) reserves toward 198.51.100.7:3478; the server grants
 // 203.0.113.5:40000, gateway port 61001, 120 s, epoch 0x1234abcd.
 const NONCE = Uint8Array.from([0x5a, 0x17, 0xc3, 0x08, 0x9e, 0x42, 0x6b, 0xd1]);
+// The host's cookie, from the server's COOKIE_REQUIRED answer (the vector at the end).
+const COOKIE = unhex("9f3e2a71c4d85b06e1a7f230");
 
 const REQ: Request = {
   op: Op.RESERVE,
@@ -57,11 +61,14 @@ const REQ: Request = {
   remoteAddr: ip("198.51.100.7"),
   remotePort: 3478,
   lifetime: 0,
+  cookie: COOKIE,
 };
 
 const REQ_BYTES = unhex(`
-  4450 01 01  5a17c3089e426bd1  11 01 0000
-  c0a80114  c6336407  c350 0d96  00000000`);
+  4450 02 01  5a17c3089e426bd1  11 01 0000
+  c0a80114  c6336407  c350 0d96  00000000
+  9f3e2a71c4d85b06e1a7f230  00000000
+  0000000000000000 0000000000000000`);
 
 const RES: Response = {
   op: Op.RESERVE,
@@ -79,12 +86,27 @@ const RES: Response = {
   gatewayPort: 61001,
   lifetime: 120,
   epoch: 0x1234abcd,
+  cookie: COOKIE,
 };
 
 const RES_BYTES = unhex(`
-  4450 01 81  5a17c3089e426bd1  00 11 01 00
+  4450 02 81  5a17c3089e426bd1  00 11 01 00
   c0a80114  c6336407  c350 0d96
-  cb007105  9c40 ee49  00000078  1234abcd  00000000`);
+  cb007105  9c40 ee49  00000078  1234abcd  00000000
+  9f3e2a71c4d85b06e1a7f230  00000000`);
+
+// The host's first request carried no cookie (zero bytes 32-43); the server
+// changed nothing and answered COOKIE_REQUIRED with the host's cookie.
+const FIRST_BYTES = unhex(`
+  4450 02 01  5a17c3089e426bd1  11 01 0000
+  c0a80114  c6336407  c350 0d96  00000000
+  000000000000000000000000  00000000
+  0000000000000000 0000000000000000`);
+const COOKIE_REQUIRED_BYTES = unhex(`
+  4450 02 81  5a17c3089e426bd1  0c 11 00 00
+  c0a80114  c6336407  c350 0d96
+  00000000  0000 0000  00000000  1234abcd  00000000
+  9f3e2a71c4d85b06e1a7f230  00000000`);
 
 /** A valid request with one byte changed. */
 function reqWith(offset: number, value: number): Uint8Array {
@@ -141,31 +163,61 @@ Deno.test("vector: documented response bytes decode to the response", () => {
 });
 
 Deno.test("vector: responseFor builds the documented response", () => {
-  const r = responseFor(REQ, {
-    result: Result.OK,
-    replaced: true,
-    publicAddr: ip("203.0.113.5"),
-    publicPort: 40000,
-    gatewayPort: 61001,
-    lifetime: 120,
-  }, 0x1234abcd);
+  const r = responseFor(
+    REQ,
+    {
+      result: Result.OK,
+      replaced: true,
+      publicAddr: ip("203.0.113.5"),
+      publicPort: 40000,
+      gatewayPort: 61001,
+      lifetime: 120,
+    },
+    0x1234abcd,
+    COOKIE,
+  );
   assert.equal(hex(encodeResponse(r)), hex(RES_BYTES));
 });
 
+Deno.test("vector: a first request without a cookie, and the documented COOKIE_REQUIRED answer", () => {
+  const d = decodeRequest(FIRST_BYTES);
+  assert.ok(d.ok, d.ok ? "" : d.reason);
+  assert.equal(hasCookie(d.req.cookie), false, "all-zero: no cookie");
+  const { cookie: _, ...noCookie } = REQ;
+  assert.equal(hex(encodeRequest(noCookie)), hex(FIRST_BYTES), "absent cookie encodes as zeros");
+  const reply = encodeResponse(
+    responseFor(d.req, { result: Result.COOKIE_REQUIRED }, 0x1234abcd, COOKIE),
+  );
+  assert.equal(hex(reply), hex(COOKIE_REQUIRED_BYTES));
+  const r = mustDecodeResponse(COOKIE_REQUIRED_BYTES);
+  assert.equal(r.result, Result.COOKIE_REQUIRED);
+  assert.deepEqual(r.cookie, COOKIE);
+  assert.equal(COOKIE.length, COOKIE_LEN);
+});
+
 Deno.test("vector: the documented UNSUPPORTED_VERSION reply", () => {
-  const reply = errorResponseFor(reqWith(2, 2), { result: Result.UNSUPPORTED_VERSION }, 0x1234abcd);
+  const reply = errorResponseFor(reqWith(2, 3), { result: Result.UNSUPPORTED_VERSION }, 0x1234abcd);
   assert.ok(reply !== null);
   assert.equal(
     hex(reply),
     hex(unhex(`
-      4450 01 81  5a17c3089e426bd1  01 00 00 00
+      4450 02 81  5a17c3089e426bd1  01 00 00 00
       00000000 00000000 0000 0000
-      00000000 0000 0000 00000000 1234abcd 00000000`)),
+      00000000 0000 0000 00000000 1234abcd 00000000
+      000000000000000000000000 00000000`)),
   );
 });
 
+Deno.test("vector: a version-1 request (32 bytes) is refused and never answered", () => {
+  const v1 = unhex(`
+    4450 01 01  5a17c3089e426bd1  11 01 0000
+    c0a80114  c6336407  c350 0d96  00000000`);
+  expectFail(v1, Result.UNSUPPORTED_VERSION, "unsupported version 1");
+  assert.equal(errorResponseFor(v1, { result: Result.UNSUPPORTED_VERSION }, 1), null);
+});
+
 Deno.test("encode into a dirty buffer writes every byte, reserved ones zero", () => {
-  const buf = new Uint8Array(64).fill(0xa5);
+  const buf = new Uint8Array(80).fill(0xa5);
   const m = encodeRequest(REQ, buf);
   assert.equal(m.length, REQUEST_LEN);
   assert.equal(m.buffer, buf.buffer, "writes into the given buffer");
@@ -177,8 +229,10 @@ Deno.test("encode into a dirty buffer writes every byte, reserved ones zero", ()
 });
 
 Deno.test("encode rejects a too-small output buffer and out-of-range fields", () => {
-  assert.throws(() => encodeRequest(REQ, new Uint8Array(31)), RangeError);
-  assert.throws(() => encodeResponse(RES, new Uint8Array(47)), RangeError);
+  assert.throws(() => encodeRequest(REQ, new Uint8Array(REQUEST_LEN - 1)), RangeError);
+  assert.throws(() => encodeResponse(RES, new Uint8Array(RESPONSE_LEN - 1)), RangeError);
+  assert.throws(() => encodeRequest({ ...REQ, cookie: new Uint8Array(8) }), RangeError);
+  assert.throws(() => encodeResponse({ ...RES, cookie: new Uint8Array(16) }), RangeError);
   assert.throws(() => encodeRequest({ ...REQ, internalPort: 65536 }), RangeError);
   assert.throws(() => encodeRequest({ ...REQ, remoteAddr: -1 }), RangeError);
   assert.throws(() => encodeRequest({ ...REQ, lifetime: 1.5 }), RangeError);
@@ -190,7 +244,7 @@ Deno.test("encode rejects a too-small output buffer and out-of-range fields", ()
 });
 
 Deno.test("decode works on a view with a byte offset (node Buffer, shared receive buffer)", () => {
-  const big = new Uint8Array(100);
+  const big = new Uint8Array(100 + REQUEST_LEN);
   big.set(REQ_BYTES, 17);
   const d = decodeRequest(big.subarray(17, 17 + REQUEST_LEN));
   assert.ok(d.ok);
@@ -203,10 +257,12 @@ Deno.test("decoded nonce is a copy, not a view of the receive buffer", () => {
   assert.ok(d.ok);
   b.fill(0);
   assert.deepEqual(d.req.nonce, NONCE);
+  assert.deepEqual(d.req.cookie, COOKIE, "so is the cookie");
   const rb = RES_BYTES.slice();
   const r = mustDecodeResponse(rb);
   rb.fill(0);
   assert.deepEqual(r.nonce, NONCE);
+  assert.deepEqual(r.cookie, COOKIE);
 });
 
 // ---------------------------------------------------------------------------
@@ -216,6 +272,7 @@ const u32 = fc.integer({ min: 0, max: 0xffffffff });
 const u16 = fc.integer({ min: 0, max: 0xffff });
 const port = fc.integer({ min: 1, max: 0xffff });
 const nonceArb = fc.uint8Array({ minLength: 8, maxLength: 8 });
+const cookieArb = fc.uint8Array({ minLength: COOKIE_LEN, maxLength: COOKIE_LEN });
 // Usable unicast addresses: first octet 1..126, 128..223, 240..255 (not the
 // limited broadcast).
 const goodAddr = u32.filter((a) => {
@@ -233,6 +290,7 @@ const validRequest: fc.Arbitrary<Request> = fc.record({
   remoteAddr: goodAddr,
   remotePort: port,
   lifetime: u32,
+  cookie: cookieArb,
 }).map((r) => ({
   ...r,
   // ICMP: identifier may be 0, no remote port.
@@ -257,6 +315,7 @@ const validResponse: fc.Arbitrary<Response> = fc.record({
   gatewayPort: u16,
   lifetime: u32,
   epoch: u32,
+  cookie: cookieArb,
 }).map((r) =>
   r.result === Result.OK ? { ...r } : {
     ...r,
@@ -319,10 +378,10 @@ Deno.test("property: a decoded request's response round-trips and echoes it", ()
 // ---------------------------------------------------------------------------
 // Malformed requests, each named
 
-Deno.test("malformed: every length 0..33 except 32", () => {
-  const long = new Uint8Array(33);
+Deno.test("malformed: every length 0..65 except 64; nothing shorter than an answer is answered", () => {
+  const long = new Uint8Array(REQUEST_LEN + 1);
   long.set(REQ_BYTES);
-  for (let n = 0; n <= 33; n++) {
+  for (let n = 0; n <= REQUEST_LEN + 1; n++) {
     if (n === REQUEST_LEN) continue;
     const b = long.slice(0, n);
     const d = decodeRequest(b);
@@ -335,14 +394,18 @@ Deno.test("malformed: every length 0..33 except 32", () => {
       assert.equal(reply, null, `length ${n} must not be answered`);
       continue;
     }
-    assert.equal(d.reason, `bad length ${n}, want 32`);
+    assert.equal(d.reason, `bad length ${n}, want ${REQUEST_LEN}`);
+    if (n < RESPONSE_LEN) {
+      assert.equal(reply, null, `length ${n}: an answer would be longer than the request`);
+      continue;
+    }
     assert.ok(reply !== null, `length ${n} must be answered`);
     const r = mustDecodeResponse(reply);
     assert.equal(r.result, Result.MALFORMED);
     assert.equal(r.op, Op.RESERVE);
     assert.equal(r.epoch, 7);
     // The nonce is echoed only when all 8 bytes are present.
-    assert.deepEqual(r.nonce, n >= 12 ? NONCE : new Uint8Array(8), `nonce at length ${n}`);
+    assert.deepEqual(r.nonce, NONCE, `nonce at length ${n}`);
     // Other fields are not echoed from a message of the wrong length.
     assert.equal(r.internalAddr, 0);
     assert.equal(r.proto, 0);
@@ -366,8 +429,8 @@ Deno.test("malformed: a response sent to the server is never answered", () => {
   assert.equal(errorResponseFor(b, { result: Result.UNSUPPORTED_VERSION }, 1), null);
 });
 
-Deno.test("bad version: UNSUPPORTED_VERSION reply, version 1, nonce echoed", () => {
-  for (const version of [0, 2, 255]) {
+Deno.test("bad version: UNSUPPORTED_VERSION reply, version 2, nonce echoed", () => {
+  for (const version of [0, 1, 3, 255]) {
     const b = reqWith(2, version);
     expectFail(b, Result.UNSUPPORTED_VERSION, `unsupported version ${version}`);
     const reply = errorResponseFor(b, { result: Result.UNSUPPORTED_VERSION }, 0xdeadbeef);
@@ -381,18 +444,25 @@ Deno.test("bad version: UNSUPPORTED_VERSION reply, version 1, nonce echoed", () 
     assert.equal(r.internalAddr, 0);
     assert.equal(r.remotePort, 0);
   }
-  // A version-2 message of another length still gets the answer.
-  const short = unhex("4450 02 01 0102030405060708 ff");
-  expectFail(short, Result.UNSUPPORTED_VERSION, "unsupported version 2");
-  const r = mustDecodeResponse(errorResponseFor(short, { result: Result.UNSUPPORTED_VERSION }, 0)!);
+  // A message of another version and length gets the answer when it is long enough.
+  const other = new Uint8Array(70);
+  other.set(unhex("4450 03 01 0102030405060708 ff"));
+  expectFail(other, Result.UNSUPPORTED_VERSION, "unsupported version 3");
+  const r = mustDecodeResponse(errorResponseFor(other, { result: Result.UNSUPPORTED_VERSION }, 0)!);
   assert.deepEqual(r.nonce, unhex("0102030405060708"));
+  expectFail(other.slice(0, 20), Result.UNSUPPORTED_VERSION, "unsupported version 3");
+  assert.equal(
+    errorResponseFor(other.slice(0, 20), { result: Result.UNSUPPORTED_VERSION }, 0),
+    null,
+  );
 });
 
-Deno.test("unknown opcode: UNSUPPORTED_OPCODE, whatever the length", () => {
+Deno.test("unknown opcode: UNSUPPORTED_OPCODE, whatever the length (answered when not shorter)", () => {
   for (const op of [0, 4, 5, 0x7f]) {
     const b = reqWith(3, op);
     expectFail(b, Result.UNSUPPORTED_OPCODE, `unknown opcode ${op}`);
     expectFail(b.slice(0, 20), Result.UNSUPPORTED_OPCODE, `unknown opcode ${op}`);
+    assert.equal(errorResponseFor(b.slice(0, 20), { result: Result.UNSUPPORTED_OPCODE }, 1), null);
     const reply = errorResponseFor(b, { result: Result.UNSUPPORTED_OPCODE }, 1);
     assert.ok(reply !== null);
     assert.equal(reply[3], op | 0x80);
@@ -416,6 +486,13 @@ Deno.test("reserved: each reserved flag bit is MALFORMED", () => {
 Deno.test("reserved: non-zero reserved bytes 14 and 15 are MALFORMED", () => {
   expectFail(reqWith(14, 1), Result.MALFORMED, "reserved field is 0x0100");
   expectFail(reqWith(15, 0x80), Result.MALFORMED, "reserved field is 0x0080");
+});
+
+Deno.test("reserved: every non-zero padding byte 44-63 is MALFORMED; any cookie decodes", () => {
+  for (let i = 44; i < REQUEST_LEN; i++) {
+    expectFail(reqWith(i, 1), Result.MALFORMED, `padding byte ${i} is 0x01`);
+  }
+  for (let i = 32; i < 44; i++) assert.ok(decodeRequest(reqWith(i, 0xff)).ok, `cookie byte ${i}`);
 });
 
 Deno.test("unknown protocol: UNSUPPORTED_PROTOCOL", () => {
@@ -493,7 +570,12 @@ Deno.test("errorResponseFor echoes a full-length request (RATE_LIMITED before de
     gatewayPort: 0,
     lifetime: 0,
     epoch: 42,
+    cookie: new Uint8Array(COOKIE_LEN),
   });
+  const withCookie = mustDecodeResponse(
+    errorResponseFor(REQ_BYTES, { result: Result.RATE_LIMITED }, 42, COOKIE)!,
+  );
+  assert.deepEqual(withCookie.cookie, COOKIE);
 });
 
 Deno.test("errorResponseFor matches responseFor for a decodable request", () => {
@@ -535,14 +617,15 @@ Deno.test("decodeResponse rejects each malformed response", () => {
     if (!d.ok) assert.equal(d.reason, reason);
   };
   bad((b) => b.slice(0, 3), "too short (3 bytes)");
-  bad((b) => b.slice(0, 47), "bad length 47, want 48");
-  bad((b) => Uint8Array.from([...b, 0]), "bad length 49, want 48");
+  bad((b) => b.slice(0, 63), "bad length 63, want 64");
+  bad((b) => Uint8Array.from([...b, 0]), "bad length 65, want 64");
   bad((b) => (b[0] = 0x45, b), "bad magic 0x4550");
-  bad((b) => (b[2] = 2, b), "unsupported version 2");
+  bad((b) => (b[2] = 1, b), "unsupported version 1");
   bad((b) => (b[3] = 0x01, b), "opcode 0x01 is not a response");
   bad((b) => (b[14] = 4, b), "reserved flag bits set (0x04)");
   bad((b) => (b[15] = 1, b), "reserved byte is 0x01");
   bad((b) => (b[47] = 1, b), "reserved field is 0x00000001");
+  bad((b) => (b[60] = 1, b), "reserved field is 0x01000000");
   bad((b) => (b[12] = Result.NO_RESOURCES, b), "error response carries a public address");
   // A request is not a response.
   const d = decodeResponse(REQ_BYTES);
@@ -559,11 +642,14 @@ Deno.test("decodeResponse accepts unknown result codes (codes are only appended)
 
 Deno.test("property: decoders and errorResponseFor never throw on arbitrary bytes", () => {
   fc.assert(
-    fc.property(fc.uint8Array({ maxLength: 80 }), fc.integer({ min: 0, max: 20 }), (b, code) => {
+    fc.property(fc.uint8Array({ maxLength: 100 }), fc.integer({ min: 0, max: 20 }), (b, code) => {
       decodeRequest(b);
       decodeResponse(b);
-      const reply = errorResponseFor(b, { result: code }, 1);
-      if (reply !== null) assert.ok(decodeResponse(reply).ok, "every error reply is well formed");
+      const reply = errorResponseFor(b, { result: code }, 1, COOKIE);
+      if (reply !== null) {
+        assert.ok(decodeResponse(reply).ok, "every error reply is well formed");
+        assert.ok(reply.length <= b.length, "and never longer than what it answers");
+      }
     }),
     { numRuns: 5000 },
   );

@@ -5,7 +5,13 @@
  */
 
 import assert from "node:assert/strict";
-import { ServerCore } from "../../src/server/core.ts";
+import {
+  REFUSAL_BURST,
+  REFUSAL_LOG_LINES,
+  REFUSAL_RATE,
+  ServerCore,
+} from "../../src/server/core.ts";
+import { COOKIE_ROTATE_MS } from "../../src/control/cookie.ts";
 import { isSessionRecord } from "../../src/server/state.ts";
 import { Verdict } from "../../src/wire/meta.ts";
 import {
@@ -32,7 +38,19 @@ import {
   verifyIpChecksum,
   verifyL4Checksum,
 } from "../../testing/packets.ts";
-import { G, H1, H2, ip, P1, P2, R1, R2, serverCfg } from "../../testing/fixtures.ts";
+import {
+  cookieOf,
+  G,
+  H1,
+  H2,
+  handleVerified,
+  ip,
+  P1,
+  P2,
+  R1,
+  R2,
+  serverCfg,
+} from "../../testing/fixtures.ts";
 
 function req(o: Partial<Request> = {}): Request {
   return {
@@ -49,8 +67,9 @@ function req(o: Partial<Request> = {}): Request {
   };
 }
 
+/** A request from `src` as its driver sends it: with the cookie the host holds. */
 function ask(core: ServerCore, r: Request, src = r.internalAddr): Response {
-  const reply = core.handleControl(encodeRequest(r), src);
+  const reply = handleVerified(core, encodeRequest(r), src);
   assert.ok(reply, "server must answer a well-formed request");
   const d = decodeResponse(reply);
   assert.ok(d.ok, "reply must decode");
@@ -140,16 +159,22 @@ Deno.test("server: garbage gets no answer, a wrong version a precise one, and bo
   assert.equal(core.results[Result.UNSUPPORTED_VERSION], 1);
 });
 
-Deno.test("server: a host over its request rate is told so, others are not affected", () => {
+Deno.test("server: a host over its request rate is told so, a few times a second, others are not affected", () => {
   let now = 1_000_000;
   const core = new ServerCore(serverCfg({ rateLimit: 5 }), {
     lan: serverCfg().lan,
     now: () => now,
   });
-  const results: number[] = [];
-  for (let i = 0; i < 20; i++) results.push(ask(core, req({ internalPort: 40000 + i })).result);
-  assert.ok(results.includes(Result.RATE_LIMITED));
+  const results: (number | null)[] = [];
+  for (let i = 0; i < 40; i++) {
+    const reply = handleVerified(core, encodeRequest(req({ internalPort: 40000 + i })), H1);
+    results.push(reply ? (decodeResponse(reply) as { res: Response }).res.result : null);
+  }
   assert.equal(results.filter((r) => r === Result.OK).length, 10, "burst of 2 x rate");
+  const told = results.filter((r) => r === Result.RATE_LIMITED).length;
+  assert.ok(told >= 1 && told <= REFUSAL_BURST, `told ${told} times, then silence`);
+  assert.equal(results.filter((r) => r === null).length, 30 - told, "the rest unanswered");
+  assert.equal(core.results[Result.RATE_LIMITED], 30, "all counted");
   assert.equal(
     ask(core, req({ internalAddr: H2 })).result,
     Result.OK,
@@ -444,4 +469,157 @@ Deno.test("server: state-file records are checked before they are restored", () 
   ) {
     assert.equal(isSessionRecord(bad), false, JSON.stringify(bad));
   }
+});
+
+// ---------------------------------------------------------------------------
+// Forged sources (cookies), refusal budgets and refusal logs
+
+const H3 = ip("10.0.0.13");
+
+/** What the server answers raw `bytes` from `src` with: the decoded response, or null for silence. */
+function raw(core: ServerCore, r: Request, src = r.internalAddr): Response | null {
+  const reply = core.handleControl(encodeRequest(r), src);
+  if (reply === null) return null;
+  const d = decodeResponse(reply);
+  assert.ok(d.ok, "reply must decode");
+  return d.res;
+}
+
+Deno.test("server: requests forged in another host's name create, renew and release nothing (cookies)", () => {
+  let now = 2_000_000;
+  const cfg = serverCfg({ maxSessionsPerHost: 50 });
+  const core = new ServerCore(cfg, { lan: cfg.lan, now: () => now });
+  const mine = ask(core, req({ internalPort: 40000 }));
+  assert.equal(mine.result, Result.OK);
+  const expiresAt = core.table.expiresAt(
+    core.table.lookupIdentity(IPPROTO_UDP, H1, 40000, P1, 7000),
+  );
+  // From h2, with h1's source address: no cookie, a guessed cookie, h2's own cookie.
+  const h2Cookie = cookieOf(core, H2)!;
+  const forgeries: Request[] = [];
+  for (const cookie of [undefined, crypto.getRandomValues(new Uint8Array(12)), h2Cookie]) {
+    const c = cookie ? { cookie } : {};
+    forgeries.push(req({ op: Op.RENEW, internalPort: 40000, lifetime: 86400, ...c }));
+    forgeries.push(req({ op: Op.RELEASE, internalPort: 40000, ...c }));
+    for (let i = 0; i < 50; i++) {
+      forgeries.push(req({ internalPort: 41000 + i, lifetime: 86400, ...c }));
+      forgeries.push(req({ internalAddr: H3, internalPort: 41000 + i, lifetime: 86400, ...c }));
+    }
+  }
+  for (const f of forgeries) {
+    const r = raw(core, f);
+    if (r) assert.equal(r.result, Result.COOKIE_REQUIRED, "refused, nothing done");
+  }
+  assert.equal(core.table.size, 1, "no session was created in h1's or h3's name");
+  const s = core.table.lookupIdentity(IPPROTO_UDP, H1, 40000, P1, 7000);
+  assert.ok(s >= 0, "h1's session was not released");
+  assert.equal(core.table.expiresAt(s), expiresAt, "nor renewed");
+  // (and the two handshakes of cookieOf)
+  assert.equal(core.results[Result.COOKIE_REQUIRED], forgeries.length + 2);
+  // h1 and h3 are served for themselves: h3's quota is whole. h1 holds a cookie and is
+  // served at once; h3 has none and waits for the forgery to stop to get one (its
+  // refusal budget was spent answering the forger: docs/protocol.md, Cookies).
+  assert.equal(ask(core, req({ internalPort: 40001 })).result, Result.OK);
+  assert.equal(cookieOf(core, H3), null);
+  now += 1000;
+  for (let i = 0; i < 50; i++) {
+    assert.equal(ask(core, req({ internalAddr: H3, internalPort: 42000 + i })).result, Result.OK);
+  }
+  // A cookie stays good for the next period of the secret, not for the one after.
+  const held = cookieOf(core, H1)!;
+  now += COOKIE_ROTATE_MS;
+  assert.equal(raw(core, req({ internalPort: 40002, cookie: held }))!.result, Result.OK);
+  now += 2 * COOKIE_ROTATE_MS;
+  const stale = raw(core, req({ internalPort: 40003, cookie: held }))!;
+  assert.equal(stale.result, Result.COOKIE_REQUIRED);
+  assert.notDeepEqual(stale.cookie, held, "the answer carries the new cookie");
+  assert.equal(raw(core, req({ internalPort: 40003, cookie: stale.cookie! }))!.result, Result.OK);
+});
+
+Deno.test("server: a forged flood gets a few short answers a second, never more bytes than it sent, and the host stays served", () => {
+  let now = 3_000_000;
+  const cfg = serverCfg({ rateLimit: 2000 });
+  const core = new ServerCore(cfg, { lan: cfg.lan, now: () => now });
+  assert.equal(ask(core, req({ internalPort: 30000 })).result, Result.OK); // h1 holds a cookie
+  const cookie = cookieOf(core, H1)!;
+  let replies = 0;
+  let replyBytes = 0;
+  let requestBytes = 0;
+  let own = 0;
+  // 4 s of 62,500 forged requests a second in h1's name, and h1's own 20 reservations among them.
+  const forged = encodeRequest(req({ internalPort: 50000, lifetime: 86400 }));
+  for (let i = 0; i < 250_000; i++) {
+    now = 3_000_000 + Math.floor(i / 62.5);
+    const reply = core.handleControl(forged, H1);
+    requestBytes += forged.length;
+    if (reply) {
+      replies++;
+      replyBytes += reply.length;
+      assert.ok(reply.length <= forged.length, "no answer is longer than its request");
+    }
+    if (i % 12_500 === 0) {
+      const r = raw(core, req({ internalPort: 31000 + own, cookie }));
+      assert.equal(r?.result, Result.OK, `h1's own reservation ${own} is served`);
+      own++;
+    }
+  }
+  assert.equal(own, 20);
+  const budget = REFUSAL_BURST + REFUSAL_RATE * 4;
+  assert.ok(replies <= budget, `${replies} replies to 250,000 forged requests (budget ${budget})`);
+  assert.ok(replyBytes <= requestBytes);
+  assert.equal(core.table.size, 21);
+  assert.equal(core.unanswered, 250_000 - replies);
+  // A version-1 request (32 bytes) is never answered: the answer would be longer.
+  const v1 = encodeRequest(req()).slice(0, 32);
+  v1[2] = 1;
+  assert.equal(core.handleControl(v1, H2), null);
+});
+
+Deno.test("server: refusals are logged at info, rate-limited, with host, tuple, reason and quota use", () => {
+  let now = 4_000_000;
+  const lines: string[] = [];
+  const cfg = serverCfg({ maxSessionsPerHost: 2, pool: [R1] });
+  const core = new ServerCore(cfg, {
+    lan: cfg.lan,
+    now: () => now,
+    refusalLog: (l) => lines.push(l),
+  });
+  // The normal handshake (a first request without a cookie) is not a refusal worth a line.
+  assert.equal(ask(core, req({ internalPort: 40000 })).result, Result.OK);
+  assert.equal(ask(core, req({ internalPort: 40001 })).result, Result.OK);
+  assert.equal(lines.length, 0, lines.join("\n"));
+  assert.equal(ask(core, req({ internalPort: 40002 })).result, Result.QUOTA_EXCEEDED);
+  assert.equal(lines.length, 1);
+  assert.match(
+    lines[0]!,
+    /^refused reserve udp 10\.0\.0\.11:40002 -> 198\.51\.100\.10:7000 from 10\.0\.0\.11: quota-exceeded \(host holds 2\/2 sessions\)$/,
+  );
+  // A flood of forged requests: at most REFUSAL_LOG_LINES lines a second, then a summary.
+  lines.length = 0;
+  now += 1000;
+  for (let i = 0; i < 1000; i++) raw(core, req({ internalPort: 45000 + i, lifetime: 86400 }));
+  assert.equal(lines.length, REFUSAL_LOG_LINES);
+  assert.match(
+    lines.at(-1)!,
+    /10\.0\.0\.11:45\d+ .* cookie-required \(no cookie\) \(host holds 2\/2 sessions\)/,
+  );
+  assert.ok(lines.some((l) => l.endsWith("; not answered (refusal budget)")));
+  now += 1000;
+  core.sweepRateLimits();
+  // The first few were answered with the cookie (the handshake, not logged).
+  const logged = 1000 - REFUSAL_BURST;
+  assert.equal(
+    lines.at(-1),
+    `suppressed ${
+      logged - REFUSAL_LOG_LINES
+    } refusal line(s) (more than ${REFUSAL_LOG_LINES} a second)`,
+  );
+  // An old driver's version-1 request is named.
+  const v1 = encodeRequest(req()).slice(0, 32);
+  v1[2] = 1;
+  assert.equal(core.handleControl(v1, H2), null);
+  assert.match(
+    lines.at(-1)!,
+    /^refused a request from 10\.0\.0\.12: unsupported-version \(unsupported version 1\); not answered$/,
+  );
 });

@@ -1,0 +1,136 @@
+/**
+ * Return-routability cookies (docs/protocol.md, "Cookies"), after
+ * WireGuard's cookie reply and DTLS's HelloVerifyRequest.
+ *
+ * The server answers a request that carries no valid cookie for its source
+ * address with COOKIE_REQUIRED and changes nothing. Every answer goes to the
+ * datagram's source address and carries the cookie of that address: the first
+ * {@link COOKIE_LEN} bytes of HMAC-SHA256(secret, "dpm cookie v2" ‖ address).
+ * Only a host that receives datagrams sent to that address learns it, so a
+ * LAN host that forges another's source address can neither create, renew
+ * nor release state in its name. The secret is random, replaced every
+ * {@link COOKIE_ROTATE_MS} ms; a cookie of the current or the previous secret
+ * is accepted (valid for 2 to 4 minutes); every answer carries a fresh one.
+ *
+ * `CookieJar` is the client's side: it remembers the last cookie any answer
+ * carried and retries a request once, transparently, when told
+ * COOKIE_REQUIRED.
+ *
+ * @module
+ */
+
+import { createHmac } from "node:crypto";
+import { COOKIE_LEN, hasCookie, newNonce, type Request, type Response } from "./proto.ts";
+import { Result } from "./result.ts";
+
+/** How often the server replaces its cookie secret, ms. */
+export const COOKIE_ROTATE_MS = 120_000;
+/** Per generation, cookies computed at most before the cache starts over. */
+const CACHE_MAX = 65_536;
+const LABEL = new TextEncoder().encode("dpm cookie v2");
+
+interface Generation {
+  secret: Uint8Array;
+  cache: Map<number, Uint8Array>;
+}
+
+/** The server's side: makes and checks cookies of source addresses. The clock is passed in. */
+export class CookieMinter {
+  #cur: Generation;
+  #prev: Generation | null = null;
+  /** Start of the clock's periods, and the period of `#cur`. */
+  readonly #t0: number;
+  #period = 0;
+  readonly #random: () => Uint8Array;
+
+  /**
+   * @param now the clock at creation, ms
+   * @param random a source of 32-byte secrets (tests may fix it)
+   */
+  constructor(now: number, random = () => crypto.getRandomValues(new Uint8Array(32))) {
+    this.#random = random;
+    this.#cur = { secret: random(), cache: new Map() };
+    this.#t0 = now;
+  }
+
+  /**
+   * One secret per period of {@link COOKIE_ROTATE_MS}: a cookie made in
+   * period k is accepted in periods k and k + 1 (2 to 4 minutes).
+   */
+  #rotate(now: number): void {
+    const period = Math.floor((now - this.#t0) / COOKIE_ROTATE_MS);
+    if (period <= this.#period) return;
+    this.#prev = period === this.#period + 1 ? this.#cur : null;
+    this.#cur = { secret: this.#random(), cache: new Map() };
+    this.#period = period;
+  }
+
+  #mac(g: Generation, src: number): Uint8Array {
+    let c = g.cache.get(src);
+    if (c === undefined) {
+      const a = new Uint8Array([src >>> 24, (src >>> 16) & 255, (src >>> 8) & 255, src & 255]);
+      const d = createHmac("sha256", g.secret).update(LABEL).update(a).digest();
+      c = new Uint8Array(d.buffer, d.byteOffset, COOKIE_LEN).slice();
+      if (g.cache.size >= CACHE_MAX) g.cache.clear();
+      g.cache.set(src, c);
+    }
+    return c;
+  }
+
+  /** The current cookie of source address `src` (host order). Do not modify it. */
+  cookieFor(src: number, now: number): Uint8Array {
+    this.#rotate(now);
+    return this.#mac(this.#cur, src);
+  }
+
+  /** True when `cookie` is `src`'s cookie under the current or the previous secret. */
+  valid(src: number, cookie: Uint8Array | undefined, now: number): boolean {
+    if (!hasCookie(cookie) || cookie.length !== COOKIE_LEN) return false;
+    this.#rotate(now);
+    if (same(cookie, this.#mac(this.#cur, src))) return true;
+    return this.#prev !== null && same(cookie, this.#mac(this.#prev, src));
+  }
+}
+
+/** Compares two cookies without an early exit. */
+function same(a: Uint8Array, b: Uint8Array): boolean {
+  let d = a.length ^ b.length;
+  for (let i = 0; i < b.length; i++) d |= (a[i] ?? 0) ^ b[i]!;
+  return d === 0;
+}
+
+/** The client's side: the last cookie the server sent, and the one transparent retry. */
+export class CookieJar {
+  #cookie: Uint8Array | null = null;
+  /** Requests retried once because the server asked for a cookie. */
+  retries = 0;
+
+  /** The cookie requests carry now (null before the first answer). */
+  get cookie(): Uint8Array | null {
+    return this.#cookie;
+  }
+
+  /** Remembers the cookie an answer carries, if any. */
+  learn(res: Response): void {
+    if (hasCookie(res.cookie)) this.#cookie = res.cookie.slice();
+  }
+
+  /**
+   * Sends `req` with the current cookie through `send`; when the answer is
+   * COOKIE_REQUIRED with a cookie, sends it once more (a new nonce, the new
+   * cookie). Resolves with the last answer.
+   */
+  async request(send: (req: Request) => Promise<Response>, req: Request): Promise<Response> {
+    const first = await send(this.#with(req));
+    this.learn(first);
+    if (first.result !== Result.COOKIE_REQUIRED || !hasCookie(first.cookie)) return first;
+    this.retries++;
+    const second = await send(this.#with({ ...req, nonce: newNonce() }));
+    this.learn(second);
+    return second;
+  }
+
+  #with(req: Request): Request {
+    return this.#cookie ? { ...req, cookie: this.#cookie } : req;
+  }
+}

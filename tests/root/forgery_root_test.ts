@@ -1,0 +1,139 @@
+/**
+ * Control requests forged from inside the LAN, as root, on both data paths:
+ * h2 sends raw-socket datagrams with h1's (and h3's) source address. The
+ * server's return-routability cookie (docs/protocol.md, "Cookies") means
+ * none of them creates, renews or releases anything, and h1 and h3 are still
+ * served for themselves.
+ */
+
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import type { Topology } from "../../testing/topology.ts";
+import { type Dpm, type StartOptions, withDpm as withDpmOn } from "../../testing/launch.ts";
+import { udpClient, udpEcho } from "../../testing/apps.ts";
+import { needsRoot } from "../../testing/root.ts";
+import { buildUdp } from "../../testing/packets.ts";
+import { encodeRequest, newNonce, Op } from "../../src/control/proto.ts";
+
+const SAN = { sanitizeOps: false, sanitizeResources: false };
+const CLIENT = fileURLToPath(new URL("../../testing/control_client.ts", import.meta.url));
+
+const DATAPATHS = ["kernel", "queue"] as const;
+
+function test(
+  name: string,
+  opts: StartOptions & { hosts?: number },
+  fn: (t: Topology, d: Dpm) => Promise<void>,
+): void {
+  for (const datapath of DATAPATHS) {
+    Deno.test(needsRoot({
+      name: `forgery root [${datapath}]: ${name}`,
+      ...SAN,
+      fn: () => withDpmOn({ datapath, ...opts }, fn),
+    }));
+  }
+}
+
+/** python3 in a namespace: sends the IPv4 packets given in hex through a raw socket (own headers). */
+const RAW_SENDER = `
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for h in sys.argv[1:]:
+    b = bytes.fromhex(h)
+    s.sendto(b, (socket.inet_ntoa(b[16:20]), 0))
+print("sent", len(sys.argv) - 1, flush=True)
+`;
+
+const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+
+test(
+  "requests forged from h2 in h1's and h3's names create, renew and release nothing; both are still served",
+  { hosts: 3, serverArgs: ["--max-sessions-per-host", "50"] },
+  async (t, d) => {
+    const [h1, h2, h3] = [t.hosts[0]!, t.hosts[1]!, t.hosts[2]!];
+    const peer = t.peers[0]!;
+    const p1 = `${peer.addrText}:7000`;
+    const echo = t.spawn(peer.ns, udpEcho(7000));
+    await echo.waitForOutput(/listening/, 10_000);
+    const q = await d.query("h1", "udp", `${h1.addrText}:40000`, p1, true);
+    assert.equal(q.result, "ok");
+    const before = await d.status();
+    assert.equal(before.sessions, 1);
+    const expiresBefore = Number(before.shown[0]!.expiresIn);
+
+    const req = (op: number, a: number, pa: number, lifetime: number) =>
+      encodeRequest({
+        op,
+        nonce: newNonce(),
+        proto: 17,
+        replaceable: true,
+        internalAddr: a,
+        internalPort: pa,
+        remoteAddr: peer.addr,
+        remotePort: 7000,
+        lifetime,
+      });
+    // In h1's name: renew its session for a day, release it, fill its quota;
+    // in h3's name (a host without a driver): fill its quota.
+    const forged = [
+      { src: h1.addr, b: req(Op.RENEW, h1.addr, 40000, 86400) },
+      { src: h1.addr, b: req(Op.RELEASE, h1.addr, 40000, 0) },
+      ...Array.from({ length: 50 }, (_, i) => ({
+        src: h1.addr,
+        b: req(Op.RESERVE, h1.addr, 41000 + i, 86400),
+      })),
+      ...Array.from({ length: 50 }, (_, i) => ({
+        src: h3.addr,
+        b: req(Op.RESERVE, h3.addr, 41000 + i, 86400),
+      })),
+    ].map(({ src, b }) =>
+      hex(buildUdp({ src, sport: 40999, dst: t.gateway.lanAddr, dport: 4750, payload: b }))
+    );
+    const sent = await t.exec(h2.ns, ["python3", "-c", RAW_SENDER, ...forged]);
+    assert.equal(sent.code, 0, sent.stderr);
+    assert.match(sent.stdout, /sent 102/);
+    await new Promise((ok) => setTimeout(ok, 700));
+
+    const st = await d.status() as Awaited<ReturnType<Dpm["status"]>> & {
+      results: Record<string, number>;
+    };
+    assert.equal(st.sessions, 1, "no session was created in h1's or h3's name");
+    assert.equal(String(st.shown[0]!.internal), `${h1.addrText}:40000`, "h1's was not released");
+    assert.equal(st.shown[0]!.public, q.public, "nor moved");
+    assert.ok(
+      Number(st.shown[0]!.expiresIn) <= expiresBefore,
+      `nor renewed for a day (expires in ${st.shown[0]!.expiresIn} s)`,
+    );
+    assert.ok(
+      (st.results["cookie-required"] ?? 0) >= 102,
+      `every forged request was refused for its cookie: ${JSON.stringify(st.results)}`,
+    );
+    // The server logged the refusals at the default level.
+    assert.match(d.server.output(), /refused .*cookie-required/);
+
+    // h1's own flow and new reservations work.
+    const out = JSON.parse(
+      (await t.exec(h1.ns, udpClient(40000, [p1], { rounds: 3 }))).stdout.trim().split("\n").pop()!,
+    );
+    assert.deepEqual(out.errors, []);
+    assert.equal(out.replies.length, 3);
+    assert.equal(out.replies[0].data.split("|")[0].replace("seen ", ""), q.public);
+    const again = await d.query("h1", "udp", `${h1.addrText}:40001`, p1, true);
+    assert.equal(again.result, "ok");
+    // h3 (no driver) still has its whole quota for itself.
+    const r = await t.exec(h3.ns, [
+      Deno.execPath(),
+      "run",
+      "-A",
+      "--quiet",
+      CLIENT,
+      `${t.gateway.lanText}:4750`,
+      "reserve",
+      "udp",
+      `${h3.addrText}:42000`,
+      p1,
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(JSON.parse(r.stdout).result, "ok");
+  },
+);
