@@ -282,7 +282,9 @@ export function formatDriverStatus(s: DriverStatusReply): string {
     String(v.remote),
     String(v.public ?? "-"),
     String(v.gatewayPort ?? "-"),
-    String(v.result),
+    v.fellBack
+      ? `fell-back${v.retryIn === undefined ? "" : ` (retry in ${v.retryIn}s)`}`
+      : String(v.result),
     v.expiresIn === undefined ? "-" : `${v.expiresIn}s`,
   ]);
   const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
@@ -300,6 +302,8 @@ export function formatDriverStatus(s: DriverStatusReply): string {
       num("refused")
     }  ` +
     `renewed ${num("renewed")}  released ${num("released")}  held ${num("held")}`,
+    `fell back to ordinary NAT ${num("fellBack")}  untranslated now ${num("untranslated")}  ` +
+    `reserved since ${num("recovered")}  late grants given back ${num("lateReleased")}`,
     "",
     fmt(head),
     ...rows.map(fmt),

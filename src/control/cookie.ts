@@ -115,12 +115,36 @@ export class CookieJar {
     if (hasCookie(res.cookie)) this.#cookie = res.cookie.slice();
   }
 
+  /** Set while the first request without a cookie is out: the others wait for its answer. */
+  #gate: Promise<void> | null = null;
+
   /**
    * Sends `req` with the current cookie through `send`; when the answer is
    * COOKIE_REQUIRED with a cookie, sends it once more (a new nonce, the new
    * cookie). Resolves with the last answer.
+   *
+   * Before the first cookie is known, only one request goes out; the others
+   * wait for its answer and then carry the cookie it brought. (The server
+   * answers requests without a cookie within a small per-address budget
+   * only, so a burst sent at once would mostly go unanswered.) When the
+   * first fails (no answer), the next waiting request tries.
    */
   async request(send: (req: Request) => Promise<Response>, req: Request): Promise<Response> {
+    while (!this.#cookie && this.#gate) {
+      await this.#gate;
+    }
+    if (this.#cookie) return await this.#exchange(send, req);
+    let open!: () => void;
+    this.#gate = new Promise<void>((r) => (open = r));
+    try {
+      return await this.#exchange(send, req);
+    } finally {
+      this.#gate = null;
+      open();
+    }
+  }
+
+  async #exchange(send: (req: Request) => Promise<Response>, req: Request): Promise<Response> {
     const first = await send(this.#with(req));
     this.learn(first);
     if (first.result !== Result.COOKIE_REQUIRED || !hasCookie(first.cookie)) return first;

@@ -20,8 +20,12 @@
  * If the server refuses a session (conflict, quota, ...), the held packets
  * are dropped and the application gets an ICMP "administratively
  * prohibited" error, so it sees a clear refusal rather than a silent
- * timeout. If the server does not answer at all, the session passes
- * untranslated (ordinary NAT on the gateway still serves it) and is marked so.
+ * timeout. If the server does not answer at all (the client retransmits for
+ * about 9 s), the session passes untranslated (ordinary NAT on the gateway
+ * still serves it), is logged and listed as fallen back, and (UDP, ICMP) is
+ * reserved again in the background: once granted it is translated from then
+ * on. A grant whose answer came too late, or that the driver no longer
+ * wants, is given back.
  *
  * @module
  */
@@ -31,6 +35,7 @@ import type { DriverConfig } from "../config.ts";
 import { ControlTimeout } from "../control/client.ts";
 import { logger } from "../runtime/log.ts";
 import { newNonce, Op, type Request, type Response } from "../control/proto.ts";
+import { CookieJar } from "../control/cookie.ts";
 import { Result, resultName } from "../control/result.ts";
 import {
   Drop,
@@ -49,7 +54,7 @@ import {
   type PacketIO,
 } from "../datapath/datapath.ts";
 import { protoName, protoNumber, Verdict } from "../wire/meta.ts";
-import type { DriverStatusReply, QueryReply } from "../operator/types.ts";
+import type { DataPathStatus, DriverStatusReply, QueryReply } from "../operator/types.ts";
 import { buildIcmpError } from "../wire/icmp.ts";
 
 const log = logger("driver");
@@ -88,9 +93,10 @@ export interface HostSession {
   /** TCP teardown seen: bit 0 FIN out, bit 1 FIN in, bit 2 RST; 7 or 4 means closed. */
   closing: number;
   result: number;
-  /** Held packets: queue id, a copy of the bytes, their `NFQA_SKB_INFO` bits. */
-  held: { id: number; bytes: Uint8Array; skbInfo: number }[];
-  waiters: ((s: HostSession) => void)[];
+  /** Held packets: queue id, a copy of the bytes, their `NFQA_SKB_INFO` bits (null: none). */
+  held: { id: number; bytes: Uint8Array; skbInfo: number }[] | null;
+  /** Queries waiting for the answer (null: none). */
+  waiters: ((s: HostSession) => void)[] | null;
   renewing: boolean;
   /** Removed from the driver's indexes: late answers about it are not applied. */
   deleted: boolean;
@@ -98,6 +104,8 @@ export interface HostSession {
   programmed: number;
   /** Kernel packet count at the last activity poll (kernel path). */
   kernelPackets: number;
+  /** Fallen back (BYPASS): reservations tried again since; renewAt is the next try. */
+  retries: number;
 }
 
 /** How the driver reaches the server: ControlClient over UDP, or an in-memory pipe in tests. */
@@ -105,6 +113,8 @@ export interface ControlTransport {
   /** Resolves with the server's answer; rejects with ControlTimeout when it never comes. */
   request(req: Request): Promise<Response>;
   readonly stats?: Record<string, number>;
+  /** Set by the driver: told of answers that came after their request timed out. */
+  onLate?: ((res: Response) => void) | null;
 }
 
 /** Options of the driver core. */
@@ -128,6 +138,8 @@ export class DriverCore {
   readonly #eph: [number, number];
   readonly #fixed: Set<number>;
   readonly #client: ControlTransport;
+  /** The server's cookie for this host (docs/protocol.md, Cookies). */
+  readonly #cookies = new CookieJar();
   readonly now: () => number;
   /** Outbound key → session. Key: proto/pa/x/px in two numbers (see #okey). */
   readonly #out = new Map<number, Map<number, HostSession>>();
@@ -151,7 +163,14 @@ export class DriverCore {
     epochChanges: 0,
     bypassed: 0,
     adopted: 0,
+    /** Sessions that fell back to ordinary NAT (no answer), and of them those reserved since. */
+    fellBack: 0,
+    recovered: 0,
+    /** Grants given back because the driver learned of them too late or no longer wanted them. */
+    lateReleased: 0,
   };
+  /** Releases that got no answer, asked again from tick(). */
+  #releaseLater: { s: HostSession; at: number; tries: number }[] = [];
 
   constructor(cfg: DriverConfig, client: ControlTransport, opts: DriverCoreOptions) {
     this.#cfg = cfg;
@@ -160,6 +179,7 @@ export class DriverCore {
     this.#eph = opts.ephemeral;
     this.#fixed = new Set(cfg.fixedPorts);
     this.now = opts.now ?? Date.now;
+    if ("onLate" in client) client.onLate = (res) => this.#onLate(res);
   }
 
   /** Claim 3: the driver decides whether a port is replaceable. */
@@ -358,30 +378,33 @@ export class DriverCore {
       lastUsed: now,
       closing: 0,
       result: -1,
-      held: [],
-      waiters: [],
+      held: null,
+      waiters: null,
       renewing: false,
       deleted: false,
       programmed: 0,
       kernelPackets: 0,
+      retries: 0,
     };
     this.#put(s);
     return s;
   }
 
   #hold(s: HostSession, pkt: Uint8Array, id: number): number {
-    if (s.held.length >= MAX_HELD_PER_SESSION || this.#heldTotal >= MAX_HELD_TOTAL) {
+    const held = s.held ??= [];
+    if (held.length >= MAX_HELD_PER_SESSION || this.#heldTotal >= MAX_HELD_TOTAL) {
       this.drops[Drop.HELD_OVERFLOW]!++;
       return Verdict.DROP;
     }
-    s.held.push({ id, bytes: pkt.slice(), skbInfo: this.#skbInfo });
+    held.push({ id, bytes: pkt.slice(), skbInfo: this.#skbInfo });
     this.#heldTotal++;
     return Verdict.HOLD;
   }
 
   /** Sends one control request about `s` (a fresh nonce; the server default lifetime). */
   #send(s: HostSession, op: number): Promise<Response> {
-    return this.#client.request({
+    // The jar adds the server's cookie and retries once when it asks for one.
+    return this.#cookies.request((req) => this.#client.request(req), {
       op,
       nonce: newNonce(),
       proto: s.proto,
@@ -412,15 +435,25 @@ export class DriverCore {
     if (s.deleted) {
       // Answered after the session was dropped here: hand a grant straight back.
       if (res?.result === Result.OK) this.#sendRelease(s);
-      for (const w of s.waiters.splice(0)) w(s);
+      this.#wake(s);
       return;
     }
     if (res === null) {
       // No answer: pass the session untranslated (ordinary NAT still serves it).
-      log.warn(`no answer from the server for ${describe(s)}: passing it untranslated`);
+      const retry = s.proto !== IPPROTO_TCP;
+      log.warn(
+        `no answer from the server for ${describe(s)}: fell back to ordinary NAT, untranslated` +
+          (retry ? "; reserving it again in the background" : ""),
+      );
       s.state = State.BYPASS;
       s.result = -1;
       s.expiresAt = now + NEGATIVE_IDLE_MS;
+      s.retries = 0;
+      s.renewAt = now + bypassRetryMs(0);
+      this.counters.fellBack++;
+      // The server may have granted it and lost only the answer: give that back
+      // (TCP stays untranslated while it lasts; UDP and ICMP pick it up again).
+      if (!retry) this.#sendRelease(s);
       this.#settleHeld(s, Verdict.ACCEPT);
     } else {
       this.#noteEpoch(res.epoch);
@@ -457,7 +490,84 @@ export class DriverCore {
         this.#settleHeld(s, Verdict.DROP);
       }
     }
-    for (const w of s.waiters.splice(0)) w(s);
+    this.#wake(s);
+  }
+
+  #wake(s: HostSession): void {
+    const w = s.waiters;
+    s.waiters = null;
+    if (w) { for (const f of w) f(s); }
+  }
+
+  /**
+   * A fallen-back UDP or ICMP session is reserved again; once granted it is
+   * translated from its next packet on (on the kernel path the untranslated
+   * conntrack is deleted, so that the next packet meets the map).
+   */
+  #retryBypass(s: HostSession): void {
+    s.renewing = true;
+    s.retries++;
+    this.#send(s, Op.RESERVE).then((res) => {
+      s.renewing = false;
+      if (s.deleted || s.state !== State.BYPASS) {
+        if (res.result === Result.OK && s.deleted) this.#sendRelease(s);
+        return;
+      }
+      if (res.result !== Result.OK) {
+        // Keep the flow untranslated (dropping it now would break it); ask again later.
+        s.renewAt = this.now() + bypassRetryMs(s.retries);
+        return;
+      }
+      this.#recover(s, res);
+    }).catch(() => {
+      s.renewing = false;
+      s.renewAt = this.now() + bypassRetryMs(s.retries);
+    });
+  }
+
+  #recover(s: HostSession, res: Response): void {
+    // Its packets so far made an untranslated conntrack: remove it, so the
+    // next packet is translated (sessionDown of a key never programmed only
+    // deletes that conntrack).
+    if (this.#dp?.kernelTranslates(s.proto)) this.#dp.sessionDown(this.#key(s, res.gatewayPort));
+    this.counters.recovered++;
+    log.info(
+      `${describe(s)} reserved after falling back: ${
+        formatIPv4(res.publicAddr)
+      }:${res.publicPort}` +
+        " from now on",
+    );
+    this.#apply(s, res);
+  }
+
+  /** An answer that came after its request timed out. */
+  #onLate(res: Response): void {
+    if (res.op !== Op.RESERVE || res.result !== Result.OK) return;
+    const s = this.#get(
+      res.proto,
+      res.internalAddr,
+      res.internalPort,
+      res.remoteAddr,
+      res.remotePort,
+    );
+    // Active here: the server's reserve is idempotent, so this is the grant it holds.
+    if (s?.state === State.ACTIVE) return;
+    if (s?.state === State.BYPASS && s.proto !== IPPROTO_TCP && !s.renewing) {
+      return this.#recover(s, res);
+    }
+    if (s?.state === State.PENDING || s?.renewing) return; // a request about it is on its way
+    // Granted, but nobody here uses it: give it back.
+    this.counters.lateReleased++;
+    this.#sendRelease(
+      s ?? {
+        proto: res.proto,
+        replaceable: false,
+        a: res.internalAddr,
+        pa: res.internalPort,
+        x: res.remoteAddr,
+        px: res.remotePort,
+      } as HostSession,
+    );
   }
 
   #setLifetime(s: HostSession, lifetime: number, now: number): void {
@@ -473,7 +583,9 @@ export class DriverCore {
   /** Gives the verdicts for the held packets of `s`. */
   #settleHeld(s: HostSession, how: number): void {
     const q = this.#io;
-    const held = s.held.splice(0);
+    const held = s.held;
+    s.held = null;
+    if (!held) return;
     this.#heldTotal -= held.length;
     if (!q || held.length === 0) return;
     const info = this.#info;
@@ -544,6 +656,11 @@ export class DriverCore {
     if (this.counters.adopted) {
       log.info(`adopted ${this.counters.adopted} session(s) the kernel was still translating`);
     }
+  }
+
+  /** The data path's state for status and metrics. */
+  dataPathStatus(): DataPathStatus {
+    return this.#dp?.status() ?? { kind: "off", state: "off", reinstalls: 0 };
   }
 
   /** Disconnects the data path (on stop). */
@@ -630,6 +747,7 @@ export class DriverCore {
   tick(): void {
     const now = this.now();
     this.#pollActivity(now);
+    this.#retryReleases(now);
     for (const s of [...this.sessions()]) {
       if (s.state === State.PENDING) continue;
       if (s.state === State.REFUSED) {
@@ -639,9 +757,14 @@ export class DriverCore {
         continue;
       }
       if (s.state !== State.ACTIVE) {
-        // Bypassed: keep the flow untranslated while it lasts (switching it to dpm
-        // midway would break it); forget it once quiet.
-        if (now - s.lastUsed > NEGATIVE_IDLE_MS) this.#delete(s);
+        // Fallen back: keep the flow untranslated while it lasts; forget it once
+        // quiet. A UDP or ICMP flow is reserved again meanwhile (TCP would break).
+        if (now - s.lastUsed > NEGATIVE_IDLE_MS) {
+          this.#delete(s);
+          if (s.retries > 0) this.#sendRelease(s); // a lost answer may have granted it
+        } else if (s.proto !== IPPROTO_TCP && !s.renewing && now >= s.renewAt) {
+          this.#retryBypass(s);
+        }
         continue;
       }
       if (now >= s.expiresAt) {
@@ -691,12 +814,32 @@ export class DriverCore {
     });
   }
 
-  #sendRelease(s: HostSession): Promise<void> {
+  #sendRelease(s: HostSession, tries = 0): Promise<void> {
     return this.#send(s, Op.RELEASE).then((res) => {
       if (res.result === Result.OK || res.result === Result.NO_SUCH_SESSION) {
         this.counters.released++;
+      } else if (res.result === Result.RATE_LIMITED && tries < RELEASE_TRIES) {
+        this.#releaseLater.push({ s, at: this.now() + RETRY_SOON_MS, tries: tries + 1 });
       }
-    }).catch(() => {});
+    }).catch((e) => {
+      // Unanswered: ask again later, or the server holds it until its lease ends.
+      if (e instanceof ControlTimeout && tries < RELEASE_TRIES) {
+        this.#releaseLater.push({ s, at: this.now() + RETRY_SOON_MS, tries: tries + 1 });
+      }
+    });
+  }
+
+  #retryReleases(now: number): void {
+    if (this.#releaseLater.length === 0) return;
+    const due = this.#releaseLater.filter((r) => r.at <= now);
+    if (due.length === 0) return;
+    this.#releaseLater = this.#releaseLater.filter((r) => r.at > now);
+    for (const r of due) {
+      // Reserved again here meanwhile: that session is the server's again.
+      const cur = this.#get(r.s.proto, r.s.a, r.s.pa, r.s.x, r.s.px);
+      if (cur && cur.state !== State.BYPASS) continue;
+      this.#sendRelease(r.s, r.tries);
+    }
   }
 
   /** Releases every active session (on exit). */
@@ -751,7 +894,7 @@ export class DriverCore {
     }
     if (!s) return { result: "no-session" };
     if (s.state === State.PENDING) {
-      s = await new Promise<HostSession>((resolve) => s!.waiters.push(resolve));
+      s = await new Promise<HostSession>((resolve) => (s!.waiters ??= []).push(resolve));
     }
     return this.#view(s);
   }
@@ -774,7 +917,17 @@ export class DriverCore {
       };
     }
     if (s.state === State.REFUSED) return { result: resultName(s.result), ...base };
-    if (s.state === State.BYPASS) return { result: "server-unreachable", ...base };
+    if (s.state === State.BYPASS) {
+      return {
+        result: "server-unreachable",
+        ...base,
+        fellBack: true,
+        retries: s.retries,
+        ...(s.proto !== IPPROTO_TCP
+          ? { retryIn: Math.max(0, Math.round((s.renewAt - this.now()) / 1000)) }
+          : {}),
+      };
+    }
     return { result: "pending", ...base };
   }
 
@@ -782,7 +935,15 @@ export class DriverCore {
   stats(): Record<string, unknown> {
     const drops: Record<string, number> = {};
     for (let i = 1; i < DROP_COUNT; i++) if (this.drops[i]) drops[DROP_NAMES[i]!] = this.drops[i]!;
-    return { ...this.counters, held: this.#heldTotal, drops, control: this.#client.stats ?? {} };
+    let untranslated = 0;
+    for (const s of this.sessions()) if (s.state === State.BYPASS) untranslated++;
+    return {
+      ...this.counters,
+      held: this.#heldTotal,
+      untranslated,
+      drops,
+      control: { ...this.#client.stats, cookieRetries: this.#cookies.retries },
+    };
   }
 }
 
@@ -793,6 +954,14 @@ const CLOSE_RST = 4;
 const TCP_IDLE_MS = 7440_000;
 /** When a refusal that may pass (quota, resources, rate limit) is asked again. */
 const RETRY_SOON_MS = 5_000;
+/** Times an unanswered release is asked again. */
+const RELEASE_TRIES = 3;
+
+/** When a fallen-back session is reserved again: 1 s, doubling to 30 s, jittered. */
+function bypassRetryMs(retries: number): number {
+  return Math.min(30_000, 1000 * 2 ** retries) * (0.75 + Math.random() * 0.5);
+}
+
 /** How long a closed TCP session stays after its last packet (retransmitted FINs, the last ACK). */
 const TCP_CLOSE_LINGER_MS = 10_000;
 

@@ -17,6 +17,7 @@ import { ControlClient } from "../control/client.ts";
 import { logger, setLevel } from "../runtime/log.ts";
 import { Cleanup, reloadReport, untilStopped } from "../runtime/cleanup.ts";
 import { lockRole } from "../runtime/lock.ts";
+import { notify } from "../runtime/notify.ts";
 import { serveMetrics } from "../operator/metrics.ts";
 import { serveLocal } from "../operator/socket.ts";
 import { DriverCore } from "./core.ts";
@@ -33,6 +34,7 @@ export async function runDriver(
   const { stopped, stop } = untilStopped(undo, {
     reload: () => {
       if (!reload) return log.warn("SIGHUP: nothing to reload (no configuration source)");
+      notify("RELOADING=1");
       reload().then((next) => {
         for (
           const line of reloadReport(running, next, ["logLevel"], (k, v) => {
@@ -40,7 +42,7 @@ export async function runDriver(
           })
         ) log.info(line);
         running = { ...running, logLevel: next.logLevel };
-      }).catch((e) =>
+      }).finally(() => notify("READY=1")).catch((e) =>
         log.error(`reload failed, keeping the running configuration: ${(e as Error).message}`)
       );
     },
@@ -117,7 +119,9 @@ export async function runDriver(
         }; socket ${cfg.socket}`,
     );
     log.info("ready");
+    notify(`READY=1\nSTATUS=driver ready`);
     const code = await stopped;
+    notify("STOPPING=1");
     log.info(`stopping: ${JSON.stringify(core.stats())}`);
     await undo.run();
     return code;

@@ -8,6 +8,8 @@
 
 import assert from "node:assert/strict";
 import { DriverCore } from "../../src/driver/core.ts";
+import { COOKIE_ROTATE_MS } from "../../src/control/cookie.ts";
+import { encodeRequest, hasCookie } from "../../src/control/proto.ts";
 import { ServerCore } from "../../src/server/core.ts";
 import { Verdict } from "../../src/wire/meta.ts";
 import { FakeDriverDataPath } from "../../src/datapath/fake.ts";
@@ -83,8 +85,9 @@ Deno.test("driver: claim 5 holds the first packet, reserves, then sends it to G:
   const pkt = buildUdp({ src: H1, sport: 40000, dst: P1, dport: 7000 });
   assert.equal(h1.d.handlePacket(pkt, 1, true), Verdict.HOLD);
   await settle();
-  assert.equal(h1.pipe.sent.length, 1);
-  const req = h1.pipe.sent[0]!;
+  // The first request learns the server's cookie (COOKIE_REQUIRED), the retry carries it.
+  assert.equal(h1.pipe.sent.length, 2);
+  const req = h1.pipe.sent[1]!;
   assert.deepEqual([req.internalAddr, req.internalPort, req.remoteAddr, req.remotePort], [
     H1,
     40000,
@@ -133,7 +136,7 @@ Deno.test("driver: claim 11 query answers the public pair the server chose; --re
   // A packet of that session now goes out without a reservation round trip.
   const pkt = buildUdp({ src: H1, sport: 5000, dst: P1, dport: 7000 });
   assert.equal(h1.d.handlePacket(pkt, 1, true), Verdict.MODIFIED);
-  assert.equal(h1.pipe.sent.length, 1);
+  assert.equal(h1.pipe.sent.length, 2, "the cookie handshake and the reservation");
   assert.equal((await h1.d.query({ op: "bogus" }) as Record<string, unknown>).result, "error");
   assert.equal(
     (await h1.d.query({ op: "query", proto: "sctp", local: "x", remote: "y" }) as Record<
@@ -397,4 +400,36 @@ Deno.test("driver: an idle established TCP connection keeps its mapping for RFC 
     await settle();
   }
   assert.equal(server.table.size, 0, "released once past 2 h 4 min");
+});
+
+Deno.test("driver: learns the server's cookie once, retries transparently when told COOKIE_REQUIRED, and is not starved by forgeries", async () => {
+  let now = 7_000_000;
+  const { server, h1 } = rig({ now: () => now });
+  const send = async (pa: number) => {
+    assert.equal(
+      h1.d.handlePacket(buildUdp({ src: H1, sport: pa, dst: P1, dport: 7000 }), pa, true),
+      Verdict.HOLD,
+    );
+    await settle();
+    return h1.pipe.sent.slice(-1)[0]!;
+  };
+  await send(40000);
+  assert.deepEqual(h1.pipe.sent.map((r) => hasCookie(r.cookie)), [false, true], "one handshake");
+  await send(40001);
+  assert.equal(h1.pipe.sent.length, 3, "later requests carry the cookie at once: no extra trip");
+  // Someone floods the server in h1's name without the cookie...
+  const forged = encodeRequest({ ...h1.pipe.sent[0]!, internalPort: 50000, lifetime: 86400 });
+  for (let i = 0; i < 1000; i++) server.handleControl(forged, H1);
+  // ...h1's next reservation is still served, in one request.
+  await send(40002);
+  assert.equal(h1.pipe.sent.length, 4);
+  assert.equal(server.table.size, 3);
+  // After the secret has rotated twice, one request is refused for its cookie and retried.
+  now += 2 * COOKIE_ROTATE_MS;
+  await send(40003);
+  assert.equal(h1.pipe.sent.length, 6);
+  assert.equal(server.table.size, 4);
+  const stats = h1.d.stats() as { control: { cookieRetries: number }; refused: number };
+  assert.equal(stats.control.cookieRetries, 2);
+  assert.equal(stats.refused, 0, "the application never saw a refusal");
 });
