@@ -232,3 +232,105 @@ print(json.dumps(res), flush=True)
 `,
   ];
 }
+
+/**
+ * UDP on `port` that answers every datagram twice: first from a second
+ * socket on `otherPort` ("other-port|<payload>"), then from `port`
+ * ("seen <ip>:<port>|<payload>"). Prints "listening", then one JSON line
+ * per datagram: {"seen": "ip:port"}. For filtering tests: a NAT that filters
+ * by address and port delivers only the second answer.
+ */
+export function udpMultiReply(port: number, otherPort: number): string[] {
+  return [
+    "python3",
+    "-u",
+    "-c",
+    `
+import socket, json
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", ${port}))
+o = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+o.bind(("0.0.0.0", ${otherPort}))
+print("listening", flush=True)
+while True:
+    d, a = s.recvfrom(65535)
+    o.sendto(b"other-port|" + d, a)
+    s.sendto(("seen %s:%d|" % a).encode() + d, a)
+    print(json.dumps({"seen": "%s:%d" % a}), flush=True)
+`,
+  ];
+}
+
+/**
+ * A UDP socket bound to `bind` that sends "hello" to `dest`, then collects
+ * every datagram that arrives for `ms` milliseconds. Prints "sent", then at
+ * the end {"got": [{"from": "ip:port", "data": "..."}]}.
+ */
+export function udpCollect(bind: number, dest: string, ms: number): string[] {
+  return [
+    "python3",
+    "-u",
+    "-c",
+    `
+import socket, json, time
+h, p = "${dest}".rsplit(":", 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", ${bind}))
+s.sendto(b"hello", (h, int(p)))
+print("sent", flush=True)
+got = []
+end = time.time() + ${ms / 1000}
+while True:
+    left = end - time.time()
+    if left <= 0:
+        break
+    s.settimeout(left)
+    try:
+        d, a = s.recvfrom(65535)
+        got.append({"from": "%s:%d" % a, "data": d.decode()})
+    except socket.timeout:
+        break
+print(json.dumps({"got": got}), flush=True)
+`,
+  ];
+}
+
+/** Sends one UDP datagram `payload` from port `bind` to `dest`. Prints {"sent": true}. */
+export function udpSendOnce(bind: number, dest: string, payload: string): string[] {
+  return [
+    "python3",
+    "-u",
+    "-c",
+    `
+import socket, json
+h, p = "${dest}".rsplit(":", 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", ${bind}))
+s.sendto(${JSON.stringify(payload)}.encode(), (h, int(p)))
+print(json.dumps({"sent": True}))
+`,
+  ];
+}
+
+/**
+ * A TCP client from local port `bind` (0 = ephemeral) to `dest` that sends
+ * `line` and reads one line back. Prints {"reply": "..."} or {"error": "..."}.
+ */
+export function tcpClient(bind: number, dest: string, line: string): string[] {
+  return [
+    "python3",
+    "-u",
+    "-c",
+    `
+import socket, json
+h, p = "${dest}".rsplit(":", 1)
+try:
+    c = socket.create_connection((h, int(p)), timeout=5, source_address=("0.0.0.0", ${bind}))
+    f = c.makefile("rwb")
+    f.write(${JSON.stringify(line + "\n")}.encode()); f.flush()
+    print(json.dumps({"reply": f.readline().decode().strip()}))
+except Exception as e:
+    print(json.dumps({"error": "%s: %s" % (type(e).__name__, e)}))
+`,
+  ];
+}

@@ -47,25 +47,47 @@
  *    same answer.
  * 2. Quota: a host may hold `maxSessionsPerHost` sessions (QUOTA_EXCEEDED);
  *    a host that already uses every `Pg` for this protocol gets NO_RESOURCES.
+ *    Paired pooling (default, RFC 6888 REQ-2, RFC 4787 REQ-2, RFC 7857
+ *    section 5): a host that holds any session, of any protocol, is *paired*
+ *    with that session's public address, and steps 4-6 only consider that
+ *    address; a host with no session considers the whole pool, from its home
+ *    address on. With `pooling: "arbitrary"` every request considers the
+ *    whole pool.
  * 3. Endpoint-independent mapping (RFC 4787 REQ-1): when `a:pa` already has a
  *    session, its `R:p` is reused toward the new remote if (R, p, X, px) is
  *    free. A fixed-port request reuses it only when `p == pa`.
- * 4. Port preservation: the first pool address, in an order that starts at
- *    `hash(a) mod poolSize` (spreads hosts, and keeps one host on one address
- *    where it can: RFC 4787 REQ-2 "paired" pooling), where (proto, R, pa) is
- *    entirely unused gets `R:pa`, exclusively. Replaceable requests try only a
- *    few addresses here, since any port will do for them.
+ * 4. Port preservation: the first considered pool address, in an order that
+ *    starts at `hash(a) mod poolSize` (spreads hosts), where (proto, R, pa)
+ *    is unused and not held for another host (see "Port hold") gets `R:pa`,
+ *    exclusively. Replaceable requests of an unpaired host try only a few
+ *    addresses here, since any port will do for them.
  * 5. Replaceable: a random port in [portMin, portMax] (RFC 6056 style, not
- *    sequential) on a pool address where (proto, R, p) is entirely unused;
- *    the session is flagged `replaced`. No such pair: NO_RESOURCES. This is
- *    claim 23: two hosts asking for the same internal port get different
- *    public ports, and the replaced port tells the sessions apart.
- * 6. Fixed port used on every pool address: the first address R (same order
- *    as 4) where no session holds (R, pa, X, px) is shared with the existing
- *    users of R:pa; packets are told apart by the remote endpoint (claims
- *    8-10, 22), and the session is flagged `shared`. At least one side of a
- *    shared pair is the fixed-port requester, so two replaceable requests
- *    never share (claim 8). Every R already bound to X:px: CONFLICT.
+ *    sequential) on a considered address where (proto, R, p) is unused and
+ *    not held at all; the session is flagged `replaced`. No such pair:
+ *    NO_RESOURCES. This is claim 23: two hosts asking for the same internal
+ *    port get different public ports, and the replaced port tells the
+ *    sessions apart.
+ * 6. Fixed port not preservable: the first considered address R (same order
+ *    as 4) where no session holds (R, pa, X, px). When R:pa is in use it is
+ *    shared with its users; packets are told apart by the remote endpoint
+ *    (claims 8-10, 22), and the session is flagged `shared`. At least one
+ *    side of a shared pair is the fixed-port requester, so two replaceable
+ *    requests never share (claim 8). When R:pa is unused it is held for
+ *    another host, and a fixed port has nowhere else to go: it is taken
+ *    (RFC 6888 REQ-8 exception c, filtering here is address-and-port
+ *    dependent). Every considered R already bound to X:px: CONFLICT.
+ *
+ * ## Port hold
+ *
+ * When the last session sending from (proto, R, p) leaves (release or
+ * expiry), the port is *held* for `portHold` seconds (default 120, RFC 6888
+ * REQ-8) for the host that last used it: that host may have it back at once
+ * (a re-reservation keeps its pair), other hosts get it only through step 6
+ * above. A hold starts at the `now` of the release (`release(..., now)`,
+ * `expire(now)`) or, for a release without a clock, at the next call that
+ * passes one. Holds are in a queue in release order and end lazily at the
+ * next clocked call; they are not in the state file (a restarted server
+ * starts without holds).
  *
  * ## Filtering
  *
@@ -127,6 +149,8 @@ const RANDOM_PORT_TRIES = 64;
 const RANDOM_PORT_HOME_TRIES = 16;
 /** Random probes for a free Pg before scanning the range. */
 const RANDOM_PG_TRIES = 32;
+/** Counters per host in the hosts map: total, icmp, tcp, udp, paired pool index, sessions on it. */
+const HS = 6;
 
 /** Index of a protocol in per-protocol arrays: ICMP 0, TCP 1, UDP 2; -1 otherwise. */
 function protoIndex(proto: number): number {
@@ -167,6 +191,20 @@ export interface TableOptions {
   random?: () => number;
   /** Sessions to hold before the first growth. @default 1024 */
   initialCapacity?: number;
+  /**
+   * IP address pooling (RFC 4787 section 4.1). "paired": while a host holds
+   * any session (any protocol), every new session of that host uses the same
+   * public address (RFC 6888 REQ-2, RFC 7857 section 5). "arbitrary": each
+   * request picks the best address for itself, starting at the host's home
+   * address. @default "paired"
+   */
+  pooling?: "paired" | "arbitrary";
+  /**
+   * Seconds a freed public port (proto, R, p) is held back from other hosts
+   * before it is handed out again (RFC 6888 REQ-8); the host that last used
+   * it may have it back at once. 0 disables the hold. @default 120
+   */
+  portHold?: number;
 }
 
 /** A reservation request, as the server decoded it. */
@@ -295,6 +333,8 @@ export class SessionTable {
   readonly #lifeMax: number;
   readonly #random: () => number;
   readonly #seed: number;
+  readonly #paired: boolean;
+  readonly #holdMs: number;
 
   // ---- sessions, struct of arrays, indexed by slot ----
   #cap = 0;
@@ -325,8 +365,25 @@ export class SessionTable {
   readonly #id: SlotIndex;
   readonly #ep: SlotIndex;
   readonly #portUse: [U32Map, U32Map, U32Map];
-  readonly #inRangeUsed: [number, number, number] = [0, 0, 0];
-  readonly #hosts: U32Map; // a -> [total, icmp, tcp, udp]
+  /** In-range ports used or held, per protocol. */
+  readonly #inRangeBusy: [number, number, number] = [0, 0, 0];
+  /** In-range ports used or held, per protocol and pool address: `[pi * poolSize + ri]`. */
+  readonly #busy: Uint32Array;
+  readonly #hosts: U32Map; // a -> [total, icmp, tcp, udp, paired ri, sessions on paired ri]
+
+  // ---- port hold (RFC 6888 REQ-8) ----
+  /** Per protocol: (ri << 16 | p) -> [host that last used it, hold sequence number]. */
+  readonly #held: [U32Map, U32Map, U32Map];
+  /** Holds in release order (a ring): key, protocol index, release time (NaN: not stamped yet), sequence. */
+  #hqKey = new Uint32Array(64);
+  #hqPi = new Uint8Array(64);
+  #hqTime = new Float64Array(64);
+  #hqSeq = new Uint32Array(64);
+  #hqHead = 0;
+  #hqLen = 0;
+  /** Holds at the tail of the ring released without a clock, stamped by the next clocked call. */
+  #hqPending = 0;
+  #hqNextSeq = 1;
 
   /** Builds an empty table. Throws RangeError on bad options. */
   constructor(opts: TableOptions) {
@@ -356,6 +413,13 @@ export class SessionTable {
       checkInt("lifetimes.udp", l.udp ?? 300, this.#lifeMin, this.#lifeMax),
     ];
     this.#random = opts.random ?? Math.random;
+    const pooling = opts.pooling ?? "paired";
+    if (pooling !== "paired" && pooling !== "arbitrary") {
+      throw new RangeError(`Option pooling must be "paired" or "arbitrary", got "${pooling}"`);
+    }
+    this.#paired = pooling === "paired";
+    this.#holdMs = checkInt("portHold", opts.portHold ?? 120, 0, 86400) * 1000;
+    this.#busy = new Uint32Array(3 * opts.pool.length);
     // The public key contains the outsider's X:px, so seed the hashes.
     this.#seed = crypto.getRandomValues(new Uint32Array(1))[0]! | 0;
     const cap = checkInt("initialCapacity", opts.initialCapacity ?? 1024, 1, 2 ** 30);
@@ -378,7 +442,12 @@ export class SessionTable {
       new U32Map(1, this.#seed, cap),
       new U32Map(1, this.#seed, cap),
     ];
-    this.#hosts = new U32Map(4, this.#seed, 64);
+    this.#hosts = new U32Map(HS, this.#seed, 64);
+    this.#held = [
+      new U32Map(2, this.#seed, 64),
+      new U32Map(2, this.#seed, 64),
+      new U32Map(2, this.#seed, 64),
+    ];
   }
 
   // ---------------------------------------------------------------- hashes
@@ -603,6 +672,8 @@ export class SessionTable {
       (1 + 1 + 4 + 2 + 4 + 2 + 4 + 2 + 2 + 2 + 8 + 4 + 8 + 8 + 4 + 4);
     n += this.#lan.bytes + this.#pub.bytes + this.#id.bytes + this.#ep.bytes;
     for (const u of this.#portUse) n += u.bytes;
+    for (const u of this.#held) n += u.bytes;
+    n += this.#busy.byteLength + this.#hqKey.length * (4 + 1 + 8 + 4);
     return n + this.#hosts.bytes;
   }
 
@@ -628,6 +699,7 @@ export class SessionTable {
     // A remote inside the pool is another session's public pair: that is
     // hairpinning, which the server translates twice (server.ts).
     const life = this.grantedLifetime(proto, req.lifetime);
+    this.#clock(now);
 
     // 1. Idempotence.
     const held = this.lookupIdentity(proto, a, pa, x, px);
@@ -637,13 +709,16 @@ export class SessionTable {
       return this.#grant(held);
     }
 
-    // 2. Quota and Pg room.
+    // 2. Quota and Pg room; the host's paired address, if it holds sessions.
     const hb = this.#hosts.find(a);
+    let pair = -1;
     if (hb >= 0) {
-      if (this.#hosts.vals[hb * 4]! >= this.#maxPerHost) return failure(Result.QUOTA_EXCEEDED);
-      if (this.#hosts.vals[hb * 4 + 1 + pi]! >= this.#pgMax - this.#pgMin + 1) {
+      const hv = this.#hosts.vals;
+      if (hv[hb * HS]! >= this.#maxPerHost) return failure(Result.QUOTA_EXCEEDED);
+      if (hv[hb * HS + 1 + pi]! >= this.#pgMax - this.#pgMin + 1) {
         return failure(Result.NO_RESOURCES);
       }
+      if (this.#paired && hv[hb * HS + 5]! > 0) pair = hv[hb * HS + 4]!;
     }
 
     const P = this.#pool.length;
@@ -666,15 +741,22 @@ export class SessionTable {
       }
     }
 
-    // 4. Port preservation, exclusive.
+    // 4. Port preservation, exclusive, on a port neither used nor held for another host.
     if (ri < 0) {
-      const tries = req.replaceable ? Math.min(P, PRESERVE_TRIES_REPLACEABLE) : P;
-      for (let k = 0; k < tries; k++) {
-        const i = (home + k) % P;
-        if (use.find(((i << 16) | pa) >>> 0) < 0) {
-          ri = i;
+      if (pair >= 0) {
+        if (this.#availableTo(pi, pair, pa, a)) {
+          ri = pair;
           p = pa;
-          break;
+        }
+      } else {
+        const tries = req.replaceable ? Math.min(P, PRESERVE_TRIES_REPLACEABLE) : P;
+        for (let k = 0; k < tries; k++) {
+          const i = (home + k) % P;
+          if (this.#availableTo(pi, i, pa, a)) {
+            ri = i;
+            p = pa;
+            break;
+          }
         }
       }
     }
@@ -682,18 +764,22 @@ export class SessionTable {
     if (ri < 0) {
       if (req.replaceable) {
         // 5. Replacement port.
-        const c = this.#randomFreePort(pi, home);
+        const c = this.#randomFreePort(pi, home, pair);
         if (c < 0) return failure(Result.NO_RESOURCES);
         ri = Math.floor(c / 65536);
         p = c % 65536;
       } else {
-        // 6. Share R:pa, told apart by the remote endpoint.
-        for (let k = 0; k < P; k++) {
-          const i = (home + k) % P;
+        // 6. Share R:pa, told apart by the remote endpoint; or take R:pa while it
+        // is held for another host (RFC 6888 REQ-8 exception c: filtering is
+        // address-and-port dependent, so the new session only ever receives
+        // from its own remote).
+        const n = pair >= 0 ? 1 : P;
+        for (let k = 0; k < n; k++) {
+          const i = pair >= 0 ? pair : (home + k) % P;
           if (this.lookupPublic(proto, this.#pool[i]!, pa, x, px) < 0) {
             ri = i;
             p = pa;
-            flags |= F_SHARED;
+            if (use.find(((i << 16) | pa) >>> 0) >= 0) flags |= F_SHARED;
             break;
           }
         }
@@ -722,6 +808,7 @@ export class SessionTable {
     lifetime: number,
     now: number,
   ): Grant {
+    this.#clock(now);
     const s = this.lookupIdentity(proto, a, pa, x, px);
     if (s < 0) return failure(Result.NO_SUCH_SESSION);
     const life = this.grantedLifetime(proto, lifetime);
@@ -730,19 +817,58 @@ export class SessionTable {
     return this.#grant(s);
   }
 
-  /** Removes a held session. Returns OK, or NO_SUCH_SESSION. */
-  release(proto: number, a: number, pa: number, x: number, px: number): number {
+  /**
+   * Removes a held session. Returns OK, or NO_SUCH_SESSION. `now` (ms) starts
+   * the hold of a port this frees (RFC 6888 REQ-8); without it the hold
+   * starts at the next call that passes a clock (reserve, renew, expire),
+   * which is never earlier than the release.
+   */
+  release(proto: number, a: number, pa: number, x: number, px: number, now?: number): number {
     const s = this.lookupIdentity(proto, a, pa, x, px);
     if (s < 0) return Result.NO_SUCH_SESSION;
     this.#remove(s);
+    if (now !== undefined) this.#clock(now);
     return Result.OK;
   }
 
-  /** Removes the session in slot `s` (e.g. on TCP RST). Returns false when `s` is not live. */
-  releaseSlot(s: number): boolean {
+  /**
+   * Removes the session in slot `s` (e.g. on TCP RST). Returns false when `s`
+   * is not live. `now` as in {@link release}.
+   */
+  releaseSlot(s: number, now?: number): boolean {
     if (!this.isLive(s)) return false;
     this.#remove(s);
+    if (now !== undefined) this.#clock(now);
     return true;
+  }
+
+  /**
+   * The host a freed public port (proto, R, p) is held for (RFC 6888
+   * REQ-8), or -1 when it is not held (in use, never used, or its hold
+   * ended), as of the last call that passed a clock.
+   */
+  heldFor(proto: number, r: number, p: number): number {
+    const pi = protoIndex(proto);
+    const ri = this.#poolIndex.get(r);
+    if (pi < 0 || ri === undefined) return -1;
+    const h = this.#held[pi]!.find(((ri << 16) | p) >>> 0);
+    return h < 0 ? -1 : this.#held[pi]!.vals[h * 2]!;
+  }
+
+  /** Number of freed public ports currently held (all protocols). */
+  get heldPorts(): number {
+    return this.#held[0].size + this.#held[1].size + this.#held[2].size;
+  }
+
+  /**
+   * The pool address host `a` is paired with (every session of the host uses
+   * it), or -1 when the host holds no session or pooling is "arbitrary".
+   */
+  pairedAddress(a: number): number {
+    if (!this.#paired) return -1;
+    const hb = this.#hosts.find(a);
+    if (hb < 0 || this.#hosts.vals[hb * HS + 5]! === 0) return -1;
+    return this.#pool[this.#hosts.vals[hb * HS + 4]!]!;
   }
 
   /**
@@ -756,6 +882,7 @@ export class SessionTable {
    * event loop for long.
    */
   expire(now: number, budget?: number): number {
+    this.#clock(now);
     const exp = this.#exp;
     const flags = this.#flags;
     let removed = 0;
@@ -766,6 +893,7 @@ export class SessionTable {
           removed++;
         }
       }
+      this.#clock(now);
       return removed;
     }
     let s = this.#sweepCursor;
@@ -778,6 +906,7 @@ export class SessionTable {
       s++;
     }
     this.#sweepCursor = s;
+    this.#clock(now);
     return removed;
   }
 
@@ -872,31 +1001,137 @@ export class SessionTable {
 
   /**
    * A random (pool index, port) with the port in [portMin, portMax] and
-   * (proto, R, p) unused, as `index * 65536 + port`; -1 when there is none.
-   * Random probes first (on the host's home address, then anywhere), then a
-   * scan from a random offset, which must succeed because the in-range use
-   * count says a free pair exists.
+   * (proto, R, p) neither used nor held, as `index * 65536 + port`; -1 when
+   * there is none. With `pair >= 0` only that address is tried (paired
+   * pooling); otherwise random probes on the host's home address, then
+   * anywhere. Then a scan from a random offset, which must succeed because
+   * the in-range busy count says a free pair exists.
    */
-  #randomFreePort(pi: number, home: number): number {
+  #randomFreePort(pi: number, home: number, pair: number): number {
     const P = this.#pool.length;
     const range = this.#portMax - this.#portMin + 1;
-    const total = P * range;
-    if (this.#inRangeUsed[pi]! >= total) return -1;
-    const use = this.#portUse[pi]!;
     const rnd = this.#random;
+    if (pair >= 0) {
+      if (this.#busy[pi * P + pair]! >= range) return -1;
+      for (let t = 0; t < RANDOM_PORT_TRIES; t++) {
+        const p = this.#portMin + Math.floor(rnd() * range);
+        if (this.#free(pi, pair, p)) return pair * 65536 + p;
+      }
+      const start = Math.floor(rnd() * range);
+      for (let k = 0; k < range; k++) {
+        const p = this.#portMin + ((start + k) % range);
+        if (this.#free(pi, pair, p)) return pair * 65536 + p;
+      }
+      return -1; // unreachable while #busy is exact
+    }
+    const total = P * range;
+    if (this.#inRangeBusy[pi]! >= total) return -1;
     for (let t = 0; t < RANDOM_PORT_TRIES; t++) {
       const i = t < RANDOM_PORT_HOME_TRIES ? home : Math.floor(rnd() * P);
       const p = this.#portMin + Math.floor(rnd() * range);
-      if (use.find(((i << 16) | p) >>> 0) < 0) return i * 65536 + p;
+      if (this.#free(pi, i, p)) return i * 65536 + p;
     }
     const start = Math.floor(rnd() * total);
     for (let k = 0; k < total; k++) {
       const c = (start + k) % total;
       const i = Math.floor(c / range);
       const p = this.#portMin + (c % range);
-      if (use.find(((i << 16) | p) >>> 0) < 0) return i * 65536 + p;
+      if (this.#free(pi, i, p)) return i * 65536 + p;
     }
-    return -1; // unreachable while #inRangeUsed is exact
+    return -1; // unreachable while #inRangeBusy is exact
+  }
+
+  /** (proto, R_i, p) is neither used nor held for anyone. */
+  #free(pi: number, i: number, p: number): boolean {
+    const k = ((i << 16) | p) >>> 0;
+    return this.#portUse[pi]!.find(k) < 0 && this.#held[pi]!.find(k) < 0;
+  }
+
+  /** (proto, R_i, p) is unused and not held for a host other than `a`. */
+  #availableTo(pi: number, i: number, p: number, a: number): boolean {
+    const k = ((i << 16) | p) >>> 0;
+    if (this.#portUse[pi]!.find(k) >= 0) return false;
+    const held = this.#held[pi]!;
+    const h = held.find(k);
+    return h < 0 || held.vals[h * 2] === a;
+  }
+
+  #inRange(p: number): boolean {
+    return p >= this.#portMin && p <= this.#portMax;
+  }
+
+  /** Holds the freed port `key` for host `a` (its release time is stamped by #clock). */
+  #hold(pi: number, key: number, a: number): void {
+    if (this.#hqLen === this.#hqKey.length) this.#growHoldQueue();
+    const seq = this.#hqNextSeq;
+    this.#hqNextSeq = (seq + 1) >>> 0 || 1;
+    const j = (this.#hqHead + this.#hqLen) % this.#hqKey.length;
+    this.#hqKey[j] = key;
+    this.#hqPi[j] = pi;
+    this.#hqTime[j] = NaN;
+    this.#hqSeq[j] = seq;
+    this.#hqLen++;
+    this.#hqPending++;
+    const held = this.#held[pi]!;
+    const b = held.upsert(key);
+    held.vals[b * 2] = a;
+    held.vals[b * 2 + 1] = seq;
+  }
+
+  /** Ends the hold of `key`, if any (the port is being used again). */
+  #unhold(pi: number, key: number): void {
+    const held = this.#held[pi]!;
+    const b = held.find(key);
+    if (b < 0) return;
+    held.deleteAt(b);
+    if (this.#inRange(key & 0xffff)) {
+      this.#inRangeBusy[pi]!--;
+      this.#busy[pi * this.#pool.length + (key >>> 16)]!--;
+    }
+  }
+
+  /**
+   * Stamps holds released without a clock with `now`, then ends every hold
+   * whose time is up (`now >= released + portHold`). Queue entries of holds
+   * that ended early (the port was used again) are skipped by sequence.
+   */
+  #clock(now: number): void {
+    const cap = this.#hqKey.length;
+    for (; this.#hqPending > 0; this.#hqPending--) {
+      this.#hqTime[(this.#hqHead + this.#hqLen - this.#hqPending) % cap] = now;
+    }
+    while (this.#hqLen > 0) {
+      const j = this.#hqHead;
+      if (!(this.#hqTime[j]! + this.#holdMs <= now)) break;
+      const pi = this.#hqPi[j]!;
+      const key = this.#hqKey[j]!;
+      const held = this.#held[pi]!;
+      const b = held.find(key);
+      if (b >= 0 && held.vals[b * 2 + 1] === this.#hqSeq[j]) this.#unhold(pi, key);
+      this.#hqHead = (j + 1) % cap;
+      this.#hqLen--;
+    }
+  }
+
+  #growHoldQueue(): void {
+    const cap = this.#hqKey.length;
+    const n = cap * 2;
+    const key = new Uint32Array(n);
+    const pi = new Uint8Array(n);
+    const time = new Float64Array(n);
+    const seq = new Uint32Array(n);
+    for (let k = 0; k < this.#hqLen; k++) {
+      const j = (this.#hqHead + k) % cap;
+      key[k] = this.#hqKey[j]!;
+      pi[k] = this.#hqPi[j]!;
+      time[k] = this.#hqTime[j]!;
+      seq[k] = this.#hqSeq[j]!;
+    }
+    this.#hqKey = key;
+    this.#hqPi = pi;
+    this.#hqTime = time;
+    this.#hqSeq = seq;
+    this.#hqHead = 0;
   }
 
   /** A random Pg not used by (proto, a), or -1. */
@@ -1003,13 +1238,25 @@ export class SessionTable {
 
     const pi = protoIndex(proto);
     const use = this.#portUse[pi]!;
-    const b = use.upsert(((ri << 16) | p) >>> 0);
-    if (use.vals[b]!++ === 0 && p >= this.#portMin && p <= this.#portMax) {
-      this.#inRangeUsed[pi]!++;
+    const key = ((ri << 16) | p) >>> 0;
+    if (use.find(key) < 0) {
+      this.#unhold(pi, key);
+      if (this.#inRange(p)) {
+        this.#inRangeBusy[pi]!++;
+        this.#busy[pi * this.#pool.length + ri]!++;
+      }
     }
+    use.vals[use.upsert(key)]!++;
     const hb = this.#hosts.upsert(a);
-    this.#hosts.vals[hb * 4]!++;
-    this.#hosts.vals[hb * 4 + 1 + pi]!++;
+    const hv = this.#hosts.vals;
+    hv[hb * HS]!++;
+    hv[hb * HS + 1 + pi]!++;
+    // Paired pooling: the first session (or the first after the paired address
+    // emptied, which only restored state can cause) sets the host's address.
+    if (hv[hb * HS + 5] === 0) {
+      hv[hb * HS + 4] = ri;
+      hv[hb * HS + 5] = 1;
+    } else if (hv[hb * HS + 4] === ri) hv[hb * HS + 5]!++;
     this.#size++;
     this.listener?.added(s);
     return s;
@@ -1044,14 +1291,22 @@ export class SessionTable {
 
     const pi = protoIndex(proto);
     const use = this.#portUse[pi]!;
-    const b = use.find(((ri << 16) | p) >>> 0);
+    const key = ((ri << 16) | p) >>> 0;
+    const b = use.find(key);
     if (--use.vals[b]! === 0) {
       use.deleteAt(b);
-      if (p >= this.#portMin && p <= this.#portMax) this.#inRangeUsed[pi]!--;
+      // The port stays busy while it is held (RFC 6888 REQ-8).
+      if (this.#holdMs > 0) this.#hold(pi, key, a);
+      else if (this.#inRange(p)) {
+        this.#inRangeBusy[pi]!--;
+        this.#busy[pi * this.#pool.length + ri]!--;
+      }
     }
     const hb = this.#hosts.find(a);
-    this.#hosts.vals[hb * 4 + 1 + pi]!--;
-    if (--this.#hosts.vals[hb * 4]! === 0) this.#hosts.deleteAt(hb);
+    const hv = this.#hosts.vals;
+    hv[hb * HS + 1 + pi]!--;
+    if (hv[hb * HS + 4] === ri && hv[hb * HS + 5]! > 0) hv[hb * HS + 5]!--;
+    if (--hv[hb * HS]! === 0) this.#hosts.deleteAt(hb);
 
     this.#flags[s] = 0;
     this.#gnext[s] = this.#freeHead;

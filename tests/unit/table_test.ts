@@ -257,9 +257,12 @@ Deno.test("NO_RESOURCES: every replacement port of a tiny range in use", () => {
   assert.equal(full.result, Result.NO_RESOURCES);
   // A free internal port is still preserved.
   assert.equal(t.reserve(req({ a: H1 + 9, pa: 40001, replaceable: true }), 0).p, 40001);
-  // Releasing a replaced session frees its port.
-  assert.equal(t.release(UDP, H1 + 2, 40000, X1, 5060), Result.OK);
-  const again = t.reserve(req({ a: H1 + 9, pa: 40000, replaceable: true }), 0);
+  // Releasing a replaced session frees its port, for another host once its
+  // hold (RFC 6888 REQ-8, 120 s) is over.
+  assert.equal(t.release(UDP, H1 + 2, 40000, X1, 5060, 0), Result.OK);
+  const held = t.reserve(req({ a: H1 + 9, pa: 40000, replaceable: true }), 119_999);
+  assert.equal(held.result, Result.NO_RESOURCES, "still held for its last host");
+  const again = t.reserve(req({ a: H1 + 9, pa: 40000, replaceable: true }), 120_000);
   assert.equal(again.result, Result.OK);
   assert.equal(again.p, got[2]);
 });
@@ -409,6 +412,17 @@ interface MSession {
   replaceable: boolean;
 }
 
+/** A freed public port held back from other hosts (RFC 6888 REQ-8). */
+interface MHold {
+  proto: number;
+  r: number;
+  p: number;
+  /** Hosts it may be held for: one, unless sessions of several hosts freed it in one sweep. */
+  hosts: number[];
+  /** When the hold ends, ms; NaN until the next clocked call stamps a clock-less release. */
+  until: number;
+}
+
 type Op =
   | {
     kind: "reserve";
@@ -462,6 +476,8 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
   },
 );
 
+const HOLD_MS = 120_000;
+
 const configArb = fc.record({
   poolSize: fc.integer({ min: 1, max: 3 }),
   ports: fc.integer({ min: 1, max: 5 }),
@@ -496,8 +512,28 @@ function checkAgainstModel(t: SessionTable, m: MSession[], pool: number[]): void
     const users = m.filter((o) => o.proto === s.proto && o.r === s.r && o.p === s.p).length;
     assert.equal(t.portUsers(s.proto, s.r, s.p), users);
   }
-  for (const a of HOSTS) assert.equal(t.sessionsOf(a), m.filter((s) => s.a === a).length);
+  for (const a of HOSTS) {
+    const mine = m.filter((s) => s.a === a);
+    assert.equal(t.sessionsOf(a), mine.length);
+    // Paired pooling (RFC 6888 REQ-2): one public address per host, all protocols.
+    assert.equal(new Set(mine.map((s) => s.r)).size <= 1, true, "a host on two addresses");
+    assert.equal(t.pairedAddress(a), mine.length > 0 ? mine[0]!.r : -1);
+  }
   assert.equal([...t.entries()].length, m.length);
+}
+
+/**
+ * Checks the table's held ports against the model's holds (RFC 6888 REQ-8)
+ * and pins a hold whose host the model could not know (several hosts freed
+ * it in one sweep; the table holds it for the last one it removed).
+ */
+function checkHolds(t: SessionTable, holds: MHold[]): void {
+  assert.equal(t.heldPorts, holds.length);
+  for (const h of holds) {
+    const by = t.heldFor(h.proto, h.r, h.p);
+    assert.ok(h.hosts.includes(by), `held for ${by}, expected one of ${h.hosts}`);
+    h.hosts = [by];
+  }
 }
 
 Deno.test("model: random operation sequences keep the indexes consistent and the policy's promises", () => {
@@ -525,13 +561,33 @@ Deno.test("model: random operation sequences keep the indexes consistent and the
       };
       const t = new SessionTable(opts);
       let m: MSession[] = [];
+      let holds: MHold[] = [];
       let now = 0;
+      /** The model's side of removing sessions `gone` at `now`: their freed ports are held. */
+      const removeAll = (gone: MSession[], clocked: boolean) => {
+        m = m.filter((s) => !gone.includes(s));
+        for (const g of gone) {
+          if (m.some((s) => s.proto === g.proto && s.r === g.r && s.p === g.p)) continue;
+          const h = holds.find((o) => o.proto === g.proto && o.r === g.r && o.p === g.p);
+          if (h) h.hosts = [...new Set([...h.hosts, g.a])];
+          else {
+            const until = clocked ? now + HOLD_MS : NaN;
+            holds.push({ proto: g.proto, r: g.r, p: g.p, hosts: [g.a], until });
+          }
+        }
+      };
+      /** What the table does at every call that passes the clock: stamp, then end holds. */
+      const clock = () => {
+        for (const h of holds) if (Number.isNaN(h.until)) h.until = now + HOLD_MS;
+        holds = holds.filter((h) => now < h.until);
+      };
       const life = (proto: number, l: number) =>
         l === 0 ? (proto === UDP ? 300 : proto === TCP ? 7440 : 60) : l;
 
       for (const op of ops) {
         if (op.kind === "reserve") {
           const px = op.proto === ICMP ? 0 : op.px;
+          clock();
           const before = m;
           const held = before.find((s) =>
             s.proto === op.proto && s.a === op.a && s.pa === op.pa && s.x === op.x && s.px === px
@@ -559,14 +615,25 @@ Deno.test("model: random operation sequences keep the indexes consistent and the
             const endpoint = before.filter((s) =>
               s.proto === op.proto && s.a === op.a && s.pa === op.pa
             );
+            // Paired pooling: a host with sessions (any protocol) stays on their address.
+            const candidates = mine.length > 0 ? [mine[0]!.r] : pool;
             const usedBy = (r: number, p: number) =>
               before.filter((s) => s.proto === op.proto && s.r === r && s.p === p);
-            const freeInRange = pool.some((r) => {
-              for (let p = portMin; p <= portMax; p++) if (usedBy(r, p).length === 0) return true;
+            const holdOf = (r: number, p: number) =>
+              holds.find((h) => h.proto === op.proto && h.r === r && h.p === p);
+            // Replacement ports are never held ones; preservation may take its own host's.
+            const freeInRange = candidates.some((r) => {
+              for (let p = portMin; p <= portMax; p++) {
+                if (usedBy(r, p).length === 0 && !holdOf(r, p)) return true;
+              }
               return false;
             });
-            const preservable = pool.some((r) => usedBy(r, op.pa).length === 0);
-            const shareable = pool.some((r) =>
+            const availableTo = (r: number, p: number) => {
+              const h = holdOf(r, p);
+              return usedBy(r, p).length === 0 && (!h || h.hosts[0] === op.a);
+            };
+            const preservable = candidates.some((r) => availableTo(r, op.pa));
+            const shareable = candidates.some((r) =>
               !before.some((s) =>
                 s.proto === op.proto && s.r === r && s.p === op.pa && s.x === op.x && s.px === px
               )
@@ -587,12 +654,20 @@ Deno.test("model: random operation sequences keep the indexes consistent and the
               assert.equal(g.result, shareable ? Result.OK : Result.CONFLICT);
             }
             if (g.result === Result.OK) {
-              assert.ok(pool.includes(g.r));
+              assert.ok(candidates.includes(g.r), "paired pooling: the host's address");
               assert.ok(g.pg >= pgMin && g.pg <= pgMax);
               if (!op.rep) assert.equal(g.p, op.pa, "a fixed port is never replaced");
               assert.equal(g.replaced, g.p !== op.pa);
               const sameEndpoint = endpoint.some((s) => s.r === g.r && s.p === g.p);
               const others = usedBy(g.r, g.p).filter((s) => !(s.a === op.a && s.pa === op.pa));
+              const hold = holdOf(g.r, g.p);
+              if (!sameEndpoint && others.length === 0 && hold && hold.hosts[0] !== op.a) {
+                // Only a fixed port with nowhere else to go takes a port held for
+                // another host (RFC 6888 REQ-8 exception c).
+                assert.ok(!op.rep, "a port held for another host went to a replaceable request");
+                assert.ok(!preservable, "a held port taken while a free one was there");
+              }
+              if (hold) holds = holds.filter((h) => h !== hold);
               if (!sameEndpoint) {
                 if (g.replaced) {
                   assert.ok(g.p >= portMin && g.p <= portMax);
@@ -623,31 +698,39 @@ Deno.test("model: random operation sequences keep the indexes consistent and the
             assert.equal(t.release(UDP, H1, 1, X1, 1), Result.NO_SUCH_SESSION);
           } else {
             const s = m[op.pick % m.length]!;
-            assert.equal(t.release(s.proto, s.a, s.pa, s.x, s.px), Result.OK);
-            m = m.filter((o) => o !== s);
+            // Half the releases pass the clock; the others are stamped by the next clocked call.
+            const clocked = op.pick % 2 === 0;
+            const res = clocked
+              ? t.release(s.proto, s.a, s.pa, s.x, s.px, now)
+              : t.release(s.proto, s.a, s.pa, s.x, s.px);
+            assert.equal(res, Result.OK);
+            removeAll([s], clocked);
+            if (clocked) clock();
           }
         } else if (op.kind === "renew") {
           if (m.length > 0) {
             const s = m[op.pick % m.length]!;
             const g = t.renew(s.proto, s.a, s.pa, s.x, s.px, op.life, now);
+            clock();
             assert.equal(g.result, Result.OK);
             s.exp = now + life(s.proto, op.life) * 1000;
           }
         } else {
           now += op.ms;
+          clock();
+          const dead = m.filter((s) => s.exp <= now);
           if (op.budget === null) {
-            const dead = m.filter((s) => s.exp <= now).length;
-            assert.equal(t.expire(now), dead);
-            m = m.filter((s) => s.exp > now);
+            assert.equal(t.expire(now), dead.length);
           } else {
             // A budgeted sweep removes only expired sessions; finish with a full one.
             const n = t.expire(now, op.budget);
-            assert.ok(n <= m.filter((s) => s.exp <= now).length);
+            assert.ok(n <= dead.length);
             t.expire(now);
-            m = m.filter((s) => s.exp > now);
           }
+          removeAll(dead, true);
         }
         checkAgainstModel(t, m, pool);
+        checkHolds(t, holds);
       }
     }),
     { numRuns: 300 },
