@@ -43,6 +43,7 @@ import {
   DROP_NAMES,
   IPPROTO_ICMP,
   IPPROTO_TCP,
+  IPPROTO_UDP,
   PacketInfo,
   parse,
 } from "../wire/packet.ts";
@@ -783,6 +784,10 @@ export class DriverCore {
         // An idle established TCP connection keeps its mapping for at least
         // 2 h 4 min (RFC 5382 REQ-5), as a NAT's conntrack would.
         this.#renew(s);
+      } else if (now - s.lastUsed < Math.min(MIN_IDLE_MS[s.proto] ?? 0, s.lifetime * 1000)) {
+        // RFC 4787 REQ-5 / RFC 5508 REQ-2: an idle UDP mapping lives at least
+        // 2 min and an ICMP query one 60 s (unless the server grants less).
+        this.#renew(s);
       } else if (now - s.lastUsed >= s.lifetime * 1000 * 2 / 3) {
         // Idle for most of its lifetime: give it back now rather than let it linger.
         this.#delete(s);
@@ -962,8 +967,13 @@ function bypassRetryMs(retries: number): number {
   return Math.min(30_000, 1000 * 2 ** retries) * (0.75 + Math.random() * 0.5);
 }
 
-/** How long a closed TCP session stays after its last packet (retransmitted FINs, the last ACK). */
-const TCP_CLOSE_LINGER_MS = 10_000;
+/**
+ * How long a closed TCP session stays after its last packet: RFC 5382 REQ-5
+ * (transitory mappings >= 4 min) and RFC 7857 section 2.2 (keep 4 min after an RST).
+ */
+const TCP_CLOSE_LINGER_MS = 240_000;
+/** The shortest idle time before an idle mapping is given back, by protocol (RFC 4787 REQ-5, RFC 5508 REQ-2). */
+const MIN_IDLE_MS: Record<number, number> = { [IPPROTO_UDP]: 120_000, [IPPROTO_ICMP]: 60_000 };
 
 /** Updates a session's TCP teardown bits from a packet's flags; a SYN starts over. */
 function tcpClose(pkt: Uint8Array, info: PacketInfo, closing: number, finBit: number): number {

@@ -322,6 +322,29 @@ export class ServerCore {
         this.drops[Drop.NO_SESSION]!++;
         return Verdict.DROP;
       }
+      if (t.isPoolAddress(t.x(s))) {
+        // Hairpinned (RFC 5508 REQ-7): the error is about a packet another
+        // host's session sent to this one's public pair. Deliver it to that
+        // host as if from outside: from this host's public address (an error
+        // from G itself would tell the driver the server lost its session),
+        // quoting its own a:pa -> G:Pg.
+        const s2 = t.lookupPublic(info.innerProto, t.x(s), t.px(s), t.r(s), t.p(s));
+        if (s2 < 0) {
+          this.drops[Drop.NO_SESSION]!++;
+          return Verdict.DROP;
+        }
+        const icmp = info.innerProto === IPPROTO_ICMP;
+        rewriteIcmpError(pkt, info, {
+          outerSrc: t.r(s),
+          outerDst: t.a(s2),
+          innerSrc: t.a(s2),
+          innerSport: icmp ? t.pg(s2) : t.pa(s2),
+          innerDst: g,
+          innerDport: icmp ? 0 : t.pg(s2),
+        }, this.#skbInfo);
+        this.packets.hairpin++;
+        return Verdict.MODIFIED;
+      }
       // The quoted packet was G:Pg -> a:pa; outside it was X:px -> R:p.
       rewriteIcmpError(pkt, info, {
         outerSrc: t.r(s),

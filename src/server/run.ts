@@ -7,16 +7,16 @@
  */
 
 import dgram from "node:dgram";
-import { formatCidr, formatIPv4 } from "../wire/addr.ts";
+import { type Cidr, formatCidr, formatIPv4 } from "../wire/addr.ts";
 import { checkPoolOutside, ConfigError, type ServerConfig } from "../config.ts";
 import { logger, setLevel } from "../runtime/log.ts";
 import { Cleanup, reloadReport, untilStopped } from "../runtime/cleanup.ts";
-import { Result } from "../control/result.ts";
 import { serveLocal } from "../operator/socket.ts";
 import { ServerCore } from "./core.ts";
-import { isSessionRecord, readState, writeState } from "./state.ts";
-import type { ServerDataPath } from "../datapath/datapath.ts";
+import { DropLog, restoreRecord, StateStore } from "./state.ts";
+import type { GatewaySession, ServerDataPath } from "../datapath/datapath.ts";
 import { lockRole } from "../runtime/lock.ts";
+import { notify } from "../runtime/notify.ts";
 import { serveMetrics } from "../operator/metrics.ts";
 import { reserveLatency } from "./metrics.ts";
 
@@ -32,6 +32,7 @@ export async function runServer(
   const { stopped, stop } = untilStopped(undo, {
     reload: () => {
       if (!reload) return log.warn("SIGHUP: nothing to reload (no configuration source)");
+      notify("RELOADING=1");
       reload().then((next) => {
         for (
           const line of reloadReport(running, next, ["logLevel"], (k, v) => {
@@ -39,7 +40,7 @@ export async function runServer(
           })
         ) log.info(line);
         running = { ...running, logLevel: next.logLevel };
-      }).catch((e) =>
+      }).finally(() => notify("READY=1")).catch((e) =>
         log.error(`reload failed, keeping the running configuration: ${(e as Error).message}`)
       );
     },
@@ -75,21 +76,19 @@ export async function runServer(
           }drivers renew busy sessions, idle ones expire sooner`,
       );
     }
-    const restored = cfg.state ? await readState(cfg.state) : null;
-    const core = new ServerCore(cfg, { lan, ...(restored ? { epoch: restored.epoch } : {}) });
-    if (restored) {
+    // The state file opens (or fails, with its reason) before anything changes.
+    const store = cfg.state ? await StateStore.open(cfg.state) : null;
+    if (store) undo.push(() => void store.close());
+    const saved = store?.saved ?? null;
+    let core = new ServerCore(cfg, { lan, ...(saved ? { epoch: saved.epoch } : {}) });
+    const drops = new DropLog();
+    if (saved) {
       let kept = 0;
       const now = core.now();
-      let bad = 0;
-      for (const rec of restored.sessions) {
-        if (!isSessionRecord(rec)) {
-          bad++;
-          continue;
-        }
-        if (rec.expiresAt > now && core.table.restore(rec) === Result.OK) kept++;
+      for (const rec of saved.sessions) {
+        if (restoreRecord(core.table, rec, now, drops, "the state file")) kept++;
       }
-      log.info(`restored ${kept} of ${restored.sessions.length} sessions from ${cfg.state}`);
-      if (bad) log.warn(`skipped ${bad} malformed session record(s) in ${cfg.state}`);
+      log.info(`restored ${kept} of ${saved.sessions.length} sessions from ${cfg.state}`);
     }
 
     // The data path comes up before the control listener, so that every
@@ -104,23 +103,47 @@ export async function runServer(
       const { KernelServerDataPath } = await import("../datapath/kernel/server.ts");
       const kdp = KernelServerDataPath.open(cfg, lan!);
       let adopted = 0;
+      // What the kernel translates but the table will not hold: removed below.
+      const stale: GatewaySession[] = [];
       for (const s of await kdp.adopted()) {
         const t = core.table;
-        if (t.lookupIdentity(s.proto, s.a, s.pa, s.x, s.px) >= 0) continue;
+        const held = t.lookupIdentity(s.proto, s.a, s.pa, s.x, s.px);
+        if (held >= 0) {
+          if (t.r(held) !== s.r || t.p(held) !== s.p || t.pg(held) !== s.pg) stale.push(s);
+          continue;
+        }
+        // A session the state file dropped stays dropped.
+        if (drops.dropped(s)) {
+          stale.push(s);
+          continue;
+        }
         const life = t.grantedLifetime(s.proto, 0);
-        const ok = t.restore({
-          ...s,
-          expiresAt: core.now() + life * 1000,
-          lifetime: life,
-          replaceable: s.p !== s.pa,
-          replaced: s.p !== s.pa,
-          shared: t.portUsers(s.proto, s.r, s.p) > 0,
-          packetsOut: 0,
-          packetsIn: 0,
-        });
-        if (ok === Result.OK) adopted++;
+        const ok = restoreRecord(
+          t,
+          {
+            ...s,
+            expiresAt: core.now() + life * 1000,
+            lifetime: life,
+            replaceable: s.p !== s.pa,
+            replaced: s.p !== s.pa,
+            shared: t.portUsers(s.proto, s.r, s.p) > 0,
+            packetsOut: 0,
+            packetsIn: 0,
+          },
+          core.now(),
+          drops,
+          "the kernel's maps",
+        );
+        if (ok) adopted++;
+        else stale.push(s);
       }
       if (adopted) log.info(`adopted ${adopted} session(s) the kernel was still translating`);
+      core = renewEpochIfDropped(core, cfg, lan, drops, saved !== null);
+      // Before begin() replaces the maps: the old elements and their conntracks go.
+      for (const s of stale) kdp.sessionDown(s);
+      if (stale.length) {
+        log.info(`removed ${stale.length} session(s) from the kernel that the table dropped`);
+      }
       core.attach(kdp);
       undo.push(async () => {
         core.detach();
@@ -131,6 +154,7 @@ export async function runServer(
       await kdp.begin(() => core.sessions(), handle, onFatal);
       dp = kdp;
     } else if (dataPlane) {
+      core = renewEpochIfDropped(core, cfg, lan, drops, saved !== null);
       const { QueueServerDataPath } = await import("../datapath/queue/server.ts");
       const qdp = await QueueServerDataPath.start(cfg, lan!, handle, onFatal);
       core.attach(qdp);
@@ -140,13 +164,17 @@ export async function runServer(
       });
       dp = qdp;
     } else {
+      core = renewEpochIfDropped(core, cfg, lan, drops, saved !== null);
       log.info("data path off (no --lan-if/--wan-if): control plane only");
     }
-    if (cfg.state) {
-      const path = cfg.state;
-      undo.push(async () => {
-        await writeState(path, core);
-        log.info(`saved ${core.table.size} sessions to ${path}`);
+    if (store) {
+      // The file now holds the table as restored; from here on every change
+      // is written in the turn's transaction, committed before the replies.
+      store.start(core.table, core.epoch);
+      store.listen(core.table);
+      undo.push(() => {
+        const n = store.close();
+        log.info(`saved ${n} sessions to ${store.path}`);
       });
     }
 
@@ -183,6 +211,7 @@ export async function runServer(
     const endBurst = () => {
       burst = false;
       dp?.commit();
+      store?.commit();
       for (const [r, port, address] of outbox.splice(0)) sock.send(r, port, address);
     };
     sock.on("message", (msg, rinfo) => {
@@ -197,10 +226,13 @@ export async function runServer(
         log.error(`handling a control request from ${rinfo.address}: ${(e as Error).stack ?? e}`);
       }
       if (!reply) return;
+      // A renewal's new lease, which the table does not report to its listener.
+      store?.noteReply(reply);
       if (!burst) {
         burst = true;
         setTimeout(endBurst, 0);
         dp?.commit();
+        store?.commit();
         sock.send(reply, rinfo.port, rinfo.address);
         reserveLatency.observe((performance.now() - t0) / 1000);
       } else {
@@ -238,14 +270,11 @@ export async function runServer(
       core.sweepRateLimits();
       if (n) log.debug(`expired ${n} session(s)`);
     }, 250));
-    if (cfg.state) {
-      const path = cfg.state;
-      timers.push(setInterval(() => {
-        writeState(path, core).catch((e) => log.warn(`saving state: ${e.message}`));
-      }, 60_000));
-    }
+    if (store) timers.push(setInterval(() => store.maintain(), 60_000));
     log.info("ready");
+    notify(`READY=1\nSTATUS=server ready`);
     const code = await stopped;
+    notify("STOPPING=1");
     log.info("stopping");
     await undo.run();
     return code;
@@ -254,6 +283,30 @@ export async function runServer(
     await undo.run();
     return e instanceof ConfigError ? 2 : 1;
   }
+}
+
+/**
+ * The core to run with after a restore: the same, or, when the restore
+ * dropped a session a driver may still hold (see DropLog.renewsEpoch), a new
+ * one with a new epoch and the same sessions, so that every driver learns at
+ * its next exchange that it must reserve again. Logs each reason of a drop.
+ */
+function renewEpochIfDropped(
+  core: ServerCore,
+  cfg: ServerConfig,
+  lan: Cidr | null,
+  drops: DropLog,
+  restoredEpoch: boolean,
+): ServerCore {
+  for (const line of drops.lines()) log.warn(line);
+  if (!restoredEpoch || !drops.renewsEpoch) return core;
+  const next = new ServerCore(cfg, { lan });
+  for (const rec of core.table.entries()) next.table.restore(rec);
+  log.warn(
+    `new epoch ${next.epoch.toString(16)} (was ${core.epoch.toString(16)}): ` +
+      `${drops.total} session(s) dropped, drivers reserve again`,
+  );
+  return next;
 }
 
 function parseSrc(text: string): number | null {

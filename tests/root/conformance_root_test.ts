@@ -263,15 +263,11 @@ test({
     }),
 });
 
-// Not met today (docs/conformance.md): the server translates ICMP errors only
-// toward the outside, so an error about a hairpinned session (h2 -> h1's
-// public pair) is delivered to the gateway itself and the sender times out.
-// Needs src/server/core.ts `#fromLan` to hairpin ICMP errors whose remote is
-// a pool address; remove `ignore` then.
+// The server translates an ICMP error about a hairpinned session a second
+// time, into the sender's session (src/server/core.ts `#fromLan`).
 test({
   name:
     "conformance root: RFC 5508 REQ-7 a hairpinned ICMP error (port unreachable from the other host) reaches the sender translated",
-  ignore: true,
   ...SAN,
   fn: () =>
     withDpm({}, async (t, d) => {

@@ -7,6 +7,7 @@
  * it makes drivers reserve again (epoch).
  */
 
+import { StateStore } from "../../src/server/state.ts";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { createTopology, type Topology } from "../../testing/topology.ts";
@@ -152,7 +153,9 @@ Deno.test(needsRoot({
       const q = await d.query("h1", "udp", "10.0.0.11:40000", "198.51.100.10:7000", true);
       const epoch1 = (await d.status()).epoch;
       await d.stop();
-      const saved = JSON.parse(await Deno.readTextFile(state));
+      const f = await StateStore.open(state);
+      const saved = f.saved!;
+      f.close();
       assert.equal(
         saved.sessions.length,
         0,

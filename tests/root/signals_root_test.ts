@@ -5,7 +5,8 @@
  */
 
 import assert from "node:assert/strict";
-import { withDpm } from "../../testing/launch.ts";
+import { DPM_ENV, dpmCommand, withDpm } from "../../testing/launch.ts";
+import { createTopology } from "../../testing/topology.ts";
 import { needsRoot } from "../../testing/root.ts";
 
 const SAN = { sanitizeOps: false, sanitizeResources: false };
@@ -56,3 +57,62 @@ for (const sig of ["SIGQUIT", "SIGUSR1", "SIGUSR2"] as const) {
       }),
   }));
 }
+
+/** python3: receives sd_notify datagrams on a Unix socket and prints each. */
+const NOTIFY_RECEIVER = `
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+print("listening", flush=True)
+while True:
+    print(s.recv(4096).decode().replace("\\n", " "), flush=True)
+`;
+
+Deno.test(needsRoot({
+  name:
+    "signals root: under Type=notify the server says READY=1 once it serves, RELOADING=1 on SIGHUP, STOPPING=1 on SIGTERM",
+  ...SAN,
+  fn: async () => {
+    const t = await createTopology({ hosts: 1, peers: 1 });
+    try {
+      await Deno.mkdir(t.scratch, { recursive: true });
+      const sock = `${t.scratch}/notify.sock`;
+      const rx = t.spawn(t.gateway.ns, ["python3", "-c", NOTIFY_RECEIVER, sock]);
+      await rx.waitForOutput(/listening/, 5000);
+      const server = t.spawn(t.gateway.ns, [
+        ...dpmCommand(),
+        "server",
+        ...["--lan-if", "lan0", "--wan-if", "wan0", "--lan-addr", "10.0.0.1"],
+        ...["--pool", t.poolText, "--socket", `${t.scratch}/server.sock`],
+      ], { env: { ...DPM_ENV, NOTIFY_SOCKET: sock } });
+      try {
+        await server.waitForOutput(/ready/, 30_000);
+        await rx.waitForOutput(/READY=1 STATUS=server ready/, 5000);
+        Deno.kill(server.pid, "SIGHUP");
+        await rx.waitForOutput(/RELOADING=1/, 5000);
+        await server.stop("SIGTERM", 5000);
+        await rx.waitForOutput(/STOPPING=1/, 5000);
+      } finally {
+        await server.stop("SIGKILL", 0);
+        await rx.stop("SIGKILL", 0);
+        await t.exec(t.gateway.ns, [
+          ...dpmCommand(),
+          "server",
+          "--lan-if",
+          "lan0",
+          "--wan-if",
+          "wan0",
+          "--lan-addr",
+          "10.0.0.1",
+          "--pool",
+          t.poolText,
+          "--socket",
+          `${t.scratch}/server.sock`,
+          "--cleanup",
+        ], { env: DPM_ENV });
+      }
+    } finally {
+      await t.destroy();
+    }
+  },
+}));

@@ -322,7 +322,7 @@ Deno.test("driver: a server restart (new epoch) makes the driver reserve its ses
   assert.equal((h1.d.stats() as Record<string, number>).epochChanges, 1);
 });
 
-Deno.test("driver: a TCP session closed by FIN both ways (or RST) is released after a short linger", async () => {
+Deno.test("driver: a TCP session closed by FIN both ways (or RST) is released after RFC 5382's 4 min transitory time", async () => {
   let now = 2_000_000;
   const { server, h1 } = rig({ now: () => now });
   const syn = buildTcp({ src: H1, sport: 45000, dst: P1, dport: 80 });
@@ -334,11 +334,11 @@ Deno.test("driver: a TCP session closed by FIN both ways (or RST) is released af
   const pg = parsed(finOut).dport;
   const finIn = buildTcp({ src: G, sport: pg, dst: H1, dport: 45000, flags: 0x11 });
   assert.equal(h1.d.handlePacket(finIn, 3, false), Verdict.MODIFIED);
-  now += 5_000;
+  now += 230_000;
   h1.d.tick();
   await settle();
-  assert.equal(server.table.size, 1, "still lingering");
-  now += 6_000;
+  assert.equal(server.table.size, 1, "still lingering under 4 min");
+  now += 11_000;
   h1.d.tick();
   await settle();
   assert.equal(server.table.size, 0, "released after the linger");
@@ -353,7 +353,7 @@ Deno.test("driver: a TCP session closed by FIN both ways (or RST) is released af
   assert.equal(server.table.size, 1, "half-closed stays");
   // An RST closes at once (after the linger).
   h1.d.handlePacket(buildTcp({ src: H1, sport: 45001, dst: P1, dport: 80, flags: 0x04 }), 6, true);
-  now += 11_000;
+  now += 241_000;
   h1.d.tick();
   await settle();
   assert.equal(server.table.size, 0);
@@ -432,4 +432,25 @@ Deno.test("driver: learns the server's cookie once, retries transparently when t
   const stats = h1.d.stats() as { control: { cookieRetries: number }; refused: number };
   assert.equal(stats.control.cookieRetries, 2);
   assert.equal(stats.refused, 0, "the application never saw a refusal");
+});
+
+Deno.test("driver: an idle ICMP query mapping lives at least 60 s and an idle UDP one 2 min (RFC 5508 REQ-2, RFC 4787 REQ-5)", async () => {
+  let now = 3_000_000;
+  const { server, h1 } = rig({ now: () => now });
+  h1.d.handlePacket(buildIcmpEcho({ src: H1, dst: P1, id: 777, seq: 1, type: 8 }), 1, true);
+  h1.d.handlePacket(buildUdp({ src: H1, sport: 46000, dst: P1, dport: 53 }), 2, true);
+  await settle();
+  assert.equal(server.table.size, 2);
+  const alive = async (secs: number) => {
+    for (let t = 0; t < secs; t++) {
+      now += 1000;
+      h1.d.tick();
+      server.expire();
+      await settle();
+    }
+    return server.table.size;
+  };
+  assert.equal(await alive(59), 2, "ICMP idle 59 s: kept");
+  assert.equal(await alive(61), 1, "ICMP released after 60 s or more idle; UDP kept at 120 s");
+  assert.equal(await alive(200), 0, "UDP released after more than 2 min idle");
 });

@@ -220,6 +220,8 @@ export function serverKernelChains(cfg: ServerConfig): ChainSpec[] {
   // What the queue translates (ICMP, hairpin) is untracked, as on the queue path.
   for (const r of ranges) {
     fwd.push(["-i", lanIf, "-o", wanIf, "-m", "iprange", "--src-range", r, "-j", "ACCEPT"]);
+    // A hairpinned ICMP error goes back into the LAN from a public address.
+    fwd.push(["-i", lanIf, "-o", lanIf, "-m", "iprange", "--src-range", r, "-j", "ACCEPT"]);
   }
   fwd.push(["-i", wanIf, "-o", lanIf, "-s", g, "-j", "ACCEPT"]);
   fwd.push(["-i", lanIf, "-o", lanIf, "-s", g, "-j", "ACCEPT"]);

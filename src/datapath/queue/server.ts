@@ -56,6 +56,8 @@ export function serverChains(cfg: ServerConfig, lan: Cidr): ChainSpec[] {
   const fwd: string[][] = [];
   for (const r of ranges) {
     fwd.push(["-i", lanIf, "-o", wanIf, "-m", "iprange", "--src-range", r, "-j", "ACCEPT"]);
+    // A hairpinned ICMP error goes back into the LAN from a public address.
+    fwd.push(["-i", lanIf, "-o", lanIf, "-m", "iprange", "--src-range", r, "-j", "ACCEPT"]);
   }
   fwd.push(["-i", wanIf, "-o", lanIf, "-s", g, "-j", "ACCEPT"]);
   fwd.push(["-i", lanIf, "-o", lanIf, "-s", g, "-j", "ACCEPT"]);

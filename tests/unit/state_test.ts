@@ -1,0 +1,301 @@
+/**
+ * The state file (src/server/state.ts), without root: grants answered
+ * before a SIGKILL are all in the file; a JSON file of version 1 is read and
+ * migrated once; a restore that drops sessions says why per reason and asks
+ * for a new epoch (except for expiry); a --state that cannot be kept fails
+ * at open with a one-line reason.
+ */
+
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import { SessionTable } from "../../src/table/table.ts";
+import {
+  checkStatePath,
+  DropLog,
+  restoreRecord,
+  StateStore,
+  type StoredRecord,
+} from "../../src/server/state.ts";
+import { encodeResponse, newNonce, Op } from "../../src/control/proto.ts";
+import { Result } from "../../src/control/result.ts";
+import { H1, P1, R1, R2 } from "../../testing/fixtures.ts";
+
+const CHILD = fileURLToPath(new URL("../../testing/state_child.ts", import.meta.url));
+const R3 = R2 + 1;
+
+function newTable(pool = [R1, R2]) {
+  return new SessionTable({ pool });
+}
+
+/** Opens the store at `path` and restores what it holds into a table over `pool`. */
+async function reopen(path: string, pool = [R1, R2], now = Date.now()) {
+  const store = await StateStore.open(path);
+  const table = newTable(pool);
+  const drops = new DropLog();
+  for (const rec of store.saved?.sessions ?? []) restoreRecord(table, rec, now, drops, "test");
+  return { store, table, drops };
+}
+
+Deno.test("state: every grant answered before a SIGKILL is in the file", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/state.db`;
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "--quiet", CHILD, path, "16"],
+      stdout: "piped",
+      stderr: "inherit",
+    }).spawn();
+    // Read the answered grants until a few hundred are out, then kill at once.
+    const granted: string[] = [];
+    let buf = "";
+    const reader = child.stdout.getReader();
+    while (granted.length < 354) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += new TextDecoder().decode(value);
+      const lines = buf.split("\n");
+      buf = lines.pop()!;
+      granted.push(...lines.filter(Boolean));
+    }
+    child.kill("SIGKILL");
+    await child.status;
+    reader.releaseLock();
+    await child.stdout.cancel().catch(() => {});
+    assert.ok(granted.length >= 354, `the child granted ${granted.length}`);
+    const { store, table, drops } = await reopen(path, [0xcb00710a, 0xcb00710b]);
+    assert.equal(store.saved?.epoch, 0x1234);
+    assert.equal(drops.total, 0, drops.lines().join("; "));
+    let missing = 0;
+    for (const line of granted) {
+      const [a, pa, x, px, r, p, pg] = line.split(" ").map(Number) as number[];
+      const s = table.lookupIdentity(17, a!, pa!, x!, px!);
+      if (s < 0 || table.r(s) !== r || table.p(s) !== p || table.pg(s) !== pg) missing++;
+    }
+    assert.equal(missing, 0, `${missing} of ${granted.length} answered grants lost`);
+    store.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("state: removals and renewals are durable too; the epoch is kept", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/state.db`;
+    const store = await StateStore.open(path);
+    assert.equal(store.saved, null, "a new file");
+    const t = newTable();
+    store.start(t, 7);
+    store.listen(t);
+    const now = Date.now();
+    const req = (pa: number) => ({
+      proto: 17,
+      a: H1,
+      pa,
+      x: P1,
+      px: 7000,
+      replaceable: false,
+      lifetime: 60,
+    });
+    const g1 = t.reserve(req(5000), now);
+    t.reserve(req(5001), now);
+    store.commit();
+    t.release(17, H1, 5001, P1, 7000, now);
+    // A renewal to a longer lease, as the control path notes it from its reply.
+    const renewed = t.renew(17, H1, 5000, P1, 7000, 600, now);
+    store.noteReply(encodeResponse({
+      op: Op.RENEW,
+      nonce: newNonce(),
+      result: Result.OK,
+      proto: 17,
+      replaced: false,
+      shared: false,
+      internalAddr: H1,
+      internalPort: 5000,
+      remoteAddr: P1,
+      remotePort: 7000,
+      publicAddr: renewed.r,
+      publicPort: renewed.p,
+      gatewayPort: renewed.pg,
+      lifetime: renewed.lifetime,
+      epoch: 7,
+    }));
+    store.commit();
+    store.close();
+    const again = await reopen(path);
+    assert.equal(again.store.saved?.epoch, 7);
+    assert.equal(again.table.size, 1);
+    const s = again.table.lookupIdentity(17, H1, 5000, P1, 7000);
+    assert.ok(s >= 0);
+    assert.equal(again.table.pg(s), g1.pg);
+    assert.equal(again.table.expiresAt(s), now + 600_000, "the renewed lease");
+    again.store.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("state: a JSON file of version 1 is read and migrated once to SQLite", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/state.json`;
+    const now = Date.now();
+    const rec = (pa: number, r: number) => ({
+      proto: 17,
+      a: H1,
+      pa,
+      x: P1,
+      px: 7000,
+      r,
+      p: pa,
+      pg: 61000 + pa - 5000,
+      expiresAt: now + 300_000,
+      lifetime: 300,
+      replaceable: false,
+      replaced: false,
+      shared: false,
+      packetsOut: 3,
+      packetsIn: 4,
+    });
+    await Deno.writeTextFile(
+      path,
+      JSON.stringify({
+        format: "dpm-state",
+        version: 1,
+        epoch: 0xabcd,
+        savedAt: now,
+        sessions: [rec(5000, R1), rec(5001, R2)],
+      }),
+    );
+    const a = await reopen(path);
+    assert.equal(a.store.saved?.format, "json");
+    assert.equal(a.store.saved?.epoch, 0xabcd);
+    assert.equal(a.table.size, 2);
+    a.store.start(a.table, 0xabcd);
+    a.store.listen(a.table);
+    a.store.close();
+    const head = new TextDecoder().decode((await Deno.readFile(path)).subarray(0, 15));
+    assert.equal(head, "SQLite format 3");
+    assert.ok((await Deno.stat(`${path}.v1.json`)).isFile, "the JSON is kept beside it");
+    const b = await reopen(path);
+    assert.equal(b.store.saved?.format, "sqlite");
+    assert.equal(b.store.saved?.epoch, 0xabcd);
+    assert.equal(b.table.size, 2);
+    const s = b.table.lookupIdentity(17, H1, 5001, P1, 7000);
+    assert.equal(b.table.r(s), R2);
+    assert.equal(b.table.packetsOut(s), 3, "counters survive a clean stop");
+    b.store.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("state: a restore that drops sessions names each reason with an example and asks for a new epoch", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/state.db`;
+    const store = await StateStore.open(path);
+    const t = newTable([R1, R2, R3]);
+    store.start(t, 42);
+    store.listen(t);
+    const now = Date.now();
+    for (let i = 0; i < 30; i++) {
+      t.reserve({
+        proto: 17,
+        a: H1 + (i % 3),
+        pa: 5000 + i,
+        x: P1,
+        px: 7000,
+        replaceable: false,
+        lifetime: 60,
+      }, now);
+    }
+    store.close();
+    // Restarted with a smaller pool: the sessions on R2 and R3 cannot come back.
+    const { store: s2, table, drops } = await reopen(path, [R1]);
+    const onR1 = [...(s2.saved?.sessions ?? [])].filter((r) => r.r === R1).length;
+    assert.ok(onR1 < 30, "the sessions were spread over the pool");
+    assert.equal(table.size, onR1);
+    assert.equal(drops.counts.get("not-in-pool")?.count, 30 - onR1);
+    assert.ok(drops.renewsEpoch, "a dropped live session needs a new epoch");
+    const lines = drops.lines();
+    assert.equal(lines.length, 1);
+    assert.match(
+      lines[0]!,
+      /dropped \d+ session\(s\) from test: public address no longer in the pool, e\.g\. udp 10\.0\.0\.1[123]:50\d\d -> 198\.51\.100\.10:7000 as 203\.0\.113\.1[12]:/,
+    );
+    // start() deletes the dropped rows: the next open holds only what is restored.
+    s2.start(table, 43);
+    s2.listen(table);
+    s2.close();
+    const third = await reopen(path, [R1]);
+    assert.equal(third.store.saved?.sessions.length, onR1);
+    assert.equal(third.store.saved?.epoch, 43);
+    assert.equal(third.drops.total, 0);
+    third.store.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("state: drop reasons: expired (keeps the epoch), malformed, conflict", () => {
+  const t = newTable();
+  const now = 1_000_000;
+  const base: StoredRecord = {
+    proto: 17,
+    a: H1,
+    pa: 5000,
+    x: P1,
+    px: 7000,
+    r: R1,
+    p: 5000,
+    pg: 61000,
+    expiresAt: now + 1000,
+    lifetime: 60,
+    replaceable: false,
+    replaced: false,
+    shared: false,
+    packetsOut: 0,
+    packetsIn: 0,
+  };
+  const expiredOnly = new DropLog();
+  assert.equal(restoreRecord(t, { ...base, expiresAt: now }, now, expiredOnly, "f"), false);
+  assert.equal(expiredOnly.counts.get("expired")?.count, 1);
+  assert.equal(expiredOnly.renewsEpoch, false, "an expired lease is one the driver gave up too");
+  const d = new DropLog();
+  assert.equal(restoreRecord(t, base, now, d, "f"), true);
+  assert.equal(restoreRecord(t, { ...base, pa: 5001 }, now, d, "f"), false, "same Pg");
+  assert.equal(restoreRecord(t, { ...base, proto: 99 }, now, d, "f"), false);
+  assert.equal(restoreRecord(t, { nonsense: true }, now, d, "f"), false);
+  assert.equal(d.counts.get("conflict")?.count, 1);
+  assert.equal(d.counts.get("malformed")?.count, 2);
+  assert.ok(d.renewsEpoch);
+  assert.ok(d.dropped({ ...base, pa: 5001 }), "a dropped identity is remembered (kernel adoption)");
+  assert.match(d.lines().join("\n"), /malformed, e\.g\. \{"proto":99/);
+});
+
+Deno.test("state: a --state that cannot be kept fails at once with one line", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await assert.rejects(
+      () => StateStore.open(`${dir}/missing/state.db`),
+      /^Error: --state .*missing\/state\.db: directory .*missing does not exist$/,
+    );
+    await assert.rejects(() => checkStatePath(dir), /is a directory, not a file/);
+    // Another server on the same file.
+    const a = await StateStore.open(`${dir}/s.db`);
+    await assert.rejects(() => StateStore.open(`${dir}/s.db`), /in use by another dpm server/);
+    a.close();
+    // A file that is not writable (root writes through modes: only checked as a user).
+    if (Deno.uid() !== 0) {
+      await Deno.writeTextFile(`${dir}/ro.db`, "");
+      await Deno.chmod(`${dir}/ro.db`, 0o400);
+      await assert.rejects(() => StateStore.open(`${dir}/ro.db`), /not writable/);
+    }
+    // A corrupt file is named, not overwritten.
+    await Deno.writeTextFile(`${dir}/bad.db`, "garbage");
+    await assert.rejects(() => StateStore.open(`${dir}/bad.db`), /is corrupt/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
