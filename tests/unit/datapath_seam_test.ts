@@ -174,9 +174,9 @@ Deno.test("seam: on a kernel path leases follow kernel activity: a moving counte
   const st = d.stats() as Record<string, number>;
   assert.ok(st.renewed! >= 3, `renewed ${st.renewed} times from kernel counters`);
   assert.equal(server.table.size, 2, "both alive: UDP busy, TCP established (RFC 5382)");
-  // The TCP connection closes (the kernel's conntrack says TIME_WAIT).
+  // The TCP connection closes (the kernel's conntrack says TIME_WAIT); released after the 4 min transitory time.
   dp.activityMap.set(hostKey(6, H1, tcp!.pg), { packets: 9, bytes: 400, closed: true });
-  for (let i = 0; i < 30; i++) {
+  for (let i = 0; i < 250; i++) {
     now += 1000;
     d.tick();
     await settle();
