@@ -178,6 +178,8 @@ Deno.test("seam: on a kernel path leases follow kernel activity: a moving counte
   dp.activityMap.set(hostKey(6, H1, tcp!.pg), { packets: 9, bytes: 400, closed: true });
   for (let i = 0; i < 250; i++) {
     now += 1000;
+    packets++;
+    dp.activityMap.set(hostKey(17, H1, udp!.pg), { packets, bytes: packets * 100, closed: false });
     d.tick();
     await settle();
   }
