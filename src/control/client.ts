@@ -45,8 +45,6 @@ export interface RetryOptions {
   rate?: number;
 }
 
-/** Socket buffer size asked for (the kernel caps it at net.core.rmem_max / wmem_max). */
-export const CONTROL_SOCKET_BUFFER = 4 << 20;
 
 /** How long the nonce of a timed-out request is remembered for a late answer, ms. */
 const LATE_MS = 60_000;
@@ -129,11 +127,10 @@ export class ControlClient {
     port: number,
     opts: RetryOptions & { localAddr?: string } = {},
   ): Promise<ControlClient> {
-    const sock = dgram.createSocket({
-      type: "udp4",
-      recvBufferSize: CONTROL_SOCKET_BUFFER,
-      sendBufferSize: CONTROL_SOCKET_BUFFER,
-    });
+    // Default buffers: setting recvBufferSize/sendBufferSize makes Deno's
+    // node:dgram about 10x slower (see src/server/run.ts); pacing keeps a
+    // burst within them.
+    const sock = dgram.createSocket("udp4");
     await new Promise<void>((resolve, reject) => {
       sock.once("error", reject);
       sock.bind({ port: 0, ...(opts.localAddr ? { address: opts.localAddr } : {}) }, () => {
