@@ -12,6 +12,8 @@
  * map to_remote  proto . a . Pg        -> X . px   dnat in nat prerouting (-101), iif LAN, daddr G
  * map to_public  proto . a . pa . X . px -> R . p  snat in nat postrouting (99), oif WAN
  * set queued     proto . a . Pg                    hairpinned sessions: the queue translates them
+ * map map_in     proto . R . p          -> a . pa  PCP/NAT-PMP MAP: dnat in nat prerouting (-101), iif WAN
+ * map map_out    proto . a . pa         -> R . p   the same MAP outbound: snat after to_public, oif WAN
  * chain guard    control requests only from the LAN interface and prefix (datapath/gateway.ts)
  * ```
  * Host, `table ip dpm-driver`:
@@ -30,7 +32,7 @@ import { type Cidr, formatCidr, formatIPv4 } from "../../wire/addr.ts";
 import type { DriverConfig, ServerConfig } from "../../config.ts";
 import type { ChainSpec } from "../../../linux/iptables.ts";
 import { DEFRAG_ON } from "../../../linux/iptables.ts";
-import { controlPorts, poolRangeText } from "../gateway.ts";
+import { controlPorts, poolRanges, poolRangeText } from "../gateway.ts";
 
 /** The gateway's nftables table. */
 export const SERVER_TABLE = "dpm-server";
@@ -54,7 +56,13 @@ function quoteIf(name: string): string {
 export function serverTable(
   cfg: ServerConfig,
   lan: Cidr,
-  elements: { toRemote: string[]; toPublic: string[]; queued: string[] } = {
+  elements: {
+    toRemote: string[];
+    toPublic: string[];
+    queued: string[];
+    mapIn?: string[];
+    mapOut?: string[];
+  } = {
     toRemote: [],
     toPublic: [],
     queued: [],
@@ -79,6 +87,12 @@ table ip ${SERVER_TABLE} {
   set queued {
     typeof meta l4proto . ip saddr . th dport${el(elements.queued)}
   }
+  map map_in {
+    typeof meta l4proto . ip daddr . th dport : ip daddr . th dport${el(elements.mapIn ?? [])}
+  }
+  map map_out {
+    typeof meta l4proto . ip saddr . th sport : ip saddr . th sport${el(elements.mapOut ?? [])}
+  }
   chain guard {
     type filter hook input priority -150; policy accept;
     ip daddr ${g} udp dport { ${controlPorts(cfg).join(", ")} } iifname != ${lanIf} drop
@@ -92,9 +106,14 @@ table ip ${SERVER_TABLE} {
     type nat hook prerouting priority -101; policy accept;
     iifname ${lanIf} ip daddr ${g} dnat ip to meta l4proto . ip saddr . th dport map @to_remote
   }
+  chain from_wan {
+    type nat hook prerouting priority -101; policy accept;
+    iifname ${wanIf} dnat ip to meta l4proto . ip daddr . th dport map @map_in
+  }
   chain to_wan {
     type nat hook postrouting priority 99; policy accept;
-    oifname ${wanIf} snat ip to meta l4proto . ip saddr . th sport . ip daddr . th dport map @to_public${
+    oifname ${wanIf} snat ip to meta l4proto . ip saddr . th sport . ip daddr . th dport map @to_public
+    oifname ${wanIf} snat ip to meta l4proto . ip saddr . th sport map @map_out${
     cfg.masquerade ? `\n    oifname ${wanIf} ip saddr ${formatCidr(lan)} masquerade` : ""
   }
   }
@@ -167,6 +186,33 @@ export function toPublicText(
   } . ${p}`;
 }
 
+/** One `map_in` element (proto . R . p : a . pa) as nft text. */
+export function mapInText(proto: number, r: number, p: number, a: number, pa: number): string {
+  return `${NAME(proto)} . ${formatIPv4(r)} . ${p} : ${formatIPv4(a)} . ${pa}`;
+}
+
+/** One `map_out` element (proto . a . pa : R . p) as nft text. */
+export function mapOutText(proto: number, a: number, pa: number, r: number, p: number): string {
+  return `${NAME(proto)} . ${formatIPv4(a)} . ${pa} : ${formatIPv4(r)} . ${p}`;
+}
+
+/** The CIDR blocks covering [lo, hi] exactly, as `a.b.c.d/n`. */
+export function rangeCidrs(lo: number, hi: number): string[] {
+  const out: string[] = [];
+  let a = lo;
+  while (a <= hi) {
+    let n = 32;
+    while (n > 0) {
+      const size = 2 ** (33 - n);
+      if (a % size !== 0 || a + size - 1 > hi) break;
+      n--;
+    }
+    out.push(`${formatIPv4(a)}/${n}`);
+    a += 2 ** (32 - n);
+  }
+  return out;
+}
+
 /** One `queued` element as nft text. */
 export function queuedText(proto: number, a: number, pg: number): string {
   return `${NAME(proto)} . ${formatIPv4(a)} . ${pg}`;
@@ -211,12 +257,25 @@ export function serverKernelChains(cfg: ServerConfig): ChainSpec[] {
   for (const r of ranges) {
     matches.push(["-i", wanIf, "-p", "icmp", "-m", "iprange", "--dst-range", r]);
   }
-  const pre: string[][] = [[...DEFRAG_ON]];
-  for (const m of matches) pre.push([...m, ...nt], [...m, ...q]);
+  // Every forwarded packet walks this chain: the mark rules first, then
+  // anything that is not ICMP leaves at once (the kernel translates it).
+  const [mark, ...icmp] = matches;
+  const pre: string[][] = [[...DEFRAG_ON], [...mark!, ...nt], [...mark!, ...q]];
+  pre.push(["!", "-p", "icmp", "-j", "RETURN"]);
+  for (const m of icmp) pre.push([...m, ...nt], [...m, ...q]);
   const fwd: string[][] = [];
   // Conntrack-translated sessions: their original destination is G.
   const ct = ["-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", g, "-j", "ACCEPT"];
   fwd.push(["-i", lanIf, "-o", wanIf, ...ct], ["-i", wanIf, "-o", lanIf, ...ct]);
+  // PCP/NAT-PMP mappings (map_in): inbound conntracks whose original destination is a pool pair.
+  if (cfg.pcp) {
+    for (const [lo, hi] of poolRanges(cfg.pool)) {
+      for (const c of rangeCidrs(lo, hi)) {
+        const m = ["-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", c, "-j", "ACCEPT"];
+        fwd.push(["-i", wanIf, "-o", lanIf, ...m], ["-i", lanIf, "-o", wanIf, ...m]);
+      }
+    }
+  }
   // What the queue translates (ICMP, hairpin) is untracked, as on the queue path.
   for (const r of ranges) {
     fwd.push(["-i", lanIf, "-o", wanIf, "-m", "iprange", "--src-range", r, "-j", "ACCEPT"]);
@@ -247,14 +306,22 @@ export function driverKernelChains(cfg: DriverConfig, lan: Cidr, dev: string): C
     ["-d", "224.0.0.0/4", "-j", "RETURN"],
     ["-d", "255.255.255.255/32", "-j", "RETURN"],
   ];
-  const out: string[][] = [...skip, ["-o", dev, "-p", "icmp", ...nt], [
+  // Every packet the host sends walks these chains: what the kernel
+  // translates (established TCP/UDP) leaves at the first rule.
+  const out: string[][] = [["!", "-p", "icmp", "-j", "RETURN"], ...skip, [
+    "-o",
+    dev,
+    "-p",
+    "icmp",
+    ...nt,
+  ], [
     "-o",
     dev,
     "-p",
     "icmp",
     ...q,
   ]];
-  const fresh: string[][] = [...skip];
+  const fresh: string[][] = [["-m", "conntrack", "!", "--ctstate", "NEW", "-j", "RETURN"], ...skip];
   for (const p of ["tcp", "udp"]) {
     fresh.push(["-o", dev, "-p", p, "-m", "conntrack", "--ctstate", "NEW", ...q]);
   }
@@ -263,7 +330,7 @@ export function driverKernelChains(cfg: DriverConfig, lan: Cidr, dev: string): C
     matches.push(["-s", g, "-p", "icmp", "--icmp-type", t]);
     matches.push(["!", "-s", formatCidr(lan), "-p", "icmp", "--icmp-type", t]);
   }
-  const pre: string[][] = [[...DEFRAG_ON]];
+  const pre: string[][] = [[...DEFRAG_ON], ["!", "-p", "icmp", "-j", "RETURN"]];
   for (const m of matches) pre.push(["-i", dev, ...m, ...nt], ["-i", dev, ...m, ...q]);
   return [
     { table: "raw", hook: "OUTPUT", chain: "DPM-DRV-OUT", rules: out },
