@@ -262,6 +262,12 @@ export const SERVER_FLAGS = {
     schema: port("--control-port").default(4750),
     dflt: "4750",
   },
+  pcp: {
+    help: "do not serve PCP and NAT-PMP on UDP 5351 (config key: pcp false)",
+    group: "Control plane",
+    schema: bool("--pcp").default(true),
+    negated: true,
+  },
   "port-range": {
     arg: "<lo-hi>",
     help: "replacement public ports",
@@ -407,11 +413,26 @@ export const DRIVER_FLAGS = {
 
 /** `dpm status`. */
 export const STATUS_FLAGS = {
-  json: { help: "print JSON", group: "Options", schema: bool("--json").default(false) },
+  json: {
+    help: "print JSON: the whole table, streamed (with --watch one event per line)",
+    group: "Options",
+    schema: bool("--json").default(false),
+  },
   driver: {
     help: "this host's driver instead of the gateway's server",
     group: "Options",
     schema: bool("--driver").default(false),
+  },
+  host: {
+    arg: "<addr>",
+    help: "only this host's sessions, with its quota use and refusals",
+    group: "Options",
+    schema: addr("--host").nullable().default(null),
+  },
+  watch: {
+    help: "follow session events (up, down, refused) as they happen, until interrupted",
+    group: "Options",
+    schema: bool("--watch").default(false),
   },
   socket: {
     arg: "<path>",
@@ -436,6 +457,25 @@ export const QUERY_FLAGS = {
     group: "Options",
     schema: str("--socket").default("/run/dpm/driver.sock"),
     dflt: "/run/dpm/driver.sock",
+    complete: "file",
+  },
+} as const satisfies Record<string, Flag>;
+
+/** `dpm drop`. */
+export const DROP_FLAGS = {
+  host: {
+    arg: "<addr>",
+    help: "drop every session of this host",
+    group: "Options",
+    schema: addr("--host").nullable().default(null),
+  },
+  json: { help: "print JSON", group: "Options", schema: bool("--json").default(false) },
+  socket: {
+    arg: "<path>",
+    help: "the server's socket",
+    group: "Options",
+    schema: str("--socket").default("/run/dpm/server.sock"),
+    dflt: "/run/dpm/server.sock",
     complete: "file",
   },
 } as const satisfies Record<string, Flag>;
@@ -465,8 +505,9 @@ export const COMMANDS = {
     config: true,
   },
   status: {
-    synopsis: "dpm status [--json] [--driver] [--socket <path>]",
-    about: "Show the server's table and counters, or with --driver this host's sessions.",
+    synopsis: "dpm status [--json] [--host <addr>] [--watch] [--driver] [--socket <path>]",
+    about:
+      "Show the server's table and counters, or with --driver this host's sessions. Each session shows its bytes and packets both ways, age, idle time and expiry; --host shows one host's sessions, quota use and refusals; --json gives the whole table, streamed; --watch prints sessions coming up, going down and refused requests as they happen.",
     flags: STATUS_FLAGS,
     config: false,
   },
@@ -478,6 +519,15 @@ export const COMMANDS = {
     flags: QUERY_FLAGS,
     config: false,
     args: "<tcp|udp|icmp> <local addr:port> <remote addr:port>",
+  },
+  drop: {
+    synopsis:
+      "dpm drop <tcp|udp|icmp> <internal addr:port> <remote addr:port> | dpm drop --host <addr> [--json] [--socket <path>]",
+    about:
+      "Drop sessions from the gateway's table, like conntrack -D: one by its internal and remote endpoints, or every session of a host. The data path stops translating them at once; their hosts learn it at their next renewal. Exit 0 when something was dropped, 1 when nothing matched, 2 on bad usage.",
+    flags: DROP_FLAGS,
+    config: false,
+    args: "<tcp|udp|icmp> <internal addr:port> <remote addr:port>",
   },
 } as const satisfies Record<string, Command>;
 
@@ -622,6 +672,12 @@ export function serverConfig(raw: Record<string, unknown>, origins: Origins = {}
   const [glo, ghi] = v.gatewayPorts;
   if (v.controlPort >= glo && v.controlPort <= ghi) {
     problems.push(`--control-port ${v.controlPort} lies inside --gateway-ports ${glo}-${ghi}`);
+  }
+  if (v.pcp && v.controlPort === 5351) {
+    problems.push("--control-port 5351 is PCP's port: choose another, or --no-pcp");
+  }
+  if (v.pcp && 5351 >= glo && 5351 <= ghi) {
+    problems.push(`PCP's port 5351 lies inside --gateway-ports ${glo}-${ghi} (or use --no-pcp)`);
   }
   if (problems.length) throw new ConfigError(problems.join("\n"));
   return v;

@@ -45,6 +45,7 @@ export function serverCfg(over: Partial<ServerConfig> = {}): ServerConfig {
     lanAddr: G,
     pool: [R1, R2],
     controlPort: 4750,
+    pcp: true,
     portRange: [1024, 65535],
     gatewayPorts: [61000, 65535],
     lifetime: 86400,

@@ -5,7 +5,7 @@ _dpm() {
   prev="${COMP_WORDS[COMP_CWORD-1]}"
   cmd="${COMP_WORDS[1]}"
   if [ "$COMP_CWORD" -eq 1 ]; then
-    COMPREPLY=($(compgen -W "server driver status query help --version --help" -- "$cur"))
+    COMPREPLY=($(compgen -W "server driver status query drop help --version --help" -- "$cur"))
     return
   fi
   case "$cmd" in
@@ -31,7 +31,7 @@ _dpm() {
         --log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return;;
         --config) COMPREPLY=($(compgen -f -- "$cur")); return;;
       esac
-      COMPREPLY=($(compgen -W "--lan-addr --pool --control-port --port-range --gateway-ports --lifetime --max-sessions-per-host --rate-limit --state --socket --lan-if --wan-if --lan --add-pool-addresses --no-masquerade --queue --datapath --cleanup --metrics-addr --log-level --log-format --config --help" -- "$cur"));;
+      COMPREPLY=($(compgen -W "--lan-addr --pool --control-port --no-pcp --port-range --gateway-ports --lifetime --max-sessions-per-host --rate-limit --state --socket --lan-if --wan-if --lan --add-pool-addresses --no-masquerade --queue --datapath --cleanup --metrics-addr --log-level --log-format --config --help" -- "$cur"));;
     driver)
       case "$prev" in
         --server) return;;
@@ -49,14 +49,21 @@ _dpm() {
       COMPREPLY=($(compgen -W "--server --fixed-ports --gateway-ports --lan --socket --no-intercept --queue --datapath --cleanup --metrics-addr --log-level --log-format --config --help" -- "$cur"));;
     status)
       case "$prev" in
+        --host) return;;
         --socket) COMPREPLY=($(compgen -f -- "$cur")); return;;
       esac
-      COMPREPLY=($(compgen -W "--json --driver --socket --help" -- "$cur"));;
+      COMPREPLY=($(compgen -W "--json --driver --host --watch --socket --help" -- "$cur"));;
     query)
       case "$prev" in
         --socket) COMPREPLY=($(compgen -f -- "$cur")); return;;
       esac
       COMPREPLY=($(compgen -W "--reserve --json --socket --help" -- "$cur"));;
+    drop)
+      case "$prev" in
+        --host) return;;
+        --socket) COMPREPLY=($(compgen -f -- "$cur")); return;;
+      esac
+      COMPREPLY=($(compgen -W "--host --json --socket --help" -- "$cur"));;
   esac
 }
 complete -F _dpm dpm

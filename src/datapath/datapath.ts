@@ -37,6 +37,16 @@ export interface GatewaySession {
   pg: number;
 }
 
+/**
+ * A GatewaySession with `x = px = pg = 0` is an inbound mapping (PCP or
+ * NAT-PMP MAP, `docs/pcp.md`): every remote's packets to `R:p` go to
+ * `a:pa`, and `a:pa`'s packets to any remote leave as `R:p`. Real sessions
+ * never have `x = 0` (the control protocol rejects 0/8).
+ */
+export function isMapping(s: GatewaySession): boolean {
+  return s.x === 0 && s.px === 0 && s.pg === 0;
+}
+
 /** Kernel counters of one session (both directions), when a data path keeps them. */
 export interface SessionCounters {
   packetsOut: number;

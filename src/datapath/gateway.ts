@@ -8,6 +8,7 @@
  * @module
  */
 
+import { PCP_PORT } from "../pcp/codec.ts";
 import { type Cidr, formatCidr, formatIPv4 } from "../wire/addr.ts";
 import type { ServerConfig } from "../config.ts";
 import { logger } from "../runtime/log.ts";
@@ -35,14 +36,15 @@ export function poolRangeText(pool: number[]): string[] {
 
 /**
  * The control ports dpm answers on the LAN address (its own protocol, and
- * later PCP/NAT-PMP): requests are accepted only when they arrive on the LAN
+ * PCP/NAT-PMP on 5351 unless --no-pcp): requests are accepted only when they arrive on the LAN
  * interface from the LAN prefix. dpm turns reverse-path filtering off for its
  * interfaces, so without this rule a datagram forged from the WAN side with
  * a LAN host's source would reach the listener (which checks the source
  * address, claim 2) and act in that host's name.
  */
 export function controlPorts(cfg: ServerConfig): number[] {
-  return [cfg.controlPort];
+  // 5351: PCP and NAT-PMP (src/pcp/), the same LAN-only guard.
+  return cfg.pcp ? [cfg.controlPort, PCP_PORT] : [cfg.controlPort];
 }
 
 /** The guard as iptables rules (queue path): filter INPUT -> DPM-SRV-IN. */

@@ -43,12 +43,18 @@ import {
 import { LineBudget, RateLimiter } from "../control/ratelimit.ts";
 import { CookieMinter } from "../control/cookie.ts";
 import { Result, RESULT_COUNT, resultName } from "../control/result.ts";
-import { type Grant, type SessionRecord, SessionTable } from "../table/table.ts";
+import { PcpService } from "../pcp/server.ts";
+import {
+  type Grant,
+  type SessionRecord,
+  SessionTable,
+  type TableListener,
+} from "../table/table.ts";
 import { Drop, DROP_COUNT, DROP_NAMES, IPPROTO_ICMP, PacketInfo, parse } from "../wire/packet.ts";
 import { rewrite, rewriteIcmpError } from "../wire/rewrite.ts";
 import { protoName, Verdict } from "../wire/meta.ts";
 import { VERSION } from "../version.ts";
-import type { SessionView, StatusReply } from "../operator/types.ts";
+import type { HostView, SessionEvent, SessionView, StatusReply } from "../operator/types.ts";
 import {
   gatewayKey,
   type GatewaySession,
@@ -106,6 +112,30 @@ export class ServerCore {
   #skbInfo = 0;
   readonly now: () => number;
 
+  // ---- the operator's view (dpm status, drop, watch), per slot, next to the table ----
+  /** When slot s was added: tenths of a second since startedAt, plus 1. */
+  #born = new Uint32Array(0);
+  /** When slot s's packet total was last seen to move (same unit; 0: never). */
+  #seen = new Uint32Array(0);
+  /** The packet total then (low 32 bits: only a change matters). */
+  #seenPkts = new Uint32Array(0);
+  /** Bytes translated here (queue path; on the kernel path ICMP and hairpins), grown on use. */
+  #bytesOut = new Float64Array(0);
+  #bytesIn = new Float64Array(0);
+  /** Slots below this may be live. */
+  #hw = 0;
+  #sampleCursor = 0;
+  /** Why the sessions being removed go (for watch). */
+  #why: "released" | "expired" | "dropped" = "released";
+  /** The data path's share of the table listener (attach). */
+  #dpListener: TableListener | null = null;
+  readonly #watchers = new Set<(e: SessionEvent) => void>();
+  /** Refusals of verified hosts: counts by result, and the last one. */
+  readonly #refusedBy = new Map<
+    number,
+    { counts: Float64Array; last: { request: string; result: string; at: number } }
+  >();
+
   constructor(cfg: ServerConfig, opts: ServerCoreOptions) {
     this.#cfg = cfg;
     this.#lan = opts.lan;
@@ -131,6 +161,35 @@ export class ServerCore {
     this.#limiter = new RateLimiter(cfg.rateLimit);
     this.#cookies = new CookieMinter(this.startedAt);
     this.#refusalLog = opts.refusalLog ?? ((line) => log.info(line));
+    // PCP and NAT-PMP (UDP 5351): the same table, source checks and rate limits.
+    this.pcp = new PcpService({
+      table: this.table,
+      lan: this.#lan,
+      startedAt: this.startedAt,
+      limiter: this.#limiter,
+      refusals: this.#refusals,
+      mapSupported: () => this.#dp === null || this.#dp.kind === "kernel",
+      remoteIsOutside: (x) => this.#remoteIsOutside(x),
+      log: (line) => this.#logRefusal(this.now(), line),
+    });
+    this.table.listener = {
+      added: (s) => {
+        this.#added(s);
+        this.#dpListener?.added(s);
+      },
+      removed: (s) => {
+        this.#dpListener?.removed(s);
+        this.#removed(s);
+      },
+    };
+  }
+
+  /** The PCP / NAT-PMP service (`src/pcp/server.ts`). */
+  readonly pcp: PcpService;
+
+  /** Handles one PCP or NAT-PMP datagram (UDP 5351) from `src`; the reply or null. */
+  handlePcp(msg: Uint8Array, src: number): Uint8Array | null {
+    return this.pcp.handle(msg, src, this.now());
   }
 
   /**
@@ -209,6 +268,7 @@ export class ServerCore {
       );
     }
     this.results[result]!++;
+    if (result !== Result.OK) this.#noteRefusal(req, src, result, now);
     if (result !== Result.OK) {
       // Refusals that are not a verified host's own business are answered
       // within a small per-source budget; the table's refusals always are.
@@ -381,6 +441,7 @@ export class ServerCore {
     if (t.isPoolAddress(x)) return this.#hairpin(pkt, info, s);
     rewrite(pkt, info, t.r(s), t.p(s), x, px, this.#skbInfo);
     t.count(s, true);
+    this.#countBytes(s, true, pkt.length);
     this.packets.out++;
     return Verdict.MODIFIED;
   }
@@ -406,6 +467,8 @@ export class ServerCore {
     );
     t.count(s, true);
     t.count(s2, false);
+    this.#countBytes(s, true, pkt.length);
+    this.#countBytes(s2, false, pkt.length);
     this.packets.hairpin++;
     return Verdict.MODIFIED;
   }
@@ -438,6 +501,7 @@ export class ServerCore {
         innerDport: icmp ? 0 : t.pg(s),
       }, this.#skbInfo);
       t.count(s, false);
+      this.#countBytes(s, false, pkt.length);
       this.packets.in++;
       return Verdict.MODIFIED;
     }
@@ -453,6 +517,7 @@ export class ServerCore {
     const icmp = info.proto === IPPROTO_ICMP;
     rewrite(pkt, info, g, icmp ? 0 : t.pg(s), t.a(s), icmp ? t.pg(s) : t.pa(s), this.#skbInfo);
     t.count(s, false);
+    this.#countBytes(s, false, pkt.length);
     this.packets.in++;
     return Verdict.MODIFIED;
   }
@@ -477,7 +542,7 @@ export class ServerCore {
       p: t.p(s),
       pg: t.pg(s),
     });
-    t.listener = {
+    this.#dpListener = {
       added: (s) => dp.sessionUp(view(s)),
       removed: (s) => dp.sessionDown(view(s)),
     };
@@ -493,7 +558,7 @@ export class ServerCore {
   /** Disconnects the data path (on stop): the table no longer reports to it. */
   detach(): void {
     this.#dp = null;
-    this.table.listener = null;
+    this.#dpListener = null;
   }
 
   /**
@@ -505,6 +570,7 @@ export class ServerCore {
     this.#limiter.sweep(now);
     this.#refusals.sweep(now);
     this.#flushRefusalLog(now);
+    this.pcp.sweep();
   }
 
   /**
@@ -513,9 +579,16 @@ export class ServerCore {
    * stopped, so a million-session table never blocks the event loop for long.
    */
   expire(budget?: number): number {
-    return budget === undefined
-      ? this.table.expire(this.now())
-      : this.table.expire(this.now(), budget);
+    this.#why = "expired";
+    try {
+      return budget === undefined
+        ? this.table.expire(this.now())
+        : this.table.expire(this.now(), budget);
+    } finally {
+      this.#why = "released";
+      // Where the core sees every packet, last-seen is sampled along the sweep.
+      if (this.#dp?.kind !== "kernel") this.#sample(budget ?? this.#hw);
+    }
   }
 
   /** The data path's per-session kernel counters summed, or null when it keeps none. */
@@ -534,21 +607,16 @@ export class ServerCore {
 
   /** The status reply for `dpm status`. */
   status(limit = 1000): StatusReply {
+    const shown = [...this.rows({ limit })];
+    return { ...this.statusHeader(), shown };
+  }
+
+  /**
+   * The status without its rows (`dpm status` streams the rows after it);
+   * with `host`, that host's quota use and refusals too.
+   */
+  statusHeader(host?: number): Omit<StatusReply, "shown"> {
     const now = this.now();
-    const shown: SessionView[] = [];
-    const counters = this.#dp?.counters() ?? null;
-    for (const r of this.table.entries()) {
-      if (shown.length >= limit) break;
-      const v = sessionView(r, now);
-      const c = counters?.get(gatewayKey(r.proto, r.a, r.pg));
-      if (c) {
-        v.packetsOut += c.packetsOut;
-        v.packetsIn += c.packetsIn;
-        v.bytesOut = c.bytesOut;
-        v.bytesIn = c.bytesIn;
-      }
-      shown.push(v);
-    }
     const results: Record<string, number> = {};
     for (let i = 0; i < RESULT_COUNT; i++) results[resultName(i)] = this.results[i]!;
     const drops: Record<string, number> = {};
@@ -561,11 +629,228 @@ export class ServerCore {
       pool: this.#cfg.pool.map(formatIPv4),
       dataPath: this.#dp?.status() ?? { kind: "off", state: "off", reinstalls: 0 },
       sessions: this.table.size,
-      shown,
+      ...(host === undefined ? {} : { host: this.hostView(host) }),
       results,
       drops,
       packets: { ...this.packets },
     };
+  }
+
+  /**
+   * The table's rows for status, in slot order, one at a time (a million
+   * are never one array): all of them, or one host's, at most `limit`.
+   * Kernel counters are read once, when the first row is asked for. Rows
+   * may be taken across event-loop turns: a session added or removed
+   * meanwhile may or may not be listed (as with `conntrack -L`).
+   */
+  *rows(o: { host?: number; limit?: number } = {}): Generator<SessionView> {
+    const t = this.table;
+    const counters = this.#dp?.counters() ?? null;
+    const limit = o.limit ?? Infinity;
+    let n = 0;
+    for (let s = 0; s < this.#hw && n < limit; s++) {
+      if (!t.isLive(s) || (o.host !== undefined && t.a(s) !== o.host)) continue;
+      n++;
+      yield this.#row(s, this.now(), counters);
+    }
+  }
+
+  /** One host's share: its sessions by protocol against the quota, its pairing, its refusals. */
+  hostView(a: number): HostView {
+    const t = this.table;
+    const byProto: Record<string, number> = { tcp: 0, udp: 0, icmp: 0 };
+    for (let s = 0; s < this.#hw; s++) {
+      if (t.isLive(s) && t.a(s) === a) byProto[protoName(t.proto(s))]! += 1;
+    }
+    const refusals: Record<string, number> = {};
+    const r = this.#refusedBy.get(a);
+    if (r) {
+      for (let i = 0; i < RESULT_COUNT; i++) {
+        if (r.counts[i]) refusals[resultName(i)] = r.counts[i]!;
+      }
+    }
+    const paired = t.pairedAddress(a);
+    return {
+      host: formatIPv4(a),
+      sessions: t.sessionsOf(a),
+      quota: this.#cfg.maxSessionsPerHost,
+      byProto,
+      ...(paired >= 0 ? { paired: formatIPv4(paired) } : {}),
+      refusals,
+      ...(r
+        ? {
+          lastRefusal: {
+            request: r.last.request,
+            result: r.last.result,
+            ago: Math.max(0, Math.round((this.now() - r.last.at) / 1000)),
+          },
+        }
+        : {}),
+    };
+  }
+
+  /**
+   * Drops sessions as an operator asks (`dpm drop`, like `conntrack -D`):
+   * one by its identity, or every session of a host. They leave the table,
+   * and so the data path (the kernel's maps and conntracks); their hosts
+   * learn it at their next renewal. Returns how many went.
+   */
+  drop(
+    sel: { host: number } | { proto: number; a: number; pa: number; x: number; px: number },
+  ): number {
+    const t = this.table;
+    const now = this.now();
+    this.#why = "dropped";
+    try {
+      if ("host" in sel) {
+        const slots: number[] = [];
+        for (let s = 0; s < this.#hw; s++) if (t.isLive(s) && t.a(s) === sel.host) slots.push(s);
+        for (const s of slots) t.releaseSlot(s, now);
+        return slots.length;
+      }
+      return t.release(sel.proto, sel.a, sel.pa, sel.x, sel.px, now) === Result.OK ? 1 : 0;
+    } finally {
+      this.#why = "released";
+    }
+  }
+
+  /** Calls `fn` with every session event (up, down, refused) until the returned function is called. */
+  watch(fn: (e: SessionEvent) => void): () => void {
+    this.#watchers.add(fn);
+    return () => void this.#watchers.delete(fn);
+  }
+
+  /** Bytes this core keeps per session for the operator's view (not counted in table.bytes). */
+  get viewBytes(): number {
+    return this.#born.byteLength * 3 + this.#bytesOut.byteLength * 2;
+  }
+
+  #tenths(now: number): number {
+    return Math.max(0, Math.floor((now - this.startedAt) / 100)) + 1;
+  }
+
+  #added(s: number): void {
+    if (s >= this.#born.length) {
+      const cap = Math.max(1024, this.#born.length * 2, s + 1);
+      const grow = (a: Uint32Array) => {
+        const n = new Uint32Array(cap);
+        n.set(a);
+        return n;
+      };
+      this.#born = grow(this.#born);
+      this.#seen = grow(this.#seen);
+      this.#seenPkts = grow(this.#seenPkts);
+    }
+    if (s >= this.#hw) this.#hw = s + 1;
+    this.#born[s] = this.#tenths(this.now());
+    this.#seen[s] = 0;
+    this.#seenPkts[s] = this.table.packetsOut(s) + this.table.packetsIn(s);
+    if (s < this.#bytesOut.length) this.#bytesOut[s] = this.#bytesIn[s] = 0;
+    if (this.#watchers.size) this.#emit({ event: "up", ...this.#row(s, this.now(), null) });
+  }
+
+  #removed(s: number): void {
+    if (this.#watchers.size) {
+      this.#emit({ event: "down", reason: this.#why, ...this.#row(s, this.now(), null) });
+    }
+  }
+
+  #emit(e: SessionEvent): void {
+    for (const w of this.#watchers) {
+      try {
+        w(e);
+      } catch (err) {
+        log.debug(`session event watcher: ${err}`);
+      }
+    }
+  }
+
+  #countBytes(s: number, outbound: boolean, n: number): void {
+    if (s >= this.#bytesOut.length) {
+      const cap = Math.max(1024, this.#bytesOut.length * 2, s + 1);
+      const o = new Float64Array(cap);
+      o.set(this.#bytesOut);
+      const i = new Float64Array(cap);
+      i.set(this.#bytesIn);
+      this.#bytesOut = o;
+      this.#bytesIn = i;
+    }
+    if (outbound) this.#bytesOut[s]! += n;
+    else this.#bytesIn[s]! += n;
+  }
+
+  /** Notes when slot s's packet total moved since it was last looked at. */
+  #observe(s: number, packets: number, now: number): void {
+    const low = packets >>> 0;
+    if (this.#seenPkts[s] !== low) {
+      this.#seenPkts[s] = low;
+      this.#seen[s] = this.#tenths(now);
+    }
+  }
+
+  /** Looks at `budget` slots' packet counts, resuming where it stopped. */
+  #sample(budget: number): void {
+    const t = this.table;
+    const now = this.now();
+    let s = this.#sampleCursor;
+    for (let n = Math.min(budget, this.#hw); n > 0; n--) {
+      if (s >= this.#hw) s = 0;
+      if (t.isLive(s)) this.#observe(s, t.packetsOut(s) + t.packetsIn(s), now);
+      s++;
+    }
+    this.#sampleCursor = s;
+  }
+
+  #row(s: number, now: number, counters: Map<number, SessionCounters> | null): SessionView {
+    const t = this.table;
+    const icmp = t.proto(s) === IPPROTO_ICMP;
+    const v: SessionView = {
+      proto: protoName(t.proto(s)),
+      internal: `${formatIPv4(t.a(s))}:${t.pa(s)}`,
+      gatewayPort: t.pg(s),
+      public: `${formatIPv4(t.r(s))}:${t.p(s)}`,
+      remote: `${formatIPv4(t.x(s))}${icmp ? "" : `:${t.px(s)}`}`,
+      expiresIn: Math.max(0, Math.round((t.expiresAt(s) - now) / 1000)),
+      flags: [t.replaced(s) ? "replaced" : "", t.shared(s) ? "shared" : ""].filter(Boolean).join(
+        ",",
+      ),
+      packetsOut: t.packetsOut(s),
+      packetsIn: t.packetsIn(s),
+      bytesOut: this.#bytesOut[s] ?? 0,
+      bytesIn: this.#bytesIn[s] ?? 0,
+    };
+    const c = counters?.get(gatewayKey(t.proto(s), t.a(s), t.pg(s)));
+    if (c) {
+      v.packetsOut += c.packetsOut;
+      v.packetsIn += c.packetsIn;
+      v.bytesOut! += c.bytesOut;
+      v.bytesIn! += c.bytesIn;
+    }
+    // The kernel's share of the counts is known only when read (counters).
+    if (counters || this.#dp?.kind !== "kernel") this.#observe(s, v.packetsOut + v.packetsIn, now);
+    const born = this.#born[s] ?? 0;
+    if (born) v.age = Math.max(0, Math.round((this.#tenths(now) - born) / 10));
+    const seen = this.#seen[s] ?? 0;
+    if (seen) v.idle = Math.max(0, Math.round((this.#tenths(now) - seen) / 10));
+    return v;
+  }
+
+  #noteRefusal(req: Request, src: number, result: number, now: number): void {
+    // The cookie handshake is no refusal; forged or unverified sources are not a host's record.
+    if (result === Result.COOKIE_REQUIRED || result === Result.NOT_AUTHORIZED) return;
+    const request = describeRequest(req);
+    const name = resultName(result);
+    let r = this.#refusedBy.get(src);
+    if (!r) {
+      if (this.#refusedBy.size >= 65536) return;
+      r = { counts: new Float64Array(RESULT_COUNT), last: { request, result: name, at: now } };
+      this.#refusedBy.set(src, r);
+    }
+    r.counts[result]!++;
+    r.last = { request, result: name, at: now };
+    if (this.#watchers.size) {
+      this.#emit({ event: "refused", host: formatIPv4(src), request, result: name });
+    }
   }
 }
 

@@ -97,6 +97,25 @@
  * wants to hear from a new peer reserves a session toward it; with
  * endpoint-independent mapping that session reuses the same `R:p`.
  *
+ * ## Mappings (PCP and NAT-PMP MAP)
+ *
+ * An inbound mapping (`map`) is a row like a session with `x = px = 0`, no
+ * `Pg` (0, not in the LAN index) and a flag: its identity key is
+ * (proto, a, pa, 0, 0) and its public key (proto, R, p, 0, 0), so
+ * `lookupPublic` (exact) never confuses it with a session and
+ * `lookupMapping(proto, R, p)` finds it with one probe. It counts as one
+ * session for the host's quota, pairing and port use count, and heads or
+ * joins its endpoint's list like any session, so later sessions of the same
+ * endpoint reuse its `R:p` (endpoint-independent mapping). A mapping **owns
+ * (proto, R, p) for every remote**: it is only created on a pair whose every
+ * user is a session of the same internal endpoint (else the suggested port
+ * moves: the endpoint's own pair, then a random free port), and no session
+ * of another endpoint ever joins a mapped pair (allocation step 6 skips it;
+ * steps 4 and 5 only take unused ports; step 3 only the endpoint's own pair).
+ * So inbound packets toward a mapped pair from a remote with a session of
+ * its own go to that session, which is the same endpoint, and all others go
+ * to the mapping.
+ *
  * ## Lifetimes and expiry
  *
  * Lifetimes are leases in seconds. Defaults honour the RFC minima for idle
@@ -140,6 +159,8 @@ const F_LIVE = 1;
 const F_REPLACEABLE = 2;
 const F_REPLACED = 4;
 const F_SHARED = 8;
+/** An inbound mapping (PCP/NAT-PMP MAP): x = px = 0, no Pg, owns (proto, R, p) for every remote. */
+const F_MAP = 16;
 
 /** Pool addresses tried for port preservation by a replaceable request. */
 const PRESERVE_TRIES_REPLACEABLE = 4;
@@ -277,6 +298,30 @@ export interface SessionRecord {
   packetsOut: number;
   /** Packets counted remote -> host. */
   packetsIn: number;
+  /**
+   * An inbound mapping (PCP/NAT-PMP MAP, see "Mappings" in the module
+   * documentation): `x`, `px` and `pg` are 0. A record with `x = px = 0`
+   * is restored as one even without this field.
+   */
+  map?: boolean;
+}
+
+/** An inbound mapping request (PCP MAP, NAT-PMP map). */
+export interface MapRequest {
+  /** 6 (TCP) or 17 (UDP). */
+  proto: number;
+  /** Internal address. */
+  a: number;
+  /** Internal port (1..65535). */
+  pa: number;
+  /** Suggested public port; 0: any. */
+  p: number;
+  /** Suggested public address; 0: any (ignored when not in the pool). */
+  r: number;
+  /** Requested lease in seconds (0: the protocol's default). */
+  lifetime: number;
+  /** Only the suggested pair will do (PCP PREFER_FAILURE): else CONFLICT. */
+  preferFailure?: boolean;
 }
 
 function failure(result: number): Grant {
@@ -776,7 +821,10 @@ export class SessionTable {
         const n = pair >= 0 ? 1 : P;
         for (let k = 0; k < n; k++) {
           const i = pair >= 0 ? pair : (home + k) % P;
-          if (this.lookupPublic(proto, this.#pool[i]!, pa, x, px) < 0) {
+          if (
+            this.lookupPublic(proto, this.#pool[i]!, pa, x, px) < 0 &&
+            !this.#mappedByOther(proto, this.#pool[i]!, pa, a, pa)
+          ) {
             ri = i;
             p = pa;
             if (use.find(((i << 16) | pa) >>> 0) >= 0) flags |= F_SHARED;
@@ -840,6 +888,148 @@ export class SessionTable {
     this.#remove(s);
     if (now !== undefined) this.#clock(now);
     return true;
+  }
+
+  /**
+   * Creates or refreshes an inbound mapping (PCP MAP, NAT-PMP map; see
+   * "Mappings" in the module documentation): every remote's packets to the
+   * returned `R:p` go to `a:pa`. The same (proto, a, pa) already mapped gets
+   * its mapping back with the lease refreshed (the suggestion is ignored).
+   * Returns OK, UNSUPPORTED_PROTOCOL (not TCP/UDP), MALFORMED, QUOTA_EXCEEDED,
+   * NO_RESOURCES, or CONFLICT when `preferFailure` and the suggested pair
+   * cannot be had. `pg` of the grant is 0.
+   */
+  map(req: MapRequest, now: number): Grant {
+    const { proto, a, pa } = req;
+    const pi = protoIndex(proto);
+    if (pi <= 0) return failure(Result.UNSUPPORTED_PROTOCOL);
+    if (
+      !Number.isInteger(pa) || pa < 1 || pa > 65535 || !Number.isInteger(req.p) || req.p < 0 ||
+      req.p > 65535 || !Number.isInteger(a) || a < 0 || a > 0xffffffff || !(req.lifetime >= 0)
+    ) return failure(Result.MALFORMED);
+    const life = this.grantedLifetime(proto, req.lifetime);
+    this.#clock(now);
+    const held = this.lookupIdentity(proto, a, pa, 0, 0);
+    if (held >= 0) {
+      this.#exp[held] = now + life * 1000;
+      this.#life[held] = life;
+      return this.#grant(held);
+    }
+    const hb = this.#hosts.find(a);
+    let pair = -1;
+    if (hb >= 0) {
+      const hv = this.#hosts.vals;
+      if (hv[hb * HS]! >= this.#maxPerHost) return failure(Result.QUOTA_EXCEEDED);
+      if (this.#paired && hv[hb * HS + 5]! > 0) pair = hv[hb * HS + 4]!;
+    }
+    const P = this.#pool.length;
+    const home = this.#home(a);
+    // Addresses considered: the paired one only, else the suggested one, then from home on.
+    const sugg = req.r ? this.#poolIndex.get(req.r) ?? -1 : -1;
+    const order: number[] = [];
+    if (pair >= 0) order.push(pair);
+    else {
+      if (sugg >= 0) order.push(sugg);
+      for (let k = 0; k < P && order.length < P; k++) {
+        const i = (home + k) % P;
+        if (i !== sugg) order.push(i);
+      }
+    }
+    let ri = -1;
+    let p = 0;
+    const want = req.p || pa;
+    if (req.preferFailure) {
+      // Exactly the suggestion (any address of the considered ones when none was named).
+      if (req.r && (sugg < 0 || (pair >= 0 && sugg !== pair))) return failure(Result.CONFLICT);
+      for (const i of order) {
+        if (this.#ownable(pi, i, want, a, pa)) {
+          ri = i;
+          p = want;
+          break;
+        }
+      }
+      if (ri < 0) return failure(Result.CONFLICT);
+    } else {
+      // 1. The suggested (or internal) port. 2. The endpoint's current pair.
+      for (const i of order.slice(0, 8)) {
+        if (this.#ownable(pi, i, want, a, pa)) {
+          ri = i;
+          p = want;
+          break;
+        }
+      }
+      const first = this.lookupEndpoint(proto, a, pa);
+      if (ri < 0 && first >= 0) {
+        const fi = this.#ri[first]!;
+        const fp = this.#p[first]!;
+        if ((pair < 0 || fi === pair) && this.#ownable(pi, fi, fp, a, pa)) {
+          ri = fi;
+          p = fp;
+        }
+      }
+      // 3. A random free port, as for a replaceable session.
+      if (ri < 0) {
+        const c = this.#randomFreePort(pi, home, pair);
+        if (c < 0) return failure(Result.NO_RESOURCES);
+        ri = Math.floor(c / 65536);
+        p = c % 65536;
+      }
+    }
+    const flags = F_LIVE | F_MAP | F_REPLACEABLE | (p !== pa ? F_REPLACED : 0);
+    const s = this.#insert(proto, a, pa, 0, 0, ri, p, 0, flags, now + life * 1000, life, 0, 0);
+    return this.#grant(s);
+  }
+
+  /** The inbound mapping that owns (proto, R, p) for every remote, or -1. */
+  lookupMapping(proto: number, r: number, p: number): number {
+    const s = this.lookupPublic(proto, r, p, 0, 0);
+    return s >= 0 && (this.#flags[s]! & F_MAP) !== 0 ? s : -1;
+  }
+
+  /** The inbound mapping of internal endpoint (proto, a, pa), or -1. */
+  lookupMapOf(proto: number, a: number, pa: number): number {
+    const s = this.lookupIdentity(proto, a, pa, 0, 0);
+    return s >= 0 && (this.#flags[s]! & F_MAP) !== 0 ? s : -1;
+  }
+
+  /** Slot `s` is an inbound mapping (x, px and pg are 0). */
+  isMap(s: number): boolean {
+    return (this.#flags[s]! & F_MAP) !== 0;
+  }
+
+  /**
+   * The public address host `a` is told it has (NAT-PMP's external address):
+   * its paired address while it holds sessions, else its home address, where
+   * its first session or mapping would go.
+   */
+  externalAddressOf(a: number): number {
+    const r = this.pairedAddress(a);
+    return r >= 0 ? r : this.#pool[this.#home(a)]!;
+  }
+
+  /**
+   * A MAP for (a, pa) may own (proto, R_i, p): every session sending from it
+   * belongs to the internal endpoint (proto, a, pa) itself (none: the port
+   * must also not be held for another host).
+   */
+  #ownable(pi: number, i: number, p: number, a: number, pa: number): boolean {
+    if (p < 1) return false;
+    const k = ((i << 16) | p) >>> 0;
+    const users = this.#portUse[pi]!.get(k);
+    if (users === 0) return this.#availableTo(pi, i, p, a);
+    const proto = pi === 1 ? PROTO_TCP : PROTO_UDP;
+    let own = 0;
+    for (let s = this.lookupEndpoint(proto, a, pa); s >= 0; s = this.#gnext[s]!) {
+      if (this.#ri[s] === i && this.#p[s] === p) own++;
+    }
+    return own === users;
+  }
+
+  /** (proto, R, p) is owned by the inbound mapping of an endpoint other than (a, pa). */
+  #mappedByOther(proto: number, r: number, p: number, a: number, pa: number): boolean {
+    if (proto === PROTO_ICMP) return false;
+    const m = this.lookupMapping(proto, r, p);
+    return m >= 0 && (this.#a[m] !== a || this.#pa[m] !== pa);
   }
 
   /**
@@ -929,6 +1119,7 @@ export class SessionTable {
       shared: (f & F_SHARED) !== 0,
       packetsOut: this.#out[s]!,
       packetsIn: this.#in[s]!,
+      ...((f & F_MAP) !== 0 ? { map: true } : {}),
     };
   }
 
@@ -955,13 +1146,21 @@ export class SessionTable {
     if (!Number.isFinite(rec.expiresAt)) return Result.MALFORMED;
     const ri = this.#poolIndex.get(rec.r);
     if (ri === undefined) return Result.CONFLICT;
-    if (
+    const isMap = rec.map === true || (rec.x === 0 && rec.px === 0);
+    if (isMap) {
+      if (rec.proto === PROTO_ICMP || rec.pa === 0 || rec.p === 0 || rec.pg !== 0) {
+        return Result.MALFORMED;
+      }
+      if (this.lookupIdentity(rec.proto, rec.a, rec.pa, 0, 0) >= 0) return Result.CONFLICT;
+      if (!this.#ownable(pi, ri, rec.p, rec.a, rec.pa)) return Result.CONFLICT;
+    } else if (
       this.lookupIdentity(rec.proto, rec.a, rec.pa, rec.x, rec.px) >= 0 ||
       this.lookupLan(rec.proto, rec.a, rec.pg) >= 0 ||
-      this.lookupPublic(rec.proto, rec.r, rec.p, rec.x, rec.px) >= 0
+      this.lookupPublic(rec.proto, rec.r, rec.p, rec.x, rec.px) >= 0 ||
+      this.#mappedByOther(rec.proto, rec.r, rec.p, rec.a, rec.pa)
     ) return Result.CONFLICT;
     const flags = F_LIVE | (rec.replaceable ? F_REPLACEABLE : 0) |
-      (rec.p !== rec.pa ? F_REPLACED : 0) | (rec.shared ? F_SHARED : 0);
+      (rec.p !== rec.pa ? F_REPLACED : 0) | (rec.shared ? F_SHARED : 0) | (isMap ? F_MAP : 0);
     const life = rec.lifetime !== undefined && rec.lifetime > 0
       ? this.grantedLifetime(rec.proto, rec.lifetime)
       : this.#defaults[pi]!;
@@ -969,8 +1168,8 @@ export class SessionTable {
       rec.proto,
       rec.a,
       rec.pa,
-      rec.x,
-      rec.px,
+      isMap ? 0 : rec.x,
+      isMap ? 0 : rec.px,
       ri,
       rec.p,
       rec.pg,
@@ -1218,7 +1417,7 @@ export class SessionTable {
     this.#in[s] = inb;
 
     this.#id.insert(s, this.#hashId(proto, a, pa, x, px));
-    this.#lan.insert(s, this.#hashLan(proto, a, pg));
+    if ((flags & F_MAP) === 0) this.#lan.insert(s, this.#hashLan(proto, a, pg));
     this.#pub.insert(s, this.#hashPub(proto, r, p, x, px));
 
     // Endpoint list: a new endpoint heads its own list; otherwise the session
@@ -1272,7 +1471,7 @@ export class SessionTable {
     const p = this.#p[s]!;
     const ri = this.#ri[s]!;
     this.#id.remove(s, this.#hashId(proto, a, pa, x, px));
-    this.#lan.remove(s, this.#hashLan(proto, a, this.#pg[s]!));
+    if ((this.#flags[s]! & F_MAP) === 0) this.#lan.remove(s, this.#hashLan(proto, a, this.#pg[s]!));
     this.#pub.remove(s, this.#hashPub(proto, this.#r[s]!, p, x, px));
 
     const prev = this.#gprev[s]!;

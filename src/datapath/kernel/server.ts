@@ -43,6 +43,7 @@ import type { DataPathStatus } from "../../operator/types.ts";
 import {
   gatewayKey,
   type GatewaySession,
+  isMapping,
   type ServerDataPath,
   type SessionCounters,
 } from "../datapath.ts";
@@ -50,6 +51,8 @@ import { prepareGateway } from "../gateway.ts";
 import { serverChains } from "../queue/server.ts";
 import {
   deleteTable,
+  mapInText,
+  mapOutText,
   queuedText,
   SERVER_TABLE,
   serverKernelChains,
@@ -76,6 +79,10 @@ const remoteData = (s: GatewaySession) => concat([s.x, 4], [s.px, 2]);
 const publicKey = (s: GatewaySession) =>
   concat([s.proto, 1], [s.a, 4], [s.pa, 2], [s.x, 4], [s.px, 2]);
 const publicData = (s: GatewaySession) => concat([s.r, 4], [s.p, 2]);
+// PCP/NAT-PMP mappings: map_in (proto . R . p -> a . pa), map_out (proto . a . pa -> R . p).
+const mapInKey = (s: GatewaySession) => concat([s.proto, 1], [s.r, 4], [s.p, 2]);
+const mapInData = (s: GatewaySession) => concat([s.a, 4], [s.pa, 2]);
+const mapOutKey = (s: GatewaySession) => concat([s.proto, 1], [s.a, 4], [s.pa, 2]);
 
 /** The gateway's kernel data path. */
 export class KernelServerDataPath implements ServerDataPath {
@@ -104,6 +111,7 @@ export class KernelServerDataPath implements ServerDataPath {
         `ip ${SERVER_TABLE} guard`,
         `ip ${SERVER_TABLE} steer`,
         `ip ${SERVER_TABLE} from_lan`,
+        `ip ${SERVER_TABLE} from_wan`,
         `ip ${SERVER_TABLE} to_wan`,
         `ip raw DPM-SRV-PRE`,
         `ip filter DPM-SRV-FWD`,
@@ -136,12 +144,18 @@ export class KernelServerDataPath implements ServerDataPath {
     if (!(await tableExists(SERVER_TABLE))) return [];
     let remote: MapElem[];
     let pub: MapElem[];
+    let mapIn: MapElem[] = [];
     try {
       remote = this.#nft.list(SERVER_TABLE, "to_remote");
       pub = this.#nft.list(SERVER_TABLE, "to_public");
     } catch (e) {
       log.warn(`reading the previous run's maps: ${(e as Error).message}`);
       return [];
+    }
+    try {
+      mapIn = this.#nft.list(SERVER_TABLE, "map_in");
+    } catch {
+      // A table from a version without mappings.
     }
     // to_public: (proto, a, pa, x, px) -> (r, p); to_remote: (proto, a, pg) -> (x, px).
     const byId = new Map<string, [number, number]>();
@@ -175,6 +189,12 @@ export class KernelServerDataPath implements ServerDataPath {
       if (!m) continue;
       m[3] = 1;
       out.push({ proto: proto!, a: a!, pa: m[0], x: x!, px: px!, r: m[1], p: m[2], pg: pg! });
+    }
+    // Mappings: x = px = pg = 0 (datapath.ts isMapping).
+    for (const e of mapIn) {
+      const [proto, r, p] = splitConcat(e.key, [1, 4, 2]);
+      const [a, pa] = splitConcat(e.data, [4, 2]);
+      out.push({ proto: proto!, a: a!, pa: pa!, x: 0, px: 0, r: r!, p: p!, pg: 0 });
     }
     return out;
   }
@@ -216,20 +236,28 @@ export class KernelServerDataPath implements ServerDataPath {
   async #install(): Promise<number> {
     // The table's sessions include the queued ones: the script programs them all.
     this.#pending.toRemote.length = this.#pending.toPublic.length = this.#pending.queued.length = 0;
+    this.#pending.mapIn.length = this.#pending.mapOut.length = 0;
     const toRemote: string[] = [];
     const toPublic: string[] = [];
     const queued: string[] = [];
+    const mapIn: string[] = [];
+    const mapOut: string[] = [];
     let n = 0;
     for (const s of this.#sessions()) {
       if (s.proto === IPPROTO_ICMP) continue;
       n++;
-      if (this.#pool.has(s.x)) queued.push(queuedText(s.proto, s.a, s.pg));
+      if (isMapping(s)) {
+        mapIn.push(mapInText(s.proto, s.r, s.p, s.a, s.pa));
+        mapOut.push(mapOutText(s.proto, s.a, s.pa, s.r, s.p));
+      } else if (this.#pool.has(s.x)) queued.push(queuedText(s.proto, s.a, s.pg));
       else {
         toRemote.push(toRemoteText(s.proto, s.a, s.pg, s.x, s.px));
         toPublic.push(toPublicText(s.proto, s.a, s.pa, s.x, s.px, s.r, s.p));
       }
     }
-    await loadRuleset(serverTable(this.#cfg, this.#lan, { toRemote, toPublic, queued }));
+    await loadRuleset(
+      serverTable(this.#cfg, this.#lan, { toRemote, toPublic, queued, mapIn, mapOut }),
+    );
     await installChains(serverKernelChains(this.#cfg));
     return n;
   }
@@ -239,12 +267,17 @@ export class KernelServerDataPath implements ServerDataPath {
     toRemote: [] as { key: Uint8Array; data: Uint8Array }[],
     toPublic: [] as { key: Uint8Array; data: Uint8Array }[],
     queued: [] as { key: Uint8Array }[],
+    mapIn: [] as { key: Uint8Array; data: Uint8Array }[],
+    mapOut: [] as { key: Uint8Array; data: Uint8Array }[],
   };
 
   sessionUp(s: GatewaySession): void {
     if (s.proto === IPPROTO_ICMP) return;
     const p = this.#pending;
-    if (this.#pool.has(s.x)) p.queued.push({ key: remoteKey(s) });
+    if (isMapping(s)) {
+      p.mapIn.push({ key: mapInKey(s), data: mapInData(s) });
+      p.mapOut.push({ key: mapOutKey(s), data: publicData(s) });
+    } else if (this.#pool.has(s.x)) p.queued.push({ key: remoteKey(s) });
     else {
       p.toRemote.push({ key: remoteKey(s), data: remoteData(s) });
       p.toPublic.push({ key: publicKey(s), data: publicData(s) });
@@ -253,12 +286,14 @@ export class KernelServerDataPath implements ServerDataPath {
 
   commit(): void {
     const p = this.#pending;
-    const n = p.toRemote.length + p.queued.length;
+    const n = p.toRemote.length + p.queued.length + p.mapIn.length;
     if (n === 0) return;
     const parts = [
       { set: "to_remote", elems: p.toRemote.splice(0) },
       { set: "to_public", elems: p.toPublic.splice(0) },
       { set: "queued", elems: p.queued.splice(0) },
+      { set: "map_in", elems: p.mapIn.splice(0) },
+      { set: "map_out", elems: p.mapOut.splice(0) },
     ];
     try {
       // Both directions of every session in one transaction: never half a session.
@@ -272,6 +307,10 @@ export class KernelServerDataPath implements ServerDataPath {
     if (s.proto === IPPROTO_ICMP) return;
     // A session may go before its grant was committed (refused late, expired at once).
     this.commit();
+    if (isMapping(s)) {
+      this.#mappingDown(s);
+      return;
+    }
     try {
       if (this.#pool.has(s.x)) {
         this.#nft.delete(SERVER_TABLE, "queued", [remoteKey(s)]);
@@ -290,6 +329,30 @@ export class KernelServerDataPath implements ServerDataPath {
       }]);
     } catch (e) {
       this.#fail(`removing ${describe(s)}`, e);
+    }
+  }
+
+  /**
+   * A mapping goes: its two elements, then the conntracks it made (inbound
+   * toward R:p from any remote, outbound from a:pa snatted to R:p), found by
+   * one dump (mappings are few; sessions have exact tuples instead).
+   */
+  #mappingDown(s: GatewaySession): void {
+    try {
+      this.#nft.delete(SERVER_TABLE, "map_in", [mapInKey(s)]);
+      this.#nft.delete(SERVER_TABLE, "map_out", [mapOutKey(s)]);
+      const gone: { proto: number; src: number; dst: number; sport: number; dport: number }[] = [];
+      this.#ct.dump((e) => {
+        if (e.orig.proto !== s.proto) return;
+        const inbound = e.orig.dst === s.r && e.orig.dport === s.p && e.reply.src === s.a &&
+          e.reply.sport === s.pa;
+        const outbound = e.orig.src === s.a && e.orig.sport === s.pa && e.reply.dst === s.r &&
+          e.reply.dport === s.p;
+        if (inbound || outbound) gone.push({ ...e.orig });
+      });
+      if (gone.length) this.#ct.delete(gone);
+    } catch (e) {
+      this.#fail(`removing the mapping ${formatIPv4(s.r)}:${s.p} -> ${formatIPv4(s.a)}:${s.pa}`, e);
     }
   }
 

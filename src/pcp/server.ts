@@ -1,0 +1,383 @@
+/**
+ * The PCP (RFC 6887) and NAT-PMP (RFC 6886) server of `dpm server`: UDP 5351
+ * on the LAN address, answered from the same session table and allocation
+ * policy as dpm's own protocol (`docs/pcp.md`).
+ *
+ * - NAT-PMP opcode 0 answers the host's public address (its paired address,
+ *   else its home address); PCP ANNOUNCE answers the epoch.
+ * - NAT-PMP map and PCP MAP create an inbound mapping (`SessionTable.map`):
+ *   `R:p -> a:pa` from every remote, with lifetime, renewal (the same
+ *   request again) and delete (lifetime 0).
+ * - PCP PEER is one of dpm's own sessions toward one remote (`reserve`,
+ *   replaceable).
+ * - Checks, in order: the source is in the LAN prefix (else silence), the
+ *   datagram decodes, PCP's client address is the datagram's source
+ *   (ADDRESS_MISMATCH), the host's request rate (the same limiter as dpm's
+ *   protocol), the mapping nonce (PCP: a MAP or PEER created with a nonce is
+ *   renewed or deleted only with the same nonce, else NOT_AUTHORIZED), then
+ *   the table. Refusals that are not a verified host's own business are
+ *   answered within the same per-source refusal budget as dpm's protocol.
+ * - Epoch time: seconds since this server started, so a client sees a
+ *   restart (RFC 6886 section 3.6, RFC 6887 section 8.5).
+ *
+ * @module
+ */
+
+import { type Cidr, cidrContains, formatIPv4 } from "../wire/addr.ts";
+import type { RateLimiter } from "../control/ratelimit.ts";
+import { Result } from "../control/result.ts";
+import type { Grant, SessionTable } from "../table/table.ts";
+import {
+  decodeRequest,
+  encodePcpResponse,
+  NATPMP_VERSION,
+  natPmpAddressResponse,
+  natPmpErrorResponse,
+  natPmpMapResponse,
+  type NatPmpRequest,
+  NatPmpResult,
+  pcpErrorResponse,
+  PcpOp,
+  PcpOption,
+  type PcpRequest,
+  PcpResult,
+} from "./codec.ts";
+
+/** Lifetime of a short-lived PCP error (resources), seconds (RFC 6887 section 7.4). */
+export const SHORT_ERROR_LIFETIME = 30;
+/** Lifetime of a long-lived PCP error (policy, malformed), seconds. */
+export const LONG_ERROR_LIFETIME = 1800;
+
+/** What the service needs from the server core. */
+export interface PcpContext {
+  table: SessionTable;
+  /** LAN prefix: only its hosts are answered. Null: every source. */
+  lan: Cidr | null;
+  /** The server's start (ms): epoch time counts from it. */
+  startedAt: number;
+  /** The host's request rate (shared with dpm's protocol). */
+  limiter: RateLimiter;
+  /** The per-source budget of refusals that are not a verified host's own business. */
+  refusals: RateLimiter;
+  /** False when the data path cannot forward mappings (queue): MAP and PEER get UNSUPP_OPCODE. */
+  mapSupported: () => boolean;
+  /** PEER's remote must be outside (not the LAN, not G). */
+  remoteIsOutside: (x: number) => boolean;
+  /** Refusal log (rate-limited by the caller). */
+  log: (line: string) => void;
+}
+
+/** dpm's result code as PCP's. */
+export function pcpResultOf(r: number): number {
+  switch (r) {
+    case Result.OK:
+    case Result.NO_SUCH_SESSION:
+      return PcpResult.SUCCESS;
+    case Result.NO_RESOURCES:
+    case Result.RATE_LIMITED:
+      return PcpResult.NO_RESOURCES;
+    case Result.QUOTA_EXCEEDED:
+      return PcpResult.USER_EX_QUOTA;
+    case Result.CONFLICT:
+      return PcpResult.CANNOT_PROVIDE_EXTERNAL;
+    case Result.UNSUPPORTED_PROTOCOL:
+      return PcpResult.UNSUPP_PROTOCOL;
+    case Result.UNSUPPORTED_OPCODE:
+      return PcpResult.UNSUPP_OPCODE;
+    case Result.NOT_AUTHORIZED:
+    case Result.BAD_REMOTE:
+      return PcpResult.NOT_AUTHORIZED;
+    default:
+      return PcpResult.MALFORMED_REQUEST;
+  }
+}
+
+/** dpm's result code as NAT-PMP's. */
+export function natPmpResultOf(r: number): number {
+  switch (r) {
+    case Result.OK:
+    case Result.NO_SUCH_SESSION:
+      return NatPmpResult.SUCCESS;
+    case Result.NO_RESOURCES:
+    case Result.RATE_LIMITED:
+    case Result.QUOTA_EXCEEDED:
+    case Result.CONFLICT:
+      return NatPmpResult.NO_RESOURCES;
+    case Result.UNSUPPORTED_OPCODE:
+      return NatPmpResult.UNSUPP_OPCODE;
+    default:
+      return NatPmpResult.NOT_AUTHORIZED;
+  }
+}
+
+/** PCP errors whose cause lasts (RFC 6887 section 7.4): answered with the long lifetime. */
+function errorLifetime(pcpResult: number): number {
+  return pcpResult === PcpResult.NO_RESOURCES || pcpResult === PcpResult.USER_EX_QUOTA ||
+      pcpResult === PcpResult.CANNOT_PROVIDE_EXTERNAL || pcpResult === PcpResult.NETWORK_FAILURE
+    ? SHORT_ERROR_LIFETIME
+    : LONG_ERROR_LIFETIME;
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+const PROTO_NAME: Record<number, string> = { 6: "tcp", 17: "udp" };
+
+/** The PCP and NAT-PMP request handler (no sockets: tests call `handle` with bytes). */
+export class PcpService {
+  readonly #c: PcpContext;
+  /** Answers sent, by protocol and result code (for tests and status). */
+  readonly pcpResults = new Float64Array(14);
+  readonly natPmpResults = new Float64Array(6);
+  /**
+   * Per host, the mappings and peers this service made, with their PCP nonce
+   * (null: made by NAT-PMP, which has none): `proto/pa` (MAP) or
+   * `proto/pa/x/px` (PEER). Entries whose row left the table are dropped on
+   * use and by `sweep`.
+   */
+  readonly #owned = new Map<number, Map<string, Uint8Array | null>>();
+
+  constructor(ctx: PcpContext) {
+    this.#c = ctx;
+  }
+
+  /** Seconds since the server started (both protocols' epoch time). */
+  epochTime(now: number): number {
+    return Math.max(0, Math.floor((now - this.#c.startedAt) / 1000)) >>> 0;
+  }
+
+  /** Handles one datagram from `src` (host order); returns the reply or null. */
+  handle(msg: Uint8Array, src: number, now: number): Uint8Array | null {
+    const c = this.#c;
+    if (c.lan && !cidrContains(c.lan, src)) return null; // only the LAN side is served
+    const epoch = this.epochTime(now);
+    const d = decodeRequest(msg);
+    if (!d.ok) {
+      if (!d.answer || !c.refusals.allow(src, now)) return null;
+      c.log(
+        `refused a ${d.version === NATPMP_VERSION ? "NAT-PMP" : "PCP"} request from ${
+          formatIPv4(src)
+        }: ${d.reason}`,
+      );
+      if (d.version === NATPMP_VERSION) {
+        this.natPmpResults[d.result]!++;
+        return natPmpErrorResponse(msg[1]!, d.result, epoch);
+      }
+      this.pcpResults[d.result]!++;
+      return pcpErrorResponse(msg, d.result, errorLifetime(d.result), epoch);
+    }
+    return d.req.kind === "natpmp"
+      ? this.#natPmp(d.req, src, now, epoch)
+      : this.#pcp(d.req, msg, src, now, epoch);
+  }
+
+  // ---------------------------------------------------------------- NAT-PMP
+
+  #natPmp(req: NatPmpRequest, src: number, now: number, epoch: number): Uint8Array | null {
+    const c = this.#c;
+    const t = c.table;
+    if (!c.limiter.allow(src, now)) {
+      if (!c.refusals.allow(src, now)) return null;
+      return this.#natPmpAnswer(req, NatPmpResult.NO_RESOURCES, epoch, 0, 0);
+    }
+    if (req.op === 0) {
+      this.natPmpResults[0]!++;
+      return natPmpAddressResponse(0, epoch, t.externalAddressOf(src));
+    }
+    if (!c.mapSupported()) return this.#natPmpAnswer(req, NatPmpResult.UNSUPP_OPCODE, epoch, 0, 0);
+    if (req.lifetime === 0) {
+      // Delete one mapping, or (internal port 0) every mapping of the host for the protocol.
+      if (req.internalPort === 0) {
+        for (const [k] of this.#mine(src)) {
+          const [proto, pa] = k.split("/").map(Number) as [number, number];
+          if (k.split("/").length === 2 && proto === req.proto) this.#unmap(src, proto, pa, now);
+        }
+      } else this.#unmap(src, req.proto, req.internalPort, now);
+      return this.#natPmpAnswer(req, NatPmpResult.SUCCESS, epoch, 0, 0);
+    }
+    if (req.internalPort === 0) {
+      return this.#natPmpAnswer(req, NatPmpResult.NOT_AUTHORIZED, epoch, 0, 0);
+    }
+    const g = t.map({
+      proto: req.proto,
+      a: src,
+      pa: req.internalPort,
+      p: req.externalPort,
+      r: 0,
+      lifetime: req.lifetime,
+    }, now);
+    if (g.result !== Result.OK) {
+      this.#refused(
+        `NAT-PMP map ${PROTO_NAME[req.proto]} ${formatIPv4(src)}:${req.internalPort}`,
+        g,
+      );
+      return this.#natPmpAnswer(req, natPmpResultOf(g.result), epoch, 0, 0);
+    }
+    const mine = this.#mine(src);
+    const key = `${req.proto}/${req.internalPort}`;
+    if (!mine.has(key)) mine.set(key, null);
+    return this.#natPmpAnswer(req, NatPmpResult.SUCCESS, epoch, g.p, g.lifetime);
+  }
+
+  #natPmpAnswer(
+    req: NatPmpRequest,
+    result: number,
+    epoch: number,
+    p: number,
+    lifetime: number,
+  ): Uint8Array {
+    this.natPmpResults[result]!++;
+    if (req.op === 0) return natPmpAddressResponse(result, epoch, 0);
+    return natPmpMapResponse(req.op, result, epoch, req.internalPort, p, lifetime);
+  }
+
+  // ---------------------------------------------------------------- PCP
+
+  #pcp(
+    req: PcpRequest,
+    msg: Uint8Array,
+    src: number,
+    now: number,
+    epoch: number,
+  ): Uint8Array | null {
+    const c = this.#c;
+    const err = (result: number, budgeted: boolean, why: string): Uint8Array | null => {
+      if (budgeted && !c.refusals.allow(src, now)) return null;
+      c.log(`refused a PCP ${opName(req.op)} from ${formatIPv4(src)}: ${why}`);
+      this.pcpResults[result]!++;
+      return pcpErrorResponse(msg, result, errorLifetime(result), epoch);
+    };
+    if (req.clientV4 !== src) {
+      return err(PcpResult.ADDRESS_MISMATCH, true, "client address is not the source");
+    }
+    if (!c.limiter.allow(src, now)) return err(PcpResult.NO_RESOURCES, true, "rate limited");
+    if (req.op === PcpOp.ANNOUNCE) {
+      this.pcpResults[0]!++;
+      return encodePcpResponse({ op: 0, result: 0, lifetime: 0, epoch });
+    }
+    for (const o of req.options) {
+      if (o.code === PcpOption.THIRD_PARTY || o.code === PcpOption.FILTER) {
+        return err(PcpResult.UNSUPP_OPTION, false, `option ${o.code} not supported`);
+      }
+    }
+    if (!c.mapSupported()) {
+      return err(PcpResult.UNSUPP_OPCODE, false, "the queue data path forwards no mappings");
+    }
+    if (req.proto !== 6 && req.proto !== 17) {
+      return err(PcpResult.UNSUPP_PROTOCOL, false, `protocol ${req.proto}`);
+    }
+    const t = c.table;
+    const mine = this.#mine(src);
+    const peer = req.op === PcpOp.PEER;
+    const x = req.remoteAddr ?? 0;
+    const key = peer
+      ? `${req.proto}/${req.internalPort}/${x}/${req.remotePort}`
+      : `${req.proto}/${req.internalPort}`;
+    const row = peer
+      ? t.lookupIdentity(req.proto, src, req.internalPort, x, req.remotePort)
+      : t.lookupMapOf(req.proto, src, req.internalPort);
+    if (row < 0) mine.delete(key);
+    const stored = mine.get(key);
+    if (row >= 0 && stored && !sameBytes(stored, req.nonce)) {
+      return err(PcpResult.NOT_AUTHORIZED, false, "nonce does not match the mapping's");
+    }
+    const answer = (result: number, g: Grant | null, lifetime: number) => {
+      this.pcpResults[result]!++;
+      return encodePcpResponse({
+        op: req.op,
+        result,
+        lifetime,
+        epoch,
+        nonce: req.nonce,
+        proto: req.proto,
+        internalPort: req.internalPort,
+        externalPort: g ? g.p : req.externalPort,
+        externalAddr: g ? g.r : req.externalAddr,
+        remotePort: req.remotePort,
+        remoteAddr: x,
+        options: req.preferFailure
+          ? [{ code: PcpOption.PREFER_FAILURE, data: new Uint8Array(0) }]
+          : [],
+      });
+    };
+    if (req.lifetime === 0) {
+      if (row >= 0) {
+        if (peer) t.release(req.proto, src, req.internalPort, x, req.remotePort, now);
+        else t.release(req.proto, src, req.internalPort, 0, 0, now);
+      }
+      mine.delete(key);
+      return answer(PcpResult.SUCCESS, null, 0);
+    }
+    if (peer && !c.remoteIsOutside(x)) {
+      return err(PcpResult.NOT_AUTHORIZED, false, `remote ${formatIPv4(x)} is not outside`);
+    }
+    const g = peer
+      ? t.reserve({
+        proto: req.proto,
+        a: src,
+        pa: req.internalPort,
+        x,
+        px: req.remotePort,
+        replaceable: true,
+        lifetime: req.lifetime,
+      }, now)
+      : t.map({
+        proto: req.proto,
+        a: src,
+        pa: req.internalPort,
+        p: req.externalPort,
+        r: req.externalAddr,
+        lifetime: req.lifetime,
+        preferFailure: req.preferFailure,
+      }, now);
+    if (g.result !== Result.OK) {
+      this.#refused(
+        `PCP ${opName(req.op)} ${PROTO_NAME[req.proto]} ${formatIPv4(src)}:${req.internalPort}`,
+        g,
+      );
+      const r = pcpResultOf(g.result);
+      return err(r, false, `table: result ${g.result}`);
+    }
+    mine.set(key, req.nonce.slice());
+    return answer(PcpResult.SUCCESS, g, g.lifetime);
+  }
+
+  // ---------------------------------------------------------------- bookkeeping
+
+  #mine(a: number): Map<string, Uint8Array | null> {
+    let m = this.#owned.get(a);
+    if (!m) this.#owned.set(a, m = new Map());
+    return m;
+  }
+
+  #unmap(a: number, proto: number, pa: number, now: number): void {
+    this.#c.table.release(proto, a, pa, 0, 0, now);
+    this.#owned.get(a)?.delete(`${proto}/${pa}`);
+  }
+
+  #refused(what: string, g: Grant): void {
+    this.#c.log(`refused ${what}: table result ${g.result}`);
+  }
+
+  /** Forgets nonces of mappings and peers that left the table (call periodically). */
+  sweep(): void {
+    const t = this.#c.table;
+    for (const [a, m] of this.#owned) {
+      for (const k of m.keys()) {
+        const f = k.split("/").map(Number);
+        const row = f.length === 2
+          ? t.lookupMapOf(f[0]!, a, f[1]!)
+          : t.lookupIdentity(f[0]!, a, f[1]!, f[2]!, f[3]!);
+        if (row < 0) m.delete(k);
+      }
+      if (m.size === 0) this.#owned.delete(a);
+    }
+  }
+}
+
+function opName(op: number): string {
+  return op === PcpOp.MAP ? "MAP" : op === PcpOp.PEER ? "PEER" : "ANNOUNCE";
+}
