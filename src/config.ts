@@ -515,7 +515,7 @@ export const COMMANDS = {
     synopsis:
       "dpm query <tcp|udp|icmp> <local addr:port> <remote addr:port> [--reserve] [--json] [--socket <path>]",
     about:
-      "Ask the local driver which public address and port a session uses (claims 11, 19, 24). For icmp the port is the echo identifier and the remote port 0. Exit 0 when the session exists, 1 when not, 2 on bad usage.",
+      "Ask the local driver which public address and port a session uses (claims 11, 19, 24). For icmp the port is the echo identifier and the remote port 0. Exit 0 when the session exists, 1 when not (or refused), 2 on bad usage, 3 when no driver answers.",
     flags: QUERY_FLAGS,
     config: false,
     args: "<tcp|udp|icmp> <local addr:port> <remote addr:port>",

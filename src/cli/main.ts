@@ -1,5 +1,5 @@
 /**
- * The command line: `dpm server | driver | status | query`, `--help`,
+ * The command line: `dpm server | driver | status | query | drop`, `--help`,
  * `--version`. Flags are parsed strictly; values are validated by the zod
  * schemas in config.ts. Any bad flag, value or config file prints a one-line
  * reason naming the offending value, then the usage, and exits with code 2.
@@ -14,6 +14,7 @@ import {
   ConfigError,
   DRIVER_FLAGS,
   driverConfig,
+  DROP_FLAGS,
   type Origins,
   parseSpec,
   QUERY_FLAGS,
@@ -30,11 +31,19 @@ import {
   manPage,
   zshCompletion,
 } from "./docs.ts";
-import { formatIPv4, parseAddrPort } from "../wire/addr.ts";
-import { requestLocal } from "../operator/socket.ts";
+import { formatIPv4, parseAddrPort, parseIPv4 } from "../wire/addr.ts";
+import { requestLocal, streamLocal } from "../operator/socket.ts";
 import { setFormat, setLevel } from "../runtime/log.ts";
 import { VERSION } from "../version.ts";
-import type { DriverStatusReply, QueryReply, StatusReply } from "../operator/types.ts";
+import type {
+  DriverStatusReply,
+  DropReply,
+  HostView,
+  QueryReply,
+  SessionEvent,
+  SessionView,
+  StatusReply,
+} from "../operator/types.ts";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP } from "../wire/packet.ts";
 
 /** Thrown for bad usage; carries the command whose usage is printed. */
@@ -114,6 +123,8 @@ export async function main(args: string[]): Promise<number> {
         return await runStatusCommand(rest);
       case "query":
         return await runQueryCommand(rest);
+      case "drop":
+        return await runDropCommand(rest);
       default:
         throw new UsageError(`Unknown command "${command}"`, null);
     }
@@ -192,13 +203,152 @@ async function runStatusCommand(args: string[]): Promise<number> {
   const { values, positionals } = parse("status", args, parseSpec(STATUS_FLAGS, false));
   if (values.help) return console.log(commandHelp("status")), 0;
   if (positionals.length) throw new UsageError(`Unexpected argument "${positionals[0]}"`, "status");
+  const host = values.host === undefined ? undefined : String(values.host);
+  if (host !== undefined && parseIPv4(host) === null) {
+    throw new UsageError(`Invalid --host "${host}": want an IPv4 address`, "status");
+  }
   const dflt = values.driver ? "/run/dpm/driver.sock" : "/run/dpm/server.sock";
-  const res = await requestLocal(String(values.socket ?? dflt), { op: "status" });
-  if (values.json) console.log(JSON.stringify(res, null, 2));
-  else if ((res as { role?: string }).role === "driver") {
-    console.log(formatDriverStatus(res as DriverStatusReply));
-  } else console.log(formatStatus(res as StatusReply));
+  const path = String(values.socket ?? dflt);
+  if (values.driver) {
+    if (host !== undefined || values.watch) {
+      throw new UsageError(
+        "--host and --watch are about the gateway's table: not with --driver",
+        "status",
+      );
+    }
+    const res = await requestLocal(path, { op: "status" });
+    if (values.json) console.log(JSON.stringify(res, null, 2));
+    else console.log(formatDriverStatus(res as DriverStatusReply));
+    return 0;
+  }
+  const out = new Output();
+  if (values.watch) {
+    // Like `conntrack -E`: one line per event as it happens, until interrupted.
+    let first = true;
+    for await (const m of streamLocal(path, { op: "watch", ...(host ? { host } : {}) })) {
+      if (first) {
+        first = false;
+        if (m.stream !== true) return failed(m);
+        console.error(
+          `watching${host ? ` host ${host}` : ""}: sessions up, down, refused (Ctrl-C to stop)`,
+        );
+        continue;
+      }
+      if (isTrailer(m)) break;
+      await out.line(values.json ? JSON.stringify(m) : formatEvent(m as unknown as SessionEvent));
+      await out.flush();
+    }
+    await out.flush();
+    return 0;
+  }
+  // The header, then the rows as they come: with --json all of them, as one
+  // JSON document written as it is read; as text the first 1000 (a host's: all).
+  const req = {
+    op: "status",
+    stream: true,
+    ...(host ? { host } : {}),
+    ...(values.json || host ? {} : { limit: 1000 }),
+  };
+  let header: Record<string, unknown> | null = null;
+  const shown: SessionView[] = [];
+  let rows = 0;
+  for await (const m of streamLocal(path, req)) {
+    if (!header) {
+      if (m.stream !== true) {
+        // An older server: one answer, the status itself.
+        if (values.json) console.log(JSON.stringify(m, null, 2));
+        else console.log(formatStatus(m as unknown as StatusReply));
+        return m.error ? 1 : 0;
+      }
+      const { stream: _, ...h } = m;
+      header = h;
+      if (values.json) await out.write(JSON.stringify(h).slice(0, -1) + `,"shown":[`);
+      continue;
+    }
+    if (isTrailer(m)) break;
+    if (values.json) await out.write(`${rows ? "," : ""}\n${JSON.stringify(m)}`);
+    else shown.push(m as unknown as SessionView);
+    rows++;
+  }
+  if (values.json) await out.line("\n]}");
+  else await out.line(formatStatus({ ...(header as unknown as StatusReply), shown }));
+  await out.flush();
   return 0;
+}
+
+/** The last line of a stream: `{"end": n}`. */
+function isTrailer(m: Record<string, unknown>): boolean {
+  return typeof m.end === "number" && Object.keys(m).length === 1;
+}
+
+function failed(m: Record<string, unknown>): number {
+  console.error(`dpm: ${m.error ?? JSON.stringify(m)}`);
+  return 1;
+}
+
+/** Buffered stdout: writes in chunks of about 64 KB, each awaited (a slow pipe slows the reading). */
+class Output {
+  #parts: string[] = [];
+  #size = 0;
+  readonly #enc = new TextEncoder();
+  async write(text: string): Promise<void> {
+    this.#parts.push(text);
+    this.#size += text.length;
+    if (this.#size >= 64 * 1024) await this.flush();
+  }
+  line(text: string): Promise<void> {
+    return this.write(text + "\n");
+  }
+  async flush(): Promise<void> {
+    if (!this.#parts.length) return;
+    const b = this.#enc.encode(this.#parts.join(""));
+    this.#parts = [];
+    this.#size = 0;
+    for (let o = 0; o < b.length;) o += await Deno.stdout.write(b.subarray(o));
+  }
+}
+
+async function runDropCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parse("drop", args, parseSpec(DROP_FLAGS, false));
+  if (values.help) return console.log(commandHelp("drop")), 0;
+  let req: Record<string, unknown>;
+  let what: string;
+  if (values.host !== undefined) {
+    if (positionals.length) {
+      throw new UsageError(`Unexpected argument "${positionals[0]}" with --host`, "drop");
+    }
+    const host = String(values.host);
+    if (parseIPv4(host) === null) {
+      throw new UsageError(`Invalid --host "${host}": want an IPv4 address`, "drop");
+    }
+    req = { op: "drop", host };
+    what = `host ${host}`;
+  } else {
+    if (positionals.length !== 3) {
+      throw new UsageError(
+        `Expected 3 arguments (proto, internal, remote) or --host, got ${positionals.length}`,
+        "drop",
+      );
+    }
+    const [p, i, r] = positionals as [string, string, string];
+    const proto = p.toLowerCase();
+    if (PROTOS[proto] === undefined) {
+      throw new UsageError(`Unknown protocol "${p}": want tcp, udp or icmp`, "drop");
+    }
+    if (!parseAddrPort(i)) {
+      throw new UsageError(`Cannot parse internal endpoint "${i}": want addr:port`, "drop");
+    }
+    if (!parseAddrPort(r) && !(proto === "icmp" && parseIPv4(r) !== null)) {
+      throw new UsageError(`Cannot parse remote endpoint "${r}": want addr:port`, "drop");
+    }
+    req = { op: "drop", proto, internal: i, remote: r };
+    what = `${proto} ${i} -> ${r}`;
+  }
+  const res = await requestLocal(String(values.socket ?? "/run/dpm/server.sock"), req) as DropReply;
+  if (values.json) console.log(JSON.stringify(res));
+  else if (res.error) console.error(`dpm: ${res.error}`);
+  else console.log(`dropped ${res.dropped} session(s) (${what})`);
+  return res.error ? 1 : res.dropped > 0 ? 0 : 1;
 }
 
 async function runQueryCommand(args: string[]): Promise<number> {
@@ -219,13 +369,24 @@ async function runQueryCommand(args: string[]): Promise<number> {
   if (!local) throw new UsageError(`Cannot parse local endpoint "${l}": want addr:port`, "query");
   const remote = parseAddrPort(r);
   if (!remote) throw new UsageError(`Cannot parse remote endpoint "${r}": want addr:port`, "query");
-  const res = await requestLocal(String(values.socket ?? "/run/dpm/driver.sock"), {
-    op: "query",
-    proto: p.toLowerCase(),
-    local: l,
-    remote: r,
-    reserve: values.reserve === true,
-  }, 15_000) as QueryReply;
+  const socket = String(values.socket ?? "/run/dpm/driver.sock");
+  let res: QueryReply;
+  try {
+    res = await requestLocal(socket, {
+      op: "query",
+      proto: p.toLowerCase(),
+      local: l,
+      remote: r,
+      reserve: values.reserve === true,
+    }, 15_000) as QueryReply;
+  } catch (e) {
+    // No driver (not running, or no permission on its socket): exit 3, unlike
+    // "no such session" (1), so scripts can tell the two apart.
+    const error = `no dpm driver answers on ${socket}: ${(e as Error).message}`;
+    if (values.json) console.log(JSON.stringify({ result: "no-driver", error }));
+    else console.error(`dpm: ${error}`);
+    return 3;
+  }
   if (values.json) console.log(JSON.stringify(res));
   else if (res.result === "ok") {
     console.log(
@@ -244,28 +405,50 @@ async function runQueryCommand(args: string[]): Promise<number> {
 /** Renders the status for a terminal. */
 export function formatStatus(s: StatusReply): string {
   if (s.error) return `error: ${s.error}`;
+  const dp = s.dataPath;
   const lines = [
-    `dpm server ${s.version}  epoch ${s.epoch.toString(16).padStart(8, "0")}  up ${s.uptime}s  ` +
-    `LAN ${s.lanAddr}  pool ${s.pool.length} address(es)  data path ${s.dataPath ? "on" : "off"}`,
+    `dpm server ${s.version}  epoch ${s.epoch.toString(16).padStart(8, "0")}  up ${
+      duration(s.uptime)
+    }  ` +
+    `LAN ${s.lanAddr}  pool ${s.pool.length} address(es)  data path ${
+      dp ? `${dp.kind}${dp.state === "on" || dp.kind === "off" ? "" : ` ${dp.state}`}` : "off"
+    }${dp?.lastError ? ` (${dp.lastError})` : ""}`,
     `sessions: ${s.sessions}   packets out ${s.packets.out}  in ${s.packets.in}  hairpin ${s.packets.hairpin}`,
-    "",
   ];
-  const head = ["PROTO", "INTERNAL", "PG", "PUBLIC", "REMOTE", "EXPIRES", "FLAGS", "PKTS OUT/IN"];
+  if (s.host) lines.push(...formatHost(s.host));
+  lines.push("");
+  const head = [
+    "PROTO",
+    "INTERNAL",
+    "PG",
+    "PUBLIC",
+    "REMOTE",
+    "AGE",
+    "IDLE",
+    "EXPIRES",
+    "FLAGS",
+    "PKTS OUT/IN",
+    "BYTES OUT/IN",
+  ];
   const rows = s.shown.map((v) => [
     v.proto,
     v.internal,
     String(v.gatewayPort),
     v.public,
     v.remote,
+    v.age === undefined ? "-" : duration(v.age),
+    v.idle === undefined ? "-" : duration(v.idle),
     `${v.expiresIn}s`,
     v.flags || "-",
     `${v.packetsOut}/${v.packetsIn}`,
+    v.bytesOut === undefined ? "-" : `${bytes(v.bytesOut)}/${bytes(v.bytesIn ?? 0)}`,
   ]);
   const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const fmt = (r: string[]) => r.map((c, i) => c.padEnd(w[i]!)).join("  ").trimEnd();
   lines.push(fmt(head), ...rows.map(fmt));
-  if (s.shown.length < s.sessions) {
-    lines.push(`... ${s.sessions - s.shown.length} more (use --json)`);
+  const total = s.host ? s.host.sessions : s.sessions;
+  if (s.shown.length < total) {
+    lines.push(`... ${total - s.shown.length} more (use --json)`);
   }
   const nz = (o: Record<string, number>) =>
     Object.entries(o).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(", ") || "none";
@@ -273,9 +456,77 @@ export function formatStatus(s: StatusReply): string {
   return lines.join("\n");
 }
 
+/** The `--host` lines: quota use, pairing, refusals. */
+function formatHost(h: HostView): string[] {
+  const by = Object.entries(h.byProto).map(([p, n]) => `${p} ${n}`).join(", ");
+  const refused = Object.entries(h.refusals).map(([k, n]) => `${k} ${n}`).join(", ");
+  return [
+    `host ${h.host}: ${h.sessions}/${h.quota} sessions (${by})${
+      h.paired ? `, paired with ${h.paired}` : ""
+    }`,
+    `  refused: ${refused || "none"}${
+      h.lastRefusal
+        ? `; last ${
+          duration(h.lastRefusal.ago)
+        } ago: ${h.lastRefusal.request}: ${h.lastRefusal.result}`
+        : ""
+    }`,
+  ];
+}
+
+/** One `--watch` line, like `conntrack -E`: time, event, the session. */
+export function formatEvent(
+  e: SessionEvent | { event: "lost"; count: number },
+  at = new Date(),
+): string {
+  const t = at.toTimeString().slice(0, 8);
+  switch (e.event) {
+    case "up":
+      return `${t} [UP]      ${e.proto} ${e.internal} -> ${e.remote}  public ${e.public}  pg ${e.gatewayPort}  expires ${e.expiresIn}s${
+        e.flags ? `  ${e.flags}` : ""
+      }`;
+    case "down":
+      return `${t} [DOWN]    ${e.proto} ${e.internal} -> ${e.remote}  public ${e.public}  ${e.reason}${
+        e.age === undefined ? "" : ` after ${duration(e.age)}`
+      }  packets ${e.packetsOut}/${e.packetsIn}${
+        e.bytesOut === undefined ? "" : `  bytes ${bytes(e.bytesOut)}/${bytes(e.bytesIn ?? 0)}`
+      }`;
+    case "refused":
+      return `${t} [REFUSED] ${e.host}: ${e.request}: ${e.result}`;
+    case "lost":
+      return `${t} [LOST]    ${e.count} event(s) (the reader was too slow)`;
+    default:
+      return `${t} ${JSON.stringify(e)}`;
+  }
+}
+
+/** Seconds as `45s`, `3m12s`, `2h04m`, `3d02h`. */
+export function duration(sec: number): string {
+  const s = Math.max(0, Math.round(sec));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
+  if (s < 86400) {
+    return `${Math.floor(s / 3600)}h${String(Math.floor(s / 60) % 60).padStart(2, "0")}m`;
+  }
+  return `${Math.floor(s / 86400)}d${String(Math.floor(s / 3600) % 24).padStart(2, "0")}h`;
+}
+
+/** Bytes as `512 B`, `1.5 KiB`, `3.2 MiB`, as `wg show` prints them. */
+export function bytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  const units = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+  let v = n / 1024;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v < 10 ? v.toFixed(2) : v < 100 ? v.toFixed(1) : v.toFixed(0)} ${units[i]}`;
+}
+
 /** Renders a driver's status for a terminal. */
 export function formatDriverStatus(s: DriverStatusReply): string {
-  const head = ["PROTO", "LOCAL", "REMOTE", "PUBLIC", "PG", "STATE", "EXPIRES"];
+  const head = ["PROTO", "LOCAL", "REMOTE", "PUBLIC", "PG", "STATE", "IDLE", "EXPIRES"];
   const rows = s.sessions.map((v) => [
     String(v.proto),
     String(v.local),
@@ -285,6 +536,7 @@ export function formatDriverStatus(s: DriverStatusReply): string {
     v.fellBack
       ? `fell-back${v.retryIn === undefined ? "" : ` (retry in ${v.retryIn}s)`}`
       : String(v.result),
+    typeof v.idle === "number" ? duration(v.idle) : "-",
     v.expiresIn === undefined ? "-" : `${v.expiresIn}s`,
   ]);
   const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
@@ -294,10 +546,23 @@ export function formatDriverStatus(s: DriverStatusReply): string {
   const drops = Object.entries((st.drops ?? {}) as Record<string, number>).map(([k, n]) =>
     `${k} ${n}`
   ).join(", ");
+  const ctl = (st.control ?? {}) as Record<string, number>;
+  const c = s.control;
+  const answers = !c
+    ? ""
+    : `server ${c.answering ? "answering" : "NOT ANSWERING"}: last answer ${
+      c.lastAnswer === undefined ? "never" : `${duration(c.lastAnswer)} ago`
+    }, last timeout ${c.lastTimeout === undefined ? "never" : `${duration(c.lastTimeout)} ago`}`;
   return [
     `dpm driver  server ${s.server}  epoch ${
       s.epoch === null ? "unknown" : s.epoch.toString(16).padStart(8, "0")
     }`,
+    ...(answers ? [answers] : []),
+    `control: sent ${ctl.sent ?? 0}  retransmits ${ctl.retransmits ?? 0}  timeouts ${
+      ctl.timeouts ?? 0
+    }  rate-limited ${ctl.rateLimited ?? 0}  late ${ctl.late ?? 0}  queued ${
+      ctl.queued ?? 0
+    }  cookie retries ${ctl.cookieRetries ?? 0}`,
     `packets out ${num("out")}  in ${num("in")}  reserved ${num("reserved")}  refused ${
       num("refused")
     }  ` +

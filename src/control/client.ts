@@ -45,7 +45,6 @@ export interface RetryOptions {
   rate?: number;
 }
 
-
 /** How long the nonce of a timed-out request is remembered for a late answer, ms. */
 const LATE_MS = 60_000;
 const LATE_MAX = 8192;

@@ -405,7 +405,16 @@ export class DriverCore {
   /** Sends one control request about `s` (a fresh nonce; the server default lifetime). */
   #send(s: HostSession, op: number): Promise<Response> {
     // The jar adds the server's cookie and retries once when it asks for one.
-    return this.#cookies.request((req) => this.#client.request(req), {
+    // Answers and timeouts are timed for `dpm status --driver`.
+    const request = (req: Request) =>
+      this.#client.request(req).then((res) => {
+        this.#lastAnswerAt = this.now();
+        return res;
+      }, (e) => {
+        if (e instanceof ControlTimeout) this.#lastTimeoutAt = this.now();
+        throw e;
+      });
+    return this.#cookies.request(request, {
       op,
       nonce: newNonce(),
       proto: s.proto,
@@ -875,6 +884,7 @@ export class DriverCore {
         dataPath: this.#dp?.status() ?? { kind: "off", state: "off", reinstalls: 0 },
         stats: this.stats(),
         sessions: [...this.sessions()].map((s) => this.#view(s)),
+        control: this.controlView(),
       };
     }
     if (r?.op !== "query") {
@@ -904,6 +914,22 @@ export class DriverCore {
     return this.#view(s);
   }
 
+  /** When the server last answered / a request last timed out (ms; -1: never). */
+  #lastAnswerAt = -1;
+  #lastTimeoutAt = -1;
+
+  /** Whether the server answers, for `dpm status --driver`. */
+  controlView(): NonNullable<DriverStatusReply["control"]> {
+    const now = this.now();
+    const ago = (t: number) => Math.max(0, Math.round((now - t) / 1000));
+    return {
+      ...(this.#lastAnswerAt >= 0 ? { lastAnswer: ago(this.#lastAnswerAt) } : {}),
+      ...(this.#lastTimeoutAt >= 0 ? { lastTimeout: ago(this.#lastTimeoutAt) } : {}),
+      // Answering unless the latest word from the server is a timeout.
+      answering: this.#lastTimeoutAt < 0 || this.#lastAnswerAt > this.#lastTimeoutAt,
+    };
+  }
+
   #view(s: HostSession): QueryReply & Record<string, unknown> {
     const base = {
       proto: protoName(s.proto),
@@ -919,6 +945,7 @@ export class DriverCore {
         replaced: s.replaced,
         shared: s.shared,
         expiresIn: Math.max(0, Math.round((s.expiresAt - this.now()) / 1000)),
+        idle: Math.max(0, Math.round((this.now() - s.lastUsed) / 1000)),
       };
     }
     if (s.state === State.REFUSED) return { result: resultName(s.result), ...base };

@@ -5,6 +5,15 @@
  * (root or the socket's owner only) inside a directory made 0700 when dpm
  * creates it.
  *
+ * A handler may answer with a {@linkcode LocalStream} instead (a whole table,
+ * an event feed): the response is then newline-delimited JSON, a header
+ * object carrying `"stream": true`, one line per item, and, when the items
+ * end, a trailer `{"end": <items>}` (a stream without it was cut short).
+ * Items are written in chunks of about {@linkcode STREAM_CHUNK} bytes, each
+ * write awaited before the next chunk is built, so a million rows are never
+ * one string and a slow reader slows the producer, not the memory. The
+ * stream stops when the client goes away. {@linkcode streamLocal} reads one.
+ *
  * @module
  */
 
@@ -14,8 +23,78 @@ const log = logger("local");
 const MAX_REQUEST = 64 * 1024;
 const REQUEST_TIMEOUT_MS = 30_000;
 
-/** Handles one decoded request object; returns the response object. */
+/** Handles one decoded request object; returns the response object (or a stream). */
 export type LocalHandler = (req: unknown) => Promise<unknown> | unknown;
+
+/** Bytes a stream's items are gathered into before one write. */
+export const STREAM_CHUNK = 64 * 1024;
+
+/**
+ * A streamed answer: the header object, then the items of `items(signal)`,
+ * each one JSON line. `signal` aborts when the client has gone; an endless
+ * feed (events) must end then. A sync iterable is drained a chunk at a time.
+ */
+export class LocalStream {
+  constructor(
+    readonly header: Record<string, unknown>,
+    readonly items: (signal: AbortSignal) => Iterable<unknown> | AsyncIterable<unknown>,
+  ) {}
+}
+
+/** Where a stream is written: a connection, or a recorder in tests. */
+export interface ByteSink {
+  write(b: Uint8Array): Promise<number>;
+}
+
+/**
+ * Writes `stream` to `sink` as newline-delimited JSON (see the module
+ * documentation); returns the number of items written. Stops early, without
+ * a trailer, when `signal` aborts.
+ */
+export async function writeStream(
+  sink: ByteSink,
+  stream: LocalStream,
+  signal: AbortSignal,
+  chunk = STREAM_CHUNK,
+): Promise<number> {
+  const enc = new TextEncoder();
+  await writeAll(sink, enc.encode(JSON.stringify({ ...stream.header, stream: true }) + "\n"));
+  let buf: string[] = [];
+  let size = 0;
+  let n = 0;
+  const flush = async () => {
+    if (!buf.length) return;
+    const text = buf.join("");
+    buf = [];
+    size = 0;
+    await writeAll(sink, enc.encode(text));
+  };
+  const it = stream.items(signal);
+  if (Symbol.iterator in it) {
+    for (const item of it) {
+      const line = JSON.stringify(item) + "\n";
+      buf.push(line);
+      size += line.length;
+      n++;
+      if (size >= chunk) {
+        await flush();
+        if (signal.aborted) return n;
+      }
+    }
+  } else {
+    // An async feed (events) is written item by item: its reader waits for each.
+    for await (const item of it) {
+      if (signal.aborted) return n;
+      buf.push(JSON.stringify(item) + "\n");
+      n++;
+      await flush();
+    }
+    if (signal.aborted) return n;
+  }
+  await flush();
+  await writeAll(sink, enc.encode(JSON.stringify({ end: n }) + "\n"));
+  return n;
+}
 
 /** A listening operator socket. */
 export interface LocalServer extends AsyncDisposable {
@@ -86,6 +165,7 @@ async function serveConn(conn: Deno.Conn, handler: LocalHandler): Promise<void> 
   }, REQUEST_TIMEOUT_MS);
   try {
     const line = await readLine(conn, MAX_REQUEST);
+    clearTimeout(timer);
     let res: unknown;
     if (line === null) res = { error: "Request too long or connection closed early" };
     else {
@@ -99,7 +179,21 @@ async function serveConn(conn: Deno.Conn, handler: LocalHandler): Promise<void> 
         ? { error: "Request is not JSON" }
         : await Promise.resolve(handler(req)).catch((e) => ({ error: String(e?.message ?? e) }));
     }
-    await writeAll(conn, new TextEncoder().encode(JSON.stringify(res) + "\n"));
+    if (res instanceof LocalStream) {
+      // The client says nothing more; its EOF (or a reset) means it has gone.
+      const gone = new AbortController();
+      const buf = new Uint8Array(256);
+      (async () => {
+        try {
+          while ((await conn.read(buf)) !== null) { /* ignored */ }
+        } catch { /* reset */ }
+        gone.abort();
+      })();
+      await writeStream(conn, res, gone.signal).catch((e) => {
+        gone.abort();
+        throw e;
+      });
+    } else await writeAll(conn, new TextEncoder().encode(JSON.stringify(res) + "\n"));
   } catch (e) {
     log.debug(`operator connection: ${e}`);
   } finally {
@@ -141,7 +235,7 @@ function concat(chunks: Uint8Array[], total: number): Uint8Array {
   return out;
 }
 
-async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
+async function writeAll(conn: ByteSink, data: Uint8Array): Promise<void> {
   let o = 0;
   while (o < data.length) o += await conn.write(data.subarray(o));
 }
@@ -155,18 +249,7 @@ export async function requestLocal(
   req: unknown,
   timeoutMs = 10_000,
 ): Promise<unknown> {
-  let conn: Deno.Conn;
-  try {
-    conn = await Deno.connect({ transport: "unix", path });
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.ConnectionRefused) {
-      throw new Error(`Nothing listens on "${path}": is dpm running (and is --socket right)?`);
-    }
-    if (e instanceof Deno.errors.PermissionDenied) {
-      throw new Error(`Permission denied on "${path}": run as root or as the socket's owner`);
-    }
-    throw e;
-  }
+  const conn = await connectLocal(path);
   const timer = setTimeout(() => {
     try {
       conn.close();
@@ -182,5 +265,78 @@ export async function requestLocal(
     try {
       conn.close();
     } catch { /* closed */ }
+  }
+}
+
+/**
+ * Sends one request to the operator socket at `path` and yields what comes
+ * back, line by line as it arrives: a plain answer is one object; a stream
+ * its header (with `stream: true`), its items, then its trailer
+ * (`{"end": n}`). Throws when the stream breaks off before its trailer.
+ * `timeoutMs` bounds the wait for the first line only; a feed may then stay
+ * open as long as the caller keeps reading.
+ */
+export async function* streamLocal(
+  path: string,
+  req: unknown,
+  timeoutMs = 10_000,
+): AsyncGenerator<Record<string, unknown>> {
+  const conn = await connectLocal(path);
+  let first = true;
+  const timer = setTimeout(() => {
+    if (first) {
+      try {
+        conn.close();
+      } catch { /* closed */ }
+    }
+  }, timeoutMs);
+  try {
+    await writeAll(conn, new TextEncoder().encode(JSON.stringify(req) + "\n"));
+    const dec = new TextDecoder();
+    const buf = new Uint8Array(64 * 1024);
+    let rest = "";
+    let streaming = false;
+    for (;;) {
+      const n = await conn.read(buf).catch(() => null);
+      if (n === null) break;
+      rest += dec.decode(buf.subarray(0, n), { stream: true });
+      let nl: number;
+      let from = 0;
+      while ((nl = rest.indexOf("\n", from)) >= 0) {
+        const obj = JSON.parse(rest.slice(from, nl)) as Record<string, unknown>;
+        from = nl + 1;
+        if (first) {
+          first = false;
+          clearTimeout(timer);
+          streaming = obj?.stream === true;
+          yield obj;
+          if (!streaming) return;
+          continue;
+        }
+        yield obj;
+        if (typeof obj?.end === "number" && Object.keys(obj).length === 1) return;
+      }
+      rest = rest.slice(from);
+    }
+    throw new Error(first ? `No answer from "${path}"` : `The answer from "${path}" broke off`);
+  } finally {
+    clearTimeout(timer);
+    try {
+      conn.close();
+    } catch { /* closed */ }
+  }
+}
+
+async function connectLocal(path: string): Promise<Deno.Conn> {
+  try {
+    return await Deno.connect({ transport: "unix", path });
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.ConnectionRefused) {
+      throw new Error(`Nothing listens on "${path}": is dpm running (and is --socket right)?`);
+    }
+    if (e instanceof Deno.errors.PermissionDenied) {
+      throw new Error(`Permission denied on "${path}": run as root or as the socket's owner`);
+    }
+    throw e;
   }
 }

@@ -28,7 +28,10 @@ export interface StatusReply {
   /** The data path and its health ("off" when the server runs control only). */
   dataPath: DataPathStatus;
   sessions: number;
+  /** The sessions listed: at most the limit asked (1000), all when streamed. */
   shown: SessionView[];
+  /** With `host`: that host's sessions only, its quota use and its refusals. */
+  host?: HostView;
   results: Record<string, number>;
   drops: Record<string, number>;
   packets: { in: number; out: number; hairpin: number };
@@ -45,9 +48,44 @@ export interface SessionView {
   flags: string;
   packetsOut: number;
   packetsIn: number;
-  /** Bytes, where the data path counts them (the kernel path, from conntrack). */
+  /** Bytes host -> remote and back (the kernel path adds conntrack's). */
   bytesOut?: number;
   bytesIn?: number;
+  /** Seconds since the session was granted (or restored, or adopted). */
+  age?: number;
+  /**
+   * Seconds since its counters were last seen moving; absent before any
+   * packet. Sampled: on the queue path at least every full expiry sweep
+   * (250 ms up to ~16k sessions), on the kernel path at each status read.
+   */
+  idle?: number;
+}
+
+/** `dpm status --host A`: one host's share of the table. */
+export interface HostView {
+  host: string;
+  sessions: number;
+  /** The per-host quota (--max-sessions-per-host). */
+  quota: number;
+  byProto: Record<string, number>;
+  /** The public address the host is paired with, if any. */
+  paired?: string;
+  /** The host's refused requests by reason, since the server started. */
+  refusals: Record<string, number>;
+  /** The last refusal: what, why, seconds ago. */
+  lastRefusal?: { request: string; result: string; ago: number };
+}
+
+/** A line of `dpm status --watch`: a session came or went, or a request was refused. */
+export type SessionEvent =
+  | ({ event: "up" } & SessionView)
+  | ({ event: "down"; reason: "released" | "expired" | "dropped" } & SessionView)
+  | { event: "refused"; host: string; request: string; result: string };
+
+/** The server's answer to `dpm drop`. */
+export interface DropReply {
+  error?: string;
+  dropped: number;
 }
 
 /** The driver's status reply . */
@@ -58,6 +96,8 @@ export interface DriverStatusReply {
   dataPath: DataPathStatus;
   stats: Record<string, unknown>;
   sessions: Record<string, unknown>[];
+  /** Whether the server answers: seconds since its last answer and its last timeout (absent: never). */
+  control?: { lastAnswer?: number; lastTimeout?: number; answering: boolean };
 }
 
 /** The state of a role's data path as `dpm status` shows it. */

@@ -188,3 +188,24 @@ Deno.test("config: the help's spelling of a switch works as a config key too (no
     /--masquerade and --no-masquerade disagree/,
   );
 });
+
+Deno.test("cli: dpm query exits 3 when no driver answers (1 is for no such session), with a JSON error under --json", async () => {
+  const out: string[] = [];
+  const err: string[] = [];
+  const [ol, oe] = [console.log, console.error];
+  console.log = (...a: unknown[]) => void out.push(a.join(" "));
+  console.error = (...a: unknown[]) => void err.push(a.join(" "));
+  try {
+    const sock = `/tmp/dpm-no-driver-${crypto.randomUUID()}.sock`;
+    const args = ["query", "udp", "10.0.0.11:5060", "198.51.100.7:5060", "--socket", sock];
+    assert.equal(await main(args), 3);
+    assert.match(err.join("\n"), /no dpm driver answers on/);
+    assert.equal(await main([...args, "--json"]), 3);
+    const j = JSON.parse(out.at(-1)!);
+    assert.equal(j.result, "no-driver");
+    assert.match(j.error, /no dpm driver answers/);
+  } finally {
+    console.log = ol;
+    console.error = oe;
+  }
+});
