@@ -73,7 +73,7 @@ Deno.test(
 
       // The status table, from the real CLI.
       assert.match(out, /dpm server \d+\.\d+\.\d+ +epoch [0-9a-f]{8}/);
-      assert.match(out, /PROTO +INTERNAL +PG +PUBLIC +REMOTE +EXPIRES +FLAGS/);
+      assert.match(out, /PROTO +INTERNAL +PG +PUBLIC +REMOTE +AGE +IDLE +EXPIRES +FLAGS/);
       assert.match(
         out,
         /udp +10\.0\.0\.11:5060 +\d+ +203\.0\.113\.10:5060 +198\.51\.100\.10:5060 .*shared/,
