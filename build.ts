@@ -2,11 +2,29 @@
  * `deno task build`: the single `dpm` executable, with `deno compile`.
  *
  * ```sh
- * deno task build                                  # dist/dpm-x86_64-unknown-linux-gnu, dist/dpm-aarch64-unknown-linux-gnu
+ * deno task build                                  # dist/dpm-<target>, .sha256, dist/dpm_<version>_<arch>.deb, .sha256
  * deno task build --target aarch64-unknown-linux-gnu --out /tmp/dpm
  * DENORT_BIN=/path/to/denort deno task build       # offline: that runtime instead of a download
+ * deno task build --no-deb                         # the executables (and their .sha256) only
+ * deno task build --bundle                         # no denort: dist/dpm.bundle.js and dpm_<version>_all.deb
  * deno task build --check                          # offline check: type-check and bundle (dist/dpm.bundle.js)
  * ```
+ *
+ * Packages: for each executable a Debian package (`dpkg-deb --build
+ * --root-owner-group`, architecture amd64 or arm64) with /usr/bin/dpm, the
+ * systemd units (lib/systemd/system/, ExecStart=/usr/bin/dpm), the man page,
+ * bash and zsh completions and, under /usr/share/doc/dpm/, the README, the
+ * example configs and the JSON schemas; Depends: nftables, iptables,
+ * conntrack, iproute2. Every artifact gets a `<file>.sha256` beside it, in
+ * `sha256sum -c` format. Where `deno compile` cannot run (no denort),
+ * `--bundle` packages the `deno bundle` output instead (architecture all:
+ * /usr/lib/dpm/dpm.bundle.js and a /usr/bin/dpm launcher that runs it with the
+ * `deno` on PATH, which the package cannot depend on: Deno is not a Debian
+ * package).
+ *
+ * No phoning home: DENO_NO_UPDATE_CHECK=1 is in the units, in the bundle
+ * launcher, and embedded in the executable (`deno compile --env-file`; denort
+ * has no update check of its own, this makes sure).
  *
  * `deno compile` joins dpm's code to `denort`, Deno's runtime for one
  * target, which it downloads from Deno's release server. Where that server is
@@ -33,6 +51,7 @@
 
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
+import { gzipSync } from "node:zlib";
 import { VERSION } from "./mod.ts";
 
 /** The targets dpm is built for: Linux only (netfilter queue, iptables). */
@@ -63,13 +82,52 @@ const ELF_MACHINE: Record<(typeof TARGETS)[number], number> = {
   "aarch64-unknown-linux-gnu": 0xb7,
 };
 
-const USAGE = `Usage: deno task build [--target <triple>]... [--out <dir>] [--check]
+/** Debian architecture of each target. */
+export const DEB_ARCH: Record<(typeof TARGETS)[number], string> = {
+  "x86_64-unknown-linux-gnu": "amd64",
+  "aarch64-unknown-linux-gnu": "arm64",
+};
+
+/** What the packages need at run time (Debian package names). */
+export const DEB_DEPENDS = ["nftables", "iptables", "conntrack", "iproute2"] as const;
+
+/** Where the bundle package keeps the bundle; /usr/bin/dpm runs it. */
+export const BUNDLE_PATH = "/usr/lib/dpm/dpm.bundle.js";
+
+/**
+ * /usr/bin/dpm of the bundle package: runs the bundle with the `deno` on PATH
+ * (or $DPM_DENO), without Deno's update check; a clear message and exit 127
+ * when there is no deno.
+ */
+export const LAUNCHER = `#!/bin/sh
+# dpm launcher (the "bundle" package): runs dpm's bundle with the system's deno.
+# The daemon must not phone home: no Deno update check.
+export DENO_NO_UPDATE_CHECK=1
+deno="\${DPM_DENO:-\$(command -v deno)}"
+if [ -z "\$deno" ] || [ ! -x "\$deno" ]; then
+  echo "dpm: cannot find deno on PATH (\${PATH:-unset})." >&2
+  echo "This dpm package runs ${BUNDLE_PATH} with Deno ${Deno.version.deno} or later," >&2
+  echo "which is not a Debian package: install it (e.g. npm install -g deno), or set DPM_DENO=/path/to/deno." >&2
+  exit 127
+fi
+exec "\$deno" run --allow-all --quiet --no-config ${BUNDLE_PATH} "\$@"
+`;
+
+const USAGE =
+  `Usage: deno task build [--target <triple>]... [--out <dir>] [--no-deb] [--bundle | --check]
 
   --target <triple>  build for this target (repeatable); default: ${TARGETS.join(", ")}
-  --out <dir>        where the executables go (default dist/)
+  --out <dir>        where the artifacts go (default dist/)
+  --no-deb           the executables (and their .sha256) only, no .deb
+  --bundle           without deno compile (no denort): bundle mod.ts with deno
+                     bundle into <out>/dpm.bundle.js and package it as
+                     <out>/dpm_${VERSION}_all.deb (its /usr/bin/dpm runs the
+                     bundle with the deno on PATH)
   --check            offline check only: type-check mod.ts, bundle it into
                      <out>/dpm.bundle.js with deno bundle, run its --version
   --help             this text
+
+Every artifact gets a <file>.sha256 beside it (sha256sum -c format).
 
 Environment:
   DENORT_BIN=/path/to/denort  the Deno runtime (denort, Deno ${Deno.version.deno}) for deno compile
@@ -82,6 +140,8 @@ interface Options {
   targets: string[];
   out: string;
   check: boolean;
+  bundle: boolean;
+  deb: boolean;
 }
 
 function parse(args: string[]): Options | null {
@@ -95,6 +155,8 @@ function parse(args: string[]): Options | null {
         target: { type: "string", multiple: true },
         out: { type: "string" },
         check: { type: "boolean" },
+        bundle: { type: "boolean" },
+        "no-deb": { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -110,7 +172,17 @@ function parse(args: string[]): Options | null {
     }
   }
   if (v.out === "") throw new UsageError("Empty --out");
-  return { targets, out: v.out ?? DEFAULT_OUT, check: v.check === true };
+  if (v.check && v.bundle) throw new UsageError("--check and --bundle exclude each other");
+  if (v.bundle && targets.length > 0) {
+    throw new UsageError("--bundle makes one package for every architecture: no --target");
+  }
+  return {
+    targets,
+    out: (v.out ?? DEFAULT_OUT).replace(/(.)\/+$/, "$1"),
+    check: v.check === true,
+    bundle: v.bundle === true,
+    deb: v["no-deb"] !== true,
+  };
 }
 
 /** Runs a command in the repository root; never throws for a non-zero exit. */
@@ -186,7 +258,8 @@ function denortTarget(path: string): (typeof TARGETS)[number] {
   return t;
 }
 
-async function check(o: Options): Promise<void> {
+/** Type-checks and bundles mod.ts into <out>/dpm.bundle.js, runs its --version; returns its path. */
+async function check(o: Options): Promise<string> {
   const entries = [ENTRY, ...INCLUDE];
   console.log(`Type-checking ${entries.join(", ")}`);
   const c = await run(Deno.execPath(), ["check", "--quiet", ...entries]);
@@ -217,6 +290,169 @@ async function check(o: Options): Promise<void> {
     );
   }
   console.log(`  ${bundle}  ${size(bundle)}  (runs: ${v.out.trim()})`);
+  return bundle;
+}
+
+/** `--bundle`: the bundle, its .sha256, and the architecture-independent .deb. */
+async function bundlePackage(o: Options): Promise<void> {
+  const bundle = await check(o);
+  await writeSha256(bundle);
+  if (!o.deb) return;
+  const deb = await buildDeb({
+    arch: "all",
+    out: o.out,
+    files: [
+      { path: BUNDLE_PATH, from: bundle, mode: 0o644 },
+      { path: "/usr/bin/dpm", text: LAUNCHER, mode: 0o755 },
+    ],
+    note: `This package runs dpm from its JavaScript bundle with the system's deno\n` +
+      `(Deno ${Deno.version.deno} or later, on PATH; not a Debian package).`,
+  });
+  console.log(`  ${deb}  ${size(deb)}`);
+}
+
+/** Writes `<file>.sha256` ("<hex>  <name>", as sha256sum prints it); returns the hex digest. */
+export async function writeSha256(file: string): Promise<string> {
+  const bytes = await Deno.readFile(file);
+  const hex = [...new Uint8Array(await crypto.subtle.digest("SHA-256", bytes))]
+    .map((b) => b.toString(16).padStart(2, "0")).join("");
+  const name = file.slice(file.lastIndexOf("/") + 1);
+  await Deno.writeTextFile(`${file}.sha256`, `${hex}  ${name}\n`);
+  return hex;
+}
+
+/** One file of a package: copied `from` a file, or `text`. */
+export interface DebFile {
+  /** Absolute path on the installed system. */
+  path: string;
+  from?: string;
+  text?: string;
+  mode: number;
+}
+
+/** What {@linkcode buildDeb} packages besides the common files. */
+export interface DebSpec {
+  /** Debian architecture: amd64, arm64, or all (the bundle). */
+  arch: string;
+  /** Directory of the .deb (and its .sha256). */
+  out: string;
+  /** /usr/bin/dpm and whatever it needs. */
+  files: DebFile[];
+  /** Extra lines of the package description. */
+  note?: string;
+}
+
+/**
+ * Lays out the package tree (the given files, the units, the man page, the
+ * completions, the docs) in a temporary directory, writes DEBIAN/control and
+ * runs `dpkg-deb --build --root-owner-group`. Returns the .deb's path
+ * (`<out>/dpm_<version>_<arch>.deb`), with its .sha256 beside it.
+ */
+export async function buildDeb(spec: DebSpec): Promise<string> {
+  const c = (rel: string) => `${ROOT}contrib/${rel}`;
+  const unit = async (name: string) =>
+    (await Deno.readTextFile(c(`systemd/${name}`))).replaceAll(
+      "/usr/local/bin/dpm",
+      "/usr/bin/dpm",
+    );
+  const files: DebFile[] = [...spec.files];
+  for (const name of ["dpm-server.service", "dpm-driver.service"]) {
+    files.push({ path: `/lib/systemd/system/${name}`, text: await unit(name), mode: 0o644 });
+  }
+  files.push(
+    {
+      path: "/usr/share/bash-completion/completions/dpm",
+      from: c("completion/dpm.bash"),
+      mode: 0o644,
+    },
+    { path: "/usr/share/zsh/vendor-completions/_dpm", from: c("completion/_dpm"), mode: 0o644 },
+    { path: "/usr/share/doc/dpm/README.md", from: `${ROOT}README.md`, mode: 0o644 },
+  );
+  for (
+    const e of [...Deno.readDirSync(`${ROOT}contrib`)].sort((a, b) => a.name < b.name ? -1 : 1)
+  ) {
+    if (e.isFile && e.name.endsWith(".example.json")) {
+      files.push({ path: `/usr/share/doc/dpm/examples/${e.name}`, from: c(e.name), mode: 0o644 });
+    }
+  }
+  for (const e of [...Deno.readDirSync(c("schema"))].sort((a, b) => a.name < b.name ? -1 : 1)) {
+    if (e.isFile && e.name.endsWith(".json")) {
+      files.push({
+        path: `/usr/share/doc/dpm/schema/${e.name}`,
+        from: c(`schema/${e.name}`),
+        mode: 0o644,
+      });
+    }
+  }
+
+  const tree = await Deno.makeTempDir({ prefix: "dpm-deb-" });
+  try {
+    let bytes = 0;
+    const put = async (path: string, data: Uint8Array, mode: number) => {
+      const dest = `${tree}${path}`;
+      await Deno.mkdir(dest.slice(0, dest.lastIndexOf("/")), { recursive: true, mode: 0o755 });
+      await Deno.writeFile(dest, data, { mode });
+      await Deno.chmod(dest, mode);
+      bytes += data.length;
+    };
+    for (const f of files) {
+      const data = f.text !== undefined
+        ? new TextEncoder().encode(f.text)
+        : await Deno.readFile(f.from!);
+      await put(f.path, data, f.mode);
+    }
+    // The man page, compressed as Debian ships it (no name or time in the header).
+    await put(
+      "/usr/share/man/man8/dpm.8.gz",
+      gzipSync(await Deno.readFile(c("dpm.8")), { level: 9 }),
+      0o644,
+    );
+
+    const description = [
+      "cooperative NAT for Linux",
+      " dpm server runs on a gateway that owns a pool of public addresses; dpm",
+      " driver runs on each host behind it and tells applications their real",
+      " public address and port (dpm query), so protocols that carry addresses",
+      " in their payload work without ALGs. Hosts without a driver keep working",
+      " through ordinary NAT.",
+      ...(spec.note ? [" .", ...spec.note.split("\n").map((l) => ` ${l}`)] : []),
+    ];
+    const control = [
+      "Package: dpm",
+      `Version: ${VERSION}`,
+      `Architecture: ${spec.arch}`,
+      "Maintainer: dpm developers <dpm@localhost>",
+      `Installed-Size: ${Math.ceil(bytes / 1024)}`,
+      `Depends: ${DEB_DEPENDS.join(", ")}`,
+      "Section: net",
+      "Priority: optional",
+      `Description: ${description.join("\n")}`,
+      "",
+    ].join("\n");
+    await put("/DEBIAN/control", new TextEncoder().encode(control), 0o644);
+    for (const d of walkDirs(tree)) await Deno.chmod(d, 0o755);
+
+    await Deno.mkdir(spec.out, { recursive: true });
+    const deb = `${spec.out}/dpm_${VERSION}_${spec.arch}.deb`;
+    const r = await run("dpkg-deb", ["--build", "--root-owner-group", tree, deb], {
+      SOURCE_DATE_EPOCH: "0",
+    }).catch((e) => {
+      throw new BuildError(
+        `${(e as Error).message}\nThe .deb needs dpkg-deb (Debian package dpkg); ` +
+          `without it: deno task build --no-deb`,
+      );
+    });
+    if (!r.ok) throw new BuildError(`dpkg-deb failed for ${deb}:\n${reason(r.err + r.out, 20)}`);
+    await writeSha256(deb);
+    return deb;
+  } finally {
+    await Deno.remove(tree, { recursive: true }).catch(() => {});
+  }
+}
+
+function* walkDirs(dir: string): Generator<string> {
+  yield dir;
+  for (const e of Deno.readDirSync(dir)) if (e.isDirectory) yield* walkDirs(`${dir}/${e.name}`);
 }
 
 async function compile(o: Options): Promise<void> {
@@ -245,21 +481,47 @@ async function compile(o: Options): Promise<void> {
   if (targets.length === 0) targets = [...TARGETS];
 
   await Deno.mkdir(o.out, { recursive: true });
-  const built: string[] = [];
+  // Embedded in the executable (deno compile --env-file): no Deno update check, ever.
+  const envDir = await Deno.makeTempDir({ prefix: "dpm-build-env-" });
+  const envFile = `${envDir}/dpm.env`;
+  await Deno.writeTextFile(envFile, "DENO_NO_UPDATE_CHECK=1\n");
+  try {
+    await compileTargets(o, targets, denort, envFile);
+  } finally {
+    await Deno.remove(envDir, { recursive: true }).catch(() => {});
+  }
+}
+
+/** The `deno compile` arguments for one target. */
+export function compileArgs(target: string, exe: string, envFile: string): string[] {
+  return [
+    "compile",
+    "--target",
+    target,
+    "--output",
+    exe,
+    `--env-file=${envFile}`,
+    ...PERMISSIONS,
+    "--no-prompt",
+    ...INCLUDE.flatMap((m) => ["--include", m]),
+    ENTRY,
+  ];
+}
+
+async function compileTargets(
+  o: Options,
+  targets: string[],
+  denort: string | undefined,
+  envFile: string,
+): Promise<void> {
   for (const target of targets) {
     const exe = `${o.out.replace(/\/+$/, "")}/dpm-${target}`;
     console.log(`Compiling dpm ${VERSION} for ${target}${denort ? ` (DENORT_BIN=${denort})` : ""}`);
-    const r = await run(Deno.execPath(), [
-      "compile",
-      "--target",
-      target,
-      "--output",
-      exe,
-      ...PERMISSIONS,
-      "--no-prompt",
-      ...INCLUDE.flatMap((m) => ["--include", m]),
-      ENTRY,
-    ], denort ? { DENORT_BIN: denort } : {});
+    const r = await run(
+      Deno.execPath(),
+      compileArgs(target, exe, envFile),
+      denort ? { DENORT_BIN: denort } : {},
+    );
     if (!r.ok) {
       const runtime = /denort|dl\.deno\.land|base binary/i.test(r.err);
       if (runtime && !denort) {
@@ -279,7 +541,6 @@ async function compile(o: Options): Promise<void> {
       }
       throw new BuildError(`deno compile failed for ${target}:\n${reason(r.err, 40)}`);
     }
-    built.push(exe);
     // Where the executable can run here, make sure it is dpm.
     if (target === hostTarget()) {
       const v = await run(exe, ["--version"]);
@@ -292,7 +553,16 @@ async function compile(o: Options): Promise<void> {
         );
       }
     }
+    await writeSha256(exe);
     console.log(`  ${exe}  ${size(exe)}`);
+    if (o.deb) {
+      const deb = await buildDeb({
+        arch: DEB_ARCH[target as (typeof TARGETS)[number]],
+        out: o.out,
+        files: [{ path: "/usr/bin/dpm", from: exe, mode: 0o755 }],
+      });
+      console.log(`  ${deb}  ${size(deb)}`);
+    }
   }
 }
 
@@ -311,6 +581,7 @@ export async function main(args: string[]): Promise<number> {
     const o = parse(args);
     if (!o) return console.log(USAGE), 0;
     if (o.check) await check(o);
+    else if (o.bundle) await bundlePackage(o);
     else await compile(o);
     return 0;
   } catch (e) {
