@@ -334,3 +334,20 @@ except Exception as e:
 `,
   ];
 }
+
+/** python3: sends the IPv4 packets given in hex through a raw socket (own headers, forged sources). */
+export function rawSender(hexPackets: string[]): string[] {
+  return [
+    "python3",
+    "-c",
+    `
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for h in sys.argv[1:]:
+    b = bytes.fromhex(h)
+    s.sendto(b, (socket.inet_ntoa(b[16:20]), 0))
+print("sent", len(sys.argv) - 1, flush=True)
+`,
+    ...hexPackets,
+  ];
+}

@@ -215,3 +215,23 @@ export async function withDpm(
     await t.destroy();
   }
 }
+
+/** Starts an app in `ns` and waits until it prints "listening". */
+export async function serveApp(t: Topology, ns: string, cmd: string[]): Promise<Spawned> {
+  const s = t.spawn(ns, cmd);
+  await s.waitForOutput(/listening/, 10_000);
+  return s;
+}
+
+/** Runs `cmd` in `ns`, requires exit 0, and parses the last line of its output as JSON. */
+export async function lastJson(
+  t: Topology,
+  ns: string,
+  cmd: string[],
+  timeoutMs = 15_000,
+  // deno-lint-ignore no-explicit-any
+): Promise<any> {
+  const r = await t.exec(ns, cmd, { timeoutMs });
+  if (r.code !== 0) throw new Error(`${cmd.slice(0, 3).join(" ")} failed (${r.code}): ${r.stderr}`);
+  return JSON.parse(r.stdout.trim().split("\n").pop()!);
+}

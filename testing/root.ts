@@ -74,3 +74,30 @@ export function needsRoot(
   }
   return { ...def, name: `${def.name} [skipped: ${NOT_ROOT_REASON}]`, ignore: true };
 }
+
+/** The two data paths every end-to-end behaviour is tested on. */
+export const DATAPATHS = ["kernel", "queue"] as const;
+/** One of {@linkcode DATAPATHS}. */
+export type DataPathName = (typeof DATAPATHS)[number];
+
+/**
+ * One root test definition per data path, for `Deno.test`: the name's
+ * leading "<kind> root" gets " [kernel]" or " [queue]", and `fn` is given
+ * the data path. `Deno.test` is called by the test file, so failures point
+ * at it.
+ *
+ * ```ts
+ * for (const t of perDataPath({ name: "e2e root: ...", fn: (dp) => run(dp) })) Deno.test(t);
+ * ```
+ */
+export function perDataPath(
+  def: Omit<Deno.TestDefinition, "fn"> & { fn: (datapath: DataPathName) => Promise<void> },
+): Deno.TestDefinition[] {
+  return DATAPATHS.map((dp) =>
+    needsRoot({
+      ...def,
+      name: def.name.replace(/^(\w+ root)/, `$1 [${dp}]`),
+      fn: () => def.fn(dp),
+    })
+  );
+}

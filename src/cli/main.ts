@@ -44,7 +44,7 @@ import type {
   SessionView,
   StatusReply,
 } from "../operator/types.ts";
-import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP } from "../wire/packet.ts";
+import { protoNumber } from "../wire/meta.ts";
 
 /** Thrown for bad usage; carries the command whose usage is printed. */
 export class UsageError extends Error {
@@ -92,8 +92,6 @@ export async function mergeSettings(
   }
   return { raw, origins };
 }
-
-const PROTOS: Record<string, number> = { tcp: IPPROTO_TCP, udp: IPPROTO_UDP, icmp: IPPROTO_ICMP };
 
 /**
  * Runs the CLI and returns the process exit code. Long-running roles return
@@ -332,7 +330,7 @@ async function runDropCommand(args: string[]): Promise<number> {
     }
     const [p, i, r] = positionals as [string, string, string];
     const proto = p.toLowerCase();
-    if (PROTOS[proto] === undefined) {
+    if (protoNumber(proto) === undefined) {
       throw new UsageError(`Unknown protocol "${p}": want tcp, udp or icmp`, "drop");
     }
     if (!parseAddrPort(i)) {
@@ -361,7 +359,7 @@ async function runQueryCommand(args: string[]): Promise<number> {
     );
   }
   const [p, l, r] = positionals as [string, string, string];
-  const proto = PROTOS[p.toLowerCase()];
+  const proto = protoNumber(p.toLowerCase());
   if (proto === undefined) {
     throw new UsageError(`Unknown protocol "${p}": want tcp, udp or icmp`, "query");
   }

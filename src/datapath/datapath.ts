@@ -17,6 +17,7 @@
  */
 
 import type { DataPathStatus } from "../operator/types.ts";
+import { protoIndex } from "../wire/meta.ts";
 
 /** The data paths a role can run (`--datapath`). */
 export type DataPathKind = "kernel" | "queue";
@@ -142,13 +143,9 @@ export interface PacketIO {
   send(pkt: Uint8Array, len: number, dst: number): void;
 }
 
-function protoIdx(p: number): number {
-  return p === 6 ? 1 : p === 17 ? 2 : 3;
-}
-
 /** A number identifying a gateway session by (proto, a, Pg): its LAN-side key. */
 export function gatewayKey(proto: number, a: number, pg: number): number {
-  return protoIdx(proto) * 2 ** 48 + a * 65536 + pg;
+  return protoIndex(proto) * 2 ** 48 + a * 65536 + pg;
 }
 
 /** A number identifying a host session by (proto, a, Pg), as the gateway port is unique per host. */

@@ -54,7 +54,7 @@ import {
   type HostSessionKey,
   type PacketIO,
 } from "../datapath/datapath.ts";
-import { protoName, protoNumber, Verdict } from "../wire/meta.ts";
+import { describeSession, protoName, protoNumber, Verdict } from "../wire/meta.ts";
 import type { DataPathStatus, DriverStatusReply, QueryReply } from "../operator/types.ts";
 import { buildIcmpError } from "../wire/icmp.ts";
 
@@ -320,7 +320,7 @@ export class DriverCore {
       if (!s || (!icmp && s.pa !== info.innerSport)) return Verdict.ACCEPT;
       if (info.src === g && info.icmpType === 3) {
         // The gateway itself says nothing listens on G:Pg: the server lost the session.
-        log.info(`server forgot ${describe(s)}; reserving again`);
+        log.info(`server forgot ${describeSession(s)}; reserving again`);
         this.#reserveAgain(s);
         this.drops[Drop.NO_SESSION]!++;
         return Verdict.DROP;
@@ -434,7 +434,7 @@ export class DriverCore {
       res = await this.#send(s, Op.RESERVE);
     } catch (e) {
       if (!(e instanceof ControlTimeout)) {
-        log.warn(`reserve ${describe(s)}: ${(e as Error).message}`);
+        log.warn(`reserve ${describeSession(s)}: ${(e as Error).message}`);
       }
     }
     this.#apply(s, res);
@@ -452,7 +452,9 @@ export class DriverCore {
       // No answer: pass the session untranslated (ordinary NAT still serves it).
       const retry = s.proto !== IPPROTO_TCP;
       log.warn(
-        `no answer from the server for ${describe(s)}: fell back to ordinary NAT, untranslated` +
+        `no answer from the server for ${
+          describeSession(s)
+        }: fell back to ordinary NAT, untranslated` +
           (retry ? "; reserving it again in the background" : ""),
       );
       s.state = State.BYPASS;
@@ -488,7 +490,7 @@ export class DriverCore {
               `${this.#cfg.gatewayPorts.join("-")}: replies will not be restored; align both sides`,
           );
         }
-        log.debug(`reserved ${describe(s)}`);
+        log.debug(`reserved ${describeSession(s)}`);
         this.#settleHeld(s, Verdict.MODIFIED);
       } else {
         s.state = State.REFUSED;
@@ -496,7 +498,7 @@ export class DriverCore {
         // later for a conflict, which lasts as long as the other session.
         s.expiresAt = now + (res.result === Result.CONFLICT ? NEGATIVE_IDLE_MS : RETRY_SOON_MS);
         this.counters.refused++;
-        log.info(`server refused ${describe(s)}: ${resultName(res.result)}`);
+        log.info(`server refused ${describeSession(s)}: ${resultName(res.result)}`);
         this.#settleHeld(s, Verdict.DROP);
       }
     }
@@ -542,7 +544,7 @@ export class DriverCore {
     if (this.#dp?.kernelTranslates(s.proto)) this.#dp.sessionDown(this.#key(s, res.gatewayPort));
     this.counters.recovered++;
     log.info(
-      `${describe(s)} reserved after falling back: ${
+      `${describeSession(s)} reserved after falling back: ${
         formatIPv4(res.publicAddr)
       }:${res.publicPort}` +
         " from now on",
@@ -738,7 +740,7 @@ export class DriverCore {
       if (res.result === Result.OK) {
         if (res.publicAddr !== s.r || res.publicPort !== s.p) {
           log.warn(
-            `${describe(s)} moved to ${
+            `${describeSession(s)} moved to ${
               formatIPv4(res.publicAddr)
             }:${res.publicPort} after a server restart`,
           );
@@ -821,7 +823,7 @@ export class DriverCore {
         this.counters.renewed++;
       } else if (res.result === Result.NO_SUCH_SESSION) {
         this.#reserveAgain(s);
-      } else log.warn(`renew ${describe(s)}: ${resultName(res.result)}`);
+      } else log.warn(`renew ${describeSession(s)}: ${resultName(res.result)}`);
     }).catch(() => {
       s.renewing = false;
       s.renewAt = this.now() + 1000; // try again; the session lives until expiresAt
@@ -1013,8 +1015,4 @@ function tcpClose(pkt: Uint8Array, info: PacketInfo, closing: number, finBit: nu
 
 function isClosed(closing: number): boolean {
   return (closing & CLOSE_RST) !== 0 || (closing & 3) === 3;
-}
-
-function describe(s: HostSession): string {
-  return `${protoName(s.proto)} ${formatIPv4(s.a)}:${s.pa} -> ${formatIPv4(s.x)}:${s.px}`;
 }

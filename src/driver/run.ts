@@ -14,8 +14,8 @@
 import { formatCidr, formatIPv4 } from "../wire/addr.ts";
 import type { DriverConfig } from "../config.ts";
 import { ControlClient } from "../control/client.ts";
-import { logger, setLevel } from "../runtime/log.ts";
-import { Cleanup, reloadReport, untilStopped } from "../runtime/cleanup.ts";
+import { logger } from "../runtime/log.ts";
+import { Cleanup, liveReload, untilStopped } from "../runtime/cleanup.ts";
 import { lockRole } from "../runtime/lock.ts";
 import { notify } from "../runtime/notify.ts";
 import { serveMetrics } from "../operator/metrics.ts";
@@ -30,23 +30,7 @@ export async function runDriver(
   reload?: () => Promise<DriverConfig>,
 ): Promise<number> {
   const undo = new Cleanup(log);
-  let running = cfg;
-  const { stopped, stop } = untilStopped(undo, {
-    reload: () => {
-      if (!reload) return log.warn("SIGHUP: nothing to reload (no configuration source)");
-      notify("RELOADING=1");
-      reload().then((next) => {
-        for (
-          const line of reloadReport(running, next, ["logLevel"], (k, v) => {
-            if (k === "logLevel") setLevel(v as DriverConfig["logLevel"]);
-          })
-        ) log.info(line);
-        running = { ...running, logLevel: next.logLevel };
-      }).finally(() => notify("READY=1")).catch((e) =>
-        log.error(`reload failed, keeping the running configuration: ${(e as Error).message}`)
-      );
-    },
-  });
+  const { stopped, stop } = untilStopped(undo, { reload: liveReload(log, cfg, reload) });
   try {
     if (cfg.intercept) undo.push(await lockRole("driver"));
     const { lanPrefixToward, ephemeralRange, routeTo } = await import("../../linux/iface.ts");

@@ -7,7 +7,8 @@
  * @module
  */
 
-import type { Logger } from "./log.ts";
+import { type Format, type Level, type Logger, setFormat, setLevel } from "./log.ts";
+import { notify } from "./notify.ts";
 
 /** Reverse-order cleanup that never stops half-way. */
 export class Cleanup {
@@ -90,4 +91,38 @@ export function reloadReport<T extends object>(
   }
   if (out.length === 0) out.push("reload: configuration unchanged");
   return out;
+}
+
+/** What both roles' settings have that changes live on SIGHUP. */
+interface LiveSettings {
+  logLevel: Level;
+  logFormat: Format;
+}
+
+/**
+ * The SIGHUP handler of a role: re-reads its configuration with `reload`,
+ * applies what can change live (log level and format), names the rest as
+ * needing a restart, and tells systemd (RELOADING=1, then READY=1). A failed
+ * reload keeps the running configuration. Without `reload`, SIGHUP only warns.
+ */
+export function liveReload<T extends LiveSettings>(
+  log: Logger,
+  cfg: T,
+  reload: (() => Promise<T>) | undefined,
+): () => void {
+  let running = cfg;
+  return () => {
+    if (!reload) return log.warn("SIGHUP: nothing to reload (no configuration source)");
+    notify("RELOADING=1");
+    reload().then((next) => {
+      const lines = reloadReport(running, next, ["logLevel", "logFormat"], (k, v) => {
+        if (k === "logLevel") setLevel(v as Level);
+        if (k === "logFormat") setFormat(v as Format);
+      });
+      for (const line of lines) log.info(line);
+      running = { ...running, logLevel: next.logLevel, logFormat: next.logFormat };
+    }).finally(() => notify("READY=1")).catch((e) =>
+      log.error(`reload failed, keeping the running configuration: ${(e as Error).message}`)
+    );
+  };
 }

@@ -645,8 +645,10 @@ export class ServerCore {
    */
   *rows(o: { host?: number; limit?: number } = {}): Generator<SessionView> {
     const t = this.table;
-    const counters = this.#dp?.counters() ?? null;
     const limit = o.limit ?? Infinity;
+    // No rows wanted (the metrics scrape): no kernel dump either.
+    if (limit <= 0) return;
+    const counters = this.#dp?.counters() ?? null;
     let n = 0;
     for (let s = 0; s < this.#hw && n < limit; s++) {
       if (!t.isLive(s) || (o.host !== undefined && t.a(s) !== o.host)) continue;

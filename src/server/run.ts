@@ -10,8 +10,8 @@ import dgram from "node:dgram";
 import { setImmediate } from "node:timers";
 import { type Cidr, formatCidr, formatIPv4 } from "../wire/addr.ts";
 import { checkPoolOutside, ConfigError, type ServerConfig } from "../config.ts";
-import { logger, setLevel } from "../runtime/log.ts";
-import { Cleanup, reloadReport, untilStopped } from "../runtime/cleanup.ts";
+import { logger } from "../runtime/log.ts";
+import { Cleanup, liveReload, untilStopped } from "../runtime/cleanup.ts";
 import { serveLocal } from "../operator/socket.ts";
 import { serverOperator } from "../operator/server_ops.ts";
 import { ServerCore } from "./core.ts";
@@ -30,23 +30,7 @@ export async function runServer(
   reload?: () => Promise<ServerConfig>,
 ): Promise<number> {
   const undo = new Cleanup(log);
-  let running = cfg;
-  const { stopped, stop } = untilStopped(undo, {
-    reload: () => {
-      if (!reload) return log.warn("SIGHUP: nothing to reload (no configuration source)");
-      notify("RELOADING=1");
-      reload().then((next) => {
-        for (
-          const line of reloadReport(running, next, ["logLevel"], (k, v) => {
-            if (k === "logLevel") setLevel(v as ServerConfig["logLevel"]);
-          })
-        ) log.info(line);
-        running = { ...running, logLevel: next.logLevel };
-      }).finally(() => notify("READY=1")).catch((e) =>
-        log.error(`reload failed, keeping the running configuration: ${(e as Error).message}`)
-      );
-    },
-  });
+  const { stopped, stop } = untilStopped(undo, { reload: liveReload(log, cfg, reload) });
   try {
     undo.push(await lockRole("server"));
     // The LAN prefix: given, or read off the LAN interface.

@@ -35,9 +35,9 @@
  * @module
  */
 
+import { describeSession as describeTuple } from "../wire/meta.ts";
 import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { setImmediate } from "node:timers";
-import { formatIPv4 } from "../wire/addr.ts";
 import { Result } from "../control/result.ts";
 import { decodeResponse, Op } from "../control/proto.ts";
 import type { SessionRecord, SessionTable, TableListener } from "../table/table.ts";
@@ -113,10 +113,7 @@ export function describeSession(r: SessionRecord | Record<string, unknown>): str
     const j = JSON.stringify(r) ?? String(r);
     return j.length > 120 ? `${j.slice(0, 117)}...` : j;
   }
-  const name = r.proto === 6 ? "tcp" : r.proto === 17 ? "udp" : "icmp";
-  return `${name} ${formatIPv4(r.a)}:${r.pa} -> ${formatIPv4(r.x)}:${r.px} as ${
-    formatIPv4(r.r)
-  }:${r.p} (Pg ${r.pg})`;
+  return describeTuple(r);
 }
 
 /** The sessions a restore dropped, per reason, with the first one of each as an example. */

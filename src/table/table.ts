@@ -144,15 +144,12 @@
  * @module
  */
 
+import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, protoIndex } from "../wire/meta.ts";
 import { Result } from "../control/result.ts";
 import { fmix, mix, SlotIndex, U32Map } from "./hashmap.ts";
 
-/** IP protocol numbers the table accepts. */
-export const PROTO_ICMP = 1;
-/** TCP. */
-export const PROTO_TCP = 6;
-/** UDP. */
-export const PROTO_UDP = 17;
+/** The IP protocols the table accepts (defined once, in wire/meta.ts). */
+export { IPPROTO_ICMP as PROTO_ICMP, IPPROTO_TCP as PROTO_TCP, IPPROTO_UDP as PROTO_UDP };
 
 /** Session flag bits (internal). */
 const F_LIVE = 1;
@@ -172,11 +169,6 @@ const RANDOM_PORT_HOME_TRIES = 16;
 const RANDOM_PG_TRIES = 32;
 /** Counters per host in the hosts map: total, icmp, tcp, udp, paired pool index, sessions on it. */
 const HS = 6;
-
-/** Index of a protocol in per-protocol arrays: ICMP 0, TCP 1, UDP 2; -1 otherwise. */
-function protoIndex(proto: number): number {
-  return proto === PROTO_UDP ? 2 : proto === PROTO_TCP ? 1 : proto === PROTO_ICMP ? 0 : -1;
-}
 
 /** Lease lengths in seconds. */
 export interface Lifetimes {
@@ -1017,7 +1009,7 @@ export class SessionTable {
     const k = ((i << 16) | p) >>> 0;
     const users = this.#portUse[pi]!.get(k);
     if (users === 0) return this.#availableTo(pi, i, p, a);
-    const proto = pi === 1 ? PROTO_TCP : PROTO_UDP;
+    const proto = pi === 1 ? IPPROTO_TCP : IPPROTO_UDP;
     let own = 0;
     for (let s = this.lookupEndpoint(proto, a, pa); s >= 0; s = this.#gnext[s]!) {
       if (this.#ri[s] === i && this.#p[s] === p) own++;
@@ -1027,7 +1019,7 @@ export class SessionTable {
 
   /** (proto, R, p) is owned by the inbound mapping of an endpoint other than (a, pa). */
   #mappedByOther(proto: number, r: number, p: number, a: number, pa: number): boolean {
-    if (proto === PROTO_ICMP) return false;
+    if (proto === IPPROTO_ICMP) return false;
     const m = this.lookupMapping(proto, r, p);
     return m >= 0 && (this.#a[m] !== a || this.#pa[m] !== pa);
   }
@@ -1148,7 +1140,7 @@ export class SessionTable {
     if (ri === undefined) return Result.CONFLICT;
     const isMap = rec.map === true || (rec.x === 0 && rec.px === 0);
     if (isMap) {
-      if (rec.proto === PROTO_ICMP || rec.pa === 0 || rec.p === 0 || rec.pg !== 0) {
+      if (rec.proto === IPPROTO_ICMP || rec.pa === 0 || rec.p === 0 || rec.pg !== 0) {
         return Result.MALFORMED;
       }
       if (this.lookupIdentity(rec.proto, rec.a, rec.pa, 0, 0) >= 0) return Result.CONFLICT;

@@ -14,7 +14,13 @@
 
 import assert from "node:assert/strict";
 import type { Topology } from "../../testing/topology.ts";
-import { type Dpm, type StartOptions, withDpm as withDpmOn } from "../../testing/launch.ts";
+import {
+  type Dpm,
+  lastJson,
+  serveApp,
+  type StartOptions,
+  withDpm as withDpmOn,
+} from "../../testing/launch.ts";
 import {
   httpSeen,
   tcpClient,
@@ -27,27 +33,23 @@ import {
   udpSendOnce,
 } from "../../testing/apps.ts";
 import { waitFor } from "../../testing/wait.ts";
-import { needsRoot } from "../../testing/root.ts";
+import { type DataPathName, perDataPath } from "../../testing/root.ts";
 
 const SAN = { sanitizeOps: false, sanitizeResources: false };
 
 /** Every test runs on both data paths; `datapath` is the one of the running test. */
-const DATAPATHS = ["kernel", "queue"] as const;
-let datapath: (typeof DATAPATHS)[number] = "kernel";
+let datapath: DataPathName = "kernel";
 
-function test(
-  def: { name: string; fn: () => Promise<void>; ignore?: boolean } & typeof SAN,
-): void {
-  for (const dp of DATAPATHS) {
-    Deno.test(needsRoot({
+function test(def: Omit<Deno.TestDefinition, "fn"> & { fn: () => Promise<void> }): void {
+  for (
+    const t of perDataPath({
       ...def,
-      name: def.name.replace(/^conformance root:/, `conformance root [${dp}]:`),
-      fn: () => {
+      fn: (dp) => {
         datapath = dp;
         return def.fn();
       },
-    }));
-  }
+    })
+  ) Deno.test(t);
 }
 
 function withDpm(
@@ -55,18 +57,6 @@ function withDpm(
   fn: (t: Topology, d: Dpm) => Promise<void>,
 ): Promise<void> {
   return withDpmOn({ datapath, ...opts }, fn);
-}
-
-async function json(t: Topology, ns: string, cmd: string[], timeoutMs = 15_000): Promise<any> {
-  const r = await t.exec(ns, cmd, { timeoutMs });
-  assert.equal(r.code, 0, `${cmd.slice(0, 3).join(" ")} failed: ${r.stderr}`);
-  return JSON.parse(r.stdout.trim().split("\n").pop()!);
-}
-
-async function serve(t: Topology, ns: string, cmd: string[]) {
-  const s = t.spawn(ns, cmd);
-  await s.waitForOutput(/listening/, 10_000);
-  return s;
 }
 
 /** The public pair a "seen <ip>:<port>|..." answer reports. */
@@ -82,14 +72,14 @@ test({
   fn: () =>
     withDpm({}, async (t) => {
       for (const i of [0, 1]) {
-        for (const port of [7000, 7001]) await serve(t, p(t, i).ns, udpEcho(port));
+        for (const port of [7000, 7001]) await serveApp(t, p(t, i).ns, udpEcho(port));
       }
       const dests = [0, 1].flatMap((i) =>
         [7000, 7001].map((port) => `${p(t, i).addrText}:${port}`)
       );
       // Ephemeral (replaceable) and fixed ports alike.
       for (const bind of [40000, 5060]) {
-        const out = await json(t, h(t, 0).ns, udpClient(bind, dests, { rounds: 2 }));
+        const out = await lastJson(t, h(t, 0).ns, udpClient(bind, dests, { rounds: 2 }));
         assert.deepEqual(out.errors, []);
         assert.equal(out.replies.length, 8);
         const seen = new Set(out.replies.map((r: { data: string }) => seenOf(r.data)));
@@ -105,7 +95,7 @@ test({
   ...SAN,
   fn: () =>
     withDpm({}, async (t) => {
-      const peer = await serve(t, p(t, 0).ns, udpMultiReply(7000, 7001));
+      const peer = await serveApp(t, p(t, 0).ns, udpMultiReply(7000, 7001));
       const dest = `${p(t, 0).addrText}:7000`;
       const host = t.spawn(h(t, 0).ns, udpCollect(40000, dest, 4000));
       await host.waitForOutput(/sent/, 10_000);
@@ -113,7 +103,7 @@ test({
       const pub = m[1]!;
       // Another outside address sends to the host's public pair, from the peer's own port too.
       for (const port of [7000, 7002]) {
-        const r = await json(t, p(t, 1).ns, udpSendOnce(port, pub, "stranger"));
+        const r = await lastJson(t, p(t, 1).ns, udpSendOnce(port, pub, "stranger"));
         assert.equal(r.sent, true);
       }
       await host.status;
@@ -135,19 +125,19 @@ test({
     withDpm(
       { pool: "203.0.113.10-203.0.113.11", driverHosts: ["h1", "h2", "h3"] },
       async (t, d) => {
-        await serve(t, p(t, 0).ns, udpEcho(5060));
-        await serve(t, p(t, 1).ns, udpEcho(5060));
-        await serve(t, p(t, 1).ns, httpSeen(8080));
+        await serveApp(t, p(t, 0).ns, udpEcho(5060));
+        await serveApp(t, p(t, 1).ns, udpEcho(5060));
+        await serveApp(t, p(t, 1).ns, httpSeen(8080));
         // h3 holds 203.0.113.10:5060 toward p1.
-        const h3 = await json(t, h(t, 2).ns, udpClient(5060, [`${p(t, 0).addrText}:5060`]));
+        const h3 = await lastJson(t, h(t, 2).ns, udpClient(5060, [`${p(t, 0).addrText}:5060`]));
         const home = seenOf(h3.replies[0].data);
         assert.equal(home, "203.0.113.10:5060");
         // h2's first session pairs it with its home address.
-        const first = await json(t, h(t, 1).ns, udpClient(40000, [`${p(t, 1).addrText}:5060`]));
+        const first = await lastJson(t, h(t, 1).ns, udpClient(40000, [`${p(t, 1).addrText}:5060`]));
         assert.equal(seenOf(first.replies[0].data), "203.0.113.10:40000");
         // Port 5060 is taken there: preservation alone would use 203.0.113.11:5060;
         // pairing shares 203.0.113.10:5060 (told apart by the remote, claims 8-10).
-        const fixed = await json(t, h(t, 1).ns, udpClient(5060, [`${p(t, 1).addrText}:5060`]));
+        const fixed = await lastJson(t, h(t, 1).ns, udpClient(5060, [`${p(t, 1).addrText}:5060`]));
         assert.deepEqual(fixed.errors, []);
         assert.equal(seenOf(fixed.replies[0].data), "203.0.113.10:5060");
         const q = await d.query(
@@ -192,9 +182,9 @@ test({
   ...SAN,
   fn: () =>
     withDpm({ pool: "203.0.113.10", serverArgs: ["--lifetime", "4"] }, async (t, d) => {
-      await serve(t, p(t, 0).ns, udpEcho(7000));
+      await serveApp(t, p(t, 0).ns, udpEcho(7000));
       const dest = `${p(t, 0).addrText}:7000`;
-      const a = await json(t, h(t, 0).ns, udpClient(40000, [dest]));
+      const a = await lastJson(t, h(t, 0).ns, udpClient(40000, [dest]));
       assert.equal(seenOf(a.replies[0].data), "203.0.113.10:40000");
       // The idle session leaves the table (lease 4 s).
       await waitFor(async () => (await d.status()).sessions === 0, {
@@ -203,13 +193,13 @@ test({
         intervalMs: 250,
       });
       // Within 120 s another host asking for the same port gets another one.
-      const b = await json(t, h(t, 1).ns, udpClient(40000, [dest]));
+      const b = await lastJson(t, h(t, 1).ns, udpClient(40000, [dest]));
       assert.deepEqual(b.errors, []);
       const seenB = seenOf(b.replies[0].data);
       assert.match(seenB, /^203\.0\.113\.10:\d+$/);
       assert.notEqual(seenB, "203.0.113.10:40000", "the freed port is held for h1");
       // h1 itself gets its port back at once.
-      const again = await json(t, h(t, 0).ns, udpClient(40000, [dest]));
+      const again = await lastJson(t, h(t, 0).ns, udpClient(40000, [dest]));
       assert.equal(seenOf(again.replies[0].data), "203.0.113.10:40000");
     }),
 });
@@ -247,15 +237,15 @@ test({
     withDpm({}, async (t, d) => {
       // UDP.
       const u = await hairpinPairs(t, d, "udp", 40000, 41000);
-      await serve(t, h(t, 1).ns, udpEcho(41000));
-      const out = await json(t, h(t, 0).ns, udpClient(40000, [u.b], { rounds: 2 }));
+      await serveApp(t, h(t, 1).ns, udpEcho(41000));
+      const out = await lastJson(t, h(t, 0).ns, udpClient(40000, [u.b], { rounds: 2 }));
       assert.deepEqual(out.errors, []);
       assert.equal(out.replies[0].from, u.b, "the reply comes from h2's public pair");
       assert.equal(seenOf(out.replies[0].data), u.a, "h2 saw h1's public pair (REQ-9a)");
       // TCP.
       const c = await hairpinPairs(t, d, "tcp", 45000, 46000);
-      await serve(t, h(t, 1).ns, tcpEcho(46000));
-      const r = await json(t, h(t, 0).ns, tcpClient(45000, c.b, "hello"));
+      await serveApp(t, h(t, 1).ns, tcpEcho(46000));
+      const r = await lastJson(t, h(t, 0).ns, tcpClient(45000, c.b, "hello"));
       assert.equal(r.error, undefined, r.error);
       assert.equal(r.reply, `seen ${c.a}|hello`, "h2 saw h1's public pair (REQ-8a)");
       const st = await d.status() as unknown as { packets: { hairpin: number } };
@@ -273,7 +263,7 @@ test({
     withDpm({}, async (t, d) => {
       const u = await hairpinPairs(t, d, "udp", 40000, 41000);
       // Nothing listens on h2:41000: h2's kernel answers port unreachable.
-      const probe = await json(t, h(t, 0).ns, udpProbe(40000, u.b));
+      const probe = await lastJson(t, h(t, 0).ns, udpProbe(40000, u.b));
       assert.equal(probe.result, "refused");
     }),
 });

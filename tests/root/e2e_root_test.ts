@@ -17,33 +17,33 @@ import {
   type Dpm,
   DPM_ENV,
   dpmCommand,
+  lastJson,
+  serveApp,
   startDpm,
   type StartOptions,
   withDpm as withDpmOn,
 } from "../../testing/launch.ts";
-import { httpSeen, udpClient, udpEcho, udpProbe } from "../../testing/apps.ts";
+import { httpSeen, rawSender, udpClient, udpEcho, udpProbe } from "../../testing/apps.ts";
 import { waitFor } from "../../testing/wait.ts";
-import { needsRoot } from "../../testing/root.ts";
+import { type DataPathName, perDataPath } from "../../testing/root.ts";
 import { buildUdp } from "../../testing/packets.ts";
 import { encodeRequest, newNonce, Op } from "../../src/control/proto.ts";
 
 const SAN = { sanitizeOps: false, sanitizeResources: false };
 
 /** Every test runs on both data paths; `datapath` is the one of the running test. */
-const DATAPATHS = ["kernel", "queue"] as const;
-let datapath: (typeof DATAPATHS)[number] = "kernel";
+let datapath: DataPathName = "kernel";
 
-function test(def: { name: string; fn: () => Promise<void> } & typeof SAN): void {
-  for (const dp of DATAPATHS) {
-    Deno.test(needsRoot({
+function test(def: Omit<Deno.TestDefinition, "fn"> & { fn: () => Promise<void> }): void {
+  for (
+    const t of perDataPath({
       ...def,
-      name: def.name.replace(/^e2e root:/, `e2e root [${dp}]:`),
-      fn: () => {
+      fn: (dp) => {
         datapath = dp;
         return def.fn();
       },
-    }));
-  }
+    })
+  ) Deno.test(t);
 }
 
 function withDpm(
@@ -51,18 +51,6 @@ function withDpm(
   fn: (t: Topology, d: Dpm) => Promise<void>,
 ): Promise<void> {
   return withDpmOn({ datapath, ...opts }, fn);
-}
-
-async function json(t: Topology, ns: string, cmd: string[], timeoutMs = 15_000): Promise<any> {
-  const r = await t.exec(ns, cmd, { timeoutMs });
-  assert.equal(r.code, 0, `${cmd.slice(0, 3).join(" ")} failed: ${r.stderr}`);
-  return JSON.parse(r.stdout.trim().split("\n").pop()!);
-}
-
-async function serve(t: Topology, ns: string, cmd: string[]) {
-  const s = t.spawn(ns, cmd);
-  await s.waitForOutput(/listening/, 10_000);
-  return s;
 }
 
 const h = (t: Topology, i: number) => t.hosts[i]!;
@@ -74,8 +62,8 @@ test({
   ...SAN,
   fn: () =>
     withDpm({}, async (t, d) => {
-      await serve(t, p(t, 0).ns, udpEcho(7000));
-      const out = await json(
+      await serveApp(t, p(t, 0).ns, udpEcho(7000));
+      const out = await lastJson(
         t,
         h(t, 0).ns,
         udpClient(40000, [`${p(t, 0).addrText}:7000`], { rounds: 3 }),
@@ -106,7 +94,7 @@ test({
   ...SAN,
   fn: () =>
     withDpm({}, async (t, d) => {
-      await serve(t, p(t, 1).ns, httpSeen(8080));
+      await serveApp(t, p(t, 1).ns, httpSeen(8080));
       const r = await t.exec(h(t, 0).ns, [
         "curl",
         "-sS",
@@ -163,7 +151,7 @@ test({
       ]);
       assert.match(r.stdout, /From 203\.0\.113\.254 .*Time to live exceeded/i, r.stdout);
       // Nothing listens on p1:9999: the app's connected socket gets ECONNREFUSED.
-      const probe = await json(t, h(t, 0).ns, udpProbe(40001, `${p(t, 0).addrText}:9999`));
+      const probe = await lastJson(t, h(t, 0).ns, udpProbe(40001, `${p(t, 0).addrText}:9999`));
       assert.equal(probe.result, "refused");
     }),
 });
@@ -174,9 +162,9 @@ test({
   ...SAN,
   fn: () =>
     withDpm({ pool: "203.0.113.10" }, async (t, d) => {
-      await serve(t, p(t, 0).ns, udpEcho(7000));
-      const a = await json(t, h(t, 0).ns, udpClient(40000, [`${p(t, 0).addrText}:7000`]));
-      const b = await json(t, h(t, 1).ns, udpClient(40000, [`${p(t, 0).addrText}:7000`]));
+      await serveApp(t, p(t, 0).ns, udpEcho(7000));
+      const a = await lastJson(t, h(t, 0).ns, udpClient(40000, [`${p(t, 0).addrText}:7000`]));
+      const b = await lastJson(t, h(t, 1).ns, udpClient(40000, [`${p(t, 0).addrText}:7000`]));
       const seenA = a.replies[0].data.split("|")[0].replace("seen ", "");
       const seenB = b.replies[0].data.split("|")[0].replace("seen ", "");
       assert.equal(seenA, "203.0.113.10:40000");
@@ -194,15 +182,15 @@ test({
   ...SAN,
   fn: () =>
     withDpm({ pool: "203.0.113.10" }, async (t, d) => {
-      await serve(t, p(t, 0).ns, udpEcho(5060));
-      await serve(t, p(t, 1).ns, udpEcho(5060));
+      await serveApp(t, p(t, 0).ns, udpEcho(5060));
+      await serveApp(t, p(t, 1).ns, udpEcho(5060));
       const [a, b] = await Promise.all([
-        json(
+        lastJson(
           t,
           h(t, 0).ns,
           udpClient(5060, [`${p(t, 0).addrText}:5060`], { rounds: 5, intervalMs: 50 }),
         ),
-        json(
+        lastJson(
           t,
           h(t, 1).ns,
           udpClient(5060, [`${p(t, 1).addrText}:5060`], { rounds: 5, intervalMs: 50 }),
@@ -233,9 +221,9 @@ test({
   fn: async () => {
     // Two public addresses: the second host gets the other one.
     await withDpm({ pool: "203.0.113.10-203.0.113.11" }, async (t) => {
-      await serve(t, p(t, 0).ns, udpEcho(5060));
-      const a = await json(t, h(t, 0).ns, udpClient(5060, [`${p(t, 0).addrText}:5060`]));
-      const b = await json(t, h(t, 1).ns, udpClient(5060, [`${p(t, 0).addrText}:5060`]));
+      await serveApp(t, p(t, 0).ns, udpEcho(5060));
+      const a = await lastJson(t, h(t, 0).ns, udpClient(5060, [`${p(t, 0).addrText}:5060`]));
+      const b = await lastJson(t, h(t, 1).ns, udpClient(5060, [`${p(t, 0).addrText}:5060`]));
       const sa = a.replies[0].data.split("|")[0];
       const sb = b.replies[0].data.split("|")[0];
       assert.match(sa, /:5060$/);
@@ -244,10 +232,10 @@ test({
     });
     // One public address: the second host is refused, and it can see why.
     await withDpm({ pool: "203.0.113.10" }, async (t, d) => {
-      await serve(t, p(t, 0).ns, udpEcho(5060));
-      const a = await json(t, h(t, 0).ns, udpProbe(5060, `${p(t, 0).addrText}:5060`));
+      await serveApp(t, p(t, 0).ns, udpEcho(5060));
+      const a = await lastJson(t, h(t, 0).ns, udpProbe(5060, `${p(t, 0).addrText}:5060`));
       assert.equal(a.result, "reply");
-      const b = await json(t, h(t, 1).ns, udpProbe(5060, `${p(t, 0).addrText}:5060`));
+      const b = await lastJson(t, h(t, 1).ns, udpProbe(5060, `${p(t, 0).addrText}:5060`));
       assert.notEqual(b.result, "reply", "never a silent mix-up");
       assert.notEqual(
         b.result,
@@ -265,9 +253,9 @@ test({
   ...SAN,
   fn: () =>
     withDpm({}, async (t, d) => {
-      for (let i = 0; i < 3; i++) await serve(t, p(t, i).ns, udpEcho(7000 + i));
+      for (let i = 0; i < 3; i++) await serveApp(t, p(t, i).ns, udpEcho(7000 + i));
       const dests = [0, 1, 2].map((i) => `${p(t, i).addrText}:${7000 + i}`);
-      const out = await json(t, h(t, 0).ns, udpClient(40100, dests, { rounds: 4 }));
+      const out = await lastJson(t, h(t, 0).ns, udpClient(40100, dests, { rounds: 4 }));
       assert.deepEqual(out.errors, []);
       assert.equal(out.replies.length, 12);
       out.replies.forEach((r: { from: string; data: string }, i: number) => {
@@ -292,8 +280,8 @@ test({
   ...SAN,
   fn: () =>
     withDpm({ driverHosts: ["h1", "h2"] }, async (t, d) => {
-      await serve(t, p(t, 0).ns, udpEcho(7000));
-      const out = await json(t, h(t, 2).ns, udpClient(40000, [`${p(t, 0).addrText}:7000`]));
+      await serveApp(t, p(t, 0).ns, udpEcho(7000));
+      const out = await lastJson(t, h(t, 2).ns, udpClient(40000, [`${p(t, 0).addrText}:7000`]));
       assert.deepEqual(out.errors, []);
       assert.equal(
         out.replies[0].data.split("|")[0].split(":")[0],
@@ -321,8 +309,12 @@ test({
       const b = await d.query("h2", "udp", `${h(t, 1).addrText}:41000`, String(a0.public), true);
       assert.equal(a.public, a0.public, "same public pair toward every peer");
       assert.equal(b.public, b0.public);
-      await serve(t, h(t, 1).ns, udpEcho(41000));
-      const out = await json(t, h(t, 0).ns, udpClient(40000, [String(b0.public)], { rounds: 2 }));
+      await serveApp(t, h(t, 1).ns, udpEcho(41000));
+      const out = await lastJson(
+        t,
+        h(t, 0).ns,
+        udpClient(40000, [String(b0.public)], { rounds: 2 }),
+      );
       assert.deepEqual(out.errors, []);
       assert.equal(out.replies[0].from, b0.public, "the reply comes from h2's public pair");
       assert.equal(
@@ -340,7 +332,7 @@ test({
   ...SAN,
   fn: () =>
     withDpm({ serverArgs: ["--lifetime", "4"] }, async (t, d) => {
-      await serve(t, p(t, 0).ns, udpEcho(7000));
+      await serveApp(t, p(t, 0).ns, udpEcho(7000));
       const idle = await d.query(
         "h1",
         "udp",
@@ -351,7 +343,7 @@ test({
       assert.equal(idle.result, "ok");
       assert.ok(Number(idle.expiresIn) <= 4);
       // 40 exchanges over ~12 s, three lifetimes: every one answered.
-      const busyP = json(
+      const busyP = lastJson(
         t,
         h(t, 0).ns,
         udpClient(40600, [`${p(t, 0).addrText}:7000`], { rounds: 40, intervalMs: 300 }),
@@ -468,8 +460,8 @@ test({
         "one jump per table into the driver's chains",
       );
       // And it still translates.
-      await serve(t, p(t, 0).ns, udpEcho(7000));
-      const out = await json(t, h(t, 0).ns, udpClient(0, [`${p(t, 0).addrText}:7000`]));
+      await serveApp(t, p(t, 0).ns, udpEcho(7000));
+      const out = await lastJson(t, h(t, 0).ns, udpClient(0, [`${p(t, 0).addrText}:7000`]));
       assert.deepEqual(out.errors, []);
       await stopForGood(t, d);
       assert.deepEqual(await dpmRules(t, t.gateway.ns), []);
@@ -543,7 +535,7 @@ test({
   ...SAN,
   fn: () =>
     withDpm({}, async (t) => {
-      await serve(t, p(t, 0).ns, udpEcho(7000));
+      await serveApp(t, p(t, 0).ns, udpEcho(7000));
       // 3000 bytes out (fragmented by h1, reassembled at the gateway) and 3000+ back
       // (fragmented by the router, reassembled at the gateway, fragmented again on the LAN).
       const r = await t.exec(h(t, 0).ns, [
@@ -569,16 +561,6 @@ print(json.dumps({"len": len(d), "from": "%s:%d" % a}))
       assert.ok(out.len > 3000);
     }),
 });
-
-/** python3 in a namespace: sends the IPv4 packets given in hex through a raw socket (own headers). */
-const RAW_SENDER = `
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-for h in sys.argv[1:]:
-    b = bytes.fromhex(h)
-    s.sendto(b, (socket.inet_ntoa(b[16:20]), 0))
-print("sent", len(sys.argv) - 1, flush=True)
-`;
 
 test({
   name:
@@ -620,7 +602,7 @@ test({
       ].map((payload) =>
         buildUdp({ src: h1.addr, sport: 4750, dst: t.gateway.lanAddr, dport: 4750, payload })
       ).map((b) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join(""));
-      const sent = await t.exec(rt, ["python3", "-c", RAW_SENDER, ...forged]);
+      const sent = await t.exec(rt, rawSender(forged));
       assert.equal(sent.code, 0, sent.stderr);
       assert.match(sent.stdout, /sent 11/);
       await new Promise((ok) => setTimeout(ok, 500));

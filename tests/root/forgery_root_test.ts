@@ -10,39 +10,27 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import type { Topology } from "../../testing/topology.ts";
 import { type Dpm, type StartOptions, withDpm as withDpmOn } from "../../testing/launch.ts";
-import { udpClient, udpEcho } from "../../testing/apps.ts";
-import { needsRoot } from "../../testing/root.ts";
+import { rawSender, udpClient, udpEcho } from "../../testing/apps.ts";
+import { perDataPath } from "../../testing/root.ts";
 import { buildUdp } from "../../testing/packets.ts";
 import { encodeRequest, newNonce, Op } from "../../src/control/proto.ts";
 
 const SAN = { sanitizeOps: false, sanitizeResources: false };
 const CLIENT = fileURLToPath(new URL("../../testing/control_client.ts", import.meta.url));
 
-const DATAPATHS = ["kernel", "queue"] as const;
-
 function test(
   name: string,
   opts: StartOptions & { hosts?: number },
   fn: (t: Topology, d: Dpm) => Promise<void>,
 ): void {
-  for (const datapath of DATAPATHS) {
-    Deno.test(needsRoot({
-      name: `forgery root [${datapath}]: ${name}`,
+  for (
+    const t of perDataPath({
+      name: `forgery root: ${name}`,
       ...SAN,
-      fn: () => withDpmOn({ datapath, ...opts }, fn),
-    }));
-  }
+      fn: (datapath) => withDpmOn({ datapath, ...opts }, fn),
+    })
+  ) Deno.test(t);
 }
-
-/** python3 in a namespace: sends the IPv4 packets given in hex through a raw socket (own headers). */
-const RAW_SENDER = `
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-for h in sys.argv[1:]:
-    b = bytes.fromhex(h)
-    s.sendto(b, (socket.inet_ntoa(b[16:20]), 0))
-print("sent", len(sys.argv) - 1, flush=True)
-`;
 
 const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
 
@@ -89,7 +77,7 @@ test(
     ].map(({ src, b }) =>
       hex(buildUdp({ src, sport: 40999, dst: t.gateway.lanAddr, dport: 4750, payload: b }))
     );
-    const sent = await t.exec(h2.ns, ["python3", "-c", RAW_SENDER, ...forged]);
+    const sent = await t.exec(h2.ns, rawSender(forged));
     assert.equal(sent.code, 0, sent.stderr);
     assert.match(sent.stdout, /sent 102/);
     await new Promise((ok) => setTimeout(ok, 700));

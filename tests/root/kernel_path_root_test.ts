@@ -15,19 +15,13 @@
 
 import assert from "node:assert/strict";
 import type { Topology } from "../../testing/topology.ts";
-import { type Dpm, DPM_ENV, dpmCommand, withDpm } from "../../testing/launch.ts";
+import { type Dpm, DPM_ENV, dpmCommand, serveApp, withDpm } from "../../testing/launch.ts";
 import { steadyFlows, tcpEcho, udpClient, udpEcho } from "../../testing/apps.ts";
 import { needsRoot } from "../../testing/root.ts";
 import { waitFor } from "../../testing/wait.ts";
 
 const SAN = { sanitizeOps: false, sanitizeResources: false };
 const K = { datapath: "kernel" as const };
-
-async function serve(t: Topology, ns: string, cmd: string[]) {
-  const s = t.spawn(ns, cmd);
-  await s.waitForOutput(/listening/, 10_000);
-  return s;
-}
 
 interface Flows {
   tcp_ok: number;
@@ -47,8 +41,8 @@ async function flowsAcross(
   during: () => Promise<void>,
 ): Promise<Flows> {
   const p1 = t.peers[0]!;
-  await serve(t, p1.ns, tcpEcho(7100));
-  await serve(t, p1.ns, udpEcho(7000));
+  await serveApp(t, p1.ns, tcpEcho(7100));
+  await serveApp(t, p1.ns, udpEcho(7000));
   const c = t.spawn(
     t.hosts[0]!.ns,
     steadyFlows(`${p1.addrText}:7100`, `${p1.addrText}:7000`, { seconds, intervalMs: 100 }),
@@ -103,7 +97,7 @@ Deno.test(needsRoot({
   fn: () =>
     withDpm({ ...K, hosts: 2 }, async (t, d) => {
       const p1 = t.peers[0]!;
-      await serve(t, p1.ns, udpEcho(7000));
+      await serveApp(t, p1.ns, udpEcho(7000));
       const once = async (port: number) => {
         const r = await t.exec(
           t.hosts[0]!.ns,
@@ -172,7 +166,7 @@ Deno.test(needsRoot({
       assert.match(drv.stderr, /another dpm driver runs in this network namespace/);
       // The first ones' rules are untouched and they still translate.
       const p1 = t.peers[0]!;
-      await serve(t, p1.ns, udpEcho(7000));
+      await serveApp(t, p1.ns, udpEcho(7000));
       const r = await t.exec(t.hosts[0]!.ns, udpClient(40200, [`${p1.addrText}:7000`]), {
         timeoutMs: 10_000,
       });
@@ -188,7 +182,7 @@ Deno.test(needsRoot({
   fn: () =>
     withDpm({ ...K, hosts: 2 }, async (t, d) => {
       const p1 = t.peers[0]!;
-      await serve(t, p1.ns, udpEcho(7000));
+      await serveApp(t, p1.ns, udpEcho(7000));
       const r = await t.exec(
         t.hosts[0]!.ns,
         udpClient(40300, [`${p1.addrText}:7000`], { rounds: 20, intervalMs: 10 }),

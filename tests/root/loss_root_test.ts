@@ -17,7 +17,7 @@
 
 import assert from "node:assert/strict";
 import type { Topology } from "../../testing/topology.ts";
-import { type Dpm, DPM_ENV, dpmCommand, withDpm } from "../../testing/launch.ts";
+import { type Dpm, DPM_ENV, dpmCommand, serveApp, withDpm } from "../../testing/launch.ts";
 import { udpEcho } from "../../testing/apps.ts";
 import { waitFor } from "../../testing/wait.ts";
 import { needsRoot } from "../../testing/root.ts";
@@ -116,12 +116,6 @@ async function warmUp(t: Topology, ns: string, dest: string): Promise<void> {
   assert.equal(w.code, 0, w.stderr);
 }
 
-async function serve(t: Topology, ns: string, cmd: string[]) {
-  const s = t.spawn(ns, cmd);
-  await s.waitForOutput(/listening/, 10_000);
-  return s;
-}
-
 /** Checks every reply shows the public pair the driver reports for that socket, inside the pool. */
 function assertTranslated(
   t: Topology,
@@ -189,7 +183,7 @@ for (const datapath of ["kernel", "queue"] as const) {
           ]);
           assert.equal(r.code, 0, r.stderr);
         }
-        await serve(t, t.peers[0]!.ns, udpEcho(7000));
+        await serveApp(t, t.peers[0]!.ns, udpEcho(7000));
         const dest = `${t.peers[0]!.addrText}:7000`;
         const h1 = t.hosts[0]!;
         await warmUp(t, h1.ns, dest);
@@ -241,7 +235,7 @@ Deno.test(needsRoot({
   ...SAN,
   fn: () =>
     withDpm({ datapath: "kernel", driverHosts: ["h1"] }, async (t, d) => {
-      await serve(t, t.peers[0]!.ns, udpEcho(7000));
+      await serveApp(t, t.peers[0]!.ns, udpEcho(7000));
       const dest = `${t.peers[0]!.addrText}:7000`;
       const h1 = t.hosts[0]!;
       await warmUp(t, h1.ns, dest);

@@ -25,9 +25,9 @@
  * @module
  */
 
-import { type Cidr, formatIPv4 } from "../../wire/addr.ts";
+import type { Cidr } from "../../wire/addr.ts";
 import type { DriverConfig } from "../../config.ts";
-import { IPPROTO_ICMP, IPPROTO_TCP } from "../../wire/meta.ts";
+import { describeSession, IPPROTO_ICMP, IPPROTO_TCP } from "../../wire/meta.ts";
 import { logger } from "../../runtime/log.ts";
 import { Cleanup } from "../../runtime/cleanup.ts";
 import type { DataPathStatus } from "../../operator/types.ts";
@@ -214,7 +214,7 @@ export class KernelDriverDataPath implements DriverDataPath {
         { set: "from_gateway", elems: [{ key: fromKey(k), data: fromData(k) }] },
       ]);
     } catch (e) {
-      this.#watchdog.suspect(`programming ${describe(k)}: ${(e as Error).message}`);
+      this.#watchdog.suspect(`programming ${describeSession(k)}: ${(e as Error).message}`);
     }
   }
 
@@ -226,7 +226,7 @@ export class KernelDriverDataPath implements DriverDataPath {
       this.#nft.delete(DRIVER_TABLE, "from_gateway", [fromKey(k)]);
       this.#ct.delete([{ proto: k.proto, src: k.a, dst: k.x, sport: k.pa, dport: k.px }]);
     } catch (e) {
-      this.#watchdog.suspect(`removing ${describe(k)}: ${(e as Error).message}`);
+      this.#watchdog.suspect(`removing ${describeSession(k)}: ${(e as Error).message}`);
     }
   }
 
@@ -273,10 +273,4 @@ export class KernelDriverDataPath implements DriverDataPath {
   get local(): number {
     return this.#local;
   }
-}
-
-function describe(k: HostSessionKey): string {
-  return `${k.proto === IPPROTO_TCP ? "tcp" : "udp"} ${formatIPv4(k.a)}:${k.pa} -> ${
-    formatIPv4(k.x)
-  }:${k.px} (Pg ${k.pg})`;
 }

@@ -33,6 +33,7 @@ import type { DriverConfig, ServerConfig } from "../../config.ts";
 import type { ChainSpec } from "../../../linux/iptables.ts";
 import { DEFRAG_ON } from "../../../linux/iptables.ts";
 import { controlPorts, poolRanges, poolRangeText } from "../gateway.ts";
+import { protoName } from "../../wire/meta.ts";
 
 /** The gateway's nftables table. */
 export const SERVER_TABLE = "dpm-server";
@@ -164,7 +165,7 @@ export function deleteTable(name: string): string {
   return `add table ip ${name}\ndelete table ip ${name}\n`;
 }
 
-const NAME = (p: number) => (p === 6 ? "tcp" : "udp");
+const NAME = protoName;
 
 /** One `to_remote` element as nft text. */
 export function toRemoteText(proto: number, a: number, pg: number, x: number, px: number): string {

@@ -36,7 +36,7 @@
 
 import { type Cidr, formatIPv4 } from "../../wire/addr.ts";
 import type { ServerConfig } from "../../config.ts";
-import { IPPROTO_ICMP } from "../../wire/meta.ts";
+import { describeSession, IPPROTO_ICMP } from "../../wire/meta.ts";
 import { logger } from "../../runtime/log.ts";
 import { Cleanup } from "../../runtime/cleanup.ts";
 import type { DataPathStatus } from "../../operator/types.ts";
@@ -328,7 +328,7 @@ export class KernelServerDataPath implements ServerDataPath {
         dport: s.pg,
       }]);
     } catch (e) {
-      this.#fail(`removing ${describe(s)}`, e);
+      this.#fail(`removing ${describeSession(s)}`, e);
     }
   }
 
@@ -397,10 +397,4 @@ export class KernelServerDataPath implements ServerDataPath {
     this.#nft.close();
     this.#ct.close();
   }
-}
-
-function describe(s: GatewaySession): string {
-  return `${s.proto === 6 ? "tcp" : "udp"} ${formatIPv4(s.a)}:${s.pa} -> ${
-    formatIPv4(s.x)
-  }:${s.px} as ${formatIPv4(s.r)}:${s.p} (Pg ${s.pg})`;
 }
