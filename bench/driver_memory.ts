@@ -7,7 +7,10 @@
  *
  *   deno run -A --v8-flags=--expose-gc bench/driver_memory.ts [N] [kernel|queue]
  *
- * Not a test: it prints figures and asserts nothing.
+ * Not a test: it prints figures (one JSON line) and asserts nothing.
+ * bench/run.ts runs it once per data path, each in a fresh process
+ * ({@linkcode driverMemoryChild}): the figures are heap growth, so the heap
+ * must hold nothing else, and `gc()` needs `--v8-flags=--expose-gc`.
  *
  * @module
  */
@@ -30,99 +33,184 @@ import {
   serverCfg,
 } from "../testing/fixtures.ts";
 
-setLevel("error");
-const N = Number(Deno.args[0] ?? 20_000);
-const kernel = (Deno.args[1] ?? "kernel") === "kernel";
-const gc = (globalThis as { gc?: () => void }).gc;
-if (!gc) {
-  console.error("run with --v8-flags=--expose-gc");
-  Deno.exit(2);
+/** What {@linkcode driverMemory} measured (the JSON line the CLI prints). */
+export interface DriverMemory {
+  /** Sessions created (N). */
+  sessions: number;
+  /** Of them, reserved (state active) once every answer arrived. */
+  active: number;
+  datapath: "kernel" | "queue";
+  /** Heap growth per session once every session is settled (after a full GC). */
+  driverBytesPerSession: number;
+  /** Heap growth per session while every request is still in flight (a burst). */
+  inFlightBytesPerSession: number;
+  heapBefore: number;
+  rss: number;
+  /** Sessions in the server's table afterwards (N + 1: the cookie session). */
+  serverSessions: number;
 }
 
-/** A data path that keeps nothing (the fakes record every call). */
-const dp: DriverDataPath = {
-  kind: kernel ? "kernel" : "queue",
-  kernelTranslates: (p) => kernel && p !== 1,
-  sessionUp: (_: HostSessionKey) => {},
-  sessionDown: (_: HostSessionKey) => {},
-  activity: () => kernel ? new Map() : null,
-  adopted: () => [],
-  status: () => ({ kind: kernel ? "kernel" : "queue", state: "on", reinstalls: 0 }),
-  stop: () => Promise.resolve(),
-};
-const io: PacketIO = { verdict: () => {}, flush: () => {}, send: () => {} };
+const gcOf = () => (globalThis as { gc?: () => void }).gc;
 
-async function heap(): Promise<number> {
-  for (let i = 0; i < 3; i++) {
-    await new Promise((r) => setTimeout(r, 0));
-    gc!();
+/**
+ * Creates `n` UDP sessions in a DriverCore of data path `datapath`, answered
+ * by a ServerCore through the in-memory Pipe, and measures the driver's heap.
+ * Needs `gc` (`--v8-flags=--expose-gc`) and a heap that holds nothing else:
+ * run it in its own process (the CLI, {@linkcode driverMemoryChild}).
+ */
+export async function driverMemory(
+  n: number,
+  datapath: "kernel" | "queue",
+): Promise<DriverMemory> {
+  const maybeGc = gcOf();
+  if (!maybeGc) throw new Error("driverMemory needs gc: run with --v8-flags=--expose-gc");
+  const gc: () => void = maybeGc;
+  setLevel("error");
+  const N = n;
+  const kernel = datapath === "kernel";
+  /** A data path that keeps nothing (the fakes record every call). */
+  const dp: DriverDataPath = {
+    kind: kernel ? "kernel" : "queue",
+    kernelTranslates: (p) => kernel && p !== 1,
+    sessionUp: (_: HostSessionKey) => {},
+    sessionDown: (_: HostSessionKey) => {},
+    activity: () => kernel ? new Map() : null,
+    adopted: () => [],
+    status: () => ({ kind: kernel ? "kernel" : "queue", state: "on", reinstalls: 0 }),
+    stop: () => Promise.resolve(),
+  };
+  const io: PacketIO = { verdict: () => {}, flush: () => {}, send: () => {} };
+
+  async function heap(): Promise<number> {
+    for (let i = 0; i < 3; i++) {
+      await new Promise((r) => setTimeout(r, 0));
+      gc();
+    }
+    return Deno.memoryUsage().heapUsed;
   }
-  return Deno.memoryUsage().heapUsed;
-}
 
-const server = new ServerCore(
-  serverCfg({
-    pool: [R1, R2],
-    maxSessionsPerHost: N + 10,
-    rateLimit: 1e9,
-    gatewayPorts: [1024, 65535],
-  }),
-  { lan: LAN },
-);
-const pipe = new Pipe(server, H1);
-pipe.sent = { push: () => 0 } as unknown as typeof pipe.sent; // keep no request log
-const d = new DriverCore(driverCfg({ gatewayPorts: [1024, 65535] }), pipe, {
-  lan: LAN,
-  ephemeral: [1024, 65535],
-});
-d.attach(dp, io);
-const pkts: Uint8Array[] = [];
-for (let i = 0; i < N; i++) {
-  // N sessions from one host: ports 1024.. toward two peers' ports.
-  const sport = 1024 + (i % 60000);
-  const dport = 7000 + Math.floor(i / 60000);
-  pkts.push(buildUdp({ src: H1, dst: P1, sport, dport, payload: new Uint8Array(32) }));
-}
-
-// The server learns every session first (the same requests the driver will
-// send), so that during the measurement its answers are idempotent repeats
-// and its table does not grow: the growth measured is the driver's.
-for (let i = 0; i < N; i++) {
-  handleVerified(
-    server,
-    encodeRequest({
-      op: 1,
-      nonce: newNonce(),
-      proto: 17,
-      replaceable: true,
-      internalAddr: H1,
-      internalPort: 1024 + (i % 60000),
-      remoteAddr: P1,
-      remotePort: 7000 + Math.floor(i / 60000),
-      lifetime: 0,
+  const server = new ServerCore(
+    serverCfg({
+      pool: [R1, R2],
+      maxSessionsPerHost: N + 10,
+      rateLimit: 1e9,
+      gatewayPorts: [1024, 65535],
     }),
-    H1,
+    { lan: LAN },
   );
+  const pipe = new Pipe(server, H1);
+  pipe.sent = { push: () => 0 } as unknown as typeof pipe.sent; // keep no request log
+  const d = new DriverCore(driverCfg({ gatewayPorts: [1024, 65535] }), pipe, {
+    lan: LAN,
+    ephemeral: [1024, 65535],
+  });
+  d.attach(dp, io);
+  const pkts: Uint8Array[] = [];
+  for (let i = 0; i < N; i++) {
+    // N sessions from one host: ports 1024.. toward two peers' ports.
+    const sport = 1024 + (i % 60000);
+    const dport = 7000 + Math.floor(i / 60000);
+    pkts.push(buildUdp({ src: H1, dst: P1, sport, dport, payload: new Uint8Array(32) }));
+  }
+
+  // The server learns every session first (the same requests the driver will
+  // send), so that during the measurement its answers are idempotent repeats
+  // and its table does not grow: the growth measured is the driver's.
+  for (let i = 0; i < N; i++) {
+    handleVerified(
+      server,
+      encodeRequest({
+        op: 1,
+        nonce: newNonce(),
+        proto: 17,
+        replaceable: true,
+        internalAddr: H1,
+        internalPort: 1024 + (i % 60000),
+        remoteAddr: P1,
+        remotePort: 7000 + Math.floor(i / 60000),
+        lifetime: 0,
+      }),
+      H1,
+    );
+  }
+  // The driver learns the server's cookie with a session of its own first.
+  d.handlePacket(buildUdp({ src: H1, dst: P1, sport: 9, dport: 9 }), 0, true);
+  await new Promise((r) => setTimeout(r, 0));
+  const t0 = await heap();
+  for (let i = 0; i < N; i++) d.handlePacket(pkts[i]!, i + 1, true);
+  // Every request is in flight now (the Pipe's answers are promise callbacks
+  // that have not run yet): what a burst costs before it is answered.
+  gc();
+  const inFlight = Deno.memoryUsage().heapUsed - t0;
+  const t1 = await heap();
+  const active = [...d.sessions()].filter((s) => s.state === 1).length - 1;
+  const driverBytes = t1 - t0;
+  return {
+    sessions: N,
+    active,
+    datapath: dp.kind,
+    driverBytesPerSession: Math.round(driverBytes / N),
+    inFlightBytesPerSession: Math.round(inFlight / N),
+    heapBefore: t0,
+    rss: Deno.memoryUsage().rss,
+    serverSessions: server.table.size,
+  };
 }
-// The driver learns the server's cookie with a session of its own first.
-d.handlePacket(buildUdp({ src: H1, dst: P1, sport: 9, dport: 9 }), 0, true);
-await new Promise((r) => setTimeout(r, 0));
-const t0 = await heap();
-for (let i = 0; i < N; i++) d.handlePacket(pkts[i]!, i + 1, true);
-// Every request is in flight now (the Pipe's answers are promise callbacks
-// that have not run yet): what a burst costs before it is answered.
-gc();
-const inFlight = Deno.memoryUsage().heapUsed - t0;
-const t1 = await heap();
-const active = [...d.sessions()].filter((s) => s.state === 1).length - 1;
-const driverBytes = t1 - t0;
-console.log(JSON.stringify({
-  sessions: N,
-  active,
-  datapath: dp.kind,
-  driverBytesPerSession: Math.round(driverBytes / N),
-  inFlightBytesPerSession: Math.round(inFlight / N),
-  heapBefore: t0,
-  rss: Deno.memoryUsage().rss,
-}));
-if (server.table.size !== N + 1) console.error(`server holds ${server.table.size} sessions`);
+
+/**
+ * Runs {@linkcode driverMemory} in a fresh `deno run --v8-flags=--expose-gc`
+ * process (this file's CLI) and returns its figures.
+ */
+export async function driverMemoryChild(
+  n: number,
+  datapath: "kernel" | "queue",
+  timeoutMs = 300_000,
+): Promise<DriverMemory> {
+  const c = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      "--quiet",
+      "--v8-flags=--expose-gc",
+      import.meta.filename!,
+      String(n),
+      datapath,
+    ],
+    stdout: "piped",
+    stderr: "piped",
+    env: { DENO_NO_UPDATE_CHECK: "1" },
+  }).spawn();
+  const timer = setTimeout(() => {
+    try {
+      c.kill("SIGKILL");
+    } catch {
+      // Already gone.
+    }
+  }, timeoutMs);
+  try {
+    const o = await c.output();
+    const out = new TextDecoder().decode(o.stdout).trim();
+    if (o.code !== 0) {
+      throw new Error(
+        `driver_memory.ts ${n} ${datapath} failed (${o.code}): ${
+          new TextDecoder().decode(o.stderr)
+        }`,
+      );
+    }
+    return JSON.parse(out.split("\n").pop()!) as DriverMemory;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+if (import.meta.main) {
+  const n = Number(Deno.args[0] ?? 20_000);
+  const datapath = (Deno.args[1] ?? "kernel") === "kernel" ? "kernel" : "queue";
+  if (!gcOf()) {
+    console.error("run with --v8-flags=--expose-gc");
+    Deno.exit(2);
+  }
+  const r = await driverMemory(n, datapath);
+  console.log(JSON.stringify(r));
+  if (r.serverSessions !== n + 1) console.error(`server holds ${r.serverSessions} sessions`);
+}

@@ -537,3 +537,163 @@ print(json.dumps({"sent": k}))
     120_000 + n,
   );
 }
+
+/** One session of a burst ({@linkcode burstSessions}). */
+export interface BurstSession {
+  /** The socket's local (ephemeral) port on the sending host. */
+  port: number;
+  /** Datagrams the socket sent (one, plus one every 2 s until answered). */
+  sends: number;
+  /** From its first send to its first reply, microseconds; null when never answered. */
+  firstUs: number | null;
+  /** The source pair the peer saw, one per reply ("ip:port", testing/apps.ts `udpEcho`). */
+  seen: string[];
+}
+
+/** A raw burst: every session, and the time from the first send to the last session's first reply. */
+export interface BurstRun {
+  sessions: BurstSession[];
+  /** Microseconds from the burst's first send to the last first reply; null if one never came. */
+  allUs: number | null;
+}
+
+/**
+ * A burst of `n` new UDP sessions at once from `from`: `n` sockets on fresh
+ * ephemeral ports, each sending its first datagram to `dest` ("ip:port", a
+ * testing/apps.ts `udpEcho`, which answers with the source it saw) in one
+ * loop, then again every 2 s until answered or `timeoutMs` is up; replies
+ * that arrive within 300 ms after the last first reply are kept too. The
+ * method of tests/root/loss_root_test.ts's 1,500-session burst, timed.
+ */
+export async function burstSessions(
+  t: Topology,
+  from: string,
+  dest: string,
+  n: number,
+  timeoutMs: number,
+): Promise<BurstRun> {
+  const j = await python(
+    t,
+    from,
+    `
+import socket, json, time, select, resource
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, ${n} + 256)), hard))
+h, p = "${dest}".rsplit(":", 1)
+dst = (h, int(p))
+socks = []
+for i in range(${n}):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", 0))
+    s.setblocking(False)
+    socks.append(s)
+by_fd = {s.fileno(): s for s in socks}
+sends = {s.fileno(): 0 for s in socks}
+sent_at = {}
+first = {}
+seen = {s.fileno(): [] for s in socks}
+poll = select.poll()
+for s in socks:
+    poll.register(s, select.POLLIN)
+waiting = set(s.fileno() for s in socks)
+now = time.perf_counter_ns
+start = now()
+deadline = start + ${timeoutMs} * 1000000
+next_send = 0
+last = None
+drain_until = None
+while now() < deadline and (waiting or now() < drain_until):
+    if waiting and now() >= next_send:
+        for fd in list(waiting):
+            try:
+                by_fd[fd].sendto(b"burst", dst)
+            except (BlockingIOError, OSError):
+                continue
+            sends[fd] += 1
+            if fd not in sent_at:
+                sent_at[fd] = now()
+        next_send = now() + 2000000000
+    for fd, _ in poll.poll(20):
+        s = by_fd[fd]
+        while True:
+            try:
+                d, a = s.recvfrom(65535)
+            except BlockingIOError:
+                break
+            t1 = now()
+            seen[fd].append(d.decode(errors="replace").split("|")[0].replace("seen ", ""))
+            if fd not in first and fd in sent_at:
+                first[fd] = (t1 - sent_at[fd]) / 1000
+                last = t1
+                waiting.discard(fd)
+                if not waiting:
+                    drain_until = t1 + 300000000
+out = [{"port": by_fd[fd].getsockname()[1], "sends": sends[fd], "firstUs": first.get(fd),
+        "seen": seen[fd]} for fd in by_fd]
+print(json.dumps({"sessions": out, "allUs": (last - start) / 1000 if not waiting and last else None}))
+`,
+    timeoutMs + 60_000,
+  );
+  return j as BurstRun;
+}
+
+/** What a burst showed: first round trips, and the sessions that went out untranslated. */
+export interface BurstProbe {
+  /** Sessions opened at once. */
+  sessions: number;
+  /** Per-session first round trip, of the answered sessions. */
+  first: Percentiles;
+  /** From the burst's first send until every session had its first reply, µs (null: some never did). */
+  allUs: number | null;
+  /** Sessions that never got a reply. */
+  unanswered: number;
+  /** Sessions that had to send more than once before their first reply. */
+  resent: number;
+  /**
+   * dpm: sessions the peer saw from a pair other than the public pair the
+   * driver reports for them (e.g. the gateway's MASQUERADE), plus those
+   * never answered; null for MASQUERADE (there is no dpm pair to compare to).
+   */
+  untranslated: number | null;
+  /** Up to 5 untranslated sessions, for the log. */
+  examples: string[];
+}
+
+/**
+ * Judges a burst. `publicOf` maps a local port to the public pair the driver
+ * reports for it ("ip:port"); null for MASQUERADE. A dpm session is
+ * translated when every reply it got shows exactly that pair.
+ */
+export function judgeBurst(
+  run: BurstRun,
+  publicOf: ((port: number) => string | undefined) | null,
+): BurstProbe {
+  const answered = run.sessions.filter((s) => s.firstUs !== null);
+  const examples: string[] = [];
+  let untranslated = 0;
+  if (publicOf) {
+    for (const s of run.sessions) {
+      const want = publicOf(s.port);
+      const bad = s.seen.length === 0 || want === undefined || s.seen.some((x) => x !== want);
+      if (bad) {
+        untranslated++;
+        if (examples.length < 5) {
+          examples.push(
+            `port ${s.port}: peer saw ${s.seen.join(", ") || "nothing"}, driver says ${
+              want ?? "nothing"
+            }`,
+          );
+        }
+      }
+    }
+  }
+  return {
+    sessions: run.sessions.length,
+    first: summarize(answered.map((s) => s.firstUs!)),
+    allUs: run.allUs === null ? null : Math.round(run.allUs),
+    unanswered: run.sessions.length - answered.length,
+    resent: answered.filter((s) => s.sends > 1).length,
+    untranslated: publicOf ? untranslated : null,
+    examples,
+  };
+}

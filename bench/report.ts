@@ -8,7 +8,9 @@
  * @module
  */
 
-import type { Percentiles, SessionProbe, TcpRun, UdpRun } from "./measure.ts";
+import type { BurstProbe, Percentiles, SessionProbe, TcpRun, UdpRun } from "./measure.ts";
+import type { DriverMemory } from "./driver_memory.ts";
+export type { DriverMemory };
 
 /** CPU spent during one UDP flood. */
 export interface CpuRun {
@@ -29,6 +31,35 @@ export interface CpuRun {
    * netlink socket full), on the driver's host and on the gateway; null for MASQUERADE.
    */
   queueDrops: { driver: number; server: number } | null;
+}
+
+/**
+ * A burst of new UDP sessions opened at once from h1 (bench/measure.ts
+ * `burstSessions`): medians over rounds of each round's per-session first
+ * round trip, and counts summed over rounds.
+ */
+export interface BurstResult {
+  /** Sessions opened at once, per round. */
+  sessions: number;
+  rounds: number;
+  firstP50Us: number;
+  firstP99Us: number;
+  /** The slowest session's first round trip: until every session had its first reply. */
+  firstMaxUs: number;
+  /** From the burst's first send to the last first reply (null: a session never got one). */
+  allUs: number | null;
+  /** Sessions never answered, all rounds. */
+  unanswered: number;
+  /** Sessions that had to resend (every 2 s) before their first reply, all rounds. */
+  resent: number;
+  /**
+   * dpm, all rounds: sessions the peer saw from another pair than the public
+   * pair the driver reports (e.g. the gateway's MASQUERADE), plus those never
+   * answered; null for MASQUERADE. Target 0.
+   */
+  untranslated: number | null;
+  /** Per round, with the driver's fellBack and untranslated counters after it (dpm). */
+  runs: (BurstProbe & { fellBack: number | null; driverUntranslated: number | null })[];
 }
 
 /** The three modes every round measures. */
@@ -69,6 +100,8 @@ export interface ModeResult {
     lost: number;
     runs: SessionProbe[];
   };
+  /** A burst of new sessions at once. */
+  burst: BurstResult;
 }
 
 /** The reservation load test against one server. */
@@ -165,6 +198,8 @@ export interface BenchResult {
   reservations: Record<DataPath, ReserveResult>;
   memory: MemoryResult;
   table: { quick: boolean; gc: boolean; rows: TableRow[] };
+  /** bench/driver_memory.ts per data path: the driver's heap per session. */
+  driverMemory: Record<DataPath, DriverMemory>;
   targets: Target[];
   elapsedSeconds: number;
 }
@@ -193,6 +228,8 @@ export function evaluateTargets(r: Omit<BenchResult, "targets">): Target[] {
   );
   const at1M = big !== null && big.sessions >= 900_000;
   const added = k.rtt.p50Us - m.rtt.p50Us;
+  const bk = k.burst?.untranslated ?? null;
+  const bq = r.dataPlane.queue.burst?.untranslated ?? null;
   return [
     {
       name: "Kernel path UDP 64 B packets/s vs MASQUERADE",
@@ -231,6 +268,14 @@ export function evaluateTargets(r: Omit<BenchResult, "targets">): Target[] {
       target: "<= 150 B at 1M",
       value: big ? `${big.bytesPerSession} B` : "n/a",
       met: at1M && big ? big.bytesPerSession <= 150 : null,
+    },
+    {
+      name: `Burst of ${
+        int(k.burst?.sessions)
+      } new UDP sessions at once: untranslated, both data paths`,
+      target: "0",
+      value: `${int(bk)} (kernel), ${int(bq)} (queue)`,
+      met: bk === null || bq === null ? null : bk === 0 && bq === 0,
     },
   ];
 }
@@ -341,6 +386,26 @@ export function markdown(r: BenchResult): string {
     ["", ""],
     tgt("Kernel path session setup"),
   );
+  if (k.burst && q.burst && m.burst) {
+    const b = m.burst;
+    const ms = (v: number | null) => dec(v === null ? null : v / 1000, 1);
+    row3(
+      `Burst of ${int(b.sessions)} new UDP sessions at once from one host: ` +
+        "first reply p50 / p99 / max, ms",
+      (x) => `${ms(x.burst.firstP50Us)} / ${ms(x.burst.firstP99Us)} / ${ms(x.burst.firstMaxUs)}`,
+    );
+    row3(
+      `Burst: sessions untranslated (peer saw another pair than the driver's, or no reply), of ${
+        int(b.sessions * b.rounds)
+      }`,
+      (x) =>
+        x.burst.untranslated === null
+          ? `n/a (${int(x.burst.unanswered)} unanswered)`
+          : int(x.burst.untranslated),
+      ["", ""],
+      tgt("Burst of"),
+    );
+  }
   const rv = (x: ReserveResult) =>
     `${int(x.perSec)} (p50 ${dec(x.latencyP50Ms, 2)} ms, server ${
       dec(x.serverUsPerReservation, 1)
@@ -374,6 +439,23 @@ export function markdown(r: BenchResult): string {
         })`
         : "n/a",
       ct ? `${int(ct.bytesPerEntry)} per conntrack` : "n/a",
+      "",
+      "",
+      "",
+      "",
+    );
+  }
+  const dm = r.driverMemory;
+  if (dm?.kernel && dm.queue) {
+    const f = (x: DriverMemory) =>
+      `${int(x.driverBytesPerSession)} / ${int(x.inFlightBytesPerSession)}`;
+    row(
+      `Driver bytes/session (settled / in flight), ${
+        int(dm.kernel.sessions)
+      } sessions (bench/driver_memory.ts)`,
+      f(dm.kernel),
+      f(dm.queue),
+      "n/a",
       "",
       "",
       "",

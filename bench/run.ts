@@ -21,7 +21,13 @@
  *   delivered packet (/proc);
  * - one TCP stream (`iperf3`): receiver goodput;
  * - UDP ping-pong round trips (python3, one datagram in flight): p50/p99;
- * - new sessions: a fresh socket's first round trip against its second.
+ * - new sessions: a fresh socket's first round trip against its second;
+ * - a burst of new sessions at once (1,500; smoke 200), each a fresh socket
+ *   sending its first datagram to p1's `udpEcho` (testing/apps.ts, which
+ *   answers with the source it saw) in the same loop: per-session first
+ *   round trip p50/p99/max, and for dpm the sessions that went out
+ *   untranslated (the peer saw another pair than the public pair the driver
+ *   reports for them, or nothing came back);
  *
  * Then, on each data path, one server (`--rate-limit 1000000
  * --max-sessions-per-host 1048576`, real --lan-if/--wan-if: on the kernel
@@ -29,8 +35,9 @@
  * bench/reserve_load.ts on three hosts at once; one server per data path is
  * filled to 100k and 1M sessions (smoke: a few thousand) while its RSS and
  * the kernel's slab/vmalloc memory are read; conntrack entries made through
- * MASQUERADE are measured the same way; and bench/table_bench.ts measures the
- * session table alone.
+ * MASQUERADE are measured the same way; bench/table_bench.ts measures the
+ * session table alone; and bench/driver_memory.ts (one process per data
+ * path) the driver's heap per session, settled and while in flight.
  *
  * ```sh
  * sudo deno task bench                  # full run, about 10 minutes
@@ -48,12 +55,24 @@
 
 import { fileURLToPath } from "node:url";
 import { createTopology, destroyOnSignal, type Topology } from "../testing/topology.ts";
-import { type Dpm, DPM_ENV, MOD, startDpm, type StartOptions } from "../testing/launch.ts";
 import {
+  type Dpm,
+  DPM_ENV,
+  dpmCommand,
+  MOD,
+  serveApp,
+  startDpm,
+  type StartOptions,
+} from "../testing/launch.ts";
+import { udpEcho } from "../testing/apps.ts";
+import {
+  type BurstProbe,
+  burstSessions,
   CLK_TCK,
   conntrackCount,
   conntrackFlush,
   haveEthtool,
+  judgeBurst,
   kernelGrowth,
   kernelMemory,
   median,
@@ -75,6 +94,7 @@ import {
 } from "./measure.ts";
 import {
   type BenchResult,
+  type BurstResult,
   type ConntrackPoint,
   type CpuRun,
   type DataPath,
@@ -89,6 +109,7 @@ import {
 } from "./report.ts";
 import { barChart } from "./chart.ts";
 import { summarizeProfiles } from "./profile.ts";
+import { type DriverMemory, driverMemoryChild } from "./driver_memory.ts";
 
 const HERE = fileURLToPath(new URL(".", import.meta.url));
 
@@ -98,6 +119,11 @@ interface Config {
   sizes: number[];
   pings: number;
   sessions: number;
+  /** Sessions opened at once from h1 in the burst, and how long they may take. */
+  burstSessions: number;
+  burstTimeoutMs: number;
+  /** Sessions of bench/driver_memory.ts, per data path. */
+  driverMemorySessions: number;
   reserveSeconds: number;
   reserveAddrsPerHost: number;
   reserveWindow: number;
@@ -147,6 +173,9 @@ const cfg: Config = args.smoke
     sizes: [64, 512, 1400],
     pings: 200,
     sessions: 30,
+    burstSessions: 200,
+    burstTimeoutMs: 20_000,
+    driverMemorySessions: 2000,
     reserveSeconds: 1,
     reserveAddrsPerHost: 2,
     reserveWindow: 6,
@@ -160,6 +189,9 @@ const cfg: Config = args.smoke
     sizes: [64, 512, 1400],
     pings: 2000,
     sessions: 300,
+    burstSessions: 1500,
+    burstTimeoutMs: 40_000,
+    driverMemorySessions: 20_000,
     reserveSeconds: 5,
     reserveAddrsPerHost: 12,
     reserveWindow: 6,
@@ -170,6 +202,8 @@ const cfg: Config = args.smoke
 if (args.rounds > 0) cfg.rounds = args.rounds;
 const RESERVE_FLAGS = ["--rate-limit", "1000000", "--max-sessions-per-host", "1048576"];
 const MASQ = ["-s", "10.0.0.0/24", "-o", "wan0", "-j", "MASQUERADE"];
+/** p1's testing/apps.ts `udpEcho` (answers "seen ip:port|..."), for the burst. */
+const SEEN_PORT = 7001;
 /**
  * Pool of the servers filled for the memory figures: 1M sessions need more
  * than the topology's four addresses × 64,512 ports × 2 protocols. Only
@@ -248,6 +282,7 @@ interface RoundData {
   tcpNoOffload: TcpRun | null;
   rtt: Percentiles & { lost: number };
   sessions: SessionProbe;
+  burst: BurstProbe & { driverStats: Record<string, unknown> | null };
 }
 
 /** One round of every data-plane measurement in the current mode. */
@@ -307,7 +342,48 @@ async function measureMode(t: Topology, label: string, dpm: Dpm | null): Promise
     }
     log(`${label}: TCP with offloads off on h1: ${tcpNoOffload.mbps} Mbit/s`);
   }
-  return { udp, cpu: cpu!, tcp, tcpNoOffload, rtt, sessions };
+  // Last: the burst leaves its sessions in dpm's tables and conntrack.
+  log(`${label}: burst of ${cfg.burstSessions} new sessions at once`);
+  const burst = await retry("burst", () => burstMode(t, dpm));
+  log(
+    `${label}: burst: first reply p50 ${(burst.first.p50Us / 1000).toFixed(1)} ms, max ${
+      (burst.first.maxUs / 1000).toFixed(1)
+    } ms; ${burst.unanswered} unanswered; untranslated ${burst.untranslated ?? "n/a"}`,
+  );
+  for (const e of burst.examples) log(`${label}: burst: untranslated ${e}`);
+  return { udp, cpu: cpu!, tcp, tcpNoOffload, rtt, sessions, burst };
+}
+
+/**
+ * The burst from h1 to p1's `udpEcho`, judged: with dpm, each session's
+ * replies must show the public pair h1's driver reports for it (its
+ * sessions toward p1:SEEN_PORT, by local port).
+ */
+async function burstMode(t: Topology, dpm: Dpm | null): Promise<RoundData["burst"]> {
+  const h1 = t.hosts[0]!;
+  const dest = `${t.peers[0]!.addrText}:${SEEN_PORT}`;
+  const run = await burstSessions(t, h1.ns, dest, cfg.burstSessions, cfg.burstTimeoutMs);
+  if (!dpm) return { ...judgeBurst(run, null), driverStats: null };
+  const r = await t.exec(h1.ns, [
+    ...dpmCommand(),
+    "status",
+    "--driver",
+    "--json",
+    "--socket",
+    dpm.driverSocket("h1"),
+  ], { timeoutMs: 30_000, env: DPM_ENV });
+  if (r.code !== 0) throw new Error(`dpm status --driver failed (${r.code}): ${r.stderr}`);
+  const st = JSON.parse(r.stdout) as {
+    stats: Record<string, unknown>;
+    sessions: { result: string; local: string; remote: string; public?: string }[];
+  };
+  const pub = new Map<number, string>();
+  for (const s of st.sessions) {
+    if (s.result === "ok" && s.remote === dest && s.local.startsWith(`${h1.addrText}:`)) {
+      pub.set(Number(s.local.slice(s.local.lastIndexOf(":") + 1)), s.public ?? "");
+    }
+  }
+  return { ...judgeBurst(run, (port) => pub.get(port)), driverStats: st.stats };
 }
 
 /** Queue drops (queue full + socket full) on the driver's host and on the gateway. */
@@ -379,6 +455,30 @@ function aggregate(rounds: RoundData[]): ModeResult {
       lost: rounds.reduce((a, r) => a + r.sessions.lost, 0),
       runs: rounds.map((r) => r.sessions),
     },
+    burst: aggregateBurst(rounds.map((r) => r.burst)),
+  };
+}
+
+function aggregateBurst(runs: RoundData["burst"][]): BurstResult {
+  const med = (f: (b: BurstProbe) => number) => median(runs.map(f));
+  const sum = (f: (b: BurstProbe) => number) => runs.reduce((a, b) => a + f(b), 0);
+  return {
+    sessions: cfg.burstSessions,
+    rounds: runs.length,
+    firstP50Us: med((b) => b.first.p50Us),
+    firstP99Us: med((b) => b.first.p99Us),
+    firstMaxUs: med((b) => b.first.maxUs),
+    allUs: runs.every((b) => b.allUs !== null) ? med((b) => b.allUs!) : null,
+    unanswered: sum((b) => b.unanswered),
+    resent: sum((b) => b.resent),
+    untranslated: runs.every((b) => b.untranslated !== null) ? sum((b) => b.untranslated!) : null,
+    runs: runs.map(({ driverStats, ...b }) => ({
+      ...b,
+      fellBack: typeof driverStats?.fellBack === "number" ? driverStats.fellBack : null,
+      driverUntranslated: typeof driverStats?.untranslated === "number"
+        ? driverStats.untranslated
+        : null,
+    })),
   };
 }
 
@@ -630,6 +730,21 @@ async function reserveWith(t: Topology, d: Dpm): Promise<Omit<ReserveResult, "da
   };
 }
 
+/** bench/driver_memory.ts on each data path, each in its own process (it needs gc and a clean heap). */
+async function driverMemories(): Promise<Record<DataPath, DriverMemory>> {
+  const out = {} as Record<DataPath, DriverMemory>;
+  for (const dp of ["queue", "kernel"] as const) {
+    log(`driver memory, ${dp} path: ${cfg.driverMemorySessions} sessions`);
+    out[dp] = await driverMemoryChild(cfg.driverMemorySessions, dp);
+    log(
+      `driver memory, ${dp} path: ${out[dp].driverBytesPerSession} B/session settled, ${
+        out[dp].inFlightBytesPerSession
+      } B in flight`,
+    );
+  }
+  return out;
+}
+
 async function tableBench(): Promise<{ quick: boolean; gc: boolean; rows: TableRow[] }> {
   log(`table bench${cfg.tableQuick ? " --quick" : ""}`);
   const r = await run([
@@ -700,6 +815,7 @@ async function main(): Promise<number> {
   }
   const env = await environment();
   const table = args.profile ? null : await tableBench();
+  const driverMemory = args.profile ? null : await driverMemories();
   log("building the topology");
   const t = await createTopology({ hosts: 3, peers: 1 });
   const undoSignals = destroyOnSignal(t);
@@ -708,6 +824,7 @@ async function main(): Promise<number> {
   let memory: MemoryResult;
   try {
     await startEcho(t, t.peers[0]!.ns);
+    await serveApp(t, t.peers[0]!.ns, udpEcho(SEEN_PORT));
     if (args.profile) {
       await profile(t);
       return 0;
@@ -748,6 +865,7 @@ async function main(): Promise<number> {
     reservations,
     memory,
     table: table!,
+    driverMemory: driverMemory!,
     elapsedSeconds: 0,
   };
   const result: BenchResult = {

@@ -3,8 +3,11 @@
  * section is present with sane figures for MASQUERADE and both dpm data
  * paths (queue, kernel), the reservation load ran against a server of each
  * data path, the memory section filled both and measured conntrack, the
- * outputs are written, and no namespace is left behind. No timing threshold
- * is asserted: this machine's numbers are not CI's.
+ * burst of new sessions and the driver's bytes per session are reported for
+ * both data paths (in the JSON and as rows of latest.md), the outputs are
+ * written, and no namespace is left behind. No timing threshold is asserted:
+ * this machine's numbers are not CI's; the burst's untranslated count must be
+ * 0 (that is correctness, not timing).
  */
 
 import assert from "node:assert/strict";
@@ -20,6 +23,21 @@ function positive(v: unknown, what: string): void {
 
 function finite(v: unknown, what: string): void {
   assert.ok(typeof v === "number" && Number.isFinite(v), `${what} = ${v}, want a number`);
+}
+
+/** The cells of the latest.md row whose first cell starts with `start`, or a failed assertion. */
+function mdRow(md: string, start: string): string[] {
+  const line = md.split("\n").find((l) => l.startsWith(`| ${start}`));
+  assert.ok(line, `latest.md has no row "${start}..."`);
+  return line.split("|").slice(1, -1).map((c) => c.trim());
+}
+
+/** "12.3 / 4 / 5,678" -> [12.3, 4, 5678]; fails unless every part is a number. */
+function numbers(cell: string | undefined, n: number, what: string): number[] {
+  const v = (cell ?? "").split(" / ").map((x) => x.replaceAll(",", "").trim());
+  assert.equal(v.length, n, `${what}: "${cell}" should hold ${n} figure(s)`);
+  for (const x of v) assert.match(x, /^-?\d+(\.\d+)?$/, `${what}: "${cell}" is not numbers`);
+  return v.map(Number);
 }
 
 function ourNamespaces(prefixes: Set<string>): string[] {
@@ -72,6 +90,46 @@ Deno.test(needsRoot({
         positive(m.sessions.firstP99Us, `${mode} first-packet RTT p99`);
         positive(m.sessions.secondP50Us, `${mode} second-packet RTT p50`);
         finite(m.sessions.setupP50Us, `${mode} setup p50`);
+
+        const b = m.burst;
+        assert.ok(b, `dataPlane.${mode}.burst missing`);
+        assert.equal(b.sessions, r.config.burstSessions, `${mode} burst sessions`);
+        assert.equal(b.rounds, r.config.rounds, `${mode} burst rounds`);
+        positive(b.firstP50Us, `${mode} burst first reply p50`);
+        positive(b.firstP99Us, `${mode} burst first reply p99`);
+        positive(b.firstMaxUs, `${mode} burst first reply max`);
+        assert.ok(
+          b.firstP50Us <= b.firstP99Us && b.firstP99Us <= b.firstMaxUs,
+          `${mode} burst order`,
+        );
+        finite(b.unanswered, `${mode} burst unanswered`);
+        assert.equal(b.runs.length, r.config.rounds, `${mode} burst runs`);
+        for (const run of b.runs) assert.equal(run.sessions, r.config.burstSessions);
+      }
+      assert.equal(
+        r.dataPlane.masquerade.burst.untranslated,
+        null,
+        "MASQUERADE untranslated is n/a",
+      );
+      for (const dp of ["queue", "kernel"]) {
+        const b = r.dataPlane[dp].burst;
+        finite(b.untranslated, `${dp} burst untranslated`);
+        assert.equal(
+          b.untranslated,
+          0,
+          `${dp} path: ${b.untranslated} burst sessions untranslated: ${
+            JSON.stringify(b.runs.map((x: { examples: string[] }) => x.examples))
+          }`,
+        );
+        assert.equal(b.unanswered, 0, `${dp} burst unanswered`);
+
+        const dm = r.driverMemory?.[dp];
+        assert.ok(dm, `driverMemory.${dp} missing`);
+        assert.equal(dm.datapath, dp);
+        assert.equal(dm.sessions, r.config.driverMemorySessions, `${dp} driver memory sessions`);
+        assert.equal(dm.active, dm.sessions, `${dp} driver memory: every session reserved`);
+        positive(dm.driverBytesPerSession, `${dp} driver bytes/session settled`);
+        positive(dm.inFlightBytesPerSession, `${dp} driver bytes/session in flight`);
       }
       assert.equal(r.dataPlane.masquerade.cpu.dpmUsPerPacket, null);
       // The queue path's processes handle every packet; the kernel path's
@@ -122,7 +180,11 @@ Deno.test(needsRoot({
         assert.ok(row.sweepNoneExpiredMs >= 0, `table sweep at ${row.sessions}`);
       }
 
-      assert.equal(r.targets.length, 6);
+      assert.equal(r.targets.length, 7);
+      const burstTarget = r.targets.find((t: { name: string }) => t.name.startsWith("Burst of"));
+      assert.ok(burstTarget, "burst target missing");
+      assert.equal(burstTarget.target, "0");
+      assert.equal(burstTarget.met, true, `burst target: ${burstTarget.value}`);
       for (const t of r.targets) assert.ok(t.met === true || t.met === false || t.met === null);
 
       for (const f of ["latest.json", "latest.md", "pps_by_size.svg", "latency.svg"]) {
@@ -130,9 +192,31 @@ Deno.test(needsRoot({
         assert.ok(text.length > 100, `${f} is empty`);
       }
       assert.match(await Deno.readTextFile(`${out}/pps_by_size.svg`), /^<svg [^>]*xmlns=/);
-      assert.match(
-        await Deno.readTextFile(`${out}/latest.md`),
-        /\| measure \| dpm kernel \| dpm queue \| MASQUERADE \|/,
+      const md = await Deno.readTextFile(`${out}/latest.md`);
+      assert.match(md, /\| measure \| dpm kernel \| dpm queue \| MASQUERADE \|/);
+      // Columns: measure, dpm kernel, dpm queue, MASQUERADE, ...
+      const burstRow = mdRow(
+        md,
+        `Burst of ${r.config.burstSessions.toLocaleString("en-US")} new UDP sessions at once`,
+      );
+      for (const [i, mode] of [[1, "kernel"], [2, "queue"], [3, "MASQUERADE"]] as const) {
+        numbers(burstRow[i], 3, `burst row, ${mode}`);
+      }
+      const untr = mdRow(md, "Burst: sessions untranslated");
+      assert.deepEqual(numbers(untr[1], 1, "untranslated, kernel"), [0]);
+      assert.deepEqual(numbers(untr[2], 1, "untranslated, queue"), [0]);
+      assert.match(untr[3]!, /^n\/a/, "untranslated, MASQUERADE");
+      const drv = mdRow(md, "Driver bytes/session (settled / in flight)");
+      const [ks, kf] = numbers(drv[1], 2, "driver bytes row, kernel");
+      const [qs, qf] = numbers(drv[2], 2, "driver bytes row, queue");
+      assert.deepEqual(
+        [ks, kf, qs, qf],
+        [
+          r.driverMemory.kernel.driverBytesPerSession,
+          r.driverMemory.kernel.inFlightBytesPerSession,
+          r.driverMemory.queue.driverBytesPerSession,
+          r.driverMemory.queue.inFlightBytesPerSession,
+        ],
       );
 
       assert.deepEqual(ourNamespaces(before), [], "the bench left namespaces behind");
