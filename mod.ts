@@ -15,7 +15,8 @@
  * - the roles are `src/server/` and `src/driver/`; the CLI is `src/cli/main.ts`.
  *
  * For applications: {@linkcode queryPublic} and {@linkcode reserve} ask the
- * local driver for a session's public address and port.
+ * local driver for a session's public address and port; {@linkcode map}
+ * asks for an inbound mapping every outside peer reaches.
  *
  * Importing this module has no side effects; run it as a program to get the CLI.
  *
@@ -28,6 +29,9 @@ export * from "./src/wire/addr.ts";
 export { Result, resultName } from "./src/control/result.ts";
 export {
   DriverUnavailable,
+  map,
+  type MapOptions,
+  type Mapping,
   type PublicPair,
   type QueryOptions,
   queryPublic,

@@ -4,9 +4,9 @@
  * before or after its first packet, to put it into a payload (SIP Contact and
  * Via, SDP, a rendezvous message) without an ALG.
  *
- * It speaks to the driver's query socket (`/run/dpm/driver.sock` by default,
- * see `dpm driver --socket`); the driver answers only what it knows of this
- * host's sessions.
+ * It speaks to the driver's query socket (`$DPM_DRIVER_SOCKET`, else
+ * `/run/dpm/driver.sock`; see `dpm driver --socket` and `--socket-group`);
+ * the driver answers only what it knows of this host's sessions.
  *
  * @example Learn the public pair before sending
  * ```ts ignore
@@ -14,6 +14,7 @@
  *
  * const pub = await reserve("udp", "10.0.0.11:5060", "198.51.100.7:5060");
  * const contact = `Contact: <sip:alice@${pub.address}:${pub.port}>`;
+ * console.log(contact); // Contact: <sip:alice@203.0.113.10:5060>
  * ```
  *
  * @example Ask about a session that already exists
@@ -23,6 +24,18 @@
  * const pub = await queryPublic("tcp", "10.0.0.11:40000", "198.51.100.7:443");
  * if (pub === null) console.log("no such session (yet)");
  * ```
+ *
+ * @example Let every outside peer reach a local port
+ * ```ts ignore
+ * import { map } from "@dpm/dpm";
+ *
+ * const m = await map("udp", 6000, { lifetime: 600 });
+ * console.log(`reach me at ${m.public}`); // every remote, until m.expiresIn runs out
+ * await map("udp", 6000, { lifetime: 0 }); // delete it
+ * ```
+ *
+ * The examples run as they are against a real driver in a test
+ * (`tests/root/client_api_root_test.ts`).
  *
  * @module
  */
@@ -45,9 +58,21 @@ export interface PublicPair {
   expiresIn: number;
 }
 
+/**
+ * The driver's socket when no `socket` option is given: `$DPM_DRIVER_SOCKET`
+ * if set (and readable), else `/run/dpm/driver.sock`.
+ */
+export function defaultSocket(): string {
+  try {
+    return Deno.env.get("DPM_DRIVER_SOCKET") || "/run/dpm/driver.sock";
+  } catch {
+    return "/run/dpm/driver.sock"; // no --allow-env
+  }
+}
+
 /** Options of {@linkcode queryPublic} and {@linkcode reserve}. */
 export interface QueryOptions {
-  /** The driver's query socket. @default {"/run/dpm/driver.sock"} */
+  /** The driver's query socket. @default {defaultSocket()} ($DPM_DRIVER_SOCKET or "/run/dpm/driver.sock") */
   socket?: string;
   /** How long to wait for the driver's answer, ms. @default {15000} */
   timeoutMs?: number;
@@ -76,7 +101,7 @@ async function ask(
   reserveFirst: boolean,
   opts: QueryOptions,
 ): Promise<PublicPair | null> {
-  const socket = opts.socket ?? "/run/dpm/driver.sock";
+  const socket = opts.socket ?? defaultSocket();
   let res: Record<string, unknown>;
   try {
     res = await requestLocal(socket, {
@@ -138,4 +163,75 @@ export async function reserve(
   const p = await ask(proto, local, remote, true, opts);
   if (!p) throw new SessionRefused("no-session", `${proto} ${local} -> ${remote}`);
   return p;
+}
+
+/** Options of {@linkcode map}. */
+export interface MapOptions extends QueryOptions {
+  /** Lease in seconds; 0 deletes the mapping. @default {3600} */
+  lifetime?: number;
+  /** Suggested public port. @default the local port */
+  publicPort?: number;
+  /** Only the suggested public port will do (else {@linkcode SessionRefused} "conflict"). */
+  exact?: boolean;
+}
+
+/** An inbound mapping as the driver reports it. */
+export interface Mapping {
+  /** `addr:port` every outside peer reaches the local port at (empty after a delete). */
+  public: string;
+  address: string;
+  port: number;
+  /** `a:pa`: this host's address and the local port. */
+  local: string;
+  /** Seconds until the mapping ends unless asked again (0 after a delete). */
+  expiresIn: number;
+  /** The call deleted the mapping (lifetime 0). */
+  deleted: boolean;
+}
+
+/**
+ * Creates (or renews, asked again) an inbound mapping of this host's
+ * `proto` port `port` at the gateway, like PCP MAP: every outside peer's
+ * packets to the returned public pair reach the port. `lifetime: 0` deletes
+ * it.
+ *
+ * @throws {DriverUnavailable} when no driver answers
+ * @throws {SessionRefused} when the server refuses it ("conflict",
+ *   "quota-exceeded", ...); a delete of a mapping that does not exist succeeds
+ */
+export async function map(
+  proto: "udp" | "tcp",
+  port: number,
+  opts: MapOptions = {},
+): Promise<Mapping> {
+  const socket = opts.socket ?? defaultSocket();
+  let res: Record<string, unknown>;
+  try {
+    res = await requestLocal(socket, {
+      op: "map",
+      proto,
+      port,
+      lifetime: opts.lifetime ?? 3600,
+      ...(opts.publicPort !== undefined ? { publicPort: opts.publicPort } : {}),
+      exact: opts.exact === true,
+    }, opts.timeoutMs ?? 15_000) as Record<string, unknown>;
+  } catch (e) {
+    throw new DriverUnavailable(`no dpm driver answers on ${socket}: ${(e as Error).message}`);
+  }
+  if (res.result !== "ok") {
+    throw new SessionRefused(
+      String(res.error ?? res.result ?? "unknown answer"),
+      `map ${proto} ${port}`,
+    );
+  }
+  const pub = typeof res.public === "string" ? res.public : "";
+  const i = pub.lastIndexOf(":");
+  return {
+    public: pub,
+    address: i > 0 ? pub.slice(0, i) : "",
+    port: i > 0 ? Number(pub.slice(i + 1)) : 0,
+    local: String(res.local ?? ""),
+    expiresIn: Number(res.expiresIn ?? 0),
+    deleted: res.deleted === true,
+  };
 }

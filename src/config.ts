@@ -395,6 +395,13 @@ export const DRIVER_FLAGS = {
     dflt: "/run/dpm/driver.sock",
     complete: "file",
   },
+  "socket-group": {
+    arg: "<group>",
+    help:
+      "let this group's members use the query socket (mode 0660): dpm query, dpm map, the client API (default: root only, 0600)",
+    group: "Control plane",
+    schema: str("--socket-group").nullable().default(null),
+  },
   intercept: {
     help: "touch no kernel state: only answer dpm query (config key: intercept false)",
     group: "Data plane",
@@ -449,6 +456,37 @@ export const QUERY_FLAGS = {
     help: "reserve the session first when there is none",
     group: "Options",
     schema: bool("--reserve").default(false),
+  },
+  json: { help: "print JSON", group: "Options", schema: bool("--json").default(false) },
+  socket: {
+    arg: "<path>",
+    help: "the driver's socket",
+    group: "Options",
+    schema: str("--socket").default("/run/dpm/driver.sock"),
+    dflt: "/run/dpm/driver.sock",
+    complete: "file",
+  },
+} as const satisfies Record<string, Flag>;
+
+/** `dpm map`. */
+export const MAP_FLAGS = {
+  lifetime: {
+    arg: "<s>",
+    help: "lease in seconds; 0 deletes the mapping",
+    group: "Options",
+    schema: int("--lifetime", 0, 0xffffffff).default(3600),
+    dflt: "3600",
+  },
+  "public-port": {
+    arg: "<p>",
+    help: "suggest this public port (default: the local port)",
+    group: "Options",
+    schema: int("--public-port", 1, 65535).nullable().default(null),
+  },
+  exact: {
+    help: "only the suggested public port will do (else refused with conflict)",
+    group: "Options",
+    schema: bool("--exact").default(false),
   },
   json: { help: "print JSON", group: "Options", schema: bool("--json").default(false) },
   socket: {
@@ -519,6 +557,15 @@ export const COMMANDS = {
     flags: QUERY_FLAGS,
     config: false,
     args: "<tcp|udp|icmp> <local addr:port> <remote addr:port>",
+  },
+  map: {
+    synopsis:
+      "dpm map <tcp|udp> <local port> [--lifetime <s>] [--public-port <p>] [--exact] [--json] [--socket <path>]",
+    about:
+      "Ask the gateway, through the local driver, for an inbound mapping: every outside peer's packets to the public pair it prints reach this host's local port, and the host's own packets from that port leave from it (as PCP MAP). Asked again, it renews; --lifetime 0 deletes it. Exit 0 on success, 1 when refused (or nothing to delete), 2 on bad usage, 3 when no driver answers.",
+    flags: MAP_FLAGS,
+    config: false,
+    args: "<tcp|udp> <local port>",
   },
   drop: {
     synopsis:

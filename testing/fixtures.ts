@@ -77,6 +77,7 @@ export function driverCfg(over: Partial<DriverConfig> = {}): DriverConfig {
     gatewayPorts: [61000, 65535],
     lan: LAN,
     socket: "/nonexistent",
+    socketGroup: null,
     intercept: true,
     queue: 1,
     datapath: "queue",

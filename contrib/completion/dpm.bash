@@ -5,7 +5,7 @@ _dpm() {
   prev="${COMP_WORDS[COMP_CWORD-1]}"
   cmd="${COMP_WORDS[1]}"
   if [ "$COMP_CWORD" -eq 1 ]; then
-    COMPREPLY=($(compgen -W "server driver status query drop help --version --help" -- "$cur"))
+    COMPREPLY=($(compgen -W "server driver status query map drop help --version --help" -- "$cur"))
     return
   fi
   case "$cmd" in
@@ -39,6 +39,7 @@ _dpm() {
         --gateway-ports) return;;
         --lan) return;;
         --socket) COMPREPLY=($(compgen -f -- "$cur")); return;;
+        --socket-group) return;;
         --queue) return;;
         --datapath) COMPREPLY=($(compgen -W "kernel queue" -- "$cur")); return;;
         --metrics-addr) return;;
@@ -46,7 +47,7 @@ _dpm() {
         --log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return;;
         --config) COMPREPLY=($(compgen -f -- "$cur")); return;;
       esac
-      COMPREPLY=($(compgen -W "--server --fixed-ports --gateway-ports --lan --socket --no-intercept --queue --datapath --cleanup --metrics-addr --log-level --log-format --config --help" -- "$cur"));;
+      COMPREPLY=($(compgen -W "--server --fixed-ports --gateway-ports --lan --socket --socket-group --no-intercept --queue --datapath --cleanup --metrics-addr --log-level --log-format --config --help" -- "$cur"));;
     status)
       case "$prev" in
         --host) return;;
@@ -58,6 +59,13 @@ _dpm() {
         --socket) COMPREPLY=($(compgen -f -- "$cur")); return;;
       esac
       COMPREPLY=($(compgen -W "--reserve --json --socket --help" -- "$cur"));;
+    map)
+      case "$prev" in
+        --lifetime) return;;
+        --public-port) return;;
+        --socket) COMPREPLY=($(compgen -f -- "$cur")); return;;
+      esac
+      COMPREPLY=($(compgen -W "--lifetime --public-port --exact --json --socket --help" -- "$cur"));;
     drop)
       case "$prev" in
         --host) return;;

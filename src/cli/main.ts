@@ -15,6 +15,7 @@ import {
   DRIVER_FLAGS,
   driverConfig,
   DROP_FLAGS,
+  MAP_FLAGS,
   type Origins,
   parseSpec,
   QUERY_FLAGS,
@@ -32,13 +33,14 @@ import {
   zshCompletion,
 } from "./docs.ts";
 import { formatIPv4, parseAddrPort, parseIPv4 } from "../wire/addr.ts";
-import { requestLocal, streamLocal } from "../operator/socket.ts";
+import { groupId, requestLocal, streamLocal } from "../operator/socket.ts";
 import { setFormat, setLevel } from "../runtime/log.ts";
 import { VERSION } from "../version.ts";
 import type {
   DriverStatusReply,
   DropReply,
   HostView,
+  MapReply,
   QueryReply,
   SessionEvent,
   SessionView,
@@ -123,6 +125,8 @@ export async function main(args: string[]): Promise<number> {
         return await runQueryCommand(rest);
       case "drop":
         return await runDropCommand(rest);
+      case "map":
+        return await runMapCommand(rest);
       default:
         throw new UsageError(`Unknown command "${command}"`, null);
     }
@@ -188,7 +192,16 @@ async function runDriverCommand(args: string[]): Promise<number> {
   if (positionals.length) throw new UsageError(`Unexpected argument "${positionals[0]}"`, "driver");
   const load = async () => {
     const { raw, origins } = await mergeSettings(values);
-    return driverConfig(raw, origins);
+    const cfg = driverConfig(raw, origins);
+    if (cfg.socketGroup) {
+      // Checked before anything starts, like every other setting.
+      try {
+        await groupId(cfg.socketGroup);
+      } catch (e) {
+        throw new ConfigError((e as Error).message);
+      }
+    }
+    return cfg;
   };
   const cfg = await load();
   setLevel(cfg.logLevel);
@@ -349,6 +362,82 @@ async function runDropCommand(args: string[]): Promise<number> {
   return res.error ? 1 : res.dropped > 0 ? 0 : 1;
 }
 
+/** A flag's value through its schema (the one table's validation), or a UsageError. */
+function flagValue<T>(
+  command: CommandName,
+  flag: {
+    schema: { safeParse(v: unknown): { success: boolean; data?: unknown; error?: unknown } };
+  },
+  raw: unknown,
+): T {
+  const r = flag.schema.safeParse(raw);
+  if (!r.success) {
+    const issues = (r.error as { issues?: { message: string }[] }).issues ?? [];
+    throw new UsageError(issues.map((i) => i.message).join("; ") || "invalid value", command);
+  }
+  return r.data as T;
+}
+
+async function runMapCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parse("map", args, parseSpec(MAP_FLAGS, false));
+  if (values.help) return console.log(commandHelp("map")), 0;
+  if (positionals.length !== 2) {
+    throw new UsageError(
+      `Expected 2 arguments (proto, local port), got ${positionals.length}`,
+      "map",
+    );
+  }
+  const [p, port] = positionals as [string, string];
+  const proto = p.toLowerCase();
+  if (proto !== "tcp" && proto !== "udp") {
+    throw new UsageError(`Cannot map protocol "${p}": want tcp or udp`, "map");
+  }
+  if (!/^[0-9]{1,5}$/.test(port) || +port < 1 || +port > 65535) {
+    throw new UsageError(`Invalid local port "${port}": want 1-65535`, "map");
+  }
+  const lifetime = flagValue<number>("map", MAP_FLAGS.lifetime, values.lifetime ?? 3600);
+  const publicPort = flagValue<number | null>(
+    "map",
+    MAP_FLAGS["public-port"],
+    values["public-port"] ?? null,
+  );
+  const socket = String(values.socket ?? "/run/dpm/driver.sock");
+  let res: MapReply;
+  try {
+    res = await requestLocal(socket, {
+      op: "map",
+      proto,
+      port: +port,
+      lifetime,
+      ...(publicPort !== null ? { publicPort } : {}),
+      exact: values.exact === true,
+    }, 15_000) as MapReply;
+  } catch (e) {
+    const error = noDriver(socket, e);
+    if (values.json) console.log(JSON.stringify({ result: "no-driver", error }));
+    else console.error(`dpm: ${error}`);
+    return 3;
+  }
+  if (values.json) console.log(JSON.stringify(res));
+  else if (res.result === "ok" && res.deleted) {
+    console.log(`${proto} ${res.local}: mapping deleted`);
+  } else if (res.result === "ok") {
+    console.log(
+      `${proto} ${res.public} -> ${res.local} (every remote; expires in ${res.expiresIn}s)`,
+    );
+  } else {
+    console.error(
+      `dpm: map ${proto} ${res.local ?? port}: ${res.result}${res.error ? ` (${res.error})` : ""}`,
+    );
+  }
+  return res.result === "ok" ? 0 : 1;
+}
+
+/** Why no driver answered (the socket layer names permission problems and what to do). */
+function noDriver(socket: string, e: unknown): string {
+  return `no dpm driver answers on ${socket}: ${(e as Error).message}`;
+}
+
 async function runQueryCommand(args: string[]): Promise<number> {
   const { values, positionals } = parse("query", args, parseSpec(QUERY_FLAGS, false));
   if (values.help) return console.log(commandHelp("query")), 0;
@@ -380,7 +469,7 @@ async function runQueryCommand(args: string[]): Promise<number> {
   } catch (e) {
     // No driver (not running, or no permission on its socket): exit 3, unlike
     // "no such session" (1), so scripts can tell the two apart.
-    const error = `no dpm driver answers on ${socket}: ${(e as Error).message}`;
+    const error = noDriver(socket, e);
     if (values.json) console.log(JSON.stringify({ result: "no-driver", error }));
     else console.error(`dpm: ${error}`);
     return 3;
@@ -522,6 +611,22 @@ export function bytes(n: number): string {
   return `${v < 10 ? v.toFixed(2) : v < 100 ? v.toFixed(1) : v.toFixed(0)} ${units[i]}`;
 }
 
+/** The driver's inbound mappings (`dpm map`), as a table after its sessions. */
+function formatMappings(ms: MapReply[]): string[] {
+  if (!ms.length) return [];
+  const head = ["PROTO", "PUBLIC", "LOCAL", "REMOTE", "EXPIRES"];
+  const rows = ms.map((m) => [
+    String(m.proto),
+    String(m.public),
+    String(m.local),
+    "any (mapping)",
+    `${m.expiresIn ?? 0}s`,
+  ]);
+  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const fmt = (r: string[]) => r.map((c, i) => c.padEnd(w[i]!)).join("  ").trimEnd();
+  return ["", `mappings: ${ms.length}`, fmt(head), ...rows.map(fmt)];
+}
+
 /** Renders a driver's status for a terminal. */
 export function formatDriverStatus(s: DriverStatusReply): string {
   const head = ["PROTO", "LOCAL", "REMOTE", "PUBLIC", "PG", "STATE", "IDLE", "EXPIRES"];
@@ -570,6 +675,7 @@ export function formatDriverStatus(s: DriverStatusReply): string {
     "",
     fmt(head),
     ...rows.map(fmt),
+    ...formatMappings(s.mappings ?? []),
     "",
     `drops: ${drops || "none"}`,
   ].join("\n");

@@ -61,6 +61,15 @@ export const Op = {
   RENEW: 2,
   /** Give a session back before its lifetime ends. */
   RELEASE: 3,
+  /**
+   * Create, renew (the same request again) or delete (lifetime 0) an inbound
+   * mapping `R:p -> a:pa` for every remote (`dpm map`; the table's MAP, as
+   * PCP MAP). The remote address is 0; the remote port field carries the
+   * suggested public port (0: the internal port). Without
+   * {@link ReqFlag.REPLACEABLE} only the suggested port will do (CONFLICT
+   * otherwise). TCP and UDP only.
+   */
+  MAP: 4,
 } as const;
 
 /** Bits of the request's flags byte. */
@@ -221,7 +230,7 @@ function _hex(n: number, digits: number): string {
 }
 
 function _isKnownOp(op: number): boolean {
-  return op === Op.RESERVE || op === Op.RENEW || op === Op.RELEASE;
+  return op === Op.RESERVE || op === Op.RENEW || op === Op.RELEASE || op === Op.MAP;
 }
 
 function _ipText(a: number): string {
@@ -448,7 +457,13 @@ export function decodeRequest(b: Uint8Array): DecodeRequestResult {
   }
   const internalPort = v.getUint16(Req.INTERNAL_PORT);
   const remotePort = v.getUint16(Req.REMOTE_PORT);
-  if (proto === PROTO_ICMP) {
+  if (op === Op.MAP) {
+    // An inbound mapping: no remote; the remote port is the suggested public port.
+    if (proto === PROTO_ICMP) return _fail(Result.UNSUPPORTED_PROTOCOL, "MAP of ICMP");
+    if (internalPort === 0) return _fail(Result.MALFORMED, "internal port 0");
+    const remote = v.getUint32(Req.REMOTE_ADDR);
+    if (remote !== 0) return _fail(Result.MALFORMED, `MAP with remote address ${_ipText(remote)}`);
+  } else if (proto === PROTO_ICMP) {
     // ICMP echo has an identifier (carried as the internal port, 0 is a
     // valid identifier) and nothing on the remote side.
     if (remotePort !== 0) return _fail(Result.MALFORMED, `ICMP with remote port ${remotePort}`);
@@ -467,7 +482,7 @@ export function decodeRequest(b: Uint8Array): DecodeRequestResult {
   if (ia !== null) {
     return _fail(Result.MALFORMED, `internal address ${_ipText(internalAddr)} ${ia}`);
   }
-  const ra = _addrProblem(remoteAddr);
+  const ra = op === Op.MAP ? null : _addrProblem(remoteAddr);
   if (ra !== null) return _fail(Result.MALFORMED, `remote address ${_ipText(remoteAddr)} ${ra}`);
 
   return {

@@ -24,7 +24,15 @@ export class FakeServerDataPath implements ServerDataPath {
   readonly up: GatewaySession[] = [];
   readonly down: GatewaySession[] = [];
   stopped: boolean | null = null;
-  constructor(readonly kind: DataPathKind = "kernel") {}
+  /**
+   * Queue kind: whether mappings and direct sessions are forwarded (the real
+   * queue path's steering table is up). False until a test says so, as for a
+   * queue path without nftables; the kernel kind always forwards them.
+   */
+  forwardsMappings: boolean;
+  constructor(readonly kind: DataPathKind = "kernel", opts: { forwardsMappings?: boolean } = {}) {
+    this.forwardsMappings = opts.forwardsMappings ?? false;
+  }
   sessionUp(s: GatewaySession): void {
     this.up.push(s);
   }

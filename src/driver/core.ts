@@ -55,7 +55,7 @@ import {
   type PacketIO,
 } from "../datapath/datapath.ts";
 import { describeSession, protoName, protoNumber, Verdict } from "../wire/meta.ts";
-import type { DataPathStatus, DriverStatusReply, QueryReply } from "../operator/types.ts";
+import type { DataPathStatus, DriverStatusReply, MapReply, QueryReply } from "../operator/types.ts";
 import { buildIcmpError } from "../wire/icmp.ts";
 
 const log = logger("driver");
@@ -126,7 +126,30 @@ export interface DriverCoreOptions {
   ephemeral: [number, number];
   /** Clock, ms. */
   now?: () => number;
+  /** The host's own address toward the gateway (the `a` of its mappings); 0: unknown. */
+  local?: number;
 }
+
+/** An inbound mapping this host asked for with `dpm map` (the server's MAP). */
+export interface HostMapping {
+  proto: number;
+  /** The host's port. */
+  pa: number;
+  /** The public pair every remote reaches `a:pa` at. */
+  r: number;
+  p: number;
+  /** Granted lease, s, and when it ends (ms). */
+  lifetime: number;
+  expiresAt: number;
+  /** What was asked: the suggested public port (0: any) and whether only it will do. */
+  publicPort: number;
+  exact: boolean;
+  /** Being asked again after a server restart. */
+  renewing: boolean;
+}
+
+/** The default lease of `dpm map`, s (as natpmpc's). */
+export const DEFAULT_MAP_LIFETIME = 3600;
 
 /**
  * The driver's state and logic without the kernel: packet handling, the
@@ -139,6 +162,9 @@ export class DriverCore {
   readonly #eph: [number, number];
   readonly #fixed: Set<number>;
   readonly #client: ControlTransport;
+  readonly #local: number;
+  /** Inbound mappings this host holds, by proto * 65536 + pa. */
+  readonly #maps = new Map<number, HostMapping>();
   /** The server's cookie for this host (docs/protocol.md, Cookies). */
   readonly #cookies = new CookieJar();
   readonly now: () => number;
@@ -180,6 +206,7 @@ export class DriverCore {
     this.#eph = opts.ephemeral;
     this.#fixed = new Set(cfg.fixedPorts);
     this.now = opts.now ?? Date.now;
+    this.#local = opts.local ?? 0;
     if ("onLate" in client) client.onLate = (res) => this.#onLate(res);
   }
 
@@ -404,17 +431,7 @@ export class DriverCore {
 
   /** Sends one control request about `s` (a fresh nonce; the server default lifetime). */
   #send(s: HostSession, op: number): Promise<Response> {
-    // The jar adds the server's cookie and retries once when it asks for one.
-    // Answers and timeouts are timed for `dpm status --driver`.
-    const request = (req: Request) =>
-      this.#client.request(req).then((res) => {
-        this.#lastAnswerAt = this.now();
-        return res;
-      }, (e) => {
-        if (e instanceof ControlTimeout) this.#lastTimeoutAt = this.now();
-        throw e;
-      });
-    return this.#cookies.request(request, {
+    return this.#ask({
       op,
       nonce: newNonce(),
       proto: s.proto,
@@ -425,6 +442,20 @@ export class DriverCore {
       remotePort: s.px,
       lifetime: 0,
     });
+  }
+
+  /** Sends one control request: the jar adds the server's cookie and retries once when asked for one. */
+  #ask(req: Request): Promise<Response> {
+    // Answers and timeouts are timed for `dpm status --driver`.
+    const request = (r: Request) =>
+      this.#client.request(r).then((res) => {
+        this.#lastAnswerAt = this.now();
+        return res;
+      }, (e) => {
+        if (e instanceof ControlTimeout) this.#lastTimeoutAt = this.now();
+        throw e;
+      });
+    return this.#cookies.request(request, req);
   }
 
   /** Sends a reserve request for `s` and applies the answer. */
@@ -727,6 +758,7 @@ export class DriverCore {
       );
       this.#epoch = epoch;
       for (const s of this.sessions()) if (s.state === State.ACTIVE) this.#reserveAgain(s);
+      for (const m of this.#maps.values()) this.#mapAgain(m);
       return;
     }
     this.#epoch = epoch;
@@ -760,6 +792,7 @@ export class DriverCore {
     const now = this.now();
     this.#pollActivity(now);
     this.#retryReleases(now);
+    for (const [k, m] of this.#maps) if (now >= m.expiresAt) this.#maps.delete(k);
     for (const s of [...this.sessions()]) {
       if (s.state === State.PENDING) continue;
       if (s.state === State.REFUSED) {
@@ -869,7 +902,9 @@ export class DriverCore {
    * Answers `dpm query` (claims 11, 19, 24): the public pair of the session
    * (proto, local, remote); with `reserve`, reserves it first when absent.
    */
-  async query(req: unknown): Promise<QueryReply | { sessions: unknown[] } | DriverStatusReply> {
+  async query(
+    req: unknown,
+  ): Promise<QueryReply | MapReply | { sessions: unknown[] } | DriverStatusReply> {
     const r = req as {
       op?: unknown;
       proto?: unknown;
@@ -878,6 +913,7 @@ export class DriverCore {
       reserve?: unknown;
     };
     if (r?.op === "sessions") return { sessions: [...this.sessions()].map((s) => this.#view(s)) };
+    if (r?.op === "map") return await this.map(r as Record<string, unknown>);
     if (r?.op === "status") {
       return {
         role: "driver",
@@ -886,6 +922,7 @@ export class DriverCore {
         dataPath: this.#dp?.status() ?? { kind: "off", state: "off", reinstalls: 0 },
         stats: this.stats(),
         sessions: [...this.sessions()].map((s) => this.#view(s)),
+        mappings: this.mappings(),
         control: this.controlView(),
       };
     }
@@ -914,6 +951,165 @@ export class DriverCore {
       s = await new Promise<HostSession>((resolve) => (s!.waiters ??= []).push(resolve));
     }
     return this.#view(s);
+  }
+
+  /**
+   * `dpm map`: creates, renews (asked again) or deletes (lifetime 0) the
+   * inbound mapping of this host's `proto` port `port`: every remote's
+   * packets to the public pair it answers reach `a:port`.
+   */
+  async map(r: {
+    proto?: unknown;
+    port?: unknown;
+    lifetime?: unknown;
+    publicPort?: unknown;
+    exact?: unknown;
+  }): Promise<MapReply> {
+    const proto = protoNumber(String(r.proto));
+    const port = Number(r.port);
+    const lifetime = r.lifetime === undefined ? DEFAULT_MAP_LIFETIME : Number(r.lifetime);
+    const publicPort = r.publicPort === undefined ? 0 : Number(r.publicPort);
+    if (proto !== IPPROTO_TCP && proto !== IPPROTO_UDP) {
+      return {
+        result: "error",
+        error: `Cannot map protocol ${JSON.stringify(r.proto)}: want tcp or udp`,
+      };
+    }
+    if (!Number.isInteger(port) || port < 1 || port > 65535) {
+      return { result: "error", error: `Bad port ${JSON.stringify(r.port)}: want 1-65535` };
+    }
+    if (!Number.isInteger(lifetime) || lifetime < 0 || lifetime > 0xffffffff) {
+      return {
+        result: "error",
+        error: `Bad lifetime ${JSON.stringify(r.lifetime)}: want seconds >= 0`,
+      };
+    }
+    if (!Number.isInteger(publicPort) || publicPort < 0 || publicPort > 65535) {
+      return {
+        result: "error",
+        error: `Bad public port ${JSON.stringify(r.publicPort)}: want 1-65535`,
+      };
+    }
+    if (!this.#local) {
+      return { result: "error", error: "This host's address toward the gateway is not known" };
+    }
+    const exact = r.exact === true;
+    const base = { proto: protoName(proto), local: `${formatIPv4(this.#local)}:${port}` };
+    let res: Response;
+    try {
+      res = await this.#ask(this.#mapRequest(proto, port, publicPort, exact, lifetime));
+    } catch (e) {
+      return {
+        result: "server-unreachable",
+        ...base,
+        error: e instanceof ControlTimeout ? "the server did not answer" : (e as Error).message,
+      };
+    }
+    this.#noteEpoch(res.epoch);
+    const k = proto * 65536 + port;
+    if (lifetime === 0) {
+      this.#maps.delete(k);
+      if (res.result === Result.OK) {
+        log.info(`mapping ${base.proto} ${base.local} deleted`);
+        return { result: "ok", ...base, deleted: true };
+      }
+      return { result: resultName(res.result), ...base };
+    }
+    if (res.result !== Result.OK) {
+      log.info(`mapping ${base.proto} ${base.local} refused: ${resultName(res.result)}`);
+      return { result: resultName(res.result), ...base };
+    }
+    const m: HostMapping = {
+      proto,
+      pa: port,
+      r: res.publicAddr,
+      p: res.publicPort,
+      lifetime: res.lifetime,
+      expiresAt: this.now() + res.lifetime * 1000,
+      publicPort,
+      exact,
+      renewing: false,
+    };
+    const had = this.#maps.has(k);
+    this.#maps.set(k, m);
+    log.info(
+      `mapping ${base.proto} ${formatIPv4(m.r)}:${m.p} -> ${base.local} ${
+        had ? "renewed" : "created"
+      } for ${m.lifetime}s`,
+    );
+    return this.#mapView(m);
+  }
+
+  #mapRequest(
+    proto: number,
+    pa: number,
+    publicPort: number,
+    exact: boolean,
+    lifetime: number,
+  ): Request {
+    return {
+      op: Op.MAP,
+      nonce: newNonce(),
+      proto,
+      replaceable: !exact,
+      internalAddr: this.#local,
+      internalPort: pa,
+      remoteAddr: 0,
+      remotePort: publicPort,
+      lifetime,
+    };
+  }
+
+  /** After a server restart: the mapping asked again for the rest of its lease. */
+  #mapAgain(m: HostMapping): void {
+    if (m.renewing) return;
+    const left = Math.ceil((m.expiresAt - this.now()) / 1000);
+    if (left <= 0) return;
+    m.renewing = true;
+    // Ask for the public pair it had, so that whoever learned it can keep using it.
+    this.#ask(this.#mapRequest(m.proto, m.pa, m.p, false, left)).then((res) => {
+      m.renewing = false;
+      const k = m.proto * 65536 + m.pa;
+      if (this.#maps.get(k) !== m) return;
+      if (res.result !== Result.OK) {
+        log.warn(
+          `mapping ${protoName(m.proto)} ${formatIPv4(m.r)}:${m.p} lost after a server restart: ${
+            resultName(res.result)
+          }`,
+        );
+        this.#maps.delete(k);
+        return;
+      }
+      if (res.publicAddr !== m.r || res.publicPort !== m.p) {
+        log.warn(
+          `mapping ${protoName(m.proto)} :${m.pa} moved to ${
+            formatIPv4(res.publicAddr)
+          }:${res.publicPort} after a server restart`,
+        );
+      }
+      m.r = res.publicAddr;
+      m.p = res.publicPort;
+      m.lifetime = res.lifetime;
+      m.expiresAt = this.now() + res.lifetime * 1000;
+    }).catch(() => {
+      m.renewing = false;
+    });
+  }
+
+  /** The mappings this host holds (`dpm status --driver`). */
+  mappings(): MapReply[] {
+    return [...this.#maps.values()].map((m) => this.#mapView(m));
+  }
+
+  #mapView(m: HostMapping): MapReply {
+    return {
+      result: "ok",
+      proto: protoName(m.proto),
+      local: `${formatIPv4(this.#local)}:${m.pa}`,
+      public: `${formatIPv4(m.r)}:${m.p}`,
+      lifetime: m.lifetime,
+      expiresIn: Math.max(0, Math.round((m.expiresAt - this.now()) / 1000)),
+    };
   }
 
   /** When the server last answered / a request last timed out (ms; -1: never). */

@@ -19,7 +19,7 @@ import { Cleanup, liveReload, untilStopped } from "../runtime/cleanup.ts";
 import { lockRole } from "../runtime/lock.ts";
 import { notify } from "../runtime/notify.ts";
 import { serveMetrics } from "../operator/metrics.ts";
-import { serveLocal } from "../operator/socket.ts";
+import { ensureSocketDir, serveLocal } from "../operator/socket.ts";
 import { DriverCore } from "./core.ts";
 
 const log = logger("driver");
@@ -33,6 +33,7 @@ export async function runDriver(
   const { stopped, stop } = untilStopped(undo, { reload: liveReload(log, cfg, reload) });
   try {
     if (cfg.intercept) undo.push(await lockRole("driver"));
+    await ensureSocketDir(cfg.socket); // the data path keeps its journal beside the socket
     const { lanPrefixToward, ephemeralRange, routeTo } = await import("../../linux/iface.ts");
     // The interface toward G carries every translated packet; the LAN is its prefix unless given.
     const { dev, src } = await routeTo(cfg.server);
@@ -48,7 +49,7 @@ export async function runDriver(
       ...(local !== null ? { localAddr: formatIPv4(local) } : {}),
     });
     undo.push(() => client.close());
-    const core = new DriverCore(cfg, client, { lan, ephemeral });
+    const core = new DriverCore(cfg, client, { lan, ephemeral, local: local ?? 0 });
     const onFatal = (e: Error) => {
       log.error(`data path failed: ${e.message}`);
       stop(1);
@@ -91,7 +92,9 @@ export async function runDriver(
       const startedAt = Date.now();
       undo.push(await serveMetrics(cfg.metricsAddr, () => driverFamilies(core, startedAt)));
     }
-    const sock = await serveLocal(cfg.socket, (req) => core.query(req));
+    const sock = await serveLocal(cfg.socket, (req) => core.query(req), {
+      group: cfg.socketGroup,
+    });
     undo.push(() => sock.close());
     const timer = setInterval(() => core.tick(), 500);
     undo.push(() => clearInterval(timer));
@@ -100,7 +103,7 @@ export async function runDriver(
         `ephemeral ${ephemeral.join("-")}; fixed ports ${cfg.fixedPorts.join(",") || "none"}; ` +
         `${
           cfg.intercept ? `data path ${cfg.datapath}` : "not intercepting (query only)"
-        }; socket ${cfg.socket}`,
+        }; socket ${cfg.socket}${cfg.socketGroup ? ` (group ${cfg.socketGroup}, 0660)` : ""}`,
     );
     log.info("ready");
     notify(`READY=1\nSTATUS=driver ready`);

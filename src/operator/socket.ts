@@ -106,12 +106,21 @@ export interface LocalServer extends AsyncDisposable {
  * Listens on `path`. A stale socket file from a crashed run is removed; a
  * socket that still answers means another instance runs, which is an error.
  */
-export async function serveLocal(path: string, handler: LocalHandler): Promise<LocalServer> {
+export async function serveLocal(
+  path: string,
+  handler: LocalHandler,
+  opts: { group?: string | null } = {},
+): Promise<LocalServer> {
   const dir = path.slice(0, path.lastIndexOf("/")) || "/";
-  try {
-    await Deno.stat(dir);
-  } catch {
-    await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+  // Resolved first: a bad group fails before anything is created.
+  const gid = opts.group ? await groupId(opts.group) : null;
+  const dirMode = await ensureSocketDir(path);
+  if (gid !== null && (dirMode & 0o011) === 0) {
+    throw new Error(
+      `The socket's directory "${dir}" (mode ${
+        (dirMode & 0o777).toString(8).padStart(4, "0")
+      }) cannot be entered by group "${opts.group}": give it mode 0711 or more, or choose --socket elsewhere`,
+    );
   }
   try {
     const st = await Deno.lstat(path);
@@ -130,7 +139,16 @@ export async function serveLocal(path: string, handler: LocalHandler): Promise<L
     if (!(e instanceof Deno.errors.NotFound)) throw e;
   }
   const listener = Deno.listen({ transport: "unix", path });
-  await Deno.chmod(path, 0o600);
+  try {
+    if (gid !== null) {
+      await Deno.chown(path, null, gid);
+      await Deno.chmod(path, 0o660);
+    } else await Deno.chmod(path, 0o600);
+  } catch (e) {
+    listener.close();
+    await Deno.remove(path).catch(() => {});
+    throw e;
+  }
   let closed = false;
   const conns = new Set<Deno.Conn>();
   const loop = (async () => {
@@ -154,6 +172,43 @@ export async function serveLocal(path: string, handler: LocalHandler): Promise<L
     await Deno.remove(path).catch(() => {});
   };
   return { path, close, [Symbol.asyncDispose]: close };
+}
+
+/**
+ * Makes the directory of socket `path` (and of the files a role keeps beside
+ * it) when missing, mode 0755 like /run itself: the socket's own mode decides
+ * who may connect. Returns the directory's mode.
+ */
+export async function ensureSocketDir(path: string): Promise<number> {
+  const dir = path.slice(0, path.lastIndexOf("/")) || "/";
+  try {
+    return (await Deno.stat(dir)).mode ?? 0;
+  } catch {
+    await Deno.mkdir(dir, { recursive: true, mode: 0o755 });
+    await Deno.chmod(dir, 0o755); // the umask may have taken bits away
+    return 0o755;
+  }
+}
+
+/**
+ * The gid of a group, by name (from /etc/group, as getgrnam reads it) or as a
+ * number. Throws a readable Error for a group that does not exist.
+ */
+export async function groupId(group: string): Promise<number> {
+  if (/^[0-9]+$/.test(group)) return Number(group);
+  let text = "";
+  try {
+    text = await Deno.readTextFile("/etc/group");
+  } catch (e) {
+    throw new Error(`Cannot read /etc/group to find group "${group}": ${(e as Error).message}`);
+  }
+  for (const line of text.split("\n")) {
+    const f = line.split(":");
+    if (f[0] === group && f.length >= 3 && /^[0-9]+$/.test(f[2]!)) return Number(f[2]);
+  }
+  throw new Error(
+    `No such group "${group}" (--socket-group): create it (groupadd ${group}) or name another`,
+  );
 }
 
 async function serveConn(conn: Deno.Conn, handler: LocalHandler): Promise<void> {
@@ -335,7 +390,17 @@ async function connectLocal(path: string): Promise<Deno.Conn> {
       throw new Error(`Nothing listens on "${path}": is dpm running (and is --socket right)?`);
     }
     if (e instanceof Deno.errors.PermissionDenied) {
-      throw new Error(`Permission denied on "${path}": run as root or as the socket's owner`);
+      let who = "run as root";
+      try {
+        const st = Deno.statSync(path);
+        const mode = (st.mode ?? 0) & 0o777;
+        if (mode & 0o060) {
+          who += ` or as a member of the socket's group (gid ${st.gid}, mode ${
+            mode.toString(8).padStart(4, "0")
+          })`;
+        } else who += " (the socket is root's only: the driver can open it with --socket-group)";
+      } catch { /* cannot even stat it */ }
+      throw new Error(`Permission denied on "${path}": ${who}`);
     }
     throw e;
   }

@@ -17,6 +17,23 @@ export interface QueryReply {
   error?: string;
 }
 
+/** The driver's answer to `dpm map` (and one row of its mappings in `dpm status --driver`). */
+export interface MapReply {
+  /** `ok` (also a delete of none: deletes are idempotent), a result name (`conflict`, `quota-exceeded`...), `server-unreachable` or `error`. */
+  result: string;
+  proto?: string;
+  /** `a:pa`. */
+  local?: string;
+  /** `R:p`: where every remote reaches `local`. */
+  public?: string;
+  /** Granted lease, s. */
+  lifetime?: number;
+  expiresIn?: number;
+  /** A delete (lifetime 0) removed it. */
+  deleted?: boolean;
+  error?: string;
+}
+
 /** The server's answer to a status request (see server.ts). */
 export interface StatusReply {
   error?: string;
@@ -96,6 +113,8 @@ export interface DriverStatusReply {
   dataPath: DataPathStatus;
   stats: Record<string, unknown>;
   sessions: Record<string, unknown>[];
+  /** The inbound mappings this host made with `dpm map`. */
+  mappings?: MapReply[];
   /** Whether the server answers: seconds since its last answer and its last timeout (absent: never). */
   control?: { lastAnswer?: number; lastTimeout?: number; answering: boolean };
 }

@@ -9,7 +9,10 @@
  *   `R:p -> a:pa` from every remote, with lifetime, renewal (the same
  *   request again) and delete (lifetime 0).
  * - PCP PEER is one of dpm's own sessions toward one remote (`reserve`,
- *   replaceable).
+ *   replaceable), reserved `direct`: the asking host may have no driver, so
+ *   its packets reach the gateway addressed to the remote and inbound ones
+ *   go back from the remote's own pair (`table.ts`, "Direct sessions"; a
+ *   session a driver already holds stays the driver's).
  * - Checks, in order: the source is in the LAN prefix (else silence), the
  *   datagram decodes, PCP's client address is the datagram's source
  *   (ADDRESS_MISMATCH), the host's request rate (the same limiter as dpm's
@@ -59,7 +62,10 @@ export interface PcpContext {
   limiter: RateLimiter;
   /** The per-source budget of refusals that are not a verified host's own business. */
   refusals: RateLimiter;
-  /** False when the data path cannot forward mappings (queue): MAP and PEER get UNSUPP_OPCODE. */
+  /**
+   * False when the data path cannot forward mappings and direct sessions (a
+   * queue path without its steering table): MAP and PEER get UNSUPP_OPCODE.
+   */
   mapSupported: () => boolean;
   /** PEER's remote must be outside (not the LAN, not G). */
   remoteIsOutside: (x: number) => boolean;
@@ -264,7 +270,7 @@ export class PcpService {
       }
     }
     if (!c.mapSupported()) {
-      return err(PcpResult.UNSUPP_OPCODE, false, "the queue data path forwards no mappings");
+      return err(PcpResult.UNSUPP_OPCODE, false, "the data path forwards no mappings");
     }
     if (req.proto !== 6 && req.proto !== 17) {
       return err(PcpResult.UNSUPP_PROTOCOL, false, `protocol ${req.proto}`);
@@ -323,6 +329,7 @@ export class PcpService {
         px: req.remotePort,
         replaceable: true,
         lifetime: req.lifetime,
+        direct: true,
       }, now)
       : t.map({
         proto: req.proto,

@@ -1,7 +1,8 @@
 /**
  * `dpm server --cleanup`: removes everything a server left in the kernel on
  * either data path (the kernel path leaves its table translating on exit, a
- * SIGKILLed queue path leaves its chains): dpm's nftables table, its
+ * SIGKILLed queue path leaves its chains and its table of steered endpoints,
+ * `dpm-server-q`): dpm's nftables tables, its
  * iptables chains, the sysctls it changed (from the journal) and, with
  * `--add-pool-addresses`, the pool addresses. Idempotent.
  *
@@ -15,7 +16,7 @@ import { removeChains } from "../../linux/iptables.ts";
 import { loadRuleset } from "../../linux/nft.ts";
 import { recoverSysctls } from "../../linux/sysctl.ts";
 import { removeAddresses } from "../../linux/iface.ts";
-import { serverChains } from "../datapath/queue/server.ts";
+import { deleteSteerTable, QUEUE_TABLE, serverChains } from "../datapath/queue/server.ts";
 import { deleteTable, SERVER_TABLE, serverKernelChains } from "../datapath/kernel/rules.ts";
 
 const log = logger("server");
@@ -23,12 +24,13 @@ const log = logger("server");
 /** Removes what any earlier server run left; logs what it did. */
 export async function cleanupServer(cfg: ServerConfig, lan: Cidr): Promise<void> {
   await loadRuleset(deleteTable(SERVER_TABLE));
+  await loadRuleset(deleteSteerTable());
   await removeChains(serverKernelChains(cfg));
   await removeChains(serverChains(cfg, lan));
   const n = await recoverSysctls(`${cfg.socket}.sysctls.json`);
   if (cfg.addPoolAddresses) await removeAddresses(cfg.wanIf!, cfg.pool);
   log.info(
-    `removed table ip ${SERVER_TABLE} and dpm's chains; restored ${n} sysctl(s)` +
+    `removed tables ip ${SERVER_TABLE} and ip ${QUEUE_TABLE} and dpm's chains; restored ${n} sysctl(s)` +
       (cfg.addPoolAddresses ? `; removed the pool from ${cfg.wanIf}` : ""),
   );
 }

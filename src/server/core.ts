@@ -15,7 +15,17 @@
  *   (hairpinning), the packet is translated a second time, inbound, on the spot;
  * - from the WAN, `X:px -> R:p`: looked up by (proto, R, p, X, px) — the remote
  *   endpoint is part of the key, which is how sessions sharing R:p are told
- *   apart (claims 8-10) — and rewritten to `G:Pg -> a:pa`.
+ *   apart (claims 8-10) — and rewritten to `G:Pg -> a:pa`;
+ * - mappings (PCP/NAT-PMP MAP) and direct sessions (PCP PEER, flagged in the
+ *   table): hosts without a driver. From the WAN, `X:px -> R:p` with no
+ *   session of its own goes to the mapping owning `R:p`; a mapping's or a
+ *   direct session's packet becomes `X:px -> a:pa` (the remote's pair kept,
+ *   there is no driver to undo `G:Pg`). From the LAN, the queue data path
+ *   steers exactly those endpoints here (`datapath/queue/server.ts`):
+ *   `a:pa -> X:px` becomes `R:p -> X:px`, from the endpoint's session toward
+ *   X:px, else its mapping. A driver host's mapped endpoint works too: its
+ *   first inbound packet comes through the mapping, its answer through its
+ *   driver as an ordinary session on the mapping's `R:p`.
  *
  * ICMP errors are translated both ways with their quoted headers (RFC 5508).
  * Translated packets are untracked by conntrack (raw `CT --notrack`), so the
@@ -168,7 +178,7 @@ export class ServerCore {
       startedAt: this.startedAt,
       limiter: this.#limiter,
       refusals: this.#refusals,
-      mapSupported: () => this.#dp === null || this.#dp.kind === "kernel",
+      mapSupported: () => this.#forwardsMappings(),
       remoteIsOutside: (x) => this.#remoteIsOutside(x),
       log: (line) => this.#logRefusal(this.now(), line),
     });
@@ -234,6 +244,26 @@ export class ServerCore {
     } else if (!this.#limiter.allow(src, now)) {
       // Only verified requests spend a host's tokens: forged ones cannot starve it.
       result = Result.RATE_LIMITED;
+    } else if (req.op === Op.MAP) {
+      // An inbound mapping for the host's own endpoint (`dpm map`), as PCP MAP.
+      if (req.lifetime === 0) {
+        // Delete; idempotent (as PCP), so a retransmitted delete whose answer was lost is OK too.
+        if (this.table.lookupMapOf(req.proto, req.internalAddr, req.internalPort) >= 0) {
+          this.table.release(req.proto, req.internalAddr, req.internalPort, 0, 0, now);
+        }
+        result = Result.OK;
+      } else {
+        grant = this.table.map({
+          proto: req.proto,
+          a: req.internalAddr,
+          pa: req.internalPort,
+          p: req.remotePort,
+          r: 0,
+          lifetime: req.lifetime,
+          preferFailure: !req.replaceable,
+        }, now);
+        result = grant.result;
+      }
     } else if (!this.#remoteIsOutside(req.remoteAddr)) {
       result = Result.BAD_REMOTE;
     } else if (req.op === Op.RESERVE) {
@@ -363,8 +393,48 @@ export class ServerCore {
     }
     if (info.dst === this.#cfg.lanAddr) return this.#fromLan(pkt, info);
     if (this.table.isPoolAddress(info.dst)) return this.#fromWan(pkt, info);
-    this.drops[Drop.NOT_OURS]!++;
-    return Verdict.ACCEPT;
+    return this.#fromDirect(pkt, info);
+  }
+
+  /**
+   * A steered endpoint's packet sent straight at its remote, `a:pa -> X:px`
+   * (a host without a driver: its mapping's traffic, or its PCP PEER
+   * session; only the queue path steers these here) → `R:p -> X:px`: the
+   * session toward X:px if the endpoint has one, else its mapping.
+   */
+  #fromDirect(pkt: Uint8Array, info: PacketInfo): number {
+    const t = this.table;
+    if (info.icmpError || info.proto === IPPROTO_ICMP) {
+      this.drops[Drop.NOT_OURS]!++;
+      return Verdict.ACCEPT;
+    }
+    let s = t.lookupIdentity(info.proto, info.src, info.sport, info.dst, info.dport);
+    if (s < 0) s = t.lookupMapOf(info.proto, info.src, info.sport);
+    if (s < 0) {
+      // Steered while it had a row (the set lags by one packet at most): it
+      // is untracked now, so letting it pass would leak the private pair.
+      this.drops[Drop.NO_SESSION]!++;
+      return Verdict.DROP;
+    }
+    if (info.ttl <= 1) {
+      this.drops[Drop.TTL_EXCEEDED]!++;
+      return Verdict.DROP;
+    }
+    rewrite(pkt, info, t.r(s), t.p(s), info.dst, info.dport, this.#skbInfo);
+    t.count(s, true);
+    this.#countBytes(s, true, pkt.length);
+    this.packets.out++;
+    return Verdict.MODIFIED;
+  }
+
+  /**
+   * The data path forwards mappings and direct sessions: the kernel path
+   * always, the queue path once its steering table is up (`forwardsMappings`
+   * of `datapath/queue/server.ts`); without a data path, the table alone.
+   */
+  #forwardsMappings(): boolean {
+    const dp = this.#dp as (ServerDataPath & { forwardsMappings?: boolean }) | null;
+    return dp === null || dp.kind === "kernel" || dp.forwardsMappings === true;
   }
 
   /** a:pa -> G:Pg (or an ICMP error from a about G:Pg -> a:pa) → R:p -> X:px. */
@@ -478,16 +548,36 @@ export class ServerCore {
     const t = this.table;
     const g = this.#cfg.lanAddr;
     if (info.icmpError) {
-      const s = t.lookupPublic(
+      let s = t.lookupPublic(
         info.innerProto,
         info.innerSrc,
         info.innerSport,
         info.innerDst,
         info.innerDport,
       );
+      let direct = s >= 0 && t.direct(s);
+      if (s < 0 && info.innerProto !== IPPROTO_ICMP) {
+        s = t.lookupMapping(info.innerProto, info.innerSrc, info.innerSport);
+        direct = true;
+      }
       if (s < 0) {
         this.drops[Drop.NO_SESSION]!++;
         return Verdict.DROP;
+      }
+      if (direct) {
+        // A mapping's or a direct session's host sent a:pa -> X:px itself.
+        rewriteIcmpError(pkt, info, {
+          outerSrc: info.src,
+          outerDst: t.a(s),
+          innerSrc: t.a(s),
+          innerSport: t.pa(s),
+          innerDst: info.innerDst,
+          innerDport: info.innerDport,
+        }, this.#skbInfo);
+        t.count(s, false);
+        this.#countBytes(s, false, pkt.length);
+        this.packets.in++;
+        return Verdict.MODIFIED;
       }
       // Outside, the quoted packet was R:p -> X:px; on the LAN it was a:pa -> G:Pg
       // (ICMP echo: a with identifier Pg -> G). The reporting router keeps its address.
@@ -505,7 +595,13 @@ export class ServerCore {
       this.packets.in++;
       return Verdict.MODIFIED;
     }
-    const s = t.lookupPublic(info.proto, info.dst, info.dport, info.src, info.sport);
+    // The remote's own session first; else the mapping that owns R:p for every remote.
+    let s = t.lookupPublic(info.proto, info.dst, info.dport, info.src, info.sport);
+    let direct = s >= 0 && t.direct(s);
+    if (s < 0 && info.proto !== IPPROTO_ICMP) {
+      s = t.lookupMapping(info.proto, info.dst, info.dport);
+      direct = true;
+    }
     if (s < 0) {
       this.drops[Drop.NO_SESSION]!++;
       return Verdict.DROP;
@@ -515,7 +611,9 @@ export class ServerCore {
       return Verdict.DROP;
     }
     const icmp = info.proto === IPPROTO_ICMP;
-    rewrite(pkt, info, g, icmp ? 0 : t.pg(s), t.a(s), icmp ? t.pg(s) : t.pa(s), this.#skbInfo);
+    // A mapping or a direct session (no driver to undo G:Pg): X:px -> a:pa, the remote's own pair.
+    if (direct) rewrite(pkt, info, info.src, info.sport, t.a(s), t.pa(s), this.#skbInfo);
+    else rewrite(pkt, info, g, icmp ? 0 : t.pg(s), t.a(s), icmp ? t.pg(s) : t.pa(s), this.#skbInfo);
     t.count(s, false);
     this.#countBytes(s, false, pkt.length);
     this.packets.in++;
@@ -532,7 +630,8 @@ export class ServerCore {
   attach(dp: ServerDataPath): void {
     this.#dp = dp;
     const t = this.table;
-    const view = (s: number): GatewaySession => ({
+    // `direct` (PCP PEER, table.ts) rides along for the queue path, which steers those endpoints.
+    const view = (s: number): GatewaySession & { direct?: boolean } => ({
       proto: t.proto(s),
       a: t.a(s),
       pa: t.pa(s),
@@ -541,17 +640,34 @@ export class ServerCore {
       r: t.r(s),
       p: t.p(s),
       pg: t.pg(s),
+      ...(t.direct(s) ? { direct: true } : {}),
     });
     this.#dpListener = {
       added: (s) => dp.sessionUp(view(s)),
       removed: (s) => dp.sessionDown(view(s)),
     };
+    // The kernel path loads what the table holds itself (begin); the queue
+    // path is told here, so that restored mappings' endpoints are steered.
+    if (dp.kind === "queue") {
+      for (const s of this.sessions()) dp.sessionUp(s);
+      dp.commit();
+    }
   }
 
   /** Every session as the data path sees it (to program them all at once). */
-  *sessions(): IterableIterator<GatewaySession> {
+  *sessions(): IterableIterator<GatewaySession & { direct?: boolean }> {
     for (const r of this.table.entries()) {
-      yield { proto: r.proto, a: r.a, pa: r.pa, x: r.x, px: r.px, r: r.r, p: r.p, pg: r.pg };
+      yield {
+        proto: r.proto,
+        a: r.a,
+        pa: r.pa,
+        x: r.x,
+        px: r.px,
+        r: r.r,
+        p: r.p,
+        pg: r.pg,
+        ...(r.direct ? { direct: true } : {}),
+      };
     }
   }
 
@@ -811,11 +927,11 @@ export class ServerCore {
       internal: `${formatIPv4(t.a(s))}:${t.pa(s)}`,
       gatewayPort: t.pg(s),
       public: `${formatIPv4(t.r(s))}:${t.p(s)}`,
-      remote: `${formatIPv4(t.x(s))}${icmp ? "" : `:${t.px(s)}`}`,
+      // An inbound mapping (PCP, NAT-PMP, `dpm map`) has no remote: every remote reaches it.
+      remote: t.isMap(s) ? "*" : `${formatIPv4(t.x(s))}${icmp ? "" : `:${t.px(s)}`}`,
       expiresIn: Math.max(0, Math.round((t.expiresAt(s) - now) / 1000)),
-      flags: [t.replaced(s) ? "replaced" : "", t.shared(s) ? "shared" : ""].filter(Boolean).join(
-        ",",
-      ),
+      flags: [t.isMap(s) ? "map" : "", t.replaced(s) ? "replaced" : "", t.shared(s) ? "shared" : ""]
+        .filter(Boolean).join(","),
       packetsOut: t.packetsOut(s),
       packetsIn: t.packetsIn(s),
       bytesOut: this.#bytesOut[s] ?? 0,
@@ -857,12 +973,22 @@ export class ServerCore {
 }
 
 function opName(req: Request): string {
-  return req.op === Op.RESERVE ? "reserve" : req.op === Op.RENEW ? "renew" : "release";
+  return req.op === Op.RESERVE
+    ? "reserve"
+    : req.op === Op.RENEW
+    ? "renew"
+    : req.op === Op.MAP
+    ? "map"
+    : "release";
 }
 
 /** `reserve udp 10.0.0.11:40000 -> 198.51.100.10:7000` (lifetime when one was asked for). */
 function describeRequest(req: Request): string {
   const icmp = req.proto === IPPROTO_ICMP;
+  if (req.op === Op.MAP) {
+    return `map ${protoName(req.proto)} ${formatIPv4(req.internalAddr)}:${req.internalPort}` +
+      (req.remotePort ? ` public port ${req.remotePort}` : "") + ` lifetime ${req.lifetime}`;
+  }
   return `${opName(req)} ${protoName(req.proto)} ${
     formatIPv4(req.internalAddr)
   }:${req.internalPort}` +

@@ -16,6 +16,7 @@ import {
   processFamilies,
 } from "../operator/metrics.ts";
 import type { ServerCore } from "./core.ts";
+import { NatPmpResult, PcpResult } from "../pcp/codec.ts";
 
 /** How long the server takes from a request to its answer (commit included), seconds. */
 export const reserveLatency = new Histogram(LATENCY_BUCKETS);
@@ -29,17 +30,21 @@ export function serverFamilies(core: ServerCore): Family[] {
   const t = core.table;
   const kinds: Family = {
     name: "dpm_sessions",
-    help: "Sessions in the table, by protocol and kind (plain, replaced port, shared by remote).",
+    help:
+      "Sessions in the table, by protocol and kind (plain, replaced port, shared by remote, inbound mapping).",
     type: "gauge",
     samples: [],
   };
   if (t.size <= WALK_LIMIT) {
     const n = new Map<string, number>();
     for (const p of ["tcp", "udp", "icmp"]) {
-      for (const k of ["plain", "replaced", "shared"]) n.set(`${p}/${k}`, 0);
+      for (const k of ["plain", "replaced", "shared", "map"]) {
+        if (p !== "icmp" || k !== "map") n.set(`${p}/${k}`, 0);
+      }
     }
     for (const r of t.entries()) {
-      const k = `${protoName(r.proto)}/${r.shared ? "shared" : r.replaced ? "replaced" : "plain"}`;
+      const kind = r.map ? "map" : r.shared ? "shared" : r.replaced ? "replaced" : "plain";
+      const k = `${protoName(r.proto)}/${kind}`;
       n.set(k, (n.get(k) ?? 0) + 1);
     }
     for (const [k, v] of n) {
@@ -64,6 +69,7 @@ export function serverFamilies(core: ServerCore): Family[] {
       "result",
       st.results,
     ),
+    pcpResults(core),
     byLabel(
       "dpm_drops_total",
       "Packets dropped or passed, by reason.",
@@ -129,4 +135,24 @@ export function serverFamilies(core: ServerCore): Family[] {
     );
   }
   return fams;
+}
+
+/** PCP and NAT-PMP answers by protocol and result code name (RFC 6887 section 7.4, RFC 6886 section 3.5). */
+function pcpResults(core: ServerCore): Family {
+  const f: Family = {
+    name: "dpm_pcp_results_total",
+    help: "PCP and NAT-PMP requests answered (UDP 5351), by protocol and result.",
+    type: "counter",
+    samples: [],
+  };
+  const name = (codes: Record<string, number>, i: number) =>
+    Object.entries(codes).find(([, v]) => v === i)?.[0]?.toLowerCase() ?? `code_${i}`;
+  const add = (protocol: string, codes: Record<string, number>, counts: Float64Array) => {
+    for (let i = 0; i < counts.length; i++) {
+      f.samples.push({ labels: { protocol, result: name(codes, i) }, value: counts[i]! });
+    }
+  };
+  add("pcp", PcpResult, core.pcp.pcpResults);
+  add("natpmp", NatPmpResult, core.pcp.natPmpResults);
+  return f;
 }

@@ -12,7 +12,7 @@ import { type Cidr, formatCidr, formatIPv4 } from "../wire/addr.ts";
 import { checkPoolOutside, ConfigError, type ServerConfig } from "../config.ts";
 import { logger } from "../runtime/log.ts";
 import { Cleanup, liveReload, untilStopped } from "../runtime/cleanup.ts";
-import { serveLocal } from "../operator/socket.ts";
+import { ensureSocketDir, serveLocal } from "../operator/socket.ts";
 import { serverOperator } from "../operator/server_ops.ts";
 import { ServerCore } from "./core.ts";
 import { DropLog, restoreRecord, StateStore } from "./state.ts";
@@ -33,6 +33,7 @@ export async function runServer(
   const { stopped, stop } = untilStopped(undo, { reload: liveReload(log, cfg, reload) });
   try {
     undo.push(await lockRole("server"));
+    await ensureSocketDir(cfg.socket); // the data path keeps its journal beside the socket
     // The LAN prefix: given, or read off the LAN interface.
     let lan = cfg.lan;
     if (!lan && cfg.lanIf) {
@@ -322,6 +323,28 @@ async function listenPcp(
     sock.bind(PCP_PORT, formatIPv4(cfg.lanAddr), () => resolve());
   });
   sock.on("error", (e) => log.warn(`PCP socket: ${e.message}`));
+  // Unsolicited announcements of the new epoch (src/pcp/announce.ts): from
+  // lanAddr:5351 to 224.0.0.1:5350, TTL 1, out of the LAN interface (the
+  // default route would take the group out of the WAN side).
+  const ann = await import("../pcp/announce.ts");
+  let announcing = true;
+  try {
+    sock.setMulticastTTL(1);
+    sock.setMulticastInterface(formatIPv4(cfg.lanAddr));
+    sock.setMulticastLoopback(false);
+  } catch (e) {
+    announcing = false;
+    log.warn(`PCP announcements off: cannot set the multicast options: ${(e as Error).message}`);
+  }
+  const announcer = new ann.Announcer({
+    build: () => {
+      const epoch = core.pcp.epochTime(core.now());
+      return [ann.natPmpAnnouncement(epoch, cfg.pool[0]!), ann.pcpAnnouncement(epoch)];
+    },
+    send: (d) => sock.send(d, ann.ANNOUNCE_PORT, ann.ANNOUNCE_GROUP),
+    onError: (e) => log.debug(`PCP announcement: ${(e as Error).message}`),
+  });
+  sock.on("close", () => announcer.stop());
   sock.on("message", (msg, rinfo) => {
     const src = parseSrc(rinfo.address);
     if (src === null) return;
@@ -337,5 +360,12 @@ async function listenPcp(
     sock.send(reply, rinfo.port, rinfo.address);
   });
   log.info(`PCP and NAT-PMP on ${formatIPv4(cfg.lanAddr)}:${PCP_PORT}`);
-  return () => void sock.close();
+  if (announcing) {
+    announcer.start();
+    log.debug(`PCP announcing the epoch to ${ann.ANNOUNCE_GROUP}:${ann.ANNOUNCE_PORT}`);
+  }
+  return () => {
+    announcer.stop();
+    sock.close();
+  };
 }

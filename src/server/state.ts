@@ -509,11 +509,14 @@ export class StateStore {
     const t = this.#table;
     if (!t || reply.length < 13 || reply[12] !== Result.OK) return;
     const op = reply[3]! & 0x7f;
-    if (op !== Op.RESERVE && op !== Op.RENEW) return;
+    if (op !== Op.RESERVE && op !== Op.RENEW && op !== Op.MAP) return;
     const d = decodeResponse(reply);
     if (!d.ok) return;
     const r = d.res;
-    const s = t.lookupIdentity(r.proto, r.internalAddr, r.internalPort, r.remoteAddr, r.remotePort);
+    // A mapping's row has no remote (its request's remote port is the suggested public port).
+    const s = op === Op.MAP
+      ? t.lookupIdentity(r.proto, r.internalAddr, r.internalPort, 0, 0)
+      : t.lookupIdentity(r.proto, r.internalAddr, r.internalPort, r.remoteAddr, r.remotePort);
     if (s < 0 || this.#fresh.has(s)) return;
     const id = this.#ids[s] ?? 0;
     if (id) this.#change(() => this.#renew.run(t.expiresAt(s), t.lifetime(s), id));

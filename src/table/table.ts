@@ -116,6 +116,16 @@
  * its own go to that session, which is the same endpoint, and all others go
  * to the mapping.
  *
+ * ## Direct sessions (PCP PEER)
+ *
+ * A session reserved with `direct` (PCP PEER, `src/pcp/server.ts`) is an
+ * ordinary row with a `Pg`, flagged: its host may have no driver, so its
+ * packets come to the gateway addressed to `X:px` and inbound packets must
+ * reach it from `X:px`, not from `G:Pg` (`direct(s)`; the queue data path
+ * reads it, the kernel path needs no flag). The flag is set only when the row
+ * is created: a PEER for a session a driver already holds leaves it a driver
+ * session.
+ *
  * ## Lifetimes and expiry
  *
  * Lifetimes are leases in seconds. Defaults honour the RFC minima for idle
@@ -158,6 +168,12 @@ const F_REPLACED = 4;
 const F_SHARED = 8;
 /** An inbound mapping (PCP/NAT-PMP MAP): x = px = 0, no Pg, owns (proto, R, p) for every remote. */
 const F_MAP = 16;
+/**
+ * A direct session (PCP PEER from a host without a driver): its host sends
+ * `a:pa -> X:px` straight through the gateway and receives `X:px -> a:pa`
+ * (not `G:Pg -> a:pa`); the queue data path translates it so.
+ */
+const F_DIRECT = 32;
 
 /** Pool addresses tried for port preservation by a replaceable request. */
 const PRESERVE_TRIES_REPLACEABLE = 4;
@@ -236,6 +252,13 @@ export interface ReserveRequest {
   replaceable: boolean;
   /** Requested lease in seconds; 0 asks for the protocol's default. */
   lifetime: number;
+  /**
+   * A direct session (PCP PEER): the host has no driver, its packets reach
+   * the gateway addressed to the remote itself and inbound ones are
+   * delivered from the remote's own pair. Set only when the session is
+   * created (an idempotent repeat keeps the row as it was).
+   */
+  direct?: boolean;
 }
 
 /** The answer to reserve and renew. */
@@ -296,6 +319,8 @@ export interface SessionRecord {
    * is restored as one even without this field.
    */
   map?: boolean;
+  /** A direct session (`ReserveRequest.direct`: PCP PEER from a host without a driver). */
+  direct?: boolean;
 }
 
 /** An inbound mapping request (PCP MAP, NAT-PMP map). */
@@ -763,7 +788,7 @@ export class SessionTable {
     const use = this.#portUse[pi]!;
     let ri = -1;
     let p = 0;
-    let flags = F_LIVE | (req.replaceable ? F_REPLACEABLE : 0);
+    let flags = F_LIVE | (req.replaceable ? F_REPLACEABLE : 0) | (req.direct ? F_DIRECT : 0);
 
     // 3. Endpoint-independent mapping.
     const first = this.lookupEndpoint(proto, a, pa);
@@ -989,6 +1014,11 @@ export class SessionTable {
     return (this.#flags[s]! & F_MAP) !== 0;
   }
 
+  /** Slot `s` is a direct session (`ReserveRequest.direct`). */
+  direct(s: number): boolean {
+    return (this.#flags[s]! & F_DIRECT) !== 0;
+  }
+
   /**
    * The public address host `a` is told it has (NAT-PMP's external address):
    * its paired address while it holds sessions, else its home address, where
@@ -1112,6 +1142,7 @@ export class SessionTable {
       packetsOut: this.#out[s]!,
       packetsIn: this.#in[s]!,
       ...((f & F_MAP) !== 0 ? { map: true } : {}),
+      ...((f & F_DIRECT) !== 0 ? { direct: true } : {}),
     };
   }
 
@@ -1152,7 +1183,8 @@ export class SessionTable {
       this.#mappedByOther(rec.proto, rec.r, rec.p, rec.a, rec.pa)
     ) return Result.CONFLICT;
     const flags = F_LIVE | (rec.replaceable ? F_REPLACEABLE : 0) |
-      (rec.p !== rec.pa ? F_REPLACED : 0) | (rec.shared ? F_SHARED : 0) | (isMap ? F_MAP : 0);
+      (rec.p !== rec.pa ? F_REPLACED : 0) | (rec.shared ? F_SHARED : 0) | (isMap ? F_MAP : 0) |
+      (rec.direct && !isMap ? F_DIRECT : 0);
     const life = rec.lifetime !== undefined && rec.lifetime > 0
       ? this.grantedLifetime(rec.proto, rec.lifetime)
       : this.#defaults[pi]!;

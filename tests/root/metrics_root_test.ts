@@ -65,6 +65,12 @@ for (const datapath of ["kernel", "queue"] as const) {
           true,
         );
         assert.equal(refused.result, "quota-exceeded");
+        // A NAT-PMP client without a driver asks for the public address (counted by result).
+        const h2 = t.hosts[1]!;
+        const pmp = await t.exec(h2.ns, ["natpmpc", "-g", t.gateway.lanText], {
+          timeoutMs: 15_000,
+        });
+        assert.equal(pmp.code, 0, pmp.stdout + pmp.stderr);
         const srv = await scrape(t, t.gateway.ns, "http://10.0.0.1:9750/metrics");
         await promtool(srv);
         assert.equal(value(srv, /^dpm_table_sessions /), 1);
@@ -72,6 +78,8 @@ for (const datapath of ["kernel", "queue"] as const) {
         assert.equal(value(srv, /^dpm_control_results_total\{result="quota-exceeded"\}/), 1);
         assert.equal(value(srv, new RegExp(`^dpm_datapath_up\\{kind="${datapath}"\\}`)), 1);
         assert.ok(value(srv, /^dpm_request_duration_seconds_count /) >= 2);
+        assert.ok(value(srv, /^dpm_pcp_results_total\{protocol="natpmp",result="success"\}/) >= 1);
+        assert.equal(value(srv, /^dpm_pcp_results_total\{protocol="pcp",result="success"\}/), 0);
         const drv = await scrape(t, h1.ns, "http://127.0.0.1:9751/metrics");
         await promtool(drv);
         assert.equal(value(drv, /^dpm_driver_sessions\{state="active"\}/), 1);

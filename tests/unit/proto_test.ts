@@ -458,7 +458,7 @@ Deno.test("bad version: UNSUPPORTED_VERSION reply, version 2, nonce echoed", () 
 });
 
 Deno.test("unknown opcode: UNSUPPORTED_OPCODE, whatever the length (answered when not shorter)", () => {
-  for (const op of [0, 4, 5, 0x7f]) {
+  for (const op of [0, 5, 6, 0x7f]) {
     const b = reqWith(3, op);
     expectFail(b, Result.UNSUPPORTED_OPCODE, `unknown opcode ${op}`);
     expectFail(b.slice(0, 20), Result.UNSUPPORTED_OPCODE, `unknown opcode ${op}`);

@@ -9,9 +9,45 @@
  *
  * raw PREROUTING → DPM-SRV-PRE
  *   -i LAN -d G, TCP/UDP to the gateway ports Pg, ICMP echo and ICMP errors
+ *   -i LAN, marked STEER_MARK (a steered endpoint, below)
  *   -i WAN -d <pool>                                   → CT --notrack, NFQUEUE q
- * filter FORWARD → DPM-SRV-FWD (accept dpm's untracked traffic under a DROP policy)
+ * filter FORWARD → DPM-SRV-FWD (accept dpm's untracked traffic under a DROP policy;
+ *   -i WAN -o LAN marked DIRECT_MARK: delivered to a steered endpoint from the remote itself)
  * nat POSTROUTING → DPM-SRV-NAT: -s LAN -o WAN -j MASQUERADE (hosts without a driver)
+ *
+ * ## Mappings and direct sessions (PCP/NAT-PMP MAP, PCP PEER)
+ *
+ * A mapping (`isMapping`: `R:p -> a:pa` for every remote) and a direct
+ * session (PCP PEER from a host without a driver: the row's `direct`) are
+ * translated here too, but their LAN side is not `G:Pg`: the host sends
+ * `a:pa -> X:px` straight at the remote, routed through the gateway, and
+ * receives `X:px -> a:pa`. Inbound needs nothing new (the WAN rule queues
+ * everything for the pool; the core finds the mapping or the direct
+ * session). Outbound, exactly those endpoints must be queued instead of
+ * masqueraded; iptables has no set match without ipset, so they are kept in
+ * a small nftables table of this path's own, programmed over netlink
+ * (`linux/nftables.ts`, no process per element) from `sessionUp` and
+ * `sessionDown`, reference-counted per endpoint (`Steering`: a mapping and
+ * several PEER sessions of one endpoint share one element):
+ *
+ * ```
+ * table ip dpm-server-q
+ *   set direct    proto . a . pa      the steered endpoints
+ *   chain steer   filter prerouting -350 (before raw): iif LAN, (proto . saddr . sport) in
+ *                 @direct, daddr outside the LAN and routed onward (fib type unicast: not
+ *                 G, a pool address, broadcast or multicast) → mark STEER_MARK
+ *   chain forward filter forward -10 (before iptables' filter): iif WAN, oif LAN,
+ *                 untracked, (proto . daddr . dport) in @direct → mark DIRECT_MARK
+ * ```
+ *
+ * The marks only select; iptables does the rest, as for every other queued
+ * packet (untracked, so MASQUERADE never sees them). The forward mark is
+ * exact: only packets dpm itself translated are untracked and only steered
+ * endpoints are in the set, so a DROP policy still drops everything else.
+ * Without nftables (the table cannot be loaded) the path still runs and
+ * mappings are refused (`forwardsMappings` false: PCP UNSUPP_OPCODE).
+ * `stop` deletes the table; `dpm server --cleanup` does too
+ * (`server/cleanup.ts`).
  *
  * The queue has no --queue-bypass: without dpm running, pool traffic is
  * dropped rather than delivered to the gateway itself. Overflow drops
@@ -26,12 +62,139 @@ import type { ServerConfig } from "../../config.ts";
 import { logger } from "../../runtime/log.ts";
 import { Cleanup } from "../../runtime/cleanup.ts";
 import { controlGuardRules, poolRangeText, prepareGateway } from "../gateway.ts";
-import type { ServerDataPath } from "../datapath.ts";
+import { type GatewaySession, isMapping, type ServerDataPath } from "../datapath.ts";
 import type { DataPathStatus } from "../../operator/types.ts";
 import { type ChainSpec, DEFRAG_ON, installChains, removeChains } from "../../../linux/iptables.ts";
 import { NfQueue, pump } from "../../../linux/nfqueue.ts";
+import { concat, NftMaps } from "../../../linux/nftables.ts";
+import { loadRuleset } from "../../../linux/nft.ts";
+import { protoIndex } from "../../wire/meta.ts";
 
 const log = logger("server");
+
+/** The queue path's nftables table: the steered endpoints (see the module documentation). */
+export const QUEUE_TABLE = "dpm-server-q";
+/** Mark of a steered endpoint's packet from the LAN (nft sets it, DPM-SRV-PRE queues it). */
+export const STEER_MARK = 0x64706d02; // "dpm" 02
+/** Mark of a translated packet from the WAN to a steered endpoint (DPM-SRV-FWD accepts it). */
+export const DIRECT_MARK = 0x64706d03; // "dpm" 03
+
+/** A session as the core hands it to this path: `direct` for a PCP PEER session (table.ts). */
+export type QueueSession = GatewaySession & { direct?: boolean };
+
+/** The session's LAN endpoint must be steered into the queue: a mapping or a direct session. */
+export function steered(s: QueueSession): boolean {
+  return isMapping(s) || s.direct === true;
+}
+
+function quoteIf(name: string): string {
+  if (!/^[A-Za-z0-9_.:@-]{1,15}$/.test(name)) throw new TypeError(`Bad interface name "${name}"`);
+  return `"${name}"`;
+}
+
+/** The queue path's nftables table as `nft -f` text, replacing any previous one. */
+export function steerTable(cfg: ServerConfig, lan: Cidr): string {
+  const lanIf = quoteIf(cfg.lanIf!);
+  const wanIf = quoteIf(cfg.wanIf!);
+  const hex = (m: number) => `0x${m.toString(16)}`;
+  return `add table ip ${QUEUE_TABLE}
+delete table ip ${QUEUE_TABLE}
+table ip ${QUEUE_TABLE} {
+  comment "dpm server (queue path): endpoints steered to the queue, programmed by dpm; do not edit"
+  set direct {
+    typeof meta l4proto . ip saddr . th sport
+  }
+  chain steer {
+    type filter hook prerouting priority -350; policy accept;
+    iifname ${lanIf} meta l4proto . ip saddr . th sport @direct ip daddr != ${
+    formatCidr(lan)
+  } fib daddr type unicast meta mark set ${hex(STEER_MARK)}
+  }
+  chain forward {
+    type filter hook forward priority -10; policy accept;
+    iifname ${wanIf} oifname ${lanIf} ct state untracked meta l4proto . ip daddr . th dport @direct meta mark set ${
+    hex(DIRECT_MARK)
+  }
+  }
+}
+`;
+}
+
+/** Removes table dpm-server-q (no error when absent): stop and `--cleanup`. */
+export function deleteSteerTable(): string {
+  return `add table ip ${QUEUE_TABLE}\ndelete table ip ${QUEUE_TABLE}\n`;
+}
+
+/** The key of endpoint (proto, a, pa) in the `direct` set (nft's register layout). */
+export function steerKey(proto: number, a: number, pa: number): Uint8Array {
+  return concat([proto, 1], [a, 4], [pa, 2]);
+}
+
+/** Where {@linkcode Steering} puts its elements (the kernel's set, or a test's fake). */
+export interface SteerSet {
+  add(keys: Uint8Array[]): void;
+  delete(keys: Uint8Array[]): void;
+}
+
+/**
+ * The steered endpoints, reference-counted: a mapping and any number of
+ * direct sessions of one endpoint (proto, a, pa) share one set element,
+ * added with the first and deleted with the last. A refused kernel change
+ * is logged and counted, never thrown into the table's listener.
+ */
+export class Steering {
+  readonly #refs = new Map<number, number>();
+  readonly #set: SteerSet;
+  /** Kernel changes that failed. */
+  failures = 0;
+  constructor(set: SteerSet) {
+    this.#set = set;
+  }
+  /** Endpoints steered now. */
+  get size(): number {
+    return this.#refs.size;
+  }
+  /** True when endpoint (proto, a, pa) is steered. */
+  has(proto: number, a: number, pa: number): boolean {
+    return this.#refs.has(endpointKey(proto, a, pa));
+  }
+  up(s: QueueSession): void {
+    if (!steered(s)) return;
+    const k = endpointKey(s.proto, s.a, s.pa);
+    const n = this.#refs.get(k) ?? 0;
+    this.#refs.set(k, n + 1);
+    if (n === 0) this.#apply("add", s);
+  }
+  down(s: QueueSession): void {
+    if (!steered(s)) return;
+    const k = endpointKey(s.proto, s.a, s.pa);
+    const n = this.#refs.get(k) ?? 0;
+    if (n === 0) return;
+    if (n > 1) {
+      this.#refs.set(k, n - 1);
+      return;
+    }
+    this.#refs.delete(k);
+    this.#apply("delete", s);
+  }
+  #apply(op: "add" | "delete", s: QueueSession): void {
+    try {
+      this.#set[op]([steerKey(s.proto, s.a, s.pa)]);
+    } catch (e) {
+      if (this.failures++ < 10) {
+        log.error(
+          `cannot ${op} ${formatIPv4(s.a)}:${s.pa} (proto ${s.proto}) in ${QUEUE_TABLE}: ${
+            (e as Error).message
+          }`,
+        );
+      }
+    }
+  }
+}
+
+function endpointKey(proto: number, a: number, pa: number): number {
+  return protoIndex(proto) * 2 ** 48 + a * 65536 + pa;
+}
 
 /** The iptables chains of the server role. */
 export function serverChains(cfg: ServerConfig, lan: Cidr): ChainSpec[] {
@@ -48,6 +211,8 @@ export function serverChains(cfg: ServerConfig, lan: Cidr): ChainSpec[] {
     ["-i", lanIf, "-d", g, "-p", "icmp", "--icmp-type", "destination-unreachable"],
     ["-i", lanIf, "-d", g, "-p", "icmp", "--icmp-type", "time-exceeded"],
     ["-i", lanIf, "-d", g, "-p", "icmp", "--icmp-type", "parameter-problem"],
+    // Mapped endpoints and direct sessions sending straight at the remote (table dpm-server-q).
+    ["-i", lanIf, "-m", "mark", "--mark", String(STEER_MARK)],
   ];
   const ranges = poolRangeText(cfg.pool);
   for (const r of ranges) matches.push(["-i", wanIf, "-m", "iprange", "--dst-range", r]);
@@ -61,6 +226,8 @@ export function serverChains(cfg: ServerConfig, lan: Cidr): ChainSpec[] {
   }
   fwd.push(["-i", wanIf, "-o", lanIf, "-s", g, "-j", "ACCEPT"]);
   fwd.push(["-i", lanIf, "-o", lanIf, "-s", g, "-j", "ACCEPT"]);
+  // Translated for a mapping or a direct session: from the remote itself (table dpm-server-q).
+  fwd.push(["-i", wanIf, "-o", lanIf, "-m", "mark", "--mark", String(DIRECT_MARK), "-j", "ACCEPT"]);
   const specs: ChainSpec[] = [
     { table: "raw", hook: "PREROUTING", chain: "DPM-SRV-PRE", rules: pre },
     { table: "filter", hook: "FORWARD", chain: "DPM-SRV-FWD", rules: fwd },
@@ -82,9 +249,20 @@ export type ServerPacketHandler = (pkt: Uint8Array, meta: number) => number;
 export class QueueServerDataPath implements ServerDataPath {
   readonly kind = "queue" as const;
   readonly #undo: Cleanup;
+  /** The steered endpoints; null without the nftables table (mappings refused). */
+  readonly #steering: Steering | null;
 
-  private constructor(undo: Cleanup) {
+  private constructor(undo: Cleanup, steering: Steering | null) {
     this.#undo = undo;
+    this.#steering = steering;
+  }
+
+  /**
+   * True when mappings and direct sessions are forwarded (the steering table
+   * is installed); the server's PCP service refuses MAP and PEER otherwise.
+   */
+  get forwardsMappings(): boolean {
+    return this.#steering !== null;
   }
 
   /**
@@ -106,22 +284,52 @@ export class QueueServerDataPath implements ServerDataPath {
       const specs = serverChains(cfg, lan);
       await installChains(specs);
       undo.push(() => removeChains(specs));
+      const steering = await QueueServerDataPath.#steer(cfg, lan, undo);
       undo.push(pump(queue, (pkt, _id, _hook, meta) => handle(pkt, meta), onFatal));
       log.info(
         `data path on (queue): queue ${cfg.queue}, LAN ${cfg.lanIf} ${
           formatCidr(lan)
         }, WAN ${cfg.wanIf}`,
       );
-      return new QueueServerDataPath(undo);
+      return new QueueServerDataPath(undo, steering);
     } catch (e) {
       await undo.run();
       throw e;
     }
   }
 
-  /** Nothing to program: the core looks every packet up in the table. */
-  sessionUp(): void {}
-  sessionDown(): void {}
+  /** Loads table dpm-server-q and opens its netlink socket; null (and a warning) when it cannot. */
+  static async #steer(cfg: ServerConfig, lan: Cidr, undo: Cleanup): Promise<Steering | null> {
+    try {
+      await loadRuleset(steerTable(cfg, lan));
+    } catch (e) {
+      log.warn(
+        `PCP/NAT-PMP mappings and PEER are refused on this gateway: cannot load table ip ${QUEUE_TABLE} (${
+          (e as Error).message
+        })`,
+      );
+      return null;
+    }
+    undo.push(() => loadRuleset(deleteSteerTable()));
+    const nft = NftMaps.open();
+    undo.push(() => nft.close());
+    return new Steering({
+      add: (keys) => nft.add(QUEUE_TABLE, "direct", keys.map((key) => ({ key }))),
+      delete: (keys) => nft.delete(QUEUE_TABLE, "direct", keys),
+    });
+  }
+
+  /**
+   * Per-session work is only for mappings and direct sessions: their
+   * endpoint is steered into the queue (the core looks every packet up in
+   * the table). Applied at once over netlink, so `commit` has nothing left.
+   */
+  sessionUp(s: QueueSession): void {
+    this.#steering?.up(s);
+  }
+  sessionDown(s: QueueSession): void {
+    this.#steering?.down(s);
+  }
   commit(): void {}
   counters(): null {
     return null;
