@@ -36,6 +36,12 @@ export interface GatewaySession {
   p: number;
   /** Gateway port: the LAN-side destination port of the session. */
   pg: number;
+  /**
+   * A direct session (PCP PEER from a host without a driver, `table.ts`):
+   * the host sends to `X:px` itself and gets the remote's own pair back,
+   * not `G:Pg`. Absent: a driver's session.
+   */
+  direct?: boolean;
 }
 
 /**

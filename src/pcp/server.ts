@@ -71,6 +71,8 @@ export interface PcpContext {
   remoteIsOutside: (x: number) => boolean;
   /** Refusal log (rate-limited by the caller). */
   log: (line: string) => void;
+  /** Told the row of every mapping or peer granted or renewed (the state file keeps renewed leases). */
+  leased?: (row: number) => void;
 }
 
 /** dpm's result code as PCP's. */
@@ -225,6 +227,7 @@ export class PcpService {
     const mine = this.#mine(src);
     const key = `${req.proto}/${req.internalPort}`;
     if (!mine.has(key)) mine.set(key, null);
+    c.leased?.(g.session);
     return this.#natPmpAnswer(req, NatPmpResult.SUCCESS, epoch, g.p, g.lifetime);
   }
 
@@ -271,6 +274,34 @@ export class PcpService {
     }
     if (!c.mapSupported()) {
       return err(PcpResult.UNSUPP_OPCODE, false, "the data path forwards no mappings");
+    }
+    if (req.op === PcpOp.MAP && req.lifetime === 0 && req.internalPort === 0) {
+      // Delete all (RFC 6887 section 15): every mapping of this client for the
+      // protocol (0: every protocol) made with this nonce, or by NAT-PMP.
+      let n = 0;
+      for (const [k, stored] of this.#mine(src)) {
+        const f = k.split("/").map(Number);
+        if (f.length !== 2 || (req.proto !== 0 && f[0] !== req.proto)) continue;
+        if (stored && !sameBytes(stored, req.nonce)) continue;
+        this.#unmap(src, f[0]!, f[1]!, now);
+        n++;
+      }
+      c.log(`PCP MAP delete-all from ${formatIPv4(src)}: ${n} mapping(s) deleted`);
+      this.pcpResults[PcpResult.SUCCESS]!++;
+      return encodePcpResponse({
+        op: req.op,
+        result: PcpResult.SUCCESS,
+        lifetime: 0,
+        epoch,
+        nonce: req.nonce,
+        proto: req.proto,
+        internalPort: 0,
+        externalPort: 0,
+        externalAddr: 0,
+        remotePort: 0,
+        remoteAddr: 0,
+        options: [],
+      });
     }
     if (req.proto !== 6 && req.proto !== 17) {
       return err(PcpResult.UNSUPP_PROTOCOL, false, `protocol ${req.proto}`);
@@ -349,6 +380,7 @@ export class PcpService {
       return err(r, false, `table: result ${g.result}`);
     }
     mine.set(key, req.nonce.slice());
+    c.leased?.(g.session);
     return answer(PcpResult.SUCCESS, g, g.lifetime);
   }
 

@@ -181,6 +181,7 @@ export class ServerCore {
       mapSupported: () => this.#forwardsMappings(),
       remoteIsOutside: (x) => this.#remoteIsOutside(x),
       log: (line) => this.#logRefusal(this.now(), line),
+      leased: (s) => this.onLease?.(s),
     });
     this.table.listener = {
       added: (s) => {
@@ -193,6 +194,9 @@ export class ServerCore {
       },
     };
   }
+
+  /** Told the row of a mapping or peer PCP / NAT-PMP granted or renewed (run.ts: the state file). */
+  onLease: ((row: number) => void) | null = null;
 
   /** The PCP / NAT-PMP service (`src/pcp/server.ts`). */
   readonly pcp: PcpService;
@@ -630,8 +634,8 @@ export class ServerCore {
   attach(dp: ServerDataPath): void {
     this.#dp = dp;
     const t = this.table;
-    // `direct` (PCP PEER, table.ts) rides along for the queue path, which steers those endpoints.
-    const view = (s: number): GatewaySession & { direct?: boolean } => ({
+    // `direct` (PCP PEER, table.ts) matters to the queue path, which steers those endpoints.
+    const view = (s: number): GatewaySession => ({
       proto: t.proto(s),
       a: t.a(s),
       pa: t.pa(s),
@@ -655,7 +659,7 @@ export class ServerCore {
   }
 
   /** Every session as the data path sees it (to program them all at once). */
-  *sessions(): IterableIterator<GatewaySession & { direct?: boolean }> {
+  *sessions(): IterableIterator<GatewaySession> {
     for (const r of this.table.entries()) {
       yield {
         proto: r.proto,

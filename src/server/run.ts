@@ -159,6 +159,7 @@ export async function runServer(
       // is written in the turn's transaction, committed before the replies.
       store.start(core.table, core.epoch);
       store.listen(core.table);
+      core.onLease = (s) => store.noteLease(s);
       undo.push(() => {
         const n = store.close();
         log.info(`saved ${n} sessions to ${store.path}`);

@@ -385,7 +385,9 @@ export class StateStore {
           lifetime: row.lifetime,
           replaceable: row.replaceable === 1,
           replaced: row.p !== row.pa,
-          shared: row.shared === 1,
+          // The "shared" column holds flag bits: 1 shared, 2 direct (PCP PEER); older files have 0/1.
+          shared: (Number(row.shared) & 1) === 1,
+          ...((Number(row.shared) & 2) !== 0 ? { direct: true } : {}),
           packetsOut: row.packets_out ?? 0,
           packetsIn: row.packets_in ?? 0,
         };
@@ -517,7 +519,13 @@ export class StateStore {
     const s = op === Op.MAP
       ? t.lookupIdentity(r.proto, r.internalAddr, r.internalPort, 0, 0)
       : t.lookupIdentity(r.proto, r.internalAddr, r.internalPort, r.remoteAddr, r.remotePort);
-    if (s < 0 || this.#fresh.has(s)) return;
+    this.noteLease(s);
+  }
+
+  /** Records the new lease of row `s` (renewed by PCP / NAT-PMP, or a control reply). */
+  noteLease(s: number): void {
+    const t = this.#table;
+    if (!t || s < 0 || !t.isLive(s) || this.#fresh.has(s)) return;
     const id = this.#ids[s] ?? 0;
     if (id) this.#change(() => this.#renew.run(t.expiresAt(s), t.lifetime(s), id));
   }
@@ -625,7 +633,7 @@ export class StateStore {
       t.expiresAt(s),
       t.lifetime(s),
       t.replaceable(s) ? 1 : 0,
-      t.shared(s) ? 1 : 0,
+      (t.shared(s) ? 1 : 0) | (t.direct(s) ? 2 : 0),
       t.packetsOut(s),
       t.packetsIn(s),
     );

@@ -956,9 +956,10 @@ export class SessionTable {
     let p = 0;
     const want = req.p || pa;
     if (req.preferFailure) {
-      // Exactly the suggestion (any address of the considered ones when none was named).
+      // Exactly the suggestion (any address of the considered ones when none was named;
+      // a named address only: RFC 6887 section 13.2).
       if (req.r && (sugg < 0 || (pair >= 0 && sugg !== pair))) return failure(Result.CONFLICT);
-      for (const i of order) {
+      for (const i of req.r ? [sugg] : order) {
         if (this.#ownable(pi, i, want, a, pa)) {
           ri = i;
           p = want;

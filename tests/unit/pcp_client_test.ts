@@ -329,16 +329,12 @@ Deno.test("pcp client vs server: MAP with PREFER_FAILURE and an address not to b
 
 /**
  * RFC 6887 section 13.2: with PREFER_FAILURE the server maps exactly the
- * suggested external address and port, or fails. SessionTable.map (the
- * `req.preferFailure` branch) tries the suggested address first and then
- * every other pool address, so a taken suggestion is answered SUCCESS with
- * another address. Un-ignore once src/table/table.ts tries only `sugg`
- * when `req.r` is named.
+ * suggested external address and port, or fails (this once found
+ * SessionTable.map trying every other pool address after the suggestion).
  */
 Deno.test({
   name:
-    "pcp client vs server: MAP with PREFER_FAILURE on a taken suggested pair fails, never moves (known bug: SessionTable.map)",
-  ignore: true,
+    "pcp client vs server: MAP with PREFER_FAILURE on a taken suggested pair fails, never moves",
   fn: () => {
     const sv = service();
     const first = pcp(sv, buildMap(mapFields())).r;
@@ -671,4 +667,32 @@ Deno.test("pcp client vs server fuzz: the tight refusal budget never lets an ans
     }),
     { numRuns: 2000 },
   );
+});
+
+Deno.test("pcp client vs server: MAP with internal port 0 and lifetime 0 deletes all the client's mappings made with its nonce (RFC 6887 section 15)", () => {
+  const sv = service();
+  const other = new Uint8Array(12).fill(9);
+  for (
+    const [port, nonce, protocol] of [[8080, NONCE, 6], [8081, NONCE, 17], [
+      8082,
+      other,
+      6,
+    ]] as const
+  ) {
+    const r = pcp(
+      sv,
+      buildMap(mapFields({ internalPort: port, externalPort: port, nonce, protocol })),
+    );
+    assert.equal(r.r.result, RESULT.SUCCESS);
+  }
+  assert.equal(sv.table.lookupMapOf(6, H1, 8080) >= 0, true);
+  const del = pcp(
+    sv,
+    buildMap(mapFields({ protocol: 0, internalPort: 0, externalPort: 0, lifetime: 0 })),
+  );
+  assert.equal(del.r.result, RESULT.SUCCESS);
+  assert.equal(del.r.lifetime, 0);
+  assert.equal(sv.table.lookupMapOf(6, H1, 8080), -1, "same nonce: deleted");
+  assert.equal(sv.table.lookupMapOf(17, H1, 8081), -1, "protocol 0: every protocol");
+  assert.ok(sv.table.lookupMapOf(6, H1, 8082) >= 0, "another nonce's mapping stays");
 });

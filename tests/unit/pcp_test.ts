@@ -411,7 +411,7 @@ Deno.test("pcp server: PCP ANNOUNCE, MAP with nonce rules, ADDRESS_MISMATCH, PEE
   assert.equal(lan.result, PcpResult.NOT_AUTHORIZED);
 });
 
-Deno.test("pcp server: the queue data path answers MAP with UNSUPP_OPCODE, address still works", () => {
+Deno.test("pcp server: a queue data path without its steering table (no nftables) answers MAP with UNSUPP_OPCODE, address still works", () => {
   const { c } = core();
   const dp = new FakeServerDataPath();
   Object.defineProperty(dp, "kind", { value: "queue" });

@@ -18,7 +18,10 @@ import {
 } from "../../src/server/state.ts";
 import { encodeResponse, newNonce, Op } from "../../src/control/proto.ts";
 import { Result } from "../../src/control/result.ts";
-import { H1, P1, R1, R2 } from "../../testing/fixtures.ts";
+import { H1, LAN, P1, R1, R2, serverCfg } from "../../testing/fixtures.ts";
+import { ServerCore } from "../../src/server/core.ts";
+import { FakeServerDataPath } from "../../src/datapath/fake.ts";
+import { decodeNatPmpResponse, encodeNatPmpRequest } from "../../src/pcp/codec.ts";
 
 const CHILD = fileURLToPath(new URL("../../testing/state_child.ts", import.meta.url));
 const R3 = R2 + 1;
@@ -295,6 +298,94 @@ Deno.test("state: a --state that cannot be kept fails at once with one line", as
     // A corrupt file is named, not overwritten.
     await Deno.writeTextFile(`${dir}/bad.db`, "garbage");
     await assert.rejects(() => StateStore.open(`${dir}/bad.db`), /is corrupt/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("state: a mapping (and its renewed lease through dpm map) and a direct PCP PEER session come back as what they were", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/state.db`;
+    const store = await StateStore.open(path);
+    const t = newTable();
+    store.start(t, 9);
+    store.listen(t);
+    const now = Date.now();
+    const m = t.map({ proto: 17, a: H1, pa: 6000, p: 0, r: 0, lifetime: 60 }, now);
+    const peer = t.reserve({
+      proto: 6,
+      a: H1,
+      pa: 4000,
+      x: P1,
+      px: 443,
+      replaceable: true,
+      lifetime: 60,
+      direct: true,
+    }, now);
+    store.commit();
+    // `dpm map` again with a longer lease: the reply is what the server notes.
+    const renewed = t.map({ proto: 17, a: H1, pa: 6000, p: 0, r: 0, lifetime: 900 }, now);
+    store.noteReply(encodeResponse({
+      op: Op.MAP,
+      nonce: newNonce(),
+      result: Result.OK,
+      proto: 17,
+      replaced: false,
+      shared: false,
+      internalAddr: H1,
+      internalPort: 6000,
+      remoteAddr: 0,
+      remotePort: 0,
+      publicAddr: renewed.r,
+      publicPort: renewed.p,
+      gatewayPort: 0,
+      lifetime: renewed.lifetime,
+      epoch: 9,
+    }));
+    store.commit();
+    store.close();
+    const again = await reopen(path, [R1, R2], now);
+    const ms = again.table.lookupMapOf(17, H1, 6000);
+    assert.ok(ms >= 0, "the mapping is back");
+    assert.equal(again.table.isMap(ms), true);
+    assert.deepEqual([again.table.r(ms), again.table.p(ms)], [m.r, m.p]);
+    assert.equal(again.table.expiresAt(ms), now + 900_000, "with its renewed lease");
+    const ps = again.table.lookupIdentity(6, H1, 4000, P1, 443);
+    assert.ok(ps >= 0);
+    assert.equal(again.table.direct(ps), true, "the PEER session is still direct");
+    assert.equal(again.table.pg(ps), peer.pg);
+    again.store.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("state: a NAT-PMP mapping renewed to a longer lease comes back with that lease", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/state.db`;
+    const store = await StateStore.open(path);
+    const now = 1_000_000;
+    const core = new ServerCore(serverCfg({ pool: [R1, R2] }), { lan: LAN, now: () => now });
+    core.attach(new FakeServerDataPath("kernel"));
+    store.start(core.table, core.epoch);
+    store.listen(core.table);
+    core.onLease = (s) => store.noteLease(s);
+    const map = (life: number) => {
+      const r = core.handlePcp(encodeNatPmpRequest(1, 6000, 6000, life), H1);
+      store.commit();
+      assert.ok(r);
+      assert.equal(decodeNatPmpResponse(r)!.result, 0);
+    };
+    map(60);
+    map(900);
+    store.close();
+    const again = await reopen(path, [R1, R2], now);
+    const s = again.table.lookupMapOf(17, H1, 6000);
+    assert.ok(s >= 0);
+    assert.equal(again.table.expiresAt(s), now + 900_000, "the renewed lease, not the first");
+    again.store.close();
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

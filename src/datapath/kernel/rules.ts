@@ -268,13 +268,12 @@ export function serverKernelChains(cfg: ServerConfig): ChainSpec[] {
   // Conntrack-translated sessions: their original destination is G.
   const ct = ["-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", g, "-j", "ACCEPT"];
   fwd.push(["-i", lanIf, "-o", wanIf, ...ct], ["-i", wanIf, "-o", lanIf, ...ct]);
-  // PCP/NAT-PMP mappings (map_in): inbound conntracks whose original destination is a pool pair.
-  if (cfg.pcp) {
-    for (const [lo, hi] of poolRanges(cfg.pool)) {
-      for (const c of rangeCidrs(lo, hi)) {
-        const m = ["-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", c, "-j", "ACCEPT"];
-        fwd.push(["-i", wanIf, "-o", lanIf, ...m], ["-i", lanIf, "-o", wanIf, ...m]);
-      }
+  // Inbound mappings (map_in: PCP, NAT-PMP, dpm map, so also with --no-pcp): conntracks whose
+  // original destination is a pool pair.
+  for (const [lo, hi] of poolRanges(cfg.pool)) {
+    for (const c of rangeCidrs(lo, hi)) {
+      const m = ["-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", c, "-j", "ACCEPT"];
+      fwd.push(["-i", wanIf, "-o", lanIf, ...m], ["-i", lanIf, "-o", wanIf, ...m]);
     }
   }
   // What the queue translates (ICMP, hairpin) is untracked, as on the queue path.
