@@ -450,13 +450,8 @@ export const STATUS_FLAGS = {
   },
 } as const satisfies Record<string, Flag>;
 
-/** `dpm query`. */
-export const QUERY_FLAGS = {
-  reserve: {
-    help: "reserve the session first when there is none",
-    group: "Options",
-    schema: bool("--reserve").default(false),
-  },
+/** What `dpm query` and `dpm map` share: JSON output, the driver's socket. */
+const DRIVER_CLIENT_FLAGS = {
   json: { help: "print JSON", group: "Options", schema: bool("--json").default(false) },
   socket: {
     arg: "<path>",
@@ -466,6 +461,16 @@ export const QUERY_FLAGS = {
     dflt: "/run/dpm/driver.sock",
     complete: "file",
   },
+} as const satisfies Record<string, Flag>;
+
+/** `dpm query`. */
+export const QUERY_FLAGS = {
+  reserve: {
+    help: "reserve the session first when there is none",
+    group: "Options",
+    schema: bool("--reserve").default(false),
+  },
+  ...DRIVER_CLIENT_FLAGS,
 } as const satisfies Record<string, Flag>;
 
 /** `dpm map`. */
@@ -488,15 +493,7 @@ export const MAP_FLAGS = {
     group: "Options",
     schema: bool("--exact").default(false),
   },
-  json: { help: "print JSON", group: "Options", schema: bool("--json").default(false) },
-  socket: {
-    arg: "<path>",
-    help: "the driver's socket",
-    group: "Options",
-    schema: str("--socket").default("/run/dpm/driver.sock"),
-    dflt: "/run/dpm/driver.sock",
-    complete: "file",
-  },
+  ...DRIVER_CLIENT_FLAGS,
 } as const satisfies Record<string, Flag>;
 
 /** `dpm drop`. */

@@ -402,22 +402,15 @@ async function runMapCommand(args: string[]): Promise<number> {
     values["public-port"] ?? null,
   );
   const socket = String(values.socket ?? "/run/dpm/driver.sock");
-  let res: MapReply;
-  try {
-    res = await requestLocal(socket, {
-      op: "map",
-      proto,
-      port: +port,
-      lifetime,
-      ...(publicPort !== null ? { publicPort } : {}),
-      exact: values.exact === true,
-    }, 15_000) as MapReply;
-  } catch (e) {
-    const error = noDriver(socket, e);
-    if (values.json) console.log(JSON.stringify({ result: "no-driver", error }));
-    else console.error(`dpm: ${error}`);
-    return 3;
-  }
+  const res = await askDriver<MapReply>(socket, {
+    op: "map",
+    proto,
+    port: +port,
+    lifetime,
+    ...(publicPort !== null ? { publicPort } : {}),
+    exact: values.exact === true,
+  }, values.json === true);
+  if (!res) return 3;
   if (values.json) console.log(JSON.stringify(res));
   else if (res.result === "ok" && res.deleted) {
     console.log(`${proto} ${res.local}: mapping deleted`);
@@ -433,9 +426,25 @@ async function runMapCommand(args: string[]): Promise<number> {
   return res.result === "ok" ? 0 : 1;
 }
 
-/** Why no driver answered (the socket layer names permission problems and what to do). */
-function noDriver(socket: string, e: unknown): string {
-  return `no dpm driver answers on ${socket}: ${(e as Error).message}`;
+/**
+ * One request to the driver's socket. Null when no driver answers (not
+ * running, or no permission on its socket; the socket layer names what to
+ * do), after saying so: the caller exits 3, unlike "no such session" (1), so
+ * scripts can tell the two apart.
+ */
+async function askDriver<T>(
+  socket: string,
+  req: Record<string, unknown>,
+  json: boolean,
+): Promise<T | null> {
+  try {
+    return await requestLocal(socket, req, 15_000) as T;
+  } catch (e) {
+    const error = `no dpm driver answers on ${socket}: ${(e as Error).message}`;
+    if (json) console.log(JSON.stringify({ result: "no-driver", error }));
+    else console.error(`dpm: ${error}`);
+    return null;
+  }
 }
 
 async function runQueryCommand(args: string[]): Promise<number> {
@@ -457,23 +466,14 @@ async function runQueryCommand(args: string[]): Promise<number> {
   const remote = parseAddrPort(r);
   if (!remote) throw new UsageError(`Cannot parse remote endpoint "${r}": want addr:port`, "query");
   const socket = String(values.socket ?? "/run/dpm/driver.sock");
-  let res: QueryReply;
-  try {
-    res = await requestLocal(socket, {
-      op: "query",
-      proto: p.toLowerCase(),
-      local: l,
-      remote: r,
-      reserve: values.reserve === true,
-    }, 15_000) as QueryReply;
-  } catch (e) {
-    // No driver (not running, or no permission on its socket): exit 3, unlike
-    // "no such session" (1), so scripts can tell the two apart.
-    const error = noDriver(socket, e);
-    if (values.json) console.log(JSON.stringify({ result: "no-driver", error }));
-    else console.error(`dpm: ${error}`);
-    return 3;
-  }
+  const res = await askDriver<QueryReply>(socket, {
+    op: "query",
+    proto: p.toLowerCase(),
+    local: l,
+    remote: r,
+    reserve: values.reserve === true,
+  }, values.json === true);
+  if (!res) return 3;
   if (values.json) console.log(JSON.stringify(res));
   else if (res.result === "ok") {
     console.log(
