@@ -18,6 +18,15 @@ import { addAddresses, interfaceAddrs, removeAddresses } from "../../linux/iface
 
 const log = logger("server");
 
+/**
+ * An interface name quoted for nft, or a TypeError for a name nft would read
+ * as something else (config validation already limits them).
+ */
+export function quoteIf(name: string): string {
+  if (!/^[A-Za-z0-9_.:@-]{1,15}$/.test(name)) throw new TypeError(`Bad interface name "${name}"`);
+  return `"${name}"`;
+}
+
 /** Contiguous runs of the sorted pool, for `-m iprange` and nft ranges. */
 export function poolRanges(pool: number[]): [number, number][] {
   const out: [number, number][] = [];

@@ -32,7 +32,7 @@ import { type Cidr, formatCidr, formatIPv4 } from "../../wire/addr.ts";
 import type { DriverConfig, ServerConfig } from "../../config.ts";
 import type { ChainSpec } from "../../../linux/iptables.ts";
 import { DEFRAG_ON } from "../../../linux/iptables.ts";
-import { controlPorts, poolRanges, poolRangeText } from "../gateway.ts";
+import { controlPorts, poolRanges, poolRangeText, quoteIf } from "../gateway.ts";
 import { protoName } from "../../wire/meta.ts";
 
 /** The gateway's nftables table. */
@@ -41,12 +41,6 @@ export const SERVER_TABLE = "dpm-server";
 export const DRIVER_TABLE = "dpm-driver";
 /** Packet mark that sends a hairpinned session's packets to the queue (nft sets it, iptables queues). */
 export const QUEUE_MARK = 0x64706d01; // "dpm" 01
-
-/** Rejects interface names nft would read as something else (config validation already limits them). */
-function quoteIf(name: string): string {
-  if (!/^[A-Za-z0-9_.:@-]{1,15}$/.test(name)) throw new TypeError(`Bad interface name "${name}"`);
-  return `"${name}"`;
-}
 
 /**
  * The gateway's table, replacing any previous one in the same transaction

@@ -61,7 +61,7 @@ import { type Cidr, formatCidr, formatIPv4 } from "../../wire/addr.ts";
 import type { ServerConfig } from "../../config.ts";
 import { logger } from "../../runtime/log.ts";
 import { Cleanup } from "../../runtime/cleanup.ts";
-import { controlGuardRules, poolRangeText, prepareGateway } from "../gateway.ts";
+import { controlGuardRules, poolRangeText, prepareGateway, quoteIf } from "../gateway.ts";
 import { type GatewaySession, isMapping, type ServerDataPath } from "../datapath.ts";
 import type { DataPathStatus } from "../../operator/types.ts";
 import { type ChainSpec, DEFRAG_ON, installChains, removeChains } from "../../../linux/iptables.ts";
@@ -85,11 +85,6 @@ export type QueueSession = GatewaySession;
 /** The session's LAN endpoint must be steered into the queue: a mapping or a direct session. */
 export function steered(s: QueueSession): boolean {
   return isMapping(s) || s.direct === true;
-}
-
-function quoteIf(name: string): string {
-  if (!/^[A-Za-z0-9_.:@-]{1,15}$/.test(name)) throw new TypeError(`Bad interface name "${name}"`);
-  return `"${name}"`;
 }
 
 /** The queue path's nftables table as `nft -f` text, replacing any previous one. */
