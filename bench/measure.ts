@@ -11,6 +11,7 @@
  */
 
 import type { Spawned, Topology } from "../testing/topology.ts";
+import { udpBurst } from "../testing/apps.ts";
 
 /** The UDP echo port on the peer used by the latency and session measurements. */
 export const ECHO_PORT = 7000;
@@ -562,8 +563,9 @@ export interface BurstRun {
  * ephemeral ports, each sending its first datagram to `dest` ("ip:port", a
  * testing/apps.ts `udpEcho`, which answers with the source it saw) in one
  * loop, then again every 2 s until answered or `timeoutMs` is up; replies
- * that arrive within 300 ms after the last first reply are kept too. The
- * method of tests/root/loss_root_test.ts's 1,500-session burst, timed.
+ * that arrive within 300 ms after the last first reply are kept too
+ * (testing/apps.ts `udpBurst`, which tests/root/loss_root_test.ts's
+ * 1,500-session burst runs too).
  */
 export async function burstSessions(
   t: Topology,
@@ -572,69 +574,11 @@ export async function burstSessions(
   n: number,
   timeoutMs: number,
 ): Promise<BurstRun> {
-  const j = await python(
-    t,
-    from,
-    `
-import socket, json, time, select, resource
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, ${n} + 256)), hard))
-h, p = "${dest}".rsplit(":", 1)
-dst = (h, int(p))
-socks = []
-for i in range(${n}):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", 0))
-    s.setblocking(False)
-    socks.append(s)
-by_fd = {s.fileno(): s for s in socks}
-sends = {s.fileno(): 0 for s in socks}
-sent_at = {}
-first = {}
-seen = {s.fileno(): [] for s in socks}
-poll = select.poll()
-for s in socks:
-    poll.register(s, select.POLLIN)
-waiting = set(s.fileno() for s in socks)
-now = time.perf_counter_ns
-start = now()
-deadline = start + ${timeoutMs} * 1000000
-next_send = 0
-last = None
-drain_until = None
-while now() < deadline and (waiting or now() < drain_until):
-    if waiting and now() >= next_send:
-        for fd in list(waiting):
-            try:
-                by_fd[fd].sendto(b"burst", dst)
-            except (BlockingIOError, OSError):
-                continue
-            sends[fd] += 1
-            if fd not in sent_at:
-                sent_at[fd] = now()
-        next_send = now() + 2000000000
-    for fd, _ in poll.poll(20):
-        s = by_fd[fd]
-        while True:
-            try:
-                d, a = s.recvfrom(65535)
-            except BlockingIOError:
-                break
-            t1 = now()
-            seen[fd].append(d.decode(errors="replace").split("|")[0].replace("seen ", ""))
-            if fd not in first and fd in sent_at:
-                first[fd] = (t1 - sent_at[fd]) / 1000
-                last = t1
-                waiting.discard(fd)
-                if not waiting:
-                    drain_until = t1 + 300000000
-out = [{"port": by_fd[fd].getsockname()[1], "sends": sends[fd], "firstUs": first.get(fd),
-        "seen": seen[fd]} for fd in by_fd]
-print(json.dumps({"sessions": out, "allUs": (last - start) / 1000 if not waiting and last else None}))
-`,
-    timeoutMs + 60_000,
-  );
-  return j as BurstRun;
+  const r = await t.exec(from, udpBurst(n, dest, { roundMs: timeoutMs }), {
+    timeoutMs: timeoutMs + 60_000,
+  });
+  if (r.code !== 0) throw new Error(`burst probe failed (${r.code}): ${r.stderr}`);
+  return JSON.parse(r.stdout.trim().split("\n").pop()!) as BurstRun;
 }
 
 /** What a burst showed: first round trips, and the sessions that went out untranslated. */

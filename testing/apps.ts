@@ -351,3 +351,100 @@ print("sent", len(sys.argv) - 1, flush=True)
     ...hexPackets,
   ];
 }
+
+/**
+ * A burst of `n` new UDP sessions at once: `n` sockets on fresh ephemeral
+ * ports, each sending its first datagram to `dest` ("ip:port", a
+ * {@linkcode udpEcho}, which answers with the source it saw) in one loop,
+ * then again every 2 s until answered or `roundMs` is up. With `rounds` > 1
+ * the same sockets send again (a round starts when every socket had its
+ * answer or at the deadline; with `gate`, it prints "round N done" and
+ * starts the next only once the file `gate` exists). Replies arriving within
+ * `drainMs` after the last first reply are kept too.
+ *
+ * Prints one JSON line at the end: `{"sessions": [{"port", "sends",
+ * "firstUs", "seen"}], "allUs"}`: per socket its local port, datagrams sent
+ * (every round), the first round's time from its first send to its first
+ * reply in µs (null: never answered), and the source pair the peer saw in
+ * each reply ("ip:port", every round); `allUs` is the first round's time
+ * from the first send to the last first reply (null when one never came).
+ * Used by the loss test and by the benchmark's burst row.
+ */
+export function udpBurst(
+  n: number,
+  dest: string,
+  o: { roundMs: number; rounds?: number; gate?: string; drainMs?: number },
+): string[] {
+  return [
+    "python3",
+    "-u",
+    "-c",
+    `
+import socket, json, time, select, resource, os
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, ${n} + 256)), hard))
+h, p = "${dest}".rsplit(":", 1)
+dst = (h, int(p))
+gate = ${JSON.stringify(o.gate ?? "")}
+socks = []
+for i in range(${n}):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", 0))
+    s.setblocking(False)
+    socks.append(s)
+by_fd = {s.fileno(): s for s in socks}
+sends = {fd: 0 for fd in by_fd}
+sent_at = {}
+first = {}
+seen = {fd: [] for fd in by_fd}
+poll = select.poll()
+for s in socks:
+    poll.register(s, select.POLLIN)
+now = time.perf_counter_ns
+all_us = None
+for r in range(${o.rounds ?? 1}):
+    if r > 0 and gate:
+        print("round %d done" % r, flush=True)
+        while not os.path.exists(gate):
+            time.sleep(0.05)
+    waiting = set(by_fd)
+    start = now()
+    deadline = start + ${o.roundMs} * 1000000
+    next_send = 0
+    last = None
+    drain_until = None
+    while now() < deadline and (waiting or now() < drain_until):
+        if waiting and now() >= next_send:
+            for fd in list(waiting):
+                try:
+                    by_fd[fd].sendto(b"r%d" % r, dst)
+                except (BlockingIOError, OSError):
+                    continue
+                sends[fd] += 1
+                if r == 0 and fd not in sent_at:
+                    sent_at[fd] = now()
+            next_send = now() + 2000000000
+        for fd, _ in poll.poll(20):
+            s = by_fd[fd]
+            while True:
+                try:
+                    d, a = s.recvfrom(65535)
+                except BlockingIOError:
+                    break
+                t1 = now()
+                seen[fd].append(d.decode(errors="replace").split("|")[0].replace("seen ", ""))
+                if fd in waiting:
+                    waiting.discard(fd)
+                    if r == 0 and fd in sent_at:
+                        first[fd] = (t1 - sent_at[fd]) / 1000
+                    last = t1
+                    if not waiting:
+                        drain_until = t1 + ${o.drainMs ?? 300} * 1000000
+    if r == 0 and not waiting and last:
+        all_us = (last - start) / 1000
+out = [{"port": by_fd[fd].getsockname()[1], "sends": sends[fd], "firstUs": first.get(fd),
+        "seen": seen[fd]} for fd in by_fd]
+print(json.dumps({"sessions": out, "allUs": all_us}))
+`,
+  ];
+}

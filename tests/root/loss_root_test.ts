@@ -18,18 +18,16 @@
 import assert from "node:assert/strict";
 import type { Topology } from "../../testing/topology.ts";
 import { type Dpm, DPM_ENV, dpmCommand, serveApp, withDpm } from "../../testing/launch.ts";
-import { udpEcho } from "../../testing/apps.ts";
+import { udpBurst, udpEcho } from "../../testing/apps.ts";
 import { waitFor } from "../../testing/wait.ts";
 import { needsRoot } from "../../testing/root.ts";
 
 const SAN = { sanitizeOps: false, sanitizeResources: false };
 
 /**
- * `n` UDP sockets (ephemeral ports) each sending to `dest` at once, then
- * again every `resendMs` until answered, for `rounds` rounds (each round
- * starts when every socket had its answer, or at its deadline; with `gate`,
- * it prints "round N done" and starts the next one only once the file
- * `gate` exists). Prints {"local port": ["seen ip:port" of every reply]}.
+ * `n` UDP sockets each sending to `dest` at once ({@linkcode udpBurst}), for
+ * `rounds` rounds. The command and how to read its output: {"local port":
+ * ["ip:port" the peer saw in each reply]}.
  */
 function burstClient(
   n: number,
@@ -38,55 +36,15 @@ function burstClient(
   roundMs: number,
   gate = "",
 ): string[] {
-  return [
-    "python3",
-    "-u",
-    "-c",
-    `
-import socket, json, time, select, resource, os
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, ${n} + 256)), hard))
-h, p = "${dest}".rsplit(":", 1)
-dst = (h, int(p))
-socks = []
-for i in range(${n}):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", 0))
-    s.setblocking(False)
-    socks.append(s)
-by_fd = {s.fileno(): s for s in socks}
-seen = {s.getsockname()[1]: [] for s in socks}
-poll = select.poll()
-for s in socks:
-    poll.register(s, select.POLLIN)
-for r in range(${rounds}):
-    if r > 0 and ${JSON.stringify(gate)}:
-        print("round %d done" % r, flush=True)
-        while not os.path.exists(${JSON.stringify(gate)}):
-            time.sleep(0.05)
-    waiting = set(socks)
-    deadline = time.time() + ${roundMs / 1000}
-    next_send = 0
-    while waiting and time.time() < deadline:
-        if time.time() >= next_send:
-            for s in waiting:
-                try:
-                    s.sendto(b"r%d" % r, dst)
-                except BlockingIOError:
-                    pass
-            next_send = time.time() + 2
-        for fd, _ in poll.poll(100):
-            s = by_fd[fd]
-            while True:
-                try:
-                    d, a = s.recvfrom(65535)
-                except BlockingIOError:
-                    break
-                seen[s.getsockname()[1]].append(d.decode().split("|")[0])
-                waiting.discard(s)
-print(json.dumps(seen))
-`,
-  ];
+  return udpBurst(n, dest, { rounds, roundMs, gate });
+}
+
+/** The per-port replies of a {@linkcode burstClient} run. */
+function burstSeen(stdout: string): Record<string, string[]> {
+  const run = JSON.parse(stdout.trim().split("\n").pop()!) as {
+    sessions: { port: number; seen: string[] }[];
+  };
+  return Object.fromEntries(run.sessions.map((x) => [String(x.port), x.seen]));
 }
 
 async function driverStatus(t: Topology, d: Dpm, host: string) {
@@ -203,7 +161,7 @@ for (const datapath of ["kernel", "queue"] as const) {
         const status = await app.status;
         assert.equal(status.code, 0, app.stderr());
         const r = { stdout: app.stdout() };
-        const seen = JSON.parse(r.stdout.trim().split("\n").pop()!) as Record<string, string[]>;
+        const seen = burstSeen(r.stdout);
         const st = await driverStatus(t, d, "h1");
         const mine = st.sessions.filter((s) => s.local.startsWith(`${h1.addrText}:`));
         console.log(
@@ -241,7 +199,7 @@ Deno.test(needsRoot({
       await warmUp(t, h1.ns, dest);
       const r = await t.exec(h1.ns, burstClient(1500, dest, 1, 40_000), { timeoutMs: 90_000 });
       assert.equal(r.code, 0, r.stderr);
-      const seen = JSON.parse(r.stdout.trim().split("\n").pop()!) as Record<string, string[]>;
+      const seen = burstSeen(r.stdout);
       assert.equal(Object.keys(seen).length, 1500);
       const st = await driverStatus(t, d, "h1");
       assert.equal(st.stats.fellBack ?? 0, 0, JSON.stringify(st.stats));
