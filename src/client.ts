@@ -6,7 +6,11 @@
  *
  * It speaks to the driver's query socket (`$DPM_DRIVER_SOCKET`, else
  * `/run/dpm/driver.sock`; see `dpm driver --socket` and `--socket-group`);
- * the driver answers only what it knows of this host's sessions.
+ * the driver answers only what it knows of this host's sessions. On a
+ * socket open to a group, a user other than root is answered only about
+ * its own ports (those a socket of that user holds: UDP bound, TCP
+ * listening or connected); anything else throws {@linkcode SessionRefused}
+ * with reason `"not-yours"`.
  *
  * @example Learn the public pair before sending
  * ```ts ignore
@@ -83,13 +87,28 @@ export class DriverUnavailable extends Error {
   override name = "DriverUnavailable";
 }
 
-/** The server refused the session (conflict, quota, ...), or the driver could not ask it. */
+/**
+ * The server refused the session (conflict, quota, ...), the driver could
+ * not ask it, or the driver refused to answer this user (`"not-yours"`).
+ */
 export class SessionRefused extends Error {
   override name = "SessionRefused";
-  /** The reason as dpm names it ("conflict", "quota-exceeded", "server-unreachable", ...). */
-  constructor(readonly reason: string, what: string) {
-    super(`${what}: ${reason}`);
+  /**
+   * The reason as dpm names it ("conflict", "quota-exceeded",
+   * "server-unreachable", ...; "not-yours": the port is not held by a socket
+   * of the asking user, or the driver cannot tell who asks). `detail` is the
+   * driver's explanation, when it gave one.
+   */
+  constructor(readonly reason: string, what: string, readonly detail = "") {
+    super(`${what}: ${reason}${detail ? ` (${detail})` : ""}`);
   }
+}
+
+/** The driver's refusal of another user's port, as {@linkcode SessionRefused}; null otherwise. */
+function notYours(res: Record<string, unknown>, what: string): SessionRefused | null {
+  return res.result === "not-yours"
+    ? new SessionRefused("not-yours", what, typeof res.error === "string" ? res.error : "")
+    : null;
 }
 
 type Proto = "udp" | "tcp" | "icmp";
@@ -116,6 +135,8 @@ async function ask(
   }
   const what = `${proto} ${local} -> ${remote}`;
   if (res.result === "no-session") return null;
+  const refused = notYours(res, what);
+  if (refused) throw refused;
   if (res.result !== "ok") {
     throw new SessionRefused(String(res.error ?? res.result ?? "unknown answer"), what);
   }
@@ -136,7 +157,8 @@ async function ask(
  * driver knows no such session.
  *
  * @throws {DriverUnavailable} when no driver answers
- * @throws {SessionRefused} when the session exists but was refused
+ * @throws {SessionRefused} when the session exists but was refused, or
+ *   ("not-yours") the local port is not the calling user's
  */
 export function queryPublic(
   proto: Proto,
@@ -152,7 +174,8 @@ export function queryPublic(
  * and returns its public pair: what the remote will see as the source.
  *
  * @throws {DriverUnavailable} when no driver answers
- * @throws {SessionRefused} when the server refuses it
+ * @throws {SessionRefused} when the server refuses it, or ("not-yours")
+ *   the local port is not the calling user's
  */
 export async function reserve(
   proto: Proto,
@@ -197,7 +220,8 @@ export interface Mapping {
  *
  * @throws {DriverUnavailable} when no driver answers
  * @throws {SessionRefused} when the server refuses it ("conflict",
- *   "quota-exceeded", ...); a delete of a mapping that does not exist succeeds
+ *   "quota-exceeded", ...; "not-yours": no socket of the calling user holds
+ *   the port); a delete of a mapping that does not exist succeeds
  */
 export async function map(
   proto: "udp" | "tcp",
@@ -219,7 +243,7 @@ export async function map(
     throw new DriverUnavailable(`no dpm driver answers on ${socket}: ${(e as Error).message}`);
   }
   if (res.result !== "ok") {
-    throw new SessionRefused(
+    throw notYours(res, `map ${proto} ${port}`) ?? new SessionRefused(
       String(res.error ?? res.result ?? "unknown answer"),
       `map ${proto} ${port}`,
     );

@@ -398,7 +398,7 @@ export const DRIVER_FLAGS = {
   "socket-group": {
     arg: "<group>",
     help:
-      "let this group's members use the query socket (mode 0660): dpm query, dpm map, the client API (default: root only, 0600)",
+      "let this group's members use the query socket (mode 0660): dpm query, dpm map, the client API; each user is answered about its own ports only, root about all (default: root only, 0600)",
     group: "Control plane",
     schema: str("--socket-group").nullable().default(null),
   },

@@ -227,10 +227,11 @@ async function runStatusCommand(args: string[]): Promise<number> {
         "status",
       );
     }
-    const res = await requestLocal(path, { op: "status" });
+    const res = await requestLocal(path, { op: "status" }) as Record<string, unknown>;
     if (values.json) console.log(JSON.stringify(res, null, 2));
-    else console.log(formatDriverStatus(res as DriverStatusReply));
-    return 0;
+    else if (typeof res.result === "string") return failed(res); // refused (not-yours)
+    else console.log(formatDriverStatus(res as unknown as DriverStatusReply));
+    return typeof res.result === "string" ? 1 : 0;
   }
   const out = new Output();
   if (values.watch) {
@@ -418,6 +419,8 @@ async function runMapCommand(args: string[]): Promise<number> {
     console.log(
       `${proto} ${res.public} -> ${res.local} (every remote; expires in ${res.expiresIn}s)`,
     );
+  } else if (res.result === "not-yours") {
+    console.error(`dpm: map ${proto} ${port} refused, not yours: ${res.error ?? ""}`);
   } else {
     console.error(
       `dpm: map ${proto} ${res.local ?? port}: ${res.result}${res.error ? ` (${res.error})` : ""}`,
@@ -482,6 +485,10 @@ async function runQueryCommand(args: string[]): Promise<number> {
           res.shared ? ", shared by remote" : ""
         }, ` +
         `expires in ${res.expiresIn}s)`,
+    );
+  } else if (res.result === "not-yours") {
+    console.error(
+      `dpm: query ${p.toLowerCase()} ${l} -> ${r} refused, not yours: ${res.error ?? ""}`,
     );
   } else {console.log(
       `${p.toLowerCase()} ${l} -> ${r}: ${res.result}${res.error ? ` (${res.error})` : ""}`,

@@ -17,6 +17,16 @@
  * ones, and re-reserves everything when the server's epoch changes (the
  * server restarted without its state).
  *
+ * Whose sessions. On a socket open to a group (`--socket-group`) the
+ * driver is told who asks ({@linkcode Asker}, from the socket layer) and
+ * answers per user: root (and an asker not told, on a root-only socket)
+ * gets everything; another user only the sessions and mappings of local
+ * ports a socket of theirs holds, as {@linkcode OwnerOf} (the host's socket
+ * tables, injected) says at the time of the request; anything else is
+ * refused with `not-yours` and the reason. An ICMP session has no socket
+ * to tell its owner: root's only. An asker who could not be told is
+ * refused everything.
+ *
  * If the server refuses a session (conflict, quota, ...), the held packets
  * are dropped and the application gets an ICMP "administratively
  * prohibited" error, so it sees a clear refusal rather than a silent
@@ -128,7 +138,26 @@ export interface DriverCoreOptions {
   now?: () => number;
   /** The host's own address toward the gateway (the `a` of its mappings); 0: unknown. */
   local?: number;
+  /** Who holds a local port, for answers per user (none: only root is answered then). */
+  ownerOf?: OwnerOf;
 }
+
+/**
+ * Who sent a request on the query socket: the uid of the process that
+ * connected, or null (with `why`) when it could not be told. No asker at
+ * all means a socket only root can reach: everything is answered.
+ */
+export interface Asker {
+  uid: number | null;
+  why?: string;
+}
+
+/**
+ * The uid of the socket(s) holding local port `port` of `proto`
+ * (IPPROTO_UDP or IPPROTO_TCP) on this host; null when none does, or when
+ * sockets of several users share it.
+ */
+export type OwnerOf = (proto: number, port: number) => number | null;
 
 /** An inbound mapping this host asked for with `dpm map` (the server's MAP). */
 export interface HostMapping {
@@ -163,6 +192,7 @@ export class DriverCore {
   readonly #fixed: Set<number>;
   readonly #client: ControlTransport;
   readonly #local: number;
+  readonly #ownerOf: OwnerOf | null;
   /** Inbound mappings this host holds, by proto * 65536 + pa. */
   readonly #maps = new Map<number, HostMapping>();
   /** The server's cookie for this host (docs/protocol.md, Cookies). */
@@ -207,6 +237,7 @@ export class DriverCore {
     this.#fixed = new Set(cfg.fixedPorts);
     this.now = opts.now ?? Date.now;
     this.#local = opts.local ?? 0;
+    this.#ownerOf = opts.ownerOf ?? null;
     if ("onLate" in client) client.onLate = (res) => this.#onLate(res);
   }
 
@@ -901,9 +932,12 @@ export class DriverCore {
   /**
    * Answers `dpm query` (claims 11, 19, 24): the public pair of the session
    * (proto, local, remote); with `reserve`, reserves it first when absent.
+   * Also `map`, `status` and `sessions`. `asker` (absent: root's socket)
+   * limits the answers to that user's (see the module documentation).
    */
   async query(
     req: unknown,
+    asker?: Asker,
   ): Promise<QueryReply | MapReply | { sessions: unknown[] } | DriverStatusReply> {
     const r = req as {
       op?: unknown;
@@ -912,8 +946,14 @@ export class DriverCore {
       remote?: unknown;
       reserve?: unknown;
     };
-    if (r?.op === "sessions") return { sessions: [...this.sessions()].map((s) => this.#view(s)) };
-    if (r?.op === "map") return await this.map(r as Record<string, unknown>);
+    const only = this.#scope(asker);
+    if (typeof only === "object" && only !== null) return only;
+    const mine = (proto: number, port: number) =>
+      only === null || this.#notYours(only, proto, port) === null;
+    const sessions = () =>
+      [...this.sessions()].filter((s) => mine(s.proto, s.pa)).map((s) => this.#view(s));
+    if (r?.op === "sessions") return { sessions: sessions() };
+    if (r?.op === "map") return await this.map(r as Record<string, unknown>, only);
     if (r?.op === "status") {
       return {
         role: "driver",
@@ -921,8 +961,10 @@ export class DriverCore {
         epoch: this.#epoch,
         dataPath: this.#dp?.status() ?? { kind: "off", state: "off", reinstalls: 0 },
         stats: this.stats(),
-        sessions: [...this.sessions()].map((s) => this.#view(s)),
-        mappings: this.mappings(),
+        sessions: sessions(),
+        mappings: [...this.#maps.values()].filter((m) => mine(m.proto, m.pa)).map((m) =>
+          this.#mapView(m)
+        ),
         control: this.controlView(),
       };
     }
@@ -934,6 +976,11 @@ export class DriverCore {
     const remote = typeof r.remote === "string" ? parseAddrPort(r.remote) : null;
     if (proto === undefined || !local || !remote) {
       return { result: "error", error: "Malformed query" };
+    }
+    if (only !== null) {
+      // Before looking: another user's sessions are not even said to exist.
+      const why = this.#notYours(only, proto, local.port);
+      if (why !== null) return { result: "not-yours", error: why };
     }
     let s = this.#get(proto, local.addr, local.port, remote.addr, remote.port);
     if (!s && r.reserve === true) {
@@ -954,9 +1001,41 @@ export class DriverCore {
   }
 
   /**
+   * Whose requests these are: null answers everything (no asker: root's
+   * socket; or root); a uid limits the answers to that user's ports; a
+   * refusal when the asker could not be told.
+   */
+  #scope(asker: Asker | undefined): number | null | QueryReply {
+    if (asker === undefined || asker.uid === 0) return null;
+    if (asker.uid === null) {
+      return {
+        result: "not-yours",
+        error: `The driver cannot tell which user asks (${
+          asker.why ?? "no reason given"
+        }), so it answers root only on this socket`,
+      };
+    }
+    return asker.uid;
+  }
+
+  /** Why user `uid` may not ask about `proto` port `port`; null when it may. */
+  #notYours(uid: number, proto: number, port: number): string | null {
+    if (proto === IPPROTO_ICMP) {
+      return "An ICMP session has no socket that tells its owner: only root may ask about it";
+    }
+    const owner = this.#ownerOf ? this.#ownerOf(proto, port) : null;
+    if (owner === uid) return null;
+    const what = `${protoName(proto)} port ${port}`;
+    return owner === null
+      ? `No socket of yours (uid ${uid}) holds ${what} (alone): bind it first (TCP: listen or connect)`
+      : `${what} is held by another user's socket, not by yours (uid ${uid})`;
+  }
+
+  /**
    * `dpm map`: creates, renews (asked again) or deletes (lifetime 0) the
    * inbound mapping of this host's `proto` port `port`: every remote's
-   * packets to the public pair it answers reach `a:port`.
+   * packets to the public pair it answers reach `a:port`. With `only` (a
+   * uid), only a port a socket of that user holds now.
    */
   async map(r: {
     proto?: unknown;
@@ -964,7 +1043,7 @@ export class DriverCore {
     lifetime?: unknown;
     publicPort?: unknown;
     exact?: unknown;
-  }): Promise<MapReply> {
+  }, only: number | null = null): Promise<MapReply> {
     const proto = protoNumber(String(r.proto));
     const port = Number(r.port);
     const lifetime = r.lifetime === undefined ? DEFAULT_MAP_LIFETIME : Number(r.lifetime);
@@ -977,6 +1056,10 @@ export class DriverCore {
     }
     if (!Number.isInteger(port) || port < 1 || port > 65535) {
       return { result: "error", error: `Bad port ${JSON.stringify(r.port)}: want 1-65535` };
+    }
+    if (only !== null) {
+      const why = this.#notYours(only, proto, port);
+      if (why !== null) return { result: "not-yours", proto: protoName(proto), error: why };
     }
     if (!Number.isInteger(lifetime) || lifetime < 0 || lifetime > 0xffffffff) {
       return {

@@ -8,6 +8,12 @@
  * the server) so that established sessions survive a restart; the next start
  * adopts them; `dpm driver --cleanup` releases them and removes the rules.
  *
+ * With `--socket-group` the query socket is open to a group, and the driver
+ * answers per user: the socket layer learns each asker's uid from the
+ * kernel (`linux/sockdiag.ts`), and the core is told who holds a local port
+ * from the host's socket tables (`linux/procnet.ts`, read at most once per
+ * answer). The driver's own uid (root, as a rule) is answered everything.
+ *
  * @module
  */
 
@@ -20,7 +26,8 @@ import { lockRole } from "../runtime/lock.ts";
 import { notify } from "../runtime/notify.ts";
 import { serveMetrics } from "../operator/metrics.ts";
 import { ensureSocketDir, serveLocal } from "../operator/socket.ts";
-import { DriverCore } from "./core.ts";
+import { type Asker, DriverCore, type OwnerOf } from "./core.ts";
+import { IPPROTO_TCP, IPPROTO_UDP } from "../wire/packet.ts";
 
 const log = logger("driver");
 
@@ -49,7 +56,13 @@ export async function runDriver(
       ...(local !== null ? { localAddr: formatIPv4(local) } : {}),
     });
     undo.push(() => client.close());
-    const core = new DriverCore(cfg, client, { lan, ephemeral, local: local ?? 0 });
+    const ownerOf = cfg.socketGroup ? await portOwnerReader() : undefined;
+    const core = new DriverCore(cfg, client, {
+      lan,
+      ephemeral,
+      local: local ?? 0,
+      ...(ownerOf ? { ownerOf } : {}),
+    });
     const onFatal = (e: Error) => {
       log.error(`data path failed: ${e.message}`);
       stop(1);
@@ -92,8 +105,14 @@ export async function runDriver(
       const startedAt = Date.now();
       undo.push(await serveMetrics(cfg.metricsAddr, () => driverFamilies(core, startedAt)));
     }
-    const sock = await serveLocal(cfg.socket, (req) => core.query(req), {
+    // On a group's socket every request says who asks; the driver's own uid is trusted.
+    const self = Deno.uid();
+    const asker = (peer: Asker | undefined) =>
+      peer === undefined || (peer.uid !== null && peer.uid === self) ? undefined : peer;
+    const peers = cfg.socketGroup ? (await import("../../linux/sockdiag.ts")).AcceptedPeers : null;
+    const sock = await serveLocal(cfg.socket, (req, peer) => core.query(req, asker(peer)), {
       group: cfg.socketGroup,
+      ...(peers ? { peers: (path: string) => new peers(path) } : {}),
     });
     undo.push(() => sock.close());
     const timer = setInterval(() => core.tick(), 500);
@@ -117,4 +136,32 @@ export async function runDriver(
     await undo.run();
     return 1;
   }
+}
+
+/**
+ * The owner of a local port from `/proc/net/{udp,tcp}[6]`: one uid, or null
+ * when no socket (or sockets of several users) hold it. Each table is read
+ * once per answer (the snapshot is dropped when the answer's synchronous
+ * work is done), so a status of many sessions reads it once.
+ */
+async function portOwnerReader(): Promise<OwnerOf> {
+  const { ownersByPort, readProcNet } = await import("../../linux/procnet.ts");
+  const snap = new Map<string, Map<number, number[]>>();
+  return (proto, port) => {
+    const name = proto === IPPROTO_TCP ? "tcp" : proto === IPPROTO_UDP ? "udp" : null;
+    if (name === null) return null;
+    let t = snap.get(name);
+    if (!t) {
+      try {
+        t = ownersByPort(readProcNet(name));
+      } catch (e) {
+        log.warn(`cannot read /proc/net/${name}: ${(e as Error).message}`);
+        return null;
+      }
+      snap.set(name, t);
+      queueMicrotask(() => snap.delete(name));
+    }
+    const uids = t.get(port) ?? [];
+    return uids.length === 1 ? uids[0]! : null;
+  };
 }

@@ -14,6 +14,18 @@
  * one string and a slow reader slows the producer, not the memory. The
  * stream stops when the client goes away. {@linkcode streamLocal} reads one.
  *
+ * ## Who asks
+ *
+ * With `peers` (the driver's socket with `--socket-group`, open to a
+ * group), every accepted connection is told who connected before its
+ * request is read: a {@linkcode PeerFinder} is asked right before and right
+ * after each accept, and the handler gets the {@linkcode Peer} (uid, or
+ * null and why not) beside the request. Deno's Unix sockets give neither
+ * the peer's credentials (`SO_PEERCRED`) nor the descriptor, so the finder
+ * asks the kernel's socket tables instead (`linux/sockdiag.ts`). Without
+ * `peers` (a 0600 socket: only its owner, root, can connect) the handler
+ * gets no peer.
+ *
  * @module
  */
 
@@ -23,8 +35,30 @@ const log = logger("local");
 const MAX_REQUEST = 64 * 1024;
 const REQUEST_TIMEOUT_MS = 30_000;
 
-/** Handles one decoded request object; returns the response object (or a stream). */
-export type LocalHandler = (req: unknown) => Promise<unknown> | unknown;
+/**
+ * Handles one decoded request object; returns the response object (or a
+ * stream). `peer` is who connected, when the server was given a
+ * {@linkcode PeerFinder}.
+ */
+export type LocalHandler = (req: unknown, peer?: Peer) => Promise<unknown> | unknown;
+
+/** Who is at the other end of a connection: a uid, or null and why it is not known. */
+export interface Peer {
+  uid: number | null;
+  /** Why `uid` is null. */
+  why?: string;
+}
+
+/**
+ * Tells who connected (`linux/sockdiag.ts` `AcceptedPeers`). The server
+ * calls {@linkcode mark} synchronously right before each accept and
+ * {@linkcode peer} synchronously as soon as it returns a connection.
+ */
+export interface PeerFinder {
+  mark(): void;
+  peer(): Peer;
+  close(): void;
+}
 
 /** Bytes a stream's items are gathered into before one write. */
 export const STREAM_CHUNK = 64 * 1024;
@@ -109,7 +143,7 @@ export interface LocalServer extends AsyncDisposable {
 export async function serveLocal(
   path: string,
   handler: LocalHandler,
-  opts: { group?: string | null } = {},
+  opts: { group?: string | null; peers?: (path: string) => PeerFinder } = {},
 ): Promise<LocalServer> {
   const dir = path.slice(0, path.lastIndexOf("/")) || "/";
   // Resolved first: a bad group fails before anything is created.
@@ -151,10 +185,23 @@ export async function serveLocal(
   }
   let closed = false;
   const conns = new Set<Deno.Conn>();
+  const finder = opts.peers ? opts.peers(path) : null;
   const loop = (async () => {
-    for await (const conn of listener) {
+    for (;;) {
+      // One accept at a time: the finder sees each connection appear alone.
+      finder?.mark();
+      let conn: Deno.Conn;
+      try {
+        conn = await listener.accept();
+      } catch (e) {
+        // Closed: as the listener's own iterator ends.
+        if (e instanceof Deno.errors.BadResource || e instanceof Deno.errors.Interrupted) break;
+        throw e;
+      }
+      const peer = finder?.peer();
+      if (peer && peer.uid === null) log.debug(`operator connection: asker unknown: ${peer.why}`);
       conns.add(conn);
-      serveConn(conn, handler).finally(() => conns.delete(conn));
+      serveConn(conn, handler, peer).finally(() => conns.delete(conn));
     }
   })().catch((e) => {
     if (!closed) log.error(`operator socket ${path} failed: ${e}`);
@@ -163,6 +210,7 @@ export async function serveLocal(
     if (closed) return;
     closed = true;
     listener.close();
+    finder?.close();
     for (const c of conns) {
       try {
         c.close();
@@ -211,7 +259,7 @@ export async function groupId(group: string): Promise<number> {
   );
 }
 
-async function serveConn(conn: Deno.Conn, handler: LocalHandler): Promise<void> {
+async function serveConn(conn: Deno.Conn, handler: LocalHandler, peer?: Peer): Promise<void> {
   // A client that connects and says nothing is cut off.
   const timer = setTimeout(() => {
     try {
@@ -232,7 +280,9 @@ async function serveConn(conn: Deno.Conn, handler: LocalHandler): Promise<void> 
       }
       res = req === undefined
         ? { error: "Request is not JSON" }
-        : await Promise.resolve(handler(req)).catch((e) => ({ error: String(e?.message ?? e) }));
+        : await Promise.resolve(peer ? handler(req, peer) : handler(req)).catch((e) => ({
+          error: String(e?.message ?? e),
+        }));
     }
     if (res instanceof LocalStream) {
       // The client says nothing more; its EOF (or a reset) means it has gone.

@@ -1,0 +1,114 @@
+/**
+ * Who holds a local port: the kernel's socket tables as `/proc/net/udp`,
+ * `/proc/net/tcp` (and their IPv6 twins `udp6`, `tcp6`, since a dual-stack
+ * socket bound to `::` also receives IPv4) list them, one socket a line,
+ * with the uid that created it. The files show the sockets of the reading
+ * process's network namespace.
+ *
+ * A line is `sl: local rem st tx:rx tr:when retrnsmt uid timeout inode ...`
+ * with addresses in hex as the kernel stores them and ports in hex (host
+ * order as text, so `0035` is port 53). TCP lists listening and connected
+ * sockets (a socket only bound, neither listening nor connected, is not
+ * listed anywhere); TIME_WAIT and half-open (SYN_RECV) entries carry
+ * inode 0 and uid 0 whatever their owner was, so they are skipped as owners.
+ *
+ * {@linkcode parseProcNet}, {@linkcode portOwners} and {@linkcode ownersByPort}
+ * are pure; {@linkcode readProcNet} reads the files.
+ * Needs `--allow-read` for the reader, nothing for the parser.
+ *
+ * @module
+ */
+
+/** One socket of a `/proc/net/{udp,tcp}[6]` table. */
+export interface ProcNetSocket {
+  /** The local address as the kernel prints it (8 hex digits IPv4, 32 IPv6). */
+  localAddr: string;
+  localPort: number;
+  remoteAddr: string;
+  remotePort: number;
+  /** The `st` column: TCP state (0x0A LISTEN, 0x01 ESTABLISHED...), UDP 0x07 or 0x01. */
+  state: number;
+  /** The uid that created the socket. */
+  uid: number;
+  /** The socket's inode; 0 for TIME_WAIT and SYN_RECV entries (no socket of their own). */
+  inode: number;
+}
+
+function endpoint(s: string): [string, number] | null {
+  const i = s.lastIndexOf(":");
+  if (i <= 0 || !/^[0-9A-Fa-f]+$/.test(s.slice(0, i)) || !/^[0-9A-Fa-f]{4}$/.test(s.slice(i + 1))) {
+    return null;
+  }
+  return [s.slice(0, i).toUpperCase(), parseInt(s.slice(i + 1), 16)];
+}
+
+/**
+ * The sockets of one `/proc/net/{udp,tcp}[6]` text. The header line and any
+ * line that does not have the expected columns are skipped.
+ */
+export function parseProcNet(text: string): ProcNetSocket[] {
+  const out: ProcNetSocket[] = [];
+  for (const line of text.split("\n")) {
+    const f = line.trim().split(/\s+/);
+    if (f.length < 10 || !/^[0-9]+:$/.test(f[0]!)) continue;
+    const local = endpoint(f[1]!);
+    const remote = endpoint(f[2]!);
+    if (!local || !remote || !/^[0-9A-Fa-f]{2}$/.test(f[3]!)) continue;
+    if (!/^[0-9]+$/.test(f[7]!) || !/^[0-9]+$/.test(f[9]!)) continue;
+    out.push({
+      localAddr: local[0],
+      localPort: local[1],
+      remoteAddr: remote[0],
+      remotePort: remote[1],
+      state: parseInt(f[3]!, 16),
+      uid: Number(f[7]),
+      inode: Number(f[9]),
+    });
+  }
+  return out;
+}
+
+/**
+ * The uids of the sockets bound to local port `port` in `sockets`, sorted,
+ * each once. Entries without a socket (inode 0: TIME_WAIT, SYN_RECV) do not
+ * count.
+ */
+export function portOwners(sockets: Iterable<ProcNetSocket>, port: number): number[] {
+  const uids = new Set<number>();
+  for (const s of sockets) if (s.localPort === port && s.inode !== 0) uids.add(s.uid);
+  return [...uids].sort((a, b) => a - b);
+}
+
+/**
+ * {@linkcode portOwners} of every port at once: local port → the uids of
+ * its sockets, sorted.
+ */
+export function ownersByPort(sockets: Iterable<ProcNetSocket>): Map<number, number[]> {
+  const sets = new Map<number, Set<number>>();
+  for (const s of sockets) {
+    if (s.inode === 0) continue;
+    let u = sets.get(s.localPort);
+    if (!u) sets.set(s.localPort, u = new Set());
+    u.add(s.uid);
+  }
+  const out = new Map<number, number[]>();
+  for (const [port, u] of sets) out.set(port, [...u].sort((a, b) => a - b));
+  return out;
+}
+
+/**
+ * The sockets of protocol `proto` in this process's network namespace: both
+ * `/proc/net/<proto>` and `/proc/net/<proto>6` (a missing IPv6 table, IPv6
+ * being off, is no error).
+ *
+ * @throws when `/proc/net/<proto>` cannot be read.
+ */
+export function readProcNet(proto: "udp" | "tcp", dir = "/proc/net"): ProcNetSocket[] {
+  const out = parseProcNet(Deno.readTextFileSync(`${dir}/${proto}`));
+  try {
+    out.push(...parseProcNet(Deno.readTextFileSync(`${dir}/${proto}6`)));
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  return out;
+}
