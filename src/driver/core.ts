@@ -1,5 +1,6 @@
 /**
- * The host role (`dpm driver`).
+ * The host role (`dpm driver`): its sessions, the packets it translates and
+ * the leases it holds for them.
  *
  * Theory of operation. The driver sees every packet the host sends to an
  * address outside the LAN (raw OUTPUT → netfilter queue). For a session it
@@ -12,20 +13,9 @@
  * LAN wire the identifier is Pg. ICMP errors are translated with their quoted
  * headers both ways.
  *
- * It answers `dpm query` with the session's public pair (claims 11, 19, 24),
- * renews sessions that carried traffic before they expire, releases idle
+ * It renews sessions that carried traffic before they expire, releases idle
  * ones, and re-reserves everything when the server's epoch changes (the
  * server restarted without its state).
- *
- * Whose sessions. On a socket open to a group (`--socket-group`) the
- * driver is told who asks ({@linkcode Asker}, from the socket layer) and
- * answers per user: root (and an asker not told, on a root-only socket)
- * gets everything; another user only the sessions and mappings of local
- * ports a socket of theirs holds, as {@linkcode OwnerOf} (the host's socket
- * tables, injected) says at the time of the request; anything else is
- * refused with `not-yours` and the reason. An ICMP session has no socket
- * to tell its owner: root's only. An asker who could not be told is
- * refused everything.
  *
  * If the server refuses a session (conflict, quota, ...), the held packets
  * are dropped and the application gets an ICMP "administratively
@@ -37,10 +27,19 @@
  * on. A grant whose answer came too late, or that the driver no longer
  * wants, is given back.
  *
+ * Where things are. This file: the session indexes, a host packet
+ * translated ({@linkcode DriverCore.handlePacket}: `#outbound`, `#inbound`,
+ * held packets, ICMP refusals), and the reservation client and its leases
+ * (`#reserve`, `#apply`, `#renew`, `#sendRelease`, epoch changes, fall-back
+ * and retry, {@linkcode DriverCore.tick}, kernel activity). The answers to
+ * `dpm query`, `dpm map` and `dpm status --driver`, and whose sessions a
+ * user may see, are in `answers.ts`; the inbound mappings of `dpm map` in
+ * `mappings.ts`; a session's fields and states in `session.ts`.
+ *
  * @module
  */
 
-import { type Cidr, cidrContains, formatIPv4, parseAddrPort } from "../wire/addr.ts";
+import { type Cidr, cidrContains, formatIPv4 } from "../wire/addr.ts";
 import type { DriverConfig } from "../config.ts";
 import { ControlTimeout } from "../control/client.ts";
 import { logger } from "../runtime/log.ts";
@@ -64,60 +63,32 @@ import {
   type HostSessionKey,
   type PacketIO,
 } from "../datapath/datapath.ts";
-import { describeSession, protoName, protoNumber, Verdict } from "../wire/meta.ts";
+import { describeSession, Verdict } from "../wire/meta.ts";
 import type { DataPathStatus, DriverStatusReply, MapReply, QueryReply } from "../operator/types.ts";
 import { buildIcmpError } from "../wire/icmp.ts";
+import {
+  CLOSE_FIN_IN,
+  CLOSE_FIN_OUT,
+  CLOSE_RST,
+  type HostSession,
+  isClosed,
+  newHostSession,
+  State,
+  tcpClose,
+} from "./session.ts";
+import { HostMappings } from "./mappings.ts";
+import { answer, answerMap, type AnswerSource, type Asker, type OwnerOf } from "./answers.ts";
+
+export { type HostSession, State } from "./session.ts";
+export { DEFAULT_MAP_LIFETIME, type HostMapping } from "./mappings.ts";
+export type { Asker, OwnerOf } from "./answers.ts";
 
 const log = logger("driver");
-
-/** Session states on the host. */
-export const State = { PENDING: 0, ACTIVE: 1, REFUSED: 2, BYPASS: 3 } as const;
 
 const MAX_HELD_PER_SESSION = 64;
 const MAX_HELD_TOTAL = 8192;
 /** How long a refusal or a bypass is remembered for a session that stays quiet. */
 const NEGATIVE_IDLE_MS = 30_000;
-
-/** One session as the host knows it. */
-export interface HostSession {
-  state: number;
-  proto: number;
-  a: number;
-  pa: number;
-  x: number;
-  px: number;
-  r: number;
-  p: number;
-  pg: number;
-  replaceable: boolean;
-  replaced: boolean;
-  shared: boolean;
-  /** ms */
-  expiresAt: number;
-  /** ms; when to send the next renew */
-  renewAt: number;
-  /** lifetime granted, s */
-  lifetime: number;
-  /** traffic since the last renew */
-  busy: boolean;
-  lastUsed: number;
-  /** TCP teardown seen: bit 0 FIN out, bit 1 FIN in, bit 2 RST; 7 or 4 means closed. */
-  closing: number;
-  result: number;
-  /** Held packets: queue id, a copy of the bytes, their `NFQA_SKB_INFO` bits (null: none). */
-  held: { id: number; bytes: Uint8Array; skbInfo: number }[] | null;
-  /** Queries waiting for the answer (null: none). */
-  waiters: ((s: HostSession) => void)[] | null;
-  renewing: boolean;
-  /** Removed from the driver's indexes: late answers about it are not applied. */
-  deleted: boolean;
-  /** The gateway port the data path was told about (sessionUp), 0 when none. */
-  programmed: number;
-  /** Kernel packet count at the last activity poll (kernel path). */
-  kernelPackets: number;
-  /** Fallen back (BYPASS): reservations tried again since; renewAt is the next try. */
-  retries: number;
-}
 
 /** How the driver reaches the server: ControlClient over UDP, or an in-memory pipe in tests. */
 export interface ControlTransport {
@@ -143,47 +114,9 @@ export interface DriverCoreOptions {
 }
 
 /**
- * Who sent a request on the query socket: the uid of the process that
- * connected, or null (with `why`) when it could not be told. No asker at
- * all means a socket only root can reach: everything is answered.
- */
-export interface Asker {
-  uid: number | null;
-  why?: string;
-}
-
-/**
- * The uid of the socket(s) holding local port `port` of `proto`
- * (IPPROTO_UDP or IPPROTO_TCP) on this host; null when none does, or when
- * sockets of several users share it.
- */
-export type OwnerOf = (proto: number, port: number) => number | null;
-
-/** An inbound mapping this host asked for with `dpm map` (the server's MAP). */
-export interface HostMapping {
-  proto: number;
-  /** The host's port. */
-  pa: number;
-  /** The public pair every remote reaches `a:pa` at. */
-  r: number;
-  p: number;
-  /** Granted lease, s, and when it ends (ms). */
-  lifetime: number;
-  expiresAt: number;
-  /** What was asked: the suggested public port (0: any) and whether only it will do. */
-  publicPort: number;
-  exact: boolean;
-  /** Being asked again after a server restart. */
-  renewing: boolean;
-}
-
-/** The default lease of `dpm map`, s (as natpmpc's). */
-export const DEFAULT_MAP_LIFETIME = 3600;
-
-/**
  * The driver's state and logic without the kernel: packet handling, the
- * reservation client and query answers; tests drive it with bytes and a
- * real ControlClient.
+ * reservation client, and (through `answers.ts` and `mappings.ts`) query
+ * answers and mappings; tests drive it with bytes and a real ControlClient.
  */
 export class DriverCore {
   readonly #cfg: DriverConfig;
@@ -191,10 +124,10 @@ export class DriverCore {
   readonly #eph: [number, number];
   readonly #fixed: Set<number>;
   readonly #client: ControlTransport;
-  readonly #local: number;
-  readonly #ownerOf: OwnerOf | null;
-  /** Inbound mappings this host holds, by proto * 65536 + pa. */
-  readonly #maps = new Map<number, HostMapping>();
+  /** Inbound mappings this host holds (`dpm map`). */
+  readonly #mappings: HostMappings;
+  /** What the query socket's answers read (see `answers.ts`). */
+  readonly #answers: AnswerSource;
   /** The server's cookie for this host (docs/protocol.md, Cookies). */
   readonly #cookies = new CookieJar();
   readonly now: () => number;
@@ -236,8 +169,30 @@ export class DriverCore {
     this.#eph = opts.ephemeral;
     this.#fixed = new Set(cfg.fixedPorts);
     this.now = opts.now ?? Date.now;
-    this.#local = opts.local ?? 0;
-    this.#ownerOf = opts.ownerOf ?? null;
+    this.#mappings = new HostMappings({
+      local: opts.local ?? 0,
+      now: () => this.now(),
+      ask: (req) => this.#ask(req),
+      noteEpoch: (epoch) => this.#noteEpoch(epoch),
+    });
+    this.#answers = {
+      now: () => this.now(),
+      lan: this.#lan,
+      ownerOf: opts.ownerOf ?? null,
+      mappings: this.#mappings,
+      sessions: () => this.sessions(),
+      find: (proto, a, pa, x, px) => this.#get(proto, a, pa, x, px),
+      reserve: (proto, a, pa, x, px) => {
+        const s = this.#newSession(proto, a, pa, x, px, this.now());
+        this.#reserve(s);
+        return s;
+      },
+      server: () => `${formatIPv4(this.#cfg.server)}:${this.#cfg.serverPort}`,
+      epoch: () => this.#epoch,
+      dataPath: () => this.#dp?.status() ?? { kind: "off", state: "off", reinstalls: 0 },
+      stats: () => this.stats(),
+      control: () => this.controlView(),
+    };
     if ("onLate" in client) client.onLate = (res) => this.#onLate(res);
   }
 
@@ -417,34 +372,7 @@ export class DriverCore {
     px: number,
     now: number,
   ): HostSession {
-    const s: HostSession = {
-      state: State.PENDING,
-      proto,
-      a,
-      pa,
-      x,
-      px,
-      r: 0,
-      p: 0,
-      pg: 0,
-      replaceable: this.isReplaceable(proto, pa),
-      replaced: false,
-      shared: false,
-      expiresAt: 0,
-      renewAt: 0,
-      lifetime: 0,
-      busy: true,
-      lastUsed: now,
-      closing: 0,
-      result: -1,
-      held: null,
-      waiters: null,
-      renewing: false,
-      deleted: false,
-      programmed: 0,
-      kernelPackets: 0,
-      retries: 0,
-    };
+    const s = newHostSession(proto, a, pa, x, px, this.isReplaceable(proto, pa), now);
     this.#put(s);
     return s;
   }
@@ -789,7 +717,7 @@ export class DriverCore {
       );
       this.#epoch = epoch;
       for (const s of this.sessions()) if (s.state === State.ACTIVE) this.#reserveAgain(s);
-      for (const m of this.#maps.values()) this.#mapAgain(m);
+      this.#mappings.again();
       return;
     }
     this.#epoch = epoch;
@@ -823,7 +751,7 @@ export class DriverCore {
     const now = this.now();
     this.#pollActivity(now);
     this.#retryReleases(now);
-    for (const [k, m] of this.#maps) if (now >= m.expiresAt) this.#maps.delete(k);
+    this.#mappings.expire(now);
     for (const s of [...this.sessions()]) {
       if (s.state === State.PENDING) continue;
       if (s.state === State.REFUSED) {
@@ -933,102 +861,13 @@ export class DriverCore {
    * Answers `dpm query` (claims 11, 19, 24): the public pair of the session
    * (proto, local, remote); with `reserve`, reserves it first when absent.
    * Also `map`, `status` and `sessions`. `asker` (absent: root's socket)
-   * limits the answers to that user's (see the module documentation).
+   * limits the answers to that user's (see `answers.ts`).
    */
-  async query(
+  query(
     req: unknown,
     asker?: Asker,
   ): Promise<QueryReply | MapReply | { sessions: unknown[] } | DriverStatusReply> {
-    const r = req as {
-      op?: unknown;
-      proto?: unknown;
-      local?: unknown;
-      remote?: unknown;
-      reserve?: unknown;
-    };
-    const only = this.#scope(asker);
-    if (typeof only === "object" && only !== null) return only;
-    const mine = (proto: number, port: number) =>
-      only === null || this.#notYours(only, proto, port) === null;
-    const sessions = () =>
-      [...this.sessions()].filter((s) => mine(s.proto, s.pa)).map((s) => this.#view(s));
-    if (r?.op === "sessions") return { sessions: sessions() };
-    if (r?.op === "map") return await this.map(r as Record<string, unknown>, only);
-    if (r?.op === "status") {
-      return {
-        role: "driver",
-        server: `${formatIPv4(this.#cfg.server)}:${this.#cfg.serverPort}`,
-        epoch: this.#epoch,
-        dataPath: this.#dp?.status() ?? { kind: "off", state: "off", reinstalls: 0 },
-        stats: this.stats(),
-        sessions: sessions(),
-        mappings: [...this.#maps.values()].filter((m) => mine(m.proto, m.pa)).map((m) =>
-          this.#mapView(m)
-        ),
-        control: this.controlView(),
-      };
-    }
-    if (r?.op !== "query") {
-      return { result: "error", error: `Unknown request ${JSON.stringify(r?.op)}` };
-    }
-    const proto = protoNumber(String(r.proto));
-    const local = typeof r.local === "string" ? parseAddrPort(r.local) : null;
-    const remote = typeof r.remote === "string" ? parseAddrPort(r.remote) : null;
-    if (proto === undefined || !local || !remote) {
-      return { result: "error", error: "Malformed query" };
-    }
-    if (only !== null) {
-      // Before looking: another user's sessions are not even said to exist.
-      const why = this.#notYours(only, proto, local.port);
-      if (why !== null) return { result: "not-yours", error: why };
-    }
-    let s = this.#get(proto, local.addr, local.port, remote.addr, remote.port);
-    if (!s && r.reserve === true) {
-      if (cidrContains(this.#lan, remote.addr)) {
-        return {
-          result: "error",
-          error: `${formatIPv4(remote.addr)} is inside the LAN: no translation`,
-        };
-      }
-      s = this.#newSession(proto, local.addr, local.port, remote.addr, remote.port, this.now());
-      this.#reserve(s);
-    }
-    if (!s) return { result: "no-session" };
-    if (s.state === State.PENDING) {
-      s = await new Promise<HostSession>((resolve) => (s!.waiters ??= []).push(resolve));
-    }
-    return this.#view(s);
-  }
-
-  /**
-   * Whose requests these are: null answers everything (no asker: root's
-   * socket; or root); a uid limits the answers to that user's ports; a
-   * refusal when the asker could not be told.
-   */
-  #scope(asker: Asker | undefined): number | null | QueryReply {
-    if (asker === undefined || asker.uid === 0) return null;
-    if (asker.uid === null) {
-      return {
-        result: "not-yours",
-        error: `The driver cannot tell which user asks (${
-          asker.why ?? "no reason given"
-        }), so it answers root only on this socket`,
-      };
-    }
-    return asker.uid;
-  }
-
-  /** Why user `uid` may not ask about `proto` port `port`; null when it may. */
-  #notYours(uid: number, proto: number, port: number): string | null {
-    if (proto === IPPROTO_ICMP) {
-      return "An ICMP session has no socket that tells its owner: only root may ask about it";
-    }
-    const owner = this.#ownerOf ? this.#ownerOf(proto, port) : null;
-    if (owner === uid) return null;
-    const what = `${protoName(proto)} port ${port}`;
-    return owner === null
-      ? `No socket of yours (uid ${uid}) holds ${what} (alone): bind it first (TCP: listen or connect)`
-      : `${what} is held by another user's socket, not by yours (uid ${uid})`;
+    return answer(this.#answers, req, asker);
   }
 
   /**
@@ -1037,162 +876,19 @@ export class DriverCore {
    * packets to the public pair it answers reach `a:port`. With `only` (a
    * uid), only a port a socket of that user holds now.
    */
-  async map(r: {
+  map(r: {
     proto?: unknown;
     port?: unknown;
     lifetime?: unknown;
     publicPort?: unknown;
     exact?: unknown;
   }, only: number | null = null): Promise<MapReply> {
-    const proto = protoNumber(String(r.proto));
-    const port = Number(r.port);
-    const lifetime = r.lifetime === undefined ? DEFAULT_MAP_LIFETIME : Number(r.lifetime);
-    const publicPort = r.publicPort === undefined ? 0 : Number(r.publicPort);
-    if (proto !== IPPROTO_TCP && proto !== IPPROTO_UDP) {
-      return {
-        result: "error",
-        error: `Cannot map protocol ${JSON.stringify(r.proto)}: want tcp or udp`,
-      };
-    }
-    if (!Number.isInteger(port) || port < 1 || port > 65535) {
-      return { result: "error", error: `Bad port ${JSON.stringify(r.port)}: want 1-65535` };
-    }
-    if (only !== null) {
-      const why = this.#notYours(only, proto, port);
-      if (why !== null) return { result: "not-yours", proto: protoName(proto), error: why };
-    }
-    if (!Number.isInteger(lifetime) || lifetime < 0 || lifetime > 0xffffffff) {
-      return {
-        result: "error",
-        error: `Bad lifetime ${JSON.stringify(r.lifetime)}: want seconds >= 0`,
-      };
-    }
-    if (!Number.isInteger(publicPort) || publicPort < 0 || publicPort > 65535) {
-      return {
-        result: "error",
-        error: `Bad public port ${JSON.stringify(r.publicPort)}: want 1-65535`,
-      };
-    }
-    if (!this.#local) {
-      return { result: "error", error: "This host's address toward the gateway is not known" };
-    }
-    const exact = r.exact === true;
-    const base = { proto: protoName(proto), local: `${formatIPv4(this.#local)}:${port}` };
-    let res: Response;
-    try {
-      res = await this.#ask(this.#mapRequest(proto, port, publicPort, exact, lifetime));
-    } catch (e) {
-      return {
-        result: "server-unreachable",
-        ...base,
-        error: e instanceof ControlTimeout ? "the server did not answer" : (e as Error).message,
-      };
-    }
-    this.#noteEpoch(res.epoch);
-    const k = proto * 65536 + port;
-    if (lifetime === 0) {
-      this.#maps.delete(k);
-      if (res.result === Result.OK) {
-        log.info(`mapping ${base.proto} ${base.local} deleted`);
-        return { result: "ok", ...base, deleted: true };
-      }
-      return { result: resultName(res.result), ...base };
-    }
-    if (res.result !== Result.OK) {
-      log.info(`mapping ${base.proto} ${base.local} refused: ${resultName(res.result)}`);
-      return { result: resultName(res.result), ...base };
-    }
-    const m: HostMapping = {
-      proto,
-      pa: port,
-      r: res.publicAddr,
-      p: res.publicPort,
-      lifetime: res.lifetime,
-      expiresAt: this.now() + res.lifetime * 1000,
-      publicPort,
-      exact,
-      renewing: false,
-    };
-    const had = this.#maps.has(k);
-    this.#maps.set(k, m);
-    log.info(
-      `mapping ${base.proto} ${formatIPv4(m.r)}:${m.p} -> ${base.local} ${
-        had ? "renewed" : "created"
-      } for ${m.lifetime}s`,
-    );
-    return this.#mapView(m);
-  }
-
-  #mapRequest(
-    proto: number,
-    pa: number,
-    publicPort: number,
-    exact: boolean,
-    lifetime: number,
-  ): Request {
-    return {
-      op: Op.MAP,
-      nonce: newNonce(),
-      proto,
-      replaceable: !exact,
-      internalAddr: this.#local,
-      internalPort: pa,
-      remoteAddr: 0,
-      remotePort: publicPort,
-      lifetime,
-    };
-  }
-
-  /** After a server restart: the mapping asked again for the rest of its lease. */
-  #mapAgain(m: HostMapping): void {
-    if (m.renewing) return;
-    const left = Math.ceil((m.expiresAt - this.now()) / 1000);
-    if (left <= 0) return;
-    m.renewing = true;
-    // Ask for the public pair it had, so that whoever learned it can keep using it.
-    this.#ask(this.#mapRequest(m.proto, m.pa, m.p, false, left)).then((res) => {
-      m.renewing = false;
-      const k = m.proto * 65536 + m.pa;
-      if (this.#maps.get(k) !== m) return;
-      if (res.result !== Result.OK) {
-        log.warn(
-          `mapping ${protoName(m.proto)} ${formatIPv4(m.r)}:${m.p} lost after a server restart: ${
-            resultName(res.result)
-          }`,
-        );
-        this.#maps.delete(k);
-        return;
-      }
-      if (res.publicAddr !== m.r || res.publicPort !== m.p) {
-        log.warn(
-          `mapping ${protoName(m.proto)} :${m.pa} moved to ${
-            formatIPv4(res.publicAddr)
-          }:${res.publicPort} after a server restart`,
-        );
-      }
-      m.r = res.publicAddr;
-      m.p = res.publicPort;
-      m.lifetime = res.lifetime;
-      m.expiresAt = this.now() + res.lifetime * 1000;
-    }).catch(() => {
-      m.renewing = false;
-    });
+    return answerMap(this.#answers, r, only);
   }
 
   /** The mappings this host holds (`dpm status --driver`). */
   mappings(): MapReply[] {
-    return [...this.#maps.values()].map((m) => this.#mapView(m));
-  }
-
-  #mapView(m: HostMapping): MapReply {
-    return {
-      result: "ok",
-      proto: protoName(m.proto),
-      local: `${formatIPv4(this.#local)}:${m.pa}`,
-      public: `${formatIPv4(m.r)}:${m.p}`,
-      lifetime: m.lifetime,
-      expiresIn: Math.max(0, Math.round((m.expiresAt - this.now()) / 1000)),
-    };
+    return [...this.#mappings.all()].map((m) => this.#mappings.view(m));
   }
 
   /** When the server last answered / a request last timed out (ms; -1: never). */
@@ -1211,39 +907,6 @@ export class DriverCore {
     };
   }
 
-  #view(s: HostSession): QueryReply & Record<string, unknown> {
-    const base = {
-      proto: protoName(s.proto),
-      local: `${formatIPv4(s.a)}:${s.pa}`,
-      remote: `${formatIPv4(s.x)}:${s.px}`,
-    };
-    if (s.state === State.ACTIVE) {
-      return {
-        result: "ok",
-        ...base,
-        public: `${formatIPv4(s.r)}:${s.p}`,
-        gatewayPort: s.pg,
-        replaced: s.replaced,
-        shared: s.shared,
-        expiresIn: Math.max(0, Math.round((s.expiresAt - this.now()) / 1000)),
-        idle: Math.max(0, Math.round((this.now() - s.lastUsed) / 1000)),
-      };
-    }
-    if (s.state === State.REFUSED) return { result: resultName(s.result), ...base };
-    if (s.state === State.BYPASS) {
-      return {
-        result: "server-unreachable",
-        ...base,
-        fellBack: true,
-        retries: s.retries,
-        ...(s.proto !== IPPROTO_TCP
-          ? { retryIn: Math.max(0, Math.round((s.renewAt - this.now()) / 1000)) }
-          : {}),
-      };
-    }
-    return { result: "pending", ...base };
-  }
-
   /** Counters for logs and tests. */
   stats(): Record<string, unknown> {
     const drops: Record<string, number> = {};
@@ -1260,9 +923,6 @@ export class DriverCore {
   }
 }
 
-const CLOSE_FIN_OUT = 1;
-const CLOSE_FIN_IN = 2;
-const CLOSE_RST = 4;
 /** RFC 5382 REQ-5: an idle established TCP mapping lives at least 2 h 4 min. */
 const TCP_IDLE_MS = 7440_000;
 /** When a refusal that may pass (quota, resources, rate limit) is asked again. */
@@ -1282,16 +942,3 @@ function bypassRetryMs(retries: number): number {
 const TCP_CLOSE_LINGER_MS = 240_000;
 /** The shortest idle time before an idle mapping is given back, by protocol (RFC 4787 REQ-5, RFC 5508 REQ-2). */
 const MIN_IDLE_MS: Record<number, number> = { [IPPROTO_UDP]: 120_000, [IPPROTO_ICMP]: 60_000 };
-
-/** Updates a session's TCP teardown bits from a packet's flags; a SYN starts over. */
-function tcpClose(pkt: Uint8Array, info: PacketInfo, closing: number, finBit: number): number {
-  const flags = pkt[info.l4 + 13]!;
-  if (flags & 0x04) return closing | CLOSE_RST;
-  if (flags & 0x02) return 0;
-  if (flags & 0x01) return closing | finBit;
-  return closing;
-}
-
-function isClosed(closing: number): boolean {
-  return (closing & CLOSE_RST) !== 0 || (closing & 3) === 3;
-}

@@ -254,7 +254,7 @@ test({
 });
 
 // The server translates an ICMP error about a hairpinned session a second
-// time, into the sender's session (src/server/core.ts `#fromLan`).
+// time, into the sender's session (src/server/translate.ts `Translator.#fromLan`).
 test({
   name:
     "conformance root: RFC 5508 REQ-7 a hairpinned ICMP error (port unreachable from the other host) reaches the sender translated",

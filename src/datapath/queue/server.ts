@@ -1,6 +1,6 @@
 /**
  * The gateway's queue data path: every packet of a session crosses user
- * space, where the server's core translates it (`server/core.ts`). This file
+ * space, where the server translates it (`server/translate.ts`). This file
  * opens the netfilter queue, installs the iptables chains that feed it, and
  * pumps packets to the handler. Everything it sets up is undone by `stop`,
  * in reverse order (the sysctls and pool addresses: `datapath/gateway.ts`).

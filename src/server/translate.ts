@@ -1,0 +1,324 @@
+/**
+ * Where a packet is translated at the gateway (the queue data path, and on
+ * the kernel path the packets it queues: ICMP errors and hairpins).
+ *
+ * {@link Translator} owns the rewriting: it reads the session table, writes
+ * the verdict, and counts packets and drops by reason; it decides nothing
+ * about sessions (that is `core.ts`) and never reads the clock. The data
+ * path hands it, through `ServerCore.handlePacket`, packets from the
+ * kernel's netfilter queue (`linux/nfqueue.ts`), all in raw PREROUTING so
+ * that rewritten addresses are routed as rewritten:
+ *
+ * - from the LAN, `a:pa -> G:Pg` (the driver already replaced X:px by G:Pg,
+ *   claim 5): looked up by (proto, a, Pg), rewritten to `R:p -> X:px` (claim 6)
+ *   and forwarded out (`#fromLan`); when X:px is itself a public pair of the
+ *   pool (hairpinning), the packet is translated a second time, inbound, on
+ *   the spot (`#hairpin`);
+ * - from the WAN, `X:px -> R:p`: looked up by (proto, R, p, X, px) — the remote
+ *   endpoint is part of the key, which is how sessions sharing R:p are told
+ *   apart (claims 8-10) — and rewritten to `G:Pg -> a:pa` (`#fromWan`);
+ * - mappings (PCP/NAT-PMP MAP) and direct sessions (PCP PEER, flagged in the
+ *   table): hosts without a driver. From the WAN, `X:px -> R:p` with no
+ *   session of its own goes to the mapping owning `R:p`; a mapping's or a
+ *   direct session's packet becomes `X:px -> a:pa` (the remote's pair kept,
+ *   there is no driver to undo `G:Pg`). From the LAN, the queue data path
+ *   steers exactly those endpoints here (`datapath/queue/server.ts`):
+ *   `a:pa -> X:px` becomes `R:p -> X:px`, from the endpoint's session toward
+ *   X:px, else its mapping (`#fromDirect`). A driver host's mapped endpoint
+ *   works too: its first inbound packet comes through the mapping, its answer
+ *   through its driver as an ordinary session on the mapping's `R:p`.
+ *
+ * ICMP errors are translated both ways with their quoted headers (RFC 5508).
+ * Translated packets are untracked by conntrack (raw `CT --notrack`), so the
+ * kernel's own NAT, which serves hosts without a driver, never touches them.
+ *
+ * @module
+ */
+
+import type { ServerConfig } from "../config.ts";
+import { logger } from "../runtime/log.ts";
+import type { SessionTable } from "../table/table.ts";
+import { Drop, IPPROTO_ICMP, PacketInfo, parse } from "../wire/packet.ts";
+import { rewrite, rewriteIcmpError } from "../wire/rewrite.ts";
+import { Verdict } from "../wire/meta.ts";
+
+const log = logger("server");
+
+/** What the translator reads and counts into; `ServerCore` owns each of them. */
+export interface TranslatorDeps {
+  /** The session table (looked up, and its per-session packet counts moved). */
+  table: SessionTable;
+  /** The server's configuration: G, `lanAddr`, is read. */
+  cfg: Pick<ServerConfig, "lanAddr">;
+  /** Drops by reason (`Drop`), counted here. */
+  drops: Float64Array;
+  /** Packets translated, by direction, counted here. */
+  packets: { in: number; out: number; hairpin: number };
+  /** Told the bytes of each translated packet, per slot and direction (the operator's view). */
+  countBytes: (s: number, outbound: boolean, n: number) => void;
+}
+
+/** The gateway's packet translation, on real packet bytes, in place. */
+export class Translator {
+  readonly #t: SessionTable;
+  readonly #cfg: Pick<ServerConfig, "lanAddr">;
+  readonly #drops: Float64Array;
+  readonly #packets: { in: number; out: number; hairpin: number };
+  readonly #countBytes: (s: number, outbound: boolean, n: number) => void;
+  readonly #info = new PacketInfo();
+  /** `NFQA_SKB_INFO` bits of the packet being translated (see handle). */
+  #skbInfo = 0;
+
+  constructor(deps: TranslatorDeps) {
+    this.#t = deps.table;
+    this.#cfg = deps.cfg;
+    this.#drops = deps.drops;
+    this.#packets = deps.packets;
+    this.#countBytes = deps.countBytes;
+  }
+
+  /**
+   * Translates one queued packet in place. Returns Verdict.MODIFIED when the
+   * bytes were rewritten, ACCEPT to let it pass unchanged, DROP otherwise
+   * (each drop counted by reason). `skbInfo`: the queue's `NFQA_SKB_INFO`
+   * bits for this packet (CHECKSUM_PARTIAL, GSO; see `rewrite`).
+   */
+  handle(pkt: Uint8Array, skbInfo = 0): number {
+    this.#skbInfo = skbInfo;
+    try {
+      return this.#translate(pkt);
+    } catch (e) {
+      // A bug must cost one packet, not the gateway.
+      if (this.#drops[Drop.INTERNAL_ERROR]!++ < 10) {
+        log.error(`translating a packet: ${(e as Error).stack ?? e}`);
+      }
+      return Verdict.DROP;
+    }
+  }
+
+  #translate(pkt: Uint8Array): number {
+    const info = this.#info;
+    const bad = parse(pkt, pkt.length, info);
+    if (bad !== Drop.NONE) {
+      this.#drops[bad]!++;
+      return Verdict.DROP;
+    }
+    if (info.dst === this.#cfg.lanAddr) return this.#fromLan(pkt, info);
+    if (this.#t.isPoolAddress(info.dst)) return this.#fromWan(pkt, info);
+    return this.#fromDirect(pkt, info);
+  }
+
+  /**
+   * A steered endpoint's packet sent straight at its remote, `a:pa -> X:px`
+   * (a host without a driver: its mapping's traffic, or its PCP PEER
+   * session; only the queue path steers these here) → `R:p -> X:px`: the
+   * session toward X:px if the endpoint has one, else its mapping.
+   */
+  #fromDirect(pkt: Uint8Array, info: PacketInfo): number {
+    const t = this.#t;
+    if (info.icmpError || info.proto === IPPROTO_ICMP) {
+      this.#drops[Drop.NOT_OURS]!++;
+      return Verdict.ACCEPT;
+    }
+    let s = t.lookupIdentity(info.proto, info.src, info.sport, info.dst, info.dport);
+    if (s < 0) s = t.lookupMapOf(info.proto, info.src, info.sport);
+    if (s < 0) {
+      // Steered while it had a row (the set lags by one packet at most): it
+      // is untracked now, so letting it pass would leak the private pair.
+      this.#drops[Drop.NO_SESSION]!++;
+      return Verdict.DROP;
+    }
+    if (info.ttl <= 1) {
+      this.#drops[Drop.TTL_EXCEEDED]!++;
+      return Verdict.DROP;
+    }
+    rewrite(pkt, info, t.r(s), t.p(s), info.dst, info.dport, this.#skbInfo);
+    t.count(s, true);
+    this.#countBytes(s, true, pkt.length);
+    this.#packets.out++;
+    return Verdict.MODIFIED;
+  }
+
+  /** a:pa -> G:Pg (or an ICMP error from a about G:Pg -> a:pa) → R:p -> X:px. */
+  #fromLan(pkt: Uint8Array, info: PacketInfo): number {
+    const t = this.#t;
+    const g = this.#cfg.lanAddr;
+    if (info.icmpError) {
+      if (info.innerSrc !== g || info.innerDst !== info.src) {
+        this.#drops[Drop.NOT_OURS]!++;
+        return Verdict.ACCEPT;
+      }
+      const pg = info.innerProto === IPPROTO_ICMP ? info.innerDport : info.innerSport;
+      const s = t.lookupLan(info.innerProto, info.src, pg);
+      if (s < 0) {
+        this.#drops[Drop.NO_SESSION]!++;
+        return Verdict.DROP;
+      }
+      if (t.isPoolAddress(t.x(s))) {
+        // Hairpinned (RFC 5508 REQ-7): the error is about a packet another
+        // host's session sent to this one's public pair. Deliver it to that
+        // host as if from outside: from this host's public address (an error
+        // from G itself would tell the driver the server lost its session),
+        // quoting its own a:pa -> G:Pg.
+        const s2 = t.lookupPublic(info.innerProto, t.x(s), t.px(s), t.r(s), t.p(s));
+        if (s2 < 0) {
+          this.#drops[Drop.NO_SESSION]!++;
+          return Verdict.DROP;
+        }
+        const icmp = info.innerProto === IPPROTO_ICMP;
+        rewriteIcmpError(pkt, info, {
+          outerSrc: t.r(s),
+          outerDst: t.a(s2),
+          innerSrc: t.a(s2),
+          innerSport: icmp ? t.pg(s2) : t.pa(s2),
+          innerDst: g,
+          innerDport: icmp ? 0 : t.pg(s2),
+        }, this.#skbInfo);
+        this.#packets.hairpin++;
+        return Verdict.MODIFIED;
+      }
+      // The quoted packet was G:Pg -> a:pa; outside it was X:px -> R:p.
+      rewriteIcmpError(pkt, info, {
+        outerSrc: t.r(s),
+        outerDst: t.x(s),
+        innerSrc: t.x(s),
+        innerSport: t.px(s),
+        innerDst: t.r(s),
+        innerDport: t.p(s),
+      }, this.#skbInfo);
+      this.#packets.out++;
+      return Verdict.MODIFIED;
+    }
+    const icmp = info.proto === IPPROTO_ICMP;
+    const pg = icmp ? info.sport : info.dport;
+    const s = t.lookupLan(info.proto, info.src, pg);
+    if (s < 0) {
+      // Not a session: the gateway's own business. TCP/UDP to a gateway port get the
+      // kernel's RST or port unreachable, which tells a driver whose session the
+      // server lost. An echo request is a plain ping of the gateway: the kernel
+      // answers it (so the gateway stays pingable from the LAN).
+      this.#drops[Drop.NOT_OURS]!++;
+      return Verdict.ACCEPT;
+    }
+    if (!icmp && t.pa(s) !== info.sport) {
+      this.#drops[Drop.INTERNAL_PORT_MISMATCH]!++;
+      return Verdict.DROP;
+    }
+    if (info.ttl <= 1) {
+      this.#drops[Drop.TTL_EXCEEDED]!++;
+      return Verdict.DROP;
+    }
+    const x = t.x(s);
+    const px = t.px(s);
+    if (t.isPoolAddress(x)) return this.#hairpin(pkt, info, s);
+    rewrite(pkt, info, t.r(s), t.p(s), x, px, this.#skbInfo);
+    t.count(s, true);
+    this.#countBytes(s, true, pkt.length);
+    this.#packets.out++;
+    return Verdict.MODIFIED;
+  }
+
+  /** The remote is another session's public pair: deliver it inside, translated twice. */
+  #hairpin(pkt: Uint8Array, info: PacketInfo, s: number): number {
+    const t = this.#t;
+    const s2 = t.lookupPublic(info.proto, t.x(s), t.px(s), t.r(s), t.p(s));
+    if (s2 < 0) {
+      this.#drops[Drop.NO_SESSION]!++;
+      return Verdict.DROP;
+    }
+    const icmp = info.proto === IPPROTO_ICMP;
+    // Seen from s2's host, the packet comes from s's public pair R:p to its own G:Pg.
+    rewrite(
+      pkt,
+      info,
+      this.#cfg.lanAddr,
+      icmp ? 0 : t.pg(s2),
+      t.a(s2),
+      icmp ? t.pg(s2) : t.pa(s2),
+      this.#skbInfo,
+    );
+    t.count(s, true);
+    t.count(s2, false);
+    this.#countBytes(s, true, pkt.length);
+    this.#countBytes(s2, false, pkt.length);
+    this.#packets.hairpin++;
+    return Verdict.MODIFIED;
+  }
+
+  /** X:px -> R:p (or an ICMP error about R:p -> X:px) → G:Pg -> a:pa. */
+  #fromWan(pkt: Uint8Array, info: PacketInfo): number {
+    const t = this.#t;
+    const g = this.#cfg.lanAddr;
+    if (info.icmpError) {
+      let s = t.lookupPublic(
+        info.innerProto,
+        info.innerSrc,
+        info.innerSport,
+        info.innerDst,
+        info.innerDport,
+      );
+      let direct = s >= 0 && t.direct(s);
+      if (s < 0 && info.innerProto !== IPPROTO_ICMP) {
+        s = t.lookupMapping(info.innerProto, info.innerSrc, info.innerSport);
+        direct = true;
+      }
+      if (s < 0) {
+        this.#drops[Drop.NO_SESSION]!++;
+        return Verdict.DROP;
+      }
+      if (direct) {
+        // A mapping's or a direct session's host sent a:pa -> X:px itself.
+        rewriteIcmpError(pkt, info, {
+          outerSrc: info.src,
+          outerDst: t.a(s),
+          innerSrc: t.a(s),
+          innerSport: t.pa(s),
+          innerDst: info.innerDst,
+          innerDport: info.innerDport,
+        }, this.#skbInfo);
+        t.count(s, false);
+        this.#countBytes(s, false, pkt.length);
+        this.#packets.in++;
+        return Verdict.MODIFIED;
+      }
+      // Outside, the quoted packet was R:p -> X:px; on the LAN it was a:pa -> G:Pg
+      // (ICMP echo: a with identifier Pg -> G). The reporting router keeps its address.
+      const icmp = info.innerProto === IPPROTO_ICMP;
+      rewriteIcmpError(pkt, info, {
+        outerSrc: info.src,
+        outerDst: t.a(s),
+        innerSrc: t.a(s),
+        innerSport: icmp ? t.pg(s) : t.pa(s),
+        innerDst: g,
+        innerDport: icmp ? 0 : t.pg(s),
+      }, this.#skbInfo);
+      t.count(s, false);
+      this.#countBytes(s, false, pkt.length);
+      this.#packets.in++;
+      return Verdict.MODIFIED;
+    }
+    // The remote's own session first; else the mapping that owns R:p for every remote.
+    let s = t.lookupPublic(info.proto, info.dst, info.dport, info.src, info.sport);
+    let direct = s >= 0 && t.direct(s);
+    if (s < 0 && info.proto !== IPPROTO_ICMP) {
+      s = t.lookupMapping(info.proto, info.dst, info.dport);
+      direct = true;
+    }
+    if (s < 0) {
+      this.#drops[Drop.NO_SESSION]!++;
+      return Verdict.DROP;
+    }
+    if (info.ttl <= 1) {
+      this.#drops[Drop.TTL_EXCEEDED]!++;
+      return Verdict.DROP;
+    }
+    const icmp = info.proto === IPPROTO_ICMP;
+    // A mapping or a direct session (no driver to undo G:Pg): X:px -> a:pa, the remote's own pair.
+    if (direct) rewrite(pkt, info, info.src, info.sport, t.a(s), t.pa(s), this.#skbInfo);
+    else rewrite(pkt, info, g, icmp ? 0 : t.pg(s), t.a(s), icmp ? t.pg(s) : t.pa(s), this.#skbInfo);
+    t.count(s, false);
+    this.#countBytes(s, false, pkt.length);
+    this.#packets.in++;
+    return Verdict.MODIFIED;
+  }
+}
