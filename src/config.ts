@@ -559,7 +559,7 @@ export const COMMANDS = {
     synopsis:
       "dpm map <tcp|udp> <local port> [--lifetime <s>] [--public-port <p>] [--exact] [--json] [--socket <path>]",
     about:
-      "Ask the gateway, through the local driver, for an inbound mapping: every outside peer's packets to the public pair it prints reach this host's local port, and the host's own packets from that port leave from it (as PCP MAP). Asked again, it renews; --lifetime 0 deletes it. Exit 0 on success, 1 when refused (or nothing to delete), 2 on bad usage, 3 when no driver answers.",
+      "Ask the gateway, through the local driver, for an inbound mapping: every outside peer's packets to the public pair it prints reach this host's local port, and the host's own packets from that port leave from it (as PCP MAP). Asked again, it renews; --lifetime 0 deletes it (also when there is none). Exit 0 on success, 1 when refused (conflict, quota, not-yours on a --socket-group socket), 2 on bad usage, 3 when no driver answers.",
     flags: MAP_FLAGS,
     config: false,
     args: "<tcp|udp> <local port>",
