@@ -303,7 +303,7 @@ export class AcceptedPeers {
   readonly path: string;
   #diag: UnixDiag | null = null;
   #openError: string | null = null;
-  #before = new Set<number>();
+  #before: Set<number> | null = new Set<number>();
 
   /** @param path the listening socket's path, as bound. */
   constructor(path: string) {
@@ -315,7 +315,8 @@ export class AcceptedPeers {
     try {
       this.#before = socketInodes();
     } catch {
-      this.#before = new Set();
+      // Fail closed: without the snapshot every open connection would look new.
+      this.#before = null;
     }
   }
 
@@ -330,15 +331,24 @@ export class AcceptedPeers {
         }
       }
       if (!this.#diag) return { uid: null, why: this.#openError ?? "no sock_diag" };
-      const fresh = [...socketInodes()].filter((i) => !this.#before.has(i));
+      const before = this.#before;
+      if (before === null) return { uid: null, why: "cannot list this process's sockets" };
+      const fresh = [...socketInodes()].filter((i) => !before.has(i));
       let why = "no new socket appeared across the accept";
+      let found: PeerCred | null = null;
       for (const ino of fresh) {
         const p = this.#diag.peerUid(ino, this.path);
-        if (p.uid !== null) return p;
+        if (p.uid !== null) {
+          // Two new connections on our path (should not happen: one accept per
+          // snapshot): which one is this? Fail closed rather than guess.
+          if (found) return { uid: null, why: "more than one new connection across the accept" };
+          found = p;
+          continue;
+        }
         // A socket named otherwise is someone else's; a reason about ours wins.
         if (!/is not a connection to/.test(p.why ?? "") || fresh.length === 1) why = p.why ?? why;
       }
-      return { uid: null, why };
+      return found ?? { uid: null, why };
     } catch (e) {
       return { uid: null, why: `sock_diag failed: ${(e as Error).message}` };
     }

@@ -184,7 +184,7 @@ export async function answerMap(src: AnswerSource, r: {
       error: `Bad public port ${JSON.stringify(r.publicPort)}: want 1-65535`,
     };
   }
-  return await src.mappings.request(proto, port, publicPort, r.exact === true, lifetime);
+  return await src.mappings.request(proto, port, publicPort, r.exact === true, lifetime, only);
 }
 
 /**

@@ -126,6 +126,9 @@ export class DriverCore {
   readonly #client: ControlTransport;
   /** Inbound mappings this host holds (`dpm map`). */
   readonly #mappings: HostMappings;
+  /** Who owns a local port (`--socket-group`: per-user answers); null when every asker is root. */
+  readonly #ownerOf: OwnerOf | null;
+  #orphanCheckAt = 0;
   /** What the query socket's answers read (see `answers.ts`). */
   readonly #answers: AnswerSource;
   /** The server's cookie for this host (docs/protocol.md, Cookies). */
@@ -175,6 +178,7 @@ export class DriverCore {
       ask: (req) => this.#ask(req),
       noteEpoch: (epoch) => this.#noteEpoch(epoch),
     });
+    this.#ownerOf = opts.ownerOf ?? null;
     this.#answers = {
       now: () => this.now(),
       lan: this.#lan,
@@ -544,6 +548,7 @@ export class DriverCore {
 
   /** An answer that came after its request timed out. */
   #onLate(res: Response): void {
+    if (res.op === Op.MAP) return this.#mappings.late(res);
     if (res.op !== Op.RESERVE || res.result !== Result.OK) return;
     const s = this.#get(
       res.proto,
@@ -752,6 +757,11 @@ export class DriverCore {
     this.#pollActivity(now);
     this.#retryReleases(now);
     this.#mappings.expire(now);
+    if (this.#ownerOf && now >= this.#orphanCheckAt) {
+      // Mappings made for unprivileged users last only while their socket holds the port.
+      this.#orphanCheckAt = now + ORPHAN_CHECK_MS;
+      this.#mappings.revokeOrphans(this.#ownerOf);
+    }
     for (const s of [...this.sessions()]) {
       if (s.state === State.PENDING) continue;
       if (s.state === State.REFUSED) {
@@ -940,5 +950,7 @@ function bypassRetryMs(retries: number): number {
  * (transitory mappings >= 4 min) and RFC 7857 section 2.2 (keep 4 min after an RST).
  */
 const TCP_CLOSE_LINGER_MS = 240_000;
+/** How often the mappings of unprivileged users are checked against their ports' owners. */
+const ORPHAN_CHECK_MS = 5_000;
 /** The shortest idle time before an idle mapping is given back, by protocol (RFC 4787 REQ-5, RFC 5508 REQ-2). */
 const MIN_IDLE_MS: Record<number, number> = { [IPPROTO_UDP]: 120_000, [IPPROTO_ICMP]: 60_000 };

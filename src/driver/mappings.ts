@@ -39,6 +39,11 @@ export interface HostMapping {
   exact: boolean;
   /** Being asked again after a server restart. */
   renewing: boolean;
+  /**
+   * The uid of the unprivileged user (`--socket-group`) it was made for,
+   * while that user's socket holds the port; null when root made it.
+   */
+  owner: number | null;
 }
 
 /** The default lease of `dpm map`, s (as natpmpc's). */
@@ -87,6 +92,7 @@ export class HostMappings {
     publicPort: number,
     exact: boolean,
     lifetime: number,
+    owner: number | null = null,
   ): Promise<MapReply> {
     if (!this.#local) {
       return { result: "error", error: "This host's address toward the gateway is not known" };
@@ -126,6 +132,7 @@ export class HostMappings {
       publicPort,
       exact,
       renewing: false,
+      owner,
     };
     const had = this.#maps.has(k);
     this.#maps.set(k, m);
@@ -195,6 +202,42 @@ export class HostMappings {
       m.expiresAt = this.#now() + res.lifetime * 1000;
     }).catch(() => {
       m.renewing = false;
+    });
+  }
+
+  /**
+   * Deletes the mappings made for an unprivileged user whose socket no
+   * longer holds the port (`ownerOf`: the port's owner now): a mapping must
+   * not outlive the socket that justified it, or whatever binds the port
+   * next would be reachable from outside on that user's word.
+   */
+  revokeOrphans(ownerOf: (proto: number, port: number) => number | null): void {
+    for (const [k, m] of this.#maps) {
+      if (m.owner === null || m.renewing || ownerOf(m.proto, m.pa) === m.owner) continue;
+      this.#maps.delete(k);
+      log.info(
+        `mapping ${protoName(m.proto)} ${formatIPv4(m.r)}:${m.p} -> :${m.pa} deleted: ` +
+          `uid ${m.owner} no longer holds the port`,
+      );
+      this.#deleteAtServer(m.proto, m.pa);
+    }
+  }
+
+  /**
+   * A MAP answer that came after its request timed out: the user was told
+   * the server did not answer, so a mapping it granted is not wanted (or,
+   * when the driver keeps one, already known): delete what is not known.
+   */
+  late(res: Response): void {
+    if (res.op !== Op.MAP || res.result !== Result.OK || res.lifetime === 0) return;
+    if (this.#maps.has(res.proto * 65536 + res.internalPort)) return;
+    log.info(`late MAP answer for :${res.internalPort}: deleting the mapping nobody waits for`);
+    this.#deleteAtServer(res.proto, res.internalPort);
+  }
+
+  #deleteAtServer(proto: number, pa: number): void {
+    this.#ask(this.#mapRequest(proto, pa, 0, false, 0)).catch((e) => {
+      log.warn(`deleting mapping :${pa} at the server: ${(e as Error).message}`);
     });
   }
 

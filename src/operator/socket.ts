@@ -130,6 +130,9 @@ export async function writeStream(
   return n;
 }
 
+/** Connections served at once on one operator socket; more are closed at accept. */
+export const MAX_CONNECTIONS = 64;
+
 /** A listening operator socket. */
 export interface LocalServer extends AsyncDisposable {
   readonly path: string;
@@ -195,11 +198,27 @@ export async function serveLocal(
         conn = await listener.accept();
       } catch (e) {
         // Closed: as the listener's own iterator ends.
-        if (e instanceof Deno.errors.BadResource || e instanceof Deno.errors.Interrupted) break;
-        throw e;
+        if (
+          closed || e instanceof Deno.errors.BadResource || e instanceof Deno.errors.Interrupted
+        ) {
+          break;
+        }
+        // Out of descriptors or memory for a moment (EMFILE, ENFILE, ENOMEM): keep
+        // serving once it passes, rather than lose the socket for good.
+        log.warn(`operator socket ${path}: accept failed: ${(e as Error).message}; retrying`);
+        await new Promise((ok) => setTimeout(ok, 250));
+        continue;
       }
       const peer = finder?.peer();
       if (peer && peer.uid === null) log.debug(`operator connection: asker unknown: ${peer.why}`);
+      if (conns.size >= MAX_CONNECTIONS) {
+        // Every connection costs a descriptor and, with per-user answers, reads of /proc.
+        log.warn(`operator socket ${path}: ${conns.size} connections open, refusing one`);
+        try {
+          conn.close();
+        } catch { /* gone */ }
+        continue;
+      }
       conns.add(conn);
       serveConn(conn, handler, peer).finally(() => conns.delete(conn));
     }

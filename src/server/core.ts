@@ -232,6 +232,9 @@ export class ServerCore {
     } else if (!this.#limiter.allow(src, now)) {
       // Only verified requests spend a host's tokens: forged ones cannot starve it.
       result = Result.RATE_LIMITED;
+    } else if (req.op === Op.MAP && req.lifetime !== 0 && !this.#forwardsMappings()) {
+      // As PCP and NAT-PMP answer on a data path that cannot carry mappings.
+      result = Result.UNSUPPORTED_OPCODE;
     } else if (req.op === Op.MAP) {
       // An inbound mapping for the host's own endpoint (`dpm map`), as PCP MAP.
       if (req.lifetime === 0) {
@@ -372,7 +375,9 @@ export class ServerCore {
    */
   #forwardsMappings(): boolean {
     const dp = this.#dp as (ServerDataPath & { forwardsMappings?: boolean }) | null;
-    return dp === null || dp.kind === "kernel" || dp.forwardsMappings === true;
+    // No data path at all (control plane only, as in tests): the operator's own forwards them.
+    if (dp === null) return !this.#detached;
+    return dp.kind === "kernel" || dp.forwardsMappings === true;
   }
 
   /**
@@ -428,7 +433,11 @@ export class ServerCore {
   detach(): void {
     this.#dp = null;
     this.#dpListener = null;
+    this.#detached = true;
   }
+
+  /** Detached (stopping): nothing forwards mappings any more. */
+  #detached = false;
 
   /**
    * Forgets idle rate-limit buckets, and logs how many refusal lines were

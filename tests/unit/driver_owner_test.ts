@@ -13,6 +13,7 @@ import { type PeerFinder, serveLocal } from "../../src/operator/socket.ts";
 import { IPPROTO_TCP, IPPROTO_UDP } from "../../src/wire/packet.ts";
 import { map, queryPublic, reserve, SessionRefused } from "../../mod.ts";
 import { driverCfg, H1, LAN, Pipe, R1, serverCfg } from "../../testing/fixtures.ts";
+import { Op, type Response } from "../../src/control/proto.ts";
 
 const NOBODY: Asker = { uid: 65534 };
 const ROOT: Asker = { uid: 0 };
@@ -256,4 +257,77 @@ Deno.test("driver owner: the socket layer gives the handler the finder's peer; t
     await plain.close();
     await Deno.remove(dir2, { recursive: true });
   }
+});
+
+Deno.test("driver owner: a mapping made for nobody is deleted at the server once nobody's socket no longer holds the port; root's stay", async () => {
+  let now = 1_000_000;
+  const owners = new Map<string, number>([[`${IPPROTO_UDP}/6000`, 65534], [
+    `${IPPROTO_UDP}/6001`,
+    0,
+  ]]);
+  const server = new ServerCore(serverCfg({ pool: [R1] }), { lan: LAN, now: () => now });
+  const d = new DriverCore(driverCfg(), new Pipe(server, H1), {
+    lan: LAN,
+    ephemeral: [32768, 60999],
+    local: H1,
+    now: () => now,
+    ownerOf: (proto, port) => owners.get(`${proto}/${port}`) ?? null,
+  });
+  const made = await d.query({ op: "map", proto: "udp", port: 6000 }, NOBODY) as Record<
+    string,
+    unknown
+  >;
+  assert.equal(made.result, "ok", JSON.stringify(made));
+  assert.equal(
+    (await d.query({ op: "map", proto: "udp", port: 6001 }, ROOT) as { result: string }).result,
+    "ok",
+  );
+  now += 6_000;
+  d.tick();
+  assert.ok(
+    server.table.lookupMapOf(IPPROTO_UDP, H1, 6000) >= 0,
+    "kept while nobody holds the port",
+  );
+  // nobody's socket closes; later somebody else (root) binds the port.
+  owners.set(`${IPPROTO_UDP}/6000`, 0);
+  owners.delete(`${IPPROTO_UDP}/6001`); // root's mapping does not depend on a socket
+  now += 6_000;
+  d.tick();
+  await new Promise((ok) => setTimeout(ok, 10));
+  assert.equal(server.table.lookupMapOf(IPPROTO_UDP, H1, 6000), -1, "deleted at the server");
+  assert.deepEqual(d.mappings().map((m) => m.local), ["10.0.0.11:6001"]);
+  assert.ok(server.table.lookupMapOf(IPPROTO_UDP, H1, 6001) >= 0);
+});
+
+Deno.test("driver: a MAP answer that comes after its request timed out deletes the mapping nobody waits for", async () => {
+  const server = new ServerCore(serverCfg({ pool: [R1] }), { lan: LAN });
+  const pipe = new Pipe(server, H1) as Pipe & { onLate?: ((res: Response) => void) | null };
+  pipe.onLate = null;
+  const d = new DriverCore(driverCfg(), pipe, { lan: LAN, ephemeral: [32768, 60999], local: H1 });
+  // The server granted a mapping whose answer the driver never got in time.
+  const g = server.table.map(
+    { proto: IPPROTO_UDP, a: H1, pa: 7000, p: 0, r: 0, lifetime: 600 },
+    Date.now(),
+  );
+  assert.equal(g.result, 0);
+  pipe.onLate!({
+    op: Op.MAP,
+    nonce: new Uint8Array(8),
+    result: 0,
+    proto: IPPROTO_UDP,
+    replaced: false,
+    shared: false,
+    internalAddr: H1,
+    internalPort: 7000,
+    remoteAddr: 0,
+    remotePort: 0,
+    publicAddr: g.r,
+    publicPort: g.p,
+    gatewayPort: 0,
+    lifetime: 600,
+    epoch: server.epoch,
+  });
+  await new Promise((ok) => setTimeout(ok, 10));
+  assert.equal(server.table.lookupMapOf(IPPROTO_UDP, H1, 7000), -1);
+  assert.equal(d.mappings().length, 0);
 });

@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { requestLocal, serveLocal } from "../../src/operator/socket.ts";
+import { MAX_CONNECTIONS, requestLocal, serveLocal } from "../../src/operator/socket.ts";
 
 async function raw(path: string, bytes: Uint8Array): Promise<string> {
   const c = await Deno.connect({ transport: "unix", path });
@@ -59,4 +59,33 @@ Deno.test("local socket: a clear error when nothing listens", async () => {
     requestLocal("/nonexistent/dpm.sock", {}),
     /Nothing listens on "\/nonexistent\/dpm.sock"/,
   );
+});
+
+Deno.test("local socket: past MAX_CONNECTIONS open connections one more is closed at once; the others keep being served", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/s.sock`;
+  const srv = await serveLocal(path, (req) => ({ echo: req }));
+  const held: Deno.Conn[] = [];
+  try {
+    for (let i = 0; i < MAX_CONNECTIONS; i++) {
+      held.push(await Deno.connect({ transport: "unix", path }));
+    }
+    // Let the server accept them all.
+    await new Promise((ok) => setTimeout(ok, 100));
+    const extra = await Deno.connect({ transport: "unix", path });
+    const n = await extra.read(new Uint8Array(16)).catch(() => null);
+    assert.equal(n, null, "the connection past the cap is closed without an answer");
+    extra.close();
+    // One held connection still gets its answer.
+    const c = held.pop()!;
+    await c.write(new TextEncoder().encode('{"op":"ping"}\n'));
+    const buf = new Uint8Array(256);
+    const m = await c.read(buf);
+    assert.ok(m && new TextDecoder().decode(buf.subarray(0, m)).includes("ping"));
+    c.close();
+  } finally {
+    for (const c of held) c.close();
+    await srv.close();
+    await Deno.remove(dir, { recursive: true });
+  }
 });

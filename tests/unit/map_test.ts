@@ -10,6 +10,7 @@ import { Result } from "../../src/control/result.ts";
 import { DriverCore } from "../../src/driver/core.ts";
 import { ServerCore } from "../../src/server/core.ts";
 import { serveLocal } from "../../src/operator/socket.ts";
+import { FakeServerDataPath } from "../../src/datapath/fake.ts";
 import { DriverUnavailable, map, SessionRefused } from "../../mod.ts";
 import {
   driverCfg,
@@ -249,4 +250,17 @@ Deno.test("map client API: map returns the public pair, names refusals, and says
     await Deno.remove(dir, { recursive: true });
   }
   await assert.rejects(() => map("udp", 6000, { socket }), DriverUnavailable);
+});
+
+Deno.test("map server: a data path that cannot carry mappings refuses MAP (as PCP does); a delete still succeeds", () => {
+  const server = new ServerCore(serverCfg({ pool: [R1] }), { lan: LAN });
+  server.attach(new FakeServerDataPath("queue")); // a queue path without its steering table
+  assert.equal(answer(server, mapReq()).result, Result.UNSUPPORTED_OPCODE);
+  assert.equal(server.table.lookupMapOf(17, H1, 6000), -1, "nothing was made");
+  assert.equal(answer(server, mapReq({ lifetime: 0 })).result, Result.OK);
+  const ok = new ServerCore(serverCfg({ pool: [R1] }), { lan: LAN });
+  ok.attach(new FakeServerDataPath("queue", { forwardsMappings: true }));
+  assert.equal(answer(ok, mapReq()).result, Result.OK);
+  ok.detach();
+  assert.equal(answer(ok, mapReq({ pa: 6001 })).result, Result.UNSUPPORTED_OPCODE, "stopping");
 });
