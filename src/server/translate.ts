@@ -13,7 +13,9 @@
  *   claim 5): looked up by (proto, a, Pg), rewritten to `R:p -> X:px` (claim 6)
  *   and forwarded out (`#fromLan`); when X:px is itself a public pair of the
  *   pool (hairpinning), the packet is translated a second time, inbound, on
- *   the spot (`#hairpin`);
+ *   the spot (`#hairpin`), to the session owning X:px toward R:p, else to the
+ *   mapping owning X:px (delivered as `R:p -> a2:pa2`, as `#fromWan` delivers
+ *   a remote's packet to a mapping);
  * - from the WAN, `X:px -> R:p`: looked up by (proto, R, p, X, px) — the remote
  *   endpoint is part of the key, which is how sessions sharing R:p are told
  *   apart (claims 8-10) — and rewritten to `G:Pg -> a:pa` (`#fromWan`);
@@ -22,7 +24,8 @@
  *   session of its own goes to the mapping owning `R:p`; a mapping's or a
  *   direct session's packet becomes `X:px -> a:pa` (the remote's pair kept,
  *   there is no driver to undo `G:Pg`). From the LAN, the queue data path
- *   steers exactly those endpoints here (`datapath/queue/server.ts`):
+ *   steers exactly those packets here (`datapath/queue/server.ts`: a
+ *   mapping's endpoint toward any remote, a direct session's 5-tuple only):
  *   `a:pa -> X:px` becomes `R:p -> X:px`, from the endpoint's session toward
  *   X:px, else its mapping (`#fromDirect`). A driver host's mapped endpoint
  *   works too: its first inbound packet comes through the mapping, its answer
@@ -109,10 +112,12 @@ export class Translator {
   }
 
   /**
-   * A steered endpoint's packet sent straight at its remote, `a:pa -> X:px`
-   * (a host without a driver: its mapping's traffic, or its PCP PEER
-   * session; only the queue path steers these here) → `R:p -> X:px`: the
-   * session toward X:px if the endpoint has one, else its mapping.
+   * A steered packet sent straight at its remote, `a:pa -> X:px` (a host
+   * without a driver: its mapping's traffic, or its PCP PEER session; only
+   * the queue path steers these here) → `R:p -> X:px`: the session toward
+   * X:px if the endpoint has one, else its mapping. A PEER session steers
+   * only its own 5-tuple, so the endpoint's packets to other remotes are
+   * not queued at all (MASQUERADE takes them).
    */
   #fromDirect(pkt: Uint8Array, info: PacketInfo): number {
     const t = this.#t;
@@ -123,8 +128,9 @@ export class Translator {
     let s = t.lookupIdentity(info.proto, info.src, info.sport, info.dst, info.dport);
     if (s < 0) s = t.lookupMapOf(info.proto, info.src, info.sport);
     if (s < 0) {
-      // Steered while it had a row (the set lags by one packet at most): it
-      // is untracked now, so letting it pass would leak the private pair.
+      // Steered while it had a row (the set lags by one packet at most), or
+      // never steered (a PEER endpoint toward another remote is not): it is
+      // untracked here, so letting it pass would leak the private pair.
       this.#drops[Drop.NO_SESSION]!++;
       return Verdict.DROP;
     }
@@ -159,13 +165,31 @@ export class Translator {
         // host's session sent to this one's public pair. Deliver it to that
         // host as if from outside: from this host's public address (an error
         // from G itself would tell the driver the server lost its session),
-        // quoting its own a:pa -> G:Pg.
-        const s2 = t.lookupPublic(info.innerProto, t.x(s), t.px(s), t.r(s), t.p(s));
+        // quoting its own a:pa -> G:Pg. No session there: the mapping that
+        // owns X:px, whose host sent a2:pa2 -> R:p itself (as from outside).
+        let s2 = t.lookupPublic(info.innerProto, t.x(s), t.px(s), t.r(s), t.p(s));
+        let direct = s2 >= 0 && t.direct(s2);
+        if (s2 < 0 && info.innerProto !== IPPROTO_ICMP) {
+          s2 = t.lookupMapping(info.innerProto, t.x(s), t.px(s));
+          direct = true;
+        }
         if (s2 < 0) {
           this.#drops[Drop.NO_SESSION]!++;
           return Verdict.DROP;
         }
         const icmp = info.innerProto === IPPROTO_ICMP;
+        if (direct) {
+          rewriteIcmpError(pkt, info, {
+            outerSrc: t.r(s),
+            outerDst: t.a(s2),
+            innerSrc: t.a(s2),
+            innerSport: t.pa(s2),
+            innerDst: t.r(s),
+            innerDport: t.p(s),
+          }, this.#skbInfo);
+          this.#packets.hairpin++;
+          return Verdict.MODIFIED;
+        }
         rewriteIcmpError(pkt, info, {
           outerSrc: t.r(s),
           outerDst: t.a(s2),
@@ -218,25 +242,40 @@ export class Translator {
     return Verdict.MODIFIED;
   }
 
-  /** The remote is another session's public pair: deliver it inside, translated twice. */
+  /**
+   * The remote is another session's public pair: deliver it inside,
+   * translated twice. As in `#fromWan`, the session owning X:px toward R:p
+   * first, else the mapping owning X:px for every remote (RFC 4787 REQ-9).
+   */
   #hairpin(pkt: Uint8Array, info: PacketInfo, s: number): number {
     const t = this.#t;
-    const s2 = t.lookupPublic(info.proto, t.x(s), t.px(s), t.r(s), t.p(s));
+    const icmp = info.proto === IPPROTO_ICMP;
+    let s2 = t.lookupPublic(info.proto, t.x(s), t.px(s), t.r(s), t.p(s));
+    let direct = s2 >= 0 && t.direct(s2);
+    if (s2 < 0 && !icmp) {
+      s2 = t.lookupMapping(info.proto, t.x(s), t.px(s));
+      direct = true;
+    }
     if (s2 < 0) {
       this.#drops[Drop.NO_SESSION]!++;
       return Verdict.DROP;
     }
-    const icmp = info.proto === IPPROTO_ICMP;
-    // Seen from s2's host, the packet comes from s's public pair R:p to its own G:Pg.
-    rewrite(
-      pkt,
-      info,
-      this.#cfg.lanAddr,
-      icmp ? 0 : t.pg(s2),
-      t.a(s2),
-      icmp ? t.pg(s2) : t.pa(s2),
-      this.#skbInfo,
-    );
+    if (direct) {
+      // A mapping or a direct session (no driver to undo G:Pg): from s's public pair R:p
+      // itself, as a packet from outside would come.
+      rewrite(pkt, info, t.r(s), t.p(s), t.a(s2), t.pa(s2), this.#skbInfo);
+    } else {
+      // Seen from s2's host, the packet comes from s's public pair R:p to its own G:Pg.
+      rewrite(
+        pkt,
+        info,
+        this.#cfg.lanAddr,
+        icmp ? 0 : t.pg(s2),
+        t.a(s2),
+        icmp ? t.pg(s2) : t.pa(s2),
+        this.#skbInfo,
+      );
+    }
     t.count(s, true);
     t.count(s2, false);
     this.#countBytes(s, true, pkt.length);

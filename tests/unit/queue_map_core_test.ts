@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import { ServerCore } from "../../src/server/core.ts";
 import { FakeServerDataPath } from "../../src/datapath/fake.ts";
 import { isMapping } from "../../src/datapath/datapath.ts";
+import { Steering } from "../../src/datapath/queue/server.ts";
 import {
   decodeNatPmpResponse,
   decodePcpResponse,
@@ -199,9 +200,26 @@ Deno.test("queue map core: PCP PEER is a direct session: a:pa -> X:px leaves as 
     dport: peer.externalPort,
   });
   assert.equal(c.handlePacket(other), Verdict.DROP);
-  // The same endpoint toward another remote has no session of its own: not translated.
+  // The same endpoint toward another remote is not steered at all: the queue path steers
+  // the PEER's own 5-tuple, so MASQUERADE takes the rest, as on the kernel path.
+  const keys: string[] = [];
+  const st = new Steering({
+    add: (set, ks) => void keys.push(...ks.map((k) => `${set}:${k.join(",")}`)),
+    delete: () => {},
+  });
+  for (const u of dp.up) st.up(u);
+  assert.deepEqual(keys.map((k) => k.split(":")[0]), ["peers"], "one 5-tuple element, no endpoint");
+  assert.ok(st.hasPeer(IPPROTO_UDP, H1, 4000, P1, 3478));
+  assert.ok(!st.hasPeer(IPPROTO_UDP, H1, 4000, P2, 3478), "another remote is not steered");
+  assert.ok(!st.has(IPPROTO_UDP, H1, 4000), "the endpoint is not steered for every remote");
+  // Should such a packet reach the queue anyway (untracked): it has no row, so it is dropped
+  // uncounted against the session and never leaves with the private pair.
+  const noSession = c.drops[Drop.NO_SESSION]!;
   const elsewhere = buildUdp({ src: H1, sport: 4000, dst: P2, dport: 3478 });
   assert.equal(c.handlePacket(elsewhere), Verdict.DROP);
+  assert.equal(c.drops[Drop.NO_SESSION], noSession + 1);
+  assert.deepEqual(fields(elsewhere), [H1, 4000, P2, 3478], "not rewritten");
+  assert.equal(c.table.packetsOut(s), 1);
 
   // A driver host's session on the same gateway: unchanged, G:Pg both ways.
   const g = c.table.reserve({
@@ -326,4 +344,69 @@ Deno.test("queue map core: mappings and direct sessions already in the table are
   // only where the store writes it).
   const rec = [...c.table.entries()].find((e) => e.a === H2)!;
   assert.equal(rec.direct, true);
+});
+
+Deno.test("queue map core: hairpinning into a mapping: a driver host's packet to R2:p2 reaches the mapped a2:pa2 from its own R1:p1; the mapped host's driver answers back through the hairpin", () => {
+  const { c } = setup();
+  const t = c.table;
+  const [r2, p2] = natPmpMap(c, H2, 1, 5000, 6000);
+  // H1's driver reserves a session toward the mapping's public pair.
+  const g1 = t.reserve({
+    proto: IPPROTO_UDP,
+    a: H1,
+    pa: 40000,
+    x: r2,
+    px: p2,
+    replaceable: true,
+    lifetime: 0,
+  }, 1_000_000);
+  assert.equal(g1.result, 0);
+  const out = buildUdp({ src: H1, sport: 40000, dst: G, dport: g1.pg });
+  assert.equal(c.handlePacket(out), Verdict.MODIFIED);
+  assert.deepEqual(fields(out), [g1.r, g1.p, H2, 5000], "as from outside: H1's public pair");
+  valid(out);
+  assert.equal(c.packets.hairpin, 1);
+  const m = t.lookupMapOf(IPPROTO_UDP, H2, 5000);
+  assert.equal(t.packetsIn(m), 1);
+  assert.equal(t.packetsOut(g1.session), 1);
+
+  // An ICMP error from H1 about such a packet (it quotes G:Pg -> a1:pa1) reaches H2 from
+  // H1's public address, quoting a2:pa2 -> R1:p1 as H2 sent it.
+  const quoted = buildUdp({ src: G, sport: g1.pg, dst: H1, dport: 40000 }).subarray(0, 28);
+  const err = buildIcmpError({ src: H1, dst: G, type: 3, code: 3, quoted: quoted.slice() });
+  assert.equal(c.handlePacket(err), Verdict.MODIFIED);
+  const i = new PacketInfo();
+  assert.equal(parse(err, err.length, i), Drop.NONE);
+  assert.deepEqual([i.src, i.dst], [g1.r, H2]);
+  assert.deepEqual([i.innerSrc, i.innerSport, i.innerDst, i.innerDport], [H2, 5000, g1.r, g1.p]);
+  assert.ok(verifyIpChecksum(err));
+
+  // H2 has a driver too: its answer is a session toward R1:p1 on the mapping's pair, and
+  // hairpins back into H1's session (G:Pg, undone by H1's driver).
+  const g2 = t.reserve({
+    proto: IPPROTO_UDP,
+    a: H2,
+    pa: 5000,
+    x: g1.r,
+    px: g1.p,
+    replaceable: true,
+    lifetime: 0,
+  }, 1_000_000);
+  assert.equal(g2.result, 0);
+  assert.deepEqual([g2.r, g2.p], [r2, p2], "on the mapping's pair");
+  const back = buildUdp({ src: H2, sport: 5000, dst: G, dport: g2.pg });
+  assert.equal(c.handlePacket(back), Verdict.MODIFIED);
+  assert.deepEqual(fields(back), [G, g1.pg, H1, 40000]);
+  valid(back);
+  // From now on H1's packets find H2's session first (G:Pg2, not the mapping).
+  const again = buildUdp({ src: H1, sport: 40000, dst: G, dport: g1.pg });
+  assert.equal(c.handlePacket(again), Verdict.MODIFIED);
+  assert.deepEqual(fields(again), [G, g2.pg, H2, 5000]);
+  assert.equal(c.packets.hairpin, 4);
+
+  // Without the mapping (deleted), nothing is delivered.
+  t.releaseSlot(g2.session);
+  natPmpMap(c, H2, 1, 5000, 6000, 0);
+  const none = buildUdp({ src: H1, sport: 40000, dst: G, dport: g1.pg });
+  assert.equal(c.handlePacket(none), Verdict.DROP);
 });

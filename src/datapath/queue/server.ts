@@ -23,21 +23,26 @@
  * `a:pa -> X:px` straight at the remote, routed through the gateway, and
  * receives `X:px -> a:pa`. Inbound needs nothing new (the WAN rule queues
  * everything for the pool; the core finds the mapping or the direct
- * session). Outbound, exactly those endpoints must be queued instead of
+ * session). Outbound, exactly those packets must be queued instead of
  * masqueraded; iptables has no set match without ipset, so they are kept in
  * a small nftables table of this path's own, programmed over netlink
  * (`linux/nftables.ts`, no process per element) from `sessionUp` and
- * `sessionDown`, reference-counted per endpoint (`Steering`: a mapping and
- * several PEER sessions of one endpoint share one element):
+ * `sessionDown`, reference-counted per key (`Steering`). A mapping steers
+ * its endpoint for every remote (set `direct`); a direct session steers
+ * only its own 5-tuple (set `peers`), so the same endpoint's packets to any
+ * other remote are left to MASQUERADE, as on the kernel path:
  *
  * ```
  * table ip dpm-server-q
- *   set direct    proto . a . pa      the steered endpoints
+ *   set direct    proto . a . pa             mapped endpoints (any remote)
+ *   set peers     proto . a . pa . X . px    direct (PCP PEER) sessions
  *   chain steer   filter prerouting -350 (before raw): iif LAN, (proto . saddr . sport) in
- *                 @direct, daddr outside the LAN and routed onward (fib type unicast: not
- *                 G, a pool address, broadcast or multicast) → mark STEER_MARK
+ *                 @direct or (proto . saddr . sport . daddr . dport) in @peers, daddr
+ *                 outside the LAN and routed onward (fib type unicast: not G, a pool
+ *                 address, broadcast or multicast) → mark STEER_MARK
  *   chain forward filter forward -10 (before iptables' filter): iif WAN, oif LAN,
- *                 untracked, (proto . daddr . dport) in @direct → mark DIRECT_MARK
+ *                 untracked, (proto . daddr . dport) in @direct or
+ *                 (proto . daddr . dport . saddr . sport) in @peers → mark DIRECT_MARK
  * ```
  *
  * The marks only select; iptables does the rest, as for every other queued
@@ -68,7 +73,6 @@ import { type ChainSpec, DEFRAG_ON, installChains, removeChains } from "../../..
 import { NfQueue, pump } from "../../../linux/nfqueue.ts";
 import { concat, NftMaps } from "../../../linux/nftables.ts";
 import { loadRuleset } from "../../../linux/nft.ts";
-import { protoIndex } from "../../wire/meta.ts";
 
 const log = logger("server");
 
@@ -82,9 +86,9 @@ export const DIRECT_MARK = 0x64706d03; // "dpm" 03
 /** A session as the core hands it to this path (`direct`: a PCP PEER session, table.ts). */
 export type QueueSession = GatewaySession;
 
-/** The session's LAN endpoint must be steered into the queue: a mapping or a direct session. */
+/** The session's packets must be steered into the queue: a mapping or a direct session. */
 export function steered(s: QueueSession): boolean {
-  return isMapping(s) || s.direct === true;
+  return element(s) !== null;
 }
 
 /** The queue path's nftables table as `nft -f` text, replacing any previous one. */
@@ -92,6 +96,9 @@ export function steerTable(cfg: ServerConfig, lan: Cidr): string {
   const lanIf = quoteIf(cfg.lanIf!);
   const wanIf = quoteIf(cfg.wanIf!);
   const hex = (m: number) => `0x${m.toString(16)}`;
+  const onward = `ip daddr != ${formatCidr(lan)} fib daddr type unicast`;
+  const steer = hex(STEER_MARK);
+  const direct = hex(DIRECT_MARK);
   return `add table ip ${QUEUE_TABLE}
 delete table ip ${QUEUE_TABLE}
 table ip ${QUEUE_TABLE} {
@@ -99,17 +106,18 @@ table ip ${QUEUE_TABLE} {
   set direct {
     typeof meta l4proto . ip saddr . th sport
   }
+  set peers {
+    typeof meta l4proto . ip saddr . th sport . ip daddr . th dport
+  }
   chain steer {
     type filter hook prerouting priority -350; policy accept;
-    iifname ${lanIf} meta l4proto . ip saddr . th sport @direct ip daddr != ${
-    formatCidr(lan)
-  } fib daddr type unicast meta mark set ${hex(STEER_MARK)}
+    iifname ${lanIf} meta l4proto . ip saddr . th sport @direct ${onward} meta mark set ${steer}
+    iifname ${lanIf} meta l4proto . ip saddr . th sport . ip daddr . th dport @peers ${onward} meta mark set ${steer}
   }
   chain forward {
     type filter hook forward priority -10; policy accept;
-    iifname ${wanIf} oifname ${lanIf} ct state untracked meta l4proto . ip daddr . th dport @direct meta mark set ${
-    hex(DIRECT_MARK)
-  }
+    iifname ${wanIf} oifname ${lanIf} ct state untracked meta l4proto . ip daddr . th dport @direct meta mark set ${direct}
+    iifname ${wanIf} oifname ${lanIf} ct state untracked meta l4proto . ip daddr . th dport . ip saddr . th sport @peers meta mark set ${direct}
   }
 }
 `;
@@ -125,44 +133,62 @@ export function steerKey(proto: number, a: number, pa: number): Uint8Array {
   return concat([proto, 1], [a, 4], [pa, 2]);
 }
 
-/** Where {@linkcode Steering} puts its elements (the kernel's set, or a test's fake). */
+/**
+ * The key of direct session (proto, a, pa, X, px) in the `peers` set: the
+ * layout of the kernel path's `to_public` keys (`datapath/kernel/server.ts`).
+ */
+export function peerKey(proto: number, a: number, pa: number, x: number, px: number): Uint8Array {
+  return concat([proto, 1], [a, 4], [pa, 2], [x, 4], [px, 2]);
+}
+
+/** The sets of table dpm-server-q: mapped endpoints, direct sessions' 5-tuples. */
+export type SteerSetName = "direct" | "peers";
+
+/** Where {@linkcode Steering} puts its elements (the kernel's sets, or a test's fake). */
 export interface SteerSet {
-  add(keys: Uint8Array[]): void;
-  delete(keys: Uint8Array[]): void;
+  add(set: SteerSetName, keys: Uint8Array[]): void;
+  delete(set: SteerSetName, keys: Uint8Array[]): void;
 }
 
 /**
- * The steered endpoints, reference-counted: a mapping and any number of
- * direct sessions of one endpoint (proto, a, pa) share one set element,
- * added with the first and deleted with the last. A refused kernel change
- * is logged and counted, never thrown into the table's listener.
+ * What is steered, reference-counted per set element: a mapping steers its
+ * endpoint (proto, a, pa) for every remote (`direct`), a direct session
+ * only its own (proto, a, pa, X, px) (`peers`); an element is added with
+ * the first session holding it and deleted with the last. A refused kernel
+ * change is logged and counted, never thrown into the table's listener.
  */
 export class Steering {
-  readonly #refs = new Map<number, number>();
+  readonly #refs = new Map<string, number>();
   readonly #set: SteerSet;
   /** Kernel changes that failed. */
   failures = 0;
   constructor(set: SteerSet) {
     this.#set = set;
   }
-  /** Endpoints steered now. */
+  /** Set elements held now (both sets). */
   get size(): number {
     return this.#refs.size;
   }
-  /** True when endpoint (proto, a, pa) is steered. */
+  /** True when endpoint (proto, a, pa) is steered for every remote (a mapping). */
   has(proto: number, a: number, pa: number): boolean {
-    return this.#refs.has(endpointKey(proto, a, pa));
+    return this.#refs.has(refKey("direct", steerKey(proto, a, pa)));
+  }
+  /** True when the 5-tuple (proto, a, pa, X, px) is steered (a direct session). */
+  hasPeer(proto: number, a: number, pa: number, x: number, px: number): boolean {
+    return this.#refs.has(refKey("peers", peerKey(proto, a, pa, x, px)));
   }
   up(s: QueueSession): void {
-    if (!steered(s)) return;
-    const k = endpointKey(s.proto, s.a, s.pa);
+    const e = element(s);
+    if (e === null) return;
+    const k = refKey(e.set, e.key);
     const n = this.#refs.get(k) ?? 0;
     this.#refs.set(k, n + 1);
-    if (n === 0) this.#apply("add", s);
+    if (n === 0) this.#apply("add", e.set, e.key, s);
   }
   down(s: QueueSession): void {
-    if (!steered(s)) return;
-    const k = endpointKey(s.proto, s.a, s.pa);
+    const e = element(s);
+    if (e === null) return;
+    const k = refKey(e.set, e.key);
     const n = this.#refs.get(k) ?? 0;
     if (n === 0) return;
     if (n > 1) {
@@ -170,15 +196,18 @@ export class Steering {
       return;
     }
     this.#refs.delete(k);
-    this.#apply("delete", s);
+    this.#apply("delete", e.set, e.key, s);
   }
-  #apply(op: "add" | "delete", s: QueueSession): void {
+  #apply(op: "add" | "delete", set: SteerSetName, key: Uint8Array, s: QueueSession): void {
     try {
-      this.#set[op]([steerKey(s.proto, s.a, s.pa)]);
+      this.#set[op](set, [key]);
     } catch (e) {
       if (this.failures++ < 10) {
+        const what = set === "direct"
+          ? `${formatIPv4(s.a)}:${s.pa}`
+          : `${formatIPv4(s.a)}:${s.pa} -> ${formatIPv4(s.x)}:${s.px}`;
         log.error(
-          `cannot ${op} ${formatIPv4(s.a)}:${s.pa} (proto ${s.proto}) in ${QUEUE_TABLE}: ${
+          `cannot ${op} ${what} (proto ${s.proto}) in ${QUEUE_TABLE} set ${set}: ${
             (e as Error).message
           }`,
         );
@@ -187,8 +216,15 @@ export class Steering {
   }
 }
 
-function endpointKey(proto: number, a: number, pa: number): number {
-  return protoIndex(proto) * 2 ** 48 + a * 65536 + pa;
+/** The set element steering session `s`, or null when it is not steered. */
+function element(s: QueueSession): { set: SteerSetName; key: Uint8Array } | null {
+  if (isMapping(s)) return { set: "direct", key: steerKey(s.proto, s.a, s.pa) };
+  if (s.direct === true) return { set: "peers", key: peerKey(s.proto, s.a, s.pa, s.x, s.px) };
+  return null;
+}
+
+function refKey(set: SteerSetName, key: Uint8Array): string {
+  return `${set}:${key.join(",")}`;
 }
 
 /** The iptables chains of the server role. */
@@ -309,14 +345,14 @@ export class QueueServerDataPath implements ServerDataPath {
     const nft = NftMaps.open();
     undo.push(() => nft.close());
     return new Steering({
-      add: (keys) => nft.add(QUEUE_TABLE, "direct", keys.map((key) => ({ key }))),
-      delete: (keys) => nft.delete(QUEUE_TABLE, "direct", keys),
+      add: (set, keys) => nft.add(QUEUE_TABLE, set, keys.map((key) => ({ key }))),
+      delete: (set, keys) => nft.delete(QUEUE_TABLE, set, keys),
     });
   }
 
   /**
-   * Per-session work is only for mappings and direct sessions: their
-   * endpoint is steered into the queue (the core looks every packet up in
+   * Per-session work is only for mappings and direct sessions: a mapping's
+   * endpoint, a direct session's 5-tuple, is steered into the queue (the core looks every packet up in
    * the table). Applied at once over netlink, so `commit` has nothing left.
    */
   sessionUp(s: QueueSession): void {
