@@ -56,6 +56,25 @@ export function controlPorts(cfg: ServerConfig): number[] {
   return cfg.pcp ? [cfg.controlPort, PCP_PORT] : [cfg.controlPort];
 }
 
+/**
+ * The WAN never speaks as the LAN or as the pool (queue path, raw
+ * PREROUTING, as iptables rules; the kernel path has the same in its nft
+ * table's `antispoof` chain). The gateway's reverse-path filter is off
+ * (rewritten packets carry its own addresses), so without these a packet
+ * forged on the WAN side with a LAN host's source would reach a mapping's
+ * host as if from inside, and one with a pool source could pass for a
+ * hairpinned peer.
+ */
+export function wanAntiSpoofRules(cfg: ServerConfig, lan: Cidr): string[][] {
+  const wan = cfg.wanIf!;
+  return [
+    ["-i", wan, "-s", formatCidr(lan), "-j", "DROP"],
+    ...poolRangeText(cfg.pool).map((
+      r,
+    ) => ["-i", wan, "-m", "iprange", "--src-range", r, "-j", "DROP"]),
+  ];
+}
+
 /** The guard as iptables rules (queue path): filter INPUT -> DPM-SRV-IN. */
 export function controlGuardRules(cfg: ServerConfig, lan: Cidr): string[][] {
   const g = formatIPv4(cfg.lanAddr);

@@ -125,3 +125,71 @@ test(
     assert.equal(JSON.parse(r.stdout).result, "ok");
   },
 );
+
+test(
+  "packets forged on the WAN side with a LAN host's or a pool source never reach a mapping's host; a real outside peer's do",
+  { hosts: 2, driverHosts: ["h1"] },
+  async (t) => {
+    const [h1, h2] = t.hosts as [typeof t.hosts[0], typeof t.hosts[0]];
+    const p1 = t.peers[0]!;
+    const g = t.gateway.lanText;
+    // h2 (no driver) maps UDP 5000 with NAT-PMP and listens, printing every datagram's source.
+    const map = await t.exec(h2.ns, ["natpmpc", "-g", g, "-a", "6000", "5000", "udp", "60"], {
+      timeoutMs: 15_000,
+    });
+    assert.equal(map.code, 0, map.stdout + map.stderr);
+    const addr = await t.exec(h2.ns, ["natpmpc", "-g", g], { timeoutMs: 15_000 });
+    const pub = /Public IP address : (\S+)/.exec(addr.stdout)?.[1];
+    assert.ok(pub, addr.stdout);
+    const port = Number(/Mapped public port (\d+)/.exec(map.stdout)?.[1]);
+    const listener = t.spawn(h2.ns, [
+      "python3",
+      "-u",
+      "-c",
+      `
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 5000))
+print("listening", flush=True)
+while True:
+    d, a = s.recvfrom(2048)
+    print("got %s from %s:%d" % (d.decode(errors="replace"), a[0], a[1]), flush=True)
+`,
+    ]);
+    await listener.waitForOutput(/listening/, 10_000);
+    const dst = (pub.split(".").reduce((v, o) => v * 256 + Number(o), 0)) >>> 0;
+    const otherPool = dst === 0xcb00710a ? 0xcb00710b : 0xcb00710a; // another pool address
+    const forged = [
+      buildUdp({
+        src: h1.addr,
+        sport: 5555,
+        dst,
+        dport: port,
+        payload: new TextEncoder().encode("forged-as-lan"),
+      }),
+      buildUdp({
+        src: otherPool,
+        sport: 5556,
+        dst,
+        dport: port,
+        payload: new TextEncoder().encode("forged-as-pool"),
+      }),
+    ].map(hex);
+    // From the ISP's router, which can put any source on the wire.
+    const sent = await t.exec(t.router!.ns, rawSender(forged));
+    assert.equal(sent.code, 0, sent.stderr);
+    assert.match(sent.stdout, /sent 2/);
+    const real = await t.exec(p1.ns, [
+      "python3",
+      "-c",
+      `import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b"real", ("${pub}", ${port}))`,
+    ]);
+    assert.equal(real.code, 0, real.stderr);
+    await listener.waitForOutput(/got real from/, 10_000);
+    await new Promise((ok) => setTimeout(ok, 300));
+    const out = listener.stdout();
+    assert.match(out, new RegExp(`got real from ${p1.addrText.replaceAll(".", "\\.")}:`));
+    assert.doesNotMatch(out, /forged/, `nothing forged arrived: ${out}`);
+    await listener.stop();
+  },
+);

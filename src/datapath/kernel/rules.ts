@@ -14,6 +14,8 @@
  * set queued     proto . a . Pg                    hairpinned sessions: the queue translates them
  * map map_in     proto . R . p          -> a . pa  PCP/NAT-PMP MAP: dnat in nat prerouting (-101), iif WAN
  * map map_out    proto . a . pa         -> R . p   the same MAP outbound: snat after to_public, oif WAN
+ * chain antispoof  the WAN never speaks as the LAN or the pool: dpm turns the
+ *                  WAN's reverse-path filter off, so this drops what rp_filter would have
  * chain guard    control requests only from the LAN interface and prefix (datapath/gateway.ts)
  * ```
  * Host, `table ip dpm-driver`:
@@ -87,6 +89,11 @@ table ip ${SERVER_TABLE} {
   }
   map map_out {
     typeof meta l4proto . ip saddr . th sport : ip saddr . th sport${el(elements.mapOut ?? [])}
+  }
+  chain antispoof {
+    type filter hook prerouting priority -400; policy accept;
+    iifname ${wanIf} ip saddr ${formatCidr(lan)} counter drop
+    iifname ${wanIf} ip saddr { ${poolRangeText(cfg.pool).join(", ")} } counter drop
   }
   chain guard {
     type filter hook input priority -150; policy accept;

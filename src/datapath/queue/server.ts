@@ -66,7 +66,13 @@ import { type Cidr, formatCidr, formatIPv4 } from "../../wire/addr.ts";
 import type { ServerConfig } from "../../config.ts";
 import { logger } from "../../runtime/log.ts";
 import { Cleanup } from "../../runtime/cleanup.ts";
-import { controlGuardRules, poolRangeText, prepareGateway, quoteIf } from "../gateway.ts";
+import {
+  controlGuardRules,
+  poolRangeText,
+  prepareGateway,
+  quoteIf,
+  wanAntiSpoofRules,
+} from "../gateway.ts";
 import { type GatewaySession, isMapping, type ServerDataPath } from "../datapath.ts";
 import type { DataPathStatus } from "../../operator/types.ts";
 import { type ChainSpec, DEFRAG_ON, installChains, removeChains } from "../../../linux/iptables.ts";
@@ -247,7 +253,7 @@ export function serverChains(cfg: ServerConfig, lan: Cidr): ChainSpec[] {
   ];
   const ranges = poolRangeText(cfg.pool);
   for (const r of ranges) matches.push(["-i", wanIf, "-m", "iprange", "--dst-range", r]);
-  const pre: string[][] = [[...DEFRAG_ON]];
+  const pre: string[][] = [[...DEFRAG_ON], ...wanAntiSpoofRules(cfg, lan)];
   for (const m of matches) pre.push([...m, ...nt], [...m, ...q]);
   const fwd: string[][] = [];
   for (const r of ranges) {
