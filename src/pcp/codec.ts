@@ -340,17 +340,18 @@ function optionsLen(opts: PcpOptionField[]): number {
   return n;
 }
 
-/** Encodes a PCP response. */
-export function encodePcpResponse(r: PcpResponse): Uint8Array {
-  const dataLen = OPCODE_LEN[r.op] ?? 0;
-  const opts = r.options ?? [];
-  const b = new Uint8Array(PCP_HEADER_LEN + dataLen + optionsLen(opts));
-  const v = new DataView(b.buffer);
-  b[0] = PCP_VERSION;
-  b[1] = RESPONSE_BIT | r.op;
-  b[3] = r.result;
-  v.setUint32(4, r.lifetime >>> 0);
-  v.setUint32(8, r.epoch >>> 0);
+/**
+ * The MAP / PEER opcode data and the options after the header, the same in
+ * requests and responses. An external address of 0 is written
+ * `::ffff:0.0.0.0` (RFC 6887 section 11.1: no preference / none).
+ */
+function writeBody(
+  b: Uint8Array,
+  v: DataView,
+  r: Omit<PcpRequestFields, "lifetime" | "client">,
+  dataLen: number,
+  opts: PcpOptionField[],
+): void {
   if (dataLen) {
     const o = PCP_HEADER_LEN;
     b.set((r.nonce ?? new Uint8Array(12)).subarray(0, 12), o);
@@ -370,6 +371,20 @@ export function encodePcpResponse(r: PcpResponse): Uint8Array {
     b.set(o.data, off + 4);
     off += 4 + ((o.data.length + 3) & ~3);
   }
+}
+
+/** Encodes a PCP response. */
+export function encodePcpResponse(r: PcpResponse): Uint8Array {
+  const dataLen = OPCODE_LEN[r.op] ?? 0;
+  const opts = r.options ?? [];
+  const b = new Uint8Array(PCP_HEADER_LEN + dataLen + optionsLen(opts));
+  const v = new DataView(b.buffer);
+  b[0] = PCP_VERSION;
+  b[1] = RESPONSE_BIT | r.op;
+  b[3] = r.result;
+  v.setUint32(4, r.lifetime >>> 0);
+  v.setUint32(8, r.epoch >>> 0);
+  writeBody(b, v, r, dataLen, opts);
   return b;
 }
 
@@ -426,25 +441,7 @@ export function encodePcpRequest(r: PcpRequestFields): Uint8Array {
   b[1] = r.op & 0x7f;
   v.setUint32(4, r.lifetime >>> 0);
   writeMapped(b, 8, r.client);
-  if (dataLen) {
-    const o = PCP_HEADER_LEN;
-    b.set((r.nonce ?? new Uint8Array(12)).subarray(0, 12), o);
-    b[o + 12] = r.proto ?? 0;
-    v.setUint16(o + 16, r.internalPort ?? 0);
-    v.setUint16(o + 18, r.externalPort ?? 0);
-    if (r.externalAddr) writeMapped(b, o + 20, r.externalAddr);
-    if (r.op === PcpOp.PEER) {
-      v.setUint16(o + 36, r.remotePort ?? 0);
-      writeMapped(b, o + 40, r.remoteAddr ?? 0);
-    }
-  }
-  let off = PCP_HEADER_LEN + dataLen;
-  for (const o of opts) {
-    b[off] = o.code;
-    v.setUint16(off + 2, o.data.length);
-    b.set(o.data, off + 4);
-    off += 4 + ((o.data.length + 3) & ~3);
-  }
+  writeBody(b, v, r, dataLen, opts);
   return b;
 }
 

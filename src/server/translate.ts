@@ -167,18 +167,13 @@ export class Translator {
         // from G itself would tell the driver the server lost its session),
         // quoting its own a:pa -> G:Pg. No session there: the mapping that
         // owns X:px, whose host sent a2:pa2 -> R:p itself (as from outside).
-        let s2 = t.lookupPublic(info.innerProto, t.x(s), t.px(s), t.r(s), t.p(s));
-        let direct = s2 >= 0 && t.direct(s2);
-        if (s2 < 0 && info.innerProto !== IPPROTO_ICMP) {
-          s2 = t.lookupMapping(info.innerProto, t.x(s), t.px(s));
-          direct = true;
-        }
+        const s2 = t.lookupInbound(info.innerProto, t.x(s), t.px(s), t.r(s), t.p(s));
         if (s2 < 0) {
           this.#drops[Drop.NO_SESSION]!++;
           return Verdict.DROP;
         }
         const icmp = info.innerProto === IPPROTO_ICMP;
-        if (direct) {
+        if (t.fromRemote(s2)) {
           rewriteIcmpError(pkt, info, {
             outerSrc: t.r(s),
             outerDst: t.a(s2),
@@ -250,17 +245,12 @@ export class Translator {
   #hairpin(pkt: Uint8Array, info: PacketInfo, s: number): number {
     const t = this.#t;
     const icmp = info.proto === IPPROTO_ICMP;
-    let s2 = t.lookupPublic(info.proto, t.x(s), t.px(s), t.r(s), t.p(s));
-    let direct = s2 >= 0 && t.direct(s2);
-    if (s2 < 0 && !icmp) {
-      s2 = t.lookupMapping(info.proto, t.x(s), t.px(s));
-      direct = true;
-    }
+    const s2 = t.lookupInbound(info.proto, t.x(s), t.px(s), t.r(s), t.p(s));
     if (s2 < 0) {
       this.#drops[Drop.NO_SESSION]!++;
       return Verdict.DROP;
     }
-    if (direct) {
+    if (t.fromRemote(s2)) {
       // A mapping or a direct session (no driver to undo G:Pg): from s's public pair R:p
       // itself, as a packet from outside would come.
       rewrite(pkt, info, t.r(s), t.p(s), t.a(s2), t.pa(s2), this.#skbInfo);
@@ -289,23 +279,18 @@ export class Translator {
     const t = this.#t;
     const g = this.#cfg.lanAddr;
     if (info.icmpError) {
-      let s = t.lookupPublic(
+      const s = t.lookupInbound(
         info.innerProto,
         info.innerSrc,
         info.innerSport,
         info.innerDst,
         info.innerDport,
       );
-      let direct = s >= 0 && t.direct(s);
-      if (s < 0 && info.innerProto !== IPPROTO_ICMP) {
-        s = t.lookupMapping(info.innerProto, info.innerSrc, info.innerSport);
-        direct = true;
-      }
       if (s < 0) {
         this.#drops[Drop.NO_SESSION]!++;
         return Verdict.DROP;
       }
-      if (direct) {
+      if (t.fromRemote(s)) {
         // A mapping's or a direct session's host sent a:pa -> X:px itself.
         rewriteIcmpError(pkt, info, {
           outerSrc: info.src,
@@ -337,12 +322,7 @@ export class Translator {
       return Verdict.MODIFIED;
     }
     // The remote's own session first; else the mapping that owns R:p for every remote.
-    let s = t.lookupPublic(info.proto, info.dst, info.dport, info.src, info.sport);
-    let direct = s >= 0 && t.direct(s);
-    if (s < 0 && info.proto !== IPPROTO_ICMP) {
-      s = t.lookupMapping(info.proto, info.dst, info.dport);
-      direct = true;
-    }
+    const s = t.lookupInbound(info.proto, info.dst, info.dport, info.src, info.sport);
     if (s < 0) {
       this.#drops[Drop.NO_SESSION]!++;
       return Verdict.DROP;
@@ -353,7 +333,7 @@ export class Translator {
     }
     const icmp = info.proto === IPPROTO_ICMP;
     // A mapping or a direct session (no driver to undo G:Pg): X:px -> a:pa, the remote's own pair.
-    if (direct) rewrite(pkt, info, info.src, info.sport, t.a(s), t.pa(s), this.#skbInfo);
+    if (t.fromRemote(s)) rewrite(pkt, info, info.src, info.sport, t.a(s), t.pa(s), this.#skbInfo);
     else rewrite(pkt, info, g, icmp ? 0 : t.pg(s), t.a(s), icmp ? t.pg(s) : t.pa(s), this.#skbInfo);
     t.count(s, false);
     this.#countBytes(s, false, pkt.length);

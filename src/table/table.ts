@@ -998,6 +998,25 @@ export class SessionTable {
     return this.#grant(s);
   }
 
+  /**
+   * The row a packet from `X:px` to `R:p` belongs to: the remote's own
+   * session, else the inbound mapping that owns `R:p` for every remote
+   * (there are no ICMP mappings); -1 when none.
+   */
+  lookupInbound(proto: number, r: number, p: number, x: number, px: number): number {
+    const s = this.lookupPublic(proto, r, p, x, px);
+    return s >= 0 ? s : this.lookupMapping(proto, r, p);
+  }
+
+  /**
+   * Slot `s`'s host takes its packets from the remote's own pair, not from
+   * `G:Pg`: an inbound mapping or a direct (PCP PEER) session, whose host
+   * has no driver to undo `G:Pg`.
+   */
+  fromRemote(s: number): boolean {
+    return (this.#flags[s]! & (F_MAP | F_DIRECT)) !== 0;
+  }
+
   /** The inbound mapping that owns (proto, R, p) for every remote, or -1. */
   lookupMapping(proto: number, r: number, p: number): number {
     const s = this.lookupPublic(proto, r, p, 0, 0);
