@@ -113,6 +113,19 @@ function notYours(res: Record<string, unknown>, what: string): SessionRefused | 
 
 type Proto = "udp" | "tcp" | "icmp";
 
+/** One request to the driver's socket; DriverUnavailable when nothing answers there. */
+async function callDriver(
+  req: Record<string, unknown>,
+  opts: QueryOptions,
+): Promise<Record<string, unknown>> {
+  const socket = opts.socket ?? defaultSocket();
+  try {
+    return await requestLocal(socket, req, opts.timeoutMs ?? 15_000) as Record<string, unknown>;
+  } catch (e) {
+    throw new DriverUnavailable(`no dpm driver answers on ${socket}: ${(e as Error).message}`);
+  }
+}
+
 async function ask(
   proto: Proto,
   local: string,
@@ -120,19 +133,10 @@ async function ask(
   reserveFirst: boolean,
   opts: QueryOptions,
 ): Promise<PublicPair | null> {
-  const socket = opts.socket ?? defaultSocket();
-  let res: Record<string, unknown>;
-  try {
-    res = await requestLocal(socket, {
-      op: "query",
-      proto,
-      local,
-      remote,
-      reserve: reserveFirst,
-    }, opts.timeoutMs ?? 15_000) as Record<string, unknown>;
-  } catch (e) {
-    throw new DriverUnavailable(`no dpm driver answers on ${socket}: ${(e as Error).message}`);
-  }
+  const res = await callDriver(
+    { op: "query", proto, local, remote, reserve: reserveFirst },
+    opts,
+  );
   const what = `${proto} ${local} -> ${remote}`;
   if (res.result === "no-session") return null;
   const refused = notYours(res, what);
@@ -228,20 +232,14 @@ export async function map(
   port: number,
   opts: MapOptions = {},
 ): Promise<Mapping> {
-  const socket = opts.socket ?? defaultSocket();
-  let res: Record<string, unknown>;
-  try {
-    res = await requestLocal(socket, {
-      op: "map",
-      proto,
-      port,
-      lifetime: opts.lifetime ?? 3600,
-      ...(opts.publicPort !== undefined ? { publicPort: opts.publicPort } : {}),
-      exact: opts.exact === true,
-    }, opts.timeoutMs ?? 15_000) as Record<string, unknown>;
-  } catch (e) {
-    throw new DriverUnavailable(`no dpm driver answers on ${socket}: ${(e as Error).message}`);
-  }
+  const res = await callDriver({
+    op: "map",
+    proto,
+    port,
+    lifetime: opts.lifetime ?? 3600,
+    ...(opts.publicPort !== undefined ? { publicPort: opts.publicPort } : {}),
+    exact: opts.exact === true,
+  }, opts);
   if (res.result !== "ok") {
     throw notYours(res, `map ${proto} ${port}`) ?? new SessionRefused(
       String(res.error ?? res.result ?? "unknown answer"),

@@ -179,7 +179,7 @@ export class ServerCore {
     };
   }
 
-  /** Told the row of a mapping or peer PCP / NAT-PMP granted or renewed (run.ts: the state file). */
+  /** Told the row of every grant or renewal, of any protocol (run.ts: the state file keeps its lease). */
   onLease: ((row: number) => void) | null = null;
 
   /** The PCP / NAT-PMP service (`src/pcp/server.ts`). */
@@ -289,6 +289,8 @@ export class ServerCore {
       );
     }
     this.results[result]!++;
+    // A renewal's (or a repeated grant's) new lease, which the table does not report to its listener.
+    if (grant && result === Result.OK && grant.session >= 0) this.onLease?.(grant.session);
     if (result !== Result.OK) {
       const request = describeRequest(req);
       this.#views.noteRefusal(src, result, request, now);

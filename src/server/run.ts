@@ -211,8 +211,6 @@ export async function runServer(
         log.error(`handling a control request from ${rinfo.address}: ${(e as Error).stack ?? e}`);
       }
       if (!reply) return;
-      // A renewal's new lease, which the table does not report to its listener.
-      store?.noteReply(reply);
       if (!burst) {
         burst = true;
         setImmediate(endBurst);

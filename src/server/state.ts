@@ -39,7 +39,6 @@ import { describeSession as describeTuple } from "../wire/meta.ts";
 import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { setImmediate } from "node:timers";
 import { Result } from "../control/result.ts";
-import { decodeResponse, Op } from "../control/proto.ts";
 import type { SessionRecord, SessionTable, TableListener } from "../table/table.ts";
 import { logger } from "../runtime/log.ts";
 
@@ -478,7 +477,7 @@ export class StateStore {
 
   /**
    * Follows `table` from now on: every session added, removed (or renewed,
-   * see {@linkcode noteReply}) is written in the turn's transaction. Chains
+   * see {@linkcode noteLease}) is written in the turn's transaction. Chains
    * with the listener already set (the data path's), which is told first.
    */
   listen(table: SessionTable): void {
@@ -504,25 +503,10 @@ export class StateStore {
   }
 
   /**
-   * Records what an answered control request changed that the table does
-   * not report: the new lease of a renewal or of a repeated reservation.
+   * Records the new lease of row `s`, which the table does not report to its
+   * listener: a renewal or a repeated grant (dpm's protocol, PCP, NAT-PMP;
+   * `ServerCore.onLease`). A row added in this turn is written whole anyway.
    */
-  noteReply(reply: Uint8Array): void {
-    const t = this.#table;
-    if (!t || reply.length < 13 || reply[12] !== Result.OK) return;
-    const op = reply[3]! & 0x7f;
-    if (op !== Op.RESERVE && op !== Op.RENEW && op !== Op.MAP) return;
-    const d = decodeResponse(reply);
-    if (!d.ok) return;
-    const r = d.res;
-    // A mapping's row has no remote (its request's remote port is the suggested public port).
-    const s = op === Op.MAP
-      ? t.lookupIdentity(r.proto, r.internalAddr, r.internalPort, 0, 0)
-      : t.lookupIdentity(r.proto, r.internalAddr, r.internalPort, r.remoteAddr, r.remotePort);
-    this.noteLease(s);
-  }
-
-  /** Records the new lease of row `s` (renewed by PCP / NAT-PMP, or a control reply). */
   noteLease(s: number): void {
     const t = this.#table;
     if (!t || s < 0 || !t.isLive(s) || this.#fresh.has(s)) return;

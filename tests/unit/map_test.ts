@@ -5,7 +5,13 @@
  */
 
 import assert from "node:assert/strict";
-import { decodeRequest, decodeResponse, encodeRequest, Op } from "../../src/control/proto.ts";
+import {
+  decodeRequest,
+  decodeResponse,
+  encodeRequest,
+  newNonce,
+  Op,
+} from "../../src/control/proto.ts";
 import { Result } from "../../src/control/result.ts";
 import { DriverCore } from "../../src/driver/core.ts";
 import { ServerCore } from "../../src/server/core.ts";
@@ -263,4 +269,33 @@ Deno.test("map server: a data path that cannot carry mappings refuses MAP (as PC
   assert.equal(answer(ok, mapReq()).result, Result.OK);
   ok.detach();
   assert.equal(answer(ok, mapReq({ pa: 6001 })).result, Result.UNSUPPORTED_OPCODE, "stopping");
+});
+
+Deno.test("server core: every grant and renewal of dpm's protocol, MAP included, is told to onLease (the state file keeps the lease)", () => {
+  const server = new ServerCore(serverCfg({ pool: [R1] }), { lan: LAN });
+  const told: number[] = [];
+  server.onLease = (s) => told.push(s);
+  const req = (op: number) =>
+    encodeRequest({
+      op,
+      nonce: newNonce(),
+      proto: 17,
+      replaceable: true,
+      internalAddr: H1,
+      internalPort: 40000,
+      remoteAddr: P1,
+      remotePort: 7000,
+      lifetime: 600,
+    });
+  assert.equal(answer(server, req(Op.RESERVE)).result, Result.OK);
+  assert.equal(answer(server, req(Op.RENEW)).result, Result.OK);
+  const s = server.table.lookupIdentity(17, H1, 40000, P1, 7000);
+  assert.deepEqual(told, [s, s]);
+  assert.equal(answer(server, mapReq({ lifetime: 900 })).result, Result.OK);
+  assert.equal(told.at(-1), server.table.lookupMapOf(17, H1, 6000));
+  assert.equal(
+    answer(server, req(Op.RELEASE).map((b, i) => (i >= 28 && i < 32 ? 0 : b))).result,
+    Result.OK,
+  );
+  assert.equal(told.length, 3, "a release is no lease");
 });

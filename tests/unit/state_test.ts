@@ -104,25 +104,9 @@ Deno.test("state: removals and renewals are durable too; the epoch is kept", asy
     t.reserve(req(5001), now);
     store.commit();
     t.release(17, H1, 5001, P1, 7000, now);
-    // A renewal to a longer lease, as the control path notes it from its reply.
+    // A renewal to a longer lease, as the server core reports it (ServerCore.onLease).
     const renewed = t.renew(17, H1, 5000, P1, 7000, 600, now);
-    store.noteReply(encodeResponse({
-      op: Op.RENEW,
-      nonce: newNonce(),
-      result: Result.OK,
-      proto: 17,
-      replaced: false,
-      shared: false,
-      internalAddr: H1,
-      internalPort: 5000,
-      remoteAddr: P1,
-      remotePort: 7000,
-      publicAddr: renewed.r,
-      publicPort: renewed.p,
-      gatewayPort: renewed.pg,
-      lifetime: renewed.lifetime,
-      epoch: 7,
-    }));
+    store.noteLease(renewed.session);
     store.commit();
     store.close();
     const again = await reopen(path);
@@ -324,25 +308,9 @@ Deno.test("state: a mapping (and its renewed lease through dpm map) and a direct
       direct: true,
     }, now);
     store.commit();
-    // `dpm map` again with a longer lease: the reply is what the server notes.
+    // `dpm map` again with a longer lease, as the server core reports it.
     const renewed = t.map({ proto: 17, a: H1, pa: 6000, p: 0, r: 0, lifetime: 900 }, now);
-    store.noteReply(encodeResponse({
-      op: Op.MAP,
-      nonce: newNonce(),
-      result: Result.OK,
-      proto: 17,
-      replaced: false,
-      shared: false,
-      internalAddr: H1,
-      internalPort: 6000,
-      remoteAddr: 0,
-      remotePort: 0,
-      publicAddr: renewed.r,
-      publicPort: renewed.p,
-      gatewayPort: 0,
-      lifetime: renewed.lifetime,
-      epoch: 9,
-    }));
+    store.noteLease(renewed.session);
     store.commit();
     store.close();
     const again = await reopen(path, [R1, R2], now);
