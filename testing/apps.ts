@@ -448,3 +448,26 @@ print(json.dumps({"sessions": out, "allUs": all_us}))
 `,
   ];
 }
+
+/**
+ * A UDP listener on `port` that answers every datagram with "pong <source>"
+ * and prints it: "listening", then one {"from": "ip:port", "data": "..."} line
+ * per datagram.
+ */
+export function udpPong(port: number): string[] {
+  return [
+    "python3",
+    "-u",
+    "-c",
+    `
+import socket, json
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", ${port}))
+print("listening", flush=True)
+while True:
+    d, a = s.recvfrom(65535)
+    print(json.dumps({"from": "%s:%d" % a, "data": d.decode()}), flush=True)
+    s.sendto(("pong %s:%d" % a).encode(), a)
+`,
+  ];
+}

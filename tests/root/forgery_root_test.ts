@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import type { Topology } from "../../testing/topology.ts";
 import { type Dpm, type StartOptions, withDpm as withDpmOn } from "../../testing/launch.ts";
-import { rawSender, udpClient, udpEcho } from "../../testing/apps.ts";
+import { rawSender, udpClient, udpEcho, udpPong } from "../../testing/apps.ts";
 import { perDataPath } from "../../testing/root.ts";
 import { buildUdp } from "../../testing/packets.ts";
 import { encodeRequest, newNonce, Op } from "../../src/control/proto.ts";
@@ -133,7 +133,7 @@ test(
     const [h1, h2] = t.hosts as [typeof t.hosts[0], typeof t.hosts[0]];
     const p1 = t.peers[0]!;
     const g = t.gateway.lanText;
-    // h2 (no driver) maps UDP 5000 with NAT-PMP and listens, printing every datagram's source.
+    // h2 (no driver) maps UDP 5000 with NAT-PMP and listens, printing every datagram's source (udpPong).
     const map = await t.exec(h2.ns, ["natpmpc", "-g", g, "-a", "6000", "5000", "udp", "60"], {
       timeoutMs: 15_000,
     });
@@ -142,20 +142,7 @@ test(
     const pub = /Public IP address : (\S+)/.exec(addr.stdout)?.[1];
     assert.ok(pub, addr.stdout);
     const port = Number(/Mapped public port (\d+)/.exec(map.stdout)?.[1]);
-    const listener = t.spawn(h2.ns, [
-      "python3",
-      "-u",
-      "-c",
-      `
-import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", 5000))
-print("listening", flush=True)
-while True:
-    d, a = s.recvfrom(2048)
-    print("got %s from %s:%d" % (d.decode(errors="replace"), a[0], a[1]), flush=True)
-`,
-    ]);
+    const listener = t.spawn(h2.ns, udpPong(5000));
     await listener.waitForOutput(/listening/, 10_000);
     const dst = (pub.split(".").reduce((v, o) => v * 256 + Number(o), 0)) >>> 0;
     const otherPool = dst === 0xcb00710a ? 0xcb00710b : 0xcb00710a; // another pool address
@@ -185,10 +172,13 @@ while True:
       `import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b"real", ("${pub}", ${port}))`,
     ]);
     assert.equal(real.code, 0, real.stderr);
-    await listener.waitForOutput(/got real from/, 10_000);
+    await listener.waitForOutput(/"data": "real"/, 10_000);
     await new Promise((ok) => setTimeout(ok, 300));
     const out = listener.stdout();
-    assert.match(out, new RegExp(`got real from ${p1.addrText.replaceAll(".", "\\.")}:`));
+    assert.match(
+      out,
+      new RegExp(`"from": "${p1.addrText.replaceAll(".", "\\.")}:\\d+", "data": "real"`),
+    );
     assert.doesNotMatch(out, /forged/, `nothing forged arrived: ${out}`);
     await listener.stop();
   },

@@ -25,31 +25,12 @@
 
 import assert from "node:assert/strict";
 import { type Dpm, withDpm } from "../../testing/launch.ts";
-import { udpCollect } from "../../testing/apps.ts";
+import { udpCollect, udpPong } from "../../testing/apps.ts";
 import { type DataPathName, perDataPath } from "../../testing/root.ts";
 import type { Topology } from "../../testing/topology.ts";
 import { buildPeer, parsePcpResponse, randomNonce, udpExchange } from "../../testing/pcp_client.ts";
 
 const SAN = { sanitizeOps: false, sanitizeResources: false };
-
-/** A UDP listener on `port` that answers every datagram with "pong <source>" and prints it. */
-function udpPong(port: number): string[] {
-  return [
-    "python3",
-    "-u",
-    "-c",
-    `
-import socket, json
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", ${port}))
-print("listening", flush=True)
-while True:
-    d, a = s.recvfrom(65535)
-    print(json.dumps({"from": "%s:%d" % a, "data": d.decode()}), flush=True)
-    s.sendto(("pong %s:%d" % a).encode(), a)
-`,
-  ];
-}
 
 const hasNatpmpc = (() => {
   try {
