@@ -16,8 +16,6 @@ import {
   StateStore,
   type StoredRecord,
 } from "../../src/server/state.ts";
-import { encodeResponse, newNonce, Op } from "../../src/control/proto.ts";
-import { Result } from "../../src/control/result.ts";
 import { H1, LAN, P1, R1, R2, serverCfg } from "../../testing/fixtures.ts";
 import { ServerCore } from "../../src/server/core.ts";
 import { FakeServerDataPath } from "../../src/datapath/fake.ts";
