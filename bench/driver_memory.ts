@@ -18,6 +18,8 @@
 import { DriverCore } from "../src/driver/core.ts";
 import { ServerCore } from "../src/server/core.ts";
 import type { DriverDataPath, HostSessionKey, PacketIO } from "../src/datapath/datapath.ts";
+import { Verdict } from "../src/wire/meta.ts";
+import { rewriteToGateway } from "../src/wire/rewrite.ts";
 import { buildUdp } from "../testing/packets.ts";
 import { encodeRequest, newNonce } from "../src/control/proto.ts";
 import { setLevel } from "../src/runtime/log.ts";
@@ -69,17 +71,21 @@ export async function driverMemory(
   const N = n;
   const kernel = datapath === "kernel";
   /** A data path that keeps nothing (the fakes record every call). */
+  const io: PacketIO = { verdict: () => {}, flush: () => {}, send: () => {} };
   const dp: DriverDataPath = {
     kind: kernel ? "kernel" : "queue",
-    kernelTranslates: (p) => kernel && p !== 1,
+    can: { keepsSessions: kernel },
+    io,
+    adopt: () => Promise.resolve([]),
+    begin: () => Promise.resolve(),
+    outbound: (pkt, info, g, pg, skb) =>
+      kernel && info.proto !== 1 ? Verdict.ACCEPT : rewriteToGateway(pkt, info, g, pg, skb),
     sessionUp: (_: HostSessionKey) => {},
     sessionDown: (_: HostSessionKey) => {},
     activity: () => kernel ? new Map() : null,
-    adopted: () => [],
     status: () => ({ kind: kernel ? "kernel" : "queue", state: "on", reinstalls: 0 }),
     stop: () => Promise.resolve(),
   };
-  const io: PacketIO = { verdict: () => {}, flush: () => {}, send: () => {} };
 
   async function heap(): Promise<number> {
     for (let i = 0; i < 3; i++) {

@@ -1,26 +1,54 @@
 /**
  * The data path seam: what a role (server, driver) needs from whatever moves
- * its packets, and nothing more. Two implementations sit behind it:
+ * its packets, and nothing more. The role decides (which public pair, which
+ * session, refused or not); the data path moves and rewrites packets.
+ * Implementations:
  *
  * - `queue/`: the netfilter-queue translator. Every packet of a session
- *   crosses user space; the role's core rewrites it (`wire/rewrite.ts`).
- *   Sessions coming and going need no kernel work.
+ *   crosses user space and is rewritten there (`wire/rewrite.ts`). Sessions
+ *   coming and going need almost no kernel work.
  * - `kernel/`: dpm decides, the kernel translates. Each session is
  *   programmed into dpm's own nftables maps when it is granted and removed
  *   when it ends; conntrack then NATs every packet of it. Only the first
  *   packets of a new session (driver) and ICMP (both roles) reach user space.
  *
- * A role never constructs an implementation itself except in its `run.ts`;
- * cores see only these interfaces, and tests use `fake.ts`.
+ * A data path's whole life is in its interface, as wireguard-go's
+ * `tun.Device` and `conn.Bind` carry theirs: it is opened by
+ * {@linkcode openServerDataPath} / {@linkcode openDriverDataPath}
+ * (`open.ts`: nothing in the kernel changes yet), tells what a previous run
+ * left translating (`adopt`), installs itself and starts (`begin`), is told
+ * every session up and down and applies them (`commit`), and stops, keeping
+ * established sessions translating or removing everything (`stop`). What it
+ * can do is declared (`can`), so the cores ask an ability, never a kind, and
+ * a third data path plugs in without touching them. `fake.ts` holds the
+ * fakes for unit tests.
+ *
+ * The short names (`a`, `pa`, `X`, `px`, `R`, `p`, `G`, `Pg`) are those of
+ * the packet walk in docs/datapath.md.
  *
  * @module
  */
 
 import type { DataPathStatus } from "../operator/types.ts";
+import type { Cidr } from "../wire/addr.ts";
+import type { PacketInfo } from "../wire/packet.ts";
+import type { VerdictValue } from "../wire/meta.ts";
 import { protoIndex } from "../wire/meta.ts";
+import type { DriverConfig, ServerConfig } from "../config.ts";
 
-/** The data paths a role can run (`--datapath`). */
-export type DataPathKind = "kernel" | "queue";
+/** The data paths a role can run (`--datapath`), the default first. */
+export const DATAPATH_KINDS = ["kernel", "queue"] as const;
+
+/** One of {@linkcode DATAPATH_KINDS}. */
+export type DataPathKind = typeof DATAPATH_KINDS[number];
+
+/**
+ * How a data path stops: `keep` leaves what translates established
+ * sessions in the kernel, so that a restart loses none (the next start
+ * adopts them; a path that cannot keep removes everything anyway);
+ * `remove` takes everything away.
+ */
+export type StopMode = "keep" | "remove";
 
 /** A session as the gateway's data path needs it. Addresses host order. */
 export interface GatewaySession {
@@ -62,9 +90,73 @@ export interface SessionCounters {
   bytesIn: number;
 }
 
+/**
+ * What the gateway's data paths need to know of the gateway: a narrow view
+ * of the server's configuration (`gatewayOptions` in `open.ts` makes it).
+ */
+export type GatewayOptions =
+  & Pick<
+    ServerConfig,
+    | "lanAddr"
+    | "pool"
+    | "queue"
+    | "gatewayPorts"
+    | "controlPort"
+    | "pcp"
+    | "masquerade"
+    | "addPoolAddresses"
+    | "socket"
+  >
+  & {
+    /** The LAN and WAN interfaces (a data path needs both). */
+    lanIf: string;
+    wanIf: string;
+    /** The LAN prefix. */
+    lan: Cidr;
+  };
+
+/** A packet the gateway's path hands up (ICMP, hairpin, or every packet): returns a Verdict. */
+export type ServerPacketHandler = (pkt: Uint8Array, meta: number) => number;
+
+/** What a gateway data path can do; the server core asks these, never the kind. */
+export interface ServerAbilities {
+  /**
+   * Inbound mappings and direct sessions (PCP MAP and PEER, `dpm map`) reach
+   * their hosts. May change while running (the queue path needs its
+   * nftables steering table); false once the path stopped.
+   */
+  forwardsMappings(): boolean;
+  /**
+   * The kernel translates established packets and counts them per session
+   * (`counters`); the core sees only the packets the path hands up. False:
+   * the core sees (and counts) every packet itself.
+   */
+  readonly countsPerSession: boolean;
+  /** `stop("keep")` leaves established sessions translating; the next start adopts them. */
+  readonly keepsSessions: boolean;
+}
+
 /** The gateway's data path, seen from the server role. */
 export interface ServerDataPath {
+  /** Which path this is: for status and logs only. */
   readonly kind: DataPathKind;
+  readonly can: ServerAbilities;
+  /**
+   * The sessions a previous run left translating in the kernel (the server
+   * reconciles them with its table before `begin`). Changes nothing.
+   */
+  adopt(): Promise<GatewaySession[]>;
+  /**
+   * Installs everything (sysctls, addresses, rules, maps with every session
+   * of `sessions()`) and starts handing packets to `packets`. `onFatal` is
+   * called if the path fails while running. A `begin` that throws has undone
+   * what it did, except what a previous run left (adopted sessions go on).
+   */
+  begin(
+    sessions: () => Iterable<GatewaySession>,
+    packets: ServerPacketHandler,
+    onFatal: (e: Error) => void,
+  ): Promise<void>;
   /**
    * A session was granted: from now on its packets must be translated (once
    * {@linkcode commit} ran, which the server does before it answers the
@@ -81,17 +173,13 @@ export interface ServerDataPath {
   commit(): void;
   /**
    * Per-session kernel counters keyed by {@linkcode gatewayKey}, or null when
-   * the path keeps none (the queue path: the table counts packets itself).
+   * the path keeps none (`can.countsPerSession` false).
    */
   counters(): Map<number, SessionCounters> | null;
   /** For `dpm status`. */
   status(): DataPathStatus;
-  /**
-   * Stops. The queue path removes everything it installed. The kernel path,
-   * unless `remove` is set, leaves the kernel translating established
-   * sessions so that a restart loses none (it adopts them on start).
-   */
-  stop(remove: boolean): Promise<void>;
+  /** Stops (see {@linkcode StopMode}); closes what it opened either way. */
+  stop(mode: StopMode): Promise<void>;
 }
 
 /** A session as the host's data path needs it. */
@@ -115,34 +203,77 @@ export interface Activity {
   closed: boolean;
 }
 
+/**
+ * What the host's data paths need to know of the host: a narrow view of the
+ * driver's configuration and what the driver found out at start.
+ */
+export type HostOptions = Pick<DriverConfig, "queue" | "server" | "gatewayPorts" | "socket"> & {
+  /** The LAN prefix: destinations inside it are not translated. */
+  lan: Cidr;
+  /** The interface toward the gateway. */
+  dev: string;
+  /** The host's address on it (the `a` of its sessions); 0: unknown. */
+  local: number;
+};
+
+/** A packet the host's path hands up: returns a Verdict (`outbound`: leaving the host). */
+export type DriverPacketHandler = (
+  pkt: Uint8Array,
+  id: number,
+  outbound: boolean,
+  meta: number,
+) => number;
+
+/** What a host data path can do; the driver core asks these, never the kind. */
+export interface DriverAbilities {
+  /** `stop("keep")` leaves established sessions translating; the next start adopts them. */
+  readonly keepsSessions: boolean;
+}
+
 /** The host's data path, seen from the driver role. */
 export interface DriverDataPath {
+  /** Which path this is: for status and logs only. */
   readonly kind: DataPathKind;
+  readonly can: DriverAbilities;
+  /** Verdicts and raw sends for the packets this path hands up. */
+  readonly io: PacketIO;
+  /** Sessions the kernel still translates from a previous run (adopted on start). */
+  adopt(): Promise<HostSessionKey[]>;
+  /** Installs the rules (with the adopted sessions) and starts handing packets to `packets`. */
+  begin(packets: DriverPacketHandler, onFatal: (e: Error) => void): Promise<void>;
   /**
-   * True when the kernel translates established packets of `proto`; the
-   * driver then lets its held first packets go unchanged (the kernel
-   * rewrites them) instead of rewriting them itself.
+   * The way on for an outbound packet `a:pa -> X:px` of an active session
+   * that reached user space (a held first packet once granted, or a packet
+   * the path hands up): Verdict.MODIFIED when the path rewrote it in place
+   * to `a:pa -> G:Pg` (claim 5), ACCEPT when the kernel rewrites it further
+   * on (the session is programmed). `skbInfo`: the queue's checksum bits.
    */
-  kernelTranslates(proto: number): boolean;
+  outbound(pkt: Uint8Array, info: PacketInfo, g: number, pg: number, skbInfo: number): VerdictValue;
   /** A session was granted: translate it from now on. Before held packets are released. */
   sessionUp(s: HostSessionKey): void;
-  /** The session ended on the host: stop translating it. */
+  /**
+   * The session ended on the host (or its packets so far went out
+   * untranslated): stop translating it, and forget what the kernel tracked
+   * of it, so that its next packet meets the translation afresh.
+   */
   sessionDown(s: HostSessionKey): void;
   /**
    * Kernel activity per session keyed by {@linkcode hostKey}, or null when
    * the core sees every packet itself (queue path).
    */
   activity(): Map<number, Activity> | null;
-  /** Sessions the kernel still translates from a previous run (adopted on start). */
-  adopted(): HostSessionKey[];
   status(): DataPathStatus;
-  stop(remove: boolean): Promise<void>;
+  /** Stops (see {@linkcode StopMode}); closes what it opened either way. */
+  stop(mode: StopMode): Promise<void>;
 }
 
 /** How the driver's core gives verdicts and sends ICMP refusals (the queue and a raw socket). */
 export interface PacketIO {
-  /** The verdict for a held packet; with `payload`, the packet's new bytes. */
-  verdict(id: number, verdict: number, payload?: Uint8Array): void;
+  /**
+   * The verdict for a held or handed-up packet: DROP, ACCEPT, or MODIFIED
+   * with `payload` (the packet's new bytes).
+   */
+  verdict(id: number, verdict: VerdictValue, payload?: Uint8Array): void;
   /** Sends what `verdict` buffered. */
   flush(): void;
   /** Sends a raw IPv4 packet (an ICMP error to a local application). */

@@ -10,7 +10,7 @@
 
 import { PCP_PORT } from "../pcp/codec.ts";
 import { type Cidr, formatCidr, formatIPv4 } from "../wire/addr.ts";
-import type { ServerConfig } from "../config.ts";
+import type { GatewayOptions } from "./datapath.ts";
 import { logger } from "../runtime/log.ts";
 import { Cleanup } from "../runtime/cleanup.ts";
 import { keepReversePathFilter, recoverSysctls, setSysctls } from "../../linux/sysctl.ts";
@@ -51,7 +51,7 @@ export function poolRangeText(pool: number[]): string[] {
  * a LAN host's source would reach the listener (which checks the source
  * address, claim 2) and act in that host's name.
  */
-export function controlPorts(cfg: ServerConfig): number[] {
+export function controlPorts(cfg: GatewayOptions): number[] {
   // 5351: PCP and NAT-PMP (src/pcp/), the same LAN-only guard.
   return cfg.pcp ? [cfg.controlPort, PCP_PORT] : [cfg.controlPort];
 }
@@ -65,7 +65,7 @@ export function controlPorts(cfg: ServerConfig): number[] {
  * host as if from inside, and one with a pool source could pass for a
  * hairpinned peer.
  */
-export function wanAntiSpoofRules(cfg: ServerConfig, lan: Cidr): string[][] {
+export function wanAntiSpoofRules(cfg: GatewayOptions, lan: Cidr): string[][] {
   const wan = cfg.wanIf!;
   return [
     ["-i", wan, "-s", formatCidr(lan), "-j", "DROP"],
@@ -76,7 +76,7 @@ export function wanAntiSpoofRules(cfg: ServerConfig, lan: Cidr): string[][] {
 }
 
 /** The guard as iptables rules (queue path): filter INPUT -> DPM-SRV-IN. */
-export function controlGuardRules(cfg: ServerConfig, lan: Cidr): string[][] {
+export function controlGuardRules(cfg: GatewayOptions, lan: Cidr): string[][] {
   const g = formatIPv4(cfg.lanAddr);
   const ports = controlPorts(cfg).join(",");
   const m = ["-p", "udp", "-d", g, "-m", "multiport", "--dports", ports];
@@ -94,7 +94,7 @@ export function controlGuardRules(cfg: ServerConfig, lan: Cidr): string[][] {
  * Returns the cleanup.
  */
 export async function prepareGateway(
-  cfg: ServerConfig,
+  cfg: GatewayOptions,
   extra: Record<string, string> = {},
 ): Promise<Cleanup> {
   const undo = new Cleanup(log);
@@ -142,4 +142,17 @@ export async function prepareGateway(
     await undo.run();
     throw e;
   }
+}
+
+/**
+ * Undoes what {@linkcode prepareGateway} did, for `dpm server --cleanup`
+ * after a run that left it (kernel path, or SIGKILL): the sysctls from
+ * the journal and, with `--add-pool-addresses`, the pool addresses.
+ * Returns a log phrase.
+ */
+export async function removeGateway(cfg: GatewayOptions): Promise<string> {
+  const n = await recoverSysctls(`${cfg.socket}.sysctls.json`);
+  if (cfg.addPoolAddresses) await removeAddresses(cfg.wanIf, cfg.pool);
+  return `${n} sysctl(s) restored` +
+    (cfg.addPoolAddresses ? `; the pool removed from ${cfg.wanIf}` : "");
 }

@@ -1,20 +1,14 @@
 /**
- * `dpm driver --cleanup`: gives back to the server every session a kernel
- * path run left translating (read from the map), then removes dpm's table,
- * its iptables chains (either data path's) and restores the sysctls it
- * changed. Idempotent.
+ * `dpm driver --cleanup`: gives back to the server every session a run
+ * left translating (read from the kernel by each data path), then removes
+ * what any data path left (tables, chains, sysctls). Idempotent.
  *
  * @module
  */
 
-import type { Cidr } from "../wire/addr.ts";
-import type { DriverConfig } from "../config.ts";
+import type { HostOptions } from "../datapath/datapath.ts";
+import { leftoverHostSessions, removeDriverDataPaths } from "../datapath/open.ts";
 import { logger } from "../runtime/log.ts";
-import { removeChains } from "../../linux/iptables.ts";
-import { loadRuleset } from "../../linux/nft.ts";
-import { recoverSysctls } from "../../linux/sysctl.ts";
-import { driverChains } from "../datapath/queue/driver.ts";
-import { deleteTable, DRIVER_TABLE, driverKernelChains } from "../datapath/kernel/rules.ts";
 import type { DriverCore } from "./core.ts";
 
 const log = logger("driver");
@@ -23,38 +17,28 @@ const log = logger("driver");
 const RELEASE_WAIT_MS = 3000;
 
 /** Releases the previous run's sessions and removes its kernel state. */
-export async function cleanupDriver(
-  cfg: DriverConfig,
-  lan: Cidr,
-  dev: string,
-  local: number,
-  core: DriverCore,
-): Promise<void> {
+export async function cleanupDriver(opts: HostOptions, core: DriverCore): Promise<void> {
   let released = 0;
   try {
-    const { KernelDriverDataPath } = await import("../datapath/kernel/driver.ts");
-    const dp = await KernelDriverDataPath.open(cfg, lan, dev, local);
-    core.attach(dp, null);
+    core.adopt(await leftoverHostSessions(opts));
     released = core.counters.adopted;
     // Give them back, but do not wait long for a server that may be gone:
     // their leases run out there by themselves.
-    const deadline = new Promise<"late">((r) => setTimeout(() => r("late"), RELEASE_WAIT_MS));
-    if (await Promise.race([core.releaseAll(), deadline]) === "late") {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const deadline = new Promise<"late">((r) =>
+      timer = setTimeout(() => r("late"), RELEASE_WAIT_MS)
+    );
+    const outcome = await Promise.race([core.releaseAll(), deadline]);
+    clearTimeout(timer);
+    if (outcome === "late") {
       log.warn(
         `the server did not confirm every release within ${RELEASE_WAIT_MS / 1000} s; ` +
           "the rest expire at the end of their leases",
       );
     }
-    core.detach();
-    await dp.stop(false);
   } catch (e) {
     log.warn(`releasing the previous run's sessions: ${(e as Error).message}`);
   }
-  await loadRuleset(deleteTable(DRIVER_TABLE));
-  await removeChains(driverKernelChains(cfg, lan, dev));
-  await removeChains(driverChains(cfg, lan, dev));
-  const n = await recoverSysctls(`${cfg.socket}.sysctls.json`);
-  log.info(
-    `released ${released} session(s); removed table ip ${DRIVER_TABLE} and dpm's chains; restored ${n} sysctl(s)`,
-  );
+  const removed = await removeDriverDataPaths(opts);
+  log.info(`released ${released} session(s); removed ${removed.join("; ")}`);
 }

@@ -56,14 +56,14 @@ import {
   PacketInfo,
   parse,
 } from "../wire/packet.ts";
-import { rewrite, rewriteIcmpError } from "../wire/rewrite.ts";
+import { rewrite, rewriteIcmpError, rewriteToGateway } from "../wire/rewrite.ts";
 import {
   type DriverDataPath,
   hostKey,
   type HostSessionKey,
   type PacketIO,
 } from "../datapath/datapath.ts";
-import { describeSession, Verdict } from "../wire/meta.ts";
+import { describeSession, Verdict, type VerdictValue } from "../wire/meta.ts";
 import type { DataPathStatus, DriverStatusReply, MapReply, QueryReply } from "../operator/types.ts";
 import { buildIcmpError } from "../wire/icmp.ts";
 import {
@@ -291,7 +291,6 @@ export class DriverCore {
       return Verdict.MODIFIED;
     }
     if (cidrContains(this.#lan, info.dst)) return Verdict.ACCEPT;
-    const icmp = info.proto === IPPROTO_ICMP;
     let s = this.#get(info.proto, info.src, info.sport, info.dst, info.dport);
     const now = this.now();
     if (s) {
@@ -299,15 +298,12 @@ export class DriverCore {
       switch (s.state) {
         case State.ACTIVE:
           s.busy = true;
-          if (this.#dp?.kernelTranslates(s.proto)) {
-            // A new conntrack of a session the kernel already translates (the
-            // previous one expired, or a retransmitted SYN): its nat chain does it.
-            return Verdict.ACCEPT;
-          }
           if (info.proto === IPPROTO_TCP) s.closing = tcpClose(pkt, info, s.closing, CLOSE_FIN_OUT);
-          rewrite(pkt, info, info.src, icmp ? s.pg : info.sport, g, icmp ? 0 : s.pg, this.#skbInfo);
           this.counters.out++;
-          return Verdict.MODIFIED;
+          // The data path rewrites it here (queue), or lets it go on to the
+          // kernel's translation (a new conntrack of a session the kernel
+          // already translates: the previous one expired, or a retransmitted SYN).
+          return this.#toGateway(pkt, info, s.pg, this.#skbInfo);
         case State.PENDING:
           return this.#hold(s, pkt, id);
         case State.REFUSED:
@@ -535,7 +531,7 @@ export class DriverCore {
     // Its packets so far made an untranslated conntrack: remove it, so the
     // next packet is translated (sessionDown of a key never programmed only
     // deletes that conntrack).
-    if (this.#dp?.kernelTranslates(s.proto)) this.#dp.sessionDown(this.#key(s, res.gatewayPort));
+    this.#dp?.sessionDown(this.#key(s, res.gatewayPort));
     this.counters.recovered++;
     log.info(
       `${describeSession(s)} reserved after falling back: ${
@@ -596,38 +592,35 @@ export class DriverCore {
     this.#heldTotal -= held.length;
     if (!q || held.length === 0) return;
     const info = this.#info;
-    const kernel = this.#dp?.kernelTranslates(s.proto) ?? false;
     for (const h of held) {
-      if (how === Verdict.MODIFIED && kernel) {
-        // The session is in the kernel's map now: the nat chain after the
-        // queue translates the packet as it goes on.
-        this.counters.out++;
-        q.verdict(h.id, Verdict.ACCEPT);
-      } else if (how === Verdict.MODIFIED) {
+      if (how === Verdict.MODIFIED) {
         if (parse(h.bytes, h.bytes.length, info) !== Drop.NONE) {
-          q.verdict(h.id, 1);
+          q.verdict(h.id, Verdict.ACCEPT);
           continue;
         }
-        const icmp = info.proto === IPPROTO_ICMP;
-        rewrite(
-          h.bytes,
-          info,
-          info.src,
-          icmp ? s.pg : info.sport,
-          this.#cfg.server,
-          icmp ? 0 : s.pg,
-          h.skbInfo,
-        );
         this.counters.out++;
-        q.verdict(h.id, 1, h.bytes);
+        const v = this.#toGateway(h.bytes, info, s.pg, h.skbInfo);
+        q.verdict(h.id, v, v === Verdict.MODIFIED ? h.bytes : undefined);
       } else if (how === Verdict.DROP) {
         if (parse(h.bytes, h.bytes.length, info) === Drop.NONE) this.#refuse(h.bytes, info);
-        q.verdict(h.id, 0);
+        q.verdict(h.id, Verdict.DROP);
       } else {
-        q.verdict(h.id, 1);
+        q.verdict(h.id, Verdict.ACCEPT);
       }
     }
     q.flush();
+  }
+
+  /**
+   * An outbound packet of an active session on its way (claim 5): the data
+   * path rewrites it to `G:Pg` or lets the kernel do it; without one (tests
+   * of the core alone), rewritten here.
+   */
+  #toGateway(pkt: Uint8Array, info: PacketInfo, pg: number, skbInfo: number): VerdictValue {
+    const g = this.#cfg.server;
+    return this.#dp
+      ? this.#dp.outbound(pkt, info, g, pg, skbInfo)
+      : rewriteToGateway(pkt, info, g, pg, skbInfo);
   }
 
   /** Tells the application its session was refused: ICMP type 3 code 13 (communication administratively prohibited). */
@@ -638,15 +631,22 @@ export class DriverCore {
   }
 
   /**
-   * Connects the data path and its packet I/O. Sessions the kernel still
-   * translates from a previous run are adopted: active at once, renewed
-   * right away to learn their public pair and lease.
+   * Connects the data path and its packet I/O (the path's own, unless a
+   * test or `--cleanup` gives another, or none: no verdicts then).
    */
-  attach(dp: DriverDataPath, io: PacketIO | null): void {
+  attach(dp: DriverDataPath, io: PacketIO | null = dp.io): void {
     this.#dp = dp;
     this.#io = io;
+  }
+
+  /**
+   * Takes the sessions the kernel still translates from a previous run
+   * (`DriverDataPath.adopt`): active at once, renewed right away to learn
+   * their public pair and lease. Sessions of another gateway are skipped.
+   */
+  adopt(keys: HostSessionKey[]): void {
     const now = this.now();
-    for (const k of dp.adopted()) {
+    for (const k of keys) {
       if (k.g !== this.#cfg.server) continue;
       if (this.#get(k.proto, k.a, k.pa, k.x, k.px)) continue;
       const s = this.#newSession(k.proto, k.a, k.pa, k.x, k.px, now);
@@ -699,7 +699,8 @@ export class DriverCore {
     const act = this.#dp?.activity();
     if (!act) return;
     for (const s of this.sessions()) {
-      if (s.state !== State.ACTIVE || !this.#dp!.kernelTranslates(s.proto)) continue;
+      // Only sessions the kernel translates have activity (not ICMP, on the kernel path).
+      if (s.state !== State.ACTIVE) continue;
       const a = act.get(hostKey(s.proto, s.a, s.pg));
       if (!a) continue;
       if (a.packets !== s.kernelPackets) {

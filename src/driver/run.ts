@@ -23,11 +23,13 @@ import { ControlClient } from "../control/client.ts";
 import { logger } from "../runtime/log.ts";
 import { Cleanup, liveReload, untilStopped } from "../runtime/cleanup.ts";
 import { lockRole } from "../runtime/lock.ts";
-import { notify } from "../runtime/notify.ts";
+import { notify, useNotifier } from "../runtime/notify.ts";
+import { sdNotify } from "../../linux/sdnotify.ts";
 import { serveMetrics } from "../operator/metrics.ts";
 import { ensureSocketDir, serveLocal } from "../operator/socket.ts";
 import { type Asker, DriverCore, type OwnerOf } from "./core.ts";
 import { IPPROTO_TCP, IPPROTO_UDP } from "../wire/packet.ts";
+import { hostOptions, openDriverDataPath } from "../datapath/open.ts";
 
 const log = logger("driver");
 
@@ -36,6 +38,7 @@ export async function runDriver(
   cfg: DriverConfig,
   reload?: () => Promise<DriverConfig>,
 ): Promise<number> {
+  useNotifier(sdNotify);
   const undo = new Cleanup(log);
   const { stopped, stop } = untilStopped(undo, { reload: liveReload(log, cfg, reload) });
   try {
@@ -63,43 +66,14 @@ export async function runDriver(
       local: local ?? 0,
       ...(ownerOf ? { ownerOf } : {}),
     });
-    const onFatal = (e: Error) => {
-      log.error(`data path failed: ${e.message}`);
-      stop(1);
-    };
-    const handle = (pkt: Uint8Array, id: number, outbound: boolean, meta: number) =>
-      core.handlePacket(pkt, id, outbound, meta);
-
+    const hostOpts = hostOptions(cfg, lan, dev, local ?? 0);
     if (cfg.cleanup) {
       const { cleanupDriver } = await import("./cleanup.ts");
-      await cleanupDriver(cfg, lan, dev, local ?? 0, core);
+      await cleanupDriver(hostOpts, core);
       await undo.run();
       return 0;
     }
-    if (cfg.intercept && cfg.datapath === "kernel") {
-      if (local === null) throw new Error(`no local address toward ${formatIPv4(cfg.server)}`);
-      const { KernelDriverDataPath } = await import("../datapath/kernel/driver.ts");
-      const dp = await KernelDriverDataPath.open(cfg, lan, dev, local);
-      core.attach(dp, dp.io);
-      undo.push(async () => {
-        core.detach();
-        await dp.stop(false);
-      });
-      await dp.begin(handle, onFatal);
-    } else {
-      undo.push(() => core.releaseAll());
-      if (cfg.intercept) {
-        const { QueueDriverDataPath } = await import("../datapath/queue/driver.ts");
-        const dp = await QueueDriverDataPath.open(cfg, lan, dev);
-        core.attach(dp, dp.io);
-        undo.push(async () => {
-          core.detach();
-          await dp.stop();
-        });
-        await dp.begin(handle, onFatal);
-      }
-    }
-
+    // The sockets open before the kernel changes: a start that fails there leaves nothing.
     if (cfg.metricsAddr) {
       const { driverFamilies } = await import("./metrics.ts");
       const startedAt = Date.now();
@@ -115,6 +89,29 @@ export async function runDriver(
       ...(peers ? { peers: (path: string) => new peers(path) } : {}),
     });
     undo.push(() => sock.close());
+    if (cfg.intercept) {
+      if (local === null) throw new Error(`no local address toward ${formatIPv4(cfg.server)}`);
+      const dp = await openDriverDataPath(cfg.datapath, hostOpts);
+      // A path that keeps nothing gives every session back on exit; one that
+      // keeps them leaves them translating for the next start to adopt.
+      if (!dp.can.keepsSessions) undo.push(() => core.releaseAll());
+      undo.push(async () => {
+        core.detach();
+        await dp.stop("keep");
+      });
+      core.adopt(await dp.adopt());
+      core.attach(dp);
+      await dp.begin(
+        (pkt, id, outbound, meta) => core.handlePacket(pkt, id, outbound, meta),
+        (e) => {
+          log.error(`data path failed: ${e.message}`);
+          stop(1);
+        },
+      );
+    } else {
+      undo.push(() => core.releaseAll());
+    }
+
     const timer = setInterval(() => core.tick(), 500);
     undo.push(() => clearInterval(timer));
     log.info(

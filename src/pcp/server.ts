@@ -56,8 +56,8 @@ export interface PcpContext {
   table: SessionTable;
   /** LAN prefix: only its hosts are answered. Null: every source. */
   lan: Cidr | null;
-  /** The server's start (ms): epoch time counts from it. */
-  startedAt: number;
+  /** When the server's epoch began (ms): epoch time counts from it. */
+  epochStart: () => number;
   /** The host's request rate (shared with dpm's protocol). */
   limiter: RateLimiter;
   /** The per-source budget of refusals that are not a verified host's own business. */
@@ -71,8 +71,6 @@ export interface PcpContext {
   remoteIsOutside: (x: number) => boolean;
   /** Refusal log (rate-limited by the caller). */
   log: (line: string) => void;
-  /** Told the row of every mapping or peer granted or renewed (the state file keeps renewed leases). */
-  leased?: (row: number) => void;
 }
 
 /** dpm's result code as PCP's. */
@@ -152,9 +150,9 @@ export class PcpService {
     this.#c = ctx;
   }
 
-  /** Seconds since the server started (both protocols' epoch time). */
+  /** Seconds since the server's epoch began (both protocols' epoch time). */
   epochTime(now: number): number {
-    return Math.max(0, Math.floor((now - this.#c.startedAt) / 1000)) >>> 0;
+    return Math.max(0, Math.floor((now - this.#c.epochStart()) / 1000)) >>> 0;
   }
 
   /** Handles one datagram from `src` (host order); returns the reply or null. */
@@ -227,7 +225,6 @@ export class PcpService {
     const mine = this.#mine(src);
     const key = `${req.proto}/${req.internalPort}`;
     if (!mine.has(key)) mine.set(key, null);
-    c.leased?.(g.session);
     return this.#natPmpAnswer(req, NatPmpResult.SUCCESS, epoch, g.p, g.lifetime);
   }
 
@@ -380,7 +377,6 @@ export class PcpService {
       return err(r, false, `table: result ${g.result}`);
     }
     mine.set(key, req.nonce.slice());
-    c.leased?.(g.session);
     return answer(PcpResult.SUCCESS, g, g.lifetime);
   }
 

@@ -15,6 +15,11 @@ export class Cleanup {
   readonly #steps: (() => Promise<void> | void)[] = [];
   constructor(readonly log: Logger) {}
 
+  /** Steps registered and not run yet. */
+  get size(): number {
+    return this.#steps.length;
+  }
+
   /** Registers a step to run at cleanup. */
   push(step: () => Promise<void> | void): void {
     this.#steps.push(step);

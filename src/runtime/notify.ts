@@ -4,18 +4,28 @@
  * RELOADING=1 / READY=1 around a SIGHUP reload; STOPPING=1). A failure is
  * logged, never fatal: dpm works the same without systemd.
  *
+ * The sender is given by the role's process file (`useNotifier`, with
+ * `linux/sdnotify.ts`), so this module and its users stay free of the
+ * kernel; until then nothing is sent.
+ *
  * @module
  */
 
 import { logger } from "./log.ts";
-import { sdNotify } from "../../linux/sdnotify.ts";
 
 const log = logger("systemd");
 
-/** Sends `state` when under systemd; logs (once per kind) when that fails. */
+let send: (state: string) => void = () => {};
+
+/** Sets how states are sent (`sdNotify` under systemd). */
+export function useNotifier(sender: (state: string) => void): void {
+  send = sender;
+}
+
+/** Sends `state` when under systemd; logs when that fails. */
 export function notify(state: string): void {
   try {
-    sdNotify(state);
+    send(state);
   } catch (e) {
     log.warn((e as Error).message);
   }

@@ -45,11 +45,12 @@ import { LineBudget, RateLimiter } from "../control/ratelimit.ts";
 import { CookieMinter } from "../control/cookie.ts";
 import { Result, RESULT_COUNT, resultName } from "../control/result.ts";
 import { PcpService } from "../pcp/server.ts";
-import { type Grant, SessionTable, type TableListener } from "../table/table.ts";
+import { type Grant, type SessionRecord, SessionTable } from "../table/table.ts";
 import { DROP_COUNT, IPPROTO_ICMP } from "../wire/packet.ts";
 import { protoName } from "../wire/meta.ts";
 import type { HostView, SessionEvent, SessionView, StatusReply } from "../operator/types.ts";
 import type { GatewaySession, ServerDataPath, SessionCounters } from "../datapath/datapath.ts";
+import { type DropLog, restoreRecord } from "./state.ts";
 import { Translator } from "./translate.ts";
 import { ServerViews } from "./views.ts";
 
@@ -87,7 +88,6 @@ export const REFUSAL_LOG_LINES = 10;
  */
 export class ServerCore {
   readonly table: SessionTable;
-  readonly epoch: number;
   readonly startedAt: number;
   readonly results = new Float64Array(RESULT_COUNT);
   readonly drops = new Float64Array(DROP_COUNT);
@@ -103,9 +103,14 @@ export class ServerCore {
   unanswered = 0;
   readonly now: () => number;
 
-  /** The data path's share of the table listener (attach). */
-  #dpListener: TableListener | null = null;
   #dp: ServerDataPath | null = null;
+  /** Stops telling the data path of session changes (detach). */
+  #unsubscribeDp: () => void = () => {};
+  /** What applies a turn's changes before its grants are answered: the data path, the state file. */
+  readonly #committers: Committer[] = [];
+  #epoch: number;
+  /** When the epoch began (ms): PCP and NAT-PMP count their epoch time from it. */
+  #epochStart: number;
   /** The operator's side (`views.ts`). */
   readonly #views: ServerViews;
   /** The packet translation (`translate.ts`). */
@@ -116,7 +121,8 @@ export class ServerCore {
     this.#lan = opts.lan;
     this.now = opts.now ?? Date.now;
     this.startedAt = this.now();
-    this.epoch = (opts.epoch ?? crypto.getRandomValues(new Uint32Array(1))[0]!) >>> 0;
+    this.#epochStart = this.startedAt;
+    this.#epoch = (opts.epoch ?? randomEpoch()) >>> 0;
     this.table = new SessionTable({
       pool: cfg.pool,
       portMin: cfg.portRange[0],
@@ -140,18 +146,17 @@ export class ServerCore {
     this.pcp = new PcpService({
       table: this.table,
       lan: this.#lan,
-      startedAt: this.startedAt,
+      epochStart: () => this.#epochStart,
       limiter: this.#limiter,
       refusals: this.#refusals,
       mapSupported: () => this.#forwardsMappings(),
       remoteIsOutside: (x) => this.#remoteIsOutside(x),
       log: (line) => this.#logRefusal(this.now(), line),
-      leased: (s) => this.onLease?.(s),
     });
     const views = new ServerViews({
       table: this.table,
       cfg,
-      epoch: this.epoch,
+      epoch: () => this.#epoch,
       startedAt: this.startedAt,
       now: this.now,
       results: this.results,
@@ -167,20 +172,83 @@ export class ServerCore {
       packets: this.packets,
       countBytes: (s, outbound, n) => views.countBytes(s, outbound, n),
     });
-    this.table.listener = {
-      added: (s) => {
-        views.added(s);
-        this.#dpListener?.added(s);
-      },
-      removed: (s) => {
-        this.#dpListener?.removed(s);
-        views.removed(s);
-      },
-    };
+    this.table.subscribe({ added: (s) => views.added(s), removed: (s) => views.removed(s) });
   }
 
-  /** Told the row of every grant or renewal, of any protocol (run.ts: the state file keeps its lease). */
-  onLease: ((row: number) => void) | null = null;
+  /** The server's epoch: drivers that see it change reserve their sessions again. */
+  get epoch(): number {
+    return this.#epoch;
+  }
+
+  /**
+   * Starts a new epoch, keeping the table: after a restore dropped sessions
+   * a driver may still hold (`DropLog.renewsEpoch`), every driver learns at
+   * its next exchange that it must reserve again, and PCP and NAT-PMP
+   * clients (whose epoch time starts again at 0) that they must map again.
+   */
+  renewEpoch(): void {
+    const was = this.#epoch;
+    do this.#epoch = randomEpoch(); while (this.#epoch === was);
+    this.#epochStart = this.now();
+  }
+
+  /**
+   * Takes into the table the sessions the data path still translates from
+   * a previous run (`ServerDataPath.adopt`) that the table (restored from the
+   * state file, or empty) does not hold. Returns the ones the table will
+   * not hold (a clash, or dropped by the state file's restore as `drops`
+   * tells): the caller has the data path remove them before it begins.
+   */
+  adopt(found: GatewaySession[], drops: DropLog): { adopted: number; stale: GatewaySession[] } {
+    const t = this.table;
+    const now = this.now();
+    let adopted = 0;
+    const stale: GatewaySession[] = [];
+    for (const s of found) {
+      const held = t.lookupIdentity(s.proto, s.a, s.pa, s.x, s.px);
+      if (held >= 0) {
+        if (t.r(held) !== s.r || t.p(held) !== s.p || t.pg(held) !== s.pg) stale.push(s);
+        continue;
+      }
+      // A session the state file dropped stays dropped.
+      if (drops.dropped(s)) {
+        stale.push(s);
+        continue;
+      }
+      const life = t.grantedLifetime(s.proto, 0);
+      const rec: SessionRecord = {
+        ...s,
+        expiresAt: now + life * 1000,
+        lifetime: life,
+        replaceable: s.p !== s.pa,
+        replaced: s.p !== s.pa,
+        shared: t.portUsers(s.proto, s.r, s.p) > 0,
+        packetsOut: 0,
+        packetsIn: 0,
+      };
+      if (restoreRecord(t, rec, now, drops, "the kernel's maps")) adopted++;
+      else stale.push(s);
+    }
+    return { adopted, stale };
+  }
+
+  /**
+   * Something that must apply a turn's session changes before the turn's
+   * grants are answered (the data path, the state file): `commit` runs them
+   * all, in the order they were added.
+   */
+  addCommitter(c: Committer): void {
+    this.#committers.push(c);
+  }
+
+  /**
+   * Applies the turn's session changes: the data path programs the kernel,
+   * the state file commits. Every answer that grants (dpm's protocol, PCP,
+   * NAT-PMP, the operator's drop) is sent only after this returned.
+   */
+  commit(): void {
+    for (const c of this.#committers) c.commit();
+  }
 
   /** The PCP / NAT-PMP service (`src/pcp/server.ts`). */
   readonly pcp: PcpService;
@@ -205,7 +273,7 @@ export class ServerCore {
     const d = decodeRequest(msg);
     if (!d.ok) {
       this.results[d.result]!++;
-      const reply = errorResponseFor(msg, d, this.epoch);
+      const reply = errorResponseFor(msg, d, this.#epoch);
       const answer = reply !== null && this.#refusals.allow(src, now);
       if (isOurs(msg)) {
         this.#logRefusal(
@@ -218,7 +286,7 @@ export class ServerCore {
         this.unanswered++;
         return null;
       }
-      return errorResponseFor(msg, d, this.epoch, this.#cookies.cookieFor(src, now));
+      return errorResponseFor(msg, d, this.#epoch, this.#cookies.cookieFor(src, now));
     }
     const req = d.req;
     let result: number;
@@ -289,8 +357,6 @@ export class ServerCore {
       );
     }
     this.results[result]!++;
-    // A renewal's (or a repeated grant's) new lease, which the table does not report to its listener.
-    if (grant && result === Result.OK && grant.session >= 0) this.onLease?.(grant.session);
     if (result !== Result.OK) {
       const request = describeRequest(req);
       this.#views.noteRefusal(src, result, request, now);
@@ -332,7 +398,7 @@ export class ServerCore {
           }
           : {}),
       },
-      this.epoch,
+      this.#epoch,
       this.#cookies.cookieFor(src, now),
     ));
   }
@@ -371,70 +437,44 @@ export class ServerCore {
   }
 
   /**
-   * The data path forwards mappings and direct sessions: the kernel path
-   * always, the queue path once its steering table is up (`forwardsMappings`
-   * of `datapath/queue/server.ts`); without a data path, the table alone.
+   * The data path forwards mappings and direct sessions (as it declares);
+   * without a data path (control plane only, as in tests), the operator's
+   * own network does, until the server stops.
    */
   #forwardsMappings(): boolean {
-    const dp = this.#dp as (ServerDataPath & { forwardsMappings?: boolean }) | null;
-    // No data path at all (control plane only, as in tests): the operator's own forwards them.
+    const dp = this.#dp;
     if (dp === null) return !this.#detached;
-    return dp.kind === "kernel" || dp.forwardsMappings === true;
+    return dp.can.forwardsMappings();
   }
 
   /**
-   * Connects the data path: every session in the table now, and every one
-   * added or removed from now on, is handed to it (so a restored state file
-   * is programmed into the kernel for free).
+   * Connects the data path: every session added or removed from now on is
+   * handed to it (`begin` gets every session the table holds already), and
+   * it commits with the turn ({@linkcode commit}).
    */
   attach(dp: ServerDataPath): void {
     this.#dp = dp;
+    this.#committers.unshift(dp);
     const t = this.table;
-    // `direct` (PCP PEER, table.ts) matters to the queue path, which steers those endpoints.
-    const view = (s: number): GatewaySession => ({
-      proto: t.proto(s),
-      a: t.a(s),
-      pa: t.pa(s),
-      x: t.x(s),
-      px: t.px(s),
-      r: t.r(s),
-      p: t.p(s),
-      pg: t.pg(s),
-      ...(t.direct(s) ? { direct: true } : {}),
+    this.#unsubscribeDp = t.subscribe({
+      added: (s) => dp.sessionUp(gatewaySessionOf(t, s)),
+      removed: (s) => dp.sessionDown(gatewaySessionOf(t, s)),
     });
-    this.#dpListener = {
-      added: (s) => dp.sessionUp(view(s)),
-      removed: (s) => dp.sessionDown(view(s)),
-    };
-    // The kernel path loads what the table holds itself (begin); the queue
-    // path is told here, so that restored mappings' endpoints are steered.
-    if (dp.kind === "queue") {
-      for (const s of this.sessions()) dp.sessionUp(s);
-      dp.commit();
-    }
   }
 
   /** Every session as the data path sees it (to program them all at once). */
   *sessions(): IterableIterator<GatewaySession> {
-    for (const r of this.table.entries()) {
-      yield {
-        proto: r.proto,
-        a: r.a,
-        pa: r.pa,
-        x: r.x,
-        px: r.px,
-        r: r.r,
-        p: r.p,
-        pg: r.pg,
-        ...(r.direct ? { direct: true } : {}),
-      };
-    }
+    const t = this.table;
+    for (const s of t.slots()) yield gatewaySessionOf(t, s);
   }
 
   /** Disconnects the data path (on stop): the table no longer reports to it. */
   detach(): void {
+    const dp = this.#dp;
     this.#dp = null;
-    this.#dpListener = null;
+    this.#unsubscribeDp();
+    const i = dp ? this.#committers.indexOf(dp) : -1;
+    if (i >= 0) this.#committers.splice(i, 1);
     this.#detached = true;
   }
 
@@ -469,7 +509,7 @@ export class ServerCore {
       );
     } finally {
       // Where the core sees every packet, last-seen is sampled along the sweep.
-      if (this.#dp?.kind !== "kernel") this.#views.sample(budget);
+      if (!this.#dp?.can.countsPerSession) this.#views.sample(budget);
     }
   }
 
@@ -559,4 +599,28 @@ function describeRequest(req: Request): string {
 /** A datagram that looks like a control request (magic, not a response): refusals of it are logged. */
 function isOurs(b: Uint8Array): boolean {
   return b.length >= 4 && ((b[0]! << 8) | b[1]!) === MAGIC && (b[3]! & RESPONSE_BIT) === 0;
+}
+
+/** Applies a turn's session changes (see {@linkcode ServerCore.commit}). */
+export interface Committer {
+  commit(): void;
+}
+
+function randomEpoch(): number {
+  return crypto.getRandomValues(new Uint32Array(1))[0]!;
+}
+
+/** Slot `s` of `t` as the data path sees it (`direct`: PCP PEER, table.ts). */
+function gatewaySessionOf(t: SessionTable, s: number): GatewaySession {
+  return {
+    proto: t.proto(s),
+    a: t.a(s),
+    pa: t.pa(s),
+    x: t.x(s),
+    px: t.px(s),
+    r: t.r(s),
+    p: t.p(s),
+    pg: t.pg(s),
+    ...(t.direct(s) ? { direct: true } : {}),
+  };
 }

@@ -16,42 +16,46 @@ import { ensureSocketDir, serveLocal } from "../operator/socket.ts";
 import { serverOperator } from "../operator/server_ops.ts";
 import { ServerCore } from "./core.ts";
 import { DropLog, restoreRecord, StateStore } from "./state.ts";
-import type { GatewaySession, ServerDataPath } from "../datapath/datapath.ts";
+import type { ServerDataPath } from "../datapath/datapath.ts";
+import { gatewayOptions, openServerDataPath, removeServerDataPaths } from "../datapath/open.ts";
 import { lockRole } from "../runtime/lock.ts";
-import { notify } from "../runtime/notify.ts";
+import { notify, useNotifier } from "../runtime/notify.ts";
+import { sdNotify } from "../../linux/sdnotify.ts";
 import { serveMetrics } from "../operator/metrics.ts";
 import { reserveLatency } from "./metrics.ts";
+import { PCP_PORT } from "../pcp/codec.ts";
+import * as announce from "../pcp/announce.ts";
 
 const log = logger("server");
 
-/** Runs `dpm server` until SIGINT/SIGTERM or a fatal error; returns the exit code. */
+/**
+ * Runs `dpm server` until SIGINT/SIGTERM or a fatal error; returns the exit code.
+ *
+ * A start does everything that can fail without touching the kernel first
+ * (the lock, the state file, the control, PCP, operator and metrics
+ * sockets), then opens the data path, adopts what a previous run left
+ * translating, and lets the data path change the kernel (`begin`). A start
+ * that fails undoes what it did; only sessions a previous run left
+ * translating go on.
+ */
 export async function runServer(
   cfg: ServerConfig,
   reload?: () => Promise<ServerConfig>,
 ): Promise<number> {
+  useNotifier(sdNotify);
   const undo = new Cleanup(log);
   const { stopped, stop } = untilStopped(undo, { reload: liveReload(log, cfg, reload) });
   try {
     undo.push(await lockRole("server"));
     await ensureSocketDir(cfg.socket); // the data path keeps its journal beside the socket
-    // The LAN prefix: given, or read off the LAN interface.
-    let lan = cfg.lan;
-    if (!lan && cfg.lanIf) {
-      const { prefixOf } = await import("../../linux/iface.ts");
-      lan = await prefixOf(cfg.lanIf, cfg.lanAddr);
-      if (!lan) {
-        throw new Error(
-          `--lan-addr ${formatIPv4(cfg.lanAddr)} is not configured on --lan-if ${cfg.lanIf}`,
-        );
-      }
-    }
+    const lan = await lanPrefix(cfg);
     // The pool must lie outside the LAN, also when the prefix was read off the interface.
     if (lan) checkPoolOutside(cfg.pool, lan);
     const dataPlane = cfg.lanIf !== null && cfg.wanIf !== null && lan !== null;
     if (cfg.cleanup) {
       if (!dataPlane) throw new Error("--cleanup needs --lan-if and --wan-if");
-      const { cleanupServer } = await import("./cleanup.ts");
-      await cleanupServer(cfg, lan!);
+      const done = await removeServerDataPaths(gatewayOptions(cfg, lan!));
+      log.info(`removed ${done.join("; ")}`);
       await undo.run();
       return 0;
     }
@@ -67,7 +71,7 @@ export async function runServer(
     const store = cfg.state ? await StateStore.open(cfg.state) : null;
     if (store) undo.push(() => void store.close());
     const saved = store?.saved ?? null;
-    let core = new ServerCore(cfg, { lan, ...(saved ? { epoch: saved.epoch } : {}) });
+    const core = new ServerCore(cfg, { lan, ...(saved ? { epoch: saved.epoch } : {}) });
     const drops = new DropLog();
     if (saved) {
       let kept = 0;
@@ -78,80 +82,64 @@ export async function runServer(
       log.info(`restored ${kept} of ${saved.sessions.length} sessions from ${cfg.state}`);
     }
 
-    // The data path comes up before the control listener, so that every
-    // grant is answered only once its session is translated.
+    // The sockets are bound before the kernel changes (a port in use fails
+    // the start with nothing to undo); they answer once the data path is up,
+    // so that every grant is answered only once its session is translated.
+    let serving = false;
+    const control = await bindUdp(
+      cfg.lanAddr,
+      cfg.controlPort,
+      "Control port",
+      "another dpm server?",
+    );
+    undo.push(() => void control.close());
+    const pcp = cfg.pcp
+      ? await bindUdp(
+        cfg.lanAddr,
+        PCP_PORT,
+        "PCP port",
+        "another PCP or NAT-PMP server? --no-pcp turns dpm's off",
+      )
+      : null;
+    if (pcp) undo.push(() => void pcp.close());
+    if (cfg.metricsAddr) {
+      const { serverFamilies } = await import("./metrics.ts");
+      undo.push(await serveMetrics(cfg.metricsAddr, () => serverFamilies(core)));
+    }
+    // status (streamed), watch, drop; a drop is committed before it is answered.
+    const local = await serveLocal(cfg.socket, serverOperator(core, () => core.commit()));
+    undo.push(() => local.close());
+
+    // The data path: opened, what a previous run left adopted, then begun.
     let dp: ServerDataPath | null = null;
-    const onFatal = (e: Error) => {
-      log.error(`data path failed: ${e.message}`);
-      stop(1);
-    };
-    const handle = (pkt: Uint8Array, meta: number) => core.handlePacket(pkt, meta);
-    if (dataPlane && cfg.datapath === "kernel") {
-      const { KernelServerDataPath } = await import("../datapath/kernel/server.ts");
-      const kdp = KernelServerDataPath.open(cfg, lan!);
-      let adopted = 0;
-      // What the kernel translates but the table will not hold: removed below.
-      const stale: GatewaySession[] = [];
-      for (const s of await kdp.adopted()) {
-        const t = core.table;
-        const held = t.lookupIdentity(s.proto, s.a, s.pa, s.x, s.px);
-        if (held >= 0) {
-          if (t.r(held) !== s.r || t.p(held) !== s.p || t.pg(held) !== s.pg) stale.push(s);
-          continue;
-        }
-        // A session the state file dropped stays dropped.
-        if (drops.dropped(s)) {
-          stale.push(s);
-          continue;
-        }
-        const life = t.grantedLifetime(s.proto, 0);
-        const ok = restoreRecord(
-          t,
-          {
-            ...s,
-            expiresAt: core.now() + life * 1000,
-            lifetime: life,
-            replaceable: s.p !== s.pa,
-            replaced: s.p !== s.pa,
-            shared: t.portUsers(s.proto, s.r, s.p) > 0,
-            packetsOut: 0,
-            packetsIn: 0,
-          },
-          core.now(),
-          drops,
-          "the kernel's maps",
-        );
-        if (ok) adopted++;
-        else stale.push(s);
-      }
+    if (dataPlane) {
+      const path = await openServerDataPath(cfg.datapath, gatewayOptions(cfg, lan!));
+      dp = path;
+      undo.push(async () => {
+        core.detach();
+        // The kernel path goes on translating established sessions while no
+        // dpm runs; the next start adopts them (`dpm server --cleanup` removes all).
+        await path.stop("keep");
+      });
+      const { adopted, stale } = core.adopt(await path.adopt(), drops);
       if (adopted) log.info(`adopted ${adopted} session(s) the kernel was still translating`);
-      core = renewEpochIfDropped(core, cfg, lan, drops, saved !== null);
+      renewEpochIfDropped(core, drops, saved !== null);
       // Before begin() replaces the maps: the old elements and their conntracks go.
-      for (const s of stale) kdp.sessionDown(s);
+      for (const s of stale) path.sessionDown(s);
       if (stale.length) {
         log.info(`removed ${stale.length} session(s) from the kernel that the table dropped`);
       }
-      core.attach(kdp);
-      undo.push(async () => {
-        core.detach();
-        // The kernel goes on translating established sessions while no dpm
-        // runs; the next start adopts them (`dpm server --cleanup` removes all).
-        await kdp.stop(false);
-      });
-      await kdp.begin(() => core.sessions(), handle, onFatal);
-      dp = kdp;
-    } else if (dataPlane) {
-      core = renewEpochIfDropped(core, cfg, lan, drops, saved !== null);
-      const { QueueServerDataPath } = await import("../datapath/queue/server.ts");
-      const qdp = await QueueServerDataPath.start(cfg, lan!, handle, onFatal);
-      core.attach(qdp);
-      undo.push(async () => {
-        core.detach();
-        await qdp.stop();
-      });
-      dp = qdp;
+      core.attach(path);
+      await path.begin(
+        () => core.sessions(),
+        (pkt, meta) => core.handlePacket(pkt, meta),
+        (e) => {
+          log.error(`data path failed: ${e.message}`);
+          stop(1);
+        },
+      );
     } else {
-      core = renewEpochIfDropped(core, cfg, lan, drops, saved !== null);
+      renewEpochIfDropped(core, drops, saved !== null);
       log.info("data path off (no --lan-if/--wan-if): control plane only");
     }
     if (store) {
@@ -159,72 +147,16 @@ export async function runServer(
       // is written in the turn's transaction, committed before the replies.
       store.start(core.table, core.epoch);
       store.listen(core.table);
-      core.onLease = (s) => store.noteLease(s);
+      core.addCommitter(store);
       undo.push(() => {
         const n = store.close();
         log.info(`saved ${n} sessions to ${store.path}`);
       });
     }
 
-    // Control listener on G only: the LAN side. The socket keeps the
-    // kernel's default buffers: with recvBufferSize/sendBufferSize (or their
-    // setters) Deno's node:dgram answers about 10x slower (measured here:
-    // 1.1k against 11.6k answers/s); bursts are paced by the drivers instead.
-    const sock = dgram.createSocket("udp4");
-    await new Promise<void>((resolve, reject) => {
-      sock.once("error", (e: Error & { code?: string }) =>
-        reject(
-          new Error(
-            e.code === "EADDRNOTAVAIL"
-              ? `--lan-addr ${formatIPv4(cfg.lanAddr)} is not an address of this host`
-              : e.code === "EADDRINUSE"
-              ? `Control port ${
-                formatIPv4(cfg.lanAddr)
-              }:${cfg.controlPort} is in use (another dpm server?)`
-              : `Cannot bind the control port: ${e.message}`,
-          ),
-        ));
-      sock.bind(cfg.controlPort, formatIPv4(cfg.lanAddr), () => resolve());
-    });
-    sock.on("error", (e) => log.warn(`control socket: ${e.message}`));
-    // A grant is answered only after the data path has committed its session
-    // (dp.commit). The first request of a burst is committed and answered at
-    // once; the requests that arrive behind it in the same turn of the event
-    // loop are committed together in one transaction, then answered.
-    const outbox: [Uint8Array, number, string][] = [];
-    let burst = false;
-    const endBurst = () => {
-      burst = false;
-      dp?.commit();
-      store?.commit();
-      for (const [r, port, address] of outbox.splice(0)) sock.send(r, port, address);
-    };
-    sock.on("message", (msg, rinfo) => {
-      const src = parseSrc(rinfo.address);
-      if (src === null) return;
-      let reply: Uint8Array | null = null;
-      const t0 = performance.now();
-      try {
-        reply = core.handleControl(new Uint8Array(msg.buffer, msg.byteOffset, msg.byteLength), src);
-      } catch (e) {
-        // A bug must cost one request, not the gateway.
-        log.error(`handling a control request from ${rinfo.address}: ${(e as Error).stack ?? e}`);
-      }
-      if (!reply) return;
-      if (!burst) {
-        burst = true;
-        setImmediate(endBurst);
-        dp?.commit();
-        store?.commit();
-        sock.send(reply, rinfo.port, rinfo.address);
-        reserveLatency.observe((performance.now() - t0) / 1000);
-      } else {
-        outbox.push([reply, rinfo.port, rinfo.address]);
-        reserveLatency.observe((performance.now() - t0) / 1000);
-      }
-    });
-    undo.push(() => void sock.close());
-    if (cfg.pcp) undo.push(await listenPcp(cfg, core, () => dp, () => store));
+    serveControl(control, core, () => serving);
+    if (pcp) undo.push(servePcp(pcp, cfg, core, () => serving));
+    serving = true;
     log.info(
       `control listener on ${
         formatIPv4(cfg.lanAddr)
@@ -232,15 +164,6 @@ export async function runServer(
         `${lan ? `; LAN ${formatCidr(lan)}` : ""}; epoch ${core.epoch.toString(16)}; ` +
         `data path ${dp ? dp.kind : "off"}`,
     );
-
-    if (cfg.metricsAddr) {
-      const { serverFamilies } = await import("./metrics.ts");
-      undo.push(await serveMetrics(cfg.metricsAddr, () => serverFamilies(core)));
-    }
-
-    // status (streamed), watch, drop; a drop is in the state file before it is answered.
-    const local = await serveLocal(cfg.socket, serverOperator(core, () => store?.commit()));
-    undo.push(() => local.close());
 
     const timers: ReturnType<typeof setInterval>[] = [];
     undo.push(() => timers.forEach(clearInterval));
@@ -266,28 +189,109 @@ export async function runServer(
   }
 }
 
+/** The LAN prefix: given, or read off the LAN interface (null: neither). */
+async function lanPrefix(cfg: ServerConfig): Promise<Cidr | null> {
+  if (cfg.lan || !cfg.lanIf) return cfg.lan;
+  const { prefixOf } = await import("../../linux/iface.ts");
+  const lan = await prefixOf(cfg.lanIf, cfg.lanAddr);
+  if (!lan) {
+    throw new Error(
+      `--lan-addr ${formatIPv4(cfg.lanAddr)} is not configured on --lan-if ${cfg.lanIf}`,
+    );
+  }
+  return lan;
+}
+
 /**
- * The core to run with after a restore: the same, or, when the restore
- * dropped a session a driver may still hold (see DropLog.renewsEpoch), a new
- * one with a new epoch and the same sessions, so that every driver learns at
- * its next exchange that it must reserve again. Logs each reason of a drop.
+ * Logs each reason the restore dropped sessions for; when it dropped one a
+ * driver may still hold (see DropLog.renewsEpoch), starts a new epoch, so
+ * that every driver learns at its next exchange that it must reserve again.
  */
-function renewEpochIfDropped(
-  core: ServerCore,
-  cfg: ServerConfig,
-  lan: Cidr | null,
-  drops: DropLog,
-  restoredEpoch: boolean,
-): ServerCore {
+function renewEpochIfDropped(core: ServerCore, drops: DropLog, restoredEpoch: boolean): void {
   for (const line of drops.lines()) log.warn(line);
-  if (!restoredEpoch || !drops.renewsEpoch) return core;
-  const next = new ServerCore(cfg, { lan });
-  for (const rec of core.table.entries()) next.table.restore(rec);
+  if (!restoredEpoch || !drops.renewsEpoch) return;
+  const was = core.epoch;
+  core.renewEpoch();
   log.warn(
-    `new epoch ${next.epoch.toString(16)} (was ${core.epoch.toString(16)}): ` +
+    `new epoch ${core.epoch.toString(16)} (was ${was.toString(16)}): ` +
       `${drops.total} session(s) dropped, drivers reserve again`,
   );
-  return next;
+}
+
+/** A UDP socket bound to `addr:port`, or an error that says why not (`what`: the port's name). */
+async function bindUdp(
+  addr: number,
+  port: number,
+  what: string,
+  inUseHint: string,
+): Promise<dgram.Socket> {
+  const sock = dgram.createSocket("udp4");
+  await new Promise<void>((resolve, reject) => {
+    const failed = (e: Error & { code?: string }) => {
+      sock.close();
+      reject(
+        new Error(
+          e.code === "EADDRNOTAVAIL"
+            ? `--lan-addr ${formatIPv4(addr)} is not an address of this host`
+            : e.code === "EADDRINUSE"
+            ? `${what} ${formatIPv4(addr)}:${port} is in use (${inUseHint})`
+            : `Cannot bind the ${what.toLowerCase()}: ${e.message}`,
+        ),
+      );
+    };
+    sock.once("error", failed);
+    sock.bind(port, formatIPv4(addr), () => {
+      sock.off("error", failed);
+      resolve();
+    });
+  });
+  sock.on("error", (e) => log.warn(`${what.toLowerCase()}: ${e.message}`));
+  return sock;
+}
+
+/**
+ * Answers dpm's protocol on the control socket (G only: the LAN side). A
+ * grant is answered only after the turn's changes are committed
+ * (`core.commit`: the data path, the state file). The first request of a
+ * burst is committed and answered at once; the requests that arrive behind
+ * it in the same turn of the event loop are committed together, then
+ * answered. The socket keeps the kernel's default buffers: with
+ * recvBufferSize/sendBufferSize (or their setters) Deno's node:dgram
+ * answers about 10x slower (measured here: 1.1k against 11.6k answers/s);
+ * bursts are paced by the drivers instead.
+ */
+function serveControl(sock: dgram.Socket, core: ServerCore, serving: () => boolean): void {
+  const outbox: [Uint8Array, number, string][] = [];
+  let burst = false;
+  const endBurst = () => {
+    burst = false;
+    core.commit();
+    for (const [r, port, address] of outbox.splice(0)) sock.send(r, port, address);
+  };
+  sock.on("message", (msg, rinfo) => {
+    // Before the data path is up, requests go unanswered: drivers retransmit.
+    if (!serving()) return;
+    const src = parseSrc(rinfo.address);
+    if (src === null) return;
+    let reply: Uint8Array | null = null;
+    const t0 = performance.now();
+    try {
+      reply = core.handleControl(new Uint8Array(msg.buffer, msg.byteOffset, msg.byteLength), src);
+    } catch (e) {
+      // A bug must cost one request, not the gateway.
+      log.error(`handling a control request from ${rinfo.address}: ${(e as Error).stack ?? e}`);
+    }
+    if (!reply) return;
+    if (!burst) {
+      burst = true;
+      setImmediate(endBurst);
+      core.commit();
+      sock.send(reply, rinfo.port, rinfo.address);
+    } else {
+      outbox.push([reply, rinfo.port, rinfo.address]);
+    }
+    reserveLatency.observe((performance.now() - t0) / 1000);
+  });
 }
 
 function parseSrc(text: string): number | null {
@@ -297,35 +301,20 @@ function parseSrc(text: string): number | null {
 }
 
 /**
- * PCP and NAT-PMP on UDP 5351 of the LAN address (`src/pcp/`). A grant is
- * committed to the data path (and the state file) before it is answered, as
- * for dpm's own protocol. Returns the closer.
+ * PCP and NAT-PMP on UDP 5351 of the LAN address (`src/pcp/`), on the bound
+ * socket `sock`. A grant is committed (`core.commit`) before it is
+ * answered, as for dpm's own protocol. Returns what stops the announcements.
  */
-async function listenPcp(
+function servePcp(
+  sock: dgram.Socket,
   cfg: ServerConfig,
   core: ServerCore,
-  dp: () => ServerDataPath | null,
-  store: () => { commit(): void } | null,
-): Promise<() => void> {
-  const { PCP_PORT } = await import("../pcp/codec.ts");
-  const sock = dgram.createSocket({ type: "udp4" });
-  await new Promise<void>((resolve, reject) => {
-    sock.once("error", (e: Error & { code?: string }) =>
-      reject(
-        new Error(
-          e.code === "EADDRINUSE"
-            ? `PCP port ${formatIPv4(cfg.lanAddr)}:${PCP_PORT} is in use (another PCP or ` +
-              `NAT-PMP server? --no-pcp turns dpm's off)`
-            : `Cannot bind the PCP port: ${e.message}`,
-        ),
-      ));
-    sock.bind(PCP_PORT, formatIPv4(cfg.lanAddr), () => resolve());
-  });
-  sock.on("error", (e) => log.warn(`PCP socket: ${e.message}`));
+  serving: () => boolean,
+): () => void {
   // Unsolicited announcements of the new epoch (src/pcp/announce.ts): from
   // lanAddr:5351 to 224.0.0.1:5350, TTL 1, out of the LAN interface (the
   // default route would take the group out of the WAN side).
-  const ann = await import("../pcp/announce.ts");
+  const ann = announce;
   let announcing = true;
   try {
     sock.setMulticastTTL(1);
@@ -345,6 +334,7 @@ async function listenPcp(
   });
   sock.on("close", () => announcer.stop());
   sock.on("message", (msg, rinfo) => {
+    if (!serving()) return;
     const src = parseSrc(rinfo.address);
     if (src === null) return;
     let reply: Uint8Array | null = null;
@@ -354,8 +344,7 @@ async function listenPcp(
       log.error(`handling a PCP request from ${rinfo.address}: ${(e as Error).stack ?? e}`);
     }
     if (!reply) return;
-    dp()?.commit();
-    store()?.commit();
+    core.commit();
     sock.send(reply, rinfo.port, rinfo.address);
   });
   log.info(`PCP and NAT-PMP on ${formatIPv4(cfg.lanAddr)}:${PCP_PORT}`);
@@ -363,8 +352,5 @@ async function listenPcp(
     announcer.start();
     log.debug(`PCP announcing the epoch to ${ann.ANNOUNCE_GROUP}:${ann.ANNOUNCE_PORT}`);
   }
-  return () => {
-    announcer.stop();
-    sock.close();
-  };
+  return () => announcer.stop();
 }

@@ -39,7 +39,7 @@ import { describeSession as describeTuple } from "../wire/meta.ts";
 import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { setImmediate } from "node:timers";
 import { Result } from "../control/result.ts";
-import type { SessionRecord, SessionTable, TableListener } from "../table/table.ts";
+import type { SessionRecord, SessionTable } from "../table/table.ts";
 import { logger } from "../runtime/log.ts";
 
 const log = logger("server");
@@ -476,43 +476,38 @@ export class StateStore {
   }
 
   /**
-   * Follows `table` from now on: every session added, removed (or renewed,
-   * see {@linkcode noteLease}) is written in the turn's transaction. Chains
-   * with the listener already set (the data path's), which is told first.
+   * Follows `table` from now on: every session added, renewed (a renewal or
+   * a repeated grant of any protocol) or removed is written in the turn's
+   * transaction, committed by {@linkcode commit}. A row added in this turn
+   * is written whole, so its renewals in the same turn need nothing more.
+   * Returns the function that stops following.
    */
-  listen(table: SessionTable): void {
+  listen(table: SessionTable): () => void {
+    this.#unlisten();
     this.#table = table;
-    const inner = table.listener;
-    const listener: TableListener = {
-      added: (s) => {
-        inner?.added(s);
+    this.#unlisten = table.subscribe({
+      added: (s) =>
         this.#change(() => {
           this.#write(table, s);
           this.#fresh.add(s);
-        });
+        }),
+      renewed: (s) => {
+        if (!table.isLive(s) || this.#fresh.has(s)) return;
+        const id = this.#ids[s] ?? 0;
+        if (id) this.#change(() => this.#renew.run(table.expiresAt(s), table.lifetime(s), id));
       },
       removed: (s) => {
-        inner?.removed(s);
         const id = this.#ids[s] ?? 0;
         this.#setId(s, 0);
         this.#fresh.delete(s);
         if (id) this.#change(() => this.#delete.run(id));
       },
-    };
-    table.listener = listener;
+    });
+    return () => this.#unlisten();
   }
 
-  /**
-   * Records the new lease of row `s`, which the table does not report to its
-   * listener: a renewal or a repeated grant (dpm's protocol, PCP, NAT-PMP;
-   * `ServerCore.onLease`). A row added in this turn is written whole anyway.
-   */
-  noteLease(s: number): void {
-    const t = this.#table;
-    if (!t || s < 0 || !t.isLive(s) || this.#fresh.has(s)) return;
-    const id = this.#ids[s] ?? 0;
-    if (id) this.#change(() => this.#renew.run(t.expiresAt(s), t.lifetime(s), id));
-  }
+  /** Stops following the table ({@linkcode listen}). */
+  #unlisten: () => void = () => {};
 
   /** Changes waiting for the group commit. */
   get pending(): boolean {
@@ -648,6 +643,7 @@ export class StateStore {
       }
       db.exec("COMMIT");
     }
+    this.#unlisten();
     this.#table = null;
     this.#db = null;
     db.close();

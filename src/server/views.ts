@@ -34,7 +34,7 @@ export type RemovalReason = "released" | "expired" | "dropped";
 export interface ServerViewsDeps {
   table: SessionTable;
   cfg: Pick<ServerConfig, "lanAddr" | "pool" | "maxSessionsPerHost">;
-  epoch: number;
+  epoch: () => number;
   /** When the server started, ms (the clock's unit). */
   startedAt: number;
   /** The clock, ms. */
@@ -96,7 +96,7 @@ export class ServerViews {
     for (let i = 1; i < DROP_COUNT; i++) drops[DROP_NAMES[i]!] = d.drops[i]!;
     return {
       version: VERSION,
-      epoch: d.epoch,
+      epoch: d.epoch(),
       uptime: Math.round((now - d.startedAt) / 1000),
       lanAddr: formatIPv4(d.cfg.lanAddr),
       pool: d.cfg.pool.map(formatIPv4),
@@ -347,7 +347,7 @@ export class ServerViews {
       v.bytesIn! += c.bytesIn;
     }
     // The kernel's share of the counts is known only when read (counters).
-    if (counters || this.#d.dataPath()?.kind !== "kernel") {
+    if (counters || !this.#d.dataPath()?.can.countsPerSession) {
       this.#observe(s, v.packetsOut + v.packetsIn, now);
     }
     const born = this.#born[s] ?? 0;

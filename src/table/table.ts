@@ -368,19 +368,39 @@ function checkInt(name: string, v: number, lo: number, hi: number): number {
  * ```
  */
 /**
- * Told when sessions come and go (a data path programs the kernel from it).
- * Called synchronously: `added` after the session is in the table (so a
- * grant is answered only after its listener returned), `removed` before it
- * leaves (its fields are still readable through the slot accessors).
+ * Told when sessions come and go, and when a lease changes: the one route
+ * of session changes out of the table (the data path programs the kernel
+ * from it, the state file writes it, the operator's views count it).
+ * Called synchronously, in subscription order: `added` after the session
+ * is in the table (so a grant is answered only after every subscriber
+ * returned), `renewed` after its lease changed (a renewal, or a repeated
+ * grant or mapping request), `removed` before it leaves (its fields are
+ * still readable through the slot accessors).
  */
-export interface TableListener {
-  added(s: number): void;
-  removed(s: number): void;
+export interface TableSubscriber {
+  added?(s: number): void;
+  renewed?(s: number): void;
+  removed?(s: number): void;
 }
 
 export class SessionTable {
-  /** The listener for session changes, if any. */
-  listener: TableListener | null = null;
+  /** Who is told of session changes, in subscription order ({@linkcode subscribe}). */
+  #subs: TableSubscriber[] = [];
+
+  /**
+   * Tells `sub` of every session added, renewed or removed from now on.
+   * Returns the function that stops it.
+   */
+  subscribe(sub: TableSubscriber): () => void {
+    this.#subs = [...this.#subs, sub];
+    return () => {
+      this.#subs = this.#subs.filter((x) => x !== sub);
+    };
+  }
+
+  #renewed(s: number): void {
+    for (const sub of this.#subs) sub.renewed?.(s);
+  }
 
   // ---- configuration ----
   readonly #pool: Uint32Array;
@@ -768,6 +788,7 @@ export class SessionTable {
     if (held >= 0) {
       this.#exp[held] = now + life * 1000;
       this.#life[held] = life;
+      this.#renewed(held);
       return this.#grant(held);
     }
 
@@ -879,6 +900,7 @@ export class SessionTable {
     const life = this.grantedLifetime(proto, lifetime);
     this.#exp[s] = now + life * 1000;
     this.#life[s] = life;
+    this.#renewed(s);
     return this.#grant(s);
   }
 
@@ -930,6 +952,7 @@ export class SessionTable {
     if (held >= 0) {
       this.#exp[held] = now + life * 1000;
       this.#life[held] = life;
+      this.#renewed(held);
       return this.#grant(held);
     }
     const hb = this.#hosts.find(a);
@@ -1164,6 +1187,13 @@ export class SessionTable {
       ...((f & F_MAP) !== 0 ? { map: true } : {}),
       ...((f & F_DIRECT) !== 0 ? { direct: true } : {}),
     };
+  }
+
+  /** The slot of every live session, in slot order. Do not modify the table while iterating. */
+  *slots(): IterableIterator<number> {
+    for (let s = 0; s < this.#hw; s++) {
+      if ((this.#flags[s]! & F_LIVE) !== 0) yield s;
+    }
   }
 
   /** Every live session, in slot order. Do not modify the table while iterating. */
@@ -1501,12 +1531,12 @@ export class SessionTable {
       hv[hb * HS + 5] = 1;
     } else if (hv[hb * HS + 4] === ri) hv[hb * HS + 5]!++;
     this.#size++;
-    this.listener?.added(s);
+    for (const sub of this.#subs) sub.added?.(s);
     return s;
   }
 
   #remove(s: number): void {
-    this.listener?.removed(s);
+    for (const sub of this.#subs) sub.removed?.(s);
     const proto = this.#proto[s]!;
     const a = this.#a[s]!;
     const pa = this.#pa[s]!;

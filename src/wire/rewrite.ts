@@ -21,7 +21,7 @@
  * @module
  */
 
-import { Meta } from "./meta.ts";
+import { Meta, Verdict } from "./meta.ts";
 import {
   csumApply,
   csumDelta16,
@@ -383,4 +383,21 @@ export function recomputeL4Checksum(buf: Uint8Array, info: PacketInfo, skbInfo: 
 
 function recomputeIf(recompute: boolean, buf: Uint8Array, info: PacketInfo, skbInfo: number): void {
   if (recompute) recomputeL4Checksum(buf, info, skbInfo);
+}
+
+/**
+ * The host's rewrite of claim 5: `a:pa -> X:px` becomes `a:pa -> G:Pg`
+ * (ICMP echo: the identifier becomes Pg, the "port" 0). For the data paths
+ * that rewrite a host's packets in user space. Returns Verdict.MODIFIED.
+ */
+export function rewriteToGateway(
+  pkt: Uint8Array,
+  info: PacketInfo,
+  g: number,
+  pg: number,
+  skbInfo = 0,
+): typeof Verdict.MODIFIED {
+  const icmp = info.proto === IPPROTO_ICMP;
+  rewrite(pkt, info, info.src, icmp ? pg : info.sport, g, icmp ? 0 : pg, skbInfo);
+  return Verdict.MODIFIED;
 }

@@ -202,17 +202,48 @@ Deno.test("architecture: linux/ imports nothing from src/ but src/wire", async (
   assert.deepEqual(bad, [], bad.join("\n"));
 });
 
-Deno.test("architecture: only the run and cleanup modules import the data path implementations", async () => {
-  const allowed = new Set([
-    "src/server/run.ts",
-    "src/driver/run.ts",
-    "src/server/cleanup.ts",
-    "src/driver/cleanup.ts",
-  ]);
-  const impl = (p: string) => under(p, "src/datapath/queue") || under(p, "src/datapath/kernel");
+/** The data path implementations: a folder under src/datapath/ each. */
+const IMPLS = ["src/datapath/queue", "src/datapath/kernel"];
+const implOf = (p: string) => IMPLS.find((d) => under(p, d)) ?? null;
+
+Deno.test("architecture: only src/datapath/open.ts imports the data path implementations", async () => {
   const bad = violations(
     await projectGraph(),
-    (f, t) => impl(t) && !impl(f) && !allowed.has(f),
+    (f, t) => implOf(t) !== null && implOf(f) === null && f !== "src/datapath/open.ts",
   );
   assert.deepEqual(bad, [], bad.join("\n"));
+});
+
+Deno.test("architecture: a data path implementation imports no other implementation", async () => {
+  const bad = violations(
+    await projectGraph(),
+    (f, t) => implOf(f) !== null && implOf(t) !== null && implOf(f) !== implOf(t),
+  );
+  assert.deepEqual(bad, [], bad.join("\n"));
+});
+
+Deno.test("architecture: only the process files (run, cleanup) and src/datapath/ import linux/", async () => {
+  const allowed = (f: string) =>
+    under(f, "src/datapath") || /^src\/[a-z]+\/(run|cleanup)\.ts$/.test(f);
+  const bad = violations(
+    await projectGraph(),
+    (f, t) => under(f, "src") && under(t, "linux") && !allowed(f),
+  );
+  assert.deepEqual(bad, [], bad.join("\n"));
+});
+
+Deno.test("architecture: the rule checks name a planted violation", () => {
+  const g: Graph = new Map([
+    ["src/datapath/kernel/server.ts", new Set(["src/datapath/queue/server.ts"])],
+    ["src/server/core.ts", new Set(["src/datapath/kernel/server.ts", "linux/nft.ts"])],
+    ["src/server/run.ts", new Set(["linux/iface.ts"])],
+  ]);
+  assert.deepEqual(
+    violations(g, (f, t) => implOf(f) !== null && implOf(t) !== null && implOf(f) !== implOf(t)),
+    ["src/datapath/kernel/server.ts imports src/datapath/queue/server.ts"],
+  );
+  assert.deepEqual(
+    violations(g, (f, t) => under(f, "src") && under(t, "linux") && !/\/run\.ts$/.test(f)),
+    ["src/server/core.ts imports linux/nft.ts"],
+  );
 });

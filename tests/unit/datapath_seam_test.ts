@@ -14,7 +14,8 @@ import { FakeDriverDataPath, FakePacketIO, FakeServerDataPath } from "../../src/
 import { gatewayKey, hostKey } from "../../src/datapath/datapath.ts";
 import { decodeResponse, encodeRequest, newNonce, Op } from "../../src/control/proto.ts";
 import { Result } from "../../src/control/result.ts";
-import { buildTcp, buildUdp } from "../../testing/packets.ts";
+import { buildIcmpEcho, buildTcp, buildUdp } from "../../testing/packets.ts";
+import { PacketInfo, parse } from "../../src/wire/packet.ts";
 import {
   driverCfg,
   G,
@@ -146,8 +147,13 @@ Deno.test("seam: on a kernel path the driver holds the first packet, programs th
     Verdict.ACCEPT,
   );
   assert.equal(dp.up.length, 1);
-  // ICMP stays with the driver's own translator on a kernel path.
-  assert.equal(dp.kernelTranslates(1), false);
+  // ICMP stays with the translator in user space on a kernel path: rewritten to G:Pg.
+  const echo = buildIcmpEcho({ src: H1, dst: P1, id: 77, seq: 1, type: 8 });
+  const info = new PacketInfo();
+  assert.equal(parse(echo, echo.length, info), 0);
+  assert.equal(dp.outbound(echo, info, G, 61234, 0), Verdict.MODIFIED);
+  assert.equal(parse(echo, echo.length, info), 0);
+  assert.deepEqual([info.dst, info.sport], [G, 61234], "to G, the identifier replaced by Pg");
 });
 
 Deno.test("seam: on a kernel path leases follow kernel activity: a moving counter renews, a closed TCP conntrack releases", async () => {
@@ -204,6 +210,7 @@ Deno.test("seam: sessions the kernel still translates after a restart are adopte
     pg: granted.res.gatewayPort,
   }];
   d.attach(dp, io);
+  d.adopt(await dp.adopt());
   assert.equal((d.stats() as Record<string, number>).adopted, 1);
   d.tick();
   await settle();

@@ -172,7 +172,7 @@ Deno.test("driver: a fixed port refused by the server is dropped and the applica
   const b = buildUdp({ src: H2, sport: 5060, dst: P1, dport: 5060 });
   assert.equal(h2.d.handlePacket(b, 1, true), Verdict.HOLD);
   await settle();
-  assert.deepEqual(h2.q.given, [{ id: 1, verdict: 0 }], "held packet dropped");
+  assert.deepEqual(h2.q.given, [{ id: 1, verdict: Verdict.DROP }], "held packet dropped");
   assert.equal(h2.raw.sent.length, 1);
   const icmp = parsed(h2.raw.sent[0]!.pkt);
   assert.deepEqual([icmp.icmpType, icmp.icmpCode, icmp.dst, icmp.src], [3, 13, H2, P1]);
@@ -189,7 +189,7 @@ Deno.test("driver: a fixed port refused by the server is dropped and the applica
   const c = buildUdp({ src: H2, sport: 5060, dst: P2, dport: 5060 });
   assert.equal(h2.d.handlePacket(c, 2, true), Verdict.HOLD);
   await settle();
-  assert.equal(h2.q.given[1]?.verdict, 1);
+  assert.equal(h2.q.given[1]?.verdict, Verdict.MODIFIED, "rewritten and let go");
 });
 
 Deno.test("driver: a fixed port listed with --fixed-ports is never replaceable, even inside the ephemeral range", () => {
@@ -217,7 +217,7 @@ Deno.test("driver: no answer from the server passes the session untranslated (or
   const copy = pkt.slice();
   assert.equal(h1.d.handlePacket(pkt, 1, true), Verdict.HOLD);
   await settle();
-  assert.deepEqual(h1.q.given, [{ id: 1, verdict: 1 }]);
+  assert.deepEqual(h1.q.given, [{ id: 1, verdict: Verdict.ACCEPT }]);
   const next = copy.slice();
   assert.equal(h1.d.handlePacket(next, 2, true), Verdict.ACCEPT);
   assert.deepEqual(next, copy);

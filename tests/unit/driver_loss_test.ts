@@ -79,7 +79,7 @@ Deno.test("driver loss: a UDP session that fell back (no answer) is reserved aga
   await settle();
   const s = [...r.d.sessions()][0]!;
   assert.equal(s.state, State.BYPASS);
-  assert.deepEqual(r.io.given, [{ id: 1, verdict: 1 }]);
+  assert.deepEqual(r.io.given, [{ id: 1, verdict: Verdict.ACCEPT }]);
   const view = await r.d.query({
     op: "query",
     proto: "udp",

@@ -271,10 +271,14 @@ Deno.test("map server: a data path that cannot carry mappings refuses MAP (as PC
   assert.equal(answer(ok, mapReq({ pa: 6001 })).result, Result.UNSUPPORTED_OPCODE, "stopping");
 });
 
-Deno.test("server core: every grant and renewal of dpm's protocol, MAP included, is told to onLease (the state file keeps the lease)", () => {
+Deno.test("server core: every grant and renewal of dpm's protocol, MAP included, reaches the table's subscribers (the state file keeps the lease)", () => {
   const server = new ServerCore(serverCfg({ pool: [R1] }), { lan: LAN });
-  const told: number[] = [];
-  server.onLease = (s) => told.push(s);
+  const told: string[] = [];
+  server.table.subscribe({
+    added: (s) => told.push(`added ${s}`),
+    renewed: (s) => told.push(`renewed ${s}`),
+    removed: (s) => told.push(`removed ${s}`),
+  });
   const req = (op: number) =>
     encodeRequest({
       op,
@@ -289,13 +293,16 @@ Deno.test("server core: every grant and renewal of dpm's protocol, MAP included,
     });
   assert.equal(answer(server, req(Op.RESERVE)).result, Result.OK);
   assert.equal(answer(server, req(Op.RENEW)).result, Result.OK);
+  assert.equal(answer(server, req(Op.RESERVE)).result, Result.OK, "a retransmitted reserve");
   const s = server.table.lookupIdentity(17, H1, 40000, P1, 7000);
-  assert.deepEqual(told, [s, s]);
+  assert.deepEqual(told, [`added ${s}`, `renewed ${s}`, `renewed ${s}`]);
   assert.equal(answer(server, mapReq({ lifetime: 900 })).result, Result.OK);
-  assert.equal(told.at(-1), server.table.lookupMapOf(17, H1, 6000));
+  assert.equal(answer(server, mapReq({ lifetime: 900 })).result, Result.OK);
+  const m = server.table.lookupMapOf(17, H1, 6000);
+  assert.deepEqual(told.slice(3), [`added ${m}`, `renewed ${m}`]);
   assert.equal(
     answer(server, req(Op.RELEASE).map((b, i) => (i >= 28 && i < 32 ? 0 : b))).result,
     Result.OK,
   );
-  assert.equal(told.length, 3, "a release is no lease");
+  assert.deepEqual(told.slice(5), [`removed ${s}`], "a release is no lease");
 });

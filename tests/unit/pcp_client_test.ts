@@ -202,7 +202,7 @@ function service(o: { mapSupported?: boolean; rate?: number; refusals?: number }
   const s = new PcpService({
     table,
     lan,
-    startedAt,
+    epochStart: () => startedAt,
     limiter: new RateLimiter(o.rate ?? 1_000_000),
     refusals: new RateLimiter(o.refusals ?? 1_000_000),
     mapSupported: () => o.mapSupported ?? true,

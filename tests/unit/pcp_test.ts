@@ -413,9 +413,7 @@ Deno.test("pcp server: PCP ANNOUNCE, MAP with nonce rules, ADDRESS_MISMATCH, PEE
 
 Deno.test("pcp server: a queue data path without its steering table (no nftables) answers MAP with UNSUPP_OPCODE, address still works", () => {
   const { c } = core();
-  const dp = new FakeServerDataPath();
-  Object.defineProperty(dp, "kind", { value: "queue" });
-  c.attach(dp);
+  c.attach(new FakeServerDataPath("queue"));
   const m = decodeNatPmpResponse(c.handlePcp(encodeNatPmpRequest(2, 22, 22, 60), H1)!)!;
   assert.equal(m.result, NatPmpResult.UNSUPP_OPCODE);
   assert.equal(decodeNatPmpResponse(c.handlePcp(encodeNatPmpRequest(0), H1)!)!.result, 0);

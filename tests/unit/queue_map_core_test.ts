@@ -316,7 +316,7 @@ Deno.test("queue map core: an ICMP error about a mapping's packet reaches the ho
   assert.ok(verifyIpChecksum(err));
 });
 
-Deno.test("queue map core: mappings and direct sessions already in the table are handed to the queue path at attach", () => {
+Deno.test("queue map core: mappings and direct sessions already in the table are handed to the data path at begin, whichever path", async () => {
   const cfg = serverCfg();
   const c = new ServerCore(cfg, { lan: cfg.lan, now: () => 1_000_000 });
   c.table.map({ proto: IPPROTO_UDP, a: H1, pa: 5000, p: 6000, r: 0, lifetime: 60 }, 1_000_000);
@@ -330,16 +330,17 @@ Deno.test("queue map core: mappings and direct sessions already in the table are
     lifetime: 0,
     direct: true,
   }, 1_000_000);
-  const kernel = new FakeServerDataPath("kernel");
-  c.attach(kernel);
-  assert.equal(kernel.up.length, 0, "the kernel path loads the table itself (begin)");
-  c.detach();
-  const dp = new FakeServerDataPath("queue", { forwardsMappings: true });
-  c.attach(dp);
-  assert.equal(dp.up.length, 2);
-  assert.ok(dp.up.some((s) => isMapping(s) && s.a === H1 && s.pa === 5000));
-  assert.ok(dp.up.some((s) => (s as { direct?: boolean }).direct === true && s.a === H2));
-  assert.equal(dp.commits, 1);
+  for (const kind of ["kernel", "queue"] as const) {
+    const dp = new FakeServerDataPath(kind, { forwardsMappings: true });
+    c.attach(dp);
+    assert.equal(dp.up.length, 0, "attach hands over nothing: begin gets the whole table");
+    await dp.begin(() => c.sessions(), () => 0, () => {});
+    const begun = dp.begun!;
+    assert.equal(begun.length, 2, kind);
+    assert.ok(begun.some((s) => isMapping(s) && s.a === H1 && s.pa === 5000));
+    assert.ok(begun.some((s) => (s as { direct?: boolean }).direct === true && s.a === H2));
+    c.detach();
+  }
   // The flag survives the table's record and restore (the state file's round trip holds it
   // only where the store writes it).
   const rec = [...c.table.entries()].find((e) => e.a === H2)!;

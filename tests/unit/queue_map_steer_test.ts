@@ -17,6 +17,7 @@ import {
   steerTable,
 } from "../../src/datapath/queue/server.ts";
 import type { GatewaySession } from "../../src/datapath/datapath.ts";
+import { gatewayOptions } from "../../src/datapath/open.ts";
 import { hex } from "../../linux/nftables.ts";
 import { H1, H2, P1, R1, serverCfg } from "../../testing/fixtures.ts";
 
@@ -117,7 +118,8 @@ Deno.test("queue map steer: the set keys are nft's register layout of proto . a 
 });
 
 Deno.test("queue map steer: the table marks steered LAN packets bound onward and translated WAN packets to steered endpoints", () => {
-  const cfg = serverCfg({ lanIf: "lan0", wanIf: "wan0" });
+  const sc = serverCfg({ lanIf: "lan0", wanIf: "wan0" });
+  const cfg = gatewayOptions(sc, sc.lan!);
   const text = steerTable(cfg, cfg.lan!);
   assert.match(text, new RegExp(`^add table ip ${QUEUE_TABLE}\ndelete table ip ${QUEUE_TABLE}\n`));
   assert.match(text, /set direct \{\s+typeof meta l4proto \. ip saddr \. th sport\s+\}/);
@@ -166,7 +168,8 @@ Deno.test("queue map steer: the table marks steered LAN packets bound onward and
 });
 
 Deno.test("queue map steer: DPM-SRV-PRE queues marked LAN packets untracked, DPM-SRV-FWD accepts the marked WAN ones", () => {
-  const cfg = serverCfg({ lanIf: "lan0", wanIf: "wan0" });
+  const sc = serverCfg({ lanIf: "lan0", wanIf: "wan0" });
+  const cfg = gatewayOptions(sc, sc.lan!);
   const specs = serverChains(cfg, cfg.lan!);
   const pre = specs.find((s) => s.chain === "DPM-SRV-PRE")!.rules.map((r) => r.join(" "));
   const m = `-i lan0 -m mark --mark ${STEER_MARK}`;

@@ -102,9 +102,8 @@ Deno.test("state: removals and renewals are durable too; the epoch is kept", asy
     t.reserve(req(5001), now);
     store.commit();
     t.release(17, H1, 5001, P1, 7000, now);
-    // A renewal to a longer lease, as the server core reports it (ServerCore.onLease).
-    const renewed = t.renew(17, H1, 5000, P1, 7000, 600, now);
-    store.noteLease(renewed.session);
+    // A renewal to a longer lease: the table tells the store (its subscriber).
+    t.renew(17, H1, 5000, P1, 7000, 600, now);
     store.commit();
     store.close();
     const again = await reopen(path);
@@ -306,9 +305,8 @@ Deno.test("state: a mapping (and its renewed lease through dpm map) and a direct
       direct: true,
     }, now);
     store.commit();
-    // `dpm map` again with a longer lease, as the server core reports it.
-    const renewed = t.map({ proto: 17, a: H1, pa: 6000, p: 0, r: 0, lifetime: 900 }, now);
-    store.noteLease(renewed.session);
+    // `dpm map` again with a longer lease: the table tells the store.
+    t.map({ proto: 17, a: H1, pa: 6000, p: 0, r: 0, lifetime: 900 }, now);
     store.commit();
     store.close();
     const again = await reopen(path, [R1, R2], now);
@@ -337,7 +335,6 @@ Deno.test("state: a NAT-PMP mapping renewed to a longer lease comes back with th
     core.attach(new FakeServerDataPath("kernel"));
     store.start(core.table, core.epoch);
     store.listen(core.table);
-    core.onLease = (s) => store.noteLease(s);
     const map = (life: number) => {
       const r = core.handlePcp(encodeNatPmpRequest(1, 6000, 6000, life), H1);
       store.commit();

@@ -18,32 +18,31 @@
  * conntrack is in TIME_WAIT or CLOSE is closed (released), one whose
  * conntrack is gone is idle.
  *
- * Restart without loss: `stop(false)` leaves the table and conntracks; the
- * next start reads the map (`adopted()`), so its sessions are active at once
+ * Restart without loss: `stop("keep")` leaves the table and conntracks; the
+ * next start reads the map (`adopt()`), so its sessions are active at once
  * and renewed with the server.
  *
  * @module
  */
 
-import type { Cidr } from "../../wire/addr.ts";
-import type { DriverConfig } from "../../config.ts";
-import { describeSession, IPPROTO_ICMP, IPPROTO_TCP } from "../../wire/meta.ts";
+import { describeSession, IPPROTO_ICMP, IPPROTO_TCP, Verdict } from "../../wire/meta.ts";
+import type { VerdictValue } from "../../wire/meta.ts";
+import type { PacketInfo } from "../../wire/packet.ts";
 import { logger } from "../../runtime/log.ts";
 import { Cleanup } from "../../runtime/cleanup.ts";
 import type { DataPathStatus } from "../../operator/types.ts";
 import {
   type Activity,
   type DriverDataPath,
+  type DriverPacketHandler,
   hostKey,
+  type HostOptions,
   type HostSessionKey,
   type PacketIO,
+  type StopMode,
 } from "../datapath.ts";
-import {
-  driverChains,
-  type DriverPacketHandler,
-  openHostQueue,
-  pumpHost,
-} from "../queue/driver.ts";
+import { NO_OTHER_PATHS, openHostQueue, type OtherPaths, pumpHost } from "../netfilter.ts";
+import { rewriteToGateway } from "../../wire/rewrite.ts";
 import {
   deleteTable,
   DRIVER_TABLE,
@@ -73,45 +72,37 @@ const fromData = (k: HostSessionKey) => concat([k.x, 4], [k.px, 2]);
 /** The host's kernel data path. */
 export class KernelDriverDataPath implements DriverDataPath {
   readonly kind = "kernel" as const;
+  readonly can = { keepsSessions: true } as const;
   readonly io: PacketIO;
-  readonly #cfg: DriverConfig;
-  readonly #lan: Cidr;
-  readonly #dev: string;
-  readonly #local: number;
+  readonly #o: HostOptions;
   readonly #nft: NftMaps;
   readonly #ct: Conntrack;
   readonly #queue: NfQueue;
   readonly #undo: Cleanup;
   readonly #kept = new Cleanup(log);
-  readonly #adopted: HostSessionKey[];
+  readonly #others: OtherPaths;
   readonly #live = new Map<number, HostSessionKey>();
   readonly #watchdog: Watchdog;
   #activity: Map<number, Activity> | null = null;
   #activityAt = -Infinity;
+  #stopped = false;
 
   private constructor(
-    cfg: DriverConfig,
-    lan: Cidr,
-    dev: string,
-    local: number,
+    o: HostOptions,
     nft: NftMaps,
     ct: Conntrack,
     queue: NfQueue,
     io: PacketIO,
     undo: Cleanup,
-    adopted: HostSessionKey[],
+    others: OtherPaths,
   ) {
-    this.#cfg = cfg;
-    this.#lan = lan;
-    this.#dev = dev;
-    this.#local = local;
+    this.#o = o;
     this.#nft = nft;
     this.#ct = ct;
     this.#queue = queue;
     this.io = io;
     this.#undo = undo;
-    this.#adopted = adopted;
-    for (const k of adopted) this.#live.set(hostKey(k.proto, k.a, k.pg), k);
+    this.#others = others;
     this.#watchdog = new Watchdog(
       log,
       nft,
@@ -129,15 +120,12 @@ export class KernelDriverDataPath implements DriverDataPath {
   }
 
   /**
-   * Opens the netlink sockets, the queue and the raw socket, and reads the
-   * sessions a previous run left in the kernel (`local`: the host's address
-   * toward the gateway). Changes nothing yet (see {@linkcode begin}).
+   * Opens the netlink sockets, the queue and the raw socket. Changes
+   * nothing yet (see {@linkcode adopt}, {@linkcode begin}).
    */
   static async open(
-    cfg: DriverConfig,
-    lan: Cidr,
-    dev: string,
-    local: number,
+    o: HostOptions,
+    others: OtherPaths = NO_OTHER_PATHS,
   ): Promise<KernelDriverDataPath> {
     const undo = new Cleanup(log);
     try {
@@ -145,64 +133,84 @@ export class KernelDriverDataPath implements DriverDataPath {
       undo.push(() => nft.close());
       const ct = Conntrack.open();
       undo.push(() => ct.close());
-      const adopted: HostSessionKey[] = [];
-      if (await tableExists(DRIVER_TABLE)) {
-        try {
-          for (const e of nft.list(DRIVER_TABLE, "to_gateway")) {
-            const [proto, x, px, pa] = splitConcat(e.key, [1, 4, 2, 2]);
-            const [g, pg] = splitConcat(e.data, [4, 2]);
-            adopted.push({ proto: proto!, a: local, pa: pa!, x: x!, px: px!, g: g!, pg: pg! });
-          }
-        } catch (e) {
-          log.warn(`reading the previous run's map: ${(e as Error).message}`);
-        }
-      }
-      const { queue, io } = openHostQueue(cfg.queue, undo);
-      return new KernelDriverDataPath(cfg, lan, dev, local, nft, ct, queue, io, undo, adopted);
+      const { queue, io } = openHostQueue(o.queue, undo);
+      return new KernelDriverDataPath(o, nft, ct, queue, io, undo, others);
     } catch (e) {
       await undo.run();
       throw e;
     }
   }
 
+  /** The sessions a previous run left in the map (`--cleanup` gives them back). */
+  static async leftovers(o: HostOptions): Promise<HostSessionKey[]> {
+    if (!(await tableExists(DRIVER_TABLE))) return [];
+    const nft = NftMaps.open();
+    try {
+      return readMap(nft, o.local);
+    } finally {
+      nft.close();
+    }
+  }
+
+  /** Removes the table and chains a run of this path left, and its sysctls. */
+  static async remove(o: HostOptions): Promise<string> {
+    await loadRuleset(deleteTable(DRIVER_TABLE));
+    await removeChains(driverKernelChains(o));
+    const n = await recoverSysctls(journalOf(o));
+    return `table ip ${DRIVER_TABLE} and the kernel path's chains; ${n} sysctl(s) restored`;
+  }
+
+  /** The sessions a previous run left in the map: translated from now on again. */
+  async adopt(): Promise<HostSessionKey[]> {
+    if (!(await tableExists(DRIVER_TABLE))) return [];
+    const adopted = readMap(this.#nft, this.#o.local);
+    for (const k of adopted) this.#live.set(hostKey(k.proto, k.a, k.pg), k);
+    return adopted;
+  }
+
   /** Installs the table (with the adopted sessions), the chains, and starts the pump and the watchdog. */
-  async begin(handle: DriverPacketHandler, onFatal: (e: Error) => void): Promise<void> {
-    const journal = `${this.#cfg.socket}.sysctls.json`;
-    await recoverSysctls(journal);
-    // Per-session counters for leases and status; read when a conntrack is created.
-    const restore = await setSysctls({ "net.netfilter.nf_conntrack_acct": "1" }, { journal });
-    this.#kept.push(restore);
-    // A queue-path run killed with SIGKILL may have left its chains.
-    await removeChains(driverChains(this.#cfg, this.#lan, this.#dev));
-    const n = await this.#install();
-    this.#kept.push(() => loadRuleset(deleteTable(DRIVER_TABLE)));
-    const specs = driverKernelChains(this.#cfg, this.#lan, this.#dev);
-    this.#kept.push(() => removeChains(specs));
-    this.#undo.push(pumpHost(this.#queue, handle, onFatal));
-    this.#watchdog.start();
-    this.#undo.push(() => this.#watchdog.stop());
-    log.info(
-      `data path on (kernel): table ip ${DRIVER_TABLE} with ${n} session(s) on ${this.#dev}; ` +
-        `queue ${this.#cfg.queue} for new sessions and ICMP`,
-    );
+  async begin(packets: DriverPacketHandler, onFatal: (e: Error) => void): Promise<void> {
+    const journal = journalOf(this.#o);
+    try {
+      await recoverSysctls(journal);
+      await this.#others.removeLeftovers();
+      // Per-session counters for leases and status; read when a conntrack is created.
+      this.#kept.push(await setSysctls({ "net.netfilter.nf_conntrack_acct": "1" }, { journal }));
+      this.#kept.push(() => loadRuleset(deleteTable(DRIVER_TABLE)));
+      const specs = driverKernelChains(this.#o);
+      this.#kept.push(() => removeChains(specs));
+      const n = await this.#install();
+      this.#undo.push(pumpHost(this.#queue, packets, onFatal));
+      this.#watchdog.start();
+      this.#undo.push(() => this.#watchdog.stop());
+      log.info(
+        `data path on (kernel): table ip ${DRIVER_TABLE} with ${n} session(s) on ${this.#o.dev}; ` +
+          `queue ${this.#o.queue} for new sessions and ICMP`,
+      );
+    } catch (e) {
+      // A failed start leaves nothing, unless sessions of a previous run go on in the kernel.
+      await this.stop(this.#live.size > 0 ? "keep" : "remove");
+      throw e;
+    }
   }
 
   async #install(): Promise<number> {
     const live = [...this.#live.values()];
-    await loadRuleset(driverTable(this.#dev, this.#cfg.server, {
+    await loadRuleset(driverTable(this.#o.dev, this.#o.server, {
       toGateway: live.map((k) => toGatewayText(k.proto, k.x, k.px, k.pa, k.g, k.pg)),
       fromGateway: live.map((k) => fromGatewayText(k.proto, k.pg, k.x, k.px)),
     }));
-    await installChains(driverKernelChains(this.#cfg, this.#lan, this.#dev));
+    await installChains(driverKernelChains(this.#o));
     return live.length;
   }
 
-  adopted(): HostSessionKey[] {
-    return this.#adopted;
-  }
-
-  kernelTranslates(proto: number): boolean {
-    return proto !== IPPROTO_ICMP;
+  /**
+   * TCP and UDP: the session is in the map, the nat output chain after the
+   * queue rewrites the packet as it goes on. ICMP stays on the queue
+   * translator: rewritten here.
+   */
+  outbound(pkt: Uint8Array, info: PacketInfo, g: number, pg: number, skb: number): VerdictValue {
+    return info.proto === IPPROTO_ICMP ? rewriteToGateway(pkt, info, g, pg, skb) : Verdict.ACCEPT;
   }
 
   sessionUp(k: HostSessionKey): void {
@@ -234,7 +242,7 @@ export class KernelDriverDataPath implements DriverDataPath {
     const now = performance.now();
     if (this.#activity && now - this.#activityAt < ACTIVITY_EVERY_MS) return this.#activity;
     const out = new Map<number, Activity>();
-    const g = this.#cfg.server;
+    const g = this.#o.server;
     try {
       this.#ct.dump((e) => {
         // After the dnat, the reply tuple is G:Pg -> a:pa.
@@ -259,18 +267,35 @@ export class KernelDriverDataPath implements DriverDataPath {
     return this.#watchdog.status();
   }
 
-  async stop(remove: boolean): Promise<void> {
+  async stop(mode: StopMode): Promise<void> {
+    if (this.#stopped) return;
+    this.#stopped = true;
     await this.#undo.run();
-    if (remove) await this.#kept.run();
+    if (mode === "remove") await this.#kept.run();
     else {
       log.info(
         `left table ip ${DRIVER_TABLE} translating ${this.#live.size} session(s) (dpm driver --cleanup removes it)`,
       );
     }
   }
+}
 
-  /** The host address the adopted sessions were given. */
-  get local(): number {
-    return this.#local;
+/** Where the host's sysctl journal lives: beside its socket. */
+function journalOf(o: HostOptions): string {
+  return `${o.socket}.sysctls.json`;
+}
+
+/** The sessions in the host's map (`local`: the host's address, the `a` of every session). */
+function readMap(nft: NftMaps, local: number): HostSessionKey[] {
+  const out: HostSessionKey[] = [];
+  try {
+    for (const e of nft.list(DRIVER_TABLE, "to_gateway")) {
+      const [proto, x, px, pa] = splitConcat(e.key, [1, 4, 2, 2]);
+      const [g, pg] = splitConcat(e.data, [4, 2]);
+      out.push({ proto: proto!, a: local, pa: pa!, x: x!, px: px!, g: g!, pg: pg! });
+    }
+  } catch (e) {
+    log.warn(`reading the previous run's map: ${(e as Error).message}`);
   }
+  return out;
 }

@@ -31,7 +31,7 @@
  */
 
 import { type Cidr, formatCidr, formatIPv4 } from "../../wire/addr.ts";
-import type { DriverConfig, ServerConfig } from "../../config.ts";
+import type { GatewayOptions, HostOptions } from "../datapath.ts";
 import type { ChainSpec } from "../../../linux/iptables.ts";
 import { DEFRAG_ON } from "../../../linux/iptables.ts";
 import { controlPorts, poolRanges, poolRangeText, quoteIf } from "../gateway.ts";
@@ -51,7 +51,7 @@ export const QUEUE_MARK = 0x64706d01; // "dpm" 01
  * loaded in the same transaction, so a reinstall is atomic.
  */
 export function serverTable(
-  cfg: ServerConfig,
+  cfg: GatewayOptions,
   lan: Cidr,
   elements: {
     toRemote: string[];
@@ -242,7 +242,7 @@ export function toGatewayText(
  * sessions to the queue (untracked, as on the queue path), forwarded
  * traffic of dpm's sessions accepted ahead of the firewall.
  */
-export function serverKernelChains(cfg: ServerConfig): ChainSpec[] {
+export function serverKernelChains(cfg: GatewayOptions): ChainSpec[] {
   const lanIf = cfg.lanIf!;
   const wanIf = cfg.wanIf!;
   const g = formatIPv4(cfg.lanAddr);
@@ -297,10 +297,11 @@ export function serverKernelChains(cfg: ServerConfig): ChainSpec[] {
  * and then lets it go unchanged: the nat output chain, which comes after
  * mangle, translates it); ICMP as on the queue path.
  */
-export function driverKernelChains(cfg: DriverConfig, lan: Cidr, dev: string): ChainSpec[] {
-  const q = ["-j", "NFQUEUE", "--queue-num", String(cfg.queue), "--queue-bypass"];
+export function driverKernelChains(o: HostOptions): ChainSpec[] {
+  const q = ["-j", "NFQUEUE", "--queue-num", String(o.queue), "--queue-bypass"];
   const nt = ["-j", "CT", "--notrack"];
-  const g = formatIPv4(cfg.server);
+  const g = formatIPv4(o.server);
+  const { lan, dev } = o;
   const skip: string[][] = [
     ["-d", formatCidr(lan), "-j", "RETURN"],
     ["-d", "127.0.0.0/8", "-j", "RETURN"],

@@ -26,29 +26,31 @@
  *   moved, the chains are listed, and if dpm's table or iptables chains are
  *   gone (`nft flush ruleset`, a firewall reload) everything is reinstalled
  *   from the session table in one transaction, logged, counted and shown.
- * - Restart without loss: `stop(false)` leaves the table, maps, conntracks,
+ * - Restart without loss: `stop("keep")` leaves the table, maps, conntracks,
  *   chains and sysctls in place, so established sessions go on being
  *   translated while no dpm runs; the next start reads the maps back
- *   (`adopted()`) and replaces the table atomically with the same content.
+ *   (`adopt()`) and replaces the table atomically with the same content.
  *
  * @module
  */
 
-import { type Cidr, formatIPv4 } from "../../wire/addr.ts";
-import type { ServerConfig } from "../../config.ts";
+import { formatIPv4 } from "../../wire/addr.ts";
 import { describeSession, IPPROTO_ICMP } from "../../wire/meta.ts";
 import { logger } from "../../runtime/log.ts";
 import { Cleanup } from "../../runtime/cleanup.ts";
 import type { DataPathStatus } from "../../operator/types.ts";
 import {
   gatewayKey,
+  type GatewayOptions,
   type GatewaySession,
   isMapping,
   type ServerDataPath,
+  type ServerPacketHandler,
   type SessionCounters,
+  type StopMode,
 } from "../datapath.ts";
 import { prepareGateway } from "../gateway.ts";
-import { serverChains } from "../queue/server.ts";
+import { NO_OTHER_PATHS, type OtherPaths, pumpGateway } from "../netfilter.ts";
 import {
   deleteTable,
   mapInText,
@@ -61,7 +63,7 @@ import {
   toRemoteText,
 } from "./rules.ts";
 import { installChains, removeChains } from "../../../linux/iptables.ts";
-import { NfQueue, pump } from "../../../linux/nfqueue.ts";
+import { NfQueue } from "../../../linux/nfqueue.ts";
 import { concat, type MapElem, NftMaps, splitConcat } from "../../../linux/nftables.ts";
 import { Conntrack } from "../../../linux/conntrack.ts";
 import { loadRuleset, tableExists } from "../../../linux/nft.ts";
@@ -70,9 +72,6 @@ import { Watchdog } from "./watchdog.ts";
 const log = logger("server");
 
 const WATCHDOG_MS = 1000;
-
-/** A queued packet's handler (ICMP, hairpin): returns a Verdict. */
-export type ServerPacketHandler = (pkt: Uint8Array, meta: number) => number;
 
 const remoteKey = (s: GatewaySession) => concat([s.proto, 1], [s.a, 4], [s.pg, 2]);
 const remoteData = (s: GatewaySession) => concat([s.x, 4], [s.px, 2]);
@@ -87,23 +86,31 @@ const mapOutKey = (s: GatewaySession) => concat([s.proto, 1], [s.a, 4], [s.pa, 2
 /** The gateway's kernel data path. */
 export class KernelServerDataPath implements ServerDataPath {
   readonly kind = "kernel" as const;
-  readonly #cfg: ServerConfig;
-  readonly #lan: Cidr;
+  readonly can = {
+    forwardsMappings: () => true,
+    countsPerSession: true,
+    keepsSessions: true,
+  } as const;
+  readonly #cfg: GatewayOptions;
   readonly #pool: Set<number>;
   readonly #nft: NftMaps;
   readonly #ct: Conntrack;
+  readonly #others: OtherPaths;
   readonly #undo = new Cleanup(log);
-  /** Undone only by stop(true): what keeps translating while no dpm runs. */
+  /** Undone only by stop("remove"): what keeps translating while no dpm runs. */
   readonly #kept = new Cleanup(log);
   #sessions: () => Iterable<GatewaySession> = () => [];
+  /** Sessions a previous run left translating (a failed start keeps them going). */
+  #adopted = 0;
+  #stopped = false;
   readonly #watchdog: Watchdog;
 
-  private constructor(cfg: ServerConfig, lan: Cidr, nft: NftMaps, ct: Conntrack) {
+  private constructor(cfg: GatewayOptions, nft: NftMaps, ct: Conntrack, others: OtherPaths) {
     this.#cfg = cfg;
-    this.#lan = lan;
     this.#pool = new Set(cfg.pool);
     this.#nft = nft;
     this.#ct = ct;
+    this.#others = others;
     this.#watchdog = new Watchdog(
       log,
       nft,
@@ -123,7 +130,10 @@ export class KernelServerDataPath implements ServerDataPath {
   }
 
   /** Opens the netlink sockets. Nothing is changed yet (see {@linkcode begin}). */
-  static open(cfg: ServerConfig, lan: Cidr): KernelServerDataPath {
+  static open(
+    cfg: GatewayOptions,
+    others: OtherPaths = NO_OTHER_PATHS,
+  ): Promise<KernelServerDataPath> {
     const nft = NftMaps.open();
     let ct: Conntrack;
     try {
@@ -132,7 +142,14 @@ export class KernelServerDataPath implements ServerDataPath {
       nft.close();
       throw e;
     }
-    return new KernelServerDataPath(cfg, lan, nft, ct);
+    return Promise.resolve(new KernelServerDataPath(cfg, nft, ct, others));
+  }
+
+  /** Removes the table and chains a run of this path left (`dpm server --cleanup`). */
+  static async remove(cfg: GatewayOptions): Promise<string> {
+    await loadRuleset(deleteTable(SERVER_TABLE));
+    await removeChains(serverKernelChains(cfg));
+    return `table ip ${SERVER_TABLE} and the kernel path's chains`;
   }
 
   /**
@@ -140,7 +157,13 @@ export class KernelServerDataPath implements ServerDataPath {
    * (proto, a)): what a restart without a state file adopts. Empty when
    * there is no table.
    */
-  async adopted(): Promise<GatewaySession[]> {
+  async adopt(): Promise<GatewaySession[]> {
+    const out = await this.#readMaps();
+    this.#adopted = out.length;
+    return out;
+  }
+
+  async #readMaps(): Promise<GatewaySession[]> {
     if (!(await tableExists(SERVER_TABLE))) return [];
     let remote: MapElem[];
     let pub: MapElem[];
@@ -202,34 +225,41 @@ export class KernelServerDataPath implements ServerDataPath {
   /**
    * Installs everything and starts: the gateway's sysctls and addresses,
    * dpm's table with every session of `sessions()` in one transaction, the
-   * iptables chains, the queue for ICMP and hairpin, the watchdog.
+   * iptables chains, the queue for ICMP and hairpin, the watchdog. A start
+   * that fails undoes all of it, unless a previous run's sessions were
+   * adopted: those go on being translated as before.
    */
   async begin(
     sessions: () => Iterable<GatewaySession>,
-    handle: ServerPacketHandler,
+    packets: ServerPacketHandler,
     onFatal: (e: Error) => void,
   ): Promise<void> {
     this.#sessions = sessions;
-    const gw = await prepareGateway(this.#cfg, {
-      // Per-session packets and bytes for dpm status; read when a conntrack is created.
-      "net.netfilter.nf_conntrack_acct": "1",
-    });
-    this.#kept.push(() => gw.run());
-    // A queue-path run may have left its chains (SIGKILL): they must not steal packets.
-    await removeChains(serverChains(this.#cfg, this.#lan));
-    const queue = NfQueue.open({ queue: this.#cfg.queue, failOpen: false });
-    this.#undo.push(() => queue.close());
-    const n = await this.#install();
-    this.#kept.push(() => loadRuleset(deleteTable(SERVER_TABLE)));
-    const specs = serverKernelChains(this.#cfg);
-    this.#kept.push(() => removeChains(specs));
-    this.#undo.push(pump(queue, (pkt, _id, _hook, meta) => handle(pkt, meta), onFatal));
-    this.#watchdog.start(WATCHDOG_MS);
-    this.#undo.push(() => this.#watchdog.stop());
-    log.info(
-      `data path on (kernel): table ip ${SERVER_TABLE} with ${n} session(s), queue ${this.#cfg.queue} ` +
-        `for ICMP and hairpin; LAN ${this.#cfg.lanIf}, WAN ${this.#cfg.wanIf}`,
-    );
+    try {
+      const gw = await prepareGateway(this.#cfg, {
+        // Per-session packets and bytes for dpm status; read when a conntrack is created.
+        "net.netfilter.nf_conntrack_acct": "1",
+      });
+      this.#kept.push(() => gw.run());
+      // A queue-path run may have left its chains (SIGKILL): they must not steal packets.
+      await this.#others.removeLeftovers();
+      const queue = NfQueue.open({ queue: this.#cfg.queue, failOpen: false });
+      this.#undo.push(() => queue.close());
+      this.#kept.push(() => loadRuleset(deleteTable(SERVER_TABLE)));
+      const specs = serverKernelChains(this.#cfg);
+      this.#kept.push(() => removeChains(specs));
+      const n = await this.#install();
+      this.#undo.push(pumpGateway(queue, packets, onFatal));
+      this.#watchdog.start(WATCHDOG_MS);
+      this.#undo.push(() => this.#watchdog.stop());
+      log.info(
+        `data path on (kernel): table ip ${SERVER_TABLE} with ${n} session(s), queue ${this.#cfg.queue} ` +
+          `for ICMP and hairpin; LAN ${this.#cfg.lanIf}, WAN ${this.#cfg.wanIf}`,
+      );
+    } catch (e) {
+      await this.stop(this.#adopted > 0 ? "keep" : "remove");
+      throw e;
+    }
   }
 
   /** Loads the table with every session, and the iptables chains. Returns the session count. */
@@ -256,7 +286,7 @@ export class KernelServerDataPath implements ServerDataPath {
       }
     }
     await loadRuleset(
-      serverTable(this.#cfg, this.#lan, { toRemote, toPublic, queued, mapIn, mapOut }),
+      serverTable(this.#cfg, this.#cfg.lan, { toRemote, toPublic, queued, mapIn, mapOut }),
     );
     await installChains(serverKernelChains(this.#cfg));
     return n;
@@ -384,12 +414,14 @@ export class KernelServerDataPath implements ServerDataPath {
     return this.#watchdog.status();
   }
 
-  async stop(remove: boolean): Promise<void> {
+  async stop(mode: StopMode): Promise<void> {
+    if (this.#stopped) return;
+    this.#stopped = true;
     await this.#undo.run();
-    if (remove) {
+    if (mode === "remove") {
       await this.#kept.run();
       log.info(`removed table ip ${SERVER_TABLE} and dpm's chains`);
-    } else {
+    } else if (this.#kept.size > 0) {
       log.info(
         `left table ip ${SERVER_TABLE} translating established sessions (dpm server --cleanup removes it)`,
       );

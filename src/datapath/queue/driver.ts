@@ -18,27 +18,35 @@
  * @module
  */
 
-import { type Cidr, formatCidr, formatIPv4 } from "../../wire/addr.ts";
-import type { DriverConfig } from "../../config.ts";
-import type { DriverDataPath, HostSessionKey, PacketIO } from "../datapath.ts";
+import { formatCidr, formatIPv4 } from "../../wire/addr.ts";
+import type {
+  DriverDataPath,
+  DriverPacketHandler,
+  HostOptions,
+  HostSessionKey,
+  PacketIO,
+  StopMode,
+} from "../datapath.ts";
 import type { DataPathStatus } from "../../operator/types.ts";
+import type { PacketInfo } from "../../wire/packet.ts";
+import type { VerdictValue } from "../../wire/meta.ts";
 import { logger } from "../../runtime/log.ts";
 import { Cleanup } from "../../runtime/cleanup.ts";
+import { NO_OTHER_PATHS, openHostQueue, type OtherPaths, pumpHost } from "../netfilter.ts";
+import { rewriteToGateway } from "../../wire/rewrite.ts";
 import { type ChainSpec, DEFRAG_ON, installChains, removeChains } from "../../../linux/iptables.ts";
-import { NfQueue, pump } from "../../../linux/nfqueue.ts";
-import { RawSocket } from "../../../linux/rawsock.ts";
+import type { NfQueue } from "../../../linux/nfqueue.ts";
 
 const log = logger("driver");
 
-/** NF_INET_LOCAL_OUT: the hook number of raw OUTPUT. */
-const HOOK_LOCAL_OUT = 3;
-
 /** The iptables chains of the driver role. */
-export function driverChains(cfg: DriverConfig, lan: Cidr, dev: string): ChainSpec[] {
-  const q = ["-j", "NFQUEUE", "--queue-num", String(cfg.queue), "--queue-bypass"];
+export function driverChains(o: HostOptions): ChainSpec[] {
+  const q = ["-j", "NFQUEUE", "--queue-num", String(o.queue), "--queue-bypass"];
   const nt = ["-j", "CT", "--notrack"];
-  const g = formatIPv4(cfg.server);
-  const pg = `${cfg.gatewayPorts[0]}:${cfg.gatewayPorts[1]}`;
+  const g = formatIPv4(o.server);
+  const pg = `${o.gatewayPorts[0]}:${o.gatewayPorts[1]}`;
+  const dev = o.dev;
+  const lan = o.lan;
   const out: string[][] = [
     ["-d", formatCidr(lan), "-j", "RETURN"],
     ["-d", "127.0.0.0/8", "-j", "RETURN"],
@@ -66,95 +74,89 @@ export function driverChains(cfg: DriverConfig, lan: Cidr, dev: string): ChainSp
   ];
 }
 
-/** A queued packet's handler: returns a Verdict (see `wire/meta.ts`). */
-export type DriverPacketHandler = (
-  pkt: Uint8Array,
-  id: number,
-  outbound: boolean,
-  meta: number,
-) => number;
-
-/** Sets up the queue and the raw socket, without rules yet; shared with the kernel path. */
-export function openHostQueue(
-  queueNum: number,
-  undo: Cleanup,
-): { queue: NfQueue; io: PacketIO } {
-  const queue = NfQueue.open({ queue: queueNum, failOpen: false });
-  undo.push(() => queue.close());
-  const raw = RawSocket.open();
-  undo.push(() => raw.close());
-  const io: PacketIO = {
-    verdict: (id, v, payload) => queue.verdict(id, v, payload),
-    flush: () => queue.flush(),
-    send: (pkt, len, dst) => raw.send(pkt, len, dst),
-  };
-  return { queue, io };
-}
-
-/** Pumps `queue` into `handle`; the cleanup stops it. */
-export function pumpHost(
-  queue: NfQueue,
-  handle: DriverPacketHandler,
-  onFatal: (e: Error) => void,
-): () => void {
-  return pump(
-    queue,
-    (pkt, id, hook, meta) => handle(pkt, id, hook === HOOK_LOCAL_OUT, meta),
-    onFatal,
-  );
-}
-
 /** The netfilter-queue data path of a host. */
 export class QueueDriverDataPath implements DriverDataPath {
   readonly kind = "queue" as const;
+  readonly can = { keepsSessions: false } as const;
   readonly io: PacketIO;
   readonly #undo: Cleanup;
   readonly #queue: NfQueue;
   readonly #specs: ChainSpec[];
+  readonly #others: OtherPaths;
 
-  private constructor(undo: Cleanup, queue: NfQueue, io: PacketIO, specs: ChainSpec[]) {
+  private constructor(
+    undo: Cleanup,
+    queue: NfQueue,
+    io: PacketIO,
+    specs: ChainSpec[],
+    others: OtherPaths,
+  ) {
     this.#undo = undo;
     this.#queue = queue;
     this.io = io;
     this.#specs = specs;
+    this.#others = others;
   }
 
   /** Opens the queue and the raw socket; `begin` installs the rules and starts the pump. */
-  static async open(cfg: DriverConfig, lan: Cidr, dev: string): Promise<QueueDriverDataPath> {
+  static async open(
+    o: HostOptions,
+    others: OtherPaths = NO_OTHER_PATHS,
+  ): Promise<QueueDriverDataPath> {
     const undo = new Cleanup(log);
     try {
-      const { queue, io } = openHostQueue(cfg.queue, undo);
-      return new QueueDriverDataPath(undo, queue, io, driverChains(cfg, lan, dev));
+      const { queue, io } = openHostQueue(o.queue, undo);
+      return new QueueDriverDataPath(undo, queue, io, driverChains(o), others);
     } catch (e) {
       await undo.run();
       throw e;
     }
   }
 
-  /** Installs the rules and starts handing packets to `handle`. */
-  async begin(handle: DriverPacketHandler, onFatal: (e: Error) => void): Promise<void> {
-    await installChains(this.#specs);
-    const specs = this.#specs;
-    this.#undo.push(() => removeChains(specs));
-    this.#undo.push(pumpHost(this.#queue, handle, onFatal));
+  /** Nothing survives a queue-path run: its leftovers are removed, never adopted. */
+  static leftovers(): Promise<HostSessionKey[]> {
+    return Promise.resolve([]);
+  }
+
+  /** Removes the chains a (SIGKILLed) queue-path run left. */
+  static async remove(o: HostOptions): Promise<string> {
+    await removeChains(driverChains(o));
+    return "the queue path's chains";
+  }
+
+  adopt(): Promise<HostSessionKey[]> {
+    return Promise.resolve([]);
+  }
+
+  /** Installs the rules and starts handing packets to `packets`. */
+  async begin(packets: DriverPacketHandler, onFatal: (e: Error) => void): Promise<void> {
+    try {
+      await this.#others.removeLeftovers();
+      const specs = this.#specs;
+      this.#undo.push(() => removeChains(specs));
+      await installChains(specs);
+      this.#undo.push(pumpHost(this.#queue, packets, onFatal));
+    } catch (e) {
+      await this.#undo.run();
+      throw e;
+    }
     log.info(`data path on (queue): queue ${this.#queue.queue}`);
   }
 
-  kernelTranslates(): boolean {
-    return false;
+  /** Every packet is rewritten here, in user space. */
+  outbound(pkt: Uint8Array, info: PacketInfo, g: number, pg: number, skb: number): VerdictValue {
+    return rewriteToGateway(pkt, info, g, pg, skb);
   }
   sessionUp(_s: HostSessionKey): void {}
   sessionDown(_s: HostSessionKey): void {}
   activity(): null {
     return null;
   }
-  adopted(): HostSessionKey[] {
-    return [];
-  }
   status(): DataPathStatus {
     return { kind: "queue", state: "on", reinstalls: 0 };
   }
-  async stop(): Promise<void> {
+  /** Removes everything either way: a queue path keeps nothing. */
+  async stop(_mode: StopMode): Promise<void> {
     await this.#undo.run();
   }
 }

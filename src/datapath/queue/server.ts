@@ -63,7 +63,6 @@
  */
 
 import { type Cidr, formatCidr, formatIPv4 } from "../../wire/addr.ts";
-import type { ServerConfig } from "../../config.ts";
 import { logger } from "../../runtime/log.ts";
 import { Cleanup } from "../../runtime/cleanup.ts";
 import {
@@ -73,10 +72,18 @@ import {
   quoteIf,
   wanAntiSpoofRules,
 } from "../gateway.ts";
-import { type GatewaySession, isMapping, type ServerDataPath } from "../datapath.ts";
+import {
+  type GatewayOptions,
+  type GatewaySession,
+  isMapping,
+  type ServerDataPath,
+  type ServerPacketHandler,
+  type StopMode,
+} from "../datapath.ts";
+import { NO_OTHER_PATHS, type OtherPaths, pumpGateway } from "../netfilter.ts";
 import type { DataPathStatus } from "../../operator/types.ts";
 import { type ChainSpec, DEFRAG_ON, installChains, removeChains } from "../../../linux/iptables.ts";
-import { NfQueue, pump } from "../../../linux/nfqueue.ts";
+import { NfQueue } from "../../../linux/nfqueue.ts";
 import { concat, NftMaps } from "../../../linux/nftables.ts";
 import { loadRuleset } from "../../../linux/nft.ts";
 
@@ -98,7 +105,7 @@ export function steered(s: QueueSession): boolean {
 }
 
 /** The queue path's nftables table as `nft -f` text, replacing any previous one. */
-export function steerTable(cfg: ServerConfig, lan: Cidr): string {
+export function steerTable(cfg: GatewayOptions, lan: Cidr): string {
   const lanIf = quoteIf(cfg.lanIf!);
   const wanIf = quoteIf(cfg.wanIf!);
   const hex = (m: number) => `0x${m.toString(16)}`;
@@ -234,7 +241,7 @@ function refKey(set: SteerSetName, key: Uint8Array): string {
 }
 
 /** The iptables chains of the server role. */
-export function serverChains(cfg: ServerConfig, lan: Cidr): ChainSpec[] {
+export function serverChains(cfg: GatewayOptions, lan: Cidr): ChainSpec[] {
   const lanIf = cfg.lanIf!;
   const wanIf = cfg.wanIf!;
   const g = formatIPv4(cfg.lanAddr);
@@ -279,66 +286,87 @@ export function serverChains(cfg: ServerConfig, lan: Cidr): ChainSpec[] {
   return specs;
 }
 
-/** A queued packet's handler: returns a Verdict (see `wire/meta.ts`). */
-export type ServerPacketHandler = (pkt: Uint8Array, meta: number) => number;
-
 /** The netfilter-queue data path of the gateway. */
 export class QueueServerDataPath implements ServerDataPath {
   readonly kind = "queue" as const;
-  readonly #undo: Cleanup;
+  readonly can = {
+    /** Mappings and direct sessions need the steering table (`forwardsMappings` in the module doc). */
+    forwardsMappings: () => this.#steering !== null,
+    countsPerSession: false,
+    keepsSessions: false,
+  } as const;
+  readonly #cfg: GatewayOptions;
+  readonly #others: OtherPaths;
+  readonly #undo = new Cleanup(log);
   /** The steered endpoints; null without the nftables table (mappings refused). */
-  readonly #steering: Steering | null;
+  #steering: Steering | null = null;
 
-  private constructor(undo: Cleanup, steering: Steering | null) {
-    this.#undo = undo;
-    this.#steering = steering;
+  private constructor(cfg: GatewayOptions, others: OtherPaths) {
+    this.#cfg = cfg;
+    this.#others = others;
   }
 
-  /**
-   * True when mappings and direct sessions are forwarded (the steering table
-   * is installed); the server's PCP service refuses MAP and PEER otherwise.
-   */
-  get forwardsMappings(): boolean {
-    return this.#steering !== null;
-  }
-
-  /**
-   * Sets up the data path and starts translating with `handle`. `onFatal` is
-   * called if the queue fails while running.
-   */
-  static async start(
-    cfg: ServerConfig,
-    lan: Cidr,
-    handle: ServerPacketHandler,
-    onFatal: (e: Error) => void,
+  /** Nothing is changed yet (see {@linkcode begin}). */
+  static open(
+    cfg: GatewayOptions,
+    others: OtherPaths = NO_OTHER_PATHS,
   ): Promise<QueueServerDataPath> {
-    const undo = new Cleanup(log);
+    return Promise.resolve(new QueueServerDataPath(cfg, others));
+  }
+
+  /** Removes the chains and the steering table a (SIGKILLed) queue-path run left. */
+  static async remove(cfg: GatewayOptions): Promise<string> {
+    await loadRuleset(deleteSteerTable());
+    await removeChains(serverChains(cfg, cfg.lan));
+    return `table ip ${QUEUE_TABLE} and the queue path's chains`;
+  }
+
+  /** A queue path leaves nothing translating: there is nothing to adopt. */
+  adopt(): Promise<GatewaySession[]> {
+    return Promise.resolve([]);
+  }
+
+  /**
+   * Sets up the gateway (sysctls, addresses), the chains that feed the
+   * queue and the steering table with the mappings and direct sessions of
+   * `sessions()`, and starts translating with `packets`. `onFatal` is
+   * called if the queue fails while running. A failed start undoes it all.
+   */
+  async begin(
+    sessions: () => Iterable<GatewaySession>,
+    packets: ServerPacketHandler,
+    onFatal: (e: Error) => void,
+  ): Promise<void> {
+    const cfg = this.#cfg;
+    const undo = this.#undo;
     try {
       const gw = await prepareGateway(cfg);
       undo.push(() => gw.run());
+      await this.#others.removeLeftovers();
       const queue = NfQueue.open({ queue: cfg.queue, failOpen: false });
       undo.push(() => queue.close());
-      const specs = serverChains(cfg, lan);
-      await installChains(specs);
+      const specs = serverChains(cfg, cfg.lan);
       undo.push(() => removeChains(specs));
-      const steering = await QueueServerDataPath.#steer(cfg, lan, undo);
-      undo.push(pump(queue, (pkt, _id, _hook, meta) => handle(pkt, meta), onFatal));
-      log.info(
-        `data path on (queue): queue ${cfg.queue}, LAN ${cfg.lanIf} ${
-          formatCidr(lan)
-        }, WAN ${cfg.wanIf}`,
-      );
-      return new QueueServerDataPath(undo, steering);
+      await installChains(specs);
+      this.#steering = await QueueServerDataPath.#steer(cfg, undo);
+      // Restored mappings' and direct sessions' endpoints are steered from the start.
+      for (const s of sessions()) this.#steering?.up(s);
+      undo.push(pumpGateway(queue, packets, onFatal));
     } catch (e) {
-      await undo.run();
+      await this.stop("remove");
       throw e;
     }
+    log.info(
+      `data path on (queue): queue ${cfg.queue}, LAN ${cfg.lanIf} ${
+        formatCidr(cfg.lan)
+      }, WAN ${cfg.wanIf}`,
+    );
   }
 
   /** Loads table dpm-server-q and opens its netlink socket; null (and a warning) when it cannot. */
-  static async #steer(cfg: ServerConfig, lan: Cidr, undo: Cleanup): Promise<Steering | null> {
+  static async #steer(cfg: GatewayOptions, undo: Cleanup): Promise<Steering | null> {
     try {
-      await loadRuleset(steerTable(cfg, lan));
+      await loadRuleset(steerTable(cfg, cfg.lan));
     } catch (e) {
       log.warn(
         `PCP/NAT-PMP mappings and PEER are refused on this gateway: cannot load table ip ${QUEUE_TABLE} (${
@@ -358,8 +386,9 @@ export class QueueServerDataPath implements ServerDataPath {
 
   /**
    * Per-session work is only for mappings and direct sessions: a mapping's
-   * endpoint, a direct session's 5-tuple, is steered into the queue (the core looks every packet up in
-   * the table). Applied at once over netlink, so `commit` has nothing left.
+   * endpoint, a direct session's 5-tuple, is steered into the queue (the
+   * core looks every packet up in the table). Applied at once over
+   * netlink, so `commit` has nothing left.
    */
   sessionUp(s: QueueSession): void {
     this.#steering?.up(s);
@@ -374,7 +403,9 @@ export class QueueServerDataPath implements ServerDataPath {
   status(): DataPathStatus {
     return { kind: "queue", state: "on", reinstalls: 0 };
   }
-  async stop(): Promise<void> {
+  /** Removes everything either way: a queue path keeps nothing. */
+  async stop(_mode: StopMode): Promise<void> {
+    this.#steering = null;
     await this.#undo.run();
   }
 }

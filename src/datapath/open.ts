@@ -1,0 +1,149 @@
+/**
+ * Where a data path is chosen: the one module that names the
+ * implementations. A role's process file (`run.ts`) and its `--cleanup`
+ * call these with the kind from `--datapath` and a narrow options type; the
+ * cores see only the interfaces of `datapath.ts`.
+ *
+ * Each implementation is imported when asked for, so a gateway running the
+ * queue path never loads the kernel path's code, and `--cleanup` removes
+ * what any path left.
+ *
+ * @module
+ */
+
+import type {
+  DataPathKind,
+  DriverDataPath,
+  GatewayOptions,
+  HostOptions,
+  HostSessionKey,
+  ServerDataPath,
+} from "./datapath.ts";
+import { DATAPATH_KINDS } from "./datapath.ts";
+import type { OtherPaths } from "./netfilter.ts";
+import { removeGateway } from "./gateway.ts";
+import type { Cidr } from "../wire/addr.ts";
+import type { DriverConfig, ServerConfig } from "../config.ts";
+
+/** The gateway's data path options from the server's configuration (the interfaces set). */
+export function gatewayOptions(cfg: ServerConfig, lan: Cidr): GatewayOptions {
+  if (cfg.lanIf === null || cfg.wanIf === null) {
+    throw new TypeError("A gateway data path needs --lan-if and --wan-if");
+  }
+  return {
+    lanIf: cfg.lanIf,
+    wanIf: cfg.wanIf,
+    lan,
+    lanAddr: cfg.lanAddr,
+    pool: cfg.pool,
+    queue: cfg.queue,
+    gatewayPorts: cfg.gatewayPorts,
+    controlPort: cfg.controlPort,
+    pcp: cfg.pcp,
+    masquerade: cfg.masquerade,
+    addPoolAddresses: cfg.addPoolAddresses,
+    socket: cfg.socket,
+  };
+}
+
+/** The host's data path options from the driver's configuration and what it found at start. */
+export function hostOptions(cfg: DriverConfig, lan: Cidr, dev: string, local: number): HostOptions {
+  return {
+    queue: cfg.queue,
+    server: cfg.server,
+    gatewayPorts: cfg.gatewayPorts,
+    socket: cfg.socket,
+    lan,
+    dev,
+    local,
+  };
+}
+
+/** What an implementation module offers for the gateway. */
+interface ServerImpl {
+  open(opts: GatewayOptions, others: OtherPaths): Promise<ServerDataPath>;
+  /** Removes whatever a run of this path left (`--cleanup`); idempotent. Returns a log phrase. */
+  remove(opts: GatewayOptions): Promise<string>;
+}
+
+/** What an implementation module offers for a host. */
+interface DriverImpl {
+  open(opts: HostOptions, others: OtherPaths): Promise<DriverDataPath>;
+  /** The sessions a run of this path left translating (to give back at `--cleanup`). */
+  leftovers(opts: HostOptions): Promise<HostSessionKey[]>;
+  /** Removes whatever a run of this path left; idempotent. Returns a log phrase. */
+  remove(opts: HostOptions): Promise<string>;
+}
+
+async function serverImpl(kind: DataPathKind): Promise<ServerImpl> {
+  switch (kind) {
+    case "kernel":
+      return (await import("./kernel/server.ts")).KernelServerDataPath;
+    case "queue":
+      return (await import("./queue/server.ts")).QueueServerDataPath;
+  }
+}
+
+async function driverImpl(kind: DataPathKind): Promise<DriverImpl> {
+  switch (kind) {
+    case "kernel":
+      return (await import("./kernel/driver.ts")).KernelDriverDataPath;
+    case "queue":
+      return (await import("./queue/driver.ts")).QueueDriverDataPath;
+  }
+}
+
+/**
+ * Opens the gateway's data path of `kind`: its sockets and queues, nothing
+ * changed in the kernel yet (`adopt`, then `begin`).
+ */
+export async function openServerDataPath(
+  kind: DataPathKind,
+  opts: GatewayOptions,
+): Promise<ServerDataPath> {
+  const others: OtherPaths = {
+    removeLeftovers: async () => {
+      for (const k of DATAPATH_KINDS) if (k !== kind) await (await serverImpl(k)).remove(opts);
+    },
+  };
+  return await (await serverImpl(kind)).open(opts, others);
+}
+
+/** Opens the host's data path of `kind` (nothing changed in the kernel yet). */
+export async function openDriverDataPath(
+  kind: DataPathKind,
+  opts: HostOptions,
+): Promise<DriverDataPath> {
+  const others: OtherPaths = {
+    removeLeftovers: async () => {
+      for (const k of DATAPATH_KINDS) if (k !== kind) await (await driverImpl(k)).remove(opts);
+    },
+  };
+  return await (await driverImpl(kind)).open(opts, others);
+}
+
+/**
+ * Removes what any data path's run left on the gateway (`dpm server
+ * --cleanup`): tables, chains, and what `datapath/gateway.ts` set up. Every
+ * path is asked, whichever ran. Returns one log phrase per path.
+ */
+export async function removeServerDataPaths(opts: GatewayOptions): Promise<string[]> {
+  const out: string[] = [];
+  for (const kind of DATAPATH_KINDS) out.push(await (await serverImpl(kind)).remove(opts));
+  out.push(await removeGateway(opts));
+  return out;
+}
+
+/** The sessions any data path's run left translating on this host. */
+export async function leftoverHostSessions(opts: HostOptions): Promise<HostSessionKey[]> {
+  const out: HostSessionKey[] = [];
+  for (const kind of DATAPATH_KINDS) out.push(...await (await driverImpl(kind)).leftovers(opts));
+  return out;
+}
+
+/** Removes what any data path's run left on this host (`dpm driver --cleanup`). */
+export async function removeDriverDataPaths(opts: HostOptions): Promise<string[]> {
+  const out: string[] = [];
+  for (const kind of DATAPATH_KINDS) out.push(await (await driverImpl(kind)).remove(opts));
+  return out;
+}
