@@ -77,7 +77,8 @@ export function parseSearch(msg: Uint8Array): SearchResult {
   const first = (end < 0 ? text : text.slice(0, end)).replace(/\r$/, "");
   if (!first.startsWith("M-SEARCH ")) return ignore("not an M-SEARCH");
   if (first !== "M-SEARCH * HTTP/1.1") return bad("request line is not 'M-SEARCH * HTTP/1.1'");
-  const lines = text.slice(end + 1).split("\n");
+  // The last piece after the final LF is not a whole line.
+  const lines = text.slice(end + 1).split("\n").slice(0, -1);
   const h = new Map<string, string>();
   let ended = false;
   for (const raw of lines) {
