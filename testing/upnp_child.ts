@@ -6,10 +6,9 @@
  *   ip netns exec NS deno run -A testing/upnp_child.ts <lan addr> <lan cidr> <boot id>
  *
  * It prints one JSON line `{"ready": true, "port": N, "locations": [...]}`
- * on stdout once listening, then, for every line read on stdin:
- * - `mappings`: one JSON line, the live mappings of the fake (`FakeUpnpMappings.all`);
- * - `counters`: one JSON line, the service's, responder's and listener's counters;
- * - `quit` (or end of input): sends byebye, closes everything, exits 0.
+ * on stdout once listening, then `{"mappings": [...]}` (the fake's live
+ * mappings) after every control request. On SIGTERM it sends byebye,
+ * closes everything, prints `{"counters": {...}}` and exits 0.
  *
  * The fake's policy: external ports below 1024 refused; `held` 17/<R>/5351
  * (the gateway's PCP port) refused; every host's external address is
@@ -51,6 +50,7 @@ const upnp = await startUpnp({
   bootId: Number(bootText),
   seed: `test ${lanText}`,
   version: "0.0.0-test",
+  afterControl: () => console.log(JSON.stringify({ mappings: mappings.all(Date.now()) })),
   log: {
     info: (l) => lines.push(l),
     warn: (l) => console.error(l),
@@ -59,27 +59,18 @@ const upnp = await startUpnp({
 });
 console.log(JSON.stringify({ ready: true, port: upnp.http.port, locations: upnp.locations }));
 
-const decoder = new TextDecoder();
-let rest = "";
-loop: for await (const chunk of Deno.stdin.readable) {
-  rest += decoder.decode(chunk, { stream: true });
-  let i: number;
-  while ((i = rest.indexOf("\n")) >= 0) {
-    const cmd = rest.slice(0, i).trim();
-    rest = rest.slice(i + 1);
-    if (cmd === "quit") break loop;
-    if (cmd === "mappings") console.log(JSON.stringify(mappings.all(Date.now())));
-    if (cmd === "counters") {
-      console.log(JSON.stringify({
-        http: Object.fromEntries(upnp.service.counters.http),
-        actions: Object.fromEntries(upnp.service.counters.actions),
-        faults: Object.fromEntries(upnp.service.counters.faults),
-        ssdp: upnp.responder.counters,
-        listener: upnp.http.counters,
-        log: lines,
-      }));
-    }
-  }
-}
+const stop = Promise.withResolvers<void>();
+Deno.addSignalListener("SIGTERM", () => stop.resolve());
+await stop.promise;
 await upnp.close();
+console.log(JSON.stringify({
+  counters: {
+    http: Object.fromEntries(upnp.service.counters.http),
+    actions: Object.fromEntries(upnp.service.counters.actions),
+    faults: Object.fromEntries(upnp.service.counters.faults),
+    ssdp: upnp.responder.counters,
+    listener: upnp.http.counters,
+    log: lines,
+  },
+}));
 Deno.exit(0);
