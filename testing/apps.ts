@@ -471,3 +471,64 @@ while True:
 `,
   ];
 }
+
+/**
+ * An SSDP listener on a LAN host: joins 239.255.255.250 on the interface of
+ * address `local` and prints every datagram to UDP 1900 as one JSON line
+ * {"from": "ip:port", "data": "..."} (after "listening").
+ */
+export function ssdpListen(local: string): string[] {
+  return [
+    "python3",
+    "-u",
+    "-c",
+    `
+import json, socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("239.255.255.250", 1900))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+             struct.pack("4s4s", socket.inet_aton("239.255.255.250"), socket.inet_aton("${local}")))
+print("listening", flush=True)
+while True:
+    d, a = s.recvfrom(65535)
+    print(json.dumps({"from": "%s:%d" % a, "data": d.decode("latin1")}), flush=True)
+`,
+  ];
+}
+
+/**
+ * Sends one SSDP M-SEARCH for `st` from address `local` to `dest`
+ * ("239.255.255.250" or a unicast address; port 1900), TTL 2, and collects
+ * the answers for `ms`. Prints {"sent": bytes, "answers": ["...", ...]}.
+ */
+export function ssdpSearch(local: string, dest: string, st: string, ms: number): string[] {
+  return [
+    "python3",
+    "-u",
+    "-c",
+    `
+import json, socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("${local}", 0))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("${local}"))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 2)
+m = ("M-SEARCH * HTTP/1.1\\r\\nHOST: 239.255.255.250:1900\\r\\nMAN: \\"ssdp:discover\\"\\r\\n"
+     "MX: 1\\r\\nST: ${st}\\r\\n\\r\\n").encode()
+s.sendto(m, ("${dest}", 1900))
+out = []
+end = time.time() + ${ms} / 1000
+while True:
+    left = end - time.time()
+    if left <= 0:
+        break
+    s.settimeout(left)
+    try:
+        d, a = s.recvfrom(65535)
+        out.append(d.decode("latin1"))
+    except socket.timeout:
+        break
+print(json.dumps({"sent": len(m), "answers": out}))
+`,
+  ];
+}
