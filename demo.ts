@@ -526,6 +526,10 @@ async function main(): Promise<number> {
       failure = `dpm status exited ${st.code}: ${st.stderr.trim()}`;
       say(`  ${BAD} ${failure}`);
     }
+    // Nothing dpm or the programs above did may reach beyond the namespaces.
+    const out = await t.escaped();
+    say(`\n${out === 0 ? OK : BAD} packets sent beyond the topology: ${out}`);
+    if (out !== 0) failure ??= `${out} packet(s) left the topology toward outside addresses`;
   } catch (e) {
     failure ??= (e as Error).message;
   } finally {

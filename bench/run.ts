@@ -56,6 +56,7 @@
 import { fileURLToPath } from "node:url";
 import { createTopology, destroyOnSignal, type Topology } from "../testing/topology.ts";
 import {
+  denoScript,
   type Dpm,
   DPM_ENV,
   dpmCommand,
@@ -570,11 +571,7 @@ async function loadFromHosts(
 ): Promise<Record<string, any>[]> {
   const results = await Promise.all(t.hosts.map((h, hi) =>
     t.exec(h.ns, [
-      Deno.execPath(),
-      "run",
-      "--allow-all",
-      "--quiet",
-      `${HERE}reserve_load.ts`,
+      ...denoScript(`${HERE}reserve_load.ts`),
       "--server",
       t.gateway.lanText,
       "--addrs",

@@ -13,7 +13,26 @@ export const MOD = fileURLToPath(new URL("../mod.ts", import.meta.url));
 /** The command that runs dpm: the compiled binary when DPM_BIN is set, else deno run. */
 export function dpmCommand(): string[] {
   const bin = Deno.env.get("DPM_BIN");
-  return bin ? [bin] : [Deno.execPath(), "run", "--allow-all", "--quiet", MOD];
+  return bin ? [bin] : denoScript(MOD);
+}
+
+/**
+ * The command that runs a Deno script (and its `args`) inside a namespace:
+ * `--cached-only`, so that Deno uses what `tools/install-deps` cached and
+ * never reaches for a registry from in there (a module missing from the
+ * cache fails the command, loudly, instead). `flags`: more `deno run` flags.
+ */
+export function denoScript(script: string, args: string[] = [], flags: string[] = []): string[] {
+  return [
+    Deno.execPath(),
+    "run",
+    "--allow-all",
+    "--quiet",
+    "--cached-only",
+    ...flags,
+    script,
+    ...args,
+  ];
 }
 
 /**
@@ -210,6 +229,11 @@ export async function withDpm(
       throw e;
     } finally {
       await d.stop();
+    }
+    // Nothing the test ran may have reached beyond its namespaces.
+    const out = await t.escaped();
+    if (out !== 0) {
+      throw new Error(`${out} packet(s) left the topology toward addresses outside it`);
     }
   } finally {
     await t.destroy();

@@ -174,6 +174,12 @@ export interface Topology extends AsyncDisposable {
     opts?: { env?: Record<string, string>; stdin?: "piped" | "null" },
   ): Spawned;
   /**
+   * Packets sent so far toward an address outside the topology (counted
+   * where they would leave it): must stay 0, nothing a test runs may reach
+   * beyond the machine's own namespaces.
+   */
+  escaped(): Promise<number>;
+  /**
    * Stops every spawned process (SIGTERM, SIGKILL after a grace period),
    * kills whatever else still runs in the namespaces, deletes every
    * namespace (and so every link) and the marker. Idempotent; never throws
@@ -185,6 +191,16 @@ export interface Topology extends AsyncDisposable {
 /** The exit code {@linkcode Topology.exec} reports for a command it killed at its timeout. */
 export const EXEC_TIMEOUT_CODE = 124;
 
+/**
+ * The environment of every process started in a namespace (added to the
+ * parent's by `exec` and `spawn`): Deno must not look for a newer release
+ * from in there. Nothing a process in the topology does may reach beyond it
+ * ({@linkcode Topology.escaped} counts what tries).
+ */
+export const NAMESPACE_ENV: Readonly<Record<string, string>> = Object.freeze({
+  DENO_NO_UPDATE_CHECK: "1",
+});
+
 /** Every namespace the builder makes starts with this. */
 export const NS_PREFIX = "dpmt-";
 
@@ -195,6 +211,8 @@ export const MARKER_DIR = "/run/dpmt";
 export const POOL_TEXT = "203.0.113.10-203.0.113.13";
 
 const LAN_NET = "10.0.0.0/24";
+/** The nft table (in the router's namespace, else the gateway's) counting escapes. */
+const WATCH_TABLE = "topology_watch";
 const LAN_GW = "10.0.0.1";
 const WAN_GW = "203.0.113.1";
 const WAN_RT = "203.0.113.254";
@@ -384,6 +402,52 @@ class NetnsTopology implements Topology {
     const results = await Promise.allSettled(jobs);
     const failed = results.find((r) => r.status === "rejected");
     if (failed) throw (failed as PromiseRejectedResult).reason;
+    await this.#watch(outNs);
+  }
+
+  /**
+   * The watch on the topology's way out: a counter of packets toward any
+   * address outside the topology's prefixes, where they would leave it (the
+   * router's prerouting, which sees them before it drops them for want of a
+   * route; without a router, the gateway's postrouting out of `wan0`).
+   */
+  async #watch(outNs: string): Promise<void> {
+    const inside = `{ ${LAN_NET}, 203.0.113.0/24, 198.51.100.0/24 }`;
+    const [ns, hook] = this.router
+      ? [outNs, "type filter hook prerouting priority -500; policy accept;"]
+      : [this.gateway.ns, "type filter hook postrouting priority 500; policy accept;"];
+    const match = this.router ? "" : `oifname "wan0" `;
+    const r = await this.exec(ns, ["nft", "-f", "-"], {
+      stdin: `table ip ${WATCH_TABLE} {
+  counter escaped {}
+  chain out {
+    ${hook}
+    ${match}ip daddr != ${inside} counter name escaped
+  }
+}
+`,
+    });
+    if (r.code !== 0) throw new Error(`Cannot install the escape counter: ${r.stderr.trim()}`);
+    this.#watchNs = ns;
+  }
+
+  #watchNs = "";
+
+  async escaped(): Promise<number> {
+    const r = await this.exec(this.#watchNs, [
+      "nft",
+      "-j",
+      "list",
+      "counter",
+      "ip",
+      WATCH_TABLE,
+      "escaped",
+    ]);
+    if (r.code !== 0) throw new Error(`Cannot read the escape counter: ${r.stderr.trim()}`);
+    const j = JSON.parse(r.stdout) as { nftables: { counter?: { packets: number } }[] };
+    const c = j.nftables.find((x) => x.counter)?.counter;
+    if (!c) throw new Error(`No escape counter in: ${r.stdout}`);
+    return c.packets;
   }
 
   async exec(
@@ -399,7 +463,7 @@ class NetnsTopology implements Topology {
       stdout: "piped",
       stderr: "piped",
       detached: true,
-      ...(opts.env ? { env: opts.env } : {}),
+      env: { ...NAMESPACE_ENV, ...opts.env },
     }).spawn();
     let timedOut = false;
     const timer = setTimeout(() => {
@@ -504,7 +568,7 @@ class SpawnedProcess implements Spawned {
       stdout: "piped",
       stderr: "piped",
       detached: true,
-      ...(opts.env ? { env: opts.env } : {}),
+      env: { ...NAMESPACE_ENV, ...opts.env },
     }).spawn();
     this.pid = this.#child.pid;
     const reads = [

@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { DPM_ENV, withDpm } from "../../testing/launch.ts";
+import { denoScript, DPM_ENV, withDpm } from "../../testing/launch.ts";
 import { perDataPath } from "../../testing/root.ts";
 
 const SAN = { sanitizeOps: false, sanitizeResources: false };
@@ -48,13 +48,7 @@ for (
             const r = await t.exec(
               h1.ns,
               [
-                Deno.execPath(),
-                "run",
-                "--allow-all",
-                "--quiet",
-                "--config",
-                CONFIG,
-                file,
+                ...denoScript(file, [], ["--config", CONFIG]),
               ],
               {
                 timeoutMs: 30_000,

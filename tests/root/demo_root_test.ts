@@ -33,7 +33,6 @@ Deno.test(
   needsRoot(
     "demo root: every exchange checks out, the table is shown, nothing is left",
     async () => {
-      const t0 = performance.now();
       const r = await new Deno.Command(Deno.execPath(), {
         args: ["run", "-A", DEMO],
         cwd: ROOT,
@@ -41,12 +40,10 @@ Deno.test(
         stdout: "piped",
         stderr: "piped",
       }).output();
-      const secs = (performance.now() - t0) / 1000;
       const out = new TextDecoder().decode(r.stdout);
       const err = new TextDecoder().decode(r.stderr);
       const all = `${out}\n--- stderr:\n${err}`;
       assert.equal(r.code, 0, all);
-      assert.ok(secs < 30, `runtime ${secs.toFixed(1)} s`);
 
       // Every exchange: a ✓ line, and not one ✗.
       const ticks = out.split("\n").filter((l) => l.trimStart().startsWith("✓  "));
@@ -79,6 +76,10 @@ Deno.test(
         /udp +10\.0\.0\.11:5060 +\d+ +203\.0\.113\.10:5060 +198\.51\.100\.10:5060 .*shared/,
       );
       assert.match(out, /All 7 checks passed/);
+      // Nothing reached beyond the namespaces: no DNS to the machine's resolver in the
+      // table, no packet toward an address outside the topology.
+      assert.ok(!/ \d+\.\d+\.\d+\.\d+:53 /.test(out), `a session to port 53 in the table:\n${out}`);
+      assert.match(out, /✓ packets sent beyond the topology: 0\n/);
 
       // Torn down, and said so; the log path is printed and exists.
       assert.match(out, /Tearing down.*done, nothing left/);

@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { DPM_ENV, withDpm } from "../../testing/launch.ts";
+import { denoScript, DPM_ENV, withDpm } from "../../testing/launch.ts";
 import { needsRoot } from "../../testing/root.ts";
 
 const SAN = { sanitizeOps: false, sanitizeResources: false };
@@ -27,10 +27,7 @@ for (const datapath of ["kernel", "queue"] as const) {
         await reg.waitForOutput(/listening/, 10_000);
         const run = (host: number, ...extra: string[]) =>
           t.exec(t.hosts[host]!.ns, [
-            Deno.execPath(),
-            "run",
-            "-A",
-            EXAMPLE,
+            ...denoScript(EXAMPLE),
             "5060",
             `${p1.addrText}:5060`,
             ...extra,

@@ -9,7 +9,12 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import type { Topology } from "../../testing/topology.ts";
-import { type Dpm, type StartOptions, withDpm as withDpmOn } from "../../testing/launch.ts";
+import {
+  denoScript,
+  type Dpm,
+  type StartOptions,
+  withDpm as withDpmOn,
+} from "../../testing/launch.ts";
 import { rawSender, udpClient, udpEcho, udpPong } from "../../testing/apps.ts";
 import { perDataPath } from "../../testing/root.ts";
 import { buildUdp } from "../../testing/packets.ts";
@@ -110,11 +115,7 @@ test(
     assert.equal(again.result, "ok");
     // h3 (no driver) still has its whole quota for itself.
     const r = await t.exec(h3.ns, [
-      Deno.execPath(),
-      "run",
-      "-A",
-      "--quiet",
-      CLIENT,
+      ...denoScript(CLIENT),
       `${t.gateway.lanText}:4750`,
       "reserve",
       "udp",

@@ -10,7 +10,7 @@
 
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { DPM_ENV, dpmCommand, startDpm, withDpm } from "../../testing/launch.ts";
+import { denoScript, DPM_ENV, dpmCommand, startDpm, withDpm } from "../../testing/launch.ts";
 import { createTopology } from "../../testing/topology.ts";
 import { needsRoot } from "../../testing/root.ts";
 import { waitFor } from "../../testing/wait.ts";
@@ -38,11 +38,7 @@ Deno.test(needsRoot({
           assert.equal(r.code, 0, r.stderr);
         }
         const load = await t.exec(h.ns, [
-          Deno.execPath(),
-          "run",
-          "-A",
-          "--quiet",
-          LOAD,
+          ...denoScript(LOAD),
           "--server",
           t.gateway.lanText,
           "--addrs",

@@ -12,7 +12,7 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import type { Topology } from "../../testing/topology.ts";
-import { DPM_ENV, dpmCommand, withDpm } from "../../testing/launch.ts";
+import { denoScript, DPM_ENV, dpmCommand, withDpm } from "../../testing/launch.ts";
 import { udpClient, udpEcho } from "../../testing/apps.ts";
 import { waitFor } from "../../testing/wait.ts";
 import { needsRoot } from "../../testing/root.ts";
@@ -83,8 +83,7 @@ for (const datapath of ["kernel", "queue"] as const) {
         assert.match(line, /\d+\/\d+\s+\d+ B\/\d+ B$/, line);
         // A refusal of h1's: a remote inside the LAN (the server's BAD_REMOTE).
         const bad = await t.exec(h1.ns, [
-          Deno.execPath(),
-          ...["run", "-A", "--quiet", CLIENT, "10.0.0.1:4750", "reserve", "udp"],
+          ...denoScript(CLIENT, ["10.0.0.1:4750", "reserve", "udp"]),
           `${h1.addrText}:40101`,
           "10.0.0.1:9",
         ]);
@@ -105,8 +104,7 @@ for (const datapath of ["kernel", "queue"] as const) {
 
         // 1,500 sessions of h3 (which runs no driver) over the control protocol.
         const bulk = await t.exec(h3.ns, [
-          Deno.execPath(),
-          ...["run", "-A", "--quiet", BULK, "10.0.0.1:4750", h3.addrText, "20000", "1500"],
+          ...denoScript(BULK, ["10.0.0.1:4750", h3.addrText, "20000", "1500"]),
           `${t.peers[1]!.addrText}:9`,
         ], { timeoutMs: 60_000 });
         assert.equal(bulk.code, 0, bulk.stdout + bulk.stderr);

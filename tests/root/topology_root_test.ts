@@ -310,3 +310,29 @@ Deno.test(needsRoot("topology root: SIGINT and process exit tear the topology do
     await cleanupStaleTopologies();
   }
 }));
+
+Deno.test(needsRoot(
+  "topology root: the escape counter sees a packet toward an address outside the topology, and nothing else",
+  async () => {
+    for (const router of [true, false]) {
+      const t = await createTopology({ hosts: 1, peers: 1, router });
+      try {
+        const h1 = t.hosts[0]!;
+        // Traffic inside the topology is not counted.
+        const ping = await t.exec(h1.ns, ["ping", "-c1", "-W2", t.gateway.lanText]);
+        assert.equal(ping.code, 0, ping.stderr);
+        assert.equal(await t.escaped(), 0, `router ${router}: inside traffic`);
+        // A datagram toward a documentation address outside the topology is.
+        const send = await t.exec(h1.ns, [
+          "python3",
+          "-c",
+          "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('192.0.2.99', 9))",
+        ]);
+        assert.equal(send.code, 0, send.stderr);
+        assert.equal(await t.escaped(), 1, `router ${router}: one packet tried to leave`);
+      } finally {
+        await t.destroy();
+      }
+    }
+  },
+));
