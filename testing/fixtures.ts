@@ -6,7 +6,7 @@
 
 import { parseIPv4 } from "../src/wire/addr.ts";
 import type { DriverConfig, ServerConfig } from "../src/config.ts";
-import type { ControlTransport } from "../src/driver/core.ts";
+import type { ControlTransport } from "../src/control/client.ts";
 import { FakePacketIO } from "../src/datapath/fake.ts";
 import {
   COOKIE_LEN,

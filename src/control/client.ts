@@ -70,8 +70,20 @@ function jitter(ms: number): number {
   return ms * (0.75 + Math.random() * 0.5);
 }
 
+/**
+ * How the driver reaches the server: {@linkcode ControlClient} over UDP, or
+ * an in-memory pipe in tests (`testing/fixtures.ts` `Pipe`).
+ */
+export interface ControlTransport {
+  /** Resolves with the server's answer; rejects with ControlTimeout when it never comes. */
+  request(req: Request): Promise<Response>;
+  readonly stats?: Record<string, number>;
+  /** Set by the driver: told of answers that came after their request timed out. */
+  onLate?: ((res: Response) => void) | null;
+}
+
 /** A control-protocol client bound to one server. */
-export class ControlClient {
+export class ControlClient implements ControlTransport {
   readonly #sock: dgram.Socket;
   readonly #server: string;
   readonly #port: number;

@@ -143,18 +143,25 @@ export async function answer(
   return sessionView(s, src.now);
 }
 
-/**
- * Answers `dpm map` (see `DriverCore.map`): checks the request, and with
- * `only` (a uid) that a socket of that user holds the port now, then asks
- * the server ({@linkcode HostMappings.request}).
- */
-export async function answerMap(src: AnswerSource, r: {
+/** A `dpm map` request as it comes off the socket: every field unchecked. */
+export interface MapAsk {
   proto?: unknown;
   port?: unknown;
   lifetime?: unknown;
   publicPort?: unknown;
   exact?: unknown;
-}, only: number | null): Promise<MapReply> {
+}
+
+/**
+ * Answers `dpm map` (see `DriverCore.map`): checks the request, and with
+ * `only` (a uid) that a socket of that user holds the port now, then asks
+ * the server ({@linkcode HostMappings.request}).
+ */
+export async function answerMap(
+  src: AnswerSource,
+  r: MapAsk,
+  only: number | null,
+): Promise<MapReply> {
   const proto = protoNumber(String(r.proto));
   const port = Number(r.port);
   const lifetime = r.lifetime === undefined ? DEFAULT_MAP_LIFETIME : Number(r.lifetime);
@@ -258,4 +265,29 @@ function sessionView(
     };
   }
   return { result: "pending", ...base };
+}
+
+/** When the server last answered and a request last timed out: `dpm status --driver`'s view. */
+export class ServerHealth {
+  /** ms; -1: never. */
+  #lastAnswerAt = -1;
+  #lastTimeoutAt = -1;
+
+  answered(now: number): void {
+    this.#lastAnswerAt = now;
+  }
+
+  timedOut(now: number): void {
+    this.#lastTimeoutAt = now;
+  }
+
+  /** Seconds since each, and whether the server answers (unless its latest word is a timeout). */
+  view(now: number): NonNullable<DriverStatusReply["control"]> {
+    const ago = (t: number) => Math.max(0, Math.round((now - t) / 1000));
+    return {
+      ...(this.#lastAnswerAt >= 0 ? { lastAnswer: ago(this.#lastAnswerAt) } : {}),
+      ...(this.#lastTimeoutAt >= 0 ? { lastTimeout: ago(this.#lastTimeoutAt) } : {}),
+      answering: this.#lastTimeoutAt < 0 || this.#lastAnswerAt > this.#lastTimeoutAt,
+    };
+  }
 }

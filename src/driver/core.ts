@@ -27,77 +27,62 @@
  * on. A grant whose answer came too late, or that the driver no longer
  * wants, is given back.
  *
- * Where things are. This file: the session indexes, a host packet
- * translated ({@linkcode DriverCore.handlePacket}: `#outbound`, `#inbound`,
- * held packets, ICMP refusals), and the reservation client and its leases
- * (`#reserve`, `#apply`, `#renew`, `#sendRelease`, epoch changes, fall-back
- * and retry, {@linkcode DriverCore.tick}, kernel activity). The answers to
+ * Where things are. This file: the reservation client and its leases
+ * (`#reserve`, `#apply`, `#renew`, epoch changes, fall-back
+ * and retry, {@linkcode DriverCore.tick}, kernel activity). A host packet
+ * translated ({@linkcode DriverCore.handlePacket}, held packets, ICMP
+ * refusals) is in `translate.ts`, mirroring the server's; the answers to
  * `dpm query`, `dpm map` and `dpm status --driver`, and whose sessions a
- * user may see, are in `answers.ts`; the inbound mappings of `dpm map` in
- * `mappings.ts`; a session's fields and states in `session.ts`.
+ * user may see, in `answers.ts`; the inbound mappings of `dpm map` in
+ * `mappings.ts`; a session's fields, states and indexes in `session.ts`.
  *
  * @module
  */
 
-import { type Cidr, cidrContains, formatIPv4 } from "../wire/addr.ts";
+import { type Cidr, formatIPv4 } from "../wire/addr.ts";
 import type { DriverConfig } from "../config.ts";
-import { ControlTimeout } from "../control/client.ts";
+import { ControlTimeout, type ControlTransport } from "../control/client.ts";
 import { logger } from "../runtime/log.ts";
 import { newNonce, Op, type Request, type Response } from "../control/proto.ts";
 import { CookieJar } from "../control/cookie.ts";
 import { Result, resultName } from "../control/result.ts";
-import {
-  Drop,
-  DROP_COUNT,
-  DROP_NAMES,
-  IPPROTO_ICMP,
-  IPPROTO_TCP,
-  IPPROTO_UDP,
-  PacketInfo,
-  parse,
-} from "../wire/packet.ts";
-import { rewrite, rewriteIcmpError, rewriteToGateway } from "../wire/rewrite.ts";
+import { DROP_COUNT, DROP_NAMES, IPPROTO_ICMP, IPPROTO_TCP } from "../wire/packet.ts";
 import {
   type DriverDataPath,
   hostKey,
   type HostSessionKey,
   type PacketIO,
 } from "../datapath/datapath.ts";
-import { describeSession, Verdict, type VerdictValue } from "../wire/meta.ts";
+import { describeSession, Verdict } from "../wire/meta.ts";
 import type { DataPathStatus, DriverStatusReply, MapReply, QueryReply } from "../operator/types.ts";
-import { buildIcmpError } from "../wire/icmp.ts";
 import {
-  CLOSE_FIN_IN,
-  CLOSE_FIN_OUT,
   CLOSE_RST,
   type HostSession,
+  HostSessions,
   isClosed,
   newHostSession,
   State,
-  tcpClose,
 } from "./session.ts";
+import { HostTranslator } from "./translate.ts";
+import { Releases } from "./releases.ts";
+import * as timers from "./timers.ts";
 import { HostMappings } from "./mappings.ts";
-import { answer, answerMap, type AnswerSource, type Asker, type OwnerOf } from "./answers.ts";
+import {
+  answer,
+  answerMap,
+  type AnswerSource,
+  type Asker,
+  type MapAsk,
+  type OwnerOf,
+  ServerHealth,
+} from "./answers.ts";
 
 export { type HostSession, State } from "./session.ts";
 export { DEFAULT_MAP_LIFETIME, type HostMapping } from "./mappings.ts";
 export type { Asker, OwnerOf } from "./answers.ts";
+export type { ControlTransport } from "../control/client.ts";
 
 const log = logger("driver");
-
-const MAX_HELD_PER_SESSION = 64;
-const MAX_HELD_TOTAL = 8192;
-/** How long a refusal or a bypass is remembered for a session that stays quiet. */
-const NEGATIVE_IDLE_MS = 30_000;
-
-/** How the driver reaches the server: ControlClient over UDP, or an in-memory pipe in tests. */
-export interface ControlTransport {
-  /** Resolves with the server's answer; rejects with ControlTimeout when it never comes. */
-  request(req: Request): Promise<Response>;
-  readonly stats?: Record<string, number>;
-  /** Set by the driver: told of answers that came after their request timed out. */
-  onLate?: ((res: Response) => void) | null;
-}
 
 /** Options of the driver core. */
 export interface DriverCoreOptions {
@@ -134,14 +119,10 @@ export class DriverCore {
   /** The server's cookie for this host (docs/protocol.md, Cookies). */
   readonly #cookies = new CookieJar();
   readonly now: () => number;
-  /** Outbound key → session. Key: proto/pa/x/px in two numbers (see #okey). */
-  readonly #out = new Map<number, Map<number, HostSession>>();
-  /** (proto, a, Pg) → session, for replies. */
-  readonly #byPg = new Map<number, HostSession>();
-  readonly #info = new PacketInfo();
-  /** `NFQA_SKB_INFO` bits of the packet being handled (see handlePacket). */
-  #skbInfo = 0;
-  #heldTotal = 0;
+  /** The host's sessions, by outbound identity and by gateway port. */
+  readonly #sessions = new HostSessions();
+  /** The packet translation (`translate.ts`). */
+  readonly #translator: HostTranslator;
   #epoch: number | null = null;
   #io: PacketIO | null = null;
   #dp: DriverDataPath | null = null;
@@ -162,8 +143,8 @@ export class DriverCore {
     /** Grants given back because the driver learned of them too late or no longer wanted them. */
     lateReleased: 0,
   };
-  /** Releases that got no answer, asked again from tick(). */
-  #releaseLater: { s: HostSession; at: number; tries: number }[] = [];
+  /** Releases, and those asked again from tick() (`releases.ts`). */
+  readonly #releases: Releases;
 
   constructor(cfg: DriverConfig, client: ControlTransport, opts: DriverCoreOptions) {
     this.#cfg = cfg;
@@ -198,6 +179,25 @@ export class DriverCore {
       control: () => this.controlView(),
     };
     if ("onLate" in client) client.onLate = (res) => this.#onLate(res);
+    this.#releases = new Releases({
+      send: (s, op) => this.#send(s, op),
+      sessions: this.#sessions,
+      now: () => this.now(),
+      released: () => void this.counters.released++,
+    });
+    this.#translator = new HostTranslator({
+      g: cfg.server,
+      lan: this.#lan,
+      sessions: this.#sessions,
+      now: () => this.now(),
+      dp: () => this.#dp,
+      io: () => this.#io,
+      counters: this.counters,
+      drops: this.drops,
+      newSession: (proto, a, pa, x, px) => this.#newSession(proto, a, pa, x, px, this.now()),
+      reserve: (s) => void this.#reserve(s),
+      reserveAgain: (s) => this.#reserveAgain(s),
+    });
   }
 
   /** Claim 3: the driver decides whether a port is replaceable. */
@@ -206,162 +206,28 @@ export class DriverCore {
     return port >= this.#eph[0] && port <= this.#eph[1] && !this.#fixed.has(port);
   }
 
-  // Outbound index: level 1 by remote (x, px) — 48 bits; level 2 by (proto, a, pa) — 50 bits.
   #get(proto: number, a: number, pa: number, x: number, px: number): HostSession | undefined {
-    return this.#out.get(x * 65536 + px)?.get(hostKey(proto, a, pa));
-  }
-
-  #put(s: HostSession): void {
-    const k1 = s.x * 65536 + s.px;
-    let m = this.#out.get(k1);
-    if (!m) this.#out.set(k1, m = new Map());
-    m.set(hostKey(s.proto, s.a, s.pa), s);
+    return this.#sessions.get(proto, a, pa, x, px);
   }
 
   #delete(s: HostSession): void {
     s.deleted = true;
     this.#unprogram(s);
-    const k1 = s.x * 65536 + s.px;
-    const m = this.#out.get(k1);
-    if (m) {
-      m.delete(hostKey(s.proto, s.a, s.pa));
-      if (m.size === 0) this.#out.delete(k1);
-    }
-    if (s.pg && this.#byPg.get(hostKey(s.proto, s.a, s.pg)) === s) {
-      this.#byPg.delete(hostKey(s.proto, s.a, s.pg));
-    }
+    this.#sessions.remove(s);
   }
 
   /** All sessions (for listing). */
-  *sessions(): IterableIterator<HostSession> {
-    for (const m of this.#out.values()) yield* m.values();
+  sessions(): IterableIterator<HostSession> {
+    return this.#sessions.all();
   }
 
   /**
-   * Handles one queued packet; `outbound` is true for raw OUTPUT. Returns a
-   * Verdict; HOLD means the driver keeps a copy and gives the verdict later.
-   * `skbInfo`: the queue's `NFQA_SKB_INFO` bits (CHECKSUM_PARTIAL, GSO; see
-   * `rewrite`), kept with a held copy.
+   * Handles one queued packet (`translate.ts`); `outbound` is true for raw
+   * OUTPUT. Returns a Verdict; HOLD means the driver keeps a copy and gives
+   * the verdict later. `skbInfo`: the queue's `NFQA_SKB_INFO` bits.
    */
   handlePacket(pkt: Uint8Array, id: number, outbound: boolean, skbInfo = 0): number {
-    this.#skbInfo = skbInfo;
-    try {
-      return this.#handle(pkt, id, outbound);
-    } catch (e) {
-      // A bug must cost one packet, not the host's connectivity: let it pass as it is.
-      if (this.drops[Drop.INTERNAL_ERROR]!++ < 10) {
-        log.error(`handling a packet: ${(e as Error).stack ?? e}`);
-      }
-      return Verdict.ACCEPT;
-    }
-  }
-
-  #handle(pkt: Uint8Array, id: number, outbound: boolean): number {
-    const info = this.#info;
-    const bad = parse(pkt, pkt.length, info);
-    if (bad !== Drop.NONE) {
-      // Not something dpm translates; the host's own stack decides.
-      this.drops[bad]!++;
-      return Verdict.ACCEPT;
-    }
-    return outbound ? this.#outbound(pkt, id, info) : this.#inbound(pkt, info);
-  }
-
-  #outbound(pkt: Uint8Array, id: number, info: PacketInfo): number {
-    const g = this.#cfg.server;
-    if (info.icmpError) {
-      // The host reports an error about a packet X:px -> a:pa it received.
-      const s = this.#get(
-        info.innerProto,
-        info.innerDst,
-        info.innerDport,
-        info.innerSrc,
-        info.innerSport,
-      );
-      if (!s || s.state !== State.ACTIVE) return Verdict.ACCEPT;
-      const icmp = s.proto === IPPROTO_ICMP;
-      rewriteIcmpError(pkt, info, {
-        outerSrc: info.src,
-        outerDst: g,
-        innerSrc: g,
-        innerSport: icmp ? 0 : s.pg,
-        innerDst: s.a,
-        innerDport: icmp ? s.pg : s.pa,
-      }, this.#skbInfo);
-      return Verdict.MODIFIED;
-    }
-    if (cidrContains(this.#lan, info.dst)) return Verdict.ACCEPT;
-    let s = this.#get(info.proto, info.src, info.sport, info.dst, info.dport);
-    const now = this.now();
-    if (s) {
-      s.lastUsed = now;
-      switch (s.state) {
-        case State.ACTIVE:
-          s.busy = true;
-          if (info.proto === IPPROTO_TCP) s.closing = tcpClose(pkt, info, s.closing, CLOSE_FIN_OUT);
-          this.counters.out++;
-          // The data path rewrites it here (queue), or lets it go on to the
-          // kernel's translation (a new conntrack of a session the kernel
-          // already translates: the previous one expired, or a retransmitted SYN).
-          return this.#toGateway(pkt, info, s.pg, this.#skbInfo);
-        case State.PENDING:
-          return this.#hold(s, pkt, id);
-        case State.REFUSED:
-          this.drops[Drop.REFUSED]!++;
-          this.#refuse(pkt, info);
-          return Verdict.DROP;
-        default:
-          this.counters.bypassed++;
-          return Verdict.ACCEPT;
-      }
-    }
-    s = this.#newSession(info.proto, info.src, info.sport, info.dst, info.dport, now);
-    const v = this.#hold(s, pkt, id);
-    this.#reserve(s);
-    return v;
-  }
-
-  #inbound(pkt: Uint8Array, info: PacketInfo): number {
-    const g = this.#cfg.server;
-    if (info.icmpError) {
-      // Quoted: a:pa -> G:Pg as it crossed the LAN (ICMP echo: a, id Pg -> G).
-      if (info.innerDst !== g) return Verdict.ACCEPT;
-      const icmp = info.innerProto === IPPROTO_ICMP;
-      const s = this.#byPg.get(
-        hostKey(info.innerProto, info.innerSrc, icmp ? info.innerSport : info.innerDport),
-      );
-      if (!s || (!icmp && s.pa !== info.innerSport)) return Verdict.ACCEPT;
-      if (info.src === g && info.icmpType === 3) {
-        // The gateway itself says nothing listens on G:Pg: the server lost the session.
-        log.info(`server forgot ${describeSession(s)}; reserving again`);
-        this.#reserveAgain(s);
-        this.drops[Drop.NO_SESSION]!++;
-        return Verdict.DROP;
-      }
-      rewriteIcmpError(pkt, info, {
-        outerSrc: info.src,
-        outerDst: s.a,
-        innerSrc: s.a,
-        innerSport: s.pa,
-        innerDst: s.x,
-        innerDport: s.px,
-      }, this.#skbInfo);
-      this.counters.in++;
-      return Verdict.MODIFIED;
-    }
-    if (info.src !== g) return Verdict.ACCEPT;
-    const icmp = info.proto === IPPROTO_ICMP;
-    const s = this.#byPg.get(hostKey(info.proto, info.dst, icmp ? info.dport : info.sport));
-    if (!s || s.state !== State.ACTIVE || (!icmp && s.pa !== info.dport)) {
-      this.drops[Drop.NO_SESSION]!++;
-      return Verdict.ACCEPT;
-    }
-    s.busy = true;
-    s.lastUsed = this.now();
-    if (info.proto === IPPROTO_TCP) s.closing = tcpClose(pkt, info, s.closing, CLOSE_FIN_IN);
-    rewrite(pkt, info, s.x, icmp ? 0 : s.px, s.a, s.pa, this.#skbInfo);
-    this.counters.in++;
-    return Verdict.MODIFIED;
+    return this.#translator.handle(pkt, id, outbound, skbInfo);
   }
 
   #newSession(
@@ -373,19 +239,8 @@ export class DriverCore {
     now: number,
   ): HostSession {
     const s = newHostSession(proto, a, pa, x, px, this.isReplaceable(proto, pa), now);
-    this.#put(s);
+    this.#sessions.put(s);
     return s;
-  }
-
-  #hold(s: HostSession, pkt: Uint8Array, id: number): number {
-    const held = s.held ??= [];
-    if (held.length >= MAX_HELD_PER_SESSION || this.#heldTotal >= MAX_HELD_TOTAL) {
-      this.drops[Drop.HELD_OVERFLOW]!++;
-      return Verdict.DROP;
-    }
-    held.push({ id, bytes: pkt.slice(), skbInfo: this.#skbInfo });
-    this.#heldTotal++;
-    return Verdict.HOLD;
   }
 
   /** Sends one control request about `s` (a fresh nonce; the server default lifetime). */
@@ -408,10 +263,10 @@ export class DriverCore {
     // Answers and timeouts are timed for `dpm status --driver`.
     const request = (r: Request) =>
       this.#client.request(r).then((res) => {
-        this.#lastAnswerAt = this.now();
+        this.#health.answered(this.now());
         return res;
       }, (e) => {
-        if (e instanceof ControlTimeout) this.#lastTimeoutAt = this.now();
+        if (e instanceof ControlTimeout) this.#health.timedOut(this.now());
         throw e;
       });
     return this.#cookies.request(request, req);
@@ -434,7 +289,7 @@ export class DriverCore {
     const now = this.now();
     if (s.deleted) {
       // Answered after the session was dropped here: hand a grant straight back.
-      if (res?.result === Result.OK) this.#sendRelease(s);
+      if (res?.result === Result.OK) this.#releases.send(s);
       this.#wake(s);
       return;
     }
@@ -449,19 +304,19 @@ export class DriverCore {
       );
       s.state = State.BYPASS;
       s.result = -1;
-      s.expiresAt = now + NEGATIVE_IDLE_MS;
+      s.expiresAt = now + timers.NEGATIVE_IDLE_MS;
       s.retries = 0;
-      s.renewAt = now + bypassRetryMs(0);
+      s.renewAt = now + timers.bypassRetryMs(0);
       this.counters.fellBack++;
       // The server may have granted it and lost only the answer: give that back
       // (TCP stays untranslated while it lasts; UDP and ICMP pick it up again).
-      if (!retry) this.#sendRelease(s);
-      this.#settleHeld(s, Verdict.ACCEPT);
+      if (!retry) this.#releases.send(s);
+      this.#translator.settleHeld(s, Verdict.ACCEPT);
     } else {
       this.#noteEpoch(res.epoch);
       s.result = res.result;
       if (res.result === Result.OK) {
-        if (s.pg && s.pg !== res.gatewayPort) this.#byPg.delete(hostKey(s.proto, s.a, s.pg));
+        const was = s.pg;
         s.state = State.ACTIVE;
         s.r = res.publicAddr;
         s.p = res.publicPort;
@@ -469,7 +324,7 @@ export class DriverCore {
         s.replaced = res.replaced;
         s.shared = res.shared;
         this.#setLifetime(s, res.lifetime, now);
-        this.#byPg.set(hostKey(s.proto, s.a, s.pg), s);
+        this.#sessions.setPg(s, was);
         this.#program(s);
         this.counters.reserved++;
         if (
@@ -481,15 +336,16 @@ export class DriverCore {
           );
         }
         log.debug(`reserved ${describeSession(s)}`);
-        this.#settleHeld(s, Verdict.MODIFIED);
+        this.#translator.settleHeld(s, Verdict.MODIFIED);
       } else {
         s.state = State.REFUSED;
         // Try again later: soon when the cause may pass (quota, resources, rate),
         // later for a conflict, which lasts as long as the other session.
-        s.expiresAt = now + (res.result === Result.CONFLICT ? NEGATIVE_IDLE_MS : RETRY_SOON_MS);
+        s.expiresAt = now +
+          (res.result === Result.CONFLICT ? timers.NEGATIVE_IDLE_MS : timers.RETRY_SOON_MS);
         this.counters.refused++;
         log.info(`server refused ${describeSession(s)}: ${resultName(res.result)}`);
-        this.#settleHeld(s, Verdict.DROP);
+        this.#translator.settleHeld(s, Verdict.DROP);
       }
     }
     this.#wake(s);
@@ -512,18 +368,18 @@ export class DriverCore {
     this.#send(s, Op.RESERVE).then((res) => {
       s.renewing = false;
       if (s.deleted || s.state !== State.BYPASS) {
-        if (res.result === Result.OK && s.deleted) this.#sendRelease(s);
+        if (res.result === Result.OK && s.deleted) this.#releases.send(s);
         return;
       }
       if (res.result !== Result.OK) {
         // Keep the flow untranslated (dropping it now would break it); ask again later.
-        s.renewAt = this.now() + bypassRetryMs(s.retries);
+        s.renewAt = this.now() + timers.bypassRetryMs(s.retries);
         return;
       }
       this.#recover(s, res);
     }).catch(() => {
       s.renewing = false;
-      s.renewAt = this.now() + bypassRetryMs(s.retries);
+      s.renewAt = this.now() + timers.bypassRetryMs(s.retries);
     });
   }
 
@@ -561,7 +417,7 @@ export class DriverCore {
     if (s?.state === State.PENDING || s?.renewing) return; // a request about it is on its way
     // Granted, but nobody here uses it: give it back.
     this.counters.lateReleased++;
-    this.#sendRelease(
+    this.#releases.send(
       s ?? {
         proto: res.proto,
         replaceable: false,
@@ -576,58 +432,8 @@ export class DriverCore {
   #setLifetime(s: HostSession, lifetime: number, now: number): void {
     s.lifetime = lifetime;
     s.expiresAt = now + lifetime * 1000;
-    // Renew at two thirds of the lifetime, but at least once a minute so a
-    // server restart is noticed soon, and never later than 1 s before expiry.
-    const third = (lifetime * 1000) / 3;
-    s.renewAt = now + Math.max(500, Math.min(2 * third, 60_000, lifetime * 1000 - 1000));
+    s.renewAt = timers.renewAt(now, lifetime);
     s.busy = false;
-  }
-
-  /** Gives the verdicts for the held packets of `s`. */
-  #settleHeld(s: HostSession, how: number): void {
-    const q = this.#io;
-    const held = s.held;
-    s.held = null;
-    if (!held) return;
-    this.#heldTotal -= held.length;
-    if (!q || held.length === 0) return;
-    const info = this.#info;
-    for (const h of held) {
-      if (how === Verdict.MODIFIED) {
-        if (parse(h.bytes, h.bytes.length, info) !== Drop.NONE) {
-          q.verdict(h.id, Verdict.ACCEPT);
-          continue;
-        }
-        this.counters.out++;
-        const v = this.#toGateway(h.bytes, info, s.pg, h.skbInfo);
-        q.verdict(h.id, v, v === Verdict.MODIFIED ? h.bytes : undefined);
-      } else if (how === Verdict.DROP) {
-        if (parse(h.bytes, h.bytes.length, info) === Drop.NONE) this.#refuse(h.bytes, info);
-        q.verdict(h.id, Verdict.DROP);
-      } else {
-        q.verdict(h.id, Verdict.ACCEPT);
-      }
-    }
-    q.flush();
-  }
-
-  /**
-   * An outbound packet of an active session on its way (claim 5): the data
-   * path rewrites it to `G:Pg` or lets the kernel do it; without one (tests
-   * of the core alone), rewritten here.
-   */
-  #toGateway(pkt: Uint8Array, info: PacketInfo, pg: number, skbInfo: number): VerdictValue {
-    const g = this.#cfg.server;
-    return this.#dp
-      ? this.#dp.outbound(pkt, info, g, pg, skbInfo)
-      : rewriteToGateway(pkt, info, g, pg, skbInfo);
-  }
-
-  /** Tells the application its session was refused: ICMP type 3 code 13 (communication administratively prohibited). */
-  #refuse(pkt: Uint8Array, info: PacketInfo): void {
-    if (!this.#io) return;
-    const err = buildIcmpError(pkt, info, 3, 13);
-    if (err) this.#io.send(err, err.length, info.src);
   }
 
   /**
@@ -657,7 +463,7 @@ export class DriverCore {
       s.lifetime = 60;
       s.expiresAt = now + 60_000;
       s.renewAt = now;
-      this.#byPg.set(hostKey(s.proto, s.a, s.pg), s);
+      this.#sessions.setPg(s);
       this.counters.adopted++;
     }
     if (this.counters.adopted) {
@@ -756,11 +562,11 @@ export class DriverCore {
   tick(): void {
     const now = this.now();
     this.#pollActivity(now);
-    this.#retryReleases(now);
+    this.#releases.retry(now);
     this.#mappings.expire(now);
     if (this.#ownerOf && now >= this.#orphanCheckAt) {
       // Mappings made for unprivileged users last only while their socket holds the port.
-      this.#orphanCheckAt = now + ORPHAN_CHECK_MS;
+      this.#orphanCheckAt = now + timers.ORPHAN_CHECK_MS;
       this.#mappings.revokeOrphans(this.#ownerOf);
     }
     for (const s of [...this.sessions()]) {
@@ -774,9 +580,9 @@ export class DriverCore {
       if (s.state !== State.ACTIVE) {
         // Fallen back: keep the flow untranslated while it lasts; forget it once
         // quiet. A UDP or ICMP flow is reserved again meanwhile (TCP would break).
-        if (now - s.lastUsed > NEGATIVE_IDLE_MS) {
+        if (now - s.lastUsed > timers.NEGATIVE_IDLE_MS) {
           this.#delete(s);
-          if (s.retries > 0) this.#sendRelease(s); // a lost answer may have granted it
+          if (s.retries > 0) this.#releases.send(s); // a lost answer may have granted it
         } else if (s.proto !== IPPROTO_TCP && !s.renewing && now >= s.renewAt) {
           this.#retryBypass(s);
         }
@@ -786,26 +592,26 @@ export class DriverCore {
         this.#delete(s);
         continue;
       }
-      if (isClosed(s.closing) && now - s.lastUsed >= TCP_CLOSE_LINGER_MS) {
+      if (isClosed(s.closing) && now - s.lastUsed >= timers.TCP_CLOSE_LINGER_MS) {
         // The connection ended (FIN both ways, or RST) and stayed quiet: give the pair back.
         this.#delete(s);
-        this.#sendRelease(s);
+        this.#releases.send(s);
         continue;
       }
       if (now < s.renewAt || s.renewing) continue;
       if (s.busy) this.#renew(s);
-      else if (s.proto === IPPROTO_TCP && !s.closing && now - s.lastUsed < TCP_IDLE_MS) {
+      else if (s.proto === IPPROTO_TCP && !s.closing && now - s.lastUsed < timers.TCP_IDLE_MS) {
         // An idle established TCP connection keeps its mapping for at least
         // 2 h 4 min (RFC 5382 REQ-5), as a NAT's conntrack would.
         this.#renew(s);
-      } else if (now - s.lastUsed < Math.min(MIN_IDLE_MS[s.proto] ?? 0, s.lifetime * 1000)) {
+      } else if (now - s.lastUsed < Math.min(timers.MIN_IDLE_MS[s.proto] ?? 0, s.lifetime * 1000)) {
         // RFC 4787 REQ-5 / RFC 5508 REQ-2: an idle UDP mapping lives at least
         // 2 min and an ICMP query one 60 s (unless the server grants less).
         this.#renew(s);
       } else if (now - s.lastUsed >= s.lifetime * 1000 * 2 / 3) {
         // Idle for most of its lifetime: give it back now rather than let it linger.
         this.#delete(s);
-        this.#sendRelease(s);
+        this.#releases.send(s);
       } else s.renewAt = Math.min(s.expiresAt - 1000, now + 1000);
     }
   }
@@ -833,39 +639,11 @@ export class DriverCore {
     });
   }
 
-  #sendRelease(s: HostSession, tries = 0): Promise<void> {
-    return this.#send(s, Op.RELEASE).then((res) => {
-      if (res.result === Result.OK || res.result === Result.NO_SUCH_SESSION) {
-        this.counters.released++;
-      } else if (res.result === Result.RATE_LIMITED && tries < RELEASE_TRIES) {
-        this.#releaseLater.push({ s, at: this.now() + RETRY_SOON_MS, tries: tries + 1 });
-      }
-    }).catch((e) => {
-      // Unanswered: ask again later, or the server holds it until its lease ends.
-      if (e instanceof ControlTimeout && tries < RELEASE_TRIES) {
-        this.#releaseLater.push({ s, at: this.now() + RETRY_SOON_MS, tries: tries + 1 });
-      }
-    });
-  }
-
-  #retryReleases(now: number): void {
-    if (this.#releaseLater.length === 0) return;
-    const due = this.#releaseLater.filter((r) => r.at <= now);
-    if (due.length === 0) return;
-    this.#releaseLater = this.#releaseLater.filter((r) => r.at > now);
-    for (const r of due) {
-      // Reserved again here meanwhile: that session is the server's again.
-      const cur = this.#get(r.s.proto, r.s.a, r.s.pa, r.s.x, r.s.px);
-      if (cur && cur.state !== State.BYPASS) continue;
-      this.#sendRelease(r.s, r.tries);
-    }
-  }
-
   /** Releases every active session (on exit). */
   async releaseAll(): Promise<void> {
     const all = [...this.sessions()].filter((s) => s.state === State.ACTIVE);
     for (const s of all) this.#delete(s);
-    await Promise.all(all.map((s) => this.#sendRelease(s)));
+    await Promise.all(all.map((s) => this.#releases.send(s)));
   }
 
   /**
@@ -887,13 +665,7 @@ export class DriverCore {
    * packets to the public pair it answers reach `a:port`. With `only` (a
    * uid), only a port a socket of that user holds now.
    */
-  map(r: {
-    proto?: unknown;
-    port?: unknown;
-    lifetime?: unknown;
-    publicPort?: unknown;
-    exact?: unknown;
-  }, only: number | null = null): Promise<MapReply> {
+  map(r: MapAsk, only: number | null = null): Promise<MapReply> {
     return answerMap(this.#answers, r, only);
   }
 
@@ -902,20 +674,12 @@ export class DriverCore {
     return [...this.#mappings.all()].map((m) => this.#mappings.view(m));
   }
 
-  /** When the server last answered / a request last timed out (ms; -1: never). */
-  #lastAnswerAt = -1;
-  #lastTimeoutAt = -1;
+  /** When the server last answered and a request last timed out. */
+  readonly #health = new ServerHealth();
 
   /** Whether the server answers, for `dpm status --driver`. */
   controlView(): NonNullable<DriverStatusReply["control"]> {
-    const now = this.now();
-    const ago = (t: number) => Math.max(0, Math.round((now - t) / 1000));
-    return {
-      ...(this.#lastAnswerAt >= 0 ? { lastAnswer: ago(this.#lastAnswerAt) } : {}),
-      ...(this.#lastTimeoutAt >= 0 ? { lastTimeout: ago(this.#lastTimeoutAt) } : {}),
-      // Answering unless the latest word from the server is a timeout.
-      answering: this.#lastTimeoutAt < 0 || this.#lastAnswerAt > this.#lastTimeoutAt,
-    };
+    return this.#health.view(this.now());
   }
 
   /** Counters for logs and tests. */
@@ -926,32 +690,10 @@ export class DriverCore {
     for (const s of this.sessions()) if (s.state === State.BYPASS) untranslated++;
     return {
       ...this.counters,
-      held: this.#heldTotal,
+      held: this.#translator.heldTotal,
       untranslated,
       drops,
       control: { ...this.#client.stats, cookieRetries: this.#cookies.retries },
     };
   }
 }
-
-/** RFC 5382 REQ-5: an idle established TCP mapping lives at least 2 h 4 min. */
-const TCP_IDLE_MS = 7440_000;
-/** When a refusal that may pass (quota, resources, rate limit) is asked again. */
-const RETRY_SOON_MS = 5_000;
-/** Times an unanswered release is asked again. */
-const RELEASE_TRIES = 3;
-
-/** When a fallen-back session is reserved again: 1 s, doubling to 30 s, jittered. */
-function bypassRetryMs(retries: number): number {
-  return Math.min(30_000, 1000 * 2 ** retries) * (0.75 + Math.random() * 0.5);
-}
-
-/**
- * How long a closed TCP session stays after its last packet: RFC 5382 REQ-5
- * (transitory mappings >= 4 min) and RFC 7857 section 2.2 (keep 4 min after an RST).
- */
-const TCP_CLOSE_LINGER_MS = 240_000;
-/** How often the mappings of unprivileged users are checked against their ports' owners. */
-const ORPHAN_CHECK_MS = 5_000;
-/** The shortest idle time before an idle mapping is given back, by protocol (RFC 4787 REQ-5, RFC 5508 REQ-2). */
-const MIN_IDLE_MS: Record<number, number> = { [IPPROTO_UDP]: 120_000, [IPPROTO_ICMP]: 60_000 };

@@ -1,13 +1,15 @@
 /**
- * A session as the host knows it: its fields, its states, and the TCP
- * teardown bits its packets set. The driver's indexes of sessions, and what
- * moves a session from state to state, are in `core.ts`; how a session is
- * shown to `dpm query`, in `answers.ts`.
+ * A session as the host knows it: its fields, its states, the TCP teardown
+ * bits its packets set, and the driver's two indexes of sessions
+ * ({@linkcode HostSessions}). What moves a session from state to state is in
+ * `core.ts` (the lease client); how its packets are translated, in
+ * `translate.ts`; how it is shown to `dpm query`, in `answers.ts`.
  *
  * @module
  */
 
 import type { PacketInfo } from "../wire/packet.ts";
+import { hostKey } from "../datapath/datapath.ts";
 
 /** Session states on the host. */
 export const State = { PENDING: 0, ACTIVE: 1, REFUSED: 2, BYPASS: 3 } as const;
@@ -115,4 +117,59 @@ export function tcpClose(
 /** Whether teardown bits say the connection ended: FIN both ways, or an RST. */
 export function isClosed(closing: number): boolean {
   return (closing & CLOSE_RST) !== 0 || (closing & 3) === 3;
+}
+
+/**
+ * The host's sessions, indexed two ways: by what an outbound packet names
+ * (proto, a, pa, X, px) and by what a reply from the gateway names
+ * (proto, a, Pg). The outbound index has two levels, the remote (x, px: 48
+ * bits) then the endpoint (proto, a, pa: 50 bits), as numbers.
+ */
+export class HostSessions {
+  readonly #out = new Map<number, Map<number, HostSession>>();
+  readonly #byPg = new Map<number, HostSession>();
+
+  /** The session of (proto, a, pa, X, px), if any. */
+  get(proto: number, a: number, pa: number, x: number, px: number): HostSession | undefined {
+    return this.#out.get(x * 65536 + px)?.get(hostKey(proto, a, pa));
+  }
+
+  /** The session a reply from `G:Pg` to `a` belongs to, if any. */
+  byPg(proto: number, a: number, pg: number): HostSession | undefined {
+    return this.#byPg.get(hostKey(proto, a, pg));
+  }
+
+  /** Adds `s` to the outbound index (a new session). */
+  put(s: HostSession): void {
+    const k1 = s.x * 65536 + s.px;
+    let m = this.#out.get(k1);
+    if (!m) this.#out.set(k1, m = new Map());
+    m.set(hostKey(s.proto, s.a, s.pa), s);
+  }
+
+  /** Indexes `s` by its gateway port `s.pg` (granted), dropping its previous one `was`. */
+  setPg(s: HostSession, was = 0): void {
+    if (was && was !== s.pg && this.#byPg.get(hostKey(s.proto, s.a, was)) === s) {
+      this.#byPg.delete(hostKey(s.proto, s.a, was));
+    }
+    this.#byPg.set(hostKey(s.proto, s.a, s.pg), s);
+  }
+
+  /** Removes `s` from both indexes. */
+  remove(s: HostSession): void {
+    const k1 = s.x * 65536 + s.px;
+    const m = this.#out.get(k1);
+    if (m) {
+      m.delete(hostKey(s.proto, s.a, s.pa));
+      if (m.size === 0) this.#out.delete(k1);
+    }
+    if (s.pg && this.#byPg.get(hostKey(s.proto, s.a, s.pg)) === s) {
+      this.#byPg.delete(hostKey(s.proto, s.a, s.pg));
+    }
+  }
+
+  /** Every session. Do not add or remove while iterating (copy first). */
+  *all(): IterableIterator<HostSession> {
+    for (const m of this.#out.values()) yield* m.values();
+  }
 }
