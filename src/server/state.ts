@@ -1,6 +1,6 @@
 /**
  * The server's state file (`--state`): the session table survives restarts,
- * SIGKILL included (DESIGN.md packet walk, step 5).
+ * SIGKILL included (the packet walk in README.md, "How it works", step 4).
  *
  * Theory of operation. The file is an SQLite database (`node:sqlite`) in WAL
  * mode, `synchronous=NORMAL`, opened with an exclusive lock (a second server

@@ -5,7 +5,7 @@
  *
  * # Theory of operation
  *
- * Names follow the packet walk in DESIGN.md. A host `a:pa` (private) talks to
+ * Names follow the packet walk in README.md ("How it works"). A host `a:pa` (private) talks to
  * a remote peer `X:px` (outside). The server gives the session a public pair
  * `R:p` from the pool and a gateway port `Pg`; the driver sends the
  * session's packets to `G:Pg`, the server forwards them as `R:p -> X:px`, and
