@@ -61,6 +61,10 @@ const SYMBOLS = {
   __errno_location: { parameters: [], result: "pointer" },
   /** `char *strerror(int errnum);` */
   strerror: { parameters: ["i32"], result: "pointer" },
+  /** `unsigned int if_nametoindex(const char *ifname);` 0 when there is no such interface. */
+  if_nametoindex: { parameters: ["buffer"], result: "u32" },
+  /** `int clock_gettime(clockid_t clockid, struct timespec *tp);` */
+  clock_gettime: { parameters: ["i32", "buffer"], result: "i32" },
   /** `pid_t getpid(void);` */
   getpid: { parameters: [], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
@@ -90,6 +94,23 @@ export function errno(): number {
   const p = libc().__errno_location();
   if (p === null) return 0;
   return new Deno.UnsafePointerView(p).getInt32();
+}
+
+/** The index of network interface `name` in this namespace, or 0 when there is none. */
+export function ifIndex(name: string): number {
+  return libc().if_nametoindex(new TextEncoder().encode(`${name}\0`));
+}
+
+/** `CLOCK_BOOTTIME`: like CLOCK_MONOTONIC, counting suspend too (BPF's `bpf_ktime_get_boot_ns`). */
+export const CLOCK_BOOTTIME = 7;
+
+/** Nanoseconds on `clock` (e.g. {@linkcode CLOCK_BOOTTIME}), as a bigint. */
+export function clockNs(clock: number): bigint {
+  const ts = new Uint8Array(16); // struct timespec { time_t tv_sec; long tv_nsec; }
+  if (libc().clock_gettime(clock, ts) < 0) throw new OsError("clock_gettime", errno());
+  const dv = new DataView(ts.buffer);
+  return dv.getBigInt64(0, HOST_LITTLE_ENDIAN) * 1_000_000_000n +
+    dv.getBigInt64(8, HOST_LITTLE_ENDIAN);
 }
 
 /** The text of an error number, as `strerror(3)` gives it. */

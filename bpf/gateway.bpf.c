@@ -1,0 +1,216 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR MIT)
+/*
+ * The gateway's fast path: four tc (clsact, direct-action) programs on the
+ * LAN and WAN interfaces, sharing the session map dpm_nat (nat.h).
+ *
+ * Theory of operation (docs/datapath.md, "The bpf path"). dpm puts both
+ * entries of a session into dpm_nat when it grants it, with no SEEN bits: the
+ * session is "slow", and the stack translates it (dpm's nftables maps,
+ * conntrack, the forward chains). The egress programs watch what the stack
+ * lets out: dpm_wan_out sees a session's packet leave by the WAN after it came
+ * in by the LAN (so it passed prerouting, forward and postrouting, the
+ * operator's rules included) and sets NAT_F_SEEN_OUT; dpm_lan_out sees a reply
+ * leave by the LAN after it came in by the WAN and sets NAT_F_SEEN_IN. With
+ * both bits the session is "fast": the ingress programs translate its packets
+ * themselves and redirect them straight to the other interface (FIB lookup,
+ * TTL decremented), so they skip conntrack, the nat and filter chains and the
+ * forward walk. Until then, and for everything that is not a fast session
+ * (other hosts, ICMP, fragments, IP options, a TTL about to expire, a packet
+ * too big for the way out, a route that changed), the programs return
+ * NAT_PASS and the stack does what it would do without them.
+ *
+ * Counters: a slow packet is counted when it leaves (egress), a fast one when
+ * it is redirected (ingress), so an entry counts every packet that left the
+ * gateway in its direction either way.
+ *
+ * A mapping (PCP/NAT-PMP MAP: R:p for every remote) is a pair of wildcard
+ * entries whose remote half is zero. They never translate; when the stack
+ * lets a mapping's flow with one remote out (its map_in/map_out rules), the
+ * egress program learns that flow's exact pair of entries (NAT_F_LEARNED) with
+ * the one SEEN bit it saw, and the flow turns fast like a session once the
+ * other direction passed too.
+ */
+#include "nat_prog.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nat_config);
+} dpm_cfg SEC(".maps");
+
+static __always_inline const struct nat_config *config(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&dpm_cfg, &zero);
+}
+
+/*
+ * Ingress on the side `dir` names: a fast session's packet is translated and
+ * redirected to `out_ifindex`; everything else passes.
+ */
+static __always_inline int fast_path(struct __sk_buff *skb, __u8 dir)
+{
+	const struct nat_config *cfg = config();
+	struct nat_pkt p, to;
+	struct nat_key k;
+	if (!cfg || skb->pkt_type != 0 /* PACKET_HOST */ || nat_parse(skb, &p) < 0)
+		return NAT_PASS;
+	nat_key_of(&k, &p, dir);
+	struct nat_entry *e = bpf_map_lookup_elem(&dpm_nat, &k);
+	if (!e || (e->flags & (NAT_F_FAST | NAT_F_WILDCARD)) != NAT_F_FAST)
+		return NAT_PASS;
+	/* The stack sends the ICMP time exceeded. */
+	if (p.ttl <= 1)
+		return NAT_PASS;
+	nat_apply(&to, &p, e);
+
+	struct bpf_fib_lookup fib = {};
+	fib.family = 2; /* AF_INET */
+	fib.l4_protocol = to.proto;
+	fib.sport = to.sport;
+	fib.dport = to.dport;
+	fib.ifindex = skb->ingress_ifindex;
+	fib.tos = to.tos;
+	fib.ipv4_src = to.saddr;
+	fib.ipv4_dst = to.daddr;
+	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return NAT_PASS;
+	/* Only the way the stack let the session through. */
+	if (fib.ifindex != (dir == NAT_DIR_OUT ? cfg->wan_ifindex : cfg->lan_ifindex))
+		return NAT_PASS;
+	/* Too big for the way out: the stack fragments it or says so (ICMP). */
+	__u32 mtu = 0;
+	if (bpf_check_mtu(skb, fib.ifindex, &mtu, 0, 0) != BPF_MTU_CHK_RET_SUCCESS)
+		return NAT_PASS;
+	if (nat_rewrite(skb, &p, &to, 1) < 0)
+		return TC_ACT_SHOT;
+	nat_count(skb, e, &p);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
+	if (nat_set_macs(skb, &fib) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(fib.ifindex, 0);
+}
+
+/*
+ * Egress on the interface of side `dir`'s way out (dir OUT: the WAN; IN: the
+ * LAN): a packet the stack forwarded from the other interface, translated by
+ * it. Marks its session as seen in this direction, counts it while the
+ * session is slow, and learns a mapping's flow. Always passes.
+ */
+static __always_inline int seen(struct __sk_buff *skb, __u8 dir)
+{
+	const struct nat_config *cfg = config();
+	struct nat_pkt p, to;
+	struct nat_key back, own;
+	__u8 opp = dir == NAT_DIR_OUT ? NAT_DIR_IN : NAT_DIR_OUT;
+	__u32 bit = dir == NAT_DIR_OUT ? NAT_F_SEEN_OUT : NAT_F_SEEN_IN;
+	if (!cfg)
+		return NAT_PASS;
+	/* Forwarded from the other side (not sent by the gateway itself). */
+	if (skb->ingress_ifindex != (dir == NAT_DIR_OUT ? cfg->lan_ifindex : cfg->wan_ifindex))
+		return NAT_PASS;
+	if (nat_parse(skb, &p) < 0)
+		return NAT_PASS;
+	/* The answer to this packet, as it would arrive: the other direction's entry. */
+	back.saddr = p.daddr;
+	back.daddr = p.saddr;
+	back.sport = p.dport;
+	back.dport = p.sport;
+	back.proto = p.proto;
+	back.dir = opp;
+	back.pad = 0;
+	struct nat_entry *b = bpf_map_lookup_elem(&dpm_nat, &back);
+	if (b && (b->flags & NAT_F_FAST) == NAT_F_FAST)
+		return NAT_PASS; /* fast already (a redirected packet, or one the ingress left to the stack) */
+	struct nat_pkt bp = {};
+	nat_key_of(&own, &p, 0);
+	bp.saddr = back.saddr;
+	bp.daddr = back.daddr;
+	bp.sport = back.sport;
+	bp.dport = back.dport;
+	bp.proto = back.proto;
+	if (!b) {
+		/* A mapping's flow: the wildcard with the remote half zero. */
+		struct nat_key w = back;
+		if (opp == NAT_DIR_IN) {
+			w.saddr = 0;
+			w.sport = 0;
+		} else {
+			w.daddr = 0;
+			w.dport = 0;
+		}
+		struct nat_entry *we = bpf_map_lookup_elem(&dpm_nat, &w);
+		if (!we || !(we->flags & NAT_F_WILDCARD))
+			return NAT_PASS;
+		nat_apply(&to, &bp, we);
+		struct nat_entry learned_back = {
+			.saddr = to.saddr,
+			.daddr = to.daddr,
+			.sport = to.sport,
+			.dport = to.dport,
+			.flags = NAT_F_LEARNED | bit,
+		};
+		struct nat_entry learned_own = {
+			.saddr = p.saddr,
+			.daddr = p.daddr,
+			.sport = p.sport,
+			.dport = p.dport,
+			.flags = NAT_F_LEARNED | bit,
+		};
+		own.saddr = to.daddr;
+		own.daddr = to.saddr;
+		own.sport = to.dport;
+		own.dport = to.sport;
+		own.dir = dir;
+		/* BPF_NOEXIST: a pair another CPU learned meanwhile (or dpm wrote) is kept. */
+		bpf_map_update_elem(&dpm_nat, &back, &learned_back, BPF_NOEXIST);
+		bpf_map_update_elem(&dpm_nat, &own, &learned_own, BPF_NOEXIST);
+		struct nat_entry *oe = bpf_map_lookup_elem(&dpm_nat, &own);
+		if (oe)
+			nat_count(skb, oe, &p);
+		return NAT_PASS;
+	}
+	if (b->flags & NAT_F_WILDCARD)
+		return NAT_PASS;
+	/* This direction's entry: its key is the other entry's translation, reversed. */
+	nat_apply(&to, &bp, b);
+	own.saddr = to.daddr;
+	own.daddr = to.saddr;
+	own.sport = to.dport;
+	own.dport = to.sport;
+	own.dir = dir;
+	struct nat_entry *oe = bpf_map_lookup_elem(&dpm_nat, &own);
+	if (!oe)
+		return NAT_PASS;
+	nat_count(skb, oe, &p);
+	nat_set_flags(oe, bit);
+	nat_set_flags(b, bit);
+	return NAT_PASS;
+}
+
+SEC("tc")
+int dpm_lan_in(struct __sk_buff *skb)
+{
+	return fast_path(skb, NAT_DIR_OUT);
+}
+
+SEC("tc")
+int dpm_wan_in(struct __sk_buff *skb)
+{
+	return fast_path(skb, NAT_DIR_IN);
+}
+
+SEC("tc")
+int dpm_wan_out(struct __sk_buff *skb)
+{
+	return seen(skb, NAT_DIR_OUT);
+}
+
+SEC("tc")
+int dpm_lan_out(struct __sk_buff *skb)
+{
+	return seen(skb, NAT_DIR_IN);
+}

@@ -1,0 +1,80 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
+/*
+ * The layouts dpm's BPF programs share with user space: the key and value of
+ * the session map `dpm_nat` and the gateway's configuration `dpm_cfg`.
+ * src/datapath/bpf/layout.ts mirrors this file byte for byte (a unit test
+ * compares it with the BTF of the compiled objects).
+ *
+ * One entry translates one direction of one flow: a packet whose own
+ * addresses, ports and protocol equal an entry's key (on the side the key's
+ * `dir` names) leaves with the entry's addresses and ports. Both directions
+ * of a session are two entries, and they mirror each other: the entry for
+ * key K with value V exists exactly when the entry for key reverse(V) has
+ * value reverse(K) (reverse: swap source and destination). So a program that
+ * holds one entry can always name the other.
+ *
+ * Addresses and ports are in network byte order, as in the packet, so the
+ * programs never swap bytes. Zero in a value's address or port means "keep
+ * the packet's own"; only a mapping's wildcard entries use it.
+ */
+#ifndef DPM_NAT_H
+#define DPM_NAT_H
+
+#include <linux/types.h>
+
+/* The side a packet comes from, in nat_key.dir. */
+enum nat_dir {
+	/* From the private side: a LAN host's packet at the gateway, or the host's own packet leaving it. */
+	NAT_DIR_OUT = 1,
+	/* From the outside: a remote's packet at the gateway's WAN, or the gateway's packet reaching the host. */
+	NAT_DIR_IN = 2,
+};
+
+/* Bits of nat_entry.flags. dpm writes the first ones; the programs only add bits (atomic or). */
+enum nat_flag {
+	/* The stack forwarded a packet of the session LAN -> WAN (seen leaving by the WAN). */
+	NAT_F_SEEN_OUT = 1 << 0,
+	/* The stack forwarded a packet of the session WAN -> LAN (seen leaving by the LAN). */
+	NAT_F_SEEN_IN = 1 << 1,
+	/* Both: the operator's forward policy passed the session both ways; the fast path takes it. */
+	NAT_F_FAST = NAT_F_SEEN_OUT | NAT_F_SEEN_IN,
+	/* A mapping's entry for every remote (the remote half of the key is zero): never translates
+	 * itself; the egress programs learn one exact pair of entries per remote from it. */
+	NAT_F_WILDCARD = 1 << 2,
+	/* An exact pair learned by a program from a wildcard (a mapping's flow with one remote). */
+	NAT_F_LEARNED = 1 << 3,
+	/* A TCP FIN, or RST, was translated in this entry's direction. */
+	NAT_F_FIN = 1 << 4,
+	NAT_F_RST = 1 << 5,
+};
+
+/* A packet's own addresses as it arrives (16 bytes). */
+struct nat_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto; /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 dir;   /* enum nat_dir */
+	__u16 pad;  /* zero */
+};
+
+/* What a matching packet becomes, and what was seen of it (40 bytes). */
+struct nat_entry {
+	__be32 saddr; /* 0: keep */
+	__be32 daddr; /* 0: keep */
+	__be16 sport; /* 0: keep */
+	__be16 dport; /* 0: keep */
+	__u32 flags;  /* enum nat_flag */
+	__u64 packets;
+	__u64 bytes;   /* IP bytes (the IP header included, the link header not) */
+	__u64 last_ns; /* bpf_ktime_get_boot_ns() at the last packet counted; 0 before any */
+};
+
+/* The gateway's one configuration record, `dpm_cfg[0]`, written by dpm before it attaches. */
+struct nat_config {
+	__u32 lan_ifindex;
+	__u32 wan_ifindex;
+};
+
+#endif

@@ -1,0 +1,212 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
+/*
+ * What both roles' programs share: the session map, parsing, counting and
+ * the rewrite with incremental checksums. Included by gateway.bpf.c and
+ * host.bpf.c only.
+ *
+ * Checksums. Every change goes through the kernel's own helpers
+ * (bpf_l3_csum_replace, bpf_l4_csum_replace), never arithmetic of ours on the
+ * packet, because only they know the skb's checksum state:
+ * - CHECKSUM_NONE / CHECKSUM_UNNECESSARY: the fields are updated as RFC 1624
+ *   says (HC' = ~(~HC + ~m + m'));
+ * - CHECKSUM_PARTIAL (locally sent packets, veth, GSO): the TCP/UDP field
+ *   holds only the pseudo-header sum, so address changes (BPF_F_PSEUDO_HDR)
+ *   update it and port changes must not;
+ * - CHECKSUM_COMPLETE (a NIC's receive sum): skb->csum is kept equal to the
+ *   changed bytes' sum, so the receiver does not see a checksum fault.
+ * UDP: BPF_F_MARK_MANGLED_0 keeps a zero ("no checksum", RFC 768) field zero
+ * and turns a computed zero into 0xffff.
+ */
+#ifndef DPM_NAT_PROG_H
+#define DPM_NAT_PROG_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "nat.h"
+
+/* Sized for a gateway's sessions (two entries each); dpm sets the real size before loading.
+ * Not preallocated: memory follows the number of sessions. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct nat_key);
+	__type(value, struct nat_entry);
+} dpm_nat SEC(".maps");
+
+/* "Not mine": the next tc filter, or the stack, decides (direct-action mode). */
+#define NAT_PASS TC_ACT_UNSPEC
+
+#define IP_OFF (sizeof(struct ethhdr))
+#define L4_OFF (IP_OFF + sizeof(struct iphdr))
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_RST 0x04
+#define IP_FRAG_MASK 0x3fff /* MF and the fragment offset */
+
+/* One TCP or UDP packet's addresses (network order) and what else the programs read. */
+struct nat_pkt {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 ttl;
+	__u8 tos;
+	__u8 tcp_flags;
+	__u32 ip_len; /* the IP bytes the packet carries (skb length less the link header) */
+};
+
+/*
+ * Reads an IPv4 TCP or UDP packet without options and not a fragment.
+ * Anything else (ARP, IPv6, ICMP, fragments, IP options, a truncated header)
+ * returns -1: the stack handles it.
+ */
+static __always_inline int nat_parse(struct __sk_buff *skb, struct nat_pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	if (data + L4_OFF + 20 > end) {
+		/* Headers outside the linear part (rare): pull them in (a short packet stays short). */
+		bpf_skb_pull_data(skb, L4_OFF + 20);
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+	}
+	struct ethhdr *eth = data;
+	struct iphdr *ip = data + IP_OFF;
+	if (data + L4_OFF + 8 > end)
+		return -1;
+	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->version != 4 || ip->ihl != 5)
+		return -1;
+	if (ip->frag_off & bpf_htons(IP_FRAG_MASK))
+		return -1;
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return -1;
+	__be16 *ports = data + L4_OFF;
+	p->saddr = ip->saddr;
+	p->daddr = ip->daddr;
+	p->sport = ports[0];
+	p->dport = ports[1];
+	p->proto = ip->protocol;
+	p->ttl = ip->ttl;
+	p->tos = ip->tos;
+	p->tcp_flags = 0;
+	if (ip->protocol == IPPROTO_TCP) {
+		if (data + L4_OFF + 20 > end)
+			return -1;
+		p->tcp_flags = *(__u8 *)(data + L4_OFF + 13);
+	}
+	p->ip_len = skb->len - IP_OFF;
+	return 0;
+}
+
+/* The key of the packet itself, arriving from side `dir`. */
+static __always_inline void nat_key_of(struct nat_key *k, const struct nat_pkt *p, __u8 dir)
+{
+	k->saddr = p->saddr;
+	k->daddr = p->daddr;
+	k->sport = p->sport;
+	k->dport = p->dport;
+	k->proto = p->proto;
+	k->dir = dir;
+	k->pad = 0;
+}
+
+/* What entry `e` makes of the packet `p`: its addresses after translation (0 in `e`: keep). */
+static __always_inline void nat_apply(struct nat_pkt *to, const struct nat_pkt *p,
+				      const struct nat_entry *e)
+{
+	*to = *p;
+	if (e->saddr)
+		to->saddr = e->saddr;
+	if (e->daddr)
+		to->daddr = e->daddr;
+	if (e->sport)
+		to->sport = e->sport;
+	if (e->dport)
+		to->dport = e->dport;
+}
+
+/* Sets `bits` in an entry's flags (atomically; no write when they are set already). */
+static __always_inline void nat_set_flags(struct nat_entry *e, __u32 bits)
+{
+	if ((e->flags & bits) != bits)
+		__sync_fetch_and_or(&e->flags, bits);
+}
+
+/* Counts one packet (a GSO packet: its segments) into an entry, with the time and TCP FIN/RST. */
+static __always_inline void nat_count(struct __sk_buff *skb, struct nat_entry *e,
+				      const struct nat_pkt *p)
+{
+	__u32 segs = skb->gso_segs;
+	__sync_fetch_and_add(&e->packets, segs > 1 ? segs : 1);
+	__sync_fetch_and_add(&e->bytes, p->ip_len);
+	e->last_ns = bpf_ktime_get_boot_ns();
+	if (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
+		nat_set_flags(e, ((p->tcp_flags & TCP_FLAG_FIN) ? NAT_F_FIN : 0) |
+				       ((p->tcp_flags & TCP_FLAG_RST) ? NAT_F_RST : 0));
+}
+
+/*
+ * Rewrites the packet's addresses and ports from `p` to `to`, with the IPv4
+ * header checksum and the TCP/UDP checksum updated incrementally; with
+ * `forward`, decrements the TTL too (the caller checked it is above 1).
+ * Returns 0, or -1 when a helper refused (the packet may then be half
+ * rewritten: the caller drops it).
+ */
+static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct nat_pkt *p,
+				       const struct nat_pkt *to, int forward)
+{
+	__u32 csum_off = L4_OFF + (p->proto == IPPROTO_TCP ? 16 : 6);
+	__u64 mm0 = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	__be32 old_addr[2] = {p->saddr, p->daddr};
+	__be32 new_addr[2] = {to->saddr, to->daddr};
+	__be16 old_port[2] = {p->sport, p->dport};
+	__be16 new_port[2] = {to->sport, to->dport};
+	__s64 addr_diff = bpf_csum_diff(old_addr, sizeof(old_addr), new_addr, sizeof(new_addr), 0);
+	__s64 port_diff = bpf_csum_diff((__be32 *)old_port, sizeof(old_port), (__be32 *)new_port,
+					sizeof(new_port), 0);
+	if (addr_diff < 0 || port_diff < 0)
+		return -1;
+	/* Addresses are in the pseudo-header: TCP/UDP checksum (any state) and the IP checksum. */
+	if (bpf_l4_csum_replace(skb, csum_off, 0, addr_diff, BPF_F_PSEUDO_HDR | mm0) < 0)
+		return -1;
+	if (bpf_l4_csum_replace(skb, csum_off, 0, port_diff, mm0) < 0)
+		return -1;
+	if (bpf_l3_csum_replace(skb, IP_OFF + offsetof(struct iphdr, check), 0, addr_diff, 0) < 0)
+		return -1;
+	if (bpf_skb_store_bytes(skb, IP_OFF + offsetof(struct iphdr, saddr), new_addr,
+				sizeof(new_addr), 0) < 0)
+		return -1;
+	if (bpf_skb_store_bytes(skb, L4_OFF, new_port, sizeof(new_port), 0) < 0)
+		return -1;
+	if (forward) {
+		/* TTL and protocol share one 16-bit word of the header checksum. */
+		__be16 old_word = bpf_htons(((__u16)p->ttl << 8) | p->proto);
+		__be16 new_word = bpf_htons(((__u16)(p->ttl - 1) << 8) | p->proto);
+		__u8 ttl = p->ttl - 1;
+		if (bpf_l3_csum_replace(skb, IP_OFF + offsetof(struct iphdr, check), old_word,
+					new_word, sizeof(__u16)) < 0)
+			return -1;
+		if (bpf_skb_store_bytes(skb, IP_OFF + offsetof(struct iphdr, ttl), &ttl, 1, 0) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* The Ethernet addresses of a redirected packet (the FIB's next hop and egress device). */
+static __always_inline int nat_set_macs(struct __sk_buff *skb, const struct bpf_fib_lookup *fib)
+{
+	__u8 macs[2 * ETH_ALEN];
+	__builtin_memcpy(macs, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(macs + ETH_ALEN, fib->smac, ETH_ALEN);
+	return bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0);
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+#endif
