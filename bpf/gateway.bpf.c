@@ -70,7 +70,7 @@ static __always_inline int fast_path(struct __sk_buff *skb, __u8 dir)
 	fib.l4_protocol = to.proto;
 	fib.sport = to.sport;
 	fib.dport = to.dport;
-	fib.ifindex = skb->ingress_ifindex;
+	fib.ifindex = skb->ifindex;
 	fib.tos = to.tos;
 	fib.ipv4_src = to.saddr;
 	fib.ipv4_dst = to.daddr;

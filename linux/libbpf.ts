@@ -48,6 +48,8 @@ const SYMBOLS = {
   bpf_map__fd: { parameters: ["pointer"], result: "i32" },
   /** `int bpf_map__set_max_entries(struct bpf_map *map, __u32 max_entries);` before load. */
   bpf_map__set_max_entries: { parameters: ["pointer", "u32"], result: "i32" },
+  /** `int bpf_map__reuse_fd(struct bpf_map *map, int fd);` before load: use an existing map. */
+  bpf_map__reuse_fd: { parameters: ["pointer", "i32"], result: "i32" },
   /** `int bpf_tc_hook_create(struct bpf_tc_hook *hook);` -EEXIST when the clsact qdisc is there. */
   bpf_tc_hook_create: { parameters: ["buffer"], result: "i32" },
   /** `int bpf_tc_hook_destroy(struct bpf_tc_hook *hook);` with INGRESS|EGRESS: deletes the qdisc. */
@@ -142,6 +144,14 @@ export class BpfObject {
   /** Sets a map's size (before {@linkcode load}). */
   setMaxEntries(map: string, n: number): void {
     ok(bpf().bpf_map__set_max_entries(this.#map(map), n), `Cannot size BPF map "${map}"`);
+  }
+
+  /**
+   * Makes the object use the existing map `fd` (same type and sizes) instead
+   * of creating map `map` (before {@linkcode load}); libbpf dups the fd.
+   */
+  reuseMap(map: string, fd: number): void {
+    ok(bpf().bpf_map__reuse_fd(this.#map(map), fd), `Cannot reuse BPF map "${map}"`);
   }
 
   /** Creates the maps and loads every program (the verifier runs here). */

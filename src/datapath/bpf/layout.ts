@@ -1,0 +1,287 @@
+/**
+ * The BPF programs' shared layouts, mirrored from bpf/nat.h byte for byte
+ * (tests/unit/bpf_objects_test.ts compares them with the BTF of the compiled
+ * objects), and the entries dpm writes for a session.
+ *
+ * One entry of the map `dpm_nat` translates one direction of one flow: a
+ * packet arriving from side `dir` whose own addresses, ports and protocol
+ * equal the key leaves with the entry's (0 in an entry: keep the packet's).
+ * A session is two entries that mirror each other: key K with value V, and
+ * key reverse(V) with value reverse(K). Addresses are host-order numbers
+ * here, as everywhere in dpm; the bytes are in network order, as in packets.
+ *
+ * The entries of each kind of session (G: the gateway's LAN address, a:pa
+ * the host, X:px the remote, R:p the public pair, Pg the gateway port):
+ *
+ * ```
+ * gateway, a driver's session   OUT a:pa -> G:Pg    => R:p -> X:px
+ *                               IN  X:px -> R:p     => G:Pg -> a:pa
+ * gateway, direct (PCP PEER)    OUT a:pa -> X:px    => R:p -> X:px
+ *                               IN  X:px -> R:p     => X:px -> a:pa
+ * gateway, mapping (wildcards)  OUT a:pa -> 0:0     => R:p -> keep     (NAT_F_WILDCARD)
+ *                               IN  0:0 -> R:p      => keep -> a:pa    (NAT_F_WILDCARD)
+ * host (claim 5)                OUT a:pa -> X:px    => a:pa -> G:Pg    (fast at once)
+ *                               IN  G:Pg -> a:pa    => X:px -> a:pa    (fast at once)
+ * ```
+ *
+ * @module
+ */
+
+import type { GatewaySession, HostSessionKey } from "../datapath.ts";
+import { isMapping } from "../datapath.ts";
+import { IPPROTO_ICMP } from "../../wire/meta.ts";
+
+/** `enum nat_dir`: the side a packet comes from. */
+export const NatDir = {
+  /** From the private side (the LAN at the gateway; the host's own packets). */
+  OUT: 1,
+  /** From the outside (the WAN at the gateway; the gateway's packets at the host). */
+  IN: 2,
+} as const;
+/** One of {@linkcode NatDir}. */
+export type NatDir = (typeof NatDir)[keyof typeof NatDir];
+
+/** `enum nat_flag`: bits of an entry's flags. */
+export const NatFlag = {
+  /** The stack forwarded the session LAN -> WAN (seen leaving by the WAN). */
+  SEEN_OUT: 1 << 0,
+  /** The stack forwarded the session WAN -> LAN (seen leaving by the LAN). */
+  SEEN_IN: 1 << 1,
+  /** Both: the fast path translates the session. */
+  FAST: (1 << 0) | (1 << 1),
+  /** A mapping's entry for every remote: never translates, flows are learned from it. */
+  WILDCARD: 1 << 2,
+  /** An exact pair a program learned from a wildcard (one remote of a mapping). */
+  LEARNED: 1 << 3,
+  /** A TCP FIN was translated in this direction. */
+  FIN: 1 << 4,
+  /** A TCP RST was translated in this direction. */
+  RST: 1 << 5,
+} as const;
+
+/** `struct nat_key` (16 bytes): saddr 0, daddr 4, sport 8, dport 10, proto 12, dir 13, pad 14. */
+export const NatKeyLayout = {
+  SADDR: 0,
+  DADDR: 4,
+  SPORT: 8,
+  DPORT: 10,
+  PROTO: 12,
+  DIR: 13,
+  PAD: 14,
+  SIZE: 16,
+} as const;
+
+/**
+ * `struct nat_entry` (40 bytes): saddr 0, daddr 4, sport 8, dport 10,
+ * flags 12, packets 16, bytes 24, last_ns 32.
+ */
+export const NatEntryLayout = {
+  SADDR: 0,
+  DADDR: 4,
+  SPORT: 8,
+  DPORT: 10,
+  FLAGS: 12,
+  PACKETS: 16,
+  BYTES: 24,
+  LAST_NS: 32,
+  SIZE: 40,
+} as const;
+
+/** `struct nat_config` (8 bytes): lan_ifindex 0, wan_ifindex 4 (host order). */
+export const NatConfigLayout = { LAN_IFINDEX: 0, WAN_IFINDEX: 4, SIZE: 8 } as const;
+
+/** Addresses and ports of a packet (host order; 0 in an entry's: keep). */
+export interface NatTuple {
+  saddr: number;
+  daddr: number;
+  sport: number;
+  dport: number;
+}
+
+/** A key: the packet as it arrives, and from which side. */
+export interface NatKey extends NatTuple {
+  proto: number;
+  dir: NatDir;
+}
+
+/** An entry: what the packet becomes, and what the programs saw of it. */
+export interface NatEntry {
+  to: NatTuple;
+  flags: number;
+  packets: number;
+  bytes: number;
+  /** `bpf_ktime_get_boot_ns()` of the last packet counted (CLOCK_BOOTTIME); 0n before any. */
+  lastNs: bigint;
+}
+
+/** A key and its entry. */
+export interface NatRecord {
+  key: NatKey;
+  entry: NatEntry;
+}
+
+const LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/** Writes `k` at `off` of `dv`. */
+export function writeKey(dv: DataView, off: number, k: NatKey): void {
+  const L = NatKeyLayout;
+  dv.setUint32(off + L.SADDR, k.saddr, false);
+  dv.setUint32(off + L.DADDR, k.daddr, false);
+  dv.setUint16(off + L.SPORT, k.sport, false);
+  dv.setUint16(off + L.DPORT, k.dport, false);
+  dv.setUint8(off + L.PROTO, k.proto);
+  dv.setUint8(off + L.DIR, k.dir);
+  dv.setUint16(off + L.PAD, 0, false);
+}
+
+/** Reads the key at `off` of `dv`. */
+export function readKey(dv: DataView, off: number): NatKey {
+  const L = NatKeyLayout;
+  return {
+    saddr: dv.getUint32(off + L.SADDR, false),
+    daddr: dv.getUint32(off + L.DADDR, false),
+    sport: dv.getUint16(off + L.SPORT, false),
+    dport: dv.getUint16(off + L.DPORT, false),
+    proto: dv.getUint8(off + L.PROTO),
+    dir: dv.getUint8(off + L.DIR) as NatDir,
+  };
+}
+
+/** Writes `e` at `off` of `dv` (counters included: dpm writes zeros). */
+export function writeEntry(dv: DataView, off: number, e: NatEntry): void {
+  const L = NatEntryLayout;
+  dv.setUint32(off + L.SADDR, e.to.saddr, false);
+  dv.setUint32(off + L.DADDR, e.to.daddr, false);
+  dv.setUint16(off + L.SPORT, e.to.sport, false);
+  dv.setUint16(off + L.DPORT, e.to.dport, false);
+  dv.setUint32(off + L.FLAGS, e.flags, LE);
+  dv.setBigUint64(off + L.PACKETS, BigInt(e.packets), LE);
+  dv.setBigUint64(off + L.BYTES, BigInt(e.bytes), LE);
+  dv.setBigUint64(off + L.LAST_NS, e.lastNs, LE);
+}
+
+/** Reads the entry at `off` of `dv`. */
+export function readEntry(dv: DataView, off: number): NatEntry {
+  const L = NatEntryLayout;
+  return {
+    to: {
+      saddr: dv.getUint32(off + L.SADDR, false),
+      daddr: dv.getUint32(off + L.DADDR, false),
+      sport: dv.getUint16(off + L.SPORT, false),
+      dport: dv.getUint16(off + L.DPORT, false),
+    },
+    flags: dv.getUint32(off + L.FLAGS, LE),
+    packets: Number(dv.getBigUint64(off + L.PACKETS, LE)),
+    bytes: Number(dv.getBigUint64(off + L.BYTES, LE)),
+    lastNs: dv.getBigUint64(off + L.LAST_NS, LE),
+  };
+}
+
+/** The key's bytes. */
+export function keyBytes(k: NatKey): Uint8Array {
+  const b = new Uint8Array(NatKeyLayout.SIZE);
+  writeKey(new DataView(b.buffer), 0, k);
+  return b;
+}
+
+/** The `dpm_cfg` record of a gateway. */
+export function configBytes(lanIfindex: number, wanIfindex: number): Uint8Array {
+  const b = new Uint8Array(NatConfigLayout.SIZE);
+  const dv = new DataView(b.buffer);
+  dv.setUint32(NatConfigLayout.LAN_IFINDEX, lanIfindex, LE);
+  dv.setUint32(NatConfigLayout.WAN_IFINDEX, wanIfindex, LE);
+  return b;
+}
+
+/** A fresh entry: rewrite to `to`, with `flags`, nothing counted. */
+function fresh(to: NatTuple, flags: number): NatEntry {
+  return { to, flags, packets: 0, bytes: 0, lastNs: 0n };
+}
+
+const tuple = (saddr: number, sport: number, daddr: number, dport: number): NatTuple => ({
+  saddr,
+  sport,
+  daddr,
+  dport,
+});
+
+/**
+ * The gateway's two entries of a session (see the module doc), none for an
+ * ICMP session (the programs pass ICMP to the stack). Hairpinned sessions
+ * (X a pool address) must stay off the map: the caller leaves them to the
+ * queue translator, as on the kernel path. `g`: the gateway's LAN address.
+ */
+export function gatewayRecords(s: GatewaySession, g: number): NatRecord[] {
+  if (s.proto === IPPROTO_ICMP) return [];
+  const { proto, a, pa, x, px, r, p } = s;
+  if (isMapping(s)) {
+    return [
+      {
+        key: { proto, dir: NatDir.OUT, ...tuple(a, pa, 0, 0) },
+        entry: fresh(tuple(r, p, 0, 0), NatFlag.WILDCARD),
+      },
+      {
+        key: { proto, dir: NatDir.IN, ...tuple(0, 0, r, p) },
+        entry: fresh(tuple(0, 0, a, pa), NatFlag.WILDCARD),
+      },
+    ];
+  }
+  if (s.direct === true) {
+    return [
+      {
+        key: { proto, dir: NatDir.OUT, ...tuple(a, pa, x, px) },
+        entry: fresh(tuple(r, p, x, px), 0),
+      },
+      {
+        key: { proto, dir: NatDir.IN, ...tuple(x, px, r, p) },
+        entry: fresh(tuple(x, px, a, pa), 0),
+      },
+    ];
+  }
+  return [
+    {
+      key: { proto, dir: NatDir.OUT, ...tuple(a, pa, g, s.pg) },
+      entry: fresh(tuple(r, p, x, px), 0),
+    },
+    {
+      key: { proto, dir: NatDir.IN, ...tuple(x, px, r, p) },
+      entry: fresh(tuple(g, s.pg, a, pa), 0),
+    },
+  ];
+}
+
+/**
+ * The host's two entries of a session (claim 5), fast at once: the host's
+ * own firewall saw the application's packets, and nothing on the host
+ * forwards. None for ICMP.
+ */
+export function hostRecords(k: HostSessionKey): NatRecord[] {
+  if (k.proto === IPPROTO_ICMP) return [];
+  const { proto, a, pa, x, px, g, pg } = k;
+  return [
+    {
+      key: { proto, dir: NatDir.OUT, ...tuple(a, pa, x, px) },
+      entry: fresh(tuple(a, pa, g, pg), NatFlag.FAST),
+    },
+    {
+      key: { proto, dir: NatDir.IN, ...tuple(g, pg, a, pa) },
+      entry: fresh(tuple(x, px, a, pa), NatFlag.FAST),
+    },
+  ];
+}
+
+/**
+ * The key of the other direction of the flow that `k` and `e` describe:
+ * reverse(e's translation of k), from the other side.
+ */
+export function mirrorKey(k: NatKey, e: NatEntry): NatKey {
+  const t = e.to;
+  return {
+    proto: k.proto,
+    dir: k.dir === NatDir.OUT ? NatDir.IN : NatDir.OUT,
+    saddr: t.daddr || k.daddr,
+    daddr: t.saddr || k.saddr,
+    sport: t.dport || k.dport,
+    dport: t.sport || k.sport,
+  };
+}

@@ -1,0 +1,410 @@
+/**
+ * One role's loaded BPF program set (gateway: four programs on the LAN and
+ * WAN interfaces; host: two on the interface toward the gateway) and its
+ * session map: load and attach, find what a previous run left, update the
+ * map in batches, read it, check and repair the attachment, detach and
+ * remove. It knows nothing of the server or driver cores; a data path
+ * builds on it.
+ *
+ * ## Attachment
+ *
+ * Each program is a direct-action `bpf` filter in the interface's clsact
+ * qdisc (created when missing), always with handle {@linkcode TC_HANDLE} and
+ * priority {@linkcode TC_PRIORITY}: that pair is how dpm recognises its own
+ * filters, so it never touches anyone else's. The programs return
+ * TC_ACT_UNSPEC for what is not theirs, so filters after them still run.
+ *
+ * ## Restart without pins
+ *
+ * The kernel keeps an attached program, and the maps it uses, for as long as
+ * its filter exists, whether or not any process holds them. A new run finds
+ * them again with no BPF filesystem (`ip netns exec` remounts /sys, so a pin
+ * under /sys/fs/bpf would not survive): the rtnetlink filter dump gives each
+ * of our filters' program id (`linux/tcfilter.ts`), `BPF_PROG_GET_FD_BY_ID`
+ * and `BPF_OBJ_GET_INFO_BY_FD` give the program's map ids, and
+ * `BPF_MAP_GET_FD_BY_ID` the map. {@linkcode BpfPrograms.open} then loads the
+ * embedded programs again *reusing those maps* (libbpf's `bpf_map__reuse_fd`)
+ * and replaces the filters atomically: the sessions, their counters and
+ * their fast/slow state survive the restart (and an upgrade of the
+ * programs, as long as the map layout is the same; otherwise it starts with
+ * an empty map and dpm programs it again from its table).
+ *
+ * Requires `--allow-ffi` and root.
+ *
+ * @module
+ */
+
+import {
+  BpfObject,
+  closeFd,
+  mapDeleteBatch,
+  mapDump,
+  mapFdById,
+  mapInfo,
+  mapLookup,
+  mapUpdate,
+  mapUpdateBatch,
+  progFdById,
+  progInfo,
+  tcAttach,
+  tcDetach,
+  tcHookCreate,
+  tcHookDestroy,
+  TcPoint,
+} from "../../../linux/libbpf.ts";
+import { ifIndex } from "../../../linux/libc.ts";
+import { CLSACT_EGRESS, CLSACT_INGRESS, listTcFilters } from "../../../linux/tcfilter.ts";
+import { bpfObject } from "./objects.ts";
+import {
+  configBytes,
+  keyBytes,
+  type NatEntry,
+  NatEntryLayout,
+  type NatKey,
+  NatKeyLayout,
+  type NatRecord,
+  readEntry,
+  readKey,
+  writeEntry,
+  writeKey,
+} from "./layout.ts";
+
+/** The tc filter handle of every dpm program ("dpm"). */
+export const TC_HANDLE = 0x64706d;
+/** The tc filter priority of every dpm program. */
+export const TC_PRIORITY = 0xd0;
+/** The session map's name, in every role's object. */
+export const NAT_MAP = "dpm_nat";
+/** The gateway's configuration map. */
+export const CONFIG_MAP = "dpm_cfg";
+
+/** The roles, each with its own object. */
+export type BpfRole = "gateway" | "host";
+
+/** The interfaces of a role: the gateway's `lan` and `wan`, the host's `dev`. */
+export type BpfInterfaces = { lan: string; wan: string } | { dev: string };
+
+/** One program and where it goes. */
+export interface Attachment {
+  prog: string;
+  /** The key of the interface in {@linkcode BpfInterfaces}. */
+  iface: "lan" | "wan" | "dev";
+  point: TcPoint;
+}
+
+/** Every role's programs and where each is attached. */
+export const ATTACHMENTS: Record<BpfRole, readonly Attachment[]> = {
+  gateway: [
+    // The egress programs first: an ingress program only acts on what they marked.
+    { prog: "dpm_wan_out", iface: "wan", point: TcPoint.EGRESS },
+    { prog: "dpm_lan_out", iface: "lan", point: TcPoint.EGRESS },
+    { prog: "dpm_lan_in", iface: "lan", point: TcPoint.INGRESS },
+    { prog: "dpm_wan_in", iface: "wan", point: TcPoint.INGRESS },
+  ],
+  host: [
+    { prog: "dpm_host_out", iface: "dev", point: TcPoint.EGRESS },
+    { prog: "dpm_host_in", iface: "dev", point: TcPoint.INGRESS },
+  ],
+};
+
+/** Options of {@linkcode BpfPrograms.open}. */
+export interface BpfOpenOptions {
+  /**
+   * Size of the session map in entries (two per session), for a new map; an
+   * adopted map keeps its size. Not preallocated: memory follows use.
+   * @default {262144}
+   */
+  maxEntries?: number;
+}
+
+/** How {@linkcode BpfPrograms.open} found the session map. */
+export type MapOrigin = "new" | "adopted";
+
+const parentOf = (p: TcPoint) => p === TcPoint.INGRESS ? CLSACT_INGRESS : CLSACT_EGRESS;
+
+/** Resolves a role's interface names to indexes; throws naming a missing one. */
+function ifindexes(role: BpfRole, ifaces: BpfInterfaces): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const a of ATTACHMENTS[role]) {
+    const name = (ifaces as Record<string, string | undefined>)[a.iface];
+    if (name === undefined) throw new TypeError(`The ${role} programs need interface "${a.iface}"`);
+    const i = ifIndex(name);
+    if (i === 0) throw new Error(`Cannot attach BPF programs: no interface "${name}"`);
+    out.set(a.iface, i);
+  }
+  return out;
+}
+
+/** The program id of our filter at (ifindex, point), or 0. */
+function ourFilter(ifindex: number, point: TcPoint): number {
+  const f = listTcFilters(ifindex, parentOf(point)).find((f) =>
+    f.handle === TC_HANDLE && f.priority === TC_PRIORITY && f.kind === "bpf"
+  );
+  return f?.progId ?? 0;
+}
+
+/**
+ * The map ids by name (`dpm_nat`, `dpm_cfg`) of the programs a previous run
+ * attached for `role`, when they are ours and agree on one session map of
+ * today's layout; null when there are none (or they cannot be used).
+ */
+function previousMaps(role: BpfRole, idx: Map<string, number>): Map<string, number> | null {
+  let found: Map<string, number> | null = null;
+  for (const a of ATTACHMENTS[role]) {
+    const id = ourFilter(idx.get(a.iface)!, a.point);
+    if (id === 0) continue;
+    let fd: number;
+    try {
+      fd = progFdById(id);
+    } catch {
+      continue; // gone meanwhile
+    }
+    try {
+      const info = progInfo(fd);
+      if (info.name !== a.prog) continue;
+      const maps = new Map<string, number>();
+      for (const mid of info.mapIds) {
+        const mfd = mapFdById(mid);
+        try {
+          const mi = mapInfo(mfd);
+          if (mi.name === NAT_MAP) {
+            if (mi.keySize !== NatKeyLayout.SIZE || mi.valueSize !== NatEntryLayout.SIZE) {
+              return null; // another layout: start afresh
+            }
+          }
+          maps.set(mi.name, mid);
+        } finally {
+          closeFd(mfd);
+        }
+      }
+      if (!maps.has(NAT_MAP)) continue;
+      if (found && found.get(NAT_MAP) !== maps.get(NAT_MAP)) return null; // two runs' leftovers
+      found = maps;
+    } finally {
+      closeFd(fd);
+    }
+  }
+  return found;
+}
+
+/** One role's programs, attached, and their session map. */
+export class BpfPrograms {
+  readonly role: BpfRole;
+  /** The session map. */
+  readonly nat: NatMap;
+  /** Whether the session map was created by this run or found from a previous one. */
+  readonly mapOrigin: MapOrigin;
+  #obj: BpfObject | null;
+  readonly #idx: Map<string, number>;
+
+  private constructor(role: BpfRole, obj: BpfObject, idx: Map<string, number>, origin: MapOrigin) {
+    this.role = role;
+    this.#obj = obj;
+    this.#idx = idx;
+    this.mapOrigin = origin;
+    this.nat = new NatMap(obj.mapFd(NAT_MAP));
+  }
+
+  /**
+   * Loads the role's programs and attaches them to `ifaces` (creating the
+   * clsact qdiscs where missing), replacing ours of a previous run; reuses
+   * that run's maps when its programs are still attached (module doc).
+   */
+  static open(role: BpfRole, ifaces: BpfInterfaces, opts: BpfOpenOptions = {}): BpfPrograms {
+    const idx = ifindexes(role, ifaces);
+    const prev = previousMaps(role, idx);
+    const obj = BpfObject.open(bpfObject(role));
+    try {
+      if (prev) {
+        for (const [name, id] of prev) {
+          const fd = mapFdById(id);
+          try {
+            obj.reuseMap(name, fd);
+          } finally {
+            closeFd(fd); // libbpf keeps its own dup
+          }
+        }
+      } else {
+        obj.setMaxEntries(NAT_MAP, opts.maxEntries ?? 262144);
+      }
+      obj.load();
+      if (role === "gateway") {
+        mapUpdate(
+          obj.mapFd(CONFIG_MAP),
+          new Uint8Array(4),
+          configBytes(idx.get("lan")!, idx.get("wan")!),
+        );
+      }
+      const set = new BpfPrograms(role, obj, idx, prev ? "adopted" : "new");
+      set.attach();
+      return set;
+    } catch (e) {
+      obj.close();
+      throw e;
+    }
+  }
+
+  /**
+   * Attaches every program of the role (creating a missing clsact qdisc),
+   * replacing a filter of ours that is there; returns how many filters were
+   * missing or held another program (0 when everything was in place).
+   */
+  attach(): number {
+    const obj = this.#live();
+    let fixed = 0;
+    const hooked = new Set<number>();
+    for (const a of ATTACHMENTS[this.role]) {
+      const ifindex = this.#idx.get(a.iface)!;
+      if (!hooked.has(ifindex)) {
+        tcHookCreate(ifindex);
+        hooked.add(ifindex);
+      }
+      const fd = obj.progFd(a.prog);
+      const want = progInfo(fd).id;
+      if (ourFilter(ifindex, a.point) === want) continue;
+      tcAttach(ifindex, a.point, fd, TC_HANDLE, TC_PRIORITY);
+      fixed++;
+    }
+    return fixed;
+  }
+
+  /**
+   * The attachments that are not in place (filter gone, qdisc deleted, or
+   * another program at our handle), as "prog on ifindex" texts; empty when
+   * all are. For a watchdog: {@linkcode attach} repairs them.
+   */
+  missing(): string[] {
+    const obj = this.#live();
+    const out: string[] = [];
+    for (const a of ATTACHMENTS[this.role]) {
+      const ifindex = this.#idx.get(a.iface)!;
+      if (ourFilter(ifindex, a.point) !== progInfo(obj.progFd(a.prog)).id) {
+        out.push(`${a.prog} on interface ${ifindex}`);
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Detaches the role's programs (ours only) and deletes a clsact qdisc that
+   * is left empty; then closes. The maps go with the last reference.
+   */
+  remove(): void {
+    BpfPrograms.removeFrom(this.role, this.#idx);
+    this.close();
+  }
+
+  /**
+   * Removes what a run of `role` attached to `ifaces` without a loaded set
+   * (`--cleanup`): our filters, and each clsact qdisc left empty. Interfaces
+   * that are gone are skipped. Returns how many filters were removed.
+   */
+  static removeFrom(role: BpfRole, ifaces: BpfInterfaces | Map<string, number>): number {
+    let idx: Map<string, number>;
+    if (ifaces instanceof Map) idx = ifaces;
+    else {
+      idx = new Map();
+      for (const a of ATTACHMENTS[role]) {
+        const name = (ifaces as Record<string, string | undefined>)[a.iface];
+        const i = name === undefined ? 0 : ifIndex(name);
+        if (i !== 0) idx.set(a.iface, i);
+      }
+    }
+    let n = 0;
+    const touched = new Set<number>();
+    for (const a of ATTACHMENTS[role]) {
+      const ifindex = idx.get(a.iface);
+      if (ifindex === undefined) continue;
+      touched.add(ifindex);
+      if (tcDetach(ifindex, a.point, TC_HANDLE, TC_PRIORITY)) n++;
+    }
+    for (const ifindex of touched) {
+      const left = listTcFilters(ifindex, CLSACT_INGRESS).length +
+        listTcFilters(ifindex, CLSACT_EGRESS).length;
+      if (left === 0) tcHookDestroy(ifindex);
+    }
+    return n;
+  }
+
+  #live(): BpfObject {
+    if (this.#obj === null) throw new Error("BPF program set is closed");
+    return this.#obj;
+  }
+
+  /** Closes this process's handles; the attached programs and maps stay in the kernel. Idempotent. */
+  close(): void {
+    this.#obj?.close();
+    this.#obj = null;
+  }
+
+  /** Same as {@linkcode close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** The session map `dpm_nat`, through an fd that its {@linkcode BpfPrograms} owns. */
+export class NatMap {
+  readonly #fd: number;
+
+  /** @param fd the map's fd (not closed by this object). */
+  constructor(fd: number) {
+    this.#fd = fd;
+  }
+
+  /** Writes `records` (new or replaced, counters and flags as given) in one batch. */
+  put(records: readonly NatRecord[]): void {
+    const n = records.length;
+    if (n === 0) return;
+    const keys = new Uint8Array(n * NatKeyLayout.SIZE);
+    const vals = new Uint8Array(n * NatEntryLayout.SIZE);
+    const kdv = new DataView(keys.buffer);
+    const vdv = new DataView(vals.buffer);
+    records.forEach((r, i) => {
+      writeKey(kdv, i * NatKeyLayout.SIZE, r.key);
+      writeEntry(vdv, i * NatEntryLayout.SIZE, r.entry);
+    });
+    mapUpdateBatch(this.#fd, keys, vals, n);
+  }
+
+  /** Deletes `keys` in one batch (absent ones are skipped); returns how many went. */
+  delete(keys: readonly NatKey[]): number {
+    const n = keys.length;
+    if (n === 0) return 0;
+    const buf = new Uint8Array(n * NatKeyLayout.SIZE);
+    const dv = new DataView(buf.buffer);
+    keys.forEach((k, i) => writeKey(dv, i * NatKeyLayout.SIZE, k));
+    return mapDeleteBatch(this.#fd, buf, n, NatKeyLayout.SIZE);
+  }
+
+  /** The entry of `key`, or null. */
+  get(key: NatKey): NatEntry | null {
+    const v = new Uint8Array(NatEntryLayout.SIZE);
+    if (!mapLookup(this.#fd, keyBytes(key), v)) return null;
+    return readEntry(new DataView(v.buffer), 0);
+  }
+
+  /** Hands every record to `onRecord`, reading the map in batches. Returns the count. */
+  forEach(onRecord: (r: NatRecord) => void, batch = 4096): number {
+    let count = 0;
+    mapDump(this.#fd, NatKeyLayout.SIZE, NatEntryLayout.SIZE, batch, (keys, vals, n) => {
+      const kdv = new DataView(keys.buffer);
+      const vdv = new DataView(vals.buffer);
+      for (let i = 0; i < n; i++) {
+        onRecord({
+          key: readKey(kdv, i * NatKeyLayout.SIZE),
+          entry: readEntry(vdv, i * NatEntryLayout.SIZE),
+        });
+      }
+      count += n;
+    });
+    return count;
+  }
+
+  /** Every record, in one array. */
+  all(): NatRecord[] {
+    const out: NatRecord[] = [];
+    this.forEach((r) => out.push(r));
+    return out;
+  }
+}
