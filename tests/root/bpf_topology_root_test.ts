@@ -1,0 +1,247 @@
+/**
+ * dpm's BPF programs attached to a real topology (testing/topology.ts: a
+ * host, the gateway, a router, a peer, all namespaces) with their maps
+ * filled by hand, no dpm process: real UDP and TCP traffic from the host's
+ * applications is translated by the host programs (claim 5) and the
+ * gateway's (claim 6). The gateway has the kernel path's own nftables table
+ * (`serverTable` of src/datapath/kernel/rules.ts) for the slow start: each
+ * session's first packets go through the stack, and once the stack
+ * forwarded it both ways the programs take it, so the gateway's conntrack
+ * stops seeing it. The host and the peer send with their checksum offload
+ * off, so every checksum on the way is complete and the receivers verify
+ * it in software: a wrong incremental update loses the traffic.
+ *
+ * Then: a restart (the rig exits, a new one adopts the maps through the
+ * attached programs, counters kept), a deleted clsact qdisc found and
+ * repaired, and removal leaving no qdisc, filter or program.
+ *
+ * @module
+ */
+
+import assert from "node:assert/strict";
+import { needsRoot } from "../../testing/root.ts";
+import { createTopology, type Topology } from "../../testing/topology.ts";
+import { lastJson, serveApp } from "../../testing/launch.ts";
+import { tcpClient, tcpEcho, udpClient, udpEcho } from "../../testing/apps.ts";
+import { BpfRig, type JsonRecord } from "../../testing/bpf_rig.ts";
+import { waitFor } from "../../testing/wait.ts";
+import { serverCfg } from "../../testing/fixtures.ts";
+import { parseIPv4 } from "../../src/wire/addr.ts";
+import { serverTable, toPublicText, toRemoteText } from "../../src/datapath/kernel/rules.ts";
+import {
+  gatewayRecords,
+  hostRecords,
+  NatFlag,
+  type NatRecord,
+} from "../../src/datapath/bpf/layout.ts";
+import type { GatewaySession } from "../../src/datapath/datapath.ts";
+
+const R = parseIPv4("203.0.113.10")!;
+const UDP = 17;
+const TCP = 6;
+
+const json = (r: NatRecord): JsonRecord => ({
+  key: r.key,
+  entry: { ...r.entry, lastNs: r.entry.lastNs.toString() },
+});
+
+async function ok(t: Topology, ns: string, cmd: string[]): Promise<string> {
+  const r = await t.exec(ns, cmd);
+  assert.equal(r.code, 0, `${cmd.join(" ")}: ${r.stderr}`);
+  return r.stdout;
+}
+
+/** The gateway conntrack's packet counts (original, reply) of the session from a:pa to G:Pg. */
+async function ctPackets(t: Topology, proto: string, pa: number, pg: number): Promise<number[]> {
+  const r = await t.exec(t.gateway.ns, [
+    "conntrack",
+    "-L",
+    "-p",
+    proto,
+    "--orig-src",
+    t.hosts[0]!.addrText,
+    "--sport",
+    String(pa),
+    "--dport",
+    String(pg),
+  ]);
+  const m = [...r.stdout.matchAll(/packets=(\d+)/g)].map((x) => Number(x[1]));
+  return m.length >= 2 ? m.slice(0, 2) : [0, 0];
+}
+
+Deno.test(needsRoot({
+  name:
+    "bpf root: real UDP and TCP through the attached programs: slow start, then fast past conntrack; restart adopts; repair; removal leaves nothing",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    await using t = await createTopology({ hosts: 1, peers: 1 });
+    const gw = t.gateway;
+    const h = t.hosts[0]!;
+    const peer = t.peers[0]!;
+    // Complete checksums on the wire, verified by the receivers.
+    for (const [ns, dev] of [[h.ns, "eth0"], [peer.ns, "eth0"]] as const) {
+      await ok(t, ns, ["ethtool", "-K", dev, "tx", "off"]);
+    }
+    await ok(t, gw.ns, ["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_acct=1"]);
+    await ok(t, gw.ns, ["ip", "addr", "add", "203.0.113.10/32", "dev", "wan0"]);
+
+    const udp: GatewaySession = {
+      proto: UDP,
+      a: h.addr,
+      pa: 40000,
+      x: peer.addr,
+      px: 5060,
+      r: R,
+      p: 40001,
+      pg: 61001,
+    };
+    const tcp: GatewaySession = {
+      proto: TCP,
+      a: h.addr,
+      pa: 45000,
+      x: peer.addr,
+      px: 7000,
+      r: R,
+      p: 45001,
+      pg: 61002,
+    };
+    const sessions = [udp, tcp];
+    // The kernel path's table for the slow start (to_remote, to_public).
+    const cfg = serverCfg({ lanIf: "lan0", wanIf: "wan0", lanAddr: gw.lanAddr, pool: [R] });
+    const table = serverTable(cfg, { addr: parseIPv4("10.0.0.0")!, len: 24 }, {
+      toRemote: sessions.map((s) => toRemoteText(s.proto, s.a, s.pg, s.x, s.px)),
+      toPublic: sessions.map((s) => toPublicText(s.proto, s.a, s.pa, s.x, s.px, s.r, s.p)),
+      queued: [],
+    });
+    const nft = await t.exec(gw.ns, ["nft", "-f", "-"], { stdin: table });
+    assert.equal(nft.code, 0, nft.stderr);
+
+    await serveApp(t, peer.ns, udpEcho(5060));
+    await serveApp(t, peer.ns, tcpEcho(7000));
+
+    let g = await BpfRig.start(gw.ns);
+    const hr = await BpfRig.start(h.ns);
+    try {
+      assert.equal(
+        (await g.call({ op: "open", role: "gateway", lan: "lan0", wan: "wan0" })).mapOrigin,
+        "new",
+      );
+      await hr.call({ op: "open", role: "host", dev: "eth0" });
+      await g.call({
+        op: "put",
+        records: sessions.flatMap((s) => gatewayRecords(s, gw.lanAddr)).map(json),
+      });
+      await hr.call({
+        op: "put",
+        records: sessions.flatMap((s) => hostRecords({ ...s, g: gw.lanAddr })).map(json),
+      });
+      const gwRec = (s: GatewaySession) => gatewayRecords(s, gw.lanAddr);
+      const entry = async (rig: BpfRig, r: NatRecord) =>
+        (await rig.call({ op: "get", key: r.key })).entry;
+
+      // UDP: 40 exchanges from a:40000 to X:5060; the peer sees R:40001.
+      const N = 40;
+      const u = await lastJson(t, h.ns, udpClient(40000, [`${peer.addrText}:5060`], { rounds: N }));
+      assert.equal(u.errors.length, 0, JSON.stringify(u.errors));
+      assert.equal(u.replies.length, N);
+      for (const r of u.replies) {
+        assert.equal(r.from, `${peer.addrText}:5060`, "the application sees its remote");
+        assert.match(r.data, /^seen 203\.0\.113\.10:40001\|/, "the remote sees the public pair");
+      }
+      const [uo, ui] = [await entry(g, gwRec(udp)[0]!), await entry(g, gwRec(udp)[1]!)];
+      assert.equal(uo.flags & NatFlag.FAST, NatFlag.FAST, "fast after the first exchange");
+      assert.equal(uo.packets, N, "every packet out counted (slow at egress, fast at ingress)");
+      assert.equal(ui.packets, N);
+      const ctU = await ctPackets(t, "udp", 40000, 61001);
+      assert.ok(
+        ctU[0]! >= 1 && ctU[0]! <= 2 && ctU[1]! <= 2,
+        `conntrack saw only the slow start: ${ctU}`,
+      );
+      const hu = await entry(hr, hostRecords({ ...udp, g: gw.lanAddr })[0]!);
+      assert.equal(hu.packets, N, "the host program rewrote every datagram");
+
+      // TCP: a connection from a:45000 to X:7000, a line each way, closed.
+      const c = await lastJson(t, h.ns, tcpClient(45000, `${peer.addrText}:7000`, "hello"));
+      assert.equal(c.reply, "seen 203.0.113.10:45001|hello", JSON.stringify(c));
+      const [to, ti] = [await entry(g, gwRec(tcp)[0]!), await entry(g, gwRec(tcp)[1]!)];
+      assert.equal(to.flags & NatFlag.FAST, NatFlag.FAST);
+      // (tcpEcho keeps its last connection open: no FIN comes back.)
+      assert.equal(to.flags & NatFlag.FIN, NatFlag.FIN, "the host's FIN was seen");
+      assert.equal(ti.flags & NatFlag.FAST, NatFlag.FAST);
+      const ctT = await ctPackets(t, "tcp", 45000, 61002);
+      // The SYN and the SYN-ACK went through the stack; everything after, past it.
+      assert.deepEqual(ctT, [1, 1], `conntrack saw ${ctT}`);
+      assert.ok(
+        to.packets >= 4 && ti.packets >= 3,
+        `bpf counted ${to.packets} out, ${ti.packets} in`,
+      );
+
+      // Restart: the rig exits (programs stay attached), a new one adopts the maps.
+      const filtersBefore = await g.call({ op: "filters", dev: "lan0" });
+      const ids = [...filtersBefore.ingress, ...filtersBefore.egress].map((f: { progId: number }) =>
+        f.progId
+      );
+      await g.close();
+      g = await BpfRig.start(gw.ns);
+      assert.equal(
+        (await g.call({ op: "open", role: "gateway", lan: "lan0", wan: "wan0" })).mapOrigin,
+        "adopted",
+      );
+      assert.equal((await entry(g, gwRec(udp)[0]!)).packets, N, "counters survive the restart");
+      const u2 = await lastJson(
+        t,
+        h.ns,
+        udpClient(40000, [`${peer.addrText}:5060`], { rounds: 5 }),
+      );
+      assert.equal(u2.replies.length, 5);
+      assert.equal((await entry(g, gwRec(udp)[0]!)).packets, N + 5);
+      assert.deepEqual(
+        (await ctPackets(t, "udp", 40000, 61001))[0],
+        ctU[0],
+        "still past conntrack",
+      );
+
+      // Someone deletes the LAN's clsact qdisc: noticed, repaired, traffic fast again.
+      await ok(t, gw.ns, ["tc", "qdisc", "del", "dev", "lan0", "clsact"]);
+      assert.equal((await g.call({ op: "missing" })).missing.length, 2);
+      assert.equal((await g.call({ op: "attach" })).fixed, 2);
+      assert.deepEqual((await g.call({ op: "missing" })).missing, []);
+      const u3 = await lastJson(
+        t,
+        h.ns,
+        udpClient(40000, [`${peer.addrText}:5060`], { rounds: 5 }),
+      );
+      assert.equal(u3.replies.length, 5);
+      assert.equal((await entry(g, gwRec(udp)[0]!)).packets, N + 10);
+
+      // Removal: no filter, no clsact qdisc, no program left.
+      const live = await g.call({ op: "filters", dev: "lan0" });
+      ids.push(...[...live.ingress, ...live.egress].map((f: { progId: number }) => f.progId));
+      await g.call({ op: "remove" });
+      await hr.call({ op: "remove" });
+      for (const [ns, dev] of [[gw.ns, "lan0"], [gw.ns, "wan0"], [h.ns, "eth0"]] as const) {
+        const q = await ok(t, ns, ["tc", "qdisc", "show", "dev", dev]);
+        assert.ok(!q.includes("clsact"), `${dev}: ${q}`);
+      }
+      await waitFor(async () => {
+        for (const id of ids) {
+          if ((await t.exec(gw.ns, ["bpftool", "prog", "show", "id", String(id)])).code === 0) {
+            return false;
+          }
+        }
+        return true;
+      }, { what: "the programs to be freed", timeoutMs: 5000 });
+      // Traffic goes on through the stack alone.
+      const u4 = await lastJson(
+        t,
+        h.ns,
+        udpClient(40001, [`${peer.addrText}:5060`], { rounds: 2 }),
+      );
+      assert.equal(u4.replies.length, 2);
+    } finally {
+      await g.close();
+      await hr.close();
+    }
+  },
+}));
