@@ -74,15 +74,20 @@ static __always_inline int fast_path(struct __sk_buff *skb, __u8 dir)
 	fib.tos = to.tos;
 	fib.ipv4_src = to.saddr;
 	fib.ipv4_dst = to.daddr;
+	/* The FIB checks a plain packet's size against the way out's MTU (tot_len);
+	 * a GSO packet is checked by segments below. */
+	__u32 gso = skb->gso_size;
+	if (!gso)
+		fib.tot_len = p.ip_len;
 	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	/* Not routable, or too big for the way out: the stack answers (ICMP) or fragments it. */
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
 		return NAT_PASS;
 	/* Only the way the stack let the session through. */
 	if (fib.ifindex != (dir == NAT_DIR_OUT ? cfg->wan_ifindex : cfg->lan_ifindex))
 		return NAT_PASS;
-	/* Too big for the way out: the stack fragments it or says so (ICMP). */
 	__u32 mtu = 0;
-	if (bpf_check_mtu(skb, fib.ifindex, &mtu, 0, 0) != BPF_MTU_CHK_RET_SUCCESS)
+	if (gso && bpf_check_mtu(skb, fib.ifindex, &mtu, 0, 0) != BPF_MTU_CHK_RET_SUCCESS)
 		return NAT_PASS;
 	if (nat_rewrite(skb, &p, &to, 1) < 0)
 		return TC_ACT_SHOT;

@@ -151,60 +151,77 @@ static __always_inline void nat_count(struct __sk_buff *skb, struct nat_entry *e
 				       ((p->tcp_flags & TCP_FLAG_RST) ? NAT_F_RST : 0));
 }
 
+/* Ones'-complement addition of two 32-bit partial sums (end-around carry). */
+static __always_inline __u32 csum_add32(__u32 a, __u32 b)
+{
+	__u32 s = a + b;
+	return s + (s < a);
+}
+
+/* The partial sum that turns the checksum over `old` into the one over `new` (RFC 1624: ~m + m'). */
+static __always_inline __u32 csum_delta32(__u32 old, __u32 new)
+{
+	return csum_add32(~old, new);
+}
+
 /*
  * Rewrites the packet's addresses and ports from `p` to `to`, with the IPv4
  * header checksum and the TCP/UDP checksum updated incrementally; with
  * `forward`, decrements the TTL too (the caller checked it is above 1).
- * Returns 0, or -1 when a helper refused (the packet may then be half
- * rewritten: the caller drops it).
+ * Three helper calls carry every checksum change (the deltas are summed
+ * here, RFC 1624); the fields are then written in place. Returns 0, or -1
+ * when a helper refused (the packet may then be half rewritten: the
+ * caller drops it).
  */
 static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct nat_pkt *p,
 				       const struct nat_pkt *to, int forward)
 {
 	__u32 csum_off = L4_OFF + (p->proto == IPPROTO_TCP ? 16 : 6);
 	__u64 mm0 = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
-	__be32 old_addr[2] = {p->saddr, p->daddr};
-	__be32 new_addr[2] = {to->saddr, to->daddr};
-	__be16 old_port[2] = {p->sport, p->dport};
-	__be16 new_port[2] = {to->sport, to->dport};
-	__s64 addr_diff = bpf_csum_diff(old_addr, sizeof(old_addr), new_addr, sizeof(new_addr), 0);
-	__s64 port_diff = bpf_csum_diff((__be32 *)old_port, sizeof(old_port), (__be32 *)new_port,
-					sizeof(new_port), 0);
-	if (addr_diff < 0 || port_diff < 0)
-		return -1;
-	/* Addresses are in the pseudo-header: TCP/UDP checksum (any state) and the IP checksum. */
-	if (bpf_l4_csum_replace(skb, csum_off, 0, addr_diff, BPF_F_PSEUDO_HDR | mm0) < 0)
-		return -1;
-	if (bpf_l4_csum_replace(skb, csum_off, 0, port_diff, mm0) < 0)
-		return -1;
-	if (bpf_l3_csum_replace(skb, IP_OFF + offsetof(struct iphdr, check), 0, addr_diff, 0) < 0)
-		return -1;
-	if (bpf_skb_store_bytes(skb, IP_OFF + offsetof(struct iphdr, saddr), new_addr,
-				sizeof(new_addr), 0) < 0)
-		return -1;
-	if (bpf_skb_store_bytes(skb, L4_OFF, new_port, sizeof(new_port), 0) < 0)
-		return -1;
+	__u32 old_ports = ((__u32)p->dport << 16) | p->sport; /* as loaded from the packet */
+	__u32 new_ports = ((__u32)to->dport << 16) | to->sport;
+	__u32 addr_diff = csum_add32(csum_delta32(p->saddr, to->saddr), csum_delta32(p->daddr, to->daddr));
+	__u32 port_diff = csum_delta32(old_ports, new_ports);
+	__u32 l3_diff = addr_diff;
 	if (forward) {
-		/* TTL and protocol share one 16-bit word of the header checksum. */
-		__be16 old_word = bpf_htons(((__u16)p->ttl << 8) | p->proto);
-		__be16 new_word = bpf_htons(((__u16)(p->ttl - 1) << 8) | p->proto);
-		__u8 ttl = p->ttl - 1;
-		if (bpf_l3_csum_replace(skb, IP_OFF + offsetof(struct iphdr, check), old_word,
-					new_word, sizeof(__u16)) < 0)
-			return -1;
-		if (bpf_skb_store_bytes(skb, IP_OFF + offsetof(struct iphdr, ttl), &ttl, 1, 0) < 0)
-			return -1;
+		/* TTL and protocol share one 16-bit word of the header (as loaded: ttl first). */
+		__u16 old_word = ((__u16)p->proto << 8) | p->ttl;
+		__u16 new_word = ((__u16)p->proto << 8) | (__u8)(p->ttl - 1);
+		l3_diff = csum_add32(l3_diff, csum_add32((__u16)~old_word, new_word));
 	}
+	/* Addresses are in the pseudo-header: the TCP/UDP checksum in any state, and the IP one. */
+	if (addr_diff && bpf_l4_csum_replace(skb, csum_off, 0, addr_diff, BPF_F_PSEUDO_HDR | mm0) < 0)
+		return -1;
+	if (old_ports != new_ports && bpf_l4_csum_replace(skb, csum_off, 0, port_diff, mm0) < 0)
+		return -1;
+	if (bpf_l3_csum_replace(skb, IP_OFF + offsetof(struct iphdr, check), 0, l3_diff, 0) < 0)
+		return -1;
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	if (data + L4_OFF + 4 > end)
+		return -1;
+	struct iphdr *ip = data + IP_OFF;
+	__be16 *ports = data + L4_OFF;
+	ip->saddr = to->saddr;
+	ip->daddr = to->daddr;
+	ports[0] = to->sport;
+	ports[1] = to->dport;
+	if (forward)
+		ip->ttl = p->ttl - 1;
 	return 0;
 }
 
 /* The Ethernet addresses of a redirected packet (the FIB's next hop and egress device). */
 static __always_inline int nat_set_macs(struct __sk_buff *skb, const struct bpf_fib_lookup *fib)
 {
-	__u8 macs[2 * ETH_ALEN];
-	__builtin_memcpy(macs, fib->dmac, ETH_ALEN);
-	__builtin_memcpy(macs + ETH_ALEN, fib->smac, ETH_ALEN);
-	return bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0);
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if (data + sizeof(*eth) > end)
+		return -1;
+	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+	return 0;
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -16,7 +16,8 @@
  * - `load {role, lan?, wan?}`: opens and loads the role's object without
  *   attaching it; a gateway's `dpm_cfg` names `lan` and `wan`.
  * - `put {records}` / `del {keys}` / `get {key}` / `all`: the session map
- *   (`NatRecord`s as JSON, `lastNs` as a decimal string).
+ *   (`NatRecord`s as JSON, `lastNs` as a decimal string); `dropMapping
+ *   {mapping}` deletes a mapping's wildcards and learned flows.
  * - `run {prog, frame, ifindex, ingress?}`: one BPF_PROG_TEST_RUN of an
  *   Ethernet frame arriving on (or, for egress programs, leaving by)
  *   interface `ifindex`, forwarded from `ingress`; answers `{retval, frame}`.
@@ -33,7 +34,14 @@ import { BpfObject, mapUpdate, progTestRun } from "../linux/libbpf.ts";
 import { CLOCK_BOOTTIME, clockNs, ifIndex } from "../linux/libc.ts";
 import { CLSACT_EGRESS, CLSACT_INGRESS, listTcFilters } from "../linux/tcfilter.ts";
 import { bpfObject } from "../src/datapath/bpf/objects.ts";
-import { configBytes, type NatKey, type NatRecord } from "../src/datapath/bpf/layout.ts";
+import {
+  configBytes,
+  gatewayRecords,
+  learnedOf,
+  type NatKey,
+  type NatRecord,
+} from "../src/datapath/bpf/layout.ts";
+import type { GatewaySession } from "../src/datapath/datapath.ts";
 import { BpfPrograms, type BpfRole, NatMap } from "../src/datapath/bpf/programs.ts";
 
 /** `struct __sk_buff` offsets the rig sets (linux/bpf.h), and the size it passes. */
@@ -64,6 +72,12 @@ const fromJson = (r: JsonRecord): NatRecord => ({
   key: r.key,
   entry: { ...r.entry, lastNs: BigInt(r.entry.lastNs) },
 });
+
+/** True when `r` is one of mapping `m`'s two wildcard entries. */
+function isMappingWildcard(m: GatewaySession, r: NatRecord): boolean {
+  const k = JSON.stringify(r.key, Object.keys(r.key).sort());
+  return gatewayRecords(m, 0).some((w) => JSON.stringify(w.key, Object.keys(w.key).sort()) === k);
+}
 
 function ifx(name: string): number {
   const i = ifIndex(name);
@@ -123,6 +137,12 @@ async function serve(): Promise<void> {
         return { ok: true };
       case "del":
         return { deleted: map().delete(c.keys as NatKey[]) };
+      case "dropMapping":
+        return {
+          deleted: map().deleteWhere((r) =>
+            learnedOf(c.mapping, r) || isMappingWildcard(c.mapping, r)
+          ),
+        };
       case "get": {
         const e = map().get(c.key as NatKey);
         return { entry: e ? { ...e, lastNs: e.lastNs.toString() } : null };

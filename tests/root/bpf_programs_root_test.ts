@@ -309,6 +309,17 @@ Deno.test(
           "TTL 1: the stack answers",
         );
         await same(pkt, "another host's MAC", { dstMac: "02:00:00:00:77:77" });
+        await same(
+          buildUdp({
+            src: A,
+            sport: 40000,
+            dst: G,
+            dport: 61001,
+            payload: new Uint8Array(1600),
+            frag: 0,
+          }),
+          "bigger than the WAN's MTU: the stack fragments it",
+        );
         await same(buildUdp({ src: A, sport: 40002, dst: G, dport: 61001 }), "wrong private port");
         // Nothing was counted.
         assert.equal((await get(gw, outKey(SESSION))).packets, 0);
@@ -465,6 +476,11 @@ Deno.test(
         );
         const all = (await gw.call({ op: "all" })).records as JsonRecord[];
         assert.equal(all.filter((x) => (x.entry.flags & NatFlag.LEARNED) !== 0).length, 2);
+        // The mapping goes: its wildcards and learned flows with it, nothing else.
+        await put(gw, gatewayRecords(SESSION, G));
+        assert.equal((await gw.call({ op: "dropMapping", mapping: m })).deleted, 4);
+        assert.equal(((await gw.call({ op: "all" })).records as JsonRecord[]).length, 2);
+        assert.equal((await run(gw, "dpm_wan_in", "wan0", first)).retval, PASS);
       });
     },
   ),

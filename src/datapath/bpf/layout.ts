@@ -285,3 +285,16 @@ export function mirrorKey(k: NatKey, e: NatEntry): NatKey {
     dport: t.sport || k.sport,
   };
 }
+
+/**
+ * True when `r` is an entry the programs learned for mapping `m` (one
+ * remote's flow, either direction): what goes with the mapping.
+ */
+export function learnedOf(m: GatewaySession, r: NatRecord): boolean {
+  const { key: k, entry: e } = r;
+  if ((e.flags & NatFlag.LEARNED) === 0 || k.proto !== m.proto) return false;
+  if (k.dir === NatDir.OUT) {
+    return k.saddr === m.a && k.sport === m.pa && e.to.saddr === m.r && e.to.sport === m.p;
+  }
+  return k.daddr === m.r && k.dport === m.p && e.to.daddr === m.a && e.to.dport === m.pa;
+}

@@ -401,6 +401,15 @@ export class NatMap {
     return count;
   }
 
+  /** Deletes every record `pred` picks (one dump, one batch); returns how many went. */
+  deleteWhere(pred: (r: NatRecord) => boolean): number {
+    const keys: NatKey[] = [];
+    this.forEach((r) => {
+      if (pred(r)) keys.push(r.key);
+    });
+    return this.delete(keys);
+  }
+
   /** Every record, in one array. */
   all(): NatRecord[] {
     const out: NatRecord[] = [];

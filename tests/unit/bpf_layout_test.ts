@@ -1,0 +1,189 @@
+/**
+ * The session map's layout in TypeScript (src/datapath/bpf/layout.ts):
+ * bytes as the programs read them, the two mirrored entries of every kind
+ * of session, and what belongs to a mapping. No root, no kernel.
+ *
+ * @module
+ */
+
+import assert from "node:assert/strict";
+import fc from "fast-check";
+import {
+  gatewayRecords,
+  hostRecords,
+  keyBytes,
+  learnedOf,
+  mirrorKey,
+  NatDir,
+  NatEntryLayout,
+  NatFlag,
+  type NatKey,
+  NatKeyLayout,
+  type NatRecord,
+  readEntry,
+  readKey,
+  writeEntry,
+  writeKey,
+} from "../../src/datapath/bpf/layout.ts";
+import type { GatewaySession } from "../../src/datapath/datapath.ts";
+import { G, H1, P1, R1 } from "../../testing/fixtures.ts";
+
+const S: GatewaySession = {
+  proto: 17,
+  a: H1,
+  pa: 40000,
+  x: P1,
+  px: 5060,
+  r: R1,
+  p: 40001,
+  pg: 61001,
+};
+
+Deno.test("bpf layout: a key is the packet's own bytes in network order, then proto and side", () => {
+  const b = keyBytes({
+    proto: 17,
+    dir: NatDir.OUT,
+    saddr: H1,
+    sport: 40000,
+    daddr: G,
+    dport: 61001,
+  });
+  assert.equal(b.length, NatKeyLayout.SIZE);
+  const hex = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+  // 10.0.0.11, 10.0.0.1, 40000 (0x9c40), 61001 (0xee49), 17, OUT, pad
+  assert.equal(hex, "0a00000b" + "0a000001" + "9c40" + "ee49" + "11" + "01" + "0000");
+});
+
+Deno.test("bpf layout: keys and entries read back what was written (any values)", () => {
+  const u32 = fc.integer({ min: 0, max: 0xffffffff });
+  const u16 = fc.integer({ min: 0, max: 0xffff });
+  fc.assert(fc.property(
+    u32,
+    u32,
+    u16,
+    u16,
+    fc.constantFrom(6, 17),
+    fc.constantFrom(NatDir.OUT, NatDir.IN),
+    fc.integer({ min: 0, max: 63 }),
+    fc.integer({ min: 0, max: 2 ** 52 }),
+    fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }),
+    (saddr, daddr, sport, dport, proto, dir, flags, n, ns) => {
+      const k: NatKey = { saddr, daddr, sport, dport, proto, dir };
+      const e = {
+        to: { saddr: daddr, daddr: saddr, sport: dport, dport: sport },
+        flags,
+        packets: n,
+        bytes: n * 3,
+        lastNs: ns,
+      };
+      const buf = new DataView(new ArrayBuffer(NatKeyLayout.SIZE + NatEntryLayout.SIZE + 8));
+      writeKey(buf, 4, k);
+      writeEntry(buf, 4 + NatKeyLayout.SIZE, e);
+      assert.deepEqual(readKey(buf, 4), k);
+      assert.deepEqual(readEntry(buf, 4 + NatKeyLayout.SIZE), e);
+    },
+  ));
+});
+
+/** Applies an entry to its key's tuple (0: keep). */
+function apply(r: NatRecord) {
+  const { key: k, entry: { to } } = r;
+  return {
+    saddr: to.saddr || k.saddr,
+    sport: to.sport || k.sport,
+    daddr: to.daddr || k.daddr,
+    dport: to.dport || k.dport,
+  };
+}
+
+Deno.test("bpf layout: a session's two entries mirror each other (driver, direct, host)", () => {
+  const cases: [string, NatRecord[]][] = [
+    ["driver", gatewayRecords(S, G)],
+    ["direct", gatewayRecords({ ...S, direct: true }, G)],
+    ["host", hostRecords({ proto: 6, a: H1, pa: 41000, x: P1, px: 443, g: G, pg: 61002 })],
+  ];
+  for (const [what, [out, inn]] of cases) {
+    assert.equal(out!.key.dir, NatDir.OUT, what);
+    assert.equal(inn!.key.dir, NatDir.IN, what);
+    assert.deepEqual(mirrorKey(out!.key, out!.entry), inn!.key, what);
+    assert.deepEqual(mirrorKey(inn!.key, inn!.entry), out!.key, what);
+    // Translating one way and back gives the packet's own pair.
+    assert.deepEqual(apply(inn!), {
+      saddr: out!.key.daddr,
+      sport: out!.key.dport,
+      daddr: out!.key.saddr,
+      dport: out!.key.sport,
+    }, what);
+  }
+  const [o, i] = gatewayRecords(S, G);
+  assert.deepEqual(apply(o!), { saddr: R1, sport: 40001, daddr: P1, dport: 5060 });
+  assert.deepEqual(o!.key, {
+    proto: 17,
+    dir: NatDir.OUT,
+    saddr: H1,
+    sport: 40000,
+    daddr: G,
+    dport: 61001,
+  });
+  assert.deepEqual(apply(i!), { saddr: G, sport: 61001, daddr: H1, dport: 40000 });
+  assert.equal(o!.entry.flags, 0, "a gateway session starts slow");
+  assert.equal(
+    hostRecords({ ...S, g: G })[0]!.entry.flags,
+    NatFlag.FAST,
+    "the host's is fast at once",
+  );
+});
+
+Deno.test("bpf layout: a mapping is two wildcards; its learned flows are recognised, others are not", () => {
+  const m: GatewaySession = { proto: 17, a: H1, pa: 7000, x: 0, px: 0, r: R1, p: 7000, pg: 0 };
+  const [o, i] = gatewayRecords(m, G);
+  assert.deepEqual(o!.key, {
+    proto: 17,
+    dir: NatDir.OUT,
+    saddr: H1,
+    sport: 7000,
+    daddr: 0,
+    dport: 0,
+  });
+  assert.deepEqual(i!.key, {
+    proto: 17,
+    dir: NatDir.IN,
+    saddr: 0,
+    sport: 0,
+    daddr: R1,
+    dport: 7000,
+  });
+  assert.equal(o!.entry.flags, NatFlag.WILDCARD);
+  assert.equal(i!.entry.flags, NatFlag.WILDCARD);
+  const fresh = { packets: 0, bytes: 0, lastNs: 0n };
+  const learnedIn: NatRecord = {
+    key: { proto: 17, dir: NatDir.IN, saddr: P1, sport: 9, daddr: R1, dport: 7000 },
+    entry: {
+      to: { saddr: P1, sport: 9, daddr: H1, dport: 7000 },
+      flags: NatFlag.LEARNED,
+      ...fresh,
+    },
+  };
+  const learnedOut: NatRecord = {
+    key: { proto: 17, dir: NatDir.OUT, saddr: H1, sport: 7000, daddr: P1, dport: 9 },
+    entry: {
+      to: { saddr: R1, sport: 7000, daddr: P1, dport: 9 },
+      flags: NatFlag.LEARNED | NatFlag.FAST,
+      ...fresh,
+    },
+  };
+  assert.ok(learnedOf(m, learnedIn));
+  assert.ok(learnedOf(m, learnedOut));
+  assert.ok(
+    !learnedOf(m, { ...learnedOut, entry: { ...learnedOut.entry, flags: NatFlag.FAST } }),
+    "not learned",
+  );
+  assert.ok(!learnedOf({ ...m, p: 7001 }, learnedIn), "another mapping");
+  assert.ok(!learnedOf({ ...m, proto: 6 }, learnedOut), "another protocol");
+  for (const r of gatewayRecords(S, G)) assert.ok(!learnedOf(m, r), "a session is no learned flow");
+});
+
+Deno.test("bpf layout: ICMP sessions get no entries (the stack and the queue translator keep them)", () => {
+  assert.deepEqual(gatewayRecords({ ...S, proto: 1 }, G), []);
+  assert.deepEqual(hostRecords({ proto: 1, a: H1, pa: 0, x: P1, px: 0, g: G, pg: 61001 }), []);
+});
