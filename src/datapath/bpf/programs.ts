@@ -172,7 +172,8 @@ function previousMaps(role: BpfRole, idx: Map<string, number>): Map<string, numb
               return null; // another layout: start afresh
             }
           }
-          maps.set(mi.name, mid);
+          // Only the maps dpm shares across runs (an object's internal maps stay its own).
+          if (mi.name === NAT_MAP || mi.name === CONFIG_MAP) maps.set(mi.name, mid);
         } finally {
           closeFd(mfd);
         }
