@@ -43,6 +43,8 @@ import {
 } from "../src/datapath/bpf/layout.ts";
 import type { GatewaySession } from "../src/datapath/datapath.ts";
 import { BpfPrograms, type BpfRole, NatMap } from "../src/datapath/bpf/programs.ts";
+import { denoScript } from "./launch.ts";
+import { NAMESPACE_ENV } from "./topology.ts";
 
 /** `struct __sk_buff` offsets the rig sets (linux/bpf.h), and the size it passes. */
 const SKB_INGRESS_IFINDEX = 36;
@@ -216,8 +218,8 @@ export class BpfRig implements AsyncDisposable {
   /** Starts the rig in `ns` (`ip netns exec`). */
   static start(ns: string): Promise<BpfRig> {
     const child = new Deno.Command("ip", {
-      args: ["netns", "exec", ns, Deno.execPath(), "run", "-A", new URL(import.meta.url).pathname],
-      env: { DENO_NO_UPDATE_CHECK: "1" },
+      args: ["netns", "exec", ns, ...denoScript(new URL(import.meta.url).pathname)],
+      env: { ...NAMESPACE_ENV },
       stdin: "piped",
       stdout: "piped",
       stderr: "piped",

@@ -108,8 +108,14 @@ Deno.test(needsRoot({
     };
     const sessions = [udp, tcp];
     // The kernel path's table for the slow start (to_remote, to_public).
-    const cfg = serverCfg({ lanIf: "lan0", wanIf: "wan0", lanAddr: gw.lanAddr, pool: [R] });
-    const table = serverTable(cfg, { addr: parseIPv4("10.0.0.0")!, len: 24 }, {
+    const lan = { addr: parseIPv4("10.0.0.0")!, len: 24 };
+    const cfg = {
+      ...serverCfg({ lanAddr: gw.lanAddr, pool: [R] }),
+      lanIf: "lan0",
+      wanIf: "wan0",
+      lan,
+    };
+    const table = serverTable(cfg, lan, {
       toRemote: sessions.map((s) => toRemoteText(s.proto, s.a, s.pg, s.x, s.px)),
       toPublic: sessions.map((s) => toPublicText(s.proto, s.a, s.pa, s.x, s.px, s.r, s.p)),
       queued: [],
@@ -239,6 +245,7 @@ Deno.test(needsRoot({
         udpClient(40001, [`${peer.addrText}:5060`], { rounds: 2 }),
       );
       assert.equal(u4.replies.length, 2);
+      assert.equal(await t.escaped(), 0, "nothing left the topology");
     } finally {
       await g.close();
       await hr.close();
