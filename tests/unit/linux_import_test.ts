@@ -18,6 +18,8 @@ Deno.test("linux: the ffi modules import without --allow-ffi", async () => {
       "iptables.ts",
       "sockdiag.ts",
       "procnet.ts",
+      "libbpf.ts",
+      "tcfilter.ts",
     ]
   ) {
     const path = new URL(`../../linux/${m}`, import.meta.url).pathname;
