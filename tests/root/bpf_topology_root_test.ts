@@ -24,6 +24,8 @@ import { createTopology, type Topology } from "../../testing/topology.ts";
 import { lastJson, serveApp } from "../../testing/launch.ts";
 import { tcpClient, tcpEcho, udpClient, udpEcho } from "../../testing/apps.ts";
 import { BpfRig, type JsonRecord } from "../../testing/bpf_rig.ts";
+import { hex, verifyIpChecksum, verifyL4Checksum } from "../../testing/packets.ts";
+import { pseudoHeaderSum } from "../../src/wire/checksum.ts";
 import { waitFor } from "../../testing/wait.ts";
 import { serverCfg } from "../../testing/fixtures.ts";
 import { parseIPv4 } from "../../src/wire/addr.ts";
@@ -247,6 +249,188 @@ Deno.test(needsRoot({
       assert.equal(u4.replies.length, 2);
       assert.equal(await t.escaped(), 0, "nothing left the topology");
     } finally {
+      await g.close();
+      await hr.close();
+    }
+  },
+}));
+
+/** python3 on the peer: captures `n` IPv4 UDP packets to `port` arriving on eth0 (AF_PACKET), prints their hex. */
+function capture(port: number, n: number): string[] {
+  return [
+    "python3",
+    "-u",
+    "-c",
+    `
+import socket, json
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+s.bind(("eth0", 0))
+print("listening", flush=True)
+out = []
+while len(out) < ${n}:
+    f, a = s.recvfrom(65535)
+    ip = f[14:]
+    if a[2] != socket.PACKET_OUTGOING and ip[9] == 17 and int.from_bytes(ip[22:24], "big") == ${port}:
+        out.append(ip.hex())
+print(json.dumps(out), flush=True)
+`,
+  ];
+}
+
+/** python3: a TCP sink on `port` that answers the SHA-256 of everything it read. */
+function tcpHashServer(port: number): string[] {
+  return [
+    "python3",
+    "-u",
+    "-c",
+    `
+import socket, hashlib
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", ${port}))
+s.listen(4)
+print("listening", flush=True)
+while True:
+    c, a = s.accept()
+    h = hashlib.sha256()
+    while True:
+        d = c.recv(1 << 20)
+        if not d:
+            break
+        h.update(d)
+    c.sendall(h.hexdigest().encode())
+    c.close()
+`,
+  ];
+}
+
+/** python3: sends `mb` MB of random bytes from local port `bind` to `dest`, prints {sent, got} hashes. */
+function tcpHashClient(bind: number, dest: string, mb: number): string[] {
+  return [
+    "python3",
+    "-u",
+    "-c",
+    `
+import socket, hashlib, os, json
+h, p = "${dest}".rsplit(":", 1)
+data = os.urandom(${mb} << 20)
+c = socket.create_connection((h, int(p)), timeout=20, source_address=("0.0.0.0", ${bind}))
+c.sendall(data)
+c.shutdown(socket.SHUT_WR)
+got = b""
+while True:
+    d = c.recv(4096)
+    if not d:
+        break
+    got += d
+print(json.dumps({"sent": hashlib.sha256(data).hexdigest(), "got": got.decode()}))
+`,
+  ];
+}
+
+Deno.test(needsRoot({
+  name:
+    "bpf root: with checksum offload on (CHECKSUM_PARTIAL, TSO/GSO) the fast path keeps partial checksums right and carries a bulk TCP transfer",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    await using t = await createTopology({ hosts: 1, peers: 1 });
+    const gw = t.gateway;
+    const h = t.hosts[0]!;
+    const peer = t.peers[0]!;
+    await ok(t, gw.ns, ["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_acct=1"]);
+    await ok(t, gw.ns, ["ip", "addr", "add", "203.0.113.10/32", "dev", "wan0"]);
+    const udp: GatewaySession = {
+      proto: UDP,
+      a: h.addr,
+      pa: 40000,
+      x: peer.addr,
+      px: 5060,
+      r: R,
+      p: 40001,
+      pg: 61001,
+    };
+    const tcp: GatewaySession = {
+      proto: TCP,
+      a: h.addr,
+      pa: 45000,
+      x: peer.addr,
+      px: 7001,
+      r: R,
+      p: 45001,
+      pg: 61002,
+    };
+    const sessions = [udp, tcp];
+    const lan = { addr: parseIPv4("10.0.0.0")!, len: 24 };
+    const cfg = {
+      ...serverCfg({ lanAddr: gw.lanAddr, pool: [R] }),
+      lanIf: "lan0",
+      wanIf: "wan0",
+      lan,
+    };
+    const nft = await t.exec(gw.ns, ["nft", "-f", "-"], {
+      stdin: serverTable(cfg, lan, {
+        toRemote: sessions.map((s) => toRemoteText(s.proto, s.a, s.pg, s.x, s.px)),
+        toPublic: sessions.map((s) => toPublicText(s.proto, s.a, s.pa, s.x, s.px, s.r, s.p)),
+        queued: [],
+      }),
+    });
+    assert.equal(nft.code, 0, nft.stderr);
+    await serveApp(t, peer.ns, udpEcho(5060));
+    await serveApp(t, peer.ns, tcpHashServer(7001));
+    const g = await BpfRig.start(gw.ns);
+    const hr = await BpfRig.start(h.ns);
+    try {
+      await g.call({ op: "open", role: "gateway", lan: "lan0", wan: "wan0" });
+      await hr.call({ op: "open", role: "host", dev: "eth0" });
+      await g.call({
+        op: "put",
+        records: sessions.flatMap((s) => gatewayRecords(s, gw.lanAddr)).map(json),
+      });
+      await hr.call({
+        op: "put",
+        records: sessions.flatMap((s) => hostRecords({ ...s, g: gw.lanAddr })).map(json),
+      });
+
+      // UDP: what reaches the peer carries, for the translated addresses, either a
+      // complete checksum or the pseudo-header sum a CHECKSUM_PARTIAL packet holds.
+      const N = 6;
+      const cap = t.spawn(peer.ns, capture(5060, N));
+      await cap.waitForOutput(/listening/, 10_000);
+      const u = await lastJson(t, h.ns, udpClient(40000, [`${peer.addrText}:5060`], { rounds: N }));
+      assert.equal(u.replies.length, N, JSON.stringify(u.errors));
+      const m = await cap.waitForOutput(/^\[.*\]$/m, 10_000);
+      const pkts = (JSON.parse(m[0]) as string[]).map((x) => hex(x));
+      assert.equal(pkts.length, N);
+      let partial = 0;
+      for (const p of pkts) {
+        const dv = new DataView(p.buffer);
+        assert.equal(dv.getUint32(12), R, "source R");
+        assert.equal(dv.getUint16(20), 40001, "source port p");
+        const ulen = dv.getUint16(24);
+        const field = dv.getUint16(26);
+        const isPartial = field === pseudoHeaderSum(R, peer.addr, UDP, ulen);
+        if (isPartial) partial++;
+        assert.ok(isPartial || verifyL4Checksum(p), `checksum field ${field.toString(16)}`);
+        assert.ok(verifyIpChecksum(p));
+      }
+      assert.ok(partial > 0, "the host sent CHECKSUM_PARTIAL packets (offload on)");
+      const uo = (await g.call({ op: "get", key: gatewayRecords(udp, gw.lanAddr)[0]!.key })).entry;
+      assert.equal(uo.flags & NatFlag.FAST, NatFlag.FAST);
+      assert.equal(uo.packets, N);
+
+      // TCP: 8 MB in TSO/GSO packets through the host's and the gateway's programs.
+      const r = await lastJson(t, h.ns, tcpHashClient(45000, `${peer.addrText}:7001`, 8), 60_000);
+      assert.equal(r.got, r.sent, "the peer read exactly what was sent");
+      const to = (await g.call({ op: "get", key: gatewayRecords(tcp, gw.lanAddr)[0]!.key })).entry;
+      assert.equal(to.flags & NatFlag.FAST, NatFlag.FAST);
+      assert.ok(to.bytes > 8 << 20, `fast path carried ${to.bytes} bytes`);
+      const ctT = await ctPackets(t, "tcp", 45000, 61002);
+      assert.deepEqual(ctT, [1, 1], `conntrack saw ${ctT}`);
+      assert.equal(await t.escaped(), 0);
+    } finally {
+      await g.call({ op: "remove" }).catch(() => {});
+      await hr.call({ op: "remove" }).catch(() => {});
       await g.close();
       await hr.close();
     }
