@@ -32,6 +32,9 @@
  */
 #include "nat_prog.h"
 
+/* skb->cb[0] of a packet an ingress program redirected ("dpmF"). */
+#define NAT_CB_FAST 0x64706d46
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -92,6 +95,8 @@ static __always_inline int fast_path(struct __sk_buff *skb, __u8 dir)
 	if (nat_rewrite(skb, &p, &to, 1) < 0)
 		return TC_ACT_SHOT;
 	nat_count(skb, e, &p);
+	/* Tells this packet's egress run it was redirected here (see seen()). */
+	skb->cb[0] = NAT_CB_FAST;
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
 	if (nat_set_macs(skb, &fib) < 0)
@@ -112,6 +117,12 @@ static __always_inline int seen(struct __sk_buff *skb, __u8 dir)
 	struct nat_key back, own;
 	__u8 opp = dir == NAT_DIR_OUT ? NAT_DIR_IN : NAT_DIR_OUT;
 	__u32 bit = dir == NAT_DIR_OUT ? NAT_F_SEEN_OUT : NAT_F_SEEN_IN;
+	/* Redirected by an ingress program: fast already, counted there. The
+	 * control block survives the redirect; a packet the stack forwarded has
+	 * its IP control block there instead, which never holds this value
+	 * without IP options (and a wrong match only skips this packet's mark). */
+	if (skb->cb[0] == NAT_CB_FAST)
+		return NAT_PASS;
 	if (!cfg)
 		return NAT_PASS;
 	/* Forwarded from the other side (not sent by the gateway itself). */

@@ -68,7 +68,8 @@ struct nat_entry {
 	__u32 flags;  /* enum nat_flag */
 	__u64 packets;
 	__u64 bytes;   /* IP bytes (the IP header included, the link header not) */
-	__u64 last_ns; /* bpf_ktime_get_boot_ns() at the last packet counted; 0 before any */
+	__u64 last_ns; /* bpf_ktime_get_coarse_ns() (CLOCK_MONOTONIC, tick resolution) at the
+			* last packet counted; 0 before any */
 };
 
 /* The gateway's one configuration record, `dpm_cfg[0]`, written by dpm before it attaches. */

@@ -145,7 +145,7 @@ static __always_inline void nat_count(struct __sk_buff *skb, struct nat_entry *e
 	__u32 segs = skb->gso_segs;
 	__sync_fetch_and_add(&e->packets, segs > 1 ? segs : 1);
 	__sync_fetch_and_add(&e->bytes, p->ip_len);
-	e->last_ns = bpf_ktime_get_boot_ns();
+	e->last_ns = bpf_ktime_get_coarse_ns();
 	if (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
 		nat_set_flags(e, ((p->tcp_flags & TCP_FLAG_FIN) ? NAT_F_FIN : 0) |
 				       ((p->tcp_flags & TCP_FLAG_RST) ? NAT_F_RST : 0));

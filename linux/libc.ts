@@ -101,10 +101,10 @@ export function ifIndex(name: string): number {
   return libc().if_nametoindex(new TextEncoder().encode(`${name}\0`));
 }
 
-/** `CLOCK_BOOTTIME`: like CLOCK_MONOTONIC, counting suspend too (BPF's `bpf_ktime_get_boot_ns`). */
-export const CLOCK_BOOTTIME = 7;
+/** `CLOCK_MONOTONIC`: the clock of BPF's `bpf_ktime_get_ns` and `bpf_ktime_get_coarse_ns`. */
+export const CLOCK_MONOTONIC = 1;
 
-/** Nanoseconds on `clock` (e.g. {@linkcode CLOCK_BOOTTIME}), as a bigint. */
+/** Nanoseconds on `clock` (e.g. {@linkcode CLOCK_MONOTONIC}), as a bigint. */
 export function clockNs(clock: number): bigint {
   const ts = new Uint8Array(16); // struct timespec { time_t tv_sec; long tv_nsec; }
   if (libc().clock_gettime(clock, ts) < 0) throw new OsError("clock_gettime", errno());

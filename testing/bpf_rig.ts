@@ -25,13 +25,13 @@
  *   then `missing`, `attach`, `remove`, `close` act on it and the map
  *   commands on its map. `removeFrom {role, ...ifaces}` runs the cleanup.
  * - `filters {dev}`: the tc filters of `dev`, ingress and egress.
- * - `now`: CLOCK_BOOTTIME in ns, as a string.
+ * - `now`: CLOCK_MONOTONIC in ns, as a string.
  *
  * @module
  */
 
 import { BpfObject, mapUpdate, progTestRun } from "../linux/libbpf.ts";
-import { CLOCK_BOOTTIME, clockNs, ifIndex } from "../linux/libc.ts";
+import { CLOCK_MONOTONIC, clockNs, ifIndex } from "../linux/libc.ts";
 import { CLSACT_EGRESS, CLSACT_INGRESS, listTcFilters } from "../linux/tcfilter.ts";
 import { bpfObject } from "../src/datapath/bpf/objects.ts";
 import {
@@ -171,7 +171,7 @@ async function serve(): Promise<void> {
       case "ifindex":
         return { ifindex: ifIndex(c.dev) };
       case "now":
-        return { now: clockNs(CLOCK_BOOTTIME).toString() };
+        return { now: clockNs(CLOCK_MONOTONIC).toString() };
       default:
         throw new Error(`unknown op "${c.op}"`);
     }

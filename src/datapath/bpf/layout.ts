@@ -110,7 +110,10 @@ export interface NatEntry {
   flags: number;
   packets: number;
   bytes: number;
-  /** `bpf_ktime_get_boot_ns()` of the last packet counted (CLOCK_BOOTTIME); 0n before any. */
+  /**
+   * `bpf_ktime_get_coarse_ns()` of the last packet counted: CLOCK_MONOTONIC
+   * at tick resolution (compare with `clock_gettime(CLOCK_MONOTONIC)`); 0n before any.
+   */
   lastNs: bigint;
 }
 
