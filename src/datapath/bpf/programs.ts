@@ -254,19 +254,42 @@ export class BpfPrograms {
     const obj = this.#live();
     let fixed = 0;
     const hooked = new Set<number>();
-    for (const a of ATTACHMENTS[this.role]) {
-      const ifindex = this.#idx.get(a.iface)!;
-      if (!hooked.has(ifindex)) {
-        tcHookCreate(ifindex);
-        hooked.add(ifindex);
+    // Where nothing of ours was: undone if a later step fails, so a failed
+    // attach leaves the interfaces as it found them (a filter of a previous
+    // run that was replaced stays replaced: it uses the same maps).
+    const added: Attachment[] = [];
+    try {
+      for (const a of ATTACHMENTS[this.role]) {
+        const ifindex = this.#idx.get(a.iface)!;
+        if (!hooked.has(ifindex)) {
+          tcHookCreate(ifindex);
+          hooked.add(ifindex);
+        }
+        const fd = obj.progFd(a.prog);
+        const want = progInfo(fd).id;
+        const there = ourFilter(ifindex, a.point);
+        if (there === want) continue;
+        tcAttach(ifindex, a.point, fd, TC_HANDLE, TC_PRIORITY);
+        if (there === 0) added.push(a);
+        fixed++;
       }
-      const fd = obj.progFd(a.prog);
-      const want = progInfo(fd).id;
-      if (ourFilter(ifindex, a.point) === want) continue;
-      tcAttach(ifindex, a.point, fd, TC_HANDLE, TC_PRIORITY);
-      fixed++;
+    } catch (e) {
+      try {
+        for (const a of added) tcDetach(this.#idx.get(a.iface)!, a.point, TC_HANDLE, TC_PRIORITY);
+        BpfPrograms.#dropEmptyHooks(new Set(this.#idx.values()));
+      } catch { /* the first error is the one to report */ }
+      throw e;
     }
     return fixed;
+  }
+
+  /** Deletes the clsact qdisc of each interface in `ifindexes` that has no filter left. */
+  static #dropEmptyHooks(ifindexes: Set<number>): void {
+    for (const ifindex of ifindexes) {
+      const left = listTcFilters(ifindex, CLSACT_INGRESS).length +
+        listTcFilters(ifindex, CLSACT_EGRESS).length;
+      if (left === 0) tcHookDestroy(ifindex);
+    }
   }
 
   /**
@@ -319,11 +342,7 @@ export class BpfPrograms {
       touched.add(ifindex);
       if (tcDetach(ifindex, a.point, TC_HANDLE, TC_PRIORITY)) n++;
     }
-    for (const ifindex of touched) {
-      const left = listTcFilters(ifindex, CLSACT_INGRESS).length +
-        listTcFilters(ifindex, CLSACT_EGRESS).length;
-      if (left === 0) tcHookDestroy(ifindex);
-    }
+    BpfPrograms.#dropEmptyHooks(touched);
     return n;
   }
 
