@@ -36,7 +36,8 @@ import {
   NatFlag,
   type NatRecord,
 } from "../../src/datapath/bpf/layout.ts";
-import type { GatewaySession } from "../../src/datapath/datapath.ts";
+import { gatewayKey, type GatewaySession, hostKey } from "../../src/datapath/datapath.ts";
+import { gatewayCounters, hostActivity } from "../../src/datapath/bpf/counters.ts";
 
 const R = parseIPv4("203.0.113.10")!;
 const UDP = 17;
@@ -168,6 +169,19 @@ Deno.test(needsRoot({
       );
       const hu = await entry(hr, hostRecords({ ...udp, g: gw.lanAddr })[0]!);
       assert.equal(hu.packets, N, "the host program rewrote every datagram");
+      // What the data path will report: status counters at the gateway, lease activity at the host.
+      const recs = (j: JsonRecord[]) =>
+        j.map((r) => ({ key: r.key, entry: { ...r.entry, lastNs: BigInt(r.entry.lastNs) } }));
+      const gc = gatewayCounters(recs((await g.call({ op: "all" })).records), sessions, gw.lanAddr);
+      assert.deepEqual(
+        [
+          gc.get(gatewayKey(UDP, h.addr, 61001))!.packetsOut,
+          gc.get(gatewayKey(UDP, h.addr, 61001))!.packetsIn,
+        ],
+        [N, N],
+      );
+      const ha = hostActivity(recs((await hr.call({ op: "all" })).records), gw.lanAddr);
+      assert.equal(ha.get(hostKey(UDP, h.addr, 61001))!.packets, 2 * N);
 
       // TCP: a connection from a:45000 to X:7000, a line each way, closed.
       const c = await lastJson(t, h.ns, tcpClient(45000, `${peer.addrText}:7000`, "hello"));
