@@ -40,7 +40,7 @@ export interface TcFilter {
   kind: string;
   /** A `bpf` filter's program id; 0 otherwise. */
   progId: number;
-  /** A `bpf` filter's name (the object's section or program name); "" otherwise. */
+  /** A `bpf` filter's name, as its attacher gave it (libbpf: `prog_name:[id]`); "" otherwise. */
   name: string;
 }
 

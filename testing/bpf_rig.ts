@@ -24,13 +24,22 @@
  * - `open {role, lan?, wan?, dev?}`: `BpfPrograms.open` (loads, attaches);
  *   then `missing`, `attach`, `remove`, `close` act on it and the map
  *   commands on its map. `removeFrom {role, ...ifaces}` runs the cleanup.
- * - `filters {dev}`: the tc filters of `dev`, ingress and egress.
+ * - `filters {dev}`: the tc filters of `dev`, ingress and egress;
+ *   `attachOther {dev, point, prog, handle, priority}` attaches a program
+ *   of the `load`ed object as someone else's filter.
  * - `now`: CLOCK_MONOTONIC in ns, as a string.
  *
  * @module
  */
 
-import { BpfObject, mapUpdate, progTestRun } from "../linux/libbpf.ts";
+import {
+  BpfObject,
+  mapUpdate,
+  progTestRun,
+  tcAttach,
+  tcHookCreate,
+  TcPoint,
+} from "../linux/libbpf.ts";
 import { CLOCK_MONOTONIC, clockNs, ifIndex } from "../linux/libc.ts";
 import { CLSACT_EGRESS, CLSACT_INGRESS, listTcFilters } from "../linux/tcfilter.ts";
 import { bpfObject } from "../src/datapath/bpf/objects.ts";
@@ -159,6 +168,13 @@ async function serve(): Promise<void> {
         if (c.ingress) dv.setUint32(SKB_INGRESS_IFINDEX, ifx(c.ingress), true);
         const r = progTestRun(obj.progFd(c.prog), unhex(c.frame), ctx);
         return { retval: r.retval, frame: tohex(r.data) };
+      }
+      case "attachOther": {
+        // Someone else's filter: a loaded program at another handle and priority.
+        if (!obj) throw new Error("nothing loaded");
+        const point = c.point === "egress" ? TcPoint.EGRESS : TcPoint.INGRESS;
+        tcHookCreate(ifx(c.dev));
+        return { progId: tcAttach(ifx(c.dev), point, obj.progFd(c.prog), c.handle, c.priority) };
       }
       case "filters": {
         const i = ifIndex(c.dev);

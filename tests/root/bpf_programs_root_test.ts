@@ -15,6 +15,7 @@
 
 import assert from "node:assert/strict";
 import { needsRoot } from "../../testing/root.ts";
+import { sh } from "../../testing/netns.ts";
 import { type BpfNs, createBpfNs, ethFrame, MAC } from "../../testing/bpf_ns.ts";
 import { BpfRig, type JsonRecord } from "../../testing/bpf_rig.ts";
 import {
@@ -592,6 +593,95 @@ Deno.test(
         assert.equal((await gw.call({ op: "del", keys })).deleted, 10);
         assert.equal(((await gw.call({ op: "all" })).records as JsonRecord[]).length, 990);
       });
+    },
+  ),
+);
+
+Deno.test(
+  needsRoot(
+    "bpf root: attach, find again from another process, and remove only dpm's filters (a clsact still in use stays)",
+    async () => {
+      const ns = await createBpfNs();
+      try {
+        const a = await BpfRig.start(ns.gw);
+        let ids: number[];
+        try {
+          assert.equal(
+            (await a.call({ op: "open", role: "gateway", lan: "lan0", wan: "wan0" })).mapOrigin,
+            "new",
+          );
+          await a.call({ op: "put", records: gatewayRecords(SESSION, G).map(json) });
+          const lan = await a.call({ op: "filters", dev: "lan0" });
+          const wan = await a.call({ op: "filters", dev: "wan0" });
+          const ours = [...lan.ingress, ...lan.egress, ...wan.ingress, ...wan.egress];
+          assert.deepEqual(
+            ours.map((f: { name: string }) => f.name.replace(/:\[\d+\]$/, "")).sort(),
+            [
+              "dpm_lan_in",
+              "dpm_lan_out",
+              "dpm_wan_in",
+              "dpm_wan_out",
+            ],
+          );
+          ids = ours.map((f: { progId: number }) => f.progId);
+          assert.deepEqual((await a.call({ op: "missing" })).missing, []);
+          // Someone else's filter on the LAN's ingress.
+          await a.call({ op: "load", role: "host" });
+          await a.call({
+            op: "attachOther",
+            dev: "lan0",
+            point: "ingress",
+            prog: "dpm_host_in",
+            handle: 7,
+            priority: 7,
+          });
+        } finally {
+          await a.close(); // the process exits: the kernel keeps the filters, programs and maps
+        }
+        const b = await BpfRig.start(ns.gw);
+        try {
+          assert.equal(
+            (await b.call({ op: "open", role: "gateway", lan: "lan0", wan: "wan0" })).mapOrigin,
+            "adopted",
+          );
+          assert.equal(
+            (await b.call({ op: "all" })).records.length,
+            2,
+            "the map came back with its entries",
+          );
+          const now = await b.call({ op: "filters", dev: "lan0" });
+          assert.ok(
+            !now.ingress.some((f: { progId: number }) => ids.includes(f.progId)),
+            "replaced by this run's programs",
+          );
+          await b.call({ op: "close" });
+          assert.equal(
+            (await b.call({ op: "removeFrom", role: "gateway", lan: "lan0", wan: "wan0" })).removed,
+            4,
+          );
+          const lan = await b.call({ op: "filters", dev: "lan0" });
+          assert.deepEqual(
+            lan.ingress.map((f: { handle: number; priority: number }) => [f.handle, f.priority]),
+            [[7, 7]],
+          );
+          assert.deepEqual(lan.egress, []);
+          const q = await sh(["ip", "netns", "exec", ns.gw, "tc", "qdisc", "show", "dev", "wan0"]);
+          assert.ok(!q.includes("clsact"), `wan0 keeps no clsact: ${q}`);
+          assert.ok(
+            (await sh(["ip", "netns", "exec", ns.gw, "tc", "qdisc", "show", "dev", "lan0"]))
+              .includes("clsact"),
+          );
+          // Nothing of ours twice.
+          assert.equal(
+            (await b.call({ op: "removeFrom", role: "gateway", lan: "lan0", wan: "wan0" })).removed,
+            0,
+          );
+        } finally {
+          await b.close();
+        }
+      } finally {
+        await ns.destroy();
+      }
     },
   ),
 );
