@@ -340,6 +340,8 @@ export class BpfPrograms {
       const ifindex = idx.get(a.iface);
       if (ifindex === undefined) continue;
       touched.add(ifindex);
+      // Only what is there: with no clsact at all the kernel answers EINVAL, not ENOENT.
+      if (ourFilter(ifindex, a.point) === 0) continue;
       if (tcDetach(ifindex, a.point, TC_HANDLE, TC_PRIORITY)) n++;
     }
     BpfPrograms.#dropEmptyHooks(touched);
