@@ -96,6 +96,74 @@ export function ownersByPort(sockets: Iterable<ProcNetSocket>): Map<number, numb
   return out;
 }
 
+/** The machine stores words little-endian (x86_64, aarch64): /proc prints words as it stores them. */
+const LITTLE_ENDIAN = new Uint8Array(Uint16Array.of(1).buffer)[0] === 1;
+
+/** One 32-bit word as /proc prints it (`%08X` of the word in memory order) as a host-order number. */
+function word(hex: string): number {
+  const v = parseInt(hex, 16) >>> 0;
+  return LITTLE_ENDIAN
+    ? (((v & 0xff) << 24) | ((v & 0xff00) << 8) | ((v >>> 8) & 0xff00) | (v >>> 24)) >>> 0
+    : v;
+}
+
+/**
+ * The IPv4 address of a socket's `localAddr` as a host-order number: the
+ * 8-digit IPv4 form, or an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`).
+ * The unspecified address (`0.0.0.0` or `::`, which also receives IPv4
+ * unless the socket is IPv6-only) is 0. null: an IPv6 address that no
+ * IPv4 packet reaches.
+ */
+export function ipv4OfProcAddr(hex: string): number | null {
+  if (/^[0-9A-Fa-f]{8}$/.test(hex)) return word(hex);
+  if (!/^[0-9A-Fa-f]{32}$/.test(hex)) return null;
+  const w = [0, 8, 16, 24].map((i) => word(hex.slice(i, i + 8)));
+  if (w[0] === 0 && w[1] === 0 && w[2] === 0 && w[3] === 0) return 0;
+  if (w[0] === 0 && w[1] === 0 && w[2] === 0xffff) return w[3]!;
+  return null;
+}
+
+/**
+ * The IPv4 endpoints sockets are bound to: each socket's local address as a
+ * host-order number (0: the unspecified address, `0.0.0.0` or `::`) and
+ * port. Sockets without a socket of their own (TIME_WAIT, SYN_RECV: inode
+ * 0), with no port, or on an IPv6 address no IPv4 packet reaches are left
+ * out.
+ */
+export function boundIPv4(sockets: Iterable<ProcNetSocket>): { addr: number; port: number }[] {
+  const out: { addr: number; port: number }[] = [];
+  for (const s of sockets) {
+    if (s.inode === 0 || s.localPort === 0) continue;
+    const addr = ipv4OfProcAddr(s.localAddr);
+    if (addr !== null) out.push({ addr, port: s.localPort });
+  }
+  return out;
+}
+
+/**
+ * The local addresses of the reading process's network namespace, from the
+ * text of `/proc/net/fib_trie`: every `/32 host LOCAL` leaf of the trie
+ * (the kernel's local table, as `ip route show table local` lists them).
+ */
+export function parseLocalAddresses(fibTrie: string): Set<number> {
+  const out = new Set<number>();
+  let last: number | null = null;
+  for (const line of fibTrie.split("\n")) {
+    const leaf = /^\s*\|--\s+(\d+)\.(\d+)\.(\d+)\.(\d+)\s*$/.exec(line);
+    if (leaf) {
+      last = ((+leaf[1]! << 24) | (+leaf[2]! << 16) | (+leaf[3]! << 8) | +leaf[4]!) >>> 0;
+      continue;
+    }
+    if (last !== null && /^\s*\/32 host LOCAL\s*$/.test(line)) out.add(last);
+  }
+  return out;
+}
+
+/** {@linkcode parseLocalAddresses} of this namespace's `/proc/net/fib_trie`. */
+export function readLocalAddresses(dir = "/proc/net"): Set<number> {
+  return parseLocalAddresses(Deno.readTextFileSync(`${dir}/fib_trie`));
+}
+
 /**
  * The sockets of protocol `proto` in this process's network namespace: both
  * `/proc/net/<proto>` and `/proc/net/<proto>6` (a missing IPv6 table, IPv6

@@ -86,10 +86,37 @@ export async function setSysctls(
   return restore;
 }
 
-async function writeJournal(path: string, entries: [string, string][]): Promise<void> {
+/**
+ * Writes the journal: a fresh `.tmp` file beside it (`createNew`: O_CREAT |
+ * O_EXCL, which never follows a symbolic link; a stale one, link or not, is
+ * removed first, and removing a link removes the link, not its target),
+ * then renamed over the journal.
+ */
+export async function writeJournal(path: string, entries: [string, string][]): Promise<void> {
   const tmp = `${path}.tmp`;
-  await Deno.writeTextFile(tmp, JSON.stringify(entries) + "\n", { mode: 0o600 });
+  await Deno.remove(tmp).catch((e) => {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  });
+  const f = await Deno.open(tmp, { write: true, createNew: true, mode: 0o600 });
+  try {
+    const b = new TextEncoder().encode(JSON.stringify(entries) + "\n");
+    for (let o = 0; o < b.length;) o += await f.write(b.subarray(o));
+  } finally {
+    f.close();
+  }
   await Deno.rename(tmp, path);
+}
+
+/**
+ * True when `path` is one that {@linkcode sysctlPath} makes for a network
+ * sysctl (`/proc/sys/net/...`): no `.` or `..` level, no empty level, only
+ * the characters of a sysctl name. A journal is only trusted that far.
+ */
+export function isNetSysctlPath(path: string): boolean {
+  if (!path.startsWith("/proc/sys/net/")) return false;
+  const levels = path.slice("/proc/sys/".length).split("/");
+  return levels.length >= 2 &&
+    levels.every((l) => /^[A-Za-z0-9_\-.]+$/.test(l) && l !== "." && l !== "..");
 }
 
 /**
@@ -100,6 +127,11 @@ async function writeJournal(path: string, entries: [string, string][]): Promise<
 export async function recoverSysctls(journal: string): Promise<number> {
   let entries: unknown;
   try {
+    // dpm writes the journal as a regular file (writeJournal): a link is not one of its.
+    if ((await Deno.lstat(journal)).isSymlink) {
+      await Deno.remove(journal);
+      return 0;
+    }
     entries = JSON.parse(await Deno.readTextFile(journal));
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return 0;
@@ -110,7 +142,7 @@ export async function recoverSysctls(journal: string): Promise<number> {
   if (Array.isArray(entries)) {
     for (const it of entries.reverse()) {
       if (!Array.isArray(it) || typeof it[0] !== "string" || typeof it[1] !== "string") continue;
-      if (!it[0].startsWith("/proc/sys/net/")) continue; // only what dpm writes
+      if (!isNetSysctlPath(it[0])) continue; // only what dpm writes: network sysctls
       try {
         await Deno.writeTextFile(it[0], it[1] + "\n");
         n++;

@@ -19,6 +19,7 @@
 
 import { z } from "zod";
 import { type Cidr, parseAddrPort, parseCidr, parseIPv4, parsePool } from "./wire/addr.ts";
+import { defaultRules, type MapRule, parseMapRule } from "./policy/rules.ts";
 
 // ---------------------------------------------------------------------------
 // Value schemas (each message names the flag and the value).
@@ -174,6 +175,21 @@ const portList = z.union([z.string(), z.array(z.union([z.number(), z.string()]))
   },
 );
 
+/** A repeatable `--map-allow` / `--map-deny` (a file: one rule or an array of them). */
+const mapRules = (allow: boolean) =>
+  z.union([z.string(), z.array(z.string())]).transform((v, ctx): MapRule[] => {
+    const out: MapRule[] = [];
+    for (const text of typeof v === "string" ? [v] : v) {
+      const r = parseMapRule(text, allow);
+      if (typeof r === "string") {
+        ctx.addIssue({ code: "custom", message: r });
+        return z.NEVER;
+      }
+      out.push(r);
+    }
+    return out;
+  });
+
 const LEVELS = ["error", "warn", "info", "debug"] as const;
 const FORMATS = ["text", "json"] as const;
 const DATAPATHS = ["kernel", "queue"] as const;
@@ -197,6 +213,8 @@ export interface Flag {
   required?: boolean;
   /** A switch that is on by default: the command line has `--no-NAME` (the file: NAME or no-NAME). */
   negated?: boolean;
+  /** May be given more than once (a file: an array); the values keep their order. */
+  multiple?: boolean;
   /** Completion hint: a file, an interface, or fixed words. */
   complete?: "file" | "interface" | readonly string[];
 }
@@ -302,6 +320,50 @@ export const SERVER_FLAGS = {
     group: "Control plane",
     schema: int("--rate-limit", 1, 1_000_000).default(2000),
     dflt: "2000",
+  },
+  "map-allow": {
+    arg: "<rule>",
+    help:
+      'allow inbound mappings: "HOSTS [INTERNAL-PORTS [PUBLIC-PORTS]]" (a.b.c.d[/len], p, lo-hi or *); repeatable, the first rule that matches decides, yours before the defaults (fixed ports and public ports below 1024 refused)',
+    group: "Mappings (dpm map, PCP, NAT-PMP)",
+    schema: mapRules(true).default([]),
+    multiple: true,
+  },
+  "map-deny": {
+    arg: "<rule>",
+    help: "refuse inbound mappings: a rule as for --map-allow; repeatable, in order with them",
+    group: "Mappings (dpm map, PCP, NAT-PMP)",
+    schema: mapRules(false).default([]),
+    multiple: true,
+  },
+  "fixed-ports": {
+    arg: "<p,...>",
+    help:
+      "ports hosts share by remote (IKE, SIP): never a mapping's public port, unless a --map-allow rule says so",
+    group: "Mappings (dpm map, PCP, NAT-PMP)",
+    schema: portList.default([500, 4500, 5060]),
+    dflt: "500,4500,5060",
+  },
+  "pcp-rate-limit": {
+    arg: "<n>",
+    help: "PCP and NAT-PMP requests/s per host, burst 2n (apart from --rate-limit)",
+    group: "Mappings (dpm map, PCP, NAT-PMP)",
+    schema: int("--pcp-rate-limit", 1, 1_000_000).default(20),
+    dflt: "20",
+  },
+  "pcp-max-per-host": {
+    arg: "<n>",
+    help: "PCP and NAT-PMP mappings and peers one host may hold (apart from its quota)",
+    group: "Mappings (dpm map, PCP, NAT-PMP)",
+    schema: int("--pcp-max-per-host", 0, 1 << 20).default(64),
+    dflt: "64",
+  },
+  "pcp-max-share": {
+    arg: "<percent>",
+    help: "PCP and NAT-PMP rows of all hosts together, in percent of the pool's public pairs",
+    group: "Mappings (dpm map, PCP, NAT-PMP)",
+    schema: int("--pcp-max-share", 0, 100).default(25),
+    dflt: "25",
   },
   state: {
     arg: "<file>",
@@ -585,13 +647,16 @@ export type CommandName = keyof typeof COMMANDS;
 export function parseSpec(
   flags: Record<string, Flag>,
   withConfig: boolean,
-): Record<string, { type: "string" | "boolean"; short?: string }> {
-  const out: Record<string, { type: "string" | "boolean"; short?: string }> = {
+): Record<string, { type: "string" | "boolean"; short?: string; multiple?: boolean }> {
+  const out: Record<string, { type: "string" | "boolean"; short?: string; multiple?: boolean }> = {
     help: { type: "boolean", short: "h" },
   };
   if (withConfig) out.config = { type: "string" };
   for (const [name, f] of Object.entries(flags)) {
-    out[f.negated ? `no-${name}` : name] = { type: f.arg ? "string" : "boolean" };
+    out[f.negated ? `no-${name}` : name] = {
+      type: f.arg ? "string" : "boolean",
+      ...(f.multiple ? { multiple: true } : {}),
+    };
   }
   return out;
 }
@@ -617,8 +682,12 @@ function camel(s: string): string {
   return s.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
 }
 
-/** The gateway role's settings. */
-export type ServerConfig = Settings<typeof SERVER_FLAGS>;
+/**
+ * The gateway role's settings, and `mapRules`: the port policy in force,
+ * `--map-allow` and `--map-deny` in the order given, then the defaults
+ * (`src/policy/rules.ts`).
+ */
+export type ServerConfig = Settings<typeof SERVER_FLAGS> & { mapRules: MapRule[] };
 
 /** The host role's settings (`--server` split into the address and the port). */
 export type DriverConfig = Omit<Settings<typeof DRIVER_FLAGS>, "server"> & {
@@ -688,9 +757,48 @@ const inCidr = (c: Cidr, a: number) => {
   return ((a & mask) >>> 0) === ((c.addr & mask) >>> 0);
 };
 
-/** Validates merged settings (file, then flags) into a ServerConfig. */
-export function serverConfig(raw: Record<string, unknown>, origins: Origins = {}): ServerConfig {
-  const v = validate(SERVER_FLAGS, raw, origins);
+/**
+ * The rules of `--map-allow` and `--map-deny` as one list, in the order they
+ * were given: `order` names each rule's flag in turn (`mergeSettings`);
+ * without it, the flag first found in `raw` comes first.
+ */
+function orderedRules(
+  allow: MapRule[],
+  deny: MapRule[],
+  raw: Record<string, unknown>,
+  order?: readonly string[],
+): MapRule[] {
+  const keys = order ??
+    Object.keys(raw).filter((k) => k === "map-allow" || k === "map-deny").flatMap((k) =>
+      Array((k === "map-allow" ? allow : deny).length).fill(k)
+    );
+  const a = [...allow];
+  const d = [...deny];
+  const out: MapRule[] = [];
+  for (const k of keys) {
+    const r = k === "map-allow" ? a.shift() : k === "map-deny" ? d.shift() : undefined;
+    if (r) out.push(r);
+  }
+  return [...out, ...a, ...d];
+}
+
+/**
+ * Validates merged settings (file, then flags) into a ServerConfig. `order`:
+ * the flag of each `--map-allow`/`--map-deny` value in turn (`mergeSettings`).
+ */
+export function serverConfig(
+  raw: Record<string, unknown>,
+  origins: Origins = {},
+  order?: readonly string[],
+): ServerConfig {
+  const settings = validate(SERVER_FLAGS, raw, origins);
+  const v: ServerConfig = {
+    ...settings,
+    mapRules: [
+      ...orderedRules(settings.mapAllow, settings.mapDeny, raw, order),
+      ...defaultRules(settings.fixedPorts),
+    ],
+  };
   const problems: string[] = [];
   if ((v.lanIf === null) !== (v.wanIf === null)) {
     problems.push("--lan-if and --wan-if go together (both enable the data path)");

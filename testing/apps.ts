@@ -353,6 +353,62 @@ print("sent", len(sys.argv) - 1, flush=True)
 }
 
 /**
+ * python3: sends IPv4 packets (own headers, forged sources) read as hex
+ * lines from stdin through a raw socket, `batch` at a time with a `pauseMs`
+ * pause after each batch (so that thousands do not overrun the receiver's
+ * socket buffer). Prints "sent N". Use with `exec(..., { stdin })`:
+ * thousands of packets do not fit on a command line.
+ */
+export function rawFlood(batch = 50, pauseMs = 10): string[] {
+  return [
+    "python3",
+    "-c",
+    `
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+n = 0
+for line in sys.stdin:
+    line = line.strip()
+    if not line:
+        continue
+    b = bytes.fromhex(line)
+    s.sendto(b, (socket.inet_ntoa(b[16:20]), 0))
+    n += 1
+    if n % ${batch} == 0:
+        time.sleep(${pauseMs / 1000})
+print("sent", n, flush=True)
+`,
+  ];
+}
+
+/**
+ * A TCP server on `0.0.0.0:port` that writes `name` and a newline to every
+ * connection and closes it: who answers a connection, told apart by name.
+ * Prints "listening".
+ */
+export function tcpBanner(port: number, name: string): string[] {
+  return [
+    "python3",
+    "-u",
+    "-c",
+    `
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", ${port}))
+s.listen(16)
+print("listening", flush=True)
+while True:
+    c, a = s.accept()
+    try:
+        c.sendall(${JSON.stringify(name + "\n")}.encode())
+    finally:
+        c.close()
+`,
+  ];
+}
+
+/**
  * A burst of `n` new UDP sessions at once: `n` sockets on fresh ephemeral
  * ports, each sending its first datagram to `dest` ("ip:port", a
  * {@linkcode udpEcho}, which answers with the source it saw) in one loop,

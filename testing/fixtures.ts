@@ -6,6 +6,7 @@
 
 import { parseIPv4 } from "../src/wire/addr.ts";
 import type { DriverConfig, ServerConfig } from "../src/config.ts";
+import { defaultRules } from "../src/policy/rules.ts";
 import type { ControlTransport } from "../src/control/client.ts";
 import { FakePacketIO } from "../src/datapath/fake.ts";
 import {
@@ -51,6 +52,13 @@ export function serverCfg(over: Partial<ServerConfig> = {}): ServerConfig {
     lifetime: 86400,
     maxSessionsPerHost: 4096,
     rateLimit: 1000,
+    mapAllow: [],
+    mapDeny: [],
+    fixedPorts: [500, 4500, 5060],
+    pcpRateLimit: 1000,
+    pcpMaxPerHost: 64,
+    pcpMaxShare: 25,
+    mapRules: defaultRules([500, 4500, 5060]),
     state: null,
     socket: "/nonexistent",
     lanIf: null,

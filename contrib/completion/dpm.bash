@@ -19,6 +19,12 @@ _dpm() {
         --lifetime) return;;
         --max-sessions-per-host) return;;
         --rate-limit) return;;
+        --map-allow) return;;
+        --map-deny) return;;
+        --fixed-ports) return;;
+        --pcp-rate-limit) return;;
+        --pcp-max-per-host) return;;
+        --pcp-max-share) return;;
         --state) COMPREPLY=($(compgen -f -- "$cur")); return;;
         --socket) COMPREPLY=($(compgen -f -- "$cur")); return;;
         --lan-if) COMPREPLY=($(compgen -W "$(ls /sys/class/net 2>/dev/null)" -- "$cur")); return;;
@@ -31,7 +37,7 @@ _dpm() {
         --log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return;;
         --config) COMPREPLY=($(compgen -f -- "$cur")); return;;
       esac
-      COMPREPLY=($(compgen -W "--lan-addr --pool --control-port --no-pcp --port-range --gateway-ports --lifetime --max-sessions-per-host --rate-limit --state --socket --lan-if --wan-if --lan --add-pool-addresses --no-masquerade --queue --datapath --cleanup --metrics-addr --log-level --log-format --config --help" -- "$cur"));;
+      COMPREPLY=($(compgen -W "--lan-addr --pool --control-port --no-pcp --port-range --gateway-ports --lifetime --max-sessions-per-host --rate-limit --map-allow --map-deny --fixed-ports --pcp-rate-limit --pcp-max-per-host --pcp-max-share --state --socket --lan-if --wan-if --lan --add-pool-addresses --no-masquerade --queue --datapath --cleanup --metrics-addr --log-level --log-format --config --help" -- "$cur"));;
     driver)
       case "$prev" in
         --server) return;;

@@ -60,7 +60,7 @@ type FlagSpec = ReturnType<typeof parseSpec>;
 
 function parse(command: CommandName, args: string[], options: FlagSpec) {
   try {
-    return parseArgs({ args, options, strict: true, allowPositionals: true });
+    return parseArgs({ args, options, strict: true, allowPositionals: true, tokens: true });
   } catch (e) {
     // node's messages are long; keep the part that names the flag.
     const msg = String((e as Error).message).split(". ")[0]!.replace(
@@ -71,19 +71,36 @@ function parse(command: CommandName, args: string[], options: FlagSpec) {
   }
 }
 
+/** The flags that join one ordered list of rules (`ServerConfig.mapRules`). */
+const RULE_FLAGS = ["map-allow", "map-deny"];
+
 /**
  * Merges a config file (if any) under the flags: flags win. Returns the
  * settings and, for each key that came from the file, the file's name (for
  * error messages). `--no-NAME` flags are passed on as `no-NAME` keys.
+ *
+ * The rules of `--map-allow` and `--map-deny` are one ordered list: `order`
+ * names each rule's flag in turn, as given on the command line (`tokens`
+ * of `parseArgs`) or, when the command line has none, in the file (its keys
+ * in order, each array in order). Rules on the command line replace the
+ * file's.
  */
 export async function mergeSettings(
   values: Record<string, unknown>,
-): Promise<{ raw: Record<string, unknown>; origins: Origins }> {
+  tokens: readonly { kind: string; name?: string }[] = [],
+): Promise<{ raw: Record<string, unknown>; origins: Origins; order: string[] }> {
   const path = typeof values.config === "string" ? values.config : null;
   const fromFile = path ? await readConfigFile(path) : {};
   const raw: Record<string, unknown> = { ...fromFile };
   const origins: Origins = {};
   for (const k of Object.keys(fromFile)) origins[k] = path!;
+  const cliRules = RULE_FLAGS.some((k) => values[k] !== undefined);
+  if (cliRules) {
+    for (const k of RULE_FLAGS) {
+      delete raw[k];
+      delete origins[k];
+    }
+  }
   for (const [k, v] of Object.entries(values)) {
     if (k === "config" || k === "help" || v === undefined) continue;
     raw[k] = v;
@@ -92,7 +109,15 @@ export async function mergeSettings(
     const other = k.startsWith("no-") ? k.slice(3) : `no-${k}`;
     if (other in raw && origins[other]) delete raw[other];
   }
-  return { raw, origins };
+  const order = cliRules
+    ? tokens.filter((t) => t.kind === "option" && RULE_FLAGS.includes(t.name ?? "")).map((t) =>
+      t.name!
+    )
+    : Object.keys(fromFile).filter((k) => RULE_FLAGS.includes(k)).flatMap((k) => {
+      const v = fromFile[k];
+      return Array(Array.isArray(v) ? v.length : 1).fill(k) as string[];
+    });
+  return { raw, origins, order };
 }
 
 /**
@@ -171,12 +196,12 @@ function runHelpCommand(args: string[]): number {
 }
 
 async function runServerCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parse("server", args, parseSpec(SERVER_FLAGS, true));
+  const { values, positionals, tokens } = parse("server", args, parseSpec(SERVER_FLAGS, true));
   if (values.help) return console.log(commandHelp("server")), 0;
   if (positionals.length) throw new UsageError(`Unexpected argument "${positionals[0]}"`, "server");
   const load = async () => {
-    const { raw, origins } = await mergeSettings(values);
-    return serverConfig(raw, origins);
+    const { raw, origins, order } = await mergeSettings(values, tokens);
+    return serverConfig(raw, origins, order);
   };
   const cfg = await load();
   setLevel(cfg.logLevel);

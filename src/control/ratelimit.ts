@@ -2,8 +2,14 @@
  * Per-source token buckets for the control listener (as in wireguard-go's
  * ratelimiter): each host may send `rate` requests per second with bursts of
  * `burst`. The clock is passed in, so tests control time. Idle buckets are
- * garbage-collected by `sweep(now)`, so a flood of spoofed sources cannot grow
- * the map without bound for long.
+ * garbage-collected by `sweep(now)`.
+ *
+ * The map of sources is bounded (`maxSources`) and fair under a flood of
+ * forged source addresses: when it is full, a new source takes the bucket
+ * of the source heard from least recently (the map is kept in
+ * least-recently-used order). A source whose bucket was taken starts again
+ * with a full one, so no host is ever refused because others filled the
+ * map; the flood costs each forged address its own bucket, nothing more.
  *
  * @module
  */
@@ -23,7 +29,7 @@ export class RateLimiter {
   /**
    * @param rate tokens per second per source
    * @param burst bucket size (default 2 × rate)
-   * @param maxSources sources tracked at most; beyond it new sources are refused until a sweep
+   * @param maxSources sources tracked at most; beyond it the least recently heard is forgotten
    */
   constructor(rate: number, burst = 2 * rate, maxSources = 65536) {
     this.#rate = rate;
@@ -35,14 +41,19 @@ export class RateLimiter {
   allow(src: number, now: number): boolean {
     let b = this.#buckets.get(src);
     if (!b) {
-      if (this.#buckets.size >= this.#maxSources) return false;
+      if (this.#buckets.size >= this.#maxSources) {
+        // Full: forget the least recently heard source (the map's first key).
+        this.#buckets.delete(this.#buckets.keys().next().value!);
+        this.evicted++;
+      }
       b = { tokens: this.#burst, last: now };
-      this.#buckets.set(src, b);
     } else {
       const dt = Math.max(0, now - b.last) / 1000;
       b.tokens = Math.min(this.#burst, b.tokens + dt * this.#rate);
       b.last = now;
+      this.#buckets.delete(src); // re-inserted below: the map stays in least-recently-used order
     }
+    this.#buckets.set(src, b);
     if (b.tokens < 1) return false;
     b.tokens -= 1;
     return true;
@@ -53,6 +64,9 @@ export class RateLimiter {
     const full = (this.#burst / this.#rate) * 1000;
     for (const [k, b] of this.#buckets) if (now - b.last > full) this.#buckets.delete(k);
   }
+
+  /** Sources forgotten because the map was full (a flood of sources, forged or not). */
+  evicted = 0;
 
   /** Number of sources tracked. */
   get size(): number {

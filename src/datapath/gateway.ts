@@ -9,7 +9,7 @@
  */
 
 import { PCP_PORT } from "../pcp/codec.ts";
-import { type Cidr, formatCidr, formatIPv4 } from "../wire/addr.ts";
+import { type Cidr, formatCidr, formatIPv4, prefixMask } from "../wire/addr.ts";
 import type { GatewayOptions } from "./datapath.ts";
 import { logger } from "../runtime/log.ts";
 import { Cleanup } from "../runtime/cleanup.ts";
@@ -57,21 +57,40 @@ export function controlPorts(cfg: GatewayOptions): number[] {
 }
 
 /**
- * The WAN never speaks as the LAN or as the pool (queue path, raw
- * PREROUTING, as iptables rules; the kernel path has the same in its nft
- * table's `antispoof` chain). The gateway's reverse-path filter is off
- * (rewritten packets carry its own addresses), so without these a packet
- * forged on the WAN side with a LAN host's source would reach a mapping's
- * host as if from inside, and one with a pool source could pass for a
- * hairpinned peer.
+ * The LAN prefix's network and broadcast addresses (none for a /31 or /32,
+ * RFC 3021): never a host's source.
  */
-export function wanAntiSpoofRules(cfg: GatewayOptions, lan: Cidr): string[][] {
+export function lanEdges(lan: Cidr): number[] {
+  return lan.len <= 30 ? [lan.addr, (lan.addr | ~prefixMask(lan.len)) >>> 0] : [];
+}
+
+/**
+ * Sources that cannot be, by interface (queue path, raw PREROUTING, as
+ * iptables rules; the kernel path has the same in its nft table's
+ * `antispoof` chain). The gateway needs `accept_local` and no strict
+ * reverse-path filter (docs/datapath.md, "Sysctls and sources"), so these rules do
+ * their work:
+ *
+ * - the WAN never speaks as the LAN or as the pool: a packet forged there
+ *   with a LAN host's source would reach a mapping's host as if from
+ *   inside, one with a pool source could pass for a hairpinned peer;
+ * - the LAN never speaks as the gateway: none of its local addresses
+ *   (`addrtype LOCAL`: G, the WAN's, the pool's when added), no pool
+ *   address (added or not), not the prefix's network or broadcast address.
+ *   Such a datagram to the PCP port would ask for a mapping "for G",
+ *   exposing the gateway's LAN-only services; sent onward, it would speak
+ *   as another host's public pair.
+ */
+export function antiSpoofRules(cfg: GatewayOptions, lan: Cidr): string[][] {
   const wan = cfg.wanIf!;
+  const lanIf = cfg.lanIf!;
+  const pool = poolRangeText(cfg.pool);
   return [
     ["-i", wan, "-s", formatCidr(lan), "-j", "DROP"],
-    ...poolRangeText(cfg.pool).map((
-      r,
-    ) => ["-i", wan, "-m", "iprange", "--src-range", r, "-j", "DROP"]),
+    ...pool.map((r) => ["-i", wan, "-m", "iprange", "--src-range", r, "-j", "DROP"]),
+    ["-i", lanIf, "-m", "addrtype", "--src-type", "LOCAL", "-j", "DROP"],
+    ...pool.map((r) => ["-i", lanIf, "-m", "iprange", "--src-range", r, "-j", "DROP"]),
+    ...lanEdges(lan).map((a) => ["-i", lanIf, "-s", `${formatIPv4(a)}/32`, "-j", "DROP"]),
   ];
 }
 

@@ -563,7 +563,7 @@ export class DriverCore {
     const now = this.now();
     this.#pollActivity(now);
     this.#releases.retry(now);
-    this.#mappings.expire(now);
+    this.#mappings.tick(now);
     if (this.#ownerOf && now >= this.#orphanCheckAt) {
       // Mappings made for unprivileged users last only while their socket holds the port.
       this.#orphanCheckAt = now + timers.ORPHAN_CHECK_MS;

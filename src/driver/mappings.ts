@@ -10,6 +10,15 @@
  * map are in `answers.ts`; the driver (`core.ts`) owns the instance, sends
  * its requests, and tells it of epoch changes.
  *
+ * A mapping made for an unprivileged user (`--socket-group`) lasts only
+ * while that user's socket holds the port (`revokeOrphans`), which only this
+ * driver can tell. So the server is never asked for more than a short
+ * lease ({@linkcode USER_LEASE}) for it, and the driver renews it (`tick`)
+ * while the user's socket holds the port, up to the lifetime the user asked
+ * for: a driver that stops or restarts (and so forgets the mapping) leaves
+ * it at the server for at most that short lease, never for the user's whole
+ * lifetime.
+ *
  * @module
  */
 
@@ -34,6 +43,13 @@ export interface HostMapping {
   /** Granted lease, s, and when it ends (ms). */
   lifetime: number;
   expiresAt: number;
+  /**
+   * When the server's lease ends (ms): `expiresAt`, except for a user's
+   * mapping, which the server holds for {@linkcode USER_LEASE} at a time.
+   */
+  leaseEnd: number;
+  /** The server's lease, s (the renewal comes at half of it). */
+  lease: number;
   /** What was asked: the suggested public port (0: any) and whether only it will do. */
   publicPort: number;
   exact: boolean;
@@ -48,6 +64,12 @@ export interface HostMapping {
 
 /** The default lease of `dpm map`, s (as natpmpc's). */
 export const DEFAULT_MAP_LIFETIME = 3600;
+
+/**
+ * The longest lease the server is asked for a mapping made for an
+ * unprivileged user, s: how long it can outlive a driver that forgot it.
+ */
+export const USER_LEASE = 120;
 
 /** What the mappings need from the driver. */
 export interface HostMappingsOptions {
@@ -98,9 +120,11 @@ export class HostMappings {
       return { result: "error", error: "This host's address toward the gateway is not known" };
     }
     const base = { proto: protoName(proto), local: `${formatIPv4(this.#local)}:${port}` };
+    // A user's mapping: a short lease at the server, renewed by tick() up to `lifetime`.
+    const ask = owner !== null && lifetime > 0 ? Math.min(lifetime, USER_LEASE) : lifetime;
     let res: Response;
     try {
-      res = await this.#ask(this.#mapRequest(proto, port, publicPort, exact, lifetime));
+      res = await this.#ask(this.#mapRequest(proto, port, publicPort, exact, ask));
     } catch (e) {
       return {
         result: "server-unreachable",
@@ -122,13 +146,18 @@ export class HostMappings {
       log.info(`mapping ${base.proto} ${base.local} refused: ${resultName(res.result)}`);
       return { result: resultName(res.result), ...base };
     }
+    // The lifetime the user gets: what was asked, unless the server granted less than the short lease.
+    const life = ask < lifetime && res.lifetime >= ask ? lifetime : res.lifetime;
+    const now = this.#now();
     const m: HostMapping = {
       proto,
       pa: port,
       r: res.publicAddr,
       p: res.publicPort,
-      lifetime: res.lifetime,
-      expiresAt: this.#now() + res.lifetime * 1000,
+      lifetime: life,
+      expiresAt: now + life * 1000,
+      leaseEnd: now + res.lifetime * 1000,
+      lease: res.lifetime,
       publicPort,
       exact,
       renewing: false,
@@ -169,10 +198,13 @@ export class HostMappings {
     for (const m of this.#maps.values()) this.#again(m);
   }
 
-  /** The mapping asked again for the rest of its lease. */
+  /** The mapping asked again for the rest of its lease (a user's: of its short lease at most). */
   #again(m: HostMapping): void {
     if (m.renewing) return;
-    const left = Math.ceil((m.expiresAt - this.#now()) / 1000);
+    const end = m.owner === null
+      ? m.expiresAt
+      : Math.min(m.expiresAt, this.#now() + USER_LEASE * 1000);
+    const left = Math.ceil((end - this.#now()) / 1000);
     if (left <= 0) return;
     m.renewing = true;
     // Ask for the public pair it had, so that whoever learned it can keep using it.
@@ -198,11 +230,29 @@ export class HostMappings {
       }
       m.r = res.publicAddr;
       m.p = res.publicPort;
-      m.lifetime = res.lifetime;
-      m.expiresAt = this.#now() + res.lifetime * 1000;
+      m.lease = res.lifetime;
+      m.leaseEnd = this.#now() + res.lifetime * 1000;
+      if (m.owner === null) {
+        m.lifetime = res.lifetime;
+        m.expiresAt = m.leaseEnd;
+      }
     }).catch(() => {
       m.renewing = false;
     });
+  }
+
+  /**
+   * The periodic work (from the driver's tick): forgets mappings whose
+   * lease ended, and renews the short server lease of each user's mapping
+   * at half of it, while the user's lifetime lasts.
+   */
+  tick(now: number): void {
+    this.expire(now);
+    for (const m of this.#maps.values()) {
+      if (m.owner === null || m.renewing || now >= m.expiresAt) continue;
+      if (now < m.leaseEnd - m.lease * 500) continue;
+      this.#again(m);
+    }
   }
 
   /**
@@ -241,9 +291,11 @@ export class HostMappings {
     });
   }
 
-  /** Forgets the mappings whose lease ended (from the driver's tick). */
+  /** Forgets the mappings whose lease (the user's, or the server's) ended. */
   expire(now: number): void {
-    for (const [k, m] of this.#maps) if (now >= m.expiresAt) this.#maps.delete(k);
+    for (const [k, m] of this.#maps) {
+      if (now >= m.expiresAt || now >= m.leaseEnd) this.#maps.delete(k);
+    }
   }
 
   /** How `dpm map` and `dpm status --driver` show a mapping. */

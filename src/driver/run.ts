@@ -43,7 +43,8 @@ export async function runDriver(
   const { stopped, stop } = untilStopped(undo, { reload: liveReload(log, cfg, reload) });
   try {
     if (cfg.intercept) undo.push(await lockRole("driver"));
-    await ensureSocketDir(cfg.socket); // the data path keeps its journal beside the socket
+    // The data path keeps its journal beside the socket.
+    await ensureSocketDir(cfg.socket, cfg.socketGroup !== null);
     const { lanPrefixToward, ephemeralRange, routeTo } = await import("../../linux/iface.ts");
     // The interface toward G carries every translated packet; the LAN is its prefix unless given.
     const { dev, src } = await routeTo(cfg.server);

@@ -3,7 +3,7 @@
  * line and one JSON response line per connection. `dpm status` talks to the
  * server's, `dpm query` to the driver's. The socket file is created mode 0600
  * (root or the socket's owner only) inside a directory made 0700 when dpm
- * creates it.
+ * creates it (0711 when the socket is open to a group: `ensureSocketDir`).
  *
  * A handler may answer with a {@linkcode LocalStream} instead (a whole table,
  * an event feed): the response is then newline-delimited JSON, a header
@@ -151,7 +151,7 @@ export async function serveLocal(
   const dir = path.slice(0, path.lastIndexOf("/")) || "/";
   // Resolved first: a bad group fails before anything is created.
   const gid = opts.group ? await groupId(opts.group) : null;
-  const dirMode = await ensureSocketDir(path);
+  const dirMode = await ensureSocketDir(path, gid !== null);
   if (gid !== null && (dirMode & 0o011) === 0) {
     throw new Error(
       `The socket's directory "${dir}" (mode ${
@@ -243,17 +243,21 @@ export async function serveLocal(
 
 /**
  * Makes the directory of socket `path` (and of the files a role keeps beside
- * it) when missing, mode 0755 like /run itself: the socket's own mode decides
- * who may connect. Returns the directory's mode.
+ * it: the sysctl journal) when missing: mode 0700, root's only, or 0711 for
+ * a socket open to a group (`group`), whose members must reach the socket
+ * by name but need not list the directory (the socket's own 0660 decides
+ * who may connect). An existing directory is left as it is. Returns the
+ * directory's mode.
  */
-export async function ensureSocketDir(path: string): Promise<number> {
+export async function ensureSocketDir(path: string, group = false): Promise<number> {
   const dir = path.slice(0, path.lastIndexOf("/")) || "/";
   try {
     return (await Deno.stat(dir)).mode ?? 0;
   } catch {
-    await Deno.mkdir(dir, { recursive: true, mode: 0o755 });
-    await Deno.chmod(dir, 0o755); // the umask may have taken bits away
-    return 0o755;
+    const mode = group ? 0o711 : 0o700;
+    await Deno.mkdir(dir, { recursive: true, mode });
+    await Deno.chmod(dir, mode); // the umask may have taken bits away
+    return mode;
   }
 }
 

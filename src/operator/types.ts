@@ -65,6 +65,11 @@ export interface SessionView {
   flags: string;
   packetsOut: number;
   packetsIn: number;
+  /**
+   * Who created the row: "dpm" (a driver, `dpm map`), "pcp", "natpmp", or
+   * "adopted" (restored without an owner: an older state file, the kernel's maps).
+   */
+  owner?: string;
   /** Bytes host -> remote and back (the kernel path adds conntrack's). */
   bytesOut?: number;
   bytesIn?: number;

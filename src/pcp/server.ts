@@ -13,23 +13,32 @@
  *   its packets reach the gateway addressed to the remote and inbound ones
  *   go back from the remote's own pair (`table.ts`, "Direct sessions"; a
  *   session a driver already holds stays the driver's).
- * - Checks, in order: the source is in the LAN prefix (else silence), the
+ * - Checks, in order: the source is a unicast LAN host and not the gateway
+ *   (`src/policy/hosts.ts`; else silence, counted in `notHost`), the
  *   datagram decodes, PCP's client address is the datagram's source
- *   (ADDRESS_MISMATCH), the host's request rate (the same limiter as dpm's
- *   protocol), the mapping nonce (PCP: a MAP or PEER created with a nonce is
- *   renewed or deleted only with the same nonce, else NOT_AUTHORIZED), then
- *   the table. Refusals that are not a verified host's own business are
- *   answered within the same per-source refusal budget as dpm's protocol.
+ *   (ADDRESS_MISMATCH), the host's request rate (a limiter of these two
+ *   protocols' own, `--pcp-rate-limit`, apart from dpm's protocol's), then
+ *   the mapping policy (`src/policy/mappings.ts`, the same as dpm's MAP):
+ *   ownership (PCP renews or deletes only what PCP made with the same nonce,
+ *   NAT-PMP only what NAT-PMP made; neither touches dpm's sessions and
+ *   mappings), the port rules, the gateway's own ports, the budgets
+ *   (`--pcp-max-per-host`, `--pcp-max-share`). Refusals that are not a
+ *   verified host's own business are answered within the same per-source
+ *   refusal budget as dpm's protocol.
+ * - Neither protocol can prove the source address (no cookie): docs/pcp.md,
+ *   "What a forger can still do", says what that leaves and bounds it.
  * - Epoch time: seconds since this server started, so a client sees a
  *   restart (RFC 6886 section 3.6, RFC 6887 section 8.5).
  *
  * @module
  */
 
-import { type Cidr, cidrContains, formatIPv4 } from "../wire/addr.ts";
+import { formatIPv4 } from "../wire/addr.ts";
 import type { RateLimiter } from "../control/ratelimit.ts";
 import { Result } from "../control/result.ts";
-import type { Grant, SessionTable } from "../table/table.ts";
+import { type Grant, Owner, type SessionTable } from "../table/table.ts";
+import type { LanHosts } from "../policy/hosts.ts";
+import type { MappingPolicy, Outcome } from "../policy/mappings.ts";
 import {
   decodeRequest,
   encodePcpResponse,
@@ -54,11 +63,13 @@ export const LONG_ERROR_LIFETIME = 1800;
 /** What the service needs from the server core. */
 export interface PcpContext {
   table: SessionTable;
-  /** LAN prefix: only its hosts are answered. Null: every source. */
-  lan: Cidr | null;
+  /** Only unicast LAN hosts, never the gateway, are answered. */
+  hosts: LanHosts;
+  /** Grants, renews and deletes mappings and PEER sessions (the same as dpm's MAP). */
+  policy: MappingPolicy;
   /** When the server's epoch began (ms): epoch time counts from it. */
   epochStart: () => number;
-  /** The host's request rate (shared with dpm's protocol). */
+  /** The host's request rate for these two protocols (their own, not dpm's protocol's). */
   limiter: RateLimiter;
   /** The per-source budget of refusals that are not a verified host's own business. */
   refusals: RateLimiter;
@@ -124,27 +135,14 @@ function errorLifetime(pcpResult: number): number {
     : LONG_ERROR_LIFETIME;
 }
 
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
-}
-
-const PROTO_NAME: Record<number, string> = { 6: "tcp", 17: "udp" };
-
 /** The PCP and NAT-PMP request handler (no sockets: tests call `handle` with bytes). */
 export class PcpService {
   readonly #c: PcpContext;
   /** Answers sent, by protocol and result code (for tests and status). */
   readonly pcpResults = new Float64Array(14);
   readonly natPmpResults = new Float64Array(6);
-  /**
-   * Per host, the mappings and peers this service made, with their PCP nonce
-   * (null: made by NAT-PMP, which has none): `proto/pa` (MAP) or
-   * `proto/pa/x/px` (PEER). Entries whose row left the table are dropped on
-   * use and by `sweep`.
-   */
-  readonly #owned = new Map<number, Map<string, Uint8Array | null>>();
+  /** Datagrams dropped unanswered because their source is not a LAN host (the gateway's own, ...). */
+  notHost = 0;
 
   constructor(ctx: PcpContext) {
     this.#c = ctx;
@@ -158,7 +156,12 @@ export class PcpService {
   /** Handles one datagram from `src` (host order); returns the reply or null. */
   handle(msg: Uint8Array, src: number, now: number): Uint8Array | null {
     const c = this.#c;
-    if (c.lan && !cidrContains(c.lan, src)) return null; // only the LAN side is served
+    if (!c.hosts.isHost(src)) {
+      // Only the LAN's own hosts are served: never the gateway's addresses (a
+      // forged source), the prefix's network or broadcast address, or outsiders.
+      this.notHost++;
+      return null;
+    }
     const epoch = this.epochTime(now);
     const d = decodeRequest(msg);
     if (!d.ok) {
@@ -194,38 +197,31 @@ export class PcpService {
       return natPmpAddressResponse(0, epoch, t.externalAddressOf(src));
     }
     if (!c.mapSupported()) return this.#natPmpAnswer(req, NatPmpResult.UNSUPP_OPCODE, epoch, 0, 0);
+    const who = { owner: Owner.NATPMP, a: src };
     if (req.lifetime === 0) {
-      // Delete one mapping, or (internal port 0) every mapping of the host for the protocol.
+      // Delete one mapping, or (internal port 0) every NAT-PMP mapping of the host for the protocol.
       if (req.internalPort === 0) {
-        for (const [k] of this.#mine(src)) {
-          const [proto, pa] = k.split("/").map(Number) as [number, number];
-          if (k.split("/").length === 2 && proto === req.proto) this.#unmap(src, proto, pa, now);
-        }
-      } else this.#unmap(src, req.proto, req.internalPort, now);
-      return this.#natPmpAnswer(req, NatPmpResult.SUCCESS, epoch, 0, 0);
+        c.policy.unmapAll(who, req.proto, now);
+        return this.#natPmpAnswer(req, NatPmpResult.SUCCESS, epoch, 0, 0);
+      }
+      const o = c.policy.unmap(who, req.proto, req.internalPort, now);
+      return this.#natPmpAnswer(req, natPmpResultOf(o.result), epoch, 0, 0);
     }
     if (req.internalPort === 0) {
       return this.#natPmpAnswer(req, NatPmpResult.NOT_AUTHORIZED, epoch, 0, 0);
     }
-    const g = t.map({
+    const o = c.policy.map(who, {
       proto: req.proto,
-      a: src,
       pa: req.internalPort,
       p: req.externalPort,
       r: 0,
       lifetime: req.lifetime,
+      exact: false,
     }, now);
-    if (g.result !== Result.OK) {
-      this.#refused(
-        `NAT-PMP map ${PROTO_NAME[req.proto]} ${formatIPv4(src)}:${req.internalPort}`,
-        g,
-      );
-      return this.#natPmpAnswer(req, natPmpResultOf(g.result), epoch, 0, 0);
+    if (o.result !== Result.OK) {
+      return this.#natPmpAnswer(req, natPmpResultOf(o.result), epoch, 0, 0);
     }
-    const mine = this.#mine(src);
-    const key = `${req.proto}/${req.internalPort}`;
-    if (!mine.has(key)) mine.set(key, null);
-    return this.#natPmpAnswer(req, NatPmpResult.SUCCESS, epoch, g.p, g.lifetime);
+    return this.#natPmpAnswer(req, NatPmpResult.SUCCESS, epoch, o.grant!.p, o.grant!.lifetime);
   }
 
   #natPmpAnswer(
@@ -253,8 +249,7 @@ export class PcpService {
     const err = (result: number, budgeted: boolean, why: string): Uint8Array | null => {
       if (budgeted && !c.refusals.allow(src, now)) return null;
       c.log(`refused a PCP ${opName(req.op)} from ${formatIPv4(src)}: ${why}`);
-      this.pcpResults[result]!++;
-      return pcpErrorResponse(msg, result, errorLifetime(result), epoch);
+      return this.#pcpError(msg, result, epoch);
     };
     if (req.clientV4 !== src) {
       return err(PcpResult.ADDRESS_MISMATCH, true, "client address is not the source");
@@ -272,17 +267,30 @@ export class PcpService {
     if (!c.mapSupported()) {
       return err(PcpResult.UNSUPP_OPCODE, false, "the data path forwards no mappings");
     }
+    const who = { owner: Owner.PCP, a: src, nonce: req.nonce.slice() };
+    const answer = (result: number, g: Grant | null, lifetime: number) => {
+      this.pcpResults[result]!++;
+      return encodePcpResponse({
+        op: req.op,
+        result,
+        lifetime,
+        epoch,
+        nonce: req.nonce,
+        proto: req.proto,
+        internalPort: req.internalPort,
+        externalPort: g ? g.p : req.externalPort,
+        externalAddr: g ? g.r : req.externalAddr,
+        remotePort: req.remotePort,
+        remoteAddr: req.remoteAddr ?? 0,
+        options: req.preferFailure
+          ? [{ code: PcpOption.PREFER_FAILURE, data: new Uint8Array(0) }]
+          : [],
+      });
+    };
     if (req.op === PcpOp.MAP && req.lifetime === 0 && req.internalPort === 0) {
-      // Delete all (RFC 6887 section 15): every mapping of this client for the
-      // protocol (0: every protocol) made with this nonce, or by NAT-PMP.
-      let n = 0;
-      for (const [k, stored] of this.#mine(src)) {
-        const f = k.split("/").map(Number);
-        if (f.length !== 2 || (req.proto !== 0 && f[0] !== req.proto)) continue;
-        if (stored && !sameBytes(stored, req.nonce)) continue;
-        this.#unmap(src, f[0]!, f[1]!, now);
-        n++;
-      }
+      // Delete all (RFC 6887 section 15): every PCP mapping of this client for the
+      // protocol (0: every protocol) made with this nonce.
+      const n = c.policy.unmapAll(who, req.proto, now);
       c.log(`PCP MAP delete-all from ${formatIPv4(src)}: ${n} mapping(s) deleted`);
       this.pcpResults[PcpResult.SUCCESS]!++;
       return encodePcpResponse({
@@ -303,113 +311,49 @@ export class PcpService {
     if (req.proto !== 6 && req.proto !== 17) {
       return err(PcpResult.UNSUPP_PROTOCOL, false, `protocol ${req.proto}`);
     }
-    const t = c.table;
-    const mine = this.#mine(src);
     const peer = req.op === PcpOp.PEER;
     const x = req.remoteAddr ?? 0;
-    const key = peer
-      ? `${req.proto}/${req.internalPort}/${x}/${req.remotePort}`
-      : `${req.proto}/${req.internalPort}`;
-    const row = peer
-      ? t.lookupIdentity(req.proto, src, req.internalPort, x, req.remotePort)
-      : t.lookupMapOf(req.proto, src, req.internalPort);
-    if (row < 0) mine.delete(key);
-    const stored = mine.get(key);
-    if (row >= 0 && stored && !sameBytes(stored, req.nonce)) {
-      return err(PcpResult.NOT_AUTHORIZED, false, "nonce does not match the mapping's");
-    }
-    const answer = (result: number, g: Grant | null, lifetime: number) => {
-      this.pcpResults[result]!++;
-      return encodePcpResponse({
-        op: req.op,
-        result,
-        lifetime,
-        epoch,
-        nonce: req.nonce,
-        proto: req.proto,
-        internalPort: req.internalPort,
-        externalPort: g ? g.p : req.externalPort,
-        externalAddr: g ? g.r : req.externalAddr,
-        remotePort: req.remotePort,
-        remoteAddr: x,
-        options: req.preferFailure
-          ? [{ code: PcpOption.PREFER_FAILURE, data: new Uint8Array(0) }]
-          : [],
-      });
-    };
+    let o: Outcome;
     if (req.lifetime === 0) {
-      if (row >= 0) {
-        if (peer) t.release(req.proto, src, req.internalPort, x, req.remotePort, now);
-        else t.release(req.proto, src, req.internalPort, 0, 0, now);
+      o = peer
+        ? c.policy.unpeer(
+          who,
+          { proto: req.proto, pa: req.internalPort, x, px: req.remotePort },
+          now,
+        )
+        : c.policy.unmap(who, req.proto, req.internalPort, now);
+      if (o.result === Result.OK) return answer(PcpResult.SUCCESS, null, 0);
+    } else {
+      if (peer && !c.remoteIsOutside(x)) {
+        return err(PcpResult.NOT_AUTHORIZED, false, `remote ${formatIPv4(x)} is not outside`);
       }
-      mine.delete(key);
-      return answer(PcpResult.SUCCESS, null, 0);
-    }
-    if (peer && !c.remoteIsOutside(x)) {
-      return err(PcpResult.NOT_AUTHORIZED, false, `remote ${formatIPv4(x)} is not outside`);
-    }
-    const g = peer
-      ? t.reserve({
-        proto: req.proto,
-        a: src,
-        pa: req.internalPort,
-        x,
-        px: req.remotePort,
-        replaceable: true,
-        lifetime: req.lifetime,
-        direct: true,
-      }, now)
-      : t.map({
-        proto: req.proto,
-        a: src,
-        pa: req.internalPort,
-        p: req.externalPort,
-        r: req.externalAddr,
-        lifetime: req.lifetime,
-        preferFailure: req.preferFailure,
-      }, now);
-    if (g.result !== Result.OK) {
-      this.#refused(
-        `PCP ${opName(req.op)} ${PROTO_NAME[req.proto]} ${formatIPv4(src)}:${req.internalPort}`,
-        g,
-      );
-      const r = pcpResultOf(g.result);
-      return err(r, false, `table: result ${g.result}`);
-    }
-    mine.set(key, req.nonce.slice());
-    return answer(PcpResult.SUCCESS, g, g.lifetime);
-  }
-
-  // ---------------------------------------------------------------- bookkeeping
-
-  #mine(a: number): Map<string, Uint8Array | null> {
-    let m = this.#owned.get(a);
-    if (!m) this.#owned.set(a, m = new Map());
-    return m;
-  }
-
-  #unmap(a: number, proto: number, pa: number, now: number): void {
-    this.#c.table.release(proto, a, pa, 0, 0, now);
-    this.#owned.get(a)?.delete(`${proto}/${pa}`);
-  }
-
-  #refused(what: string, g: Grant): void {
-    this.#c.log(`refused ${what}: table result ${g.result}`);
-  }
-
-  /** Forgets nonces of mappings and peers that left the table (call periodically). */
-  sweep(): void {
-    const t = this.#c.table;
-    for (const [a, m] of this.#owned) {
-      for (const k of m.keys()) {
-        const f = k.split("/").map(Number);
-        const row = f.length === 2
-          ? t.lookupMapOf(f[0]!, a, f[1]!)
-          : t.lookupIdentity(f[0]!, a, f[1]!, f[2]!, f[3]!);
-        if (row < 0) m.delete(k);
+      o = peer
+        ? c.policy.peer(who, {
+          proto: req.proto,
+          pa: req.internalPort,
+          x,
+          px: req.remotePort,
+          lifetime: req.lifetime,
+        }, now)
+        : c.policy.map(who, {
+          proto: req.proto,
+          pa: req.internalPort,
+          p: req.externalPort,
+          r: req.externalAddr,
+          lifetime: req.lifetime,
+          exact: req.preferFailure,
+        }, now);
+      if (o.result === Result.OK) {
+        return answer(PcpResult.SUCCESS, o.grant, o.grant!.lifetime);
       }
-      if (m.size === 0) this.#owned.delete(a);
     }
+    // The policy logged the refusal with its reason.
+    return this.#pcpError(msg, pcpResultOf(o.result), epoch);
+  }
+
+  #pcpError(msg: Uint8Array, result: number, epoch: number): Uint8Array | null {
+    this.pcpResults[result]!++;
+    return pcpErrorResponse(msg, result, errorLifetime(result), epoch);
   }
 }
 

@@ -4,10 +4,14 @@
  * Theory of operation. The server owns the public pool and the lookup table
  * (`table.ts`). Its control listener (UDP on the LAN address G, port 4750)
  * answers reserve / renew / release / map requests from drivers, after
- * checking that each request's internal address is the datagram's source
- * (claim 2), that the host holds a valid cookie, and that it is within its
- * request rate; PCP and NAT-PMP (UDP 5351, `pcp/server.ts`) share the table,
- * the source checks and the rate limits. Refusals are answered within a
+ * checking that the source is a unicast LAN host and not the gateway
+ * (`policy/hosts.ts`), that each request's internal address is the
+ * datagram's source (claim 2), that the host holds a valid cookie, and that
+ * it is within its request rate; PCP and NAT-PMP (UDP 5351,
+ * `pcp/server.ts`) share the table and the source check, with rate limits
+ * and budgets of their own. Every mapping, whichever protocol asks, is
+ * decided by one policy (`policy/mappings.ts`: ownership, port rules, the
+ * gateway's own ports, budgets). Refusals are answered within a
  * per-source budget and logged within a line budget. {@link ServerCore}
  * holds these decisions and composes the rest:
  *
@@ -45,7 +49,10 @@ import { LineBudget, RateLimiter } from "../control/ratelimit.ts";
 import { CookieMinter } from "../control/cookie.ts";
 import { Result, RESULT_COUNT, resultName } from "../control/result.ts";
 import { PcpService } from "../pcp/server.ts";
-import { type Grant, type SessionRecord, SessionTable } from "../table/table.ts";
+import { type Grant, Owner, type SessionRecord, SessionTable } from "../table/table.ts";
+import { LanHosts } from "../policy/hosts.ts";
+import { MappingPolicy } from "../policy/mappings.ts";
+import type { BoundPort } from "../policy/gateway_ports.ts";
 import { DROP_COUNT, IPPROTO_ICMP } from "../wire/packet.ts";
 import { protoName } from "../wire/meta.ts";
 import type { HostView, SessionEvent, SessionView, StatusReply } from "../operator/types.ts";
@@ -95,6 +102,8 @@ export class ServerCore {
   readonly #cfg: ServerConfig;
   readonly #lan: Cidr | null;
   readonly #limiter: RateLimiter;
+  /** PCP's and NAT-PMP's own per-host rate (`--pcp-rate-limit`). */
+  readonly #pcpLimiter: RateLimiter;
   readonly #refusals = new RateLimiter(REFUSAL_RATE, REFUSAL_BURST);
   readonly #cookies: CookieMinter;
   readonly #lines = new LineBudget(REFUSAL_LOG_LINES);
@@ -130,6 +139,9 @@ export class ServerCore {
       gatewayPortMin: cfg.gatewayPorts[0],
       gatewayPortMax: cfg.gatewayPorts[1],
       maxSessionsPerHost: cfg.maxSessionsPerHost,
+      // PCP and NAT-PMP (no cookie): a cap per host, and a share of each protocol's public pairs.
+      maxUnverifiedPerHost: cfg.pcpMaxPerHost,
+      maxUnverifiedPerProto: unverifiedShare(cfg),
       // --lifetime caps every lifetime; the RFC-respecting defaults apply below it.
       lifetimes: {
         max: cfg.lifetime,
@@ -140,14 +152,24 @@ export class ServerCore {
       },
     });
     this.#limiter = new RateLimiter(cfg.rateLimit);
+    this.#pcpLimiter = new RateLimiter(cfg.pcpRateLimit);
     this.#cookies = new CookieMinter(this.startedAt);
     this.#refusalLog = opts.refusalLog ?? ((line) => log.info(line));
-    // PCP and NAT-PMP (UDP 5351): the same table, source checks and rate limits.
+    this.hosts = new LanHosts({ lan: this.#lan, gateway: cfg.lanAddr, pool: cfg.pool });
+    this.policy = new MappingPolicy({
+      table: this.table,
+      rules: cfg.mapRules,
+      pool: cfg.pool,
+      log: (line) => this.#logRefusal(this.now(), line),
+      notice: (line) => log.warn(line),
+    });
+    // PCP and NAT-PMP (UDP 5351): the same table, source check and mapping policy.
     this.pcp = new PcpService({
       table: this.table,
-      lan: this.#lan,
+      hosts: this.hosts,
+      policy: this.policy,
       epochStart: () => this.#epochStart,
-      limiter: this.#limiter,
+      limiter: this.#pcpLimiter,
       refusals: this.#refusals,
       mapSupported: () => this.#forwardsMappings(),
       remoteIsOutside: (x) => this.#remoteIsOutside(x),
@@ -252,6 +274,37 @@ export class ServerCore {
 
   /** The PCP / NAT-PMP service (`src/pcp/server.ts`). */
   readonly pcp: PcpService;
+  /** Which sources are LAN hosts (every protocol's first check). */
+  readonly hosts: LanHosts;
+  /** The mapping decisions of every protocol (`src/policy/mappings.ts`). */
+  readonly policy: MappingPolicy;
+  /** Control datagrams dropped unanswered because their source is not a LAN host. */
+  notHost = 0;
+
+  /**
+   * What the gateway's kernel says now (`run.ts`, once a second, read in
+   * its namespace): its own addresses (`readLocalAddresses`), never a
+   * host's, and its TCP and UDP sockets, whose public ports no mapping
+   * takes; a mapping on a port the gateway has started to hold goes.
+   * Returns how many mappings went.
+   */
+  gatewayState(
+    local: ReadonlySet<number>,
+    tcp: Iterable<BoundPort>,
+    udp: Iterable<BoundPort>,
+  ): number {
+    this.hosts.setLocal(local);
+    return this.policy.gatewayListening(tcp, udp, this.now());
+  }
+
+  /**
+   * After a restore (`run.ts`): removes rows a current server would not
+   * have granted (a host that is not a LAN host; a mapping on a public port
+   * the rules refuse or the gateway holds). Returns how many went.
+   */
+  audit(): number {
+    return this.policy.audit((a) => this.hosts.isHost(a), this.now());
+  }
 
   /** Handles one PCP or NAT-PMP datagram (UDP 5351) from `src`; the reply or null. */
   handlePcp(msg: Uint8Array, src: number): Uint8Array | null {
@@ -264,10 +317,12 @@ export class ServerCore {
    */
   handleControl(msg: Uint8Array, src: number): Uint8Array | null {
     const now = this.now();
-    if (this.#lan && !cidrContains(this.#lan, src)) {
-      // Only the LAN side is served. Outsiders get no answer (nothing to
-      // reflect or amplify) and no rate-limit bucket (nothing to fill).
+    if (!this.hosts.isHost(src)) {
+      // Only the LAN's hosts are served: not outsiders (nothing to reflect or
+      // amplify, no rate-limit bucket to fill), not the gateway's own
+      // addresses or the prefix's network and broadcast (forged sources).
       this.results[Result.NOT_AUTHORIZED]!++;
+      this.notHost++;
       return null;
     }
     const d = decodeRequest(msg);
@@ -291,8 +346,11 @@ export class ServerCore {
     const req = d.req;
     let result: number;
     let grant: Grant | null = null;
+    // A refusal that is not a verified host's own business (answered within the refusal budget).
+    let unverified = false;
     if (req.internalAddr !== src) {
       result = Result.NOT_AUTHORIZED; // claim 2: a host speaks only for itself
+      unverified = true;
     } else if (!this.#cookies.valid(src, req.cookie, now)) {
       // Return routability: only the host at `src` gets the cookie this reply
       // carries, so a forged source changes nothing (docs/protocol.md, Cookies).
@@ -304,24 +362,24 @@ export class ServerCore {
       // As PCP and NAT-PMP answer on a data path that cannot carry mappings.
       result = Result.UNSUPPORTED_OPCODE;
     } else if (req.op === Op.MAP) {
-      // An inbound mapping for the host's own endpoint (`dpm map`), as PCP MAP.
+      // An inbound mapping for the host's own endpoint (`dpm map`), decided
+      // by the same policy as PCP MAP. The cookie proved the address: dpm's
+      // protocol may renew or delete any of the host's own mappings.
+      const who = { owner: Owner.DPM, a: req.internalAddr };
       if (req.lifetime === 0) {
         // Delete; idempotent (as PCP), so a retransmitted delete whose answer was lost is OK too.
-        if (this.table.lookupMapOf(req.proto, req.internalAddr, req.internalPort) >= 0) {
-          this.table.release(req.proto, req.internalAddr, req.internalPort, 0, 0, now);
-        }
-        result = Result.OK;
+        result = this.policy.unmap(who, req.proto, req.internalPort, now).result;
       } else {
-        grant = this.table.map({
+        const o = this.policy.map(who, {
           proto: req.proto,
-          a: req.internalAddr,
           pa: req.internalPort,
           p: req.remotePort,
           r: 0,
           lifetime: req.lifetime,
-          preferFailure: !req.replaceable,
+          exact: !req.replaceable,
         }, now);
-        result = grant.result;
+        result = o.result;
+        grant = o.grant;
       }
     } else if (!this.#remoteIsOutside(req.remoteAddr)) {
       result = Result.BAD_REMOTE;
@@ -362,7 +420,7 @@ export class ServerCore {
       this.#views.noteRefusal(src, result, request, now);
       // Refusals that are not a verified host's own business are answered
       // within a small per-source budget; the table's refusals always are.
-      const budgeted = result === Result.NOT_AUTHORIZED || result === Result.COOKIE_REQUIRED ||
+      const budgeted = unverified || result === Result.COOKIE_REQUIRED ||
         result === Result.RATE_LIMITED;
       const answer = !budgeted || this.#refusals.allow(src, now);
       // A cookie-less first request answered with the cookie is the normal handshake.
@@ -488,9 +546,9 @@ export class ServerCore {
   sweepRateLimits(): void {
     const now = this.now();
     this.#limiter.sweep(now);
+    this.#pcpLimiter.sweep(now);
     this.#refusals.sweep(now);
     this.#flushRefusalLog(now);
-    this.pcp.sweep();
   }
 
   /**
@@ -570,6 +628,18 @@ export class ServerCore {
   get viewBytes(): number {
     return this.#views.viewBytes;
   }
+}
+
+/**
+ * The most rows PCP and NAT-PMP may hold per IP protocol, all hosts
+ * together: `--pcp-max-share` percent of the pool's public pairs
+ * (addresses times replacement ports).
+ */
+export function unverifiedShare(
+  cfg: Pick<ServerConfig, "pool" | "portRange" | "pcpMaxShare">,
+): number {
+  const pairs = cfg.pool.length * (cfg.portRange[1] - cfg.portRange[0] + 1);
+  return Math.floor((pairs * cfg.pcpMaxShare) / 100);
 }
 
 function opName(req: Request): string {

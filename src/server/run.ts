@@ -142,6 +142,21 @@ export async function runServer(
       renewEpochIfDropped(core, drops, saved !== null);
       log.info("data path off (no --lan-if/--wan-if): control plane only");
     }
+    // The gateway's own addresses and sockets, now and once a second: no
+    // host speaks as the gateway, no mapping takes a port the gateway holds.
+    const { boundIPv4, readLocalAddresses, readProcNet } = await import("../../linux/procnet.ts");
+    const gatewayState = () =>
+      core.gatewayState(
+        readLocalAddresses(),
+        boundIPv4(readProcNet("tcp")),
+        boundIPv4(readProcNet("udp")),
+      );
+    gatewayState();
+    const audited = core.audit();
+    if (audited) {
+      log.warn(`removed ${audited} restored row(s) the mapping policy refuses now`);
+      core.commit(); // out of the kernel's maps before anything is served
+    }
     if (store) {
       // The file now holds the table as restored; from here on every change
       // is written in the turn's transaction, committed before the replies.
@@ -174,6 +189,13 @@ export async function runServer(
       core.sweepRateLimits();
       if (n) log.debug(`expired ${n} session(s)`);
     }, 250));
+    timers.push(setInterval(() => {
+      try {
+        gatewayState();
+      } catch (e) {
+        log.warn(`reading the gateway's addresses and sockets: ${(e as Error).message}`);
+      }
+    }, 1000));
     if (store) timers.push(setInterval(() => store.maintain(), 60_000));
     log.info("ready");
     notify(`READY=1\nSTATUS=server ready`);

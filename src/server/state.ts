@@ -16,6 +16,13 @@
  * power cut may lose the last commits before the next checkpoint.
  * Packet counters are written at a clean stop only.
  *
+ * Each row keeps who created it (dpm's protocol, PCP with its nonce,
+ * NAT-PMP; `Owner` in the table), so that after a restart PCP and NAT-PMP
+ * still renew and delete only their own. Rows of a file written before
+ * owners were kept come back ADOPTED. The file, its WAL and its shared
+ * memory file list every host's peers: they are created mode 0600 (and an
+ * existing file is made 0600), whatever the umask.
+ *
  * At start the rows are restored into the table one by one; a row that
  * cannot be restored is dropped for a reason (expired, its public address no
  * longer in the pool, a clash with a session restored before it, malformed),
@@ -39,7 +46,13 @@ import { describeSession as describeTuple } from "../wire/meta.ts";
 import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { setImmediate } from "node:timers";
 import { Result } from "../control/result.ts";
-import type { SessionRecord, SessionTable } from "../table/table.ts";
+import {
+  NONCE_LEN,
+  Owner,
+  OWNER_NAMES,
+  type SessionRecord,
+  type SessionTable,
+} from "../table/table.ts";
 import { logger } from "../runtime/log.ts";
 
 const log = logger("server");
@@ -196,6 +209,20 @@ export function restoreRecord(
 
 // ------------------------------------------------------------------ the store
 
+/** A row's PCP nonce as stored (24 hex digits), or null. */
+function nonceText(t: SessionTable, s: number): string | null {
+  if (t.owner(s) !== Owner.PCP) return null;
+  return Array.from(t.nonceOf(s), (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+/** The owner columns as record fields (none: an ADOPTED row, as written before schema 3). */
+function ownerFields(owner: unknown, nonce: unknown): Pick<SessionRecord, "owner" | "nonce"> {
+  const o = Number(owner);
+  if (!Number.isInteger(o) || o <= Owner.ADOPTED || o >= OWNER_NAMES.length) return {};
+  const n = typeof nonce === "string" && nonce.length === NONCE_LEN * 2 ? { nonce } : {};
+  return { owner: OWNER_NAMES[o]!, ...(o === Owner.PCP ? n : {}) };
+}
+
 /** A session row as read back, with its row id. */
 export type StoredRecord = SessionRecord & { id?: number };
 
@@ -210,10 +237,34 @@ export interface SavedState {
 }
 
 const SQLITE_MAGIC = "SQLite format 3\0";
+/**
+ * 2. The owner and nonce columns were added to it later: an older dpm reads
+ * the file as before (its rows' owners are lost on its writes, and come back
+ * ADOPTED).
+ */
 const SCHEMA_VERSION = 2;
 
 const COLUMNS =
-  "proto, a, pa, x, px, r, p, pg, expires_at, lifetime, replaceable, shared, packets_out, packets_in";
+  "proto, a, pa, x, px, r, p, pg, expires_at, lifetime, replaceable, shared, packets_out, packets_in, owner, nonce";
+
+/**
+ * Creates `path` mode 0600 when absent, and makes it and its WAL and shared
+ * memory files 0600 when present (SQLite gives those the database file's mode).
+ */
+function makePrivate(path: string): void {
+  try {
+    Deno.openSync(path, { write: true, createNew: true, mode: 0o600 }).close();
+  } catch (e) {
+    if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
+  }
+  for (const f of [path, `${path}-wal`, `${path}-shm`]) {
+    try {
+      Deno.chmodSync(f, 0o600);
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+  }
+}
 
 /**
  * Checks that a state file can be kept at `path`: its directory exists and
@@ -329,6 +380,7 @@ export class StateStore {
   #openDb(existing: boolean): SavedState | null {
     let db: DatabaseSync;
     try {
+      makePrivate(this.path);
       db = new DatabaseSync(this.path);
     } catch (e) {
       throw new Error(`Cannot open state file "${this.path}": ${(e as Error).message}`);
@@ -343,8 +395,14 @@ export class StateStore {
         "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;" +
           "CREATE TABLE IF NOT EXISTS sessions (id INTEGER PRIMARY KEY, proto INT, a INT, " +
           "pa INT, x INT, px INT, r INT, p INT, pg INT, expires_at INT, lifetime INT, " +
-          "replaceable INT, shared INT, packets_out INT, packets_in INT);",
+          "replaceable INT, shared INT, packets_out INT, packets_in INT, owner INT, nonce TEXT);",
       );
+      // A file of schema 2 gains the owner columns (its rows come back ADOPTED).
+      const cols = new Set(
+        (db.prepare("PRAGMA table_info(sessions)").all() as { name: string }[]).map((c) => c.name),
+      );
+      if (!cols.has("owner")) db.exec("ALTER TABLE sessions ADD COLUMN owner INT");
+      if (!cols.has("nonce")) db.exec("ALTER TABLE sessions ADD COLUMN nonce TEXT");
       const meta = new Map<string, unknown>(
         (db.prepare("SELECT k, v FROM meta").all() as { k: string; v: unknown }[]).map((
           r,
@@ -389,6 +447,7 @@ export class StateStore {
           ...((Number(row.shared) & 2) !== 0 ? { direct: true } : {}),
           packetsOut: row.packets_out ?? 0,
           packetsIn: row.packets_in ?? 0,
+          ...ownerFields(row.owner, row.nonce),
         };
         return rec as StoredRecord;
       });
@@ -413,10 +472,13 @@ export class StateStore {
   #prepare(): void {
     const db = this.#db!;
     this.#insert = db.prepare(
-      `INSERT OR REPLACE INTO sessions (id, ${COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+      `INSERT OR REPLACE INTO sessions (id, ${COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
     );
     this.#delete = db.prepare("DELETE FROM sessions WHERE id = ?");
-    this.#renew = db.prepare("UPDATE sessions SET expires_at = ?, lifetime = ? WHERE id = ?");
+    // A renewal may also have claimed an ADOPTED row for its protocol (src/policy/mappings.ts).
+    this.#renew = db.prepare(
+      "UPDATE sessions SET expires_at = ?, lifetime = ?, owner = ?, nonce = ? WHERE id = ?",
+    );
   }
 
   /**
@@ -462,11 +524,13 @@ export class StateStore {
   #migrate(): void {
     const tmp = `${this.path}.tmp-${Deno.pid}`;
     Deno.copyFileSync(this.path, `${this.path}.v1.json`);
+    Deno.chmodSync(`${this.path}.v1.json`, 0o600);
     for (const f of [tmp, `${tmp}-wal`, `${this.path}-wal`, `${this.path}-shm`]) {
       try {
         Deno.removeSync(f);
       } catch { /* absent */ }
     }
+    makePrivate(tmp);
     new DatabaseSync(tmp).close();
     Deno.renameSync(tmp, this.path);
     this.#openDb(false);
@@ -494,7 +558,18 @@ export class StateStore {
       renewed: (s) => {
         if (!table.isLive(s) || this.#fresh.has(s)) return;
         const id = this.#ids[s] ?? 0;
-        if (id) this.#change(() => this.#renew.run(table.expiresAt(s), table.lifetime(s), id));
+        // A renewal may also have claimed an ADOPTED row for its protocol (src/policy/mappings.ts).
+        if (id) {
+          this.#change(() =>
+            this.#renew.run(
+              table.expiresAt(s),
+              table.lifetime(s),
+              table.owner(s),
+              nonceText(table, s),
+              id,
+            )
+          );
+        }
       },
       removed: (s) => {
         const id = this.#ids[s] ?? 0;
@@ -615,6 +690,8 @@ export class StateStore {
       (t.shared(s) ? 1 : 0) | (t.direct(s) ? 2 : 0),
       t.packetsOut(s),
       t.packetsIn(s),
+      t.owner(s),
+      nonceText(t, s),
     );
   }
 

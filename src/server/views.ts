@@ -18,7 +18,7 @@ import { formatIPv4 } from "../wire/addr.ts";
 import type { ServerConfig } from "../config.ts";
 import { logger } from "../runtime/log.ts";
 import { Result, RESULT_COUNT, resultName } from "../control/result.ts";
-import type { SessionRecord, SessionTable } from "../table/table.ts";
+import { OWNER_NAMES, type SessionRecord, type SessionTable } from "../table/table.ts";
 import { DROP_COUNT, DROP_NAMES, IPPROTO_ICMP } from "../wire/packet.ts";
 import { protoName } from "../wire/meta.ts";
 import { VERSION } from "../version.ts";
@@ -338,6 +338,7 @@ export class ServerViews {
       packetsIn: t.packetsIn(s),
       bytesOut: this.#bytesOut[s] ?? 0,
       bytesIn: this.#bytesIn[s] ?? 0,
+      owner: OWNER_NAMES[t.owner(s)],
     };
     const c = counters?.get(gatewayKey(t.proto(s), t.a(s), t.pg(s)));
     if (c) {
@@ -371,5 +372,6 @@ export function sessionView(r: SessionRecord, now: number): SessionView {
     flags: [r.replaced ? "replaced" : "", r.shared ? "shared" : ""].filter(Boolean).join(","),
     packetsOut: r.packetsOut,
     packetsIn: r.packetsIn,
+    owner: r.owner ?? "adopted",
   };
 }

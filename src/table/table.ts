@@ -126,6 +126,25 @@
  * is created: a PEER for a session a driver already holds leaves it a driver
  * session.
  *
+ * ## Owners
+ *
+ * Every row records who created it (`owner(s)`, {@link Owner}): dpm's own
+ * protocol (a driver's RESERVE or `dpm map`, proven by the cookie), PCP
+ * (with its 12-byte mapping nonce, kept in the row: RFC 6887 section 11.3)
+ * or NAT-PMP; rows restored without one (an older state file, the kernel's
+ * maps adopted without a state file) are ADOPTED. The table only stores the
+ * owner; who may renew or delete a row is decided by `src/policy/`.
+ *
+ * Rows of the protocols that cannot prove the host's address (PCP and
+ * NAT-PMP: no cookie, so a LAN host can forge another's source) are
+ * *unverified* and have budgets of their own, apart from the host's quota
+ * (`maxSessionsPerHost` counts only the other rows):
+ * `maxUnverifiedPerHost` rows per host (QUOTA_EXCEEDED), and
+ * `maxUnverifiedPerProto` rows per protocol over all hosts (NO_RESOURCES),
+ * so that forged requests can hold only a bounded share of the pool. A
+ * host's unverified rows are also chained (`unverifiedRows(a)`), so that a
+ * "delete all" walks only them.
+ *
  * ## Lifetimes and expiry
  *
  * Lifetimes are leases in seconds. Defaults honour the RFC minima for idle
@@ -175,6 +194,44 @@ const F_MAP = 16;
  */
 const F_DIRECT = 32;
 
+/**
+ * Who created a row (see "Owners" in the module documentation). Numbers are
+ * stored in the table and the state file: only ever appended.
+ */
+export const Owner = {
+  /** Restored without an owner (an older state file, adopted from the kernel's maps). */
+  ADOPTED: 0,
+  /** dpm's own protocol: a driver's RESERVE, or `dpm map` (the cookie proves the address). */
+  DPM: 1,
+  /** PCP MAP or PEER, with its nonce. */
+  PCP: 2,
+  /** NAT-PMP map. */
+  NATPMP: 3,
+} as const;
+/** One of {@linkcode Owner}. */
+export type OwnerKind = (typeof Owner)[keyof typeof Owner];
+/** The owners' names, by number (status, state file, logs). */
+export const OWNER_NAMES = ["adopted", "dpm", "pcp", "natpmp"] as const;
+/** An owner's name. */
+export type OwnerName = (typeof OWNER_NAMES)[number];
+
+/** The owner whose name is `name`, or null. */
+export function ownerByName(name: string): OwnerKind | null {
+  const i = (OWNER_NAMES as readonly string[]).indexOf(name);
+  return i < 0 ? null : i as OwnerKind;
+}
+
+/**
+ * True for owners whose protocol cannot prove the host's address (no
+ * cookie): their rows count against the unverified budgets.
+ */
+export function isUnverified(owner: number): boolean {
+  return owner === Owner.PCP || owner === Owner.NATPMP;
+}
+
+/** Bytes of a PCP mapping nonce. */
+export const NONCE_LEN = 12;
+
 /** Pool addresses tried for port preservation by a replaceable request. */
 const PRESERVE_TRIES_REPLACEABLE = 4;
 /** Random probes before a replacement-port search falls back to a scan. */
@@ -183,8 +240,11 @@ const RANDOM_PORT_TRIES = 64;
 const RANDOM_PORT_HOME_TRIES = 16;
 /** Random probes for a free Pg before scanning the range. */
 const RANDOM_PG_TRIES = 32;
-/** Counters per host in the hosts map: total, icmp, tcp, udp, paired pool index, sessions on it. */
-const HS = 6;
+/**
+ * Counters per host in the hosts map: total, icmp, tcp, udp, paired pool
+ * index, sessions on it, unverified rows, first unverified row + 1 (0: none).
+ */
+const HS = 8;
 
 /** Lease lengths in seconds. */
 export interface Lifetimes {
@@ -212,8 +272,18 @@ export interface TableOptions {
   gatewayPortMin?: number;
   /** Highest gateway LAN-side port (Pg). @default 65535 */
   gatewayPortMax?: number;
-  /** Sessions one internal address may hold, all protocols together. @default 4096 */
+  /**
+   * Rows one internal address may hold, all protocols together, not
+   * counting unverified ones (PCP, NAT-PMP). @default 4096
+   */
   maxSessionsPerHost?: number;
+  /** Unverified rows (PCP, NAT-PMP) one internal address may hold. @default 64 */
+  maxUnverifiedPerHost?: number;
+  /**
+   * Unverified rows per IP protocol over all hosts (a share of the pool's
+   * pairs: `src/policy/`). @default no limit
+   */
+  maxUnverifiedPerProto?: number;
   /** Lease lengths. */
   lifetimes?: Lifetimes;
   /** Uniform random numbers in [0, 1); injectable for tests. @default Math.random */
@@ -259,6 +329,10 @@ export interface ReserveRequest {
    * created (an idempotent repeat keeps the row as it was).
    */
   direct?: boolean;
+  /** Who asks (kept in a new row; decides its budget). @default Owner.DPM */
+  owner?: OwnerKind;
+  /** PCP's mapping nonce ({@linkcode NONCE_LEN} bytes), kept in a new row. */
+  nonce?: Uint8Array;
 }
 
 /** The answer to reserve and renew. */
@@ -321,6 +395,10 @@ export interface SessionRecord {
   map?: boolean;
   /** A direct session (`ReserveRequest.direct`: PCP PEER from a host without a driver). */
   direct?: boolean;
+  /** Who created it; "adopted" when absent. */
+  owner?: OwnerName;
+  /** PCP's mapping nonce, 24 hex digits (PCP rows only). */
+  nonce?: string;
 }
 
 /** An inbound mapping request (PCP MAP, NAT-PMP map). */
@@ -339,10 +417,47 @@ export interface MapRequest {
   lifetime: number;
   /** Only the suggested pair will do (PCP PREFER_FAILURE): else CONFLICT. */
   preferFailure?: boolean;
+  /** Who asks (kept in a new row; decides its budget). @default Owner.DPM */
+  owner?: OwnerKind;
+  /** PCP's mapping nonce ({@linkcode NONCE_LEN} bytes), kept in a new row. */
+  nonce?: Uint8Array;
+  /**
+   * The public ports a new mapping may take (the port policy,
+   * `src/policy/`): every pair the allocator considers, the suggested one
+   * included, must be inside `ranges` and `usable`. Absent: any port.
+   */
+  ports?: PortFilter;
+}
+
+/** Which public pairs a new mapping may take (`MapRequest.ports`). */
+export interface PortFilter {
+  /** Allowed public ports, as sorted, disjoint, inclusive ranges. */
+  ranges: readonly (readonly [number, number])[];
+  /** False for a pair that must not be taken (a gateway socket holds it, say). */
+  usable(r: number, p: number): boolean;
 }
 
 function failure(result: number): Grant {
   return { result, session: -1, r: 0, p: 0, pg: 0, lifetime: 0, replaced: false, shared: false };
+}
+
+/** `p` lies in one of the sorted, disjoint, inclusive `ranges`. */
+export function inRanges(ranges: readonly (readonly [number, number])[], p: number): boolean {
+  for (const [lo, hi] of ranges) {
+    if (p < lo) return false;
+    if (p <= hi) return true;
+  }
+  return false;
+}
+
+function hexOf(b: Uint8Array): string {
+  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+/** 24 hex digits as a nonce's bytes, or null. */
+function bytesOfHex(h: string): Uint8Array | null {
+  if (typeof h !== "string" || !/^[0-9a-fA-F]{24}$/.test(h)) return null;
+  return Uint8Array.from({ length: NONCE_LEN }, (_, i) => parseInt(h.slice(i * 2, i * 2 + 2), 16));
 }
 
 function checkInt(name: string, v: number, lo: number, hi: number): number {
@@ -410,6 +525,8 @@ export class SessionTable {
   readonly #pgMin: number;
   readonly #pgMax: number;
   readonly #maxPerHost: number;
+  readonly #maxUnverifiedPerHost: number;
+  readonly #maxUnverifiedPerProto: number;
   readonly #defaults: [number, number, number];
   readonly #lifeMin: number;
   readonly #lifeMax: number;
@@ -440,6 +557,12 @@ export class SessionTable {
   #in = new Float64Array(0);
   #gnext = new Int32Array(0); // endpoint list, and the free list
   #gprev = new Int32Array(0);
+  #owner = new Uint8Array(0); // Owner
+  #nonce = new Uint32Array(0); // PCP nonce, NONCE_LEN / 4 words per slot
+  #onext = new Int32Array(0); // the host's unverified rows
+  #oprev = new Int32Array(0);
+  /** Unverified rows per protocol index (icmp, tcp, udp), all hosts. */
+  readonly #unverified: [number, number, number] = [0, 0, 0];
 
   // ---- indexes ----
   readonly #lan: SlotIndex;
@@ -486,6 +609,15 @@ export class SessionTable {
     this.#pgMin = checkInt("gatewayPortMin", opts.gatewayPortMin ?? 61000, 1, 65535);
     this.#pgMax = checkInt("gatewayPortMax", opts.gatewayPortMax ?? 65535, this.#pgMin, 65535);
     this.#maxPerHost = checkInt("maxSessionsPerHost", opts.maxSessionsPerHost ?? 4096, 1, 2 ** 31);
+    this.#maxUnverifiedPerHost = checkInt(
+      "maxUnverifiedPerHost",
+      opts.maxUnverifiedPerHost ?? 64,
+      0,
+      2 ** 31,
+    );
+    this.#maxUnverifiedPerProto = opts.maxUnverifiedPerProto === undefined
+      ? Infinity
+      : checkInt("maxUnverifiedPerProto", opts.maxUnverifiedPerProto, 0, 2 ** 32);
     const l = opts.lifetimes ?? {};
     this.#lifeMax = checkInt("lifetimes.max", l.max ?? 86400, 1, 2 ** 31);
     this.#lifeMin = checkInt("lifetimes.min", l.min ?? 30, 1, this.#lifeMax);
@@ -694,6 +826,38 @@ export class SessionTable {
     return this.#in[s]!;
   }
 
+  /** Who created slot `s` ({@linkcode Owner}). */
+  owner(s: number): OwnerKind {
+    return this.#owner[s]! as OwnerKind;
+  }
+  /** Slot `s` was created with PCP nonce `nonce` (12 bytes). */
+  nonceIs(s: number, nonce: Uint8Array): boolean {
+    if (nonce.length !== NONCE_LEN) return false;
+    const v = new DataView(nonce.buffer, nonce.byteOffset, NONCE_LEN);
+    const w = s * (NONCE_LEN / 4);
+    return this.#nonce[w] === v.getUint32(0) && this.#nonce[w + 1] === v.getUint32(4) &&
+      this.#nonce[w + 2] === v.getUint32(8);
+  }
+  /** The PCP nonce of slot `s` (zeros when it has none). */
+  nonceOf(s: number): Uint8Array {
+    const out = new Uint8Array(NONCE_LEN);
+    const v = new DataView(out.buffer);
+    for (let k = 0; k < NONCE_LEN / 4; k++) v.setUint32(k * 4, this.#nonce[s * 3 + k]!);
+    return out;
+  }
+  /**
+   * Gives live slot `s` a new owner (and nonce): an ADOPTED row that a
+   * protocol speaks for again (`src/policy/`). Keeps the budgets exact.
+   */
+  claim(s: number, owner: OwnerKind, nonce?: Uint8Array): void {
+    const a = this.#a[s]!;
+    const was = isUnverified(this.#owner[s]!);
+    if (was) this.#unlinkUnverified(s, a);
+    this.#owner[s] = owner;
+    this.#setNonce(s, nonce);
+    if (isUnverified(owner)) this.#linkUnverified(s, a);
+  }
+
   /** Counts one packet on slot `s`. */
   count(s: number, outbound: boolean): void {
     if (outbound) this.#out[s]!++;
@@ -720,6 +884,30 @@ export class SessionTable {
   /** Sessions held by internal address `a`, all protocols. */
   sessionsOf(a: number): number {
     return this.#hosts.get(a, 0);
+  }
+
+  /** Unverified rows (PCP, NAT-PMP) held by internal address `a`. */
+  unverifiedOf(a: number): number {
+    const hb = this.#hosts.find(a);
+    return hb < 0 ? 0 : this.#hosts.vals[hb * HS + 6]!;
+  }
+
+  /** Unverified rows of IP protocol `proto`, all hosts. */
+  unverifiedCount(proto: number): number {
+    const pi = protoIndex(proto);
+    return pi < 0 ? 0 : this.#unverified[pi]!;
+  }
+
+  /**
+   * The slots of host `a`'s unverified rows (PCP, NAT-PMP), newest first,
+   * as an array (so the caller may release them while walking it).
+   */
+  unverifiedRows(a: number): number[] {
+    const hb = this.#hosts.find(a);
+    const out: number[] = [];
+    if (hb < 0) return out;
+    for (let s = this.#hosts.vals[hb * HS + 7]! - 1; s >= 0; s = this.#onext[s]!) out.push(s);
+    return out;
   }
 
   /** Number of sessions sending from (proto, R, p); 0 when unused or not a pool address. */
@@ -751,7 +939,7 @@ export class SessionTable {
   /** Bytes held by the table's typed arrays (not counting the JS objects around them). */
   get bytes(): number {
     let n = this.#cap *
-      (1 + 1 + 4 + 2 + 4 + 2 + 4 + 2 + 2 + 2 + 8 + 4 + 8 + 8 + 4 + 4);
+      (1 + 1 + 4 + 2 + 4 + 2 + 4 + 2 + 2 + 2 + 8 + 4 + 8 + 8 + 4 + 4 + 1 + NONCE_LEN + 4 + 4);
     n += this.#lan.bytes + this.#pub.bytes + this.#id.bytes + this.#ep.bytes;
     for (const u of this.#portUse) n += u.bytes;
     for (const u of this.#held) n += u.bytes;
@@ -793,11 +981,13 @@ export class SessionTable {
     }
 
     // 2. Quota and Pg room; the host's paired address, if it holds sessions.
+    const owner = req.owner ?? Owner.DPM;
+    const quota = this.#quota(a, pi, owner);
+    if (quota !== Result.OK) return failure(quota);
     const hb = this.#hosts.find(a);
     let pair = -1;
     if (hb >= 0) {
       const hv = this.#hosts.vals;
-      if (hv[hb * HS]! >= this.#maxPerHost) return failure(Result.QUOTA_EXCEEDED);
       if (hv[hb * HS + 1 + pi]! >= this.#pgMax - this.#pgMin + 1) {
         return failure(Result.NO_RESOURCES);
       }
@@ -877,7 +1067,23 @@ export class SessionTable {
     const pg = this.#freeGatewayPort(proto, a);
     if (pg < 0) return failure(Result.NO_RESOURCES);
 
-    const s = this.#insert(proto, a, pa, x, px, ri, p, pg, flags, now + life * 1000, life, 0, 0);
+    const s = this.#insert(
+      proto,
+      a,
+      pa,
+      x,
+      px,
+      ri,
+      p,
+      pg,
+      flags,
+      now + life * 1000,
+      life,
+      0,
+      0,
+      owner,
+      req.nonce,
+    );
     return this.#grant(s);
   }
 
@@ -955,11 +1161,13 @@ export class SessionTable {
       this.#renewed(held);
       return this.#grant(held);
     }
+    const owner = req.owner ?? Owner.DPM;
+    const quota = this.#quota(a, pi, owner);
+    if (quota !== Result.OK) return failure(quota);
     const hb = this.#hosts.find(a);
     let pair = -1;
     if (hb >= 0) {
       const hv = this.#hosts.vals;
-      if (hv[hb * HS]! >= this.#maxPerHost) return failure(Result.QUOTA_EXCEEDED);
       if (this.#paired && hv[hb * HS + 5]! > 0) pair = hv[hb * HS + 4]!;
     }
     const P = this.#pool.length;
@@ -978,12 +1186,16 @@ export class SessionTable {
     let ri = -1;
     let p = 0;
     const want = req.p || pa;
+    const f = req.ports;
+    // The port policy's verdict on a pair (every pair considered below passes it).
+    const allowed = (i: number, port: number) =>
+      !f || (inRanges(f.ranges, port) && f.usable(this.#pool[i]!, port));
     if (req.preferFailure) {
       // Exactly the suggestion (any address of the considered ones when none was named;
       // a named address only: RFC 6887 section 13.2).
       if (req.r && (sugg < 0 || (pair >= 0 && sugg !== pair))) return failure(Result.CONFLICT);
       for (const i of req.r ? [sugg] : order) {
-        if (this.#ownable(pi, i, want, a, pa)) {
+        if (allowed(i, want) && this.#ownable(pi, i, want, a, pa)) {
           ri = i;
           p = want;
           break;
@@ -993,7 +1205,7 @@ export class SessionTable {
     } else {
       // 1. The suggested (or internal) port. 2. The endpoint's current pair.
       for (const i of order.slice(0, 8)) {
-        if (this.#ownable(pi, i, want, a, pa)) {
+        if (allowed(i, want) && this.#ownable(pi, i, want, a, pa)) {
           ri = i;
           p = want;
           break;
@@ -1003,21 +1215,39 @@ export class SessionTable {
       if (ri < 0 && first >= 0) {
         const fi = this.#ri[first]!;
         const fp = this.#p[first]!;
-        if ((pair < 0 || fi === pair) && this.#ownable(pi, fi, fp, a, pa)) {
+        if ((pair < 0 || fi === pair) && allowed(fi, fp) && this.#ownable(pi, fi, fp, a, pa)) {
           ri = fi;
           p = fp;
         }
       }
-      // 3. A random free port, as for a replaceable session.
+      // 3. A random free port, as for a replaceable session (one the policy allows).
       if (ri < 0) {
-        const c = this.#randomFreePort(pi, home, pair);
+        const c = f
+          ? this.#randomAllowedPort(pi, home, pair, f)
+          : this.#randomFreePort(pi, home, pair);
         if (c < 0) return failure(Result.NO_RESOURCES);
         ri = Math.floor(c / 65536);
         p = c % 65536;
       }
     }
     const flags = F_LIVE | F_MAP | F_REPLACEABLE | (p !== pa ? F_REPLACED : 0);
-    const s = this.#insert(proto, a, pa, 0, 0, ri, p, 0, flags, now + life * 1000, life, 0, 0);
+    const s = this.#insert(
+      proto,
+      a,
+      pa,
+      0,
+      0,
+      ri,
+      p,
+      0,
+      flags,
+      now + life * 1000,
+      life,
+      0,
+      0,
+      owner,
+      req.nonce,
+    );
     return this.#grant(s);
   }
 
@@ -1186,6 +1416,8 @@ export class SessionTable {
       packetsIn: this.#in[s]!,
       ...((f & F_MAP) !== 0 ? { map: true } : {}),
       ...((f & F_DIRECT) !== 0 ? { direct: true } : {}),
+      ...(this.#owner[s] ? { owner: OWNER_NAMES[this.#owner[s]!] } : {}),
+      ...(this.#owner[s] === Owner.PCP ? { nonce: hexOf(this.nonceOf(s)) } : {}),
     };
   }
 
@@ -1217,6 +1449,10 @@ export class SessionTable {
       if (!Number.isInteger(v) || v < 0 || v > 65535) return Result.MALFORMED;
     }
     if (!Number.isFinite(rec.expiresAt)) return Result.MALFORMED;
+    const owner = rec.owner === undefined ? Owner.ADOPTED : ownerByName(rec.owner);
+    if (owner === null) return Result.MALFORMED;
+    const nonce = rec.nonce === undefined ? undefined : bytesOfHex(rec.nonce);
+    if (nonce === null || (nonce && owner !== Owner.PCP)) return Result.MALFORMED;
     const ri = this.#poolIndex.get(rec.r);
     if (ri === undefined) return Result.CONFLICT;
     const isMap = rec.map === true || (rec.x === 0 && rec.px === 0);
@@ -1252,6 +1488,8 @@ export class SessionTable {
       life,
       rec.packetsOut,
       rec.packetsIn,
+      owner,
+      nonce,
     );
     return Result.OK;
   }
@@ -1312,6 +1550,56 @@ export class SessionTable {
       if (this.#free(pi, i, p)) return i * 65536 + p;
     }
     return -1; // unreachable while #inRangeBusy is exact
+  }
+
+  /**
+   * {@link #randomFreePort} for a mapping under a port policy: a random
+   * (pool index, port) with the port in `f.ranges` and [portMin, portMax],
+   * free, and `usable`; -1 when there is none. Random probes first, then a
+   * scan of the allowed ports only (a narrow rule scans little; the full
+   * range is scanned only when it is nearly full, as without a policy).
+   */
+  #randomAllowedPort(pi: number, home: number, pair: number, f: PortFilter): number {
+    const eff: [number, number][] = [];
+    let total = 0;
+    for (const [lo, hi] of f.ranges) {
+      const a = Math.max(lo, this.#portMin);
+      const b = Math.min(hi, this.#portMax);
+      if (a <= b) {
+        eff.push([a, b]);
+        total += b - a + 1;
+      }
+    }
+    if (total === 0) return -1;
+    const P = this.#pool.length;
+    const range = this.#portMax - this.#portMin + 1;
+    if (pair >= 0 && this.#busy[pi * P + pair]! >= range) return -1;
+    if (pair < 0 && this.#inRangeBusy[pi]! >= P * range) return -1;
+    const nth = (k: number): number => {
+      for (const [lo, hi] of eff) {
+        if (k <= hi - lo) return lo + k;
+        k -= hi - lo + 1;
+      }
+      return -1; // unreachable: k < total
+    };
+    const rnd = this.#random;
+    const ok = (i: number, p: number) => this.#free(pi, i, p) && f.usable(this.#pool[i]!, p);
+    for (let t = 0; t < RANDOM_PORT_TRIES; t++) {
+      const i = pair >= 0 ? pair : t < RANDOM_PORT_HOME_TRIES ? home : Math.floor(rnd() * P);
+      const p = nth(Math.floor(rnd() * total));
+      if (ok(i, p)) return i * 65536 + p;
+    }
+    const addrs = pair >= 0 ? 1 : P;
+    const first = Math.floor(rnd() * addrs);
+    const start = Math.floor(rnd() * total);
+    for (let j = 0; j < addrs; j++) {
+      const i = pair >= 0 ? pair : (first + j) % P;
+      for (let k = 0; k < total; k++) {
+        const p = nth((start + k) % total);
+        if (ok(i, p)) return i * 65536 + p;
+      }
+    }
+    return -1;
   }
 
   /** (proto, R_i, p) is neither used nor held for anyone. */
@@ -1448,6 +1736,10 @@ export class SessionTable {
     this.#in = grow(this.#in, (n) => new Float64Array(n));
     this.#gnext = grow(this.#gnext, (n) => new Int32Array(n));
     this.#gprev = grow(this.#gprev, (n) => new Int32Array(n));
+    this.#owner = grow(this.#owner, (n) => new Uint8Array(n));
+    this.#nonce = grow(this.#nonce, (n) => new Uint32Array(n * (NONCE_LEN / 4)));
+    this.#onext = grow(this.#onext, (n) => new Int32Array(n));
+    this.#oprev = grow(this.#oprev, (n) => new Int32Array(n));
     this.#cap = cap;
   }
 
@@ -1465,6 +1757,8 @@ export class SessionTable {
     life: number,
     out: number,
     inb: number,
+    owner: OwnerKind,
+    nonce: Uint8Array | undefined,
   ): number {
     let s: number;
     if (this.#freeHead >= 0) {
@@ -1530,9 +1824,60 @@ export class SessionTable {
       hv[hb * HS + 4] = ri;
       hv[hb * HS + 5] = 1;
     } else if (hv[hb * HS + 4] === ri) hv[hb * HS + 5]!++;
+    this.#owner[s] = owner;
+    this.#setNonce(s, nonce);
+    if (isUnverified(owner)) this.#linkUnverified(s, a);
     this.#size++;
     for (const sub of this.#subs) sub.added?.(s);
     return s;
+  }
+
+  /** The budgets a new row of `owner` for host `a` must fit in: OK, QUOTA_EXCEEDED or NO_RESOURCES. */
+  #quota(a: number, pi: number, owner: number): number {
+    const hb = this.#hosts.find(a);
+    const hv = this.#hosts.vals;
+    const total = hb < 0 ? 0 : hv[hb * HS]!;
+    const unverified = hb < 0 ? 0 : hv[hb * HS + 6]!;
+    if (!isUnverified(owner)) {
+      return total - unverified >= this.#maxPerHost ? Result.QUOTA_EXCEEDED : Result.OK;
+    }
+    if (unverified >= this.#maxUnverifiedPerHost) return Result.QUOTA_EXCEEDED;
+    return this.#unverified[pi]! >= this.#maxUnverifiedPerProto ? Result.NO_RESOURCES : Result.OK;
+  }
+
+  #setNonce(s: number, nonce: Uint8Array | undefined): void {
+    const w = s * (NONCE_LEN / 4);
+    if (!nonce || nonce.length !== NONCE_LEN) {
+      this.#nonce.fill(0, w, w + NONCE_LEN / 4);
+      return;
+    }
+    const v = new DataView(nonce.buffer, nonce.byteOffset, NONCE_LEN);
+    for (let k = 0; k < NONCE_LEN / 4; k++) this.#nonce[w + k] = v.getUint32(k * 4);
+  }
+
+  /** Puts live slot `s` at the head of host `a`'s unverified rows (its host entry exists). */
+  #linkUnverified(s: number, a: number): void {
+    const hb = this.#hosts.find(a);
+    const hv = this.#hosts.vals;
+    const head = hv[hb * HS + 7]! - 1;
+    this.#oprev[s] = -1;
+    this.#onext[s] = head;
+    if (head >= 0) this.#oprev[head] = s;
+    hv[hb * HS + 7] = s + 1;
+    hv[hb * HS + 6]!++;
+    this.#unverified[protoIndex(this.#proto[s]!)]!++;
+  }
+
+  #unlinkUnverified(s: number, a: number): void {
+    const hb = this.#hosts.find(a);
+    const hv = this.#hosts.vals;
+    const prev = this.#oprev[s]!;
+    const next = this.#onext[s]!;
+    if (prev < 0) hv[hb * HS + 7] = next + 1;
+    else this.#onext[prev] = next;
+    if (next >= 0) this.#oprev[next] = prev;
+    hv[hb * HS + 6]!--;
+    this.#unverified[protoIndex(this.#proto[s]!)]!--;
   }
 
   #remove(s: number): void {
@@ -1561,6 +1906,9 @@ export class SessionTable {
       this.#gnext[prev] = next;
       if (next >= 0) this.#gprev[next] = prev;
     }
+
+    if (isUnverified(this.#owner[s]!)) this.#unlinkUnverified(s, a);
+    this.#owner[s] = Owner.ADOPTED;
 
     const pi = protoIndex(proto);
     const use = this.#portUse[pi]!;

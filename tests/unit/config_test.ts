@@ -209,3 +209,77 @@ Deno.test("cli: dpm query exits 3 when no driver answers (1 is for no such sessi
     console.error = oe;
   }
 });
+
+Deno.test("config: --map-allow and --map-deny are one ordered list, before the defaults; the command line's replace the file's; bad rules are named", async () => {
+  const texts = (c: ReturnType<typeof serverConfig>) => c.mapRules.map((r) => r.text);
+  const dflt = serverConfig(base);
+  assert.deepEqual(dflt.fixedPorts, [500, 4500, 5060]);
+  assert.equal(dflt.pcpMaxPerHost, 64);
+  assert.equal(dflt.pcpMaxShare, 25);
+  assert.equal(dflt.pcpRateLimit, 20);
+  assert.deepEqual(texts(dflt).map((t) => t.split(" (")[0]), [
+    "deny 0.0.0.0/0 1-65535 500",
+    "deny 0.0.0.0/0 1-65535 4500",
+    "deny 0.0.0.0/0 1-65535 5060",
+    "deny 0.0.0.0/0 1-65535 1-1023",
+    "allow 0.0.0.0/0 1-65535 1-65535",
+  ]);
+  // The command line, interleaved, through the real parser.
+  const { parseArgs } = await import("node:util");
+  const { parseSpec, SERVER_FLAGS } = await import("../../src/config.ts");
+  const args = [
+    "--map-deny",
+    "10.0.0.0/24 * 6000-6999",
+    "--map-allow",
+    "10.0.0.5 80 80",
+    "--map-deny",
+    "10.0.0.66",
+    "--fixed-ports",
+    "5060",
+  ];
+  const p = parseArgs({ args, options: parseSpec(SERVER_FLAGS, true), tokens: true });
+  const m = await mergeSettings(p.values, p.tokens);
+  const c = serverConfig({ ...base, ...m.raw }, m.origins, m.order);
+  assert.deepEqual(texts(c).slice(0, 3), [
+    "deny 10.0.0.0/24 1-65535 6000-6999",
+    "allow 10.0.0.5/32 80 80",
+    "deny 10.0.0.66/32 1-65535 1-65535",
+  ]);
+  assert.match(texts(c)[3]!, /^deny 0\.0\.0\.0\/0 1-65535 5060 \(default/);
+  // A file: its keys in order, each array in order; a command-line rule replaces them all.
+  const dir = await Deno.makeTempDir();
+  try {
+    const file = `${dir}/dpm.json`;
+    await Deno.writeTextFile(
+      file,
+      JSON.stringify({
+        ...base,
+        "map-allow": ["10.0.0.5 22", "10.0.0.6"],
+        "map-deny": "10.0.0.0/24",
+      }),
+    );
+    const f = await mergeSettings({ config: file });
+    assert.deepEqual(texts(serverConfig(f.raw, f.origins, f.order)).slice(0, 3), [
+      "allow 10.0.0.5/32 22 1-65535",
+      "allow 10.0.0.6/32 1-65535 1-65535",
+      "deny 10.0.0.0/24 1-65535 1-65535",
+    ]);
+    const both = await mergeSettings({ config: file, "map-deny": ["10.0.0.7"] }, [
+      { kind: "option", name: "map-deny" },
+    ]);
+    assert.deepEqual(texts(serverConfig(both.raw, both.origins, both.order)).slice(0, 2), [
+      "deny 10.0.0.7/32 1-65535 1-65535",
+      "deny 0.0.0.0/0 1-65535 500 (default: a fixed port, shared by remote (--fixed-ports))",
+    ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+  assert.throws(
+    () => serverConfig({ ...base, "map-allow": ["10.0.0.5 0"] }),
+    (e) => e instanceof ConfigError && /Invalid --map-allow "10\.0\.0\.5 0"/.test(e.message),
+  );
+  assert.throws(
+    () => serverConfig({ ...base, "pcp-max-share": "101" }),
+    (e) => e instanceof ConfigError && /--pcp-max-share "101"/.test(e.message),
+  );
+});

@@ -8,6 +8,7 @@
 
 import assert from "node:assert/strict";
 import { type Asker, DriverCore } from "../../src/driver/core.ts";
+import { USER_LEASE } from "../../src/driver/mappings.ts";
 import { ServerCore } from "../../src/server/core.ts";
 import { type PeerFinder, serveLocal } from "../../src/operator/socket.ts";
 import { IPPROTO_TCP, IPPROTO_UDP } from "../../src/wire/packet.ts";
@@ -330,4 +331,46 @@ Deno.test("driver: a MAP answer that comes after its request timed out deletes t
   await new Promise((ok) => setTimeout(ok, 10));
   assert.equal(server.table.lookupMapOf(IPPROTO_UDP, H1, 7000), -1);
   assert.equal(d.mappings().length, 0);
+});
+
+Deno.test("driver owner: a mapping made for nobody holds a short server lease, renewed while nobody's socket holds the port; a restarted driver's forgotten one ends within that lease", async () => {
+  let now = 1_000_000;
+  const owners = new Map<string, number>([[`${IPPROTO_UDP}/6000`, 65534]]);
+  const server = new ServerCore(serverCfg({ pool: [R1] }), { lan: LAN, now: () => now });
+  const driver = () =>
+    new DriverCore(driverCfg(), new Pipe(server, H1), {
+      lan: LAN,
+      ephemeral: [32768, 60999],
+      local: H1,
+      now: () => now,
+      ownerOf: (proto, port) => owners.get(`${proto}/${port}`) ?? null,
+    });
+  const d = driver();
+  const made = await d.query(
+    { op: "map", proto: "udp", port: 6000, lifetime: 3600 },
+    NOBODY,
+  ) as Record<string, unknown>;
+  assert.equal(made.result, "ok", JSON.stringify(made));
+  assert.equal(made.lifetime, 3600, "nobody is told the lifetime asked for");
+  const s = server.table.lookupMapOf(IPPROTO_UDP, H1, 6000);
+  assert.equal(server.table.lifetime(s), USER_LEASE, "the server holds it for the short lease");
+  // Ten minutes of ticks: the driver renews it at half its lease each time.
+  for (let i = 0; i < 600; i++) {
+    now += 1000;
+    d.tick();
+    await new Promise((ok) => setTimeout(ok, 0));
+  }
+  const again = server.table.lookupMapOf(IPPROTO_UDP, H1, 6000);
+  assert.ok(again >= 0, "still there after ten minutes");
+  assert.ok(server.table.expiresAt(again) - now <= USER_LEASE * 1000);
+  assert.equal(d.mappings().length, 1);
+  // The driver restarts (a new one knows nothing of it): the server's lease runs out.
+  const fresh = driver();
+  now += USER_LEASE * 1000;
+  fresh.tick();
+  server.expire();
+  assert.equal(server.table.lookupMapOf(IPPROTO_UDP, H1, 6000), -1, "gone within the short lease");
+  // Root's mappings are unchanged: the lease asked for.
+  assert.equal((await fresh.map({ proto: "udp", port: 6001, lifetime: 3600 })).result, "ok");
+  assert.equal(server.table.lifetime(server.table.lookupMapOf(IPPROTO_UDP, H1, 6001)), 3600);
 });

@@ -18,6 +18,9 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { PcpService } from "../../src/pcp/server.ts";
+import { LanHosts } from "../../src/policy/hosts.ts";
+import { MappingPolicy } from "../../src/policy/mappings.ts";
+import { defaultRules } from "../../src/policy/rules.ts";
 import { SessionTable } from "../../src/table/table.ts";
 import { RateLimiter } from "../../src/control/ratelimit.ts";
 import { formatIPv4, parseIPv4 } from "../../src/wire/addr.ts";
@@ -199,9 +202,16 @@ function service(o: { mapSupported?: boolean; rate?: number; refusals?: number }
   });
   const logs: string[] = [];
   const lan = { addr: ip("10.0.0.0"), len: 24 };
+  const policy = new MappingPolicy({
+    table,
+    rules: defaultRules([500, 4500, 5060]),
+    pool: POOL.map(ip),
+    log: (l) => logs.push(l),
+  });
   const s = new PcpService({
     table,
-    lan,
+    hosts: new LanHosts({ lan, gateway: ip("10.0.0.1"), pool: POOL.map(ip) }),
+    policy,
     epochStart: () => startedAt,
     limiter: new RateLimiter(o.rate ?? 1_000_000),
     refusals: new RateLimiter(o.refusals ?? 1_000_000),

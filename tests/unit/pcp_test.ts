@@ -419,8 +419,8 @@ Deno.test("pcp server: a queue data path without its steering table (no nftables
   assert.equal(decodeNatPmpResponse(c.handlePcp(encodeNatPmpRequest(0), H1)!)!.result, 0);
 });
 
-Deno.test("pcp server: the host's rate limit applies", () => {
-  const { c } = core({ rateLimit: 1 });
+Deno.test("pcp server: the host's rate limit of PCP and NAT-PMP (--pcp-rate-limit) applies, apart from dpm's protocol's", () => {
+  const { c } = core({ pcpRateLimit: 1 });
   const results: number[] = [];
   for (let i = 0; i < 20; i++) {
     const r = c.handlePcp(encodeNatPmpRequest(0), H1);

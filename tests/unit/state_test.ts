@@ -3,12 +3,13 @@
  * before a SIGKILL are all in the file; a JSON file of version 1 is read and
  * migrated once; a restore that drops sessions says why per reason and asks
  * for a new epoch (except for expiry); a --state that cannot be kept fails
- * at open with a one-line reason.
+ * at open with a one-line reason; rows keep their owner; the files are 0600.
  */
 
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { SessionTable } from "../../src/table/table.ts";
+import { Owner, SessionTable } from "../../src/table/table.ts";
+import { DatabaseSync } from "node:sqlite";
 import {
   checkStatePath,
   DropLog,
@@ -350,6 +351,82 @@ Deno.test("state: a NAT-PMP mapping renewed to a longer lease comes back with th
     assert.equal(again.table.expiresAt(s), now + 900_000, "the renewed lease, not the first");
     again.store.close();
   } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("state: each row's owner and PCP nonce come back after a restart; a file of an older dpm (no owner column) comes back ADOPTED", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/state.db`;
+    const store = await StateStore.open(path);
+    const t = newTable();
+    store.start(t, 9);
+    store.listen(t);
+    const now = Date.now();
+    const nonce = Uint8Array.from({ length: 12 }, (_, i) => 0xa0 + i);
+    t.map({ proto: 17, a: H1, pa: 6000, p: 0, r: 0, lifetime: 600, owner: Owner.DPM }, now);
+    t.map({ proto: 17, a: H1, pa: 7000, p: 0, r: 0, lifetime: 600, owner: Owner.PCP, nonce }, now);
+    t.map({ proto: 6, a: H1, pa: 7001, p: 0, r: 0, lifetime: 600, owner: Owner.NATPMP }, now);
+    // A claim (an ADOPTED row renewed by PCP: src/policy/mappings.ts) is written with the renewal.
+    const adopted = t.map({ proto: 6, a: H1, pa: 7002, p: 0, r: 0, lifetime: 600 }, now);
+    store.commit();
+    t.claim(adopted.session, Owner.PCP, nonce);
+    t.map({ proto: 6, a: H1, pa: 7002, p: 0, r: 0, lifetime: 900 }, now);
+    store.commit();
+    store.close();
+    const again = await reopen(path, [R1, R2], now);
+    const at = again.table;
+    const owner = (proto: number, pa: number) => at.owner(at.lookupMapOf(proto, H1, pa));
+    assert.deepEqual(
+      [owner(17, 6000), owner(17, 7000), owner(6, 7001), owner(6, 7002)],
+      [Owner.DPM, Owner.PCP, Owner.NATPMP, Owner.PCP],
+    );
+    assert.ok(at.nonceIs(at.lookupMapOf(17, H1, 7000), nonce), "the nonce is kept");
+    assert.ok(at.nonceIs(at.lookupMapOf(6, H1, 7002), nonce));
+    assert.equal(at.unverifiedOf(H1), 3, "the budgets are counted again");
+    again.store.close();
+    // An older dpm's file: no owner columns.
+    const db = new DatabaseSync(path);
+    db.exec("ALTER TABLE sessions DROP COLUMN owner");
+    db.exec("ALTER TABLE sessions DROP COLUMN nonce");
+    db.close();
+    const old = await reopen(path, [R1, R2], now);
+    assert.equal(old.table.size, 4);
+    for (const r of old.table.entries()) assert.equal(r.owner, undefined, "ADOPTED");
+    old.store.start(old.table, 9);
+    old.store.close();
+    const cols = new DatabaseSync(path).prepare("PRAGMA table_info(sessions)").all() as {
+      name: string;
+    }[];
+    assert.ok(cols.some((c) => c.name === "owner"), "the columns are added back");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("state: the file and its WAL are 0600 whatever the umask; an existing file is made 0600", async () => {
+  const dir = await Deno.makeTempDir();
+  const old = Deno.umask(0o022);
+  try {
+    const path = `${dir}/state.db`;
+    const store = await StateStore.open(path);
+    const t = newTable();
+    store.start(t, 9);
+    store.listen(t);
+    t.reserve({ proto: 17, a: H1, pa: 5000, x: P1, px: 7, replaceable: true, lifetime: 0 }, 0);
+    store.commit();
+    // (Exclusive locking mode keeps the WAL index in memory: a -shm file, if any, is 0600 too.)
+    for (const f of [path, `${path}-wal`, `${path}-shm`]) {
+      const st = await Deno.stat(f).catch(() => null);
+      if (st || !f.endsWith("-shm")) assert.equal(st!.mode! & 0o777, 0o600, f);
+    }
+    store.close();
+    await Deno.chmod(path, 0o644);
+    (await StateStore.open(path)).close();
+    assert.equal((await Deno.stat(path)).mode! & 0o777, 0o600, "made private again");
+  } finally {
+    Deno.umask(old);
     await Deno.remove(dir, { recursive: true });
   }
 });

@@ -14,8 +14,9 @@
  * set queued     proto . a . Pg                    hairpinned sessions: the queue translates them
  * map map_in     proto . R . p          -> a . pa  PCP/NAT-PMP MAP: dnat in nat prerouting (-101), iif WAN
  * map map_out    proto . a . pa         -> R . p   the same MAP outbound: snat after to_public, oif WAN
- * chain antispoof  the WAN never speaks as the LAN or the pool: dpm turns the
- *                  WAN's reverse-path filter off, so this drops what rp_filter would have
+ * chain antispoof  the WAN never speaks as the LAN or the pool, the LAN never as the
+ *                  gateway (fib saddr type local), the pool, or the prefix's network or
+ *                  broadcast: dpm needs accept_local and no strict rp_filter (gateway.ts)
  * chain guard    control requests only from the LAN interface and prefix (datapath/gateway.ts)
  * ```
  * Host, `table ip dpm-driver`:
@@ -34,7 +35,7 @@ import { type Cidr, formatCidr, formatIPv4 } from "../../wire/addr.ts";
 import type { GatewayOptions, HostOptions } from "../datapath.ts";
 import type { ChainSpec } from "../../../linux/iptables.ts";
 import { DEFRAG_ON } from "../../../linux/iptables.ts";
-import { controlPorts, poolRanges, poolRangeText, quoteIf } from "../gateway.ts";
+import { controlPorts, lanEdges, poolRanges, poolRangeText, quoteIf } from "../gateway.ts";
 import { protoName } from "../../wire/meta.ts";
 
 /** The gateway's nftables table. */
@@ -94,6 +95,14 @@ table ip ${SERVER_TABLE} {
     type filter hook prerouting priority -400; policy accept;
     iifname ${wanIf} ip saddr ${formatCidr(lan)} counter drop
     iifname ${wanIf} ip saddr { ${poolRangeText(cfg.pool).join(", ")} } counter drop
+    iifname ${lanIf} fib saddr type local counter drop
+    iifname ${lanIf} ip saddr { ${poolRangeText(cfg.pool).join(", ")} } counter drop${
+    lanEdges(lan).length
+      ? `\n    iifname ${lanIf} ip saddr { ${
+        lanEdges(lan).map(formatIPv4).join(", ")
+      } } counter drop`
+      : ""
+  }
   }
   chain guard {
     type filter hook input priority -150; policy accept;

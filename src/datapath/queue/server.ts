@@ -66,11 +66,11 @@ import { type Cidr, formatCidr, formatIPv4 } from "../../wire/addr.ts";
 import { logger } from "../../runtime/log.ts";
 import { Cleanup } from "../../runtime/cleanup.ts";
 import {
+  antiSpoofRules,
   controlGuardRules,
   poolRangeText,
   prepareGateway,
   quoteIf,
-  wanAntiSpoofRules,
 } from "../gateway.ts";
 import {
   type GatewayOptions,
@@ -260,7 +260,7 @@ export function serverChains(cfg: GatewayOptions, lan: Cidr): ChainSpec[] {
   ];
   const ranges = poolRangeText(cfg.pool);
   for (const r of ranges) matches.push(["-i", wanIf, "-m", "iprange", "--dst-range", r]);
-  const pre: string[][] = [[...DEFRAG_ON], ...wanAntiSpoofRules(cfg, lan)];
+  const pre: string[][] = [[...DEFRAG_ON], ...antiSpoofRules(cfg, lan)];
   for (const m of matches) pre.push([...m, ...nt], [...m, ...q]);
   const fwd: string[][] = [];
   for (const r of ranges) {
