@@ -264,11 +264,62 @@ for (
   })
 ) Deno.test(def);
 
+/** A PCP MAP from `client` for its port `port` at exactly public port `port` (PREFER_FAILURE). */
+function exactMap(client: string, port: number, protocol: number): Uint8Array {
+  return buildMap({
+    lifetime: 600,
+    client,
+    nonce: randomNonce(),
+    protocol,
+    internalPort: port,
+    externalPort: port,
+    options: [preferFailure()],
+  });
+}
+
+Deno.test(needsRoot({
+  name:
+    "mapsec root [kernel]: finding 2: public ports below 1024 and the fixed ports are refused by default: PCP NOT_AUTHORIZED, dpm map not-authorized, NAT-PMP and PCP without PREFER_FAILURE another port",
+  ignore: !hasNatpmpc,
+  ...SAN,
+  fn: () =>
+    withDpm({ hosts: 2, driverHosts: ["h1"] }, async (t, d) => {
+      const h2 = t.hosts[1]!;
+      const c = h2.addrText;
+      assert.equal((await pcp(t, h2.ns, exactMap(c, 80, 6))).result, RESULT.NOT_AUTHORIZED);
+      assert.equal((await pcp(t, h2.ns, exactMap(c, 500, 17))).result, RESULT.NOT_AUTHORIZED);
+      assert.equal((await pcp(t, h2.ns, exactMap(c, 5060, 17))).result, RESULT.NOT_AUTHORIZED);
+      const any = await pcp(
+        t,
+        h2.ns,
+        buildMap({
+          lifetime: 600,
+          client: c,
+          nonce: randomNonce(),
+          protocol: 6,
+          internalPort: 22,
+          externalPort: 22,
+        }),
+      );
+      assert.equal(any.result, RESULT.SUCCESS);
+      assert.ok(any.externalPort! >= 1024, `PCP got public port ${any.externalPort}`);
+      const n = await natpmpcMap(t, h2.ns, [25, 25, "tcp", 600]);
+      assert.ok(n.port !== null && n.port >= 1024, n.out);
+      // dpm's protocol, through h1's driver: the same policy.
+      const no = await dpmMap(t, d, "h1", "tcp", "443", "--exact");
+      assert.equal(no.result, "not-authorized", JSON.stringify(no));
+      assert.ok(
+        (await rows(d)).every((r) => Number(String(r.public).split(":")[1]) >= 1024),
+        "no public port below 1024",
+      );
+      assert.match(d.server.output(), /refused PCP map tcp 10\.0\.0\.12:80: not-authorized/);
+    }),
+}));
+
 for (
   const def of perDataPath({
     name:
-      "mapsec root: finding 2: public ports below 1024 and the fixed ports are refused by default (PCP NOT_AUTHORIZED, dpm map not-authorized, NAT-PMP another port); a --map-allow rule allows one, and it carries traffic",
-    ignore: !hasNatpmpc,
+      "mapsec root: finding 2: a --map-allow rule allows one host public port 80, and an outside peer reaches it there; the rule is that host's only",
     ...SAN,
     fn: (datapath) =>
       withDpm({
@@ -278,48 +329,16 @@ for (
         serverArgs: ["--map-allow", "10.0.0.11 80 80"],
       }, async (t, d) => {
         const [h1, h2] = [t.hosts[0]!, t.hosts[1]!];
-        const exact = (port: number, protocol: number) =>
-          buildMap({
-            lifetime: 600,
-            client: h2.addrText,
-            nonce: randomNonce(),
-            protocol,
-            internalPort: port,
-            externalPort: port,
-            options: [preferFailure()],
-          });
-        assert.equal((await pcp(t, h2.ns, exact(80, 6))).result, RESULT.NOT_AUTHORIZED);
-        assert.equal((await pcp(t, h2.ns, exact(500, 17))).result, RESULT.NOT_AUTHORIZED);
-        assert.equal((await pcp(t, h2.ns, exact(5060, 17))).result, RESULT.NOT_AUTHORIZED);
-        // Without PREFER_FAILURE (and with NAT-PMP, which has none) another public port.
-        const any = await pcp(
-          t,
-          h2.ns,
-          buildMap({
-            lifetime: 600,
-            client: h2.addrText,
-            nonce: randomNonce(),
-            protocol: 6,
-            internalPort: 22,
-            externalPort: 22,
-          }),
-        );
-        assert.equal(any.result, RESULT.SUCCESS);
-        assert.ok(any.externalPort! >= 1024, `PCP got public port ${any.externalPort}`);
-        const n = await natpmpcMap(t, h2.ns, [25, 25, "tcp", 600]);
-        assert.ok(n.port !== null && n.port >= 1024, n.out);
-        // dpm's protocol, through h1's driver: the same policy.
-        const no = await dpmMap(t, d, "h1", "tcp", "443", "--exact");
-        assert.equal(no.result, "not-authorized", JSON.stringify(no));
-        // The rule: h1's port 80 at public port 80, and an outside peer reaches it.
         const web = await serveApp(t, h1.ns, tcpBanner(80, "h1 web"));
         const yes = await dpmMap(t, d, "h1", "tcp", "80", "--exact");
         assert.equal(yes.result, "ok", JSON.stringify(yes));
         assert.match(String(yes.public), /^203\.0\.113\.1[0-3]:80$/);
         assert.equal(await whoAnswers(t, yes.public!), "h1 web");
-        // The rule is for h1 only.
-        assert.equal((await pcp(t, h2.ns, exact(80, 6))).result, RESULT.NOT_AUTHORIZED);
-        assert.match(d.server.output(), /refused PCP map tcp 10\.0\.0\.12:80: not-authorized/);
+        assert.equal(
+          (await pcp(t, h2.ns, exactMap(h2.addrText, 80, 6))).result,
+          RESULT.NOT_AUTHORIZED,
+          "the rule is for h1 only",
+        );
         await web.stop();
       }),
   })
