@@ -18,9 +18,10 @@
  *    nothing (a LAN host can forge another's source): each may renew or
  *    delete only the rows it created, PCP only with the same nonce (RFC
  *    6887 section 11.3), and neither ever touches a row of dpm's protocol
- *    (a driver's session, a `dpm map` mapping) or of the other. A row
+ *    (a driver's session, a `dpm map` mapping) or of the other. A mapping
  *    restored without an owner (ADOPTED) is claimed by the first protocol
- *    that renews it. Otherwise NOT_AUTHORIZED.
+ *    that renews it; an ADOPTED session only dpm's protocol touches.
+ *    Otherwise NOT_AUTHORIZED.
  * 2. **Port policy** (`rules.ts`): the public ports the rules allow for
  *    `a:pa`; none: NOT_AUTHORIZED. An exact request (PCP PREFER_FAILURE,
  *    `dpm map --exact`) for a refused port: NOT_AUTHORIZED; otherwise the
@@ -145,7 +146,10 @@ export class MappingPolicy {
     const t = this.#t;
     if (t.a(s) !== who.a) return false;
     const o = t.owner(s);
-    if (who.owner === Owner.DPM || o === Owner.ADOPTED) return true;
+    if (who.owner === Owner.DPM) return true;
+    // Restored without an owner: a mapping may be PCP's or NAT-PMP's (claimed by the first to
+    // renew it); a session is a driver's as far as anyone can tell (a PEER's looks the same).
+    if (o === Owner.ADOPTED) return t.isMap(s);
     if (o !== who.owner) return false;
     return o !== Owner.PCP || (who.nonce !== undefined && t.nonceIs(s, who.nonce));
   }

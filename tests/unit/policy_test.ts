@@ -317,7 +317,7 @@ Deno.test("policy mappings: PEER sessions: PCP releases only its own; never a dr
   assert.equal(table.size, 1);
 });
 
-Deno.test("policy mappings: an ADOPTED row (restored without an owner) is claimed by the first protocol that renews it", () => {
+Deno.test("policy mappings: an ADOPTED mapping (restored without an owner) is claimed by the first protocol that renews it; an ADOPTED session is only dpm's protocol's", () => {
   const { table, policy, now } = rig();
   const g = table.map({ proto: 17, a: H1, pa: 7000, p: 7000, r: 0, lifetime: 600 }, now());
   const rec = table.record(g.session);
@@ -330,6 +330,20 @@ Deno.test("policy mappings: an ADOPTED row (restored without an owner) is claime
   assert.equal(table.owner(s), Owner.PCP);
   assert.ok(table.nonceIs(s, N1));
   assert.equal(policy.unmap(NATPMP(), 17, 7000, now()).result, Result.NOT_AUTHORIZED);
+  // An adopted session (a driver's, as far as anyone can tell) is never PCP's to release.
+  const x = ip("198.51.100.10");
+  const d = table.reserve(
+    { proto: 17, a: H1, pa: 40000, x, px: 7000, replaceable: true, lifetime: 0 },
+    now(),
+  );
+  const drec = table.record(d.session);
+  table.releaseSlot(d.session);
+  delete drec.owner;
+  assert.equal(table.restore(drec), Result.OK);
+  const peer = { proto: 17, pa: 40000, x, px: 7000 };
+  assert.equal(policy.unpeer(PCP(), peer, now()).result, Result.NOT_AUTHORIZED);
+  assert.equal(policy.peer(PCP(), { ...peer, lifetime: 600 }, now()).result, Result.NOT_AUTHORIZED);
+  assert.ok(policy.mayTouch(DPM(), table.lookupIdentity(17, H1, 40000, x, 7000)));
 });
 
 Deno.test("policy mappings: ports below 1024 and fixed ports move (or are refused when exact); a rule opens one; no public port at all is NOT_AUTHORIZED", () => {
