@@ -201,6 +201,9 @@ for (
         const before = await lanSpoofDrops(t, datapath);
         await forge(t, forged);
         assert.deepEqual(await rows(d), [], "nothing was mapped for G or the prefix's edges");
+        console.log(
+          `mapsec [${datapath}]: ${forged.length} forged from G and the edges, 0 accepted`,
+        );
         const dropped = (await lanSpoofDrops(t, datapath)) - before;
         assert.ok(
           dropped >= forged.length,
@@ -416,6 +419,7 @@ Deno.test(needsRoot({
       const after = await rows(d);
       const key = (r: Row) => `${r.proto} ${r.internal} ${r.remote} ${r.public} ${r.owner}`;
       assert.deepEqual(after.map(key).sort(), before.map(key).sort(), "every row is still there");
+      console.log(`mapsec: ${forged.length} deletes / renewals / releases forged, 0 accepted`);
       for (const r of after) {
         const was = before.find((b) => key(b) === key(r))!;
         assert.ok(
@@ -464,6 +468,7 @@ Deno.test(needsRoot({
         mine.length > 0 && mine.length <= 64,
         `the forged maps hold at most the cap of 64 (${mine.length})`,
       );
+      console.log(`mapsec: 5000 NAT-PMP maps forged in h1's name: ${mine.length} held`);
       // h1's own reservations, through its driver, right after the flood.
       for (const port of [40001, 40002, 40003]) {
         const q = await d.query("h1", "udp", `${h1.addrText}:${port}`, `${p1.addrText}:7000`, true);
@@ -498,6 +503,10 @@ Deno.test(needsRoot({
       assert.ok(held.every((r) => r.owner === "natpmp"));
       assert.ok(held.length > 0, "the forger got some");
       assert.ok(held.length <= 1000, `at most the PCP share: ${held.length} rows`);
+      console.log(
+        `mapsec: ${forged.length} NAT-PMP maps forged from 150 addresses: ${held.length} held ` +
+          `(share 1000 of 4000 UDP pairs)`,
+      );
       // h1's sessions on the same ports: preserved where free, else another port of the range.
       const echo = await serveApp(t, p1.ns, udpEcho(7000));
       for (const port of [40000, 40005, 40010, 40020]) {
