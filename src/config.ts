@@ -18,7 +18,14 @@
  */
 
 import { z } from "zod";
-import { type Cidr, parseAddrPort, parseCidr, parseIPv4, parsePool } from "./wire/addr.ts";
+import {
+  type Cidr,
+  cidrContains,
+  parseAddrPort,
+  parseCidr,
+  parseIPv4,
+  parsePool,
+} from "./wire/addr.ts";
 import { defaultRules, type MapRule, parseMapRule } from "./policy/rules.ts";
 
 // ---------------------------------------------------------------------------
@@ -752,10 +759,6 @@ function validate<F extends Record<string, Flag>>(
 }
 
 const isMulticastOrReserved = (a: number) => a >>> 28 >= 14; // 224/4 multicast, 240/4 reserved
-const inCidr = (c: Cidr, a: number) => {
-  const mask = c.len === 0 ? 0 : (0xffffffff << (32 - c.len)) >>> 0;
-  return ((a & mask) >>> 0) === ((c.addr & mask) >>> 0);
-};
 
 /**
  * The rules of `--map-allow` and `--map-deny` as one list, in the order they
@@ -815,10 +818,10 @@ export function serverConfig(
         `(0.0.0.0, loopback, multicast or reserved), e.g. ${ip(bad[0]!)}`,
     );
   }
-  if (v.lan && v.pool.some((a) => inCidr(v.lan!, a))) {
+  if (v.lan && v.pool.some((a) => cidrContains(v.lan!, a))) {
     problems.push("--pool overlaps the LAN prefix --lan: public addresses must be outside the LAN");
   }
-  if (v.lan && !inCidr(v.lan, v.lanAddr)) {
+  if (v.lan && !cidrContains(v.lan, v.lanAddr)) {
     problems.push("--lan-addr is not inside --lan");
   }
   const [glo, ghi] = v.gatewayPorts;
@@ -844,7 +847,7 @@ export function driverConfig(raw: Record<string, unknown>, origins: Origins = {}
 
 /** Checks the pool against the LAN prefix once it is known (read off the interface at start). */
 export function checkPoolOutside(pool: number[], lan: Cidr): void {
-  if (pool.some((a) => inCidr(lan, a))) {
+  if (pool.some((a) => cidrContains(lan, a))) {
     throw new ConfigError(
       "--pool overlaps the LAN prefix: public addresses must be outside the LAN",
     );

@@ -10,6 +10,7 @@
 
 import { PCP_PORT } from "../pcp/codec.ts";
 import { type Cidr, formatCidr, formatIPv4, prefixMask } from "../wire/addr.ts";
+import { sysctlJournal } from "./netfilter.ts";
 import type { GatewayOptions } from "./datapath.ts";
 import { logger } from "../runtime/log.ts";
 import { Cleanup } from "../runtime/cleanup.ts";
@@ -130,7 +131,7 @@ export async function prepareGateway(
     }
     // A run killed with SIGKILL left its sysctls changed: put the originals back first,
     // so that this run records (and at exit restores) the gateway's real settings.
-    const journal = `${cfg.socket}.sysctls.json`;
+    const journal = sysctlJournal(cfg.socket);
     const recovered = await recoverSysctls(journal);
     if (recovered) log.info(`restored ${recovered} sysctl(s) left changed by a previous run`);
     const restoreSysctls = await setSysctls({
@@ -170,7 +171,7 @@ export async function prepareGateway(
  * Returns a log phrase.
  */
 export async function removeGateway(cfg: GatewayOptions): Promise<string> {
-  const n = await recoverSysctls(`${cfg.socket}.sysctls.json`);
+  const n = await recoverSysctls(sysctlJournal(cfg.socket));
   if (cfg.addPoolAddresses) await removeAddresses(cfg.wanIf, cfg.pool);
   return `${n} sysctl(s) restored` +
     (cfg.addPoolAddresses ? `; the pool removed from ${cfg.wanIf}` : "");

@@ -8,7 +8,7 @@
 
 import dgram from "node:dgram";
 import { setImmediate } from "node:timers";
-import { type Cidr, formatCidr, formatIPv4 } from "../wire/addr.ts";
+import { type Cidr, formatCidr, formatIPv4, parseSocketIPv4 } from "../wire/addr.ts";
 import { checkPoolOutside, ConfigError, type ServerConfig } from "../config.ts";
 import { logger } from "../runtime/log.ts";
 import { Cleanup, liveReload, untilStopped } from "../runtime/cleanup.ts";
@@ -293,7 +293,7 @@ function serveControl(sock: dgram.Socket, core: ServerCore, serving: () => boole
   sock.on("message", (msg, rinfo) => {
     // Before the data path is up, requests go unanswered: drivers retransmit.
     if (!serving()) return;
-    const src = parseSrc(rinfo.address);
+    const src = parseSocketIPv4(rinfo.address);
     if (src === null) return;
     let reply: Uint8Array | null = null;
     const t0 = performance.now();
@@ -314,12 +314,6 @@ function serveControl(sock: dgram.Socket, core: ServerCore, serving: () => boole
     }
     reserveLatency.observe((performance.now() - t0) / 1000);
   });
-}
-
-function parseSrc(text: string): number | null {
-  const m = /^(?:::ffff:)?(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(text);
-  if (!m) return null;
-  return ((+m[1]! << 24) | (+m[2]! << 16) | (+m[3]! << 8) | +m[4]!) >>> 0;
 }
 
 /**
@@ -357,7 +351,7 @@ function servePcp(
   sock.on("close", () => announcer.stop());
   sock.on("message", (msg, rinfo) => {
     if (!serving()) return;
-    const src = parseSrc(rinfo.address);
+    const src = parseSocketIPv4(rinfo.address);
     if (src === null) return;
     let reply: Uint8Array | null = null;
     try {
