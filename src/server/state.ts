@@ -42,7 +42,7 @@
  * @module
  */
 
-import { describeSession as describeTuple } from "../wire/meta.ts";
+import { describeSession as describeTuple, identityKey } from "../wire/tuple.ts";
 import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { setImmediate } from "node:timers";
 import { Result } from "../control/result.ts";
@@ -114,13 +114,8 @@ const REASON_TEXT: Record<DropReason, string> = {
   malformed: "malformed",
 };
 
-/** The session identity (proto, a, pa, X, px) as a string key. */
-function identityKey(r: { proto: number; a: number; pa: number; x: number; px: number }): string {
-  return `${r.proto}/${r.a}/${r.pa}/${r.x}/${r.px}`;
-}
-
-/** One session in words, for the log. */
-export function describeSession(r: SessionRecord | Record<string, unknown>): string {
+/** A record read back in words, for the log (what it is when it is not a session). */
+export function describeRecord(r: SessionRecord | Record<string, unknown>): string {
   if (!isSessionRecord(r)) {
     const j = JSON.stringify(r) ?? String(r);
     return j.length > 120 ? `${j.slice(0, 117)}...` : j;
@@ -140,7 +135,7 @@ export class DropLog {
     else {
       this.counts.set(reason, {
         count: 1,
-        example: describeSession(rec as Record<string, unknown>),
+        example: describeRecord(rec as Record<string, unknown>),
         from,
       });
     }

@@ -25,7 +25,8 @@
  * @module
  */
 
-import { describeSession, IPPROTO_ICMP, IPPROTO_TCP, Verdict } from "../../wire/meta.ts";
+import { IPPROTO_ICMP, IPPROTO_TCP, Verdict } from "../../wire/meta.ts";
+import { describeSession } from "../../wire/tuple.ts";
 import type { VerdictValue } from "../../wire/meta.ts";
 import type { PacketInfo } from "../../wire/packet.ts";
 import { logger } from "../../runtime/log.ts";
