@@ -164,6 +164,41 @@ export function nfnlType(subsys: number, msg: number): number {
   return ((subsys & 0xff) << 8) | (msg & 0xff);
 }
 
+/**
+ * Writes a `struct nlmsghdr` at `off`: the message's total length (header
+ * included), type, flags, sequence number and port id.
+ */
+export function putMsgHeader(
+  dv: DataView,
+  off: number,
+  len: number,
+  type: number,
+  flags: number,
+  seq = 0,
+): void {
+  dv.setUint32(off + Nlmsg.LEN, len, LE);
+  dv.setUint16(off + Nlmsg.TYPE, type, LE);
+  dv.setUint16(off + Nlmsg.FLAGS, flags, LE);
+  dv.setUint32(off + Nlmsg.SEQ, seq, LE);
+  dv.setUint32(off + Nlmsg.PID, 0, LE);
+}
+
+/** Writes a `struct nfgenmsg` at `off`: family, version 0, `res_id` big endian. */
+export function putNfgen(dv: DataView, off: number, family: number, resId: number): void {
+  dv.setUint8(off + Nfgen.FAMILY, family);
+  dv.setUint8(off + Nfgen.VERSION, NFNETLINK_V0);
+  dv.setUint16(off + Nfgen.RES_ID, resId, false);
+}
+
+/**
+ * Writes a `struct nlattr` at `off`: `len` is the attribute's length with
+ * its header, without padding.
+ */
+export function putAttrHeader(dv: DataView, off: number, len: number, type: number): void {
+  dv.setUint16(off + Nla.LEN, len, LE);
+  dv.setUint16(off + Nla.TYPE, type, LE);
+}
+
 /** The kernel refused a request (an `NLMSG_ERROR` answer with a non-zero error). */
 export class NetlinkError extends Error {
   /** The positive errno (EEXIST, ENOENT...). */
@@ -276,9 +311,7 @@ export class NlBuilder {
     if (this.#msg >= 0) throw new Error("NlBuilder.begin: the previous message is not ended");
     this.#room(Nlmsg.SIZE);
     this.#msg = this.#len;
-    this.#buf.fill(0, this.#len, this.#len + Nlmsg.SIZE);
-    this.#dv.setUint16(this.#len + Nlmsg.TYPE, type, LE);
-    this.#dv.setUint16(this.#len + Nlmsg.FLAGS, flags, LE);
+    putMsgHeader(this.#dv, this.#len, 0, type, flags); // the length is written by end()
     this.#len += Nlmsg.SIZE;
     return this;
   }
@@ -287,9 +320,7 @@ export class NlBuilder {
   nfgen(family: number, resId = 0): this {
     this.#open("nfgen");
     this.#room(Nfgen.SIZE);
-    this.#buf[this.#len + Nfgen.FAMILY] = family;
-    this.#buf[this.#len + Nfgen.VERSION] = NFNETLINK_V0;
-    this.#dv.setUint16(this.#len + Nfgen.RES_ID, resId, false);
+    putNfgen(this.#dv, this.#len, family, resId);
     this.#len += Nfgen.SIZE;
     return this;
   }
@@ -326,8 +357,7 @@ export class NlBuilder {
     const padded = align4(total);
     this.#room(padded);
     const a = this.#len;
-    this.#dv.setUint16(a + Nla.LEN, total, LE);
-    this.#dv.setUint16(a + Nla.TYPE, type, LE);
+    putAttrHeader(this.#dv, a, total, type);
     this.#buf.fill(0, a + total, a + padded);
     this.#len += padded;
     return a + Nla.SIZE;
@@ -383,7 +413,7 @@ export class NlBuilder {
     this.#open("nest");
     this.#room(Nla.SIZE);
     this.#nests.push(this.#len);
-    this.#dv.setUint16(this.#len + Nla.TYPE, type | NLA_F_NESTED, LE);
+    putAttrHeader(this.#dv, this.#len, 0, type | NLA_F_NESTED); // the length is written by endNest()
     this.#len += Nla.SIZE;
     return this;
   }
@@ -444,36 +474,94 @@ export interface NlAttr {
   len: number;
 }
 
+/** The view a cursor holds before its first walk. */
+const EMPTY = new DataView(new ArrayBuffer(0));
+
 /**
- * The attributes in `dv[off, end)`, in order. Stops at trailing bytes too
- * short for a header (padding).
+ * Walks the attributes of `dv[off, end)` in place, without allocating: the
+ * one definition of attribute framing (a header of length and type, the
+ * value, padding to 4 bytes), as libmnl's `mnl_attr_for_each`. After each
+ * {@linkcode next} that returned true, `type`, `nested`, `off` and `len`
+ * describe the current attribute. A cursor is reused from walk to walk;
+ * one cursor per nesting level.
+ *
+ * @example
+ * ```ts ignore
+ * const c = new NlAttrCursor();
+ * for (c.walk(dv, off, end); c.next();) if (c.type === 1) id = dv.getUint32(c.off, false);
+ * ```
+ */
+export class NlAttrCursor implements NlAttr {
+  /** The current attribute's type without flag bits. */
+  type = 0;
+  /** `NLA_F_NESTED` was set on the current attribute. */
+  nested = false;
+  /** Offset of the current attribute's value in the view. */
+  off = 0;
+  /** Length of the current attribute's value (no header, no padding). */
+  len = 0;
+  #dv: DataView = EMPTY;
+  #next = 0;
+  #end = 0;
+
+  /**
+   * Starts a walk over `dv[off, end)`.
+   *
+   * @throws {NetlinkParseError} when the region is outside the view.
+   */
+  walk(dv: DataView, off: number, end: number): this {
+    if (off < 0 || end > dv.byteLength || off > end) {
+      throw new NetlinkParseError(
+        `Attribute region ${off}-${end} is outside ${dv.byteLength} bytes`,
+      );
+    }
+    this.#dv = dv;
+    this.#next = off;
+    this.#end = end;
+    return this;
+  }
+
+  /**
+   * Moves to the next attribute; false at the end (trailing bytes too short
+   * for a header are padding).
+   *
+   * @throws {NetlinkParseError} when an attribute's length is below its
+   * header or runs past the region.
+   */
+  next(): boolean {
+    const a = this.#next;
+    if (a + Nla.SIZE > this.#end) return false;
+    const dv = this.#dv;
+    const len = dv.getUint16(a + Nla.LEN, LE);
+    const t = dv.getUint16(a + Nla.TYPE, LE);
+    if (len < Nla.SIZE || a + len > this.#end) {
+      this.#next = this.#end;
+      throw new NetlinkParseError(
+        `Netlink attribute type ${
+          t & NLA_TYPE_MASK
+        } at ${a} has length ${len}, region ends at ${this.#end}`,
+      );
+    }
+    this.type = t & NLA_TYPE_MASK;
+    this.nested = (t & NLA_F_NESTED) !== 0;
+    this.off = a + Nla.SIZE;
+    this.len = len - Nla.SIZE;
+    this.#next = a + align4(len);
+    return true;
+  }
+}
+
+/**
+ * The attributes in `dv[off, end)`, in order, each as a new object (see
+ * {@linkcode NlAttrCursor} for a walk without allocation). Stops at trailing
+ * bytes too short for a header (padding).
  *
  * @throws {NetlinkParseError} when an attribute's length is below its header
  * or runs past `end`.
  */
 export function* attrs(dv: DataView, off: number, end: number): Generator<NlAttr> {
-  if (off < 0 || end > dv.byteLength || off > end) {
-    throw new NetlinkParseError(`Attribute region ${off}-${end} is outside ${dv.byteLength} bytes`);
-  }
-  let a = off;
-  while (a + Nla.SIZE <= end) {
-    const len = dv.getUint16(a + Nla.LEN, LE);
-    const t = dv.getUint16(a + Nla.TYPE, LE);
-    if (len < Nla.SIZE || a + len > end) {
-      throw new NetlinkParseError(
-        `Netlink attribute type ${
-          t & NLA_TYPE_MASK
-        } at ${a} has length ${len}, region ends at ${end}`,
-      );
-    }
-    yield {
-      type: t & NLA_TYPE_MASK,
-      nested: (t & NLA_F_NESTED) !== 0,
-      off: a + Nla.SIZE,
-      len: len - Nla.SIZE,
-    };
-    a += align4(len);
-  }
+  const c = new NlAttrCursor().walk(dv, off, end);
+  while (c.next()) yield { type: c.type, nested: c.nested, off: c.off, len: c.len };
 }
 
 /**
@@ -560,27 +648,79 @@ export interface NlMsg {
 }
 
 /**
- * The netlink messages in `dv[0, n)`.
+ * Walks the netlink messages of `dv[off, end)` in place, without allocating:
+ * the one definition of message framing (a `struct nlmsghdr` whose length
+ * covers it, then the next message at the 4-byte aligned end), as libmnl's
+ * `mnl_nlmsg_ok` / `mnl_nlmsg_next`. After each {@linkcode next} that
+ * returned true, the fields describe the current message.
+ */
+export class NlMsgCursor implements NlMsg {
+  /** The current message's type. */
+  type = 0;
+  /** Its flags. */
+  flags = 0;
+  /** Its sequence number. */
+  seq = 0;
+  /** Offset of its header in the view. */
+  start = 0;
+  /** Offset of its payload (after the header). */
+  off = 0;
+  /** Its payload length. */
+  len = 0;
+  #dv: DataView = EMPTY;
+  #next = 0;
+  #end = 0;
+
+  /** Starts a walk over the messages of `dv[off, end)`. */
+  walk(dv: DataView, off: number, end: number): this {
+    this.#dv = dv;
+    this.#next = off;
+    this.#end = end;
+    return this;
+  }
+
+  /** Where the next message would start (past the end once the walk is over). */
+  get pos(): number {
+    return this.#next;
+  }
+
+  /**
+   * Moves to the next message; false when fewer bytes than a header are left.
+   *
+   * @throws {NetlinkParseError} when a message length is below the header or
+   * runs past the end (the walk stays at that message).
+   */
+  next(): boolean {
+    const off = this.#next;
+    if (off + Nlmsg.SIZE > this.#end) return false;
+    const dv = this.#dv;
+    const len = dv.getUint32(off + Nlmsg.LEN, LE);
+    if (len < Nlmsg.SIZE || off + len > this.#end) {
+      throw new NetlinkParseError(
+        `Netlink message at ${off} has length ${len}, data ends at ${this.#end}`,
+      );
+    }
+    this.type = dv.getUint16(off + Nlmsg.TYPE, LE);
+    this.flags = dv.getUint16(off + Nlmsg.FLAGS, LE);
+    this.seq = dv.getUint32(off + Nlmsg.SEQ, LE);
+    this.start = off;
+    this.off = off + Nlmsg.SIZE;
+    this.len = len - Nlmsg.SIZE;
+    this.#next = off + align4(len);
+    return true;
+  }
+}
+
+/**
+ * The netlink messages in `dv[0, n)`, each as a new object (see
+ * {@linkcode NlMsgCursor} for a walk without allocation).
  *
  * @throws {NetlinkParseError} when a message length is below the header or
  * runs past `n`.
  */
 export function* messages(dv: DataView, n: number): Generator<NlMsg> {
-  let off = 0;
-  while (off + Nlmsg.SIZE <= n) {
-    const len = dv.getUint32(off + Nlmsg.LEN, LE);
-    if (len < Nlmsg.SIZE || off + len > n) {
-      throw new NetlinkParseError(`Netlink message at ${off} has length ${len}, data ends at ${n}`);
-    }
-    yield {
-      type: dv.getUint16(off + Nlmsg.TYPE, LE),
-      flags: dv.getUint16(off + Nlmsg.FLAGS, LE),
-      seq: dv.getUint32(off + Nlmsg.SEQ, LE),
-      off: off + Nlmsg.SIZE,
-      len: len - Nlmsg.SIZE,
-    };
-    off += align4(len);
-  }
+  const c = new NlMsgCursor().walk(dv, 0, n);
+  while (c.next()) yield { type: c.type, flags: c.flags, seq: c.seq, off: c.off, len: c.len };
 }
 
 /** A decoded `NLMSG_ERROR` payload. */
@@ -648,6 +788,14 @@ export interface NetlinkSocketOptions {
    * @default {4194304}
    */
   sndbuf?: number;
+  /**
+   * The socket also receives messages nobody asked for (a netfilter queue's
+   * packets): a receive buffer that overflowed with those (`ENOBUFS`) is
+   * not an error while waiting for answers; an answer lost with them shows
+   * as a timeout.
+   * @default {false}
+   */
+  unsolicited?: boolean;
 }
 
 /** Handles one message of a dump or query reply; `dv` is reused by the next read. */
@@ -678,13 +826,24 @@ export class NetlinkSocket {
   #fd: number;
   #seq: number;
   #sndbuf: number;
+  readonly #timeoutMs: number;
+  readonly #unsolicited: boolean;
   readonly #rx = new Uint8Array(RX_SIZE);
   readonly #rxDv = new DataView(this.#rx.buffer);
+  readonly #msgs = new NlMsgCursor();
 
-  private constructor(fd: number, protocol: number, sndbuf: number) {
+  private constructor(
+    fd: number,
+    protocol: number,
+    sndbuf: number,
+    timeoutMs: number,
+    unsolicited: boolean,
+  ) {
     this.#fd = fd;
     this.protocol = protocol;
     this.#sndbuf = sndbuf;
+    this.#timeoutMs = timeoutMs;
+    this.#unsolicited = unsolicited;
     // Distinct sequence numbers per socket make stray answers recognisable.
     this.#seq = (Math.floor(Math.random() * 0x7fff_ffff) | 1) >>> 0;
   }
@@ -719,11 +878,20 @@ export class NetlinkSocket {
       if (c.setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, tv, 16) < 0) {
         throw new OsError("setsockopt(SO_RCVTIMEO)", errno());
       }
-      return new NetlinkSocket(fd, protocol, sndbuf);
+      return new NetlinkSocket(fd, protocol, sndbuf, timeoutMs, opts.unsolicited ?? false);
     } catch (e) {
       c.close(fd);
       throw e;
     }
+  }
+
+  /**
+   * The file descriptor (-1 once closed), for a caller that moves its own
+   * traffic over the socket (a queue's packets and verdicts) beside the
+   * requests made here.
+   */
+  get fd(): number {
+    return this.#fd;
   }
 
   #check(): void {
@@ -765,6 +933,7 @@ export class NetlinkSocket {
       const e = errno();
       if (e === EINTR) continue;
       if (e === EAGAIN) return 0;
+      if (e === ENOBUFS && this.#unsolicited) continue; // unsolicited messages were lost
       if (e === ENOBUFS) {
         throw new OsError(`${what}: answers were lost (receive buffer overflowed)`, e);
       }
@@ -785,8 +954,8 @@ export class NetlinkSocket {
     }
     const sent: Sent[] = [];
     const bySeq = new Map<number, number>();
-    for (const m of messages(dv, total)) {
-      const h = m.off - Nlmsg.SIZE;
+    for (const m = new NlMsgCursor().walk(dv, 0, total); m.next();) {
+      const h = m.start;
       const seq = this.#seq;
       this.#seq = (this.#seq + 1) >>> 0 || 1;
       dv.setUint32(h + Nlmsg.SEQ, seq, LE);
@@ -804,35 +973,65 @@ export class NetlinkSocket {
    * datagram and collects the answers: for each message, its errno (0 for
    * an acknowledgement), or -1 when no answer came (a message without
    * `NLM_F_ACK` that succeeded, or one the kernel skipped because an earlier
-   * one of the batch was refused). Never throws for refusals.
+   * one of the batch was refused). Never throws for refusals. Messages
+   * read meanwhile that are not answers (an echo, a queue's packets) go to
+   * `onOther` when given.
    *
    * @throws {OsError} when sending fails, or when a message that asked for
    * an acknowledgement got none within the timeout (`ETIMEDOUT`).
    * @throws {NetlinkParseError} when `msgs` or an answer is malformed.
    */
-  requestAll(msgs: Uint8Array[], what = "netlink request"): NlErrorAnswer[] {
+  requestAll(
+    msgs: Uint8Array[],
+    what = "netlink request",
+    onOther?: MessageHandler,
+  ): NlErrorAnswer[] {
+    return this.#request(msgs, what, onOther).map((s) =>
+      s.answer ?? { errno: -1, seq: 0, detail: "", attrOffset: -1 }
+    );
+  }
+
+  /**
+   * Like {@linkcode requestAll}, but throws the first refusal as a
+   * {@linkcode NetlinkError} naming the message's index and type.
+   */
+  request(msgs: Uint8Array[], what = "netlink request"): void {
+    const sent = this.#request(msgs, what);
+    for (let i = 0; i < sent.length; i++) {
+      const a = sent[i]!.answer;
+      if (a !== undefined && a.errno > 0) {
+        throw new NetlinkError(what, a.errno, i, sent[i]!.type, a.detail, a.attrOffset);
+      }
+    }
+  }
+
+  /** Sends `msgs` in one datagram; each message with its answer, when one came. */
+  #request(msgs: Uint8Array[], what: string, onOther?: MessageHandler): Sent[] {
     this.#check();
     const { sent, bySeq, out } = this.#number(msgs);
     let pending = 0;
     for (const s of sent) if ((s.flags & NLM_F_ACK) !== 0) pending++;
     this.#send(out, what);
     let sawError = false;
+    // Unsolicited messages can keep every read busy: the timeout is overall.
+    const deadline = performance.now() + this.#timeoutMs;
+    const noAnswer = () =>
+      new OsError(`${what}: no answer from the kernel for ${pending} message(s)`, ETIMEDOUT);
     while (pending > 0) {
+      if (performance.now() >= deadline) throw noAnswer();
       // Answers of a request are queued by the time send returns; wait only
       // when some are still missing and no refusal explains why.
       let n = this.#recv(false, what);
       if (n === 0) {
         if (sawError) break;
         n = this.#recv(true, what);
-        if (n === 0) {
-          throw new OsError(
-            `${what}: no answer from the kernel for ${pending} message(s)`,
-            ETIMEDOUT,
-          );
-        }
+        if (n === 0) throw noAnswer();
       }
-      for (const m of messages(this.#rxDv, n)) {
-        if (m.type !== NLMSG_ERROR) continue; // replies (echo) are not collected here
+      for (const m = this.#msgs.walk(this.#rxDv, 0, n); m.next();) {
+        if (m.type !== NLMSG_ERROR) {
+          onOther?.(m.type, this.#rxDv, m.off, m.len);
+          continue;
+        }
         const e = parseError(this.#rxDv, m);
         if (e === null) continue;
         const i = bySeq.get(e.seq);
@@ -844,32 +1043,7 @@ export class NetlinkSocket {
         if (e.errno !== 0) sawError = true;
       }
     }
-    return sent.map((s) => s.answer ?? { errno: -1, seq: 0, detail: "", attrOffset: -1 });
-  }
-
-  /**
-   * Like {@linkcode requestAll}, but throws the first refusal as a
-   * {@linkcode NetlinkError} naming the message's index and type.
-   */
-  request(msgs: Uint8Array[], what = "netlink request"): void {
-    const answers = this.requestAll(msgs, what);
-    const types = this.#types(msgs);
-    for (let i = 0; i < answers.length; i++) {
-      const a = answers[i]!;
-      if (a.errno > 0) {
-        throw new NetlinkError(what, a.errno, i, types[i] ?? 0, a.detail, a.attrOffset);
-      }
-    }
-  }
-
-  #types(msgs: Uint8Array[]): number[] {
-    const t: number[] = [];
-    for (const b of msgs) {
-      for (const m of messages(new DataView(b.buffer, b.byteOffset, b.byteLength), b.length)) {
-        t.push(m.type);
-      }
-    }
-    return t;
+    return sent;
   }
 
   /**
@@ -919,7 +1093,7 @@ export class NetlinkSocket {
     for (;;) {
       const n = this.#recv(true, what);
       if (n === 0) throw new OsError(`${what}: the kernel stopped answering`, ETIMEDOUT);
-      for (const m of messages(this.#rxDv, n)) {
+      for (const m = this.#msgs.walk(this.#rxDv, 0, n); m.next();) {
         if (m.seq !== seq) continue; // a stray answer of an earlier request
         if (m.type === NLMSG_ERROR) {
           const e = parseError(this.#rxDv, m);
