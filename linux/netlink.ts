@@ -51,7 +51,7 @@ import {
   ENOBUFS,
   errno,
   ETIMEDOUT,
-  HOST_LITTLE_ENDIAN as LE,
+  HOST_LITTLE_ENDIAN,
   libc,
   MSG_DONTWAIT,
   MSG_TRUNC,
@@ -66,6 +66,14 @@ import {
   SOL_SOCKET,
   strerror,
 } from "./libc.ts";
+
+// The walks below run per packet and per conntrack entry: they read these
+// module-local numbers, which cost less there than an imported or exported
+// binding (each read of one of those is checked for initialisation).
+const LE = HOST_LITTLE_ENDIAN;
+const NLMSG_HDRLEN = 16;
+const NLA_HDRLEN = 4;
+const NLA_TYPE_BITS = 0x3fff;
 
 // Protocols (linux/netlink.h).
 /** `NETLINK_NETFILTER`: nfnetlink (nf_tables, ctnetlink, queue, log...). */
@@ -135,14 +143,14 @@ export const NLA_F_NESTED = 0x8000;
 /** The attribute's value is in network byte order. */
 export const NLA_F_NET_BYTEORDER = 0x4000;
 /** The attribute type without the two flag bits. */
-export const NLA_TYPE_MASK = 0x3fff;
+export const NLA_TYPE_MASK = NLA_TYPE_BITS;
 
 /** `struct nlmsghdr` (host order): len u32, type u16, flags u16, seq u32, pid u32. */
-export const Nlmsg = { LEN: 0, TYPE: 4, FLAGS: 6, SEQ: 8, PID: 12, SIZE: 16 } as const;
+export const Nlmsg = { LEN: 0, TYPE: 4, FLAGS: 6, SEQ: 8, PID: 12, SIZE: NLMSG_HDRLEN } as const;
 /** `struct nfgenmsg`: family u8, version u8, res_id be16. */
 export const Nfgen = { FAMILY: 0, VERSION: 1, RES_ID: 2, SIZE: 4 } as const;
 /** `struct nlattr` (host order): len u16, type u16. */
-export const Nla = { LEN: 0, TYPE: 2, SIZE: 4 } as const;
+export const Nla = { LEN: 0, TYPE: 2, SIZE: NLA_HDRLEN } as const;
 /** The largest attribute: its length field is a u16. */
 export const NLA_MAX_LEN = 0xffff;
 
@@ -474,94 +482,55 @@ export interface NlAttr {
   len: number;
 }
 
-/** The view a cursor holds before its first walk. */
-const EMPTY = new DataView(new ArrayBuffer(0));
-
 /**
- * Walks the attributes of `dv[off, end)` in place, without allocating: the
- * one definition of attribute framing (a header of length and type, the
- * value, padding to 4 bytes), as libmnl's `mnl_attr_for_each`. After each
- * {@linkcode next} that returned true, `type`, `nested`, `off` and `len`
- * describe the current attribute. A cursor is reused from walk to walk;
- * one cursor per nesting level.
+ * The length of the attribute at `a` (header included, padding not), which
+ * must end by `end`; 0 when fewer bytes than a header are left (padding:
+ * the walk is over). The one check of attribute framing, as libmnl's
+ * `mnl_attr_ok`; a walk without allocation reads:
  *
- * @example
  * ```ts ignore
- * const c = new NlAttrCursor();
- * for (c.walk(dv, off, end); c.next();) if (c.type === 1) id = dv.getUint32(c.off, false);
+ * for (let a = off, len = 0; (len = attrLen(dv, a, end)) !== 0; a += align4(len)) {
+ *   if (attrType(dv, a) === WANTED) value = dv.getUint32(a + Nla.SIZE, false);
+ * }
  * ```
+ *
+ * @throws {NetlinkParseError} when the length is below the header or runs
+ * past `end`.
  */
-export class NlAttrCursor implements NlAttr {
-  /** The current attribute's type without flag bits. */
-  type = 0;
-  /** `NLA_F_NESTED` was set on the current attribute. */
-  nested = false;
-  /** Offset of the current attribute's value in the view. */
-  off = 0;
-  /** Length of the current attribute's value (no header, no padding). */
-  len = 0;
-  #dv: DataView = EMPTY;
-  #next = 0;
-  #end = 0;
+export function attrLen(dv: DataView, a: number, end: number): number {
+  if (a + NLA_HDRLEN > end) return 0;
+  const len = dv.getUint16(a, LE); // nla_len is at offset 0
+  if (len < NLA_HDRLEN || a + len > end) throw badAttr(dv, a, len, end);
+  return len;
+}
 
-  /**
-   * Starts a walk over `dv[off, end)`.
-   *
-   * @throws {NetlinkParseError} when the region is outside the view.
-   */
-  walk(dv: DataView, off: number, end: number): this {
-    if (off < 0 || end > dv.byteLength || off > end) {
-      throw new NetlinkParseError(
-        `Attribute region ${off}-${end} is outside ${dv.byteLength} bytes`,
-      );
-    }
-    this.#dv = dv;
-    this.#next = off;
-    this.#end = end;
-    return this;
-  }
+/** The type of the attribute at `a`, without the flag bits. */
+export function attrType(dv: DataView, a: number): number {
+  return dv.getUint16(a + 2, LE) & NLA_TYPE_BITS; // nla_type is at offset 2
+}
 
-  /**
-   * Moves to the next attribute; false at the end (trailing bytes too short
-   * for a header are padding).
-   *
-   * @throws {NetlinkParseError} when an attribute's length is below its
-   * header or runs past the region.
-   */
-  next(): boolean {
-    const a = this.#next;
-    if (a + Nla.SIZE > this.#end) return false;
-    const dv = this.#dv;
-    const len = dv.getUint16(a + Nla.LEN, LE);
-    const t = dv.getUint16(a + Nla.TYPE, LE);
-    if (len < Nla.SIZE || a + len > this.#end) {
-      this.#next = this.#end;
-      throw new NetlinkParseError(
-        `Netlink attribute type ${
-          t & NLA_TYPE_MASK
-        } at ${a} has length ${len}, region ends at ${this.#end}`,
-      );
-    }
-    this.type = t & NLA_TYPE_MASK;
-    this.nested = (t & NLA_F_NESTED) !== 0;
-    this.off = a + Nla.SIZE;
-    this.len = len - Nla.SIZE;
-    this.#next = a + align4(len);
-    return true;
-  }
+function badAttr(dv: DataView, a: number, len: number, end: number): NetlinkParseError {
+  return new NetlinkParseError(
+    `Netlink attribute type ${attrType(dv, a)} at ${a} has length ${len}, region ends at ${end}`,
+  );
 }
 
 /**
  * The attributes in `dv[off, end)`, in order, each as a new object (see
- * {@linkcode NlAttrCursor} for a walk without allocation). Stops at trailing
+ * {@linkcode attrLen} for a walk without allocation). Stops at trailing
  * bytes too short for a header (padding).
  *
  * @throws {NetlinkParseError} when an attribute's length is below its header
  * or runs past `end`.
  */
 export function* attrs(dv: DataView, off: number, end: number): Generator<NlAttr> {
-  const c = new NlAttrCursor().walk(dv, off, end);
-  while (c.next()) yield { type: c.type, nested: c.nested, off: c.off, len: c.len };
+  if (off < 0 || end > dv.byteLength || off > end) {
+    throw new NetlinkParseError(`Attribute region ${off}-${end} is outside ${dv.byteLength} bytes`);
+  }
+  for (let a = off, len = 0; (len = attrLen(dv, a, end)) !== 0; a += align4(len)) {
+    const nested = (dv.getUint16(a + Nla.TYPE, LE) & NLA_F_NESTED) !== 0;
+    yield { type: attrType(dv, a), nested, off: a + NLA_HDRLEN, len: len - NLA_HDRLEN };
+  }
 }
 
 /**
@@ -648,79 +617,40 @@ export interface NlMsg {
 }
 
 /**
- * Walks the netlink messages of `dv[off, end)` in place, without allocating:
- * the one definition of message framing (a `struct nlmsghdr` whose length
- * covers it, then the next message at the 4-byte aligned end), as libmnl's
- * `mnl_nlmsg_ok` / `mnl_nlmsg_next`. After each {@linkcode next} that
- * returned true, the fields describe the current message.
+ * The length of the netlink message at `off` (its header included), which
+ * must end by `end`; 0 when fewer bytes than a header are left. The next
+ * message starts at `off + align4(len)`. The one check of message framing,
+ * as libmnl's `mnl_nlmsg_ok`; used as {@linkcode attrLen} is.
+ *
+ * @throws {NetlinkParseError} when the length is below the header or runs
+ * past `end`.
  */
-export class NlMsgCursor implements NlMsg {
-  /** The current message's type. */
-  type = 0;
-  /** Its flags. */
-  flags = 0;
-  /** Its sequence number. */
-  seq = 0;
-  /** Offset of its header in the view. */
-  start = 0;
-  /** Offset of its payload (after the header). */
-  off = 0;
-  /** Its payload length. */
-  len = 0;
-  #dv: DataView = EMPTY;
-  #next = 0;
-  #end = 0;
-
-  /** Starts a walk over the messages of `dv[off, end)`. */
-  walk(dv: DataView, off: number, end: number): this {
-    this.#dv = dv;
-    this.#next = off;
-    this.#end = end;
-    return this;
+export function msgLen(dv: DataView, off: number, end: number): number {
+  if (off + NLMSG_HDRLEN > end) return 0;
+  const len = dv.getUint32(off, LE); // nlmsg_len is at offset 0
+  if (len < NLMSG_HDRLEN || off + len > end) {
+    throw new NetlinkParseError(`Netlink message at ${off} has length ${len}, data ends at ${end}`);
   }
-
-  /** Where the next message would start (past the end once the walk is over). */
-  get pos(): number {
-    return this.#next;
-  }
-
-  /**
-   * Moves to the next message; false when fewer bytes than a header are left.
-   *
-   * @throws {NetlinkParseError} when a message length is below the header or
-   * runs past the end (the walk stays at that message).
-   */
-  next(): boolean {
-    const off = this.#next;
-    if (off + Nlmsg.SIZE > this.#end) return false;
-    const dv = this.#dv;
-    const len = dv.getUint32(off + Nlmsg.LEN, LE);
-    if (len < Nlmsg.SIZE || off + len > this.#end) {
-      throw new NetlinkParseError(
-        `Netlink message at ${off} has length ${len}, data ends at ${this.#end}`,
-      );
-    }
-    this.type = dv.getUint16(off + Nlmsg.TYPE, LE);
-    this.flags = dv.getUint16(off + Nlmsg.FLAGS, LE);
-    this.seq = dv.getUint32(off + Nlmsg.SEQ, LE);
-    this.start = off;
-    this.off = off + Nlmsg.SIZE;
-    this.len = len - Nlmsg.SIZE;
-    this.#next = off + align4(len);
-    return true;
-  }
+  return len;
 }
 
 /**
  * The netlink messages in `dv[0, n)`, each as a new object (see
- * {@linkcode NlMsgCursor} for a walk without allocation).
+ * {@linkcode msgLen} for a walk without allocation).
  *
  * @throws {NetlinkParseError} when a message length is below the header or
  * runs past `n`.
  */
 export function* messages(dv: DataView, n: number): Generator<NlMsg> {
-  const c = new NlMsgCursor().walk(dv, 0, n);
-  while (c.next()) yield { type: c.type, flags: c.flags, seq: c.seq, off: c.off, len: c.len };
+  for (let off = 0, len = 0; (len = msgLen(dv, off, n)) !== 0; off += align4(len)) {
+    yield {
+      type: dv.getUint16(off + Nlmsg.TYPE, LE),
+      flags: dv.getUint16(off + Nlmsg.FLAGS, LE),
+      seq: dv.getUint32(off + Nlmsg.SEQ, LE),
+      off: off + NLMSG_HDRLEN,
+      len: len - NLMSG_HDRLEN,
+    };
+  }
 }
 
 /** A decoded `NLMSG_ERROR` payload. */
@@ -830,7 +760,6 @@ export class NetlinkSocket {
   readonly #unsolicited: boolean;
   readonly #rx = new Uint8Array(RX_SIZE);
   readonly #rxDv = new DataView(this.#rx.buffer);
-  readonly #msgs = new NlMsgCursor();
 
   private constructor(
     fd: number,
@@ -954,8 +883,8 @@ export class NetlinkSocket {
     }
     const sent: Sent[] = [];
     const bySeq = new Map<number, number>();
-    for (const m = new NlMsgCursor().walk(dv, 0, total); m.next();) {
-      const h = m.start;
+    for (const m of messages(dv, total)) {
+      const h = m.off - Nlmsg.SIZE;
       const seq = this.#seq;
       this.#seq = (this.#seq + 1) >>> 0 || 1;
       dv.setUint32(h + Nlmsg.SEQ, seq, LE);
@@ -1027,7 +956,7 @@ export class NetlinkSocket {
         n = this.#recv(true, what);
         if (n === 0) throw noAnswer();
       }
-      for (const m = this.#msgs.walk(this.#rxDv, 0, n); m.next();) {
+      for (const m of messages(this.#rxDv, n)) {
         if (m.type !== NLMSG_ERROR) {
           onOther?.(m.type, this.#rxDv, m.off, m.len);
           continue;
@@ -1093,7 +1022,7 @@ export class NetlinkSocket {
     for (;;) {
       const n = this.#recv(true, what);
       if (n === 0) throw new OsError(`${what}: the kernel stopped answering`, ETIMEDOUT);
-      for (const m = this.#msgs.walk(this.#rxDv, 0, n); m.next();) {
+      for (const m of messages(this.#rxDv, n)) {
         if (m.seq !== seq) continue; // a stray answer of an earlier request
         if (m.type === NLMSG_ERROR) {
           const e = parseError(this.#rxDv, m);

@@ -69,7 +69,10 @@ import {
 } from "./libc.ts";
 import {
   align4,
+  attrLen,
+  attrType,
   type MessageHandler,
+  msgLen,
   NETLINK_NETFILTER,
   NetlinkParseError,
   NetlinkSocket,
@@ -80,14 +83,12 @@ import {
   NFPROTO_UNSPEC,
   Nla,
   NLA_MAX_LEN,
-  NlAttrCursor,
   NlBuilder,
   NLM_F_ACK,
   NLM_F_REQUEST,
   Nlmsg,
   NLMSG_ERROR,
   NLMSG_OVERRUN,
-  NlMsgCursor,
   putAttrHeader,
   putMsgHeader,
   putNfgen,
@@ -207,6 +208,10 @@ const NFQNL_CFG_CMD_PF_UNBIND = 4;
 const NFQNL_COPY_PACKET = 2;
 const NFQA_CFG_F_FAIL_OPEN = 0x1;
 const NFQA_CFG_F_GSO = 0x4;
+/** Where a queue message's attributes start: after nlmsghdr and nfgenmsg. */
+const ATTRS_AT = Nlmsg.SIZE + Nfgen.SIZE;
+/** An attribute's header size, as a module-local number for the per-packet walk. */
+const NLA_HDRLEN = Nla.SIZE;
 /** The kernel's copy range limit: the payload attribute length is a u16. */
 const MAX_COPY_RANGE = NLA_MAX_LEN - Nla.SIZE;
 
@@ -285,7 +290,6 @@ export class NfQueue {
   readonly #mmsgDv: DataView;
   /** The iovecs the mmsghdrs point at: referenced so they live as long. */
   readonly #rxIov: Uint8Array;
-  readonly #rxMsgs = new NlMsgCursor();
   readonly #rxPkt = new PacketFields();
 
   // Send side: verdict headers written into `#txHdr`, gathered with
@@ -413,8 +417,7 @@ export class NfQueue {
   /** Sends the configuration messages, each acknowledged. */
   #configure(copyRange: number, maxLen: number, failOpen: boolean, gso: boolean): void {
     const early: number[] = [];
-    const command = (c: number) => (b: NlBuilder) =>
-      b.bytes(NFQA_CFG_CMD, cmd(c, NFPROTO_IPV4));
+    const command = (c: number) => (b: NlBuilder) => b.bytes(NFQA_CFG_CMD, cmd(c, NFPROTO_IPV4));
     // PF_UNBIND/PF_BIND are no-ops since Linux 3.8 but harmless; older
     // kernels need them before a queue of that family gets packets.
     this.#config(NFPROTO_IPV4, 0, command(NFQNL_CFG_CMD_PF_UNBIND), null, early);
@@ -583,18 +586,20 @@ export class NfQueue {
   /** Handles the netlink messages of one datagram; returns packets handled. */
   #datagram(base: number, n: number, trunc: boolean, handler: PacketHandler): number {
     const dv = this.#rxDv;
-    const m = this.#rxMsgs.walk(dv, base, base + n);
+    const end = base + n;
+    let off = base;
     let handled = 0;
     try {
-      while (m.next()) {
-        if (m.type === NFQNL_MSG_PACKET) {
-          handled += this.#packet(m.start, m.off + m.len, handler);
-        } else if (m.type === NLMSG_ERROR) {
+      for (let len = 0; (len = msgLen(dv, off, end)) !== 0; off += align4(len)) {
+        const type = dv.getUint16(off + Nlmsg.TYPE, LE);
+        if (type === NFQNL_MSG_PACKET) {
+          handled += this.#packet(off, off + len, handler);
+        } else if (type === NLMSG_ERROR) {
           // Verdicts are sent without NLM_F_ACK: an answer means one failed
           // (typically ENOENT, an unknown or already decided id).
-          const err = m.len >= 4 ? -dv.getInt32(m.off, LE) : 0;
+          const err = len >= Nlmsg.SIZE + 4 ? -dv.getInt32(off + Nlmsg.SIZE, LE) : 0;
           if (err !== 0) this.#fail(`verdict refused: ${strerror(err)} (errno ${err})`);
-        } else if (m.type === NLMSG_OVERRUN) {
+        } else if (type === NLMSG_OVERRUN) {
           this.#fail("netlink overrun");
         }
       }
@@ -603,7 +608,7 @@ export class NfQueue {
       // Framing broken (or cut by MSG_TRUNC): nothing after this is trustworthy.
       this.#fail(trunc ? "packet message longer than the receive buffer" : "bad netlink length");
     }
-    if (trunc && m.pos < base + n) this.#fail("truncated datagram");
+    if (trunc && off < end) this.#fail("truncated datagram");
     return handled;
   }
 
@@ -839,7 +844,6 @@ class PacketFields {
   capLen = -1;
   /** `NFQA_SKB_INFO` bits, 0 when absent. */
   skbInfo = 0;
-  readonly #attrs = new NlAttrCursor();
 
   /**
    * Decodes the message at `[start, end)` of `dv` (from its netlink
@@ -853,20 +857,22 @@ class PacketFields {
     this.payLen = 0;
     this.capLen = -1;
     this.skbInfo = 0;
-    const a = this.#attrs;
     try {
-      for (a.walk(dv, start + Nlmsg.SIZE + Nfgen.SIZE, end); a.next();) {
-        const type = a.type;
-        if (type === NFQA_PACKET_HDR && a.len >= PacketHdr.SIZE) {
-          this.id = dv.getUint32(a.off + PacketHdr.ID, false);
-          this.hook = dv.getUint8(a.off + PacketHdr.HOOK);
+      let len = 0;
+      for (let a = start + ATTRS_AT; (len = attrLen(dv, a, end)) !== 0; a += align4(len)) {
+        const type = attrType(dv, a);
+        const v = a + NLA_HDRLEN;
+        const n = len - NLA_HDRLEN;
+        if (type === NFQA_PACKET_HDR && n >= PacketHdr.SIZE) {
+          this.id = dv.getUint32(v + PacketHdr.ID, false);
+          this.hook = dv.getUint8(v + PacketHdr.HOOK);
         } else if (type === NFQA_PAYLOAD) {
-          this.payOff = a.off;
-          this.payLen = a.len;
-        } else if (type === NFQA_CAP_LEN && a.len >= 4) {
-          this.capLen = dv.getUint32(a.off, false);
-        } else if (type === NFQA_SKB_INFO && a.len >= 4) {
-          this.skbInfo = dv.getUint32(a.off, false);
+          this.payOff = v;
+          this.payLen = n;
+        } else if (type === NFQA_CAP_LEN && n >= 4) {
+          this.capLen = dv.getUint32(v, false);
+        } else if (type === NFQA_SKB_INFO && n >= 4) {
+          this.skbInfo = dv.getUint32(v, false);
         }
       }
     } catch (e) {
