@@ -55,9 +55,9 @@
 
 import { AF_INET, ENOENT, HOST_LITTLE_ENDIAN as LE, OsError } from "./libc.ts";
 import {
-  align4,
-  attrLen,
-  attrType,
+  align4 as align4_,
+  attrLen as attrLen_,
+  attrType as attrType_,
   msgLen,
   NETLINK_NETFILTER,
   NetlinkError,
@@ -374,6 +374,11 @@ export function decodeCtEntry(msg: Uint8Array): CtEntry | null {
   return decodeAt(dv, 0, len);
 }
 
+// Module-local names for what the per-entry walks below use: V8 checks an
+// imported binding for initialisation at every use, a local const it does not.
+const align4 = align4_;
+const attrLen = attrLen_;
+const attrType = attrType_;
 /** Header sizes as module-local numbers, for the per-entry walks below. */
 const ATTRS_AT = Nlmsg.SIZE + Nfgen.SIZE;
 const NLA_HDRLEN = Nla.SIZE;
@@ -438,18 +443,12 @@ function decodeAttrs(dv: DataView, start: number, end: number): CtEntry {
         if (vend - v < 2) throw new CtDecodeError("CTA_ZONE shorter than 2 bytes");
         e.zone = dv.getUint16(v, false);
         break;
-      case CTA.COUNTERS_ORIG: {
-        const [p, b] = decodeCounters(dv, v, vend, "CTA_COUNTERS_ORIG");
-        e.packetsOrig = p;
-        e.bytesOrig = b;
+      case CTA.COUNTERS_ORIG:
+        [e.packetsOrig, e.bytesOrig] = decodeCounters(dv, v, vend, "CTA_COUNTERS_ORIG");
         break;
-      }
-      case CTA.COUNTERS_REPLY: {
-        const [p, b] = decodeCounters(dv, v, vend, "CTA_COUNTERS_REPLY");
-        e.packetsReply = p;
-        e.bytesReply = b;
+      case CTA.COUNTERS_REPLY:
+        [e.packetsReply, e.bytesReply] = decodeCounters(dv, v, vend, "CTA_COUNTERS_REPLY");
         break;
-      }
       case CTA.PROTOINFO: {
         const s = decodeTcpState(dv, v, vend);
         if (s >= 0) e.tcpState = s;
@@ -466,6 +465,7 @@ function decodeAttrs(dv: DataView, start: number, end: number): CtEntry {
 
 const EMPTY_TUPLE: CtTuple = Object.freeze({ proto: 0, src: 0, dst: 0, sport: 0, dport: 0 });
 
+/** The be32 value at `dv[v, vend)`; `what` names it in an error. */
 function be32(dv: DataView, v: number, vend: number, what: string): number {
   if (vend - v < 4) throw new CtDecodeError(`${what} shorter than 4 bytes`);
   return dv.getUint32(v, false);

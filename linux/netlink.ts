@@ -56,6 +56,7 @@ import {
   MSG_DONTWAIT,
   MSG_TRUNC,
   OsError,
+  OwnedFd,
   SO_RCVBUF,
   SO_RCVBUFFORCE,
   SO_RCVTIMEO,
@@ -498,10 +499,8 @@ export interface NlAttr {
  * past `end`.
  */
 export function attrLen(dv: DataView, a: number, end: number): number {
-  if (a + NLA_HDRLEN > end) return 0;
-  const len = dv.getUint16(a, LE); // nla_len is at offset 0
-  if (len < NLA_HDRLEN || a + len > end) throw badAttr(dv, a, len, end);
-  return len;
+  // nla_len is at offset 0.
+  return a + NLA_HDRLEN > end ? 0 : fits(a, dv.getUint16(a, LE), end, NLA_HDRLEN, "attribute");
 }
 
 /** The type of the attribute at `a`, without the flag bits. */
@@ -509,10 +508,17 @@ export function attrType(dv: DataView, a: number): number {
   return dv.getUint16(a + 2, LE) & NLA_TYPE_BITS; // nla_type is at offset 2
 }
 
-function badAttr(dv: DataView, a: number, len: number, end: number): NetlinkParseError {
-  return new NetlinkParseError(
-    `Netlink attribute type ${attrType(dv, a)} at ${a} has length ${len}, region ends at ${end}`,
-  );
+/**
+ * `len`, the length field of a message or attribute at `off` with a header
+ * of `hdr` bytes, when it covers the header and ends by `end`.
+ *
+ * @throws {NetlinkParseError} otherwise.
+ */
+function fits(off: number, len: number, end: number, hdr: number, what: string): number {
+  if (len < hdr || off + len > end) {
+    throw new NetlinkParseError(`Netlink ${what} at ${off} has length ${len}, data ends at ${end}`);
+  }
+  return len;
 }
 
 /**
@@ -617,21 +623,15 @@ export interface NlMsg {
 }
 
 /**
- * The length of the netlink message at `off` (its header included), which
- * must end by `end`; 0 when fewer bytes than a header are left. The next
- * message starts at `off + align4(len)`. The one check of message framing,
- * as libmnl's `mnl_nlmsg_ok`; used as {@linkcode attrLen} is.
- *
- * @throws {NetlinkParseError} when the length is below the header or runs
- * past `end`.
+ * {@linkcode attrLen} for the netlink message at `off` (libmnl's
+ * `mnl_nlmsg_ok`): its length, header included; the next message starts at
+ * `off + align4(len)`.
  */
 export function msgLen(dv: DataView, off: number, end: number): number {
-  if (off + NLMSG_HDRLEN > end) return 0;
-  const len = dv.getUint32(off, LE); // nlmsg_len is at offset 0
-  if (len < NLMSG_HDRLEN || off + len > end) {
-    throw new NetlinkParseError(`Netlink message at ${off} has length ${len}, data ends at ${end}`);
-  }
-  return len;
+  // nlmsg_len is at offset 0.
+  return off + NLMSG_HDRLEN > end
+    ? 0
+    : fits(off, dv.getUint32(off, LE), end, NLMSG_HDRLEN, "message");
 }
 
 /**
@@ -750,10 +750,9 @@ interface Sent {
  * nl.dump(get, (type, dv, off, len) => {  });
  * ```
  */
-export class NetlinkSocket {
+export class NetlinkSocket extends OwnedFd {
   /** The protocol (`NETLINK_NETFILTER`...). */
   readonly protocol: number;
-  #fd: number;
   #seq: number;
   #sndbuf: number;
   readonly #timeoutMs: number;
@@ -768,7 +767,7 @@ export class NetlinkSocket {
     timeoutMs: number,
     unsolicited: boolean,
   ) {
-    this.#fd = fd;
+    super(fd);
     this.protocol = protocol;
     this.#sndbuf = sndbuf;
     this.#timeoutMs = timeoutMs;
@@ -814,27 +813,21 @@ export class NetlinkSocket {
     }
   }
 
-  /**
-   * The file descriptor (-1 once closed), for a caller that moves its own
-   * traffic over the socket (a queue's packets and verdicts) beside the
-   * requests made here.
-   */
-  get fd(): number {
-    return this.#fd;
-  }
+  // `fd` (OwnedFd's) serves a caller that moves its own traffic over the
+  // socket (a queue's packets and verdicts) beside the requests made here.
 
   #check(): void {
-    if (this.#fd < 0) throw new Error("Netlink socket is closed");
+    if (this.fd < 0) throw new Error("Netlink socket is closed");
   }
 
   /** Sends `buf` as one datagram, growing the send buffer when needed. */
   #send(buf: Uint8Array, what: string): void {
     if (buf.length + 4096 > this.#sndbuf) {
       this.#sndbuf = 2 * buf.length + 4096;
-      setIntOpt(this.#fd, SOL_SOCKET, SO_SNDBUFFORCE, SO_SNDBUF, this.#sndbuf, "SO_SNDBUF");
+      setIntOpt(this.fd, SOL_SOCKET, SO_SNDBUFFORCE, SO_SNDBUF, this.#sndbuf, "SO_SNDBUF");
     }
     for (;;) {
-      const n = Number(libc().send(this.#fd, buf, BigInt(buf.length), 0));
+      const n = Number(libc().send(this.fd, buf, BigInt(buf.length), 0));
       if (n >= 0) return;
       const e = errno();
       if (e === EINTR) continue;
@@ -849,7 +842,7 @@ export class NetlinkSocket {
   #recv(wait: boolean, what: string): number {
     for (;;) {
       const n = Number(
-        libc().recv(this.#fd, this.#rx, BigInt(RX_SIZE), MSG_TRUNC | (wait ? 0 : MSG_DONTWAIT)),
+        libc().recv(this.fd, this.#rx, BigInt(RX_SIZE), MSG_TRUNC | (wait ? 0 : MSG_DONTWAIT)),
       );
       if (n >= 0) {
         if (n > RX_SIZE) {
@@ -1047,18 +1040,6 @@ export class NetlinkSocket {
         onMessage(m.type, this.#rxDv, m.off, m.len);
       }
     }
-  }
-
-  /** Closes the socket; later calls throw. Idempotent. */
-  close(): void {
-    if (this.#fd < 0) return;
-    libc().close(this.#fd);
-    this.#fd = -1;
-  }
-
-  /** Same as {@linkcode close}, for `using`. */
-  [Symbol.dispose](): void {
-    this.close();
   }
 }
 

@@ -68,11 +68,11 @@ import {
   strerror,
 } from "./libc.ts";
 import {
-  align4,
-  attrLen,
-  attrType,
+  align4 as align4_,
+  attrLen as attrLen_,
+  attrType as attrType_,
   type MessageHandler,
-  msgLen,
+  msgLen as msgLen_,
   NETLINK_NETFILTER,
   NetlinkParseError,
   NetlinkSocket,
@@ -182,32 +182,34 @@ export interface NfQueueStats {
   gso: number;
 }
 
-// nfnetlink_queue (linux/netfilter/nfnetlink_queue.h).
-// The framing (netlink and nfnetlink headers, attributes, the socket and
-// its acknowledgements) is linux/netlink.ts's.
-const NFQNL_MSG_PACKET = nfnlType(NFNL_SUBSYS_QUEUE, 0);
-const NFQNL_MSG_VERDICT = nfnlType(NFNL_SUBSYS_QUEUE, 1);
-const NFQNL_MSG_CONFIG = nfnlType(NFNL_SUBSYS_QUEUE, 2);
-const NFQNL_MSG_VERDICT_BATCH = nfnlType(NFNL_SUBSYS_QUEUE, 3);
-const NFQA_PACKET_HDR = 1;
-const NFQA_VERDICT_HDR = 2;
-const NFQA_PAYLOAD = 10;
-const NFQA_CAP_LEN = 13;
-const NFQA_SKB_INFO = 14;
+// nfnetlink_queue (linux/netfilter/nfnetlink_queue.h). The framing
+// (netlink and nfnetlink headers, attributes, the socket and its
+// acknowledgements) is linux/netlink.ts's.
+/** `enum nfqnl_msg_types`, as full message types of subsystem `NFNL_SUBSYS_QUEUE`. */
+const NFQNL_MSG = {
+  PACKET: nfnlType(NFNL_SUBSYS_QUEUE, 0),
+  VERDICT: nfnlType(NFNL_SUBSYS_QUEUE, 1),
+  CONFIG: nfnlType(NFNL_SUBSYS_QUEUE, 2),
+  VERDICT_BATCH: nfnlType(NFNL_SUBSYS_QUEUE, 3),
+} as const;
+/** `enum nfqnl_attr_type`: the packet and verdict attributes used here. */
+const NFQA = { PACKET_HDR: 1, VERDICT_HDR: 2, PAYLOAD: 10, CAP_LEN: 13, SKB_INFO: 14 } as const;
 /** `struct nfqnl_msg_packet_hdr` (packed, 7 bytes): be32 id, be16 hw proto, u8 hook. */
 const PacketHdr = { ID: 0, HW_PROTO: 4, HOOK: 6, SIZE: 7 } as const;
-const NFQA_CFG_CMD = 1;
-const NFQA_CFG_PARAMS = 2;
-const NFQA_CFG_QUEUE_MAXLEN = 3;
-const NFQA_CFG_MASK = 4;
-const NFQA_CFG_FLAGS = 5;
-const NFQNL_CFG_CMD_BIND = 1;
-const NFQNL_CFG_CMD_UNBIND = 2;
-const NFQNL_CFG_CMD_PF_BIND = 3;
-const NFQNL_CFG_CMD_PF_UNBIND = 4;
+/** `enum nfqnl_attr_config`: the configuration attributes. */
+const NFQA_CFG = { CMD: 1, PARAMS: 2, QUEUE_MAXLEN: 3, MASK: 4, FLAGS: 5 } as const;
+/** `enum nfqnl_msg_config_cmds`: the commands of `NFQA_CFG.CMD`. */
+const NFQNL_CFG_CMD = { BIND: 1, UNBIND: 2, PF_BIND: 3, PF_UNBIND: 4 } as const;
+/** `NFQA_CFG_F_*`: the bits of `NFQA_CFG.FLAGS` (and `.MASK`). */
+const NFQA_CFG_F = { FAIL_OPEN: 0x1, GSO: 0x4 } as const;
+/** `enum nfqnl_config_mode`: copy the whole packet (up to the copy range). */
 const NFQNL_COPY_PACKET = 2;
-const NFQA_CFG_F_FAIL_OPEN = 0x1;
-const NFQA_CFG_F_GSO = 0x4;
+// Module-local names for what the per-packet walks use: V8 checks an
+// imported binding for initialisation at every use, a local const it does not.
+const align4 = align4_;
+const attrLen = attrLen_;
+const attrType = attrType_;
+const msgLen = msgLen_;
 /** Where a queue message's attributes start: after nlmsghdr and nfgenmsg. */
 const ATTRS_AT = Nlmsg.SIZE + Nfgen.SIZE;
 /** An attribute's header size, as a module-local number for the per-packet walk. */
@@ -222,8 +224,8 @@ const MAX_COPY_RANGE = NLA_MAX_LEN - Nla.SIZE;
  */
 const RX_OVERHEAD = 1024;
 /**
- * One verdict message's fixed part: nlmsghdr + nfgenmsg + NFQA_VERDICT_HDR
- * (4 + 8), then, for a payload verdict, the NFQA_PAYLOAD attribute header.
+ * One verdict message's fixed part: nlmsghdr + nfgenmsg + NFQA.VERDICT_HDR
+ * (4 + 8), then, for a payload verdict, the NFQA.PAYLOAD attribute header.
  */
 const VERDICT_MSG_SIZE = Nlmsg.SIZE + Nfgen.SIZE + Nla.SIZE + 8;
 const VERDICT_HDR_SLOT = VERDICT_MSG_SIZE + Nla.SIZE;
@@ -417,17 +419,17 @@ export class NfQueue {
   /** Sends the configuration messages, each acknowledged. */
   #configure(copyRange: number, maxLen: number, failOpen: boolean, gso: boolean): void {
     const early: number[] = [];
-    const command = (c: number) => (b: NlBuilder) => b.bytes(NFQA_CFG_CMD, cmd(c, NFPROTO_IPV4));
+    const command = (c: number) => (b: NlBuilder) => b.bytes(NFQA_CFG.CMD, cmd(c, NFPROTO_IPV4));
     // PF_UNBIND/PF_BIND are no-ops since Linux 3.8 but harmless; older
     // kernels need them before a queue of that family gets packets.
-    this.#config(NFPROTO_IPV4, 0, command(NFQNL_CFG_CMD_PF_UNBIND), null, early);
-    this.#config(NFPROTO_IPV4, 0, command(NFQNL_CFG_CMD_PF_BIND), null, early);
+    this.#config(NFPROTO_IPV4, 0, command(NFQNL_CFG_CMD.PF_UNBIND), null, early);
+    this.#config(NFPROTO_IPV4, 0, command(NFQNL_CFG_CMD.PF_BIND), null, early);
     // Bind before sending parameters: they apply to an existing instance.
     const queue = this.queue;
     this.#config(
       NFPROTO_UNSPEC,
       queue,
-      command(NFQNL_CFG_CMD_BIND),
+      command(NFQNL_CFG_CMD.BIND),
       `bind netfilter queue ${queue}`,
       early,
     );
@@ -437,36 +439,36 @@ export class NfQueue {
     this.#config(
       NFPROTO_UNSPEC,
       queue,
-      (b) => b.bytes(NFQA_CFG_PARAMS, params),
+      (b) => b.bytes(NFQA_CFG.PARAMS, params),
       "set copy mode",
       early,
     );
     this.#config(
       NFPROTO_UNSPEC,
       queue,
-      (b) => b.be32(NFQA_CFG_QUEUE_MAXLEN, maxLen),
+      (b) => b.be32(NFQA_CFG.QUEUE_MAXLEN, maxLen),
       "set queue length",
       early,
     );
-    // The kernel only looks at NFQA_CFG_FLAGS together with NFQA_CFG_MASK.
-    const flags = (failOpen ? NFQA_CFG_F_FAIL_OPEN : 0) | (gso ? NFQA_CFG_F_GSO : 0);
+    // The kernel only looks at NFQA_CFG.FLAGS together with NFQA_CFG.MASK.
+    const flags = (failOpen ? NFQA_CFG_F.FAIL_OPEN : 0) | (gso ? NFQA_CFG_F.GSO : 0);
     this.#config(
       NFPROTO_UNSPEC,
       queue,
       (b) =>
-        b.be32(NFQA_CFG_MASK, NFQA_CFG_F_FAIL_OPEN | NFQA_CFG_F_GSO).be32(NFQA_CFG_FLAGS, flags),
+        b.be32(NFQA_CFG.MASK, NFQA_CFG_F.FAIL_OPEN | NFQA_CFG_F.GSO).be32(NFQA_CFG.FLAGS, flags),
       "set queue flags",
       early,
     );
     // Packets queued between bind and the copy-mode change came without
     // payload: nobody has looked at them, so they are dropped rather than
     // passed untranslated (transports retransmit).
-    for (const id of early) this.#emit(NFQNL_MSG_VERDICT, id, VERDICT_DROP, 0, 0);
+    for (const id of early) this.#emit(NFQNL_MSG.VERDICT, id, VERDICT_DROP, 0, 0);
     this.#send();
   }
 
   /**
-   * Sends one NFQNL_MSG_CONFIG whose attributes `attrs` appends and waits
+   * Sends one NFQNL_MSG.CONFIG whose attributes `attrs` appends and waits
    * for its acknowledgement. `what` null: failures are ignored. Packet
    * messages read meanwhile are recorded in `early` for a verdict.
    */
@@ -477,11 +479,11 @@ export class NfQueue {
     what: string | null,
     early: number[],
   ): void {
-    const b = new NlBuilder(64).begin(NFQNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK);
+    const b = new NlBuilder(64).begin(NFQNL_MSG.CONFIG, NLM_F_REQUEST | NLM_F_ACK);
     attrs(b.nfgen(family, resId));
     const pkt = new PacketFields();
     const onPacket: MessageHandler = (type, dv, off, len) => {
-      if (type === NFQNL_MSG_PACKET && pkt.read(dv, off - Nlmsg.SIZE, off + len)) {
+      if (type === NFQNL_MSG.PACKET && pkt.read(dv, off - Nlmsg.SIZE, off + len)) {
         early.push(pkt.id);
       }
     };
@@ -592,7 +594,7 @@ export class NfQueue {
     try {
       for (let len = 0; (len = msgLen(dv, off, end)) !== 0; off += align4(len)) {
         const type = dv.getUint16(off + Nlmsg.TYPE, LE);
-        if (type === NFQNL_MSG_PACKET) {
+        if (type === NFQNL_MSG.PACKET) {
           handled += this.#packet(off, off + len, handler);
         } else if (type === NLMSG_ERROR) {
           // Verdicts are sent without NLM_F_ACK: an answer means one failed
@@ -625,7 +627,7 @@ export class NfQueue {
     const payLen = p.payLen;
     if (payOff < 0 || payLen === 0) {
       this.#fail("packet message without payload");
-      this.#emit(NFQNL_MSG_VERDICT, id, VERDICT_DROP, 0, 0);
+      this.#emit(NFQNL_MSG.VERDICT, id, VERDICT_DROP, 0, 0);
       return 0;
     }
     const skbInfo = p.skbInfo;
@@ -649,7 +651,7 @@ export class NfQueue {
         } else {
           // A held packet is older: a batch would cover it.
           this.#closeRun();
-          this.#emit(NFQNL_MSG_VERDICT, id, VERDICT_ACCEPT, 0, 0);
+          this.#emit(NFQNL_MSG.VERDICT, id, VERDICT_ACCEPT, 0, 0);
         }
         break;
       case Verdict.MODIFIED:
@@ -658,10 +660,10 @@ export class NfQueue {
           // (IPv4 GSO/GRO packets stop at 64 KB; only a 65532-65535 byte one,
           // or one from BIG TCP, can be longer than the 65531-byte copy range.)
           this.stats.truncatedDrops++;
-          this.#emit(NFQNL_MSG_VERDICT, id, VERDICT_DROP, 0, 0);
+          this.#emit(NFQNL_MSG.VERDICT, id, VERDICT_DROP, 0, 0);
         } else {
           this.#closeRun(); // keep earlier accepts ahead of the rewritten packet
-          this.#emit(NFQNL_MSG_VERDICT, id, VERDICT_ACCEPT, this.#rxAddr + payOff, payLen);
+          this.#emit(NFQNL_MSG.VERDICT, id, VERDICT_ACCEPT, this.#rxAddr + payOff, payLen);
         }
         break;
       case Verdict.HOLD:
@@ -670,7 +672,7 @@ export class NfQueue {
         this.#held.add(id);
         break;
       default:
-        this.#emit(NFQNL_MSG_VERDICT, id, VERDICT_DROP, 0, 0);
+        this.#emit(NFQNL_MSG.VERDICT, id, VERDICT_DROP, 0, 0);
     }
     if (truncated) this.stats.truncated++;
     return 1;
@@ -700,9 +702,9 @@ export class NfQueue {
     this.#closeRun();
     if (payload !== undefined && verdict === VERDICT_ACCEPT) {
       this.#keep.push(payload);
-      this.#emit(NFQNL_MSG_VERDICT, id >>> 0, VERDICT_ACCEPT, addressOf(payload), payload.length);
+      this.#emit(NFQNL_MSG.VERDICT, id >>> 0, VERDICT_ACCEPT, addressOf(payload), payload.length);
     } else {
-      this.#emit(NFQNL_MSG_VERDICT, id >>> 0, verdict >>> 0, 0, 0);
+      this.#emit(NFQNL_MSG.VERDICT, id >>> 0, verdict >>> 0, 0, 0);
     }
   }
 
@@ -722,7 +724,7 @@ export class NfQueue {
   #closeRun(): void {
     if (!this.#runOpen) return;
     this.#runOpen = false;
-    this.#emit(NFQNL_MSG_VERDICT_BATCH, this.#runMax, VERDICT_ACCEPT, 0, 0);
+    this.#emit(NFQNL_MSG.VERDICT_BATCH, this.#runMax, VERDICT_ACCEPT, 0, 0);
   }
 
   /** Appends one verdict message to the send list (payload gathered in place). */
@@ -736,10 +738,10 @@ export class NfQueue {
     putMsgHeader(dv, h, total, type, NLM_F_REQUEST);
     putNfgen(dv, h + Nlmsg.SIZE, NFPROTO_UNSPEC, this.queue);
     const v = h + Nlmsg.SIZE + Nfgen.SIZE;
-    putAttrHeader(dv, v, Nla.SIZE + 8, NFQA_VERDICT_HDR); // struct nfqnl_msg_verdict_hdr
+    putAttrHeader(dv, v, Nla.SIZE + 8, NFQA.VERDICT_HDR); // struct nfqnl_msg_verdict_hdr
     dv.setUint32(v + Nla.SIZE, verdict, false);
     dv.setUint32(v + Nla.SIZE + 4, id, false);
-    if (payLen > 0) putAttrHeader(dv, v + Nla.SIZE + 8, Nla.SIZE + payLen, NFQA_PAYLOAD);
+    if (payLen > 0) putAttrHeader(dv, v + Nla.SIZE + 8, Nla.SIZE + payLen, NFQA.PAYLOAD);
     this.#iov(this.#txHdrAddr + h, hlen);
     if (payLen > 0) this.#iov(payAddr, payLen);
     if (pad > 0) this.#iov(this.#zeroAddr, pad);
@@ -791,7 +793,7 @@ export class NfQueue {
     this.#config(
       NFPROTO_UNSPEC,
       this.queue,
-      (b) => b.bytes(NFQA_CFG_CMD, cmd(NFQNL_CFG_CMD_UNBIND, NFPROTO_IPV4)),
+      (b) => b.bytes(NFQA_CFG.CMD, cmd(NFQNL_CFG_CMD.UNBIND, NFPROTO_IPV4)),
       null,
       [],
     );
@@ -863,15 +865,15 @@ class PacketFields {
         const type = attrType(dv, a);
         const v = a + NLA_HDRLEN;
         const n = len - NLA_HDRLEN;
-        if (type === NFQA_PACKET_HDR && n >= PacketHdr.SIZE) {
+        if (type === NFQA.PACKET_HDR && n >= PacketHdr.SIZE) {
           this.id = dv.getUint32(v + PacketHdr.ID, false);
           this.hook = dv.getUint8(v + PacketHdr.HOOK);
-        } else if (type === NFQA_PAYLOAD) {
+        } else if (type === NFQA.PAYLOAD) {
           this.payOff = v;
           this.payLen = n;
-        } else if (type === NFQA_CAP_LEN && n >= 4) {
+        } else if (type === NFQA.CAP_LEN && n >= 4) {
           this.capLen = dv.getUint32(v, false);
-        } else if (type === NFQA_SKB_INFO && n >= 4) {
+        } else if (type === NFQA.SKB_INFO && n >= 4) {
           this.skbInfo = dv.getUint32(v, false);
         }
       }

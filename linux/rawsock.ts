@@ -24,6 +24,7 @@ import {
   IPPROTO_RAW,
   libc,
   OsError,
+  OwnedFd,
   SOCK_CLOEXEC,
   SOCK_RAW,
   strerror,
@@ -55,19 +56,18 @@ const lengths: bigint[] = [];
  * raw.send(packet, packet.length, parseIPv4("192.0.2.7")!);
  * ```
  */
-export class RawSocket {
+export class RawSocket extends OwnedFd {
   /** Counters, updated in place. */
   readonly stats: RawSocketStats = { sent: 0, errors: 0 };
   /** The last send error, for diagnostics. */
   lastError = "";
   /** `errno` of the last failed send, 0 if none. */
   lastErrno = 0;
-  #fd: number;
   readonly #sa = new Uint8Array(SockaddrIn.SIZE);
   readonly #saDv = new DataView(this.#sa.buffer);
 
   private constructor(fd: number) {
-    this.#fd = fd;
+    super(fd);
     this.#saDv.setUint16(SockaddrIn.FAMILY, AF_INET, LE);
   }
 
@@ -88,14 +88,15 @@ export class RawSocket {
    * packet must not stop the data path.
    */
   send(pkt: Uint8Array, len: number, dst: number): void {
-    if (this.#fd < 0 || len < 20 || len > pkt.length || len > 65535) {
+    const fd = this.fd;
+    if (fd < 0 || len < 20 || len > pkt.length || len > 65535) {
       this.stats.errors++;
-      this.lastError = this.#fd < 0 ? "socket closed" : `bad packet length ${len}`;
+      this.lastError = fd < 0 ? "socket closed" : `bad packet length ${len}`;
       return;
     }
     this.#saDv.setUint32(SockaddrIn.ADDR, dst >>> 0, false);
     const n = (lengths[len] ??= BigInt(len));
-    const r = libc().sendto(this.#fd, pkt, n, 0, this.#sa, SockaddrIn.SIZE);
+    const r = libc().sendto(fd, pkt, n, 0, this.#sa, SockaddrIn.SIZE);
     if (r < 0) {
       const e = errno();
       this.stats.errors++;
@@ -104,17 +105,5 @@ export class RawSocket {
       return;
     }
     this.stats.sent++;
-  }
-
-  /** Closes the socket. Idempotent. */
-  close(): void {
-    if (this.#fd < 0) return;
-    libc().close(this.#fd);
-    this.#fd = -1;
-  }
-
-  /** Same as {@linkcode close}. */
-  [Symbol.dispose](): void {
-    this.close();
   }
 }
