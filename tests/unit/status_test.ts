@@ -27,7 +27,7 @@ import {
   formatDriverStatus,
   formatEvent,
   formatStatus,
-} from "../../src/cli/main.ts";
+} from "../../src/cli/format.ts";
 import type {
   DriverStatusReply,
   SessionEvent,
