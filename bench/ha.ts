@@ -1,0 +1,426 @@
+/**
+ * `deno task bench:ha` (as root): failover of a gateway pair, measured the
+ * way issue 21 asks, on the HA topology (testing/ha_topology.ts: 4 hosts, 2
+ * gateways, a router, 3 peers, all namespaces).
+ *
+ * Modes:
+ *
+ * - `anchor`, the "before": plain iptables SNAT to a VRRP address on both
+ *   gateways, keepalived 2.2.7 (VRRPv3, unicast adverts on the LAN) moving G
+ *   and the public address itself (`virtual_ipaddress`) and calling the
+ *   steps of Debian's primary-backup.sh from `notify`
+ *   (bench/ha/anchor-notify.sh: conntrackd -c, -f, -R, -B), conntrackd
+ *   1.4.7 FTFW over the dedicated sync link (contrib/ha/conntrackd.conf.in,
+ *   with the external cache on or off).
+ * - `ordered`, the prototype of dpm's takeover (docs/ha.md): the same SNAT
+ *   and conntrackd, but keepalived owns only the VRRP state
+ *   (contrib/ha/keepalived.conf.in, no `virtual_ipaddress`); the notify
+ *   hook (contrib/ha/dpm-ha-notify) makes sure the state is in the kernel,
+ *   then adds G and the pool and sends the gratuitous ARPs itself.
+ *
+ * Each run: 100 TCP connections and 100 UDP flows busy (a message every
+ * 20 ms each) from the hosts to the peers' echo servers, fresh sessions
+ * opened every 100 ms per host, the WAN captured (testing/ha_failover.ts);
+ * after a steady period (sync bytes measured on the sync link) the active
+ * gateway fails (`crash`: links down and daemons SIGKILLed at once; `kill`:
+ * keepalived SIGKILLed; `lan-down`), and with `--failback` it comes back
+ * and takes over again. The figures (testing/ha_analysis.ts): takeover time
+ * (failure to the first translated UDP packet from the new active), when
+ * the new active claimed the addresses (its first gratuitous ARP on the WAN)
+ * and when its notify hook had committed conntrackd's state, RSTs, UDP
+ * datagrams lost per flow, packets that left from a wrong public pair,
+ * sessions whose pair changed, fresh sessions that failed, and sync bytes
+ * per busy session.
+ *
+ * ```sh
+ * sudo deno task bench:ha                                   # the anchor matrix and the ordered prototype
+ * deno run -A bench/ha.ts --modes anchor --advert 0.05 --failures crash --rounds 1
+ * deno run -A bench/ha.ts --json --out /tmp/ha
+ * ```
+ *
+ * Prints a Markdown table (or JSON) on stdout, progress on stderr; with
+ * `--out DIR` writes ha.json and ha.md there.
+ *
+ * @module
+ */
+
+import { fileURLToPath } from "node:url";
+import { createHaTopology, type HaGateway, type HaTopology } from "../testing/ha_topology.ts";
+import {
+  type GatewayDaemons,
+  holdsVip,
+  KEEPALIVED_ANCHOR_TEMPLATE,
+  KEEPALIVED_TEMPLATE,
+  preparePair,
+  vipHolder,
+} from "../testing/ha_daemons.ts";
+import {
+  type Failure,
+  inject,
+  startBusy,
+  startCapture,
+  startEchoes,
+  syncCounters,
+} from "../testing/ha_failover.ts";
+import {
+  analyzeWan,
+  type HaEvent,
+  type HostFigures,
+  summarizeHosts,
+  type WanFigures,
+} from "../testing/ha_analysis.ts";
+import { wallMs } from "../testing/ha_traffic.ts";
+import { destroyOnSignal } from "../testing/topology.ts";
+import { waitFor } from "../testing/wait.ts";
+
+const ROOT = fileURLToPath(new URL("../", import.meta.url));
+const ANCHOR_NOTIFY = `${ROOT}bench/ha/anchor-notify.sh`;
+const DPM_NOTIFY = `${ROOT}contrib/ha/dpm-ha-notify`;
+
+/** How a run's pair is set up. */
+export type Mode = "anchor" | "ordered";
+
+/** One run's settings. */
+export interface RunConfig {
+  mode: Mode;
+  advertInt: number;
+  failure: Failure;
+  /** conntrackd DisableExternalCache. */
+  disableExternalCache: boolean;
+  failback: boolean;
+  tcp: number;
+  udp: number;
+}
+
+/** One run's figures. */
+export interface RunResult {
+  config: RunConfig;
+  wan: WanFigures;
+  hosts: HostFigures;
+  /** Per event: ms from the event to the new active's notify hook starting and its state being committed. */
+  hooks: { notifyMs: number | null; committedMs: number | null }[];
+  /** Sync link, steady period: bytes per second both ways, and bit/s per busy session. */
+  sync: { bytesPerSec: number; bitsPerSecPerSession: number; seconds: number };
+  /** tcpdump's own drops (the figures undercount when > 0). */
+  captureDropped: number;
+}
+
+const log = (s: string) => console.error(`bench:ha: ${s}`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Commands run in a gateway so that its SNAT and addresses are as the mode wants. */
+async function setupGateway(t: HaTopology, gw: HaGateway): Promise<void> {
+  const r = await t.exec(gw.ns, [
+    "iptables",
+    "-t",
+    "nat",
+    "-A",
+    "POSTROUTING",
+    "-o",
+    gw.wanIf,
+    "-s",
+    t.lanCidr,
+    "-j",
+    "SNAT",
+    "--to-source",
+    t.pool[0]!,
+  ]);
+  if (r.code !== 0) throw new Error(`SNAT in ${gw.name}: ${r.stderr}`);
+}
+
+/** The notify hook's log lines: "<epoch s> notify MASTER", "<epoch s> done conntrackd ... -c rc=0". */
+async function hookTimes(
+  d: GatewayDaemons,
+  e: HaEvent,
+  until: number,
+): Promise<{ notifyMs: number | null; committedMs: number | null }> {
+  let text = "";
+  try {
+    text = await Deno.readTextFile(`${d.dir}/notify.log`);
+  } catch {
+    return { notifyMs: null, committedMs: null };
+  }
+  let notifyMs: number | null = null;
+  let committedMs: number | null = null;
+  for (const line of text.split("\n")) {
+    const m = /^(\d+\.\d+) (.*)$/.exec(line);
+    if (!m) continue;
+    const ms = Number(m[1]) * 1000;
+    if (ms < e.at || ms >= until) continue;
+    if (notifyMs === null && / ?notify MASTER/.test(m[2]!)) notifyMs = ms - e.at;
+    if (committedMs === null && /committed|done conntrackd .* -c /.test(m[2]!)) {
+      committedMs = ms - e.at;
+    }
+  }
+  return { notifyMs, committedMs };
+}
+
+/** Brings a failed gateway back as a rebooted box would come: empty conntrack, no addresses it held. */
+async function revive(
+  t: HaTopology,
+  d: GatewayDaemons,
+  failure: Failure,
+): Promise<void> {
+  const gw = d.gw;
+  if (failure === "crash") {
+    await t.exec(gw.ns, ["conntrack", "-F"]);
+    for (const a of [`${t.vipText}/${t.lanPrefixLen}`]) {
+      await t.exec(gw.ns, ["ip", "addr", "del", a, "dev", gw.lanIf]);
+    }
+    for (const a of t.pool) await t.exec(gw.ns, ["ip", "addr", "del", `${a}/32`, "dev", gw.wanIf]);
+    await t.setLinks(gw, ["lan", "wan", "sync"], "up");
+    await d.start();
+  } else if (failure === "kill") {
+    await d.kill(["conntrackd"]);
+    await d.start();
+  } else {
+    await t.setLinks(gw, ["lan"], "up");
+  }
+}
+
+async function run(c: RunConfig): Promise<RunResult> {
+  const t = await createHaTopology({ hosts: 4, peers: 3 });
+  const undo = destroyOnSignal(t);
+  try {
+    const [ga, gb] = t.gateways;
+    for (const g of t.gateways) await setupGateway(t, g);
+    const pair = await preparePair(t, {
+      keepalivedTemplate: c.mode === "anchor" ? KEEPALIVED_ANCHOR_TEMPLATE : KEEPALIVED_TEMPLATE,
+      advertInt: c.advertInt,
+      disableExternalCache: c.disableExternalCache,
+      notify: (gw, dir) =>
+        c.mode === "anchor"
+          ? `${ANCHOR_NOTIFY} ${dir}/conntrackd.conf ${dir}/notify.log`
+          : `${DPM_NOTIFY} ${dir}/hook.env`,
+      keepalivedVars: (gw) =>
+        c.mode === "anchor"
+          ? {
+            VIRTUAL_ADDRESSES: [
+              `${t.vipText}/${t.lanPrefixLen} dev ${gw.lanIf}`,
+              ...t.pool.map((a) => `${a}/32 dev ${gw.wanIf}`),
+            ].join("\n"),
+          }
+          : {},
+    });
+    if (c.mode === "ordered") {
+      for (const d of pair) await writeHookEnv(t, d);
+    }
+    const [da, db] = pair as [GatewayDaemons, GatewayDaemons];
+    await da.start();
+    await waitFor(async () => (await vipHolder(t))?.name === ga.name, {
+      what: `${ga.name} to become active`,
+      timeoutMs: 10_000,
+    });
+    await db.start();
+    await sleep(500);
+    await startEchoes(t);
+    const busy = await startBusy(t, { tcp: c.tcp, udp: c.udp });
+    await sleep(1500);
+    // Steady period: the sync link's bytes per busy session.
+    const s0 = await syncCounters(t, ga);
+    const w0 = wallMs();
+    await sleep(3000);
+    const s1 = await syncCounters(t, ga);
+    const seconds = (wallMs() - w0) / 1000;
+    const bytes = s1.txBytes - s0.txBytes + s1.rxBytes - s0.rxBytes;
+    const sync = {
+      bytesPerSec: bytes / seconds,
+      bitsPerSecPerSession: (bytes * 8) / seconds / (c.tcp + c.udp),
+      seconds,
+    };
+
+    await busy.fresh(true);
+    const cap = await startCapture(t);
+    await sleep(1500);
+    const events: HaEvent[] = [];
+    const at = await inject(t, ga, c.failure, async () => {
+      await da.kill(c.failure === "kill" ? ["keepalived"] : ["keepalived", "conntrackd"]);
+    });
+    events.push({ name: c.failure, at, to: gb.name });
+    await waitFor(() => holdsVip(t, gb), {
+      what: `${gb.name} to take over`,
+      timeoutMs: 10_000,
+    });
+    await sleep(4000);
+    if (c.failback) {
+      const back = wallMs();
+      await revive(t, da, c.failure);
+      events.push({ name: "failback", at: back, to: ga.name });
+      await waitFor(async () => (await vipHolder(t))?.name === ga.name, {
+        what: `${ga.name} to take over again`,
+        timeoutMs: 20_000,
+      });
+      await sleep(4000);
+    }
+    const captured = await cap.stop();
+    const reports = await busy.stop();
+    const wan = analyzeWan(captured.packets, events, [ga.name, gb.name], captured.claims);
+    wan.undecoded = captured.undecoded;
+    const hooks = await Promise.all(
+      events.map((e, i) => hookTimes(e.to === ga.name ? da : db, e, events[i + 1]?.at ?? Infinity)),
+    );
+    const escaped = await t.escaped();
+    if (escaped !== 0) throw new Error(`${escaped} packet(s) left the topology`);
+    return {
+      config: c,
+      wan,
+      hosts: summarizeHosts(reports, events),
+      hooks,
+      sync,
+      captureDropped: captured.dropped,
+    };
+  } finally {
+    undo();
+    await t.destroy();
+  }
+}
+
+/**
+ * The ordered hook's environment file (contrib/ha/dpm-ha-notify reads it):
+ * which addresses to claim on which link, conntrackd's configuration, the
+ * log.
+ */
+async function writeHookEnv(t: HaTopology, d: GatewayDaemons): Promise<void> {
+  await Deno.mkdir(d.dir, { recursive: true, mode: 0o700 });
+  const env = [
+    `LAN_IF=${d.gw.lanIf}`,
+    `WAN_IF=${d.gw.wanIf}`,
+    `LAN_ADDRESSES="${t.vipText}/${t.lanPrefixLen}"`,
+    `WAN_ADDRESSES="${t.pool.map((a) => `${a}/32`).join(" ")}"`,
+    `CONNTRACKD_CONF=${d.dir}/conntrackd.conf`,
+    `LOG=${d.dir}/notify.log`,
+  ];
+  await Deno.writeTextFile(`${d.dir}/hook.env`, env.join("\n") + "\n", { mode: 0o600 });
+}
+
+const fmt = (x: number | null, digits = 0) => x === null ? "-" : x.toFixed(digits);
+
+/** The Markdown table of the runs. */
+export function markdown(results: readonly RunResult[]): string {
+  const head = [
+    "mode",
+    "advert_int",
+    "failure",
+    "ext. cache",
+    "event",
+    "takeover ms",
+    "claim ms",
+    "hook committed ms",
+    "TCP broken",
+    "RST in/out",
+    "UDP lost (sum / max per flow / flows)",
+    "wrong-pair pkts (flows)",
+    "stray TCP",
+    "pairs changed",
+    "fresh ok/failed",
+    "sync bit/s per session",
+  ];
+  const rows = [head.join(" | "), head.map(() => "---").join(" | ")];
+  for (const r of results) {
+    r.wan.windows.forEach((w, i) => {
+      const f = r.hosts.fresh[i + 1]!;
+      rows.push([
+        r.config.mode,
+        String(r.config.advertInt),
+        r.config.failure,
+        r.config.disableExternalCache ? "off" : "on",
+        w.event,
+        fmt(w.takeoverMs),
+        fmt(w.claimMs),
+        fmt(r.hooks[i]?.committedMs ?? null),
+        i === 0 ? String(r.hosts.tcpBroken) : "",
+        `${w.rstIn}/${w.rstOut}`,
+        i === 0 ? `${r.hosts.udpLost} / ${r.hosts.udpLostMax} / ${r.hosts.udpFlowsWithLoss}` : "",
+        `${w.wrongPair} (${w.wrongPairFlows.length})`,
+        String(w.strayTcp),
+        i === 0 ? String(r.wan.pairChanged.length) : "",
+        `${f.ok}/${f.failed}`,
+        i === 0 ? r.sync.bitsPerSecPerSession.toFixed(0) : "",
+      ].join(" | "));
+    });
+  }
+  return rows.map((r) => `| ${r} |`).join("\n") + "\n";
+}
+
+function parseArgs(argv: string[]) {
+  const o = {
+    modes: ["anchor", "ordered"] as Mode[],
+    adverts: [0.1, 0.05],
+    failures: ["crash", "kill", "lan-down"] as Failure[],
+    caches: [true, false],
+    rounds: 1,
+    tcp: 100,
+    udp: 100,
+    failback: true,
+    json: false,
+    out: "",
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const v = () => {
+      const x = argv[++i];
+      if (x === undefined) throw new TypeError(`Flag ${a} needs a value`);
+      return x;
+    };
+    if (a === "--modes") o.modes = v().split(",") as Mode[];
+    else if (a === "--advert") o.adverts = v().split(",").map(Number);
+    else if (a === "--failures") o.failures = v().split(",") as Failure[];
+    else if (a === "--cache") o.caches = v().split(",").map((x) => x === "off");
+    else if (a === "--rounds") o.rounds = Number(v());
+    else if (a === "--tcp") o.tcp = Number(v());
+    else if (a === "--udp") o.udp = Number(v());
+    else if (a === "--no-failback") o.failback = false;
+    else if (a === "--json") o.json = true;
+    else if (a === "--out") o.out = v();
+    else throw new TypeError(`Unknown flag "${a}"`);
+  }
+  for (const m of o.modes) {
+    if (m !== "anchor" && m !== "ordered") throw new TypeError(`Unknown mode "${m}"`);
+  }
+  for (const f of o.failures) {
+    if (!["crash", "kill", "lan-down"].includes(f)) throw new TypeError(`Unknown failure "${f}"`);
+  }
+  return o;
+}
+
+async function main(): Promise<number> {
+  const o = parseArgs(Deno.args);
+  const results: RunResult[] = [];
+  for (const mode of o.modes) {
+    for (const advertInt of o.adverts) {
+      for (const failure of o.failures) {
+        for (const disableExternalCache of o.caches) {
+          for (let round = 0; round < o.rounds; round++) {
+            const c: RunConfig = {
+              mode,
+              advertInt,
+              failure,
+              disableExternalCache,
+              failback: o.failback,
+              tcp: o.tcp,
+              udp: o.udp,
+            };
+            log(`${JSON.stringify(c)} round ${round + 1}/${o.rounds}`);
+            try {
+              const r = await run(c);
+              results.push(r);
+              log(markdown([r]).split("\n").slice(2).join("\n"));
+            } catch (e) {
+              log(`run failed: ${(e as Error).stack ?? e}`);
+            }
+          }
+        }
+      }
+    }
+  }
+  const md = markdown(results);
+  if (o.out) {
+    await Deno.mkdir(o.out, { recursive: true });
+    await Deno.writeTextFile(`${o.out}/ha.json`, JSON.stringify(results, null, 2) + "\n");
+    await Deno.writeTextFile(`${o.out}/ha.md`, md);
+  }
+  console.log(o.json ? JSON.stringify(results, null, 2) : md);
+  return 0;
+}
+
+if (import.meta.main) Deno.exit(await main());
