@@ -188,7 +188,7 @@ async function run(c: RunConfig): Promise<RunResult> {
       keepalivedTemplate: c.mode === "anchor" ? KEEPALIVED_ANCHOR_TEMPLATE : KEEPALIVED_TEMPLATE,
       advertInt: c.advertInt,
       disableExternalCache: c.disableExternalCache,
-      notify: (gw, dir) =>
+      notify: (_gw, dir) =>
         c.mode === "anchor"
           ? `${ANCHOR_NOTIFY} ${dir}/conntrackd.conf ${dir}/notify.log`
           : `${DPM_NOTIFY} ${dir}/hook.env`,
