@@ -76,6 +76,8 @@ import { waitFor } from "../testing/wait.ts";
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 const ANCHOR_NOTIFY = `${ROOT}bench/ha/anchor-notify.sh`;
 const DPM_NOTIFY = `${ROOT}contrib/ha/dpm-ha-notify`;
+/** The ordered mode's preempt_delay: a returning gateway's time to resync before it takes over. */
+const PREEMPT_DELAY_S = 2;
 
 /** How a run's pair is set up. */
 export type Mode = "anchor" | "ordered";
@@ -192,7 +194,7 @@ async function run(c: RunConfig): Promise<RunResult> {
         c.mode === "anchor"
           ? `${ANCHOR_NOTIFY} ${dir}/conntrackd.conf ${dir}/notify.log`
           : `${DPM_NOTIFY} ${dir}/hook.env`,
-      keepalivedVars: (gw) =>
+      keepalivedVars: (gw, dir) =>
         c.mode === "anchor"
           ? {
             VIRTUAL_ADDRESSES: [
@@ -200,7 +202,7 @@ async function run(c: RunConfig): Promise<RunResult> {
               ...t.pool.map((a) => `${a}/32 dev ${gw.wanIf}`),
             ].join("\n"),
           }
-          : {},
+          : { RUN_DIR: dir, PREEMPT_DELAY: String(PREEMPT_DELAY_S) },
     });
     if (c.mode === "ordered") {
       for (const d of pair) await writeHookEnv(t, d);

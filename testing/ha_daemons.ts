@@ -81,8 +81,8 @@ export interface PairOptions {
   advertInt: number;
   /** The notify hook's command line for a gateway (keepalived appends its arguments). */
   notify: (gw: HaGateway, dir: string) => string;
-  /** Extra template values for keepalived (e.g. VIRTUAL_ADDRESSES for the anchor). */
-  keepalivedVars?: (gw: HaGateway) => Record<string, string>;
+  /** Extra template values for keepalived (e.g. VIRTUAL_ADDRESSES for the anchor), given the run directory. */
+  keepalivedVars?: (gw: HaGateway, dir: string) => Record<string, string>;
   /**
    * conntrackd's `DisableExternalCache`: true writes replicated entries into
    * the kernel at once.
@@ -153,7 +153,7 @@ export async function preparePair(t: HaTopology, o: PairOptions): Promise<Gatewa
       LAN_ADDR: gw.lanText,
       PEER_LAN_ADDR: other.lanText,
       NOTIFY: o.notify(gw, dir),
-      ...(o.keepalivedVars?.(gw) ?? {}),
+      ...(o.keepalivedVars?.(gw, dir) ?? {}),
     });
     const d: GatewayDaemons = {
       gw,
