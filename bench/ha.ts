@@ -70,17 +70,22 @@ import {
   type WanFigures,
 } from "../testing/ha_analysis.ts";
 import { wallMs } from "../testing/ha_traffic.ts";
-import { destroyOnSignal } from "../testing/topology.ts";
+import { destroyOnSignal, type Spawned } from "../testing/topology.ts";
+import { denoScript, DPM_ENV, dpmCommand } from "../testing/launch.ts";
 import { waitFor } from "../testing/wait.ts";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 const ANCHOR_NOTIFY = `${ROOT}bench/ha/anchor-notify.sh`;
 const DPM_NOTIFY = `${ROOT}contrib/ha/dpm-ha-notify`;
+const MIRROR = `${ROOT}bench/ha/standby_mirror.ts`;
+const MIRROR_SYNC = `${ROOT}bench/ha/mirror-sync`;
+/** The standby mirror's cycle. */
+const MIRROR_INTERVAL_MS = 100;
 /** The ordered mode's preempt_delay: a returning gateway's time to resync before it takes over. */
 const PREEMPT_DELAY_S = 2;
 
 /** How a run's pair is set up. */
-export type Mode = "anchor" | "ordered";
+export type Mode = "anchor" | "ordered" | "dpm";
 
 /** One run's settings. */
 export interface RunConfig {
@@ -92,6 +97,8 @@ export interface RunConfig {
   failback: boolean;
   tcp: number;
   udp: number;
+  /** SNAT with --random-fully (modes anchor and ordered): no port preservation, so a packet that beats the state gets a new pair. */
+  snatRandom: boolean;
 }
 
 /** One run's figures. */
@@ -105,13 +112,15 @@ export interface RunResult {
   sync: { bytesPerSec: number; bitsPerSecPerSession: number; seconds: number };
   /** tcpdump's own drops (the figures undercount when > 0). */
   captureDropped: number;
+  /** Mode dpm, per event: ms from the event until the new active's dpm server said ready. */
+  dpmReadyMs: (number | null)[];
 }
 
 const log = (s: string) => console.error(`bench:ha: ${s}`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Commands run in a gateway so that its SNAT and addresses are as the mode wants. */
-async function setupGateway(t: HaTopology, gw: HaGateway): Promise<void> {
+async function setupGateway(t: HaTopology, gw: HaGateway, random: boolean): Promise<void> {
   const r = await t.exec(gw.ns, [
     "iptables",
     "-t",
@@ -126,6 +135,7 @@ async function setupGateway(t: HaTopology, gw: HaGateway): Promise<void> {
     "SNAT",
     "--to-source",
     t.pool[0]!,
+    ...(random ? ["--random-fully"] : []),
   ]);
   if (r.code !== 0) throw new Error(`SNAT in ${gw.name}: ${r.stderr}`);
 }
@@ -162,15 +172,20 @@ async function revive(
   t: HaTopology,
   d: GatewayDaemons,
   failure: Failure,
+  mode: Mode,
+  snatRandom: boolean,
 ): Promise<void> {
   const gw = d.gw;
   if (failure === "crash") {
     await t.exec(gw.ns, ["conntrack", "-F"]);
+    // A rebooted box has no nftables state either; the anchor's SNAT rule comes back with its configuration.
+    await t.exec(gw.ns, ["nft", "flush", "ruleset"]);
     for (const a of [`${t.vipText}/${t.lanPrefixLen}`]) {
       await t.exec(gw.ns, ["ip", "addr", "del", a, "dev", gw.lanIf]);
     }
     for (const a of t.pool) await t.exec(gw.ns, ["ip", "addr", "del", `${a}/32`, "dev", gw.wanIf]);
     await t.setLinks(gw, ["lan", "wan", "sync"], "up");
+    if (mode !== "dpm") await setupGateway(t, gw, snatRandom);
     await d.start();
   } else if (failure === "kill") {
     await d.kill(["conntrackd"]);
@@ -180,12 +195,111 @@ async function revive(
   }
 }
 
+/**
+ * Mode dpm: what runs on each gateway. The active runs `dpm server` (kernel
+ * path); the standby runs the mirror (bench/ha/standby_mirror.ts). The
+ * bench switches them when the VRRP role moves, as `dpm server --ha` will
+ * itself in step 2 (docs/ha.md).
+ */
+class DpmRoles {
+  readonly server = new Map<string, Spawned>();
+  readonly mirror = new Map<string, Spawned>();
+  constructor(readonly t: HaTopology) {}
+
+  serverArgs(gw: HaGateway, dir: string): string[] {
+    return [
+      "server",
+      "--lan-if",
+      gw.lanIf,
+      "--wan-if",
+      gw.wanIf,
+      "--lan-addr",
+      this.t.vipText,
+      "--pool",
+      this.t.poolText,
+      "--socket",
+      `${dir}/server.sock`,
+    ];
+  }
+
+  /** Starts dpm's server on `gw` (after the mirror there stopped); resolves when it is ready. */
+  async active(gw: HaGateway, dir: string): Promise<void> {
+    await this.mirror.get(gw.name)?.stop("SIGTERM", 2000);
+    this.mirror.delete(gw.name);
+    const p = this.t.spawn(gw.ns, [...dpmCommand(), ...this.serverArgs(gw, dir)], { env: DPM_ENV });
+    this.server.set(gw.name, p);
+    await p.waitForOutput(/ready/, 30_000);
+  }
+
+  /** Stops dpm's server on `gw`, if it runs (SIGTERM: the kernel path keeps its state), starts the mirror. */
+  async standby(gw: HaGateway, dir: string): Promise<void> {
+    await this.server.get(gw.name)?.stop("SIGTERM", 5000);
+    this.server.delete(gw.name);
+    if (this.mirror.has(gw.name)) return;
+    await Deno.remove(`${dir}/mirror.done`).catch(() => {});
+    const p = this.t.spawn(
+      gw.ns,
+      denoScript(MIRROR, [
+        "--lan-if",
+        gw.lanIf,
+        "--wan-if",
+        gw.wanIf,
+        "--lan-addr",
+        this.t.vipText,
+        "--lan-cidr",
+        this.t.lanCidr,
+        "--pool",
+        this.t.poolText,
+        "--interval-ms",
+        String(MIRROR_INTERVAL_MS),
+        "--pid-file",
+        `${dir}/mirror.pid`,
+        "--done-file",
+        `${dir}/mirror.done`,
+      ]),
+    );
+    this.mirror.set(gw.name, p);
+    await waitFor(async () => {
+      try {
+        await Deno.stat(`${dir}/mirror.done`);
+        return true;
+      } catch {
+        return false;
+      }
+    }, { what: `the mirror on ${gw.name}`, timeoutMs: 30_000 });
+  }
+
+  /** SIGKILLs dpm's server on `gw` (a crash). */
+  async kill(gw: HaGateway): Promise<void> {
+    await this.server.get(gw.name)?.stop("SIGKILL", 0);
+    this.server.delete(gw.name);
+    await this.mirror.get(gw.name)?.stop("SIGKILL", 0);
+    this.mirror.delete(gw.name);
+  }
+}
+
+/** Starts a driver on every host; resolves when all are ready. */
+async function startDrivers(t: HaTopology): Promise<Spawned[]> {
+  const ds = t.hosts.map((h) =>
+    t.spawn(h.ns, [
+      ...dpmCommand(),
+      "driver",
+      "--server",
+      t.vipText,
+      "--socket",
+      `${t.scratch}/${h.name}.sock`,
+    ], { env: DPM_ENV })
+  );
+  await Promise.all(ds.map((d) => d.waitForOutput(/ready/, 30_000)));
+  return ds;
+}
+
 async function run(c: RunConfig): Promise<RunResult> {
   const t = await createHaTopology({ hosts: 4, peers: 3 });
   const undo = destroyOnSignal(t);
   try {
     const [ga, gb] = t.gateways;
-    for (const g of t.gateways) await setupGateway(t, g);
+    if (c.mode !== "dpm") { for (const g of t.gateways) await setupGateway(t, g, c.snatRandom); }
     const pair = await preparePair(t, {
       keepalivedTemplate: c.mode === "anchor" ? KEEPALIVED_ANCHOR_TEMPLATE : KEEPALIVED_TEMPLATE,
       advertInt: c.advertInt,
@@ -204,17 +318,23 @@ async function run(c: RunConfig): Promise<RunResult> {
           }
           : { RUN_DIR: dir, PREEMPT_DELAY: String(PREEMPT_DELAY_S) },
     });
-    if (c.mode === "ordered") {
-      for (const d of pair) await writeHookEnv(t, d);
+    if (c.mode !== "anchor") {
+      for (const d of pair) await writeHookEnv(t, d, c.mode === "dpm");
     }
     const [da, db] = pair as [GatewayDaemons, GatewayDaemons];
+    const roles = new DpmRoles(t);
     await da.start();
-    await waitFor(async () => (await vipHolder(t))?.name === ga.name, {
+    await waitFor(() => holdsVip(t, ga), {
       what: `${ga.name} to become active`,
       timeoutMs: 10_000,
     });
+    if (c.mode === "dpm") {
+      await roles.active(ga, da.dir);
+      await roles.standby(gb, db.dir);
+    }
     await db.start();
     await sleep(500);
+    if (c.mode === "dpm") await startDrivers(t);
     await startEchoes(t);
     const busy = await startBusy(t, { tcp: c.tcp, udp: c.udp });
     await sleep(1500);
@@ -235,23 +355,35 @@ async function run(c: RunConfig): Promise<RunResult> {
     const cap = await startCapture(t);
     await sleep(1500);
     const events: HaEvent[] = [];
+    const dpmReady: (number | null)[] = [];
     const at = await inject(t, ga, c.failure, async () => {
-      await da.kill(c.failure === "kill" ? ["keepalived"] : ["keepalived", "conntrackd"]);
+      await Promise.all([
+        da.kill(c.failure === "kill" ? ["keepalived"] : ["keepalived", "conntrackd"]),
+        c.mode === "dpm" && c.failure !== "lan-down" ? roles.kill(ga) : Promise.resolve(),
+      ]);
     });
     events.push({ name: c.failure, at, to: gb.name });
-    await waitFor(() => holdsVip(t, gb), {
-      what: `${gb.name} to take over`,
-      timeoutMs: 10_000,
-    });
+    await waitFor(() => holdsVip(t, gb), { what: `${gb.name} to take over`, timeoutMs: 10_000 });
+    if (c.mode === "dpm") {
+      await roles.active(gb, db.dir);
+      dpmReady.push(wallMs() - at);
+      if (c.failure === "lan-down") await roles.standby(ga, da.dir);
+    }
     await sleep(4000);
     if (c.failback) {
       const back = wallMs();
-      await revive(t, da, c.failure);
+      await revive(t, da, c.failure, c.mode, c.snatRandom);
+      if (c.mode === "dpm") await roles.standby(ga, da.dir);
       events.push({ name: "failback", at: back, to: ga.name });
-      await waitFor(async () => (await vipHolder(t))?.name === ga.name, {
+      await waitFor(() => holdsVip(t, ga), {
         what: `${ga.name} to take over again`,
         timeoutMs: 20_000,
       });
+      if (c.mode === "dpm") {
+        await roles.standby(gb, db.dir);
+        await roles.active(ga, da.dir);
+        dpmReady.push(wallMs() - back);
+      }
       await sleep(4000);
     }
     const captured = await cap.stop();
@@ -270,6 +402,7 @@ async function run(c: RunConfig): Promise<RunResult> {
       hooks,
       sync,
       captureDropped: captured.dropped,
+      dpmReadyMs: dpmReady,
     };
   } finally {
     undo();
@@ -282,7 +415,7 @@ async function run(c: RunConfig): Promise<RunResult> {
  * which addresses to claim on which link, conntrackd's configuration, the
  * log.
  */
-async function writeHookEnv(t: HaTopology, d: GatewayDaemons): Promise<void> {
+async function writeHookEnv(t: HaTopology, d: GatewayDaemons, mirror: boolean): Promise<void> {
   await Deno.mkdir(d.dir, { recursive: true, mode: 0o700 });
   const env = [
     `LAN_IF=${d.gw.lanIf}`,
@@ -291,6 +424,7 @@ async function writeHookEnv(t: HaTopology, d: GatewayDaemons): Promise<void> {
     `WAN_ADDRESSES="${t.pool.map((a) => `${a}/32`).join(" ")}"`,
     `CONNTRACKD_CONF=${d.dir}/conntrackd.conf`,
     `LOG=${d.dir}/notify.log`,
+    ...(mirror ? [`PREPARE="${MIRROR_SYNC} ${d.dir}/mirror.pid ${d.dir}/mirror.done"`] : []),
   ];
   await Deno.writeTextFile(`${d.dir}/hook.env`, env.join("\n") + "\n", { mode: 0o600 });
 }
@@ -301,6 +435,7 @@ const fmt = (x: number | null, digits = 0) => x === null ? "-" : x.toFixed(digit
 export function markdown(results: readonly RunResult[]): string {
   const head = [
     "mode",
+    "SNAT ports",
     "advert_int",
     "failure",
     "ext. cache",
@@ -313,9 +448,11 @@ export function markdown(results: readonly RunResult[]): string {
     "UDP lost (sum / max per flow / flows)",
     "wrong-pair pkts (flows)",
     "stray TCP",
+    "misrouted",
     "pairs changed",
     "fresh ok/failed",
     "sync bit/s per session",
+    "dpm ready ms",
   ];
   const rows = [head.join(" | "), head.map(() => "---").join(" | ")];
   for (const r of results) {
@@ -323,6 +460,7 @@ export function markdown(results: readonly RunResult[]): string {
       const f = r.hosts.fresh[i + 1]!;
       rows.push([
         r.config.mode,
+        r.config.mode === "dpm" ? "dpm" : r.config.snatRandom ? "random" : "kept",
         String(r.config.advertInt),
         r.config.failure,
         r.config.disableExternalCache ? "off" : "on",
@@ -335,9 +473,11 @@ export function markdown(results: readonly RunResult[]): string {
         i === 0 ? `${r.hosts.udpLost} / ${r.hosts.udpLostMax} / ${r.hosts.udpFlowsWithLoss}` : "",
         `${w.wrongPair} (${w.wrongPairFlows.length})`,
         String(w.strayTcp),
+        String(w.misrouted),
         i === 0 ? String(r.wan.pairChanged.length) : "",
         `${f.ok}/${f.failed}`,
         i === 0 ? r.sync.bitsPerSecPerSession.toFixed(0) : "",
+        fmt(r.dpmReadyMs[i] ?? null),
       ].join(" | "));
     });
   }
@@ -354,6 +494,7 @@ function parseArgs(argv: string[]) {
     tcp: 100,
     udp: 100,
     failback: true,
+    snatRandom: [false],
     json: false,
     out: "",
   };
@@ -372,12 +513,13 @@ function parseArgs(argv: string[]) {
     else if (a === "--tcp") o.tcp = Number(v());
     else if (a === "--udp") o.udp = Number(v());
     else if (a === "--no-failback") o.failback = false;
+    else if (a === "--snat") o.snatRandom = v().split(",").map((x) => x === "random");
     else if (a === "--json") o.json = true;
     else if (a === "--out") o.out = v();
     else throw new TypeError(`Unknown flag "${a}"`);
   }
   for (const m of o.modes) {
-    if (m !== "anchor" && m !== "ordered") throw new TypeError(`Unknown mode "${m}"`);
+    if (!["anchor", "ordered", "dpm"].includes(m)) throw new TypeError(`Unknown mode "${m}"`);
   }
   for (const f of o.failures) {
     if (!["crash", "kill", "lan-down"].includes(f)) throw new TypeError(`Unknown failure "${f}"`);
@@ -392,23 +534,26 @@ async function main(): Promise<number> {
     for (const advertInt of o.adverts) {
       for (const failure of o.failures) {
         for (const disableExternalCache of o.caches) {
-          for (let round = 0; round < o.rounds; round++) {
-            const c: RunConfig = {
-              mode,
-              advertInt,
-              failure,
-              disableExternalCache,
-              failback: o.failback,
-              tcp: o.tcp,
-              udp: o.udp,
-            };
-            log(`${JSON.stringify(c)} round ${round + 1}/${o.rounds}`);
-            try {
-              const r = await run(c);
-              results.push(r);
-              log(markdown([r]).split("\n").slice(2).join("\n"));
-            } catch (e) {
-              log(`run failed: ${(e as Error).stack ?? e}`);
+          for (const snatRandom of mode === "dpm" ? [false] : o.snatRandom) {
+            for (let round = 0; round < o.rounds; round++) {
+              const c: RunConfig = {
+                mode,
+                advertInt,
+                failure,
+                disableExternalCache,
+                failback: o.failback,
+                tcp: o.tcp,
+                udp: o.udp,
+                snatRandom,
+              };
+              log(`${JSON.stringify(c)} round ${round + 1}/${o.rounds}`);
+              try {
+                const r = await run(c);
+                results.push(r);
+                log(markdown([r]).split("\n").slice(2).join("\n"));
+              } catch (e) {
+                log(`run failed: ${(e as Error).stack ?? e}`);
+              }
             }
           }
         }

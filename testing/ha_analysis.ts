@@ -69,6 +69,12 @@ export interface WindowFigures {
   strayTcp: number;
   /** ... of which: untranslated (private source). */
   untranslated: number;
+  /**
+   * Packets a gateway sent back out of the WAN toward a private destination
+   * (a reply it could not deliver to the LAN, e.g. with its LAN link down):
+   * not from a wrong pair, but leaked all the same.
+   */
+  misrouted: number;
   /** Flows (busy and fresh) that sent at least one packet from a wrong pair. */
   wrongPairFlows: string[];
   /** TCP resets the gateways sent toward the peers, and the peers sent back. */
@@ -167,6 +173,7 @@ export function analyzeWan(
     wrongPairFlowPackets: 0,
     strayTcp: 0,
     untranslated: 0,
+    misrouted: 0,
     wrongPairFlows: [],
     rstOut: 0,
     rstIn: 0,
@@ -191,6 +198,10 @@ export function analyzeWan(
         if (p.proto === 6 && (p.tcpFlags & TCP_RST)) win.rstIn++;
         if (p.proto === 1 && (p.icmpType === 3 || p.icmpType === 11)) win.icmpIn++;
       }
+      continue;
+    }
+    if (isPrivate(p.dst)) {
+      if (win) win.misrouted++;
       continue;
     }
     if (p.proto === 1) {

@@ -142,6 +142,7 @@ export async function preparePair(t: HaTopology, o: PairOptions): Promise<Gatewa
       SYNC_IF: gw.syncIf,
       RUN_DIR: dir,
       IGNORE_ADDRESSES: ignore,
+      SYSTEMD: "off",
     });
     const kaText = renderTemplate(ka, {
       ROUTER_ID: gw.name,

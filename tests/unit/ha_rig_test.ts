@@ -56,6 +56,7 @@ Deno.test("ha rig: the shipped templates name exactly the placeholders the rig f
     "RUN_DIR",
     "SYNC_ADDR",
     "SYNC_IF",
+    "SYSTEMD",
   ]);
   const keepalived = [
     "ADVERT_INT",
@@ -333,6 +334,18 @@ Deno.test("ha rig: analyzeWan counts wrong-pair packets, stray TCP, resets and t
     // An untranslated packet; an ICMP error toward a peer.
     pkt({ ts: 1200, by: "gwb", src: "10.0.0.11", flow: "h1u9" }),
     pkt({ ts: 1210, by: "gwb", proto: 1, icmpType: 3, flow: null }),
+    // A peer's reply sent back out toward its private destination (the old active, LAN down).
+    pkt({
+      ts: 1220,
+      by: "gwa",
+      proto: 6,
+      src: "198.51.100.10",
+      sport: 7,
+      dst: "10.0.0.11",
+      dport: 41000,
+      flow: null,
+      tcpFlags: TCP_ACK,
+    }),
   ];
   const f = analyzeWan(packets, events, ["gwa", "gwb"], [{
     ts: 1140,
@@ -347,6 +360,7 @@ Deno.test("ha rig: analyzeWan counts wrong-pair packets, stray TCP, resets and t
   assert.equal(w.wrongPairFlowPackets, 1);
   assert.equal(w.strayTcp, 1);
   assert.equal(w.untranslated, 1);
+  assert.equal(w.misrouted, 1);
   assert.equal(w.wrongPair, 3);
   assert.deepEqual(w.wrongPairFlows, ["h1u0", "h1u9"]);
   assert.deepEqual([w.rstIn, w.rstOut, w.icmpOut, w.icmpIn], [1, 0, 1, 0]);
