@@ -108,8 +108,17 @@ export interface RunResult {
   hosts: HostFigures;
   /** Per event: ms from the event to the new active's notify hook starting and its state being committed. */
   hooks: { notifyMs: number | null; committedMs: number | null }[];
-  /** Sync link, steady period: bytes per second both ways, and bit/s per busy session. */
-  sync: { bytesPerSec: number; bitsPerSecPerSession: number; seconds: number };
+  /**
+   * Sync link, both ways: in the steady period (busy sessions only, after
+   * their state settled), bytes per second and bit/s per busy session; and
+   * while fresh sessions are opened, bytes per fresh session.
+   */
+  sync: {
+    bytesPerSec: number;
+    bitsPerSecPerSession: number;
+    seconds: number;
+    bytesPerNewSession: number;
+  };
   /** tcpdump's own drops (the figures undercount when > 0). */
   captureDropped: number;
   /** Mode dpm, per event: ms from the event until the new active's dpm server said ready. */
@@ -294,6 +303,31 @@ async function startDrivers(t: HaTopology): Promise<Spawned[]> {
   return ds;
 }
 
+/**
+ * With `--debug DIR`: the gateways' conntrack tables, nftables rulesets and
+ * addresses, written to DIR/<label>-<gw>.txt at a few moments of a run.
+ */
+let debugDir = "";
+
+async function dumpState(t: HaTopology, label: string): Promise<void> {
+  if (!debugDir) return;
+  await Deno.mkdir(debugDir, { recursive: true });
+  for (const g of t.gateways) {
+    const parts: string[] = [];
+    for (
+      const cmd of [
+        ["ip", "-br", "addr"],
+        ["conntrack", "-L", "-f", "ipv4"],
+        ["nft", "list", "ruleset"],
+      ]
+    ) {
+      const r = await t.exec(g.ns, cmd);
+      parts.push(`# ${cmd.join(" ")}\n${r.stdout}${r.stderr}`);
+    }
+    await Deno.writeTextFile(`${debugDir}/${label}-${g.name}.txt`, parts.join("\n"));
+  }
+}
+
 async function run(c: RunConfig): Promise<RunResult> {
   const t = await createHaTopology({ hosts: 4, peers: 3 });
   const undo = destroyOnSignal(t);
@@ -334,26 +368,25 @@ async function run(c: RunConfig): Promise<RunResult> {
     }
     await db.start();
     await sleep(500);
-    if (c.mode === "dpm") await startDrivers(t);
+    const drivers = c.mode === "dpm" ? await startDrivers(t) : [];
     await startEchoes(t);
     const busy = await startBusy(t, { tcp: c.tcp, udp: c.udp });
-    await sleep(1500);
-    // Steady period: the sync link's bytes per busy session.
+    // The busy UDP flows' conntracks turn ASSURED 2 s after their start (one
+    // update each on the sync link); the steady period starts after that.
+    await sleep(3000);
     const s0 = await syncCounters(t, ga);
     const w0 = wallMs();
     await sleep(3000);
     const s1 = await syncCounters(t, ga);
     const seconds = (wallMs() - w0) / 1000;
     const bytes = s1.txBytes - s0.txBytes + s1.rxBytes - s0.rxBytes;
-    const sync = {
-      bytesPerSec: bytes / seconds,
-      bitsPerSecPerSession: (bytes * 8) / seconds / (c.tcp + c.udp),
-      seconds,
-    };
 
     await busy.fresh(true);
+    const f0 = await syncCounters(t, ga);
     const cap = await startCapture(t);
     await sleep(1500);
+    const f1 = await syncCounters(t, ga);
+    await dumpState(t, "before");
     const events: HaEvent[] = [];
     const dpmReady: (number | null)[] = [];
     const at = await inject(t, ga, c.failure, async () => {
@@ -364,12 +397,14 @@ async function run(c: RunConfig): Promise<RunResult> {
     });
     events.push({ name: c.failure, at, to: gb.name });
     await waitFor(() => holdsVip(t, gb), { what: `${gb.name} to take over`, timeoutMs: 10_000 });
+    await dumpState(t, "takeover");
     if (c.mode === "dpm") {
       await roles.active(gb, db.dir);
       dpmReady.push(wallMs() - at);
       if (c.failure === "lan-down") await roles.standby(ga, da.dir);
     }
     await sleep(4000);
+    await dumpState(t, "after");
     if (c.failback) {
       const back = wallMs();
       await revive(t, da, c.failure, c.mode, c.snatRandom);
@@ -388,6 +423,17 @@ async function run(c: RunConfig): Promise<RunResult> {
     }
     const captured = await cap.stop();
     const reports = await busy.stop();
+    if (debugDir) {
+      await Deno.writeTextFile(
+        `${debugDir}/capture.json`,
+        JSON.stringify({ events, packets: captured.packets, claims: captured.claims, reports }),
+      );
+      const logs = [
+        ...drivers.map((d, i) => [`driver-${t.hosts[i]!.name}`, d] as const),
+        ...[...roles.server].map(([g, p]) => [`server-${g}`, p] as const),
+      ];
+      for (const [name, p] of logs) await Deno.writeTextFile(`${debugDir}/${name}.log`, p.output());
+    }
     const wan = analyzeWan(captured.packets, events, [ga.name, gb.name], captured.claims);
     wan.undecoded = captured.undecoded;
     const hooks = await Promise.all(
@@ -395,10 +441,18 @@ async function run(c: RunConfig): Promise<RunResult> {
     );
     const escaped = await t.escaped();
     if (escaped !== 0) throw new Error(`${escaped} packet(s) left the topology`);
+    const hosts = summarizeHosts(reports, events);
+    const sync = {
+      bytesPerSec: bytes / seconds,
+      bitsPerSecPerSession: (bytes * 8) / seconds / (c.tcp + c.udp),
+      seconds,
+      bytesPerNewSession: (f1.txBytes - f0.txBytes + f1.rxBytes - f0.rxBytes) /
+        Math.max(1, hosts.fresh[0]!.started),
+    };
     return {
       config: c,
       wan,
-      hosts: summarizeHosts(reports, events),
+      hosts,
       hooks,
       sync,
       captureDropped: captured.dropped,
@@ -451,7 +505,8 @@ export function markdown(results: readonly RunResult[]): string {
     "misrouted",
     "pairs changed",
     "fresh ok/failed",
-    "sync bit/s per session",
+    "sync bit/s per busy session",
+    "sync B per new session",
     "dpm ready ms",
   ];
   const rows = [head.join(" | "), head.map(() => "---").join(" | ")];
@@ -476,7 +531,8 @@ export function markdown(results: readonly RunResult[]): string {
         String(w.misrouted),
         i === 0 ? String(r.wan.pairChanged.length) : "",
         `${f.ok}/${f.failed}`,
-        i === 0 ? r.sync.bitsPerSecPerSession.toFixed(0) : "",
+        i === 0 ? r.sync.bitsPerSecPerSession.toFixed(1) : "",
+        i === 0 ? r.sync.bytesPerNewSession.toFixed(0) : "",
         fmt(r.dpmReadyMs[i] ?? null),
       ].join(" | "));
     });
@@ -516,6 +572,7 @@ function parseArgs(argv: string[]) {
     else if (a === "--snat") o.snatRandom = v().split(",").map((x) => x === "random");
     else if (a === "--json") o.json = true;
     else if (a === "--out") o.out = v();
+    else if (a === "--debug") debugDir = v();
     else throw new TypeError(`Unknown flag "${a}"`);
   }
   for (const m of o.modes) {

@@ -131,10 +131,12 @@ export async function preparePair(t: HaTopology, o: PairOptions): Promise<Gatewa
     const dir = `${t.scratch}/${gw.name}`;
     const conntrackdConf = `${dir}/conntrackd.conf`;
     const keepalivedConf = `${dir}/keepalived.conf`;
-    const ignore = [
-      t.vipText,
-      ...t.gateways.flatMap((g) => [g.lanText, g.wanText, g.syncText]),
-    ].map((a) => `IPv4_address ${a}`).join("\n");
+    // The gateways' own addresses, never G nor the pool: conntrackd's
+    // address filter matches the original source and destination, and every
+    // dpm session is addressed to G on the LAN side (a PCP mapping to a pool
+    // address on the WAN side).
+    const ignore = t.gateways.flatMap((g) => [g.lanText, g.wanText, g.syncText])
+      .map((a) => `IPv4_address ${a}`).join("\n");
     const ctText = renderTemplate(ct, {
       DISABLE_EXTERNAL_CACHE: (o.disableExternalCache ?? true) ? "On" : "Off",
       SYNC_ADDR: gw.syncText,
