@@ -52,7 +52,6 @@ import {
   KEEPALIVED_ANCHOR_TEMPLATE,
   KEEPALIVED_TEMPLATE,
   preparePair,
-  vipHolder,
 } from "../testing/ha_daemons.ts";
 import {
   type Failure,
