@@ -80,11 +80,20 @@ const MIRROR = `${ROOT}bench/ha/standby_mirror.ts`;
 const MIRROR_SYNC = `${ROOT}bench/ha/mirror-sync`;
 /** The standby mirror's cycle. */
 const MIRROR_INTERVAL_MS = 100;
+/**
+ * The takeover hook's PREPARE accepts a mirror cycle that began this long
+ * before the takeover (`--mirror-sync recent`, 2.5 cycles), or waits for a
+ * new one (`--mirror-sync cycle`, 0).
+ */
+let mirrorMaxAgeMs = 250;
 /** The ordered mode's preempt_delay: a returning gateway's time to resync before it takes over. */
 const PREEMPT_DELAY_S = 2;
 
 /** How a run's pair is set up. */
-export type Mode = "anchor" | "ordered" | "dpm";
+export type Mode = "anchor" | "ordered" | "dpm" | "dpm-kernel";
+
+/** Whether a mode runs dpm (server and drivers) instead of SNAT. */
+const runsDpm = (m: Mode) => m === "dpm" || m === "dpm-kernel";
 
 /** One run's settings. */
 export interface RunConfig {
@@ -193,7 +202,7 @@ async function revive(
     }
     for (const a of t.pool) await t.exec(gw.ns, ["ip", "addr", "del", `${a}/32`, "dev", gw.wanIf]);
     await t.setLinks(gw, ["lan", "wan", "sync"], "up");
-    if (mode !== "dpm") await setupGateway(t, gw, snatRandom);
+    if (!runsDpm(mode)) await setupGateway(t, gw, snatRandom);
     await d.start();
   } else if (failure === "kill") {
     await d.kill(["conntrackd"]);
@@ -332,7 +341,7 @@ async function run(c: RunConfig): Promise<RunResult> {
   const undo = destroyOnSignal(t);
   try {
     const [ga, gb] = t.gateways;
-    if (c.mode !== "dpm") { for (const g of t.gateways) await setupGateway(t, g, c.snatRandom); }
+    if (!runsDpm(c.mode)) { for (const g of t.gateways) await setupGateway(t, g, c.snatRandom); }
     const pair = await preparePair(t, {
       keepalivedTemplate: c.mode === "anchor" ? KEEPALIVED_ANCHOR_TEMPLATE : KEEPALIVED_TEMPLATE,
       advertInt: c.advertInt,
@@ -352,7 +361,7 @@ async function run(c: RunConfig): Promise<RunResult> {
           : { RUN_DIR: dir, PREEMPT_DELAY: String(PREEMPT_DELAY_S) },
     });
     if (c.mode !== "anchor") {
-      for (const d of pair) await writeHookEnv(t, d, c.mode === "dpm");
+      for (const d of pair) await writeHookEnv(t, d, runsDpm(c.mode));
     }
     const [da, db] = pair as [GatewayDaemons, GatewayDaemons];
     const roles = new DpmRoles(t);
@@ -361,13 +370,13 @@ async function run(c: RunConfig): Promise<RunResult> {
       what: `${ga.name} to become active`,
       timeoutMs: 10_000,
     });
-    if (c.mode === "dpm") {
+    if (runsDpm(c.mode)) {
       await roles.active(ga, da.dir);
       await roles.standby(gb, db.dir);
     }
     await db.start();
     await sleep(500);
-    const drivers = c.mode === "dpm" ? await startDrivers(t) : [];
+    const drivers = runsDpm(c.mode) ? await startDrivers(t) : [];
     await startEchoes(t);
     const busy = await startBusy(t, { tcp: c.tcp, udp: c.udp });
     // The busy UDP flows' conntracks turn ASSURED 2 s after their start (one
@@ -391,23 +400,26 @@ async function run(c: RunConfig): Promise<RunResult> {
     const at = await inject(t, ga, c.failure, async () => {
       await Promise.all([
         da.kill(c.failure === "kill" ? ["keepalived"] : ["keepalived", "conntrackd"]),
-        c.mode === "dpm" && c.failure !== "lan-down" ? roles.kill(ga) : Promise.resolve(),
+        runsDpm(c.mode) && c.failure !== "lan-down" ? roles.kill(ga) : Promise.resolve(),
       ]);
     });
     events.push({ name: c.failure, at, to: gb.name });
     await waitFor(() => holdsVip(t, gb), { what: `${gb.name} to take over`, timeoutMs: 10_000 });
     await dumpState(t, "takeover");
+    // dpm-kernel: no dpm server starts on the new active within the run, so
+    // the figures are those of the kernel's takeover alone (replicated
+    // conntracks, mirrored maps, the ordered hook).
     if (c.mode === "dpm") {
       await roles.active(gb, db.dir);
       dpmReady.push(wallMs() - at);
-      if (c.failure === "lan-down") await roles.standby(ga, da.dir);
     }
+    if (runsDpm(c.mode) && c.failure === "lan-down") await roles.standby(ga, da.dir);
     await sleep(4000);
     await dumpState(t, "after");
     if (c.failback) {
       const back = wallMs();
       await revive(t, da, c.failure, c.mode, c.snatRandom);
-      if (c.mode === "dpm") await roles.standby(ga, da.dir);
+      if (runsDpm(c.mode)) await roles.standby(ga, da.dir);
       events.push({ name: "failback", at: back, to: ga.name });
       await waitFor(() => holdsVip(t, ga), {
         what: `${ga.name} to take over again`,
@@ -417,6 +429,8 @@ async function run(c: RunConfig): Promise<RunResult> {
         await roles.standby(gb, db.dir);
         await roles.active(ga, da.dir);
         dpmReady.push(wallMs() - back);
+      } else if (c.mode === "dpm-kernel") {
+        await roles.standby(gb, db.dir);
       }
       await sleep(4000);
     }
@@ -477,7 +491,9 @@ async function writeHookEnv(t: HaTopology, d: GatewayDaemons, mirror: boolean): 
     `WAN_ADDRESSES="${t.pool.map((a) => `${a}/32`).join(" ")}"`,
     `CONNTRACKD_CONF=${d.dir}/conntrackd.conf`,
     `LOG=${d.dir}/notify.log`,
-    ...(mirror ? [`PREPARE="${MIRROR_SYNC} ${d.dir}/mirror.pid ${d.dir}/mirror.done"`] : []),
+    ...(mirror
+      ? [`PREPARE="${MIRROR_SYNC} ${d.dir}/mirror.pid ${d.dir}/mirror.done ${mirrorMaxAgeMs}"`]
+      : []),
   ];
   await Deno.writeTextFile(`${d.dir}/hook.env`, env.join("\n") + "\n", { mode: 0o600 });
 }
@@ -495,6 +511,7 @@ export function markdown(results: readonly RunResult[]): string {
     "event",
     "takeover ms",
     "claim ms",
+    "hook start ms",
     "hook committed ms",
     "TCP broken",
     "RST in/out",
@@ -514,13 +531,14 @@ export function markdown(results: readonly RunResult[]): string {
       const f = r.hosts.fresh[i + 1]!;
       rows.push([
         r.config.mode,
-        r.config.mode === "dpm" ? "dpm" : r.config.snatRandom ? "random" : "kept",
+        runsDpm(r.config.mode) ? "dpm" : r.config.snatRandom ? "random" : "kept",
         String(r.config.advertInt),
         r.config.failure,
         r.config.disableExternalCache ? "off" : "on",
         w.event,
         fmt(w.takeoverMs),
         fmt(w.claimMs),
+        fmt(r.hooks[i]?.notifyMs ?? null),
         fmt(r.hooks[i]?.committedMs ?? null),
         i === 0 ? String(r.hosts.tcpBroken) : "",
         `${w.rstIn}/${w.rstOut}`,
@@ -572,10 +590,13 @@ function parseArgs(argv: string[]) {
     else if (a === "--json") o.json = true;
     else if (a === "--out") o.out = v();
     else if (a === "--debug") debugDir = v();
+    else if (a === "--mirror-sync") mirrorMaxAgeMs = v() === "cycle" ? 0 : 250;
     else throw new TypeError(`Unknown flag "${a}"`);
   }
   for (const m of o.modes) {
-    if (!["anchor", "ordered", "dpm"].includes(m)) throw new TypeError(`Unknown mode "${m}"`);
+    if (!["anchor", "ordered", "dpm", "dpm-kernel"].includes(m)) {
+      throw new TypeError(`Unknown mode "${m}"`);
+    }
   }
   for (const f of o.failures) {
     if (!["crash", "kill", "lan-down"].includes(f)) throw new TypeError(`Unknown failure "${f}"`);
@@ -590,7 +611,7 @@ async function main(): Promise<number> {
     for (const advertInt of o.adverts) {
       for (const failure of o.failures) {
         for (const disableExternalCache of o.caches) {
-          for (const snatRandom of mode === "dpm" ? [false] : o.snatRandom) {
+          for (const snatRandom of runsDpm(mode) ? [false] : o.snatRandom) {
             for (let round = 0; round < o.rounds; round++) {
               const c: RunConfig = {
                 mode,
