@@ -82,10 +82,13 @@ const MIRROR_SYNC = `${ROOT}bench/ha/mirror-sync`;
 const MIRROR_INTERVAL_MS = 100;
 /**
  * The takeover hook's PREPARE accepts a mirror cycle that began this long
- * before the takeover (`--mirror-sync recent`, 2.5 cycles), or waits for a
- * new one (`--mirror-sync cycle`, 0).
+ * before the takeover: `--mirror-sync recent` 2.5 cycles (the default),
+ * `cycle` 0 (it waits for a new one), `alive` 5 s (the mirror only has to be
+ * running: established sessions are translated by their replicated
+ * conntracks, which need no mirror; docs/ha.md).
  */
 let mirrorMaxAgeMs = 250;
+const MIRROR_SYNC_AGES: Record<string, number> = { cycle: 0, recent: 250, alive: 5000 };
 /** The ordered mode's preempt_delay: a returning gateway's time to resync before it takes over. */
 const PREEMPT_DELAY_S = 2;
 
@@ -590,8 +593,11 @@ function parseArgs(argv: string[]) {
     else if (a === "--json") o.json = true;
     else if (a === "--out") o.out = v();
     else if (a === "--debug") debugDir = v();
-    else if (a === "--mirror-sync") mirrorMaxAgeMs = v() === "cycle" ? 0 : 250;
-    else throw new TypeError(`Unknown flag "${a}"`);
+    else if (a === "--mirror-sync") {
+      const age = MIRROR_SYNC_AGES[v()];
+      if (age === undefined) throw new TypeError(`--mirror-sync takes cycle, recent or alive`);
+      mirrorMaxAgeMs = age;
+    } else throw new TypeError(`Unknown flag "${a}"`);
   }
   for (const m of o.modes) {
     if (!["anchor", "ordered", "dpm", "dpm-kernel"].includes(m)) {
