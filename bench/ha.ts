@@ -450,7 +450,7 @@ async function run(c: RunConfig): Promise<RunResult> {
       ];
       for (const [name, p] of logs) await Deno.writeTextFile(`${debugDir}/${name}.log`, p.output());
     }
-    const wan = analyzeWan(captured.packets, events, [ga.name, gb.name], captured.claims);
+    const wan = analyzeWan(captured.packets, events, [ga.name, gb.name], captured.claims, ga.name);
     wan.undecoded = captured.undecoded;
     const hooks = await Promise.all(
       events.map((e, i) => hookTimes(e.to === ga.name ? da : db, e, events[i + 1]?.at ?? Infinity)),
@@ -524,6 +524,7 @@ export function markdown(results: readonly RunResult[]): string {
     "misrouted",
     "pairs changed",
     "fresh ok/failed",
+    "spurious claims before",
     "sync bit/s per busy session",
     "sync B per new session",
     "dpm ready ms",
@@ -551,6 +552,7 @@ export function markdown(results: readonly RunResult[]): string {
         String(w.misrouted),
         i === 0 ? String(r.wan.pairChanged.length) : "",
         `${f.ok}/${f.failed}`,
+        i === 0 ? String(r.wan.spuriousClaims) : "",
         i === 0 ? r.sync.bitsPerSecPerSession.toFixed(1) : "",
         i === 0 ? r.sync.bytesPerNewSession.toFixed(0) : "",
         fmt(r.dpmReadyMs[i] ?? null),

@@ -90,6 +90,12 @@ export interface WanFigures {
   windows: WindowFigures[];
   /** Wrong-pair packets before the first event (must be 0: the rig is sound). */
   wrongPairBefore: number;
+  /**
+   * Gratuitous ARPs before the first event from a gateway other than the
+   * active one (`activeBefore`): a spurious takeover (the standby missed
+   * adverts while the active lived), which disturbs the run.
+   */
+  spuriousClaims: number;
   /** Flows whose last pair differs from their session pair. */
   pairChanged: string[];
   /** Packets captured, and those the capture could not decode (ARP, VRRP, cut frames). */
@@ -150,13 +156,15 @@ const isPrivate = (a: string) => a.startsWith("10.");
 
 /**
  * The figures of {@linkcode WanFigures} from the packets (in capture order),
- * the events (in time order) and the names of the gateways.
+ * the events (in time order), the names of the gateways, the gratuitous
+ * ARPs, and which gateway was active before the first event.
  */
 export function analyzeWan(
   packets: readonly WanPacket[],
   events: readonly HaEvent[],
   gateways: readonly string[],
   claims: readonly Claim[] = [],
+  activeBefore: string | null = null,
 ): WanFigures {
   const gw = new Set(gateways);
   const sessionPair = new Map<string, string>();
@@ -243,7 +251,18 @@ export function analyzeWan(
   windows.forEach((win, i) => win.wrongPairFlows = [...wrongFlows[i]!].sort());
   const pairChanged = [...lastPair].filter(([f, p]) => sessionPair.get(f) !== p).map(([f]) => f)
     .sort();
-  return { windows, wrongPairBefore, pairChanged, packets: packets.length, undecoded: 0 };
+  const spuriousClaims =
+    claims.filter((c) =>
+      c.ts < firstEvent && activeBefore !== null && c.by !== activeBefore && gw.has(c.by)
+    ).length;
+  return {
+    windows,
+    wrongPairBefore,
+    spuriousClaims,
+    pairChanged,
+    packets: packets.length,
+    undecoded: 0,
+  };
 }
 
 function firstClaim(claims: readonly Claim[], e: HaEvent, until: number): number | null {

@@ -207,7 +207,13 @@ Deno.test(needsRoot({
       const captured = await cap.stop();
       const reports = await busy.stop();
       const events = [{ name: "crash", at, to: gb.name }];
-      const wan = analyzeWan(captured.packets, events, [ga.name, gb.name], captured.claims);
+      const wan = analyzeWan(
+        captured.packets,
+        events,
+        [ga.name, gb.name],
+        captured.claims,
+        ga.name,
+      );
       const hosts = summarizeHosts(reports, events);
       const w = wan.windows[0]!;
       assert.equal(wan.wrongPairBefore, 0, "the rig itself leaks nothing before the failure");

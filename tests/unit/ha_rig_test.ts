@@ -354,6 +354,13 @@ Deno.test("ha rig: analyzeWan counts wrong-pair packets, stray TCP, resets and t
   }]);
   const w = f.windows[0]!;
   assert.equal(f.wrongPairBefore, 0);
+  assert.equal(f.spuriousClaims, 0);
+  // The standby claiming the pool before any failure: a spurious takeover.
+  assert.equal(
+    analyzeWan(packets, events, ["gwa", "gwb"], [{ ts: 700, by: "gwb", ip: "203.0.113.10" }], "gwa")
+      .spuriousClaims,
+    1,
+  );
   assert.equal(w.takeoverMs, 150);
   assert.equal(w.takeoverRightPairMs, 160);
   assert.equal(w.claimMs, 140);
