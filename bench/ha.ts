@@ -11,20 +11,29 @@
  *   steps of Debian's primary-backup.sh from `notify`
  *   (bench/ha/anchor-notify.sh: conntrackd -c, -f, -R, -B), conntrackd
  *   1.4.7 FTFW over the dedicated sync link (contrib/ha/conntrackd.conf.in,
- *   with the external cache on or off).
+ *   with the external cache on or off, `--cache`), SNAT keeping ports or
+ *   `--random-fully` (`--snat kept,random`).
  * - `ordered`, the prototype of dpm's takeover (docs/ha.md): the same SNAT
  *   and conntrackd, but keepalived owns only the VRRP state
- *   (contrib/ha/keepalived.conf.in, no `virtual_ipaddress`); the notify
- *   hook (contrib/ha/dpm-ha-notify) makes sure the state is in the kernel,
- *   then adds G and the pool and sends the gratuitous ARPs itself.
+ *   (contrib/ha/keepalived.conf.in, a marker address only); its notify FIFO
+ *   reader (contrib/ha/dpm-ha-notify) makes sure the state is in the
+ *   kernel, then adds G and the pool and sends the gratuitous ARPs itself.
+ * - `dpm-kernel`: dpm on the kernel path (server on the active, drivers on
+ *   every host), the standby running bench/ha/standby_mirror.ts (dpm's
+ *   maps rebuilt from the replicated conntracks) and the ordered hook with
+ *   bench/ha/mirror-sync as its PREPARE (`--mirror-sync cycle|recent|alive`);
+ *   no dpm server starts on the new active within the run: the figures are
+ *   the kernel's takeover alone.
+ * - `dpm`: the same, and dpm's server started on the new active as soon as
+ *   it holds G (it adopts the mirrored maps).
  *
  * Each run: 100 TCP connections and 100 UDP flows busy (a message every
  * 20 ms each) from the hosts to the peers' echo servers, fresh sessions
  * opened every 100 ms per host, the WAN captured (testing/ha_failover.ts);
  * after a steady period (sync bytes measured on the sync link) the active
  * gateway fails (`crash`: links down and daemons SIGKILLed at once; `kill`:
- * keepalived SIGKILLed; `lan-down`), and with `--failback` it comes back
- * and takes over again. The figures (testing/ha_analysis.ts): takeover time
+ * keepalived and dpm SIGKILLed, the kernel goes on; `lan-down`), then
+ * (unless `--no-failback`) it comes back and takes over again. The figures (testing/ha_analysis.ts): takeover time
  * (failure to the first translated UDP packet from the new active), when
  * the new active claimed the addresses (its first gratuitous ARP on the WAN)
  * and when its notify hook had committed conntrackd's state, RSTs, UDP
@@ -33,7 +42,7 @@
  * per busy session.
  *
  * ```sh
- * sudo deno task bench:ha                                   # the anchor matrix and the ordered prototype
+ * sudo deno task bench:ha                                   # anchor and ordered, every failure, both intervals
  * deno run -A bench/ha.ts --modes anchor --advert 0.05 --failures crash --rounds 1
  * deno run -A bench/ha.ts --json --out /tmp/ha
  * ```
