@@ -52,7 +52,11 @@ export interface MirroredSession {
  * The dpm sessions among `conntrack -L` lines: TCP and UDP entries whose
  * original destination is `g` and whose reply destination is in `pool`.
  */
-export function parseConntrack(text: string, g: number, pool: ReadonlySet<number>): MirroredSession[] {
+export function parseConntrack(
+  text: string,
+  g: number,
+  pool: ReadonlySet<number>,
+): MirroredSession[] {
   const out: MirroredSession[] = [];
   for (const line of text.split("\n")) {
     const proto = line.startsWith("tcp ") ? 6 : line.startsWith("udp ") ? 17 : 0;
@@ -127,12 +131,19 @@ async function main(args: string[]): Promise<void> {
   while (!stop) {
     requested = false;
     const start = Date.now();
-    const sessions = parseConntrack(await run(["conntrack", "-L", "-f", "ipv4"]), cfg.lanAddr, pool);
-    await run(["nft", "-f", "-"], serverTable(opts, lan, {
-      toRemote: sessions.map((s) => toRemoteText(s.proto, s.a, s.pg, s.x, s.px)),
-      toPublic: sessions.map((s) => toPublicText(s.proto, s.a, s.pa, s.x, s.px, s.r, s.p)),
-      queued: [],
-    }));
+    const sessions = parseConntrack(
+      await run(["conntrack", "-L", "-f", "ipv4"]),
+      cfg.lanAddr,
+      pool,
+    );
+    await run(
+      ["nft", "-f", "-"],
+      serverTable(opts, lan, {
+        toRemote: sessions.map((s) => toRemoteText(s.proto, s.a, s.pg, s.x, s.px)),
+        toPublic: sessions.map((s) => toPublicText(s.proto, s.a, s.pa, s.x, s.px, s.r, s.p)),
+        queued: [],
+      }),
+    );
     cycles++;
     // "<cycle> <ms when it began reading conntrack> <sessions>": mirror-sync
     // waits for a cycle that began after its request.

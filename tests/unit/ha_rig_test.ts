@@ -25,6 +25,7 @@ import {
   wanPackets,
 } from "../../testing/ha_analysis.ts";
 import type { TrafficReport } from "../../testing/ha_traffic.ts";
+import { parseConntrack } from "../../bench/ha/standby_mirror.ts";
 
 Deno.test("ha rig: renderTemplate fills placeholders, indents multi-line values, refuses gaps and typos", () => {
   const t = "a @X@ b\n\t@LIST@\nend @Y@";
@@ -460,5 +461,44 @@ Deno.test("ha rig: summarizeHosts sums losses, broken connections and fresh sess
   assert.deepEqual(h.fresh, [
     { started: 1, ok: 1, failed: 0, firstOkAfterMs: null },
     { started: 2, ok: 1, failed: 1, firstOkAfterMs: 400 },
+  ]);
+});
+
+Deno.test("ha rig: the standby mirror reads dpm sessions back from conntrack -L lines", () => {
+  const text = [
+    // A dpm session on the kernel path: a:pa -> G:Pg, reply X:px -> R:p.
+    "udp      17 28 src=10.0.0.12 dst=10.0.0.1 sport=54725 dport=62905 src=198.51.100.10 dst=203.0.113.10 sport=7 dport=54725 mark=0 use=1",
+    "tcp      6 431999 ESTABLISHED src=10.0.0.14 dst=10.0.0.1 sport=35884 dport=61766 src=198.51.100.20 dst=203.0.113.11 sport=7 dport=35884 [ASSURED] mark=0 use=1",
+    // dpm's control traffic to G (reply to G, not to the pool): not a session.
+    "udp      17 119 src=10.0.0.14 dst=10.0.0.1 sport=37910 dport=4750 src=10.0.0.1 dst=10.0.0.14 sport=4750 dport=37910 [ASSURED] mark=0 use=1",
+    // SNAT of a driverless host (not addressed to G), the sync link, ICMP, garbage.
+    "udp      17 29 src=10.0.0.11 dst=198.51.100.10 sport=40000 dport=7 src=198.51.100.10 dst=203.0.113.10 sport=7 dport=40000 mark=0 use=1",
+    "udp      17 29 src=10.255.0.1 dst=10.255.0.2 sport=53084 dport=3780 [UNREPLIED] src=10.255.0.2 dst=10.255.0.1 sport=3780 dport=53084 mark=0 use=1",
+    "icmp     1 29 src=10.0.0.11 dst=10.0.0.1 type=8 code=0 id=7 src=198.51.100.10 dst=203.0.113.10 type=0 code=0 id=7 mark=0 use=1",
+    "udp      17 29 src=10.0.0.11",
+    "",
+  ].join("\n");
+  const pool = new Set([0xcb00710a, 0xcb00710b, 0xcb00710c, 0xcb00710d]);
+  assert.deepEqual(parseConntrack(text, 0x0a000001, pool), [
+    {
+      proto: 17,
+      a: 0x0a00000c,
+      pa: 54725,
+      pg: 62905,
+      x: 0xc633640a,
+      px: 7,
+      r: 0xcb00710a,
+      p: 54725,
+    },
+    {
+      proto: 6,
+      a: 0x0a00000e,
+      pa: 35884,
+      pg: 61766,
+      x: 0xc6336414,
+      px: 7,
+      r: 0xcb00710b,
+      p: 35884,
+    },
   ]);
 });
