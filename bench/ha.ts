@@ -329,6 +329,14 @@ async function startDrivers(t: HaTopology): Promise<Spawned[]> {
  */
 let debugDir = "";
 
+/**
+ * With `--tcp-liberal`: `net.netfilter.nf_conntrack_tcp_be_liberal=1` on both
+ * gateways, so that no TCP segment of a known conntrack is judged out of its
+ * window (INVALID, hence not translated) after two conntrackds updated each
+ * other's entries (docs/ha.md, "kill").
+ */
+let tcpLiberal = false;
+
 async function dumpState(t: HaTopology, label: string): Promise<void> {
   if (!debugDir) return;
   await Deno.mkdir(debugDir, { recursive: true });
@@ -353,6 +361,11 @@ async function run(c: RunConfig): Promise<RunResult> {
   const undo = destroyOnSignal(t);
   try {
     const [ga, gb] = t.gateways;
+    if (tcpLiberal) {
+      for (const g of t.gateways) {
+        await t.exec(g.ns, ["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_tcp_be_liberal=1"]);
+      }
+    }
     if (!runsDpm(c.mode)) { for (const g of t.gateways) await setupGateway(t, g, c.snatRandom); }
     const pair = await preparePair(t, {
       keepalivedTemplate: c.mode === "anchor" ? KEEPALIVED_ANCHOR_TEMPLATE : KEEPALIVED_TEMPLATE,
@@ -604,6 +617,7 @@ function parseArgs(argv: string[]) {
     else if (a === "--json") o.json = true;
     else if (a === "--out") o.out = v();
     else if (a === "--debug") debugDir = v();
+    else if (a === "--tcp-liberal") tcpLiberal = true;
     else if (a === "--mirror-sync") {
       const age = MIRROR_SYNC_AGES[v()];
       if (age === undefined) throw new TypeError(`--mirror-sync takes cycle, recent or alive`);

@@ -57,7 +57,7 @@ export interface WindowFigures {
   event: string;
   /** First gratuitous ARP from the new active after the event (it claims the pool), ms; null if none. */
   claimMs: number | null;
-  /** First outbound UDP packet of a busy flow sent by the new active, ms after the event; null if none. */
+  /** First outbound UDP packet of the hosts' traffic (with a flow id) sent by the new active, ms after the event; null if none. */
   takeoverMs: number | null;
   /** The same, counting only packets that left with their session pair. */
   takeoverRightPairMs: number | null;
