@@ -37,7 +37,7 @@ export {
   queryPublic,
   reserve,
   SessionRefused,
-} from "./src/client.ts";
+} from "./src/api.ts";
 
 if (import.meta.main) {
   const { main } = await import("./src/cli/main.ts");
