@@ -357,7 +357,7 @@ Deno.test("upnp service: secure mode: only to itself, only its own, wildcard rem
   );
   assert.equal(m.changes, 0);
   call(svc, H1, "AddPortMapping", add(6000, 5000));
-  // H2 cannot overwrite it, nor delete it (one by one or by range), but sees it.
+  // H2 cannot overwrite it, nor delete it (one by one or by range), nor see it.
   assert.equal(
     call(svc, H2, "AddPortMapping", add(6000, 5000, { client: "10.0.0.12" })).code,
     UpnpError.CONFLICT_IN_MAPPING_ENTRY,
@@ -375,7 +375,15 @@ Deno.test("upnp service: secure mode: only to itself, only its own, wildcard rem
     UpnpError.PORT_MAPPING_NOT_FOUND,
   );
   assert.equal(
-    call(svc, H2, "GetSpecificPortMappingEntry", key(6000)).out.NewInternalClient,
+    call(svc, H2, "GetSpecificPortMappingEntry", key(6000)).code,
+    UpnpError.NO_SUCH_ENTRY_IN_ARRAY,
+  );
+  assert.equal(
+    call(svc, H2, "GetGenericPortMappingEntry", [["NewPortMappingIndex", "0"]]).code,
+    UpnpError.SPECIFIED_ARRAY_INDEX_INVALID,
+  );
+  assert.equal(
+    call(svc, H1, "GetSpecificPortMappingEntry", key(6000)).out.NewInternalClient,
     "10.0.0.11",
   );
   assert.equal(m.all(2_000).length, 1);
