@@ -55,7 +55,8 @@
  *    whole pool.
  * 3. Endpoint-independent mapping (RFC 4787 REQ-1): when `a:pa` already has a
  *    session, its `R:p` is reused toward the new remote if (R, p, X, px) is
- *    free. A fixed-port request reuses it only when `p == pa`.
+ *    free. A fixed-port request reuses it only when `p == pa`, or when it is
+ *    an inbound mapping's pair (a mapped endpoint answers from its mapping).
  * 4. Port preservation: the first considered pool address, in an order that
  *    starts at `hash(a) mod poolSize` (spreads hosts), where (proto, R, pa)
  *    is unused and not held for another host (see "Port hold") gets `R:pa`,
@@ -1051,12 +1052,16 @@ export class SessionTable {
     let p = 0;
     let flags = F_LIVE | (req.replaceable ? F_REPLACEABLE : 0) | (req.direct ? F_DIRECT : 0);
 
-    // 3. Endpoint-independent mapping.
-    const first = this.lookupEndpoint(proto, a, pa);
+    // 3. Endpoint-independent mapping. A mapped endpoint's sessions take the
+    // mapping's pair whatever its port (fixed or not): the mapping owns it for
+    // the endpoint, and a remote that came in through it must hear back from it.
+    const mapped = this.lookupMapOf(proto, a, pa);
+    const first = mapped >= 0 ? mapped : this.lookupEndpoint(proto, a, pa);
     if (first >= 0) {
       const fp = this.#p[first]!;
       if (
-        (req.replaceable || fp === pa) && this.lookupPublic(proto, this.#r[first]!, fp, x, px) < 0
+        (mapped >= 0 || req.replaceable || fp === pa) &&
+        this.lookupPublic(proto, this.#r[first]!, fp, x, px) < 0
       ) {
         ri = this.#ri[first]!;
         p = fp;
