@@ -29,7 +29,7 @@
  */
 
 import dgram from "node:dgram";
-import { type Cidr, cidrContains, formatIPv4, parseIPv4 } from "../wire/addr.ts";
+import { type Cidr, cidrContains, formatIPv4, parseSocketIPv4 } from "../wire/addr.ts";
 import { RateLimiter } from "../control/ratelimit.ts";
 import { IgdDocuments, type RootDevice } from "./description.ts";
 import { advertisements, MAX_AGE, SsdpAdvertiser, SsdpResponder } from "./discovery.ts";
@@ -251,7 +251,7 @@ export async function bindUpnp(o: Omit<UpnpOptions, "bootId">): Promise<Upnp> {
   try {
     const onMessage = (sock: dgram.Socket) => (msg: Uint8Array, rinfo: dgram.RemoteInfo) => {
       if (!started) return;
-      const src = parseIPv4(rinfo.address.replace(/^::ffff:/, ""));
+      const src = parseSocketIPv4(rinfo.address);
       if (src === null) return;
       const a = responder.handle(
         new Uint8Array(msg.buffer, msg.byteOffset, msg.byteLength),
