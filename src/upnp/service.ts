@@ -213,8 +213,13 @@ export class UpnpService {
         }
         const mine = this.#own(src, req.protocol, req.startPort, req.endPort, now);
         if (mine.length === 0) return refuse(UpnpError.PORT_MAPPING_NOT_FOUND, "none in range");
-        for (const x of mine) m.delete(src, x.proto, x.externalPort, now);
-        c.log(`UPnP ${formatIPv4(src)} deleted ${mine.length} ${req.protocol} mapping(s)`);
+        // The host's mappings of other protocols (PCP, NAT-PMP) in the range stay.
+        let n = 0;
+        for (const x of mine) if (m.delete(src, x.proto, x.externalPort, now) === "deleted") n++;
+        if (n === 0) {
+          return refuse(UpnpError.ACTION_NOT_AUTHORIZED, "none in range is UPnP's to delete");
+        }
+        c.log(`UPnP ${formatIPv4(src)} deleted ${n} ${req.protocol} mapping(s)`);
         return done();
       }
       case "GetSpecificPortMappingEntry": {

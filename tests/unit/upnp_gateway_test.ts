@@ -118,6 +118,16 @@ Deno.test("upnp gateway: another host can neither overwrite, delete nor see a ma
     "by external port, then protocol",
   );
   assert.equal(m.delete(H1, 6, 7000, T0), "not-yours", "NAT-PMP's");
+  // A range delete takes UPnP's only; a range holding none of UPnP's is 606.
+  const range = (start: number, end: number, protocol: string) =>
+    call(service(core), H1, "DeletePortMappingRange", [
+      ["NewStartPort", String(start)],
+      ["NewEndPort", String(end)],
+      ["NewProtocol", protocol],
+      ["NewManage", "1"],
+    ], { igd: 2 });
+  assert.equal(range(7000, 7000, "TCP").code, UpnpError.ACTION_NOT_AUTHORIZED);
+  assert.equal(t.owner(t.lookupMapOf(6, H1, 7000)), Owner.NATPMP, "still there");
   const over = m.add(ask({ proto: 6, internalPort: 7000, externalPort: 7000 }), T0);
   assert.deepEqual(over.ok ? null : over.error, "conflict");
   const moveIt = m.add(ask({ proto: 6, internalPort: 7000, externalPort: 7001 }), T0);
