@@ -91,6 +91,8 @@ export type GatewayOptions =
     | "gatewayPorts"
     | "controlPort"
     | "pcp"
+    | "upnp"
+    | "upnpPort"
     | "masquerade"
     | "addPoolAddresses"
     | "socket"

@@ -17,8 +17,10 @@
  * Packet counters are written at a clean stop only.
  *
  * Each row keeps who created it (dpm's protocol, PCP with its nonce,
- * NAT-PMP; `Owner` in the table), so that after a restart PCP and NAT-PMP
- * still renew and delete only their own. Rows of a file written before
+ * NAT-PMP, UPnP with its description; `Owner` in the table), so that after
+ * a restart PCP, NAT-PMP and UPnP still renew and delete only their own.
+ * The meta table also keeps the UPnP boot id, which grows only when the
+ * state is lost (`src/upnp/boot.ts`). Rows of a file written before
  * owners were kept come back ADOPTED. The file, its WAL and its shared
  * memory file list every host's peers: they are created mode 0600 (and an
  * existing file is made 0600), whatever the umask.
@@ -229,6 +231,8 @@ export interface SavedState {
   sessions: StoredRecord[];
   /** "sqlite", or "json" for a version 1 file (migrated by start()). */
   format: "sqlite" | "json";
+  /** The UPnP boot id the run that wrote it announced (absent: none kept). */
+  bootId?: number;
 }
 
 const SQLITE_MAGIC = "SQLite format 3\0";
@@ -240,7 +244,7 @@ const SQLITE_MAGIC = "SQLite format 3\0";
 const SCHEMA_VERSION = 2;
 
 const COLUMNS =
-  "proto, a, pa, x, px, r, p, pg, expires_at, lifetime, replaceable, shared, packets_out, packets_in, owner, nonce";
+  "proto, a, pa, x, px, r, p, pg, expires_at, lifetime, replaceable, shared, packets_out, packets_in, owner, nonce, description";
 
 /**
  * Creates `path` mode 0600 when absent, and makes it and its WAL and shared
@@ -390,7 +394,8 @@ export class StateStore {
         "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;" +
           "CREATE TABLE IF NOT EXISTS sessions (id INTEGER PRIMARY KEY, proto INT, a INT, " +
           "pa INT, x INT, px INT, r INT, p INT, pg INT, expires_at INT, lifetime INT, " +
-          "replaceable INT, shared INT, packets_out INT, packets_in INT, owner INT, nonce TEXT);",
+          "replaceable INT, shared INT, packets_out INT, packets_in INT, owner INT, nonce TEXT, " +
+          "description TEXT);",
       );
       // A file of schema 2 gains the owner columns (its rows come back ADOPTED).
       const cols = new Set(
@@ -398,6 +403,8 @@ export class StateStore {
       );
       if (!cols.has("owner")) db.exec("ALTER TABLE sessions ADD COLUMN owner INT");
       if (!cols.has("nonce")) db.exec("ALTER TABLE sessions ADD COLUMN nonce TEXT");
+      // UPnP's descriptions came later still (an older file's rows have none).
+      if (!cols.has("description")) db.exec("ALTER TABLE sessions ADD COLUMN description TEXT");
       const meta = new Map<string, unknown>(
         (db.prepare("SELECT k, v FROM meta").all() as { k: string; v: unknown }[]).map((
           r,
@@ -443,11 +450,20 @@ export class StateStore {
           packetsOut: row.packets_out ?? 0,
           packetsIn: row.packets_in ?? 0,
           ...ownerFields(row.owner, row.nonce),
+          ...(typeof row.description === "string" && row.description !== ""
+            ? { description: row.description }
+            : {}),
         };
         return rec as StoredRecord;
       });
       this.#nextId = maxId + 1;
-      return { epoch: Number(meta.get("epoch")) >>> 0, sessions, format: "sqlite" };
+      const bootId = Number(meta.get("upnpBootId"));
+      return {
+        epoch: Number(meta.get("epoch")) >>> 0,
+        sessions,
+        format: "sqlite",
+        ...(Number.isInteger(bootId) && bootId > 0 ? { bootId } : {}),
+      };
     } catch (e) {
       try {
         db.close();
@@ -467,22 +483,25 @@ export class StateStore {
   #prepare(): void {
     const db = this.#db!;
     this.#insert = db.prepare(
-      `INSERT OR REPLACE INTO sessions (id, ${COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+      `INSERT OR REPLACE INTO sessions (id, ${COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
     );
     this.#delete = db.prepare("DELETE FROM sessions WHERE id = ?");
-    // A renewal may also have claimed an ADOPTED row for its protocol (src/policy/mappings.ts).
+    // A renewal may also have claimed an ADOPTED row for its protocol (src/policy/mappings.ts),
+    // or given a UPnP mapping a new description.
     this.#renew = db.prepare(
-      "UPDATE sessions SET expires_at = ?, lifetime = ?, owner = ?, nonce = ? WHERE id = ?",
+      "UPDATE sessions SET expires_at = ?, lifetime = ?, owner = ?, nonce = ?, description = ? " +
+        "WHERE id = ?",
     );
   }
 
   /**
    * Makes the file hold exactly `table` and `epoch` (after the restore:
    * dropped rows go, adopted sessions come, a new epoch is kept), migrating
-   * a JSON file of version 1 to the database first. Synchronous and durable
-   * when it returns.
+   * a JSON file of version 1 to the database first. `bootId`: the UPnP
+   * boot id announced from now on (`src/upnp/boot.ts`), kept for the next
+   * run. Synchronous and durable when it returns.
    */
-  start(table: SessionTable, epoch: number): void {
+  start(table: SessionTable, epoch: number, bootId?: number): void {
     if (this.saved?.format === "json") this.#migrate();
     const db = this.#db!;
     db.exec("BEGIN");
@@ -508,6 +527,9 @@ export class StateStore {
       }
       db.prepare("INSERT OR REPLACE INTO meta VALUES ('epoch', ?), ('startedAt', ?)")
         .run(epoch >>> 0, Date.now());
+      if (bootId !== undefined) {
+        db.prepare("INSERT OR REPLACE INTO meta VALUES ('upnpBootId', ?)").run(bootId);
+      }
       db.exec("COMMIT");
     } catch (e) {
       db.exec("ROLLBACK");
@@ -561,6 +583,7 @@ export class StateStore {
               table.lifetime(s),
               table.owner(s),
               nonceText(table, s),
+              table.description(s) || null,
               id,
             )
           );
@@ -687,6 +710,7 @@ export class StateStore {
       t.packetsIn(s),
       t.owner(s),
       nonceText(t, s),
+      t.description(s) || null,
     );
   }
 

@@ -55,7 +55,8 @@
  *    whole pool.
  * 3. Endpoint-independent mapping (RFC 4787 REQ-1): when `a:pa` already has a
  *    session, its `R:p` is reused toward the new remote if (R, p, X, px) is
- *    free. A fixed-port request reuses it only when `p == pa`.
+ *    free. A fixed-port request reuses it only when `p == pa`, or when it is
+ *    an inbound mapping's pair (a mapped endpoint answers from its mapping).
  * 4. Port preservation: the first considered pool address, in an order that
  *    starts at `hash(a) mod poolSize` (spreads hosts), where (proto, R, pa)
  *    is unused and not held for another host (see "Port hold") gets `R:pa`,
@@ -130,10 +131,15 @@
  *
  * Every row records who created it (`owner(s)`, {@link Owner}): dpm's own
  * protocol (a driver's RESERVE or `dpm map`, proven by the cookie), PCP
- * (with its 12-byte mapping nonce, kept in the row: RFC 6887 section 11.3)
- * or NAT-PMP; rows restored without one (an older state file, the kernel's
- * maps adopted without a state file) are ADOPTED. The table only stores the
- * owner; who may renew or delete a row is decided by `src/policy/`.
+ * (with its 12-byte mapping nonce, kept in the row: RFC 6887 section 11.3),
+ * NAT-PMP, or UPnP IGD (with the mapping's description, `description(s)`);
+ * rows restored without one (an older state file, the kernel's maps adopted
+ * without a state file) are ADOPTED. The table only stores the owner; who
+ * may renew or delete a row is decided by `src/policy/`.
+ *
+ * UPnP's requests come over TCP, whose handshake proves the host's address
+ * as well as a LAN can: its rows count toward the host's quota like dpm's,
+ * within a cap of their own per host (`maxUpnpPerHost`, QUOTA_EXCEEDED).
  *
  * Rows of the protocols that cannot prove the host's address (PCP and
  * NAT-PMP: no cookie, so a LAN host can forge another's source) are
@@ -207,11 +213,13 @@ export const Owner = {
   PCP: 2,
   /** NAT-PMP map. */
   NATPMP: 3,
+  /** UPnP IGD AddPortMapping / AddAnyPortMapping (`src/upnp/`), with its description. */
+  UPNP: 4,
 } as const;
 /** One of {@linkcode Owner}. */
 export type OwnerKind = (typeof Owner)[keyof typeof Owner];
 /** The owners' names, by number (status, state file, logs). */
-export const OWNER_NAMES = ["adopted", "dpm", "pcp", "natpmp"] as const;
+export const OWNER_NAMES = ["adopted", "dpm", "pcp", "natpmp", "upnp"] as const;
 /** An owner's name. */
 export type OwnerName = (typeof OWNER_NAMES)[number];
 
@@ -242,9 +250,12 @@ const RANDOM_PORT_HOME_TRIES = 16;
 const RANDOM_PG_TRIES = 32;
 /**
  * Counters per host in the hosts map: total, icmp, tcp, udp, paired pool
- * index, sessions on it, unverified rows, first unverified row + 1 (0: none).
+ * index, sessions on it, unverified rows, first unverified row + 1 (0: none),
+ * UPnP rows.
  */
-const HS = 8;
+const HS = 9;
+/** Longest description kept with a row (UPnP's NewPortMappingDescription is a string of up to 256). */
+export const DESCRIPTION_MAX = 256;
 
 /** Lease lengths in seconds. */
 export interface Lifetimes {
@@ -279,6 +290,11 @@ export interface TableOptions {
   maxSessionsPerHost?: number;
   /** Unverified rows (PCP, NAT-PMP) one internal address may hold. @default 64 */
   maxUnverifiedPerHost?: number;
+  /**
+   * UPnP rows one internal address may hold (they also count toward
+   * `maxSessionsPerHost`: TCP proves UPnP's address). @default 64
+   */
+  maxUpnpPerHost?: number;
   /**
    * Unverified rows per IP protocol over all hosts (a share of the pool's
    * pairs: `src/policy/`). @default no limit
@@ -399,6 +415,8 @@ export interface SessionRecord {
   owner?: OwnerName;
   /** PCP's mapping nonce, 24 hex digits (PCP rows only). */
   nonce?: string;
+  /** What a mapping is for (UPnP's description); absent when none was given. */
+  description?: string;
 }
 
 /** An inbound mapping request (PCP MAP, NAT-PMP map). */
@@ -421,6 +439,12 @@ export interface MapRequest {
   owner?: OwnerKind;
   /** PCP's mapping nonce ({@linkcode NONCE_LEN} bytes), kept in a new row. */
   nonce?: Uint8Array;
+  /**
+   * What the mapping is for (UPnP's NewPortMappingDescription), kept with
+   * the row and replaced by a renewal that gives one; at most
+   * {@linkcode DESCRIPTION_MAX} characters (longer is cut).
+   */
+  description?: string;
   /**
    * The public ports a new mapping may take (the port policy,
    * `src/policy/`): every pair the allocator considers, the suggested one
@@ -527,6 +551,7 @@ export class SessionTable {
   readonly #maxPerHost: number;
   readonly #maxUnverifiedPerHost: number;
   readonly #maxUnverifiedPerProto: number;
+  readonly #maxUpnpPerHost: number;
   readonly #defaults: [number, number, number];
   readonly #lifeMin: number;
   readonly #lifeMax: number;
@@ -561,6 +586,8 @@ export class SessionTable {
   #nonce = new Uint32Array(0); // PCP nonce, NONCE_LEN / 4 words per slot
   #onext = new Int32Array(0); // the host's unverified rows
   #oprev = new Int32Array(0);
+  /** Descriptions of the rows that have one (few do: UPnP mappings), by slot. */
+  readonly #desc = new Map<number, string>();
   /** Unverified rows per protocol index (icmp, tcp, udp), all hosts. */
   readonly #unverified: [number, number, number] = [0, 0, 0];
 
@@ -615,6 +642,7 @@ export class SessionTable {
       0,
       2 ** 31,
     );
+    this.#maxUpnpPerHost = checkInt("maxUpnpPerHost", opts.maxUpnpPerHost ?? 64, 0, 2 ** 31);
     this.#maxUnverifiedPerProto = opts.maxUnverifiedPerProto === undefined
       ? Infinity
       : checkInt("maxUnverifiedPerProto", opts.maxUnverifiedPerProto, 0, 2 ** 32);
@@ -851,11 +879,28 @@ export class SessionTable {
    */
   claim(s: number, owner: OwnerKind, nonce?: Uint8Array): void {
     const a = this.#a[s]!;
-    const was = isUnverified(this.#owner[s]!);
-    if (was) this.#unlinkUnverified(s, a);
+    const was = this.#owner[s]!;
+    if (isUnverified(was)) this.#unlinkUnverified(s, a);
+    if (was === Owner.UPNP) this.#countUpnp(a, -1);
     this.#owner[s] = owner;
     this.#setNonce(s, nonce);
     if (isUnverified(owner)) this.#linkUnverified(s, a);
+    if (owner === Owner.UPNP) this.#countUpnp(a, 1);
+  }
+
+  /** What slot `s` is for (a UPnP mapping's description); "" when none was given. */
+  description(s: number): string {
+    return this.#desc.get(s) ?? "";
+  }
+
+  /**
+   * Sets what live slot `s` is for ("" removes it; longer than
+   * {@linkcode DESCRIPTION_MAX} is cut). The subscribers learn it with the
+   * next renewal; `map` with a description does both at once.
+   */
+  setDescription(s: number, text: string): void {
+    if (text === "") this.#desc.delete(s);
+    else this.#desc.set(s, text.slice(0, DESCRIPTION_MAX));
   }
 
   /** Counts one packet on slot `s`. */
@@ -890,6 +935,12 @@ export class SessionTable {
   unverifiedOf(a: number): number {
     const hb = this.#hosts.find(a);
     return hb < 0 ? 0 : this.#hosts.vals[hb * HS + 6]!;
+  }
+
+  /** UPnP rows held by internal address `a`. */
+  upnpOf(a: number): number {
+    const hb = this.#hosts.find(a);
+    return hb < 0 ? 0 : this.#hosts.vals[hb * HS + 8]!;
   }
 
   /** Unverified rows of IP protocol `proto`, all hosts. */
@@ -1001,12 +1052,16 @@ export class SessionTable {
     let p = 0;
     let flags = F_LIVE | (req.replaceable ? F_REPLACEABLE : 0) | (req.direct ? F_DIRECT : 0);
 
-    // 3. Endpoint-independent mapping.
-    const first = this.lookupEndpoint(proto, a, pa);
+    // 3. Endpoint-independent mapping. A mapped endpoint's sessions take the
+    // mapping's pair whatever its port (fixed or not): the mapping owns it for
+    // the endpoint, and a remote that came in through it must hear back from it.
+    const mapped = this.lookupMapOf(proto, a, pa);
+    const first = mapped >= 0 ? mapped : this.lookupEndpoint(proto, a, pa);
     if (first >= 0) {
       const fp = this.#p[first]!;
       if (
-        (req.replaceable || fp === pa) && this.lookupPublic(proto, this.#r[first]!, fp, x, px) < 0
+        (mapped >= 0 || req.replaceable || fp === pa) &&
+        this.lookupPublic(proto, this.#r[first]!, fp, x, px) < 0
       ) {
         ri = this.#ri[first]!;
         p = fp;
@@ -1158,6 +1213,7 @@ export class SessionTable {
     if (held >= 0) {
       this.#exp[held] = now + life * 1000;
       this.#life[held] = life;
+      if (req.description !== undefined) this.setDescription(held, req.description);
       this.#renewed(held);
       return this.#grant(held);
     }
@@ -1247,6 +1303,7 @@ export class SessionTable {
       0,
       owner,
       req.nonce,
+      req.description,
     );
     return this.#grant(s);
   }
@@ -1418,6 +1475,7 @@ export class SessionTable {
       ...((f & F_DIRECT) !== 0 ? { direct: true } : {}),
       ...(this.#owner[s] ? { owner: OWNER_NAMES[this.#owner[s]!] } : {}),
       ...(this.#owner[s] === Owner.PCP ? { nonce: hexOf(this.nonceOf(s)) } : {}),
+      ...(this.#desc.has(s) ? { description: this.#desc.get(s)! } : {}),
     };
   }
 
@@ -1490,6 +1548,7 @@ export class SessionTable {
       rec.packetsIn,
       owner,
       nonce,
+      typeof rec.description === "string" ? rec.description : "",
     );
     return Result.OK;
   }
@@ -1759,6 +1818,7 @@ export class SessionTable {
     inb: number,
     owner: OwnerKind,
     nonce: Uint8Array | undefined,
+    description = "",
   ): number {
     let s: number;
     if (this.#freeHead >= 0) {
@@ -1827,6 +1887,8 @@ export class SessionTable {
     this.#owner[s] = owner;
     this.#setNonce(s, nonce);
     if (isUnverified(owner)) this.#linkUnverified(s, a);
+    if (owner === Owner.UPNP) hv[hb * HS + 8]!++;
+    this.setDescription(s, description);
     this.#size++;
     for (const sub of this.#subs) sub.added?.(s);
     return s;
@@ -1839,6 +1901,9 @@ export class SessionTable {
     const total = hb < 0 ? 0 : hv[hb * HS]!;
     const unverified = hb < 0 ? 0 : hv[hb * HS + 6]!;
     if (!isUnverified(owner)) {
+      // UPnP has a cap of its own per host, like PCP's, within the host's quota.
+      const upnp = hb < 0 ? 0 : hv[hb * HS + 8]!;
+      if (owner === Owner.UPNP && upnp >= this.#maxUpnpPerHost) return Result.QUOTA_EXCEEDED;
       return total - unverified >= this.#maxPerHost ? Result.QUOTA_EXCEEDED : Result.OK;
     }
     if (unverified >= this.#maxUnverifiedPerHost) return Result.QUOTA_EXCEEDED;
@@ -1866,6 +1931,11 @@ export class SessionTable {
     hv[hb * HS + 7] = s + 1;
     hv[hb * HS + 6]!++;
     this.#unverified[protoIndex(this.#proto[s]!)]!++;
+  }
+
+  /** Adds `d` to host `a`'s UPnP rows (its host entry exists). */
+  #countUpnp(a: number, d: number): void {
+    this.#hosts.vals[this.#hosts.find(a) * HS + 8]! += d;
   }
 
   #unlinkUnverified(s: number, a: number): void {
@@ -1908,7 +1978,9 @@ export class SessionTable {
     }
 
     if (isUnverified(this.#owner[s]!)) this.#unlinkUnverified(s, a);
+    if (this.#owner[s] === Owner.UPNP) this.#countUpnp(a, -1);
     this.#owner[s] = Owner.ADOPTED;
+    this.#desc.delete(s);
 
     const pi = protoIndex(proto);
     const use = this.#portUse[pi]!;

@@ -7,7 +7,12 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { Result } from "../../src/control/result.ts";
-import { type ReserveRequest, SessionTable, type TableOptions } from "../../src/table/table.ts";
+import {
+  Owner,
+  type ReserveRequest,
+  SessionTable,
+  type TableOptions,
+} from "../../src/table/table.ts";
 
 const UDP = 17;
 const TCP = 6;
@@ -535,6 +540,54 @@ function checkHolds(t: SessionTable, holds: MHold[]): void {
     h.hosts = [by];
   }
 }
+
+Deno.test("mappings: a mapped endpoint's fixed-port session takes the mapping's pair even when its port differs (the remote that came in through it hears back from it)", () => {
+  const t = new SessionTable({ pool: [R1, R2] });
+  const m = t.map({ proto: UDP, a: H1, pa: 5000, p: 6000, r: R1, lifetime: 600 }, 0);
+  assert.equal(m.result, Result.OK);
+  assert.deepEqual([m.r, m.p], [R1, 6000]);
+  const g = t.reserve(req({ a: H1, pa: 5000, x: X1, px: 7000, replaceable: false }), 0);
+  assert.equal(g.result, Result.OK);
+  assert.deepEqual([g.r, g.p, g.replaced], [R1, 6000, true]);
+  // An unmapped endpoint's fixed port keeps its own number.
+  const f = t.reserve(req({ a: H1, pa: 5001, x: X1, px: 7000, replaceable: false }), 0);
+  assert.equal(f.p, 5001);
+});
+
+Deno.test("owners: UPnP rows count toward the host's quota and its own UPnP cap; a description stays with its row; a claim moves the counts", () => {
+  const t = new SessionTable({ pool: [R1], maxUpnpPerHost: 2, maxSessionsPerHost: 3 });
+  const up = { proto: UDP, a: H1, p: 0, r: 0, lifetime: 600, owner: Owner.UPNP };
+  assert.equal(t.map({ ...up, pa: 5000, description: "a" }, 0).result, Result.OK);
+  assert.equal(t.map({ ...up, pa: 5001, description: "x".repeat(300) }, 0).result, Result.OK);
+  assert.equal(t.description(t.lookupMapOf(UDP, H1, 5001)).length, 256, "cut at 256");
+  assert.equal(t.map({ ...up, pa: 5002 }, 0).result, Result.QUOTA_EXCEEDED, "the UPnP cap");
+  assert.equal(t.upnpOf(H1), 2);
+  // The host's quota counts them: one more dpm row fits, then none.
+  assert.equal(t.reserve(req({ a: H1, pa: 40000, replaceable: true }), 0).result, Result.OK);
+  assert.equal(
+    t.reserve(req({ a: H1, pa: 40001, replaceable: true }), 0).result,
+    Result.QUOTA_EXCEEDED,
+  );
+  // Released: its description goes with it, the slot's next row has none.
+  const s = t.lookupMapOf(UDP, H1, 5000);
+  t.releaseSlot(s, 0);
+  assert.equal(t.upnpOf(H1), 1);
+  const n = t.map({ proto: UDP, a: H1, pa: 5003, p: 0, r: 0, lifetime: 600 }, 0);
+  assert.equal(t.description(n.session), "");
+  // An ADOPTED mapping claimed by UPnP counts from then on.
+  t.claim(n.session, Owner.UPNP);
+  assert.equal(t.upnpOf(H1), 2);
+  t.claim(n.session, Owner.NATPMP);
+  assert.equal(t.upnpOf(H1), 1);
+  assert.equal(t.unverifiedOf(H1), 1);
+  // A record carries the description; restored, it comes back.
+  const rec = t.record(t.lookupMapOf(UDP, H1, 5001));
+  assert.equal(rec.owner, "upnp");
+  const t2 = new SessionTable({ pool: [R1] });
+  assert.equal(t2.restore(rec), Result.OK);
+  assert.equal(t2.description(t2.lookupMapOf(UDP, H1, 5001)), "x".repeat(256));
+  assert.equal(t2.upnpOf(H1), 1);
+});
 
 Deno.test("model: random operation sequences keep the indexes consistent and the policy's promises", () => {
   fc.assert(
