@@ -736,7 +736,7 @@ function randomEpoch(): number {
   return crypto.getRandomValues(new Uint32Array(1))[0]!;
 }
 
-/** Slot `s` of `t` as the data path sees it (`direct`: PCP PEER, table.ts). */
+/** Slot `s` of `t` as the data path sees it (`direct`: PCP PEER, table/allocate.ts). */
 function gatewaySessionOf(t: SessionTable, s: number): GatewaySession {
   return {
     proto: t.proto(s),

@@ -1,7 +1,8 @@
 /**
- * Tests of the session table and its allocation policy (src/table.ts), named
- * after the claims they show. The last test runs random operation sequences
- * against a slow, obvious model (an array of plain objects).
+ * Tests of the session table and its allocation policy (src/table/: the
+ * facade table.ts, the policy allocate.ts), named after the claims they
+ * show. The last test runs random operation sequences against a slow,
+ * obvious model (an array of plain objects).
  */
 
 import assert from "node:assert/strict";
@@ -374,6 +375,30 @@ Deno.test("restore: records from entries() rebuild an equal table; clashes are r
   assert.equal(u.restore({ ...recs[0]!, r: 0x08080808, px: 9999, pg: 1 }), Result.CONFLICT);
   // Restored state is allocated around: port 5060 on H1's address is taken.
   assert.equal(u.portUsers(UDP, recs[0]!.r, 5060) >= 1, true);
+});
+
+Deno.test("map under a port policy: when the random probes miss, the scan finds the one allowed free pair; then NO_RESOURCES", () => {
+  // random() === 0: every probe asks for the first allowed port, which is taken.
+  const t = new SessionTable({
+    pool: [R1, R2],
+    portMin: 2000,
+    portMax: 2100,
+    pooling: "arbitrary",
+    random: () => 0,
+  });
+  const ports = { ranges: [[2010, 2012], [2050, 2050]] as const, usable: () => true };
+  // H2 and H3 take 2010-2012 on both addresses, H2 2050 on one: one allowed pair stays free.
+  for (const pa of [2010, 2011, 2012]) {
+    for (const a of [H2, H3]) assert.equal(t.reserve(req({ a, pa }), 0).result, Result.OK);
+  }
+  assert.equal(t.reserve(req({ a: H2, pa: 2050 }), 0).result, Result.OK);
+  const free = [R1, R2].filter((r) => t.portUsers(UDP, r, 2050) === 0);
+  assert.equal(free.length, 1);
+  const m = { proto: UDP, a: H1, p: 0, r: 0, lifetime: 0, ports };
+  const g = t.map({ ...m, pa: 3000 }, 0);
+  assert.equal(g.result, Result.OK);
+  assert.deepEqual([g.r, g.p, g.replaced], [free[0], 2050, true]);
+  assert.equal(t.map({ ...m, pa: 3001 }, 0).result, Result.NO_RESOURCES);
 });
 
 Deno.test("growth: past the initial capacity every session is still found, through release", () => {
