@@ -738,15 +738,5 @@ function randomEpoch(): number {
 
 /** Slot `s` of `t` as the data path sees it (`direct`: PCP PEER, table/allocate.ts). */
 function gatewaySessionOf(t: SessionTable, s: number): GatewaySession {
-  return {
-    proto: t.proto(s),
-    a: t.a(s),
-    pa: t.pa(s),
-    x: t.x(s),
-    px: t.px(s),
-    r: t.r(s),
-    p: t.p(s),
-    pg: t.pg(s),
-    ...(t.direct(s) ? { direct: true } : {}),
-  };
+  return t.direct(s) ? { ...t.binding(s), direct: true } : t.binding(s);
 }

@@ -76,6 +76,7 @@
  */
 
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP } from "../wire/meta.ts";
+import type { SessionIdentity } from "../wire/tuple.ts";
 import { Result } from "../control/result.ts";
 import { fmix } from "./hashmap.ts";
 import type { HostCounts } from "./hosts.ts";
@@ -98,18 +99,8 @@ const TRIES = {
   suggested: 8,
 } as const;
 
-/** A reservation request, as the server decoded it. */
-export interface ReserveRequest {
-  /** IP protocol: 1 (ICMP echo), 6 (TCP) or 17 (UDP). */
-  proto: number;
-  /** Internal (private) address. */
-  a: number;
-  /** Internal port, or ICMP echo identifier. */
-  pa: number;
-  /** Remote peer address. */
-  x: number;
-  /** Remote peer port; 0 for ICMP. */
-  px: number;
+/** A reservation request, as the server decoded it: the identity it names, and how. */
+export interface ReserveRequest extends SessionIdentity {
   /** True when the internal port may be replaced (an ephemeral port). */
   replaceable: boolean;
   /** Requested lease in seconds; 0 asks for the protocol's default. */

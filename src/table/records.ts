@@ -14,6 +14,7 @@
  */
 
 import { IPPROTO_ICMP, protoIndex } from "../wire/meta.ts";
+import type { SessionBinding } from "../wire/tuple.ts";
 import { Result } from "../control/result.ts";
 import type { Allocator, NewRow } from "./allocate.ts";
 import { grantedLifetime, type TableConfig } from "./options.ts";
@@ -21,24 +22,11 @@ import { NONCE_LEN, Owner, OWNER_NAMES, ownerByName, type OwnerKind } from "./ow
 import type { OwnerName } from "./owners.ts";
 import { rowFlags, type SessionStore } from "./storage.ts";
 
-/** One session as a plain object, for status output and the state file. */
-export interface SessionRecord {
-  /** IP protocol number. */
-  proto: number;
-  /** Internal address. */
-  a: number;
-  /** Internal port or ICMP identifier. */
-  pa: number;
-  /** Remote address. */
-  x: number;
-  /** Remote port (0 for ICMP). */
-  px: number;
-  /** Public address. */
-  r: number;
-  /** Public port or identifier. */
-  p: number;
-  /** Gateway LAN-side port. */
-  pg: number;
+/**
+ * One session as a plain object, for status output and the state file: its
+ * addresses (`wire/tuple.ts`) and the rest of its row.
+ */
+export interface SessionRecord extends SessionBinding {
   /** Expiry time, milliseconds on the caller's clock. */
   expiresAt: number;
   /** The lease granted, seconds (restore uses the protocol default when absent). */
@@ -73,14 +61,7 @@ export interface SessionRecord {
 export type RecordSource =
   & Pick<
     SessionStore,
-    | "proto"
-    | "a"
-    | "pa"
-    | "x"
-    | "px"
-    | "r"
-    | "p"
-    | "pg"
+    | "binding"
     | "expiresAt"
     | "lifetime"
     | "replaceable"
@@ -105,14 +86,7 @@ export function recordOf(t: RecordSource, s: number): SessionRecord {
   const owner = t.owner(s);
   const description = t.description(s);
   return {
-    proto: t.proto(s),
-    a: t.a(s),
-    pa: t.pa(s),
-    x: t.x(s),
-    px: t.px(s),
-    r: t.r(s),
-    p: t.p(s),
-    pg: t.pg(s),
+    ...t.binding(s),
     expiresAt: t.expiresAt(s),
     lifetime: t.lifetime(s),
     replaceable: t.replaceable(s),

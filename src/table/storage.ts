@@ -53,6 +53,7 @@
  * @module
  */
 
+import type { SessionBinding, SessionIdentity } from "../wire/tuple.ts";
 import { fmix, grown, mix, SlotIndex } from "./hashmap.ts";
 import type { TableConfig } from "./options.ts";
 
@@ -89,12 +90,7 @@ export function rowFlags(k: RowKind): number {
 }
 
 /** The stored fields of a new row (names as in the module documentation). */
-export interface Row {
-  proto: number;
-  a: number;
-  pa: number;
-  x: number;
-  px: number;
+export interface Row extends SessionIdentity {
   /** Pool index of the public address R. */
   ri: number;
   p: number;
@@ -372,6 +368,20 @@ export class SessionStore {
   /** Packets counted remote -> host on slot `s`. */
   packetsIn(s: number): number {
     return this.#in[s]!;
+  }
+
+  /** Slot `s`'s addresses (`wire/tuple.ts`), as a new object. */
+  binding(s: number): SessionBinding {
+    return {
+      proto: this.#proto[s]!,
+      a: this.#a[s]!,
+      pa: this.#pa[s]!,
+      x: this.#x[s]!,
+      px: this.#px[s]!,
+      r: this.#r[s]!,
+      p: this.#p[s]!,
+      pg: this.#pg[s]!,
+    };
   }
 
   /** Counts one packet on slot `s`. */
