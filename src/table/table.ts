@@ -13,17 +13,22 @@
  * replies `X:px -> R:p` go back as `G:Pg -> a:pa`. For ICMP echo, `pa` and `p`
  * are echo identifiers and `px` is 0.
  *
- * | part           | what it holds                                   | its documentation                        |
- * |----------------|-------------------------------------------------|------------------------------------------|
- * | `storage.ts`   | the rows (struct of typed arrays), the four slot indexes, the packet path's lookups and accessors | "Rows", "Indexes", "Filtering" |
- * | `allocate.ts`  | the policy of `reserve` and `map`               | "Allocation policy", "Mappings", "Direct sessions" |
- * | `ports.ts`     | public port use and busy counts                 | module doc                               |
- * | `holds.ts`     | freed ports held back (RFC 6888 REQ-8): the queue and the clock | "Port hold"             |
- * | `hosts.ts`     | rows per host, the paired address               | module doc                               |
- * | `owners.ts`    | who made a row; the unverified budgets          | "Owners"                                 |
- * | `records.ts`   | a row as a plain object, and restoring one      | module doc                               |
- * | `options.ts`   | the options, checked; lease lengths             | "Lifetimes"                              |
- * | `hashmap.ts`   | the typed-array hash structures under all of them | module doc                             |
+ * The parts, each with the documentation of what it does:
+ *
+ * - `storage.ts`: the rows (a struct of typed arrays), the four slot
+ *   indexes, the packet path's lookups and accessors ("Rows", "Indexes",
+ *   "Filtering").
+ * - `allocate.ts`: the policy of `reserve` and `map` ("Allocation policy",
+ *   "Mappings", "Direct sessions").
+ * - `ports.ts`: which public pairs are sent from, and how many are busy.
+ * - `holds.ts`: freed ports held back from other hosts, RFC 6888 REQ-8 (the
+ *   queue and the clock, "Port hold").
+ * - `hosts.ts`: rows per host, and the host's paired address.
+ * - `owners.ts`: who made a row, and the budgets of unverified rows
+ *   ("Owners").
+ * - `records.ts`: a row as a plain object, and restoring one.
+ * - `options.ts`: the options, checked once; lease lengths ("Lifetimes").
+ * - `hashmap.ts`: the typed-array hash structures under all of them.
  *
  * `SessionTable` extends `SessionStore` (storage.ts) rather than holding
  * one, so that `lookupLan` and `lookupPublic` run their probe loops on the
