@@ -180,7 +180,7 @@ export class Allocator {
   readonly #hosts: HostCounts;
   readonly #owners: Owners;
   /** [portMin, portMax]: the replacement ports when no port policy narrows them. */
-  readonly #allPorts: readonly (readonly [number, number])[];
+  readonly #allPorts: Ranges;
 
   constructor(
     cfg: TableConfig,
@@ -246,8 +246,11 @@ export class Allocator {
 
     // 4. Port preservation, exclusive, on a port neither used nor held for another host.
     if (ri < 0) {
-      const tries = req.replaceable ? Math.min(P, TRIES.preserveReplaceable) : P;
-      ri = this.#firstAddress(pair, home, tries, (i) => this.#ports.availableTo(pi, i, pa, a));
+      const n = pair >= 0 ? 1 : req.replaceable ? Math.min(P, TRIES.preserveReplaceable) : P;
+      for (let k = 0; k < n && ri < 0; k++) {
+        const i = pair >= 0 ? pair : (home + k) % P;
+        if (this.#ports.availableTo(pi, i, pa, a)) ri = i;
+      }
       if (ri >= 0) p = pa;
     }
 
@@ -263,11 +266,15 @@ export class Allocator {
         // is held for another host (RFC 6888 REQ-8 exception c: filtering is
         // address-and-port dependent, so the new session only ever receives
         // from its own remote).
-        ri = this.#firstAddress(pair, home, P, (i) => {
+        for (let k = 0; k < (pair >= 0 ? 1 : P) && ri < 0; k++) {
+          const i = pair >= 0 ? pair : (home + k) % P;
           const r = cfg.pool[i]!;
-          return rows.lookupPublic(proto, r, pa, x, px) < 0 &&
-            !this.mappedByOther(proto, r, pa, a, pa);
-        });
+          if (
+            rows.lookupPublic(proto, r, pa, x, px) < 0 && !this.mappedByOther(proto, r, pa, a, pa)
+          ) {
+            ri = i;
+          }
+        }
         if (ri < 0) return Result.CONFLICT;
         p = pa;
         shared = this.#ports.used(pi, ri, pa);
@@ -384,20 +391,6 @@ export class Allocator {
   }
 
   /**
-   * The first considered pool address that passes `ok`, or -1: the paired
-   * address only, else `tries` addresses from the host's home address on.
-   */
-  #firstAddress(pair: number, home: number, tries: number, ok: (i: number) => boolean): number {
-    if (pair >= 0) return ok(pair) ? pair : -1;
-    const P = this.#cfg.pool.length;
-    for (let k = 0; k < tries; k++) {
-      const i = (home + k) % P;
-      if (ok(i)) return i;
-    }
-    return -1;
-  }
-
-  /**
    * A random (pool index, port) with the port in [portMin, portMax] (and in
    * `f.ranges`, and `usable`, under a port policy) and (proto, R, p)
    * neither used nor held, as `index * 65536 + port`; -1 when there is
@@ -408,48 +401,25 @@ export class Allocator {
    * counts of ports.ts said a free pair exists).
    */
   #randomPort(pi: number, home: number, pair: number, f: PortFilter | undefined): number {
-    const { portMin, portMax, pool } = this.#cfg;
-    let eff = this.#allPorts;
-    let total = portMax - portMin + 1;
-    if (f) {
-      const narrowed: [number, number][] = [];
-      total = 0;
-      for (const [lo, hi] of f.ranges) {
-        const a = Math.max(lo, portMin);
-        const b = Math.min(hi, portMax);
-        if (a <= b) {
-          narrowed.push([a, b]);
-          total += b - a + 1;
-        }
-      }
-      if (total === 0) return -1;
-      eff = narrowed;
-    }
+    const { portMin, portMax, pool, random: rnd } = this.#cfg;
+    const allowed = f ? clip(f.ranges, portMin, portMax) : this.#allPorts;
+    const total = f ? size(allowed) : portMax - portMin + 1;
+    if (total === 0) return -1;
     const ports = this.#ports;
     if (pair >= 0 ? ports.addressFull(pi, pair) : ports.poolFull(pi)) return -1;
-    /** The k-th allowed port. */
-    const nth = (k: number): number => {
-      for (const [lo, hi] of eff) {
-        if (k <= hi - lo) return lo + k;
-        k -= hi - lo + 1;
-      }
-      return -1; // unreachable: k < total
-    };
-    const ok = (i: number, p: number) => ports.free(pi, i, p) && (!f || f.usable(pool[i]!, p));
-    const rnd = this.#cfg.random;
     const P = pool.length;
     for (let t = 0; t < TRIES.randomPort; t++) {
       const i = pair >= 0 ? pair : t < TRIES.randomPortHome ? home : Math.floor(rnd() * P);
-      const p = nth(Math.floor(rnd() * total));
-      if (ok(i, p)) return i * 65536 + p;
+      const p = nth(allowed, Math.floor(rnd() * total));
+      if (ports.free(pi, i, p) && (!f || f.usable(pool[i]!, p))) return i * 65536 + p;
     }
     const n = (pair >= 0 ? 1 : P) * total;
     const start = Math.floor(rnd() * n);
     for (let k = 0; k < n; k++) {
       const c = (start + k) % n;
       const i = pair >= 0 ? pair : Math.floor(c / total);
-      const p = nth(c % total);
-      if (ok(i, p)) return i * 65536 + p;
+      const p = nth(allowed, c % total);
+      if (ports.free(pi, i, p) && (!f || f.usable(pool[i]!, p))) return i * 65536 + p;
     }
     return -1;
   }
@@ -469,6 +439,35 @@ export class Allocator {
     }
     return -1;
   }
+}
+
+/** Sorted, disjoint, inclusive port ranges (`PortFilter.ranges`). */
+type Ranges = readonly (readonly [number, number])[];
+
+/** The parts of `ranges` within [lo, hi]. */
+function clip(ranges: Ranges, lo: number, hi: number): Ranges {
+  const out: [number, number][] = [];
+  for (const [a, b] of ranges) {
+    if (Math.max(a, lo) <= Math.min(b, hi)) out.push([Math.max(a, lo), Math.min(b, hi)]);
+  }
+  return out;
+}
+
+/** How many ports `ranges` hold. */
+function size(ranges: Ranges): number {
+  let n = 0;
+  for (const [a, b] of ranges) n += b - a + 1;
+  return n;
+}
+
+/** The `k`-th port of `ranges` (k below their size). */
+function nth(ranges: Ranges, k: number): number {
+  for (let j = 0; j < ranges.length; j++) {
+    const [a, b] = ranges[j]!;
+    if (k <= b - a) return a + k;
+    k -= b - a + 1;
+  }
+  return -1; // unreachable: k < size(ranges)
 }
 
 /** Where a new row goes: its remote, public pair, gateway port and flags. */
