@@ -69,7 +69,7 @@ import type {
 } from "../operator/types.ts";
 import { NatPmpResult, PcpResult } from "../pcp/codec.ts";
 import type { GatewaySession, ServerDataPath, SessionCounters } from "../datapath/datapath.ts";
-import { type DropLog, restoreRecord } from "./state.ts";
+import { type DropLog, restoreRecord } from "./restore.ts";
 import { Translator } from "./translate.ts";
 import { ServerViews } from "./views.ts";
 

@@ -10,13 +10,8 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { Owner, SessionTable } from "../../src/table/table.ts";
 import { DatabaseSync } from "node:sqlite";
-import {
-  checkStatePath,
-  DropLog,
-  restoreRecord,
-  StateStore,
-  type StoredRecord,
-} from "../../src/server/state.ts";
+import { checkStatePath, StateStore, type StoredRecord } from "../../src/server/state.ts";
+import { DropLog, restoreRecord } from "../../src/server/restore.ts";
 import { H1, LAN, P1, R1, R2, serverCfg } from "../../testing/fixtures.ts";
 import { ServerCore } from "../../src/server/core.ts";
 import { FakeServerDataPath } from "../../src/datapath/fake.ts";
