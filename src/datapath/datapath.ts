@@ -103,6 +103,13 @@ export type GatewayOptions =
     wanIf: string;
     /** The LAN prefix. */
     lan: Cidr;
+    /**
+     * Drop, rather than answer from the gateway's own stack, LAN packets to
+     * G's gateway ports that no session translated (`--ha`: during a
+     * takeover the host retransmits until its session is there, instead of
+     * meeting a TCP reset or an ICMP port unreachable; docs/ha.md).
+     */
+    dropMisses?: boolean;
   };
 
 /** A packet the gateway's path hands up (ICMP, hairpin, or every packet): returns a Verdict. */

@@ -45,6 +45,7 @@ export function gatewayOptions(cfg: ServerConfig, lan: Cidr): GatewayOptions {
     masquerade: cfg.masquerade,
     addPoolAddresses: cfg.addPoolAddresses,
     socket: cfg.socket,
+    dropMisses: cfg.ha,
   };
 }
 

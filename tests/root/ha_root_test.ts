@@ -1,0 +1,93 @@
+/**
+ * `dpm server --ha` on a real pair (issue 21, docs/ha.md): two gateway
+ * namespaces with keepalived and conntrackd from Debian, dpm on both (the
+ * standby mirroring the replicated conntracks into its table and maps), a
+ * LAN of hosts running drivers, a WAN to a router and peers
+ * (testing/ha_dpm.ts). While 100 TCP connections and 100 UDP flows are busy
+ * every 20 ms and fresh sessions are opened: the failure, then failback.
+ *
+ * Asserted (the counts that must be 0, and what must work): no TCP reset
+ * either way and no TCP connection broken; no flow whose public pair
+ * changed; no packet leaving from a wrong pair (nor untranslated); the PCP
+ * mapping reachable again within 2 s of each takeover; fresh reservations
+ * answered after each takeover; the standby's mirror held the busy
+ * sessions before the failure. Reported, not asserted (no timing
+ * thresholds on a shared machine): the takeover time, datagrams lost per
+ * flow, the sync traffic per session.
+ *
+ * Needs root, iproute2, nftables, conntrack, keepalived, conntrackd,
+ * tcpdump, iputils-arping, python3 (tools/install-deps).
+ */
+
+import assert from "node:assert/strict";
+import { needsRoot } from "../../testing/root.ts";
+import { type DpmHaResult, runDpmHa } from "../../testing/ha_dpm.ts";
+import type { Failure } from "../../testing/ha_failover.ts";
+
+const SAN = { sanitizeOps: false, sanitizeResources: false };
+
+function report(name: string, r: DpmHaResult): void {
+  const w = r.wan.windows.map((x) =>
+    `${x.event}: takeover ${x.takeoverMs} ms (claim ${x.claimMs} ms), RST in/out ${x.rstIn}/${x.rstOut}, ` +
+    `wrong-pair ${x.wrongPair} (stray TCP ${x.strayTcp}, untranslated ${x.untranslated}), misrouted ${x.misrouted}`
+  );
+  const takeovers = r.after.map((a) => `${a.lastClaimMs}/${a.lastTakeoverMs} ms`);
+  console.log(
+    `${name}:\n  ${w.join("\n  ")}\n  dpm's own claim/serve after keepalived's MASTER: ${
+      takeovers.join(", ")
+    }\n  UDP lost ${r.hosts.udpLost} (max ${r.hosts.udpLostMax}/flow), TCP broken ${r.hosts.tcpBroken}, ` +
+      `pairs changed ${r.wan.pairChanged.length}, standby mirrored ${r.standbyBefore.mirror.sessions} ` +
+      `session(s), sync ${r.sync.bitsPerSecPerSession.toFixed(1)} bit/s per busy session, ` +
+      `${r.sync.bytesPerNewSession.toFixed(0)} bytes per new session; fresh per window ${
+        JSON.stringify(r.hosts.fresh)
+      }; mapping before ${r.mapping.before}, after ${r.mapping.after}`,
+  );
+}
+
+function check(r: DpmHaResult): void {
+  // The standby had the busy sessions in its table before anything failed.
+  assert.ok(
+    r.standbyBefore.mirror.sessions >= 200,
+    `standby mirrored ${r.standbyBefore.mirror.sessions} sessions`,
+  );
+  assert.equal(r.standbyBefore.role, "standby");
+  assert.equal(r.wan.wrongPairBefore, 0, "the rig is sound before the failure");
+  for (const w of r.wan.windows) {
+    assert.equal(w.rstIn + w.rstOut, 0, `${w.event}: TCP resets`);
+    assert.equal(w.wrongPair, 0, `${w.event}: packets from a wrong pair ${w.wrongPairFlows}`);
+    assert.notEqual(w.takeoverMs, null, `${w.event}: the new active translated`);
+  }
+  assert.equal(r.hosts.tcpBroken, 0, `TCP connections broken: ${r.hosts.tcpErrors}`);
+  assert.deepEqual(r.wan.pairChanged, [], "flows whose public pair changed");
+  assert.deepEqual(r.hosts.pairsSeenChanged, [], "flows whose peers saw another pair");
+  assert.ok(r.mapping.before, "the mapping works before the failure");
+  assert.deepEqual(
+    r.mapping.after,
+    r.after.map(() => true),
+    "the mapping works after each takeover",
+  );
+  for (const [i, a] of r.after.entries()) assert.equal(a.role, "active", `event ${i}`);
+  // Fresh sessions opened after each event were answered.
+  for (const [i, f] of r.hosts.fresh.entries()) {
+    if (i === 0) continue; // before the first event
+    assert.ok(f.ok > 0, `fresh sessions answered in window ${i}: ${JSON.stringify(f)}`);
+  }
+}
+
+for (const failure of ["kill", "lan-down"] as Failure[]) {
+  Deno.test(needsRoot({
+    name:
+      `ha root: dpm server --ha, ${failure} of the active then failback, nothing lost (kernel path)`,
+    ...SAN,
+    async fn() {
+      const r = await runDpmHa({
+        failure,
+        ...(Deno.env.get("DPM_HA_DEBUG")
+          ? { debugDir: `${Deno.env.get("DPM_HA_DEBUG")}/${failure}` }
+          : {}),
+      });
+      report(failure, r);
+      check(r);
+    },
+  }));
+}
