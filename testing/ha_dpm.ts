@@ -22,7 +22,7 @@
 
 import type { Spawned } from "./topology.ts";
 import { createHaTopology, type HaGateway, type HaTopology } from "./ha_topology.ts";
-import { type GatewayDaemons, holdsVip, KEEPALIVED_TEMPLATE, preparePair } from "./ha_daemons.ts";
+import { type GatewayDaemons, KEEPALIVED_TEMPLATE, preparePair } from "./ha_daemons.ts";
 import {
   type Failure,
   inject,

@@ -177,6 +177,14 @@ export interface ServerDataPath {
   status(): DataPathStatus;
   /** Stops (see {@linkcode StopMode}); closes what it opened either way. */
   stop(mode: StopMode): Promise<void>;
+  /**
+   * Whether `sessionDown` also deletes the session's conntracks (the
+   * default, true). An HA standby (docs/ha.md) sets false: there conntrackd
+   * owns the conntracks (they are the active's replicas), and a delete
+   * would be replicated back and cut the active's live session. Paths that
+   * keep no conntracks of their own need not implement it.
+   */
+  ownConntracks?(own: boolean): void;
 }
 
 /** A session as the host's data path needs it: its identity, the gateway `G` and its `Pg`. */

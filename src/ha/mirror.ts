@@ -33,7 +33,8 @@
  */
 
 import { IPPROTO_TCP, IPPROTO_UDP } from "../wire/meta.ts";
-import { identityKey } from "../wire/tuple.ts";
+import { describeSession, identityKey } from "../wire/tuple.ts";
+import { formatIPv4 } from "../wire/addr.ts";
 import type { CtEntry, CtEventKind } from "../../linux/conntrack.ts";
 import type { GatewaySession } from "../datapath/datapath.ts";
 import type { SessionRecord, SessionTable } from "../table/table.ts";
@@ -183,6 +184,7 @@ export function tableTarget(
   t: SessionTable,
   now: () => number,
   commit: () => void,
+  debug: (line: string) => void = () => {},
 ): MirrorTarget {
   const drops = new DropLog();
   return {
@@ -194,6 +196,9 @@ export function tableTarget(
           t.renew(s.proto, s.a, s.pa, s.x, s.px, 0, at);
           return true;
         }
+        debug(
+          `mirror: ${describeSession(s)} replaces the pair ${formatIPv4(t.r(held))}:${t.p(held)}`,
+        );
         t.release(s.proto, s.a, s.pa, s.x, s.px, at);
       }
       const life = t.grantedLifetime(s.proto, 0);
@@ -207,11 +212,14 @@ export function tableTarget(
         packetsOut: 0,
         packetsIn: 0,
       };
-      return restoreRecord(t, rec, at, drops, "a replica");
+      const ok = restoreRecord(t, rec, at, drops, "a replica");
+      if (!ok) debug(`mirror: ${describeSession(s)} refused (${drops.lines().join("; ")})`);
+      return ok;
     },
     down(s) {
       const held = t.lookupIdentity(s.proto, s.a, s.pa, s.x, s.px);
       if (held < 0 || t.r(held) !== s.r || t.p(held) !== s.p) return false;
+      debug(`mirror: ${describeSession(s)} down`);
       t.release(s.proto, s.a, s.pa, s.x, s.px, now());
       return true;
     },

@@ -69,6 +69,12 @@ export interface HaHost {
   serve(): void;
   /** The listeners stop answering. */
   unserve(): void;
+  /**
+   * Whether removing a session deletes its conntracks (the data path's
+   * `ownConntracks`): only while active; on the standby they are
+   * conntrackd's replicas.
+   */
+  ownConntracks(own: boolean): void;
   /** The sessions' lease clock (the core's `now`). */
   now(): number;
 }
@@ -101,6 +107,7 @@ export class HaNode {
       prepare: () => Promise.resolve(this.#prepare()),
       claim: () => this.#claim(),
       serve: () => {
+        host.ownConntracks(true);
         host.serve();
         this.#startRefresh();
         this.#conntrackd(["-f"], ["-R"], ["-B"]);
@@ -108,6 +115,7 @@ export class HaNode {
       unserve: () => {
         this.#stopRefresh();
         host.unserve();
+        host.ownConntracks(false);
       },
       release: () => this.#release(),
       mirror: () => {
@@ -116,11 +124,18 @@ export class HaNode {
         return Promise.resolve();
       },
     };
-    this.role = new HaRole(steps, { log: (l) => log.info(l) });
+    this.role = new HaRole(steps, {
+      log: (l) => log.info(l),
+      describe: () => {
+        const m = this.mirror.stats;
+        return `; ${m.sessions} mirrored session(s), ${m.events} event(s), ${m.reconciles} reconcile(s)`;
+      },
+    });
   }
 
   /** Starts as standby: mirroring, reading keepalived's FIFO. */
   async start(): Promise<void> {
+    this.#host.ownConntracks(false);
     this.#startMirror();
     await this.#openFifo();
   }

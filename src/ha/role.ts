@@ -80,15 +80,18 @@ export class HaRole {
   readonly #steps: HaSteps;
   readonly #now: () => number;
   readonly #log: (line: string) => void;
+  /** What the log line of a takeover adds (the mirror's counts). */
+  readonly #describe: () => string;
   /** The transition in progress, and those queued behind it. */
   #chain: Promise<void> = Promise.resolve();
   readonly status: HaRoleStatus;
 
   constructor(
     steps: HaSteps,
-    o: { now?: () => number; log?: (line: string) => void } = {},
+    o: { now?: () => number; log?: (line: string) => void; describe?: () => string } = {},
   ) {
     this.#steps = steps;
+    this.#describe = o.describe ?? (() => "");
     this.#now = o.now ?? Date.now;
     this.#log = o.log ?? (() => {});
     this.status = {
@@ -139,7 +142,7 @@ export class HaRole {
         this.status.lastTakeoverMs = this.#now() - at;
         this.#log(
           `active (keepalived: ${state}): claimed after ${this.status.lastClaimMs} ms, ` +
-            `serving after ${this.status.lastTakeoverMs} ms`,
+            `serving after ${this.status.lastTakeoverMs} ms${this.#describe()}`,
         );
         return;
       }

@@ -229,7 +229,7 @@ export async function runServer(
       const { tableTarget } = await import("../ha/mirror.ts");
       const node = new HaNode(cfg, {
         lanPrefixLen: lan!.len,
-        target: tableTarget(core.table, core.now, () => core.commit()),
+        target: tableTarget(core.table, core.now, () => core.commit(), (l) => log.debug(l)),
         serve: () => {
           // Drivers reserve again at the new epoch (their previous pairs are
           // held already when replicated); PCP and NAT-PMP clients map again.
@@ -239,6 +239,7 @@ export async function runServer(
           pcpServed?.announce();
         },
         unserve: () => {},
+        ownConntracks: (own) => dp?.ownConntracks?.(own),
         now: core.now,
       });
       haActive = () => node.role.role === "active";

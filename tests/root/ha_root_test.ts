@@ -29,14 +29,21 @@ const SAN = { sanitizeOps: false, sanitizeResources: false };
 function report(name: string, r: DpmHaResult): void {
   const w = r.wan.windows.map((x) =>
     `${x.event}: takeover ${x.takeoverMs} ms (claim ${x.claimMs} ms), RST in/out ${x.rstIn}/${x.rstOut}, ` +
-    `wrong-pair ${x.wrongPair} (stray TCP ${x.strayTcp}, untranslated ${x.untranslated}), misrouted ${x.misrouted}`
+    `wrong-pair ${x.wrongPair} (stray TCP ${x.strayTcp}, untranslated ${x.untranslated}; flows ${
+      x.wrongPairFlows.slice(0, 8).join(" ")
+    }), misrouted ${x.misrouted}`
   );
-  const takeovers = r.after.map((a) => `${a.lastClaimMs}/${a.lastTakeoverMs} ms`);
+  const takeovers = r.after.map((a) =>
+    `${a.lastClaimMs}/${a.lastTakeoverMs} ms (mirrored ${a.mirror.sessions}, refused ${a.mirror.refused})`
+  );
   console.log(
     `${name}:\n  ${w.join("\n  ")}\n  dpm's own claim/serve after keepalived's MASTER: ${
       takeovers.join(", ")
     }\n  UDP lost ${r.hosts.udpLost} (max ${r.hosts.udpLostMax}/flow), TCP broken ${r.hosts.tcpBroken}, ` +
-      `pairs changed ${r.wan.pairChanged.length}, standby mirrored ${r.standbyBefore.mirror.sessions} ` +
+      `(${r.hosts.tcpErrors.join("; ")}), pairs changed ${r.wan.pairChanged.length} ${
+        r.wan.pairChanged.slice(0, 8).join(" ")
+      }, ` +
+      `UDP max gap ${r.hosts.udpMaxGapMs} ms, TCP max gap ${r.hosts.tcpMaxGapMs} ms, standby mirrored ${r.standbyBefore.mirror.sessions} ` +
       `session(s), sync ${r.sync.bitsPerSecPerSession.toFixed(1)} bit/s per busy session, ` +
       `${r.sync.bytesPerNewSession.toFixed(0)} bytes per new session; fresh per window ${
         JSON.stringify(r.hosts.fresh)
