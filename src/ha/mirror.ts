@@ -35,10 +35,27 @@
 import { IPPROTO_TCP, IPPROTO_UDP } from "../wire/meta.ts";
 import { describeSession, identityKey } from "../wire/tuple.ts";
 import { formatIPv4 } from "../wire/addr.ts";
-import type { CtEntry, CtEventKind } from "../../linux/conntrack.ts";
 import type { GatewaySession } from "../datapath/datapath.ts";
 import type { SessionRecord, SessionTable } from "../table/table.ts";
 import { DropLog, restoreRecord } from "../server/restore.ts";
+
+/** One direction of a conntrack, as linux/conntrack.ts decodes it (host order). */
+export interface CtTupleView {
+  proto: number;
+  src: number;
+  dst: number;
+  sport: number;
+  dport: number;
+}
+
+/** What the mirror reads of a conntrack entry (linux/conntrack.ts `CtEntry` has it). */
+export interface CtEntryView {
+  orig: CtTupleView;
+  reply: CtTupleView;
+}
+
+/** What a conntrack event says happened (linux/conntrack.ts `CtEventKind`). */
+export type CtEventKind = "new" | "update" | "destroy";
 
 /**
  * The dpm session a conntrack entry holds, or null when it is none of dpm's:
@@ -47,7 +64,7 @@ import { DropLog, restoreRecord } from "../server/restore.ts";
  * keeps no conntrack of the first leg's pair).
  */
 export function sessionOfEntry(
-  e: CtEntry,
+  e: CtEntryView,
   g: number,
   pool: ReadonlySet<number>,
 ): GatewaySession | null {
@@ -126,7 +143,7 @@ export class Mirror {
   }
 
   /** Applies one conntrack event; returns true when it was one of dpm's sessions. */
-  event(kind: CtEventKind, e: CtEntry): boolean {
+  event(kind: CtEventKind, e: CtEntryView): boolean {
     const s = sessionOfEntry(e, this.#g, this.#pool);
     if (s === null) return false;
     this.stats.events++;
@@ -149,7 +166,7 @@ export class Mirror {
    * adds or refreshes each, removes every session of the table that has no
    * replica. Returns what changed.
    */
-  reconcile(entries: Iterable<CtEntry>): { kept: number; removed: number } {
+  reconcile(entries: Iterable<CtEntryView>): { kept: number; removed: number } {
     const seen = new Map<string, GatewaySession>();
     for (const e of entries) {
       const s = sessionOfEntry(e, this.#g, this.#pool);

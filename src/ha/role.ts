@@ -20,7 +20,7 @@
  *   replicas).
  *
  * Changes queue behind the one in progress, so a fast BACKUP -> MASTER ->
- * BACKUP applies in order. The steps are the seam: `node.ts` gives the
+ * BACKUP applies in order. The steps are the seam: `run.ts` gives the
  * real ones, the unit test a fake that records them.
  *
  * @module

@@ -101,7 +101,7 @@ export async function runServer(
     }
 
     // HA: the standby binds G before it holds it (ip_nonlocal_bind).
-    if (cfg.ha) undo.push(await (await import("../ha/node.ts")).haSysctls(cfg));
+    if (cfg.ha) undo.push(await (await import("../ha/run.ts")).haSysctls(cfg));
     // The sockets are bound before the kernel changes (a port in use fails
     // the start with nothing to undo); they answer once the data path is up,
     // so that every grant is answered only once its session is translated;
@@ -225,7 +225,7 @@ export async function runServer(
     if (pcpServed) undo.push(pcpServed.stop);
     upnp?.start(bootId);
     if (cfg.ha) {
-      const { HaNode } = await import("../ha/node.ts");
+      const { HaNode } = await import("../ha/run.ts");
       const { tableTarget } = await import("../ha/mirror.ts");
       const node = new HaNode(cfg, {
         lanPrefixLen: lan!.len,

@@ -63,7 +63,7 @@ Deno.test("ha rig: the shipped templates name exactly the placeholders the rig f
     "ADVERT_INT",
     "LAN_ADDR",
     "LAN_IF",
-    "NOTIFY",
+    "NOTIFY_SCRIPT",
     "PEER_LAN_ADDR",
     "PRIORITY",
     "ROUTER_ID",
@@ -80,7 +80,8 @@ Deno.test("ha rig: the shipped templates name exactly the placeholders the rig f
   );
   assert.deepEqual(
     uniq(names(KEEPALIVED_ANCHOR_TEMPLATE)),
-    [...keepalived, "VIRTUAL_ADDRESSES"].sort(),
+    // The anchor runs a notify script per state; dpm's template reads the FIFO.
+    [...keepalived.filter((k) => k !== "NOTIFY_SCRIPT"), "NOTIFY", "VIRTUAL_ADDRESSES"].sort(),
   );
 });
 
