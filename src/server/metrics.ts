@@ -18,7 +18,7 @@ import {
 } from "../operator/metrics.ts";
 import type { ServerCore } from "./core.ts";
 import { NatPmpResult, PcpResult } from "../pcp/codec.ts";
-import type { UpnpStatus } from "../operator/types.ts";
+import type { HaStatus, UpnpStatus } from "../operator/types.ts";
 
 /** How long the server takes from a request to its answer (commit included), seconds. */
 export const reserveLatency = new Histogram(LATENCY_BUCKETS);
@@ -84,6 +84,7 @@ export function serverFamilies(core: ServerCore): Family[] {
       ]
       : []),
     ...upnpFamilies(st.protocols?.upnp),
+    ...haFamilies(st.ha),
     byLabel(
       "dpm_drops_total",
       "Packets dropped or passed, by reason.",
@@ -149,6 +150,77 @@ export function serverFamilies(core: ServerCore): Family[] {
     );
   }
   return fams;
+}
+
+/** The HA role (`--ha`, docs/ha.md; none without it). */
+function haFamilies(h: HaStatus | undefined): Family[] {
+  if (!h) return [];
+  const g = (name: string, help: string, value: number): Family => ({
+    name,
+    help,
+    type: "gauge",
+    samples: [{ value }],
+  });
+  return [
+    {
+      name: "dpm_ha_role",
+      help:
+        "The HA role: 1 for the role this gateway plays (active, standby, fault), 0 for the others.",
+      type: "gauge",
+      samples: ["active", "standby", "fault"].map((role) => ({
+        labels: { role },
+        value: h.role === role ? 1 : 0,
+      })),
+    },
+    {
+      name: "dpm_ha_transitions_total",
+      help: "HA role changes since start.",
+      type: "counter",
+      samples: [{ value: h.transitions }],
+    },
+    ...(h.lastTakeoverMs === null ? [] : [
+      g(
+        "dpm_ha_last_takeover_seconds",
+        "The last takeover here: from keepalived's MASTER to serving (state applied, addresses claimed), seconds.",
+        h.lastTakeoverMs / 1000,
+      ),
+    ]),
+    g(
+      "dpm_ha_mirror_sessions",
+      "Sessions in the table mirrored from replicated conntracks.",
+      h.mirror.sessions,
+    ),
+    {
+      name: "dpm_ha_mirror_events_total",
+      help: "Conntrack events the mirror applied.",
+      type: "counter",
+      samples: [{ value: h.mirror.events }],
+    },
+    {
+      name: "dpm_ha_mirror_lost_total",
+      help: "Times the kernel dropped conntrack events (each followed by a full reconcile).",
+      type: "counter",
+      samples: [{ value: h.mirror.lost }],
+    },
+    ...(h.mirror.lagSeconds === null ? [] : [
+      g(
+        "dpm_ha_mirror_lag_seconds",
+        "Age of the standby mirror's last full reconcile, seconds.",
+        h.mirror.lagSeconds,
+      ),
+    ]),
+    g(
+      "dpm_ha_behind",
+      "1 when the standby's mirror has fallen behind (no reconcile for 30 s).",
+      h.behind ? 1 : 0,
+    ),
+    {
+      name: "dpm_ha_refreshed_total",
+      help: "Conntrack timeouts refreshed while active (their replicas stay alive).",
+      type: "counter",
+      samples: [{ value: h.refreshed }],
+    },
+  ];
 }
 
 /** The UPnP IGD's counters (none with --no-upnp). */
