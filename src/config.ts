@@ -463,6 +463,13 @@ export const SERVER_FLAGS = {
     schema: str("--ha-fifo").nullable().default(null),
     complete: "file",
   },
+  "ha-marker": {
+    arg: "<addr>",
+    help:
+      "keepalived's marker address (its virtual_ipaddress on lo): present at start means keepalived is MASTER already, so a restarted dpm takes the active role at once",
+    group: HIGH_AVAILABILITY,
+    schema: addr("--ha-marker").nullable().default(null),
+  },
   "ha-peer": {
     arg: "<addr>",
     help: "the other gateway's sync address (shown by dpm status)",
@@ -916,8 +923,11 @@ export function serverConfig(
   if (v.ha && v.addPoolAddresses) {
     problems.push("--ha claims the pool on takeover: drop --add-pool-addresses");
   }
-  if (!v.ha && (v.haFifo !== null || v.haPeer !== null || v.haConntrackdConfig !== null)) {
-    problems.push("--ha-fifo, --ha-peer and --ha-conntrackd-config need --ha");
+  if (
+    !v.ha &&
+    (v.haFifo !== null || v.haPeer !== null || v.haConntrackdConfig !== null || v.haMarker !== null)
+  ) {
+    problems.push("--ha-fifo, --ha-marker, --ha-peer and --ha-conntrackd-config need --ha");
   }
   if (problems.length) throw new ConfigError(problems.join("\n"));
   return v;

@@ -73,6 +73,7 @@ export function serverCfg(over: Partial<ServerConfig> = {}): ServerConfig {
     ha: false,
     haFifo: null,
     haPeer: null,
+    haMarker: null,
     haConntrackdConfig: null,
     haRefresh: 30,
     cookieSecretFile: null,

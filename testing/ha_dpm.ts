@@ -22,7 +22,7 @@
 
 import type { Spawned } from "./topology.ts";
 import { createHaTopology, type HaGateway, type HaTopology } from "./ha_topology.ts";
-import { type GatewayDaemons, KEEPALIVED_TEMPLATE, preparePair } from "./ha_daemons.ts";
+import { type GatewayDaemons, KEEPALIVED_TEMPLATE, preparePair, VRID } from "./ha_daemons.ts";
 import {
   type Failure,
   inject,
@@ -122,6 +122,8 @@ export async function runDpmHa(o: DpmHaRun): Promise<DpmHaResult> {
         `${d.dir}/notify.fifo`,
         "--ha-peer",
         other.syncText,
+        "--ha-marker",
+        `169.254.0.${VRID}`,
         "--ha-conntrackd-config",
         d.conntrackdConf,
         "--cookie-secret-file",
@@ -264,6 +266,8 @@ async function revive(
   await t.exec(gw.ns, ["nft", "flush", "ruleset"]);
   await t.exec(gw.ns, ["ip", "addr", "del", `${t.vipText}/${t.lanPrefixLen}`, "dev", gw.lanIf]);
   for (const a of t.pool) await t.exec(gw.ns, ["ip", "addr", "del", `${a}/32`, "dev", gw.wanIf]);
+  // keepalived's marker, which a killed keepalived leaves too.
+  await t.exec(gw.ns, ["ip", "addr", "del", `169.254.0.${VRID}/32`, "dev", "lo"]);
   if (failure === "crash") await t.setLinks(gw, ["lan", "wan", "sync"], "up");
   await startServer();
   await d.start();

@@ -138,6 +138,16 @@ export class HaNode {
     this.#host.ownConntracks(false);
     this.#startMirror();
     await this.#openFifo();
+    // keepalived reports changes only: a dpm (re)started while keepalived is
+    // MASTER learns it from the marker address keepalived holds on lo.
+    const marker = this.#cfg.haMarker;
+    if (marker !== null && this.fifoLines === 0) {
+      const { interfaceAddrs } = await import("../../linux/iface.ts");
+      if ((await interfaceAddrs("lo")).some((a) => a.addr === marker)) {
+        log.info(`keepalived's marker ${formatIPv4(marker)} is on lo: keepalived is MASTER`);
+        void this.role.vrrp("MASTER");
+      }
+    }
   }
 
   /** Stops reading and mirroring; an active box releases G and the pool. */
