@@ -489,8 +489,8 @@ export const SERVER_FLAGS = {
     help:
       "active: refresh the conntrack timeouts of sessions with traffic this often, so their replicas on the standby never expire (0: never)",
     group: HIGH_AVAILABILITY,
-    schema: int("--ha-refresh", 0, 3600).default(30),
-    dflt: "30",
+    schema: int("--ha-refresh", 0, 3600).default(60),
+    dflt: "60",
   },
   "cookie-secret-file": {
     arg: "<file>",

@@ -75,7 +75,7 @@ export function serverCfg(over: Partial<ServerConfig> = {}): ServerConfig {
     haPeer: null,
     haMarker: null,
     haConntrackdConfig: null,
-    haRefresh: 30,
+    haRefresh: 60,
     cookieSecretFile: null,
     datapath: "queue",
     cleanup: false,
