@@ -487,10 +487,10 @@ export const SERVER_FLAGS = {
   "ha-refresh": {
     arg: "<s>",
     help:
-      "active: refresh the conntrack timeouts of sessions with traffic this often, so their replicas on the standby never expire (0: never)",
+      "active: refresh the conntrack timeouts of UDP sessions with traffic this often, so their replicas on the standby never expire (below the 30 s a new UDP conntrack lives: the bpf path carries packets past conntrack; 0: never)",
     group: HIGH_AVAILABILITY,
-    schema: int("--ha-refresh", 0, 3600).default(60),
-    dflt: "60",
+    schema: int("--ha-refresh", 0, 3600).default(20),
+    dflt: "20",
   },
   "cookie-secret-file": {
     arg: "<file>",

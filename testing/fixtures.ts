@@ -75,7 +75,7 @@ export function serverCfg(over: Partial<ServerConfig> = {}): ServerConfig {
     haPeer: null,
     haMarker: null,
     haConntrackdConfig: null,
-    haRefresh: 60,
+    haRefresh: 20,
     cookieSecretFile: null,
     datapath: "queue",
     cleanup: false,

@@ -26,7 +26,8 @@ import type { ServerConfig } from "../config.ts";
 import { logger } from "../runtime/log.ts";
 import { Conntrack, type CtEntry } from "../../linux/conntrack.ts";
 import { CtEvents } from "../../linux/ct_events.ts";
-import { recoverSysctls, setSysctls } from "../../linux/sysctl.ts";
+import { readSysctl, recoverSysctls, setSysctls } from "../../linux/sysctl.ts";
+import { gatewayKey, type SessionCounters } from "../datapath/datapath.ts";
 import { run } from "../../linux/exec.ts";
 import { IPPROTO_UDP } from "../wire/meta.ts";
 import type { HaStatus } from "../operator/types.ts";
@@ -77,6 +78,8 @@ export interface HaHost {
   ownConntracks(own: boolean): void;
   /** The sessions' lease clock (the core's `now`). */
   now(): number;
+  /** The data path's per-session counters (keyed by `gatewayKey`), or null when it keeps none. */
+  counters(): Map<number, SessionCounters> | null;
 }
 
 /** `dpm server --ha`'s moving parts (see the module's text). */
@@ -90,7 +93,7 @@ export class HaNode {
   #stopped = false;
   #loop: Promise<void> = Promise.resolve();
   #refreshTimer: ReturnType<typeof setInterval> | null = null;
-  /** Packets counted per conntrack id at the last refresh (refresh only what moved). */
+  /** Packets counted per session (`gatewayKey`) at the last refresh (refresh only what moved). */
   #seen = new Map<number, number>();
   /** Timeouts refreshed on the active since start. */
   refreshed = 0;
@@ -135,6 +138,10 @@ export class HaNode {
 
   /** Starts as standby: mirroring, reading keepalived's FIFO. */
   async start(): Promise<void> {
+    const t = Number(
+      await readSysctl("net.netfilter.nf_conntrack_udp_timeout_stream").catch(() => "120"),
+    );
+    if (Number.isInteger(t) && t > 0) this.#udpStream = t;
     this.#host.ownConntracks(false);
     this.#startMirror();
     await this.#openFifo();
@@ -361,27 +368,41 @@ export class HaNode {
   }
 
   /**
-   * Sets each dpm session's conntrack timeout to what it is now, for those
-   * that carried packets since the last round (the others may expire): the
+   * Sets the conntrack timeout of each dpm UDP session that carried packets
+   * since the last round to the kernel's UDP stream timeout (120 s): the
    * kernel reports the change as an update, conntrackd replicates it, and
-   * the replica on the standby counts down from a fresh value.
+   * the replica on the standby counts down from a fresh value instead of
+   * expiring 120 s after the flow's last state change. Activity is read
+   * from the data path's per-session counters (`ServerDataPath.counters`):
+   * on the bpf path most packets never touch conntrack, whose own counters
+   * and timeout stand still, so without this the active's conntrack would
+   * expire too (and its replica with it) while the session lives in the
+   * BPF map. Idle sessions are left to expire. TCP entries are replicated
+   * on their state changes and live for days.
    */
   #refresh(): void {
     const pool = new Set(this.#cfg.pool);
     const g = this.#cfg.lanAddr;
+    const counters = this.#host.counters();
     const seen = new Map<number, number>();
+    const moved = (key: number, packets: number) => {
+      seen.set(key, packets);
+      return this.#seen.get(key) !== packets;
+    };
     const todo: { orig: CtEntry["orig"]; timeout: number }[] = [];
     this.#ct.dump((e) => {
-      if (sessionOfEntry(e, g, pool) === null) return;
-      const packets = e.packetsOrig + e.packetsReply;
-      seen.set(e.id, packets);
-      // UDP only: an established TCP entry lasts days and is replicated on its state changes.
-      if (e.orig.proto !== IPPROTO_UDP || e.timeout < 1) return;
-      if (this.#seen.get(e.id) !== packets) todo.push({ orig: e.orig, timeout: e.timeout });
+      if (e.orig.proto !== IPPROTO_UDP || sessionOfEntry(e, g, pool) === null) return;
+      const key = gatewayKey(e.orig.proto, e.orig.src, e.orig.dport);
+      const c = counters?.get(key);
+      const packets = c ? c.packetsOut + c.packetsIn : e.packetsOrig + e.packetsReply;
+      if (moved(key, packets)) todo.push({ orig: e.orig, timeout: this.#udpStream });
     });
     this.#seen = seen;
     if (todo.length) this.refreshed += this.#ct.setTimeouts(todo);
   }
+
+  /** The kernel's UDP stream timeout, seconds (read at start). */
+  #udpStream = 120;
 
   // ---- status ----
 

@@ -240,6 +240,7 @@ export async function runServer(
         },
         unserve: () => {},
         ownConntracks: (own) => dp?.ownConntracks?.(own),
+        counters: () => dp?.counters() ?? null,
         now: core.now,
       });
       haActive = () => node.role.role === "active";

@@ -11,8 +11,9 @@
  * - the standby holds neither G nor the pool and answers nothing;
  * - MASTER claims G (with the LAN prefix) and the pool and starts a new
  *   epoch; BACKUP releases them;
+ * - the active refreshes the timeout of its UDP sessions' conntracks;
  * - a conntrack the standby's table drops is not deleted by dpm (it is
- *   conntrackd's), while one the active's table drops is.
+ *   conntrackd's).
  */
 
 import assert from "node:assert/strict";
@@ -46,7 +47,7 @@ function sessionArgs(t: HaTopology, r: string, port: number, g = t.vipText): str
     "--reply-port-dst",
     String(port),
     "--timeout",
-    "120",
+    "50",
   ];
 }
 
@@ -79,7 +80,7 @@ Deno.test(needsRoot({
       sock,
       "--no-upnp",
       "--ha-refresh",
-      "0",
+      "1",
     ], { env: DPM_ENV });
     await server.waitForOutput(/\bready\b/, 30_000);
     const status = async () => {
@@ -145,6 +146,27 @@ Deno.test(needsRoot({
     assert.notEqual(s.epoch, epoch, "a new epoch");
     assert.equal(s.sessions, 1);
     assert.ok(s.ha!.lastTakeoverMs !== null);
+
+    // The active refreshes the timeout of its UDP sessions to the stream timeout (120 s).
+    await waitFor(async () => ((await status()).ha?.refreshed ?? 0) >= 1, {
+      what: "a timeout refresh",
+      timeoutMs: 10_000,
+    });
+    const timeout = async () => {
+      const l = await t.exec(gw.ns, [
+        "conntrack",
+        "-L",
+        "-p",
+        "udp",
+        "--dport",
+        "61000",
+        "-d",
+        t.vipText,
+      ]);
+      return Number(/^udp\s+17\s+(\d+)/m.exec(l.stdout)?.[1] ?? -1);
+    };
+    const left = await timeout();
+    assert.ok(left > 60, `refreshed above the 50 s it was created with: ${left}`);
 
     // BACKUP: released, mirroring again; the replica's conntrack is left alone.
     await tell('INSTANCE "dpm" BACKUP 150');
