@@ -57,7 +57,7 @@ static __always_inline int fast_path(struct __sk_buff *skb, __u8 dir)
 	const struct nat_config *cfg = config();
 	struct nat_pkt p, to;
 	struct nat_key k;
-	if (!cfg || skb->pkt_type != 0 /* PACKET_HOST */ || nat_parse(skb, &p) < 0)
+	if (!cfg || skb->pkt_type != 0 /* PACKET_HOST */ || nat_parse(skb, &p, NAT_PARSE_STRICT) < 0)
 		return NAT_PASS;
 	nat_key_of(&k, &p, dir);
 	struct nat_entry *e = bpf_map_lookup_elem(&dpm_nat, &k);
@@ -128,7 +128,7 @@ static __always_inline int seen(struct __sk_buff *skb, __u8 dir)
 	/* Forwarded from the other side (not sent by the gateway itself). */
 	if (skb->ingress_ifindex != (dir == NAT_DIR_OUT ? cfg->lan_ifindex : cfg->wan_ifindex))
 		return NAT_PASS;
-	if (nat_parse(skb, &p) < 0)
+	if (nat_parse(skb, &p, NAT_PARSE_STRICT) < 0)
 		return NAT_PASS;
 	/* The answer to this packet, as it would arrive: the other direction's entry. */
 	back.saddr = p.daddr;

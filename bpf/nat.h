@@ -46,6 +46,9 @@ enum nat_flag {
 	/* A TCP FIN, or RST, was translated in this entry's direction. */
 	NAT_F_FIN = 1 << 4,
 	NAT_F_RST = 1 << 5,
+	/* Host: a flow the driver let go untranslated (the server did not answer): its packets
+	 * pass as they are, without being held again. Never translates. */
+	NAT_F_PASS = 1 << 6,
 };
 
 /* A packet's own addresses as it arrives (16 bytes). */
@@ -76,6 +79,26 @@ struct nat_entry {
 struct nat_config {
 	__u32 lan_ifindex;
 	__u32 wan_ifindex;
+};
+
+/* The host's one configuration record, `dpm_hcfg[0]`, written by the driver. */
+struct host_config {
+	__be32 lan_net;  /* destinations inside lan_net/lan_mask are never held */
+	__be32 lan_mask;
+	__u32 pass_mark; /* skb->mark of the packets the driver sends back out: never held again */
+	__u32 pad;
+	/* The driver's heartbeat (CLOCK_MONOTONIC ns): a new session's packet is held for the
+	 * driver only before this time; after it (no driver, or a dead one) it passes untranslated,
+	 * as the queue's --queue-bypass would let it. */
+	__u64 alive_until_ns;
+};
+
+/* A held packet's record in the perf event array dpm_held: this header, then `len` bytes of
+ * the packet from its link (Ethernet) header on. */
+struct held_hdr {
+	__u32 len;      /* the packet's bytes that follow */
+	__u16 gso_size; /* a GSO packet's segment size (UDP_SEGMENT), 0 for a plain packet */
+	__u16 pad;
 };
 
 #endif

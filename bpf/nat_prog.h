@@ -48,6 +48,13 @@ struct {
 #define TCP_FLAG_RST 0x04
 #define IP_FRAG_MASK 0x3fff /* MF and the fragment offset */
 
+/* What a packet is, fragment-wise (nat_pkt.frag). */
+enum nat_frag {
+	NAT_WHOLE = 0,      /* not a fragment */
+	NAT_FRAG_FIRST = 1, /* the first fragment: it carries the ports */
+	NAT_FRAG_REST = 2,  /* a later fragment: addresses only (ports are 0) */
+};
+
 /* One TCP or UDP packet's addresses (network order) and what else the programs read. */
 struct nat_pkt {
 	__be32 saddr;
@@ -59,14 +66,28 @@ struct nat_pkt {
 	__u8 tos;
 	__u8 tcp_flags;
 	__u32 ip_len; /* the IP bytes the packet carries (skb length less the link header) */
+	__u16 l4off;  /* offset of the TCP/UDP header (from the link header) */
+	__be16 ip_id;
+	__u8 frag;    /* enum nat_frag */
+	__u8 more;    /* the IP "more fragments" flag */
+	__u16 pad;
+};
+
+/* What nat_parse accepts beyond a plain TCP or UDP packet. */
+enum nat_parse_mode {
+	/* Plain IPv4 TCP/UDP only (the gateway: the rest takes the stack's path). */
+	NAT_PARSE_STRICT = 0,
+	/* Also IP options and fragments (the host: nothing behind it translates them). */
+	NAT_PARSE_ALL = 1,
 };
 
 /*
- * Reads an IPv4 TCP or UDP packet without options and not a fragment.
- * Anything else (ARP, IPv6, ICMP, fragments, IP options, a truncated header)
- * returns -1: the stack handles it.
+ * Reads an IPv4 TCP or UDP packet. Strict: without options and not a
+ * fragment. Otherwise options are skipped and fragments read (a later
+ * fragment's protocol is any, its ports 0). Anything else (ARP, IPv6, ICMP,
+ * a truncated header) returns -1: the stack handles it.
  */
-static __always_inline int nat_parse(struct __sk_buff *skb, struct nat_pkt *p)
+static __always_inline int nat_parse(struct __sk_buff *skb, struct nat_pkt *p, int mode)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
@@ -78,29 +99,56 @@ static __always_inline int nat_parse(struct __sk_buff *skb, struct nat_pkt *p)
 	}
 	struct ethhdr *eth = data;
 	struct iphdr *ip = data + IP_OFF;
-	if (data + L4_OFF + 8 > end)
+	if (data + L4_OFF > end)
 		return -1;
-	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->version != 4 || ip->ihl != 5)
+	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->version != 4 || ip->ihl < 5)
 		return -1;
-	if (ip->frag_off & bpf_htons(IP_FRAG_MASK))
+	__u32 ihl = ip->ihl;
+	__u16 frag = bpf_ntohs(ip->frag_off);
+	if (mode == NAT_PARSE_STRICT && (ihl != 5 || (frag & IP_FRAG_MASK)))
 		return -1;
-	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
-		return -1;
-	__be16 *ports = data + L4_OFF;
 	p->saddr = ip->saddr;
 	p->daddr = ip->daddr;
-	p->sport = ports[0];
-	p->dport = ports[1];
 	p->proto = ip->protocol;
 	p->ttl = ip->ttl;
 	p->tos = ip->tos;
 	p->tcp_flags = 0;
-	if (ip->protocol == IPPROTO_TCP) {
-		if (data + L4_OFF + 20 > end)
-			return -1;
-		p->tcp_flags = *(__u8 *)(data + L4_OFF + 13);
-	}
 	p->ip_len = skb->len - IP_OFF;
+	p->l4off = IP_OFF + ihl * 4;
+	p->ip_id = ip->id;
+	p->more = (frag & 0x2000) ? 1 : 0;
+	p->pad = 0;
+	p->sport = 0;
+	p->dport = 0;
+	if (frag & 0x1fff) {
+		p->frag = NAT_FRAG_REST;
+		return 0;
+	}
+	p->frag = p->more ? NAT_FRAG_FIRST : NAT_WHOLE;
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return -1;
+	if (ihl == 5) {
+		if (data + L4_OFF + 8 > end)
+			return -1;
+		__be16 *ports = data + L4_OFF;
+		p->sport = ports[0];
+		p->dport = ports[1];
+		if (ip->protocol == IPPROTO_TCP) {
+			if (data + L4_OFF + 20 > end)
+				return -1;
+			p->tcp_flags = *(__u8 *)(data + L4_OFF + 13);
+		}
+		return 0;
+	}
+	/* IP options: the transport header further on (load_bytes checks the bounds). */
+	__be16 ports[2];
+	if (bpf_skb_load_bytes(skb, p->l4off, ports, sizeof(ports)) < 0)
+		return -1;
+	p->sport = ports[0];
+	p->dport = ports[1];
+	if (ip->protocol == IPPROTO_TCP &&
+	    bpf_skb_load_bytes(skb, p->l4off + 13, &p->tcp_flags, 1) < 0)
+		return -1;
 	return 0;
 }
 
@@ -169,19 +217,16 @@ static __always_inline __u32 csum_delta32(__u32 old, __u32 new)
  * header checksum and the TCP/UDP checksum updated incrementally; with
  * `forward`, decrements the TTL too (the caller checked it is above 1).
  * Three helper calls carry every checksum change (the deltas are summed
- * here, RFC 1624); the fields are then written in place. Returns 0, or -1
- * when a helper refused (the packet may then be half rewritten: the
+ * here, RFC 1624); the fields are then written in place. A later fragment
+ * has only its addresses (and IP checksum) changed: the transport checksum,
+ * which covers the whole datagram, is in the first fragment. Returns 0, or
+ * -1 when a helper refused (the packet may then be half rewritten: the
  * caller drops it).
  */
 static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct nat_pkt *p,
 				       const struct nat_pkt *to, int forward)
 {
-	__u32 csum_off = L4_OFF + (p->proto == IPPROTO_TCP ? 16 : 6);
-	__u64 mm0 = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
-	__u32 old_ports = ((__u32)p->dport << 16) | p->sport; /* as loaded from the packet */
-	__u32 new_ports = ((__u32)to->dport << 16) | to->sport;
 	__u32 addr_diff = csum_add32(csum_delta32(p->saddr, to->saddr), csum_delta32(p->daddr, to->daddr));
-	__u32 port_diff = csum_delta32(old_ports, new_ports);
 	__u32 l3_diff = addr_diff;
 	if (forward) {
 		/* TTL and protocol share one 16-bit word of the header (as loaded: ttl first). */
@@ -189,11 +234,20 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct nat_p
 		__u16 new_word = ((__u16)p->proto << 8) | (__u8)(p->ttl - 1);
 		l3_diff = csum_add32(l3_diff, csum_add32((__u16)~old_word, new_word));
 	}
-	/* Addresses are in the pseudo-header: the TCP/UDP checksum in any state, and the IP one. */
-	if (addr_diff && bpf_l4_csum_replace(skb, csum_off, 0, addr_diff, BPF_F_PSEUDO_HDR | mm0) < 0)
-		return -1;
-	if (old_ports != new_ports && bpf_l4_csum_replace(skb, csum_off, 0, port_diff, mm0) < 0)
-		return -1;
+	int ports = p->frag != NAT_FRAG_REST;
+	if (ports) {
+		__u32 csum_off = p->l4off + (p->proto == IPPROTO_TCP ? 16 : 6);
+		__u64 mm0 = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+		__u32 old_ports = ((__u32)p->dport << 16) | p->sport; /* as loaded from the packet */
+		__u32 new_ports = ((__u32)to->dport << 16) | to->sport;
+		__u32 port_diff = csum_delta32(old_ports, new_ports);
+		/* Addresses are in the pseudo-header: the TCP/UDP checksum in any state, and the IP one. */
+		if (addr_diff &&
+		    bpf_l4_csum_replace(skb, csum_off, 0, addr_diff, BPF_F_PSEUDO_HDR | mm0) < 0)
+			return -1;
+		if (old_ports != new_ports && bpf_l4_csum_replace(skb, csum_off, 0, port_diff, mm0) < 0)
+			return -1;
+	}
 	if (bpf_l3_csum_replace(skb, IP_OFF + offsetof(struct iphdr, check), 0, l3_diff, 0) < 0)
 		return -1;
 	void *data = (void *)(long)skb->data;
@@ -201,14 +255,21 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct nat_p
 	if (data + L4_OFF + 4 > end)
 		return -1;
 	struct iphdr *ip = data + IP_OFF;
-	__be16 *ports = data + L4_OFF;
 	ip->saddr = to->saddr;
 	ip->daddr = to->daddr;
-	ports[0] = to->sport;
-	ports[1] = to->dport;
 	if (forward)
 		ip->ttl = p->ttl - 1;
-	return 0;
+	if (!ports)
+		return 0;
+	if (p->l4off == L4_OFF) {
+		__be16 *pp = data + L4_OFF;
+		pp[0] = to->sport;
+		pp[1] = to->dport;
+		return 0;
+	}
+	/* After IP options (the host only). */
+	__be16 np[2] = {to->sport, to->dport};
+	return bpf_skb_store_bytes(skb, p->l4off, np, sizeof(np), 0) < 0 ? -1 : 0;
 }
 
 /* The Ethernet addresses of a redirected packet (the FIB's next hop and egress device). */

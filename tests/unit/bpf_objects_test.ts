@@ -12,6 +12,7 @@ import assert from "node:assert/strict";
 import { buildBpfObjects, objectsModule } from "../../tools/build-bpf.ts";
 import { bpfObject } from "../../src/datapath/bpf/objects.ts";
 import {
+  HostConfigLayout,
   NatConfigLayout,
   NatDir,
   NatEntryLayout,
@@ -110,6 +111,14 @@ Deno.test("bpf objects: layout.ts mirrors nat.h as compiled (BTF offsets and siz
       check("nat_config", NatConfigLayout, {
         LAN_IFINDEX: "lan_ifindex",
         WAN_IFINDEX: "wan_ifindex",
+      });
+    } else {
+      check("host_config", HostConfigLayout, {
+        LAN_NET: "lan_net",
+        LAN_MASK: "lan_mask",
+        PASS_MARK: "pass_mark",
+        PAD: "pad",
+        ALIVE_UNTIL_NS: "alive_until_ns",
       });
     }
   }

@@ -57,6 +57,8 @@ export const NatFlag = {
   FIN: 1 << 4,
   /** A TCP RST was translated in this direction. */
   RST: 1 << 5,
+  /** Host: a flow the driver let go untranslated; its packets pass without being held. */
+  PASS: 1 << 6,
 } as const;
 
 /** `struct nat_key` (16 bytes): saddr 0, daddr 4, sport 8, dport 10, proto 12, dir 13, pad 14. */
@@ -89,6 +91,22 @@ export const NatEntryLayout = {
 
 /** `struct nat_config` (8 bytes): lan_ifindex 0, wan_ifindex 4 (host order). */
 export const NatConfigLayout = { LAN_IFINDEX: 0, WAN_IFINDEX: 4, SIZE: 8 } as const;
+
+/**
+ * `struct host_config` (24 bytes): lan_net 0, lan_mask 4 (network order),
+ * pass_mark 8, pad 12, alive_until_ns 16 (host order).
+ */
+export const HostConfigLayout = {
+  LAN_NET: 0,
+  LAN_MASK: 4,
+  PASS_MARK: 8,
+  PAD: 12,
+  ALIVE_UNTIL_NS: 16,
+  SIZE: 24,
+} as const;
+
+/** `struct held_hdr` (8 bytes, host order): len 0, gso_size 4, pad 6; the packet follows. */
+export const HeldHdrLayout = { LEN: 0, GSO_SIZE: 4, PAD: 6, SIZE: 8 } as const;
 
 /** Addresses and ports of a packet (host order; 0 in an entry's: keep). */
 export interface NatTuple {
@@ -194,6 +212,45 @@ export function configBytes(lanIfindex: number, wanIfindex: number): Uint8Array 
   dv.setUint32(NatConfigLayout.LAN_IFINDEX, lanIfindex, LE);
   dv.setUint32(NatConfigLayout.WAN_IFINDEX, wanIfindex, LE);
   return b;
+}
+
+/** The host's configuration record (`dpm_hcfg`). */
+export interface HostConfig {
+  /** The LAN prefix (host order): destinations inside it are never held. */
+  lanNet: number;
+  lanMask: number;
+  /** The mark of the packets the driver sends back out. */
+  passMark: number;
+  /** The driver's heartbeat: CLOCK_MONOTONIC ns until which packets are held; 0n: never. */
+  aliveUntilNs: bigint;
+}
+
+/** The `dpm_hcfg` record's bytes. */
+export function hostConfigBytes(c: HostConfig): Uint8Array {
+  const L = HostConfigLayout;
+  const b = new Uint8Array(L.SIZE);
+  const dv = new DataView(b.buffer);
+  dv.setUint32(L.LAN_NET, c.lanNet, false);
+  dv.setUint32(L.LAN_MASK, c.lanMask, false);
+  dv.setUint32(L.PASS_MARK, c.passMark, LE);
+  dv.setBigUint64(L.ALIVE_UNTIL_NS, c.aliveUntilNs, LE);
+  return b;
+}
+
+/** A held packet's record: its link-layer frame and GSO segment size. */
+export interface HeldRecord {
+  frame: Uint8Array;
+  gsoSize: number;
+}
+
+/** Reads a `dpm_held` record (header and packet); null when it is short. */
+export function readHeld(data: Uint8Array): HeldRecord | null {
+  const L = HeldHdrLayout;
+  if (data.length < L.SIZE) return null;
+  const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
+  const len = dv.getUint32(L.LEN, LE);
+  if (L.SIZE + len > data.length) return null;
+  return { frame: data.subarray(L.SIZE, L.SIZE + len), gsoSize: dv.getUint16(L.GSO_SIZE, LE) };
 }
 
 /** A fresh entry: rewrite to `to`, with `flags`, nothing counted. */
