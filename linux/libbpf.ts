@@ -25,7 +25,21 @@
  * @module
  */
 
-import { addressOf, errno, HOST_LITTLE_ENDIAN as LE, libc, OsError, setU64 } from "./libc.ts";
+import {
+  addressOf,
+  errno,
+  HOST_LITTLE_ENDIAN as LE,
+  libc,
+  OsError,
+  POLLERR,
+  PollFd,
+  POLLIN,
+  setU64,
+} from "./libc.ts";
+
+/** `eventfd` flags (EFD_NONBLOCK, EFD_CLOEXEC). */
+const EFD_NONBLOCK = 0o4000;
+const EFD_CLOEXEC = 0o2000000;
 
 const SYMBOLS = {
   /**
@@ -93,6 +107,21 @@ const SYMBOLS = {
   bpf_map_get_fd_by_id: { parameters: ["u32"], result: "i32" },
   /** `int bpf_obj_get_info_by_fd(int bpf_fd, void *info, __u32 *info_len);` */
   bpf_obj_get_info_by_fd: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  /**
+   * `struct perf_buffer *perf_buffer__new(int map_fd, size_t page_cnt,
+   *     perf_buffer_sample_fn sample_cb, perf_buffer_lost_fn lost_cb, void *ctx,
+   *     const struct perf_buffer_opts *opts);` (NULL and errno on failure)
+   */
+  perf_buffer__new: {
+    parameters: ["i32", "usize", "function", "function", "pointer", "pointer"],
+    result: "pointer",
+  },
+  /** `int perf_buffer__epoll_fd(const struct perf_buffer *pb);` */
+  perf_buffer__epoll_fd: { parameters: ["pointer"], result: "i32" },
+  /** `int perf_buffer__consume(struct perf_buffer *pb);` calls the callbacks for what waits. */
+  perf_buffer__consume: { parameters: ["pointer"], result: "i32" },
+  /** `void perf_buffer__free(struct perf_buffer *pb);` */
+  perf_buffer__free: { parameters: ["pointer"], result: "void" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 let lib: Deno.DynamicLibrary<typeof SYMBOLS> | null = null;
@@ -497,4 +526,128 @@ export function mapInfo(fd: number): MapInfo {
 /** Closes an fd from {@linkcode progFdById} or {@linkcode mapFdById}. */
 export function closeFd(fd: number): void {
   if (fd >= 0) libc().close(fd);
+}
+
+/** `perf_buffer_sample_fn`: `void (*)(void *ctx, int cpu, void *data, __u32 size)`. */
+const SAMPLE_FN = { parameters: ["pointer", "i32", "pointer", "u32"], result: "void" } as const;
+/** `perf_buffer_lost_fn`: `void (*)(void *ctx, int cpu, __u64 cnt)`. */
+const LOST_FN = { parameters: ["pointer", "i32", "u64"], result: "void" } as const;
+
+/**
+ * The reader of a `BPF_MAP_TYPE_PERF_EVENT_ARRAY` (one ring per CPU, made
+ * by libbpf's `perf_buffer`): {@linkcode PerfReader.wait} resolves when
+ * records wait (the poll runs on another thread, the event loop goes on),
+ * and {@linkcode PerfReader.consume} hands each to the callback,
+ * synchronously, on the calling thread (the bytes are a copy). Records the
+ * kernel could not store are counted in `lost`.
+ */
+export class PerfReader {
+  #pb: Deno.PointerValue;
+  readonly #sample: Deno.UnsafeCallback<typeof SAMPLE_FN>;
+  readonly #lost: Deno.UnsafeCallback<typeof LOST_FN>;
+  readonly #efd: number;
+  readonly #poll = new Uint8Array(2 * PollFd.SIZE);
+  #waiting: Promise<number> | null = null;
+  #closed = false;
+  /** Records the kernel dropped (a ring was full). */
+  lost = 0;
+
+  private constructor(
+    pb: Deno.PointerObject,
+    sample: Deno.UnsafeCallback<typeof SAMPLE_FN>,
+    lost: Deno.UnsafeCallback<typeof LOST_FN>,
+    efd: number,
+  ) {
+    this.#pb = pb;
+    this.#sample = sample;
+    this.#lost = lost;
+    this.#efd = efd;
+    const dv = new DataView(this.#poll.buffer);
+    dv.setInt32(PollFd.FD, bpf().perf_buffer__epoll_fd(pb), LE);
+    dv.setInt16(PollFd.EVENTS, POLLIN, LE);
+    dv.setInt32(PollFd.SIZE + PollFd.FD, efd, LE);
+    dv.setInt16(PollFd.SIZE + PollFd.EVENTS, POLLIN, LE);
+  }
+
+  /** Opens the rings of map `mapFd`, `pages` pages each (a power of two). */
+  static open(mapFd: number, pages: number, onRecord: (data: Uint8Array) => void): PerfReader {
+    let reader: PerfReader | null = null;
+    const sample = new Deno.UnsafeCallback(SAMPLE_FN, (_ctx, _cpu, data, size) => {
+      if (data === null) return;
+      onRecord(new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(data, size)).slice());
+    });
+    const lost = new Deno.UnsafeCallback(LOST_FN, (_ctx, _cpu, cnt) => {
+      if (reader) reader.lost += Number(cnt);
+    });
+    const efd = libc().eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (efd < 0) {
+      const e = errno();
+      sample.close();
+      lost.close();
+      throw new OsError("eventfd", e);
+    }
+    const pb = bpf().perf_buffer__new(
+      mapFd,
+      BigInt(pages),
+      sample.pointer,
+      lost.pointer,
+      null,
+      null,
+    );
+    if (pb === null) {
+      const e = errno();
+      sample.close();
+      lost.close();
+      libc().close(efd);
+      throw new OsError("Cannot open the perf buffer", e);
+    }
+    reader = new PerfReader(pb, sample, lost, efd);
+    return reader;
+  }
+
+  /** Resolves true when records wait, false on timeout or once closed. */
+  async wait(timeoutMs: number): Promise<boolean> {
+    if (this.#closed) return false;
+    if (this.#waiting) throw new Error("PerfReader.wait() is already pending");
+    const dv = new DataView(this.#poll.buffer);
+    dv.setInt16(PollFd.REVENTS, 0, LE);
+    dv.setInt16(PollFd.SIZE + PollFd.REVENTS, 0, LE);
+    const p = libc().poll_async(this.#poll, 2n, Math.max(0, Math.ceil(timeoutMs)));
+    this.#waiting = p;
+    let r: number;
+    try {
+      r = await p;
+    } finally {
+      this.#waiting = null;
+      if (this.#closed) this.#free();
+    }
+    if (this.#closed || r <= 0) return false;
+    return (dv.getInt16(PollFd.REVENTS, LE) & (POLLIN | POLLERR)) !== 0;
+  }
+
+  /** Hands every waiting record to the callback. */
+  consume(): void {
+    if (this.#closed || this.#pb === null) return;
+    ok(bpf().perf_buffer__consume(this.#pb), "Cannot read the perf buffer");
+  }
+
+  /** Frees the rings and callbacks (once a pending wait returned). Idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#waiting) {
+      const one = new Uint8Array(8);
+      one[0] = 1;
+      libc().write(this.#efd, one, 8n);
+    } else this.#free();
+  }
+
+  #free(): void {
+    if (this.#pb === null) return;
+    bpf().perf_buffer__free(this.#pb);
+    this.#pb = null;
+    libc().close(this.#efd);
+    this.#sample.close();
+    this.#lost.close();
+  }
 }

@@ -29,6 +29,10 @@ import {
   strerror,
 } from "./libc.ts";
 
+/** `SOL_SOCKET` and its `SO_MARK` option (asm-generic/socket.h). */
+const SOL_SOCKET = 1;
+const SO_MARK = 36;
+
 /** `struct sockaddr_in`: family u16 (host order), port be16, address be32, 8 zero bytes. */
 const SockaddrIn = { FAMILY: 0, PORT: 2, ADDR: 4, SIZE: 16 } as const;
 
@@ -79,6 +83,19 @@ export class RawSocket {
     const fd = libc().socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
     if (fd < 0) throw new OsError("socket(AF_INET, SOCK_RAW, IPPROTO_RAW)", errno());
     return new RawSocket(fd);
+  }
+
+  /**
+   * Marks every packet this socket sends with `mark` (`SO_MARK`, which needs
+   * CAP_NET_ADMIN): a BPF program or rule can then tell them apart.
+   * @throws {OsError}
+   */
+  setMark(mark: number): void {
+    const v = new Uint8Array(4);
+    new DataView(v.buffer).setUint32(0, mark >>> 0, LE);
+    if (libc().setsockopt(this.#fd, SOL_SOCKET, SO_MARK, v, 4) < 0) {
+      throw new OsError("setsockopt(SO_MARK)", errno());
+    }
   }
 
   /**

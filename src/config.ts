@@ -192,7 +192,8 @@ const mapRules = (allow: boolean) =>
 
 const LEVELS = ["error", "warn", "info", "debug"] as const;
 const FORMATS = ["text", "json"] as const;
-const DATAPATHS = ["kernel", "queue"] as const;
+/** `--datapath` values (`DataPathChoice` of datapath/datapath.ts). */
+const DATAPATHS = ["auto", "bpf", "kernel", "queue"] as const;
 
 // ---------------------------------------------------------------------------
 // The table.
@@ -221,15 +222,16 @@ export interface Flag {
 
 const common = {
   datapath: {
-    arg: "<kernel|queue>",
-    help: "kernel: nftables maps and conntrack translate; queue: dpm translates every packet",
+    arg: "<auto|bpf|kernel|queue>",
+    help: "bpf: tc programs translate established sessions; kernel: nftables maps and " +
+      "conntrack; queue: dpm translates every packet; auto: bpf where it loads, else kernel",
     group: "Data plane",
-    schema: oneOf("--datapath", DATAPATHS).default("kernel"),
-    dflt: "kernel",
+    schema: oneOf("--datapath", DATAPATHS).default("auto"),
+    dflt: "auto",
     complete: DATAPATHS,
   },
   cleanup: {
-    help: "remove what a previous run left translating (kernel path), then exit",
+    help: "remove what a previous run left translating (kernel and bpf paths), then exit",
     group: "Data plane",
     schema: bool("--cleanup").default(false),
   },

@@ -31,7 +31,7 @@ _dpm() {
         --wan-if) COMPREPLY=($(compgen -W "$(ls /sys/class/net 2>/dev/null)" -- "$cur")); return;;
         --lan) return;;
         --queue) return;;
-        --datapath) COMPREPLY=($(compgen -W "kernel queue" -- "$cur")); return;;
+        --datapath) COMPREPLY=($(compgen -W "auto bpf kernel queue" -- "$cur")); return;;
         --metrics-addr) return;;
         --log-level) COMPREPLY=($(compgen -W "error warn info debug" -- "$cur")); return;;
         --log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return;;
@@ -47,7 +47,7 @@ _dpm() {
         --socket) COMPREPLY=($(compgen -f -- "$cur")); return;;
         --socket-group) return;;
         --queue) return;;
-        --datapath) COMPREPLY=($(compgen -W "kernel queue" -- "$cur")); return;;
+        --datapath) COMPREPLY=($(compgen -W "auto bpf kernel queue" -- "$cur")); return;;
         --metrics-addr) return;;
         --log-level) COMPREPLY=($(compgen -W "error warn info debug" -- "$cur")); return;;
         --log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return;;

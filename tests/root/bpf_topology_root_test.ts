@@ -4,7 +4,7 @@
  * filled by hand, no dpm process: real UDP and TCP traffic from the host's
  * applications is translated by the host programs (claim 5) and the
  * gateway's (claim 6). The gateway has the kernel path's own nftables table
- * (`serverTable` of src/datapath/kernel/rules.ts) for the slow start: each
+ * (`serverTable` of src/datapath/nft/rules.ts) for the slow start: each
  * session's first packets go through the stack, and once the stack
  * forwarded it both ways the programs take it, so the gateway's conntrack
  * stops seeing it. The host and the peer send with their checksum offload
@@ -29,7 +29,7 @@ import { pseudoHeaderSum } from "../../src/wire/checksum.ts";
 import { waitFor } from "../../testing/wait.ts";
 import { serverCfg } from "../../testing/fixtures.ts";
 import { parseIPv4 } from "../../src/wire/addr.ts";
-import { serverTable, toPublicText, toRemoteText } from "../../src/datapath/kernel/rules.ts";
+import { serverTable, toPublicText, toRemoteText } from "../../src/datapath/nft/rules.ts";
 import {
   gatewayRecords,
   hostRecords,

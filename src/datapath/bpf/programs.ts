@@ -212,6 +212,24 @@ export class BpfPrograms {
    * that run's maps when its programs are still attached (module doc).
    */
   static open(role: BpfRole, ifaces: BpfInterfaces, opts: BpfOpenOptions = {}): BpfPrograms {
+    const set = BpfPrograms.load(role, ifaces, opts);
+    try {
+      set.attach();
+    } catch (e) {
+      set.close();
+      throw e;
+    }
+    return set;
+  }
+
+  /**
+   * Loads the role's programs without attaching them ({@linkcode attach}
+   * does): what `open` does first. The session map is a previous run's when
+   * its programs are still attached (`mapOrigin` "adopted"), so a data path
+   * can read what it left before it takes over. Nothing attached changes;
+   * closing frees what was loaded.
+   */
+  static load(role: BpfRole, ifaces: BpfInterfaces, opts: BpfOpenOptions = {}): BpfPrograms {
     const idx = ifindexes(role, ifaces);
     const prev = previousMaps(role, idx);
     const obj = BpfObject.open(bpfObject(role));
@@ -236,13 +254,38 @@ export class BpfPrograms {
           configBytes(idx.get("lan")!, idx.get("wan")!),
         );
       }
-      const set = new BpfPrograms(role, obj, idx, prev ? "adopted" : "new");
-      set.attach();
-      return set;
+      return new BpfPrograms(role, obj, idx, prev ? "adopted" : "new");
     } catch (e) {
       obj.close();
       throw e;
     }
+  }
+
+  /**
+   * The session map of a previous run's programs still attached for `role`
+   * (what `--cleanup` gives back), read without loading anything; empty
+   * when there are none.
+   */
+  static leftoverRecords(role: BpfRole, ifaces: BpfInterfaces): NatRecord[] {
+    let idx: Map<string, number>;
+    try {
+      idx = ifindexes(role, ifaces);
+    } catch {
+      return []; // an interface is gone: nothing attached to it
+    }
+    const id = previousMaps(role, idx)?.get(NAT_MAP);
+    if (id === undefined) return [];
+    const fd = mapFdById(id);
+    try {
+      return new NatMap(fd).all();
+    } finally {
+      closeFd(fd);
+    }
+  }
+
+  /** The fd of one of the object's maps by name (owned by this set). */
+  mapFd(name: string): number {
+    return this.#live().mapFd(name);
   }
 
   /**
