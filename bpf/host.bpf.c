@@ -22,7 +22,9 @@
  * asks the server, writes the entries and sends the packet back out with the
  * pass mark (host_config.pass_mark), and this program then translates it. A
  * flow the driver lets go untranslated (no answer from the server) gets a
- * NAT_F_PASS entry, so its packets no longer come up. Only while the driver
+ * NAT_F_PASS entry, so its packets no longer come up; so does a flow that
+ * came in from outside the LAN with no session (a mapping's: its answers
+ * leave as they are, as the kernel path's conntrack lets them). Only while the driver
  * is alive (host_config.alive_until_ns, its heartbeat): with no driver, a new
  * session's packets pass untranslated, as a queue's --queue-bypass would let
  * them (the gateway's ordinary NAT serves them).
@@ -221,6 +223,36 @@ int dpm_host_out(struct __sk_buff *skb)
 	return to_gateway(skb, &to);
 }
 
+/*
+ * An inbound packet of no session, from outside the LAN: a flow the host did
+ * not start through dpm (a mapping's, a fallen-back session's replies). Its
+ * answers must leave as they are, as the kernel path's conntrack lets them:
+ * a pass entry for the answers' direction (kept fresh while packets come in).
+ */
+static __always_inline void note_inbound(const struct nat_pkt *p)
+{
+	const struct host_config *cfg = config();
+	if (!cfg || cfg->alive_until_ns == 0 || (p->saddr & cfg->lan_mask) == cfg->lan_net)
+		return;
+	struct nat_key k = {
+		.saddr = p->daddr,
+		.daddr = p->saddr,
+		.sport = p->dport,
+		.dport = p->sport,
+		.proto = p->proto,
+		.dir = NAT_DIR_OUT,
+	};
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct nat_entry *e = bpf_map_lookup_elem(&dpm_nat, &k);
+	if (e) {
+		if ((e->flags & NAT_F_PASS) && e->last_ns != now)
+			e->last_ns = now;
+		return;
+	}
+	struct nat_entry pass = {.flags = NAT_F_PASS, .last_ns = now};
+	bpf_map_update_elem(&dpm_nat, &k, &pass, BPF_NOEXIST);
+}
+
 SEC("tc")
 int dpm_host_in(struct __sk_buff *skb)
 {
@@ -230,8 +262,11 @@ int dpm_host_in(struct __sk_buff *skb)
 	if (p.frag == NAT_FRAG_REST)
 		return rest(skb, &p, NAT_DIR_IN);
 	struct nat_entry *e = lookup(&p, NAT_DIR_IN);
-	if (!usable(e))
+	if (!usable(e)) {
+		if (!e)
+			note_inbound(&p);
 		return NAT_PASS;
+	}
 	nat_apply(&to, &p, e);
 	if (nat_rewrite(skb, &p, &to, 0) < 0)
 		return TC_ACT_SHOT;

@@ -371,27 +371,43 @@ test({
     }),
 });
 
+/** dpm's iptables chains, nftables tables and BPF filters (tc, any interface) in `ns`. */
 async function dpmRules(t: Topology, ns: string): Promise<string[]> {
   const r = await t.exec(ns, ["iptables-save"]);
   const nft = await t.exec(ns, ["nft", "list", "tables"]);
+  const links = (await t.exec(ns, ["ip", "-o", "link", "show"])).stdout.split("\n")
+    .map((l) => /^\d+: ([^:@]+)/.exec(l)?.[1]).filter((n): n is string => n !== undefined);
+  const filters: string[] = [];
+  for (const dev of links) {
+    for (const dir of ["ingress", "egress"]) {
+      const f = await t.exec(ns, ["tc", "filter", "show", "dev", dev, dir]);
+      for (const l of f.stdout.split("\n")) {
+        // Without program ids: a restart loads the programs anew.
+        if (/dpm_/.test(l)) filters.push(`${dev} ${dir}: ${l.replace(/:\[\d+\]| id \d+/g, "")}`);
+      }
+    }
+  }
   return [
     ...r.stdout.split("\n").filter((l) => l.includes("DPM-")),
     ...nft.stdout.split("\n").filter((l) => /dpm-(server|driver)/.test(l)),
+    ...filters,
   ];
 }
 
 /**
  * Stops dpm the way each data path is stopped for good: SIGTERM, and on the
- * kernel path (which keeps translating established sessions after SIGTERM)
- * `--cleanup` with the same flags.
+ * kernel and bpf paths (which keep translating established sessions after
+ * SIGTERM) `--cleanup` with the same flags.
  */
 async function stopForGood(t: Topology, d: Dpm): Promise<void> {
   await d.stop();
-  if (datapath === "kernel") {
+  if (datapath !== "queue") {
+    const left = await dpmRules(t, t.gateway.ns);
     assert.ok(
-      (await dpmRules(t, t.gateway.ns)).some((l) => l.includes("dpm-server")),
-      "the kernel path keeps translating after SIGTERM",
+      left.some((l) => l.includes("dpm-server")),
+      "the kernel and bpf paths keep translating after SIGTERM",
     );
+    if (datapath === "bpf") assert.ok(left.some((l) => l.includes("dpm_lan_in")), "programs stay");
     await d.cleanup();
   }
 }

@@ -84,10 +84,10 @@ const ALIVE_FOR_NS = 2_000_000_000n;
 /** How often the map is read for lease activity. */
 const ACTIVITY_EVERY_MS = 2000;
 /**
- * A pass entry goes after this long quiet: as long as the core remembers a
- * flow that fell back (`NEGATIVE_IDLE_MS` of driver/timers.ts).
+ * A pass entry goes after this long quiet (a flow that fell back, or one
+ * that came in from outside: conntrack's UDP stream timeout).
  */
-const PASS_IDLE_NS = 30_000_000_000n;
+const PASS_IDLE_NS = 120_000_000_000n;
 /** Pages of each CPU's ring of held packets (4 KiB each: 256 KiB). */
 const HELD_PAGES = 64;
 
