@@ -114,7 +114,7 @@ const log = logger("datapath");
  * Opens the data path `choice` names with `open`; `auto` tries bpf and
  * falls back to kernel, saying why in one log line. Returns the path.
  */
-async function choose<P extends { kind: DataPathKind }>(
+export async function chooseDataPath<P extends { kind: DataPathKind }>(
   choice: DataPathChoice,
   open: (kind: DataPathKind) => Promise<P>,
 ): Promise<P> {
@@ -137,7 +137,7 @@ export function openServerDataPath(
   choice: DataPathChoice,
   opts: GatewayOptions,
 ): Promise<ServerDataPath> {
-  return choose(choice, async (kind) => {
+  return chooseDataPath(choice, async (kind) => {
     const impl = await serverImpl(kind);
     const others: OtherPaths = {
       removeLeftovers: async () => {
@@ -159,7 +159,7 @@ export function openDriverDataPath(
   choice: DataPathChoice,
   opts: HostOptions,
 ): Promise<DriverDataPath> {
-  return choose(choice, async (kind) => {
+  return chooseDataPath(choice, async (kind) => {
     const others: OtherPaths = {
       removeLeftovers: async () => {
         for (const k of DATAPATH_KINDS) if (k !== kind) await (await driverImpl(k)).remove(opts);
