@@ -49,6 +49,21 @@ static __always_inline const struct nat_config *config(void)
 }
 
 /*
+ * Whether a packet from side `dir` may speak as `saddr` (nat_config): a
+ * forged source never takes the fast path, whatever entry it would match;
+ * the stack, where dpm's antispoof rules run, gets it instead. (No entry can
+ * name a pool address as a remote either: hairpinned sessions get none, and
+ * a mapping learns only flows the stack forwarded.)
+ */
+static __always_inline int source_ok(const struct nat_config *cfg, __be32 saddr, __u8 dir)
+{
+	int in_lan = (saddr & cfg->lan_mask) == cfg->lan_net;
+	if (dir == NAT_DIR_IN)
+		return !in_lan;
+	return in_lan && saddr != cfg->gateway && saddr != cfg->edge_lo && saddr != cfg->edge_hi;
+}
+
+/*
  * Ingress on the side `dir` names: a fast session's packet is translated and
  * redirected to `out_ifindex`; everything else passes.
  */
@@ -59,6 +74,8 @@ static __always_inline int fast_path(struct __sk_buff *skb, __u8 dir)
 	struct nat_key k;
 	if (!cfg || skb->pkt_type != 0 /* PACKET_HOST */ || nat_parse(skb, &p, NAT_PARSE_STRICT) < 0)
 		return NAT_PASS;
+	if (!source_ok(cfg, p.saddr, dir))
+		return NAT_PASS; /* the stack's antispoof rules drop it */
 	nat_key_of(&k, &p, dir);
 	struct nat_entry *e = bpf_map_lookup_elem(&dpm_nat, &k);
 	if (!e || (e->flags & (NAT_F_FAST | NAT_F_WILDCARD)) != NAT_F_FAST)

@@ -79,6 +79,15 @@ struct nat_entry {
 struct nat_config {
 	__u32 lan_ifindex;
 	__u32 wan_ifindex;
+	/* The sources each side may speak as (the stack's antispoof rules, which run after the
+	 * ingress programs, say the same): the LAN's packets come from the LAN prefix but never
+	 * from G or the prefix's network or broadcast address; the WAN's never from the LAN. */
+	__be32 lan_net;
+	__be32 lan_mask;
+	__be32 gateway;
+	__be32 edge_lo; /* the prefix's network and broadcast addresses; 0 when it has none (/31, /32) */
+	__be32 edge_hi;
+	__u32 pad;
 };
 
 /* The host's one configuration record, `dpm_hcfg[0]`, written by the driver. */

@@ -55,6 +55,14 @@ import { BpfPrograms, type BpfRole, NatMap } from "../src/datapath/bpf/programs.
 import { denoScript } from "./launch.ts";
 import { NAMESPACE_ENV } from "./topology.ts";
 
+/** The LAN of every rig's gateway: 10.0.0.0/24, G 10.0.0.1 (testing/bpf_ns.ts, the topology). */
+const GATEWAY_LAN = {
+  lanNet: 0x0a000000,
+  lanMask: 0xffffff00,
+  gateway: 0x0a000001,
+  edges: [0x0a000000, 0x0a0000ff] as const,
+};
+
 /** `struct __sk_buff` offsets the rig sets (linux/bpf.h), and the size it passes. */
 const SKB_INGRESS_IFINDEX = 36;
 const SKB_IFINDEX = 40;
@@ -113,7 +121,16 @@ async function serve(): Promise<void> {
         obj = BpfObject.open(bpfObject(c.role as BpfRole));
         obj.load();
         if (c.role === "gateway") {
-          mapUpdate(obj.mapFd("dpm_cfg"), new Uint8Array(4), configBytes(ifx(c.lan), ifx(c.wan)));
+          mapUpdate(
+            obj.mapFd("dpm_cfg"),
+            new Uint8Array(4),
+            configBytes({
+              lanIfindex: ifx(c.lan),
+              wanIfindex: ifx(c.wan),
+              ...GATEWAY_LAN,
+              edges: [...GATEWAY_LAN.edges],
+            }),
+          );
         }
         nat = new NatMap(obj.mapFd("dpm_nat"));
         return { ok: true };
@@ -121,7 +138,11 @@ async function serve(): Promise<void> {
       case "open": {
         set?.close();
         const ifaces = c.role === "gateway" ? { lan: c.lan, wan: c.wan } : { dev: c.dev };
-        set = BpfPrograms.open(c.role, ifaces, c.maxEntries ? { maxEntries: c.maxEntries } : {});
+        set = BpfPrograms.open(c.role, ifaces, {
+          ...(c.maxEntries ? { maxEntries: c.maxEntries } : {}),
+          lan: { addr: GATEWAY_LAN.lanNet, len: 24 },
+          gateway: GATEWAY_LAN.gateway,
+        });
         nat = set.nat;
         return { ok: true, mapOrigin: set.mapOrigin };
       }

@@ -271,7 +271,7 @@ Deno.test(
 
 Deno.test(
   needsRoot(
-    "bpf root: what is not a fast session passes untouched (unknown, slow, ICMP, fragments, options, TTL 1, not for us)",
+    "bpf root: what is not a fast session passes untouched (unknown, slow, ICMP, fragments, options, TTL 1, not for us, a forged source)",
     async () => {
       await withGateway(async ({ gw }) => {
         const pkt = buildUdp({ src: A, sport: 40000, dst: G, dport: 61001 });
@@ -322,6 +322,25 @@ Deno.test(
           "bigger than the WAN's MTU: the stack fragments it",
         );
         await same(buildUdp({ src: A, sport: 40002, dst: G, dport: 61001 }), "wrong private port");
+        // Forged sources never take the fast path, whatever entry they would match: the
+        // stack's antispoof rules get them (the LAN never speaks as G, its network or
+        // broadcast address, or from outside the prefix; the WAN never as the LAN).
+        for (
+          const [src, what] of [[G, "G"], [ip("10.0.0.0"), "network"], [
+            ip("10.0.0.255"),
+            "broadcast",
+          ], [ip("192.0.2.9"), "outside the LAN"]] as const
+        ) {
+          const forged = { ...SESSION, a: src };
+          await put(gw, gatewayRecords(forged, G), NatFlag.FAST);
+          await same(buildUdp({ src, sport: 40000, dst: G, dport: 61001 }), `LAN source ${what}`);
+        }
+        const fromLan = { ...SESSION, x: A2, px: 7000, pg: 61002 };
+        await put(gw, gatewayRecords(fromLan, G), NatFlag.FAST);
+        const wanForged = buildUdp({ src: A2, sport: 7000, dst: R, dport: 40001 });
+        const w = await run(gw, "dpm_wan_in", "wan0", wanForged);
+        assert.equal(w.retval, PASS, "a WAN packet from a LAN source");
+        assert.deepEqual(split(w.frame).ip, wanForged);
         // Nothing was counted.
         assert.equal((await get(gw, outKey(SESSION))).packets, 0);
         // And the fast one still goes.

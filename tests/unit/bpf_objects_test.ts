@@ -111,6 +111,12 @@ Deno.test("bpf objects: layout.ts mirrors nat.h as compiled (BTF offsets and siz
       check("nat_config", NatConfigLayout, {
         LAN_IFINDEX: "lan_ifindex",
         WAN_IFINDEX: "wan_ifindex",
+        LAN_NET: "lan_net",
+        LAN_MASK: "lan_mask",
+        GATEWAY: "gateway",
+        EDGE_LO: "edge_lo",
+        EDGE_HI: "edge_hi",
+        PAD: "pad",
       });
     } else {
       check("host_config", HostConfigLayout, {

@@ -89,8 +89,22 @@ export const NatEntryLayout = {
   SIZE: 40,
 } as const;
 
-/** `struct nat_config` (8 bytes): lan_ifindex 0, wan_ifindex 4 (host order). */
-export const NatConfigLayout = { LAN_IFINDEX: 0, WAN_IFINDEX: 4, SIZE: 8 } as const;
+/**
+ * `struct nat_config` (32 bytes): lan_ifindex 0, wan_ifindex 4 (host
+ * order); lan_net 8, lan_mask 12, gateway 16, edge_lo 20, edge_hi 24
+ * (network order), pad 28.
+ */
+export const NatConfigLayout = {
+  LAN_IFINDEX: 0,
+  WAN_IFINDEX: 4,
+  LAN_NET: 8,
+  LAN_MASK: 12,
+  GATEWAY: 16,
+  EDGE_LO: 20,
+  EDGE_HI: 24,
+  PAD: 28,
+  SIZE: 32,
+} as const;
 
 /**
  * `struct host_config` (24 bytes): lan_net 0, lan_mask 4 (network order),
@@ -205,12 +219,31 @@ export function keyBytes(k: NatKey): Uint8Array {
   return b;
 }
 
+/** What the gateway's programs know of it (`dpm_cfg`); addresses host order. */
+export interface GatewayConfig {
+  lanIfindex: number;
+  wanIfindex: number;
+  /** The LAN prefix: the LAN's sources, never the WAN's. */
+  lanNet: number;
+  lanMask: number;
+  /** G: never a LAN packet's source. */
+  gateway: number;
+  /** The prefix's network and broadcast addresses (0 when it has none). */
+  edges: [number, number];
+}
+
 /** The `dpm_cfg` record of a gateway. */
-export function configBytes(lanIfindex: number, wanIfindex: number): Uint8Array {
-  const b = new Uint8Array(NatConfigLayout.SIZE);
+export function configBytes(c: GatewayConfig): Uint8Array {
+  const L = NatConfigLayout;
+  const b = new Uint8Array(L.SIZE);
   const dv = new DataView(b.buffer);
-  dv.setUint32(NatConfigLayout.LAN_IFINDEX, lanIfindex, LE);
-  dv.setUint32(NatConfigLayout.WAN_IFINDEX, wanIfindex, LE);
+  dv.setUint32(L.LAN_IFINDEX, c.lanIfindex, LE);
+  dv.setUint32(L.WAN_IFINDEX, c.wanIfindex, LE);
+  dv.setUint32(L.LAN_NET, c.lanNet, false);
+  dv.setUint32(L.LAN_MASK, c.lanMask, false);
+  dv.setUint32(L.GATEWAY, c.gateway, false);
+  dv.setUint32(L.EDGE_LO, c.edges[0], false);
+  dv.setUint32(L.EDGE_HI, c.edges[1], false);
   return b;
 }
 

@@ -55,6 +55,8 @@ import {
 import { ifIndex } from "../../../linux/libc.ts";
 import { CLSACT_EGRESS, CLSACT_INGRESS, listTcFilters } from "../../../linux/tcfilter.ts";
 import { bpfObject } from "./objects.ts";
+import { lanEdges } from "../gateway.ts";
+import { type Cidr, prefixMask } from "../../wire/addr.ts";
 import {
   configBytes,
   keyBytes,
@@ -109,6 +111,12 @@ export const ATTACHMENTS: Record<BpfRole, readonly Attachment[]> = {
 
 /** Options of {@linkcode BpfPrograms.open}. */
 export interface BpfOpenOptions {
+  /**
+   * The gateway's LAN prefix and address G (the gateway role needs them:
+   * the sources each side may speak as, `nat_config`).
+   */
+  lan?: Cidr;
+  gateway?: number;
   /**
    * Size of the session map in entries (two per session), for a new map; an
    * adopted map keeps its size. Not preallocated: memory follows use.
@@ -248,10 +256,22 @@ export class BpfPrograms {
       }
       obj.load();
       if (role === "gateway") {
+        if (!opts.lan || opts.gateway === undefined) {
+          throw new TypeError("The gateway's programs need its LAN prefix and address");
+        }
+        const edges = lanEdges(opts.lan);
+        const mask = prefixMask(opts.lan.len);
         mapUpdate(
           obj.mapFd(CONFIG_MAP),
           new Uint8Array(4),
-          configBytes(idx.get("lan")!, idx.get("wan")!),
+          configBytes({
+            lanIfindex: idx.get("lan")!,
+            wanIfindex: idx.get("wan")!,
+            lanNet: (opts.lan.addr & mask) >>> 0,
+            lanMask: mask,
+            gateway: opts.gateway,
+            edges: [edges[0] ?? 0, edges[1] ?? 0],
+          }),
         );
       }
       return new BpfPrograms(role, obj, idx, prev ? "adopted" : "new");

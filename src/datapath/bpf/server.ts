@@ -82,7 +82,11 @@ export const BpfServerDataPath = {
    * programs fails here, before anything changed.
    */
   async open(cfg: GatewayOptions, others: OtherPaths = NO_OTHER_PATHS): Promise<ServerDataPath> {
-    const progs = BpfPrograms.load("gateway", ifaces(cfg), { maxEntries: GATEWAY_MAP_ENTRIES });
+    const progs = BpfPrograms.load("gateway", ifaces(cfg), {
+      maxEntries: GATEWAY_MAP_ENTRIES,
+      lan: cfg.lan,
+      gateway: cfg.lanAddr,
+    });
     try {
       let path: BpfServerPath | null = null;
       const check: WatchdogCheck = {
