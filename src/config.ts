@@ -407,6 +407,14 @@ export const SERVER_FLAGS = {
     group: "Data plane",
     schema: bool("--add-pool-addresses").default(false),
   },
+  "bpf-sessions": {
+    arg: "<n>",
+    help: "sessions the bpf path's map holds (more are translated by the kernel path only); " +
+      "its hash buckets take 32 B per session from the start",
+    group: "Data plane",
+    schema: int("--bpf-sessions", 1024, 1 << 24).default(262144),
+    dflt: "262144",
+  },
   masquerade: {
     help: "do not masquerade hosts that run no driver (config key: masquerade false)",
     group: "Data plane",

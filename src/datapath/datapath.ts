@@ -117,6 +117,7 @@ export type GatewayOptions =
     | "pcp"
     | "masquerade"
     | "addPoolAddresses"
+    | "bpfSessions"
     | "socket"
   >
   & {

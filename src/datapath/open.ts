@@ -44,6 +44,7 @@ export function gatewayOptions(cfg: ServerConfig, lan: Cidr): GatewayOptions {
     pcp: cfg.pcp,
     masquerade: cfg.masquerade,
     addPoolAddresses: cfg.addPoolAddresses,
+    bpfSessions: cfg.bpfSessions,
     socket: cfg.socket,
   };
 }

@@ -109,7 +109,14 @@ Deno.test(needsRoot({
       assert.equal(del.code, 0, del.stderr);
       await d.server.waitForOutput(/kernel rules were removed or changed \(missing dpm_/, 10_000);
       await d.server.waitForOutput(/reinstalled \d+ BPF program\(s\)/, 10_000);
-      const filters = await t.exec(t.gateway.ns, ["tc", "filter", "show", "dev", "lan0", "ingress"]);
+      const filters = await t.exec(t.gateway.ns, [
+        "tc",
+        "filter",
+        "show",
+        "dev",
+        "lan0",
+        "ingress",
+      ]);
       assert.match(filters.stdout, /dpm_lan_in/, "the program is back");
       const st = await d.status() as unknown as {
         dataPath: { kind: string; state: string; reinstalls: number; lastError?: string };

@@ -196,7 +196,9 @@ Deno.test("datapath auto: bpf where it opens, else kernel, with the reason logge
   }
   assert.deepEqual(tried.splice(0), ["bpf", "kernel"]);
   assert.ok(
-    logged.some((l) => /bpf data path unavailable \(libbpf\.so\.1: not found\); using the kernel/.test(l)),
+    logged.some((l) =>
+      /bpf data path unavailable \(libbpf\.so\.1: not found\); using the kernel/.test(l)
+    ),
     logged.join("\n"),
   );
   assert.equal((await chooseDataPath("queue", open(true))).kind, "queue", "a kind is opened as is");

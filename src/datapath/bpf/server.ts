@@ -55,12 +55,15 @@ import { CLOCK_MONOTONIC, clockNs } from "../../../linux/libc.ts";
 const log = logger("server");
 
 /**
- * Entries of the gateway's session map (two per session; mappings' learned
- * flows count too). Not preallocated: memory follows the sessions, but the
- * hash buckets (16 B each) are allocated at load, 16 MiB for this size.
- * Sessions beyond it are translated by the kernel path only.
+ * Entries of the gateway's session map for `--bpf-sessions` (two per
+ * session; a mapping's learned flows count too). Not preallocated: memory
+ * follows the sessions, but the hash buckets (16 B each, one per entry
+ * rounded up to a power of two) are allocated at load. Sessions beyond it
+ * are translated by the kernel path only.
  */
-export const GATEWAY_MAP_ENTRIES = 1 << 20;
+export function gatewayMapEntries(sessions: number): number {
+  return 2 * sessions;
+}
 
 /** How often, and after how long quiet, a mapping's learned flows are forgotten. */
 const LEARNED_SWEEP_MS = 10_000;
@@ -83,7 +86,7 @@ export const BpfServerDataPath = {
    */
   async open(cfg: GatewayOptions, others: OtherPaths = NO_OTHER_PATHS): Promise<ServerDataPath> {
     const progs = BpfPrograms.load("gateway", ifaces(cfg), {
-      maxEntries: GATEWAY_MAP_ENTRIES,
+      maxEntries: gatewayMapEntries(cfg.bpfSessions),
       lan: cfg.lan,
       gateway: cfg.lanAddr,
     });
