@@ -204,3 +204,11 @@ Deno.test("datapath auto: bpf where it opens, else kernel, with the reason logge
   assert.equal((await chooseDataPath("queue", open(true))).kind, "queue", "a kind is opened as is");
   await assert.rejects(() => chooseDataPath("bpf", open(true)), /libbpf/, "bpf asked: no fallback");
 });
+
+Deno.test("datapath: the kernel and bpf paths share dpm's nftables table (one never removes it for the other)", async () => {
+  const { KernelServerDataPath } = await import("../../src/datapath/kernel/server.ts");
+  const { BpfServerDataPath } = await import("../../src/datapath/bpf/server.ts");
+  assert.equal(KernelServerDataPath.family, "nft");
+  assert.equal(BpfServerDataPath.family, "nft");
+  assert.equal(typeof BpfServerDataPath.removeExtras, "function", "bpf removes only its programs");
+});

@@ -54,7 +54,7 @@ import type {
 import { NO_OTHER_PATHS, openHostQueue, type OtherPaths, pumpHost } from "../netfilter.ts";
 import { driverIcmpChains } from "../nft/rules.ts";
 import { Watchdog } from "../nft/watchdog.ts";
-import { BpfPrograms } from "./programs.ts";
+import { BpfPrograms, mapText } from "./programs.ts";
 import { type Flow, HeldPackets } from "./held.ts";
 import {
   hostConfigBytes,
@@ -241,7 +241,7 @@ class BpfDriverPath implements DriverDataPath {
       this.#watchdog.start();
       this.#undo.push(() => this.#watchdog.stop());
       log.info(
-        `data path on (bpf): programs on ${this.#o.dev} (session map ${this.#progs.mapOrigin}, ` +
+        `data path on (bpf): programs on ${this.#o.dev} (${mapText(this.#progs.mapOrigin)}, ` +
           `${this.#adopted} session(s)); queue ${this.#o.queue} for ICMP`,
       );
     } catch (e) {

@@ -128,6 +128,11 @@ export interface BpfOpenOptions {
 /** How {@linkcode BpfPrograms.open} found the session map. */
 export type MapOrigin = "new" | "adopted";
 
+/** The session map's origin as a log phrase. */
+export function mapText(origin: MapOrigin): string {
+  return origin === "adopted" ? "session map kept from the previous run" : "new session map";
+}
+
 const parentOf = (p: TcPoint) => p === TcPoint.INGRESS ? CLSACT_INGRESS : CLSACT_EGRESS;
 
 /** Resolves a role's interface names to indexes; throws naming a missing one. */
@@ -402,9 +407,9 @@ export class BpfPrograms {
     for (const a of ATTACHMENTS[role]) {
       const ifindex = idx.get(a.iface);
       if (ifindex === undefined) continue;
-      touched.add(ifindex);
       // Only what is there: with no clsact at all the kernel answers EINVAL, not ENOENT.
       if (ourFilter(ifindex, a.point) === 0) continue;
+      touched.add(ifindex);
       if (tcDetach(ifindex, a.point, TC_HANDLE, TC_PRIORITY)) n++;
     }
     BpfPrograms.#dropEmptyHooks(touched);

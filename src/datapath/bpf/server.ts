@@ -47,7 +47,7 @@ import {
 import { NO_OTHER_PATHS, type OtherPaths } from "../netfilter.ts";
 import { NftServerPath } from "../nft/server.ts";
 import type { WatchdogCheck } from "../nft/watchdog.ts";
-import { BpfPrograms } from "./programs.ts";
+import { BpfPrograms, mapText } from "./programs.ts";
 import { gatewayRecords, learnedOf, NatFlag, type NatKey, type NatRecord } from "./layout.ts";
 import { gatewayCounters, idleLearned, keyId } from "./counters.ts";
 import { CLOCK_MONOTONIC, clockNs } from "../../../linux/libc.ts";
@@ -170,7 +170,7 @@ class BpfServerPath implements ServerDataPath {
       this.attached = true;
       this.#sweep = setInterval(() => this.#sweepLearned(), LEARNED_SWEEP_MS);
       log.info(
-        `bpf programs on ${this.#cfg.lanIf} and ${this.#cfg.wanIf} (session map ${this.#progs.mapOrigin}, ` +
+        `bpf programs on ${this.#cfg.lanIf} and ${this.#cfg.wanIf} (${mapText(this.#progs.mapOrigin)}, ` +
           `${n} session(s))`,
       );
     } catch (e) {

@@ -13,6 +13,11 @@ import { NftServerPath } from "../nft/server.ts";
 
 /** The gateway's kernel data path: open and remove. */
 export const KernelServerDataPath = {
+  /**
+   * Built on dpm's nftables table, which the bpf path shares: a start of
+   * either after the other takes the table over instead of removing it.
+   */
+  family: "nft" as const,
   /** Opens the netlink sockets. Nothing is changed yet (see `begin`). */
   open(cfg: GatewayOptions, others: OtherPaths = NO_OTHER_PATHS): Promise<ServerDataPath> {
     return NftServerPath.open(cfg, others, { kind: "kernel" });
