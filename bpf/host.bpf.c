@@ -189,11 +189,23 @@ static __always_inline int to_gateway(struct __sk_buff *skb, const struct nat_pk
 	fib.ipv4_dst = to->daddr;
 	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS && fib.ifindex == skb->ifindex)
-		return nat_set_macs(skb, &fib) < 0 ? TC_ACT_SHOT : NAT_PASS;
+		return nat_set_macs(skb, fib.dmac, fib.smac) < 0 ? TC_ACT_SHOT : NAT_PASS;
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
 	/* No route to G: as the stack would, send it where it was going. */
 	return NAT_PASS;
+}
+
+/* The same for a session's packet, with the next hop cached in its entry. */
+static __always_inline int to_gateway_cached(struct __sk_buff *skb, struct nat_entry *e,
+					     const struct nat_pkt *to)
+{
+	struct nat_hop hop;
+	if (nat_next_hop(skb, e, to, skb->ifindex, BPF_FIB_LOOKUP_OUTPUT, &hop) < 0)
+		return NAT_PASS; /* no route to G: as the stack would, send it where it was going */
+	if (hop.resolved && hop.ifindex == skb->ifindex)
+		return nat_set_macs(skb, hop.dmac, hop.smac) < 0 ? TC_ACT_SHOT : NAT_PASS;
+	return bpf_redirect_neigh(hop.ifindex, 0, 0, 0);
 }
 
 SEC("tc")
@@ -220,7 +232,7 @@ int dpm_host_out(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	nat_count(skb, e, &p);
 	frag_note(&p, NAT_DIR_OUT, &to, 0);
-	return to_gateway(skb, &to);
+	return to_gateway_cached(skb, e, &to);
 }
 
 /*

@@ -62,7 +62,7 @@ struct nat_key {
 	__u16 pad;  /* zero */
 };
 
-/* What a matching packet becomes, and what was seen of it (40 bytes). */
+/* What a matching packet becomes, and what was seen of it (64 bytes). */
 struct nat_entry {
 	__be32 saddr; /* 0: keep */
 	__be32 daddr; /* 0: keep */
@@ -73,7 +73,18 @@ struct nat_entry {
 	__u64 bytes;   /* IP bytes (the IP header included, the link header not) */
 	__u64 last_ns; /* bpf_ktime_get_coarse_ns() (CLOCK_MONOTONIC, tick resolution) at the
 			* last packet counted; 0 before any */
+	/* The programs' cache of the next hop a FIB lookup gave for the translated packet, so that
+	 * a lookup is made about once per NAT_NH_TTL instead of per packet. dpm writes zeros. */
+	__u32 nh_ifindex; /* 0: nothing cached */
+	__u32 nh_at;      /* when it was looked up, in units of 2^20 ns (about a millisecond) */
+	__u16 nh_mtu;     /* the device's MTU then */
+	__u8 nh_dmac[6];
+	__u8 nh_smac[6];
+	__u16 pad;
 };
+
+/* How long a cached next hop is used: 1000 units of 2^20 ns, about a second. */
+#define NAT_NH_TTL 1000
 
 /* The gateway's one configuration record, `dpm_cfg[0]`, written by dpm before it attaches. */
 struct nat_config {

@@ -272,17 +272,94 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct nat_p
 	return bpf_skb_store_bytes(skb, p->l4off, np, sizeof(np), 0) < 0 ? -1 : 0;
 }
 
-/* The Ethernet addresses of a redirected packet (the FIB's next hop and egress device). */
-static __always_inline int nat_set_macs(struct __sk_buff *skb, const struct bpf_fib_lookup *fib)
+/* The Ethernet addresses of a redirected packet (its next hop and egress device). */
+static __always_inline int nat_set_macs(struct __sk_buff *skb, const __u8 *dmac, const __u8 *smac)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	if (data + sizeof(*eth) > end)
 		return -1;
-	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
 	return 0;
+}
+
+/* Where a translated packet goes next: the egress device, its MTU, the link addresses. */
+struct nat_hop {
+	__u32 ifindex;
+	__u32 mtu;
+	__u8 dmac[6];
+	__u8 smac[6];
+	int resolved; /* 0: the neighbour is not resolved yet (redirect through the neighbour code) */
+};
+
+/* The time unit of nat_entry.nh_at: 2^20 ns. */
+static __always_inline __u32 nat_tick(void)
+{
+	return (__u32)(bpf_ktime_get_coarse_ns() >> 20);
+}
+
+/*
+ * The next hop of packet `to` (already translated) arriving on `ifindex`:
+ * the entry's cache while it is fresh, else a FIB lookup (`fib_flags`), whose
+ * resolved answer is cached. A plain packet larger than the way out's MTU,
+ * a route the FIB cannot give, or a packet of an unusual size on the
+ * cached path returns -1: the stack handles it (fragments, answers ICMP).
+ */
+static __always_inline int nat_next_hop(struct __sk_buff *skb, struct nat_entry *e,
+					const struct nat_pkt *to, __u32 ifindex, __u32 fib_flags,
+					struct nat_hop *hop)
+{
+	__u32 now = nat_tick();
+	if (e->nh_ifindex && now - e->nh_at < NAT_NH_TTL) {
+		hop->ifindex = e->nh_ifindex;
+		hop->mtu = e->nh_mtu;
+		__builtin_memcpy(hop->dmac, e->nh_dmac, ETH_ALEN);
+		__builtin_memcpy(hop->smac, e->nh_smac, ETH_ALEN);
+		hop->resolved = 1;
+		return 0;
+	}
+	struct bpf_fib_lookup fib = {};
+	fib.family = 2; /* AF_INET */
+	fib.l4_protocol = to->proto;
+	fib.sport = to->sport;
+	fib.dport = to->dport;
+	fib.ifindex = ifindex;
+	fib.tos = to->tos;
+	fib.ipv4_src = to->saddr;
+	fib.ipv4_dst = to->daddr;
+	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), fib_flags);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return -1;
+	hop->ifindex = fib.ifindex;
+	hop->resolved = rc == BPF_FIB_LKUP_RET_SUCCESS;
+	__u32 mtu = 0;
+	if (bpf_check_mtu(skb, fib.ifindex, &mtu, 0, 0) < 0 || mtu == 0 || mtu > 0xffff)
+		mtu = 0;
+	hop->mtu = mtu;
+	__builtin_memcpy(hop->dmac, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(hop->smac, fib.smac, ETH_ALEN);
+	if (hop->resolved && mtu) {
+		/* Racing writers write the same answer: a torn copy is still that answer. */
+		e->nh_ifindex = fib.ifindex;
+		e->nh_mtu = mtu;
+		__builtin_memcpy(e->nh_dmac, fib.dmac, ETH_ALEN);
+		__builtin_memcpy(e->nh_smac, fib.smac, ETH_ALEN);
+		e->nh_at = now;
+	}
+	return 0;
+}
+
+/* Whether the packet fits the way out (`mtu`: the device's; a GSO packet by its segments). */
+static __always_inline int nat_fits(struct __sk_buff *skb, const struct nat_pkt *p,
+				    const struct nat_hop *hop)
+{
+	if (skb->gso_size) {
+		__u32 mtu = 0;
+		return bpf_check_mtu(skb, hop->ifindex, &mtu, 0, BPF_MTU_CHK_SEGS) == BPF_MTU_CHK_RET_SUCCESS;
+	}
+	return hop->mtu && p->ip_len <= hop->mtu;
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

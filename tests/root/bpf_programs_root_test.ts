@@ -345,6 +345,19 @@ Deno.test(
         assert.equal((await get(gw, outKey(SESSION))).packets, 0);
         // And the fast one still goes.
         assert.equal((await run(gw, "dpm_lan_in", "lan0", pkt)).retval, REDIRECT);
+        // With its next hop cached in the entry now, a packet too big for the way out
+        // still goes to the stack.
+        await same(
+          buildUdp({
+            src: A,
+            sport: 40000,
+            dst: G,
+            dport: 61001,
+            payload: new Uint8Array(1600),
+            frag: 0,
+          }),
+          "bigger than the WAN's MTU, next hop cached",
+        );
       });
     },
   ),

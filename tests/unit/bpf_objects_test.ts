@@ -106,6 +106,12 @@ Deno.test("bpf objects: layout.ts mirrors nat.h as compiled (BTF offsets and siz
       PACKETS: "packets",
       BYTES: "bytes",
       LAST_NS: "last_ns",
+      NH_IFINDEX: "nh_ifindex",
+      NH_AT: "nh_at",
+      NH_MTU: "nh_mtu",
+      NH_DMAC: "nh_dmac",
+      NH_SMAC: "nh_smac",
+      PAD: "pad",
     });
     if (role === "gateway") {
       check("nat_config", NatConfigLayout, {

@@ -74,8 +74,10 @@ export const NatKeyLayout = {
 } as const;
 
 /**
- * `struct nat_entry` (40 bytes): saddr 0, daddr 4, sport 8, dport 10,
- * flags 12, packets 16, bytes 24, last_ns 32.
+ * `struct nat_entry` (64 bytes): saddr 0, daddr 4, sport 8, dport 10,
+ * flags 12, packets 16, bytes 24, last_ns 32; then the programs' next-hop
+ * cache (nh_ifindex 40, nh_at 44, nh_mtu 48, nh_dmac 50, nh_smac 56, pad
+ * 62), which dpm writes as zeros and never reads.
  */
 export const NatEntryLayout = {
   SADDR: 0,
@@ -86,7 +88,13 @@ export const NatEntryLayout = {
   PACKETS: 16,
   BYTES: 24,
   LAST_NS: 32,
-  SIZE: 40,
+  NH_IFINDEX: 40,
+  NH_AT: 44,
+  NH_MTU: 48,
+  NH_DMAC: 50,
+  NH_SMAC: 56,
+  PAD: 62,
+  SIZE: 64,
 } as const;
 
 /**
@@ -193,6 +201,7 @@ export function writeEntry(dv: DataView, off: number, e: NatEntry): void {
   dv.setBigUint64(off + L.PACKETS, BigInt(e.packets), LE);
   dv.setBigUint64(off + L.BYTES, BigInt(e.bytes), LE);
   dv.setBigUint64(off + L.LAST_NS, e.lastNs, LE);
+  for (let i = L.NH_IFINDEX; i < L.SIZE; i++) dv.setUint8(off + i, 0); // no next hop cached
 }
 
 /** Reads the entry at `off` of `dv`. */
