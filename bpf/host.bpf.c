@@ -122,37 +122,74 @@ static __always_inline int usable(const struct nat_entry *e)
 	return e && (e->flags & (NAT_F_FAST | NAT_F_WILDCARD | NAT_F_PASS)) == NAT_F_FAST;
 }
 
-/* Hands the packet to the driver and keeps it from the wire. */
-static __always_inline int hold(struct __sk_buff *skb)
+/* Hands the packet (arriving from side `dir`) to the driver and keeps it from the wire. */
+static __always_inline int hold(struct __sk_buff *skb, __u8 dir)
 {
-	struct held_hdr h = {.len = skb->len, .gso_size = skb->gso_size};
+	struct held_hdr h = {.len = skb->len, .gso_size = skb->gso_size, .dir = dir};
 	__u64 flags = BPF_F_CURRENT_CPU | (((__u64)skb->len << 32) & BPF_F_CTXLEN_MASK);
 	if (bpf_perf_event_output(skb, &dpm_held, flags, &h, sizeof(h)) < 0)
 		return TC_ACT_SHOT; /* no room: lost, as from a full queue */
 	return TC_ACT_STOLEN;
 }
 
+/* The driver is alive (its heartbeat runs), and the packet is not one it sent back itself. */
+static __always_inline const struct host_config *alive(struct __sk_buff *skb)
+{
+	const struct host_config *cfg = config();
+	if (!cfg || cfg->alive_until_ns == 0 || skb->mark == cfg->pass_mark)
+		return 0;
+	return bpf_ktime_get_coarse_ns() < cfg->alive_until_ns ? cfg : 0;
+}
+
+/* Whether a destination is outside: not the LAN, loopback, multicast or broadcast. */
+static __always_inline int outside(const struct host_config *cfg, __be32 daddr)
+{
+	if ((daddr & cfg->lan_mask) == cfg->lan_net)
+		return 0;
+	__u32 d = bpf_ntohl(daddr);
+	return (d >> 24) != 127 && (d >> 28) != 0xe && d != 0xffffffff;
+}
+
 /*
- * Whether a packet of a flow with no entry is a new session's, to hold: the
- * driver is alive, the packet is not one it sent back itself, it was sent by
- * a local socket (not forwarded), it goes outside the LAN, and it opens a
- * flow (UDP, or a TCP SYN).
+ * Whether a leaving packet of a flow with no entry goes to the driver: a new
+ * session's (sent by a local socket, not forwarded, toward the outside,
+ * opening a flow: UDP, or a TCP SYN), or ICMP toward the outside (the
+ * driver's translator handles ICMP, as on the other paths).
  */
 static __always_inline int to_hold(struct __sk_buff *skb, const struct nat_pkt *p)
 {
-	const struct host_config *cfg = config();
-	if (!cfg || cfg->alive_until_ns == 0)
+	const struct host_config *cfg = alive(skb);
+	if (!cfg || !outside(cfg, p->daddr))
 		return 0;
-	if (skb->mark == cfg->pass_mark || !skb->sk)
+	if (p->proto == IPPROTO_ICMP)
+		return 1;
+	if (!skb->sk)
 		return 0;
-	if ((p->daddr & cfg->lan_mask) == cfg->lan_net)
+	return p->proto != IPPROTO_TCP || (p->tcp_flags & 0x12) == 0x02; /* SYN without ACK */
+}
+
+/* ICMP types the driver translates on the way in. */
+#define ICMP_ECHOREPLY 0
+#define ICMP_DEST_UNREACH 3
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+
+/*
+ * Whether an arriving ICMP packet goes to the driver: an echo reply from G
+ * (the gateway's translation of a host's echo session), or an error from G
+ * or from outside the LAN (quoting a packet the driver may have translated).
+ */
+static __always_inline int icmp_to_hold(struct __sk_buff *skb, const struct nat_pkt *p)
+{
+	const struct host_config *cfg = alive(skb);
+	if (!cfg)
 		return 0;
-	__u32 d = bpf_ntohl(p->daddr);
-	if ((d >> 24) == 127 || (d >> 28) == 0xe || d == 0xffffffff)
+	__u8 type = p->tcp_flags;
+	if (type == ICMP_ECHOREPLY)
+		return p->saddr == cfg->gateway;
+	if (type != ICMP_DEST_UNREACH && type != ICMP_TIME_EXCEEDED && type != ICMP_PARAMETERPROB)
 		return 0;
-	if (p->proto == IPPROTO_TCP && (p->tcp_flags & 0x12) != 0x02) /* SYN without ACK */
-		return 0;
-	return bpf_ktime_get_coarse_ns() < cfg->alive_until_ns;
+	return p->saddr == cfg->gateway || (p->saddr & cfg->lan_mask) != cfg->lan_net;
 }
 
 static __always_inline int to_gateway(struct __sk_buff *skb, const struct nat_pkt *to);
@@ -166,7 +203,7 @@ static __always_inline int rest(struct __sk_buff *skb, const struct nat_pkt *p, 
 	if (!fv)
 		return NAT_PASS;
 	if (fv->held)
-		return dir == NAT_DIR_OUT ? hold(skb) : NAT_PASS;
+		return hold(skb, dir);
 	struct nat_pkt to = *p;
 	to.saddr = fv->saddr;
 	to.daddr = fv->daddr;
@@ -216,7 +253,7 @@ int dpm_host_out(struct __sk_buff *skb)
 		return NAT_PASS;
 	if (p.frag == NAT_FRAG_REST)
 		return rest(skb, &p, NAT_DIR_OUT);
-	struct nat_entry *e = lookup(&p, NAT_DIR_OUT);
+	struct nat_entry *e = p.proto == IPPROTO_ICMP ? 0 : lookup(&p, NAT_DIR_OUT);
 	if (!usable(e)) {
 		if (e && (e->flags & NAT_F_PASS)) {
 			e->last_ns = bpf_ktime_get_coarse_ns();
@@ -225,7 +262,7 @@ int dpm_host_out(struct __sk_buff *skb)
 		if (!to_hold(skb, &p))
 			return NAT_PASS;
 		frag_note(&p, NAT_DIR_OUT, 0, 1);
-		return hold(skb);
+		return hold(skb, NAT_DIR_OUT);
 	}
 	nat_apply(&to, &p, e);
 	if (nat_rewrite(skb, &p, &to, 0) < 0)
@@ -273,6 +310,12 @@ int dpm_host_in(struct __sk_buff *skb)
 		return NAT_PASS;
 	if (p.frag == NAT_FRAG_REST)
 		return rest(skb, &p, NAT_DIR_IN);
+	if (p.proto == IPPROTO_ICMP) {
+		if (!icmp_to_hold(skb, &p))
+			return NAT_PASS;
+		frag_note(&p, NAT_DIR_IN, 0, 1);
+		return hold(skb, NAT_DIR_IN);
+	}
 	struct nat_entry *e = lookup(&p, NAT_DIR_IN);
 	if (!usable(e)) {
 		if (!e)

@@ -106,7 +106,7 @@ struct host_config {
 	__be32 lan_net;  /* destinations inside lan_net/lan_mask are never held */
 	__be32 lan_mask;
 	__u32 pass_mark; /* skb->mark of the packets the driver sends back out: never held again */
-	__u32 pad;
+	__be32 gateway;  /* G: ICMP echo replies and errors from it go to the driver */
 	/* The driver's heartbeat (CLOCK_MONOTONIC ns): a new session's packet is held for the
 	 * driver only before this time; after it (no driver, or a dead one) it passes untranslated,
 	 * as the queue's --queue-bypass would let it. */
@@ -118,7 +118,8 @@ struct host_config {
 struct held_hdr {
 	__u32 len;      /* the packet's bytes that follow */
 	__u16 gso_size; /* a GSO packet's segment size (UDP_SEGMENT), 0 for a plain packet */
-	__u16 pad;
+	__u8 dir;       /* enum nat_dir: NAT_DIR_OUT leaving the host, NAT_DIR_IN arriving */
+	__u8 pad;
 };
 
 #endif

@@ -64,7 +64,7 @@ struct nat_pkt {
 	__u8 proto;
 	__u8 ttl;
 	__u8 tos;
-	__u8 tcp_flags;
+	__u8 tcp_flags; /* TCP: its flags; ICMP: its type */
 	__u32 ip_len; /* the IP bytes the packet carries (skb length less the link header) */
 	__u16 l4off;  /* offset of the TCP/UDP header (from the link header) */
 	__be16 ip_id;
@@ -77,7 +77,8 @@ struct nat_pkt {
 enum nat_parse_mode {
 	/* Plain IPv4 TCP/UDP only (the gateway: the rest takes the stack's path). */
 	NAT_PARSE_STRICT = 0,
-	/* Also IP options and fragments (the host: nothing behind it translates them). */
+	/* Also IP options, fragments and ICMP (the host: nothing behind it translates them; ICMP
+	 * has no ports here, its type is in tcp_flags). */
 	NAT_PARSE_ALL = 1,
 };
 
@@ -125,6 +126,11 @@ static __always_inline int nat_parse(struct __sk_buff *skb, struct nat_pkt *p, i
 		return 0;
 	}
 	p->frag = p->more ? NAT_FRAG_FIRST : NAT_WHOLE;
+	if (ip->protocol == IPPROTO_ICMP && mode == NAT_PARSE_ALL) {
+		if (bpf_skb_load_bytes(skb, p->l4off, &p->tcp_flags, 1) < 0)
+			return -1;
+		return 0;
+	}
 	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
 		return -1;
 	if (ihl == 5) {

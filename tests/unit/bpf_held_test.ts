@@ -12,6 +12,7 @@
 import assert from "node:assert/strict";
 import {
   completeChecksum,
+  fragment,
   HELD_ID_BASE,
   HeldPackets,
   reassemble,
@@ -21,11 +22,18 @@ import { chooseDataPath } from "../../src/datapath/open.ts";
 import type { DataPathKind } from "../../src/datapath/datapath.ts";
 import { Verdict } from "../../src/wire/meta.ts";
 import { pseudoHeaderSum } from "../../src/wire/checksum.ts";
-import { buildTcp, buildUdp, verifyIpChecksum, verifyL4Checksum } from "../../testing/packets.ts";
+import {
+  buildIcmpEcho,
+  buildTcp,
+  buildUdp,
+  verifyIpChecksum,
+  verifyL4Checksum,
+} from "../../testing/packets.ts";
 import { ip } from "../../testing/fixtures.ts";
 
 const A = ip("10.0.0.11");
 const X = ip("198.51.100.10");
+const G0 = ip("10.0.0.1");
 
 /** The frame the program copies: an Ethernet header, then the packet. */
 function frame(pkt: Uint8Array): Uint8Array {
@@ -43,6 +51,7 @@ function rig() {
     send: (pkt, dst) => sent.push({ pkt: pkt.slice(), dst }),
     accepted: (f) => accepted.push(f),
     now: () => now,
+    mtu: 1500,
   });
   return { held, sent, accepted, tick: (ms: number) => now += ms };
 }
@@ -164,6 +173,40 @@ Deno.test("bpf held: fragments of an incomplete datagram are forgotten after the
   tick(6000);
   assert.equal(held.take(frame(frags[1]!), 0), null, "its first fragment was forgotten");
   assert.ok(held.dropped >= 1);
+});
+
+Deno.test("bpf held: ICMP arriving goes to the core inbound; its rewritten packet is delivered to the host, whole", () => {
+  const { held, sent, accepted } = rig();
+  const G = ip("10.0.0.1");
+  const reply = buildIcmpEcho({ src: G, dst: A, id: 61001, seq: 1, type: 0 });
+  const t = held.take(frame(reply), 0, false)!;
+  assert.equal(t.outbound, false);
+  const rewritten = buildIcmpEcho({ src: X, dst: A, id: 700, seq: 1, type: 0 });
+  held.verdict(t.id, Verdict.MODIFIED, rewritten);
+  assert.deepEqual(sent, [{ pkt: rewritten, dst: A }], "to the local address: delivered");
+  assert.deepEqual(accepted, [], "no pass entry for ICMP");
+});
+
+Deno.test("bpf held: a rewritten leaving packet larger than the MTU goes out in fragments", () => {
+  const { held, sent } = rig();
+  const payload = new Uint8Array(3000).map((_, i) => i & 0xff);
+  const ping = buildIcmpEcho({ src: A, dst: X, id: 700, seq: 1, type: 8, payload, frag: 0 });
+  const frags = fragments(ping, 1480);
+  for (const f of frags.slice(0, -1)) assert.equal(held.take(frame(f), 0, true), null);
+  const t = held.take(frame(frags.at(-1)!), 0, true)!;
+  assert.deepEqual(t.pkt, ping, "decided whole");
+  const out = buildIcmpEcho({ src: A, dst: G0, id: 61001, seq: 1, type: 8, payload, frag: 0 });
+  held.verdict(t.id, Verdict.MODIFIED, out);
+  assert.deepEqual(sent.map((s) => s.pkt), fragment(out, 1500));
+  assert.equal(sent.length, 3);
+  assert.ok(sent.every((s) => s.pkt.length <= 1500 && verifyIpChecksum(s.pkt)));
+  assert.deepEqual(reassemble(sent.map((s) => s.pkt)), out, "the fragments make it whole again");
+  const df = buildIcmpEcho({ src: A, dst: X, id: 1, seq: 1, type: 8, payload, frag: 0x4000 });
+  assert.deepEqual(
+    fragment(df, 1500),
+    [df],
+    "DF: left whole (the send fails, as the stack's would)",
+  );
 });
 
 Deno.test("bpf held: what is not IPv4 is dropped and counted", () => {

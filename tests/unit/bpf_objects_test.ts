@@ -129,7 +129,7 @@ Deno.test("bpf objects: layout.ts mirrors nat.h as compiled (BTF offsets and siz
         LAN_NET: "lan_net",
         LAN_MASK: "lan_mask",
         PASS_MARK: "pass_mark",
-        PAD: "pad",
+        GATEWAY: "gateway",
         ALIVE_UNTIL_NS: "alive_until_ns",
       });
     }

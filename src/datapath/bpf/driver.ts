@@ -22,13 +22,14 @@
  *   for two seconds): with no driver running the program holds nothing, and
  *   new sessions go untranslated, as the queue's `--queue-bypass` lets
  *   them (the gateway's ordinary NAT serves them). `stop` ends it at once.
- * - ICMP stays on the queue translator, as on the kernel path, through two
- *   iptables chains (`driverIcmpChains`) that match no conntrack state, so
- *   the kernel tracks nothing for dpm on the host.
+ * - ICMP goes to the driver's translator the same way, both ways (the
+ *   programs hold ICMP toward the outside, and echo replies and errors
+ *   arriving from G or from outside; what arrived is delivered to the host
+ *   through a raw socket once translated). So the host has no netfilter
+ *   rule of dpm's at all, and the kernel tracks nothing for dpm there.
  * - Lease activity (`activity`) comes from the map's counters, last-seen
  *   times and TCP FIN/RST bits (`counters.ts`).
- * - The watchdog checks the chains (nftables generation, as the kernel
- *   path) and, every second, that both programs are attached.
+ * - The watchdog checks every second that both programs are attached.
  * - Restart without loss: `stop("keep")` leaves the programs attached (the
  *   kernel keeps translating established sessions); the next start loads
  *   its programs on the same map and adopts its sessions (`adopt`).
@@ -51,8 +52,7 @@ import type {
   PacketIO,
   StopMode,
 } from "../datapath.ts";
-import { NO_OTHER_PATHS, openHostQueue, type OtherPaths, pumpHost } from "../netfilter.ts";
-import { driverIcmpChains } from "../nft/rules.ts";
+import { NO_OTHER_PATHS, type OtherPaths } from "../netfilter.ts";
 import { Watchdog } from "../nft/watchdog.ts";
 import { BpfPrograms, mapText } from "./programs.ts";
 import { type Flow, HeldPackets } from "./held.ts";
@@ -65,9 +65,6 @@ import {
   readHeld,
 } from "./layout.ts";
 import { hostActivity } from "./counters.ts";
-import { installChains, removeChains } from "../../../linux/iptables.ts";
-import type { NfQueue } from "../../../linux/nfqueue.ts";
-import { NftMaps } from "../../../linux/nftables.ts";
 import { mapUpdate, PerfReader } from "../../../linux/libbpf.ts";
 import { CLOCK_MONOTONIC, clockNs } from "../../../linux/libc.ts";
 import { RawSocket } from "../../../linux/rawsock.ts";
@@ -114,26 +111,22 @@ function sessionsOf(records: Iterable<NatRecord>, g: number): HostSessionKey[] {
 export const BpfDriverDataPath = {
   /**
    * Loads the programs (on a previous run's session map when its programs
-   * are still attached) and opens the queue and sockets. Nothing is attached
-   * or installed yet: a kernel that cannot load them fails here.
+   * are still attached) and opens the raw socket. Nothing is attached yet:
+   * a kernel that cannot load them fails here.
    */
-  async open(o: HostOptions, others: OtherPaths = NO_OTHER_PATHS): Promise<DriverDataPath> {
-    // What stop() closes last (the programs' map is used until then).
-    const last = new Cleanup(log);
-    const undo = new Cleanup(log);
+  open(o: HostOptions, others: OtherPaths = NO_OTHER_PATHS): Promise<DriverDataPath> {
+    const progs = BpfPrograms.load("host", { dev: o.dev }, { maxEntries: HOST_MAP_ENTRIES });
     try {
-      const progs = BpfPrograms.load("host", { dev: o.dev }, { maxEntries: HOST_MAP_ENTRIES });
-      last.push(() => progs.close());
       const raw = RawSocket.open();
-      last.push(() => raw.close());
-      raw.setMark(PASS_MARK);
-      const nft = NftMaps.open();
-      undo.push(() => nft.close());
-      const { queue, io } = openHostQueue(o.queue, undo);
-      return new BpfDriverPath(o, progs, nft, queue, io, raw, undo, last, others);
+      try {
+        raw.setMark(PASS_MARK);
+      } catch (e) {
+        raw.close();
+        throw e;
+      }
+      return Promise.resolve(new BpfDriverPath(o, progs, raw, others));
     } catch (e) {
-      await undo.run();
-      await last.run();
+      progs.close();
       throw e;
     }
   },
@@ -143,13 +136,25 @@ export const BpfDriverDataPath = {
       sessionsOf(BpfPrograms.leftoverRecords("host", { dev: o.dev }), o.server),
     );
   },
-  /** Removes the programs and chains a run of this path left. */
-  async remove(o: HostOptions): Promise<string> {
+  /** Removes the programs a run of this path left. */
+  remove(o: HostOptions): Promise<string> {
     const n = BpfPrograms.removeFrom("host", { dev: o.dev });
-    await removeChains(driverIcmpChains(o));
-    return `${n} BPF filter(s) and the bpf path's chains`;
+    return Promise.resolve(`${n} BPF filter(s)`);
   },
 };
+
+/** The MTU of `dev` (sysfs of this namespace); 1500 when it cannot be read. */
+function mtuOf(dev: string): number {
+  try {
+    const n = Number(Deno.readTextFileSync(`/sys/class/net/${dev}/mtu`).trim());
+    return Number.isInteger(n) && n >= 576 ? n : 1500;
+  } catch {
+    return 1500;
+  }
+}
+
+/** No nftables generation to follow: the bpf host has no rules. */
+const NO_RULES = { generation: () => 0 };
 
 /** The host's bpf data path. */
 class BpfDriverPath implements DriverDataPath {
@@ -158,64 +163,38 @@ class BpfDriverPath implements DriverDataPath {
   readonly io: PacketIO;
   readonly #o: HostOptions;
   readonly #progs: BpfPrograms;
-  readonly #queue: NfQueue;
-  readonly #undo: Cleanup;
-  readonly #last: Cleanup;
+  readonly #raw: RawSocket;
+  readonly #undo = new Cleanup(log);
   readonly #others: OtherPaths;
   readonly #watchdog: Watchdog;
   readonly #held: HeldPackets;
-  #perf: PerfReader | null = null;
   #attached = false;
   #adopted = 0;
   #activity: Map<number, Activity> | null = null;
   #activityAt = -Infinity;
   #stopped = false;
 
-  constructor(
-    o: HostOptions,
-    progs: BpfPrograms,
-    nft: NftMaps,
-    queue: NfQueue,
-    queueIo: PacketIO,
-    raw: RawSocket,
-    undo: Cleanup,
-    last: Cleanup,
-    others: OtherPaths,
-  ) {
+  constructor(o: HostOptions, progs: BpfPrograms, raw: RawSocket, others: OtherPaths) {
     this.#o = o;
     this.#progs = progs;
-    this.#queue = queue;
-    this.#undo = undo;
-    this.#last = last;
+    this.#raw = raw;
     this.#others = others;
     this.#held = new HeldPackets({
       send: (pkt, dst) => raw.send(pkt, pkt.length, dst),
       accepted: (f) => this.#accepted(f),
       now: () => performance.now(),
+      mtu: mtuOf(o.dev),
     });
     const held = this.#held;
     this.io = {
-      verdict: (id, v, payload) => {
-        if (!held.verdict(id, v)) queueIo.verdict(id, v, payload);
-      },
-      flush: () => queueIo.flush(),
-      send: (pkt, len, dst) => queueIo.send(pkt, len, dst),
+      verdict: (id, v, payload) => void held.verdict(id, v, payload),
+      flush: () => {},
+      send: (pkt, len, dst) => raw.send(pkt, len, dst),
     };
-    const specs = driverIcmpChains(o);
-    this.#watchdog = new Watchdog(
-      log,
-      "bpf",
-      nft,
-      specs.map((c) => `ip ${c.table} ${c.chain}`),
-      async () => {
-        await installChains(specs);
-        return "dpm's iptables chains";
-      },
-      [{
-        missing: () => this.#attached ? progs.missing() : [],
-        repair: () => `${progs.attach()} BPF program(s) on ${o.dev}`,
-      }],
-    );
+    this.#watchdog = new Watchdog(log, "bpf", NO_RULES, [], () => Promise.resolve(""), [{
+      missing: () => this.#attached ? progs.missing() : [],
+      repair: () => `${progs.attach()} BPF program(s) on ${o.dev}`,
+    }]);
   }
 
   adopt(): Promise<HostSessionKey[]> {
@@ -228,13 +207,11 @@ class BpfDriverPath implements DriverDataPath {
   async begin(packets: DriverPacketHandler, onFatal: (e: Error) => void): Promise<void> {
     try {
       await this.#others.removeLeftovers();
-      await installChains(driverIcmpChains(this.#o));
       this.#heartbeat();
       const beat = setInterval(() => this.#heartbeat(), HEARTBEAT_MS);
       this.#undo.push(() => clearInterval(beat));
       this.#progs.attach();
       this.#attached = true;
-      this.#undo.push(pumpHost(this.#queue, packets, onFatal));
       this.#undo.push(this.#pumpHeld(packets, onFatal));
       const sweep = setInterval(() => this.#sweepPass(), 10_000);
       this.#undo.push(() => clearInterval(sweep));
@@ -242,7 +219,7 @@ class BpfDriverPath implements DriverDataPath {
       this.#undo.push(() => this.#watchdog.stop());
       log.info(
         `data path on (bpf): programs on ${this.#o.dev} (${mapText(this.#progs.mapOrigin)}, ` +
-          `${this.#adopted} session(s)); queue ${this.#o.queue} for ICMP`,
+          `${this.#adopted} session(s)); new sessions and ICMP held for the driver`,
       );
     } catch (e) {
       await this.stop(this.#adopted > 0 ? "keep" : "remove");
@@ -261,6 +238,7 @@ class BpfDriverPath implements DriverDataPath {
         lanNet: (lan.addr & mask) >>> 0,
         lanMask: mask,
         passMark: PASS_MARK,
+        gateway: this.#o.server,
         aliveUntilNs: aliveNs,
       }),
     );
@@ -273,12 +251,11 @@ class BpfDriverPath implements DriverDataPath {
     const perf = PerfReader.open(this.#progs.mapFd("dpm_held"), HELD_PAGES, (data) => {
       const rec = readHeld(data);
       if (!rec) return;
-      const t = held.take(rec.frame, rec.gsoSize);
+      const t = held.take(rec.frame, rec.gsoSize, rec.outbound);
       if (!t) return;
-      const v = packets(t.pkt, t.id, true, 0);
+      const v = packets(t.pkt, t.id, t.outbound, 0);
       if (v !== Verdict.HOLD) io.verdict(t.id, v as VerdictValue, t.pkt);
     });
-    this.#perf = perf;
     let running = true;
     (async () => {
       while (running) {
@@ -338,7 +315,7 @@ class BpfDriverPath implements DriverDataPath {
 
   /**
    * TCP and UDP: the session is in the map; the program translates the
-   * packet when it is sent back out. ICMP stays on the queue translator:
+   * packet when it is sent back out. ICMP is the driver's translator's:
    * rewritten here.
    */
   outbound(pkt: Uint8Array, info: PacketInfo, g: number, pg: number, skb: number): VerdictValue {
@@ -390,7 +367,6 @@ class BpfDriverPath implements DriverDataPath {
     try {
       if (mode === "remove") {
         BpfPrograms.removeFrom("host", { dev: this.#o.dev });
-        await removeChains(driverIcmpChains(this.#o));
       } else {
         // No driver from now on: new sessions pass untranslated until the next start.
         this.#heartbeat(0n);
@@ -402,6 +378,7 @@ class BpfDriverPath implements DriverDataPath {
     } catch (e) {
       log.warn(`stopping the BPF programs: ${(e as Error).message}`);
     }
-    await this.#last.run();
+    this.#progs.close();
+    this.#raw.close();
   }
 }

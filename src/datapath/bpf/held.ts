@@ -17,10 +17,16 @@
  *   datagram is whole. The core decides on the reassembled datagram; the
  *   fragments themselves are sent back out (a raw socket does not fragment).
  *
+ * ICMP comes both ways (the driver's translator handles it, as on the other
+ * paths): what was leaving is sent on, what was arriving is delivered to the
+ * host (a raw socket's packet to a local address arrives through loopback).
+ *
  * Each decision packet gets an id above 2^32 (the netfilter queue's ids are
- * 32-bit), so one `PacketIO` can serve both. The core's verdict then sends
- * the packets back out (ACCEPT, MODIFIED: the program translates them now
- * that the session's entries exist, or passes them) or drops them.
+ * 32-bit). The core's verdict then sends the packets on: ACCEPT sends them as
+ * they were (a TCP/UDP session's packets are translated by the program now
+ * that its entries exist, or pass), MODIFIED sends the core's rewritten
+ * packet (ICMP; refragmented to the interface's MTU when it leaves), DROP
+ * forgets them.
  *
  * @module
  */
@@ -49,17 +55,23 @@ export interface Flow {
 
 /** What {@linkcode HeldPackets} needs: where packets go, and the clock. */
 export interface HeldContext {
-  /** Sends an IPv4 packet back out (a raw socket with the pass mark). */
+  /** Sends an IPv4 packet on toward `dst` (a raw socket with the pass mark). */
   send(pkt: Uint8Array, dst: number): void;
-  /** The core let `flow` go: called before its packets are sent (the path notes it). */
+  /**
+   * The core let a leaving TCP/UDP flow go: called before its packets are
+   * sent (the path notes a flow that goes untranslated).
+   */
   accepted(flow: Flow): void;
   now(): number;
+  /** The MTU of the interface toward the gateway: a rewritten leaving packet is cut to it. */
+  mtu: number;
 }
 
 interface Group {
-  /** The packets to send back out, in order. */
+  /** The packets to send on, in order. */
   packets: Uint8Array[];
   flow: Flow;
+  outbound: boolean;
 }
 
 interface Pending {
@@ -170,6 +182,34 @@ export function reassemble(frags: Uint8Array[]): Uint8Array | null {
   return out;
 }
 
+/**
+ * `p` (a whole IPv4 packet) cut into fragments of at most `mtu` bytes, as
+ * the kernel would (offsets in 8-byte units, MF on all but the last, the
+ * header checksum of each); `p` itself when it fits or forbids it (DF).
+ */
+export function fragment(p: Uint8Array, mtu: number): Uint8Array[] {
+  const ihl = (p[0]! & 0x0f) * 4;
+  const total = Math.min(u16(p, 2), p.length);
+  if (total <= mtu || (u16(p, 6) & 0x4000) !== 0) return [p];
+  const step = Math.floor((mtu - ihl) / 8) * 8;
+  if (step <= 0) return [p];
+  const out: Uint8Array[] = [];
+  const base = u16(p, 6) & 0x1fff;
+  const moreAfter = u16(p, 6) & 0x2000;
+  for (let off = 0; off < total - ihl; off += step) {
+    const n = Math.min(step, total - ihl - off);
+    const f = new Uint8Array(ihl + n);
+    f.set(p.subarray(0, ihl));
+    f.set(p.subarray(ihl + off, ihl + off + n), ihl);
+    put16(f, 2, f.length);
+    const last = off + n >= total - ihl;
+    put16(f, 6, (last ? moreAfter : 0x2000) | (base + off / 8));
+    ipChecksum(f);
+    out.push(f);
+  }
+  return out;
+}
+
 /** The flow of a whole TCP/UDP packet (ports 0 when it has none). */
 function flowOf(p: Uint8Array): Flow {
   const ihl = (p[0]! & 0x0f) * 4;
@@ -211,7 +251,11 @@ export class HeldPackets {
    * for the rest of its datagram, one of a datagram already decided, or
    * something that is not an IPv4 packet).
    */
-  take(frame: Uint8Array, gsoSize: number): { id: number; pkt: Uint8Array } | null {
+  take(
+    frame: Uint8Array,
+    gsoSize: number,
+    outbound = true,
+  ): { id: number; pkt: Uint8Array; outbound: boolean } | null {
     if (frame.length < ETH_LEN + 20 || (frame[ETH_LEN]! >> 4) !== 4) {
       this.dropped++;
       return null;
@@ -221,21 +265,28 @@ export class HeldPackets {
     if ((fo & 0x3fff) === 0) {
       const packets = gsoSize > 0 && p[9] === IPPROTO_UDP ? splitUdpGso(p, gsoSize) : [p];
       if (packets.length === 1) completeChecksum(packets[0]!);
-      return this.#group(packets, packets[0]!);
+      return this.#group(packets, packets[0]!, outbound);
     }
-    return this.#fragment(p);
+    return this.#fragment(p, outbound);
   }
 
-  #group(packets: Uint8Array[], decide: Uint8Array): { id: number; pkt: Uint8Array } {
+  #group(
+    packets: Uint8Array[],
+    decide: Uint8Array,
+    outbound: boolean,
+  ): { id: number; pkt: Uint8Array; outbound: boolean } {
     const id = this.#next++;
-    this.#groups.set(id, { packets, flow: flowOf(decide) });
-    return { id, pkt: decide };
+    this.#groups.set(id, { packets, flow: flowOf(decide), outbound });
+    return { id, pkt: decide, outbound };
   }
 
-  #fragment(p: Uint8Array): { id: number; pkt: Uint8Array } | null {
+  #fragment(
+    p: Uint8Array,
+    outbound: boolean,
+  ): { id: number; pkt: Uint8Array; outbound: boolean } | null {
     const now = this.#c.now();
     this.#expire(now);
-    const key = `${u32(p, 12)}/${u32(p, 16)}/${u16(p, 4)}/${p[9]}`;
+    const key = `${outbound ? "o" : "i"}/${u32(p, 12)}/${u32(p, 16)}/${u16(p, 4)}/${p[9]}`;
     const done = this.#decided.get(key);
     if (done) {
       // The rest of a datagram already decided: as its fragments went.
@@ -258,7 +309,7 @@ export class HeldPackets {
     this.#fragments -= w.frags.length;
     // Sent back in the order the host sent them: the first fragment first.
     const frags = w.frags.slice().sort((a, b) => (u16(a, 6) & 0x1fff) - (u16(b, 6) & 0x1fff));
-    const g = this.#group(frags, whole);
+    const g = this.#group(frags, whole, outbound);
     this.#decided.set(key, { id: g.id, verdict: Verdict.HOLD, at: now });
     return g;
   }
@@ -276,17 +327,24 @@ export class HeldPackets {
 
   /**
    * The core's verdict for held packet `id` (false: not a held packet's
-   * id). ACCEPT and MODIFIED send the packets back out (the flow is noted
-   * first: {@linkcode HeldContext.accepted}); DROP forgets them.
+   * id). ACCEPT sends the packets on as they were (a leaving TCP/UDP flow
+   * is noted first: {@linkcode HeldContext.accepted}); MODIFIED with a
+   * `payload` (the core's rewritten packet) sends that instead; DROP
+   * forgets them.
    */
-  verdict(id: number, v: VerdictValue): boolean {
+  verdict(id: number, v: VerdictValue, payload?: Uint8Array): boolean {
     const g = this.#groups.get(id);
     if (!g) return id >= HELD_ID_BASE;
     this.#groups.delete(id);
     for (const d of this.#decided.values()) if (d.id === id) d.verdict = v;
     if (v === Verdict.DROP) return true;
-    this.#c.accepted(g.flow);
-    for (const p of g.packets) this.#c.send(p, u32(p, 16));
+    let packets = g.packets;
+    if (v === Verdict.MODIFIED && payload) {
+      packets = g.outbound ? fragment(payload, this.#c.mtu) : [payload];
+    } else if (g.outbound && (g.flow.proto === IPPROTO_TCP || g.flow.proto === IPPROTO_UDP)) {
+      this.#c.accepted(g.flow);
+    }
+    for (const p of packets) this.#c.send(p, u32(p, 16));
     return true;
   }
 

@@ -116,19 +116,23 @@ export const NatConfigLayout = {
 
 /**
  * `struct host_config` (24 bytes): lan_net 0, lan_mask 4 (network order),
- * pass_mark 8, pad 12, alive_until_ns 16 (host order).
+ * pass_mark 8 (host order), gateway 12 (network order), alive_until_ns 16
+ * (host order).
  */
 export const HostConfigLayout = {
   LAN_NET: 0,
   LAN_MASK: 4,
   PASS_MARK: 8,
-  PAD: 12,
+  GATEWAY: 12,
   ALIVE_UNTIL_NS: 16,
   SIZE: 24,
 } as const;
 
-/** `struct held_hdr` (8 bytes, host order): len 0, gso_size 4, pad 6; the packet follows. */
-export const HeldHdrLayout = { LEN: 0, GSO_SIZE: 4, PAD: 6, SIZE: 8 } as const;
+/**
+ * `struct held_hdr` (8 bytes, host order): len 0, gso_size 4, dir 6 (`NatDir`),
+ * pad 7; the packet follows.
+ */
+export const HeldHdrLayout = { LEN: 0, GSO_SIZE: 4, DIR: 6, PAD: 7, SIZE: 8 } as const;
 
 /** Addresses and ports of a packet (host order; 0 in an entry's: keep). */
 export interface NatTuple {
@@ -263,6 +267,8 @@ export interface HostConfig {
   lanMask: number;
   /** The mark of the packets the driver sends back out. */
   passMark: number;
+  /** G: ICMP echo replies and errors from it go to the driver. */
+  gateway: number;
   /** The driver's heartbeat: CLOCK_MONOTONIC ns until which packets are held; 0n: never. */
   aliveUntilNs: bigint;
 }
@@ -275,14 +281,17 @@ export function hostConfigBytes(c: HostConfig): Uint8Array {
   dv.setUint32(L.LAN_NET, c.lanNet, false);
   dv.setUint32(L.LAN_MASK, c.lanMask, false);
   dv.setUint32(L.PASS_MARK, c.passMark, LE);
+  dv.setUint32(L.GATEWAY, c.gateway, false);
   dv.setBigUint64(L.ALIVE_UNTIL_NS, c.aliveUntilNs, LE);
   return b;
 }
 
-/** A held packet's record: its link-layer frame and GSO segment size. */
+/** A held packet's record: its link-layer frame, GSO segment size, and way. */
 export interface HeldRecord {
   frame: Uint8Array;
   gsoSize: number;
+  /** True when it was leaving the host, false when arriving. */
+  outbound: boolean;
 }
 
 /** Reads a `dpm_held` record (header and packet); null when it is short. */
@@ -292,7 +301,11 @@ export function readHeld(data: Uint8Array): HeldRecord | null {
   const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
   const len = dv.getUint32(L.LEN, LE);
   if (L.SIZE + len > data.length) return null;
-  return { frame: data.subarray(L.SIZE, L.SIZE + len), gsoSize: dv.getUint16(L.GSO_SIZE, LE) };
+  return {
+    frame: data.subarray(L.SIZE, L.SIZE + len),
+    gsoSize: dv.getUint16(L.GSO_SIZE, LE),
+    outbound: dv.getUint8(L.DIR) !== NatDir.IN,
+  };
 }
 
 /** A fresh entry: rewrite to `to`, with `flags`, nothing counted. */

@@ -170,7 +170,9 @@ class BpfServerPath implements ServerDataPath {
       this.attached = true;
       this.#sweep = setInterval(() => this.#sweepLearned(), LEARNED_SWEEP_MS);
       log.info(
-        `bpf programs on ${this.#cfg.lanIf} and ${this.#cfg.wanIf} (${mapText(this.#progs.mapOrigin)}, ` +
+        `bpf programs on ${this.#cfg.lanIf} and ${this.#cfg.wanIf} (${
+          mapText(this.#progs.mapOrigin)
+        }, ` +
           `${n} session(s))`,
       );
     } catch (e) {
