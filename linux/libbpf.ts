@@ -99,6 +99,21 @@ const SYMBOLS = {
     parameters: ["i32", "buffer", "buffer", "buffer", "buffer", "buffer", "buffer"],
     result: "i32",
   },
+  /**
+   * `int bpf_prog_attach_opts(int prog_fd, int target, enum bpf_attach_type type,
+   *                           const struct bpf_prog_attach_opts *opts);` (tcx: target is an ifindex)
+   */
+  bpf_prog_attach_opts: { parameters: ["i32", "i32", "u32", "buffer"], result: "i32" },
+  /** `int bpf_prog_detach2(int prog_fd, int target, enum bpf_attach_type type);` */
+  bpf_prog_detach2: { parameters: ["i32", "i32", "u32"], result: "i32" },
+  /**
+   * `int bpf_prog_query(int target, enum bpf_attach_type type, __u32 query_flags,
+   *                     __u32 *attach_flags, __u32 *prog_ids, __u32 *prog_cnt);`
+   */
+  bpf_prog_query: {
+    parameters: ["i32", "u32", "u32", "buffer", "buffer", "buffer"],
+    result: "i32",
+  },
   /** `int bpf_prog_test_run_opts(int prog_fd, struct bpf_test_run_opts *opts);` */
   bpf_prog_test_run_opts: { parameters: ["i32", "buffer"], result: "i32" },
   /** `int bpf_prog_get_fd_by_id(__u32 id);` */
@@ -243,6 +258,7 @@ const BPF_TC_F_REPLACE = 1;
 const ENOENT = 2;
 const EEXIST = 17;
 const EINVAL = 22;
+const ENOSPC = 28;
 
 /** Adds a clsact qdisc to `ifindex`. True when it was created, false when one was there already. */
 export function tcHookCreate(ifindex: number): boolean {
@@ -290,6 +306,59 @@ export function tcDetach(
   const r = bpf().bpf_tc_detach(tcHook(ifindex, point), tcOpts(0, 0, handle, priority));
   if (r === -ENOENT) return false;
   ok(r, `Cannot detach the BPF filter from interface ${ifindex}`);
+  return true;
+}
+
+// tcx (Linux 6.6+): programs attached to a device's ingress or egress without a qdisc.
+
+/** `enum bpf_attach_type`: BPF_TCX_INGRESS, BPF_TCX_EGRESS (not in older uapi headers). */
+const BPF_TCX = { [TcPoint.INGRESS]: 46, [TcPoint.EGRESS]: 47 } as Record<TcPoint, number>;
+/** `BPF_F_REPLACE`: put the program in place of `replace_prog_fd`'s. */
+const BPF_F_REPLACE = 1 << 2;
+
+/**
+ * The ids of the programs attached with tcx to `ifindex`'s `point`, in run
+ * order; null when the kernel has no tcx (before Linux 6.6).
+ */
+export function tcxQuery(ifindex: number, point: TcPoint): number[] | null {
+  for (let cap = 16;; cap *= 4) {
+    const ids = new Uint8Array(4 * cap);
+    const cnt = new Uint8Array(4);
+    new DataView(cnt.buffer).setUint32(0, cap, LE);
+    const r = bpf().bpf_prog_query(ifindex, BPF_TCX[point], 0, new Uint8Array(4), ids, cnt);
+    const n = new DataView(cnt.buffer).getUint32(0, LE);
+    if (r === -EINVAL) return null;
+    if (r === -ENOSPC && cap < 1024) continue;
+    ok(r, `Cannot list the tcx programs of interface ${ifindex}`);
+    const dv = new DataView(ids.buffer);
+    return Array.from({ length: Math.min(n, cap) }, (_, i) => dv.getUint32(4 * i, LE));
+  }
+}
+
+/**
+ * Attaches program `progFd` to `ifindex`'s `point` with tcx (it stays
+ * attached with no process holding it, until detached or the device goes),
+ * in place of `replaceFd`'s program when one is given, else after the others.
+ */
+export function tcxAttach(ifindex: number, point: TcPoint, progFd: number, replaceFd = -1): void {
+  const o = new Uint8Array(16); // struct bpf_prog_attach_opts { size_t sz; __u32 flags; int replace_prog_fd; }
+  const dv = new DataView(o.buffer);
+  setU64(dv, 0, o.length);
+  if (replaceFd >= 0) {
+    dv.setUint32(8, BPF_F_REPLACE, LE);
+    dv.setInt32(12, replaceFd, LE);
+  }
+  ok(
+    bpf().bpf_prog_attach_opts(progFd, ifindex, BPF_TCX[point], o),
+    `Cannot attach a BPF program to interface ${ifindex} (tcx)`,
+  );
+}
+
+/** Detaches program `progFd` from `ifindex`'s tcx `point`. False when it was not attached there. */
+export function tcxDetach(ifindex: number, point: TcPoint, progFd: number): boolean {
+  const r = bpf().bpf_prog_detach2(progFd, ifindex, BPF_TCX[point]);
+  if (r === -ENOENT) return false;
+  ok(r, `Cannot detach a BPF program from interface ${ifindex} (tcx)`);
   return true;
 }
 

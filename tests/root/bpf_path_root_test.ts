@@ -7,9 +7,11 @@
  *
  * - once the gateway's stack forwarded a session both ways its packets
  *   skip the gateway's conntrack, and the host tracks none of them;
- * - a deleted clsact qdisc (on the gateway or on the host) is noticed by
- *   the watchdog, logged, put back, counted in the status, and traffic
- *   goes on (the watchdog's period is 2 s at most: a second; no timing is
+ * - a deleted clsact qdisc on the host (whose programs are tc filters) and
+ *   a program detached from the gateway (whose programs are attached with
+ *   tcx, which a deleted qdisc leaves alone) are noticed by the watchdog,
+ *   logged, put back, counted in the status, and traffic goes on (the
+ *   watchdog's period is a second, within the 2 s asked; no timing is
  *   asserted);
  * - a killed driver black-holes nothing: once its heartbeat ran out new
  *   sessions go out untranslated (the gateway's ordinary NAT serves them),
@@ -24,6 +26,7 @@ import { DPM_ENV, dpmCommand, serveApp, withDpm } from "../../testing/launch.ts"
 import { udpClient, udpEcho } from "../../testing/apps.ts";
 import { needsRoot } from "../../testing/root.ts";
 import { waitFor } from "../../testing/wait.ts";
+import { BpfRig } from "../../testing/bpf_rig.ts";
 
 const SAN = { sanitizeOps: false, sanitizeResources: false };
 const B = { datapath: "bpf" as const, hosts: 2 };
@@ -98,26 +101,38 @@ Deno.test(needsRoot({
 
 Deno.test(needsRoot({
   name:
-    "bpf root: a deleted clsact qdisc on the gateway or on the host is noticed, logged, put back and counted; traffic goes on",
+    "bpf root: a deleted clsact qdisc on the host, or a program detached on the gateway, is noticed, logged, put back and counted; traffic goes on",
   ...SAN,
   fn: () =>
     withDpm(B, async (t, d) => {
       await serveApp(t, t.peers[0]!.ns, udpEcho(7000));
       assert.equal((await once(t, 40500)).length, 1, "works before");
 
-      const del = await t.exec(t.gateway.ns, ["tc", "qdisc", "del", "dev", "lan0", "clsact"]);
-      assert.equal(del.code, 0, del.stderr);
-      await d.server.waitForOutput(/kernel rules were removed or changed \(missing dpm_/, 10_000);
-      await d.server.waitForOutput(/reinstalled \d+ BPF program\(s\)/, 10_000);
-      const filters = await t.exec(t.gateway.ns, [
-        "tc",
-        "filter",
-        "show",
-        "dev",
-        "lan0",
-        "ingress",
-      ]);
-      assert.match(filters.stdout, /dpm_lan_in/, "the program is back");
+      // The gateway's programs are tcx ones: a deleted qdisc does not touch them.
+      await t.exec(t.gateway.ns, ["tc", "qdisc", "del", "dev", "lan0", "clsact"]);
+      const rig = await BpfRig.start(t.gateway.ns);
+      const names = async () =>
+        ((await rig.call({ op: "filters", dev: "lan0" })).ingress as { name: string }[])
+          .map((f) => f.name);
+      try {
+        assert.deepEqual(await names(), ["dpm_lan_in"], "still attached");
+        // Someone detaches it.
+        const r = await rig.call({
+          op: "detachTcx",
+          dev: "lan0",
+          point: "ingress",
+          prog: "dpm_lan_in",
+        });
+        assert.equal(r.detached, 1);
+        await d.server.waitForOutput(
+          /kernel rules were removed or changed \(missing dpm_/,
+          10_000,
+        );
+        await d.server.waitForOutput(/reinstalled \d+ BPF program\(s\)/, 10_000);
+        assert.deepEqual(await names(), ["dpm_lan_in"], "the program is back");
+      } finally {
+        await rig.close();
+      }
       const st = await d.status() as unknown as {
         dataPath: { kind: string; state: string; reinstalls: number; lastError?: string };
       };

@@ -631,7 +631,7 @@ Deno.test(
 
 Deno.test(
   needsRoot(
-    "bpf root: attach, find again from another process, and remove only dpm's filters (a clsact still in use stays)",
+    "bpf root: attach (tcx), find again from another process, and remove only dpm's programs (someone else's filter, tcx program and clsact stay)",
     async () => {
       const ns = await createBpfNs();
       try {
@@ -657,7 +657,7 @@ Deno.test(
           );
           ids = ours.map((f: { progId: number }) => f.progId);
           assert.deepEqual((await a.call({ op: "missing" })).missing, []);
-          // Someone else's filter on the LAN's ingress.
+          // Someone else's filter and tcx program on the LAN's ingress.
           await a.call({ op: "load", role: "host" });
           await a.call({
             op: "attachOther",
@@ -666,6 +666,12 @@ Deno.test(
             prog: "dpm_host_in",
             handle: 7,
             priority: 7,
+          });
+          await a.call({
+            op: "attachOtherTcx",
+            dev: "lan0",
+            point: "ingress",
+            prog: "dpm_host_in",
           });
         } finally {
           await a.close(); // the process exits: the kernel keeps the filters, programs and maps
@@ -693,8 +699,13 @@ Deno.test(
           );
           const lan = await b.call({ op: "filters", dev: "lan0" });
           assert.deepEqual(
-            lan.ingress.map((f: { handle: number; priority: number }) => [f.handle, f.priority]),
-            [[7, 7]],
+            lan.ingress.map((f: { kind: string; handle: number; priority: number }) => [
+              f.kind,
+              f.handle,
+              f.priority,
+            ]),
+            [["bpf", 7, 7], ["tcx", 0, 0]],
+            "someone else's filter and tcx program stay",
           );
           assert.deepEqual(lan.egress, []);
           const q = await sh(["ip", "netns", "exec", ns.gw, "tc", "qdisc", "show", "dev", "wan0"]);

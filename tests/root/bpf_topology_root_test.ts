@@ -12,8 +12,9 @@
  * it in software: a wrong incremental update loses the traffic.
  *
  * Then: a restart (the rig exits, a new one adopts the maps through the
- * attached programs, counters kept), a deleted clsact qdisc found and
- * repaired, and removal leaving no qdisc, filter or program.
+ * attached programs, counters kept), a deleted clsact qdisc (the host's) or
+ * a detached tcx program (the gateway's) found and repaired, and removal
+ * leaving no qdisc, filter or program.
  *
  * @module
  */
@@ -224,10 +225,23 @@ Deno.test(needsRoot({
         "still past conntrack",
       );
 
-      // Someone deletes the LAN's clsact qdisc: noticed, repaired, traffic fast again.
-      await ok(t, gw.ns, ["tc", "qdisc", "del", "dev", "lan0", "clsact"]);
-      assert.equal((await g.call({ op: "missing" })).missing.length, 2);
-      assert.equal((await g.call({ op: "attach" })).fixed, 2);
+      // Someone deletes the host's clsact qdisc: noticed, repaired. The gateway's programs are
+      // tcx ones: a deleted qdisc leaves them, and one detached by hand is noticed, repaired.
+      await ok(t, h.ns, ["tc", "qdisc", "del", "dev", "eth0", "clsact"]);
+      assert.equal((await hr.call({ op: "missing" })).missing.length, 2);
+      assert.equal((await hr.call({ op: "attach" })).fixed, 2);
+      assert.deepEqual((await hr.call({ op: "missing" })).missing, []);
+      await t.exec(gw.ns, ["tc", "qdisc", "del", "dev", "lan0", "clsact"]);
+      assert.deepEqual((await g.call({ op: "missing" })).missing, [], "tcx: no qdisc to lose");
+      const d = await g.call({
+        op: "detachTcx",
+        dev: "lan0",
+        point: "ingress",
+        prog: "dpm_lan_in",
+      });
+      assert.equal(d.detached, 1);
+      assert.equal((await g.call({ op: "missing" })).missing.length, 1);
+      assert.equal((await g.call({ op: "attach" })).fixed, 1);
       assert.deepEqual((await g.call({ op: "missing" })).missing, []);
       const u3 = await lastJson(
         t,

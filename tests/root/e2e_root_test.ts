@@ -27,6 +27,7 @@ import { httpSeen, rawSender, udpClient, udpEcho, udpProbe } from "../../testing
 import { waitFor } from "../../testing/wait.ts";
 import { type DataPathName, perDataPath } from "../../testing/root.ts";
 import { buildUdp } from "../../testing/packets.ts";
+import { BpfRig } from "../../testing/bpf_rig.ts";
 import { encodeRequest, newNonce, Op } from "../../src/control/proto.ts";
 
 const SAN = { sanitizeOps: false, sanitizeResources: false };
@@ -387,6 +388,24 @@ async function dpmRules(t: Topology, ns: string): Promise<string[]> {
       }
     }
   }
+  if (datapath === "bpf") {
+    // tcx programs (the gateway's), which tc does not list.
+    const rig = await BpfRig.start(ns);
+    try {
+      for (const dev of links) {
+        const f = await rig.call({ op: "filters", dev });
+        for (const dir of ["ingress", "egress"] as const) {
+          for (const p of f[dir] as { kind: string; name: string }[]) {
+            if (p.kind === "tcx" && p.name.startsWith("dpm_")) {
+              filters.push(`${dev} ${dir}: tcx ${p.name}`);
+            }
+          }
+        }
+      }
+    } finally {
+      await rig.close();
+    }
+  }
   return [
     ...r.stdout.split("\n").filter((l) => l.includes("DPM-")),
     ...nft.stdout.split("\n").filter((l) => /dpm-(server|driver)/.test(l)),
@@ -477,7 +496,11 @@ test({
         "one jump per table into the driver's chains (the bpf host has no netfilter rule)",
       );
       if (datapath === "bpf") {
-        assert.equal(hostRules.filter((l) => /dpm_host_(in|out)/.test(l)).length, 2, "two programs");
+        assert.equal(
+          hostRules.filter((l) => /dpm_host_(in|out)/.test(l)).length,
+          2,
+          "two programs",
+        );
       }
       // And it still translates.
       await serveApp(t, p(t, 0).ns, udpEcho(7000));

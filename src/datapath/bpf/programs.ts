@@ -8,23 +8,37 @@
  *
  * ## Attachment
  *
- * Each program is a direct-action `bpf` filter in the interface's clsact
- * qdisc (created when missing), always with handle {@linkcode TC_HANDLE} and
- * priority {@linkcode TC_PRIORITY}: that pair is how dpm recognises its own
- * filters, so it never touches anyone else's. The programs return
- * TC_ACT_UNSPEC for what is not theirs, so filters after them still run.
+ * Two ways, by role ({@linkcode hookOf}):
+ *
+ * - **tcx** (Linux 6.6+; the gateway's programs): attached to the device's
+ *   ingress or egress itself with `BPF_PROG_ATTACH`, no qdisc, run before
+ *   any tc filter, and cheaper per packet than a classifier (no qdisc and
+ *   filter walk); dpm recognises its own by program name (`dpm_*`). A
+ *   deleted clsact qdisc does not touch them.
+ * - **cls**: a direct-action `bpf` filter in the interface's clsact qdisc
+ *   (created when missing), always with handle {@linkcode TC_HANDLE} and
+ *   priority {@linkcode TC_PRIORITY}: that pair is how dpm recognises its
+ *   own filters. The host's programs are attached this way everywhere:
+ *   holding a packet for the driver needs `TC_ACT_STOLEN` (consumed, the
+ *   sender sees it sent), which tcx does not have; and so are the gateway's
+ *   on a kernel without tcx.
+ *
+ * Either way dpm never touches anyone else's programs, and the programs
+ * return TC_ACT_UNSPEC for what is not theirs, so whatever comes after them
+ * still runs.
  *
  * ## Restart without pins
  *
- * The kernel keeps an attached program, and the maps it uses, for as long as
- * its filter exists, whether or not any process holds them. A new run finds
- * them again with no BPF filesystem (`ip netns exec` remounts /sys, so a pin
- * under /sys/fs/bpf would not survive): the rtnetlink filter dump gives each
- * of our filters' program id (`linux/tcfilter.ts`), `BPF_PROG_GET_FD_BY_ID`
+ * The kernel keeps an attached program (tcx, or a filter), and the maps it
+ * uses, for as long as it is attached, whether or not any process holds
+ * them. A new run finds them again with no BPF filesystem (`ip netns exec`
+ * remounts /sys, so a pin under /sys/fs/bpf would not survive):
+ * `BPF_PROG_QUERY` (tcx) or the rtnetlink filter dump (`linux/tcfilter.ts`)
+ * gives each of our programs' id, `BPF_PROG_GET_FD_BY_ID`
  * and `BPF_OBJ_GET_INFO_BY_FD` give the program's map ids, and
  * `BPF_MAP_GET_FD_BY_ID` the map. {@linkcode BpfPrograms.open} then loads the
  * embedded programs again *reusing those maps* (libbpf's `bpf_map__reuse_fd`)
- * and replaces the filters atomically: the sessions, their counters and
+ * and replaces the programs atomically: the sessions, their counters and
  * their fast/slow state survive the restart (and an upgrade of the
  * programs, as long as the map layout is the same; otherwise it starts with
  * an empty map and dpm programs it again from its table).
@@ -51,6 +65,9 @@ import {
   tcHookCreate,
   tcHookDestroy,
   TcPoint,
+  tcxAttach,
+  tcxDetach,
+  tcxQuery,
 } from "../../../linux/libbpf.ts";
 import { ifIndex } from "../../../linux/libc.ts";
 import { CLSACT_EGRESS, CLSACT_INGRESS, listTcFilters } from "../../../linux/tcfilter.ts";
@@ -156,6 +173,48 @@ function ourFilter(ifindex: number, point: TcPoint): number {
   return f?.progId ?? 0;
 }
 
+/** How a role's programs are attached (module doc). */
+export type HookKind = "tcx" | "cls";
+
+let tcxKernel: boolean | null = null;
+
+/** Whether this kernel has tcx (asked once: a tcx query on the loopback device). */
+function haveTcx(): boolean {
+  tcxKernel ??= tcxQuery(1, TcPoint.INGRESS) !== null;
+  return tcxKernel;
+}
+
+/** How `role`'s programs are attached here. */
+export function hookOf(role: BpfRole): HookKind {
+  return role === "gateway" && haveTcx() ? "tcx" : "cls";
+}
+
+/** The name of program `id`, or null when it is gone. */
+function progName(id: number): string | null {
+  let fd: number;
+  try {
+    fd = progFdById(id);
+  } catch {
+    return null;
+  }
+  try {
+    return progInfo(fd).name;
+  } finally {
+    closeFd(fd);
+  }
+}
+
+/** The ids of our program `a.prog` attached with tcx at (ifindex, point). */
+function ourTcx(ifindex: number, a: Attachment): number[] {
+  if (!haveTcx()) return [];
+  return (tcxQuery(ifindex, a.point) ?? []).filter((id) => progName(id) === a.prog);
+}
+
+/** The id of our program at (ifindex, a) attached the `hook` way, or 0. */
+function ourProg(hook: HookKind, ifindex: number, a: Attachment): number {
+  return hook === "cls" ? ourFilter(ifindex, a.point) : (ourTcx(ifindex, a)[0] ?? 0);
+}
+
 /**
  * The map ids by name (`dpm_nat`, `dpm_cfg`) of the programs a previous run
  * attached for `role`, when they are ours and agree on one session map of
@@ -163,9 +222,12 @@ function ourFilter(ifindex: number, point: TcPoint): number {
  */
 function previousMaps(role: BpfRole, idx: Map<string, number>): Map<string, number> | null {
   let found: Map<string, number> | null = null;
-  for (const a of ATTACHMENTS[role]) {
-    const id = ourFilter(idx.get(a.iface)!, a.point);
-    if (id === 0) continue;
+  const ids = ATTACHMENTS[role].flatMap((a) => {
+    const ifindex = idx.get(a.iface)!;
+    return [ourFilter(ifindex, a.point), ...ourTcx(ifindex, a)].filter((id) => id !== 0)
+      .map((id) => ({ a, id }));
+  });
+  for (const { a, id } of ids) {
     let fd: number;
     try {
       fd = progFdById(id);
@@ -208,6 +270,8 @@ export class BpfPrograms {
   readonly nat: NatMap;
   /** Whether the session map was created by this run or found from a previous one. */
   readonly mapOrigin: MapOrigin;
+  /** How the programs are attached (module doc). */
+  readonly hook: HookKind;
   #obj: BpfObject | null;
   readonly #idx: Map<string, number>;
 
@@ -216,6 +280,7 @@ export class BpfPrograms {
     this.#obj = obj;
     this.#idx = idx;
     this.mapOrigin = origin;
+    this.hook = hookOf(role);
     this.nat = new NatMap(obj.mapFd(NAT_MAP));
   }
 
@@ -314,41 +379,71 @@ export class BpfPrograms {
   }
 
   /**
-   * Attaches every program of the role (creating a missing clsact qdisc),
-   * replacing a filter of ours that is there; returns how many filters were
-   * missing or held another program (0 when everything was in place).
+   * Attaches every program of the role (tcx, or filters in a clsact qdisc
+   * created when missing), in place of one of ours that is there; returns
+   * how many were missing or held another program (0 when everything was
+   * in place).
    */
   attach(): number {
     const obj = this.#live();
     let fixed = 0;
     const hooked = new Set<number>();
     // Where nothing of ours was: undone if a later step fails, so a failed
-    // attach leaves the interfaces as it found them (a filter of a previous
+    // attach leaves the interfaces as it found them (a program of a previous
     // run that was replaced stays replaced: it uses the same maps).
     const added: Attachment[] = [];
     try {
       for (const a of ATTACHMENTS[this.role]) {
         const ifindex = this.#idx.get(a.iface)!;
-        if (!hooked.has(ifindex)) {
-          tcHookCreate(ifindex);
-          hooked.add(ifindex);
-        }
         const fd = obj.progFd(a.prog);
         const want = progInfo(fd).id;
-        const there = ourFilter(ifindex, a.point);
+        const there = ourProg(this.hook, ifindex, a);
         if (there === want) continue;
-        tcAttach(ifindex, a.point, fd, TC_HANDLE, TC_PRIORITY);
+        if (this.hook === "tcx") {
+          BpfPrograms.#attachTcx(ifindex, a, fd, there);
+          // A previous run's filter (a kernel without tcx then): ours now run first; it goes.
+          if (ourFilter(ifindex, a.point) !== 0) {
+            tcDetach(ifindex, a.point, TC_HANDLE, TC_PRIORITY);
+            BpfPrograms.#dropEmptyHooks(new Set([ifindex]));
+          }
+        } else {
+          if (!hooked.has(ifindex)) {
+            tcHookCreate(ifindex);
+            hooked.add(ifindex);
+          }
+          tcAttach(ifindex, a.point, fd, TC_HANDLE, TC_PRIORITY);
+        }
         if (there === 0) added.push(a);
         fixed++;
       }
     } catch (e) {
       try {
-        for (const a of added) tcDetach(this.#idx.get(a.iface)!, a.point, TC_HANDLE, TC_PRIORITY);
-        BpfPrograms.#dropEmptyHooks(new Set(this.#idx.values()));
+        for (const a of added) {
+          const ifindex = this.#idx.get(a.iface)!;
+          if (this.hook === "tcx") tcxDetach(ifindex, a.point, obj.progFd(a.prog));
+          else tcDetach(ifindex, a.point, TC_HANDLE, TC_PRIORITY);
+        }
+        if (this.hook === "cls") BpfPrograms.#dropEmptyHooks(new Set(this.#idx.values()));
       } catch { /* the first error is the one to report */ }
       throw e;
     }
     return fixed;
+  }
+
+  /** Attaches `fd` with tcx at (ifindex, a), in place of program `there` (0: none). */
+  static #attachTcx(ifindex: number, a: Attachment, fd: number, there: number): void {
+    if (there === 0) return tcxAttach(ifindex, a.point, fd);
+    let old: number;
+    try {
+      old = progFdById(there);
+    } catch {
+      return tcxAttach(ifindex, a.point, fd); // gone meanwhile
+    }
+    try {
+      tcxAttach(ifindex, a.point, fd, old);
+    } finally {
+      closeFd(old);
+    }
   }
 
   /** Deletes the clsact qdisc of each interface in `ifindexes` that has no filter left. */
@@ -370,7 +465,7 @@ export class BpfPrograms {
     const out: string[] = [];
     for (const a of ATTACHMENTS[this.role]) {
       const ifindex = this.#idx.get(a.iface)!;
-      if (ourFilter(ifindex, a.point) !== progInfo(obj.progFd(a.prog)).id) {
+      if (ourProg(this.hook, ifindex, a) !== progInfo(obj.progFd(a.prog)).id) {
         out.push(`${a.prog} on interface ${ifindex}`);
       }
     }
@@ -388,8 +483,9 @@ export class BpfPrograms {
 
   /**
    * Removes what a run of `role` attached to `ifaces` without a loaded set
-   * (`--cleanup`): our filters, and each clsact qdisc left empty. Interfaces
-   * that are gone are skipped. Returns how many filters were removed.
+   * (`--cleanup`): our programs (tcx and filters), and each clsact qdisc
+   * our filters left empty. Interfaces that are gone are skipped. Returns
+   * how many programs were detached.
    */
   static removeFrom(role: BpfRole, ifaces: BpfInterfaces | Map<string, number>): number {
     let idx: Map<string, number>;
@@ -407,6 +503,19 @@ export class BpfPrograms {
     for (const a of ATTACHMENTS[role]) {
       const ifindex = idx.get(a.iface);
       if (ifindex === undefined) continue;
+      for (const id of ourTcx(ifindex, a)) {
+        let fd: number;
+        try {
+          fd = progFdById(id);
+        } catch {
+          continue; // gone meanwhile
+        }
+        try {
+          if (tcxDetach(ifindex, a.point, fd)) n++;
+        } finally {
+          closeFd(fd);
+        }
+      }
       // Only what is there: with no clsact at all the kernel answers EINVAL, not ENOENT.
       if (ourFilter(ifindex, a.point) === 0) continue;
       touched.add(ifindex);
