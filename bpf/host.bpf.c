@@ -29,14 +29,18 @@
  * session's packets pass untranslated, as a queue's --queue-bypass would let
  * them (the gateway's ordinary NAT serves them).
  *
+ * ICMP goes to the driver the same way (its translator handles ICMP on every
+ * path): toward the outside on the way out; echo replies from G and errors
+ * from G or from outside the LAN on the way in (the driver delivers them to
+ * the host once translated). So the host needs no netfilter rule for dpm.
+ *
  * Fragments: the egress program sees a datagram after the host fragmented it,
  * the ingress one before the host reassembles it. The first fragment carries
  * the ports: it is translated (or held) like a whole packet, and the result
  * is remembered in dpm_frag by (addresses, IP id, protocol), where the later
  * fragments of the same datagram find it (they follow the first one, as the
  * host's own fragmentation and a forwarding gateway send them). IP options
- * are skipped. Everything else (ICMP, other sessions, other hosts' traffic)
- * passes.
+ * are skipped. Everything else (other sessions, other hosts' traffic) passes.
  */
 #include "nat_prog.h"
 
