@@ -88,6 +88,8 @@ import {
   writeKey,
 } from "./layout.ts";
 
+const LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
 /** The tc filter handle of every dpm program ("dpm"). */
 export const TC_HANDLE = 0x64706d;
 /** The tc filter priority of every dpm program. */
@@ -583,17 +585,30 @@ export class NatMap {
     return readEntry(new DataView(v.buffer), 0);
   }
 
-  /** Hands every record to `onRecord`, reading the map in batches. Returns the count. */
-  forEach(onRecord: (r: NatRecord) => void, batch = 4096): number {
+  /**
+   * Hands every record to `onRecord` (with `want`, only those whose flags
+   * and packet count it accepts), reading the map in batches. Returns how
+   * many entries the map holds.
+   */
+  forEach(
+    onRecord: (r: NatRecord) => void,
+    batch = 4096,
+    want?: (flags: number, packets: number) => boolean,
+  ): number {
     let count = 0;
-    mapDump(this.#fd, NatKeyLayout.SIZE, NatEntryLayout.SIZE, batch, (keys, vals, n) => {
+    const E = NatEntryLayout;
+    mapDump(this.#fd, NatKeyLayout.SIZE, E.SIZE, batch, (keys, vals, n) => {
       const kdv = new DataView(keys.buffer);
       const vdv = new DataView(vals.buffer);
       for (let i = 0; i < n; i++) {
-        onRecord({
-          key: readKey(kdv, i * NatKeyLayout.SIZE),
-          entry: readEntry(vdv, i * NatEntryLayout.SIZE),
-        });
+        const off = i * E.SIZE;
+        // A filter reads the two fields in place: a million entries are not a million objects.
+        if (want) {
+          const packets = vdv.getUint32(off + E.PACKETS, LE) +
+            vdv.getUint32(off + E.PACKETS + 4, LE) * 2 ** 32;
+          if (!want(vdv.getUint32(off + E.FLAGS, LE), packets)) continue;
+        }
+        onRecord({ key: readKey(kdv, i * NatKeyLayout.SIZE), entry: readEntry(vdv, off) });
       }
       count += n;
     });
@@ -609,10 +624,10 @@ export class NatMap {
     return this.delete(keys);
   }
 
-  /** Every record, in one array. */
-  all(): NatRecord[] {
+  /** Every record (with `want`: those it accepts), in one array. */
+  all(want?: (flags: number, packets: number) => boolean): NatRecord[] {
     const out: NatRecord[] = [];
-    this.forEach((r) => out.push(r));
+    this.forEach((r) => out.push(r), 4096, want);
     return out;
   }
 }

@@ -266,7 +266,8 @@ class BpfServerPath implements ServerDataPath {
   /** A mapping's flows that went quiet leave the map (the slow path learns them again). */
   #sweepLearned(): void {
     try {
-      const gone = idleLearned(this.#progs.nat.all(), clockNs(CLOCK_MONOTONIC), LEARNED_IDLE_NS);
+      const learned = this.#progs.nat.all((flags) => (flags & NatFlag.LEARNED) !== 0);
+      const gone = idleLearned(learned, clockNs(CLOCK_MONOTONIC), LEARNED_IDLE_NS);
       this.#progs.nat.delete(gone);
     } catch (e) {
       log.warn(`sweeping the BPF map: ${(e as Error).message}`);
@@ -275,7 +276,9 @@ class BpfServerPath implements ServerDataPath {
 
   counters(): Map<number, SessionCounters> {
     try {
-      return gatewayCounters(this.#progs.nat.all(), this.#sessions(), this.#cfg.lanAddr);
+      // Only entries that counted something: a session none of whose packets passed has none.
+      const counted = this.#progs.nat.all((_flags, packets) => packets > 0);
+      return gatewayCounters(counted, this.#sessions(), this.#cfg.lanAddr);
     } catch (e) {
       log.warn(`reading the BPF map's counters: ${(e as Error).message}`);
       return new Map();
