@@ -865,7 +865,12 @@ async function main(): Promise<number> {
     bench: "dpm",
     smoke: args.smoke,
     env,
-    config: { ...cfg, topology: "3 hosts, gateway, router, 1 peer (testing/topology.ts)" },
+    config: {
+      ...cfg,
+      topology: "3 hosts, gateway, router, 1 peer (testing/topology.ts)",
+      // The namespaces' prefix, so that a caller can check none is left.
+      namespacePrefix: t.prefix,
+    },
     dataPlane: {
       masquerade: aggregate(rounds.masquerade),
       queue: aggregate(rounds.queue),

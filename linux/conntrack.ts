@@ -53,33 +53,40 @@
  * @module
  */
 
-import { AF_INET, ENOENT, OsError, strerror } from "./libc.ts";
+import { AF_INET, ENOENT, HOST_LITTLE_ENDIAN as LE, OsError } from "./libc.ts";
 import {
+  align4 as align4_,
+  attrLen as attrLen_,
+  attrType as attrType_,
+  msgLen,
   NETLINK_NETFILTER,
   NetlinkError,
+  NetlinkParseError,
   NetlinkSocket,
+  Nfgen,
   NFNL_SUBSYS_CTNETLINK,
   nfnlMessage,
-  NLA_TYPE_MASK,
+  nfnlType,
+  Nla,
   NlBuilder,
   NLM_F_ACK,
   NLM_F_DUMP,
   NLM_F_DUMP_INTR,
   NLM_F_REQUEST,
+  Nlmsg,
   NLMSG_DONE,
   NLMSG_ERROR,
+  parseError,
 } from "./netlink.ts";
+import { formatIPv4 } from "../src/wire/addr.ts";
+import { protoName } from "../src/wire/meta.ts";
 
 export { NFNL_SUBSYS_CTNETLINK };
 
 // ---------------------------------------------------------------------------
-// Protocol constants (linux/netlink.h, linux/netfilter/nfnetlink*.h)
+// Protocol constants (linux/netfilter/nfnetlink_conntrack.h); the netlink
+// framing is linux/netlink.ts's.
 // ---------------------------------------------------------------------------
-
-const NLMSG_HDRLEN = 16;
-const NFGEN_LEN = 4;
-const NLA_HDRLEN = 4;
-const LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 /** `IPCTNL_MSG_CT_NEW`: create (and the type of every entry the kernel sends). */
 export const IPCTNL_MSG_CT_NEW = 0;
@@ -89,9 +96,9 @@ export const IPCTNL_MSG_CT_GET = 1;
 export const IPCTNL_MSG_CT_DELETE = 2;
 /** Full netlink message types: `(NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_*`. */
 export const CtMsgType = {
-  NEW: (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW,
-  GET: (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
-  DELETE: (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE,
+  NEW: nfnlType(NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_NEW),
+  GET: nfnlType(NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_GET),
+  DELETE: nfnlType(NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_DELETE),
 } as const;
 
 /** `enum ctattr_type`: top-level attributes of a conntrack message. */
@@ -259,27 +266,15 @@ export class CtDecodeError extends Error {
   }
 }
 
-/** A request the kernel refused; carries the error number. */
-export class CtError extends Error {
-  /** The kernel's error number (positive, e.g. 2 for ENOENT). */
-  readonly errno: number;
+/** A request the kernel refused; carries the error number (`errno`). */
+export class CtError extends NetlinkError {
   /** Entries deleted before the error was thrown ({@linkcode Conntrack.delete} only). */
   readonly deleted: number;
   /** @param what what was attempted; @param err the error number; @param deleted see above. */
   constructor(what: string, err: number, deleted = 0) {
-    super(`${what}: ${errorText(err)} (errno ${err})`);
+    super(what, err);
     this.name = "CtError";
-    this.errno = err;
     this.deleted = deleted;
-  }
-}
-
-/** strerror without FFI when FFI is not allowed (the pure parts are usable without it). */
-function errorText(err: number): string {
-  try {
-    return strerror(err);
-  } catch {
-    return `error ${err}`;
   }
 }
 
@@ -341,7 +336,7 @@ export function encodeCtRequest(type: number, flags: number, orig: CtTuple, seq 
   const b = new NlBuilder(ctRequestSize(orig));
   appendCtRequest(b, type, flags, orig);
   const m = b.finish();
-  new DataView(m.buffer).setUint32(8, seq >>> 0, LE);
+  new DataView(m.buffer).setUint32(Nlmsg.SEQ, seq >>> 0, LE);
   return m;
 }
 
@@ -351,7 +346,7 @@ export function encodeCtRequest(type: number, flags: number, orig: CtTuple, seq 
  */
 export function encodeCtDumpRequest(seq = 0): Uint8Array {
   const m = nfnlMessage(CtMsgType.GET, NLM_F_REQUEST | NLM_F_DUMP, AF_INET, 0);
-  new DataView(m.buffer).setUint32(8, seq >>> 0, LE);
+  new DataView(m.buffer).setUint32(Nlmsg.SEQ, seq >>> 0, LE);
   return m;
 }
 
@@ -369,23 +364,44 @@ export function encodeCtDumpRequest(seq = 0): Uint8Array {
  */
 export function decodeCtEntry(msg: Uint8Array): CtEntry | null {
   const dv = new DataView(msg.buffer, msg.byteOffset, msg.byteLength);
-  if (msg.length < NLMSG_HDRLEN + NFGEN_LEN) {
+  if (msg.length < Nlmsg.SIZE + Nfgen.SIZE) {
     throw new CtDecodeError(`${msg.length} bytes is shorter than the headers`);
   }
-  const len = dv.getUint32(0, LE);
-  if (len < NLMSG_HDRLEN + NFGEN_LEN || len > msg.length) {
+  const len = dv.getUint32(Nlmsg.LEN, LE);
+  if (len < Nlmsg.SIZE + Nfgen.SIZE || len > msg.length) {
     throw new CtDecodeError(`length field ${len} does not fit the ${msg.length} bytes given`);
   }
   return decodeAt(dv, 0, len);
 }
 
-/** Decodes the message at `off` of length `len` (already checked to fit in `dv`). */
+// Module-local names for what the per-entry walks below use: V8 checks an
+// imported binding for initialisation at every use, a local const it does not.
+const align4 = align4_;
+const attrLen = attrLen_;
+const attrType = attrType_;
+/** Header sizes as module-local numbers, for the per-entry walks below. */
+const ATTRS_AT = Nlmsg.SIZE + Nfgen.SIZE;
+const NLA_HDRLEN = Nla.SIZE;
+
+/**
+ * Decodes the message at `off` of length `len` (already checked to fit in `dv`).
+ *
+ * @throws {CtDecodeError} for a malformed message (the framing's
+ * {@linkcode NetlinkParseError} included).
+ */
 function decodeAt(dv: DataView, off: number, len: number): CtEntry | null {
-  const type = dv.getUint16(off + 4, LE);
-  if (type !== CtMsgType.NEW) return null;
-  if (len < NLMSG_HDRLEN + NFGEN_LEN) throw new CtDecodeError(`message of ${len} bytes`);
-  if (dv.getUint8(off + NLMSG_HDRLEN) !== AF_INET) return null;
-  const end = off + len;
+  if (dv.getUint16(off + Nlmsg.TYPE, LE) !== CtMsgType.NEW) return null;
+  if (len < ATTRS_AT) throw new CtDecodeError(`message of ${len} bytes`);
+  if (dv.getUint8(off + Nlmsg.SIZE + Nfgen.FAMILY) !== AF_INET) return null;
+  try {
+    return decodeAttrs(dv, off + ATTRS_AT, off + len);
+  } catch (e) {
+    throw e instanceof NetlinkParseError ? new CtDecodeError(e.message) : e;
+  }
+}
+
+/** The entry whose attributes are `dv[start, end)`. */
+function decodeAttrs(dv: DataView, start: number, end: number): CtEntry {
   let orig: CtTuple | null = null;
   let reply: CtTuple | null = null;
   const e: CtEntry = {
@@ -401,16 +417,10 @@ function decodeAt(dv: DataView, off: number, len: number): CtEntry | null {
     packetsReply: 0,
     bytesReply: 0,
   };
-  let a = off + NLMSG_HDRLEN + NFGEN_LEN;
-  while (a + NLA_HDRLEN <= end) {
-    const alen = dv.getUint16(a, LE);
-    if (alen < NLA_HDRLEN || a + alen > end) {
-      throw new CtDecodeError(`attribute at offset ${a - off} has length ${alen}`);
-    }
-    const at = dv.getUint16(a + 2, LE) & NLA_TYPE_MASK;
+  for (let a = start, len = 0; (len = attrLen(dv, a, end)) !== 0; a += align4(len)) {
     const v = a + NLA_HDRLEN;
-    const vend = a + alen;
-    switch (at) {
+    const vend = a + len;
+    switch (attrType(dv, a)) {
       case CTA.TUPLE_ORIG:
         orig = decodeTuple(dv, v, vend, "CTA_TUPLE_ORIG");
         break;
@@ -433,25 +443,18 @@ function decodeAt(dv: DataView, off: number, len: number): CtEntry | null {
         if (vend - v < 2) throw new CtDecodeError("CTA_ZONE shorter than 2 bytes");
         e.zone = dv.getUint16(v, false);
         break;
-      case CTA.COUNTERS_ORIG: {
-        const [p, b] = decodeCounters(dv, v, vend, "CTA_COUNTERS_ORIG");
-        e.packetsOrig = p;
-        e.bytesOrig = b;
+      case CTA.COUNTERS_ORIG:
+        [e.packetsOrig, e.bytesOrig] = decodeCounters(dv, v, vend, "CTA_COUNTERS_ORIG");
         break;
-      }
-      case CTA.COUNTERS_REPLY: {
-        const [p, b] = decodeCounters(dv, v, vend, "CTA_COUNTERS_REPLY");
-        e.packetsReply = p;
-        e.bytesReply = b;
+      case CTA.COUNTERS_REPLY:
+        [e.packetsReply, e.bytesReply] = decodeCounters(dv, v, vend, "CTA_COUNTERS_REPLY");
         break;
-      }
       case CTA.PROTOINFO: {
         const s = decodeTcpState(dv, v, vend);
         if (s >= 0) e.tcpState = s;
         break;
       }
     }
-    a += (alen + 3) & ~3;
   }
   if (orig === null) throw new CtDecodeError("no CTA_TUPLE_ORIG");
   if (reply === null) throw new CtDecodeError("no CTA_TUPLE_REPLY");
@@ -462,6 +465,7 @@ function decodeAt(dv: DataView, off: number, len: number): CtEntry | null {
 
 const EMPTY_TUPLE: CtTuple = Object.freeze({ proto: 0, src: 0, dst: 0, sport: 0, dport: 0 });
 
+/** The be32 value at `dv[v, vend)`; `what` names it in an error. */
 function be32(dv: DataView, v: number, vend: number, what: string): number {
   if (vend - v < 4) throw new CtDecodeError(`${what} shorter than 4 bytes`);
   return dv.getUint32(v, false);
@@ -469,60 +473,41 @@ function be32(dv: DataView, v: number, vend: number, what: string): number {
 
 /** A be64 (or be32) counter as a number (exact below 2^53). */
 function counter(dv: DataView, v: number, vend: number, what: string): number {
-  const n = vend - v;
-  if (n >= 8) return dv.getUint32(v, false) * 0x1_0000_0000 + dv.getUint32(v + 4, false);
-  if (n >= 4) return dv.getUint32(v, false);
-  throw new CtDecodeError(`${what} shorter than 4 bytes`);
+  if (vend - v >= 8) return dv.getUint32(v, false) * 0x1_0000_0000 + dv.getUint32(v + 4, false);
+  return be32(dv, v, vend, what);
 }
 
-function decodeCounters(dv: DataView, a: number, end: number, what: string): [number, number] {
+/** `CTA_COUNTERS_*` in `dv[start, end)`: packets and bytes. */
+function decodeCounters(dv: DataView, start: number, end: number, what: string): [number, number] {
   let packets = 0;
   let bytes = 0;
-  while (a + NLA_HDRLEN <= end) {
-    const alen = dv.getUint16(a, LE);
-    if (alen < NLA_HDRLEN || a + alen > end) {
-      throw new CtDecodeError(`${what}: attribute with length ${alen}`);
-    }
-    const t = dv.getUint16(a + 2, LE) & NLA_TYPE_MASK;
-    const v = a + NLA_HDRLEN;
+  for (let a = start, len = 0; (len = attrLen(dv, a, end)) !== 0; a += align4(len)) {
+    const t = attrType(dv, a);
     if (t === CTA_COUNTERS.PACKETS || t === CTA_COUNTERS.PACKETS32) {
-      packets = counter(dv, v, a + alen, `${what} packets`);
+      packets = counter(dv, a + NLA_HDRLEN, a + len, `${what} packets`);
     } else if (t === CTA_COUNTERS.BYTES || t === CTA_COUNTERS.BYTES32) {
-      bytes = counter(dv, v, a + alen, `${what} bytes`);
+      bytes = counter(dv, a + NLA_HDRLEN, a + len, `${what} bytes`);
     }
-    a += (alen + 3) & ~3;
   }
   return [packets, bytes];
 }
 
-/** `CTA_PROTOINFO { CTA_PROTOINFO_TCP { CTA_PROTOINFO_TCP_STATE } }`, or -1. */
-function decodeTcpState(dv: DataView, a: number, end: number): number {
-  while (a + NLA_HDRLEN <= end) {
-    const alen = dv.getUint16(a, LE);
-    if (alen < NLA_HDRLEN || a + alen > end) {
-      throw new CtDecodeError(`CTA_PROTOINFO: attribute with length ${alen}`);
+/** `CTA_PROTOINFO { CTA_PROTOINFO_TCP { CTA_PROTOINFO_TCP_STATE } }` in `dv[start, end)`, or -1. */
+function decodeTcpState(dv: DataView, start: number, end: number): number {
+  for (let a = start, len = 0; (len = attrLen(dv, a, end)) !== 0; a += align4(len)) {
+    if (attrType(dv, a) !== CTA_PROTOINFO.TCP) continue;
+    const tend = a + len;
+    for (let b = a + NLA_HDRLEN, blen = 0; (blen = attrLen(dv, b, tend)) !== 0; b += align4(blen)) {
+      if (attrType(dv, b) !== CTA_PROTOINFO_TCP.STATE) continue;
+      if (blen < NLA_HDRLEN + 1) throw new CtDecodeError("empty CTA_PROTOINFO_TCP_STATE");
+      return dv.getUint8(b + NLA_HDRLEN);
     }
-    if ((dv.getUint16(a + 2, LE) & NLA_TYPE_MASK) === CTA_PROTOINFO.TCP) {
-      let b = a + NLA_HDRLEN;
-      const bend = a + alen;
-      while (b + NLA_HDRLEN <= bend) {
-        const blen = dv.getUint16(b, LE);
-        if (blen < NLA_HDRLEN || b + blen > bend) {
-          throw new CtDecodeError(`CTA_PROTOINFO_TCP: attribute with length ${blen}`);
-        }
-        if ((dv.getUint16(b + 2, LE) & NLA_TYPE_MASK) === CTA_PROTOINFO_TCP.STATE) {
-          if (blen < NLA_HDRLEN + 1) throw new CtDecodeError("empty CTA_PROTOINFO_TCP_STATE");
-          return dv.getUint8(b + NLA_HDRLEN);
-        }
-        b += (blen + 3) & ~3;
-      }
-    }
-    a += (alen + 3) & ~3;
   }
   return -1;
 }
 
-function decodeTuple(dv: DataView, a: number, end: number, what: string): CtTuple {
+/** A tuple (`CTA_TUPLE_ORIG` or `_REPLY`) whose nested attributes are `dv[start, end)`. */
+function decodeTuple(dv: DataView, start: number, end: number, what: string): CtTuple {
   let src = -1;
   let dst = -1;
   let proto = -1;
@@ -530,38 +515,26 @@ function decodeTuple(dv: DataView, a: number, end: number, what: string): CtTupl
   let dport = 0;
   let icmpType = -1;
   let icmpCode = -1;
-  while (a + NLA_HDRLEN <= end) {
-    const alen = dv.getUint16(a, LE);
-    if (alen < NLA_HDRLEN || a + alen > end) {
-      throw new CtDecodeError(`${what}: attribute with length ${alen}`);
-    }
-    const t = dv.getUint16(a + 2, LE) & NLA_TYPE_MASK;
-    let b = a + NLA_HDRLEN;
-    const bend = a + alen;
-    if (t === CTA_TUPLE.IP || t === CTA_TUPLE.PROTO) {
-      while (b + NLA_HDRLEN <= bend) {
-        const blen = dv.getUint16(b, LE);
-        if (blen < NLA_HDRLEN || b + blen > bend) {
-          throw new CtDecodeError(`${what}: inner attribute with length ${blen}`);
-        }
-        const bt = dv.getUint16(b + 2, LE) & NLA_TYPE_MASK;
-        const n = blen - NLA_HDRLEN;
-        const v = b + NLA_HDRLEN;
-        if (t === CTA_TUPLE.IP) {
-          if (bt === CTA_IP.V4_SRC && n >= 4) src = dv.getUint32(v, false);
-          else if (bt === CTA_IP.V4_DST && n >= 4) dst = dv.getUint32(v, false);
-        } else if (n >= 1) {
-          if (bt === CTA_PROTO.NUM) proto = dv.getUint8(v);
-          else if (bt === CTA_PROTO.SRC_PORT && n >= 2) sport = dv.getUint16(v, false);
-          else if (bt === CTA_PROTO.DST_PORT && n >= 2) dport = dv.getUint16(v, false);
-          else if (bt === CTA_PROTO.ICMP_ID && n >= 2) sport = dv.getUint16(v, false);
-          else if (bt === CTA_PROTO.ICMP_TYPE) icmpType = dv.getUint8(v);
-          else if (bt === CTA_PROTO.ICMP_CODE) icmpCode = dv.getUint8(v);
-        }
-        b += (blen + 3) & ~3;
+  for (let a = start, len = 0; (len = attrLen(dv, a, end)) !== 0; a += align4(len)) {
+    const t = attrType(dv, a);
+    if (t !== CTA_TUPLE.IP && t !== CTA_TUPLE.PROTO) continue;
+    const tend = a + len;
+    for (let b = a + NLA_HDRLEN, blen = 0; (blen = attrLen(dv, b, tend)) !== 0; b += align4(blen)) {
+      const bt = attrType(dv, b);
+      const n = blen - NLA_HDRLEN;
+      const v = b + NLA_HDRLEN;
+      if (t === CTA_TUPLE.IP) {
+        if (bt === CTA_IP.V4_SRC && n >= 4) src = dv.getUint32(v, false);
+        else if (bt === CTA_IP.V4_DST && n >= 4) dst = dv.getUint32(v, false);
+      } else if (n >= 1) {
+        if (bt === CTA_PROTO.NUM) proto = dv.getUint8(v);
+        else if (bt === CTA_PROTO.SRC_PORT && n >= 2) sport = dv.getUint16(v, false);
+        else if (bt === CTA_PROTO.DST_PORT && n >= 2) dport = dv.getUint16(v, false);
+        else if (bt === CTA_PROTO.ICMP_ID && n >= 2) sport = dv.getUint16(v, false);
+        else if (bt === CTA_PROTO.ICMP_TYPE) icmpType = dv.getUint8(v);
+        else if (bt === CTA_PROTO.ICMP_CODE) icmpCode = dv.getUint8(v);
       }
     }
-    a += (alen + 3) & ~3;
   }
   if (src < 0 || dst < 0) throw new CtDecodeError(`${what} without IPv4 addresses`);
   if (proto < 0) throw new CtDecodeError(`${what} without CTA_PROTO_NUM`);
@@ -606,7 +579,6 @@ export function decodeCtDatagram(
   onEntry: (e: CtEntry) => void,
 ): DatagramResult {
   const dv = new DataView(buf.buffer, buf.byteOffset, Math.min(n, buf.length));
-  const end = dv.byteLength;
   const r: DatagramResult = {
     entries: 0,
     malformed: 0,
@@ -616,26 +588,29 @@ export function decodeCtDatagram(
     interrupted: false,
     broken: false,
   };
-  let off = 0;
-  while (off + NLMSG_HDRLEN <= end) {
-    const len = dv.getUint32(off, LE);
-    if (len < NLMSG_HDRLEN || off + len > end) {
+  const end = dv.byteLength;
+  for (let off = 0, len = 0;; off += align4(len)) {
+    try {
+      len = msgLen(dv, off, end);
+    } catch (e) {
+      if (!(e instanceof NetlinkParseError)) throw e;
       r.broken = true;
       break;
     }
-    const type = dv.getUint16(off + 4, LE);
-    const flags = dv.getUint16(off + 6, LE);
-    const mseq = dv.getUint32(off + 8, LE);
+    if (len === 0) break;
+    const type = dv.getUint16(off + Nlmsg.TYPE, LE);
+    const mseq = dv.getUint32(off + Nlmsg.SEQ, LE);
     if (type === NLMSG_ERROR) {
-      // struct nlmsgerr: int error, then the request's header.
-      if (len >= NLMSG_HDRLEN + 4 + NLMSG_HDRLEN) {
-        const rseq = dv.getUint32(off + NLMSG_HDRLEN + 4 + 8, LE);
-        if (rseq === seq) r.error = -dv.getInt32(off + NLMSG_HDRLEN, LE);
-      } else if (mseq === seq && len >= NLMSG_HDRLEN + 4) {
-        r.error = -dv.getInt32(off + NLMSG_HDRLEN, LE);
+      // struct nlmsgerr: int error, then the request's header (or a short answer).
+      const m = { type, flags: 0, seq: mseq, off: off + Nlmsg.SIZE, len: len - Nlmsg.SIZE };
+      const a = parseError(dv, m);
+      if (a !== null) {
+        if (a.seq === seq) r.error = a.errno;
+      } else if (mseq === seq && m.len >= 4) {
+        r.error = -dv.getInt32(m.off, LE);
       }
     } else if (mseq === seq) {
-      if (flags & NLM_F_DUMP_INTR) r.interrupted = true;
+      if (dv.getUint16(off + Nlmsg.FLAGS, LE) & NLM_F_DUMP_INTR) r.interrupted = true;
       if (type === NLMSG_DONE) {
         r.done = true;
       } else if (type === CtMsgType.NEW) {
@@ -652,7 +627,6 @@ export function decodeCtDatagram(
         }
       }
     }
-    off += (len + 3) & ~3;
   }
   return r;
 }
@@ -720,7 +694,7 @@ export class Conntrack {
         if (type !== CtMsgType.NEW) return;
         let e: CtEntry | null;
         try {
-          e = decodeAt(dv, off - NLMSG_HDRLEN, len + NLMSG_HDRLEN);
+          e = decodeAt(dv, off - Nlmsg.SIZE, len + Nlmsg.SIZE);
         } catch (err) {
           if (!(err instanceof CtDecodeError)) throw err;
           if (this.stats.malformed++ === 0) this.stats.lastMalformed = err.message;
@@ -753,7 +727,7 @@ export class Conntrack {
       this.#nl.query(
         encodeCtRequest(CtMsgType.GET, 0, orig),
         (type, dv, off, len) => {
-          if (type === CtMsgType.NEW) found = decodeAt(dv, off - NLMSG_HDRLEN, len + NLMSG_HDRLEN);
+          if (type === CtMsgType.NEW) found = decodeAt(dv, off - Nlmsg.SIZE, len + Nlmsg.SIZE);
         },
         `conntrack get ${formatTuple(orig)}`,
       );
@@ -814,14 +788,9 @@ export class Conntrack {
 
 /** `udp 10.0.0.1:1000 -> 10.0.0.2:53`, for messages. */
 export function formatTuple(t: CtTuple): string {
-  const ip = (a: number) => `${a >>> 24}.${(a >>> 16) & 255}.${(a >>> 8) & 255}.${a & 255}`;
-  const name = t.proto === 6
-    ? "tcp"
-    : t.proto === 17
-    ? "udp"
-    : t.proto === 1
-    ? "icmp"
-    : `proto ${t.proto}`;
+  const ip = formatIPv4;
+  const known = protoName(t.proto);
+  const name = known === String(t.proto) ? `proto ${t.proto}` : known;
   if (t.proto === IPPROTO_ICMP) {
     return `${name} ${ip(t.src)} -> ${ip(t.dst)} id ${t.sport} type ${t.icmpType ?? ICMP_ECHO}`;
   }

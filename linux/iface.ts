@@ -7,20 +7,7 @@
  */
 
 import { type Cidr, formatIPv4, parseIPv4, prefixMask } from "../src/wire/addr.ts";
-
-async function ip(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let child;
-  try {
-    child = await new Deno.Command("ip", { args, stdout: "piped", stderr: "piped" }).output();
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) {
-      throw new Error("ip not found: install the iproute2 package");
-    }
-    throw e;
-  }
-  const dec = new TextDecoder();
-  return { code: child.code, out: dec.decode(child.stdout), err: dec.decode(child.stderr).trim() };
-}
+import { ExecError, run } from "./exec.ts";
 
 /** An IPv4 address configured on an interface. */
 export interface IfaceAddr {
@@ -30,11 +17,11 @@ export interface IfaceAddr {
 
 /** The IPv4 addresses of `ifname`. Throws when the interface does not exist. */
 export async function interfaceAddrs(ifname: string): Promise<IfaceAddr[]> {
-  const r = await ip(["-j", "-4", "addr", "show", "dev", ifname]);
-  if (r.code !== 0) throw new Error(`Interface "${ifname}" not found: ${r.err}`);
+  const r = await run("ip", ["-j", "-4", "addr", "show", "dev", ifname]);
+  if (r.code !== 0) throw new ExecError(`Interface "${ifname}" not found`, r);
   const out: IfaceAddr[] = [];
   for (
-    const link of JSON.parse(r.out || "[]") as {
+    const link of JSON.parse(r.stdout || "[]") as {
       addr_info?: { local?: string; prefixlen?: number }[];
     }[]
   ) {
@@ -58,9 +45,9 @@ export async function prefixOf(ifname: string, addr: number): Promise<Cidr | nul
 
 /** The interface and source address the kernel would use to reach `dst`. */
 export async function routeTo(dst: number): Promise<{ dev: string; src: number | null }> {
-  const r = await ip(["-j", "-4", "route", "get", formatIPv4(dst)]);
-  if (r.code !== 0) throw new Error(`No route to ${formatIPv4(dst)}: ${r.err}`);
-  const [first] = JSON.parse(r.out) as { dev?: string; prefsrc?: string }[];
+  const r = await run("ip", ["-j", "-4", "route", "get", formatIPv4(dst)]);
+  if (r.code !== 0) throw new ExecError(`No route to ${formatIPv4(dst)}`, r);
+  const [first] = JSON.parse(r.stdout) as { dev?: string; prefsrc?: string }[];
   if (!first?.dev) throw new Error(`No route to ${formatIPv4(dst)}`);
   return { dev: first.dev, src: parseIPv4(first.prefsrc ?? "") };
 }
@@ -96,8 +83,8 @@ export async function addAddresses(ifname: string, addrs: number[]): Promise<num
   try {
     for (const a of addrs) {
       if (have.has(a)) continue;
-      const r = await ip(["addr", "add", `${formatIPv4(a)}/32`, "dev", ifname]);
-      if (r.code !== 0) throw new Error(`Cannot add ${formatIPv4(a)} to ${ifname}: ${r.err}`);
+      const r = await run("ip", ["addr", "add", `${formatIPv4(a)}/32`, "dev", ifname]);
+      if (r.code !== 0) throw new ExecError(`Cannot add ${formatIPv4(a)} to ${ifname}`, r);
       added.push(a);
     }
   } catch (e) {
@@ -109,7 +96,7 @@ export async function addAddresses(ifname: string, addrs: number[]): Promise<num
 
 /** Removes /32 addresses from `ifname`; never throws for ones already gone. */
 export async function removeAddresses(ifname: string, addrs: number[]): Promise<void> {
-  for (const a of addrs) await ip(["addr", "del", `${formatIPv4(a)}/32`, "dev", ifname]);
+  for (const a of addrs) await run("ip", ["addr", "del", `${formatIPv4(a)}/32`, "dev", ifname]);
 }
 
 /** The kernel's ephemeral port range (net.ipv4.ip_local_port_range). */
@@ -120,4 +107,47 @@ export async function ephemeralRange(): Promise<[number, number]> {
     if (lo && hi && lo <= hi) return [lo, hi];
   } catch { /* not Linux, or no /proc: fall back to the kernel default */ }
   return [32768, 60999];
+}
+
+/** An interface's state and totals, as sysfs shows them (`readLinkStats`). */
+export interface LinkStats {
+  /** Operationally up (`operstate` up, or unknown with carrier). */
+  up: boolean;
+  /** Link speed, bits per second; 0 when the driver does not say (`speed` -1 or absent). */
+  bps: number;
+  txBytes: number;
+  rxBytes: number;
+  txPackets: number;
+  rxPackets: number;
+}
+
+/**
+ * `ifname`'s state and byte and packet totals since it came up, from
+ * `/sys/class/net/<ifname>` (sysfs of the network namespace dpm runs in:
+ * `ip netns exec` mounts the namespace's own). Null when the interface is
+ * not there. Synchronous: a handful of small reads.
+ */
+export function readLinkStats(ifname: string, dir = "/sys/class/net"): LinkStats | null {
+  const read = (f: string): string | null => {
+    try {
+      return Deno.readTextFileSync(`${dir}/${ifname}/${f}`).trim();
+    } catch {
+      return null; // absent, or EINVAL (carrier and speed of a down link)
+    }
+  };
+  const oper = read("operstate");
+  if (oper === null) return null;
+  const num = (f: string) => {
+    const n = Number(read(`statistics/${f}`));
+    return Number.isFinite(n) && n >= 0 ? n : 0;
+  };
+  const speed = Number(read("speed"));
+  return {
+    up: oper === "up" || (oper === "unknown" && read("carrier") === "1"),
+    bps: Number.isFinite(speed) && speed > 0 ? speed * 1_000_000 : 0,
+    txBytes: num("tx_bytes"),
+    rxBytes: num("rx_bytes"),
+    txPackets: num("tx_packets"),
+    rxPackets: num("rx_packets"),
+  };
 }

@@ -10,12 +10,14 @@
  * Commands run through the `iptables` / `iptables-restore` the system
  * selected (nft or legacy backend), with `-w` to wait for the xtables lock,
  * in the caller's network namespace, or in `opts.netns` through
- * `ip netns exec` (tests).
+ * `ip netns exec` (tests), by linux/exec.ts.
  *
  * Requires `--allow-run` and root.
  *
  * @module
  */
+
+import { ExecError, type Ran, run } from "./exec.ts";
 
 /** One chain of dpm's, jumped to from a built-in chain. */
 export interface ChainSpec {
@@ -40,56 +42,9 @@ export interface IptablesOptions {
 
 /** The kernel's limit on a chain name (XT_EXTENSION_MAXNAMELEN - 1 minus margin iptables keeps). */
 const MAX_CHAIN_LEN = 28;
-const NOT_FOUND_HINT = "iptables not found: install the iptables package";
 
-interface Out {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function exec(
-  cmd: string[],
-  opts: IptablesOptions | undefined,
-  input?: string,
-): Promise<Out> {
-  const full = opts?.netns !== undefined ? ["ip", "netns", "exec", opts.netns, ...cmd] : cmd;
-  const [bin, ...args] = full as [string, ...string[]];
-  let child: Deno.ChildProcess;
-  try {
-    child = new Deno.Command(bin, {
-      args,
-      stdin: input === undefined ? "null" : "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) {
-      throw new Error(bin === "ip" ? "ip not found: install the iproute2 package" : NOT_FOUND_HINT);
-    }
-    throw e;
-  }
-  if (input !== undefined) {
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode(input));
-    await w.close();
-  }
-  const out = await child.output();
-  const dec = new TextDecoder();
-  const r = {
-    code: out.code,
-    stdout: dec.decode(out.stdout),
-    stderr: dec.decode(out.stderr).trim(),
-  };
-  // `ip netns exec` reports a missing program itself.
-  if (r.code !== 0 && /exec of "iptables[^"]*" failed: No such file/.test(r.stderr)) {
-    throw new Error(NOT_FOUND_HINT);
-  }
-  return r;
-}
-
-function iptables(args: string[], opts?: IptablesOptions): Promise<Out> {
-  return exec(["iptables", "-w", ...args], opts);
+function iptables(args: string[], opts?: IptablesOptions): Promise<Ran> {
+  return run("iptables", ["-w", ...args], opts);
 }
 
 /**
@@ -156,13 +111,17 @@ export async function installChains(specs: ChainSpec[], opts?: IptablesOptions):
       // Inserting at position 1 in reverse keeps the specs' order at the top.
       for (const s of [...mine].reverse()) lines.push(`-I ${s.hook} 1 -j ${s.chain}`);
       lines.push("COMMIT", "");
-      const r = await exec(["iptables-restore", "-w", "--noflush"], opts, lines.join("\n"));
+      const r = await run("iptables-restore", ["-w", "--noflush"], {
+        ...opts,
+        stdin: lines.join("\n"),
+      });
       if (r.code !== 0) {
         const m = /line:? (\d+)/i.exec(r.stderr);
         const bad = m ? lines[Number(m[1]) - 1] : undefined;
-        throw new Error(
-          `iptables-restore failed for table ${table}: ${r.stderr || `exit code ${r.code}`}` +
-            (bad !== undefined ? ` (rule: ${bad})` : ""),
+        throw new ExecError(
+          `iptables-restore failed for table ${table}`,
+          r,
+          bad !== undefined ? ` (rule: ${bad})` : "",
         );
       }
     }
@@ -188,7 +147,7 @@ export async function removeChains(specs: ChainSpec[], opts?: IptablesOptions): 
     const listed = await iptables(["-t", s.table, "-S", s.hook], opts);
     if (listed.code !== 0) {
       if (isAbsent(listed.stderr)) continue;
-      throw new Error(`iptables -t ${s.table} -S ${s.hook} failed: ${listed.stderr}`);
+      throw new ExecError(`Cannot list chain ${s.hook}`, listed);
     }
     // Rule numbers of every jump to our chain; deleting from the last keeps
     // the earlier numbers valid.
@@ -203,7 +162,7 @@ export async function removeChains(specs: ChainSpec[], opts?: IptablesOptions): 
     for (const n of jumps.reverse()) {
       const r = await iptables(["-t", s.table, "-D", s.hook, String(n)], opts);
       if (r.code !== 0 && !isAbsent(r.stderr)) {
-        throw new Error(`Cannot remove jump ${s.hook} -> ${s.chain}: ${r.stderr}`);
+        throw new ExecError(`Cannot remove jump ${s.hook} -> ${s.chain}`, r);
       }
     }
   }
@@ -211,13 +170,13 @@ export async function removeChains(specs: ChainSpec[], opts?: IptablesOptions): 
   for (const s of specs) {
     const r = await iptables(["-t", s.table, "-F", s.chain], opts);
     if (r.code !== 0 && !isAbsent(r.stderr)) {
-      throw new Error(`Cannot flush chain ${s.chain}: ${r.stderr}`);
+      throw new ExecError(`Cannot flush chain ${s.chain}`, r);
     }
   }
   for (const s of specs) {
     const r = await iptables(["-t", s.table, "-X", s.chain], opts);
     if (r.code !== 0 && !isAbsent(r.stderr)) {
-      throw new Error(`Cannot delete chain ${s.chain}: ${r.stderr}`);
+      throw new ExecError(`Cannot delete chain ${s.chain}`, r);
     }
   }
 }
@@ -234,7 +193,7 @@ export async function listChain(
   const r = await iptables(["-t", table, "-S", chain], opts);
   if (r.code !== 0) {
     if (isAbsent(r.stderr)) return [];
-    throw new Error(`iptables -t ${table} -S ${chain} failed: ${r.stderr}`);
+    throw new ExecError(`Cannot list chain ${chain}`, r);
   }
   return r.stdout.split("\n").filter((l) => l !== "");
 }

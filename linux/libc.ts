@@ -146,6 +146,37 @@ export function check(ret: number | bigint, what: string): number {
   return n;
 }
 
+/**
+ * A file descriptor an object owns: closed exactly once, by
+ * {@linkcode close} or at the end of a `using` block. dpm's sockets
+ * (netlink, raw) extend it.
+ */
+export class OwnedFd {
+  #fd: number;
+
+  /** @param fd an open descriptor, owned from now on. */
+  constructor(fd: number) {
+    this.#fd = fd;
+  }
+
+  /** The descriptor; -1 once closed. */
+  get fd(): number {
+    return this.#fd;
+  }
+
+  /** Closes the descriptor. Idempotent. */
+  close(): void {
+    if (this.#fd < 0) return;
+    libc().close(this.#fd);
+    this.#fd = -1;
+  }
+
+  /** Same as {@linkcode close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
 /** True on little-endian hosts (x86_64, aarch64 as Linux runs it). */
 export const HOST_LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
@@ -197,10 +228,14 @@ export const EOPNOTSUPP = 95;
 export const ETIMEDOUT = 110;
 
 // Socket constants (linux/socket.h, linux/in.h, asm-generic/socket.h).
+/** `AF_UNIX` */
+export const AF_UNIX = 1;
 /** `AF_INET` */
 export const AF_INET = 2;
 /** `AF_NETLINK` */
 export const AF_NETLINK = 16;
+/** `SOCK_DGRAM` */
+export const SOCK_DGRAM = 2;
 /** `SOCK_RAW` */
 export const SOCK_RAW = 3;
 /** `SOCK_CLOEXEC`: not inherited by spawned processes. */
@@ -223,6 +258,8 @@ export const SO_SNDTIMEO = 21;
 export const SO_SNDBUFFORCE = 32;
 /** `SO_RCVBUFFORCE`: like SO_RCVBUF, past `rmem_max` (CAP_NET_ADMIN). */
 export const SO_RCVBUFFORCE = 33;
+/** `SO_MARK`: the mark of every packet a socket sends (CAP_NET_ADMIN). */
+export const SO_MARK = 36;
 /** `MSG_DONTWAIT` */
 export const MSG_DONTWAIT = 0x40;
 /** `MSG_TRUNC` (in msg_flags: the datagram was longer than the buffer). */

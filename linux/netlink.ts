@@ -51,11 +51,12 @@ import {
   ENOBUFS,
   errno,
   ETIMEDOUT,
-  HOST_LITTLE_ENDIAN as LE,
+  HOST_LITTLE_ENDIAN,
   libc,
   MSG_DONTWAIT,
   MSG_TRUNC,
   OsError,
+  OwnedFd,
   SO_RCVBUF,
   SO_RCVBUFFORCE,
   SO_RCVTIMEO,
@@ -66,6 +67,14 @@ import {
   SOL_SOCKET,
   strerror,
 } from "./libc.ts";
+
+// The walks below run per packet and per conntrack entry: they read these
+// module-local numbers, which cost less there than an imported or exported
+// binding (each read of one of those is checked for initialisation).
+const LE = HOST_LITTLE_ENDIAN;
+const NLMSG_HDRLEN = 16;
+const NLA_HDRLEN = 4;
+const NLA_TYPE_BITS = 0x3fff;
 
 // Protocols (linux/netlink.h).
 /** `NETLINK_NETFILTER`: nfnetlink (nf_tables, ctnetlink, queue, log...). */
@@ -135,14 +144,14 @@ export const NLA_F_NESTED = 0x8000;
 /** The attribute's value is in network byte order. */
 export const NLA_F_NET_BYTEORDER = 0x4000;
 /** The attribute type without the two flag bits. */
-export const NLA_TYPE_MASK = 0x3fff;
+export const NLA_TYPE_MASK = NLA_TYPE_BITS;
 
 /** `struct nlmsghdr` (host order): len u32, type u16, flags u16, seq u32, pid u32. */
-export const Nlmsg = { LEN: 0, TYPE: 4, FLAGS: 6, SEQ: 8, PID: 12, SIZE: 16 } as const;
+export const Nlmsg = { LEN: 0, TYPE: 4, FLAGS: 6, SEQ: 8, PID: 12, SIZE: NLMSG_HDRLEN } as const;
 /** `struct nfgenmsg`: family u8, version u8, res_id be16. */
 export const Nfgen = { FAMILY: 0, VERSION: 1, RES_ID: 2, SIZE: 4 } as const;
 /** `struct nlattr` (host order): len u16, type u16. */
-export const Nla = { LEN: 0, TYPE: 2, SIZE: 4 } as const;
+export const Nla = { LEN: 0, TYPE: 2, SIZE: NLA_HDRLEN } as const;
 /** The largest attribute: its length field is a u16. */
 export const NLA_MAX_LEN = 0xffff;
 
@@ -162,6 +171,41 @@ export const align4 = (n: number): number => (n + 3) & ~3;
 /** The nfnetlink message type of `msg` in subsystem `subsys`. */
 export function nfnlType(subsys: number, msg: number): number {
   return ((subsys & 0xff) << 8) | (msg & 0xff);
+}
+
+/**
+ * Writes a `struct nlmsghdr` at `off`: the message's total length (header
+ * included), type, flags, sequence number and port id.
+ */
+export function putMsgHeader(
+  dv: DataView,
+  off: number,
+  len: number,
+  type: number,
+  flags: number,
+  seq = 0,
+): void {
+  dv.setUint32(off + Nlmsg.LEN, len, LE);
+  dv.setUint16(off + Nlmsg.TYPE, type, LE);
+  dv.setUint16(off + Nlmsg.FLAGS, flags, LE);
+  dv.setUint32(off + Nlmsg.SEQ, seq, LE);
+  dv.setUint32(off + Nlmsg.PID, 0, LE);
+}
+
+/** Writes a `struct nfgenmsg` at `off`: family, version 0, `res_id` big endian. */
+export function putNfgen(dv: DataView, off: number, family: number, resId: number): void {
+  dv.setUint8(off + Nfgen.FAMILY, family);
+  dv.setUint8(off + Nfgen.VERSION, NFNETLINK_V0);
+  dv.setUint16(off + Nfgen.RES_ID, resId, false);
+}
+
+/**
+ * Writes a `struct nlattr` at `off`: `len` is the attribute's length with
+ * its header, without padding.
+ */
+export function putAttrHeader(dv: DataView, off: number, len: number, type: number): void {
+  dv.setUint16(off + Nla.LEN, len, LE);
+  dv.setUint16(off + Nla.TYPE, type, LE);
 }
 
 /** The kernel refused a request (an `NLMSG_ERROR` answer with a non-zero error). */
@@ -276,9 +320,7 @@ export class NlBuilder {
     if (this.#msg >= 0) throw new Error("NlBuilder.begin: the previous message is not ended");
     this.#room(Nlmsg.SIZE);
     this.#msg = this.#len;
-    this.#buf.fill(0, this.#len, this.#len + Nlmsg.SIZE);
-    this.#dv.setUint16(this.#len + Nlmsg.TYPE, type, LE);
-    this.#dv.setUint16(this.#len + Nlmsg.FLAGS, flags, LE);
+    putMsgHeader(this.#dv, this.#len, 0, type, flags); // the length is written by end()
     this.#len += Nlmsg.SIZE;
     return this;
   }
@@ -287,9 +329,7 @@ export class NlBuilder {
   nfgen(family: number, resId = 0): this {
     this.#open("nfgen");
     this.#room(Nfgen.SIZE);
-    this.#buf[this.#len + Nfgen.FAMILY] = family;
-    this.#buf[this.#len + Nfgen.VERSION] = NFNETLINK_V0;
-    this.#dv.setUint16(this.#len + Nfgen.RES_ID, resId, false);
+    putNfgen(this.#dv, this.#len, family, resId);
     this.#len += Nfgen.SIZE;
     return this;
   }
@@ -326,8 +366,7 @@ export class NlBuilder {
     const padded = align4(total);
     this.#room(padded);
     const a = this.#len;
-    this.#dv.setUint16(a + Nla.LEN, total, LE);
-    this.#dv.setUint16(a + Nla.TYPE, type, LE);
+    putAttrHeader(this.#dv, a, total, type);
     this.#buf.fill(0, a + total, a + padded);
     this.#len += padded;
     return a + Nla.SIZE;
@@ -383,7 +422,7 @@ export class NlBuilder {
     this.#open("nest");
     this.#room(Nla.SIZE);
     this.#nests.push(this.#len);
-    this.#dv.setUint16(this.#len + Nla.TYPE, type | NLA_F_NESTED, LE);
+    putAttrHeader(this.#dv, this.#len, 0, type | NLA_F_NESTED); // the length is written by endNest()
     this.#len += Nla.SIZE;
     return this;
   }
@@ -445,8 +484,47 @@ export interface NlAttr {
 }
 
 /**
- * The attributes in `dv[off, end)`, in order. Stops at trailing bytes too
- * short for a header (padding).
+ * The length of the attribute at `a` (header included, padding not), which
+ * must end by `end`; 0 when fewer bytes than a header are left (padding:
+ * the walk is over). The one check of attribute framing, as libmnl's
+ * `mnl_attr_ok`; a walk without allocation reads:
+ *
+ * ```ts ignore
+ * for (let a = off, len = 0; (len = attrLen(dv, a, end)) !== 0; a += align4(len)) {
+ *   if (attrType(dv, a) === WANTED) value = dv.getUint32(a + Nla.SIZE, false);
+ * }
+ * ```
+ *
+ * @throws {NetlinkParseError} when the length is below the header or runs
+ * past `end`.
+ */
+export function attrLen(dv: DataView, a: number, end: number): number {
+  // nla_len is at offset 0.
+  return a + NLA_HDRLEN > end ? 0 : fits(a, dv.getUint16(a, LE), end, NLA_HDRLEN, "attribute");
+}
+
+/** The type of the attribute at `a`, without the flag bits. */
+export function attrType(dv: DataView, a: number): number {
+  return dv.getUint16(a + 2, LE) & NLA_TYPE_BITS; // nla_type is at offset 2
+}
+
+/**
+ * `len`, the length field of a message or attribute at `off` with a header
+ * of `hdr` bytes, when it covers the header and ends by `end`.
+ *
+ * @throws {NetlinkParseError} otherwise.
+ */
+function fits(off: number, len: number, end: number, hdr: number, what: string): number {
+  if (len < hdr || off + len > end) {
+    throw new NetlinkParseError(`Netlink ${what} at ${off} has length ${len}, data ends at ${end}`);
+  }
+  return len;
+}
+
+/**
+ * The attributes in `dv[off, end)`, in order, each as a new object (see
+ * {@linkcode attrLen} for a walk without allocation). Stops at trailing
+ * bytes too short for a header (padding).
  *
  * @throws {NetlinkParseError} when an attribute's length is below its header
  * or runs past `end`.
@@ -455,24 +533,9 @@ export function* attrs(dv: DataView, off: number, end: number): Generator<NlAttr
   if (off < 0 || end > dv.byteLength || off > end) {
     throw new NetlinkParseError(`Attribute region ${off}-${end} is outside ${dv.byteLength} bytes`);
   }
-  let a = off;
-  while (a + Nla.SIZE <= end) {
-    const len = dv.getUint16(a + Nla.LEN, LE);
-    const t = dv.getUint16(a + Nla.TYPE, LE);
-    if (len < Nla.SIZE || a + len > end) {
-      throw new NetlinkParseError(
-        `Netlink attribute type ${
-          t & NLA_TYPE_MASK
-        } at ${a} has length ${len}, region ends at ${end}`,
-      );
-    }
-    yield {
-      type: t & NLA_TYPE_MASK,
-      nested: (t & NLA_F_NESTED) !== 0,
-      off: a + Nla.SIZE,
-      len: len - Nla.SIZE,
-    };
-    a += align4(len);
+  for (let a = off, len = 0; (len = attrLen(dv, a, end)) !== 0; a += align4(len)) {
+    const nested = (dv.getUint16(a + Nla.TYPE, LE) & NLA_F_NESTED) !== 0;
+    yield { type: attrType(dv, a), nested, off: a + NLA_HDRLEN, len: len - NLA_HDRLEN };
   }
 }
 
@@ -560,26 +623,33 @@ export interface NlMsg {
 }
 
 /**
- * The netlink messages in `dv[0, n)`.
+ * {@linkcode attrLen} for the netlink message at `off` (libmnl's
+ * `mnl_nlmsg_ok`): its length, header included; the next message starts at
+ * `off + align4(len)`.
+ */
+export function msgLen(dv: DataView, off: number, end: number): number {
+  // nlmsg_len is at offset 0.
+  return off + NLMSG_HDRLEN > end
+    ? 0
+    : fits(off, dv.getUint32(off, LE), end, NLMSG_HDRLEN, "message");
+}
+
+/**
+ * The netlink messages in `dv[0, n)`, each as a new object (see
+ * {@linkcode msgLen} for a walk without allocation).
  *
  * @throws {NetlinkParseError} when a message length is below the header or
  * runs past `n`.
  */
 export function* messages(dv: DataView, n: number): Generator<NlMsg> {
-  let off = 0;
-  while (off + Nlmsg.SIZE <= n) {
-    const len = dv.getUint32(off + Nlmsg.LEN, LE);
-    if (len < Nlmsg.SIZE || off + len > n) {
-      throw new NetlinkParseError(`Netlink message at ${off} has length ${len}, data ends at ${n}`);
-    }
+  for (let off = 0, len = 0; (len = msgLen(dv, off, n)) !== 0; off += align4(len)) {
     yield {
       type: dv.getUint16(off + Nlmsg.TYPE, LE),
       flags: dv.getUint16(off + Nlmsg.FLAGS, LE),
       seq: dv.getUint32(off + Nlmsg.SEQ, LE),
-      off: off + Nlmsg.SIZE,
-      len: len - Nlmsg.SIZE,
+      off: off + NLMSG_HDRLEN,
+      len: len - NLMSG_HDRLEN,
     };
-    off += align4(len);
   }
 }
 
@@ -648,6 +718,14 @@ export interface NetlinkSocketOptions {
    * @default {4194304}
    */
   sndbuf?: number;
+  /**
+   * The socket also receives messages nobody asked for (a netfilter queue's
+   * packets): a receive buffer that overflowed with those (`ENOBUFS`) is
+   * not an error while waiting for answers; an answer lost with them shows
+   * as a timeout.
+   * @default {false}
+   */
+  unsolicited?: boolean;
 }
 
 /** Handles one message of a dump or query reply; `dv` is reused by the next read. */
@@ -672,19 +750,28 @@ interface Sent {
  * nl.dump(get, (type, dv, off, len) => {  });
  * ```
  */
-export class NetlinkSocket {
+export class NetlinkSocket extends OwnedFd {
   /** The protocol (`NETLINK_NETFILTER`...). */
   readonly protocol: number;
-  #fd: number;
   #seq: number;
   #sndbuf: number;
+  readonly #timeoutMs: number;
+  readonly #unsolicited: boolean;
   readonly #rx = new Uint8Array(RX_SIZE);
   readonly #rxDv = new DataView(this.#rx.buffer);
 
-  private constructor(fd: number, protocol: number, sndbuf: number) {
-    this.#fd = fd;
+  private constructor(
+    fd: number,
+    protocol: number,
+    sndbuf: number,
+    timeoutMs: number,
+    unsolicited: boolean,
+  ) {
+    super(fd);
     this.protocol = protocol;
     this.#sndbuf = sndbuf;
+    this.#timeoutMs = timeoutMs;
+    this.#unsolicited = unsolicited;
     // Distinct sequence numbers per socket make stray answers recognisable.
     this.#seq = (Math.floor(Math.random() * 0x7fff_ffff) | 1) >>> 0;
   }
@@ -719,25 +806,28 @@ export class NetlinkSocket {
       if (c.setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, tv, 16) < 0) {
         throw new OsError("setsockopt(SO_RCVTIMEO)", errno());
       }
-      return new NetlinkSocket(fd, protocol, sndbuf);
+      return new NetlinkSocket(fd, protocol, sndbuf, timeoutMs, opts.unsolicited ?? false);
     } catch (e) {
       c.close(fd);
       throw e;
     }
   }
 
+  // `fd` (OwnedFd's) serves a caller that moves its own traffic over the
+  // socket (a queue's packets and verdicts) beside the requests made here.
+
   #check(): void {
-    if (this.#fd < 0) throw new Error("Netlink socket is closed");
+    if (this.fd < 0) throw new Error("Netlink socket is closed");
   }
 
   /** Sends `buf` as one datagram, growing the send buffer when needed. */
   #send(buf: Uint8Array, what: string): void {
     if (buf.length + 4096 > this.#sndbuf) {
       this.#sndbuf = 2 * buf.length + 4096;
-      setIntOpt(this.#fd, SOL_SOCKET, SO_SNDBUFFORCE, SO_SNDBUF, this.#sndbuf, "SO_SNDBUF");
+      setIntOpt(this.fd, SOL_SOCKET, SO_SNDBUFFORCE, SO_SNDBUF, this.#sndbuf, "SO_SNDBUF");
     }
     for (;;) {
-      const n = Number(libc().send(this.#fd, buf, BigInt(buf.length), 0));
+      const n = Number(libc().send(this.fd, buf, BigInt(buf.length), 0));
       if (n >= 0) return;
       const e = errno();
       if (e === EINTR) continue;
@@ -752,7 +842,7 @@ export class NetlinkSocket {
   #recv(wait: boolean, what: string): number {
     for (;;) {
       const n = Number(
-        libc().recv(this.#fd, this.#rx, BigInt(RX_SIZE), MSG_TRUNC | (wait ? 0 : MSG_DONTWAIT)),
+        libc().recv(this.fd, this.#rx, BigInt(RX_SIZE), MSG_TRUNC | (wait ? 0 : MSG_DONTWAIT)),
       );
       if (n >= 0) {
         if (n > RX_SIZE) {
@@ -765,6 +855,7 @@ export class NetlinkSocket {
       const e = errno();
       if (e === EINTR) continue;
       if (e === EAGAIN) return 0;
+      if (e === ENOBUFS && this.#unsolicited) continue; // unsolicited messages were lost
       if (e === ENOBUFS) {
         throw new OsError(`${what}: answers were lost (receive buffer overflowed)`, e);
       }
@@ -804,35 +895,65 @@ export class NetlinkSocket {
    * datagram and collects the answers: for each message, its errno (0 for
    * an acknowledgement), or -1 when no answer came (a message without
    * `NLM_F_ACK` that succeeded, or one the kernel skipped because an earlier
-   * one of the batch was refused). Never throws for refusals.
+   * one of the batch was refused). Never throws for refusals. Messages
+   * read meanwhile that are not answers (an echo, a queue's packets) go to
+   * `onOther` when given.
    *
    * @throws {OsError} when sending fails, or when a message that asked for
    * an acknowledgement got none within the timeout (`ETIMEDOUT`).
    * @throws {NetlinkParseError} when `msgs` or an answer is malformed.
    */
-  requestAll(msgs: Uint8Array[], what = "netlink request"): NlErrorAnswer[] {
+  requestAll(
+    msgs: Uint8Array[],
+    what = "netlink request",
+    onOther?: MessageHandler,
+  ): NlErrorAnswer[] {
+    return this.#request(msgs, what, onOther).map((s) =>
+      s.answer ?? { errno: -1, seq: 0, detail: "", attrOffset: -1 }
+    );
+  }
+
+  /**
+   * Like {@linkcode requestAll}, but throws the first refusal as a
+   * {@linkcode NetlinkError} naming the message's index and type.
+   */
+  request(msgs: Uint8Array[], what = "netlink request"): void {
+    const sent = this.#request(msgs, what);
+    for (let i = 0; i < sent.length; i++) {
+      const a = sent[i]!.answer;
+      if (a !== undefined && a.errno > 0) {
+        throw new NetlinkError(what, a.errno, i, sent[i]!.type, a.detail, a.attrOffset);
+      }
+    }
+  }
+
+  /** Sends `msgs` in one datagram; each message with its answer, when one came. */
+  #request(msgs: Uint8Array[], what: string, onOther?: MessageHandler): Sent[] {
     this.#check();
     const { sent, bySeq, out } = this.#number(msgs);
     let pending = 0;
     for (const s of sent) if ((s.flags & NLM_F_ACK) !== 0) pending++;
     this.#send(out, what);
     let sawError = false;
+    // Unsolicited messages can keep every read busy: the timeout is overall.
+    const deadline = performance.now() + this.#timeoutMs;
+    const noAnswer = () =>
+      new OsError(`${what}: no answer from the kernel for ${pending} message(s)`, ETIMEDOUT);
     while (pending > 0) {
+      if (performance.now() >= deadline) throw noAnswer();
       // Answers of a request are queued by the time send returns; wait only
       // when some are still missing and no refusal explains why.
       let n = this.#recv(false, what);
       if (n === 0) {
         if (sawError) break;
         n = this.#recv(true, what);
-        if (n === 0) {
-          throw new OsError(
-            `${what}: no answer from the kernel for ${pending} message(s)`,
-            ETIMEDOUT,
-          );
-        }
+        if (n === 0) throw noAnswer();
       }
       for (const m of messages(this.#rxDv, n)) {
-        if (m.type !== NLMSG_ERROR) continue; // replies (echo) are not collected here
+        if (m.type !== NLMSG_ERROR) {
+          onOther?.(m.type, this.#rxDv, m.off, m.len);
+          continue;
+        }
         const e = parseError(this.#rxDv, m);
         if (e === null) continue;
         const i = bySeq.get(e.seq);
@@ -844,32 +965,7 @@ export class NetlinkSocket {
         if (e.errno !== 0) sawError = true;
       }
     }
-    return sent.map((s) => s.answer ?? { errno: -1, seq: 0, detail: "", attrOffset: -1 });
-  }
-
-  /**
-   * Like {@linkcode requestAll}, but throws the first refusal as a
-   * {@linkcode NetlinkError} naming the message's index and type.
-   */
-  request(msgs: Uint8Array[], what = "netlink request"): void {
-    const answers = this.requestAll(msgs, what);
-    const types = this.#types(msgs);
-    for (let i = 0; i < answers.length; i++) {
-      const a = answers[i]!;
-      if (a.errno > 0) {
-        throw new NetlinkError(what, a.errno, i, types[i] ?? 0, a.detail, a.attrOffset);
-      }
-    }
-  }
-
-  #types(msgs: Uint8Array[]): number[] {
-    const t: number[] = [];
-    for (const b of msgs) {
-      for (const m of messages(new DataView(b.buffer, b.byteOffset, b.byteLength), b.length)) {
-        t.push(m.type);
-      }
-    }
-    return t;
+    return sent;
   }
 
   /**
@@ -944,18 +1040,6 @@ export class NetlinkSocket {
         onMessage(m.type, this.#rxDv, m.off, m.len);
       }
     }
-  }
-
-  /** Closes the socket; later calls throw. Idempotent. */
-  close(): void {
-    if (this.#fd < 0) return;
-    libc().close(this.#fd);
-    this.#fd = -1;
-  }
-
-  /** Same as {@linkcode close}, for `using`. */
-  [Symbol.dispose](): void {
-    this.close();
   }
 }
 

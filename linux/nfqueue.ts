@@ -46,7 +46,6 @@
 import { Meta, Verdict } from "../src/wire/meta.ts";
 import {
   addressOf,
-  AF_NETLINK,
   EAGAIN,
   EFD_CLOEXEC,
   EFD_NONBLOCK,
@@ -66,15 +65,34 @@ import {
   PollFd,
   POLLIN,
   setU64,
-  SO_RCVBUF,
-  SO_RCVBUFFORCE,
-  SO_SNDBUF,
-  SO_SNDBUFFORCE,
-  SOCK_CLOEXEC,
-  SOCK_RAW,
-  SOL_SOCKET,
   strerror,
 } from "./libc.ts";
+import {
+  align4 as align4_,
+  attrLen as attrLen_,
+  attrType as attrType_,
+  type MessageHandler,
+  msgLen as msgLen_,
+  NETLINK_NETFILTER,
+  NetlinkParseError,
+  NetlinkSocket,
+  Nfgen,
+  NFNL_SUBSYS_QUEUE,
+  nfnlType,
+  NFPROTO_IPV4,
+  NFPROTO_UNSPEC,
+  Nla,
+  NLA_MAX_LEN,
+  NlBuilder,
+  NLM_F_ACK,
+  NLM_F_REQUEST,
+  Nlmsg,
+  NLMSG_ERROR,
+  NLMSG_OVERRUN,
+  putAttrHeader,
+  putMsgHeader,
+  putNfgen,
+} from "./netlink.ts";
 
 /** `NF_DROP`: discard the packet. */
 export const VERDICT_DROP = 0;
@@ -164,57 +182,40 @@ export interface NfQueueStats {
   gso: number;
 }
 
-// Netlink framing (linux/netlink.h, linux/netfilter/nfnetlink.h).
-/** `struct nlmsghdr` (host order): len u32, type u16, flags u16, seq u32, pid u32. */
-const Nlmsg = { LEN: 0, TYPE: 4, FLAGS: 6, SEQ: 8, PID: 12, SIZE: 16 } as const;
-/** `struct nfgenmsg`: family u8, version u8, res_id be16 (the queue number). */
-const Nfgen = { FAMILY: 0, VERSION: 1, RES_ID: 2, SIZE: 4 } as const;
-/** `struct nlattr` (host order): len u16, type u16. */
-const Nla = { LEN: 0, TYPE: 2, SIZE: 4 } as const;
-/** Attribute type bits: the high two are NLA_F_NESTED and NLA_F_NET_BYTEORDER. */
-const NLA_TYPE_MASK = 0x3fff;
-const NETLINK_NETFILTER = 12;
-const SOL_NETLINK = 270;
-/** Error answers carry only the failed request's header, not our payloads. */
-const NETLINK_CAP_ACK = 10;
-const NLM_F_REQUEST = 0x1;
-const NLM_F_ACK = 0x4;
-const NLMSG_ERROR = 0x2;
-const NLMSG_OVERRUN = 0x4;
-/** `struct sockaddr_nl`: family u16, pad u16, pid u32, groups u32. */
-const SOCKADDR_NL_SIZE = 12;
-
-// nfnetlink_queue (linux/netfilter/nfnetlink_queue.h).
-const NFNL_SUBSYS_QUEUE = 3;
-const NFQNL_MSG_PACKET = (NFNL_SUBSYS_QUEUE << 8) | 0;
-const NFQNL_MSG_VERDICT = (NFNL_SUBSYS_QUEUE << 8) | 1;
-const NFQNL_MSG_CONFIG = (NFNL_SUBSYS_QUEUE << 8) | 2;
-const NFQNL_MSG_VERDICT_BATCH = (NFNL_SUBSYS_QUEUE << 8) | 3;
-const NFQA_PACKET_HDR = 1;
-const NFQA_VERDICT_HDR = 2;
-const NFQA_PAYLOAD = 10;
-const NFQA_CAP_LEN = 13;
-const NFQA_SKB_INFO = 14;
+// nfnetlink_queue (linux/netfilter/nfnetlink_queue.h). The framing
+// (netlink and nfnetlink headers, attributes, the socket and its
+// acknowledgements) is linux/netlink.ts's.
+/** `enum nfqnl_msg_types`, as full message types of subsystem `NFNL_SUBSYS_QUEUE`. */
+const NFQNL_MSG = {
+  PACKET: nfnlType(NFNL_SUBSYS_QUEUE, 0),
+  VERDICT: nfnlType(NFNL_SUBSYS_QUEUE, 1),
+  CONFIG: nfnlType(NFNL_SUBSYS_QUEUE, 2),
+  VERDICT_BATCH: nfnlType(NFNL_SUBSYS_QUEUE, 3),
+} as const;
+/** `enum nfqnl_attr_type`: the packet and verdict attributes used here. */
+const NFQA = { PACKET_HDR: 1, VERDICT_HDR: 2, PAYLOAD: 10, CAP_LEN: 13, SKB_INFO: 14 } as const;
 /** `struct nfqnl_msg_packet_hdr` (packed, 7 bytes): be32 id, be16 hw proto, u8 hook. */
 const PacketHdr = { ID: 0, HW_PROTO: 4, HOOK: 6, SIZE: 7 } as const;
-const NFQA_CFG_CMD = 1;
-const NFQA_CFG_PARAMS = 2;
-const NFQA_CFG_QUEUE_MAXLEN = 3;
-const NFQA_CFG_MASK = 4;
-const NFQA_CFG_FLAGS = 5;
-const NFQNL_CFG_CMD_BIND = 1;
-const NFQNL_CFG_CMD_UNBIND = 2;
-const NFQNL_CFG_CMD_PF_BIND = 3;
-const NFQNL_CFG_CMD_PF_UNBIND = 4;
+/** `enum nfqnl_attr_config`: the configuration attributes. */
+const NFQA_CFG = { CMD: 1, PARAMS: 2, QUEUE_MAXLEN: 3, MASK: 4, FLAGS: 5 } as const;
+/** `enum nfqnl_msg_config_cmds`: the commands of `NFQA_CFG.CMD`. */
+const NFQNL_CFG_CMD = { BIND: 1, UNBIND: 2, PF_BIND: 3, PF_UNBIND: 4 } as const;
+/** `NFQA_CFG_F_*`: the bits of `NFQA_CFG.FLAGS` (and `.MASK`). */
+const NFQA_CFG_F = { FAIL_OPEN: 0x1, GSO: 0x4 } as const;
+/** `enum nfqnl_config_mode`: copy the whole packet (up to the copy range). */
 const NFQNL_COPY_PACKET = 2;
-const NFQA_CFG_F_FAIL_OPEN = 0x1;
-const NFQA_CFG_F_GSO = 0x4;
-const AF_UNSPEC = 0;
-const AF_INET = 2;
-/** Reported when the kernel did not answer a configuration request. */
-const ETIMEDOUT = 110;
+// Module-local names for what the per-packet walks use: V8 checks an
+// imported binding for initialisation at every use, a local const it does not.
+const align4 = align4_;
+const attrLen = attrLen_;
+const attrType = attrType_;
+const msgLen = msgLen_;
+/** Where a queue message's attributes start: after nlmsghdr and nfgenmsg. */
+const ATTRS_AT = Nlmsg.SIZE + Nfgen.SIZE;
+/** An attribute's header size, as a module-local number for the per-packet walk. */
+const NLA_HDRLEN = Nla.SIZE;
 /** The kernel's copy range limit: the payload attribute length is a u16. */
-const MAX_COPY_RANGE = 0xffff - Nla.SIZE;
+const MAX_COPY_RANGE = NLA_MAX_LEN - Nla.SIZE;
 
 /**
  * Bytes before the payload in a packet message: nlmsghdr, nfgenmsg and the
@@ -223,8 +224,8 @@ const MAX_COPY_RANGE = 0xffff - Nla.SIZE;
  */
 const RX_OVERHEAD = 1024;
 /**
- * One verdict message's fixed part: nlmsghdr + nfgenmsg + NFQA_VERDICT_HDR
- * (4 + 8), then, for a payload verdict, the NFQA_PAYLOAD attribute header.
+ * One verdict message's fixed part: nlmsghdr + nfgenmsg + NFQA.VERDICT_HDR
+ * (4 + 8), then, for a payload verdict, the NFQA.PAYLOAD attribute header.
  */
 const VERDICT_MSG_SIZE = Nlmsg.SIZE + Nfgen.SIZE + Nla.SIZE + 8;
 const VERDICT_HDR_SLOT = VERDICT_MSG_SIZE + Nla.SIZE;
@@ -233,7 +234,6 @@ const UIO_MAXIOV = 1024;
 /** Bytes per verdict sendmsg; the socket's send buffer is sized above it. */
 const MAX_SEND_BYTES = 1 << 20;
 
-const align4 = (n: number) => (n + 3) & ~3;
 const align8 = (n: number) => (n + 7) & ~7;
 
 /** True when packet id `a` comes after `b` in the kernel's wrapping u32 sequence. */
@@ -271,12 +271,13 @@ export class NfQueue {
   /** The last error seen (netlink error answer or failed send), for diagnostics. */
   lastError = "";
 
+  readonly #nl: NetlinkSocket;
+  /** The socket's descriptor, for the packet path's recvmmsg and sendmsg. */
   #fd: number;
   #efd: number;
   #closed = false;
   #fdsClosed = false;
   #waiting: Promise<number> | null = null;
-  #seq = 1;
   /** The first exception a handler threw during the current drain. */
   #thrown: unknown = null;
 
@@ -291,6 +292,7 @@ export class NfQueue {
   readonly #mmsgDv: DataView;
   /** The iovecs the mmsghdrs point at: referenced so they live as long. */
   readonly #rxIov: Uint8Array;
+  readonly #rxPkt = new PacketFields();
 
   // Send side: verdict headers written into `#txHdr`, gathered with
   // `#txIov` (headers, payloads in place, padding from `#zero`).
@@ -320,7 +322,15 @@ export class NfQueue {
   readonly #pollDv = new DataView(this.#pollBuf.buffer);
   readonly #one = new Uint8Array(8);
 
-  private constructor(fd: number, efd: number, queue: number, batch: number, copyRange: number) {
+  private constructor(
+    nl: NetlinkSocket,
+    efd: number,
+    queue: number,
+    batch: number,
+    copyRange: number,
+  ) {
+    this.#nl = nl;
+    const fd = nl.fd;
     this.#fd = fd;
     this.#efd = efd;
     this.queue = queue;
@@ -384,25 +394,23 @@ export class NfQueue {
       throw new RangeError(`Copy range "${opts.copyRange}" is below an IPv4 header`);
     }
     const maxLen = opts.maxLen ?? 16384;
-    const rcvbuf = opts.rcvbuf ?? 16 << 20;
     const c = libc();
-    const fd = c.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
-    if (fd < 0) throw new OsError("socket(AF_NETLINK, NETLINK_NETFILTER)", errno());
+    // Packet messages arrive unasked: the socket must not take their
+    // overflow for a lost answer while the queue is configured.
+    const nl = NetlinkSocket.open(NETLINK_NETFILTER, {
+      rcvbuf: opts.rcvbuf ?? 16 << 20,
+      sndbuf: 2 * MAX_SEND_BYTES,
+      unsolicited: true,
+    });
     let efd = -1;
     try {
-      const sa = new Uint8Array(SOCKADDR_NL_SIZE);
-      new DataView(sa.buffer).setUint16(0, AF_NETLINK, LE); // pid 0: the kernel assigns one
-      if (c.bind(fd, sa, sa.length) < 0) throw new OsError("bind(AF_NETLINK)", errno());
-      setIntOpt(fd, SOL_SOCKET, SO_RCVBUFFORCE, SO_RCVBUF, rcvbuf, "SO_RCVBUF");
-      setIntOpt(fd, SOL_SOCKET, SO_SNDBUFFORCE, SO_SNDBUF, 2 * MAX_SEND_BYTES, "SO_SNDBUF");
-      setIntOpt(fd, SOL_NETLINK, NETLINK_CAP_ACK, -1, 1, null);
       efd = c.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
       if (efd < 0) throw new OsError("eventfd", errno());
-      const q = new NfQueue(fd, efd, queue, batch, copyRange);
+      const q = new NfQueue(nl, efd, queue, batch, copyRange);
       q.#configure(copyRange, maxLen, opts.failOpen ?? false, opts.gso ?? true);
       return q;
     } catch (e) {
-      c.close(fd);
+      nl.close();
       if (efd >= 0) c.close(efd);
       throw e;
     }
@@ -411,86 +419,82 @@ export class NfQueue {
   /** Sends the configuration messages, each acknowledged. */
   #configure(copyRange: number, maxLen: number, failOpen: boolean, gso: boolean): void {
     const early: number[] = [];
+    const command = (c: number) => (b: NlBuilder) => b.bytes(NFQA_CFG.CMD, cmd(c, NFPROTO_IPV4));
     // PF_UNBIND/PF_BIND are no-ops since Linux 3.8 but harmless; older
     // kernels need them before a queue of that family gets packets.
-    this.#config(AF_INET, 0, [[NFQA_CFG_CMD, cmd(NFQNL_CFG_CMD_PF_UNBIND, AF_INET)]], null, early);
-    this.#config(AF_INET, 0, [[NFQA_CFG_CMD, cmd(NFQNL_CFG_CMD_PF_BIND, AF_INET)]], null, early);
+    this.#config(NFPROTO_IPV4, 0, command(NFQNL_CFG_CMD.PF_UNBIND), null, early);
+    this.#config(NFPROTO_IPV4, 0, command(NFQNL_CFG_CMD.PF_BIND), null, early);
     // Bind before sending parameters: they apply to an existing instance.
+    const queue = this.queue;
     this.#config(
-      AF_UNSPEC,
-      this.queue,
-      [[NFQA_CFG_CMD, cmd(NFQNL_CFG_CMD_BIND, AF_INET)]],
-      `bind netfilter queue ${this.queue}`,
+      NFPROTO_UNSPEC,
+      queue,
+      command(NFQNL_CFG_CMD.BIND),
+      `bind netfilter queue ${queue}`,
       early,
     );
     const params = new Uint8Array(5); // packed: be32 copy range, u8 mode
     new DataView(params.buffer).setUint32(0, copyRange, false);
     params[4] = NFQNL_COPY_PACKET;
-    this.#config(AF_UNSPEC, this.queue, [[NFQA_CFG_PARAMS, params]], "set copy mode", early);
     this.#config(
-      AF_UNSPEC,
-      this.queue,
-      [[NFQA_CFG_QUEUE_MAXLEN, be32(maxLen)]],
+      NFPROTO_UNSPEC,
+      queue,
+      (b) => b.bytes(NFQA_CFG.PARAMS, params),
+      "set copy mode",
+      early,
+    );
+    this.#config(
+      NFPROTO_UNSPEC,
+      queue,
+      (b) => b.be32(NFQA_CFG.QUEUE_MAXLEN, maxLen),
       "set queue length",
       early,
     );
-    // The kernel only looks at NFQA_CFG_FLAGS together with NFQA_CFG_MASK.
+    // The kernel only looks at NFQA_CFG.FLAGS together with NFQA_CFG.MASK.
+    const flags = (failOpen ? NFQA_CFG_F.FAIL_OPEN : 0) | (gso ? NFQA_CFG_F.GSO : 0);
     this.#config(
-      AF_UNSPEC,
-      this.queue,
-      [[NFQA_CFG_MASK, be32(NFQA_CFG_F_FAIL_OPEN | NFQA_CFG_F_GSO)], [
-        NFQA_CFG_FLAGS,
-        be32((failOpen ? NFQA_CFG_F_FAIL_OPEN : 0) | (gso ? NFQA_CFG_F_GSO : 0)),
-      ]],
+      NFPROTO_UNSPEC,
+      queue,
+      (b) =>
+        b.be32(NFQA_CFG.MASK, NFQA_CFG_F.FAIL_OPEN | NFQA_CFG_F.GSO).be32(NFQA_CFG.FLAGS, flags),
       "set queue flags",
       early,
     );
     // Packets queued between bind and the copy-mode change came without
     // payload: nobody has looked at them, so they are dropped rather than
     // passed untranslated (transports retransmit).
-    for (const id of early) this.#emit(NFQNL_MSG_VERDICT, id, VERDICT_DROP, 0, 0);
+    for (const id of early) this.#emit(NFQNL_MSG.VERDICT, id, VERDICT_DROP, 0, 0);
     this.#send();
   }
 
   /**
-   * Sends one NFQNL_MSG_CONFIG and reads its acknowledgement. `what` null:
-   * failures are ignored. Packet messages read meanwhile are recorded in
-   * `early` for a verdict.
+   * Sends one NFQNL_MSG.CONFIG whose attributes `attrs` appends and waits
+   * for its acknowledgement. `what` null: failures are ignored. Packet
+   * messages read meanwhile are recorded in `early` for a verdict.
    */
   #config(
     family: number,
     resId: number,
-    attrs: [number, Uint8Array][],
+    attrs: (b: NlBuilder) => void,
     what: string | null,
     early: number[],
   ): void {
-    const seq = this.#seq++;
-    let len = Nlmsg.SIZE + Nfgen.SIZE;
-    for (const [, v] of attrs) len += align4(Nla.SIZE + v.length);
-    const m = new Uint8Array(len);
-    const dv = new DataView(m.buffer);
-    dv.setUint32(Nlmsg.LEN, len, LE);
-    dv.setUint16(Nlmsg.TYPE, NFQNL_MSG_CONFIG, LE);
-    dv.setUint16(Nlmsg.FLAGS, NLM_F_REQUEST | NLM_F_ACK, LE);
-    dv.setUint32(Nlmsg.SEQ, seq, LE);
-    m[Nlmsg.SIZE + Nfgen.FAMILY] = family;
-    dv.setUint16(Nlmsg.SIZE + Nfgen.RES_ID, resId, false);
-    let off = Nlmsg.SIZE + Nfgen.SIZE;
-    for (const [type, v] of attrs) {
-      dv.setUint16(off + Nla.LEN, Nla.SIZE + v.length, LE);
-      dv.setUint16(off + Nla.TYPE, type, LE);
-      m.set(v, off + Nla.SIZE);
-      off += align4(Nla.SIZE + v.length);
-    }
-    const c = libc();
-    if (Number(c.send(this.#fd, m, BigInt(m.length), 0)) < 0) {
-      const err = errno();
+    const b = new NlBuilder(64).begin(NFQNL_MSG.CONFIG, NLM_F_REQUEST | NLM_F_ACK);
+    attrs(b.nfgen(family, resId));
+    const pkt = new PacketFields();
+    const onPacket: MessageHandler = (type, dv, off, len) => {
+      if (type === NFQNL_MSG.PACKET && pkt.read(dv, off - Nlmsg.SIZE, off + len)) {
+        early.push(pkt.id);
+      }
+    };
+    let err: number;
+    try {
+      err = this.#nl.requestAll([b.end().finish()], what ?? "configure", onPacket)[0]!.errno;
+    } catch (e) {
       if (what === null) return;
-      throw new OsError(`Cannot ${what}`, err);
+      throw e instanceof OsError ? new OsError(`Cannot ${what}`, e.errno) : e;
     }
-    // nfnetlink handles the request inside send(), so the answer is queued.
-    const err = this.#readAck(seq, early);
-    if (err === 0 || what === null) return;
+    if (err <= 0 || what === null) return;
     if (err === EPERM && what.startsWith("bind")) {
       throw new Error(
         hasNetAdmin()
@@ -499,49 +503,6 @@ export class NfQueue {
       );
     }
     throw new OsError(`Cannot ${what}`, err);
-  }
-
-  /** Reads until the answer to `seq`; returns its error number (0: ack). */
-  #readAck(seq: number, early: number[]): number {
-    const c = libc();
-    for (let tries = 0; tries < 10000; tries++) {
-      const n = Number(c.recv(this.#fd, this.#rx, BigInt(this.#slotSize), MSG_DONTWAIT));
-      if (n < 0) {
-        const e = errno();
-        if (e === EINTR || e === ENOBUFS) continue;
-        return e === EAGAIN ? ETIMEDOUT : e; // no answer at all
-      }
-      let off = 0;
-      while (off + Nlmsg.SIZE <= n) {
-        const len = this.#rxDv.getUint32(off + Nlmsg.LEN, LE);
-        if (len < Nlmsg.SIZE || off + len > n) break;
-        const type = this.#rxDv.getUint16(off + Nlmsg.TYPE, LE);
-        if (type === NLMSG_ERROR && len >= Nlmsg.SIZE + 4) {
-          const mseq = this.#rxDv.getUint32(off + Nlmsg.SIZE + 4 + Nlmsg.SEQ, LE);
-          if (mseq === seq) return -this.#rxDv.getInt32(off + Nlmsg.SIZE, LE);
-        } else if (type === NFQNL_MSG_PACKET) {
-          const id = this.#parsePacketId(off, len);
-          if (id !== null) early.push(id);
-        }
-        off += align4(len);
-      }
-    }
-    return ETIMEDOUT;
-  }
-
-  #parsePacketId(base: number, len: number): number | null {
-    let a = base + Nlmsg.SIZE + Nfgen.SIZE;
-    const end = base + len;
-    while (a + Nla.SIZE <= end) {
-      const alen = this.#rxDv.getUint16(a + Nla.LEN, LE);
-      if (alen < Nla.SIZE || a + alen > end) return null;
-      const type = this.#rxDv.getUint16(a + Nla.TYPE, LE) & NLA_TYPE_MASK;
-      if (type === NFQA_PACKET_HDR && alen >= Nla.SIZE + PacketHdr.SIZE) {
-        return this.#rxDv.getUint32(a + Nla.SIZE + PacketHdr.ID, false);
-      }
-      a += align4(alen);
-    }
-    return null;
   }
 
   /**
@@ -627,75 +588,55 @@ export class NfQueue {
   /** Handles the netlink messages of one datagram; returns packets handled. */
   #datagram(base: number, n: number, trunc: boolean, handler: PacketHandler): number {
     const dv = this.#rxDv;
-    let off = 0;
+    const end = base + n;
+    let off = base;
     let handled = 0;
-    while (off + Nlmsg.SIZE <= n) {
-      const len = dv.getUint32(base + off + Nlmsg.LEN, LE);
-      if (len < Nlmsg.SIZE || off + len > n) {
-        // Framing broken (or cut by MSG_TRUNC): nothing after this is trustworthy.
-        this.#fail(trunc ? "packet message longer than the receive buffer" : "bad netlink length");
-        break;
+    try {
+      for (let len = 0; (len = msgLen(dv, off, end)) !== 0; off += align4(len)) {
+        const type = dv.getUint16(off + Nlmsg.TYPE, LE);
+        if (type === NFQNL_MSG.PACKET) {
+          handled += this.#packet(off, off + len, handler);
+        } else if (type === NLMSG_ERROR) {
+          // Verdicts are sent without NLM_F_ACK: an answer means one failed
+          // (typically ENOENT, an unknown or already decided id).
+          const err = len >= Nlmsg.SIZE + 4 ? -dv.getInt32(off + Nlmsg.SIZE, LE) : 0;
+          if (err !== 0) this.#fail(`verdict refused: ${strerror(err)} (errno ${err})`);
+        } else if (type === NLMSG_OVERRUN) {
+          this.#fail("netlink overrun");
+        }
       }
-      const type = dv.getUint16(base + off + Nlmsg.TYPE, LE);
-      if (type === NFQNL_MSG_PACKET) {
-        handled += this.#packet(base + off, len, handler);
-      } else if (type === NLMSG_ERROR) {
-        // Verdicts are sent without NLM_F_ACK: an answer means one failed
-        // (typically ENOENT, an unknown or already decided id).
-        const err = len >= Nlmsg.SIZE + 4 ? -dv.getInt32(base + off + Nlmsg.SIZE, LE) : 0;
-        if (err !== 0) this.#fail(`verdict refused: ${strerror(err)} (errno ${err})`);
-      } else if (type === NLMSG_OVERRUN) {
-        this.#fail("netlink overrun");
-      }
-      off += align4(len);
+    } catch (e) {
+      if (!(e instanceof NetlinkParseError)) throw e;
+      // Framing broken (or cut by MSG_TRUNC): nothing after this is trustworthy.
+      this.#fail(trunc ? "packet message longer than the receive buffer" : "bad netlink length");
     }
-    if (trunc && off < n) this.#fail("truncated datagram");
+    if (trunc && off < end) this.#fail("truncated datagram");
     return handled;
   }
 
-  /** Parses one packet message, runs the handler, records the verdict. */
-  #packet(base: number, len: number, handler: PacketHandler): number {
-    const dv = this.#rxDv;
-    const end = base + len;
-    let a = base + Nlmsg.SIZE + Nfgen.SIZE;
-    let id = -1;
-    let hook = 0;
-    let payOff = -1;
-    let payLen = 0;
-    let capLen = -1;
-    let skbInfo = 0;
-    while (a + Nla.SIZE <= end) {
-      const alen = dv.getUint16(a + Nla.LEN, LE);
-      if (alen < Nla.SIZE || a + alen > end) break;
-      const type = dv.getUint16(a + Nla.TYPE, LE) & NLA_TYPE_MASK;
-      if (type === NFQA_PACKET_HDR && alen >= Nla.SIZE + PacketHdr.SIZE) {
-        id = dv.getUint32(a + Nla.SIZE + PacketHdr.ID, false);
-        hook = dv.getUint8(a + Nla.SIZE + PacketHdr.HOOK);
-      } else if (type === NFQA_PAYLOAD) {
-        payOff = a + Nla.SIZE;
-        payLen = alen - Nla.SIZE;
-      } else if (type === NFQA_CAP_LEN && alen >= Nla.SIZE + 4) {
-        capLen = dv.getUint32(a + Nla.SIZE, false);
-      } else if (type === NFQA_SKB_INFO && alen >= Nla.SIZE + 4) {
-        skbInfo = dv.getUint32(a + Nla.SIZE, false);
-      }
-      a += align4(alen);
-    }
+  /** Parses the packet message `[start, end)`, runs the handler, records the verdict. */
+  #packet(start: number, end: number, handler: PacketHandler): number {
+    const p = this.#rxPkt;
+    p.read(this.#rxDv, start, end);
+    const id = p.id;
     if (id < 0) {
       this.#fail("packet message without a packet header");
       return 0;
     }
+    const payOff = p.payOff;
+    const payLen = p.payLen;
     if (payOff < 0 || payLen === 0) {
       this.#fail("packet message without payload");
-      this.#emit(NFQNL_MSG_VERDICT, id, VERDICT_DROP, 0, 0);
+      this.#emit(NFQNL_MSG.VERDICT, id, VERDICT_DROP, 0, 0);
       return 0;
     }
-    const truncated = capLen > payLen;
+    const skbInfo = p.skbInfo;
+    const truncated = p.capLen > payLen;
     this.stats.packets++;
     if (skbInfo & Meta.GSO) this.stats.gso++;
     let r: number;
     try {
-      r = handler(this.#rx.subarray(payOff, payOff + payLen), id, hook, skbInfo);
+      r = handler(this.#rx.subarray(payOff, payOff + payLen), id, p.hook, skbInfo);
     } catch (e) {
       // Keep deciding the other packets; drain() rethrows afterwards.
       this.stats.errors++;
@@ -710,7 +651,7 @@ export class NfQueue {
         } else {
           // A held packet is older: a batch would cover it.
           this.#closeRun();
-          this.#emit(NFQNL_MSG_VERDICT, id, VERDICT_ACCEPT, 0, 0);
+          this.#emit(NFQNL_MSG.VERDICT, id, VERDICT_ACCEPT, 0, 0);
         }
         break;
       case Verdict.MODIFIED:
@@ -719,10 +660,10 @@ export class NfQueue {
           // (IPv4 GSO/GRO packets stop at 64 KB; only a 65532-65535 byte one,
           // or one from BIG TCP, can be longer than the 65531-byte copy range.)
           this.stats.truncatedDrops++;
-          this.#emit(NFQNL_MSG_VERDICT, id, VERDICT_DROP, 0, 0);
+          this.#emit(NFQNL_MSG.VERDICT, id, VERDICT_DROP, 0, 0);
         } else {
           this.#closeRun(); // keep earlier accepts ahead of the rewritten packet
-          this.#emit(NFQNL_MSG_VERDICT, id, VERDICT_ACCEPT, this.#rxAddr + payOff, payLen);
+          this.#emit(NFQNL_MSG.VERDICT, id, VERDICT_ACCEPT, this.#rxAddr + payOff, payLen);
         }
         break;
       case Verdict.HOLD:
@@ -731,7 +672,7 @@ export class NfQueue {
         this.#held.add(id);
         break;
       default:
-        this.#emit(NFQNL_MSG_VERDICT, id, VERDICT_DROP, 0, 0);
+        this.#emit(NFQNL_MSG.VERDICT, id, VERDICT_DROP, 0, 0);
     }
     if (truncated) this.stats.truncated++;
     return 1;
@@ -761,9 +702,9 @@ export class NfQueue {
     this.#closeRun();
     if (payload !== undefined && verdict === VERDICT_ACCEPT) {
       this.#keep.push(payload);
-      this.#emit(NFQNL_MSG_VERDICT, id >>> 0, VERDICT_ACCEPT, addressOf(payload), payload.length);
+      this.#emit(NFQNL_MSG.VERDICT, id >>> 0, VERDICT_ACCEPT, addressOf(payload), payload.length);
     } else {
-      this.#emit(NFQNL_MSG_VERDICT, id >>> 0, verdict >>> 0, 0, 0);
+      this.#emit(NFQNL_MSG.VERDICT, id >>> 0, verdict >>> 0, 0, 0);
     }
   }
 
@@ -783,7 +724,7 @@ export class NfQueue {
   #closeRun(): void {
     if (!this.#runOpen) return;
     this.#runOpen = false;
-    this.#emit(NFQNL_MSG_VERDICT_BATCH, this.#runMax, VERDICT_ACCEPT, 0, 0);
+    this.#emit(NFQNL_MSG.VERDICT_BATCH, this.#runMax, VERDICT_ACCEPT, 0, 0);
   }
 
   /** Appends one verdict message to the send list (payload gathered in place). */
@@ -794,25 +735,13 @@ export class NfQueue {
     if (this.#txMsgs === this.#txMaxMsgs || this.#txBytes + total > MAX_SEND_BYTES) this.#send();
     const h = this.#txMsgs * VERDICT_HDR_SLOT;
     const dv = this.#txHdrDv;
-    dv.setUint32(h + Nlmsg.LEN, total, LE);
-    dv.setUint16(h + Nlmsg.TYPE, type, LE);
-    dv.setUint16(h + Nlmsg.FLAGS, NLM_F_REQUEST, LE);
-    dv.setUint32(h + Nlmsg.SEQ, 0, LE);
-    dv.setUint32(h + Nlmsg.PID, 0, LE);
-    const g = h + Nlmsg.SIZE;
-    dv.setUint8(g + Nfgen.FAMILY, AF_UNSPEC);
-    dv.setUint8(g + Nfgen.VERSION, 0);
-    dv.setUint16(g + Nfgen.RES_ID, this.queue, false);
-    const v = g + Nfgen.SIZE;
-    dv.setUint16(v + Nla.LEN, Nla.SIZE + 8, LE);
-    dv.setUint16(v + Nla.TYPE, NFQA_VERDICT_HDR, LE);
+    putMsgHeader(dv, h, total, type, NLM_F_REQUEST);
+    putNfgen(dv, h + Nlmsg.SIZE, NFPROTO_UNSPEC, this.queue);
+    const v = h + Nlmsg.SIZE + Nfgen.SIZE;
+    putAttrHeader(dv, v, Nla.SIZE + 8, NFQA.VERDICT_HDR); // struct nfqnl_msg_verdict_hdr
     dv.setUint32(v + Nla.SIZE, verdict, false);
     dv.setUint32(v + Nla.SIZE + 4, id, false);
-    if (payLen > 0) {
-      const p = v + Nla.SIZE + 8;
-      dv.setUint16(p + Nla.LEN, Nla.SIZE + payLen, LE);
-      dv.setUint16(p + Nla.TYPE, NFQA_PAYLOAD, LE);
-    }
+    if (payLen > 0) putAttrHeader(dv, v + Nla.SIZE + 8, Nla.SIZE + payLen, NFQA.PAYLOAD);
     this.#iov(this.#txHdrAddr + h, hlen);
     if (payLen > 0) this.#iov(payAddr, payLen);
     if (pad > 0) this.#iov(this.#zeroAddr, pad);
@@ -860,19 +789,14 @@ export class NfQueue {
     this.flush();
     this.#closed = true;
     const c = libc();
-    // Best effort: closing the socket unbinds too.
-    try {
-      const early: number[] = [];
-      this.#config(
-        AF_UNSPEC,
-        this.queue,
-        [[NFQA_CFG_CMD, cmd(NFQNL_CFG_CMD_UNBIND, AF_INET)]],
-        null,
-        early,
-      );
-    } catch {
-      // ignored: the close below has the same effect
-    }
+    // Best effort (failures ignored): closing the socket unbinds too.
+    this.#config(
+      NFPROTO_UNSPEC,
+      this.queue,
+      (b) => b.bytes(NFQA_CFG.CMD, cmd(NFQNL_CFG_CMD.UNBIND, NFPROTO_IPV4)),
+      null,
+      [],
+    );
     if (this.#waiting) {
       // poll is running on another thread with these fds: wake it and close
       // them only once it returned (see wait()).
@@ -885,9 +809,8 @@ export class NfQueue {
   #closeFds(): void {
     if (this.#fdsClosed) return;
     this.#fdsClosed = true;
-    const c = libc();
-    c.close(this.#fd);
-    c.close(this.#efd);
+    this.#nl.close();
+    libc().close(this.#efd);
     this.#fd = -1;
     this.#efd = -1;
   }
@@ -906,31 +829,59 @@ function cmd(command: number, pf: number): Uint8Array {
   return b;
 }
 
-function be32(v: number): Uint8Array {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, v >>> 0, false);
-  return b;
-}
-
 /**
- * Sets an int socket option, trying `forced` first (the *FORCE variants pass
- * the sysctl maximum but need CAP_NET_ADMIN) then `plain`. `what` null:
- * failure is ignored.
+ * The fields of one `NFQNL_MSG_PACKET` message dpm reads, decoded in place
+ * (one object reused from packet to packet: no allocation per packet).
  */
-function setIntOpt(
-  fd: number,
-  level: number,
-  forced: number,
-  plain: number,
-  value: number,
-  what: string | null,
-): void {
-  const v = new Uint8Array(4);
-  new DataView(v.buffer).setInt32(0, value, LE);
-  const c = libc();
-  if (c.setsockopt(fd, level, forced, v, 4) === 0) return;
-  if (plain >= 0 && c.setsockopt(fd, level, plain, v, 4) === 0) return;
-  if (what !== null) throw new OsError(`setsockopt(${what})`, errno());
+class PacketFields {
+  /** The kernel's packet id, -1 when the message had no packet header. */
+  id = -1;
+  /** The netfilter hook. */
+  hook = 0;
+  /** Offset of the packet bytes (`NFQA_PAYLOAD`) in the view, -1 when absent. */
+  payOff = -1;
+  /** Length of the packet bytes read. */
+  payLen = 0;
+  /** `NFQA_CAP_LEN`: the packet's real length when it was cut, -1 when absent. */
+  capLen = -1;
+  /** `NFQA_SKB_INFO` bits, 0 when absent. */
+  skbInfo = 0;
+
+  /**
+   * Decodes the message at `[start, end)` of `dv` (from its netlink
+   * header). A malformed attribute ends the walk: what came before it
+   * stands. Returns true when the message had a packet header.
+   */
+  read(dv: DataView, start: number, end: number): boolean {
+    this.id = -1;
+    this.hook = 0;
+    this.payOff = -1;
+    this.payLen = 0;
+    this.capLen = -1;
+    this.skbInfo = 0;
+    try {
+      let len = 0;
+      for (let a = start + ATTRS_AT; (len = attrLen(dv, a, end)) !== 0; a += align4(len)) {
+        const type = attrType(dv, a);
+        const v = a + NLA_HDRLEN;
+        const n = len - NLA_HDRLEN;
+        if (type === NFQA.PACKET_HDR && n >= PacketHdr.SIZE) {
+          this.id = dv.getUint32(v + PacketHdr.ID, false);
+          this.hook = dv.getUint8(v + PacketHdr.HOOK);
+        } else if (type === NFQA.PAYLOAD) {
+          this.payOff = v;
+          this.payLen = n;
+        } else if (type === NFQA.CAP_LEN && n >= 4) {
+          this.capLen = dv.getUint32(v, false);
+        } else if (type === NFQA.SKB_INFO && n >= 4) {
+          this.skbInfo = dv.getUint32(v, false);
+        }
+      }
+    } catch (e) {
+      if (!(e instanceof NetlinkParseError)) throw e;
+    }
+    return this.id >= 0;
+  }
 }
 
 /** True when this process has CAP_NET_ADMIN (bit 12 of CapEff); false when unknown. */

@@ -9,51 +9,29 @@
  * @module
  */
 
-const NOT_FOUND_HINT = "nft not found: install the nftables package";
-
-async function nft(
-  args: string[],
-  input?: string,
-): Promise<{ code: number; out: string; err: string }> {
-  let child: Deno.ChildProcess;
-  try {
-    child = new Deno.Command("nft", {
-      args,
-      stdin: input === undefined ? "null" : "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) throw new Error(NOT_FOUND_HINT);
-    throw e;
-  }
-  if (input !== undefined) {
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode(input));
-    await w.close();
-  }
-  const o = await child.output();
-  const dec = new TextDecoder();
-  return { code: o.code, out: dec.decode(o.stdout), err: dec.decode(o.stderr).trim() };
-}
+import { check, ExecError, run } from "./exec.ts";
 
 /** Loads `script` (nft syntax) as one transaction: all of it or none. Throws with nft's message. */
 export async function loadRuleset(script: string): Promise<void> {
-  const r = await nft(["-f", "-"], script);
+  const r = await run("nft", ["-f", "-"], { stdin: script });
   if (r.code !== 0) {
     // nft names the line; keep the first few lines of its complaint.
-    throw new Error(`nft -f failed: ${r.err.split("\n").slice(0, 6).join(" | ")}`);
+    throw new ExecError("Cannot load the nftables ruleset", {
+      ...r,
+      stderr: r.stderr.split("\n").slice(0, 6).join(" | "),
+    });
   }
 }
 
 /** Every chain of the ruleset as `family table chain` strings (iptables-nft chains included). */
 export async function listChains(): Promise<Set<string>> {
-  const r = await nft(["-j", "list", "chains"]);
-  if (r.code !== 0) throw new Error(`nft list chains failed: ${r.err}`);
+  const text = await check("nft", ["-j", "list", "chains"], {
+    what: "Cannot list the nftables chains",
+  });
   const out = new Set<string>();
   let doc: { nftables?: { chain?: { family: string; table: string; name: string } }[] };
   try {
-    doc = JSON.parse(r.out);
+    doc = JSON.parse(text);
   } catch {
     throw new Error("nft list chains: unreadable JSON");
   }
@@ -65,6 +43,5 @@ export async function listChains(): Promise<Set<string>> {
 
 /** True when `table ip NAME` exists. */
 export async function tableExists(name: string): Promise<boolean> {
-  const r = await nft(["list", "table", "ip", name]);
-  return r.code === 0;
+  return (await run("nft", ["list", "table", "ip", name])).code === 0;
 }

@@ -40,8 +40,10 @@
  * @module
  */
 
+import { formatIPv4, parseIPv4 } from "../src/wire/addr.ts";
 import { EINTR, EINVAL, ENOENT, EOPNOTSUPP } from "./libc.ts";
 import {
+  align4,
   attrs,
   attrTable,
   getBe32,
@@ -157,20 +159,20 @@ export function splitConcat(bytes: Uint8Array, widths: readonly (1 | 2 | 4)[]): 
   );
 }
 
-/** A dotted quad as a number (`"10.0.0.1"` -> 0x0a000001). */
+/**
+ * A dotted quad as a number (`"10.0.0.1"` -> 0x0a000001), for keys written
+ * by hand: src/wire/addr.ts's parser, throwing instead of returning null.
+ *
+ * @throws {RangeError} for anything but an IPv4 address.
+ */
 export function ip4(s: string): number {
-  const p = s.split(".");
-  const n = p.map((x) => (/^\d{1,3}$/.test(x) ? Number(x) : NaN));
-  if (n.length !== 4 || n.some((x) => !(x >= 0 && x <= 255))) {
-    throw new RangeError(`"${s}" is not an IPv4 address`);
-  }
-  return ((n[0]! << 24) | (n[1]! << 16) | (n[2]! << 8) | n[3]!) >>> 0;
+  const n = parseIPv4(s);
+  if (n === null) throw new RangeError(`"${s}" is not an IPv4 address`);
+  return n;
 }
 
-/** A number as a dotted quad (0x0a000001 -> `"10.0.0.1"`). */
-export function ip4str(n: number): string {
-  return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
-}
+/** A number as a dotted quad (0x0a000001 -> `"10.0.0.1"`): src/wire/addr.ts's. */
+export const ip4str: (n: number) => string = formatIPv4;
 
 /** Options of {@linkcode NftMaps.open}. */
 export interface NftMapsOptions extends NetlinkSocketOptions {
@@ -523,8 +525,8 @@ export function buildElemMessages(
     checkValue(key, "key", i);
     if (data !== undefined) checkValue(data, "data", i);
     // LIST_ELEM + KEY nest + VALUE, and the same for data.
-    const size = 3 * Nla.SIZE + align(key.length) +
-      (data === undefined ? 0 : 2 * Nla.SIZE + align(data.length));
+    const size = 3 * Nla.SIZE + align4(key.length) +
+      (data === undefined ? 0 : 2 * Nla.SIZE + align4(data.length));
     if (b.nestLength + size > MAX_ELEMENTS_BYTES && elems.at(-1)!.offsets.length > 0) {
       close();
       head(i);
@@ -538,8 +540,6 @@ export function buildElemMessages(
   close();
   return { msgs, elems };
 }
-
-const align = (n: number) => (n + 3) & ~3;
 
 function checkValue(v: Uint8Array, what: string, i: number): void {
   if (v.length === 0 || v.length > MAX_VALUE_LEN) {

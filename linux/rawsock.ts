@@ -24,14 +24,13 @@ import {
   IPPROTO_RAW,
   libc,
   OsError,
+  OwnedFd,
+  SO_MARK,
   SOCK_CLOEXEC,
   SOCK_RAW,
+  SOL_SOCKET,
   strerror,
 } from "./libc.ts";
-
-/** `SOL_SOCKET` and its `SO_MARK` option (asm-generic/socket.h). */
-const SOL_SOCKET = 1;
-const SO_MARK = 36;
 
 /** `struct sockaddr_in`: family u16 (host order), port be16, address be32, 8 zero bytes. */
 const SockaddrIn = { FAMILY: 0, PORT: 2, ADDR: 4, SIZE: 16 } as const;
@@ -59,19 +58,18 @@ const lengths: bigint[] = [];
  * raw.send(packet, packet.length, parseIPv4("192.0.2.7")!);
  * ```
  */
-export class RawSocket {
+export class RawSocket extends OwnedFd {
   /** Counters, updated in place. */
   readonly stats: RawSocketStats = { sent: 0, errors: 0 };
   /** The last send error, for diagnostics. */
   lastError = "";
   /** `errno` of the last failed send, 0 if none. */
   lastErrno = 0;
-  #fd: number;
   readonly #sa = new Uint8Array(SockaddrIn.SIZE);
   readonly #saDv = new DataView(this.#sa.buffer);
 
   private constructor(fd: number) {
-    this.#fd = fd;
+    super(fd);
     this.#saDv.setUint16(SockaddrIn.FAMILY, AF_INET, LE);
   }
 
@@ -93,7 +91,7 @@ export class RawSocket {
   setMark(mark: number): void {
     const v = new Uint8Array(4);
     new DataView(v.buffer).setUint32(0, mark >>> 0, LE);
-    if (libc().setsockopt(this.#fd, SOL_SOCKET, SO_MARK, v, 4) < 0) {
+    if (libc().setsockopt(this.fd, SOL_SOCKET, SO_MARK, v, 4) < 0) {
       throw new OsError("setsockopt(SO_MARK)", errno());
     }
   }
@@ -105,14 +103,15 @@ export class RawSocket {
    * packet must not stop the data path.
    */
   send(pkt: Uint8Array, len: number, dst: number): void {
-    if (this.#fd < 0 || len < 20 || len > pkt.length || len > 65535) {
+    const fd = this.fd;
+    if (fd < 0 || len < 20 || len > pkt.length || len > 65535) {
       this.stats.errors++;
-      this.lastError = this.#fd < 0 ? "socket closed" : `bad packet length ${len}`;
+      this.lastError = fd < 0 ? "socket closed" : `bad packet length ${len}`;
       return;
     }
     this.#saDv.setUint32(SockaddrIn.ADDR, dst >>> 0, false);
     const n = (lengths[len] ??= BigInt(len));
-    const r = libc().sendto(this.#fd, pkt, n, 0, this.#sa, SockaddrIn.SIZE);
+    const r = libc().sendto(fd, pkt, n, 0, this.#sa, SockaddrIn.SIZE);
     if (r < 0) {
       const e = errno();
       this.stats.errors++;
@@ -121,17 +120,5 @@ export class RawSocket {
       return;
     }
     this.stats.sent++;
-  }
-
-  /** Closes the socket. Idempotent. */
-  close(): void {
-    if (this.#fd < 0) return;
-    libc().close(this.#fd);
-    this.#fd = -1;
-  }
-
-  /** Same as {@linkcode close}. */
-  [Symbol.dispose](): void {
-    this.close();
   }
 }

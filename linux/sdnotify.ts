@@ -10,11 +10,7 @@
  * @module
  */
 
-import { errno, libc, strerror } from "./libc.ts";
-
-const AF_UNIX = 1;
-const SOCK_DGRAM = 2;
-const SOCK_CLOEXEC = 0o2000000;
+import { AF_UNIX, errno, libc, SOCK_CLOEXEC, SOCK_DGRAM, strerror } from "./libc.ts";
 
 /** `struct sockaddr_un` for `path` (`@name`: abstract). Exported for tests. */
 export function sockaddrUn(path: string): Uint8Array {

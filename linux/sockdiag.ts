@@ -43,7 +43,7 @@
  * @module
  */
 
-import { HOST_LITTLE_ENDIAN as LE } from "./libc.ts";
+import { AF_UNIX, HOST_LITTLE_ENDIAN as LE } from "./libc.ts";
 import {
   attrs,
   getU32,
@@ -59,8 +59,7 @@ import {
 export const NETLINK_SOCK_DIAG = 4;
 /** `SOCK_DIAG_BY_FAMILY` (linux/sock_diag.h): the request and reply message type. */
 export const SOCK_DIAG_BY_FAMILY = 20;
-/** `AF_UNIX` */
-export const AF_UNIX = 1;
+export { AF_UNIX };
 
 // udiag_show bits (linux/unix_diag.h).
 /** `UDIAG_SHOW_NAME`: the bound name (`UNIX_DIAG_NAME`). */

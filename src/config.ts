@@ -18,7 +18,14 @@
  */
 
 import { z } from "zod";
-import { type Cidr, parseAddrPort, parseCidr, parseIPv4, parsePool } from "./wire/addr.ts";
+import {
+  type Cidr,
+  cidrContains,
+  parseAddrPort,
+  parseCidr,
+  parseIPv4,
+  parsePool,
+} from "./wire/addr.ts";
 import { defaultRules, type MapRule, parseMapRule } from "./policy/rules.ts";
 
 // ---------------------------------------------------------------------------
@@ -191,6 +198,8 @@ const mapRules = (allow: boolean) =>
   });
 
 const LEVELS = ["error", "warn", "info", "debug"] as const;
+/** The help group of the flags that decide inbound mappings, whichever protocol asks. */
+const MAPPINGS = "Mappings (dpm map, PCP, NAT-PMP, UPnP)";
 const FORMATS = ["text", "json"] as const;
 /** `--datapath` values (`DataPathChoice` of datapath/datapath.ts). */
 const DATAPATHS = ["auto", "bpf", "kernel", "queue"] as const;
@@ -288,6 +297,20 @@ export const SERVER_FLAGS = {
     schema: bool("--pcp").default(true),
     negated: true,
   },
+  upnp: {
+    help:
+      "do not serve the UPnP IGD (SSDP on UDP 1900, HTTP on --upnp-port of the LAN address) (config key: upnp false)",
+    group: "Control plane",
+    schema: bool("--upnp").default(true),
+    negated: true,
+  },
+  "upnp-port": {
+    arg: "<n>",
+    help: "TCP port of the UPnP IGD's descriptions and control URLs on the LAN address",
+    group: "Control plane",
+    schema: port("--upnp-port").default(5000),
+    dflt: "5000",
+  },
   "port-range": {
     arg: "<lo-hi>",
     help: "replacement public ports",
@@ -327,14 +350,14 @@ export const SERVER_FLAGS = {
     arg: "<rule>",
     help:
       'allow inbound mappings: "HOSTS [INTERNAL-PORTS [PUBLIC-PORTS]]" (a.b.c.d[/len], p, lo-hi or *); repeatable, the first rule that matches decides, yours before the defaults (fixed ports and public ports below 1024 refused)',
-    group: "Mappings (dpm map, PCP, NAT-PMP)",
+    group: MAPPINGS,
     schema: mapRules(true).default([]),
     multiple: true,
   },
   "map-deny": {
     arg: "<rule>",
     help: "refuse inbound mappings: a rule as for --map-allow; repeatable, in order with them",
-    group: "Mappings (dpm map, PCP, NAT-PMP)",
+    group: MAPPINGS,
     schema: mapRules(false).default([]),
     multiple: true,
   },
@@ -342,28 +365,35 @@ export const SERVER_FLAGS = {
     arg: "<p,...>",
     help:
       "ports hosts share by remote (IKE, SIP): never a mapping's public port, unless a --map-allow rule says so",
-    group: "Mappings (dpm map, PCP, NAT-PMP)",
+    group: MAPPINGS,
     schema: portList.default([500, 4500, 5060]),
     dflt: "500,4500,5060",
   },
   "pcp-rate-limit": {
     arg: "<n>",
     help: "PCP and NAT-PMP requests/s per host, burst 2n (apart from --rate-limit)",
-    group: "Mappings (dpm map, PCP, NAT-PMP)",
+    group: MAPPINGS,
     schema: int("--pcp-rate-limit", 1, 1_000_000).default(20),
     dflt: "20",
   },
   "pcp-max-per-host": {
     arg: "<n>",
     help: "PCP and NAT-PMP mappings and peers one host may hold (apart from its quota)",
-    group: "Mappings (dpm map, PCP, NAT-PMP)",
+    group: MAPPINGS,
     schema: int("--pcp-max-per-host", 0, 1 << 20).default(64),
+    dflt: "64",
+  },
+  "upnp-max-per-host": {
+    arg: "<n>",
+    help: "UPnP mappings one host may hold (within its quota)",
+    group: MAPPINGS,
+    schema: int("--upnp-max-per-host", 0, 1 << 20).default(64),
     dflt: "64",
   },
   "pcp-max-share": {
     arg: "<percent>",
     help: "PCP and NAT-PMP rows of all hosts together, in percent of the pool's public pairs",
-    group: "Mappings (dpm map, PCP, NAT-PMP)",
+    group: MAPPINGS,
     schema: int("--pcp-max-share", 0, 100).default(25),
     dflt: "25",
   },
@@ -762,10 +792,6 @@ function validate<F extends Record<string, Flag>>(
 }
 
 const isMulticastOrReserved = (a: number) => a >>> 28 >= 14; // 224/4 multicast, 240/4 reserved
-const inCidr = (c: Cidr, a: number) => {
-  const mask = c.len === 0 ? 0 : (0xffffffff << (32 - c.len)) >>> 0;
-  return ((a & mask) >>> 0) === ((c.addr & mask) >>> 0);
-};
 
 /**
  * The rules of `--map-allow` and `--map-deny` as one list, in the order they
@@ -825,10 +851,10 @@ export function serverConfig(
         `(0.0.0.0, loopback, multicast or reserved), e.g. ${ip(bad[0]!)}`,
     );
   }
-  if (v.lan && v.pool.some((a) => inCidr(v.lan!, a))) {
+  if (v.lan && v.pool.some((a) => cidrContains(v.lan!, a))) {
     problems.push("--pool overlaps the LAN prefix --lan: public addresses must be outside the LAN");
   }
-  if (v.lan && !inCidr(v.lan, v.lanAddr)) {
+  if (v.lan && !cidrContains(v.lan, v.lanAddr)) {
     problems.push("--lan-addr is not inside --lan");
   }
   const [glo, ghi] = v.gatewayPorts;
@@ -840,6 +866,14 @@ export function serverConfig(
   }
   if (v.pcp && 5351 >= glo && 5351 <= ghi) {
     problems.push(`PCP's port 5351 lies inside --gateway-ports ${glo}-${ghi} (or use --no-pcp)`);
+  }
+  if (v.upnp && v.upnpPort >= glo && v.upnpPort <= ghi) {
+    problems.push(
+      `--upnp-port ${v.upnpPort} lies inside --gateway-ports ${glo}-${ghi} (or use --no-upnp)`,
+    );
+  }
+  if (v.upnp && v.metricsAddr?.addr === v.lanAddr && v.metricsAddr.port === v.upnpPort) {
+    problems.push(`--metrics-addr and --upnp-port both want TCP ${v.upnpPort} on --lan-addr`);
   }
   if (problems.length) throw new ConfigError(problems.join("\n"));
   return v;
@@ -854,7 +888,7 @@ export function driverConfig(raw: Record<string, unknown>, origins: Origins = {}
 
 /** Checks the pool against the LAN prefix once it is known (read off the interface at start). */
 export function checkPoolOutside(pool: number[], lan: Cidr): void {
-  if (pool.some((a) => inCidr(lan, a))) {
+  if (pool.some((a) => cidrContains(lan, a))) {
     throw new ConfigError(
       "--pool overlaps the LAN prefix: public addresses must be outside the LAN",
     );

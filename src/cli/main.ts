@@ -1,8 +1,10 @@
 /**
- * The command line: `dpm server | driver | status | query | drop`, `--help`,
- * `--version`. Flags are parsed strictly; values are validated by the zod
- * schemas in config.ts. Any bad flag, value or config file prints a one-line
- * reason naming the offending value, then the usage, and exits with code 2.
+ * The command line: `dpm server | driver | status | query | drop | map`,
+ * `--help`, `--version`. Flags are parsed strictly; values are validated by
+ * the zod schemas in config.ts. Any bad flag, value or config file prints a
+ * one-line reason naming the offending value, then the usage, and exits with
+ * code 2. This file parses and dispatches; what is printed for people is
+ * src/cli/format.ts's.
  *
  * @module
  */
@@ -15,6 +17,7 @@ import {
   DRIVER_FLAGS,
   driverConfig,
   DROP_FLAGS,
+  type Flag,
   MAP_FLAGS,
   type Origins,
   parseSpec,
@@ -32,20 +35,26 @@ import {
   manPage,
   zshCompletion,
 } from "./docs.ts";
-import { formatIPv4, parseAddrPort, parseIPv4 } from "../wire/addr.ts";
+import { parseAddrPort, parseIPv4 } from "../wire/addr.ts";
 import { groupId, requestLocal, streamLocal } from "../operator/socket.ts";
-import { setFormat, setLevel } from "../runtime/log.ts";
+import { type Format, type Level, setFormat, setLevel } from "../runtime/log.ts";
 import { VERSION } from "../version.ts";
 import type {
   DriverStatusReply,
   DropReply,
-  HostView,
   MapReply,
   QueryReply,
   SessionEvent,
   SessionView,
   StatusReply,
 } from "../operator/types.ts";
+import {
+  formatDriverStatus,
+  formatEvent,
+  formatMapReply,
+  formatQueryReply,
+  formatStatus,
+} from "./format.ts";
 import { protoNumber } from "../wire/meta.ts";
 
 /** Thrown for bad usage; carries the command whose usage is printed. */
@@ -56,11 +65,22 @@ export class UsageError extends Error {
   }
 }
 
-type FlagSpec = ReturnType<typeof parseSpec>;
-
-function parse(command: CommandName, args: string[], options: FlagSpec) {
+/**
+ * Parses the arguments of `command` against its `flags` (`--config` too for
+ * a role). Null, after printing the command's help, for `--help`. `want`:
+ * the names of the arguments that are not flags, exactly as many as must
+ * be given (none: any is a usage error); without, the caller checks them.
+ */
+function parse(
+  command: CommandName,
+  args: string[],
+  flags: Record<string, Flag>,
+  { role = false, want }: { role?: boolean; want?: string[] } = {},
+) {
+  let parsed;
   try {
-    return parseArgs({ args, options, strict: true, allowPositionals: true, tokens: true });
+    const options = parseSpec(flags, role);
+    parsed = parseArgs({ args, options, strict: true, allowPositionals: true, tokens: true });
   } catch (e) {
     // node's messages are long; keep the part that names the flag.
     const msg = String((e as Error).message).split(". ")[0]!.replace(
@@ -69,6 +89,21 @@ function parse(command: CommandName, args: string[], options: FlagSpec) {
     );
     throw new UsageError(msg, command);
   }
+  if (parsed.values.help) {
+    console.log(commandHelp(command));
+    return null;
+  }
+  const n = parsed.positionals.length;
+  if (want?.length === 0 && n > 0) {
+    throw new UsageError(`Unexpected argument "${parsed.positionals[0]}"`, command);
+  }
+  if (want !== undefined && n !== want.length) {
+    throw new UsageError(
+      `Expected ${want.length} arguments (${want.join(", ")}), got ${n}`,
+      command,
+    );
+  }
+  return parsed;
 }
 
 /** The flags that join one ordered list of rules (`ServerConfig.mapRules`). */
@@ -120,6 +155,16 @@ export async function mergeSettings(
   return { raw, origins, order };
 }
 
+/** The commands that do something, each run to its exit code. */
+const RUNS = new Map<string, (args: string[]) => Promise<number>>([
+  ["server", runServerCommand],
+  ["driver", runDriverCommand],
+  ["status", runStatusCommand],
+  ["query", runQueryCommand],
+  ["drop", runDropCommand],
+  ["map", runMapCommand],
+]);
+
 /**
  * Runs the CLI and returns the process exit code. Long-running roles return
  * when they stop (signal or fatal error).
@@ -140,20 +185,11 @@ export async function main(args: string[]): Promise<number> {
       case "-V":
         console.log(`dpm ${VERSION}`);
         return 0;
-      case "server":
-        return await runServerCommand(rest);
-      case "driver":
-        return await runDriverCommand(rest);
-      case "status":
-        return await runStatusCommand(rest);
-      case "query":
-        return await runQueryCommand(rest);
-      case "drop":
-        return await runDropCommand(rest);
-      case "map":
-        return await runMapCommand(rest);
-      default:
-        throw new UsageError(`Unknown command "${command}"`, null);
+      default: {
+        const run = RUNS.get(command);
+        if (!run) throw new UsageError(`Unknown command "${command}"`, null);
+        return await run(rest);
+      }
     }
   } catch (e) {
     if (e instanceof UsageError) {
@@ -195,28 +231,43 @@ function runHelpCommand(args: string[]): number {
   );
 }
 
-async function runServerCommand(args: string[]): Promise<number> {
-  const { values, positionals, tokens } = parse("server", args, parseSpec(SERVER_FLAGS, true));
-  if (values.help) return console.log(commandHelp("server")), 0;
-  if (positionals.length) throw new UsageError(`Unexpected argument "${positionals[0]}"`, "server");
+/**
+ * `dpm server` and `dpm driver`: the role's settings (flags over the config
+ * file, validated by `configure`, which gets the order of the mapping rules
+ * too: see {@linkcode mergeSettings}), then the role until it stops. SIGHUP
+ * re-reads the flags and the config file (what can change live, does).
+ */
+async function runRole<C extends { logLevel: Level; logFormat: Format }>(
+  command: "server" | "driver",
+  args: string[],
+  flags: Record<string, Flag>,
+  configure: (raw: Record<string, unknown>, origins: Origins, order: string[]) => C | Promise<C>,
+  role: () => Promise<(cfg: C, load: () => Promise<C>) => Promise<number>>,
+): Promise<number> {
+  const parsed = parse(command, args, flags, { role: true, want: [] });
+  if (!parsed) return 0;
   const load = async () => {
-    const { raw, origins, order } = await mergeSettings(values, tokens);
-    return serverConfig(raw, origins, order);
+    const { raw, origins, order } = await mergeSettings(parsed.values, parsed.tokens);
+    return await configure(raw, origins, order);
   };
   const cfg = await load();
   setLevel(cfg.logLevel);
   setFormat(cfg.logFormat);
-  const { runServer } = await import("../server/run.ts");
-  // SIGHUP re-reads the flags and the config file (what can change live, does).
-  return await runServer(cfg, load);
+  return await (await role())(cfg, load);
 }
 
-async function runDriverCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parse("driver", args, parseSpec(DRIVER_FLAGS, true));
-  if (values.help) return console.log(commandHelp("driver")), 0;
-  if (positionals.length) throw new UsageError(`Unexpected argument "${positionals[0]}"`, "driver");
-  const load = async () => {
-    const { raw, origins } = await mergeSettings(values);
+function runServerCommand(args: string[]): Promise<number> {
+  return runRole(
+    "server",
+    args,
+    SERVER_FLAGS,
+    serverConfig,
+    async () => (await import("../server/run.ts")).runServer,
+  );
+}
+
+function runDriverCommand(args: string[]): Promise<number> {
+  return runRole("driver", args, DRIVER_FLAGS, async (raw, origins) => {
     const cfg = driverConfig(raw, origins);
     if (cfg.socketGroup) {
       // Checked before anything starts, like every other setting.
@@ -227,18 +278,13 @@ async function runDriverCommand(args: string[]): Promise<number> {
       }
     }
     return cfg;
-  };
-  const cfg = await load();
-  setLevel(cfg.logLevel);
-  setFormat(cfg.logFormat);
-  const { runDriver } = await import("../driver/run.ts");
-  return await runDriver(cfg, load);
+  }, async () => (await import("../driver/run.ts")).runDriver);
 }
 
 async function runStatusCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parse("status", args, parseSpec(STATUS_FLAGS, false));
-  if (values.help) return console.log(commandHelp("status")), 0;
-  if (positionals.length) throw new UsageError(`Unexpected argument "${positionals[0]}"`, "status");
+  const parsed = parse("status", args, STATUS_FLAGS, { want: [] });
+  if (!parsed) return 0;
+  const { values } = parsed;
   const host = values.host === undefined ? undefined : String(values.host);
   if (host !== undefined && parseIPv4(host) === null) {
     throw new UsageError(`Invalid --host "${host}": want an IPv4 address`, "status");
@@ -346,8 +392,9 @@ class Output {
 }
 
 async function runDropCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parse("drop", args, parseSpec(DROP_FLAGS, false));
-  if (values.help) return console.log(commandHelp("drop")), 0;
+  const parsed = parse("drop", args, DROP_FLAGS);
+  if (!parsed) return 0;
+  const { values, positionals } = parsed;
   let req: Record<string, unknown>;
   let what: string;
   if (values.host !== undefined) {
@@ -405,14 +452,9 @@ function flagValue<T>(
 }
 
 async function runMapCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parse("map", args, parseSpec(MAP_FLAGS, false));
-  if (values.help) return console.log(commandHelp("map")), 0;
-  if (positionals.length !== 2) {
-    throw new UsageError(
-      `Expected 2 arguments (proto, local port), got ${positionals.length}`,
-      "map",
-    );
-  }
+  const parsed = parse("map", args, MAP_FLAGS, { want: ["proto", "local port"] });
+  if (!parsed) return 0;
+  const { values, positionals } = parsed;
   const [p, port] = positionals as [string, string];
   const proto = p.toLowerCase();
   if (proto !== "tcp" && proto !== "udp") {
@@ -438,19 +480,8 @@ async function runMapCommand(args: string[]): Promise<number> {
   }, values.json === true);
   if (!res) return 3;
   if (values.json) console.log(JSON.stringify(res));
-  else if (res.result === "ok" && res.deleted) {
-    console.log(`${proto} ${res.local}: mapping deleted`);
-  } else if (res.result === "ok") {
-    console.log(
-      `${proto} ${res.public} -> ${res.local} (every remote; expires in ${res.expiresIn}s)`,
-    );
-  } else if (res.result === "not-yours") {
-    console.error(`dpm: map ${proto} ${port} refused, not yours: ${res.error ?? ""}`);
-  } else {
-    console.error(
-      `dpm: map ${proto} ${res.local ?? port}: ${res.result}${res.error ? ` (${res.error})` : ""}`,
-    );
-  }
+  else if (res.result === "ok") console.log(formatMapReply(proto, port, res));
+  else console.error(formatMapReply(proto, port, res));
   return res.result === "ok" ? 0 : 1;
 }
 
@@ -476,14 +507,9 @@ async function askDriver<T>(
 }
 
 async function runQueryCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parse("query", args, parseSpec(QUERY_FLAGS, false));
-  if (values.help) return console.log(commandHelp("query")), 0;
-  if (positionals.length !== 3) {
-    throw new UsageError(
-      `Expected 3 arguments (proto, local, remote), got ${positionals.length}`,
-      "query",
-    );
-  }
+  const parsed = parse("query", args, QUERY_FLAGS, { want: ["proto", "local", "remote"] });
+  if (!parsed) return 0;
+  const { values, positionals } = parsed;
   const [p, l, r] = positionals as [string, string, string];
   const proto = protoNumber(p.toLowerCase());
   if (proto === undefined) {
@@ -503,217 +529,7 @@ async function runQueryCommand(args: string[]): Promise<number> {
   }, values.json === true);
   if (!res) return 3;
   if (values.json) console.log(JSON.stringify(res));
-  else if (res.result === "ok") {
-    console.log(
-      `${p.toLowerCase()} ${l} -> ${r}: public ${res.public} (gateway port ${res.gatewayPort}, ` +
-        `${res.replaced ? "port replaced" : "port preserved"}${
-          res.shared ? ", shared by remote" : ""
-        }, ` +
-        `expires in ${res.expiresIn}s)`,
-    );
-  } else if (res.result === "not-yours") {
-    console.error(
-      `dpm: query ${p.toLowerCase()} ${l} -> ${r} refused, not yours: ${res.error ?? ""}`,
-    );
-  } else {console.log(
-      `${p.toLowerCase()} ${l} -> ${r}: ${res.result}${res.error ? ` (${res.error})` : ""}`,
-    );}
+  else if (res.result === "not-yours") console.error(formatQueryReply(p.toLowerCase(), l, r, res));
+  else console.log(formatQueryReply(p.toLowerCase(), l, r, res));
   return res.result === "ok" ? 0 : 1;
-}
-
-/** Renders the status for a terminal. */
-export function formatStatus(s: StatusReply): string {
-  if (s.error) return `error: ${s.error}`;
-  const dp = s.dataPath;
-  const lines = [
-    `dpm server ${s.version}  epoch ${s.epoch.toString(16).padStart(8, "0")}  up ${
-      duration(s.uptime)
-    }  ` +
-    `LAN ${s.lanAddr}  pool ${s.pool.length} address(es)  data path ${
-      dp ? `${dp.kind}${dp.state === "on" || dp.kind === "off" ? "" : ` ${dp.state}`}` : "off"
-    }${dp?.lastError ? ` (${dp.lastError})` : ""}`,
-    `sessions: ${s.sessions}   packets out ${s.packets.out}  in ${s.packets.in}  hairpin ${s.packets.hairpin}`,
-  ];
-  if (s.host) lines.push(...formatHost(s.host));
-  lines.push("");
-  const head = [
-    "PROTO",
-    "INTERNAL",
-    "PG",
-    "PUBLIC",
-    "REMOTE",
-    "AGE",
-    "IDLE",
-    "EXPIRES",
-    "FLAGS",
-    "PKTS OUT/IN",
-    "BYTES OUT/IN",
-  ];
-  const rows = s.shown.map((v) => [
-    v.proto,
-    v.internal,
-    String(v.gatewayPort),
-    v.public,
-    v.remote,
-    v.age === undefined ? "-" : duration(v.age),
-    v.idle === undefined ? "-" : duration(v.idle),
-    `${v.expiresIn}s`,
-    v.flags || "-",
-    `${v.packetsOut}/${v.packetsIn}`,
-    v.bytesOut === undefined ? "-" : `${bytes(v.bytesOut)}/${bytes(v.bytesIn ?? 0)}`,
-  ]);
-  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const fmt = (r: string[]) => r.map((c, i) => c.padEnd(w[i]!)).join("  ").trimEnd();
-  lines.push(fmt(head), ...rows.map(fmt));
-  const total = s.host ? s.host.sessions : s.sessions;
-  if (s.shown.length < total) {
-    lines.push(`... ${total - s.shown.length} more (use --json)`);
-  }
-  const nz = (o: Record<string, number>) =>
-    Object.entries(o).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(", ") || "none";
-  lines.push("", `control results: ${nz(s.results)}`, `drops: ${nz(s.drops)}`);
-  return lines.join("\n");
-}
-
-/** The `--host` lines: quota use, pairing, refusals. */
-function formatHost(h: HostView): string[] {
-  const by = Object.entries(h.byProto).map(([p, n]) => `${p} ${n}`).join(", ");
-  const refused = Object.entries(h.refusals).map(([k, n]) => `${k} ${n}`).join(", ");
-  return [
-    `host ${h.host}: ${h.sessions}/${h.quota} sessions (${by})${
-      h.paired ? `, paired with ${h.paired}` : ""
-    }`,
-    `  refused: ${refused || "none"}${
-      h.lastRefusal
-        ? `; last ${
-          duration(h.lastRefusal.ago)
-        } ago: ${h.lastRefusal.request}: ${h.lastRefusal.result}`
-        : ""
-    }`,
-  ];
-}
-
-/** One `--watch` line, like `conntrack -E`: time, event, the session. */
-export function formatEvent(
-  e: SessionEvent | { event: "lost"; count: number },
-  at = new Date(),
-): string {
-  const t = at.toTimeString().slice(0, 8);
-  switch (e.event) {
-    case "up":
-      return `${t} [UP]      ${e.proto} ${e.internal} -> ${e.remote}  public ${e.public}  pg ${e.gatewayPort}  expires ${e.expiresIn}s${
-        e.flags ? `  ${e.flags}` : ""
-      }`;
-    case "down":
-      return `${t} [DOWN]    ${e.proto} ${e.internal} -> ${e.remote}  public ${e.public}  ${e.reason}${
-        e.age === undefined ? "" : ` after ${duration(e.age)}`
-      }  packets ${e.packetsOut}/${e.packetsIn}${
-        e.bytesOut === undefined ? "" : `  bytes ${bytes(e.bytesOut)}/${bytes(e.bytesIn ?? 0)}`
-      }`;
-    case "refused":
-      return `${t} [REFUSED] ${e.host}: ${e.request}: ${e.result}`;
-    case "lost":
-      return `${t} [LOST]    ${e.count} event(s) (the reader was too slow)`;
-    default:
-      return `${t} ${JSON.stringify(e)}`;
-  }
-}
-
-/** Seconds as `45s`, `3m12s`, `2h04m`, `3d02h`. */
-export function duration(sec: number): string {
-  const s = Math.max(0, Math.round(sec));
-  if (s < 60) return `${s}s`;
-  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
-  if (s < 86400) {
-    return `${Math.floor(s / 3600)}h${String(Math.floor(s / 60) % 60).padStart(2, "0")}m`;
-  }
-  return `${Math.floor(s / 86400)}d${String(Math.floor(s / 3600) % 24).padStart(2, "0")}h`;
-}
-
-/** Bytes as `512 B`, `1.5 KiB`, `3.2 MiB`, as `wg show` prints them. */
-export function bytes(n: number): string {
-  if (n < 1024) return `${n} B`;
-  const units = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-  let v = n / 1024;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${v < 10 ? v.toFixed(2) : v < 100 ? v.toFixed(1) : v.toFixed(0)} ${units[i]}`;
-}
-
-/** The driver's inbound mappings (`dpm map`), as a table after its sessions. */
-function formatMappings(ms: MapReply[]): string[] {
-  if (!ms.length) return [];
-  const head = ["PROTO", "PUBLIC", "LOCAL", "REMOTE", "EXPIRES"];
-  const rows = ms.map((m) => [
-    String(m.proto),
-    String(m.public),
-    String(m.local),
-    "any (mapping)",
-    `${m.expiresIn ?? 0}s`,
-  ]);
-  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const fmt = (r: string[]) => r.map((c, i) => c.padEnd(w[i]!)).join("  ").trimEnd();
-  return ["", `mappings: ${ms.length}`, fmt(head), ...rows.map(fmt)];
-}
-
-/** Renders a driver's status for a terminal. */
-export function formatDriverStatus(s: DriverStatusReply): string {
-  const head = ["PROTO", "LOCAL", "REMOTE", "PUBLIC", "PG", "STATE", "IDLE", "EXPIRES"];
-  const rows = s.sessions.map((v) => [
-    String(v.proto),
-    String(v.local),
-    String(v.remote),
-    String(v.public ?? "-"),
-    String(v.gatewayPort ?? "-"),
-    v.fellBack
-      ? `fell-back${v.retryIn === undefined ? "" : ` (retry in ${v.retryIn}s)`}`
-      : String(v.result),
-    typeof v.idle === "number" ? duration(v.idle) : "-",
-    v.expiresIn === undefined ? "-" : `${v.expiresIn}s`,
-  ]);
-  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const fmt = (r: string[]) => r.map((c, i) => c.padEnd(w[i]!)).join("  ").trimEnd();
-  const st = s.stats as Record<string, number | Record<string, number>>;
-  const num = (k: string) => Number(st[k] ?? 0);
-  const drops = Object.entries((st.drops ?? {}) as Record<string, number>).map(([k, n]) =>
-    `${k} ${n}`
-  ).join(", ");
-  const ctl = (st.control ?? {}) as Record<string, number>;
-  const c = s.control;
-  const answers = !c
-    ? ""
-    : `server ${c.answering ? "answering" : "NOT ANSWERING"}: last answer ${
-      c.lastAnswer === undefined ? "never" : `${duration(c.lastAnswer)} ago`
-    }, last timeout ${c.lastTimeout === undefined ? "never" : `${duration(c.lastTimeout)} ago`}`;
-  return [
-    `dpm driver  server ${s.server}  epoch ${
-      s.epoch === null ? "unknown" : s.epoch.toString(16).padStart(8, "0")
-    }`,
-    ...(answers ? [answers] : []),
-    `control: sent ${ctl.sent ?? 0}  retransmits ${ctl.retransmits ?? 0}  timeouts ${
-      ctl.timeouts ?? 0
-    }  rate-limited ${ctl.rateLimited ?? 0}  late ${ctl.late ?? 0}  queued ${
-      ctl.queued ?? 0
-    }  cookie retries ${ctl.cookieRetries ?? 0}`,
-    `packets out ${num("out")}  in ${num("in")}  reserved ${num("reserved")}  refused ${
-      num("refused")
-    }  ` +
-    `renewed ${num("renewed")}  released ${num("released")}  held ${num("held")}`,
-    `fell back to ordinary NAT ${num("fellBack")}  untranslated now ${num("untranslated")}  ` +
-    `reserved since ${num("recovered")}  late grants given back ${num("lateReleased")}`,
-    "",
-    fmt(head),
-    ...rows.map(fmt),
-    ...formatMappings(s.mappings ?? []),
-    "",
-    `drops: ${drops || "none"}`,
-  ].join("\n");
-}
-
-/** Formats `addr:port` from numbers (used by status and query). */
-export function endpoint(a: number, p: number): string {
-  return `${formatIPv4(a)}:${p}`;
 }

@@ -23,6 +23,7 @@
  */
 
 import { Result } from "./result.ts";
+import { formatIPv4 } from "../wire/addr.ts";
 
 /** The first two bytes of every message: ASCII "DP". */
 export const MAGIC = 0x4450;
@@ -231,10 +232,6 @@ function _hex(n: number, digits: number): string {
 
 function _isKnownOp(op: number): boolean {
   return op === Op.RESERVE || op === Op.RENEW || op === Op.RELEASE || op === Op.MAP;
-}
-
-function _ipText(a: number): string {
-  return `${a >>> 24}.${(a >>> 16) & 255}.${(a >>> 8) & 255}.${a & 255}`;
 }
 
 /**
@@ -462,7 +459,9 @@ export function decodeRequest(b: Uint8Array): DecodeRequestResult {
     if (proto === PROTO_ICMP) return _fail(Result.UNSUPPORTED_PROTOCOL, "MAP of ICMP");
     if (internalPort === 0) return _fail(Result.MALFORMED, "internal port 0");
     const remote = v.getUint32(Req.REMOTE_ADDR);
-    if (remote !== 0) return _fail(Result.MALFORMED, `MAP with remote address ${_ipText(remote)}`);
+    if (remote !== 0) {
+      return _fail(Result.MALFORMED, `MAP with remote address ${formatIPv4(remote)}`);
+    }
   } else if (proto === PROTO_ICMP) {
     // ICMP echo has an identifier (carried as the internal port, 0 is a
     // valid identifier) and nothing on the remote side.
@@ -480,10 +479,10 @@ export function decodeRequest(b: Uint8Array): DecodeRequestResult {
   const remoteAddr = v.getUint32(Req.REMOTE_ADDR);
   const ia = _addrProblem(internalAddr);
   if (ia !== null) {
-    return _fail(Result.MALFORMED, `internal address ${_ipText(internalAddr)} ${ia}`);
+    return _fail(Result.MALFORMED, `internal address ${formatIPv4(internalAddr)} ${ia}`);
   }
   const ra = op === Op.MAP ? null : _addrProblem(remoteAddr);
-  if (ra !== null) return _fail(Result.MALFORMED, `remote address ${_ipText(remoteAddr)} ${ra}`);
+  if (ra !== null) return _fail(Result.MALFORMED, `remote address ${formatIPv4(remoteAddr)} ${ra}`);
 
   return {
     ok: true,

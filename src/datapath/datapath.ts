@@ -39,7 +39,7 @@ import type { DataPathStatus } from "../operator/types.ts";
 import type { Cidr } from "../wire/addr.ts";
 import type { PacketInfo } from "../wire/packet.ts";
 import type { VerdictValue } from "../wire/meta.ts";
-import { protoIndex } from "../wire/meta.ts";
+import type { SessionBinding, SessionIdentity } from "../wire/tuple.ts";
 import type { DriverConfig, ServerConfig } from "../config.ts";
 
 /** The data paths a role can run (`--datapath`), the preferred first. */
@@ -62,22 +62,10 @@ export type DataPathChoice = DataPathKind | "auto";
  */
 export type StopMode = "keep" | "remove";
 
-/** A session as the gateway's data path needs it. Addresses host order. */
-export interface GatewaySession {
-  proto: number;
-  /** Host (private) address and port. */
-  a: number;
-  pa: number;
-  /** Remote peer. */
-  x: number;
-  px: number;
-  /** Public pair. */
-  r: number;
-  p: number;
-  /** Gateway port: the LAN-side destination port of the session. */
-  pg: number;
+/** A session as the gateway's data path needs it: identity, `R:p` and `Pg` (`wire/tuple.ts`). */
+export interface GatewaySession extends SessionBinding {
   /**
-   * A direct session (PCP PEER from a host without a driver, `table.ts`):
+   * A direct session (PCP PEER from a host without a driver, `table/allocate.ts`):
    * the host sends to `X:px` itself and gets the remote's own pair back,
    * not `G:Pg`. Absent: a driver's session.
    */
@@ -115,6 +103,8 @@ export type GatewayOptions =
     | "gatewayPorts"
     | "controlPort"
     | "pcp"
+    | "upnp"
+    | "upnpPort"
     | "masquerade"
     | "addPoolAddresses"
     | "bpfSessions"
@@ -195,14 +185,8 @@ export interface ServerDataPath {
   stop(mode: StopMode): Promise<void>;
 }
 
-/** A session as the host's data path needs it. */
-export interface HostSessionKey {
-  proto: number;
-  a: number;
-  pa: number;
-  x: number;
-  px: number;
-  /** The gateway's LAN address and the session's gateway port. */
+/** A session as the host's data path needs it: its identity, the gateway `G` and its `Pg`. */
+export interface HostSessionKey extends SessionIdentity {
   g: number;
   pg: number;
 }
@@ -293,12 +277,8 @@ export interface PacketIO {
   send(pkt: Uint8Array, len: number, dst: number): void;
 }
 
-/** A number identifying a gateway session by (proto, a, Pg): its LAN-side key. */
-export function gatewayKey(proto: number, a: number, pg: number): number {
-  return protoIndex(proto) * 2 ** 48 + a * 65536 + pg;
-}
-
-/** A number identifying a host session by (proto, a, Pg), as the gateway port is unique per host. */
-export function hostKey(proto: number, a: number, pg: number): number {
-  return gatewayKey(proto, a, pg);
-}
+/**
+ * The numbers a data path keys its sessions by, (proto, a, Pg): one
+ * definition (`lanKey` in `wire/tuple.ts`), named for each side.
+ */
+export { lanKey as gatewayKey, lanKey as hostKey } from "../wire/tuple.ts";

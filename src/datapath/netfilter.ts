@@ -13,6 +13,15 @@ import type { DriverPacketHandler, PacketIO, ServerPacketHandler } from "./datap
 import { NfQueue, pump, VERDICT_ACCEPT, VERDICT_DROP } from "../../linux/nfqueue.ts";
 import { RawSocket } from "../../linux/rawsock.ts";
 
+/**
+ * Where a role keeps its sysctl journal (`linux/sysctl.ts`): beside its
+ * operator socket, so that each role in each namespace has its own and a
+ * run killed with SIGKILL is undone by the next start or `--cleanup`.
+ */
+export function sysctlJournal(socket: string): string {
+  return `${socket}.sysctls.json`;
+}
+
 /** NF_INET_LOCAL_OUT: the hook number of raw OUTPUT (a packet leaving the host). */
 const HOOK_LOCAL_OUT = 3;
 

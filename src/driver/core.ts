@@ -53,7 +53,8 @@ import {
   type HostSessionKey,
   type PacketIO,
 } from "../datapath/datapath.ts";
-import { describeSession, Verdict } from "../wire/meta.ts";
+import { Verdict } from "../wire/meta.ts";
+import { describeSession } from "../wire/tuple.ts";
 import type { DataPathStatus, DriverStatusReply, MapReply, QueryReply } from "../operator/types.ts";
 import {
   CLOSE_RST,

@@ -9,22 +9,14 @@
  */
 
 import type { PacketInfo } from "../wire/packet.ts";
-import { hostKey } from "../datapath/datapath.ts";
+import { lanKey as hostKey, type SessionBinding } from "../wire/tuple.ts";
 
 /** Session states on the host. */
 export const State = { PENDING: 0, ACTIVE: 1, REFUSED: 2, BYPASS: 3 } as const;
 
-/** One session as the host knows it. */
-export interface HostSession {
+/** One session as the host knows it (its addresses: `wire/tuple.ts`). */
+export interface HostSession extends SessionBinding {
   state: number;
-  proto: number;
-  a: number;
-  pa: number;
-  x: number;
-  px: number;
-  r: number;
-  p: number;
-  pg: number;
   replaceable: boolean;
   replaced: boolean;
   shared: boolean;

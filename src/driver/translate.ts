@@ -26,7 +26,8 @@ import { logger } from "../runtime/log.ts";
 import { Drop, IPPROTO_ICMP, IPPROTO_TCP, PacketInfo, parse } from "../wire/packet.ts";
 import { rewrite, rewriteIcmpError, rewriteToGateway } from "../wire/rewrite.ts";
 import type { DriverDataPath, PacketIO } from "../datapath/datapath.ts";
-import { describeSession, Verdict, type VerdictValue } from "../wire/meta.ts";
+import { Verdict, type VerdictValue } from "../wire/meta.ts";
+import { describeSession } from "../wire/tuple.ts";
 import { buildIcmpError } from "../wire/icmp.ts";
 import {
   CLOSE_FIN_IN,

@@ -20,6 +20,14 @@ export function parseIPv4(text: string): number | null {
   return n >>> 0;
 }
 
+/**
+ * Parses the address text a socket reports for an IPv4 peer: dotted quad,
+ * or an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`). Null for anything else.
+ */
+export function parseSocketIPv4(text: string): number | null {
+  return parseIPv4(text.startsWith("::ffff:") ? text.slice(7) : text);
+}
+
 /** Formats a host-order address as dotted quad. */
 export function formatIPv4(a: number): string {
   return `${a >>> 24}.${(a >>> 16) & 255}.${(a >>> 8) & 255}.${a & 255}`;

@@ -80,22 +80,3 @@ export function protoNumber(name: string): number | undefined {
 export function protoIndex(proto: number): number {
   return proto === IPPROTO_UDP ? 2 : proto === IPPROTO_TCP ? 1 : proto === IPPROTO_ICMP ? 0 : -1;
 }
-
-/** A session as the log names it: `udp 10.0.0.11:5060 -> 198.51.100.7:5060 [as R:p] [(Pg n)]`. */
-export function describeSession(
-  s: {
-    proto: number;
-    a: number;
-    pa: number;
-    x: number;
-    px: number;
-    r?: number;
-    p?: number;
-    pg?: number;
-  },
-): string {
-  const ip = (n: number) => `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
-  return `${protoName(s.proto)} ${ip(s.a)}:${s.pa} -> ${ip(s.x)}:${s.px}` +
-    (s.r !== undefined && s.p !== undefined && s.r !== 0 ? ` as ${ip(s.r)}:${s.p}` : "") +
-    (s.pg ? ` (Pg ${s.pg})` : "");
-}

@@ -40,14 +40,15 @@ function numbers(cell: string | undefined, n: number, what: string): number[] {
   return v.map(Number);
 }
 
-function ourNamespaces(prefixes: Set<string>): string[] {
+/** The namespaces whose names start with `prefix` (the bench's topology's). */
+function namespacesOf(prefix: string): string[] {
   let names: string[] = [];
   try {
     names = [...Deno.readDirSync("/run/netns")].map((e) => e.name);
   } catch {
     return [];
   }
-  return names.filter((n) => n.startsWith(NS_PREFIX) && !prefixes.has(n));
+  return names.filter((n) => n.startsWith(prefix));
 }
 
 Deno.test(needsRoot({
@@ -56,8 +57,6 @@ Deno.test(needsRoot({
   sanitizeOps: false,
   sanitizeResources: false,
   fn: async () => {
-    // Namespaces of other live runs (parallel tests) are not ours to judge.
-    const before = new Set(ourNamespaces(new Set()));
     const out = await Deno.makeTempDir({ prefix: "dpm-bench-smoke-" });
     try {
       const p = await new Deno.Command(Deno.execPath(), {
@@ -223,7 +222,10 @@ Deno.test(needsRoot({
         ]);
       }
 
-      assert.deepEqual(ourNamespaces(before), [], "the bench left namespaces behind");
+      // Its own namespaces only: other runs may build theirs meanwhile.
+      const prefix = String(r.config.namespacePrefix);
+      assert.match(prefix, new RegExp(`^${NS_PREFIX}`), "the bench names its namespaces' prefix");
+      assert.deepEqual(namespacesOf(prefix), [], "the bench left namespaces behind");
     } finally {
       await Deno.remove(out, { recursive: true }).catch(() => {});
     }

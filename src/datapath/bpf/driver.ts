@@ -37,7 +37,8 @@
  * @module
  */
 
-import { describeSession, IPPROTO_ICMP, Verdict, type VerdictValue } from "../../wire/meta.ts";
+import { IPPROTO_ICMP, Verdict, type VerdictValue } from "../../wire/meta.ts";
+import { describeSession } from "../../wire/tuple.ts";
 import type { PacketInfo } from "../../wire/packet.ts";
 import { rewriteToGateway } from "../../wire/rewrite.ts";
 import { logger } from "../../runtime/log.ts";

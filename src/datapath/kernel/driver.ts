@@ -25,7 +25,8 @@
  * @module
  */
 
-import { describeSession, IPPROTO_ICMP, IPPROTO_TCP, Verdict } from "../../wire/meta.ts";
+import { IPPROTO_ICMP, IPPROTO_TCP, Verdict } from "../../wire/meta.ts";
+import { describeSession } from "../../wire/tuple.ts";
 import type { VerdictValue } from "../../wire/meta.ts";
 import type { PacketInfo } from "../../wire/packet.ts";
 import { logger } from "../../runtime/log.ts";
@@ -41,7 +42,13 @@ import {
   type PacketIO,
   type StopMode,
 } from "../datapath.ts";
-import { NO_OTHER_PATHS, openHostQueue, type OtherPaths, pumpHost } from "../netfilter.ts";
+import {
+  NO_OTHER_PATHS,
+  openHostQueue,
+  type OtherPaths,
+  pumpHost,
+  sysctlJournal,
+} from "../netfilter.ts";
 import { rewriteToGateway } from "../../wire/rewrite.ts";
 import {
   deleteTable,
@@ -283,7 +290,7 @@ export class KernelDriverDataPath implements DriverDataPath {
 
 /** Where the host's sysctl journal lives: beside its socket. */
 function journalOf(o: HostOptions): string {
-  return `${o.socket}.sysctls.json`;
+  return sysctlJournal(o.socket);
 }
 
 /** The sessions in the host's map (`local`: the host's address, the `a` of every session). */

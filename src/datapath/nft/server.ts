@@ -38,7 +38,8 @@
  */
 
 import { formatIPv4 } from "../../wire/addr.ts";
-import { describeSession, IPPROTO_ICMP } from "../../wire/meta.ts";
+import { IPPROTO_ICMP } from "../../wire/meta.ts";
+import { describeSession } from "../../wire/tuple.ts";
 import { logger } from "../../runtime/log.ts";
 import { Cleanup } from "../../runtime/cleanup.ts";
 import type { DataPathStatus } from "../../operator/types.ts";
