@@ -68,6 +68,7 @@ export function serverCfg(over: Partial<ServerConfig> = {}): ServerConfig {
     wanIf: null,
     lan: LAN,
     addPoolAddresses: false,
+    bpfSessions: 262144,
     masquerade: true,
     queue: 0,
     ha: false,

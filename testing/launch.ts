@@ -83,8 +83,8 @@ export interface StartOptions {
   driverHosts?: string[];
   /** Extra driver flags. */
   driverArgs?: string[];
-  /** `--datapath` of both roles (default: dpm's default, kernel). */
-  datapath?: "kernel" | "queue";
+  /** `--datapath` of both roles (default: dpm's default, auto: bpf where it loads). */
+  datapath?: "bpf" | "kernel" | "queue" | "auto";
 }
 
 /** Starts the server on the gateway and drivers on hosts; waits until each says "ready". */

@@ -46,7 +46,7 @@ export class FakeServerDataPath implements ServerDataPath {
   begun: GatewaySession[] | null = null;
   constructor(readonly kind: DataPathKind = "kernel", opts: { forwardsMappings?: boolean } = {}) {
     this.forwardsMappings = opts.forwardsMappings ?? false;
-    const kernel = kind === "kernel";
+    const kernel = kind !== "queue";
     this.can = {
       forwardsMappings: () => kernel || this.forwardsMappings,
       countsPerSession: kernel,
