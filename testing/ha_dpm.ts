@@ -53,7 +53,9 @@ export interface DpmHaRun {
   udp?: number;
   /** Fail back at the end. @default {true} */
   failback?: boolean;
-  /** Extra `dpm server` arguments on both gateways (e.g. `--datapath bpf`). */
+  /** The data path of the servers and the drivers (`--datapath`). @default {"kernel"} */
+  datapath?: "kernel" | "bpf" | "queue";
+  /** Extra `dpm server` arguments on both gateways. */
   serverArgs?: string[];
   /** Keep the logs of every process here (debugging). */
   debugDir?: string;
@@ -139,6 +141,8 @@ export async function runDpmHa(o: DpmHaRun): Promise<DpmHaResult> {
         "--socket",
         `${d.dir}/server.sock`,
         "--no-upnp",
+        "--datapath",
+        o.datapath ?? "kernel",
         "--log-level",
         "debug",
         ...(o.serverArgs ?? []),
@@ -163,6 +167,8 @@ export async function runDpmHa(o: DpmHaRun): Promise<DpmHaResult> {
       t.spawn(h.ns, [
         ...dpmCommand(),
         "driver",
+        "--datapath",
+        o.datapath ?? "kernel",
         "--server",
         t.vipText,
         "--socket",

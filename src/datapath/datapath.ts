@@ -118,9 +118,10 @@ export type GatewayOptions =
     lan: Cidr;
     /**
      * Drop, rather than answer from the gateway's own stack, LAN packets to
-     * G's gateway ports that no session translated (`--ha`: during a
-     * takeover the host retransmits until its session is there, instead of
-     * meeting a TCP reset or an ICMP port unreachable; docs/ha.md).
+     * G's gateway ports and WAN packets to the pool (TCP, UDP) that no
+     * session translated (`--ha`: during a takeover the sender retransmits
+     * until the state is there, instead of meeting a TCP reset or an ICMP
+     * port unreachable; docs/ha.md).
      */
     dropMisses?: boolean;
   };

@@ -81,20 +81,22 @@ function check(r: DpmHaResult): void {
   }
 }
 
-for (const failure of ["kill", "lan-down"] as Failure[]) {
-  Deno.test(needsRoot({
-    name:
-      `ha root: dpm server --ha, ${failure} of the active then failback, nothing lost (kernel path)`,
-    ...SAN,
-    async fn() {
-      const r = await runDpmHa({
-        failure,
-        ...(Deno.env.get("DPM_HA_DEBUG")
-          ? { debugDir: `${Deno.env.get("DPM_HA_DEBUG")}/${failure}` }
-          : {}),
-      });
-      report(failure, r);
-      check(r);
-    },
-  }));
+for (const datapath of ["kernel", "bpf"] as const) {
+  for (const failure of ["kill", "lan-down"] as Failure[]) {
+    Deno.test(needsRoot({
+      name:
+        `ha root [${datapath}]: dpm server --ha, ${failure} of the active then failback, nothing lost`,
+      ...SAN,
+      async fn() {
+        const debug = Deno.env.get("DPM_HA_DEBUG");
+        const r = await runDpmHa({
+          failure,
+          datapath,
+          ...(debug ? { debugDir: `${debug}/${datapath}-${failure}` } : {}),
+        });
+        report(`${datapath} ${failure}`, r);
+        check(r);
+      },
+    }));
+  }
 }
