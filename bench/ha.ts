@@ -29,8 +29,9 @@
  * - `dpm-ha`: `dpm server --ha` on both gateways (step 2: the standby
  *   mirrors from conntrack events, dpm reads keepalived's FIFO and orders
  *   the takeover itself), with a `dpm map` mapping probed from a peer
- *   (testing/ha_dpm.ts); its own table (`--server-args "--datapath bpf"`
- *   runs it on another data path).
+ *   (testing/ha_dpm.ts); its own table (`--datapath bpf` runs it on the
+ *   bpf path; `--steady-ms` lets the busy traffic run longer before the
+ *   failure; `--server-args` adds `dpm server` flags).
  *
  * Each run: 100 TCP connections and 100 UDP flows busy (a message every
  * 20 ms each) from the hosts to the peers' echo servers, fresh sessions
@@ -605,6 +606,8 @@ function parseArgs(argv: string[]) {
     json: false,
     out: "",
     serverArgs: [] as string[],
+    datapath: "kernel" as "kernel" | "bpf",
+    steadyMs: 0,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
@@ -626,6 +629,8 @@ function parseArgs(argv: string[]) {
     else if (a === "--out") o.out = v();
     else if (a === "--debug") debugDir = v();
     else if (a === "--server-args") o.serverArgs = v().split(" ").filter(Boolean);
+    else if (a === "--datapath") o.datapath = v() as "kernel" | "bpf";
+    else if (a === "--steady-ms") o.steadyMs = Number(v());
     else if (a === "--tcp-liberal") tcpLiberal = true;
     else if (a === "--mirror-sync") {
       const age = MIRROR_SYNC_AGES[v()];
@@ -648,7 +653,7 @@ function parseArgs(argv: string[]) {
 interface DpmHaRow {
   advertInt: number;
   failure: Failure;
-  serverArgs: string[];
+  datapath: string;
   r: DpmHaResult;
 }
 
@@ -677,7 +682,7 @@ function dpmHaMarkdown(rows: DpmHaRow[]): string {
   const out = [`| ${head.join(" | ")} |`, `|${head.map(() => "---").join("|")}|`];
   const ms = (v: number | null | undefined) =>
     v === null || v === undefined ? "-" : String(Math.round(v));
-  for (const { advertInt, failure, serverArgs, r } of rows) {
+  for (const { advertInt, failure, datapath, r } of rows) {
     const [w0, w1] = r.wan.windows;
     const f1 = r.hosts.fresh[1];
     const a0 = r.after[0];
@@ -685,7 +690,7 @@ function dpmHaMarkdown(rows: DpmHaRow[]): string {
       [
         advertInt,
         failure,
-        serverArgs.includes("bpf") ? "bpf" : "kernel",
+        datapath,
         ms(w0?.takeoverMs),
         ms(w0?.claimMs),
         a0 ? `${a0.lastClaimMs}/${a0.lastTakeoverMs}` : "-",
@@ -723,9 +728,11 @@ async function main(): Promise<number> {
             udp: o.udp,
             failback: o.failback,
             serverArgs: o.serverArgs,
+            datapath: o.datapath,
+            steadyMs: o.steadyMs,
             ...(debugDir ? { debugDir: `${debugDir}/${failure}-${advertInt}-${round}` } : {}),
           });
-          haRows.push({ advertInt, failure, serverArgs: o.serverArgs, r });
+          haRows.push({ advertInt, failure, datapath: o.datapath, r });
           log(dpmHaMarkdown([haRows.at(-1)!]).split("\n").slice(2).join("\n"));
         } catch (e) {
           log(`run failed: ${(e as Error).stack ?? e}`);

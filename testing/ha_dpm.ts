@@ -57,6 +57,13 @@ export interface DpmHaRun {
   datapath?: "kernel" | "bpf" | "queue";
   /** Extra `dpm server` arguments on both gateways. */
   serverArgs?: string[];
+  /**
+   * Extra time the busy traffic runs before the failure, ms: longer than
+   * the kernel's UDP conntrack timeouts (120 s), replicas live only if
+   * they are refreshed (on the bpf path the packets pass conntrack by).
+   * @default {0}
+   */
+  steadyMs?: number;
   /** Keep the logs of every process here (debugging). */
   debugDir?: string;
 }
@@ -181,7 +188,7 @@ export async function runDpmHa(o: DpmHaRun): Promise<DpmHaResult> {
     const mapping = await startMapping(t);
     const busy = await startBusy(t, { tcp: o.tcp ?? 100, udp: o.udp ?? 100 });
     // The UDP flows' conntracks turn ASSURED 2 s after their start; the steady period follows.
-    await new Promise((r) => setTimeout(r, 3000));
+    await new Promise((r) => setTimeout(r, 3000 + (o.steadyMs ?? 0)));
     const s0 = await syncCounters(t, ga);
     const w0 = wallMs();
     await new Promise((r) => setTimeout(r, 3000));

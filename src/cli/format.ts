@@ -99,6 +99,15 @@ function formatHa(h: HaStatus): string[] {
     (m.refused ? `, ${m.refused} refused` : "") +
     (h.behind ? "; BEHIND: the standby has not reconciled for 30 s" : "") +
     (h.role === "active" ? `; ${h.refreshed} timeout(s) refreshed` : ""),
+    ...(h.sync
+      ? [
+        `  sync (conntrackd): ${h.sync.bytesSent}/${h.sync.bytesReceived} bytes sent/received, ` +
+        `${h.sync.lostMessages} lost, ${h.sync.malformedMessages} malformed, ` +
+        `${h.sync.injected.failed} injection(s) failed` +
+        (h.sync.resendQueue === null ? "" : `, resend queue ${h.sync.resendQueue}`),
+      ]
+      : []),
+    ...(h.syncError ? [`  sync: ${h.syncError}`] : []),
   ];
 }
 

@@ -32,14 +32,17 @@ import { run } from "../../linux/exec.ts";
 import { IPPROTO_UDP } from "../wire/meta.ts";
 import type { HaStatus } from "../operator/types.ts";
 import { Mirror, type MirrorTarget, sessionOfEntry } from "./mirror.ts";
+import { type ConntrackdStats, parseConntrackdStats } from "./conntrackd.ts";
 import { HaRole, type HaSteps } from "./role.ts";
 
 const log = logger("ha");
 
 /** A full reconcile of the mirror this often (ms), besides the events. */
 export const RECONCILE_MS = 10_000;
-/** The mirror is behind when no reconcile succeeded for this long (ms). */
+/** The mirror is behind when no reconcile succeeded for this long (ms), or conntrackd lost messages as recently. */
 export const BEHIND_MS = 3 * RECONCILE_MS;
+/** conntrackd's figures are read this often (ms). */
+export const SYNC_POLL_MS = 5000;
 
 /** Where the HA sysctls are journaled (beside the operator socket, as the data path's). */
 export function haSysctlJournal(socket: string): string {
@@ -98,6 +101,13 @@ export class HaNode {
   /** Timeouts refreshed on the active since start. */
   refreshed = 0;
   #fifo: Deno.FsFile | null = null;
+  /** conntrackd's figures, read every {@link SYNC_POLL_MS} (null before the first, or without its configuration). */
+  #sync: ConntrackdStats | null = null;
+  /** Why the last read of conntrackd's figures failed ("" when it did not). */
+  #syncError = "";
+  /** When conntrackd's lost messages last grew (ms), 0: never seen. */
+  #lostGrewAt = 0;
+  #syncTimer: ReturnType<typeof setInterval> | null = null;
   /** Claims of G by the other box while this one was active are not visible here; lines read. */
   fifoLines = 0;
 
@@ -145,6 +155,10 @@ export class HaNode {
     this.#host.ownConntracks(false);
     this.#startMirror();
     await this.#openFifo();
+    if (this.#cfg.haConntrackdConfig) {
+      void this.#pollSync();
+      this.#syncTimer = setInterval(() => void this.#pollSync(), SYNC_POLL_MS);
+    }
     // keepalived reports changes only: a dpm (re)started while keepalived is
     // MASTER learns it from the marker address keepalived holds on lo.
     const marker = this.#cfg.haMarker;
@@ -161,6 +175,7 @@ export class HaNode {
   async stop(): Promise<void> {
     this.#stopped = true;
     this.#stopRefresh();
+    if (this.#syncTimer) clearInterval(this.#syncTimer);
     try {
       this.#fifo?.close();
     } catch {
@@ -404,6 +419,31 @@ export class HaNode {
   /** The kernel's UDP stream timeout, seconds (read at start). */
   #udpStream = 120;
 
+  // ---- conntrackd's figures ----
+
+  async #pollSync(): Promise<void> {
+    const conf = this.#cfg.haConntrackdConfig!;
+    try {
+      const [g, q] = await Promise.all([
+        run("conntrackd", ["-C", conf, "-s"]),
+        run("conntrackd", ["-C", conf, "-s", "queue"]),
+      ]);
+      if (this.#stopped) return;
+      const st = g.code === 0
+        ? parseConntrackdStats(g.stdout, q.code === 0 ? q.stdout : undefined)
+        : null;
+      if (st === null) {
+        this.#syncError = `conntrackd -s: ${(g.stderr || g.stdout).trim().split("\n")[0] ?? ""}`;
+        return;
+      }
+      if (this.#sync && st.lostMessages > this.#sync.lostMessages) this.#lostGrewAt = Date.now();
+      this.#sync = st;
+      this.#syncError = "";
+    } catch (e) {
+      this.#syncError = `conntrackd -s: ${(e as Error).message}`;
+    }
+  }
+
   // ---- status ----
 
   /** The `ha` part of `dpm status` and of the metrics. */
@@ -429,7 +469,11 @@ export class HaNode {
         reconciles: m.reconciles,
         lagSeconds: r.role === "active" ? null : lag,
       },
-      behind: r.role !== "active" && (lag === null || lag * 1000 > BEHIND_MS),
+      sync: this.#sync,
+      syncError: this.#syncError || null,
+      behind: r.role !== "active" &&
+        (lag === null || lag * 1000 > BEHIND_MS || this.#syncError !== "" ||
+          (this.#lostGrewAt > 0 && now - this.#lostGrewAt < BEHIND_MS)),
       refreshed: this.refreshed,
     };
   }

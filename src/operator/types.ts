@@ -91,7 +91,30 @@ export interface HaStatus {
     /** Age of the last full reconcile, seconds (null: active, or none yet). */
     lagSeconds: number | null;
   };
-  /** A standby whose mirror has not reconciled for 30 s (or never): it has fallen behind. */
+  /**
+   * conntrackd's sync figures (`--ha-conntrackd-config`; `src/ha/conntrackd.ts`):
+   * the sync link's traffic, lost and malformed messages, what the peer's
+   * messages did in this kernel, the resend queue. Null without its
+   * configuration or before the first read.
+   */
+  sync: {
+    bytesSent: number;
+    bytesReceived: number;
+    packetsSent: number;
+    packetsReceived: number;
+    errors: number;
+    lostMessages: number;
+    malformedMessages: number;
+    injected: { created: number; updated: number; destroyed: number; failed: number };
+    resendQueue: number | null;
+  } | null;
+  /** Why conntrackd's figures could not be read (it does not answer), null when they could. */
+  syncError: string | null;
+  /**
+   * The standby has fallen behind: its mirror has not reconciled for 30 s
+   * (or never), conntrackd lost messages within 30 s, or conntrackd does
+   * not answer.
+   */
   behind: boolean;
   /** Conntrack timeouts refreshed while active (their replicas stay alive). */
   refreshed: number;

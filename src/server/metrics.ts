@@ -214,6 +214,38 @@ function haFamilies(h: HaStatus | undefined): Family[] {
       "1 when the standby's mirror has fallen behind (no reconcile for 30 s).",
       h.behind ? 1 : 0,
     ),
+    ...(h.sync
+      ? [
+        {
+          name: "dpm_ha_sync_bytes_total",
+          help: "Bytes on the sync link as conntrackd counts them, by direction.",
+          type: "counter" as const,
+          samples: [
+            { labels: { direction: "sent" }, value: h.sync.bytesSent },
+            { labels: { direction: "received" }, value: h.sync.bytesReceived },
+          ],
+        },
+        {
+          name: "dpm_ha_sync_lost_messages_total",
+          help: "Sync messages from the peer that conntrackd lost (a replica may be missing).",
+          type: "counter" as const,
+          samples: [{ value: h.sync.lostMessages }],
+        },
+        {
+          name: "dpm_ha_sync_inject_failed_total",
+          help: "Entries from the peer that conntrackd failed to create, update or destroy here.",
+          type: "counter" as const,
+          samples: [{ value: h.sync.injected.failed }],
+        },
+        ...(h.sync.resendQueue === null ? [] : [
+          g(
+            "dpm_ha_sync_resend_queue",
+            "Messages conntrackd holds to resend to the peer.",
+            h.sync.resendQueue,
+          ),
+        ]),
+      ]
+      : []),
     {
       name: "dpm_ha_refreshed_total",
       help: "Conntrack timeouts refreshed while active (their replicas stay alive).",

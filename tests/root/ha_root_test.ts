@@ -44,7 +44,9 @@ function report(name: string, r: DpmHaResult): void {
         r.wan.pairChanged.slice(0, 8).join(" ")
       }, ` +
       `UDP max gap ${r.hosts.udpMaxGapMs} ms, TCP max gap ${r.hosts.tcpMaxGapMs} ms, standby mirrored ${r.standbyBefore.mirror.sessions} ` +
-      `session(s), sync ${r.sync.bitsPerSecPerSession.toFixed(1)} bit/s per busy session, ` +
+      `session(s) (conntrackd: ${JSON.stringify(r.standbyBefore.sync)}), sync ${
+        r.sync.bitsPerSecPerSession.toFixed(1)
+      } bit/s per busy session, ` +
       `${r.sync.bytesPerNewSession.toFixed(0)} bytes per new session; fresh per window ${
         JSON.stringify(r.hosts.fresh)
       }; mapping before ${r.mapping.before}, after ${r.mapping.after}`,
@@ -58,6 +60,10 @@ function check(r: DpmHaResult): void {
     `standby mirrored ${r.standbyBefore.mirror.sessions} sessions`,
   );
   assert.equal(r.standbyBefore.role, "standby");
+  // The standby's status reads conntrackd's figures and says it keeps up.
+  assert.ok(r.standbyBefore.sync !== null, `conntrackd's figures: ${r.standbyBefore.syncError}`);
+  assert.ok(r.standbyBefore.sync.injected.created > 0, "the peer's entries were injected");
+  assert.equal(r.standbyBefore.behind, false, "the standby keeps up");
   assert.equal(r.wan.wrongPairBefore, 0, "the rig is sound before the failure");
   for (const w of r.wan.windows) {
     assert.equal(w.rstIn + w.rstOut, 0, `${w.event}: TCP resets`);

@@ -11,6 +11,7 @@
 import assert from "node:assert/strict";
 import { Mirror, type MirrorTarget, sessionOfEntry, tableTarget } from "../../src/ha/mirror.ts";
 import { HaRole, parseNotifyLine } from "../../src/ha/role.ts";
+import { parseConntrackdStats } from "../../src/ha/conntrackd.ts";
 import type { GatewaySession } from "../../src/datapath/datapath.ts";
 import type { CtEntry } from "../../linux/conntrack.ts";
 import {
@@ -328,4 +329,56 @@ Deno.test("ha: conntrack events decode as new, update and destroy; timeout updat
   assert.equal(dv.getUint16(m.length - 6, true), CTA.TIMEOUT);
   assert.equal(dv.getUint32(m.length - 4, false), 120);
   assert.throws(() => appendCtTimeout(new NlBuilder(), 0, orig, 0), RangeError);
+});
+
+const CONNTRACKD_S = `cache internal:
+current active connections:	           0
+connections created:		           0	failed:	           0
+connections updated:		           0	failed:	           0
+connections destroyed:		           0	failed:	           0
+
+external inject:
+connections created:		         264	failed:	           2
+connections updated:		         634	failed:	           1
+connections destroyed:		          12	failed:	           0
+
+traffic processed:
+                   0 Bytes                         0 Pckts
+
+UDP traffic (active device=sync0):
+               91724 Bytes sent               83312 Bytes recv
+                 802 Pckts sent                 790 Pckts recv
+                   0 Error send                    1 Error recv
+
+message tracking:
+                   0 Malformed msgs                    5 Lost msgs
+`;
+
+const CONNTRACKD_S_QUEUE = `allocated queue nodes:		           0
+
+queue txqueue:
+current elements:		           0
+maximum elements:		  2147483647
+not enough space errors:	           0
+
+queue rsqueue:
+current elements:		          17
+maximum elements:		      131072
+not enough space errors:	           0
+`;
+
+Deno.test("ha: conntrackd's statistics (1.4's text, as read from a running conntrackd)", () => {
+  assert.deepEqual(parseConntrackdStats(CONNTRACKD_S, CONNTRACKD_S_QUEUE), {
+    bytesSent: 91724,
+    bytesReceived: 83312,
+    packetsSent: 802,
+    packetsReceived: 790,
+    errors: 1,
+    lostMessages: 5,
+    malformedMessages: 0,
+    injected: { created: 264, updated: 634, destroyed: 12, failed: 3 },
+    resendQueue: 17,
+  });
+  assert.equal(parseConntrackdStats(CONNTRACKD_S)?.resendQueue, null);
+  assert.equal(parseConntrackdStats("ERROR: cannot connect to the socket"), null);
 });

@@ -398,6 +398,18 @@ Deno.test("format: the server status says how many rows are not shown and the da
       lastClaimMs: 52,
       failedTransitions: 0,
       mirror: { sessions: 200, events: 634, refused: 0, lost: 1, reconciles: 7, lagSeconds: 45 },
+      sync: {
+        bytesSent: 1000,
+        bytesReceived: 2000,
+        packetsSent: 10,
+        packetsReceived: 20,
+        errors: 0,
+        lostMessages: 3,
+        malformedMessages: 0,
+        injected: { created: 200, updated: 400, destroyed: 5, failed: 1 },
+        resendQueue: 0,
+      },
+      syncError: null,
       behind: true,
       refreshed: 0,
     },
@@ -556,6 +568,18 @@ Deno.test("metrics: the HA role, the mirror and whether it has fallen behind (--
     lastClaimMs: 52,
     failedTransitions: 0,
     mirror: { sessions: 200, events: 634, refused: 0, lost: 0, reconciles: 7, lagSeconds: null },
+    sync: {
+      bytesSent: 1000,
+      bytesReceived: 2000,
+      packetsSent: 10,
+      packetsReceived: 20,
+      errors: 0,
+      lostMessages: 3,
+      malformedMessages: 0,
+      injected: { created: 200, updated: 400, destroyed: 5, failed: 1 },
+      resendQueue: 7,
+    },
+    syncError: null,
     behind: false,
     refreshed: 12,
   });
@@ -572,4 +596,7 @@ Deno.test("metrics: the HA role, the mirror and whether it has fallen behind (--
   assert.equal(value("dpm_ha_behind"), 0);
   assert.equal(value("dpm_ha_refreshed_total"), 12);
   assert.equal(value("dpm_ha_mirror_lag_seconds"), undefined, "no lag while active");
+  assert.equal(value("dpm_ha_sync_lost_messages_total"), 3);
+  assert.equal(value("dpm_ha_sync_bytes_total", { direction: "received" }), 2000);
+  assert.equal(value("dpm_ha_sync_resend_queue"), 7);
 });
