@@ -497,7 +497,7 @@ export const SERVER_FLAGS = {
   "ha-refresh": {
     arg: "<s>",
     help:
-      "active: refresh the conntrack timeouts of UDP sessions with traffic this often, so their replicas on the standby never expire (below the 30 s a new UDP conntrack lives: the bpf path carries packets past conntrack; 0: never)",
+      "active: refresh the conntrack timeouts of sessions with traffic this often, so their replicas on the standby never expire (below the 30 s an unassured UDP conntrack lives: the bpf path carries packets past conntrack; 0: never)",
     group: HIGH_AVAILABILITY,
     schema: int("--ha-refresh", 0, 3600).default(20),
     dflt: "20",

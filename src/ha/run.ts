@@ -384,7 +384,8 @@ export class HaNode {
 
   /**
    * Sets the conntrack timeout of each dpm UDP session that carried packets
-   * since the last round to the kernel's UDP stream timeout (120 s): the
+   * since the last round (and of each such TCP session whose entry would
+   * expire within that time) to the kernel's UDP stream timeout (120 s): the
    * kernel reports the change as an update, conntrackd replicates it, and
    * the replica on the standby counts down from a fresh value instead of
    * expiring 120 s after the flow's last state change. Activity is read
@@ -392,8 +393,8 @@ export class HaNode {
    * on the bpf path most packets never touch conntrack, whose own counters
    * and timeout stand still, so without this the active's conntrack would
    * expire too (and its replica with it) while the session lives in the
-   * BPF map. Idle sessions are left to expire. TCP entries are replicated
-   * on their state changes and live for days.
+   * BPF map (UDP entries there stay unassured, 30 s; TCP ones may stay in
+   * SYN_RECV, 60 s). Idle sessions are left to expire.
    */
   #refresh(): void {
     const pool = new Set(this.#cfg.pool);
@@ -406,11 +407,17 @@ export class HaNode {
     };
     const todo: { orig: CtEntry["orig"]; timeout: number }[] = [];
     this.#ct.dump((e) => {
-      if (e.orig.proto !== IPPROTO_UDP || sessionOfEntry(e, g, pool) === null) return;
+      if (sessionOfEntry(e, g, pool) === null) return;
       const key = gatewayKey(e.orig.proto, e.orig.src, e.orig.dport);
       const c = counters?.get(key);
       const packets = c ? c.packetsOut + c.packetsIn : e.packetsOrig + e.packetsReply;
-      if (moved(key, packets)) todo.push({ orig: e.orig, timeout: this.#udpStream });
+      if (!moved(key, packets)) return;
+      // TCP: only an entry that would expire soon (one the bpf path took over
+      // before conntrack saw the handshake end lives 60 s in SYN_RECV); an
+      // established one lasts days and is replicated on its state changes.
+      if (e.orig.proto === IPPROTO_UDP || e.timeout < this.#udpStream) {
+        todo.push({ orig: e.orig, timeout: this.#udpStream });
+      }
     });
     this.#seen = seen;
     if (todo.length) this.refreshed += this.#ct.setTimeouts(todo);
