@@ -930,6 +930,11 @@ export function serverConfig(
   if (v.ha && (v.lanIf === null || v.haFifo === null)) {
     problems.push("--ha needs --lan-if, --wan-if and --ha-fifo (keepalived's vrrp_notify_fifo)");
   }
+  if (v.ha && v.upnp) {
+    problems.push(
+      "--ha does not serve UPnP yet (its SSDP sockets need G on the interface): add --no-upnp",
+    );
+  }
   if (v.ha && v.addPoolAddresses) {
     problems.push("--ha claims the pool on takeover: drop --add-pool-addresses");
   }

@@ -24,6 +24,7 @@ import {
 import { NlBuilder, NLM_F_CREATE } from "../../linux/netlink.ts";
 import { COOKIE_ROTATE_MS, CookieMinter } from "../../src/control/cookie.ts";
 import { ServerCore } from "../../src/server/core.ts";
+import { ConfigError, serverConfig } from "../../src/config.ts";
 import { serverCfg } from "../../testing/fixtures.ts";
 import { identityKey } from "../../src/wire/tuple.ts";
 
@@ -381,4 +382,42 @@ Deno.test("ha: conntrackd's statistics (1.4's text, as read from a running connt
   });
   assert.equal(parseConntrackdStats(CONNTRACKD_S)?.resendQueue, null);
   assert.equal(parseConntrackdStats("ERROR: cannot connect to the socket"), null);
+});
+
+Deno.test("ha: the flags go together, and --ha refuses what it cannot do", () => {
+  const base = {
+    "lan-addr": "10.0.0.1",
+    pool: "203.0.113.10-203.0.113.13",
+    "lan-if": "lan0",
+    "wan-if": "wan0",
+  };
+  const ok = serverConfig({
+    ...base,
+    ha: true,
+    "ha-fifo": "/run/keepalived/notify.fifo",
+    "ha-marker": "169.254.0.51",
+    "ha-peer": "10.255.0.2",
+    upnp: false,
+    "cookie-secret-file": "/etc/dpm/cookie.secret",
+  });
+  assert.equal(ok.ha, true);
+  assert.equal(ok.haMarker, 0xa9fe0033);
+  assert.equal(ok.haRefresh, 20);
+  const problem = (raw: Record<string, unknown>) => {
+    try {
+      serverConfig({ ...base, ...raw });
+      return "";
+    } catch (e) {
+      assert.ok(e instanceof ConfigError);
+      return e.message;
+    }
+  };
+  assert.match(problem({ ha: true, upnp: false }), /--ha needs .*--ha-fifo/);
+  assert.match(problem({ ha: true, "ha-fifo": "/f" }), /--no-upnp/);
+  assert.match(
+    problem({ ha: true, "ha-fifo": "/f", upnp: false, "add-pool-addresses": true }),
+    /drop --add-pool-addresses/,
+  );
+  assert.match(problem({ "ha-fifo": "/f" }), /need --ha/);
+  assert.match(problem({ "ha-peer": "nonsense" }), /--ha-peer/);
 });
