@@ -16,7 +16,8 @@
  *   ARPs, `arping`), conntrackd told to resync;
  * - on the active, the refresh of the conntrack timeouts of sessions that
  *   carried traffic, so that their replicas on the standby stay alive;
- * - keepalived's notify FIFO, read line by line.
+ * - keepalived's notify FIFO, read line by line;
+ * - conntrackd's figures (`conntrackd -s`, `conntrackd.ts`) for `dpm status`.
  *
  * @module
  */
@@ -108,7 +109,7 @@ export class HaNode {
   /** When conntrackd's lost messages last grew (ms), 0: never seen. */
   #lostGrewAt = 0;
   #syncTimer: ReturnType<typeof setInterval> | null = null;
-  /** Claims of G by the other box while this one was active are not visible here; lines read. */
+  /** Lines read from keepalived's FIFO since start. */
   fifoLines = 0;
 
   constructor(cfg: ServerConfig, host: HaHost) {
