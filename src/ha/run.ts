@@ -352,7 +352,8 @@ export class HaNode {
   #conntrackd(...cmds: string[][]): void {
     const conf = this.#cfg.haConntrackdConfig;
     if (!conf) return;
-    (async () => {
+    // Spawned on a later turn: a takeover serves first.
+    setTimeout(async () => {
       for (const c of cmds) {
         const r = await run("conntrackd", ["-C", conf, ...c]).catch((e) => ({
           code: -1,
@@ -360,7 +361,7 @@ export class HaNode {
         }));
         if (r.code !== 0) log.warn(`conntrackd ${c.join(" ")}: ${r.stderr.trim()}`);
       }
-    })();
+    }, 0);
   }
 
   // ---- the active's refresh ----
