@@ -26,6 +26,12 @@
  *   the kernel's takeover alone.
  * - `dpm`: the same, and dpm's server started on the new active as soon as
  *   it holds G (it adopts the mirrored maps).
+ * - `dpm-ha`: `dpm server --ha` on both gateways (step 2: the standby
+ *   mirrors from conntrack events, dpm reads keepalived's FIFO and orders
+ *   the takeover itself), with a `dpm map` mapping probed from a peer
+ *   (testing/ha_dpm.ts); its own table (`--datapath bpf` runs it on the
+ *   bpf path; `--steady-ms` lets the busy traffic run longer before the
+ *   failure; `--server-args` adds `dpm server` flags).
  *
  * Each run: 100 TCP connections and 100 UDP flows busy (a message every
  * 20 ms each) from the hosts to the peers' echo servers, fresh sessions
@@ -45,6 +51,7 @@
  * sudo deno task bench:ha                                   # anchor and ordered, every failure, both intervals
  * deno run -A bench/ha.ts --modes anchor --advert 0.05 --failures crash --rounds 1
  * deno run -A bench/ha.ts --json --out /tmp/ha
+ * deno run -A bench/ha.ts --modes dpm-ha --advert 0.05 --failures kill,lan-down,crash
  * ```
  *
  * Prints a Markdown table (or JSON) on stdout, progress on stderr; with
@@ -80,6 +87,7 @@ import {
 import { wallMs } from "../testing/ha_traffic.ts";
 import { destroyOnSignal, type Spawned } from "../testing/topology.ts";
 import { denoScript, DPM_ENV, dpmCommand } from "../testing/launch.ts";
+import { type DpmHaResult, runDpmHa } from "../testing/ha_dpm.ts";
 import { waitFor } from "../testing/wait.ts";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
@@ -102,7 +110,7 @@ const MIRROR_SYNC_AGES: Record<string, number> = { cycle: 0, recent: 250, alive:
 const PREEMPT_DELAY_S = 2;
 
 /** How a run's pair is set up. */
-export type Mode = "anchor" | "ordered" | "dpm" | "dpm-kernel";
+export type Mode = "anchor" | "ordered" | "dpm" | "dpm-kernel" | "dpm-ha";
 
 /** Whether a mode runs dpm (server and drivers) instead of SNAT. */
 const runsDpm = (m: Mode) => m === "dpm" || m === "dpm-kernel";
@@ -597,6 +605,9 @@ function parseArgs(argv: string[]) {
     snatRandom: [false],
     json: false,
     out: "",
+    serverArgs: [] as string[],
+    datapath: "kernel" as "kernel" | "bpf",
+    steadyMs: 0,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
@@ -617,6 +628,9 @@ function parseArgs(argv: string[]) {
     else if (a === "--json") o.json = true;
     else if (a === "--out") o.out = v();
     else if (a === "--debug") debugDir = v();
+    else if (a === "--server-args") o.serverArgs = v().split(" ").filter(Boolean);
+    else if (a === "--datapath") o.datapath = v() as "kernel" | "bpf";
+    else if (a === "--steady-ms") o.steadyMs = Number(v());
     else if (a === "--tcp-liberal") tcpLiberal = true;
     else if (a === "--mirror-sync") {
       const age = MIRROR_SYNC_AGES[v()];
@@ -625,7 +639,7 @@ function parseArgs(argv: string[]) {
     } else throw new TypeError(`Unknown flag "${a}"`);
   }
   for (const m of o.modes) {
-    if (!["anchor", "ordered", "dpm", "dpm-kernel"].includes(m)) {
+    if (!["anchor", "ordered", "dpm", "dpm-kernel", "dpm-ha"].includes(m)) {
       throw new TypeError(`Unknown mode "${m}"`);
     }
   }
@@ -635,9 +649,98 @@ function parseArgs(argv: string[]) {
   return o;
 }
 
+/** One row of mode `dpm-ha` (`dpm server --ha`, testing/ha_dpm.ts). */
+interface DpmHaRow {
+  advertInt: number;
+  failure: Failure;
+  datapath: string;
+  r: DpmHaResult;
+}
+
+/** Mode `dpm-ha`'s table: dpm itself on both gateways, the figures issue 21 asks for. */
+function dpmHaMarkdown(rows: DpmHaRow[]): string {
+  const head = [
+    "advert_int",
+    "failure",
+    "path",
+    "takeover ms",
+    "claim ms",
+    "dpm claim/serve ms",
+    "TCP broken",
+    "RST in/out",
+    "UDP lost max/flow",
+    "wrong-pair pkts",
+    "pairs changed",
+    "mapping after",
+    "fresh ok/failed after",
+    "failback takeover ms",
+    "failback RST, wrong-pair",
+    "mirrored",
+    "sync bit/s/session",
+    "sync B/new session",
+  ];
+  const out = [`| ${head.join(" | ")} |`, `|${head.map(() => "---").join("|")}|`];
+  const ms = (v: number | null | undefined) =>
+    v === null || v === undefined ? "-" : String(Math.round(v));
+  for (const { advertInt, failure, datapath, r } of rows) {
+    const [w0, w1] = r.wan.windows;
+    const f1 = r.hosts.fresh[1];
+    const a0 = r.after[0];
+    out.push(`| ${
+      [
+        advertInt,
+        failure,
+        datapath,
+        ms(w0?.takeoverMs),
+        ms(w0?.claimMs),
+        a0 ? `${a0.lastClaimMs}/${a0.lastTakeoverMs}` : "-",
+        r.hosts.tcpBroken,
+        w0 ? `${w0.rstIn}/${w0.rstOut}` : "-",
+        r.hosts.udpLostMax,
+        w0?.wrongPair ?? "-",
+        r.wan.pairChanged.length,
+        r.mapping.after.map((x) => (x ? "ok" : "broken")).join(","),
+        f1 ? `${f1.ok}/${f1.failed}` : "-",
+        ms(w1?.takeoverMs),
+        w1 ? `${w1.rstIn + w1.rstOut}, ${w1.wrongPair}` : "-",
+        r.standbyBefore.mirror.sessions,
+        r.sync.bitsPerSecPerSession.toFixed(1),
+        r.sync.bytesPerNewSession.toFixed(0),
+      ].join(" | ")
+    } |`);
+  }
+  return out.join("\n") + "\n";
+}
+
 async function main(): Promise<number> {
   const o = parseArgs(Deno.args);
   const results: RunResult[] = [];
+  const haRows: DpmHaRow[] = [];
+  for (const advertInt of o.modes.includes("dpm-ha") ? o.adverts : []) {
+    for (const failure of o.failures) {
+      for (let round = 0; round < o.rounds; round++) {
+        log(`dpm-ha advert ${advertInt} ${failure} round ${round + 1}/${o.rounds}`);
+        try {
+          const r = await runDpmHa({
+            failure,
+            advertInt,
+            tcp: o.tcp,
+            udp: o.udp,
+            failback: o.failback,
+            serverArgs: o.serverArgs,
+            datapath: o.datapath,
+            steadyMs: o.steadyMs,
+            ...(debugDir ? { debugDir: `${debugDir}/${failure}-${advertInt}-${round}` } : {}),
+          });
+          haRows.push({ advertInt, failure, datapath: o.datapath, r });
+          log(dpmHaMarkdown([haRows.at(-1)!]).split("\n").slice(2).join("\n"));
+        } catch (e) {
+          log(`run failed: ${(e as Error).stack ?? e}`);
+        }
+      }
+    }
+  }
+  o.modes = o.modes.filter((m) => m !== "dpm-ha");
   for (const mode of o.modes) {
     for (const advertInt of o.adverts) {
       for (const failure of o.failures) {
@@ -668,13 +771,17 @@ async function main(): Promise<number> {
       }
     }
   }
-  const md = markdown(results);
+  const md = (results.length ? markdown(results) : "") +
+    (haRows.length ? `\n${dpmHaMarkdown(haRows)}` : "");
   if (o.out) {
     await Deno.mkdir(o.out, { recursive: true });
-    await Deno.writeTextFile(`${o.out}/ha.json`, JSON.stringify(results, null, 2) + "\n");
+    await Deno.writeTextFile(
+      `${o.out}/ha.json`,
+      JSON.stringify({ results, dpmHa: haRows }, null, 2) + "\n",
+    );
     await Deno.writeTextFile(`${o.out}/ha.md`, md);
   }
-  console.log(o.json ? JSON.stringify(results, null, 2) : md);
+  console.log(o.json ? JSON.stringify({ results, dpmHa: haRows }, null, 2) : md);
   return 0;
 }
 

@@ -70,6 +70,7 @@ import {
   Nla,
   NlBuilder,
   NLM_F_ACK,
+  NLM_F_CREATE,
   NLM_F_DUMP,
   NLM_F_DUMP_INTR,
   NLM_F_REQUEST,
@@ -372,6 +373,63 @@ export function decodeCtEntry(msg: Uint8Array): CtEntry | null {
     throw new CtDecodeError(`length field ${len} does not fit the ${msg.length} bytes given`);
   }
   return decodeAt(dv, 0, len);
+}
+
+/** What a conntrack event message says happened (`NFNLGRP_CONNTRACK_*`, linux/ct_events.ts). */
+export type CtEventKind = "new" | "update" | "destroy";
+
+/**
+ * Decodes one event message a socket subscribed to the conntrack groups
+ * receives: `IPCTNL_MSG_CT_NEW` with `NLM_F_CREATE` (a new entry), without
+ * it (an update: state, timeout, mark), `IPCTNL_MSG_CT_DELETE` (the entry
+ * is gone). `dv[off, off + len)` is the whole message from its header.
+ * Null for another message type or family.
+ *
+ * @throws {CtDecodeError} as {@linkcode decodeCtEntry}.
+ */
+export function decodeCtEvent(
+  dv: DataView,
+  off: number,
+  len: number,
+): { kind: CtEventKind; entry: CtEntry } | null {
+  const type = dv.getUint16(off + Nlmsg.TYPE, LE);
+  if (type !== CtMsgType.NEW && type !== CtMsgType.DELETE) return null;
+  if (len < ATTRS_AT) throw new CtDecodeError(`message of ${len} bytes`);
+  if (dv.getUint8(off + Nlmsg.SIZE + Nfgen.FAMILY) !== AF_INET) return null;
+  let entry: CtEntry;
+  try {
+    entry = decodeAttrs(dv, off + ATTRS_AT, off + len);
+  } catch (e) {
+    throw e instanceof NetlinkParseError ? new CtDecodeError(e.message) : e;
+  }
+  const kind: CtEventKind = type === CtMsgType.DELETE
+    ? "destroy"
+    : (dv.getUint16(off + Nlmsg.FLAGS, LE) & NLM_F_CREATE) !== 0
+    ? "new"
+    : "update";
+  return { kind, entry };
+}
+
+/**
+ * Appends one timeout update (`IPCTNL_MSG_CT_NEW` without `NLM_F_CREATE`,
+ * the original tuple and `CTA_TIMEOUT`): the entry keeps everything but
+ * its timeout, and the kernel reports the change as an update event, which
+ * conntrackd replicates (docs/ha.md, "Replicas kept fresh").
+ */
+export function appendCtTimeout(
+  b: NlBuilder,
+  flags: number,
+  orig: CtTuple,
+  timeout: number,
+): void {
+  checkTuple(orig);
+  if (!Number.isInteger(timeout) || timeout < 1 || timeout > 0x7fffffff) {
+    throw new RangeError(`Not a conntrack timeout: ${timeout}`);
+  }
+  b.begin(CtMsgType.NEW, flags | NLM_F_REQUEST).nfgen(AF_INET, 0);
+  appendTuple(b, CTA.TUPLE_ORIG, orig);
+  b.be32(CTA.TIMEOUT, timeout);
+  b.end();
 }
 
 // Module-local names for what the per-entry walks below use: V8 checks an
@@ -773,6 +831,41 @@ export class Conntrack {
       throw new CtError(f.what, f.err, deleted);
     }
     return deleted;
+  }
+
+  /**
+   * Sets the timeout of each entry named by its original tuple
+   * ({@linkcode appendCtTimeout}), {@link DELETE_CHUNK} per datagram.
+   * Entries gone meanwhile (ENOENT) are skipped. Returns how many were
+   * updated.
+   *
+   * @throws {CtError} after every entry was tried, when the kernel refused
+   * one for another reason than ENOENT.
+   */
+  setTimeouts(entries: readonly { orig: CtTuple; timeout: number }[]): number {
+    let done = 0;
+    let firstErr: { what: string; err: number } | null = null;
+    const b = new NlBuilder(Math.min(entries.length, DELETE_CHUNK) * 88);
+    for (let i = 0; i < entries.length; i += DELETE_CHUNK) {
+      const n = Math.min(DELETE_CHUNK, entries.length - i);
+      for (let j = 0; j < n; j++) {
+        const e = entries[i + j]!;
+        appendCtTimeout(b, j === n - 1 ? NLM_F_ACK : 0, e.orig, e.timeout);
+      }
+      const answers = this.#nl.requestAll([b.finish()], "conntrack timeout update");
+      for (let j = 0; j < n; j++) {
+        const err = answers[j]!.errno;
+        if (err <= 0) done++;
+        else if (err !== ENOENT && firstErr === null) {
+          firstErr = { what: `conntrack update ${formatTuple(entries[i + j]!.orig)}`, err };
+        }
+      }
+    }
+    if (firstErr !== null) {
+      const f = firstErr as { what: string; err: number };
+      throw new CtError(f.what, f.err, done);
+    }
+    return done;
   }
 
   /** Closes the socket. Idempotent. */

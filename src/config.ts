@@ -200,6 +200,7 @@ const mapRules = (allow: boolean) =>
 const LEVELS = ["error", "warn", "info", "debug"] as const;
 /** The help group of the flags that decide inbound mappings, whichever protocol asks. */
 const MAPPINGS = "Mappings (dpm map, PCP, NAT-PMP, UPnP)";
+const HIGH_AVAILABILITY = "High availability";
 const FORMATS = ["text", "json"] as const;
 /** `--datapath` values (`DataPathChoice` of datapath/datapath.ts). */
 const DATAPATHS = ["auto", "bpf", "kernel", "queue"] as const;
@@ -457,6 +458,57 @@ export const SERVER_FLAGS = {
     group: "Data plane",
     schema: int("--queue", 0, 65535).default(0),
     dflt: "0",
+  },
+  ha: {
+    help:
+      "high availability (docs/ha.md): one of a keepalived pair; start as standby (mirror the replicated conntracks, answer nothing, hold neither --lan-addr nor the pool) until keepalived says MASTER",
+    group: HIGH_AVAILABILITY,
+    schema: bool("--ha").default(false),
+  },
+  "ha-fifo": {
+    arg: "<path>",
+    help:
+      "keepalived's vrrp_notify_fifo: the VRRP state changes, read in order (created when missing)",
+    group: HIGH_AVAILABILITY,
+    schema: str("--ha-fifo").nullable().default(null),
+    complete: "file",
+  },
+  "ha-marker": {
+    arg: "<addr>",
+    help:
+      "keepalived's marker address (its virtual_ipaddress on lo): present at start means keepalived is MASTER already, so a restarted dpm takes the active role at once",
+    group: HIGH_AVAILABILITY,
+    schema: addr("--ha-marker").nullable().default(null),
+  },
+  "ha-peer": {
+    arg: "<addr>",
+    help: "the other gateway's sync address (shown by dpm status)",
+    group: HIGH_AVAILABILITY,
+    schema: addr("--ha-peer").nullable().default(null),
+  },
+  "ha-conntrackd-config": {
+    arg: "<file>",
+    help:
+      "conntrackd's configuration (its socket): resync requests on role changes, its counters in dpm status",
+    group: HIGH_AVAILABILITY,
+    schema: str("--ha-conntrackd-config").nullable().default(null),
+    complete: "file",
+  },
+  "ha-refresh": {
+    arg: "<s>",
+    help:
+      "active: refresh the conntrack timeouts of sessions with traffic this often, so their replicas on the standby never expire (below the 30 s an unassured UDP conntrack lives: the bpf path carries packets past conntrack; 0: never)",
+    group: HIGH_AVAILABILITY,
+    schema: int("--ha-refresh", 0, 3600).default(20),
+    dflt: "20",
+  },
+  "cookie-secret-file": {
+    arg: "<file>",
+    help:
+      "derive the control cookies from the secret in this file (both gateways of a pair read the same), not from a random one",
+    group: "Control plane",
+    schema: str("--cookie-secret-file").nullable().default(null),
+    complete: "file",
   },
   ...common,
 } as const satisfies Record<string, Flag>;
@@ -874,6 +926,23 @@ export function serverConfig(
   }
   if (v.upnp && v.metricsAddr?.addr === v.lanAddr && v.metricsAddr.port === v.upnpPort) {
     problems.push(`--metrics-addr and --upnp-port both want TCP ${v.upnpPort} on --lan-addr`);
+  }
+  if (v.ha && (v.lanIf === null || v.haFifo === null)) {
+    problems.push("--ha needs --lan-if, --wan-if and --ha-fifo (keepalived's vrrp_notify_fifo)");
+  }
+  if (v.ha && v.upnp) {
+    problems.push(
+      "--ha does not serve UPnP yet (its SSDP sockets need G on the interface): add --no-upnp",
+    );
+  }
+  if (v.ha && v.addPoolAddresses) {
+    problems.push("--ha claims the pool on takeover: drop --add-pool-addresses");
+  }
+  if (
+    !v.ha &&
+    (v.haFifo !== null || v.haPeer !== null || v.haConntrackdConfig !== null || v.haMarker !== null)
+  ) {
+    problems.push("--ha-fifo, --ha-marker, --ha-peer and --ha-conntrackd-config need --ha");
   }
   if (problems.length) throw new ConfigError(problems.join("\n"));
   return v;

@@ -80,6 +80,13 @@ export interface WindowFigures {
   /** TCP resets the gateways sent toward the peers, and the peers sent back. */
   rstOut: number;
   rstIn: number;
+  /**
+   * The flow of each RST counted in `rstOut`, by its tuple (the flow whose
+   * payload packets left with it), "?" when no flow's: a busy flow's id
+   * (`<host>t<n>`) is an established connection reset, a fresh one's
+   * (`<host>f<n>`) a connection being opened.
+   */
+  rstOutFlows: string[];
   /** ICMP errors (type 3, 11) the gateways sent toward the peers, and the peers sent back. */
   icmpOut: number;
   icmpIn: number;
@@ -171,6 +178,8 @@ export function analyzeWan(
   const lastPair = new Map<string, string>();
   /** TCP 4-tuples the peers know: opened by a SYN or used by a flow before the first event. */
   const known = new Set<string>();
+  /** TCP tuples (proto/R:p/X:px) of the flows whose payload packets carried them. */
+  const flowOfTuple = new Map<string, string>();
   const firstEvent = events[0]?.at ?? Infinity;
   const windows: WindowFigures[] = events.map((e, i) => ({
     event: e.name,
@@ -185,6 +194,7 @@ export function analyzeWan(
     wrongPairFlows: [],
     rstOut: 0,
     rstIn: 0,
+    rstOutFlows: [],
     icmpOut: 0,
     icmpIn: 0,
   }));
@@ -227,11 +237,15 @@ export function analyzeWan(
       else if (want !== pair) wrong = "flow";
       lastPair.set(p.flow, pair);
       if (p.proto === 6 && (wrong === null || p.ts < firstEvent)) known.add(tuple);
+      if (p.proto === 6) flowOfTuple.set(tuple, p.flow);
     } else if (p.proto === 6) {
       if ((p.tcpFlags & TCP_SYN) && !(p.tcpFlags & TCP_ACK)) known.add(tuple);
       else if (!known.has(tuple) && p.ts >= firstEvent) wrong = "stray";
     }
-    if (win && p.proto === 6 && (p.tcpFlags & TCP_RST)) win.rstOut++;
+    if (win && p.proto === 6 && (p.tcpFlags & TCP_RST)) {
+      win.rstOut++;
+      win.rstOutFlows.push(flowOfTuple.get(tuple) ?? "?");
+    }
     if (win && p.proto === 17 && p.flow !== null && p.by === events[w]!.to) {
       const ms = p.ts - events[w]!.at;
       win.takeoverMs ??= ms;

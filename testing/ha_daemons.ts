@@ -79,8 +79,12 @@ export interface PairOptions {
   keepalivedTemplate: string;
   /** VRRP advertisement interval, seconds (VRRPv3: centiseconds). */
   advertInt: number;
-  /** The notify hook's command line for a gateway (keepalived appends its arguments). */
-  notify: (gw: HaGateway, dir: string) => string;
+  /**
+   * The notify hook's command line for a gateway (keepalived appends its
+   * arguments); null: no hook, `dpm server --ha` reads the FIFO
+   * (`<dir>/notify.fifo`) itself.
+   */
+  notify: ((gw: HaGateway, dir: string) => string) | null;
   /** Extra template values for keepalived (e.g. VIRTUAL_ADDRESSES for the anchor), given the run directory. */
   keepalivedVars?: (gw: HaGateway, dir: string) => Record<string, string>;
   /**
@@ -155,7 +159,11 @@ export async function preparePair(t: HaTopology, o: PairOptions): Promise<Gatewa
       ADVERT_INT: String(o.advertInt),
       LAN_ADDR: gw.lanText,
       PEER_LAN_ADDR: other.lanText,
-      NOTIFY: o.notify(gw, dir),
+      // The anchor's template runs its script per state (notify); dpm's
+      // reads the FIFO, through a hook or in dpm itself.
+      ...(ka.includes("@NOTIFY@")
+        ? { NOTIFY: o.notify?.(gw, dir) ?? "" }
+        : { NOTIFY_SCRIPT: o.notify ? `vrrp_notify_fifo_script "${o.notify(gw, dir)}"` : "" }),
       ...(o.keepalivedVars?.(gw, dir) ?? {}),
     });
     const d: GatewayDaemons = {

@@ -34,13 +34,19 @@ _dpm() {
         --lan) return;;
         --bpf-sessions) return;;
         --queue) return;;
+        --ha-fifo) COMPREPLY=($(compgen -f -- "$cur")); return;;
+        --ha-marker) return;;
+        --ha-peer) return;;
+        --ha-conntrackd-config) COMPREPLY=($(compgen -f -- "$cur")); return;;
+        --ha-refresh) return;;
+        --cookie-secret-file) COMPREPLY=($(compgen -f -- "$cur")); return;;
         --datapath) COMPREPLY=($(compgen -W "auto bpf kernel queue" -- "$cur")); return;;
         --metrics-addr) return;;
         --log-level) COMPREPLY=($(compgen -W "error warn info debug" -- "$cur")); return;;
         --log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return;;
         --config) COMPREPLY=($(compgen -f -- "$cur")); return;;
       esac
-      COMPREPLY=($(compgen -W "--lan-addr --pool --control-port --no-pcp --no-upnp --upnp-port --port-range --gateway-ports --lifetime --max-sessions-per-host --rate-limit --map-allow --map-deny --fixed-ports --pcp-rate-limit --pcp-max-per-host --upnp-max-per-host --pcp-max-share --state --socket --lan-if --wan-if --lan --add-pool-addresses --bpf-sessions --no-masquerade --queue --datapath --cleanup --metrics-addr --log-level --log-format --config --help" -- "$cur"));;
+      COMPREPLY=($(compgen -W "--lan-addr --pool --control-port --no-pcp --no-upnp --upnp-port --port-range --gateway-ports --lifetime --max-sessions-per-host --rate-limit --map-allow --map-deny --fixed-ports --pcp-rate-limit --pcp-max-per-host --upnp-max-per-host --pcp-max-share --state --socket --lan-if --wan-if --lan --add-pool-addresses --bpf-sessions --no-masquerade --queue --ha --ha-fifo --ha-marker --ha-peer --ha-conntrackd-config --ha-refresh --cookie-secret-file --datapath --cleanup --metrics-addr --log-level --log-format --config --help" -- "$cur"));;
     driver)
       case "$prev" in
         --server) return;;

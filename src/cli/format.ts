@@ -11,6 +11,7 @@
 
 import type {
   DriverStatusReply,
+  HaStatus,
   HostView,
   MappingProtocols,
   MapReply,
@@ -82,7 +83,36 @@ export function formatStatus(s: StatusReply): string {
     Object.entries(o).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(", ") || "none";
   lines.push("", `control results: ${nz(s.results)}`, `drops: ${nz(s.drops)}`);
   if (s.protocols) lines.push(...formatProtocols(s.protocols, nz));
+  if (s.ha) lines.push(...formatHa(s.ha));
   return lines.join("\n");
+}
+
+/** The HA lines (`--ha`): role, peer, the mirror and whether it has fallen behind. */
+function formatHa(h: HaStatus): string[] {
+  const m = h.mirror;
+  return [
+    `HA: ${h.role} since ${new Date(h.since).toISOString()} (keepalived: ${
+      h.vrrp ?? "nothing yet"
+    }), ` +
+    `${h.transitions} transition(s)${h.peer ? `, peer ${h.peer}` : ""}` +
+    (h.lastTakeoverMs === null ? "" : `, last takeover ${h.lastTakeoverMs} ms`) +
+    (h.failedTransitions ? `, ${h.failedTransitions} failed` : ""),
+    `  mirror: ${m.sessions} session(s) from replicas, ${m.events} event(s), ${m.reconciles} reconcile(s)` +
+    (m.lagSeconds === null ? "" : `, last ${m.lagSeconds.toFixed(1)} s ago`) +
+    (m.lost ? `, events lost ${m.lost} time(s)` : "") +
+    (m.refused ? `, ${m.refused} refused` : "") +
+    (h.behind ? "; BEHIND: the standby has not reconciled for 30 s" : "") +
+    (h.role === "active" ? `; ${h.refreshed} timeout(s) refreshed` : ""),
+    ...(h.sync
+      ? [
+        `  sync (conntrackd): ${h.sync.bytesSent}/${h.sync.bytesReceived} bytes sent/received, ` +
+        `${h.sync.lostMessages} lost, ${h.sync.malformedMessages} malformed, ` +
+        `${h.sync.injected.failed} injection(s) failed` +
+        (h.sync.resendQueue === null ? "" : `, resend queue ${h.sync.resendQueue}`),
+      ]
+      : []),
+    ...(h.syncError ? [`  sync: ${h.syncError}`] : []),
+  ];
 }
 
 /** The mapping protocols' lines: mappings by owner, PCP and NAT-PMP answers, the UPnP IGD. */

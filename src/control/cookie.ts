@@ -28,6 +28,7 @@ export const COOKIE_ROTATE_MS = 120_000;
 /** Per generation, cookies computed at most before the cache starts over. */
 const CACHE_MAX = 65_536;
 const LABEL = new TextEncoder().encode("dpm cookie v2");
+const SHARED_LABEL = new TextEncoder().encode("dpm cookie secret");
 
 interface Generation {
   secret: Uint8Array;
@@ -54,14 +55,42 @@ export class CookieMinter {
   }
 
   /**
+   * A minter whose secrets derive from `key` and the wall clock's period
+   * (HMAC-SHA256(key, "dpm cookie secret" ‖ period), periods counted from
+   * the Unix epoch): two servers given the same key (`--cookie-secret-file`,
+   * an HA pair, docs/ha.md) make and accept the same cookies, so a driver's
+   * requests to the new active after a takeover carry a valid one.
+   */
+  static shared(key: Uint8Array, now: number): CookieMinter {
+    const derive = (period: number) =>
+      new Uint8Array(
+        createHmac("sha256", key).update(SHARED_LABEL).update(String(period)).digest(),
+      );
+    const m = new CookieMinter(0, () => new Uint8Array(32));
+    m.#derive = derive;
+    const period = Math.floor(now / COOKIE_ROTATE_MS);
+    m.#period = period;
+    m.#cur = { secret: derive(period), cache: new Map() };
+    m.#prev = { secret: derive(period - 1), cache: new Map() };
+    return m;
+  }
+
+  /** The secret of a period, for a {@linkcode shared} minter; null: random. */
+  #derive: ((period: number) => Uint8Array) | null = null;
+
+  /**
    * One secret per period of {@link COOKIE_ROTATE_MS}: a cookie made in
    * period k is accepted in periods k and k + 1 (2 to 4 minutes).
    */
   #rotate(now: number): void {
     const period = Math.floor((now - this.#t0) / COOKIE_ROTATE_MS);
     if (period <= this.#period) return;
-    this.#prev = period === this.#period + 1 ? this.#cur : null;
-    this.#cur = { secret: this.#random(), cache: new Map() };
+    this.#prev = period === this.#period + 1
+      ? this.#cur
+      : this.#derive
+      ? { secret: this.#derive(period - 1), cache: new Map() }
+      : null;
+    this.#cur = { secret: this.#derive ? this.#derive(period) : this.#random(), cache: new Map() };
     this.#period = period;
   }
 

@@ -116,6 +116,14 @@ export type GatewayOptions =
     wanIf: string;
     /** The LAN prefix. */
     lan: Cidr;
+    /**
+     * Drop, rather than answer from the gateway's own stack, LAN packets to
+     * G's gateway ports and WAN packets to the pool (TCP, UDP) that no
+     * session translated (`--ha`: during a takeover the sender retransmits
+     * until the state is there, instead of meeting a TCP reset or an ICMP
+     * port unreachable; docs/ha.md).
+     */
+    dropMisses?: boolean;
   };
 
 /** A packet the gateway's path hands up (ICMP, hairpin, or every packet): returns a Verdict. */
@@ -183,6 +191,14 @@ export interface ServerDataPath {
   status(): DataPathStatus;
   /** Stops (see {@linkcode StopMode}); closes what it opened either way. */
   stop(mode: StopMode): Promise<void>;
+  /**
+   * Whether `sessionDown` also deletes the session's conntracks (the
+   * default, true). An HA standby (docs/ha.md) sets false: there conntrackd
+   * owns the conntracks (they are the active's replicas), and a delete
+   * would be replicated back and cut the active's live session. Paths that
+   * keep no conntracks of their own need not implement it.
+   */
+  ownConntracks?(own: boolean): void;
 }
 
 /** A session as the host's data path needs it: its identity, the gateway `G` and its `Pg`. */

@@ -48,6 +48,7 @@ export function gatewayOptions(cfg: ServerConfig, lan: Cidr): GatewayOptions {
     addPoolAddresses: cfg.addPoolAddresses,
     bpfSessions: cfg.bpfSessions,
     socket: cfg.socket,
+    dropMisses: cfg.ha,
   };
 }
 

@@ -54,6 +54,70 @@ export interface StatusReply {
   packets: { in: number; out: number; hairpin: number };
   /** The inbound mappings by owner and what each mapping protocol answered. */
   protocols?: MappingProtocols;
+  /** High availability (`--ha`, docs/ha.md); absent without it. */
+  ha?: HaStatus;
+}
+
+/** `dpm status`'s view of the HA role (`src/ha/`). */
+export interface HaStatus {
+  /** "active" (holds G and the pool, answers), "standby" (mirrors), "fault" (keepalived: unfit). */
+  role: string;
+  /** Wall clock (ms) of the last role change, or of the start. */
+  since: number;
+  /** Role changes since start. */
+  transitions: number;
+  /** The last VRRP state keepalived reported (MASTER, BACKUP, FAULT, STOP), null before one. */
+  vrrp: string | null;
+  /** The other gateway's sync address (`--ha-peer`), null when not given. */
+  peer: string | null;
+  /** The last takeover here: keepalived's MASTER line to serving, ms (null before one). */
+  lastTakeoverMs: number | null;
+  /** Of that takeover: until G and the pool were claimed, ms. */
+  lastClaimMs: number | null;
+  /** Transitions whose steps failed (logged). */
+  failedTransitions: number;
+  /** The mirror of replicated conntracks (`src/ha/mirror.ts`). */
+  mirror: {
+    /** Sessions in the table from replicas. */
+    sessions: number;
+    /** Conntrack events applied. */
+    events: number;
+    /** Replicas the table refused (a pair held by another session). */
+    refused: number;
+    /** Times the kernel dropped events (each followed by a full reconcile). */
+    lost: number;
+    /** Full reconciles. */
+    reconciles: number;
+    /** Age of the last full reconcile, seconds (null: active, or none yet). */
+    lagSeconds: number | null;
+  };
+  /**
+   * conntrackd's sync figures (`--ha-conntrackd-config`; `src/ha/conntrackd.ts`):
+   * the sync link's traffic, lost and malformed messages, what the peer's
+   * messages did in this kernel, the resend queue. Null without its
+   * configuration or before the first read.
+   */
+  sync: {
+    bytesSent: number;
+    bytesReceived: number;
+    packetsSent: number;
+    packetsReceived: number;
+    errors: number;
+    lostMessages: number;
+    malformedMessages: number;
+    injected: { created: number; updated: number; destroyed: number; failed: number };
+    resendQueue: number | null;
+  } | null;
+  /** Why conntrackd's figures could not be read (it does not answer), null when they could. */
+  syncError: string | null;
+  /**
+   * The standby has fallen behind: its mirror has not reconciled for 30 s
+   * (or never), conntrackd lost messages within 30 s, or conntrackd does
+   * not answer.
+   */
+  behind: boolean;
+  /** Conntrack timeouts refreshed while active (their replicas stay alive). */
+  refreshed: number;
 }
 
 /** `dpm status`'s view of the mapping protocols (PCP, NAT-PMP, UPnP; dpm's own is `results`). */

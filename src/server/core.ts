@@ -60,6 +60,7 @@ import type { BoundPort } from "../policy/gateway_ports.ts";
 import { DROP_COUNT, IPPROTO_ICMP } from "../wire/packet.ts";
 import { protoName } from "../wire/meta.ts";
 import type {
+  HaStatus,
   HostView,
   MappingProtocols,
   SessionEvent,
@@ -89,6 +90,11 @@ export interface ServerCoreOptions {
   refusalLog?: (line: string) => void;
   /** The WAN link as the UPnP IGD shows it (`run.ts` reads the WAN interface); up, no counts when absent. */
   link?: () => LinkState;
+  /**
+   * The key cookies derive from (`--cookie-secret-file`: an HA pair shares
+   * it, `CookieMinter.shared`); random secrets when absent.
+   */
+  cookieKey?: Uint8Array;
 }
 
 /**
@@ -169,7 +175,9 @@ export class ServerCore {
     });
     this.#limiter = new RateLimiter(cfg.rateLimit);
     this.#pcpLimiter = new RateLimiter(cfg.pcpRateLimit);
-    this.#cookies = new CookieMinter(this.startedAt);
+    this.#cookies = opts.cookieKey
+      ? CookieMinter.shared(opts.cookieKey, this.startedAt)
+      : new CookieMinter(this.startedAt);
     this.#refusalLog = opts.refusalLog ?? ((line) => log.info(line));
     this.hosts = new LanHosts({ lan: this.#lan, gateway: cfg.lanAddr, pool: cfg.pool });
     this.policy = new MappingPolicy({
@@ -210,6 +218,7 @@ export class ServerCore {
       packets: this.packets,
       dataPath: () => this.#dp,
       protocols: () => this.protocols(),
+      ha: () => this.haStatus?.() ?? null,
     });
     this.#views = views;
     this.#translator = new Translator({
@@ -301,6 +310,8 @@ export class ServerCore {
   readonly pcp: PcpService;
   /** The UPnP IGD's mappings on the table (`src/upnp/gateway.ts`); `run.ts` serves them. */
   readonly upnp: TableUpnpMappings;
+  /** The HA role's status (`run.ts` sets it with --ha). */
+  haStatus: (() => HaStatus) | null = null;
   /** What the running IGD counted (`run.ts` sets it; null: --no-upnp). */
   upnpStatus: (() => UpnpStatus) | null = null;
 

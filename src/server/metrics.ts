@@ -20,7 +20,7 @@ import {
 } from "../operator/metrics.ts";
 import type { ServerCore } from "./core.ts";
 import { NatPmpResult, PcpResult } from "../pcp/codec.ts";
-import type { UpnpStatus } from "../operator/types.ts";
+import type { HaStatus, UpnpStatus } from "../operator/types.ts";
 
 /** How long the server takes from a request to its answer (commit included), seconds. */
 export const reserveLatency = new Histogram(LATENCY_BUCKETS);
@@ -80,6 +80,7 @@ export function serverFamilies(core: ServerCore): Family[] {
       ]
       : []),
     ...upnpFamilies(st.protocols?.upnp),
+    ...haFamilies(st.ha),
     byLabel(
       "dpm_drops_total",
       "Packets dropped or passed, by reason.",
@@ -134,6 +135,109 @@ export function serverFamilies(core: ServerCore): Family[] {
     );
   }
   return fams;
+}
+
+/** The HA role (`--ha`, docs/ha.md; none without it). */
+function haFamilies(h: HaStatus | undefined): Family[] {
+  if (!h) return [];
+  const g = (name: string, help: string, value: number): Family => ({
+    name,
+    help,
+    type: "gauge",
+    samples: [{ value }],
+  });
+  return [
+    {
+      name: "dpm_ha_role",
+      help:
+        "The HA role: 1 for the role this gateway plays (active, standby, fault), 0 for the others.",
+      type: "gauge",
+      samples: ["active", "standby", "fault"].map((role) => ({
+        labels: { role },
+        value: h.role === role ? 1 : 0,
+      })),
+    },
+    {
+      name: "dpm_ha_transitions_total",
+      help: "HA role changes since start.",
+      type: "counter",
+      samples: [{ value: h.transitions }],
+    },
+    ...(h.lastTakeoverMs === null ? [] : [
+      g(
+        "dpm_ha_last_takeover_seconds",
+        "The last takeover here: from keepalived's MASTER to serving (state applied, addresses claimed), seconds.",
+        h.lastTakeoverMs / 1000,
+      ),
+    ]),
+    g(
+      "dpm_ha_mirror_sessions",
+      "Sessions in the table mirrored from replicated conntracks.",
+      h.mirror.sessions,
+    ),
+    {
+      name: "dpm_ha_mirror_events_total",
+      help: "Conntrack events the mirror applied.",
+      type: "counter",
+      samples: [{ value: h.mirror.events }],
+    },
+    {
+      name: "dpm_ha_mirror_lost_total",
+      help: "Times the kernel dropped conntrack events (each followed by a full reconcile).",
+      type: "counter",
+      samples: [{ value: h.mirror.lost }],
+    },
+    ...(h.mirror.lagSeconds === null ? [] : [
+      g(
+        "dpm_ha_mirror_lag_seconds",
+        "Age of the standby mirror's last full reconcile, seconds.",
+        h.mirror.lagSeconds,
+      ),
+    ]),
+    g(
+      "dpm_ha_behind",
+      "1 when the standby's mirror has fallen behind (no reconcile for 30 s).",
+      h.behind ? 1 : 0,
+    ),
+    ...(h.sync
+      ? [
+        {
+          name: "dpm_ha_sync_bytes_total",
+          help: "Bytes on the sync link as conntrackd counts them, by direction.",
+          type: "counter" as const,
+          samples: [
+            { labels: { direction: "sent" }, value: h.sync.bytesSent },
+            { labels: { direction: "received" }, value: h.sync.bytesReceived },
+          ],
+        },
+        {
+          name: "dpm_ha_sync_lost_messages_total",
+          help: "Sync messages from the peer that conntrackd lost (a replica may be missing).",
+          type: "counter" as const,
+          samples: [{ value: h.sync.lostMessages }],
+        },
+        {
+          name: "dpm_ha_sync_inject_failed_total",
+          help: "Entries from the peer that conntrackd failed to create, update or destroy here.",
+          type: "counter" as const,
+          samples: [{ value: h.sync.injected.failed }],
+        },
+        ...(h.sync.resendQueue === null ? [] : [
+          g(
+            "dpm_ha_sync_resend_queue",
+            "Messages conntrackd holds to resend to the peer.",
+            h.sync.resendQueue,
+          ),
+        ]),
+      ]
+      : []),
+    {
+      name: "dpm_ha_refreshed_total",
+      help: "Conntrack timeouts refreshed while active (their replicas stay alive).",
+      type: "counter",
+      samples: [{ value: h.refreshed }],
+    },
+  ];
 }
 
 /** The UPnP IGD's counters (none with --no-upnp). */

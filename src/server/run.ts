@@ -8,7 +8,14 @@
 
 import dgram from "node:dgram";
 import { setImmediate } from "node:timers";
-import { type Cidr, formatCidr, formatIPv4, parseSocketIPv4 } from "../wire/addr.ts";
+import {
+  type Cidr,
+  cidrContains,
+  formatCidr,
+  formatIPv4,
+  parseSocketIPv4,
+  prefixMask,
+} from "../wire/addr.ts";
 import { checkPoolOutside, ConfigError, type ServerConfig } from "../config.ts";
 import { logger } from "../runtime/log.ts";
 import { Cleanup, liveReload, untilStopped } from "../runtime/cleanup.ts";
@@ -76,10 +83,12 @@ export async function runServer(
     const store = cfg.state ? await StateStore.open(cfg.state) : null;
     if (store) undo.push(() => void store.close());
     const saved = store?.saved ?? null;
+    const cookieKey = cfg.cookieSecretFile ? await readCookieKey(cfg.cookieSecretFile) : null;
     const core = new ServerCore(cfg, {
       lan,
       ...(saved ? { epoch: saved.epoch } : {}),
       ...(cfg.wanIf ? { link: await wanLink(cfg.wanIf) } : {}),
+      ...(cookieKey ? { cookieKey } : {}),
     });
     const drops = new DropLog();
     if (saved) {
@@ -91,10 +100,15 @@ export async function runServer(
       log.info(`restored ${kept} of ${saved.sessions.length} sessions from ${cfg.state}`);
     }
 
+    // HA: the standby binds G before it holds it (ip_nonlocal_bind).
+    if (cfg.ha) undo.push(await (await import("../ha/run.ts")).haSysctls(cfg));
     // The sockets are bound before the kernel changes (a port in use fails
     // the start with nothing to undo); they answer once the data path is up,
-    // so that every grant is answered only once its session is translated.
-    let serving = false;
+    // so that every grant is answered only once its session is translated;
+    // with --ha, only while this gateway is the active one.
+    let started = false;
+    let haActive: () => boolean = () => true;
+    const serving = () => started && haActive();
     const control = await bindUdp(
       cfg.lanAddr,
       cfg.controlPort,
@@ -206,10 +220,35 @@ export async function runServer(
       });
     }
 
-    serveControl(control, core, () => serving);
-    if (pcp) undo.push(servePcp(pcp, cfg, core, () => serving));
+    serveControl(control, core, serving);
+    const pcpServed = pcp ? servePcp(pcp, cfg, core, serving, !cfg.ha) : null;
+    if (pcpServed) undo.push(pcpServed.stop);
     upnp?.start(bootId);
-    serving = true;
+    if (cfg.ha) {
+      const { HaNode } = await import("../ha/run.ts");
+      const { tableTarget } = await import("../ha/mirror.ts");
+      const node = new HaNode(cfg, {
+        lanPrefixLen: lan!.len,
+        target: tableTarget(core.table, core.now, () => core.commit(), (l) => log.debug(l)),
+        serve: () => {
+          // Drivers reserve again at the new epoch (their previous pairs are
+          // held already when replicated); PCP and NAT-PMP clients map again.
+          const was = core.epoch;
+          core.renewEpoch();
+          log.info(`new epoch ${core.epoch.toString(16)} (was ${was.toString(16)}): serving`);
+          pcpServed?.announce();
+        },
+        unserve: () => {},
+        ownConntracks: (own) => dp?.ownConntracks?.(own),
+        counters: () => dp?.counters() ?? null,
+        now: core.now,
+      });
+      haActive = () => node.role.role === "active";
+      core.haStatus = () => node.status();
+      undo.push(() => node.stop());
+      await node.start();
+    }
+    started = true;
     log.info(
       `control listener on ${
         formatIPv4(cfg.lanAddr)
@@ -269,10 +308,48 @@ async function wanLink(wanIf: string): Promise<() => LinkState> {
   };
 }
 
-/** The LAN prefix: given, or read off the LAN interface (null: neither). */
+/**
+ * The minimum length of a `--cookie-secret-file`: the HMAC key the cookies
+ * derive from must not be guessable.
+ */
+const COOKIE_KEY_MIN = 16;
+
+/** The shared cookie key (`--cookie-secret-file`): the file's bytes, at least 16 of them. */
+async function readCookieKey(path: string): Promise<Uint8Array> {
+  let key: Uint8Array;
+  try {
+    key = await Deno.readFile(path);
+  } catch (e) {
+    throw new ConfigError(`--cookie-secret-file ${path}: ${(e as Error).message}`);
+  }
+  if (key.length < COOKIE_KEY_MIN) {
+    throw new ConfigError(
+      `--cookie-secret-file ${path} holds ${key.length} byte(s): want at least ${COOKIE_KEY_MIN} ` +
+        `random bytes (head -c 32 /dev/urandom > ${path})`,
+    );
+  }
+  return key;
+}
+
+/**
+ * The LAN prefix: given, or read off the LAN interface (null: neither).
+ * With --ha, G is on the interface only while active: the prefix is that
+ * of the interface's own address that holds G.
+ */
 async function lanPrefix(cfg: ServerConfig): Promise<Cidr | null> {
   if (cfg.lan || !cfg.lanIf) return cfg.lan;
-  const { prefixOf } = await import("../../linux/iface.ts");
+  const { prefixOf, interfaceAddrs } = await import("../../linux/iface.ts");
+  if (cfg.ha) {
+    for (const a of await interfaceAddrs(cfg.lanIf)) {
+      const lan = { addr: (a.addr & prefixMask(a.prefixLen)) >>> 0, len: a.prefixLen };
+      if (a.addr !== cfg.lanAddr && cidrContains(lan, cfg.lanAddr)) return lan;
+    }
+    throw new Error(
+      `--ha: no address of --lan-if ${cfg.lanIf} has --lan-addr ${
+        formatIPv4(cfg.lanAddr)
+      } in its prefix (or give --lan)`,
+    );
+  }
   const lan = await prefixOf(cfg.lanIf, cfg.lanAddr);
   if (!lan) {
     throw new Error(
@@ -384,20 +461,25 @@ function servePcp(
   cfg: ServerConfig,
   core: ServerCore,
   serving: () => boolean,
-): () => void {
+  announceNow: boolean,
+): { stop: () => void; announce: () => void } {
   // Unsolicited announcements of the new epoch (src/pcp/announce.ts): from
   // lanAddr:5351 to 224.0.0.1:5350, TTL 1, out of the LAN interface (the
   // default route would take the group out of the WAN side).
   const ann = announce;
-  let announcing = true;
-  try {
-    sock.setMulticastTTL(1);
-    sock.setMulticastInterface(formatIPv4(cfg.lanAddr));
-    sock.setMulticastLoopback(false);
-  } catch (e) {
-    announcing = false;
-    log.warn(`PCP announcements off: cannot set the multicast options: ${(e as Error).message}`);
-  }
+  // With --ha the standby does not hold G yet: the options are set at the takeover.
+  const multicast = (): boolean => {
+    try {
+      sock.setMulticastTTL(1);
+      sock.setMulticastInterface(formatIPv4(cfg.lanAddr));
+      sock.setMulticastLoopback(false);
+      return true;
+    } catch (e) {
+      log.warn(`PCP announcements off: cannot set the multicast options: ${(e as Error).message}`);
+      return false;
+    }
+  };
+  const announcing = announceNow && multicast();
   const announcer = new ann.Announcer({
     build: () => {
       const epoch = core.pcp.epochTime(core.now());
@@ -422,9 +504,16 @@ function servePcp(
     sock.send(reply, rinfo.port, rinfo.address);
   });
   log.info(`PCP and NAT-PMP on ${formatIPv4(cfg.lanAddr)}:${PCP_PORT}`);
-  if (announcing) {
+  const start = () => {
     announcer.start();
     log.debug(`PCP announcing the epoch to ${ann.ANNOUNCE_GROUP}:${ann.ANNOUNCE_PORT}`);
-  }
-  return () => announcer.stop();
+  };
+  if (announcing) start();
+  return {
+    stop: () => announcer.stop(),
+    // A new epoch (an HA takeover): announced again, from the start of the schedule.
+    announce: () => {
+      if (multicast()) start();
+    },
+  };
 }

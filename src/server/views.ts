@@ -23,6 +23,7 @@ import { DROP_COUNT, DROP_NAMES, IPPROTO_ICMP } from "../wire/packet.ts";
 import { protoName } from "../wire/meta.ts";
 import { VERSION } from "../version.ts";
 import type {
+  HaStatus,
   HostView,
   MappingProtocols,
   SessionEvent,
@@ -53,6 +54,8 @@ export interface ServerViewsDeps {
   dataPath: () => ServerDataPath | null;
   /** The mapping protocols' counts (`ServerCore.protocols`). */
   protocols?: () => MappingProtocols;
+  /** The HA role's status (`--ha`). */
+  ha?: () => HaStatus | null;
 }
 
 /** The operator's view of the gateway: status, rows, host views, session events, drops. */
@@ -115,6 +118,7 @@ export class ServerViews {
       drops,
       packets: { ...d.packets },
       ...(d.protocols ? { protocols: d.protocols() } : {}),
+      ...(d.ha?.() ? { ha: d.ha()! } : {}),
     };
   }
 

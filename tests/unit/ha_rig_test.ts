@@ -63,7 +63,7 @@ Deno.test("ha rig: the shipped templates name exactly the placeholders the rig f
     "ADVERT_INT",
     "LAN_ADDR",
     "LAN_IF",
-    "NOTIFY",
+    "NOTIFY_SCRIPT",
     "PEER_LAN_ADDR",
     "PRIORITY",
     "ROUTER_ID",
@@ -80,7 +80,8 @@ Deno.test("ha rig: the shipped templates name exactly the placeholders the rig f
   );
   assert.deepEqual(
     uniq(names(KEEPALIVED_ANCHOR_TEMPLATE)),
-    [...keepalived, "VIRTUAL_ADDRESSES"].sort(),
+    // The anchor runs a notify script per state; dpm's template reads the FIFO.
+    [...keepalived.filter((k) => k !== "NOTIFY_SCRIPT"), "NOTIFY", "VIRTUAL_ADDRESSES"].sort(),
   );
 });
 
@@ -501,4 +502,19 @@ Deno.test("ha rig: the standby mirror reads dpm sessions back from conntrack -L 
       p: 35884,
     },
   ]);
+});
+
+Deno.test("ha rig: analyzeWan names the flow of each reset the gateways send", () => {
+  const events = [{ name: "kill", at: 1000, to: "gwb" }];
+  const packets = [
+    // A busy connection and a fresh one carried payload before: their tuples are known.
+    pkt({ ts: 900, proto: 6, sport: 41000, flow: "h1t3", tcpFlags: TCP_ACK }),
+    pkt({ ts: 950, proto: 6, sport: 41001, flow: "h2f7", tcpFlags: TCP_ACK }),
+    pkt({ ts: 1100, by: "gwb", proto: 6, sport: 41001, flow: null, tcpFlags: TCP_RST }),
+    pkt({ ts: 1200, by: "gwb", proto: 6, sport: 41000, flow: null, tcpFlags: TCP_RST | TCP_ACK }),
+    pkt({ ts: 1300, by: "gwb", proto: 6, sport: 49999, flow: null, tcpFlags: TCP_RST }),
+  ];
+  const [w] = analyzeWan(packets, events, ["gwa", "gwb"], [], "gwa").windows;
+  assert.equal(w!.rstOut, 3);
+  assert.deepEqual(w!.rstOutFlows, ["h2f7", "h1t3", "?"]);
 });

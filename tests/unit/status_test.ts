@@ -384,6 +384,44 @@ Deno.test("format: the server status says how many rows are not shown and the da
   assert.match(t, /\.\.\. 1498 more \(use --json\)/);
   assert.match(t, /control results: ok 3$/m);
   assert.match(t, /100 B\/90 B/);
+  assert.doesNotMatch(t, /HA:/, "no HA lines without --ha");
+  // --ha: the role, the peer, the mirror; a standby that fell behind says so.
+  const ha = formatStatus({
+    ...base,
+    ha: {
+      role: "standby",
+      since: Date.UTC(2026, 0, 2, 3, 4, 5),
+      transitions: 2,
+      vrrp: "BACKUP",
+      peer: "10.255.0.2",
+      lastTakeoverMs: 87,
+      lastClaimMs: 52,
+      failedTransitions: 0,
+      mirror: { sessions: 200, events: 634, refused: 0, lost: 1, reconciles: 7, lagSeconds: 45 },
+      sync: {
+        bytesSent: 1000,
+        bytesReceived: 2000,
+        packetsSent: 10,
+        packetsReceived: 20,
+        errors: 0,
+        lostMessages: 3,
+        malformedMessages: 0,
+        injected: { created: 200, updated: 400, destroyed: 5, failed: 1 },
+        resendQueue: 0,
+      },
+      syncError: null,
+      behind: true,
+      refreshed: 0,
+    },
+  });
+  assert.match(
+    ha,
+    /^HA: standby since 2026-01-02T03:04:05.000Z \(keepalived: BACKUP\), 2 transition\(s\), peer 10\.255\.0\.2, last takeover 87 ms$/m,
+  );
+  assert.match(
+    ha,
+    /mirror: 200 session\(s\) from replicas, 634 event\(s\), 7 reconcile\(s\), last 45\.0 s ago, events lost 1 time\(s\); BEHIND/,
+  );
 });
 
 Deno.test("format: a mapping's owner and description, the mappings by owner, PCP's and NAT-PMP's answers and the UPnP IGD", () => {
@@ -514,4 +552,51 @@ Deno.test("format: the driver status says whether the server answers", async () 
     formatDriverStatus(down),
     /server NOT ANSWERING: last answer 40s ago, last timeout 2s ago/,
   );
+});
+
+Deno.test("metrics: the HA role, the mirror and whether it has fallen behind (--ha only)", async () => {
+  const { serverFamilies } = await import("../../src/server/metrics.ts");
+  const core = new ServerCore(serverCfg(), { lan: serverCfg().lan });
+  assert.ok(!serverFamilies(core).some((f) => f.name.startsWith("dpm_ha_")), "none without --ha");
+  core.haStatus = () => ({
+    role: "active",
+    since: 0,
+    transitions: 3,
+    vrrp: "MASTER",
+    peer: null,
+    lastTakeoverMs: 87,
+    lastClaimMs: 52,
+    failedTransitions: 0,
+    mirror: { sessions: 200, events: 634, refused: 0, lost: 0, reconciles: 7, lagSeconds: null },
+    sync: {
+      bytesSent: 1000,
+      bytesReceived: 2000,
+      packetsSent: 10,
+      packetsReceived: 20,
+      errors: 0,
+      lostMessages: 3,
+      malformedMessages: 0,
+      injected: { created: 200, updated: 400, destroyed: 5, failed: 1 },
+      resendQueue: 7,
+    },
+    syncError: null,
+    behind: false,
+    refreshed: 12,
+  });
+  const fams = serverFamilies(core);
+  const value = (name: string, labels: Record<string, string> = {}) =>
+    fams.find((f) => f.name === name)?.samples.find((x) =>
+      Object.entries(labels).every(([k, v]) => x.labels?.[k] === v)
+    )?.value;
+  assert.equal(value("dpm_ha_role", { role: "active" }), 1);
+  assert.equal(value("dpm_ha_role", { role: "standby" }), 0);
+  assert.equal(value("dpm_ha_transitions_total"), 3);
+  assert.equal(value("dpm_ha_last_takeover_seconds"), 0.087);
+  assert.equal(value("dpm_ha_mirror_sessions"), 200);
+  assert.equal(value("dpm_ha_behind"), 0);
+  assert.equal(value("dpm_ha_refreshed_total"), 12);
+  assert.equal(value("dpm_ha_mirror_lag_seconds"), undefined, "no lag while active");
+  assert.equal(value("dpm_ha_sync_lost_messages_total"), 3);
+  assert.equal(value("dpm_ha_sync_bytes_total", { direction: "received" }), 2000);
+  assert.equal(value("dpm_ha_sync_resend_queue"), 7);
 });

@@ -249,6 +249,10 @@ class BpfServerPath implements ServerDataPath {
     this.#put(p);
   }
 
+  ownConntracks(own: boolean): void {
+    this.#nft.ownConntracks(own);
+  }
+
   sessionDown(s: GatewaySession): void {
     // Granted and gone in the same turn: its entries were never written.
     this.commit();

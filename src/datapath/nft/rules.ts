@@ -67,6 +67,20 @@ function guardLines(cfg: GatewayOptions, lan: Cidr, lanIf: string): string {
     const m = `ip daddr ${g} ${proto} dport { ${ports.join(", ")} }`;
     out.push(`    ${m} iifname != ${lanIf} drop`, `    ${m} ip saddr != ${formatCidr(lan)} drop`);
   }
+  if (cfg.dropMisses) {
+    // A packet to G:Pg that reaches the input hook missed its translation
+    // (hairpinned and ICMP sessions are marked for the queue, and pass);
+    // so did a TCP or UDP packet from the WAN to a pool address (the
+    // gateway serves nothing there). Dropped, not answered with a reset or
+    // a port unreachable: the sender retransmits until the state is there.
+    const [lo, hi] = cfg.gatewayPorts;
+    out.push(
+      `    iifname ${lanIf} ip daddr ${g} meta l4proto { tcp, udp } th dport ${lo}-${hi} meta mark != ${QUEUE_MARK} counter drop`,
+      `    iifname ${quoteIf(cfg.wanIf)} ip daddr { ${
+        poolRangeText(cfg.pool).join(", ")
+      } } meta l4proto { tcp, udp } meta mark != ${QUEUE_MARK} counter drop`,
+    );
+  }
   return out.join("\n");
 }
 

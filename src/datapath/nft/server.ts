@@ -355,6 +355,13 @@ export class NftServerPath implements ServerDataPath {
     }
   }
 
+  /** False on an HA standby: conntrackd owns the conntracks (`ServerDataPath.ownConntracks`). */
+  #ownConntracks = true;
+
+  ownConntracks(own: boolean): void {
+    this.#ownConntracks = own;
+  }
+
   sessionDown(s: GatewaySession): void {
     if (s.proto === IPPROTO_ICMP) return;
     // A session may go before its grant was committed (refused late, expired at once).
@@ -372,6 +379,7 @@ export class NftServerPath implements ServerDataPath {
       }
       // The NAT binding lives in the conntrack: without this, a released pair
       // would go on being translated to its old peer until conntrack forgot it.
+      if (!this.#ownConntracks) return;
       this.#ct.delete([{
         proto: s.proto,
         src: s.a,
@@ -393,6 +401,7 @@ export class NftServerPath implements ServerDataPath {
     try {
       this.#nft.delete(SERVER_TABLE, "map_in", [mapInKey(s)]);
       this.#nft.delete(SERVER_TABLE, "map_out", [mapOutKey(s)]);
+      if (!this.#ownConntracks) return;
       const gone: { proto: number; src: number; dst: number; sport: number; dport: number }[] = [];
       this.#ct.dump((e) => {
         if (e.orig.proto !== s.proto) return;
