@@ -145,6 +145,10 @@ function parseArgs(argv: string[]) {
     datapath: "queue" as DataPath,
     out: `${HERE}results`,
     rounds: 0,
+    /** --modes: the data-plane modes measured; anything but all four implies --data-plane-only. */
+    modes: ["masquerade", ...DATA_PATHS] as Mode[],
+    dataPlaneOnly: false,
+    sizes: null as number[] | null,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
@@ -159,10 +163,20 @@ function parseArgs(argv: string[]) {
       o.datapath = v;
     } else if (a === "--out") o.out = argv[++i] ?? o.out;
     else if (a === "--rounds") o.rounds = Number(argv[++i]);
-    else if (a === "--help" || a === "-h") {
+    else if (a === "--data-plane-only") o.dataPlaneOnly = true;
+    else if (a === "--sizes") o.sizes = (argv[++i] ?? "").split(",").map(Number);
+    else if (a === "--modes") {
+      const all: Mode[] = ["masquerade", ...DATA_PATHS];
+      const v = (argv[++i] ?? "").split(",");
+      const bad = v.find((m) => !all.includes(m as Mode));
+      if (bad !== undefined) throw new Error(`--modes takes ${all.join(",")}, not "${bad}"`);
+      o.modes = all.filter((m) => v.includes(m));
+      if (o.modes.length < all.length) o.dataPlaneOnly = true;
+    } else if (a === "--help" || a === "-h") {
       console.log(
         "usage: deno run -A bench/run.ts [--smoke] [--json] [--out DIR] [--rounds N] " +
-          "[--profile [--datapath bpf|kernel|queue]]",
+          "[--profile [--datapath bpf|kernel|queue]] " +
+          "[--data-plane-only] [--modes masquerade,queue,kernel,bpf] [--sizes 64,512,1400]",
       );
       Deno.exit(0);
     } else throw new Error(`Unknown argument "${a}"`);
@@ -205,6 +219,7 @@ const cfg: Config = args.smoke
     tableQuick: false,
   };
 if (args.rounds > 0) cfg.rounds = args.rounds;
+if (args.sizes) cfg.sizes = args.sizes;
 const RESERVE_FLAGS = ["--rate-limit", "1000000", "--max-sessions-per-host", "1048576"];
 const MASQ = ["-s", "10.0.0.0/24", "-o", "wan0", "-j", "MASQUERADE"];
 /** p1's testing/apps.ts `udpEcho` (answers "seen ip:port|..."), for the burst. */
@@ -823,8 +838,9 @@ async function main(): Promise<number> {
     return 2;
   }
   const env = await environment();
-  const table = args.profile ? null : await tableBench();
-  const driverMemory = args.profile ? null : await driverMemories();
+  const quick = args.profile || args.dataPlaneOnly;
+  const table = quick ? null : await tableBench();
+  const driverMemory = quick ? null : await driverMemories();
   log("building the topology");
   const t = await createTopology({ hosts: 3, peers: 1 });
   const undoSignals = destroyOnSignal(t);
@@ -840,8 +856,13 @@ async function main(): Promise<number> {
     }
     for (let r = 1; r <= cfg.rounds; r++) {
       log(`round ${r} of ${cfg.rounds}`);
-      rounds.masquerade.push(await masqueradeRound(t));
-      for (const dp of DATA_PATHS) rounds[dp].push(await dpmRound(t, dp));
+      for (const m of args.modes) {
+        rounds[m].push(m === "masquerade" ? await masqueradeRound(t) : await dpmRound(t, m));
+      }
+    }
+    if (args.dataPlaneOnly) {
+      console.log(dataPlaneSummary(rounds));
+      return 0;
     }
     reservations = {} as Record<DataPath, ReserveResult>;
     for (const dp of DATA_PATHS) {
@@ -892,6 +913,35 @@ async function main(): Promise<number> {
   if (args.json) console.log(JSON.stringify(result));
   else console.log(markdown(result));
   return 0;
+}
+
+/**
+ * --data-plane-only: each round's figures per mode and, for each dpm path,
+ * its ratio to MASQUERADE's figure of the same round (nothing is written).
+ */
+function dataPlaneSummary(rounds: Record<Mode, RoundData[]>): string {
+  const lines = [
+    "mode\tround\t" + cfg.sizes.map((s) => `udp${s}`).join("\t") +
+    "\ttcp Mbit/s\trtt p50 µs\tmachine µs/64B",
+  ];
+  for (const m of args.modes) {
+    rounds[m].forEach((r, i) => {
+      const base = rounds.masquerade[i];
+      const ratio = (v: number, b: number | undefined) =>
+        m !== "masquerade" && b ? ` (${(v / b).toFixed(2)}x)` : "";
+      const cells = r.udp.map((u, k) => `${u.pps}${ratio(u.pps, base?.udp[k]?.pps)}`);
+      const cpu = r.cpu?.machineUsPerPacket;
+      lines.push([
+        m,
+        i + 1,
+        ...cells,
+        `${r.tcp.mbps}${ratio(r.tcp.mbps, base?.tcp.mbps)}`,
+        `${r.rtt.p50Us}${base ? ` (${(r.rtt.p50Us - base.rtt.p50Us).toFixed(1)})` : ""}`,
+        `${cpu ?? "n/a"}${cpu && base?.cpu ? ratio(cpu, base.cpu.machineUsPerPacket) : ""}`,
+      ].join("\t"));
+    });
+  }
+  return lines.join("\n");
 }
 
 async function writeOutputs(r: BenchResult): Promise<void> {
