@@ -341,6 +341,7 @@ async function measureMode(t: Topology, label: string, dpm: Dpm | null): Promise
         dpmUsPerPacket: dpm ? us(s1 - s0 + d1 - d0) : null,
         machineUsPerPacket: us(m1.busy - m0.busy),
         machineBusyPct: busyPct,
+        senderUsPerPacket: u.senderUsPerPacket,
         queueDrops: q0 && q1
           ? { driver: q1.driver - q0.driver, server: q1.server - q0.server }
           : null,
@@ -457,6 +458,7 @@ function aggregate(rounds: RoundData[]): ModeResult {
       dpmUsPerPacket: medOrNull((c) => c.dpmUsPerPacket),
       machineUsPerPacket: median(cpuRuns.map((c) => c.machineUsPerPacket)),
       machineBusyPct: median(cpuRuns.map((c) => c.machineBusyPct)),
+      senderUsPerPacket: medOrNull((c) => c.senderUsPerPacket),
       queueDrops: cpuRuns.every((c) => c.queueDrops !== null)
         ? {
           driver: median(cpuRuns.map((c) => c.queueDrops!.driver)),
@@ -938,6 +940,11 @@ function dataPlaneSummary(rounds: Record<Mode, RoundData[]>): string {
         `${r.tcp.mbps}${ratio(r.tcp.mbps, base?.tcp.mbps)}`,
         `${r.rtt.p50Us}${base ? ` (${(r.rtt.p50Us - base.rtt.p50Us).toFixed(1)})` : ""}`,
         `${cpu ?? "n/a"}${cpu && base?.cpu ? ratio(cpu, base.cpu.machineUsPerPacket) : ""}`,
+        `${r.cpu?.senderUsPerPacket ?? "n/a"}${
+          r.cpu?.senderUsPerPacket && base?.cpu?.senderUsPerPacket
+            ? ratio(r.cpu.senderUsPerPacket, base.cpu.senderUsPerPacket)
+            : ""
+        }`,
       ].join("\t"));
     });
   }
