@@ -654,7 +654,8 @@ async function memoryFill(t: Topology, datapath: DataPath): Promise<MemoryPoint[
       );
       const fillSeconds = Math.max(...hosts.map((h) => h.seconds as number));
       await new Promise((r) => setTimeout(r, 1000));
-      const st = await d.status();
+      // A million sessions' status on a shared machine can take a minute.
+      const st = await d.status(300_000);
       const sessions = st.sessions;
       const g = kernelGrowth(k0, kernelMemory());
       const rss = rssBytes(d.server.pid) - rss0;
