@@ -45,6 +45,7 @@
  * deno run -A bench/run.ts --smoke      # under a minute, for CI
  * deno run -A bench/run.ts --json --out /tmp/x --rounds 5
  * deno run -A bench/run.ts --profile    # CPU profiles of server and driver under a 64 B flood
+ * deno run -A bench/run.ts --modes masquerade,bpf --sizes 64 --rounds 3   # data plane only
  * ```
  *
  * Writes latest.json, latest.md, pps_by_size.svg and latency.svg to `--out`
