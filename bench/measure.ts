@@ -41,6 +41,15 @@ export interface UdpRun {
    * path, could not keep up.
    */
   receiverDrops: number;
+  /**
+   * CPU time of the sending iperf3 per sent datagram, µs (its own getrusage,
+   * iperf3's `cpu_utilization_percent.host_total`). With tick accounting the
+   * softirq work done in its context is its system time too: on veth the
+   * host's, the gateway's and the router's forwarding of each datagram runs
+   * there. Unlike packets/s it barely depends on how much of the machine
+   * other processes take.
+   */
+  senderUsPerPacket: number | null;
 }
 
 /** One iperf3 TCP run. */
@@ -169,7 +178,16 @@ export async function udpFlood(
     sentPps: Math.round(sent / (j.end.sum_sent.seconds as number)),
     lossPct: sent > 0 ? +((100 * (sent - received)) / sent).toFixed(2) : 0,
     receiverDrops: e1 - e0,
+    senderUsPerPacket: senderUs(j, sent),
   };
+}
+
+/** The sending iperf3's CPU µs per sent datagram, from its JSON; null when it gives none. */
+function senderUs(j: any, sent: number): number | null {
+  const pct = j.end?.cpu_utilization_percent?.host_total;
+  const secs = j.end?.sum_sent?.seconds;
+  if (typeof pct !== "number" || typeof secs !== "number" || sent <= 0) return null;
+  return +((pct / 100) * secs * 1e6 / sent).toFixed(3);
 }
 
 /** UDP RcvbufErrors of a namespace (/proc/net/snmp). */

@@ -29,6 +29,12 @@ export interface CpuRun {
   /** Whole-machine utilisation during the run, per cent of all cores. */
   machineBusyPct: number;
   /**
+   * The sending iperf3's CPU per sent packet, µs (bench/measure.ts
+   * `UdpRun.senderUsPerPacket`: with the forwarding its context runs); null
+   * when iperf3 gave none. A figure other load on the machine barely moves.
+   */
+  senderUsPerPacket: number | null;
+  /**
    * Packets the netfilter queues dropped during the flood (queue full or
    * netlink socket full), on the driver's host and on the gateway; null for MASQUERADE.
    */
@@ -346,6 +352,44 @@ export function evaluateTargets(r: Omit<BenchResult, "targets">): Target[] {
 
 const met = (m: boolean | null) => (m === null ? "not measured" : m ? "met" : "NOT met");
 
+/**
+ * Each round's ratio to MASQUERADE of the same round (64 B packets/s, TCP,
+ * machine CPU per 64 B packet), per data path, with their median and
+ * range: on a shared machine the spread says how far a median ratio holds.
+ */
+function perRound(r: BenchResult): string[] {
+  const m = r.dataPlane.masquerade;
+  const paired = (x: ModeResult, f: (y: ModeResult, i: number) => number | undefined) =>
+    m.tcp.runs.map((_, i) => {
+      const a = f(x, i), b = f(m, i);
+      return a !== undefined && b !== undefined && b > 0 ? a / b : null;
+    }).filter((v): v is number => v !== null);
+  const cell = (v: number[]) =>
+    v.length === 0
+      ? "n/a"
+      : `${v.map((x) => x.toFixed(2)).join(", ")} (median ${
+        [...v].sort((a, b) => a - b)[Math.floor((v.length - 1) / 2)]!.toFixed(2)
+      }, ${Math.min(...v).toFixed(2)}-${Math.max(...v).toFixed(2)})`;
+  const L = [
+    "",
+    "Per round, each mode against MASQUERADE of the same round (median, range):",
+    "",
+    "| data path | UDP 64 B packets/s | TCP | machine CPU per 64 B packet | sender's CPU per 64 B packet |",
+    "|---|---|---|---|---|",
+  ];
+  for (const dp of ["bpf", "kernel", "queue"] as const) {
+    const x = r.dataPlane[dp];
+    L.push(
+      `| ${dp} | ${cell(paired(x, (y, i) => y.udp.find((u) => u.size === 64)?.runs[i]?.pps))} | ${
+        cell(paired(x, (y, i) => y.tcp.runs[i]?.mbps))
+      } | ${cell(paired(x, (y, i) => y.cpu.runs[i]?.machineUsPerPacket))} | ${
+        cell(paired(x, (y, i) => y.cpu.runs[i]?.senderUsPerPacket ?? undefined))
+      } |`,
+    );
+  }
+  return L;
+}
+
 /** The Markdown report: one comparison table, the targets, memory, the table bench. */
 export function markdown(r: BenchResult): string {
   const b = r.dataPlane.bpf;
@@ -449,6 +493,13 @@ export function markdown(r: BenchResult): string {
     ratios((x) => x.cpu.machineUsPerPacket),
     tgt("bpf path machine CPU"),
   );
+  if ([b, k, q, m].every((x) => x.cpu.senderUsPerPacket !== null)) {
+    row4(
+      "Sender's CPU per sent 64 B packet (iperf3 -c with the forwarding its context runs), µs",
+      (x) => dec(x.cpu.senderUsPerPacket, 2),
+      ratios((x) => x.cpu.senderUsPerPacket!),
+    );
+  }
   row4(
     "64 B flood: packets dropped by the netfilter queues (driver / server)",
     (x) =>
@@ -568,6 +619,7 @@ export function markdown(r: BenchResult): string {
   }
   L.push("", "Targets (bpf path: issue 19; kernel path):", "");
   for (const t of r.targets) L.push(`- ${t.name}: ${t.value} (target ${t.target}) — ${met(t.met)}`);
+  L.push(...perRound(r));
 
   L.push(
     "",

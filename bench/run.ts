@@ -45,6 +45,7 @@
  * deno run -A bench/run.ts --smoke      # under a minute, for CI
  * deno run -A bench/run.ts --json --out /tmp/x --rounds 5
  * deno run -A bench/run.ts --profile    # CPU profiles of server and driver under a 64 B flood
+ * deno run -A bench/run.ts --modes masquerade,bpf --sizes 64 --rounds 3   # data plane only
  * ```
  *
  * Writes latest.json, latest.md, pps_by_size.svg and latency.svg to `--out`
@@ -145,6 +146,10 @@ function parseArgs(argv: string[]) {
     datapath: "queue" as DataPath,
     out: `${HERE}results`,
     rounds: 0,
+    /** --modes: the data-plane modes measured; anything but all four implies --data-plane-only. */
+    modes: ["masquerade", ...DATA_PATHS] as Mode[],
+    dataPlaneOnly: false,
+    sizes: null as number[] | null,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
@@ -159,10 +164,20 @@ function parseArgs(argv: string[]) {
       o.datapath = v;
     } else if (a === "--out") o.out = argv[++i] ?? o.out;
     else if (a === "--rounds") o.rounds = Number(argv[++i]);
-    else if (a === "--help" || a === "-h") {
+    else if (a === "--data-plane-only") o.dataPlaneOnly = true;
+    else if (a === "--sizes") o.sizes = (argv[++i] ?? "").split(",").map(Number);
+    else if (a === "--modes") {
+      const all: Mode[] = ["masquerade", ...DATA_PATHS];
+      const v = (argv[++i] ?? "").split(",");
+      const bad = v.find((m) => !all.includes(m as Mode));
+      if (bad !== undefined) throw new Error(`--modes takes ${all.join(",")}, not "${bad}"`);
+      o.modes = all.filter((m) => v.includes(m));
+      if (o.modes.length < all.length) o.dataPlaneOnly = true;
+    } else if (a === "--help" || a === "-h") {
       console.log(
         "usage: deno run -A bench/run.ts [--smoke] [--json] [--out DIR] [--rounds N] " +
-          "[--profile [--datapath bpf|kernel|queue]]",
+          "[--profile [--datapath bpf|kernel|queue]] " +
+          "[--data-plane-only] [--modes masquerade,queue,kernel,bpf] [--sizes 64,512,1400]",
       );
       Deno.exit(0);
     } else throw new Error(`Unknown argument "${a}"`);
@@ -205,6 +220,7 @@ const cfg: Config = args.smoke
     tableQuick: false,
   };
 if (args.rounds > 0) cfg.rounds = args.rounds;
+if (args.sizes) cfg.sizes = args.sizes;
 const RESERVE_FLAGS = ["--rate-limit", "1000000", "--max-sessions-per-host", "1048576"];
 const MASQ = ["-s", "10.0.0.0/24", "-o", "wan0", "-j", "MASQUERADE"];
 /** p1's testing/apps.ts `udpEcho` (answers "seen ip:port|..."), for the burst. */
@@ -326,6 +342,7 @@ async function measureMode(t: Topology, label: string, dpm: Dpm | null): Promise
         dpmUsPerPacket: dpm ? us(s1 - s0 + d1 - d0) : null,
         machineUsPerPacket: us(m1.busy - m0.busy),
         machineBusyPct: busyPct,
+        senderUsPerPacket: u.senderUsPerPacket,
         queueDrops: q0 && q1
           ? { driver: q1.driver - q0.driver, server: q1.server - q0.server }
           : null,
@@ -442,6 +459,7 @@ function aggregate(rounds: RoundData[]): ModeResult {
       dpmUsPerPacket: medOrNull((c) => c.dpmUsPerPacket),
       machineUsPerPacket: median(cpuRuns.map((c) => c.machineUsPerPacket)),
       machineBusyPct: median(cpuRuns.map((c) => c.machineBusyPct)),
+      senderUsPerPacket: medOrNull((c) => c.senderUsPerPacket),
       queueDrops: cpuRuns.every((c) => c.queueDrops !== null)
         ? {
           driver: median(cpuRuns.map((c) => c.queueDrops!.driver)),
@@ -637,7 +655,8 @@ async function memoryFill(t: Topology, datapath: DataPath): Promise<MemoryPoint[
       );
       const fillSeconds = Math.max(...hosts.map((h) => h.seconds as number));
       await new Promise((r) => setTimeout(r, 1000));
-      const st = await d.status();
+      // A million sessions' status on a shared machine can take a minute.
+      const st = await d.status(300_000);
       const sessions = st.sessions;
       const g = kernelGrowth(k0, kernelMemory());
       const rss = rssBytes(d.server.pid) - rss0;
@@ -823,8 +842,9 @@ async function main(): Promise<number> {
     return 2;
   }
   const env = await environment();
-  const table = args.profile ? null : await tableBench();
-  const driverMemory = args.profile ? null : await driverMemories();
+  const quick = args.profile || args.dataPlaneOnly;
+  const table = quick ? null : await tableBench();
+  const driverMemory = quick ? null : await driverMemories();
   log("building the topology");
   const t = await createTopology({ hosts: 3, peers: 1 });
   const undoSignals = destroyOnSignal(t);
@@ -840,8 +860,13 @@ async function main(): Promise<number> {
     }
     for (let r = 1; r <= cfg.rounds; r++) {
       log(`round ${r} of ${cfg.rounds}`);
-      rounds.masquerade.push(await masqueradeRound(t));
-      for (const dp of DATA_PATHS) rounds[dp].push(await dpmRound(t, dp));
+      for (const m of args.modes) {
+        rounds[m].push(m === "masquerade" ? await masqueradeRound(t) : await dpmRound(t, m));
+      }
+    }
+    if (args.dataPlaneOnly) {
+      console.log(dataPlaneSummary(rounds));
+      return 0;
     }
     reservations = {} as Record<DataPath, ReserveResult>;
     for (const dp of DATA_PATHS) {
@@ -892,6 +917,40 @@ async function main(): Promise<number> {
   if (args.json) console.log(JSON.stringify(result));
   else console.log(markdown(result));
   return 0;
+}
+
+/**
+ * --data-plane-only: each round's figures per mode and, for each dpm path,
+ * its ratio to MASQUERADE's figure of the same round (nothing is written).
+ */
+function dataPlaneSummary(rounds: Record<Mode, RoundData[]>): string {
+  const lines = [
+    "mode\tround\t" + cfg.sizes.map((s) => `udp${s}`).join("\t") +
+    "\ttcp Mbit/s\trtt p50 µs\tmachine µs/64B",
+  ];
+  for (const m of args.modes) {
+    rounds[m].forEach((r, i) => {
+      const base = rounds.masquerade[i];
+      const ratio = (v: number, b: number | undefined) =>
+        m !== "masquerade" && b ? ` (${(v / b).toFixed(2)}x)` : "";
+      const cells = r.udp.map((u, k) => `${u.pps}${ratio(u.pps, base?.udp[k]?.pps)}`);
+      const cpu = r.cpu?.machineUsPerPacket;
+      lines.push([
+        m,
+        i + 1,
+        ...cells,
+        `${r.tcp.mbps}${ratio(r.tcp.mbps, base?.tcp.mbps)}`,
+        `${r.rtt.p50Us}${base ? ` (${(r.rtt.p50Us - base.rtt.p50Us).toFixed(1)})` : ""}`,
+        `${cpu ?? "n/a"}${cpu && base?.cpu ? ratio(cpu, base.cpu.machineUsPerPacket) : ""}`,
+        `${r.cpu?.senderUsPerPacket ?? "n/a"}${
+          r.cpu?.senderUsPerPacket && base?.cpu?.senderUsPerPacket
+            ? ratio(r.cpu.senderUsPerPacket, base.cpu.senderUsPerPacket)
+            : ""
+        }`,
+      ].join("\t"));
+    });
+  }
+  return lines.join("\n");
 }
 
 async function writeOutputs(r: BenchResult): Promise<void> {

@@ -237,13 +237,28 @@ static __always_inline int to_gateway(struct __sk_buff *skb, const struct nat_pk
 	return NAT_PASS;
 }
 
-/* The same for a session's packet, with the next hop cached in its entry. */
+/*
+ * The same for a session's packet, with the next hop cached in its entry.
+ * When the FIB helper gives no answer (on a host that does not forward it
+ * refuses every lookup, BPF_FIB_LKUP_RET_FWD_DISABLED) the packet goes where
+ * the stack sent it, and that outcome is cached too (NAT_NH_STACK), so that
+ * a refused lookup is not repeated for every packet.
+ */
 static __always_inline int to_gateway_cached(struct __sk_buff *skb, struct nat_entry *e,
 					     const struct nat_pkt *to)
 {
+	__u32 now = nat_tick();
+	if (e->nh_ifindex == NAT_NH_STACK && now - e->nh_at < NAT_NH_TTL)
+		return NAT_PASS;
 	struct nat_hop hop;
-	if (nat_next_hop(skb, e, to, skb->ifindex, BPF_FIB_LOOKUP_OUTPUT, &hop) < 0)
-		return NAT_PASS; /* no route to G: as the stack would, send it where it was going */
+	if (e->nh_ifindex == NAT_NH_STACK)
+		e->nh_ifindex = 0; /* expired: ask the FIB again */
+	if (nat_next_hop(skb, e, to, skb->ifindex, BPF_FIB_LOOKUP_OUTPUT, &hop) < 0) {
+		/* No answer: as the stack would, send it where it was going. */
+		e->nh_at = now;
+		e->nh_ifindex = NAT_NH_STACK;
+		return NAT_PASS;
+	}
 	if (hop.resolved && hop.ifindex == skb->ifindex)
 		return nat_set_macs(skb, hop.dmac, hop.smac) < 0 ? TC_ACT_SHOT : NAT_PASS;
 	return bpf_redirect_neigh(hop.ifindex, 0, 0, 0);

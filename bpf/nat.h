@@ -75,7 +75,7 @@ struct nat_entry {
 			* last packet counted; 0 before any */
 	/* The programs' cache of the next hop a FIB lookup gave for the translated packet, so that
 	 * a lookup is made about once per NAT_NH_TTL instead of per packet. dpm writes zeros. */
-	__u32 nh_ifindex; /* 0: nothing cached */
+	__u32 nh_ifindex; /* 0: nothing cached; NAT_NH_STACK: the stack's own next hop (host) */
 	__u32 nh_at;      /* when it was looked up, in units of 2^20 ns (about a millisecond) */
 	__u16 nh_mtu;     /* the device's MTU then */
 	__u8 nh_dmac[6];
@@ -85,6 +85,11 @@ struct nat_entry {
 
 /* How long a cached next hop is used: 1000 units of 2^20 ns, about a second. */
 #define NAT_NH_TTL 1000
+
+/* nh_ifindex of a host's entry whose packets keep the next hop the stack chose, because the FIB
+ * helper did not answer (it refuses on an interface that does not forward, as a host's usually
+ * does: BPF_FIB_LKUP_RET_FWD_DISABLED); never an interface index (those are positive ints). */
+#define NAT_NH_STACK 0xffffffffu
 
 /* The gateway's one configuration record, `dpm_cfg[0]`, written by dpm before it attaches. */
 struct nat_config {

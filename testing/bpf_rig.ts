@@ -51,7 +51,7 @@ import {
 } from "../linux/libbpf.ts";
 import { CLOCK_MONOTONIC, clockNs, ifIndex } from "../linux/libc.ts";
 import { CLSACT_EGRESS, CLSACT_INGRESS, listTcFilters } from "../linux/tcfilter.ts";
-import { bpfObject } from "../src/datapath/bpf/objects.ts";
+import { bpfObject } from "../bpf/objects.ts";
 import {
   configBytes,
   gatewayRecords,

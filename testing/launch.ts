@@ -57,8 +57,8 @@ export interface Dpm {
     remote: string,
     reserve?: boolean,
   ): Promise<Record<string, unknown>>;
-  /** `dpm status --json` on the gateway. */
-  status(): Promise<
+  /** `dpm status --json` on the gateway (`timeoutMs`, default 20 s: a million sessions on a busy machine take longer). */
+  status(timeoutMs?: number): Promise<
     Record<string, unknown> & { sessions: number; shown: Record<string, unknown>[] }
   >;
   stop(): Promise<void>;
@@ -143,7 +143,7 @@ export async function startDpm(t: Topology, o: StartOptions = {}): Promise<Dpm> 
       }
       return JSON.parse(r.stdout);
     },
-    async status() {
+    async status(timeoutMs = 20_000) {
       const r = await t.exec(t.gateway.ns, [
         ...dpmCommand(),
         "status",
@@ -151,7 +151,7 @@ export async function startDpm(t: Topology, o: StartOptions = {}): Promise<Dpm> 
         "--socket",
         serverSocket,
       ], {
-        timeoutMs: 20_000,
+        timeoutMs,
         env: DPM_ENV,
       });
       if (r.code !== 0) throw new Error(`dpm status failed (${r.code}): ${r.stderr}`);

@@ -1,6 +1,6 @@
 /**
  * Builds dpm's BPF programs (bpf/*.bpf.c) and writes them, embedded, into
- * src/datapath/bpf/objects.ts, so that `deno bundle` and `deno compile`
+ * bpf/objects.ts, so that `deno bundle` and `deno compile`
  * carry them and users need no compiler. `deno task bpf` runs it; a unit
  * test (tests/unit/bpf_objects_test.ts) rebuilds them and checks the
  * committed bytes are what the sources give.
@@ -28,7 +28,7 @@ const STRIP = "llvm-strip-14";
 export const SOURCES = { gateway: "bpf/gateway.bpf.c", host: "bpf/host.bpf.c" } as const;
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url)).replace(/\/$/, "");
-const OUT = "src/datapath/bpf/objects.ts";
+const OUT = "bpf/objects.ts";
 
 /** The multiarch include directory that holds `asm/types.h` (Debian). */
 function multiarchInclude(): string {

@@ -85,6 +85,8 @@ Deno.test(needsRoot({
         positive(m.rtt.p50Us, `${mode} RTT p50`);
         positive(m.rtt.p99Us, `${mode} RTT p99`);
         positive(m.cpu.machineUsPerPacket, `${mode} machine CPU per packet`);
+        // iperf3 3.x reports its CPU use in every JSON run.
+        positive(m.cpu.senderUsPerPacket, `${mode} sender's CPU per packet`);
         positive(m.sessions.firstP50Us, `${mode} first-packet RTT p50`);
         positive(m.sessions.firstP99Us, `${mode} first-packet RTT p99`);
         positive(m.sessions.secondP50Us, `${mode} second-packet RTT p50`);

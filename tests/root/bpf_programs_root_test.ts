@@ -531,7 +531,7 @@ Deno.test(
           const k = { proto: UDP, a: A, pa: 40000, x: X, px: 5060, g: G, pg: 61001 };
           await put(h, hostRecords(k));
           const app = buildUdp({ src: A, sport: 40000, dst: X, dport: 5060 });
-          // Leaving by eth0 toward the route's next hop; rewritten to G, to G's MAC.
+          // Leaving by eth0 toward the route's next hop, G; rewritten to G.
           const out = await h.call({
             op: "run",
             prog: "dpm_host_out",
@@ -578,6 +578,22 @@ Deno.test(
           assert.ok(checksumsOk(ti));
           const e = await h.call({ op: "get", key: hostRecords(tk)[0]!.key });
           assert.equal(e.entry.packets, 1);
+          // A host does not forward (this namespace neither), so the FIB helper refuses its
+          // lookups: a packet the stack sent toward another next hop keeps that hop's MAC,
+          // translated all the same, the first time and again once that outcome is cached.
+          const viaOther = buildUdp({ src: A, sport: 40000, dst: X, dport: 5060 });
+          for (const time of ["first", "cached"]) {
+            const r = await h.call({
+              op: "run",
+              prog: "dpm_host_out",
+              frame: tohex(ethFrame(MAC.router, MAC.host, viaOther)),
+              ifindex: "eth0",
+            });
+            assert.equal(r.retval, PASS, time);
+            const f = split(r.frame);
+            assert.equal(f.dst, MAC.router, `${time}: the stack's next hop`);
+            assert.deepEqual(f.ip, buildUdp({ src: A, sport: 40000, dst: G, dport: 61001 }), time);
+          }
           // Another destination is not ours.
           const other = buildUdp({ src: A, sport: 40000, dst: X, dport: 5061 });
           const n = await h.call({

@@ -232,6 +232,19 @@ Deno.test("architecture: only the process files (run, cleanup) and src/datapath/
   assert.deepEqual(bad, [], bad.join("\n"));
 });
 
+Deno.test("architecture: only the bpf path's programs.ts imports the compiled BPF objects", async () => {
+  const bad = violations(
+    await projectGraph(),
+    (f, t) =>
+      t === "bpf/objects.ts" && f !== "src/datapath/bpf/programs.ts" && !under(f, "testing"),
+  );
+  assert.deepEqual(bad, [], bad.join("\n"));
+  assert.ok(
+    (await projectGraph()).get("src/datapath/bpf/programs.ts")?.has("bpf/objects.ts"),
+    "programs.ts imports bpf/objects.ts",
+  );
+});
+
 Deno.test("architecture: the rule checks name a planted violation", () => {
   const g: Graph = new Map([
     ["src/datapath/kernel/server.ts", new Set(["src/datapath/queue/server.ts"])],

@@ -1,5 +1,5 @@
 /**
- * The embedded BPF objects (src/datapath/bpf/objects.ts) are what the
+ * The embedded BPF objects (bpf/objects.ts) are what the
  * sources under bpf/ compile to, and the TypeScript mirror of bpf/nat.h
  * (src/datapath/bpf/layout.ts) matches the layouts the compiler gave the
  * programs (read from the objects' BTF with `bpftool btf dump`). Needs
@@ -10,7 +10,7 @@
 
 import assert from "node:assert/strict";
 import { buildBpfObjects, objectsModule } from "../../tools/build-bpf.ts";
-import { bpfObject } from "../../src/datapath/bpf/objects.ts";
+import { bpfObject } from "../../bpf/objects.ts";
 import {
   HostConfigLayout,
   NatConfigLayout,
@@ -31,7 +31,7 @@ Deno.test("bpf objects: the committed objects are what bpf/*.bpf.c compile to (d
   }
   // And the module text is what the generator writes (nothing edited by hand).
   const text = await Deno.readTextFile(
-    new URL("../../src/datapath/bpf/objects.ts", import.meta.url),
+    new URL("../../bpf/objects.ts", import.meta.url),
   );
   assert.equal(text, objectsModule(built));
 });

@@ -71,7 +71,7 @@ import {
 } from "../../../linux/libbpf.ts";
 import { ifIndex } from "../../../linux/libc.ts";
 import { CLSACT_EGRESS, CLSACT_INGRESS, listTcFilters } from "../../../linux/tcfilter.ts";
-import { bpfObject } from "./objects.ts";
+import { bpfObject } from "../../../bpf/objects.ts";
 import { lanEdges } from "../gateway.ts";
 import { type Cidr, prefixMask } from "../../wire/addr.ts";
 import {
