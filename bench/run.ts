@@ -144,7 +144,8 @@ function parseArgs(argv: string[]) {
     json: false,
     profile: false,
     datapath: "queue" as DataPath,
-    out: `${HERE}results`,
+    /** --out: where the results go; null = bench/results, or a fresh temporary directory for --smoke (its figures are not representative and must not replace the recorded ones). */
+    out: null as string | null,
     rounds: 0,
     /** --modes: the data-plane modes measured; anything but all four implies --data-plane-only. */
     modes: ["masquerade", ...DATA_PATHS] as Mode[],
@@ -954,8 +955,11 @@ function dataPlaneSummary(rounds: Record<Mode, RoundData[]>): string {
 }
 
 async function writeOutputs(r: BenchResult): Promise<void> {
-  await Deno.mkdir(args.out, { recursive: true });
-  const out = args.out.replace(/\/$/, "");
+  const dir = args.out ??
+    (args.smoke ? await Deno.makeTempDir({ prefix: "dpm-bench-smoke-" }) : `${HERE}results`);
+  await Deno.mkdir(dir, { recursive: true });
+  const out = dir.replace(/\/$/, "");
+  console.error(`bench: results written to ${out}/`);
   await Deno.writeTextFile(`${out}/latest.json`, JSON.stringify(r, null, 2) + "\n");
   await Deno.writeTextFile(`${out}/latest.md`, markdown(r));
   const dp = r.dataPlane;
