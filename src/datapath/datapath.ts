@@ -103,8 +103,12 @@ export type GatewayOptions =
     lan: Cidr;
   };
 
-/** A packet the gateway's path hands up (ICMP, hairpin, or every packet): returns a Verdict. */
-export type ServerPacketHandler = (pkt: Uint8Array, meta: number) => number;
+/**
+ * A packet the gateway's path hands up (ICMP, hairpin, a first packet ahead
+ * of its request, or every packet): returns a Verdict. `meta`: the
+ * `Meta` bits; `id`: the queue's id, for a verdict given later (HOLD).
+ */
+export type ServerPacketHandler = (pkt: Uint8Array, meta: number, id: number) => number;
 
 /** What a gateway data path can do; the server core asks these, never the kind. */
 export interface ServerAbilities {
@@ -122,6 +126,12 @@ export interface ServerAbilities {
   readonly countsPerSession: boolean;
   /** `stop("keep")` leaves established sessions translating; the next start adopts them. */
   readonly keepsSessions: boolean;
+  /**
+   * A first packet held for its request (`Meta.MISSED`, `server/held.ts`)
+   * goes on unchanged once its session is committed: the kernel translates
+   * it (true). False: the core translates it, as every packet it sees.
+   */
+  readonly kernelTranslates: boolean;
 }
 
 /** The gateway's data path, seen from the server role. */
@@ -129,6 +139,11 @@ export interface ServerDataPath {
   /** Which path this is: for status and logs only. */
   readonly kind: DataPathKind;
   readonly can: ServerAbilities;
+  /**
+   * Verdicts for packets the core held (HOLD) and raw sends (an ICMP error
+   * to a host); null until {@linkcode begin} opened the queue.
+   */
+  readonly io: PacketIO | null;
   /**
    * The sessions a previous run left translating in the kernel (the server
    * reconciles them with its table before `begin`). Changes nothing.

@@ -7,7 +7,6 @@
  */
 
 import dgram from "node:dgram";
-import { setImmediate } from "node:timers";
 import { type Cidr, formatCidr, formatIPv4, parseSocketIPv4 } from "../wire/addr.ts";
 import { checkPoolOutside, ConfigError, type ServerConfig } from "../config.ts";
 import { logger } from "../runtime/log.ts";
@@ -24,6 +23,9 @@ import { sdNotify } from "../../linux/sdnotify.ts";
 import { serveMetrics } from "../operator/metrics.ts";
 import { reserveLatency } from "./metrics.ts";
 import { PCP_PORT } from "../pcp/codec.ts";
+import { serveUdp, UdpSocket } from "../../linux/udp.ts";
+import { EADDRINUSE, EADDRNOTAVAIL, OsError } from "../../linux/libc.ts";
+import { MAX_DATAGRAM } from "../control/batch.ts";
 import * as announce from "../pcp/announce.ts";
 
 const log = logger("server");
@@ -86,13 +88,8 @@ export async function runServer(
     // the start with nothing to undo); they answer once the data path is up,
     // so that every grant is answered only once its session is translated.
     let serving = false;
-    const control = await bindUdp(
-      cfg.lanAddr,
-      cfg.controlPort,
-      "Control port",
-      "another dpm server?",
-    );
-    undo.push(() => void control.close());
+    const control = openControl(cfg.lanAddr, cfg.controlPort);
+    undo.push(() => control.close());
     const pcp = cfg.pcp
       ? await bindUdp(
         cfg.lanAddr,
@@ -169,7 +166,7 @@ export async function runServer(
       });
     }
 
-    serveControl(control, core, () => serving);
+    undo.push(serveControl(control, core, () => serving));
     if (pcp) undo.push(servePcp(pcp, cfg, core, () => serving));
     serving = true;
     log.info(
@@ -272,48 +269,59 @@ async function bindUdp(
 }
 
 /**
- * Answers dpm's protocol on the control socket (G only: the LAN side). A
- * grant is answered only after the turn's changes are committed
- * (`core.commit`: the data path, the state file). The first request of a
- * burst is committed and answered at once; the requests that arrive behind
- * it in the same turn of the event loop are committed together, then
- * answered. The socket keeps the kernel's default buffers: with
- * recvBufferSize/sendBufferSize (or their setters) Deno's node:dgram
- * answers about 10x slower (measured here: 1.1k against 11.6k answers/s);
- * bursts are paced by the drivers instead.
+ * The control socket on `addr:port` (G, the LAN side), or an error that says
+ * why not: a port in use fails the start before anything changed.
  */
-function serveControl(sock: dgram.Socket, core: ServerCore, serving: () => boolean): void {
-  const outbox: [Uint8Array, number, string][] = [];
-  let burst = false;
-  const endBurst = () => {
-    burst = false;
-    core.commit();
-    for (const [r, port, address] of outbox.splice(0)) sock.send(r, port, address);
-  };
-  sock.on("message", (msg, rinfo) => {
+function openControl(addr: number, port: number): UdpSocket {
+  try {
+    return UdpSocket.open({ addr, port, maxDatagram: MAX_DATAGRAM + 64 });
+  } catch (e) {
+    const err = e instanceof OsError ? e.errno : 0;
+    throw new Error(
+      err === EADDRNOTAVAIL
+        ? `--lan-addr ${formatIPv4(addr)} is not an address of this host`
+        : err === EADDRINUSE
+        ? `Control port ${formatIPv4(addr)}:${port} is in use (another dpm server?)`
+        : `Cannot bind the control port: ${(e as Error).message}`,
+    );
+  }
+}
+
+/**
+ * Answers dpm's protocol on the control socket (`linux/udp.ts`: one wake-up
+ * reads every waiting datagram with `recvmmsg`). A grant is answered only
+ * after its changes are committed: every datagram of the wake-up is
+ * handled, then the turn's changes are committed once (`core.commit`: the
+ * data path in one transaction, the state file, then the first packets
+ * held for them go on), then every answer goes out in one `sendmmsg`.
+ * Returns what stops it.
+ */
+function serveControl(sock: UdpSocket, core: ServerCore, serving: () => boolean): () => void {
+  return serveUdp(sock, (msg, src, port) => {
     // Before the data path is up, requests go unanswered: drivers retransmit.
     if (!serving()) return;
-    const src = parseSocketIPv4(rinfo.address);
-    if (src === null) return;
     let reply: Uint8Array | null = null;
     const t0 = performance.now();
     try {
-      reply = core.handleControl(new Uint8Array(msg.buffer, msg.byteOffset, msg.byteLength), src);
+      reply = core.handleControl(msg, src);
     } catch (e) {
-      // A bug must cost one request, not the gateway.
-      log.error(`handling a control request from ${rinfo.address}: ${(e as Error).stack ?? e}`);
+      // A bug must cost one datagram, not the gateway.
+      log.error(`handling a control request from ${formatIPv4(src)}: ${(e as Error).stack ?? e}`);
     }
     if (!reply) return;
-    if (!burst) {
-      burst = true;
-      setImmediate(endBurst);
-      core.commit();
-      sock.send(reply, rinfo.port, rinfo.address);
-    } else {
-      outbox.push([reply, rinfo.port, rinfo.address]);
-    }
+    sock.queue(reply, reply.length, src, port);
     reserveLatency.observe((performance.now() - t0) / 1000);
-  });
+  }, () => {
+    try {
+      core.commit();
+    } catch (e) {
+      // Nothing uncommitted is granted: the answers go, the drivers ask again.
+      sock.discard();
+      log.error(`committing the control turn: ${(e as Error).stack ?? e}`);
+      return;
+    }
+    sock.flush();
+  }, (e) => log.error(`control socket: ${e.message}`));
 }
 
 /**

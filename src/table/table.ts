@@ -273,6 +273,13 @@ export interface TableOptions {
   /** Highest gateway LAN-side port (Pg). @default 65535 */
   gatewayPortMax?: number;
   /**
+   * The first Pg of the drivers' share (`src/control/pg.ts`): a driver's
+   * proposal is granted only from it, and the table's own choices come from
+   * below it (unless a request lets it pick anywhere). @default none: every
+   * Pg is the table's to choose
+   */
+  driverPortMin?: number;
+  /**
    * Rows one internal address may hold, all protocols together, not
    * counting unverified ones (PCP, NAT-PMP). @default 4096
    */
@@ -331,6 +338,18 @@ export interface ReserveRequest {
   direct?: boolean;
   /** Who asks (kept in a new row; decides its budget). @default Owner.DPM */
   owner?: OwnerKind;
+  /**
+   * The gateway port the driver proposes (protocol version 3): granted when
+   * it lies in the drivers' share and (proto, a) uses it for no other
+   * session; otherwise the table picks one. @default none
+   */
+  pg?: number;
+  /**
+   * The table may pick Pg anywhere in the range, the drivers' share too (a
+   * version-2 driver, which never proposes). @default false: below the
+   * drivers' share only
+   */
+  pgAnywhere?: boolean;
   /** PCP's mapping nonce ({@linkcode NONCE_LEN} bytes), kept in a new row. */
   nonce?: Uint8Array;
 }
@@ -524,6 +543,8 @@ export class SessionTable {
   readonly #portMax: number;
   readonly #pgMin: number;
   readonly #pgMax: number;
+  /** The first Pg of the drivers' share (`#pgMax + 1`: none). */
+  readonly #pgDriverMin: number;
   readonly #maxPerHost: number;
   readonly #maxUnverifiedPerHost: number;
   readonly #maxUnverifiedPerProto: number;
@@ -608,6 +629,12 @@ export class SessionTable {
     this.#portMax = checkInt("portMax", opts.portMax ?? 65535, this.#portMin, 65535);
     this.#pgMin = checkInt("gatewayPortMin", opts.gatewayPortMin ?? 61000, 1, 65535);
     this.#pgMax = checkInt("gatewayPortMax", opts.gatewayPortMax ?? 65535, this.#pgMin, 65535);
+    this.#pgDriverMin = checkInt(
+      "driverPortMin",
+      opts.driverPortMin ?? this.#pgMax + 1,
+      this.#pgMin,
+      this.#pgMax + 1,
+    );
     this.#maxPerHost = checkInt("maxSessionsPerHost", opts.maxSessionsPerHost ?? 4096, 1, 2 ** 31);
     this.#maxUnverifiedPerHost = checkInt(
       "maxUnverifiedPerHost",
@@ -1064,7 +1091,7 @@ export class SessionTable {
     }
     if (p !== pa) flags |= F_REPLACED;
 
-    const pg = this.#freeGatewayPort(proto, a);
+    const pg = this.#freeGatewayPort(proto, a, req.pg ?? 0, req.pgAnywhere ?? false);
     if (pg < 0) return failure(Result.NO_RESOURCES);
 
     const s = this.#insert(
@@ -1695,9 +1722,19 @@ export class SessionTable {
     this.#hqHead = 0;
   }
 
-  /** A random Pg not used by (proto, a), or -1. */
-  #freeGatewayPort(proto: number, a: number): number {
-    const range = this.#pgMax - this.#pgMin + 1;
+  /**
+   * The Pg of a new session of (proto, a), or -1: the proposal when it lies
+   * in the drivers' share and is free, else a random free one below the
+   * drivers' share (anywhere in the range with `anywhere`).
+   */
+  #freeGatewayPort(proto: number, a: number, proposal: number, anywhere: boolean): number {
+    if (
+      proposal >= this.#pgDriverMin && proposal <= this.#pgMax &&
+      this.lookupLan(proto, a, proposal) < 0
+    ) return proposal;
+    const hi = anywhere ? this.#pgMax : this.#pgDriverMin - 1;
+    const range = hi - this.#pgMin + 1;
+    if (range <= 0) return -1;
     const rnd = this.#random;
     for (let t = 0; t < RANDOM_PG_TRIES; t++) {
       const pg = this.#pgMin + Math.floor(rnd() * range);

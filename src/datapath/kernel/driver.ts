@@ -44,7 +44,7 @@ import {
 } from "../datapath.ts";
 import {
   NO_OTHER_PATHS,
-  openHostQueue,
+  openQueue,
   type OtherPaths,
   pumpHost,
   sysctlJournal,
@@ -140,7 +140,7 @@ export class KernelDriverDataPath implements DriverDataPath {
       undo.push(() => nft.close());
       const ct = Conntrack.open();
       undo.push(() => ct.close());
-      const { queue, io } = openHostQueue(o.queue, undo);
+      const { queue, io } = openQueue(o.queue, undo);
       return new KernelDriverDataPath(o, nft, ct, queue, io, undo, others);
     } catch (e) {
       await undo.run();

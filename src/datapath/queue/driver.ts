@@ -32,7 +32,7 @@ import type { PacketInfo } from "../../wire/packet.ts";
 import type { VerdictValue } from "../../wire/meta.ts";
 import { logger } from "../../runtime/log.ts";
 import { Cleanup } from "../../runtime/cleanup.ts";
-import { NO_OTHER_PATHS, openHostQueue, type OtherPaths, pumpHost } from "../netfilter.ts";
+import { NO_OTHER_PATHS, openQueue, type OtherPaths, pumpHost } from "../netfilter.ts";
 import { rewriteToGateway } from "../../wire/rewrite.ts";
 import { type ChainSpec, DEFRAG_ON, installChains, removeChains } from "../../../linux/iptables.ts";
 import type { NfQueue } from "../../../linux/nfqueue.ts";
@@ -105,7 +105,7 @@ export class QueueDriverDataPath implements DriverDataPath {
   ): Promise<QueueDriverDataPath> {
     const undo = new Cleanup(log);
     try {
-      const { queue, io } = openHostQueue(o.queue, undo);
+      const { queue, io } = openQueue(o.queue, undo);
       return new QueueDriverDataPath(undo, queue, io, driverChains(o), others);
     } catch (e) {
       await undo.run();
