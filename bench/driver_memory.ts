@@ -74,13 +74,14 @@ export async function driverMemory(
   const io: PacketIO = { verdict: () => {}, flush: () => {}, send: () => {} };
   const dp: DriverDataPath = {
     kind: kernel ? "kernel" : "queue",
-    can: { keepsSessions: kernel },
+    can: { keepsSessions: kernel, commitsFirst: kernel },
     io,
     adopt: () => Promise.resolve([]),
     begin: () => Promise.resolve(),
     outbound: (pkt, info, g, pg, skb) =>
       kernel && info.proto !== 1 ? Verdict.ACCEPT : rewriteToGateway(pkt, info, g, pg, skb),
     sessionUp: (_: HostSessionKey) => {},
+    commit: () => {},
     sessionDown: (_: HostSessionKey) => {},
     activity: () => kernel ? new Map() : null,
     status: () => ({ kind: kernel ? "kernel" : "queue", state: "on", reinstalls: 0 }),
@@ -104,8 +105,9 @@ export async function driverMemory(
     }),
     { lan: LAN },
   );
-  const pipe = new Pipe(server, H1);
-  pipe.sent = { push: () => 0 } as unknown as typeof pipe.sent; // keep no request log
+  // The real client over an in-memory link: what a request in flight costs is the client's too.
+  const pipe = new Pipe(server, H1, { rate: 1e9, window: N + 10 });
+  pipe.link.quiet = true; // keep no request log
   const d = new DriverCore(driverCfg({ gatewayPorts: [1024, 65535] }), pipe, {
     lan: LAN,
     ephemeral: [1024, 65535],

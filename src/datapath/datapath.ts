@@ -225,6 +225,13 @@ export type DriverPacketHandler = (
 export interface DriverAbilities {
   /** `stop("keep")` leaves established sessions translating; the next start adopts them. */
   readonly keepsSessions: boolean;
+  /**
+   * A session's packets may go only once `commit()` applied its
+   * `sessionUp` (the kernel translates them from what was committed): the
+   * first packets of a session programmed in this turn wait for the turn's
+   * commit. False: `outbound` rewrites them itself, at once.
+   */
+  readonly commitsFirst: boolean;
 }
 
 /** The host's data path, seen from the driver role. */
@@ -246,8 +253,14 @@ export interface DriverDataPath {
    * on (the session is programmed). `skbInfo`: the queue's checksum bits.
    */
   outbound(pkt: Uint8Array, info: PacketInfo, g: number, pg: number, skbInfo: number): VerdictValue;
-  /** A session was granted: translate it from now on. Before held packets are released. */
+  /**
+   * A session was granted (or its gateway port proposed): translate it from
+   * the next {@linkcode commit} on. Several in one turn go in one
+   * transaction.
+   */
   sessionUp(s: HostSessionKey): void;
+  /** Applies what `sessionUp` queued (one transaction); before the turn's held packets go. */
+  commit(): void;
   /**
    * The session ended on the host (or its packets so far went out
    * untranslated): stop translating it, and forget what the kernel tracked

@@ -105,8 +105,13 @@ export class FakeDriverDataPath implements DriverDataPath {
   leftover: HostSessionKey[] = [];
   constructor(readonly kernel = false, io: PacketIO = new FakePacketIO()) {
     this.kind = kernel ? "kernel" : "queue";
-    this.can = { keepsSessions: kernel };
+    this.can = { keepsSessions: kernel, commitsFirst: kernel };
     this.io = io;
+  }
+  /** How many times commit ran. */
+  commits = 0;
+  commit(): void {
+    this.commits++;
   }
   adopt(): Promise<HostSessionKey[]> {
     return Promise.resolve(this.leftover);

@@ -77,7 +77,7 @@ export function driverChains(o: HostOptions): ChainSpec[] {
 /** The netfilter-queue data path of a host. */
 export class QueueDriverDataPath implements DriverDataPath {
   readonly kind = "queue" as const;
-  readonly can = { keepsSessions: false } as const;
+  readonly can = { keepsSessions: false, commitsFirst: false } as const;
   readonly io: PacketIO;
   readonly #undo: Cleanup;
   readonly #queue: NfQueue;
@@ -148,6 +148,7 @@ export class QueueDriverDataPath implements DriverDataPath {
     return rewriteToGateway(pkt, info, g, pg, skb);
   }
   sessionUp(_s: HostSessionKey): void {}
+  commit(): void {}
   sessionDown(_s: HostSessionKey): void {}
   activity(): null {
     return null;
