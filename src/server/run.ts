@@ -129,7 +129,7 @@ export async function runServer(
       core.attach(path);
       await path.begin(
         () => core.sessions(),
-        (pkt, meta) => core.handlePacket(pkt, meta),
+        (pkt, meta, id) => core.handlePacket(pkt, meta, id),
         (e) => {
           log.error(`data path failed: ${e.message}`);
           stop(1);
