@@ -55,6 +55,14 @@ async function publicOf(t: Topology, d: Dpm): Promise<Map<number, string>> {
 
 async function mode(t: Topology, name: string): Promise<Record<string, unknown>> {
   const out: Record<string, unknown> = { mode: name };
+  for (const what of ["setup", ...bursts.map((n) => `burst${n}`), ...(tcpN > 0 ? ["tcp"] : [])]) {
+    Object.assign(out, await probe(t, name, what));
+  }
+  return out;
+}
+
+async function probe(t: Topology, name: string, what: string): Promise<Record<string, unknown>> {
+  const out: Record<string, unknown> = { mode: name };
   let d: Dpm | null = null;
   const gw = t.gateway.ns;
   if (name === "masq") {
@@ -78,16 +86,19 @@ async function mode(t: Topology, name: string): Promise<Record<string, unknown>>
   try {
     const h1 = t.hosts[0]!;
     const p1 = t.peers[0]!;
-    const s = await newSessions(t, h1.ns, p1.addrText, nSessions);
-    out.setup = {
-      p50: s.setup.p50Us,
-      p99: s.setup.p99Us,
-      firstP50: s.first.p50Us,
-      secondP50: s.second.p50Us,
-      lost: s.lost,
-    };
-    log(`${name}: setup ${JSON.stringify(out.setup)}`);
+    if (what === "setup") {
+      const s = await newSessions(t, h1.ns, p1.addrText, nSessions);
+      out.setup = {
+        p50: s.setup.p50Us,
+        p99: s.setup.p99Us,
+        firstP50: s.first.p50Us,
+        secondP50: s.second.p50Us,
+        lost: s.lost,
+      };
+      log(`${name}: setup ${JSON.stringify(out.setup)}`);
+    }
     for (const n of bursts) {
+      if (what !== `burst${n}`) continue;
       const r = await t.exec(
         h1.ns,
         udpBurst(n, `${p1.addrText}:${SEEN}`, { roundMs: 30_000 }),
@@ -106,7 +117,7 @@ async function mode(t: Topology, name: string): Promise<Record<string, unknown>>
       };
       log(`${name}: burst ${n} ${JSON.stringify(out[`burst${n}`])} ${j.examples.join("; ")}`);
     }
-    if (tcpN > 0) {
+    if (what === "tcp") {
       const r = await t.exec(
         h1.ns,
         tcpConnectBurst(tcpN, `${p1.addrText}:${TCP_SEEN}`, { timeoutMs: 30_000 }),

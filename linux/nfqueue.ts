@@ -325,7 +325,9 @@ export class NfQueue {
   #runOpen = false;
   #runMax = 0;
   readonly #held = new Set<number>();
-  #oldestHeld = 0;
+  /** Held ids in the order they came (the kernel's id order): the oldest is found lazily. */
+  #heldOrder: number[] = [];
+  #heldHead = 0;
 
   readonly #pollBuf = new Uint8Array(2 * PollFd.SIZE);
   readonly #pollDv = new DataView(this.#pollBuf.buffer);
@@ -654,7 +656,7 @@ export class NfQueue {
     }
     switch (r) {
       case Verdict.ACCEPT:
-        if (this.#held.size === 0 || !idAfter(id, this.#oldestHeld)) {
+        if (this.#held.size === 0 || !idAfter(id, this.#oldestHeld())) {
           if (!this.#runOpen || idAfter(id, this.#runMax)) this.#runMax = id;
           this.#runOpen = true;
         } else {
@@ -677,8 +679,8 @@ export class NfQueue {
         break;
       case Verdict.HOLD:
         this.#closeRun();
-        if (this.#held.size === 0 || idAfter(this.#oldestHeld, id)) this.#oldestHeld = id;
         this.#held.add(id);
+        this.#heldOrder.push(id);
         break;
       default:
         this.#emit(NFQNL_MSG.VERDICT, id, VERDICT_DROP, 0, 0);
@@ -699,14 +701,9 @@ export class NfQueue {
     if (payload !== undefined && (payload.length < 20 || payload.length > MAX_COPY_RANGE)) {
       throw new RangeError(`Payload of ${payload.length} bytes is not a packet (20-65531)`);
     }
-    if (this.#held.delete(id) && id === this.#oldestHeld && this.#held.size > 0) {
-      let oldest = id;
-      let first = true;
-      for (const h of this.#held) {
-        if (first || idAfter(oldest, h)) oldest = h;
-        first = false;
-      }
-      this.#oldestHeld = oldest;
+    if (this.#held.delete(id) && this.#held.size === 0) {
+      this.#heldOrder = [];
+      this.#heldHead = 0;
     }
     this.#closeRun();
     if (payload !== undefined && verdict === VERDICT_ACCEPT) {
@@ -722,6 +719,17 @@ export class NfQueue {
     if (this.#closed) return;
     this.#closeRun();
     this.#send();
+  }
+
+  /** The oldest id still held (call only while some is). */
+  #oldestHeld(): number {
+    const order = this.#heldOrder;
+    while (!this.#held.has(order[this.#heldHead]!)) this.#heldHead++;
+    if (this.#heldHead > 1024 && this.#heldHead * 2 > order.length) {
+      this.#heldOrder = order.slice(this.#heldHead);
+      this.#heldHead = 0;
+    }
+    return this.#heldOrder[this.#heldHead]!;
   }
 
   /** Packets held by the handler and not yet decided. */

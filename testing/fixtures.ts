@@ -165,6 +165,7 @@ export class MemoryLink implements DatagramLink {
       if (this.holdAnswers) this.heldAnswers.push(a);
       else queueMicrotask(() => this.#closed || this.onReceive?.(a));
     }
+    if (q.length) this.server.releaseHeld();
   }
   /** Hands the held-back answers to the client. */
   deliverLate(): void {

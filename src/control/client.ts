@@ -21,8 +21,13 @@
  * and given up after {@link RetryOptions.giveUpMs}; a request nothing waits
  * on is given up after {@link RetryOptions.tries} transmissions. So under
  * 30% loss each way an urgent request gets ~30 tries in its first 3 s,
- * while the LAN is spared a doubling schedule's seconds of silence. Timers:
- * one 10 ms wheel for every request in flight, no timer per request.
+ * while the LAN is spared a doubling schedule's seconds of silence. A busy
+ * server is not flooded with copies: the first wait is at least twice the
+ * smoothed round trip of recent answers (first transmissions only, as
+ * Karn's rule says), and grows with the requests already in flight ahead
+ * of it ({@link BACKLOG_MS} each): a burst of 3,000 waits for the server
+ * to work through it. Timers: one 10 ms wheel for every request in flight,
+ * no timer per request.
  *
  * Pacing: at most `window` requests in flight, and transmissions paced at
  * `rate` per second in bursts of twice that (the server's per-host rate
@@ -112,6 +117,11 @@ const LATE_MAX = 8192;
 export const COOKIE_FRESH_MS = 100_000;
 /** COOKIE_REQUIRED answers retried per request (the secret rotated) before that answer is final. */
 const COOKIE_TRIES = 2;
+/**
+ * How long the server takes per request ahead of a new one (ms): with
+ * thousands in flight, the first retransmission waits for them.
+ */
+export const BACKLOG_MS = 0.05;
 /** The retransmission wheel: slots of this many ms. */
 const SLOT_MS = 10;
 /** Slots of the wheel (a horizon of 5.12 s: longer delays wait a turn). */
@@ -242,6 +252,8 @@ export class ControlClient implements ControlTransport {
   /** A datagram without a fresh cookie is out: the others wait for its answer. */
   #probeUntil = 0;
   #version = BATCH_VERSION;
+  /** Smoothed round trip of answers to first transmissions, ms (0: none yet). */
+  #srtt = 0;
   /** Given-up nonces → when they are forgotten. */
   readonly #late = new Map<number, number>();
   #closed = false;
@@ -517,9 +529,11 @@ export class ControlClient implements ControlTransport {
   /** The wait before `f`'s next transmission, after one at `now`. */
   #delay(f: Flight, now: number): number {
     const o = this.#o;
-    if (f.urgent && now - f.first < o.fastForMs) return jitter(o.fastMs);
+    // Not before the server can have answered: its round trip, its backlog.
+    const floor = Math.max(2 * this.#srtt, this.#inFlight * BACKLOG_MS);
+    if (f.urgent && now - f.first < o.fastForMs) return jitter(Math.max(o.fastMs, floor));
     const k = f.urgent ? Math.max(0, f.sent - 1 - Math.floor(o.fastForMs / o.fastMs)) : f.sent - 1;
-    return jitter(Math.min(o.initialMs * 2 ** Math.min(k, 16), o.maxMs));
+    return jitter(Math.max(Math.min(o.initialMs * 2 ** Math.min(k, 16), o.maxMs), floor));
   }
 
   /** Files `f` in the wheel at its due time (within the wheel's horizon). */
@@ -720,6 +734,11 @@ export class ControlClient implements ControlTransport {
       return;
     }
     this.stats.received++;
+    if (f.sent === 1) {
+      // Karn: only an answer to the one transmission times the round trip.
+      const rtt = now - f.first;
+      this.#srtt = this.#srtt === 0 ? rtt : this.#srtt + (rtt - this.#srtt) / 8;
+    }
     if (a.result === Result.RATE_LIMITED && (f.refused & 0xff) < this.#o.rateLimitedTries) {
       this.stats.rateLimited++;
       f.refused++;

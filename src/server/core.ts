@@ -283,7 +283,6 @@ export class ServerCore {
    */
   commit(): void {
     for (const c of this.#committers) c.commit();
-    this.#releaseHeld();
   }
 
   /** The PCP / NAT-PMP service (`src/pcp/server.ts`). */
@@ -433,9 +432,12 @@ export class ServerCore {
 
   /**
    * The held packets whose request was answered (and committed): those of a
-   * grant go on, the others are dropped. Run by {@linkcode commit}.
+   * grant go on, the others are dropped. The control listener runs it after
+   * the turn's commit, once the answers are out: letting a packet go costs
+   * the kernel its whole way on (NAT, forwarding, the next hop), inside the
+   * verdict's system call, and the answers need not wait for that.
    */
-  #releaseHeld(): void {
+  releaseHeld(): void {
     const dp = this.#dp;
     const io = dp?.io ?? null;
     if (io === null || this.held.size === 0) return;

@@ -292,8 +292,8 @@ function openControl(addr: number, port: number): UdpSocket {
  * reads every waiting datagram with `recvmmsg`). A grant is answered only
  * after its changes are committed: every datagram of the wake-up is
  * handled, then the turn's changes are committed once (`core.commit`: the
- * data path in one transaction, the state file, then the first packets
- * held for them go on), then every answer goes out in one `sendmmsg`.
+ * data path in one transaction, the state file), then every answer goes out
+ * in one `sendmmsg`, then the first packets held for these grants go on.
  * Returns what stops it.
  */
 function serveControl(sock: UdpSocket, core: ServerCore, serving: () => boolean): () => void {
@@ -321,6 +321,8 @@ function serveControl(sock: UdpSocket, core: ServerCore, serving: () => boolean)
       return;
     }
     sock.flush();
+    // Then the first packets that waited for these grants.
+    core.releaseHeld();
   }, (e) => log.error(`control socket: ${e.message}`));
 }
 
