@@ -102,6 +102,13 @@ export type { ControlTransport } from "../control/client.ts";
 
 const log = logger("driver");
 
+/**
+ * New sessions per turn at most: a burst of thousands is committed (and its
+ * first packets let go) 256 at a time, so that the first ones leave while
+ * the queue still holds the rest.
+ */
+export const TURN_MAX = 256;
+
 /** Options of the driver core. */
 export interface DriverCoreOptions {
   /** The host's LAN prefix: destinations inside it are not translated. */
@@ -311,6 +318,9 @@ export class DriverCore {
    * the verdict later. `skbInfo`: the queue's `NFQA_SKB_INFO` bits.
    */
   handlePacket(pkt: Uint8Array, id: number, outbound: boolean, skbInfo = 0): number {
+    // A burst: the turn ends once it holds TURN_MAX new sessions, before the
+    // next packet (whose predecessors' verdicts the queue has recorded by now).
+    if (this.#turnSessions.size >= TURN_MAX) this.endTurn();
     return this.#translator.handle(pkt, id, outbound, skbInfo);
   }
 

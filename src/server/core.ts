@@ -433,9 +433,7 @@ export class ServerCore {
   /**
    * The held packets whose request was answered (and committed): those of a
    * grant go on, the others are dropped. The control listener runs it after
-   * the turn's commit, once the answers are out: letting a packet go costs
-   * the kernel its whole way on (NAT, forwarding, the next hop), inside the
-   * verdict's system call, and the answers need not wait for that.
+   * the turn's commit (`run.ts`).
    */
   releaseHeld(): void {
     const dp = this.#dp;

@@ -141,14 +141,19 @@ export async function runServer(
     }
     // The gateway's own addresses and sockets, now and once a second: no
     // host speaks as the gateway, no mapping takes a port the gateway holds.
-    const { boundIPv4, readLocalAddresses, readProcNet } = await import("../../linux/procnet.ts");
-    const gatewayState = () =>
-      core.gatewayState(
-        readLocalAddresses(),
-        boundIPv4(readProcNet("tcp")),
-        boundIPv4(readProcNet("udp")),
-      );
-    gatewayState();
+    const { boundIPv4, readGatewaySockets } = await import("../../linux/procnet.ts");
+    let reading = false;
+    const gatewayState = async () => {
+      if (reading) return;
+      reading = true;
+      try {
+        const g = await readGatewaySockets();
+        core.gatewayState(g.local, boundIPv4(g.tcp), boundIPv4(g.udp));
+      } finally {
+        reading = false;
+      }
+    };
+    await gatewayState();
     const audited = core.audit();
     if (audited) {
       log.warn(`removed ${audited} restored row(s) the mapping policy refuses now`);
@@ -187,11 +192,9 @@ export async function runServer(
       if (n) log.debug(`expired ${n} session(s)`);
     }, 250));
     timers.push(setInterval(() => {
-      try {
-        gatewayState();
-      } catch (e) {
-        log.warn(`reading the gateway's addresses and sockets: ${(e as Error).message}`);
-      }
+      gatewayState().catch((e) =>
+        log.warn(`reading the gateway's addresses and sockets: ${(e as Error).message}`)
+      );
     }, 1000));
     if (store) timers.push(setInterval(() => store.maintain(), 60_000));
     log.info("ready");
@@ -292,8 +295,8 @@ function openControl(addr: number, port: number): UdpSocket {
  * reads every waiting datagram with `recvmmsg`). A grant is answered only
  * after its changes are committed: every datagram of the wake-up is
  * handled, then the turn's changes are committed once (`core.commit`: the
- * data path in one transaction, the state file), then every answer goes out
- * in one `sendmmsg`, then the first packets held for these grants go on.
+ * data path in one transaction, the state file), then the first packets
+ * held for these grants go on, then every answer goes out in one `sendmmsg`.
  * Returns what stops it.
  */
 function serveControl(sock: UdpSocket, core: ServerCore, serving: () => boolean): () => void {
@@ -320,9 +323,11 @@ function serveControl(sock: UdpSocket, core: ServerCore, serving: () => boolean)
       log.error(`committing the control turn: ${(e as Error).stack ?? e}`);
       return;
     }
-    sock.flush();
-    // Then the first packets that waited for these grants.
+    // The first packets that waited for these grants go on first (a driver
+    // that proposed its Pg translates already: the packet is what waits),
+    // then the answers.
     core.releaseHeld();
+    sock.flush();
   }, (e) => log.error(`control socket: ${e.message}`));
 }
 
