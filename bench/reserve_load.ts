@@ -39,13 +39,7 @@
  */
 
 import { parseIPv4 } from "../src/wire/addr.ts";
-import {
-  decodeResponse,
-  encodeRequest,
-  hasCookie,
-  Op,
-  REQUEST_LEN,
-} from "../src/control/proto.ts";
+import { decodeResponse, encodeRequest, hasCookie, Op, REQUEST_LEN } from "../src/control/proto.ts";
 import {
   decodeAnswer,
   decodeAnswerHeader,

@@ -238,7 +238,8 @@ export class ControlClient implements ControlTransport {
   #again: Flight[] = [];
   /** Requests that went out at least once and are not answered. */
   #inFlight = 0;
-  readonly #wheel: Flight[][] = Array.from({ length: SLOTS }, () => []);
+  /** Per slot, the nonces of the requests due then (a settled one is simply not found). */
+  readonly #wheel: number[][] = Array.from({ length: SLOTS }, () => []);
   #wheelAt = 0;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #timerAt = Infinity;
@@ -279,13 +280,14 @@ export class ControlClient implements ControlTransport {
 
   /**
    * A client over `link` for requests of host address `local`. `now`: a
-   * millisecond clock (performance.now by default).
+   * millisecond clock (whole milliseconds of performance.now by default:
+   * small integers, so that a request in flight stores its times unboxed).
    */
   constructor(
     link: DatagramLink,
     local: number,
     retry: RetryOptions = {},
-    now: () => number = () => performance.now(),
+    now: () => number = () => Math.floor(performance.now()),
   ) {
     this.#link = link;
     this.#local = local >>> 0;
@@ -475,7 +477,7 @@ export class ControlClient implements ControlTransport {
     } else this.stats.retransmits++;
     f.sent++;
     this.stats.sent++;
-    f.due = now + this.#delay(f, now);
+    f.due = now + Math.ceil(this.#delay(f, now));
     this.#schedule(f);
     const q = f.ask;
     if (this.#version !== BATCH_VERSION) {
@@ -543,7 +545,7 @@ export class ControlClient implements ControlTransport {
       this.#wheelAt + SLOTS - 1,
     );
     f.slot = slot;
-    this.#wheel[slot % SLOTS]!.push(f);
+    this.#wheel[slot % SLOTS]!.push(f.seq);
     this.#arm(Math.max(f.due, slot * SLOT_MS));
   }
 
@@ -568,9 +570,10 @@ export class ControlClient implements ControlTransport {
     for (let t = this.#wheelAt; t <= end; t++) {
       const slot = this.#wheel[t % SLOTS]!;
       if (slot.length === 0) continue;
-      for (const f of slot) {
+      for (const seq of slot) {
+        const f = this.#flights.get(seq);
         // Answered, waiting to be sent again, or filed elsewhere since: not this slot's.
-        if (f.seq === 0 || f.sent === 0 || f.slot !== t) continue;
+        if (f === undefined || f.sent === 0 || f.slot !== t) continue;
         if (f.due > now) {
           later.push(f);
           continue;

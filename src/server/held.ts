@@ -77,10 +77,10 @@ interface Decision {
 export class HeldPackets {
   readonly #byKey = new Map<number, HeldPacket[]>();
   readonly #byHost = new Map<number, HostQueue>();
-  /** Keys whose request was answered: go (granted with this Pg) or drop, until they expire. */
-  readonly #decided = new Map<number, Decision>();
-  /** Keys decided since the last take(). */
-  #due: number[] = [];
+  /** Keys whose proposal was refused (or taken): what comes to them is dropped, until they expire. */
+  readonly #refused = new Map<number, Decision>();
+  /** Decisions since the last take() about keys that hold packets. */
+  #due: { key: number; d: Decision }[] = [];
   #total = 0;
   /** Counters for status and tests. */
   readonly stats = { held: 0, released: 0, dropped: 0, expired: 0, evicted: 0, refused: 0 };
@@ -102,8 +102,8 @@ export class HeldPackets {
     evicted: (h: HeldPacket) => void,
   ): "hold" | "drop" {
     const key = lanKey(p.proto, p.a, p.pg);
-    const d = this.#decided.get(key);
-    if (d !== undefined && now - d.at < SETTLED_MS && !d.go && d.pa === p.pa) {
+    const d = this.#refused.get(key);
+    if (d !== undefined && now - d.at < SETTLED_MS && d.pa === p.pa) {
       this.stats.refused++;
       return "drop";
     }
@@ -138,8 +138,10 @@ export class HeldPackets {
   decide(proto: number, a: number, pa: number, proposal: number, granted: boolean, now: number) {
     if (proposal === 0) return;
     const key = lanKey(proto, a, proposal);
-    this.#decided.set(key, { go: granted, pa, at: now });
-    if (this.#byKey.has(key)) this.#due.push(key);
+    const d = { go: granted, pa, at: now };
+    // A grant needs no memory: later packets meet the session itself.
+    if (!granted) this.#refused.set(key, d);
+    if (this.#byKey.has(key)) this.#due.push({ key, d });
   }
 
   /**
@@ -151,10 +153,9 @@ export class HeldPackets {
     if (this.#due.length === 0) return;
     const due = this.#due;
     this.#due = [];
-    for (const key of due) {
-      const d = this.#decided.get(key);
+    for (const { key, d } of due) {
       const list = this.#byKey.get(key);
-      if (!d || !list) continue;
+      if (!list) continue;
       const keep: HeldPacket[] = [];
       for (const h of list) {
         if (h.done) continue;
@@ -194,8 +195,8 @@ export class HeldPackets {
       }
       if (q.live === 0 && q.head === q.items.length) this.#byHost.delete(a);
     }
-    for (const [k, d] of this.#decided) {
-      if (now - d.at >= SETTLED_MS) this.#decided.delete(k);
+    for (const [k, d] of this.#refused) {
+      if (now - d.at >= SETTLED_MS) this.#refused.delete(k);
     }
   }
 
