@@ -8,7 +8,7 @@
  *
  * Where to look (README.md, "Where things are", has the whole map):
  * - a packet is parsed in `src/wire/packet.ts` and rewritten in `src/wire/rewrite.ts`;
- * - a session is allocated in `src/table/table.ts` (`SessionTable.reserve`);
+ * - a session is allocated in `src/table/table.ts` (`SessionTable.reserve`; policy: `allocate.ts`);
  * - the data paths are `src/datapath/` (the seam, the kernel path, the queue path);
  * - the kernel is touched only under `linux/` (netlink, nftables, conntrack, the queue, iptables, sysctls);
  * - the control protocol is `src/control/proto.ts` (docs/protocol.md); PCP and NAT-PMP `src/pcp/`;
@@ -37,7 +37,7 @@ export {
   queryPublic,
   reserve,
   SessionRefused,
-} from "./src/client.ts";
+} from "./src/api.ts";
 
 if (import.meta.main) {
   const { main } = await import("./src/cli/main.ts");

@@ -108,3 +108,46 @@ export async function ephemeralRange(): Promise<[number, number]> {
   } catch { /* not Linux, or no /proc: fall back to the kernel default */ }
   return [32768, 60999];
 }
+
+/** An interface's state and totals, as sysfs shows them (`readLinkStats`). */
+export interface LinkStats {
+  /** Operationally up (`operstate` up, or unknown with carrier). */
+  up: boolean;
+  /** Link speed, bits per second; 0 when the driver does not say (`speed` -1 or absent). */
+  bps: number;
+  txBytes: number;
+  rxBytes: number;
+  txPackets: number;
+  rxPackets: number;
+}
+
+/**
+ * `ifname`'s state and byte and packet totals since it came up, from
+ * `/sys/class/net/<ifname>` (sysfs of the network namespace dpm runs in:
+ * `ip netns exec` mounts the namespace's own). Null when the interface is
+ * not there. Synchronous: a handful of small reads.
+ */
+export function readLinkStats(ifname: string, dir = "/sys/class/net"): LinkStats | null {
+  const read = (f: string): string | null => {
+    try {
+      return Deno.readTextFileSync(`${dir}/${ifname}/${f}`).trim();
+    } catch {
+      return null; // absent, or EINVAL (carrier and speed of a down link)
+    }
+  };
+  const oper = read("operstate");
+  if (oper === null) return null;
+  const num = (f: string) => {
+    const n = Number(read(`statistics/${f}`));
+    return Number.isFinite(n) && n >= 0 ? n : 0;
+  };
+  const speed = Number(read("speed"));
+  return {
+    up: oper === "up" || (oper === "unknown" && read("carrier") === "1"),
+    bps: Number.isFinite(speed) && speed > 0 ? speed * 1_000_000 : 0,
+    txBytes: num("tx_bytes"),
+    rxBytes: num("rx_bytes"),
+    txPackets: num("tx_packets"),
+    rxPackets: num("rx_packets"),
+  };
+}

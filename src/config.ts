@@ -198,6 +198,8 @@ const mapRules = (allow: boolean) =>
   });
 
 const LEVELS = ["error", "warn", "info", "debug"] as const;
+/** The help group of the flags that decide inbound mappings, whichever protocol asks. */
+const MAPPINGS = "Mappings (dpm map, PCP, NAT-PMP, UPnP)";
 const FORMATS = ["text", "json"] as const;
 const DATAPATHS = ["kernel", "queue"] as const;
 
@@ -293,6 +295,20 @@ export const SERVER_FLAGS = {
     schema: bool("--pcp").default(true),
     negated: true,
   },
+  upnp: {
+    help:
+      "do not serve the UPnP IGD (SSDP on UDP 1900, HTTP on --upnp-port of the LAN address) (config key: upnp false)",
+    group: "Control plane",
+    schema: bool("--upnp").default(true),
+    negated: true,
+  },
+  "upnp-port": {
+    arg: "<n>",
+    help: "TCP port of the UPnP IGD's descriptions and control URLs on the LAN address",
+    group: "Control plane",
+    schema: port("--upnp-port").default(5000),
+    dflt: "5000",
+  },
   "port-range": {
     arg: "<lo-hi>",
     help: "replacement public ports",
@@ -332,14 +348,14 @@ export const SERVER_FLAGS = {
     arg: "<rule>",
     help:
       'allow inbound mappings: "HOSTS [INTERNAL-PORTS [PUBLIC-PORTS]]" (a.b.c.d[/len], p, lo-hi or *); repeatable, the first rule that matches decides, yours before the defaults (fixed ports and public ports below 1024 refused)',
-    group: "Mappings (dpm map, PCP, NAT-PMP)",
+    group: MAPPINGS,
     schema: mapRules(true).default([]),
     multiple: true,
   },
   "map-deny": {
     arg: "<rule>",
     help: "refuse inbound mappings: a rule as for --map-allow; repeatable, in order with them",
-    group: "Mappings (dpm map, PCP, NAT-PMP)",
+    group: MAPPINGS,
     schema: mapRules(false).default([]),
     multiple: true,
   },
@@ -347,28 +363,35 @@ export const SERVER_FLAGS = {
     arg: "<p,...>",
     help:
       "ports hosts share by remote (IKE, SIP): never a mapping's public port, unless a --map-allow rule says so",
-    group: "Mappings (dpm map, PCP, NAT-PMP)",
+    group: MAPPINGS,
     schema: portList.default([500, 4500, 5060]),
     dflt: "500,4500,5060",
   },
   "pcp-rate-limit": {
     arg: "<n>",
     help: "PCP and NAT-PMP requests/s per host, burst 2n (apart from --rate-limit)",
-    group: "Mappings (dpm map, PCP, NAT-PMP)",
+    group: MAPPINGS,
     schema: int("--pcp-rate-limit", 1, 1_000_000).default(20),
     dflt: "20",
   },
   "pcp-max-per-host": {
     arg: "<n>",
     help: "PCP and NAT-PMP mappings and peers one host may hold (apart from its quota)",
-    group: "Mappings (dpm map, PCP, NAT-PMP)",
+    group: MAPPINGS,
     schema: int("--pcp-max-per-host", 0, 1 << 20).default(64),
+    dflt: "64",
+  },
+  "upnp-max-per-host": {
+    arg: "<n>",
+    help: "UPnP mappings one host may hold (within its quota)",
+    group: MAPPINGS,
+    schema: int("--upnp-max-per-host", 0, 1 << 20).default(64),
     dflt: "64",
   },
   "pcp-max-share": {
     arg: "<percent>",
     help: "PCP and NAT-PMP rows of all hosts together, in percent of the pool's public pairs",
-    group: "Mappings (dpm map, PCP, NAT-PMP)",
+    group: MAPPINGS,
     schema: int("--pcp-max-share", 0, 100).default(25),
     dflt: "25",
   },
@@ -833,6 +856,14 @@ export function serverConfig(
   }
   if (v.pcp && 5351 >= glo && 5351 <= ghi) {
     problems.push(`PCP's port 5351 lies inside --gateway-ports ${glo}-${ghi} (or use --no-pcp)`);
+  }
+  if (v.upnp && v.upnpPort >= glo && v.upnpPort <= ghi) {
+    problems.push(
+      `--upnp-port ${v.upnpPort} lies inside --gateway-ports ${glo}-${ghi} (or use --no-upnp)`,
+    );
+  }
+  if (v.upnp && v.metricsAddr?.addr === v.lanAddr && v.metricsAddr.port === v.upnpPort) {
+    problems.push(`--metrics-addr and --upnp-port both want TCP ${v.upnpPort} on --lan-addr`);
   }
   if (problems.length) throw new ConfigError(problems.join("\n"));
   return v;

@@ -101,6 +101,8 @@ export interface Spawned {
   readonly ns: string;
   /** Standard output and standard error so far, interleaved as they arrived. */
   output(): string;
+  /** The child's standard input; usable when spawned with `stdin: "piped"`. */
+  readonly stdin: WritableStream<Uint8Array>;
   /** Standard output so far. */
   stdout(): string;
   /** Standard error so far. */
@@ -258,10 +260,7 @@ export async function createTopology(opts: TopologyOptions = {}): Promise<Topolo
   if (!Number.isInteger(peerCount) || peerCount < 1 || peerCount > 25) {
     throw new RangeError(`Cannot build "${peerCount}" peers: expected 1..25`);
   }
-  const prefix = opts.prefix ?? `${NS_PREFIX}${randomHex(3)}-`;
-  if (!/^dpmt-[A-Za-z0-9_.-]*-$/.test(prefix) || prefix.length > 40) {
-    throw new TypeError(`Cannot use namespace prefix "${prefix}": expected "dpmt-<word>-"`);
-  }
+  const prefix = checkPrefix(opts.prefix);
 
   const ip4 = (t: string) => parseIPv4(t)!;
   const hosts: Node[] = [];
@@ -290,14 +289,7 @@ export async function createTopology(opts: TopologyOptions = {}): Promise<Topolo
   const outNs = router ? router.ns : `${prefix}sw`;
   const namespaces = [...hosts.map((h) => h.ns), gateway.ns, outNs, ...peers.map((p) => p.ns)];
 
-  // The marker is created exclusively: it reserves the prefix. Namespaces that
-  // already exist under it are someone's leftovers, not ours to delete here.
-  await writeMarker(prefix);
-  const clash = namespaces.filter(nsExists);
-  if (clash.length > 0) {
-    await Deno.remove(markerPath(prefix)).catch(() => {});
-    throw new Error(`Cannot build with prefix "${prefix}": namespace "${clash[0]}" exists`);
-  }
+  await reservePrefix(prefix, namespaces);
   const topo = new NetnsTopology(prefix, hosts, peers, gateway, router, namespaces);
   try {
     await topo.build(outNs);
@@ -308,121 +300,73 @@ export async function createTopology(opts: TopologyOptions = {}): Promise<Topolo
   return topo;
 }
 
-class NetnsTopology implements Topology {
-  readonly poolText = POOL_TEXT;
+/**
+ * Checks a namespace prefix given by a caller, or makes a random one:
+ * `dpmt-<6 hex>-`.
+ */
+export function checkPrefix(prefix: string | undefined): string {
+  const p = prefix ?? `${NS_PREFIX}${randomHex(3)}-`;
+  if (!/^dpmt-[A-Za-z0-9_.-]*-$/.test(p) || p.length > 40) {
+    throw new TypeError(`Cannot use namespace prefix "${p}": expected "dpmt-<word>-"`);
+  }
+  return p;
+}
+
+/**
+ * Reserves `prefix` before any of `namespaces` is created: writes its marker
+ * exclusively (so {@linkcode cleanupStaleTopologies} can tell a crashed run's
+ * leftovers from a live run's network) and refuses when one of them exists
+ * already (someone's leftovers, not ours to delete here).
+ */
+export async function reservePrefix(prefix: string, namespaces: readonly string[]): Promise<void> {
+  await writeMarker(prefix);
+  const clash = namespaces.filter(nsExists);
+  if (clash.length > 0) {
+    await Deno.remove(markerPath(prefix)).catch(() => {});
+    throw new Error(`Cannot build with prefix "${prefix}": namespace "${clash[0]}" exists`);
+  }
+}
+
+/**
+ * The life of a set of namespaces under one prefix, whatever their layout:
+ * commands run in them ({@linkcode exec}, {@linkcode spawn}), the count of
+ * packets trying to leave them ({@linkcode escaped}), and their teardown,
+ * also when the process exits without it. {@linkcode createTopology}'s
+ * network and the HA pair's (testing/ha_topology.ts) are both one.
+ */
+export class NamespaceGroup implements AsyncDisposable {
   #spawned = new Set<SpawnedProcess>();
   #destroyed: Promise<void> | null = null;
   #unloadHandler = () => this.#destroySync();
+  #watchNs = "";
 
-  constructor(
-    readonly prefix: string,
-    readonly hosts: Node[],
-    readonly peers: Node[],
-    readonly gateway: Gateway,
-    readonly router: Node | null,
-    readonly namespaces: readonly string[],
-  ) {
+  constructor(readonly prefix: string, readonly namespaces: readonly string[]) {
     globalThis.addEventListener("unload", this.#unloadHandler);
   }
 
+  /** See {@linkcode Topology.scratch}. */
   get scratch(): string {
     return scratchPath(this.prefix);
   }
 
-  /** Creates namespaces and links in one root batch, then configures each namespace in parallel. */
-  async build(outNs: string): Promise<void> {
-    const gw = this.gateway.ns;
-    const sysctls = (forward: boolean) =>
-      [
-        "net.ipv6.conf.all.disable_ipv6=1",
-        "net.ipv6.conf.default.disable_ipv6=1",
-        `net.ipv4.ip_forward=${forward ? 1 : 0}`,
-        "net.bridge.bridge-nf-call-iptables=0",
-        "net.bridge.bridge-nf-call-arptables=0",
-      ].join(" ");
-
-    // Root batch: namespaces first, then their sysctls (so no link ever gets
-    // IPv6), then every link created directly inside its namespaces.
-    const root: string[] = [];
-    for (const ns of this.namespaces) root.push(`netns add ${ns}`);
-    for (const ns of this.namespaces) {
-      const fwd = ns === gw || (this.router !== null && ns === outNs);
-      root.push(`netns exec ${ns} sysctl -q -e -w ${sysctls(fwd)}`);
-    }
-    root.push(`link add name lan0 netns ${gw} type bridge forward_delay 0`);
-    root.push(`link add name out0 netns ${outNs} type bridge forward_delay 0`);
-    for (const h of this.hosts) {
-      root.push(`link add name lan-${h.name} netns ${gw} type veth peer name eth0 netns ${h.ns}`);
-    }
-    const outPort = this.router ? "gw0" : "out-gw";
-    root.push(`link add name wan0 netns ${gw} type veth peer name ${outPort} netns ${outNs}`);
-    for (const p of this.peers) {
-      root.push(
-        `link add name out-${p.name} netns ${outNs} type veth peer name eth0 netns ${p.ns}`,
-      );
-    }
-    await ipBatch([], root);
-
-    // Per namespace: addresses, bridge ports, routes.
-    const jobs: Promise<void>[] = [];
-    for (const h of this.hosts) {
-      jobs.push(ipBatch(["-n", h.ns], [
-        "link set lo up",
-        `addr add ${h.addrText}/24 dev eth0`,
-        "link set eth0 up",
-        `route add default via ${LAN_GW}`,
-      ]));
-    }
-    const g = ["link set lo up", `addr add ${LAN_GW}/24 dev lan0`, "link set lan0 up"];
-    for (const h of this.hosts) g.push(`link set lan-${h.name} master lan0 up`);
-    g.push(`addr add ${WAN_GW}/24 dev wan0`, "link set wan0 up");
-    if (this.router) {
-      g.push(`route add default via ${WAN_RT}`);
-    } else {
-      g.push("route add 198.51.100.0/24 dev wan0", "route add default dev wan0");
-    }
-    jobs.push(ipBatch(["-n", gw], g));
-    const o = ["link set lo up", "link set out0 up"];
-    if (this.router) {
-      o.push(`addr add ${WAN_RT}/24 dev gw0`, "link set gw0 up", `addr add ${OUT_RT}/24 dev out0`);
-    } else {
-      o.push("link set out-gw master out0 up");
-    }
-    for (const p of this.peers) o.push(`link set out-${p.name} master out0 up`);
-    jobs.push(ipBatch(["-n", outNs], o));
-    for (const p of this.peers) {
-      const lines = ["link set lo up", `addr add ${p.addrText}/24 dev eth0`, "link set eth0 up"];
-      if (this.router) {
-        lines.push(`route add default via ${OUT_RT}`);
-      } else {
-        lines.push("route add 203.0.113.0/24 dev eth0", "route add default dev eth0");
-      }
-      jobs.push(ipBatch(["-n", p.ns], lines));
-    }
-    const results = await Promise.allSettled(jobs);
-    const failed = results.find((r) => r.status === "rejected");
-    if (failed) throw (failed as PromiseRejectedResult).reason;
-    await this.#watch(outNs);
-  }
-
   /**
-   * The watch on the topology's way out: a counter of packets toward any
-   * address outside the topology's prefixes, where they would leave it (the
-   * router's prerouting, which sees them before it drops them for want of a
-   * route; without a router, the gateway's postrouting out of `wan0`).
+   * Installs the escape counter in `ns`: packets toward any address outside
+   * the topology's prefixes (`inside`), counted in a filter chain of `hook`
+   * (an nft chain header) where they would leave, optionally only those
+   * matching `match` (an nft expression followed by a space, or "").
    */
-  async #watch(outNs: string): Promise<void> {
-    const inside = `{ ${LAN_NET}, 203.0.113.0/24, 198.51.100.0/24 }`;
-    const [ns, hook] = this.router
-      ? [outNs, "type filter hook prerouting priority -500; policy accept;"]
-      : [this.gateway.ns, "type filter hook postrouting priority 500; policy accept;"];
-    const match = this.router ? "" : `oifname "wan0" `;
+  protected async watchEscapes(
+    ns: string,
+    hook: string,
+    match: string,
+    inside: string[],
+  ): Promise<void> {
     const r = await this.exec(ns, ["nft", "-f", "-"], {
       stdin: `table ip ${WATCH_TABLE} {
   counter escaped {}
   chain out {
     ${hook}
-    ${match}ip daddr != ${inside} counter name escaped
+    ${match}ip daddr != { ${inside.join(", ")} } counter name escaped
   }
 }
 `,
@@ -430,8 +374,6 @@ class NetnsTopology implements Topology {
     if (r.code !== 0) throw new Error(`Cannot install the escape counter: ${r.stderr.trim()}`);
     this.#watchNs = ns;
   }
-
-  #watchNs = "";
 
   async escaped(): Promise<number> {
     const r = await this.exec(this.#watchNs, [
@@ -544,6 +486,112 @@ class NetnsTopology implements Topology {
     if (!this.namespaces.includes(ns)) {
       throw new TypeError(`Cannot run in "${ns}": not a namespace of this topology`);
     }
+  }
+}
+
+class NetnsTopology extends NamespaceGroup implements Topology {
+  readonly poolText = POOL_TEXT;
+
+  constructor(
+    prefix: string,
+    readonly hosts: Node[],
+    readonly peers: Node[],
+    readonly gateway: Gateway,
+    readonly router: Node | null,
+    namespaces: readonly string[],
+  ) {
+    super(prefix, namespaces);
+  }
+
+  /** Creates namespaces and links in one root batch, then configures each namespace in parallel. */
+  async build(outNs: string): Promise<void> {
+    const gw = this.gateway.ns;
+    const sysctls = (forward: boolean) =>
+      [
+        "net.ipv6.conf.all.disable_ipv6=1",
+        "net.ipv6.conf.default.disable_ipv6=1",
+        `net.ipv4.ip_forward=${forward ? 1 : 0}`,
+        "net.bridge.bridge-nf-call-iptables=0",
+        "net.bridge.bridge-nf-call-arptables=0",
+      ].join(" ");
+
+    // Root batch: namespaces first, then their sysctls (so no link ever gets
+    // IPv6), then every link created directly inside its namespaces.
+    const root: string[] = [];
+    for (const ns of this.namespaces) root.push(`netns add ${ns}`);
+    for (const ns of this.namespaces) {
+      const fwd = ns === gw || (this.router !== null && ns === outNs);
+      root.push(`netns exec ${ns} sysctl -q -e -w ${sysctls(fwd)}`);
+    }
+    root.push(`link add name lan0 netns ${gw} type bridge forward_delay 0`);
+    root.push(`link add name out0 netns ${outNs} type bridge forward_delay 0`);
+    for (const h of this.hosts) {
+      root.push(`link add name lan-${h.name} netns ${gw} type veth peer name eth0 netns ${h.ns}`);
+    }
+    const outPort = this.router ? "gw0" : "out-gw";
+    root.push(`link add name wan0 netns ${gw} type veth peer name ${outPort} netns ${outNs}`);
+    for (const p of this.peers) {
+      root.push(
+        `link add name out-${p.name} netns ${outNs} type veth peer name eth0 netns ${p.ns}`,
+      );
+    }
+    await ipBatch([], root);
+
+    // Per namespace: addresses, bridge ports, routes.
+    const jobs: Promise<void>[] = [];
+    for (const h of this.hosts) {
+      jobs.push(ipBatch(["-n", h.ns], [
+        "link set lo up",
+        `addr add ${h.addrText}/24 dev eth0`,
+        "link set eth0 up",
+        `route add default via ${LAN_GW}`,
+      ]));
+    }
+    const g = ["link set lo up", `addr add ${LAN_GW}/24 dev lan0`, "link set lan0 up"];
+    for (const h of this.hosts) g.push(`link set lan-${h.name} master lan0 up`);
+    g.push(`addr add ${WAN_GW}/24 dev wan0`, "link set wan0 up");
+    if (this.router) {
+      g.push(`route add default via ${WAN_RT}`);
+    } else {
+      g.push("route add 198.51.100.0/24 dev wan0", "route add default dev wan0");
+    }
+    jobs.push(ipBatch(["-n", gw], g));
+    const o = ["link set lo up", "link set out0 up"];
+    if (this.router) {
+      o.push(`addr add ${WAN_RT}/24 dev gw0`, "link set gw0 up", `addr add ${OUT_RT}/24 dev out0`);
+    } else {
+      o.push("link set out-gw master out0 up");
+    }
+    for (const p of this.peers) o.push(`link set out-${p.name} master out0 up`);
+    jobs.push(ipBatch(["-n", outNs], o));
+    for (const p of this.peers) {
+      const lines = ["link set lo up", `addr add ${p.addrText}/24 dev eth0`, "link set eth0 up"];
+      if (this.router) {
+        lines.push(`route add default via ${OUT_RT}`);
+      } else {
+        lines.push("route add 203.0.113.0/24 dev eth0", "route add default dev eth0");
+      }
+      jobs.push(ipBatch(["-n", p.ns], lines));
+    }
+    const results = await Promise.allSettled(jobs);
+    const failed = results.find((r) => r.status === "rejected");
+    if (failed) throw (failed as PromiseRejectedResult).reason;
+    await this.#watch(outNs);
+  }
+
+  /**
+   * The watch on the topology's way out: a counter of packets toward any
+   * address outside the topology's prefixes, where they would leave it (the
+   * router's prerouting, which sees them before it drops them for want of a
+   * route; without a router, the gateway's postrouting out of `wan0`).
+   */
+  async #watch(outNs: string): Promise<void> {
+    const inside = [LAN_NET, "203.0.113.0/24", "198.51.100.0/24"];
+    const [ns, hook] = this.router
+      ? [outNs, "type filter hook prerouting priority -500; policy accept;"]
+      : [this.gateway.ns, "type filter hook postrouting priority 500; policy accept;"];
+    const match = this.router ? "" : `oifname "wan0" `;
+    await this.watchEscapes(ns, hook, match, inside);
   }
 }
 
@@ -717,7 +765,7 @@ export async function cleanupStaleTopologies(): Promise<number> {
  *
  * @returns a function that removes the handlers.
  */
-export function destroyOnSignal(...topologies: Topology[]): () => void {
+export function destroyOnSignal(...topologies: { destroy(): Promise<void> }[]): () => void {
   const handlers: [Deno.Signal, () => void][] = (["SIGINT", "SIGTERM"] as const).map((sig) => [
     sig,
     () => {
@@ -740,7 +788,7 @@ export function destroyOnSignal(...topologies: Topology[]): () => void {
 // --- helpers -----------------------------------------------------------------
 
 /** Runs `ip [...global] -batch -` with `lines`; throws with ip's message on failure. */
-async function ipBatch(global: string[], lines: string[]): Promise<void> {
+export async function ipBatch(global: string[], lines: string[]): Promise<void> {
   const child = new Deno.Command("ip", {
     args: [...global, "-batch", "-"],
     stdin: "piped",

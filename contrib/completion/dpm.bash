@@ -14,6 +14,7 @@ _dpm() {
         --lan-addr) return;;
         --pool) return;;
         --control-port) return;;
+        --upnp-port) return;;
         --port-range) return;;
         --gateway-ports) return;;
         --lifetime) return;;
@@ -24,6 +25,7 @@ _dpm() {
         --fixed-ports) return;;
         --pcp-rate-limit) return;;
         --pcp-max-per-host) return;;
+        --upnp-max-per-host) return;;
         --pcp-max-share) return;;
         --state) COMPREPLY=($(compgen -f -- "$cur")); return;;
         --socket) COMPREPLY=($(compgen -f -- "$cur")); return;;
@@ -37,7 +39,7 @@ _dpm() {
         --log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return;;
         --config) COMPREPLY=($(compgen -f -- "$cur")); return;;
       esac
-      COMPREPLY=($(compgen -W "--lan-addr --pool --control-port --no-pcp --port-range --gateway-ports --lifetime --max-sessions-per-host --rate-limit --map-allow --map-deny --fixed-ports --pcp-rate-limit --pcp-max-per-host --pcp-max-share --state --socket --lan-if --wan-if --lan --add-pool-addresses --no-masquerade --queue --datapath --cleanup --metrics-addr --log-level --log-format --config --help" -- "$cur"));;
+      COMPREPLY=($(compgen -W "--lan-addr --pool --control-port --no-pcp --no-upnp --upnp-port --port-range --gateway-ports --lifetime --max-sessions-per-host --rate-limit --map-allow --map-deny --fixed-ports --pcp-rate-limit --pcp-max-per-host --upnp-max-per-host --pcp-max-share --state --socket --lan-if --wan-if --lan --add-pool-addresses --no-masquerade --queue --datapath --cleanup --metrics-addr --log-level --log-format --config --help" -- "$cur"));;
     driver)
       case "$prev" in
         --server) return;;

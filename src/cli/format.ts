@@ -12,6 +12,7 @@
 import type {
   DriverStatusReply,
   HostView,
+  MappingProtocols,
   MapReply,
   QueryReply,
   SessionEvent,
@@ -52,6 +53,7 @@ export function formatStatus(s: StatusReply): string {
     "FLAGS",
     "PKTS OUT/IN",
     "BYTES OUT/IN",
+    "OWNER",
   ];
   const rows = s.shown.map((v) => [
     v.proto,
@@ -65,6 +67,7 @@ export function formatStatus(s: StatusReply): string {
     v.flags || "-",
     `${v.packetsOut}/${v.packetsIn}`,
     v.bytesOut === undefined ? "-" : `${bytes(v.bytesOut)}/${bytes(v.bytesIn ?? 0)}`,
+    `${v.owner ?? "-"}${v.description ? ` ${JSON.stringify(v.description)}` : ""}`,
   ]);
   lines.push(...table(head, rows));
   const total = s.host ? s.host.sessions : s.sessions;
@@ -74,7 +77,25 @@ export function formatStatus(s: StatusReply): string {
   const nz = (o: Record<string, number>) =>
     Object.entries(o).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(", ") || "none";
   lines.push("", `control results: ${nz(s.results)}`, `drops: ${nz(s.drops)}`);
+  if (s.protocols) lines.push(...formatProtocols(s.protocols, nz));
   return lines.join("\n");
+}
+
+/** The mapping protocols' lines: mappings by owner, PCP and NAT-PMP answers, the UPnP IGD. */
+function formatProtocols(
+  p: MappingProtocols,
+  nz: (o: Record<string, number>) => string,
+): string[] {
+  const lines = [`mappings: ${nz(p.mappings)}`];
+  if (p.pcp) lines.push(`PCP: ${nz(p.pcp)}; NAT-PMP: ${nz(p.natpmp ?? {})}`);
+  const u = p.upnp;
+  if (u) {
+    lines.push(
+      `UPnP: ${u.locations.join(" ")} (boot id ${u.bootId}); actions: ${nz(u.actions)}; ` +
+        `faults: ${nz(u.faults)}; SSDP: ${nz(u.ssdp)}`,
+    );
+  }
+  return lines;
 }
 
 /** The `--host` lines: quota use, pairing, refusals. */

@@ -1,6 +1,6 @@
 /**
  * Result codes of the control protocol, shared by the wire codec
- * (`proto.ts`), the allocator (`table.ts`) and the CLI. The numeric values
+ * (`proto.ts`), the session table (`table/`) and the CLI. The numeric values
  * are on the wire: never renumber, only append.
  *
  * @module

@@ -53,7 +53,7 @@ export type StopMode = "keep" | "remove";
 /** A session as the gateway's data path needs it: identity, `R:p` and `Pg` (`wire/tuple.ts`). */
 export interface GatewaySession extends SessionBinding {
   /**
-   * A direct session (PCP PEER from a host without a driver, `table.ts`):
+   * A direct session (PCP PEER from a host without a driver, `table/allocate.ts`):
    * the host sends to `X:px` itself and gets the remote's own pair back,
    * not `G:Pg`. Absent: a driver's session.
    */
@@ -91,6 +91,8 @@ export type GatewayOptions =
     | "gatewayPorts"
     | "controlPort"
     | "pcp"
+    | "upnp"
+    | "upnpPort"
     | "masquerade"
     | "addPoolAddresses"
     | "socket"

@@ -9,6 +9,7 @@
  */
 
 import { PCP_PORT } from "../pcp/codec.ts";
+import { SSDP_PORT } from "../upnp/ssdp.ts";
 import { type Cidr, formatCidr, formatIPv4, prefixMask } from "../wire/addr.ts";
 import { sysctlJournal } from "./netfilter.ts";
 import type { GatewayOptions } from "./datapath.ts";
@@ -45,16 +46,31 @@ export function poolRangeText(pool: number[]): string[] {
 }
 
 /**
- * The control ports dpm answers on the LAN address (its own protocol, and
- * PCP/NAT-PMP on 5351 unless --no-pcp): requests are accepted only when they arrive on the LAN
- * interface from the LAN prefix. dpm turns reverse-path filtering off for its
- * interfaces, so without this rule a datagram forged from the WAN side with
- * a LAN host's source would reach the listener (which checks the source
- * address, claim 2) and act in that host's name.
+ * The UDP control ports dpm answers on the LAN address (its own protocol,
+ * PCP/NAT-PMP on 5351 unless --no-pcp, SSDP on 1900 unless --no-upnp):
+ * requests are accepted only when they arrive on the LAN interface from the
+ * LAN prefix. dpm turns reverse-path filtering off for its interfaces, so
+ * without this rule a datagram forged from the WAN side with a LAN host's
+ * source would reach the listener (which checks the source address, claim
+ * 2) and act in that host's name; and the gateway, a weak host, would
+ * answer on its LAN address whatever reached it from the WAN.
  */
 export function controlPorts(cfg: GatewayOptions): number[] {
-  // 5351: PCP and NAT-PMP (src/pcp/), the same LAN-only guard.
-  return cfg.pcp ? [cfg.controlPort, PCP_PORT] : [cfg.controlPort];
+  // 5351: PCP and NAT-PMP (src/pcp/); 1900: SSDP's unicast searches (src/upnp/).
+  return [
+    cfg.controlPort,
+    ...(cfg.pcp ? [PCP_PORT] : []),
+    ...(cfg.upnp ? [SSDP_PORT] : []),
+  ];
+}
+
+/**
+ * The TCP control ports on the LAN address, under the same guard: the UPnP
+ * IGD's HTTP port (`--upnp-port`) unless --no-upnp. A connection to it from
+ * the WAN side never completes (the SYN is dropped), whatever its source.
+ */
+export function controlTcpPorts(cfg: GatewayOptions): number[] {
+  return cfg.upnp ? [cfg.upnpPort] : [];
 }
 
 /**
@@ -98,12 +114,22 @@ export function antiSpoofRules(cfg: GatewayOptions, lan: Cidr): string[][] {
 /** The guard as iptables rules (queue path): filter INPUT -> DPM-SRV-IN. */
 export function controlGuardRules(cfg: GatewayOptions, lan: Cidr): string[][] {
   const g = formatIPv4(cfg.lanAddr);
-  const ports = controlPorts(cfg).join(",");
-  const m = ["-p", "udp", "-d", g, "-m", "multiport", "--dports", ports];
-  return [
-    [...m, "!", "-i", cfg.lanIf!, "-j", "DROP"],
-    [...m, "!", "-s", formatCidr(lan), "-j", "DROP"],
-  ];
+  const out: string[][] = [];
+  for (
+    const [proto, ports] of [["udp", controlPorts(cfg)], ["tcp", controlTcpPorts(cfg)]] as const
+  ) {
+    if (ports.length === 0) continue;
+    const m = ["-p", proto, "-d", g, "-m", "multiport", "--dports", ports.join(",")];
+    out.push([...m, "!", "-i", cfg.lanIf!, "-j", "DROP"], [
+      ...m,
+      "!",
+      "-s",
+      formatCidr(lan),
+      "-j",
+      "DROP",
+    ]);
+  }
+  return out;
 }
 
 /**

@@ -40,6 +40,8 @@ export function gatewayOptions(cfg: ServerConfig, lan: Cidr): GatewayOptions {
     gatewayPorts: cfg.gatewayPorts,
     controlPort: cfg.controlPort,
     pcp: cfg.pcp,
+    upnp: cfg.upnp,
+    upnpPort: cfg.upnpPort,
     masquerade: cfg.masquerade,
     addPoolAddresses: cfg.addPoolAddresses,
     socket: cfg.socket,

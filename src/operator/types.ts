@@ -52,6 +52,42 @@ export interface StatusReply {
   results: Record<string, number>;
   drops: Record<string, number>;
   packets: { in: number; out: number; hairpin: number };
+  /** The inbound mappings by owner and what each mapping protocol answered. */
+  protocols?: MappingProtocols;
+}
+
+/** `dpm status`'s view of the mapping protocols (PCP, NAT-PMP, UPnP; dpm's own is `results`). */
+export interface MappingProtocols {
+  /** Inbound mappings in the table by owner: "dpm", "pcp", "natpmp", "upnp", "adopted". */
+  mappings: Record<string, number>;
+  /** PCP answers by result (lower-case RFC 6887 names); absent with --no-pcp. */
+  pcp?: Record<string, number>;
+  /** NAT-PMP answers by result (lower-case RFC 6886 names); absent with --no-pcp. */
+  natpmp?: Record<string, number>;
+  /** The UPnP IGD; absent with --no-upnp. */
+  upnp?: UpnpStatus;
+}
+
+/** The UPnP IGD as `dpm status` shows it (`src/upnp/`). */
+export interface UpnpStatus {
+  /** The description URLs (IGD:1's, IGD:2's). */
+  locations: string[];
+  /** BOOTID.UPNP.ORG announced. */
+  bootId: number;
+  /** HTTP answers by status code. */
+  http: Record<string, number>;
+  /** Actions answered without a fault, by name. */
+  actions: Record<string, number>;
+  /** SOAP faults by UPnP error code. */
+  faults: Record<string, number>;
+  /**
+   * SSDP searches: answered, answers (datagrams sent), unmatched, malformed,
+   * notLan (from outside the LAN), rateLimited, overBudget (answers left out
+   * by the 4x bound).
+   */
+  ssdp: Record<string, number>;
+  /** The HTTP listener: served, busy (over the connection caps), refused, timedOut, malformed. */
+  listener: Record<string, number>;
 }
 
 /** One table row as the status shows it. */
@@ -66,10 +102,13 @@ export interface SessionView {
   packetsOut: number;
   packetsIn: number;
   /**
-   * Who created the row: "dpm" (a driver, `dpm map`), "pcp", "natpmp", or
-   * "adopted" (restored without an owner: an older state file, the kernel's maps).
+   * Who created the row: "dpm" (a driver, `dpm map`), "pcp", "natpmp",
+   * "upnp", or "adopted" (restored without an owner: an older state file,
+   * the kernel's maps).
    */
   owner?: string;
+  /** What a mapping is for (UPnP's description); absent when none was given. */
+  description?: string;
   /** Bytes host -> remote and back (the kernel path adds conntrack's). */
   bytesOut?: number;
   bytesIn?: number;

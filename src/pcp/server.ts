@@ -11,7 +11,7 @@
  * - PCP PEER is one of dpm's own sessions toward one remote (`reserve`,
  *   replaceable), reserved `direct`: the asking host may have no driver, so
  *   its packets reach the gateway addressed to the remote and inbound ones
- *   go back from the remote's own pair (`table.ts`, "Direct sessions"; a
+ *   go back from the remote's own pair (`table/allocate.ts`, "Direct sessions"; a
  *   session a driver already holds stays the driver's).
  * - Checks, in order: the source is a unicast LAN host and not the gateway
  *   (`src/policy/hosts.ts`; else silence, counted in `notHost`), the

@@ -1,8 +1,8 @@
 /**
  * The one place where inbound mappings (and PCP's PEER sessions) are
  * granted, renewed and deleted, whichever protocol asks: dpm's own MAP
- * (`dpm map`), PCP and NAT-PMP call it, and a future protocol (UPnP IGD)
- * calls the same methods with its own {@linkcode Asker}. Like miniupnpd's
+ * (`dpm map`), PCP, NAT-PMP and UPnP IGD (`src/upnp/gateway.ts`) call the
+ * same methods, each with its own {@linkcode Asker}. Like miniupnpd's
  * `upnp_redirect_internal`: each protocol parses its messages into one
  * request shape; the permission rules, the owner of each row and the
  * budgets are decided here, the refusal is turned back into the protocol's
@@ -18,7 +18,10 @@
  *    nothing (a LAN host can forge another's source): each may renew or
  *    delete only the rows it created, PCP only with the same nonce (RFC
  *    6887 section 11.3), and neither ever touches a row of dpm's protocol
- *    (a driver's session, a `dpm map` mapping) or of the other. A mapping
+ *    (a driver's session, a `dpm map` mapping) or of the other. UPnP's TCP
+ *    proves the host's address, but not which of the host's applications
+ *    asks: it too touches only what UPnP made (any of the host's UPnP
+ *    mappings, as miniupnpd's secure mode). A mapping
  *    restored without an owner (ADOPTED) is claimed by the first protocol
  *    that renews it; an ADOPTED session only dpm's protocol touches.
  *    Otherwise NOT_AUTHORIZED.
@@ -30,7 +33,8 @@
  *    exact request for one: CONFLICT (PCP CANNOT_PROVIDE_EXTERNAL).
  * 4. **Budgets** (the table): dpm's protocol within the host's quota;
  *    PCP and NAT-PMP within their own per-host cap (QUOTA_EXCEEDED) and
- *    per-protocol global cap (NO_RESOURCES).
+ *    per-protocol global cap (NO_RESOURCES); UPnP within the host's quota
+ *    and a per-host cap of its own (QUOTA_EXCEEDED).
  *
  * Every refusal is logged with its reason (through the caller's
  * rate-limited log). When the gateway later starts listening on a port a
@@ -75,8 +79,10 @@ export interface MapAsk {
   r: number;
   /** Lease asked for, s (0: the default). */
   lifetime: number;
-  /** Only the suggested pair will do (PCP PREFER_FAILURE, `dpm map --exact`). */
+  /** Only the suggested pair will do (PCP PREFER_FAILURE, `dpm map --exact`, UPnP AddPortMapping). */
   exact: boolean;
+  /** What it is for (UPnP's description): kept with the row, replaced on renewal. */
+  description?: string;
 }
 
 /** A PEER session asked for (PCP). */
@@ -114,6 +120,7 @@ const PROTOCOL_NAME: Record<number, string> = {
   [Owner.DPM]: "dpm",
   [Owner.PCP]: "PCP",
   [Owner.NATPMP]: "NAT-PMP",
+  [Owner.UPNP]: "UPnP",
 };
 
 /** The mapping decisions of every protocol (see the module documentation). */
@@ -199,6 +206,10 @@ export class MappingPolicy {
         : `public port ${want} is taken`;
     } else if (g.result === Result.QUOTA_EXCEEDED && isUnverified(who.owner)) {
       why = `the host holds ${t.unverifiedOf(who.a)} PCP/NAT-PMP mappings, its cap`;
+    } else if (g.result === Result.QUOTA_EXCEEDED && who.owner === Owner.UPNP) {
+      why = `the host holds ${t.upnpOf(who.a)} UPnP mappings and ${
+        t.sessionsOf(who.a)
+      } rows in all: its UPnP cap or its quota`;
     } else if (g.result === Result.NO_RESOURCES && isUnverified(who.owner)) {
       why = `no allowed public port free, or the PCP/NAT-PMP share of the pool is used up (${
         t.unverifiedCount(proto)
@@ -373,6 +384,7 @@ export class MappingPolicy {
       preferFailure: ask.exact,
       owner: who.owner,
       ...(who.nonce ? { nonce: who.nonce } : {}),
+      ...(ask.description !== undefined ? { description: ask.description } : {}),
     };
   }
 

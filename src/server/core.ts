@@ -9,7 +9,9 @@
  * datagram's source (claim 2), that the host holds a valid cookie, and that
  * it is within its request rate; PCP and NAT-PMP (UDP 5351,
  * `pcp/server.ts`) share the table and the source check, with rate limits
- * and budgets of their own. Every mapping, whichever protocol asks, is
+ * and budgets of their own, and so does the UPnP IGD (`upnp/`: its sockets
+ * are `run.ts`'s, its mappings {@linkcode ServerCore.upnp}, on this table).
+ * Every mapping, whichever protocol asks, is
  * decided by one policy (`policy/mappings.ts`: ownership, port rules, the
  * gateway's own ports, budgets). Refusals are answered within a
  * per-source budget and logged within a line budget. {@link ServerCore}
@@ -39,6 +41,8 @@ import { CookieMinter } from "../control/cookie.ts";
 import { RESULT_COUNT } from "../control/result.ts";
 import { driverShareStart } from "../control/pg.ts";
 import { PcpService } from "../pcp/server.ts";
+import { NO_LINK, TableUpnpMappings } from "../upnp/gateway.ts";
+import type { LinkState } from "../upnp/mappings.ts";
 import { type SessionRecord, SessionTable } from "../table/table.ts";
 import { LanHosts } from "../policy/hosts.ts";
 import { MappingPolicy } from "../policy/mappings.ts";
@@ -46,9 +50,17 @@ import type { BoundPort } from "../policy/gateway_ports.ts";
 import { Drop, DROP_COUNT, IPPROTO_ICMP, PacketInfo, parse } from "../wire/packet.ts";
 import { Meta, Verdict } from "../wire/meta.ts";
 import { buildIcmpError } from "../wire/icmp.ts";
-import type { HostView, SessionEvent, SessionView, StatusReply } from "../operator/types.ts";
+import type {
+  HostView,
+  MappingProtocols,
+  SessionEvent,
+  SessionView,
+  StatusReply,
+  UpnpStatus,
+} from "../operator/types.ts";
+import { NatPmpResult, PcpResult } from "../pcp/codec.ts";
 import type { GatewaySession, ServerDataPath, SessionCounters } from "../datapath/datapath.ts";
-import { type DropLog, restoreRecord } from "./state.ts";
+import { type DropLog, restoreRecord } from "./restore.ts";
 import { Translator } from "./translate.ts";
 import { ServerViews } from "./views.ts";
 import { ControlService } from "./control.ts";
@@ -68,6 +80,8 @@ export interface ServerCoreOptions {
   now?: () => number;
   /** Where refusal lines go (rate-limited); the server's info log when absent. */
   refusalLog?: (line: string) => void;
+  /** The WAN link as the UPnP IGD shows it (`run.ts` reads the WAN interface); up, no counts when absent. */
+  link?: () => LinkState;
 }
 
 /**
@@ -139,6 +153,8 @@ export class ServerCore {
       // PCP and NAT-PMP (no cookie): a cap per host, and a share of each protocol's public pairs.
       maxUnverifiedPerHost: cfg.pcpMaxPerHost,
       maxUnverifiedPerProto: unverifiedShare(cfg),
+      // UPnP (TCP proves the address): within the host's quota, and a cap per host.
+      maxUpnpPerHost: cfg.upnpMaxPerHost,
       // --lifetime caps every lifetime; the RFC-respecting defaults apply below it.
       lifetimes: {
         max: cfg.lifetime,
@@ -172,6 +188,14 @@ export class ServerCore {
       remoteIsOutside: (x) => this.#remoteIsOutside(x),
       log: (line) => this.#logRefusal(this.now(), line),
     });
+    // The UPnP IGD's mappings: the same table, source check and mapping policy.
+    this.upnp = new TableUpnpMappings({
+      table: this.table,
+      policy: this.policy,
+      hosts: this.hosts,
+      mapSupported: () => this.#forwardsMappings(),
+      link: opts.link ?? (() => NO_LINK),
+    });
     const views = new ServerViews({
       table: this.table,
       cfg,
@@ -182,6 +206,7 @@ export class ServerCore {
       drops: this.drops,
       packets: this.packets,
       dataPath: () => this.#dp,
+      protocols: () => this.protocols(),
     });
     this.#views = views;
     this.#translator = new Translator({
@@ -287,6 +312,29 @@ export class ServerCore {
 
   /** The PCP / NAT-PMP service (`src/pcp/server.ts`). */
   readonly pcp: PcpService;
+  /** The UPnP IGD's mappings on the table (`src/upnp/gateway.ts`); `run.ts` serves them. */
+  readonly upnp: TableUpnpMappings;
+  /** What the running IGD counted (`run.ts` sets it; null: --no-upnp). */
+  upnpStatus: (() => UpnpStatus) | null = null;
+
+  /** The mappings by owner and each mapping protocol's answers (status, metrics). */
+  protocols(): MappingProtocols {
+    const named = (codes: Record<string, number>, counts: Float64Array) => {
+      const out: Record<string, number> = {};
+      for (const [name, i] of Object.entries(codes)) out[name.toLowerCase()] = counts[i] ?? 0;
+      return out;
+    };
+    return {
+      mappings: this.upnp.countByOwner(),
+      ...(this.#cfg.pcp
+        ? {
+          pcp: named(PcpResult, this.pcp.pcpResults),
+          natpmp: named(NatPmpResult, this.pcp.natPmpResults),
+        }
+        : {}),
+      ...(this.upnpStatus ? { upnp: this.upnpStatus() } : {}),
+    };
+  }
   /** Which sources are LAN hosts (every protocol's first check). */
   readonly hosts: LanHosts;
   /** The mapping decisions of every protocol (`src/policy/mappings.ts`). */
@@ -339,6 +387,14 @@ export class ServerCore {
    */
   handleControl(msg: Uint8Array, src: number): Uint8Array | null {
     return this.#control.handle(msg, src, this.now());
+  }
+
+  /**
+   * Logs a line of a protocol served outside this class (the UPnP IGD's
+   * faults and grants) within the refusal lines' budget.
+   */
+  logLimited(line: string): void {
+    this.#logRefusal(this.now(), line);
   }
 
   /** Writes a refusal line within the log budget, after a summary of what it held back. */
@@ -639,17 +695,7 @@ function randomEpoch(): number {
   return crypto.getRandomValues(new Uint32Array(1))[0]!;
 }
 
-/** Slot `s` of `t` as the data path sees it (`direct`: PCP PEER, table.ts). */
+/** Slot `s` of `t` as the data path sees it (`direct`: PCP PEER, table/allocate.ts). */
 function gatewaySessionOf(t: SessionTable, s: number): GatewaySession {
-  return {
-    proto: t.proto(s),
-    a: t.a(s),
-    pa: t.pa(s),
-    x: t.x(s),
-    px: t.px(s),
-    r: t.r(s),
-    p: t.p(s),
-    pg: t.pg(s),
-    ...(t.direct(s) ? { direct: true } : {}),
-  };
+  return t.direct(s) ? { ...t.binding(s), direct: true } : t.binding(s);
 }

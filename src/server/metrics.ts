@@ -1,6 +1,7 @@
 /**
  * The gateway's Prometheus metrics (`--metrics-addr`): sessions by protocol
- * and kind, control results by reason, packet drops by reason, translated
+ * and kind, inbound mappings by owner, control results by reason, PCP,
+ * NAT-PMP and UPnP answers, packet drops by reason, translated
  * packets (queue path) and per-session kernel counters summed (kernel path),
  * the data path's state, the reservation latency histogram, table memory.
  *
@@ -17,6 +18,7 @@ import {
 } from "../operator/metrics.ts";
 import type { ServerCore } from "./core.ts";
 import { NatPmpResult, PcpResult } from "../pcp/codec.ts";
+import type { UpnpStatus } from "../operator/types.ts";
 
 /** How long the server takes from a request to its answer (commit included), seconds. */
 export const reserveLatency = new Histogram(LATENCY_BUCKETS);
@@ -70,6 +72,18 @@ export function serverFamilies(core: ServerCore): Family[] {
       st.results,
     ),
     pcpResults(core),
+    ...(st.protocols
+      ? [
+        byLabel(
+          "dpm_mappings",
+          "Inbound mappings in the table, by owner (dpm, pcp, natpmp, upnp, adopted).",
+          "gauge",
+          "owner",
+          st.protocols.mappings,
+        ),
+      ]
+      : []),
+    ...upnpFamilies(st.protocols?.upnp),
     byLabel(
       "dpm_drops_total",
       "Packets dropped or passed, by reason.",
@@ -135,6 +149,54 @@ export function serverFamilies(core: ServerCore): Family[] {
     );
   }
   return fams;
+}
+
+/** The UPnP IGD's counters (none with --no-upnp). */
+function upnpFamilies(u: UpnpStatus | undefined): Family[] {
+  if (!u) return [];
+  const snake = (o: Record<string, number>) =>
+    Object.fromEntries(
+      Object.entries(o).map(([k, v]) => [k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`), v]),
+    );
+  return [
+    byLabel(
+      "dpm_upnp_http_responses_total",
+      "UPnP IGD HTTP requests answered, by status code.",
+      "counter",
+      "status",
+      u.http,
+    ),
+    byLabel(
+      "dpm_upnp_actions_total",
+      "UPnP IGD SOAP actions answered without a fault, by action.",
+      "counter",
+      "action",
+      u.actions,
+    ),
+    byLabel(
+      "dpm_upnp_faults_total",
+      "UPnP IGD SOAP faults answered, by UPnP error code (606 not authorized, 718 conflict...).",
+      "counter",
+      "code",
+      u.faults,
+    ),
+    byLabel(
+      "dpm_upnp_ssdp_total",
+      "SSDP searches (answered, unmatched, malformed, not_lan, rate_limited), answers sent " +
+        "(answers) and answers left out by the 4x bound (over_budget).",
+      "counter",
+      "event",
+      snake(u.ssdp),
+    ),
+    byLabel(
+      "dpm_upnp_connections_total",
+      "UPnP IGD HTTP connections: served, busy (over the caps), refused (not a LAN host), " +
+        "timed_out, malformed.",
+      "counter",
+      "outcome",
+      snake(u.listener),
+    ),
+  ];
 }
 
 /** PCP and NAT-PMP answers by protocol and result code name (RFC 6887 section 7.4, RFC 6886 section 3.5). */

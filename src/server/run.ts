@@ -14,7 +14,8 @@ import { Cleanup, liveReload, untilStopped } from "../runtime/cleanup.ts";
 import { ensureSocketDir, serveLocal } from "../operator/socket.ts";
 import { serverOperator } from "../operator/server_ops.ts";
 import { ServerCore } from "./core.ts";
-import { DropLog, restoreRecord, StateStore } from "./state.ts";
+import { StateStore } from "./state.ts";
+import { DropLog, restoreRecord } from "./restore.ts";
 import type { ServerDataPath } from "../datapath/datapath.ts";
 import { gatewayOptions, openServerDataPath, removeServerDataPaths } from "../datapath/open.ts";
 import { lockRole } from "../runtime/lock.ts";
@@ -27,6 +28,10 @@ import { serveUdp, UdpSocket } from "../../linux/udp.ts";
 import { EADDRINUSE, EADDRNOTAVAIL, OsError } from "../../linux/libc.ts";
 import { MAX_DATAGRAM } from "../control/batch.ts";
 import * as announce from "../pcp/announce.ts";
+import { bindUpnp, type Upnp } from "../upnp/listen.ts";
+import { bootIdFor } from "../upnp/boot.ts";
+import type { LinkState } from "../upnp/mappings.ts";
+import { VERSION } from "../version.ts";
 
 const log = logger("server");
 
@@ -34,7 +39,7 @@ const log = logger("server");
  * Runs `dpm server` until SIGINT/SIGTERM or a fatal error; returns the exit code.
  *
  * A start does everything that can fail without touching the kernel first
- * (the lock, the state file, the control, PCP, operator and metrics
+ * (the lock, the state file, the control, PCP, UPnP, operator and metrics
  * sockets), then opens the data path, adopts what a previous run left
  * translating, and lets the data path change the kernel (`begin`). A start
  * that fails undoes what it did; only sessions a previous run left
@@ -73,7 +78,11 @@ export async function runServer(
     const store = cfg.state ? await StateStore.open(cfg.state) : null;
     if (store) undo.push(() => void store.close());
     const saved = store?.saved ?? null;
-    const core = new ServerCore(cfg, { lan, ...(saved ? { epoch: saved.epoch } : {}) });
+    const core = new ServerCore(cfg, {
+      lan,
+      ...(saved ? { epoch: saved.epoch } : {}),
+      ...(cfg.wanIf ? { link: await wanLink(cfg.wanIf) } : {}),
+    });
     const drops = new DropLog();
     if (saved) {
       let kept = 0;
@@ -99,6 +108,32 @@ export async function runServer(
       )
       : null;
     if (pcp) undo.push(() => void pcp.close());
+    // The UPnP IGD (src/upnp/): bound now, serving once the data path is up.
+    let upnp: Upnp | null = null;
+    if (cfg.upnp) {
+      upnp = await bindUpnp({
+        lanAddr: cfg.lanAddr,
+        lan,
+        httpPort: cfg.upnpPort,
+        mappings: core.upnp,
+        maxLease: cfg.lifetime,
+        // The device UUIDs stay the same for this gateway across restarts.
+        seed: `dpm server ${formatIPv4(cfg.lanAddr)} ${formatIPv4(cfg.pool[0]!)}`,
+        version: VERSION,
+        isHost: (a) => core.hosts.isHost(a),
+        now: core.now,
+        // A grant is committed (data path, state file) before its answer is written.
+        afterControl: () => core.commit(),
+        log: {
+          info: (l) => core.logLimited(l),
+          warn: (l) => log.warn(l),
+          debug: (l) => log.debug(l),
+        },
+      });
+      const u = upnp;
+      undo.push(() => u.close());
+      core.upnpStatus = () => u.status();
+    }
     if (cfg.metricsAddr) {
       const { serverFamilies } = await import("./metrics.ts");
       undo.push(await serveMetrics(cfg.metricsAddr, () => serverFamilies(core)));
@@ -159,10 +194,12 @@ export async function runServer(
       log.warn(`removed ${audited} restored row(s) the mapping policy refuses now`);
       core.commit(); // out of the kernel's maps before anything is served
     }
+    // BOOTID.UPNP.ORG grows only when the mappings were lost (src/upnp/boot.ts).
+    const bootId = bootIdFor(saved, core.epoch, Date.now());
     if (store) {
       // The file now holds the table as restored; from here on every change
       // is written in the turn's transaction, committed before the replies.
-      store.start(core.table, core.epoch);
+      store.start(core.table, core.epoch, bootId);
       store.listen(core.table);
       core.addCommitter(store);
       undo.push(() => {
@@ -173,6 +210,7 @@ export async function runServer(
 
     undo.push(serveControl(control, core, () => serving));
     if (pcp) undo.push(servePcp(pcp, cfg, core, () => serving));
+    upnp?.start(bootId);
     serving = true;
     log.info(
       `control listener on ${
@@ -209,6 +247,26 @@ export async function runServer(
     await undo.run();
     return e instanceof ConfigError ? 2 : 1;
   }
+}
+
+/**
+ * The WAN link as the UPnP IGD shows it (WANCommonInterfaceConfig): the WAN
+ * interface's state, speed and totals from sysfs, read at each request.
+ */
+async function wanLink(wanIf: string): Promise<() => LinkState> {
+  const { readLinkStats } = await import("../../linux/iface.ts");
+  return () => {
+    const s = readLinkStats(wanIf);
+    return {
+      up: s?.up ?? false,
+      upstreamBps: s?.bps ?? 0,
+      downstreamBps: s?.bps ?? 0,
+      bytesSent: s?.txBytes ?? 0,
+      bytesReceived: s?.rxBytes ?? 0,
+      packetsSent: s?.txPackets ?? 0,
+      packetsReceived: s?.rxPackets ?? 0,
+    };
+  };
 }
 
 /** The LAN prefix: given, or read off the LAN interface (null: neither). */

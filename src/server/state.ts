@@ -17,8 +17,10 @@
  * Packet counters are written at a clean stop only.
  *
  * Each row keeps who created it (dpm's protocol, PCP with its nonce,
- * NAT-PMP; `Owner` in the table), so that after a restart PCP and NAT-PMP
- * still renew and delete only their own. Rows of a file written before
+ * NAT-PMP, UPnP with its description; `Owner` in the table), so that after
+ * a restart PCP, NAT-PMP and UPnP still renew and delete only their own.
+ * The meta table also keeps the UPnP boot id, which grows only when the
+ * state is lost (`src/upnp/boot.ts`). Rows of a file written before
  * owners were kept come back ADOPTED. The file, its WAL and its shared
  * memory file list every host's peers: they are created mode 0600 (and an
  * existing file is made 0600), whatever the umask.
@@ -26,7 +28,7 @@
  * At start the rows are restored into the table one by one; a row that
  * cannot be restored is dropped for a reason (expired, its public address no
  * longer in the pool, a clash with a session restored before it, malformed),
- * counted per reason with an example ({@linkcode DropLog}). A drop for any
+ * counted per reason with an example (`DropLog`, `restore.ts`). A drop for any
  * reason but expiry makes the server take a new epoch, so every driver
  * re-reserves at its next exchange instead of announcing a public pair the
  * gateway no longer holds (an expired lease is one the driver has given up
@@ -42,10 +44,8 @@
  * @module
  */
 
-import { describeSession as describeTuple, identityKey } from "../wire/tuple.ts";
 import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { setImmediate } from "node:timers";
-import { Result } from "../control/result.ts";
 import {
   NONCE_LEN,
   Owner,
@@ -54,6 +54,7 @@ import {
   type SessionTable,
 } from "../table/table.ts";
 import { logger } from "../runtime/log.ts";
+import { isSessionRecord } from "./restore.ts";
 
 const log = logger("server");
 
@@ -88,122 +89,6 @@ export async function readState(path: string): Promise<StateFile | null> {
   }
 }
 
-const u32 = (v: unknown) =>
-  Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 0xffffffff;
-const u16 = (v: unknown) => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 0xffff;
-
-/** True when `v` has the shape of a SessionRecord a state file may hold. */
-export function isSessionRecord(v: unknown): v is SessionRecord {
-  if (typeof v !== "object" || v === null) return false;
-  const r = v as Record<string, unknown>;
-  return [1, 6, 17].includes(r.proto as number) && u32(r.a) && u32(r.x) && u32(r.r) &&
-    u16(r.pa) && u16(r.px) && u16(r.p) && u16(r.pg) && Number.isFinite(r.expiresAt) &&
-    typeof r.replaceable === "boolean" && typeof r.replaced === "boolean" &&
-    typeof r.shared === "boolean" && Number.isFinite(r.packetsOut) && Number.isFinite(r.packetsIn);
-}
-
-// ------------------------------------------------------------------ restore
-
-/** Why a restore left a session out. */
-export type DropReason = "expired" | "not-in-pool" | "conflict" | "malformed";
-
-const REASON_TEXT: Record<DropReason, string> = {
-  expired: "expired",
-  "not-in-pool": "public address no longer in the pool",
-  conflict: "conflict with a session restored before it",
-  malformed: "malformed",
-};
-
-/** A record read back in words, for the log (what it is when it is not a session). */
-export function describeRecord(r: SessionRecord | Record<string, unknown>): string {
-  if (!isSessionRecord(r)) {
-    const j = JSON.stringify(r) ?? String(r);
-    return j.length > 120 ? `${j.slice(0, 117)}...` : j;
-  }
-  return describeTuple(r);
-}
-
-/** The sessions a restore dropped, per reason, with the first one of each as an example. */
-export class DropLog {
-  readonly counts = new Map<DropReason, { count: number; example: string; from: string }>();
-  readonly #ids = new Set<string>();
-
-  /** Records one drop. */
-  add(reason: DropReason, rec: unknown, from: string): void {
-    const c = this.counts.get(reason);
-    if (c) c.count++;
-    else {
-      this.counts.set(reason, {
-        count: 1,
-        example: describeRecord(rec as Record<string, unknown>),
-        from,
-      });
-    }
-    if (isSessionRecord(rec)) this.#ids.add(identityKey(rec));
-  }
-
-  /** Sessions dropped, all reasons. */
-  get total(): number {
-    let n = 0;
-    for (const c of this.counts.values()) n += c.count;
-    return n;
-  }
-
-  /** True when (proto, a, pa, X, px) was dropped (the kernel must not bring it back). */
-  dropped(r: { proto: number; a: number; pa: number; x: number; px: number }): boolean {
-    return this.#ids.has(identityKey(r));
-  }
-
-  /**
-   * True when a driver may still hold a dropped session as live: any drop
-   * but an expiry (a driver forgets a lease that ran out, and renews the
-   * others before they do).
-   */
-  get renewsEpoch(): boolean {
-    for (const r of this.counts.keys()) if (r !== "expired") return true;
-    return false;
-  }
-
-  /** One log line per reason: `N <reason> (from <source>), e.g. <session>`. */
-  lines(): string[] {
-    return [...this.counts].map(([r, c]) =>
-      `dropped ${c.count} session(s) from ${c.from}: ${REASON_TEXT[r]}, e.g. ${c.example}`
-    );
-  }
-}
-
-/**
- * Restores one record into `table`; returns true when it is in, false when
- * dropped (counted in `drops` with its reason). `from` names the source in
- * the log (the state file, the kernel's maps).
- */
-export function restoreRecord(
-  table: SessionTable,
-  rec: unknown,
-  now: number,
-  drops: DropLog,
-  from: string,
-): boolean {
-  if (!isSessionRecord(rec)) {
-    drops.add("malformed", rec, from);
-    return false;
-  }
-  if (rec.expiresAt <= now) {
-    drops.add("expired", rec, from);
-    return false;
-  }
-  if (!table.isPoolAddress(rec.r)) {
-    drops.add("not-in-pool", rec, from);
-    return false;
-  }
-  const r = table.restore(rec);
-  if (r === Result.OK) return true;
-  drops.add(r === Result.CONFLICT ? "conflict" : "malformed", rec, from);
-  return false;
-}
-
-// ------------------------------------------------------------------ the store
-
 /** A row's PCP nonce as stored (24 hex digits), or null. */
 function nonceText(t: SessionTable, s: number): string | null {
   if (t.owner(s) !== Owner.PCP) return null;
@@ -229,6 +114,8 @@ export interface SavedState {
   sessions: StoredRecord[];
   /** "sqlite", or "json" for a version 1 file (migrated by start()). */
   format: "sqlite" | "json";
+  /** The UPnP boot id the run that wrote it announced (absent: none kept). */
+  bootId?: number;
 }
 
 const SQLITE_MAGIC = "SQLite format 3\0";
@@ -240,7 +127,7 @@ const SQLITE_MAGIC = "SQLite format 3\0";
 const SCHEMA_VERSION = 2;
 
 const COLUMNS =
-  "proto, a, pa, x, px, r, p, pg, expires_at, lifetime, replaceable, shared, packets_out, packets_in, owner, nonce";
+  "proto, a, pa, x, px, r, p, pg, expires_at, lifetime, replaceable, shared, packets_out, packets_in, owner, nonce, description";
 
 /**
  * Creates `path` mode 0600 when absent, and makes it and its WAL and shared
@@ -390,7 +277,8 @@ export class StateStore {
         "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;" +
           "CREATE TABLE IF NOT EXISTS sessions (id INTEGER PRIMARY KEY, proto INT, a INT, " +
           "pa INT, x INT, px INT, r INT, p INT, pg INT, expires_at INT, lifetime INT, " +
-          "replaceable INT, shared INT, packets_out INT, packets_in INT, owner INT, nonce TEXT);",
+          "replaceable INT, shared INT, packets_out INT, packets_in INT, owner INT, nonce TEXT, " +
+          "description TEXT);",
       );
       // A file of schema 2 gains the owner columns (its rows come back ADOPTED).
       const cols = new Set(
@@ -398,6 +286,8 @@ export class StateStore {
       );
       if (!cols.has("owner")) db.exec("ALTER TABLE sessions ADD COLUMN owner INT");
       if (!cols.has("nonce")) db.exec("ALTER TABLE sessions ADD COLUMN nonce TEXT");
+      // UPnP's descriptions came later still (an older file's rows have none).
+      if (!cols.has("description")) db.exec("ALTER TABLE sessions ADD COLUMN description TEXT");
       const meta = new Map<string, unknown>(
         (db.prepare("SELECT k, v FROM meta").all() as { k: string; v: unknown }[]).map((
           r,
@@ -443,11 +333,20 @@ export class StateStore {
           packetsOut: row.packets_out ?? 0,
           packetsIn: row.packets_in ?? 0,
           ...ownerFields(row.owner, row.nonce),
+          ...(typeof row.description === "string" && row.description !== ""
+            ? { description: row.description }
+            : {}),
         };
         return rec as StoredRecord;
       });
       this.#nextId = maxId + 1;
-      return { epoch: Number(meta.get("epoch")) >>> 0, sessions, format: "sqlite" };
+      const bootId = Number(meta.get("upnpBootId"));
+      return {
+        epoch: Number(meta.get("epoch")) >>> 0,
+        sessions,
+        format: "sqlite",
+        ...(Number.isInteger(bootId) && bootId > 0 ? { bootId } : {}),
+      };
     } catch (e) {
       try {
         db.close();
@@ -467,22 +366,25 @@ export class StateStore {
   #prepare(): void {
     const db = this.#db!;
     this.#insert = db.prepare(
-      `INSERT OR REPLACE INTO sessions (id, ${COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+      `INSERT OR REPLACE INTO sessions (id, ${COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
     );
     this.#delete = db.prepare("DELETE FROM sessions WHERE id = ?");
-    // A renewal may also have claimed an ADOPTED row for its protocol (src/policy/mappings.ts).
+    // A renewal may also have claimed an ADOPTED row for its protocol (src/policy/mappings.ts),
+    // or given a UPnP mapping a new description.
     this.#renew = db.prepare(
-      "UPDATE sessions SET expires_at = ?, lifetime = ?, owner = ?, nonce = ? WHERE id = ?",
+      "UPDATE sessions SET expires_at = ?, lifetime = ?, owner = ?, nonce = ?, description = ? " +
+        "WHERE id = ?",
     );
   }
 
   /**
    * Makes the file hold exactly `table` and `epoch` (after the restore:
    * dropped rows go, adopted sessions come, a new epoch is kept), migrating
-   * a JSON file of version 1 to the database first. Synchronous and durable
-   * when it returns.
+   * a JSON file of version 1 to the database first. `bootId`: the UPnP
+   * boot id announced from now on (`src/upnp/boot.ts`), kept for the next
+   * run. Synchronous and durable when it returns.
    */
-  start(table: SessionTable, epoch: number): void {
+  start(table: SessionTable, epoch: number, bootId?: number): void {
     if (this.saved?.format === "json") this.#migrate();
     const db = this.#db!;
     db.exec("BEGIN");
@@ -508,6 +410,9 @@ export class StateStore {
       }
       db.prepare("INSERT OR REPLACE INTO meta VALUES ('epoch', ?), ('startedAt', ?)")
         .run(epoch >>> 0, Date.now());
+      if (bootId !== undefined) {
+        db.prepare("INSERT OR REPLACE INTO meta VALUES ('upnpBootId', ?)").run(bootId);
+      }
       db.exec("COMMIT");
     } catch (e) {
       db.exec("ROLLBACK");
@@ -561,6 +466,7 @@ export class StateStore {
               table.lifetime(s),
               table.owner(s),
               nonceText(table, s),
+              table.description(s) || null,
               id,
             )
           );
@@ -687,6 +593,7 @@ export class StateStore {
       t.packetsIn(s),
       t.owner(s),
       nonceText(t, s),
+      t.description(s) || null,
     );
   }
 

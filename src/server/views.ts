@@ -22,7 +22,13 @@ import { OWNER_NAMES, type SessionRecord, type SessionTable } from "../table/tab
 import { DROP_COUNT, DROP_NAMES, IPPROTO_ICMP } from "../wire/packet.ts";
 import { protoName } from "../wire/meta.ts";
 import { VERSION } from "../version.ts";
-import type { HostView, SessionEvent, SessionView, StatusReply } from "../operator/types.ts";
+import type {
+  HostView,
+  MappingProtocols,
+  SessionEvent,
+  SessionView,
+  StatusReply,
+} from "../operator/types.ts";
 import { gatewayKey, type ServerDataPath, type SessionCounters } from "../datapath/datapath.ts";
 
 const log = logger("server");
@@ -45,6 +51,8 @@ export interface ServerViewsDeps {
   packets: { in: number; out: number; hairpin: number };
   /** The attached data path, or null. */
   dataPath: () => ServerDataPath | null;
+  /** The mapping protocols' counts (`ServerCore.protocols`). */
+  protocols?: () => MappingProtocols;
 }
 
 /** The operator's view of the gateway: status, rows, host views, session events, drops. */
@@ -106,6 +114,7 @@ export class ServerViews {
       results,
       drops,
       packets: { ...d.packets },
+      ...(d.protocols ? { protocols: d.protocols() } : {}),
     };
   }
 
@@ -340,6 +349,8 @@ export class ServerViews {
       bytesIn: this.#bytesIn[s] ?? 0,
       owner: OWNER_NAMES[t.owner(s)],
     };
+    const description = t.description(s);
+    if (description) v.description = description;
     const c = counters?.get(gatewayKey(t.proto(s), t.a(s), t.pg(s)));
     if (c) {
       v.packetsOut += c.packetsOut;

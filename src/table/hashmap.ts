@@ -42,6 +42,15 @@ export function fmix(h: number): number {
   return h >>> 0;
 }
 
+/** `n` with `old` copied to its start: a typed array grown to `n`'s length. */
+export function grown<T extends ArrayLike<number> & { set(a: ArrayLike<number>): void }>(
+  old: T,
+  n: T,
+): T {
+  n.set(old);
+  return n;
+}
+
 /** Smallest power of two that is at least `n` (and at least 16). */
 function pow2AtLeast(n: number): number {
   let c = 16;

@@ -136,14 +136,13 @@ export class FakeUpnpMappings implements UpnpMappings {
   lookup(client: number, proto: number, externalPort: number, now: number): PortMapping | null {
     this.#expire(now);
     const row = this.#rows.get(`${proto}/${this.externalAddress(client)}/${externalPort}`);
-    return row ? this.#view(row, now) : null;
+    return row && row.a === client ? this.#view(row, now) : null;
   }
 
   list(client: number, now: number): PortMapping[] {
     this.#expire(now);
-    const r = this.externalAddress(client);
     return [...this.#rows.values()]
-      .filter((x) => x.r === r)
+      .filter((x) => x.a === client)
       .sort((x, y) => x.p - y.p || x.proto - y.proto)
       .map((x) => this.#view(x, now));
   }

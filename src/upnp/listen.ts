@@ -19,11 +19,17 @@
  * Answers leave from the socket the search came in on, after the
  * responder's delay; at most {@linkcode MAX_PENDING} answers wait at once.
  *
+ * Two steps, so that `dpm server` binds every socket before it changes the
+ * kernel and answers only once its data path is up: {@linkcode bindUpnp}
+ * binds (until `start`, HTTP requests get 503 with Retry-After and searches
+ * are not answered), `Upnp.start(bootId)` serves and announces.
+ * {@linkcode startUpnp} does both.
+ *
  * @module
  */
 
 import dgram from "node:dgram";
-import { type Cidr, cidrContains, formatIPv4, parseIPv4 } from "../wire/addr.ts";
+import { type Cidr, cidrContains, formatIPv4, parseSocketIPv4 } from "../wire/addr.ts";
 import { RateLimiter } from "../control/ratelimit.ts";
 import { IgdDocuments, type RootDevice } from "./description.ts";
 import { advertisements, MAX_AGE, SsdpAdvertiser, SsdpResponder } from "./discovery.ts";
@@ -31,6 +37,7 @@ import { UpnpHttpServer } from "./http_server.ts";
 import type { UpnpMappings } from "./mappings.ts";
 import { UpnpService } from "./service.ts";
 import { type Advertised, SSDP_GROUP, SSDP_PORT } from "./ssdp.ts";
+import type { UpnpStatus } from "../operator/types.ts";
 
 /** Answers waiting for their delay, at most (more are dropped). */
 export const MAX_PENDING = 256;
@@ -50,6 +57,11 @@ export interface UpnpOptions {
   maxLease: number;
   /** BOOTID.UPNP.ORG: must grow when mappings were lost (a restart without state). */
   bootId: number;
+  /**
+   * Which sources of the prefix are hosts (never the gateway itself:
+   * `src/policy/hosts.ts`); absent: every address of `lan`.
+   */
+  isHost?: (a: number) => boolean;
   /** Seed of the device UUIDs (stable per gateway). */
   seed: string;
   /** dpm's version. */
@@ -76,7 +88,11 @@ export interface Upnp {
   http: UpnpHttpServer;
   /** The description URL of each root (IGD:1's first). */
   locations: string[];
-  /** Sends byebye, closes every socket. */
+  /** Serves and announces, with BOOTID.UPNP.ORG `bootId` (once; `startUpnp` has done it). */
+  start(bootId: number): void;
+  /** Its counters, for `dpm status` and the metrics. */
+  status(): UpnpStatus;
+  /** Sends byebye (when started), closes every socket. */
   close(): Promise<void>;
 }
 
@@ -102,19 +118,51 @@ async function bindUdp(sock: dgram.Socket, port: number, address: string): Promi
   });
 }
 
+/** The HTTP listener, or an error that says why not (a port in use, an address not ours). */
+function listenHttp(o: Parameters<typeof UpnpHttpServer.listen>[0]): UpnpHttpServer {
+  try {
+    return UpnpHttpServer.listen(o);
+  } catch (e) {
+    const where = `${o.hostname}:${o.port}`;
+    if (e instanceof Deno.errors.AddrInUse) {
+      throw new Error(
+        `UPnP HTTP port ${where} is in use (--upnp-port picks another, --no-upnp turns dpm's UPnP off)`,
+      );
+    }
+    if (e instanceof Deno.errors.AddrNotAvailable) {
+      throw new Error(`Cannot listen on ${where}: not an address of this host`);
+    }
+    throw new Error(`Cannot listen on UPnP HTTP port ${where}: ${(e as Error).message}`);
+  }
+}
+
 /** Starts the IGD (see the module documentation); throws when a socket cannot be had. */
 export async function startUpnp(o: UpnpOptions): Promise<Upnp> {
+  const u = await bindUpnp(o);
+  u.start(o.bootId);
+  return u;
+}
+
+/**
+ * Binds the IGD's sockets without serving (see the module documentation);
+ * throws, having closed what it bound, when a socket cannot be had.
+ */
+export async function bindUpnp(o: Omit<UpnpOptions, "bootId">): Promise<Upnp> {
   const now = o.now ?? Date.now;
+  let started = false;
+  let bootId = 0;
   const g = formatIPv4(o.lanAddr);
   const docs = new IgdDocuments({ seed: o.seed, version: o.version });
   const server = serverHeader(o.version);
   let service: UpnpService | null = null;
-  const http = UpnpHttpServer.listen({
+  const http = listenHttp({
     hostname: g,
     port: o.httpPort,
     server,
-    accept: (src) => !o.lan || cidrContains(o.lan, src),
+    accept: (src) => (!o.lan || cidrContains(o.lan, src)) && (!o.isHost || o.isHost(src)),
     handler: (req, src) => {
+      // Bound, not serving yet (the gateway's data path is not up): come back in a second.
+      if (!started) return { status: 503, headers: [["Retry-After", "1"]] };
       const res = service!.handleHttp(req, src, now());
       if (req.method === "POST") o.afterControl?.();
       return res;
@@ -126,6 +174,7 @@ export async function startUpnp(o: UpnpOptions): Promise<Upnp> {
     mappings: o.mappings,
     docs,
     lan: o.lan,
+    ...(o.isHost ? { isHost: o.isHost } : {}),
     lanAddr: o.lanAddr,
     httpPort: http.port,
     startedAt,
@@ -138,7 +187,7 @@ export async function startUpnp(o: UpnpOptions): Promise<Upnp> {
     location: `http://${g}:${http.port}${root.descPath}`,
     server,
     maxAge: MAX_AGE,
-    bootId: o.bootId,
+    bootId,
     configId: docs.configId,
   });
   const ads = advertisements(docs);
@@ -164,6 +213,7 @@ export async function startUpnp(o: UpnpOptions): Promise<Upnp> {
     onError: (e) => o.log.debug(`SSDP NOTIFY: ${(e as Error).message}`),
   });
   const close = async () => {
+    // stop() sends the byebyes of a started advertiser only.
     advertiser.stop();
     for (const t of pending) clearTimeout(t);
     pending.clear();
@@ -176,12 +226,32 @@ export async function startUpnp(o: UpnpOptions): Promise<Upnp> {
     }
     await http.close();
   };
+  const start = (id: number) => {
+    if (started) return;
+    bootId = id;
+    started = true;
+    if (o.ssdp === false) return;
+    advertiser.start();
+    o.log.info(
+      `UPnP IGD on ${locations.join(" and ")}, SSDP on ${g}:${SSDP_PORT}, boot id ${bootId}`,
+    );
+  };
+  const status = (): UpnpStatus => ({
+    locations,
+    bootId,
+    http: Object.fromEntries(service!.counters.http),
+    actions: Object.fromEntries(service!.counters.actions),
+    faults: Object.fromEntries(service!.counters.faults),
+    ssdp: { ...responder.counters },
+    listener: { ...http.counters },
+  });
   if (o.ssdp === false) {
-    return { docs, service, responder, advertiser, http, locations, close };
+    return { docs, service, responder, advertiser, http, locations, start, status, close };
   }
   try {
     const onMessage = (sock: dgram.Socket) => (msg: Uint8Array, rinfo: dgram.RemoteInfo) => {
-      const src = parseIPv4(rinfo.address.replace(/^::ffff:/, ""));
+      if (!started) return;
+      const src = parseSocketIPv4(rinfo.address);
       if (src === null) return;
       const a = responder.handle(
         new Uint8Array(msg.buffer, msg.byteOffset, msg.byteLength),
@@ -220,7 +290,5 @@ export async function startUpnp(o: UpnpOptions): Promise<Upnp> {
     await close();
     throw e;
   }
-  advertiser.start();
-  o.log.info(`UPnP IGD on ${locations.join(" and ")}, SSDP on ${g}:${SSDP_PORT}`);
-  return { docs, service, responder, advertiser, http, locations, close };
+  return { docs, service, responder, advertiser, http, locations, start, status, close };
 }

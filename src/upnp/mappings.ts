@@ -8,10 +8,13 @@
  * Contract (what every implementation keeps):
  *
  * - A host sees the IGD of its own public address: `externalAddress(a)` is
- *   the address its mappings get (its paired pool address), and `lookup`
- *   and `list` are about the mappings on that address, every host's, as a
- *   single-address gateway shows its one table. Only the owner may change a
- *   mapping (`delete` says `not-yours`, `add` says `conflict`).
+ *   the address its mappings get (its paired pool address). `lookup` and
+ *   `list` show only the host's own mappings, whichever protocol made them
+ *   (those of PCP, NAT-PMP and `dpm map` with an empty description): on a
+ *   pooled gateway the other hosts' internal addresses and ports are theirs
+ *   to know. Only the protocol that made a mapping may change it: `delete`
+ *   of another host's mapping, or of the host's own made by another
+ *   protocol, says `not-yours`; `add` over either says `conflict`.
  * - One mapping per internal endpoint (protocol, host, internal port): an
  *   `add` for an endpoint already mapped from another external port moves
  *   the mapping there when the new port can be had (the old port is freed),
@@ -98,9 +101,9 @@ export interface UpnpMappings {
   add(req: AddMapping, now: number): AddResult;
   /** Deletes the mapping of (proto, externalAddress(client), externalPort) if `client` owns it. */
   delete(client: number, proto: number, externalPort: number, now: number): DeleteResult;
-  /** The mapping of (proto, externalAddress(client), externalPort), or null. */
+  /** The mapping of (proto, externalAddress(client), externalPort) if it is `client`'s, or null. */
   lookup(client: number, proto: number, externalPort: number, now: number): PortMapping | null;
-  /** The mappings on `externalAddress(client)`, ordered by external port, then protocol. */
+  /** `client`'s mappings, ordered by external port, then protocol. */
   list(client: number, now: number): PortMapping[];
   /** The public address `client`'s mappings get. */
   externalAddress(client: number): number;

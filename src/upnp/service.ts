@@ -5,12 +5,14 @@
  * the narrow {@linkcode UpnpMappings} seam (`mappings.ts`). No sockets
  * (`http_server.ts` has them), no clock (`now` is passed in).
  *
- * HTTP checks, in order: the source is in the LAN prefix (403); the `Host`
- * header names the LAN address (403: a page in a LAN browser that
- * rebinds its own DNS name to the gateway must not reach the actions);
- * the path (404) and method (405; SUBSCRIBE on an event URL: 501, dpm
- * implements no eventing); for control, the host's action rate (503), then
- * the SOAP decoder (a fault with HTTP 500). A browser cannot send the
+ * HTTP checks, in order: the source is a host of the LAN prefix, not the
+ * gateway itself (403: a process on the gateway connecting from G must not
+ * map "for G", which would put the gateway's LAN-only services on a public
+ * address); the `Host` header names the LAN address (403: a page in a LAN
+ * browser that rebinds its own DNS name to the gateway must not reach the
+ * actions); the path (404) and method (405; SUBSCRIBE on an event URL: 501,
+ * dpm implements no eventing); for control, the host's action rate (503),
+ * then the SOAP decoder (a fault with HTTP 500). A browser cannot send the
  * `SOAPACTION` header across origins without a CORS preflight, which gets
  * 405, so a web page cannot invoke actions either.
  *
@@ -53,6 +55,12 @@ export interface UpnpContext {
   docs: IgdDocuments;
   /** LAN prefix: only its hosts are served. Null: every source. */
   lan: Cidr | null;
+  /**
+   * Which sources of the prefix are hosts (`src/policy/hosts.ts` in the
+   * server: never the gateway's own addresses, the pool, the prefix's
+   * network or broadcast address); absent: all of them.
+   */
+  isHost?: (a: number) => boolean;
   /** The address the HTTP server listens on (the `Host` check). */
   lanAddr: number;
   /** The port it listens on (the `Host` check accepts the address alone too). */
@@ -107,7 +115,9 @@ export class UpnpService {
 
   #http(req: HttpRequest, src: number, now: number): HttpResponse {
     const c = this.#c;
-    if (c.lan && !cidrContains(c.lan, src)) return { status: 403 };
+    if ((c.lan && !cidrContains(c.lan, src)) || (c.isHost && !c.isHost(src))) {
+      return { status: 403 };
+    }
     const host = req.headers.get("host");
     const g = formatIPv4(c.lanAddr);
     if (host !== undefined && host !== g && host !== `${g}:${c.httpPort}`) {
@@ -203,8 +213,13 @@ export class UpnpService {
         }
         const mine = this.#own(src, req.protocol, req.startPort, req.endPort, now);
         if (mine.length === 0) return refuse(UpnpError.PORT_MAPPING_NOT_FOUND, "none in range");
-        for (const x of mine) m.delete(src, x.proto, x.externalPort, now);
-        c.log(`UPnP ${formatIPv4(src)} deleted ${mine.length} ${req.protocol} mapping(s)`);
+        // The host's mappings of other protocols (PCP, NAT-PMP) in the range stay.
+        let n = 0;
+        for (const x of mine) if (m.delete(src, x.proto, x.externalPort, now) === "deleted") n++;
+        if (n === 0) {
+          return refuse(UpnpError.ACTION_NOT_AUTHORIZED, "none in range is UPnP's to delete");
+        }
+        c.log(`UPnP ${formatIPv4(src)} deleted ${n} ${req.protocol} mapping(s)`);
         return done();
       }
       case "GetSpecificPortMappingEntry": {
@@ -327,10 +342,8 @@ export class UpnpService {
       `UPnP ${formatIPv4(src)} mapped ${a.protocol} ${
         formatIPv4(x.externalAddr)
       }:${x.externalPort}` +
-        ` -> ${a.internalPort} for ${lifetime} s` +
-        (asked === 0 || asked > lifetime
-          ? ` (asked ${asked === 0 ? "permanent" : `${asked} s`})`
-          : "") +
+        ` -> ${a.internalPort} for ${x.leaseRemaining} s` +
+        (asked !== x.leaseRemaining ? ` (asked ${asked === 0 ? "permanent" : `${asked} s`})` : "") +
         (a.description ? ` "${a.description}"` : ""),
     );
     return any ? done({ NewReservedPort: x.externalPort }) : done();

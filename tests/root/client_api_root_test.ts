@@ -1,5 +1,5 @@
 /**
- * The client API's JSDoc examples (src/client.ts), run as written against a
+ * The client API's JSDoc examples (src/api.ts), run as written against a
  * real driver on h1, as root, on both data paths: the module's `@example`
  * blocks are taken from the source, their `@dpm/dpm` import pointed at
  * mod.ts, and each is run in h1's namespace with DPM_DRIVER_SOCKET naming
@@ -12,7 +12,7 @@ import { denoScript, DPM_ENV, withDpm } from "../../testing/launch.ts";
 import { perDataPath } from "../../testing/root.ts";
 
 const SAN = { sanitizeOps: false, sanitizeResources: false };
-const SOURCE = fileURLToPath(new URL("../../src/client.ts", import.meta.url));
+const SOURCE = fileURLToPath(new URL("../../src/api.ts", import.meta.url));
 const MOD_URL = new URL("../../mod.ts", import.meta.url).href;
 /** The project's config: its import map (npm packages) applies to the examples too. */
 const CONFIG = fileURLToPath(new URL("../../deno.json", import.meta.url));
@@ -31,7 +31,7 @@ function examples(source: string): Map<string, string> {
 for (
   const def of perDataPath({
     name:
-      "api root: the JSDoc examples of the client API (src/client.ts) run as written against a real driver",
+      "api root: the JSDoc examples of the client API (src/api.ts) run as written against a real driver",
     ...SAN,
     fn: (datapath) =>
       withDpm({ datapath, driverHosts: ["h1"] }, async (t, d) => {

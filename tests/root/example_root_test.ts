@@ -1,7 +1,7 @@
 /**
  * examples/sip_register.ts end to end, as root, on both data paths: an
  * application that puts its public pair (from the driver, `reserve` in
- * src/client.ts) into its payload is accepted by a registrar that checks the
+ * src/api.ts) into its payload is accepted by a registrar that checks the
  * Contact against the datagram's source; the same application behind
  * ordinary NAT, naming its private address, is refused.
  */

@@ -1,6 +1,6 @@
 /**
  * A start that fails leaves nothing, as root, on both data paths: a `dpm
- * server` whose control port, PCP port or metrics address another program
+ * server` whose control port, PCP port, UPnP HTTP port or metrics address another program
  * holds, and a `dpm driver` whose metrics address is taken, exit with the
  * reason and leave the machine as it was (no nft table, no iptables chain,
  * no pool address, no sysctl changed, no sysctl journal). Each role opens
@@ -65,7 +65,7 @@ time.sleep(600)`,
 for (
   const def of perDataPath({
     name:
-      "start root: a server whose control, PCP or metrics port is taken exits with the reason and changes nothing in the kernel",
+      "start root: a server whose control, PCP, UPnP HTTP or metrics port is taken exits with the reason and changes nothing in the kernel",
     ...SAN,
     fn: async (datapath) => {
       const t = await createTopology({ hosts: 1, peers: 1 });
@@ -101,6 +101,12 @@ for (
             /Control port .* is in use/,
           ],
           ["PCP", () => hold(t, gw.ns, "udp", gw.lanText, 5351), [], /PCP port .* is in use/],
+          [
+            "UPnP HTTP",
+            () => hold(t, gw.ns, "tcp", gw.lanText, 5000),
+            [],
+            /UPnP HTTP port 10\.0\.0\.1:5000 is in use \(--upnp-port picks another/,
+          ],
           [
             "metrics",
             () => hold(t, gw.ns, "tcp", "127.0.0.1", 9555),

@@ -78,9 +78,12 @@ for (const datapath of ["kernel", "queue"] as const) {
         // The text: bytes per session, one host's view.
         const text = await dpm(t, d.serverSocket, "status");
         assert.equal(text.code, 0, text.stderr);
-        assert.match(text.stdout, /AGE\s+IDLE\s+EXPIRES\s+FLAGS\s+PKTS OUT\/IN\s+BYTES OUT\/IN/);
+        assert.match(
+          text.stdout,
+          /AGE\s+IDLE\s+EXPIRES\s+FLAGS\s+PKTS OUT\/IN\s+BYTES OUT\/IN\s+OWNER/,
+        );
         const line = text.stdout.split("\n").find((l) => l.includes(internal))!;
-        assert.match(line, /\d+\/\d+\s+\d+ B\/\d+ B$/, line);
+        assert.match(line, /\d+\/\d+\s+\d+ B\/\d+ B\s+dpm$/, line);
         // A refusal of h1's: a remote inside the LAN (the server's BAD_REMOTE).
         const bad = await t.exec(h1.ns, [
           ...denoScript(CLIENT, ["10.0.0.1:4750", "reserve", "udp"]),

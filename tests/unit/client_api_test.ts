@@ -1,5 +1,5 @@
 /**
- * The application API (src/client.ts, exported from mod.ts) against a
+ * The application API (src/api.ts, exported from mod.ts) against a
  * stand-in driver socket that answers as a driver does.
  */
 

@@ -18,6 +18,10 @@ Deno.test("config: server defaults respect the documented values", () => {
   assert.equal(c.pool.length, 4);
   assert.equal(c.masquerade, true);
   assert.equal(c.lanIf, null);
+  assert.equal(c.pcp, true);
+  assert.equal(c.upnp, true, "the UPnP IGD is on by default (docs/upnp.md says why)");
+  assert.equal(c.upnpPort, 5000);
+  assert.equal(c.upnpMaxPerHost, 64);
 });
 
 Deno.test("config: every bad value is named", () => {
@@ -30,6 +34,13 @@ Deno.test("config: every bad value is named", () => {
     [{ ...base, "lan-if": "lan0" }, /--lan-if and --wan-if go together/],
     [{ ...base, pool: "10.0.0.1" }, /must not contain --lan-addr/],
     [{ ...base, "control-port": 61000 }, /inside --gateway-ports/],
+    [{ ...base, "upnp-port": 61000 }, /--upnp-port 61000 lies inside --gateway-ports/],
+    [{ ...base, "upnp-port": "http" }, /--upnp-port "http"/],
+    [{ ...base, "upnp-max-per-host": -1 }, /--upnp-max-per-host -1/],
+    [
+      { ...base, "metrics-addr": "10.0.0.1:5000" },
+      /--metrics-addr and --upnp-port both want TCP 5000/,
+    ],
     [{ ...base, colour: "red" }, /Unknown setting "colour"/],
     [{ pool: "203.0.113.10" }, /Missing required --lan-addr/],
     [{ ...base, "lan-if": "this-name-is-too-long", "wan-if": "wan0" }, /--lan-if/],
@@ -183,6 +194,10 @@ Deno.test("config: the help's spelling of a switch works as a config key too (no
   assert.equal(serverConfig({ ...base, "no-masquerade": true }).masquerade, false);
   assert.equal(serverConfig({ ...base, masquerade: false }).masquerade, false);
   assert.equal(driverConfig({ server: "10.0.0.1", "no-intercept": true }).intercept, false);
+  assert.equal(serverConfig({ ...base, "no-upnp": true }).upnp, false);
+  assert.equal(serverConfig({ ...base, upnp: false }).upnp, false);
+  // Off, its port is nobody's business.
+  assert.equal(serverConfig({ ...base, upnp: false, "upnp-port": 61000 }).upnpPort, 61000);
   assert.throws(
     () => serverConfig({ ...base, "no-masquerade": true, masquerade: true }),
     /--masquerade and --no-masquerade disagree/,

@@ -13,7 +13,7 @@ import {
   ServerCore,
 } from "../../src/server/core.ts";
 import { COOKIE_ROTATE_MS } from "../../src/control/cookie.ts";
-import { isSessionRecord } from "../../src/server/state.ts";
+import { isSessionRecord } from "../../src/server/restore.ts";
 import { Verdict } from "../../src/wire/meta.ts";
 import {
   decodeResponse,

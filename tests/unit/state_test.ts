@@ -10,13 +10,8 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { Owner, SessionTable } from "../../src/table/table.ts";
 import { DatabaseSync } from "node:sqlite";
-import {
-  checkStatePath,
-  DropLog,
-  restoreRecord,
-  StateStore,
-  type StoredRecord,
-} from "../../src/server/state.ts";
+import { checkStatePath, StateStore, type StoredRecord } from "../../src/server/state.ts";
+import { DropLog, restoreRecord } from "../../src/server/restore.ts";
 import { H1, LAN, P1, R1, R2, serverCfg } from "../../testing/fixtures.ts";
 import { ServerCore } from "../../src/server/core.ts";
 import { FakeServerDataPath } from "../../src/datapath/fake.ts";
@@ -400,6 +395,59 @@ Deno.test("state: each row's owner and PCP nonce come back after a restart; a fi
       name: string;
     }[];
     assert.ok(cols.some((c) => c.name === "owner"), "the columns are added back");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("state: a UPnP mapping comes back UPnP's with its description (a renewal's new one too), within the host's UPnP count; the boot id is kept; an older file has no description column and gains it", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/state.db`;
+    const store = await StateStore.open(path);
+    assert.equal(store.saved, null);
+    const t = newTable();
+    store.start(t, 9, 1234);
+    store.listen(t);
+    const now = Date.now();
+    const up = { proto: 17, a: H1, pa: 6000, p: 0, r: 0, lifetime: 600, owner: Owner.UPNP };
+    t.map({ ...up, description: "my game" }, now);
+    t.map({ ...up, pa: 6001, description: "" }, now);
+    store.commit();
+    // A renewal with another description is written with it.
+    t.map({ ...up, description: "my game, renamed" }, now);
+    store.commit();
+    store.close();
+    const again = await reopen(path, [R1, R2], now);
+    assert.equal(again.store.saved?.bootId, 1234, "the boot id is kept");
+    assert.equal(again.store.saved?.epoch, 9);
+    const at = again.table;
+    const s = at.lookupMapOf(17, H1, 6000);
+    assert.equal(at.owner(s), Owner.UPNP);
+    assert.equal(at.description(s), "my game, renamed");
+    assert.equal(at.description(at.lookupMapOf(17, H1, 6001)), "", "no description: none kept");
+    assert.equal(at.record(at.lookupMapOf(17, H1, 6001)).description, undefined);
+    assert.equal(at.upnpOf(H1), 2, "the UPnP cap counts them again");
+    assert.equal(at.unverifiedOf(H1), 0, "UPnP's rows are not PCP/NAT-PMP's");
+    again.store.close();
+    // A file of a dpm before descriptions: none, and the column comes back.
+    const db = new DatabaseSync(path);
+    db.exec("ALTER TABLE sessions DROP COLUMN description");
+    db.exec("DELETE FROM meta WHERE k = 'upnpBootId'");
+    db.close();
+    const old = await reopen(path, [R1, R2], now);
+    assert.equal(old.store.saved?.bootId, undefined);
+    assert.equal(old.table.size, 2);
+    for (const r of old.table.entries()) assert.equal(r.description, undefined);
+    old.store.start(old.table, 9, 1235);
+    old.store.close();
+    const check = new DatabaseSync(path);
+    const cols = check.prepare("PRAGMA table_info(sessions)").all() as { name: string }[];
+    check.close();
+    assert.ok(cols.some((c) => c.name === "description"), "the column is added back");
+    const last = await StateStore.open(path);
+    assert.equal(last.saved?.bootId, 1235);
+    last.close();
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -47,6 +47,7 @@ import {
   Pipe,
   serverCfg,
 } from "../../testing/fixtures.ts";
+import { Owner } from "../../src/table/table.ts";
 
 /** A session row as a fake handler streams it. */
 function fakeRow(i: number): SessionView {
@@ -383,6 +384,100 @@ Deno.test("format: the server status says how many rows are not shown and the da
   assert.match(t, /\.\.\. 1498 more \(use --json\)/);
   assert.match(t, /control results: ok 3$/m);
   assert.match(t, /100 B\/90 B/);
+});
+
+Deno.test("format: a mapping's owner and description, the mappings by owner, PCP's and NAT-PMP's answers and the UPnP IGD", () => {
+  const row: SessionView = {
+    ...fakeRow(1),
+    remote: "*",
+    flags: "map",
+    owner: "upnp",
+    description: "my game",
+  };
+  const t = formatStatus({
+    version: "0.1.0",
+    epoch: 1,
+    uptime: 1,
+    lanAddr: "10.0.0.1",
+    pool: ["203.0.113.10"],
+    dataPath: { kind: "off", state: "off", reinstalls: 0 },
+    sessions: 2,
+    shown: [row, { ...fakeRow(2), owner: "natpmp" }],
+    results: {},
+    drops: {},
+    packets: { in: 0, out: 0, hairpin: 0 },
+    protocols: {
+      mappings: { adopted: 0, dpm: 0, pcp: 0, natpmp: 1, upnp: 1 },
+      pcp: { success: 0 },
+      natpmp: { success: 1 },
+      upnp: {
+        locations: ["http://10.0.0.1:5000/igd1/desc.xml"],
+        bootId: 7,
+        http: { "200": 3 },
+        actions: { AddPortMapping: 1 },
+        faults: { "718": 2 },
+        ssdp: { answered: 1, answers: 3, notLan: 0 },
+        listener: { served: 3 },
+      },
+    },
+  });
+  assert.match(t, /BYTES OUT\/IN\s+OWNER$/m);
+  assert.match(t, /map .* upnp "my game"$/m);
+  assert.match(t, /natpmp$/m);
+  assert.match(t, /^mappings: natpmp 1, upnp 1$/m);
+  assert.match(t, /^PCP: none; NAT-PMP: success 1$/m);
+  assert.match(
+    t,
+    /^UPnP: http:\/\/10\.0\.0\.1:5000\/igd1\/desc\.xml \(boot id 7\); actions: AddPortMapping 1; faults: 718 2; SSDP: answered 1, answers 3$/m,
+  );
+});
+
+Deno.test("server status: the mappings by owner, and PCP's and NAT-PMP's answers by result, in the status and the metrics", async () => {
+  const core = new ServerCore(serverCfg(), { lan: LAN });
+  core.policy.map({ owner: Owner.NATPMP, a: H1 }, {
+    proto: 17,
+    pa: 6000,
+    p: 0,
+    r: 0,
+    lifetime: 600,
+    exact: false,
+  }, core.now());
+  core.upnp.add({
+    client: H1,
+    proto: 6,
+    internalPort: 7000,
+    externalPort: 7000,
+    any: false,
+    lifetime: 600,
+    description: "web",
+  }, core.now());
+  const st = core.status();
+  assert.deepEqual(st.protocols?.mappings, { adopted: 0, dpm: 0, pcp: 0, natpmp: 1, upnp: 1 });
+  assert.equal(st.protocols?.upnp, undefined, "no IGD serving here");
+  assert.equal(st.protocols?.pcp?.success, 0);
+  const web = st.shown.find((r) => r.internal.endsWith(":7000"))!;
+  assert.deepEqual([web.owner, web.description, web.remote], ["upnp", "web", "*"]);
+  core.upnpStatus = () => ({
+    locations: ["http://10.0.0.1:5000/igd1/desc.xml"],
+    bootId: 9,
+    http: { "200": 1 },
+    actions: { AddPortMapping: 1 },
+    faults: { "606": 1 },
+    ssdp: { answered: 0, notLan: 2 },
+    listener: { served: 1, timedOut: 1 },
+  });
+  const { serverFamilies } = await import("../../src/server/metrics.ts");
+  const fams = serverFamilies(core);
+  const sample = (name: string, labels: Record<string, string>) =>
+    fams.find((f) => f.name === name)?.samples.find((x) =>
+      Object.entries(labels).every(([k, v]) => x.labels?.[k] === v)
+    )?.value;
+  assert.equal(sample("dpm_mappings", { owner: "upnp" }), 1);
+  assert.equal(sample("dpm_mappings", { owner: "natpmp" }), 1);
+  assert.equal(sample("dpm_upnp_faults_total", { code: "606" }), 1);
+  assert.equal(sample("dpm_upnp_actions_total", { action: "AddPortMapping" }), 1);
+  assert.equal(sample("dpm_upnp_ssdp_total", { event: "not_lan" }), 2);
+  assert.equal(sample("dpm_upnp_connections_total", { outcome: "timed_out" }), 1);
 });
 
 Deno.test("format: the driver status says whether the server answers", async () => {

@@ -1,13 +1,19 @@
 /**
- * Tests of the session table and its allocation policy (src/table.ts), named
- * after the claims they show. The last test runs random operation sequences
- * against a slow, obvious model (an array of plain objects).
+ * Tests of the session table and its allocation policy (src/table/: the
+ * facade table.ts, the policy allocate.ts), named after the claims they
+ * show. The last test runs random operation sequences against a slow,
+ * obvious model (an array of plain objects).
  */
 
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { Result } from "../../src/control/result.ts";
-import { type ReserveRequest, SessionTable, type TableOptions } from "../../src/table/table.ts";
+import {
+  Owner,
+  type ReserveRequest,
+  SessionTable,
+  type TableOptions,
+} from "../../src/table/table.ts";
 
 const UDP = 17;
 const TCP = 6;
@@ -371,6 +377,30 @@ Deno.test("restore: records from entries() rebuild an equal table; clashes are r
   assert.equal(u.portUsers(UDP, recs[0]!.r, 5060) >= 1, true);
 });
 
+Deno.test("map under a port policy: when the random probes miss, the scan finds the one allowed free pair; then NO_RESOURCES", () => {
+  // random() === 0: every probe asks for the first allowed port, which is taken.
+  const t = new SessionTable({
+    pool: [R1, R2],
+    portMin: 2000,
+    portMax: 2100,
+    pooling: "arbitrary",
+    random: () => 0,
+  });
+  const ports = { ranges: [[2010, 2012], [2050, 2050]] as const, usable: () => true };
+  // H2 and H3 take 2010-2012 on both addresses, H2 2050 on one: one allowed pair stays free.
+  for (const pa of [2010, 2011, 2012]) {
+    for (const a of [H2, H3]) assert.equal(t.reserve(req({ a, pa }), 0).result, Result.OK);
+  }
+  assert.equal(t.reserve(req({ a: H2, pa: 2050 }), 0).result, Result.OK);
+  const free = [R1, R2].filter((r) => t.portUsers(UDP, r, 2050) === 0);
+  assert.equal(free.length, 1);
+  const m = { proto: UDP, a: H1, p: 0, r: 0, lifetime: 0, ports };
+  const g = t.map({ ...m, pa: 3000 }, 0);
+  assert.equal(g.result, Result.OK);
+  assert.deepEqual([g.r, g.p, g.replaced], [free[0], 2050, true]);
+  assert.equal(t.map({ ...m, pa: 3001 }, 0).result, Result.NO_RESOURCES);
+});
+
 Deno.test("growth: past the initial capacity every session is still found, through release", () => {
   const t = new SessionTable({ pool: [R1, R2, R1 + 7], initialCapacity: 2 });
   const grants = [];
@@ -535,6 +565,54 @@ function checkHolds(t: SessionTable, holds: MHold[]): void {
     h.hosts = [by];
   }
 }
+
+Deno.test("mappings: a mapped endpoint's fixed-port session takes the mapping's pair even when its port differs (the remote that came in through it hears back from it)", () => {
+  const t = new SessionTable({ pool: [R1, R2] });
+  const m = t.map({ proto: UDP, a: H1, pa: 5000, p: 6000, r: R1, lifetime: 600 }, 0);
+  assert.equal(m.result, Result.OK);
+  assert.deepEqual([m.r, m.p], [R1, 6000]);
+  const g = t.reserve(req({ a: H1, pa: 5000, x: X1, px: 7000, replaceable: false }), 0);
+  assert.equal(g.result, Result.OK);
+  assert.deepEqual([g.r, g.p, g.replaced], [R1, 6000, true]);
+  // An unmapped endpoint's fixed port keeps its own number.
+  const f = t.reserve(req({ a: H1, pa: 5001, x: X1, px: 7000, replaceable: false }), 0);
+  assert.equal(f.p, 5001);
+});
+
+Deno.test("owners: UPnP rows count toward the host's quota and its own UPnP cap; a description stays with its row; a claim moves the counts", () => {
+  const t = new SessionTable({ pool: [R1], maxUpnpPerHost: 2, maxSessionsPerHost: 3 });
+  const up = { proto: UDP, a: H1, p: 0, r: 0, lifetime: 600, owner: Owner.UPNP };
+  assert.equal(t.map({ ...up, pa: 5000, description: "a" }, 0).result, Result.OK);
+  assert.equal(t.map({ ...up, pa: 5001, description: "x".repeat(300) }, 0).result, Result.OK);
+  assert.equal(t.description(t.lookupMapOf(UDP, H1, 5001)).length, 256, "cut at 256");
+  assert.equal(t.map({ ...up, pa: 5002 }, 0).result, Result.QUOTA_EXCEEDED, "the UPnP cap");
+  assert.equal(t.upnpOf(H1), 2);
+  // The host's quota counts them: one more dpm row fits, then none.
+  assert.equal(t.reserve(req({ a: H1, pa: 40000, replaceable: true }), 0).result, Result.OK);
+  assert.equal(
+    t.reserve(req({ a: H1, pa: 40001, replaceable: true }), 0).result,
+    Result.QUOTA_EXCEEDED,
+  );
+  // Released: its description goes with it, the slot's next row has none.
+  const s = t.lookupMapOf(UDP, H1, 5000);
+  t.releaseSlot(s, 0);
+  assert.equal(t.upnpOf(H1), 1);
+  const n = t.map({ proto: UDP, a: H1, pa: 5003, p: 0, r: 0, lifetime: 600 }, 0);
+  assert.equal(t.description(n.session), "");
+  // An ADOPTED mapping claimed by UPnP counts from then on.
+  t.claim(n.session, Owner.UPNP);
+  assert.equal(t.upnpOf(H1), 2);
+  t.claim(n.session, Owner.NATPMP);
+  assert.equal(t.upnpOf(H1), 1);
+  assert.equal(t.unverifiedOf(H1), 1);
+  // A record carries the description; restored, it comes back.
+  const rec = t.record(t.lookupMapOf(UDP, H1, 5001));
+  assert.equal(rec.owner, "upnp");
+  const t2 = new SessionTable({ pool: [R1] });
+  assert.equal(t2.restore(rec), Result.OK);
+  assert.equal(t2.description(t2.lookupMapOf(UDP, H1, 5001)), "x".repeat(256));
+  assert.equal(t2.upnpOf(H1), 1);
+});
 
 Deno.test("model: random operation sequences keep the indexes consistent and the policy's promises", () => {
   fc.assert(

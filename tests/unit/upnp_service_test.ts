@@ -7,12 +7,12 @@
 
 import assert from "node:assert/strict";
 import { IgdDocuments } from "../../src/upnp/description.ts";
-import { actionsOf, SERVICES, serviceType, UpnpError } from "../../src/upnp/igd.ts";
+import { actionsOf, SERVICES, UpnpError } from "../../src/upnp/igd.ts";
 import { FakeUpnpMappings } from "../../src/upnp/fake.ts";
 import { UpnpService } from "../../src/upnp/service.ts";
 import { encodeSoapRequest } from "../../src/upnp/soap.ts";
+import { add, call, key, req } from "../../testing/upnp_calls.ts";
 import { parseXml, type XmlElement } from "../../src/upnp/xml.ts";
-import type { HttpRequest } from "../../src/upnp/http.ts";
 import { RateLimiter } from "../../src/control/ratelimit.ts";
 import { G, H1, H2, LAN, P1, R1 } from "../../testing/fixtures.ts";
 
@@ -34,93 +34,6 @@ function setup(o: { maxLease?: number; rate?: number } = {}) {
   });
   return { m, svc, log };
 }
-
-function req(
-  method: string,
-  path: string,
-  headers: [string, string][] = [],
-  body = "",
-): HttpRequest {
-  return {
-    method,
-    target: path,
-    path,
-    minor: 1,
-    headers: new Map([
-      ["host", "10.0.0.1:5000"],
-      ...headers.map(([k, v]) => [k.toLowerCase(), v] as [string, string]),
-    ]),
-    body: new TextEncoder().encode(body),
-  };
-}
-
-/** Calls `action` at the control URL of IGD `igd` (its WANIPConnection's version) as `src`. */
-function call(
-  svc: UpnpService,
-  src: number,
-  action: string,
-  args: [string, string][] = [],
-  o: {
-    igd?: number;
-    ns?: number;
-    now?: number;
-    service?: "WANIPConnection" | "WANCommonInterfaceConfig";
-  } = {},
-): { status: number; out: Record<string, string>; code: number | null } {
-  const service = o.service ?? "WANIPConnection";
-  const igd = o.igd ?? 1;
-  const ns = o.ns ?? (service === "WANIPConnection" ? igd : 1);
-  const e = encodeSoapRequest(service, ns, action, args);
-  const res = svc.handleHttp(
-    req("POST", `/igd${igd}/ctl/${service}`, [["SOAPACTION", e.soapAction]], e.body),
-    src,
-    o.now ?? 2_000,
-  );
-  const x = parseXml(res.body ?? "");
-  assert.ok(x.ok, `response is XML: ${res.body}`);
-  const inner = x.root.children[0]!.children[0]!;
-  if (res.status === 500) {
-    const code = Number(inner.children[2]!.children[0]!.children[0]!.text);
-    return { status: 500, out: {}, code };
-  }
-  assert.equal(inner.local, `${action}Response`);
-  assert.equal(inner.uri, serviceType(service, ns));
-  return {
-    status: res.status,
-    out: Object.fromEntries(inner.children.map((c) => [c.local, c.text])),
-    code: null,
-  };
-}
-
-function add(
-  ext: number,
-  intPort: number,
-  o: {
-    proto?: string;
-    client?: string;
-    lease?: number;
-    desc?: string;
-    remote?: string;
-    enabled?: string;
-  } = {},
-): [string, string][] {
-  return [
-    ["NewRemoteHost", o.remote ?? ""],
-    ["NewExternalPort", String(ext)],
-    ["NewProtocol", o.proto ?? "UDP"],
-    ["NewInternalPort", String(intPort)],
-    ["NewInternalClient", o.client ?? "10.0.0.11"],
-    ["NewEnabled", o.enabled ?? "1"],
-    ["NewPortMappingDescription", o.desc ?? "test"],
-    ["NewLeaseDuration", String(o.lease ?? 600)],
-  ];
-}
-
-const key = (ext: number, proto = "UDP", remote = ""): [string, string][] => [
-  ["NewRemoteHost", remote],
-  ["NewExternalPort", String(ext)],
-  ["NewProtocol", proto],
-];
 
 // ---------------------------------------------------------------- documents
 
@@ -357,7 +270,7 @@ Deno.test("upnp service: secure mode: only to itself, only its own, wildcard rem
   );
   assert.equal(m.changes, 0);
   call(svc, H1, "AddPortMapping", add(6000, 5000));
-  // H2 cannot overwrite it, nor delete it (one by one or by range), but sees it.
+  // H2 cannot overwrite it, nor delete it (one by one or by range), nor see it.
   assert.equal(
     call(svc, H2, "AddPortMapping", add(6000, 5000, { client: "10.0.0.12" })).code,
     UpnpError.CONFLICT_IN_MAPPING_ENTRY,
@@ -375,7 +288,15 @@ Deno.test("upnp service: secure mode: only to itself, only its own, wildcard rem
     UpnpError.PORT_MAPPING_NOT_FOUND,
   );
   assert.equal(
-    call(svc, H2, "GetSpecificPortMappingEntry", key(6000)).out.NewInternalClient,
+    call(svc, H2, "GetSpecificPortMappingEntry", key(6000)).code,
+    UpnpError.NO_SUCH_ENTRY_IN_ARRAY,
+  );
+  assert.equal(
+    call(svc, H2, "GetGenericPortMappingEntry", [["NewPortMappingIndex", "0"]]).code,
+    UpnpError.SPECIFIED_ARRAY_INDEX_INVALID,
+  );
+  assert.equal(
+    call(svc, H1, "GetSpecificPortMappingEntry", key(6000)).out.NewInternalClient,
     "10.0.0.11",
   );
   assert.equal(m.all(2_000).length, 1);

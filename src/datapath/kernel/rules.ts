@@ -17,7 +17,8 @@
  * chain antispoof  the WAN never speaks as the LAN or the pool, the LAN never as the
  *                  gateway (fib saddr type local), the pool, or the prefix's network or
  *                  broadcast: dpm needs accept_local and no strict rp_filter (gateway.ts)
- * chain guard    control requests only from the LAN interface and prefix (datapath/gateway.ts)
+ * chain guard    control requests (UDP: dpm, PCP, SSDP; TCP: the UPnP IGD's HTTP) to G only
+ *                from the LAN interface and prefix (datapath/gateway.ts)
  * chain hold     filter prerouting (-160, after conntrack): a new conntrack from the LAN to
  *                G:Pg in the drivers' share that to_remote does not know (a first packet
  *                ahead of its request, `server/held.ts`) gets HOLD_MARK; iptables mangle
@@ -40,7 +41,14 @@ import { type Cidr, formatCidr, formatIPv4 } from "../../wire/addr.ts";
 import type { GatewayOptions, HostOptions } from "../datapath.ts";
 import type { ChainSpec } from "../../../linux/iptables.ts";
 import { DEFRAG_ON } from "../../../linux/iptables.ts";
-import { controlPorts, lanEdges, poolRanges, poolRangeText, quoteIf } from "../gateway.ts";
+import {
+  controlPorts,
+  controlTcpPorts,
+  lanEdges,
+  poolRanges,
+  poolRangeText,
+  quoteIf,
+} from "../gateway.ts";
 import { protoName } from "../../wire/meta.ts";
 import { driverShare } from "../../control/pg.ts";
 
@@ -55,6 +63,23 @@ export const QUEUE_MARK = 0x64706d01; // "dpm" 01
  * chain sets it, iptables queues it; the server holds it: `server/held.ts`).
  */
 export const HOLD_MARK = 0x64706d04; // "dpm" 04
+
+/**
+ * The guard chain's rules: dpm's UDP control ports and the TCP ones
+ * (`controlPorts`, `controlTcpPorts` of gateway.ts) on G, only from the
+ * LAN interface and the LAN prefix.
+ */
+function guardLines(cfg: GatewayOptions, lan: Cidr, lanIf: string): string {
+  const g = formatIPv4(cfg.lanAddr);
+  const out: string[] = [];
+  const groups = [["udp", controlPorts(cfg)], ["tcp", controlTcpPorts(cfg)]] as const;
+  for (const [proto, ports] of groups) {
+    if (ports.length === 0) continue;
+    const m = `ip daddr ${g} ${proto} dport { ${ports.join(", ")} }`;
+    out.push(`    ${m} iifname != ${lanIf} drop`, `    ${m} ip saddr != ${formatCidr(lan)} drop`);
+  }
+  return out.join("\n");
+}
 
 /**
  * The gateway's table, replacing any previous one in the same transaction
@@ -120,8 +145,7 @@ table ip ${SERVER_TABLE} {
   }
   chain guard {
     type filter hook input priority -150; policy accept;
-    ip daddr ${g} udp dport { ${controlPorts(cfg).join(", ")} } iifname != ${lanIf} drop
-    ip daddr ${g} udp dport { ${controlPorts(cfg).join(", ")} } ip saddr != ${formatCidr(lan)} drop
+${guardLines(cfg, lan, lanIf)}
   }
   chain steer {
     type filter hook prerouting priority -350; policy accept;

@@ -96,7 +96,7 @@ export const STEER_MARK = 0x64706d02; // "dpm" 02
 /** Mark of a translated packet from the WAN to a steered endpoint (DPM-SRV-FWD accepts it). */
 export const DIRECT_MARK = 0x64706d03; // "dpm" 03
 
-/** A session as the core hands it to this path (`direct`: a PCP PEER session, table.ts). */
+/** A session as the core hands it to this path (`direct`: a PCP PEER session, table/allocate.ts). */
 export type QueueSession = GatewaySession;
 
 /** The session's packets must be steered into the queue: a mapping or a direct session. */
