@@ -420,7 +420,9 @@ while True:
  * A burst of `n` new UDP sessions at once: `n` sockets on fresh ephemeral
  * ports, each sending its first datagram to `dest` ("ip:port", a
  * {@linkcode udpEcho}, which answers with the source it saw) in one loop,
- * then again every 2 s until answered or `roundMs` is up. With `rounds` > 1
+ * then again every `resendMs` (default 2,000; 0: never, so that a session
+ * whose first datagram was lost stays unanswered) until answered or
+ * `roundMs` is up. With `rounds` > 1
  * the same sockets send again (a round starts when every socket had its
  * answer or at the deadline; with `gate`, it prints "round N done" and
  * starts the next only once the file `gate` exists). Replies arriving within
@@ -437,7 +439,7 @@ while True:
 export function udpBurst(
   n: number,
   dest: string,
-  o: { roundMs: number; rounds?: number; gate?: string; drainMs?: number },
+  o: { roundMs: number; rounds?: number; gate?: string; drainMs?: number; resendMs?: number },
 ): string[] {
   return [
     "python3",
@@ -487,7 +489,9 @@ for r in range(${o.rounds ?? 1}):
                 sends[fd] += 1
                 if r == 0 and fd not in sent_at:
                     sent_at[fd] = now()
-            next_send = now() + 2000000000
+            next_send = now() + ${o.resendMs ?? 2000} * 1000000 if ${
+      o.resendMs ?? 2000
+    } > 0 else deadline
         for fd, _ in poll.poll(20):
             s = by_fd[fd]
             while True:

@@ -232,7 +232,14 @@ export class HostTranslator {
     if (info.src !== g) return Verdict.ACCEPT;
     const icmp = info.proto === IPPROTO_ICMP;
     const s = c.sessions.byPg(info.proto, info.dst, icmp ? info.dport : info.sport);
-    if (!s || s.state !== State.ACTIVE || (!icmp && s.pa !== info.dport)) {
+    // A session whose proposed Pg is programmed is translated inbound before
+    // its answer arrives, as the kernel path's maps do: the gateway sends from
+    // G:Pg only once it granted that Pg, and its answer may come after the
+    // remote's reply (a TCP SYN-ACK).
+    const live = s !== undefined &&
+      (s.state === State.ACTIVE ||
+        (s.state === State.PENDING && s.pg !== 0 && s.programmed === s.pg));
+    if (!live || (!icmp && s.pa !== info.dport)) {
       c.drops[Drop.NO_SESSION]!++;
       return Verdict.ACCEPT;
     }

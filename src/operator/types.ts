@@ -52,6 +52,13 @@ export interface StatusReply {
   results: Record<string, number>;
   drops: Record<string, number>;
   packets: { in: number; out: number; hairpin: number };
+  /**
+   * First packets held at the gateway until their request was granted
+   * (`server/held.ts`): held, released, dropped (refused or over a limit),
+   * expired (no request came), evicted (a host's limit), refused, and `now`
+   * (held at this moment).
+   */
+  held?: Record<string, number>;
   /** The inbound mappings by owner and what each mapping protocol answered. */
   protocols?: MappingProtocols;
 }

@@ -207,6 +207,7 @@ export class ServerCore {
       packets: this.packets,
       dataPath: () => this.#dp,
       protocols: () => this.protocols(),
+      held: () => ({ ...this.held.stats, now: this.held.size }),
     });
     this.#views = views;
     this.#translator = new Translator({

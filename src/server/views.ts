@@ -53,6 +53,8 @@ export interface ServerViewsDeps {
   dataPath: () => ServerDataPath | null;
   /** The mapping protocols' counts (`ServerCore.protocols`). */
   protocols?: () => MappingProtocols;
+  /** The held first packets' counters (`ServerCore.held`). */
+  held?: () => Record<string, number>;
 }
 
 /** The operator's view of the gateway: status, rows, host views, session events, drops. */
@@ -114,6 +116,7 @@ export class ServerViews {
       results,
       drops,
       packets: { ...d.packets },
+      ...(d.held ? { held: d.held() } : {}),
       ...(d.protocols ? { protocols: d.protocols() } : {}),
     };
   }

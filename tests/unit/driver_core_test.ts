@@ -135,6 +135,29 @@ Deno.test("driver: claim 5 proposes Pg and sends the first packet to G:Pg at onc
   assert.ok(verifyIpChecksum(reply) && verifyL4Checksum(reply));
 });
 
+Deno.test("driver: a reply from G:Pg that overtakes the answer (a SYN-ACK) reaches the app: the proposed Pg is translated inbound at once", async () => {
+  const { server, h1 } = rig();
+  const sdp = new FakeServerDataPath("queue");
+  server.attach(sdp);
+  const syn = buildTcp({ src: H1, sport: 40001, dst: P1, dport: 80, flags: 0x02 });
+  assert.equal(h1.d.handlePacket(syn, 1, true), Verdict.MODIFIED);
+  const pg = parsed(syn).dport;
+  // The gateway grants and sends the SYN on; the remote's SYN-ACK comes back
+  // through the gateway before the driver has read its answer.
+  assert.equal(server.handlePacket(syn.slice(), 0, 5), Verdict.HOLD);
+  const s = [...h1.d.sessions()].find((x) => x.pa === 40001)!;
+  assert.equal(s.state, 0, "no answer yet (PENDING)");
+  const synAck = buildTcp({ src: G, sport: pg, dst: H1, dport: 40001, flags: 0x12 });
+  assert.equal(h1.d.handlePacket(synAck, 2, false), Verdict.MODIFIED);
+  const app = parsed(synAck);
+  assert.deepEqual([app.src, app.sport, app.dst, app.dport], [P1, 80, H1, 40001]);
+  // From another port of the host, G:Pg is not this session's: untouched.
+  const stray = buildTcp({ src: G, sport: pg, dst: H1, dport: 40002, flags: 0x12 });
+  assert.equal(h1.d.handlePacket(stray, 3, false), Verdict.ACCEPT);
+  await settle();
+  assert.equal(s.state, 1, "the answer arrived: ACTIVE");
+});
+
 Deno.test("driver: the kernel path holds a new session's first packets for the rest of the turn, commits once, then lets them go", async () => {
   const { h1 } = rig({ kernel: true });
   const ids = [1, 2, 3];
