@@ -85,6 +85,7 @@ export function driverCfg(over: Partial<DriverConfig> = {}): DriverConfig {
     serverPort: 4750,
     fixedPorts: [],
     gatewayPorts: [61000, 65535],
+    protocol: 3,
     lan: LAN,
     socket: "/nonexistent",
     socketGroup: null,

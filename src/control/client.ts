@@ -108,6 +108,13 @@ export interface RetryOptions {
   rateLimitedTries?: number;
   /** Transmissions per second at most, in bursts of twice as many. @default 1800 */
   rate?: number;
+  /**
+   * The protocol version to speak: 3 (batches, proposed gateway ports; it
+   * falls back to 2 by itself when the server speaks only 2), or 2 from the
+   * start, as drivers before version 3 do (`dpm driver --protocol 2`).
+   * @default 3
+   */
+  version?: 2 | 3;
 }
 
 /** How long the nonce of a given-up request is remembered for a late answer, ms. */
@@ -224,7 +231,7 @@ export class ControlClient implements ControlTransport {
   readonly #link: DatagramLink;
   /** The host's address: every request's internal address. */
   readonly #local: number;
-  readonly #o: Required<RetryOptions>;
+  readonly #o: Required<Omit<RetryOptions, "version">>;
   readonly #now: () => number;
   readonly #salt: number;
   #seq: number;
@@ -309,6 +316,7 @@ export class ControlClient implements ControlTransport {
     this.#tokens = 2 * this.#o.rate;
     this.#tokensAt = now();
     this.#wheelAt = Math.floor(now() / SLOT_MS);
+    if (retry.version === PROTOCOL_VERSION) this.#version = PROTOCOL_VERSION;
     link.onReceive = (d) => this.#receive(d);
   }
 

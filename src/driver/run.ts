@@ -58,7 +58,9 @@ export async function runDriver(
       local = found.local;
     }
     const ephemeral = await ephemeralRange();
-    const client = new ControlClient(udpLink(cfg.server, cfg.serverPort, local ?? 0), local ?? 0);
+    const client = new ControlClient(udpLink(cfg.server, cfg.serverPort, local ?? 0), local ?? 0, {
+      version: cfg.protocol === 2 ? 2 : 3,
+    });
     undo.push(() => client.close());
     const ownerOf = cfg.socketGroup ? await portOwnerReader() : undefined;
     const core = new DriverCore(cfg, client, {

@@ -59,6 +59,11 @@ export interface StatusReply {
    * (held at this moment).
    */
   held?: Record<string, number>;
+  /**
+   * Control datagrams from LAN hosts by the protocol version they spoke:
+   * v2 (one request each), v3 (batches), other (older or newer).
+   */
+  datagrams?: Record<string, number>;
   /** The inbound mappings by owner and what each mapping protocol answered. */
   protocols?: MappingProtocols;
 }

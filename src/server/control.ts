@@ -33,6 +33,7 @@ import {
   hasCookie,
   MAGIC,
   Op,
+  PROTOCOL_VERSION,
   RESPONSE_BIT,
   responseFor,
 } from "../control/proto.ts";
@@ -121,6 +122,8 @@ export class ControlService {
   unanswered = 0;
   /** Datagrams dropped unanswered because their source is not a LAN host. */
   notHost = 0;
+  /** LAN hosts' datagrams by the protocol version they spoke (2 or 3; "other": older or newer). */
+  readonly datagrams = { v2: 0, v3: 0, other: 0 };
 
   constructor(deps: ControlDeps) {
     this.#d = deps;
@@ -144,7 +147,12 @@ export class ControlService {
       return null;
     }
     const version = msg.length >= 3 ? msg[2]! : 0;
-    if (version === BATCH_VERSION) return this.#batch(msg, src, now);
+    if (version === BATCH_VERSION) {
+      this.datagrams.v3++;
+      return this.#batch(msg, src, now);
+    }
+    if (version === PROTOCOL_VERSION) this.datagrams.v2++;
+    else this.datagrams.other++;
     if (version > BATCH_VERSION && isOurs(msg)) return this.#newer(msg, src, now);
     return this.#single(msg, src, now);
   }

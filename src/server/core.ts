@@ -208,6 +208,7 @@ export class ServerCore {
       dataPath: () => this.#dp,
       protocols: () => this.protocols(),
       held: () => ({ ...this.held.stats, now: this.held.size }),
+      datagrams: () => ({ ...this.#control.datagrams }),
     });
     this.#views = views;
     this.#translator = new Translator({

@@ -55,6 +55,8 @@ export interface ServerViewsDeps {
   protocols?: () => MappingProtocols;
   /** The held first packets' counters (`ServerCore.held`). */
   held?: () => Record<string, number>;
+  /** Control datagrams by protocol version (`ControlService.datagrams`). */
+  datagrams?: () => Record<string, number>;
 }
 
 /** The operator's view of the gateway: status, rows, host views, session events, drops. */
@@ -117,6 +119,7 @@ export class ServerViews {
       drops,
       packets: { ...d.packets },
       ...(d.held ? { held: d.held() } : {}),
+      ...(d.datagrams ? { datagrams: d.datagrams() } : {}),
       ...(d.protocols ? { protocols: d.protocols() } : {}),
     };
   }
