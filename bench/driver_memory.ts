@@ -18,7 +18,12 @@
 
 import { DriverCore } from "../src/driver/core.ts";
 import { ControlClient, type DatagramLink } from "../src/control/client.ts";
-import type { DriverDataPath, HostSessionKey, PacketIO } from "../src/datapath/datapath.ts";
+import type {
+  DataPathKind,
+  DriverDataPath,
+  HostSessionKey,
+  PacketIO,
+} from "../src/datapath/datapath.ts";
 import { Verdict } from "../src/wire/meta.ts";
 import { rewriteToGateway } from "../src/wire/rewrite.ts";
 import { buildUdp } from "../testing/packets.ts";
@@ -31,7 +36,7 @@ export interface DriverMemory {
   sessions: number;
   /** Of them, reserved (state active) once every answer arrived. */
   active: number;
-  datapath: "kernel" | "queue";
+  datapath: DataPathKind;
   /** Heap growth per session once every session is settled (after a full GC). */
   driverBytesPerSession: number;
   /** Heap growth per session while every request is still in flight (a burst). */
@@ -52,18 +57,19 @@ const gcOf = () => (globalThis as { gc?: () => void }).gc;
  */
 export async function driverMemory(
   n: number,
-  datapath: "kernel" | "queue",
+  datapath: DataPathKind,
 ): Promise<DriverMemory> {
   const maybeGc = gcOf();
   if (!maybeGc) throw new Error("driverMemory needs gc: run with --v8-flags=--expose-gc");
   const gc: () => void = maybeGc;
   setLevel("error");
   const N = n;
-  const kernel = datapath === "kernel";
+  /** The kernel and bpf paths translate established packets in the kernel. */
+  const kernel = datapath !== "queue";
   /** A data path that keeps nothing (the fakes record every call). */
   const io: PacketIO = { verdict: () => {}, flush: () => {}, send: () => {} };
   const dp: DriverDataPath = {
-    kind: kernel ? "kernel" : "queue",
+    kind: datapath,
     can: { keepsSessions: kernel, commitsFirst: kernel },
     io,
     adopt: () => Promise.resolve([]),
@@ -74,7 +80,7 @@ export async function driverMemory(
     commit: () => {},
     sessionDown: (_: HostSessionKey) => {},
     activity: () => kernel ? new Map() : null,
-    status: () => ({ kind: kernel ? "kernel" : "queue", state: "on", reinstalls: 0 }),
+    status: () => ({ kind: datapath, state: "on", reinstalls: 0 }),
     stop: () => Promise.resolve(),
   };
 
@@ -168,7 +174,7 @@ export async function driverMemory(
  */
 export async function driverMemoryChild(
   n: number,
-  datapath: "kernel" | "queue",
+  datapath: DataPathKind,
   timeoutMs = 300_000,
 ): Promise<DriverMemory> {
   const c = new Deno.Command(Deno.execPath(), {
@@ -210,7 +216,8 @@ export async function driverMemoryChild(
 
 if (import.meta.main) {
   const n = Number(Deno.args[0] ?? 20_000);
-  const datapath = (Deno.args[1] ?? "kernel") === "kernel" ? "kernel" : "queue";
+  const arg = Deno.args[1] ?? "kernel";
+  const datapath: DataPathKind = arg === "bpf" || arg === "queue" ? arg : "kernel";
   if (!gcOf()) {
     console.error("run with --v8-flags=--expose-gc");
     Deno.exit(2);

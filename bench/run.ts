@@ -8,13 +8,13 @@
  *  h3 10.0.0.13 ─┘  dpm server, or iptables MASQUERADE (the reference)
  * ```
  *
- * Each round measures three modes one after the other, so that a noisy
+ * Each round measures four modes one after the other, so that a noisy
  * neighbour affects all alike: MASQUERADE (the rule on the gateway, no dpm
- * process anywhere), dpm `--datapath queue` and dpm `--datapath kernel`
- * (server on the gateway, driver on h1; the kernel path is removed with
- * `--cleanup` after its round, since it keeps translating after SIGTERM, and
- * conntrack is flushed between modes). The report gives the median of the
- * rounds:
+ * process anywhere), dpm `--datapath queue`, `--datapath kernel` and
+ * `--datapath bpf` (server on the gateway, driver on h1; the kernel and bpf
+ * paths are removed with `--cleanup` after their round, since they keep
+ * translating after SIGTERM, and conntrack is flushed between modes). The
+ * report gives the median of the rounds:
  *
  * - UDP floods h1 -> p1 (`iperf3 -u -b 0 -l 64|512|1400`): packets/s the
  *   receiver got, loss; CPU time of the dpm processes and of the machine per
@@ -31,7 +31,8 @@
  *
  * Then, on each data path, one server (`--rate-limit 1000000
  * --max-sessions-per-host 1048576`, real --lan-if/--wan-if: on the kernel
- * path every grant adds two nft map elements) takes reservations from
+ * and bpf paths every grant adds two nft map elements, and on the bpf path
+ * two BPF map entries) takes reservations from
  * bench/reserve_load.ts on three hosts at once; one server per data path is
  * filled to 100k and 1M sessions (smoke: a few thousand) while its RSS and
  * the kernel's slab/vmalloc memory are read; conntrack entries made through
@@ -40,7 +41,7 @@
  * path) the driver's heap per session, settled and while in flight.
  *
  * ```sh
- * sudo deno task bench                  # full run, about 10 minutes
+ * sudo deno task bench                  # full run, about 15 minutes
  * deno run -A bench/run.ts --smoke      # under a minute, for CI
  * deno run -A bench/run.ts --json --out /tmp/x --rounds 5
  * deno run -A bench/run.ts --profile    # CPU profiles of server and driver under a 64 B flood
@@ -98,6 +99,7 @@ import {
   type BurstResult,
   type ConntrackPoint,
   type CpuRun,
+  DATA_PATHS,
   type DataPath,
   evaluateTargets,
   markdown,
@@ -151,14 +153,16 @@ function parseArgs(argv: string[]) {
     else if (a === "--profile") o.profile = true;
     else if (a === "--datapath") {
       const v = argv[++i];
-      if (v !== "kernel" && v !== "queue") throw new Error(`--datapath kernel|queue, not "${v}"`);
+      if (v !== "kernel" && v !== "queue" && v !== "bpf") {
+        throw new Error(`--datapath bpf|kernel|queue, not "${v}"`);
+      }
       o.datapath = v;
     } else if (a === "--out") o.out = argv[++i] ?? o.out;
     else if (a === "--rounds") o.rounds = Number(argv[++i]);
     else if (a === "--help" || a === "-h") {
       console.log(
         "usage: deno run -A bench/run.ts [--smoke] [--json] [--out DIR] [--rounds N] " +
-          "[--profile [--datapath queue|kernel]]",
+          "[--profile [--datapath bpf|kernel|queue]]",
       );
       Deno.exit(0);
     } else throw new Error(`Unknown argument "${a}"`);
@@ -506,12 +510,12 @@ async function forgetFlows(t: Topology): Promise<void> {
 }
 
 /**
- * Stops dpm for good: SIGTERM, then on the kernel path (which keeps
+ * Stops dpm for good: SIGTERM, then on the kernel and bpf paths (which keep
  * translating established sessions after SIGTERM) `--cleanup` of both roles.
  */
 async function stopForGood(t: Topology, d: Dpm, datapath: DataPath): Promise<void> {
   await d.stop();
-  if (datapath === "kernel") await d.cleanup();
+  if (datapath !== "queue") await d.cleanup();
   await forgetFlows(t);
 }
 
@@ -601,9 +605,15 @@ async function memoryFill(t: Topology, datapath: DataPath): Promise<MemoryPoint[
   const top = Math.max(...cfg.memorySessions);
   const per = Math.ceil((top * 1.15) / SESSIONS_PER_ADDR / t.hosts.length);
   await addLoadAddrs(t, per);
+  // The bpf server's map holds the largest fill; its hash buckets are allocated at start.
+  const bpfSessions = datapath === "bpf" ? Math.max(1024, Math.ceil(top * 1.05)) : 0;
+  const preallocBytes = bpfSessions ? 16 * 2 ** Math.ceil(Math.log2(2 * bpfSessions)) : 0;
   const d = await startDpm(t, {
     driverHosts: [],
-    serverArgs: RESERVE_FLAGS,
+    serverArgs: [
+      ...RESERVE_FLAGS,
+      ...(bpfSessions ? ["--bpf-sessions", String(bpfSessions)] : []),
+    ],
     datapath,
     pool: MEMORY_POOL,
   });
@@ -632,6 +642,7 @@ async function memoryFill(t: Topology, datapath: DataPath): Promise<MemoryPoint[
       const g = kernelGrowth(k0, kernelMemory());
       const rss = rssBytes(d.server.pid) - rss0;
       const n = Math.max(1, sessions);
+      const kernel = g.totalBytes + preallocBytes;
       points.push({
         datapath,
         sessions,
@@ -639,13 +650,14 @@ async function memoryFill(t: Topology, datapath: DataPath): Promise<MemoryPoint[
         fillPerSec: Math.round((sessions - have) / Math.max(0.001, fillSeconds)),
         dpmRssBytes: rss,
         kernel: g,
+        preallocBytes,
         dpmBytesPerSession: Math.round(rss / n),
-        kernelBytesPerSession: Math.round(g.totalBytes / n),
-        totalBytesPerSession: Math.round((rss + g.totalBytes) / n),
+        kernelBytesPerSession: Math.round(kernel / n),
+        totalBytesPerSession: Math.round((rss + kernel) / n),
       });
       log(
         `memory, ${datapath} path: ${sessions} sessions: dpm ${Math.round(rss / n)} B + kernel ${
-          Math.round(g.totalBytes / n)
+          Math.round(kernel / n)
         } B per session`,
       );
       have = sessions;
@@ -730,7 +742,7 @@ async function reserveWith(t: Topology, d: Dpm): Promise<Omit<ReserveResult, "da
 /** bench/driver_memory.ts on each data path, each in its own process (it needs gc and a clean heap). */
 async function driverMemories(): Promise<Record<DataPath, DriverMemory>> {
   const out = {} as Record<DataPath, DriverMemory>;
-  for (const dp of ["queue", "kernel"] as const) {
+  for (const dp of DATA_PATHS) {
     log(`driver memory, ${dp} path: ${cfg.driverMemorySessions} sessions`);
     out[dp] = await driverMemoryChild(cfg.driverMemorySessions, dp);
     log(
@@ -816,7 +828,7 @@ async function main(): Promise<number> {
   log("building the topology");
   const t = await createTopology({ hosts: 3, peers: 1 });
   const undoSignals = destroyOnSignal(t);
-  const rounds: Record<Mode, RoundData[]> = { masquerade: [], queue: [], kernel: [] };
+  const rounds: Record<Mode, RoundData[]> = { masquerade: [], queue: [], kernel: [], bpf: [] };
   let reservations: Record<DataPath, ReserveResult>;
   let memory: MemoryResult;
   try {
@@ -829,16 +841,16 @@ async function main(): Promise<number> {
     for (let r = 1; r <= cfg.rounds; r++) {
       log(`round ${r} of ${cfg.rounds}`);
       rounds.masquerade.push(await masqueradeRound(t));
-      rounds.queue.push(await dpmRound(t, "queue"));
-      rounds.kernel.push(await dpmRound(t, "kernel"));
+      for (const dp of DATA_PATHS) rounds[dp].push(await dpmRound(t, dp));
     }
     reservations = {} as Record<DataPath, ReserveResult>;
-    for (const dp of ["queue", "kernel"] as const) {
+    for (const dp of DATA_PATHS) {
       log(`reservation load, ${dp} path, ${cfg.reserveSeconds} s`);
       reservations[dp] = await reservationLoad(t, dp);
       log(`reservations, ${dp} path: ${reservations[dp].perSec}/s`);
     }
     memory = {
+      bpf: await memoryFill(t, "bpf"),
       kernel: await memoryFill(t, "kernel"),
       queue: await memoryFill(t, "queue"),
       conntrack: await conntrackMemory(t),
@@ -863,6 +875,7 @@ async function main(): Promise<number> {
       masquerade: aggregate(rounds.masquerade),
       queue: aggregate(rounds.queue),
       kernel: aggregate(rounds.kernel),
+      bpf: aggregate(rounds.bpf),
     },
     reservations,
     memory,
@@ -891,6 +904,7 @@ async function writeOutputs(r: BenchResult): Promise<void> {
     { name: "MASQUERADE", color: "#9e9e9e", m: dp.masquerade },
     { name: "dpm queue", color: "#ff7f0e", m: dp.queue },
     { name: "dpm kernel", color: "#1f77b4", m: dp.kernel },
+    { name: "dpm bpf", color: "#2ca02c", m: dp.bpf },
   ];
   const sub = `${r.env.cpu} × ${r.env.cores}, kernel ${r.env.kernel}, ${r.env.date}`.slice(0, 110);
   await Deno.writeTextFile(

@@ -49,6 +49,21 @@ static __always_inline const struct nat_config *config(void)
 }
 
 /*
+ * Whether a packet from side `dir` may speak as `saddr` (nat_config): a
+ * forged source never takes the fast path, whatever entry it would match;
+ * the stack, where dpm's antispoof rules run, gets it instead. (No entry can
+ * name a pool address as a remote either: hairpinned sessions get none, and
+ * a mapping learns only flows the stack forwarded.)
+ */
+static __always_inline int source_ok(const struct nat_config *cfg, __be32 saddr, __u8 dir)
+{
+	int in_lan = (saddr & cfg->lan_mask) == cfg->lan_net;
+	if (dir == NAT_DIR_IN)
+		return !in_lan;
+	return in_lan && saddr != cfg->gateway && saddr != cfg->edge_lo && saddr != cfg->edge_hi;
+}
+
+/*
  * Ingress on the side `dir` names: a fast session's packet is translated and
  * redirected to `out_ifindex`; everything else passes.
  */
@@ -57,8 +72,10 @@ static __always_inline int fast_path(struct __sk_buff *skb, __u8 dir)
 	const struct nat_config *cfg = config();
 	struct nat_pkt p, to;
 	struct nat_key k;
-	if (!cfg || skb->pkt_type != 0 /* PACKET_HOST */ || nat_parse(skb, &p) < 0)
+	if (!cfg || skb->pkt_type != 0 /* PACKET_HOST */ || nat_parse(skb, &p, NAT_PARSE_STRICT) < 0)
 		return NAT_PASS;
+	if (!source_ok(cfg, p.saddr, dir))
+		return NAT_PASS; /* the stack's antispoof rules drop it */
 	nat_key_of(&k, &p, dir);
 	struct nat_entry *e = bpf_map_lookup_elem(&dpm_nat, &k);
 	if (!e || (e->flags & (NAT_F_FAST | NAT_F_WILDCARD)) != NAT_F_FAST)
@@ -67,41 +84,26 @@ static __always_inline int fast_path(struct __sk_buff *skb, __u8 dir)
 	if (p.ttl <= 1)
 		return NAT_PASS;
 	nat_apply(&to, &p, e);
-
-	struct bpf_fib_lookup fib = {};
-	fib.family = 2; /* AF_INET */
-	fib.l4_protocol = to.proto;
-	fib.sport = to.sport;
-	fib.dport = to.dport;
-	fib.ifindex = skb->ifindex;
-	fib.tos = to.tos;
-	fib.ipv4_src = to.saddr;
-	fib.ipv4_dst = to.daddr;
-	/* The FIB checks a plain packet's size against the way out's MTU (tot_len);
-	 * a GSO packet is checked by segments below. */
-	__u32 gso = skb->gso_size;
-	if (!gso)
-		fib.tot_len = p.ip_len;
-	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
-	/* Not routable, or too big for the way out: the stack answers (ICMP) or fragments it. */
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+	/* The next hop (cached in the entry; the FIB about once a second). Not routable, or too
+	 * big for the way out: the stack answers (ICMP) or fragments it. */
+	struct nat_hop hop;
+	if (nat_next_hop(skb, e, &to, skb->ifindex, 0, &hop) < 0)
 		return NAT_PASS;
 	/* Only the way the stack let the session through. */
-	if (fib.ifindex != (dir == NAT_DIR_OUT ? cfg->wan_ifindex : cfg->lan_ifindex))
+	if (hop.ifindex != (dir == NAT_DIR_OUT ? cfg->wan_ifindex : cfg->lan_ifindex))
 		return NAT_PASS;
-	__u32 mtu = 0;
-	if (gso && bpf_check_mtu(skb, fib.ifindex, &mtu, 0, 0) != BPF_MTU_CHK_RET_SUCCESS)
+	if (!nat_fits(skb, &p, &hop))
 		return NAT_PASS;
 	if (nat_rewrite(skb, &p, &to, 1) < 0)
 		return TC_ACT_SHOT;
 	nat_count(skb, e, &p);
 	/* Tells this packet's egress run it was redirected here (see seen()). */
 	skb->cb[0] = NAT_CB_FAST;
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-		return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
-	if (nat_set_macs(skb, &fib) < 0)
+	if (!hop.resolved)
+		return bpf_redirect_neigh(hop.ifindex, 0, 0, 0);
+	if (nat_set_macs(skb, hop.dmac, hop.smac) < 0)
 		return TC_ACT_SHOT;
-	return bpf_redirect(fib.ifindex, 0);
+	return bpf_redirect(hop.ifindex, 0);
 }
 
 /*
@@ -128,7 +130,7 @@ static __always_inline int seen(struct __sk_buff *skb, __u8 dir)
 	/* Forwarded from the other side (not sent by the gateway itself). */
 	if (skb->ingress_ifindex != (dir == NAT_DIR_OUT ? cfg->lan_ifindex : cfg->wan_ifindex))
 		return NAT_PASS;
-	if (nat_parse(skb, &p) < 0)
+	if (nat_parse(skb, &p, NAT_PARSE_STRICT) < 0)
 		return NAT_PASS;
 	/* The answer to this packet, as it would arrive: the other direction's entry. */
 	back.saddr = p.daddr;

@@ -46,6 +46,9 @@ enum nat_flag {
 	/* A TCP FIN, or RST, was translated in this entry's direction. */
 	NAT_F_FIN = 1 << 4,
 	NAT_F_RST = 1 << 5,
+	/* Host: a flow the driver let go untranslated (the server did not answer): its packets
+	 * pass as they are, without being held again. Never translates. */
+	NAT_F_PASS = 1 << 6,
 };
 
 /* A packet's own addresses as it arrives (16 bytes). */
@@ -59,7 +62,7 @@ struct nat_key {
 	__u16 pad;  /* zero */
 };
 
-/* What a matching packet becomes, and what was seen of it (40 bytes). */
+/* What a matching packet becomes, and what was seen of it (64 bytes). */
 struct nat_entry {
 	__be32 saddr; /* 0: keep */
 	__be32 daddr; /* 0: keep */
@@ -70,12 +73,53 @@ struct nat_entry {
 	__u64 bytes;   /* IP bytes (the IP header included, the link header not) */
 	__u64 last_ns; /* bpf_ktime_get_coarse_ns() (CLOCK_MONOTONIC, tick resolution) at the
 			* last packet counted; 0 before any */
+	/* The programs' cache of the next hop a FIB lookup gave for the translated packet, so that
+	 * a lookup is made about once per NAT_NH_TTL instead of per packet. dpm writes zeros. */
+	__u32 nh_ifindex; /* 0: nothing cached */
+	__u32 nh_at;      /* when it was looked up, in units of 2^20 ns (about a millisecond) */
+	__u16 nh_mtu;     /* the device's MTU then */
+	__u8 nh_dmac[6];
+	__u8 nh_smac[6];
+	__u16 pad;
 };
+
+/* How long a cached next hop is used: 1000 units of 2^20 ns, about a second. */
+#define NAT_NH_TTL 1000
 
 /* The gateway's one configuration record, `dpm_cfg[0]`, written by dpm before it attaches. */
 struct nat_config {
 	__u32 lan_ifindex;
 	__u32 wan_ifindex;
+	/* The sources each side may speak as (the stack's antispoof rules, which run after the
+	 * ingress programs, say the same): the LAN's packets come from the LAN prefix but never
+	 * from G or the prefix's network or broadcast address; the WAN's never from the LAN. */
+	__be32 lan_net;
+	__be32 lan_mask;
+	__be32 gateway;
+	__be32 edge_lo; /* the prefix's network and broadcast addresses; 0 when it has none (/31, /32) */
+	__be32 edge_hi;
+	__u32 pad;
+};
+
+/* The host's one configuration record, `dpm_hcfg[0]`, written by the driver. */
+struct host_config {
+	__be32 lan_net;  /* destinations inside lan_net/lan_mask are never held */
+	__be32 lan_mask;
+	__u32 pass_mark; /* skb->mark of the packets the driver sends back out: never held again */
+	__be32 gateway;  /* G: ICMP echo replies and errors from it go to the driver */
+	/* The driver's heartbeat (CLOCK_MONOTONIC ns): a new session's packet is held for the
+	 * driver only before this time; after it (no driver, or a dead one) it passes untranslated,
+	 * as the queue's --queue-bypass would let it. */
+	__u64 alive_until_ns;
+};
+
+/* A held packet's record in the perf event array dpm_held: this header, then `len` bytes of
+ * the packet from its link (Ethernet) header on. */
+struct held_hdr {
+	__u32 len;      /* the packet's bytes that follow */
+	__u16 gso_size; /* a GSO packet's segment size (UDP_SEGMENT), 0 for a plain packet */
+	__u8 dir;       /* enum nat_dir: NAT_DIR_OUT leaving the host, NAT_DIR_IN arriving */
+	__u8 pad;
 };
 
 #endif

@@ -25,7 +25,21 @@
  * @module
  */
 
-import { addressOf, errno, HOST_LITTLE_ENDIAN as LE, libc, OsError, setU64 } from "./libc.ts";
+import {
+  addressOf,
+  errno,
+  HOST_LITTLE_ENDIAN as LE,
+  libc,
+  OsError,
+  POLLERR,
+  PollFd,
+  POLLIN,
+  setU64,
+} from "./libc.ts";
+
+/** `eventfd` flags (EFD_NONBLOCK, EFD_CLOEXEC). */
+const EFD_NONBLOCK = 0o4000;
+const EFD_CLOEXEC = 0o2000000;
 
 const SYMBOLS = {
   /**
@@ -85,6 +99,21 @@ const SYMBOLS = {
     parameters: ["i32", "buffer", "buffer", "buffer", "buffer", "buffer", "buffer"],
     result: "i32",
   },
+  /**
+   * `int bpf_prog_attach_opts(int prog_fd, int target, enum bpf_attach_type type,
+   *                           const struct bpf_prog_attach_opts *opts);` (tcx: target is an ifindex)
+   */
+  bpf_prog_attach_opts: { parameters: ["i32", "i32", "u32", "buffer"], result: "i32" },
+  /** `int bpf_prog_detach2(int prog_fd, int target, enum bpf_attach_type type);` */
+  bpf_prog_detach2: { parameters: ["i32", "i32", "u32"], result: "i32" },
+  /**
+   * `int bpf_prog_query(int target, enum bpf_attach_type type, __u32 query_flags,
+   *                     __u32 *attach_flags, __u32 *prog_ids, __u32 *prog_cnt);`
+   */
+  bpf_prog_query: {
+    parameters: ["i32", "u32", "u32", "buffer", "buffer", "buffer"],
+    result: "i32",
+  },
   /** `int bpf_prog_test_run_opts(int prog_fd, struct bpf_test_run_opts *opts);` */
   bpf_prog_test_run_opts: { parameters: ["i32", "buffer"], result: "i32" },
   /** `int bpf_prog_get_fd_by_id(__u32 id);` */
@@ -93,6 +122,21 @@ const SYMBOLS = {
   bpf_map_get_fd_by_id: { parameters: ["u32"], result: "i32" },
   /** `int bpf_obj_get_info_by_fd(int bpf_fd, void *info, __u32 *info_len);` */
   bpf_obj_get_info_by_fd: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  /**
+   * `struct perf_buffer *perf_buffer__new(int map_fd, size_t page_cnt,
+   *     perf_buffer_sample_fn sample_cb, perf_buffer_lost_fn lost_cb, void *ctx,
+   *     const struct perf_buffer_opts *opts);` (NULL and errno on failure)
+   */
+  perf_buffer__new: {
+    parameters: ["i32", "usize", "function", "function", "pointer", "pointer"],
+    result: "pointer",
+  },
+  /** `int perf_buffer__epoll_fd(const struct perf_buffer *pb);` */
+  perf_buffer__epoll_fd: { parameters: ["pointer"], result: "i32" },
+  /** `int perf_buffer__consume(struct perf_buffer *pb);` calls the callbacks for what waits. */
+  perf_buffer__consume: { parameters: ["pointer"], result: "i32" },
+  /** `void perf_buffer__free(struct perf_buffer *pb);` */
+  perf_buffer__free: { parameters: ["pointer"], result: "void" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 let lib: Deno.DynamicLibrary<typeof SYMBOLS> | null = null;
@@ -214,6 +258,7 @@ const BPF_TC_F_REPLACE = 1;
 const ENOENT = 2;
 const EEXIST = 17;
 const EINVAL = 22;
+const ENOSPC = 28;
 
 /** Adds a clsact qdisc to `ifindex`. True when it was created, false when one was there already. */
 export function tcHookCreate(ifindex: number): boolean {
@@ -261,6 +306,59 @@ export function tcDetach(
   const r = bpf().bpf_tc_detach(tcHook(ifindex, point), tcOpts(0, 0, handle, priority));
   if (r === -ENOENT) return false;
   ok(r, `Cannot detach the BPF filter from interface ${ifindex}`);
+  return true;
+}
+
+// tcx (Linux 6.6+): programs attached to a device's ingress or egress without a qdisc.
+
+/** `enum bpf_attach_type`: BPF_TCX_INGRESS, BPF_TCX_EGRESS (not in older uapi headers). */
+const BPF_TCX = { [TcPoint.INGRESS]: 46, [TcPoint.EGRESS]: 47 } as Record<TcPoint, number>;
+/** `BPF_F_REPLACE`: put the program in place of `replace_prog_fd`'s. */
+const BPF_F_REPLACE = 1 << 2;
+
+/**
+ * The ids of the programs attached with tcx to `ifindex`'s `point`, in run
+ * order; null when the kernel has no tcx (before Linux 6.6).
+ */
+export function tcxQuery(ifindex: number, point: TcPoint): number[] | null {
+  for (let cap = 16;; cap *= 4) {
+    const ids = new Uint8Array(4 * cap);
+    const cnt = new Uint8Array(4);
+    new DataView(cnt.buffer).setUint32(0, cap, LE);
+    const r = bpf().bpf_prog_query(ifindex, BPF_TCX[point], 0, new Uint8Array(4), ids, cnt);
+    const n = new DataView(cnt.buffer).getUint32(0, LE);
+    if (r === -EINVAL) return null;
+    if (r === -ENOSPC && cap < 1024) continue;
+    ok(r, `Cannot list the tcx programs of interface ${ifindex}`);
+    const dv = new DataView(ids.buffer);
+    return Array.from({ length: Math.min(n, cap) }, (_, i) => dv.getUint32(4 * i, LE));
+  }
+}
+
+/**
+ * Attaches program `progFd` to `ifindex`'s `point` with tcx (it stays
+ * attached with no process holding it, until detached or the device goes),
+ * in place of `replaceFd`'s program when one is given, else after the others.
+ */
+export function tcxAttach(ifindex: number, point: TcPoint, progFd: number, replaceFd = -1): void {
+  const o = new Uint8Array(16); // struct bpf_prog_attach_opts { size_t sz; __u32 flags; int replace_prog_fd; }
+  const dv = new DataView(o.buffer);
+  setU64(dv, 0, o.length);
+  if (replaceFd >= 0) {
+    dv.setUint32(8, BPF_F_REPLACE, LE);
+    dv.setInt32(12, replaceFd, LE);
+  }
+  ok(
+    bpf().bpf_prog_attach_opts(progFd, ifindex, BPF_TCX[point], o),
+    `Cannot attach a BPF program to interface ${ifindex} (tcx)`,
+  );
+}
+
+/** Detaches program `progFd` from `ifindex`'s tcx `point`. False when it was not attached there. */
+export function tcxDetach(ifindex: number, point: TcPoint, progFd: number): boolean {
+  const r = bpf().bpf_prog_detach2(progFd, ifindex, BPF_TCX[point]);
+  if (r === -ENOENT) return false;
+  ok(r, `Cannot detach a BPF program from interface ${ifindex} (tcx)`);
   return true;
 }
 
@@ -497,4 +595,128 @@ export function mapInfo(fd: number): MapInfo {
 /** Closes an fd from {@linkcode progFdById} or {@linkcode mapFdById}. */
 export function closeFd(fd: number): void {
   if (fd >= 0) libc().close(fd);
+}
+
+/** `perf_buffer_sample_fn`: `void (*)(void *ctx, int cpu, void *data, __u32 size)`. */
+const SAMPLE_FN = { parameters: ["pointer", "i32", "pointer", "u32"], result: "void" } as const;
+/** `perf_buffer_lost_fn`: `void (*)(void *ctx, int cpu, __u64 cnt)`. */
+const LOST_FN = { parameters: ["pointer", "i32", "u64"], result: "void" } as const;
+
+/**
+ * The reader of a `BPF_MAP_TYPE_PERF_EVENT_ARRAY` (one ring per CPU, made
+ * by libbpf's `perf_buffer`): {@linkcode PerfReader.wait} resolves when
+ * records wait (the poll runs on another thread, the event loop goes on),
+ * and {@linkcode PerfReader.consume} hands each to the callback,
+ * synchronously, on the calling thread (the bytes are a copy). Records the
+ * kernel could not store are counted in `lost`.
+ */
+export class PerfReader {
+  #pb: Deno.PointerValue;
+  readonly #sample: Deno.UnsafeCallback<typeof SAMPLE_FN>;
+  readonly #lost: Deno.UnsafeCallback<typeof LOST_FN>;
+  readonly #efd: number;
+  readonly #poll = new Uint8Array(2 * PollFd.SIZE);
+  #waiting: Promise<number> | null = null;
+  #closed = false;
+  /** Records the kernel dropped (a ring was full). */
+  lost = 0;
+
+  private constructor(
+    pb: Deno.PointerObject,
+    sample: Deno.UnsafeCallback<typeof SAMPLE_FN>,
+    lost: Deno.UnsafeCallback<typeof LOST_FN>,
+    efd: number,
+  ) {
+    this.#pb = pb;
+    this.#sample = sample;
+    this.#lost = lost;
+    this.#efd = efd;
+    const dv = new DataView(this.#poll.buffer);
+    dv.setInt32(PollFd.FD, bpf().perf_buffer__epoll_fd(pb), LE);
+    dv.setInt16(PollFd.EVENTS, POLLIN, LE);
+    dv.setInt32(PollFd.SIZE + PollFd.FD, efd, LE);
+    dv.setInt16(PollFd.SIZE + PollFd.EVENTS, POLLIN, LE);
+  }
+
+  /** Opens the rings of map `mapFd`, `pages` pages each (a power of two). */
+  static open(mapFd: number, pages: number, onRecord: (data: Uint8Array) => void): PerfReader {
+    let reader: PerfReader | null = null;
+    const sample = new Deno.UnsafeCallback(SAMPLE_FN, (_ctx, _cpu, data, size) => {
+      if (data === null) return;
+      onRecord(new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(data, size)).slice());
+    });
+    const lost = new Deno.UnsafeCallback(LOST_FN, (_ctx, _cpu, cnt) => {
+      if (reader) reader.lost += Number(cnt);
+    });
+    const efd = libc().eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (efd < 0) {
+      const e = errno();
+      sample.close();
+      lost.close();
+      throw new OsError("eventfd", e);
+    }
+    const pb = bpf().perf_buffer__new(
+      mapFd,
+      BigInt(pages),
+      sample.pointer,
+      lost.pointer,
+      null,
+      null,
+    );
+    if (pb === null) {
+      const e = errno();
+      sample.close();
+      lost.close();
+      libc().close(efd);
+      throw new OsError("Cannot open the perf buffer", e);
+    }
+    reader = new PerfReader(pb, sample, lost, efd);
+    return reader;
+  }
+
+  /** Resolves true when records wait, false on timeout or once closed. */
+  async wait(timeoutMs: number): Promise<boolean> {
+    if (this.#closed) return false;
+    if (this.#waiting) throw new Error("PerfReader.wait() is already pending");
+    const dv = new DataView(this.#poll.buffer);
+    dv.setInt16(PollFd.REVENTS, 0, LE);
+    dv.setInt16(PollFd.SIZE + PollFd.REVENTS, 0, LE);
+    const p = libc().poll_async(this.#poll, 2n, Math.max(0, Math.ceil(timeoutMs)));
+    this.#waiting = p;
+    let r: number;
+    try {
+      r = await p;
+    } finally {
+      this.#waiting = null;
+      if (this.#closed) this.#free();
+    }
+    if (this.#closed || r <= 0) return false;
+    return (dv.getInt16(PollFd.REVENTS, LE) & (POLLIN | POLLERR)) !== 0;
+  }
+
+  /** Hands every waiting record to the callback. */
+  consume(): void {
+    if (this.#closed || this.#pb === null) return;
+    ok(bpf().perf_buffer__consume(this.#pb), "Cannot read the perf buffer");
+  }
+
+  /** Frees the rings and callbacks (once a pending wait returned). Idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#waiting) {
+      const one = new Uint8Array(8);
+      one[0] = 1;
+      libc().write(this.#efd, one, 8n);
+    } else this.#free();
+  }
+
+  #free(): void {
+    if (this.#pb === null) return;
+    bpf().perf_buffer__free(this.#pb);
+    this.#pb = null;
+    libc().close(this.#efd);
+    this.#sample.close();
+    this.#lost.close();
+  }
 }

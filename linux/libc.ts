@@ -272,6 +272,8 @@ export const SO_SNDTIMEO = 21;
 export const SO_SNDBUFFORCE = 32;
 /** `SO_RCVBUFFORCE`: like SO_RCVBUF, past `rmem_max` (CAP_NET_ADMIN). */
 export const SO_RCVBUFFORCE = 33;
+/** `SO_MARK`: the mark of every packet a socket sends (CAP_NET_ADMIN). */
+export const SO_MARK = 36;
 /** `MSG_DONTWAIT` */
 export const MSG_DONTWAIT = 0x40;
 /** `MSG_TRUNC` (in msg_flags: the datagram was longer than the buffer). */

@@ -25,9 +25,11 @@ import {
   libc,
   OsError,
   OwnedFd,
+  SO_MARK,
   SOCK_CLOEXEC,
   SOCK_RAW,
   SockaddrIn,
+  SOL_SOCKET,
   strerror,
 } from "./libc.ts";
 
@@ -77,6 +79,19 @@ export class RawSocket extends OwnedFd {
     const fd = libc().socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
     if (fd < 0) throw new OsError("socket(AF_INET, SOCK_RAW, IPPROTO_RAW)", errno());
     return new RawSocket(fd);
+  }
+
+  /**
+   * Marks every packet this socket sends with `mark` (`SO_MARK`, which needs
+   * CAP_NET_ADMIN): a BPF program or rule can then tell them apart.
+   * @throws {OsError}
+   */
+  setMark(mark: number): void {
+    const v = new Uint8Array(4);
+    new DataView(v.buffer).setUint32(0, mark >>> 0, LE);
+    if (libc().setsockopt(this.fd, SOL_SOCKET, SO_MARK, v, 4) < 0) {
+      throw new OsError("setsockopt(SO_MARK)", errno());
+    }
   }
 
   /**

@@ -201,7 +201,8 @@ const LEVELS = ["error", "warn", "info", "debug"] as const;
 /** The help group of the flags that decide inbound mappings, whichever protocol asks. */
 const MAPPINGS = "Mappings (dpm map, PCP, NAT-PMP, UPnP)";
 const FORMATS = ["text", "json"] as const;
-const DATAPATHS = ["kernel", "queue"] as const;
+/** `--datapath` values (`DataPathChoice` of datapath/datapath.ts). */
+const DATAPATHS = ["auto", "bpf", "kernel", "queue"] as const;
 
 // ---------------------------------------------------------------------------
 // The table.
@@ -230,15 +231,16 @@ export interface Flag {
 
 const common = {
   datapath: {
-    arg: "<kernel|queue>",
-    help: "kernel: nftables maps and conntrack translate; queue: dpm translates every packet",
+    arg: "<auto|bpf|kernel|queue>",
+    help: "bpf: tc programs translate established sessions; kernel: nftables maps and " +
+      "conntrack; queue: dpm translates every packet; auto: bpf where it loads, else kernel",
     group: "Data plane",
-    schema: oneOf("--datapath", DATAPATHS).default("kernel"),
-    dflt: "kernel",
+    schema: oneOf("--datapath", DATAPATHS).default("auto"),
+    dflt: "auto",
     complete: DATAPATHS,
   },
   cleanup: {
-    help: "remove what a previous run left translating (kernel path), then exit",
+    help: "remove what a previous run left translating (kernel and bpf paths), then exit",
     group: "Data plane",
     schema: bool("--cleanup").default(false),
   },
@@ -434,6 +436,14 @@ export const SERVER_FLAGS = {
     help: "add the pool addresses to --wan-if",
     group: "Data plane",
     schema: bool("--add-pool-addresses").default(false),
+  },
+  "bpf-sessions": {
+    arg: "<n>",
+    help: "sessions the bpf path's map holds (more are translated by the kernel path only); " +
+      "its hash buckets take 32 B per session from the start",
+    group: "Data plane",
+    schema: int("--bpf-sessions", 1024, 1 << 24).default(262144),
+    dflt: "262144",
   },
   masquerade: {
     help: "do not masquerade hosts that run no driver (config key: masquerade false)",

@@ -24,9 +24,12 @@
  * - `open {role, lan?, wan?, dev?}`: `BpfPrograms.open` (loads, attaches);
  *   then `missing`, `attach`, `remove`, `close` act on it and the map
  *   commands on its map. `removeFrom {role, ...ifaces}` runs the cleanup.
- * - `filters {dev}`: the tc filters of `dev`, ingress and egress;
+ * - `filters {dev}`: what is attached to `dev`, ingress and egress: its tc
+ *   filters, then its tcx programs (kind "tcx", handle and priority 0);
  *   `attachOther {dev, point, prog, handle, priority}` attaches a program
- *   of the `load`ed object as someone else's filter.
+ *   of the `load`ed object as someone else's filter, `attachOtherTcx {dev,
+ *   point, prog}` as someone else's tcx program; `detachTcx {dev, point,
+ *   prog}` detaches a tcx program by name (someone undoing dpm's).
  * - `now`: CLOCK_MONOTONIC in ns, as a string.
  *
  * @module
@@ -34,11 +37,17 @@
 
 import {
   BpfObject,
+  closeFd,
   mapUpdate,
+  progFdById,
+  progInfo,
   progTestRun,
   tcAttach,
   tcHookCreate,
   TcPoint,
+  tcxAttach,
+  tcxDetach,
+  tcxQuery,
 } from "../linux/libbpf.ts";
 import { CLOCK_MONOTONIC, clockNs, ifIndex } from "../linux/libc.ts";
 import { CLSACT_EGRESS, CLSACT_INGRESS, listTcFilters } from "../linux/tcfilter.ts";
@@ -55,6 +64,14 @@ import { BpfPrograms, type BpfRole, NatMap } from "../src/datapath/bpf/programs.
 import { denoScript } from "./launch.ts";
 import { NAMESPACE_ENV } from "./topology.ts";
 
+/** The LAN of every rig's gateway: 10.0.0.0/24, G 10.0.0.1 (testing/bpf_ns.ts, the topology). */
+const GATEWAY_LAN = {
+  lanNet: 0x0a000000,
+  lanMask: 0xffffff00,
+  gateway: 0x0a000001,
+  edges: [0x0a000000, 0x0a0000ff] as const,
+};
+
 /** `struct __sk_buff` offsets the rig sets (linux/bpf.h), and the size it passes. */
 const SKB_INGRESS_IFINDEX = 36;
 const SKB_IFINDEX = 40;
@@ -68,6 +85,20 @@ function unhex(s: string): Uint8Array {
 
 function tohex(b: Uint8Array): string {
   return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+/** The name of program `id` ("" when it is gone). */
+function progNameOf(id: number): string {
+  try {
+    const fd = progFdById(id);
+    try {
+      return progInfo(fd).name;
+    } finally {
+      closeFd(fd);
+    }
+  } catch {
+    return "";
+  }
 }
 
 /** A record as JSON carries it (`lastNs` a decimal string). */
@@ -113,7 +144,16 @@ async function serve(): Promise<void> {
         obj = BpfObject.open(bpfObject(c.role as BpfRole));
         obj.load();
         if (c.role === "gateway") {
-          mapUpdate(obj.mapFd("dpm_cfg"), new Uint8Array(4), configBytes(ifx(c.lan), ifx(c.wan)));
+          mapUpdate(
+            obj.mapFd("dpm_cfg"),
+            new Uint8Array(4),
+            configBytes({
+              lanIfindex: ifx(c.lan),
+              wanIfindex: ifx(c.wan),
+              ...GATEWAY_LAN,
+              edges: [...GATEWAY_LAN.edges],
+            }),
+          );
         }
         nat = new NatMap(obj.mapFd("dpm_nat"));
         return { ok: true };
@@ -121,7 +161,11 @@ async function serve(): Promise<void> {
       case "open": {
         set?.close();
         const ifaces = c.role === "gateway" ? { lan: c.lan, wan: c.wan } : { dev: c.dev };
-        set = BpfPrograms.open(c.role, ifaces, c.maxEntries ? { maxEntries: c.maxEntries } : {});
+        set = BpfPrograms.open(c.role, ifaces, {
+          ...(c.maxEntries ? { maxEntries: c.maxEntries } : {}),
+          lan: { addr: GATEWAY_LAN.lanNet, len: 24 },
+          gateway: GATEWAY_LAN.gateway,
+        });
         nat = set.nat;
         return { ok: true, mapOrigin: set.mapOrigin };
       }
@@ -179,10 +223,38 @@ async function serve(): Promise<void> {
       case "filters": {
         const i = ifIndex(c.dev);
         if (i === 0) return { ingress: [], egress: [], gone: true };
+        const tcx = (point: TcPoint) =>
+          (tcxQuery(i, point) ?? []).map((progId) => ({
+            handle: 0,
+            priority: 0,
+            kind: "tcx",
+            progId,
+            name: progNameOf(progId),
+          }));
         return {
-          ingress: listTcFilters(i, CLSACT_INGRESS),
-          egress: listTcFilters(i, CLSACT_EGRESS),
+          ingress: [...listTcFilters(i, CLSACT_INGRESS), ...tcx(TcPoint.INGRESS)],
+          egress: [...listTcFilters(i, CLSACT_EGRESS), ...tcx(TcPoint.EGRESS)],
         };
+      }
+      case "attachOtherTcx": {
+        if (!obj) throw new Error("nothing loaded");
+        const point = c.point === "egress" ? TcPoint.EGRESS : TcPoint.INGRESS;
+        tcxAttach(ifx(c.dev), point, obj.progFd(c.prog));
+        return { ok: true };
+      }
+      case "detachTcx": {
+        const point = c.point === "egress" ? TcPoint.EGRESS : TcPoint.INGRESS;
+        let n = 0;
+        for (const id of tcxQuery(ifx(c.dev), point) ?? []) {
+          if (progNameOf(id) !== c.prog) continue;
+          const fd = progFdById(id);
+          try {
+            if (tcxDetach(ifx(c.dev), point, fd)) n++;
+          } finally {
+            closeFd(fd);
+          }
+        }
+        return { detached: n };
       }
       case "ifindex":
         return { ifindex: ifIndex(c.dev) };

@@ -67,6 +67,7 @@ export function serverCfg(over: Partial<ServerConfig> = {}): ServerConfig {
     wanIf: null,
     lan: LAN,
     addPoolAddresses: false,
+    bpfSessions: 262144,
     masquerade: true,
     queue: 0,
     datapath: "queue",

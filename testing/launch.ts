@@ -85,8 +85,8 @@ export interface StartOptions {
   driverArgs?: string[];
   /** Extra driver flags of one host (after `driverArgs`), by host name. */
   driverArgsFor?: Record<string, string[]>;
-  /** `--datapath` of both roles (default: dpm's default, kernel). */
-  datapath?: "kernel" | "queue";
+  /** `--datapath` of both roles (default: dpm's default, auto: bpf where it loads). */
+  datapath?: "bpf" | "kernel" | "queue" | "auto";
 }
 
 /** Starts the server on the gateway and drivers on hosts; waits until each says "ready". */

@@ -75,14 +75,14 @@ export function needsRoot(
   return { ...def, name: `${def.name} [skipped: ${NOT_ROOT_REASON}]`, ignore: true };
 }
 
-/** The two data paths every end-to-end behaviour is tested on. */
-export const DATAPATHS = ["kernel", "queue"] as const;
+/** The data paths every end-to-end behaviour is tested on. */
+export const DATAPATHS = ["bpf", "kernel", "queue"] as const;
 /** One of {@linkcode DATAPATHS}. */
 export type DataPathName = (typeof DATAPATHS)[number];
 
 /**
  * One root test definition per data path, for `Deno.test`: the name's
- * leading "<kind> root" gets " [kernel]" or " [queue]", and `fn` is given
+ * leading "<kind> root" gets " [bpf]", " [kernel]" or " [queue]", and `fn` is given
  * the data path. `Deno.test` is called by the test file, so failures point
  * at it.
  *

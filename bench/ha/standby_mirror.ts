@@ -11,7 +11,7 @@
  * From each, the two map elements dpm's server would have written:
  * `to_remote` (proto . a . Pg -> X . px) and `to_public`
  * (proto . a . pa . X . px -> R . p). Each cycle reads `conntrack -L` and
- * replaces dpm's whole table (src/datapath/kernel/rules.ts `serverTable`,
+ * replaces dpm's whole table (src/datapath/nft/rules.ts `serverTable`,
  * the one definition of it) with those elements in one `nft -f -`
  * transaction.
  *
@@ -33,7 +33,7 @@
 
 import { serverConfig } from "../../src/config.ts";
 import { gatewayOptions } from "../../src/datapath/open.ts";
-import { serverTable, toPublicText, toRemoteText } from "../../src/datapath/kernel/rules.ts";
+import { serverTable, toPublicText, toRemoteText } from "../../src/datapath/nft/rules.ts";
 import { parseCidr, parseIPv4 } from "../../src/wire/addr.ts";
 
 /** One dpm session read back from a conntrack entry. */

@@ -32,30 +32,32 @@ _dpm() {
         --lan-if) COMPREPLY=($(compgen -W "$(ls /sys/class/net 2>/dev/null)" -- "$cur")); return;;
         --wan-if) COMPREPLY=($(compgen -W "$(ls /sys/class/net 2>/dev/null)" -- "$cur")); return;;
         --lan) return;;
+        --bpf-sessions) return;;
         --queue) return;;
-        --datapath) COMPREPLY=($(compgen -W "kernel queue" -- "$cur")); return;;
+        --datapath) COMPREPLY=($(compgen -W "auto bpf kernel queue" -- "$cur")); return;;
         --metrics-addr) return;;
         --log-level) COMPREPLY=($(compgen -W "error warn info debug" -- "$cur")); return;;
         --log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return;;
         --config) COMPREPLY=($(compgen -f -- "$cur")); return;;
       esac
-      COMPREPLY=($(compgen -W "--lan-addr --pool --control-port --no-pcp --no-upnp --upnp-port --port-range --gateway-ports --lifetime --max-sessions-per-host --rate-limit --map-allow --map-deny --fixed-ports --pcp-rate-limit --pcp-max-per-host --upnp-max-per-host --pcp-max-share --state --socket --lan-if --wan-if --lan --add-pool-addresses --no-masquerade --queue --datapath --cleanup --metrics-addr --log-level --log-format --config --help" -- "$cur"));;
+      COMPREPLY=($(compgen -W "--lan-addr --pool --control-port --no-pcp --no-upnp --upnp-port --port-range --gateway-ports --lifetime --max-sessions-per-host --rate-limit --map-allow --map-deny --fixed-ports --pcp-rate-limit --pcp-max-per-host --upnp-max-per-host --pcp-max-share --state --socket --lan-if --wan-if --lan --add-pool-addresses --bpf-sessions --no-masquerade --queue --datapath --cleanup --metrics-addr --log-level --log-format --config --help" -- "$cur"));;
     driver)
       case "$prev" in
         --server) return;;
         --fixed-ports) return;;
         --gateway-ports) return;;
+        --protocol) return;;
         --lan) return;;
         --socket) COMPREPLY=($(compgen -f -- "$cur")); return;;
         --socket-group) return;;
         --queue) return;;
-        --datapath) COMPREPLY=($(compgen -W "kernel queue" -- "$cur")); return;;
+        --datapath) COMPREPLY=($(compgen -W "auto bpf kernel queue" -- "$cur")); return;;
         --metrics-addr) return;;
         --log-level) COMPREPLY=($(compgen -W "error warn info debug" -- "$cur")); return;;
         --log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return;;
         --config) COMPREPLY=($(compgen -f -- "$cur")); return;;
       esac
-      COMPREPLY=($(compgen -W "--server --fixed-ports --gateway-ports --lan --socket --socket-group --no-intercept --queue --datapath --cleanup --metrics-addr --log-level --log-format --config --help" -- "$cur"));;
+      COMPREPLY=($(compgen -W "--server --fixed-ports --gateway-ports --protocol --lan --socket --socket-group --no-intercept --queue --datapath --cleanup --metrics-addr --log-level --log-format --config --help" -- "$cur"));;
     status)
       case "$prev" in
         --host) return;;

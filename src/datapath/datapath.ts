@@ -11,6 +11,12 @@
  *   programmed into dpm's own nftables maps when it is granted and removed
  *   when it ends; conntrack then NATs every packet of it. Only the first
  *   packets of a new session (driver) and ICMP (both roles) reach user space.
+ *   Its table, rules and watchdog live in `nft/`, which the bpf path shares.
+ * - `bpf/`: the kernel path with tc programs in front (`bpf/*.bpf.c`): on
+ *   the gateway they translate a session's packets interface to interface
+ *   once the stack forwarded it both ways; on the host they do the claim-5
+ *   rewrite and hold a new session's packets for the driver, with no
+ *   netfilter rule or conntrack per packet.
  *
  * A data path's whole life is in its interface, as wireguard-go's
  * `tun.Device` and `conn.Bind` carry theirs: it is opened by
@@ -36,11 +42,17 @@ import type { VerdictValue } from "../wire/meta.ts";
 import type { SessionBinding, SessionIdentity } from "../wire/tuple.ts";
 import type { DriverConfig, ServerConfig } from "../config.ts";
 
-/** The data paths a role can run (`--datapath`), the default first. */
-export const DATAPATH_KINDS = ["kernel", "queue"] as const;
+/** The data paths a role can run (`--datapath`), the preferred first. */
+export const DATAPATH_KINDS = ["bpf", "kernel", "queue"] as const;
 
 /** One of {@linkcode DATAPATH_KINDS}. */
 export type DataPathKind = typeof DATAPATH_KINDS[number];
+
+/**
+ * What `--datapath` takes: a kind, or `auto` (the default): bpf where the
+ * kernel loads its programs, else kernel, with the reason in the log.
+ */
+export type DataPathChoice = DataPathKind | "auto";
 
 /**
  * How a data path stops: `keep` leaves what translates established
@@ -95,6 +107,7 @@ export type GatewayOptions =
     | "upnpPort"
     | "masquerade"
     | "addPoolAddresses"
+    | "bpfSessions"
     | "socket"
   >
   & {

@@ -48,7 +48,7 @@ export class FakeServerDataPath implements ServerDataPath {
   readonly io: FakePacketIO = new FakePacketIO();
   constructor(readonly kind: DataPathKind = "kernel", opts: { forwardsMappings?: boolean } = {}) {
     this.forwardsMappings = opts.forwardsMappings ?? false;
-    const kernel = kind === "kernel";
+    const kernel = kind !== "queue";
     this.can = {
       forwardsMappings: () => kernel || this.forwardsMappings,
       countsPerSession: kernel,

@@ -12,6 +12,7 @@
  */
 
 import type {
+  DataPathChoice,
   DataPathKind,
   DriverDataPath,
   GatewayOptions,
@@ -22,6 +23,7 @@ import type {
 import { DATAPATH_KINDS } from "./datapath.ts";
 import type { OtherPaths } from "./netfilter.ts";
 import { removeGateway } from "./gateway.ts";
+import { logger } from "../runtime/log.ts";
 import type { Cidr } from "../wire/addr.ts";
 import type { DriverConfig, ServerConfig } from "../config.ts";
 
@@ -44,6 +46,7 @@ export function gatewayOptions(cfg: ServerConfig, lan: Cidr): GatewayOptions {
     upnpPort: cfg.upnpPort,
     masquerade: cfg.masquerade,
     addPoolAddresses: cfg.addPoolAddresses,
+    bpfSessions: cfg.bpfSessions,
     socket: cfg.socket,
   };
 }
@@ -66,6 +69,15 @@ interface ServerImpl {
   open(opts: GatewayOptions, others: OtherPaths): Promise<ServerDataPath>;
   /** Removes whatever a run of this path left (`--cleanup`); idempotent. Returns a log phrase. */
   remove(opts: GatewayOptions): Promise<string>;
+  /**
+   * `nft`: the path is built on dpm's nftables table (kernel, bpf). Two
+   * paths of one family share the table, so one starting after the other
+   * removes only what the other adds to it (`removeExtras`), and adopts
+   * the table's sessions instead of tearing them down.
+   */
+  family?: "nft";
+  /** What this path adds to its family's table (bpf: the programs); absent: nothing. */
+  removeExtras?(opts: GatewayOptions): Promise<string>;
 }
 
 /** What an implementation module offers for a host. */
@@ -79,6 +91,8 @@ interface DriverImpl {
 
 async function serverImpl(kind: DataPathKind): Promise<ServerImpl> {
   switch (kind) {
+    case "bpf":
+      return (await import("./bpf/server.ts")).BpfServerDataPath;
     case "kernel":
       return (await import("./kernel/server.ts")).KernelServerDataPath;
     case "queue":
@@ -88,6 +102,8 @@ async function serverImpl(kind: DataPathKind): Promise<ServerImpl> {
 
 async function driverImpl(kind: DataPathKind): Promise<DriverImpl> {
   switch (kind) {
+    case "bpf":
+      return (await import("./bpf/driver.ts")).BpfDriverDataPath;
     case "kernel":
       return (await import("./kernel/driver.ts")).KernelDriverDataPath;
     case "queue":
@@ -95,33 +111,65 @@ async function driverImpl(kind: DataPathKind): Promise<DriverImpl> {
   }
 }
 
+const log = logger("datapath");
+
 /**
- * Opens the gateway's data path of `kind`: its sockets and queues, nothing
- * changed in the kernel yet (`adopt`, then `begin`).
+ * Opens the data path `choice` names with `open`; `auto` tries bpf and
+ * falls back to kernel, saying why in one log line. Returns the path.
  */
-export async function openServerDataPath(
-  kind: DataPathKind,
-  opts: GatewayOptions,
-): Promise<ServerDataPath> {
-  const others: OtherPaths = {
-    removeLeftovers: async () => {
-      for (const k of DATAPATH_KINDS) if (k !== kind) await (await serverImpl(k)).remove(opts);
-    },
-  };
-  return await (await serverImpl(kind)).open(opts, others);
+export async function chooseDataPath<P extends { kind: DataPathKind }>(
+  choice: DataPathChoice,
+  open: (kind: DataPathKind) => Promise<P>,
+): Promise<P> {
+  if (choice !== "auto") return await open(choice);
+  try {
+    return await open("bpf");
+  } catch (e) {
+    const why = (e as Error).message.split("\n")[0];
+    log.warn(`bpf data path unavailable (${why}); using the kernel data path`);
+    return await open("kernel");
+  }
 }
 
-/** Opens the host's data path of `kind` (nothing changed in the kernel yet). */
-export async function openDriverDataPath(
-  kind: DataPathKind,
+/**
+ * Opens the gateway's data path `choice` names (`auto`: bpf where it
+ * loads, else kernel): its sockets and queues, its programs loaded, nothing
+ * changed in the kernel yet (`adopt`, then `begin`).
+ */
+export function openServerDataPath(
+  choice: DataPathChoice,
+  opts: GatewayOptions,
+): Promise<ServerDataPath> {
+  return chooseDataPath(choice, async (kind) => {
+    const impl = await serverImpl(kind);
+    const others: OtherPaths = {
+      removeLeftovers: async () => {
+        for (const k of DATAPATH_KINDS) {
+          if (k === kind) continue;
+          const other = await serverImpl(k);
+          if (impl.family !== undefined && other.family === impl.family) {
+            await other.removeExtras?.(opts);
+          } else await other.remove(opts);
+        }
+      },
+    };
+    return await impl.open(opts, others);
+  });
+}
+
+/** Opens the host's data path `choice` names (nothing changed in the kernel yet). */
+export function openDriverDataPath(
+  choice: DataPathChoice,
   opts: HostOptions,
 ): Promise<DriverDataPath> {
-  const others: OtherPaths = {
-    removeLeftovers: async () => {
-      for (const k of DATAPATH_KINDS) if (k !== kind) await (await driverImpl(k)).remove(opts);
-    },
-  };
-  return await (await driverImpl(kind)).open(opts, others);
+  return chooseDataPath(choice, async (kind) => {
+    const others: OtherPaths = {
+      removeLeftovers: async () => {
+        for (const k of DATAPATH_KINDS) if (k !== kind) await (await driverImpl(k)).remove(opts);
+      },
+    };
+    return await (await driverImpl(kind)).open(opts, others);
+  });
 }
 
 /**

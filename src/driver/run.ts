@@ -92,9 +92,11 @@ export async function runDriver(
       ...(peers ? { peers: (path: string) => new peers(path) } : {}),
     });
     undo.push(() => sock.close());
+    let running = "not intercepting (query only)";
     if (cfg.intercept) {
       if (local === null) throw new Error(`no local address toward ${formatIPv4(cfg.server)}`);
       const dp = await openDriverDataPath(cfg.datapath, hostOpts);
+      running = `data path ${dp.kind}`;
       // A path that keeps nothing gives every session back on exit; one that
       // keeps them leaves them translating for the next start to adopt.
       if (!dp.can.keepsSessions) undo.push(() => core.releaseAll());
@@ -120,9 +122,9 @@ export async function runDriver(
     log.info(
       `driver for server ${formatIPv4(cfg.server)}:${cfg.serverPort}; LAN ${formatCidr(lan)}; ` +
         `ephemeral ${ephemeral.join("-")}; fixed ports ${cfg.fixedPorts.join(",") || "none"}; ` +
-        `${
-          cfg.intercept ? `data path ${cfg.datapath}` : "not intercepting (query only)"
-        }; socket ${cfg.socket}${cfg.socketGroup ? ` (group ${cfg.socketGroup}, 0660)` : ""}`,
+        `${running}; socket ${cfg.socket}${
+          cfg.socketGroup ? ` (group ${cfg.socketGroup}, 0660)` : ""
+        }`,
     );
     log.info("ready");
     notify(`READY=1\nSTATUS=driver ready`);

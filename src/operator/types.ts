@@ -177,8 +177,9 @@ export interface DriverStatusReply {
 
 /** The state of a role's data path as `dpm status` shows it. */
 export interface DataPathStatus {
-  /** `kernel` (nftables + conntrack), `queue` (netfilter queue translator) or `off`. */
-  kind: "kernel" | "queue" | "off";
+  /** `bpf` (the kernel path with tc programs translating established sessions), `kernel`
+   * (nftables + conntrack), `queue` (netfilter queue translator) or `off`. */
+  kind: "bpf" | "kernel" | "queue" | "off";
   /** `on`, or `degraded` while rules that dpm installed are missing and being reinstalled. */
   state: "on" | "degraded" | "off";
   /** Times the watchdog found dpm's rules or maps gone or changed and reinstalled them. */

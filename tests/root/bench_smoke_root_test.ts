@@ -1,10 +1,10 @@
 /**
- * The benchmark runs end to end in its smoke size (about 50 s): every
- * section is present with sane figures for MASQUERADE and both dpm data
- * paths (queue, kernel), the reservation load ran against a server of each
- * data path, the memory section filled both and measured conntrack, the
- * burst of new sessions and the driver's bytes per session are reported for
- * both data paths (in the JSON and as rows of latest.md), the outputs are
+ * The benchmark runs end to end in its smoke size (about a minute): every
+ * section is present with sane figures for MASQUERADE and each dpm data
+ * path (queue, kernel, bpf), the reservation load ran against a server of
+ * each data path, the memory section filled each and measured conntrack,
+ * the burst of new sessions and the driver's bytes per session are reported
+ * for each data path (in the JSON and as rows of latest.md), the outputs are
  * written, and no namespace is left behind. No timing threshold is asserted:
  * this machine's numbers are not CI's; the burst's untranslated count must be
  * 0 (that is correctness, not timing).
@@ -53,7 +53,7 @@ function namespacesOf(prefix: string): string[] {
 
 Deno.test(needsRoot({
   name:
-    "bench smoke root: run.ts --smoke --json measures both data paths beside MASQUERADE in every section and leaves nothing behind",
+    "bench smoke root: run.ts --smoke --json measures every data path beside MASQUERADE in every section and leaves nothing behind",
   sanitizeOps: false,
   sanitizeResources: false,
   fn: async () => {
@@ -73,7 +73,7 @@ Deno.test(needsRoot({
       assert.equal(r.smoke, true);
       for (const k of ["date", "kernel", "cpu", "deno"]) assert.ok(r.env[k], `env.${k} missing`);
 
-      for (const mode of ["masquerade", "queue", "kernel"]) {
+      for (const mode of ["masquerade", "queue", "kernel", "bpf"]) {
         const m = r.dataPlane[mode];
         assert.ok(m, `dataPlane.${mode} missing`);
         assert.deepEqual(m.udp.map((u: { size: number }) => u.size), [64, 512, 1400]);
@@ -110,7 +110,7 @@ Deno.test(needsRoot({
         null,
         "MASQUERADE untranslated is n/a",
       );
-      for (const dp of ["queue", "kernel"]) {
+      for (const dp of ["queue", "kernel", "bpf"]) {
         const b = r.dataPlane[dp].burst;
         finite(b.untranslated, `${dp} burst untranslated`);
         assert.equal(
@@ -136,12 +136,14 @@ Deno.test(needsRoot({
       positive(r.dataPlane.queue.cpu.dpmUsPerPacket, "queue path dpm CPU per packet");
       positive(r.dataPlane.queue.cpu.serverUsPerPacket, "queue path server CPU per packet");
       positive(r.dataPlane.queue.cpu.driverUsPerPacket, "queue path driver CPU per packet");
-      for (const f of ["dpmUsPerPacket", "serverUsPerPacket", "driverUsPerPacket"]) {
-        const v = r.dataPlane.kernel.cpu[f];
-        assert.ok(Number.isFinite(v) && v >= 0, `kernel path ${f} = ${v}`);
+      for (const dp of ["kernel", "bpf"]) {
+        for (const f of ["dpmUsPerPacket", "serverUsPerPacket", "driverUsPerPacket"]) {
+          const v = r.dataPlane[dp].cpu[f];
+          assert.ok(Number.isFinite(v) && v >= 0, `${dp} path ${f} = ${v}`);
+        }
       }
 
-      for (const dp of ["queue", "kernel"]) {
+      for (const dp of ["queue", "kernel", "bpf"]) {
         const rv = r.reservations[dp];
         assert.equal(rv.datapath, dp);
         positive(rv.perSec, `${dp} reservations/s`);
@@ -163,8 +165,12 @@ Deno.test(needsRoot({
           positive(p.fillPerSec, `${dp} fill rate`);
         }
       }
-      // Two map elements per session: the kernel grows on the kernel path.
+      // Two map elements per session: the kernel grows on the kernel path, and more on the
+      // bpf path (two BPF map entries too, and its hash buckets allocated at start).
       positive(r.memory.kernel.at(-1).kernel.slabBytes, "kernel path slab growth");
+      positive(r.memory.bpf.at(-1).kernel.slabBytes, "bpf path slab growth");
+      positive(r.memory.bpf.at(-1).preallocBytes, "bpf path map buckets");
+      assert.equal(r.memory.kernel.at(-1).preallocBytes, 0);
       assert.ok(r.memory.conntrack.length >= 1, "conntrack memory points");
       for (const c of r.memory.conntrack) {
         positive(c.entries, "conntracks made");
@@ -179,7 +185,10 @@ Deno.test(needsRoot({
         assert.ok(row.sweepNoneExpiredMs >= 0, `table sweep at ${row.sessions}`);
       }
 
-      assert.equal(r.targets.length, 7);
+      assert.equal(r.targets.length, 14);
+      for (const name of ["bpf path UDP 64 B", "bpf path TCP", "Kernel path UDP 64 B"]) {
+        assert.ok(r.targets.some((t: { name: string }) => t.name.startsWith(name)), name);
+      }
       const burstTarget = r.targets.find((t: { name: string }) => t.name.startsWith("Burst of"));
       assert.ok(burstTarget, "burst target missing");
       assert.equal(burstTarget.target, "0");
@@ -192,31 +201,26 @@ Deno.test(needsRoot({
       }
       assert.match(await Deno.readTextFile(`${out}/pps_by_size.svg`), /^<svg [^>]*xmlns=/);
       const md = await Deno.readTextFile(`${out}/latest.md`);
-      assert.match(md, /\| measure \| dpm kernel \| dpm queue \| MASQUERADE \|/);
-      // Columns: measure, dpm kernel, dpm queue, MASQUERADE, ...
+      assert.match(md, /\| measure \| dpm bpf \| dpm kernel \| dpm queue \| MASQUERADE \|/);
+      // Columns: measure, dpm bpf, dpm kernel, dpm queue, MASQUERADE, ...
       const burstRow = mdRow(
         md,
         `Burst of ${r.config.burstSessions.toLocaleString("en-US")} new UDP sessions at once`,
       );
-      for (const [i, mode] of [[1, "kernel"], [2, "queue"], [3, "MASQUERADE"]] as const) {
+      const cols = [[1, "bpf"], [2, "kernel"], [3, "queue"]] as const;
+      for (const [i, mode] of [...cols, [4, "MASQUERADE"]] as const) {
         numbers(burstRow[i], 3, `burst row, ${mode}`);
       }
       const untr = mdRow(md, "Burst: sessions untranslated");
-      assert.deepEqual(numbers(untr[1], 1, "untranslated, kernel"), [0]);
-      assert.deepEqual(numbers(untr[2], 1, "untranslated, queue"), [0]);
-      assert.match(untr[3]!, /^n\/a/, "untranslated, MASQUERADE");
+      for (const [i, dp] of cols) assert.deepEqual(numbers(untr[i], 1, `untranslated, ${dp}`), [0]);
+      assert.match(untr[4]!, /^n\/a/, "untranslated, MASQUERADE");
       const drv = mdRow(md, "Driver bytes/session (settled / in flight)");
-      const [ks, kf] = numbers(drv[1], 2, "driver bytes row, kernel");
-      const [qs, qf] = numbers(drv[2], 2, "driver bytes row, queue");
-      assert.deepEqual(
-        [ks, kf, qs, qf],
-        [
-          r.driverMemory.kernel.driverBytesPerSession,
-          r.driverMemory.kernel.inFlightBytesPerSession,
-          r.driverMemory.queue.driverBytesPerSession,
-          r.driverMemory.queue.inFlightBytesPerSession,
-        ],
-      );
+      for (const [i, dp] of cols) {
+        assert.deepEqual(numbers(drv[i], 2, `driver bytes row, ${dp}`), [
+          r.driverMemory[dp].driverBytesPerSession,
+          r.driverMemory[dp].inFlightBytesPerSession,
+        ]);
+      }
 
       // Its own namespaces only: other runs may build theirs meanwhile.
       const prefix = String(r.config.namespacePrefix);

@@ -271,7 +271,7 @@ Deno.test(
 
 Deno.test(
   needsRoot(
-    "bpf root: what is not a fast session passes untouched (unknown, slow, ICMP, fragments, options, TTL 1, not for us)",
+    "bpf root: what is not a fast session passes untouched (unknown, slow, ICMP, fragments, options, TTL 1, not for us, a forged source)",
     async () => {
       await withGateway(async ({ gw }) => {
         const pkt = buildUdp({ src: A, sport: 40000, dst: G, dport: 61001 });
@@ -322,10 +322,42 @@ Deno.test(
           "bigger than the WAN's MTU: the stack fragments it",
         );
         await same(buildUdp({ src: A, sport: 40002, dst: G, dport: 61001 }), "wrong private port");
+        // Forged sources never take the fast path, whatever entry they would match: the
+        // stack's antispoof rules get them (the LAN never speaks as G, its network or
+        // broadcast address, or from outside the prefix; the WAN never as the LAN).
+        for (
+          const [src, what] of [[G, "G"], [ip("10.0.0.0"), "network"], [
+            ip("10.0.0.255"),
+            "broadcast",
+          ], [ip("192.0.2.9"), "outside the LAN"]] as const
+        ) {
+          const forged = { ...SESSION, a: src };
+          await put(gw, gatewayRecords(forged, G), NatFlag.FAST);
+          await same(buildUdp({ src, sport: 40000, dst: G, dport: 61001 }), `LAN source ${what}`);
+        }
+        const fromLan = { ...SESSION, x: A2, px: 7000, pg: 61002 };
+        await put(gw, gatewayRecords(fromLan, G), NatFlag.FAST);
+        const wanForged = buildUdp({ src: A2, sport: 7000, dst: R, dport: 40001 });
+        const w = await run(gw, "dpm_wan_in", "wan0", wanForged);
+        assert.equal(w.retval, PASS, "a WAN packet from a LAN source");
+        assert.deepEqual(split(w.frame).ip, wanForged);
         // Nothing was counted.
         assert.equal((await get(gw, outKey(SESSION))).packets, 0);
         // And the fast one still goes.
         assert.equal((await run(gw, "dpm_lan_in", "lan0", pkt)).retval, REDIRECT);
+        // With its next hop cached in the entry now, a packet too big for the way out
+        // still goes to the stack.
+        await same(
+          buildUdp({
+            src: A,
+            sport: 40000,
+            dst: G,
+            dport: 61001,
+            payload: new Uint8Array(1600),
+            frag: 0,
+          }),
+          "bigger than the WAN's MTU, next hop cached",
+        );
       });
     },
   ),
@@ -599,7 +631,7 @@ Deno.test(
 
 Deno.test(
   needsRoot(
-    "bpf root: attach, find again from another process, and remove only dpm's filters (a clsact still in use stays)",
+    "bpf root: attach (tcx), find again from another process, and remove only dpm's programs (someone else's filter, tcx program and clsact stay)",
     async () => {
       const ns = await createBpfNs();
       try {
@@ -625,7 +657,7 @@ Deno.test(
           );
           ids = ours.map((f: { progId: number }) => f.progId);
           assert.deepEqual((await a.call({ op: "missing" })).missing, []);
-          // Someone else's filter on the LAN's ingress.
+          // Someone else's filter and tcx program on the LAN's ingress.
           await a.call({ op: "load", role: "host" });
           await a.call({
             op: "attachOther",
@@ -634,6 +666,12 @@ Deno.test(
             prog: "dpm_host_in",
             handle: 7,
             priority: 7,
+          });
+          await a.call({
+            op: "attachOtherTcx",
+            dev: "lan0",
+            point: "ingress",
+            prog: "dpm_host_in",
           });
         } finally {
           await a.close(); // the process exits: the kernel keeps the filters, programs and maps
@@ -661,8 +699,13 @@ Deno.test(
           );
           const lan = await b.call({ op: "filters", dev: "lan0" });
           assert.deepEqual(
-            lan.ingress.map((f: { handle: number; priority: number }) => [f.handle, f.priority]),
-            [[7, 7]],
+            lan.ingress.map((f: { kind: string; handle: number; priority: number }) => [
+              f.kind,
+              f.handle,
+              f.priority,
+            ]),
+            [["bpf", 7, 7], ["tcx", 0, 0]],
+            "someone else's filter and tcx program stay",
           );
           assert.deepEqual(lan.egress, []);
           const q = await sh(["ip", "netns", "exec", ns.gw, "tc", "qdisc", "show", "dev", "wan0"]);

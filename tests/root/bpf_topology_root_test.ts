@@ -4,7 +4,7 @@
  * filled by hand, no dpm process: real UDP and TCP traffic from the host's
  * applications is translated by the host programs (claim 5) and the
  * gateway's (claim 6). The gateway has the kernel path's own nftables table
- * (`serverTable` of src/datapath/kernel/rules.ts) for the slow start: each
+ * (`serverTable` of src/datapath/nft/rules.ts) for the slow start: each
  * session's first packets go through the stack, and once the stack
  * forwarded it both ways the programs take it, so the gateway's conntrack
  * stops seeing it. The host and the peer send with their checksum offload
@@ -12,8 +12,9 @@
  * it in software: a wrong incremental update loses the traffic.
  *
  * Then: a restart (the rig exits, a new one adopts the maps through the
- * attached programs, counters kept), a deleted clsact qdisc found and
- * repaired, and removal leaving no qdisc, filter or program.
+ * attached programs, counters kept), a deleted clsact qdisc (the host's) or
+ * a detached tcx program (the gateway's) found and repaired, and removal
+ * leaving no qdisc, filter or program.
  *
  * @module
  */
@@ -29,7 +30,7 @@ import { pseudoHeaderSum } from "../../src/wire/checksum.ts";
 import { waitFor } from "../../testing/wait.ts";
 import { serverCfg } from "../../testing/fixtures.ts";
 import { parseIPv4 } from "../../src/wire/addr.ts";
-import { serverTable, toPublicText, toRemoteText } from "../../src/datapath/kernel/rules.ts";
+import { serverTable, toPublicText, toRemoteText } from "../../src/datapath/nft/rules.ts";
 import {
   gatewayRecords,
   hostRecords,
@@ -224,10 +225,23 @@ Deno.test(needsRoot({
         "still past conntrack",
       );
 
-      // Someone deletes the LAN's clsact qdisc: noticed, repaired, traffic fast again.
-      await ok(t, gw.ns, ["tc", "qdisc", "del", "dev", "lan0", "clsact"]);
-      assert.equal((await g.call({ op: "missing" })).missing.length, 2);
-      assert.equal((await g.call({ op: "attach" })).fixed, 2);
+      // Someone deletes the host's clsact qdisc: noticed, repaired. The gateway's programs are
+      // tcx ones: a deleted qdisc leaves them, and one detached by hand is noticed, repaired.
+      await ok(t, h.ns, ["tc", "qdisc", "del", "dev", "eth0", "clsact"]);
+      assert.equal((await hr.call({ op: "missing" })).missing.length, 2);
+      assert.equal((await hr.call({ op: "attach" })).fixed, 2);
+      assert.deepEqual((await hr.call({ op: "missing" })).missing, []);
+      await t.exec(gw.ns, ["tc", "qdisc", "del", "dev", "lan0", "clsact"]);
+      assert.deepEqual((await g.call({ op: "missing" })).missing, [], "tcx: no qdisc to lose");
+      const d = await g.call({
+        op: "detachTcx",
+        dev: "lan0",
+        point: "ingress",
+        prog: "dpm_lan_in",
+      });
+      assert.equal(d.detached, 1);
+      assert.equal((await g.call({ op: "missing" })).missing.length, 1);
+      assert.equal((await g.call({ op: "attach" })).fixed, 1);
       assert.deepEqual((await g.call({ op: "missing" })).missing, []);
       const u3 = await lastJson(
         t,

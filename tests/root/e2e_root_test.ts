@@ -27,6 +27,7 @@ import { httpSeen, rawSender, udpClient, udpEcho, udpProbe } from "../../testing
 import { waitFor } from "../../testing/wait.ts";
 import { type DataPathName, perDataPath } from "../../testing/root.ts";
 import { buildUdp } from "../../testing/packets.ts";
+import { BpfRig } from "../../testing/bpf_rig.ts";
 import { encodeRequest, newNonce, Op } from "../../src/control/proto.ts";
 
 const SAN = { sanitizeOps: false, sanitizeResources: false };
@@ -371,27 +372,61 @@ test({
     }),
 });
 
+/** dpm's iptables chains, nftables tables and BPF filters (tc, any interface) in `ns`. */
 async function dpmRules(t: Topology, ns: string): Promise<string[]> {
   const r = await t.exec(ns, ["iptables-save"]);
   const nft = await t.exec(ns, ["nft", "list", "tables"]);
+  const links = (await t.exec(ns, ["ip", "-o", "link", "show"])).stdout.split("\n")
+    .map((l) => /^\d+: ([^:@]+)/.exec(l)?.[1]).filter((n): n is string => n !== undefined);
+  const filters: string[] = [];
+  for (const dev of links) {
+    for (const dir of ["ingress", "egress"]) {
+      const f = await t.exec(ns, ["tc", "filter", "show", "dev", dev, dir]);
+      for (const l of f.stdout.split("\n")) {
+        // Without program ids: a restart loads the programs anew.
+        if (/dpm_/.test(l)) filters.push(`${dev} ${dir}: ${l.replace(/:\[\d+\]| id \d+/g, "")}`);
+      }
+    }
+  }
+  if (datapath === "bpf") {
+    // tcx programs (the gateway's), which tc does not list.
+    const rig = await BpfRig.start(ns);
+    try {
+      for (const dev of links) {
+        const f = await rig.call({ op: "filters", dev });
+        for (const dir of ["ingress", "egress"] as const) {
+          for (const p of f[dir] as { kind: string; name: string }[]) {
+            if (p.kind === "tcx" && p.name.startsWith("dpm_")) {
+              filters.push(`${dev} ${dir}: tcx ${p.name}`);
+            }
+          }
+        }
+      }
+    } finally {
+      await rig.close();
+    }
+  }
   return [
     ...r.stdout.split("\n").filter((l) => l.includes("DPM-")),
     ...nft.stdout.split("\n").filter((l) => /dpm-(server|driver)/.test(l)),
+    ...filters,
   ];
 }
 
 /**
  * Stops dpm the way each data path is stopped for good: SIGTERM, and on the
- * kernel path (which keeps translating established sessions after SIGTERM)
- * `--cleanup` with the same flags.
+ * kernel and bpf paths (which keep translating established sessions after
+ * SIGTERM) `--cleanup` with the same flags.
  */
 async function stopForGood(t: Topology, d: Dpm): Promise<void> {
   await d.stop();
-  if (datapath === "kernel") {
+  if (datapath !== "queue") {
+    const left = await dpmRules(t, t.gateway.ns);
     assert.ok(
-      (await dpmRules(t, t.gateway.ns)).some((l) => l.includes("dpm-server")),
-      "the kernel path keeps translating after SIGTERM",
+      left.some((l) => l.includes("dpm-server")),
+      "the kernel and bpf paths keep translating after SIGTERM",
     );
+    if (datapath === "bpf") assert.ok(left.some((l) => l.includes("dpm_lan_in")), "programs stay");
     await d.cleanup();
   }
 }
@@ -453,12 +488,20 @@ test({
       );
       d = await startDpm(t, { driverHosts: ["h1"], datapath });
       assert.deepEqual(await dpmRules(t, t.gateway.ns), rulesOnce, "no duplicate after restart");
-      const jumps = (await dpmRules(t, h(t, 0).ns)).filter((l) => l.startsWith("-A OUTPUT"));
+      const hostRules = await dpmRules(t, h(t, 0).ns);
+      const jumps = hostRules.filter((l) => l.startsWith("-A OUTPUT"));
       assert.equal(
         jumps.length,
-        datapath === "kernel" ? 2 : 1,
-        "one jump per table into the driver's chains",
+        { kernel: 2, queue: 1, bpf: 0 }[datapath],
+        "one jump per table into the driver's chains (the bpf host has no netfilter rule)",
       );
+      if (datapath === "bpf") {
+        assert.equal(
+          hostRules.filter((l) => /dpm_host_(in|out)/.test(l)).length,
+          2,
+          "two programs",
+        );
+      }
       // And it still translates.
       await serveApp(t, p(t, 0).ns, udpEcho(7000));
       const out = await lastJson(t, h(t, 0).ns, udpClient(0, [`${p(t, 0).addrText}:7000`]));

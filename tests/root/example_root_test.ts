@@ -9,13 +9,13 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { denoScript, DPM_ENV, withDpm } from "../../testing/launch.ts";
-import { needsRoot } from "../../testing/root.ts";
+import { DATAPATHS, needsRoot } from "../../testing/root.ts";
 
 const SAN = { sanitizeOps: false, sanitizeResources: false };
 const EXAMPLE = fileURLToPath(new URL("../../examples/sip_register.ts", import.meta.url));
 const REGISTRAR = fileURLToPath(new URL("../../examples/sip_registrar.py", import.meta.url));
 
-for (const datapath of ["kernel", "queue"] as const) {
+for (const datapath of DATAPATHS) {
   Deno.test(needsRoot({
     name:
       `example root [${datapath}]: a SIP REGISTER carrying the public pair from dpm is accepted; behind ordinary NAT the private Contact is refused`,

@@ -20,7 +20,7 @@ import type { Topology } from "../../testing/topology.ts";
 import { type Dpm, DPM_ENV, dpmCommand, serveApp, withDpm } from "../../testing/launch.ts";
 import { udpBurst, udpEcho } from "../../testing/apps.ts";
 import { waitFor } from "../../testing/wait.ts";
-import { needsRoot } from "../../testing/root.ts";
+import { DATAPATHS, needsRoot } from "../../testing/root.ts";
 
 const SAN = { sanitizeOps: false, sanitizeResources: false };
 
@@ -107,7 +107,7 @@ function assertTranslated(
   assert.deepEqual(bad.slice(0, 20), [], `${bad.length} of ${replies} replies untranslated`);
 }
 
-for (const datapath of ["kernel", "queue"] as const) {
+for (const datapath of DATAPATHS) {
   Deno.test(needsRoot({
     name:
       `loss root [${datapath}]: 30% control loss each way: 100 new UDP sessions all reserved, the peer sees what the driver says, driver and server agree`,
@@ -187,22 +187,25 @@ for (const datapath of ["kernel", "queue"] as const) {
   }));
 }
 
-Deno.test(needsRoot({
-  name:
-    "loss root [kernel]: a burst of 1,500 new UDP sessions at once from one host: every reply shows the public pair",
-  ...SAN,
-  fn: () =>
-    withDpm({ datapath: "kernel", driverHosts: ["h1"] }, async (t, d) => {
-      await serveApp(t, t.peers[0]!.ns, udpEcho(7000));
-      const dest = `${t.peers[0]!.addrText}:7000`;
-      const h1 = t.hosts[0]!;
-      await warmUp(t, h1.ns, dest);
-      const r = await t.exec(h1.ns, burstClient(1500, dest, 1, 40_000), { timeoutMs: 90_000 });
-      assert.equal(r.code, 0, r.stderr);
-      const seen = burstSeen(r.stdout);
-      assert.equal(Object.keys(seen).length, 1500);
-      const st = await driverStatus(t, d, "h1");
-      assert.equal(st.stats.fellBack ?? 0, 0, JSON.stringify(st.stats));
-      assertTranslated(t, seen, st.sessions, h1.addrText);
-    }),
-}));
+// The paths that hold a new session's first packet in the kernel until the grant.
+for (const datapath of ["bpf", "kernel"] as const) {
+  Deno.test(needsRoot({
+    name:
+      `loss root [${datapath}]: a burst of 1,500 new UDP sessions at once from one host: every reply shows the public pair`,
+    ...SAN,
+    fn: () =>
+      withDpm({ datapath, driverHosts: ["h1"] }, async (t, d) => {
+        await serveApp(t, t.peers[0]!.ns, udpEcho(7000));
+        const dest = `${t.peers[0]!.addrText}:7000`;
+        const h1 = t.hosts[0]!;
+        await warmUp(t, h1.ns, dest);
+        const r = await t.exec(h1.ns, burstClient(1500, dest, 1, 40_000), { timeoutMs: 90_000 });
+        assert.equal(r.code, 0, r.stderr);
+        const seen = burstSeen(r.stdout);
+        assert.equal(Object.keys(seen).length, 1500);
+        const st = await driverStatus(t, d, "h1");
+        assert.equal(st.stats.fellBack ?? 0, 0, JSON.stringify(st.stats));
+        assertTranslated(t, seen, st.sessions, h1.addrText);
+      }),
+  }));
+}

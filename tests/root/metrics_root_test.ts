@@ -6,7 +6,7 @@
 
 import assert from "node:assert/strict";
 import { withDpm } from "../../testing/launch.ts";
-import { needsRoot } from "../../testing/root.ts";
+import { DATAPATHS, needsRoot } from "../../testing/root.ts";
 import type { Topology } from "../../testing/topology.ts";
 
 const SAN = { sanitizeOps: false, sanitizeResources: false };
@@ -42,7 +42,7 @@ function value(text: string, re: RegExp): number {
   return Number(m.split(" ").pop());
 }
 
-for (const datapath of ["kernel", "queue"] as const) {
+for (const datapath of DATAPATHS) {
   Deno.test(needsRoot({
     name:
       `metrics root [${datapath}]: both roles serve Prometheus metrics that promtool accepts, with the sessions and refusals`,

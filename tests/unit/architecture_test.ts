@@ -203,7 +203,7 @@ Deno.test("architecture: linux/ imports nothing from src/ but src/wire", async (
 });
 
 /** The data path implementations: a folder under src/datapath/ each. */
-const IMPLS = ["src/datapath/queue", "src/datapath/kernel"];
+const IMPLS = ["src/datapath/queue", "src/datapath/kernel", "src/datapath/bpf"];
 const implOf = (p: string) => IMPLS.find((d) => under(p, d)) ?? null;
 
 Deno.test("architecture: only src/datapath/open.ts imports the data path implementations", async () => {

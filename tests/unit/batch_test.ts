@@ -30,7 +30,7 @@ import {
 import { Result } from "../../src/control/result.ts";
 
 function unhex(s: string): Uint8Array {
-  const h = s.replace(/^[0-9a-f]{4}  /gm, "").replace(/\s+/g, "");
+  const h = s.replace(/^[0-9a-f]{4} {2}/gm, "").replace(/\s+/g, "");
   return Uint8Array.from(h.match(/../g)!.map((x) => parseInt(x, 16)));
 }
 

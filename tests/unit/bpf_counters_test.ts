@@ -48,15 +48,18 @@ function counted(recs: NatRecord[], ...c: [number, number, number?, bigint?][]):
   }));
 }
 
-Deno.test("bpf counters: a driver's and a direct session's two directions; sessions with no entries left out", () => {
+Deno.test("bpf counters: a driver's and a direct session's two directions, one missing counted 0; sessions with no entries left out", () => {
   const direct: GatewaySession = { ...S, a: H2, pa: 5000, p: 5000, pg: 61005, direct: true };
   const records = [
     ...counted(gatewayRecords(S, G), [10, 1000], [7, 900]),
     ...counted(gatewayRecords(direct, G), [3, 300], [2, 200]),
   ];
   const icmp: GatewaySession = { ...S, proto: 1, pg: 61009 };
-  const unwritten: GatewaySession = { ...S, pa: 1, pg: 61010 };
-  const c = gatewayCounters(records, [S, direct, icmp, unwritten], G);
+  const unwritten: GatewaySession = { ...S, pa: 1, p: 40009, pg: 61010 };
+  // Only what counted something is passed (BpfServerPath.counters): no reply yet.
+  const oneWay: GatewaySession = { ...S, pa: 2, p: 40010, pg: 61011 };
+  records.push(...counted(gatewayRecords(oneWay, G), [4, 400], [0, 0]).slice(0, 1));
+  const c = gatewayCounters(records, [S, direct, icmp, unwritten, oneWay], G);
   assert.deepEqual(c.get(gatewayKey(17, H1, 61001)), {
     packetsOut: 10,
     bytesOut: 1000,
@@ -69,7 +72,13 @@ Deno.test("bpf counters: a driver's and a direct session's two directions; sessi
     packetsIn: 2,
     bytesIn: 200,
   });
-  assert.equal(c.size, 2);
+  assert.deepEqual(c.get(gatewayKey(17, H1, 61011)), {
+    packetsOut: 4,
+    bytesOut: 400,
+    packetsIn: 0,
+    bytesIn: 0,
+  });
+  assert.equal(c.size, 3);
 });
 
 Deno.test("bpf counters: a mapping counts the flows learned from it, not other mappings' or sessions'", () => {

@@ -12,6 +12,7 @@ import assert from "node:assert/strict";
 import { buildBpfObjects, objectsModule } from "../../tools/build-bpf.ts";
 import { bpfObject } from "../../src/datapath/bpf/objects.ts";
 import {
+  HostConfigLayout,
   NatConfigLayout,
   NatDir,
   NatEntryLayout,
@@ -105,11 +106,31 @@ Deno.test("bpf objects: layout.ts mirrors nat.h as compiled (BTF offsets and siz
       PACKETS: "packets",
       BYTES: "bytes",
       LAST_NS: "last_ns",
+      NH_IFINDEX: "nh_ifindex",
+      NH_AT: "nh_at",
+      NH_MTU: "nh_mtu",
+      NH_DMAC: "nh_dmac",
+      NH_SMAC: "nh_smac",
+      PAD: "pad",
     });
     if (role === "gateway") {
       check("nat_config", NatConfigLayout, {
         LAN_IFINDEX: "lan_ifindex",
         WAN_IFINDEX: "wan_ifindex",
+        LAN_NET: "lan_net",
+        LAN_MASK: "lan_mask",
+        GATEWAY: "gateway",
+        EDGE_LO: "edge_lo",
+        EDGE_HI: "edge_hi",
+        PAD: "pad",
+      });
+    } else {
+      check("host_config", HostConfigLayout, {
+        LAN_NET: "lan_net",
+        LAN_MASK: "lan_mask",
+        PASS_MARK: "pass_mark",
+        GATEWAY: "gateway",
+        ALIVE_UNTIL_NS: "alive_until_ns",
       });
     }
   }

@@ -1,6 +1,6 @@
 /**
  * The guard of dpm's control ports on the gateway (src/datapath/gateway.ts,
- * and the kernel path's `chain guard` in src/datapath/kernel/rules.ts): UDP
+ * and the kernel path's `chain guard` in src/datapath/nft/rules.ts): UDP
  * (dpm's protocol, PCP and NAT-PMP, SSDP) and TCP (the UPnP IGD's HTTP port)
  * to G only from the LAN interface and prefix, on both data paths; what
  * `--no-pcp` and `--no-upnp` leave out. The rules at work on real packets:
@@ -12,7 +12,7 @@
 
 import assert from "node:assert/strict";
 import { controlGuardRules, controlPorts, controlTcpPorts } from "../../src/datapath/gateway.ts";
-import { serverTable } from "../../src/datapath/kernel/rules.ts";
+import { serverTable } from "../../src/datapath/nft/rules.ts";
 import { gatewayOptions } from "../../src/datapath/open.ts";
 import { LAN, serverCfg } from "../../testing/fixtures.ts";
 

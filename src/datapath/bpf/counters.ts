@@ -46,9 +46,11 @@ export function indexRecords(records: Iterable<NatRecord>): Map<string, NatEntry
 
 /**
  * Counters of each of `sessions` keyed by {@linkcode gatewayKey} (a
- * mapping's Pg is 0): a session's own two entries; a mapping's, the sum of
- * the flows learned from it (its wildcards count nothing). Sessions with no
- * entries (ICMP, hairpins, not yet written) are left out.
+ * mapping's Pg is 0): a session's own two entries (one missing counts 0:
+ * the caller may pass only the entries that counted something); a
+ * mapping's, the sum of the flows learned from it (its wildcards count
+ * nothing). Sessions with neither entry (ICMP, hairpins, not yet written,
+ * nothing counted) are left out.
  */
 export function gatewayCounters(
   records: Iterable<NatRecord>,
@@ -89,12 +91,12 @@ export function gatewayCounters(
     if (recs.length !== 2) continue;
     const o = byKey.get(keyId(recs[0]!.key));
     const i = byKey.get(keyId(recs[1]!.key));
-    if (!o || !i) continue;
+    if (!o && !i) continue;
     out.set(gatewayKey(s.proto, s.a, s.pg), {
-      packetsOut: o.packets,
-      bytesOut: o.bytes,
-      packetsIn: i.packets,
-      bytesIn: i.bytes,
+      packetsOut: o?.packets ?? 0,
+      bytesOut: o?.bytes ?? 0,
+      packetsIn: i?.packets ?? 0,
+      bytesIn: i?.bytes ?? 0,
     });
   }
   return out;

@@ -57,6 +57,8 @@ export const NatFlag = {
   FIN: 1 << 4,
   /** A TCP RST was translated in this direction. */
   RST: 1 << 5,
+  /** Host: a flow the driver let go untranslated; its packets pass without being held. */
+  PASS: 1 << 6,
 } as const;
 
 /** `struct nat_key` (16 bytes): saddr 0, daddr 4, sport 8, dport 10, proto 12, dir 13, pad 14. */
@@ -72,8 +74,10 @@ export const NatKeyLayout = {
 } as const;
 
 /**
- * `struct nat_entry` (40 bytes): saddr 0, daddr 4, sport 8, dport 10,
- * flags 12, packets 16, bytes 24, last_ns 32.
+ * `struct nat_entry` (64 bytes): saddr 0, daddr 4, sport 8, dport 10,
+ * flags 12, packets 16, bytes 24, last_ns 32; then the programs' next-hop
+ * cache (nh_ifindex 40, nh_at 44, nh_mtu 48, nh_dmac 50, nh_smac 56, pad
+ * 62), which dpm writes as zeros and never reads.
  */
 export const NatEntryLayout = {
   SADDR: 0,
@@ -84,11 +88,51 @@ export const NatEntryLayout = {
   PACKETS: 16,
   BYTES: 24,
   LAST_NS: 32,
-  SIZE: 40,
+  NH_IFINDEX: 40,
+  NH_AT: 44,
+  NH_MTU: 48,
+  NH_DMAC: 50,
+  NH_SMAC: 56,
+  PAD: 62,
+  SIZE: 64,
 } as const;
 
-/** `struct nat_config` (8 bytes): lan_ifindex 0, wan_ifindex 4 (host order). */
-export const NatConfigLayout = { LAN_IFINDEX: 0, WAN_IFINDEX: 4, SIZE: 8 } as const;
+/**
+ * `struct nat_config` (32 bytes): lan_ifindex 0, wan_ifindex 4 (host
+ * order); lan_net 8, lan_mask 12, gateway 16, edge_lo 20, edge_hi 24
+ * (network order), pad 28.
+ */
+export const NatConfigLayout = {
+  LAN_IFINDEX: 0,
+  WAN_IFINDEX: 4,
+  LAN_NET: 8,
+  LAN_MASK: 12,
+  GATEWAY: 16,
+  EDGE_LO: 20,
+  EDGE_HI: 24,
+  PAD: 28,
+  SIZE: 32,
+} as const;
+
+/**
+ * `struct host_config` (24 bytes): lan_net 0, lan_mask 4 (network order),
+ * pass_mark 8 (host order), gateway 12 (network order), alive_until_ns 16
+ * (host order).
+ */
+export const HostConfigLayout = {
+  LAN_NET: 0,
+  LAN_MASK: 4,
+  PASS_MARK: 8,
+  GATEWAY: 12,
+  ALIVE_UNTIL_NS: 16,
+  SIZE: 24,
+} as const;
+
+/**
+ * `struct held_hdr` (8 bytes, host order): len 0, gso_size 4, dir 6 (`NatDir`),
+ * pad 7; the packet follows.
+ */
+export const HeldHdrLayout = { LEN: 0, GSO_SIZE: 4, DIR: 6, PAD: 7, SIZE: 8 } as const;
 
 /** Addresses and ports of a packet (host order; 0 in an entry's: keep). */
 export interface NatTuple {
@@ -161,6 +205,7 @@ export function writeEntry(dv: DataView, off: number, e: NatEntry): void {
   dv.setBigUint64(off + L.PACKETS, BigInt(e.packets), LE);
   dv.setBigUint64(off + L.BYTES, BigInt(e.bytes), LE);
   dv.setBigUint64(off + L.LAST_NS, e.lastNs, LE);
+  for (let i = L.NH_IFINDEX; i < L.SIZE; i++) dv.setUint8(off + i, 0); // no next hop cached
 }
 
 /** Reads the entry at `off` of `dv`. */
@@ -187,13 +232,80 @@ export function keyBytes(k: NatKey): Uint8Array {
   return b;
 }
 
+/** What the gateway's programs know of it (`dpm_cfg`); addresses host order. */
+export interface GatewayConfig {
+  lanIfindex: number;
+  wanIfindex: number;
+  /** The LAN prefix: the LAN's sources, never the WAN's. */
+  lanNet: number;
+  lanMask: number;
+  /** G: never a LAN packet's source. */
+  gateway: number;
+  /** The prefix's network and broadcast addresses (0 when it has none). */
+  edges: [number, number];
+}
+
 /** The `dpm_cfg` record of a gateway. */
-export function configBytes(lanIfindex: number, wanIfindex: number): Uint8Array {
-  const b = new Uint8Array(NatConfigLayout.SIZE);
+export function configBytes(c: GatewayConfig): Uint8Array {
+  const L = NatConfigLayout;
+  const b = new Uint8Array(L.SIZE);
   const dv = new DataView(b.buffer);
-  dv.setUint32(NatConfigLayout.LAN_IFINDEX, lanIfindex, LE);
-  dv.setUint32(NatConfigLayout.WAN_IFINDEX, wanIfindex, LE);
+  dv.setUint32(L.LAN_IFINDEX, c.lanIfindex, LE);
+  dv.setUint32(L.WAN_IFINDEX, c.wanIfindex, LE);
+  dv.setUint32(L.LAN_NET, c.lanNet, false);
+  dv.setUint32(L.LAN_MASK, c.lanMask, false);
+  dv.setUint32(L.GATEWAY, c.gateway, false);
+  dv.setUint32(L.EDGE_LO, c.edges[0], false);
+  dv.setUint32(L.EDGE_HI, c.edges[1], false);
   return b;
+}
+
+/** The host's configuration record (`dpm_hcfg`). */
+export interface HostConfig {
+  /** The LAN prefix (host order): destinations inside it are never held. */
+  lanNet: number;
+  lanMask: number;
+  /** The mark of the packets the driver sends back out. */
+  passMark: number;
+  /** G: ICMP echo replies and errors from it go to the driver. */
+  gateway: number;
+  /** The driver's heartbeat: CLOCK_MONOTONIC ns until which packets are held; 0n: never. */
+  aliveUntilNs: bigint;
+}
+
+/** The `dpm_hcfg` record's bytes. */
+export function hostConfigBytes(c: HostConfig): Uint8Array {
+  const L = HostConfigLayout;
+  const b = new Uint8Array(L.SIZE);
+  const dv = new DataView(b.buffer);
+  dv.setUint32(L.LAN_NET, c.lanNet, false);
+  dv.setUint32(L.LAN_MASK, c.lanMask, false);
+  dv.setUint32(L.PASS_MARK, c.passMark, LE);
+  dv.setUint32(L.GATEWAY, c.gateway, false);
+  dv.setBigUint64(L.ALIVE_UNTIL_NS, c.aliveUntilNs, LE);
+  return b;
+}
+
+/** A held packet's record: its link-layer frame, GSO segment size, and way. */
+export interface HeldRecord {
+  frame: Uint8Array;
+  gsoSize: number;
+  /** True when it was leaving the host, false when arriving. */
+  outbound: boolean;
+}
+
+/** Reads a `dpm_held` record (header and packet); null when it is short. */
+export function readHeld(data: Uint8Array): HeldRecord | null {
+  const L = HeldHdrLayout;
+  if (data.length < L.SIZE) return null;
+  const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
+  const len = dv.getUint32(L.LEN, LE);
+  if (L.SIZE + len > data.length) return null;
+  return {
+    frame: data.subarray(L.SIZE, L.SIZE + len),
+    gsoSize: dv.getUint16(L.GSO_SIZE, LE),
+    outbound: dv.getUint8(L.DIR) !== NatDir.IN,
+  };
 }
 
 /** A fresh entry: rewrite to `to`, with `flags`, nothing counted. */

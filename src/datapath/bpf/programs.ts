@@ -8,23 +8,37 @@
  *
  * ## Attachment
  *
- * Each program is a direct-action `bpf` filter in the interface's clsact
- * qdisc (created when missing), always with handle {@linkcode TC_HANDLE} and
- * priority {@linkcode TC_PRIORITY}: that pair is how dpm recognises its own
- * filters, so it never touches anyone else's. The programs return
- * TC_ACT_UNSPEC for what is not theirs, so filters after them still run.
+ * Two ways, by role ({@linkcode hookOf}):
+ *
+ * - **tcx** (Linux 6.6+; the gateway's programs): attached to the device's
+ *   ingress or egress itself with `BPF_PROG_ATTACH`, no qdisc, run before
+ *   any tc filter, and cheaper per packet than a classifier (no qdisc and
+ *   filter walk); dpm recognises its own by program name (`dpm_*`). A
+ *   deleted clsact qdisc does not touch them.
+ * - **cls**: a direct-action `bpf` filter in the interface's clsact qdisc
+ *   (created when missing), always with handle {@linkcode TC_HANDLE} and
+ *   priority {@linkcode TC_PRIORITY}: that pair is how dpm recognises its
+ *   own filters. The host's programs are attached this way everywhere:
+ *   holding a packet for the driver needs `TC_ACT_STOLEN` (consumed, the
+ *   sender sees it sent), which tcx does not have; and so are the gateway's
+ *   on a kernel without tcx.
+ *
+ * Either way dpm never touches anyone else's programs, and the programs
+ * return TC_ACT_UNSPEC for what is not theirs, so whatever comes after them
+ * still runs.
  *
  * ## Restart without pins
  *
- * The kernel keeps an attached program, and the maps it uses, for as long as
- * its filter exists, whether or not any process holds them. A new run finds
- * them again with no BPF filesystem (`ip netns exec` remounts /sys, so a pin
- * under /sys/fs/bpf would not survive): the rtnetlink filter dump gives each
- * of our filters' program id (`linux/tcfilter.ts`), `BPF_PROG_GET_FD_BY_ID`
+ * The kernel keeps an attached program (tcx, or a filter), and the maps it
+ * uses, for as long as it is attached, whether or not any process holds
+ * them. A new run finds them again with no BPF filesystem (`ip netns exec`
+ * remounts /sys, so a pin under /sys/fs/bpf would not survive):
+ * `BPF_PROG_QUERY` (tcx) or the rtnetlink filter dump (`linux/tcfilter.ts`)
+ * gives each of our programs' id, `BPF_PROG_GET_FD_BY_ID`
  * and `BPF_OBJ_GET_INFO_BY_FD` give the program's map ids, and
  * `BPF_MAP_GET_FD_BY_ID` the map. {@linkcode BpfPrograms.open} then loads the
  * embedded programs again *reusing those maps* (libbpf's `bpf_map__reuse_fd`)
- * and replaces the filters atomically: the sessions, their counters and
+ * and replaces the programs atomically: the sessions, their counters and
  * their fast/slow state survive the restart (and an upgrade of the
  * programs, as long as the map layout is the same; otherwise it starts with
  * an empty map and dpm programs it again from its table).
@@ -51,10 +65,15 @@ import {
   tcHookCreate,
   tcHookDestroy,
   TcPoint,
+  tcxAttach,
+  tcxDetach,
+  tcxQuery,
 } from "../../../linux/libbpf.ts";
 import { ifIndex } from "../../../linux/libc.ts";
 import { CLSACT_EGRESS, CLSACT_INGRESS, listTcFilters } from "../../../linux/tcfilter.ts";
 import { bpfObject } from "./objects.ts";
+import { lanEdges } from "../gateway.ts";
+import { type Cidr, prefixMask } from "../../wire/addr.ts";
 import {
   configBytes,
   keyBytes,
@@ -68,6 +87,8 @@ import {
   writeEntry,
   writeKey,
 } from "./layout.ts";
+
+const LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 /** The tc filter handle of every dpm program ("dpm"). */
 export const TC_HANDLE = 0x64706d;
@@ -110,6 +131,12 @@ export const ATTACHMENTS: Record<BpfRole, readonly Attachment[]> = {
 /** Options of {@linkcode BpfPrograms.open}. */
 export interface BpfOpenOptions {
   /**
+   * The gateway's LAN prefix and address G (the gateway role needs them:
+   * the sources each side may speak as, `nat_config`).
+   */
+  lan?: Cidr;
+  gateway?: number;
+  /**
    * Size of the session map in entries (two per session), for a new map; an
    * adopted map keeps its size. Not preallocated: memory follows use.
    * @default {262144}
@@ -119,6 +146,11 @@ export interface BpfOpenOptions {
 
 /** How {@linkcode BpfPrograms.open} found the session map. */
 export type MapOrigin = "new" | "adopted";
+
+/** The session map's origin as a log phrase. */
+export function mapText(origin: MapOrigin): string {
+  return origin === "adopted" ? "session map kept from the previous run" : "new session map";
+}
 
 const parentOf = (p: TcPoint) => p === TcPoint.INGRESS ? CLSACT_INGRESS : CLSACT_EGRESS;
 
@@ -143,6 +175,48 @@ function ourFilter(ifindex: number, point: TcPoint): number {
   return f?.progId ?? 0;
 }
 
+/** How a role's programs are attached (module doc). */
+export type HookKind = "tcx" | "cls";
+
+let tcxKernel: boolean | null = null;
+
+/** Whether this kernel has tcx (asked once: a tcx query on the loopback device). */
+function haveTcx(): boolean {
+  tcxKernel ??= tcxQuery(1, TcPoint.INGRESS) !== null;
+  return tcxKernel;
+}
+
+/** How `role`'s programs are attached here. */
+export function hookOf(role: BpfRole): HookKind {
+  return role === "gateway" && haveTcx() ? "tcx" : "cls";
+}
+
+/** The name of program `id`, or null when it is gone. */
+function progName(id: number): string | null {
+  let fd: number;
+  try {
+    fd = progFdById(id);
+  } catch {
+    return null;
+  }
+  try {
+    return progInfo(fd).name;
+  } finally {
+    closeFd(fd);
+  }
+}
+
+/** The ids of our program `a.prog` attached with tcx at (ifindex, point). */
+function ourTcx(ifindex: number, a: Attachment): number[] {
+  if (!haveTcx()) return [];
+  return (tcxQuery(ifindex, a.point) ?? []).filter((id) => progName(id) === a.prog);
+}
+
+/** The id of our program at (ifindex, a) attached the `hook` way, or 0. */
+function ourProg(hook: HookKind, ifindex: number, a: Attachment): number {
+  return hook === "cls" ? ourFilter(ifindex, a.point) : (ourTcx(ifindex, a)[0] ?? 0);
+}
+
 /**
  * The map ids by name (`dpm_nat`, `dpm_cfg`) of the programs a previous run
  * attached for `role`, when they are ours and agree on one session map of
@@ -150,9 +224,12 @@ function ourFilter(ifindex: number, point: TcPoint): number {
  */
 function previousMaps(role: BpfRole, idx: Map<string, number>): Map<string, number> | null {
   let found: Map<string, number> | null = null;
-  for (const a of ATTACHMENTS[role]) {
-    const id = ourFilter(idx.get(a.iface)!, a.point);
-    if (id === 0) continue;
+  const ids = ATTACHMENTS[role].flatMap((a) => {
+    const ifindex = idx.get(a.iface)!;
+    return [ourFilter(ifindex, a.point), ...ourTcx(ifindex, a)].filter((id) => id !== 0)
+      .map((id) => ({ a, id }));
+  });
+  for (const { a, id } of ids) {
     let fd: number;
     try {
       fd = progFdById(id);
@@ -195,6 +272,8 @@ export class BpfPrograms {
   readonly nat: NatMap;
   /** Whether the session map was created by this run or found from a previous one. */
   readonly mapOrigin: MapOrigin;
+  /** How the programs are attached (module doc). */
+  readonly hook: HookKind;
   #obj: BpfObject | null;
   readonly #idx: Map<string, number>;
 
@@ -203,6 +282,7 @@ export class BpfPrograms {
     this.#obj = obj;
     this.#idx = idx;
     this.mapOrigin = origin;
+    this.hook = hookOf(role);
     this.nat = new NatMap(obj.mapFd(NAT_MAP));
   }
 
@@ -212,6 +292,24 @@ export class BpfPrograms {
    * that run's maps when its programs are still attached (module doc).
    */
   static open(role: BpfRole, ifaces: BpfInterfaces, opts: BpfOpenOptions = {}): BpfPrograms {
+    const set = BpfPrograms.load(role, ifaces, opts);
+    try {
+      set.attach();
+    } catch (e) {
+      set.close();
+      throw e;
+    }
+    return set;
+  }
+
+  /**
+   * Loads the role's programs without attaching them ({@linkcode attach}
+   * does): what `open` does first. The session map is a previous run's when
+   * its programs are still attached (`mapOrigin` "adopted"), so a data path
+   * can read what it left before it takes over. Nothing attached changes;
+   * closing frees what was loaded.
+   */
+  static load(role: BpfRole, ifaces: BpfInterfaces, opts: BpfOpenOptions = {}): BpfPrograms {
     const idx = ifindexes(role, ifaces);
     const prev = previousMaps(role, idx);
     const obj = BpfObject.open(bpfObject(role));
@@ -230,15 +328,25 @@ export class BpfPrograms {
       }
       obj.load();
       if (role === "gateway") {
+        if (!opts.lan || opts.gateway === undefined) {
+          throw new TypeError("The gateway's programs need its LAN prefix and address");
+        }
+        const edges = lanEdges(opts.lan);
+        const mask = prefixMask(opts.lan.len);
         mapUpdate(
           obj.mapFd(CONFIG_MAP),
           new Uint8Array(4),
-          configBytes(idx.get("lan")!, idx.get("wan")!),
+          configBytes({
+            lanIfindex: idx.get("lan")!,
+            wanIfindex: idx.get("wan")!,
+            lanNet: (opts.lan.addr & mask) >>> 0,
+            lanMask: mask,
+            gateway: opts.gateway,
+            edges: [edges[0] ?? 0, edges[1] ?? 0],
+          }),
         );
       }
-      const set = new BpfPrograms(role, obj, idx, prev ? "adopted" : "new");
-      set.attach();
-      return set;
+      return new BpfPrograms(role, obj, idx, prev ? "adopted" : "new");
     } catch (e) {
       obj.close();
       throw e;
@@ -246,41 +354,98 @@ export class BpfPrograms {
   }
 
   /**
-   * Attaches every program of the role (creating a missing clsact qdisc),
-   * replacing a filter of ours that is there; returns how many filters were
-   * missing or held another program (0 when everything was in place).
+   * The session map of a previous run's programs still attached for `role`
+   * (what `--cleanup` gives back), read without loading anything; empty
+   * when there are none.
+   */
+  static leftoverRecords(role: BpfRole, ifaces: BpfInterfaces): NatRecord[] {
+    let idx: Map<string, number>;
+    try {
+      idx = ifindexes(role, ifaces);
+    } catch {
+      return []; // an interface is gone: nothing attached to it
+    }
+    const id = previousMaps(role, idx)?.get(NAT_MAP);
+    if (id === undefined) return [];
+    const fd = mapFdById(id);
+    try {
+      return new NatMap(fd).all();
+    } finally {
+      closeFd(fd);
+    }
+  }
+
+  /** The fd of one of the object's maps by name (owned by this set). */
+  mapFd(name: string): number {
+    return this.#live().mapFd(name);
+  }
+
+  /**
+   * Attaches every program of the role (tcx, or filters in a clsact qdisc
+   * created when missing), in place of one of ours that is there; returns
+   * how many were missing or held another program (0 when everything was
+   * in place).
    */
   attach(): number {
     const obj = this.#live();
     let fixed = 0;
     const hooked = new Set<number>();
     // Where nothing of ours was: undone if a later step fails, so a failed
-    // attach leaves the interfaces as it found them (a filter of a previous
+    // attach leaves the interfaces as it found them (a program of a previous
     // run that was replaced stays replaced: it uses the same maps).
     const added: Attachment[] = [];
     try {
       for (const a of ATTACHMENTS[this.role]) {
         const ifindex = this.#idx.get(a.iface)!;
-        if (!hooked.has(ifindex)) {
-          tcHookCreate(ifindex);
-          hooked.add(ifindex);
-        }
         const fd = obj.progFd(a.prog);
         const want = progInfo(fd).id;
-        const there = ourFilter(ifindex, a.point);
+        const there = ourProg(this.hook, ifindex, a);
         if (there === want) continue;
-        tcAttach(ifindex, a.point, fd, TC_HANDLE, TC_PRIORITY);
+        if (this.hook === "tcx") {
+          BpfPrograms.#attachTcx(ifindex, a, fd, there);
+          // A previous run's filter (a kernel without tcx then): ours now run first; it goes.
+          if (ourFilter(ifindex, a.point) !== 0) {
+            tcDetach(ifindex, a.point, TC_HANDLE, TC_PRIORITY);
+            BpfPrograms.#dropEmptyHooks(new Set([ifindex]));
+          }
+        } else {
+          if (!hooked.has(ifindex)) {
+            tcHookCreate(ifindex);
+            hooked.add(ifindex);
+          }
+          tcAttach(ifindex, a.point, fd, TC_HANDLE, TC_PRIORITY);
+        }
         if (there === 0) added.push(a);
         fixed++;
       }
     } catch (e) {
       try {
-        for (const a of added) tcDetach(this.#idx.get(a.iface)!, a.point, TC_HANDLE, TC_PRIORITY);
-        BpfPrograms.#dropEmptyHooks(new Set(this.#idx.values()));
+        for (const a of added) {
+          const ifindex = this.#idx.get(a.iface)!;
+          if (this.hook === "tcx") tcxDetach(ifindex, a.point, obj.progFd(a.prog));
+          else tcDetach(ifindex, a.point, TC_HANDLE, TC_PRIORITY);
+        }
+        if (this.hook === "cls") BpfPrograms.#dropEmptyHooks(new Set(this.#idx.values()));
       } catch { /* the first error is the one to report */ }
       throw e;
     }
     return fixed;
+  }
+
+  /** Attaches `fd` with tcx at (ifindex, a), in place of program `there` (0: none). */
+  static #attachTcx(ifindex: number, a: Attachment, fd: number, there: number): void {
+    if (there === 0) return tcxAttach(ifindex, a.point, fd);
+    let old: number;
+    try {
+      old = progFdById(there);
+    } catch {
+      return tcxAttach(ifindex, a.point, fd); // gone meanwhile
+    }
+    try {
+      tcxAttach(ifindex, a.point, fd, old);
+    } finally {
+      closeFd(old);
+    }
   }
 
   /** Deletes the clsact qdisc of each interface in `ifindexes` that has no filter left. */
@@ -302,7 +467,7 @@ export class BpfPrograms {
     const out: string[] = [];
     for (const a of ATTACHMENTS[this.role]) {
       const ifindex = this.#idx.get(a.iface)!;
-      if (ourFilter(ifindex, a.point) !== progInfo(obj.progFd(a.prog)).id) {
+      if (ourProg(this.hook, ifindex, a) !== progInfo(obj.progFd(a.prog)).id) {
         out.push(`${a.prog} on interface ${ifindex}`);
       }
     }
@@ -320,8 +485,9 @@ export class BpfPrograms {
 
   /**
    * Removes what a run of `role` attached to `ifaces` without a loaded set
-   * (`--cleanup`): our filters, and each clsact qdisc left empty. Interfaces
-   * that are gone are skipped. Returns how many filters were removed.
+   * (`--cleanup`): our programs (tcx and filters), and each clsact qdisc
+   * our filters left empty. Interfaces that are gone are skipped. Returns
+   * how many programs were detached.
    */
   static removeFrom(role: BpfRole, ifaces: BpfInterfaces | Map<string, number>): number {
     let idx: Map<string, number>;
@@ -339,9 +505,22 @@ export class BpfPrograms {
     for (const a of ATTACHMENTS[role]) {
       const ifindex = idx.get(a.iface);
       if (ifindex === undefined) continue;
-      touched.add(ifindex);
+      for (const id of ourTcx(ifindex, a)) {
+        let fd: number;
+        try {
+          fd = progFdById(id);
+        } catch {
+          continue; // gone meanwhile
+        }
+        try {
+          if (tcxDetach(ifindex, a.point, fd)) n++;
+        } finally {
+          closeFd(fd);
+        }
+      }
       // Only what is there: with no clsact at all the kernel answers EINVAL, not ENOENT.
       if (ourFilter(ifindex, a.point) === 0) continue;
+      touched.add(ifindex);
       if (tcDetach(ifindex, a.point, TC_HANDLE, TC_PRIORITY)) n++;
     }
     BpfPrograms.#dropEmptyHooks(touched);
@@ -406,17 +585,30 @@ export class NatMap {
     return readEntry(new DataView(v.buffer), 0);
   }
 
-  /** Hands every record to `onRecord`, reading the map in batches. Returns the count. */
-  forEach(onRecord: (r: NatRecord) => void, batch = 4096): number {
+  /**
+   * Hands every record to `onRecord` (with `want`, only those whose flags
+   * and packet count it accepts), reading the map in batches. Returns how
+   * many entries the map holds.
+   */
+  forEach(
+    onRecord: (r: NatRecord) => void,
+    batch = 4096,
+    want?: (flags: number, packets: number) => boolean,
+  ): number {
     let count = 0;
-    mapDump(this.#fd, NatKeyLayout.SIZE, NatEntryLayout.SIZE, batch, (keys, vals, n) => {
+    const E = NatEntryLayout;
+    mapDump(this.#fd, NatKeyLayout.SIZE, E.SIZE, batch, (keys, vals, n) => {
       const kdv = new DataView(keys.buffer);
       const vdv = new DataView(vals.buffer);
       for (let i = 0; i < n; i++) {
-        onRecord({
-          key: readKey(kdv, i * NatKeyLayout.SIZE),
-          entry: readEntry(vdv, i * NatEntryLayout.SIZE),
-        });
+        const off = i * E.SIZE;
+        // A filter reads the two fields in place: a million entries are not a million objects.
+        if (want) {
+          const packets = vdv.getUint32(off + E.PACKETS, LE) +
+            vdv.getUint32(off + E.PACKETS + 4, LE) * 2 ** 32;
+          if (!want(vdv.getUint32(off + E.FLAGS, LE), packets)) continue;
+        }
+        onRecord({ key: readKey(kdv, i * NatKeyLayout.SIZE), entry: readEntry(vdv, off) });
       }
       count += n;
     });
@@ -432,10 +624,10 @@ export class NatMap {
     return this.delete(keys);
   }
 
-  /** Every record, in one array. */
-  all(): NatRecord[] {
+  /** Every record (with `want`: those it accepts), in one array. */
+  all(want?: (flags: number, packets: number) => boolean): NatRecord[] {
     const out: NatRecord[] = [];
-    this.forEach((r) => out.push(r));
+    this.forEach((r) => out.push(r), 4096, want);
     return out;
   }
 }

@@ -59,8 +59,8 @@ import {
   driverTable,
   fromGatewayText,
   toGatewayText,
-} from "./rules.ts";
-import { Watchdog } from "./watchdog.ts";
+} from "../nft/rules.ts";
+import { Watchdog } from "../nft/watchdog.ts";
 import { installChains, removeChains } from "../../../linux/iptables.ts";
 import type { NfQueue } from "../../../linux/nfqueue.ts";
 import { concat, NftMaps, splitConcat } from "../../../linux/nftables.ts";
@@ -114,6 +114,7 @@ export class KernelDriverDataPath implements DriverDataPath {
     this.#others = others;
     this.#watchdog = new Watchdog(
       log,
+      "kernel",
       nft,
       [
         `ip ${DRIVER_TABLE} out`,

@@ -148,7 +148,7 @@ export function steerKey(proto: number, a: number, pa: number): Uint8Array {
 
 /**
  * The key of direct session (proto, a, pa, X, px) in the `peers` set: the
- * layout of the kernel path's `to_public` keys (`datapath/kernel/server.ts`).
+ * layout of the kernel path's `to_public` keys (`datapath/nft/server.ts`).
  */
 export function peerKey(proto: number, a: number, pa: number, x: number, px: number): Uint8Array {
   return concat([proto, 1], [a, 4], [pa, 2], [x, 4], [px, 2]);

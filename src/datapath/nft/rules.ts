@@ -372,48 +372,64 @@ export function serverKernelChains(cfg: GatewayOptions): ChainSpec[] {
  * The host's iptables chains on the kernel path: a new TCP/UDP conntrack
  * toward the outside goes to the queue (the driver holds it until the grant
  * and then lets it go unchanged: the nat output chain, which comes after
- * mangle, translates it); ICMP as on the queue path.
+ * mangle, translates it); ICMP as on the queue path (`driverIcmpChains`,
+ * with the kernel's defragmentation on).
  */
 export function driverKernelChains(o: HostOptions): ChainSpec[] {
+  const [out, pre] = driverIcmpChains(o);
   const q = ["-j", "NFQUEUE", "--queue-num", String(o.queue), "--queue-bypass"];
-  const nt = ["-j", "CT", "--notrack"];
-  const g = formatIPv4(o.server);
-  const { lan, dev } = o;
-  const skip: string[][] = [
-    ["-d", formatCidr(lan), "-j", "RETURN"],
+  const fresh: string[][] = [
+    ["-m", "conntrack", "!", "--ctstate", "NEW", "-j", "RETURN"],
+    ...lanSkip(o),
+  ];
+  for (const p of ["tcp", "udp"]) {
+    fresh.push(["-o", o.dev, "-p", p, "-m", "conntrack", "--ctstate", "NEW", ...q]);
+  }
+  return [
+    out!,
+    { table: "mangle", hook: "OUTPUT", chain: "DPM-DRV-NEW", rules: fresh },
+    { ...pre!, rules: [[...DEFRAG_ON], ...pre!.rules] },
+  ];
+}
+
+/** Destinations a host never translates: its LAN, loopback, multicast, broadcast. */
+function lanSkip(o: HostOptions): string[][] {
+  return [
+    ["-d", formatCidr(o.lan), "-j", "RETURN"],
     ["-d", "127.0.0.0/8", "-j", "RETURN"],
     ["-d", "224.0.0.0/4", "-j", "RETURN"],
     ["-d", "255.255.255.255/32", "-j", "RETURN"],
   ];
-  // Every packet the host sends walks these chains: what the kernel
-  // translates (established TCP/UDP) leaves at the first rule.
-  const out: string[][] = [["!", "-p", "icmp", "-j", "RETURN"], ...skip, [
-    "-o",
-    dev,
-    "-p",
-    "icmp",
-    ...nt,
-  ], [
-    "-o",
-    dev,
-    "-p",
-    "icmp",
-    ...q,
-  ]];
-  const fresh: string[][] = [["-m", "conntrack", "!", "--ctstate", "NEW", "-j", "RETURN"], ...skip];
-  for (const p of ["tcp", "udp"]) {
-    fresh.push(["-o", dev, "-p", p, "-m", "conntrack", "--ctstate", "NEW", ...q]);
-  }
+}
+
+/**
+ * The host's ICMP chains (raw OUTPUT and PREROUTING): ICMP toward the
+ * outside, echo replies from G and ICMP errors go to the queue translator,
+ * untracked. Everything else leaves each chain at its first rule. On the
+ * bpf path these are the host's only rules: no conntrack match among them,
+ * so the kernel does not track (or defragment) the host's packets for dpm.
+ */
+export function driverIcmpChains(o: HostOptions): ChainSpec[] {
+  const q = ["-j", "NFQUEUE", "--queue-num", String(o.queue), "--queue-bypass"];
+  const nt = ["-j", "CT", "--notrack"];
+  const g = formatIPv4(o.server);
+  const { lan, dev } = o;
+  const icmp = ["-o", dev, "-p", "icmp"];
+  const out: string[][] = [
+    ["!", "-p", "icmp", "-j", "RETURN"],
+    ...lanSkip(o),
+    [...icmp, ...nt],
+    [...icmp, ...q],
+  ];
   const matches: string[][] = [["-s", g, "-p", "icmp", "--icmp-type", "echo-reply"]];
   for (const t of ["destination-unreachable", "time-exceeded", "parameter-problem"]) {
     matches.push(["-s", g, "-p", "icmp", "--icmp-type", t]);
     matches.push(["!", "-s", formatCidr(lan), "-p", "icmp", "--icmp-type", t]);
   }
-  const pre: string[][] = [[...DEFRAG_ON], ["!", "-p", "icmp", "-j", "RETURN"]];
+  const pre: string[][] = [["!", "-p", "icmp", "-j", "RETURN"]];
   for (const m of matches) pre.push(["-i", dev, ...m, ...nt], ["-i", dev, ...m, ...q]);
   return [
     { table: "raw", hook: "OUTPUT", chain: "DPM-DRV-OUT", rules: out },
-    { table: "mangle", hook: "OUTPUT", chain: "DPM-DRV-NEW", rules: fresh },
     { table: "raw", hook: "PREROUTING", chain: "DPM-DRV-PRE", rules: pre },
   ];
 }
