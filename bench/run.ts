@@ -22,12 +22,19 @@
  * - one TCP stream (`iperf3`): receiver goodput;
  * - UDP ping-pong round trips (python3, one datagram in flight): p50/p99;
  * - new sessions: a fresh socket's first round trip against its second;
- * - a burst of new sessions at once (1,500; smoke 200), each a fresh socket
- *   sending its first datagram to p1's `udpEcho` (testing/apps.ts, which
- *   answers with the source it saw) in the same loop: per-session first
- *   round trip p50/p99/max, and for dpm the sessions that went out
- *   untranslated (the peer saw another pair than the public pair the driver
- *   reports for them, or nothing came back);
+ * - bursts of new sessions at once from one host (1,500 from h2 and 3,000
+ *   from h3, smoke 200 from h2; each host that bursts runs a driver and
+ *   opened one session first, so it holds the server's cookie), each a
+ *   fresh socket sending its first datagram to p1's `udpEcho`
+ *   (testing/apps.ts, which answers with the source it saw) in the same
+ *   loop and again every 2 s until answered: per-session first round trip
+ *   p50/p99/max, the sessions whose first datagram was lost (they had to
+ *   send again), and for dpm the sessions that went out untranslated (the
+ *   peer saw another pair than the public pair the driver reports for them,
+ *   or nothing came back);
+ * - a burst of 1,000 TCP connects at once from h2 (smoke 100) to p1's
+ *   `tcpSeen`: connect() to established p50/p99/max, the SYNs h2's kernel
+ *   had to retransmit, and for dpm the connections untranslated;
  *
  * Then, on each data path, one server (`--rate-limit 1000000
  * --max-sessions-per-host 1048576`, real --lan-if/--wan-if: on the kernel
@@ -60,19 +67,19 @@ import {
   denoScript,
   type Dpm,
   DPM_ENV,
-  dpmCommand,
   MOD,
   serveApp,
   startDpm,
   type StartOptions,
 } from "../testing/launch.ts";
-import { udpEcho } from "../testing/apps.ts";
+import { tcpSeen, udpEcho } from "../testing/apps.ts";
 import {
   type BurstProbe,
   burstSessions,
   CLK_TCK,
   conntrackCount,
   conntrackFlush,
+  driverPairs,
   haveEthtool,
   judgeBurst,
   kernelGrowth,
@@ -88,6 +95,7 @@ import {
   setOffloads,
   startEcho,
   systemTicks,
+  tcpBurstSessions,
   type TcpRun,
   tcpStream,
   udpFlood,
@@ -122,9 +130,11 @@ interface Config {
   sizes: number[];
   pings: number;
   sessions: number;
-  /** Sessions opened at once from h1 in the burst, and how long they may take. */
-  burstSessions: number;
+  /** Sizes of the UDP bursts (the first from h2, the second from h3), and how long each may take. */
+  bursts: number[];
   burstTimeoutMs: number;
+  /** TCP connects at once from h2. */
+  tcpBurst: number;
   /** Sessions of bench/driver_memory.ts, per data path. */
   driverMemorySessions: number;
   reserveSeconds: number;
@@ -178,12 +188,13 @@ const cfg: Config = args.smoke
     sizes: [64, 512, 1400],
     pings: 200,
     sessions: 30,
-    burstSessions: 200,
+    bursts: [200],
     burstTimeoutMs: 20_000,
+    tcpBurst: 100,
     driverMemorySessions: 2000,
     reserveSeconds: 1,
     reserveAddrsPerHost: 2,
-    reserveWindow: 6,
+    reserveWindow: 90,
     memorySessions: [3000, 6000],
     conntrackEntries: [5000],
     tableQuick: true,
@@ -194,12 +205,13 @@ const cfg: Config = args.smoke
     sizes: [64, 512, 1400],
     pings: 2000,
     sessions: 300,
-    burstSessions: 1500,
+    bursts: [1500, 3000],
     burstTimeoutMs: 40_000,
+    tcpBurst: 1000,
     driverMemorySessions: 20_000,
     reserveSeconds: 5,
-    reserveAddrsPerHost: 12,
-    reserveWindow: 6,
+    reserveAddrsPerHost: 40,
+    reserveWindow: 90,
     memorySessions: [100_000, 1_000_000],
     conntrackEntries: [100_000, 200_000],
     tableQuick: false,
@@ -207,8 +219,10 @@ const cfg: Config = args.smoke
 if (args.rounds > 0) cfg.rounds = args.rounds;
 const RESERVE_FLAGS = ["--rate-limit", "1000000", "--max-sessions-per-host", "1048576"];
 const MASQ = ["-s", "10.0.0.0/24", "-o", "wan0", "-j", "MASQUERADE"];
-/** p1's testing/apps.ts `udpEcho` (answers "seen ip:port|..."), for the burst. */
+/** p1's testing/apps.ts `udpEcho` (answers "seen ip:port|..."), for the bursts. */
 const SEEN_PORT = 7001;
+/** p1's testing/apps.ts `tcpSeen` (writes "seen ip:port"), for the TCP connect burst. */
+const TCP_SEEN_PORT = 7002;
 /**
  * Pool of the servers filled for the memory figures: 1M sessions need more
  * than the topology's four addresses × 64,512 ports × 2 protocols. Only
@@ -287,8 +301,13 @@ interface RoundData {
   tcpNoOffload: TcpRun | null;
   rtt: Percentiles & { lost: number };
   sessions: SessionProbe;
-  burst: BurstProbe & { driverStats: Record<string, unknown> | null };
+  /** One per `cfg.bursts` size. */
+  bursts: BurstRound[];
+  tcpBurst: BurstRound;
 }
+
+/** A burst as one round saw it, with the driver's counters after it (dpm). */
+type BurstRound = BurstProbe & { driverStats: Record<string, unknown> | null };
 
 /** One round of every data-plane measurement in the current mode. */
 async function measureMode(t: Topology, label: string, dpm: Dpm | null): Promise<RoundData> {
@@ -347,48 +366,63 @@ async function measureMode(t: Topology, label: string, dpm: Dpm | null): Promise
     }
     log(`${label}: TCP with offloads off on h1: ${tcpNoOffload.mbps} Mbit/s`);
   }
-  // Last: the burst leaves its sessions in dpm's tables and conntrack.
-  log(`${label}: burst of ${cfg.burstSessions} new sessions at once`);
-  const burst = await retry("burst", () => burstMode(t, dpm));
+  // Last: the bursts leave their sessions in dpm's tables and conntrack. Each
+  // from a host of its own (h2, h3), so that none meets the sessions of
+  // another in its quota or its gateway ports.
+  const bursts: BurstRound[] = [];
+  for (const [i, n] of cfg.bursts.entries()) {
+    const host = t.hosts[1 + (i % 2)]!;
+    log(`${label}: burst of ${n} new UDP sessions at once from ${host.name}`);
+    const b = await retry("burst", () => burstMode(t, dpm, host, n));
+    logBurst(label, `burst of ${n}`, b);
+    bursts.push(b);
+  }
+  log(`${label}: burst of ${cfg.tcpBurst} TCP connects at once from h2`);
+  const tcpBurst = await retry("TCP burst", () => tcpBurstMode(t, dpm, t.hosts[1]!));
+  logBurst(label, `TCP burst of ${cfg.tcpBurst}`, tcpBurst);
+  return { udp, cpu: cpu!, tcp, tcpNoOffload, rtt, sessions, bursts, tcpBurst };
+}
+
+function logBurst(label: string, what: string, b: BurstRound): void {
   log(
-    `${label}: burst: first reply p50 ${(burst.first.p50Us / 1000).toFixed(1)} ms, max ${
-      (burst.first.maxUs / 1000).toFixed(1)
-    } ms; ${burst.unanswered} unanswered; untranslated ${burst.untranslated ?? "n/a"}`,
+    `${label}: ${what}: first reply p50 ${(b.first.p50Us / 1000).toFixed(1)} ms, max ${
+      (b.first.maxUs / 1000).toFixed(1)
+    } ms; ${b.resent} resent, ${b.unanswered} unanswered; untranslated ${b.untranslated ?? "n/a"}`,
   );
-  for (const e of burst.examples) log(`${label}: burst: untranslated ${e}`);
-  return { udp, cpu: cpu!, tcp, tcpNoOffload, rtt, sessions, burst };
+  for (const e of b.examples) log(`${label}: ${what}: untranslated ${e}`);
 }
 
 /**
- * The burst from h1 to p1's `udpEcho`, judged: with dpm, each session's
- * replies must show the public pair h1's driver reports for it (its
- * sessions toward p1:SEEN_PORT, by local port).
+ * A burst of `n` new UDP sessions from `host` to p1's `udpEcho`, judged:
+ * with dpm, each session's replies must show the public pair the host's
+ * driver reports for it. One session first (not counted), so that the
+ * driver holds the server's cookie, as a driver that has run a while does.
  */
-async function burstMode(t: Topology, dpm: Dpm | null): Promise<RoundData["burst"]> {
-  const h1 = t.hosts[0]!;
+async function burstMode(
+  t: Topology,
+  dpm: Dpm | null,
+  host: Topology["hosts"][number],
+  n: number,
+): Promise<BurstRound> {
   const dest = `${t.peers[0]!.addrText}:${SEEN_PORT}`;
-  const run = await burstSessions(t, h1.ns, dest, cfg.burstSessions, cfg.burstTimeoutMs);
+  await burstSessions(t, host.ns, dest, 1, cfg.burstTimeoutMs);
+  const run = await burstSessions(t, host.ns, dest, n, cfg.burstTimeoutMs);
   if (!dpm) return { ...judgeBurst(run, null), driverStats: null };
-  const r = await t.exec(h1.ns, [
-    ...dpmCommand(),
-    "status",
-    "--driver",
-    "--json",
-    "--socket",
-    dpm.driverSocket("h1"),
-  ], { timeoutMs: 30_000, env: DPM_ENV });
-  if (r.code !== 0) throw new Error(`dpm status --driver failed (${r.code}): ${r.stderr}`);
-  const st = JSON.parse(r.stdout) as {
-    stats: Record<string, unknown>;
-    sessions: { result: string; local: string; remote: string; public?: string }[];
-  };
-  const pub = new Map<number, string>();
-  for (const s of st.sessions) {
-    if (s.result === "ok" && s.remote === dest && s.local.startsWith(`${h1.addrText}:`)) {
-      pub.set(Number(s.local.slice(s.local.lastIndexOf(":") + 1)), s.public ?? "");
-    }
-  }
-  return { ...judgeBurst(run, (port) => pub.get(port)), driverStats: st.stats };
+  const { stats, pub } = await driverPairs(t, host, dpm.driverSocket(host.name), dest);
+  return { ...judgeBurst(run, (port) => pub.get(port)), driverStats: stats };
+}
+
+/** The TCP connect burst from `host` to p1's `tcpSeen`, judged as {@linkcode burstMode}. */
+async function tcpBurstMode(
+  t: Topology,
+  dpm: Dpm | null,
+  host: Topology["hosts"][number],
+): Promise<BurstRound> {
+  const dest = `${t.peers[0]!.addrText}:${TCP_SEEN_PORT}`;
+  const run = await tcpBurstSessions(t, host.ns, dest, cfg.tcpBurst, cfg.burstTimeoutMs);
+  if (!dpm) return { ...judgeBurst(run, null), driverStats: null };
+  const { stats, pub } = await driverPairs(t, host, dpm.driverSocket(host.name), dest, "tcp");
+  return { ...judgeBurst(run, (port) => pub.get(port)), driverStats: stats };
 }
 
 /** Queue drops (queue full + socket full) on the driver's host and on the gateway. */
@@ -460,15 +494,16 @@ function aggregate(rounds: RoundData[]): ModeResult {
       lost: rounds.reduce((a, r) => a + r.sessions.lost, 0),
       runs: rounds.map((r) => r.sessions),
     },
-    burst: aggregateBurst(rounds.map((r) => r.burst)),
+    bursts: cfg.bursts.map((n, i) => aggregateBurst(n, rounds.map((r) => r.bursts[i]!))),
+    tcpBurst: aggregateBurst(cfg.tcpBurst, rounds.map((r) => r.tcpBurst)),
   };
 }
 
-function aggregateBurst(runs: RoundData["burst"][]): BurstResult {
+function aggregateBurst(sessions: number, runs: BurstRound[]): BurstResult {
   const med = (f: (b: BurstProbe) => number) => median(runs.map(f));
   const sum = (f: (b: BurstProbe) => number) => runs.reduce((a, b) => a + f(b), 0);
   return {
-    sessions: cfg.burstSessions,
+    sessions,
     rounds: runs.length,
     firstP50Us: med((b) => b.first.p50Us),
     firstP99Us: med((b) => b.first.p99Us),
@@ -520,7 +555,7 @@ async function stopForGood(t: Topology, d: Dpm, datapath: DataPath): Promise<voi
 }
 
 async function dpmRound(t: Topology, datapath: DataPath): Promise<RoundData> {
-  const d = await startDpm(t, { driverHosts: ["h1"], datapath });
+  const d = await startDpm(t, { driverHosts: ["h1", "h2", "h3"], datapath });
   try {
     return await measureMode(t, `dpm ${datapath}`, d);
   } catch (e) {
@@ -834,6 +869,7 @@ async function main(): Promise<number> {
   try {
     await startEcho(t, t.peers[0]!.ns);
     await serveApp(t, t.peers[0]!.ns, udpEcho(SEEN_PORT));
+    await serveApp(t, t.peers[0]!.ns, tcpSeen(TCP_SEEN_PORT));
     if (args.profile) {
       await profile(t);
       return 0;
