@@ -128,7 +128,7 @@ const COOKIE_TRIES = 2;
  * How long the server takes per request ahead of a new one (ms): with
  * thousands in flight, the first retransmission waits for them.
  */
-export const BACKLOG_MS = 0.05;
+export const BACKLOG_MS = 0.1;
 /** The retransmission wheel: slots of this many ms. */
 const SLOT_MS = 10;
 /** Slots of the wheel (a horizon of 5.12 s: longer delays wait a turn). */
