@@ -3,7 +3,7 @@
  * server on a data path, bench/reserve_load.ts from every host at once.
  *
  *   deno run -A bench/reserve_quick.ts [--datapath kernel] [--window 90] [--addrs 12]
- *     [--seconds 5] [--version 3] [--rounds 1] [--server-args "..."]
+ *     [--seconds 5] [--version 3] [--rounds 1] [--server-args "..."] [--log]
  *
  * @module
  */
@@ -76,6 +76,7 @@ try {
         p50: hosts.map((h) => h.latency?.p50 ?? h.latencyMs?.p50),
         results: hosts[0].results,
       }));
+      if (args.includes("--log")) console.error(d.server.output().slice(-4000));
     } finally {
       await d.stop();
       await d.cleanup();
