@@ -37,7 +37,11 @@ export function formatStatus(s: StatusReply): string {
     `LAN ${s.lanAddr}  pool ${s.pool.length} address(es)  data path ${
       dp ? `${dp.kind}${dp.state === "on" || dp.kind === "off" ? "" : ` ${dp.state}`}` : "off"
     }${dp?.lastError ? ` (${dp.lastError})` : ""}`,
-    `sessions: ${s.sessions}   packets out ${s.packets.out}  in ${s.packets.in}  hairpin ${s.packets.hairpin}`,
+    // On the kernel and bpf paths the kernel moves a session's packets and
+    // counts them per row; the header's totals are only those dpm's own
+    // translator saw (ICMP, hairpins, the queue path's every packet).
+    `sessions: ${s.sessions}   ${dp && dp.kind !== "queue" ? "translated in user space: " : ""}` +
+    `packets out ${s.packets.out}  in ${s.packets.in}  hairpin ${s.packets.hairpin}`,
   ];
   if (s.host) lines.push(...formatHost(s.host));
   lines.push("");
