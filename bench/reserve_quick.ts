@@ -2,7 +2,7 @@
  * Development harness (not part of `deno task bench`): reservations/s of one
  * server on a data path, bench/reserve_load.ts from every host at once.
  *
- *   deno run -A bench/reserve_quick.ts [--datapath kernel] [--window 90] [--addrs 12]
+ *   deno run -A bench/reserve_quick.ts [--datapath kernel[,queue,bpf]] [--window 90] [--addrs 12]
  *     [--seconds 5] [--version 3] [--rounds 1] [--server-args "..."] [--log]
  *
  * @module
@@ -17,7 +17,7 @@ const opt = (k: string, d: string) => {
   const i = args.indexOf(k);
   return i >= 0 ? args[i + 1]! : d;
 };
-const datapath = opt("--datapath", "kernel") as "kernel" | "queue";
+const datapaths = opt("--datapath", "kernel").split(",") as ("kernel" | "queue" | "bpf")[];
 const window = opt("--window", "90");
 const per = Number(opt("--addrs", "12"));
 const seconds = Number(opt("--seconds", "5"));
@@ -35,7 +35,8 @@ try {
       stdin: addrs.map((a) => `addr replace ${a}/24 dev eth0`).join("\n") + "\n",
     });
   }));
-  for (let r = 0; r < rounds; r++) {
+  for (let r = 0; r < rounds * datapaths.length; r++) {
+    const datapath = datapaths[r % datapaths.length]!;
     const d = await startDpm(t, {
       driverHosts: [],
       datapath,

@@ -139,7 +139,16 @@ interface Config {
   driverMemorySessions: number;
   reserveSeconds: number;
   reserveAddrsPerHost: number;
+  /**
+   * Requests in flight per source address in the reservation row (version
+   * 3: two full datagrams). The total in flight (hosts × addresses × window)
+   * stays a few thousand: reserve_load gives a request up after 1 s, so a
+   * total the server cannot answer within a second on a loaded machine would
+   * time out and be sent again all at once.
+   */
   reserveWindow: number;
+  /** Requests in flight per source address while filling a server for the memory rows. */
+  fillWindow: number;
   /** Table sizes at which a filled server's memory is read (one fill per data path). */
   memorySessions: number[];
   /** Conntrack entries made through MASQUERADE, per memory point. */
@@ -195,6 +204,7 @@ const cfg: Config = args.smoke
     reserveSeconds: 1,
     reserveAddrsPerHost: 2,
     reserveWindow: 90,
+    fillWindow: 30,
     memorySessions: [3000, 6000],
     conntrackEntries: [5000],
     tableQuick: true,
@@ -210,8 +220,9 @@ const cfg: Config = args.smoke
     tcpBurst: 1000,
     driverMemorySessions: 20_000,
     reserveSeconds: 5,
-    reserveAddrsPerHost: 40,
+    reserveAddrsPerHost: 20,
     reserveWindow: 90,
+    fillWindow: 30,
     memorySessions: [100_000, 1_000_000],
     conntrackEntries: [100_000, 200_000],
     tableQuick: false,
@@ -607,6 +618,7 @@ async function loadFromHosts(
   extra: string[],
   seconds: number,
   start: number,
+  window = cfg.reserveWindow,
 ): Promise<Record<string, any>[]> {
   const results = await Promise.all(t.hosts.map((h, hi) =>
     t.exec(h.ns, [
@@ -616,7 +628,7 @@ async function loadFromHosts(
       "--addrs",
       loadAddrs(hi, per).join(","),
       "--window",
-      String(cfg.reserveWindow),
+      String(window),
       "--seconds",
       String(seconds),
       "--start",
@@ -669,6 +681,7 @@ async function memoryFill(t: Topology, datapath: DataPath): Promise<MemoryPoint[
         ["--count", String(want)],
         args.smoke ? 30 : 300,
         start,
+        cfg.fillWindow,
       );
       const fillSeconds = Math.max(...hosts.map((h) => h.seconds as number));
       await new Promise((r) => setTimeout(r, 1000));
