@@ -51,6 +51,7 @@
  * sudo deno task bench                  # full run, about 15 minutes
  * deno run -A bench/run.ts --smoke      # under a minute, for CI
  * deno run -A bench/run.ts --json --out /tmp/x --rounds 5
+ * deno run -A bench/run.ts --no-memory  # without the memory rows (the 1M fills)
  * deno run -A bench/run.ts --profile    # CPU profiles of server and driver under a 64 B flood
  * ```
  *
@@ -161,6 +162,7 @@ function parseArgs(argv: string[]) {
     smoke: false,
     json: false,
     profile: false,
+    memory: true,
     datapath: "queue" as DataPath,
     out: `${HERE}results`,
     rounds: 0,
@@ -170,6 +172,7 @@ function parseArgs(argv: string[]) {
     if (a === "--smoke") o.smoke = true;
     else if (a === "--json") o.json = true;
     else if (a === "--profile") o.profile = true;
+    else if (a === "--no-memory") o.memory = false;
     else if (a === "--datapath") {
       const v = argv[++i];
       if (v !== "kernel" && v !== "queue" && v !== "bpf") {
@@ -180,7 +183,7 @@ function parseArgs(argv: string[]) {
     else if (a === "--rounds") o.rounds = Number(argv[++i]);
     else if (a === "--help" || a === "-h") {
       console.log(
-        "usage: deno run -A bench/run.ts [--smoke] [--json] [--out DIR] [--rounds N] " +
+        "usage: deno run -A bench/run.ts [--smoke] [--json] [--out DIR] [--rounds N] [--no-memory] " +
           "[--profile [--datapath bpf|kernel|queue]]",
       );
       Deno.exit(0);
@@ -898,11 +901,12 @@ async function main(): Promise<number> {
       reservations[dp] = await reservationLoad(t, dp);
       log(`reservations, ${dp} path: ${reservations[dp].perSec}/s`);
     }
+    // --no-memory: the memory rows are left out (n/a), for runs about the rest.
     memory = {
-      bpf: await memoryFill(t, "bpf"),
-      kernel: await memoryFill(t, "kernel"),
-      queue: await memoryFill(t, "queue"),
-      conntrack: await conntrackMemory(t),
+      bpf: args.memory ? await memoryFill(t, "bpf") : [],
+      kernel: args.memory ? await memoryFill(t, "kernel") : [],
+      queue: args.memory ? await memoryFill(t, "queue") : [],
+      conntrack: args.memory ? await conntrackMemory(t) : [],
       pool: MEMORY_POOL,
       serverFlags: RESERVE_FLAGS,
     };
