@@ -89,8 +89,14 @@ const ACTIVITY_EVERY_MS = 2000;
  * that came in from outside: conntrack's UDP stream timeout).
  */
 const PASS_IDLE_NS = 120_000_000_000n;
-/** Pages of each CPU's ring of held packets (4 KiB each: 256 KiB). */
-const HELD_PAGES = 64;
+/**
+ * Pages of each CPU's ring of held packets (4 KiB each: 2 MiB). A burst's
+ * first packets arrive on the CPU of the application that sends them, about
+ * 100 B a record: 256 KiB lost 224 of a 3,000-session burst's first
+ * datagrams (the ring was full before the driver, on a loaded machine, read
+ * it); 2 MiB holds ~20,000.
+ */
+const HELD_PAGES = 512;
 
 /** The host's session map and how the driver reads it: the sessions it holds. */
 function sessionsOf(records: Iterable<NatRecord>, g: number): HostSessionKey[] {
