@@ -560,18 +560,26 @@ export const STATUS_FLAGS = {
   },
 } as const satisfies Record<string, Flag>;
 
+/**
+ * What the one-shot client commands share: JSON output, and the socket of
+ * the role they ask (`dpm query` and `dpm map` the driver's, `dpm drop` the
+ * server's).
+ */
+const clientFlags = (role: "driver" | "server", path: string) =>
+  ({
+    json: { help: "print JSON", group: "Options", schema: bool("--json").default(false) },
+    socket: {
+      arg: "<path>",
+      help: `the ${role}'s socket`,
+      group: "Options",
+      schema: str("--socket").default(path),
+      dflt: path,
+      complete: "file",
+    },
+  }) as const satisfies Record<string, Flag>;
+
 /** What `dpm query` and `dpm map` share: JSON output, the driver's socket. */
-const DRIVER_CLIENT_FLAGS = {
-  json: { help: "print JSON", group: "Options", schema: bool("--json").default(false) },
-  socket: {
-    arg: "<path>",
-    help: "the driver's socket",
-    group: "Options",
-    schema: str("--socket").default("/run/dpm/driver.sock"),
-    dflt: "/run/dpm/driver.sock",
-    complete: "file",
-  },
-} as const satisfies Record<string, Flag>;
+const DRIVER_CLIENT_FLAGS = clientFlags("driver", "/run/dpm/driver.sock");
 
 /** `dpm query`. */
 export const QUERY_FLAGS = {
@@ -614,15 +622,7 @@ export const DROP_FLAGS = {
     group: "Options",
     schema: addr("--host").nullable().default(null),
   },
-  json: { help: "print JSON", group: "Options", schema: bool("--json").default(false) },
-  socket: {
-    arg: "<path>",
-    help: "the server's socket",
-    group: "Options",
-    schema: str("--socket").default("/run/dpm/server.sock"),
-    dflt: "/run/dpm/server.sock",
-    complete: "file",
-  },
+  ...clientFlags("server", "/run/dpm/server.sock"),
 } as const satisfies Record<string, Flag>;
 
 /** One command: its synopsis, what it does, its flags; `config` when it reads --config. */

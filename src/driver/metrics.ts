@@ -7,7 +7,13 @@
  * @module
  */
 
-import { byLabel, type Family, processFamilies } from "../operator/metrics.ts";
+import {
+  byLabel,
+  dataPathFamilies,
+  type Family,
+  processFamilies,
+  single,
+} from "../operator/metrics.ts";
 import { type DriverCore, State } from "./core.ts";
 
 const STATE_NAMES: Record<number, string> = {
@@ -39,7 +45,6 @@ export function driverFamilies(core: DriverCore, startedAt: number): Family[] {
     ]
   ) events[k] = num(k);
   const control = (st.control ?? {}) as Record<string, number>;
-  const q = core.dataPathStatus();
   return [
     byLabel("dpm_driver_sessions", "The host's sessions, by state.", "gauge", "state", states),
     byLabel("dpm_driver_events_total", "Session events, by kind.", "counter", "event", events),
@@ -64,24 +69,13 @@ export function driverFamilies(core: DriverCore, startedAt: number): Family[] {
       "event",
       control,
     ),
-    {
-      name: "dpm_driver_held_packets",
-      help: "First packets held while their session is being reserved.",
-      type: "gauge",
-      samples: [{ value: num("held") }],
-    },
-    {
-      name: "dpm_datapath_up",
-      help: "1 when the data path is on and complete, 0 when degraded or off.",
-      type: "gauge",
-      samples: [{ labels: { kind: q.kind }, value: q.state === "on" ? 1 : 0 }],
-    },
-    {
-      name: "dpm_datapath_reinstalls_total",
-      help: "Times the watchdog found dpm's kernel rules gone or changed and reinstalled them.",
-      type: "counter",
-      samples: [{ value: q.reinstalls }],
-    },
+    single(
+      "dpm_driver_held_packets",
+      "First packets held while their session is being reserved.",
+      "gauge",
+      num("held"),
+    ),
+    ...dataPathFamilies(core.dataPathStatus()),
     ...processFamilies(startedAt),
   ];
 }

@@ -13,6 +13,7 @@
 
 import { formatIPv4 } from "../wire/addr.ts";
 import { logger } from "../runtime/log.ts";
+import type { DataPathStatus } from "./types.ts";
 
 const log = logger("metrics");
 
@@ -119,28 +120,46 @@ export function byLabel(
   };
 }
 
+/** A family of one sample without labels. */
+export function single(
+  name: string,
+  help: string,
+  type: "counter" | "gauge",
+  value: number,
+): Family {
+  return { name, help, type, samples: [{ value }] };
+}
+
 /** The process's own metrics (resident memory, heap, uptime). */
 export function processFamilies(startedAt: number): Family[] {
   const m = Deno.memoryUsage();
   return [
+    single("process_resident_memory_bytes", "Resident memory of the dpm process.", "gauge", m.rss),
+    single("dpm_heap_used_bytes", "JavaScript heap in use.", "gauge", m.heapUsed),
+    single(
+      "process_start_time_seconds",
+      "When the process started, Unix time.",
+      "gauge",
+      Math.floor(startedAt / 1000),
+    ),
+  ];
+}
+
+/** A role's data path: whether it is up (labelled with its kind) and its watchdog's reinstalls. */
+export function dataPathFamilies(dp: DataPathStatus): Family[] {
+  return [
     {
-      name: "process_resident_memory_bytes",
-      help: "Resident memory of the dpm process.",
+      name: "dpm_datapath_up",
+      help: "1 when the data path is on and complete, 0 when degraded or off.",
       type: "gauge",
-      samples: [{ value: m.rss }],
+      samples: [{ labels: { kind: dp.kind }, value: dp.state === "on" ? 1 : 0 }],
     },
-    {
-      name: "dpm_heap_used_bytes",
-      help: "JavaScript heap in use.",
-      type: "gauge",
-      samples: [{ value: m.heapUsed }],
-    },
-    {
-      name: "process_start_time_seconds",
-      help: "When the process started, Unix time.",
-      type: "gauge",
-      samples: [{ value: Math.floor(startedAt / 1000) }],
-    },
+    single(
+      "dpm_datapath_reinstalls_total",
+      "Times the watchdog found dpm's kernel rules gone or changed and reinstalled them.",
+      "counter",
+      dp.reinstalls,
+    ),
   ];
 }
 

@@ -29,6 +29,7 @@
  * @module
  */
 
+import { type ByteSink, closeQuietly, writeAll } from "../runtime/conn.ts";
 import { logger } from "../runtime/log.ts";
 
 const log = logger("local");
@@ -76,9 +77,7 @@ export class LocalStream {
 }
 
 /** Where a stream is written: a connection, or a recorder in tests. */
-export interface ByteSink {
-  write(b: Uint8Array): Promise<number>;
-}
+export type { ByteSink };
 
 /**
  * Writes `stream` to `sink` as newline-delimited JSON (see the module
@@ -92,7 +91,7 @@ export async function writeStream(
   chunk = STREAM_CHUNK,
 ): Promise<number> {
   const enc = new TextEncoder();
-  await writeAll(sink, enc.encode(JSON.stringify({ ...stream.header, stream: true }) + "\n"));
+  await writeAll(sink, jsonLine({ ...stream.header, stream: true }));
   let buf: string[] = [];
   let size = 0;
   let n = 0;
@@ -126,7 +125,7 @@ export async function writeStream(
     if (signal.aborted) return n;
   }
   await flush();
-  await writeAll(sink, enc.encode(JSON.stringify({ end: n }) + "\n"));
+  await writeAll(sink, jsonLine({ end: n }));
   return n;
 }
 
@@ -214,9 +213,7 @@ export async function serveLocal(
       if (conns.size >= MAX_CONNECTIONS) {
         // Every connection costs a descriptor and, with per-user answers, reads of /proc.
         log.warn(`operator socket ${path}: ${conns.size} connections open, refusing one`);
-        try {
-          conn.close();
-        } catch { /* gone */ }
+        closeQuietly(conn);
         continue;
       }
       conns.add(conn);
@@ -231,9 +228,7 @@ export async function serveLocal(
     listener.close();
     finder?.close();
     for (const c of conns) {
-      try {
-        c.close();
-      } catch { /* already closed */ }
+      closeQuietly(c);
     }
     await loop;
     await Deno.remove(path).catch(() => {});
@@ -284,11 +279,7 @@ export async function groupId(group: string): Promise<number> {
 
 async function serveConn(conn: Deno.Conn, handler: LocalHandler, peer?: Peer): Promise<void> {
   // A client that connects and says nothing is cut off.
-  const timer = setTimeout(() => {
-    try {
-      conn.close();
-    } catch { /* closed */ }
-  }, REQUEST_TIMEOUT_MS);
+  const timer = setTimeout(() => closeQuietly(conn), REQUEST_TIMEOUT_MS);
   try {
     const line = await readLine(conn, MAX_REQUEST);
     clearTimeout(timer);
@@ -321,14 +312,12 @@ async function serveConn(conn: Deno.Conn, handler: LocalHandler, peer?: Peer): P
         gone.abort();
         throw e;
       });
-    } else await writeAll(conn, new TextEncoder().encode(JSON.stringify(res) + "\n"));
+    } else await writeAll(conn, jsonLine(res));
   } catch (e) {
     log.debug(`operator connection: ${e}`);
   } finally {
     clearTimeout(timer);
-    try {
-      conn.close();
-    } catch { /* already closed */ }
+    closeQuietly(conn);
   }
 }
 
@@ -363,9 +352,9 @@ function concat(chunks: Uint8Array[], total: number): Uint8Array {
   return out;
 }
 
-async function writeAll(conn: ByteSink, data: Uint8Array): Promise<void> {
-  let o = 0;
-  while (o < data.length) o += await conn.write(data.subarray(o));
+/** One line of newline-delimited JSON. */
+function jsonLine(value: unknown): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify(value) + "\n");
 }
 
 /**
@@ -378,21 +367,15 @@ export async function requestLocal(
   timeoutMs = 10_000,
 ): Promise<unknown> {
   const conn = await connectLocal(path);
-  const timer = setTimeout(() => {
-    try {
-      conn.close();
-    } catch { /* closed */ }
-  }, timeoutMs);
+  const timer = setTimeout(() => closeQuietly(conn), timeoutMs);
   try {
-    await writeAll(conn, new TextEncoder().encode(JSON.stringify(req) + "\n"));
+    await writeAll(conn, jsonLine(req));
     const line = await readLine(conn, 256 * 1024 * 1024);
     if (line === null) throw new Error(`No answer from "${path}"`);
     return JSON.parse(line);
   } finally {
     clearTimeout(timer);
-    try {
-      conn.close();
-    } catch { /* closed */ }
+    closeQuietly(conn);
   }
 }
 
@@ -412,14 +395,10 @@ export async function* streamLocal(
   const conn = await connectLocal(path);
   let first = true;
   const timer = setTimeout(() => {
-    if (first) {
-      try {
-        conn.close();
-      } catch { /* closed */ }
-    }
+    if (first) closeQuietly(conn);
   }, timeoutMs);
   try {
-    await writeAll(conn, new TextEncoder().encode(JSON.stringify(req) + "\n"));
+    await writeAll(conn, jsonLine(req));
     const dec = new TextDecoder();
     const buf = new Uint8Array(64 * 1024);
     let rest = "";
@@ -449,9 +428,7 @@ export async function* streamLocal(
     throw new Error(first ? `No answer from "${path}"` : `The answer from "${path}" broke off`);
   } finally {
     clearTimeout(timer);
-    try {
-      conn.close();
-    } catch { /* closed */ }
+    closeQuietly(conn);
   }
 }
 

@@ -87,8 +87,30 @@ export type NatPmpRequest =
     lifetime: number;
   };
 
+/**
+ * The MAP / PEER opcode data after the header, the same fields in requests
+ * and responses (`docs/pcp.md`); ANNOUNCE has none (all 0, no nonce).
+ */
+export interface PcpOpcodeData {
+  /** MAP/PEER: the mapping nonce (12 bytes); empty for ANNOUNCE. */
+  nonce: Uint8Array;
+  /** MAP/PEER: IP protocol, 0 = all. */
+  proto: number;
+  internalPort: number;
+  /** Suggested (request) or assigned (response) external port; 0: any. */
+  externalPort: number;
+  /** External address (IPv4, host order); 0: any (also for `::` and non-IPv4). */
+  externalAddr: number;
+  /** PEER only: remote peer port and address (IPv4, or null when not IPv4-mapped). */
+  remotePort: number;
+  remoteAddr: number | null;
+}
+
+/** The opcode data to encode: an absent field is written 0. */
+export type PcpOpcodeFields = Partial<Omit<PcpOpcodeData, "remoteAddr"> & { remoteAddr: number }>;
+
 /** A decoded PCP request (ANNOUNCE, MAP or PEER). */
-export interface PcpRequest {
+export interface PcpRequest extends PcpOpcodeData {
   kind: "pcp";
   op: number;
   /** Requested lifetime, seconds (MAP/PEER: 0 deletes). */
@@ -97,18 +119,6 @@ export interface PcpRequest {
   client: Uint8Array;
   /** That address as IPv4 (host order), or null when it is not IPv4-mapped. */
   clientV4: number | null;
-  /** MAP/PEER: the mapping nonce (12 bytes); empty for ANNOUNCE. */
-  nonce: Uint8Array;
-  /** MAP/PEER: IP protocol, 0 = all. */
-  proto: number;
-  internalPort: number;
-  /** Suggested external port; 0: any. */
-  externalPort: number;
-  /** Suggested external address (IPv4, host order); 0: any (also for `::` and non-IPv4). */
-  externalAddr: number;
-  /** PEER only: remote peer port and address (IPv4, or null when not IPv4-mapped). */
-  remotePort: number;
-  remoteAddr: number | null;
   /** Options in order (unknown optional ones included). */
   options: PcpOptionField[];
   /** PREFER_FAILURE was present (MAP). */
@@ -209,26 +219,12 @@ function decodePcp(b: Uint8Array): DecodeResult {
     lifetime: v.getUint32(4),
     client,
     clientV4: fromMapped(client),
-    nonce: new Uint8Array(0),
-    proto: 0,
-    internalPort: 0,
-    externalPort: 0,
-    externalAddr: 0,
-    remotePort: 0,
-    remoteAddr: null,
+    ...readOpcodeData(b, v, op),
     options: [],
     preferFailure: false,
   };
   if (op === PcpOp.MAP || op === PcpOp.PEER) {
-    const o = PCP_HEADER_LEN;
-    req.nonce = b.slice(o, o + 12);
-    req.proto = b[o + 12]!;
-    req.internalPort = v.getUint16(o + 16);
-    req.externalPort = v.getUint16(o + 18);
-    req.externalAddr = fromMapped(b, o + 20) ?? 0;
     if (op === PcpOp.PEER) {
-      req.remotePort = v.getUint16(o + 36);
-      req.remoteAddr = fromMapped(b, o + 40);
       if (req.remotePort === 0 || req.remoteAddr === null || req.remoteAddr === 0) {
         return fail(true, 2, M, "PEER without a remote IPv4 address and port");
       }
@@ -274,13 +270,28 @@ function decodePcp(b: Uint8Array): DecodeResult {
 
 // ------------------------------------------------------------------ encoders
 
-/** NAT-PMP external address response (12 bytes). */
-export function natPmpAddressResponse(result: number, epoch: number, addr: number): Uint8Array {
-  const b = new Uint8Array(12);
+/**
+ * A NAT-PMP response of `size` bytes with the header every response starts
+ * with (version 0, the opcode with the response bit, result, epoch); the
+ * caller writes the rest.
+ */
+function natPmpResponse(
+  size: number,
+  op: number,
+  result: number,
+  epoch: number,
+): [Uint8Array, DataView] {
+  const b = new Uint8Array(size);
   const v = new DataView(b.buffer);
-  b[1] = RESPONSE_BIT;
+  b[1] = RESPONSE_BIT | (op & 0x7f);
   v.setUint16(2, result);
   v.setUint32(4, epoch >>> 0);
+  return [b, v];
+}
+
+/** NAT-PMP external address response (12 bytes). */
+export function natPmpAddressResponse(result: number, epoch: number, addr: number): Uint8Array {
+  const [b, v] = natPmpResponse(12, NatPmpOp.EXTERNAL_ADDRESS, result, epoch);
   v.setUint32(8, result === NatPmpResult.SUCCESS ? addr >>> 0 : 0);
   return b;
 }
@@ -294,11 +305,7 @@ export function natPmpMapResponse(
   externalPort: number,
   lifetime: number,
 ): Uint8Array {
-  const b = new Uint8Array(16);
-  const v = new DataView(b.buffer);
-  b[1] = RESPONSE_BIT | op;
-  v.setUint16(2, result);
-  v.setUint32(4, epoch >>> 0);
+  const [b, v] = natPmpResponse(16, op, result, epoch);
   v.setUint16(8, internalPort);
   v.setUint16(10, externalPort);
   v.setUint32(12, lifetime >>> 0);
@@ -307,29 +314,18 @@ export function natPmpMapResponse(
 
 /** A NAT-PMP error for an opcode that has no layout (8 bytes: version, op, result, epoch). */
 export function natPmpErrorResponse(op: number, result: number, epoch: number): Uint8Array {
-  const b = new Uint8Array(8);
-  const v = new DataView(b.buffer);
-  b[1] = RESPONSE_BIT | (op & 0x7f);
-  v.setUint16(2, result);
-  v.setUint32(4, epoch >>> 0);
-  return b;
+  return natPmpResponse(8, op, result, epoch)[0];
 }
 
-/** The fields of a PCP response. */
-export interface PcpResponse {
+/**
+ * The fields of a PCP response. MAP/PEER: the echoed nonce, protocol and
+ * internal port, the assigned external pair; PEER: the echoed remote.
+ */
+export interface PcpResponse extends PcpOpcodeFields {
   op: number;
   result: number;
   lifetime: number;
   epoch: number;
-  /** MAP/PEER: echoed nonce, protocol, internal port; the assigned external pair. */
-  nonce?: Uint8Array;
-  proto?: number;
-  internalPort?: number;
-  externalPort?: number;
-  externalAddr?: number;
-  /** PEER: echoed remote. */
-  remotePort?: number;
-  remoteAddr?: number;
   /** Options to send back (those the server processed, RFC 6887 section 7.3). */
   options?: PcpOptionField[];
 }
@@ -341,6 +337,26 @@ function optionsLen(opts: PcpOptionField[]): number {
 }
 
 /**
+ * The opcode data of `op` at `PCP_HEADER_LEN`, as {@link writeBody} writes
+ * it: zeros and no nonce for ANNOUNCE, the remote peer for PEER only. The
+ * caller has checked that the message holds the opcode's data.
+ */
+function readOpcodeData(b: Uint8Array, v: DataView, op: number): PcpOpcodeData {
+  const o = PCP_HEADER_LEN;
+  const has = (OPCODE_LEN[op] ?? 0) > 0;
+  const peer = op === PcpOp.PEER;
+  return {
+    nonce: has ? b.slice(o, o + 12) : new Uint8Array(0),
+    proto: has ? b[o + 12]! : 0,
+    internalPort: has ? v.getUint16(o + 16) : 0,
+    externalPort: has ? v.getUint16(o + 18) : 0,
+    externalAddr: has ? fromMapped(b, o + 20) ?? 0 : 0,
+    remotePort: peer ? v.getUint16(o + 36) : 0,
+    remoteAddr: peer ? fromMapped(b, o + 40) : null,
+  };
+}
+
+/**
  * The MAP / PEER opcode data and the options after the header, the same in
  * requests and responses. An external address of 0 is written
  * `::ffff:0.0.0.0` (RFC 6887 section 11.1: no preference / none).
@@ -348,7 +364,7 @@ function optionsLen(opts: PcpOptionField[]): number {
 function writeBody(
   b: Uint8Array,
   v: DataView,
-  r: Omit<PcpRequestFields, "lifetime" | "client">,
+  r: PcpOpcodeFields & { op: number },
   dataLen: number,
   opts: PcpOptionField[],
 ): void {
@@ -373,18 +389,30 @@ function writeBody(
   }
 }
 
-/** Encodes a PCP response. */
-export function encodePcpResponse(r: PcpResponse): Uint8Array {
+/**
+ * A PCP message of `r.op`'s length: the version, `opByte`, the opcode data
+ * and the options; the caller writes the rest of the header.
+ */
+function pcpMessage(
+  r: PcpOpcodeFields & { op: number; options?: PcpOptionField[] },
+  opByte: number,
+): [Uint8Array, DataView] {
   const dataLen = OPCODE_LEN[r.op] ?? 0;
   const opts = r.options ?? [];
   const b = new Uint8Array(PCP_HEADER_LEN + dataLen + optionsLen(opts));
   const v = new DataView(b.buffer);
   b[0] = PCP_VERSION;
-  b[1] = RESPONSE_BIT | r.op;
+  b[1] = opByte;
+  writeBody(b, v, r, dataLen, opts);
+  return [b, v];
+}
+
+/** Encodes a PCP response. */
+export function encodePcpResponse(r: PcpResponse): Uint8Array {
+  const [b, v] = pcpMessage(r, RESPONSE_BIT | r.op);
   b[3] = r.result;
   v.setUint32(4, r.lifetime >>> 0);
   v.setUint32(8, r.epoch >>> 0);
-  writeBody(b, v, r, dataLen, opts);
   return b;
 }
 
@@ -417,31 +445,18 @@ export function pcpErrorResponse(
 // ------------------------------------------------------------------ client side (tests, `dpm map`)
 
 /** A PCP request to encode. */
-export interface PcpRequestFields {
+export interface PcpRequestFields extends PcpOpcodeFields {
   op: number;
   lifetime: number;
   client: number;
-  nonce?: Uint8Array;
-  proto?: number;
-  internalPort?: number;
-  externalPort?: number;
-  externalAddr?: number;
-  remotePort?: number;
-  remoteAddr?: number;
   options?: PcpOptionField[];
 }
 
 /** Encodes a PCP request. */
 export function encodePcpRequest(r: PcpRequestFields): Uint8Array {
-  const dataLen = OPCODE_LEN[r.op] ?? 0;
-  const opts = r.options ?? [];
-  const b = new Uint8Array(PCP_HEADER_LEN + dataLen + optionsLen(opts));
-  const v = new DataView(b.buffer);
-  b[0] = PCP_VERSION;
-  b[1] = r.op & 0x7f;
+  const [b, v] = pcpMessage(r, r.op & 0x7f);
   v.setUint32(4, r.lifetime >>> 0);
   writeMapped(b, 8, r.client);
-  writeBody(b, v, r, dataLen, opts);
   return b;
 }
 
@@ -462,18 +477,12 @@ export function encodeNatPmpRequest(
   return b;
 }
 
-/** A decoded PCP response (MAP/PEER fields zero for ANNOUNCE). */
-export interface DecodedPcpResponse {
+/** A decoded PCP response (MAP/PEER fields zero for ANNOUNCE; the remote 0 but for PEER). */
+export interface DecodedPcpResponse extends Omit<PcpOpcodeData, "remoteAddr"> {
   op: number;
   result: number;
   lifetime: number;
   epoch: number;
-  nonce: Uint8Array;
-  proto: number;
-  internalPort: number;
-  externalPort: number;
-  externalAddr: number;
-  remotePort: number;
   remoteAddr: number;
 }
 
@@ -485,20 +494,14 @@ export function decodePcpResponse(b: Uint8Array): DecodedPcpResponse | null {
   const dataLen = OPCODE_LEN[op] ?? 0;
   if (b.length < PCP_HEADER_LEN + dataLen) return null;
   const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
-  const o = PCP_HEADER_LEN;
-  const has = dataLen > 0;
+  const data = readOpcodeData(b, v, op);
   return {
     op,
     result: b[3]!,
     lifetime: v.getUint32(4),
     epoch: v.getUint32(8),
-    nonce: has ? b.slice(o, o + 12) : new Uint8Array(0),
-    proto: has ? b[o + 12]! : 0,
-    internalPort: has ? v.getUint16(o + 16) : 0,
-    externalPort: has ? v.getUint16(o + 18) : 0,
-    externalAddr: has ? fromMapped(b, o + 20) ?? 0 : 0,
-    remotePort: op === PcpOp.PEER ? v.getUint16(o + 36) : 0,
-    remoteAddr: op === PcpOp.PEER ? fromMapped(b, o + 40) ?? 0 : 0,
+    ...data,
+    remoteAddr: data.remoteAddr ?? 0,
   };
 }
 

@@ -11,10 +11,12 @@
 import { protoName } from "../wire/meta.ts";
 import {
   byLabel,
+  dataPathFamilies,
   type Family,
   Histogram,
   LATENCY_BUCKETS,
   processFamilies,
+  single,
 } from "../operator/metrics.ts";
 import type { ServerCore } from "./core.ts";
 import { NatPmpResult, PcpResult } from "../pcp/codec.ts";
@@ -54,15 +56,9 @@ export function serverFamilies(core: ServerCore): Family[] {
       kinds.samples.push({ labels: { proto, kind }, value: v });
     }
   }
-  const dp = st.dataPath;
   const counters = t.size <= WALK_LIMIT ? core.kernelTotals() : null;
   const fams: Family[] = [
-    {
-      name: "dpm_table_sessions",
-      help: "Sessions in the table.",
-      type: "gauge",
-      samples: [{ value: st.sessions }],
-    },
+    single("dpm_table_sessions", "Sessions in the table.", "gauge", st.sessions),
     kinds,
     byLabel(
       "dpm_control_results_total",
@@ -98,36 +94,25 @@ export function serverFamilies(core: ServerCore): Family[] {
       "direction",
       st.packets,
     ),
-    {
-      name: "dpm_datapath_up",
-      help: "1 when the data path is on and complete, 0 when degraded or off.",
-      type: "gauge",
-      samples: [{ labels: { kind: dp.kind }, value: dp.state === "on" ? 1 : 0 }],
-    },
-    {
-      name: "dpm_datapath_reinstalls_total",
-      help: "Times the watchdog found dpm's kernel rules gone or changed and reinstalled them.",
-      type: "counter",
-      samples: [{ value: dp.reinstalls }],
-    },
+    ...dataPathFamilies(st.dataPath),
     {
       name: "dpm_request_duration_seconds",
       help: "Time from a control request to its answer, kernel programming included.",
       type: "histogram",
       samples: reserveLatency.samples(),
     },
-    {
-      name: "dpm_table_bytes",
-      help: "Memory of the session table's arrays and indexes.",
-      type: "gauge",
-      samples: [{ value: t.bytes }],
-    },
-    {
-      name: "dpm_epoch",
-      help: "The server's epoch (changes when it restarts without its state).",
-      type: "gauge",
-      samples: [{ value: st.epoch }],
-    },
+    single(
+      "dpm_table_bytes",
+      "Memory of the session table's arrays and indexes.",
+      "gauge",
+      t.bytes,
+    ),
+    single(
+      "dpm_epoch",
+      "The server's epoch (changes when it restarts without its state).",
+      "gauge",
+      st.epoch,
+    ),
     ...processFamilies(core.startedAt),
   ];
   if (counters) {

@@ -8,13 +8,14 @@
  * @module
  */
 
-import type {
-  AddMapping,
-  AddResult,
-  DeleteResult,
-  LinkState,
-  PortMapping,
-  UpnpMappings,
+import {
+  type AddMapping,
+  type AddResult,
+  type DeleteResult,
+  type LinkState,
+  NO_LINK,
+  type PortMapping,
+  type UpnpMappings,
 } from "./mappings.ts";
 
 interface Row {
@@ -48,15 +49,7 @@ export class FakeUpnpMappings implements UpnpMappings {
   /** False: every add answers `unsupported`. */
   supported = true;
   /** What `link()` answers. */
-  linkState: LinkState = {
-    up: true,
-    upstreamBps: 0,
-    downstreamBps: 0,
-    bytesSent: 0,
-    bytesReceived: 0,
-    packetsSent: 0,
-    packetsReceived: 0,
-  };
+  linkState: LinkState = { ...NO_LINK };
   /** Calls that changed something (add, delete), for "nothing changed" checks. */
   changes = 0;
 

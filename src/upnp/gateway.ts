@@ -41,14 +41,15 @@ import { Result, resultName } from "../control/result.ts";
 import { Owner, OWNER_NAMES, type SessionTable } from "../table/table.ts";
 import type { Asker, MappingPolicy, Outcome } from "../policy/mappings.ts";
 import type { LanHosts } from "../policy/hosts.ts";
-import type {
-  AddMapping,
-  AddResult,
-  DeleteResult,
-  LinkState,
-  MappingError,
-  PortMapping,
-  UpnpMappings,
+import {
+  type AddMapping,
+  type AddResult,
+  type DeleteResult,
+  type LinkState,
+  type MappingError,
+  NO_LINK,
+  type PortMapping,
+  type UpnpMappings,
 } from "./mappings.ts";
 
 /** What {@linkcode TableUpnpMappings} needs from the server core. */
@@ -63,16 +64,8 @@ export interface TableUpnpContext {
   link: () => LinkState;
 }
 
-/** A link seen from nowhere: up, nothing counted (a server without a data path). */
-export const NO_LINK: LinkState = {
-  up: true,
-  upstreamBps: 0,
-  downstreamBps: 0,
-  bytesSent: 0,
-  bytesReceived: 0,
-  packetsSent: 0,
-  packetsReceived: 0,
-};
+/** The link of a server without a data path (defined beside {@linkcode LinkState}). */
+export { NO_LINK };
 
 /** The mappings of `dpm server`'s IGD (see the module documentation). */
 export class TableUpnpMappings implements UpnpMappings {

@@ -22,6 +22,7 @@
  * @module
  */
 
+import { closeQuietly, writeAll } from "../runtime/conn.ts";
 import { parseIPv4 } from "../wire/addr.ts";
 import {
   type HttpLimits,
@@ -199,15 +200,4 @@ export class UpnpHttpServer {
       if (timedOut) this.counters.timedOut++;
     }
   }
-}
-
-async function writeAll(conn: Deno.Conn, b: Uint8Array): Promise<void> {
-  let off = 0;
-  while (off < b.length) off += await conn.write(b.subarray(off));
-}
-
-function closeQuietly(c: Deno.Conn): void {
-  try {
-    c.close();
-  } catch { /* already closed */ }
 }

@@ -109,6 +109,14 @@ const ADD_IN: readonly Argument[] = [
   ["NewLeaseDuration", "PortMappingLeaseDuration"],
 ];
 
+/** The port range and protocol both range actions of WANIPConnection:2 take. */
+const RANGE_IN: readonly Argument[] = [
+  ["NewStartPort", "ExternalPort"],
+  ["NewEndPort", "ExternalPort"],
+  ["NewProtocol", "PortMappingProtocol"],
+  ["NewManage", "A_ARG_TYPE_Manage"],
+];
+
 /** WANIPConnection:1 and :2 (the actions dpm implements). */
 export const WAN_IP_CONNECTION: ServiceSpec = {
   name: "WANIPConnection",
@@ -206,24 +214,13 @@ export const WAN_IP_CONNECTION: ServiceSpec = {
     {
       name: "DeletePortMappingRange",
       since: 2,
-      in: [
-        ["NewStartPort", "ExternalPort"],
-        ["NewEndPort", "ExternalPort"],
-        ["NewProtocol", "PortMappingProtocol"],
-        ["NewManage", "A_ARG_TYPE_Manage"],
-      ],
+      in: RANGE_IN,
       out: [],
     },
     {
       name: "GetListOfPortMappings",
       since: 2,
-      in: [
-        ["NewStartPort", "ExternalPort"],
-        ["NewEndPort", "ExternalPort"],
-        ["NewProtocol", "PortMappingProtocol"],
-        ["NewManage", "A_ARG_TYPE_Manage"],
-        ["NewNumberOfPorts", "PortMappingNumberOfEntries"],
-      ],
+      in: [...RANGE_IN, ["NewNumberOfPorts", "PortMappingNumberOfEntries"]],
       out: [["NewPortListing", "A_ARG_TYPE_PortListing"]],
     },
     {

@@ -95,6 +95,17 @@ export interface LinkState {
   packetsReceived: number;
 }
 
+/** A link seen from nowhere: up, nothing counted (a server without a data path; the fake's start). */
+export const NO_LINK: Readonly<LinkState> = {
+  up: true,
+  upstreamBps: 0,
+  downstreamBps: 0,
+  bytesSent: 0,
+  bytesReceived: 0,
+  packetsSent: 0,
+  packetsReceived: 0,
+};
+
 /** What the UPnP service asks of the gateway (see the module documentation). */
 export interface UpnpMappings {
   /** Adds, renews or moves a mapping of `req.client`. */

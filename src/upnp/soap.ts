@@ -205,6 +205,18 @@ function toCall(action: string, a: ReadonlyMap<string, Value>): UpnpCall {
   const n = (k: string) => a.get(k) as number;
   const b = (k: string) => a.get(k) as boolean;
   const proto = () => s("NewProtocol") as PortProtocol;
+  // The arguments that name a mapping, and a range of them (igd.ts MAPPING_KEY, RANGE_IN).
+  const key = () => ({
+    remoteHost: s("NewRemoteHost"),
+    externalPort: n("NewExternalPort"),
+    protocol: proto(),
+  });
+  const range = () => ({
+    startPort: n("NewStartPort"),
+    endPort: n("NewEndPort"),
+    protocol: proto(),
+    manage: b("NewManage"),
+  });
   switch (action) {
     case "SetConnectionType":
       return { action, connectionType: s("NewConnectionType") };
@@ -212,9 +224,7 @@ function toCall(action: string, a: ReadonlyMap<string, Value>): UpnpCall {
     case "AddAnyPortMapping":
       return {
         action,
-        remoteHost: s("NewRemoteHost"),
-        externalPort: n("NewExternalPort"),
-        protocol: proto(),
+        ...key(),
         internalPort: n("NewInternalPort"),
         internalClient: s("NewInternalClient"),
         enabled: b("NewEnabled"),
@@ -223,31 +233,13 @@ function toCall(action: string, a: ReadonlyMap<string, Value>): UpnpCall {
       };
     case "DeletePortMapping":
     case "GetSpecificPortMappingEntry":
-      return {
-        action,
-        remoteHost: s("NewRemoteHost"),
-        externalPort: n("NewExternalPort"),
-        protocol: proto(),
-      };
+      return { action, ...key() };
     case "GetGenericPortMappingEntry":
       return { action, index: n("NewPortMappingIndex") };
     case "DeletePortMappingRange":
-      return {
-        action,
-        startPort: n("NewStartPort"),
-        endPort: n("NewEndPort"),
-        protocol: proto(),
-        manage: b("NewManage"),
-      };
+      return { action, ...range() };
     case "GetListOfPortMappings":
-      return {
-        action,
-        startPort: n("NewStartPort"),
-        endPort: n("NewEndPort"),
-        protocol: proto(),
-        manage: b("NewManage"),
-        numberOfPorts: n("NewNumberOfPorts"),
-      };
+      return { action, ...range(), numberOfPorts: n("NewNumberOfPorts") };
     default:
       return { action: action as NoArgAction };
   }

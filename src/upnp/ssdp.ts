@@ -129,51 +129,53 @@ export interface Advertised {
 
 const enc = new TextEncoder();
 
+/**
+ * One SSDP datagram: the start line and `headers`, then the two headers
+ * UDA 1.1 puts in every answer and announcement (BOOTID.UPNP.ORG,
+ * CONFIGID.UPNP.ORG), each line ended by CRLF, and the blank line.
+ */
+function datagram(a: Advertised, start: string, headers: readonly string[]): Uint8Array {
+  const lines = [
+    start,
+    ...headers,
+    `BOOTID.UPNP.ORG: ${a.bootId}`,
+    `CONFIGID.UPNP.ORG: ${a.configId}`,
+  ];
+  return enc.encode(lines.join("\r\n") + "\r\n\r\n");
+}
+
+/** A NOTIFY announcement to the SSDP group: its start line and HOST, then `headers`. */
+function notify(a: Advertised, headers: readonly string[]): Uint8Array {
+  return datagram(a, "NOTIFY * HTTP/1.1", [`HOST: ${SSDP_GROUP}:${SSDP_PORT}`, ...headers]);
+}
+
 /** The answer to a search: one HTTP/1.1 200 response datagram (UDA 1.1 section 1.3.3). */
 export function searchResponse(a: Advertised, st: string, usn: string): Uint8Array {
-  return enc.encode(
-    "HTTP/1.1 200 OK\r\n" +
-      `CACHE-CONTROL: max-age=${a.maxAge}\r\n` +
-      "EXT:\r\n" +
-      `LOCATION: ${a.location}\r\n` +
-      `SERVER: ${a.server}\r\n` +
-      `ST: ${st}\r\n` +
-      `USN: ${usn}\r\n` +
-      `BOOTID.UPNP.ORG: ${a.bootId}\r\n` +
-      `CONFIGID.UPNP.ORG: ${a.configId}\r\n` +
-      "\r\n",
-  );
+  return datagram(a, "HTTP/1.1 200 OK", [
+    `CACHE-CONTROL: max-age=${a.maxAge}`,
+    "EXT:",
+    `LOCATION: ${a.location}`,
+    `SERVER: ${a.server}`,
+    `ST: ${st}`,
+    `USN: ${usn}`,
+  ]);
 }
 
 /** A NOTIFY ssdp:alive announcement (UDA 1.1 section 1.2.2). */
 export function aliveNotify(a: Advertised, nt: string, usn: string): Uint8Array {
-  return enc.encode(
-    "NOTIFY * HTTP/1.1\r\n" +
-      `HOST: ${SSDP_GROUP}:${SSDP_PORT}\r\n` +
-      `CACHE-CONTROL: max-age=${a.maxAge}\r\n` +
-      `LOCATION: ${a.location}\r\n` +
-      `NT: ${nt}\r\n` +
-      "NTS: ssdp:alive\r\n" +
-      `SERVER: ${a.server}\r\n` +
-      `USN: ${usn}\r\n` +
-      `BOOTID.UPNP.ORG: ${a.bootId}\r\n` +
-      `CONFIGID.UPNP.ORG: ${a.configId}\r\n` +
-      "\r\n",
-  );
+  return notify(a, [
+    `CACHE-CONTROL: max-age=${a.maxAge}`,
+    `LOCATION: ${a.location}`,
+    `NT: ${nt}`,
+    "NTS: ssdp:alive",
+    `SERVER: ${a.server}`,
+    `USN: ${usn}`,
+  ]);
 }
 
 /** A NOTIFY ssdp:byebye announcement (UDA 1.1 section 1.2.3). */
 export function byebyeNotify(a: Advertised, nt: string, usn: string): Uint8Array {
-  return enc.encode(
-    "NOTIFY * HTTP/1.1\r\n" +
-      `HOST: ${SSDP_GROUP}:${SSDP_PORT}\r\n` +
-      `NT: ${nt}\r\n` +
-      "NTS: ssdp:byebye\r\n" +
-      `USN: ${usn}\r\n` +
-      `BOOTID.UPNP.ORG: ${a.bootId}\r\n` +
-      `CONFIGID.UPNP.ORG: ${a.configId}\r\n` +
-      "\r\n",
-  );
+  return notify(a, [`NT: ${nt}`, "NTS: ssdp:byebye", `USN: ${usn}`]);
 }
 
 /** Parses the headers of an SSDP datagram (tests and clients): first line and lower-cased names. */

@@ -82,16 +82,25 @@ function writeAddresses(
   oldDst: number,
   dst: number,
 ): number {
-  let delta = 0;
-  if (src !== oldSrc) {
-    delta = csumDelta32(delta, oldSrc, src);
-    write32(buf, ip + IP_SRC, src);
-  }
-  if (dst !== oldDst) {
-    delta = csumDelta32(delta, oldDst, dst);
-    write32(buf, ip + IP_DST, dst);
-  }
-  return delta;
+  const delta = change32(buf, ip + IP_SRC, oldSrc, src, 0);
+  return change32(buf, ip + IP_DST, oldDst, dst, delta);
+}
+
+/**
+ * Writes the 32-bit field at `off` when its value changes from `old` to `v`
+ * and returns `delta` plus the checksum delta of the change.
+ */
+function change32(buf: Uint8Array, off: number, old: number, v: number, delta: number): number {
+  if (v === old) return delta;
+  write32(buf, off, v);
+  return csumDelta32(delta, old, v);
+}
+
+/** {@link change32} for a 16-bit field (a port). */
+function change16(buf: Uint8Array, off: number, old: number, v: number, delta: number): number {
+  if (v === old) return delta;
+  write16(buf, off, v);
+  return csumDelta16(delta, old, v);
 }
 
 /**
@@ -165,17 +174,10 @@ export function rewrite(
   // TCP and UDP keep their ports at the same offsets.
   sport &= 0xffff;
   dport &= 0xffff;
-  let delta = addrDelta;
-  if (sport !== info.sport) {
-    delta = csumDelta16(delta, info.sport, sport);
-    write16(buf, l4 + TCP_SPORT, sport);
-    info.sport = sport;
-  }
-  if (dport !== info.dport) {
-    delta = csumDelta16(delta, info.dport, dport);
-    write16(buf, l4 + TCP_DPORT, dport);
-    info.dport = dport;
-  }
+  let delta = change16(buf, l4 + TCP_SPORT, info.sport, sport, addrDelta);
+  delta = change16(buf, l4 + TCP_DPORT, info.dport, dport, delta);
+  info.sport = sport;
+  info.dport = dport;
   if (recompute) return recomputeL4Checksum(buf, info, skbInfo);
   if (delta === 0) return;
   if (proto === IPPROTO_TCP) {
@@ -263,20 +265,12 @@ export function rewriteIcmpError(
   const l4 = ip + info.innerIhl;
   const proto = info.innerProto;
   if (proto === IPPROTO_TCP || proto === IPPROTO_UDP) {
-    let l4Delta = addrDelta;
-    let portDelta = 0;
-    if (innerSport !== info.innerSport) {
-      portDelta = csumDelta16(portDelta, info.innerSport, innerSport);
-      write16(buf, l4 + UDP_SPORT, innerSport);
-      info.innerSport = innerSport;
-    }
-    if (innerDport !== info.innerDport) {
-      portDelta = csumDelta16(portDelta, info.innerDport, innerDport);
-      write16(buf, l4 + UDP_DPORT, innerDport);
-      info.innerDport = innerDport;
-    }
+    let portDelta = change16(buf, l4 + UDP_SPORT, info.innerSport, innerSport, 0);
+    portDelta = change16(buf, l4 + UDP_DPORT, info.innerDport, innerDport, portDelta);
+    info.innerSport = innerSport;
+    info.innerDport = innerDport;
     icmpDelta += portDelta;
-    l4Delta += portDelta;
+    const l4Delta = addrDelta + portDelta;
     if (l4Delta !== 0) {
       if (proto === IPPROTO_UDP) {
         // Within the 8 quoted bytes; 0 means "no checksum" and stays 0.
