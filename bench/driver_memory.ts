@@ -1,9 +1,10 @@
 /**
  * The driver's memory per session: creates N UDP sessions in a DriverCore
- * (each from its first packet, as the queue hands it over), answered by a
- * real ServerCore through the in-memory Pipe (testing/fixtures.ts), and
- * reports the driver's heap growth per session after a full GC, and while
- * every request is still in flight (the cost of a burst).
+ * (each from its first packet, as the queue hands it over), its real control
+ * client answered by a real ServerCore in a Worker (its heap apart:
+ * bench/driver_memory_server.ts), and reports the driver's heap growth per
+ * session after a full GC, and while every request is still in flight (the
+ * cost of a burst).
  *
  *   deno run -A --v8-flags=--expose-gc bench/driver_memory.ts [N] [kernel|queue]
  *
@@ -16,7 +17,7 @@
  */
 
 import { DriverCore } from "../src/driver/core.ts";
-import { ServerCore } from "../src/server/core.ts";
+import { ControlClient, type DatagramLink } from "../src/control/client.ts";
 import type {
   DataPathKind,
   DriverDataPath,
@@ -26,19 +27,8 @@ import type {
 import { Verdict } from "../src/wire/meta.ts";
 import { rewriteToGateway } from "../src/wire/rewrite.ts";
 import { buildUdp } from "../testing/packets.ts";
-import { encodeRequest, newNonce } from "../src/control/proto.ts";
 import { setLevel } from "../src/runtime/log.ts";
-import {
-  driverCfg,
-  H1,
-  handleVerified,
-  LAN,
-  P1,
-  Pipe,
-  R1,
-  R2,
-  serverCfg,
-} from "../testing/fixtures.ts";
+import { driverCfg, H1, LAN, P1 } from "../testing/fixtures.ts";
 
 /** What {@linkcode driverMemory} measured (the JSON line the CLI prints). */
 export interface DriverMemory {
@@ -80,13 +70,14 @@ export async function driverMemory(
   const io: PacketIO = { verdict: () => {}, flush: () => {}, send: () => {} };
   const dp: DriverDataPath = {
     kind: datapath,
-    can: { keepsSessions: kernel },
+    can: { keepsSessions: kernel, commitsFirst: kernel },
     io,
     adopt: () => Promise.resolve([]),
     begin: () => Promise.resolve(),
     outbound: (pkt, info, g, pg, skb) =>
       kernel && info.proto !== 1 ? Verdict.ACCEPT : rewriteToGateway(pkt, info, g, pg, skb),
     sessionUp: (_: HostSessionKey) => {},
+    commit: () => {},
     sessionDown: (_: HostSessionKey) => {},
     activity: () => kernel ? new Map() : null,
     status: () => ({ kind: datapath, state: "on", reinstalls: 0 }),
@@ -101,18 +92,37 @@ export async function driverMemory(
     return Deno.memoryUsage().heapUsed;
   }
 
-  const server = new ServerCore(
-    serverCfg({
-      pool: [R1, R2],
-      maxSessionsPerHost: N + 10,
-      rateLimit: 1e9,
-      gatewayPorts: [1024, 65535],
-    }),
-    { lan: LAN },
-  );
-  const pipe = new Pipe(server, H1);
-  pipe.sent = { push: () => 0 } as unknown as typeof pipe.sent; // keep no request log
-  const d = new DriverCore(driverCfg({ gatewayPorts: [1024, 65535] }), pipe, {
+  // The server in a Worker: its heap is not the driver's. The real client
+  // talks to it over an in-memory datagram link (postMessage).
+  const worker = new Worker(new URL("./driver_memory_server.ts", import.meta.url), {
+    type: "module",
+  });
+  const reply = (f: (m: any) => boolean) =>
+    new Promise<any>((resolve) => {
+      const on = (e: MessageEvent) => {
+        if (f(e.data)) {
+          worker.removeEventListener("message", on);
+          resolve(e.data);
+        }
+      };
+      worker.addEventListener("message", on);
+    });
+  worker.postMessage({ init: N });
+  await reply((m) => m.ready);
+  const queue: Uint8Array[] = [];
+  const link: DatagramLink = {
+    onReceive: null,
+    send: (data, len) => void queue.push(data.slice(0, len)),
+    flush: () => {
+      if (queue.length) worker.postMessage({ datagrams: queue.splice(0) });
+    },
+    close: () => {},
+  };
+  worker.addEventListener("message", (e: MessageEvent) => {
+    for (const a of (e.data.answers ?? []) as Uint8Array[]) link.onReceive?.(a);
+  });
+  const client = new ControlClient(link, H1, { rate: 1e9, window: N + 10 });
+  const d = new DriverCore(driverCfg({ gatewayPorts: [1024, 65535] }), client, {
     lan: LAN,
     ephemeral: [1024, 65535],
   });
@@ -125,35 +135,18 @@ export async function driverMemory(
     pkts.push(buildUdp({ src: H1, dst: P1, sport, dport, payload: new Uint8Array(32) }));
   }
 
-  // The server learns every session first (the same requests the driver will
-  // send), so that during the measurement its answers are idempotent repeats
-  // and its table does not grow: the growth measured is the driver's.
-  for (let i = 0; i < N; i++) {
-    handleVerified(
-      server,
-      encodeRequest({
-        op: 1,
-        nonce: newNonce(),
-        proto: 17,
-        replaceable: true,
-        internalAddr: H1,
-        internalPort: 1024 + (i % 60000),
-        remoteAddr: P1,
-        remotePort: 7000 + Math.floor(i / 60000),
-        lifetime: 0,
-      }),
-      H1,
-    );
-  }
   // The driver learns the server's cookie with a session of its own first.
   d.handlePacket(buildUdp({ src: H1, dst: P1, sport: 9, dport: 9 }), 0, true);
   await new Promise((r) => setTimeout(r, 0));
   const t0 = await heap();
   for (let i = 0; i < N; i++) d.handlePacket(pkts[i]!, i + 1, true);
-  // Every request is in flight now (the Pipe's answers are promise callbacks
-  // that have not run yet): what a burst costs before it is answered.
+  // Every request is in flight now (the server's answers are messages the
+  // driver's event loop has not taken yet): what a burst costs before it is answered.
   gc();
   const inFlight = Deno.memoryUsage().heapUsed - t0;
+  // Then every answer, and the client's timers run out.
+  while (client.pending > 0) await new Promise((r) => setTimeout(r, 20));
+  await new Promise((r) => setTimeout(r, 300));
   const t1 = await heap();
   const active = [...d.sessions()].filter((s) => s.state === 1).length - 1;
   const driverBytes = t1 - t0;
@@ -165,7 +158,13 @@ export async function driverMemory(
     inFlightBytesPerSession: Math.round(inFlight / N),
     heapBefore: t0,
     rss: Deno.memoryUsage().rss,
-    serverSessions: server.table.size,
+    serverSessions: await (async () => {
+      worker.postMessage({ size: true });
+      const size = (await reply((m) => m.size !== undefined)).size as number;
+      worker.terminate();
+      client.close();
+      return size;
+    })(),
   };
 }
 

@@ -11,7 +11,8 @@
  */
 
 import type { Spawned, Topology } from "../testing/topology.ts";
-import { udpBurst } from "../testing/apps.ts";
+import { tcpConnectBurst, udpBurst } from "../testing/apps.ts";
+import { DPM_ENV, dpmCommand } from "../testing/launch.ts";
 
 /** The UDP echo port on the peer used by the latency and session measurements. */
 export const ECHO_PORT = 7000;
@@ -580,10 +581,10 @@ export interface BurstRun {
  * A burst of `n` new UDP sessions at once from `from`: `n` sockets on fresh
  * ephemeral ports, each sending its first datagram to `dest` ("ip:port", a
  * testing/apps.ts `udpEcho`, which answers with the source it saw) in one
- * loop, then again every 2 s until answered or `timeoutMs` is up; replies
- * that arrive within 300 ms after the last first reply are kept too
- * (testing/apps.ts `udpBurst`, which tests/root/loss_root_test.ts's
- * 1,500-session burst runs too).
+ * loop, then again every `resendMs` (default 2 s; 0: never) until answered
+ * or `timeoutMs` is up; replies that arrive within 300 ms after the last
+ * first reply are kept too (testing/apps.ts `udpBurst`; the root tests of
+ * tests/root/burst_root_test.ts run it too).
  */
 export async function burstSessions(
   t: Topology,
@@ -591,12 +592,89 @@ export async function burstSessions(
   dest: string,
   n: number,
   timeoutMs: number,
+  resendMs = 2000,
 ): Promise<BurstRun> {
-  const r = await t.exec(from, udpBurst(n, dest, { roundMs: timeoutMs }), {
+  const r = await t.exec(from, udpBurst(n, dest, { roundMs: timeoutMs, resendMs }), {
     timeoutMs: timeoutMs + 60_000,
   });
   if (r.code !== 0) throw new Error(`burst probe failed (${r.code}): ${r.stderr}`);
   return JSON.parse(r.stdout.trim().split("\n").pop()!) as BurstRun;
+}
+
+/**
+ * A burst of `n` TCP connects at once from `from` to `dest` (a
+ * testing/apps.ts `tcpSeen`), as a {@linkcode BurstRun}: `firstUs` is
+ * connect() to established, `seen` the source the peer saw, and `sends` 1
+ * plus the SYNs the sending host's kernel retransmitted during the whole
+ * burst, all counted on the first session (TcpExt TCPSynRetrans of the
+ * namespace: a SYN lost or held too long is resent by the kernel after 1 s).
+ */
+export async function tcpBurstSessions(
+  t: Topology,
+  from: string,
+  dest: string,
+  n: number,
+  timeoutMs: number,
+): Promise<BurstRun & { synRetrans: number }> {
+  const before = await synRetrans(t, from);
+  const r = await t.exec(from, tcpConnectBurst(n, dest, { timeoutMs }), {
+    timeoutMs: timeoutMs + 60_000,
+  });
+  if (r.code !== 0) throw new Error(`TCP connect burst failed (${r.code}): ${r.stderr}`);
+  const run = JSON.parse(r.stdout.trim().split("\n").pop()!) as BurstRun;
+  const retrans = (await synRetrans(t, from)) - before;
+  if (run.sessions[0]) run.sessions[0].sends += retrans;
+  return { ...run, synRetrans: retrans };
+}
+
+/** TcpExt TCPSynRetrans of namespace `ns` (/proc/net/netstat read inside it). */
+export async function synRetrans(t: Topology, ns: string): Promise<number> {
+  const r = await t.exec(ns, ["cat", "/proc/net/netstat"]);
+  if (r.code !== 0) throw new Error(`reading /proc/net/netstat in ${ns}: ${r.stderr}`);
+  const lines = r.stdout.split("\n").filter((l) => l.startsWith("TcpExt:"));
+  const names = lines[0]?.split(/\s+/) ?? [];
+  const values = lines[1]?.split(/\s+/) ?? [];
+  const i = names.indexOf("TCPSynRetrans");
+  if (i < 0) throw new Error("no TcpExt TCPSynRetrans in /proc/net/netstat");
+  return Number(values[i]);
+}
+
+/**
+ * The public pair h's driver reports for each of its sessions toward
+ * `dest` ("ip:port"), by local port, and its counters (`dpm status
+ * --driver --json` on the host's operator socket `socket`). `proto`: the
+ * sessions' protocol name as the status shows it.
+ */
+export async function driverPairs(
+  t: Topology,
+  host: { ns: string; addrText: string },
+  socket: string,
+  dest: string,
+  proto: "udp" | "tcp" = "udp",
+): Promise<{ stats: Record<string, unknown>; pub: Map<number, string> }> {
+  const r = await t.exec(host.ns, [
+    ...dpmCommand(),
+    "status",
+    "--driver",
+    "--json",
+    "--socket",
+    socket,
+  ], { timeoutMs: 30_000, env: DPM_ENV });
+  if (r.code !== 0) throw new Error(`dpm status --driver failed (${r.code}): ${r.stderr}`);
+  const st = JSON.parse(r.stdout) as {
+    stats: Record<string, unknown>;
+    sessions: { proto?: string; result: string; local: string; remote: string; public?: string }[];
+  };
+  const pub = new Map<number, string>();
+  for (const s of st.sessions) {
+    if (
+      s.result === "ok" && s.remote === dest && s.local.startsWith(`${host.addrText}:`) &&
+      (s.proto === undefined || s.proto === proto)
+    ) {
+      pub.set(Number(s.local.slice(s.local.lastIndexOf(":") + 1)), s.public ?? "");
+    }
+  }
+  return { stats: st.stats, pub };
 }
 
 /** What a burst showed: first round trips, and the sessions that went out untranslated. */

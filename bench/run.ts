@@ -22,12 +22,19 @@
  * - one TCP stream (`iperf3`): receiver goodput;
  * - UDP ping-pong round trips (python3, one datagram in flight): p50/p99;
  * - new sessions: a fresh socket's first round trip against its second;
- * - a burst of new sessions at once (1,500; smoke 200), each a fresh socket
- *   sending its first datagram to p1's `udpEcho` (testing/apps.ts, which
- *   answers with the source it saw) in the same loop: per-session first
- *   round trip p50/p99/max, and for dpm the sessions that went out
- *   untranslated (the peer saw another pair than the public pair the driver
- *   reports for them, or nothing came back);
+ * - bursts of new sessions at once from one host (1,500 from h2 and 3,000
+ *   from h3, smoke 200 from h2; each host that bursts runs a driver and
+ *   opened one session first, so it holds the server's cookie), each a
+ *   fresh socket sending its first datagram to p1's `udpEcho`
+ *   (testing/apps.ts, which answers with the source it saw) in the same
+ *   loop and again every 2 s until answered: per-session first round trip
+ *   p50/p99/max, the sessions whose first datagram was lost (they had to
+ *   send again), and for dpm the sessions that went out untranslated (the
+ *   peer saw another pair than the public pair the driver reports for them,
+ *   or nothing came back);
+ * - a burst of 1,000 TCP connects at once from h2 (smoke 100) to p1's
+ *   `tcpSeen`: connect() to established p50/p99/max, the SYNs h2's kernel
+ *   had to retransmit, and for dpm the connections untranslated;
  *
  * Then, on each data path, one server (`--rate-limit 1000000
  * --max-sessions-per-host 1048576`, real --lan-if/--wan-if: on the kernel
@@ -44,6 +51,7 @@
  * sudo deno task bench                  # full run, about 15 minutes
  * deno run -A bench/run.ts --smoke      # under a minute, for CI
  * deno run -A bench/run.ts --json --out /tmp/x --rounds 5
+ * deno run -A bench/run.ts --no-memory  # without the memory rows (the 1M fills)
  * deno run -A bench/run.ts --profile    # CPU profiles of server and driver under a 64 B flood
  * deno run -A bench/run.ts --modes masquerade,bpf --sizes 64 --rounds 3   # data plane only
  * ```
@@ -61,19 +69,19 @@ import {
   denoScript,
   type Dpm,
   DPM_ENV,
-  dpmCommand,
   MOD,
   serveApp,
   startDpm,
   type StartOptions,
 } from "../testing/launch.ts";
-import { udpEcho } from "../testing/apps.ts";
+import { tcpSeen, udpEcho } from "../testing/apps.ts";
 import {
   type BurstProbe,
   burstSessions,
   CLK_TCK,
   conntrackCount,
   conntrackFlush,
+  driverPairs,
   haveEthtool,
   judgeBurst,
   kernelGrowth,
@@ -89,6 +97,7 @@ import {
   setOffloads,
   startEcho,
   systemTicks,
+  tcpBurstSessions,
   type TcpRun,
   tcpStream,
   udpFlood,
@@ -123,14 +132,29 @@ interface Config {
   sizes: number[];
   pings: number;
   sessions: number;
-  /** Sessions opened at once from h1 in the burst, and how long they may take. */
-  burstSessions: number;
+  /** Sizes of the UDP bursts (the first from h2, the second from h3), and how long each may take. */
+  bursts: number[];
   burstTimeoutMs: number;
+  /** TCP connects at once from h2. */
+  tcpBurst: number;
   /** Sessions of bench/driver_memory.ts, per data path. */
   driverMemorySessions: number;
   reserveSeconds: number;
   reserveAddrsPerHost: number;
+  /**
+   * Requests in flight per source address in the reservation row (version
+   * 3: two full datagrams). The total in flight (hosts × addresses × window)
+   * stays a few thousand: reserve_load gives a request up after 1 s, so a
+   * total the server cannot answer within a second on a loaded machine would
+   * time out and be sent again all at once.
+   */
   reserveWindow: number;
+  /**
+   * Requests in flight per source address while filling a server for the
+   * memory rows: 6, as before version 3 (30 made a bpf server's `dpm status`
+   * time out during its fill to 1M on a loaded machine, once).
+   */
+  fillWindow: number;
   /** Table sizes at which a filled server's memory is read (one fill per data path). */
   memorySessions: number[];
   /** Conntrack entries made through MASQUERADE, per memory point. */
@@ -143,6 +167,7 @@ function parseArgs(argv: string[]) {
     smoke: false,
     json: false,
     profile: false,
+    memory: true,
     datapath: "queue" as DataPath,
     /** --out: where the results go; null = bench/results, or a fresh temporary directory for --smoke (its figures are not representative and must not replace the recorded ones). */
     out: null as string | null,
@@ -157,6 +182,7 @@ function parseArgs(argv: string[]) {
     if (a === "--smoke") o.smoke = true;
     else if (a === "--json") o.json = true;
     else if (a === "--profile") o.profile = true;
+    else if (a === "--no-memory") o.memory = false;
     else if (a === "--datapath") {
       const v = argv[++i];
       if (v !== "kernel" && v !== "queue" && v !== "bpf") {
@@ -176,7 +202,7 @@ function parseArgs(argv: string[]) {
       if (o.modes.length < all.length) o.dataPlaneOnly = true;
     } else if (a === "--help" || a === "-h") {
       console.log(
-        "usage: deno run -A bench/run.ts [--smoke] [--json] [--out DIR] [--rounds N] " +
+        "usage: deno run -A bench/run.ts [--smoke] [--json] [--out DIR] [--rounds N] [--no-memory] " +
           "[--profile [--datapath bpf|kernel|queue]] " +
           "[--data-plane-only] [--modes masquerade,queue,kernel,bpf] [--sizes 64,512,1400]",
       );
@@ -194,12 +220,14 @@ const cfg: Config = args.smoke
     sizes: [64, 512, 1400],
     pings: 200,
     sessions: 30,
-    burstSessions: 200,
+    bursts: [200],
     burstTimeoutMs: 20_000,
+    tcpBurst: 100,
     driverMemorySessions: 2000,
     reserveSeconds: 1,
     reserveAddrsPerHost: 2,
-    reserveWindow: 6,
+    reserveWindow: 90,
+    fillWindow: 6,
     memorySessions: [3000, 6000],
     conntrackEntries: [5000],
     tableQuick: true,
@@ -210,12 +238,14 @@ const cfg: Config = args.smoke
     sizes: [64, 512, 1400],
     pings: 2000,
     sessions: 300,
-    burstSessions: 1500,
+    bursts: [1500, 3000],
     burstTimeoutMs: 40_000,
+    tcpBurst: 1000,
     driverMemorySessions: 20_000,
     reserveSeconds: 5,
-    reserveAddrsPerHost: 12,
-    reserveWindow: 6,
+    reserveAddrsPerHost: 20,
+    reserveWindow: 90,
+    fillWindow: 6,
     memorySessions: [100_000, 1_000_000],
     conntrackEntries: [100_000, 200_000],
     tableQuick: false,
@@ -224,8 +254,10 @@ if (args.rounds > 0) cfg.rounds = args.rounds;
 if (args.sizes) cfg.sizes = args.sizes;
 const RESERVE_FLAGS = ["--rate-limit", "1000000", "--max-sessions-per-host", "1048576"];
 const MASQ = ["-s", "10.0.0.0/24", "-o", "wan0", "-j", "MASQUERADE"];
-/** p1's testing/apps.ts `udpEcho` (answers "seen ip:port|..."), for the burst. */
+/** p1's testing/apps.ts `udpEcho` (answers "seen ip:port|..."), for the bursts. */
 const SEEN_PORT = 7001;
+/** p1's testing/apps.ts `tcpSeen` (writes "seen ip:port"), for the TCP connect burst. */
+const TCP_SEEN_PORT = 7002;
 /**
  * Pool of the servers filled for the memory figures: 1M sessions need more
  * than the topology's four addresses × 64,512 ports × 2 protocols. Only
@@ -304,8 +336,13 @@ interface RoundData {
   tcpNoOffload: TcpRun | null;
   rtt: Percentiles & { lost: number };
   sessions: SessionProbe;
-  burst: BurstProbe & { driverStats: Record<string, unknown> | null };
+  /** One per `cfg.bursts` size. */
+  bursts: BurstRound[];
+  tcpBurst: BurstRound;
 }
+
+/** A burst as one round saw it, with the driver's counters after it (dpm). */
+type BurstRound = BurstProbe & { driverStats: Record<string, unknown> | null };
 
 /** One round of every data-plane measurement in the current mode. */
 async function measureMode(t: Topology, label: string, dpm: Dpm | null): Promise<RoundData> {
@@ -365,48 +402,63 @@ async function measureMode(t: Topology, label: string, dpm: Dpm | null): Promise
     }
     log(`${label}: TCP with offloads off on h1: ${tcpNoOffload.mbps} Mbit/s`);
   }
-  // Last: the burst leaves its sessions in dpm's tables and conntrack.
-  log(`${label}: burst of ${cfg.burstSessions} new sessions at once`);
-  const burst = await retry("burst", () => burstMode(t, dpm));
+  // Last: the bursts leave their sessions in dpm's tables and conntrack. Each
+  // from a host of its own (h2, h3), so that none meets the sessions of
+  // another in its quota or its gateway ports.
+  const bursts: BurstRound[] = [];
+  for (const [i, n] of cfg.bursts.entries()) {
+    const host = t.hosts[1 + (i % 2)]!;
+    log(`${label}: burst of ${n} new UDP sessions at once from ${host.name}`);
+    const b = await retry("burst", () => burstMode(t, dpm, host, n));
+    logBurst(label, `burst of ${n}`, b);
+    bursts.push(b);
+  }
+  log(`${label}: burst of ${cfg.tcpBurst} TCP connects at once from h2`);
+  const tcpBurst = await retry("TCP burst", () => tcpBurstMode(t, dpm, t.hosts[1]!));
+  logBurst(label, `TCP burst of ${cfg.tcpBurst}`, tcpBurst);
+  return { udp, cpu: cpu!, tcp, tcpNoOffload, rtt, sessions, bursts, tcpBurst };
+}
+
+function logBurst(label: string, what: string, b: BurstRound): void {
   log(
-    `${label}: burst: first reply p50 ${(burst.first.p50Us / 1000).toFixed(1)} ms, max ${
-      (burst.first.maxUs / 1000).toFixed(1)
-    } ms; ${burst.unanswered} unanswered; untranslated ${burst.untranslated ?? "n/a"}`,
+    `${label}: ${what}: first reply p50 ${(b.first.p50Us / 1000).toFixed(1)} ms, max ${
+      (b.first.maxUs / 1000).toFixed(1)
+    } ms; ${b.resent} resent, ${b.unanswered} unanswered; untranslated ${b.untranslated ?? "n/a"}`,
   );
-  for (const e of burst.examples) log(`${label}: burst: untranslated ${e}`);
-  return { udp, cpu: cpu!, tcp, tcpNoOffload, rtt, sessions, burst };
+  for (const e of b.examples) log(`${label}: ${what}: untranslated ${e}`);
 }
 
 /**
- * The burst from h1 to p1's `udpEcho`, judged: with dpm, each session's
- * replies must show the public pair h1's driver reports for it (its
- * sessions toward p1:SEEN_PORT, by local port).
+ * A burst of `n` new UDP sessions from `host` to p1's `udpEcho`, judged:
+ * with dpm, each session's replies must show the public pair the host's
+ * driver reports for it. One session first (not counted), so that the
+ * driver holds the server's cookie, as a driver that has run a while does.
  */
-async function burstMode(t: Topology, dpm: Dpm | null): Promise<RoundData["burst"]> {
-  const h1 = t.hosts[0]!;
+async function burstMode(
+  t: Topology,
+  dpm: Dpm | null,
+  host: Topology["hosts"][number],
+  n: number,
+): Promise<BurstRound> {
   const dest = `${t.peers[0]!.addrText}:${SEEN_PORT}`;
-  const run = await burstSessions(t, h1.ns, dest, cfg.burstSessions, cfg.burstTimeoutMs);
+  await burstSessions(t, host.ns, dest, 1, cfg.burstTimeoutMs);
+  const run = await burstSessions(t, host.ns, dest, n, cfg.burstTimeoutMs);
   if (!dpm) return { ...judgeBurst(run, null), driverStats: null };
-  const r = await t.exec(h1.ns, [
-    ...dpmCommand(),
-    "status",
-    "--driver",
-    "--json",
-    "--socket",
-    dpm.driverSocket("h1"),
-  ], { timeoutMs: 30_000, env: DPM_ENV });
-  if (r.code !== 0) throw new Error(`dpm status --driver failed (${r.code}): ${r.stderr}`);
-  const st = JSON.parse(r.stdout) as {
-    stats: Record<string, unknown>;
-    sessions: { result: string; local: string; remote: string; public?: string }[];
-  };
-  const pub = new Map<number, string>();
-  for (const s of st.sessions) {
-    if (s.result === "ok" && s.remote === dest && s.local.startsWith(`${h1.addrText}:`)) {
-      pub.set(Number(s.local.slice(s.local.lastIndexOf(":") + 1)), s.public ?? "");
-    }
-  }
-  return { ...judgeBurst(run, (port) => pub.get(port)), driverStats: st.stats };
+  const { stats, pub } = await driverPairs(t, host, dpm.driverSocket(host.name), dest);
+  return { ...judgeBurst(run, (port) => pub.get(port)), driverStats: stats };
+}
+
+/** The TCP connect burst from `host` to p1's `tcpSeen`, judged as {@linkcode burstMode}. */
+async function tcpBurstMode(
+  t: Topology,
+  dpm: Dpm | null,
+  host: Topology["hosts"][number],
+): Promise<BurstRound> {
+  const dest = `${t.peers[0]!.addrText}:${TCP_SEEN_PORT}`;
+  const run = await tcpBurstSessions(t, host.ns, dest, cfg.tcpBurst, cfg.burstTimeoutMs);
+  if (!dpm) return { ...judgeBurst(run, null), driverStats: null };
+  const { stats, pub } = await driverPairs(t, host, dpm.driverSocket(host.name), dest, "tcp");
+  return { ...judgeBurst(run, (port) => pub.get(port)), driverStats: stats };
 }
 
 /** Queue drops (queue full + socket full) on the driver's host and on the gateway. */
@@ -479,15 +531,16 @@ function aggregate(rounds: RoundData[]): ModeResult {
       lost: rounds.reduce((a, r) => a + r.sessions.lost, 0),
       runs: rounds.map((r) => r.sessions),
     },
-    burst: aggregateBurst(rounds.map((r) => r.burst)),
+    bursts: cfg.bursts.map((n, i) => aggregateBurst(n, rounds.map((r) => r.bursts[i]!))),
+    tcpBurst: aggregateBurst(cfg.tcpBurst, rounds.map((r) => r.tcpBurst)),
   };
 }
 
-function aggregateBurst(runs: RoundData["burst"][]): BurstResult {
+function aggregateBurst(sessions: number, runs: BurstRound[]): BurstResult {
   const med = (f: (b: BurstProbe) => number) => median(runs.map(f));
   const sum = (f: (b: BurstProbe) => number) => runs.reduce((a, b) => a + f(b), 0);
   return {
-    sessions: cfg.burstSessions,
+    sessions,
     rounds: runs.length,
     firstP50Us: med((b) => b.first.p50Us),
     firstP99Us: med((b) => b.first.p99Us),
@@ -539,7 +592,7 @@ async function stopForGood(t: Topology, d: Dpm, datapath: DataPath): Promise<voi
 }
 
 async function dpmRound(t: Topology, datapath: DataPath): Promise<RoundData> {
-  const d = await startDpm(t, { driverHosts: ["h1"], datapath });
+  const d = await startDpm(t, { driverHosts: ["h1", "h2", "h3"], datapath });
   try {
     return await measureMode(t, `dpm ${datapath}`, d);
   } catch (e) {
@@ -591,6 +644,7 @@ async function loadFromHosts(
   extra: string[],
   seconds: number,
   start: number,
+  window = cfg.reserveWindow,
 ): Promise<Record<string, any>[]> {
   const results = await Promise.all(t.hosts.map((h, hi) =>
     t.exec(h.ns, [
@@ -600,7 +654,7 @@ async function loadFromHosts(
       "--addrs",
       loadAddrs(hi, per).join(","),
       "--window",
-      String(cfg.reserveWindow),
+      String(window),
       "--seconds",
       String(seconds),
       "--start",
@@ -653,6 +707,7 @@ async function memoryFill(t: Topology, datapath: DataPath): Promise<MemoryPoint[
         ["--count", String(want)],
         args.smoke ? 30 : 300,
         start,
+        cfg.fillWindow,
       );
       const fillSeconds = Math.max(...hosts.map((h) => h.seconds as number));
       await new Promise((r) => setTimeout(r, 1000));
@@ -855,6 +910,7 @@ async function main(): Promise<number> {
   try {
     await startEcho(t, t.peers[0]!.ns);
     await serveApp(t, t.peers[0]!.ns, udpEcho(SEEN_PORT));
+    await serveApp(t, t.peers[0]!.ns, tcpSeen(TCP_SEEN_PORT));
     if (args.profile) {
       await profile(t);
       return 0;
@@ -875,11 +931,12 @@ async function main(): Promise<number> {
       reservations[dp] = await reservationLoad(t, dp);
       log(`reservations, ${dp} path: ${reservations[dp].perSec}/s`);
     }
+    // --no-memory: the memory rows are left out (n/a), for runs about the rest.
     memory = {
-      bpf: await memoryFill(t, "bpf"),
-      kernel: await memoryFill(t, "kernel"),
-      queue: await memoryFill(t, "queue"),
-      conntrack: await conntrackMemory(t),
+      bpf: args.memory ? await memoryFill(t, "bpf") : [],
+      kernel: args.memory ? await memoryFill(t, "kernel") : [],
+      queue: args.memory ? await memoryFill(t, "queue") : [],
+      conntrack: args.memory ? await conntrackMemory(t) : [],
       pool: MEMORY_POOL,
       serverFlags: RESERVE_FLAGS,
     };

@@ -31,6 +31,12 @@ const SYMBOLS = {
   sendto: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"], result: "isize" },
   /** `ssize_t sendmsg(int sockfd, const struct msghdr *msg, int flags);` */
   sendmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
+  /**
+   * `int sendmmsg(int sockfd, struct mmsghdr *msgvec, unsigned int vlen, int flags);`
+   */
+  sendmmsg: { parameters: ["i32", "buffer", "u32", "i32"], result: "i32" },
+  /** `int getsockname(int sockfd, struct sockaddr *addr, socklen_t *addrlen);` */
+  getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   /** `ssize_t recv(int sockfd, void *buf, size_t len, int flags);` */
   recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
   /**
@@ -222,6 +228,10 @@ export const EEXIST = 17;
 export const EINVAL = 22;
 /** Message too long (netlink: the datagram exceeds the send buffer). */
 export const EMSGSIZE = 90;
+/** Address already in use (bind). */
+export const EADDRINUSE = 98;
+/** Cannot assign requested address (bind to an address this host does not have). */
+export const EADDRNOTAVAIL = 99;
 /** Operation not supported (netlink: message type unknown to this kernel). */
 export const EOPNOTSUPP = 95;
 /** Connection timed out (dpm: the kernel did not answer in time). */
@@ -246,6 +256,10 @@ export const SOCK_NONBLOCK = 0o4000;
 export const IPPROTO_RAW = 255;
 /** `SOL_SOCKET` */
 export const SOL_SOCKET = 1;
+/** `SO_REUSEADDR` */
+export const SO_REUSEADDR = 2;
+/** `SO_REUSEPORT`: several sockets bind the same address and port; the kernel spreads datagrams by source. */
+export const SO_REUSEPORT = 15;
 /** `SO_SNDBUF` */
 export const SO_SNDBUF = 7;
 /** `SO_RCVBUF` */
@@ -296,5 +310,7 @@ export const MsgHdr = {
 } as const;
 /** `struct mmsghdr`: a msghdr then `unsigned int msg_len`; size 64 with padding. */
 export const MMsgHdr = { HDR: 0, LEN: 56, SIZE: 64 } as const;
+/** `struct sockaddr_in`: family u16 (host order), port be16, address be32, 8 zero bytes. */
+export const SockaddrIn = { FAMILY: 0, PORT: 2, ADDR: 4, SIZE: 16 } as const;
 /** `struct pollfd`: int fd; short events; short revents. */
 export const PollFd = { FD: 0, EVENTS: 4, REVENTS: 6, SIZE: 8 } as const;

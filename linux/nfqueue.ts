@@ -149,7 +149,8 @@ export interface NfQueueOptions {
  * Decides one packet. `pkt` is a view into a reused buffer (the IPv4 packet
  * from its first header byte); `id` is the kernel's packet id; `hook` the
  * netfilter hook (0 PREROUTING, 1 INPUT, 2 FORWARD, 3 OUTPUT, 4 POSTROUTING);
- * `skbInfo` the `NFQA_SKB_INFO` bits (`SKB_INFO_*`, 0 when absent).
+ * `skbInfo` the `NFQA_SKB_INFO` bits (`SKB_INFO_*`, 0 when absent); `mark`
+ * the packet's mark (`NFQA_MARK`, 0 when absent).
  * Returns one of {@linkcode Verdict}.
  */
 export type PacketHandler = (
@@ -157,6 +158,7 @@ export type PacketHandler = (
   id: number,
   hook: number,
   skbInfo: number,
+  mark: number,
 ) => number;
 
 /** Counters of one queue. */
@@ -193,7 +195,14 @@ const NFQNL_MSG = {
   VERDICT_BATCH: nfnlType(NFNL_SUBSYS_QUEUE, 3),
 } as const;
 /** `enum nfqnl_attr_type`: the packet and verdict attributes used here. */
-const NFQA = { PACKET_HDR: 1, VERDICT_HDR: 2, PAYLOAD: 10, CAP_LEN: 13, SKB_INFO: 14 } as const;
+const NFQA = {
+  PACKET_HDR: 1,
+  VERDICT_HDR: 2,
+  MARK: 3,
+  PAYLOAD: 10,
+  CAP_LEN: 13,
+  SKB_INFO: 14,
+} as const;
 /** `struct nfqnl_msg_packet_hdr` (packed, 7 bytes): be32 id, be16 hw proto, u8 hook. */
 const PacketHdr = { ID: 0, HW_PROTO: 4, HOOK: 6, SIZE: 7 } as const;
 /** `enum nfqnl_attr_config`: the configuration attributes. */
@@ -316,7 +325,9 @@ export class NfQueue {
   #runOpen = false;
   #runMax = 0;
   readonly #held = new Set<number>();
-  #oldestHeld = 0;
+  /** Held ids in the order they came (the kernel's id order): the oldest is found lazily. */
+  #heldOrder: number[] = [];
+  #heldHead = 0;
 
   readonly #pollBuf = new Uint8Array(2 * PollFd.SIZE);
   readonly #pollDv = new DataView(this.#pollBuf.buffer);
@@ -636,7 +647,7 @@ export class NfQueue {
     if (skbInfo & Meta.GSO) this.stats.gso++;
     let r: number;
     try {
-      r = handler(this.#rx.subarray(payOff, payOff + payLen), id, p.hook, skbInfo);
+      r = handler(this.#rx.subarray(payOff, payOff + payLen), id, p.hook, skbInfo, p.mark);
     } catch (e) {
       // Keep deciding the other packets; drain() rethrows afterwards.
       this.stats.errors++;
@@ -645,7 +656,7 @@ export class NfQueue {
     }
     switch (r) {
       case Verdict.ACCEPT:
-        if (this.#held.size === 0 || !idAfter(id, this.#oldestHeld)) {
+        if (this.#held.size === 0 || !idAfter(id, this.#oldestHeld())) {
           if (!this.#runOpen || idAfter(id, this.#runMax)) this.#runMax = id;
           this.#runOpen = true;
         } else {
@@ -668,8 +679,8 @@ export class NfQueue {
         break;
       case Verdict.HOLD:
         this.#closeRun();
-        if (this.#held.size === 0 || idAfter(this.#oldestHeld, id)) this.#oldestHeld = id;
         this.#held.add(id);
+        this.#heldOrder.push(id);
         break;
       default:
         this.#emit(NFQNL_MSG.VERDICT, id, VERDICT_DROP, 0, 0);
@@ -690,14 +701,9 @@ export class NfQueue {
     if (payload !== undefined && (payload.length < 20 || payload.length > MAX_COPY_RANGE)) {
       throw new RangeError(`Payload of ${payload.length} bytes is not a packet (20-65531)`);
     }
-    if (this.#held.delete(id) && id === this.#oldestHeld && this.#held.size > 0) {
-      let oldest = id;
-      let first = true;
-      for (const h of this.#held) {
-        if (first || idAfter(oldest, h)) oldest = h;
-        first = false;
-      }
-      this.#oldestHeld = oldest;
+    if (this.#held.delete(id) && this.#held.size === 0) {
+      this.#heldOrder = [];
+      this.#heldHead = 0;
     }
     this.#closeRun();
     if (payload !== undefined && verdict === VERDICT_ACCEPT) {
@@ -713,6 +719,17 @@ export class NfQueue {
     if (this.#closed) return;
     this.#closeRun();
     this.#send();
+  }
+
+  /** The oldest id still held (call only while some is). */
+  #oldestHeld(): number {
+    const order = this.#heldOrder;
+    while (!this.#held.has(order[this.#heldHead]!)) this.#heldHead++;
+    if (this.#heldHead > 1024 && this.#heldHead * 2 > order.length) {
+      this.#heldOrder = order.slice(this.#heldHead);
+      this.#heldHead = 0;
+    }
+    return this.#heldOrder[this.#heldHead]!;
   }
 
   /** Packets held by the handler and not yet decided. */
@@ -846,6 +863,8 @@ class PacketFields {
   capLen = -1;
   /** `NFQA_SKB_INFO` bits, 0 when absent. */
   skbInfo = 0;
+  /** `NFQA_MARK`, 0 when absent. */
+  mark = 0;
 
   /**
    * Decodes the message at `[start, end)` of `dv` (from its netlink
@@ -859,6 +878,7 @@ class PacketFields {
     this.payLen = 0;
     this.capLen = -1;
     this.skbInfo = 0;
+    this.mark = 0;
     try {
       let len = 0;
       for (let a = start + ATTRS_AT; (len = attrLen(dv, a, end)) !== 0; a += align4(len)) {
@@ -875,6 +895,8 @@ class PacketFields {
           this.capLen = dv.getUint32(v, false);
         } else if (type === NFQA.SKB_INFO && n >= 4) {
           this.skbInfo = dv.getUint32(v, false);
+        } else if (type === NFQA.MARK && n >= 4) {
+          this.mark = dv.getUint32(v, false);
         }
       }
     } catch (e) {

@@ -126,17 +126,29 @@ export type ConcatField = readonly [value: number, width: 1 | 2 | 4];
  * @throws {RangeError} for a value that does not fit its width.
  */
 export function concat(...fields: ConcatField[]): Uint8Array {
+  // Bytes written one by one (no DataView, no closure): programming a burst
+  // of sessions builds four of these per session.
   const out = new Uint8Array(4 * fields.length);
-  const dv = new DataView(out.buffer);
-  fields.forEach(([v, w], i) => {
+  for (let i = 0; i < fields.length; i++) {
+    const f = fields[i]!;
+    const v = f[0];
+    const w = f[1];
     const max = w === 4 ? 0xffff_ffff : w === 2 ? 0xffff : 0xff;
     if (!Number.isInteger(v) || v < 0 || v > max || (w !== 1 && w !== 2 && w !== 4)) {
       throw new RangeError(`Concatenation field ${i}: value ${v} does not fit ${w} byte(s)`);
     }
-    if (w === 1) dv.setUint8(4 * i, v);
-    else if (w === 2) dv.setUint16(4 * i, v, false);
-    else dv.setUint32(4 * i, v, false);
-  });
+    const o = 4 * i;
+    if (w === 1) out[o] = v;
+    else if (w === 2) {
+      out[o] = v >>> 8;
+      out[o + 1] = v & 0xff;
+    } else {
+      out[o] = v >>> 24;
+      out[o + 1] = (v >>> 16) & 0xff;
+      out[o + 2] = (v >>> 8) & 0xff;
+      out[o + 3] = v & 0xff;
+    }
+  }
   return out;
 }
 

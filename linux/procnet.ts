@@ -180,3 +180,29 @@ export function readProcNet(proto: "udp" | "tcp", dir = "/proc/net"): ProcNetSoc
   }
   return out;
 }
+
+/**
+ * {@linkcode readProcNet} and {@linkcode readLocalAddresses} read off the
+ * event loop (Deno's blocking pool): `/proc/net/tcp` walks the kernel's
+ * whole TCP hash tables, several milliseconds here even in an empty
+ * namespace, which a server must not spend on its event loop every second.
+ */
+export async function readGatewaySockets(dir = "/proc/net"): Promise<{
+  local: Set<number>;
+  tcp: ProcNetSocket[];
+  udp: ProcNetSocket[];
+}> {
+  const text = (f: string) =>
+    Deno.readTextFile(`${dir}/${f}`).catch((e) => {
+      if (e instanceof Deno.errors.NotFound && f.endsWith("6")) return ""; // IPv6 off
+      throw e;
+    });
+  const [fib, tcp, tcp6, udp, udp6] = await Promise.all(
+    ["fib_trie", "tcp", "tcp6", "udp", "udp6"].map(text),
+  );
+  return {
+    local: parseLocalAddresses(fib!),
+    tcp: [...parseProcNet(tcp!), ...(tcp6 ? parseProcNet(tcp6) : [])],
+    udp: [...parseProcNet(udp!), ...(udp6 ? parseProcNet(udp6) : [])],
+  };
+}

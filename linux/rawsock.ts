@@ -28,12 +28,10 @@ import {
   SO_MARK,
   SOCK_CLOEXEC,
   SOCK_RAW,
+  SockaddrIn,
   SOL_SOCKET,
   strerror,
 } from "./libc.ts";
-
-/** `struct sockaddr_in`: family u16 (host order), port be16, address be32, 8 zero bytes. */
-const SockaddrIn = { FAMILY: 0, PORT: 2, ADDR: 4, SIZE: 16 } as const;
 
 /** Counters of a raw socket. */
 export interface RawSocketStats {

@@ -535,6 +535,14 @@ export const DRIVER_FLAGS = {
     schema: range("--gateway-ports").default([61000, 65535]),
     dflt: "61000-65535",
   },
+  protocol: {
+    arg: "<2|3>",
+    help:
+      "control protocol version: 3 (batched requests, proposed gateway ports; falls back to 2 by itself against an older server) or 2 only, as drivers before version 3 (docs/protocol.md)",
+    group: "Control plane",
+    schema: int("--protocol", 2, 3).default(3),
+    dflt: "3",
+  },
   lan: {
     arg: "<cidr>",
     help: "LAN prefix (default: that of the interface that reaches G)",

@@ -7,7 +7,11 @@
  * @module
  */
 
-/** UDP echo on `port`: answers every datagram with "seen <ip>:<port>|<payload>". */
+/**
+ * UDP echo on `port`: answers every datagram with "seen <ip>:<port>|<payload>".
+ * Its receive buffer holds 8 MB (SO_RCVBUFFORCE as root), so a burst of
+ * thousands of first datagrams at once is not lost at the echo itself.
+ */
 export function udpEcho(port: number): string[] {
   return [
     "python3",
@@ -16,6 +20,10 @@ export function udpEcho(port: number): string[] {
     `
 import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:
+    s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
+except OSError:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
 s.bind(("0.0.0.0", ${port}))
 print("listening", flush=True)
 while True:
@@ -412,7 +420,9 @@ while True:
  * A burst of `n` new UDP sessions at once: `n` sockets on fresh ephemeral
  * ports, each sending its first datagram to `dest` ("ip:port", a
  * {@linkcode udpEcho}, which answers with the source it saw) in one loop,
- * then again every 2 s until answered or `roundMs` is up. With `rounds` > 1
+ * then again every `resendMs` (default 2,000; 0: never, so that a session
+ * whose first datagram was lost stays unanswered) until answered or
+ * `roundMs` is up. With `rounds` > 1
  * the same sockets send again (a round starts when every socket had its
  * answer or at the deadline; with `gate`, it prints "round N done" and
  * starts the next only once the file `gate` exists). Replies arriving within
@@ -429,7 +439,7 @@ while True:
 export function udpBurst(
   n: number,
   dest: string,
-  o: { roundMs: number; rounds?: number; gate?: string; drainMs?: number },
+  o: { roundMs: number; rounds?: number; gate?: string; drainMs?: number; resendMs?: number },
 ): string[] {
   return [
     "python3",
@@ -479,7 +489,9 @@ for r in range(${o.rounds ?? 1}):
                 sends[fd] += 1
                 if r == 0 and fd not in sent_at:
                     sent_at[fd] = now()
-            next_send = now() + 2000000000
+            next_send = now() + ${o.resendMs ?? 2000} * 1000000 if ${
+      o.resendMs ?? 2000
+    } > 0 else deadline
         for fd, _ in poll.poll(20):
             s = by_fd[fd]
             while True:
@@ -500,6 +512,117 @@ for r in range(${o.rounds ?? 1}):
         all_us = (last - start) / 1000
 out = [{"port": by_fd[fd].getsockname()[1], "sends": sends[fd], "firstUs": first.get(fd),
         "seen": seen[fd]} for fd in by_fd]
+print(json.dumps({"sessions": out, "allUs": all_us}))
+`,
+  ];
+}
+
+/**
+ * A TCP server on `port` for connect bursts: every connection is written
+ * "seen <ip>:<port>" (the source it saw) and a newline, then closed. One
+ * thread, non-blocking accepts, a backlog of 4,096, so a thousand connects at
+ * once are all accepted. Prints "listening".
+ */
+export function tcpSeen(port: number): string[] {
+  return [
+    "python3",
+    "-u",
+    "-c",
+    `
+import socket, select
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", ${port}))
+s.listen(4096)
+s.setblocking(False)
+print("listening", flush=True)
+p = select.poll()
+p.register(s, select.POLLIN)
+while True:
+    p.poll()
+    while True:
+        try:
+            c, a = s.accept()
+        except BlockingIOError:
+            break
+        try:
+            c.setblocking(False)
+            c.send(("seen %s:%d\\n" % a).encode())
+        except OSError:
+            pass
+        c.close()
+`,
+  ];
+}
+
+/**
+ * A burst of `n` TCP connects at once to `dest` ("ip:port", a
+ * {@linkcode tcpSeen}), from fresh ephemeral ports, all started in one loop
+ * (the kernel retransmits an unanswered SYN itself: 1 s, 3 s, ...). Prints
+ * one JSON line at the end: `{"sessions": [{"port", "sends", "firstUs",
+ * "seen"}], "allUs"}` as {@linkcode udpBurst} does: per connection its local
+ * port, 1 (the connect), the time from connect() to established in µs (null:
+ * never), and the source the peer saw (its "seen" line); `allUs` from the
+ * first connect to the last one established.
+ */
+export function tcpConnectBurst(n: number, dest: string, o: { timeoutMs: number }): string[] {
+  return [
+    "python3",
+    "-u",
+    "-c",
+    `
+import socket, json, time, select, resource, errno
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, ${n} + 256)), hard))
+h, p = "${dest}".rsplit(":", 1)
+dst = (h, int(p))
+now = time.perf_counter_ns
+socks = []
+for i in range(${n}):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setblocking(False)
+    socks.append(s)
+by_fd = {s.fileno(): s for s in socks}
+poll = select.poll()
+start = now()
+sent_at, done, seen, port = {}, {}, {}, {}
+for s in socks:
+    sent_at[s.fileno()] = now()
+    e = s.connect_ex(dst)
+    port[s.fileno()] = s.getsockname()[1]
+    poll.register(s, select.POLLOUT | select.POLLIN)
+open_fds = set(by_fd)
+deadline = start + ${o.timeoutMs} * 1000000
+last = None
+while open_fds and now() < deadline:
+    for fd, ev in poll.poll(20):
+        s = by_fd[fd]
+        t1 = now()
+        if fd not in done:
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err == 0 and ev & select.POLLOUT:
+                done[fd] = (t1 - sent_at[fd]) / 1000
+                last = t1
+                poll.modify(s, select.POLLIN)
+            elif err != 0:
+                open_fds.discard(fd)
+                poll.unregister(s)
+            continue
+        try:
+            d = s.recv(256)
+        except BlockingIOError:
+            continue
+        except OSError:
+            d = b""
+        if d:
+            seen[fd] = d.decode(errors="replace").strip().replace("seen ", "")
+        open_fds.discard(fd)
+        poll.unregister(s)
+out = [{"port": port[fd], "sends": 1, "firstUs": done.get(fd),
+        "seen": [seen[fd]] if fd in seen else []} for fd in by_fd]
+for s in socks:
+    s.close()
+all_us = (last - start) / 1000 if last and len(done) == len(socks) else None
 print(json.dumps({"sessions": out, "allUs": all_us}))
 `,
   ];

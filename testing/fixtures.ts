@@ -7,7 +7,8 @@
 import { parseIPv4 } from "../src/wire/addr.ts";
 import type { DriverConfig, ServerConfig } from "../src/config.ts";
 import { defaultRules } from "../src/policy/rules.ts";
-import type { ControlTransport } from "../src/control/client.ts";
+import { ControlClient, type DatagramLink, type RetryOptions } from "../src/control/client.ts";
+import { BATCH_VERSION, decodeEntry, decodeRequestHeader, newEntry } from "../src/control/batch.ts";
 import { FakePacketIO } from "../src/datapath/fake.ts";
 import {
   COOKIE_LEN,
@@ -18,10 +19,8 @@ import {
   newNonce,
   Op,
   type Request,
-  type Response,
 } from "../src/control/proto.ts";
 import { Result } from "../src/control/result.ts";
-import { ControlTimeout } from "../src/control/client.ts";
 import type { ServerCore } from "../src/server/core.ts";
 
 /** Parses an address or throws (tests only). */
@@ -94,6 +93,7 @@ export function driverCfg(over: Partial<DriverConfig> = {}): DriverConfig {
     serverPort: 4750,
     fixedPorts: [],
     gatewayPorts: [61000, 65535],
+    protocol: 3,
     lan: LAN,
     socket: "/nonexistent",
     socketGroup: null,
@@ -109,24 +109,143 @@ export function driverCfg(over: Partial<DriverConfig> = {}): DriverConfig {
 }
 
 /**
- * A control transport that encodes each request to bytes, hands them to
- * `server.handleControl` as if they came from `src`, and decodes the reply:
- * the same bytes as over UDP, without sockets. `drop` loses requests.
+ * Retransmission timings for tests: a request nobody answers is given up
+ * within a few tens of milliseconds (the real ones take about 10 s).
  */
-export class Pipe implements ControlTransport {
-  sent: Request[] = [];
-  drop = false;
-  constructor(readonly server: ServerCore, readonly src: number) {}
-  request(req: Request): Promise<Response> {
-    this.sent.push(req);
-    if (this.drop) return Promise.reject(new ControlTimeout("dropped by the test"));
-    const bytes = encodeRequest(req);
-    if (!decodeRequest(bytes).ok) throw new Error("test sent a malformed request");
-    const reply = this.server.handleControl(bytes, this.src);
-    if (!reply) return Promise.reject(new ControlTimeout("no reply"));
-    const d = decodeResponse(reply);
-    if (!d.ok) throw new Error(`server sent a bad response: ${d.reason}`);
-    return Promise.resolve(d.res);
+export const QUICK_RETRY: RetryOptions = {
+  initialMs: 2,
+  maxMs: 4,
+  tries: 4,
+  fastMs: 2,
+  fastForMs: 8,
+  giveUpMs: 20,
+};
+
+/**
+ * An in-memory datagram link from a host at `src` to a ServerCore: every
+ * datagram the client sends is handed to `server.handleControl` (as the
+ * server's socket would), the turn's grants are committed, and the answers
+ * come back as microtasks: the same bytes as over UDP, without sockets.
+ * `loss` loses datagrams each way (a seeded generator, so runs repeat);
+ * with `holdAnswers` answers are kept back until {@linkcode deliverLate}.
+ * Every request sent is decoded into `sent` (one per entry).
+ */
+export class MemoryLink implements DatagramLink {
+  onReceive: ((data: Uint8Array) => void) | null = null;
+  readonly sent: Request[] = [];
+  /** Keep no log of requests (a burst of thousands). */
+  quiet = false;
+  loss = 0;
+  holdAnswers = false;
+  readonly heldAnswers: Uint8Array[] = [];
+  lostDatagrams = 0;
+  #queue: Uint8Array[] = [];
+  #seed: number;
+  #closed = false;
+  constructor(public server: ServerCore, readonly src: number, seed = 1) {
+    this.#seed = seed >>> 0;
+  }
+  /** mulberry32 */
+  #rand(): number {
+    let t = (this.#seed = (this.#seed + 0x6d2b79f5) >>> 0);
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  }
+  send(data: Uint8Array, len: number): void {
+    this.#queue.push(data.slice(0, len));
+  }
+  flush(): void {
+    const q = this.#queue;
+    this.#queue = [];
+    const answers: Uint8Array[] = [];
+    for (const d of q) {
+      if (!this.quiet) this.sent.push(...requestsOf(d, this.src));
+      if (this.loss > 0 && this.#rand() < this.loss) {
+        this.lostDatagrams++;
+        continue;
+      }
+      const reply = this.server.handleControl(d, this.src);
+      if (reply) answers.push(reply.slice());
+    }
+    if (q.length) this.server.commit();
+    for (const a of answers) {
+      if (this.loss > 0 && this.#rand() < this.loss) {
+        this.lostDatagrams++;
+        continue;
+      }
+      if (this.holdAnswers) this.heldAnswers.push(a);
+      else queueMicrotask(() => this.#closed || this.onReceive?.(a));
+    }
+    if (q.length) this.server.releaseHeld();
+  }
+  /** Hands the held-back answers to the client. */
+  deliverLate(): void {
+    for (const a of this.heldAnswers.splice(0)) this.onReceive?.(a);
+  }
+  close(): void {
+    this.#closed = true;
+  }
+}
+
+/** The requests of one datagram (either version), as version-2 Requests for assertions. */
+function requestsOf(d: Uint8Array, src: number): Request[] {
+  if (d[2] !== BATCH_VERSION) {
+    const r = decodeRequest(d);
+    return r.ok ? [r.req] : [];
+  }
+  const h = decodeRequestHeader(d);
+  if (!h.ok) return [];
+  const out: Request[] = [];
+  const e = newEntry();
+  for (let i = 0; i < h.count; i++) {
+    decodeEntry(d, i, h.internalAddr, e);
+    const nonce = new Uint8Array(8);
+    new DataView(nonce.buffer).setUint32(0, e.nonceHi);
+    new DataView(nonce.buffer).setUint32(4, e.nonceLo);
+    out.push({
+      op: e.op,
+      nonce,
+      proto: e.proto,
+      replaceable: e.replaceable,
+      internalAddr: h.internalAddr || src,
+      internalPort: e.internalPort,
+      remoteAddr: e.remoteAddr,
+      remotePort: e.remotePort,
+      lifetime: e.lifetime,
+      cookie: h.cookie.slice(),
+      ...(e.gatewayPort ? { gatewayPort: e.gatewayPort } : {}),
+    } as Request);
+  }
+  return out;
+}
+
+/**
+ * The real control client over a {@linkcode MemoryLink} to `server`, as a
+ * host at `src` (retransmitting on {@linkcode QUICK_RETRY} by default):
+ * what a driver core talks to in the unit tests.
+ */
+export class Pipe extends ControlClient {
+  readonly link: MemoryLink;
+  constructor(server: ServerCore, src: number, retry: RetryOptions = QUICK_RETRY, seed = 1) {
+    const link = new MemoryLink(server, src, seed);
+    super(link, src, retry);
+    this.link = link;
+  }
+  /** Every request sent (one per entry, retransmissions included). */
+  get sent(): Request[] {
+    return this.link.sent;
+  }
+  /** The server the link reaches (a test may swap it: a server restart). */
+  get server(): ServerCore {
+    return this.link.server;
+  }
+  set server(s: ServerCore) {
+    this.link.server = s;
+  }
+  /** Loses every datagram while set. */
+  set drop(v: boolean) {
+    this.link.loss = v ? 1 : 0;
   }
 }
 
@@ -194,63 +313,36 @@ export function handleVerified(
 
 /**
  * A Pipe over a lossy network: each datagram, request or answer, is lost
- * with probability `loss` (a seeded generator, so runs repeat), and each
- * request is transmitted up to `tries` times as the client would. A request
- * whose answer alone was lost was still handled: the server may hold a grant
- * the driver never learned of. With `holdAnswers`, answers are kept back
- * (the request times out) until {@linkcode LossyPipe.deliverLate} hands them
- * to `onLate`, as the client does with an answer after its timeout.
+ * with probability `loss` (seeded, so runs repeat); the client retransmits
+ * on its own schedule (`tries` transmissions of a request nothing waits on).
+ * A request whose answer alone was lost was still handled: the server may
+ * hold a grant the driver never learned of. With `holdAnswers`, answers are
+ * kept back (the request times out) until {@linkcode LossyPipe.deliverLate}
+ * hands them to the client, which gives them to `onLate`.
  */
 export class LossyPipe extends Pipe {
-  onLate: ((res: Response) => void) | null = null;
-  holdAnswers = false;
-  readonly heldAnswers: Response[] = [];
-  lostDatagrams = 0;
-  #seed: number;
-  constructor(
-    server: ServerCore,
-    src: number,
-    public loss: number,
-    readonly tries = 10,
-    seed = 1,
-  ) {
-    super(server, src);
-    this.#seed = seed >>> 0;
+  constructor(server: ServerCore, src: number, loss: number, tries = 10, seed = 1) {
+    super(server, src, { ...QUICK_RETRY, tries, giveUpMs: 4 * tries }, seed);
+    this.link.loss = loss;
   }
-  /** mulberry32 */
-  #rand(): number {
-    let t = (this.#seed = (this.#seed + 0x6d2b79f5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  get loss(): number {
+    return this.link.loss;
   }
-  override request(req: Request): Promise<Response> {
-    this.sent.push(req);
-    const bytes = encodeRequest(req);
-    for (let i = 0; i < this.tries; i++) {
-      if (this.#rand() < this.loss) {
-        this.lostDatagrams++;
-        continue;
-      }
-      const reply = handleVerified(this.server, bytes, this.src);
-      if (!reply) continue;
-      const d = decodeResponse(reply);
-      if (!d.ok) throw new Error(`server sent a bad response: ${d.reason}`);
-      if (this.holdAnswers) {
-        this.heldAnswers.push(d.res);
-        break;
-      }
-      if (this.#rand() < this.loss) {
-        this.lostDatagrams++;
-        continue;
-      }
-      return Promise.resolve(d.res);
-    }
-    return Promise.reject(new ControlTimeout("lost by the test's network"));
+  set loss(v: number) {
+    this.link.loss = v;
   }
-  /** Hands the held-back answers to `onLate`. */
+  get holdAnswers(): boolean {
+    return this.link.holdAnswers;
+  }
+  set holdAnswers(v: boolean) {
+    this.link.holdAnswers = v;
+  }
+  get lostDatagrams(): number {
+    return this.link.lostDatagrams;
+  }
+  /** Hands the held-back answers to the client (late ones go to `onLate`). */
   deliverLate(): void {
-    for (const r of this.heldAnswers.splice(0)) this.onLate?.(r);
+    this.link.deliverLate();
   }
 }
 
@@ -260,4 +352,12 @@ export { FakePacketIO };
 /** Lets pending promise callbacks run. */
 export function settle(): Promise<void> {
   return new Promise((r) => setTimeout(r, 0));
+}
+
+/**
+ * Lets the clients' retransmission timers run out on {@linkcode QUICK_RETRY}
+ * (a request nobody answers is given up by then).
+ */
+export function settleTimeouts(ms = 60): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
 }

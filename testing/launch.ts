@@ -83,6 +83,8 @@ export interface StartOptions {
   driverHosts?: string[];
   /** Extra driver flags. */
   driverArgs?: string[];
+  /** Extra driver flags of one host (after `driverArgs`), by host name. */
+  driverArgsFor?: Record<string, string[]>;
   /** `--datapath` of both roles (default: dpm's default, auto: bpf where it loads). */
   datapath?: "bpf" | "kernel" | "queue" | "auto";
 }
@@ -118,6 +120,7 @@ export async function startDpm(t: Topology, o: StartOptions = {}): Promise<Dpm> 
     driverSocket(name),
     ...(o.datapath ? ["--datapath", o.datapath] : []),
     ...(o.driverArgs ?? []),
+    ...(o.driverArgsFor?.[name] ?? []),
   ];
   const drivers = new Map<string, Spawned>();
   const dpm: Dpm = {

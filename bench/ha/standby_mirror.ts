@@ -139,7 +139,7 @@ async function main(args: string[]): Promise<void> {
     await run(
       ["nft", "-f", "-"],
       serverTable(opts, lan, {
-        toRemote: sessions.map((s) => toRemoteText(s.proto, s.a, s.pg, s.x, s.px)),
+        toRemote: sessions.map((s) => toRemoteText(s.proto, s.a, s.pa, s.pg, s.x, s.px)),
         toPublic: sessions.map((s) => toPublicText(s.proto, s.a, s.pa, s.x, s.px, s.r, s.p)),
         queued: [],
       }),

@@ -52,6 +52,7 @@ _dpm() {
         --server) return;;
         --fixed-ports) return;;
         --gateway-ports) return;;
+        --protocol) return;;
         --lan) return;;
         --socket) COMPREPLY=($(compgen -f -- "$cur")); return;;
         --socket-group) return;;
@@ -62,7 +63,7 @@ _dpm() {
         --log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return;;
         --config) COMPREPLY=($(compgen -f -- "$cur")); return;;
       esac
-      COMPREPLY=($(compgen -W "--server --fixed-ports --gateway-ports --lan --socket --socket-group --no-intercept --queue --datapath --cleanup --metrics-addr --log-level --log-format --config --help" -- "$cur"));;
+      COMPREPLY=($(compgen -W "--server --fixed-ports --gateway-ports --protocol --lan --socket --socket-group --no-intercept --queue --datapath --cleanup --metrics-addr --log-level --log-format --config --help" -- "$cur"));;
     status)
       case "$prev" in
         --host) return;;

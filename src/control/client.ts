@@ -1,68 +1,222 @@
 /**
- * The driver's side of the control protocol: sends requests to the server
- * over UDP, retransmits with exponential backoff (250 ms, doubling up to
- * 1 s, each timeout jittered ±25% so a burst does not retransmit in
- * lockstep; 10 transmissions, about 9 s, by default), and matches responses
- * to requests by their nonce. Responses from anywhere but the server's
- * address and port are ignored.
+ * The driver's side of the control protocol: batches requests into
+ * datagrams (version 3, `batch.ts`), retransmits, matches answers to
+ * requests by their nonce, and carries the server's cookie.
  *
- * Pacing: at most `window` requests are in flight, and transmissions are
- * paced at `rate` per second; the rest wait their turn (a burst of
- * thousands of new sessions must neither overflow the server's receive
- * buffer nor run into its per-host rate limit). A RATE_LIMITED answer is not final: the request is sent
- * again after a jittered backoff and every queued request waits with it.
- * An answer that comes after its request timed out goes to `onLate`, so the
+ * Theory of operation. A request is submitted with the function its answer
+ * goes to ({@linkcode ControlClient.submit}; {@linkcode ControlClient.request}
+ * wraps it in a promise). What is submitted in one turn of the event loop
+ * leaves together at {@linkcode ControlClient.flush} (the driver calls it at
+ * the end of its turn, before it lets the turn's first packets go; a
+ * microtask calls it otherwise): up to {@link MAX_ENTRIES} requests per
+ * datagram, every datagram of the turn in one `sendmmsg`. The answers of one
+ * datagram come back in one datagram; each entry is matched by its own
+ * nonce (a random 32-bit half fixed per client, a counter half), so
+ * retransmissions may travel in other datagrams.
+ *
+ * Retransmission: a request a first packet waits on (`urgent`: the gateway
+ * holds that packet until the grant) is sent again every {@link
+ * RetryOptions.fastMs} (jittered ±25%) for {@link RetryOptions.fastForMs},
+ * then on the doubling schedule of the others (250 ms, doubling to 1 s),
+ * and given up after {@link RetryOptions.giveUpMs}; a request nothing waits
+ * on is given up after {@link RetryOptions.tries} transmissions. So under
+ * 30% loss each way an urgent request gets ~30 tries in its first 3 s,
+ * while the LAN is spared a doubling schedule's seconds of silence. A busy
+ * server is not flooded with copies: the first wait is at least twice the
+ * smoothed round trip of recent answers (first transmissions only, as
+ * Karn's rule says), and grows with the requests already in flight ahead
+ * of it ({@link BACKLOG_MS} each): a burst of 3,000 waits for the server
+ * to work through it. Timers: one 10 ms wheel for every request in flight,
+ * no timer per request.
+ *
+ * Pacing: at most `window` requests in flight, and transmissions paced at
+ * `rate` per second in bursts of twice that (the server's per-host rate
+ * limit is 2,000/s in bursts of 4,000 by default: a burst of 3,000 new
+ * sessions leaves at once). RATE_LIMITED is not final: that request is sent
+ * again after a jittered backoff and every new transmission waits with it.
+ *
+ * Cookies (docs/protocol.md, "Cookies"): every answer carries the host's
+ * cookie, and every datagram carries the last one. Without a fresh cookie
+ * (none yet, or none heard for {@link COOKIE_FRESH_MS}), only one datagram
+ * goes out until its answer brings one (the server answers cookie-less
+ * datagrams within a small per-address budget only); COOKIE_REQUIRED sends
+ * the request again at once with the cookie it brought.
+ *
+ * Versions: the client speaks version 3. A server that speaks only version
+ * 2 answers a version-3 datagram UNSUPPORTED_VERSION (its reply echoes the
+ * datagram's nonce); the client then speaks version 2 for good (one request
+ * per datagram, no gateway port proposals: {@linkcode ControlClient.proposes}
+ * turns false, and the driver holds first packets until their answers, as
+ * it did with such a server) and sends what was in flight again.
+ *
+ * Answers from anywhere but the server's address and port are ignored; an
+ * answer that comes after its request was given up goes to `onLate`, so the
  * caller can give back a grant it never learned of.
  *
  * @module
  */
 
-import dgram from "node:dgram";
-import { formatIPv4 } from "../wire/addr.ts";
-import { decodeResponse, encodeRequest, type Request, type Response } from "./proto.ts";
+import {
+  COOKIE_LEN,
+  decodeResponse,
+  encodeRequest,
+  hasCookie,
+  MAGIC,
+  NONCE_LEN,
+  PROTOCOL_VERSION,
+  type Request,
+  REQUEST_LEN,
+  type Response,
+} from "./proto.ts";
+import {
+  BATCH_VERSION,
+  decodeAnswer,
+  decodeAnswerHeader,
+  ENTRY_LEN,
+  type EntryAnswer,
+  type EntryRequest,
+  HEADER_LEN,
+  MAX_DATAGRAM,
+  MAX_ENTRIES,
+  newAnswer,
+  newEntry,
+  writeEntry,
+  writeRequestHeader,
+} from "./batch.ts";
 import { logger } from "../runtime/log.ts";
 import { Result } from "./result.ts";
 
 const log = logger("control");
 
-/** Retransmission settings. */
+/** Retransmission and pacing settings. */
 export interface RetryOptions {
-  /** First retransmission timeout, ms. @default 250 */
+  /** First retransmission timeout of a request nothing waits on, ms. @default 250 */
   initialMs?: number;
   /** Cap of the doubling retransmission timeout, ms. @default 1000 */
   maxMs?: number;
-  /** Transmissions in all. @default 10 */
+  /** Transmissions in all of a request nothing waits on. @default 10 */
   tries?: number;
-  /** Requests in flight at most; later ones wait. @default 256 */
+  /** Retransmission interval while a first packet waits (`urgent`), ms. @default 100 */
+  fastMs?: number;
+  /** How long that fixed schedule lasts before doubling, ms. @default 3000 */
+  fastForMs?: number;
+  /** An urgent request is given up this long after its first transmission, ms. @default 10000 */
+  giveUpMs?: number;
+  /** Requests in flight at most; later ones wait. @default 4096 */
   window?: number;
   /** RATE_LIMITED answers retried per request before that answer is final. @default 8 */
   rateLimitedTries?: number;
-  /**
-   * Transmissions per second at most, with bursts of twice as many: below the
-   * server's default per-host limit (1000/s, bursts of 2000), so a burst of
-   * new sessions waits here instead of being refused there. @default 800
-   */
+  /** Transmissions per second at most, in bursts of twice as many. @default 1800 */
   rate?: number;
+  /**
+   * The protocol version to speak: 3 (batches, proposed gateway ports; it
+   * falls back to 2 by itself when the server speaks only 2), or 2 from the
+   * start, as drivers before version 3 do (`dpm driver --protocol 2`).
+   * @default 3
+   */
+  version?: 2 | 3;
 }
 
-/** How long the nonce of a timed-out request is remembered for a late answer, ms. */
+/** How long the nonce of a given-up request is remembered for a late answer, ms. */
 const LATE_MS = 60_000;
 const LATE_MAX = 8192;
+/** A cookie last heard this long ago may be stale (secrets rotate every 2 min, last 2-4). */
+export const COOKIE_FRESH_MS = 100_000;
+/** COOKIE_REQUIRED answers retried per request (the secret rotated) before that answer is final. */
+const COOKIE_TRIES = 2;
+/**
+ * How long the server takes per request ahead of a new one (ms): with
+ * thousands in flight, the first retransmission waits for them.
+ */
+export const BACKLOG_MS = 0.1;
+/** The retransmission wheel: slots of this many ms. */
+const SLOT_MS = 10;
+/** Slots of the wheel (a horizon of 5.12 s: longer delays wait a turn). */
+const SLOTS = 512;
 
 /** The server did not answer within the retransmission schedule. */
 export class ControlTimeout extends Error {
   override name = "ControlTimeout";
 }
 
-interface Pending {
-  bytes: Uint8Array;
-  resolve: (r: Response) => void;
-  reject: (e: Error) => void;
-  timer: ReturnType<typeof setTimeout> | undefined;
-  /** Transmissions so far (0: waiting for a slot). */
+/**
+ * Whom a request is about (the host's address is the client's, for every
+ * request): a driver's session is one as it is, so a request in flight
+ * costs no copy of it.
+ */
+export interface Ask {
+  proto: number;
+  replaceable: boolean;
+  /** The host's port `pa`. */
+  pa: number;
+  /** The remote `X`, `px` (MAP: 0 and the suggested public port). */
+  x: number;
+  px: number;
+}
+
+/** What else a request carries (all optional). */
+export interface AskOptions {
+  /** A proposed gateway port (version-3 RESERVE). @default 0: none */
+  pg?: number;
+  /** Requested lifetime, s. @default 0: the server's default */
+  lifetime?: number;
+  /** A first packet waits on it: the fast retransmission schedule. @default false */
+  urgent?: boolean;
+}
+
+/** Called once with the answer, or null when none came; `ask` as submitted. */
+export type Answered<T> = (ask: T, res: Response | null) => void;
+
+/** One request in flight: what it asks, and its retransmission state. */
+interface Flight {
+  op: number;
+  ask: Ask;
+  pg: number;
+  lifetime: number;
+  done: Answered<Ask>;
+  urgent: boolean;
+  /** The entry's nonce (low half); 0 once answered or given up. */
+  seq: number;
   sent: number;
-  delay: number;
-  limited: number;
+  first: number;
+  due: number;
+  /** The wheel slot (absolute) it is filed in: entries in other slots are stale. */
+  slot: number;
+  /** RATE_LIMITED answers so far (low 8 bits), COOKIE_REQUIRED answers (<< 8). */
+  refused: number;
+}
+
+/**
+ * How the client reaches the server: a UDP socket (`udpLink` in
+ * `driver/run.ts`, over `linux/udp.ts`), or
+ * an in-memory link to a ServerCore in tests (`testing/fixtures.ts`).
+ */
+export interface DatagramLink {
+  /** Queues one datagram to the server (the bytes are copied). */
+  send(data: Uint8Array, len: number): void;
+  /** Sends what `send` queued. */
+  flush(): void;
+  /** Set by the client: called with every datagram from the server. */
+  onReceive: ((data: Uint8Array) => void) | null;
+  close(): void;
+}
+
+/**
+ * How the driver reaches the server ({@linkcode ControlClient}); tests may
+ * put their own in its place.
+ */
+export interface ControlTransport {
+  /** Sends request `op` about `ask` (this turn); `done(ask, answer | null)` is called once. */
+  submit<T extends Ask>(op: number, ask: T, done: Answered<T>, o?: AskOptions): void;
+  /** Resolves with the server's answer; rejects with ControlTimeout when it never comes. */
+  request(req: Request): Promise<Response>;
+  /** Sends what was submitted so far. */
+  flush(): void;
+  /** False once the server turned out to speak only version 2 (no gateway port proposals). */
+  readonly proposes: boolean;
+  readonly stats?: Record<string, number>;
+  /** Set by the driver: told of answers that came after their request was given up. */
+  onLate?: ((res: Response) => void) | null;
 }
 
 /** ±25% */
@@ -70,262 +224,594 @@ function jitter(ms: number): number {
   return ms * (0.75 + Math.random() * 0.5);
 }
 
-/**
- * How the driver reaches the server: {@linkcode ControlClient} over UDP, or
- * an in-memory pipe in tests (`testing/fixtures.ts` `Pipe`).
- */
-export interface ControlTransport {
-  /** Resolves with the server's answer; rejects with ControlTimeout when it never comes. */
-  request(req: Request): Promise<Response>;
-  readonly stats?: Record<string, number>;
-  /** Set by the driver: told of answers that came after their request timed out. */
-  onLate?: ((res: Response) => void) | null;
-}
+const NO_NONCE = new Uint8Array(NONCE_LEN);
 
 /** A control-protocol client bound to one server. */
 export class ControlClient implements ControlTransport {
-  readonly #sock: dgram.Socket;
-  readonly #server: string;
-  readonly #port: number;
-  readonly #pending = new Map<string, Pending>();
-  readonly #retry: Required<RetryOptions>;
-  /** Nonces waiting for a slot in the window, in order. */
-  readonly #queue: string[] = [];
-  #queueHead = 0;
+  readonly #link: DatagramLink;
+  /** The host's address: every request's internal address. */
+  readonly #local: number;
+  readonly #o: Required<Omit<RetryOptions, "version">>;
+  readonly #now: () => number;
+  readonly #salt: number;
+  #seq: number;
+  #dgram = 1;
+  /** Requests in flight (sent or waiting to be), by nonce. */
+  readonly #flights = new Map<number, Flight>();
+  /** New requests to transmit, in order (within the window). */
+  #ready: Flight[] = [];
+  #readyHead = 0;
+  /** Requests to transmit again (due, or told to), ahead of new ones and outside the window. */
+  #again: Flight[] = [];
+  /** Requests that went out at least once and are not answered. */
   #inFlight = 0;
-  /** No new transmission before this (performance.now(), ms): the server said RATE_LIMITED. */
+  /** Per slot, the nonces of the requests due then (a settled one is simply not found). */
+  readonly #wheel: number[][] = Array.from({ length: SLOTS }, () => []);
+  #wheelAt = 0;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #timerAt = Infinity;
+  #flushQueued = false;
+  /** No new transmission before this: the server said RATE_LIMITED. */
   #pausedUntil = 0;
-  /** The pacing bucket (may go negative: transmissions booked ahead). */
-  #tokens = 0;
-  #tokensAt = performance.now();
-  /** Timed-out nonces → when they are forgotten. */
-  readonly #late = new Map<string, number>();
+  #tokens: number;
+  #tokensAt: number;
+  #cookie: Uint8Array | null = null;
+  #cookieAt = -Infinity;
+  /** A datagram without a fresh cookie is out: the others wait for its answer. */
+  #probeUntil = 0;
+  #version = BATCH_VERSION;
+  /** Smoothed round trip of answers to first transmissions, ms (0: none yet). */
+  #srtt = 0;
+  /** Given-up nonces → when they are forgotten. */
+  readonly #late = new Map<number, number>();
   #closed = false;
-  /** Called with an answer that arrived after its request timed out. */
+  readonly #out = new Uint8Array(MAX_DATAGRAM);
+  #outCount = 0;
+  readonly #entry: EntryRequest = newEntry();
+  readonly #answer: EntryAnswer = newAnswer();
+  /** Called with an answer that arrived after its request was given up. */
   onLate: ((res: Response) => void) | null = null;
   /** Counters for status and tests. */
   readonly stats = {
     sent: 0,
     retransmits: 0,
+    datagrams: 0,
     received: 0,
     ignored: 0,
     timeouts: 0,
     rateLimited: 0,
+    cookieRetries: 0,
     late: 0,
     queued: 0,
   };
 
-  private constructor(sock: dgram.Socket, server: number, port: number, retry: RetryOptions) {
-    this.#sock = sock;
-    this.#server = formatIPv4(server);
-    this.#port = port;
-    this.#retry = {
+  /**
+   * A client over `link` for requests of host address `local`. `now`: a
+   * millisecond clock (whole milliseconds of performance.now by default:
+   * small integers, so that a request in flight stores its times unboxed).
+   */
+  constructor(
+    link: DatagramLink,
+    local: number,
+    retry: RetryOptions = {},
+    now: () => number = () => Math.floor(performance.now()),
+  ) {
+    this.#link = link;
+    this.#local = local >>> 0;
+    this.#now = now;
+    this.#o = {
       initialMs: retry.initialMs ?? 250,
       maxMs: retry.maxMs ?? 1000,
       tries: retry.tries ?? 10,
-      window: retry.window ?? 256,
+      fastMs: retry.fastMs ?? 100,
+      fastForMs: retry.fastForMs ?? 3000,
+      giveUpMs: retry.giveUpMs ?? 10_000,
+      window: retry.window ?? 4096,
       rateLimitedTries: retry.rateLimitedTries ?? 8,
-      rate: retry.rate ?? 800,
+      rate: retry.rate ?? 1800,
     };
-    this.#tokens = 2 * this.#retry.rate;
-    sock.on("message", (msg, rinfo) => this.#onMessage(msg, rinfo));
-    sock.on("error", (e) => log.warn(`control socket: ${e.message}`));
+    const r = crypto.getRandomValues(new Uint32Array(2));
+    this.#salt = r[0]!;
+    this.#seq = 1 + (r[1]! % 0x3fffffff);
+    this.#tokens = 2 * this.#o.rate;
+    this.#tokensAt = now();
+    this.#wheelAt = Math.floor(now() / SLOT_MS);
+    if (retry.version === PROTOCOL_VERSION) this.#version = PROTOCOL_VERSION;
+    link.onReceive = (d) => this.#receive(d);
   }
 
-  /** Opens a UDP socket (ephemeral port, optionally bound to `localAddr`) talking to `server:port`. */
-  static async open(
-    server: number,
-    port: number,
-    opts: RetryOptions & { localAddr?: string } = {},
-  ): Promise<ControlClient> {
-    // Default buffers: setting recvBufferSize/sendBufferSize makes Deno's
-    // node:dgram about 10x slower (see src/server/run.ts); pacing keeps a
-    // burst within them.
-    const sock = dgram.createSocket("udp4");
-    await new Promise<void>((resolve, reject) => {
-      sock.once("error", reject);
-      sock.bind({ port: 0, ...(opts.localAddr ? { address: opts.localAddr } : {}) }, () => {
-        sock.off("error", reject);
-        resolve();
-      });
-    });
-    return new ControlClient(sock, server, port, opts);
+  /** False once the server turned out to speak only version 2 (see the module notes). */
+  get proposes(): boolean {
+    return this.#version === BATCH_VERSION;
   }
 
-  /** The local address:port the socket is bound to (the server sees this source). */
-  address(): { address: string; port: number } {
-    const a = this.#sock.address();
-    return { address: a.address, port: a.port };
+  /** Requests in flight or waiting to be sent. */
+  get pending(): number {
+    return this.#flights.size;
+  }
+
+  submit<T extends Ask>(op: number, ask: T, done: Answered<T>, o?: AskOptions): void {
+    if (this.#closed) {
+      queueMicrotask(() => done(ask, null));
+      return;
+    }
+    let seq = this.#seq;
+    this.#seq = seq >= 0x3fffffff ? 1 : seq + 1;
+    while (this.#flights.has(seq) || this.#late.has(seq)) seq = seq >= 0x3fffffff ? 1 : seq + 1;
+    const f: Flight = {
+      op,
+      ask,
+      pg: o?.pg ?? 0,
+      lifetime: o?.lifetime ?? 0,
+      done: done as Answered<Ask>,
+      urgent: o?.urgent ?? false,
+      seq,
+      sent: 0,
+      first: 0,
+      due: 0,
+      slot: -1,
+      refused: 0,
+    };
+    this.#flights.set(seq, f);
+    this.#ready.push(f);
+    if (this.#inFlight >= this.#o.window) this.stats.queued++;
+    if (!this.#flushQueued) {
+      this.#flushQueued = true;
+      queueMicrotask(() => this.flush());
+    }
   }
 
   /**
-   * Sends `req` and resolves with the server's response (whatever its result
-   * code). Rejects with ControlTimeout after the last retransmission.
+   * Sends `req` and resolves with the server's answer (whatever its result
+   * code). Rejects with ControlTimeout after the last retransmission. The
+   * request's nonce and cookie are the client's own.
    */
   request(req: Request): Promise<Response> {
-    if (this.#closed) return Promise.reject(new Error("Control client is closed"));
-    const key = nonceKey(req.nonce);
-    const bytes = encodeRequest(req);
     return new Promise<Response>((resolve, reject) => {
-      const p: Pending = {
-        bytes,
+      const ask = {
+        proto: req.proto,
+        replaceable: req.replaceable,
+        pa: req.internalPort,
+        x: req.remoteAddr,
+        px: req.remotePort,
         resolve,
         reject,
-        timer: undefined,
-        sent: 0,
-        delay: this.#retry.initialMs,
-        limited: 0,
       };
-      this.#pending.set(key, p);
-      if (this.#inFlight < this.#retry.window && this.#queueHead === this.#queue.length) {
-        this.#start(key, p);
-      } else {
-        this.stats.queued++;
-        this.#queue.push(key);
-        this.#drain();
-      }
+      this.submit(req.op, ask, this.#settled, { lifetime: req.lifetime });
     });
   }
 
-  /** Takes a slot of the window and sends (now, or when a RATE_LIMITED pause ends). */
-  #start(key: string, p: Pending): void {
-    this.#inFlight++;
-    const wait = this.#pausedUntil - performance.now();
-    if (wait > 0) p.timer = setTimeout(() => this.#transmit(key, p), jitter(wait));
-    else this.#transmit(key, p);
-  }
-
-  #transmit(key: string, p: Pending, paced = false): void {
-    if (!paced) {
-      const wait = this.#pace();
-      if (wait > 0) {
-        p.timer = setTimeout(() => this.#transmit(key, p, true), wait);
-        return;
-      }
+  /** The answer of a `request`: its promise settles. */
+  readonly #settled = (
+    a: Ask & { resolve(r: Response): void; reject(e: Error): void },
+    res: Response | null,
+  ) => {
+    if (res) a.resolve(res);
+    else {
+      a.reject(
+        new ControlTimeout(
+          this.#closed ? "Control client closed" : "No answer from the dpm server",
+        ),
+      );
     }
-    if (p.sent > 0) this.stats.retransmits++;
-    p.sent++;
-    this.stats.sent++;
-    this.#sock.send(p.bytes, this.#port, this.#server, (err) => {
-      if (err) log.debug(`send: ${err.message}`);
-    });
-    p.timer = setTimeout(() => this.#expired(key, p), jitter(p.delay));
-    p.delay = Math.min(p.delay * 2, this.#retry.maxMs);
+  };
+
+  /** Sends what is ready: retransmissions, then new requests (within the window), paced. */
+  flush(): void {
+    this.#flushQueued = false;
+    if (this.#closed) return;
+    const now = this.#now();
+    // Without a fresh cookie, one datagram at a time: its answer brings one.
+    const fresh = this.#cookieFresh(now);
+    let budget = fresh
+      ? Infinity
+      : now < this.#probeUntil
+      ? 0
+      : this.#version === BATCH_VERSION
+      ? MAX_ENTRIES
+      : 1;
+    let sent = 0;
+    let wait = 0;
+    const go = (f: Flight): boolean => {
+      if (now < this.#pausedUntil) {
+        wait = this.#pausedUntil - now;
+        return false;
+      }
+      if (budget === 0) {
+        wait = Math.max(1, this.#probeUntil - now);
+        return false;
+      }
+      const w = this.#pace(now);
+      if (w > 0) {
+        wait = w;
+        return false;
+      }
+      this.#transmit(f, now);
+      budget--;
+      sent++;
+      return true;
+    };
+    const again = this.#again;
+    let i = 0;
+    for (; i < again.length; i++) {
+      const f = again[i]!;
+      if (f.seq === 0 || (f.sent > 0 && f.due > now)) continue; // answered, or sent again already
+      if (!go(f)) break;
+    }
+    again.splice(0, i);
+    const ready = this.#ready;
+    while (wait === 0 && this.#readyHead < ready.length) {
+      const f = ready[this.#readyHead]!;
+      if (f.seq === 0) {
+        this.#readyHead++;
+        continue;
+      }
+      if (this.#inFlight >= this.#o.window) break; // answers make room
+      if (!go(f)) break;
+      this.#readyHead++;
+    }
+    this.#seal();
+    if (!fresh && sent > 0) this.#probeUntil = now + this.#o.initialMs;
+    if (this.#readyHead === ready.length) {
+      ready.length = 0;
+      this.#readyHead = 0;
+    } else if (this.#readyHead > 1024 && this.#readyHead * 2 > ready.length) {
+      this.#ready = ready.slice(this.#readyHead);
+      this.#readyHead = 0;
+    }
+    this.#link.flush();
+    if (wait > 0) this.#arm(now + wait);
   }
 
-  /** Books a transmission; returns how long to wait for it, ms. */
-  #pace(): number {
-    const now = performance.now();
-    const rate = this.#retry.rate;
+  #cookieFresh(now: number): boolean {
+    return this.#cookie !== null && now - this.#cookieAt < COOKIE_FRESH_MS;
+  }
+
+  /** Books a transmission; returns how long to wait for a token, ms (0: go). */
+  #pace(now: number): number {
+    const rate = this.#o.rate;
     this.#tokens = Math.min(2 * rate, this.#tokens + ((now - this.#tokensAt) * rate) / 1000);
     this.#tokensAt = now;
+    if (this.#tokens < 1) return ((1 - this.#tokens) / rate) * 1000;
     this.#tokens -= 1;
-    return this.#tokens >= 0 ? 0 : (-this.#tokens / rate) * 1000;
+    return 0;
   }
 
-  #expired(key: string, p: Pending): void {
-    if (p.sent < this.#retry.tries) return this.#transmit(key, p);
-    this.#finish(key, p);
+  /** Puts `f` in the datagram being built (version 3) or sends it alone (version 2). */
+  #transmit(f: Flight, now: number): void {
+    if (f.sent === 0) {
+      this.#inFlight++;
+      f.first = now;
+    } else this.stats.retransmits++;
+    f.sent++;
+    this.stats.sent++;
+    f.due = now + Math.ceil(this.#delay(f, now));
+    this.#schedule(f);
+    const q = f.ask;
+    if (this.#version !== BATCH_VERSION) {
+      const nonce = new Uint8Array(NONCE_LEN);
+      const dv = new DataView(nonce.buffer);
+      dv.setUint32(0, this.#salt);
+      dv.setUint32(4, f.seq);
+      const bytes = encodeRequest({
+        op: f.op,
+        nonce,
+        proto: q.proto,
+        replaceable: q.replaceable,
+        internalAddr: this.#local,
+        internalPort: q.pa,
+        remoteAddr: q.x,
+        remotePort: q.px,
+        lifetime: f.lifetime,
+        ...(this.#cookie ? { cookie: this.#cookie } : {}),
+      });
+      this.#link.send(bytes, REQUEST_LEN);
+      this.stats.datagrams++;
+      return;
+    }
+    const e = this.#entry;
+    e.op = f.op;
+    e.proto = q.proto;
+    e.replaceable = q.replaceable;
+    e.nonceHi = this.#salt;
+    e.nonceLo = f.seq;
+    e.remoteAddr = q.x;
+    e.internalPort = q.pa;
+    e.remotePort = q.px;
+    e.gatewayPort = f.pg;
+    e.lifetime = f.lifetime;
+    writeEntry(this.#out, this.#outCount++, e);
+    if (this.#outCount === MAX_ENTRIES) this.#seal();
+  }
+
+  /** Sends the datagram being built. */
+  #seal(): void {
+    const n = this.#outCount;
+    if (n === 0) return;
+    this.#outCount = 0;
+    const d = this.#dgram;
+    this.#dgram = d >= 0x3fffffff ? 1 : d + 1;
+    writeRequestHeader(this.#out, this.#salt, d, n, this.#local, this.#cookie);
+    this.#link.send(this.#out, HEADER_LEN + n * ENTRY_LEN);
+    this.stats.datagrams++;
+  }
+
+  /** The wait before `f`'s next transmission, after one at `now`. */
+  #delay(f: Flight, now: number): number {
+    const o = this.#o;
+    // Not before the server can have answered: its round trip, its backlog.
+    const floor = Math.max(2 * this.#srtt, this.#inFlight * BACKLOG_MS);
+    if (f.urgent && now - f.first < o.fastForMs) return jitter(Math.max(o.fastMs, floor));
+    const k = f.urgent ? Math.max(0, f.sent - 1 - Math.floor(o.fastForMs / o.fastMs)) : f.sent - 1;
+    return jitter(Math.max(Math.min(o.initialMs * 2 ** Math.min(k, 16), o.maxMs), floor));
+  }
+
+  /** Files `f` in the wheel at its due time (within the wheel's horizon). */
+  #schedule(f: Flight): void {
+    const slot = Math.min(
+      Math.max(Math.floor(f.due / SLOT_MS), this.#wheelAt),
+      this.#wheelAt + SLOTS - 1,
+    );
+    f.slot = slot;
+    this.#wheel[slot % SLOTS]!.push(f.seq);
+    this.#arm(Math.max(f.due, slot * SLOT_MS));
+  }
+
+  /** Makes sure the timer fires by `at`. */
+  #arm(at: number): void {
+    if (this.#closed || at >= this.#timerAt) return;
+    clearTimeout(this.#timer);
+    this.#timerAt = at;
+    this.#timer = setTimeout(() => this.#tick(), Math.max(0, at - this.#now()));
+  }
+
+  /** The wheel: due retransmissions go out, exhausted requests are given up. */
+  #tick(): void {
+    this.#timerAt = Infinity;
+    this.#timer = undefined;
+    if (this.#closed) return;
+    const now = this.#now();
+    const last = Math.floor(now / SLOT_MS);
+    const o = this.#o;
+    const later: Flight[] = [];
+    const end = Math.min(last, this.#wheelAt + SLOTS - 1);
+    for (let t = this.#wheelAt; t <= end; t++) {
+      const slot = this.#wheel[t % SLOTS]!;
+      if (slot.length === 0) continue;
+      for (const seq of slot) {
+        const f = this.#flights.get(seq);
+        // Answered, waiting to be sent again, or filed elsewhere since: not this slot's.
+        if (f === undefined || f.sent === 0 || f.slot !== t) continue;
+        if (f.due > now) {
+          later.push(f);
+          continue;
+        }
+        f.slot = -1;
+        const over = f.urgent ? now - f.first >= o.giveUpMs : f.sent >= o.tries;
+        if (over) this.#giveUp(f, now);
+        else this.#again.push(f);
+      }
+      slot.length = 0;
+    }
+    this.#wheelAt = Math.max(this.#wheelAt, last);
+    for (const f of later) this.#schedule(f);
+    if (this.#again.length > 0 || this.#readyHead < this.#ready.length) this.flush();
+    else if (this.#pausedUntil > now) this.#arm(this.#pausedUntil);
+    // The next slot with something in it (filed before this tick, due later).
+    for (let t = this.#wheelAt + 1; t < this.#wheelAt + SLOTS; t++) {
+      if (this.#wheel[t % SLOTS]!.length > 0) {
+        this.#arm(t * SLOT_MS);
+        break;
+      }
+    }
+  }
+
+  #giveUp(f: Flight, now: number): void {
+    const seq = f.seq;
+    this.#settle(f);
     this.stats.timeouts++;
-    if (this.#late.size >= LATE_MAX) this.#forgetLate(true);
-    this.#late.set(key, performance.now() + LATE_MS);
-    p.reject(new ControlTimeout(`No answer from dpm server ${this.#server}:${this.#port}`));
+    if (this.#late.size >= LATE_MAX) this.#forgetLate(now, true);
+    this.#late.set(seq, now + LATE_MS);
+    f.done(f.ask, null);
   }
 
-  /** Frees the request's slot and lets a waiting one in. */
-  #finish(key: string, p: Pending): void {
-    this.#pending.delete(key);
-    clearTimeout(p.timer);
-    this.#inFlight--; // only a started request is answered or expires
-    this.#drain();
+  /** Takes `f` out of flight (answered or given up). */
+  #settle(f: Flight): void {
+    this.#flights.delete(f.seq);
+    if (f.sent > 0) this.#inFlight--;
+    f.seq = 0;
   }
 
-  #drain(): void {
-    const q = this.#queue;
-    while (this.#inFlight < this.#retry.window && this.#queueHead < q.length) {
-      const key = q[this.#queueHead++]!;
-      const p = this.#pending.get(key);
-      if (p) this.#start(key, p);
-    }
-    if (this.#queueHead === q.length) {
-      q.length = 0;
-      this.#queueHead = 0;
-    } else if (this.#queueHead > 1024 && this.#queueHead * 2 > q.length) {
-      q.splice(0, this.#queueHead);
-      this.#queueHead = 0;
-    }
-  }
-
-  #forgetLate(all: boolean): void {
-    const now = performance.now();
+  #forgetLate(now: number, all: boolean): void {
     for (const [k, t] of this.#late) {
       if (all || t <= now) this.#late.delete(k);
       else break; // in insertion order, so in expiry order
     }
   }
 
-  /** A RATE_LIMITED answer: send `p` again after a backoff, and hold back the queue as long. */
-  #limited(key: string, p: Pending): void {
-    this.stats.rateLimited++;
-    p.limited++;
-    clearTimeout(p.timer);
-    const backoff = jitter(Math.min(2000, 100 * 2 ** p.limited));
-    this.#pausedUntil = Math.max(this.#pausedUntil, performance.now() + backoff);
-    // The answer proves the server is alive: a fresh retransmission schedule.
-    p.sent = 0;
-    p.delay = this.#retry.initialMs;
-    p.timer = setTimeout(() => this.#transmit(key, p), backoff);
+  /** A datagram from the server. */
+  #receive(b: Uint8Array): void {
+    if (b.length < 4 || ((b[0]! << 8) | b[1]!) !== MAGIC) {
+      this.stats.ignored++;
+      return;
+    }
+    const now = this.#now();
+    if (b[2] === BATCH_VERSION) this.#batch(b, now);
+    else if (b[2] === PROTOCOL_VERSION) this.#single(b, now);
+    else this.stats.ignored++;
+    if (this.#again.length > 0 || this.#readyHead < this.#ready.length) this.flush();
   }
 
-  #onMessage(msg: Uint8Array, rinfo: { address: string; port: number }): void {
-    if (rinfo.address !== this.#server || rinfo.port !== this.#port) {
+  #learnCookie(c: Uint8Array, now: number): void {
+    if (!hasCookie(c) || c.length !== COOKIE_LEN) return;
+    if (this.#cookie === null) this.#cookie = new Uint8Array(COOKIE_LEN);
+    this.#cookie.set(c);
+    this.#cookieAt = now;
+    this.#probeUntil = 0;
+  }
+
+  #batch(b: Uint8Array, now: number): void {
+    const h = decodeAnswerHeader(b);
+    if (!h.ok || h.nonceHi !== this.#salt) {
       this.stats.ignored++;
+      if (!h.ok) log.debug(`ignored a bad answer: ${h.reason}`);
       return;
     }
-    const d = decodeResponse(new Uint8Array(msg.buffer, msg.byteOffset, msg.byteLength));
+    this.#learnCookie(h.cookie, now);
+    if (h.count === 0) {
+      // A refusal of the whole datagram (MALFORMED, UNSUPPORTED_VERSION): its
+      // requests are sent again by their schedule (a bug, or a newer server).
+      log.warn(`the server refused a request datagram: result ${h.result}`);
+      return;
+    }
+    const a = this.#answer;
+    for (let i = 0; i < h.count; i++) {
+      const bad = decodeAnswer(b, i, a);
+      if (bad !== null || a.nonceHi !== this.#salt) {
+        this.stats.ignored++;
+        continue;
+      }
+      this.#answered(a.nonceLo, a, h.epoch, now);
+    }
+  }
+
+  #single(b: Uint8Array, now: number): void {
+    const d = decodeResponse(b);
     if (!d.ok) {
       this.stats.ignored++;
-      log.debug(`ignored bad response: ${d.reason}`);
+      log.debug(`ignored a bad answer: ${d.reason}`);
       return;
     }
-    const key = nonceKey(d.res.nonce);
-    const p = this.#pending.get(key);
-    if (!p) {
-      if (this.#late.delete(key)) {
-        // The answer to a request that timed out: the caller may hold a grant it never learned of.
+    const r = d.res;
+    const dv = new DataView(r.nonce.buffer, r.nonce.byteOffset, NONCE_LEN);
+    if (dv.getUint32(0) !== this.#salt) {
+      this.stats.ignored++;
+      return;
+    }
+    if (r.cookie) this.#learnCookie(r.cookie, now);
+    if (r.result === Result.UNSUPPORTED_VERSION && this.#version === BATCH_VERSION) {
+      // A version-2 server answered a version-3 datagram: speak version 2 from now on.
+      this.#downgrade(now);
+      return;
+    }
+    const a = this.#answer;
+    a.op = r.op;
+    a.result = r.result;
+    a.proto = r.proto;
+    a.replaced = r.replaced;
+    a.shared = r.shared;
+    a.remoteAddr = r.remoteAddr;
+    a.internalPort = r.internalPort;
+    a.remotePort = r.remotePort;
+    a.publicAddr = r.publicAddr;
+    a.publicPort = r.publicPort;
+    a.gatewayPort = r.gatewayPort;
+    a.lifetime = r.lifetime;
+    this.#answered(dv.getUint32(4), a, r.epoch, now);
+  }
+
+  #downgrade(now: number): void {
+    this.#version = PROTOCOL_VERSION;
+    log.warn(
+      `the dpm server speaks protocol version 2 only: one request per datagram, and new ` +
+        `sessions wait for their answer before their first packet leaves; upgrade dpm server`,
+    );
+    // What went out as version 3 goes again as version 2.
+    this.#probeUntil = 0;
+    for (const f of this.#flights.values()) {
+      if (f.sent > 0) {
+        f.due = now;
+        f.slot = -1;
+        this.#again.push(f);
+      }
+    }
+  }
+
+  /** Matches answer `a` (nonce low half `seq`) to its request and delivers it. */
+  #answered(seq: number, a: EntryAnswer, epoch: number, now: number): void {
+    const f = this.#flights.get(seq);
+    if (!f || f.sent === 0) {
+      if (this.#late.delete(seq)) {
+        // The answer to a request given up: the caller may hold a grant it never learned of.
         this.stats.late++;
-        this.onLate?.(d.res);
+        this.onLate?.(this.#response(a, epoch));
       } else this.stats.ignored++; // a late duplicate of an answered request
-      if (this.#late.size) this.#forgetLate(false);
+      if (this.#late.size) this.#forgetLate(now, false);
+      return;
+    }
+    const q = f.ask;
+    if (a.op !== f.op || a.proto !== q.proto || a.internalPort !== q.pa || a.remoteAddr !== q.x) {
+      this.stats.ignored++;
       return;
     }
     this.stats.received++;
-    if (d.res.result === Result.RATE_LIMITED && p.limited < this.#retry.rateLimitedTries) {
-      return this.#limited(key, p);
+    if (f.sent === 1) {
+      // Karn: only an answer to the one transmission times the round trip.
+      const rtt = now - f.first;
+      this.#srtt = this.#srtt === 0 ? rtt : this.#srtt + (rtt - this.#srtt) / 8;
     }
-    this.#finish(key, p);
-    p.resolve(d.res);
+    if (a.result === Result.RATE_LIMITED && (f.refused & 0xff) < this.#o.rateLimitedTries) {
+      this.stats.rateLimited++;
+      f.refused++;
+      const backoff = jitter(Math.min(2000, 100 * 2 ** (f.refused & 0xff)));
+      this.#pausedUntil = Math.max(this.#pausedUntil, now + backoff);
+      this.#resend(f, now);
+      return;
+    }
+    if (a.result === Result.COOKIE_REQUIRED && (f.refused >> 8) < COOKIE_TRIES) {
+      // The answer brought the cookie (learned above): the same request again with it.
+      this.stats.cookieRetries++;
+      f.refused += 0x100;
+      this.#resend(f, now);
+      return;
+    }
+    this.#settle(f);
+    f.done(f.ask, this.#response(a, epoch));
   }
 
-  /** Closes the socket; pending requests reject. Idempotent. */
+  /** Sends `f` again at once, on a fresh schedule (the server is alive). */
+  #resend(f: Flight, now: number): void {
+    f.sent = 0;
+    f.slot = -1;
+    this.#inFlight--;
+    f.due = now;
+    this.#again.push(f);
+  }
+
+  #response(a: EntryAnswer, epoch: number): Response {
+    return {
+      op: a.op,
+      nonce: NO_NONCE,
+      result: a.result,
+      proto: a.proto,
+      replaced: a.replaced,
+      shared: a.shared,
+      internalAddr: this.#local,
+      internalPort: a.internalPort,
+      remoteAddr: a.remoteAddr,
+      remotePort: a.remotePort,
+      publicAddr: a.publicAddr,
+      publicPort: a.publicPort,
+      gatewayPort: a.gatewayPort,
+      lifetime: a.lifetime,
+      epoch,
+    };
+  }
+
+  /** Closes the link; every request in flight is answered null (requests reject). Idempotent. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    for (const p of this.#pending.values()) {
-      clearTimeout(p.timer);
-      p.reject(new Error("Control client closed"));
-    }
-    this.#pending.clear();
-    this.#queue.length = 0;
+    clearTimeout(this.#timer);
+    const all = [...this.#flights.values()];
+    this.#flights.clear();
+    this.#ready.length = 0;
+    this.#again.length = 0;
     this.#late.clear();
-    try {
-      this.#sock.close();
-    } catch { /* already closed */ }
+    for (const f of all) {
+      f.seq = 0;
+      f.done(f.ask, null);
+    }
+    this.#link.close();
   }
-}
-
-function nonceKey(n: Uint8Array): string {
-  let s = "";
-  for (let i = 0; i < n.length; i++) s += (n[i]! | 0x100).toString(16).slice(1);
-  return s;
 }

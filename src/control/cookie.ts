@@ -12,16 +12,16 @@
  * {@link COOKIE_ROTATE_MS} ms; a cookie of the current or the previous secret
  * is accepted (valid for 2 to 4 minutes); every answer carries a fresh one.
  *
- * `CookieJar` is the client's side: it remembers the last cookie any answer
- * carried and retries a request once, transparently, when told
+ * The client's side is `client.ts`: it remembers the last cookie any answer
+ * carried, puts it in every datagram, sends one datagram at a time while it
+ * has no fresh one, and sends a request again, transparently, when told
  * COOKIE_REQUIRED.
  *
  * @module
  */
 
 import { createHmac } from "node:crypto";
-import { COOKIE_LEN, hasCookie, newNonce, type Request, type Response } from "./proto.ts";
-import { Result } from "./result.ts";
+import { COOKIE_LEN, hasCookie } from "./proto.ts";
 
 /** How often the server replaces its cookie secret, ms. */
 export const COOKIE_ROTATE_MS = 120_000;
@@ -126,64 +126,4 @@ function same(a: Uint8Array, b: Uint8Array): boolean {
   let d = a.length ^ b.length;
   for (let i = 0; i < b.length; i++) d |= (a[i] ?? 0) ^ b[i]!;
   return d === 0;
-}
-
-/** The client's side: the last cookie the server sent, and the one transparent retry. */
-export class CookieJar {
-  #cookie: Uint8Array | null = null;
-  /** Requests retried once because the server asked for a cookie. */
-  retries = 0;
-
-  /** The cookie requests carry now (null before the first answer). */
-  get cookie(): Uint8Array | null {
-    return this.#cookie;
-  }
-
-  /** Remembers the cookie an answer carries, if any. */
-  learn(res: Response): void {
-    if (hasCookie(res.cookie)) this.#cookie = res.cookie.slice();
-  }
-
-  /** Set while the first request without a cookie is out: the others wait for its answer. */
-  #gate: Promise<void> | null = null;
-
-  /**
-   * Sends `req` with the current cookie through `send`; when the answer is
-   * COOKIE_REQUIRED with a cookie, sends it once more (a new nonce, the new
-   * cookie). Resolves with the last answer.
-   *
-   * Before the first cookie is known, only one request goes out; the others
-   * wait for its answer and then carry the cookie it brought. (The server
-   * answers requests without a cookie within a small per-address budget
-   * only, so a burst sent at once would mostly go unanswered.) When the
-   * first fails (no answer), the next waiting request tries.
-   */
-  async request(send: (req: Request) => Promise<Response>, req: Request): Promise<Response> {
-    while (!this.#cookie && this.#gate) {
-      await this.#gate;
-    }
-    if (this.#cookie) return await this.#exchange(send, req);
-    let open!: () => void;
-    this.#gate = new Promise<void>((r) => (open = r));
-    try {
-      return await this.#exchange(send, req);
-    } finally {
-      this.#gate = null;
-      open();
-    }
-  }
-
-  async #exchange(send: (req: Request) => Promise<Response>, req: Request): Promise<Response> {
-    const first = await send(this.#with(req));
-    this.learn(first);
-    if (first.result !== Result.COOKIE_REQUIRED || !hasCookie(first.cookie)) return first;
-    this.retries++;
-    const second = await send(this.#with({ ...req, nonce: newNonce() }));
-    this.learn(second);
-    return second;
-  }
-
-  #with(req: Request): Request {
-    return this.#cookie ? { ...req, cookie: this.#cookie } : req;
-  }
 }

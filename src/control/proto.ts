@@ -381,7 +381,7 @@ function _grantProblem(r: Response): string | null {
   return null;
 }
 
-function _fail(result: number, reason: string): DecodeRequestResult {
+function _fail(result: number, reason: string): { ok: false; result: number; reason: string } {
   return { ok: false, result, reason };
 }
 
@@ -418,6 +418,53 @@ function _header(b: Uint8Array): { silent: boolean; result: number; reason: stri
 }
 
 /**
+ * The checks of a request's fields that every version shares (after its
+ * layout is known): protocol, ports, MAP's rules, RELEASE's lifetime,
+ * unusable addresses. Returns null when they pass, else the result code to
+ * answer with and a short reason. Whether the remote is outside the LAN,
+ * and whether the internal address is the source, are the server's checks.
+ */
+export function checkRequestFields(
+  op: number,
+  proto: number,
+  internalAddr: number,
+  internalPort: number,
+  remoteAddr: number,
+  remotePort: number,
+  lifetime: number,
+): { ok: false; result: number; reason: string } | null {
+  if (proto !== PROTO_ICMP && proto !== PROTO_TCP && proto !== PROTO_UDP) {
+    return _fail(Result.UNSUPPORTED_PROTOCOL, `unsupported protocol ${proto}`);
+  }
+  if (op === Op.MAP) {
+    // An inbound mapping: no remote; the remote port is the suggested public port.
+    if (proto === PROTO_ICMP) return _fail(Result.UNSUPPORTED_PROTOCOL, "MAP of ICMP");
+    if (internalPort === 0) return _fail(Result.MALFORMED, "internal port 0");
+    if (remoteAddr !== 0) {
+      return _fail(Result.MALFORMED, `MAP with remote address ${formatIPv4(remoteAddr)}`);
+    }
+  } else if (proto === PROTO_ICMP) {
+    // ICMP echo has an identifier (carried as the internal port, 0 is a
+    // valid identifier) and nothing on the remote side.
+    if (remotePort !== 0) return _fail(Result.MALFORMED, `ICMP with remote port ${remotePort}`);
+  } else {
+    // Port 0 is never on the wire for TCP or UDP.
+    if (internalPort === 0) return _fail(Result.MALFORMED, "internal port 0");
+    if (remotePort === 0) return _fail(Result.MALFORMED, "remote port 0");
+  }
+  if (op === Op.RELEASE && lifetime !== 0) {
+    return _fail(Result.MALFORMED, `RELEASE with lifetime ${lifetime}`);
+  }
+  const ia = _addrProblem(internalAddr);
+  if (ia !== null) {
+    return _fail(Result.MALFORMED, `internal address ${formatIPv4(internalAddr)} ${ia}`);
+  }
+  const ra = op === Op.MAP ? null : _addrProblem(remoteAddr);
+  if (ra !== null) return _fail(Result.MALFORMED, `remote address ${formatIPv4(remoteAddr)} ${ra}`);
+  return null;
+}
+
+/**
  * Parses and validates a request from untrusted bytes. Never throws.
  *
  * Checks, in order: length >= 4 and magic; response bit clear; version;
@@ -449,40 +496,21 @@ export function decodeRequest(b: Uint8Array): DecodeRequestResult {
   }
 
   const proto = v.getUint8(Req.PROTO);
-  if (proto !== PROTO_ICMP && proto !== PROTO_TCP && proto !== PROTO_UDP) {
-    return _fail(Result.UNSUPPORTED_PROTOCOL, `unsupported protocol ${proto}`);
-  }
   const internalPort = v.getUint16(Req.INTERNAL_PORT);
   const remotePort = v.getUint16(Req.REMOTE_PORT);
-  if (op === Op.MAP) {
-    // An inbound mapping: no remote; the remote port is the suggested public port.
-    if (proto === PROTO_ICMP) return _fail(Result.UNSUPPORTED_PROTOCOL, "MAP of ICMP");
-    if (internalPort === 0) return _fail(Result.MALFORMED, "internal port 0");
-    const remote = v.getUint32(Req.REMOTE_ADDR);
-    if (remote !== 0) {
-      return _fail(Result.MALFORMED, `MAP with remote address ${formatIPv4(remote)}`);
-    }
-  } else if (proto === PROTO_ICMP) {
-    // ICMP echo has an identifier (carried as the internal port, 0 is a
-    // valid identifier) and nothing on the remote side.
-    if (remotePort !== 0) return _fail(Result.MALFORMED, `ICMP with remote port ${remotePort}`);
-  } else {
-    // Port 0 is never on the wire for TCP or UDP.
-    if (internalPort === 0) return _fail(Result.MALFORMED, "internal port 0");
-    if (remotePort === 0) return _fail(Result.MALFORMED, "remote port 0");
-  }
   const lifetime = v.getUint32(Req.LIFETIME);
-  if (op === Op.RELEASE && lifetime !== 0) {
-    return _fail(Result.MALFORMED, `RELEASE with lifetime ${lifetime}`);
-  }
   const internalAddr = v.getUint32(Req.INTERNAL_ADDR);
   const remoteAddr = v.getUint32(Req.REMOTE_ADDR);
-  const ia = _addrProblem(internalAddr);
-  if (ia !== null) {
-    return _fail(Result.MALFORMED, `internal address ${formatIPv4(internalAddr)} ${ia}`);
-  }
-  const ra = op === Op.MAP ? null : _addrProblem(remoteAddr);
-  if (ra !== null) return _fail(Result.MALFORMED, `remote address ${formatIPv4(remoteAddr)} ${ra}`);
+  const bad = checkRequestFields(
+    op,
+    proto,
+    internalAddr,
+    internalPort,
+    remoteAddr,
+    remotePort,
+    lifetime,
+  );
+  if (bad !== null) return bad;
 
   return {
     ok: true,

@@ -126,8 +126,12 @@ export type GatewayOptions =
     dropMisses?: boolean;
   };
 
-/** A packet the gateway's path hands up (ICMP, hairpin, or every packet): returns a Verdict. */
-export type ServerPacketHandler = (pkt: Uint8Array, meta: number) => number;
+/**
+ * A packet the gateway's path hands up (ICMP, hairpin, a first packet ahead
+ * of its request, or every packet): returns a Verdict. `meta`: the
+ * `Meta` bits; `id`: the queue's id, for a verdict given later (HOLD).
+ */
+export type ServerPacketHandler = (pkt: Uint8Array, meta: number, id: number) => number;
 
 /** What a gateway data path can do; the server core asks these, never the kind. */
 export interface ServerAbilities {
@@ -145,6 +149,12 @@ export interface ServerAbilities {
   readonly countsPerSession: boolean;
   /** `stop("keep")` leaves established sessions translating; the next start adopts them. */
   readonly keepsSessions: boolean;
+  /**
+   * A first packet held for its request (`Meta.MISSED`, `server/held.ts`)
+   * goes on unchanged once its session is committed: the kernel translates
+   * it (true). False: the core translates it, as every packet it sees.
+   */
+  readonly kernelTranslates: boolean;
 }
 
 /** The gateway's data path, seen from the server role. */
@@ -152,6 +162,11 @@ export interface ServerDataPath {
   /** Which path this is: for status and logs only. */
   readonly kind: DataPathKind;
   readonly can: ServerAbilities;
+  /**
+   * Verdicts for packets the core held (HOLD) and raw sends (an ICMP error
+   * to a host); null until {@linkcode begin} opened the queue.
+   */
+  readonly io: PacketIO | null;
   /**
    * The sessions a previous run left translating in the kernel (the server
    * reconciles them with its table before `begin`). Changes nothing.
@@ -241,6 +256,13 @@ export type DriverPacketHandler = (
 export interface DriverAbilities {
   /** `stop("keep")` leaves established sessions translating; the next start adopts them. */
   readonly keepsSessions: boolean;
+  /**
+   * A session's packets may go only once `commit()` applied its
+   * `sessionUp` (the kernel translates them from what was committed): the
+   * first packets of a session programmed in this turn wait for the turn's
+   * commit. False: `outbound` rewrites them itself, at once.
+   */
+  readonly commitsFirst: boolean;
 }
 
 /** The host's data path, seen from the driver role. */
@@ -262,8 +284,14 @@ export interface DriverDataPath {
    * on (the session is programmed). `skbInfo`: the queue's checksum bits.
    */
   outbound(pkt: Uint8Array, info: PacketInfo, g: number, pg: number, skbInfo: number): VerdictValue;
-  /** A session was granted: translate it from now on. Before held packets are released. */
+  /**
+   * A session was granted (or its gateway port proposed): translate it from
+   * the next {@linkcode commit} on. Several in one turn go in one
+   * transaction.
+   */
   sessionUp(s: HostSessionKey): void;
+  /** Applies what `sessionUp` queued (one transaction); before the turn's held packets go. */
+  commit(): void;
   /**
    * The session ended on the host (or its packets so far went out
    * untranslated): stop translating it, and forget what the kernel tracked

@@ -44,6 +44,8 @@ export class FakeServerDataPath implements ServerDataPath {
   leftover: GatewaySession[] = [];
   /** What `begin` was given: every session then. */
   begun: GatewaySession[] | null = null;
+  /** The verdicts of held packets and the raw sends, recorded. */
+  readonly io: FakePacketIO = new FakePacketIO();
   constructor(readonly kind: DataPathKind = "kernel", opts: { forwardsMappings?: boolean } = {}) {
     this.forwardsMappings = opts.forwardsMappings ?? false;
     const kernel = kind !== "queue";
@@ -51,6 +53,7 @@ export class FakeServerDataPath implements ServerDataPath {
       forwardsMappings: () => kernel || this.forwardsMappings,
       countsPerSession: kernel,
       keepsSessions: kernel,
+      kernelTranslates: kernel,
     };
   }
   adopt(): Promise<GatewaySession[]> {
@@ -102,8 +105,13 @@ export class FakeDriverDataPath implements DriverDataPath {
   leftover: HostSessionKey[] = [];
   constructor(readonly kernel = false, io: PacketIO = new FakePacketIO()) {
     this.kind = kernel ? "kernel" : "queue";
-    this.can = { keepsSessions: kernel };
+    this.can = { keepsSessions: kernel, commitsFirst: kernel };
     this.io = io;
+  }
+  /** How many times commit ran. */
+  commits = 0;
+  commit(): void {
+    this.commits++;
   }
   adopt(): Promise<HostSessionKey[]> {
     return Promise.resolve(this.leftover);

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { Verdict, type VerdictValue } from "../wire/meta.ts";
+import { Meta, Verdict, type VerdictValue } from "../wire/meta.ts";
 import type { Cleanup } from "../runtime/cleanup.ts";
 import type { DriverPacketHandler, PacketIO, ServerPacketHandler } from "./datapath.ts";
 import { NfQueue, pump, VERDICT_ACCEPT, VERDICT_DROP } from "../../linux/nfqueue.ts";
@@ -43,10 +43,10 @@ export function nfVerdict(v: VerdictValue): number {
 }
 
 /**
- * Opens a host's queue and the raw socket for ICMP refusals, with the
- * packet I/O over them; `undo` closes both.
+ * Opens a role's queue and the raw socket for ICMP errors to hosts, with
+ * the packet I/O over them; `undo` closes both.
  */
-export function openHostQueue(queueNum: number, undo: Cleanup): { queue: NfQueue; io: PacketIO } {
+export function openQueue(queueNum: number, undo: Cleanup): { queue: NfQueue; io: PacketIO } {
   const queue = NfQueue.open({ queue: queueNum, failOpen: false });
   undo.push(() => queue.close());
   const raw = RawSocket.open();
@@ -73,11 +73,20 @@ export function pumpHost(
   );
 }
 
-/** Pumps the gateway's `queue` into `handle`; the returned function stops it. */
+/**
+ * Pumps the gateway's `queue` into `handle`; the returned function stops it.
+ * A packet marked `missMark` (the path's hold rule) carries `Meta.MISSED`.
+ */
 export function pumpGateway(
   queue: NfQueue,
   handle: ServerPacketHandler,
   onFatal: (e: Error) => void,
+  missMark = 0,
 ): () => void {
-  return pump(queue, (pkt, _id, _hook, meta) => handle(pkt, meta), onFatal);
+  return pump(
+    queue,
+    (pkt, id, _hook, meta, mark) =>
+      handle(pkt, missMark !== 0 && mark === missMark ? meta | Meta.MISSED : meta, id),
+    onFatal,
+  );
 }

@@ -4,28 +4,45 @@
  *
  * Theory of operation. The driver sees every packet the host sends to an
  * address outside the LAN (raw OUTPUT → netfilter queue). For a session it
- * does not know yet, it holds the packet, asks the server to reserve a public
- * pair (telling it the remote endpoint and whether the local port is
- * replaceable, claims 1, 3), and on the answer rewrites the held and every
- * later packet `a:pa -> X:px` into `a:pa -> G:Pg` (claim 5). Replies
- * `G:Pg -> a:pa` (raw PREROUTING) are restored to `X:px -> a:pa` before the
- * application sees them. ICMP echo uses the identifier as its port: on the
- * LAN wire the identifier is Pg. ICMP errors are translated with their quoted
- * headers both ways.
+ * does not know yet, it asks the server to reserve a public pair (telling it
+ * the remote endpoint and whether the local port is replaceable, claims 1,
+ * 3), and rewrites that and every later packet `a:pa -> X:px` into
+ * `a:pa -> G:Pg` (claim 5). It does not wait for the answer to name `Pg`: it
+ * proposes one from its share of the gateway ports (`control/pg.ts`,
+ * protocol version 3), programs it, sends the request and lets the first
+ * packet go in the same turn of the event loop; the gateway holds that
+ * packet until the exchange that names the remote has granted the session
+ * (`server/held.ts`), so the claim holds. The server grants the proposal
+ * when it is free, else another port, and the session moves there. A TCP or
+ * UDP session that cannot propose (its share used up, a server that speaks
+ * only version 2) and an ICMP echo session wait as before: their packets are
+ * held here until the answer. Replies `G:Pg -> a:pa` (raw PREROUTING) are
+ * restored to `X:px -> a:pa` before the application sees them. ICMP echo
+ * uses the identifier as its port: on the LAN wire the identifier is Pg.
+ * ICMP errors are translated with their quoted headers both ways.
+ *
+ * Turns: what the packets of one turn of the event loop ask (requests, map
+ * elements, verdicts) is batched: at the end of the turn the requests leave
+ * (one datagram for up to 45), the data path commits the turn's sessions in
+ * one transaction, then the turn's first packets go
+ * ({@linkcode DriverCore.endTurn}).
  *
  * It renews sessions that carried traffic before they expire, releases idle
  * ones, and re-reserves everything when the server's epoch changes (the
  * server restarted without its state).
  *
  * If the server refuses a session (conflict, quota, ...), the held packets
- * are dropped and the application gets an ICMP "administratively
- * prohibited" error, so it sees a clear refusal rather than a silent
- * timeout. If the server does not answer at all (the client retransmits for
- * about 9 s), the session passes untranslated (ordinary NAT on the gateway
- * still serves it), is logged and listed as fallen back, and (UDP, ICMP) is
- * reserved again in the background: once granted it is translated from then
- * on. A grant whose answer came too late, or that the driver no longer
- * wants, is given back.
+ * are dropped (here, or at the gateway for a proposed session) and the
+ * application gets an ICMP "administratively prohibited" error, so it sees a
+ * clear refusal rather than a silent timeout. If the server does not answer
+ * at all (the client retransmits for about 10 s), the session passes
+ * untranslated (ordinary NAT on the gateway still serves it), is logged and
+ * listed as fallen back, and (UDP, ICMP) is reserved again in the
+ * background: once granted it is translated from then on. A grant whose
+ * answer came too late, or that the driver no longer wants, is given back.
+ * A gateway port the server may still hold for a session this driver let go
+ * is not proposed again until the server confirmed the release or the lease
+ * ran out (`#quarantine`).
  *
  * Where things are. This file: the reservation client and its leases
  * (`#reserve`, `#apply`, `#renew`, epoch changes, fall-back
@@ -44,8 +61,8 @@ import type { DriverConfig } from "../config.ts";
 import { ControlTimeout, type ControlTransport } from "../control/client.ts";
 import { logger } from "../runtime/log.ts";
 import { newNonce, Op, type Request, type Response } from "../control/proto.ts";
-import { CookieJar } from "../control/cookie.ts";
 import { Result, resultName } from "../control/result.ts";
+import { driverShare } from "../control/pg.ts";
 import { DROP_COUNT, DROP_NAMES, IPPROTO_ICMP, IPPROTO_TCP } from "../wire/packet.ts";
 import {
   type DriverDataPath,
@@ -54,7 +71,7 @@ import {
   type PacketIO,
 } from "../datapath/datapath.ts";
 import { Verdict } from "../wire/meta.ts";
-import { describeSession } from "../wire/tuple.ts";
+import { describeSession, lanKey } from "../wire/tuple.ts";
 import type { DataPathStatus, DriverStatusReply, MapReply, QueryReply } from "../operator/types.ts";
 import {
   CLOSE_RST,
@@ -84,6 +101,13 @@ export type { Asker, OwnerOf } from "./answers.ts";
 export type { ControlTransport } from "../control/client.ts";
 
 const log = logger("driver");
+
+/**
+ * New sessions per turn at most: a burst of thousands is committed (and its
+ * first packets let go) 256 at a time, so that the first ones leave while
+ * the queue still holds the rest.
+ */
+export const TURN_MAX = 256;
 
 /** Options of the driver core. */
 export interface DriverCoreOptions {
@@ -117,8 +141,23 @@ export class DriverCore {
   #orphanCheckAt = 0;
   /** What the query socket's answers read (see `answers.ts`). */
   readonly #answers: AnswerSource;
-  /** The server's cookie for this host (docs/protocol.md, Cookies). */
-  readonly #cookies = new CookieJar();
+  /** The drivers' share of the gateway ports: what this driver proposes from. */
+  readonly #share: [number, number];
+  /**
+   * Gateway ports not to propose (lanKey → until, ms): the server may still
+   * hold them for a session this driver let go, or drop what goes to them.
+   */
+  readonly #quarantined = new Map<number, number>();
+  /** Sessions programmed in this turn: their packets wait for the turn's commit. */
+  readonly #turnSessions = new Set<HostSession>();
+  /** Packets (queue ids) of those sessions, and each one's session, for the turn's end. */
+  readonly #turnIds: number[] = [];
+  readonly #turnOf: HostSession[] = [];
+  /** Sessions granted in this turn whose held packets go after the turn's commit. */
+  readonly #settleAfter: HostSession[] = [];
+  #turnQueued = false;
+  /** The answer to a reservation (one function for every session: no closure per request). */
+  readonly #reserved: (s: HostSession, res: Response | null) => void;
   readonly now: () => number;
   /** The host's sessions, by outbound identity and by gateway port. */
   readonly #sessions = new HostSessions();
@@ -143,6 +182,9 @@ export class DriverCore {
     recovered: 0,
     /** Grants given back because the driver learned of them too late or no longer wanted them. */
     lateReleased: 0,
+    /** Sessions that proposed their gateway port, and of them those the server moved to another. */
+    proposed: 0,
+    moved: 0,
   };
   /** Releases, and those asked again from tick() (`releases.ts`). */
   readonly #releases: Releases;
@@ -153,7 +195,13 @@ export class DriverCore {
     this.#lan = opts.lan;
     this.#eph = opts.ephemeral;
     this.#fixed = new Set(cfg.fixedPorts);
+    this.#share = driverShare(cfg.gatewayPorts);
     this.now = opts.now ?? Date.now;
+    this.#reserved = (s, res) => {
+      if (res) this.#health.answered(this.now());
+      else this.#health.timedOut(this.now());
+      this.#apply(s, res);
+    };
     this.#mappings = new HostMappings({
       local: opts.local ?? 0,
       now: () => this.now(),
@@ -184,7 +232,11 @@ export class DriverCore {
       send: (s, op) => this.#send(s, op),
       sessions: this.#sessions,
       now: () => this.now(),
-      released: () => void this.counters.released++,
+      released: (s) => {
+        this.counters.released++;
+        // The server let it go: its gateway port may be proposed again.
+        if (s.pg) this.#quarantined.delete(lanKey(s.proto, s.a, s.pg));
+      },
     });
     this.#translator = new HostTranslator({
       g: cfg.server,
@@ -196,8 +248,10 @@ export class DriverCore {
       counters: this.counters,
       drops: this.drops,
       newSession: (proto, a, pa, x, px) => this.#newSession(proto, a, pa, x, px, this.now()),
-      reserve: (s) => void this.#reserve(s),
+      reserve: (s) => this.#reserve(s),
       reserveAgain: (s) => this.#reserveAgain(s),
+      waitForCommit: (s, id) => this.#waitForCommit(s, id),
+      committed: (s) => this.#committed(s),
     });
   }
 
@@ -215,6 +269,42 @@ export class DriverCore {
     s.deleted = true;
     this.#unprogram(s);
     this.#sessions.remove(s);
+    // The server may still hold it (a release on its way, a lease it ends later).
+    if (s.pg) this.#quarantine(s.proto, s.a, s.pg, Math.max(s.expiresAt, this.now()) + 60_000);
+  }
+
+  /** Keeps gateway port `pg` of (proto, a) from being proposed until `until` (ms). */
+  #quarantine(proto: number, a: number, pg: number, until: number): void {
+    const k = lanKey(proto, a, pg);
+    if ((this.#quarantined.get(k) ?? 0) < until) this.#quarantined.set(k, until);
+  }
+
+  /**
+   * A gateway port from the drivers' share that no session of (proto, a)
+   * here uses and that is not quarantined, or 0 when there is none.
+   */
+  #proposal(proto: number, a: number, now: number): number {
+    const [lo, hi] = this.#share;
+    const range = hi - lo + 1;
+    const free = (pg: number) => {
+      if (this.#sessions.byPg(proto, a, pg)) return false;
+      const k = lanKey(proto, a, pg);
+      const until = this.#quarantined.get(k);
+      if (until === undefined) return true;
+      if (until > now) return false;
+      this.#quarantined.delete(k);
+      return true;
+    };
+    for (let t = 0; t < 32; t++) {
+      const pg = lo + Math.floor(Math.random() * range);
+      if (free(pg)) return pg;
+    }
+    const start = Math.floor(Math.random() * range);
+    for (let k = 0; k < range; k++) {
+      const pg = lo + ((start + k) % range);
+      if (free(pg)) return pg;
+    }
+    return 0;
   }
 
   /** All sessions (for listing). */
@@ -228,6 +318,9 @@ export class DriverCore {
    * the verdict later. `skbInfo`: the queue's `NFQA_SKB_INFO` bits.
    */
   handlePacket(pkt: Uint8Array, id: number, outbound: boolean, skbInfo = 0): number {
+    // A burst: the turn ends once it holds TURN_MAX new sessions, before the
+    // next packet (whose predecessors' verdicts the queue has recorded by now).
+    if (this.#turnSessions.size >= TURN_MAX) this.endTurn();
     return this.#translator.handle(pkt, id, outbound, skbInfo);
   }
 
@@ -259,31 +352,93 @@ export class DriverCore {
     });
   }
 
-  /** Sends one control request: the jar adds the server's cookie and retries once when asked for one. */
+  /** Sends one control request (the client carries the server's cookie). */
   #ask(req: Request): Promise<Response> {
     // Answers and timeouts are timed for `dpm status --driver`.
-    const request = (r: Request) =>
-      this.#client.request(r).then((res) => {
-        this.#health.answered(this.now());
-        return res;
-      }, (e) => {
-        if (e instanceof ControlTimeout) this.#health.timedOut(this.now());
-        throw e;
-      });
-    return this.#cookies.request(request, req);
+    return this.#client.request(req).then((res) => {
+      this.#health.answered(this.now());
+      return res;
+    }, (e) => {
+      if (e instanceof ControlTimeout) this.#health.timedOut(this.now());
+      throw e;
+    });
   }
 
-  /** Sends a reserve request for `s` and applies the answer. */
-  async #reserve(s: HostSession): Promise<void> {
-    let res: Response | null = null;
-    try {
-      res = await this.#send(s, Op.RESERVE);
-    } catch (e) {
-      if (!(e instanceof ControlTimeout)) {
-        log.warn(`reserve ${describeSession(s)}: ${(e as Error).message}`);
+  /**
+   * Asks the server for new session `s` (from its first packet, or a query
+   * that reserves). A TCP or UDP session proposes its gateway port when it
+   * can: programmed now, committed at the end of the turn, when its first
+   * packets go too (the gateway holds them until the grant). The answer
+   * applies in `#apply`.
+   */
+  #reserve(s: HostSession): void {
+    if (s.proto !== IPPROTO_ICMP && this.#client.proposes) {
+      const pg = this.#proposal(s.proto, s.a, this.now());
+      if (pg !== 0) {
+        s.pg = pg;
+        this.#sessions.setPg(s);
+        this.#program(s);
+        this.counters.proposed++;
       }
     }
-    this.#apply(s, res);
+    this.#client.submit(Op.RESERVE, s, this.#reserved, { pg: s.pg, urgent: true });
+    this.#turnEnds();
+  }
+
+  /**
+   * A packet (queue id `id`) of `s`, programmed in this turn: it goes at the
+   * end of the turn, once the data path committed `s` (kernel path; the
+   * queue path rewrites it at once). Returns the verdict for now.
+   */
+  #waitForCommit(s: HostSession, id: number): number {
+    this.#turnIds.push(id);
+    this.#turnOf.push(s);
+    this.#turnEnds();
+    return Verdict.HOLD;
+  }
+
+  /** The end of this turn is scheduled (`endTurn` runs once, as a microtask). */
+  #turnEnds(): void {
+    if (this.#turnQueued) return;
+    this.#turnQueued = true;
+    queueMicrotask(() => this.endTurn());
+  }
+
+  /**
+   * The end of a turn of the event loop: the turn's requests leave (the
+   * request goes ahead of its first packet), the data path commits the
+   * turn's sessions in one transaction, then the packets that waited for it
+   * go (the map translates them now) and those of sessions granted this
+   * turn (held until the grant). Runs by itself as a microtask of the turn
+   * that queued work; callable any time.
+   */
+  endTurn(): void {
+    this.#turnQueued = false;
+    this.#client.flush();
+    this.#dp?.commit();
+    this.#turnSessions.clear();
+    const io = this.#io;
+    const ids = this.#turnIds;
+    const of = this.#turnOf;
+    if (ids.length > 0 && io) {
+      for (let i = 0; i < ids.length; i++) {
+        const s = of[i]!;
+        // Programmed still (not refused meanwhile): the map translates it; else as refused.
+        io.verdict(ids[i]!, s.programmed !== 0 ? Verdict.ACCEPT : Verdict.DROP);
+      }
+      io.flush();
+    }
+    ids.length = 0;
+    of.length = 0;
+    if (this.#settleAfter.length > 0) {
+      for (const s of this.#settleAfter) this.#translator.settleHeld(s, Verdict.MODIFIED);
+      this.#settleAfter.length = 0;
+    }
+  }
+
+  /** Whether `s`'s packets may go now (false: programmed in this turn, not committed yet). */
+  #committed(s: HostSession): boolean {
+    return !this.#dp?.can.commitsFirst || !this.#turnSessions.has(s);
   }
 
   #apply(s: HostSession, res: Response | null): void {
@@ -303,6 +458,7 @@ export class DriverCore {
         }: fell back to ordinary NAT, untranslated` +
           (retry ? "; reserving it again in the background" : ""),
       );
+      this.#unpropose(s, now + timers.TCP_IDLE_MS);
       s.state = State.BYPASS;
       s.result = -1;
       s.expiresAt = now + timers.NEGATIVE_IDLE_MS;
@@ -326,6 +482,13 @@ export class DriverCore {
         s.shared = res.shared;
         this.#setLifetime(s, res.lifetime, now);
         this.#sessions.setPg(s, was);
+        if (was !== 0 && was !== s.pg) {
+          // The proposal was taken: the session moves to the server's Pg (what
+          // went ahead to the proposed one was dropped at the gateway).
+          this.counters.moved++;
+          this.#quarantine(s.proto, s.a, was, now + 10_000);
+          log.debug(`${describeSession(s)} moved from Pg ${was} (taken) to ${s.pg}`);
+        }
         this.#program(s);
         this.counters.reserved++;
         if (
@@ -337,8 +500,18 @@ export class DriverCore {
           );
         }
         log.debug(`reserved ${describeSession(s)}`);
-        this.#translator.settleHeld(s, Verdict.MODIFIED);
+        if (s.held) {
+          // Held here (no proposal): they go once the grant is committed.
+          if (this.#committed(s)) this.#translator.settleHeld(s, Verdict.MODIFIED);
+          else {
+            this.#settleAfter.push(s);
+            this.#turnEnds();
+          }
+        }
       } else {
+        const proposed = s.programmed !== 0 && !s.held;
+        // The gateway dropped what went ahead; this port stays out of proposals a little.
+        this.#unpropose(s, now + 10_000);
         s.state = State.REFUSED;
         // Try again later: soon when the cause may pass (quota, resources, rate),
         // later for a conflict, which lasts as long as the other session.
@@ -346,10 +519,26 @@ export class DriverCore {
           (res.result === Result.CONFLICT ? timers.NEGATIVE_IDLE_MS : timers.RETRY_SOON_MS);
         this.counters.refused++;
         log.info(`server refused ${describeSession(s)}: ${resultName(res.result)}`);
+        if (proposed) this.#translator.refuseSession(s);
         this.#translator.settleHeld(s, Verdict.DROP);
       }
     }
     this.#wake(s);
+  }
+
+  /**
+   * `s` did not get the gateway port it proposed (refused, or no answer):
+   * its translation goes (the kernel path forgets its conntrack, so its next
+   * packet meets what it is now), and the port is not proposed again before
+   * `until`.
+   */
+  #unpropose(s: HostSession, until: number): void {
+    this.#unprogram(s);
+    if (s.pg) {
+      this.#quarantine(s.proto, s.a, s.pg, until);
+      this.#sessions.unsetPg(s);
+      s.pg = 0;
+    }
   }
 
   #wake(s: HostSession): void {
@@ -493,6 +682,9 @@ export class DriverCore {
     this.#unprogram(s);
     this.#dp.sessionUp(this.#key(s, s.pg));
     s.programmed = s.pg;
+    // Committed at the end of the turn; its packets wait for that (`#committed`).
+    this.#turnSessions.add(s);
+    this.#turnEnds();
   }
 
   #unprogram(s: HostSession): void {
@@ -536,25 +728,35 @@ export class DriverCore {
     this.#epoch = epoch;
   }
 
+  /**
+   * The server lost `s` (a new epoch, NO_SUCH_SESSION to a renewal, or port
+   * unreachable from G:Pg): reserve it again, proposing the gateway port it
+   * has, so that nothing changes on the host when the server grants it.
+   */
   #reserveAgain(s: HostSession): void {
-    if (s.renewing) return;
+    if (s.renewing || s.state === State.PENDING) return;
     s.renewing = true;
-    this.#send(s, Op.RESERVE).then((res) => {
-      s.renewing = false;
-      if (res.result === Result.OK) {
-        if (res.publicAddr !== s.r || res.publicPort !== s.p) {
-          log.warn(
-            `${describeSession(s)} moved to ${
-              formatIPv4(res.publicAddr)
-            }:${res.publicPort} after a server restart`,
-          );
-        }
-        this.#apply(s, res);
-      } else this.#apply(s, res);
-    }).catch(() => {
-      s.renewing = false;
+    this.#client.submit(Op.RESERVE, s, this.#reservedAgain, {
+      pg: s.state === State.ACTIVE ? s.pg : 0,
     });
   }
+
+  readonly #reservedAgain = (s: HostSession, res: Response | null): void => {
+    s.renewing = false;
+    if (res === null) {
+      this.#health.timedOut(this.now());
+      return;
+    }
+    this.#health.answered(this.now());
+    if (res.result === Result.OK && (res.publicAddr !== s.r || res.publicPort !== s.p)) {
+      log.warn(
+        `${describeSession(s)} moved to ${
+          formatIPv4(res.publicAddr)
+        }:${res.publicPort} after a server restart`,
+      );
+    }
+    this.#apply(s, res);
+  };
 
   /**
    * The periodic work: renew busy sessions, forget idle and expired ones
@@ -694,7 +896,7 @@ export class DriverCore {
       held: this.#translator.heldTotal,
       untranslated,
       drops,
-      control: { ...this.#client.stats, cookieRetries: this.#cookies.retries },
+      control: { ...this.#client.stats },
     };
   }
 }

@@ -21,7 +21,7 @@ export interface ReleasesContext {
   sessions: HostSessions;
   now(): number;
   /** Told of each release the server confirmed (or had nothing to release). */
-  released(): void;
+  released(s: HostSession): void;
 }
 
 /** The releases of one driver, and those to ask again. */
@@ -38,7 +38,7 @@ export class Releases {
     const c = this.#c;
     const again = () => this.#later.push({ s, at: c.now() + RETRY_SOON_MS, tries: tries + 1 });
     return c.send(s, Op.RELEASE).then((res) => {
-      if (res.result === Result.OK || res.result === Result.NO_SUCH_SESSION) c.released();
+      if (res.result === Result.OK || res.result === Result.NO_SUCH_SESSION) c.released(s);
       else if (res.result === Result.RATE_LIMITED && tries < RELEASE_TRIES) again();
     }).catch((e) => {
       // Unanswered: ask again later, or the server holds it until its lease ends.

@@ -19,7 +19,9 @@
 
 import { formatCidr, formatIPv4 } from "../wire/addr.ts";
 import type { DriverConfig } from "../config.ts";
-import { ControlClient } from "../control/client.ts";
+import { ControlClient, type DatagramLink } from "../control/client.ts";
+import { MAX_DATAGRAM } from "../control/batch.ts";
+import { serveUdp, UdpSocket } from "../../linux/udp.ts";
 import { logger } from "../runtime/log.ts";
 import { Cleanup, liveReload, untilStopped } from "../runtime/cleanup.ts";
 import { lockRole } from "../runtime/lock.ts";
@@ -56,8 +58,8 @@ export async function runDriver(
       local = found.local;
     }
     const ephemeral = await ephemeralRange();
-    const client = await ControlClient.open(cfg.server, cfg.serverPort, {
-      ...(local !== null ? { localAddr: formatIPv4(local) } : {}),
+    const client = new ControlClient(udpLink(cfg.server, cfg.serverPort, local ?? 0), local ?? 0, {
+      version: cfg.protocol === 2 ? 2 : 3,
     });
     undo.push(() => client.close());
     const ownerOf = cfg.socketGroup ? await portOwnerReader() : undefined;
@@ -164,4 +166,35 @@ async function portOwnerReader(): Promise<OwnerOf> {
     const uids = t.get(port) ?? [];
     return uids.length === 1 ? uids[0]! : null;
   };
+}
+
+/**
+ * The UDP link of a client: a socket on `local` (an ephemeral port) that
+ * sends to `server:port` and hands up only what comes from there
+ * (`linux/udp.ts`, one wake-up per batch of answers).
+ */
+export function udpLink(server: number, port: number, local: number): DatagramLink {
+  const sock = UdpSocket.open({ addr: local, port: 0, maxDatagram: MAX_DATAGRAM + 64 });
+  const link: DatagramLink = {
+    send: (data, len) => sock.queue(data, len, server, port),
+    flush: () => sock.flush(),
+    onReceive: null,
+    close: () => {
+      stop();
+      sock.close();
+    },
+  };
+  const stop = serveUdp(
+    sock,
+    (data, src, srcPort) => {
+      if (src !== server || srcPort !== port) return;
+      link.onReceive?.(data);
+    },
+    () => sock.flush(),
+    (e) => log.warn(`control socket: ${e.message}`),
+  );
+  log.debug(
+    `control socket ${formatIPv4(sock.addr)}:${sock.port} to ${formatIPv4(server)}:${port}`,
+  );
+  return link;
 }

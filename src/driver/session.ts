@@ -11,7 +11,12 @@
 import type { PacketInfo } from "../wire/packet.ts";
 import { lanKey as hostKey, type SessionBinding } from "../wire/tuple.ts";
 
-/** Session states on the host. */
+/**
+ * Session states on the host. A PENDING session with a gateway port (`pg`
+ * not 0) was proposed that port (protocol version 3): it is translated to
+ * `G:Pg` at once, and the gateway holds its first packets until the
+ * request is granted.
+ */
 export const State = { PENDING: 0, ACTIVE: 1, REFUSED: 2, BYPASS: 3 } as const;
 
 /** One session as the host knows it (its addresses: `wire/tuple.ts`). */
@@ -45,6 +50,12 @@ export interface HostSession extends SessionBinding {
   kernelPackets: number;
   /** Fallen back (BYPASS): reservations tried again since; renewAt is the next try. */
   retries: number;
+  /**
+   * TCP: the sequence number of the session's first packet (its SYN), so
+   * that a refusal can quote it in the ICMP error the application is told
+   * (a TCP stack checks it) after that packet already left.
+   */
+  isn: number;
 }
 
 /** A new session, PENDING, not yet asked of the server and in no index. */
@@ -84,6 +95,7 @@ export function newHostSession(
     programmed: 0,
     kernelPackets: 0,
     retries: 0,
+    isn: 0,
   };
 }
 
@@ -145,6 +157,13 @@ export class HostSessions {
       this.#byPg.delete(hostKey(s.proto, s.a, was));
     }
     this.#byPg.set(hostKey(s.proto, s.a, s.pg), s);
+  }
+
+  /** Takes `s` out of the gateway-port index (its `pg` is no longer its own). */
+  unsetPg(s: HostSession): void {
+    if (s.pg && this.#byPg.get(hostKey(s.proto, s.a, s.pg)) === s) {
+      this.#byPg.delete(hostKey(s.proto, s.a, s.pg));
+    }
   }
 
   /** Removes `s` from both indexes. */

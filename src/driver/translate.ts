@@ -40,6 +40,12 @@ import {
 
 const log = logger("driver");
 
+/** The sequence number of a TCP packet (its first packet's is the connection's ISN). */
+function tcpSeq(pkt: Uint8Array, info: PacketInfo): number {
+  const o = info.l4 + 4;
+  return ((pkt[o]! << 24) | (pkt[o + 1]! << 16) | (pkt[o + 2]! << 8) | pkt[o + 3]!) >>> 0;
+}
+
 /** Packets held per session while its reservation is on its way. */
 export const MAX_HELD_PER_SESSION = 64;
 /** Packets held at most in all. */
@@ -62,8 +68,19 @@ export interface TranslatorContext {
   drops: Float64Array;
   /** A new session of a first packet (PENDING, indexed). */
   newSession(proto: number, a: number, pa: number, x: number, px: number): HostSession;
-  /** Asks the server for `s` (after its first packet is held). */
+  /**
+   * Asks the server for new session `s`; when it proposes its gateway port,
+   * `s.pg` is set and `s` programmed on return (its packets are translated
+   * from now on, once committed).
+   */
   reserve(s: HostSession): void;
+  /**
+   * A packet of `s` (queue id `id`) while `s` waits for this turn's commit:
+   * its verdict comes at the end of the turn. Returns Verdict.HOLD.
+   */
+  waitForCommit(s: HostSession, id: number): number;
+  /** Whether `s`'s packets may go now (false: programmed in this turn, not committed yet). */
+  committed(s: HostSession): boolean;
   /** The server lost `s`: ask again. */
   reserveAgain(s: HostSession): void;
 }
@@ -140,11 +157,15 @@ export class HostTranslator {
           s.busy = true;
           if (info.proto === IPPROTO_TCP) s.closing = tcpClose(pkt, info, s.closing, CLOSE_FIN_OUT);
           c.counters.out++;
+          // Moved to another Pg in this turn: the kernel knows it at the turn's commit.
+          if (!c.committed(s)) return c.waitForCommit(s, id);
           // The data path rewrites it here (queue), or lets it go on to the
           // kernel's translation (a new conntrack of a session the kernel
           // already translates: the previous one expired, or a retransmitted SYN).
           return this.#toGateway(pkt, info, s.pg, this.#skbInfo);
         case State.PENDING:
+          // Proposed its Pg: translated already (the gateway holds it until the grant).
+          if (s.pg !== 0 && s.programmed === s.pg) return this.#proposed(s, pkt, info, id);
           return this.#hold(s, pkt, id);
         case State.REFUSED:
           c.drops[Drop.REFUSED]!++;
@@ -156,9 +177,25 @@ export class HostTranslator {
       }
     }
     const fresh = c.newSession(info.proto, info.src, info.sport, info.dst, info.dport);
-    const v = this.#hold(fresh, pkt, id);
+    if (info.proto === IPPROTO_TCP) fresh.isn = tcpSeq(pkt, info);
     c.reserve(fresh);
-    return v;
+    if (fresh.pg !== 0 && fresh.programmed === fresh.pg) {
+      return this.#proposed(fresh, pkt, info, id);
+    }
+    return this.#hold(fresh, pkt, id);
+  }
+
+  /**
+   * A packet of a session that proposed its gateway port: on its way to
+   * `G:Pg` now, or at the end of the turn once the data path committed the
+   * session (the kernel translates it from what was committed).
+   */
+  #proposed(s: HostSession, pkt: Uint8Array, info: PacketInfo, id: number): number {
+    const c = this.#c;
+    s.busy = true;
+    c.counters.out++;
+    if (!c.committed(s)) return c.waitForCommit(s, id);
+    return this.#toGateway(pkt, info, s.pg, this.#skbInfo);
   }
 
   #inbound(pkt: Uint8Array, info: PacketInfo): number {
@@ -195,7 +232,14 @@ export class HostTranslator {
     if (info.src !== g) return Verdict.ACCEPT;
     const icmp = info.proto === IPPROTO_ICMP;
     const s = c.sessions.byPg(info.proto, info.dst, icmp ? info.dport : info.sport);
-    if (!s || s.state !== State.ACTIVE || (!icmp && s.pa !== info.dport)) {
+    // A session whose proposed Pg is programmed is translated inbound before
+    // its answer arrives, as the kernel path's maps do: the gateway sends from
+    // G:Pg only once it granted that Pg, and its answer may come after the
+    // remote's reply (a TCP SYN-ACK).
+    const live = s !== undefined &&
+      (s.state === State.ACTIVE ||
+        (s.state === State.PENDING && s.pg !== 0 && s.programmed === s.pg));
+    if (!live || (!icmp && s.pa !== info.dport)) {
       c.drops[Drop.NO_SESSION]!++;
       return Verdict.ACCEPT;
     }
@@ -261,6 +305,37 @@ export class HostTranslator {
     return dp
       ? dp.outbound(pkt, info, this.#c.g, pg, skbInfo)
       : rewriteToGateway(pkt, info, this.#c.g, pg, skbInfo);
+  }
+
+  /**
+   * Tells the application that session `s` was refused after its first
+   * packet left (it had proposed its gateway port, and the gateway dropped
+   * that packet): ICMP "administratively prohibited" quoting the headers the
+   * application sent (addresses, ports, and for TCP the first packet's
+   * sequence number, which the application's stack checks).
+   */
+  refuseSession(s: HostSession): void {
+    const tcp = s.proto === IPPROTO_TCP;
+    // The headers of the first packet as the application sent it (IPv4, then
+    // UDP, or TCP with its SYN's sequence number), without payload.
+    const q = new Uint8Array(tcp ? 40 : 28);
+    const v = new DataView(q.buffer);
+    v.setUint8(0, 0x45);
+    v.setUint16(2, q.length);
+    v.setUint8(8, 64);
+    v.setUint8(9, s.proto);
+    v.setUint32(12, s.a);
+    v.setUint32(16, s.x);
+    v.setUint16(20, s.pa);
+    v.setUint16(22, s.px);
+    if (tcp) {
+      v.setUint32(24, s.isn >>> 0);
+      v.setUint8(32, 5 << 4);
+      v.setUint8(33, 0x02); // SYN
+    } else v.setUint16(24, 8);
+    const info = this.#info;
+    if (parse(q, q.length, info) !== Drop.NONE) return;
+    this.#refuse(q, info);
   }
 
   /** Tells the application its session was refused: ICMP type 3 code 13 (communication administratively prohibited). */

@@ -52,6 +52,18 @@ export interface StatusReply {
   results: Record<string, number>;
   drops: Record<string, number>;
   packets: { in: number; out: number; hairpin: number };
+  /**
+   * First packets held at the gateway until their request was granted
+   * (`server/held.ts`): held, released, dropped (refused or over a limit),
+   * expired (no request came), evicted (a host's limit), refused, and `now`
+   * (held at this moment).
+   */
+  held?: Record<string, number>;
+  /**
+   * Control datagrams from LAN hosts by the protocol version they spoke:
+   * v2 (one request each), v3 (batches), other (older or newer).
+   */
+  datagrams?: Record<string, number>;
   /** The inbound mappings by owner and what each mapping protocol answered. */
   protocols?: MappingProtocols;
   /** High availability (`--ha`, docs/ha.md); absent without it. */

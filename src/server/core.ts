@@ -33,32 +33,23 @@
  * @module
  */
 
-import { type Cidr, cidrContains, formatIPv4 } from "../wire/addr.ts";
+import { type Cidr, cidrContains } from "../wire/addr.ts";
 import type { ServerConfig } from "../config.ts";
 import { logger } from "../runtime/log.ts";
-import {
-  decodeRequest,
-  encodeResponse,
-  errorResponseFor,
-  hasCookie,
-  MAGIC,
-  Op,
-  type Request,
-  RESPONSE_BIT,
-  responseFor,
-} from "../control/proto.ts";
 import { LineBudget, RateLimiter } from "../control/ratelimit.ts";
 import { CookieMinter } from "../control/cookie.ts";
-import { Result, RESULT_COUNT, resultName } from "../control/result.ts";
+import { RESULT_COUNT } from "../control/result.ts";
+import { driverShareStart } from "../control/pg.ts";
 import { PcpService } from "../pcp/server.ts";
 import { NO_LINK, TableUpnpMappings } from "../upnp/gateway.ts";
 import type { LinkState } from "../upnp/mappings.ts";
-import { type Grant, Owner, type SessionRecord, SessionTable } from "../table/table.ts";
+import { type SessionRecord, SessionTable } from "../table/table.ts";
 import { LanHosts } from "../policy/hosts.ts";
 import { MappingPolicy } from "../policy/mappings.ts";
 import type { BoundPort } from "../policy/gateway_ports.ts";
-import { DROP_COUNT, IPPROTO_ICMP } from "../wire/packet.ts";
-import { protoName } from "../wire/meta.ts";
+import { Drop, DROP_COUNT, IPPROTO_ICMP, PacketInfo, parse } from "../wire/packet.ts";
+import { Meta, Verdict } from "../wire/meta.ts";
+import { buildIcmpError } from "../wire/icmp.ts";
 import type {
   HaStatus,
   HostView,
@@ -73,6 +64,8 @@ import type { GatewaySession, ServerDataPath, SessionCounters } from "../datapat
 import { type DropLog, restoreRecord } from "./restore.ts";
 import { Translator } from "./translate.ts";
 import { ServerViews } from "./views.ts";
+import { ControlService } from "./control.ts";
+import { type HeldPacket, HeldPackets } from "./held.ts";
 
 export { sessionView } from "./views.ts";
 
@@ -128,8 +121,11 @@ export class ServerCore {
   readonly #cookies: CookieMinter;
   readonly #lines = new LineBudget(REFUSAL_LOG_LINES);
   readonly #refusalLog: (line: string) => void;
-  /** Refusals not answered (over a source's refusal budget, or shorter than an answer). */
-  unanswered = 0;
+  /** dpm's control protocol, every version (`control.ts`). */
+  readonly #control: ControlService;
+  /** First packets that went ahead of their request (`held.ts`). */
+  readonly held = new HeldPackets();
+  readonly #info = new PacketInfo();
   readonly now: () => number;
 
   #dp: ServerDataPath | null = null;
@@ -158,6 +154,7 @@ export class ServerCore {
       portMax: cfg.portRange[1],
       gatewayPortMin: cfg.gatewayPorts[0],
       gatewayPortMax: cfg.gatewayPorts[1],
+      driverPortMin: driverShareStart(cfg.gatewayPorts),
       maxSessionsPerHost: cfg.maxSessionsPerHost,
       // PCP and NAT-PMP (no cookie): a cap per host, and a share of each protocol's public pairs.
       maxUnverifiedPerHost: cfg.pcpMaxPerHost,
@@ -219,6 +216,8 @@ export class ServerCore {
       dataPath: () => this.#dp,
       protocols: () => this.protocols(),
       ha: () => this.haStatus?.() ?? null,
+      held: () => ({ ...this.held.stats, now: this.held.size }),
+      datagrams: () => ({ ...this.#control.datagrams }),
     });
     this.#views = views;
     this.#translator = new Translator({
@@ -229,6 +228,22 @@ export class ServerCore {
       countBytes: (s, outbound, n) => views.countBytes(s, outbound, n),
     });
     this.table.subscribe({ added: (s) => views.added(s), removed: (s) => views.removed(s) });
+    this.#control = new ControlService({
+      cfg,
+      table: this.table,
+      hosts: this.hosts,
+      policy: this.policy,
+      limiter: this.#limiter,
+      refusals: this.#refusals,
+      cookies: this.#cookies,
+      held: this.held,
+      results: this.results,
+      epoch: () => this.#epoch,
+      forwardsMappings: () => this.#forwardsMappings(),
+      remoteIsOutside: (x) => this.#remoteIsOutside(x),
+      noteRefusal: (src, result, request, now) => views.noteRefusal(src, result, request, now),
+      logRefusal: (now, line) => this.#logRefusal(now, line),
+    });
   }
 
   /** The server's epoch: drivers that see it change reserve their sessions again. */
@@ -338,7 +353,14 @@ export class ServerCore {
   /** The mapping decisions of every protocol (`src/policy/mappings.ts`). */
   readonly policy: MappingPolicy;
   /** Control datagrams dropped unanswered because their source is not a LAN host. */
-  notHost = 0;
+  get notHost(): number {
+    return this.#control.notHost;
+  }
+
+  /** Refusals not answered (over a source's refusal budget, or shorter than an answer). */
+  get unanswered(): number {
+    return this.#control.unanswered;
+  }
 
   /**
    * What the gateway's kernel says now (`run.ts`, once a second, read in
@@ -371,153 +393,13 @@ export class ServerCore {
   }
 
   /**
-   * Handles one control datagram from `src` (host order). Returns the reply
-   * bytes, or null when nothing must be sent (garbage is never answered).
+   * Handles one control datagram from `src` (host order), of any protocol
+   * version (`control.ts`). Returns the reply bytes, or null when nothing
+   * must be sent (garbage is never answered). Grants are committed by
+   * {@linkcode commit}, which the caller runs before it sends them.
    */
   handleControl(msg: Uint8Array, src: number): Uint8Array | null {
-    const now = this.now();
-    if (!this.hosts.isHost(src)) {
-      // Only the LAN's hosts are served: not outsiders (nothing to reflect or
-      // amplify, no rate-limit bucket to fill), not the gateway's own
-      // addresses or the prefix's network and broadcast (forged sources).
-      this.results[Result.NOT_AUTHORIZED]!++;
-      this.notHost++;
-      return null;
-    }
-    const d = decodeRequest(msg);
-    if (!d.ok) {
-      this.results[d.result]!++;
-      const reply = errorResponseFor(msg, d, this.#epoch);
-      const answer = reply !== null && this.#refusals.allow(src, now);
-      if (isOurs(msg)) {
-        this.#logRefusal(
-          now,
-          `refused a request from ${formatIPv4(src)}: ${resultName(d.result)} (${d.reason})` +
-            (answer ? "" : reply ? "; not answered (refusal budget)" : "; not answered"),
-        );
-      } else log.debug(`bad request from ${formatIPv4(src)}: ${d.reason}`);
-      if (!answer) {
-        this.unanswered++;
-        return null;
-      }
-      return errorResponseFor(msg, d, this.#epoch, this.#cookies.cookieFor(src, now));
-    }
-    const req = d.req;
-    let result: number;
-    let grant: Grant | null = null;
-    // A refusal that is not a verified host's own business (answered within the refusal budget).
-    let unverified = false;
-    if (req.internalAddr !== src) {
-      result = Result.NOT_AUTHORIZED; // claim 2: a host speaks only for itself
-      unverified = true;
-    } else if (!this.#cookies.valid(src, req.cookie, now)) {
-      // Return routability: only the host at `src` gets the cookie this reply
-      // carries, so a forged source changes nothing (docs/protocol.md, Cookies).
-      result = Result.COOKIE_REQUIRED;
-    } else if (!this.#limiter.allow(src, now)) {
-      // Only verified requests spend a host's tokens: forged ones cannot starve it.
-      result = Result.RATE_LIMITED;
-    } else if (req.op === Op.MAP && req.lifetime !== 0 && !this.#forwardsMappings()) {
-      // As PCP and NAT-PMP answer on a data path that cannot carry mappings.
-      result = Result.UNSUPPORTED_OPCODE;
-    } else if (req.op === Op.MAP) {
-      // An inbound mapping for the host's own endpoint (`dpm map`), decided
-      // by the same policy as PCP MAP. The cookie proved the address: dpm's
-      // protocol may renew or delete any of the host's own mappings.
-      const who = { owner: Owner.DPM, a: req.internalAddr };
-      if (req.lifetime === 0) {
-        // Delete; idempotent (as PCP), so a retransmitted delete whose answer was lost is OK too.
-        result = this.policy.unmap(who, req.proto, req.internalPort, now).result;
-      } else {
-        const o = this.policy.map(who, {
-          proto: req.proto,
-          pa: req.internalPort,
-          p: req.remotePort,
-          r: 0,
-          lifetime: req.lifetime,
-          exact: !req.replaceable,
-        }, now);
-        result = o.result;
-        grant = o.grant;
-      }
-    } else if (!this.#remoteIsOutside(req.remoteAddr)) {
-      result = Result.BAD_REMOTE;
-    } else if (req.op === Op.RESERVE) {
-      grant = this.table.reserve({
-        proto: req.proto,
-        a: req.internalAddr,
-        pa: req.internalPort,
-        x: req.remoteAddr,
-        px: req.remotePort,
-        replaceable: req.replaceable,
-        lifetime: req.lifetime,
-      }, now);
-      result = grant.result;
-    } else if (req.op === Op.RENEW) {
-      grant = this.table.renew(
-        req.proto,
-        req.internalAddr,
-        req.internalPort,
-        req.remoteAddr,
-        req.remotePort,
-        req.lifetime,
-        now,
-      );
-      result = grant.result;
-    } else {
-      result = this.table.release(
-        req.proto,
-        req.internalAddr,
-        req.internalPort,
-        req.remoteAddr,
-        req.remotePort,
-      );
-    }
-    this.results[result]!++;
-    if (result !== Result.OK) {
-      const request = describeRequest(req);
-      this.#views.noteRefusal(src, result, request, now);
-      // Refusals that are not a verified host's own business are answered
-      // within a small per-source budget; the table's refusals always are.
-      const budgeted = unverified || result === Result.COOKIE_REQUIRED ||
-        result === Result.RATE_LIMITED;
-      const answer = !budgeted || this.#refusals.allow(src, now);
-      // A cookie-less first request answered with the cookie is the normal handshake.
-      const handshake = result === Result.COOKIE_REQUIRED && answer && !hasCookie(req.cookie);
-      const line = `refused ${request} from ${formatIPv4(src)}: ${resultName(result)}${
-        result === Result.COOKIE_REQUIRED
-          ? hasCookie(req.cookie) ? " (wrong or expired cookie)" : " (no cookie)"
-          : ""
-      } (host holds ${
-        this.table.sessionsOf(req.internalAddr)
-      }/${this.#cfg.maxSessionsPerHost} sessions)${
-        answer ? "" : "; not answered (refusal budget)"
-      }`;
-      if (handshake) log.debug(line);
-      else this.#logRefusal(now, line);
-      if (!answer) {
-        this.unanswered++;
-        return null;
-      }
-    }
-    return encodeResponse(responseFor(
-      req,
-      {
-        result,
-        ...(grant && result === Result.OK
-          ? {
-            replaced: grant.replaced,
-            shared: grant.shared,
-            publicAddr: grant.r,
-            publicPort: grant.p,
-            gatewayPort: grant.pg,
-            lifetime: grant.lifetime,
-          }
-          : {}),
-      },
-      this.#epoch,
-      this.#cookies.cookieFor(src, now),
-    ));
+    return this.#control.handle(msg, src, this.now());
   }
 
   /**
@@ -551,14 +433,121 @@ export class ServerCore {
   }
 
   /**
-   * Translates one queued packet in place (`translate.ts`). Returns
-   * Verdict.MODIFIED when the bytes were rewritten, ACCEPT to let it pass
-   * unchanged, DROP otherwise (each drop counted by reason). `skbInfo`: the
-   * queue's `NFQA_SKB_INFO` bits for this packet (CHECKSUM_PARTIAL, GSO; see
-   * `rewrite`).
+   * Translates one packet the data path handed up, in place
+   * (`translate.ts`). Returns Verdict.MODIFIED when the bytes were
+   * rewritten, ACCEPT to let it pass unchanged, DROP otherwise (each drop
+   * counted by reason), HOLD for the first packet of a session whose
+   * request has not been granted yet (`held.ts`: its verdict comes through
+   * the data path's `io` once the request is answered, `id` is its queue
+   * id). `skbInfo`: the queue's `NFQA_SKB_INFO` bits for this packet
+   * (CHECKSUM_PARTIAL, GSO; see `rewrite`), and `Meta.MISSED` when the
+   * kernel's maps had no session for it.
    */
-  handlePacket(pkt: Uint8Array, skbInfo = 0): number {
-    return this.#translator.handle(pkt, skbInfo);
+  handlePacket(pkt: Uint8Array, skbInfo = 0, id = -1): number {
+    if ((skbInfo & Meta.MISSED) !== 0) return this.#missed(pkt, skbInfo & ~Meta.MISSED, id);
+    const v = this.#translator.handle(pkt, skbInfo);
+    return v === Verdict.HOLD ? this.#hold(pkt, skbInfo, id) : v;
+  }
+
+  /**
+   * A new flow to `G:Pg` that the kernel's maps did not know (the kernel
+   * path's hold rule): granted and committed since, it goes on (the kernel
+   * translates it now; a hairpin is the translator's); else it waits for
+   * its request.
+   */
+  #missed(pkt: Uint8Array, skbInfo: number, id: number): number {
+    const info = this.#info;
+    if (
+      parse(pkt, pkt.length, info) !== Drop.NONE || info.icmpError || info.proto === IPPROTO_ICMP
+    ) {
+      return Verdict.ACCEPT;
+    }
+    const t = this.table;
+    const s = t.lookupLan(info.proto, info.src, info.dport);
+    if (s >= 0 && t.pa(s) === info.sport) {
+      return t.isPoolAddress(t.x(s)) ? this.#translator.handle(pkt, skbInfo) : Verdict.ACCEPT;
+    }
+    return this.#hold(pkt, skbInfo, id);
+  }
+
+  /** Holds a first packet for its request (`held.ts`); DROP when it cannot be held. */
+  #hold(pkt: Uint8Array, skbInfo: number, id: number): number {
+    const io = this.#dp?.io ?? null;
+    const info = this.#info;
+    if (id < 0 || io === null || parse(pkt, pkt.length, info) !== Drop.NONE) {
+      this.drops[Drop.NO_SESSION]!++;
+      return Verdict.DROP;
+    }
+    const r = this.held.hold(
+      {
+        id,
+        bytes: pkt.slice(),
+        skbInfo,
+        proto: info.proto,
+        a: info.src,
+        pa: info.sport,
+        pg: info.dport,
+      },
+      this.now(),
+      (old) => {
+        this.drops[Drop.HELD_OVERFLOW]!++;
+        io.verdict(old.id, Verdict.DROP);
+      },
+    );
+    if (r === "hold") return Verdict.HOLD;
+    this.drops[Drop.HELD_OVERFLOW]!++;
+    return Verdict.DROP;
+  }
+
+  /**
+   * The held packets whose request was answered (and committed): those of a
+   * grant go on, the others are dropped. The control listener runs it after
+   * the turn's commit (`run.ts`).
+   */
+  releaseHeld(): void {
+    const dp = this.#dp;
+    const io = dp?.io ?? null;
+    if (io === null || this.held.size === 0) return;
+    const kernel = dp!.can.kernelTranslates;
+    const t = this.table;
+    let any = false;
+    this.held.take((h) => {
+      any = true;
+      const s = t.lookupLan(h.proto, h.a, h.pg);
+      if (kernel && !(s >= 0 && t.isPoolAddress(t.x(s)))) {
+        io.verdict(h.id, Verdict.ACCEPT);
+        return;
+      }
+      const v = this.#translator.handle(h.bytes, h.skbInfo);
+      if (v === Verdict.MODIFIED) io.verdict(h.id, Verdict.MODIFIED, h.bytes);
+      else io.verdict(h.id, v === Verdict.ACCEPT ? Verdict.ACCEPT : Verdict.DROP);
+    }, (h) => {
+      any = true;
+      this.drops[Drop.REFUSED]!++;
+      io.verdict(h.id, Verdict.DROP);
+    });
+    if (any) io.flush();
+  }
+
+  /**
+   * Held packets whose request never came: dropped, and the host told port
+   * unreachable from `G:Pg`, as the gateway's own stack would have answered
+   * (a driver that lost the session reserves it again).
+   */
+  #expireHeld(now: number): void {
+    const io = this.#dp?.io ?? null;
+    if (io === null || this.held.size === 0) return;
+    let any = false;
+    const info = this.#info;
+    this.held.sweep(now, (h: HeldPacket) => {
+      any = true;
+      this.drops[Drop.NO_SESSION]!++;
+      io.verdict(h.id, Verdict.DROP);
+      if (parse(h.bytes, h.bytes.length, info) !== Drop.NONE) return;
+      const err = buildIcmpError(h.bytes, info, 3, 3);
+      if (err) io.send(err, err.length, h.a);
+    });
+    if (any) io.flush();
   }
 
   /**
@@ -624,6 +613,7 @@ export class ServerCore {
    * stopped, so a million-session table never blocks the event loop for long.
    */
   expire(budget?: number): number {
+    this.#expireHeld(this.now());
     try {
       return this.#views.removing(
         "expired",
@@ -707,35 +697,6 @@ export function unverifiedShare(
 ): number {
   const pairs = cfg.pool.length * (cfg.portRange[1] - cfg.portRange[0] + 1);
   return Math.floor((pairs * cfg.pcpMaxShare) / 100);
-}
-
-function opName(req: Request): string {
-  return req.op === Op.RESERVE
-    ? "reserve"
-    : req.op === Op.RENEW
-    ? "renew"
-    : req.op === Op.MAP
-    ? "map"
-    : "release";
-}
-
-/** `reserve udp 10.0.0.11:40000 -> 198.51.100.10:7000` (lifetime when one was asked for). */
-function describeRequest(req: Request): string {
-  const icmp = req.proto === IPPROTO_ICMP;
-  if (req.op === Op.MAP) {
-    return `map ${protoName(req.proto)} ${formatIPv4(req.internalAddr)}:${req.internalPort}` +
-      (req.remotePort ? ` public port ${req.remotePort}` : "") + ` lifetime ${req.lifetime}`;
-  }
-  return `${opName(req)} ${protoName(req.proto)} ${
-    formatIPv4(req.internalAddr)
-  }:${req.internalPort}` +
-    ` -> ${formatIPv4(req.remoteAddr)}${icmp ? "" : `:${req.remotePort}`}` +
-    (req.lifetime ? ` lifetime ${req.lifetime}` : "");
-}
-
-/** A datagram that looks like a control request (magic, not a response): refusals of it are logged. */
-function isOurs(b: Uint8Array): boolean {
-  return b.length >= 4 && ((b[0]! << 8) | b[1]!) === MAGIC && (b[3]! & RESPONSE_BIT) === 0;
 }
 
 /** Applies a turn's session changes (see {@linkcode ServerCore.commit}). */

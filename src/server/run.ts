@@ -7,7 +7,6 @@
  */
 
 import dgram from "node:dgram";
-import { setImmediate } from "node:timers";
 import {
   type Cidr,
   cidrContains,
@@ -32,6 +31,9 @@ import { sdNotify } from "../../linux/sdnotify.ts";
 import { serveMetrics } from "../operator/metrics.ts";
 import { reserveLatency } from "./metrics.ts";
 import { PCP_PORT } from "../pcp/codec.ts";
+import { serveUdp, UdpSocket } from "../../linux/udp.ts";
+import { EADDRINUSE, EADDRNOTAVAIL, OsError } from "../../linux/libc.ts";
+import { MAX_DATAGRAM } from "../control/batch.ts";
 import * as announce from "../pcp/announce.ts";
 import { bindUpnp, type Upnp } from "../upnp/listen.ts";
 import { bootIdFor } from "../upnp/boot.ts";
@@ -109,13 +111,8 @@ export async function runServer(
     let started = false;
     let haActive: () => boolean = () => true;
     const serving = () => started && haActive();
-    const control = await bindUdp(
-      cfg.lanAddr,
-      cfg.controlPort,
-      "Control port",
-      "another dpm server?",
-    );
-    undo.push(() => void control.close());
+    const control = openControl(cfg.lanAddr, cfg.controlPort);
+    undo.push(() => control.close());
     const pcp = cfg.pcp
       ? await bindUdp(
         cfg.lanAddr,
@@ -181,7 +178,7 @@ export async function runServer(
       core.attach(path);
       await path.begin(
         () => core.sessions(),
-        (pkt, meta) => core.handlePacket(pkt, meta),
+        (pkt, meta, id) => core.handlePacket(pkt, meta, id),
         (e) => {
           log.error(`data path failed: ${e.message}`);
           stop(1);
@@ -193,14 +190,19 @@ export async function runServer(
     }
     // The gateway's own addresses and sockets, now and once a second: no
     // host speaks as the gateway, no mapping takes a port the gateway holds.
-    const { boundIPv4, readLocalAddresses, readProcNet } = await import("../../linux/procnet.ts");
-    const gatewayState = () =>
-      core.gatewayState(
-        readLocalAddresses(),
-        boundIPv4(readProcNet("tcp")),
-        boundIPv4(readProcNet("udp")),
-      );
-    gatewayState();
+    const { boundIPv4, readGatewaySockets } = await import("../../linux/procnet.ts");
+    let reading = false;
+    const gatewayState = async () => {
+      if (reading) return;
+      reading = true;
+      try {
+        const g = await readGatewaySockets();
+        core.gatewayState(g.local, boundIPv4(g.tcp), boundIPv4(g.udp));
+      } finally {
+        reading = false;
+      }
+    };
+    await gatewayState();
     const audited = core.audit();
     if (audited) {
       log.warn(`removed ${audited} restored row(s) the mapping policy refuses now`);
@@ -220,7 +222,7 @@ export async function runServer(
       });
     }
 
-    serveControl(control, core, serving);
+    undo.push(serveControl(control, core, serving));
     const pcpServed = pcp ? servePcp(pcp, cfg, core, serving, !cfg.ha) : null;
     if (pcpServed) undo.push(pcpServed.stop);
     upnp?.start(bootId);
@@ -267,11 +269,9 @@ export async function runServer(
       if (n) log.debug(`expired ${n} session(s)`);
     }, 250));
     timers.push(setInterval(() => {
-      try {
-        gatewayState();
-      } catch (e) {
-        log.warn(`reading the gateway's addresses and sockets: ${(e as Error).message}`);
-      }
+      gatewayState().catch((e) =>
+        log.warn(`reading the gateway's addresses and sockets: ${(e as Error).message}`)
+      );
     }, 1000));
     if (store) timers.push(setInterval(() => store.maintain(), 60_000));
     log.info("ready");
@@ -407,48 +407,63 @@ async function bindUdp(
 }
 
 /**
- * Answers dpm's protocol on the control socket (G only: the LAN side). A
- * grant is answered only after the turn's changes are committed
- * (`core.commit`: the data path, the state file). The first request of a
- * burst is committed and answered at once; the requests that arrive behind
- * it in the same turn of the event loop are committed together, then
- * answered. The socket keeps the kernel's default buffers: with
- * recvBufferSize/sendBufferSize (or their setters) Deno's node:dgram
- * answers about 10x slower (measured here: 1.1k against 11.6k answers/s);
- * bursts are paced by the drivers instead.
+ * The control socket on `addr:port` (G, the LAN side), or an error that says
+ * why not: a port in use fails the start before anything changed.
  */
-function serveControl(sock: dgram.Socket, core: ServerCore, serving: () => boolean): void {
-  const outbox: [Uint8Array, number, string][] = [];
-  let burst = false;
-  const endBurst = () => {
-    burst = false;
-    core.commit();
-    for (const [r, port, address] of outbox.splice(0)) sock.send(r, port, address);
-  };
-  sock.on("message", (msg, rinfo) => {
+function openControl(addr: number, port: number): UdpSocket {
+  try {
+    return UdpSocket.open({ addr, port, maxDatagram: MAX_DATAGRAM + 64 });
+  } catch (e) {
+    const err = e instanceof OsError ? e.errno : 0;
+    throw new Error(
+      err === EADDRNOTAVAIL
+        ? `--lan-addr ${formatIPv4(addr)} is not an address of this host`
+        : err === EADDRINUSE
+        ? `Control port ${formatIPv4(addr)}:${port} is in use (another dpm server?)`
+        : `Cannot bind the control port: ${(e as Error).message}`,
+    );
+  }
+}
+
+/**
+ * Answers dpm's protocol on the control socket (`linux/udp.ts`: one wake-up
+ * reads every waiting datagram with `recvmmsg`). A grant is answered only
+ * after its changes are committed: every datagram of the wake-up is
+ * handled, then the turn's changes are committed once (`core.commit`: the
+ * data path in one transaction, the state file), then the first packets
+ * held for these grants go on, then every answer goes out in one `sendmmsg`.
+ * Returns what stops it.
+ */
+function serveControl(sock: UdpSocket, core: ServerCore, serving: () => boolean): () => void {
+  return serveUdp(sock, (msg, src, port) => {
     // Before the data path is up, requests go unanswered: drivers retransmit.
     if (!serving()) return;
-    const src = parseSocketIPv4(rinfo.address);
-    if (src === null) return;
     let reply: Uint8Array | null = null;
     const t0 = performance.now();
     try {
-      reply = core.handleControl(new Uint8Array(msg.buffer, msg.byteOffset, msg.byteLength), src);
+      reply = core.handleControl(msg, src);
     } catch (e) {
-      // A bug must cost one request, not the gateway.
-      log.error(`handling a control request from ${rinfo.address}: ${(e as Error).stack ?? e}`);
+      // A bug must cost one datagram, not the gateway.
+      log.error(`handling a control request from ${formatIPv4(src)}: ${(e as Error).stack ?? e}`);
     }
     if (!reply) return;
-    if (!burst) {
-      burst = true;
-      setImmediate(endBurst);
-      core.commit();
-      sock.send(reply, rinfo.port, rinfo.address);
-    } else {
-      outbox.push([reply, rinfo.port, rinfo.address]);
-    }
+    sock.queue(reply, reply.length, src, port);
     reserveLatency.observe((performance.now() - t0) / 1000);
-  });
+  }, () => {
+    try {
+      core.commit();
+    } catch (e) {
+      // Nothing uncommitted is granted: the answers go, the drivers ask again.
+      sock.discard();
+      log.error(`committing the control turn: ${(e as Error).stack ?? e}`);
+      return;
+    }
+    // The first packets that waited for these grants go on first (a driver
+    // that proposed its Pg translates already: the packet is what waits),
+    // then the answers.
+    core.releaseHeld();
+    sock.flush();
+  }, (e) => log.error(`control socket: ${e.message}`));
 }
 
 /**

@@ -44,6 +44,7 @@ import type { SessionTable } from "../table/table.ts";
 import { Drop, IPPROTO_ICMP, PacketInfo, parse } from "../wire/packet.ts";
 import { rewrite, rewriteIcmpError } from "../wire/rewrite.ts";
 import { Verdict } from "../wire/meta.ts";
+import { driverShareStart } from "../control/pg.ts";
 
 const log = logger("server");
 
@@ -51,8 +52,8 @@ const log = logger("server");
 export interface TranslatorDeps {
   /** The session table (looked up, and its per-session packet counts moved). */
   table: SessionTable;
-  /** The server's configuration: G, `lanAddr`, is read. */
-  cfg: Pick<ServerConfig, "lanAddr">;
+  /** The server's configuration: G (`lanAddr`) and the gateway ports are read. */
+  cfg: Pick<ServerConfig, "lanAddr" | "gatewayPorts">;
   /** Drops by reason (`Drop`), counted here. */
   drops: Float64Array;
   /** Packets translated, by direction, counted here. */
@@ -64,7 +65,9 @@ export interface TranslatorDeps {
 /** The gateway's packet translation, on real packet bytes, in place. */
 export class Translator {
   readonly #t: SessionTable;
-  readonly #cfg: Pick<ServerConfig, "lanAddr">;
+  readonly #cfg: Pick<ServerConfig, "lanAddr" | "gatewayPorts">;
+  /** The first Pg of the drivers' share (`control/pg.ts`). */
+  readonly #driverPg: number;
   readonly #drops: Float64Array;
   readonly #packets: { in: number; out: number; hairpin: number };
   readonly #countBytes: (s: number, outbound: boolean, n: number) => void;
@@ -75,6 +78,7 @@ export class Translator {
   constructor(deps: TranslatorDeps) {
     this.#t = deps.table;
     this.#cfg = deps.cfg;
+    this.#driverPg = driverShareStart(deps.cfg.gatewayPorts);
     this.#drops = deps.drops;
     this.#packets = deps.packets;
     this.#countBytes = deps.countBytes;
@@ -83,7 +87,9 @@ export class Translator {
   /**
    * Translates one queued packet in place. Returns Verdict.MODIFIED when the
    * bytes were rewritten, ACCEPT to let it pass unchanged, DROP otherwise
-   * (each drop counted by reason). `skbInfo`: the queue's `NFQA_SKB_INFO`
+   * (each drop counted by reason), HOLD for a TCP/UDP packet to a gateway
+   * port of the drivers' share that no session holds yet (a first packet
+   * that went ahead of its request: the caller holds it, `held.ts`). `skbInfo`: the queue's `NFQA_SKB_INFO`
    * bits for this packet (CHECKSUM_PARTIAL, GSO; see `rewrite`).
    */
   handle(pkt: Uint8Array, skbInfo = 0): number {
@@ -211,7 +217,11 @@ export class Translator {
     const icmp = info.proto === IPPROTO_ICMP;
     const pg = icmp ? info.sport : info.dport;
     const s = t.lookupLan(info.proto, info.src, pg);
+    // A session's first packet may come ahead of its request (version 3: the
+    // driver proposed Pg from its share and let the packet go): held for it.
+    const ahead = !icmp && pg >= this.#driverPg && pg <= this.#cfg.gatewayPorts[1];
     if (s < 0) {
+      if (ahead) return Verdict.HOLD;
       // Not a session: the gateway's own business. TCP/UDP to a gateway port get the
       // kernel's RST or port unreachable, which tells a driver whose session the
       // server lost. An echo request is a plain ping of the gateway: the kernel
@@ -220,6 +230,8 @@ export class Translator {
       return Verdict.ACCEPT;
     }
     if (!icmp && t.pa(s) !== info.sport) {
+      // Another session of the host holds this Pg: a proposal of it would be
+      // answered with another Pg, and its packet dropped anyway.
       this.#drops[Drop.INTERNAL_PORT_MISMATCH]!++;
       return Verdict.DROP;
     }

@@ -56,6 +56,10 @@ export interface ServerViewsDeps {
   protocols?: () => MappingProtocols;
   /** The HA role's status (`--ha`). */
   ha?: () => HaStatus | null;
+  /** The held first packets' counters (`ServerCore.held`). */
+  held?: () => Record<string, number>;
+  /** Control datagrams by protocol version (`ControlService.datagrams`). */
+  datagrams?: () => Record<string, number>;
 }
 
 /** The operator's view of the gateway: status, rows, host views, session events, drops. */
@@ -117,6 +121,8 @@ export class ServerViews {
       results,
       drops,
       packets: { ...d.packets },
+      ...(d.held ? { held: d.held() } : {}),
+      ...(d.datagrams ? { datagrams: d.datagrams() } : {}),
       ...(d.protocols ? { protocols: d.protocols() } : {}),
       ...(d.ha?.() ? { ha: d.ha()! } : {}),
     };

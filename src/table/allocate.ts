@@ -114,6 +114,18 @@ export interface ReserveRequest extends SessionIdentity {
   direct?: boolean;
   /** Who asks (kept in a new row; decides its budget). @default Owner.DPM */
   owner?: OwnerKind;
+  /**
+   * The gateway port the driver proposes (protocol version 3): granted when
+   * it lies in the drivers' share and (proto, a) uses it for no other
+   * session; otherwise the table picks one. @default none
+   */
+  pg?: number;
+  /**
+   * The table may pick Pg anywhere in the range, the drivers' share too (a
+   * version-2 driver, which never proposes). @default false: below the
+   * drivers' share only
+   */
+  pgAnywhere?: boolean;
   /** PCP's mapping nonce (`NONCE_LEN` bytes), kept in a new row. */
   nonce?: Uint8Array;
 }
@@ -280,7 +292,7 @@ export class Allocator {
         shared = this.#ports.used(pi, ri, pa);
       }
     }
-    const pg = this.#freeGatewayPort(proto, a);
+    const pg = this.#freeGatewayPort(proto, a, req.pg ?? 0, req.pgAnywhere ?? false);
     if (pg < 0) return Result.NO_RESOURCES;
     const flags = rowFlags({
       replaceable: req.replaceable,
@@ -424,10 +436,19 @@ export class Allocator {
     return -1;
   }
 
-  /** A random Pg not used by (proto, a), or -1. */
-  #freeGatewayPort(proto: number, a: number): number {
-    const { pgMin, pgMax, random: rnd } = this.#cfg;
-    const range = pgMax - pgMin + 1;
+  /**
+   * The Pg of a new session of (proto, a), or -1: the proposal when it lies
+   * in the drivers' share and is free, else a random free one below the
+   * drivers' share (anywhere in the range with `anywhere`).
+   */
+  #freeGatewayPort(proto: number, a: number, proposal: number, anywhere: boolean): number {
+    const { pgMin, pgMax, pgDriverMin, random: rnd } = this.#cfg;
+    if (
+      proposal >= pgDriverMin && proposal <= pgMax && this.#rows.lookupLan(proto, a, proposal) < 0
+    ) return proposal;
+    const hi = anywhere ? pgMax : pgDriverMin - 1;
+    const range = hi - pgMin + 1;
+    if (range <= 0) return -1;
     for (let t = 0; t < TRIES.randomPg; t++) {
       const pg = pgMin + Math.floor(rnd() * range);
       if (this.#rows.lookupLan(proto, a, pg) < 0) return pg;

@@ -48,6 +48,13 @@ export interface TableOptions {
   /** Highest gateway LAN-side port (Pg). @default 65535 */
   gatewayPortMax?: number;
   /**
+   * The first Pg of the drivers' share (`src/control/pg.ts`): a driver's
+   * proposal is granted only from it, and the table's own choices come from
+   * below it (unless a request lets it pick anywhere). @default none: every
+   * Pg is the table's to choose
+   */
+  driverPortMin?: number;
+  /**
    * Rows one internal address may hold, all protocols together, not
    * counting unverified ones (PCP, NAT-PMP). @default 4096
    */
@@ -97,6 +104,8 @@ export interface TableConfig {
   /** Gateway LAN-side ports (Pg). */
   readonly pgMin: number;
   readonly pgMax: number;
+  /** The first Pg of the drivers' share (`pgMax + 1`: none). */
+  readonly pgDriverMin: number;
   readonly maxPerHost: number;
   readonly maxUnverifiedPerHost: number;
   readonly maxUpnpPerHost: number;
@@ -142,6 +151,7 @@ export function tableConfig(opts: TableOptions): TableConfig {
   const portMax = checkInt("portMax", opts.portMax ?? 65535, portMin, 65535);
   const pgMin = checkInt("gatewayPortMin", opts.gatewayPortMin ?? 61000, 1, 65535);
   const pgMax = checkInt("gatewayPortMax", opts.gatewayPortMax ?? 65535, pgMin, 65535);
+  const pgDriverMin = checkInt("driverPortMin", opts.driverPortMin ?? pgMax + 1, pgMin, pgMax + 1);
   const maxPerHost = checkInt("maxSessionsPerHost", opts.maxSessionsPerHost ?? 4096, 1, 2 ** 31);
   const maxUnverifiedPerHost = checkInt(
     "maxUnverifiedPerHost",
@@ -174,6 +184,7 @@ export function tableConfig(opts: TableOptions): TableConfig {
     portMax,
     pgMin,
     pgMax,
+    pgDriverMin,
     maxPerHost,
     maxUnverifiedPerHost,
     maxUpnpPerHost,

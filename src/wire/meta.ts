@@ -42,6 +42,13 @@ export const Meta = {
   GSO: 2,
   /** The device did not verify the checksum (informational). */
   CHECKSUM_NOT_VERIFIED: 4,
+  /**
+   * dpm's own bit, above the kernel's: the data path's maps had no session
+   * for this first packet of a new flow to a gateway port of the drivers'
+   * share (the kernel path's hold rule). It went ahead of its request: the
+   * server holds it until the request is granted (`server/held.ts`).
+   */
+  MISSED: 1 << 16,
 } as const;
 
 /** IP protocol numbers dpm translates. */

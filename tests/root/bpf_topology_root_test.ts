@@ -120,7 +120,7 @@ Deno.test(needsRoot({
       lan,
     };
     const table = serverTable(cfg, lan, {
-      toRemote: sessions.map((s) => toRemoteText(s.proto, s.a, s.pg, s.x, s.px)),
+      toRemote: sessions.map((s) => toRemoteText(s.proto, s.a, s.pa, s.pg, s.x, s.px)),
       toPublic: sessions.map((s) => toPublicText(s.proto, s.a, s.pa, s.x, s.px, s.r, s.p)),
       queued: [],
     });
@@ -398,7 +398,7 @@ Deno.test(needsRoot({
     };
     const nft = await t.exec(gw.ns, ["nft", "-f", "-"], {
       stdin: serverTable(cfg, lan, {
-        toRemote: sessions.map((s) => toRemoteText(s.proto, s.a, s.pg, s.x, s.px)),
+        toRemote: sessions.map((s) => toRemoteText(s.proto, s.a, s.pa, s.pg, s.x, s.px)),
         toPublic: sessions.map((s) => toPublicText(s.proto, s.a, s.pa, s.x, s.px, s.r, s.p)),
         queued: [],
       }),

@@ -164,8 +164,19 @@ for (const datapath of DATAPATHS) {
         const seen = burstSeen(r.stdout);
         const st = await driverStatus(t, d, "h1");
         const mine = st.sessions.filter((s) => s.local.startsWith(`${h1.addrText}:`));
+        // For the log (no timing is asserted): how long each session's first
+        // reply took (its first packet waited for the reservation) and how
+        // many sessions had to send again.
+        const first = (JSON.parse(r.stdout.trim().split("\n").pop()!) as {
+          sessions: { firstUs: number | null; sends: number }[];
+        }).sessions;
+        const us = first.map((x) => x.firstUs ?? Infinity).sort((a, b) => a - b);
+        const at = (p: number) =>
+          Math.round(us[Math.min(us.length - 1, Math.ceil(p * us.length) - 1)]!);
         console.log(
-          `fell back at first ${st.stats.fellBack}, reserved since ${st.stats.recovered}, ` +
+          `first reply p50 ${at(0.5)} µs, p99 ${at(0.99)} µs, max ${at(1)} µs; ` +
+            `${first.filter((x) => x.sends > 2).length} sessions resent in round 1; ` +
+            `fell back at first ${st.stats.fellBack}, reserved since ${st.stats.recovered}, ` +
             `control ${JSON.stringify(st.stats.control)}`,
         );
         assert.equal(mine.length, ALL);

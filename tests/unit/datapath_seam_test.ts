@@ -127,15 +127,18 @@ function hostRig(now: () => number) {
   return { server, pipe, d, io, dp };
 }
 
-Deno.test("seam: on a kernel path the driver holds the first packet, programs the session, then lets it go unchanged", async () => {
+Deno.test("seam: on a kernel path the driver proposes Pg, programs the session, commits at the turn's end, then lets the packet go unchanged", async () => {
   const { d, io, dp } = hostRig(Date.now);
   d.attach(dp, io);
   const pkt = buildUdp({ src: H1, sport: 40000, dst: P1, dport: 7000 });
   const before = pkt.slice();
   assert.equal(d.handlePacket(pkt, 1, true), Verdict.HOLD);
-  assert.equal(dp.up.length, 0, "nothing programmed before the grant");
+  assert.equal(dp.up.length, 1, "programmed at once with its proposed Pg");
+  assert.equal(dp.commits, 0);
+  assert.deepEqual(io.given, [], "not before the commit");
   await settle();
-  assert.equal(dp.up.length, 1, "programmed on the grant");
+  assert.equal(dp.commits >= 1, true, "committed at the end of the turn");
+  assert.equal(dp.up.length, 1, "granted as proposed: nothing programmed again");
   const k = dp.up[0]!;
   assert.deepEqual([k.proto, k.a, k.pa, k.x, k.px, k.g], [17, H1, 40000, P1, 7000, G]);
   assert.ok(k.pg >= 61000);

@@ -9,10 +9,12 @@
 import assert from "node:assert/strict";
 import { DriverCore } from "../../src/driver/core.ts";
 import { COOKIE_ROTATE_MS } from "../../src/control/cookie.ts";
-import { encodeRequest, hasCookie } from "../../src/control/proto.ts";
+import { encodeRequest, errorResponseFor, hasCookie } from "../../src/control/proto.ts";
 import { ServerCore } from "../../src/server/core.ts";
 import { Verdict } from "../../src/wire/meta.ts";
-import { FakeDriverDataPath } from "../../src/datapath/fake.ts";
+import { FakeDriverDataPath, FakeServerDataPath } from "../../src/datapath/fake.ts";
+import { driverShareStart } from "../../src/control/pg.ts";
+import { Result } from "../../src/control/result.ts";
 import { IPPROTO_UDP, PacketInfo, parse } from "../../src/wire/packet.ts";
 import {
   buildIcmpEcho,
@@ -36,6 +38,7 @@ import {
   R1,
   serverCfg,
   settle,
+  settleTimeouts,
 } from "../../testing/fixtures.ts";
 
 function parsed(pkt: Uint8Array): PacketInfo {
@@ -80,12 +83,25 @@ function rig(
   return { server, h1: mk(H1), h2: mk(H2) };
 }
 
-Deno.test("driver: claim 5 holds the first packet, reserves, then sends it to G:Pg; the server makes it R:p -> X:px", async () => {
+Deno.test("driver: claim 5 proposes Pg and sends the first packet to G:Pg at once; the gateway holds it until the grant, then makes it R:p -> X:px", async () => {
   const { server, h1 } = rig();
+  const sdp = new FakeServerDataPath("queue");
+  server.attach(sdp);
   const pkt = buildUdp({ src: H1, sport: 40000, dst: P1, dport: 7000 });
-  assert.equal(h1.d.handlePacket(pkt, 1, true), Verdict.HOLD);
+  // Queue path: rewritten at once to G:Pg, Pg from the drivers' share.
+  assert.equal(h1.d.handlePacket(pkt, 1, true), Verdict.MODIFIED);
+  const lan = parsed(pkt);
+  assert.equal(lan.dst, G);
+  assert.ok(lan.dport >= driverShareStart([61000, 65535]) && lan.dport <= 65535);
+  assert.deepEqual([lan.src, lan.sport], [H1, 40000]);
+  assert.ok(verifyIpChecksum(pkt) && verifyL4Checksum(pkt));
+  // It reaches the gateway ahead of its request: held there.
+  const atGateway = pkt.slice();
+  assert.equal(server.handlePacket(atGateway, 0, 77), Verdict.HOLD);
+  assert.equal(server.held.size, 1);
   await settle();
-  // The first request learns the server's cookie (COOKIE_REQUIRED), the retry carries it.
+  // The first request learns the server's cookie (COOKIE_REQUIRED), the retry carries it;
+  // both propose the Pg the packet went to.
   assert.equal(h1.pipe.sent.length, 2);
   const req = h1.pipe.sent[1]!;
   assert.deepEqual([req.internalAddr, req.internalPort, req.remoteAddr, req.remotePort], [
@@ -94,21 +110,19 @@ Deno.test("driver: claim 5 holds the first packet, reserves, then sends it to G:
     P1,
     7000,
   ]);
+  assert.equal((req as { gatewayPort?: number }).gatewayPort, lan.dport);
   assert.equal(req.replaceable, true, "claim 3: 40000 is inside the ephemeral range");
-  assert.equal(h1.q.given.length, 1);
-  const v = h1.q.given[0]!;
-  assert.equal(v.id, 1);
-  assert.ok(v.payload);
-  const lan = parsed(v.payload);
-  assert.equal(lan.dst, G);
-  assert.ok(lan.dport >= 61000);
-  assert.deepEqual([lan.src, lan.sport], [H1, 40000]);
-  assert.ok(verifyIpChecksum(v.payload) && verifyL4Checksum(v.payload));
-  // Later packets are rewritten at once.
+  // Granted and committed: the held packet goes on, R:p -> X:px (claim 6).
+  assert.equal(server.held.size, 0);
+  assert.equal(sdp.io.given.length, 1);
+  const v = sdp.io.given[0]!;
+  assert.deepEqual([v.id, v.verdict], [77, Verdict.MODIFIED]);
+  const out = parsed(v.payload!);
+  assert.deepEqual([out.src, out.sport, out.dst, out.dport], [R1, 40000, P1, 7000]);
+  // Later packets are rewritten at once, to the same Pg.
   const next = buildUdp({ src: H1, sport: 40000, dst: P1, dport: 7000 });
   assert.equal(h1.d.handlePacket(next, 2, true), Verdict.MODIFIED);
   assert.equal(parsed(next).dport, lan.dport);
-  // At the gateway (claim 6).
   assert.equal(server.handlePacket(next), Verdict.MODIFIED);
   const wan = parsed(next);
   assert.deepEqual([wan.src, wan.sport, wan.dst, wan.dport], [R1, 40000, P1, 7000]);
@@ -119,6 +133,55 @@ Deno.test("driver: claim 5 holds the first packet, reserves, then sends it to G:
   const app = parsed(reply);
   assert.deepEqual([app.src, app.sport, app.dst, app.dport], [P1, 7000, H1, 40000]);
   assert.ok(verifyIpChecksum(reply) && verifyL4Checksum(reply));
+});
+
+Deno.test("driver: a reply from G:Pg that overtakes the answer (a SYN-ACK) reaches the app: the proposed Pg is translated inbound at once", async () => {
+  const { server, h1 } = rig();
+  const sdp = new FakeServerDataPath("queue");
+  server.attach(sdp);
+  const syn = buildTcp({ src: H1, sport: 40001, dst: P1, dport: 80, flags: 0x02 });
+  assert.equal(h1.d.handlePacket(syn, 1, true), Verdict.MODIFIED);
+  const pg = parsed(syn).dport;
+  // The gateway grants and sends the SYN on; the remote's SYN-ACK comes back
+  // through the gateway before the driver has read its answer.
+  assert.equal(server.handlePacket(syn.slice(), 0, 5), Verdict.HOLD);
+  const s = [...h1.d.sessions()].find((x) => x.pa === 40001)!;
+  assert.equal(s.state, 0, "no answer yet (PENDING)");
+  const synAck = buildTcp({ src: G, sport: pg, dst: H1, dport: 40001, flags: 0x12 });
+  assert.equal(h1.d.handlePacket(synAck, 2, false), Verdict.MODIFIED);
+  const app = parsed(synAck);
+  assert.deepEqual([app.src, app.sport, app.dst, app.dport], [P1, 80, H1, 40001]);
+  // From another port of the host, G:Pg is not this session's: untouched.
+  const stray = buildTcp({ src: G, sport: pg, dst: H1, dport: 40002, flags: 0x12 });
+  assert.equal(h1.d.handlePacket(stray, 3, false), Verdict.ACCEPT);
+  await settle();
+  assert.equal(s.state, 1, "the answer arrived: ACTIVE");
+});
+
+Deno.test("driver: the kernel path holds a new session's first packets for the rest of the turn, commits once, then lets them go", async () => {
+  const { h1 } = rig({ kernel: true });
+  const ids = [1, 2, 3];
+  for (const id of ids) {
+    const pkt = buildUdp({ src: H1, sport: 40000 + id, dst: P1, dport: 7000 });
+    assert.equal(h1.d.handlePacket(pkt, id, true), Verdict.HOLD);
+  }
+  assert.equal(h1.dp.up.length, 3, "three sessions programmed with their proposals");
+  assert.equal(h1.dp.commits, 0, "not committed yet");
+  h1.d.endTurn();
+  assert.equal(h1.dp.commits, 1, "one commit for the turn");
+  assert.deepEqual(h1.q.given.map((g) => [g.id, g.verdict]), [
+    [1, Verdict.ACCEPT],
+    [2, Verdict.ACCEPT],
+    [3, Verdict.ACCEPT],
+  ]);
+  // Before any answer: the requests went first (one datagram after the cookie's).
+  await settle();
+  assert.equal(
+    [...h1.d.sessions()].filter((s) => s.state === 1).length,
+    3,
+    "granted as proposed",
+  );
+  assert.equal(h1.dp.up.length, 3, "nothing to program again");
 });
 
 Deno.test("driver: claim 11 query answers the public pair the server chose; --reserve reserves first", async () => {
@@ -166,14 +229,14 @@ Deno.test("driver: a fixed port refused by the server is dropped and the applica
   const { h1, h2 } = rig({ fixed: [] });
   // 5060 is outside the ephemeral range: not replaceable (claim 3).
   const a = buildUdp({ src: H1, sport: 5060, dst: P1, dport: 5060 });
-  assert.equal(h1.d.handlePacket(a, 1, true), Verdict.HOLD);
+  assert.equal(h1.d.handlePacket(a, 1, true), Verdict.MODIFIED);
   await settle();
   assert.equal(h1.pipe.sent[0]!.replaceable, false);
   const b = buildUdp({ src: H2, sport: 5060, dst: P1, dport: 5060 });
-  assert.equal(h2.d.handlePacket(b, 1, true), Verdict.HOLD);
+  // Proposed and let go (the gateway holds it, then drops it: refused).
+  assert.equal(h2.d.handlePacket(b, 1, true), Verdict.MODIFIED);
   await settle();
-  assert.deepEqual(h2.q.given, [{ id: 1, verdict: Verdict.DROP }], "held packet dropped");
-  assert.equal(h2.raw.sent.length, 1);
+  assert.equal(h2.raw.sent.length, 1, "the application is told");
   const icmp = parsed(h2.raw.sent[0]!.pkt);
   assert.deepEqual([icmp.icmpType, icmp.icmpCode, icmp.dst, icmp.src], [3, 13, H2, P1]);
   assert.deepEqual([icmp.innerSrc, icmp.innerSport, icmp.innerDst, icmp.innerDport], [
@@ -185,11 +248,16 @@ Deno.test("driver: a fixed port refused by the server is dropped and the applica
   assert.ok(verifyIpChecksum(h2.raw.sent[0]!.pkt) && verifyL4Checksum(h2.raw.sent[0]!.pkt));
   const q = await ask(h2.d, "10.0.0.12:5060", "198.51.100.10:5060");
   assert.equal(q.result, "conflict", "the refusal is visible to the application");
+  // Its next packet is dropped here, with the same ICMP.
+  const again = buildUdp({ src: H2, sport: 5060, dst: P1, dport: 5060 });
+  assert.equal(h2.d.handlePacket(again, 2, true), Verdict.DROP);
+  assert.equal(h2.raw.sent.length, 2);
   // The same fixed port toward another peer is shared (claims 8-10).
   const c = buildUdp({ src: H2, sport: 5060, dst: P2, dport: 5060 });
-  assert.equal(h2.d.handlePacket(c, 2, true), Verdict.HOLD);
+  assert.equal(h2.d.handlePacket(c, 3, true), Verdict.MODIFIED, "rewritten and let go");
   await settle();
-  assert.equal(h2.q.given[1]?.verdict, Verdict.MODIFIED, "rewritten and let go");
+  const ok = await ask(h2.d, "10.0.0.12:5060", "198.51.100.20:5060");
+  assert.equal(ok.result, "ok");
 });
 
 Deno.test("driver: a fixed port listed with --fixed-ports is never replaceable, even inside the ephemeral range", () => {
@@ -215,12 +283,37 @@ Deno.test("driver: no answer from the server passes the session untranslated (or
   h1.pipe.drop = true;
   const pkt = buildUdp({ src: H1, sport: 40000, dst: P1, dport: 7000 });
   const copy = pkt.slice();
-  assert.equal(h1.d.handlePacket(pkt, 1, true), Verdict.HOLD);
-  await settle();
-  assert.deepEqual(h1.q.given, [{ id: 1, verdict: Verdict.ACCEPT }]);
+  // Proposed: on its way to G:Pg (the gateway would hold it for the request that never comes).
+  assert.equal(h1.d.handlePacket(pkt, 1, true), Verdict.MODIFIED);
+  await settleTimeouts();
+  const s = [...h1.d.sessions()][0]!;
+  assert.equal(s.state, 3, "fell back");
+  assert.equal(s.pg, 0, "its proposal is given up");
   const next = copy.slice();
   assert.equal(h1.d.handlePacket(next, 2, true), Verdict.ACCEPT);
   assert.deepEqual(next, copy);
+});
+
+Deno.test("driver: with a server that speaks only version 2, new sessions wait for their answer", async () => {
+  const { h1 } = rig();
+  // A version-2 server answers a version-3 datagram UNSUPPORTED_VERSION.
+  const link = h1.pipe.link;
+  const real = link.server.handleControl.bind(link.server);
+  link.server.handleControl = (msg, src) => {
+    if (msg[2] === 3) return errorResponseFor(msg, { result: Result.UNSUPPORTED_VERSION }, 1);
+    return real(msg, src);
+  };
+  const first = buildUdp({ src: H1, sport: 40000, dst: P1, dport: 7000 });
+  assert.equal(h1.d.handlePacket(first, 1, true), Verdict.MODIFIED, "proposed before it knew");
+  await settle();
+  assert.equal(h1.pipe.proposes, false);
+  const pkt = buildUdp({ src: H1, sport: 40001, dst: P1, dport: 7000 });
+  assert.equal(h1.d.handlePacket(pkt, 2, true), Verdict.HOLD, "held until the answer");
+  await settle();
+  assert.equal(h1.q.given.at(-1)?.id, 2);
+  assert.equal(h1.q.given.at(-1)?.verdict, Verdict.MODIFIED);
+  assert.ok(h1.pipe.sent.slice(-1)[0]!.nonce.length === 8);
+  assert.equal([...h1.d.sessions()].filter((s) => s.state === 1).length, 2, "both granted");
 });
 
 Deno.test("driver: ICMP echo and its ICMP errors cross both translators", async () => {
@@ -266,9 +359,9 @@ Deno.test("driver: ICMP echo and its ICMP errors cross both translators", async 
 Deno.test("driver: TCP errors from outside reach the app with the original endpoints quoted", async () => {
   const { server, h1 } = rig();
   const syn = buildTcp({ src: H1, sport: 45000, dst: P1, dport: 80 });
-  h1.d.handlePacket(syn, 1, true);
+  assert.equal(h1.d.handlePacket(syn, 1, true), Verdict.MODIFIED);
   await settle();
-  const lan = h1.q.given[0]!.payload!;
+  const lan = syn.slice();
   assert.equal(server.handlePacket(lan), Verdict.MODIFIED);
   const unreach = buildIcmpError({
     src: P1,
@@ -314,7 +407,7 @@ Deno.test("driver: a server restart (new epoch) makes the driver reserve its ses
   await ask(h1.d, "10.0.0.11:40000", "198.51.100.10:7000", true);
   // A new server without state behind the same pipe.
   const fresh = new ServerCore(serverCfg({ pool: [R1] }), { lan: LAN, epoch: 99 });
-  (h1.pipe as { server: ServerCore }).server = fresh;
+  h1.pipe.server = fresh;
   await ask(h1.d, "10.0.0.11:40001", "198.51.100.10:7000", true);
   await settle();
   await settle();
@@ -365,7 +458,7 @@ Deno.test("driver: a refusal that may pass (quota) is asked again while the appl
   await ask(h1.d, "10.0.0.11:40000", "198.51.100.10:7000", true);
   const send = () =>
     h1.d.handlePacket(buildUdp({ src: H1, sport: 40001, dst: P1, dport: 7000 }), 9, true);
-  assert.equal(send(), Verdict.HOLD);
+  assert.equal(send(), Verdict.MODIFIED, "proposed and let go");
   await settle();
   assert.equal(send(), Verdict.DROP, "refused: quota");
   // The first session goes away; the app never stops sending.
@@ -375,9 +468,10 @@ Deno.test("driver: a refusal that may pass (quota) is asked again while the appl
     send();
     h1.d.tick();
   }
-  assert.equal(send(), Verdict.HOLD, "asked again");
+  assert.equal(send(), Verdict.MODIFIED, "asked again, proposed again");
   await settle();
   assert.equal(send(), Verdict.MODIFIED);
+  assert.equal([...h1.d.sessions()].find((s) => s.pa === 40001)?.state, 1, "granted");
 });
 
 Deno.test("driver: an idle established TCP connection keeps its mapping for RFC 5382's 2 h 4 min", async () => {
@@ -408,7 +502,7 @@ Deno.test("driver: learns the server's cookie once, retries transparently when t
   const send = async (pa: number) => {
     assert.equal(
       h1.d.handlePacket(buildUdp({ src: H1, sport: pa, dst: P1, dport: 7000 }), pa, true),
-      Verdict.HOLD,
+      Verdict.MODIFIED,
     );
     await settle();
     return h1.pipe.sent.slice(-1)[0]!;

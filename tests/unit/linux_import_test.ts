@@ -14,6 +14,7 @@ Deno.test("linux: the ffi modules import without --allow-ffi", async () => {
       "libc.ts",
       "nfqueue.ts",
       "rawsock.ts",
+      "udp.ts",
       "sysctl.ts",
       "iptables.ts",
       "sockdiag.ts",

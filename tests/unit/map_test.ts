@@ -141,7 +141,7 @@ function driverRig() {
     },
     restart() {
       server = new ServerCore(serverCfg({ pool: [R1] }), { lan: LAN, now: clock });
-      (pipe as { server: ServerCore }).server = server;
+      pipe.server = server;
     },
     advance(ms: number) {
       now += ms;

@@ -196,7 +196,7 @@ Deno.test("vector: a first request without a cookie, and the documented COOKIE_R
 });
 
 Deno.test("vector: the documented UNSUPPORTED_VERSION reply", () => {
-  const reply = errorResponseFor(reqWith(2, 3), { result: Result.UNSUPPORTED_VERSION }, 0x1234abcd);
+  const reply = errorResponseFor(reqWith(2, 4), { result: Result.UNSUPPORTED_VERSION }, 0x1234abcd);
   assert.ok(reply !== null);
   assert.equal(
     hex(reply),

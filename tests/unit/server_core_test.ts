@@ -5,6 +5,7 @@
  */
 
 import assert from "node:assert/strict";
+import { decodeAnswerHeader } from "../../src/control/batch.ts";
 import {
   REFUSAL_BURST,
   REFUSAL_LOG_LINES,
@@ -149,14 +150,24 @@ Deno.test("server: garbage gets no answer, a wrong version a precise one, and bo
   assert.equal(core.handleControl(new Uint8Array([1, 2, 3]), H1), null);
   assert.equal(core.handleControl(new TextEncoder().encode("GET / HTTP/1.0\r\n\r\n"), H1), null);
   const bad = encodeRequest(req());
-  bad[2] = 9; // version
+  bad[2] = 9; // a version after 3: told in version 3's header, which is shorter
   const reply = core.handleControl(bad, H1);
   assert.ok(reply);
-  const d = decodeResponse(reply);
-  assert.ok(d.ok);
-  assert.equal(d.res.result, Result.UNSUPPORTED_VERSION);
+  assert.ok(reply.length <= bad.length);
+  const d = decodeAnswerHeader(reply);
+  assert.ok(d.ok, d.ok ? "" : d.reason);
+  assert.equal(d.result, Result.UNSUPPORTED_VERSION);
+  assert.equal(d.count, 0);
+  assert.deepEqual([d.nonceHi, d.nonceLo], [
+    new DataView(bad.buffer).getUint32(4),
+    new DataView(bad.buffer).getUint32(8),
+  ]);
+  // Version 1 (32 bytes, shorter than any version-2 answer) still gets none.
+  const v1 = bad.slice(0, 32);
+  v1[2] = 1;
+  assert.equal(core.handleControl(v1, H1), null);
   assert.equal(core.results[Result.MALFORMED], 2);
-  assert.equal(core.results[Result.UNSUPPORTED_VERSION], 1);
+  assert.equal(core.results[Result.UNSUPPORTED_VERSION], 2);
 });
 
 Deno.test("server: a host over its request rate is told so, a few times a second, others are not affected", () => {

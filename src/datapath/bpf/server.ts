@@ -13,6 +13,10 @@
  *   and its two entries in the session map `dpm_nat`, without SEEN bits.
  *   The egress programs set them as the stack forwards the session's
  *   packets each way; with both, the ingress programs take it.
+ * - A first packet that reaches the gateway before its request was granted
+ *   (a version-3 driver lets it go at once: docs/protocol.md, "Version 3")
+ *   has no entry: the stack hands it to the kernel path's hold chain, which
+ *   queues it to the server until the grant is committed (`server/held.ts`).
  * - A session that ends loses both, and its conntrack; a mapping also the
  *   flows the programs learned from it.
  * - ICMP sessions and hairpinned ones get no entries: they stay on the
@@ -39,6 +43,7 @@ import {
   type GatewayOptions,
   type GatewaySession,
   isMapping,
+  type PacketIO,
   type ServerDataPath,
   type ServerPacketHandler,
   type SessionCounters,
@@ -123,7 +128,14 @@ class BpfServerPath implements ServerDataPath {
     forwardsMappings: () => true,
     countsPerSession: true,
     keepsSessions: true,
+    // A first packet ahead of its request takes the slow path: the kernel
+    // path's hold chain queues it, and once committed the stack translates it.
+    kernelTranslates: true,
   } as const;
+  /** The kernel path's queue: held first packets' verdicts, ICMP and hairpins. */
+  get io(): PacketIO | null {
+    return this.#nft.io;
+  }
   /** Whether the programs were attached by this run (the watchdog checks them from then on). */
   attached = false;
   readonly #cfg: GatewayOptions;

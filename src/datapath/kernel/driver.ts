@@ -8,10 +8,12 @@
  *
  * The first packet of every new TCP/UDP conntrack toward the outside goes
  * through the queue first (mangle OUTPUT, `--ctstate NEW`, before nat): the
- * driver holds it while it asks the server (claims 1, 3), adds the map
- * element on the grant (`sessionUp`), and lets the packet go unchanged; the
- * nat chain that follows translates it. Packets of established sessions
- * never reach user space. ICMP stays on the queue translator.
+ * driver holds it for the rest of its turn, adds the map elements of every
+ * session of the turn (`sessionUp`: its proposed gateway port, or the one a
+ * grant named) in one transaction (`commit`), and lets the packets go
+ * unchanged; the nat chain that follows translates them. Packets of
+ * established sessions never reach user space. ICMP stays on the queue
+ * translator.
  *
  * Leases: `activity()` reads conntrack (accounting on) at most every two
  * seconds: a session whose packet count moved is busy (renewed), one whose
@@ -44,7 +46,7 @@ import {
 } from "../datapath.ts";
 import {
   NO_OTHER_PATHS,
-  openHostQueue,
+  openQueue,
   type OtherPaths,
   pumpHost,
   sysctlJournal,
@@ -79,7 +81,7 @@ const fromData = (k: HostSessionKey) => concat([k.x, 4], [k.px, 2]);
 /** The host's kernel data path. */
 export class KernelDriverDataPath implements DriverDataPath {
   readonly kind = "kernel" as const;
-  readonly can = { keepsSessions: true } as const;
+  readonly can = { keepsSessions: true, commitsFirst: true } as const;
   readonly io: PacketIO;
   readonly #o: HostOptions;
   readonly #nft: NftMaps;
@@ -141,7 +143,7 @@ export class KernelDriverDataPath implements DriverDataPath {
       undo.push(() => nft.close());
       const ct = Conntrack.open();
       undo.push(() => ct.close());
-      const { queue, io } = openHostQueue(o.queue, undo);
+      const { queue, io } = openQueue(o.queue, undo);
       return new KernelDriverDataPath(o, nft, ct, queue, io, undo, others);
     } catch (e) {
       await undo.run();
@@ -221,22 +223,41 @@ export class KernelDriverDataPath implements DriverDataPath {
     return info.proto === IPPROTO_ICMP ? rewriteToGateway(pkt, info, g, pg, skb) : Verdict.ACCEPT;
   }
 
+  /** Sessions up since the last commit, by host key (a later sessionDown takes one back). */
+  readonly #pending = new Map<number, HostSessionKey>();
+
   sessionUp(k: HostSessionKey): void {
     if (k.proto === IPPROTO_ICMP) return;
-    this.#live.set(hostKey(k.proto, k.a, k.pg), k);
+    const key = hostKey(k.proto, k.a, k.pg);
+    this.#live.set(key, k);
+    this.#pending.set(key, k);
+  }
+
+  commit(): void {
+    if (this.#pending.size === 0) return;
+    const ks = [...this.#pending.values()];
+    this.#pending.clear();
     try {
+      // Both maps of every session of the turn in one transaction.
       this.#nft.addAll(DRIVER_TABLE, [
-        { set: "to_gateway", elems: [{ key: gwKey(k), data: gwData(k) }] },
-        { set: "from_gateway", elems: [{ key: fromKey(k), data: fromData(k) }] },
+        { set: "to_gateway", elems: ks.map((k) => ({ key: gwKey(k), data: gwData(k) })) },
+        { set: "from_gateway", elems: ks.map((k) => ({ key: fromKey(k), data: fromData(k) })) },
       ]);
     } catch (e) {
-      this.#watchdog.suspect(`programming ${describeSession(k)}: ${(e as Error).message}`);
+      this.#watchdog.suspect(
+        `programming ${ks.length} session(s), ${describeSession(ks[0]!)} first: ${
+          (e as Error).message
+        }`,
+      );
     }
   }
 
   sessionDown(k: HostSessionKey): void {
     if (k.proto === IPPROTO_ICMP) return;
-    this.#live.delete(hostKey(k.proto, k.a, k.pg));
+    const key = hostKey(k.proto, k.a, k.pg);
+    this.#live.delete(key);
+    // Not committed yet: it never will be.
+    this.#pending.delete(key);
     try {
       this.#nft.delete(DRIVER_TABLE, "to_gateway", [gwKey(k)]);
       this.#nft.delete(DRIVER_TABLE, "from_gateway", [fromKey(k)]);

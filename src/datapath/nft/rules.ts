@@ -9,7 +9,7 @@
  * port, X:px remote, R:p public pair):
  *
  * ```
- * map to_remote  proto . a . Pg        -> X . px   dnat in nat prerouting (-101), iif LAN, daddr G
+ * map to_remote  proto . a . pa . Pg   -> X . px   dnat in nat prerouting (-101), iif LAN, daddr G
  * map to_public  proto . a . pa . X . px -> R . p  snat in nat postrouting (99), oif WAN
  * set queued     proto . a . Pg                    hairpinned sessions: the queue translates them
  * map map_in     proto . R . p          -> a . pa  PCP/NAT-PMP MAP: dnat in nat prerouting (-101), iif WAN
@@ -19,6 +19,11 @@
  *                  broadcast: dpm needs accept_local and no strict rp_filter (gateway.ts)
  * chain guard    control requests (UDP: dpm, PCP, SSDP; TCP: the UPnP IGD's HTTP) to G only
  *                from the LAN interface and prefix (datapath/gateway.ts)
+ * chain hold     filter prerouting (-160, after conntrack): a new conntrack from the LAN to
+ *                G:Pg in the drivers' share that to_remote does not know (a first packet
+ *                ahead of its request, `server/held.ts`) gets HOLD_MARK; iptables mangle
+ *                PREROUTING (DPM-SRV-HOLD) queues it to the server, which lets it go on
+ *                once the session is committed (nat prerouting then meets it in to_remote)
  * ```
  * Host, `table ip dpm-driver`:
  * ```
@@ -45,6 +50,7 @@ import {
   quoteIf,
 } from "../gateway.ts";
 import { protoName } from "../../wire/meta.ts";
+import { driverShare } from "../../control/pg.ts";
 
 /** The gateway's nftables table. */
 export const SERVER_TABLE = "dpm-server";
@@ -52,6 +58,11 @@ export const SERVER_TABLE = "dpm-server";
 export const DRIVER_TABLE = "dpm-driver";
 /** Packet mark that sends a hairpinned session's packets to the queue (nft sets it, iptables queues). */
 export const QUEUE_MARK = 0x64706d01; // "dpm" 01
+/**
+ * Packet mark of a first packet that went ahead of its request (nft's hold
+ * chain sets it, iptables queues it; the server holds it: `server/held.ts`).
+ */
+export const HOLD_MARK = 0x64706d04; // "dpm" 04
 
 /**
  * The guard chain's rules: dpm's UDP control ports and the TCP ones
@@ -108,13 +119,16 @@ export function serverTable(
   const lanIf = quoteIf(cfg.lanIf!);
   const wanIf = quoteIf(cfg.wanIf!);
   const g = formatIPv4(cfg.lanAddr);
+  const share = driverShare(cfg.gatewayPorts);
   const el = (xs: string[]) => xs.length ? `\n    elements = { ${xs.join(",\n      ")} }` : "";
   return `add table ip ${SERVER_TABLE}
 delete table ip ${SERVER_TABLE}
 table ip ${SERVER_TABLE} {
   comment "dpm server: per-session NAT maps, programmed by dpm; do not edit"
   map to_remote {
-    typeof meta l4proto . ip saddr . th dport : ip daddr . th dport${el(elements.toRemote)}
+    typeof meta l4proto . ip saddr . th sport . th dport : ip daddr . th dport${
+    el(elements.toRemote)
+  }
   }
   map to_public {
     typeof meta l4proto . ip saddr . th sport . ip daddr . th dport : ip saddr . th sport${
@@ -151,9 +165,15 @@ ${guardLines(cfg, lan, lanIf)}
     type filter hook prerouting priority -350; policy accept;
     iifname ${lanIf} ip daddr ${g} meta l4proto . ip saddr . th dport @queued meta mark set ${QUEUE_MARK}
   }
+  chain hold {
+    type filter hook prerouting priority -160; policy accept;
+    iifname ${lanIf} ip daddr ${g} meta l4proto { tcp, udp } th dport ${share[0]}-${
+    share[1]
+  } ct state new meta l4proto . ip saddr . th sport . th dport != @to_remote meta mark set ${HOLD_MARK}
+  }
   chain from_lan {
     type nat hook prerouting priority -101; policy accept;
-    iifname ${lanIf} ip daddr ${g} dnat ip to meta l4proto . ip saddr . th dport map @to_remote
+    iifname ${lanIf} ip daddr ${g} dnat ip to meta l4proto . ip saddr . th sport . th dport map @to_remote
   }
   chain from_wan {
     type nat hook prerouting priority -101; policy accept;
@@ -216,8 +236,15 @@ export function deleteTable(name: string): string {
 const NAME = protoName;
 
 /** One `to_remote` element as nft text. */
-export function toRemoteText(proto: number, a: number, pg: number, x: number, px: number): string {
-  return `${NAME(proto)} . ${formatIPv4(a)} . ${pg} : ${formatIPv4(x)} . ${px}`;
+export function toRemoteText(
+  proto: number,
+  a: number,
+  pa: number,
+  pg: number,
+  x: number,
+  px: number,
+): string {
+  return `${NAME(proto)} . ${formatIPv4(a)} . ${pa} . ${pg} : ${formatIPv4(x)} . ${px}`;
 }
 
 /** One `to_public` element as nft text. */
@@ -332,9 +359,26 @@ export function serverKernelChains(cfg: GatewayOptions): ChainSpec[] {
   }
   fwd.push(["-i", wanIf, "-o", lanIf, "-s", g, "-j", "ACCEPT"]);
   fwd.push(["-i", lanIf, "-o", lanIf, "-s", g, "-j", "ACCEPT"]);
+  // A first packet ahead of its request (nft's hold chain marked it, after
+  // conntrack): held by the server, tracked, so that nat prerouting
+  // translates it once it goes on. Bypassed while no server listens: it then
+  // reaches G itself, which answers port unreachable.
+  const hold = [[
+    "-i",
+    lanIf,
+    "-d",
+    g,
+    "-m",
+    "mark",
+    "--mark",
+    String(HOLD_MARK),
+    ...q,
+    "--queue-bypass",
+  ]];
   return [
     { table: "raw", hook: "PREROUTING", chain: "DPM-SRV-PRE", rules: pre },
     { table: "filter", hook: "FORWARD", chain: "DPM-SRV-FWD", rules: fwd },
+    { table: "mangle", hook: "PREROUTING", chain: "DPM-SRV-HOLD", rules: hold },
   ];
 }
 

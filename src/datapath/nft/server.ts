@@ -48,15 +48,17 @@ import {
   type GatewayOptions,
   type GatewaySession,
   isMapping,
+  type PacketIO,
   type ServerDataPath,
   type ServerPacketHandler,
   type SessionCounters,
   type StopMode,
 } from "../datapath.ts";
 import { prepareGateway } from "../gateway.ts";
-import { NO_OTHER_PATHS, type OtherPaths, pumpGateway } from "../netfilter.ts";
+import { NO_OTHER_PATHS, openQueue, type OtherPaths, pumpGateway } from "../netfilter.ts";
 import {
   deleteTable,
+  HOLD_MARK,
   mapInText,
   mapOutText,
   queuedText,
@@ -67,7 +69,6 @@ import {
   toRemoteText,
 } from "./rules.ts";
 import { installChains, removeChains } from "../../../linux/iptables.ts";
-import { NfQueue } from "../../../linux/nfqueue.ts";
 import { concat, type MapElem, NftMaps, splitConcat } from "../../../linux/nftables.ts";
 import { Conntrack } from "../../../linux/conntrack.ts";
 import { loadRuleset, tableExists } from "../../../linux/nft.ts";
@@ -77,7 +78,9 @@ const log = logger("server");
 
 const WATCHDOG_MS = 1000;
 
-const remoteKey = (s: GatewaySession) => concat([s.proto, 1], [s.a, 4], [s.pg, 2]);
+const remoteKey = (s: GatewaySession) => concat([s.proto, 1], [s.a, 4], [s.pa, 2], [s.pg, 2]);
+/** The `queued` set's key (hairpinned sessions): proto . a . Pg. */
+const queuedKey = (s: GatewaySession) => concat([s.proto, 1], [s.a, 4], [s.pg, 2]);
 const remoteData = (s: GatewaySession) => concat([s.x, 4], [s.px, 2]);
 const publicKey = (s: GatewaySession) =>
   concat([s.proto, 1], [s.a, 4], [s.pa, 2], [s.x, 4], [s.px, 2]);
@@ -86,6 +89,11 @@ const publicData = (s: GatewaySession) => concat([s.r, 4], [s.p, 2]);
 const mapInKey = (s: GatewaySession) => concat([s.proto, 1], [s.r, 4], [s.p, 2]);
 const mapInData = (s: GatewaySession) => concat([s.a, 4], [s.pa, 2]);
 const mapOutKey = (s: GatewaySession) => concat([s.proto, 1], [s.a, 4], [s.pa, 2]);
+
+/** An earlier version's to_remote key (proto, a, Pg) as (proto, a, pa unknown: -1, Pg). */
+function withoutPa([proto, a, pg]: number[]): number[] {
+  return [proto!, a!, -1, pg!];
+}
 
 /** What a path built on the table adds (`bpf/server.ts`). */
 export interface NftServerOptions {
@@ -102,7 +110,13 @@ export class NftServerPath implements ServerDataPath {
     forwardsMappings: () => true,
     countsPerSession: true,
     keepsSessions: true,
+    kernelTranslates: true,
   } as const;
+  #io: PacketIO | null = null;
+  /** The queue's verdicts and the raw socket, once begun. */
+  get io(): PacketIO | null {
+    return this.#io;
+  }
   readonly #cfg: GatewayOptions;
   readonly #pool: Set<number>;
   readonly #nft: NftMaps;
@@ -140,8 +154,10 @@ export class NftServerPath implements ServerDataPath {
         `ip ${SERVER_TABLE} from_lan`,
         `ip ${SERVER_TABLE} from_wan`,
         `ip ${SERVER_TABLE} to_wan`,
+        `ip ${SERVER_TABLE} hold`,
         `ip raw DPM-SRV-PRE`,
         `ip filter DPM-SRV-FWD`,
+        `ip mangle DPM-SRV-HOLD`,
       ],
       async () =>
         `table ip ${SERVER_TABLE} with ${await this
@@ -227,10 +243,13 @@ export class NftServerPath implements ServerDataPath {
       l.push([pa, r, p, 0]);
     }
     for (const e of remote) {
-      const [proto, a, pg] = splitConcat(e.key, [1, 4, 2]);
+      // proto . a . pa . Pg (16 bytes); a table of an earlier version: proto . a . Pg (12).
+      const [proto, a, pa, pg] = e.key.length >= 16
+        ? splitConcat(e.key, [1, 4, 2, 2])
+        : withoutPa(splitConcat(e.key, [1, 4, 2]));
       const [x, px] = splitConcat(e.data, [4, 2]);
       const l = byRemote.get(`${proto}/${a}/${x}/${px}`);
-      const m = l?.find((c) => c[3] === 0);
+      const m = l?.find((c) => c[3] === 0 && (pa === -1 || c[0] === pa));
       if (!m) continue;
       m[3] = 1;
       out.push({ proto: proto!, a: a!, pa: m[0], x: x!, px: px!, r: m[1], p: m[2], pg: pg! });
@@ -265,13 +284,13 @@ export class NftServerPath implements ServerDataPath {
       this.#kept.push(() => gw.run());
       // A queue-path run may have left its chains (SIGKILL): they must not steal packets.
       await this.#others.removeLeftovers();
-      const queue = NfQueue.open({ queue: this.#cfg.queue, failOpen: false });
-      this.#undo.push(() => queue.close());
+      const { queue, io } = openQueue(this.#cfg.queue, this.#undo);
+      this.#io = io;
       this.#kept.push(() => loadRuleset(deleteTable(SERVER_TABLE)));
       const specs = serverKernelChains(this.#cfg);
       this.#kept.push(() => removeChains(specs));
       const n = await this.#install();
-      this.#undo.push(pumpGateway(queue, packets, onFatal));
+      this.#undo.push(pumpGateway(queue, packets, onFatal, HOLD_MARK));
       this.#watchdog.start(WATCHDOG_MS);
       this.#undo.push(() => this.#watchdog.stop());
       log.info(
@@ -303,7 +322,7 @@ export class NftServerPath implements ServerDataPath {
         mapOut.push(mapOutText(s.proto, s.a, s.pa, s.r, s.p));
       } else if (this.#pool.has(s.x)) queued.push(queuedText(s.proto, s.a, s.pg));
       else {
-        toRemote.push(toRemoteText(s.proto, s.a, s.pg, s.x, s.px));
+        toRemote.push(toRemoteText(s.proto, s.a, s.pa, s.pg, s.x, s.px));
         toPublic.push(toPublicText(s.proto, s.a, s.pa, s.x, s.px, s.r, s.p));
       }
     }
@@ -329,7 +348,7 @@ export class NftServerPath implements ServerDataPath {
     if (isMapping(s)) {
       p.mapIn.push({ key: mapInKey(s), data: mapInData(s) });
       p.mapOut.push({ key: mapOutKey(s), data: publicData(s) });
-    } else if (this.#pool.has(s.x)) p.queued.push({ key: remoteKey(s) });
+    } else if (this.#pool.has(s.x)) p.queued.push({ key: queuedKey(s) });
     else {
       p.toRemote.push({ key: remoteKey(s), data: remoteData(s) });
       p.toPublic.push({ key: publicKey(s), data: publicData(s) });
@@ -372,7 +391,7 @@ export class NftServerPath implements ServerDataPath {
     }
     try {
       if (this.#pool.has(s.x)) {
-        this.#nft.delete(SERVER_TABLE, "queued", [remoteKey(s)]);
+        this.#nft.delete(SERVER_TABLE, "queued", [queuedKey(s)]);
       } else {
         this.#nft.delete(SERVER_TABLE, "to_remote", [remoteKey(s)]);
         this.#nft.delete(SERVER_TABLE, "to_public", [publicKey(s)]);
@@ -448,6 +467,7 @@ export class NftServerPath implements ServerDataPath {
   async stop(mode: StopMode): Promise<void> {
     if (this.#stopped) return;
     this.#stopped = true;
+    this.#io = null;
     await this.#undo.run();
     if (mode === "remove") {
       await this.#kept.run();

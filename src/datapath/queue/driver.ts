@@ -32,7 +32,7 @@ import type { PacketInfo } from "../../wire/packet.ts";
 import type { VerdictValue } from "../../wire/meta.ts";
 import { logger } from "../../runtime/log.ts";
 import { Cleanup } from "../../runtime/cleanup.ts";
-import { NO_OTHER_PATHS, openHostQueue, type OtherPaths, pumpHost } from "../netfilter.ts";
+import { NO_OTHER_PATHS, openQueue, type OtherPaths, pumpHost } from "../netfilter.ts";
 import { rewriteToGateway } from "../../wire/rewrite.ts";
 import { type ChainSpec, DEFRAG_ON, installChains, removeChains } from "../../../linux/iptables.ts";
 import type { NfQueue } from "../../../linux/nfqueue.ts";
@@ -77,7 +77,7 @@ export function driverChains(o: HostOptions): ChainSpec[] {
 /** The netfilter-queue data path of a host. */
 export class QueueDriverDataPath implements DriverDataPath {
   readonly kind = "queue" as const;
-  readonly can = { keepsSessions: false } as const;
+  readonly can = { keepsSessions: false, commitsFirst: false } as const;
   readonly io: PacketIO;
   readonly #undo: Cleanup;
   readonly #queue: NfQueue;
@@ -105,7 +105,7 @@ export class QueueDriverDataPath implements DriverDataPath {
   ): Promise<QueueDriverDataPath> {
     const undo = new Cleanup(log);
     try {
-      const { queue, io } = openHostQueue(o.queue, undo);
+      const { queue, io } = openQueue(o.queue, undo);
       return new QueueDriverDataPath(undo, queue, io, driverChains(o), others);
     } catch (e) {
       await undo.run();
@@ -148,6 +148,7 @@ export class QueueDriverDataPath implements DriverDataPath {
     return rewriteToGateway(pkt, info, g, pg, skb);
   }
   sessionUp(_s: HostSessionKey): void {}
+  commit(): void {}
   sessionDown(_s: HostSessionKey): void {}
   activity(): null {
     return null;

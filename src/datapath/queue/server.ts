@@ -76,14 +76,14 @@ import {
   type GatewayOptions,
   type GatewaySession,
   isMapping,
+  type PacketIO,
   type ServerDataPath,
   type ServerPacketHandler,
   type StopMode,
 } from "../datapath.ts";
-import { NO_OTHER_PATHS, type OtherPaths, pumpGateway } from "../netfilter.ts";
+import { NO_OTHER_PATHS, openQueue, type OtherPaths, pumpGateway } from "../netfilter.ts";
 import type { DataPathStatus } from "../../operator/types.ts";
 import { type ChainSpec, DEFRAG_ON, installChains, removeChains } from "../../../linux/iptables.ts";
-import { NfQueue } from "../../../linux/nfqueue.ts";
 import { concat, NftMaps } from "../../../linux/nftables.ts";
 import { loadRuleset } from "../../../linux/nft.ts";
 
@@ -294,7 +294,13 @@ export class QueueServerDataPath implements ServerDataPath {
     forwardsMappings: () => this.#steering !== null,
     countsPerSession: false,
     keepsSessions: false,
+    kernelTranslates: false,
   } as const;
+  #io: PacketIO | null = null;
+  /** The queue's verdicts and the raw socket, once begun. */
+  get io(): PacketIO | null {
+    return this.#io;
+  }
   readonly #cfg: GatewayOptions;
   readonly #others: OtherPaths;
   readonly #undo = new Cleanup(log);
@@ -343,8 +349,8 @@ export class QueueServerDataPath implements ServerDataPath {
       const gw = await prepareGateway(cfg);
       undo.push(() => gw.run());
       await this.#others.removeLeftovers();
-      const queue = NfQueue.open({ queue: cfg.queue, failOpen: false });
-      undo.push(() => queue.close());
+      const { queue, io } = openQueue(cfg.queue, undo);
+      this.#io = io;
       const specs = serverChains(cfg, cfg.lan);
       undo.push(() => removeChains(specs));
       await installChains(specs);
@@ -406,6 +412,7 @@ export class QueueServerDataPath implements ServerDataPath {
   /** Removes everything either way: a queue path keeps nothing. */
   async stop(_mode: StopMode): Promise<void> {
     this.#steering = null;
+    this.#io = null;
     await this.#undo.run();
   }
 }
