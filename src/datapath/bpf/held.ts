@@ -235,6 +235,8 @@ export class HeldPackets {
   #next = HELD_ID_BASE;
   /** Packets (or fragments) dropped: short records, too many waiting. */
   dropped = 0;
+  /** Retransmitted TCP SYNs dropped because the same SYN waits already (see `take`). */
+  duplicateSyns = 0;
 
   constructor(ctx: HeldContext) {
     this.#c = ctx;
@@ -263,11 +265,44 @@ export class HeldPackets {
     const p = frame.slice(ETH_LEN);
     const fo = u16(p, 6);
     if ((fo & 0x3fff) === 0) {
+      if (this.#waitingSyn(p)) {
+        this.duplicateSyns++;
+        return null;
+      }
       const packets = gsoSize > 0 && p[9] === IPPROTO_UDP ? splitUdpGso(p, gsoSize) : [p];
       if (packets.length === 1) completeChecksum(packets[0]!);
       return this.#group(packets, packets[0]!, outbound);
     }
     return this.#fragment(p, outbound);
+  }
+
+  /**
+   * Whether `p` is a TCP SYN (no ACK) whose copy (the same flow, the same
+   * sequence number) waits for its verdict already: the host's own
+   * retransmission of a SYN held while the core decides (1 s, 3 s, ... after
+   * it, when a takeover or a busy core keeps it that long). Sending every
+   * copy once the verdict comes would put them on the wire one after the
+   * other, each its own verdict, tens of ms apart; a copy that reaches the
+   * peer after the connection it opened has closed opens a new handshake
+   * there, which ends in resets both ways (seen at HA takeovers). The one
+   * SYN waiting goes; if it is lost, the host retransmits again.
+   */
+  #waitingSyn(p: Uint8Array): boolean {
+    const ihl = (p[0]! & 0x0f) * 4;
+    if (p[9] !== IPPROTO_TCP || p.length < ihl + 14) return false;
+    if ((p[ihl + 13]! & 0x12) !== 0x02) return false; // SYN without ACK
+    const f = flowOf(p);
+    const seq = u32(p, ihl + 4);
+    for (const g of this.#groups.values()) {
+      const q = g.packets[0]!;
+      const qi = (q[0]! & 0x0f) * 4;
+      if (
+        g.flow.proto === IPPROTO_TCP && g.flow.src === f.src && g.flow.dst === f.dst &&
+        g.flow.sport === f.sport && g.flow.dport === f.dport && g.packets.length === 1 &&
+        q.length >= qi + 14 && (q[qi + 13]! & 0x12) === 0x02 && u32(q, qi + 4) === seq
+      ) return true;
+    }
+    return false;
   }
 
   #group(
