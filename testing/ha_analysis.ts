@@ -82,11 +82,15 @@ export interface WindowFigures {
   rstIn: number;
   /**
    * The flow of each RST counted in `rstOut`, by its tuple (the flow whose
-   * payload packets left with it), "?" when no flow's: a busy flow's id
-   * (`<host>t<n>`) is an established connection reset, a fresh one's
-   * (`<host>f<n>`) a connection being opened.
+   * payload packets left with it, before or after the reset): a busy
+   * flow's id (`<host>t<n>`) is an established connection reset, a fresh
+   * one's (`<host>f<n>`) a connection being opened. A tuple no payload
+   * ever named is shown as `?` and the tuple (`proto/R:p/X:px`), with
+   * `+syn` when a SYN opened it (a handshake that never carried data).
    */
   rstOutFlows: string[];
+  /** The same for each RST counted in `rstIn` (named by the tuple it answers). */
+  rstInFlows: string[];
   /** ICMP errors (type 3, 11) the gateways sent toward the peers, and the peers sent back. */
   icmpOut: number;
   icmpIn: number;
@@ -178,8 +182,21 @@ export function analyzeWan(
   const lastPair = new Map<string, string>();
   /** TCP 4-tuples the peers know: opened by a SYN or used by a flow before the first event. */
   const known = new Set<string>();
-  /** TCP tuples (proto/R:p/X:px) of the flows whose payload packets carried them. */
+  /**
+   * TCP tuples (proto/R:p/X:px) of the flows whose payload packets carried
+   * them (over the whole capture: a reset may come before a flow's first
+   * payload), and the tuples a SYN opened.
+   */
   const flowOfTuple = new Map<string, string>();
+  const opened = new Set<string>();
+  for (const p of packets) {
+    if (p.proto !== 6 || !gw.has(p.by)) continue;
+    const tuple = `6/${p.src}:${p.sport}/${p.dst}:${p.dport}`;
+    if (p.flow !== null) flowOfTuple.set(tuple, p.flow);
+    else if ((p.tcpFlags & TCP_SYN) && !(p.tcpFlags & TCP_ACK)) opened.add(tuple);
+  }
+  const rstFlow = (tuple: string) =>
+    flowOfTuple.get(tuple) ?? `?${tuple}${opened.has(tuple) ? "+syn" : ""}`;
   const firstEvent = events[0]?.at ?? Infinity;
   const windows: WindowFigures[] = events.map((e, i) => ({
     event: e.name,
@@ -195,6 +212,7 @@ export function analyzeWan(
     rstOut: 0,
     rstIn: 0,
     rstOutFlows: [],
+    rstInFlows: [],
     icmpOut: 0,
     icmpIn: 0,
   }));
@@ -213,7 +231,10 @@ export function analyzeWan(
     const outbound = gw.has(p.by);
     if (!outbound) {
       if (p.by === "router" && win) {
-        if (p.proto === 6 && (p.tcpFlags & TCP_RST)) win.rstIn++;
+        if (p.proto === 6 && (p.tcpFlags & TCP_RST)) {
+          win.rstIn++;
+          win.rstInFlows.push(rstFlow(`6/${p.dst}:${p.dport}/${p.src}:${p.sport}`));
+        }
         if (p.proto === 1 && (p.icmpType === 3 || p.icmpType === 11)) win.icmpIn++;
       }
       continue;
@@ -237,14 +258,13 @@ export function analyzeWan(
       else if (want !== pair) wrong = "flow";
       lastPair.set(p.flow, pair);
       if (p.proto === 6 && (wrong === null || p.ts < firstEvent)) known.add(tuple);
-      if (p.proto === 6) flowOfTuple.set(tuple, p.flow);
     } else if (p.proto === 6) {
       if ((p.tcpFlags & TCP_SYN) && !(p.tcpFlags & TCP_ACK)) known.add(tuple);
       else if (!known.has(tuple) && p.ts >= firstEvent) wrong = "stray";
     }
     if (win && p.proto === 6 && (p.tcpFlags & TCP_RST)) {
       win.rstOut++;
-      win.rstOutFlows.push(flowOfTuple.get(tuple) ?? "?");
+      win.rstOutFlows.push(rstFlow(tuple));
     }
     if (win && p.proto === 17 && p.flow !== null && p.by === events[w]!.to) {
       const ms = p.ts - events[w]!.at;

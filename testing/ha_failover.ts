@@ -186,6 +186,8 @@ export async function startCapture(t: HaTopology, name = "wan"): Promise<Capture
       await p.stop("SIGINT", 5000);
       const dropped = Number(/(\d+) packets? dropped by kernel/.exec(p.output())?.[1] ?? 0);
       const bytes = await Deno.readFile(file);
+      const keep = Deno.env.get("DPM_HA_PCAP_DIR");
+      if (keep) await Deno.copyFile(file, `${keep}/${name}-${Date.now()}.pcap`).catch(() => {});
       await Deno.remove(file).catch(() => {});
       const records = [...readPcap(bytes)];
       const { packets, undecoded, claims } = wanPackets(records, macs);

@@ -29,9 +29,9 @@ const SAN = { sanitizeOps: false, sanitizeResources: false };
 
 function report(name: string, r: DpmHaResult): void {
   const w = r.wan.windows.map((x) =>
-    `${x.event}: takeover ${x.takeoverMs} ms (claim ${x.claimMs} ms), RST in/out ${x.rstIn}/${x.rstOut} ${
-      x.rstOutFlows.join(" ")
-    }, ` +
+    `${x.event}: takeover ${x.takeoverMs} ms (claim ${x.claimMs} ms), RST in/out ${x.rstIn}/${x.rstOut} (in ${
+      x.rstInFlows.join(" ")
+    }; out ${x.rstOutFlows.join(" ")}), ` +
     `wrong-pair ${x.wrongPair} (stray TCP ${x.strayTcp}, untranslated ${x.untranslated}; flows ${
       x.wrongPairFlows.slice(0, 8).join(" ")
     }), misrouted ${x.misrouted}`

@@ -209,6 +209,53 @@ Deno.test("bpf held: a rewritten leaving packet larger than the MTU goes out in 
   );
 });
 
+Deno.test("bpf held: a SYN's copies (the host's retransmissions while it was held) are dropped; the one SYN goes once", () => {
+  const { held, sent, tick } = rig();
+  const syn = (seq: number, ttl?: number) =>
+    buildTcp({
+      src: A,
+      sport: 40000,
+      dst: G0,
+      dport: 61000,
+      seq,
+      flags: 0x02,
+      ...(ttl ? { ttl } : {}),
+    });
+  const t = held.take(frame(syn(7)), 0)!;
+  assert.ok(t);
+  // The host's retransmission (the same sequence number) while the core decides.
+  tick(1000);
+  assert.equal(held.take(frame(syn(7, 63)), 0), null);
+  // Another SYN of the flow (a new connection, another ISN) and another flow are decided on their own.
+  assert.ok(held.take(frame(syn(9000)), 0));
+  const flow2 = held.take(
+    frame(buildTcp({ src: A, sport: 40001, dst: G0, dport: 61000, seq: 7, flags: 0x02 })),
+    0,
+  );
+  assert.ok(flow2);
+  // Not a SYN (a SYN-ACK, data): never merged.
+  const synAck = buildTcp({
+    src: A,
+    sport: 40000,
+    dst: G0,
+    dport: 61000,
+    seq: 7,
+    ack: 1,
+    flags: 0x12,
+  });
+  assert.ok(held.take(frame(synAck), 0));
+  assert.equal(held.verdict(t.id, Verdict.ACCEPT), true);
+  assert.deepEqual(sent.map((s) => s.pkt), [syn(7)]);
+  // A copy read just after the verdict (held before the grant) is dropped too.
+  tick(10);
+  assert.equal(held.take(frame(syn(7)), 0), null);
+  assert.equal(held.duplicateSyns, 2);
+  // Seconds later the same SYN is decided again.
+  tick(5000);
+  assert.ok(held.take(frame(syn(7)), 0));
+  assert.equal(held.duplicateSyns, 2);
+});
+
 Deno.test("bpf held: what is not IPv4 is dropped and counted", () => {
   const { held } = rig();
   assert.equal(held.take(new Uint8Array(10), 0), null);

@@ -513,8 +513,33 @@ Deno.test("ha rig: analyzeWan names the flow of each reset the gateways send", (
     pkt({ ts: 1100, by: "gwb", proto: 6, sport: 41001, flow: null, tcpFlags: TCP_RST }),
     pkt({ ts: 1200, by: "gwb", proto: 6, sport: 41000, flow: null, tcpFlags: TCP_RST | TCP_ACK }),
     pkt({ ts: 1300, by: "gwb", proto: 6, sport: 49999, flow: null, tcpFlags: TCP_RST }),
+    // A handshake that never carried data, reset; the peer resets it too.
+    pkt({ ts: 1350, by: "gwb", proto: 6, sport: 42000, flow: null, tcpFlags: TCP_SYN }),
+    pkt({ ts: 1400, by: "gwb", proto: 6, sport: 42000, flow: null, tcpFlags: TCP_RST }),
+    pkt({
+      ts: 1450,
+      by: "router",
+      proto: 6,
+      src: "198.51.100.10",
+      sport: 7,
+      dst: "203.0.113.10",
+      dport: 42000,
+      flow: null,
+      tcpFlags: TCP_RST,
+    }),
+    // A reset before the flow's first payload is named by that payload.
+    pkt({ ts: 1500, by: "gwb", proto: 6, sport: 43000, flow: null, tcpFlags: TCP_RST }),
+    pkt({ ts: 1600, by: "gwb", proto: 6, sport: 43000, flow: "h3f9", tcpFlags: TCP_ACK }),
   ];
   const [w] = analyzeWan(packets, events, ["gwa", "gwb"], [], "gwa").windows;
-  assert.equal(w!.rstOut, 3);
-  assert.deepEqual(w!.rstOutFlows, ["h2f7", "h1t3", "?"]);
+  assert.equal(w!.rstOut, 5);
+  assert.deepEqual(w!.rstOutFlows, [
+    "h2f7",
+    "h1t3",
+    "?6/203.0.113.10:49999/198.51.100.10:7",
+    "?6/203.0.113.10:42000/198.51.100.10:7+syn",
+    "h3f9",
+  ]);
+  assert.equal(w!.rstIn, 1);
+  assert.deepEqual(w!.rstInFlows, ["?6/203.0.113.10:42000/198.51.100.10:7+syn"]);
 });

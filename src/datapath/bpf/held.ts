@@ -43,6 +43,8 @@ const ETH_LEN = 14;
 /** Fragments kept at most, and how long an incomplete datagram waits for its rest. */
 const MAX_FRAGMENTS = 1024;
 const FRAGMENT_WAIT_MS = 5000;
+/** How long a SYN's later copies are dropped (`HeldPackets.#copyOfSyn`): past the host's 1-s and 3-s retransmissions. */
+const SYN_COPY_MS = 5000;
 
 /** A flow as the core sees it (host order). */
 export interface Flow {
@@ -229,12 +231,16 @@ export class HeldPackets {
   readonly #groups = new Map<number, Group>();
   /** Fragments of datagrams not whole yet, by source, destination, IP id, protocol. */
   readonly #pending = new Map<string, Pending>();
+  /** TCP SYNs taken (source, ports, destination, sequence number), when: see `#copyOfSyn`. */
+  readonly #syns = new Map<string, number>();
   /** Datagrams decided while fragments of them may still come: the id of their group. */
   readonly #decided = new Map<string, { id: number; verdict: VerdictValue; at: number }>();
   #fragments = 0;
   #next = HELD_ID_BASE;
   /** Packets (or fragments) dropped: short records, too many waiting. */
   dropped = 0;
+  /** Retransmitted TCP SYNs dropped: the same SYN was taken just before (see `#copyOfSyn`). */
+  duplicateSyns = 0;
 
   constructor(ctx: HeldContext) {
     this.#c = ctx;
@@ -263,11 +269,40 @@ export class HeldPackets {
     const p = frame.slice(ETH_LEN);
     const fo = u16(p, 6);
     if ((fo & 0x3fff) === 0) {
+      if (this.#copyOfSyn(p)) {
+        this.duplicateSyns++;
+        return null;
+      }
       const packets = gsoSize > 0 && p[9] === IPPROTO_UDP ? splitUdpGso(p, gsoSize) : [p];
       if (packets.length === 1) completeChecksum(packets[0]!);
       return this.#group(packets, packets[0]!, outbound);
     }
     return this.#fragment(p, outbound);
+  }
+
+  /**
+   * Whether `p` is a TCP SYN (no ACK) whose copy (the same flow, the same
+   * sequence number) was taken within `SYN_COPY_MS`, waiting for its verdict
+   * or sent on since: the host's own retransmission of a SYN held while the
+   * core decides (1 s, 3 s, ... after it, when a takeover or a busy core
+   * keeps it that long), read here before or just after the verdict. Sent
+   * on, each copy would get its own verdict and leave tens of ms after the
+   * first; a copy that reaches the peer after the connection it opened has
+   * closed opens a new handshake there, which ends in resets (seen at HA
+   * takeovers). A copy the host sends after the session's entries exist is
+   * not held at all, so a first SYN lost on the way is still retransmitted.
+   * Notes `p` as the flow's SYN otherwise.
+   */
+  #copyOfSyn(p: Uint8Array): boolean {
+    const ihl = (p[0]! & 0x0f) * 4;
+    if (p[9] !== IPPROTO_TCP || p.length < ihl + 14) return false;
+    if ((p[ihl + 13]! & 0x12) !== 0x02) return false; // SYN without ACK
+    const now = this.#c.now();
+    for (const [k, at] of this.#syns) if (now - at >= SYN_COPY_MS) this.#syns.delete(k);
+    const key = `${u32(p, 12)}/${u16(p, ihl)}/${u32(p, 16)}/${u16(p, ihl + 2)}/${u32(p, ihl + 4)}`;
+    if (this.#syns.has(key)) return true;
+    if (this.#syns.size < MAX_FRAGMENTS) this.#syns.set(key, now);
+    return false;
   }
 
   #group(
@@ -353,6 +388,7 @@ export class HeldPackets {
     this.#groups.clear();
     this.#pending.clear();
     this.#decided.clear();
+    this.#syns.clear();
     this.#fragments = 0;
   }
 }
