@@ -7,23 +7,9 @@
  * @module
  */
 
-/** conntrackd's sync figures (totals since it started). */
-export interface ConntrackdStats {
-  /** Bytes and packets on the sync link, both ways (its "UDP traffic" lines). */
-  bytesSent: number;
-  bytesReceived: number;
-  packetsSent: number;
-  packetsReceived: number;
-  /** Send and receive errors on the sync link. */
-  errors: number;
-  /** Messages from the peer lost or malformed ("message tracking"): a replica may be missing. */
-  lostMessages: number;
-  malformedMessages: number;
-  /** Entries the peer's messages created, updated, destroyed in this kernel, and those that failed ("external inject"). */
-  injected: { created: number; updated: number; destroyed: number; failed: number };
-  /** Messages waiting to be resent to the peer (`-s queue`: rsqueue's current elements), null when not read. */
-  resendQueue: number | null;
-}
+import type { ConntrackdStats } from "../operator/types.ts";
+
+export type { ConntrackdStats };
 
 /** The first number after `label` in `text` (the column right after it), or 0. */
 function after(text: string, label: RegExp): number {

@@ -36,8 +36,8 @@ import { IPPROTO_TCP, IPPROTO_UDP } from "../wire/meta.ts";
 import { describeSession, identityKey } from "../wire/tuple.ts";
 import { formatIPv4 } from "../wire/addr.ts";
 import type { GatewaySession } from "../datapath/datapath.ts";
-import type { SessionRecord, SessionTable } from "../table/table.ts";
-import { DropLog, restoreRecord } from "../server/restore.ts";
+import type { SessionTable } from "../table/table.ts";
+import { DropLog, kernelRecord, restoreRecord } from "../server/restore.ts";
 
 /** One direction of a conntrack, as linux/conntrack.ts decodes it (host order). */
 export interface CtTupleView {
@@ -218,17 +218,7 @@ export function tableTarget(
         );
         t.release(s.proto, s.a, s.pa, s.x, s.px, at);
       }
-      const life = t.grantedLifetime(s.proto, 0);
-      const rec: SessionRecord = {
-        ...s,
-        expiresAt: at + life * 1000,
-        lifetime: life,
-        replaceable: s.p !== s.pa,
-        replaced: s.p !== s.pa,
-        shared: t.portUsers(s.proto, s.r, s.p) > 0,
-        packetsOut: 0,
-        packetsIn: 0,
-      };
+      const rec = kernelRecord(t, s, at);
       const ok = restoreRecord(t, rec, at, drops, "a replica");
       if (!ok) debug(`mirror: ${describeSession(s)} refused (${drops.lines().join("; ")})`);
       return ok;

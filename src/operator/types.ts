@@ -109,17 +109,7 @@ export interface HaStatus {
    * messages did in this kernel, the resend queue. Null without its
    * configuration or before the first read.
    */
-  sync: {
-    bytesSent: number;
-    bytesReceived: number;
-    packetsSent: number;
-    packetsReceived: number;
-    errors: number;
-    lostMessages: number;
-    malformedMessages: number;
-    injected: { created: number; updated: number; destroyed: number; failed: number };
-    resendQueue: number | null;
-  } | null;
+  sync: ConntrackdStats | null;
   /** Why conntrackd's figures could not be read (it does not answer), null when they could. */
   syncError: string | null;
   /**
@@ -250,4 +240,22 @@ export interface DataPathStatus {
   reinstalls: number;
   /** The last problem the watchdog saw, if any. */
   lastError?: string;
+}
+
+/** conntrackd's sync figures (totals since it started). */
+export interface ConntrackdStats {
+  /** Bytes and packets on the sync link, both ways (its "UDP traffic" lines). */
+  bytesSent: number;
+  bytesReceived: number;
+  packetsSent: number;
+  packetsReceived: number;
+  /** Send and receive errors on the sync link. */
+  errors: number;
+  /** Messages from the peer lost or malformed ("message tracking"): a replica may be missing. */
+  lostMessages: number;
+  malformedMessages: number;
+  /** Entries the peer's messages created, updated, destroyed in this kernel, and those that failed ("external inject"). */
+  injected: { created: number; updated: number; destroyed: number; failed: number };
+  /** Messages waiting to be resent to the peer (`-s queue`: rsqueue's current elements), null when not read. */
+  resendQueue: number | null;
 }

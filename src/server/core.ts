@@ -43,7 +43,7 @@ import { driverShareStart } from "../control/pg.ts";
 import { PcpService } from "../pcp/server.ts";
 import { NO_LINK, TableUpnpMappings } from "../upnp/gateway.ts";
 import type { LinkState } from "../upnp/mappings.ts";
-import { type SessionRecord, SessionTable } from "../table/table.ts";
+import { SessionTable } from "../table/table.ts";
 import { LanHosts } from "../policy/hosts.ts";
 import { MappingPolicy } from "../policy/mappings.ts";
 import type { BoundPort } from "../policy/gateway_ports.ts";
@@ -61,7 +61,7 @@ import type {
 } from "../operator/types.ts";
 import { NatPmpResult, PcpResult } from "../pcp/codec.ts";
 import type { GatewaySession, ServerDataPath, SessionCounters } from "../datapath/datapath.ts";
-import { type DropLog, restoreRecord } from "./restore.ts";
+import { type DropLog, kernelRecord, restoreRecord } from "./restore.ts";
 import { Translator } from "./translate.ts";
 import { ServerViews } from "./views.ts";
 import { ControlService } from "./control.ts";
@@ -286,17 +286,7 @@ export class ServerCore {
         stale.push(s);
         continue;
       }
-      const life = t.grantedLifetime(s.proto, 0);
-      const rec: SessionRecord = {
-        ...s,
-        expiresAt: now + life * 1000,
-        lifetime: life,
-        replaceable: s.p !== s.pa,
-        replaced: s.p !== s.pa,
-        shared: t.portUsers(s.proto, s.r, s.p) > 0,
-        packetsOut: 0,
-        packetsIn: 0,
-      };
+      const rec = kernelRecord(t, s, now);
       if (restoreRecord(t, rec, now, drops, "the kernel's maps")) adopted++;
       else stale.push(s);
     }

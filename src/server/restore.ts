@@ -12,6 +12,7 @@
 import { describeSession as describeTuple, identityKey } from "../wire/tuple.ts";
 import { Result } from "../control/result.ts";
 import type { SessionRecord, SessionTable } from "../table/table.ts";
+import type { GatewaySession } from "../datapath/datapath.ts";
 
 const u32 = (v: unknown) =>
   Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 0xffffffff;
@@ -93,6 +94,30 @@ export class DropLog {
       `dropped ${c.count} session(s) from ${c.from}: ${REASON_TEXT[r]}, e.g. ${c.example}`
     );
   }
+}
+
+/**
+ * A record for a session found in the kernel (adopted at start, or a
+ * replica the HA standby mirrors), which carries no lease: it gets the
+ * table's default lifetime from `now`, is replaceable when its public port
+ * is not its own, and shared when another session already uses `R:p`.
+ */
+export function kernelRecord(
+  table: SessionTable,
+  s: GatewaySession,
+  now: number,
+): SessionRecord {
+  const life = table.grantedLifetime(s.proto, 0);
+  return {
+    ...s,
+    expiresAt: now + life * 1000,
+    lifetime: life,
+    replaceable: s.p !== s.pa,
+    replaced: s.p !== s.pa,
+    shared: table.portUsers(s.proto, s.r, s.p) > 0,
+    packetsOut: 0,
+    packetsIn: 0,
+  };
 }
 
 /**
