@@ -44,6 +44,7 @@ import {
   SOCK_RAW,
   SOL_SOCKET,
 } from "./libc.ts";
+import { FdWaiter } from "./waiter.ts";
 import { align4, msgLen, NETLINK_NETFILTER, NetlinkParseError } from "./netlink.ts";
 import { type CtEntry, type CtEventKind, decodeCtEvent } from "./conntrack.ts";
 
@@ -53,8 +54,6 @@ export type { CtEventKind };
 export const CT_EVENT_GROUPS = 0b111;
 
 const RX_SIZE = 1 << 17;
-const POLLIN = 1;
-const POLLERR = 8;
 
 /** What one {@linkcode CtEvents.drain} read. */
 export interface DrainResult {
@@ -70,11 +69,11 @@ export interface DrainResult {
 export class CtEvents extends OwnedFd {
   readonly #rx = new Uint8Array(RX_SIZE);
   readonly #rxDv = new DataView(this.#rx.buffer);
-  readonly #pollBuf = new Uint8Array(8);
-  readonly #pollDv = new DataView(this.#pollBuf.buffer);
+  readonly #waiter: FdWaiter;
 
   private constructor(fd: number) {
     super(fd);
+    this.#waiter = FdWaiter.open(fd, "CtEvents");
   }
 
   /**
@@ -110,16 +109,18 @@ export class CtEvents extends OwnedFd {
   /**
    * Waits up to `timeoutMs` for events (poll on a worker thread). True when
    * something is queued (or the socket has an error to report: `drain`
-   * reads it).
+   * reads it); false on timeout or once closed.
    */
-  async wait(timeoutMs: number): Promise<boolean> {
-    if (this.fd < 0) return false;
-    const dv = this.#pollDv;
-    dv.setInt32(0, this.fd, LE);
-    dv.setInt16(4, POLLIN, LE);
-    dv.setInt16(6, 0, LE);
-    const n = await libc().poll_async(this.#pollBuf, 1n, Math.max(0, Math.round(timeoutMs)));
-    return n > 0 && (dv.getInt16(6, LE) & (POLLIN | POLLERR)) !== 0;
+  wait(timeoutMs: number): Promise<boolean> {
+    return this.#waiter.wait(timeoutMs);
+  }
+
+  /**
+   * Closes the socket; a pending {@linkcode wait} resolves `false` and the
+   * descriptor closes once it returned (linux/waiter.ts). Idempotent.
+   */
+  override close(): void {
+    this.#waiter.close(() => super.close());
   }
 
   /**

@@ -25,21 +25,8 @@
  * @module
  */
 
-import {
-  addressOf,
-  errno,
-  HOST_LITTLE_ENDIAN as LE,
-  libc,
-  OsError,
-  POLLERR,
-  PollFd,
-  POLLIN,
-  setU64,
-} from "./libc.ts";
-
-/** `eventfd` flags (EFD_NONBLOCK, EFD_CLOEXEC). */
-const EFD_NONBLOCK = 0o4000;
-const EFD_CLOEXEC = 0o2000000;
+import { addressOf, errno, HOST_LITTLE_ENDIAN as LE, libc, OsError, setU64 } from "./libc.ts";
+import { FdWaiter } from "./waiter.ts";
 
 const SYMBOLS = {
   /**
@@ -614,10 +601,7 @@ export class PerfReader {
   #pb: Deno.PointerValue;
   readonly #sample: Deno.UnsafeCallback<typeof SAMPLE_FN>;
   readonly #lost: Deno.UnsafeCallback<typeof LOST_FN>;
-  readonly #efd: number;
-  readonly #poll = new Uint8Array(2 * PollFd.SIZE);
-  #waiting: Promise<number> | null = null;
-  #closed = false;
+  readonly #waiter: FdWaiter;
   /** Records the kernel dropped (a ring was full). */
   lost = 0;
 
@@ -625,17 +609,12 @@ export class PerfReader {
     pb: Deno.PointerObject,
     sample: Deno.UnsafeCallback<typeof SAMPLE_FN>,
     lost: Deno.UnsafeCallback<typeof LOST_FN>,
-    efd: number,
+    waiter: FdWaiter,
   ) {
     this.#pb = pb;
     this.#sample = sample;
     this.#lost = lost;
-    this.#efd = efd;
-    const dv = new DataView(this.#poll.buffer);
-    dv.setInt32(PollFd.FD, bpf().perf_buffer__epoll_fd(pb), LE);
-    dv.setInt16(PollFd.EVENTS, POLLIN, LE);
-    dv.setInt32(PollFd.SIZE + PollFd.FD, efd, LE);
-    dv.setInt16(PollFd.SIZE + PollFd.EVENTS, POLLIN, LE);
+    this.#waiter = waiter;
   }
 
   /** Opens the rings of map `mapFd`, `pages` pages each (a power of two). */
@@ -648,13 +627,6 @@ export class PerfReader {
     const lost = new Deno.UnsafeCallback(LOST_FN, (_ctx, _cpu, cnt) => {
       if (reader) reader.lost += Number(cnt);
     });
-    const efd = libc().eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (efd < 0) {
-      const e = errno();
-      sample.close();
-      lost.close();
-      throw new OsError("eventfd", e);
-    }
     const pb = bpf().perf_buffer__new(
       mapFd,
       BigInt(pages),
@@ -667,56 +639,40 @@ export class PerfReader {
       const e = errno();
       sample.close();
       lost.close();
-      libc().close(efd);
       throw new OsError("Cannot open the perf buffer", e);
     }
-    reader = new PerfReader(pb, sample, lost, efd);
+    let waiter: FdWaiter;
+    try {
+      waiter = FdWaiter.open(bpf().perf_buffer__epoll_fd(pb), "PerfReader");
+    } catch (e) {
+      bpf().perf_buffer__free(pb);
+      sample.close();
+      lost.close();
+      throw e;
+    }
+    reader = new PerfReader(pb, sample, lost, waiter);
     return reader;
   }
 
   /** Resolves true when records wait, false on timeout or once closed. */
-  async wait(timeoutMs: number): Promise<boolean> {
-    if (this.#closed) return false;
-    if (this.#waiting) throw new Error("PerfReader.wait() is already pending");
-    const dv = new DataView(this.#poll.buffer);
-    dv.setInt16(PollFd.REVENTS, 0, LE);
-    dv.setInt16(PollFd.SIZE + PollFd.REVENTS, 0, LE);
-    const p = libc().poll_async(this.#poll, 2n, Math.max(0, Math.ceil(timeoutMs)));
-    this.#waiting = p;
-    let r: number;
-    try {
-      r = await p;
-    } finally {
-      this.#waiting = null;
-      if (this.#closed) this.#free();
-    }
-    if (this.#closed || r <= 0) return false;
-    return (dv.getInt16(PollFd.REVENTS, LE) & (POLLIN | POLLERR)) !== 0;
+  wait(timeoutMs: number): Promise<boolean> {
+    return this.#waiter.wait(timeoutMs);
   }
 
   /** Hands every waiting record to the callback. */
   consume(): void {
-    if (this.#closed || this.#pb === null) return;
+    if (this.#waiter.closing || this.#pb === null) return;
     ok(bpf().perf_buffer__consume(this.#pb), "Cannot read the perf buffer");
   }
 
   /** Frees the rings and callbacks (once a pending wait returned). Idempotent. */
   close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    if (this.#waiting) {
-      const one = new Uint8Array(8);
-      one[0] = 1;
-      libc().write(this.#efd, one, 8n);
-    } else this.#free();
-  }
-
-  #free(): void {
-    if (this.#pb === null) return;
-    bpf().perf_buffer__free(this.#pb);
-    this.#pb = null;
-    libc().close(this.#efd);
-    this.#sample.close();
-    this.#lost.close();
+    this.#waiter.close(() => {
+      if (this.#pb === null) return;
+      bpf().perf_buffer__free(this.#pb);
+      this.#pb = null;
+      this.#sample.close();
+      this.#lost.close();
+    });
   }
 }

@@ -47,8 +47,6 @@ import { Meta, Verdict } from "../src/wire/meta.ts";
 import {
   addressOf,
   EAGAIN,
-  EFD_CLOEXEC,
-  EFD_NONBLOCK,
   EINTR,
   ENOBUFS,
   EPERM,
@@ -61,12 +59,10 @@ import {
   MSG_TRUNC,
   MsgHdr,
   OsError,
-  POLLERR,
-  PollFd,
-  POLLIN,
   setU64,
   strerror,
 } from "./libc.ts";
+import { FdWaiter } from "./waiter.ts";
 import {
   align4 as align4_,
   attrLen as attrLen_,
@@ -283,10 +279,8 @@ export class NfQueue {
   readonly #nl: NetlinkSocket;
   /** The socket's descriptor, for the packet path's recvmmsg and sendmsg. */
   #fd: number;
-  #efd: number;
+  readonly #waiter: FdWaiter;
   #closed = false;
-  #fdsClosed = false;
-  #waiting: Promise<number> | null = null;
   /** The first exception a handler threw during the current drain. */
   #thrown: unknown = null;
 
@@ -329,13 +323,9 @@ export class NfQueue {
   #heldOrder: number[] = [];
   #heldHead = 0;
 
-  readonly #pollBuf = new Uint8Array(2 * PollFd.SIZE);
-  readonly #pollDv = new DataView(this.#pollBuf.buffer);
-  readonly #one = new Uint8Array(8);
-
   private constructor(
     nl: NetlinkSocket,
-    efd: number,
+    waiter: FdWaiter,
     queue: number,
     batch: number,
     copyRange: number,
@@ -343,7 +333,7 @@ export class NfQueue {
     this.#nl = nl;
     const fd = nl.fd;
     this.#fd = fd;
-    this.#efd = efd;
+    this.#waiter = waiter;
     this.queue = queue;
     this.#batch = batch;
     this.#slotSize = align8(copyRange + RX_OVERHEAD);
@@ -376,12 +366,6 @@ export class NfQueue {
     setU64(this.#txMsgDv, MsgHdr.IOV, addressOf(this.#txIov));
     this.#zero = new Uint8Array(4);
     this.#zeroAddr = addressOf(this.#zero);
-
-    this.#pollDv.setInt32(PollFd.FD, fd, LE);
-    this.#pollDv.setInt16(PollFd.EVENTS, POLLIN, LE);
-    this.#pollDv.setInt32(PollFd.SIZE + PollFd.FD, efd, LE);
-    this.#pollDv.setInt16(PollFd.SIZE + PollFd.EVENTS, POLLIN, LE);
-    this.#one[LE ? 0 : 7] = 1;
   }
 
   /**
@@ -405,7 +389,6 @@ export class NfQueue {
       throw new RangeError(`Copy range "${opts.copyRange}" is below an IPv4 header`);
     }
     const maxLen = opts.maxLen ?? 16384;
-    const c = libc();
     // Packet messages arrive unasked: the socket must not take their
     // overflow for a lost answer while the queue is configured.
     const nl = NetlinkSocket.open(NETLINK_NETFILTER, {
@@ -413,16 +396,15 @@ export class NfQueue {
       sndbuf: 2 * MAX_SEND_BYTES,
       unsolicited: true,
     });
-    let efd = -1;
+    let waiter: FdWaiter | null = null;
     try {
-      efd = c.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-      if (efd < 0) throw new OsError("eventfd", errno());
-      const q = new NfQueue(nl, efd, queue, batch, copyRange);
+      waiter = FdWaiter.open(nl.fd, "NfQueue");
+      const q = new NfQueue(nl, waiter, queue, batch, copyRange);
       q.#configure(copyRange, maxLen, opts.failOpen ?? false, opts.gso ?? true);
       return q;
     } catch (e) {
-      nl.close();
-      if (efd >= 0) c.close(efd);
+      if (waiter) waiter.close(() => nl.close());
+      else nl.close();
       throw e;
     }
   }
@@ -523,23 +505,8 @@ export class NfQueue {
    *
    * @param timeoutMs milliseconds; negative or `Infinity`: no timeout.
    */
-  async wait(timeoutMs: number): Promise<boolean> {
-    if (this.#closed) return false;
-    if (this.#waiting) throw new Error("NfQueue.wait() is already pending");
-    const t = Number.isFinite(timeoutMs) && timeoutMs >= 0 ? Math.ceil(timeoutMs) : -1;
-    this.#pollDv.setInt16(PollFd.REVENTS, 0, LE);
-    this.#pollDv.setInt16(PollFd.SIZE + PollFd.REVENTS, 0, LE);
-    const p = libc().poll_async(this.#pollBuf, 2n, t);
-    this.#waiting = p;
-    let r: number;
-    try {
-      r = await p;
-    } finally {
-      this.#waiting = null;
-      if (this.#closed) this.#closeFds();
-    }
-    if (this.#closed || r <= 0) return false;
-    return (this.#pollDv.getInt16(PollFd.REVENTS, LE) & (POLLIN | POLLERR)) !== 0;
+  wait(timeoutMs: number): Promise<boolean> {
+    return this.#waiter.wait(timeoutMs);
   }
 
   /**
@@ -805,7 +772,6 @@ export class NfQueue {
     if (this.#closed) return;
     this.flush();
     this.#closed = true;
-    const c = libc();
     // Best effort (failures ignored): closing the socket unbinds too.
     this.#config(
       NFPROTO_UNSPEC,
@@ -814,22 +780,12 @@ export class NfQueue {
       null,
       [],
     );
-    if (this.#waiting) {
-      // poll is running on another thread with these fds: wake it and close
-      // them only once it returned (see wait()).
-      c.write(this.#efd, this.#one, 8n);
-    } else {
-      this.#closeFds();
-    }
-  }
-
-  #closeFds(): void {
-    if (this.#fdsClosed) return;
-    this.#fdsClosed = true;
-    this.#nl.close();
-    libc().close(this.#efd);
-    this.#fd = -1;
-    this.#efd = -1;
+    // A poll running on another thread keeps the socket until it returned
+    // (linux/waiter.ts).
+    this.#waiter.close(() => {
+      this.#nl.close();
+      this.#fd = -1;
+    });
   }
 
   /** Same as {@linkcode close}. */

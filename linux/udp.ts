@@ -40,8 +40,6 @@ import {
   EADDRINUSE,
   EADDRNOTAVAIL,
   EAGAIN,
-  EFD_CLOEXEC,
-  EFD_NONBLOCK,
   EINTR,
   errno,
   HOST_LITTLE_ENDIAN as LE,
@@ -53,9 +51,6 @@ import {
   MsgHdr,
   OsError,
   OwnedFd,
-  POLLERR,
-  PollFd,
-  POLLIN,
   setU64,
   SO_RCVBUF,
   SO_RCVBUFFORCE,
@@ -69,6 +64,7 @@ import {
   SOL_SOCKET,
   strerror,
 } from "./libc.ts";
+import { FdWaiter } from "./waiter.ts";
 
 /** Options of {@linkcode UdpSocket.open}. */
 export interface UdpSocketOptions {
@@ -141,9 +137,7 @@ export class UdpSocket extends OwnedFd {
   readonly addr: number;
   readonly port: number;
 
-  readonly #efd: number;
-  #closing = false;
-  #waiting: Promise<number> | null = null;
+  readonly #waiter: FdWaiter;
   readonly #batch: number;
   readonly #max: number;
   // Receive side: slots of `#max` bytes, a sockaddr_in per slot.
@@ -163,20 +157,17 @@ export class UdpSocket extends OwnedFd {
   readonly #txIovDv: DataView;
   readonly #txKeep: Uint8Array;
   #txCount = 0;
-  readonly #pollBuf = new Uint8Array(2 * PollFd.SIZE);
-  readonly #pollDv = new DataView(this.#pollBuf.buffer);
-  readonly #one = new Uint8Array(8);
 
   private constructor(
     fd: number,
-    efd: number,
+    waiter: FdWaiter,
     addr: number,
     port: number,
     batch: number,
     max: number,
   ) {
     super(fd);
-    this.#efd = efd;
+    this.#waiter = waiter;
     this.addr = addr;
     this.port = port;
     this.#batch = batch;
@@ -199,11 +190,6 @@ export class UdpSocket extends OwnedFd {
     for (let i = 0; i < batch; i++) {
       this.#txNamesDv.setUint16(i * SockaddrIn.SIZE + SockaddrIn.FAMILY, AF_INET, LE);
     }
-    this.#pollDv.setInt32(PollFd.FD, fd, LE);
-    this.#pollDv.setInt16(PollFd.EVENTS, POLLIN, LE);
-    this.#pollDv.setInt32(PollFd.SIZE + PollFd.FD, efd, LE);
-    this.#pollDv.setInt16(PollFd.SIZE + PollFd.EVENTS, POLLIN, LE);
-    this.#one[LE ? 0 : 7] = 1;
   }
 
   /**
@@ -225,7 +211,7 @@ export class UdpSocket extends OwnedFd {
     const c = libc();
     const fd = c.socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) throw new OsError("socket(AF_INET, SOCK_DGRAM)", errno());
-    let efd = -1;
+    let waiter: FdWaiter | null = null;
     try {
       if (o.reusePort) setInt(fd, SO_REUSEPORT, 1, "SO_REUSEPORT");
       setBuffer(fd, SO_RCVBUFFORCE, SO_RCVBUF, o.rcvbuf ?? 4 << 20);
@@ -248,19 +234,18 @@ export class UdpSocket extends OwnedFd {
         throw new OsError("getsockname", errno());
       }
       const dv = new DataView(sa.buffer);
-      efd = c.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-      if (efd < 0) throw new OsError("eventfd", errno());
+      waiter = FdWaiter.open(fd, "UdpSocket");
       return new UdpSocket(
         fd,
-        efd,
+        waiter,
         dv.getUint32(SockaddrIn.ADDR, false),
         dv.getUint16(SockaddrIn.PORT, false),
         batch,
         max,
       );
     } catch (e) {
-      c.close(fd);
-      if (efd >= 0) c.close(efd);
+      if (waiter) waiter.close(() => c.close(fd));
+      else c.close(fd);
       throw e;
     }
   }
@@ -271,23 +256,8 @@ export class UdpSocket extends OwnedFd {
    *
    * @param timeoutMs milliseconds; negative or `Infinity`: no timeout.
    */
-  async wait(timeoutMs: number): Promise<boolean> {
-    if (this.#closing || this.fd < 0) return false;
-    if (this.#waiting) throw new Error("UdpSocket.wait() is already pending");
-    const t = Number.isFinite(timeoutMs) && timeoutMs >= 0 ? Math.ceil(timeoutMs) : -1;
-    this.#pollDv.setInt16(PollFd.REVENTS, 0, LE);
-    this.#pollDv.setInt16(PollFd.SIZE + PollFd.REVENTS, 0, LE);
-    const p = libc().poll_async(this.#pollBuf, 2n, t);
-    this.#waiting = p;
-    let r: number;
-    try {
-      r = await p;
-    } finally {
-      this.#waiting = null;
-      if (this.#closing) this.#closeFds();
-    }
-    if (this.#closing || r <= 0) return false;
-    return (this.#pollDv.getInt16(PollFd.REVENTS, LE) & (POLLIN | POLLERR)) !== 0;
+  wait(timeoutMs: number): Promise<boolean> {
+    return this.#waiter.wait(timeoutMs);
   }
 
   /**
@@ -296,7 +266,7 @@ export class UdpSocket extends OwnedFd {
    */
   receive(fn: DatagramHandler, max = 1024): number {
     const fd = this.fd;
-    if (fd < 0 || this.#closing) return 0;
+    if (fd < 0 || this.#waiter.closing) return 0;
     const c = libc();
     const dv = this.#rxMmsgDv;
     const names = this.#rxNamesDv;
@@ -407,16 +377,7 @@ export class UdpSocket extends OwnedFd {
    * returned. Idempotent.
    */
   override close(): void {
-    if (this.#closing) return;
-    this.#closing = true;
-    if (this.#waiting) libc().write(this.#efd, this.#one, 8n);
-    else this.#closeFds();
-  }
-
-  #closeFds(): void {
-    if (this.fd < 0) return;
-    super.close();
-    libc().close(this.#efd);
+    this.#waiter.close(() => super.close());
   }
 }
 

@@ -15,6 +15,8 @@ Deno.test("linux: the ffi modules import without --allow-ffi", async () => {
       "nfqueue.ts",
       "rawsock.ts",
       "udp.ts",
+      "waiter.ts",
+      "ct_events.ts",
       "sysctl.ts",
       "iptables.ts",
       "sockdiag.ts",
