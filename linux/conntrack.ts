@@ -486,17 +486,13 @@ function decodeAttrs(dv: DataView, start: number, end: number): CtEntry {
         reply = decodeTuple(dv, v, vend, "CTA_TUPLE_REPLY");
         break;
       case CTA.STATUS:
-        e.status = be32(dv, v, vend, "CTA_STATUS");
-        break;
       case CTA.TIMEOUT:
-        e.timeout = be32(dv, v, vend, "CTA_TIMEOUT");
-        break;
       case CTA.MARK:
-        e.mark = be32(dv, v, vend, "CTA_MARK");
+      case CTA.ID: {
+        const [field, name] = BE32_ATTRS[attrType(dv, a) as keyof typeof BE32_ATTRS];
+        e[field] = be32(dv, v, vend, name);
         break;
-      case CTA.ID:
-        e.id = be32(dv, v, vend, "CTA_ID");
-        break;
+      }
       case CTA.ZONE:
         if (vend - v < 2) throw new CtDecodeError("CTA_ZONE shorter than 2 bytes");
         e.zone = dv.getUint16(v, false);
@@ -520,6 +516,14 @@ function decodeAttrs(dv: DataView, start: number, end: number): CtEntry {
   e.reply = reply;
   return e;
 }
+
+/** The entry's plain be32 attributes: the field each fills and its name in errors. */
+const BE32_ATTRS = {
+  [CTA.STATUS]: ["status", "CTA_STATUS"],
+  [CTA.TIMEOUT]: ["timeout", "CTA_TIMEOUT"],
+  [CTA.MARK]: ["mark", "CTA_MARK"],
+  [CTA.ID]: ["id", "CTA_ID"],
+} as const satisfies Record<number, readonly [keyof CtEntry, string]>;
 
 const EMPTY_TUPLE: CtTuple = Object.freeze({ proto: 0, src: 0, dst: 0, sport: 0, dport: 0 });
 
@@ -807,30 +811,13 @@ export class Conntrack {
    */
   delete(origs: readonly CtTuple[]): number {
     for (const t of origs) checkTuple(t);
-    let deleted = 0;
-    let firstErr: { what: string; err: number } | null = null;
-    const b = new NlBuilder(Math.min(origs.length, DELETE_CHUNK) * 80);
-    for (let i = 0; i < origs.length; i += DELETE_CHUNK) {
-      const n = Math.min(DELETE_CHUNK, origs.length - i);
-      // Only the last message asks for an acknowledgement: failures are
-      // answered anyway, and its answer comes after all the others.
-      for (let j = 0; j < n; j++) {
-        appendCtRequest(b, CtMsgType.DELETE, j === n - 1 ? NLM_F_ACK : 0, origs[i + j]!);
-      }
-      const answers = this.#nl.requestAll([b.finish()], "conntrack delete");
-      for (let j = 0; j < n; j++) {
-        const err = answers[j]!.errno;
-        if (err <= 0) deleted++; // 0: acknowledged; -1: no answer, which means success
-        else if (err !== ENOENT && firstErr === null) {
-          firstErr = { what: `conntrack delete ${formatTuple(origs[i + j]!)}`, err };
-        }
-      }
-    }
-    if (firstErr !== null) {
-      const f = firstErr as { what: string; err: number };
-      throw new CtError(f.what, f.err, deleted);
-    }
-    return deleted;
+    return this.#perEntry(
+      origs,
+      80,
+      "conntrack delete",
+      (b, t, flags) => appendCtRequest(b, CtMsgType.DELETE, flags, t),
+      (t) => `conntrack delete ${formatTuple(t)}`,
+    );
   }
 
   /**
@@ -843,22 +830,45 @@ export class Conntrack {
    * one for another reason than ENOENT.
    */
   setTimeouts(entries: readonly { orig: CtTuple; timeout: number }[]): number {
+    return this.#perEntry(
+      entries,
+      88,
+      "conntrack timeout update",
+      (b, e, flags) => appendCtTimeout(b, flags, e.orig, e.timeout),
+      (e) => `conntrack update ${formatTuple(e.orig)}`,
+    );
+  }
+
+  /**
+   * One request per item, {@link DELETE_CHUNK} per datagram; counts the
+   * items the kernel did (an entry gone meanwhile, ENOENT, is skipped).
+   * Only the last message of a datagram asks for an acknowledgement:
+   * failures are answered anyway, and its answer comes after the others.
+   *
+   * @param size bytes one request takes, to size the builder.
+   * @param label names the request in a socket error.
+   * @param what names an item in the kernel's refusal.
+   * @throws {CtError} after every item was tried, for the first refusal
+   *   other than ENOENT; its `deleted` is the count done.
+   */
+  #perEntry<T>(
+    items: readonly T[],
+    size: number,
+    label: string,
+    append: (b: NlBuilder, item: T, flags: number) => void,
+    what: (item: T) => string,
+  ): number {
     let done = 0;
     let firstErr: { what: string; err: number } | null = null;
-    const b = new NlBuilder(Math.min(entries.length, DELETE_CHUNK) * 88);
-    for (let i = 0; i < entries.length; i += DELETE_CHUNK) {
-      const n = Math.min(DELETE_CHUNK, entries.length - i);
-      for (let j = 0; j < n; j++) {
-        const e = entries[i + j]!;
-        appendCtTimeout(b, j === n - 1 ? NLM_F_ACK : 0, e.orig, e.timeout);
-      }
-      const answers = this.#nl.requestAll([b.finish()], "conntrack timeout update");
+    const b = new NlBuilder(Math.min(items.length, DELETE_CHUNK) * size);
+    for (let i = 0; i < items.length; i += DELETE_CHUNK) {
+      const n = Math.min(DELETE_CHUNK, items.length - i);
+      for (let j = 0; j < n; j++) append(b, items[i + j]!, j === n - 1 ? NLM_F_ACK : 0);
+      const answers = this.#nl.requestAll([b.finish()], label);
       for (let j = 0; j < n; j++) {
         const err = answers[j]!.errno;
-        if (err <= 0) done++;
-        else if (err !== ENOENT && firstErr === null) {
-          firstErr = { what: `conntrack update ${formatTuple(entries[i + j]!.orig)}`, err };
-        }
+        if (err <= 0) done++; // 0: acknowledged; -1: no answer, which means success
+        else if (err !== ENOENT && firstErr === null) firstErr = { what: what(items[i + j]!), err };
       }
     }
     if (firstErr !== null) {
