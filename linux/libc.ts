@@ -314,3 +314,50 @@ export const MMsgHdr = { HDR: 0, LEN: 56, SIZE: 64 } as const;
 export const SockaddrIn = { FAMILY: 0, PORT: 2, ADDR: 4, SIZE: 16 } as const;
 /** `struct pollfd`: int fd; short events; short revents. */
 export const PollFd = { FD: 0, EVENTS: 4, REVENTS: 6, SIZE: 8 } as const;
+
+/** The buffers of {@linkcode mmsgSlots}; the arrays the headers point at stay referenced here. */
+export interface MMsgSlots {
+  /** `n` slots of `size` bytes, slot `i` at `i * size`. */
+  data: Uint8Array;
+  /** `n` address buffers of `nameSize` bytes (empty when 0). */
+  names: Uint8Array;
+  /** `n` iovecs, one per slot. */
+  iov: Uint8Array;
+  /** `n` mmsghdrs, header `i` naming slot `i` (and address buffer `i`). */
+  mmsg: Uint8Array;
+  /** Views of `names`, `iov` and `mmsg`, to read and fill them. */
+  namesDv: DataView;
+  iovDv: DataView;
+  mmsgDv: DataView;
+}
+
+/**
+ * Buffers for `recvmmsg(2)`/`sendmmsg(2)` of `n` messages of at most `size`
+ * bytes, allocated once: each mmsghdr points at its iovec (one per slot),
+ * each iovec at its slot, and with `nameSize` > 0 each header at an address
+ * buffer of that size. Keep the returned object (or its arrays) alive while
+ * the kernel may read the headers: they hold raw addresses of the others.
+ */
+export function mmsgSlots(n: number, size: number, nameSize = 0): MMsgSlots {
+  const data = new Uint8Array(n * size);
+  const names = new Uint8Array(n * nameSize);
+  const iov = new Uint8Array(n * IOVEC_SIZE);
+  const mmsg = new Uint8Array(n * MMsgHdr.SIZE);
+  const iovDv = new DataView(iov.buffer);
+  const mDv = new DataView(mmsg.buffer);
+  const dataAddr = addressOf(data);
+  const namesAddr = addressOf(names);
+  const iovAddr = addressOf(iov);
+  for (let i = 0; i < n; i++) {
+    setU64(iovDv, i * IOVEC_SIZE, dataAddr + i * size);
+    setU64(iovDv, i * IOVEC_SIZE + 8, size);
+    const m = i * MMsgHdr.SIZE + MMsgHdr.HDR;
+    if (nameSize > 0) {
+      setU64(mDv, m + MsgHdr.NAME, namesAddr + i * nameSize);
+      mDv.setUint32(m + MsgHdr.NAMELEN, nameSize, HOST_LITTLE_ENDIAN);
+    }
+    setU64(mDv, m + MsgHdr.IOV, iovAddr + i * IOVEC_SIZE);
+    setU64(mDv, m + MsgHdr.IOVLEN, 1);
+  }
+  return { data, names, iov, mmsg, namesDv: new DataView(names.buffer), iovDv, mmsgDv: mDv };
+}

@@ -55,6 +55,7 @@ import {
   IOVEC_SIZE,
   libc,
   MMsgHdr,
+  mmsgSlots,
   MSG_DONTWAIT,
   MSG_TRUNC,
   MsgHdr,
@@ -337,23 +338,14 @@ export class NfQueue {
     this.queue = queue;
     this.#batch = batch;
     this.#slotSize = align8(copyRange + RX_OVERHEAD);
-    this.#rx = new Uint8Array(batch * this.#slotSize);
+    const rx = mmsgSlots(batch, this.#slotSize);
+    this.#rx = rx.data;
     this.#rxDv = new DataView(this.#rx.buffer);
     this.#rxAddr = addressOf(this.#rx);
-    const iov = new Uint8Array(batch * IOVEC_SIZE);
-    const iovDv = new DataView(iov.buffer);
-    const iovAddr = addressOf(iov);
-    this.#mmsg = new Uint8Array(batch * MMsgHdr.SIZE);
+    this.#mmsg = rx.mmsg;
     this.#mmsgDv = new DataView(this.#mmsg.buffer);
-    for (let i = 0; i < batch; i++) {
-      setU64(iovDv, i * IOVEC_SIZE, this.#rxAddr + i * this.#slotSize);
-      setU64(iovDv, i * IOVEC_SIZE + 8, this.#slotSize);
-      const m = i * MMsgHdr.SIZE + MMsgHdr.HDR;
-      setU64(this.#mmsgDv, m + MsgHdr.IOV, iovAddr + i * IOVEC_SIZE);
-      setU64(this.#mmsgDv, m + MsgHdr.IOVLEN, 1);
-    }
     // Keep the iovec array reachable for as long as the mmsghdrs point at it.
-    this.#rxIov = iov;
+    this.#rxIov = rx.iov;
 
     this.#txMaxMsgs = Math.min(batch + 32, Math.floor(UIO_MAXIOV / 3));
     this.#txHdr = new Uint8Array(this.#txMaxMsgs * VERDICT_HDR_SLOT);

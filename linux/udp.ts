@@ -35,7 +35,6 @@
  */
 
 import {
-  addressOf,
   AF_INET,
   EADDRINUSE,
   EADDRNOTAVAIL,
@@ -46,6 +45,8 @@ import {
   IOVEC_SIZE,
   libc,
   MMsgHdr,
+  type MMsgSlots,
+  mmsgSlots,
   MSG_DONTWAIT,
   MSG_TRUNC,
   MsgHdr,
@@ -140,22 +141,10 @@ export class UdpSocket extends OwnedFd {
   readonly #waiter: FdWaiter;
   readonly #batch: number;
   readonly #max: number;
-  // Receive side: slots of `#max` bytes, a sockaddr_in per slot.
-  readonly #rx: Uint8Array;
-  readonly #rxNames: Uint8Array;
-  readonly #rxNamesDv: DataView;
-  readonly #rxMmsg: Uint8Array;
-  readonly #rxMmsgDv: DataView;
-  /** The iovecs the message headers point at: referenced so they live as long. */
-  readonly #rxKeep: Uint8Array;
-  // Send side: the same layout, filled by queue().
-  readonly #tx: Uint8Array;
-  readonly #txNames: Uint8Array;
-  readonly #txNamesDv: DataView;
-  readonly #txMmsg: Uint8Array;
-  readonly #txMmsgDv: DataView;
-  readonly #txIovDv: DataView;
-  readonly #txKeep: Uint8Array;
+  /** Receive side: slots of `#max` bytes, a sockaddr_in per slot. */
+  readonly #rx: MMsgSlots;
+  /** Send side: the same layout, filled by queue(). */
+  readonly #tx: MMsgSlots;
   #txCount = 0;
 
   private constructor(
@@ -172,23 +161,10 @@ export class UdpSocket extends OwnedFd {
     this.port = port;
     this.#batch = batch;
     this.#max = max;
-    const rx = slots(batch, max);
-    this.#rx = rx.data;
-    this.#rxNames = rx.names;
-    this.#rxNamesDv = new DataView(rx.names.buffer);
-    this.#rxMmsg = rx.mmsg;
-    this.#rxMmsgDv = new DataView(rx.mmsg.buffer);
-    this.#rxKeep = rx.iov;
-    const tx = slots(batch, max);
-    this.#tx = tx.data;
-    this.#txNames = tx.names;
-    this.#txNamesDv = new DataView(tx.names.buffer);
-    this.#txMmsg = tx.mmsg;
-    this.#txMmsgDv = new DataView(tx.mmsg.buffer);
-    this.#txIovDv = new DataView(tx.iov.buffer);
-    this.#txKeep = tx.iov;
+    this.#rx = mmsgSlots(batch, max, SockaddrIn.SIZE);
+    this.#tx = mmsgSlots(batch, max, SockaddrIn.SIZE);
     for (let i = 0; i < batch; i++) {
-      this.#txNamesDv.setUint16(i * SockaddrIn.SIZE + SockaddrIn.FAMILY, AF_INET, LE);
+      this.#tx.namesDv.setUint16(i * SockaddrIn.SIZE + SockaddrIn.FAMILY, AF_INET, LE);
     }
   }
 
@@ -268,8 +244,8 @@ export class UdpSocket extends OwnedFd {
     const fd = this.fd;
     if (fd < 0 || this.#waiter.closing) return 0;
     const c = libc();
-    const dv = this.#rxMmsgDv;
-    const names = this.#rxNamesDv;
+    const dv = this.#rx.mmsgDv;
+    const names = this.#rx.namesDv;
     let total = 0;
     while (total < max) {
       const want = Math.min(this.#batch, max - total);
@@ -277,7 +253,7 @@ export class UdpSocket extends OwnedFd {
       for (let i = 0; i < want; i++) {
         dv.setUint32(i * MMsgHdr.SIZE + MsgHdr.NAMELEN, SockaddrIn.SIZE, LE);
       }
-      const n = c.recvmmsg(fd, this.#rxMmsg, want, MSG_DONTWAIT, null);
+      const n = c.recvmmsg(fd, this.#rx.mmsg, want, MSG_DONTWAIT, null);
       if (n < 0) {
         const e = errno();
         if (e === EINTR) continue;
@@ -296,7 +272,7 @@ export class UdpSocket extends OwnedFd {
         const port = names.getUint16(o + SockaddrIn.PORT, false);
         const base = i * this.#max;
         this.stats.received++;
-        fn(this.#rx.subarray(base, base + Math.min(len, this.#max)), src, port, cut);
+        fn(this.#rx.data.subarray(base, base + Math.min(len, this.#max)), src, port, cut);
       }
       total += n;
       if (n < want) break;
@@ -318,11 +294,11 @@ export class UdpSocket extends OwnedFd {
     }
     if (this.#txCount === this.#batch) this.flush();
     const i = this.#txCount++;
-    this.#tx.set(len === data.length ? data : data.subarray(0, len), i * this.#max);
+    this.#tx.data.set(len === data.length ? data : data.subarray(0, len), i * this.#max);
     const o = i * SockaddrIn.SIZE;
-    this.#txNamesDv.setUint16(o + SockaddrIn.PORT, dstPort, false);
-    this.#txNamesDv.setUint32(o + SockaddrIn.ADDR, dst >>> 0, false);
-    setU64(this.#txIovDv, i * IOVEC_SIZE + 8, len);
+    this.#tx.namesDv.setUint16(o + SockaddrIn.PORT, dstPort, false);
+    this.#tx.namesDv.setUint32(o + SockaddrIn.ADDR, dst >>> 0, false);
+    setU64(this.#tx.iovDv, i * IOVEC_SIZE + 8, len);
   }
 
   /** Drops what is queued, unsent. */
@@ -348,7 +324,7 @@ export class UdpSocket extends OwnedFd {
     const c = libc();
     let done = 0;
     while (done < count) {
-      const vec = done === 0 ? this.#txMmsg : this.#txMmsg.subarray(done * MMsgHdr.SIZE);
+      const vec = done === 0 ? this.#tx.mmsg : this.#tx.mmsg.subarray(done * MMsgHdr.SIZE);
       const n = c.sendmmsg(fd, vec, count - done, 0);
       this.stats.sends++;
       if (n < 0) {
@@ -379,29 +355,6 @@ export class UdpSocket extends OwnedFd {
   override close(): void {
     this.#waiter.close(() => super.close());
   }
-}
-
-/** Buffers of `n` datagram slots of `size` bytes: data, sockaddrs, iovecs and mmsghdrs. */
-function slots(n: number, size: number) {
-  const data = new Uint8Array(n * size);
-  const names = new Uint8Array(n * SockaddrIn.SIZE);
-  const iov = new Uint8Array(n * IOVEC_SIZE);
-  const mmsg = new Uint8Array(n * MMsgHdr.SIZE);
-  const iovDv = new DataView(iov.buffer);
-  const mDv = new DataView(mmsg.buffer);
-  const dataAddr = addressOf(data);
-  const namesAddr = addressOf(names);
-  const iovAddr = addressOf(iov);
-  for (let i = 0; i < n; i++) {
-    setU64(iovDv, i * IOVEC_SIZE, dataAddr + i * size);
-    setU64(iovDv, i * IOVEC_SIZE + 8, size);
-    const m = i * MMsgHdr.SIZE + MMsgHdr.HDR;
-    setU64(mDv, m + MsgHdr.NAME, namesAddr + i * SockaddrIn.SIZE);
-    mDv.setUint32(m + MsgHdr.NAMELEN, SockaddrIn.SIZE, LE);
-    setU64(mDv, m + MsgHdr.IOV, iovAddr + i * IOVEC_SIZE);
-    setU64(mDv, m + MsgHdr.IOVLEN, 1);
-  }
-  return { data, names, iov, mmsg };
 }
 
 function sockaddr(addr: number, port: number): Uint8Array {
