@@ -17,7 +17,9 @@
  * - on the active, the refresh of the conntrack timeouts of sessions that
  *   carried traffic, so that their replicas on the standby stay alive;
  * - keepalived's notify FIFO, read line by line;
- * - conntrackd's figures (`conntrackd -s`, `conntrackd.ts`) for `dpm status`.
+ * - conntrackd's figures (`conntrackd -s`, `conntrackd.ts`) for `dpm status`;
+ * - the VRRP adverts heard (linux/vrrp_socket.ts, `vrrp.ts`): when the peer
+ *   last spoke, split brains.
  *
  * @module
  */
@@ -35,6 +37,8 @@ import type { HaStatus } from "../operator/types.ts";
 import { Mirror, type MirrorTarget, sessionOfEntry } from "./mirror.ts";
 import { type ConntrackdStats, parseConntrackdStats } from "./conntrackd.ts";
 import { HaRole, type HaSteps } from "./role.ts";
+import { AdvertWatch } from "./vrrp.ts";
+import { VrrpSocket } from "../../linux/vrrp_socket.ts";
 
 const log = logger("ha");
 
@@ -44,6 +48,8 @@ export const RECONCILE_MS = 10_000;
 export const BEHIND_MS = 3 * RECONCILE_MS;
 /** conntrackd's figures are read this often (ms). */
 export const SYNC_POLL_MS = 5000;
+/** The VRRP socket is read this often (ms): what status shows is at most this old. */
+export const ADVERT_POLL_MS = 200;
 
 /** Where the HA sysctls are journaled (beside the operator socket, as the data path's). */
 export function haSysctlJournal(socket: string): string {
@@ -111,6 +117,12 @@ export class HaNode {
   #syncTimer: ReturnType<typeof setInterval> | null = null;
   /** Lines read from keepalived's FIFO since start. */
   fifoLines = 0;
+  /** This box's VRRP priority, from keepalived's last FIFO line (null before one). */
+  #priority: number | null = null;
+  /** The adverts heard (src/ha/vrrp.ts); null when the socket could not be opened. */
+  #adverts: AdvertWatch | null = null;
+  #vrrp: VrrpSocket | null = null;
+  #advertTimer: ReturnType<typeof setInterval> | null = null;
 
   constructor(cfg: ServerConfig, host: HaHost) {
     this.#cfg = cfg;
@@ -131,7 +143,10 @@ export class HaNode {
         host.unserve();
         host.ownConntracks(false);
       },
-      release: () => this.#release(),
+      release: () => {
+        this.#adverts?.released();
+        return this.#release();
+      },
       mirror: () => {
         this.#startMirror();
         this.#conntrackd(["-n"]);
@@ -156,6 +171,7 @@ export class HaNode {
     this.#host.ownConntracks(false);
     this.#startMirror();
     await this.#openFifo();
+    this.#listenAdverts();
     if (this.#cfg.haConntrackdConfig) {
       void this.#pollSync();
       this.#syncTimer = setInterval(() => void this.#pollSync(), SYNC_POLL_MS);
@@ -177,6 +193,8 @@ export class HaNode {
     this.#stopped = true;
     this.#stopRefresh();
     if (this.#syncTimer) clearInterval(this.#syncTimer);
+    if (this.#advertTimer) clearInterval(this.#advertTimer);
+    this.#vrrp?.close();
     try {
       this.#fifo?.close();
     } catch {
@@ -229,10 +247,37 @@ export class HaNode {
           rest = rest.slice(i + 1);
           this.fifoLines++;
           log.debug(`keepalived: ${line}`);
+          const prio = /\s(\d{1,3})\s*$/.exec(line);
+          if (prio) this.#priority = Number(prio[1]);
           void this.role.line(line);
         }
       }
     })();
+  }
+
+  // ---- the adverts heard ----
+
+  /** Opens the VRRP socket and reads it every {@link ADVERT_POLL_MS}; a failure is logged, not fatal. */
+  #listenAdverts(): void {
+    try {
+      this.#vrrp = VrrpSocket.open();
+    } catch (e) {
+      log.warn(
+        `not listening to VRRP adverts (status will not show them): ${(e as Error).message}`,
+      );
+      return;
+    }
+    const watch = new AdvertWatch(this.#cfg.haMarker);
+    this.#adverts = watch;
+    this.#advertTimer = setInterval(() => {
+      try {
+        const now = Date.now();
+        const active = this.role.role === "active";
+        this.#vrrp?.drain((p) => watch.packet(p, now, active, this.#priority, formatIPv4));
+      } catch (e) {
+        log.warn(`reading VRRP adverts: ${(e as Error).message}`);
+      }
+    }, ADVERT_POLL_MS);
   }
 
   // ---- the mirror (standby) ----
@@ -484,6 +529,8 @@ export class HaNode {
         (lag === null || lag * 1000 > BEHIND_MS || this.#syncError !== "" ||
           (this.#lostGrewAt > 0 && now - this.#lostGrewAt < BEHIND_MS)),
       refreshed: this.refreshed,
+      adverts: this.#adverts ? { ...this.#adverts.stats } : null,
+      priority: this.#priority,
     };
   }
 }

@@ -63,6 +63,11 @@ function report(name: string, r: DpmHaResult): void {
         JSON.stringify(r.hosts.fresh)
       }`,
   );
+  console.log(
+    `  adverts: the standby before ${JSON.stringify(r.standbyBefore.adverts)}; after each event ${
+      r.after.map((a) => JSON.stringify(a.adverts)).join(" ")
+    }`,
+  );
   const m = r.mapping;
   const kinds = (x: Record<MappingKind, MappingFigures>, takeover: number | null | undefined) =>
     MAPPING_KINDS.map((k) =>
@@ -94,6 +99,10 @@ function check(r: DpmHaResult): void {
   assert.ok(r.standbyBefore.sync !== null, `conntrackd's figures: ${r.standbyBefore.syncError}`);
   assert.ok(r.standbyBefore.sync.injected.created > 0, "the peer's entries were injected");
   assert.equal(r.standbyBefore.behind, false, "the standby keeps up");
+  // The standby hears the active's VRRP adverts (its raw socket, src/ha/vrrp.ts).
+  const adv = r.standbyBefore.adverts;
+  assert.ok(adv && adv.heard > 0, `adverts heard by the standby: ${JSON.stringify(adv)}`);
+  assert.equal(adv.lastPriority, r.after.at(-1)?.priority ?? adv.lastPriority);
   assert.equal(r.wan.wrongPairBefore, 0, "the rig is sound before the failure");
   for (const w of r.wan.windows) {
     // No reset from a peer; none of an established (busy) connection, none
