@@ -385,8 +385,9 @@ export interface MappingFigures {
 /**
  * Figures of one mapping's probes after an event at `at` (wall ms), up to
  * `end`: the longest run without an answered probe (the outage: from the
- * last answered probe before it to the first after it, ms), when the
- * mapping answered again (ms after the event; 0 when it never stopped),
+ * last answered probe before it to the first after it, ms; about the probe
+ * interval when it never stopped), when the mapping answered again (the
+ * end of that run, ms after the event),
  * and whether it answered within `windowMs` after `servingAt` (the new
  * active serving) and at least once more before `end`.
  */
@@ -410,7 +411,6 @@ export function mappingFigures(
     prev = x;
   }
   if (inWin.length === 0) back = null;
-  else if (outage <= 2 * PROBE_INTERVAL_MS + 10) back = at; // never stopped
   // A probe waits 1 s for its echo: a shorter silence at the end is not an outage.
   if (inWin.length > 0 && end - prev > Math.max(outage, 1000)) {
     outage = end - prev;

@@ -272,8 +272,8 @@ export class HaNode {
     this.#advertTimer = setInterval(() => {
       try {
         const now = Date.now();
-        const active = this.role.role === "active";
-        this.#vrrp?.drain((p) => watch.packet(p, now, active, this.#priority, formatIPv4));
+        const since = this.role.role === "active" ? this.role.status.since : null;
+        this.#vrrp?.drain((p) => watch.packet(p, now, since, this.#priority, formatIPv4));
       } catch (e) {
         log.warn(`reading VRRP adverts: ${(e as Error).message}`);
       }

@@ -13,7 +13,9 @@
  *   a priority not above this box's means the peer claims master too: both
  *   hold G and the pool (split brain; keepalived ends it when the lower
  *   priority hears the higher, e.g. a standby that missed adverts under
- *   load and took over while the active lived). Each run of such adverts
+ *   load and took over while the active lived). Adverts in the first
+ *   {@linkcode SPLIT_GRACE_MS} of being active are the old master's last
+ *   ones (a takeover, a failback) and are not counted. Each run of such adverts
  *   counts once; it ends when none was heard for {@linkcode SPLIT_QUIET_MS}
  *   or this box stops being active. An advert of a higher priority is a
  *   preemption (a failback: this box yields), not counted. A split brain in
@@ -43,6 +45,12 @@ export type { AdvertStats };
 export const IPPROTO_VRRP = 112;
 /** A run of adverts heard while active ends after this long without one (ms). */
 export const SPLIT_QUIET_MS = 1000;
+/**
+ * Adverts heard in this long after becoming active are not counted (ms): at
+ * a takeover the old master's last adverts are still on their way, and at
+ * a preemption it advertises until it hears this box.
+ */
+export const SPLIT_GRACE_MS = 1000;
 
 /** One decoded advertisement. */
 export interface Advert {
@@ -111,16 +119,18 @@ export class AdvertWatch {
   }
 
   /**
-   * One packet read at `now` (wall ms) while this box was `active` or not,
-   * `own` its VRRP priority (keepalived's last FIFO line; null: unknown).
-   * While active, an advert of a priority not above this box's own is the
-   * peer claiming master too (one above is a preemption: this box yields,
-   * as at a failback, and is not counted).
+   * One packet read at `now` (wall ms); `activeSince`: when this box
+   * became active (wall ms), null while it is not; `own` its VRRP priority
+   * (keepalived's last FIFO line; null: unknown).
+   * While active (for {@linkcode SPLIT_GRACE_MS} at least), an advert of a
+   * priority not above this box's own is the peer claiming master too (one
+   * above is a preemption: this box yields, as at a failback, and is not
+   * counted).
    */
   packet(
     p: Uint8Array,
     now: number,
-    active: boolean,
+    activeSince: number | null,
     own: number | null,
     format: (a: number) => string,
   ): void {
@@ -137,6 +147,7 @@ export class AdvertWatch {
     s.lastFrom = format(a.from);
     s.lastPriority = a.priority;
     // Priority 0: the peer resigns (it stops being master), no claim.
+    const active = activeSince !== null && now - activeSince >= SPLIT_GRACE_MS;
     if (!active || a.priority === 0 || (own !== null && a.priority > own)) {
       this.#splitUntil = 0;
       return;

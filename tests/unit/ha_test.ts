@@ -463,8 +463,8 @@ Deno.test("ha: adverts heard: the standby's heartbeat; split brains counted once
   const mine = (priority: number) =>
     advert({ from: "10.0.0.2", priority, addrs: ["169.254.0.51"] });
   // Standby: the active's adverts, no split brain.
-  w.packet(mine(150), 1000, false, 100, formatIPv4);
-  w.packet(mine(150), 1050, false, 100, formatIPv4);
+  w.packet(mine(150), 1000, null, 100, formatIPv4);
+  w.packet(mine(150), 1050, null, 100, formatIPv4);
   assert.deepEqual(
     [w.stats.heard, w.stats.lastAt, w.stats.lastFrom, w.stats.lastPriority, w.stats.splitBrains],
     [2, 1050, "10.0.0.2", 150, 0],
@@ -473,26 +473,29 @@ Deno.test("ha: adverts heard: the standby's heartbeat; split brains counted once
   w.packet(
     advert({ from: "10.0.0.9", priority: 200, addrs: ["169.254.0.52"] }),
     1060,
-    true,
+    0,
     150,
     formatIPv4,
   );
   assert.equal(w.stats.ignored, 1);
   // Active at 150: a higher priority is a preemption (failback), not counted.
-  w.packet(mine(200), 1100, true, 150, formatIPv4);
+  w.packet(mine(200), 1100, 0, 150, formatIPv4);
   assert.equal(w.stats.splitBrains, 0);
   // A lower priority claims while this box is active: one run, counted once.
-  for (let t = 2000; t < 2500; t += 50) w.packet(mine(100), t, true, 150, formatIPv4);
+  // Just active (the old master's last adverts): not counted.
+  w.packet(mine(100), 1500, 1000, 150, formatIPv4);
+  assert.equal(w.stats.splitBrains, 0);
+  for (let t = 2000; t < 2500; t += 50) w.packet(mine(100), t, 0, 150, formatIPv4);
   assert.deepEqual([w.stats.splitBrains, w.stats.whileActive], [1, 10]);
   // Quiet for longer than SPLIT_QUIET_MS: the next claim is another run.
-  w.packet(mine(100), 2450 + SPLIT_QUIET_MS + 1, true, 150, formatIPv4);
+  w.packet(mine(100), 2450 + SPLIT_QUIET_MS + 1, 0, 150, formatIPv4);
   assert.equal(w.stats.splitBrains, 2);
   // Released, then active again: a new run at once.
   w.released();
-  w.packet(mine(100), 2450 + SPLIT_QUIET_MS + 50, true, 150, formatIPv4);
+  w.packet(mine(100), 2450 + SPLIT_QUIET_MS + 50, 0, 150, formatIPv4);
   assert.equal(w.stats.splitBrains, 3);
   // Priority 0: the peer resigns.
-  w.packet(mine(0), 9000, true, 150, formatIPv4);
+  w.packet(mine(0), 9000, 0, 150, formatIPv4);
   assert.equal(w.stats.splitBrains, 3);
 });
 
