@@ -90,6 +90,17 @@ export interface DpmHaResult {
     after: Record<MappingKind, MappingFigures>[];
     clientLog: string;
   };
+  /**
+   * The standby's guard (src/ha/guard.ts), per gateway: null when its table
+   * is absent, else the packets it dropped. Before the failure (the active
+   * must have none, the standby one), on each event's new active just
+   * after it serves (none), and on both at the end.
+   */
+  guard: {
+    before: { active: number | null; standby: number | null };
+    newActive: (number | null)[];
+    end: Record<string, number | null>;
+  };
   /** Fresh reservations answered after each event (drivers' sessions opened then). */
   events: HaEvent[];
 }
@@ -110,6 +121,16 @@ async function status(t: HaTopology, gw: HaGateway, dir: string): Promise<Status
   });
   if (r.code !== 0) throw new Error(`dpm status in ${gw.name}: ${r.stderr}`);
   return JSON.parse(r.stdout) as StatusReply;
+}
+
+/**
+ * The standby's guard on `gw` (src/ha/guard.ts): null when its table is
+ * absent, else the packets its rules dropped.
+ */
+async function guardDrops(t: HaTopology, gw: HaGateway): Promise<number | null> {
+  const r = await t.exec(gw.ns, ["nft", "list", "table", "ip", "dpm_ha_guard"]);
+  if (r.code !== 0) return null;
+  return [...r.stdout.matchAll(/counter packets (\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
 }
 
 /** Runs one failover (see the module's text). */
@@ -206,6 +227,7 @@ export async function runDpmHa(o: DpmHaRun): Promise<DpmHaResult> {
     const seconds = (wallMs() - w0) / 1000;
     const steady = s1.txBytes - s0.txBytes + s1.rxBytes - s0.rxBytes;
     const standbyBefore = (await status(t, gb, db.dir)).ha!;
+    const guardBefore = { active: await guardDrops(t, ga), standby: await guardDrops(t, gb) };
     const probingSince = wallMs();
 
     await busy.fresh(true);
@@ -226,6 +248,7 @@ export async function runDpmHa(o: DpmHaRun): Promise<DpmHaResult> {
     await active(gb, db);
     after.push((await status(t, gb, db.dir)).ha!);
     servingAt.push(wallMs());
+    const guardAfter = [await guardDrops(t, gb)];
     await new Promise((r) => setTimeout(r, 4000));
     if (o.failback ?? true) {
       const back = wallMs();
@@ -234,10 +257,12 @@ export async function runDpmHa(o: DpmHaRun): Promise<DpmHaResult> {
       await active(ga, da);
       after.push((await status(t, ga, da.dir)).ha!);
       servingAt.push(wallMs());
+      guardAfter.push(await guardDrops(t, ga));
       await new Promise((r) => setTimeout(r, 4000));
     }
     const captured = await cap.stop();
     const reports = await busy.stop();
+    const guardEnd = { [ga.name]: await guardDrops(t, ga), [gb.name]: await guardDrops(t, gb) };
     const ended = wallMs();
     const answered = mapping.answered();
     const clientLog = mapping.clientLog();
@@ -267,6 +292,7 @@ export async function runDpmHa(o: DpmHaRun): Promise<DpmHaResult> {
       standbyBefore,
       after,
       mapping: { pairs: mapping.pairs, before: mapBefore, after: mapAfter, clientLog },
+      guard: { before: guardBefore, newActive: guardAfter, end: guardEnd },
       events,
     };
   } finally {

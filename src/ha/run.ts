@@ -14,6 +14,8 @@
  * - the takeover's and the release's steps: the last events applied, G and
  *   the pool added (`ip -batch`, one process) and announced (gratuitous
  *   ARPs, `arping`), conntrackd told to resync;
+ * - the standby's guard (`guard.ts`): up while not active, so that strays
+ *   for G, the pool and the LAN leave no conntrack of this box's own;
  * - on the active, the refresh of the conntrack timeouts of sessions that
  *   carried traffic, so that their replicas on the standby stay alive;
  * - keepalived's notify FIFO, read line by line;
@@ -38,6 +40,7 @@ import { Mirror, type MirrorTarget, sessionOfEntry } from "./mirror.ts";
 import { type ConntrackdStats, parseConntrackdStats } from "./conntrackd.ts";
 import { HaRole, type HaSteps } from "./role.ts";
 import { AdvertWatch } from "./vrrp.ts";
+import { type GuardScope, setGuard } from "./guard.ts";
 import { VrrpSocket } from "../../linux/vrrp_socket.ts";
 
 const log = logger("ha");
@@ -169,6 +172,7 @@ export class HaNode {
     );
     if (Number.isInteger(t) && t > 0) this.#udpStream = t;
     this.#host.ownConntracks(false);
+    await setGuard(true, this.#guardScope());
     this.#startMirror();
     await this.#openFifo();
     this.#listenAdverts();
@@ -207,6 +211,9 @@ export class HaNode {
       this.#host.unserve();
       await this.#release().catch((e) => log.warn(`releasing: ${(e as Error).message}`));
     }
+    await setGuard(false, this.#guardScope()).catch((e) =>
+      log.warn(`removing the standby's guard: ${(e as Error).message}`)
+    );
     this.#ct.close();
   }
 
@@ -365,9 +372,36 @@ export class HaNode {
     return { code: o.code, stderr: new TextDecoder().decode(o.stderr) };
   }
 
+  /** What the standby's guard (`guard.ts`) keeps out. */
+  #guardScope(): GuardScope {
+    const c = this.#cfg;
+    const len = this.#host.lanPrefixLen;
+    const mask = len === 0 ? 0 : (~0 << (32 - len)) >>> 0;
+    return {
+      lanIf: c.lanIf!,
+      wanIf: c.wanIf!,
+      g: c.lanAddr,
+      lan: { addr: (c.lanAddr & mask) >>> 0, len },
+      pool: c.pool,
+    };
+  }
+
   async #claim(): Promise<void> {
-    const r = await this.#ipBatch(this.#addresses("replace"));
-    if (r.code !== 0) throw new Error(`claiming the addresses: ${r.stderr.trim()}`);
+    // The addresses and the guard's removal at once (two processes): traffic
+    // comes with the gratuitous ARPs, after both.
+    const [r, unguarded] = await Promise.all([
+      this.#ipBatch(this.#addresses("replace")),
+      setGuard(false, this.#guardScope()).then(() => null, (e: Error) => e),
+    ]);
+    if (r.code !== 0 || unguarded) {
+      // Standby still: nothing claimed, the guard up.
+      await this.#release().catch(() => {});
+      throw new Error(
+        r.code !== 0
+          ? `claiming the addresses: ${r.stderr.trim()}`
+          : `lifting the standby's guard: ${unguarded!.message}`,
+      );
+    }
     const c = this.#cfg;
     this.#garp(c.lanIf!, c.lanAddr);
     for (const a of c.pool) this.#garp(c.wanIf!, a);
@@ -391,6 +425,7 @@ export class HaNode {
   async #release(): Promise<void> {
     // Some may be gone already (a link down): -force goes on.
     await this.#ipBatch(this.#addresses("del"));
+    await setGuard(true, this.#guardScope());
   }
 
   /** conntrackd commands, one after the other, not waited for (its socket from --ha-conntrackd-config). */

@@ -68,6 +68,7 @@ function report(name: string, r: DpmHaResult): void {
       r.after.map((a) => JSON.stringify(a.adverts)).join(" ")
     }`,
   );
+  console.log(`  the standby's guard dropped: ${JSON.stringify(r.guard)}`);
   const m = r.mapping;
   const kinds = (x: Record<MappingKind, MappingFigures>, takeover: number | null | undefined) =>
     MAPPING_KINDS.map((k) =>
@@ -104,6 +105,11 @@ function check(r: DpmHaResult): void {
   assert.ok(adv && adv.heard > 0, `adverts heard by the standby: ${JSON.stringify(adv)}`);
   assert.equal(adv.lastPriority, r.after.at(-1)?.priority ?? adv.lastPriority);
   assert.equal(r.wan.wrongPairBefore, 0, "the rig is sound before the failure");
+  // The standby's guard (src/ha/guard.ts) is up on the standby only, and
+  // lifted on each new active.
+  assert.equal(r.guard.before.active, null, "no guard on the active");
+  assert.notEqual(r.guard.before.standby, null, "the guard is up on the standby");
+  assert.deepEqual(r.guard.newActive, r.after.map(() => null), "the guard lifted at each takeover");
   for (const w of r.wan.windows) {
     // No reset from a peer; none of an established (busy) connection, none
     // of a tuple no flow used. A fresh connection being opened across the

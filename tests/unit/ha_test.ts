@@ -13,6 +13,7 @@ import { Mirror, type MirrorTarget, sessionOfEntry, tableTarget } from "../../sr
 import { HaRole, parseNotifyLine } from "../../src/ha/role.ts";
 import { parseConntrackdStats } from "../../src/ha/conntrackd.ts";
 import { AdvertWatch, decodeAdvert, SPLIT_QUIET_MS } from "../../src/ha/vrrp.ts";
+import { guardRuleset } from "../../src/ha/guard.ts";
 import { formatIPv4, parseIPv4 } from "../../src/wire/addr.ts";
 import { stateLost } from "../../testing/remap_child.ts";
 import { mappingFigures } from "../../testing/ha_dpm.ts";
@@ -520,4 +521,24 @@ Deno.test("ha rig: the PCP/NAT-PMP client's epoch check (RFC 6887 8.5) and the m
   });
   // Stopped for good.
   assert.equal(mappingFigures(sent.filter((t) => t < 1000), 900, 1000, 3000).backAfterMs, null);
+});
+
+Deno.test("ha: the standby's guard drops G, the pool and the LAN from the WAN before conntrack; off deletes it", () => {
+  const scope = {
+    lanIf: "lan0",
+    wanIf: "wan0",
+    g: parseIPv4("10.0.0.1")!,
+    lan: { addr: parseIPv4("10.0.0.0")!, len: 24 },
+    pool: [parseIPv4("203.0.113.10")!, parseIPv4("203.0.113.11")!],
+  };
+  const on = guardRuleset(true, scope);
+  assert.match(
+    on,
+    /^table ip dpm_ha_guard\ndelete table ip dpm_ha_guard\ntable ip dpm_ha_guard \{/,
+  );
+  assert.match(on, /type filter hook prerouting priority raw - 10; policy accept;/);
+  assert.match(on, /iifname "wan0" ip daddr \{ 203\.0\.113\.10, 203\.0\.113\.11 \} counter drop/);
+  assert.match(on, /iifname "wan0" ip daddr 10\.0\.0\.0\/24 counter drop/);
+  assert.match(on, /iifname "lan0" ip daddr 10\.0\.0\.1 counter drop/);
+  assert.equal(guardRuleset(false, scope), "table ip dpm_ha_guard\ndelete table ip dpm_ha_guard\n");
 });
