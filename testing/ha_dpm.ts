@@ -228,13 +228,15 @@ export async function runDpmHa(o: DpmHaRun): Promise<DpmHaResult> {
     const steady = s1.txBytes - s0.txBytes + s1.rxBytes - s0.rxBytes;
     const standbyBefore = (await status(t, gb, db.dir)).ha!;
     const guardBefore = { active: await guardDrops(t, ga), standby: await guardDrops(t, gb) };
-    const probingSince = wallMs();
 
     await busy.fresh(true);
     const f0 = await syncCounters(t, ga);
     const cap = await startCapture(t);
     await new Promise((r) => setTimeout(r, 1500));
     const f1 = await syncCounters(t, ga);
+    // The mappings' probes, after the sync figures (their conntracks are replicated too).
+    const probingSince = wallMs();
+    await mapping.probe();
     const events: HaEvent[] = [];
     const after: HaStatus[] = [];
     const servingAt: number[] = [];
@@ -342,6 +344,12 @@ export type MappingKind = typeof MAPPING_KINDS[number];
 interface Mappings {
   /** Their public pairs, as first granted. */
   pairs: Record<MappingKind, string>;
+  /**
+   * Starts the probes (not at once: each probe's fresh conntrack is
+   * replicated, which the sync figures must not count) and waits until
+   * each mapping answered one.
+   */
+  probe(): Promise<void>;
   /** Per kind, when each answered probe was sent (wall clock ms, ascending). */
   answered(): Record<MappingKind, number[]>;
   /** The PCP / NAT-PMP client's lines (testing/remap_child.ts). */
@@ -500,17 +508,26 @@ async function startMappings(t: HaTopology): Promise<Mappings> {
       pcp: first("pcp"),
       natpmp: first("natpmp"),
     };
-    const probes = t.spawn(peer.ns, prober(pairs));
-    await probes.waitForOutput(/probing/, 10_000);
+    let probes: Spawned | null = null;
     const spawned = client;
-    return {
+    const self: Mappings = {
       pairs,
+      async probe() {
+        if (probes) return;
+        probes = t.spawn(peer.ns, prober(pairs));
+        await probes.waitForOutput(/probing/, 10_000);
+        // Until each mapping answered once (or 5 s).
+        const until = wallMs() + 5000;
+        while (wallMs() < until && MAPPING_KINDS.some((k) => self.answered()[k].length === 0)) {
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      },
       answered() {
         const out = Object.fromEntries(MAPPING_KINDS.map((k) => [k, [] as number[]])) as Record<
           MappingKind,
           number[]
         >;
-        for (const line of probes.stdout().split("\n")) {
+        for (const line of probes?.stdout().split("\n") ?? []) {
           if (!line.startsWith("{")) continue;
           const o = JSON.parse(line) as { k: MappingKind; sent: number };
           out[o.k]?.push(o.sent);
@@ -520,11 +537,12 @@ async function startMappings(t: HaTopology): Promise<Mappings> {
       },
       clientLog: () => spawned.output(),
       async stop() {
-        await probes.stop("SIGTERM", 1000);
+        await probes?.stop("SIGTERM", 1000);
         await spawned.stop("SIGTERM", 1000);
         await stop();
       },
     };
+    return self;
   } catch (e) {
     await client?.stop("SIGTERM", 1000);
     await stop();

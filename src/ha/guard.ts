@@ -1,16 +1,22 @@
 /**
- * The standby's guard (docs/ha.md, "The standby creates no conntrack of
- * its own"): while this box is not active, packets that reach it for G, for
- * the pool or for the LAN's hosts from the WAN are dropped before
- * conntrack sees them (an nftables table of its own, `dpm_ha_guard`,
- * prerouting at raw priority), and each drop is counted by the rule.
+ * The standby's guard (docs/ha.md, "The standby's guard"): while this box
+ * is not active, packets that reach it for G, for the pool or for the
+ * LAN's hosts from the WAN and would open a conntrack of their own
+ * (`ct state new`) are dropped before the conntrack is confirmed (an
+ * nftables table of its own, `dpm_ha_guard`, prerouting at mangle
+ * priority, after conntrack's lookup), and each drop is counted by the
+ * rule. Packets of a conntrack the kernel holds (a replica, or this box's
+ * own from when it was active) go on as before: just after a release, the
+ * ones still sent here (ARP caches) are translated by those conntracks and
+ * delivered, not lost.
  *
  * Why: such packets are strays (the router's or the hosts' ARP caches still
  * pointing here just after a release, a switch flooding frames while it
  * learns a returning port, replies the bpf programs rewrote toward a LAN
  * whose link is down). Let through, they are forwarded back out (leaks:
  * the analysis's "misrouted") and each leaves a conntrack of this box's
- * own in the kernel, which holds a tuple the active's replica needs: the
+ * own in the kernel (a dropped packet's conntrack is never confirmed, so
+ * none is), which holds a tuple the active's replica needs: the
  * replica's insertion fails (conntrackd's "inject failed"), or a new
  * conntrack for the same session gets another port from the kernel's NAT
  * (clash avoidance), and the session leaves from a wrong pair once this
@@ -51,7 +57,8 @@ export function guardRuleset(on: boolean, s: GuardScope): string {
   return reset + [
     `table ip ${GUARD_TABLE} {`,
     `  chain pre {`,
-    `    type filter hook prerouting priority raw - 10; policy accept;`,
+    `    type filter hook prerouting priority mangle; policy accept;`,
+    `    ct state != new accept`,
     `    iifname ${q(s.wanIf)} ip daddr { ${pool} } counter drop comment "pool, standby"`,
     `    iifname ${q(s.wanIf)} ip daddr ${formatCidr(s.lan)} counter drop comment "LAN, standby"`,
     `    iifname ${q(s.lanIf)} ip daddr ${formatIPv4(s.g)} counter drop comment "G, standby"`,

@@ -523,7 +523,7 @@ Deno.test("ha rig: the PCP/NAT-PMP client's epoch check (RFC 6887 8.5) and the m
   assert.equal(mappingFigures(sent.filter((t) => t < 1000), 900, 1000, 3000).backAfterMs, null);
 });
 
-Deno.test("ha: the standby's guard drops G, the pool and the LAN from the WAN before conntrack; off deletes it", () => {
+Deno.test("ha: the standby's guard drops new conntracks for G, the pool and the LAN from the WAN; off deletes it", () => {
   const scope = {
     lanIf: "lan0",
     wanIf: "wan0",
@@ -536,7 +536,10 @@ Deno.test("ha: the standby's guard drops G, the pool and the LAN from the WAN be
     on,
     /^table ip dpm_ha_guard\ndelete table ip dpm_ha_guard\ntable ip dpm_ha_guard \{/,
   );
-  assert.match(on, /type filter hook prerouting priority raw - 10; policy accept;/);
+  assert.match(
+    on,
+    /type filter hook prerouting priority mangle; policy accept;\n {4}ct state != new accept\n/,
+  );
   assert.match(on, /iifname "wan0" ip daddr \{ 203\.0\.113\.10, 203\.0\.113\.11 \} counter drop/);
   assert.match(on, /iifname "wan0" ip daddr 10\.0\.0\.0\/24 counter drop/);
   assert.match(on, /iifname "lan0" ip daddr 10\.0\.0\.1 counter drop/);
