@@ -24,6 +24,8 @@
  * the addresses, before the gratuitous ARPs bring traffic) and put back at
  * the release (after the addresses are gone); stopping removes it.
  *
+ * Pure: `run.ts` loads the text (`nft -f`).
+ *
  * On the bpf path the programs act before netfilter: what they redirect
  * out of an interface never meets the guard (what they pass up does).
  *
@@ -31,7 +33,6 @@
  */
 
 import { formatCidr, formatIPv4 } from "../wire/addr.ts";
-import { loadRuleset } from "../../linux/nft.ts";
 
 /** The guard's nftables table (`ip` family). */
 export const GUARD_TABLE = "dpm_ha_guard";
@@ -65,9 +66,4 @@ export function guardRuleset(on: boolean, s: GuardScope): string {
     `  }`,
     `}`,
   ].join("\n") + "\n";
-}
-
-/** Puts the guard up (`on`) or takes it down. Throws with nft's message. */
-export function setGuard(on: boolean, s: GuardScope): Promise<void> {
-  return loadRuleset(guardRuleset(on, s));
 }

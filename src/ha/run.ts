@@ -40,7 +40,8 @@ import { Mirror, type MirrorTarget, sessionOfEntry } from "./mirror.ts";
 import { type ConntrackdStats, parseConntrackdStats } from "./conntrackd.ts";
 import { HaRole, type HaSteps } from "./role.ts";
 import { AdvertWatch } from "./vrrp.ts";
-import { type GuardScope, setGuard } from "./guard.ts";
+import { guardRuleset, type GuardScope } from "./guard.ts";
+import { loadRuleset } from "../../linux/nft.ts";
 import { VrrpSocket } from "../../linux/vrrp_socket.ts";
 
 const log = logger("ha");
@@ -71,6 +72,11 @@ export async function haSysctls(cfg: ServerConfig): Promise<() => Promise<void>>
     "net.ipv4.ip_nonlocal_bind": "1",
     "net.netfilter.nf_conntrack_tcp_be_liberal": "1",
   }, { journal });
+}
+
+/** Puts the standby's guard (`guard.ts`) up (`on`) or takes it down. Throws with nft's message. */
+function setGuard(on: boolean, s: GuardScope): Promise<void> {
+  return loadRuleset(guardRuleset(on, s));
 }
 
 /** What the HA node needs from the server process (`run.ts`). */
