@@ -24,6 +24,11 @@
  * the addresses, before the gratuitous ARPs bring traffic) and put back at
  * the release (after the addresses are gone); stopping removes it.
  *
+ * A second rule drops what would leave by the WAN toward the LAN prefix
+ * (a box whose LAN link is down translates late replies through its
+ * conntracks and, with no LAN route, routes them out of the WAN: leaked
+ * toward private addresses, the rig's "misrouted").
+ *
  * Pure: `run.ts` loads the text (`nft -f`).
  *
  * On the bpf path the programs act before netfilter: what they redirect
@@ -63,6 +68,12 @@ export function guardRuleset(on: boolean, s: GuardScope): string {
     `    iifname ${q(s.wanIf)} ip daddr { ${pool} } counter drop comment "pool, standby"`,
     `    iifname ${q(s.wanIf)} ip daddr ${formatCidr(s.lan)} counter drop comment "LAN, standby"`,
     `    iifname ${q(s.lanIf)} ip daddr ${formatIPv4(s.g)} counter drop comment "G, standby"`,
+    `  }`,
+    `  chain leak {`,
+    `    type filter hook forward priority filter; policy accept;`,
+    `    oifname ${q(s.wanIf)} ip daddr ${
+      formatCidr(s.lan)
+    } counter drop comment "LAN via the WAN"`,
     `  }`,
     `}`,
   ].join("\n") + "\n";

@@ -543,5 +543,7 @@ Deno.test("ha: the standby's guard drops new conntracks for G, the pool and the 
   assert.match(on, /iifname "wan0" ip daddr \{ 203\.0\.113\.10, 203\.0\.113\.11 \} counter drop/);
   assert.match(on, /iifname "wan0" ip daddr 10\.0\.0\.0\/24 counter drop/);
   assert.match(on, /iifname "lan0" ip daddr 10\.0\.0\.1 counter drop/);
+  assert.match(on, /type filter hook forward priority filter; policy accept;/);
+  assert.match(on, /oifname "wan0" ip daddr 10\.0\.0\.0\/24 counter drop/);
   assert.equal(guardRuleset(false, scope), "table ip dpm_ha_guard\ndelete table ip dpm_ha_guard\n");
 });
