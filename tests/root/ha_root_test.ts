@@ -135,6 +135,14 @@ function check(r: DpmHaResult): void {
     }
   }
   assert.equal(r.mapping.after.length, r.after.length);
+  // The PCP and NAT-PMP mappings came back because their client heard each
+  // new active's announcements (it never renews otherwise) and mapped again.
+  for (const kind of ["pcp", "natpmp"]) {
+    const remapped = r.mapping.clientLog.split("\n").filter((l) =>
+      l.includes('"ev":"mapped"') && l.includes(`"kind":"${kind}"`) && l.includes('"why":"lost"')
+    ).length;
+    assert.ok(remapped >= r.after.length, `${kind}: mapped again ${remapped} time(s)`);
+  }
   for (const [i, a] of r.after.entries()) assert.equal(a.role, "active", `event ${i}`);
   // Fresh sessions opened after each event were answered.
   for (const [i, f] of r.hosts.fresh.entries()) {
