@@ -107,8 +107,58 @@ export interface DpmHaResult {
 
 const PREEMPT_DELAY_S = 2;
 
+/**
+ * Starts `dpm server --ha` on `d`'s gateway (keepalived's FIFO and marker,
+ * conntrackd's configuration, the shared cookie secret file `secret`, G and
+ * the pool, debug logs) and waits until it is ready.
+ */
+export async function spawnHaServer(
+  t: HaTopology,
+  d: GatewayDaemons,
+  secret: string,
+  datapath: "kernel" | "bpf" | "queue",
+  extra: string[] = [],
+): Promise<Spawned> {
+  const gw = d.gw;
+  const other = t.gateways.find((g) => g !== gw)!;
+  await Deno.mkdir(d.dir, { recursive: true, mode: 0o700 });
+  const p = t.spawn(gw.ns, [
+    ...dpmCommand(),
+    "server",
+    "--ha",
+    "--ha-fifo",
+    `${d.dir}/notify.fifo`,
+    "--ha-peer",
+    other.syncText,
+    "--ha-marker",
+    `169.254.0.${VRID}`,
+    "--ha-conntrackd-config",
+    d.conntrackdConf,
+    "--cookie-secret-file",
+    secret,
+    "--lan-if",
+    gw.lanIf,
+    "--wan-if",
+    gw.wanIf,
+    "--lan-addr",
+    t.vipText,
+    "--pool",
+    t.poolText,
+    "--socket",
+    `${d.dir}/server.sock`,
+    "--no-upnp",
+    "--datapath",
+    datapath,
+    "--log-level",
+    "debug",
+    ...extra,
+  ], { env: DPM_ENV });
+  await p.waitForOutput(/\bready\b/, 30_000);
+  return p;
+}
+
 /** `dpm status --json` of a gateway's server. */
-async function status(t: HaTopology, gw: HaGateway, dir: string): Promise<StatusReply> {
+export async function status(t: HaTopology, gw: HaGateway, dir: string): Promise<StatusReply> {
   const r = await t.exec(gw.ns, [
     ...dpmCommand(),
     "status",
@@ -151,43 +201,9 @@ export async function runDpmHa(o: DpmHaRun): Promise<DpmHaResult> {
     });
     const [da, db] = pair as [GatewayDaemons, GatewayDaemons];
     const startServer = async (d: GatewayDaemons) => {
-      const gw = d.gw;
-      const other = t.gateways.find((g) => g !== gw)!;
-      await Deno.mkdir(d.dir, { recursive: true, mode: 0o700 });
-      const p = t.spawn(gw.ns, [
-        ...dpmCommand(),
-        "server",
-        "--ha",
-        "--ha-fifo",
-        `${d.dir}/notify.fifo`,
-        "--ha-peer",
-        other.syncText,
-        "--ha-marker",
-        `169.254.0.${VRID}`,
-        "--ha-conntrackd-config",
-        d.conntrackdConf,
-        "--cookie-secret-file",
-        secret,
-        "--lan-if",
-        gw.lanIf,
-        "--wan-if",
-        gw.wanIf,
-        "--lan-addr",
-        t.vipText,
-        "--pool",
-        t.poolText,
-        "--socket",
-        `${d.dir}/server.sock`,
-        "--no-upnp",
-        "--datapath",
-        o.datapath ?? "kernel",
-        "--log-level",
-        "debug",
-        ...(o.serverArgs ?? []),
-      ], { env: DPM_ENV });
-      servers.set(gw.name, p);
-      logs.push([`server-${gw.name}-${logs.length}`, p]);
-      await p.waitForOutput(/\bready\b/, 30_000);
+      const p = await spawnHaServer(t, d, secret, o.datapath ?? "kernel", o.serverArgs ?? []);
+      servers.set(d.gw.name, p);
+      logs.push([`server-${d.gw.name}-${logs.length}`, p]);
     };
     const active = (gw: HaGateway, d: GatewayDaemons) =>
       waitFor(async () => (await status(t, gw, d.dir)).ha?.role === "active", {
