@@ -87,7 +87,7 @@ import {
 import { wallMs } from "../testing/ha_traffic.ts";
 import { destroyOnSignal, type Spawned } from "../testing/topology.ts";
 import { denoScript, DPM_ENV, dpmCommand } from "../testing/launch.ts";
-import { type DpmHaResult, runDpmHa } from "../testing/ha_dpm.ts";
+import { type DpmHaResult, MAPPING_KINDS, runDpmHa } from "../testing/ha_dpm.ts";
 import { waitFor } from "../testing/wait.ts";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
@@ -671,7 +671,7 @@ function dpmHaMarkdown(rows: DpmHaRow[]): string {
     "UDP lost max/flow",
     "wrong-pair pkts",
     "pairs changed",
-    "mapping after",
+    "mappings back ms after the event (dpm/pcp/natpmp)",
     "fresh ok/failed after",
     "failback takeover ms",
     "failback RST, wrong-pair",
@@ -699,7 +699,10 @@ function dpmHaMarkdown(rows: DpmHaRow[]): string {
         r.hosts.udpLostMax,
         w0?.wrongPair ?? "-",
         r.wan.pairChanged.length,
-        r.mapping.after.map((x) => (x ? "ok" : "broken")).join(","),
+        r.mapping.after.map((x) =>
+          MAPPING_KINDS.map((k) => x[k].backAfterMs === null ? "broken" : String(x[k].backAfterMs))
+            .join("/")
+        ).join(", "),
         f1 ? `${f1.ok}/${f1.failed}` : "-",
         ms(w1?.takeoverMs),
         w1 ? `${w1.rstIn + w1.rstOut}, ${w1.wrongPair}` : "-",

@@ -8,8 +8,8 @@
  *    preferred; drivers on every host;
  * 2. echo servers on the peers, the busy hosts (testing/ha_failover.ts:
  *    TCP connections and UDP flows every 20 ms, fresh sessions throughout),
- *    a PCP mapping from one host, whose inbound reachability is probed
- *    from a peer before and after each event;
+ *    a `dpm map`, a PCP and a NAT-PMP mapping, whose inbound reachability
+ *    is probed from a peer before and after each event;
  * 3. the sync traffic in a steady period; the standby's mirror read from
  *    its `dpm status --json`;
  * 4. the failure (`kill`: dpm and keepalived SIGKILLed; `lan-down`;
@@ -39,7 +39,7 @@ import {
   type WanFigures,
 } from "./ha_analysis.ts";
 import { wallMs } from "./ha_traffic.ts";
-import { DPM_ENV, dpmCommand } from "./launch.ts";
+import { denoScript, DPM_ENV, dpmCommand } from "./launch.ts";
 import { waitFor } from "./wait.ts";
 import type { HaStatus, StatusReply } from "../src/operator/types.ts";
 
@@ -78,16 +78,87 @@ export interface DpmHaResult {
   standbyBefore: HaStatus;
   /** Each event's new active's HA status after it (its takeover). */
   after: HaStatus[];
-  /** The PCP mapping's probe: answered before the failure, and after each event within 2 s. */
-  mapping: { before: boolean; after: boolean[] };
+  /**
+   * The mappings (`dpm map`, PCP, NAT-PMP) probed from a peer every 50 ms:
+   * their pairs; per kind, answered before the failure; after each event
+   * (the failure, the old active's return) its outage and when it answered
+   * again ({@linkcode mappingFigures}); the PCP / NAT-PMP client's log.
+   */
+  mapping: {
+    pairs: Record<MappingKind, string>;
+    before: Record<MappingKind, boolean>;
+    after: Record<MappingKind, MappingFigures>[];
+    clientLog: string;
+  };
+  /**
+   * The standby's guard (src/ha/guard.ts), per gateway: null when its table
+   * is absent, else the packets it dropped. Before the failure (the active
+   * must have none, the standby one), on each event's new active just
+   * after it serves (none), and on both at the end.
+   */
+  guard: {
+    before: { active: number | null; standby: number | null };
+    newActive: (number | null)[];
+    end: Record<string, number | null>;
+  };
   /** Fresh reservations answered after each event (drivers' sessions opened then). */
   events: HaEvent[];
 }
 
 const PREEMPT_DELAY_S = 2;
 
+/**
+ * Starts `dpm server --ha` on `d`'s gateway (keepalived's FIFO and marker,
+ * conntrackd's configuration, the shared cookie secret file `secret`, G and
+ * the pool, debug logs) and waits until it is ready.
+ */
+export async function spawnHaServer(
+  t: HaTopology,
+  d: GatewayDaemons,
+  secret: string,
+  datapath: "kernel" | "bpf" | "queue",
+  extra: string[] = [],
+): Promise<Spawned> {
+  const gw = d.gw;
+  const other = t.gateways.find((g) => g !== gw)!;
+  await Deno.mkdir(d.dir, { recursive: true, mode: 0o700 });
+  const p = t.spawn(gw.ns, [
+    ...dpmCommand(),
+    "server",
+    "--ha",
+    "--ha-fifo",
+    `${d.dir}/notify.fifo`,
+    "--ha-peer",
+    other.syncText,
+    "--ha-marker",
+    `169.254.0.${VRID}`,
+    "--ha-conntrackd-config",
+    d.conntrackdConf,
+    "--cookie-secret-file",
+    secret,
+    "--lan-if",
+    gw.lanIf,
+    "--wan-if",
+    gw.wanIf,
+    "--lan-addr",
+    t.vipText,
+    "--pool",
+    t.poolText,
+    "--socket",
+    `${d.dir}/server.sock`,
+    "--no-upnp",
+    "--datapath",
+    datapath,
+    "--log-level",
+    "debug",
+    ...extra,
+  ], { env: DPM_ENV });
+  await p.waitForOutput(/\bready\b/, 30_000);
+  return p;
+}
+
 /** `dpm status --json` of a gateway's server. */
-async function status(t: HaTopology, gw: HaGateway, dir: string): Promise<StatusReply> {
+export async function status(t: HaTopology, gw: HaGateway, dir: string): Promise<StatusReply> {
   const r = await t.exec(gw.ns, [
     ...dpmCommand(),
     "status",
@@ -100,6 +171,16 @@ async function status(t: HaTopology, gw: HaGateway, dir: string): Promise<Status
   });
   if (r.code !== 0) throw new Error(`dpm status in ${gw.name}: ${r.stderr}`);
   return JSON.parse(r.stdout) as StatusReply;
+}
+
+/**
+ * The standby's guard on `gw` (src/ha/guard.ts): null when its table is
+ * absent, else the packets its rules dropped.
+ */
+async function guardDrops(t: HaTopology, gw: HaGateway): Promise<number | null> {
+  const r = await t.exec(gw.ns, ["nft", "list", "table", "ip", "dpm_ha_guard"]);
+  if (r.code !== 0) return null;
+  return [...r.stdout.matchAll(/counter packets (\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
 }
 
 /** Runs one failover (see the module's text). */
@@ -120,43 +201,9 @@ export async function runDpmHa(o: DpmHaRun): Promise<DpmHaResult> {
     });
     const [da, db] = pair as [GatewayDaemons, GatewayDaemons];
     const startServer = async (d: GatewayDaemons) => {
-      const gw = d.gw;
-      const other = t.gateways.find((g) => g !== gw)!;
-      await Deno.mkdir(d.dir, { recursive: true, mode: 0o700 });
-      const p = t.spawn(gw.ns, [
-        ...dpmCommand(),
-        "server",
-        "--ha",
-        "--ha-fifo",
-        `${d.dir}/notify.fifo`,
-        "--ha-peer",
-        other.syncText,
-        "--ha-marker",
-        `169.254.0.${VRID}`,
-        "--ha-conntrackd-config",
-        d.conntrackdConf,
-        "--cookie-secret-file",
-        secret,
-        "--lan-if",
-        gw.lanIf,
-        "--wan-if",
-        gw.wanIf,
-        "--lan-addr",
-        t.vipText,
-        "--pool",
-        t.poolText,
-        "--socket",
-        `${d.dir}/server.sock`,
-        "--no-upnp",
-        "--datapath",
-        o.datapath ?? "kernel",
-        "--log-level",
-        "debug",
-        ...(o.serverArgs ?? []),
-      ], { env: DPM_ENV });
-      servers.set(gw.name, p);
-      logs.push([`server-${gw.name}-${logs.length}`, p]);
-      await p.waitForOutput(/\bready\b/, 30_000);
+      const p = await spawnHaServer(t, d, secret, o.datapath ?? "kernel", o.serverArgs ?? []);
+      servers.set(d.gw.name, p);
+      logs.push([`server-${d.gw.name}-${logs.length}`, p]);
     };
     const active = (gw: HaGateway, d: GatewayDaemons) =>
       waitFor(async () => (await status(t, gw, d.dir)).ha?.role === "active", {
@@ -185,7 +232,7 @@ export async function runDpmHa(o: DpmHaRun): Promise<DpmHaResult> {
     drivers.forEach((d, i) => logs.push([`driver-${t.hosts[i]!.name}`, d]));
     await Promise.all(drivers.map((d) => d.waitForOutput(/ready/, 30_000)));
     await startEchoes(t);
-    const mapping = await startMapping(t);
+    const mapping = await startMappings(t);
     const busy = await startBusy(t, { tcp: o.tcp ?? 100, udp: o.udp ?? 100 });
     // The UDP flows' conntracks turn ASSURED 2 s after their start; the steady period follows.
     await new Promise((r) => setTimeout(r, 3000 + (o.steadyMs ?? 0)));
@@ -196,16 +243,19 @@ export async function runDpmHa(o: DpmHaRun): Promise<DpmHaResult> {
     const seconds = (wallMs() - w0) / 1000;
     const steady = s1.txBytes - s0.txBytes + s1.rxBytes - s0.rxBytes;
     const standbyBefore = (await status(t, gb, db.dir)).ha!;
-    const mapBefore = await mapping.probe();
+    const guardBefore = { active: await guardDrops(t, ga), standby: await guardDrops(t, gb) };
 
     await busy.fresh(true);
     const f0 = await syncCounters(t, ga);
     const cap = await startCapture(t);
     await new Promise((r) => setTimeout(r, 1500));
     const f1 = await syncCounters(t, ga);
+    // The mappings' probes, after the sync figures (their conntracks are replicated too).
+    const probingSince = wallMs();
+    await mapping.probe();
     const events: HaEvent[] = [];
     const after: HaStatus[] = [];
-    const mapAfter: boolean[] = [];
+    const servingAt: number[] = [];
     const at = await inject(t, ga, o.failure, async () => {
       await Promise.all([
         da.kill(o.failure === "kill" ? ["keepalived"] : ["keepalived", "conntrackd"]),
@@ -215,7 +265,8 @@ export async function runDpmHa(o: DpmHaRun): Promise<DpmHaResult> {
     events.push({ name: o.failure, at, to: gb.name });
     await active(gb, db);
     after.push((await status(t, gb, db.dir)).ha!);
-    mapAfter.push(await mapping.probe());
+    servingAt.push(wallMs());
+    const guardAfter = [await guardDrops(t, gb)];
     await new Promise((r) => setTimeout(r, 4000));
     if (o.failback ?? true) {
       const back = wallMs();
@@ -223,12 +274,26 @@ export async function runDpmHa(o: DpmHaRun): Promise<DpmHaResult> {
       events.push({ name: "failback", at: back, to: ga.name });
       await active(ga, da);
       after.push((await status(t, ga, da.dir)).ha!);
-      mapAfter.push(await mapping.probe());
+      servingAt.push(wallMs());
+      guardAfter.push(await guardDrops(t, ga));
       await new Promise((r) => setTimeout(r, 4000));
     }
     const captured = await cap.stop();
     const reports = await busy.stop();
+    const guardEnd = { [ga.name]: await guardDrops(t, ga), [gb.name]: await guardDrops(t, gb) };
+    const ended = wallMs();
+    const answered = mapping.answered();
+    const clientLog = mapping.clientLog();
     await mapping.stop();
+    const mapBefore = Object.fromEntries(
+      MAPPING_KINDS.map((k) => [k, answered[k].some((x) => x >= probingSince && x < at)]),
+    ) as Record<MappingKind, boolean>;
+    const mapAfter = events.map((e, i) =>
+      Object.fromEntries(MAPPING_KINDS.map((k) => [
+        k,
+        mappingFigures(answered[k], e.at, servingAt[i]!, events[i + 1]?.at ?? ended),
+      ])) as Record<MappingKind, MappingFigures>
+    );
     const wan = analyzeWan(captured.packets, events, [ga.name, gb.name], captured.claims, ga.name);
     wan.undecoded = captured.undecoded;
     const hosts = summarizeHosts(reports, events);
@@ -244,7 +309,8 @@ export async function runDpmHa(o: DpmHaRun): Promise<DpmHaResult> {
       },
       standbyBefore,
       after,
-      mapping: { before: mapBefore, after: mapAfter },
+      mapping: { pairs: mapping.pairs, before: mapBefore, after: mapAfter, clientLog },
+      guard: { before: guardBefore, newActive: guardAfter, end: guardEnd },
       events,
     };
   } finally {
@@ -286,58 +352,216 @@ async function revive(
   await d.start();
 }
 
-/** A PCP mapping from the first host, and a probe of it from the first peer. */
-interface Mapping {
-  /** True when a datagram from the peer to the mapping's public pair reached the host within 2 s. */
-  probe(): Promise<boolean>;
+/** The kinds of mapping probed: `dpm map` (a driver's), PCP MAP, NAT-PMP (natpmpc). */
+export const MAPPING_KINDS = ["dpm", "pcp", "natpmp"] as const;
+export type MappingKind = typeof MAPPING_KINDS[number];
+
+/** The mappings of the run, and their probes from a peer. */
+interface Mappings {
+  /** Their public pairs, as first granted. */
+  pairs: Record<MappingKind, string>;
+  /**
+   * Starts the probes (not at once: each probe's fresh conntrack is
+   * replicated, which the sync figures must not count) and waits until
+   * each mapping answered one.
+   */
+  probe(): Promise<void>;
+  /** Per kind, when each answered probe was sent (wall clock ms, ascending). */
+  answered(): Record<MappingKind, number[]>;
+  /** The PCP / NAT-PMP client's lines (testing/remap_child.ts). */
+  clientLog(): string;
   stop(): Promise<void>;
 }
 
+/** Probes sent to each mapping, ms apart. */
+export const PROBE_INTERVAL_MS = 50;
+
 /**
- * A UDP echo on the first host behind a mapping that host's driver holds
- * (`dpm map`), probed from the first peer: the mapping works when the
- * peer's datagram to R:p comes back. The driver re-maps it at an epoch
- * change (the takeover's new epoch).
+ * The peer's prober: every {@linkcode PROBE_INTERVAL_MS} one datagram to
+ * each pair, each from a fresh socket (a fixed source would leave a
+ * conntrack that conntrackd replicates, and the new active would answer
+ * through it without the mapping); a socket listens 1 s for its echo.
+ * Prints `{"k": kind, "sent": wall ms}` per answered probe.
  */
-async function startMapping(t: HaTopology): Promise<Mapping> {
-  const h = t.hosts[0]!;
-  const peer = t.peers[0]!;
-  const port = 9999;
-  const { udpEcho } = await import("./apps.ts");
-  const echo = t.spawn(h.ns, udpEcho(port));
-  await echo.waitForOutput(/listening/, 10_000);
-  const r = await t.exec(h.ns, [
-    ...dpmCommand(),
-    "map",
-    "udp",
-    String(port),
-    "--socket",
-    `${t.scratch}/${h.name}.sock`,
-  ], { env: DPM_ENV, timeoutMs: 30_000 });
-  if (r.code !== 0) throw new Error(`dpm map in ${h.name}: ${r.stdout}${r.stderr}`);
-  const m = /(\d+\.\d+\.\d+\.\d+):(\d+)/.exec(r.stdout);
-  if (!m) throw new Error(`dpm map printed no public pair: ${r.stdout}`);
-  const [pub, pport] = [m[1]!, m[2]!];
+function prober(pairs: Record<MappingKind, string>): string[] {
+  const targets = MAPPING_KINDS.map((k) => {
+    const [addr, port] = pairs[k].split(":");
+    return `("${k}", "${addr}", ${port})`;
+  }).join(", ");
+  return [
+    "python3",
+    "-u",
+    "-c",
+    `
+import json, select, socket, time
+targets = [${targets}]
+live = {}
+print("probing", flush=True)
+nxt = time.time()
+while True:
+    now = time.time()
+    if now >= nxt:
+        nxt += ${PROBE_INTERVAL_MS / 1000}
+        for k, a, p in targets:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setblocking(False)
+            sent = now * 1000
+            s.sendto(("%s %.1f" % (k, sent)).encode(), (a, p))
+            live[s] = (k, sent, now + 1.0)
+    r, _, _ = select.select(list(live), [], [], max(0.0, nxt - time.time()))
+    for s in r:
+        k, sent, _ = live.pop(s)
+        try:
+            s.recv(200)
+            print(json.dumps({"k": k, "sent": sent}), flush=True)
+        except OSError:
+            pass
+        s.close()
+    now = time.time()
+    for s in [s for s, v in live.items() if v[2] < now]:
+        live.pop(s)
+        s.close()
+`,
+  ];
+}
+
+/** What {@linkcode mappingFigures} finds. */
+export interface MappingFigures {
+  outageMs: number;
+  backAfterMs: number | null;
+  withinWindow: boolean;
+}
+
+/**
+ * Figures of one mapping's probes after an event at `at` (wall ms), up to
+ * `end`: the longest run without an answered probe (the outage: from the
+ * last answered probe before it to the first after it, ms; about the probe
+ * interval when it never stopped), when the mapping answered again (the
+ * end of that run, ms after the event),
+ * and whether it answered within `windowMs` after `servingAt` (the new
+ * active serving) and at least once more before `end`.
+ */
+export function mappingFigures(
+  sent: number[],
+  at: number,
+  servingAt: number,
+  end: number,
+  windowMs = 2000,
+): MappingFigures {
+  const inWin = sent.filter((x) => x >= at && x < end);
+  const before = sent.filter((x) => x < at).at(-1) ?? at;
+  let outage = 0;
+  let back: number | null = null;
+  let prev = before;
+  for (const x of inWin) {
+    if (x - prev > outage) {
+      outage = x - prev;
+      back = x;
+    }
+    prev = x;
+  }
+  if (inWin.length === 0) back = null;
+  // A probe waits 1 s for its echo: a shorter silence at the end is not an outage.
+  if (inWin.length > 0 && end - prev > Math.max(outage, 1000)) {
+    outage = end - prev;
+    back = null; // stopped answering before the window ended
+  }
+  const withinWindow = sent.some((x) => x >= servingAt && x <= servingAt + windowMs);
   return {
-    async probe() {
-      const started = wallMs();
-      while (wallMs() - started < 2000) {
-        const q = await t.exec(peer.ns, [
-          "python3",
-          "-c",
-          `import socket,sys
-s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.settimeout(0.2)
-s.sendto(b"probe",("${pub}",${pport}))
-try:
-  s.recvfrom(100); print("ok")
-except Exception: print("no")`,
-        ], { timeoutMs: 5000 });
-        if (q.stdout.includes("ok")) return true;
-      }
-      return false;
-    },
-    async stop() {
-      await echo.stop("SIGTERM", 1000);
-    },
+    outageMs: Math.round(outage),
+    backAfterMs: back === null ? null : Math.round(back - at),
+    withinWindow,
   };
+}
+
+async function startMappings(t: HaTopology): Promise<Mappings> {
+  const h = t.hosts[0]!;
+  const h2 = t.hosts[1]!;
+  const peer = t.peers[0]!;
+  const ports: Record<MappingKind, number> = { dpm: 9999, pcp: 9998, natpmp: 9997 };
+  const { udpEcho } = await import("./apps.ts");
+  const echoes = [
+    t.spawn(h.ns, udpEcho(ports.dpm)),
+    t.spawn(h2.ns, udpEcho(ports.pcp)),
+    t.spawn(h2.ns, udpEcho(ports.natpmp)),
+  ];
+  const stop = () => Promise.all(echoes.map((e) => e.stop("SIGTERM", 1000)));
+  let client: Spawned | null = null;
+  try {
+    await Promise.all(echoes.map((e) => e.waitForOutput(/listening/, 10_000)));
+    const r = await t.exec(h.ns, [
+      ...dpmCommand(),
+      "map",
+      "udp",
+      String(ports.dpm),
+      "--socket",
+      `${t.scratch}/${h.name}.sock`,
+    ], { env: DPM_ENV, timeoutMs: 30_000 });
+    if (r.code !== 0) throw new Error(`dpm map in ${h.name}: ${r.stdout}${r.stderr}`);
+    const m = /(\d+\.\d+\.\d+\.\d+):(\d+)/.exec(r.stdout);
+    if (!m) throw new Error(`dpm map printed no public pair: ${r.stdout}`);
+    client = t.spawn(
+      h2.ns,
+      denoScript(new URL("./remap_child.ts", import.meta.url).pathname, [JSON.stringify({
+        gateway: t.vipText,
+        client: h2.addrText,
+        pcpPort: ports.pcp,
+        natpmpPort: ports.natpmp,
+        lifetime: 3600,
+      })]),
+      { env: DPM_ENV },
+    );
+    await client.waitForOutput(/^ready$/m, 30_000);
+    const first = (kind: string) => {
+      const line = client!.stdout().split("\n").find((l) =>
+        l.includes('"ev":"mapped"') && l.includes(`"kind":"${kind}"`)
+      );
+      if (!line) throw new Error(`no ${kind} mapping: ${client!.output()}`);
+      return (JSON.parse(line) as { ext: string }).ext;
+    };
+    const pairs: Record<MappingKind, string> = {
+      dpm: `${m[1]}:${m[2]}`,
+      pcp: first("pcp"),
+      natpmp: first("natpmp"),
+    };
+    let probes: Spawned | null = null;
+    const spawned = client;
+    const self: Mappings = {
+      pairs,
+      async probe() {
+        if (probes) return;
+        probes = t.spawn(peer.ns, prober(pairs));
+        await probes.waitForOutput(/probing/, 10_000);
+        // Until each mapping answered once (or 5 s).
+        const until = wallMs() + 5000;
+        while (wallMs() < until && MAPPING_KINDS.some((k) => self.answered()[k].length === 0)) {
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      },
+      answered() {
+        const out = Object.fromEntries(MAPPING_KINDS.map((k) => [k, [] as number[]])) as Record<
+          MappingKind,
+          number[]
+        >;
+        for (const line of probes?.stdout().split("\n") ?? []) {
+          if (!line.startsWith("{")) continue;
+          const o = JSON.parse(line) as { k: MappingKind; sent: number };
+          out[o.k]?.push(o.sent);
+        }
+        for (const k of MAPPING_KINDS) out[k].sort((x, y) => x - y);
+        return out;
+      },
+      clientLog: () => spawned.output(),
+      async stop() {
+        await probes?.stop("SIGTERM", 1000);
+        await spawned.stop("SIGTERM", 1000);
+        await stop();
+      },
+    };
+    return self;
+  } catch (e) {
+    await client?.stop("SIGTERM", 1000);
+    await stop();
+    throw e;
+  }
 }

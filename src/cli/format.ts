@@ -10,6 +10,7 @@
  */
 
 import type {
+  AdvertStats,
   DriverStatusReply,
   HaStatus,
   HostView,
@@ -112,7 +113,21 @@ function formatHa(h: HaStatus): string[] {
       ]
       : []),
     ...(h.syncError ? [`  sync: ${h.syncError}`] : []),
+    ...(h.adverts ? [formatAdverts(h.adverts, h.priority)] : []),
   ];
+}
+
+/** The VRRP adverts heard from the peer: when it last spoke; split brains. */
+function formatAdverts(a: AdvertStats, priority: number | null): string {
+  const last = a.lastAt === null
+    ? "none heard"
+    : `last ${
+      ((Date.now() - a.lastAt) / 1000).toFixed(1)
+    } s ago from ${a.lastFrom} (priority ${a.lastPriority})`;
+  return `  VRRP adverts from the peer: ${a.heard}, ${last}` +
+    (priority === null ? "" : `; own priority ${priority}`) +
+    `; split brains ${a.splitBrains}` +
+    (a.whileActive ? ` (${a.whileActive} advert(s) heard while active)` : "");
 }
 
 /** The mapping protocols' lines: mappings by owner, PCP and NAT-PMP answers, the UPnP IGD. */

@@ -14,10 +14,14 @@
  * - the takeover's and the release's steps: the last events applied, G and
  *   the pool added (`ip -batch`, one process) and announced (gratuitous
  *   ARPs, `arping`), conntrackd told to resync;
+ * - the standby's guard (`guard.ts`): up while not active, so that strays
+ *   for G, the pool and the LAN leave no conntrack of this box's own;
  * - on the active, the refresh of the conntrack timeouts of sessions that
  *   carried traffic, so that their replicas on the standby stay alive;
  * - keepalived's notify FIFO, read line by line;
- * - conntrackd's figures (`conntrackd -s`, `conntrackd.ts`) for `dpm status`.
+ * - conntrackd's figures (`conntrackd -s`, `conntrackd.ts`) for `dpm status`;
+ * - the VRRP adverts heard (linux/vrrp_socket.ts, `vrrp.ts`): when the peer
+ *   last spoke, split brains.
  *
  * @module
  */
@@ -35,6 +39,10 @@ import type { HaStatus } from "../operator/types.ts";
 import { Mirror, type MirrorTarget, sessionOfEntry } from "./mirror.ts";
 import { type ConntrackdStats, parseConntrackdStats } from "./conntrackd.ts";
 import { HaRole, type HaSteps } from "./role.ts";
+import { AdvertWatch } from "./vrrp.ts";
+import { guardRuleset, type GuardScope } from "./guard.ts";
+import { loadRuleset } from "../../linux/nft.ts";
+import { VrrpSocket } from "../../linux/vrrp_socket.ts";
 
 const log = logger("ha");
 
@@ -44,6 +52,8 @@ export const RECONCILE_MS = 10_000;
 export const BEHIND_MS = 3 * RECONCILE_MS;
 /** conntrackd's figures are read this often (ms). */
 export const SYNC_POLL_MS = 5000;
+/** The VRRP socket is read this often (ms): what status shows is at most this old. */
+export const ADVERT_POLL_MS = 200;
 
 /** Where the HA sysctls are journaled (beside the operator socket, as the data path's). */
 export function haSysctlJournal(socket: string): string {
@@ -62,6 +72,11 @@ export async function haSysctls(cfg: ServerConfig): Promise<() => Promise<void>>
     "net.ipv4.ip_nonlocal_bind": "1",
     "net.netfilter.nf_conntrack_tcp_be_liberal": "1",
   }, { journal });
+}
+
+/** Puts the standby's guard (`guard.ts`) up (`on`) or takes it down. Throws with nft's message. */
+function setGuard(on: boolean, s: GuardScope): Promise<void> {
+  return loadRuleset(guardRuleset(on, s));
 }
 
 /** What the HA node needs from the server process (`run.ts`). */
@@ -111,6 +126,12 @@ export class HaNode {
   #syncTimer: ReturnType<typeof setInterval> | null = null;
   /** Lines read from keepalived's FIFO since start. */
   fifoLines = 0;
+  /** This box's VRRP priority, from keepalived's last FIFO line (null before one). */
+  #priority: number | null = null;
+  /** The adverts heard (src/ha/vrrp.ts); null when the socket could not be opened. */
+  #adverts: AdvertWatch | null = null;
+  #vrrp: VrrpSocket | null = null;
+  #advertTimer: ReturnType<typeof setInterval> | null = null;
 
   constructor(cfg: ServerConfig, host: HaHost) {
     this.#cfg = cfg;
@@ -131,7 +152,10 @@ export class HaNode {
         host.unserve();
         host.ownConntracks(false);
       },
-      release: () => this.#release(),
+      release: () => {
+        this.#adverts?.released();
+        return this.#release();
+      },
       mirror: () => {
         this.#startMirror();
         this.#conntrackd(["-n"]);
@@ -154,8 +178,10 @@ export class HaNode {
     );
     if (Number.isInteger(t) && t > 0) this.#udpStream = t;
     this.#host.ownConntracks(false);
+    await setGuard(true, this.#guardScope());
     this.#startMirror();
     await this.#openFifo();
+    this.#listenAdverts();
     if (this.#cfg.haConntrackdConfig) {
       void this.#pollSync();
       this.#syncTimer = setInterval(() => void this.#pollSync(), SYNC_POLL_MS);
@@ -177,6 +203,8 @@ export class HaNode {
     this.#stopped = true;
     this.#stopRefresh();
     if (this.#syncTimer) clearInterval(this.#syncTimer);
+    if (this.#advertTimer) clearInterval(this.#advertTimer);
+    this.#vrrp?.close();
     try {
       this.#fifo?.close();
     } catch {
@@ -189,6 +217,9 @@ export class HaNode {
       this.#host.unserve();
       await this.#release().catch((e) => log.warn(`releasing: ${(e as Error).message}`));
     }
+    await setGuard(false, this.#guardScope()).catch((e) =>
+      log.warn(`removing the standby's guard: ${(e as Error).message}`)
+    );
     this.#ct.close();
   }
 
@@ -229,10 +260,37 @@ export class HaNode {
           rest = rest.slice(i + 1);
           this.fifoLines++;
           log.debug(`keepalived: ${line}`);
+          const prio = /\s(\d{1,3})\s*$/.exec(line);
+          if (prio) this.#priority = Number(prio[1]);
           void this.role.line(line);
         }
       }
     })();
+  }
+
+  // ---- the adverts heard ----
+
+  /** Opens the VRRP socket and reads it every {@link ADVERT_POLL_MS}; a failure is logged, not fatal. */
+  #listenAdverts(): void {
+    try {
+      this.#vrrp = VrrpSocket.open();
+    } catch (e) {
+      log.warn(
+        `not listening to VRRP adverts (status will not show them): ${(e as Error).message}`,
+      );
+      return;
+    }
+    const watch = new AdvertWatch(this.#cfg.haMarker);
+    this.#adverts = watch;
+    this.#advertTimer = setInterval(() => {
+      try {
+        const now = Date.now();
+        const since = this.role.role === "active" ? this.role.status.since : null;
+        this.#vrrp?.drain((p) => watch.packet(p, now, since, this.#priority, formatIPv4));
+      } catch (e) {
+        log.warn(`reading VRRP adverts: ${(e as Error).message}`);
+      }
+    }, ADVERT_POLL_MS);
   }
 
   // ---- the mirror (standby) ----
@@ -320,9 +378,36 @@ export class HaNode {
     return { code: o.code, stderr: new TextDecoder().decode(o.stderr) };
   }
 
+  /** What the standby's guard (`guard.ts`) keeps out. */
+  #guardScope(): GuardScope {
+    const c = this.#cfg;
+    const len = this.#host.lanPrefixLen;
+    const mask = len === 0 ? 0 : (~0 << (32 - len)) >>> 0;
+    return {
+      lanIf: c.lanIf!,
+      wanIf: c.wanIf!,
+      g: c.lanAddr,
+      lan: { addr: (c.lanAddr & mask) >>> 0, len },
+      pool: c.pool,
+    };
+  }
+
   async #claim(): Promise<void> {
-    const r = await this.#ipBatch(this.#addresses("replace"));
-    if (r.code !== 0) throw new Error(`claiming the addresses: ${r.stderr.trim()}`);
+    // The addresses and the guard's removal at once (two processes): traffic
+    // comes with the gratuitous ARPs, after both.
+    const [r, unguarded] = await Promise.all([
+      this.#ipBatch(this.#addresses("replace")),
+      setGuard(false, this.#guardScope()).then(() => null, (e: Error) => e),
+    ]);
+    if (r.code !== 0 || unguarded) {
+      // Standby still: nothing claimed, the guard up.
+      await this.#release().catch(() => {});
+      throw new Error(
+        r.code !== 0
+          ? `claiming the addresses: ${r.stderr.trim()}`
+          : `lifting the standby's guard: ${unguarded!.message}`,
+      );
+    }
     const c = this.#cfg;
     this.#garp(c.lanIf!, c.lanAddr);
     for (const a of c.pool) this.#garp(c.wanIf!, a);
@@ -346,6 +431,7 @@ export class HaNode {
   async #release(): Promise<void> {
     // Some may be gone already (a link down): -force goes on.
     await this.#ipBatch(this.#addresses("del"));
+    await setGuard(true, this.#guardScope());
   }
 
   /** conntrackd commands, one after the other, not waited for (its socket from --ha-conntrackd-config). */
@@ -484,6 +570,8 @@ export class HaNode {
         (lag === null || lag * 1000 > BEHIND_MS || this.#syncError !== "" ||
           (this.#lostGrewAt > 0 && now - this.#lostGrewAt < BEHIND_MS)),
       refreshed: this.refreshed,
+      adverts: this.#adverts ? { ...this.#adverts.stats } : null,
+      priority: this.#priority,
     };
   }
 }

@@ -120,6 +120,14 @@ export interface HaStatus {
   behind: boolean;
   /** Conntrack timeouts refreshed while active (their replicas stay alive). */
   refreshed: number;
+  /**
+   * The VRRP adverts of dpm's instance heard from the peer (`src/ha/vrrp.ts`):
+   * on the standby the active's heartbeat, on the active split brains. Null
+   * when the socket could not be opened.
+   */
+  adverts: AdvertStats | null;
+  /** This box's VRRP priority, from keepalived's last FIFO line (null before one). */
+  priority: number | null;
 }
 
 /** `dpm status`'s view of the mapping protocols (PCP, NAT-PMP, UPnP; dpm's own is `results`). */
@@ -240,6 +248,23 @@ export interface DataPathStatus {
   reinstalls: number;
   /** The last problem the watchdog saw, if any. */
   lastError?: string;
+}
+
+/** What `dpm status` shows of the VRRP adverts heard (`HaStatus.adverts`, src/ha/vrrp.ts). */
+export interface AdvertStats {
+  /** Adverts of dpm's instance heard (from another router) since start. */
+  heard: number;
+  /** When the last was heard (wall clock ms), null before one. */
+  lastAt: number | null;
+  /** Its sender, dotted quad. */
+  lastFrom: string | null;
+  lastPriority: number | null;
+  /** Adverts heard while this box was active, of a priority not above its own (the peer claimed master too). */
+  whileActive: number;
+  /** Runs of adverts heard while active: times both boxes claimed (split brain). */
+  splitBrains: number;
+  /** Packets on the socket that were not adverts of dpm's instance. */
+  ignored: number;
 }
 
 /** conntrackd's sync figures (totals since it started). */

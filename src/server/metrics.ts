@@ -194,6 +194,29 @@ function haFamilies(h: HaStatus | undefined): Family[] {
         h.mirror.lagSeconds,
       ),
     ]),
+    ...(h.adverts === null ? [] : [
+      {
+        name: "dpm_ha_adverts_heard_total",
+        help:
+          "VRRP adverts of dpm's instance heard from the peer (on the standby: the active's heartbeat).",
+        type: "counter",
+        samples: [{ value: h.adverts.heard }],
+      } as Family,
+      ...(h.adverts.lastAt === null ? [] : [
+        g(
+          "dpm_ha_last_advert_age_seconds",
+          "Seconds since the last VRRP advert of dpm's instance was heard from the peer.",
+          Math.max(0, (Date.now() - h.adverts.lastAt) / 1000),
+        ),
+      ]),
+      {
+        name: "dpm_ha_split_brain_total",
+        help:
+          "Times the peer claimed master (its adverts heard, of a priority not above this box's) while this box was active.",
+        type: "counter",
+        samples: [{ value: h.adverts.splitBrains }],
+      } as Family,
+    ]),
     g(
       "dpm_ha_behind",
       "1 when the standby's mirror has fallen behind (no reconcile for 30 s).",

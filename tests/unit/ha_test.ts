@@ -12,6 +12,11 @@ import assert from "node:assert/strict";
 import { Mirror, type MirrorTarget, sessionOfEntry, tableTarget } from "../../src/ha/mirror.ts";
 import { HaRole, parseNotifyLine } from "../../src/ha/role.ts";
 import { parseConntrackdStats } from "../../src/ha/conntrackd.ts";
+import { AdvertWatch, decodeAdvert, SPLIT_QUIET_MS } from "../../src/ha/vrrp.ts";
+import { guardRuleset } from "../../src/ha/guard.ts";
+import { formatIPv4, parseIPv4 } from "../../src/wire/addr.ts";
+import { stateLost } from "../../testing/remap_child.ts";
+import { mappingFigures } from "../../testing/ha_dpm.ts";
 import type { GatewaySession } from "../../src/datapath/datapath.ts";
 import type { CtEntry } from "../../linux/conntrack.ts";
 import {
@@ -420,4 +425,125 @@ Deno.test("ha: the flags go together, and --ha refuses what it cannot do", () =>
   );
   assert.match(problem({ "ha-fifo": "/f" }), /need --ha/);
   assert.match(problem({ "ha-peer": "nonsense" }), /--ha-peer/);
+});
+
+/** A VRRPv3 advert in an IPv4 packet (RFC 5798 section 5.1). */
+function advert(
+  o: { from: string; vrid?: number; priority: number; addrs: string[]; proto?: number },
+) {
+  const p = new Uint8Array(20 + 8 + 4 * o.addrs.length);
+  const dv = new DataView(p.buffer);
+  p[0] = 0x45;
+  p[8] = 255;
+  p[9] = o.proto ?? 112;
+  dv.setUint32(12, parseIPv4(o.from)!);
+  dv.setUint32(16, parseIPv4("10.0.0.3")!);
+  p[20] = 0x31;
+  p[21] = o.vrid ?? 51;
+  p[22] = o.priority;
+  p[23] = o.addrs.length;
+  dv.setUint16(24, 5); // 0.05 s
+  o.addrs.forEach((a, i) => dv.setUint32(28 + 4 * i, parseIPv4(a)!));
+  return p;
+}
+
+Deno.test("ha: VRRP adverts decode; other packets do not", () => {
+  const a = decodeAdvert(advert({ from: "10.0.0.2", priority: 150, addrs: ["169.254.0.51"] }))!;
+  assert.equal(formatIPv4(a.from), "10.0.0.2");
+  assert.deepEqual([a.version, a.vrid, a.priority, a.intervalCs], [3, 51, 150, 5]);
+  assert.deepEqual(a.addrs.map(formatIPv4), ["169.254.0.51"]);
+  assert.equal(decodeAdvert(advert({ from: "10.0.0.2", priority: 1, addrs: [], proto: 17 })), null);
+  const short = advert({ from: "10.0.0.2", priority: 1, addrs: ["1.2.3.4"] }).subarray(0, 30);
+  assert.equal(decodeAdvert(short), null, "a count that overruns the packet");
+  assert.equal(decodeAdvert(new Uint8Array(3)), null);
+});
+
+Deno.test("ha: adverts heard: the standby's heartbeat; split brains counted once per run, preemption not", () => {
+  const marker = parseIPv4("169.254.0.51")!;
+  const w = new AdvertWatch(marker);
+  const mine = (priority: number) =>
+    advert({ from: "10.0.0.2", priority, addrs: ["169.254.0.51"] });
+  // Standby: the active's adverts, no split brain.
+  w.packet(mine(150), 1000, null, 100, formatIPv4);
+  w.packet(mine(150), 1050, null, 100, formatIPv4);
+  assert.deepEqual(
+    [w.stats.heard, w.stats.lastAt, w.stats.lastFrom, w.stats.lastPriority, w.stats.splitBrains],
+    [2, 1050, "10.0.0.2", 150, 0],
+  );
+  // Another instance (no marker) is ignored.
+  w.packet(
+    advert({ from: "10.0.0.9", priority: 200, addrs: ["169.254.0.52"] }),
+    1060,
+    0,
+    150,
+    formatIPv4,
+  );
+  assert.equal(w.stats.ignored, 1);
+  // Active at 150: a higher priority is a preemption (failback), not counted.
+  w.packet(mine(200), 1100, 0, 150, formatIPv4);
+  assert.equal(w.stats.splitBrains, 0);
+  // A lower priority claims while this box is active: one run, counted once.
+  // Just active (the old master's last adverts): not counted.
+  w.packet(mine(100), 1500, 1000, 150, formatIPv4);
+  assert.equal(w.stats.splitBrains, 0);
+  for (let t = 2000; t < 2500; t += 50) w.packet(mine(100), t, 0, 150, formatIPv4);
+  assert.deepEqual([w.stats.splitBrains, w.stats.whileActive], [1, 10]);
+  // Quiet for longer than SPLIT_QUIET_MS: the next claim is another run.
+  w.packet(mine(100), 2450 + SPLIT_QUIET_MS + 1, 0, 150, formatIPv4);
+  assert.equal(w.stats.splitBrains, 2);
+  // Released, then active again: a new run at once.
+  w.released();
+  w.packet(mine(100), 2450 + SPLIT_QUIET_MS + 50, 0, 150, formatIPv4);
+  assert.equal(w.stats.splitBrains, 3);
+  // Priority 0: the peer resigns.
+  w.packet(mine(0), 9000, 0, 150, formatIPv4);
+  assert.equal(w.stats.splitBrains, 3);
+});
+
+Deno.test("ha rig: the PCP/NAT-PMP client's epoch check (RFC 6887 8.5) and the mapping probes' figures", () => {
+  const prev = { epoch: 100, at: 1000 };
+  assert.equal(stateLost(null, 0, 0), false, "nothing to compare with");
+  assert.equal(stateLost(prev, 110, 1010), false, "both clocks moved 10 s");
+  assert.equal(stateLost(prev, 98, 1000), true, "the epoch went back");
+  assert.equal(stateLost(prev, 3, 1010), true, "a new server (a takeover's new epoch)");
+  assert.equal(stateLost(prev, 101, 1030), true, "the server's clock fell behind by far");
+  // Probes answered every 50 ms, a gap from 1000 to 1400 after an event at 900.
+  const sent: number[] = [];
+  for (let t = 0; t < 3000; t += 50) if (t <= 1000 || t >= 1400) sent.push(t);
+  const f = mappingFigures(sent, 900, 1200, 3000);
+  assert.deepEqual(f, { outageMs: 400, backAfterMs: 500, withinWindow: true });
+  // Never stopped.
+  const all = Array.from({ length: 60 }, (_, i) => i * 50);
+  assert.deepEqual(mappingFigures(all, 900, 1000, 3000), {
+    outageMs: 50,
+    backAfterMs: 0,
+    withinWindow: true,
+  });
+  // Stopped for good.
+  assert.equal(mappingFigures(sent.filter((t) => t < 1000), 900, 1000, 3000).backAfterMs, null);
+});
+
+Deno.test("ha: the standby's guard drops new conntracks for G, the pool and the LAN from the WAN; off deletes it", () => {
+  const scope = {
+    lanIf: "lan0",
+    wanIf: "wan0",
+    g: parseIPv4("10.0.0.1")!,
+    lan: { addr: parseIPv4("10.0.0.0")!, len: 24 },
+    pool: [parseIPv4("203.0.113.10")!, parseIPv4("203.0.113.11")!],
+  };
+  const on = guardRuleset(true, scope);
+  assert.match(
+    on,
+    /^table ip dpm_ha_guard\ndelete table ip dpm_ha_guard\ntable ip dpm_ha_guard \{/,
+  );
+  assert.match(
+    on,
+    /type filter hook prerouting priority mangle; policy accept;\n {4}ct state != new accept\n/,
+  );
+  assert.match(on, /iifname "wan0" ip daddr \{ 203\.0\.113\.10, 203\.0\.113\.11 \} counter drop/);
+  assert.match(on, /iifname "wan0" ip daddr 10\.0\.0\.0\/24 counter drop/);
+  assert.match(on, /iifname "lan0" ip daddr 10\.0\.0\.1 counter drop/);
+  assert.match(on, /type filter hook forward priority filter; policy accept;/);
+  assert.match(on, /oifname "wan0" ip daddr 10\.0\.0\.0\/24 counter drop/);
+  assert.equal(guardRuleset(false, scope), "table ip dpm_ha_guard\ndelete table ip dpm_ha_guard\n");
 });

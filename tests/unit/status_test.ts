@@ -412,6 +412,16 @@ Deno.test("format: the server status says how many rows are not shown and the da
       syncError: null,
       behind: true,
       refreshed: 0,
+      adverts: {
+        heard: 1200,
+        lastAt: Date.now() - 100,
+        lastFrom: "10.0.0.2",
+        lastPriority: 150,
+        whileActive: 0,
+        splitBrains: 0,
+        ignored: 0,
+      },
+      priority: 100,
     },
   });
   assert.match(
@@ -421,6 +431,10 @@ Deno.test("format: the server status says how many rows are not shown and the da
   assert.match(
     ha,
     /mirror: 200 session\(s\) from replicas, 634 event\(s\), 7 reconcile\(s\), last 45\.0 s ago, events lost 1 time\(s\); BEHIND/,
+  );
+  assert.match(
+    ha,
+    /VRRP adverts from the peer: 1200, last 0\.\d s ago from 10\.0\.0\.2 \(priority 150\); own priority 100; split brains 0$/m,
   );
 });
 
@@ -582,6 +596,16 @@ Deno.test("metrics: the HA role, the mirror and whether it has fallen behind (--
     syncError: null,
     behind: false,
     refreshed: 12,
+    adverts: {
+      heard: 40,
+      lastAt: Date.now() - 2000,
+      lastFrom: "10.0.0.3",
+      lastPriority: 100,
+      whileActive: 40,
+      splitBrains: 2,
+      ignored: 1,
+    },
+    priority: 150,
   });
   const fams = serverFamilies(core);
   const value = (name: string, labels: Record<string, string> = {}) =>
@@ -597,6 +621,10 @@ Deno.test("metrics: the HA role, the mirror and whether it has fallen behind (--
   assert.equal(value("dpm_ha_refreshed_total"), 12);
   assert.equal(value("dpm_ha_mirror_lag_seconds"), undefined, "no lag while active");
   assert.equal(value("dpm_ha_sync_lost_messages_total"), 3);
+  assert.equal(value("dpm_ha_split_brain_total"), 2);
+  assert.equal(value("dpm_ha_adverts_heard_total"), 40);
+  const age = value("dpm_ha_last_advert_age_seconds")!;
+  assert.ok(age >= 2 && age < 60, `advert age ${age}`);
   assert.equal(value("dpm_ha_sync_bytes_total", { direction: "received" }), 2000);
   assert.equal(value("dpm_ha_sync_resend_queue"), 7);
 });
