@@ -29,14 +29,12 @@
 
 import {
   AF_NETLINK,
-  EAGAIN,
-  EINTR,
-  ENOBUFS,
   errno,
   HOST_LITTLE_ENDIAN as LE,
   libc,
   OsError,
   OwnedFd,
+  recvEach,
   SO_RCVBUF,
   SO_RCVBUFFORCE,
   SOCK_CLOEXEC,
@@ -131,23 +129,8 @@ export class CtEvents extends OwnedFd {
    */
   drain(onEvent: (kind: CtEventKind, e: CtEntry) => void): DrainResult {
     const r: DrainResult = { events: 0, lost: false, malformed: 0 };
-    const c = libc();
-    for (;;) {
-      if (this.fd < 0) return r;
-      const n = Number(c.recv(this.fd, this.#rx, BigInt(RX_SIZE), 0));
-      if (n < 0) {
-        const e = errno();
-        if (e === EINTR) continue;
-        if (e === EAGAIN) return r;
-        if (e === ENOBUFS) {
-          r.lost = true;
-          continue;
-        }
-        throw new OsError("conntrack events: recv", e);
-      }
-      if (n === 0) return r;
-      const dv = this.#rxDv;
-      const end = Math.min(n, RX_SIZE);
+    const dv = this.#rxDv;
+    recvEach(this, this.#rx, "conntrack events", (end) => {
       for (let off = 0, len = 0;; off += align4(len)) {
         try {
           len = msgLen(dv, off, end);
@@ -168,6 +151,7 @@ export class CtEvents extends OwnedFd {
           onEvent(ev.kind, ev.entry);
         }
       }
-    }
+    }, () => r.lost = true);
+    return r;
   }
 }

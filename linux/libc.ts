@@ -361,3 +361,43 @@ export function mmsgSlots(n: number, size: number, nameSize = 0): MMsgSlots {
   }
   return { data, names, iov, mmsg, namesDv: new DataView(names.buffer), iovDv, mmsgDv: mDv };
 }
+
+/**
+ * Reads every datagram queued on the non-blocking socket `owner.fd` into
+ * `buf`, one `recv(2)` each, and calls `onDatagram` with its length (cut to
+ * `buf`); returns how many were read once the socket is empty (EAGAIN),
+ * closed (`owner.fd` < 0, checked before each read: a callback may close
+ * it) or at end of stream. EINTR is retried; ENOBUFS (the kernel dropped
+ * messages: netlink) calls `onNoBufs` and goes on, or throws without it.
+ *
+ * @param what names the socket in the error.
+ * @throws {OsError} when `recv` fails otherwise.
+ */
+export function recvEach(
+  owner: { readonly fd: number },
+  buf: Uint8Array,
+  what: string,
+  onDatagram: (len: number) => void,
+  onNoBufs?: () => void,
+): number {
+  const c = libc();
+  let count = 0;
+  for (;;) {
+    const fd = owner.fd;
+    if (fd < 0) return count;
+    const n = Number(c.recv(fd, buf, BigInt(buf.length), 0));
+    if (n < 0) {
+      const e = errno();
+      if (e === EINTR) continue;
+      if (e === EAGAIN) return count;
+      if (e === ENOBUFS && onNoBufs) {
+        onNoBufs();
+        continue;
+      }
+      throw new OsError(`${what}: recv`, e);
+    }
+    if (n === 0) return count;
+    count++;
+    onDatagram(Math.min(n, buf.length));
+  }
+}

@@ -13,12 +13,11 @@
 
 import {
   AF_INET,
-  EAGAIN,
-  EINTR,
   errno,
   libc,
   OsError,
   OwnedFd,
+  recvEach,
   SOCK_CLOEXEC,
   SOCK_NONBLOCK,
   SOCK_RAW,
@@ -50,19 +49,6 @@ export class VrrpSocket extends OwnedFd {
    * @throws {OsError} when the socket fails otherwise than by being empty.
    */
   drain(onPacket: (p: Uint8Array) => void): number {
-    const c = libc();
-    let n = 0;
-    for (;;) {
-      if (this.fd < 0) return n;
-      const len = Number(c.recv(this.fd, this.#rx, BigInt(RX_SIZE), 0));
-      if (len < 0) {
-        const e = errno();
-        if (e === EINTR) continue;
-        if (e === EAGAIN) return n;
-        throw new OsError("VRRP socket: recv", e);
-      }
-      n++;
-      onPacket(this.#rx.subarray(0, Math.min(len, RX_SIZE)));
-    }
+    return recvEach(this, this.#rx, "VRRP socket", (len) => onPacket(this.#rx.subarray(0, len)));
   }
 }
