@@ -152,6 +152,12 @@ interface Flight extends Scheduled {
 }
 
 /**
+ * An answer as the client matches it: a version-3 entry without its nonce,
+ * or a version-2 response as it is (the same fields, the same names).
+ */
+type Answer = Omit<EntryAnswer, "nonceHi" | "nonceLo">;
+
+/**
  * How the driver reaches the server ({@linkcode ControlClient}); tests may
  * put their own in its place.
  */
@@ -527,20 +533,7 @@ export class ControlClient implements ControlTransport {
       this.#downgrade(now);
       return;
     }
-    const a = this.#answer;
-    a.op = r.op;
-    a.result = r.result;
-    a.proto = r.proto;
-    a.replaced = r.replaced;
-    a.shared = r.shared;
-    a.remoteAddr = r.remoteAddr;
-    a.internalPort = r.internalPort;
-    a.remotePort = r.remotePort;
-    a.publicAddr = r.publicAddr;
-    a.publicPort = r.publicPort;
-    a.gatewayPort = r.gatewayPort;
-    a.lifetime = r.lifetime;
-    this.#answered(dv.getUint32(4), a, r.epoch, now);
+    this.#answered(dv.getUint32(4), r, r.epoch, now);
   }
 
   #downgrade(now: number): void {
@@ -561,7 +554,7 @@ export class ControlClient implements ControlTransport {
   }
 
   /** Matches answer `a` (nonce low half `seq`) to its request and delivers it. */
-  #answered(seq: number, a: EntryAnswer, epoch: number, now: number): void {
+  #answered(seq: number, a: Answer, epoch: number, now: number): void {
     const f = this.#flights.get(seq);
     if (!f || f.sent === 0) {
       if (this.#late.delete(seq)) {
@@ -611,7 +604,7 @@ export class ControlClient implements ControlTransport {
     this.#again.push(f);
   }
 
-  #response(a: EntryAnswer, epoch: number): Response {
+  #response(a: Answer, epoch: number): Response {
     return {
       op: a.op,
       nonce: NO_NONCE,
