@@ -42,10 +42,10 @@
  * answer came too late, or that the driver no longer wants, is given back.
  * A gateway port the server may still hold for a session this driver let go
  * is not proposed again until the server confirmed the release or the lease
- * ran out (`#quarantine`).
+ * ran out (`leases.ts`, `#quarantine`).
  *
  * Where things are. This file composes the parts and owns the sessions,
- * the data path and the counters. The lease client (`#reserve`, `#apply`,
+ * the data path and the counters. The lease client (`reserve`, `#apply`,
  * `#renew`, epoch changes, fall-back and retry, the quarantine, kernel
  * activity) is `leases.ts`; a turn's sessions and packets, committed
  * together, `turn.ts`. A host packet translated
