@@ -26,7 +26,8 @@
  * @module
  */
 
-import { checkRequestFields, COOKIE_LEN, MAGIC, Op, RESPONSE_BIT } from "./proto.ts";
+import { checkRequestFields, COOKIE_LEN, isKnownOp, MAGIC, Op, RESPONSE_BIT } from "./proto.ts";
+import { checkCookie, checkField, hex, view } from "./fields.ts";
 import { Result } from "./result.ts";
 
 /** The version of batched datagrams. */
@@ -58,16 +59,21 @@ const H = {
   COOKIE: 20, // 12 bytes
 } as const;
 
+/** Entry offsets an answer shares with its request (the echoed fields). */
+const E = {
+  NONCE: 4, // 8 bytes
+  REMOTE_ADDR: 12, // u32
+  INTERNAL_PORT: 16, // u16
+  REMOTE_PORT: 18, // u16
+} as const;
+
 /** Request entry offsets. */
 const Q = {
   OP: 0, // u8
   PROTO: 1, // u8
   FLAGS: 2, // u8: bit 0 REPLACEABLE
   RESERVED1: 3, // u8, zero
-  NONCE: 4, // 8 bytes
-  REMOTE_ADDR: 12, // u32
-  INTERNAL_PORT: 16, // u16
-  REMOTE_PORT: 18, // u16
+  ...E,
   GATEWAY_PORT: 20, // u16: a proposed Pg (RESERVE), 0: none
   RESERVED2: 22, // u16, zero
   LIFETIME: 24, // u32
@@ -80,10 +86,7 @@ const A = {
   RESULT: 1, // u8
   PROTO: 2, // u8
   FLAGS: 3, // u8: bit 0 REPLACED, bit 1 SHARED
-  NONCE: 4, // 8 bytes, echoed
-  REMOTE_ADDR: 12, // u32, echoed
-  INTERNAL_PORT: 16, // u16, echoed
-  REMOTE_PORT: 18, // u16, echoed
+  ...E, // echoed
   PUBLIC_ADDR: 20, // u32
   PUBLIC_PORT: 24, // u16
   GATEWAY_PORT: 26, // u16
@@ -182,16 +185,31 @@ export type AnswerHeader =
   }
   | { ok: false; reason: string };
 
-function view(b: Uint8Array): DataView {
-  return new DataView(b.buffer, b.byteOffset, b.byteLength);
+/**
+ * The fields an answer entry echoes from its request entry, at the same
+ * offsets in both (`E`): the nonce's halves, the remote, the host's port.
+ */
+type Echoed = Pick<
+  EntryRequest,
+  "nonceHi" | "nonceLo" | "remoteAddr" | "internalPort" | "remotePort"
+>;
+
+/** Reads the echoed fields of the entry at `o` into `out`. */
+function readEchoed(v: DataView, o: number, out: Echoed): void {
+  out.nonceHi = v.getUint32(o + E.NONCE);
+  out.nonceLo = v.getUint32(o + E.NONCE + 4);
+  out.remoteAddr = v.getUint32(o + E.REMOTE_ADDR);
+  out.internalPort = v.getUint16(o + E.INTERNAL_PORT);
+  out.remotePort = v.getUint16(o + E.REMOTE_PORT);
 }
 
-function hex(n: number, digits: number): string {
-  return "0x" + n.toString(16).padStart(digits, "0");
-}
-
-function knownOp(op: number): boolean {
-  return op === Op.RESERVE || op === Op.RENEW || op === Op.RELEASE || op === Op.MAP;
+/** Writes the echoed fields of `e` into the entry at `o`. */
+function writeEchoed(v: DataView, o: number, e: Echoed): void {
+  v.setUint32(o + E.NONCE, e.nonceHi >>> 0);
+  v.setUint32(o + E.NONCE + 4, e.nonceLo >>> 0);
+  v.setUint32(o + E.REMOTE_ADDR, e.remoteAddr >>> 0);
+  v.setUint16(o + E.INTERNAL_PORT, e.internalPort & 0xffff);
+  v.setUint16(o + E.REMOTE_PORT, e.remotePort & 0xffff);
 }
 
 /**
@@ -278,14 +296,10 @@ export function decodeEntry(
   out.op = op;
   out.proto = v.getUint8(o + Q.PROTO);
   out.replaceable = (flags & REPLACEABLE) !== 0;
-  out.nonceHi = v.getUint32(o + Q.NONCE);
-  out.nonceLo = v.getUint32(o + Q.NONCE + 4);
-  out.remoteAddr = v.getUint32(o + Q.REMOTE_ADDR);
-  out.internalPort = v.getUint16(o + Q.INTERNAL_PORT);
-  out.remotePort = v.getUint16(o + Q.REMOTE_PORT);
+  readEchoed(v, o, out);
   out.gatewayPort = v.getUint16(o + Q.GATEWAY_PORT);
   out.lifetime = v.getUint32(o + Q.LIFETIME);
-  if (!knownOp(op)) return { result: Result.UNSUPPORTED_OPCODE, reason: `unknown opcode ${op}` };
+  if (!isKnownOp(op)) return { result: Result.UNSUPPORTED_OPCODE, reason: `unknown opcode ${op}` };
   if ((flags & ~REPLACEABLE) !== 0) {
     return { result: Result.MALFORMED, reason: `reserved flag bits set (${hex(flags, 2)})` };
   }
@@ -309,12 +323,6 @@ export function decodeEntry(
   );
 }
 
-function checkU(name: string, v: number, max: number): void {
-  if (!Number.isInteger(v) || v < 0 || v > max) {
-    throw new RangeError(`Field "${name}" is ${v}, not an integer in 0..${max}`);
-  }
-}
-
 /**
  * Writes a request datagram's header into `out` (at least
  * {@link HEADER_LEN} bytes; the reserved bytes are zeroed) for `count`
@@ -328,11 +336,9 @@ export function writeRequestHeader(
   internalAddr: number,
   cookie: Uint8Array | null,
 ): void {
-  checkU("count", count, MAX_ENTRIES);
+  checkField("count", count, MAX_ENTRIES);
   if (count < 1) throw new RangeError("A request datagram carries at least one entry");
-  if (cookie !== null && cookie.length !== COOKIE_LEN) {
-    throw new RangeError(`Cookie is ${cookie.length} bytes, want ${COOKIE_LEN}`);
-  }
+  checkCookie(cookie, COOKIE_LEN);
   out.fill(0, 0, HEADER_LEN);
   const v = view(out);
   v.setUint16(H.MAGIC, MAGIC);
@@ -347,24 +353,20 @@ export function writeRequestHeader(
 
 /** Writes request entry `i` of a datagram into `out`. */
 export function writeEntry(out: Uint8Array, i: number, e: EntryRequest): void {
-  checkU("op", e.op, 0x7f);
-  checkU("proto", e.proto, 0xff);
-  checkU("remoteAddr", e.remoteAddr, 0xffffffff);
-  checkU("internalPort", e.internalPort, 0xffff);
-  checkU("remotePort", e.remotePort, 0xffff);
-  checkU("gatewayPort", e.gatewayPort, 0xffff);
-  checkU("lifetime", e.lifetime, 0xffffffff);
+  checkField("op", e.op, 0x7f);
+  checkField("proto", e.proto, 0xff);
+  checkField("remoteAddr", e.remoteAddr, 0xffffffff);
+  checkField("internalPort", e.internalPort, 0xffff);
+  checkField("remotePort", e.remotePort, 0xffff);
+  checkField("gatewayPort", e.gatewayPort, 0xffff);
+  checkField("lifetime", e.lifetime, 0xffffffff);
   const o = HEADER_LEN + i * ENTRY_LEN;
   out.fill(0, o, o + ENTRY_LEN);
   const v = view(out);
   v.setUint8(o + Q.OP, e.op);
   v.setUint8(o + Q.PROTO, e.proto);
   v.setUint8(o + Q.FLAGS, e.replaceable ? REPLACEABLE : 0);
-  v.setUint32(o + Q.NONCE, e.nonceHi >>> 0);
-  v.setUint32(o + Q.NONCE + 4, e.nonceLo >>> 0);
-  v.setUint32(o + Q.REMOTE_ADDR, e.remoteAddr >>> 0);
-  v.setUint16(o + Q.INTERNAL_PORT, e.internalPort);
-  v.setUint16(o + Q.REMOTE_PORT, e.remotePort);
+  writeEchoed(v, o, e);
   v.setUint16(o + Q.GATEWAY_PORT, e.gatewayPort);
   v.setUint32(o + Q.LIFETIME, e.lifetime >>> 0);
 }
@@ -383,7 +385,7 @@ export function writeAnswerHeader(
   epoch: number,
   cookie: Uint8Array | null,
 ): void {
-  checkU("count", count, MAX_ENTRIES);
+  checkField("count", count, MAX_ENTRIES);
   out.fill(0, 0, HEADER_LEN);
   const v = view(out);
   v.setUint16(H.MAGIC, MAGIC);
@@ -428,11 +430,7 @@ export function writeAnswer(out: Uint8Array, i: number, a: EntryAnswer): void {
   v.setUint8(o + A.RESULT, a.result & 0xff);
   v.setUint8(o + A.PROTO, a.proto & 0xff);
   v.setUint8(o + A.FLAGS, ok ? (a.replaced ? REPLACED : 0) | (a.shared ? SHARED : 0) : 0);
-  v.setUint32(o + A.NONCE, a.nonceHi >>> 0);
-  v.setUint32(o + A.NONCE + 4, a.nonceLo >>> 0);
-  v.setUint32(o + A.REMOTE_ADDR, a.remoteAddr >>> 0);
-  v.setUint16(o + A.INTERNAL_PORT, a.internalPort & 0xffff);
-  v.setUint16(o + A.REMOTE_PORT, a.remotePort & 0xffff);
+  writeEchoed(v, o, a);
   v.setUint32(o + A.PUBLIC_ADDR, ok ? a.publicAddr >>> 0 : 0);
   v.setUint16(o + A.PUBLIC_PORT, ok ? a.publicPort & 0xffff : 0);
   v.setUint16(o + A.GATEWAY_PORT, ok ? a.gatewayPort & 0xffff : 0);
@@ -489,11 +487,7 @@ export function decodeAnswer(b: Uint8Array, i: number, out: EntryAnswer): string
   out.proto = v.getUint8(o + A.PROTO);
   out.replaced = (flags & REPLACED) !== 0;
   out.shared = (flags & SHARED) !== 0;
-  out.nonceHi = v.getUint32(o + A.NONCE);
-  out.nonceLo = v.getUint32(o + A.NONCE + 4);
-  out.remoteAddr = v.getUint32(o + A.REMOTE_ADDR);
-  out.internalPort = v.getUint16(o + A.INTERNAL_PORT);
-  out.remotePort = v.getUint16(o + A.REMOTE_PORT);
+  readEchoed(v, o, out);
   out.publicAddr = v.getUint32(o + A.PUBLIC_ADDR);
   out.publicPort = v.getUint16(o + A.PUBLIC_PORT);
   out.gatewayPort = v.getUint16(o + A.GATEWAY_PORT);

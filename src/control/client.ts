@@ -25,7 +25,7 @@
  * server is not flooded with copies: the first wait is at least twice the
  * smoothed round trip of recent answers (first transmissions only, as
  * Karn's rule says), and grows with the requests already in flight ahead
- * of it ({@link BACKLOG_MS} each): a burst of 3,000 waits for the server
+ * of it (`retransmit.ts` `BACKLOG_MS` each): a burst of 3,000 waits for the server
  * to work through it. Timers: one 10 ms wheel for every request in flight,
  * no timer per request.
  *
@@ -53,69 +53,51 @@
  * answer that comes after its request was given up goes to `onLate`, so the
  * caller can give back a grant it never learned of.
  *
+ * Where things are. This file: the request API, flushing a turn, answers,
+ * cookies and versions. The retransmission delay, the timer wheel and the
+ * pacing are `retransmit.ts`; building and sending the request datagrams
+ * (both versions) is `outbox.ts`.
+ *
  * @module
  */
 
 import {
   COOKIE_LEN,
   decodeResponse,
-  encodeRequest,
   hasCookie,
   MAGIC,
   NONCE_LEN,
   PROTOCOL_VERSION,
   type Request,
-  REQUEST_LEN,
   type Response,
 } from "./proto.ts";
 import {
   BATCH_VERSION,
   decodeAnswer,
   decodeAnswerHeader,
-  ENTRY_LEN,
   type EntryAnswer,
-  type EntryRequest,
-  HEADER_LEN,
-  MAX_DATAGRAM,
   MAX_ENTRIES,
   newAnswer,
-  newEntry,
-  writeEntry,
-  writeRequestHeader,
 } from "./batch.ts";
 import { logger } from "../runtime/log.ts";
 import { Result } from "./result.ts";
+import {
+  jitter,
+  Pacer,
+  retryDelay,
+  type RetryOptions,
+  type RetrySchedule,
+  retrySchedule,
+  type Scheduled,
+  Wheel,
+} from "./retransmit.ts";
+
+import { type DatagramLink, Outbox } from "./outbox.ts";
+
+export type { RetryOptions } from "./retransmit.ts";
+export type { DatagramLink } from "./outbox.ts";
 
 const log = logger("control");
-
-/** Retransmission and pacing settings. */
-export interface RetryOptions {
-  /** First retransmission timeout of a request nothing waits on, ms. @default 250 */
-  initialMs?: number;
-  /** Cap of the doubling retransmission timeout, ms. @default 1000 */
-  maxMs?: number;
-  /** Transmissions in all of a request nothing waits on. @default 10 */
-  tries?: number;
-  /** Retransmission interval while a first packet waits (`urgent`), ms. @default 100 */
-  fastMs?: number;
-  /** How long that fixed schedule lasts before doubling, ms. @default 3000 */
-  fastForMs?: number;
-  /** An urgent request is given up this long after its first transmission, ms. @default 10000 */
-  giveUpMs?: number;
-  /** Requests in flight at most; later ones wait. @default 4096 */
-  window?: number;
-  /** RATE_LIMITED answers retried per request before that answer is final. @default 8 */
-  rateLimitedTries?: number;
-  /** Transmissions per second at most, in bursts of twice as many. @default 1800 */
-  rate?: number;
-  /**
-   * The protocol version to speak: 3 (batches, proposed gateway ports; it
-   * falls back to 2 by itself when the server speaks only 2), or 2 from the
-   * start, as drivers before version 3 do (`dpm driver --protocol 2`).
-   * @default 3
-   */
-  version?: 2 | 3;
-}
 
 /** How long the nonce of a given-up request is remembered for a late answer, ms. */
 const LATE_MS = 60_000;
@@ -124,15 +106,6 @@ const LATE_MAX = 8192;
 export const COOKIE_FRESH_MS = 100_000;
 /** COOKIE_REQUIRED answers retried per request (the secret rotated) before that answer is final. */
 const COOKIE_TRIES = 2;
-/**
- * How long the server takes per request ahead of a new one (ms): with
- * thousands in flight, the first retransmission waits for them.
- */
-export const BACKLOG_MS = 0.1;
-/** The retransmission wheel: slots of this many ms. */
-const SLOT_MS = 10;
-/** Slots of the wheel (a horizon of 5.12 s: longer delays wait a turn). */
-const SLOTS = 512;
 
 /** The server did not answer within the retransmission schedule. */
 export class ControlTimeout extends Error {
@@ -167,39 +140,22 @@ export interface AskOptions {
 /** Called once with the answer, or null when none came; `ask` as submitted. */
 export type Answered<T> = (ask: T, res: Response | null) => void;
 
-/** One request in flight: what it asks, and its retransmission state. */
-interface Flight {
+/** One request in flight: what it asks, and its retransmission state (`retransmit.ts`). */
+interface Flight extends Scheduled {
   op: number;
   ask: Ask;
   pg: number;
   lifetime: number;
   done: Answered<Ask>;
-  urgent: boolean;
-  /** The entry's nonce (low half); 0 once answered or given up. */
-  seq: number;
-  sent: number;
-  first: number;
-  due: number;
-  /** The wheel slot (absolute) it is filed in: entries in other slots are stale. */
-  slot: number;
   /** RATE_LIMITED answers so far (low 8 bits), COOKIE_REQUIRED answers (<< 8). */
   refused: number;
 }
 
 /**
- * How the client reaches the server: a UDP socket (`udpLink` in
- * `driver/run.ts`, over `linux/udp.ts`), or
- * an in-memory link to a ServerCore in tests (`testing/fixtures.ts`).
+ * An answer as the client matches it: a version-3 entry without its nonce,
+ * or a version-2 response as it is (the same fields, the same names).
  */
-export interface DatagramLink {
-  /** Queues one datagram to the server (the bytes are copied). */
-  send(data: Uint8Array, len: number): void;
-  /** Sends what `send` queued. */
-  flush(): void;
-  /** Set by the client: called with every datagram from the server. */
-  onReceive: ((data: Uint8Array) => void) | null;
-  close(): void;
-}
+type Answer = Omit<EntryAnswer, "nonceHi" | "nonceLo">;
 
 /**
  * How the driver reaches the server ({@linkcode ControlClient}); tests may
@@ -219,11 +175,6 @@ export interface ControlTransport {
   onLate?: ((res: Response) => void) | null;
 }
 
-/** ±25% */
-function jitter(ms: number): number {
-  return ms * (0.75 + Math.random() * 0.5);
-}
-
 const NO_NONCE = new Uint8Array(NONCE_LEN);
 
 /** A control-protocol client bound to one server. */
@@ -231,11 +182,10 @@ export class ControlClient implements ControlTransport {
   readonly #link: DatagramLink;
   /** The host's address: every request's internal address. */
   readonly #local: number;
-  readonly #o: Required<Omit<RetryOptions, "version">>;
+  readonly #o: RetrySchedule;
   readonly #now: () => number;
   readonly #salt: number;
   #seq: number;
-  #dgram = 1;
   /** Requests in flight (sent or waiting to be), by nonce. */
   readonly #flights = new Map<number, Flight>();
   /** New requests to transmit, in order (within the window). */
@@ -245,16 +195,14 @@ export class ControlClient implements ControlTransport {
   #again: Flight[] = [];
   /** Requests that went out at least once and are not answered. */
   #inFlight = 0;
-  /** Per slot, the nonces of the requests due then (a settled one is simply not found). */
-  readonly #wheel: number[][] = Array.from({ length: SLOTS }, () => []);
-  #wheelAt = 0;
+  /** When each request in flight is due again (`retransmit.ts`). */
+  readonly #wheel: Wheel;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #timerAt = Infinity;
   #flushQueued = false;
   /** No new transmission before this: the server said RATE_LIMITED. */
   #pausedUntil = 0;
-  #tokens: number;
-  #tokensAt: number;
+  readonly #pacer: Pacer;
   #cookie: Uint8Array | null = null;
   #cookieAt = -Infinity;
   /** A datagram without a fresh cookie is out: the others wait for its answer. */
@@ -265,9 +213,8 @@ export class ControlClient implements ControlTransport {
   /** Given-up nonces → when they are forgotten. */
   readonly #late = new Map<number, number>();
   #closed = false;
-  readonly #out = new Uint8Array(MAX_DATAGRAM);
-  #outCount = 0;
-  readonly #entry: EntryRequest = newEntry();
+  /** The request datagrams being built and sent (`outbox.ts`). */
+  readonly #outbox: Outbox;
   readonly #answer: EntryAnswer = newAnswer();
   /** Called with an answer that arrived after its request was given up. */
   onLate: ((res: Response) => void) | null = null;
@@ -299,23 +246,13 @@ export class ControlClient implements ControlTransport {
     this.#link = link;
     this.#local = local >>> 0;
     this.#now = now;
-    this.#o = {
-      initialMs: retry.initialMs ?? 250,
-      maxMs: retry.maxMs ?? 1000,
-      tries: retry.tries ?? 10,
-      fastMs: retry.fastMs ?? 100,
-      fastForMs: retry.fastForMs ?? 3000,
-      giveUpMs: retry.giveUpMs ?? 10_000,
-      window: retry.window ?? 4096,
-      rateLimitedTries: retry.rateLimitedTries ?? 8,
-      rate: retry.rate ?? 1800,
-    };
+    this.#o = retrySchedule(retry);
     const r = crypto.getRandomValues(new Uint32Array(2));
     this.#salt = r[0]!;
     this.#seq = 1 + (r[1]! % 0x3fffffff);
-    this.#tokens = 2 * this.#o.rate;
-    this.#tokensAt = now();
-    this.#wheelAt = Math.floor(now() / SLOT_MS);
+    this.#pacer = new Pacer(this.#o.rate, now());
+    this.#wheel = new Wheel(now());
+    this.#outbox = new Outbox(link, this.#salt, this.#local, () => this.stats.datagrams++);
     if (retry.version === PROTOCOL_VERSION) this.#version = PROTOCOL_VERSION;
     link.onReceive = (d) => this.#receive(d);
   }
@@ -421,7 +358,7 @@ export class ControlClient implements ControlTransport {
         wait = Math.max(1, this.#probeUntil - now);
         return false;
       }
-      const w = this.#pace(now);
+      const w = this.#pacer.take(now);
       if (w > 0) {
         wait = w;
         return false;
@@ -450,7 +387,7 @@ export class ControlClient implements ControlTransport {
       if (!go(f)) break;
       this.#readyHead++;
     }
-    this.#seal();
+    this.#outbox.seal(this.#cookie);
     if (!fresh && sent > 0) this.#probeUntil = now + this.#o.initialMs;
     if (this.#readyHead === ready.length) {
       ready.length = 0;
@@ -467,17 +404,7 @@ export class ControlClient implements ControlTransport {
     return this.#cookie !== null && now - this.#cookieAt < COOKIE_FRESH_MS;
   }
 
-  /** Books a transmission; returns how long to wait for a token, ms (0: go). */
-  #pace(now: number): number {
-    const rate = this.#o.rate;
-    this.#tokens = Math.min(2 * rate, this.#tokens + ((now - this.#tokensAt) * rate) / 1000);
-    this.#tokensAt = now;
-    if (this.#tokens < 1) return ((1 - this.#tokens) / rate) * 1000;
-    this.#tokens -= 1;
-    return 0;
-  }
-
-  /** Puts `f` in the datagram being built (version 3) or sends it alone (version 2). */
+  /** Puts `f` in the datagram being built (version 3) or sends it alone (version 2): `outbox.ts`. */
   #transmit(f: Flight, now: number): void {
     if (f.sent === 0) {
       this.#inFlight++;
@@ -485,76 +412,10 @@ export class ControlClient implements ControlTransport {
     } else this.stats.retransmits++;
     f.sent++;
     this.stats.sent++;
-    f.due = now + Math.ceil(this.#delay(f, now));
-    this.#schedule(f);
-    const q = f.ask;
-    if (this.#version !== BATCH_VERSION) {
-      const nonce = new Uint8Array(NONCE_LEN);
-      const dv = new DataView(nonce.buffer);
-      dv.setUint32(0, this.#salt);
-      dv.setUint32(4, f.seq);
-      const bytes = encodeRequest({
-        op: f.op,
-        nonce,
-        proto: q.proto,
-        replaceable: q.replaceable,
-        internalAddr: this.#local,
-        internalPort: q.pa,
-        remoteAddr: q.x,
-        remotePort: q.px,
-        lifetime: f.lifetime,
-        ...(this.#cookie ? { cookie: this.#cookie } : {}),
-      });
-      this.#link.send(bytes, REQUEST_LEN);
-      this.stats.datagrams++;
-      return;
-    }
-    const e = this.#entry;
-    e.op = f.op;
-    e.proto = q.proto;
-    e.replaceable = q.replaceable;
-    e.nonceHi = this.#salt;
-    e.nonceLo = f.seq;
-    e.remoteAddr = q.x;
-    e.internalPort = q.pa;
-    e.remotePort = q.px;
-    e.gatewayPort = f.pg;
-    e.lifetime = f.lifetime;
-    writeEntry(this.#out, this.#outCount++, e);
-    if (this.#outCount === MAX_ENTRIES) this.#seal();
-  }
-
-  /** Sends the datagram being built. */
-  #seal(): void {
-    const n = this.#outCount;
-    if (n === 0) return;
-    this.#outCount = 0;
-    const d = this.#dgram;
-    this.#dgram = d >= 0x3fffffff ? 1 : d + 1;
-    writeRequestHeader(this.#out, this.#salt, d, n, this.#local, this.#cookie);
-    this.#link.send(this.#out, HEADER_LEN + n * ENTRY_LEN);
-    this.stats.datagrams++;
-  }
-
-  /** The wait before `f`'s next transmission, after one at `now`. */
-  #delay(f: Flight, now: number): number {
-    const o = this.#o;
-    // Not before the server can have answered: its round trip, its backlog.
-    const floor = Math.max(2 * this.#srtt, this.#inFlight * BACKLOG_MS);
-    if (f.urgent && now - f.first < o.fastForMs) return jitter(Math.max(o.fastMs, floor));
-    const k = f.urgent ? Math.max(0, f.sent - 1 - Math.floor(o.fastForMs / o.fastMs)) : f.sent - 1;
-    return jitter(Math.max(Math.min(o.initialMs * 2 ** Math.min(k, 16), o.maxMs), floor));
-  }
-
-  /** Files `f` in the wheel at its due time (within the wheel's horizon). */
-  #schedule(f: Flight): void {
-    const slot = Math.min(
-      Math.max(Math.floor(f.due / SLOT_MS), this.#wheelAt),
-      this.#wheelAt + SLOTS - 1,
-    );
-    f.slot = slot;
-    this.#wheel[slot % SLOTS]!.push(f.seq);
-    this.#arm(Math.max(f.due, slot * SLOT_MS));
+    f.due = now + Math.ceil(retryDelay(this.#o, f, now, this.#srtt, this.#inFlight));
+    this.#arm(this.#wheel.file(f));
+    if (this.#version === BATCH_VERSION) this.#outbox.add(f, this.#cookie);
+    else this.#outbox.single(f, this.#cookie);
   }
 
   /** Makes sure the timer fires by `at`. */
@@ -571,39 +432,17 @@ export class ControlClient implements ControlTransport {
     this.#timer = undefined;
     if (this.#closed) return;
     const now = this.#now();
-    const last = Math.floor(now / SLOT_MS);
     const o = this.#o;
-    const later: Flight[] = [];
-    const end = Math.min(last, this.#wheelAt + SLOTS - 1);
-    for (let t = this.#wheelAt; t <= end; t++) {
-      const slot = this.#wheel[t % SLOTS]!;
-      if (slot.length === 0) continue;
-      for (const seq of slot) {
-        const f = this.#flights.get(seq);
-        // Answered, waiting to be sent again, or filed elsewhere since: not this slot's.
-        if (f === undefined || f.sent === 0 || f.slot !== t) continue;
-        if (f.due > now) {
-          later.push(f);
-          continue;
-        }
-        f.slot = -1;
-        const over = f.urgent ? now - f.first >= o.giveUpMs : f.sent >= o.tries;
-        if (over) this.#giveUp(f, now);
-        else this.#again.push(f);
-      }
-      slot.length = 0;
-    }
-    this.#wheelAt = Math.max(this.#wheelAt, last);
-    for (const f of later) this.#schedule(f);
+    const at = this.#wheel.turn(now, this.#flights, (f) => {
+      const over = f.urgent ? now - f.first >= o.giveUpMs : f.sent >= o.tries;
+      if (over) this.#giveUp(f, now);
+      else this.#again.push(f);
+    });
+    this.#arm(at);
     if (this.#again.length > 0 || this.#readyHead < this.#ready.length) this.flush();
     else if (this.#pausedUntil > now) this.#arm(this.#pausedUntil);
     // The next slot with something in it (filed before this tick, due later).
-    for (let t = this.#wheelAt + 1; t < this.#wheelAt + SLOTS; t++) {
-      if (this.#wheel[t % SLOTS]!.length > 0) {
-        this.#arm(t * SLOT_MS);
-        break;
-      }
-    }
+    this.#arm(this.#wheel.next());
   }
 
   #giveUp(f: Flight, now: number): void {
@@ -694,20 +533,7 @@ export class ControlClient implements ControlTransport {
       this.#downgrade(now);
       return;
     }
-    const a = this.#answer;
-    a.op = r.op;
-    a.result = r.result;
-    a.proto = r.proto;
-    a.replaced = r.replaced;
-    a.shared = r.shared;
-    a.remoteAddr = r.remoteAddr;
-    a.internalPort = r.internalPort;
-    a.remotePort = r.remotePort;
-    a.publicAddr = r.publicAddr;
-    a.publicPort = r.publicPort;
-    a.gatewayPort = r.gatewayPort;
-    a.lifetime = r.lifetime;
-    this.#answered(dv.getUint32(4), a, r.epoch, now);
+    this.#answered(dv.getUint32(4), r, r.epoch, now);
   }
 
   #downgrade(now: number): void {
@@ -728,7 +554,7 @@ export class ControlClient implements ControlTransport {
   }
 
   /** Matches answer `a` (nonce low half `seq`) to its request and delivers it. */
-  #answered(seq: number, a: EntryAnswer, epoch: number, now: number): void {
+  #answered(seq: number, a: Answer, epoch: number, now: number): void {
     const f = this.#flights.get(seq);
     if (!f || f.sent === 0) {
       if (this.#late.delete(seq)) {
@@ -778,7 +604,7 @@ export class ControlClient implements ControlTransport {
     this.#again.push(f);
   }
 
-  #response(a: EntryAnswer, epoch: number): Response {
+  #response(a: Answer, epoch: number): Response {
     return {
       op: a.op,
       nonce: NO_NONCE,

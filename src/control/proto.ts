@@ -24,6 +24,17 @@
 
 import { Result } from "./result.ts";
 import { formatIPv4 } from "../wire/addr.ts";
+import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP } from "../wire/meta.ts";
+import {
+  checkCookie,
+  checkField,
+  checkFields,
+  type FieldTable,
+  hex,
+  view,
+  writeFields,
+  zeroed,
+} from "./fields.ts";
 
 /** The first two bytes of every message: ASCII "DP". */
 export const MAGIC = 0x4450;
@@ -208,6 +219,35 @@ const Res = {
   RESERVED3: 60, // u32, zero
 } as const;
 
+/** The fields echoed from a request into its response: at the same offsets in both layouts. */
+const ECHOED_FIELDS: FieldTable<
+  Pick<Request, "internalAddr" | "remoteAddr" | "internalPort" | "remotePort">
+> = [
+  ["internalAddr", Req.INTERNAL_ADDR, 4],
+  ["remoteAddr", Req.REMOTE_ADDR, 4],
+  ["internalPort", Req.INTERNAL_PORT, 2],
+  ["remotePort", Req.REMOTE_PORT, 2],
+];
+
+/** A request's numeric fields but the opcode (7 bits), in the order the encoder checks them. */
+const REQUEST_FIELDS: FieldTable<Request> = [
+  ["proto", Req.PROTO, 1],
+  ...ECHOED_FIELDS,
+  ["lifetime", Req.LIFETIME, 4],
+];
+
+/** A response's numeric fields but the opcode, in the order the encoder checks them. */
+const RESPONSE_FIELDS: FieldTable<Response> = [
+  ["result", Res.RESULT, 1],
+  ["proto", Res.PROTO, 1],
+  ...ECHOED_FIELDS,
+  ["publicAddr", Res.PUBLIC_ADDR, 4],
+  ["publicPort", Res.PUBLIC_PORT, 2],
+  ["gatewayPort", Res.GATEWAY_PORT, 2],
+  ["lifetime", Res.LIFETIME, 4],
+  ["epoch", Res.EPOCH, 4],
+];
+
 /**
  * The request body that is echoed verbatim into a response: addresses and
  * ports sit at the same offsets (16..28) in both layouts, on purpose.
@@ -215,22 +255,11 @@ const Res = {
 const ECHO_START = Req.INTERNAL_ADDR;
 const ECHO_END = Req.LIFETIME;
 
-const PROTO_ICMP = 1;
-const PROTO_TCP = 6;
-const PROTO_UDP = 17;
-
 const REQ_FLAGS_KNOWN = ReqFlag.REPLACEABLE;
 const RES_FLAGS_KNOWN = ResFlag.REPLACED | ResFlag.SHARED;
 
-function _view(b: Uint8Array): DataView {
-  return new DataView(b.buffer, b.byteOffset, b.byteLength);
-}
-
-function _hex(n: number, digits: number): string {
-  return "0x" + n.toString(16).padStart(digits, "0");
-}
-
-function _isKnownOp(op: number): boolean {
+/** Whether `op` is an opcode of the protocol (every version has the same four). */
+export function isKnownOp(op: number): boolean {
   return op === Op.RESERVE || op === Op.RENEW || op === Op.RELEASE || op === Op.MAP;
 }
 
@@ -248,21 +277,9 @@ function _addrProblem(a: number): string | null {
   return null;
 }
 
-function _checkInt(name: string, v: number, max: number): void {
-  if (!Number.isInteger(v) || v < 0 || v > max) {
-    throw new RangeError(`Field "${name}" is ${v}, not an integer in 0..${max}`);
-  }
-}
-
 function _checkNonce(n: Uint8Array): void {
   if (n.length !== NONCE_LEN) {
     throw new RangeError(`Nonce is ${n.length} bytes, want ${NONCE_LEN}`);
-  }
-}
-
-function _checkCookie(c: Uint8Array | undefined): void {
-  if (c !== undefined && c.length !== COOKIE_LEN) {
-    throw new RangeError(`Cookie is ${c.length} bytes, want ${COOKIE_LEN}`);
   }
 }
 
@@ -274,13 +291,41 @@ export function hasCookie(c: Uint8Array | undefined): c is Uint8Array {
   return any !== 0;
 }
 
-function _out(len: number, out: Uint8Array | undefined): Uint8Array {
-  if (out === undefined) return new Uint8Array(len);
-  if (out.length < len) throw new RangeError(`Output buffer is ${out.length} bytes, want ${len}`);
-  // Zero the whole message first: the reserved fields are written by this
-  // fill, and a reused buffer must not leak old bytes into them.
-  const m = out.subarray(0, len);
-  m.fill(0);
+/** A message of this version as the encoders see it. */
+type Message = Pick<Request, "op" | "nonce" | "cookie">;
+
+/** An encoder's checks: the opcode (7 bits), the nonce, the numeric `fields`, the cookie. */
+function _check<T extends Message>(r: T, fields: FieldTable<T>): void {
+  checkField("op", r.op, 0x7f);
+  _checkNonce(r.nonce);
+  checkFields(r, fields);
+  checkCookie(r.cookie, COOKIE_LEN);
+}
+
+/**
+ * Writes a checked message of `len` bytes (into `out` when given): magic,
+ * version, the `opcode` byte, the nonce, the `flags` byte at `flagsAt`, the
+ * numeric `fields`, and the cookie at `cookieAt` (zero when absent).
+ */
+function _write<T extends Message>(
+  r: T,
+  fields: FieldTable<T>,
+  len: number,
+  opcode: number,
+  flagsAt: number,
+  flags: number,
+  cookieAt: number,
+  out: Uint8Array | undefined,
+): Uint8Array {
+  const m = zeroed(len, out);
+  const v = view(m);
+  v.setUint16(Req.MAGIC, MAGIC);
+  v.setUint8(Req.VERSION, PROTOCOL_VERSION);
+  v.setUint8(Req.OPCODE, opcode);
+  m.set(r.nonce, Req.NONCE);
+  v.setUint8(flagsAt, flags);
+  writeFields(v, 0, r, fields);
+  if (r.cookie) m.set(r.cookie, cookieAt);
   return m;
 }
 
@@ -295,30 +340,9 @@ function _out(len: number, out: Uint8Array | undefined): Uint8Array {
  * @throws {RangeError} when a field is out of range or the nonce is not 8 bytes
  */
 export function encodeRequest(r: Request, out?: Uint8Array): Uint8Array {
-  _checkInt("op", r.op, 0x7f);
-  _checkNonce(r.nonce);
-  _checkInt("proto", r.proto, 0xff);
-  _checkInt("internalAddr", r.internalAddr, 0xffffffff);
-  _checkInt("remoteAddr", r.remoteAddr, 0xffffffff);
-  _checkInt("internalPort", r.internalPort, 0xffff);
-  _checkInt("remotePort", r.remotePort, 0xffff);
-  _checkInt("lifetime", r.lifetime, 0xffffffff);
-  _checkCookie(r.cookie);
-  const m = _out(REQUEST_LEN, out);
-  const v = _view(m);
-  v.setUint16(Req.MAGIC, MAGIC);
-  v.setUint8(Req.VERSION, PROTOCOL_VERSION);
-  v.setUint8(Req.OPCODE, r.op);
-  m.set(r.nonce, Req.NONCE);
-  v.setUint8(Req.PROTO, r.proto);
-  v.setUint8(Req.FLAGS, r.replaceable ? ReqFlag.REPLACEABLE : 0);
-  v.setUint32(Req.INTERNAL_ADDR, r.internalAddr);
-  v.setUint32(Req.REMOTE_ADDR, r.remoteAddr);
-  v.setUint16(Req.INTERNAL_PORT, r.internalPort);
-  v.setUint16(Req.REMOTE_PORT, r.remotePort);
-  v.setUint32(Req.LIFETIME, r.lifetime);
-  if (r.cookie) m.set(r.cookie, Req.COOKIE);
-  return m;
+  _check(r, REQUEST_FIELDS);
+  const flags = r.replaceable ? ReqFlag.REPLACEABLE : 0;
+  return _write(r, REQUEST_FIELDS, REQUEST_LEN, r.op, Req.FLAGS, flags, Req.COOKIE, out);
 }
 
 /**
@@ -332,43 +356,13 @@ export function encodeRequest(r: Request, out?: Uint8Array): Uint8Array {
  * @throws {RangeError} when a field is out of range, or an error response carries a grant
  */
 export function encodeResponse(r: Response, out?: Uint8Array): Uint8Array {
-  _checkInt("op", r.op, 0x7f);
-  _checkNonce(r.nonce);
-  _checkInt("result", r.result, 0xff);
-  _checkInt("proto", r.proto, 0xff);
-  _checkInt("internalAddr", r.internalAddr, 0xffffffff);
-  _checkInt("remoteAddr", r.remoteAddr, 0xffffffff);
-  _checkInt("internalPort", r.internalPort, 0xffff);
-  _checkInt("remotePort", r.remotePort, 0xffff);
-  _checkInt("publicAddr", r.publicAddr, 0xffffffff);
-  _checkInt("publicPort", r.publicPort, 0xffff);
-  _checkInt("gatewayPort", r.gatewayPort, 0xffff);
-  _checkInt("lifetime", r.lifetime, 0xffffffff);
-  _checkInt("epoch", r.epoch, 0xffffffff);
-  _checkCookie(r.cookie);
+  _check(r, RESPONSE_FIELDS);
   if (r.result !== Result.OK && _grantProblem(r) !== null) {
     throw new RangeError(`Error response (result ${r.result}) ${_grantProblem(r)}`);
   }
-  const m = _out(RESPONSE_LEN, out);
-  const v = _view(m);
-  v.setUint16(Res.MAGIC, MAGIC);
-  v.setUint8(Res.VERSION, PROTOCOL_VERSION);
-  v.setUint8(Res.OPCODE, r.op | RESPONSE_BIT);
-  m.set(r.nonce, Res.NONCE);
-  v.setUint8(Res.RESULT, r.result);
-  v.setUint8(Res.PROTO, r.proto);
-  v.setUint8(Res.FLAGS, (r.replaced ? ResFlag.REPLACED : 0) | (r.shared ? ResFlag.SHARED : 0));
-  v.setUint32(Res.INTERNAL_ADDR, r.internalAddr);
-  v.setUint32(Res.REMOTE_ADDR, r.remoteAddr);
-  v.setUint16(Res.INTERNAL_PORT, r.internalPort);
-  v.setUint16(Res.REMOTE_PORT, r.remotePort);
-  v.setUint32(Res.PUBLIC_ADDR, r.publicAddr);
-  v.setUint16(Res.PUBLIC_PORT, r.publicPort);
-  v.setUint16(Res.GATEWAY_PORT, r.gatewayPort);
-  v.setUint32(Res.LIFETIME, r.lifetime);
-  v.setUint32(Res.EPOCH, r.epoch);
-  if (r.cookie) m.set(r.cookie, Res.COOKIE);
-  return m;
+  const flags = (r.replaced ? ResFlag.REPLACED : 0) | (r.shared ? ResFlag.SHARED : 0);
+  const op = r.op | RESPONSE_BIT;
+  return _write(r, RESPONSE_FIELDS, RESPONSE_LEN, op, Res.FLAGS, flags, Res.COOKIE, out);
 }
 
 /** Which grant field an error response wrongly carries, or null. */
@@ -396,14 +390,14 @@ function _header(b: Uint8Array): { silent: boolean; result: number; reason: stri
   }
   const magic = (b[0]! << 8) | b[1]!;
   if (magic !== MAGIC) {
-    return { silent: true, result: Result.MALFORMED, reason: `bad magic ${_hex(magic, 4)}` };
+    return { silent: true, result: Result.MALFORMED, reason: `bad magic ${hex(magic, 4)}` };
   }
   const opcode = b[3]!;
   if ((opcode & RESPONSE_BIT) !== 0) {
     return {
       silent: true,
       result: Result.MALFORMED,
-      reason: `opcode ${_hex(opcode, 2)} is a response`,
+      reason: `opcode ${hex(opcode, 2)} is a response`,
     };
   }
   const version = b[2]!;
@@ -433,17 +427,17 @@ export function checkRequestFields(
   remotePort: number,
   lifetime: number,
 ): { ok: false; result: number; reason: string } | null {
-  if (proto !== PROTO_ICMP && proto !== PROTO_TCP && proto !== PROTO_UDP) {
+  if (proto !== IPPROTO_ICMP && proto !== IPPROTO_TCP && proto !== IPPROTO_UDP) {
     return _fail(Result.UNSUPPORTED_PROTOCOL, `unsupported protocol ${proto}`);
   }
   if (op === Op.MAP) {
     // An inbound mapping: no remote; the remote port is the suggested public port.
-    if (proto === PROTO_ICMP) return _fail(Result.UNSUPPORTED_PROTOCOL, "MAP of ICMP");
+    if (proto === IPPROTO_ICMP) return _fail(Result.UNSUPPORTED_PROTOCOL, "MAP of ICMP");
     if (internalPort === 0) return _fail(Result.MALFORMED, "internal port 0");
     if (remoteAddr !== 0) {
       return _fail(Result.MALFORMED, `MAP with remote address ${formatIPv4(remoteAddr)}`);
     }
-  } else if (proto === PROTO_ICMP) {
+  } else if (proto === IPPROTO_ICMP) {
     // ICMP echo has an identifier (carried as the internal port, 0 is a
     // valid identifier) and nothing on the remote side.
     if (remotePort !== 0) return _fail(Result.MALFORMED, `ICMP with remote port ${remotePort}`);
@@ -480,19 +474,19 @@ export function decodeRequest(b: Uint8Array): DecodeRequestResult {
   const h = _header(b);
   if (h !== null) return _fail(h.result, h.reason);
   const op = b[Req.OPCODE]!;
-  if (!_isKnownOp(op)) return _fail(Result.UNSUPPORTED_OPCODE, `unknown opcode ${op}`);
+  if (!isKnownOp(op)) return _fail(Result.UNSUPPORTED_OPCODE, `unknown opcode ${op}`);
   if (b.length !== REQUEST_LEN) {
     return _fail(Result.MALFORMED, `bad length ${b.length}, want ${REQUEST_LEN}`);
   }
-  const v = _view(b);
+  const v = view(b);
   const flags = v.getUint8(Req.FLAGS);
   if ((flags & ~REQ_FLAGS_KNOWN) !== 0) {
-    return _fail(Result.MALFORMED, `reserved flag bits set (${_hex(flags, 2)})`);
+    return _fail(Result.MALFORMED, `reserved flag bits set (${hex(flags, 2)})`);
   }
   const reserved = v.getUint16(Req.RESERVED);
-  if (reserved !== 0) return _fail(Result.MALFORMED, `reserved field is ${_hex(reserved, 4)}`);
+  if (reserved !== 0) return _fail(Result.MALFORMED, `reserved field is ${hex(reserved, 4)}`);
   for (let i = Req.PADDING; i < REQUEST_LEN; i++) {
-    if (b[i] !== 0) return _fail(Result.MALFORMED, `padding byte ${i} is ${_hex(b[i]!, 2)}`);
+    if (b[i] !== 0) return _fail(Result.MALFORMED, `padding byte ${i} is ${hex(b[i]!, 2)}`);
   }
 
   const proto = v.getUint8(Req.PROTO);
@@ -544,28 +538,28 @@ export function decodeRequest(b: Uint8Array): DecodeRequestResult {
  */
 export function decodeResponse(b: Uint8Array): DecodeResponseResult {
   if (b.length < 4) return { ok: false, reason: `too short (${b.length} bytes)` };
-  const v = _view(b);
+  const v = view(b);
   const magic = v.getUint16(Res.MAGIC);
-  if (magic !== MAGIC) return { ok: false, reason: `bad magic ${_hex(magic, 4)}` };
+  if (magic !== MAGIC) return { ok: false, reason: `bad magic ${hex(magic, 4)}` };
   const version = v.getUint8(Res.VERSION);
   if (version !== PROTOCOL_VERSION) return { ok: false, reason: `unsupported version ${version}` };
   const opcode = v.getUint8(Res.OPCODE);
   if ((opcode & RESPONSE_BIT) === 0) {
-    return { ok: false, reason: `opcode ${_hex(opcode, 2)} is not a response` };
+    return { ok: false, reason: `opcode ${hex(opcode, 2)} is not a response` };
   }
   if (b.length !== RESPONSE_LEN) {
     return { ok: false, reason: `bad length ${b.length}, want ${RESPONSE_LEN}` };
   }
   const flags = v.getUint8(Res.FLAGS);
   if ((flags & ~RES_FLAGS_KNOWN) !== 0) {
-    return { ok: false, reason: `reserved flag bits set (${_hex(flags, 2)})` };
+    return { ok: false, reason: `reserved flag bits set (${hex(flags, 2)})` };
   }
   const r1 = v.getUint8(Res.RESERVED1);
-  if (r1 !== 0) return { ok: false, reason: `reserved byte is ${_hex(r1, 2)}` };
+  if (r1 !== 0) return { ok: false, reason: `reserved byte is ${hex(r1, 2)}` };
   const r2 = v.getUint32(Res.RESERVED2);
-  if (r2 !== 0) return { ok: false, reason: `reserved field is ${_hex(r2, 8)}` };
+  if (r2 !== 0) return { ok: false, reason: `reserved field is ${hex(r2, 8)}` };
   const r3 = v.getUint32(Res.RESERVED3);
-  if (r3 !== 0) return { ok: false, reason: `reserved field is ${_hex(r3, 8)}` };
+  if (r3 !== 0) return { ok: false, reason: `reserved field is ${hex(r3, 8)}` };
   const res: Response = {
     op: opcode & ~RESPONSE_BIT,
     nonce: b.slice(Res.NONCE, Res.NONCE + NONCE_LEN),
@@ -623,7 +617,7 @@ export function errorResponseFor(
   if (h !== null && h.silent) return null;
   if (b.length < RESPONSE_LEN) return null;
   const m = new Uint8Array(RESPONSE_LEN);
-  const v = _view(m);
+  const v = view(m);
   v.setUint16(Res.MAGIC, MAGIC);
   v.setUint8(Res.VERSION, PROTOCOL_VERSION);
   v.setUint8(Res.OPCODE, b[Req.OPCODE]! | RESPONSE_BIT);

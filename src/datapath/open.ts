@@ -90,27 +90,30 @@ interface DriverImpl {
   remove(opts: HostOptions): Promise<string>;
 }
 
-async function serverImpl(kind: DataPathKind): Promise<ServerImpl> {
-  switch (kind) {
-    case "bpf":
-      return (await import("./bpf/server.ts")).BpfServerDataPath;
-    case "kernel":
-      return (await import("./kernel/server.ts")).KernelServerDataPath;
-    case "queue":
-      return (await import("./queue/server.ts")).QueueServerDataPath;
-  }
-}
+/**
+ * Each data path's module for each role, imported when first asked for (a
+ * path's native parts load only when it is used): a new path is one entry.
+ */
+const IMPLS: Record<
+  DataPathKind,
+  { server(): Promise<ServerImpl>; driver(): Promise<DriverImpl> }
+> = {
+  bpf: {
+    server: async () => (await import("./bpf/server.ts")).BpfServerDataPath,
+    driver: async () => (await import("./bpf/driver.ts")).BpfDriverDataPath,
+  },
+  kernel: {
+    server: async () => (await import("./kernel/server.ts")).KernelServerDataPath,
+    driver: async () => (await import("./kernel/driver.ts")).KernelDriverDataPath,
+  },
+  queue: {
+    server: async () => (await import("./queue/server.ts")).QueueServerDataPath,
+    driver: async () => (await import("./queue/driver.ts")).QueueDriverDataPath,
+  },
+};
 
-async function driverImpl(kind: DataPathKind): Promise<DriverImpl> {
-  switch (kind) {
-    case "bpf":
-      return (await import("./bpf/driver.ts")).BpfDriverDataPath;
-    case "kernel":
-      return (await import("./kernel/driver.ts")).KernelDriverDataPath;
-    case "queue":
-      return (await import("./queue/driver.ts")).QueueDriverDataPath;
-  }
-}
+const serverImpl = (kind: DataPathKind) => IMPLS[kind].server();
+const driverImpl = (kind: DataPathKind) => IMPLS[kind].driver();
 
 const log = logger("datapath");
 

@@ -23,9 +23,9 @@ import { ControlClient, type DatagramLink } from "../control/client.ts";
 import { MAX_DATAGRAM } from "../control/batch.ts";
 import { serveUdp, UdpSocket } from "../../linux/udp.ts";
 import { logger } from "../runtime/log.ts";
-import { Cleanup, liveReload, untilStopped } from "../runtime/cleanup.ts";
+import { runRole } from "../runtime/cleanup.ts";
 import { lockRole } from "../runtime/lock.ts";
-import { notify, useNotifier } from "../runtime/notify.ts";
+import { useNotifier } from "../runtime/notify.ts";
 import { sdNotify } from "../../linux/sdnotify.ts";
 import { serveMetrics } from "../operator/metrics.ts";
 import { ensureSocketDir, serveLocal } from "../operator/socket.ts";
@@ -41,9 +41,7 @@ export async function runDriver(
   reload?: () => Promise<DriverConfig>,
 ): Promise<number> {
   useNotifier(sdNotify);
-  const undo = new Cleanup(log);
-  const { stopped, stop } = untilStopped(undo, { reload: liveReload(log, cfg, reload) });
-  try {
+  return await runRole({ log, role: "driver", cfg, reload }, async (undo, stop) => {
     if (cfg.intercept) undo.push(await lockRole("driver"));
     // The data path keeps its journal beside the socket.
     await ensureSocketDir(cfg.socket, cfg.socketGroup !== null);
@@ -73,7 +71,6 @@ export async function runDriver(
     if (cfg.cleanup) {
       const { cleanupDriver } = await import("./cleanup.ts");
       await cleanupDriver(hostOpts, core);
-      await undo.run();
       return 0;
     }
     // The sockets open before the kernel changes: a start that fails there leaves nothing.
@@ -126,18 +123,8 @@ export async function runDriver(
           cfg.socketGroup ? ` (group ${cfg.socketGroup}, 0660)` : ""
         }`,
     );
-    log.info("ready");
-    notify(`READY=1\nSTATUS=driver ready`);
-    const code = await stopped;
-    notify("STOPPING=1");
-    log.info(`stopping: ${JSON.stringify(core.stats())}`);
-    await undo.run();
-    return code;
-  } catch (e) {
-    log.error((e as Error).message);
-    await undo.run();
-    return 1;
-  }
+    return { stopping: () => `stopping: ${JSON.stringify(core.stats())}` };
+  });
 }
 
 /**

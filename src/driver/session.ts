@@ -2,7 +2,7 @@
  * A session as the host knows it: its fields, its states, the TCP teardown
  * bits its packets set, and the driver's two indexes of sessions
  * ({@linkcode HostSessions}). What moves a session from state to state is in
- * `core.ts` (the lease client); how its packets are translated, in
+ * `leases.ts` (the lease client); how its packets are translated, in
  * `translate.ts`; how it is shown to `dpm query`, in `answers.ts`.
  *
  * @module

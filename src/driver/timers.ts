@@ -1,7 +1,7 @@
 /**
  * The driver's clock rules in one place: how long leases, refusals and
  * fall-backs last on the host, when a session is renewed, asked again or
- * given back, each with the RFC it follows. The lease client (`core.ts`)
+ * given back, each with the RFC it follows. The lease client (`leases.ts`)
  * reads only these.
  *
  * @module

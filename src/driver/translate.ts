@@ -6,7 +6,7 @@
  * Theory of operation. Outbound (`a:pa -> X:px`, raw OUTPUT): a packet of an
  * active session goes on rewritten to `G:Pg` (claim 5; the data path does
  * it, or lets the kernel); the first packet of a new session is held while
- * the lease client (`core.ts`) asks the server, and let go on the answer
+ * the lease client (`leases.ts`) asks the server, and let go on the answer
  * ({@linkcode HostTranslator.settleHeld}): rewritten when granted, dropped
  * with an ICMP "administratively prohibited" to the application when
  * refused, untranslated when the server never answered. Inbound (from G,

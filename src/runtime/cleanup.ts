@@ -131,3 +131,50 @@ export function liveReload<T extends LiveSettings>(
     );
   };
 }
+
+/**
+ * What a role's start gives back: the exit code of a run that is over
+ * already (`--cleanup`), or what to log once it is told to stop.
+ */
+export type Started = number | { stopping(): string };
+
+/**
+ * The life of a role's process (`dpm server`, `dpm driver`): `start` sets
+ * the role up, pushing each undo step on `undo` (`stop(code)` ends the run
+ * from inside, as a fatal error does); then the process says it is ready
+ * (log, systemd), runs until SIGINT/SIGTERM or `stop`, says it is stopping
+ * and undoes everything. A start that throws is logged and undone; its exit
+ * code is `failCode(error)` (1 by default). SIGHUP reloads what can change
+ * at run time (`liveReload`). Returns the exit code.
+ */
+export async function runRole<T extends LiveSettings>(
+  o: {
+    log: Logger;
+    role: string;
+    cfg: T;
+    reload?: (() => Promise<T>) | undefined;
+    failCode?: (e: unknown) => number;
+  },
+  start: (undo: Cleanup, stop: (code: number) => void) => Promise<Started>,
+): Promise<number> {
+  const undo = new Cleanup(o.log);
+  const { stopped, stop } = untilStopped(undo, { reload: liveReload(o.log, o.cfg, o.reload) });
+  try {
+    const started = await start(undo, stop);
+    if (typeof started === "number") {
+      await undo.run();
+      return started;
+    }
+    o.log.info("ready");
+    notify(`READY=1\nSTATUS=${o.role} ready`);
+    const code = await stopped;
+    notify("STOPPING=1");
+    o.log.info(started.stopping());
+    await undo.run();
+    return code;
+  } catch (e) {
+    o.log.error((e as Error).message);
+    await undo.run();
+    return o.failCode?.(e) ?? 1;
+  }
+}

@@ -21,6 +21,9 @@
  *   gateway (`handlePacket`, the queue data path's packets and the kernel
  *   path's ICMP errors and hairpins): LAN to WAN, WAN to LAN, hairpinning,
  *   mappings and direct sessions, ICMP errors (RFC 5508);
+ * - `first.ts` (`FirstPackets`): what becomes of a packet handed up, and of
+ *   a first packet held for its request (`held.ts`) until the turn's
+ *   commit (`releaseHeld`) or its expiry;
  * - `views.ts` (`ServerViews`): the operator's side (`status`, `rows`,
  *   `hostView`, `drop`, `watch` and its session events, the per-session
  *   bytes, ages and idle times);
@@ -47,9 +50,7 @@ import { SessionTable } from "../table/table.ts";
 import { LanHosts } from "../policy/hosts.ts";
 import { MappingPolicy } from "../policy/mappings.ts";
 import type { BoundPort } from "../policy/gateway_ports.ts";
-import { Drop, DROP_COUNT, IPPROTO_ICMP, PacketInfo, parse } from "../wire/packet.ts";
-import { Meta, Verdict } from "../wire/meta.ts";
-import { buildIcmpError } from "../wire/icmp.ts";
+import { DROP_COUNT } from "../wire/packet.ts";
 import type {
   HaStatus,
   HostView,
@@ -65,7 +66,8 @@ import { type DropLog, kernelRecord, restoreRecord } from "./restore.ts";
 import { Translator } from "./translate.ts";
 import { ServerViews } from "./views.ts";
 import { ControlService } from "./control.ts";
-import { type HeldPacket, HeldPackets } from "./held.ts";
+import { HeldPackets } from "./held.ts";
+import { FirstPackets } from "./first.ts";
 
 export { sessionView } from "./views.ts";
 
@@ -125,7 +127,8 @@ export class ServerCore {
   readonly #control: ControlService;
   /** First packets that went ahead of their request (`held.ts`). */
   readonly held = new HeldPackets();
-  readonly #info = new PacketInfo();
+  /** Packets handed up, first packets held and let go (`first.ts`). */
+  readonly #first: FirstPackets;
   readonly now: () => number;
 
   #dp: ServerDataPath | null = null;
@@ -226,6 +229,14 @@ export class ServerCore {
       drops: this.drops,
       packets: this.packets,
       countBytes: (s, outbound, n) => views.countBytes(s, outbound, n),
+    });
+    this.#first = new FirstPackets({
+      table: this.table,
+      held: this.held,
+      translator: this.#translator,
+      drops: this.drops,
+      dp: () => this.#dp,
+      now: this.now,
     });
     this.table.subscribe({ added: (s) => views.added(s), removed: (s) => views.removed(s) });
     this.#control = new ControlService({
@@ -427,117 +438,23 @@ export class ServerCore {
    * (`translate.ts`). Returns Verdict.MODIFIED when the bytes were
    * rewritten, ACCEPT to let it pass unchanged, DROP otherwise (each drop
    * counted by reason), HOLD for the first packet of a session whose
-   * request has not been granted yet (`held.ts`: its verdict comes through
+   * request has not been granted yet (`first.ts`, `held.ts`: its verdict comes through
    * the data path's `io` once the request is answered, `id` is its queue
    * id). `skbInfo`: the queue's `NFQA_SKB_INFO` bits for this packet
    * (CHECKSUM_PARTIAL, GSO; see `rewrite`), and `Meta.MISSED` when the
    * kernel's maps had no session for it.
    */
   handlePacket(pkt: Uint8Array, skbInfo = 0, id = -1): number {
-    if ((skbInfo & Meta.MISSED) !== 0) return this.#missed(pkt, skbInfo & ~Meta.MISSED, id);
-    const v = this.#translator.handle(pkt, skbInfo);
-    return v === Verdict.HOLD ? this.#hold(pkt, skbInfo, id) : v;
-  }
-
-  /**
-   * A new flow to `G:Pg` that the kernel's maps did not know (the kernel
-   * path's hold rule): granted and committed since, it goes on (the kernel
-   * translates it now; a hairpin is the translator's); else it waits for
-   * its request.
-   */
-  #missed(pkt: Uint8Array, skbInfo: number, id: number): number {
-    const info = this.#info;
-    if (
-      parse(pkt, pkt.length, info) !== Drop.NONE || info.icmpError || info.proto === IPPROTO_ICMP
-    ) {
-      return Verdict.ACCEPT;
-    }
-    const t = this.table;
-    const s = t.lookupLan(info.proto, info.src, info.dport);
-    if (s >= 0 && t.pa(s) === info.sport) {
-      return t.isPoolAddress(t.x(s)) ? this.#translator.handle(pkt, skbInfo) : Verdict.ACCEPT;
-    }
-    return this.#hold(pkt, skbInfo, id);
-  }
-
-  /** Holds a first packet for its request (`held.ts`); DROP when it cannot be held. */
-  #hold(pkt: Uint8Array, skbInfo: number, id: number): number {
-    const io = this.#dp?.io ?? null;
-    const info = this.#info;
-    if (id < 0 || io === null || parse(pkt, pkt.length, info) !== Drop.NONE) {
-      this.drops[Drop.NO_SESSION]!++;
-      return Verdict.DROP;
-    }
-    const r = this.held.hold(
-      {
-        id,
-        bytes: pkt.slice(),
-        skbInfo,
-        proto: info.proto,
-        a: info.src,
-        pa: info.sport,
-        pg: info.dport,
-      },
-      this.now(),
-      (old) => {
-        this.drops[Drop.HELD_OVERFLOW]!++;
-        io.verdict(old.id, Verdict.DROP);
-      },
-    );
-    if (r === "hold") return Verdict.HOLD;
-    this.drops[Drop.HELD_OVERFLOW]!++;
-    return Verdict.DROP;
+    return this.#first.handle(pkt, skbInfo, id);
   }
 
   /**
    * The held packets whose request was answered (and committed): those of a
-   * grant go on, the others are dropped. The control listener runs it after
-   * the turn's commit (`run.ts`).
+   * grant go on, the others are dropped (`first.ts`). The control listener
+   * runs it after the turn's commit (`run.ts`).
    */
   releaseHeld(): void {
-    const dp = this.#dp;
-    const io = dp?.io ?? null;
-    if (io === null || this.held.size === 0) return;
-    const kernel = dp!.can.kernelTranslates;
-    const t = this.table;
-    let any = false;
-    this.held.take((h) => {
-      any = true;
-      const s = t.lookupLan(h.proto, h.a, h.pg);
-      if (kernel && !(s >= 0 && t.isPoolAddress(t.x(s)))) {
-        io.verdict(h.id, Verdict.ACCEPT);
-        return;
-      }
-      const v = this.#translator.handle(h.bytes, h.skbInfo);
-      if (v === Verdict.MODIFIED) io.verdict(h.id, Verdict.MODIFIED, h.bytes);
-      else io.verdict(h.id, v === Verdict.ACCEPT ? Verdict.ACCEPT : Verdict.DROP);
-    }, (h) => {
-      any = true;
-      this.drops[Drop.REFUSED]!++;
-      io.verdict(h.id, Verdict.DROP);
-    });
-    if (any) io.flush();
-  }
-
-  /**
-   * Held packets whose request never came: dropped, and the host told port
-   * unreachable from `G:Pg`, as the gateway's own stack would have answered
-   * (a driver that lost the session reserves it again).
-   */
-  #expireHeld(now: number): void {
-    const io = this.#dp?.io ?? null;
-    if (io === null || this.held.size === 0) return;
-    let any = false;
-    const info = this.#info;
-    this.held.sweep(now, (h: HeldPacket) => {
-      any = true;
-      this.drops[Drop.NO_SESSION]!++;
-      io.verdict(h.id, Verdict.DROP);
-      if (parse(h.bytes, h.bytes.length, info) !== Drop.NONE) return;
-      const err = buildIcmpError(h.bytes, info, 3, 3);
-      if (err) io.send(err, err.length, h.a);
-    });
-    if (any) io.flush();
+    this.#first.release();
   }
 
   /**
@@ -603,7 +520,7 @@ export class ServerCore {
    * stopped, so a million-session table never blocks the event loop for long.
    */
   expire(budget?: number): number {
-    this.#expireHeld(this.now());
+    this.#first.expire(this.now());
     try {
       return this.#views.removing(
         "expired",

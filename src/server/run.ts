@@ -17,7 +17,7 @@ import {
 } from "../wire/addr.ts";
 import { checkPoolOutside, ConfigError, type ServerConfig } from "../config.ts";
 import { logger } from "../runtime/log.ts";
-import { Cleanup, liveReload, untilStopped } from "../runtime/cleanup.ts";
+import { runRole } from "../runtime/cleanup.ts";
 import { ensureSocketDir, serveLocal } from "../operator/socket.ts";
 import { serverOperator } from "../operator/server_ops.ts";
 import { ServerCore } from "./core.ts";
@@ -26,7 +26,7 @@ import { DropLog, restoreRecord } from "./restore.ts";
 import type { ServerDataPath } from "../datapath/datapath.ts";
 import { gatewayOptions, openServerDataPath, removeServerDataPaths } from "../datapath/open.ts";
 import { lockRole } from "../runtime/lock.ts";
-import { notify, useNotifier } from "../runtime/notify.ts";
+import { useNotifier } from "../runtime/notify.ts";
 import { sdNotify } from "../../linux/sdnotify.ts";
 import { serveMetrics } from "../operator/metrics.ts";
 import { reserveLatency } from "./metrics.ts";
@@ -57,9 +57,8 @@ export async function runServer(
   reload?: () => Promise<ServerConfig>,
 ): Promise<number> {
   useNotifier(sdNotify);
-  const undo = new Cleanup(log);
-  const { stopped, stop } = untilStopped(undo, { reload: liveReload(log, cfg, reload) });
-  try {
+  const failCode = (e: unknown) => e instanceof ConfigError ? 2 : 1;
+  return await runRole({ log, role: "server", cfg, reload, failCode }, async (undo, stop) => {
     undo.push(await lockRole("server"));
     await ensureSocketDir(cfg.socket); // the data path keeps its journal beside the socket
     const lan = await lanPrefix(cfg);
@@ -70,7 +69,6 @@ export async function runServer(
       if (!dataPlane) throw new Error("--cleanup needs --lan-if and --wan-if");
       const done = await removeServerDataPaths(gatewayOptions(cfg, lan!));
       log.info(`removed ${done.join("; ")}`);
-      await undo.run();
       return 0;
     }
     if (cfg.lifetime < 7440) {
@@ -274,18 +272,8 @@ export async function runServer(
       );
     }, 1000));
     if (store) timers.push(setInterval(() => store.maintain(), 60_000));
-    log.info("ready");
-    notify(`READY=1\nSTATUS=server ready`);
-    const code = await stopped;
-    notify("STOPPING=1");
-    log.info("stopping");
-    await undo.run();
-    return code;
-  } catch (e) {
-    log.error((e as Error).message);
-    await undo.run();
-    return e instanceof ConfigError ? 2 : 1;
-  }
+    return { stopping: () => "stopping" };
+  });
 }
 
 /**

@@ -108,10 +108,7 @@ export class Translator {
   #translate(pkt: Uint8Array): number {
     const info = this.#info;
     const bad = parse(pkt, pkt.length, info);
-    if (bad !== Drop.NONE) {
-      this.#drops[bad]!++;
-      return Verdict.DROP;
-    }
+    if (bad !== Drop.NONE) return this.#drop(bad);
     if (info.dst === this.#cfg.lanAddr) return this.#fromLan(pkt, info);
     if (this.#t.isPoolAddress(info.dst)) return this.#fromWan(pkt, info);
     return this.#fromDirect(pkt, info);
@@ -127,28 +124,18 @@ export class Translator {
    */
   #fromDirect(pkt: Uint8Array, info: PacketInfo): number {
     const t = this.#t;
-    if (info.icmpError || info.proto === IPPROTO_ICMP) {
-      this.#drops[Drop.NOT_OURS]!++;
-      return Verdict.ACCEPT;
-    }
+    if (info.icmpError || info.proto === IPPROTO_ICMP) return this.#pass(Drop.NOT_OURS);
     let s = t.lookupIdentity(info.proto, info.src, info.sport, info.dst, info.dport);
     if (s < 0) s = t.lookupMapOf(info.proto, info.src, info.sport);
     if (s < 0) {
       // Steered while it had a row (the set lags by one packet at most), or
       // never steered (a PEER endpoint toward another remote is not): it is
       // untracked here, so letting it pass would leak the private pair.
-      this.#drops[Drop.NO_SESSION]!++;
-      return Verdict.DROP;
+      return this.#drop(Drop.NO_SESSION);
     }
-    if (info.ttl <= 1) {
-      this.#drops[Drop.TTL_EXCEEDED]!++;
-      return Verdict.DROP;
-    }
+    if (info.ttl <= 1) return this.#drop(Drop.TTL_EXCEEDED);
     rewrite(pkt, info, t.r(s), t.p(s), info.dst, info.dport, this.#skbInfo);
-    t.count(s, true);
-    this.#countBytes(s, true, pkt.length);
-    this.#packets.out++;
-    return Verdict.MODIFIED;
+    return this.#out(s, pkt.length);
   }
 
   /** a:pa -> G:Pg (or an ICMP error from a about G:Pg -> a:pa) → R:p -> X:px. */
@@ -156,16 +143,10 @@ export class Translator {
     const t = this.#t;
     const g = this.#cfg.lanAddr;
     if (info.icmpError) {
-      if (info.innerSrc !== g || info.innerDst !== info.src) {
-        this.#drops[Drop.NOT_OURS]!++;
-        return Verdict.ACCEPT;
-      }
+      if (info.innerSrc !== g || info.innerDst !== info.src) return this.#pass(Drop.NOT_OURS);
       const pg = info.innerProto === IPPROTO_ICMP ? info.innerDport : info.innerSport;
       const s = t.lookupLan(info.innerProto, info.src, pg);
-      if (s < 0) {
-        this.#drops[Drop.NO_SESSION]!++;
-        return Verdict.DROP;
-      }
+      if (s < 0) return this.#drop(Drop.NO_SESSION);
       if (t.isPoolAddress(t.x(s))) {
         // Hairpinned (RFC 5508 REQ-7): the error is about a packet another
         // host's session sent to this one's public pair. Deliver it to that
@@ -174,43 +155,15 @@ export class Translator {
         // quoting its own a:pa -> G:Pg. No session there: the mapping that
         // owns X:px, whose host sent a2:pa2 -> R:p itself (as from outside).
         const s2 = t.lookupInbound(info.innerProto, t.x(s), t.px(s), t.r(s), t.p(s));
-        if (s2 < 0) {
-          this.#drops[Drop.NO_SESSION]!++;
-          return Verdict.DROP;
-        }
+        if (s2 < 0) return this.#drop(Drop.NO_SESSION);
         const icmp = info.innerProto === IPPROTO_ICMP;
-        if (t.fromRemote(s2)) {
-          rewriteIcmpError(pkt, info, {
-            outerSrc: t.r(s),
-            outerDst: t.a(s2),
-            innerSrc: t.a(s2),
-            innerSport: t.pa(s2),
-            innerDst: t.r(s),
-            innerDport: t.p(s),
-          }, this.#skbInfo);
-          this.#packets.hairpin++;
-          return Verdict.MODIFIED;
-        }
-        rewriteIcmpError(pkt, info, {
-          outerSrc: t.r(s),
-          outerDst: t.a(s2),
-          innerSrc: t.a(s2),
-          innerSport: icmp ? t.pg(s2) : t.pa(s2),
-          innerDst: g,
-          innerDport: icmp ? 0 : t.pg(s2),
-        }, this.#skbInfo);
+        if (t.fromRemote(s2)) this.#error(pkt, info, t.r(s), t.a(s2), t.pa(s2), t.r(s), t.p(s));
+        else this.#errorToHost(pkt, info, t.r(s), s2, icmp);
         this.#packets.hairpin++;
         return Verdict.MODIFIED;
       }
       // The quoted packet was G:Pg -> a:pa; outside it was X:px -> R:p.
-      rewriteIcmpError(pkt, info, {
-        outerSrc: t.r(s),
-        outerDst: t.x(s),
-        innerSrc: t.x(s),
-        innerSport: t.px(s),
-        innerDst: t.r(s),
-        innerDport: t.p(s),
-      }, this.#skbInfo);
+      this.#error(pkt, info, t.r(s), t.x(s), t.px(s), t.r(s), t.p(s));
       this.#packets.out++;
       return Verdict.MODIFIED;
     }
@@ -226,27 +179,19 @@ export class Translator {
       // kernel's RST or port unreachable, which tells a driver whose session the
       // server lost. An echo request is a plain ping of the gateway: the kernel
       // answers it (so the gateway stays pingable from the LAN).
-      this.#drops[Drop.NOT_OURS]!++;
-      return Verdict.ACCEPT;
+      return this.#pass(Drop.NOT_OURS);
     }
     if (!icmp && t.pa(s) !== info.sport) {
       // Another session of the host holds this Pg: a proposal of it would be
       // answered with another Pg, and its packet dropped anyway.
-      this.#drops[Drop.INTERNAL_PORT_MISMATCH]!++;
-      return Verdict.DROP;
+      return this.#drop(Drop.INTERNAL_PORT_MISMATCH);
     }
-    if (info.ttl <= 1) {
-      this.#drops[Drop.TTL_EXCEEDED]!++;
-      return Verdict.DROP;
-    }
+    if (info.ttl <= 1) return this.#drop(Drop.TTL_EXCEEDED);
     const x = t.x(s);
     const px = t.px(s);
     if (t.isPoolAddress(x)) return this.#hairpin(pkt, info, s);
     rewrite(pkt, info, t.r(s), t.p(s), x, px, this.#skbInfo);
-    t.count(s, true);
-    this.#countBytes(s, true, pkt.length);
-    this.#packets.out++;
-    return Verdict.MODIFIED;
+    return this.#out(s, pkt.length);
   }
 
   /**
@@ -258,25 +203,14 @@ export class Translator {
     const t = this.#t;
     const icmp = info.proto === IPPROTO_ICMP;
     const s2 = t.lookupInbound(info.proto, t.x(s), t.px(s), t.r(s), t.p(s));
-    if (s2 < 0) {
-      this.#drops[Drop.NO_SESSION]!++;
-      return Verdict.DROP;
-    }
+    if (s2 < 0) return this.#drop(Drop.NO_SESSION);
     if (t.fromRemote(s2)) {
       // A mapping or a direct session (no driver to undo G:Pg): from s's public pair R:p
       // itself, as a packet from outside would come.
       rewrite(pkt, info, t.r(s), t.p(s), t.a(s2), t.pa(s2), this.#skbInfo);
     } else {
       // Seen from s2's host, the packet comes from s's public pair R:p to its own G:Pg.
-      rewrite(
-        pkt,
-        info,
-        this.#cfg.lanAddr,
-        icmp ? 0 : t.pg(s2),
-        t.a(s2),
-        icmp ? t.pg(s2) : t.pa(s2),
-        this.#skbInfo,
-      );
+      this.#toHost(pkt, info, s2, icmp);
     }
     t.count(s, true);
     t.count(s2, false);
@@ -289,7 +223,6 @@ export class Translator {
   /** X:px -> R:p (or an ICMP error about R:p -> X:px) → G:Pg -> a:pa. */
   #fromWan(pkt: Uint8Array, info: PacketInfo): number {
     const t = this.#t;
-    const g = this.#cfg.lanAddr;
     if (info.icmpError) {
       const s = t.lookupInbound(
         info.innerProto,
@@ -298,58 +231,105 @@ export class Translator {
         info.innerDst,
         info.innerDport,
       );
-      if (s < 0) {
-        this.#drops[Drop.NO_SESSION]!++;
-        return Verdict.DROP;
-      }
+      if (s < 0) return this.#drop(Drop.NO_SESSION);
       if (t.fromRemote(s)) {
         // A mapping's or a direct session's host sent a:pa -> X:px itself.
-        rewriteIcmpError(pkt, info, {
-          outerSrc: info.src,
-          outerDst: t.a(s),
-          innerSrc: t.a(s),
-          innerSport: t.pa(s),
-          innerDst: info.innerDst,
-          innerDport: info.innerDport,
-        }, this.#skbInfo);
-        t.count(s, false);
-        this.#countBytes(s, false, pkt.length);
-        this.#packets.in++;
-        return Verdict.MODIFIED;
+        this.#error(pkt, info, info.src, t.a(s), t.pa(s), info.innerDst, info.innerDport);
+      } else {
+        // Outside, the quoted packet was R:p -> X:px; on the LAN it was a:pa -> G:Pg
+        // (ICMP echo: a with identifier Pg -> G). The reporting router keeps its address.
+        this.#errorToHost(pkt, info, info.src, s, info.innerProto === IPPROTO_ICMP);
       }
-      // Outside, the quoted packet was R:p -> X:px; on the LAN it was a:pa -> G:Pg
-      // (ICMP echo: a with identifier Pg -> G). The reporting router keeps its address.
-      const icmp = info.innerProto === IPPROTO_ICMP;
-      rewriteIcmpError(pkt, info, {
-        outerSrc: info.src,
-        outerDst: t.a(s),
-        innerSrc: t.a(s),
-        innerSport: icmp ? t.pg(s) : t.pa(s),
-        innerDst: g,
-        innerDport: icmp ? 0 : t.pg(s),
-      }, this.#skbInfo);
-      t.count(s, false);
-      this.#countBytes(s, false, pkt.length);
-      this.#packets.in++;
-      return Verdict.MODIFIED;
+      return this.#in(s, pkt.length);
     }
     // The remote's own session first; else the mapping that owns R:p for every remote.
     const s = t.lookupInbound(info.proto, info.dst, info.dport, info.src, info.sport);
-    if (s < 0) {
-      this.#drops[Drop.NO_SESSION]!++;
-      return Verdict.DROP;
-    }
-    if (info.ttl <= 1) {
-      this.#drops[Drop.TTL_EXCEEDED]!++;
-      return Verdict.DROP;
-    }
+    if (s < 0) return this.#drop(Drop.NO_SESSION);
+    if (info.ttl <= 1) return this.#drop(Drop.TTL_EXCEEDED);
     const icmp = info.proto === IPPROTO_ICMP;
     // A mapping or a direct session (no driver to undo G:Pg): X:px -> a:pa, the remote's own pair.
     if (t.fromRemote(s)) rewrite(pkt, info, info.src, info.sport, t.a(s), t.pa(s), this.#skbInfo);
-    else rewrite(pkt, info, g, icmp ? 0 : t.pg(s), t.a(s), icmp ? t.pg(s) : t.pa(s), this.#skbInfo);
-    t.count(s, false);
-    this.#countBytes(s, false, pkt.length);
+    else this.#toHost(pkt, info, s, icmp);
+    return this.#in(s, pkt.length);
+  }
+
+  /** Counts a packet dropped for `reason`: DROP. */
+  #drop(reason: number): number {
+    this.#drops[reason]!++;
+    return Verdict.DROP;
+  }
+
+  /** Counts a packet that is not dpm's (`reason`) and lets it pass untouched: ACCEPT. */
+  #pass(reason: number): number {
+    this.#drops[reason]!++;
+    return Verdict.ACCEPT;
+  }
+
+  /** Counts a packet of session `s` translated toward the WAN (`n` bytes): MODIFIED. */
+  #out(s: number, n: number): number {
+    this.#t.count(s, true);
+    this.#countBytes(s, true, n);
+    this.#packets.out++;
+    return Verdict.MODIFIED;
+  }
+
+  /** Counts a packet of session `s` translated toward its host (`n` bytes): MODIFIED. */
+  #in(s: number, n: number): number {
+    this.#t.count(s, false);
+    this.#countBytes(s, false, n);
     this.#packets.in++;
     return Verdict.MODIFIED;
+  }
+
+  /**
+   * Rewrites a packet to session `s`'s host as its driver expects it:
+   * `G:Pg -> a:pa` (an echo: identifier Pg, from G).
+   */
+  #toHost(pkt: Uint8Array, info: PacketInfo, s: number, icmp: boolean): void {
+    const t = this.#t;
+    const pg = t.pg(s);
+    rewrite(
+      pkt,
+      info,
+      this.#cfg.lanAddr,
+      icmp ? 0 : pg,
+      t.a(s),
+      icmp ? pg : t.pa(s),
+      this.#skbInfo,
+    );
+  }
+
+  /**
+   * Rewrites an ICMP error to come from `from` to `to`, quoting the packet
+   * `to` sent: `to:toPort -> dst:dport`.
+   */
+  #error(
+    pkt: Uint8Array,
+    info: PacketInfo,
+    from: number,
+    to: number,
+    toPort: number,
+    dst: number,
+    dport: number,
+  ): void {
+    rewriteIcmpError(pkt, info, {
+      outerSrc: from,
+      outerDst: to,
+      innerSrc: to,
+      innerSport: toPort,
+      innerDst: dst,
+      innerDport: dport,
+    }, this.#skbInfo);
+  }
+
+  /**
+   * Rewrites an ICMP error to come from `from` to session `s`'s host,
+   * quoting what the host sent as it left it: `a:pa -> G:Pg` (an echo:
+   * identifier Pg, to G).
+   */
+  #errorToHost(pkt: Uint8Array, info: PacketInfo, from: number, s: number, icmp: boolean): void {
+    const t = this.#t;
+    const pg = t.pg(s);
+    this.#error(pkt, info, from, t.a(s), icmp ? pg : t.pa(s), this.#cfg.lanAddr, icmp ? 0 : pg);
   }
 }
