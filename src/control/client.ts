@@ -207,6 +207,9 @@ export class ControlClient implements ControlTransport {
   #cookieAt = -Infinity;
   /** A datagram without a fresh cookie is out: the others wait for its answer. */
   #probeUntil = 0;
+  /** A flush is running; another asked for meanwhile waits for it (see flush()). */
+  #flushing = false;
+  #flushAgain = false;
   #version = BATCH_VERSION;
   /** Smoothed round trip of answers to first transmissions, ms (0: none yet). */
   #srtt = 0;
@@ -333,9 +336,31 @@ export class ControlClient implements ControlTransport {
     }
   };
 
-  /** Sends what is ready: retransmissions, then new requests (within the window), paced. */
+  /**
+   * Sends what is ready: retransmissions, then new requests (within the
+   * window), paced. Not re-entered: a flush asked for while one runs (a
+   * microtask checkpoint inside it, e.g. when Deno lazily loads its timers
+   * module at the first `setTimeout`, ran the queued flush in the middle of
+   * this one, which sent a flight twice and skipped another) runs after it.
+   */
   flush(): void {
     this.#flushQueued = false;
+    if (this.#flushing) {
+      this.#flushAgain = true;
+      return;
+    }
+    this.#flushing = true;
+    try {
+      do {
+        this.#flushAgain = false;
+        this.#flushOnce();
+      } while (this.#flushAgain && !this.#closed);
+    } finally {
+      this.#flushing = false;
+    }
+  }
+
+  #flushOnce(): void {
     if (this.#closed) return;
     const now = this.#now();
     // Without a fresh cookie, one datagram at a time: its answer brings one.

@@ -203,11 +203,26 @@ Deno.test("control client: at most `window` requests in flight; the others wait 
 });
 
 Deno.test("control client: without a fresh cookie one datagram goes out; its answer opens the rest", async () => {
-  const link = scripted((d) => answerAll(d, Result.OK));
-  const c = new ControlClient(link, H1, QUICK_RETRY);
+  // Answers are held until released, and the probe window is far longer
+  // than the test's own turns (QUICK_RETRY's 2 ms expired during a cold
+  // first flush when this test ran alone, letting the next batch go).
+  const held: Uint8Array[] = [];
+  const link = scripted((d) => {
+    held.push(answerAll(d, Result.OK));
+    return null;
+  });
+  const slow = { ...QUICK_RETRY, initialMs: 1000, maxMs: 2000, fastMs: 1000, giveUpMs: 10_000 };
+  const c = new ControlClient(link, H1, slow);
   const first = reserveAll(c, 90);
   c.flush();
+  await new Promise((r) => setTimeout(r, 20));
   assert.equal(link.seen.length, 1, "one datagram before any cookie");
+  assert.equal(decodeRequestHeader(link.seen[0]!).ok, true);
+  for (let i = 0; i < 2; i++) {
+    // The first answer brings the cookie and opens the rest; then theirs.
+    for (const a of held.splice(0)) link.onReceive?.(a);
+    await new Promise((r) => setTimeout(r, 0));
+  }
   await first;
   assert.equal(link.seen.length, 2, "the other 45 once the cookie came");
   const h = decodeRequestHeader(link.seen[1]!);
