@@ -102,7 +102,7 @@ export class FirstPackets {
       },
     );
     if (r === "hold") return Verdict.HOLD;
-    this.#c.drops[Drop.HELD_OVERFLOW]!++;
+    this.#c.drops[r === "refused" ? Drop.REFUSED : Drop.HELD_OVERFLOW]!++;
     return Verdict.DROP;
   }
 

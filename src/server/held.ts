@@ -92,24 +92,26 @@ export class HeldPackets {
 
   /**
    * What to do with a packet of a session the gateway does not know yet:
-   * "hold" (kept; its verdict comes later), or "drop" (its key's request was
-   * refused, or the limits are reached). `evicted` receives a packet the
-   * host's limit pushed out (to be dropped by the caller).
+   * "hold" (kept; its verdict comes later), "refused" (its key's request was
+   * refused or its proposal taken: to drop as refused) or "full" (the
+   * session's or the gateway's limit is reached: to drop as an overflow).
+   * `evicted` receives a packet the host's limit pushed out (to be dropped
+   * by the caller).
    */
   hold(
     p: Omit<HeldPacket, "done" | "at">,
     now: number,
     evicted: (h: HeldPacket) => void,
-  ): "hold" | "drop" {
+  ): "hold" | "refused" | "full" {
     const key = lanKey(p.proto, p.a, p.pg);
     const d = this.#refused.get(key);
     if (d !== undefined && now - d.at < SETTLED_MS && d.pa === p.pa) {
       this.stats.refused++;
-      return "drop";
+      return "refused";
     }
     let list = this.#byKey.get(key);
-    if (list && list.length >= MAX_PER_KEY) return "drop";
-    if (this.#total >= MAX_TOTAL) return "drop";
+    if (list && list.length >= MAX_PER_KEY) return "full";
+    if (this.#total >= MAX_TOTAL) return "full";
     let q = this.#byHost.get(p.a);
     if (!q) this.#byHost.set(p.a, q = { items: [], head: 0, live: 0 });
     if (q.live >= MAX_PER_HOST) {
