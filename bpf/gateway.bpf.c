@@ -84,10 +84,11 @@ static __always_inline int fast_path(struct __sk_buff *skb, __u8 dir)
 	if (p.ttl <= 1)
 		return NAT_PASS;
 	nat_apply(&to, &p, e);
+	__u64 now = nat_now();
 	/* The next hop (cached in the entry; the FIB about once a second). Not routable, or too
 	 * big for the way out: the stack answers (ICMP) or fragments it. */
 	struct nat_hop hop;
-	if (nat_next_hop(skb, e, &to, skb->ifindex, 0, &hop) < 0)
+	if (nat_next_hop(skb, e, &to, skb->ifindex, 0, nat_tick(now), &hop) < 0)
 		return NAT_PASS;
 	/* Only the way the stack let the session through. */
 	if (hop.ifindex != (dir == NAT_DIR_OUT ? cfg->wan_ifindex : cfg->lan_ifindex))
@@ -96,7 +97,7 @@ static __always_inline int fast_path(struct __sk_buff *skb, __u8 dir)
 		return NAT_PASS;
 	if (nat_rewrite(skb, &p, &to, 1) < 0)
 		return TC_ACT_SHOT;
-	nat_count(skb, e, &p);
+	nat_count(skb, e, &p, now);
 	/* Tells this packet's egress run it was redirected here (see seen()). */
 	skb->cb[0] = NAT_CB_FAST;
 	if (!hop.resolved)
@@ -188,7 +189,7 @@ static __always_inline int seen(struct __sk_buff *skb, __u8 dir)
 		bpf_map_update_elem(&dpm_nat, &own, &learned_own, BPF_NOEXIST);
 		struct nat_entry *oe = bpf_map_lookup_elem(&dpm_nat, &own);
 		if (oe)
-			nat_count(skb, oe, &p);
+			nat_count(skb, oe, &p, nat_now());
 		return NAT_PASS;
 	}
 	if (b->flags & NAT_F_WILDCARD)
@@ -203,7 +204,7 @@ static __always_inline int seen(struct __sk_buff *skb, __u8 dir)
 	struct nat_entry *oe = bpf_map_lookup_elem(&dpm_nat, &own);
 	if (!oe)
 		return NAT_PASS;
-	nat_count(skb, oe, &p);
+	nat_count(skb, oe, &p, nat_now());
 	nat_set_flags(oe, bit);
 	nat_set_flags(b, bit);
 	return NAT_PASS;
