@@ -263,8 +263,12 @@ static __noinline int to_gateway_lookup(struct __sk_buff *skb, struct nat_entry 
 		e->nh_ifindex = NAT_NH_STACK;
 		return NAT_PASS;
 	}
-	if (hop.resolved && hop.ifindex == ifindex)
-		return nat_set_macs(skb, hop.dmac, hop.smac) < 0 ? TC_ACT_SHOT : NAT_PASS;
+	if (hop.resolved && hop.ifindex == ifindex) {
+		/* The source: the FIB's, or (cached) the one the stack wrote, this device's own. */
+		if (hop.fresh)
+			return nat_set_macs(skb, hop.dmac, hop.smac) < 0 ? TC_ACT_SHOT : NAT_PASS;
+		return nat_set_dmac(skb, hop.dmac) < 0 ? TC_ACT_SHOT : NAT_PASS;
+	}
 	return bpf_redirect_neigh(hop.ifindex, 0, 0, 0);
 }
 

@@ -318,6 +318,18 @@ static __always_inline int nat_set_macs(struct __sk_buff *skb, const __u8 *dmac,
 	return 0;
 }
 
+/* The destination Ethernet address of a packet whose source is already the right one. */
+static __always_inline int nat_set_dmac(struct __sk_buff *skb, const __u8 *dmac)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if (data + sizeof(*eth) > end)
+		return -1;
+	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+	return 0;
+}
+
 /* Where a translated packet goes next: the egress device, its MTU, the link addresses. */
 struct nat_hop {
 	__u32 ifindex;
@@ -326,6 +338,7 @@ struct nat_hop {
 	__u8 smac[6];
 	int resolved; /* 0: the neighbour is not resolved yet (redirect through the neighbour code) */
 	__u32 at;     /* when it is asked for (nat_tick): the cache's nh_at */
+	int fresh;    /* 1: the FIB answered now (smac set); 0: from the entry's cache (smac not) */
 };
 
 /* The time unit of nat_entry.nh_at: 2^20 ns. */
@@ -353,6 +366,7 @@ static __noinline int nat_next_hop_fib(struct __sk_buff *skb, struct nat_entry *
 		return -1;
 	hop->ifindex = fib.ifindex;
 	hop->resolved = rc == BPF_FIB_LKUP_RET_SUCCESS;
+	hop->fresh = 1;
 	__u32 mtu = 0;
 	if (bpf_check_mtu(skb, fib.ifindex, &mtu, 0, 0) < 0 || mtu == 0 || mtu > 0xffff)
 		mtu = 0;
@@ -364,7 +378,6 @@ static __noinline int nat_next_hop_fib(struct __sk_buff *skb, struct nat_entry *
 		e->nh_ifindex = fib.ifindex;
 		e->nh_mtu = mtu;
 		__builtin_memcpy(e->nh_dmac, fib.dmac, ETH_ALEN);
-		__builtin_memcpy(e->nh_smac, fib.smac, ETH_ALEN);
 		e->nh_at = hop->at;
 	}
 	return 0;
@@ -373,7 +386,8 @@ static __noinline int nat_next_hop_fib(struct __sk_buff *skb, struct nat_entry *
 /*
  * The next hop of packet `to` (already translated) arriving on `ifindex` at
  * `now` (nat_tick): the entry's cache while it is fresh, else a FIB lookup
- * (`fib_flags`), whose resolved answer is cached. A plain packet larger than
+ * (`fib_flags`), whose resolved answer is cached. The source MAC (smac) is
+ * only in a FIB answer (`fresh`): from the cache, the caller knows it. A plain packet larger than
  * the way out's MTU, a route the FIB cannot give, or a packet of an unusual
  * size on the cached path returns -1: the stack handles it (fragments,
  * answers ICMP).
@@ -386,8 +400,8 @@ static __always_inline int nat_next_hop(struct __sk_buff *skb, struct nat_entry 
 		hop->ifindex = e->nh_ifindex;
 		hop->mtu = e->nh_mtu;
 		__builtin_memcpy(hop->dmac, e->nh_dmac, ETH_ALEN);
-		__builtin_memcpy(hop->smac, e->nh_smac, ETH_ALEN);
 		hop->resolved = 1;
+		hop->fresh = 0;
 		return 0;
 	}
 	hop->ifindex = ifindex;
