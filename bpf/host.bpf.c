@@ -325,7 +325,7 @@ int dpm_host_out(struct __sk_buff *skb)
  * answers must leave as they are, as the kernel path's conntrack lets them:
  * a pass entry for the answers' direction (kept fresh while packets come in).
  */
-static __always_inline void note_inbound(const struct nat_pkt *p)
+static __noinline void note_inbound(const struct nat_pkt *p)
 {
 	const struct host_config *cfg = config();
 	if (!cfg || cfg->alive_until_ns == 0 || (p->saddr & cfg->lan_mask) == cfg->lan_net)
@@ -349,6 +349,15 @@ static __always_inline void note_inbound(const struct nat_pkt *p)
 	bpf_map_update_elem(&dpm_nat, &k, &pass, BPF_NOEXIST);
 }
 
+/* An arriving ICMP packet: held for the driver (icmp_to_hold) or passed. */
+static __noinline int icmp_in(struct __sk_buff *skb, const struct nat_pkt *p)
+{
+	if (!icmp_to_hold(skb, p))
+		return NAT_PASS;
+	frag_note(p, NAT_DIR_IN, 0, 1);
+	return hold(skb, NAT_DIR_IN);
+}
+
 SEC("tc")
 int dpm_host_in(struct __sk_buff *skb)
 {
@@ -357,12 +366,8 @@ int dpm_host_in(struct __sk_buff *skb)
 		return NAT_PASS;
 	if (p.frag == NAT_FRAG_REST)
 		return rest(skb, &p, NAT_DIR_IN);
-	if (p.proto == IPPROTO_ICMP) {
-		if (!icmp_to_hold(skb, &p))
-			return NAT_PASS;
-		frag_note(&p, NAT_DIR_IN, 0, 1);
-		return hold(skb, NAT_DIR_IN);
-	}
+	if (p.proto == IPPROTO_ICMP)
+		return icmp_in(skb, &p);
 	struct nat_entry *e = lookup(&p, NAT_DIR_IN);
 	if (!usable(e)) {
 		if (!e)
