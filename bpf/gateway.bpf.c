@@ -63,15 +63,36 @@ static __always_inline int source_ok(const struct nat_config *cfg, __be32 saddr,
 	return in_lan && saddr != cfg->gateway && saddr != cfg->edge_lo && saddr != cfg->edge_hi;
 }
 
+/* Whether a MAC address is all zero: not known yet. */
+static __always_inline int mac_unknown(const __u8 *mac)
+{
+	__u8 any = 0;
+#pragma unroll
+	for (int i = 0; i < ETH_ALEN; i++)
+		any |= mac[i];
+	return any == 0;
+}
+
+/* Whether two MAC addresses are equal (byte by byte: either may be unaligned). */
+static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
+{
+	__u8 d = 0;
+#pragma unroll
+	for (int i = 0; i < ETH_ALEN; i++)
+		d |= a[i] ^ b[i];
+	return d == 0;
+}
+
 /*
  * Ingress on the side `dir` names: a fast session's packet is translated and
- * redirected to `out_ifindex`; everything else passes.
+ * redirected to the other side's interface; everything else passes.
  */
 static __always_inline int fast_path(struct __sk_buff *skb, __u8 dir)
 {
-	const struct nat_config *cfg = config();
+	struct nat_config *cfg = (struct nat_config *)config();
 	struct nat_pkt p, to;
 	struct nat_key k;
+	__u32 in_ifindex = skb->ifindex;
 	if (!cfg || skb->pkt_type != 0 /* PACKET_HOST */ || nat_parse(skb, &p, NAT_PARSE_STRICT) < 0)
 		return NAT_PASS;
 	if (!source_ok(cfg, p.saddr, dir))
@@ -84,24 +105,36 @@ static __always_inline int fast_path(struct __sk_buff *skb, __u8 dir)
 	if (p.ttl <= 1)
 		return NAT_PASS;
 	nat_apply(&to, &p, e);
+	__u64 now = nat_now();
 	/* The next hop (cached in the entry; the FIB about once a second). Not routable, or too
 	 * big for the way out: the stack answers (ICMP) or fragments it. */
 	struct nat_hop hop;
-	if (nat_next_hop(skb, e, &to, skb->ifindex, 0, &hop) < 0)
+	if (nat_next_hop(skb, e, &to, in_ifindex, 0, nat_tick(now), &hop) < 0)
 		return NAT_PASS;
 	/* Only the way the stack let the session through. */
-	if (hop.ifindex != (dir == NAT_DIR_OUT ? cfg->wan_ifindex : cfg->lan_ifindex))
+	__u32 out_ifindex = dir == NAT_DIR_OUT ? cfg->wan_ifindex : cfg->lan_ifindex;
+	__u8 *own_mac = dir == NAT_DIR_OUT ? cfg->wan_mac : cfg->lan_mac;
+	if (hop.ifindex != out_ifindex)
 		return NAT_PASS;
+	if (!hop.fresh && mac_unknown(own_mac)) {
+		/* The device's MAC is not known (dpm rewrote dpm_cfg): ask the FIB now. */
+		hop.ifindex = in_ifindex;
+		hop.at = nat_tick(now);
+		if (nat_next_hop_fib(skb, e, &to, 0, &hop) < 0 || hop.ifindex != out_ifindex)
+			return NAT_PASS;
+	}
+	if (hop.fresh && hop.resolved && !mac_equal(own_mac, hop.smac))
+		__builtin_memcpy(own_mac, hop.smac, ETH_ALEN); /* racing writers write the same */
 	if (!nat_fits(skb, &p, &hop))
 		return NAT_PASS;
 	if (nat_rewrite(skb, &p, &to, 1) < 0)
 		return TC_ACT_SHOT;
-	nat_count(skb, e, &p);
+	nat_count(skb, e, &p, now);
 	/* Tells this packet's egress run it was redirected here (see seen()). */
 	skb->cb[0] = NAT_CB_FAST;
 	if (!hop.resolved)
 		return bpf_redirect_neigh(hop.ifindex, 0, 0, 0);
-	if (nat_set_macs(skb, hop.dmac, hop.smac) < 0)
+	if (nat_set_macs(skb, hop.dmac, hop.fresh ? hop.smac : own_mac) < 0)
 		return TC_ACT_SHOT;
 	return bpf_redirect(hop.ifindex, 0);
 }
@@ -188,7 +221,7 @@ static __always_inline int seen(struct __sk_buff *skb, __u8 dir)
 		bpf_map_update_elem(&dpm_nat, &own, &learned_own, BPF_NOEXIST);
 		struct nat_entry *oe = bpf_map_lookup_elem(&dpm_nat, &own);
 		if (oe)
-			nat_count(skb, oe, &p);
+			nat_count(skb, oe, &p, nat_now());
 		return NAT_PASS;
 	}
 	if (b->flags & NAT_F_WILDCARD)
@@ -203,7 +236,7 @@ static __always_inline int seen(struct __sk_buff *skb, __u8 dir)
 	struct nat_entry *oe = bpf_map_lookup_elem(&dpm_nat, &own);
 	if (!oe)
 		return NAT_PASS;
-	nat_count(skb, oe, &p);
+	nat_count(skb, oe, &p, nat_now());
 	nat_set_flags(oe, bit);
 	nat_set_flags(b, bit);
 	return NAT_PASS;

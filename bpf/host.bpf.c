@@ -97,11 +97,9 @@ static __always_inline void frag_key_of(struct frag_key *fk, const struct nat_pk
 }
 
 /* The first fragment of a datagram went as `to` (or was held): its later fragments follow. */
-static __always_inline void frag_note(const struct nat_pkt *p, __u8 dir, const struct nat_pkt *to,
-				      __u32 held)
+static __noinline void frag_note_first(const struct nat_pkt *p, __u8 dir, const struct nat_pkt *to,
+				       __u32 held)
 {
-	if (p->frag != NAT_FRAG_FIRST)
-		return;
 	struct frag_key fk;
 	struct frag_val fv = {};
 	frag_key_of(&fk, p, dir);
@@ -111,6 +109,13 @@ static __always_inline void frag_note(const struct nat_pkt *p, __u8 dir, const s
 	}
 	fv.held = held;
 	bpf_map_update_elem(&dpm_frag, &fk, &fv, BPF_ANY);
+}
+
+static __always_inline void frag_note(const struct nat_pkt *p, __u8 dir, const struct nat_pkt *to,
+				      __u32 held)
+{
+	if (p->frag == NAT_FRAG_FIRST)
+		frag_note_first(p, dir, to, held);
 }
 
 /* A session's entry (both bits, not a wildcard) for the packet from side `dir`. */
@@ -198,8 +203,9 @@ static __always_inline int icmp_to_hold(struct __sk_buff *skb, const struct nat_
 
 static __always_inline int to_gateway(struct __sk_buff *skb, const struct nat_pkt *to);
 
-/* A later fragment: translated (or held) as its first fragment was; outbound, toward G as it. */
-static __always_inline int rest(struct __sk_buff *skb, const struct nat_pkt *p, __u8 dir)
+/* A later fragment: translated (or held) as its first fragment was; outbound, toward G as it.
+ * Out of line (a BPF subprogram), as every rare case here: the per-packet path stays short. */
+static __noinline int rest(struct __sk_buff *skb, const struct nat_pkt *p, __u8 dir)
 {
 	struct frag_key fk;
 	frag_key_of(&fk, p, dir);
@@ -244,24 +250,53 @@ static __always_inline int to_gateway(struct __sk_buff *skb, const struct nat_pk
  * the stack sent it, and that outcome is cached too (NAT_NH_STACK), so that
  * a refused lookup is not repeated for every packet.
  */
-static __always_inline int to_gateway_cached(struct __sk_buff *skb, struct nat_entry *e,
-					     const struct nat_pkt *to)
+static __noinline int to_gateway_lookup(struct __sk_buff *skb, struct nat_entry *e,
+					 const struct nat_pkt *to, __u32 now)
 {
-	__u32 now = nat_tick();
-	if (e->nh_ifindex == NAT_NH_STACK && now - e->nh_at < NAT_NH_TTL)
-		return NAT_PASS;
 	struct nat_hop hop;
+	__u32 ifindex = skb->ifindex;
 	if (e->nh_ifindex == NAT_NH_STACK)
 		e->nh_ifindex = 0; /* expired: ask the FIB again */
-	if (nat_next_hop(skb, e, to, skb->ifindex, BPF_FIB_LOOKUP_OUTPUT, &hop) < 0) {
+	if (nat_next_hop(skb, e, to, ifindex, BPF_FIB_LOOKUP_OUTPUT, now, &hop) < 0) {
 		/* No answer: as the stack would, send it where it was going. */
 		e->nh_at = now;
 		e->nh_ifindex = NAT_NH_STACK;
 		return NAT_PASS;
 	}
-	if (hop.resolved && hop.ifindex == skb->ifindex)
-		return nat_set_macs(skb, hop.dmac, hop.smac) < 0 ? TC_ACT_SHOT : NAT_PASS;
+	if (hop.resolved && hop.ifindex == ifindex) {
+		/* The source: the FIB's, or (cached) the one the stack wrote, this device's own. */
+		if (hop.fresh)
+			return nat_set_macs(skb, hop.dmac, hop.smac) < 0 ? TC_ACT_SHOT : NAT_PASS;
+		return nat_set_dmac(skb, hop.dmac) < 0 ? TC_ACT_SHOT : NAT_PASS;
+	}
 	return bpf_redirect_neigh(hop.ifindex, 0, 0, 0);
+}
+
+static __always_inline int to_gateway_cached(struct __sk_buff *skb, struct nat_entry *e,
+					     const struct nat_pkt *to, __u32 now)
+{
+	if (e->nh_ifindex == NAT_NH_STACK && now - e->nh_at < NAT_NH_TTL)
+		return NAT_PASS;
+	return to_gateway_lookup(skb, e, to, now);
+}
+
+/*
+ * A leaving packet of a flow with no usable entry: a pass entry's (kept
+ * fresh), one for the driver (held), or one that is not dpm's (passes).
+ */
+static __noinline int out_unknown(struct __sk_buff *skb, const struct nat_pkt *p,
+				  struct nat_entry *e)
+{
+	if (e && (e->flags & NAT_F_PASS)) {
+		__u64 now = nat_now();
+		if (e->last_ns != now)
+			e->last_ns = now;
+		return NAT_PASS;
+	}
+	if (!to_hold(skb, p))
+		return NAT_PASS;
+	frag_note(p, NAT_DIR_OUT, 0, 1);
+	return hold(skb, NAT_DIR_OUT);
 }
 
 SEC("tc")
@@ -273,22 +308,15 @@ int dpm_host_out(struct __sk_buff *skb)
 	if (p.frag == NAT_FRAG_REST)
 		return rest(skb, &p, NAT_DIR_OUT);
 	struct nat_entry *e = p.proto == IPPROTO_ICMP ? 0 : lookup(&p, NAT_DIR_OUT);
-	if (!usable(e)) {
-		if (e && (e->flags & NAT_F_PASS)) {
-			e->last_ns = bpf_ktime_get_coarse_ns();
-			return NAT_PASS;
-		}
-		if (!to_hold(skb, &p))
-			return NAT_PASS;
-		frag_note(&p, NAT_DIR_OUT, 0, 1);
-		return hold(skb, NAT_DIR_OUT);
-	}
+	if (!usable(e))
+		return out_unknown(skb, &p, e);
 	nat_apply(&to, &p, e);
 	if (nat_rewrite(skb, &p, &to, 0) < 0)
 		return TC_ACT_SHOT;
-	nat_count(skb, e, &p);
+	__u64 now = nat_now();
+	nat_count(skb, e, &p, now);
 	frag_note(&p, NAT_DIR_OUT, &to, 0);
-	return to_gateway_cached(skb, e, &to);
+	return to_gateway_cached(skb, e, &to, nat_tick(now));
 }
 
 /*
@@ -297,7 +325,7 @@ int dpm_host_out(struct __sk_buff *skb)
  * answers must leave as they are, as the kernel path's conntrack lets them:
  * a pass entry for the answers' direction (kept fresh while packets come in).
  */
-static __always_inline void note_inbound(const struct nat_pkt *p)
+static __noinline void note_inbound(const struct nat_pkt *p)
 {
 	const struct host_config *cfg = config();
 	if (!cfg || cfg->alive_until_ns == 0 || (p->saddr & cfg->lan_mask) == cfg->lan_net)
@@ -321,6 +349,15 @@ static __always_inline void note_inbound(const struct nat_pkt *p)
 	bpf_map_update_elem(&dpm_nat, &k, &pass, BPF_NOEXIST);
 }
 
+/* An arriving ICMP packet: held for the driver (icmp_to_hold) or passed. */
+static __noinline int icmp_in(struct __sk_buff *skb, const struct nat_pkt *p)
+{
+	if (!icmp_to_hold(skb, p))
+		return NAT_PASS;
+	frag_note(p, NAT_DIR_IN, 0, 1);
+	return hold(skb, NAT_DIR_IN);
+}
+
 SEC("tc")
 int dpm_host_in(struct __sk_buff *skb)
 {
@@ -329,12 +366,8 @@ int dpm_host_in(struct __sk_buff *skb)
 		return NAT_PASS;
 	if (p.frag == NAT_FRAG_REST)
 		return rest(skb, &p, NAT_DIR_IN);
-	if (p.proto == IPPROTO_ICMP) {
-		if (!icmp_to_hold(skb, &p))
-			return NAT_PASS;
-		frag_note(&p, NAT_DIR_IN, 0, 1);
-		return hold(skb, NAT_DIR_IN);
-	}
+	if (p.proto == IPPROTO_ICMP)
+		return icmp_in(skb, &p);
 	struct nat_entry *e = lookup(&p, NAT_DIR_IN);
 	if (!usable(e)) {
 		if (!e)
@@ -344,7 +377,7 @@ int dpm_host_in(struct __sk_buff *skb)
 	nat_apply(&to, &p, e);
 	if (nat_rewrite(skb, &p, &to, 0) < 0)
 		return TC_ACT_SHOT;
-	nat_count(skb, e, &p);
+	nat_count(skb, e, &p, nat_now());
 	frag_note(&p, NAT_DIR_IN, &to, 0);
 	return NAT_PASS;
 }

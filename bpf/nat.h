@@ -62,7 +62,9 @@ struct nat_key {
 	__u16 pad;  /* zero */
 };
 
-/* What a matching packet becomes, and what was seen of it (64 bytes). */
+/* What a matching packet becomes, and what was seen of it (56 bytes: with the hash map's own
+ * 48-byte element header and the key, 120 bytes, so the kernel allocates each entry from its
+ * 128-byte cache; 8 more would take it to the 192-byte one). */
 struct nat_entry {
 	__be32 saddr; /* 0: keep */
 	__be32 daddr; /* 0: keep */
@@ -74,13 +76,13 @@ struct nat_entry {
 	__u64 last_ns; /* bpf_ktime_get_coarse_ns() (CLOCK_MONOTONIC, tick resolution) at the
 			* last packet counted; 0 before any */
 	/* The programs' cache of the next hop a FIB lookup gave for the translated packet, so that
-	 * a lookup is made about once per NAT_NH_TTL instead of per packet. dpm writes zeros. */
+	 * a lookup is made about once per NAT_NH_TTL instead of per packet. dpm writes zeros. The
+	 * source MAC is the egress device's own: the gateway keeps it once per device
+	 * (nat_config.lan_mac/wan_mac), the host keeps the one its stack wrote. */
 	__u32 nh_ifindex; /* 0: nothing cached; NAT_NH_STACK: the stack's own next hop (host) */
 	__u32 nh_at;      /* when it was looked up, in units of 2^20 ns (about a millisecond) */
 	__u16 nh_mtu;     /* the device's MTU then */
 	__u8 nh_dmac[6];
-	__u8 nh_smac[6];
-	__u16 pad;
 };
 
 /* How long a cached next hop is used: 1000 units of 2^20 ns, about a second. */
@@ -103,7 +105,10 @@ struct nat_config {
 	__be32 gateway;
 	__be32 edge_lo; /* the prefix's network and broadcast addresses; 0 when it has none (/31, /32) */
 	__be32 edge_hi;
-	__u32 pad;
+	/* The LAN and WAN devices' own MACs, the source of the packets redirected to them: written
+	 * by the programs from the FIB's answers (dpm writes zeros; zero: not known yet). */
+	__u8 lan_mac[6];
+	__u8 wan_mac[6];
 };
 
 /* The host's one configuration record, `dpm_hcfg[0]`, written by the driver. */

@@ -4,9 +4,10 @@
  * the rewrite with incremental checksums. Included by gateway.bpf.c and
  * host.bpf.c only.
  *
- * Checksums. Every change goes through the kernel's own helpers
- * (bpf_l3_csum_replace, bpf_l4_csum_replace), never arithmetic of ours on the
- * packet, because only they know the skb's checksum state:
+ * Checksums. Every TCP/UDP checksum change goes through the kernel's own
+ * helper (bpf_l4_csum_replace), never arithmetic of ours on the packet,
+ * because only it knows the skb's checksum state (the IPv4 header checksum,
+ * which no state touches, is updated here: nat_csum_replace):
  * - CHECKSUM_NONE / CHECKSUM_UNNECESSARY: the fields are updated as RFC 1624
  *   says (HC' = ~(~HC + ~m + m'));
  * - CHECKSUM_PARTIAL (locally sent packets, veth, GSO): the TCP/UDP field
@@ -192,14 +193,26 @@ static __always_inline void nat_set_flags(struct nat_entry *e, __u32 bits)
 		__sync_fetch_and_or(&e->flags, bits);
 }
 
-/* Counts one packet (a GSO packet: its segments) into an entry, with the time and TCP FIN/RST. */
+/* The packet's time (CLOCK_MONOTONIC at tick resolution): read once per packet, it serves the
+ * entry's last_ns and the next-hop cache's age (a clock read is a helper call). */
+static __always_inline __u64 nat_now(void)
+{
+	return bpf_ktime_get_coarse_ns();
+}
+
+/*
+ * Counts one packet (a GSO packet: its segments) into an entry, with the time
+ * `now` (nat_now) and TCP FIN/RST. last_ns is written only when the coarse
+ * clock moved (once per tick, not per packet).
+ */
 static __always_inline void nat_count(struct __sk_buff *skb, struct nat_entry *e,
-				      const struct nat_pkt *p)
+				      const struct nat_pkt *p, __u64 now)
 {
 	__u32 segs = skb->gso_segs;
 	__sync_fetch_and_add(&e->packets, segs > 1 ? segs : 1);
 	__sync_fetch_and_add(&e->bytes, p->ip_len);
-	e->last_ns = bpf_ktime_get_coarse_ns();
+	if (e->last_ns != now)
+		e->last_ns = now;
 	if (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
 		nat_set_flags(e, ((p->tcp_flags & TCP_FLAG_FIN) ? NAT_F_FIN : 0) |
 				       ((p->tcp_flags & TCP_FLAG_RST) ? NAT_F_RST : 0));
@@ -219,11 +232,26 @@ static __always_inline __u32 csum_delta32(__u32 old, __u32 new)
 }
 
 /*
+ * A 16-bit checksum field after the summed bytes changed by `diff` (RFC 1624,
+ * what the kernel's csum_replace_by_diff computes). Only for the IPv4 header
+ * checksum: it is always complete in the header (never offloaded), so no skb
+ * state is involved, and doing it here spares a helper call per packet.
+ */
+static __always_inline __u16 nat_csum_replace(__u16 check, __u32 diff)
+{
+	__u32 s = csum_add32(diff, ~(__u32)check);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
+/*
  * Rewrites the packet's addresses and ports from `p` to `to`, with the IPv4
  * header checksum and the TCP/UDP checksum updated incrementally; with
  * `forward`, decrements the TTL too (the caller checked it is above 1).
- * Three helper calls carry every checksum change (the deltas are summed
- * here, RFC 1624); the fields are then written in place. A later fragment
+ * At most two helper calls carry the TCP/UDP checksum's changes (the
+ * deltas are summed here, RFC 1624), the IPv4 header checksum is updated
+ * here (nat_csum_replace); the fields are then written in place. A later fragment
  * has only its addresses (and IP checksum) changed: the transport checksum,
  * which covers the whole datagram, is in the first fragment. Returns 0, or
  * -1 when a helper refused (the packet may then be half rewritten: the
@@ -254,13 +282,12 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct nat_p
 		if (old_ports != new_ports && bpf_l4_csum_replace(skb, csum_off, 0, port_diff, mm0) < 0)
 			return -1;
 	}
-	if (bpf_l3_csum_replace(skb, IP_OFF + offsetof(struct iphdr, check), 0, l3_diff, 0) < 0)
-		return -1;
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	if (data + L4_OFF + 4 > end)
 		return -1;
 	struct iphdr *ip = data + IP_OFF;
+	ip->check = nat_csum_replace(ip->check, l3_diff);
 	ip->saddr = to->saddr;
 	ip->daddr = to->daddr;
 	if (forward)
@@ -291,6 +318,18 @@ static __always_inline int nat_set_macs(struct __sk_buff *skb, const __u8 *dmac,
 	return 0;
 }
 
+/* The destination Ethernet address of a packet whose source is already the right one. */
+static __always_inline int nat_set_dmac(struct __sk_buff *skb, const __u8 *dmac)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if (data + sizeof(*eth) > end)
+		return -1;
+	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+	return 0;
+}
+
 /* Where a translated packet goes next: the egress device, its MTU, the link addresses. */
 struct nat_hop {
 	__u32 ifindex;
@@ -298,40 +337,27 @@ struct nat_hop {
 	__u8 dmac[6];
 	__u8 smac[6];
 	int resolved; /* 0: the neighbour is not resolved yet (redirect through the neighbour code) */
+	__u32 at;     /* when it is asked for (nat_tick): the cache's nh_at */
+	int fresh;    /* 1: the FIB answered now (smac set); 0: from the entry's cache (smac not) */
 };
 
 /* The time unit of nat_entry.nh_at: 2^20 ns. */
-static __always_inline __u32 nat_tick(void)
+static __always_inline __u32 nat_tick(__u64 now)
 {
-	return (__u32)(bpf_ktime_get_coarse_ns() >> 20);
+	return (__u32)(now >> 20);
 }
 
-/*
- * The next hop of packet `to` (already translated) arriving on `ifindex`:
- * the entry's cache while it is fresh, else a FIB lookup (`fib_flags`), whose
- * resolved answer is cached. A plain packet larger than the way out's MTU,
- * a route the FIB cannot give, or a packet of an unusual size on the
- * cached path returns -1: the stack handles it (fragments, answers ICMP).
- */
-static __always_inline int nat_next_hop(struct __sk_buff *skb, struct nat_entry *e,
-					const struct nat_pkt *to, __u32 ifindex, __u32 fib_flags,
-					struct nat_hop *hop)
+/* The FIB's answer for nat_next_hop (out of line: a BPF subprogram, since it is needed about once
+ * a second per session, not per packet). `hop->ifindex` names the arriving interface on entry. */
+static __noinline int nat_next_hop_fib(struct __sk_buff *skb, struct nat_entry *e,
+				       const struct nat_pkt *to, __u32 fib_flags, struct nat_hop *hop)
 {
-	__u32 now = nat_tick();
-	if (e->nh_ifindex && now - e->nh_at < NAT_NH_TTL) {
-		hop->ifindex = e->nh_ifindex;
-		hop->mtu = e->nh_mtu;
-		__builtin_memcpy(hop->dmac, e->nh_dmac, ETH_ALEN);
-		__builtin_memcpy(hop->smac, e->nh_smac, ETH_ALEN);
-		hop->resolved = 1;
-		return 0;
-	}
 	struct bpf_fib_lookup fib = {};
 	fib.family = 2; /* AF_INET */
 	fib.l4_protocol = to->proto;
 	fib.sport = to->sport;
 	fib.dport = to->dport;
-	fib.ifindex = ifindex;
+	fib.ifindex = hop->ifindex;
 	fib.tos = to->tos;
 	fib.ipv4_src = to->saddr;
 	fib.ipv4_dst = to->daddr;
@@ -340,6 +366,7 @@ static __always_inline int nat_next_hop(struct __sk_buff *skb, struct nat_entry 
 		return -1;
 	hop->ifindex = fib.ifindex;
 	hop->resolved = rc == BPF_FIB_LKUP_RET_SUCCESS;
+	hop->fresh = 1;
 	__u32 mtu = 0;
 	if (bpf_check_mtu(skb, fib.ifindex, &mtu, 0, 0) < 0 || mtu == 0 || mtu > 0xffff)
 		mtu = 0;
@@ -351,10 +378,35 @@ static __always_inline int nat_next_hop(struct __sk_buff *skb, struct nat_entry 
 		e->nh_ifindex = fib.ifindex;
 		e->nh_mtu = mtu;
 		__builtin_memcpy(e->nh_dmac, fib.dmac, ETH_ALEN);
-		__builtin_memcpy(e->nh_smac, fib.smac, ETH_ALEN);
-		e->nh_at = now;
+		e->nh_at = hop->at;
 	}
 	return 0;
+}
+
+/*
+ * The next hop of packet `to` (already translated) arriving on `ifindex` at
+ * `now` (nat_tick): the entry's cache while it is fresh, else a FIB lookup
+ * (`fib_flags`), whose resolved answer is cached. The source MAC (smac) is
+ * only in a FIB answer (`fresh`): from the cache, the caller knows it. A plain packet larger than
+ * the way out's MTU, a route the FIB cannot give, or a packet of an unusual
+ * size on the cached path returns -1: the stack handles it (fragments,
+ * answers ICMP).
+ */
+static __always_inline int nat_next_hop(struct __sk_buff *skb, struct nat_entry *e,
+					const struct nat_pkt *to, __u32 ifindex, __u32 fib_flags,
+					__u32 now, struct nat_hop *hop)
+{
+	if (e->nh_ifindex && now - e->nh_at < NAT_NH_TTL) {
+		hop->ifindex = e->nh_ifindex;
+		hop->mtu = e->nh_mtu;
+		__builtin_memcpy(hop->dmac, e->nh_dmac, ETH_ALEN);
+		hop->resolved = 1;
+		hop->fresh = 0;
+		return 0;
+	}
+	hop->ifindex = ifindex;
+	hop->at = now;
+	return nat_next_hop_fib(skb, e, to, fib_flags, hop);
 }
 
 /* Whether the packet fits the way out (`mtu`: the device's; a GSO packet by its segments). */

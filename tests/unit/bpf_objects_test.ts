@@ -110,8 +110,6 @@ Deno.test("bpf objects: layout.ts mirrors nat.h as compiled (BTF offsets and siz
       NH_AT: "nh_at",
       NH_MTU: "nh_mtu",
       NH_DMAC: "nh_dmac",
-      NH_SMAC: "nh_smac",
-      PAD: "pad",
     });
     if (role === "gateway") {
       check("nat_config", NatConfigLayout, {
@@ -122,7 +120,8 @@ Deno.test("bpf objects: layout.ts mirrors nat.h as compiled (BTF offsets and siz
         GATEWAY: "gateway",
         EDGE_LO: "edge_lo",
         EDGE_HI: "edge_hi",
-        PAD: "pad",
+        LAN_MAC: "lan_mac",
+        WAN_MAC: "wan_mac",
       });
     } else {
       check("host_config", HostConfigLayout, {

@@ -74,10 +74,12 @@ export const NatKeyLayout = {
 } as const;
 
 /**
- * `struct nat_entry` (64 bytes): saddr 0, daddr 4, sport 8, dport 10,
+ * `struct nat_entry` (56 bytes): saddr 0, daddr 4, sport 8, dport 10,
  * flags 12, packets 16, bytes 24, last_ns 32; then the programs' next-hop
- * cache (nh_ifindex 40, nh_at 44, nh_mtu 48, nh_dmac 50, nh_smac 56, pad
- * 62), which dpm writes as zeros and never reads.
+ * cache (nh_ifindex 40, nh_at 44, nh_mtu 48, nh_dmac 50), which dpm writes
+ * as zeros and never reads. 56, not more: with the kernel's element header
+ * and the key, an entry then fits the kernel's 128-byte allocation size
+ * (bpf/nat.h).
  */
 export const NatEntryLayout = {
   SADDR: 0,
@@ -92,15 +94,14 @@ export const NatEntryLayout = {
   NH_AT: 44,
   NH_MTU: 48,
   NH_DMAC: 50,
-  NH_SMAC: 56,
-  PAD: 62,
-  SIZE: 64,
+  SIZE: 56,
 } as const;
 
 /**
- * `struct nat_config` (32 bytes): lan_ifindex 0, wan_ifindex 4 (host
+ * `struct nat_config` (40 bytes): lan_ifindex 0, wan_ifindex 4 (host
  * order); lan_net 8, lan_mask 12, gateway 16, edge_lo 20, edge_hi 24
- * (network order), pad 28.
+ * (network order); lan_mac 28, wan_mac 34 (the devices' MACs, which the
+ * programs learn from the FIB: dpm writes zeros).
  */
 export const NatConfigLayout = {
   LAN_IFINDEX: 0,
@@ -110,8 +111,9 @@ export const NatConfigLayout = {
   GATEWAY: 16,
   EDGE_LO: 20,
   EDGE_HI: 24,
-  PAD: 28,
-  SIZE: 32,
+  LAN_MAC: 28,
+  WAN_MAC: 34,
+  SIZE: 40,
 } as const;
 
 /**

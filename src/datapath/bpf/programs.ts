@@ -77,6 +77,7 @@ import { type Cidr, prefixMask } from "../../wire/addr.ts";
 import {
   configBytes,
   keyBytes,
+  NatConfigLayout,
   type NatEntry,
   NatEntryLayout,
   type NatKey,
@@ -248,6 +249,9 @@ function previousMaps(role: BpfRole, idx: Map<string, number>): Map<string, numb
             if (mi.keySize !== NatKeyLayout.SIZE || mi.valueSize !== NatEntryLayout.SIZE) {
               return null; // another layout: start afresh
             }
+          }
+          if (mi.name === CONFIG_MAP && mi.valueSize !== NatConfigLayout.SIZE) {
+            return null; // another version's configuration record: start afresh
           }
           // Only the maps dpm shares across runs (an object's internal maps stay its own).
           if (mi.name === NAT_MAP || mi.name === CONFIG_MAP) maps.set(mi.name, mid);
