@@ -11,7 +11,8 @@
  * microtask calls it otherwise): up to {@link MAX_ENTRIES} requests per
  * datagram, every datagram of the turn in one `sendmmsg`. The answers of one
  * datagram come back in one datagram; each entry is matched by its own
- * nonce (a random 32-bit half fixed per client, a counter half), so
+ * nonce (a random 32-bit half fixed per client, a counter half that skips
+ * the values whose slot in `flights.ts` is taken), so
  * retransmissions may travel in other datagrams.
  *
  * Retransmission: a request a first packet waits on (`urgent`: the gateway
@@ -56,7 +57,8 @@
  * Where things are. This file: the request API, flushing a turn, answers,
  * cookies and versions. The retransmission delay, the timer wheel and the
  * pacing are `retransmit.ts`; building and sending the request datagrams
- * (both versions) is `outbox.ts`.
+ * (both versions) is `outbox.ts`; the table of requests in flight by nonce
+ * (the nonce chosen to fit it) is `flights.ts`.
  *
  * @module
  */
