@@ -129,10 +129,10 @@ export async function driverMemory(
   d.attach(dp, io);
   // N sessions from one host: ports 1024.. toward two peers' ports. Each
   // packet is built as it is handed over, never kept here: packets built
-  // ahead (before the baseline) were counted in the baseline and freed by
-  // the settled measurement, which took ~210 B per session off the settled
-  // figure, and off the in-flight one or not, as V8's on-stack replacement
-  // of the loop happened to end their liveness (the 2.39x / 1.55x of earlier runs).
+  // ahead (before the baseline) were counted in the baseline, then freed
+  // once V8's on-stack replacement of the loop ended their liveness:
+  // always by the settled measurement (~210 B per session off it), by the
+  // in-flight one in some runs only (the 2.39x / 1.55x of earlier runs).
   const packet = (i: number) =>
     buildUdp({
       src: H1,
