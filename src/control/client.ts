@@ -11,7 +11,8 @@
  * microtask calls it otherwise): up to {@link MAX_ENTRIES} requests per
  * datagram, every datagram of the turn in one `sendmmsg`. The answers of one
  * datagram come back in one datagram; each entry is matched by its own
- * nonce (a random 32-bit half fixed per client, a counter half), so
+ * nonce (a random 32-bit half fixed per client, a counter half that skips
+ * the values whose slot in `flights.ts` is taken), so
  * retransmissions may travel in other datagrams.
  *
  * Retransmission: a request a first packet waits on (`urgent`: the gateway
@@ -56,7 +57,8 @@
  * Where things are. This file: the request API, flushing a turn, answers,
  * cookies and versions. The retransmission delay, the timer wheel and the
  * pacing are `retransmit.ts`; building and sending the request datagrams
- * (both versions) is `outbox.ts`.
+ * (both versions) is `outbox.ts`; the table of requests in flight by nonce
+ * (the nonce chosen to fit it) is `flights.ts`.
  *
  * @module
  */
@@ -93,6 +95,7 @@ import {
 } from "./retransmit.ts";
 
 import { type DatagramLink, Outbox } from "./outbox.ts";
+import { FlightTable } from "./flights.ts";
 
 export type { RetryOptions } from "./retransmit.ts";
 export type { DatagramLink } from "./outbox.ts";
@@ -186,8 +189,8 @@ export class ControlClient implements ControlTransport {
   readonly #now: () => number;
   readonly #salt: number;
   #seq: number;
-  /** Requests in flight (sent or waiting to be), by nonce. */
-  readonly #flights = new Map<number, Flight>();
+  /** Requests in flight (sent or waiting to be), by nonce (`flights.ts`: no `Map` entry each). */
+  readonly #flights = new FlightTable<Flight>();
   /** New requests to transmit, in order (within the window). */
   #ready: Flight[] = [];
   #readyHead = 0;
@@ -275,9 +278,12 @@ export class ControlClient implements ControlTransport {
       queueMicrotask(() => done(ask, null));
       return;
     }
+    // The next nonce whose slot of the table is free (and not a given-up one's).
+    const flights = this.#flights;
+    flights.room();
     let seq = this.#seq;
+    while (!flights.free(seq) || this.#late.has(seq)) seq = seq >= 0x3fffffff ? 1 : seq + 1;
     this.#seq = seq >= 0x3fffffff ? 1 : seq + 1;
-    while (this.#flights.has(seq) || this.#late.has(seq)) seq = seq >= 0x3fffffff ? 1 : seq + 1;
     const f: Flight = {
       op,
       ask,
@@ -292,7 +298,7 @@ export class ControlClient implements ControlTransport {
       slot: -1,
       refused: 0,
     };
-    this.#flights.set(seq, f);
+    flights.add(f);
     this.#ready.push(f);
     if (this.#inFlight >= this.#o.window) this.stats.queued++;
     if (!this.#flushQueued) {
@@ -481,7 +487,7 @@ export class ControlClient implements ControlTransport {
 
   /** Takes `f` out of flight (answered or given up). */
   #settle(f: Flight): void {
-    this.#flights.delete(f.seq);
+    this.#flights.delete(f);
     if (f.sent > 0) this.#inFlight--;
     f.seq = 0;
   }
@@ -654,7 +660,7 @@ export class ControlClient implements ControlTransport {
     if (this.#closed) return;
     this.#closed = true;
     clearTimeout(this.#timer);
-    const all = [...this.#flights.values()];
+    const all = this.#flights.values();
     this.#flights.clear();
     this.#ready.length = 0;
     this.#again.length = 0;

@@ -136,7 +136,11 @@ export class Wheel {
    * filed again. Returns the earliest time the timer must fire for those,
    * ms (Infinity: none).
    */
-  turn<F extends Scheduled>(now: number, flights: Map<number, F>, due: (f: F) => void): number {
+  turn<F extends Scheduled>(
+    now: number,
+    flights: { get(seq: number): F | undefined },
+    due: (f: F) => void,
+  ): number {
     const last = Math.floor(now / SLOT_MS);
     const later: F[] = [];
     const end = Math.min(last, this.#at + SLOTS - 1);
