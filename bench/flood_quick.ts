@@ -10,7 +10,7 @@
 
 import { createTopology, destroyOnSignal } from "../testing/topology.ts";
 import { startDpm } from "../testing/launch.ts";
-import { type FloodSource, floodRow } from "./flood.ts";
+import { floodRow, type FloodSource } from "./flood.ts";
 
 const args = Deno.args;
 const opt = (k: string, d: string) => {

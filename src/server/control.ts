@@ -34,6 +34,7 @@ import {
   MAGIC,
   Op,
   PROTOCOL_VERSION,
+  requestClaim,
   RESPONSE_BIT,
   responseFor,
 } from "../control/proto.ts";
@@ -122,6 +123,12 @@ export class ControlService {
   unanswered = 0;
   /** Datagrams dropped unanswered because their source is not a LAN host. */
   notHost = 0;
+  /**
+   * Unverified request datagrams shed (counted, not decoded, logged or
+   * answered) while their source's refusal budget was spent; also counted
+   * in {@linkcode unanswered}.
+   */
+  shed = 0;
   /** LAN hosts' datagrams by the protocol version they spoke (2 or 3; "other": older or newer). */
   readonly datagrams = { v2: 0, v3: 0, other: 0 };
 
@@ -149,12 +156,53 @@ export class ControlService {
     const version = msg.length >= 3 ? msg[2]! : 0;
     if (version === BATCH_VERSION) {
       this.datagrams.v3++;
+      if (this.#shed(msg, src, now, true)) return null;
       return this.#batch(msg, src, now);
     }
-    if (version === PROTOCOL_VERSION) this.datagrams.v2++;
-    else this.datagrams.other++;
+    if (version === PROTOCOL_VERSION) {
+      this.datagrams.v2++;
+      if (this.#shed(msg, src, now, false)) return null;
+    } else this.datagrams.other++;
     if (version > BATCH_VERSION && isOurs(msg)) return this.#newer(msg, src, now);
     return this.#single(msg, src, now);
+  }
+
+  /**
+   * Sheds a request datagram that claims another address than its source
+   * (NOT_AUTHORIZED) or carries no valid cookie for it (COOKIE_REQUIRED)
+   * while the source's refusal budget is spent: such a datagram changes
+   * nothing and would not be answered, so it is counted by its header's
+   * claim and dropped before its request is decoded or its refusal
+   * described. A flood's datagrams then cost the server a read of the
+   * header each, and the honest hosts' requests that share its turns wait
+   * less (docs/performance.md, "Under a flood"). Its entries are counted
+   * with that result even if one of them would have been malformed, and
+   * its refusal is not logged (the source's first refusals of each budget
+   * window were). Returns whether it shed the datagram.
+   */
+  #shed(msg: Uint8Array, src: number, now: number, batch: boolean): boolean {
+    const d = this.#d;
+    if (!d.refusals.spent(src, now)) return false;
+    let claim: { internalAddr: number; cookie: Uint8Array } | null = null;
+    let entries = 1;
+    if (batch) {
+      const h = decodeRequestHeader(msg);
+      if (h.ok) {
+        claim = h;
+        entries = h.count;
+      }
+    } else claim = requestClaim(msg);
+    if (claim === null) return false;
+    const result = claim.internalAddr !== src
+      ? Result.NOT_AUTHORIZED
+      : !d.cookies.valid(src, claim.cookie, now)
+      ? Result.COOKIE_REQUIRED
+      : Result.OK;
+    if (result === Result.OK) return false;
+    d.results[result]! += entries;
+    this.shed++;
+    this.unanswered++;
+    return true;
   }
 
   /** A version this server does not speak yet: UNSUPPORTED_VERSION, within the refusal budget. */
