@@ -98,8 +98,8 @@ export interface ControlDeps {
   remoteIsOutside(x: number): boolean;
   /** A refusal, for `dpm status --host` and the operator's events. */
   noteRefusal(src: number, result: number, request: string, now: number): void;
-  /** Writes a refusal line within the log budget. */
-  logRefusal(now: number, line: string): void;
+  /** Writes a refusal line within the log budget (a function: called only when the budget takes it). */
+  logRefusal(now: number, line: string | (() => string)): void;
 }
 
 /** The gateway's control protocol service. */
@@ -202,7 +202,49 @@ export class ControlService {
     d.results[result]! += entries;
     this.shed++;
     this.unanswered++;
+    d.logRefusal(now, () => this.#shedLine(msg, src, result, batch));
     return true;
+  }
+
+  /** The line the full path would have logged for a shed datagram (decoded only when logged). */
+  #shedLine(msg: Uint8Array, src: number, result: number, batch: boolean): string {
+    const q = this.#ask;
+    let cookie: Uint8Array | undefined;
+    let entries = 1;
+    if (batch) {
+      const h = decodeRequestHeader(msg);
+      const e = this.#entry;
+      if (!h.ok || decodeEntry(msg, 0, h.internalAddr, e) !== null) {
+        return this.#plainLine(src, result);
+      }
+      cookie = h.cookie;
+      entries = h.count;
+      q.op = e.op;
+      q.proto = e.proto;
+      q.a = h.internalAddr;
+      q.pa = e.internalPort;
+      q.x = e.remoteAddr;
+      q.px = e.remotePort;
+      q.lifetime = e.lifetime;
+    } else {
+      const dec = decodeRequest(msg);
+      if (!dec.ok) return this.#plainLine(src, result);
+      cookie = dec.req.cookie;
+      q.op = dec.req.op;
+      q.proto = dec.req.proto;
+      q.a = dec.req.internalAddr;
+      q.pa = dec.req.internalPort;
+      q.x = dec.req.remoteAddr;
+      q.px = dec.req.remotePort;
+      q.lifetime = dec.req.lifetime;
+    }
+    return this.#refusalLine(q, src, result, cookie, false, entries);
+  }
+
+  #plainLine(src: number, result: number): string {
+    return `refused a request from ${formatIPv4(src)}: ${
+      resultName(result)
+    }; not answered (refusal budget)`;
   }
 
   /** A version this server does not speak yet: UNSUPPORTED_VERSION, within the refusal budget. */
@@ -470,20 +512,37 @@ export class ControlService {
     entries = 1,
   ): void {
     const d = this.#d;
-    const request = describeAsk(q) + (entries > 1 ? ` and ${entries - 1} more` : "");
-    d.noteRefusal(src, result, request, now);
+    d.noteRefusal(src, result, describeEntries(q, entries), now);
     // A cookie-less first request answered with the cookie is the normal handshake.
     const handshake = result === Result.COOKIE_REQUIRED && answered && !hasCookie(cookie);
-    const line = `refused ${request} from ${formatIPv4(src)}: ${resultName(result)}${
+    const line = this.#refusalLine(q, src, result, cookie, answered, entries);
+    if (handshake) log.debug(line);
+    else d.logRefusal(now, line);
+  }
+
+  /** A refusal's log line: the request, the host, the reason, the host's quota use. */
+  #refusalLine(
+    q: Ask,
+    src: number,
+    result: number,
+    cookie: Uint8Array | undefined,
+    answered: boolean,
+    entries: number,
+  ): string {
+    const d = this.#d;
+    return `refused ${describeEntries(q, entries)} from ${formatIPv4(src)}: ${resultName(result)}${
       result === Result.COOKIE_REQUIRED
         ? hasCookie(cookie) ? " (wrong or expired cookie)" : " (no cookie)"
         : ""
     } (host holds ${d.table.sessionsOf(q.a)}/${d.cfg.maxSessionsPerHost} sessions)${
       answered ? "" : "; not answered (refusal budget)"
     }`;
-    if (handshake) log.debug(line);
-    else d.logRefusal(now, line);
   }
+}
+
+/** `describeAsk`, and how many more entries of the datagram share its refusal. */
+function describeEntries(q: Ask, entries: number): string {
+  return describeAsk(q) + (entries > 1 ? ` and ${entries - 1} more` : "");
 }
 
 function fail(result: number): Grant {
