@@ -169,16 +169,16 @@ export class ControlService {
 
   /**
    * Sheds a request datagram that claims another address than its source
-   * (NOT_AUTHORIZED) or carries no valid cookie for it (COOKIE_REQUIRED)
-   * while the source's refusal budget is spent: such a datagram changes
-   * nothing and would not be answered, so it is counted by its header's
-   * claim and dropped before its request is decoded or its refusal
-   * described. A flood's datagrams then cost the server a read of the
-   * header each, and the honest hosts' requests that share its turns wait
-   * less (docs/performance.md, "Under a flood"). Its entries are counted
-   * with that result even if one of them would have been malformed, and
-   * its refusal is not logged (the source's first refusals of each budget
-   * window were). Returns whether it shed the datagram.
+   * (NOT_AUTHORIZED), carries no valid cookie for it (COOKIE_REQUIRED) or
+   * comes from a host over its rate (RATE_LIMITED) while the source's
+   * refusal budget is spent: such a datagram changes nothing and would not
+   * be answered, so it is counted by its header's claim and dropped before
+   * its entries are decoded, checked or described. A flood's datagrams then
+   * cost the server a read of the header each, and the honest hosts'
+   * requests that share its turns wait less (docs/performance.md, "Under a
+   * flood"). Its entries are counted with that result even if one of them
+   * would have been malformed; its refusal line, within the line budget, is
+   * the full path's (decoded only then). Returns whether it shed it.
    */
   #shed(msg: Uint8Array, src: number, now: number, batch: boolean): boolean {
     const d = this.#d;
@@ -197,6 +197,8 @@ export class ControlService {
       ? Result.NOT_AUTHORIZED
       : !d.cookies.valid(src, claim.cookie, now)
       ? Result.COOKIE_REQUIRED
+      : d.limiter.spent(src, now)
+      ? Result.RATE_LIMITED // every entry would be: no token comes back within a datagram
       : Result.OK;
     if (result === Result.OK) return false;
     d.results[result]! += entries;

@@ -655,6 +655,29 @@ Deno.test("server: once a source's refusal budget is spent, its unverified datag
   assert.ok(core.handleControl(encodeRequest(req({ internalPort: 52000 })), H1));
 });
 
+Deno.test("server: a host over its rate with its refusal budget spent is shed too, counted rate-limited; a second later it is served", () => {
+  let now = 3_700_000;
+  const cfg = serverCfg({ rateLimit: 10 }); // burst 20
+  const core = new ServerCore(cfg, { lan: cfg.lan, now: () => now });
+  const cookie = cookieOf(core, H1)!;
+  let answers = 0;
+  for (let i = 0; i < 200; i++) {
+    if (core.handleControl(encodeRequest(req({ internalPort: 20000 + i, cookie })), H1)) answers++;
+  }
+  const ok = core.results[Result.OK]!;
+  assert.equal(core.table.size, ok);
+  assert.ok(ok >= 19 && ok <= 20, `${ok} granted within the burst`);
+  assert.equal(core.results[Result.RATE_LIMITED], 200 - ok, "every other one counted rate-limited");
+  assert.ok(answers - ok <= REFUSAL_BURST, `${answers - ok} refusals answered`);
+  assert.ok(core.shed >= 200 - ok - REFUSAL_BURST, `${core.shed} shed`);
+  now += 1000;
+  const r = core.handleControl(encodeRequest(req({ internalPort: 29999, cookie })), H1);
+  assert.ok(r);
+  const d = decodeResponse(r);
+  assert.ok(d.ok);
+  assert.equal(d.res.result, Result.OK);
+});
+
 Deno.test("server: refusals are logged at info, rate-limited, with host, tuple, reason and quota use", () => {
   let now = 4_000_000;
   const lines: string[] = [];
