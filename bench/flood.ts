@@ -14,7 +14,10 @@
  *   server refuses every one COOKIE_REQUIRED and answers them (to h3)
  *   within h3's refusal budget;
  * - `own`: h2's own address: a host flooding in its own name (its datagrams
- *   are as cheap to refuse, and its answers come back to it).
+ *   are as cheap to refuse, and its answers come back to it);
+ * - `cookie`: h2 in its own name holding its cookie (bench/flood_sender.ts,
+ *   a UDP socket): its requests pass the cookie check and meet its rate
+ *   limit, RATE_LIMITED beyond it.
  *
  * The honest host's figures with the flood beside the same without it are
  * the row; the flood's own rate is what the receiver side (the gateway's
@@ -32,7 +35,7 @@ import { encodeRequest, Op } from "../src/control/proto.ts";
 const HERE = fileURLToPath(new URL(".", import.meta.url));
 
 /** Whose address the flood's datagrams carry. */
-export type FloodSource = "forged" | "own";
+export type FloodSource = "forged" | "own" | "cookie";
 
 /** The honest host's figures in one run (bench/flood_probe.ts's JSON line). */
 export interface ProbeResult {
@@ -125,8 +128,18 @@ async function probeRun(
   // The flood starts half a second before the probe and ends after it (its drain too).
   const flooder = flood === null ? null : t.exec(
     h2.ns,
-    rawFloodFor(floodPackets(t, flood === "forged" ? h3.addr : h2.addr), start - 500, seconds + 1),
-    { timeoutMs: (seconds + 30) * 1000 },
+    flood === "cookie"
+      ? [
+        ...denoScript(`${HERE}flood_sender.ts`),
+        ...["--server", t.gateway.lanText, "--addr", h2.addrText],
+        ...["--seconds", String(seconds + 1), "--start", String(start - 500)],
+      ]
+      : rawFloodFor(
+        floodPackets(t, flood === "forged" ? h3.addr : h2.addr),
+        start - 500,
+        seconds + 1,
+      ),
+    { timeoutMs: (seconds + 30) * 1000, env: DPM_ENV },
   );
   const probe = await t.exec(h1.ns, [
     ...denoScript(`${HERE}flood_probe.ts`),

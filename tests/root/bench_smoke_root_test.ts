@@ -202,8 +202,16 @@ Deno.test(needsRoot({
         assert.ok(row.sweepNoneExpiredMs >= 0, `table sweep at ${row.sessions}`);
       }
 
-      assert.equal(r.targets.length, 16 + r.config.bursts.length, "targets");
-      for (const name of ["bpf path UDP 64 B", "bpf path TCP", "Kernel path UDP 64 B"]) {
+      assert.equal(r.targets.length, 18 + r.config.bursts.length, "targets");
+      for (
+        const name of [
+          "bpf path UDP 64 B",
+          "bpf path TCP",
+          "Kernel path UDP 64 B",
+          "bpf path: an honest host's reservations beside a flood",
+          "kernel path: an honest host's reservations beside a flood",
+        ]
+      ) {
         assert.ok(r.targets.some((t: { name: string }) => t.name.startsWith(name)), name);
       }
       const burstTargets = r.targets.filter((t: { name: string }) => t.name.startsWith("Burst of"));
