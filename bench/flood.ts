@@ -19,9 +19,10 @@
  *   a UDP socket): its requests pass the cookie check and meet its rate
  *   limit, RATE_LIMITED beyond it.
  *
- * The honest host's figures with the flood beside the same without it are
- * the row; the flood's own rate is what the receiver side (the gateway's
- * counters) saw is not measured: the sender's count is reported.
+ * The row is the honest host's figures beside the flood against the same
+ * without it. The flood's rate is the sender's count (datagrams the sending
+ * socket took); the server's results counters afterwards tell how many it
+ * refused.
  *
  * @module
  */
