@@ -32,6 +32,7 @@ import type { Topology } from "../testing/topology.ts";
 import { denoScript, type Dpm, DPM_ENV } from "../testing/launch.ts";
 import { buildUdp } from "../testing/packets.ts";
 import { encodeRequest, Op } from "../src/control/proto.ts";
+import { CLK_TCK, processTicks } from "./measure.ts";
 
 const HERE = fileURLToPath(new URL(".", import.meta.url));
 
@@ -57,6 +58,8 @@ export interface FloodResult {
   flooded: ProbeResult;
   /** Datagrams the flooder sent, per second. */
   floodPerSec: number;
+  /** The server's CPU time over the flooded run per flood datagram it counted, µs. */
+  serverUsPerFloodDatagram: number | null;
   /** The server's counters after the flooded run (results by name, unanswered refusals). */
   server: Record<string, unknown> | null;
 }
@@ -180,8 +183,18 @@ export async function floodRow(
 ): Promise<FloodResult> {
   if (t.hosts.length < 3) throw new Error("the flood bench needs 3 hosts");
   const quiet = await probeRun(t, o.seconds, o.rate, null);
+  const refusals = async () => {
+    const st = await d.status().catch(() => null) as Record<string, any> | null;
+    const r = st?.results ?? {};
+    return { st, n: (r["cookie-required"] ?? 0) + (r["rate-limited"] ?? 0) };
+  };
+  const r0 = await refusals();
+  const c0 = processTicks(d.server.pid);
   const flooded = await probeRun(t, o.seconds, o.rate, o.source);
-  const st = await d.status().catch(() => null) as Record<string, unknown> | null;
+  const c1 = processTicks(d.server.pid);
+  const r1 = await refusals();
+  const st = r1.st;
+  const counted = r1.n - r0.n;
   return {
     datapath,
     source: o.source,
@@ -190,6 +203,10 @@ export async function floodRow(
     quiet: quiet.probe,
     flooded: flooded.probe,
     floodPerSec: flooded.floodPerSec,
+    // Includes the honest host's requests and the idle seconds around the flood (small beside it).
+    serverUsPerFloodDatagram: counted > 0
+      ? +(((c1 - c0) * 1e6) / CLK_TCK / counted).toFixed(2)
+      : null,
     server: st ? { results: st.results ?? null, control: st.control ?? null } : null,
   };
 }
