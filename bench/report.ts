@@ -13,6 +13,8 @@
 import type { BurstProbe, Percentiles, SessionProbe, TcpRun, UdpRun } from "./measure.ts";
 import type { DriverMemory } from "./driver_memory.ts";
 export type { DriverMemory };
+import type { FloodResult } from "./flood.ts";
+export type { FloodResult };
 
 /** CPU spent during one UDP flood. */
 export interface CpuRun {
@@ -221,6 +223,8 @@ export interface BenchResult {
   config: Record<string, unknown>;
   dataPlane: Record<Mode, ModeResult>;
   reservations: Record<DataPath, ReserveResult>;
+  /** bench/flood.ts per data path: an honest host's reservations alone and beside a flood. */
+  flood: Record<DataPath, FloodResult>;
   memory: MemoryResult;
   table: { quick: boolean; gc: boolean; rows: TableRow[] };
   /** bench/driver_memory.ts per data path: the driver's heap per session. */
@@ -343,6 +347,15 @@ export function evaluateTargets(r: Omit<BenchResult, "targets">): Target[] {
       value: `${int(r.reservations.kernel.perSec)}/s`,
       met: r.reservations.kernel.perSec >= 50_000,
     },
+    ...(["bpf", "kernel"] as const).map((dp) => {
+      const f = r.flood[dp].flooded;
+      return {
+        name: `${dp} path: an honest host's reservations beside a flood from another host, p99`,
+        target: "< 50 ms, every one answered",
+        value: `${dec(f.latencyMs.p99, 1)} ms, ${int(f.answered)} of ${int(f.sent)} answered`,
+        met: f.latencyMs.p99 !== null && f.latencyMs.p99 < 50 && f.answered === f.sent,
+      };
+    }),
     {
       name: at1M
         ? "Table bytes per session at 1M"
@@ -621,6 +634,40 @@ export function markdown(r: BenchResult): string {
     "",
     "",
     ...tgt("Kernel path reservations"),
+  );
+  const fl = r.flood;
+  const fk = fl.kernel;
+  const probe = (x: FloodResult["quiet"]) =>
+    `${dec(x.latencyMs.p50, 2)} / ${dec(x.latencyMs.p99, 1)} / ${dec(x.latencyMs.max, 1)} (${
+      int(x.answered)
+    } of ${int(x.sent)})`;
+  row(
+    `Honest host's reservations alone (h1, ${int(fk.honestRate)}/s for ${fk.seconds} s): ` +
+      "p50 / p99 / max ms (answered of sent)",
+    probe(fl.bpf.quiet),
+    probe(fk.quiet),
+    probe(fl.queue.quiet),
+    "n/a",
+    "",
+    "",
+    "",
+    "",
+    "",
+  );
+  row(
+    `... beside a flood from h2 (${
+      fk.source === "forged" ? "forged in h3's name" : "in its own name"
+    }, cookie-less version-2 requests; sent/s bpf ${int(fl.bpf.floodPerSec)}, kernel ${
+      int(fk.floodPerSec)
+    }, queue ${int(fl.queue.floodPerSec)})`,
+    probe(fl.bpf.flooded),
+    probe(fk.flooded),
+    probe(fl.queue.flooded),
+    "n/a",
+    "",
+    "",
+    "",
+    ...tgt("bpf path: an honest host", "kernel path: an honest host"),
   );
   const mem = r.memory;
   for (const pk of mem.kernel) {

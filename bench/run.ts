@@ -40,7 +40,10 @@
  * --max-sessions-per-host 1048576`, real --lan-if/--wan-if: on the kernel
  * and bpf paths every grant adds two nft map elements, and on the bpf path
  * two BPF map entries) takes reservations from
- * bench/reserve_load.ts on three hosts at once; one server per data path is
+ * bench/reserve_load.ts on three hosts at once; on each data path a server
+ * with dpm's default limits serves an honest host's new sessions (h1, 200/s)
+ * alone and then beside a raw-socket flood of cookie-less requests from h2
+ * forged in h3's name (bench/flood.ts); one server per data path is
  * filled to 100k and 1M sessions (smoke: a few thousand) while its RSS and
  * the kernel's slab/vmalloc memory are read; conntrack entries made through
  * MASQUERADE are measured the same way; bench/table_bench.ts measures the
@@ -123,6 +126,7 @@ import {
 import { barChart } from "./chart.ts";
 import { summarizeProfiles } from "./profile.ts";
 import { type DriverMemory, driverMemoryChild } from "./driver_memory.ts";
+import { type FloodResult, floodRow } from "./flood.ts";
 
 const HERE = fileURLToPath(new URL(".", import.meta.url));
 
@@ -140,6 +144,9 @@ interface Config {
   /** Sessions of bench/driver_memory.ts, per data path. */
   driverMemorySessions: number;
   reserveSeconds: number;
+  /** The flood row's seconds (alone, then flooded) and the honest host's reservations/s. */
+  floodSeconds: number;
+  floodRate: number;
   reserveAddrsPerHost: number;
   /**
    * Requests in flight per source address in the reservation row (version
@@ -225,6 +232,8 @@ const cfg: Config = args.smoke
     tcpBurst: 100,
     driverMemorySessions: 2000,
     reserveSeconds: 1,
+    floodSeconds: 1,
+    floodRate: 200,
     reserveAddrsPerHost: 2,
     reserveWindow: 90,
     fillWindow: 6,
@@ -243,6 +252,8 @@ const cfg: Config = args.smoke
     tcpBurst: 1000,
     driverMemorySessions: 20_000,
     reserveSeconds: 5,
+    floodSeconds: 5,
+    floodRate: 200,
     reserveAddrsPerHost: 20,
     reserveWindow: 90,
     fillWindow: 6,
@@ -613,6 +624,23 @@ async function reservationLoad(t: Topology, datapath: DataPath): Promise<Reserve
   }
 }
 
+/**
+ * bench/flood.ts on a server of `datapath` with dpm's default limits (the
+ * flood meets the real rate limits and refusal budgets).
+ */
+async function floodLoad(t: Topology, datapath: DataPath): Promise<FloodResult> {
+  const d = await startDpm(t, { driverHosts: [], datapath });
+  try {
+    return await floodRow(t, d, datapath, {
+      seconds: cfg.floodSeconds,
+      rate: cfg.floodRate,
+      source: "forged",
+    });
+  } finally {
+    await stopForGood(t, d, datapath);
+  }
+}
+
 /** Load-generator source addresses per host block: h1 10.0.0.101-151, h2 152-202, h3 203-253. */
 const ADDR_BLOCK = 51;
 
@@ -906,6 +934,7 @@ async function main(): Promise<number> {
   const undoSignals = destroyOnSignal(t);
   const rounds: Record<Mode, RoundData[]> = { masquerade: [], queue: [], kernel: [], bpf: [] };
   let reservations: Record<DataPath, ReserveResult>;
+  let flood: Record<DataPath, FloodResult>;
   let memory: MemoryResult;
   try {
     await startEcho(t, t.peers[0]!.ns);
@@ -930,6 +959,14 @@ async function main(): Promise<number> {
       log(`reservation load, ${dp} path, ${cfg.reserveSeconds} s`);
       reservations[dp] = await reservationLoad(t, dp);
       log(`reservations, ${dp} path: ${reservations[dp].perSec}/s`);
+    }
+    flood = {} as Record<DataPath, FloodResult>;
+    for (const dp of DATA_PATHS) {
+      log(`flood, ${dp} path, ${cfg.floodSeconds} s alone and ${cfg.floodSeconds} s flooded`);
+      const f = flood[dp] = await floodLoad(t, dp);
+      log(
+        `flood, ${dp} path: honest p99 ${f.quiet.latencyMs.p99} ms alone, ${f.flooded.latencyMs.p99} ms beside ${f.floodPerSec}/s (${f.flooded.answered}/${f.flooded.sent} answered)`,
+      );
     }
     // --no-memory: the memory rows are left out (n/a), for runs about the rest.
     memory = {
@@ -961,6 +998,7 @@ async function main(): Promise<number> {
       bpf: aggregate(rounds.bpf),
     },
     reservations,
+    flood,
     memory,
     table: table!,
     driverMemory: driverMemory!,

@@ -459,6 +459,24 @@ export function checkRequestFields(
 }
 
 /**
+ * The internal address and cookie (a view into `b`) a version-2 request
+ * claims, read in place without checking the rest: null unless `b` is
+ * {@link REQUEST_LEN} bytes with the magic, version 2 and the response bit
+ * clear. For the server's shedding of datagrams it would refuse unanswered
+ * anyway (`server/control.ts`); {@linkcode decodeRequest} is the check.
+ */
+export function requestClaim(b: Uint8Array): { internalAddr: number; cookie: Uint8Array } | null {
+  if (
+    b.length !== REQUEST_LEN || ((b[Req.MAGIC]! << 8) | b[Req.MAGIC + 1]!) !== MAGIC ||
+    b[Req.VERSION] !== PROTOCOL_VERSION || (b[Req.OPCODE]! & RESPONSE_BIT) !== 0
+  ) return null;
+  return {
+    internalAddr: view(b).getUint32(Req.INTERNAL_ADDR),
+    cookie: b.subarray(Req.COOKIE, Req.COOKIE + COOKIE_LEN),
+  };
+}
+
+/**
  * Parses and validates a request from untrusted bytes. Never throws.
  *
  * Checks, in order: length >= 4 and magic; response bit clear; version;

@@ -59,6 +59,19 @@ export class RateLimiter {
     return true;
   }
 
+  /**
+   * True when `src` has less than one token at `now`: {@linkcode allow}
+   * would refuse it. Takes nothing and changes nothing (not even the
+   * least-recently-used order), so a caller can skip work it would only
+   * throw away.
+   */
+  spent(src: number, now: number): boolean {
+    const b = this.#buckets.get(src);
+    if (!b) return false;
+    const dt = Math.max(0, now - b.last) / 1000;
+    return Math.min(this.#burst, b.tokens + dt * this.#rate) < 1;
+  }
+
   /** Forgets buckets that have been full (idle) for a while. */
   sweep(now: number): void {
     const full = (this.#burst / this.#rate) * 1000;

@@ -34,6 +34,7 @@ import {
   MAGIC,
   Op,
   PROTOCOL_VERSION,
+  requestClaim,
   RESPONSE_BIT,
   responseFor,
 } from "../control/proto.ts";
@@ -97,8 +98,8 @@ export interface ControlDeps {
   remoteIsOutside(x: number): boolean;
   /** A refusal, for `dpm status --host` and the operator's events. */
   noteRefusal(src: number, result: number, request: string, now: number): void;
-  /** Writes a refusal line within the log budget. */
-  logRefusal(now: number, line: string): void;
+  /** Writes a refusal line within the log budget (a function: called only when the budget takes it). */
+  logRefusal(now: number, line: string | (() => string)): void;
 }
 
 /** The gateway's control protocol service. */
@@ -122,6 +123,12 @@ export class ControlService {
   unanswered = 0;
   /** Datagrams dropped unanswered because their source is not a LAN host. */
   notHost = 0;
+  /**
+   * Unverified request datagrams shed (counted, not decoded, logged or
+   * answered) while their source's refusal budget was spent; also counted
+   * in {@linkcode unanswered}.
+   */
+  shed = 0;
   /** LAN hosts' datagrams by the protocol version they spoke (2 or 3; "other": older or newer). */
   readonly datagrams = { v2: 0, v3: 0, other: 0 };
 
@@ -149,12 +156,97 @@ export class ControlService {
     const version = msg.length >= 3 ? msg[2]! : 0;
     if (version === BATCH_VERSION) {
       this.datagrams.v3++;
+      if (this.#shed(msg, src, now, true)) return null;
       return this.#batch(msg, src, now);
     }
-    if (version === PROTOCOL_VERSION) this.datagrams.v2++;
-    else this.datagrams.other++;
+    if (version === PROTOCOL_VERSION) {
+      this.datagrams.v2++;
+      if (this.#shed(msg, src, now, false)) return null;
+    } else this.datagrams.other++;
     if (version > BATCH_VERSION && isOurs(msg)) return this.#newer(msg, src, now);
     return this.#single(msg, src, now);
+  }
+
+  /**
+   * Sheds a request datagram that claims another address than its source
+   * (NOT_AUTHORIZED), carries no valid cookie for it (COOKIE_REQUIRED) or
+   * comes from a host over its rate (RATE_LIMITED) while the source's
+   * refusal budget is spent: such a datagram changes nothing and would not
+   * be answered, so it is counted by its header's claim and dropped before
+   * its entries are decoded, checked or described. A flood's datagrams then
+   * cost the server a read of the header each, and the honest hosts'
+   * requests that share its turns wait less (docs/performance.md, "Under a
+   * flood"). Its entries are counted with that result even if one of them
+   * would have been malformed; its refusal line, within the line budget, is
+   * the full path's (decoded only then). Returns whether it shed it.
+   */
+  #shed(msg: Uint8Array, src: number, now: number, batch: boolean): boolean {
+    const d = this.#d;
+    if (!d.refusals.spent(src, now)) return false;
+    let claim: { internalAddr: number; cookie: Uint8Array } | null = null;
+    let entries = 1;
+    if (batch) {
+      const h = decodeRequestHeader(msg);
+      if (h.ok) {
+        claim = h;
+        entries = h.count;
+      }
+    } else claim = requestClaim(msg);
+    if (claim === null) return false;
+    const result = claim.internalAddr !== src
+      ? Result.NOT_AUTHORIZED
+      : !d.cookies.valid(src, claim.cookie, now)
+      ? Result.COOKIE_REQUIRED
+      : d.limiter.spent(src, now)
+      ? Result.RATE_LIMITED // every entry would be: no token comes back within a datagram
+      : Result.OK;
+    if (result === Result.OK) return false;
+    d.results[result]! += entries;
+    this.shed++;
+    this.unanswered++;
+    d.logRefusal(now, () => this.#shedLine(msg, src, result, batch));
+    return true;
+  }
+
+  /** The line the full path would have logged for a shed datagram (decoded only when logged). */
+  #shedLine(msg: Uint8Array, src: number, result: number, batch: boolean): string {
+    const q = this.#ask;
+    let cookie: Uint8Array | undefined;
+    let entries = 1;
+    if (batch) {
+      const h = decodeRequestHeader(msg);
+      const e = this.#entry;
+      if (!h.ok || decodeEntry(msg, 0, h.internalAddr, e) !== null) {
+        return this.#plainLine(src, result);
+      }
+      cookie = h.cookie;
+      entries = h.count;
+      q.op = e.op;
+      q.proto = e.proto;
+      q.a = h.internalAddr;
+      q.pa = e.internalPort;
+      q.x = e.remoteAddr;
+      q.px = e.remotePort;
+      q.lifetime = e.lifetime;
+    } else {
+      const dec = decodeRequest(msg);
+      if (!dec.ok) return this.#plainLine(src, result);
+      cookie = dec.req.cookie;
+      q.op = dec.req.op;
+      q.proto = dec.req.proto;
+      q.a = dec.req.internalAddr;
+      q.pa = dec.req.internalPort;
+      q.x = dec.req.remoteAddr;
+      q.px = dec.req.remotePort;
+      q.lifetime = dec.req.lifetime;
+    }
+    return this.#refusalLine(q, src, result, cookie, false, entries);
+  }
+
+  #plainLine(src: number, result: number): string {
+    return `refused a request from ${formatIPv4(src)}: ${
+      resultName(result)
+    }; not answered (refusal budget)`;
   }
 
   /** A version this server does not speak yet: UNSUPPORTED_VERSION, within the refusal budget. */
@@ -422,20 +514,37 @@ export class ControlService {
     entries = 1,
   ): void {
     const d = this.#d;
-    const request = describeAsk(q) + (entries > 1 ? ` and ${entries - 1} more` : "");
-    d.noteRefusal(src, result, request, now);
+    d.noteRefusal(src, result, describeEntries(q, entries), now);
     // A cookie-less first request answered with the cookie is the normal handshake.
     const handshake = result === Result.COOKIE_REQUIRED && answered && !hasCookie(cookie);
-    const line = `refused ${request} from ${formatIPv4(src)}: ${resultName(result)}${
+    const line = this.#refusalLine(q, src, result, cookie, answered, entries);
+    if (handshake) log.debug(line);
+    else d.logRefusal(now, line);
+  }
+
+  /** A refusal's log line: the request, the host, the reason, the host's quota use. */
+  #refusalLine(
+    q: Ask,
+    src: number,
+    result: number,
+    cookie: Uint8Array | undefined,
+    answered: boolean,
+    entries: number,
+  ): string {
+    const d = this.#d;
+    return `refused ${describeEntries(q, entries)} from ${formatIPv4(src)}: ${resultName(result)}${
       result === Result.COOKIE_REQUIRED
         ? hasCookie(cookie) ? " (wrong or expired cookie)" : " (no cookie)"
         : ""
     } (host holds ${d.table.sessionsOf(q.a)}/${d.cfg.maxSessionsPerHost} sessions)${
       answered ? "" : "; not answered (refusal budget)"
     }`;
-    if (handshake) log.debug(line);
-    else d.logRefusal(now, line);
   }
+}
+
+/** `describeAsk`, and how many more entries of the datagram share its refusal. */
+function describeEntries(q: Ask, entries: number): string {
+  return describeAsk(q) + (entries > 1 ? ` and ${entries - 1} more` : "");
 }
 
 function fail(result: number): Grant {

@@ -363,6 +363,11 @@ export class ServerCore {
     return this.#control.unanswered;
   }
 
+  /** Unverified control datagrams shed undecoded while their source's refusal budget was spent (in `unanswered` too). */
+  get shed(): number {
+    return this.#control.shed;
+  }
+
   /**
    * What the gateway's kernel says now (`run.ts`, once a second, read in
    * its namespace): its own addresses (`readLocalAddresses`), never a
@@ -412,9 +417,9 @@ export class ServerCore {
   }
 
   /** Writes a refusal line within the log budget, after a summary of what it held back. */
-  #logRefusal(now: number, line: string): void {
+  #logRefusal(now: number, line: string | (() => string)): void {
     this.#flushRefusalLog(now);
-    if (this.#lines.take(now)) this.#refusalLog(line);
+    if (this.#lines.take(now)) this.#refusalLog(typeof line === "function" ? line() : line);
   }
 
   #flushRefusalLog(now: number): void {

@@ -158,6 +158,19 @@ Deno.test(needsRoot({
           "--max-sessions-per-host",
           "1048576",
         ]);
+        // The flood row: the honest host alone is answered in full, and beside the flood
+        // every answer it got was a grant (the forged flood refused nothing of its own).
+        const fl = r.flood[dp];
+        assert.equal(fl.datapath, dp);
+        assert.equal(fl.source, "forged");
+        positive(fl.quiet.sent, `${dp} flood row: honest requests sent alone`);
+        assert.equal(fl.quiet.answered, fl.quiet.sent, `${dp} alone: every request answered`);
+        assert.equal(fl.quiet.ok, fl.quiet.sent, `${dp} alone: every request granted`);
+        positive(fl.flooded.answered, `${dp} flooded: honest answers`);
+        assert.equal(fl.flooded.ok, fl.flooded.answered, `${dp} flooded: every answer a grant`);
+        positive(fl.floodPerSec, `${dp} flood datagrams/s`);
+        positive(fl.server?.results?.["cookie-required"], `${dp} flood refused for its cookie`);
+        finite(fl.flooded.latencyMs.p99, `${dp} flooded p99`);
         const points = r.memory[dp];
         assert.equal(points.length, r.config.memorySessions.length, `${dp} memory points`);
         for (const p of points) {
@@ -189,8 +202,16 @@ Deno.test(needsRoot({
         assert.ok(row.sweepNoneExpiredMs >= 0, `table sweep at ${row.sessions}`);
       }
 
-      assert.equal(r.targets.length, 16 + r.config.bursts.length, "targets");
-      for (const name of ["bpf path UDP 64 B", "bpf path TCP", "Kernel path UDP 64 B"]) {
+      assert.equal(r.targets.length, 18 + r.config.bursts.length, "targets");
+      for (
+        const name of [
+          "bpf path UDP 64 B",
+          "bpf path TCP",
+          "Kernel path UDP 64 B",
+          "bpf path: an honest host's reservations beside a flood",
+          "kernel path: an honest host's reservations beside a flood",
+        ]
+      ) {
         assert.ok(r.targets.some((t: { name: string }) => t.name.startsWith(name)), name);
       }
       const burstTargets = r.targets.filter((t: { name: string }) => t.name.startsWith("Burst of"));
@@ -229,6 +250,17 @@ Deno.test(needsRoot({
           r.driverMemory[dp].driverBytesPerSession,
           r.driverMemory[dp].inFlightBytesPerSession,
         ]);
+      }
+
+      for (const start of ["Honest host's reservations alone", "... beside a flood from h2"]) {
+        const fr = mdRow(md, start);
+        for (const [i, dp] of cols) {
+          assert.match(
+            fr[i]!,
+            /^[\d.]+ \/ [\d.]+ \/ [\d.]+ \([\d,]+ of [\d,]+\)$/,
+            `${start}, ${dp}`,
+          );
+        }
       }
 
       // Its own namespaces only: other runs may build theirs meanwhile.

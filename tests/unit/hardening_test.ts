@@ -32,6 +32,22 @@ Deno.test("hardening: a flood of 70,000 forged sources neither grows the limiter
   assert.ok(tokens < 20, `its bucket was kept, not refilled by an eviction (${tokens} left)`);
 });
 
+Deno.test("hardening: spent() tells whether allow() would refuse, and takes nothing", () => {
+  const l = new RateLimiter(10, 2);
+  const h = 0x0a00000b;
+  assert.equal(l.spent(h, 0), false, "an unknown source has a full bucket");
+  assert.ok(l.allow(h, 0));
+  assert.equal(l.spent(h, 0), false);
+  assert.ok(l.allow(h, 0));
+  assert.equal(l.spent(h, 0), true);
+  assert.equal(l.spent(h, 0), true, "asking again changes nothing");
+  assert.equal(l.allow(h, 0), false);
+  assert.equal(l.spent(h, 100), false, "a token refilled after 100 ms at 10/s");
+  assert.equal(l.spent(h, 100), false, "and spent() did not take it");
+  assert.ok(l.allow(h, 100));
+  assert.equal(l.spent(h, 100), true);
+});
+
 Deno.test("hardening: the sysctl journal trusts only /proc/sys/net paths, normalised", async () => {
   for (
     const p of [

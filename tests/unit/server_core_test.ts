@@ -5,7 +5,15 @@
  */
 
 import assert from "node:assert/strict";
-import { decodeAnswerHeader } from "../../src/control/batch.ts";
+import {
+  decodeAnswerHeader,
+  ENTRY_LEN,
+  HEADER_LEN,
+  MAX_ENTRIES,
+  newEntry,
+  writeEntry,
+  writeRequestHeader,
+} from "../../src/control/batch.ts";
 import {
   REFUSAL_BURST,
   REFUSAL_LOG_LINES,
@@ -584,6 +592,90 @@ Deno.test("server: a forged flood gets a few short answers a second, never more 
   const v1 = encodeRequest(req()).slice(0, 32);
   v1[2] = 1;
   assert.equal(core.handleControl(v1, H2), null);
+});
+
+Deno.test("server: once a source's refusal budget is spent, its unverified datagrams are counted and shed undecoded; its verified ones are still served", () => {
+  let now = 3_500_000;
+  const lines: string[] = [];
+  const cfg = serverCfg();
+  const core = new ServerCore(cfg, {
+    lan: cfg.lan,
+    now: () => now,
+    refusalLog: (l) => lines.push(l),
+  });
+  assert.equal(ask(core, req({ internalPort: 30000 })).result, Result.OK);
+  const cookie = cookieOf(core, H1)!;
+  const before = core.results[Result.COOKIE_REQUIRED]!;
+  // Spend h1's refusal budget with cookie-less requests: the first REFUSAL_BURST are answered.
+  let answered = 0;
+  for (let i = 0; i < 100; i++) {
+    if (core.handleControl(encodeRequest(req({ internalPort: 50000 + i })), H1)) answered++;
+  }
+  assert.ok(
+    answered > 0 && answered < REFUSAL_BURST,
+    `${answered} answered (the handshake took one)`,
+  );
+  const shed0 = core.shed;
+  assert.ok(shed0 > 0, "the rest were shed");
+  // A version-2 request with a malformed body: shed by its header's claim, so cookie-required, not malformed.
+  const bad = encodeRequest(req({ internalPort: 50500 }));
+  bad[60] = 1; // padding
+  const malformed = core.results[Result.MALFORMED]!;
+  assert.equal(core.handleControl(bad, H1), null);
+  assert.equal(core.results[Result.MALFORMED], malformed);
+  // A version-3 datagram of 45 entries with a wrong cookie: 45 refusals, one shed datagram.
+  const b = new Uint8Array(HEADER_LEN + MAX_ENTRIES * ENTRY_LEN);
+  writeRequestHeader(b, 0, 1, MAX_ENTRIES, H1, new Uint8Array(12).fill(7));
+  const e = newEntry();
+  for (let i = 0; i < MAX_ENTRIES; i++) {
+    Object.assign(e, { op: Op.RESERVE, proto: IPPROTO_UDP, replaceable: true, nonceLo: i });
+    Object.assign(e, { internalPort: 51000 + i, remoteAddr: P1, remotePort: 7000 });
+    writeEntry(b, i, e);
+  }
+  assert.equal(core.handleControl(b, H1), null);
+  assert.equal(core.shed, shed0 + 2);
+  assert.equal(core.results[Result.COOKIE_REQUIRED]! - before, 100 + 1 + MAX_ENTRIES);
+  // In another host's name from h1's address: not authorized, shed too.
+  const na = core.results[Result.NOT_AUTHORIZED]!;
+  assert.equal(core.handleControl(encodeRequest(req({ internalAddr: H2 })), H1), null);
+  assert.equal(core.results[Result.NOT_AUTHORIZED], na + 1);
+  assert.equal(core.shed, shed0 + 3);
+  // h1's own request with its cookie is served, budget or not.
+  const r = core.handleControl(encodeRequest(req({ internalPort: 30001, cookie })), H1);
+  assert.ok(r);
+  const dr = decodeResponse(r);
+  assert.ok(dr.ok);
+  assert.equal(dr.res.result, Result.OK);
+  assert.equal(core.table.size, 2);
+  // Lines within the line budget are the full path's, even for shed datagrams.
+  assert.equal(lines.length, REFUSAL_LOG_LINES);
+  assert.match(lines.at(-1)!, /cookie-required \(no cookie\) .*; not answered \(refusal budget\)$/);
+  // A second later the budget is back: answered again.
+  now += 1000;
+  assert.ok(core.handleControl(encodeRequest(req({ internalPort: 52000 })), H1));
+});
+
+Deno.test("server: a host over its rate with its refusal budget spent is shed too, counted rate-limited; a second later it is served", () => {
+  let now = 3_700_000;
+  const cfg = serverCfg({ rateLimit: 10 }); // burst 20
+  const core = new ServerCore(cfg, { lan: cfg.lan, now: () => now });
+  const cookie = cookieOf(core, H1)!;
+  let answers = 0;
+  for (let i = 0; i < 200; i++) {
+    if (core.handleControl(encodeRequest(req({ internalPort: 20000 + i, cookie })), H1)) answers++;
+  }
+  const ok = core.results[Result.OK]!;
+  assert.equal(core.table.size, ok);
+  assert.ok(ok >= 19 && ok <= 20, `${ok} granted within the burst`);
+  assert.equal(core.results[Result.RATE_LIMITED], 200 - ok, "every other one counted rate-limited");
+  assert.ok(answers - ok <= REFUSAL_BURST, `${answers - ok} refusals answered`);
+  assert.ok(core.shed >= 200 - ok - REFUSAL_BURST, `${core.shed} shed`);
+  now += 1000;
+  const r = core.handleControl(encodeRequest(req({ internalPort: 29999, cookie })), H1);
+  assert.ok(r);
+  const d = decodeResponse(r);
+  assert.ok(d.ok);
+  assert.equal(d.res.result, Result.OK);
 });
 
 Deno.test("server: refusals are logged at info, rate-limited, with host, tuple, reason and quota use", () => {
