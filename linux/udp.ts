@@ -311,6 +311,16 @@ export class UdpSocket extends OwnedFd {
     return this.#txCount;
   }
 
+  /**
+   * True when the send batch is full: the next {@linkcode queue} sends the
+   * queued datagrams first. A caller that must not send before some work
+   * is done (the server commits a turn's grants before answering) does it
+   * when this says so.
+   */
+  get full(): boolean {
+    return this.#txCount === this.#batch;
+  }
+
   /** Sends every queued datagram (one `sendmmsg`, again for what it did not take). */
   flush(): void {
     const count = this.#txCount;

@@ -395,12 +395,18 @@ async function bindUdp(
 }
 
 /**
+ * Datagrams read and answered per system call on the control socket: a
+ * turn commits at least once per this many answers (see serveControl).
+ */
+const CONTROL_BATCH = 256;
+
+/**
  * The control socket on `addr:port` (G, the LAN side), or an error that says
  * why not: a port in use fails the start before anything changed.
  */
 function openControl(addr: number, port: number): UdpSocket {
   try {
-    return UdpSocket.open({ addr, port, maxDatagram: MAX_DATAGRAM + 64 });
+    return UdpSocket.open({ addr, port, maxDatagram: MAX_DATAGRAM + 64, batch: CONTROL_BATCH });
   } catch (e) {
     const err = e instanceof OsError ? e.errno : 0;
     throw new Error(
@@ -420,24 +426,17 @@ function openControl(addr: number, port: number): UdpSocket {
  * handled, then the turn's changes are committed once (`core.commit`: the
  * data path in one transaction, the state file), then the first packets
  * held for these grants go on, then every answer goes out in one `sendmmsg`.
- * Returns what stops it.
+ * A turn with more answers than the socket's send batch commits and sends
+ * when the batch is full, then goes on: the socket would otherwise send the
+ * full batch itself, before the commit. Returns what stops it. Exported for
+ * tests.
  */
-function serveControl(sock: UdpSocket, core: ServerCore, serving: () => boolean): () => void {
-  return serveUdp(sock, (msg, src, port) => {
-    // Before the data path is up, requests go unanswered: drivers retransmit.
-    if (!serving()) return;
-    let reply: Uint8Array | null = null;
-    const t0 = performance.now();
-    try {
-      reply = core.handleControl(msg, src);
-    } catch (e) {
-      // A bug must cost one datagram, not the gateway.
-      log.error(`handling a control request from ${formatIPv4(src)}: ${(e as Error).stack ?? e}`);
-    }
-    if (!reply) return;
-    sock.queue(reply, reply.length, src, port);
-    reserveLatency.observe((performance.now() - t0) / 1000);
-  }, () => {
+export function serveControl(
+  sock: UdpSocket,
+  core: Pick<ServerCore, "handleControl" | "commit" | "releaseHeld">,
+  serving: () => boolean,
+): () => void {
+  const endTurn = () => {
     try {
       core.commit();
     } catch (e) {
@@ -451,7 +450,28 @@ function serveControl(sock: UdpSocket, core: ServerCore, serving: () => boolean)
     // then the answers.
     core.releaseHeld();
     sock.flush();
-  }, (e) => log.error(`control socket: ${e.message}`));
+  };
+  return serveUdp(
+    sock,
+    (msg, src, port) => {
+      // Before the data path is up, requests go unanswered: drivers retransmit.
+      if (!serving()) return;
+      let reply: Uint8Array | null = null;
+      const t0 = performance.now();
+      try {
+        reply = core.handleControl(msg, src);
+      } catch (e) {
+        // A bug must cost one datagram, not the gateway.
+        log.error(`handling a control request from ${formatIPv4(src)}: ${(e as Error).stack ?? e}`);
+      }
+      if (!reply) return;
+      if (sock.full) endTurn();
+      sock.queue(reply, reply.length, src, port);
+      reserveLatency.observe((performance.now() - t0) / 1000);
+    },
+    endTurn,
+    (e) => log.error(`control socket: ${e.message}`),
+  );
 }
 
 /**
