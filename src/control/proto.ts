@@ -178,7 +178,7 @@ export type DecodeResponseResult =
   | { ok: false; reason: string };
 
 /** Byte offsets of the request fields (see docs/protocol.md). */
-const Req = {
+export const Req = {
   MAGIC: 0, // u16
   VERSION: 2, // u8
   OPCODE: 3, // u8
@@ -456,24 +456,6 @@ export function checkRequestFields(
   const ra = op === Op.MAP ? null : _addrProblem(remoteAddr);
   if (ra !== null) return _fail(Result.MALFORMED, `remote address ${formatIPv4(remoteAddr)} ${ra}`);
   return null;
-}
-
-/**
- * The internal address and cookie (a view into `b`) a version-2 request
- * claims, read in place without checking the rest: null unless `b` is
- * {@link REQUEST_LEN} bytes with the magic, version 2 and the response bit
- * clear. For the server's shedding of datagrams it would refuse unanswered
- * anyway (`server/control.ts`); {@linkcode decodeRequest} is the check.
- */
-export function requestClaim(b: Uint8Array): { internalAddr: number; cookie: Uint8Array } | null {
-  if (
-    b.length !== REQUEST_LEN || ((b[Req.MAGIC]! << 8) | b[Req.MAGIC + 1]!) !== MAGIC ||
-    b[Req.VERSION] !== PROTOCOL_VERSION || (b[Req.OPCODE]! & RESPONSE_BIT) !== 0
-  ) return null;
-  return {
-    internalAddr: view(b).getUint32(Req.INTERNAL_ADDR),
-    cookie: b.subarray(Req.COOKIE, Req.COOKIE + COOKIE_LEN),
-  };
 }
 
 /**

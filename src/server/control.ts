@@ -27,6 +27,7 @@ import { formatIPv4 } from "../wire/addr.ts";
 import type { ServerConfig } from "../config.ts";
 import { logger } from "../runtime/log.ts";
 import {
+  COOKIE_LEN,
   decodeRequest,
   encodeResponse,
   errorResponseFor,
@@ -34,7 +35,8 @@ import {
   MAGIC,
   Op,
   PROTOCOL_VERSION,
-  requestClaim,
+  Req,
+  REQUEST_LEN,
   RESPONSE_BIT,
   responseFor,
 } from "../control/proto.ts";
@@ -576,4 +578,22 @@ export function describeAsk(q: Ask): string {
 /** A datagram that looks like a control request (magic, not a response): refusals of it are logged. */
 export function isOurs(b: Uint8Array): boolean {
   return b.length >= 4 && ((b[0]! << 8) | b[1]!) === MAGIC && (b[3]! & RESPONSE_BIT) === 0;
+}
+
+/**
+ * The internal address and cookie (a view into `b`) a version-2 request
+ * claims, read in place without checking the rest: null unless `b` is
+ * {@link REQUEST_LEN} bytes with the magic, version 2 and the response bit
+ * clear. For the server's shedding of datagrams it would refuse unanswered
+ * anyway (`#shed` above); `decodeRequest` is the check.
+ */
+function requestClaim(b: Uint8Array): { internalAddr: number; cookie: Uint8Array } | null {
+  if (
+    b.length !== REQUEST_LEN || ((b[Req.MAGIC]! << 8) | b[Req.MAGIC + 1]!) !== MAGIC ||
+    b[Req.VERSION] !== PROTOCOL_VERSION || (b[Req.OPCODE]! & RESPONSE_BIT) !== 0
+  ) return null;
+  return {
+    internalAddr: new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(Req.INTERNAL_ADDR),
+    cookie: b.subarray(Req.COOKIE, Req.COOKIE + COOKIE_LEN),
+  };
 }
