@@ -25,7 +25,8 @@
  */
 
 import { parseIPv4 } from "../src/wire/addr.ts";
-import { decodeResponse, encodeRequest, hasCookie, Op, REQUEST_LEN } from "../src/control/proto.ts";
+import { fetchCookie } from "./cookie.ts";
+import { Op } from "../src/control/proto.ts";
 import {
   decodeAnswer,
   decodeAnswerHeader,
@@ -88,39 +89,7 @@ const DRAIN_MS = 2000;
 
 const sock = UdpSocket.open({ addr: opts.addr, port: 0, maxDatagram: MAX_DATAGRAM + 64 });
 
-/** The return-routability handshake: one request, one cookie. */
-async function handshake(): Promise<Uint8Array> {
-  for (let attempt = 0; attempt < 40; attempt++) {
-    sock.queue(
-      encodeRequest({
-        op: Op.RENEW,
-        nonce: crypto.getRandomValues(new Uint8Array(8)),
-        proto: 17,
-        replaceable: true,
-        internalAddr: opts.addr,
-        internalPort: 1,
-        remoteAddr: 0x08080808,
-        remotePort: 1,
-        lifetime: 0,
-      }),
-      REQUEST_LEN,
-      opts.server,
-      opts.port,
-    );
-    sock.flush();
-    if (await sock.wait(250)) {
-      let cookie: Uint8Array | null = null;
-      sock.receive((b) => {
-        const d = decodeResponse(b);
-        if (d.ok && hasCookie(d.res.cookie)) cookie = d.res.cookie.slice();
-      });
-      if (cookie) return cookie;
-    }
-  }
-  throw new Error("no cookie from the server");
-}
-
-const cookie = await handshake();
+const cookie = await fetchCookie(sock, opts.addr, opts.server, opts.port);
 const total = Math.max(1, Math.round(opts.rate * opts.seconds));
 const sentAt = new Float64Array(total).fill(-1);
 const latencies: number[] = [];

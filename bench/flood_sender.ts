@@ -16,8 +16,9 @@
  */
 
 import { parseIPv4 } from "../src/wire/addr.ts";
-import { decodeResponse, encodeRequest, hasCookie, Op, REQUEST_LEN } from "../src/control/proto.ts";
+import { encodeRequest, Op, REQUEST_LEN } from "../src/control/proto.ts";
 import { UdpSocket } from "../linux/udp.ts";
+import { fetchCookie } from "./cookie.ts";
 
 const o = { server: parseIPv4("10.0.0.1")!, addr: 0, seconds: 5, start: Date.now() + 200 };
 for (let i = 0; i < Deno.args.length; i += 2) {
@@ -48,19 +49,8 @@ const request = (port: number, cookie?: Uint8Array) =>
     ...(cookie ? { cookie } : {}),
   });
 
-let cookie: Uint8Array | null = null;
-for (let attempt = 0; attempt < 40 && cookie === null; attempt++) {
-  sock.queue(request(1), REQUEST_LEN, o.server, 4750);
-  sock.flush();
-  if (await sock.wait(250)) {
-    sock.receive((b) => {
-      const d = decodeResponse(b);
-      if (d.ok && hasCookie(d.res.cookie)) cookie = d.res.cookie.slice();
-    });
-  }
-}
-if (cookie === null) throw new Error("no cookie from the server");
-const packets = Array.from({ length: 64 }, (_, i) => request(20000 + i, cookie!));
+const cookie = await fetchCookie(sock, o.addr, o.server, 4750);
+const packets = Array.from({ length: 64 }, (_, i) => request(20000 + i, cookie));
 
 const wait = o.start - Date.now();
 if (wait > 0) await new Promise((r) => setTimeout(r, wait));

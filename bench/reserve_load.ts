@@ -39,7 +39,8 @@
  */
 
 import { parseIPv4 } from "../src/wire/addr.ts";
-import { decodeResponse, encodeRequest, hasCookie, Op, REQUEST_LEN } from "../src/control/proto.ts";
+import { fetchCookie } from "./cookie.ts";
+import { decodeResponse, encodeRequest, Op, REQUEST_LEN } from "../src/control/proto.ts";
 import {
   decodeAnswer,
   decodeAnswerHeader,
@@ -254,38 +255,6 @@ function receive(r: Requester, b: Uint8Array): void {
   }
 }
 
-/** The return-routability handshake (docs/protocol.md, "Cookies"): one request, one cookie. */
-async function handshake(sock: UdpSocket, addr: number): Promise<Uint8Array> {
-  for (let attempt = 0; attempt < 20; attempt++) {
-    sock.queue(
-      encodeRequest({
-        op: Op.RENEW,
-        nonce: crypto.getRandomValues(new Uint8Array(8)),
-        proto: 17,
-        replaceable: true,
-        internalAddr: addr,
-        internalPort: 1,
-        remoteAddr: 0x08080808,
-        remotePort: 1,
-        lifetime: 0,
-      }),
-      REQUEST_LEN,
-      opts.server,
-      opts.port,
-    );
-    sock.flush();
-    if (await sock.wait(250)) {
-      let cookie: Uint8Array | null = null;
-      sock.receive((b) => {
-        const d = decodeResponse(b);
-        if (d.ok && hasCookie(d.res.cookie)) cookie = d.res.cookie.slice();
-      });
-      if (cookie) return cookie;
-    }
-  }
-  throw new Error(`no cookie from the server for address ${addr >>> 24}.x`);
-}
-
 async function open(addr: string): Promise<Requester> {
   const a = parseIPv4(addr)!;
   const sock = UdpSocket.open({ addr: a, port: 0, maxDatagram: MAX_DATAGRAM + 64 });
@@ -297,7 +266,7 @@ async function open(addr: string): Promise<Requester> {
     sentAt: new Float64Array(opts.window),
     seq: new Uint32Array(opts.window),
     due: [],
-    cookie: await handshake(sock, a),
+    cookie: await fetchCookie(sock, a, opts.server, opts.port, 20),
   };
 }
 
