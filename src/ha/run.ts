@@ -363,19 +363,9 @@ export class HaNode {
       ...c.pool.map((a) => `address ${op} ${formatIPv4(a)}/32 dev ${c.wanIf}`),
     ].join("\n") + "\n";
   }
-
-  async #ipBatch(text: string): Promise<{ code: number; stderr: string }> {
-    const p = new Deno.Command("ip", {
-      args: ["-force", "-batch", "-"],
-      stdin: "piped",
-      stdout: "null",
-      stderr: "piped",
-    }).spawn();
-    const w = p.stdin.getWriter();
-    await w.write(new TextEncoder().encode(text));
-    await w.close();
-    const o = await p.output();
-    return { code: o.code, stderr: new TextDecoder().decode(o.stderr) };
+  /** `ip -force -batch -` with these lines (linux/exec.ts, the one runner). */
+  #ipBatch(text: string): Promise<{ code: number; stderr: string }> {
+    return run("ip", ["-force", "-batch", "-"], { stdin: text });
   }
 
   /** What the standby's guard (`guard.ts`) keeps out. */
