@@ -63,7 +63,7 @@ import {
   setU64,
   strerror,
 } from "./libc.ts";
-import { FdWaiter } from "./waiter.ts";
+import { FdWaiter, serveLoop } from "./waiter.ts";
 import {
   align4 as align4_,
   attrLen as attrLen_,
@@ -879,24 +879,10 @@ export function pump(
   onFatal: (e: Error) => void,
   redrain = PUMP_REDRAIN,
 ): () => void {
-  let running = true;
-  (async () => {
-    while (running) {
-      if (await queue.wait(250)) {
-        if (!running) break;
-        // Under load more packets arrived while the last batch was handled:
-        // read them now (a recvmmsg with MSG_DONTWAIT, ~1 µs when empty)
-        // rather than paying a poll hand-off to another thread (15-17 µs).
-        // Bounded, so timers and the control socket still get their turn.
-        for (let i = 0; i <= redrain && running; i++) {
-          if (queue.drain(handler) === 0) break;
-        }
-      }
-    }
-  })().catch((e) => {
-    if (running) onFatal(e as Error);
+  return serveLoop({
+    wait: (ms) => queue.wait(ms),
+    drain: () => queue.drain(handler),
+    redrain,
+    onFatal,
   });
-  return () => {
-    running = false;
-  };
 }

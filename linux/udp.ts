@@ -65,7 +65,7 @@ import {
   SOL_SOCKET,
   strerror,
 } from "./libc.ts";
-import { FdWaiter } from "./waiter.ts";
+import { FdWaiter, serveLoop } from "./waiter.ts";
 
 /** Options of {@linkcode UdpSocket.open}. */
 export interface UdpSocketOptions {
@@ -412,20 +412,11 @@ export function serveUdp(
   onFatal: (e: Error) => void,
   redrain = SERVE_REDRAIN,
 ): () => void {
-  let running = true;
-  (async () => {
-    while (running) {
-      if (!(await sock.wait(250))) continue;
-      if (!running) break;
-      for (let i = 0; i <= redrain && running; i++) {
-        if (sock.receive(onDatagram) === 0) break;
-      }
-      onTurnEnd();
-    }
-  })().catch((e) => {
-    if (running) onFatal(e as Error);
+  return serveLoop({
+    wait: (ms) => sock.wait(ms),
+    drain: () => sock.receive(onDatagram),
+    redrain,
+    onTurnEnd,
+    onFatal,
   });
-  return () => {
-    running = false;
-  };
 }

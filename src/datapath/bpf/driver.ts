@@ -71,6 +71,7 @@ import {
 import { hostActivity } from "./counters.ts";
 import { mapUpdate, PerfReader } from "../../../linux/libbpf.ts";
 import { CLOCK_MONOTONIC, clockNs } from "../../../linux/libc.ts";
+import { serveLoop } from "../../../linux/waiter.ts";
 import { RawSocket } from "../../../linux/rawsock.ts";
 
 const log = logger("driver");
@@ -271,19 +272,18 @@ class BpfDriverPath implements DriverDataPath {
       const v = packets(t.pkt, t.id, t.outbound, 0);
       if (v !== Verdict.HOLD) io.verdict(t.id, v as VerdictValue, t.pkt);
     });
-    let running = true;
-    (async () => {
-      while (running) {
-        if (await perf.wait(250)) {
-          if (!running) break;
-          perf.consume();
-        }
-      }
-    })().catch((e) => {
-      if (running) onFatal(e as Error);
+    const stop = serveLoop({
+      wait: (ms) => perf.wait(ms),
+      // A consume reads every record there is: nothing is left for a redrain.
+      drain: () => {
+        perf.consume();
+        return 0;
+      },
+      redrain: 0,
+      onFatal,
     });
     return () => {
-      running = false;
+      stop();
       perf.close();
       held.clear();
     };
