@@ -516,6 +516,19 @@ export function progFdById(id: number): number {
   return ok(bpf().bpf_prog_get_fd_by_id(id), `Cannot open BPF program ${id}`);
 }
 
+/**
+ * A new fd for the loaded program `id`, or null when it cannot be opened:
+ * ids come from a listing (tcx, tc filters, a map's users) and the program
+ * may be gone by the time it is opened, which callers treat as "not there".
+ */
+export function progFdIfLoaded(id: number): number | null {
+  try {
+    return progFdById(id);
+  } catch {
+    return null;
+  }
+}
+
 /** A new fd for the map `id` (close it with {@linkcode closeFd}). */
 export function mapFdById(id: number): number {
   return ok(bpf().bpf_map_get_fd_by_id(id), `Cannot open BPF map ${id}`);

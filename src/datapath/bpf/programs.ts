@@ -58,7 +58,7 @@ import {
   mapLookup,
   mapUpdate,
   mapUpdateBatch,
-  progFdById,
+  progFdIfLoaded,
   progInfo,
   tcAttach,
   tcDetach,
@@ -194,12 +194,8 @@ export function hookOf(role: BpfRole): HookKind {
 
 /** The name of program `id`, or null when it is gone. */
 function progName(id: number): string | null {
-  let fd: number;
-  try {
-    fd = progFdById(id);
-  } catch {
-    return null;
-  }
+  const fd = progFdIfLoaded(id);
+  if (fd === null) return null;
   try {
     return progInfo(fd).name;
   } finally {
@@ -231,12 +227,8 @@ function previousMaps(role: BpfRole, idx: Map<string, number>): Map<string, numb
       .map((id) => ({ a, id }));
   });
   for (const { a, id } of ids) {
-    let fd: number;
-    try {
-      fd = progFdById(id);
-    } catch {
-      continue; // gone meanwhile
-    }
+    const fd = progFdIfLoaded(id);
+    if (fd === null) continue; // gone meanwhile
     try {
       const info = progInfo(fd);
       if (info.name !== a.prog) continue;
@@ -438,13 +430,8 @@ export class BpfPrograms {
 
   /** Attaches `fd` with tcx at (ifindex, a), in place of program `there` (0: none). */
   static #attachTcx(ifindex: number, a: Attachment, fd: number, there: number): void {
-    if (there === 0) return tcxAttach(ifindex, a.point, fd);
-    let old: number;
-    try {
-      old = progFdById(there);
-    } catch {
-      return tcxAttach(ifindex, a.point, fd); // gone meanwhile
-    }
+    const old = there === 0 ? null : progFdIfLoaded(there);
+    if (old === null) return tcxAttach(ifindex, a.point, fd); // none, or gone meanwhile
     try {
       tcxAttach(ifindex, a.point, fd, old);
     } finally {
@@ -510,12 +497,8 @@ export class BpfPrograms {
       const ifindex = idx.get(a.iface);
       if (ifindex === undefined) continue;
       for (const id of ourTcx(ifindex, a)) {
-        let fd: number;
-        try {
-          fd = progFdById(id);
-        } catch {
-          continue; // gone meanwhile
-        }
+        const fd = progFdIfLoaded(id);
+        if (fd === null) continue; // gone meanwhile
         try {
           if (tcxDetach(ifindex, a.point, fd)) n++;
         } finally {
