@@ -57,6 +57,7 @@ import type {
   StopMode,
 } from "../datapath.ts";
 import { NO_OTHER_PATHS, type OtherPaths } from "../netfilter.ts";
+import { ActivityReadings } from "../activity.ts";
 import { Watchdog } from "../nft/watchdog.ts";
 import { BpfPrograms, mapText } from "./programs.ts";
 import { type Flow, HeldPackets } from "./held.ts";
@@ -83,8 +84,6 @@ const HOST_MAP_ENTRIES = 1 << 16;
 /** The heartbeat: renewed this often, valid this long. */
 const HEARTBEAT_MS = 500;
 const ALIVE_FOR_NS = 2_000_000_000n;
-/** How often the map is read for lease activity. */
-const ACTIVITY_EVERY_MS = 2000;
 /**
  * A pass entry goes after this long quiet (a flow that fell back, or one
  * that came in from outside: conntrack's UDP stream timeout).
@@ -186,8 +185,7 @@ class BpfDriverPath implements DriverDataPath {
   readonly #held: HeldPackets;
   #attached = false;
   #adopted = 0;
-  #activity: Map<number, Activity> | null = null;
-  #activityAt = -Infinity;
+  readonly #activity = new ActivityReadings((last) => this.#readActivity(last));
   #stopped = false;
 
   constructor(o: HostOptions, progs: BpfPrograms, raw: RawSocket, others: OtherPaths) {
@@ -373,16 +371,17 @@ class BpfDriverPath implements DriverDataPath {
   }
 
   activity(): Map<number, Activity> {
-    const now = performance.now();
-    if (this.#activity && now - this.#activityAt < ACTIVITY_EVERY_MS) return this.#activity;
+    return this.#activity.get();
+  }
+
+  /** The session map's counters; on an error, the last reading (or none). */
+  #readActivity(last: Map<number, Activity> | null): Map<number, Activity> {
     try {
-      this.#activity = hostActivity(this.#progs.nat.all(), this.#o.server);
+      return hostActivity(this.#progs.nat.all(), this.#o.server);
     } catch (e) {
       log.warn(`reading the BPF map for lease activity: ${(e as Error).message}`);
-      this.#activity ??= new Map();
+      return last ?? new Map();
     }
-    this.#activityAt = now;
-    return this.#activity;
   }
 
   status(): DataPathStatus {

@@ -51,6 +51,7 @@ import {
   pumpHost,
   sysctlJournal,
 } from "../netfilter.ts";
+import { ActivityReadings } from "../activity.ts";
 import { rewriteToGateway } from "../../wire/rewrite.ts";
 import {
   deleteTable,
@@ -69,9 +70,6 @@ import { loadRuleset, tableExists } from "../../../linux/nft.ts";
 import { recoverSysctls, setSysctls } from "../../../linux/sysctl.ts";
 
 const log = logger("driver");
-
-/** How often conntrack is read for lease activity. */
-const ACTIVITY_EVERY_MS = 2000;
 
 const gwKey = (k: HostSessionKey) => concat([k.proto, 1], [k.x, 4], [k.px, 2], [k.pa, 2]);
 const gwData = (k: HostSessionKey) => concat([k.g, 4], [k.pg, 2]);
@@ -92,8 +90,7 @@ export class KernelDriverDataPath implements DriverDataPath {
   readonly #others: OtherPaths;
   readonly #live = new Map<number, HostSessionKey>();
   readonly #watchdog: Watchdog;
-  #activity: Map<number, Activity> | null = null;
-  #activityAt = -Infinity;
+  readonly #activity = new ActivityReadings(() => this.#readActivity());
   #stopped = false;
 
   private constructor(
@@ -268,8 +265,11 @@ export class KernelDriverDataPath implements DriverDataPath {
   }
 
   activity(): Map<number, Activity> {
-    const now = performance.now();
-    if (this.#activity && now - this.#activityAt < ACTIVITY_EVERY_MS) return this.#activity;
+    return this.#activity.get();
+  }
+
+  /** Conntrack's counters of the sessions; on an error, what was read until then. */
+  #readActivity(): Map<number, Activity> {
     const out = new Map<number, Activity>();
     const g = this.#o.server;
     try {
@@ -287,8 +287,6 @@ export class KernelDriverDataPath implements DriverDataPath {
     } catch (e) {
       log.warn(`reading conntrack for lease activity: ${(e as Error).message}`);
     }
-    this.#activity = out;
-    this.#activityAt = now;
     return out;
   }
 
