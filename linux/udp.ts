@@ -66,6 +66,7 @@ import {
   strerror,
 } from "./libc.ts";
 import { FdWaiter, serveLoop } from "./waiter.ts";
+import { attachReuseportProgram } from "./reuseport.ts";
 
 /** Options of {@linkcode UdpSocket.open}. */
 export interface UdpSocketOptions {
@@ -75,6 +76,12 @@ export interface UdpSocketOptions {
   port: number;
   /** `SO_REUSEPORT`: share the address and port with other sockets that set it. @default false */
   reusePort?: boolean;
+  /**
+   * A classic BPF program (`reuseport.ts`) that picks this group's socket
+   * for each datagram, attached before the socket binds, so that no
+   * datagram is spread by the kernel's hash. Needs `reusePort`.
+   */
+  reuseportProgram?: Uint8Array;
   /** Receive buffer, bytes (`SO_RCVBUFFORCE` as root, else up to `rmem_max`). @default 4 MiB */
   rcvbuf?: number;
   /** Send buffer, bytes. @default 4 MiB */
@@ -190,6 +197,10 @@ export class UdpSocket extends OwnedFd {
     let waiter: FdWaiter | null = null;
     try {
       if (o.reusePort) setInt(fd, SO_REUSEPORT, 1, "SO_REUSEPORT");
+      if (o.reuseportProgram) {
+        if (!o.reusePort) throw new RangeError("A reuseport program needs reusePort");
+        attachReuseportProgram(fd, o.reuseportProgram);
+      }
       setBuffer(fd, SO_RCVBUFFORCE, SO_RCVBUF, o.rcvbuf ?? 4 << 20);
       setBuffer(fd, SO_SNDBUFFORCE, SO_SNDBUF, o.sndbuf ?? 4 << 20);
       const sa = sockaddr(o.addr, o.port);

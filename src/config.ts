@@ -347,6 +347,14 @@ export const SERVER_FLAGS = {
     schema: int("--rate-limit", 1, 1_000_000).default(2000),
     dflt: "2000",
   },
+  workers: {
+    arg: "<n>",
+    help:
+      'server workers (threads), hosts sharded between them by source address, each with a slice of every pool address\'s ports (docs/performance.md, "Cores"); more than 1 needs --datapath kernel, no --ha',
+    group: "Control plane",
+    schema: int("--workers", 1, 64).default(1),
+    dflt: "1",
+  },
   "map-allow": {
     arg: "<rule>",
     help:
@@ -951,6 +959,17 @@ export function serverConfig(
     (v.haFifo !== null || v.haPeer !== null || v.haConntrackdConfig !== null || v.haMarker !== null)
   ) {
     problems.push("--ha-fifo, --ha-marker, --ha-peer and --ha-conntrackd-config need --ha");
+  }
+  if (v.workers > 1 && v.datapath !== "kernel") {
+    problems.push(
+      `--workers ${v.workers} runs on the kernel data path only for now: add --datapath kernel ` +
+        `(got --datapath ${v.datapath})`,
+    );
+  }
+  if (v.workers > 1 && v.ha) {
+    problems.push(
+      `--workers ${v.workers} with --ha is not supported yet: one worker on an HA pair`,
+    );
   }
   if (problems.length) throw new ConfigError(problems.join("\n"));
   return v;

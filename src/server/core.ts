@@ -67,6 +67,7 @@ import { Translator } from "./translate.ts";
 import { ServerViews } from "./views.ts";
 import { ControlService } from "./control.ts";
 import { HeldPackets } from "./held.ts";
+import type { PortSlice } from "../table/slice.ts";
 import { FirstPackets } from "./first.ts";
 
 export { sessionView } from "./views.ts";
@@ -90,6 +91,17 @@ export interface ServerCoreOptions {
    * it, `CookieMinter.shared`); random secrets when absent.
    */
   cookieKey?: Uint8Array;
+  /**
+   * The slice of the public ports this core's table owns (`dpm server
+   * --workers`, `table/slice.ts`); every port when absent.
+   */
+  slice?: PortSlice;
+  /**
+   * Where the control protocol's decisions on held first packets go: a
+   * worker's core relays them to the thread that holds the packets
+   * (`worker.ts`); a core of its own when absent.
+   */
+  held?: HeldPackets;
 }
 
 /**
@@ -126,7 +138,7 @@ export class ServerCore {
   /** dpm's control protocol, every version (`control.ts`). */
   readonly #control: ControlService;
   /** First packets that went ahead of their request (`held.ts`). */
-  readonly held = new HeldPackets();
+  readonly held: HeldPackets;
   /** Packets handed up, first packets held and let go (`first.ts`). */
   readonly #first: FirstPackets;
   readonly now: () => number;
@@ -151,8 +163,10 @@ export class ServerCore {
     this.startedAt = this.now();
     this.#epochStart = this.startedAt;
     this.#epoch = (opts.epoch ?? randomEpoch()) >>> 0;
+    this.held = opts.held ?? new HeldPackets();
     this.table = new SessionTable({
       pool: cfg.pool,
+      ...(opts.slice ? { slice: opts.slice } : {}),
       portMin: cfg.portRange[0],
       portMax: cfg.portRange[1],
       gatewayPortMin: cfg.gatewayPorts[0],
@@ -268,9 +282,11 @@ export class ServerCore {
    * its next exchange that it must reserve again, and PCP and NAT-PMP
    * clients (whose epoch time starts again at 0) that they must map again.
    */
-  renewEpoch(): void {
+  renewEpoch(to?: number): void {
     const was = this.#epoch;
-    do this.#epoch = randomEpoch(); while (this.#epoch === was);
+    // A worker takes the epoch its main thread chose (`workers.ts`).
+    if (to !== undefined) this.#epoch = to >>> 0;
+    else do this.#epoch = randomEpoch(); while (this.#epoch === was);
     this.#epochStart = this.now();
   }
 

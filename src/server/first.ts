@@ -102,6 +102,7 @@ export class FirstPackets {
       },
     );
     if (r === "hold") return Verdict.HOLD;
+    if (r === "go") return Verdict.ACCEPT;
     this.#c.drops[r === "refused" ? Drop.REFUSED : Drop.HELD_OVERFLOW]!++;
     return Verdict.DROP;
   }

@@ -77,8 +77,24 @@ interface Decision {
 export class HeldPackets {
   readonly #byKey = new Map<number, HeldPacket[]>();
   readonly #byHost = new Map<number, HostQueue>();
-  /** Keys whose proposal was refused (or taken): what comes to them is dropped, until they expire. */
+  /**
+   * Keys whose proposal was refused (or taken): what comes to them is
+   * dropped, until they expire. With `rememberGrants`, granted keys too:
+   * what comes to them goes on.
+   */
   readonly #refused = new Map<number, Decision>();
+  /**
+   * Grants are kept for {@link SETTLED_MS} too: the thread that holds the
+   * packets is not the one whose table has the session (`dpm server
+   * --workers`: a worker decides, the main thread holds), so a first packet
+   * the queue hands up after its grant arrived cannot meet the session in
+   * the table; it meets the grant here instead.
+   */
+  readonly #rememberGrants: boolean;
+
+  constructor(opts: { rememberGrants?: boolean } = {}) {
+    this.#rememberGrants = opts.rememberGrants ?? false;
+  }
   /** Decisions since the last take() about keys that hold packets. */
   #due: { key: number; d: Decision }[] = [];
   #total = 0;
@@ -92,7 +108,8 @@ export class HeldPackets {
 
   /**
    * What to do with a packet of a session the gateway does not know yet:
-   * "hold" (kept; its verdict comes later), "refused" (its key's request was
+   * "hold" (kept; its verdict comes later), "go" (its key was granted and
+   * committed, with `rememberGrants`: to let on), "refused" (its key's request was
    * refused or its proposal taken: to drop as refused) or "full" (the
    * session's or the gateway's limit is reached: to drop as an overflow).
    * `evicted` receives a packet the host's limit pushed out (to be dropped
@@ -102,10 +119,14 @@ export class HeldPackets {
     p: Omit<HeldPacket, "done" | "at">,
     now: number,
     evicted: (h: HeldPacket) => void,
-  ): "hold" | "refused" | "full" {
+  ): "hold" | "refused" | "full" | "go" {
     const key = lanKey(p.proto, p.a, p.pg);
     const d = this.#refused.get(key);
     if (d !== undefined && now - d.at < SETTLED_MS && d.pa === p.pa) {
+      if (d.go) {
+        this.stats.released++;
+        return "go";
+      }
       this.stats.refused++;
       return "refused";
     }
@@ -142,7 +163,7 @@ export class HeldPackets {
     const key = lanKey(proto, a, proposal);
     const d = { go: granted, pa, at: now };
     // A grant needs no memory: later packets meet the session itself.
-    if (!granted) this.#refused.set(key, d);
+    if (!granted || this.#rememberGrants) this.#refused.set(key, d);
     if (this.#byKey.has(key)) this.#due.push({ key, d });
   }
 

@@ -23,17 +23,17 @@ import { serverOperator } from "../operator/server_ops.ts";
 import { ServerCore } from "./core.ts";
 import { StateStore } from "./state.ts";
 import { DropLog, restoreRecord } from "./restore.ts";
-import type { ServerDataPath } from "../datapath/datapath.ts";
+import type { GatewaySession, ServerDataPath } from "../datapath/datapath.ts";
 import { gatewayOptions, openServerDataPath, removeServerDataPaths } from "../datapath/open.ts";
 import { lockRole } from "../runtime/lock.ts";
 import { useNotifier } from "../runtime/notify.ts";
 import { sdNotify } from "../../linux/sdnotify.ts";
 import { serveMetrics } from "../operator/metrics.ts";
-import { reserveLatency } from "./metrics.ts";
 import { PCP_PORT } from "../pcp/codec.ts";
-import { serveUdp, UdpSocket } from "../../linux/udp.ts";
-import { EADDRINUSE, EADDRNOTAVAIL, OsError } from "../../linux/libc.ts";
-import { MAX_DATAGRAM } from "../control/batch.ts";
+import { openControl, serveControl, shardGuard } from "./control_socket.ts";
+import { HeldPackets } from "./held.ts";
+import { workerOf } from "../table/slice.ts";
+import { checkWorkerCount, ServerWorkers, splitByWorker, workersOperator } from "./workers.ts";
 import * as announce from "../pcp/announce.ts";
 import { bindUpnp, type Upnp } from "../upnp/listen.ts";
 import { bootIdFor } from "../upnp/boot.ts";
@@ -41,6 +41,8 @@ import type { LinkState } from "../upnp/mappings.ts";
 import { VERSION } from "../version.ts";
 
 const log = logger("server");
+
+export { serveControl } from "./control_socket.ts";
 
 /**
  * Runs `dpm server` until SIGINT/SIGTERM or a fatal error; returns the exit code.
@@ -79,7 +81,9 @@ export async function runServer(
           }drivers renew busy sessions, idle ones expire sooner`,
       );
     }
+    const nw = cfg.workers;
     // The state file opens (or fails, with its reason) before anything changes.
+    if (cfg.state) await checkWorkerCount(cfg.state, nw);
     const store = cfg.state ? await StateStore.open(cfg.state) : null;
     if (store) undo.push(() => void store.close());
     const saved = store?.saved ?? null;
@@ -89,6 +93,11 @@ export async function runServer(
       ...(saved ? { epoch: saved.epoch } : {}),
       ...(cfg.wanIf ? { link: await wanLink(cfg.wanIf) } : {}),
       ...(cookieKey ? { cookieKey } : {}),
+      // --workers: the main thread is worker 0 (workers.ts), and holds the
+      // first packets the other workers decide on.
+      ...(nw > 1
+        ? { slice: { index: 0, count: nw }, held: new HeldPackets({ rememberGrants: true }) }
+        : {}),
     });
     const drops = new DropLog();
     if (saved) {
@@ -109,7 +118,7 @@ export async function runServer(
     let started = false;
     let haActive: () => boolean = () => true;
     const serving = () => started && haActive();
-    const control = openControl(cfg.lanAddr, cfg.controlPort);
+    const control = openControl(cfg.lanAddr, cfg.controlPort, nw);
     undo.push(() => control.close());
     const pcp = cfg.pcp
       ? await bindUdp(
@@ -151,8 +160,59 @@ export async function runServer(
       undo.push(await serveMetrics(cfg.metricsAddr, () => serverFamilies(core)));
     }
     // status (streamed), watch, drop; a drop is committed before it is answered.
-    const local = await serveLocal(cfg.socket, serverOperator(core, () => core.commit()));
+    let workers: ServerWorkers | null = null;
+    const operator = serverOperator(core, () => core.commit());
+    const local = await serveLocal(
+      cfg.socket,
+      nw > 1 ? (req, peer) => workersOperator(req, core, workers, operator, peer) : operator,
+    );
     undo.push(() => local.close());
+
+    // --workers: workers 1..N-1 (workers.ts), each with its hosts' share of
+    // what the kernel still translates; their restore's drop lines and
+    // epoch renewal join the main thread's.
+    let workerSessions: GatewaySession[] = [];
+    let workersRenew = false;
+    const startWorkers = async (shares: GatewaySession[][]): Promise<ServerWorkers | null> => {
+      if (nw === 1) return null;
+      const { workers: w, ready } = await ServerWorkers.start(
+        {
+          cfg,
+          count: nw,
+          lan,
+          epoch: core.epoch,
+          cookieKey,
+          dataPlane,
+          bootId: 0,
+        },
+        shares,
+        (d) => {
+          // A worker committed these decisions: the first packets it decided on go on (or not).
+          const now = core.now();
+          for (let i = 0; i + 4 < d.length; i += 5) {
+            core.held.decide(d[i]!, d[i + 1]!, d[i + 2]!, d[i + 3]!, d[i + 4] === 1, now);
+          }
+          core.releaseHeld();
+        },
+        (e) => {
+          log.error(e.message);
+          stop(1);
+        },
+      );
+      undo.push(async () => {
+        const n = await w.stop();
+        log.info(`workers 1-${nw - 1} stopped; ${n} session(s) saved to their state files`);
+      });
+      for (const l of ready.lines) log.warn(l);
+      workersRenew = ready.renewsEpoch;
+      log.info(
+        `${nw} workers: workers 1-${
+          nw - 1
+        } restored ${ready.restored} and adopted ${ready.adopted} session(s)`,
+      );
+      workerSessions = ready.sessions;
+      return w;
+    };
 
     // The data path: opened, what a previous run left adopted, then begun.
     let dp: ServerDataPath | null = null;
@@ -165,9 +225,13 @@ export async function runServer(
         // dpm runs; the next start adopts them (`dpm server --cleanup` removes all).
         await path.stop("keep");
       });
-      const { adopted, stale } = core.adopt(await path.adopt(), drops);
+      const shares = splitByWorker(await path.adopt(), nw, workerOf);
+      const { adopted, stale } = core.adopt(shares[0]!, drops);
+      shares[0] = [];
+      workers = await startWorkers(shares);
+      const early = workerSessions;
       if (adopted) log.info(`adopted ${adopted} session(s) the kernel was still translating`);
-      renewEpochIfDropped(core, drops, saved !== null);
+      renewEpochIfDropped(core, drops, saved !== null, workersRenew);
       // Before begin() replaces the maps: the old elements and their conntracks go.
       for (const s of stale) path.sessionDown(s);
       if (stale.length) {
@@ -175,7 +239,9 @@ export async function runServer(
       }
       core.attach(path);
       await path.begin(
-        () => core.sessions(),
+        // The workers' sessions go into the first install; later reinstalls
+        // (the watchdog's) are followed by each worker programming its own.
+        () => early.length ? chain(core.sessions(), early.splice(0)) : core.sessions(),
         (pkt, meta, id) => core.handlePacket(pkt, meta, id),
         (e) => {
           log.error(`data path failed: ${e.message}`);
@@ -183,19 +249,30 @@ export async function runServer(
         },
       );
     } else {
-      renewEpochIfDropped(core, drops, saved !== null);
+      workers = await startWorkers([]);
+      renewEpochIfDropped(core, drops, saved !== null, workersRenew);
       log.info("data path off (no --lan-if/--wan-if): control plane only");
     }
     // The gateway's own addresses and sockets, now and once a second: no
     // host speaks as the gateway, no mapping takes a port the gateway holds.
     const { boundIPv4, readGatewaySockets } = await import("../../linux/procnet.ts");
     let reading = false;
+    let reinstalls = dp?.status().reinstalls ?? 0;
     const gatewayState = async () => {
       if (reading) return;
       reading = true;
       try {
         const g = await readGatewaySockets();
-        core.gatewayState(g.local, boundIPv4(g.tcp), boundIPv4(g.udp));
+        const tcp = [...boundIPv4(g.tcp)];
+        const udp = [...boundIPv4(g.udp)];
+        core.gatewayState(g.local, tcp, udp);
+        workers?.gatewayState(g.local, tcp, udp);
+        // The watchdog reinstalled the table from the main thread's sessions: the workers add theirs.
+        const r = dp?.status().reinstalls ?? 0;
+        if (r !== reinstalls) {
+          reinstalls = r;
+          workers?.reprogram();
+        }
       } finally {
         reading = false;
       }
@@ -220,7 +297,7 @@ export async function runServer(
       });
     }
 
-    undo.push(serveControl(control, core, serving));
+    undo.push(serveControl(control, nw > 1 ? shardGuard(core, 0, nw) : core, serving));
     const pcpServed = pcp ? servePcp(pcp, cfg, core, serving, !cfg.ha) : null;
     if (pcpServed) undo.push(pcpServed.stop);
     upnp?.start(bootId);
@@ -249,6 +326,7 @@ export async function runServer(
       await node.start();
     }
     started = true;
+    workers?.serve(core.epoch);
     log.info(
       `control listener on ${
         formatIPv4(cfg.lanAddr)
@@ -352,9 +430,14 @@ async function lanPrefix(cfg: ServerConfig): Promise<Cidr | null> {
  * driver may still hold (see DropLog.renewsEpoch), starts a new epoch, so
  * that every driver learns at its next exchange that it must reserve again.
  */
-function renewEpochIfDropped(core: ServerCore, drops: DropLog, restoredEpoch: boolean): void {
+function renewEpochIfDropped(
+  core: ServerCore,
+  drops: DropLog,
+  restoredEpoch: boolean,
+  workersDropped = false,
+): void {
   for (const line of drops.lines()) log.warn(line);
-  if (!restoredEpoch || !drops.renewsEpoch) return;
+  if (!workersDropped && (!restoredEpoch || !drops.renewsEpoch)) return;
   const was = core.epoch;
   core.renewEpoch();
   log.warn(
@@ -392,86 +475,6 @@ async function bindUdp(
   });
   sock.on("error", (e) => log.warn(`${what.toLowerCase()}: ${e.message}`));
   return sock;
-}
-
-/**
- * Datagrams read and answered per system call on the control socket: a
- * turn commits at least once per this many answers (see serveControl).
- */
-const CONTROL_BATCH = 256;
-
-/**
- * The control socket on `addr:port` (G, the LAN side), or an error that says
- * why not: a port in use fails the start before anything changed.
- */
-function openControl(addr: number, port: number): UdpSocket {
-  try {
-    return UdpSocket.open({ addr, port, maxDatagram: MAX_DATAGRAM + 64, batch: CONTROL_BATCH });
-  } catch (e) {
-    const err = e instanceof OsError ? e.errno : 0;
-    throw new Error(
-      err === EADDRNOTAVAIL
-        ? `--lan-addr ${formatIPv4(addr)} is not an address of this host`
-        : err === EADDRINUSE
-        ? `Control port ${formatIPv4(addr)}:${port} is in use (another dpm server?)`
-        : `Cannot bind the control port: ${(e as Error).message}`,
-    );
-  }
-}
-
-/**
- * Answers dpm's protocol on the control socket (`linux/udp.ts`: one wake-up
- * reads every waiting datagram with `recvmmsg`). A grant is answered only
- * after its changes are committed: every datagram of the wake-up is
- * handled, then the turn's changes are committed once (`core.commit`: the
- * data path in one transaction, the state file), then the first packets
- * held for these grants go on, then every answer goes out in one `sendmmsg`.
- * A turn with more answers than the socket's send batch commits and sends
- * when the batch is full, then goes on: the socket would otherwise send the
- * full batch itself, before the commit. Returns what stops it. Exported for
- * tests.
- */
-export function serveControl(
-  sock: UdpSocket,
-  core: Pick<ServerCore, "handleControl" | "commit" | "releaseHeld">,
-  serving: () => boolean,
-): () => void {
-  const endTurn = () => {
-    try {
-      core.commit();
-    } catch (e) {
-      // Nothing uncommitted is granted: the answers go, the drivers ask again.
-      sock.discard();
-      log.error(`committing the control turn: ${(e as Error).stack ?? e}`);
-      return;
-    }
-    // The first packets that waited for these grants go on first (a driver
-    // that proposed its Pg translates already: the packet is what waits),
-    // then the answers.
-    core.releaseHeld();
-    sock.flush();
-  };
-  return serveUdp(
-    sock,
-    (msg, src, port) => {
-      // Before the data path is up, requests go unanswered: drivers retransmit.
-      if (!serving()) return;
-      let reply: Uint8Array | null = null;
-      const t0 = performance.now();
-      try {
-        reply = core.handleControl(msg, src);
-      } catch (e) {
-        // A bug must cost one datagram, not the gateway.
-        log.error(`handling a control request from ${formatIPv4(src)}: ${(e as Error).stack ?? e}`);
-      }
-      if (!reply) return;
-      if (sock.full) endTurn();
-      sock.queue(reply, reply.length, src, port);
-      reserveLatency.observe((performance.now() - t0) / 1000);
-    },
-    endTurn,
-    (e) => log.error(`control socket: ${e.message}`),
-  );
 }
 
 /**
@@ -539,4 +542,10 @@ function servePcp(
       if (multicast()) start();
     },
   };
+}
+
+/** `a`'s items, then `b`'s. */
+function* chain<T>(a: Iterable<T>, b: Iterable<T>): Generator<T> {
+  yield* a;
+  yield* b;
 }

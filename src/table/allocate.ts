@@ -261,7 +261,7 @@ export class Allocator {
       const n = pair >= 0 ? 1 : req.replaceable ? Math.min(P, TRIES.preserveReplaceable) : P;
       for (let k = 0; k < n && ri < 0; k++) {
         const i = pair >= 0 ? pair : (home + k) % P;
-        if (this.#ports.availableTo(pi, i, pa, a)) ri = i;
+        if (this.#cfg.owns(pa) && this.#ports.availableTo(pi, i, pa, a)) ri = i;
       }
       if (ri >= 0) p = pa;
     }
@@ -282,7 +282,8 @@ export class Allocator {
           const i = pair >= 0 ? pair : (home + k) % P;
           const r = cfg.pool[i]!;
           if (
-            rows.lookupPublic(proto, r, pa, x, px) < 0 && !this.mappedByOther(proto, r, pa, a, pa)
+            cfg.owns(pa) && rows.lookupPublic(proto, r, pa, x, px) < 0 &&
+            !this.mappedByOther(proto, r, pa, a, pa)
           ) {
             ri = i;
           }
@@ -378,7 +379,8 @@ export class Allocator {
    * the port must also not be held for another host).
    */
   ownable(pi: number, i: number, p: number, a: number, pa: number): boolean {
-    if (p < 1) return false;
+    // Another worker's slice (`slice.ts`) is never this table's to give.
+    if (p < 1 || !this.#cfg.owns(p)) return false;
     const users = this.#ports.users(pi, i, p);
     if (users === 0) return this.#ports.availableTo(pi, i, p, a);
     const rows = this.#rows;

@@ -20,6 +20,7 @@
  */
 
 import { protoIndex } from "../wire/meta.ts";
+import { type PortSlice, sliceOf, sliceRange, WHOLE } from "./slice.ts";
 
 /** Lease lengths in seconds. */
 export interface Lifetimes {
@@ -43,6 +44,13 @@ export interface TableOptions {
   portMin?: number;
   /** Highest replacement port. @default 65535 */
   portMax?: number;
+  /**
+   * The slice of the public ports this table owns (`dpm server --workers`,
+   * `slice.ts`): replacement ports come from its part of [portMin,
+   * portMax], and no port of another slice is preserved, shared or mapped.
+   * @default every port
+   */
+  slice?: PortSlice;
   /** Lowest gateway LAN-side port (Pg). @default 61000 */
   gatewayPortMin?: number;
   /** Highest gateway LAN-side port (Pg). @default 65535 */
@@ -99,8 +107,11 @@ export interface TableConfig {
   readonly pool: Uint32Array;
   /** Public address -> its index in `pool`. */
   readonly poolIndex: ReadonlyMap<number, number>;
+  /** The replacement ports of this table's slice (`TableOptions.slice`). */
   readonly portMin: number;
   readonly portMax: number;
+  /** Public port `p` lies in this table's slice (always true without one). */
+  readonly owns: (p: number) => boolean;
   /** Gateway LAN-side ports (Pg). */
   readonly pgMin: number;
   readonly pgMax: number;
@@ -147,8 +158,13 @@ export function tableConfig(opts: TableOptions): TableConfig {
     poolIndex.set(addr, i);
   });
   // In the order of the options above, so that the first bad one is the one reported.
-  const portMin = checkInt("portMin", opts.portMin ?? 1024, 1, 65535);
-  const portMax = checkInt("portMax", opts.portMax ?? 65535, portMin, 65535);
+  const rangeMin = checkInt("portMin", opts.portMin ?? 1024, 1, 65535);
+  const rangeMax = checkInt("portMax", opts.portMax ?? 65535, rangeMin, 65535);
+  const slice = opts.slice ?? WHOLE;
+  const [portMin, portMax] = sliceRange(rangeMin, rangeMax, slice);
+  const owns = slice.count === 1
+    ? () => true
+    : (p: number) => sliceOf(rangeMin, rangeMax, slice.count, p) === slice.index;
   const pgMin = checkInt("gatewayPortMin", opts.gatewayPortMin ?? 61000, 1, 65535);
   const pgMax = checkInt("gatewayPortMax", opts.gatewayPortMax ?? 65535, pgMin, 65535);
   const pgDriverMin = checkInt("driverPortMin", opts.driverPortMin ?? pgMax + 1, pgMin, pgMax + 1);
@@ -182,6 +198,7 @@ export function tableConfig(opts: TableOptions): TableConfig {
     poolIndex,
     portMin,
     portMax,
+    owns,
     pgMin,
     pgMax,
     pgDriverMin,

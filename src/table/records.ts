@@ -104,7 +104,7 @@ export function recordOf(t: RecordSource, s: number): SessionRecord {
 
 /**
  * The row `rec` is stored as, or UNSUPPORTED_PROTOCOL, MALFORMED, or
- * CONFLICT when `r` is not in the pool or the record clashes with the live
+ * CONFLICT when `r` is not in the pool, `p` is not in the table's port slice, or the record clashes with the live
  * rows of `t` (see the module documentation). Expired records are
  * accepted; the next `expire(now)` removes them.
  */
@@ -126,6 +126,8 @@ export function restoredRow(
   if (nonce === null || (nonce && owner !== Owner.PCP)) return Result.MALFORMED;
   const ri = cfg.poolIndex.get(rec.r);
   if (ri === undefined) return Result.CONFLICT;
+  // A port of another worker's slice (`slice.ts`) is never this table's.
+  if (!cfg.owns(rec.p)) return Result.CONFLICT;
   const isMap = rec.map === true || (rec.x === 0 && rec.px === 0);
   if (isMap) {
     if (rec.proto === IPPROTO_ICMP || rec.pa === 0 || rec.p === 0 || rec.pg !== 0) {
