@@ -68,9 +68,9 @@ export const PERMISSIONS = ["--allow-all"] as const;
 /**
  * Modules `deno compile` must embed although no static import reaches them
  * (Worker modules, `new Worker(new URL("./x.ts", import.meta.url))`), relative
- * to the repository root. dpm has none today.
+ * to the repository root: the server's workers (`dpm server --workers N`).
  */
-export const INCLUDE: readonly string[] = [];
+export const INCLUDE: readonly string[] = ["src/server/worker.ts"];
 
 const ROOT = fileURLToPath(new URL(".", import.meta.url));
 const ENTRY = "mod.ts";
@@ -278,8 +278,21 @@ async function check(o: Options): Promise<string> {
     ENTRY,
   ]);
   if (!b.ok) throw new BuildError(`deno bundle failed:\n${reason(b.err, 40)}`);
+  // A Worker module is not inlined: it is bundled on its own, beside the bundle
+  // (src/server/workers.ts starts dpm.worker.js when it runs from a bundle).
   for (const inc of INCLUDE) {
-    console.log(`  note: ${inc} is a separate module (a Worker): deno bundle does not inline it`);
+    const w = `${o.out.replace(/\/+$/, "")}/${bundledName(inc)}`;
+    const wb = await run(Deno.execPath(), [
+      "bundle",
+      "--quiet",
+      "--platform",
+      "deno",
+      "--output",
+      w,
+      inc,
+    ]);
+    if (!wb.ok) throw new BuildError(`deno bundle ${inc} failed:\n${reason(wb.err, 40)}`);
+    console.log(`  ${w}  ${size(w)}  (the Worker module ${inc})`);
   }
 
   const v = await run(Deno.execPath(), ["run", ...PERMISSIONS, bundle, "--version"]);
@@ -293,6 +306,11 @@ async function check(o: Options): Promise<string> {
   return bundle;
 }
 
+/** The file a Worker module of {@linkcode INCLUDE} is bundled into: `src/server/worker.ts` → `dpm.worker.js`. */
+export function bundledName(inc: string): string {
+  return `dpm.${inc.slice(inc.lastIndexOf("/") + 1).replace(/\.ts$/, "")}.js`;
+}
+
 /** `--bundle`: the bundle, its .sha256, and the architecture-independent .deb. */
 async function bundlePackage(o: Options): Promise<void> {
   const bundle = await check(o);
@@ -303,6 +321,11 @@ async function bundlePackage(o: Options): Promise<void> {
     out: o.out,
     files: [
       { path: BUNDLE_PATH, from: bundle, mode: 0o644 },
+      ...INCLUDE.map((inc) => ({
+        path: `${BUNDLE_PATH.slice(0, BUNDLE_PATH.lastIndexOf("/"))}/${bundledName(inc)}`,
+        from: `${bundle.slice(0, bundle.lastIndexOf("/"))}/${bundledName(inc)}`,
+        mode: 0o644,
+      })),
       { path: "/usr/bin/dpm", text: LAUNCHER, mode: 0o755 },
     ],
     note: `This package runs dpm from its JavaScript bundle with the system's deno\n` +

@@ -67,6 +67,17 @@ export type WorkerReply =
   | { t: "stopped"; saved: number }
   | { t: "error"; message: string };
 
+/**
+ * The worker module: `worker.ts` beside this one (from source, and in a
+ * `deno compile`d executable, which embeds it: build.ts `INCLUDE`), or
+ * `dpm.worker.js` beside the bundle when dpm runs from `deno bundle`'s
+ * single file (build.ts bundles the worker on its own).
+ */
+function workerModule(): string {
+  const here = import.meta.url;
+  return new URL(here.endsWith(".ts") ? "./worker.ts" : "./dpm.worker.js", here).href;
+}
+
 /** Worker k's state file, beside the main thread's. */
 export function workerStatePath(state: string, k: number): string {
   return `${state}.worker${k}`;
@@ -135,7 +146,7 @@ class WorkerThread {
     onHeld: (d: number[]) => void,
     onFatal: (e: Error) => void,
   ) {
-    this.#w = new Worker(new URL("./worker.ts", import.meta.url).href, {
+    this.#w = new Worker(workerModule(), {
       type: "module",
       name: `dpm-server-worker-${index}`,
     });

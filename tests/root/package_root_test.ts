@@ -73,6 +73,7 @@ Deno.test(
           const f of [
             "/usr/bin/dpm",
             "/usr/lib/dpm/dpm.bundle.js",
+            "/usr/lib/dpm/dpm.worker.js", // the server's Worker module (--workers)
             "/lib/systemd/system/dpm-server.service",
             "/lib/systemd/system/dpm-driver.service",
             "/usr/share/man/man8/dpm.8.gz",
