@@ -223,6 +223,11 @@ export interface BenchResult {
   config: Record<string, unknown>;
   dataPlane: Record<Mode, ModeResult>;
   reservations: Record<DataPath, ReserveResult>;
+  /**
+   * Reservations/s of one server with 1 and 2 workers (`--workers`, kernel
+   * path, programming the maps), in the same run; absent in older results.
+   */
+  reservationsByWorkers?: { workers: number; result: ReserveResult }[];
   /** bench/flood.ts per data path: an honest host's reservations alone and beside a flood. */
   flood: Record<DataPath, FloodResult>;
   memory: MemoryResult;
@@ -347,6 +352,15 @@ export function evaluateTargets(r: Omit<BenchResult, "targets">): Target[] {
       value: `${int(r.reservations.kernel.perSec)}/s`,
       met: r.reservations.kernel.perSec >= 50_000,
     },
+    ...(r.reservationsByWorkers && r.reservationsByWorkers.length >= 2
+      ? [{
+        name: "Kernel path reservations per second grow with workers (2 workers against 1)",
+        target: "more with 2 workers than with 1",
+        value: r.reservationsByWorkers.map((w) => `${w.workers}: ${int(w.result.perSec)}/s`)
+          .join(", "),
+        met: r.reservationsByWorkers[1]!.result.perSec > r.reservationsByWorkers[0]!.result.perSec,
+      }]
+      : []),
     ...(["bpf", "kernel"] as const).map((dp) => {
       const f = r.flood[dp].flooded;
       return {
@@ -633,8 +647,21 @@ export function markdown(r: BenchResult): string {
     "",
     "",
     "",
-    ...tgt("Kernel path reservations"),
+    ...tgt("Kernel path reservations per second, one server"),
   );
+  if (r.reservationsByWorkers?.length) {
+    row(
+      "Reservations/s with 1 and 2 workers (`--workers`, kernel path only)",
+      "n/a (kernel path only)",
+      r.reservationsByWorkers.map((w) => `${w.workers} worker(s): ${rv(w.result)}`).join("; "),
+      "n/a",
+      "n/a",
+      "",
+      "",
+      "",
+      ...tgt("Kernel path reservations per second grow"),
+    );
+  }
   const fl = r.flood;
   const fk = fl.kernel;
   const probe = (x: FloodResult["quiet"]) =>

@@ -3,7 +3,10 @@
  * server on a data path, bench/reserve_load.ts from every host at once.
  *
  *   deno run -A bench/reserve_quick.ts [--datapath kernel[,queue,bpf]] [--window 90] [--addrs 12]
- *     [--seconds 5] [--version 3] [--rounds 1] [--server-args "..."] [--log]
+ *     [--seconds 5] [--version 3] [--rounds 1] [--workers 1[,2]] [--server-args "..."] [--log]
+ *
+ * With several `--workers` counts (`dpm server --workers`, kernel path),
+ * every round runs each count on each data path, alternating.
  *
  * @module
  */
@@ -24,6 +27,8 @@ const seconds = Number(opt("--seconds", "5"));
 const version = opt("--version", "3");
 const rounds = Number(opt("--rounds", "1"));
 const serverArgs = opt("--server-args", "").split(" ").filter(Boolean);
+const workerCounts = opt("--workers", "1").split(",").map(Number);
+const runs = datapaths.flatMap((dp) => workerCounts.map((w) => ({ datapath: dp, workers: w })));
 const HERE = new URL(".", import.meta.url).pathname;
 
 const t = await createTopology({ hosts: 3, peers: 1 });
@@ -35,12 +40,19 @@ try {
       stdin: addrs.map((a) => `addr replace ${a}/24 dev eth0`).join("\n") + "\n",
     });
   }));
-  for (let r = 0; r < rounds * datapaths.length; r++) {
-    const datapath = datapaths[r % datapaths.length]!;
+  for (let r = 0; r < rounds * runs.length; r++) {
+    const { datapath, workers } = runs[r % runs.length]!;
     const d = await startDpm(t, {
       driverHosts: [],
       datapath,
-      serverArgs: ["--rate-limit", "1000000", "--max-sessions-per-host", "1048576", ...serverArgs],
+      serverArgs: [
+        "--rate-limit",
+        "1000000",
+        "--max-sessions-per-host",
+        "1048576",
+        ...(workers > 1 ? ["--workers", String(workers)] : []),
+        ...serverArgs,
+      ],
     });
     try {
       const start = Date.now() + 4000;
@@ -69,6 +81,7 @@ try {
       const ok = hosts.reduce((a, h) => a + h.ok, 0);
       console.log(JSON.stringify({
         datapath,
+        workers,
         window,
         version,
         perSec: hosts.reduce((a, h) => a + h.okPerSec, 0),

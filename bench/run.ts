@@ -615,8 +615,16 @@ async function dpmRound(t: Topology, datapath: DataPath): Promise<RoundData> {
 }
 
 /** Many requesters on every host against one server on `datapath`. */
-async function reservationLoad(t: Topology, datapath: DataPath): Promise<ReserveResult> {
-  const d = await startDpm(t, { driverHosts: [], serverArgs: RESERVE_FLAGS, datapath });
+async function reservationLoad(
+  t: Topology,
+  datapath: DataPath,
+  workers = 1,
+): Promise<ReserveResult> {
+  const d = await startDpm(t, {
+    driverHosts: [],
+    serverArgs: [...RESERVE_FLAGS, ...(workers > 1 ? ["--workers", String(workers)] : [])],
+    datapath,
+  });
   try {
     return { datapath, ...(await reserveWith(t, d)) };
   } finally {
@@ -934,6 +942,7 @@ async function main(): Promise<number> {
   const undoSignals = destroyOnSignal(t);
   const rounds: Record<Mode, RoundData[]> = { masquerade: [], queue: [], kernel: [], bpf: [] };
   let reservations: Record<DataPath, ReserveResult>;
+  const reservationsByWorkers: { workers: number; result: ReserveResult }[] = [];
   let flood: Record<DataPath, FloodResult>;
   let memory: MemoryResult;
   try {
@@ -959,6 +968,13 @@ async function main(): Promise<number> {
       log(`reservation load, ${dp} path, ${cfg.reserveSeconds} s`);
       reservations[dp] = await reservationLoad(t, dp);
       log(`reservations, ${dp} path: ${reservations[dp].perSec}/s`);
+      if (dp !== "kernel") continue;
+      // The same load on the kernel path with 2 workers, right after 1 (--workers).
+      reservationsByWorkers.push({ workers: 1, result: reservations[dp] });
+      log(`reservation load, kernel path, 2 workers, ${cfg.reserveSeconds} s`);
+      const two = await reservationLoad(t, "kernel", 2);
+      reservationsByWorkers.push({ workers: 2, result: two });
+      log(`reservations, kernel path, 2 workers: ${two.perSec}/s`);
     }
     flood = {} as Record<DataPath, FloodResult>;
     for (const dp of DATA_PATHS) {
@@ -998,6 +1014,7 @@ async function main(): Promise<number> {
       bpf: aggregate(rounds.bpf),
     },
     reservations,
+    reservationsByWorkers,
     flood,
     memory,
     table: table!,

@@ -54,6 +54,7 @@ export function serverCfg(over: Partial<ServerConfig> = {}): ServerConfig {
     lifetime: 86400,
     maxSessionsPerHost: 4096,
     rateLimit: 1000,
+    workers: 1,
     mapAllow: [],
     mapDeny: [],
     fixedPorts: [500, 4500, 5060],

@@ -20,6 +20,7 @@ _dpm() {
         --lifetime) return;;
         --max-sessions-per-host) return;;
         --rate-limit) return;;
+        --workers) return;;
         --map-allow) return;;
         --map-deny) return;;
         --fixed-ports) return;;
@@ -46,7 +47,7 @@ _dpm() {
         --log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return;;
         --config) COMPREPLY=($(compgen -f -- "$cur")); return;;
       esac
-      COMPREPLY=($(compgen -W "--lan-addr --pool --control-port --no-pcp --no-upnp --upnp-port --port-range --gateway-ports --lifetime --max-sessions-per-host --rate-limit --map-allow --map-deny --fixed-ports --pcp-rate-limit --pcp-max-per-host --upnp-max-per-host --pcp-max-share --state --socket --lan-if --wan-if --lan --add-pool-addresses --bpf-sessions --no-masquerade --queue --ha --ha-fifo --ha-marker --ha-peer --ha-conntrackd-config --ha-refresh --cookie-secret-file --datapath --cleanup --metrics-addr --log-level --log-format --config --help" -- "$cur"));;
+      COMPREPLY=($(compgen -W "--lan-addr --pool --control-port --no-pcp --no-upnp --upnp-port --port-range --gateway-ports --lifetime --max-sessions-per-host --rate-limit --workers --map-allow --map-deny --fixed-ports --pcp-rate-limit --pcp-max-per-host --upnp-max-per-host --pcp-max-share --state --socket --lan-if --wan-if --lan --add-pool-addresses --bpf-sessions --no-masquerade --queue --ha --ha-fifo --ha-marker --ha-peer --ha-conntrackd-config --ha-refresh --cookie-secret-file --datapath --cleanup --metrics-addr --log-level --log-format --config --help" -- "$cur"));;
     driver)
       case "$prev" in
         --server) return;;
