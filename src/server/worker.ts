@@ -23,38 +23,24 @@
 
 /// <reference lib="deno.worker" />
 
-import type { ServerConfig } from "../config.ts";
-import type { Cidr } from "../wire/addr.ts";
 import { type Level, logger, setFormat, setLevel } from "../runtime/log.ts";
 import { ServerCore } from "./core.ts";
 import { HeldPackets } from "./held.ts";
 import { StateStore } from "./state.ts";
 import { DropLog, restoreRecord } from "./restore.ts";
-import type { GatewaySession, ServerDataPath } from "../datapath/datapath.ts";
-import { gatewayOptions } from "../datapath/open.ts";
-import { KernelServerDataPath } from "../datapath/kernel/server.ts";
+import type { ServerDataPath } from "../datapath/datapath.ts";
+import { gatewayOptions, openServerDataPath } from "../datapath/open.ts";
 import { UdpSocket } from "../../linux/udp.ts";
 import { MAX_DATAGRAM } from "../control/batch.ts";
 import { CONTROL_BATCH, serveControl, shardGuard } from "./control_socket.ts";
-import type { WorkerReply, WorkerRequest } from "./workers.ts";
-import { workerStatePath } from "./workers.ts";
+import {
+  type WorkerInit,
+  type WorkerReply,
+  type WorkerRequest,
+  workerStatePath,
+} from "./worker_messages.ts";
 
 const log = logger("server");
-
-/** What the main thread tells a worker first. */
-export interface WorkerInit {
-  cfg: ServerConfig;
-  index: number;
-  count: number;
-  lan: Cidr | null;
-  epoch: number;
-  cookieKey: Uint8Array | null;
-  /** The data path is on (the worker programs its sessions into the kernel). */
-  dataPlane: boolean;
-  /** The sessions of this worker's hosts the kernel still translated from a previous run. */
-  adopted: GatewaySession[];
-  bootId: number;
-}
 
 /**
  * The control protocol's decisions on held first packets, kept for the
@@ -175,7 +161,9 @@ async function start(init: WorkerInit): Promise<Running> {
     let dp: ServerDataPath | null = null;
     let adopted = 0;
     if (init.dataPlane) {
-      const path = await KernelServerDataPath.open(gatewayOptions(cfg, init.lan!));
+      // The kernel path (config.ts refuses another with --workers): its netlink sockets only;
+      // the main thread installed the table, rules and queue, and watches them.
+      const path = await openServerDataPath("kernel", gatewayOptions(cfg, init.lan!));
       dp = path;
       undo.push(async () => {
         core.detach();

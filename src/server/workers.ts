@@ -23,49 +23,24 @@
 import { ConfigError } from "../config.ts";
 import type { GatewaySession } from "../datapath/datapath.ts";
 import type { BoundPort } from "../policy/gateway_ports.ts";
-import type { SessionView, StatusReply } from "../operator/types.ts";
+import type { StatusReply } from "../operator/types.ts";
 import { logger } from "../runtime/log.ts";
 import { parseIPv4 } from "../wire/addr.ts";
 import { type LocalHandler, LocalStream, type Peer } from "../operator/socket.ts";
 import type { ServerCore } from "./core.ts";
 import { workerOf } from "../table/slice.ts";
-import type { WorkerInit } from "./worker.ts";
+import {
+  type DropSelector,
+  type WorkerInit,
+  type WorkerReply,
+  type WorkerRequest,
+  workerStatePath,
+  type WorkerStatus,
+} from "./worker_messages.ts";
+
+export { workerStatePath };
 
 const log = logger("server");
-
-/** A drop as the operator names it (`ServerCore.drop`). */
-export type DropSelector =
-  | { host: number }
-  | { proto: number; a: number; pa: number; x: number; px: number };
-
-/** What the main thread posts to a worker. */
-export type WorkerRequest =
-  | { t: "init"; init: WorkerInit }
-  | { t: "serve"; epoch: number }
-  | { t: "gateway"; local: number[]; tcp: BoundPort[]; udp: BoundPort[] }
-  | { t: "reprogram" }
-  | { t: "status"; id: number; host?: number; limit?: number }
-  | { t: "drop"; id: number; sel: DropSelector }
-  | { t: "stop" };
-
-/** A worker's status header and rows. */
-export type WorkerStatus = { header: Omit<StatusReply, "shown">; rows: SessionView[] };
-
-/** What a worker posts back. */
-export type WorkerReply =
-  | {
-    t: "ready";
-    restored: number;
-    adopted: number;
-    lines: string[];
-    renewsEpoch: boolean;
-    sessions: GatewaySession[];
-  }
-  | { t: "held"; d: number[] }
-  | ({ t: "status"; id: number } & WorkerStatus)
-  | { t: "dropped"; id: number; n: number }
-  | { t: "stopped"; saved: number }
-  | { t: "error"; message: string };
 
 /**
  * The worker module: `worker.ts` beside this one (from source, and in a
@@ -76,11 +51,6 @@ export type WorkerReply =
 function workerModule(): string {
   const here = import.meta.url;
   return new URL(here.endsWith(".ts") ? "./worker.ts" : "./dpm.worker.js", here).href;
-}
-
-/** Worker k's state file, beside the main thread's. */
-export function workerStatePath(state: string, k: number): string {
-  return `${state}.worker${k}`;
 }
 
 /** The marker that names how many workers wrote the state files. */

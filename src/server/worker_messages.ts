@@ -1,0 +1,68 @@
+/**
+ * The messages between the main thread and the workers of `dpm server
+ * --workers N` (`workers.ts` the main thread's side, `worker.ts` a
+ * worker's), and where a worker keeps its state file. Every message is
+ * structured-cloned (`postMessage`): plain data only.
+ *
+ * @module
+ */
+
+import type { ServerConfig } from "../config.ts";
+import type { Cidr } from "../wire/addr.ts";
+import type { GatewaySession } from "../datapath/datapath.ts";
+import type { BoundPort } from "../policy/gateway_ports.ts";
+import type { SessionView, StatusReply } from "../operator/types.ts";
+
+/** What the main thread tells a worker first. */
+export interface WorkerInit {
+  cfg: ServerConfig;
+  index: number;
+  count: number;
+  lan: Cidr | null;
+  epoch: number;
+  cookieKey: Uint8Array | null;
+  /** The data path is on (the worker programs its sessions into the kernel). */
+  dataPlane: boolean;
+  /** The sessions of this worker's hosts the kernel still translated from a previous run. */
+  adopted: GatewaySession[];
+  bootId: number;
+}
+
+/** A drop as the operator names it (`ServerCore.drop`). */
+export type DropSelector =
+  | { host: number }
+  | { proto: number; a: number; pa: number; x: number; px: number };
+
+/** What the main thread posts to a worker. */
+export type WorkerRequest =
+  | { t: "init"; init: WorkerInit }
+  | { t: "serve"; epoch: number }
+  | { t: "gateway"; local: number[]; tcp: BoundPort[]; udp: BoundPort[] }
+  | { t: "reprogram" }
+  | { t: "status"; id: number; host?: number; limit?: number }
+  | { t: "drop"; id: number; sel: DropSelector }
+  | { t: "stop" };
+
+/** A worker's status header and rows. */
+export type WorkerStatus = { header: Omit<StatusReply, "shown">; rows: SessionView[] };
+
+/** What a worker posts back. */
+export type WorkerReply =
+  | {
+    t: "ready";
+    restored: number;
+    adopted: number;
+    lines: string[];
+    renewsEpoch: boolean;
+    sessions: GatewaySession[];
+  }
+  | { t: "held"; d: number[] }
+  | ({ t: "status"; id: number } & WorkerStatus)
+  | { t: "dropped"; id: number; n: number }
+  | { t: "stopped"; saved: number }
+  | { t: "error"; message: string };
+
+/** Worker k's state file, beside the main thread's. */
+export function workerStatePath(state: string, k: number): string {
+  return `${state}.worker${k}`;
+}
