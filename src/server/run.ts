@@ -33,7 +33,15 @@ import { PCP_PORT } from "../pcp/codec.ts";
 import { openControl, serveControl, shardGuard } from "./control_socket.ts";
 import { HeldPackets } from "./held.ts";
 import { workerOf } from "../table/slice.ts";
-import { checkWorkerCount, ServerWorkers, splitByWorker, workersOperator } from "./workers.ts";
+import { PacketInfo } from "../wire/packet.ts";
+import { Meta, Verdict, type VerdictValue } from "../wire/meta.ts";
+import {
+  checkWorkerCount,
+  packetOwner,
+  ServerWorkers,
+  splitByWorker,
+  workersOperator,
+} from "./workers.ts";
 import * as announce from "../pcp/announce.ts";
 import { bindUpnp, type Upnp } from "../upnp/listen.ts";
 import { bootIdFor } from "../upnp/boot.ts";
@@ -198,6 +206,13 @@ export async function runServer(
           log.error(e.message);
           stop(1);
         },
+        (id, v, bytes) => {
+          // A worker translated a packet of one of its sessions (packetOwner below).
+          const io = dp?.io;
+          if (!io) return;
+          io.verdict(id, v as VerdictValue, bytes);
+          io.flush();
+        },
       );
       undo.push(async () => {
         const n = await w.stop();
@@ -238,11 +253,24 @@ export async function runServer(
         log.info(`removed ${stale.length} session(s) from the kernel that the table dropped`);
       }
       core.attach(path);
+      const info = new PacketInfo();
+      const poolSet = new Set(cfg.pool);
       await path.begin(
         // The workers' sessions go into the first install; later reinstalls
         // (the watchdog's) are followed by each worker programming its own.
         () => early.length ? chain(core.sessions(), early.splice(0)) : core.sessions(),
-        (pkt, meta, id) => core.handlePacket(pkt, meta, id),
+        (pkt, meta, id) => {
+          // With workers, a packet of another worker's session is translated
+          // there (its verdict comes back); first packets are held here.
+          if (workers && id >= 0 && (meta & Meta.MISSED) === 0) {
+            const k = packetOwner(pkt, info, cfg, poolSet, nw);
+            if (k > 0) {
+              workers.translate(k, id, pkt.slice(), meta);
+              return Verdict.HOLD;
+            }
+          }
+          return core.handlePacket(pkt, meta, id);
+        },
         (e) => {
           log.error(`data path failed: ${e.message}`);
           stop(1);

@@ -32,6 +32,7 @@ import type { ServerDataPath } from "../datapath/datapath.ts";
 import { gatewayOptions, openServerDataPath } from "../datapath/open.ts";
 import { UdpSocket } from "../../linux/udp.ts";
 import { MAX_DATAGRAM } from "../control/batch.ts";
+import { Verdict } from "../wire/meta.ts";
 import { CONTROL_BATCH, serveControl, shardGuard } from "./control_socket.ts";
 import {
   type WorkerInit,
@@ -90,6 +91,16 @@ self.onmessage = async (ev: MessageEvent<WorkerRequest>) => {
       case "reprogram":
         running?.reprogram();
         break;
+      case "packet": {
+        // Translated here (ICMP, hairpin: the queue translator's), answered with its verdict.
+        const v = running ? running.core.handlePacket(m.bytes, m.meta, -1) : Verdict.DROP;
+        post(
+          v === Verdict.MODIFIED
+            ? { t: "verdict", id: m.id, v, bytes: m.bytes }
+            : { t: "verdict", id: m.id, v: v === Verdict.ACCEPT ? v : Verdict.DROP },
+        );
+        break;
+      }
       case "status": {
         const core = running!.core;
         const header = core.statusHeader(m.host);

@@ -39,6 +39,8 @@ export type WorkerRequest =
   | { t: "serve"; epoch: number }
   | { t: "gateway"; local: number[]; tcp: BoundPort[]; udp: BoundPort[] }
   | { t: "reprogram" }
+  /** A packet the data path handed up that one of this worker's sessions translates. */
+  | { t: "packet"; id: number; bytes: Uint8Array; meta: number }
   | { t: "status"; id: number; host?: number; limit?: number }
   | { t: "drop"; id: number; sel: DropSelector }
   | { t: "stop" };
@@ -57,6 +59,8 @@ export type WorkerReply =
     sessions: GatewaySession[];
   }
   | { t: "held"; d: number[] }
+  /** The verdict for a `packet` (with its new bytes when MODIFIED). */
+  | { t: "verdict"; id: number; v: number; bytes?: Uint8Array }
   | ({ t: "status"; id: number } & WorkerStatus)
   | { t: "dropped"; id: number; n: number }
   | { t: "stopped"; saved: number }

@@ -28,7 +28,8 @@ import { logger } from "../runtime/log.ts";
 import { parseIPv4 } from "../wire/addr.ts";
 import { type LocalHandler, LocalStream, type Peer } from "../operator/socket.ts";
 import type { ServerCore } from "./core.ts";
-import { workerOf } from "../table/slice.ts";
+import { sliceOf, workerOf } from "../table/slice.ts";
+import { Drop, type PacketInfo, parse } from "../wire/packet.ts";
 import {
   type DropSelector,
   type WorkerInit,
@@ -115,6 +116,7 @@ class WorkerThread {
     readonly index: number,
     onHeld: (d: number[]) => void,
     onFatal: (e: Error) => void,
+    onVerdict: (id: number, v: number, bytes?: Uint8Array) => void,
   ) {
     this.#w = new Worker(workerModule(), {
       type: "module",
@@ -129,6 +131,9 @@ class WorkerThread {
           break;
         case "held":
           onHeld(m.d);
+          break;
+        case "verdict":
+          onVerdict(m.id, m.v, m.bytes);
           break;
         case "status":
         case "dropped": {
@@ -229,6 +234,7 @@ export class ServerWorkers {
     adopted: GatewaySession[][],
     onHeld: (d: number[]) => void,
     onFatal: (e: Error) => void,
+    onVerdict: (id: number, v: number, bytes?: Uint8Array) => void,
   ): Promise<{ workers: ServerWorkers; ready: WorkersReady }> {
     const w = new ServerWorkers(base.count);
     const ready: WorkersReady = {
@@ -240,7 +246,7 @@ export class ServerWorkers {
     };
     try {
       for (let k = 1; k < base.count; k++) {
-        const t = new WorkerThread(k, onHeld, onFatal);
+        const t = new WorkerThread(k, onHeld, onFatal, onVerdict);
         w.#threads.push(t);
         const r = await t.init({ ...base, index: k, adopted: adopted[k] ?? [] });
         ready.lines.push(...r.lines.map((l) => `worker ${k}: ${l}`));
@@ -265,6 +271,14 @@ export class ServerWorkers {
   gatewayState(local: ReadonlySet<number>, tcp: BoundPort[], udp: BoundPort[]): void {
     const m: WorkerRequest = { t: "gateway", local: [...local], tcp, udp };
     for (const t of this.#threads) t.post(m);
+  }
+
+  /**
+   * Hands worker `k` a packet the data path handed up (queue id `id`) for
+   * its translator; its verdict comes back through `onVerdict`.
+   */
+  translate(k: number, id: number, bytes: Uint8Array, meta: number): void {
+    this.#threads[k - 1]?.post({ t: "packet", id, bytes, meta });
   }
 
   /** Every worker programs all its sessions again (the data path's table was reinstalled). */
@@ -401,4 +415,27 @@ export async function workersOperator(
     return new LocalStream(header as unknown as Record<string, unknown>, () => rows());
   }
   return { ...header, shown: [...rows()] };
+}
+
+/**
+ * The worker whose sessions translate a packet the data path handed up
+ * (ICMP, hairpins: the queue translator's, `translate.ts`): from the LAN
+ * (to G, or straight at a remote), the sender's worker; from the WAN (to a
+ * pool address), the worker whose port slice holds the public port (an
+ * ICMP echo's identifier; an ICMP error's quoted `R:p`). 0 (the main
+ * thread) for what does not parse.
+ */
+export function packetOwner(
+  pkt: Uint8Array,
+  info: PacketInfo,
+  cfg: { lanAddr: number; portRange: readonly [number, number] },
+  pool: ReadonlySet<number>,
+  count: number,
+): number {
+  if (count === 1 || parse(pkt, pkt.length, info) !== Drop.NONE) return 0;
+  if (info.dst !== cfg.lanAddr && pool.has(info.dst)) {
+    const p = info.icmpError ? info.innerSport : info.dport;
+    return sliceOf(cfg.portRange[0], cfg.portRange[1], count, p);
+  }
+  return workerOf(info.src, count);
 }
