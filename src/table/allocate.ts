@@ -42,6 +42,12 @@
  *    (RFC 6888 REQ-8 exception c, filtering here is address-and-port
  *    dependent). Every considered R already bound to X:px: CONFLICT.
  *
+ * With a port slice (`TableOptions.slice`, `dpm server --workers`,
+ * `slice.ts`), [portMin, portMax] is the slice's part of the range, and
+ * steps 4 and 6 and every mapping take only ports of the slice: a fixed
+ * port of another worker's slice gets CONFLICT here (that worker's hosts
+ * may have it), so no two workers ever hold the same (proto, R, p).
+ *
  * ## Mappings (PCP and NAT-PMP MAP)
  *
  * An inbound mapping (`map`) is a row like a session with `x = px = 0`, no
