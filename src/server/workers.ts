@@ -84,7 +84,7 @@ export async function checkWorkerCount(state: string, n: number): Promise<void> 
         `${state}* to start afresh (sessions the kernel still translates are adopted again)`,
     );
   }
-  if (n > 1) await Deno.writeTextFile(markerPath(state), `${n}\n`);
+  if (n > 1) await Deno.writeTextFile(markerPath(state), `${n}\n`, { mode: 0o600 });
   else await Deno.remove(markerPath(state)).catch(() => {});
 }
 

@@ -202,7 +202,16 @@ Deno.test(needsRoot({
         assert.ok(row.sweepNoneExpiredMs >= 0, `table sweep at ${row.sessions}`);
       }
 
-      assert.equal(r.targets.length, 18 + r.config.bursts.length, "targets");
+      // Reservations/s with 1 and 2 workers (--workers), kernel path, in the same run.
+      assert.deepEqual(
+        r.reservationsByWorkers.map((w: { workers: number }) => w.workers),
+        [1, 2],
+      );
+      for (const w of r.reservationsByWorkers) {
+        assert.equal(w.result.datapath, "kernel");
+        positive(w.result.perSec, `${w.workers} worker(s) reservations/s`);
+      }
+      assert.equal(r.targets.length, 19 + r.config.bursts.length, "targets");
       for (
         const name of [
           "bpf path UDP 64 B",
@@ -210,6 +219,7 @@ Deno.test(needsRoot({
           "Kernel path UDP 64 B",
           "bpf path: an honest host's reservations beside a flood",
           "kernel path: an honest host's reservations beside a flood",
+          "Kernel path reservations per second grow with workers",
         ]
       ) {
         assert.ok(r.targets.some((t: { name: string }) => t.name.startsWith(name)), name);
