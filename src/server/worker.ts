@@ -225,6 +225,15 @@ async function start(init: WorkerInit): Promise<Running> {
       core,
       serve: (epoch) => {
         if (epoch !== core.epoch) core.renewEpoch(epoch);
+        // As the main thread does after its restore: rows the policy refuses now go
+        // (the gateway's own ports arrived before this message).
+        const audited = core.audit();
+        if (audited) {
+          log.warn(
+            `worker ${index}: removed ${audited} restored row(s) the mapping policy refuses now`,
+          );
+          core.commit();
+        }
         serving = true;
       },
       reprogram: () => {
