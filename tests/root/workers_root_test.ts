@@ -5,7 +5,8 @@
  * reuseport program computes) all get UDP and TCP sessions translated by
  * dpm through real namespaces; every public port comes from the slice of
  * the worker that owns its host (`src/table/slice.ts`); `dpm status`
- * shows every worker's sessions; SIGTERM and a start with the same flags
+ * shows every worker's sessions; after `nft flush ruleset` every worker's
+ * sessions are back in the kernel's map; SIGTERM and a start with the same flags
  * keeps them all (each worker's state file) and they still translate; a
  * start with another worker count is refused with exit 2 and the reason.
  */
@@ -15,6 +16,7 @@ import { DPM_ENV, dpmCommand, lastJson, serveApp, startDpm } from "../../testing
 import { httpSeen, udpClient, udpEcho } from "../../testing/apps.ts";
 import { createTopology } from "../../testing/topology.ts";
 import { needsRoot } from "../../testing/root.ts";
+import { waitFor } from "../../testing/wait.ts";
 import { sliceOf, workerOf } from "../../src/table/slice.ts";
 import { parseIPv4 } from "../../src/wire/addr.ts";
 
@@ -148,6 +150,28 @@ Deno.test(needsRoot({
         const icmp = (await d.status()).shown.filter((s) => s.proto === "icmp");
         assert.ok(icmp.length >= 3, `ICMP sessions of every host: ${JSON.stringify(icmp)}`);
         const before = (await d.status()).sessions;
+
+        // `nft flush ruleset`: the main thread's watchdog reinstalls the table
+        // with its own sessions, and every worker programs its own again.
+        const mapHosts = async () => {
+          const r = await t.exec(t.gateway.ns, [
+            "nft",
+            "list",
+            "map",
+            "ip",
+            "dpm-server",
+            "to_public",
+          ]);
+          return t.hosts.filter((h) => r.stdout.includes(h.addrText)).map((h) => h.name);
+        };
+        assert.deepEqual(await mapHosts(), ["h1", "h2", "h3"]);
+        const flush = await t.exec(t.gateway.ns, ["nft", "flush", "ruleset"]);
+        assert.equal(flush.code, 0, flush.stderr);
+        await waitFor(async () => (await mapHosts()).length === 3, {
+          what: "every worker's sessions back in the reinstalled map",
+          timeoutMs: 15_000,
+          intervalMs: 200,
+        });
 
         await d.restartServer("SIGTERM");
         assert.match(d.server.output(), /workers 1-1 restored [1-9]\d* and adopted/);
