@@ -350,7 +350,7 @@ export const SERVER_FLAGS = {
   workers: {
     arg: "<n>",
     help:
-      'server workers (threads), hosts sharded between them by source address, each with a slice of every pool address\'s ports (docs/performance.md, "Cores"); more than 1 needs --datapath kernel, no --ha',
+      'server workers (threads), hosts sharded between them by source address, each with a slice of every pool address\'s ports (docs/performance.md, "Cores"); more than 1 on the bpf and kernel paths, not with --ha',
     group: "Control plane",
     schema: int("--workers", 1, 64).default(1),
     dflt: "1",
@@ -960,10 +960,10 @@ export function serverConfig(
   ) {
     problems.push("--ha-fifo, --ha-marker, --ha-peer and --ha-conntrackd-config need --ha");
   }
-  if (v.workers > 1 && v.datapath !== "kernel") {
+  if (v.workers > 1 && v.datapath === "queue") {
     problems.push(
-      `--workers ${v.workers} runs on the kernel data path only for now: add --datapath kernel ` +
-        `(got --datapath ${v.datapath})`,
+      `--workers ${v.workers} runs on the bpf and kernel data paths, not on --datapath queue ` +
+        `(every packet crosses one thread there)`,
     );
   }
   if (v.workers > 1 && v.ha) {

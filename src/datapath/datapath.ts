@@ -157,6 +157,22 @@ export interface ServerAbilities {
   readonly kernelTranslates: boolean;
 }
 
+/**
+ * What a worker thread of the same process (`dpm server --workers`,
+ * `src/server/worker.ts`) needs to program the sessions of its hosts into
+ * the gateway's path, once the main thread opened it: plain data, posted
+ * to the thread.
+ */
+export interface WorkerShare {
+  /** The path the main thread runs. */
+  kind: DataPathKind;
+  /**
+   * bpf: the session map's fd. Every thread of a process shares its fds;
+   * the main thread's path owns and closes it (after its workers stopped).
+   */
+  natMapFd?: number;
+}
+
 /** The gateway's data path, seen from the server role. */
 export interface ServerDataPath {
   /** Which path this is: for status and logs only. */
@@ -214,6 +230,11 @@ export interface ServerDataPath {
    * keep no conntracks of their own need not implement it.
    */
   ownConntracks?(own: boolean): void;
+  /**
+   * What a worker thread needs to program this path from its own sockets
+   * (`openServerWorkerPath` in `open.ts`); absent: workers cannot (queue).
+   */
+  workerShare?(): WorkerShare;
 }
 
 /** A session as the host's data path needs it: its identity, the gateway `G` and its `Pg`. */

@@ -16,9 +16,11 @@ import type {
   DataPathKind,
   DriverDataPath,
   GatewayOptions,
+  GatewaySession,
   HostOptions,
   HostSessionKey,
   ServerDataPath,
+  WorkerShare,
 } from "./datapath.ts";
 import { DATAPATH_KINDS } from "./datapath.ts";
 import type { OtherPaths } from "./netfilter.ts";
@@ -79,6 +81,12 @@ interface ServerImpl {
   family?: "nft";
   /** What this path adds to its family's table (bpf: the programs); absent: nothing. */
   removeExtras?(opts: GatewayOptions): Promise<string>;
+  /** A worker thread's path on what the main thread's shares (`ServerDataPath.workerShare`). */
+  openWorker?(
+    opts: GatewayOptions,
+    share: WorkerShare,
+    sessions: () => Iterable<GatewaySession>,
+  ): Promise<ServerDataPath>;
 }
 
 /** What an implementation module offers for a host. */
@@ -159,6 +167,22 @@ export function openServerDataPath(
     };
     return await impl.open(opts, others);
   });
+}
+
+/**
+ * A worker thread's gateway path (`dpm server --workers`, `src/server/worker.ts`):
+ * the kind the main thread runs, on what its path shares (`share`); never
+ * begun (the main thread installed everything), it programs the worker's
+ * sessions (`sessions`) from the worker's own sockets.
+ */
+export async function openServerWorkerPath(
+  opts: GatewayOptions,
+  share: WorkerShare,
+  sessions: () => Iterable<GatewaySession>,
+): Promise<ServerDataPath> {
+  const impl = await serverImpl(share.kind);
+  if (!impl.openWorker) throw new Error(`the ${share.kind} data path cannot run --workers`);
+  return await impl.openWorker(opts, share, sessions);
 }
 
 /** Opens the host's data path `choice` names (nothing changed in the kernel yet). */

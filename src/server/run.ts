@@ -183,6 +183,9 @@ export async function runServer(
     let workersRenew = false;
     const startWorkers = async (shares: GatewaySession[][]): Promise<ServerWorkers | null> => {
       if (nw === 1) return null;
+      if (dp && !dp.workerShare) {
+        throw new ConfigError(`--workers ${nw}: the ${dp.kind} data path cannot run workers`);
+      }
       const { workers: w, ready } = await ServerWorkers.start(
         {
           cfg,
@@ -190,7 +193,7 @@ export async function runServer(
           lan,
           epoch: core.epoch,
           cookieKey,
-          dataPlane,
+          share: dp?.workerShare?.() ?? null,
           bootId: 0,
         },
         shares,

@@ -29,7 +29,7 @@ import { HeldPackets } from "./held.ts";
 import { StateStore } from "./state.ts";
 import { DropLog, restoreRecord } from "./restore.ts";
 import type { ServerDataPath } from "../datapath/datapath.ts";
-import { gatewayOptions, openServerDataPath } from "../datapath/open.ts";
+import { gatewayOptions, openServerWorkerPath } from "../datapath/open.ts";
 import { UdpSocket } from "../../linux/udp.ts";
 import { MAX_DATAGRAM } from "../control/batch.ts";
 import { Verdict } from "../wire/meta.ts";
@@ -171,10 +171,14 @@ async function start(init: WorkerInit): Promise<Running> {
     undo.push(() => sock.close());
     let dp: ServerDataPath | null = null;
     let adopted = 0;
-    if (init.dataPlane) {
-      // The kernel path (config.ts refuses another with --workers): its netlink sockets only;
-      // the main thread installed the table, rules and queue, and watches them.
-      const path = await openServerDataPath("kernel", gatewayOptions(cfg, init.lan!));
+    if (init.share) {
+      // The path the main thread runs, from this thread's own sockets (and, on the bpf path,
+      // the main thread's session map); the main thread installed the rest and watches it.
+      const path = await openServerWorkerPath(
+        gatewayOptions(cfg, init.lan!),
+        init.share,
+        () => core.sessions(),
+      );
       dp = path;
       undo.push(async () => {
         core.detach();

@@ -9,7 +9,7 @@
 
 import type { ServerConfig } from "../config.ts";
 import type { Cidr } from "../wire/addr.ts";
-import type { GatewaySession } from "../datapath/datapath.ts";
+import type { GatewaySession, WorkerShare } from "../datapath/datapath.ts";
 import type { BoundPort } from "../policy/gateway_ports.ts";
 import type { SessionView, StatusReply } from "../operator/types.ts";
 
@@ -21,8 +21,11 @@ export interface WorkerInit {
   lan: Cidr | null;
   epoch: number;
   cookieKey: Uint8Array | null;
-  /** The data path is on (the worker programs its sessions into the kernel). */
-  dataPlane: boolean;
+  /**
+   * What the main thread's data path shares with its workers (the worker
+   * programs its sessions into the kernel through it); null: no data path.
+   */
+  share: WorkerShare | null;
   /** The sessions of this worker's hosts the kernel still translated from a previous run. */
   adopted: GatewaySession[];
   bootId: number;

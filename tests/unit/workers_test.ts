@@ -124,16 +124,30 @@ Deno.test("workers: a grant relayed before its first packet reached the queue le
   assert.equal(main.hold({ ...pkt, id: 2 }, 10_001, () => {}), "hold", "grants are forgotten");
 });
 
-Deno.test("workers: --workers > 1 needs --datapath kernel and no --ha", () => {
+Deno.test("workers: --workers > 1 is refused on the queue path and with --ha", () => {
   const base = { "lan-addr": "10.0.0.1", pool: "203.0.113.10-203.0.113.13" };
   assert.equal(serverConfig(base).workers, 1);
-  assert.equal(serverConfig({ ...base, workers: 4, datapath: "kernel" }).workers, 4);
-  for (const dp of ["queue", "bpf", "auto"]) {
-    assert.throws(
-      () => serverConfig({ ...base, workers: 2, datapath: dp }),
-      (e: Error) => e instanceof ConfigError && /kernel data path only/.test(e.message),
-    );
+  for (const dp of ["kernel", "bpf", "auto"]) {
+    assert.equal(serverConfig({ ...base, workers: 4, datapath: dp }).workers, 4);
   }
+  assert.throws(
+    () => serverConfig({ ...base, workers: 2, datapath: "queue" }),
+    (e: Error) => e instanceof ConfigError && /not on --datapath queue/.test(e.message),
+  );
+  assert.throws(
+    () =>
+      serverConfig({
+        ...base,
+        workers: 2,
+        ha: true,
+        "lan-if": "lan0",
+        "wan-if": "wan0",
+        "ha-fifo": "/run/x",
+        upnp: false,
+      }),
+    (e: Error) =>
+      e instanceof ConfigError && /--workers 2 with --ha is not supported/.test(e.message),
+  );
   assert.throws(() => serverConfig({ ...base, workers: 0 }), /--workers/);
 });
 

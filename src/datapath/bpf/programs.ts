@@ -540,6 +540,11 @@ export class NatMap {
     this.#fd = fd;
   }
 
+  /** The map's fd (a worker thread of the same process opens a `NatMap` on it). */
+  get fd(): number {
+    return this.#fd;
+  }
+
   /** Writes `records` (new or replaced, counters and flags as given) in one batch. */
   put(records: readonly NatRecord[]): void {
     const n = records.length;

@@ -48,11 +48,12 @@ import {
   type ServerPacketHandler,
   type SessionCounters,
   type StopMode,
+  type WorkerShare,
 } from "../datapath.ts";
 import { NO_OTHER_PATHS, type OtherPaths } from "../netfilter.ts";
 import { NftServerPath } from "../nft/server.ts";
 import type { WatchdogCheck } from "../nft/watchdog.ts";
-import { BpfPrograms, mapText } from "./programs.ts";
+import { BpfPrograms, mapText, NatMap } from "./programs.ts";
 import { gatewayRecords, learnedOf, NatFlag, type NatKey, type NatRecord } from "./layout.ts";
 import { gatewayCounters, idleLearned, keyId } from "./counters.ts";
 import { CLOCK_MONOTONIC, clockNs } from "../../../linux/libc.ts";
@@ -109,6 +110,21 @@ export const BpfServerDataPath = {
       throw e;
     }
   },
+  /**
+   * A worker thread's path (`dpm server --workers`): the kernel path's
+   * netlink sockets and the main thread's session map (`share.natMapFd`),
+   * never begun; it programs its sessions into both, as the main thread's
+   * path does. `sessions`: the worker's, for the counters.
+   */
+  async openWorker(
+    cfg: GatewayOptions,
+    share: WorkerShare,
+    sessions: () => Iterable<GatewaySession>,
+  ): Promise<ServerDataPath> {
+    if (share.natMapFd === undefined) throw new Error("no session map to share with a worker");
+    const nft = await NftServerPath.open(cfg, NO_OTHER_PATHS, { kind: "bpf" });
+    return new BpfServerPath(cfg, nft, null, new NatMap(share.natMapFd), sessions);
+  },
   /** Removes what a run of this path left: its programs, then the kernel path's table and chains. */
   async remove(cfg: GatewayOptions): Promise<string> {
     const progs = BpfServerDataPath.removeExtras(cfg);
@@ -140,7 +156,9 @@ class BpfServerPath implements ServerDataPath {
   attached = false;
   readonly #cfg: GatewayOptions;
   readonly #nft: NftServerPath;
-  readonly #progs: BpfPrograms;
+  /** The programs; null in a worker thread's path, which only writes the map. */
+  readonly #progs: BpfPrograms | null;
+  readonly #nat: NatMap;
   readonly #pool: Set<number>;
   #sessions: () => Iterable<GatewaySession> = () => [];
   /** Entries of the sessions granted this turn, written by `commit`. */
@@ -150,10 +168,18 @@ class BpfServerPath implements ServerDataPath {
   #putErrors = 0;
   #stopped = false;
 
-  constructor(cfg: GatewayOptions, nft: NftServerPath, progs: BpfPrograms) {
+  constructor(
+    cfg: GatewayOptions,
+    nft: NftServerPath,
+    progs: BpfPrograms | null,
+    nat: NatMap = progs!.nat,
+    sessions: () => Iterable<GatewaySession> = () => [],
+  ) {
     this.#cfg = cfg;
     this.#nft = nft;
     this.#progs = progs;
+    this.#nat = nat;
+    this.#sessions = sessions;
     this.#pool = new Set(cfg.pool);
   }
 
@@ -174,17 +200,17 @@ class BpfServerPath implements ServerDataPath {
     packets: ServerPacketHandler,
     onFatal: (e: Error) => void,
   ): Promise<void> {
+    const progs = this.#progs;
+    if (progs === null) throw new Error("a worker thread's bpf path is never begun");
     this.#sessions = sessions;
     await this.#nft.begin(sessions, packets, onFatal);
     try {
       const n = this.#sync();
-      this.#progs.attach();
+      progs.attach();
       this.attached = true;
       this.#sweep = setInterval(() => this.#sweepLearned(), LEARNED_SWEEP_MS);
       log.info(
-        `bpf programs on ${this.#cfg.lanIf} and ${this.#cfg.wanIf} (${
-          mapText(this.#progs.mapOrigin)
-        }, ` +
+        `bpf programs on ${this.#cfg.lanIf} and ${this.#cfg.wanIf} (${mapText(progs.mapOrigin)}, ` +
           `${n} session(s))`,
       );
     } catch (e) {
@@ -201,7 +227,7 @@ class BpfServerPath implements ServerDataPath {
    */
   #sync(): number {
     const have = new Map<string, NatRecord>();
-    this.#progs.nat.forEach((r) => have.set(keyId(r.key), r));
+    this.#nat.forEach((r) => have.set(keyId(r.key), r));
     const want = new Set<string>();
     const put: NatRecord[] = [];
     const mappings: GatewaySession[] = [];
@@ -228,7 +254,7 @@ class BpfServerPath implements ServerDataPath {
       if (mappings.some((m) => learnedOf(m, r))) continue;
       gone.push(r.key);
     }
-    this.#progs.nat.delete(gone);
+    this.#nat.delete(gone);
     this.#put(put);
     return n;
   }
@@ -237,7 +263,7 @@ class BpfServerPath implements ServerDataPath {
   #put(records: NatRecord[]): void {
     if (records.length === 0) return;
     try {
-      this.#progs.nat.put(records);
+      this.#nat.put(records);
     } catch (e) {
       if (this.#putErrors++ < 10) {
         log.warn(
@@ -261,6 +287,10 @@ class BpfServerPath implements ServerDataPath {
     this.#put(p);
   }
 
+  workerShare(): WorkerShare {
+    return { kind: "bpf", natMapFd: this.#nat.fd };
+  }
+
   ownConntracks(own: boolean): void {
     this.#nft.ownConntracks(own);
   }
@@ -272,8 +302,8 @@ class BpfServerPath implements ServerDataPath {
     const recs = this.#records(s);
     if (recs.length === 0) return;
     try {
-      this.#progs.nat.delete(recs.map((r) => r.key));
-      if (isMapping(s)) this.#progs.nat.deleteWhere((r) => learnedOf(s, r));
+      this.#nat.delete(recs.map((r) => r.key));
+      if (isMapping(s)) this.#nat.deleteWhere((r) => learnedOf(s, r));
     } catch (e) {
       log.warn(`removing a session from the BPF map: ${(e as Error).message}`);
     }
@@ -282,9 +312,9 @@ class BpfServerPath implements ServerDataPath {
   /** A mapping's flows that went quiet leave the map (the slow path learns them again). */
   #sweepLearned(): void {
     try {
-      const learned = this.#progs.nat.all((flags) => (flags & NatFlag.LEARNED) !== 0);
+      const learned = this.#nat.all((flags) => (flags & NatFlag.LEARNED) !== 0);
       const gone = idleLearned(learned, clockNs(CLOCK_MONOTONIC), LEARNED_IDLE_NS);
-      this.#progs.nat.delete(gone);
+      this.#nat.delete(gone);
     } catch (e) {
       log.warn(`sweeping the BPF map: ${(e as Error).message}`);
     }
@@ -293,7 +323,7 @@ class BpfServerPath implements ServerDataPath {
   counters(): Map<number, SessionCounters> {
     try {
       // Only entries that counted something: a session none of whose packets passed has none.
-      const counted = this.#progs.nat.all((_flags, packets) => packets > 0);
+      const counted = this.#nat.all((_flags, packets) => packets > 0);
       return gatewayCounters(counted, this.#sessions(), this.#cfg.lanAddr);
     } catch (e) {
       log.warn(`reading the BPF map's counters: ${(e as Error).message}`);
@@ -310,6 +340,11 @@ class BpfServerPath implements ServerDataPath {
     this.#stopped = true;
     if (this.#sweep !== null) clearInterval(this.#sweep);
     this.attached = false;
+    if (this.#progs === null) {
+      // A worker thread's path: the map is the main thread's; its sockets close.
+      await this.#nft.stop("keep");
+      return;
+    }
     if (mode === "remove") {
       try {
         this.#progs.remove();

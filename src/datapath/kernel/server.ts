@@ -22,6 +22,13 @@ export const KernelServerDataPath = {
   open(cfg: GatewayOptions, others: OtherPaths = NO_OTHER_PATHS): Promise<ServerDataPath> {
     return NftServerPath.open(cfg, others, { kind: "kernel" });
   },
+  /**
+   * A worker thread's path (`dpm server --workers`): the netlink sockets
+   * only, never begun; it programs its sessions in its own transactions.
+   */
+  openWorker(cfg: GatewayOptions): Promise<ServerDataPath> {
+    return NftServerPath.open(cfg, NO_OTHER_PATHS, { kind: "kernel" });
+  },
   /** Removes the table and chains a run of this path left (`dpm server --cleanup`). */
   remove(cfg: GatewayOptions): Promise<string> {
     return NftServerPath.remove(cfg);

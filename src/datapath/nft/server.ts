@@ -53,6 +53,7 @@ import {
   type ServerPacketHandler,
   type SessionCounters,
   type StopMode,
+  type WorkerShare,
 } from "../datapath.ts";
 import { prepareGateway } from "../gateway.ts";
 import { NO_OTHER_PATHS, openQueue, type OtherPaths, pumpGateway } from "../netfilter.ts";
@@ -372,6 +373,10 @@ export class NftServerPath implements ServerDataPath {
     } catch (e) {
       this.#fail(`programming ${n} session(s)`, e);
     }
+  }
+
+  workerShare(): WorkerShare {
+    return { kind: this.kind };
   }
 
   /** False on an HA standby: conntrackd owns the conntracks (`ServerDataPath.ownConntracks`). */
