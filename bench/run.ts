@@ -968,13 +968,13 @@ async function main(): Promise<number> {
       log(`reservation load, ${dp} path, ${cfg.reserveSeconds} s`);
       reservations[dp] = await reservationLoad(t, dp);
       log(`reservations, ${dp} path: ${reservations[dp].perSec}/s`);
-      if (dp !== "kernel") continue;
-      // The same load on the kernel path with 2 workers, right after 1 (--workers).
+      if (dp === "queue") continue;
+      // The same load with 2 workers, right after 1 (--workers: bpf and kernel paths).
       reservationsByWorkers.push({ workers: 1, result: reservations[dp] });
-      log(`reservation load, kernel path, 2 workers, ${cfg.reserveSeconds} s`);
-      const two = await reservationLoad(t, "kernel", 2);
+      log(`reservation load, ${dp} path, 2 workers, ${cfg.reserveSeconds} s`);
+      const two = await reservationLoad(t, dp, 2);
       reservationsByWorkers.push({ workers: 2, result: two });
-      log(`reservations, kernel path, 2 workers: ${two.perSec}/s`);
+      log(`reservations, ${dp} path, 2 workers: ${two.perSec}/s`);
     }
     flood = {} as Record<DataPath, FloodResult>;
     for (const dp of DATA_PATHS) {

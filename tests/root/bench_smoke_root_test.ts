@@ -202,16 +202,17 @@ Deno.test(needsRoot({
         assert.ok(row.sweepNoneExpiredMs >= 0, `table sweep at ${row.sessions}`);
       }
 
-      // Reservations/s with 1 and 2 workers (--workers), kernel path, in the same run.
+      // Reservations/s with 1 and 2 workers (--workers), bpf and kernel paths, in the same run.
       assert.deepEqual(
-        r.reservationsByWorkers.map((w: { workers: number }) => w.workers),
-        [1, 2],
+        r.reservationsByWorkers.map((w: { workers: number; result: { datapath: string } }) =>
+          `${w.result.datapath} ${w.workers}`
+        ).sort(),
+        ["bpf 1", "bpf 2", "kernel 1", "kernel 2"],
       );
       for (const w of r.reservationsByWorkers) {
-        assert.equal(w.result.datapath, "kernel");
-        positive(w.result.perSec, `${w.workers} worker(s) reservations/s`);
+        positive(w.result.perSec, `${w.result.datapath} ${w.workers} worker(s) reservations/s`);
       }
-      assert.equal(r.targets.length, 19 + r.config.bursts.length, "targets");
+      assert.equal(r.targets.length, 20 + r.config.bursts.length, "targets");
       for (
         const name of [
           "bpf path UDP 64 B",
@@ -219,7 +220,8 @@ Deno.test(needsRoot({
           "Kernel path UDP 64 B",
           "bpf path: an honest host's reservations beside a flood",
           "kernel path: an honest host's reservations beside a flood",
-          "Kernel path reservations per second grow with workers",
+          "bpf path reservations per second grow with workers",
+          "kernel path reservations per second grow with workers",
         ]
       ) {
         assert.ok(r.targets.some((t: { name: string }) => t.name.startsWith(name)), name);
