@@ -235,6 +235,13 @@ export interface ServerDataPath {
    * (`openServerWorkerPath` in `open.ts`); absent: workers cannot (queue).
    */
   workerShare?(): WorkerShare;
+  /**
+   * A worker thread's path: the main thread's path reinstalled its table
+   * (the watchdog); `sessions` (the worker's) go into it again, and only
+   * into what the reinstall replaced (the bpf session map kept its entries
+   * and their counters).
+   */
+  reinstalled?(sessions: Iterable<GatewaySession>): void;
 }
 
 /** A session as the host's data path needs it: its identity, the gateway `G` and its `Pg`. */

@@ -247,7 +247,9 @@ export async function runServer(
       const { adopted, stale } = core.adopt(shares[0]!, drops);
       shares[0] = [];
       workers = await startWorkers(shares);
-      const early = workerSessions;
+      // The workers' sessions, until begin() returned: its install (and, on the
+      // bpf path, its map sync, which removes what belongs to no session) reads them.
+      let early: GatewaySession[] | null = workerSessions;
       if (adopted) log.info(`adopted ${adopted} session(s) the kernel was still translating`);
       renewEpochIfDropped(core, drops, saved !== null, workersRenew);
       // Before begin() replaces the maps: the old elements and their conntracks go.
@@ -261,7 +263,7 @@ export async function runServer(
       await path.begin(
         // The workers' sessions go into the first install; later reinstalls
         // (the watchdog's) are followed by each worker programming its own.
-        () => early.length ? chain(core.sessions(), early.splice(0)) : core.sessions(),
+        () => early?.length ? chain(core.sessions(), early) : core.sessions(),
         (pkt, meta, id) => {
           // With workers, a packet of another worker's session is translated
           // there (its verdict comes back); first packets are held here.
@@ -279,6 +281,7 @@ export async function runServer(
           stop(1);
         },
       );
+      early = null;
     } else {
       workers = await startWorkers([]);
       renewEpochIfDropped(core, drops, saved !== null, workersRenew);

@@ -241,9 +241,7 @@ async function start(init: WorkerInit): Promise<Running> {
         serving = true;
       },
       reprogram: () => {
-        if (!dp) return;
-        for (const s of core.sessions()) dp.sessionUp(s);
-        dp.commit();
+        dp?.reinstalled?.(core.sessions());
       },
       stop: async () => {
         serving = false;

@@ -203,6 +203,18 @@ for (const datapath of ["kernel", "bpf"] as const) {
             "every worker's sessions are back after SIGTERM and start",
           );
           await udpRound("after restart");
+          // The counters went on across the restart: the kernel kept every worker's session
+          // (on the bpf path, the entries the workers wrote stayed in the session map).
+          await waitFor(async () => {
+            const rows = (await d.status()).shown.filter((r) => r.proto === "udp");
+            return t.hosts.every((h) =>
+              rows.some((r) => r.internal === `${h.addrText}:40000` && Number(r.packetsOut) >= 4)
+            );
+          }, {
+            what: "every host's UDP session counted before and after",
+            timeoutMs: 10_000,
+            intervalMs: 300,
+          });
 
           // Another worker count: refused, with the reason, before anything changed.
           await d.server.stop("SIGTERM", 5000);

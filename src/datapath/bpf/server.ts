@@ -291,6 +291,11 @@ class BpfServerPath implements ServerDataPath {
     return { kind: "bpf", natMapFd: this.#nat.fd };
   }
 
+  reinstalled(sessions: Iterable<GatewaySession>): void {
+    // The nft table only: rewriting the map would reset the entries' state and counters.
+    this.#nft.reinstalled(sessions);
+  }
+
   ownConntracks(own: boolean): void {
     this.#nft.ownConntracks(own);
   }

@@ -379,6 +379,11 @@ export class NftServerPath implements ServerDataPath {
     return { kind: this.kind };
   }
 
+  reinstalled(sessions: Iterable<GatewaySession>): void {
+    for (const s of sessions) this.sessionUp(s);
+    this.commit();
+  }
+
   /** False on an HA standby: conntrackd owns the conntracks (`ServerDataPath.ownConntracks`). */
   #ownConntracks = true;
 
