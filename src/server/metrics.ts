@@ -20,7 +20,7 @@ import {
 } from "../operator/metrics.ts";
 import type { ServerCore } from "./core.ts";
 import { NatPmpResult, PcpResult } from "../pcp/codec.ts";
-import type { HaStatus, UpnpStatus } from "../operator/types.ts";
+import type { HaStatus, StatusReply, UpnpStatus } from "../operator/types.ts";
 
 /** How long the server takes from a request to its answer (commit included), seconds. */
 export const reserveLatency = new Histogram(LATENCY_BUCKETS);
@@ -28,9 +28,16 @@ export const reserveLatency = new Histogram(LATENCY_BUCKETS);
 /** Beyond this many sessions a scrape does not walk the table for the per-kind breakdown. */
 const WALK_LIMIT = 200_000;
 
-/** The families, read at scrape time. */
-export function serverFamilies(core: ServerCore): Family[] {
-  const st = core.status(0);
+/**
+ * The families, read at scrape time. `header`: the status header the
+ * totals come from (`dpm server --workers`: every worker's, merged);
+ * the core's own when absent.
+ */
+export function serverFamilies(
+  core: ServerCore,
+  header?: () => Omit<StatusReply, "shown">,
+): Family[] {
+  const st = header ? header() : core.status(0);
   const t = core.table;
   const kinds: Family = {
     name: "dpm_sessions",

@@ -37,6 +37,7 @@ import { PacketInfo } from "../wire/packet.ts";
 import { Meta, Verdict, type VerdictValue } from "../wire/meta.ts";
 import {
   checkWorkerCount,
+  mergeHeaders,
   packetOwner,
   ServerWorkers,
   splitByWorker,
@@ -165,7 +166,14 @@ export async function runServer(
     }
     if (cfg.metricsAddr) {
       const { serverFamilies } = await import("./metrics.ts");
-      undo.push(await serveMetrics(cfg.metricsAddr, () => serverFamilies(core)));
+      // With workers, the totals are every worker's (their headers, at most a second old).
+      undo.push(
+        await serveMetrics(cfg.metricsAddr, () =>
+          serverFamilies(
+            core,
+            workers ? () => mergeHeaders(core.statusHeader(), workers!.latestHeaders()) : undefined,
+          )),
+      );
     }
     // status (streamed), watch, drop; a drop is committed before it is answered.
     let workers: ServerWorkers | null = null;

@@ -216,6 +216,8 @@ async function start(init: WorkerInit): Promise<Running> {
       }, 250),
     ];
     if (store) timers.push(setInterval(() => store.maintain(), 60_000));
+    // Its totals for the main thread's metrics.
+    timers.push(setInterval(() => post({ t: "stats", header: core.statusHeader() }), 1000));
     undo.push(() => timers.forEach(clearInterval));
     post({
       t: "ready",

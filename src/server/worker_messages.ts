@@ -62,6 +62,8 @@ export type WorkerReply =
     sessions: GatewaySession[];
   }
   | { t: "held"; d: number[] }
+  /** The worker's status header, once a second (metrics). */
+  | { t: "stats"; header: Omit<StatusReply, "shown"> }
   /** The verdict for a `packet` (with its new bytes when MODIFIED). */
   | { t: "verdict"; id: number; v: number; bytes?: Uint8Array }
   | ({ t: "status"; id: number } & WorkerStatus)

@@ -111,6 +111,8 @@ class WorkerThread {
   #stopped: Pending | null = null;
   #next = 1;
   #exited = false;
+  /** The worker's last status header (`stats`, once a second). */
+  latest: Omit<StatusReply, "shown"> | null = null;
 
   constructor(
     readonly index: number,
@@ -131,6 +133,9 @@ class WorkerThread {
           break;
         case "held":
           onHeld(m.d);
+          break;
+        case "stats":
+          this.latest = m.header;
           break;
         case "verdict":
           onVerdict(m.id, m.v, m.bytes);
@@ -279,6 +284,11 @@ export class ServerWorkers {
    */
   translate(k: number, id: number, bytes: Uint8Array, meta: number): void {
     this.#threads[k - 1]?.post({ t: "packet", id, bytes, meta });
+  }
+
+  /** Every worker's last status header (at most a second old), for the metrics. */
+  latestHeaders(): Omit<StatusReply, "shown">[] {
+    return this.#threads.flatMap((t) => t.latest ? [t.latest] : []);
   }
 
   /** Every worker programs all its sessions again (the data path's table was reinstalled). */

@@ -37,7 +37,14 @@ for (const datapath of ["kernel", "bpf"] as const) {
         const d = await startDpm(t, {
           datapath,
           driverHosts: ["h1", "h2", "h3"],
-          serverArgs: ["--workers", String(WORKERS), "--state", state],
+          serverArgs: [
+            "--workers",
+            String(WORKERS),
+            "--state",
+            state,
+            "--metrics-addr",
+            "10.0.0.1:9750",
+          ],
         });
         try {
           const owners = t.hosts.map((h) => workerOf(h.addr, WORKERS));
@@ -122,6 +129,23 @@ for (const datapath of ["kernel", "bpf"] as const) {
             const p = Number(String(s.public).split(":")[1]);
             assert.equal(sliceOf(RANGE[0], RANGE[1], WORKERS, p), workerOf(a, WORKERS));
           }
+          // The metrics count every worker's sessions and answers (their totals, a second old at most).
+          const metric = async (name: string) => {
+            const r = await t.exec(t.gateway.ns, [
+              "curl",
+              "-sf",
+              "--max-time",
+              "5",
+              "http://10.0.0.1:9750/metrics",
+            ], { timeoutMs: 10_000 });
+            const line = r.stdout.split("\n").find((l) => l.startsWith(`${name} `));
+            return line ? Number(line.split(" ").pop()) : NaN;
+          };
+          await waitFor(async () => (await metric("dpm_table_sessions")) === 6, {
+            what: "dpm_table_sessions 6, every worker's",
+            timeoutMs: 10_000,
+            intervalMs: 300,
+          });
           // One host's view comes from its worker.
           const one = await t.exec(t.gateway.ns, [
             ...dpmCommand(),
