@@ -69,7 +69,17 @@ export async function runServer(
 ): Promise<number> {
   useNotifier(sdNotify);
   const failCode = (e: unknown) => e instanceof ConfigError ? 2 : 1;
-  return await runRole({ log, role: "server", cfg, reload, failCode }, async (undo, stop) => {
+  // SIGHUP's live settings (log level and format) reach the workers too.
+  let pool: ServerWorkers | null = null;
+  const reloadAll = reload && (async () => {
+    const next = await reload();
+    pool?.logSettings(next.logLevel, next.logFormat);
+    return next;
+  });
+  return await runRole({ log, role: "server", cfg, reload: reloadAll, failCode }, async (
+    undo,
+    stop,
+  ) => {
     undo.push(await lockRole("server"));
     await ensureSocketDir(cfg.socket); // the data path keeps its journal beside the socket
     const lan = await lanPrefix(cfg);
@@ -237,6 +247,7 @@ export async function runServer(
         } restored ${ready.restored} and adopted ${ready.adopted} session(s)`,
       );
       workerSessions = ready.sessions;
+      pool = w;
       return w;
     };
 

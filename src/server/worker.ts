@@ -91,6 +91,10 @@ self.onmessage = async (ev: MessageEvent<WorkerRequest>) => {
       case "reprogram":
         running?.reprogram();
         break;
+      case "log":
+        setLevel(m.level);
+        setFormat(m.format);
+        break;
       case "packet": {
         // Translated here (ICMP, hairpin: the queue translator's), answered with its verdict.
         const v = running ? running.core.handlePacket(m.bytes, m.meta, -1) : Verdict.DROP;

@@ -8,6 +8,7 @@
  */
 
 import type { ServerConfig } from "../config.ts";
+import type { Format, Level } from "../runtime/log.ts";
 import type { Cidr } from "../wire/addr.ts";
 import type { GatewaySession, WorkerShare } from "../datapath/datapath.ts";
 import type { BoundPort } from "../policy/gateway_ports.ts";
@@ -42,6 +43,8 @@ export type WorkerRequest =
   | { t: "serve"; epoch: number }
   | { t: "gateway"; local: number[]; tcp: BoundPort[]; udp: BoundPort[] }
   | { t: "reprogram" }
+  /** SIGHUP's live settings. */
+  | { t: "log"; level: Level; format: Format }
   /** A packet the data path handed up that one of this worker's sessions translates. */
   | { t: "packet"; id: number; bytes: Uint8Array; meta: number }
   | { t: "status"; id: number; host?: number; limit?: number }

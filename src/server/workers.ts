@@ -24,7 +24,7 @@ import { ConfigError } from "../config.ts";
 import type { GatewaySession } from "../datapath/datapath.ts";
 import type { BoundPort } from "../policy/gateway_ports.ts";
 import type { StatusReply } from "../operator/types.ts";
-import { logger } from "../runtime/log.ts";
+import { type Format, type Level, logger } from "../runtime/log.ts";
 import { parseIPv4 } from "../wire/addr.ts";
 import { type LocalHandler, LocalStream, type Peer } from "../operator/socket.ts";
 import type { ServerCore } from "./core.ts";
@@ -284,6 +284,11 @@ export class ServerWorkers {
    */
   translate(k: number, id: number, bytes: Uint8Array, meta: number): void {
     this.#threads[k - 1]?.post({ t: "packet", id, bytes, meta });
+  }
+
+  /** SIGHUP's live settings, for every worker's log. */
+  logSettings(level: Level, format: Format): void {
+    for (const t of this.#threads) t.post({ t: "log", level, format });
   }
 
   /** Every worker's last status header (at most a second old), for the metrics. */
