@@ -350,7 +350,7 @@ export const SERVER_FLAGS = {
   workers: {
     arg: "<n>",
     help:
-      'server workers (threads), hosts sharded between them by source address, each with a slice of every pool address\'s ports (docs/performance.md, "Cores"); more than 1 on the bpf and kernel paths, not with --ha',
+      'experimental: server workers (threads), hosts sharded between them by source address, each with a slice of every pool address\'s ports (docs/performance.md, "Cores"); more than 1 on the bpf and kernel paths, not with --ha',
     group: "Control plane",
     schema: int("--workers", 1, 64).default(1),
     dflt: "1",

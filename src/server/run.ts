@@ -246,6 +246,12 @@ export async function runServer(
           nw - 1
         } restored ${ready.restored} and adopted ${ready.adopted} session(s)`,
       );
+      // Said at every start: an operator must not find this out from a CONFLICT.
+      log.warn(
+        `--workers ${nw} is experimental: a fixed (not replaceable) port is served only to ` +
+          `hosts of the worker whose port slice holds it (port mod ${nw}), and a hairpin ` +
+          `between two workers' hosts is not translated (README, "Known limits")`,
+      );
       workerSessions = ready.sessions;
       pool = w;
       return w;
