@@ -7,8 +7,11 @@
  * stream (bench/measure.ts). A build is a command that runs dpm (the
  * `DPM_BIN` of testing/launch.ts), e.g. a script that runs another
  * checkout's mod.ts; `-` is this checkout. Prints each round's figures and
- * the ratios against that round's MASQUERADE, so that a change to the
- * programs is judged against the same noise as the build before it.
+ * the ratios against that round's MASQUERADE (packets/s, TCP Mbit/s, and
+ * the sending iperf3's CPU per 64 B datagram), so that a change to the
+ * programs is judged against the same noise as the build before it. With
+ * `DPM_BENCH_PIN=0,1` (bench/measure.ts) the iperf3 client and server run
+ * pinned to those CPUs.
  *
  *   deno run -A bench/bpf_ab.ts A B [rounds, default 5] [seconds, default 3]
  *
@@ -29,6 +32,8 @@ const MASQ = ["-s", "10.0.0.0/24", "-o", "wan0", "-j", "MASQUERADE"];
 interface Figures {
   pps: number;
   mbps: number;
+  /** The sending iperf3's CPU µs per sent 64 B datagram (the whole in-kernel path's cost). */
+  us: number;
 }
 
 /** With BPF_AB_PERF=DIR: `perf record -a` during each flood, into DIR/<label>-<n>.data. */
@@ -60,7 +65,7 @@ async function measure(t: Topology, label: string): Promise<Figures> {
   await perf?.status;
   console.error(`${label}: ${u.pps} pps delivered (${u.sentPps} sent, ${u.lossPct}% lost)`);
   const tcp = await tcpStream(t, t.hosts[0]!.ns, t.peers[0]!.ns, seconds);
-  return { pps: u.pps, mbps: tcp.mbps };
+  return { pps: u.pps, mbps: tcp.mbps, us: u.senderUsPerPacket ?? NaN };
 }
 
 async function forget(t: Topology): Promise<void> {
@@ -95,14 +100,14 @@ async function bpf(t: Topology, build: string): Promise<Figures> {
 const t = await createTopology({ hosts: 1, peers: 1 });
 const undoSignals = destroyOnSignal(t);
 const ratios = {
-  a: { pps: [] as number[], tcp: [] as number[] },
-  b: { pps: [] as number[], tcp: [] as number[] },
+  a: { pps: [] as number[], tcp: [] as number[], us: [] as number[] },
+  b: { pps: [] as number[], tcp: [] as number[], us: [] as number[] },
 };
 try {
   console.log(
-    "| round | MASQ pps | A pps | B pps | MASQ Mbit/s | A Mbit/s | B Mbit/s | A/M pps | B/M pps | A/M TCP | B/M TCP |",
+    "| round | MASQ pps | A pps | B pps | MASQ Mbit/s | A Mbit/s | B Mbit/s | A/M pps | B/M pps | A/M TCP | B/M TCP | A/M sender µs | B/M sender µs |",
   );
-  console.log("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+  console.log("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
   for (let r = 1; r <= rounds; r++) {
     const m = await masquerade(t);
     const a = await bpf(t, buildA);
@@ -112,17 +117,23 @@ try {
     ratios.b.pps.push(b.pps / m.pps);
     ratios.a.tcp.push(a.mbps / m.mbps);
     ratios.b.tcp.push(b.mbps / m.mbps);
+    ratios.a.us.push(a.us / m.us);
+    ratios.b.us.push(b.us / m.us);
     console.log(
       `| ${r} | ${m.pps} | ${a.pps} | ${b.pps} | ${m.mbps} | ${a.mbps} | ${b.mbps} | ${
         f(a.pps / m.pps)
-      } | ${f(b.pps / m.pps)} | ${f(a.mbps / m.mbps)} | ${f(b.mbps / m.mbps)} |`,
+      } | ${f(b.pps / m.pps)} | ${f(a.mbps / m.mbps)} | ${f(b.mbps / m.mbps)} | ${
+        f(a.us / m.us)
+      } | ${f(b.us / m.us)} |`,
     );
   }
   const f = (v: number[]) => median(v).toFixed(2);
   console.log(
     `median: A/M pps ${f(ratios.a.pps)}, B/M pps ${f(ratios.b.pps)}, A/M TCP ${
       f(ratios.a.tcp)
-    }, B/M TCP ${f(ratios.b.tcp)}`,
+    }, B/M TCP ${f(ratios.b.tcp)}, A/M sender µs ${f(ratios.a.us)}, B/M sender µs ${
+      f(ratios.b.us)
+    }`,
   );
 } finally {
   Deno.env.delete("DPM_BIN");

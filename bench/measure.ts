@@ -137,6 +137,7 @@ async function iperfClient(
       "-t",
       String(seconds),
       "--json",
+      ...pinArgs(),
       ...args,
     ], { timeoutMs: (seconds + 20) * 1000 });
     let j: any;
@@ -150,6 +151,15 @@ async function iperfClient(
   } finally {
     await srv.stop("SIGTERM", 2000);
   }
+}
+
+/**
+ * `iperf3 -A client,server` when `DPM_BENCH_PIN` is set ("0,1": the client
+ * on CPU 0, the server on CPU 1), else nothing (the scheduler places them).
+ */
+function pinArgs(): string[] {
+  const pin = Deno.env.get("DPM_BENCH_PIN");
+  return pin ? ["-A", pin] : [];
 }
 
 /**

@@ -136,6 +136,11 @@ static __always_inline int fast_path(struct __sk_buff *skb, __u8 dir)
 		return bpf_redirect_neigh(hop.ifindex, 0, 0, 0);
 	if (nat_set_macs(skb, hop.dmac, hop.fresh ? hop.smac : own_mac) < 0)
 		return TC_ACT_SHOT;
+	/* A veth whose peer is in another namespace: into the peer's ingress directly (only from
+	 * ingress, where these programs run; the helper drops the packet if the peer came into this
+	 * namespace or is down, which dpm's start-time look at the device cannot see). */
+	if ((dir == NAT_DIR_OUT ? cfg->wan_handoff : cfg->lan_handoff) == NAT_HANDOFF_PEER)
+		return bpf_redirect_peer(hop.ifindex, 0);
 	return bpf_redirect(hop.ifindex, 0);
 }
 

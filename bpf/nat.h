@@ -109,6 +109,22 @@ struct nat_config {
 	 * by the programs from the FIB's answers (dpm writes zeros; zero: not known yet). */
 	__u8 lan_mac[6];
 	__u8 wan_mac[6];
+	/* How a fast packet is handed to the LAN and WAN devices (enum nat_handoff), written by dpm
+	 * from each device's kind: NAT_HANDOFF_PEER when it is a veth (or netkit) whose peer lives in
+	 * another network namespace. */
+	__u8 lan_handoff;
+	__u8 wan_handoff;
+	__u16 pad; /* zero */
+};
+
+/* How the gateway's ingress programs hand a fast packet to the way out (nat_config). */
+enum nat_handoff {
+	/* bpf_redirect to the device's egress: its qdisc, its egress programs, then its driver. */
+	NAT_HANDOFF_XMIT = 0,
+	/* bpf_redirect_peer: straight into the ingress of the device's peer, in the peer's namespace,
+	 * in the same softirq run; the device's own egress (qdisc, tc egress, packet taps) and the
+	 * veth's transmit and backlog round are skipped (docs/datapath.md, "Hand-off"). */
+	NAT_HANDOFF_PEER = 1,
 };
 
 /* The host's one configuration record, `dpm_hcfg[0]`, written by the driver. */

@@ -99,6 +99,36 @@ export async function removeAddresses(ifname: string, addrs: number[]): Promise<
   for (const a of addrs) await run("ip", ["addr", "del", `${formatIPv4(a)}/32`, "dev", ifname]);
 }
 
+/**
+ * Whether `ifname` is one end of a pair whose other end (its peer) lives in
+ * another network namespace: a veth or netkit device (`ip -d`'s
+ * `linkinfo.info_kind`) that names its peer by a namespace id
+ * (`link_netnsid`, present only when the peer's namespace is not this one).
+ * Such a device's peer can be handed a packet straight into its ingress
+ * (`bpf_redirect_peer`). False for anything else, and when `ip` cannot say.
+ */
+export async function peerInOtherNamespace(ifname: string): Promise<boolean> {
+  const r = await run("ip", ["-j", "-d", "link", "show", "dev", ifname]);
+  if (r.code !== 0) return false;
+  return parsePeerInOtherNamespace(r.stdout);
+}
+
+/** The device kinds whose peer `bpf_redirect_peer` can enter. */
+const PEER_KINDS = new Set(["veth", "netkit"]);
+
+/** {@linkcode peerInOtherNamespace}'s reading of `ip -j -d link show dev X`'s output. */
+export function parsePeerInOtherNamespace(json: string): boolean {
+  let links: unknown;
+  try {
+    links = JSON.parse(json || "[]");
+  } catch {
+    return false;
+  }
+  if (!Array.isArray(links) || links.length !== 1) return false;
+  const l = links[0] as { link_netnsid?: unknown; linkinfo?: { info_kind?: unknown } };
+  return typeof l.link_netnsid === "number" && PEER_KINDS.has(String(l.linkinfo?.info_kind));
+}
+
 /** The kernel's ephemeral port range (net.ipv4.ip_local_port_range). */
 export async function ephemeralRange(): Promise<[number, number]> {
   try {

@@ -21,7 +21,8 @@
  * - `run {prog, frame, ifindex, ingress?}`: one BPF_PROG_TEST_RUN of an
  *   Ethernet frame arriving on (or, for egress programs, leaving by)
  *   interface `ifindex`, forwarded from `ingress`; answers `{retval, frame}`.
- * - `open {role, lan?, wan?, dev?}`: `BpfPrograms.open` (loads, attaches);
+ * - `open {role, lan?, wan?, dev?, handoff?}`: `BpfPrograms.open` (loads,
+ *   attaches; `handoff` `{lan, wan}`: `NatHandoff` values, default XMIT);
  *   then `missing`, `attach`, `remove`, `close` act on it and the map
  *   commands on its map. `removeFrom {role, ...ifaces}` runs the cleanup.
  * - `filters {dev}`: what is attached to `dev`, ingress and egress: its tc
@@ -163,6 +164,7 @@ async function serve(): Promise<void> {
         const ifaces = c.role === "gateway" ? { lan: c.lan, wan: c.wan } : { dev: c.dev };
         set = BpfPrograms.open(c.role, ifaces, {
           ...(c.maxEntries ? { maxEntries: c.maxEntries } : {}),
+          ...(c.handoff ? { handoff: c.handoff } : {}),
           lan: { addr: GATEWAY_LAN.lanNet, len: 24 },
           gateway: GATEWAY_LAN.gateway,
         });

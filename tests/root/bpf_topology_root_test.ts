@@ -35,6 +35,7 @@ import {
   gatewayRecords,
   hostRecords,
   NatFlag,
+  NatHandoff,
   type NatRecord,
 } from "../../src/datapath/bpf/layout.ts";
 import { gatewayKey, type GatewaySession, hostKey } from "../../src/datapath/datapath.ts";
@@ -356,111 +357,150 @@ print(json.dumps({"sent": hashlib.sha256(data).hexdigest(), "got": got.decode()}
   ];
 }
 
+/** A counter of `dev` in `ns` (`/sys/class/net/<dev>/statistics/<name>`). */
+async function linkCounter(t: Topology, ns: string, dev: string, name: string): Promise<number> {
+  return Number((await ok(t, ns, ["cat", `/sys/class/net/${dev}/statistics/${name}`])).trim());
+}
+
+/**
+ * With checksum offload on: UDP and a bulk TCP transfer through the fast
+ * path, handed to the WAN veth `wanHandoff`'s way; the WAN's transmit
+ * counter tells which way the fast packets went (its peer's ingress skips
+ * it).
+ */
+async function offloadCase(wanHandoff: NatHandoff): Promise<void> {
+  await using t = await createTopology({ hosts: 1, peers: 1 });
+  const gw = t.gateway;
+  const h = t.hosts[0]!;
+  const peer = t.peers[0]!;
+  await ok(t, gw.ns, ["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_acct=1"]);
+  await ok(t, gw.ns, ["ip", "addr", "add", "203.0.113.10/32", "dev", "wan0"]);
+  const udp: GatewaySession = {
+    proto: UDP,
+    a: h.addr,
+    pa: 40000,
+    x: peer.addr,
+    px: 5060,
+    r: R,
+    p: 40001,
+    pg: 61001,
+  };
+  const tcp: GatewaySession = {
+    proto: TCP,
+    a: h.addr,
+    pa: 45000,
+    x: peer.addr,
+    px: 7001,
+    r: R,
+    p: 45001,
+    pg: 61002,
+  };
+  const sessions = [udp, tcp];
+  const lan = { addr: parseIPv4("10.0.0.0")!, len: 24 };
+  const cfg = {
+    ...serverCfg({ lanAddr: gw.lanAddr, pool: [R] }),
+    lanIf: "lan0",
+    wanIf: "wan0",
+    lan,
+  };
+  const nft = await t.exec(gw.ns, ["nft", "-f", "-"], {
+    stdin: serverTable(cfg, lan, {
+      toRemote: sessions.map((s) => toRemoteText(s.proto, s.a, s.pa, s.pg, s.x, s.px)),
+      toPublic: sessions.map((s) => toPublicText(s.proto, s.a, s.pa, s.x, s.px, s.r, s.p)),
+      queued: [],
+    }),
+  });
+  assert.equal(nft.code, 0, nft.stderr);
+  await serveApp(t, peer.ns, udpEcho(5060));
+  await serveApp(t, peer.ns, tcpHashServer(7001));
+  const g = await BpfRig.start(gw.ns);
+  const hr = await BpfRig.start(h.ns);
+  try {
+    await g.call({
+      op: "open",
+      role: "gateway",
+      lan: "lan0",
+      wan: "wan0",
+      handoff: { lan: NatHandoff.XMIT, wan: wanHandoff },
+    });
+    await hr.call({ op: "open", role: "host", dev: "eth0" });
+    await g.call({
+      op: "put",
+      records: sessions.flatMap((s) => gatewayRecords(s, gw.lanAddr)).map(json),
+    });
+    await hr.call({
+      op: "put",
+      records: sessions.flatMap((s) => hostRecords({ ...s, g: gw.lanAddr })).map(json),
+    });
+
+    // UDP: what reaches the peer carries, for the translated addresses, either a
+    // complete checksum or the pseudo-header sum a CHECKSUM_PARTIAL packet holds.
+    const N = 20;
+    const wanTx0 = await linkCounter(t, gw.ns, "wan0", "tx_packets");
+    const rtRx0 = await linkCounter(t, t.router!.ns, "gw0", "rx_packets");
+    const cap = t.spawn(peer.ns, capture(5060, N));
+    await cap.waitForOutput(/listening/, 10_000);
+    const u = await lastJson(t, h.ns, udpClient(40000, [`${peer.addrText}:5060`], { rounds: N }));
+    assert.equal(u.replies.length, N, JSON.stringify(u.errors));
+    const m = await cap.waitForOutput(/^\[.*\]$/m, 10_000);
+    const pkts = (JSON.parse(m[0]) as string[]).map((x) => hex(x));
+    assert.equal(pkts.length, N);
+    let partial = 0;
+    for (const p of pkts) {
+      const dv = new DataView(p.buffer);
+      assert.equal(dv.getUint32(12), R, "source R");
+      assert.equal(dv.getUint16(20), 40001, "source port p");
+      const ulen = dv.getUint16(24);
+      const field = dv.getUint16(26);
+      const isPartial = field === pseudoHeaderSum(R, peer.addr, UDP, ulen);
+      if (isPartial) partial++;
+      assert.ok(isPartial || verifyL4Checksum(p), `checksum field ${field.toString(16)}`);
+      assert.ok(verifyIpChecksum(p));
+    }
+    assert.ok(partial > 0, "the host sent CHECKSUM_PARTIAL packets (offload on)");
+    const uo = (await g.call({ op: "get", key: gatewayRecords(udp, gw.lanAddr)[0]!.key })).entry;
+    assert.equal(uo.flags & NatFlag.FAST, NatFlag.FAST);
+    assert.equal(uo.packets, N);
+    // The first datagram went through the stack (slow start), the others fast: into wan0's
+    // peer (gw0, in the router's namespace) directly, or out of wan0.
+    const wanTx = await linkCounter(t, gw.ns, "wan0", "tx_packets") - wanTx0;
+    const rtRx = await linkCounter(t, t.router!.ns, "gw0", "rx_packets") - rtRx0;
+    assert.ok(rtRx >= N, `the router received ${rtRx}`);
+    if (wanHandoff === NatHandoff.PEER) {
+      assert.ok(wanTx <= 4, `${wanTx} left by wan0's egress: only the slow start (and ARP)`);
+    } else {
+      assert.ok(wanTx >= N, `${wanTx} left by wan0's egress`);
+    }
+
+    // TCP: 8 MB in TSO/GSO packets through the host's and the gateway's programs.
+    const r = await lastJson(t, h.ns, tcpHashClient(45000, `${peer.addrText}:7001`, 8), 60_000);
+    assert.equal(r.got, r.sent, "the peer read exactly what was sent");
+    const to = (await g.call({ op: "get", key: gatewayRecords(tcp, gw.lanAddr)[0]!.key })).entry;
+    assert.equal(to.flags & NatFlag.FAST, NatFlag.FAST);
+    assert.ok(to.bytes > 8 << 20, `fast path carried ${to.bytes} bytes`);
+    const ctT = await ctPackets(t, "tcp", 45000, 61002);
+    assert.deepEqual(ctT, [1, 1], `conntrack saw ${ctT}`);
+    assert.equal(await t.escaped(), 0);
+  } finally {
+    await g.call({ op: "remove" }).catch(() => {});
+    await hr.call({ op: "remove" }).catch(() => {});
+    await g.close();
+    await hr.close();
+  }
+}
+
 Deno.test(needsRoot({
   name:
-    "bpf root: with checksum offload on (CHECKSUM_PARTIAL, TSO/GSO) the fast path keeps partial checksums right and carries a bulk TCP transfer",
+    "bpf root: with checksum offload on (CHECKSUM_PARTIAL, TSO/GSO) the fast path keeps partial checksums right and carries a bulk TCP transfer (hand-off to the WAN's egress)",
   sanitizeResources: false,
   sanitizeOps: false,
-  fn: async () => {
-    await using t = await createTopology({ hosts: 1, peers: 1 });
-    const gw = t.gateway;
-    const h = t.hosts[0]!;
-    const peer = t.peers[0]!;
-    await ok(t, gw.ns, ["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_acct=1"]);
-    await ok(t, gw.ns, ["ip", "addr", "add", "203.0.113.10/32", "dev", "wan0"]);
-    const udp: GatewaySession = {
-      proto: UDP,
-      a: h.addr,
-      pa: 40000,
-      x: peer.addr,
-      px: 5060,
-      r: R,
-      p: 40001,
-      pg: 61001,
-    };
-    const tcp: GatewaySession = {
-      proto: TCP,
-      a: h.addr,
-      pa: 45000,
-      x: peer.addr,
-      px: 7001,
-      r: R,
-      p: 45001,
-      pg: 61002,
-    };
-    const sessions = [udp, tcp];
-    const lan = { addr: parseIPv4("10.0.0.0")!, len: 24 };
-    const cfg = {
-      ...serverCfg({ lanAddr: gw.lanAddr, pool: [R] }),
-      lanIf: "lan0",
-      wanIf: "wan0",
-      lan,
-    };
-    const nft = await t.exec(gw.ns, ["nft", "-f", "-"], {
-      stdin: serverTable(cfg, lan, {
-        toRemote: sessions.map((s) => toRemoteText(s.proto, s.a, s.pa, s.pg, s.x, s.px)),
-        toPublic: sessions.map((s) => toPublicText(s.proto, s.a, s.pa, s.x, s.px, s.r, s.p)),
-        queued: [],
-      }),
-    });
-    assert.equal(nft.code, 0, nft.stderr);
-    await serveApp(t, peer.ns, udpEcho(5060));
-    await serveApp(t, peer.ns, tcpHashServer(7001));
-    const g = await BpfRig.start(gw.ns);
-    const hr = await BpfRig.start(h.ns);
-    try {
-      await g.call({ op: "open", role: "gateway", lan: "lan0", wan: "wan0" });
-      await hr.call({ op: "open", role: "host", dev: "eth0" });
-      await g.call({
-        op: "put",
-        records: sessions.flatMap((s) => gatewayRecords(s, gw.lanAddr)).map(json),
-      });
-      await hr.call({
-        op: "put",
-        records: sessions.flatMap((s) => hostRecords({ ...s, g: gw.lanAddr })).map(json),
-      });
+  fn: () => offloadCase(NatHandoff.XMIT),
+}));
 
-      // UDP: what reaches the peer carries, for the translated addresses, either a
-      // complete checksum or the pseudo-header sum a CHECKSUM_PARTIAL packet holds.
-      const N = 6;
-      const cap = t.spawn(peer.ns, capture(5060, N));
-      await cap.waitForOutput(/listening/, 10_000);
-      const u = await lastJson(t, h.ns, udpClient(40000, [`${peer.addrText}:5060`], { rounds: N }));
-      assert.equal(u.replies.length, N, JSON.stringify(u.errors));
-      const m = await cap.waitForOutput(/^\[.*\]$/m, 10_000);
-      const pkts = (JSON.parse(m[0]) as string[]).map((x) => hex(x));
-      assert.equal(pkts.length, N);
-      let partial = 0;
-      for (const p of pkts) {
-        const dv = new DataView(p.buffer);
-        assert.equal(dv.getUint32(12), R, "source R");
-        assert.equal(dv.getUint16(20), 40001, "source port p");
-        const ulen = dv.getUint16(24);
-        const field = dv.getUint16(26);
-        const isPartial = field === pseudoHeaderSum(R, peer.addr, UDP, ulen);
-        if (isPartial) partial++;
-        assert.ok(isPartial || verifyL4Checksum(p), `checksum field ${field.toString(16)}`);
-        assert.ok(verifyIpChecksum(p));
-      }
-      assert.ok(partial > 0, "the host sent CHECKSUM_PARTIAL packets (offload on)");
-      const uo = (await g.call({ op: "get", key: gatewayRecords(udp, gw.lanAddr)[0]!.key })).entry;
-      assert.equal(uo.flags & NatFlag.FAST, NatFlag.FAST);
-      assert.equal(uo.packets, N);
-
-      // TCP: 8 MB in TSO/GSO packets through the host's and the gateway's programs.
-      const r = await lastJson(t, h.ns, tcpHashClient(45000, `${peer.addrText}:7001`, 8), 60_000);
-      assert.equal(r.got, r.sent, "the peer read exactly what was sent");
-      const to = (await g.call({ op: "get", key: gatewayRecords(tcp, gw.lanAddr)[0]!.key })).entry;
-      assert.equal(to.flags & NatFlag.FAST, NatFlag.FAST);
-      assert.ok(to.bytes > 8 << 20, `fast path carried ${to.bytes} bytes`);
-      const ctT = await ctPackets(t, "tcp", 45000, 61002);
-      assert.deepEqual(ctT, [1, 1], `conntrack saw ${ctT}`);
-      assert.equal(await t.escaped(), 0);
-    } finally {
-      await g.call({ op: "remove" }).catch(() => {});
-      await hr.call({ op: "remove" }).catch(() => {});
-      await g.close();
-      await hr.close();
-    }
-  },
+Deno.test(needsRoot({
+  name:
+    "bpf root: the same with the hand-off into the WAN veth's peer (bpf_redirect_peer): partial checksums right, bulk TCP carried, wan0's egress skipped",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: () => offloadCase(NatHandoff.PEER),
 }));

@@ -1,7 +1,8 @@
 /**
  * The session map's layout in TypeScript (src/datapath/bpf/layout.ts):
  * bytes as the programs read them, the two mirrored entries of every kind
- * of session, and what belongs to a mapping. No root, no kernel.
+ * of session, what belongs to a mapping, the gateway's configuration record
+ * and how dpm reads a device's kind for it. No root, no kernel.
  *
  * @module
  */
@@ -9,14 +10,17 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import {
+  configBytes,
   gatewayRecords,
   hostRecords,
   keyBytes,
   learnedOf,
   mirrorKey,
+  NatConfigLayout,
   NatDir,
   NatEntryLayout,
   NatFlag,
+  NatHandoff,
   type NatKey,
   NatKeyLayout,
   type NatRecord,
@@ -27,6 +31,7 @@ import {
 } from "../../src/datapath/bpf/layout.ts";
 import type { GatewaySession } from "../../src/datapath/datapath.ts";
 import { G, H1, P1, R1 } from "../../testing/fixtures.ts";
+import { parsePeerInOtherNamespace } from "../../linux/iface.ts";
 
 const S: GatewaySession = {
   proto: 17,
@@ -186,4 +191,61 @@ Deno.test("bpf layout: a mapping is two wildcards; its learned flows are recogni
 Deno.test("bpf layout: ICMP sessions get no entries (the stack and the queue translator keep them)", () => {
   assert.deepEqual(gatewayRecords({ ...S, proto: 1 }, G), []);
   assert.deepEqual(hostRecords({ proto: 1, a: H1, pa: 0, x: P1, px: 0, g: G, pg: 61001 }), []);
+});
+
+Deno.test("bpf layout: the gateway's configuration record carries each side's hand-off, XMIT by default", () => {
+  const base = {
+    lanIfindex: 3,
+    wanIfindex: 4,
+    lanNet: 0x0a000000,
+    lanMask: 0xffffff00,
+    gateway: 0x0a000001,
+    edges: [0x0a000000, 0x0a0000ff] as [number, number],
+  };
+  const plain = configBytes(base);
+  assert.equal(plain.length, NatConfigLayout.SIZE);
+  assert.equal(plain[NatConfigLayout.LAN_HANDOFF], NatHandoff.XMIT);
+  assert.equal(plain[NatConfigLayout.WAN_HANDOFF], NatHandoff.XMIT);
+  const peer = configBytes({ ...base, wanHandoff: NatHandoff.PEER });
+  assert.equal(peer[NatConfigLayout.LAN_HANDOFF], NatHandoff.XMIT);
+  assert.equal(peer[NatConfigLayout.WAN_HANDOFF], NatHandoff.PEER);
+  assert.deepEqual([...peer.subarray(NatConfigLayout.PAD)], [0, 0]);
+  // Only the hand-off bytes differ.
+  assert.deepEqual(
+    [...peer].map((b, i) => b === plain[i] ? -1 : i).filter((i) => i >= 0),
+    [NatConfigLayout.WAN_HANDOFF],
+  );
+});
+
+Deno.test("bpf layout: a device's peer is in another namespace only for a veth or netkit with a link_netnsid", () => {
+  const link = (extra: Record<string, unknown>) =>
+    JSON.stringify([{ ifindex: 4, ifname: "wan0", link_type: "ether", ...extra }]);
+  // As `ip -j -d link show dev wan0` prints them (iproute2 6.x).
+  assert.equal(
+    parsePeerInOtherNamespace(
+      link({ link_index: 3, link_netnsid: 1, linkinfo: { info_kind: "veth" } }),
+    ),
+    true,
+  );
+  assert.equal(
+    parsePeerInOtherNamespace(link({ link_netnsid: 0, linkinfo: { info_kind: "netkit" } })),
+    true,
+  );
+  // A veth whose peer is in this namespace (`link`, no netnsid): no peer hand-off.
+  assert.equal(
+    parsePeerInOtherNamespace(link({ link: "wan1", linkinfo: { info_kind: "veth" } })),
+    false,
+  );
+  // Other kinds, even with a netnsid (a macvlan on a link elsewhere), and no kind at all.
+  assert.equal(
+    parsePeerInOtherNamespace(link({ link_netnsid: 1, linkinfo: { info_kind: "macvlan" } })),
+    false,
+  );
+  assert.equal(parsePeerInOtherNamespace(link({ linkinfo: { info_kind: "bridge" } })), false);
+  assert.equal(parsePeerInOtherNamespace(link({})), false);
+  // What `ip` prints on failure, or nothing: no.
+  assert.equal(parsePeerInOtherNamespace(""), false);
+  assert.equal(parsePeerInOtherNamespace("not json"), false);
+  assert.equal(parsePeerInOtherNamespace("[]"), false);
+  assert.equal(parsePeerInOtherNamespace("{}"), false);
 });

@@ -17,6 +17,7 @@ import {
   NatDir,
   NatEntryLayout,
   NatFlag,
+  NatHandoff,
   NatKeyLayout,
 } from "../../src/datapath/bpf/layout.ts";
 
@@ -122,6 +123,9 @@ Deno.test("bpf objects: layout.ts mirrors nat.h as compiled (BTF offsets and siz
         EDGE_HI: "edge_hi",
         LAN_MAC: "lan_mac",
         WAN_MAC: "wan_mac",
+        LAN_HANDOFF: "lan_handoff",
+        WAN_HANDOFF: "wan_handoff",
+        PAD: "pad",
       });
     } else {
       check("host_config", HostConfigLayout, {
@@ -135,7 +139,7 @@ Deno.test("bpf objects: layout.ts mirrors nat.h as compiled (BTF offsets and siz
   }
 });
 
-Deno.test("bpf objects: nat.h flag and direction values are layout.ts values", async () => {
+Deno.test("bpf objects: nat.h flag, direction and hand-off values are layout.ts values", async () => {
   const h = await Deno.readTextFile(new URL("../../bpf/nat.h", import.meta.url));
   const val = (name: string): number => {
     const m = new RegExp(`\\b${name} = ([^,]+),`).exec(h);
@@ -152,4 +156,7 @@ Deno.test("bpf objects: nat.h flag and direction values are layout.ts values", a
   assert.equal(val("NAT_DIR_OUT"), NatDir.OUT);
   assert.equal(val("NAT_DIR_IN"), NatDir.IN);
   for (const [k, v] of Object.entries(NatFlag)) assert.equal(val(`NAT_F_${k}`), v, `NAT_F_${k}`);
+  for (const [k, v] of Object.entries(NatHandoff)) {
+    assert.equal(val(`NAT_HANDOFF_${k}`), v, `NAT_HANDOFF_${k}`);
+  }
 });

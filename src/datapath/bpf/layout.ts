@@ -98,10 +98,11 @@ export const NatEntryLayout = {
 } as const;
 
 /**
- * `struct nat_config` (40 bytes): lan_ifindex 0, wan_ifindex 4 (host
+ * `struct nat_config` (44 bytes): lan_ifindex 0, wan_ifindex 4 (host
  * order); lan_net 8, lan_mask 12, gateway 16, edge_lo 20, edge_hi 24
  * (network order); lan_mac 28, wan_mac 34 (the devices' MACs, which the
- * programs learn from the FIB: dpm writes zeros).
+ * programs learn from the FIB: dpm writes zeros); lan_handoff 40,
+ * wan_handoff 41 ({@linkcode NatHandoff}), pad 42 (two zero bytes).
  */
 export const NatConfigLayout = {
   LAN_IFINDEX: 0,
@@ -113,8 +114,22 @@ export const NatConfigLayout = {
   EDGE_HI: 24,
   LAN_MAC: 28,
   WAN_MAC: 34,
-  SIZE: 40,
+  LAN_HANDOFF: 40,
+  WAN_HANDOFF: 41,
+  PAD: 42,
+  SIZE: 44,
 } as const;
+
+/**
+ * `enum nat_handoff`: how the gateway's ingress programs hand a fast packet
+ * to the way out. `XMIT`: `bpf_redirect` to the device's egress (its qdisc,
+ * its egress programs, its driver). `PEER`: `bpf_redirect_peer`, straight
+ * into the ingress of the device's peer in another network namespace (a
+ * veth or netkit device's; docs/datapath.md, "Hand-off").
+ */
+export const NatHandoff = { XMIT: 0, PEER: 1 } as const;
+/** A {@linkcode NatHandoff} value. */
+export type NatHandoff = typeof NatHandoff[keyof typeof NatHandoff];
 
 /**
  * `struct host_config` (24 bytes): lan_net 0, lan_mask 4 (network order),
@@ -245,6 +260,13 @@ export interface GatewayConfig {
   gateway: number;
   /** The prefix's network and broadcast addresses (0 when it has none). */
   edges: [number, number];
+  /**
+   * How fast packets are handed to the LAN and the WAN device
+   * ({@linkcode NatHandoff}).
+   * @default {NatHandoff.XMIT} for both
+   */
+  lanHandoff?: NatHandoff;
+  wanHandoff?: NatHandoff;
 }
 
 /** The `dpm_cfg` record of a gateway. */
@@ -259,6 +281,8 @@ export function configBytes(c: GatewayConfig): Uint8Array {
   dv.setUint32(L.GATEWAY, c.gateway, false);
   dv.setUint32(L.EDGE_LO, c.edges[0], false);
   dv.setUint32(L.EDGE_HI, c.edges[1], false);
+  dv.setUint8(L.LAN_HANDOFF, c.lanHandoff ?? NatHandoff.XMIT);
+  dv.setUint8(L.WAN_HANDOFF, c.wanHandoff ?? NatHandoff.XMIT);
   return b;
 }
 

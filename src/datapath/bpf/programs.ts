@@ -80,6 +80,7 @@ import {
   NatConfigLayout,
   type NatEntry,
   NatEntryLayout,
+  NatHandoff,
   type NatKey,
   NatKeyLayout,
   type NatRecord,
@@ -137,6 +138,13 @@ export interface BpfOpenOptions {
    */
   lan?: Cidr;
   gateway?: number;
+  /**
+   * The gateway's hand-off of fast packets to each device (`nat_config`):
+   * {@linkcode NatHandoff.PEER} for a device whose peer is in another
+   * namespace (linux/iface.ts `peerInOtherNamespace`), else `XMIT`.
+   * @default {XMIT for both}
+   */
+  handoff?: { lan: NatHandoff; wan: NatHandoff };
   /**
    * Size of the session map in entries (two per session), for a new map; an
    * adopted map keeps its size. Not preallocated: memory follows use.
@@ -339,6 +347,8 @@ export class BpfPrograms {
             lanMask: mask,
             gateway: opts.gateway,
             edges: [edges[0] ?? 0, edges[1] ?? 0],
+            lanHandoff: opts.handoff?.lan ?? NatHandoff.XMIT,
+            wanHandoff: opts.handoff?.wan ?? NatHandoff.XMIT,
           }),
         );
       }

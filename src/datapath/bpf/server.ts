@@ -54,7 +54,15 @@ import { NO_OTHER_PATHS, type OtherPaths } from "../netfilter.ts";
 import { NftServerPath } from "../nft/server.ts";
 import type { WatchdogCheck } from "../nft/watchdog.ts";
 import { BpfPrograms, mapText, NatMap } from "./programs.ts";
-import { gatewayRecords, learnedOf, NatFlag, type NatKey, type NatRecord } from "./layout.ts";
+import {
+  gatewayRecords,
+  learnedOf,
+  NatFlag,
+  NatHandoff,
+  type NatKey,
+  type NatRecord,
+} from "./layout.ts";
+import { peerInOtherNamespace } from "../../../linux/iface.ts";
 import { gatewayCounters, idleLearned, keyId } from "./counters.ts";
 import { CLOCK_MONOTONIC, clockNs } from "../../../linux/libc.ts";
 
@@ -80,6 +88,21 @@ function ifaces(cfg: GatewayOptions): { lan: string; wan: string } {
   return { lan: cfg.lanIf, wan: cfg.wanIf };
 }
 
+/**
+ * How the programs hand fast packets to each device: straight into the
+ * peer's ingress when the device is a veth (or netkit) whose peer is in
+ * another namespace (a container's or a namespace's link), else to the
+ * device's own egress. Learned once, at start.
+ */
+async function handoffs(cfg: GatewayOptions): Promise<{ lan: NatHandoff; wan: NatHandoff }> {
+  const of = async (dev: string) =>
+    await peerInOtherNamespace(dev) ? NatHandoff.PEER : NatHandoff.XMIT;
+  const [lan, wan] = await Promise.all([of(cfg.lanIf), of(cfg.wanIf)]);
+  const say = (h: NatHandoff) => h === NatHandoff.PEER ? "its peer's ingress" : "its egress";
+  log.info(`bpf: fast packets go to ${cfg.lanIf}: ${say(lan)}; to ${cfg.wanIf}: ${say(wan)}`);
+  return { lan, wan };
+}
+
 /** The gateway's bpf data path: open, remove, and what it adds to the kernel path. */
 export const BpfServerDataPath = {
   /** Shares dpm's nftables table with the kernel path (see `open.ts`). */
@@ -95,6 +118,7 @@ export const BpfServerDataPath = {
       maxEntries: gatewayMapEntries(cfg.bpfSessions),
       lan: cfg.lan,
       gateway: cfg.lanAddr,
+      handoff: await handoffs(cfg),
     });
     try {
       let path: BpfServerPath | null = null;
