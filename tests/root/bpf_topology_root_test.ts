@@ -11,6 +11,11 @@
  * off, so every checksum on the way is complete and the receivers verify
  * it in software: a wrong incremental update loses the traffic.
  *
+ * The fast path's hand-off (docs/datapath.md, "Hand-off"): to the WAN's
+ * egress, or into its peer's ingress (`bpf_redirect_peer`; the WAN's
+ * transmit counter tells them apart), and into the host's own ingress when
+ * the LAN is a veth whose peer is the host's interface.
+ *
  * Then: a restart (the rig exits, a new one adopts the maps through the
  * attached programs, counters kept), a deleted clsact qdisc (the host's) or
  * a detached tcx program (the gateway's) found and repaired, and removal
@@ -503,4 +508,93 @@ Deno.test(needsRoot({
   sanitizeResources: false,
   sanitizeOps: false,
   fn: () => offloadCase(NatHandoff.PEER),
+}));
+
+Deno.test(needsRoot({
+  name:
+    "bpf root: a LAN that is a veth into the host's namespace: replies go straight into the host's ingress (bpf_redirect_peer) and the host's program still translates them",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    await using t = await createTopology({ hosts: 1, peers: 1 });
+    const gw = t.gateway;
+    const h = t.hosts[0]!;
+    const peer = t.peers[0]!;
+    // The LAN becomes h1's own veth: lan-h1 leaves the bridge and takes G (its peer, h1's
+    // eth0, is in h1's namespace), as a container's link would be.
+    await ok(t, gw.ns, ["ip", "link", "set", "lan-h1", "nomaster"]);
+    await ok(t, gw.ns, ["ip", "addr", "del", `${gw.lanText}/24`, "dev", "lan0"]);
+    await ok(t, gw.ns, ["ip", "addr", "add", `${gw.lanText}/24`, "dev", "lan-h1"]);
+    await ok(t, h.ns, ["ip", "neigh", "flush", "dev", "eth0"]);
+    await ok(t, gw.ns, ["ip", "addr", "add", "203.0.113.10/32", "dev", "wan0"]);
+    const udp: GatewaySession = {
+      proto: UDP,
+      a: h.addr,
+      pa: 40000,
+      x: peer.addr,
+      px: 5060,
+      r: R,
+      p: 40001,
+      pg: 61001,
+    };
+    const lan = { addr: parseIPv4("10.0.0.0")!, len: 24 };
+    const cfg = {
+      ...serverCfg({ lanAddr: gw.lanAddr, pool: [R] }),
+      lanIf: "lan-h1",
+      wanIf: "wan0",
+      lan,
+    };
+    const nft = await t.exec(gw.ns, ["nft", "-f", "-"], {
+      stdin: serverTable(cfg, lan, {
+        toRemote: [toRemoteText(udp.proto, udp.a, udp.pa, udp.pg, udp.x, udp.px)],
+        toPublic: [toPublicText(udp.proto, udp.a, udp.pa, udp.x, udp.px, udp.r, udp.p)],
+        queued: [],
+      }),
+    });
+    assert.equal(nft.code, 0, nft.stderr);
+    await serveApp(t, peer.ns, udpEcho(5060));
+    const g = await BpfRig.start(gw.ns);
+    const hr = await BpfRig.start(h.ns);
+    try {
+      await g.call({
+        op: "open",
+        role: "gateway",
+        lan: "lan-h1",
+        wan: "wan0",
+        handoff: { lan: NatHandoff.PEER, wan: NatHandoff.PEER },
+      });
+      await hr.call({ op: "open", role: "host", dev: "eth0" });
+      await g.call({ op: "put", records: gatewayRecords(udp, gw.lanAddr).map(json) });
+      await hr.call({ op: "put", records: hostRecords({ ...udp, g: gw.lanAddr }).map(json) });
+
+      const N = 20;
+      const lanTx0 = await linkCounter(t, gw.ns, "lan-h1", "tx_packets");
+      const u = await lastJson(t, h.ns, udpClient(40000, [`${peer.addrText}:5060`], { rounds: N }));
+      assert.equal(u.errors.length, 0, JSON.stringify(u.errors));
+      assert.equal(u.replies.length, N);
+      for (const r of u.replies) {
+        // From X:px, not G:Pg: the host's ingress program ran on the handed-in replies.
+        assert.equal(r.from, `${peer.addrText}:5060`, "the application sees its remote");
+        assert.match(r.data, /^seen 203\.0\.113\.10:40001\|/, "the remote sees the public pair");
+      }
+      const [uo, ui] = gatewayRecords(udp, gw.lanAddr);
+      const ei = (await g.call({ op: "get", key: ui!.key })).entry;
+      const eo = (await g.call({ op: "get", key: uo!.key })).entry;
+      assert.equal(ei.flags & NatFlag.FAST, NatFlag.FAST);
+      assert.equal(ei.packets, N, "every reply counted");
+      assert.equal(eo.packets, N);
+      // The first reply left by lan-h1's egress (slow start); the fast ones skipped it.
+      const lanTx = await linkCounter(t, gw.ns, "lan-h1", "tx_packets") - lanTx0;
+      assert.ok(lanTx <= 4, `${lanTx} left by lan-h1's egress: only the slow start (and ARP)`);
+      const hi = (await hr.call({ op: "get", key: hostRecords({ ...udp, g: gw.lanAddr })[1]!.key }))
+        .entry;
+      assert.equal(hi.packets, N, "the host's program translated every reply");
+      assert.equal(await t.escaped(), 0);
+    } finally {
+      await g.call({ op: "remove" }).catch(() => {});
+      await hr.call({ op: "remove" }).catch(() => {});
+      await g.close();
+      await hr.close();
+    }
+  },
 }));
