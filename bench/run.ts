@@ -1039,7 +1039,7 @@ async function main(): Promise<number> {
 function dataPlaneSummary(rounds: Record<Mode, RoundData[]>): string {
   const lines = [
     "mode\tround\t" + cfg.sizes.map((s) => `udp${s}`).join("\t") +
-    "\ttcp Mbit/s\trtt p50 µs\tmachine µs/64B",
+    "\ttcp Mbit/s\trtt p50 µs\tmachine µs/64B\tsender µs/64B",
   ];
   for (const m of args.modes) {
     rounds[m].forEach((r, i) => {
