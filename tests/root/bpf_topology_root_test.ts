@@ -55,10 +55,49 @@ const json = (r: NatRecord): JsonRecord => ({
   entry: { ...r.entry, lastNs: r.entry.lastNs.toString() },
 });
 
-async function ok(t: Topology, ns: string, cmd: string[]): Promise<string> {
-  const r = await t.exec(ns, cmd);
+async function ok(t: Topology, ns: string, cmd: string[], stdin?: string): Promise<string> {
+  const r = await t.exec(ns, cmd, stdin === undefined ? undefined : { stdin });
   assert.equal(r.code, 0, `${cmd.join(" ")}: ${r.stderr}`);
   return r.stdout;
+}
+
+/** The rig's UDP session a:40000 -> X:5060, seen as R:40001 and reached through G:61001. */
+function udpSession(t: Topology): GatewaySession {
+  return {
+    proto: UDP,
+    a: t.hosts[0]!.addr,
+    pa: 40000,
+    x: t.peers[0]!.addr,
+    px: 5060,
+    r: R,
+    p: 40001,
+    pg: 61001,
+  };
+}
+
+/** The rig's TCP session a:45000 -> X:`px`, seen as R:45001 and reached through G:61002. */
+function tcpSession(t: Topology, px: number): GatewaySession {
+  return { ...udpSession(t), proto: TCP, pa: 45000, px, p: 45001, pg: 61002 };
+}
+
+/**
+ * Loads the kernel path's gateway table with `sessions` in its maps (`to_remote`,
+ * `to_public`): the stack's path their first packets take (the slow start).
+ */
+async function loadSlowStart(t: Topology, lanIf: string, sessions: GatewaySession[]) {
+  const lan = { addr: parseIPv4("10.0.0.0")!, len: 24 };
+  const cfg = {
+    ...serverCfg({ lanAddr: t.gateway.lanAddr, pool: [R] }),
+    lanIf,
+    wanIf: "wan0",
+    lan,
+  };
+  const table = serverTable(cfg, lan, {
+    toRemote: sessions.map((s) => toRemoteText(s.proto, s.a, s.pa, s.pg, s.x, s.px)),
+    toPublic: sessions.map((s) => toPublicText(s.proto, s.a, s.pa, s.x, s.px, s.r, s.p)),
+    queued: [],
+  });
+  await ok(t, t.gateway.ns, ["nft", "-f", "-"], table);
 }
 
 /** The gateway conntrack's packet counts (original, reply) of the session from a:pa to G:Pg. */
@@ -96,42 +135,10 @@ Deno.test(needsRoot({
     await ok(t, gw.ns, ["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_acct=1"]);
     await ok(t, gw.ns, ["ip", "addr", "add", "203.0.113.10/32", "dev", "wan0"]);
 
-    const udp: GatewaySession = {
-      proto: UDP,
-      a: h.addr,
-      pa: 40000,
-      x: peer.addr,
-      px: 5060,
-      r: R,
-      p: 40001,
-      pg: 61001,
-    };
-    const tcp: GatewaySession = {
-      proto: TCP,
-      a: h.addr,
-      pa: 45000,
-      x: peer.addr,
-      px: 7000,
-      r: R,
-      p: 45001,
-      pg: 61002,
-    };
+    const udp = udpSession(t);
+    const tcp = tcpSession(t, 7000);
     const sessions = [udp, tcp];
-    // The kernel path's table for the slow start (to_remote, to_public).
-    const lan = { addr: parseIPv4("10.0.0.0")!, len: 24 };
-    const cfg = {
-      ...serverCfg({ lanAddr: gw.lanAddr, pool: [R] }),
-      lanIf: "lan0",
-      wanIf: "wan0",
-      lan,
-    };
-    const table = serverTable(cfg, lan, {
-      toRemote: sessions.map((s) => toRemoteText(s.proto, s.a, s.pa, s.pg, s.x, s.px)),
-      toPublic: sessions.map((s) => toPublicText(s.proto, s.a, s.pa, s.x, s.px, s.r, s.p)),
-      queued: [],
-    });
-    const nft = await t.exec(gw.ns, ["nft", "-f", "-"], { stdin: table });
-    assert.equal(nft.code, 0, nft.stderr);
+    await loadSlowStart(t, "lan0", sessions);
 
     await serveApp(t, peer.ns, udpEcho(5060));
     await serveApp(t, peer.ns, tcpEcho(7000));
@@ -380,42 +387,10 @@ async function offloadCase(wanHandoff: NatHandoff): Promise<void> {
   const peer = t.peers[0]!;
   await ok(t, gw.ns, ["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_acct=1"]);
   await ok(t, gw.ns, ["ip", "addr", "add", "203.0.113.10/32", "dev", "wan0"]);
-  const udp: GatewaySession = {
-    proto: UDP,
-    a: h.addr,
-    pa: 40000,
-    x: peer.addr,
-    px: 5060,
-    r: R,
-    p: 40001,
-    pg: 61001,
-  };
-  const tcp: GatewaySession = {
-    proto: TCP,
-    a: h.addr,
-    pa: 45000,
-    x: peer.addr,
-    px: 7001,
-    r: R,
-    p: 45001,
-    pg: 61002,
-  };
+  const udp = udpSession(t);
+  const tcp = tcpSession(t, 7001);
   const sessions = [udp, tcp];
-  const lan = { addr: parseIPv4("10.0.0.0")!, len: 24 };
-  const cfg = {
-    ...serverCfg({ lanAddr: gw.lanAddr, pool: [R] }),
-    lanIf: "lan0",
-    wanIf: "wan0",
-    lan,
-  };
-  const nft = await t.exec(gw.ns, ["nft", "-f", "-"], {
-    stdin: serverTable(cfg, lan, {
-      toRemote: sessions.map((s) => toRemoteText(s.proto, s.a, s.pa, s.pg, s.x, s.px)),
-      toPublic: sessions.map((s) => toPublicText(s.proto, s.a, s.pa, s.x, s.px, s.r, s.p)),
-      queued: [],
-    }),
-  });
-  assert.equal(nft.code, 0, nft.stderr);
+  await loadSlowStart(t, "lan0", sessions);
   await serveApp(t, peer.ns, udpEcho(5060));
   await serveApp(t, peer.ns, tcpHashServer(7001));
   const g = await BpfRig.start(gw.ns);
@@ -527,31 +502,8 @@ Deno.test(needsRoot({
     await ok(t, gw.ns, ["ip", "addr", "add", `${gw.lanText}/24`, "dev", "lan-h1"]);
     await ok(t, h.ns, ["ip", "neigh", "flush", "dev", "eth0"]);
     await ok(t, gw.ns, ["ip", "addr", "add", "203.0.113.10/32", "dev", "wan0"]);
-    const udp: GatewaySession = {
-      proto: UDP,
-      a: h.addr,
-      pa: 40000,
-      x: peer.addr,
-      px: 5060,
-      r: R,
-      p: 40001,
-      pg: 61001,
-    };
-    const lan = { addr: parseIPv4("10.0.0.0")!, len: 24 };
-    const cfg = {
-      ...serverCfg({ lanAddr: gw.lanAddr, pool: [R] }),
-      lanIf: "lan-h1",
-      wanIf: "wan0",
-      lan,
-    };
-    const nft = await t.exec(gw.ns, ["nft", "-f", "-"], {
-      stdin: serverTable(cfg, lan, {
-        toRemote: [toRemoteText(udp.proto, udp.a, udp.pa, udp.pg, udp.x, udp.px)],
-        toPublic: [toPublicText(udp.proto, udp.a, udp.pa, udp.x, udp.px, udp.r, udp.p)],
-        queued: [],
-      }),
-    });
-    assert.equal(nft.code, 0, nft.stderr);
+    const udp = udpSession(t);
+    await loadSlowStart(t, "lan-h1", [udp]);
     await serveApp(t, peer.ns, udpEcho(5060));
     const g = await BpfRig.start(gw.ns);
     const hr = await BpfRig.start(h.ns);
