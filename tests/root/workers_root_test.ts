@@ -242,7 +242,8 @@ for (const datapath of ["kernel", "bpf"] as const) {
 
           // Another worker count: refused, with the reason, before anything changed.
           await d.server.stop("SIGTERM", 5000);
-          const other = await t.exec(t.gateway.ns, [
+          // The gateway's server as the test started it, but for the socket and the count.
+          const serverArgv = (socket: string, workers: number, addPool: boolean) => [
             ...dpmCommand(),
             "server",
             "--lan-if",
@@ -253,38 +254,26 @@ for (const datapath of ["kernel", "bpf"] as const) {
             t.gateway.lanText,
             "--pool",
             t.poolText,
+            ...(addPool ? ["--add-pool-addresses"] : []),
             "--datapath",
             datapath,
             "--socket",
-            `${t.scratch}/other.sock`,
+            socket,
             "--state",
             state,
             "--workers",
-            "3",
-          ], { env: DPM_ENV, timeoutMs: 30_000 });
+            String(workers),
+          ];
+          const other = await t.exec(
+            t.gateway.ns,
+            serverArgv(`${t.scratch}/other.sock`, 3, false),
+            { env: DPM_ENV, timeoutMs: 30_000 },
+          );
           assert.equal(other.code, 2, other.stderr);
           assert.match(other.stderr, /was written by --workers 2, not 3/);
-          d.server = t.spawn(t.gateway.ns, [
-            ...dpmCommand(),
-            "server",
-            "--lan-if",
-            t.gateway.lanIf,
-            "--wan-if",
-            t.gateway.wanIf,
-            "--lan-addr",
-            t.gateway.lanText,
-            "--pool",
-            t.poolText,
-            "--add-pool-addresses",
-            "--datapath",
-            datapath,
-            "--socket",
-            d.serverSocket,
-            "--state",
-            state,
-            "--workers",
-            String(WORKERS),
-          ], { env: DPM_ENV });
+          d.server = t.spawn(t.gateway.ns, serverArgv(d.serverSocket, WORKERS, true), {
+            env: DPM_ENV,
+          });
           await d.server.waitForOutput(/ready/, 30_000);
           assert.equal((await d.status()).sessions, before, "the refused start changed nothing");
         } catch (e) {
