@@ -68,7 +68,7 @@ import { ServerViews } from "./views.ts";
 import { ControlService } from "./control.ts";
 import { HeldPackets } from "./held.ts";
 import type { PortSlice } from "../table/slice.ts";
-import { FirstPackets } from "./first.ts";
+import { FirstPackets, type FirstPacketsContext } from "./first.ts";
 
 export { sessionView } from "./views.ts";
 
@@ -102,6 +102,8 @@ export interface ServerCoreOptions {
    * (`worker.ts`); a core of its own when absent.
    */
   held?: HeldPackets;
+  /** `--workers`: held first packets of another worker's sessions go there (`first.ts`). */
+  elsewhere?: FirstPacketsContext["elsewhere"];
 }
 
 /**
@@ -251,6 +253,7 @@ export class ServerCore {
       drops: this.drops,
       dp: () => this.#dp,
       now: this.now,
+      ...(opts.elsewhere ? { elsewhere: opts.elsewhere } : {}),
     });
     this.table.subscribe({ added: (s) => views.added(s), removed: (s) => views.removed(s) });
     this.#control = new ControlService({

@@ -35,6 +35,13 @@ export interface FirstPacketsContext {
   /** The data path (null: detached, or none in tests): its `io` gives the later verdicts. */
   dp(): ServerDataPath | null;
   now(): number;
+  /**
+   * `--workers`: a held packet whose session another worker's table holds
+   * (the main thread holds every first packet) is handed to that worker,
+   * which translates it (a hairpin) or lets it go, and answers its verdict;
+   * true when handed. Absent: every session is this core's.
+   */
+  elsewhere?(h: Pick<HeldPacket, "id" | "bytes" | "skbInfo" | "a">): boolean;
 }
 
 /** The server's handling of handed-up packets and of held first packets. */
@@ -85,16 +92,17 @@ export class FirstPackets {
       this.#c.drops[Drop.NO_SESSION]!++;
       return Verdict.DROP;
     }
+    const p = {
+      id,
+      bytes: pkt.slice(),
+      skbInfo,
+      proto: info.proto,
+      a: info.src,
+      pa: info.sport,
+      pg: info.dport,
+    };
     const r = this.#c.held.hold(
-      {
-        id,
-        bytes: pkt.slice(),
-        skbInfo,
-        proto: info.proto,
-        a: info.src,
-        pa: info.sport,
-        pg: info.dport,
-      },
+      p,
       this.#c.now(),
       (old) => {
         this.#c.drops[Drop.HELD_OVERFLOW]!++;
@@ -102,7 +110,8 @@ export class FirstPackets {
       },
     );
     if (r === "hold") return Verdict.HOLD;
-    if (r === "go") return Verdict.ACCEPT;
+    // Granted and committed already, but not in this table: another worker's session.
+    if (r === "go") return this.#c.elsewhere?.(p) ? Verdict.HOLD : Verdict.ACCEPT;
     this.#c.drops[r === "refused" ? Drop.REFUSED : Drop.HELD_OVERFLOW]!++;
     return Verdict.DROP;
   }
@@ -122,6 +131,7 @@ export class FirstPackets {
     this.#c.held.take((h) => {
       any = true;
       const s = t.lookupLan(h.proto, h.a, h.pg);
+      if (s < 0 && this.#c.elsewhere?.(h)) return;
       if (kernel && !(s >= 0 && t.isPoolAddress(t.x(s)))) {
         io.verdict(h.id, Verdict.ACCEPT);
         return;
@@ -144,7 +154,8 @@ export class FirstPackets {
    */
   expire(now: number): void {
     const io = this.#c.dp()?.io ?? null;
-    if (io === null || this.#c.held.size === 0) return;
+    // With nothing held the sweep still forgets old decisions (`rememberGrants`).
+    if (io === null) return;
     let any = false;
     const info = this.#info;
     this.#c.held.sweep(now, (h: HeldPacket) => {

@@ -115,7 +115,18 @@ export async function runServer(
       // --workers: the main thread is worker 0 (workers.ts), and holds the
       // first packets the other workers decide on.
       ...(nw > 1
-        ? { slice: { index: 0, count: nw }, held: new HeldPackets({ rememberGrants: true }) }
+        ? {
+          slice: { index: 0, count: nw },
+          held: new HeldPackets({ rememberGrants: true }),
+          // A first packet held here for another worker's session (a hairpin
+          // must be translated, not just let go): that worker decides.
+          elsewhere: (h) => {
+            const k = workerOf(h.a, nw);
+            if (k === 0 || workers === null) return false;
+            workers.translate(k, h.id, h.bytes, h.skbInfo | Meta.MISSED);
+            return true;
+          },
+        }
         : {}),
     });
     const drops = new DropLog();

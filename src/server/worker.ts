@@ -213,8 +213,12 @@ async function start(init: WorkerInit): Promise<Running> {
       () => serving,
     );
     undo.push(stopServing);
+    // Leases expire only once it serves: until then the main thread's begin()
+    // installs the sessions `ready` listed below, and a session expired here
+    // before that install would stay in the kernel with no thread owning it.
     const timers = [
       setInterval(() => {
+        if (!serving) return;
         core.expire(16384);
         core.sweepRateLimits();
       }, 250),

@@ -194,6 +194,25 @@ for (const datapath of ["kernel", "bpf"] as const) {
           }
           const icmp = (await d.status()).shown.filter((s) => s.proto === "icmp");
           assert.ok(icmp.length >= 3, `ICMP sessions of every host: ${JSON.stringify(icmp)}`);
+
+          // A hairpin between two hosts of worker 1 whose first datagram goes
+          // ahead of its grant: the main thread holds it, and must hand it to
+          // worker 1 to be translated, not let it go to G untranslated.
+          const [h1, h3] = [t.hosts[0]!, t.hosts[2]!];
+          const p1 = `${peer.addrText}:7000`;
+          const a0 = await d.query("h1", "udp", `${h1.addrText}:40100`, p1, true);
+          const b0 = await d.query("h3", "udp", `${h3.addrText}:41100`, p1, true);
+          assert.equal(a0.result, "ok");
+          assert.equal(b0.result, "ok");
+          // h3's pair accepts h1's public pair (as ICE would); h1 asks nothing before it sends.
+          const back = await d.query("h3", "udp", `${h3.addrText}:41100`, String(a0.public), true);
+          assert.equal(back.public, b0.public, "endpoint-independent mapping");
+          await serveApp(t, h3.ns, udpEcho(41100));
+          const hp = await lastJson(t, h1.ns, udpClient(40100, [String(b0.public)], { rounds: 2 }));
+          assert.deepEqual(hp.errors, [], "the hairpin's first datagram was translated");
+          assert.equal(hp.replies.length, 2);
+          assert.equal(hp.replies[0].from, String(b0.public), "the reply comes from h3's pair");
+          assert.equal(hp.replies[0].data.split("|")[0], `seen ${a0.public}`, "h3 saw h1's pair");
           const before = (await d.status()).sessions;
 
           // `nft flush ruleset`: the main thread's watchdog reinstalls the table
