@@ -315,6 +315,9 @@ export function bundledName(inc: string): string {
 async function bundlePackage(o: Options): Promise<void> {
   const bundle = await check(o);
   await writeSha256(bundle);
+  for (const inc of INCLUDE) {
+    await writeSha256(`${bundle.slice(0, bundle.lastIndexOf("/"))}/${bundledName(inc)}`);
+  }
   if (!o.deb) return;
   const deb = await buildDeb({
     arch: "all",

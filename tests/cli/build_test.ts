@@ -208,6 +208,8 @@ Deno.test("build: --bundle makes the bundle, the all .deb and their .sha256", as
       [
         "dpm.bundle.js",
         "dpm.bundle.js.sha256",
+        "dpm.worker.js",
+        "dpm.worker.js.sha256",
         `dpm_${VERSION}_all.deb`,
         `dpm_${VERSION}_all.deb.sha256`,
       ],
@@ -271,7 +273,7 @@ Deno.test("build: --no-deb with --bundle makes no package; bad combinations exit
     assert.equal(r.code, 0, r.out + r.err);
     assert.deepEqual(
       [...Deno.readDirSync(dir)].map((e) => e.name).sort(),
-      ["dpm.bundle.js", "dpm.bundle.js.sha256"],
+      ["dpm.bundle.js", "dpm.bundle.js.sha256", "dpm.worker.js", "dpm.worker.js.sha256"],
     );
   });
   const both = await build(["--bundle", "--check"]);
